@@ -1,0 +1,201 @@
+// The one typed interface to the C++ addon (native/src). Everything else imports from here;
+// the untyped `require` of the .node file happens on exactly one line below.
+//
+// Conventions of the addon:
+// - Every fd it creates is O_CLOEXEC / SOCK_CLOEXEC / MFD_CLOEXEC / EFD_CLOEXEC, so no fd of
+//   ours leaks into a child process.
+// - Failed syscalls throw a NativeError carrying `code` ("ENOENT"), `errno` (positive number)
+//   and `syscall`. Misuse (wrong argument count/type, out-of-range offsets) throws a TypeError
+//   or RangeError with `code` "ERR_INVALID_ARG_TYPE"/"ERR_OUT_OF_RANGE".
+// - Async calls run on the libuv threadpool and call back `(err: NativeError | null, result)`.
+// - Paths and names are `string | Buffer`; Buffers are passed through as raw bytes (Linux
+//   file names are bytes, not UTF-8). A path containing a NUL byte is rejected with EINVAL.
+import * as path from 'node:path';
+
+export type PathLike = string | Buffer;
+
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+export function isNativeError(e: unknown): e is NativeError {
+  return e instanceof Error && typeof (e as Partial<NativeError>).errno === 'number' &&
+    typeof (e as Partial<NativeError>).code === 'string';
+}
+
+/** Byte offsets inside the 128-byte buffer filled by fstatat(); each field is a little-endian u64
+ * (timestamps' seconds are i64). */
+export const STAT = {
+  dev: 0, ino: 8, mode: 16, nlink: 24, uid: 32, gid: 40, rdev: 48, size: 56, blksize: 64,
+  blocks: 72, atime: 80, atimeNsec: 88, mtime: 96, mtimeNsec: 104, ctime: 112, ctimeNsec: 120,
+  SIZE: 128,
+} as const;
+
+export interface StatFs {
+  bsize: number; frsize: number; blocks: number; bfree: number; bavail: number;
+  files: number; ffree: number; namelen: number;
+}
+
+export interface PeerCred { pid: number; uid: number; gid: number }
+
+export interface RecvResult {
+  /** Bytes received; 0 means the peer closed the connection (EOF). */
+  bytes: number;
+  /** File descriptors received with SCM_RIGHTS (already O_CLOEXEC). */
+  fds: number[];
+  /** MSG_TRUNC or MSG_CTRUNC was set: data or fds were cut off (the received fds are kept). */
+  truncated: boolean;
+}
+
+export interface FlockInfo { type: number; whence: number; start: number; len: number; pid: number }
+
+export interface FileHandle { mountId: number; handleType: number; handle: Buffer }
+
+/** A slice of mapped memory (an ArrayBuffer returned by mmap) used as one iovec. */
+export interface IoSegment { buffer: ArrayBuffer; offset: number; length: number }
+
+export type Callback<T> = (err: NativeError | null, result: T) => void;
+
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+
+/** fd readiness via uv_poll_t on the current env's loop. The callback gets a negative libuv
+ * status on error, else 0, and the ready events (POLL_READABLE | POLL_WRITABLE). */
+export interface Poller {
+  start(events: number): void;
+  stop(): void;
+  /** Stops and releases the uv handle. Does not close the fd. Idempotent. */
+  close(): void;
+}
+export interface PollerConstructor {
+  new (fd: number, callback: (status: number, events: number) => void): Poller;
+}
+
+export interface NativeAddon {
+  /** Numeric constants from the C headers: O_*, AT_*, RESOLVE_*, S_IF*, F_*, LOCK_*, RENAME_*,
+   * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, EFD_*, and E* errnos. */
+  constants: Record<string, number>;
+  /** errno → "ENAME" for every errno the platform knows. */
+  errnoName(errno: number): string;
+
+  // --- fds
+  close(fd: number): void;
+  /** F_DUPFD_CLOEXEC. */
+  dup(fd: number): number;
+  setNonBlocking(fd: number, nonBlocking: boolean): void;
+  /** Reads F_GETFD/F_GETFL: { cloexec, flags }. */
+  fdFlags(fd: number): { cloexec: boolean; statusFlags: number };
+
+  // --- UNIX sockets (all non-blocking and close-on-exec)
+  /** socket + bind + listen. Unlinks nothing. kind: "stream" | "seqpacket". A path starting
+   * with "@" is in the abstract namespace. */
+  unixListen(path: string, kind: 'stream' | 'seqpacket', backlog: number): number;
+  unixConnect(path: string, kind: 'stream' | 'seqpacket' | 'dgram'): number;
+  /** accept4; returns -1 on EAGAIN. */
+  accept(listenFd: number): number;
+  socketpair(kind: 'stream' | 'seqpacket' | 'dgram'): [number, number];
+  /** sendmsg with SCM_RIGHTS (fds may be empty, at most 253). MSG_NOSIGNAL. Returns bytes sent,
+   * or -1 on EAGAIN. */
+  sendMsg(fd: number, data: Buffer, fds: number[]): number;
+  /** sendto a datagram socket path (for sd_notify: NOTIFY_SOCKET, "@" = abstract), with fds.
+   * Opens and closes its own socket. */
+  sendDatagram(path: string, data: Buffer, fds: number[]): void;
+  /** recvmsg with MSG_CMSG_CLOEXEC into buf (at most buf.length bytes). Returns null on
+   * EAGAIN. */
+  recvMsg(fd: number, buf: Buffer, maxFds: number): RecvResult | null;
+  peerCred(fd: number): PeerCred;
+  shutdown(fd: number, how: number): void;
+
+  // --- memory, eventfd
+  memfdCreate(name: string, flags: number): number;
+  /** MAP_SHARED mapping as an external ArrayBuffer. length > 0; offset page-aligned. */
+  mmap(fd: number, length: number, offset: number, writable: boolean): ArrayBuffer;
+  /** Detaches the ArrayBuffer (every view becomes length 0) and unmaps it; the unmap is deferred
+   * until async I/O that uses the mapping has finished. Idempotent. */
+  munmap(buffer: ArrayBuffer): void;
+  eventfd(initval: number, flags: number): number;
+  /** Adds value to the eventfd counter (write of 8 bytes). Returns false on EAGAIN. */
+  eventfdWrite(fd: number, value: number): boolean;
+  /** Reads and resets the counter; returns -1 on EAGAIN. */
+  eventfdRead(fd: number): number;
+
+  // --- memory ordering for rings shared with the guest
+  loadAcquireU16(buffer: ArrayBuffer, offset: number): number;
+  storeReleaseU16(buffer: ArrayBuffer, offset: number, value: number): void;
+  loadAcquireU64(buffer: ArrayBuffer, offset: number): bigint;
+  storeReleaseU64(buffer: ArrayBuffer, offset: number, value: bigint): void;
+  /** Full barrier (seq_cst fence): needed between publishing used->idx and reading
+   * avail_event/flags when deciding whether to notify. */
+  fence(): void;
+
+  Poller: PollerConstructor;
+
+  // --- credentials of the calling (JS) thread, for creating files as the guest's caller
+  /** setfsgid(gid) then setfsuid(uid) via raw syscalls (per thread). Returns the previous
+   * [uid, gid]. */
+  setFsIds(uid: number, gid: number): [number, number];
+
+  // --- filesystem: synchronous, fast metadata calls
+  openat(dirfd: number, path: PathLike, flags: number, mode: number): number;
+  /** openat2 with struct open_how { flags, mode, resolve }. ENOSYS on old kernels. */
+  openat2(dirfd: number, path: PathLike, flags: number, mode: number, resolve: number): number;
+  /** Fills `out` (at least STAT.SIZE bytes) per the STAT layout. Use AT_EMPTY_PATH with "". */
+  fstatat(dirfd: number, path: PathLike, flags: number, out: Buffer): void;
+  mkdirat(dirfd: number, path: PathLike, mode: number): void;
+  mknodat(dirfd: number, path: PathLike, mode: number, dev: number): void;
+  symlinkat(target: PathLike, dirfd: number, path: PathLike): void;
+  /** The link target as raw bytes. */
+  readlinkat(dirfd: number, path: PathLike): Buffer;
+  linkat(olddirfd: number, oldpath: PathLike, newdirfd: number, newpath: PathLike, flags: number): void;
+  unlinkat(dirfd: number, path: PathLike, flags: number): void;
+  renameat2(olddirfd: number, oldpath: PathLike, newdirfd: number, newpath: PathLike, flags: number): void;
+  fchmod(fd: number, mode: number): void;
+  fchmodat(dirfd: number, path: PathLike, mode: number, flags: number): void;
+  fchownat(dirfd: number, path: PathLike, uid: number, gid: number, flags: number): void;
+  /** utimensat; nsec may be UTIME_NOW / UTIME_OMIT. A null path means the fd itself. */
+  utimensat(dirfd: number, path: PathLike | null, atimeSec: number, atimeNsec: number,
+    mtimeSec: number, mtimeNsec: number, flags: number): void;
+  ftruncate(fd: number, length: number): void;
+  fstatfs(fd: number): StatFs;
+  /** getdents64 into buf; returns bytes filled (0 at end). Records are linux_dirent64. */
+  getdents64(fd: number, buf: Buffer): number;
+  lseek(fd: number, offset: number, whence: number): number;
+  /** fd-based xattr calls when target is a number, l*xattr (no-follow) on a path when it is a
+   * string/Buffer. With a null buf they return the size needed. */
+  getxattr(target: number | PathLike, name: PathLike, buf: Buffer | null): number;
+  setxattr(target: number | PathLike, name: PathLike, value: Buffer, flags: number): void;
+  listxattr(target: number | PathLike, buf: Buffer | null): number;
+  removexattr(target: number | PathLike, name: PathLike): void;
+  /** Open file description locks: cmd is F_OFD_GETLK or F_OFD_SETLK. For GETLK returns the
+   * conflicting lock (type F_UNLCK when none); for SETLK returns null. */
+  fcntlLock(fd: number, cmd: number, type: number, whence: number, start: number, len: number): FlockInfo | null;
+  /** flock(2); use LOCK_NB for the non-blocking form. */
+  flock(fd: number, operation: number): void;
+  nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
+  openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;
+
+  // --- filesystem: slow calls, off the JS thread
+  /** preadv into mapped memory; result = bytes read. */
+  preadv(fd: number, position: number, segments: IoSegment[], cb: Callback<number>): void;
+  /** pwritev from mapped memory; result = bytes written. */
+  pwritev(fd: number, position: number, segments: IoSegment[], cb: Callback<number>): void;
+  /** pread/pwrite into/from a Buffer. */
+  pread(fd: number, buf: Buffer, position: number, cb: Callback<number>): void;
+  pwrite(fd: number, buf: Buffer, position: number, cb: Callback<number>): void;
+  fsync(fd: number, dataOnly: boolean, cb: Callback<void>): void;
+  syncfs(fd: number, cb: Callback<void>): void;
+  fallocate(fd: number, mode: number, offset: number, length: number, cb: Callback<void>): void;
+  copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number,
+    flags: number, cb: Callback<number>): void;
+  /** F_OFD_SETLKW: blocks on the threadpool until the lock is taken. */
+  fcntlLockWait(fd: number, type: number, whence: number, start: number, len: number, cb: Callback<void>): void;
+  /** Blocking flock(2) on the threadpool. */
+  flockWait(fd: number, operation: number, cb: Callback<void>): void;
+}
+
+// The one untyped line: loading the compiled addon.
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+export const native: NativeAddon = require(path.join(__dirname, '..', '..', 'build', 'Release', 'vfsk_native.node'));
+export const C = native.constants;

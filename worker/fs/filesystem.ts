@@ -1,0 +1,129 @@
+// The filesystem layer's interface: what the FUSE server (worker/fuse/server.ts) calls.
+// Modelled on rust-vmm's `FileSystem` trait: the server decodes and validates the wire format,
+// the filesystem does the syscalls. Every method may throw an FsError (or a NativeError from the
+// addon); the server turns its errno into the reply. Any other exception becomes EIO and is
+// logged. Methods return a value or a Promise for calls that run off the JS thread.
+//
+// Lookup-count contract (as in libfuse's fuse_lowlevel.h): every method that returns an Entry
+// with a non-zero nodeid (lookup, mknod, mkdir, symlink, link, create, tmpfile, and each
+// readdirplus entry that is accepted) adds 1 to that inode's lookup count; FORGET subtracts
+// nlookup; the inode is dropped (and its fd closed) when the count reaches 0.
+import type { IoSegment, StatFs } from '../../shared/native';
+
+/** Nodeids are counters (1 = root), never pointers. */
+export type NodeId = number;
+/** Open file / dir handles are counters too. */
+export type Handle = number;
+
+export const ROOT_NODEID: NodeId = 1;
+
+export class FsError extends Error {
+  constructor(readonly errno: number, message?: string) {
+    super(message ?? `filesystem error errno=${errno}`);
+    this.name = 'FsError';
+  }
+}
+
+/** Caller identity from the FUSE in-header. */
+export interface Context { uid: number; gid: number; pid: number }
+
+/** A 128-byte buffer laid out as shared/native.ts STAT. */
+export type StatBuffer = Buffer;
+
+export interface Entry {
+  nodeid: NodeId;
+  generation: number;
+  stat: StatBuffer;
+  /** Seconds (may be fractional). */
+  entryTimeout: number;
+  attrTimeout: number;
+}
+
+export interface AttrReply { stat: StatBuffer; attrTimeout: number }
+
+export interface OpenReply {
+  fh: Handle;
+  /** FOPEN_* flags (DIRECT_IO, KEEP_CACHE, CACHE_DIR, ...). */
+  openFlags: number;
+}
+
+/** SETATTR: only the fields whose FATTR_* bit is in `valid` are meaningful. */
+export interface SetattrRequest {
+  valid: number;
+  fh: Handle;
+  size: number;
+  atime: number; atimeNsec: number;
+  mtime: number; mtimeNsec: number;
+  mode: number; uid: number; gid: number;
+}
+
+export interface LockRange {
+  /** F_RDLCK / F_WRLCK / F_UNLCK */
+  type: number;
+  start: number;
+  /** Inclusive end offset as in fuse_file_lock (OFFSET_MAX = to end of file). */
+  end: number;
+  pid: number;
+}
+
+/** Accepts one directory entry; returns false when the reply buffer is full (the entry was not
+ * taken and, for readdirplus, the filesystem must undo that entry's lookup). */
+export interface DirSink {
+  add(name: Buffer, ino: Buffer /* 8 bytes, LE u64 */, type: number, nextOffset: number,
+    entry: Entry | null): boolean;
+}
+
+export interface FileSystem {
+  /** FUSE INIT has been negotiated; `flags` are the FUSE_* flags both sides agreed on. */
+  init(flags: bigint): void;
+  /** FUSE DESTROY or a new INIT: drop every inode and handle. */
+  destroy(): void;
+
+  lookup(ctx: Context, parent: NodeId, name: Buffer): Entry;
+  forget(nodeid: NodeId, nlookup: number): void;
+  getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
+  setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;
+  readlink(ctx: Context, nodeid: NodeId): Buffer;
+  symlink(ctx: Context, parent: NodeId, name: Buffer, target: Buffer): Entry;
+  mknod(ctx: Context, parent: NodeId, name: Buffer, mode: number, rdev: number, umask: number): Entry;
+  mkdir(ctx: Context, parent: NodeId, name: Buffer, mode: number, umask: number): Entry;
+  unlink(ctx: Context, parent: NodeId, name: Buffer): void;
+  rmdir(ctx: Context, parent: NodeId, name: Buffer): void;
+  /** flags: RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT */
+  rename(ctx: Context, parent: NodeId, name: Buffer, newParent: NodeId, newName: Buffer, flags: number): void;
+  link(ctx: Context, nodeid: NodeId, newParent: NodeId, newName: Buffer): Entry;
+
+  open(ctx: Context, nodeid: NodeId, flags: number): OpenReply;
+  create(ctx: Context, parent: NodeId, name: Buffer, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply };
+  tmpfile(ctx: Context, parent: NodeId, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply };
+  /** Reads into guest memory segments; resolves to bytes read. */
+  read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number>;
+  /** Writes from guest memory segments; resolves to bytes written. `writeFlags` FUSE_WRITE_*. */
+  write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[], writeFlags: number): Promise<number>;
+  flush(ctx: Context, nodeid: NodeId, fh: Handle, lockOwner: bigint): void;
+  /** releaseFlags: FUSE_RELEASE_FLUSH / FUSE_RELEASE_FLOCK_UNLOCK */
+  release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void;
+  fsync(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void>;
+  statfs(ctx: Context, nodeid: NodeId): StatFs;
+  syncfs(ctx: Context, nodeid: NodeId): Promise<void>;
+
+  opendir(ctx: Context, nodeid: NodeId, flags: number): OpenReply;
+  readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, plus: boolean, sink: DirSink): void;
+  releasedir(ctx: Context, nodeid: NodeId, fh: Handle): void;
+  fsyncdir(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void>;
+
+  /** size 0 asks for the value's length (returned as a number). ERANGE when too small. */
+  getxattr(ctx: Context, nodeid: NodeId, name: Buffer, size: number): Buffer | number;
+  listxattr(ctx: Context, nodeid: NodeId, size: number): Buffer | number;
+  setxattr(ctx: Context, nodeid: NodeId, name: Buffer, value: Buffer, flags: number): void;
+  removexattr(ctx: Context, nodeid: NodeId, name: Buffer): void;
+  access(ctx: Context, nodeid: NodeId, mask: number): void;
+
+  getlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange): LockRange;
+  /** isFlock: FUSE_LK_FLOCK was set (BSD flock semantics on the whole file). */
+  setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean, isFlock: boolean): void | Promise<void>;
+  fallocate(ctx: Context, nodeid: NodeId, fh: Handle, mode: number, offset: number, length: number): Promise<void>;
+  lseek(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, whence: number): number;
+  copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId,
+    fhOut: Handle, offOut: number, length: number, flags: number): Promise<number>;
+}
