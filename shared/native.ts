@@ -85,6 +85,9 @@ export interface NativeAddon {
   /** F_DUPFD_CLOEXEC. */
   dup(fd: number): number;
   setNonBlocking(fd: number, nonBlocking: boolean): void;
+  /** Raises RLIMIT_NOFILE's soft limit to min(hard, wanted) (and the hard limit too when
+   * privileged, up to /proc/sys/fs/nr_open). Returns the new soft limit. */
+  raiseNoFileLimit(wanted: number): number;
   /** Reads F_GETFD/F_GETFL: { cloexec, flags }. */
   fdFlags(fd: number): { cloexec: boolean; statusFlags: number };
 

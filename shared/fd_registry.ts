@@ -1,0 +1,74 @@
+// Every fd the service holds is registered here under a unique name, so that one place knows
+// what must be handed to the keeper (and back to a restarted worker) and what to close.
+// Names: "root", "vhost.listen", "vhost.conn", "vhost.backend", "mem.<slot>", "vring.<q>.kick",
+// "vring.<q>.call", "vring.<q>.err", "inflight", "inode.<nodeid>", "file.<fh>", "dir.<fh>".
+import { native } from './native';
+
+export class FdRegistryError extends Error {
+  constructor(message: string, readonly fdName: string) {
+    super(message);
+    this.name = 'FdRegistryError';
+  }
+}
+
+export interface FdRegistryListener {
+  onRegister(name: string, fd: number): void;
+  onUnregister(name: string, fd: number): void;
+}
+
+export class FdRegistry {
+  private readonly byName = new Map<string, number>();
+  private readonly listeners: FdRegistryListener[] = [];
+
+  addListener(listener: FdRegistryListener): void {
+    this.listeners.push(listener);
+  }
+
+  /** Takes ownership of fd under name. A name in use is a programming error. */
+  register(name: string, fd: number): void {
+    if (!Number.isInteger(fd) || fd < 0) throw new FdRegistryError(`invalid fd ${fd}`, name);
+    if (this.byName.has(name)) throw new FdRegistryError(`fd name already registered: ${name}`, name);
+    this.byName.set(name, fd);
+    for (const l of this.listeners) l.onRegister(name, fd);
+  }
+
+  /** Replaces (and closes) whatever fd holds the name. */
+  replace(name: string, fd: number): void {
+    if (this.byName.has(name)) this.close(name);
+    this.register(name, fd);
+  }
+
+  get(name: string): number | undefined {
+    return this.byName.get(name);
+  }
+
+  has(name: string): boolean {
+    return this.byName.has(name);
+  }
+
+  /** Unregisters and closes the fd. Unknown names are ignored (idempotent). */
+  close(name: string): void {
+    const fd = this.byName.get(name);
+    if (fd === undefined) return;
+    this.byName.delete(name);
+    for (const l of this.listeners) l.onUnregister(name, fd);
+    native.close(fd);
+  }
+
+  /** Closes every fd whose name starts with prefix. */
+  closePrefix(prefix: string): void {
+    for (const name of [...this.byName.keys()]) if (name.startsWith(prefix)) this.close(name);
+  }
+
+  closeAll(): void {
+    for (const name of [...this.byName.keys()]) this.close(name);
+  }
+
+  get size(): number {
+    return this.byName.size;
+  }
+
+  entries(): IterableIterator<[string, number]> {
+    return this.byName.entries();
+  }
+}
