@@ -1,0 +1,33 @@
+// The virtio-fs device: queue 0 is the hiprio queue (FORGET, BATCH_FORGET, INTERRUPT), queues
+// 1..N are request queues. Every queue feeds the same FUSE server.
+import type { Logger } from '../shared/log';
+import type { QueueHandler, VhostDevice } from './vhost/backend';
+import { QueueServer, type ChainHandler } from './virtqueue/queue_server';
+
+export class VirtioFsDevice implements VhostDevice {
+  readonly numQueues: number;
+  private firstCompletionListeners: Array<() => void> = [];
+
+  constructor(requestQueues: number, private readonly server: ChainHandler & { reset(): void },
+    private readonly log: Logger) {
+    if (!Number.isInteger(requestQueues) || requestQueues < 1 || requestQueues > 64) {
+      throw new RangeError(`request queue count ${requestQueues} out of range 1..64`);
+    }
+    this.numQueues = 1 + requestQueues;
+  }
+
+  /** Called once, at the first request completed after start (for recovery timing). */
+  onFirstCompletion(listener: () => void): void {
+    this.firstCompletionListeners.push(listener);
+  }
+
+  createQueueHandler(index: number): QueueHandler {
+    return new QueueServer(index, this.server, this.log.child({ queue: index }), () => {
+      for (const l of this.firstCompletionListeners.splice(0)) l();
+    });
+  }
+
+  onReset(): void {
+    this.server.reset();
+  }
+}

@@ -1,0 +1,322 @@
+// FUSE server: takes one descriptor chain, decodes the FUSE request from guest memory with
+// bounds checks, dispatches it to the FileSystem, and writes the reply into the chain's
+// writable buffers. READ and WRITE payloads move between files and guest memory in the addon
+// (preadv/pwritev on the chain's iovecs); they never pass through JS.
+//
+// Contract per opcode follows libfuse's fuse_lowlevel.h: FORGET and BATCH_FORGET get no reply;
+// every other request gets exactly one reply (an error header or a typed body).
+import type { Logger } from '../../shared/log';
+import { isNativeError, type IoSegment } from '../../shared/native';
+import type { Context, FileSystem } from '../fs/filesystem';
+import { FsError } from '../fs/filesystem';
+import type { DescriptorChain } from '../virtqueue/split_ring';
+import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
+import type { ChainHandler } from '../virtqueue/queue_server';
+import * as K from './constants';
+import * as P from './protocol';
+
+const ERRNO = { EIO: 5, EINVAL: 22, ENOSYS: 38, EPROTO: 71, ERANGE: 34, EOVERFLOW: 75 } as const;
+
+/** Largest request we gather into JS memory: SETXATTR values (64 KiB) plus headers. WRITE
+ * payloads are not gathered. */
+export const MAX_GATHERED_REQUEST = 256 * 1024;
+export const MAX_WRITE = 1024 * 1024;
+const MAX_PAGES = MAX_WRITE / 4096;
+const WRITE_IN_SIZE = 40;
+
+/** INIT flags we can honour. Deliberately absent: WRITEBACK_CACHE (changes open/write
+ * semantics), POSIX_ACL and SETXATTR_EXT (no ACL handling here), DONT_MASK (the guest kernel
+ * applies the umask), HANDLE_KILLPRIV_V2 (the guest kernel clears suid/sgid itself), DAX. */
+export const SUPPORTED_INIT_FLAGS =
+  K.FUSE_ASYNC_READ | K.FUSE_POSIX_LOCKS | K.FUSE_ATOMIC_O_TRUNC | K.FUSE_BIG_WRITES | K.FUSE_FLOCK_LOCKS |
+  K.FUSE_DO_READDIRPLUS | K.FUSE_READDIRPLUS_AUTO | K.FUSE_ASYNC_DIO | K.FUSE_PARALLEL_DIROPS |
+  K.FUSE_MAX_PAGES | K.FUSE_INIT_EXT;
+
+export interface InitResult {
+  major: number;
+  minor: number;
+  flags: bigint;
+  maxReadahead: number;
+  maxWrite: number;
+  maxPages: number;
+}
+
+export interface FuseServerOptions {
+  cache: 'auto' | 'always' | 'never';
+}
+
+type Reply = Buffer | null;
+
+export class FuseServer implements ChainHandler {
+  private initResult: InitResult | null = null;
+  private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + WRITE_IN_SIZE);
+
+  constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {}
+
+  get init(): InitResult | null {
+    return this.initResult;
+  }
+
+  /** Device reset or disconnect: the FUSE session is over. */
+  reset(): void {
+    if (this.initResult !== null) this.fs.destroy();
+    this.initResult = null;
+  }
+
+  handleChain(chain: DescriptorChain): number | Promise<number> {
+    if (chain.readableLen < P.IN_HEADER_SIZE) {
+      this.log.error({ head: chain.head, readable: chain.readableLen }, 'request shorter than a FUSE header; dropped');
+      return 0;
+    }
+    const hdrBytes = this.headerScratch.subarray(0, P.IN_HEADER_SIZE);
+    gatherFromSegments(chain.readable, 0, hdrBytes);
+    const h = P.parseInHeader(hdrBytes);
+    if (h.len !== chain.readableLen) {
+      this.log.error({ head: chain.head, opcode: h.opcode, len: h.len, chain: chain.readableLen }, 'FUSE header length disagrees with the descriptor chain');
+      return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    }
+    if (h.opcode === K.FUSE_WRITE) return this.handleWrite(chain, h);
+    if (h.len > MAX_GATHERED_REQUEST) {
+      this.log.error({ opcode: h.opcode, len: h.len }, 'request too large');
+      return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    }
+    const body = Buffer.allocUnsafe(h.len - P.IN_HEADER_SIZE);
+    gatherFromSegments(chain.readable, P.IN_HEADER_SIZE, body);
+    let req: P.FuseRequest;
+    try {
+      req = P.parseRequest(h, body);
+    } catch (e) {
+      if (e instanceof P.FuseProtocolError) {
+        this.log.warn({ opcode: h.opcode, unique: h.unique.toString(), err: e.message }, 'malformed FUSE request');
+        return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, e.errno) : 0;
+      }
+      throw e;
+    }
+    return this.dispatch(chain, h, req);
+  }
+
+  private ctx(h: P.InHeader): Context {
+    return { uid: h.uid, gid: h.gid, pid: h.pid };
+  }
+
+  private dispatch(chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest): number | Promise<number> {
+    if (req.kind !== 'INIT' && this.initResult === null) {
+      this.log.warn({ opcode: h.opcode }, 'request before FUSE INIT');
+      return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
+    }
+    try {
+      const r = this.execute(chain, h, req);
+      if (r instanceof Promise) {
+        return r.then((reply) => this.finish(chain, h, reply), (e) => this.replyError(chain, h.unique, this.errnoOf(e, h)));
+      }
+      return this.finish(chain, h, r);
+    } catch (e) {
+      return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, this.errnoOf(e, h)) : 0;
+    }
+  }
+
+  private finish(chain: DescriptorChain, h: P.InHeader, reply: Reply | number): number {
+    if (typeof reply === 'number') return reply; // already written (READ)
+    if (reply === null) return 0; // no reply for FORGET-type requests
+    return this.replyOk(chain, h.unique, reply);
+  }
+
+  private errnoOf(e: unknown, h: P.InHeader): number {
+    if (e instanceof FsError || e instanceof P.FuseProtocolError) return e.errno;
+    if (isNativeError(e)) return e.errno;
+    this.log.error({ opcode: K.opcodeName(h.opcode), err: e instanceof Error ? { message: e.message, stack: e.stack } : String(e) }, 'unexpected error in request');
+    return ERRNO.EIO;
+  }
+
+  private replyOk(chain: DescriptorChain, unique: bigint, body: Buffer): number {
+    const total = P.OUT_HEADER_SIZE + body.length;
+    if (total > chain.writableLen) {
+      if (chain.writableLen < P.OUT_HEADER_SIZE) {
+        this.log.error({ unique: unique.toString(), writable: chain.writableLen }, 'no room for a reply header; request dropped');
+        return 0;
+      }
+      this.log.warn({ unique: unique.toString(), need: total, have: chain.writableLen }, 'reply does not fit the guest buffers');
+      return this.replyError(chain, unique, ERRNO.EOVERFLOW);
+    }
+    const hdr = Buffer.allocUnsafe(P.OUT_HEADER_SIZE);
+    P.encodeOutHeader(hdr, 0, total, 0, unique);
+    scatterToSegments(chain.writable, 0, hdr);
+    scatterToSegments(chain.writable, P.OUT_HEADER_SIZE, body);
+    return total;
+  }
+
+  private replyError(chain: DescriptorChain, unique: bigint, errno: number): number {
+    if (chain.writableLen < P.OUT_HEADER_SIZE) {
+      this.log.error({ unique: unique.toString(), errno }, 'no room for an error reply; request dropped');
+      return 0;
+    }
+    scatterToSegments(chain.writable, 0, P.errorReply(unique, errno));
+    return P.OUT_HEADER_SIZE;
+  }
+
+  private replyRoom(chain: DescriptorChain): number {
+    return Math.max(0, chain.writableLen - P.OUT_HEADER_SIZE);
+  }
+
+  private handleWrite(chain: DescriptorChain, h: P.InHeader): number | Promise<number> {
+    if (h.len < P.IN_HEADER_SIZE + WRITE_IN_SIZE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    const args = Buffer.allocUnsafe(WRITE_IN_SIZE);
+    gatherFromSegments(chain.readable, P.IN_HEADER_SIZE, args);
+    let req: P.FuseRequest;
+    try {
+      req = P.parseRequest(h, args);
+    } catch (e) {
+      if (e instanceof P.FuseProtocolError) return this.replyError(chain, h.unique, e.errno);
+      throw e;
+    }
+    if (req.kind !== 'WRITE') return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    if (P.IN_HEADER_SIZE + WRITE_IN_SIZE + req.size !== h.len) {
+      this.log.warn({ size: req.size, len: h.len }, 'WRITE size disagrees with the request length');
+      return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    }
+    if (req.size > MAX_WRITE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    return this.dispatch(chain, h, req);
+  }
+
+  private execute(chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest): Reply | number | Promise<Reply | number> {
+    const fs = this.fs;
+    const ctx = this.ctx(h);
+    const node = h.nodeid;
+    switch (req.kind) {
+      case 'INIT': return this.doInit(req);
+      case 'DESTROY':
+        fs.destroy();
+        this.initResult = null;
+        return Buffer.alloc(0);
+      case 'LOOKUP': return P.encodeEntryOut(fs.lookup(ctx, node, req.name));
+      case 'FORGET':
+        fs.forget(node, req.nlookup);
+        return null;
+      case 'BATCH_FORGET':
+        for (const f of req.items) {
+          try {
+            fs.forget(f.nodeid, f.nlookup);
+          } catch (e) {
+            this.log.warn({ nodeid: f.nodeid, err: (e as Error).message }, 'batch forget of an unknown node');
+          }
+        }
+        return null;
+      case 'GETATTR': {
+        const useFh = (req.getattrFlags & K.FUSE_GETATTR_FH) !== 0;
+        return P.encodeAttrOut(fs.getattr(ctx, node, useFh ? req.fh : null));
+      }
+      case 'SETATTR': {
+        const r = fs.setattr(ctx, node, {
+          valid: req.valid, fh: req.fh, size: req.size, atime: req.atime, atimeNsec: req.atimeNsec,
+          mtime: req.mtime, mtimeNsec: req.mtimeNsec, mode: req.mode, uid: req.uid, gid: req.gid,
+        });
+        return r instanceof Promise ? r.then((a) => P.encodeAttrOut(a)) : P.encodeAttrOut(r);
+      }
+      case 'READLINK': return fs.readlink(ctx, node);
+      case 'SYMLINK': return P.encodeEntryOut(fs.symlink(ctx, node, req.name, req.target));
+      case 'MKNOD': return P.encodeEntryOut(fs.mknod(ctx, node, req.name, req.mode, req.rdev, req.umask));
+      case 'MKDIR': return P.encodeEntryOut(fs.mkdir(ctx, node, req.name, req.mode, req.umask));
+      case 'UNLINK': fs.unlink(ctx, node, req.name); return Buffer.alloc(0);
+      case 'RMDIR': fs.rmdir(ctx, node, req.name); return Buffer.alloc(0);
+      case 'RENAME': fs.rename(ctx, node, req.oldName, req.newDir, req.newName, 0); return Buffer.alloc(0);
+      case 'RENAME2': fs.rename(ctx, node, req.oldName, req.newDir, req.newName, req.flags); return Buffer.alloc(0);
+      case 'LINK': return P.encodeEntryOut(fs.link(ctx, req.oldNodeid, node, req.newName));
+      case 'OPEN': return P.encodeOpenOut(fs.open(ctx, node, req.flags));
+      case 'CREATE': {
+        const r = fs.create(ctx, node, req.name, req.mode, req.flags, req.umask);
+        return P.encodeCreateOut(r.entry, r.open);
+      }
+      case 'TMPFILE': {
+        const r = fs.tmpfile(ctx, node, req.mode, req.flags, req.umask);
+        return P.encodeCreateOut(r.entry, r.open);
+      }
+      case 'READ': return this.doRead(chain, h, ctx, req.fh, req.offset, req.size);
+      case 'WRITE': {
+        const segments: IoSegment[] = sliceSegments(chain.readable, P.IN_HEADER_SIZE + WRITE_IN_SIZE, req.size);
+        return fs.write(ctx, node, req.fh, req.offset, req.size, segments, req.writeFlags).then((n) => P.encodeWriteOut(n));
+      }
+      case 'FLUSH': fs.flush(ctx, node, req.fh, req.lockOwner); return Buffer.alloc(0);
+      case 'RELEASE': fs.release(ctx, node, req.fh, req.flags, req.releaseFlags, req.lockOwner); return Buffer.alloc(0);
+      case 'FSYNC': return fs.fsync(ctx, node, req.fh, (req.fsyncFlags & 1) !== 0).then(() => Buffer.alloc(0));
+      case 'STATFS': return P.encodeStatfsOut(fs.statfs(ctx, node));
+      case 'SYNCFS': return fs.syncfs(ctx, node).then(() => Buffer.alloc(0));
+      case 'OPENDIR': return P.encodeOpenOut(fs.opendir(ctx, node, req.flags));
+      case 'READDIR':
+      case 'READDIRPLUS': {
+        const writer = new P.DirentWriter(Math.min(req.size, this.replyRoom(chain)), req.kind === 'READDIRPLUS');
+        fs.readdir(ctx, node, req.fh, req.offset, req.kind === 'READDIRPLUS', writer);
+        return writer.bytes();
+      }
+      case 'RELEASEDIR': fs.releasedir(ctx, node, req.fh); return Buffer.alloc(0);
+      case 'FSYNCDIR': return fs.fsyncdir(ctx, node, req.fh, (req.fsyncFlags & 1) !== 0).then(() => Buffer.alloc(0));
+      case 'GETXATTR': {
+        const r = fs.getxattr(ctx, node, req.name, req.size);
+        return typeof r === 'number' ? P.encodeGetxattrOut(r) : r;
+      }
+      case 'LISTXATTR': {
+        const r = fs.listxattr(ctx, node, req.size);
+        return typeof r === 'number' ? P.encodeGetxattrOut(r) : r;
+      }
+      case 'SETXATTR': fs.setxattr(ctx, node, req.name, req.value, req.flags); return Buffer.alloc(0);
+      case 'REMOVEXATTR': fs.removexattr(ctx, node, req.name); return Buffer.alloc(0);
+      case 'ACCESS': fs.access(ctx, node, req.mask); return Buffer.alloc(0);
+      case 'GETLK': return P.encodeLkOut(fs.getlk(ctx, node, req.fh, req.owner, req.lock));
+      case 'SETLK':
+      case 'SETLKW': {
+        const isFlock = (req.lkFlags & K.FUSE_LK_FLOCK) !== 0;
+        const r = fs.setlk(ctx, node, req.fh, req.owner, req.lock, req.kind === 'SETLKW', isFlock);
+        return r instanceof Promise ? r.then(() => Buffer.alloc(0)) : Buffer.alloc(0);
+      }
+      case 'FALLOCATE': return fs.fallocate(ctx, node, req.fh, req.mode, req.offset, req.length).then(() => Buffer.alloc(0));
+      case 'LSEEK': return P.encodeLseekOut(fs.lseek(ctx, node, req.fh, req.offset, req.whence));
+      case 'COPY_FILE_RANGE':
+        return fs.copyFileRange(ctx, node, req.fhIn, req.offIn, req.nodeidOut, req.fhOut, req.offOut, req.len, req.flags)
+          .then((n) => P.encodeWriteOut(n));
+      case 'INTERRUPT':
+        // Every request we run either finishes promptly or is a SETLKW; neither can be
+        // cancelled safely, so the interrupt is a no-op (allowed by the FUSE protocol).
+        return null;
+      default:
+        return Promise.reject(new FsError(ERRNO.ENOSYS, `unsupported opcode ${K.opcodeName(h.opcode)}`));
+    }
+  }
+
+  private doInit(req: Extract<P.FuseRequest, { kind: 'INIT' }>): Buffer {
+    if (req.major < K.FUSE_KERNEL_VERSION) throw new FsError(ERRNO.EPROTO, `FUSE major ${req.major} unsupported`);
+    if (req.major > K.FUSE_KERNEL_VERSION) {
+      // The kernel retries INIT with our major when we answer with only our version.
+      return P.encodeInitOut({ major: K.FUSE_KERNEL_VERSION, minor: K.FUSE_KERNEL_MINOR_VERSION, maxReadahead: 0, flags: 0n,
+        maxBackground: 0, congestionThreshold: 0, maxWrite: 0, timeGran: 0, maxPages: 0 });
+    }
+    if (req.minor < K.FUSE_MIN_SUPPORTED_MINOR) throw new FsError(ERRNO.EPROTO, `FUSE 7.${req.minor} is too old`);
+    if (this.initResult !== null) {
+      // A new INIT on a live session: the guest rebooted. Start a fresh FUSE session.
+      this.log.info('FUSE INIT on a live session: dropping the previous session');
+      this.fs.destroy();
+    }
+    const minor = Math.min(req.minor, K.FUSE_KERNEL_MINOR_VERSION);
+    let flags = req.flags & SUPPORTED_INIT_FLAGS;
+    if ((req.flags & K.FUSE_INIT_EXT) === 0n) flags &= 0xffff_ffffn;
+    const result: InitResult = { major: K.FUSE_KERNEL_VERSION, minor, flags, maxReadahead: req.maxReadahead, maxWrite: MAX_WRITE, maxPages: MAX_PAGES };
+    this.initResult = result;
+    this.fs.init(flags);
+    this.log.info({ minor, flags: `0x${flags.toString(16)}`, cache: this.opts.cache }, 'FUSE session initialized');
+    return P.encodeInitOut({ major: result.major, minor, maxReadahead: req.maxReadahead, flags, maxBackground: 64,
+      congestionThreshold: 48, maxWrite: MAX_WRITE, timeGran: 1, maxPages: MAX_PAGES });
+  }
+
+  /** READ: preadv straight into the reply buffers after the out header. */
+  private doRead(chain: DescriptorChain, h: P.InHeader, ctx: Context, fh: number, offset: number, size: number): Promise<number> | number {
+    if (chain.writableLen < P.OUT_HEADER_SIZE) return 0;
+    const want = Math.min(size, this.replyRoom(chain));
+    const segments = sliceSegments(chain.writable, P.OUT_HEADER_SIZE, want);
+    const done = (n: number): number => {
+      const hdr = Buffer.allocUnsafe(P.OUT_HEADER_SIZE);
+      P.encodeOutHeader(hdr, 0, P.OUT_HEADER_SIZE + n, 0, h.unique);
+      scatterToSegments(chain.writable, 0, hdr);
+      return P.OUT_HEADER_SIZE + n;
+    };
+    if (want === 0) return done(0);
+    return this.fs.read(ctx, h.nodeid, fh, offset, want, segments).then(done);
+  }
+}

@@ -1,0 +1,650 @@
+// vhost-user layer: the backend side of QEMU's protocol for one connection. It negotiates
+// features, keeps the memory table and the vring configuration, and starts/stops queues on a
+// QueueHandler (the virtqueue → FUSE layers). Every malformed message is answered with a
+// REPLY_ACK failure (when the frontend asked for one) or logged; none is fatal except those
+// that break the stream's framing (handled by the transport).
+import type { Logger } from '../../shared/log';
+import { native, C, type Poller, POLL_READABLE, isNativeError } from '../../shared/native';
+import type { FdRegistry } from '../../shared/fd_registry';
+import { GuestMemory, GuestMemoryError, toSafeNumber } from '../virtqueue/guest_memory';
+import { InflightRegion, RingError, SplitRing, inflightQueueRegionSize, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
+import * as M from './messages';
+import { MessageTransport, type IncomingMessage } from './transport';
+
+export interface QueueHandler {
+  /** The ring is configured, kicked and enabled: serve it. `resubmit` lists inflight heads
+   * recovered from the inflight region, oldest first. */
+  start(ring: SplitRing, notify: () => void, resubmit: number[]): void;
+  /** The guest kicked the queue (or we kick ourselves after a start). */
+  kick(): void;
+  /** Stop serving; resolves when no request of this queue is in flight any more. */
+  stop(): Promise<void>;
+  inflightCount(): number;
+}
+
+export interface VhostDevice {
+  /** Total virtqueues (hiprio + request queues). */
+  readonly numQueues: number;
+  createQueueHandler(index: number): QueueHandler;
+  /** The frontend reset the device (RESET_OWNER / RESET_DEVICE). */
+  onReset(): void;
+}
+
+export const OFFERED_FEATURES =
+  M.bit(M.VIRTIO_F_VERSION_1) | M.bit(M.VIRTIO_RING_F_INDIRECT_DESC) | M.bit(M.VIRTIO_RING_F_EVENT_IDX) |
+  M.bit(M.VHOST_USER_F_PROTOCOL_FEATURES);
+
+export const OFFERED_PROTOCOL_FEATURES =
+  M.bit(M.ProtocolFeature.MQ) | M.bit(M.ProtocolFeature.REPLY_ACK) | M.bit(M.ProtocolFeature.BACKEND_REQ) |
+  M.bit(M.ProtocolFeature.INFLIGHT_SHMFD) | M.bit(M.ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+  M.bit(M.ProtocolFeature.RESET_DEVICE);
+
+export const MAX_MEM_SLOTS = 32;
+/** GET_VRING_BASE waits this long for in-flight requests (e.g. a blocked SETLKW) to finish. */
+const STOP_DRAIN_TIMEOUT_MS = 5000;
+
+export interface VringConfig {
+  size: number;
+  descUser: number;
+  availUser: number;
+  usedUser: number;
+  addrSet: boolean;
+  base: number;
+  enabled: boolean;
+  kicked: boolean;
+}
+
+/** What the vhost-user session remembers (the part a restarted worker needs). */
+export interface VhostSessionState {
+  ownerSet: boolean;
+  ackedFeatures: bigint;
+  ackedProtocolFeatures: bigint;
+  featuresSet: boolean;
+  regions: Array<{ slot: number; guestPhysAddr: number; size: number; userspaceAddr: number; mmapOffset: number }>;
+  vrings: VringConfig[];
+  inflight: { numQueues: number; queueSize: number; mmapSize: number } | null;
+}
+
+class VhostError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VhostError';
+  }
+}
+
+interface RunningQueue {
+  handler: QueueHandler;
+  ring: SplitRing;
+  kickPoller: Poller;
+}
+
+export class VhostUserBackend {
+  private readonly transport: MessageTransport;
+  readonly memory = new GuestMemory();
+  private ownerSet = false;
+  private ackedFeatures = 0n;
+  private featuresSet = false;
+  private ackedProtocolFeatures = 0n;
+  private readonly vrings: VringConfig[];
+  private readonly running = new Map<number, RunningQueue>();
+  private regionSlots = new Map<string, number>(); // fdName → slot
+  private nextSlot = 0;
+  private inflightBuffer: ArrayBuffer | null = null;
+  private inflightInfo: { numQueues: number; queueSize: number; mmapSize: number } | null = null;
+  /** Mappings of our own per-queue inflight memfds (used when the frontend gave none). */
+  private readonly ownInflight = new Map<number, ArrayBuffer>();
+  private closed = false;
+  /** A message whose handling waits (GET_VRING_BASE draining); later messages queue. */
+  private busy = false;
+  private readonly backlog: IncomingMessage[] = [];
+
+  constructor(connFd: number, private readonly device: VhostDevice,
+    private readonly registry: FdRegistry, private readonly log: Logger,
+    private readonly onDisconnect: (reason: string) => void) {
+    this.vrings = [];
+    for (let i = 0; i < device.numQueues; i++) this.vrings.push(emptyVring());
+    this.transport = new MessageTransport(connFd, {
+      onMessage: (msg) => this.enqueue(msg),
+      onClose: (reason) => this.disconnect(reason),
+    });
+  }
+
+  get connected(): boolean {
+    return !this.closed;
+  }
+
+  state(): VhostSessionState {
+    return {
+      ownerSet: this.ownerSet,
+      ackedFeatures: this.ackedFeatures,
+      ackedProtocolFeatures: this.ackedProtocolFeatures,
+      featuresSet: this.featuresSet,
+      regions: this.memory.list().map((r) => ({
+        slot: this.regionSlots.get(r.fdName) ?? -1, guestPhysAddr: r.guestPhysAddr, size: r.size,
+        userspaceAddr: r.userspaceAddr, mmapOffset: r.mmapOffset,
+      })),
+      vrings: this.vrings.map((v) => ({ ...v })),
+      inflight: this.inflightInfo,
+    };
+  }
+
+  queueStats(): Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> {
+    return this.vrings.map((v, index) => {
+      const q = this.running.get(index);
+      return {
+        index, size: v.size, running: q !== undefined,
+        lastAvail: q ? q.ring.lastAvailIdx : v.base,
+        used: q ? q.ring.usedIndex() : 0,
+        inflight: q ? q.handler.inflightCount() : 0,
+      };
+    });
+  }
+
+  /** Closes the connection as if the frontend had hung up (SIGTERM path). */
+  async shutdown(reason: string): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.transport.close();
+    await this.stopAllQueues();
+    this.releaseResources();
+    this.log.info({ reason }, 'vhost-user connection closed');
+  }
+
+  private disconnect(reason: string): void {
+    if (this.closed) return;
+    void this.shutdown(reason).then(() => this.onDisconnect(reason));
+  }
+
+  private hasProtocol(f: M.ProtocolFeature): boolean {
+    return (this.ackedProtocolFeatures & M.bit(f)) !== 0n;
+  }
+
+  private hasFeature(bitNo: bigint): boolean {
+    return (this.ackedFeatures & M.bit(bitNo)) !== 0n;
+  }
+
+  private enqueue(msg: IncomingMessage): void {
+    if (this.busy) {
+      this.backlog.push(msg);
+      return;
+    }
+    this.dispatch(msg);
+  }
+
+  private dispatch(msg: IncomingMessage): void {
+    const { request, flags } = msg.header;
+    const name = M.requestName(request);
+    let reply: Buffer | null = null;
+    let ok = true;
+    let async: Promise<Buffer> | null = null;
+    const fds = msg.fds;
+    try {
+      if ((flags & M.VERSION_MASK) !== M.FLAG_VERSION_1) throw new VhostError(`unsupported message version in flags 0x${flags.toString(16)}`);
+      const r = this.handle(msg);
+      if (r instanceof Promise) async = r;
+      else reply = r;
+    } catch (e) {
+      ok = false;
+      this.log.error({ request: name, err: errorInfo(e) }, 'vhost-user request failed');
+    } finally {
+      // Any fd the handler did not take is closed here, so a malformed message cannot leak.
+      for (const fd of fds) if (fd >= 0) native.close(fd);
+    }
+    if (async !== null) {
+      this.busy = true;
+      this.transport.pause();
+      async.then((payload) => this.finish(msg, payload, true), (e) => {
+        this.log.error({ request: name, err: errorInfo(e) }, 'vhost-user request failed');
+        this.finish(msg, null, false);
+      });
+      return;
+    }
+    this.finish(msg, reply, ok);
+  }
+
+  private finish(msg: IncomingMessage, reply: Buffer | null, ok: boolean): void {
+    const { request, flags } = msg.header;
+    if (!this.closed) {
+      if (M.hasProtocolReply(request)) {
+        // A failed GET_* still gets a reply, or QEMU would wait forever: an empty payload.
+        this.transport.send(M.encodeReply(request, reply ?? Buffer.alloc(0)), this.pendingReplyFds.splice(0));
+      } else if ((flags & M.FLAG_NEED_REPLY) && this.hasProtocol(M.ProtocolFeature.REPLY_ACK)) {
+        this.transport.send(M.encodeReply(request, M.u64Payload(ok ? 0n : 1n)));
+      }
+    }
+    this.pendingReplyFds.splice(0);
+    if (this.busy) {
+      this.busy = false;
+      this.transport.resume();
+      while (!this.busy && this.backlog.length > 0) this.dispatch(this.backlog.shift()!);
+    }
+  }
+
+  private readonly pendingReplyFds: number[] = [];
+
+  /** Takes fd i of the message (so dispatch will not close it). */
+  private takeFd(msg: IncomingMessage, i: number): number {
+    const fd = msg.fds[i];
+    if (fd === undefined || fd < 0) throw new VhostError(`${M.requestName(msg.header.request)}: missing fd #${i}`);
+    msg.fds[i] = -1;
+    return fd;
+  }
+
+  private expectFds(msg: IncomingMessage, n: number): void {
+    if (msg.fds.length !== n) {
+      throw new VhostError(`${M.requestName(msg.header.request)}: got ${msg.fds.length} fds, expected ${n}`);
+    }
+  }
+
+  private vringIndex(request: number, index: number): VringConfig {
+    const v = this.vrings[index];
+    if (v === undefined) throw new VhostError(`${M.requestName(request)}: queue index ${index} out of range (${this.vrings.length} queues)`);
+    return v;
+  }
+
+  private handle(msg: IncomingMessage): Buffer | null | Promise<Buffer> {
+    const { request } = msg.header;
+    const p = msg.payload;
+    switch (request) {
+      case M.Request.GET_FEATURES:
+        this.expectFds(msg, 0);
+        return M.u64Payload(OFFERED_FEATURES);
+      case M.Request.SET_FEATURES: {
+        this.expectFds(msg, 0);
+        const f = M.parseU64(request, p);
+        if (f & ~OFFERED_FEATURES) throw new VhostError(`frontend acked features we did not offer: 0x${(f & ~OFFERED_FEATURES).toString(16)}`);
+        this.ackedFeatures = f;
+        this.featuresSet = true;
+        this.log.debug({ features: `0x${f.toString(16)}` }, 'features acked');
+        return null;
+      }
+      case M.Request.GET_PROTOCOL_FEATURES:
+        this.expectFds(msg, 0);
+        return M.u64Payload(OFFERED_PROTOCOL_FEATURES);
+      case M.Request.SET_PROTOCOL_FEATURES: {
+        this.expectFds(msg, 0);
+        const f = M.parseU64(request, p);
+        if (f & ~OFFERED_PROTOCOL_FEATURES) throw new VhostError(`frontend acked protocol features we did not offer: 0x${(f & ~OFFERED_PROTOCOL_FEATURES).toString(16)}`);
+        this.ackedProtocolFeatures = f;
+        return null;
+      }
+      case M.Request.SET_OWNER:
+        this.expectFds(msg, 0);
+        if (p.length !== 0) throw new VhostError(`SET_OWNER with a ${p.length}-byte payload`);
+        this.ownerSet = true;
+        return null;
+      case M.Request.RESET_OWNER:
+      case M.Request.RESET_DEVICE:
+        this.expectFds(msg, 0);
+        return this.resetDevice().then(() => Buffer.alloc(0));
+      case M.Request.GET_QUEUE_NUM:
+        this.expectFds(msg, 0);
+        return M.u64Payload(BigInt(this.device.numQueues));
+      case M.Request.GET_MAX_MEM_SLOTS:
+        this.expectFds(msg, 0);
+        return M.u64Payload(BigInt(MAX_MEM_SLOTS));
+      case M.Request.SET_MEM_TABLE:
+        return this.setMemTable(msg);
+      case M.Request.ADD_MEM_REG:
+        return this.addMemReg(msg);
+      case M.Request.REM_MEM_REG:
+        return this.remMemReg(msg);
+      case M.Request.SET_VRING_NUM: {
+        this.expectFds(msg, 0);
+        const s = M.parseVringState(request, p);
+        const v = this.vringIndex(request, s.index);
+        if (s.num < 1 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) throw new VhostError(`SET_VRING_NUM: invalid size ${s.num}`);
+        if (this.running.has(s.index)) throw new VhostError(`SET_VRING_NUM on running queue ${s.index}`);
+        v.size = s.num;
+        return null;
+      }
+      case M.Request.SET_VRING_ADDR: {
+        this.expectFds(msg, 0);
+        const a = M.parseVringAddr(request, p);
+        const v = this.vringIndex(request, a.index);
+        if (this.running.has(a.index)) throw new VhostError(`SET_VRING_ADDR on running queue ${a.index}`);
+        v.descUser = toSafeNumber(a.descUser);
+        v.availUser = toSafeNumber(a.availUser);
+        v.usedUser = toSafeNumber(a.usedUser);
+        if ([v.descUser, v.availUser, v.usedUser].some((x) => Number.isNaN(x))) throw new VhostError('SET_VRING_ADDR: address out of range');
+        v.addrSet = true;
+        return null;
+      }
+      case M.Request.SET_VRING_BASE: {
+        this.expectFds(msg, 0);
+        const s = M.parseVringState(request, p);
+        const v = this.vringIndex(request, s.index);
+        if (s.num > 0xffff) throw new VhostError(`SET_VRING_BASE: base ${s.num} out of range`);
+        if (this.running.has(s.index)) throw new VhostError(`SET_VRING_BASE on running queue ${s.index}`);
+        v.base = s.num;
+        return null;
+      }
+      case M.Request.GET_VRING_BASE: {
+        this.expectFds(msg, 0);
+        const s = M.parseVringState(request, p);
+        const v = this.vringIndex(request, s.index);
+        return this.stopQueue(s.index).then((lastAvail) => {
+          v.kicked = false;
+          v.base = lastAvail;
+          // The queue is stopped; its kick/call fds are no longer used.
+          this.registry.close(`vring.${s.index}.kick`);
+          return M.encodeVringState({ index: s.index, num: lastAvail });
+        });
+      }
+      case M.Request.SET_VRING_KICK:
+      case M.Request.SET_VRING_CALL:
+      case M.Request.SET_VRING_ERR:
+        return this.setVringFd(msg);
+      case M.Request.SET_VRING_ENABLE: {
+        this.expectFds(msg, 0);
+        const s = M.parseVringState(request, p);
+        const v = this.vringIndex(request, s.index);
+        if (s.num > 1) throw new VhostError(`SET_VRING_ENABLE: bad value ${s.num}`);
+        if (!this.hasFeature(M.VHOST_USER_F_PROTOCOL_FEATURES)) throw new VhostError('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES');
+        v.enabled = s.num === 1;
+        if (v.enabled) this.maybeStartQueue(s.index);
+        return null;
+      }
+      case M.Request.SET_BACKEND_REQ_FD: {
+        this.expectFds(msg, 1);
+        if (!this.hasProtocol(M.ProtocolFeature.BACKEND_REQ)) throw new VhostError('SET_BACKEND_REQ_FD without BACKEND_REQ');
+        this.registry.replace('vhost.backend', this.takeFd(msg, 0));
+        return null;
+      }
+      case M.Request.GET_INFLIGHT_FD:
+        return this.getInflightFd(msg);
+      case M.Request.SET_INFLIGHT_FD:
+        return this.setInflightFd(msg);
+      case M.Request.GET_CONFIG:
+        // We offer no CONFIG protocol feature; an empty reply tells the frontend it failed.
+        return Buffer.alloc(0);
+      default:
+        throw new VhostError(`unsupported request ${M.requestName(request)} (${p.length}-byte payload, ${msg.fds.length} fds)`);
+    }
+  }
+
+  // --- memory table
+
+  private setMemTable(msg: IncomingMessage): Buffer | null {
+    const regions = M.parseMemTable(msg.header.request, msg.payload);
+    this.expectFds(msg, regions.length);
+    const old = this.memory.clear();
+    for (const name of old) this.registry.close(name);
+    this.regionSlots.clear();
+    this.nextSlot = 0;
+    regions.forEach((r, i) => this.addRegion(r, this.takeFd(msg, i)));
+    this.rebuildRunningRings();
+    return null;
+  }
+
+  private addRegion(r: M.MemoryRegionDesc, fd: number): void {
+    const slot = this.nextSlot++;
+    const fdName = `mem.${slot}`;
+    this.registry.register(fdName, fd);
+    try {
+      const gpa = toSafeNumber(r.guestPhysAddr);
+      const size = toSafeNumber(r.memorySize);
+      const uaddr = toSafeNumber(r.userspaceAddr);
+      const off = toSafeNumber(r.mmapOffset);
+      this.memory.addRegion(fd, fdName, gpa, size, uaddr, off);
+      this.regionSlots.set(fdName, slot);
+      this.log.debug({ slot, gpa: `0x${gpa.toString(16)}`, size, uaddr: `0x${uaddr.toString(16)}` }, 'memory region mapped');
+    } catch (e) {
+      this.registry.close(fdName);
+      throw e;
+    }
+  }
+
+  private addMemReg(msg: IncomingMessage): null {
+    this.expectFds(msg, 1);
+    if (!this.hasProtocol(M.ProtocolFeature.CONFIGURE_MEM_SLOTS)) throw new VhostError('ADD_MEM_REG without CONFIGURE_MEM_SLOTS');
+    if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new VhostError('ADD_MEM_REG: no free memory slot');
+    const r = M.parseSingleRegion(msg.header.request, msg.payload);
+    this.addRegion(r, this.takeFd(msg, 0));
+    this.rebuildRunningRings();
+    return null;
+  }
+
+  private remMemReg(msg: IncomingMessage): null {
+    // QEMU attaches the region's fd to REM_MEM_REG too; it is not needed (dispatch closes it).
+    if (msg.fds.length > 1) throw new VhostError(`REM_MEM_REG with ${msg.fds.length} fds`);
+    const r = M.parseSingleRegion(msg.header.request, msg.payload);
+    const name = this.memory.removeRegion(toSafeNumber(r.guestPhysAddr), toSafeNumber(r.memorySize));
+    if (name === null) throw new VhostError('REM_MEM_REG: no such region');
+    this.registry.close(name);
+    this.regionSlots.delete(name);
+    this.rebuildRunningRings();
+    return null;
+  }
+
+  /** Running rings hold views on the old mappings; re-locate them in the new table. */
+  private rebuildRunningRings(): void {
+    for (const [index, q] of this.running) {
+      const v = this.vrings[index]!;
+      try {
+        const ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
+          q.ring.lastAvailIdx, this.hasFeature(M.VIRTIO_RING_F_EVENT_IDX), this.hasFeature(M.VIRTIO_RING_F_INDIRECT_DESC),
+          this.inflightRegionFor(index, v.size, false));
+        q.ring = ring;
+        q.handler.start(ring, () => this.notify(index), []);
+      } catch (e) {
+        this.log.error({ queue: index, err: errorInfo(e) }, 'queue no longer in guest memory after a memory table change; stopped');
+        void this.stopQueue(index);
+      }
+    }
+  }
+
+  // --- vrings
+
+  private setVringFd(msg: IncomingMessage): null {
+    const { request } = msg.header;
+    const u = M.parseU64(request, msg.payload);
+    const index = Number(u & M.VRING_IDX_MASK);
+    const noFd = (u & M.VRING_NOFD_MASK) !== 0n;
+    if ((u & ~(M.VRING_IDX_MASK | M.VRING_NOFD_MASK)) !== 0n) throw new VhostError(`${M.requestName(request)}: bad payload 0x${u.toString(16)}`);
+    const v = this.vringIndex(request, index);
+    const kind = request === M.Request.SET_VRING_KICK ? 'kick' : request === M.Request.SET_VRING_CALL ? 'call' : 'err';
+    this.expectFds(msg, noFd ? 0 : 1);
+    if (noFd) {
+      if (kind === 'kick') throw new VhostError('SET_VRING_KICK without an fd (polling mode) is not supported');
+      this.registry.close(`vring.${index}.${kind}`);
+      return null;
+    }
+    const fd = this.takeFd(msg, 0);
+    native.setNonBlocking(fd, true);
+    if (kind === 'kick') {
+      // A new kick fd replaces the old one; a running queue must poll the new fd.
+      const q = this.running.get(index);
+      if (q) q.kickPoller.close();
+      this.registry.replace(`vring.${index}.kick`, fd);
+      if (q) q.kickPoller = this.pollKick(index, fd, q.handler);
+      v.kicked = true;
+      // Without VHOST_USER_F_PROTOCOL_FEATURES a ring starts enabled on its kick.
+      if (!this.hasFeature(M.VHOST_USER_F_PROTOCOL_FEATURES)) v.enabled = true;
+      this.maybeStartQueue(index);
+    } else {
+      this.registry.replace(`vring.${index}.${kind}`, fd);
+    }
+    return null;
+  }
+
+  private pollKick(index: number, fd: number, handler: QueueHandler): Poller {
+    const poller = new native.Poller(fd, (status) => {
+      if (status < 0) {
+        this.log.error({ queue: index, status }, 'kick fd poll error');
+        return;
+      }
+      if (native.eventfdRead(fd) >= 0) handler.kick();
+    });
+    poller.start(POLL_READABLE);
+    return poller;
+  }
+
+  private notify(index: number): void {
+    const fd = this.registry.get(`vring.${index}.call`);
+    if (fd === undefined) return;
+    try {
+      native.eventfdWrite(fd, 1);
+    } catch (e) {
+      this.log.error({ queue: index, err: errorInfo(e) }, 'call eventfd write failed');
+    }
+  }
+
+  private inflightRegionFor(index: number, size: number, fresh: boolean): InflightRegion | null {
+    if (this.inflightBuffer !== null && this.inflightInfo !== null) {
+      const per = inflightQueueRegionSize(this.inflightInfo.queueSize);
+      if (index >= this.inflightInfo.numQueues || this.inflightInfo.queueSize !== size) {
+        throw new VhostError(`inflight region (${this.inflightInfo.numQueues}×${this.inflightInfo.queueSize}) does not cover queue ${index} of size ${size}`);
+      }
+      const region = new InflightRegion(new DataView(this.inflightBuffer), index * per, size);
+      if (fresh && (region.version !== 1 || region.descNum !== size)) region.initialize(this.ackedFeatures);
+      return region;
+    }
+    // No frontend-provided region: track in our own memfd, so a restarted worker can resume.
+    const name = `inflight.${index}`;
+    const len = inflightQueueRegionSize(size);
+    let fd = this.registry.get(name);
+    let buf = this.ownInflight.get(index);
+    if (fd === undefined || buf === undefined || buf.byteLength !== len) {
+      if (buf !== undefined) native.munmap(buf);
+      this.registry.close(name);
+      fd = native.memfdCreate(`vfsk-inflight-${index}`, C.MFD_CLOEXEC!);
+      native.ftruncate(fd, len);
+      this.registry.register(name, fd);
+      buf = native.mmap(fd, len, 0, true);
+      this.ownInflight.set(index, buf);
+      fresh = true;
+    }
+    const region = new InflightRegion(new DataView(buf), 0, size);
+    if (fresh) region.initialize(this.ackedFeatures);
+    return region;
+  }
+
+  private maybeStartQueue(index: number): void {
+    const v = this.vrings[index]!;
+    if (this.running.has(index) || !v.kicked || !v.enabled || !v.addrSet || v.size === 0) return;
+    const handler = this.device.createQueueHandler(index);
+    let ring: SplitRing;
+    let resubmit: number[] = [];
+    try {
+      const frontendInflight = this.inflightBuffer !== null;
+      const inflight = this.inflightRegionFor(index, v.size, !frontendInflight);
+      ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
+        v.base, this.hasFeature(M.VIRTIO_RING_F_EVENT_IDX), this.hasFeature(M.VIRTIO_RING_F_INDIRECT_DESC), inflight);
+      if (frontendInflight && inflight !== null && inflight.descNum === v.size) {
+        resubmit = ring.recoverInflight();
+        if (resubmit.length > 0) this.log.warn({ queue: index, heads: resubmit.length }, 'resubmitting inflight requests from the frontend inflight region');
+      }
+    } catch (e) {
+      if (e instanceof RingError || e instanceof GuestMemoryError || e instanceof VhostError) {
+        this.log.error({ queue: index, err: errorInfo(e) }, 'cannot start queue');
+        return;
+      }
+      throw e;
+    }
+    const kickFd = this.registry.get(`vring.${index}.kick`)!;
+    const kickPoller = this.pollKick(index, kickFd, handler);
+    this.running.set(index, { handler, ring, kickPoller });
+    this.log.info({ queue: index, size: v.size, base: v.base, eventIdx: ring.eventIdx }, 'queue started');
+    handler.start(ring, () => this.notify(index), resubmit);
+    // A kick may have been consumed before we polled; look at the ring once.
+    handler.kick();
+  }
+
+  private async stopQueue(index: number): Promise<number> {
+    const q = this.running.get(index);
+    const v = this.vrings[index]!;
+    if (!q) return v.base;
+    this.running.delete(index);
+    q.kickPoller.close();
+    const drained = q.handler.stop();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), STOP_DRAIN_TIMEOUT_MS); });
+    const r = await Promise.race([drained.then(() => 'drained' as const), timeout]);
+    clearTimeout(timer);
+    if (r === 'timeout') this.log.warn({ queue: index, inflight: q.handler.inflightCount() }, 'queue stopped with requests still in flight');
+    const lastAvail = q.ring.lastAvailIdx;
+    this.log.info({ queue: index, lastAvail }, 'queue stopped');
+    return lastAvail;
+  }
+
+  private async stopAllQueues(): Promise<void> {
+    await Promise.all([...this.running.keys()].map((i) => this.stopQueue(i)));
+  }
+
+  private async resetDevice(): Promise<void> {
+    await this.stopAllQueues();
+    for (let i = 0; i < this.vrings.length; i++) this.vrings[i] = emptyVring();
+    this.ackedFeatures = 0n;
+    this.featuresSet = false;
+    this.device.onReset();
+  }
+
+  // --- inflight fds
+
+  private getInflightFd(msg: IncomingMessage): Buffer {
+    this.expectFds(msg, 0);
+    if (!this.hasProtocol(M.ProtocolFeature.INFLIGHT_SHMFD)) throw new VhostError('GET_INFLIGHT_FD without INFLIGHT_SHMFD');
+    const d = M.parseInflight(msg.header.request, msg.payload);
+    if (d.numQueues < 1 || d.numQueues > this.device.numQueues) throw new VhostError(`GET_INFLIGHT_FD: ${d.numQueues} queues`);
+    if (d.queueSize < 1 || d.queueSize > MAX_QUEUE_SIZE) throw new VhostError(`GET_INFLIGHT_FD: queue size ${d.queueSize}`);
+    const per = inflightQueueRegionSize(d.queueSize);
+    const size = per * d.numQueues;
+    const fd = native.memfdCreate('vfsk-inflight', C.MFD_CLOEXEC!);
+    try {
+      native.ftruncate(fd, size);
+      this.installInflight(native.dup(fd), size, d.numQueues, d.queueSize);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    for (let q = 0; q < d.numQueues; q++) new InflightRegion(new DataView(this.inflightBuffer!), q * per, d.queueSize).initialize(this.ackedFeatures);
+    // The reply carries the fd; it is closed after sending (we keep our dup).
+    this.pendingReplyFds.push(fd);
+    setImmediate(() => native.close(fd));
+    return M.encodeInflight({ mmapSize: BigInt(size), mmapOffset: 0n, numQueues: d.numQueues, queueSize: d.queueSize });
+  }
+
+  private setInflightFd(msg: IncomingMessage): null {
+    this.expectFds(msg, 1);
+    if (!this.hasProtocol(M.ProtocolFeature.INFLIGHT_SHMFD)) throw new VhostError('SET_INFLIGHT_FD without INFLIGHT_SHMFD');
+    const d = M.parseInflight(msg.header.request, msg.payload);
+    const size = toSafeNumber(d.mmapSize);
+    const offset = toSafeNumber(d.mmapOffset);
+    if (d.numQueues < 1 || d.numQueues > this.device.numQueues || d.queueSize < 1 || d.queueSize > MAX_QUEUE_SIZE) {
+      throw new VhostError(`SET_INFLIGHT_FD: ${d.numQueues} queues of ${d.queueSize}`);
+    }
+    if (offset !== 0) throw new VhostError('SET_INFLIGHT_FD: non-zero mmap offset is not supported');
+    if (!(size >= inflightQueueRegionSize(d.queueSize) * d.numQueues)) throw new VhostError(`SET_INFLIGHT_FD: region of ${size} bytes is too small`);
+    this.installInflight(this.takeFd(msg, 0), size, d.numQueues, d.queueSize);
+    return null;
+  }
+
+  private installInflight(fd: number, size: number, numQueues: number, queueSize: number): void {
+    this.registry.replace('inflight', fd);
+    if (this.inflightBuffer !== null) native.munmap(this.inflightBuffer);
+    this.inflightBuffer = native.mmap(fd, size, 0, true);
+    this.inflightInfo = { numQueues, queueSize, mmapSize: size };
+  }
+
+  private releaseResources(): void {
+    for (const name of this.memory.clear()) this.registry.close(name);
+    if (this.inflightBuffer !== null) native.munmap(this.inflightBuffer);
+    this.inflightBuffer = null;
+    for (const b of this.ownInflight.values()) native.munmap(b);
+    this.ownInflight.clear();
+    this.registry.closePrefix('vring.');
+    this.registry.closePrefix('inflight');
+    this.registry.close('vhost.backend');
+  }
+}
+
+function emptyVring(): VringConfig {
+  return { size: 0, descUser: 0, availUser: 0, usedUser: 0, addrSet: false, base: 0, enabled: false, kicked: false };
+}
+
+export function errorInfo(e: unknown): Record<string, unknown> {
+  if (isNativeError(e)) return { message: e.message, code: e.code, errno: e.errno, syscall: e.syscall };
+  if (e instanceof Error) return { message: e.message, name: e.name };
+  return { message: String(e) };
+}

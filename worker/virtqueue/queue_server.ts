@@ -1,0 +1,118 @@
+// Virtqueue layer: serves one started ring. Pops chains, hands each to the request handler (the
+// FUSE server), completes them in the used ring, and batches used-ring publication and guest
+// notifications: all completions of one event-loop turn are published with one release store
+// and at most one interrupt.
+import type { Logger } from '../../shared/log';
+import type { QueueHandler } from '../vhost/backend';
+import { errorInfo } from '../vhost/backend';
+import { ChainError, RingError, type DescriptorChain, type SplitRing } from './split_ring';
+
+export interface ChainHandler {
+  /** Handles one request chain; returns the number of bytes written into its writable
+   * buffers, or null when the request takes no place in the used ring yet (never). */
+  handleChain(chain: DescriptorChain, queueIndex: number): number | Promise<number>;
+}
+
+export class QueueServer implements QueueHandler {
+  private ring: SplitRing | null = null;
+  private notify: () => void = () => {};
+  private running = false;
+  private inflight = 0;
+  private flushScheduled = false;
+  private drainWaiters: Array<() => void> = [];
+  private completedSinceStart = 0;
+
+  constructor(readonly index: number, private readonly handler: ChainHandler, private readonly log: Logger,
+    private readonly onFirstCompletion?: () => void) {}
+
+  start(ring: SplitRing, notify: () => void, resubmit: number[]): void {
+    this.ring = ring;
+    this.notify = notify;
+    this.running = true;
+    if (!ring.eventIdx) ring.disableNotification();
+    for (const head of resubmit) this.dispatch(ring.readChain(head));
+    this.flush();
+  }
+
+  kick(): void {
+    if (!this.running || this.ring === null) return;
+    const ring = this.ring;
+    try {
+      for (;;) {
+        for (let c = ring.pop(); c !== null; c = ring.pop()) this.dispatch(c);
+        if (!ring.enableNotification()) break;
+      }
+      if (!ring.eventIdx) ring.disableNotification();
+    } catch (e) {
+      if (!(e instanceof RingError)) throw e;
+      // The driver broke the ring (e.g. avail idx ran ahead by more than the ring size). We
+      // cannot tell which entries are real; stop serving it rather than read garbage.
+      this.log.error({ queue: this.index, err: errorInfo(e) }, 'virtqueue is corrupt; queue stopped');
+      this.running = false;
+    }
+    this.flush();
+  }
+
+  stop(): Promise<void> {
+    this.running = false;
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  inflightCount(): number {
+    return this.inflight;
+  }
+
+  private dispatch(c: DescriptorChain | ChainError): void {
+    if (c instanceof ChainError) {
+      this.log.error({ queue: this.index, head: c.head, err: c.message }, 'malformed descriptor chain dropped');
+      if (c.head >= 0) this.complete(c.head, 0);
+      return;
+    }
+    let r: number | Promise<number>;
+    try {
+      r = this.handler.handleChain(c, this.index);
+    } catch (e) {
+      this.log.error({ queue: this.index, head: c.head, err: errorInfo(e) }, 'request handler threw');
+      r = 0;
+    }
+    if (typeof r === 'number') {
+      this.complete(c.head, r);
+      return;
+    }
+    this.inflight++;
+    r.then((len) => this.completeAsync(c.head, len), (e) => {
+      this.log.error({ queue: this.index, head: c.head, err: errorInfo(e) }, 'request handler failed');
+      this.completeAsync(c.head, 0);
+    });
+  }
+
+  private completeAsync(head: number, len: number): void {
+    this.inflight--;
+    if (this.ring !== null && (this.running || this.drainWaiters.length > 0)) {
+      this.complete(head, len);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => {
+          this.flushScheduled = false;
+          this.flush();
+        });
+      }
+    } else {
+      this.log.warn({ queue: this.index, head }, 'completion after the queue stopped was dropped');
+    }
+    if (this.inflight === 0 && this.drainWaiters.length > 0) {
+      this.flush();
+      for (const w of this.drainWaiters.splice(0)) w();
+    }
+  }
+
+  private complete(head: number, len: number): void {
+    this.ring!.pushUsed(head, len);
+    if (this.completedSinceStart++ === 0 && this.onFirstCompletion) this.onFirstCompletion();
+  }
+
+  private flush(): void {
+    if (this.ring !== null && this.ring.publishUsed()) this.notify();
+  }
+}
