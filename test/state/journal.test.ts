@@ -1,0 +1,80 @@
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { StateJournal, StateFileError, DATA_START } from '../../worker/state/journal';
+
+t.test('records survive a reopen in order', async (t) => {
+  const dir = t.testdir();
+  const p = path.join(dir, 'state');
+  const j = StateJournal.create(p, 1);
+  j.append({ kind: 'a', n: 1 });
+  j.append({ kind: 'b', list: [1, 2, 3], s: 'x'.repeat(100) });
+  j.close();
+  const k = StateJournal.open(p, 1);
+  t.same(k.records(), [{ kind: 'a', n: 1 }, { kind: 'b', list: [1, 2, 3], s: 'x'.repeat(100) }]);
+  k.close();
+});
+
+t.test('grows past the initial capacity', async (t) => {
+  const p = path.join(t.testdir(), 'state');
+  const j = StateJournal.create(p, 1);
+  const big = 'y'.repeat(100_000);
+  for (let i = 0; i < 30; i++) j.append({ i, big });
+  j.close();
+  const k = StateJournal.open(p, 1);
+  const r = k.records() as Array<{ i: number }>;
+  t.equal(r.length, 30);
+  t.equal(r[29]!.i, 29);
+  k.close();
+});
+
+t.test('a torn tail past the commit offset is ignored', async (t) => {
+  const p = path.join(t.testdir(), 'state');
+  const j = StateJournal.create(p, 1);
+  j.append({ ok: true });
+  const committed = j.committedBytes;
+  j.close();
+  // Bytes written after the last commit (a record the worker died while writing).
+  const fd = fs.openSync(p, 'r+');
+  fs.writeSync(fd, Buffer.from([200, 0, 0, 0, 1, 2, 3, 4, 5, 6]), 0, 10, committed);
+  fs.closeSync(fd);
+  const k = StateJournal.open(p, 1);
+  t.same(k.records(), [{ ok: true }]);
+  k.append({ after: 1 });
+  t.same(k.records(), [{ ok: true }, { after: 1 }], 'appends overwrite the torn tail');
+  k.close();
+});
+
+t.test('corruption and version mismatches are clear errors', async (t) => {
+  const dir = t.testdir();
+  const p = path.join(dir, 'state');
+  const j = StateJournal.create(p, 1);
+  j.append({ a: 1 });
+  j.close();
+  t.throws(() => StateJournal.open(p, 2), StateFileError, 'schema version mismatch');
+  const fd = fs.openSync(p, 'r+');
+  fs.writeSync(fd, Buffer.from([0xff]), 0, 1, DATA_START + 9);
+  fs.closeSync(fd);
+  const k = StateJournal.open(p, 1);
+  t.throws(() => k.records(), /checksum/);
+  k.close();
+  fs.writeFileSync(path.join(dir, 'junk'), Buffer.alloc(8192, 7));
+  t.throws(() => StateJournal.open(path.join(dir, 'junk'), 1), /bad magic/);
+  fs.writeFileSync(path.join(dir, 'short'), Buffer.alloc(10));
+  t.throws(() => StateJournal.open(path.join(dir, 'short'), 1), /shorter than its header/);
+});
+
+t.test('create with initial records replaces atomically (compaction)', async (t) => {
+  const p = path.join(t.testdir(), 'state');
+  const j = StateJournal.create(p, 1);
+  for (let i = 0; i < 10; i++) j.append({ i });
+  j.close();
+  const c = StateJournal.create(p, 1, 5n, [{ snapshot: 'all' }]);
+  t.equal(c.generation, 5n);
+  c.close();
+  const k = StateJournal.open(p, 1);
+  t.same(k.records(), [{ snapshot: 'all' }]);
+  t.equal(k.generation, 5n);
+  k.close();
+  t.notOk(fs.existsSync(`${p}.new`));
+});

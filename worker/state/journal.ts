@@ -1,0 +1,177 @@
+// The state file: an append-only journal of msgpack records in an mmapped file on tmpfs.
+// tmpfs outlives the worker process, so no fsync is needed: a record is durable once its bytes
+// are in the mapping and the 8-byte commit offset has been published with a release store.
+// A record past the commit offset (a torn tail) is ignored on load; a record before it that
+// fails its CRC means the file is corrupt, which is a hard, clearly reported error.
+//
+// Layout: header page { magic "VFSKSTAT", u32 format version, u32 schema version,
+// u64 committed end, u64 generation }, then records { u32 length, u32 crc32, payload }.
+import * as fs from 'node:fs';
+import * as zlib from 'node:zlib';
+import { Packr } from 'msgpackr';
+import { native } from '../../shared/native';
+
+export const STATE_MAGIC = Buffer.from('VFSKSTAT');
+export const STATE_FORMAT_VERSION = 1;
+export const DATA_START = 4096;
+const COMMIT_OFFSET = 16;
+const GENERATION_OFFSET = 24;
+const RECORD_HEADER = 8;
+const INITIAL_CAPACITY = 1 << 20;
+/** A single record larger than this is a bug or a corrupt length field. */
+export const MAX_RECORD_SIZE = 64 << 20;
+
+export class StateFileError extends Error {
+  constructor(message: string, readonly path: string) {
+    super(`${path}: ${message}`);
+    this.name = 'StateFileError';
+  }
+}
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export function encodeRecord(value: unknown): Buffer {
+  return packr.pack(value);
+}
+
+export function decodeRecord(bytes: Buffer): unknown {
+  return packr.unpack(bytes);
+}
+
+export class StateJournal {
+  private fd: number;
+  private map: ArrayBuffer;
+  private bytes: Uint8Array;
+  private view: DataView;
+  private end: number;
+  private closed = false;
+
+  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number) {
+    this.fd = fd;
+    this.map = map;
+    this.bytes = new Uint8Array(map);
+    this.view = new DataView(map);
+    this.end = end;
+  }
+
+  /** Creates (or atomically replaces) the state file. `initialRecords` are committed before the
+   * rename, so compaction (a snapshot record replacing a long journal) is crash-safe. */
+  static create(path: string, schemaVersion: number, generation = 0n, initialRecords: unknown[] = []): StateJournal {
+    const tmp = `${path}.new`;
+    const fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    try {
+      fs.ftruncateSync(fd, INITIAL_CAPACITY);
+      const map = native.mmap(fd, INITIAL_CAPACITY, 0, true);
+      const bytes = new Uint8Array(map);
+      bytes.set(STATE_MAGIC, 0);
+      const view = new DataView(map);
+      view.setUint32(8, STATE_FORMAT_VERSION, true);
+      view.setUint32(12, schemaVersion, true);
+      view.setBigUint64(GENERATION_OFFSET, generation, true);
+      native.storeReleaseU64(map, COMMIT_OFFSET, BigInt(DATA_START));
+      const journal = new StateJournal(path, fd, map, DATA_START);
+      for (const r of initialRecords) journal.append(r);
+      fs.renameSync(tmp, path);
+      return journal;
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** Opens an existing state file; validates the header. */
+  static open(path: string, expectedSchemaVersion: number): StateJournal {
+    const fd = fs.openSync(path, fs.constants.O_RDWR);
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < DATA_START) throw new StateFileError(`file is ${size} bytes, shorter than its header`, path);
+      const map = native.mmap(fd, size, 0, true);
+      const bytes = new Uint8Array(map);
+      if (!Buffer.from(bytes.subarray(0, 8)).equals(STATE_MAGIC)) {
+        native.munmap(map);
+        throw new StateFileError('not a virtiofs-keeper state file (bad magic)', path);
+      }
+      const view = new DataView(map);
+      const format = view.getUint32(8, true);
+      const schema = view.getUint32(12, true);
+      if (format !== STATE_FORMAT_VERSION || schema !== expectedSchemaVersion) {
+        native.munmap(map);
+        throw new StateFileError(`unsupported version (format ${format}, schema ${schema}; this build reads format ${STATE_FORMAT_VERSION}, schema ${expectedSchemaVersion})`, path);
+      }
+      const committed = Number(native.loadAcquireU64(map, COMMIT_OFFSET));
+      if (!(committed >= DATA_START && committed <= size)) {
+        native.munmap(map);
+        throw new StateFileError(`commit offset ${committed} outside the file (${size} bytes)`, path);
+      }
+      return new StateJournal(path, fd, map, committed);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  get generation(): bigint {
+    return this.view.getBigUint64(GENERATION_OFFSET, true);
+  }
+
+  get committedBytes(): number {
+    return this.end;
+  }
+
+  /** Every committed record, in order. Throws StateFileError on a corrupt record. */
+  records(): unknown[] {
+    const out: unknown[] = [];
+    let pos = DATA_START;
+    while (pos < this.end) {
+      if (pos + RECORD_HEADER > this.end) throw new StateFileError(`truncated record header at ${pos}`, this.path);
+      const len = this.view.getUint32(pos, true);
+      const crc = this.view.getUint32(pos + 4, true);
+      if (len > MAX_RECORD_SIZE || pos + RECORD_HEADER + len > this.end) {
+        throw new StateFileError(`record at ${pos} claims ${len} bytes past the commit offset`, this.path);
+      }
+      const payload = Buffer.from(this.bytes.subarray(pos + RECORD_HEADER, pos + RECORD_HEADER + len));
+      if (zlib.crc32(payload) !== crc) throw new StateFileError(`record at ${pos} fails its checksum`, this.path);
+      try {
+        out.push(decodeRecord(payload));
+      } catch (e) {
+        throw new StateFileError(`record at ${pos} does not decode: ${(e as Error).message}`, this.path);
+      }
+      pos += RECORD_HEADER + len;
+    }
+    return out;
+  }
+
+  /** Appends one record and commits it (durable against a worker crash on return). */
+  append(value: unknown): void {
+    this.appendEncoded(encodeRecord(value));
+  }
+
+  appendEncoded(payload: Buffer): void {
+    if (this.closed) throw new StateFileError('journal is closed', this.path);
+    if (payload.length > MAX_RECORD_SIZE) throw new StateFileError(`record of ${payload.length} bytes is too large`, this.path);
+    const need = this.end + RECORD_HEADER + payload.length;
+    if (need > this.map.byteLength) this.grow(need);
+    this.view.setUint32(this.end, payload.length, true);
+    this.view.setUint32(this.end + 4, zlib.crc32(payload), true);
+    this.bytes.set(payload, this.end + RECORD_HEADER);
+    this.end = need;
+    native.storeReleaseU64(this.map, COMMIT_OFFSET, BigInt(this.end));
+  }
+
+  private grow(need: number): void {
+    let cap = this.map.byteLength;
+    while (cap < need) cap *= 2;
+    fs.ftruncateSync(this.fd, cap);
+    native.munmap(this.map);
+    this.map = native.mmap(this.fd, cap, 0, true);
+    this.bytes = new Uint8Array(this.map);
+    this.view = new DataView(this.map);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    native.munmap(this.map);
+    fs.closeSync(this.fd);
+  }
+}
