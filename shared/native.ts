@@ -92,9 +92,10 @@ export interface NativeAddon {
   fdFlags(fd: number): { cloexec: boolean; statusFlags: number };
 
   // --- UNIX sockets (all non-blocking and close-on-exec)
-  /** socket + bind + listen. Unlinks nothing. kind: "stream" | "seqpacket". A path starting
+  /** socket + bind + listen. Unlinks nothing. kind: "stream" | "seqpacket"; "dgram" only binds
+   * (no listen; backlog ignored) to receive datagrams, e.g. a NOTIFY_SOCKET. A path starting
    * with "@" is in the abstract namespace. */
-  unixListen(path: string, kind: 'stream' | 'seqpacket', backlog: number): number;
+  unixListen(path: string, kind: 'stream' | 'seqpacket' | 'dgram', backlog: number): number;
   unixConnect(path: string, kind: 'stream' | 'seqpacket' | 'dgram'): number;
   /** accept4; returns -1 on EAGAIN. */
   accept(listenFd: number): number;

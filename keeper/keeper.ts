@@ -1,0 +1,345 @@
+// The keeper: long-lived, small, and it never parses guest data. It owns the state directory,
+// binds the vhost-user socket, holds the shared directory's root fd and every fd a worker
+// stores, and (in embedded mode) spawns the worker and restarts it when it dies.
+//
+// Trust: keeper.sock accepts only the keeper's own uid (SO_PEERCRED). Messages are
+// sd_notify-formatted text (shared/fdstore.ts); nothing in them is guest data.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { logger, type Logger } from '../shared/log';
+import { native, C, POLL_READABLE, type Poller } from '../shared/native';
+import {
+  FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
+} from '../shared/fdstore';
+import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../shared/config';
+
+export interface KeeperOptions extends WorkerConfig {
+  /** argv to start a worker (embedded mode); null when systemd starts workers. */
+  workerCommand: string[] | null;
+}
+
+export interface ExitInfo { code: number | null; signal: string | null; at: string }
+
+export interface KeeperStatus {
+  keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
+  worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean };
+  recovery: { count: number; lastMs: number | null; p50Ms: number | null; maxMs: number | null };
+  fdNames: Record<string, number>;
+  workerStats: unknown;
+}
+
+interface Client {
+  fd: number;
+  poller: Poller;
+  pid: number;
+}
+
+/** Crash-loop backoff: restart at once, unless the worker died this often recently. */
+const CRASH_WINDOW_MS = 10_000;
+const CRASH_LOOP_DEATHS = 5;
+const MAX_BACKOFF_MS = 5_000;
+const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
+
+export class Keeper {
+  private readonly log: Logger;
+  private readonly store = new Map<string, number>();
+  private readonly clients = new Map<number, Client>();
+  private listenPoller: Poller | null = null;
+  private sockFd = -1;
+  private child: ChildProcess | null = null;
+  private workerPid: number | null = null;
+  private workerState = 'starting';
+  private workerReady = false;
+  private workerStatus: string | null = null;
+  private workerStartedAt: string | null = null;
+  private workerStats: unknown = null;
+  private restarts = 0;
+  private lastExit: ExitInfo | null = null;
+  private deaths: number[] = [];
+  private deathAt: bigint | null = null;
+  private readonly recoveryMs: number[] = [];
+  private stopping = false;
+  private restartTimer: NodeJS.Timeout | null = null;
+  private readonly startedAt = new Date().toISOString();
+  private resolveDone: ((code: number) => void) | null = null;
+  readonly done: Promise<number>;
+  private error: string | null = null;
+
+  constructor(private readonly opts: KeeperOptions) {
+    this.log = logger('keeper');
+    this.done = new Promise((resolve) => { this.resolveDone = resolve; });
+  }
+
+  start(): void {
+    native.raiseNoFileLimit(1_000_000);
+    fs.mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
+    const st = fs.statSync(this.opts.sharedDir, { throwIfNoEntry: false });
+    if (!st || !st.isDirectory()) throw new Error(`shared directory ${this.opts.sharedDir} is not a directory`);
+    writeWorkerConfig(this.opts);
+    this.put('root', native.openat(C.AT_FDCWD!, this.opts.sharedDir, C.O_PATH! | C.O_DIRECTORY!, 0));
+    removeStaleSocket(this.opts.socketPath);
+    this.put('vhost.listen', native.unixListen(this.opts.socketPath, 'stream', 1));
+    const sockPath = keeperSocketPath(this.opts.stateDir);
+    removeStaleSocket(sockPath);
+    this.sockFd = native.unixListen(sockPath, 'seqpacket', 16);
+    fs.chmodSync(sockPath, 0o600);
+    this.listenPoller = new native.Poller(this.sockFd, () => this.acceptClients());
+    this.listenPoller.start(POLL_READABLE);
+    this.log.info({ stateDir: this.opts.stateDir, socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir }, 'keeper started');
+    if (this.opts.workerCommand !== null) this.spawnWorker();
+  }
+
+  private put(name: string, fd: number): void {
+    const old = this.store.get(name);
+    if (old !== undefined && old !== fd) native.close(old);
+    this.store.set(name, fd);
+  }
+
+  private drop(name: string): void {
+    const fd = this.store.get(name);
+    if (fd === undefined) return;
+    this.store.delete(name);
+    native.close(fd);
+  }
+
+  // --- worker supervision (embedded mode)
+
+  private spawnWorker(): void {
+    if (this.stopping || this.opts.workerCommand === null) return;
+    const [cmd, ...args] = this.opts.workerCommand;
+    const child = spawn(cmd!, args, {
+      stdio: ['ignore', 'inherit', 'inherit'],
+      env: { ...process.env, VFSK_KEEPER_PID: String(process.pid) },
+    });
+    this.child = child;
+    this.workerPid = child.pid ?? null;
+    this.workerState = 'starting';
+    this.workerReady = false;
+    this.workerStartedAt = new Date().toISOString();
+    this.log.info({ workerPid: child.pid, restarts: this.restarts }, 'worker spawned');
+    child.on('exit', (code, signal) => this.onWorkerExit(child, code, signal));
+    child.on('error', (err) => this.log.error({ err: { message: err.message } }, 'worker spawn failed'));
+  }
+
+  private onWorkerExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (child !== this.child) return;
+    const now = process.hrtime.bigint();
+    this.child = null;
+    this.lastExit = { code, signal, at: new Date().toISOString() };
+    const pid = this.workerPid;
+    this.workerPid = null;
+    this.workerReady = false;
+    // Messages the dead worker queued before dying are still in its connection: take them all
+    // before a successor can fetch the fd set.
+    for (const c of [...this.clients.values()]) if (c.pid === pid) this.drainClient(c);
+    if (this.stopping) {
+      this.workerState = 'stopped';
+      this.finish(0);
+      return;
+    }
+    if (code === 0 && signal === null) {
+      // A clean exit means the service is over (the frontend disconnected).
+      this.log.info({ workerPid: pid }, 'worker finished: service over');
+      this.workerState = 'exited';
+      void this.stop('worker finished');
+      return;
+    }
+    this.log.warn({ workerPid: pid, code, signal }, 'worker died; restarting');
+    this.workerState = 'restarting';
+    this.restarts++;
+    this.deathAt = now;
+    const t = Date.now();
+    this.deaths = this.deaths.filter((d) => t - d < CRASH_WINDOW_MS);
+    this.deaths.push(t);
+    const excess = this.deaths.length - CRASH_LOOP_DEATHS;
+    if (excess <= 0) {
+      this.spawnWorker();
+    } else {
+      const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(excess, 10));
+      this.log.error({ deaths: this.deaths.length, windowMs: CRASH_WINDOW_MS, delayMs: delay }, 'worker crash loop; backing off');
+      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.spawnWorker(); }, delay);
+    }
+  }
+
+  // --- keeper.sock
+
+  private acceptClients(): void {
+    for (;;) {
+      let fd: number;
+      try {
+        fd = native.accept(this.sockFd);
+      } catch (e) {
+        this.log.error({ err: { message: (e as Error).message } }, 'keeper.sock accept failed');
+        return;
+      }
+      if (fd < 0) return;
+      const cred = native.peerCred(fd);
+      const myUid = process.getuid ? process.getuid() : 0;
+      if (cred.uid !== myUid) {
+        this.log.warn({ peerUid: cred.uid, peerPid: cred.pid }, 'keeper.sock: refusing a peer with another uid');
+        native.close(fd);
+        continue;
+      }
+      const client: Client = { fd, pid: cred.pid, poller: new native.Poller(fd, () => this.readClient(client)) };
+      this.clients.set(fd, client);
+      client.poller.start(POLL_READABLE);
+    }
+  }
+
+  private closeClient(c: Client): void {
+    if (!this.clients.has(c.fd)) return;
+    this.clients.delete(c.fd);
+    c.poller.close();
+    native.close(c.fd);
+  }
+
+  private drainClient(c: Client): void {
+    this.readClient(c);
+  }
+
+  private readClient(c: Client): void {
+    for (;;) {
+      if (!this.clients.has(c.fd)) return;
+      let r;
+      try {
+        r = native.recvMsg(c.fd, RECV_BUF, MAX_FDS_PER_MESSAGE);
+      } catch (e) {
+        this.log.warn({ err: { message: (e as Error).message }, peerPid: c.pid }, 'keeper.sock receive failed');
+        this.closeClient(c);
+        return;
+      }
+      if (r === null) return;
+      if (r.bytes === 0 && r.fds.length === 0) {
+        this.closeClient(c);
+        return;
+      }
+      try {
+        if (r.truncated) throw new FdStoreProtocolError('message or fds truncated');
+        this.handleMessage(c, RECV_BUF.subarray(0, r.bytes), r.fds);
+      } catch (e) {
+        for (const fd of r.fds) native.close(fd);
+        this.log.error({ err: { message: (e as Error).message }, peerPid: c.pid }, 'bad fd-store message');
+      }
+    }
+  }
+
+  private handleMessage(c: Client, data: Buffer, fds: number[]): void {
+    const m = parseAssignments(data);
+    if (m.get('FDSTORE') === '1') {
+      const names = parseFdNames(m.get('FDNAME'), fds.length);
+      names.forEach((n, i) => this.put(n, fds[i]!));
+      return;
+    }
+    if (fds.length > 0) throw new FdStoreProtocolError('fds attached to a message that does not store them');
+    if (m.get('FDSTOREREMOVE') === '1') {
+      for (const n of parseFdNames(m.get('FDNAME'), -1)) this.drop(n);
+    }
+    if (m.get('FDFETCH') === '1') this.sendFdSet(c);
+    if (m.has('STATUS')) this.workerStatus = m.get('STATUS')!;
+    if (m.get('READY') === '1') {
+      this.workerReady = true;
+      this.workerState = 'running';
+    }
+    if (m.get('STOPPING') === '1') this.workerState = 'stopping';
+    if (m.has('X_STATS')) {
+      try {
+        this.workerStats = JSON.parse(m.get('X_STATS')!);
+      } catch {
+        throw new FdStoreProtocolError('X_STATS is not JSON');
+      }
+    }
+    if (m.get('X_SERVED') === '1' && this.deathAt !== null) {
+      // First request completed by a successor: the end of a recovery.
+      const ms = Number(process.hrtime.bigint() - this.deathAt) / 1e6;
+      this.deathAt = null;
+      this.recoveryMs.push(ms);
+      this.log.info({ recoveryMs: Math.round(ms * 10) / 10 }, 'worker recovered');
+    }
+    if (m.get('X_STATUSQUERY') === '1') {
+      const reply = Buffer.from(JSON.stringify(this.status()));
+      native.sendMsg(c.fd, reply.length <= MAX_MESSAGE_SIZE ? reply : Buffer.from(JSON.stringify({ ...this.status(), fdNames: {} })), []);
+    }
+    if (m.get('X_SETERROR') !== undefined) this.error = m.get('X_SETERROR') || null;
+  }
+
+  private sendFdSet(c: Client): void {
+    const entries = [...this.store.entries()];
+    let i = 0;
+    do {
+      const batch = entries.slice(i, i + MAX_FDS_PER_MESSAGE);
+      i += batch.length;
+      const more = i < entries.length ? 1 : 0;
+      const msg = formatAssignments({ FDSET: 1, FDNAME: batch.map(([n]) => n).join(':'), MORE: more });
+      // The worker's socket is blocking and reads these promptly; a full buffer means it died.
+      if (native.sendMsg(c.fd, msg, batch.map(([, fd]) => fd)) < 0) {
+        this.log.error({ peerPid: c.pid }, 'worker is not reading its fd set');
+        this.closeClient(c);
+        return;
+      }
+    } while (i < entries.length);
+  }
+
+  status(): KeeperStatus {
+    const sorted = [...this.recoveryMs].sort((a, b) => a - b);
+    const pick = (q: number): number | null => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
+    const fdNames: Record<string, number> = {};
+    for (const name of this.store.keys()) {
+      const kind = name.split('.')[0]!;
+      fdNames[kind] = (fdNames[kind] ?? 0) + 1;
+    }
+    return {
+      keeper: { pid: process.pid, startedAt: this.startedAt, fdsHeld: this.store.size, stateDir: this.opts.stateDir,
+        socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir, error: this.error },
+      worker: { pid: this.workerPid, state: this.workerState, restarts: this.restarts, lastExit: this.lastExit,
+        startedAt: this.workerStartedAt, status: this.workerStatus, ready: this.workerReady },
+      recovery: {
+        count: sorted.length,
+        lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,
+        p50Ms: pick(0.5), maxMs: sorted.length ? sorted[sorted.length - 1]! : null,
+      },
+      fdNames,
+      workerStats: this.workerStats,
+    };
+  }
+
+  async stop(reason: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log.info({ reason }, 'keeper stopping');
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    if (this.child !== null) {
+      const child = this.child;
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await new Promise<void>((resolve) => { if (child.exitCode !== null || child.signalCode !== null) resolve(); else child.once('exit', () => resolve()); });
+      clearTimeout(killer);
+    }
+    this.finish(0);
+  }
+
+  private finish(code: number): void {
+    for (const c of [...this.clients.values()]) this.closeClient(c);
+    this.listenPoller?.close();
+    this.listenPoller = null;
+    if (this.sockFd >= 0) native.close(this.sockFd);
+    this.sockFd = -1;
+    for (const name of [...this.store.keys()]) this.drop(name);
+    for (const p of [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)]) {
+      try { fs.unlinkSync(p); } catch { /* already gone */ }
+    }
+    this.log.info('keeper stopped');
+    this.resolveDone?.(code);
+  }
+}
+
+export function removeStaleSocket(p: string): void {
+  const st = fs.lstatSync(p, { throwIfNoEntry: false });
+  if (!st) return;
+  if (!st.isSocket()) throw new Error(`${p} exists and is not a socket`);
+  fs.unlinkSync(p);
+}
+
+export function defaultStateDir(name: string): string {
+  return path.join('/run/virtiofs-keeper', name);
+}

@@ -1,0 +1,63 @@
+// Service configuration shared by keeper and worker. The keeper writes it into the state
+// directory so a worker started by anyone (the keeper, systemd) serves the same export.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export type CacheMode = 'auto' | 'always' | 'never';
+
+export interface WorkerConfig {
+  stateDir: string;
+  sharedDir: string;
+  socketPath: string;
+  cache: CacheMode;
+  requestQueues: number;
+  keepListening: boolean;
+  xattr: boolean;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export const keeperSocketPath = (stateDir: string): string => path.join(stateDir, 'keeper.sock');
+export const stateFilePath = (stateDir: string): string => path.join(stateDir, 'state');
+const configPath = (stateDir: string): string => path.join(stateDir, 'config.json');
+
+export function writeWorkerConfig(c: WorkerConfig): void {
+  const tmp = `${configPath(c.stateDir)}.new`;
+  const body: WorkerConfig = {
+    stateDir: c.stateDir, sharedDir: c.sharedDir, socketPath: c.socketPath, cache: c.cache,
+    requestQueues: c.requestQueues, keepListening: c.keepListening, xattr: c.xattr,
+  };
+  fs.writeFileSync(tmp, JSON.stringify(body, null, 2), { mode: 0o600 });
+  fs.renameSync(tmp, configPath(c.stateDir));
+}
+
+export function readWorkerConfig(stateDir: string): WorkerConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(configPath(stateDir), 'utf8'));
+  } catch (e) {
+    throw new ConfigError(`cannot read ${configPath(stateDir)}: ${(e as Error).message}`);
+  }
+  const o = raw as Record<string, unknown>;
+  const str = (k: string): string => {
+    if (typeof o[k] !== 'string' || (o[k] as string).length === 0) throw new ConfigError(`config: ${k} must be a non-empty string`);
+    return o[k] as string;
+  };
+  const bool = (k: string): boolean => {
+    if (typeof o[k] !== 'boolean') throw new ConfigError(`config: ${k} must be a boolean`);
+    return o[k] as boolean;
+  };
+  const cache = str('cache');
+  if (cache !== 'auto' && cache !== 'always' && cache !== 'never') throw new ConfigError(`config: bad cache mode ${cache}`);
+  const q = o.requestQueues;
+  if (typeof q !== 'number' || !Number.isInteger(q) || q < 1 || q > 64) throw new ConfigError('config: requestQueues must be 1..64');
+  return {
+    stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
+    keepListening: bool('keepListening'), xattr: bool('xattr'),
+  };
+}

@@ -1,0 +1,106 @@
+// The worker's side of keeper.sock: fetches the fd set at start, mirrors every registration
+// in the FdRegistry into the keeper's store (FDSTORE/FDSTOREREMOVE), and sends sd_notify-style
+// status. The socket is blocking: a store must be in the keeper's queue before the worker
+// goes on, because the guest may observe its effect next.
+import { native } from '../shared/native';
+import {
+  FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
+  removeMessage, storeMessage,
+} from '../shared/fdstore';
+import type { FdRegistryListener } from '../shared/fd_registry';
+
+export class KeeperClient implements FdRegistryListener {
+  private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
+  /** Names whose store is deferred while a batch is open. */
+  private batch: Array<[string, number]> | null = null;
+
+  private constructor(readonly fd: number) {}
+
+  static connect(socketPath: string): KeeperClient {
+    const fd = native.unixConnect(socketPath, 'seqpacket');
+    native.setNonBlocking(fd, false);
+    return new KeeperClient(fd);
+  }
+
+  /** The whole named fd set the keeper holds. The caller owns the returned fds. */
+  fetchAll(): Map<string, number> {
+    this.send(formatAssignments({ FDFETCH: 1 }), []);
+    const out = new Map<string, number>();
+    for (;;) {
+      const r = native.recvMsg(this.fd, this.buf, MAX_FDS_PER_MESSAGE);
+      if (r === null) continue;
+      if (r.bytes === 0) throw new FdStoreProtocolError('keeper closed the connection during FDFETCH');
+      if (r.truncated) {
+        for (const fd of r.fds) native.close(fd);
+        throw new FdStoreProtocolError('FDSET message truncated');
+      }
+      const m = parseAssignments(this.buf.subarray(0, r.bytes));
+      if (m.get('FDSET') !== '1') {
+        for (const fd of r.fds) native.close(fd);
+        throw new FdStoreProtocolError('unexpected reply to FDFETCH');
+      }
+      const names = parseFdNames(m.get('FDNAME'), r.fds.length);
+      names.forEach((n, i) => out.set(n, r.fds[i]!));
+      if (m.get('MORE') !== '1') return out;
+    }
+  }
+
+  onRegister(name: string, fd: number): void {
+    if (this.batch !== null) {
+      this.batch.push([name, fd]);
+      return;
+    }
+    this.send(storeMessage([name]), [fd]);
+  }
+
+  onUnregister(name: string): void {
+    if (this.batch !== null) {
+      const i = this.batch.findIndex(([n]) => n === name);
+      if (i >= 0) {
+        this.batch.splice(i, 1);
+        return;
+      }
+    }
+    this.send(removeMessage([name]), []);
+  }
+
+  /** Groups stores (e.g. a readdirplus page of inodes) into few messages; flushed by endBatch,
+   * which must run before anything the guest can observe. */
+  beginBatch(): void {
+    if (this.batch === null) this.batch = [];
+  }
+
+  endBatch(): void {
+    const b = this.batch;
+    this.batch = null;
+    if (b === null) return;
+    for (let i = 0; i < b.length; i += MAX_FDS_PER_MESSAGE) {
+      const part = b.slice(i, i + MAX_FDS_PER_MESSAGE);
+      this.send(storeMessage(part.map(([n]) => n)), part.map(([, fd]) => fd));
+    }
+  }
+
+  notify(fields: Record<string, string | number>): void {
+    this.send(formatAssignments(fields), []);
+  }
+
+  /** Asks the keeper for its status JSON (used by the status CLI). */
+  queryStatus(): unknown {
+    this.send(formatAssignments({ X_STATUSQUERY: 1 }), []);
+    for (;;) {
+      const r = native.recvMsg(this.fd, this.buf, 0);
+      if (r === null) continue;
+      if (r.bytes === 0) throw new FdStoreProtocolError('keeper closed the connection');
+      return JSON.parse(this.buf.subarray(0, r.bytes).toString('utf8'));
+    }
+  }
+
+  private send(msg: Buffer, fds: number[]): void {
+    const n = native.sendMsg(this.fd, msg, fds);
+    if (n !== msg.length) throw new FdStoreProtocolError(`short send to keeper (${n} of ${msg.length})`);
+  }
+
+  close(): void {
+    native.close(this.fd);
+  }
+}
