@@ -28,7 +28,7 @@ export class StateFileError extends Error {
   }
 }
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, useBigInt64: true, int64AsType: 'bigint' });
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'bigint' });
 
 export function encodeRecord(value: unknown): Buffer {
   return packr.pack(value);

@@ -29,7 +29,6 @@ export class QueueServer implements QueueHandler {
     this.ring = ring;
     this.notify = notify;
     this.running = true;
-    if (!ring.eventIdx) ring.disableNotification();
     for (const head of resubmit) this.dispatch(ring.readChain(head));
     this.flush();
   }
@@ -38,11 +37,13 @@ export class QueueServer implements QueueHandler {
     if (!this.running || this.ring === null) return;
     const ring = this.ring;
     try {
+      // Kicks are pointless while we drain; re-enabled (and re-checked) once the ring is empty.
+      ring.disableNotification();
       for (;;) {
         for (let c = ring.pop(); c !== null; c = ring.pop()) this.dispatch(c);
         if (!ring.enableNotification()) break;
+        ring.disableNotification();
       }
-      if (!ring.eventIdx) ring.disableNotification();
     } catch (e) {
       if (!(e instanceof RingError)) throw e;
       // The driver broke the ring (e.g. avail idx ran ahead by more than the ring size). We

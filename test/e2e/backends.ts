@@ -1,0 +1,234 @@
+// Starts a vhost-user-fs backend for the E2E tests: Debian's C virtiofsd (the reference
+// peer) or ours. Each is started in its own process group, waited for until its socket
+// exists, and stopped by pid (SIGTERM, then SIGKILL to the group).
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { repoRoot } from './guest-image';
+
+export type BackendKind = 'c-virtiofsd' | 'ours';
+export const BACKEND_KINDS: readonly BackendKind[] = ['c-virtiofsd', 'ours'];
+
+export const C_VIRTIOFSD = process.env.VFSK_C_VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
+
+/**
+ * Options the C virtiofsd (QEMU 7.2) runs with, beyond socket/source/cache:
+ * - xattr: off by default in 7.2; the workload checks xattrs.
+ * - Locks stay guest-local (7.2's defaults no_posix_lock, no_flock): the guest kernel
+ *   arbitrates flock/POSIX/OFD locks itself. 7.2's remote locking (-o posix_lock -o flock)
+ *   is broken for what the workload checks: it answers every blocking request (F_SETLKW,
+ *   and flock(LOCK_UN), which the kernel sends as a blocking SETLKW) with EOPNOTSUPP,
+ *   reports l_pid -1 from F_GETLK, and keeps an OFD lock after the last close of its file.
+ *   Set VFSK_C_VIRTIOFSD_LOCKS=remote to run with them anyway.
+ * The namespace sandbox works as root here; set VFSK_C_VIRTIOFSD_SANDBOX=chroot where it does not.
+ */
+export function cVirtiofsdArgs(sharedDir: string, socketPath: string): string[] {
+  const args = [`--socket-path=${socketPath}`, '-o', `source=${sharedDir}`, '-o', 'cache=none', '-o', 'xattr'];
+  if (process.env.VFSK_C_VIRTIOFSD_LOCKS === 'remote') args.push('-o', 'posix_lock', '-o', 'flock');
+  const sandbox = process.env.VFSK_C_VIRTIOFSD_SANDBOX;
+  if (sandbox) args.push('-o', `sandbox=${sandbox}`);
+  return args;
+}
+
+export interface BackendOptions {
+  /** Directory exported to the guest. */
+  sharedDir: string;
+  /** vhost-user socket path to create. */
+  socketPath: string;
+  /** The test's temp dir: the backend's log goes here. */
+  dir: string;
+  /** Extra command-line arguments. */
+  extraArgs?: string[];
+  /** Extra environment. */
+  env?: Record<string, string>;
+  /** How long to wait for the socket (default 20 000 ms). */
+  startTimeoutMs?: number;
+  /** Log file name in `dir` (default "<kind>.log"). */
+  logName?: string;
+}
+
+export interface Backend {
+  kind: BackendKind;
+  pid: number;
+  socketPath: string;
+  sharedDir: string;
+  /** Combined stdout+stderr of the backend. */
+  logPath: string;
+  /** The log so far. */
+  log(): string;
+  /** The process has exited. */
+  exited(): boolean;
+  /** Exit status, once exited. */
+  exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | null;
+  /** Resolves when the process has exited. */
+  waitExit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM, then SIGKILL (to its process group) after timeoutMs (default 5000); waits for exit. */
+  stop(timeoutMs?: number): Promise<void>;
+}
+
+/** Backends to run, from VFSK_E2E_BACKENDS (default: both). */
+export function backendsFromEnv(value = process.env.VFSK_E2E_BACKENDS): BackendKind[] {
+  const kinds = (value ?? 'c-virtiofsd,ours')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const k of kinds) {
+    if (!(BACKEND_KINDS as readonly string[]).includes(k)) {
+      throw new Error(`VFSK_E2E_BACKENDS: unknown backend "${k}" (known: ${BACKEND_KINDS.join(', ')})`);
+    }
+  }
+  return kinds as BackendKind[];
+}
+
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const cp of live) killGroup(cp, 'SIGKILL');
+  });
+}
+
+function killGroup(cp: ChildProcess, sig: NodeJS.Signals): void {
+  if (cp.pid === undefined) return;
+  // The backend leads its own process group (detached); its children (the C virtiofsd's
+  // sandboxed child, our keeper's worker) are in it too.
+  try {
+    process.kill(-cp.pid, sig);
+  } catch {
+    // No group (yet/any more). Signal the pid itself only while it is not reaped, so a
+    // recycled pid is never hit.
+    if (cp.exitCode === null && cp.signalCode === null) {
+      try {
+        process.kill(cp.pid, sig);
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
+function commandFor(kind: BackendKind, o: BackendOptions): { bin: string; args: string[] } {
+  switch (kind) {
+    case 'c-virtiofsd':
+      return { bin: C_VIRTIOFSD, args: [...cVirtiofsdArgs(o.sharedDir, o.socketPath), ...(o.extraArgs ?? [])] };
+    case 'ours':
+      return {
+        bin: process.execPath,
+        args: [
+          path.join(repoRoot(), 'bin', 'virtiofs-keeper.js'),
+          'run',
+          '--shared-dir', o.sharedDir,
+          '--socket-path', o.socketPath,
+          ...(o.extraArgs ?? []),
+        ],
+      };
+  }
+}
+
+function isSocket(p: string): boolean {
+  try {
+    return fs.statSync(p).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+/** Start a backend and resolve once its vhost-user socket exists. */
+export async function startBackend(kind: BackendKind, o: BackendOptions): Promise<Backend> {
+  installExitHook();
+  fs.mkdirSync(o.dir, { recursive: true });
+  fs.mkdirSync(path.dirname(o.socketPath), { recursive: true });
+  if (!fs.statSync(o.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new Error(`shared dir ${o.sharedDir} is not a directory`);
+  }
+  if (fs.existsSync(o.socketPath)) throw new Error(`socket path ${o.socketPath} already exists`);
+  const logPath = path.join(o.dir, o.logName ?? `${kind}.log`);
+  const logFd = fs.openSync(logPath, 'a');
+  const { bin, args } = commandFor(kind, o);
+  fs.writeSync(logFd, `# ${new Date().toISOString()} ${bin} ${args.join(' ')}\n`);
+  let cp: ChildProcess;
+  try {
+    cp = spawn(bin, args, {
+      stdio: ['ignore', logFd, logFd],
+      detached: true,
+      env: { ...process.env, ...(o.env ?? {}) },
+    });
+  } finally {
+    fs.closeSync(logFd);
+  }
+  live.add(cp);
+  let status: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+  let spawnError: Error | null = null;
+  const exitP = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    const done = (code: number | null, signal: NodeJS.Signals | null): void => {
+      if (status) return;
+      status = { code, signal };
+      live.delete(cp);
+      resolve(status);
+    };
+    cp.on('error', (e) => {
+      spawnError = e;
+      if (cp.pid === undefined) done(null, null);
+    });
+    cp.on('exit', (code, signal) => done(code, signal));
+  });
+  const readLog = (): string => {
+    try {
+      return fs.readFileSync(logPath, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+
+  const stop = async (timeoutMs = 5000): Promise<void> => {
+    if (status) {
+      killGroup(cp, 'SIGKILL'); // leftover group members, if any
+      return;
+    }
+    killGroup(cp, 'SIGTERM');
+    let t: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      exitP.then(() => false),
+      new Promise<boolean>((r) => {
+        t = setTimeout(() => r(true), timeoutMs);
+      }),
+    ]);
+    if (t) clearTimeout(t);
+    if (timedOut) killGroup(cp, 'SIGKILL');
+    await exitP;
+    killGroup(cp, 'SIGKILL');
+  };
+
+  // Poll for the socket; fail early if the process dies.
+  const deadline = Date.now() + (o.startTimeoutMs ?? 20_000);
+  for (;;) {
+    if (isSocket(o.socketPath)) break;
+    if (status || spawnError) {
+      await exitP;
+      throw new Error(
+        `${kind} exited before creating ${o.socketPath} (status ${JSON.stringify(status)}` +
+          `${spawnError ? `, ${(spawnError as Error).message}` : ''}):\n${readLog()}`,
+      );
+    }
+    if (Date.now() > deadline) {
+      await stop(1000);
+      throw new Error(`${kind} did not create ${o.socketPath} within ${o.startTimeoutMs ?? 20_000} ms:\n${readLog()}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+
+  return {
+    kind,
+    pid: cp.pid!,
+    socketPath: o.socketPath,
+    sharedDir: o.sharedDir,
+    logPath,
+    log: readLog,
+    exited: () => status !== null,
+    exitStatus: () => status,
+    waitExit: () => exitP,
+    stop,
+  };
+}

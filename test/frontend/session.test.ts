@@ -1,0 +1,102 @@
+// vhost-user negotiation, FUSE INIT, queue mechanics (EVENT_IDX on/off, indirect, concurrency,
+// GET_VRING_BASE) and the fd-leak check of a whole session.
+import t from 'tap';
+import * as fs from 'node:fs';
+import { selectedBackends } from './backend';
+import { openSession, openFdCount, openFds, isDir, waitFor, unexpectedErrors } from './helpers';
+import { VirtioF, ProtoF } from './vhost_user';
+import * as F from './fuse_proto';
+
+for (const kind of selectedBackends()) {
+  t.test(kind, async (t) => {
+    t.test('negotiation and INIT', async (t) => {
+      const s = await openSession(t, kind);
+      const n = s.negotiated;
+      t.ok(n.offeredFeatures & VirtioF.VERSION_1, 'offers VERSION_1');
+      t.ok(n.offeredFeatures & VirtioF.PROTOCOL_FEATURES, 'offers PROTOCOL_FEATURES');
+      t.ok(n.ackedProtocolFeatures & ProtoF.MQ, 'MQ negotiated');
+      t.ok(n.ackedProtocolFeatures & ProtoF.REPLY_ACK, 'REPLY_ACK negotiated (and every ack was 0)');
+      t.ok((n.queueNum ?? 0) >= 2, `GET_QUEUE_NUM ${n.queueNum} >= 2`);
+      t.equal(n.offeredFeatures & VirtioF.RING_PACKED, 0n, 'no packed ring offered (not implemented)');
+      const i = s.init!;
+      t.equal(i.major, 7, 'major 7');
+      t.ok(i.minor >= 31 && i.minor <= 38, `minor ${i.minor} in [31, 38]`);
+      if (kind === 'ours') t.equal(i.minor, 38, 'ours speaks 7.38');
+      t.ok(i.maxWrite >= 4096, `max_write ${i.maxWrite}`);
+      t.ok(i.maxReadahead <= 0x20000, 'max_readahead not above what we offered');
+      const offeredLo = F.LINUX_INIT_FLAGS % 2 ** 32;
+      t.equal((i.flags & ~offeredLo) >>> 0, 0, `INIT flags 0x${i.flags.toString(16)} are a subset of ours`);
+      t.ok(i.flags & F.InitFlag.MAX_PAGES ? i.maxPages >= 1 : true, 'max_pages set with MAX_PAGES');
+      if (i.flags & F.InitFlag.INIT_EXT) {
+        const offeredHi = Math.floor(F.LINUX_INIT_FLAGS / 2 ** 32);
+        t.equal((i.flags2 & ~offeredHi) >>> 0, 0, 'flags2 subset of ours');
+      }
+      t.ok(i.timeGran >= 1 && i.timeGran <= 1_000_000_000, `time_gran ${i.timeGran}`);
+      const root = await s.fuse.getattr(F.FUSE_ROOT_ID);
+      t.ok(isDir(root.attr), 'root is a directory');
+      t.equal(root.attr.ino, BigInt(fs.statSync(s.shared).ino), 'root ino is the shared dir');
+      t.same(s.fe.queues.flatMap((q) => q.violations), [], 'no ring protocol violations');
+      t.same(unexpectedErrors(s), [], 'no unexpected errors logged');
+    });
+
+    t.test('variants: no EVENT_IDX, no INDIRECT, no REPLY_ACK, one region, queue size 16', async (t) => {
+      const s = await openSession(t, kind, {
+        negotiate: {
+          features: VirtioF.VERSION_1 | VirtioF.PROTOCOL_FEATURES, protocolFeatures: ProtoF.MQ,
+          regions: 1, queueSize: 16, memoryMiB: 16,
+        },
+      });
+      t.equal(s.negotiated.ackedFeatures & VirtioF.RING_EVENT_IDX, 0n, 'EVENT_IDX not acked');
+      t.equal(s.negotiated.replyAck, false, 'no REPLY_ACK');
+      // More requests than the queue has descriptors, in sequence.
+      for (let k = 0; k < 40; k++) {
+        const a = await s.fuse.getattr(F.FUSE_ROOT_ID);
+        if (!isDir(a.attr)) t.fail('root not a dir');
+      }
+      t.pass('40 sequential requests on a 16-entry queue');
+      t.same(s.fe.queues.flatMap((q) => q.violations), [], 'no ring protocol violations');
+    });
+
+    t.test('concurrent requests, matched by unique', async (t) => {
+      const s = await openSession(t, kind, { setup: (sh) => { for (let k = 0; k < 50; k++) fs.writeFileSync(`${sh}/f${k}`, 'x'.repeat(k)); } });
+      const results = await Promise.all(Array.from({ length: 50 }, (_, k) => s.fuse.lookup(F.FUSE_ROOT_ID, `f${k}`)));
+      results.forEach((e, k) => {
+        if (e.attr.size !== BigInt(k)) t.fail(`f${k}: size ${e.attr.size}`);
+      });
+      t.pass('50 lookups in flight at once all answered correctly');
+      const q = s.fe.queues[1];
+      t.equal(q.inFlight, 0, 'nothing left in flight');
+      t.ok(q.kicks + q.suppressedKicks >= 50, 'every submission considered a kick');
+      t.same(q.violations, []);
+    });
+
+    t.test('GET_VRING_BASE returns the last avail index', async (t) => {
+      const s = await openSession(t, kind);
+      for (let k = 0; k < 5; k++) await s.fuse.getattr(F.FUSE_ROOT_ID);
+      const q = s.fe.queues[1];
+      const base = await s.fe.stopQueue(1);
+      t.equal(base, q.availIdx, `request queue base ${base} == avail idx ${q.availIdx}`);
+      const hip = await s.fe.stopQueue(0);
+      t.equal(hip, 0, 'hiprio queue untouched');
+    });
+
+    t.test('no fd leaks over a whole session', async (t) => {
+      // Warm up lazily-created handles (tap, the addon) with one full session first.
+      const warm = await openSession(t, kind);
+      await warm.fuse.getattr(F.FUSE_ROOT_ID);
+      await warm.close();
+      const before = openFdCount();
+      const listBefore = openFds();
+      const s = await openSession(t, kind);
+      await s.fuse.mkdir(F.FUSE_ROOT_ID, 'd');
+      const c = await s.fuse.create(F.FUSE_ROOT_ID, 'f', F.O.RDWR);
+      await s.fuse.write(c.entry.nodeid, c.open.fh, 0, Buffer.from('hello'));
+      await s.fuse.release(c.entry.nodeid, c.open.fh);
+      t.ok(openFdCount() > before, 'a session holds fds (socket, memfd, eventfds)');
+      await s.close();
+      const after = await waitFor(() => (openFdCount() === before ? before : 0), 'fd count to return', 5_000).catch(() => openFdCount());
+      t.equal(after, before, 'same number of open fds after the session');
+      if (after !== before) t.comment({ before: listBefore, after: openFds() });
+    });
+  });
+}

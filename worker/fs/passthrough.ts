@@ -1,0 +1,986 @@
+// The passthrough filesystem: every FUSE operation becomes syscalls on the shared directory.
+//
+// Model (like C virtiofsd's lo_inode and libfuse's passthrough_hp):
+// - One O_PATH|O_NOFOLLOW fd per inode, registered as "inode.<nodeid>" ("root" for nodeid 1),
+//   deduplicated by (st_dev, st_ino). Inode identity is pinned by that fd: while we hold it the
+//   inode cannot be freed, so its (dev, ino) cannot be reused and its file type cannot change.
+// - Lookups: openat2(parentFd, name, O_PATH|O_NOFOLLOW, RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)
+//   with a single validated path component, so nothing outside the shared directory is ever
+//   reached and symlinks are never followed by us.
+// - Ops on an inode use its O_PATH fd with AT_EMPTY_PATH where the syscall supports that, or
+//   reopen it through "/proc/self/fd/<fd>" (how virtiofsd opens inodes: the magic link leads to
+//   exactly the pinned inode). Reopening is refused for symlinks (ELOOP) and for anything that is
+//   not a regular file or directory (EBADF, as virtiofsd's lo_inode_open), so device nodes,
+//   FIFOs and sockets in the share are never opened.
+// - Open files and dirs: one fd each, "file.<fh>" / "dir.<fh>".
+// - All table changes go through FsSession (session.ts), which can be journaled/snapshotted.
+//
+// Decisions (see also the report in the commit that added this file):
+// - Unknown nodeid or fh, or an fh that belongs to another nodeid: EBADF (both virtiofsds).
+// - LOOKUP of a missing name: ENOENT (no negative entries).
+// - '..' at the root is the root, '.' is the dir itself. '..' elsewhere is resolved beneath the
+//   root (see lookupDotDot). Create/remove/rename names must be a plain component: '.', '..',
+//   empty, '/' or NUL give EINVAL (virtiofsd's is_safe_path_component); lookup gives ENOENT for
+//   an empty name and EINVAL for '/' or NUL.
+// - Generation is always 0 (fds pin inodes, so a nodeid never refers to a reused inode number).
+// - Cache modes: timeouts never=0, auto=1 s, always=86400 s; open flags never=DIRECT_IO,
+//   always=KEEP_CACHE, auto=0; opendir always=CACHE_DIR.
+// - O_DIRECT is dropped from open flags (virtiofsd's default without allow_direct_io: guest
+//   memory segments need not meet O_DIRECT alignment). With FUSE_WRITEBACK_CACHE, O_WRONLY
+//   becomes O_RDWR and O_APPEND is dropped (the guest page cache does appends then).
+// - POSIX locks are OFD locks on the fh's own open file description, so two fh conflict with
+//   each other even when the guest opened both in one process; a guest process that closes one
+//   of two fds does not drop the locks held through the other. GETLK reports pid 0.
+// - Umask: new files are created with the process umask set to the request's umask when
+//   FUSE_DONT_MASK was negotiated (the kernel then leaves masking to us; the host kernel skips it
+//   for parents with a default ACL), else 0 (the guest kernel already masked the mode). The umask
+//   is process-wide: it is swapped around the creating syscall on the JS thread only.
+// - access(): the addon has no faccessat, so it checks the mode bits against the caller's uid
+//   and primary gid like rust-vmm virtiofsd does (no supplementary groups, no ACLs).
+import type { Logger } from '../../shared/log';
+import { logger as makeLogger } from '../../shared/log';
+import { native, STAT } from '../../shared/native';
+import type { Callback, IoSegment, StatFs } from '../../shared/native';
+import type { FdRegistry } from '../../shared/fd_registry';
+import {
+  FsError, ROOT_NODEID,
+  type AttrReply, type Context, type DirSink, type Entry, type FileSystem, type Handle,
+  type LockRange, type NodeId, type OpenReply, type SetattrRequest,
+} from './filesystem';
+import {
+  FsSession, FsSessionError, ROOT_FD_NAME,
+  type DirRecord, type FileRecord, type InodeRecord,
+} from './session';
+import { parseDirents, type Dirent } from './dirent';
+import * as K from './constants';
+
+export type CacheMode = 'auto' | 'always' | 'never';
+
+export interface PassthroughOptions {
+  registry: FdRegistry;
+  /** The shared directory; opened O_PATH|O_DIRECTORY and registered as "root". */
+  sharedDir?: string;
+  /** An open fd of the shared directory (O_PATH or O_RDONLY). Registered as "root" unless the
+   * registry already holds it under that name. Ownership passes to the registry. */
+  rootFd?: number;
+  /** Default 'auto'. */
+  cache?: CacheMode;
+  /** Default false: every xattr op answers ENOSYS (virtiofsd without -o xattr). */
+  xattr?: boolean;
+  logger?: Logger;
+  /** Resume: a session restored with FsSession.fromSnapshot(). Every fd it names must already be
+   * in the registry (handed back by the keeper); fds named like ours that the session does not
+   * know are closed. Without it a new session is started. */
+  session?: FsSession;
+  /** On resume, fstat every inode fd and check its (dev, ino) against the session. Default true. */
+  verifyOnResume?: boolean;
+  /** RLIMIT_NOFILE wanted (each inode holds an fd). Default 1,000,000. */
+  noFileLimit?: number;
+  /** getdents64 buffer size. Default 32 KiB. */
+  readdirBufferSize?: number;
+}
+
+/** In-memory readdir state of an open dir (not part of the session: rebuilt after a restart). */
+interface DirRuntime {
+  /** True when the fd's kernel position plus `pending` correspond to the session's position. */
+  synced: boolean;
+  /** Entries fetched from the kernel but not handed out yet. */
+  pending: Dirent[];
+  next: number;
+}
+
+const TIMEOUTS: Record<CacheMode, number> = { never: 0, auto: 1.0, always: 86400 };
+const NO_ID = -1;
+const MAX_SAFE_BIG = BigInt(Number.MAX_SAFE_INTEGER);
+/** Open flags we pass on to open(2) for FUSE_OPEN/FUSE_CREATE. Everything else is dropped. */
+const PASS_OPEN_FLAGS = K.O_ACCMODE | K.O_APPEND | K.O_NONBLOCK | K.O_DSYNC | K.O_SYNC | K.O_NOATIME |
+  K.O_TRUNC | K.O_LARGEFILE;
+const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
+
+function errno(code: number, message?: string): FsError {
+  return new FsError(code, message);
+}
+
+function procPath(fd: number): string {
+  return `/proc/self/fd/${fd}`;
+}
+
+/** The d_off cookie as the u64 the guest sees, as a number (inexact above 2^53). */
+function cookieToWire(off: bigint): number {
+  return Number(BigInt.asUintN(64, off));
+}
+
+function isDot(name: Buffer): boolean { return name.length === 1 && name[0] === 0x2e; }
+function isDotDot(name: Buffer): boolean { return name.length === 2 && name[0] === 0x2e && name[1] === 0x2e; }
+
+/** A name must be one non-empty path component without '/' or NUL. */
+function checkComponent(name: Buffer, forLookup: boolean): void {
+  if (!Buffer.isBuffer(name)) throw errno(K.EINVAL, 'name is not a Buffer');
+  if (name.length === 0) throw errno(forLookup ? K.ENOENT : K.EINVAL, 'empty name');
+  if (name.includes(0x2f) || name.includes(0)) throw errno(K.EINVAL, 'name contains / or NUL');
+  if (!forLookup && (isDot(name) || isDotDot(name))) throw errno(K.EINVAL, `name ${name.toString()} not allowed`);
+}
+
+export class PassthroughFs implements FileSystem {
+  readonly session: FsSession;
+  readonly cache: CacheMode;
+  readonly xattr: boolean;
+  private readonly registry: FdRegistry;
+  private readonly log: Logger;
+  private readonly timeout: number;
+  private readonly direntBuf: Buffer;
+  private readonly dirState = new Map<Handle, DirRuntime>();
+  /** fd name → async operations in flight on it; closing such an fd is deferred. */
+  private readonly busy = new Map<string, number>();
+  private readonly pendingClose = new Set<string>();
+  private dontMask = false;
+  private writeback = false;
+
+  constructor(opts: PassthroughOptions) {
+    this.registry = opts.registry;
+    this.log = opts.logger ?? makeLogger('fs');
+    this.cache = opts.cache ?? 'auto';
+    if (!(this.cache in TIMEOUTS)) throw new TypeError(`invalid cache mode ${String(this.cache)}`);
+    this.timeout = TIMEOUTS[this.cache];
+    this.xattr = opts.xattr ?? false;
+    this.direntBuf = Buffer.alloc(Math.max(4096, opts.readdirBufferSize ?? 32 * 1024));
+
+    try {
+      const limit = native.raiseNoFileLimit(opts.noFileLimit ?? 1_000_000);
+      this.log.debug({ limit }, 'RLIMIT_NOFILE');
+    } catch (e) {
+      this.log.warn({ err: e }, 'could not raise RLIMIT_NOFILE');
+    }
+
+    const rootFd = this.setupRootFd(opts);
+    const st = Buffer.alloc(STAT.SIZE);
+    native.fstatat(rootFd, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
+    const mode = st.readUInt32LE(STAT.mode);
+    if ((mode & K.S_IFMT) !== K.S_IFDIR) throw errno(K.ENOTDIR, 'the shared directory is not a directory');
+    const dev = st.readBigUInt64LE(STAT.dev);
+    const ino = st.readBigUInt64LE(STAT.ino);
+
+    if (opts.session === undefined) {
+      this.session = new FsSession({ dev, ino });
+    } else {
+      this.session = opts.session;
+      this.resume(dev, ino, opts.verifyOnResume ?? true);
+    }
+  }
+
+  private setupRootFd(opts: PassthroughOptions): number {
+    const registered = this.registry.get(ROOT_FD_NAME);
+    if (opts.rootFd !== undefined && opts.sharedDir !== undefined) {
+      throw new TypeError('give rootFd or sharedDir, not both');
+    }
+    if (opts.rootFd !== undefined) {
+      if (registered === undefined) this.registry.register(ROOT_FD_NAME, opts.rootFd);
+      else if (registered !== opts.rootFd) throw new TypeError(`a different fd (${registered}) is registered as "root"`);
+      return opts.rootFd;
+    }
+    if (opts.sharedDir !== undefined) {
+      if (registered !== undefined) throw new TypeError('"root" is already registered; pass rootFd instead of sharedDir');
+      const fd = native.openat(K.AT_FDCWD, opts.sharedDir, K.O_PATH | K.O_DIRECTORY | K.O_CLOEXEC, 0);
+      this.registry.register(ROOT_FD_NAME, fd);
+      return fd;
+    }
+    if (registered !== undefined) return registered;
+    throw new TypeError('PassthroughFs needs rootFd or sharedDir (or a registered "root" fd)');
+  }
+
+  /** Checks a restored session against the fds handed back by the keeper. */
+  private resume(rootDev: bigint, rootIno: bigint, verify: boolean): void {
+    const s = this.session;
+    if (s.root.dev !== rootDev || s.root.ino !== rootIno) {
+      throw new FsSessionError(`session root (${s.root.dev}, ${s.root.ino}) is not the shared directory (${rootDev}, ${rootIno})`);
+    }
+    const names = new Set(s.fdNames());
+    for (const name of names) {
+      if (!this.registry.has(name)) throw new FsSessionError(`session names fd "${name}" but the registry has none`);
+    }
+    if (verify) {
+      const st = Buffer.alloc(STAT.SIZE);
+      for (const rec of s.allInodes()) {
+        native.fstatat(this.registry.get(rec.fdName)!, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
+        if (st.readBigUInt64LE(STAT.dev) !== rec.dev || st.readBigUInt64LE(STAT.ino) !== rec.ino) {
+          throw new FsSessionError(`fd "${rec.fdName}" is not inode (${rec.dev}, ${rec.ino})`);
+        }
+      }
+    }
+    for (const [name] of [...this.registry.entries()]) {
+      if (/^(inode|file|dir)\.\d+$/.test(name) && !names.has(name)) {
+        this.log.warn({ fdName: name }, 'closing fd that the session does not know');
+        this.registry.close(name);
+      }
+    }
+    for (const d of s.allDirs()) this.dirState.set(d.fh, { synced: false, pending: [], next: 0 });
+    this.log.info({ inodes: s.inodeCount, files: s.fileCount, dirs: s.dirCount }, 'filesystem session resumed');
+  }
+
+  // ================================================================ helpers
+
+  private fd(name: string): number {
+    const fd = this.registry.get(name);
+    if (fd === undefined) throw errno(K.EBADF, `no fd registered as ${name}`);
+    return fd;
+  }
+
+  private inode(nodeid: NodeId): InodeRecord {
+    const rec = this.session.getInode(nodeid);
+    if (rec === undefined) throw errno(K.EBADF, `unknown nodeid ${nodeid}`);
+    return rec;
+  }
+
+  private dirInode(nodeid: NodeId): InodeRecord {
+    const rec = this.inode(nodeid);
+    if (rec.fileType !== K.S_IFDIR) throw errno(K.ENOTDIR);
+    return rec;
+  }
+
+  private fileRec(nodeid: NodeId, fh: Handle): FileRecord {
+    const rec = this.session.getFile(fh);
+    if (rec === undefined || rec.nodeid !== nodeid) throw errno(K.EBADF, `unknown fh ${fh} for nodeid ${nodeid}`);
+    return rec;
+  }
+
+  private dirRec(nodeid: NodeId, fh: Handle): DirRecord {
+    const rec = this.session.getDir(fh);
+    if (rec === undefined || rec.nodeid !== nodeid) throw errno(K.EBADF, `unknown dir fh ${fh} for nodeid ${nodeid}`);
+    return rec;
+  }
+
+  private statFd(fd: number): Buffer {
+    const st = Buffer.alloc(STAT.SIZE);
+    native.fstatat(fd, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
+    return st;
+  }
+
+  private entry(rec: InodeRecord, stat: Buffer): Entry {
+    return { nodeid: rec.nodeid, generation: rec.generation, stat, entryTimeout: this.timeout, attrTimeout: this.timeout };
+  }
+
+  /** Takes ownership of `fd` (an O_PATH fd of the inode a name resolved to): dedups it against
+   * the inode table (closing it when the inode is known) or adds a new inode. Adds one lookup. */
+  private adopt(fd: number): Entry {
+    let stat: Buffer;
+    try {
+      stat = this.statFd(fd);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    const dev = stat.readBigUInt64LE(STAT.dev);
+    const ino = stat.readBigUInt64LE(STAT.ino);
+    const known = this.session.findInode(dev, ino);
+    if (known !== undefined) {
+      native.close(fd);
+      return this.entry(this.session.addLookup(known.nodeid), stat);
+    }
+    const rec = this.session.addInode({ dev, ino, generation: 0, fileType: stat.readUInt32LE(STAT.mode) & K.S_IFMT });
+    try {
+      this.registry.register(rec.fdName, fd);
+    } catch (e) {
+      native.close(fd);
+      this.session.forget(rec.nodeid, 1);
+      throw e;
+    }
+    return this.entry(rec, stat);
+  }
+
+  /** Looks up one plain component (validated by the caller) under the dir fd. */
+  private lookupChild(dirFd: number, name: Buffer): Entry {
+    const fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+    return this.adopt(fd);
+  }
+
+  /** '..' of a dir other than the root. The dir's host path (from /proc/self/fd) must lie under
+   * the root's; the relative path is then re-resolved beneath the root fd with no symlinks and
+   * checked to still be this dir, and its '..' is opened, also beneath the root. A dir that was
+   * moved out of the shared directory (by the host) has no parent for us: ENOENT. */
+  private lookupDotDot(dir: InodeRecord): Entry {
+    const rootFd = this.fd(ROOT_FD_NAME);
+    const dirFd = this.fd(dir.fdName);
+    const rootPath = native.readlinkat(K.AT_FDCWD, procPath(rootFd));
+    const dirPath = native.readlinkat(K.AT_FDCWD, procPath(dirFd));
+    const prefix = rootPath.length === 1 && rootPath[0] === 0x2f ? rootPath : Buffer.concat([rootPath, Buffer.from('/')]);
+    if (dirPath.length <= prefix.length || !dirPath.subarray(0, prefix.length).equals(prefix)) {
+      throw errno(K.ENOENT, 'directory is not below the shared directory');
+    }
+    const rel = dirPath.subarray(prefix.length);
+    const resolve = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS;
+    const check = native.openat2(rootFd, rel, K.O_PATH | K.O_NOFOLLOW | K.O_DIRECTORY | K.O_CLOEXEC, 0, resolve);
+    try {
+      const st = this.statFd(check);
+      if (st.readBigUInt64LE(STAT.dev) !== dir.dev || st.readBigUInt64LE(STAT.ino) !== dir.ino) {
+        throw errno(K.ENOENT, 'directory moved while resolving ..');
+      }
+    } finally {
+      native.close(check);
+    }
+    const parentFd = native.openat2(rootFd, Buffer.concat([rel, Buffer.from('/..')]),
+      K.O_PATH | K.O_NOFOLLOW | K.O_DIRECTORY | K.O_CLOEXEC, 0, resolve);
+    return this.adopt(parentFd);
+  }
+
+  /** Opens the inode for I/O through /proc/self/fd (virtiofsd's lo_inode_open). */
+  private reopen(rec: InodeRecord, flags: number): number {
+    if (rec.fileType === K.S_IFLNK) throw errno(K.ELOOP);
+    if (rec.fileType !== K.S_IFREG && rec.fileType !== K.S_IFDIR) throw errno(K.EBADF, 'not a regular file or directory');
+    return native.openat(K.AT_FDCWD, procPath(this.fd(rec.fdName)), (flags & ~K.O_NOFOLLOW) | K.O_CLOEXEC, 0);
+  }
+
+  private withTempFd<T>(rec: InodeRecord, flags: number, fn: (fd: number) => T): T {
+    const fd = this.reopen(rec, flags);
+    try {
+      return fn(fd);
+    } finally {
+      native.close(fd);
+    }
+  }
+
+  /** Runs fn with the caller's fsuid/fsgid (and, when umask !== null, the right process umask),
+   * restoring both afterwards. */
+  private withCreds<T>(ctx: Context, umask: number | null, fn: () => T): T {
+    const prevUmask = umask === null ? null : process.umask(this.dontMask ? umask & 0o777 : 0);
+    try {
+      const [prevUid, prevGid] = native.setFsIds(ctx.uid, ctx.gid);
+      try {
+        return fn();
+      } finally {
+        native.setFsIds(prevUid, prevGid);
+      }
+    } finally {
+      if (prevUmask !== null) process.umask(prevUmask);
+    }
+  }
+
+  private openFlags(flags: number): number {
+    let f = flags & PASS_OPEN_FLAGS;
+    if (this.writeback) {
+      if ((f & K.O_ACCMODE) === K.O_WRONLY) f = (f & ~K.O_ACCMODE) | K.O_RDWR;
+      f &= ~K.O_APPEND;
+    }
+    return f;
+  }
+
+  private fileOpenFlags(): number {
+    return this.cache === 'never' ? K.FOPEN_DIRECT_IO : this.cache === 'always' ? K.FOPEN_KEEP_CACHE : 0;
+  }
+
+  /** Registers an opened file fd under a new fh. */
+  private addFile(nodeid: NodeId, fd: number, flags: number): OpenReply {
+    const rec = this.session.openFile(nodeid, flags);
+    try {
+      this.registry.register(rec.fdName, fd);
+    } catch (e) {
+      native.close(fd);
+      this.session.closeFile(rec.fh);
+      throw e;
+    }
+    return { fh: rec.fh, openFlags: this.fileOpenFlags() };
+  }
+
+  /** Closes a registered fd now, or when the async operations using it have finished. */
+  private closeFd(name: string): void {
+    if ((this.busy.get(name) ?? 0) > 0) this.pendingClose.add(name);
+    else this.registry.close(name);
+  }
+
+  private acquire(name: string): number {
+    const fd = this.fd(name);
+    this.busy.set(name, (this.busy.get(name) ?? 0) + 1);
+    return fd;
+  }
+
+  private release_(name: string): void {
+    const n = (this.busy.get(name) ?? 1) - 1;
+    if (n > 0) {
+      this.busy.set(name, n);
+      return;
+    }
+    this.busy.delete(name);
+    if (this.pendingClose.delete(name)) this.registry.close(name);
+  }
+
+  /** Runs an async addon call on registered fds, keeping them open until it completes. */
+  private runAsync<T>(names: string[], start: (fds: number[], cb: Callback<T>) => void): Promise<T> {
+    const fds: number[] = [];
+    try {
+      for (const n of names) fds.push(this.acquire(n));
+    } catch (e) {
+      for (let i = 0; i < fds.length; i++) this.release_(names[i]);
+      return Promise.reject(e);
+    }
+    return new Promise<T>((resolve, reject) => {
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        for (const n of names) this.release_(n);
+      };
+      try {
+        start(fds, (err, res) => {
+          finish();
+          if (err) reject(err);
+          else resolve(res);
+        });
+      } catch (e) {
+        finish();
+        reject(e);
+      }
+    });
+  }
+
+  // ================================================================ session
+
+  init(flags: bigint): void {
+    this.dontMask = (flags & K.FUSE_DONT_MASK) !== 0n;
+    this.writeback = (flags & K.FUSE_WRITEBACK_CACHE) !== 0n;
+    this.log.info({ cache: this.cache, xattr: this.xattr, dontMask: this.dontMask, writeback: this.writeback },
+      'filesystem initialised');
+  }
+
+  destroy(): void {
+    const names = this.session.reset();
+    for (const name of names) this.closeFd(name);
+    this.dirState.clear();
+    this.log.info({ closed: names.length }, 'filesystem session reset');
+  }
+
+  // ================================================================ names
+
+  lookup(ctx: Context, parent: NodeId, name: Buffer): Entry {
+    checkComponent(name, true);
+    const dir = this.inode(parent);
+    if (isDot(name) || (isDotDot(name) && parent === ROOT_NODEID)) {
+      if (dir.fileType !== K.S_IFDIR) throw errno(K.ENOTDIR);
+      const stat = this.statFd(this.fd(dir.fdName));
+      return this.entry(this.session.addLookup(dir.nodeid), stat);
+    }
+    if (isDotDot(name)) {
+      if (dir.fileType !== K.S_IFDIR) throw errno(K.ENOTDIR);
+      return this.lookupDotDot(dir);
+    }
+    return this.lookupChild(this.fd(dir.fdName), name);
+  }
+
+  forget(nodeid: NodeId, nlookup: number): void {
+    if (this.session.getInode(nodeid) === undefined) {
+      this.log.debug({ nodeid }, 'forget of unknown nodeid');
+      return;
+    }
+    if (!Number.isSafeInteger(nlookup) || nlookup < 0) nlookup = Number.MAX_SAFE_INTEGER;
+    const dropped = this.session.forget(nodeid, nlookup);
+    if (dropped !== null) this.closeFd(dropped.fdName);
+  }
+
+  getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply {
+    const rec = this.inode(nodeid);
+    return { stat: this.statFd(this.fd(rec.fdName)), attrTimeout: this.timeout };
+  }
+
+  setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply {
+    const rec = this.inode(nodeid);
+    const inodeFd = this.fd(rec.fdName);
+    const valid = attr.valid;
+    const fileFd = (valid & K.FATTR_FH) !== 0 ? this.fd(this.fileRec(nodeid, attr.fh).fdName) : null;
+
+    if (valid & K.FATTR_MODE) {
+      const mode = attr.mode & 0o7777;
+      if (fileFd !== null) native.fchmod(fileFd, mode);
+      else if (rec.fileType === K.S_IFLNK) throw errno(K.EOPNOTSUPP, 'chmod of a symlink');
+      else native.fchmodat(K.AT_FDCWD, procPath(inodeFd), mode, 0);
+    }
+    if (valid & (K.FATTR_UID | K.FATTR_GID)) {
+      const uid = valid & K.FATTR_UID ? attr.uid : NO_ID;
+      const gid = valid & K.FATTR_GID ? attr.gid : NO_ID;
+      native.fchownat(inodeFd, '', uid, gid, K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW);
+    }
+    if (valid & K.FATTR_SIZE) {
+      if (fileFd !== null) native.ftruncate(fileFd, attr.size);
+      else if (rec.fileType === K.S_IFDIR) throw errno(K.EISDIR);
+      else if (rec.fileType !== K.S_IFREG) throw errno(K.EINVAL);
+      else this.withTempFd(rec, K.O_WRONLY, (fd) => native.ftruncate(fd, attr.size));
+    }
+    if (valid & (K.FATTR_ATIME | K.FATTR_MTIME | K.FATTR_ATIME_NOW | K.FATTR_MTIME_NOW)) {
+      const [as, an] = valid & K.FATTR_ATIME_NOW ? [0, K.UTIME_NOW]
+        : valid & K.FATTR_ATIME ? [attr.atime, attr.atimeNsec] : [0, K.UTIME_OMIT];
+      const [ms, mn] = valid & K.FATTR_MTIME_NOW ? [0, K.UTIME_NOW]
+        : valid & K.FATTR_MTIME ? [attr.mtime, attr.mtimeNsec] : [0, K.UTIME_OMIT];
+      if (fileFd !== null) native.utimensat(fileFd, null, as, an, ms, mn, 0);
+      else native.utimensat(inodeFd, '', as, an, ms, mn, K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW);
+    }
+    if ((valid & K.FATTR_KILL_SUIDGID) && (valid & (K.FATTR_SIZE | K.FATTR_UID | K.FATTR_GID)) &&
+        rec.fileType === K.S_IFREG) {
+      this.killSuidGid(inodeFd);
+    }
+    return { stat: this.statFd(inodeFd), attrTimeout: this.timeout };
+  }
+
+  /** Clears S_ISUID, and S_ISGID when group-exec is set (the kernel's should_remove_suid rule),
+   * for HANDLE_KILLPRIV_V2: virtiofsd gets this by dropping CAP_FSETID around the write or
+   * truncate; we are privileged, so we clear the bits ourselves afterwards. */
+  private killSuidGid(inodeFd: number): void {
+    const mode = this.statFd(inodeFd).readUInt32LE(STAT.mode);
+    let kill = mode & K.S_ISUID;
+    if ((mode & K.S_ISGID) && (mode & K.S_IXGRP)) kill |= K.S_ISGID;
+    if (kill) native.fchmodat(K.AT_FDCWD, procPath(inodeFd), mode & 0o7777 & ~kill, 0);
+  }
+
+  readlink(ctx: Context, nodeid: NodeId): Buffer {
+    const rec = this.inode(nodeid);
+    if (rec.fileType !== K.S_IFLNK) throw errno(K.EINVAL);
+    return native.readlinkat(this.fd(rec.fdName), '');
+  }
+
+  symlink(ctx: Context, parent: NodeId, name: Buffer, target: Buffer): Entry {
+    checkComponent(name, false);
+    const dirFd = this.fd(this.dirInode(parent).fdName);
+    this.withCreds(ctx, null, () => native.symlinkat(target, dirFd, name));
+    return this.lookupChild(dirFd, name);
+  }
+
+  mknod(ctx: Context, parent: NodeId, name: Buffer, mode: number, rdev: number, umask: number): Entry {
+    checkComponent(name, false);
+    const dirFd = this.fd(this.dirInode(parent).fdName);
+    const type = mode & K.S_IFMT;
+    this.withCreds(ctx, umask, () => native.mknodat(dirFd, name, (type === 0 ? K.S_IFREG : type) | (mode & 0o7777), rdev));
+    return this.lookupChild(dirFd, name);
+  }
+
+  mkdir(ctx: Context, parent: NodeId, name: Buffer, mode: number, umask: number): Entry {
+    checkComponent(name, false);
+    const dirFd = this.fd(this.dirInode(parent).fdName);
+    this.withCreds(ctx, umask, () => native.mkdirat(dirFd, name, mode & 0o7777));
+    return this.lookupChild(dirFd, name);
+  }
+
+  unlink(ctx: Context, parent: NodeId, name: Buffer): void {
+    checkComponent(name, false);
+    native.unlinkat(this.fd(this.dirInode(parent).fdName), name, 0);
+  }
+
+  rmdir(ctx: Context, parent: NodeId, name: Buffer): void {
+    checkComponent(name, false);
+    native.unlinkat(this.fd(this.dirInode(parent).fdName), name, K.AT_REMOVEDIR);
+  }
+
+  rename(ctx: Context, parent: NodeId, name: Buffer, newParent: NodeId, newName: Buffer, flags: number): void {
+    checkComponent(name, false);
+    checkComponent(newName, false);
+    if ((flags & ~(K.RENAME_NOREPLACE | K.RENAME_EXCHANGE | K.RENAME_WHITEOUT)) !== 0) throw errno(K.EINVAL, 'rename flags');
+    const oldFd = this.fd(this.dirInode(parent).fdName);
+    const newFd = this.fd(this.dirInode(newParent).fdName);
+    native.renameat2(oldFd, name, newFd, newName, flags);
+  }
+
+  link(ctx: Context, nodeid: NodeId, newParent: NodeId, newName: Buffer): Entry {
+    checkComponent(newName, false);
+    const rec = this.inode(nodeid);
+    if (rec.fileType === K.S_IFDIR) throw errno(K.EPERM, 'hard link to a directory');
+    const dirFd = this.fd(this.dirInode(newParent).fdName);
+    const inodeFd = this.fd(rec.fdName);
+    // As virtiofsd: the magic link leads to exactly our inode (a symlink itself, not its target)
+    // and needs no CAP_DAC_READ_SEARCH, unlike AT_EMPTY_PATH.
+    this.withCreds(ctx, null, () => native.linkat(K.AT_FDCWD, procPath(inodeFd), dirFd, newName, K.AT_SYMLINK_FOLLOW));
+    const stat = this.statFd(inodeFd);
+    return this.entry(this.session.addLookup(rec.nodeid), stat);
+  }
+
+  // ================================================================ files
+
+  open(ctx: Context, nodeid: NodeId, flags: number): OpenReply {
+    const rec = this.inode(nodeid);
+    const f = this.openFlags(flags);
+    const fd = this.reopen(rec, f);
+    return this.addFile(nodeid, fd, f);
+  }
+
+  create(ctx: Context, parent: NodeId, name: Buffer, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply } {
+    checkComponent(name, false);
+    const dirFd = this.fd(this.dirInode(parent).fdName);
+    const f = this.openFlags(flags) | (flags & K.O_EXCL) | K.O_CREAT;
+    const fd = this.withCreds(ctx, umask, () => native.openat2(dirFd, name, f | K.O_NOFOLLOW | K.O_CLOEXEC, mode & 0o7777,
+      K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS));
+    return this.adoptOpened(fd, f & ~(K.O_CREAT | K.O_EXCL | K.O_TRUNC));
+  }
+
+  tmpfile(ctx: Context, parent: NodeId, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply } {
+    const dirFd = this.fd(this.dirInode(parent).fdName);
+    let f = this.openFlags(flags) & ~K.O_TRUNC;
+    if ((f & K.O_ACCMODE) === K.O_RDONLY) f |= K.O_RDWR;
+    const fd = this.withCreds(ctx, umask, () => native.openat2(dirFd, '.', f | K.O_TMPFILE | K.O_CLOEXEC, mode & 0o7777,
+      K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS));
+    return this.adoptOpened(fd, f);
+  }
+
+  /** For create/tmpfile: the inode fd comes from the new file's own fd (the exact inode, no
+   * second name resolution), then the file fd gets an fh. */
+  private adoptOpened(fileFd: number, flags: number): { entry: Entry; open: OpenReply } {
+    let entry: Entry;
+    try {
+      entry = this.adopt(native.openat(K.AT_FDCWD, procPath(fileFd), K.O_PATH | K.O_CLOEXEC, 0));
+    } catch (e) {
+      native.close(fileFd);
+      throw e;
+    }
+    let open: OpenReply;
+    try {
+      open = this.addFile(entry.nodeid, fileFd, flags);
+    } catch (e) {
+      this.forget(entry.nodeid, 1);
+      throw e;
+    }
+    return { entry, open };
+  }
+
+  read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number> {
+    const rec = this.fileRec(nodeid, fh);
+    const segs = trimSegments(segments, size);
+    return this.runAsync<number>([rec.fdName], ([fd], cb) => native.preadv(fd, offset, segs, cb));
+  }
+
+  async write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[],
+    writeFlags: number): Promise<number> {
+    const rec = this.fileRec(nodeid, fh);
+    const segs = trimSegments(segments, size);
+    const n = await this.runAsync<number>([rec.fdName], ([fd], cb) => native.pwritev(fd, offset, segs, cb));
+    if (writeFlags & K.FUSE_WRITE_KILL_SUIDGID) {
+      const inode = this.session.getInode(nodeid);
+      if (inode !== undefined && inode.fileType === K.S_IFREG) this.killSuidGid(this.fd(inode.fdName));
+    }
+    return n;
+  }
+
+  flush(ctx: Context, nodeid: NodeId, fh: Handle, lockOwner: bigint): void {
+    // As virtiofsd: close(dup(fd)), which is what close() would do for the file on the host
+    // (matters for filesystems with close-to-open semantics such as NFS). OFD and flock locks
+    // belong to the fh's open file description and are not affected.
+    const fd = this.fd(this.fileRec(nodeid, fh).fdName);
+    native.close(native.dup(fd));
+  }
+
+  release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void {
+    const rec = this.fileRec(nodeid, fh);
+    if (releaseFlags & K.FUSE_RELEASE_FLOCK_UNLOCK) {
+      try {
+        native.flock(this.fd(rec.fdName), K.LOCK_UN);
+      } catch (e) {
+        this.log.debug({ err: e, fh }, 'flock(LOCK_UN) at release failed');
+      }
+    }
+    this.session.closeFile(fh);
+    this.closeFd(rec.fdName);
+  }
+
+  fsync(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void> {
+    const rec = this.fileRec(nodeid, fh);
+    return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fsync(fd, dataOnly, cb));
+  }
+
+  statfs(ctx: Context, nodeid: NodeId): StatFs {
+    // fstatfs works on O_PATH fds (fd_raw) since Linux 2.6.39.
+    return native.fstatfs(this.fd(this.inode(nodeid).fdName));
+  }
+
+  syncfs(ctx: Context, nodeid: NodeId): Promise<void> {
+    // syncfs(2) refuses O_PATH fds: open the inode (or, for a non-regular, non-directory inode,
+    // the root) read-only for the duration of the call.
+    const rec = this.inode(nodeid);
+    const target = rec.fileType === K.S_IFREG || rec.fileType === K.S_IFDIR ? rec : this.session.root;
+    const fd = this.reopen(target, K.O_RDONLY | K.O_NONBLOCK);
+    return new Promise<void>((resolve, reject) => {
+      try {
+        native.syncfs(fd, (err) => {
+          native.close(fd);
+          if (err) reject(err);
+          else resolve();
+        });
+      } catch (e) {
+        native.close(fd);
+        reject(e);
+      }
+    });
+  }
+
+  // ================================================================ directories
+
+  opendir(ctx: Context, nodeid: NodeId, flags: number): OpenReply {
+    const rec = this.dirInode(nodeid);
+    const fd = this.reopen(rec, K.O_RDONLY | K.O_DIRECTORY);
+    const dir = this.session.openDir(nodeid);
+    try {
+      this.registry.register(dir.fdName, fd);
+    } catch (e) {
+      native.close(fd);
+      this.session.closeDir(dir.fh);
+      throw e;
+    }
+    this.dirState.set(dir.fh, { synced: true, pending: [], next: 0 });
+    return { fh: dir.fh, openFlags: this.cache === 'always' ? K.FOPEN_CACHE_DIR : 0 };
+  }
+
+  readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, plus: boolean, sink: DirSink): void {
+    const rec = this.dirRec(nodeid, fh);
+    const fd = this.fd(rec.fdName);
+    let rt = this.dirState.get(fh);
+    if (rt === undefined) {
+      rt = { synced: false, pending: [], next: 0 };
+      this.dirState.set(fh, rt);
+    }
+    let position = rt.synced && cookieToWire(rec.position) === offset ? rec.position : this.seekDir(fd, rt, rec, offset);
+    let accepted = 0;
+    try {
+      for (;;) {
+        if (rt.next >= rt.pending.length) {
+          rt.pending = [];
+          rt.next = 0;
+          const n = native.getdents64(fd, this.direntBuf);
+          if (n === 0) break;
+          rt.pending = parseDirents(this.direntBuf, n);
+        }
+        const d = rt.pending[rt.next];
+        let entry: Entry | null = null;
+        if (plus && !isDot(d.name) && !isDotDot(d.name)) {
+          try {
+            entry = this.lookupChild(fd, d.name);
+          } catch (e) {
+            // Gone since getdents (or not ours to look up): a direntplus with nodeid 0 tells
+            // the kernel to skip the lookup part, the name is still listed.
+            this.log.debug({ err: e, name: d.name.toString() }, 'readdirplus lookup failed');
+          }
+        }
+        let ok: boolean;
+        try {
+          ok = sink.add(d.name, d.ino, d.type, cookieToWire(d.off), entry);
+        } catch (e) {
+          if (entry !== null) this.forget(entry.nodeid, 1);
+          throw e;
+        }
+        if (!ok) {
+          if (entry !== null) this.forget(entry.nodeid, 1);
+          break;
+        }
+        rt.next++;
+        accepted++;
+        position = d.off;
+      }
+    } catch (e) {
+      // Entries already in the sink are a valid (short) reply; report the error only when
+      // there are none (as virtiofsd does).
+      if (accepted === 0) {
+        if (position !== rec.position) this.session.setDirPosition(fh, position);
+        throw e;
+      }
+      this.log.debug({ err: e, fh }, 'readdir stopped early');
+    }
+    if (position !== rec.position) this.session.setDirPosition(fh, position);
+  }
+
+  /** Positions the dir fd so that the next entry handed out is the one after cookie `offset`.
+   * Returns the exact (64-bit) cookie now current. Cookies that fit a JS number exactly are
+   * lseek'd to; larger ones (ext4 htree hashes are ~2^62) cannot be passed to lseek exactly, so
+   * the directory is read from the start until the entry carrying that cookie. */
+  private seekDir(fd: number, rt: DirRuntime, rec: DirRecord, offset: number): bigint {
+    rt.pending = [];
+    rt.next = 0;
+    rt.synced = false;
+    let exact: bigint | null = null;
+    if (cookieToWire(rec.position) === offset) exact = rec.position;
+    else if (Number.isSafeInteger(offset) && offset >= 0) exact = BigInt(offset);
+    if (exact !== null && exact >= 0n && exact <= MAX_SAFE_BIG) {
+      native.lseek(fd, Number(exact), K.SEEK_SET);
+      rt.synced = true;
+      return exact;
+    }
+    // Pass 1: the entry that follows the one that carried this cookie. Pass 2 (that entry is
+    // gone): the first entry positioned at or after the cookie; directory cookies are ordered
+    // (hash order on ext4, index order on tmpfs/btrfs), so this resumes where the guest left off.
+    const eq = exact !== null ? (pos: bigint) => pos === exact : (pos: bigint) => cookieToWire(pos) === offset;
+    const ge = exact !== null ? (pos: bigint) => BigInt.asUintN(64, pos) >= BigInt.asUintN(64, exact)
+      : (pos: bigint) => cookieToWire(pos) >= offset;
+    const found = this.scanDir(fd, rt, eq) ?? this.scanDir(fd, rt, ge);
+    if (found !== null) return found;
+    // Every entry is before the cookie: we are at the end of the directory.
+    this.log.debug({ fh: rec.fh, offset }, 'readdir cookie past the last entry');
+    rt.synced = true;
+    return exact ?? BigInt.asIntN(64, BigInt(offset));
+  }
+
+  /** Reads the directory from the start until an entry whose position (the previous entry's
+   * d_off; 0 for the first) satisfies `pred`; leaves that entry and the rest of its batch
+   * pending. Returns the position, or null at the end of the directory. */
+  private scanDir(fd: number, rt: DirRuntime, pred: (pos: bigint) => boolean): bigint | null {
+    native.lseek(fd, 0, K.SEEK_SET);
+    let pos = 0n;
+    for (;;) {
+      const n = native.getdents64(fd, this.direntBuf);
+      if (n === 0) return null;
+      const ents = parseDirents(this.direntBuf, n);
+      for (let i = 0; i < ents.length; i++) {
+        if (pred(pos)) {
+          rt.pending = ents;
+          rt.next = i;
+          rt.synced = true;
+          return pos;
+        }
+        pos = ents[i].off;
+      }
+      if (pred(pos)) {
+        // The cookie is the last entry's d_off: the next entry is in the next batch (or EOF).
+        rt.pending = [];
+        rt.next = 0;
+        rt.synced = true;
+        return pos;
+      }
+    }
+  }
+
+  releasedir(ctx: Context, nodeid: NodeId, fh: Handle): void {
+    const rec = this.dirRec(nodeid, fh);
+    this.session.closeDir(fh);
+    this.dirState.delete(fh);
+    this.closeFd(rec.fdName);
+  }
+
+  fsyncdir(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void> {
+    const rec = this.dirRec(nodeid, fh);
+    return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fsync(fd, dataOnly, cb));
+  }
+
+  // ================================================================ xattrs
+
+  /** virtiofsd opens regular files and dirs O_RDONLY and uses the f*xattr calls; for other
+   * types it uses path calls that follow the /proc/self/fd magic link, which the addon does not
+   * offer (its path variants are the l* ones, which would act on the magic link itself). So for
+   * symlinks and special files: get/list give EOPNOTSUPP, set/remove give EPERM. */
+  private xattrFd<T>(nodeid: NodeId, forWrite: boolean, fn: (fd: number) => T): T {
+    if (!this.xattr) throw errno(K.ENOSYS);
+    const rec = this.inode(nodeid);
+    if (rec.fileType !== K.S_IFREG && rec.fileType !== K.S_IFDIR) throw errno(forWrite ? K.EPERM : K.EOPNOTSUPP);
+    return this.withTempFd(rec, K.O_RDONLY | K.O_NONBLOCK, fn);
+  }
+
+  getxattr(ctx: Context, nodeid: NodeId, name: Buffer, size: number): Buffer | number {
+    return this.xattrFd(nodeid, false, (fd) => {
+      if (size === 0) return native.getxattr(fd, name, null);
+      const buf = Buffer.alloc(size);
+      const n = native.getxattr(fd, name, buf);
+      return buf.subarray(0, n);
+    });
+  }
+
+  listxattr(ctx: Context, nodeid: NodeId, size: number): Buffer | number {
+    return this.xattrFd(nodeid, false, (fd) => {
+      if (size === 0) return native.listxattr(fd, null);
+      const buf = Buffer.alloc(size);
+      const n = native.listxattr(fd, buf);
+      return buf.subarray(0, n);
+    });
+  }
+
+  setxattr(ctx: Context, nodeid: NodeId, name: Buffer, value: Buffer, flags: number): void {
+    this.xattrFd(nodeid, true, (fd) => native.setxattr(fd, name, value, flags));
+  }
+
+  removexattr(ctx: Context, nodeid: NodeId, name: Buffer): void {
+    this.xattrFd(nodeid, true, (fd) => native.removexattr(fd, name));
+  }
+
+  access(ctx: Context, nodeid: NodeId, mask: number): void {
+    const rec = this.inode(nodeid);
+    const st = this.statFd(this.fd(rec.fdName));
+    const mode = st.readUInt32LE(STAT.mode);
+    const uid = st.readUInt32LE(STAT.uid);
+    const gid = st.readUInt32LE(STAT.gid);
+    const want = mask & (K.R_OK | K.W_OK | K.X_OK);
+    if (want === 0) return; // F_OK: it exists
+    const root = ctx.uid === 0;
+    const allowed = (bit: number): boolean =>
+      (uid === ctx.uid && (mode & (bit << 6)) !== 0) ||
+      (gid === ctx.gid && (mode & (bit << 3)) !== 0) ||
+      (mode & bit) !== 0;
+    if ((want & K.R_OK) && !root && !allowed(K.R_OK)) throw errno(K.EACCES);
+    if ((want & K.W_OK) && !root && !allowed(K.W_OK)) throw errno(K.EACCES);
+    // root may execute only what someone may execute; directories are always searchable by root.
+    if ((want & K.X_OK) && !(root && ((mode & 0o111) !== 0 || (mode & K.S_IFMT) === K.S_IFDIR)) && !allowed(K.X_OK)) {
+      throw errno(K.EACCES);
+    }
+  }
+
+  // ================================================================ locks
+
+  getlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange): LockRange {
+    const fd = this.fd(this.fileRec(nodeid, fh).fdName);
+    const { start, len } = lockSpan(lock);
+    const r = native.fcntlLock(fd, K.F_OFD_GETLK, lock.type, K.SEEK_SET, start, len);
+    if (r === null || r.type === K.F_UNLCK) return { type: K.F_UNLCK, start: lock.start, end: lock.end, pid: 0 };
+    // OFD locks have no owning process: l_pid is -1; we report 0.
+    return { type: r.type, start: r.start, end: r.len === 0 ? K.OFFSET_MAX : r.start + r.len - 1, pid: 0 };
+  }
+
+  setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean,
+    isFlock: boolean): void | Promise<void> {
+    const rec = this.fileRec(nodeid, fh);
+    if (isFlock) {
+      const op = lock.type === K.F_UNLCK ? K.LOCK_UN : lock.type === K.F_RDLCK ? K.LOCK_SH : lock.type === K.F_WRLCK ? K.LOCK_EX : -1;
+      if (op < 0) throw errno(K.EINVAL, 'lock type');
+      if (sleep && op !== K.LOCK_UN) return this.runAsync<void>([rec.fdName], ([fd], cb) => native.flockWait(fd, op, cb));
+      native.flock(this.fd(rec.fdName), op | (op === K.LOCK_UN ? 0 : K.LOCK_NB));
+      return;
+    }
+    if (lock.type !== K.F_UNLCK && lock.type !== K.F_RDLCK && lock.type !== K.F_WRLCK) throw errno(K.EINVAL, 'lock type');
+    const { start, len } = lockSpan(lock);
+    if (sleep && lock.type !== K.F_UNLCK) {
+      return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fcntlLockWait(fd, lock.type, K.SEEK_SET, start, len, cb));
+    }
+    native.fcntlLock(this.fd(rec.fdName), K.F_OFD_SETLK, lock.type, K.SEEK_SET, start, len);
+  }
+
+  // ================================================================ ranges
+
+  fallocate(ctx: Context, nodeid: NodeId, fh: Handle, mode: number, offset: number, length: number): Promise<void> {
+    const rec = this.fileRec(nodeid, fh);
+    return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fallocate(fd, mode, offset, length, cb));
+  }
+
+  lseek(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, whence: number): number {
+    return native.lseek(this.fd(this.fileRec(nodeid, fh).fdName), offset, whence);
+  }
+
+  copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId, fhOut: Handle,
+    offOut: number, length: number, flags: number): Promise<number> {
+    const a = this.fileRec(nodeidIn, fhIn);
+    const b = this.fileRec(nodeidOut, fhOut);
+    const names = a.fdName === b.fdName ? [a.fdName] : [a.fdName, b.fdName];
+    return this.runAsync<number>(names, (fds, cb) =>
+      native.copyFileRange(fds[0], offIn, fds[fds.length - 1], offOut, length, flags, cb));
+  }
+}
+
+/** fuse_file_lock (start, inclusive end) → struct flock (start, len; 0 = to EOF). Ends at or
+ * above 2^53 (OFFSET_MAX included) cannot be told apart as numbers and mean "to EOF". */
+function lockSpan(lock: LockRange): { start: number; len: number } {
+  const start = lock.start;
+  if (!Number.isInteger(start) || start < 0 || start >= K.SAFE_OFFSET_LIMIT) throw errno(K.EINVAL, 'lock start');
+  if (!(lock.end < K.SAFE_OFFSET_LIMIT)) return { start, len: 0 };
+  if (!Number.isInteger(lock.end) || lock.end < start) throw errno(K.EINVAL, 'lock end');
+  return { start, len: lock.end - start + 1 };
+}
+
+/** The first `size` bytes of the segments (the server may hand buffers larger than the request). */
+function trimSegments(segments: IoSegment[], size: number): IoSegment[] {
+  let left = size;
+  const out: IoSegment[] = [];
+  for (const s of segments) {
+    if (left <= 0) break;
+    if (s.length <= left) {
+      out.push(s);
+      left -= s.length;
+    } else {
+      out.push({ buffer: s.buffer, offset: s.offset, length: left });
+      left = 0;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,487 @@
+// The FUSE filesystem session: inode table, open-file table, open-dir table and counters.
+//
+// This class holds no fds and does no syscalls; it is pure state. The fds live in the
+// FdRegistry under the names recorded here ("root", "inode.<nodeid>", "file.<fh>", "dir.<fh>").
+//
+// Every mutation is expressed as an `FsMutation` record and goes through `apply()`: the named
+// methods (addInode, addLookup, forget, openFile, closeFile, openDir, setDirPosition, closeDir,
+// reset) build the record, apply it, and hand it to the mutation listeners. A journal can
+// therefore record exactly these records and rebuild the session with
+// `FsSession.fromSnapshot(snapshot)` followed by `apply(record)` for each record since.
+//
+// Identifiers: nodeids and fh numbers are counters starting at 2 (nodeid 1 is the root), never
+// reused within a session (not even across reset()). Files and dirs share one fh counter.
+//
+// Snapshot format (version 1), a plain JSON-safe object:
+//   { version: 1, nextNodeId, nextFh,
+//     inodes: [{ nodeid, dev: "<u64 decimal>", ino: "<u64 decimal>", generation, lookupCount,
+//                fdName, fileType }],
+//     files:  [{ fh, fdName, nodeid, flags }],
+//     dirs:   [{ fh, fdName, nodeid, position: "<s64 decimal>" }] }
+// 64-bit quantities (dev, ino, readdir cookies) are decimal strings: they do not fit a double.
+// fromSnapshot() treats its input as untrusted and throws FsSessionError on anything malformed.
+
+export const SESSION_VERSION = 1;
+export const ROOT_NODEID = 1;
+export const ROOT_FD_NAME = 'root';
+const FIRST_ID = 2;
+const U64_MAX = (1n << 64n) - 1n;
+const S64_MIN = -(1n << 63n);
+const S64_MAX = (1n << 63n) - 1n;
+/** S_IF* file types (the S_IFMT bits of st_mode); fixed by Linux. */
+const VALID_FILE_TYPES = new Set([0o140000, 0o120000, 0o100000, 0o060000, 0o040000, 0o020000, 0o010000]);
+
+export class FsSessionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FsSessionError';
+  }
+}
+
+export interface InodeRecord {
+  readonly nodeid: number;
+  readonly dev: bigint;
+  readonly ino: bigint;
+  readonly generation: number;
+  readonly lookupCount: number;
+  readonly fdName: string;
+  /** st_mode & S_IFMT */
+  readonly fileType: number;
+}
+
+export interface FileRecord {
+  readonly fh: number;
+  readonly fdName: string;
+  readonly nodeid: number;
+  /** open(2) flags the file was opened with (after our adjustments). */
+  readonly flags: number;
+}
+
+export interface DirRecord {
+  readonly fh: number;
+  readonly fdName: string;
+  readonly nodeid: number;
+  /** The d_off cookie after the last entry handed out (0 = start of directory). */
+  readonly position: bigint;
+}
+
+export type FsMutation =
+  | { op: 'addInode'; nodeid: number; dev: string; ino: string; generation: number; fileType: number }
+  | { op: 'addLookup'; nodeid: number; count: number }
+  | { op: 'forget'; nodeid: number; count: number }
+  | { op: 'openFile'; fh: number; nodeid: number; flags: number }
+  | { op: 'closeFile'; fh: number }
+  | { op: 'openDir'; fh: number; nodeid: number }
+  | { op: 'setDirPosition'; fh: number; position: string }
+  | { op: 'closeDir'; fh: number }
+  | { op: 'reset' };
+
+export type MutationListener = (m: FsMutation) => void;
+
+export interface InodeSnapshot {
+  nodeid: number; dev: string; ino: string; generation: number; lookupCount: number;
+  fdName: string; fileType: number;
+}
+export interface FileSnapshot { fh: number; fdName: string; nodeid: number; flags: number }
+export interface DirSnapshot { fh: number; fdName: string; nodeid: number; position: string }
+export interface SessionSnapshot {
+  version: 1;
+  nextNodeId: number;
+  nextFh: number;
+  inodes: InodeSnapshot[];
+  files: FileSnapshot[];
+  dirs: DirSnapshot[];
+}
+
+interface MutableInode {
+  nodeid: number; dev: bigint; ino: bigint; generation: number; lookupCount: number;
+  fdName: string; fileType: number;
+}
+interface MutableDir { fh: number; fdName: string; nodeid: number; position: bigint }
+
+export function inodeFdName(nodeid: number): string {
+  return nodeid === ROOT_NODEID ? ROOT_FD_NAME : `inode.${nodeid}`;
+}
+export function fileFdName(fh: number): string { return `file.${fh}`; }
+export function dirFdName(fh: number): string { return `dir.${fh}`; }
+
+function devInoKey(dev: bigint, ino: bigint): string { return `${dev}:${ino}`; }
+
+export class FsSession {
+  private readonly inodes = new Map<number, MutableInode>();
+  private readonly byDevIno = new Map<string, number>();
+  private readonly files = new Map<number, FileRecord>();
+  private readonly dirs = new Map<number, MutableDir>();
+  private nextNodeIdValue = FIRST_ID;
+  private nextFhValue = FIRST_ID;
+  private readonly listeners: MutationListener[] = [];
+
+  /** A new session whose root (nodeid 1, fd "root") is the given inode. The root's lookup count
+   * starts at 1 and the root is never dropped, whatever FORGET says. */
+  constructor(root: { dev: bigint; ino: bigint; generation?: number; fileType?: number }) {
+    checkU64(root.dev, 'root dev');
+    checkU64(root.ino, 'root ino');
+    this.insertInode({
+      nodeid: ROOT_NODEID, dev: root.dev, ino: root.ino, generation: root.generation ?? 0,
+      lookupCount: 1, fdName: ROOT_FD_NAME, fileType: root.fileType ?? 0o040000,
+    });
+  }
+
+  onMutation(listener: MutationListener): void {
+    this.listeners.push(listener);
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  get root(): InodeRecord { return this.inodes.get(ROOT_NODEID)!; }
+  get nextNodeId(): number { return this.nextNodeIdValue; }
+  get nextFh(): number { return this.nextFhValue; }
+  get inodeCount(): number { return this.inodes.size; }
+  get fileCount(): number { return this.files.size; }
+  get dirCount(): number { return this.dirs.size; }
+
+  getInode(nodeid: number): InodeRecord | undefined { return this.inodes.get(nodeid); }
+  findInode(dev: bigint, ino: bigint): InodeRecord | undefined {
+    const id = this.byDevIno.get(devInoKey(dev, ino));
+    return id === undefined ? undefined : this.inodes.get(id);
+  }
+  getFile(fh: number): FileRecord | undefined { return this.files.get(fh); }
+  getDir(fh: number): DirRecord | undefined { return this.dirs.get(fh); }
+  allInodes(): IterableIterator<InodeRecord> { return this.inodes.values(); }
+  allFiles(): IterableIterator<FileRecord> { return this.files.values(); }
+  allDirs(): IterableIterator<DirRecord> { return this.dirs.values(); }
+
+  /** Every fd name the session refers to (root included). */
+  fdNames(): string[] {
+    const names: string[] = [];
+    for (const i of this.inodes.values()) names.push(i.fdName);
+    for (const f of this.files.values()) names.push(f.fdName);
+    for (const d of this.dirs.values()) names.push(d.fdName);
+    return names;
+  }
+
+  // ---------------------------------------------------------------- mutations
+
+  /** A new inode with lookup count 1; allocates its nodeid. The caller registers the fd under
+   * the returned record's fdName. */
+  addInode(id: { dev: bigint; ino: bigint; generation: number; fileType: number }): InodeRecord {
+    const nodeid = this.nextNodeIdValue;
+    this.emit({ op: 'addInode', nodeid, dev: id.dev.toString(), ino: id.ino.toString(),
+      generation: id.generation, fileType: id.fileType });
+    return this.inodes.get(nodeid)!;
+  }
+
+  addLookup(nodeid: number, count = 1): InodeRecord {
+    this.emit({ op: 'addLookup', nodeid, count });
+    return this.inodes.get(nodeid)!;
+  }
+
+  /** Subtracts count (clamped to the current count). Returns the dropped record when the inode
+   * left the table (the caller closes its fd), else null. The root is never dropped. */
+  forget(nodeid: number, count: number): InodeRecord | null {
+    const rec = this.inodes.get(nodeid);
+    this.emit({ op: 'forget', nodeid, count });
+    return rec !== undefined && !this.inodes.has(nodeid) ? rec : null;
+  }
+
+  openFile(nodeid: number, flags: number): FileRecord {
+    const fh = this.nextFhValue;
+    this.emit({ op: 'openFile', fh, nodeid, flags });
+    return this.files.get(fh)!;
+  }
+
+  closeFile(fh: number): FileRecord {
+    const rec = this.files.get(fh);
+    this.emit({ op: 'closeFile', fh });
+    return rec!;
+  }
+
+  openDir(nodeid: number): DirRecord {
+    const fh = this.nextFhValue;
+    this.emit({ op: 'openDir', fh, nodeid });
+    return this.dirs.get(fh)!;
+  }
+
+  setDirPosition(fh: number, position: bigint): void {
+    this.emit({ op: 'setDirPosition', fh, position: position.toString() });
+  }
+
+  closeDir(fh: number): DirRecord {
+    const rec = this.dirs.get(fh);
+    this.emit({ op: 'closeDir', fh });
+    return rec!;
+  }
+
+  /** Drops every inode but the root, and every open file and dir. Counters are kept (ids are
+   * never reused). Returns the fd names that were dropped (the caller closes them). */
+  reset(): string[] {
+    const dropped = this.fdNames().filter((n) => n !== ROOT_FD_NAME);
+    this.emit({ op: 'reset' });
+    return dropped;
+  }
+
+  private emit(m: FsMutation): void {
+    this.apply(m);
+    for (const l of this.listeners) l(m);
+  }
+
+  /** Validates and applies one mutation record (also used to replay a journal). Throws
+   * FsSessionError and leaves the session unchanged when the record does not fit the state. */
+  apply(m: FsMutation): void {
+    if (m === null || typeof m !== 'object') throw new FsSessionError('mutation: not an object');
+    switch (m.op) {
+      case 'addInode': {
+        const nodeid = checkId(m.nodeid, 'addInode.nodeid');
+        if (nodeid < this.nextNodeIdValue) throw new FsSessionError(`addInode: nodeid ${nodeid} reused`);
+        const dev = parseU64(m.dev, 'addInode.dev');
+        const ino = parseU64(m.ino, 'addInode.ino');
+        if (this.byDevIno.has(devInoKey(dev, ino))) throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
+        this.insertInode({
+          nodeid, dev, ino, generation: checkU32(m.generation, 'addInode.generation'), lookupCount: 1,
+          fdName: inodeFdName(nodeid), fileType: checkFileType(m.fileType, 'addInode.fileType'),
+        });
+        this.nextNodeIdValue = nodeid + 1;
+        return;
+      }
+      case 'addLookup': {
+        const rec = this.needInode(m.nodeid, 'addLookup');
+        const count = checkCount(m.count, 'addLookup.count');
+        if (!Number.isSafeInteger(rec.lookupCount + count)) throw new FsSessionError('addLookup: count overflow');
+        rec.lookupCount += count;
+        return;
+      }
+      case 'forget': {
+        const rec = this.needInode(m.nodeid, 'forget');
+        const count = checkCount(m.count, 'forget.count');
+        rec.lookupCount = Math.max(0, rec.lookupCount - count);
+        if (rec.lookupCount === 0 && rec.nodeid !== ROOT_NODEID) {
+          this.inodes.delete(rec.nodeid);
+          this.byDevIno.delete(devInoKey(rec.dev, rec.ino));
+        }
+        return;
+      }
+      case 'openFile': {
+        const fh = this.checkNewFh(m.fh, 'openFile');
+        const nodeid = this.needInode(m.nodeid, 'openFile').nodeid;
+        this.files.set(fh, { fh, fdName: fileFdName(fh), nodeid, flags: checkI32(m.flags, 'openFile.flags') });
+        this.nextFhValue = fh + 1;
+        return;
+      }
+      case 'closeFile': {
+        if (!this.files.delete(checkId(m.fh, 'closeFile.fh'))) throw new FsSessionError(`closeFile: unknown fh ${m.fh}`);
+        return;
+      }
+      case 'openDir': {
+        const fh = this.checkNewFh(m.fh, 'openDir');
+        const nodeid = this.needInode(m.nodeid, 'openDir').nodeid;
+        this.dirs.set(fh, { fh, fdName: dirFdName(fh), nodeid, position: 0n });
+        this.nextFhValue = fh + 1;
+        return;
+      }
+      case 'setDirPosition': {
+        const rec = this.dirs.get(checkId(m.fh, 'setDirPosition.fh'));
+        if (rec === undefined) throw new FsSessionError(`setDirPosition: unknown fh ${m.fh}`);
+        rec.position = parseS64(m.position, 'setDirPosition.position');
+        return;
+      }
+      case 'closeDir': {
+        if (!this.dirs.delete(checkId(m.fh, 'closeDir.fh'))) throw new FsSessionError(`closeDir: unknown fh ${m.fh}`);
+        return;
+      }
+      case 'reset': {
+        const root = this.inodes.get(ROOT_NODEID)!;
+        this.inodes.clear();
+        this.byDevIno.clear();
+        this.files.clear();
+        this.dirs.clear();
+        root.lookupCount = 1;
+        this.insertInode(root);
+        return;
+      }
+      default:
+        throw new FsSessionError(`unknown mutation op ${JSON.stringify((m as { op?: unknown }).op)}`);
+    }
+  }
+
+  private needInode(nodeid: unknown, what: string): MutableInode {
+    const rec = this.inodes.get(checkId(nodeid, `${what}.nodeid`, 1));
+    if (rec === undefined) throw new FsSessionError(`${what}: unknown nodeid ${String(nodeid)}`);
+    return rec;
+  }
+
+  private checkNewFh(fh: unknown, what: string): number {
+    const id = checkId(fh, `${what}.fh`);
+    if (id < this.nextFhValue) throw new FsSessionError(`${what}: fh ${id} reused`);
+    return id;
+  }
+
+  private insertInode(rec: MutableInode): void {
+    this.inodes.set(rec.nodeid, rec);
+    this.byDevIno.set(devInoKey(rec.dev, rec.ino), rec.nodeid);
+  }
+
+  // ---------------------------------------------------------------- snapshots
+
+  toSnapshot(): SessionSnapshot {
+    return {
+      version: SESSION_VERSION,
+      nextNodeId: this.nextNodeIdValue,
+      nextFh: this.nextFhValue,
+      inodes: [...this.inodes.values()].map((i) => ({
+        nodeid: i.nodeid, dev: i.dev.toString(), ino: i.ino.toString(), generation: i.generation,
+        lookupCount: i.lookupCount, fdName: i.fdName, fileType: i.fileType,
+      })),
+      files: [...this.files.values()].map((f) => ({ fh: f.fh, fdName: f.fdName, nodeid: f.nodeid, flags: f.flags })),
+      dirs: [...this.dirs.values()].map((d) => ({
+        fh: d.fh, fdName: d.fdName, nodeid: d.nodeid, position: d.position.toString(),
+      })),
+    };
+  }
+
+  /** Rebuilds a session from an untrusted snapshot. Checks: version, types and ranges of every
+   * field, the fd naming convention, the root (nodeid 1, "root"), ids below the counters, no
+   * duplicate nodeid, (dev, ino), or fh (files and dirs share the fh space), lookup counts >= 1
+   * for non-root inodes. Open files/dirs may name an inode that was forgotten (FUSE allows a
+   * guest to do that); they must name a nodeid that was allocated. */
+  static fromSnapshot(input: unknown): FsSession {
+    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', 'inodes', 'files', 'dirs']);
+    if (s.version !== SESSION_VERSION) {
+      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(s.version)} (expected ${SESSION_VERSION})`);
+    }
+    const nextNodeId = checkId(s.nextNodeId, 'nextNodeId', FIRST_ID);
+    const nextFh = checkId(s.nextFh, 'nextFh', FIRST_ID);
+    const inodes = checkArray(s.inodes, 'inodes');
+    const files = checkArray(s.files, 'files');
+    const dirs = checkArray(s.dirs, 'dirs');
+
+    const parsedInodes: MutableInode[] = [];
+    const seenNodeIds = new Set<number>();
+    const seenDevIno = new Set<string>();
+    inodes.forEach((raw, idx) => {
+      const where = `inodes[${idx}]`;
+      const r = checkObject(raw, where, ['nodeid', 'dev', 'ino', 'generation', 'lookupCount', 'fdName', 'fileType']);
+      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
+      if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
+      if (seenNodeIds.has(nodeid)) throw new FsSessionError(`${where}: duplicate nodeid ${nodeid}`);
+      seenNodeIds.add(nodeid);
+      const dev = parseU64(r.dev, `${where}.dev`);
+      const ino = parseU64(r.ino, `${where}.ino`);
+      const key = devInoKey(dev, ino);
+      if (seenDevIno.has(key)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
+      seenDevIno.add(key);
+      const lookupCount = checkCount(r.lookupCount, `${where}.lookupCount`, nodeid === ROOT_NODEID ? 0 : 1);
+      if (r.fdName !== inodeFdName(nodeid)) {
+        throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${inodeFdName(nodeid)})`);
+      }
+      parsedInodes.push({
+        nodeid, dev, ino, generation: checkU32(r.generation, `${where}.generation`), lookupCount,
+        fdName: inodeFdName(nodeid), fileType: checkFileType(r.fileType, `${where}.fileType`),
+      });
+    });
+    const root = parsedInodes.find((i) => i.nodeid === ROOT_NODEID);
+    if (root === undefined) throw new FsSessionError('snapshot has no root inode (nodeid 1)');
+    if (root.fileType !== 0o040000) throw new FsSessionError('root inode is not a directory');
+
+    const session = new FsSession({ dev: root.dev, ino: root.ino, generation: root.generation });
+    session.inodes.get(ROOT_NODEID)!.lookupCount = root.lookupCount;
+    for (const i of parsedInodes) if (i.nodeid !== ROOT_NODEID) session.insertInode(i);
+    session.nextNodeIdValue = nextNodeId;
+    session.nextFhValue = nextFh;
+
+    const seenFh = new Set<number>();
+    const handle = (raw: unknown, where: string, kind: 'file' | 'dir'): { fh: number; nodeid: number; r: Record<string, unknown> } => {
+      const r = checkObject(raw, where, kind === 'file' ? ['fh', 'fdName', 'nodeid', 'flags'] : ['fh', 'fdName', 'nodeid', 'position']);
+      const fh = checkId(r.fh, `${where}.fh`);
+      if (fh >= nextFh) throw new FsSessionError(`${where}.fh ${fh} >= nextFh ${nextFh}`);
+      if (seenFh.has(fh)) throw new FsSessionError(`${where}: duplicate fh ${fh}`);
+      seenFh.add(fh);
+      const expected = kind === 'file' ? fileFdName(fh) : dirFdName(fh);
+      if (r.fdName !== expected) throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${expected})`);
+      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
+      if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
+      return { fh, nodeid, r };
+    };
+    files.forEach((raw, idx) => {
+      const { fh, nodeid, r } = handle(raw, `files[${idx}]`, 'file');
+      session.files.set(fh, { fh, fdName: fileFdName(fh), nodeid, flags: checkI32(r.flags, `files[${idx}].flags`) });
+    });
+    dirs.forEach((raw, idx) => {
+      const { fh, nodeid, r } = handle(raw, `dirs[${idx}]`, 'dir');
+      session.dirs.set(fh, { fh, fdName: dirFdName(fh), nodeid, position: parseS64(r.position, `dirs[${idx}].position`) });
+    });
+    return session;
+  }
+}
+
+// ------------------------------------------------------------------ validators
+
+function checkObject(v: unknown, where: string, keys: string[]): Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new FsSessionError(`${where}: not an object`);
+  const o = v as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!keys.includes(key)) throw new FsSessionError(`${where}: unknown field ${JSON.stringify(key)}`);
+  }
+  for (const key of keys) if (!(key in o)) throw new FsSessionError(`${where}: missing field ${JSON.stringify(key)}`);
+  return o;
+}
+
+function checkArray(v: unknown, where: string): unknown[] {
+  if (!Array.isArray(v)) throw new FsSessionError(`${where}: not an array`);
+  return v;
+}
+
+function checkId(v: unknown, where: string, min = FIRST_ID): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+    throw new FsSessionError(`${where}: expected an integer >= ${min}, got ${describe(v)}`);
+  }
+  return v;
+}
+
+function checkCount(v: unknown, where: string, min = 0): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+    throw new FsSessionError(`${where}: expected an integer >= ${min}, got ${describe(v)}`);
+  }
+  return v;
+}
+
+function checkU32(v: unknown, where: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff) {
+    throw new FsSessionError(`${where}: expected a u32, got ${describe(v)}`);
+  }
+  return v;
+}
+
+function checkI32(v: unknown, where: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < -0x80000000 || v > 0xffffffff) {
+    throw new FsSessionError(`${where}: expected a 32-bit integer, got ${describe(v)}`);
+  }
+  return v;
+}
+
+function checkFileType(v: unknown, where: string): number {
+  if (typeof v !== 'number' || !VALID_FILE_TYPES.has(v)) throw new FsSessionError(`${where}: not a file type: ${describe(v)}`);
+  return v;
+}
+
+function checkU64(v: bigint, where: string): void {
+  if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) throw new FsSessionError(`${where}: not a u64`);
+}
+
+function parseU64(v: unknown, where: string): bigint {
+  if (typeof v !== 'string' || !/^(0|[1-9][0-9]{0,19})$/.test(v)) throw new FsSessionError(`${where}: expected a u64 decimal string, got ${describe(v)}`);
+  const b = BigInt(v);
+  if (b > U64_MAX) throw new FsSessionError(`${where}: ${v} out of u64 range`);
+  return b;
+}
+
+function parseS64(v: unknown, where: string): bigint {
+  if (typeof v !== 'string' || !/^(0|-?[1-9][0-9]{0,18})$/.test(v)) throw new FsSessionError(`${where}: expected an s64 decimal string, got ${describe(v)}`);
+  const b = BigInt(v);
+  if (b < S64_MIN || b > S64_MAX) throw new FsSessionError(`${where}: ${v} out of s64 range`);
+  return b;
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'bigint') return `${v}n`;
+  try { return JSON.stringify(v) ?? String(v); } catch { return String(v); }
+}

@@ -1,0 +1,101 @@
+// READDIR / READDIRPLUS reply builder.
+//
+// Wire format (fuse.h): a sequence of records, each padded to 8 bytes (FUSE_DIRENT_ALIGN):
+//   READDIR:     struct fuse_dirent { u64 ino; u64 off; u32 namelen; u32 type; char name[]; }
+//   READDIRPLUS: struct fuse_entry_out (128 bytes) then the fuse_dirent above.
+// `off` is the offset the kernel passes back in the next READDIR to continue *after* this entry.
+// The kernel stops at the first record that does not fit its buffer, so the reply must hold only
+// whole records and never more than the READDIR's `size` bytes.
+import type { DirSink, Entry } from '../fs/filesystem';
+import * as K from './constants';
+import { encodeEntryOut, writeU64 } from './encode';
+
+/** First allocation when the caller gives no buffer; grows by doubling up to maxBytes, so a
+ * hostile READDIR size (up to 4 GiB) costs nothing until entries actually fill it. */
+const INITIAL_CAPACITY = 4096;
+
+export class DirentWriter implements DirSink {
+  private buf: Buffer;
+  private used = 0;
+  private records = 0;
+  private readonly growable: boolean;
+  readonly maxBytes: number;
+
+  /**
+   * @param maxBytes the READDIR request's `size`: the reply payload may not exceed it.
+   * @param plus READDIRPLUS records (entry_out before each dirent).
+   * @param target optional buffer to write into directly (e.g. a reusable one); maxBytes is then
+   *   capped at its length and it is never reallocated.
+   */
+  constructor(maxBytes: number, readonly plus: boolean, target?: Buffer) {
+    if (!(Number.isInteger(maxBytes) && maxBytes >= 0)) throw new RangeError(`bad maxBytes ${maxBytes}`);
+    if (target !== undefined) {
+      this.maxBytes = Math.min(maxBytes, target.length);
+      this.buf = target;
+      this.growable = false;
+    } else {
+      this.maxBytes = maxBytes;
+      this.buf = Buffer.alloc(Math.min(maxBytes, INITIAL_CAPACITY));
+      this.growable = true;
+    }
+  }
+
+  /** Bytes of the reply payload written so far. */
+  get length(): number { return this.used; }
+
+  /** Records written so far. */
+  get count(): number { return this.records; }
+
+  /** The size one record for `nameLength` bytes of name takes, padding included. */
+  recordSize(nameLength: number): number {
+    return K.fuseDirentAlign((this.plus ? K.DIRENTPLUS_NAME_OFFSET : K.DIRENT_NAME_OFFSET) + nameLength);
+  }
+
+  /**
+   * Appends one record. Returns false, writing nothing, when it would take the reply past
+   * maxBytes (the caller stops there; for READDIRPLUS it must also undo that entry's lookup).
+   * In plus mode a null `entry` writes an all-zero entry_out: nodeid 0 tells the kernel to list
+   * the name without instantiating an inode. `type` is a DT_* value ((mode & S_IFMT) >> 12).
+   * Throws RangeError for a name the kernel would reject (empty or longer than FUSE_NAME_MAX) or
+   * an `ino` that is not 8 bytes: those are bugs in our filesystem layer, not guest input.
+   */
+  add(name: Buffer, ino: Buffer, type: number, nextOffset: number, entry: Entry | null): boolean {
+    if (name.length === 0 || name.length > K.FUSE_NAME_MAX) throw new RangeError(`bad dirent name length ${name.length}`);
+    if (ino.length !== 8) throw new RangeError(`ino must be 8 bytes, got ${ino.length}`);
+    const size = this.recordSize(name.length);
+    if (this.used + size > this.maxBytes) return false;
+    this.ensureCapacity(this.used + size);
+
+    const start = this.used;
+    this.buf.fill(0, start, start + size); // padding and a null entry_out must be zeros
+    let dirent = start;
+    if (this.plus) {
+      if (entry !== null) encodeEntryOut(entry, this.buf, start);
+      dirent += K.ENTRY_OUT_SIZE;
+    }
+    ino.copy(this.buf, dirent, 0, 8);
+    writeU64(this.buf, dirent + 8, nextOffset);
+    this.buf.writeUInt32LE(name.length, dirent + 16);
+    this.buf.writeUInt32LE(type, dirent + 20);
+    name.copy(this.buf, dirent + K.DIRENT_NAME_OFFSET);
+
+    this.used += size;
+    this.records += 1;
+    return true;
+  }
+
+  /** The records written so far: a view, not a copy. */
+  bytes(): Buffer {
+    return this.buf.subarray(0, this.used);
+  }
+
+  private ensureCapacity(needed: number): void {
+    if (needed <= this.buf.length) return;
+    if (!this.growable) throw new RangeError('target buffer too small'); // unreachable: maxBytes <= target.length
+    let capacity = Math.max(this.buf.length, 64);
+    while (capacity < needed) capacity *= 2;
+    const grown = Buffer.alloc(Math.min(capacity, this.maxBytes));
+    this.buf.copy(grown, 0, 0, this.used);
+    this.buf = grown;
+  }
+}
