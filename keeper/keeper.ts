@@ -40,6 +40,8 @@ const CRASH_WINDOW_MS = 10_000;
 const CRASH_LOOP_DEATHS = 5;
 const MAX_BACKOFF_MS = 5_000;
 const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
+/** Worker exit code for "the saved state cannot be used" (worker/worker.ts). */
+const EXIT_STATE_UNUSABLE = 3;
 
 export class Keeper {
   private readonly log: Logger;
@@ -65,6 +67,7 @@ export class Keeper {
   private resolveDone: ((code: number) => void) | null = null;
   readonly done: Promise<number>;
   private error: string | null = null;
+  private lastControlReply = 0;
 
   constructor(private readonly opts: KeeperOptions) {
     this.log = logger('keeper');
@@ -136,6 +139,12 @@ export class Keeper {
     if (this.stopping) {
       this.workerState = 'stopped';
       this.finish(0);
+      return;
+    }
+    if (code === EXIT_STATE_UNUSABLE) {
+      // Restarting cannot help; keep every fd so an operator can decide (see `status`).
+      this.workerState = 'failed';
+      this.log.error({ workerPid: pid, error: this.error }, 'worker cannot use the saved state; not restarting. The keeper keeps all fds.');
       return;
     }
     if (code === 0 && signal === null) {
@@ -231,6 +240,10 @@ export class Keeper {
       names.forEach((n, i) => this.put(n, fds[i]!));
       return;
     }
+    if (m.has('X_CTLREPLY')) {
+      this.forwardControlReply(m, fds);
+      return;
+    }
     if (fds.length > 0) throw new FdStoreProtocolError('fds attached to a message that does not store them');
     if (m.get('FDSTOREREMOVE') === '1') {
       for (const n of parseFdNames(m.get('FDNAME'), -1)) this.drop(n);
@@ -263,6 +276,25 @@ export class Keeper {
     if (m.get('X_SETERROR') !== undefined) this.error = m.get('X_SETERROR') || null;
   }
 
+  /** Control replies go to the frontend through the keeper, deduplicated by sequence number,
+   * so a worker that dies around the send cannot make QEMU miss or double-read a reply. */
+  private forwardControlReply(m: Map<string, string>, fds: number[]): void {
+    try {
+      const seq = Number(m.get('X_CTLREPLY'));
+      const hex = m.get('X_DATA') ?? '';
+      if (!Number.isSafeInteger(seq) || seq <= 0 || !/^([0-9a-f]{2})*$/.test(hex)) throw new FdStoreProtocolError('malformed X_CTLREPLY');
+      if (seq <= this.lastControlReply) return;
+      const conn = this.store.get('vhost.conn');
+      if (conn === undefined) throw new FdStoreProtocolError('control reply without a frontend connection');
+      const data = Buffer.from(hex, 'hex');
+      const n = native.sendMsg(conn, data, fds);
+      if (n !== data.length) this.log.error({ seq, sent: n, len: data.length }, 'control reply not fully sent');
+      this.lastControlReply = seq;
+    } finally {
+      for (const fd of fds) native.close(fd);
+    }
+  }
+
   private sendFdSet(c: Client): void {
     const entries = [...this.store.entries()];
     let i = 0;
@@ -270,7 +302,7 @@ export class Keeper {
       const batch = entries.slice(i, i + MAX_FDS_PER_MESSAGE);
       i += batch.length;
       const more = i < entries.length ? 1 : 0;
-      const msg = formatAssignments({ FDSET: 1, FDNAME: batch.map(([n]) => n).join(':'), MORE: more });
+      const msg = formatAssignments({ FDSET: 1, FDNAME: batch.map(([n]) => n).join(':'), MORE: more, CTLSEQ: this.lastControlReply });
       // The worker's socket is blocking and reads these promptly; a full buffer means it died.
       if (native.sendMsg(c.fd, msg, batch.map(([, fd]) => fd)) < 0) {
         this.log.error({ peerPid: c.pid }, 'worker is not reading its fd set');

@@ -1,51 +1,111 @@
 // The `virtiofs-keeper` command line.
-import yargs from 'yargs';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import yargs, { type Argv } from 'yargs';
 import { logger } from './log';
+import type { CacheMode } from './config';
 
-export async function runCommand(args: {
-  sharedDir: string; socketPath: string; cache: 'auto' | 'always' | 'never'; numRequestQueues: number;
+export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
+
+/** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
+export function nameFromSocket(socketPath: string): string {
+  const base = path.basename(socketPath).replace(/\.sock$/, '').replace(/[^A-Za-z0-9._-]/g, '_');
+  return base.length > 0 ? base : 'default';
+}
+
+interface ServeArgs {
+  sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean;
-}): Promise<number> {
-  // Loaded lazily so that `--help` works even before the addon is built.
-  const { VirtioFsService } = await import('../worker/service');
+}
+
+function serveOptions<T>(y: Argv<T>) {
+  return y
+    .option('shared-dir', { type: 'string', demandOption: true, describe: 'host directory to export' })
+    .option('socket-path', { type: 'string', demandOption: true, describe: 'vhost-user UNIX socket to listen on (QEMU connects here)' })
+    .option('state-dir', { type: 'string', describe: `state directory on tmpfs (default ${DEFAULT_STATE_ROOT}/<name>)` })
+    .option('name', { type: 'string', describe: 'export name (default: from the socket file name)' })
+    .option('cache', { choices: ['auto', 'always', 'never'] as const, default: 'auto' as const, describe: 'guest caching: entry/attr timeouts and open flags' })
+    .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
+    .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
+    .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' });
+}
+
+function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
+  const socketPath = path.resolve(a['socket-path'] as string);
+  const name = (a.name as string | undefined) ?? nameFromSocket(socketPath);
+  return {
+    sharedDir: path.resolve(a['shared-dir'] as string), socketPath,
+    stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
+    cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
+    keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean,
+  };
+}
+
+async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
+  const { Keeper } = await import('../keeper/keeper');
   const log = logger('main');
-  const service = new VirtioFsService({
-    sharedDir: args.sharedDir, socketPath: args.socketPath, cache: args.cache,
-    requestQueues: args.numRequestQueues, keepListening: args.keepListening, xattr: args.xattr,
+  const binPath = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
+  const keeper = new Keeper({
+    stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
+    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr,
+    workerCommand: embedded ? [process.execPath, binPath, 'worker', '--state-dir', a.stateDir] : null,
   });
-  const onSignal = (signal: NodeJS.Signals): void => { void service.stop(`received ${signal}`); };
+  const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
-    service.start();
+    keeper.start();
   } catch (e) {
     log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');
     process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);
-    await service.stop('start failed');
+    await keeper.stop('start failed');
     return 1;
   }
-  await service.done;
-  return 0;
+  return keeper.done;
+}
+
+async function statusCommand(a: { name?: string; stateDir?: string; json: boolean }): Promise<number> {
+  const { showStatus } = await import('./status');
+  return showStatus(a);
 }
 
 export function main(argv: string[]): void {
   void yargs(argv)
     .scriptName('virtiofs-keeper')
     .strict()
-    .command('run', 'serve a shared directory to one vhost-user-fs frontend (QEMU)', (y) => y
-      .option('shared-dir', { type: 'string', demandOption: true, describe: 'host directory to export' })
-      .option('socket-path', { type: 'string', demandOption: true, describe: 'vhost-user UNIX socket to listen on' })
-      .option('cache', { choices: ['auto', 'always', 'never'] as const, default: 'auto' as const, describe: 'guest caching: timeouts and open flags' })
-      .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
-      .option('keep-listening', { type: 'boolean', default: false, describe: 'wait for a new frontend after a disconnect instead of exiting' })
-      .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' }),
-    async (a) => {
-      process.exitCode = await runCommand({
-        sharedDir: a['shared-dir'], socketPath: a['socket-path'], cache: a.cache,
-        numRequestQueues: a['num-request-queues'], keepListening: a['keep-listening'], xattr: a.xattr,
-      });
-    })
+    .command('run', 'serve a shared directory: the keeper plus a worker it restarts when it dies (embedded mode)',
+      (y) => serveOptions(y),
+      async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), true); })
+    .command('keeper', 'the keeper alone (under systemd, which starts `worker` separately)',
+      (y) => serveOptions(y),
+      async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), false); })
+    .command('worker', 'the restartable worker; resumes from the keeper in --state-dir',
+      (y) => y.option('state-dir', { type: 'string', demandOption: true, describe: 'the keeper\'s state directory' }),
+      async (a) => {
+        const { workerMain } = await import('../worker/worker');
+        process.exitCode = await workerMain(path.resolve(a['state-dir']));
+      })
+    .command('status [name]', 'show the state of one instance (or list all of them)',
+      (y) => y
+        .positional('name', { type: 'string', describe: 'export name' })
+        .option('state-dir', { type: 'string', describe: 'state directory (instead of a name)' })
+        .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' }),
+      async (a) => {
+        process.exitCode = await statusCommand({
+          ...(a.name !== undefined ? { name: a.name } : {}),
+          ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
+          json: a.json,
+        });
+      })
     .demandCommand(1)
     .help()
     .parseAsync();
+}
+
+export function listInstances(root = DEFAULT_STATE_ROOT): string[] {
+  try {
+    return fs.readdirSync(root).filter((n) => fs.existsSync(path.join(root, n, 'keeper.sock'))).sort();
+  } catch {
+    return [];
+  }
 }

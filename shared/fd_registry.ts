@@ -32,6 +32,17 @@ export class FdRegistry {
     for (const l of this.listeners) l.onRegister(name, fd);
   }
 
+  /** Takes an fd that the keeper already holds under this name (a restarted worker's fd set):
+   * registered without telling the listeners. */
+  adopt(name: string, fd: number): void {
+    if (this.byName.has(name)) throw new FdRegistryError(`fd name already registered: ${name}`, name);
+    this.byName.set(name, fd);
+  }
+
+  names(): string[] {
+    return [...this.byName.keys()];
+  }
+
   /** Replaces (and closes) whatever fd holds the name. */
   replace(name: string, fd: number): void {
     if (this.byName.has(name)) this.close(name);

@@ -75,9 +75,13 @@ export interface PollerConstructor {
 
 export interface NativeAddon {
   /** Numeric constants from the C headers: O_*, AT_*, RESOLVE_*, S_IF*, F_*, LOCK_*, RENAME_*,
-   * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, EFD_*, and E* errnos. */
+   * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, EFD_*, SHUT_*, and E* errnos
+   * (every name glibc knows, plus the aliases EWOULDBLOCK, EDEADLOCK, ENOTSUP). Also SCM_MAX_FD,
+   * IOV_MAX, MAX_HANDLE_SZ and PAGE_SIZE. O_LARGEFILE is the kernel's bit (0o100000 on x86-64),
+   * as found in FUSE open flags; glibc's own O_LARGEFILE is 0 on 64-bit. */
   constants: Record<string, number>;
-  /** errno → "ENAME" for every errno the platform knows. */
+  /** errno → "ENAME" for every errno the platform knows; a negative value (a libuv status) is
+   * taken as its absolute value; unknown numbers give "UNKNOWN". */
   errnoName(errno: number): string;
 
   // --- fds
@@ -101,7 +105,7 @@ export interface NativeAddon {
   accept(listenFd: number): number;
   socketpair(kind: 'stream' | 'seqpacket' | 'dgram'): [number, number];
   /** sendmsg with SCM_RIGHTS (fds may be empty, at most 253). MSG_NOSIGNAL. Returns bytes sent,
-   * or -1 on EAGAIN. */
+   * or -1 on EAGAIN. On a stream socket fds only travel with at least one byte of data. */
   sendMsg(fd: number, data: Buffer, fds: number[]): number;
   /** sendto a datagram socket path (for sd_notify: NOTIFY_SOCKET, "@" = abstract), with fds.
    * Opens and closes its own socket. */
@@ -114,7 +118,9 @@ export interface NativeAddon {
 
   // --- memory, eventfd
   memfdCreate(name: string, flags: number): number;
-  /** MAP_SHARED mapping as an external ArrayBuffer. length > 0; offset page-aligned. */
+  /** MAP_SHARED mapping as an external ArrayBuffer. length > 0; offset page-aligned (else
+   * RangeError). With writable=false the pages are read-only: a JS write through a view of it
+   * kills the process (SIGSEGV), so only read it; storeRelease* refuses it with a TypeError. */
   mmap(fd: number, length: number, offset: number, writable: boolean): ArrayBuffer;
   /** Detaches the ArrayBuffer (every view becomes length 0) and unmaps it; the unmap is deferred
    * until async I/O that uses the mapping has finished. Idempotent. */
@@ -138,7 +144,8 @@ export interface NativeAddon {
 
   // --- credentials of the calling (JS) thread, for creating files as the guest's caller
   /** setfsgid(gid) then setfsuid(uid) via raw syscalls (per thread). Returns the previous
-   * [uid, gid]. */
+   * [uid, gid]; -1 leaves an id unchanged (so setFsIds(-1, -1) queries). Affects only the
+   * synchronous calls made on the JS thread, never the async (threadpool) ones. */
   setFsIds(uid: number, gid: number): [number, number];
 
   // --- filesystem: synchronous, fast metadata calls
@@ -172,10 +179,12 @@ export interface NativeAddon {
   setxattr(target: number | PathLike, name: PathLike, value: Buffer, flags: number): void;
   listxattr(target: number | PathLike, buf: Buffer | null): number;
   removexattr(target: number | PathLike, name: PathLike): void;
-  /** Open file description locks: cmd is F_OFD_GETLK or F_OFD_SETLK. For GETLK returns the
-   * conflicting lock (type F_UNLCK when none); for SETLK returns null. */
+  /** Open file description locks: cmd is F_OFD_GETLK or F_OFD_SETLK (anything else is a
+   * RangeError; use fcntlLockWait to block). For GETLK returns the conflicting lock (type F_UNLCK
+   * when none; pid is -1 for OFD locks); for SETLK returns null, a conflict throws EAGAIN. */
   fcntlLock(fd: number, cmd: number, type: number, whence: number, start: number, len: number): FlockInfo | null;
-  /** flock(2); use LOCK_NB for the non-blocking form. */
+  /** flock(2); use LOCK_NB for the non-blocking form (without it this blocks the JS thread). A
+   * conflict with LOCK_NB throws code "EAGAIN" (== EWOULDBLOCK). */
   flock(fd: number, operation: number): void;
   nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
   openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;

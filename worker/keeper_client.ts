@@ -22,8 +22,9 @@ export class KeeperClient implements FdRegistryListener {
     return new KeeperClient(fd);
   }
 
-  /** The whole named fd set the keeper holds. The caller owns the returned fds. */
-  fetchAll(): Map<string, number> {
+  /** The whole named fd set the keeper holds (the caller owns the returned fds), and the last
+   * control reply sequence number the keeper forwarded. */
+  fetchAll(): { fds: Map<string, number>; ctlSeq: number } {
     this.send(formatAssignments({ FDFETCH: 1 }), []);
     const out = new Map<string, number>();
     for (;;) {
@@ -41,7 +42,7 @@ export class KeeperClient implements FdRegistryListener {
       }
       const names = parseFdNames(m.get('FDNAME'), r.fds.length);
       names.forEach((n, i) => out.set(n, r.fds[i]!));
-      if (m.get('MORE') !== '1') return out;
+      if (m.get('MORE') !== '1') return { fds: out, ctlSeq: Number(m.get('CTLSEQ') ?? '0') || 0 };
     }
   }
 
@@ -78,6 +79,22 @@ export class KeeperClient implements FdRegistryListener {
       const part = b.slice(i, i + MAX_FDS_PER_MESSAGE);
       this.send(storeMessage(part.map(([n]) => n)), part.map(([, fd]) => fd));
     }
+  }
+
+  /** Stores fds under names directly (not through the registry: the same fd numbers may be
+   * registered under other names by their handler). */
+  storeFds(names: string[], fds: number[]): void {
+    this.send(storeMessage(names), fds);
+  }
+
+  removeFds(names: string[]): void {
+    this.send(removeMessage(names), []);
+  }
+
+  /** The keeper writes control reply `seq` to the frontend once, however often it is asked:
+   * a worker that died after asking must not make QEMU read a reply twice. */
+  sendControlReply(seq: number, data: Buffer, fds: number[]): void {
+    this.send(formatAssignments({ X_CTLREPLY: seq, X_DATA: data.toString('hex') }), fds);
   }
 
   notify(fields: Record<string, string | number>): void {

@@ -115,20 +115,24 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     ThrowTypeError(env, "munmap(): argument 1 \"buffer\" is not an ArrayBuffer returned by mmap()");
     return {};
   }
+  // Pin `m` across the detach: whenever Node runs the finalizer (it defers it to the event
+  // loop today), `m` stays valid until the ReleaseMapping below.
+  AcquireMapping(m);
   // Detach first: every view becomes length 0, so JS can no longer reach the memory.
   napi_status st = napi_detach_arraybuffer(env, ab);
   if (st != napi_ok) {
     // Not detachable (should not happen for our external buffers). Keep the memory mapped so
     // no JS view can fault; the finalizer unmaps it when the buffer is collected.
+    m->inflight--;
     if (!env.IsExceptionPending())
       ThrowCodeError(env, "munmap(): cannot detach the ArrayBuffer", "ERR_NAPI");
     return {};
   }
-  // Node runs the finalizer later (from the event loop, once V8 drops the backing store); it
-  // frees `m` then, or the last ReleaseMapping does if async I/O still uses the mapping.
   TableRemove(m);
   m->unmapPending = true;
-  if (m->inflight == 0) DoUnmap(m);
+  // Unmaps now unless async I/O still uses the mapping (then the last ReleaseMapping does);
+  // frees `m` if the finalizer already ran, else the finalizer frees it later.
+  ReleaseMapping(m);
   return env.Undefined();
 }
 

@@ -261,10 +261,10 @@ for (const kind of selectedBackends()) {
       const dir = await s.fuse.lookup(ROOT, 'dir');
       const od = await s.fuse.request(F.Op.OPEN, dir.nodeid, [F.openIn(F.O.RDWR)], { replySize: F.OPEN_OUT_SIZE });
       t.ok(od.error !== 0, `open O_RDWR of a directory fails (${od.error})`);
-      for (const op of [99, 1000, 4096, 0x7fffffff, 0xffffffff]) {
+      // (4096 is CUSE_INIT, which the C virtiofsd's libfuse handles: see hostile.test.ts.)
+      for (const op of [0, 7, 19, 52, 99, 1000, 5000, 0x7fffffff, 0xffffffff]) {
         const r = await s.fuse.request(op, ROOT, [Buffer.alloc(16)], { replySize: 64 });
-        // The C virtiofsd answers EIO for opcodes beyond its table's size.
-        checkErrno(t, kind, r.error, ENOSYS, `opcode ${op}`, op >= 0x10000 ? [EIO] : []);
+        checkErrno(t, kind, r.error, ENOSYS, `opcode ${op}`);
       }
       // BMAP / IOCTL / POLL / SETUPMAPPING: not supported by a passthrough without DAX or ioctls.
       for (const op of [F.Op.SETUPMAPPING, F.Op.REMOVEMAPPING]) {

@@ -101,11 +101,11 @@ export const Errno = {
   EMFILE: 24, EFBIG: 27, ENOSPC: 28, ESPIPE: 29, EROFS: 30, EMLINK: 31, ERANGE: 34,
   EDEADLK: 35, ENAMETOOLONG: 36, ENOLCK: 37, ENOSYS: 38, ENOTEMPTY: 39, ELOOP: 40,
   ENODATA: 61, EOVERFLOW: 75, EPROTO: 71, E2BIG: 7, EOPNOTSUPP: 95, ENOTSUP: 95,
-  ENOTCONN: 107,
+  ENOTCONN: 107, ENXIO: 6, ESTALE: 116, EBADMSG: 74, EMSGSIZE: 90,
 } as const;
 const ERRNO_NAMES = new Map<number, string>(Object.entries(Errno).map(([k, v]) => [v, k]));
 export function errnoName(e: number): string {
-  return ERRNO_NAMES.get(e) ?? `errno${e}`;
+  return e === 0 ? 'success' : ERRNO_NAMES.get(e) ?? `errno${e}`;
 }
 
 export const IN_HEADER_SIZE = 40;

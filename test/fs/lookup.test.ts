@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { STAT } from '../../shared/native';
 import * as K from '../../worker/fs/constants';
-import { ROOT, b, ctx, fdTarget, setup } from './fixtures/helpers';
+import { ROOT, b, ctx, fdTarget, setup, throwsErrno } from './fixtures/helpers';
 
 t.test('lookup dedups by (dev, ino) and counts lookups; forget closes the fd at 0', (t) => {
   const { fs: pfs, registry, share } = setup(t, { a: 'hello', sub: { x: '' } });
@@ -81,31 +81,31 @@ t.test('.. of a directory moved out of the share by the host fails', (t) => {
   const sub = pfs.lookup(ctx, ROOT, b('sub'));
   const inner = pfs.lookup(ctx, sub.nodeid, b('inner'));
   fs.renameSync(path.join(share, 'sub'), path.join(outside, 'moved'));
-  t.throws(() => pfs.lookup(ctx, sub.nodeid, b('..')), { errno: K.ENOENT }, 'no parent outside the share');
-  t.throws(() => pfs.lookup(ctx, inner.nodeid, b('..')), { errno: K.ENOENT }, 'nor for its children');
+  throwsErrno(t, () => pfs.lookup(ctx, sub.nodeid, b('..')), K.ENOENT, 'no parent outside the share');
+  throwsErrno(t, () => pfs.lookup(ctx, inner.nodeid, b('..')), K.ENOENT, 'nor for its children');
   t.end();
 });
 
 t.test('name rules', (t) => {
   const { fs: pfs } = setup(t, { a: '', sub: { b: '' } });
-  t.throws(() => pfs.lookup(ctx, ROOT, b('sub/b')), { errno: K.EINVAL }, 'slash');
-  t.throws(() => pfs.lookup(ctx, ROOT, b('/etc')), { errno: K.EINVAL }, 'absolute');
-  t.throws(() => pfs.lookup(ctx, ROOT, Buffer.from('a\0b')), { errno: K.EINVAL }, 'NUL');
-  t.throws(() => pfs.lookup(ctx, ROOT, Buffer.alloc(0)), { errno: K.ENOENT }, 'empty');
-  t.throws(() => pfs.lookup(ctx, ROOT, b('missing')), { errno: K.ENOENT }, 'missing');
-  t.throws(() => pfs.lookup(ctx, ROOT, b('x'.repeat(300))), { errno: 36 /* ENAMETOOLONG */ });
-  t.throws(() => pfs.lookup(ctx, 77, b('a')), { errno: K.EBADF }, 'unknown parent');
+  throwsErrno(t, () => pfs.lookup(ctx, ROOT, b('sub/b')), K.EINVAL, 'slash');
+  throwsErrno(t, () => pfs.lookup(ctx, ROOT, b('/etc')), K.EINVAL, 'absolute');
+  throwsErrno(t, () => pfs.lookup(ctx, ROOT, Buffer.from('a\0b')), K.EINVAL, 'NUL');
+  throwsErrno(t, () => pfs.lookup(ctx, ROOT, Buffer.alloc(0)), K.ENOENT, 'empty');
+  throwsErrno(t, () => pfs.lookup(ctx, ROOT, b('missing')), K.ENOENT, 'missing');
+  throwsErrno(t, () => pfs.lookup(ctx, ROOT, b('x'.repeat(300))), 36 /* ENAMETOOLONG */);
+  throwsErrno(t, () => pfs.lookup(ctx, 77, b('a')), K.EBADF, 'unknown parent');
   const a = pfs.lookup(ctx, ROOT, b('a'));
-  t.throws(() => pfs.lookup(ctx, a.nodeid, b('x')), { errno: K.ENOTDIR }, 'parent not a dir');
-  t.throws(() => pfs.lookup(ctx, a.nodeid, b('.')), { errno: K.ENOTDIR });
-  t.throws(() => pfs.lookup(ctx, a.nodeid, b('..')), { errno: K.ENOTDIR });
+  throwsErrno(t, () => pfs.lookup(ctx, a.nodeid, b('x')), K.ENOTDIR, 'parent not a dir');
+  throwsErrno(t, () => pfs.lookup(ctx, a.nodeid, b('.')), K.ENOTDIR);
+  throwsErrno(t, () => pfs.lookup(ctx, a.nodeid, b('..')), K.ENOTDIR);
   for (const bad of ['.', '..', '', 'a/b']) {
-    t.throws(() => pfs.mkdir(ctx, ROOT, b(bad), 0o755, 0), { errno: K.EINVAL }, `mkdir ${JSON.stringify(bad)}`);
-    t.throws(() => pfs.unlink(ctx, ROOT, b(bad)), { errno: K.EINVAL }, `unlink ${JSON.stringify(bad)}`);
-    t.throws(() => pfs.rename(ctx, ROOT, b('a'), ROOT, b(bad), 0), { errno: K.EINVAL }, `rename to ${JSON.stringify(bad)}`);
-    t.throws(() => pfs.create(ctx, ROOT, b(bad), 0o644, K.O_RDWR, 0), { errno: K.EINVAL }, `create ${JSON.stringify(bad)}`);
-    t.throws(() => pfs.symlink(ctx, ROOT, b(bad), b('x')), { errno: K.EINVAL }, `symlink ${JSON.stringify(bad)}`);
-    t.throws(() => pfs.link(ctx, a.nodeid, ROOT, b(bad)), { errno: K.EINVAL }, `link ${JSON.stringify(bad)}`);
+    throwsErrno(t, () => pfs.mkdir(ctx, ROOT, b(bad), 0o755, 0), K.EINVAL, `mkdir ${JSON.stringify(bad)}`);
+    throwsErrno(t, () => pfs.unlink(ctx, ROOT, b(bad)), K.EINVAL, `unlink ${JSON.stringify(bad)}`);
+    throwsErrno(t, () => pfs.rename(ctx, ROOT, b('a'), ROOT, b(bad), 0), K.EINVAL, `rename to ${JSON.stringify(bad)}`);
+    throwsErrno(t, () => pfs.create(ctx, ROOT, b(bad), 0o644, K.O_RDWR, 0), K.EINVAL, `create ${JSON.stringify(bad)}`);
+    throwsErrno(t, () => pfs.symlink(ctx, ROOT, b(bad), b('x')), K.EINVAL, `symlink ${JSON.stringify(bad)}`);
+    throwsErrno(t, () => pfs.link(ctx, a.nodeid, ROOT, b(bad)), K.EINVAL, `link ${JSON.stringify(bad)}`);
   }
   t.end();
 });

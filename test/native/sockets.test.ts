@@ -4,6 +4,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native, C, isNativeError } from '../../shared/native';
 
+// t.testdir() paths are longer than sun_path (108 bytes); reach the dir through a short
+// /proc/self/fd/N magic link instead. The returned close() releases the dir fd.
+function shortDir(dir: string): { p: (name: string) => string; close: () => void } {
+  const fd = native.openat(C.AT_FDCWD, dir, C.O_PATH | C.O_DIRECTORY, 0);
+  return { p: (name) => `/proc/self/fd/${fd}/${name}`, close: () => native.close(fd) };
+}
+
 function openFdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
@@ -124,9 +131,10 @@ t.test('peerCred on socketpair and on an accepted connection', async (t) => {
   native.close(b);
 
   const dir = t.testdir();
-  const sock = path.join(dir, 's.sock');
+  const sd = shortDir(dir);
+  const sock = sd.p('s.sock');
   const l = native.unixListen(sock, 'seqpacket', 8);
-  t.ok(fs.statSync(sock).isSocket());
+  t.ok(fs.statSync(path.join(dir, 's.sock')).isSocket());
   t.ok(native.fdFlags(l).cloexec);
   t.equal(native.accept(l), -1, 'accept returns -1 when nobody is waiting');
   const c = native.unixConnect(sock, 'seqpacket');
@@ -139,6 +147,7 @@ t.test('peerCred on socketpair and on an accepted connection', async (t) => {
   const buf = Buffer.alloc(16);
   t.same(native.recvMsg(s, buf, 0), { bytes: 4, fds: [], truncated: false });
   for (const fd of [c, s, l]) native.close(fd);
+  sd.close();
 });
 
 t.test('abstract namespace listen/connect', async (t) => {
@@ -155,8 +164,9 @@ t.test('abstract namespace listen/connect', async (t) => {
 
 t.test('unixConnect to nothing: ENOENT / ECONNREFUSED errors', async (t) => {
   const dir = t.testdir();
+  const sd = shortDir(dir);
   try {
-    native.unixConnect(path.join(dir, 'none.sock'), 'stream');
+    native.unixConnect(sd.p('none.sock'), 'stream');
     t.fail('should throw');
   } catch (e) {
     t.ok(isNativeError(e));
@@ -169,12 +179,14 @@ t.test('unixConnect to nothing: ENOENT / ECONNREFUSED errors', async (t) => {
   }
   t.throws(() => native.unixConnect(`@vfsk-none-${process.pid}-${Date.now()}`, 'stream'),
     { code: 'ECONNREFUSED', errno: C.ECONNREFUSED });
-  t.throws(() => native.unixListen(path.join(dir, 'x'.repeat(200)), 'stream', 1), { code: 'ENAMETOOLONG' });
+  t.throws(() => native.unixListen(sd.p('x'.repeat(200)), 'stream', 1), { code: 'ENAMETOOLONG', syscall: 'bind' });
+  sd.close();
 });
 
 t.test('sendDatagram with fds to a bound dgram socket (sd_notify style)', async (t) => {
   const dir = t.testdir();
-  const sock = path.join(dir, 'notify.sock');
+  const sd = shortDir(dir);
+  const sock = sd.p('notify.sock');
   const r = native.unixListen(sock, 'dgram', 0);
   const efd = native.eventfd(5, C.EFD_NONBLOCK);
   const before = openFdCount();
@@ -195,8 +207,9 @@ t.test('sendDatagram with fds to a bound dgram socket (sd_notify style)', async 
   const got2 = native.recvMsg(ra, buf, 0);
   t.equal(got2?.bytes, 7);
   t.equal(buf.subarray(0, 7).toString(), 'READY=1');
-  t.throws(() => native.sendDatagram(path.join(dir, 'nope.sock'), Buffer.from('x'), []), { code: 'ENOENT' });
+  t.throws(() => native.sendDatagram(sd.p('nope.sock'), Buffer.from('x'), []), { code: 'ENOENT' });
   for (const fd of [r, ra, efd]) native.close(fd);
+  sd.close();
 });
 
 t.test('shutdown', async (t) => {

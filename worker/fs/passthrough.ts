@@ -634,7 +634,7 @@ export class PassthroughFs implements FileSystem {
     return { entry, open };
   }
 
-  read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number> {
+  async read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number> {
     const rec = this.fileRec(nodeid, fh);
     const segs = trimSegments(segments, size);
     return this.runAsync<number>([rec.fdName], ([fd], cb) => native.preadv(fd, offset, segs, cb));
@@ -673,7 +673,7 @@ export class PassthroughFs implements FileSystem {
     this.closeFd(rec.fdName);
   }
 
-  fsync(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void> {
+  async fsync(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void> {
     const rec = this.fileRec(nodeid, fh);
     return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fsync(fd, dataOnly, cb));
   }
@@ -683,7 +683,7 @@ export class PassthroughFs implements FileSystem {
     return native.fstatfs(this.fd(this.inode(nodeid).fdName));
   }
 
-  syncfs(ctx: Context, nodeid: NodeId): Promise<void> {
+  async syncfs(ctx: Context, nodeid: NodeId): Promise<void> {
     // syncfs(2) refuses O_PATH fds: open the inode (or, for a non-regular, non-directory inode,
     // the root) read-only for the duration of the call.
     const rec = this.inode(nodeid);
@@ -843,7 +843,7 @@ export class PassthroughFs implements FileSystem {
     this.closeFd(rec.fdName);
   }
 
-  fsyncdir(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void> {
+  async fsyncdir(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void> {
     const rec = this.dirRec(nodeid, fh);
     return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fsync(fd, dataOnly, cb));
   }
@@ -939,7 +939,7 @@ export class PassthroughFs implements FileSystem {
 
   // ================================================================ ranges
 
-  fallocate(ctx: Context, nodeid: NodeId, fh: Handle, mode: number, offset: number, length: number): Promise<void> {
+  async fallocate(ctx: Context, nodeid: NodeId, fh: Handle, mode: number, offset: number, length: number): Promise<void> {
     const rec = this.fileRec(nodeid, fh);
     return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fallocate(fd, mode, offset, length, cb));
   }
@@ -948,7 +948,7 @@ export class PassthroughFs implements FileSystem {
     return native.lseek(this.fd(this.fileRec(nodeid, fh).fdName), offset, whence);
   }
 
-  copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId, fhOut: Handle,
+  async copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId, fhOut: Handle,
     offOut: number, length: number, flags: number): Promise<number> {
     const a = this.fileRec(nodeidIn, fhIn);
     const b = this.fileRec(nodeidOut, fhOut);

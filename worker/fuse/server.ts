@@ -43,6 +43,10 @@ export interface InitResult {
 
 export interface FuseServerOptions {
   cache: 'auto' | 'always' | 'never';
+  /** Makes the INIT result durable; called before the INIT/DESTROY reply can reach the guest. */
+  onInit?: (init: InitResult | null) => void;
+  /** A restarted worker resumes the session: INIT is not negotiated again. */
+  restoredInit?: InitResult | null;
 }
 
 type Reply = Buffer | null;
@@ -51,7 +55,9 @@ export class FuseServer implements ChainHandler {
   private initResult: InitResult | null = null;
   private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + WRITE_IN_SIZE);
 
-  constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {}
+  constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {
+    this.initResult = opts.restoredInit ?? null;
+  }
 
   get init(): InitResult | null {
     return this.initResult;
@@ -187,6 +193,7 @@ export class FuseServer implements ChainHandler {
       case 'DESTROY':
         fs.destroy();
         this.initResult = null;
+        this.opts.onInit?.(null);
         return Buffer.alloc(0);
       case 'LOOKUP': return P.encodeEntryOut(fs.lookup(ctx, node, req.name));
       case 'FORGET':
@@ -300,6 +307,7 @@ export class FuseServer implements ChainHandler {
     const result: InitResult = { major: K.FUSE_KERNEL_VERSION, minor, flags, maxReadahead: req.maxReadahead, maxWrite: MAX_WRITE, maxPages: MAX_PAGES };
     this.initResult = result;
     this.fs.init(flags);
+    this.opts.onInit?.(result);
     this.log.info({ minor, flags: `0x${flags.toString(16)}`, cache: this.opts.cache }, 'FUSE session initialized');
     return P.encodeInitOut({ major: result.major, minor, maxReadahead: req.maxReadahead, flags, maxBackground: 64,
       congestionThreshold: 48, maxWrite: MAX_WRITE, timeGran: 1, maxPages: MAX_PAGES });

@@ -30,6 +30,33 @@ export interface VhostDevice {
   onReset(): void;
 }
 
+/**
+ * Makes control messages crash-safe (DESIGN.md §2: "a control message that was consumed but not
+ * yet answered"). Without one (tests, single-process use) replies go straight to the socket.
+ */
+export interface ControlJournal {
+  /** Durable record of a consumed message and the names its fds are stored under; returns its
+   * sequence number. */
+  begin(header: M.MessageHeader, payload: Buffer, fds: number[]): number;
+  /** The session state after handling message `seq`, durable before any reply. */
+  commit(seq: number, state: VhostSessionState): void;
+  /** Sends reply `seq` to the frontend exactly once, even if called again after a restart. */
+  reply(seq: number, data: Buffer, fds: number[]): void;
+  end(seq: number): void;
+}
+
+/** A consumed control message a dead worker may not have finished. */
+export interface PendingControl {
+  seq: number;
+  header: M.MessageHeader;
+  payload: Buffer;
+  fds: number[];
+  /** The dead worker committed its state change; only the reply may be missing. */
+  committed: boolean;
+  /** The reply the committed handler produced, if any (replayed; the keeper dedups it). */
+  reply: Buffer | null;
+}
+
 export const OFFERED_FEATURES =
   M.bit(M.VIRTIO_F_VERSION_1) | M.bit(M.VIRTIO_RING_F_INDIRECT_DESC) | M.bit(M.VIRTIO_RING_F_EVENT_IDX) |
   M.bit(M.VHOST_USER_F_PROTOCOL_FEATURES);
@@ -61,8 +88,11 @@ export interface VhostSessionState {
   ackedProtocolFeatures: bigint;
   featuresSet: boolean;
   regions: Array<{ slot: number; guestPhysAddr: number; size: number; userspaceAddr: number; mmapOffset: number }>;
+  nextSlot: number;
   vrings: VringConfig[];
   inflight: { numQueues: number; queueSize: number; mmapSize: number } | null;
+  /** Queues that were being served (restarted on resume). */
+  running: number[];
 }
 
 class VhostError extends Error {
@@ -100,13 +130,61 @@ export class VhostUserBackend {
 
   constructor(connFd: number, private readonly device: VhostDevice,
     private readonly registry: FdRegistry, private readonly log: Logger,
-    private readonly onDisconnect: (reason: string) => void) {
+    private readonly onDisconnect: (reason: string) => void,
+    private readonly journal: ControlJournal | null = null) {
     this.vrings = [];
     for (let i = 0; i < device.numQueues; i++) this.vrings.push(emptyVring());
     this.transport = new MessageTransport(connFd, {
       onMessage: (msg) => this.enqueue(msg),
       onClose: (reason) => this.disconnect(reason),
     });
+  }
+
+  /**
+   * Resumes a session a dead worker was serving: the memory table is re-mapped from the fds
+   * the keeper held, the vrings are rebuilt, inflight requests are resubmitted, and a control
+   * message the dead worker consumed but did not finish is finished.
+   */
+  restore(state: VhostSessionState, pending: PendingControl | null): void {
+    if (state.vrings.length !== this.vrings.length) {
+      throw new VhostError(`saved session has ${state.vrings.length} queues, this device ${this.vrings.length}`);
+    }
+    this.ownerSet = state.ownerSet;
+    this.ackedFeatures = state.ackedFeatures;
+    this.ackedProtocolFeatures = state.ackedProtocolFeatures;
+    this.featuresSet = state.featuresSet;
+    this.nextSlot = state.nextSlot;
+    for (const r of state.regions) {
+      const fdName = `mem.${r.slot}`;
+      const fd = this.registry.get(fdName);
+      if (fd === undefined) throw new VhostError(`memory region fd ${fdName} is missing from the fd store`);
+      this.memory.addRegion(fd, fdName, r.guestPhysAddr, r.size, r.userspaceAddr, r.mmapOffset);
+      this.regionSlots.set(fdName, r.slot);
+    }
+    if (state.inflight !== null) {
+      const fd = this.registry.get('inflight');
+      if (fd === undefined) throw new VhostError('frontend inflight fd is missing from the fd store');
+      this.inflightBuffer = native.mmap(fd, state.inflight.mmapSize, 0, true);
+      this.inflightInfo = state.inflight;
+    }
+    state.vrings.forEach((v, i) => { this.vrings[i] = { ...v }; });
+    for (const index of state.running) this.maybeStartQueue(index, true);
+    if (pending !== null) this.finishPending(pending);
+  }
+
+  private finishPending(p: PendingControl): void {
+    const name = M.requestName(p.header.request);
+    if (p.committed && p.reply !== null) {
+      this.log.warn({ request: name, seq: p.seq }, 'finishing the reply of a control message the previous worker handled');
+      this.sendReply(p.seq, p.header, p.reply, true);
+      this.journal?.end(p.seq);
+      for (const fd of p.fds) native.close(fd);
+      return;
+    }
+    // Handlers are idempotent against their own partial effects (fds are replaced by name), and
+    // a committed message without a recorded reply never sent one: handle it again.
+    this.log.warn({ request: name, seq: p.seq }, 'handling a control message the previous worker consumed but did not finish');
+    this.dispatch({ header: p.header, payload: p.payload, fds: p.fds }, p.seq);
   }
 
   get connected(): boolean {
@@ -123,8 +201,10 @@ export class VhostUserBackend {
         slot: this.regionSlots.get(r.fdName) ?? -1, guestPhysAddr: r.guestPhysAddr, size: r.size,
         userspaceAddr: r.userspaceAddr, mmapOffset: r.mmapOffset,
       })),
+      nextSlot: this.nextSlot,
       vrings: this.vrings.map((v) => ({ ...v })),
       inflight: this.inflightInfo,
+      running: [...this.running.keys()].sort((a, b) => a - b),
     };
   }
 
@@ -171,13 +251,16 @@ export class VhostUserBackend {
     this.dispatch(msg);
   }
 
-  private dispatch(msg: IncomingMessage): void {
+  private dispatch(msg: IncomingMessage, resumedSeq?: number): void {
     const { request, flags } = msg.header;
     const name = M.requestName(request);
     let reply: Buffer | null = null;
     let ok = true;
     let async: Promise<Buffer> | null = null;
+    // The handler takes fds out of msg.fds; keep the original list to close what is left.
     const fds = msg.fds;
+    msg.fds = [...fds];
+    const seq = resumedSeq ?? (this.journal ? this.journal.begin(msg.header, msg.payload, fds) : 0);
     try {
       if ((flags & M.VERSION_MASK) !== M.FLAG_VERSION_1) throw new VhostError(`unsupported message version in flags 0x${flags.toString(16)}`);
       const r = this.handle(msg);
@@ -188,30 +271,41 @@ export class VhostUserBackend {
       this.log.error({ request: name, err: errorInfo(e) }, 'vhost-user request failed');
     } finally {
       // Any fd the handler did not take is closed here, so a malformed message cannot leak.
-      for (const fd of fds) if (fd >= 0) native.close(fd);
+      msg.fds.forEach((fd, i) => { if (fd >= 0 && fds[i] === fd) native.close(fd); });
     }
     if (async !== null) {
       this.busy = true;
       this.transport.pause();
-      async.then((payload) => this.finish(msg, payload, true), (e) => {
+      async.then((payload) => this.finish(msg, seq, payload, true), (e) => {
         this.log.error({ request: name, err: errorInfo(e) }, 'vhost-user request failed');
-        this.finish(msg, null, false);
+        this.finish(msg, seq, null, false);
       });
       return;
     }
-    this.finish(msg, reply, ok);
+    this.finish(msg, seq, reply, ok);
   }
 
-  private finish(msg: IncomingMessage, reply: Buffer | null, ok: boolean): void {
-    const { request, flags } = msg.header;
-    if (!this.closed) {
-      if (M.hasProtocolReply(request)) {
-        // A failed GET_* still gets a reply, or QEMU would wait forever: an empty payload.
-        this.transport.send(M.encodeReply(request, reply ?? Buffer.alloc(0)), this.pendingReplyFds.splice(0));
-      } else if ((flags & M.FLAG_NEED_REPLY) && this.hasProtocol(M.ProtocolFeature.REPLY_ACK)) {
-        this.transport.send(M.encodeReply(request, M.u64Payload(ok ? 0n : 1n)));
-      }
-    }
+  /** The reply body a message gets: its protocol reply, a REPLY_ACK status, or none. */
+  private replyFor(header: M.MessageHeader, reply: Buffer | null, ok: boolean): Buffer | null {
+    // A failed GET_* still gets a reply, or QEMU would wait forever: an empty payload.
+    if (M.hasProtocolReply(header.request)) return reply ?? Buffer.alloc(0);
+    if ((header.flags & M.FLAG_NEED_REPLY) && this.hasProtocol(M.ProtocolFeature.REPLY_ACK)) return M.u64Payload(ok ? 0n : 1n);
+    return null;
+  }
+
+  private sendReply(seq: number, header: M.MessageHeader, body: Buffer | null, alreadyFramed = false): void {
+    if (this.closed || body === null) return;
+    const data = alreadyFramed ? body : M.encodeReply(header.request, body);
+    const fds = this.pendingReplyFds.splice(0);
+    if (this.journal) this.journal.reply(seq, data, fds);
+    else this.transport.send(data, fds);
+  }
+
+  private finish(msg: IncomingMessage, seq: number, reply: Buffer | null, ok: boolean): void {
+    const body = this.replyFor(msg.header, reply, ok);
+    if (this.journal) this.journal.commit(seq, this.state());
+    this.sendReply(seq, msg.header, body);
+    this.journal?.end(seq);
     this.pendingReplyFds.splice(0);
     if (this.busy) {
       this.busy = false;
@@ -380,7 +474,8 @@ export class VhostUserBackend {
   private addRegion(r: M.MemoryRegionDesc, fd: number): void {
     const slot = this.nextSlot++;
     const fdName = `mem.${slot}`;
-    this.registry.register(fdName, fd);
+    // replace: a message re-handled after a crash may find its own earlier registration.
+    this.registry.replace(fdName, fd);
     try {
       const gpa = toSafeNumber(r.guestPhysAddr);
       const size = toSafeNumber(r.memorySize);
@@ -520,7 +615,9 @@ export class VhostUserBackend {
     return region;
   }
 
-  private maybeStartQueue(index: number): void {
+  /** Starts a configured queue. `resume`: a restarted worker takes over a running queue, so the
+   * inflight region is recovered (never re-initialized). */
+  private maybeStartQueue(index: number, resume = false): void {
     const v = this.vrings[index]!;
     if (this.running.has(index) || !v.kicked || !v.enabled || !v.addrSet || v.size === 0) return;
     const handler = this.device.createQueueHandler(index);
@@ -528,12 +625,12 @@ export class VhostUserBackend {
     let resubmit: number[] = [];
     try {
       const frontendInflight = this.inflightBuffer !== null;
-      const inflight = this.inflightRegionFor(index, v.size, !frontendInflight);
+      const inflight = this.inflightRegionFor(index, v.size, !frontendInflight && !resume);
       ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
         v.base, this.hasFeature(M.VIRTIO_RING_F_EVENT_IDX), this.hasFeature(M.VIRTIO_RING_F_INDIRECT_DESC), inflight);
-      if (frontendInflight && inflight !== null && inflight.descNum === v.size) {
+      if ((resume || frontendInflight) && inflight !== null && inflight.descNum === v.size) {
         resubmit = ring.recoverInflight();
-        if (resubmit.length > 0) this.log.warn({ queue: index, heads: resubmit.length }, 'resubmitting inflight requests from the frontend inflight region');
+        if (resubmit.length > 0) this.log.warn({ queue: index, heads: resubmit.length, resume }, 'resubmitting inflight requests');
       }
     } catch (e) {
       if (e instanceof RingError || e instanceof GuestMemoryError || e instanceof VhostError) {

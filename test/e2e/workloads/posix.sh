@@ -55,11 +55,16 @@ notok() { echo "not ok $1: $2"; fails=$((fails + 1)); }
 oneline() { tr '\n' ' ' | sed 's/  */ /g; s/ $//' | cut -c1-600; }
 
 # check NAME CMD...: CMD's exit status decides; its output is the reason on failure.
+uptime_cs() { read -r _u _ < /proc/uptime; echo "${_u%.*}${_u#*.}"; }
+
 check() {
   _name=$1
   shift
+  _t0=$(uptime_cs)
   _out=$("$@" 2>&1)
   _rc=$?
+  _t1=$(uptime_cs)
+  echo "# time $_name $(((_t1 - _t0) / 100)).$(printf '%02d' $(((_t1 - _t0) % 100)))s"
   if [ $_rc -eq 0 ]; then
     ok "$_name"
   elif [ $_rc -eq 3 ] && [ "$BACKEND" != ours ] && case "$OPTIONAL_FOR_PEER" in *" $_name "*) true ;; *) false ;; esac; then

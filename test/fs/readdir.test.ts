@@ -1,0 +1,213 @@
+// readdir / readdirplus: resuming across calls with a small reply limit, seeking, lookup counts
+// of readdirplus entries, and resuming after a (simulated) worker restart.
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { STAT } from '../../shared/native';
+import { PassthroughFs } from '../../worker/fs/passthrough';
+import { FsSession } from '../../worker/fs/session';
+import * as K from '../../worker/fs/constants';
+import { ROOT, TestSink, b, ctx, setup, silent, throwsErrno, type SinkEntry } from './fixtures/helpers';
+
+const N = 1000;
+
+function fill(dir: string, n: number): string[] {
+  const names: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const name = `entry-${i.toString().padStart(4, '0')}-${'x'.repeat(i % 40)}`;
+    fs.writeFileSync(path.join(dir, name), '');
+    names.push(name);
+  }
+  return names;
+}
+
+/** Reads the whole directory with at most `limit` entries per call; returns every entry. */
+function readAll(pfs: PassthroughFs, nodeid: number, fh: number, limit: number, plus: boolean, start = 0): { entries: SinkEntry[]; calls: number } {
+  const entries: SinkEntry[] = [];
+  let offset = start;
+  let calls = 0;
+  for (;;) {
+    const sink = new TestSink(limit);
+    pfs.readdir(ctx, nodeid, fh, offset, plus, sink);
+    calls++;
+    if (sink.entries.length === 0) break;
+    entries.push(...sink.entries);
+    offset = sink.entries[sink.entries.length - 1].off;
+    if (calls > 10 * N) throw new Error('readdir does not end');
+  }
+  return { entries, calls };
+}
+
+function checkOnce(t: Tap.Test, entries: SinkEntry[], names: string[]): void {
+  const seen = new Map<string, number>();
+  for (const e of entries) seen.set(e.name, (seen.get(e.name) ?? 0) + 1);
+  const dup = [...seen].filter(([, n]) => n > 1).map(([k]) => k);
+  t.same(dup, [], 'no name twice');
+  const missing = [...names, '.', '..'].filter((n) => !seen.has(n));
+  t.same(missing, [], 'no name missing');
+  t.equal(seen.size, names.length + 2, 'nothing else');
+}
+
+t.test('readdir of 1,000 entries, 7 per call: every name exactly once', (t) => {
+  const { fs: pfs, share } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), N);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const { entries, calls } = readAll(pfs, big.nodeid, dir.fh, 7, false);
+  t.ok(calls >= Math.ceil((N + 2) / 7), `took ${calls} calls`);
+  checkOnce(t, entries, names);
+  t.ok(entries.every((e) => e.entry === null), 'plain readdir has no entries');
+  const f = entries.find((e) => e.name === names[5])!;
+  t.equal(f.ino, BigInt(fs.statSync(path.join(share, 'big', names[5])).ino), 'd_ino');
+  t.equal(f.type, 8 /* DT_REG */);
+  t.equal(entries.find((e) => e.name === '.')!.type, 4 /* DT_DIR */);
+  t.equal(pfs.session.inodeCount, 2, 'readdir does no lookups');
+
+  // rewinddir: offset 0 starts over
+  const again = readAll(pfs, big.nodeid, dir.fh, 500, false);
+  checkOnce(t, again.entries, names);
+  pfs.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('readdirplus of 1,000 entries, 3 per call: one lookup per accepted entry', (t) => {
+  const { fs: pfs, share, registry } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), N);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const { entries } = readAll(pfs, big.nodeid, dir.fh, 3, true);
+  checkOnce(t, entries, names);
+  t.equal(entries.find((e) => e.name === '.')!.entry, null, '. has no entry');
+  t.equal(entries.find((e) => e.name === '..')!.entry, null, '.. has no entry');
+  const files = entries.filter((e) => e.name !== '.' && e.name !== '..');
+  t.ok(files.every((e) => e.entry !== null && e.entry.nodeid > 1), 'every file has an entry');
+  t.ok(files.every((e) => pfs.session.getInode(e.entry!.nodeid)!.lookupCount === 1),
+    'refused entries were undone: each lookup count is exactly 1');
+  t.equal(new Set(files.map((e) => e.entry!.nodeid)).size, N, 'distinct nodeids');
+  t.equal(pfs.session.inodeCount, N + 2, 'root + big + N files');
+  const e = files[10];
+  t.equal(Number(e.entry!.stat.readBigUInt64LE(STAT.ino)), fs.statSync(path.join(share, 'big', e.name)).ino);
+  for (const f of files) pfs.forget(f.entry!.nodeid, 1);
+  t.equal(pfs.session.inodeCount, 2, 'all forgotten');
+  t.equal([...registry.entries()].filter(([n]) => n.startsWith('inode.')).length, 1, 'only big\'s inode fd left');
+  pfs.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('a refused first entry is returned by the next call', (t) => {
+  const { fs: pfs, share } = setup(t, { d: { a: '', b: '' } });
+  void share;
+  const d = pfs.lookup(ctx, ROOT, b('d'));
+  const dir = pfs.opendir(ctx, d.nodeid, 0);
+  const none = new TestSink(0);
+  pfs.readdir(ctx, d.nodeid, dir.fh, 0, true, none);
+  t.equal(none.entries.length, 0);
+  t.equal(pfs.session.inodeCount, 2, 'no lookup leaked');
+  const { entries } = readAll(pfs, d.nodeid, dir.fh, 1, true);
+  checkOnce(t, entries, ['a', 'b']);
+  throwsErrno(t, () => pfs.readdir(ctx, d.nodeid, 999, 0, false, new TestSink(1)), K.EBADF, 'unknown fh');
+  throwsErrno(t, () => pfs.readdir(ctx, ROOT, dir.fh, 0, false, new TestSink(1)), K.EBADF, 'fh of another dir');
+  const f = pfs.lookup(ctx, d.nodeid, b('a'));
+  throwsErrno(t, () => pfs.opendir(ctx, f.nodeid, 0), K.ENOTDIR);
+  pfs.releasedir(ctx, d.nodeid, dir.fh);
+  throwsErrno(t, () => pfs.releasedir(ctx, d.nodeid, dir.fh), K.EBADF, 'double releasedir');
+  t.end();
+});
+
+t.test('seeking to an earlier cookie (seekdir) resumes there', (t) => {
+  const { fs: pfs, share } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), 200);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const { entries } = readAll(pfs, big.nodeid, dir.fh, 16, false);
+  checkOnce(t, entries, names);
+  // Resume from the cookie after entry 99: must give entries 100.. in the same order.
+  const rest = readAll(pfs, big.nodeid, dir.fh, 16, false, entries[99].off);
+  t.same(rest.entries.map((e) => e.name), entries.slice(100).map((e) => e.name), 'same tail');
+  const tail = readAll(pfs, big.nodeid, dir.fh, 5, false, entries[entries.length - 1].off);
+  t.equal(tail.entries.length, 0, 'last cookie: end of directory');
+  pfs.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('readdir resumes in a restarted worker (session from a snapshot, same fds)', (t) => {
+  const { fs: pfs, share, registry } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), N);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const first: SinkEntry[] = [];
+  let offset = 0;
+  for (let i = 0; i < 20; i++) {
+    const sink = new TestSink(9);
+    pfs.readdir(ctx, big.nodeid, dir.fh, offset, true, sink);
+    first.push(...sink.entries);
+    offset = sink.entries[sink.entries.length - 1].off;
+  }
+  t.equal(first.length, 180);
+  // The "crash": a new PassthroughFs over the same registry (the keeper's fds) and a session
+  // rebuilt from a JSON snapshot; the dir fd's kernel position is past the entries we refused.
+  const snap = JSON.parse(JSON.stringify(pfs.session.toSnapshot()));
+  const pfs2 = new PassthroughFs({ registry, logger: silent, session: FsSession.fromSnapshot(snap) });
+  pfs2.init(0n);
+  const rest = readAll(pfs2, big.nodeid, dir.fh, 9, true, offset);
+  checkOnce(t, [...first, ...rest.entries], names);
+  const nodeids = [...first, ...rest.entries].filter((e) => e.entry).map((e) => e.entry!.nodeid);
+  t.equal(new Set(nodeids).size, N, 'nodeids distinct across the restart');
+  t.ok(nodeids.every((id) => pfs2.session.getInode(id)!.lookupCount === 1));
+  pfs2.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('restart after the last accepted entry was deleted', (t) => {
+  const { fs: pfs, share, registry } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), 300);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const sink = new TestSink(50);
+  pfs.readdir(ctx, big.nodeid, dir.fh, 0, false, sink);
+  const last = sink.entries[sink.entries.length - 1];
+  t.not(last.name, '.');
+  fs.unlinkSync(path.join(share, 'big', last.name));
+  const pfs2 = new PassthroughFs({ registry, logger: silent, session: FsSession.fromSnapshot(pfs.session.toSnapshot()) });
+  const rest = readAll(pfs2, big.nodeid, dir.fh, 50, false, last.off);
+  const all = [...sink.entries, ...rest.entries];
+  checkOnce(t, all, names);
+  pfs2.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('entries created or removed during readdir: the others appear exactly once', (t) => {
+  const { fs: pfs, share } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), 300);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const got: SinkEntry[] = [];
+  let offset = 0;
+  const removed = new Set(names.filter((_, i) => i % 7 === 3));
+  const stable = names.filter((n) => !removed.has(n));
+  for (let i = 0; ; i++) {
+    const sink = new TestSink(10);
+    pfs.readdir(ctx, big.nodeid, dir.fh, offset, false, sink);
+    if (sink.entries.length === 0) break;
+    got.push(...sink.entries);
+    offset = sink.entries[sink.entries.length - 1].off;
+    if (i === 5) {
+      for (const n of removed) fs.rmSync(path.join(share, 'big', n), { force: true });
+      for (let j = 0; j < 50; j++) fs.writeFileSync(path.join(share, 'big', `new-${j}`), '');
+    }
+  }
+  const seen = new Map<string, number>();
+  for (const e of got) seen.set(e.name, (seen.get(e.name) ?? 0) + 1);
+  t.same(stable.filter((n) => seen.get(n) !== 1), [], 'each untouched entry exactly once');
+  pfs.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('fsyncdir', async (t) => {
+  const { fs: pfs } = setup(t, { d: {} });
+  const dir = pfs.opendir(ctx, ROOT, 0);
+  await pfs.fsyncdir(ctx, ROOT, dir.fh, false);
+  await pfs.fsyncdir(ctx, ROOT, dir.fh, true);
+  pfs.releasedir(ctx, ROOT, dir.fh);
+  t.pass('fsyncdir done');
+});

@@ -1,0 +1,213 @@
+// The worker process: serves FUSE-over-virtio for one export. It holds nothing the service
+// cannot lose: every fd is mirrored in the keeper (FdRegistry → KeeperClient) and every other
+// piece of session state is in the state file (WorkerStateStore) before the guest or QEMU can
+// observe it. Started fresh it accepts QEMU; started after a crash it resumes the session.
+import * as fs from 'node:fs';
+import { logger, type Logger } from '../shared/log';
+import { native, POLL_READABLE, type Poller } from '../shared/native';
+import { FdRegistry } from '../shared/fd_registry';
+import { keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { KeeperClient } from './keeper_client';
+import { VhostUserBackend, errorInfo } from './vhost/backend';
+import { VirtioFsDevice } from './device';
+import { FuseServer } from './fuse/server';
+import { PassthroughFs } from './fs/passthrough';
+import { loadState, pendingControl, WorkerStateStore, type LoadedState } from './state/worker_state';
+import { crashPoint } from './crash_points';
+
+/** Exit codes the keeper understands. */
+export const EXIT_SERVICE_OVER = 0;
+export const EXIT_STATE_UNUSABLE = 3;
+
+/** fds that belong to the service, not to one frontend session. */
+const SERVICE_FDS = new Set(['root', 'vhost.listen']);
+const STATS_INTERVAL_MS = 1000;
+
+export class Worker {
+  private readonly log: Logger;
+  private readonly registry = new FdRegistry();
+  private store!: WorkerStateStore;
+  private listenPoller: Poller | null = null;
+  private backend: VhostUserBackend | null = null;
+  private fsImpl: PassthroughFs | null = null;
+  private server: FuseServer | null = null;
+  private statsTimer: NodeJS.Timeout | null = null;
+  private resolveDone: ((code: number) => void) | null = null;
+  readonly done: Promise<number>;
+
+  constructor(private readonly config: WorkerConfig, private readonly keeper: KeeperClient) {
+    this.log = logger('worker');
+    this.done = new Promise((resolve) => { this.resolveDone = resolve; });
+  }
+
+  start(): void {
+    native.raiseNoFileLimit(1_000_000);
+    const { fds, ctlSeq } = this.keeper.fetchAll();
+    for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
+    this.registry.addListener(this.keeper);
+    if (!this.registry.has('root') || !this.registry.has('vhost.listen')) {
+      throw new Error('the keeper holds no root or vhost.listen fd');
+    }
+    const statePath = stateFilePath(this.config.stateDir);
+    let loaded: LoadedState | null = null;
+    if (this.registry.has('vhost.conn') && fs.existsSync(statePath)) {
+      loaded = loadState(statePath);
+      if (loaded.vhost === null) loaded = null;
+    }
+    this.store = new WorkerStateStore(statePath, this.keeper, loaded, ctlSeq);
+    if (loaded !== null) {
+      this.resume(loaded, fds);
+    } else {
+      for (const [, fd] of fds) if (!this.registry.names().some((n) => this.registry.get(n) === fd)) native.close(fd);
+      this.dropSessionFds();
+      this.store.recordNewSession(null);
+      this.listen();
+    }
+    this.statsTimer = setInterval(() => this.sendStats(), STATS_INTERVAL_MS);
+    this.statsTimer.unref();
+  }
+
+  /** Closes (in the keeper too) every fd of a previous frontend session. */
+  private dropSessionFds(): void {
+    for (const name of this.registry.names()) if (!SERVICE_FDS.has(name)) this.registry.close(name);
+  }
+
+  private listen(): void {
+    const fd = this.registry.get('vhost.listen')!;
+    this.listenPoller = new native.Poller(fd, () => this.acceptOne());
+    this.listenPoller.start(POLL_READABLE);
+    this.keeper.notify({ READY: 1, STATUS: 'waiting for the vhost-user frontend' });
+    this.log.info({ socketPath: this.config.socketPath }, 'waiting for the vhost-user frontend');
+  }
+
+  private acceptOne(): void {
+    let fd: number;
+    try {
+      fd = native.accept(this.registry.get('vhost.listen')!);
+    } catch (e) {
+      this.log.error({ err: errorInfo(e) }, 'accept failed');
+      return;
+    }
+    if (fd < 0) return;
+    if (this.backend !== null) {
+      this.log.warn('refusing a second frontend connection');
+      native.close(fd);
+      return;
+    }
+    // The keeper holds the connection before we read a byte from it: from here on QEMU never
+    // sees it close, whatever happens to this process.
+    this.registry.register('vhost.conn', fd);
+    crashPoint('after-accept');
+    this.listenPoller?.close();
+    this.listenPoller = null;
+    const peer = native.peerCred(fd);
+    this.log.info({ peerPid: peer.pid }, 'frontend connected');
+    this.startSession(fd, null);
+  }
+
+  private resume(loaded: LoadedState, fetched: Map<string, number>): void {
+    const t0 = process.hrtime.bigint();
+    const pending = loaded.pending ? pendingControl(loaded.pending, fetched) : null;
+    for (const [name, fd] of fetched) if (name.startsWith('ctl.') && !(pending?.fds.includes(fd))) native.close(fd);
+    this.startSession(this.registry.get('vhost.conn')!, loaded);
+    this.backend!.restore(loaded.vhost!, pending);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.log.info({ resumeMs: Math.round(ms * 10) / 10, inodes: this.fsImpl?.session.inodeCount }, 'resumed the session from the keeper');
+  }
+
+  private startSession(connFd: number, loaded: LoadedState | null): void {
+    const fsImpl = new PassthroughFs({
+      registry: this.registry, cache: this.config.cache, xattr: this.config.xattr, logger: logger('fs'),
+      ...(loaded?.fs ? { session: loaded.fs } : {}),
+    });
+    if (loaded === null) this.store.recordNewSession(fsImpl.session);
+    fsImpl.session.onMutation(this.store.onFsMutation);
+    const server = new FuseServer(fsImpl, {
+      cache: this.config.cache,
+      restoredInit: loaded?.init ?? null,
+      onInit: (init) => this.store.recordInit(init),
+    }, logger('fuse'));
+    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
+    if (loaded !== null) device.onFirstCompletion(() => this.keeper.notify({ X_SERVED: 1 }));
+    this.fsImpl = fsImpl;
+    this.server = server;
+    this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store);
+    this.store.setSources({
+      vhost: () => this.backend?.state() ?? null,
+      init: () => this.server?.init ?? null,
+      fs: () => this.fsImpl?.session ?? null,
+    });
+    this.keeper.notify({ READY: 1, STATUS: loaded ? 'serving (resumed after a worker restart)' : 'serving' });
+  }
+
+  private onDisconnect(reason: string): void {
+    this.log.info({ reason }, 'frontend disconnected');
+    this.server?.reset();
+    this.backend = null;
+    this.server = null;
+    this.fsImpl = null;
+    this.dropSessionFds();
+    this.store.recordNewSession(null);
+    if (this.config.keepListening) {
+      this.listen();
+      return;
+    }
+    this.keeper.notify({ STOPPING: 1, STATUS: 'frontend disconnected' });
+    this.finish(EXIT_SERVICE_OVER);
+  }
+
+  private sendStats(): void {
+    try {
+      this.keeper.notify({ X_STATS: JSON.stringify(this.stats()) });
+    } catch (e) {
+      this.log.error({ err: errorInfo(e) }, 'cannot send stats to the keeper');
+    }
+  }
+
+  stats(): Record<string, unknown> {
+    return {
+      vhost: { connected: this.backend?.connected ?? false, queues: this.backend?.queueStats() ?? [] },
+      fuse: {
+        initialized: this.server?.init != null,
+        inodes: this.fsImpl?.session.inodeCount ?? 0,
+        openFiles: this.fsImpl?.session.fileCount ?? 0,
+        openDirs: this.fsImpl?.session.dirCount ?? 0,
+      },
+      fds: this.registry.size,
+    };
+  }
+
+  private finish(code: number): void {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.store.close();
+    this.keeper.close();
+    this.resolveDone?.(code);
+  }
+}
+
+export async function workerMain(stateDir: string): Promise<number> {
+  const log = logger('worker');
+  let config: WorkerConfig;
+  let keeper: KeeperClient;
+  try {
+    config = readWorkerConfig(stateDir);
+    keeper = KeeperClient.connect(keeperSocketPath(stateDir));
+  } catch (e) {
+    log.error({ err: errorInfo(e) }, 'cannot reach the keeper');
+    return 1;
+  }
+  const worker = new Worker(config, keeper);
+  try {
+    worker.start();
+  } catch (e) {
+    const message = (e as Error).message;
+    log.error({ err: errorInfo(e) }, 'cannot resume the session: state is unusable');
+    try {
+      keeper.notify({ X_SETERROR: `worker cannot start: ${message}`.replace(/\n/g, ' ') });
+    } catch {
+      // The keeper logs our exit anyway.
+    }
+    return EXIT_STATE_UNUSABLE;
+  }
+  return worker.done;
+}
