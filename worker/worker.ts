@@ -63,6 +63,7 @@ export class Worker {
       this.store.recordNewSession(null);
       this.listen();
     }
+    this.sendStats();
     this.statsTimer = setInterval(() => this.sendStats(), STATS_INTERVAL_MS);
     this.statsTimer.unref();
   }

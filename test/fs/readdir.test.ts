@@ -1,6 +1,7 @@
 // readdir / readdirplus: resuming across calls with a small reply limit, seeking, lookup counts
 // of readdirplus entries, and resuming after a (simulated) worker restart.
 import t from 'tap';
+import type { Test } from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { STAT } from '../../shared/native';
@@ -38,7 +39,7 @@ function readAll(pfs: PassthroughFs, nodeid: number, fh: number, limit: number, 
   return { entries, calls };
 }
 
-function checkOnce(t: Tap.Test, entries: SinkEntry[], names: string[]): void {
+function checkOnce(t: Test, entries: SinkEntry[], names: string[]): void {
   const seen = new Map<string, number>();
   for (const e of entries) seen.set(e.name, (seen.get(e.name) ?? 0) + 1);
   const dup = [...seen].filter(([, n]) => n > 1).map(([k]) => k);

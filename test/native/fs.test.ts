@@ -334,10 +334,14 @@ t.test('setFsIds changes the fs credentials of the JS thread', async (t) => {
 t.test('raiseNoFileLimit', async (t) => {
   const limits = fs.readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
   t.ok(limits);
-  const [soft0, hard0] = (limits ?? '').split(/\s+/).slice(3, 5).map(Number);
-  const r = native.raiseNoFileLimit(soft0);
+  // "unlimited" parses as NaN: treat it as no bound.
+  const [soft0, hard0] = (limits ?? '').split(/\s+/).slice(3, 5).map((x) => (x === 'unlimited' ? Infinity : Number(x)));
+  t.ok(Number.isFinite(soft0), 'a finite soft limit');
+  const r = native.raiseNoFileLimit(soft0 - 1);
   t.equal(r, soft0, 'never lowers');
-  const r2 = native.raiseNoFileLimit(Math.max(hard0, soft0) + 1000);
-  t.ok(r2 >= hard0, 'soft limit raised to at least the old hard limit');
+  const wanted = soft0 + 1000;
+  const r2 = native.raiseNoFileLimit(wanted);
+  t.ok(r2 >= Math.min(hard0, wanted), 'soft limit raised to min(hard, wanted) at least');
+  t.ok(r2 <= Math.max(wanted, soft0), 'and not beyond what was asked');
   t.throws(() => native.raiseNoFileLimit(-1), { name: 'RangeError' });
 });
