@@ -113,7 +113,8 @@ export class FuseServer implements ChainHandler {
     try {
       const r = this.execute(chain, h, req);
       if (r instanceof Promise) {
-        return r.then((reply) => this.finish(chain, h, reply), (e) => this.replyError(chain, h.unique, this.errnoOf(e, h)));
+        return r.then((reply) => this.finish(chain, h, reply),
+          (e) => (P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, this.errnoOf(e, h)) : 0));
       }
       return this.finish(chain, h, r);
     } catch (e) {
