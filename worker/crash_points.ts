@@ -1,8 +1,13 @@
 // Named crash points for tests: with VFSK_CRASH_POINT=<name> in the environment, the worker
-// SIGKILLs itself the first time (or the VFSK_CRASH_COUNT-th time) it reaches that point.
+// SIGKILLs itself when it reaches that point (optionally only for the FUSE opcode in
+// VFSK_CRASH_OPCODE). With VFSK_CRASH_MARKER=<file>, the crash fires once across all worker
+// processes: the marker file is written first and disarms every later worker.
 // Production pays one comparison with null per point.
+import * as fs from 'node:fs';
+
 const armed: string | null = process.env.VFSK_CRASH_POINT ?? null;
-let remaining = Number(process.env.VFSK_CRASH_COUNT ?? '1');
+const opcodeFilter: number | null = process.env.VFSK_CRASH_OPCODE ? Number(process.env.VFSK_CRASH_OPCODE) : null;
+const marker: string | null = process.env.VFSK_CRASH_MARKER ?? null;
 
 export const CRASH_POINTS = [
   'after-accept',
@@ -11,9 +16,13 @@ export const CRASH_POINTS = [
 ] as const;
 export type CrashPointName = (typeof CRASH_POINTS)[number];
 
-export function crashPoint(name: CrashPointName): void {
+export function crashPoint(name: CrashPointName, opcode?: number): void {
   if (armed === null || armed !== name) return;
-  if (--remaining > 0) return;
-  // SIGKILL, not abort(): no handlers, no core, nothing flushed — the worst case.
+  if (opcodeFilter !== null && opcode !== opcodeFilter) return;
+  if (marker !== null) {
+    if (fs.existsSync(marker)) return;
+    fs.writeFileSync(marker, `${name} ${opcode ?? ''}\n`);
+  }
+  // SIGKILL, not abort(): no handlers, nothing flushed — the worst case.
   process.kill(process.pid, 'SIGKILL');
 }

@@ -53,6 +53,7 @@ export class Worker {
     if (this.registry.has('vhost.conn') && fs.existsSync(statePath)) {
       loaded = loadState(statePath);
       if (loaded.vhost === null) loaded = null;
+      else this.reconcile(loaded);
     }
     this.store = new WorkerStateStore(statePath, this.keeper, loaded, ctlSeq);
     if (loaded !== null) {
@@ -66,6 +67,25 @@ export class Worker {
     this.sendStats();
     this.statsTimer = setInterval(() => this.sendStats(), STATS_INTERVAL_MS);
     this.statsTimer.unref();
+  }
+
+  /**
+   * A request that died after closing an fd in the keeper but before its outcome was journaled
+   * (RELEASE, RELEASEDIR, the last FORGET) had its session change rolled back: the fd is gone
+   * while the session still names it. The close did happen, so finish it in the session; the
+   * resubmitted request then settles as already done.
+   */
+  private reconcile(loaded: LoadedState): void {
+    const session = loaded.fs;
+    if (session === null) return;
+    const snap = session.toSnapshot();
+    const missing = (name: string): boolean => !this.registry.has(name);
+    for (const f of snap.files) if (missing(f.fdName)) session.closeFile(f.fh);
+    for (const d of snap.dirs) if (missing(d.fdName)) session.closeDir(d.fh);
+    for (const i of snap.inodes) if (i.nodeid !== 1 && missing(i.fdName)) session.forget(i.nodeid, i.lookupCount);
+    const dropped = snap.files.filter((f) => missing(f.fdName)).length + snap.dirs.filter((d) => missing(d.fdName)).length +
+      snap.inodes.filter((i) => i.nodeid !== 1 && missing(i.fdName)).length;
+    if (dropped > 0) this.log.warn({ dropped }, 'finished closes that a dead worker made in the keeper but not in the journal');
   }
 
   /** Closes (in the keeper too) every fd of a previous frontend session. */
@@ -127,6 +147,7 @@ export class Worker {
       cache: this.config.cache,
       restoredInit: loaded?.init ?? null,
       onInit: (init) => this.store.recordInit(init),
+      ledger: this.store,
     }, logger('fuse'));
     const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
     if (loaded !== null) device.onFirstCompletion(() => this.keeper.notify({ X_SERVED: 1 }));

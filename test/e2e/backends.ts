@@ -22,13 +22,17 @@ export const C_VIRTIOFSD = process.env.VFSK_C_VIRTIOFSD ?? '/usr/lib/qemu/virtio
  *   Set VFSK_C_VIRTIOFSD_LOCKS=remote to run with them anyway.
  * The namespace sandbox works as root here; set VFSK_C_VIRTIOFSD_SANDBOX=chroot where it does not.
  */
-export function cVirtiofsdArgs(sharedDir: string, socketPath: string): string[] {
-  const args = [`--socket-path=${socketPath}`, '-o', `source=${sharedDir}`, '-o', 'cache=none', '-o', 'xattr'];
+export function cVirtiofsdArgs(sharedDir: string, socketPath: string, cache: CacheMode = 'never'): string[] {
+  const cacheOpt = { never: 'none', auto: 'auto', always: 'always' }[cache];
+  const args = [`--socket-path=${socketPath}`, '-o', `source=${sharedDir}`, '-o', `cache=${cacheOpt}`, '-o', 'xattr'];
   if (process.env.VFSK_C_VIRTIOFSD_LOCKS === 'remote') args.push('-o', 'posix_lock', '-o', 'flock');
   const sandbox = process.env.VFSK_C_VIRTIOFSD_SANDBOX;
   if (sandbox) args.push('-o', `sandbox=${sandbox}`);
   return args;
 }
+
+/** Guest caching, in our CLI's terms: never = C virtiofsd cache=none (the default here). */
+export type CacheMode = 'never' | 'auto' | 'always';
 
 export interface BackendOptions {
   /** Directory exported to the guest. */
@@ -45,6 +49,13 @@ export interface BackendOptions {
   startTimeoutMs?: number;
   /** Log file name in `dir` (default "<kind>.log"). */
   logName?: string;
+  /** Guest caching (default 'never', i.e. the C virtiofsd's cache=none, for both kinds). */
+  cache?: CacheMode;
+  /**
+   * Ours only: --state-dir. Default: a fresh short dir under /tmp (keeper.sock lives there
+   * and sun_path is 108 bytes), removed by stop().
+   */
+  stateDir?: string;
 }
 
 export interface Backend {
@@ -52,6 +63,8 @@ export interface Backend {
   pid: number;
   socketPath: string;
   sharedDir: string;
+  /** Ours: its state directory; null for the C virtiofsd. */
+  stateDir: string | null;
   /** Combined stdout+stderr of the backend. */
   logPath: string;
   /** The log so far. */
@@ -109,10 +122,10 @@ function killGroup(cp: ChildProcess, sig: NodeJS.Signals): void {
   }
 }
 
-function commandFor(kind: BackendKind, o: BackendOptions): { bin: string; args: string[] } {
+function commandFor(kind: BackendKind, o: BackendOptions, stateDir: string | null): { bin: string; args: string[] } {
   switch (kind) {
     case 'c-virtiofsd':
-      return { bin: C_VIRTIOFSD, args: [...cVirtiofsdArgs(o.sharedDir, o.socketPath), ...(o.extraArgs ?? [])] };
+      return { bin: C_VIRTIOFSD, args: [...cVirtiofsdArgs(o.sharedDir, o.socketPath, o.cache), ...(o.extraArgs ?? [])] };
     case 'ours':
       return {
         bin: process.execPath,
@@ -121,6 +134,8 @@ function commandFor(kind: BackendKind, o: BackendOptions): { bin: string; args: 
           'run',
           '--shared-dir', o.sharedDir,
           '--socket-path', o.socketPath,
+          '--cache', o.cache ?? 'never',
+          ...(stateDir !== null ? ['--state-dir', stateDir] : []),
           ...(o.extraArgs ?? []),
         ],
       };
@@ -146,7 +161,12 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
   if (fs.existsSync(o.socketPath)) throw new Error(`socket path ${o.socketPath} already exists`);
   const logPath = path.join(o.dir, o.logName ?? `${kind}.log`);
   const logFd = fs.openSync(logPath, 'a');
-  const { bin, args } = commandFor(kind, o);
+  let stateDir: string | null = null;
+  let ownStateDir: string | null = null;
+  if (kind === 'ours' && !(o.extraArgs ?? []).includes('--state-dir')) {
+    stateDir = o.stateDir ?? (ownStateDir = fs.mkdtempSync('/tmp/vfsk-e2e-st-'));
+  }
+  const { bin, args } = commandFor(kind, o, stateDir);
   fs.writeSync(logFd, `# ${new Date().toISOString()} ${bin} ${args.join(' ')}\n`);
   let cp: ChildProcess;
   try {
@@ -182,9 +202,13 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     }
   };
 
+  const cleanup = (): void => {
+    if (ownStateDir) fs.rmSync(ownStateDir, { recursive: true, force: true });
+  };
   const stop = async (timeoutMs = 5000): Promise<void> => {
     if (status) {
       killGroup(cp, 'SIGKILL'); // leftover group members, if any
+      cleanup();
       return;
     }
     killGroup(cp, 'SIGTERM');
@@ -199,6 +223,7 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     if (timedOut) killGroup(cp, 'SIGKILL');
     await exitP;
     killGroup(cp, 'SIGKILL');
+    cleanup();
   };
 
   // Poll for the socket; fail early if the process dies.
@@ -207,6 +232,7 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     if (isSocket(o.socketPath)) break;
     if (status || spawnError) {
       await exitP;
+      cleanup();
       throw new Error(
         `${kind} exited before creating ${o.socketPath} (status ${JSON.stringify(status)}` +
           `${spawnError ? `, ${(spawnError as Error).message}` : ''}):\n${readLog()}`,
@@ -224,6 +250,7 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     pid: cp.pid!,
     socketPath: o.socketPath,
     sharedDir: o.sharedDir,
+    stateDir,
     logPath,
     log: readLog,
     exited: () => status !== null,

@@ -43,6 +43,16 @@ export interface BootOptions {
   onOutput?: (chunk: string) => void;
   /** QEMU binary (default $VFSK_QEMU or "qemu-system-x86_64"). */
   qemu?: string;
+  /**
+   * -accel value (default $VFSK_QEMU_ACCEL or "tcg,thread=single"; /dev/kvm hangs on these
+   * machines). Measured on the 2-core machines with C virtiofsd: one FUSE round trip (stat)
+   * costs ~0.5-0.75 ms with thread=single (smp 1 or 2) but 3-6 ms with thread=multi -smp 2,
+   * where two vCPU threads, QEMU's main loop and the backend fight over two host cores; the
+   * posix workload takes ~80 s instead of ~255 s.
+   */
+  accel?: string;
+  /** Extra QEMU arguments, appended. */
+  extraQemuArgs?: string[];
 }
 
 export interface GuestResult {
@@ -121,6 +131,8 @@ export function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
+export const DEFAULT_ACCEL = process.env.VFSK_QEMU_ACCEL ?? 'tcg,thread=single';
+
 /** QEMU's command line for a boot (exported for tests and for the lead's demo). */
 export function qemuArgs(o: {
   image: GuestImage;
@@ -130,9 +142,10 @@ export function qemuArgs(o: {
   memoryMiB: number;
   smp: number;
   extraKernelArgs: string[];
+  accel?: string;
 }): string[] {
   return [
-    '-accel', 'tcg,thread=multi',
+    '-accel', o.accel ?? DEFAULT_ACCEL,
     '-smp', String(o.smp),
     '-machine', 'q35,memory-backend=mem',
     '-m', String(o.memoryMiB),
@@ -185,7 +198,9 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
     memoryMiB,
     smp: opts.smp ?? 2,
     extraKernelArgs: opts.extraKernelArgs ?? [],
+    accel: opts.accel,
   });
+  args.push(...(opts.extraQemuArgs ?? []));
   const bin = opts.qemu ?? process.env.VFSK_QEMU ?? 'qemu-system-x86_64';
   const started = Date.now();
   // stdin is a pipe we never write to: QEMU's stdio chardev gets no EOF and no tty.

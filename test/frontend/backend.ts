@@ -3,6 +3,7 @@
 // SIGKILL after a timeout, and waits for the exit.
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 export type BackendKind = 'c-virtiofsd' | 'ours';
@@ -65,9 +66,50 @@ export function backendCommand(kind: BackendKind, o: BackendOptions): { cmd: str
   };
 }
 
+/** Direct children of `pid` (from /proc/<pid>/task/<pid>/children, else a /proc scan). */
+function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch { /* fall back to a scan */ }
+  const out: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(e));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+/** All descendants of `pid`, depth first. */
+export function descendantsOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const c of childrenOf(pid)) out.push(c, ...descendantsOf(c));
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 export async function startBackend(kind: BackendKind, o: BackendOptions): Promise<Backend> {
   fs.mkdirSync(o.dir, { recursive: true });
   const logPath = path.join(o.dir, `${kind}.log`);
+  // Ours keeps a state directory (with keeper.sock, so its path must stay short); give each
+  // backend its own unless the caller chose one.
+  let ownStateDir: string | null = null;
+  if (kind === 'ours' && !(o.extraArgs ?? []).includes('--state-dir')) {
+    ownStateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-fest-'));
+    o = { ...o, extraArgs: [...(o.extraArgs ?? []), '--state-dir', ownStateDir] };
+  }
   const logFd = fs.openSync(logPath, 'a');
   const { cmd, args } = backendCommand(kind, o);
   let child: ChildProcess;
@@ -104,6 +146,7 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
         if (i >= 0) exitWaiters.splice(i, 1);
         resolve(false);
       }, timeoutMs);
+      t.unref();
       const done = (): void => { clearTimeout(t); resolve(true); };
       exitWaiters.push(done);
     });
@@ -115,11 +158,24 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     get exitSignal() { return exitSignal; },
     waitExit,
     async stop(graceMs = 5_000) {
-      if (exited) return;
-      try { process.kill(pid, 'SIGTERM'); } catch { /* already gone */ }
-      if (await waitExit(graceMs)) return;
-      try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-      if (!(await waitExit(10_000))) throw new Error(`backend pid ${pid} did not exit after SIGKILL`);
+      // Children (ours: the worker) are the backend's to stop; remember them to make sure.
+      const kids = exited ? [] : descendantsOf(pid);
+      try {
+        if (!exited) {
+          try { process.kill(pid, 'SIGTERM'); } catch { /* already gone */ }
+          if (!(await waitExit(graceMs))) {
+            try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+            if (!(await waitExit(10_000))) throw new Error(`backend pid ${pid} did not exit after SIGKILL`);
+          }
+        }
+        const deadline = Date.now() + graceMs;
+        while (kids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        for (const k of kids.filter(alive)) {
+          try { process.kill(k, 'SIGKILL'); } catch { /* gone */ }
+        }
+      } finally {
+        if (ownStateDir) fs.rmSync(ownStateDir, { recursive: true, force: true });
+      }
     },
     log() {
       try { return fs.readFileSync(logPath, 'utf8'); } catch { return ''; }

@@ -110,6 +110,28 @@ export async function openSession(t: TapLike, kind: BackendKind, opts: SessionOp
   }
 }
 
+/**
+ * Is the backend still serving? A FUSE GETATTR of the root and a GET_FEATURES round trip, each
+ * answered within timeoutMs (default 15 s for ours, 3 s for the C virtiofsd). Resolves early when
+ * the backend exits or closes the connection. `why` says what happened.
+ */
+export async function probeServing(s: Session, timeoutMs = s.kind === 'ours' ? 15_000 : 3_000): Promise<{ ok: boolean; why: string }> {
+  const died = s.backend.waitExit(timeoutMs).then((exited) => (exited
+    ? `backend exited (${s.backend.exitSignal ?? `code ${s.backend.exitCode}`})` : null));
+  const closed = s.fe.waitClosed(timeoutMs).then((c) => (c ? 'connection closed' : null));
+  const probe = (async () => {
+    if (!(await s.fuse.serving(timeoutMs))) return 'FUSE request not answered';
+    if (!(await s.fe.controlAlive(timeoutMs))) return 'control channel not answering';
+    return 'ok';
+  })();
+  const first = await Promise.race([probe, died.then((d) => d ?? probe), closed.then((c) => c ?? probe)]);
+  // A closed connection is usually the backend exiting: say which.
+  if (first === 'connection closed' && (await s.backend.waitExit(2_000))) {
+    return { ok: false, why: `connection closed; backend exited (${s.backend.exitSignal ?? `code ${s.backend.exitCode}`})` };
+  }
+  return { ok: first === 'ok', why: first };
+}
+
 /** Lines of our backend's JSON log at level error or above, minus those matching `allow`. */
 export function unexpectedErrors(s: Session, allow: RegExp[] = []): string[] {
   if (s.kind !== 'ours') return [];

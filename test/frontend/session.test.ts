@@ -6,6 +6,8 @@ import { selectedBackends } from './backend';
 import { openSession, openFdCount, openFds, isDir, waitFor, unexpectedErrors } from './helpers';
 import { VirtioF, ProtoF } from './vhost_user';
 import * as F from './fuse_proto';
+import { VRING_AVAIL_F_NO_INTERRUPT } from './virtqueue';
+import { FuseClient } from './fuse_client';
 
 for (const kind of selectedBackends()) {
   t.test(kind, async (t) => {
@@ -69,6 +71,54 @@ for (const kind of selectedBackends()) {
       t.ok(q.kicks + q.suppressedKicks >= 50, 'every submission considered a kick');
       t.same(q.violations, []);
     });
+
+    t.test('multiqueue: two request queues', async (t) => {
+      if (kind === 'c-virtiofsd') {
+        // The C virtiofsd has one request queue (GET_QUEUE_NUM 2) and exits if a third vring
+        // is started; only ours is held to MQ.
+        const s = await openSession(t, kind);
+        t.equal(s.negotiated.queueNum, 2, 'C virtiofsd: GET_QUEUE_NUM 2 (hiprio + 1 request queue)');
+        return;
+      }
+      const s = await openSession(t, kind, { extraArgs: ['--num-request-queues', '2'], negotiate: { queues: 3 }, setup: (sh) => fs.writeFileSync(`${sh}/f`, 'mq') });
+      t.ok((s.negotiated.queueNum ?? 0) >= 3, `GET_QUEUE_NUM ${s.negotiated.queueNum}`);
+      const q2 = new FuseClient(s.fe, { requestQueue: 2 });
+      const [a, b] = await Promise.all([s.fuse.lookup(F.FUSE_ROOT_ID, 'f'), q2.lookup(F.FUSE_ROOT_ID, 'f')]);
+      t.equal(a.nodeid, b.nodeid, 'both request queues serve the same session');
+      const o = await q2.open(b.nodeid, F.O.RDONLY);
+      t.same(await s.fuse.read(a.nodeid, o.fh, 0, 10), Buffer.from('mq'), 'a handle opened on one queue works on the other');
+      await s.fuse.release(a.nodeid, o.fh, F.O.RDONLY);
+      t.ok(s.fe.queues[2].availIdx > 0, 'queue 2 was used');
+    });
+
+    for (const eventIdx of [true, false]) {
+      t.test(`notification suppression honoured (${eventIdx ? 'EVENT_IDX used_event' : 'VRING_AVAIL_F_NO_INTERRUPT'})`, async (t) => {
+        const s = await openSession(t, kind, {
+          negotiate: eventIdx ? {} : { features: VirtioF.VERSION_1 | VirtioF.PROTOCOL_FEATURES | VirtioF.RING_INDIRECT_DESC },
+        });
+        const q = s.fe.queues[1];
+        t.equal(q.eventIdx, eventIdx, `EVENT_IDX ${eventIdx ? 'on' : 'off'}`);
+        q.autoArmUsedEvent = false;
+        const base = q.lastUsedIdx;
+        const i0 = q.interrupts;
+        // Request A with notifications suppressed: the device must publish it without a signal.
+        if (eventIdx) q.setUsedEvent((base + 1000) & 0xffff);
+        else q.setAvailFlags(VRING_AVAIL_F_NO_INTERRUPT);
+        const a = s.fuse.getattr(F.FUSE_ROOT_ID);
+        await waitFor(() => q.deviceUsedIdx() === ((base + 1) & 0xffff), 'request A to be used');
+        // Request B with notifications wanted: exactly one signal (eventfd counts every write, so
+        // a signal for A would show up as a second one).
+        if (eventIdx) q.setUsedEvent((base + 1) & 0xffff);
+        else q.setAvailFlags(0);
+        const b = s.fuse.getattr(F.FUSE_ROOT_ID);
+        await Promise.all([a, b]);
+        t.equal(q.interrupts - i0, 1, 'one notification: none for the suppressed request, one for the next');
+        q.autoArmUsedEvent = true;
+        q.harvest();
+        for (let k = 0; k < 5; k++) await s.fuse.getattr(F.FUSE_ROOT_ID);
+        t.pass('normal notifications afterwards');
+      });
+    }
 
     t.test('GET_VRING_BASE returns the last avail index', async (t) => {
       const s = await openSession(t, kind);

@@ -241,6 +241,7 @@ export class VhostUserFrontend {
         if (!this.waiter && this.closeWaiters.length === 0) this.stopPolling();
         resolve(false);
       }, timeoutMs);
+      t.unref();
       const done = (): void => { clearTimeout(t); resolve(true); };
       this.closeWaiters.push(done);
       this.startPolling();
@@ -455,6 +456,7 @@ export class VhostUserFrontend {
     }
     for (const q of this.queues) q.close();
     this.queues = [];
+    for (const w of this.closeWaiters.splice(0)) w();
     for (const m of this.rxQueue) for (const f of m.fds) native.close(f);
     for (const f of this.rxFds) native.close(f);
     native.close(this.fd);

@@ -142,7 +142,12 @@ export class Virtqueue {
   /** The avail->idx that we published. */
   publishedAvailIdx(): number { return native.loadAcquireU16(this.mem.buffer, this.availOff + 2); }
 
-  private setUsedEvent(v: number): void {
+  /** With EVENT_IDX: after each harvest, set used_event to ask for the next entry (a driver's
+   * normal behaviour). Tests turn it off to check that the device honours used_event. */
+  autoArmUsedEvent = true;
+
+  /** Writes avail->used_event (EVENT_IDX): the device should notify when it passes it. */
+  setUsedEvent(v: number): void {
     native.storeReleaseU16(this.mem.buffer, this.availOff + 4 + 2 * this.size, v & 0xffff);
   }
 
@@ -332,7 +337,7 @@ export class Virtqueue {
         out.push(e);
         this.complete(e);
       }
-      if (!this.eventIdx) break;
+      if (!this.eventIdx || !this.autoArmUsedEvent) break;
       // Ask to be interrupted at the next used entry, then re-check (avoid a lost wakeup).
       this.setUsedEvent(this.lastUsedIdx);
       native.fence();
@@ -363,7 +368,8 @@ export class Virtqueue {
     if (!this.poller) {
       this.poller = new native.Poller(this.callFd, (status) => {
         if (status < 0 || this.closed) return;
-        if (native.eventfdRead(this.callFd) > 0) this.interrupts++;
+        const n = native.eventfdRead(this.callFd);
+        if (n > 0) this.interrupts += n; // the counter sums every write since the last read
         this.harvest();
       });
     }

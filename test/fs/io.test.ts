@@ -35,6 +35,8 @@ t.test('open, read and write through guest memory segments', async (t) => {
   await rejectsErrno(t, pfs.read(ctx, f.nodeid, 999, 0, 1, [mem.seg(0, 1)]), K.EBADF, 'unknown fh');
   await rejectsErrno(t, pfs.read(ctx, 999, o.fh, 0, 1, [mem.seg(0, 1)]), K.EBADF, 'fh of another nodeid');
 
+  await rejectsErrno(t, pfs.read(ctx, f.nodeid, o.fh, 2 ** 60, 1, [mem.seg(0, 1)]), K.EINVAL, 'offset beyond 2^53');
+  await rejectsErrno(t, pfs.write(ctx, f.nodeid, o.fh, -1, 1, [mem.seg(0, 1)], 0), K.EINVAL, 'negative offset');
   pfs.flush(ctx, f.nodeid, o.fh, 1n);
   await pfs.fsync(ctx, f.nodeid, o.fh, false);
   await pfs.fsync(ctx, f.nodeid, o.fh, true);

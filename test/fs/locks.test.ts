@@ -34,6 +34,17 @@ t.test('POSIX locks conflict between two fh', async (t) => {
   const far = pfs.getlk(ctx, f.nodeid, c, 2n, lk(K.F_RDLCK, 5000, 6000));
   t.equal(far.end, K.OFFSET_MAX, 'to-EOF reported as OFFSET_MAX');
   t.equal(K.encodeLockEnd(far.end), 0x7fffffffffffffffn, 'encodes to the kernel OFFSET_MAX');
+  t.equal(K.encodeLockEnd(99), 99n);
+  // the FUSE server's "to EOF" (Number.MAX_SAFE_INTEGER) is to EOF here too
+  pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_UNLCK, 0, Number.MAX_SAFE_INTEGER), false, false);
+  pfs.setlk(ctx, f.nodeid, a, 1n, lk(K.F_UNLCK, 0, Number.MAX_SAFE_INTEGER), false, false);
+  pfs.setlk(ctx, f.nodeid, a, 1n, lk(K.F_RDLCK, 10, Number.MAX_SAFE_INTEGER), false, false);
+  throwsErrno(t, () => pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_WRLCK, 2 ** 52, 2 ** 52 + 8), false, false), EAGAIN,
+    'MAX_SAFE_INTEGER end locks to EOF');
+  t.equal(pfs.getlk(ctx, f.nodeid, c, 2n, lk(K.F_WRLCK, 0, Number.MAX_SAFE_INTEGER)).end, K.OFFSET_MAX);
+  pfs.setlk(ctx, f.nodeid, a, 1n, lk(K.F_UNLCK, 0, K.OFFSET_MAX), false, false);
+  pfs.setlk(ctx, f.nodeid, a, 1n, lk(K.F_WRLCK, 0, 99), false, false);
+  pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_RDLCK, 100, 199), false, false);
 
   pfs.setlk(ctx, f.nodeid, a, 1n, lk(K.F_UNLCK, 0, K.OFFSET_MAX), false, false);
   pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_WRLCK, 50, 60), false, false);
@@ -63,8 +74,9 @@ t.test('flock locks conflict between two fh; FLOCK_UNLOCK at release', async (t)
   pfs.setlk(ctx, f.nodeid, a, 1n, whole, false, true);
   throwsErrno(t, () => pfs.setlk(ctx, f.nodeid, c, 2n, whole, false, true), EAGAIN, 'exclusive flock conflicts');
   throwsErrno(t, () => pfs.setlk(ctx, f.nodeid, c, 2n, { ...whole, type: K.F_RDLCK }, false, true), EAGAIN, 'shared too');
-  pfs.setlk(ctx, f.nodeid, c, 2n, whole, false, false);
+  pfs.setlk(ctx, f.nodeid, c, 2n, { ...whole, type: K.F_RDLCK }, false, false);
   t.pass('POSIX locks are independent of flock locks');
+  throwsErrno(t, () => pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_WRLCK, 0, 1), false, false), K.EBADF, 'POSIX write lock needs a writable fh');
   pfs.setlk(ctx, f.nodeid, c, 2n, { ...whole, type: K.F_UNLCK }, false, false);
 
   let done = false;

@@ -88,6 +88,8 @@ t.test('setattr: mode, owner, size, times', (t) => {
   pfs.setattr(ctx, f.nodeid, { ...NONE, valid: K.FATTR_ATIME | K.FATTR_ATIME_NOW });
   t.ok(Math.abs(fs.statSync(p).atimeMs - Date.now()) < 60_000, 'ATIME_NOW');
 
+  throwsErrno(t, () => pfs.setattr(ctx, f.nodeid, { ...NONE, valid: K.FATTR_SIZE, size: 2 ** 60 }), K.EFBIG, 'size beyond 2^53');
+  throwsErrno(t, () => pfs.setattr(ctx, f.nodeid, { ...NONE, valid: K.FATTR_MTIME, mtime: 1, mtimeNsec: 1e9 }), K.EINVAL, 'nsec >= 1e9');
   const d = pfs.lookup(ctx, ROOT, b('d'));
   throwsErrno(t, () => pfs.setattr(ctx, d.nodeid, { ...NONE, valid: K.FATTR_SIZE, size: 0 }), K.EISDIR);
   pfs.setattr(ctx, d.nodeid, { ...NONE, valid: K.FATTR_MODE, mode: 0o711 });
@@ -257,5 +259,33 @@ t.test('statfs works on the O_PATH inode fd', (t) => {
   t.equal(s.blocks, host.blocks);
   t.equal(s.namelen, 255);
   t.equal(pfs.statfs(ctx, ROOT).blocks, host.blocks);
+  t.end();
+});
+
+t.test('probeEntry / probeAppendSize read state without lookups', (t) => {
+  const { fs: pfs, share } = setup(t, { f: 'abc', d: {} });
+  fs.symlinkSync('/etc/passwd', path.join(share, 'pw'));
+  const before = pfs.session.toSnapshot();
+  const p = pfs.probeEntry(ROOT, b('f'))!;
+  const st = fs.statSync(path.join(share, 'f'), { bigint: true });
+  t.equal(p.ino, st.ino);
+  t.equal(p.mode, Number(st.mode));
+  t.equal(p.ctimeNs, st.ctimeNs);
+  t.equal(pfs.probeEntry(ROOT, b('pw'))!.mode & K.S_IFMT, K.S_IFLNK, 'symlink not followed');
+  t.equal(pfs.probeEntry(ROOT, b('missing')), null);
+  t.equal(pfs.probeEntry(ROOT, b('..')), null, 'not a plain name: null, no throw');
+  t.equal(pfs.probeEntry(ROOT, b('d/x')), null);
+  t.equal(pfs.probeEntry(ROOT, b('../outside')), null);
+  t.equal(pfs.probeEntry(77, b('f')), null, 'unknown parent: null');
+  t.same(pfs.session.toSnapshot(), before, 'no session change');
+  const f = pfs.lookup(ctx, ROOT, b('f'));
+  t.equal(pfs.probeEntry(f.nodeid, b('x')), null, 'parent not a dir: null');
+  const ap = pfs.open(ctx, f.nodeid, K.O_WRONLY | K.O_APPEND);
+  const plain = pfs.open(ctx, f.nodeid, K.O_WRONLY);
+  t.equal(pfs.probeAppendSize(ap.fh), 3);
+  t.equal(pfs.probeAppendSize(plain.fh), null);
+  t.equal(pfs.probeAppendSize(999), null);
+  pfs.release(ctx, f.nodeid, ap.fh, 0, 0, 0n);
+  pfs.release(ctx, f.nodeid, plain.fh, 0, 0, 0n);
   t.end();
 });

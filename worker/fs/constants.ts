@@ -91,6 +91,7 @@ export const EIO = k('EIO', 5);
 export const EBADF = k('EBADF', 9);
 export const EACCES = k('EACCES', 13);
 export const EISDIR = k('EISDIR', 21);
+export const EFBIG = k('EFBIG', 27);
 export const EINVAL = k('EINVAL', 22);
 export const ENOTDIR = k('ENOTDIR', 20);
 export const ENOSYS = k('ENOSYS', 38);
@@ -136,13 +137,11 @@ export const FUSE_HANDLE_KILLPRIV_V2 = 1n << 28n;
  * with `encodeLockEnd`. */
 export const OFFSET_MAX = 0x7fffffffffffffff;
 export const OFFSET_MAX_BIG = 0x7fffffffffffffffn;
-/** Offsets at or above this cannot be represented exactly as numbers. */
-export const SAFE_OFFSET_LIMIT = 2 ** 53;
 
-/** Encodes a fuse_file_lock `end` for the wire: any number at or above 2^53 (incl. OFFSET_MAX,
+/** Encodes a fuse_file_lock `end` for the wire: any number at or above 2^53-1 (incl. OFFSET_MAX,
  * which is 2^63 as a double) means "to end of file" and becomes 0x7fffffffffffffff; the kernel
- * rejects ends above OFFSET_MAX with EIO. */
+ * rejects ends above OFFSET_MAX with EIO. (Same rule as the FUSE server's encodeLkOut.) */
 export function encodeLockEnd(end: number): bigint {
-  if (!(end < SAFE_OFFSET_LIMIT)) return OFFSET_MAX_BIG;
+  if (!(end < Number.MAX_SAFE_INTEGER)) return OFFSET_MAX_BIG;
   return BigInt(Math.max(0, Math.trunc(end)));
 }

@@ -73,6 +73,9 @@ export interface DirSink {
     entry: Entry | null): boolean;
 }
 
+/** What a name refers to right now, read without touching lookup counts. */
+export interface EntryProbe { ino: bigint; mode: number; ctimeNs: bigint }
+
 export interface FileSystem {
   /** FUSE INIT has been negotiated; `flags` are the FUSE_* flags both sides agreed on. */
   init(flags: bigint): void;
@@ -126,4 +129,10 @@ export interface FileSystem {
   lseek(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, whence: number): number;
   copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId,
     fhOut: Handle, offOut: number, length: number, flags: number): Promise<number>;
+
+  // Non-mutating probes the FUSE server uses to settle a request a dead worker may have run.
+  /** fstatat(parent, name, AT_SYMLINK_NOFOLLOW); null when the name does not exist. */
+  probeEntry?(parent: NodeId, name: Buffer): EntryProbe | null;
+  /** The file's size when fh was opened with O_APPEND, else null. */
+  probeAppendSize?(fh: Handle): number | null;
 }

@@ -44,11 +44,11 @@ import type { Callback, IoSegment, StatFs } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
   FsError, ROOT_NODEID,
-  type AttrReply, type Context, type DirSink, type Entry, type FileSystem, type Handle,
+  type AttrReply, type Context, type DirSink, type Entry, type EntryProbe, type FileSystem, type Handle,
   type LockRange, type NodeId, type OpenReply, type SetattrRequest,
 } from './filesystem';
 import {
-  FsSession, FsSessionError, ROOT_FD_NAME,
+  FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName, inodeFdName,
   type DirRecord, type FileRecord, type InodeRecord,
 } from './session';
 import { parseDirents, type Dirent } from './dirent';
@@ -99,6 +99,17 @@ const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
 
 function errno(code: number, message?: string): FsError {
   return new FsError(code, message);
+}
+
+/** File offsets/sizes arrive as numbers; the addon takes exact integers up to 2^53. */
+function checkOffset(v: number, what: string): number {
+  if (!Number.isSafeInteger(v) || v < 0) throw errno(K.EINVAL, `${what} ${v} out of range`);
+  return v;
+}
+
+function checkNsec(v: number): number {
+  if (!Number.isInteger(v) || v < 0 || v > 999_999_999) throw errno(K.EINVAL, `nanoseconds ${v} out of range`);
+  return v;
 }
 
 function procPath(fd: number): string {
@@ -276,14 +287,8 @@ export class PassthroughFs implements FileSystem {
       native.close(fd);
       return this.entry(this.session.addLookup(known.nodeid), stat);
     }
-    const rec = this.session.addInode({ dev, ino, generation: 0, fileType: stat.readUInt32LE(STAT.mode) & K.S_IFMT });
-    try {
-      this.registry.register(rec.fdName, fd);
-    } catch (e) {
-      native.close(fd);
-      this.session.forget(rec.nodeid, 1);
-      throw e;
-    }
+    const rec = this.registerThenRecord(inodeFdName(this.session.nextNodeId), fd,
+      () => this.session.addInode({ dev, ino, generation: 0, fileType: stat.readUInt32LE(STAT.mode) & K.S_IFMT }));
     return this.entry(rec, stat);
   }
 
@@ -369,15 +374,34 @@ export class PassthroughFs implements FileSystem {
 
   /** Registers an opened file fd under a new fh. */
   private addFile(nodeid: NodeId, fd: number, flags: number): OpenReply {
-    const rec = this.session.openFile(nodeid, flags);
+    const rec = this.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(nodeid, flags));
+    return { fh: rec.fh, openFlags: this.fileOpenFlags() };
+  }
+
+  /** Crash-safe order for a new fd: register it (the keeper gets it) before the session records
+   * it (the journal gets it), so a session record always has its fd; a worker that dies in
+   * between leaves an fd the session does not know, which resume() closes. Removal is the other
+   * way round (record first, then close). Takes ownership of fd. */
+  private registerThenRecord<T extends { fdName: string }>(name: string, fd: number, record: () => T): T {
     try {
-      this.registry.register(rec.fdName, fd);
+      this.registry.register(name, fd);
     } catch (e) {
       native.close(fd);
-      this.session.closeFile(rec.fh);
       throw e;
     }
-    return { fh: rec.fh, openFlags: this.fileOpenFlags() };
+    let rec: T;
+    try {
+      rec = record();
+    } catch (e) {
+      this.registry.close(name);
+      throw e;
+    }
+    if (rec.fdName !== name) {
+      // Cannot happen: the session allocates exactly the id we read before.
+      this.registry.close(name);
+      throw new Error(`fd name mismatch: registered ${name}, session recorded ${rec.fdName}`);
+    }
+    return rec;
   }
 
   /** Closes a registered fd now, or when the async operations using it have finished. */
@@ -497,6 +521,7 @@ export class PassthroughFs implements FileSystem {
       native.fchownat(inodeFd, '', uid, gid, K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW);
     }
     if (valid & K.FATTR_SIZE) {
+      if (!Number.isSafeInteger(attr.size) || attr.size < 0) throw errno(K.EFBIG);
       if (fileFd !== null) native.ftruncate(fileFd, attr.size);
       else if (rec.fileType === K.S_IFDIR) throw errno(K.EISDIR);
       else if (rec.fileType !== K.S_IFREG) throw errno(K.EINVAL);
@@ -504,9 +529,9 @@ export class PassthroughFs implements FileSystem {
     }
     if (valid & (K.FATTR_ATIME | K.FATTR_MTIME | K.FATTR_ATIME_NOW | K.FATTR_MTIME_NOW)) {
       const [as, an] = valid & K.FATTR_ATIME_NOW ? [0, K.UTIME_NOW]
-        : valid & K.FATTR_ATIME ? [attr.atime, attr.atimeNsec] : [0, K.UTIME_OMIT];
+        : valid & K.FATTR_ATIME ? [attr.atime, checkNsec(attr.atimeNsec)] : [0, K.UTIME_OMIT];
       const [ms, mn] = valid & K.FATTR_MTIME_NOW ? [0, K.UTIME_NOW]
-        : valid & K.FATTR_MTIME ? [attr.mtime, attr.mtimeNsec] : [0, K.UTIME_OMIT];
+        : valid & K.FATTR_MTIME ? [attr.mtime, checkNsec(attr.mtimeNsec)] : [0, K.UTIME_OMIT];
       if (fileFd !== null) native.utimensat(fileFd, null, as, an, ms, mn, 0);
       else native.utimensat(inodeFd, '', as, an, ms, mn, K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW);
     }
@@ -636,6 +661,7 @@ export class PassthroughFs implements FileSystem {
 
   async read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number> {
     const rec = this.fileRec(nodeid, fh);
+    checkOffset(offset, 'offset');
     const segs = trimSegments(segments, size);
     return this.runAsync<number>([rec.fdName], ([fd], cb) => native.preadv(fd, offset, segs, cb));
   }
@@ -643,6 +669,7 @@ export class PassthroughFs implements FileSystem {
   async write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[],
     writeFlags: number): Promise<number> {
     const rec = this.fileRec(nodeid, fh);
+    checkOffset(offset, 'offset');
     const segs = trimSegments(segments, size);
     const n = await this.runAsync<number>([rec.fdName], ([fd], cb) => native.pwritev(fd, offset, segs, cb));
     if (writeFlags & K.FUSE_WRITE_KILL_SUIDGID) {
@@ -708,14 +735,7 @@ export class PassthroughFs implements FileSystem {
   opendir(ctx: Context, nodeid: NodeId, flags: number): OpenReply {
     const rec = this.dirInode(nodeid);
     const fd = this.reopen(rec, K.O_RDONLY | K.O_DIRECTORY);
-    const dir = this.session.openDir(nodeid);
-    try {
-      this.registry.register(dir.fdName, fd);
-    } catch (e) {
-      native.close(fd);
-      this.session.closeDir(dir.fh);
-      throw e;
-    }
+    const dir = this.registerThenRecord(dirFdName(this.session.nextFh), fd, () => this.session.openDir(nodeid));
     this.dirState.set(dir.fh, { synced: true, pending: [], next: 0 });
     return { fh: dir.fh, openFlags: this.cache === 'always' ? K.FOPEN_CACHE_DIR : 0 };
   }
@@ -941,29 +961,71 @@ export class PassthroughFs implements FileSystem {
 
   async fallocate(ctx: Context, nodeid: NodeId, fh: Handle, mode: number, offset: number, length: number): Promise<void> {
     const rec = this.fileRec(nodeid, fh);
+    checkOffset(offset, 'offset');
+    checkOffset(length, 'length');
     return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fallocate(fd, mode, offset, length, cb));
   }
 
   lseek(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, whence: number): number {
-    return native.lseek(this.fd(this.fileRec(nodeid, fh).fdName), offset, whence);
+    return native.lseek(this.fd(this.fileRec(nodeid, fh).fdName), checkOffset(offset, 'offset'), whence);
   }
 
   async copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId, fhOut: Handle,
     offOut: number, length: number, flags: number): Promise<number> {
     const a = this.fileRec(nodeidIn, fhIn);
     const b = this.fileRec(nodeidOut, fhOut);
+    checkOffset(offIn, 'offset');
+    checkOffset(offOut, 'offset');
+    checkOffset(length, 'length');
     const names = a.fdName === b.fdName ? [a.fdName] : [a.fdName, b.fdName];
     return this.runAsync<number>(names, (fds, cb) =>
       native.copyFileRange(fds[0], offIn, fds[fds.length - 1], offOut, length, flags, cb));
   }
+
+  // ================================================================ probes (no lookup counts)
+
+  /** Never throws (the FUSE server calls it around requests it is settling): a name that is
+   * not a plain component, an unknown or non-directory parent, or a failed fstatat give null. */
+  probeEntry(parent: NodeId, name: Buffer): EntryProbe | null {
+    try {
+      checkComponent(name, false);
+      const dirFd = this.fd(this.dirInode(parent).fdName);
+      const st = Buffer.alloc(STAT.SIZE);
+      native.fstatat(dirFd, name, K.AT_SYMLINK_NOFOLLOW, st);
+      return {
+        ino: st.readBigUInt64LE(STAT.ino),
+        mode: st.readUInt32LE(STAT.mode),
+        ctimeNs: st.readBigInt64LE(STAT.ctime) * 1_000_000_000n + st.readBigInt64LE(STAT.ctimeNsec),
+      };
+    } catch (e) {
+      const code = (e as { errno?: number }).errno;
+      if (code !== K.ENOENT && code !== K.EINVAL && code !== K.EBADF && code !== K.ENOTDIR) {
+        this.log.warn({ err: e, parent }, 'probeEntry failed');
+      }
+      return null;
+    }
+  }
+
+  /** Never throws: an unknown fh or a failed fstat give null. */
+  probeAppendSize(fh: Handle): number | null {
+    const rec = this.session.getFile(fh);
+    if (rec === undefined || (rec.flags & K.O_APPEND) === 0) return null;
+    try {
+      return Number(this.statFd(this.fd(rec.fdName)).readBigUInt64LE(STAT.size));
+    } catch (e) {
+      this.log.warn({ err: e, fh }, 'probeAppendSize failed');
+      return null;
+    }
+  }
+
 }
 
 /** fuse_file_lock (start, inclusive end) → struct flock (start, len; 0 = to EOF). Ends at or
- * above 2^53 (OFFSET_MAX included) cannot be told apart as numbers and mean "to EOF". */
+ * above 2^53-1 (the FUSE server's LOCK_END_OF_FILE; OFFSET_MAX included) mean "to EOF". */
 function lockSpan(lock: LockRange): { start: number; len: number } {
   const start = lock.start;
-  if (!Number.isInteger(start) || start < 0 || start >= K.SAFE_OFFSET_LIMIT) throw errno(K.EINVAL, 'lock start');
-  if (!(lock.end < K.SAFE_OFFSET_LIMIT)) return { start, len: 0 };
+  if (!Number.isSafeInteger(start) || start < 0) throw errno(K.EINVAL, 'lock start');
+  if (!(lock.end < Number.MAX_SAFE_INTEGER)) return { start, len: 0 };
   if (!Number.isInteger(lock.end) || lock.end < start) throw errno(K.EINVAL, 'lock end');
   return { start, len: lock.end - start + 1 };
 }

@@ -14,6 +14,12 @@ import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtque
 import type { ChainHandler } from '../virtqueue/queue_server';
 import * as K from './constants';
 import * as P from './protocol';
+import { JOURNALED_KINDS, intentExtra, settlingFileSystem } from './exactly_once';
+import type { RequestLedger } from '../state/worker_state';
+import { crashPoint } from '../crash_points';
+
+/** A request inflight across this many worker deaths is a poison pill: answered with EIO. */
+export const POISON_DEATHS = 3;
 
 const ERRNO = { EIO: 5, EINVAL: 22, ENOSYS: 38, EPROTO: 71, ERANGE: 34, EOVERFLOW: 75 } as const;
 
@@ -47,13 +53,20 @@ export interface FuseServerOptions {
   onInit?: (init: InitResult | null) => void;
   /** A restarted worker resumes the session: INIT is not negotiated again. */
   restoredInit?: InitResult | null;
+  /** Exactly-once journal of state-changing requests (absent: no crash safety, e.g. tests). */
+  ledger?: RequestLedger;
 }
+
+/** Identity of one request across worker restarts, and how its reply is recorded. */
+interface Journaled { key: string; opcode: number }
 
 type Reply = Buffer | null;
 
 export class FuseServer implements ChainHandler {
   private initResult: InitResult | null = null;
   private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + WRITE_IN_SIZE);
+  /** Journaled requests whose used element is not yet published, by `${queue}.${head}`. */
+  private readonly unpublished = new Map<string, Journaled>();
 
   constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {
     this.initResult = opts.restoredInit ?? null;
@@ -69,7 +82,7 @@ export class FuseServer implements ChainHandler {
     this.initResult = null;
   }
 
-  handleChain(chain: DescriptorChain): number | Promise<number> {
+  handleChain(chain: DescriptorChain, queueIndex: number): number | Promise<number> {
     if (chain.readableLen < P.IN_HEADER_SIZE) {
       this.log.error({ head: chain.head, readable: chain.readableLen }, 'request shorter than a FUSE header; dropped');
       return 0;
@@ -81,7 +94,7 @@ export class FuseServer implements ChainHandler {
       this.log.error({ head: chain.head, opcode: h.opcode, len: h.len, chain: chain.readableLen }, 'FUSE header length disagrees with the descriptor chain');
       return this.replyError(chain, h.unique, ERRNO.EINVAL);
     }
-    if (h.opcode === K.FUSE_WRITE) return this.handleWrite(chain, h);
+    if (h.opcode === K.FUSE_WRITE) return this.handleWrite(chain, h, queueIndex);
     if (h.len > MAX_GATHERED_REQUEST) {
       this.log.error({ opcode: h.opcode, len: h.len }, 'request too large');
       return this.replyError(chain, h.unique, ERRNO.EINVAL);
@@ -98,34 +111,98 @@ export class FuseServer implements ChainHandler {
       }
       throw e;
     }
-    return this.dispatch(chain, h, req);
+    return this.dispatch(chain, h, req, queueIndex);
   }
 
   private ctx(h: P.InHeader): Context {
     return { uid: h.uid, gid: h.gid, pid: h.pid };
   }
 
-  private dispatch(chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest): number | Promise<number> {
+  private dispatch(chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest, queueIndex: number): number | Promise<number> {
     if (req.kind !== 'INIT' && this.initResult === null) {
       this.log.warn({ opcode: h.opcode }, 'request before FUSE INIT');
       return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
     }
-    try {
-      const r = this.execute(chain, h, req);
-      if (r instanceof Promise) {
-        return r.then((reply) => this.finish(chain, h, reply),
-          (e) => (P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, this.errnoOf(e, h)) : 0));
+    const ledger = this.opts.ledger;
+    let fs = this.fs;
+    let journaled: Journaled | null = null;
+    if (ledger !== undefined) {
+      const key = `${queueIndex}.${chain.head}.${chain.counter}.${h.unique}`;
+      if (chain.resubmitted) {
+        const deaths = ledger.recordDeath(key);
+        const prior = ledger.get(key);
+        if (prior?.reply) {
+          // The dead worker finished this request: its reply, not a second run.
+          this.log.info({ opcode: K.opcodeName(h.opcode), key }, 'replaying the recorded reply of a resubmitted request');
+          this.unpublished.set(`${queueIndex}.${chain.head}`, { key, opcode: h.opcode });
+          return prior.reply.length === 0 ? 0 : this.writeReply(chain, prior.reply);
+        }
+        if (deaths >= POISON_DEATHS) {
+          this.log.error({ opcode: K.opcodeName(h.opcode), unique: h.unique.toString(), deaths }, 'poison request: inflight across repeated worker deaths; answered EIO instead of running it again');
+          return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
+        }
+        if (prior !== undefined && prior.opcode === h.opcode) fs = settlingFileSystem(this.fs, prior.ts, prior.extra);
       }
-      return this.finish(chain, h, r);
+      if (JOURNALED_KINDS.has(req.kind)) {
+        journaled = { key, opcode: h.opcode };
+        ledger.intent(key, h.opcode, intentExtra(this.fs, h, req));
+        crashPoint('op-after-intent', h.opcode);
+      }
+    }
+    try {
+      const r = this.execute(fs, chain, h, req);
+      ledger?.endSync();
+      if (r instanceof Promise) {
+        return r.then((reply) => this.finish(chain, h, reply, journaled, queueIndex),
+          (e) => this.finishError(chain, h, e, journaled, queueIndex));
+      }
+      return this.finish(chain, h, r, journaled, queueIndex);
     } catch (e) {
-      return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, this.errnoOf(e, h)) : 0;
+      ledger?.endSync();
+      return this.finishError(chain, h, e, journaled, queueIndex);
     }
   }
 
-  private finish(chain: DescriptorChain, h: P.InHeader, reply: Reply | number): number {
-    if (typeof reply === 'number') return reply; // already written (READ)
-    if (reply === null) return 0; // no reply for FORGET-type requests
-    return this.replyOk(chain, h.unique, reply);
+  private finish(chain: DescriptorChain, h: P.InHeader, reply: Reply | number, j: Journaled | null, queueIndex: number): number {
+    if (typeof reply === 'number') return reply; // already written (READ, never journaled)
+    if (j !== null) crashPoint('op-after-syscall', h.opcode);
+    if (reply === null) return this.record(chain, Buffer.alloc(0), j, queueIndex); // FORGET-type: no reply
+    return this.record(chain, this.okBytes(chain, h.unique, reply), j, queueIndex);
+  }
+
+  private finishError(chain: DescriptorChain, h: P.InHeader, e: unknown, j: Journaled | null, queueIndex: number): number {
+    const errno = this.errnoOf(e, h);
+    if (j !== null) crashPoint('op-after-syscall', h.opcode);
+    if (!P.opcodeHasReply(h.opcode)) return this.record(chain, Buffer.alloc(0), j, queueIndex);
+    return this.record(chain, P.errorReply(h.unique, errno), j, queueIndex);
+  }
+
+  /** Journals a request's outcome (before the guest can see it), then writes the reply. */
+  private record(chain: DescriptorChain, bytes: Buffer, j: Journaled | null, queueIndex: number): number {
+    if (j !== null && this.opts.ledger !== undefined) {
+      this.opts.ledger.outcome(j.key, bytes);
+      this.unpublished.set(`${queueIndex}.${chain.head}`, j);
+      crashPoint('op-after-outcome', j.opcode);
+    }
+    return bytes.length === 0 ? 0 : this.writeReply(chain, bytes);
+  }
+
+  beforePublish(queueIndex: number, heads: number[]): void {
+    for (const head of heads) {
+      const j = this.unpublished.get(`${queueIndex}.${head}`);
+      if (j !== undefined) crashPoint('op-before-publish', j.opcode);
+    }
+  }
+
+  published(queueIndex: number, heads: number[]): void {
+    for (const head of heads) {
+      const id = `${queueIndex}.${head}`;
+      const j = this.unpublished.get(id);
+      if (j === undefined) continue;
+      this.unpublished.delete(id);
+      this.opts.ledger?.release(j.key);
+      crashPoint('op-after-publish', j.opcode);
+    }
   }
 
   private errnoOf(e: unknown, h: P.InHeader): number {
@@ -135,21 +212,28 @@ export class FuseServer implements ChainHandler {
     return ERRNO.EIO;
   }
 
-  private replyOk(chain: DescriptorChain, unique: bigint, body: Buffer): number {
+  /** The complete reply (out header + body), or an EOVERFLOW error reply when the guest's
+   * buffers cannot hold it. */
+  private okBytes(chain: DescriptorChain, unique: bigint, body: Buffer): Buffer {
     const total = P.OUT_HEADER_SIZE + body.length;
     if (total > chain.writableLen) {
-      if (chain.writableLen < P.OUT_HEADER_SIZE) {
-        this.log.error({ unique: unique.toString(), writable: chain.writableLen }, 'no room for a reply header; request dropped');
-        return 0;
-      }
       this.log.warn({ unique: unique.toString(), need: total, have: chain.writableLen }, 'reply does not fit the guest buffers');
-      return this.replyError(chain, unique, ERRNO.EOVERFLOW);
+      return P.errorReply(unique, ERRNO.EOVERFLOW);
     }
-    const hdr = Buffer.allocUnsafe(P.OUT_HEADER_SIZE);
-    P.encodeOutHeader(hdr, 0, total, 0, unique);
-    scatterToSegments(chain.writable, 0, hdr);
-    scatterToSegments(chain.writable, P.OUT_HEADER_SIZE, body);
-    return total;
+    const out = Buffer.allocUnsafe(total);
+    P.encodeOutHeader(out, 0, total, 0, unique);
+    body.copy(out, P.OUT_HEADER_SIZE);
+    return out;
+  }
+
+  /** Writes reply bytes into the chain's writable buffers; returns the used length. */
+  private writeReply(chain: DescriptorChain, bytes: Buffer): number {
+    if (chain.writableLen < bytes.length) {
+      this.log.error({ writable: chain.writableLen, need: bytes.length }, 'no room for the reply; request dropped');
+      return 0;
+    }
+    scatterToSegments(chain.writable, 0, bytes);
+    return bytes.length;
   }
 
   private replyError(chain: DescriptorChain, unique: bigint, errno: number): number {
@@ -165,7 +249,7 @@ export class FuseServer implements ChainHandler {
     return Math.max(0, chain.writableLen - P.OUT_HEADER_SIZE);
   }
 
-  private handleWrite(chain: DescriptorChain, h: P.InHeader): number | Promise<number> {
+  private handleWrite(chain: DescriptorChain, h: P.InHeader, queueIndex: number): number | Promise<number> {
     if (h.len < P.IN_HEADER_SIZE + WRITE_IN_SIZE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
     const args = Buffer.allocUnsafe(WRITE_IN_SIZE);
     gatherFromSegments(chain.readable, P.IN_HEADER_SIZE, args);
@@ -182,11 +266,10 @@ export class FuseServer implements ChainHandler {
       return this.replyError(chain, h.unique, ERRNO.EINVAL);
     }
     if (req.size > MAX_WRITE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
-    return this.dispatch(chain, h, req);
+    return this.dispatch(chain, h, req, queueIndex);
   }
 
-  private execute(chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest): Reply | number | Promise<Reply | number> {
-    const fs = this.fs;
+  private execute(fs: FileSystem, chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest): Reply | number | Promise<Reply | number> {
     const ctx = this.ctx(h);
     const node = h.nodeid;
     switch (req.kind) {

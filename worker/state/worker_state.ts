@@ -17,14 +17,42 @@ export const SCHEMA_VERSION = 1;
 /** Compact when the journal passes this many bytes. */
 const COMPACT_BYTES = 8 << 20;
 
+/** A journaled FUSE request (exactly-once): its intent, and once known, the reply bytes. */
+export interface OpRecord {
+  opcode: number;
+  /** Wall-clock ns at intent: files created after this by the request are ours. */
+  ts: bigint;
+  extra: unknown;
+  /** The full reply (out header + body) the request produced; empty for no-reply requests. */
+  reply: Buffer | null;
+  /** Worker deaths this request has been inflight across. */
+  deaths: number;
+}
+
+/** What the FUSE server needs from the journal. */
+export interface RequestLedger {
+  get(key: string): OpRecord | undefined;
+  /** A resubmitted request: records one more death and returns the total. */
+  recordDeath(key: string): number;
+  intent(key: string, opcode: number, extra: unknown): void;
+  outcome(key: string, reply: Buffer): void;
+  /** Ends the synchronous part of a request: later FS mutations are not its own. */
+  endSync(): void;
+  /** The request's used element is visible to the guest; it will never be resubmitted. */
+  release(key: string): void;
+}
+
 type Rec =
-  | { t: 'snapshot'; vhost: VhostSessionState | null; init: InitResult | null; fs: SessionSnapshot | null; ctlSeq: number; pending: PendingRec | null }
+  | { t: 'snapshot'; vhost: VhostSessionState | null; init: InitResult | null; fs: SessionSnapshot | null; ctlSeq: number; pending: PendingRec | null; ops?: Array<[string, OpRecord]> }
+  | { t: 'op'; k: string; opcode: number; ts: bigint; x: unknown }
+  | { t: 'op-done'; k: string; r: Buffer }
+  | { t: 'op-death'; k: string }
   | { t: 'vhost'; seq: number; s: VhostSessionState }
   | { t: 'ctl'; seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number }
   | { t: 'ctl-reply'; seq: number; data: Buffer }
   | { t: 'ctl-end'; seq: number }
   | { t: 'init'; init: InitResult | null }
-  | { t: 'fs'; m: FsMutation };
+  | { t: 'fs'; m: FsMutation; k?: string };
 
 interface PendingRec { seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number; committed: boolean; reply: Buffer | null }
 
@@ -34,6 +62,9 @@ export interface LoadedState {
   fs: FsSession | null;
   ctlSeq: number;
   pending: PendingRec | null;
+  ops: Map<string, OpRecord>;
+  /** FS mutations of requests that died before their outcome: rolled back (not applied). */
+  discardedMutations: number;
 }
 
 export const ctlFdName = (i: number): string => `ctl.${i}`;
@@ -99,7 +130,18 @@ function checkPending(p: string, v: unknown): PendingRec | null {
 export function loadState(path: string): LoadedState {
   const journal = StateJournal.open(path, SCHEMA_VERSION);
   try {
-    const st: LoadedState = { vhost: null, init: null, fs: null, ctlSeq: 0, pending: null };
+    const st: LoadedState = { vhost: null, init: null, fs: null, ctlSeq: 0, pending: null, ops: new Map(), discardedMutations: 0 };
+    // Mutations made by a request are applied only once its outcome is journaled: a request
+    // that died half-way is rolled back here and runs again when it is resubmitted.
+    const held = new Map<string, FsMutation[]>();
+    const applyFs = (m: FsMutation): void => {
+      if (st.fs === null) fail(path, 'fs mutation before any fs session');
+      try {
+        st.fs.apply(m);
+      } catch (e) {
+        fail(path, `fs mutation: ${(e as Error).message}`);
+      }
+    };
     for (const raw of journal.records()) {
       if (!isObj(raw) || typeof raw.t !== 'string') fail(path, 'record without a type');
       const r = raw as Record<string, unknown>;
@@ -115,7 +157,36 @@ export function loadState(path: string): LoadedState {
           if (!isUint(r.ctlSeq)) fail(path, 'snapshot ctlSeq');
           st.ctlSeq = r.ctlSeq;
           st.pending = checkPending(path, r.pending);
+          st.ops = new Map();
+          held.clear();
+          if (r.ops !== undefined) {
+            if (!Array.isArray(r.ops)) fail(path, 'snapshot ops');
+            for (const e of r.ops as unknown[]) {
+              if (!Array.isArray(e) || typeof e[0] !== 'string') fail(path, 'snapshot op entry');
+              st.ops.set(e[0], checkOp(path, e[1]));
+            }
+          }
           break;
+        case 'op':
+          if (typeof r.k !== 'string' || r.k.length > 200 || !isUint(r.opcode, 0xffffffff) || typeof r.ts !== 'bigint') fail(path, 'op intent');
+          st.ops.set(r.k, { opcode: r.opcode, ts: r.ts, extra: r.x ?? null, reply: null, deaths: st.ops.get(r.k)?.deaths ?? 0 });
+          held.set(r.k, []);
+          break;
+        case 'op-done': {
+          const op = typeof r.k === 'string' ? st.ops.get(r.k) : undefined;
+          if (op === undefined || !Buffer.isBuffer(r.r)) fail(path, 'op outcome without its intent');
+          op.reply = r.r;
+          for (const m of held.get(r.k as string) ?? []) applyFs(m);
+          held.delete(r.k as string);
+          break;
+        }
+        case 'op-death': {
+          if (typeof r.k !== 'string' || r.k.length > 200) fail(path, 'op death record');
+          const op = st.ops.get(r.k);
+          if (op) op.deaths++;
+          else st.ops.set(r.k, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
+          break;
+        }
         case 'vhost':
           if (!isUint(r.seq)) fail(path, 'vhost seq');
           st.vhost = checkVhostState(path, r.s);
@@ -137,22 +208,28 @@ export function loadState(path: string): LoadedState {
         case 'init':
           st.init = checkInit(path, r.init);
           break;
-        case 'fs':
-          if (st.fs === null) fail(path, 'fs mutation before any fs session');
-          try {
-            st.fs.apply(r.m as FsMutation);
-          } catch (e) {
-            fail(path, `fs mutation: ${(e as Error).message}`);
-          }
+        case 'fs': {
+          const h = typeof r.k === 'string' ? held.get(r.k) : undefined;
+          if (h !== undefined) h.push(r.m as FsMutation);
+          else applyFs(r.m as FsMutation);
           break;
+        }
         default:
           fail(path, `unknown record type ${JSON.stringify(r.t).slice(0, 40)}`);
       }
     }
+    for (const h of held.values()) st.discardedMutations += h.length;
     return st;
   } finally {
     journal.close();
   }
+}
+
+function checkOp(p: string, v: unknown): OpRecord {
+  if (!isObj(v) || !isUint(v.opcode, 0xffffffff) || typeof v.ts !== 'bigint' || !(v.reply === null || Buffer.isBuffer(v.reply)) || !isUint(v.deaths, 1000)) {
+    fail(p, 'op record');
+  }
+  return { opcode: v.opcode, ts: v.ts, extra: v.extra ?? null, reply: v.reply as Buffer | null, deaths: v.deaths };
 }
 
 export interface StateSources {
@@ -162,10 +239,13 @@ export interface StateSources {
 }
 
 /** Writes the journal. One per worker process. */
-export class WorkerStateStore implements ControlJournal {
+export class WorkerStateStore implements ControlJournal, RequestLedger {
   private journal: StateJournal;
   private ctlSeq: number;
   private pending: PendingRec | null;
+  private readonly ops: Map<string, OpRecord>;
+  /** The request whose synchronous part is running: FS mutations are tagged with it. */
+  private currentOp: string | null = null;
   private sources: StateSources | null = null;
   private compactQueued = false;
 
@@ -173,9 +253,10 @@ export class WorkerStateStore implements ControlJournal {
     // The keeper drops control replies with a sequence number it has already forwarded.
     this.ctlSeq = Math.max(loaded?.ctlSeq ?? 0, keeperCtlSeq);
     this.pending = loaded?.pending ?? null;
+    this.ops = loaded?.ops ?? new Map();
     const snap: Rec = {
       t: 'snapshot', vhost: loaded?.vhost ?? null, init: loaded?.init ?? null, fs: loaded?.fs?.toSnapshot() ?? null,
-      ctlSeq: this.ctlSeq, pending: this.pending,
+      ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops],
     };
     // Every start compacts: the folded state becomes the new journal's first record.
     this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [snap]);
@@ -199,7 +280,7 @@ export class WorkerStateStore implements ControlJournal {
     this.compactQueued = false;
     if (this.sources === null) return;
     const s = this.sources;
-    const snap: Rec = { t: 'snapshot', vhost: s.vhost(), init: s.init(), fs: s.fs()?.toSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: this.pending };
+    const snap: Rec = { t: 'snapshot', vhost: s.vhost(), init: s.init(), fs: s.fs()?.toSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops] };
     const old = this.journal;
     this.journal = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [snap]);
     old.close();
@@ -212,12 +293,51 @@ export class WorkerStateStore implements ControlJournal {
   /** A new frontend connection (or the fresh session after a disconnect): forget the old one. */
   recordNewSession(fs: FsSession | null): void {
     this.pending = null;
-    this.append({ t: 'snapshot', vhost: null, init: null, fs: fs?.toSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: null });
+    this.ops.clear();
+    this.append({ t: 'snapshot', vhost: null, init: null, fs: fs?.toSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: null, ops: [] });
   }
 
   readonly onFsMutation = (m: FsMutation): void => {
-    this.append({ t: 'fs', m });
+    this.append(this.currentOp === null ? { t: 'fs', m } : { t: 'fs', m, k: this.currentOp });
   };
+
+  // --- RequestLedger
+
+  get(key: string): OpRecord | undefined {
+    return this.ops.get(key);
+  }
+
+  recordDeath(key: string): number {
+    this.append({ t: 'op-death', k: key });
+    const op = this.ops.get(key);
+    if (op) return ++op.deaths;
+    this.ops.set(key, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
+    return 1;
+  }
+
+  intent(key: string, opcode: number, extra: unknown): void {
+    const ts = BigInt(Date.now()) * 1_000_000n;
+    const deaths = this.ops.get(key)?.deaths ?? 0;
+    this.ops.set(key, { opcode, ts, extra, reply: null, deaths });
+    this.append({ t: 'op', k: key, opcode, ts, x: extra });
+    this.currentOp = key;
+  }
+
+  outcome(key: string, reply: Buffer): void {
+    const op = this.ops.get(key);
+    if (op) op.reply = reply;
+    this.append({ t: 'op-done', k: key, r: reply });
+    if (this.currentOp === key) this.currentOp = null;
+  }
+
+  endSync(): void {
+    this.currentOp = null;
+  }
+
+  release(key: string): void {
+    // Dropped from memory; the next compaction drops it from the file.
+    this.ops.delete(key);
+  }
 
   // --- ControlJournal
 

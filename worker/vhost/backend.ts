@@ -4,12 +4,13 @@
 // REPLY_ACK failure (when the frontend asked for one) or logged; none is fatal except those
 // that break the stream's framing (handled by the transport).
 import type { Logger } from '../../shared/log';
-import { native, C, type Poller, POLL_READABLE, isNativeError } from '../../shared/native';
+import { native, C, STAT, type Poller, POLL_READABLE, isNativeError } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import { GuestMemory, GuestMemoryError, toSafeNumber } from '../virtqueue/guest_memory';
 import { InflightRegion, RingError, SplitRing, inflightQueueRegionSize, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
 import * as M from './messages';
 import { MessageTransport, type IncomingMessage } from './transport';
+import { crashPoint } from '../crash_points';
 
 export interface QueueHandler {
   /** The ring is configured, kicked and enabled: serve it. `resubmit` lists inflight heads
@@ -261,6 +262,7 @@ export class VhostUserBackend {
     const fds = msg.fds;
     msg.fds = [...fds];
     const seq = resumedSeq ?? (this.journal ? this.journal.begin(msg.header, msg.payload, fds) : 0);
+    crashPoint('ctl-after-begin');
     try {
       if ((flags & M.VERSION_MASK) !== M.FLAG_VERSION_1) throw new VhostError(`unsupported message version in flags 0x${flags.toString(16)}`);
       const r = this.handle(msg);
@@ -304,7 +306,9 @@ export class VhostUserBackend {
   private finish(msg: IncomingMessage, seq: number, reply: Buffer | null, ok: boolean): void {
     const body = this.replyFor(msg.header, reply, ok);
     if (this.journal) this.journal.commit(seq, this.state());
+    crashPoint('ctl-after-commit');
     this.sendReply(seq, msg.header, body);
+    crashPoint('ctl-after-reply');
     this.journal?.end(seq);
     this.pendingReplyFds.splice(0);
     if (this.busy) {
@@ -600,8 +604,17 @@ export class VhostUserBackend {
     const len = inflightQueueRegionSize(size);
     let fd = this.registry.get(name);
     let buf = this.ownInflight.get(index);
-    if (fd === undefined || buf === undefined || buf.byteLength !== len) {
-      if (buf !== undefined) native.munmap(buf);
+    if (buf !== undefined && buf.byteLength !== len) {
+      native.munmap(buf);
+      this.ownInflight.delete(index);
+      buf = undefined;
+    }
+    if (fd !== undefined && buf === undefined && fdSize(fd) === len) {
+      // A restarted worker maps the region its predecessor left in the keeper.
+      buf = native.mmap(fd, len, 0, true);
+      this.ownInflight.set(index, buf);
+    }
+    if (fd === undefined || buf === undefined) {
       this.registry.close(name);
       fd = native.memfdCreate(`vfsk-inflight-${index}`, C.MFD_CLOEXEC!);
       native.ftruncate(fd, len);
@@ -646,6 +659,9 @@ export class VhostUserBackend {
     handler.start(ring, () => this.notify(index), resubmit);
     // A kick may have been consumed before we polled; look at the ring once.
     handler.kick();
+    // A dead worker may have published used entries without interrupting the guest; a
+    // spurious interrupt is harmless.
+    if (resume) this.notify(index);
   }
 
   private async stopQueue(index: number): Promise<number> {
@@ -734,6 +750,12 @@ export class VhostUserBackend {
     this.registry.closePrefix('inflight');
     this.registry.close('vhost.backend');
   }
+}
+
+function fdSize(fd: number): number {
+  const st = Buffer.alloc(STAT.SIZE);
+  native.fstatat(fd, '', C.AT_EMPTY_PATH!, st);
+  return Number(st.readBigUInt64LE(STAT.size));
 }
 
 function emptyVring(): VringConfig {

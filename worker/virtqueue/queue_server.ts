@@ -9,8 +9,13 @@ import { ChainError, RingError, type DescriptorChain, type SplitRing } from './s
 
 export interface ChainHandler {
   /** Handles one request chain; returns the number of bytes written into its writable
-   * buffers, or null when the request takes no place in the used ring yet (never). */
+   * buffers. */
   handleChain(chain: DescriptorChain, queueIndex: number): number | Promise<number>;
+  /** These heads' used elements are about to become visible to the guest. */
+  beforePublish?(queueIndex: number, heads: number[]): void;
+  /** These heads' used elements are now visible to the guest (they will never be
+   * resubmitted). */
+  published?(queueIndex: number, heads: number[]): void;
 }
 
 export class QueueServer implements QueueHandler {
@@ -21,6 +26,7 @@ export class QueueServer implements QueueHandler {
   private flushScheduled = false;
   private drainWaiters: Array<() => void> = [];
   private completedSinceStart = 0;
+  private unpublished: number[] = [];
 
   constructor(readonly index: number, private readonly handler: ChainHandler, private readonly log: Logger,
     private readonly onFirstCompletion?: () => void) {}
@@ -110,10 +116,17 @@ export class QueueServer implements QueueHandler {
 
   private complete(head: number, len: number): void {
     this.ring!.pushUsed(head, len);
+    this.unpublished.push(head);
     if (this.completedSinceStart++ === 0 && this.onFirstCompletion) this.onFirstCompletion();
   }
 
   private flush(): void {
-    if (this.ring !== null && this.ring.publishUsed()) this.notify();
+    if (this.ring === null || this.unpublished.length === 0) return;
+    const heads = this.unpublished;
+    this.unpublished = [];
+    this.handler.beforePublish?.(this.index, heads);
+    const wantsNotify = this.ring.publishUsed();
+    this.handler.published?.(this.index, heads);
+    if (wantsNotify) this.notify();
   }
 }

@@ -32,6 +32,11 @@ export class RingError extends Error {
 
 export interface DescriptorChain {
   head: number;
+  /** The inflight-tracking counter of this pop (0n without tracking): with the head it names
+   * the request across worker restarts. */
+  counter: bigint;
+  /** Popped by a dead worker and resubmitted after recovery. */
+  resubmitted: boolean;
   /** Device-readable buffers (the request), in chain order. */
   readable: IoSegment[];
   readableLen: number;
@@ -152,9 +157,11 @@ export class SplitRing {
       // Not a head we can ever complete; consuming it is all we can do.
       return new ChainError(`avail ring names head ${head} on a ring of ${this.size}`, -1);
     }
-    this.markInflight(head);
+    const counter = this.markInflight(head);
     try {
-      return this.walk(head);
+      const c = this.walk(head);
+      c.counter = counter;
+      return c;
     } catch (e) {
       if (e instanceof GuestMemoryError || e instanceof ChainError) return new ChainError(e.message, head);
       throw e;
@@ -164,7 +171,10 @@ export class SplitRing {
   /** Re-reads a chain by head (for requests resubmitted after a restart). */
   readChain(head: number): DescriptorChain | ChainError {
     try {
-      return this.walk(head);
+      const c = this.walk(head);
+      c.counter = this.inflight?.counter(head) ?? 0n;
+      c.resubmitted = true;
+      return c;
     } catch (e) {
       if (e instanceof GuestMemoryError || e instanceof ChainError) return new ChainError(e.message, head);
       throw e;
@@ -172,7 +182,7 @@ export class SplitRing {
   }
 
   private walk(head: number): DescriptorChain {
-    const chain: DescriptorChain = { head, readable: [], readableLen: 0, writable: [], writableLen: 0 };
+    const chain: DescriptorChain = { head, counter: 0n, resubmitted: false, readable: [], readableLen: 0, writable: [], writableLen: 0 };
     let view = this.desc.view;
     let tableOffset = this.desc.offset;
     let tableSize = this.size;
@@ -220,12 +230,13 @@ export class SplitRing {
     return chain;
   }
 
-  private markInflight(head: number): void {
+  private markInflight(head: number): bigint {
     const r = this.inflight;
-    if (r === null) return;
+    if (r === null) return 0n;
     this.inflightCounter += 1n;
     r.setCounter(head, this.inflightCounter);
     r.setInflight(head, true);
+    return this.inflightCounter;
   }
 
   /** Queues a used element; it becomes visible to the guest at publishUsed(). */
@@ -313,8 +324,10 @@ export class SplitRing {
     const heads: Array<{ head: number; counter: bigint }> = [];
     for (let i = 0; i < this.size; i++) if (r.isInflight(i)) heads.push({ head: i, counter: r.counter(i) });
     heads.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : 0));
+    // Counters keep growing across restarts (completed descs keep theirs), so a request key
+    // (head, counter) is never reused within a session.
     let max = 0n;
-    for (const h of heads) if (h.counter > max) max = h.counter;
+    for (let i = 0; i < this.size; i++) if (r.counter(i) > max) max = r.counter(i);
     this.inflightCounter = max;
     this.usedIdx = used;
     this.publishedUsedIdx = used;

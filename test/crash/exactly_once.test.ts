@@ -1,0 +1,158 @@
+// Every named crash point × every non-idempotent opcode: the worker is SIGKILLed at that point
+// while serving the request; its successor resumes, and the request takes effect exactly once
+// with a correct reply. The marker file proves the crash really happened.
+import t, { type Test } from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { openSession, waitFor, type Session } from '../frontend/helpers';
+import { queryStatus } from '../../shared/status';
+import * as F from '../frontend/fuse_proto';
+import { FuseError } from '../frontend/fuse_client';
+
+const POINTS = ['op-after-intent', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
+const ROOT = F.FUSE_ROOT_ID;
+const OP = {
+  SETATTR: 4, SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11, RENAME: 12, LINK: 13, WRITE: 16,
+  RELEASE: 18, REMOVEXATTR: 24, SETLK: 32, CREATE: 35, FORGET: 2,
+} as const;
+
+interface Case {
+  name: keyof typeof OP;
+  setup?: (shared: string) => void;
+  /** Runs the target request (with anything it needs first); returns what verify needs. */
+  act: (s: Session) => Promise<unknown>;
+  verify: (t: Test, s: Session, r: unknown, stateDir: string) => Promise<void> | void;
+}
+
+const nonIdempotent: Case[] = [
+  { name: 'MKDIR', act: (s) => s.fuse.mkdir(ROOT, 'd', 0o755),
+    verify: async (t, s, r) => {
+      t.ok(fs.statSync(s.host('d')).isDirectory(), 'directory created');
+      t.equal((await s.fuse.getattr((r as F.EntryOut).nodeid)).attr.ino, BigInt(fs.statSync(s.host('d')).ino), 'reply names it');
+    } },
+  { name: 'CREATE', act: (s) => s.fuse.create(ROOT, 'f', F.O.RDWR | F.O.CREAT | F.O.EXCL, 0o644),
+    verify: async (t, s, r) => {
+      const c = r as F.CreateOut;
+      t.equal(await s.fuse.write(c.entry.nodeid, c.open.fh, 0, Buffer.from('via fh')), 6, 'returned fh works');
+      t.equal(fs.readFileSync(s.host('f'), 'utf8'), 'via fh');
+    } },
+  { name: 'MKNOD', act: (s) => s.fuse.mknod(ROOT, 'p', F.S_IFIFO | 0o644),
+    verify: (t, s) => { t.ok(fs.lstatSync(s.host('p')).isFIFO(), 'fifo created'); } },
+  { name: 'SYMLINK', act: (s) => s.fuse.symlink(ROOT, 'l', 'some/target'),
+    verify: (t, s) => { t.equal(fs.readlinkSync(s.host('l')), 'some/target'); } },
+  { name: 'LINK', setup: (d) => fs.writeFileSync(path.join(d, 'a'), 'A'),
+    act: async (s) => s.fuse.link((await s.fuse.lookup(ROOT, 'a')).nodeid, ROOT, 'b'),
+    verify: (t, s) => { t.equal(fs.statSync(s.host('a')).nlink, 2, 'one new link'); t.equal(fs.statSync(s.host('b')).ino, fs.statSync(s.host('a')).ino); } },
+  { name: 'UNLINK', setup: (d) => fs.writeFileSync(path.join(d, 'u'), 'U'), act: (s) => s.fuse.unlink(ROOT, 'u'),
+    verify: (t, s) => { t.notOk(fs.existsSync(s.host('u')), 'removed'); } },
+  { name: 'RMDIR', setup: (d) => fs.mkdirSync(path.join(d, 'rd')), act: (s) => s.fuse.rmdir(ROOT, 'rd'),
+    verify: (t, s) => { t.notOk(fs.existsSync(s.host('rd')), 'removed'); } },
+  { name: 'RENAME', setup: (d) => { fs.writeFileSync(path.join(d, 'r1'), 'one'); fs.writeFileSync(path.join(d, 'r2'), 'two'); },
+    act: (s) => s.fuse.rename(ROOT, 'r1', ROOT, 'r2'),
+    verify: (t, s) => { t.notOk(fs.existsSync(s.host('r1'))); t.equal(fs.readFileSync(s.host('r2'), 'utf8'), 'one', 'renamed over the old r2'); } },
+  { name: 'SETATTR', setup: (d) => fs.writeFileSync(path.join(d, 'm'), 'M', { mode: 0o644 }),
+    act: async (s) => s.fuse.setattr((await s.fuse.lookup(ROOT, 'm')).nodeid, { valid: F.FATTR.MODE | F.FATTR.SIZE, mode: 0o100600, size: 0 }),
+    verify: (t, s) => { const st = fs.statSync(s.host('m')); t.equal(st.mode & 0o777, 0o600); t.equal(st.size, 0); } },
+  { name: 'WRITE', setup: (d) => fs.writeFileSync(path.join(d, 'w'), 'abc'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'w');
+      const o = await s.fuse.open(e.nodeid, F.O.WRONLY | F.O.APPEND);
+      return s.fuse.write(e.nodeid, o.fh, 0, Buffer.from('XYZ'));
+    },
+    verify: (t, s, r) => { t.equal(r, 3); t.equal(fs.readFileSync(s.host('w'), 'utf8'), 'abcXYZ', 'appended exactly once'); } },
+  { name: 'REMOVEXATTR', setup: (d) => { fs.writeFileSync(path.join(d, 'x'), 'X'); },
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'x');
+      await s.fuse.setxattr(e.nodeid, 'user.k', Buffer.from('v'));
+      await s.fuse.removexattr(e.nodeid, 'user.k');
+      return e;
+    },
+    verify: async (t, s, r) => {
+      const err = await s.fuse.getxattr((r as F.EntryOut).nodeid, 'user.k', 100).then(() => null, (e: FuseError) => e.errno);
+      t.equal(err, 61, 'xattr gone (ENODATA)');
+    } },
+  { name: 'SETLK', setup: (d) => fs.writeFileSync(path.join(d, 'k'), 'K'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'k');
+      const a = await s.fuse.open(e.nodeid, F.O.RDWR);
+      await s.fuse.setlk(e.nodeid, a.fh, 1n, { start: 0n, end: 99n, type: F.F_WRLCK, pid: 0 });
+      return e;
+    },
+    verify: async (t, s, r) => {
+      const e = r as F.EntryOut;
+      const b = await s.fuse.open(e.nodeid, F.O.RDWR);
+      const lk = await s.fuse.getlk(e.nodeid, b.fh, 2n, { start: 0n, end: 99n, type: F.F_WRLCK, pid: 0 });
+      t.equal(lk.type, F.F_WRLCK, 'the lock is held after the crash');
+    } },
+  { name: 'RELEASE', setup: (d) => fs.writeFileSync(path.join(d, 'rel'), 'R'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'rel');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      await s.fuse.release(e.nodeid, o.fh);
+      return o;
+    },
+    verify: async (t, s, r, stateDir) => {
+      await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0, 'no open files');
+      t.equal(queryStatus(stateDir).fdNames.file ?? 0, 0, 'the keeper no longer holds the file fd');
+      const err = await s.fuse.read(1n, (r as F.OpenOut).fh, 0, 10).then(() => 0, (e: FuseError) => e.errno);
+      t.ok(err !== 0, 'released fh is gone');
+    } },
+  { name: 'FORGET', setup: (d) => fs.writeFileSync(path.join(d, 'fg'), 'F'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'fg');
+      await s.fuse.lookup(ROOT, 'fg');
+      await s.fuse.forget(e.nodeid, 1);
+      return e;
+    },
+    verify: async (t, s, r, stateDir) => {
+      const e = r as F.EntryOut;
+      t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, BigInt(fs.statSync(s.host('fg')).ino), 'one lookup left: still valid');
+      await s.fuse.forget(e.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'only the root inode left', 10_000);
+      t.pass('the second forget dropped the inode: the first counted exactly once');
+    } },
+];
+
+function withCrashEnv<T>(env: Record<string, string>, fn: () => Promise<T>): Promise<T> {
+  const old: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(env)) { old[k] = process.env[k]; process.env[k] = v; }
+  return fn().finally(() => { for (const [k, v] of Object.entries(old)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; } });
+}
+
+for (const c of nonIdempotent) {
+  t.test(c.name, async (t) => {
+    for (const point of POINTS) {
+      await t.test(point, async (t) => {
+        const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+        t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+        const marker = path.join(stateDir, 'crashed');
+        const s = await withCrashEnv({ VFSK_CRASH_POINT: point, VFSK_CRASH_OPCODE: String(OP[c.name]), VFSK_CRASH_MARKER: marker },
+          () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], ...(c.setup ? { setup: c.setup } : {}) }));
+        let r: unknown;
+        try {
+          r = await c.act(s);
+        } catch (e) {
+          t.comment(`backend log:\n${s.backend.log()}`);
+          throw e;
+        }
+        t.ok(fs.existsSync(marker), `the worker crashed at ${point}`);
+        await waitFor(() => queryStatus(stateDir).worker.state === 'running', 'the successor running');
+        t.equal(queryStatus(stateDir).worker.restarts, 1, 'one restart');
+        await c.verify(t, s, r, stateDir);
+      });
+    }
+  });
+}
+
+t.test('poison: a request that kills every worker gets EIO after 3 deaths', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const s = await withCrashEnv({ VFSK_CRASH_POINT: 'op-after-intent', VFSK_CRASH_OPCODE: String(OP.MKDIR) },
+    () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir] }));
+  const err = await s.fuse.mkdir(ROOT, 'poison', 0o755, 0, { timeoutMs: 30_000 }).then(() => 0, (e: FuseError) => e.errno);
+  t.equal(err, 5, 'EIO');
+  t.equal(queryStatus(stateDir).worker.restarts, 3, 'three deaths, then no more');
+  t.match(s.backend.log(), /poison request/, 'logged as a poison request');
+  t.equal((await s.fuse.getattr(ROOT)).attr.ino, BigInt(fs.statSync(s.shared).ino), 'the worker serves other requests');
+});
