@@ -404,11 +404,27 @@ const CONTROL_CASES: ControlCase[] = [
     },
   },
   {
-    name: 'SET_VRING_ADDR with addresses outside every region (on a stopped queue index)',
+    name: 'SET_VRING_ADDR for a queue index out of range',
     async run(t, s) {
-      const r = await nack(s.fe, Req.SET_VRING_ADDR, VhostUserFrontend.vringAddr(500, 1n, 2n, 3n), []);
+      const q = s.fe.queues[1];
+      const r = await nack(s.fe, Req.SET_VRING_ADDR, VhostUserFrontend.vringAddr(500, q.descUva, q.usedUva, q.availUva), []);
       t.comment(`backend answered: ${r}`);
       if (s.kind === 'ours') t.match(r, /^ack [1-9]/, 'ours nacks it');
+    },
+  },
+  {
+    name: 'SET_VRING_ADDR outside every region for a stopped queue, then a proper restart',
+    async run(t, s) {
+      const q = s.fe.queues[1];
+      const base = await s.fe.stopQueue(1);
+      const bad = VhostUserFrontend.vringAddr(1, 0x1000n, 0x2000n, 0x3000n);
+      const r = await nack(s.fe, Req.SET_VRING_ADDR, bad, []);
+      t.comment(`backend answered: ${r}`);
+      if (s.kind === 'ours') t.match(r, /^ack [1-9]/, 'ours nacks it');
+      if (!s.fe.isClosedByPeer && !s.backend.exited) {
+        await s.fe.restartQueue(1, base).catch((e: Error) => t.comment(`restart failed: ${e.message}`));
+      }
+      t.equal(q.availIdx, base, 'base was the avail index');
     },
   },
   {

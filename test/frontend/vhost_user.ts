@@ -4,7 +4,7 @@
 // up split virtqueues in that memory.
 import { native, Poller, POLL_READABLE, isNativeError } from '../../shared/native';
 import { GuestMemory, GuestMemoryOptions } from './guest_memory';
-import { Virtqueue, withTimeout } from './virtqueue';
+import { RawDescriptor, Virtqueue, withTimeout } from './virtqueue';
 
 export const Req = {
   GET_FEATURES: 1, SET_FEATURES: 2, SET_OWNER: 3, RESET_OWNER: 4, SET_MEM_TABLE: 5,
@@ -430,6 +430,38 @@ export class VhostUserFrontend {
     if (m.payload.length !== 8) throw new VhostUserError(`GET_VRING_BASE reply has size ${m.payload.length}`);
     if (m.payload.readUInt32LE(0) !== i) throw new VhostUserError('GET_VRING_BASE reply for another queue');
     return m.payload.readUInt32LE(4);
+  }
+
+  /**
+   * Starts a stopped queue again the way QEMU does on "cont" after "stop": SET_VRING_NUM,
+   * SET_VRING_BASE (the base GET_VRING_BASE returned), SET_VRING_ADDR, SET_VRING_KICK/CALL(/ERR)
+   * and SET_VRING_ENABLE. The driver-side ring state is kept.
+   */
+  async restartQueue(i: number, base: number, opts: { addr?: Buffer; kickFirst?: boolean } = {}): Promise<void> {
+    const q = this.queues[i];
+    if (!q) throw new Error(`no queue ${i}`);
+    await this.message(Req.SET_VRING_NUM, VhostUserFrontend.vringState(i, q.size));
+    await this.message(Req.SET_VRING_BASE, VhostUserFrontend.vringState(i, base));
+    await this.message(Req.SET_VRING_ADDR, opts.addr ?? VhostUserFrontend.vringAddr(i, q.descUva, q.usedUva, q.availUva));
+    // QEMU sends KICK before CALL. With requests already pending, the C virtiofsd then answers
+    // before it has a call fd again (GET_VRING_BASE closed it) and panics ("Error writing eventfd:
+    // Bad file descriptor"), so by default the call fd goes first.
+    if (opts.kickFirst) await this.setU64(Req.SET_VRING_KICK, BigInt(i), [q.kickFd]);
+    await this.setU64(Req.SET_VRING_CALL, BigInt(i), [q.callFd]);
+    await this.setU64(Req.SET_VRING_ERR, BigInt(i), [q.errFd]);
+    if (!opts.kickFirst) await this.setU64(Req.SET_VRING_KICK, BigInt(i), [q.kickFd]);
+    if (this.negotiated && (this.negotiated.ackedFeatures & VirtioF.PROTOCOL_FEATURES)) {
+      await this.message(Req.SET_VRING_ENABLE, VhostUserFrontend.vringState(i, 1));
+    }
+    if (!this.negotiated?.replyAck) await this.getU64(Req.GET_FEATURES);
+  }
+
+  /** Hostile-input helper: raw descriptors on queue `queue` (see Virtqueue.submitRaw). */
+  submitRaw(queue: number, descriptors: Array<RawDescriptor & { slot: number }>, head: number,
+    opts: { noKick?: boolean; owned?: bigint[]; slots?: number[] } = {}): number {
+    const q = this.queues[queue];
+    if (!q) throw new Error(`no queue ${queue}`);
+    return q.submitRaw(descriptors, head, opts);
   }
 
   /** Cheap liveness probe of the control channel: GET_FEATURES answered within timeoutMs. */

@@ -103,6 +103,9 @@ t.test('readdirplus lists symlinks as themselves', (t) => {
   t.equal(e.type, 10 /* DT_LNK */);
   t.same(sink.entries.map((x) => x.name).sort(), ['.', '..', 'escape']);
   t.equal(sink.entries.find((x) => x.name === '..')!.entry, null, '.. gets no entry');
+  const rootIno = BigInt(fs.statSync(share).ino);
+  t.equal(sink.entries.find((x) => x.name === '..')!.ino, rootIno, "the root's '..' shows the root's own inode");
+  t.not(rootIno, BigInt(fs.statSync(path.dirname(share)).ino));
   pfs.releasedir(ctx, ROOT, dir.fh);
   t.end();
 });

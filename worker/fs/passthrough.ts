@@ -750,6 +750,11 @@ export class PassthroughFs implements FileSystem {
     }
     let position = rt.synced && cookieToWire(rec.position) === offset ? rec.position : this.seekDir(fd, rt, rec, offset);
     let accepted = 0;
+    let rootIno: Buffer | null = null;
+    if (rec.nodeid === ROOT_NODEID) {
+      rootIno = Buffer.alloc(8);
+      rootIno.writeBigUInt64LE(this.session.root.ino);
+    }
     try {
       for (;;) {
         if (rt.next >= rt.pending.length) {
@@ -772,7 +777,10 @@ export class PassthroughFs implements FileSystem {
         }
         let ok: boolean;
         try {
-          ok = sink.add(d.name, d.ino, d.type, cookieToWire(d.off), entry);
+          // '..' of the shared directory is the shared directory itself (as lookup says): do
+          // not show the inode number of the host directory above it.
+          const ino = rootIno !== null && isDotDot(d.name) ? rootIno : d.ino;
+          ok = sink.add(d.name, ino, d.type, cookieToWire(d.off), entry);
         } catch (e) {
           if (entry !== null) this.forget(entry.nodeid, 1);
           throw e;
