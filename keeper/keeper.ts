@@ -24,7 +24,7 @@ export interface ExitInfo { code: number | null; signal: string | null; at: stri
 export interface KeeperStatus {
   keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
   worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean };
-  recovery: { count: number; lastMs: number | null; p50Ms: number | null; maxMs: number | null };
+  recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[] };
   fdNames: Record<string, number>;
   workerStats: unknown;
 }
@@ -40,6 +40,8 @@ const CRASH_WINDOW_MS = 10_000;
 const CRASH_LOOP_DEATHS = 5;
 const MAX_BACKOFF_MS = 5_000;
 const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
+/** Recovery samples reported in status (for benchmarks and dashboards). */
+const RECENT_RECOVERIES = 200;
 /** Worker exit code for "the saved state cannot be used" (worker/worker.ts). */
 const EXIT_STATE_UNUSABLE = 3;
 
@@ -328,7 +330,8 @@ export class Keeper {
       recovery: {
         count: sorted.length,
         lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,
-        p50Ms: pick(0.5), maxMs: sorted.length ? sorted[sorted.length - 1]! : null,
+        p50Ms: pick(0.5), p99Ms: pick(0.99), maxMs: sorted.length ? sorted[sorted.length - 1]! : null,
+        recentMs: this.recoveryMs.slice(-RECENT_RECOVERIES),
       },
       fdNames,
       workerStats: this.workerStats,

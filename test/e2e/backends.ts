@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { repoRoot } from './guest-image';
+import { withParentDeathSignal } from './qemu';
 
 export type BackendKind = 'c-virtiofsd' | 'ours';
 export const BACKEND_KINDS: readonly BackendKind[] = ['c-virtiofsd', 'ours'];
@@ -166,7 +167,8 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
   if (kind === 'ours' && !(o.extraArgs ?? []).includes('--state-dir')) {
     stateDir = o.stateDir ?? (ownStateDir = fs.mkdtempSync('/tmp/vfsk-e2e-st-'));
   }
-  const { bin, args } = commandFor(kind, o, stateDir);
+  const plain = commandFor(kind, o, stateDir);
+  const { bin, args } = withParentDeathSignal(plain.bin, plain.args);
   fs.writeSync(logFd, `# ${new Date().toISOString()} ${bin} ${args.join(' ')}\n`);
   let cp: ChildProcess;
   try {

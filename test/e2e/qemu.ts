@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { ensureGuestImage, makeGzipCpio, type GuestImage } from './guest-image';
 
 export interface BootOptions {
@@ -114,6 +115,18 @@ function installExitHook(): void {
   });
 }
 
+const SETPRIV = '/usr/bin/setpriv';
+
+/**
+ * Wrap a command so the kernel SIGKILLs it when this process dies, even by a signal that
+ * skips 'exit' handlers (tap's timeout). Uses util-linux setpriv --pdeathsig, which execs the
+ * command in place (same pid). Without setpriv the command runs unwrapped.
+ */
+export function withParentDeathSignal(bin: string, args: string[]): { bin: string; args: string[] } {
+  if (!fs.existsSync(SETPRIV)) return { bin, args };
+  return { bin: SETPRIV, args: ['--pdeathsig', 'KILL', '--', bin, ...args] };
+}
+
 function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
@@ -204,9 +217,11 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
   const bin = opts.qemu ?? process.env.VFSK_QEMU ?? 'qemu-system-x86_64';
   const started = Date.now();
   // stdin is a pipe we never write to: QEMU's stdio chardev gets no EOF and no tty.
-  const cp = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const cmd = withParentDeathSignal(bin, args);
+  const cp = spawn(cmd.bin, cmd.args, { stdio: ['pipe', 'pipe', 'pipe'] });
   live.add(cp);
 
+  const decoder = new StringDecoder('utf8');
   let output = '';
   let stderr = '';
   let pendingCR = false;
@@ -224,7 +239,7 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
     } catch {
       // log file problems must not stop the boot
     }
-    let s = b.toString('utf8');
+    let s = decoder.write(b);
     if (pendingCR) s = '\r' + s;
     pendingCR = s.endsWith('\r');
     if (pendingCR) s = s.slice(0, -1);

@@ -2,8 +2,8 @@
 // messages. Each must get an errno reply, or for chains that cannot be answered, no reply (the
 // chain dropped or returned with used.len 0), and afterwards the backend must still serve normal
 // requests. Every case runs in its own session because the C virtiofsd (the reference, not the
-// standard) dies on several of them: for it, outcomes are recorded as comments and only ours is
-// held to the "still serving" requirement. See KNOWN_C_FAILURES.
+// standard) dies on several of them: for it, outcomes are recorded as comments (and summed up in
+// one comment at the end), and only ours is held to the outcome and "still serving" requirements.
 import t, { Test } from 'tap';
 import * as fs from 'node:fs';
 import { BackendKind, selectedBackends } from './backend';
@@ -453,8 +453,8 @@ const CONTROL_CASES: ControlCase[] = [
   },
 ];
 
-/** What the C virtiofsd did in each case, recorded when this file was written (QEMU 7.2). */
-const KNOWN_C_FAILURES = new Set<string>();
+/** Cases where the C virtiofsd died, stopped serving or answered unacceptably in this run. */
+const cFailures = new Set<string>();
 
 function runCases(kind: BackendKind): void {
   t.test(kind, async (t) => {
@@ -471,7 +471,7 @@ function runCases(kind: BackendKind): void {
           t.ok(o && accept(o), `acceptable outcome (${o ? describe(o) : 'none'})`);
           t.ok(alive.ok, `still serving afterwards (${alive.why})`);
         } else {
-          if (!alive.ok || !(o && accept(o))) KNOWN_C_FAILURES.add(c.name);
+          if (!alive.ok || !(o && accept(o))) cFailures.add(c.name);
           if (o && o.kind === 'bad-reply') t.fail(`malformed reply even from the C virtiofsd: ${o.detail}`);
           else t.pass(`C virtiofsd recorded: ${o ? describe(o) : 'n/a'}; ${alive.why}`);
         }
@@ -489,14 +489,14 @@ function runCases(kind: BackendKind): void {
           if (c.oursMay === 'serve-or-close') t.ok(alive.ok || /^(connection closed|backend exited)/.test(alive.why), `served or closed cleanly (${alive.why})`);
           else t.ok(alive.ok, `still serving afterwards (${alive.why})`);
         } else {
-          if (!alive.ok) KNOWN_C_FAILURES.add(`vhost-user: ${c.name}`);
+          if (!alive.ok) cFailures.add(`vhost-user: ${c.name}`);
           t.pass(`C virtiofsd recorded: ${alive.why}`);
         }
       });
     }
     t.teardown(() => {
       if (kind === 'c-virtiofsd') {
-        t.comment(`C virtiofsd did not survive / answered unacceptably: ${[...KNOWN_C_FAILURES].join(' | ') || 'none'}`);
+        t.comment(`C virtiofsd did not survive / answered unacceptably: ${[...cFailures].join(' | ') || 'none'}`);
       }
     });
   });

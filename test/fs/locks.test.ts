@@ -12,7 +12,7 @@ t.test('POSIX locks conflict between two fh', async (t) => {
   const a = pfs.open(ctx, f.nodeid, K.O_RDWR).fh;
   const c = pfs.open(ctx, f.nodeid, K.O_RDWR).fh;
 
-  pfs.setlk(ctx, f.nodeid, a, 1n, lk(K.F_WRLCK, 0, 99), false, false);
+  pfs.setlk(ctx, f.nodeid, a, 1n, { ...lk(K.F_WRLCK, 0, 99), pid: 4242 }, false, false);
   throwsErrno(t, () => pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_WRLCK, 50, 60), false, false), EAGAIN, 'write/write overlap');
   throwsErrno(t, () => pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_RDLCK, 99, 99), false, false), EAGAIN, 'read/write overlap');
   pfs.setlk(ctx, f.nodeid, c, 2n, lk(K.F_RDLCK, 100, 199), false, false);
@@ -22,7 +22,7 @@ t.test('POSIX locks conflict between two fh', async (t) => {
   t.equal(g.type, K.F_WRLCK, 'getlk sees the conflicting lock');
   t.equal(g.start, 0);
   t.equal(g.end, 99);
-  t.equal(g.pid, 0, 'OFD locks report pid 0');
+  t.equal(g.pid, 4242, 'GETLK reports the guest pid that took the conflicting lock');
   const free = pfs.getlk(ctx, f.nodeid, c, 2n, lk(K.F_WRLCK, 300, 400));
   t.equal(free.type, K.F_UNLCK, 'no conflict → F_UNLCK');
   const own = pfs.getlk(ctx, f.nodeid, a, 1n, lk(K.F_WRLCK, 0, 50));

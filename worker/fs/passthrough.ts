@@ -15,7 +15,7 @@
 // - Open files and dirs: one fd each, "file.<fh>" / "dir.<fh>".
 // - All table changes go through FsSession (session.ts), which can be journaled/snapshotted.
 //
-// Decisions (see also the report in the commit that added this file):
+// Decisions:
 // - Unknown nodeid or fh, or an fh that belongs to another nodeid: EBADF (both virtiofsds).
 // - LOOKUP of a missing name: ENOENT (no negative entries).
 // - '..' at the root is the root, '.' is the dir itself. '..' elsewhere is resolved beneath the
@@ -37,6 +37,20 @@
 //   is process-wide: it is swapped around the creating syscall on the JS thread only.
 // - access(): the addon has no faccessat, so it checks the mode bits against the caller's uid
 //   and primary gid like rust-vmm virtiofsd does (no supplementary groups, no ACLs).
+// - readdir offsets are the filesystem's own d_off cookies, passed through as in virtiofsd. On
+//   ext4 they are 63-bit hashes, so as JS numbers they are rounded: the guest gets
+//   Number(u64 cookie) and echoes it back as an opaque token. The session keeps the exact 64-bit
+//   cookie of the dir position; entries fetched but refused by the reply stay buffered (no seek
+//   back), so sequential reads never seek. A seek (rewinddir, seekdir, or the first READDIR after
+//   a worker restart, when the kernel fd position is unknown) lseeks when the cookie fits 2^53
+//   and otherwise re-reads the directory up to the entry carrying the cookie.
+// - '..' listed by readdir of the root shows the root's own inode number (lookup of '..' at the
+//   root is the root; the host directory above the share is not exposed).
+// - fds are registered before the session records them and closed after the session forgets
+//   them, so after a crash at any point every session record has its fd (stray fds are closed
+//   by resume()).
+// - Short-lived fds (truncate without fh, xattrs, syncfs) are opened and closed within the call
+//   (syncfs: when the async call completes) and are not registered.
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
@@ -134,6 +148,8 @@ function checkComponent(name: Buffer, forLookup: boolean): void {
 
 export class PassthroughFs implements FileSystem {
   readonly session: FsSession;
+  /** Who took which POSIX lock through which fh, for GETLK's pid (in memory only). */
+  private readonly lockHolders = new Map<NodeId, Array<{ fh: Handle; start: number; end: number; pid: number }>>();
   readonly cache: CacheMode;
   readonly xattr: boolean;
   private readonly registry: FdRegistry;
@@ -465,6 +481,7 @@ export class PassthroughFs implements FileSystem {
   }
 
   destroy(): void {
+    this.lockHolders.clear();
     const names = this.session.reset();
     for (const name of names) this.closeFd(name);
     this.dirState.clear();
@@ -689,6 +706,7 @@ export class PassthroughFs implements FileSystem {
 
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void {
     const rec = this.fileRec(nodeid, fh);
+    this.dropLocks(nodeid, fh);
     if (releaseFlags & K.FUSE_RELEASE_FLOCK_UNLOCK) {
       try {
         native.flock(this.fd(rec.fdName), K.LOCK_UN);
@@ -943,8 +961,32 @@ export class PassthroughFs implements FileSystem {
     const { start, len } = lockSpan(lock);
     const r = native.fcntlLock(fd, K.F_OFD_GETLK, lock.type, K.SEEK_SET, start, len);
     if (r === null || r.type === K.F_UNLCK) return { type: K.F_UNLCK, start: lock.start, end: lock.end, pid: 0 };
-    // OFD locks have no owning process: l_pid is -1; we report 0.
-    return { type: r.type, start: r.start, end: r.len === 0 ? K.OFFSET_MAX : r.start + r.len - 1, pid: 0 };
+    const end = r.len === 0 ? K.OFFSET_MAX : r.start + r.len - 1;
+    // OFD locks have no owning process (l_pid is -1): report the guest pid that took the
+    // conflicting lock through another handle, as a POSIX GETLK caller expects.
+    return { type: r.type, start: r.start, end, pid: this.lockHolderPid(nodeid, fh, r.start, end) };
+  }
+
+  /** Guest pid of a lock on nodeid that overlaps [start, end] and was taken through another fh
+   * (0 when unknown, e.g. taken before a worker restart or by a host process). */
+  private lockHolderPid(nodeid: NodeId, fh: Handle, start: number, end: number): number {
+    for (const h of this.lockHolders.get(nodeid) ?? []) {
+      if (h.fh !== fh && h.start <= end && start <= h.end) return h.pid;
+    }
+    return 0;
+  }
+
+  private noteLock(nodeid: NodeId, fh: Handle, lock: LockRange): void {
+    const list = (this.lockHolders.get(nodeid) ?? []).filter((h) => !(h.fh === fh && h.start <= lock.end && lock.start <= h.end));
+    if (lock.type !== K.F_UNLCK) list.push({ fh, start: lock.start, end: lock.end, pid: lock.pid });
+    if (list.length > 0) this.lockHolders.set(nodeid, list);
+    else this.lockHolders.delete(nodeid);
+  }
+
+  private dropLocks(nodeid: NodeId, fh: Handle): void {
+    const list = this.lockHolders.get(nodeid)?.filter((h) => h.fh !== fh);
+    if (list && list.length > 0) this.lockHolders.set(nodeid, list);
+    else this.lockHolders.delete(nodeid);
   }
 
   setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean,
@@ -960,9 +1002,11 @@ export class PassthroughFs implements FileSystem {
     if (lock.type !== K.F_UNLCK && lock.type !== K.F_RDLCK && lock.type !== K.F_WRLCK) throw errno(K.EINVAL, 'lock type');
     const { start, len } = lockSpan(lock);
     if (sleep && lock.type !== K.F_UNLCK) {
-      return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fcntlLockWait(fd, lock.type, K.SEEK_SET, start, len, cb));
+      return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fcntlLockWait(fd, lock.type, K.SEEK_SET, start, len, cb))
+        .then(() => this.noteLock(nodeid, fh, lock));
     }
     native.fcntlLock(this.fd(rec.fdName), K.F_OFD_SETLK, lock.type, K.SEEK_SET, start, len);
+    this.noteLock(nodeid, fh, lock);
   }
 
   // ================================================================ ranges

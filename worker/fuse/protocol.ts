@@ -616,7 +616,9 @@ export function parseRequest(header: InHeader, body: Buffer, options: ParseOptio
       return {
         kind: opcode === K.FUSE_READDIR ? 'READDIR' : 'READDIRPLUS',
         fh: u64Strict(args, 0, 'readdir fh'),
-        offset: u64Strict(args, 8, 'readdir offset'),
+        // Directory cookies are opaque 64-bit values (ext4 hands out 63-bit hashes); the
+        // filesystem maps this possibly inexact number back to the exact cookie it issued.
+        offset: Number(args.readBigUInt64LE(8)),
         size: args.readUInt32LE(16),
       };
     case K.FUSE_GETXATTR:

@@ -54,9 +54,11 @@ ok() { echo "ok $1"; passes=$((passes + 1)); }
 notok() { echo "not ok $1: $2"; fails=$((fails + 1)); }
 oneline() { tr '\n' ' ' | sed 's/  */ /g; s/ $//' | cut -c1-600; }
 
-# check NAME CMD...: CMD's exit status decides; its output is the reason on failure.
-uptime_cs() { read -r _u _ < /proc/uptime; echo "${_u%.*}${_u#*.}"; }
+# uptime in centiseconds
+uptime_cs() { read -r _u _ < /proc/uptime; echo $((${_u%.*} * 100 + 1${_u#*.} - 100)); }
 
+# check NAME CMD...: CMD's exit status decides; its output is the reason on failure.
+# A "# time NAME SECONDS" line precedes each result.
 check() {
   _name=$1
   shift
