@@ -273,7 +273,9 @@ export class VhostUserBackend {
       this.log.error({ request: name, err: errorInfo(e) }, 'vhost-user request failed');
     } finally {
       // Any fd the handler did not take is closed here, so a malformed message cannot leak.
-      msg.fds.forEach((fd, i) => { if (fd >= 0 && fds[i] === fd) native.close(fd); });
+      const stray = msg.fds.filter((fd, i) => fd >= 0 && fds[i] === fd);
+      for (const fd of stray) native.close(fd);
+      if (stray.length > 0 && ok) this.log.warn({ request: name, fds: stray.length }, 'closed fds the message should not carry');
     }
     if (async !== null) {
       this.busy = true;
@@ -345,7 +347,6 @@ export class VhostUserBackend {
     const p = msg.payload;
     switch (request) {
       case M.Request.GET_FEATURES:
-        this.expectFds(msg, 0);
         return M.u64Payload(OFFERED_FEATURES);
       case M.Request.SET_FEATURES: {
         this.expectFds(msg, 0);
@@ -357,7 +358,6 @@ export class VhostUserBackend {
         return null;
       }
       case M.Request.GET_PROTOCOL_FEATURES:
-        this.expectFds(msg, 0);
         return M.u64Payload(OFFERED_PROTOCOL_FEATURES);
       case M.Request.SET_PROTOCOL_FEATURES: {
         this.expectFds(msg, 0);
@@ -376,10 +376,8 @@ export class VhostUserBackend {
         this.expectFds(msg, 0);
         return this.resetDevice().then(() => Buffer.alloc(0));
       case M.Request.GET_QUEUE_NUM:
-        this.expectFds(msg, 0);
         return M.u64Payload(BigInt(this.device.numQueues));
       case M.Request.GET_MAX_MEM_SLOTS:
-        this.expectFds(msg, 0);
         return M.u64Payload(BigInt(MAX_MEM_SLOTS));
       case M.Request.SET_MEM_TABLE:
         return this.setMemTable(msg);
@@ -405,6 +403,17 @@ export class VhostUserBackend {
         v.availUser = toSafeNumber(a.availUser);
         v.usedUser = toSafeNumber(a.usedUser);
         if ([v.descUser, v.availUser, v.usedUser].some((x) => Number.isNaN(x))) throw new VhostError('SET_VRING_ADDR: address out of range');
+        // Check against the memory table now (QEMU sends it first), so a bad address is
+        // refused by this message, not silently at queue start.
+        if (this.memory.regionCount > 0 && v.size > 0) {
+          const parts: Array<[number, number, string]> = [[v.descUser, 16 * v.size, 'descriptor table'], [v.availUser, 6 + 2 * v.size, 'avail ring'], [v.usedUser, 6 + 8 * v.size, 'used ring']];
+          for (const [addr, len, what] of parts) {
+            if (this.memory.findUser(addr, len) === null) {
+              v.addrSet = false;
+              throw new VhostError(`SET_VRING_ADDR: ${what} at 0x${addr.toString(16)} is not in guest memory`);
+            }
+          }
+        }
         v.addrSet = true;
         return null;
       }

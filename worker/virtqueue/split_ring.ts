@@ -189,9 +189,11 @@ export class SplitRing {
     let index = head;
     let seen = 0;
     let inIndirect = false;
+    let total = 0;
     for (;;) {
       if (index >= tableSize) throw new ChainError(`descriptor index ${index} out of table (${tableSize})`, head);
       if (++seen > tableSize) throw new ChainError('descriptor chain loops or is longer than its table', head);
+      if (++total > this.size) throw new ChainError(`descriptor chain longer than the queue (${this.size})`, head);
       const d = tableOffset + index * DESC_SIZE;
       const addr = view.getUint32(d, true) + view.getUint32(d + 4, true) * 0x1_0000_0000;
       const len = view.getUint32(d + 8, true);
@@ -201,7 +203,8 @@ export class SplitRing {
         if (!this.indirect) throw new ChainError('indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC', head);
         if (inIndirect) throw new ChainError('nested indirect descriptor table', head);
         if (flags & VRING_DESC_F_NEXT) throw new ChainError('indirect descriptor with NEXT set', head);
-        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > MAX_INDIRECT_DESCRIPTORS) {
+        // virtio 1.x 2.7.5.3.1: no chain, indirect entries included, is longer than the queue.
+        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > Math.min(this.size, MAX_INDIRECT_DESCRIPTORS)) {
           throw new ChainError(`bad indirect table length ${len}`, head);
         }
         const loc = this.mem.findGuest(addr, len);
