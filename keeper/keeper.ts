@@ -17,13 +17,15 @@ import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../share
 export interface KeeperOptions extends WorkerConfig {
   /** argv to start a worker (embedded mode); null when systemd starts workers. */
   workerCommand: string[] | null;
+  /** Keep a warm standby worker for fast handovers (embedded mode). */
+  standby: boolean;
 }
 
 export interface ExitInfo { code: number | null; signal: string | null; at: string }
 
 export interface KeeperStatus {
   keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
-  worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean };
+  worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean };
   recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[] };
   fdNames: Record<string, number>;
   workerStats: unknown;
@@ -40,6 +42,8 @@ const CRASH_WINDOW_MS = 10_000;
 const CRASH_LOOP_DEATHS = 5;
 const MAX_BACKOFF_MS = 5_000;
 const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
+/** The standby starts this long after the active worker reports READY. */
+const STANDBY_DELAY_MS = 300;
 /** Recovery samples reported in status (for benchmarks and dashboards). */
 const RECENT_RECOVERIES = 200;
 /** Worker exit code for "the saved state cannot be used" (worker/worker.ts). */
@@ -52,6 +56,8 @@ export class Keeper {
   private listenPoller: Poller | null = null;
   private sockFd = -1;
   private child: ChildProcess | null = null;
+  private standby: { child: ChildProcess; client: Client | null } | null = null;
+  private standbyTimer: NodeJS.Timeout | null = null;
   private workerPid: number | null = null;
   private workerState = 'starting';
   private workerReady = false;
@@ -110,37 +116,89 @@ export class Keeper {
 
   // --- worker supervision (embedded mode)
 
-  private spawnWorker(): void {
-    if (this.stopping || this.opts.workerCommand === null) return;
-    const [cmd, ...args] = this.opts.workerCommand;
+  private spawnProcess(standby: boolean): ChildProcess {
+    const [cmd, ...args] = this.opts.workerCommand!;
     const child = spawn(cmd!, args, {
       stdio: ['ignore', 'inherit', 'inherit'],
-      env: { ...process.env, VFSK_KEEPER_PID: String(process.pid) },
+      env: { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) },
     });
+    child.on('exit', (code, signal) => this.onWorkerExit(child, code, signal));
+    child.on('error', (err) => this.log.error({ err: { message: err.message } }, 'worker spawn failed'));
+    return child;
+  }
+
+  private becomeActive(child: ChildProcess): void {
     this.child = child;
     this.workerPid = child.pid ?? null;
     this.workerState = 'starting';
     this.workerReady = false;
     this.workerStartedAt = new Date().toISOString();
+  }
+
+  private spawnWorker(): void {
+    if (this.stopping || this.opts.workerCommand === null) return;
+    const child = this.spawnProcess(false);
+    this.becomeActive(child);
     this.log.info({ workerPid: child.pid, restarts: this.restarts }, 'worker spawned');
-    child.on('exit', (code, signal) => this.onWorkerExit(child, code, signal));
-    child.on('error', (err) => this.log.error({ err: { message: err.message } }, 'worker spawn failed'));
+  }
+
+  /** A warm standby: loaded and connected, blocked until the keeper hands it the session. */
+  private spawnStandby(): void {
+    if (this.stopping || this.opts.workerCommand === null || this.standby !== null || !this.opts.standby) return;
+    const child = this.spawnProcess(true);
+    this.standby = { child, client: null };
+    this.log.debug({ standbyPid: child.pid }, 'standby worker spawned');
+  }
+
+  /** Spawns the standby once the active worker serves, so they do not compete for the CPU. */
+  private scheduleStandby(): void {
+    if (this.standbyTimer !== null || this.standby !== null || !this.opts.standby) return;
+    this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, STANDBY_DELAY_MS);
+  }
+
+  /** Starts the successor: the ready standby if there is one (a handover, not a Node.js start),
+   * else a fresh worker. Called only after the old worker was reaped, so the two never serve
+   * the queues at once. */
+  private startSuccessor(): void {
+    const sb = this.standby;
+    if (sb !== null && sb.client !== null && this.clients.has(sb.client.fd)) {
+      this.standby = null;
+      this.becomeActive(sb.child);
+      try {
+        native.sendMsg(sb.client.fd, formatAssignments({ X_TAKEOVER: 1 }), []);
+        this.log.info({ workerPid: sb.child.pid, restarts: this.restarts }, 'standby worker took over');
+        return;
+      } catch (e) {
+        this.log.error({ err: { message: (e as Error).message } }, 'standby handover failed; starting a fresh worker');
+        sb.child.kill('SIGKILL');
+      }
+    }
+    this.spawnWorker();
   }
 
   private onWorkerExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.standby !== null && child === this.standby.child) {
+      this.standby = null;
+      if (!this.stopping) {
+        this.log.warn({ code, signal }, 'standby worker died; replacing it');
+        this.scheduleStandby();
+      }
+      return;
+    }
     if (child !== this.child) return;
     const now = process.hrtime.bigint();
     this.child = null;
     this.lastExit = { code, signal, at: new Date().toISOString() };
     const pid = this.workerPid;
+    const diedBeforeReady = !this.workerReady;
     this.workerPid = null;
     this.workerReady = false;
     // Messages the dead worker queued before dying are still in its connection: take them all
     // before a successor can fetch the fd set.
     for (const c of [...this.clients.values()]) if (c.pid === pid) this.drainClient(c);
     if (this.stopping) {
+      // stop() is waiting for this exit and finishes the shutdown.
       this.workerState = 'stopped';
-      this.finish(0);
       return;
     }
     if (code === EXIT_STATE_UNUSABLE) {
@@ -160,16 +218,18 @@ export class Keeper {
     this.workerState = 'restarting';
     this.restarts++;
     this.deathAt = now;
+    // Only deaths before a worker got going count as a crash loop: a worker killed while
+    // serving (an operator, the watchdog, a bad request) is replaced at once.
     const t = Date.now();
     this.deaths = this.deaths.filter((d) => t - d < CRASH_WINDOW_MS);
-    this.deaths.push(t);
+    if (diedBeforeReady) this.deaths.push(t);
     const excess = this.deaths.length - CRASH_LOOP_DEATHS;
     if (excess <= 0) {
-      this.spawnWorker();
+      this.startSuccessor();
     } else {
       const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(excess, 10));
       this.log.error({ deaths: this.deaths.length, windowMs: CRASH_WINDOW_MS, delayMs: delay }, 'worker crash loop; backing off');
-      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.spawnWorker(); }, delay);
+      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.startSuccessor(); }, delay);
     }
   }
 
@@ -252,9 +312,14 @@ export class Keeper {
     }
     if (m.get('FDFETCH') === '1') this.sendFdSet(c);
     if (m.has('STATUS')) this.workerStatus = m.get('STATUS')!;
-    if (m.get('READY') === '1') {
+    if (m.get('X_STANDBY') === '1') {
+      if (this.standby !== null && this.standby.child.pid === c.pid) this.standby.client = c;
+      return;
+    }
+    if (m.get('READY') === '1' && c.pid === this.workerPid) {
       this.workerReady = true;
       this.workerState = 'running';
+      this.scheduleStandby();
     }
     if (m.get('STOPPING') === '1') this.workerState = 'stopping';
     if (m.has('X_STATS')) {
@@ -326,7 +391,8 @@ export class Keeper {
       keeper: { pid: process.pid, startedAt: this.startedAt, fdsHeld: this.store.size, stateDir: this.opts.stateDir,
         socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir, error: this.error },
       worker: { pid: this.workerPid, state: this.workerState, restarts: this.restarts, lastExit: this.lastExit,
-        startedAt: this.workerStartedAt, status: this.workerStatus, ready: this.workerReady },
+        startedAt: this.workerStartedAt, status: this.workerStatus, ready: this.workerReady,
+        standbyPid: this.standby?.child.pid ?? null, standbyReady: this.standby?.client != null },
       recovery: {
         count: sorted.length,
         lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,
@@ -343,13 +409,16 @@ export class Keeper {
     this.stopping = true;
     this.log.info({ reason }, 'keeper stopping');
     if (this.restartTimer) clearTimeout(this.restartTimer);
-    if (this.child !== null) {
-      const child = this.child;
+    if (this.standbyTimer) clearTimeout(this.standbyTimer);
+    const children = [this.child, this.standby?.child ?? null].filter((c): c is ChildProcess => c !== null);
+    await Promise.all(children.map(async (child) => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
       child.kill('SIGTERM');
       const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await new Promise<void>((resolve) => { if (child.exitCode !== null || child.signalCode !== null) resolve(); else child.once('exit', () => resolve()); });
+      await exited;
       clearTimeout(killer);
-    }
+    }));
     this.finish(0);
   }
 

@@ -15,7 +15,7 @@ export function nameFromSocket(socketPath: string): string {
 
 interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
-  keepListening: boolean; xattr: boolean;
+  keepListening: boolean; xattr: boolean; standby: boolean;
 }
 
 function serveOptions<T>(y: Argv<T>) {
@@ -27,7 +27,8 @@ function serveOptions<T>(y: Argv<T>) {
     .option('cache', { choices: ['auto', 'always', 'never'] as const, default: 'auto' as const, describe: 'guest caching: entry/attr timeouts and open flags' })
     .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
-    .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' });
+    .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
+    .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' });
 }
 
 function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
@@ -37,7 +38,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     sharedDir: path.resolve(a['shared-dir'] as string), socketPath,
     stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
-    keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean,
+    keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
   };
 }
 
@@ -49,6 +50,7 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr,
     workerCommand: embedded ? [process.execPath, binPath, 'worker', '--state-dir', a.stateDir] : null,
+    standby: embedded && a.standby,
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);

@@ -10,7 +10,7 @@ import { DEFAULT_STATE_ROOT, listInstances } from './cli';
 export interface StatusReport {
   name: string;
   keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
-  worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null };
+  worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean };
   vhost: { connected: boolean; queues: Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> };
   fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number };
   recovery: KeeperStatus['recovery'];
@@ -27,6 +27,7 @@ export function queryStatus(stateDir: string): StatusReport {
       keeper: { pid: k.keeper.pid, fdsHeld: k.keeper.fdsHeld, stateDir: k.keeper.stateDir, socketPath: k.keeper.socketPath, sharedDir: k.keeper.sharedDir, error: k.keeper.error },
       worker: {
         pid: k.worker.pid, state: k.worker.state, restarts: k.worker.restarts, lastExit: k.worker.lastExit, status: k.worker.status,
+        standbyPid: k.worker.standbyPid, standbyReady: k.worker.standbyReady,
         uptimeS: k.worker.startedAt && k.worker.pid ? Math.round((Date.now() - Date.parse(k.worker.startedAt)) / 100) / 10 : null,
       },
       vhost: { connected: w.vhost?.connected ?? false, queues: w.vhost?.queues ?? [] },
@@ -50,6 +51,7 @@ export function formatStatus(r: StatusReport): string {
   row('keeper', `pid ${r.keeper.pid}, holds ${r.keeper.fdsHeld} fds (${Object.entries(r.fdNames).map(([k, v]) => `${k} ${v}`).join(', ')})`);
   if (r.keeper.error) row('ERROR', r.keeper.error);
   row('worker', `${r.worker.state}, pid ${r.worker.pid ?? '-'}, up ${r.worker.uptimeS ?? '-'} s, ${r.worker.restarts} restarts`);
+  row('standby', r.worker.standbyReady ? `ready, pid ${r.worker.standbyPid}` : r.worker.standbyPid ? `starting, pid ${r.worker.standbyPid}` : 'none');
   if (r.worker.lastExit) row('last exit', `${r.worker.lastExit.signal ?? `code ${r.worker.lastExit.code}`} at ${r.worker.lastExit.at}`);
   row('recovery', `last ${ms(r.recovery.lastMs)}, p50 ${ms(r.recovery.p50Ms)}, max ${ms(r.recovery.maxMs)} (${r.recovery.count} recoveries)`);
   row('vhost-user', r.vhost.connected ? 'connected' : 'not connected');

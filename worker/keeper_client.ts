@@ -101,6 +101,18 @@ export class KeeperClient implements FdRegistryListener {
     this.send(formatAssignments(fields), []);
   }
 
+  /** Warm standby: announce ourselves, then block until the keeper hands over the session
+   * (it does so only after it has reaped the previous worker). */
+  waitForTakeover(): void {
+    this.send(formatAssignments({ X_STANDBY: 1 }), []);
+    for (;;) {
+      const r = native.recvMsg(this.fd, this.buf, 0);
+      if (r === null) continue;
+      if (r.bytes === 0) throw new FdStoreProtocolError('keeper closed the connection while we were on standby');
+      if (parseAssignments(this.buf.subarray(0, r.bytes)).get('X_TAKEOVER') === '1') return;
+    }
+  }
+
   /** Asks the keeper for its status JSON (used by the status CLI). */
   queryStatus(): unknown {
     this.send(formatAssignments({ X_STATUSQUERY: 1 }), []);

@@ -219,6 +219,15 @@ export async function workerMain(stateDir: string): Promise<number> {
     return 1;
   }
   const worker = new Worker(config, keeper);
+  if (process.env.VFSK_STANDBY === '1') {
+    try {
+      keeper.waitForTakeover();
+    } catch (e) {
+      log.info({ err: errorInfo(e) }, 'standby released without a takeover');
+      return 0;
+    }
+    log.info('standby worker taking over');
+  }
   try {
     worker.start();
   } catch (e) {

@@ -52,6 +52,8 @@ export async function measureRecovery(kills: number): Promise<RecoveryResult> {
       }
     })();
     for (let i = 0; i < kills; i++) {
+      // Steady state: the standby is loaded and waiting (kills far apart, as in production).
+      await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'standby ready', 30_000, 10);
       const before = queryStatus(stateDir);
       maxGap = 0;
       process.kill(before.worker.pid!, 'SIGKILL');
