@@ -87,6 +87,10 @@ export class Keeper {
     fs.mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
     const st = fs.statSync(this.opts.sharedDir, { throwIfNoEntry: false });
     if (!st || !st.isDirectory()) throw new Error(`shared directory ${this.opts.sharedDir} is not a directory`);
+    for (const p of [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)]) {
+      // sun_path holds 108 bytes including the NUL; bind() would only say ENAMETOOLONG.
+      if (Buffer.byteLength(p) > 107) throw new Error(`socket path ${p} is ${Buffer.byteLength(p)} bytes; UNIX sockets allow at most 107`);
+    }
     writeWorkerConfig(this.opts);
     this.put('root', native.openat(C.AT_FDCWD!, this.opts.sharedDir, C.O_PATH! | C.O_DIRECTORY!, 0));
     removeStaleSocket(this.opts.socketPath);

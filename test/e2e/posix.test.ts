@@ -62,6 +62,8 @@ const PEER_UNSUPPORTED_OK: Record<BackendKind, readonly string[]> = {
 const MANY = 5000;
 const BIG_MIB = 64;
 const BOOT_TIMEOUT_MS = Number(process.env.VFSK_E2E_BOOT_TIMEOUT_MS ?? 420_000);
+/** The slowest checks (5,000 creates; 64 MiB urandom + 2 x sha256) take ~15-40 s each here. */
+const IDLE_TIMEOUT_MS = Number(process.env.VFSK_E2E_IDLE_TIMEOUT_MS ?? 150_000);
 
 function sha256File(p: string): string {
   const h = createHash('sha256');
@@ -137,6 +139,7 @@ for (const kind of backendsFromEnv()) {
       dir,
       script,
       timeoutMs: BOOT_TIMEOUT_MS,
+      idleTimeoutMs: IDLE_TIMEOUT_MS,
       env: { VFSK_BACKEND: kind, VFSK_MANY: String(MANY), VFSK_BIG_MIB: String(BIG_MIB) },
     });
     const r = await guest.wait();
@@ -150,7 +153,9 @@ for (const kind of backendsFromEnv()) {
       // One failure carrying the whole story; the assertions below then name the details.
       t.fail(
         r.timedOut
-          ? `the guest did not finish within ${BOOT_TIMEOUT_MS} ms`
+          ? r.timeoutKind === 'idle'
+            ? `the guest printed nothing for ${IDLE_TIMEOUT_MS} ms and was killed (hung?)`
+            : `the guest did not finish within ${BOOT_TIMEOUT_MS} ms`
           : `posix.sh exited with ${r.exitCode} (${notOk.length} not ok, ${missing.length} checks missing)`,
         { guest: context() },
       );

@@ -30,6 +30,11 @@ export interface BootOptions {
   smp?: number;
   /** Whole-boot limit; QEMU is SIGKILLed when it passes (default 600 000 ms). */
   timeoutMs?: number;
+  /**
+   * SIGKILL QEMU when the serial console has been silent this long (default: off). A guest
+   * stuck on a dead or wedged backend prints nothing; this fails it early.
+   */
+  idleTimeoutMs?: number;
   /** Appended to "console=ttyS0 quiet panic=-1". */
   extraKernelArgs?: string[];
   /** Exported to the script (names must be shell identifiers). */
@@ -65,8 +70,10 @@ export interface GuestResult {
   qemuStderr: string;
   /** From spawning QEMU to its exit. */
   durationMs: number;
-  /** The boot hit timeoutMs and QEMU was killed. */
+  /** The boot hit timeoutMs or idleTimeoutMs and QEMU was killed. */
   timedOut: boolean;
+  /** Which limit: 'total' (timeoutMs), 'idle' (idleTimeoutMs), or null. */
+  timeoutKind: 'total' | 'idle' | null;
   /** QEMU was killed through kill() (or the timeout). */
   killed: boolean;
   /** QEMU's own exit status / signal. */
@@ -226,7 +233,9 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
   let stderr = '';
   let pendingCR = false;
   let timedOut = false;
+  let timeoutKind: 'total' | 'idle' | null = null;
   let killed = false;
+  let lastOutputAt = Date.now();
   let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | null = null;
   const listeners = new Set<() => void>();
   const notify = (): void => {
@@ -245,6 +254,7 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
     if (pendingCR) s = s.slice(0, -1);
     s = s.replace(/\r\n/g, '\n');
     output += s;
+    lastOutputAt = Date.now();
     opts.onOutput?.(s);
     notify();
   });
@@ -269,6 +279,7 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
       if (pendingCR) output += '\r';
       pendingCR = false;
       clearTimeout(timer);
+      if (idleTimer) clearInterval(idleTimer);
       live.delete(cp);
       try {
         fs.closeSync(serialFd);
@@ -297,9 +308,21 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
   };
   const timer = setTimeout(() => {
     timedOut = true;
+    timeoutKind ??= 'total';
     killed = true;
     sigkill();
   }, timeoutMs);
+  const idleMs = opts.idleTimeoutMs;
+  const idleTimer =
+    idleMs === undefined
+      ? undefined
+      : setInterval(() => {
+          if (Date.now() - lastOutputAt < idleMs) return;
+          timedOut = true;
+          timeoutKind ??= 'idle';
+          killed = true;
+          sigkill();
+        }, Math.min(1000, idleMs));
 
   if (cp.pid === undefined) {
     await closed;
@@ -317,6 +340,7 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
       qemuStderr: stderr,
       durationMs: Date.now() - started,
       timedOut,
+      timeoutKind,
       killed,
       qemuExitCode: exitInfo?.code ?? null,
       qemuSignal: exitInfo?.signal ?? null,
@@ -394,7 +418,7 @@ export async function bootGuest(opts: BootOptions): Promise<GuestResult> {
 export function describeResult(r: GuestResult, tailChars = 20_000): string {
   const out = r.output.length > tailChars ? '...\n' + r.output.slice(-tailChars) : r.output;
   return [
-    `exitCode=${r.exitCode} timedOut=${r.timedOut} killed=${r.killed} qemuExit=${r.qemuExitCode} ` +
+    `exitCode=${r.exitCode} timedOut=${r.timedOut}${r.timeoutKind ? ` (${r.timeoutKind})` : ''} killed=${r.killed} qemuExit=${r.qemuExitCode} ` +
       `qemuSignal=${r.qemuSignal} duration=${r.durationMs}ms`,
     `serial log: ${r.serialLogPath}`,
     '--- guest serial output ---',
