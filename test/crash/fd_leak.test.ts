@@ -46,6 +46,8 @@ t.test('no fd accumulates across 50 worker restarts', async (t) => {
     }, `worker ${i + 1} running`, 20_000);
     // A request through the new worker: it is really serving.
     await s.fuse.getattr(F.FUSE_ROOT_ID);
+    // Steady state includes a loaded standby (with its own keeper.sock connection).
+    await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'the standby', 20_000);
     const workerPid = st!.worker.pid!;
     if (i === 0) {
       keeperSteady = fdCount(keeperPid);
