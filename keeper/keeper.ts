@@ -13,6 +13,7 @@ import {
   FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
 } from '../shared/fdstore';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../shared/config';
+import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
 
 export interface KeeperOptions extends WorkerConfig {
   /** argv to start a worker (embedded mode); null when systemd starts workers. */
@@ -76,6 +77,10 @@ export class Keeper {
   readonly done: Promise<number>;
   private error: string | null = null;
   private lastControlReply = 0;
+  /** systemd's notify socket when we run as a Type=notify unit. */
+  private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
+  /** systemd mode: the keeper.sock client of the serving worker (its EOF is its death). */
+  private activeClient: Client | null = null;
 
   constructor(private readonly opts: KeeperOptions) {
     this.log = logger('keeper');
@@ -84,6 +89,10 @@ export class Keeper {
 
   start(): void {
     native.raiseNoFileLimit(1_000_000);
+    // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
+    const inherited = consumeListenFds();
+    for (const [name, fd] of inherited) this.store.set(name, fd);
+    if (inherited.size > 0) this.log.info({ fds: inherited.size }, 'took back the fd store from systemd');
     fs.mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
     const st = fs.statSync(this.opts.sharedDir, { throwIfNoEntry: false });
     if (!st || !st.isDirectory()) throw new Error(`shared directory ${this.opts.sharedDir} is not a directory`);
@@ -92,9 +101,11 @@ export class Keeper {
       if (Buffer.byteLength(p) > 107) throw new Error(`socket path ${p} is ${Buffer.byteLength(p)} bytes; UNIX sockets allow at most 107`);
     }
     writeWorkerConfig(this.opts);
-    this.put('root', native.openat(C.AT_FDCWD!, this.opts.sharedDir, C.O_PATH! | C.O_DIRECTORY!, 0));
-    removeStaleSocket(this.opts.socketPath);
-    this.put('vhost.listen', native.unixListen(this.opts.socketPath, 'stream', 1));
+    if (!this.store.has('root')) this.put('root', native.openat(C.AT_FDCWD!, this.opts.sharedDir, C.O_PATH! | C.O_DIRECTORY!, 0));
+    if (!this.store.has('vhost.listen')) {
+      removeStaleSocket(this.opts.socketPath);
+      this.put('vhost.listen', native.unixListen(this.opts.socketPath, 'stream', 1));
+    }
     const sockPath = keeperSocketPath(this.opts.stateDir);
     removeStaleSocket(sockPath);
     this.sockFd = native.unixListen(sockPath, 'seqpacket', 16);
@@ -102,13 +113,32 @@ export class Keeper {
     this.listenPoller = new native.Poller(this.sockFd, () => this.acceptClients());
     this.listenPoller.start(POLL_READABLE);
     this.log.info({ stateDir: this.opts.stateDir, socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir }, 'keeper started');
+    this.sdNotify({ READY: 1, STATUS: this.store.has('vhost.conn') ? 'holding a live frontend connection' : 'waiting for the vhost-user frontend' });
     if (this.opts.workerCommand !== null) this.spawnWorker();
+  }
+
+  private sdNotify(fields: Record<string, string | number>): void {
+    if (this.sd === null) return;
+    try {
+      this.sd.notify(fields);
+    } catch (e) {
+      this.log.warn({ err: { message: (e as Error).message } }, 'sd_notify failed');
+    }
   }
 
   private put(name: string, fd: number): void {
     const old = this.store.get(name);
     if (old !== undefined && old !== fd) native.close(old);
     this.store.set(name, fd);
+    // Under systemd the keeper's own fds go to systemd's fd store too, so a keeper restart
+    // loses nothing either.
+    if (this.sd !== null) {
+      try {
+        this.sd.storeFds([[name, fd]]);
+      } catch (e) {
+        this.log.error({ fdName: name, err: { message: (e as Error).message } }, 'cannot store an fd in systemd (FileDescriptorStoreMax=?)');
+      }
+    }
   }
 
   private drop(name: string): void {
@@ -116,16 +146,23 @@ export class Keeper {
     if (fd === undefined) return;
     this.store.delete(name);
     native.close(fd);
+    if (this.sd !== null && !this.stopping) {
+      try {
+        this.sd.removeFds([name]);
+      } catch (e) {
+        this.log.warn({ fdName: name, err: { message: (e as Error).message } }, 'cannot remove an fd from systemd\'s store');
+      }
+    }
   }
 
   // --- worker supervision (embedded mode)
 
   private spawnProcess(standby: boolean): ChildProcess {
     const [cmd, ...args] = this.opts.workerCommand!;
-    const child = spawn(cmd!, args, {
-      stdio: ['ignore', 'inherit', 'inherit'],
-      env: { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) },
-    });
+    const env: NodeJS.ProcessEnv = { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) };
+    // The keeper is the unit's main process: its workers must not talk to systemd.
+    for (const k of ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
+    const child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit'], env });
     child.on('exit', (code, signal) => this.onWorkerExit(child, code, signal));
     child.on('error', (err) => this.log.error({ err: { message: err.message } }, 'worker spawn failed'));
     return child;
@@ -267,6 +304,32 @@ export class Keeper {
     this.clients.delete(c.fd);
     c.poller.close();
     native.close(c.fd);
+    if (c === this.activeClient) {
+      this.activeClient = null;
+      // systemd mode: the worker's link closed, so it died; systemd restarts it.
+      if (this.opts.workerCommand === null && !this.stopping) {
+        this.deathAt = process.hrtime.bigint();
+        this.restarts++;
+        this.lastExit = { code: null, signal: null, at: new Date().toISOString() };
+        this.workerPid = null;
+        this.workerReady = false;
+        this.workerState = 'restarting';
+        this.log.warn({ workerPid: c.pid }, 'worker connection closed: the worker died');
+        this.sdNotify({ STATUS: 'worker died; waiting for systemd to restart it' });
+      }
+    }
+  }
+
+  /** Takes every message a dead peer left queued, so a successor's FDFETCH sees them all. */
+  private drainDeadClients(except: Client): void {
+    for (const c of [...this.clients.values()]) {
+      if (c === except) continue;
+      try {
+        process.kill(c.pid, 0);
+      } catch {
+        this.drainClient(c);
+      }
+    }
   }
 
   private drainClient(c: Client): void {
@@ -314,16 +377,25 @@ export class Keeper {
     if (m.get('FDSTOREREMOVE') === '1') {
       for (const n of parseFdNames(m.get('FDNAME'), -1)) this.drop(n);
     }
-    if (m.get('FDFETCH') === '1') this.sendFdSet(c);
+    if (m.get('FDFETCH') === '1') {
+      this.drainDeadClients(c);
+      this.sendFdSet(c);
+    }
     if (m.has('STATUS')) this.workerStatus = m.get('STATUS')!;
     if (m.get('X_STANDBY') === '1') {
       if (this.standby !== null && this.standby.child.pid === c.pid) this.standby.client = c;
       return;
     }
-    if (m.get('READY') === '1' && c.pid === this.workerPid) {
+    if (m.get('READY') === '1' && (c.pid === this.workerPid || this.opts.workerCommand === null)) {
       this.workerReady = true;
       this.workerState = 'running';
+      this.activeClient = c;
+      if (this.opts.workerCommand === null) {
+        this.workerPid = c.pid;
+        this.workerStartedAt = new Date().toISOString();
+      }
       this.scheduleStandby();
+      this.sdNotify({ STATUS: `worker ${c.pid} serving; ${this.restarts} restarts` });
     }
     if (m.get('STOPPING') === '1') this.workerState = 'stopping';
     if (m.has('X_STATS')) {
@@ -412,6 +484,7 @@ export class Keeper {
     if (this.stopping) return;
     this.stopping = true;
     this.log.info({ reason }, 'keeper stopping');
+    this.sdNotify({ STOPPING: 1, STATUS: `stopping: ${reason}` });
     if (this.restartTimer) clearTimeout(this.restartTimer);
     if (this.standbyTimer) clearTimeout(this.standbyTimer);
     const children = [this.child, this.standby?.child ?? null].filter((c): c is ChildProcess => c !== null);

@@ -99,6 +99,15 @@ export function main(argv: string[]): void {
           json: a.json,
         });
       })
+    .command('install-units', 'write the systemd unit pair (virtiofs-keeper@, virtiofs-worker@) with this checkout\'s paths',
+      (y) => y
+        .option('prefix', { type: 'string', default: '/etc/systemd/system', describe: 'unit directory' })
+        .option('config-dir', { type: 'string', default: '/etc/virtiofs-keeper', describe: 'directory of <name>.conf files' }),
+      async (a) => {
+        const { installUnits } = await import('./install_units');
+        for (const f of installUnits({ prefix: path.resolve(a.prefix), configDir: path.resolve(a['config-dir']) })) process.stdout.write(`wrote ${f}\n`);
+        process.stdout.write('next: create /etc/virtiofs-keeper/<name>.conf, then systemctl daemon-reload && systemctl enable --now virtiofs-keeper@<name>\n');
+      })
     .demandCommand(1)
     .help()
     .parseAsync();

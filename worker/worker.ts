@@ -14,6 +14,7 @@ import { FuseServer } from './fuse/server';
 import { PassthroughFs } from './fs/passthrough';
 import { loadState, pendingControl, WorkerStateStore, type LoadedState } from './state/worker_state';
 import { crashPoint } from './crash_points';
+import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 
 /** Exit codes the keeper understands. */
 export const EXIT_SERVICE_OVER = 0;
@@ -32,6 +33,10 @@ export class Worker {
   private fsImpl: PassthroughFs | null = null;
   private server: FuseServer | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
+  private watchdogTimer: NodeJS.Timeout | null = null;
+  /** systemd's notify socket when systemd runs this worker (virtiofs-worker@.service). */
+  private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
+  private lastAvailSeen = new Map<number, number>();
   private resolveDone: ((code: number) => void) | null = null;
   readonly done: Promise<number>;
 
@@ -67,6 +72,49 @@ export class Worker {
     this.sendStats();
     this.statsTimer = setInterval(() => this.sendStats(), STATS_INTERVAL_MS);
     this.statsTimer.unref();
+    const wd = watchdogIntervalMs();
+    if (this.sd !== null && wd !== null) {
+      this.watchdogTimer = setInterval(() => this.watchdogTick(), Math.max(10, wd / 2));
+      this.watchdogTick();
+    }
+  }
+
+  /**
+   * WATCHDOG=1 only while the queues make progress or are idle: a queue with buffers the
+   * guest made available that we have not consumed since the last tick means the worker is
+   * wedged, and systemd should replace it. (A wedged event loop sends nothing at all.)
+   * Requests that legitimately block in the threadpool (SETLKW) do not stop the pings.
+   */
+  private watchdogTick(): void {
+    const stats = this.backend?.queueStats() ?? [];
+    let stuck = false;
+    const seen = new Map<number, number>();
+    for (const q of stats) {
+      if (!q.running) continue;
+      seen.set(q.index, q.lastAvail);
+      if (q.pending !== 0 && this.lastAvailSeen.get(q.index) === q.lastAvail) stuck = true;
+    }
+    this.lastAvailSeen = seen;
+    if (stuck) {
+      this.log.warn({ queues: stats }, 'queues are not making progress: withholding the watchdog ping');
+      return;
+    }
+    this.sdNotify({ WATCHDOG: 1 });
+  }
+
+  private sdNotify(fields: Record<string, string | number>): void {
+    if (this.sd === null) return;
+    try {
+      this.sd.notify(fields);
+    } catch (e) {
+      this.log.warn({ err: errorInfo(e) }, 'sd_notify failed');
+    }
+  }
+
+  /** Status to the keeper and, under systemd, to systemd. */
+  private announce(fields: Record<string, string | number>): void {
+    this.keeper.notify(fields);
+    this.sdNotify(fields);
   }
 
   /**
@@ -97,7 +145,7 @@ export class Worker {
     const fd = this.registry.get('vhost.listen')!;
     this.listenPoller = new native.Poller(fd, () => this.acceptOne());
     this.listenPoller.start(POLL_READABLE);
-    this.keeper.notify({ READY: 1, STATUS: 'waiting for the vhost-user frontend' });
+    this.announce({ READY: 1, STATUS: 'waiting for the vhost-user frontend' });
     this.log.info({ socketPath: this.config.socketPath }, 'waiting for the vhost-user frontend');
   }
 
@@ -159,7 +207,7 @@ export class Worker {
       init: () => this.server?.init ?? null,
       fs: () => this.fsImpl?.session ?? null,
     });
-    this.keeper.notify({ READY: 1, STATUS: loaded ? 'serving (resumed after a worker restart)' : 'serving' });
+    this.announce({ READY: 1, STATUS: loaded ? 'serving (resumed after a worker restart)' : 'serving' });
   }
 
   private onDisconnect(reason: string): void {
@@ -174,7 +222,7 @@ export class Worker {
       this.listen();
       return;
     }
-    this.keeper.notify({ STOPPING: 1, STATUS: 'frontend disconnected' });
+    this.announce({ STOPPING: 1, STATUS: 'frontend disconnected' });
     this.finish(EXIT_SERVICE_OVER);
   }
 
@@ -201,6 +249,7 @@ export class Worker {
 
   private finish(code: number): void {
     if (this.statsTimer) clearInterval(this.statsTimer);
+    if (this.watchdogTimer) clearInterval(this.watchdogTimer);
     this.store.close();
     this.keeper.close();
     this.resolveDone?.(code);
@@ -209,6 +258,9 @@ export class Worker {
 
 export async function workerMain(stateDir: string): Promise<number> {
   const log = logger('worker');
+  // Blocking lock waits (SETLKW, flock) each hold a threadpool thread; 4 is too few. Must be
+  // set before the first threadpool use.
+  process.env.UV_THREADPOOL_SIZE ??= '16';
   let config: WorkerConfig;
   let keeper: KeeperClient;
   try {

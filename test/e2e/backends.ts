@@ -68,8 +68,10 @@ export interface Backend {
   stateDir: string | null;
   /** Combined stdout+stderr of the backend. */
   logPath: string;
-  /** The log so far. */
+  /** The log so far (whole file; see logTail for big logs). */
   log(): string;
+  /** The last `bytes` of the log (default 64 KiB). */
+  logTail(bytes?: number): string;
   /** The process has exited. */
   exited(): boolean;
   /** Exit status, once exited. */
@@ -199,8 +201,23 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
   const readLog = (): string => {
     try {
       return fs.readFileSync(logPath, 'utf8');
-    } catch {
-      return '';
+    } catch (e) {
+      return `[cannot read ${logPath}: ${(e as Error).message}]`;
+    }
+  };
+  const logTail = (bytes = 64 * 1024): string => {
+    let fd: number | null = null;
+    try {
+      fd = fs.openSync(logPath, 'r');
+      const size = fs.fstatSync(fd).size;
+      const len = Math.min(size, bytes);
+      const buf = Buffer.alloc(len);
+      fs.readSync(fd, buf, 0, len, size - len);
+      return (len < size ? `[... ${size - len} earlier bytes of ${logPath} omitted]\n` : '') + buf.toString('utf8');
+    } catch (e) {
+      return `[cannot read ${logPath}: ${(e as Error).message}]`;
+    } finally {
+      if (fd !== null) fs.closeSync(fd);
     }
   };
 
@@ -237,12 +254,12 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
       cleanup();
       throw new Error(
         `${kind} exited before creating ${o.socketPath} (status ${JSON.stringify(status)}` +
-          `${spawnError ? `, ${(spawnError as Error).message}` : ''}):\n${readLog()}`,
+          `${spawnError ? `, ${(spawnError as Error).message}` : ''}):\n${logTail()}`,
       );
     }
     if (Date.now() > deadline) {
       await stop(1000);
-      throw new Error(`${kind} did not create ${o.socketPath} within ${o.startTimeoutMs ?? 20_000} ms:\n${readLog()}`);
+      throw new Error(`${kind} did not create ${o.socketPath} within ${o.startTimeoutMs ?? 20_000} ms:\n${logTail()}`);
     }
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -255,6 +272,7 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     stateDir,
     logPath,
     log: readLog,
+    logTail,
     exited: () => status !== null,
     exitStatus: () => status,
     waitExit: () => exitP,

@@ -144,7 +144,7 @@ for (const kind of backendsFromEnv()) {
     });
     const r = await guest.wait();
     const be = backend;
-    const context = (): string => `${describeResult(r)}\n--- ${kind} log (${be.logPath}) ---\n${be.log().slice(-8000)}`;
+    const context = (): string => `${describeResult(r)}\n--- ${kind} log (${be.logPath}) ---\n${be.logTail(8000)}`;
     t.comment(`${kind}: boot + workload took ${r.durationMs} ms`);
 
     const { ok, notOk } = parseTap(r.output);
@@ -176,7 +176,7 @@ for (const kind of backendsFromEnv()) {
     if (kind === 'ours') {
       // Our daemon logs pino JSON lines; level >= 50 is error/fatal.
       const errors = be
-        .log()
+        .logTail(4 * 1024 * 1024)
         .split('\n')
         .filter((l) => {
           try {

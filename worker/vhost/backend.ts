@@ -209,14 +209,21 @@ export class VhostUserBackend {
     };
   }
 
-  queueStats(): Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> {
+  queueStats(): Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number; pending: number }> {
     return this.vrings.map((v, index) => {
       const q = this.running.get(index);
+      let pending = 0;
+      try {
+        pending = q ? q.ring.pending() : 0;
+      } catch {
+        pending = -1; // the driver corrupted the ring; the queue server has stopped it
+      }
       return {
         index, size: v.size, running: q !== undefined,
         lastAvail: q ? q.ring.lastAvailIdx : v.base,
         used: q ? q.ring.usedIndex() : 0,
         inflight: q ? q.handler.inflightCount() : 0,
+        pending,
       };
     });
   }

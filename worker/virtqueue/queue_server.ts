@@ -27,6 +27,9 @@ export class QueueServer implements QueueHandler {
   private drainWaiters: Array<() => void> = [];
   private completedSinceStart = 0;
   private unpublished: number[] = [];
+  private badChainWindow = 0;
+  private badChainLogged = 0;
+  private badChainSuppressed = 0;
 
   constructor(readonly index: number, private readonly handler: ChainHandler, private readonly log: Logger,
     private readonly onFirstCompletion?: () => void) {}
@@ -72,7 +75,16 @@ export class QueueServer implements QueueHandler {
 
   private dispatch(c: DescriptorChain | ChainError): void {
     if (c instanceof ChainError) {
-      this.log.error({ queue: this.index, head: c.head, err: c.message }, 'malformed descriptor chain dropped');
+      // A hostile guest can send these in a loop: log a bounded number per second.
+      const now = Date.now();
+      if (now - this.badChainWindow >= 1000) {
+        if (this.badChainSuppressed > 0) this.log.error({ queue: this.index, suppressed: this.badChainSuppressed }, 'malformed descriptor chains not logged');
+        this.badChainWindow = now;
+        this.badChainLogged = 0;
+        this.badChainSuppressed = 0;
+      }
+      if (this.badChainLogged++ < 10) this.log.error({ queue: this.index, head: c.head, err: c.message }, 'malformed descriptor chain dropped');
+      else this.badChainSuppressed++;
       if (c.head >= 0) this.complete(c.head, 0);
       return;
     }

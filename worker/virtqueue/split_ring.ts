@@ -11,8 +11,11 @@ export const VRING_DESC_F_INDIRECT = 4;
 export const VRING_USED_F_NO_NOTIFY = 1;
 export const VRING_AVAIL_F_NO_INTERRUPT = 1;
 export const MAX_QUEUE_SIZE = 32768;
-/** An indirect table may hold at most this many descriptors (Linux never exceeds 1024+). */
-export const MAX_INDIRECT_DESCRIPTORS = 4096;
+/** An indirect table may hold at most this many descriptors, whatever the queue size. The
+ * spec says no chain is longer than the queue, but Linux's virtio-fs puts one entry per page of
+ * a large direct write in one indirect table, and QEMU and libvhost-user accept tables of up to
+ * 1024 entries (VIRTQUEUE_MAX_SIZE); so do we. */
+export const MAX_INDIRECT_DESCRIPTORS = 1024;
 
 const DESC_SIZE = 16;
 
@@ -193,7 +196,7 @@ export class SplitRing {
     for (;;) {
       if (index >= tableSize) throw new ChainError(`descriptor index ${index} out of table (${tableSize})`, head);
       if (++seen > tableSize) throw new ChainError('descriptor chain loops or is longer than its table', head);
-      if (++total > this.size) throw new ChainError(`descriptor chain longer than the queue (${this.size})`, head);
+      if (++total > this.size + MAX_INDIRECT_DESCRIPTORS) throw new ChainError(`descriptor chain of more than ${this.size + MAX_INDIRECT_DESCRIPTORS} descriptors`, head);
       const d = tableOffset + index * DESC_SIZE;
       const addr = view.getUint32(d, true) + view.getUint32(d + 4, true) * 0x1_0000_0000;
       const len = view.getUint32(d + 8, true);
@@ -203,8 +206,7 @@ export class SplitRing {
         if (!this.indirect) throw new ChainError('indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC', head);
         if (inIndirect) throw new ChainError('nested indirect descriptor table', head);
         if (flags & VRING_DESC_F_NEXT) throw new ChainError('indirect descriptor with NEXT set', head);
-        // virtio 1.x 2.7.5.3.1: no chain, indirect entries included, is longer than the queue.
-        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > Math.min(this.size, MAX_INDIRECT_DESCRIPTORS)) {
+        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > MAX_INDIRECT_DESCRIPTORS) {
           throw new ChainError(`bad indirect table length ${len}`, head);
         }
         const loc = this.mem.findGuest(addr, len);

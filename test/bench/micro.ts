@@ -1,0 +1,297 @@
+// Micro-benchmarks through the test frontend (no guest CPU in the way): metadata rates, a large
+// directory listing, sequential and random I/O, latency at queue depth 1, peak RSS. One call of
+// runMicro() measures one backend session; bench.ts alternates backends and repeats.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LeanFuse, nameArg, runPool, type Slot } from './lean_client';
+import { CpuMeter, peakRss, type BenchSession } from './procs';
+import { quantile } from './stats';
+import { makePrng } from '../helpers/prng';
+import { queryStatus } from '../../shared/status';
+import * as F from '../frontend/fuse_proto';
+
+export const MIB = 1 << 20;
+/** Requests in flight for the metadata rates (a guest with several busy threads). */
+export const META_DEPTH = 16;
+export const SEQ_DEPTH = 8;
+export const DIR_ENTRIES = 10_000;
+export const READDIR_BUF = 4096;
+
+export interface MicroParams {
+  /** Seconds per time-bounded run. */
+  seconds: number;
+  /** CREATE+RELEASE pairs (and UNLINKs) per session. */
+  creates: number;
+  /** Size of the sequential-I/O file. */
+  bigMiB: number;
+  /** READDIRPLUS listings per session (the first finds new inodes, the rest known ones). */
+  listings: number;
+}
+
+/** The host tree every session works on (created once, before any backend starts). */
+export interface Fixture {
+  shared: string;
+  bigMiB: number;
+}
+
+export function makeFixture(shared: string, bigMiB: number, log: (s: string) => void): Fixture {
+  const t0 = Date.now();
+  fs.mkdirSync(shared, { recursive: true });
+  for (const [dir, prefix] of [['cold', 'f'], ['list', 'e']] as const) {
+    fs.mkdirSync(path.join(shared, dir));
+    for (let i = 0; i < DIR_ENTRIES; i++) fs.closeSync(fs.openSync(path.join(shared, dir, `${prefix}${String(i).padStart(5, '0')}`), 'w'));
+  }
+  fs.writeFileSync(path.join(shared, 'hot.txt'), Buffer.alloc(4096, 0x68));
+  fs.mkdirSync(path.join(shared, 'w'));
+  // Real data (not a sparse file), so reads copy page-cache pages.
+  const fd = fs.openSync(path.join(shared, 'big.bin'), 'w');
+  const chunk = Buffer.alloc(MIB);
+  for (let i = 0; i < bigMiB; i++) {
+    chunk.fill(i & 0xff);
+    chunk.writeUInt32LE(i, 0);
+    fs.writeSync(fd, chunk);
+  }
+  fs.closeSync(fd);
+  log(`fixture: 2 x ${DIR_ENTRIES} files, ${bigMiB} MiB file, in ${Date.now() - t0} ms`);
+  return { shared, bigMiB };
+}
+
+/** One measured value: `value` in the metric's unit; backend CPU per op when it is a rate. */
+export interface Sample {
+  value: number;
+  /** Backend CPU (all its processes, user+system) per op, µs. */
+  cpuUsPerOp?: number;
+  /** The bench process's own CPU per op, µs (the frontend is in the loop on the same 2 cores). */
+  clientCpuUsPerOp?: number;
+  extra?: Record<string, unknown>;
+}
+
+export type MetricKey =
+  | 'getattr' | 'lookup_hot' | 'lookup_cold' | 'create_release' | 'unlink'
+  | 'readdirplus_first' | 'readdirplus_again' | 'seq_read' | 'seq_write'
+  | 'rand_read_qd1' | 'rand_read_qd32'
+  | 'getattr_p50' | 'getattr_p99' | 'read4k_p50' | 'read4k_p99' | 'rss';
+
+export interface MetricDef { key: MetricKey; name: string; unit: string; higherIsBetter: boolean }
+
+export function metricDefs(p: MicroParams): MetricDef[] {
+  return [
+    { key: 'lookup_hot', name: `LOOKUP hot (same name), QD${META_DEPTH}`, unit: 'ops/s', higherIsBetter: true },
+    { key: 'lookup_cold', name: `LOOKUP cold (${DIR_ENTRIES} distinct names, each once), QD${META_DEPTH}`, unit: 'ops/s', higherIsBetter: true },
+    { key: 'getattr', name: `GETATTR, QD${META_DEPTH}`, unit: 'ops/s', higherIsBetter: true },
+    { key: 'create_release', name: `CREATE+RELEASE (${p.creates} new files), QD${META_DEPTH}`, unit: 'pairs/s', higherIsBetter: true },
+    { key: 'unlink', name: `UNLINK (${p.creates} files), QD${META_DEPTH}`, unit: 'ops/s', higherIsBetter: true },
+    { key: 'readdirplus_first', name: `READDIRPLUS ${DIR_ENTRIES} entries, first listing (${READDIR_BUF} B calls)`, unit: 'ms', higherIsBetter: false },
+    { key: 'readdirplus_again', name: `READDIRPLUS ${DIR_ENTRIES} entries, repeat listing`, unit: 'ms', higherIsBetter: false },
+    { key: 'seq_read', name: `sequential READ, 1 MiB requests, ${SEQ_DEPTH} in flight, ${p.bigMiB} MiB file`, unit: 'MB/s', higherIsBetter: true },
+    { key: 'seq_write', name: `sequential WRITE, 1 MiB requests, ${SEQ_DEPTH} in flight, ${p.bigMiB} MiB new file`, unit: 'MB/s', higherIsBetter: true },
+    { key: 'rand_read_qd1', name: 'random 4 KiB READ, QD1', unit: 'IOPS', higherIsBetter: true },
+    { key: 'rand_read_qd32', name: 'random 4 KiB READ, QD32', unit: 'IOPS', higherIsBetter: true },
+    { key: 'getattr_p50', name: 'GETATTR latency p50, QD1', unit: 'µs', higherIsBetter: false },
+    { key: 'getattr_p99', name: 'GETATTR latency p99, QD1', unit: 'µs', higherIsBetter: false },
+    { key: 'read4k_p50', name: '4 KiB READ latency p50, QD1', unit: 'µs', higherIsBetter: false },
+    { key: 'read4k_p99', name: '4 KiB READ latency p99, QD1', unit: 'µs', higherIsBetter: false },
+    { key: 'rss', name: 'peak RSS (VmHWM) after the micro runs', unit: 'MiB', higherIsBetter: false },
+  ];
+}
+
+/** Measures `fn` (which performs `ops` operations) with backend and client CPU accounting. */
+async function measured(s: BenchSession, fn: () => Promise<{ ops: number; ms: number }>): Promise<{ ops: number; ms: number; cpuUsPerOp: number; clientCpuUsPerOp: number }> {
+  const meter = new CpuMeter(() => s.pids());
+  const c0 = process.cpuUsage();
+  const r = await fn();
+  const c = process.cpuUsage(c0);
+  const ops = Math.max(1, r.ops);
+  return { ...r, cpuUsPerOp: (meter.elapsedMs() * 1000) / ops, clientCpuUsPerOp: (c.user + c.system) / ops };
+}
+
+const rate = (r: { ops: number; ms: number }): number => (r.ops * 1000) / r.ms;
+
+async function batchForget(s: BenchSession, ids: Map<bigint, number>): Promise<void> {
+  const items = [...ids].map(([nodeid, n]) => ({ nodeid, nlookup: BigInt(n) }));
+  for (let i = 0; i < items.length; i += 200) await s.fuse.batchForget(items.slice(i, i + 200));
+}
+
+/**
+ * Runs the micro workloads on one session. `only` restricts the metrics (for the journaling
+ * comparison); `tag` makes this session's file names unique.
+ */
+export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag: string,
+  only?: ReadonlySet<MetricKey>, log: (m: string) => void = () => {}): Promise<Map<MetricKey, Sample>> {
+  const out = new Map<MetricKey, Sample>();
+  const want = (k: MetricKey): boolean => only === undefined || only.has(k);
+  const durationMs = p.seconds * 1000;
+  const fuse = s.fuse;
+  const root = F.FUSE_ROOT_ID;
+  const hot = (await fuse.lookup(root, 'hot.txt')).nodeid;
+  const wdir = (await fuse.lookup(root, 'w')).nodeid;
+  const prng = makePrng(0x5eed);
+
+  // --- metadata rates (QD16) -----------------------------------------------------------------
+  {
+    const lean = new LeanFuse(s.fe, META_DEPTH, 4096);
+    try {
+      if (want('getattr')) {
+        const r = await measured(s, () => runPool(lean, META_DEPTH, (sl) => lean.getattr(sl, hot), { durationMs }));
+        out.set('getattr', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+      }
+      if (want('lookup_hot')) {
+        const name = nameArg('hot.txt');
+        const r = await measured(s, () => runPool(lean, META_DEPTH, (sl) => lean.lookup(sl, root, name), { durationMs }));
+        out.set('lookup_hot', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        // Give the lookups back (one FORGET for the accumulated count).
+        await fuse.forget(hot, r.ops);
+      }
+      if (want('lookup_cold')) {
+        const cold = (await fuse.lookup(root, 'cold')).nodeid;
+        const names = Array.from({ length: DIR_ENTRIES }, (_, i) => nameArg(`f${String(i).padStart(5, '0')}`));
+        const ids = new Map<bigint, number>();
+        const r = await measured(s, () => runPool(lean, META_DEPTH, async (sl, i) => {
+          const id = await lean.lookup(sl, cold, names[i]!);
+          ids.set(id, (ids.get(id) ?? 0) + 1);
+        }, { count: DIR_ENTRIES }));
+        out.set('lookup_cold', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        await batchForget(s, ids);
+      }
+      if (want('create_release') || want('unlink')) {
+        const dname = `c-${tag}`;
+        const dir = (await fuse.mkdir(wdir, dname, 0o755)).nodeid;
+        const names = Array.from({ length: p.creates }, (_, i) => nameArg(`n${String(i).padStart(6, '0')}`));
+        const ids = new Map<bigint, number>();
+        const flags = F.O.WRONLY | F.O.CREAT | F.O.EXCL;
+        const r = await measured(s, () => runPool(lean, META_DEPTH, async (sl: Slot, i) => {
+          const c = await lean.create(sl, dir, names[i]!, flags);
+          ids.set(c.nodeid, (ids.get(c.nodeid) ?? 0) + 1);
+          await lean.release(sl, c.nodeid, c.fh, F.O.WRONLY);
+        }, { count: p.creates }));
+        out.set('create_release', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        const u = await measured(s, () => runPool(lean, META_DEPTH, (sl, i) => lean.unlink(sl, dir, names[i]!), { count: p.creates }));
+        if (want('unlink')) out.set('unlink', { value: rate(u), cpuUsPerOp: u.cpuUsPerOp, clientCpuUsPerOp: u.clientCpuUsPerOp });
+        await batchForget(s, ids);
+        await fuse.rmdir(wdir, dname);
+      }
+      // --- READDIRPLUS of a 10,000-entry directory --------------------------------------------
+      if (want('readdirplus_first') || want('readdirplus_again')) {
+        const list = (await fuse.lookup(root, 'list')).nodeid;
+        const times: number[] = [];
+        let entries = 0;
+        let calls = 0;
+        const meter = new CpuMeter(() => s.pids());
+        const sl = lean.slots[0]!;
+        for (let k = 0; k < p.listings; k++) {
+          const t0 = performance.now();
+          const dh = await fuse.opendir(list);
+          let off = 0n;
+          let n = 0;
+          for (;;) {
+            const b = await lean.readdirplus(sl, list, dh.fh, off, READDIR_BUF);
+            calls++;
+            if (b.count === 0) break;
+            n += b.count;
+            off = b.lastOff;
+          }
+          await fuse.releasedir(list, dh.fh);
+          times.push(performance.now() - t0);
+          entries = n;
+        }
+        if (entries < DIR_ENTRIES) throw new Error(`READDIRPLUS listed ${entries} entries, expected at least ${DIR_ENTRIES}`);
+        const cpuUsPerListing = (meter.elapsedMs() * 1000) / p.listings;
+        out.set('readdirplus_first', { value: times[0]!, extra: { entries, callsPerListing: calls / p.listings } });
+        if (times.length > 1) {
+          const again = times.slice(1);
+          out.set('readdirplus_again', { value: again.reduce((a, b) => a + b, 0) / again.length, extra: { listingsMs: times.map((t) => Math.round(t * 10) / 10), cpuUsPerListingAll: Math.round(cpuUsPerListing) } });
+        }
+      }
+      // --- GETATTR latency at QD1 --------------------------------------------------------------
+      if (want('getattr_p50') || want('getattr_p99')) {
+        const lat: number[] = [];
+        await runPool(lean, 1, (sl) => lean.getattr(sl, hot), { durationMs: Math.min(durationMs, 2000) }, lat);
+        out.set('getattr_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
+        out.set('getattr_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
+      }
+    } finally {
+      lean.free();
+    }
+  }
+
+  // --- data path ---------------------------------------------------------------------------------
+  const chunks = fx.bigMiB;
+  if (want('seq_read')) {
+    const big = (await fuse.lookup(root, 'big.bin')).nodeid;
+    const fh = (await fuse.open(big, F.O.RDONLY)).fh;
+    const lean = new LeanFuse(s.fe, SEQ_DEPTH, MIB);
+    try {
+      // Warm-up pass (page cache, first-touch of the guest buffers), then the timed runs.
+      await runPool(lean, SEQ_DEPTH, (sl, i) => lean.read(sl, big, fh, (i % chunks) * MIB, MIB), { count: Math.min(chunks, 32) });
+      let short = 0;
+      const r = await measured(s, () => runPool(lean, SEQ_DEPTH, async (sl, i) => {
+        const n = await lean.read(sl, big, fh, (i % chunks) * MIB, MIB);
+        if (n !== MIB) short++;
+      }, { durationMs: Math.max(durationMs, 1000) }));
+      if (short > 0) throw new Error(`${short} short 1 MiB reads`);
+      out.set('seq_read', { value: (r.ops * MIB) / 1e6 / (r.ms / 1000), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp, extra: { passes: Math.round((r.ops / chunks) * 10) / 10 } });
+    } finally {
+      lean.free();
+    }
+    await fuse.release(big, fh, F.O.RDONLY);
+  }
+  if (want('seq_write')) {
+    const name = `seq-${tag}.bin`;
+    const c = await fuse.create(wdir, name, F.O.WRONLY);
+    const lean = new LeanFuse(s.fe, SEQ_DEPTH, 64, MIB);
+    try {
+      let short = 0;
+      const r = await measured(s, () => runPool(lean, SEQ_DEPTH, async (sl, i) => {
+        const n = await lean.write(sl, c.entry.nodeid, c.open.fh, i * MIB, MIB);
+        if (n !== MIB) short++;
+      }, { count: chunks }));
+      if (short > 0) throw new Error(`${short} short 1 MiB writes`);
+      out.set('seq_write', { value: (r.ops * MIB) / 1e6 / (r.ms / 1000), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+    } finally {
+      lean.free();
+    }
+    await fuse.release(c.entry.nodeid, c.open.fh, F.O.WRONLY);
+    const size = fs.statSync(path.join(fx.shared, 'w', name)).size;
+    if (size !== chunks * MIB) throw new Error(`sequential write left ${size} bytes, expected ${chunks * MIB}`);
+    await fuse.unlink(wdir, name);
+    await fuse.forget(c.entry.nodeid, 1);
+  }
+  if (want('rand_read_qd1') || want('rand_read_qd32') || want('read4k_p50') || want('read4k_p99')) {
+    const big = (await fuse.lookup(root, 'big.bin')).nodeid;
+    const fh = (await fuse.open(big, F.O.RDONLY)).fh;
+    const pages = (fx.bigMiB * MIB) / 4096;
+    const lean = new LeanFuse(s.fe, 32, 4096);
+    const rnd = (): number => Math.floor(prng() * pages) * 4096;
+    try {
+      await runPool(lean, 32, (sl) => lean.read(sl, big, fh, rnd(), 4096), { count: 2000 }); // warm-up
+      const lat: number[] = [];
+      const r1 = await measured(s, () => runPool(lean, 1, (sl) => lean.read(sl, big, fh, rnd(), 4096), { durationMs }, lat));
+      out.set('rand_read_qd1', { value: rate(r1), cpuUsPerOp: r1.cpuUsPerOp, clientCpuUsPerOp: r1.clientCpuUsPerOp });
+      out.set('read4k_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
+      out.set('read4k_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
+      if (want('rand_read_qd32')) {
+        const r32 = await measured(s, () => runPool(lean, 32, (sl) => lean.read(sl, big, fh, rnd(), 4096), { durationMs }));
+        out.set('rand_read_qd32', { value: rate(r32), cpuUsPerOp: r32.cpuUsPerOp, clientCpuUsPerOp: r32.clientCpuUsPerOp });
+      }
+    } finally {
+      lean.free();
+    }
+    await fuse.release(big, fh, F.O.RDONLY);
+  }
+
+  // --- peak RSS ----------------------------------------------------------------------------------
+  if (want('rss')) {
+    let workerPid: number | null = null;
+    let standbyPid: number | null = null;
+    if (s.stateDir !== null) {
+      const st = queryStatus(s.stateDir);
+      workerPid = st.worker.pid;
+      standbyPid = st.worker.standbyPid;
+    }
+    const r = peakRss(s, workerPid, standbyPid);
+    const partsMiB = Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, Math.round((v / 1024) * 10) / 10]));
+    out.set('rss', { value: r.totalKb / 1024, extra: { partsMiB } });
+    log(`  peak RSS ${JSON.stringify(partsMiB)} MiB`);
+  }
+  return out;
+}

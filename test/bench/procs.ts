@@ -1,0 +1,211 @@
+// Process plumbing for the benchmark: one backend + test frontend per measured session, CPU and
+// peak-RSS accounting from /proc, and a cleanup registry that kills everything the bench spawned
+// (by pid) and removes its temp dirs, also on errors and on SIGINT/SIGTERM.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startBackend, descendantsOf, type Backend, type BackendKind } from '../frontend/backend';
+import { VhostUserFrontend } from '../frontend/vhost_user';
+import { FuseClient } from '../frontend/fuse_client';
+import * as F from '../frontend/fuse_proto';
+
+// --- cleanup registry ----------------------------------------------------------------------
+
+const cleanups: Array<{ what: string; fn: () => unknown }> = [];
+
+/** Registers a cleanup; returns a function that runs it now (once) and unregisters it. */
+export function onCleanup(what: string, fn: () => unknown): () => Promise<void> {
+  const entry = { what, fn };
+  cleanups.push(entry);
+  let done = false;
+  return async () => {
+    if (done) return;
+    done = true;
+    const i = cleanups.indexOf(entry);
+    if (i >= 0) cleanups.splice(i, 1);
+    await fn();
+  };
+}
+
+/** Runs every registered cleanup, newest first; errors are reported, not thrown. */
+export async function runAllCleanups(): Promise<void> {
+  while (cleanups.length > 0) {
+    const c = cleanups.pop()!;
+    try {
+      await c.fn();
+    } catch (e) {
+      process.stderr.write(`bench: cleanup "${c.what}" failed: ${(e as Error).message}\n`);
+    }
+  }
+}
+
+/** A temp dir removed at cleanup. */
+export function tempDir(prefix: string): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  onCleanup(`rm ${d}`, () => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+let signalsInstalled = false;
+export function installSignalCleanup(): void {
+  if (signalsInstalled) return;
+  signalsInstalled = true;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`bench: ${sig}; stopping everything it started\n`);
+      void runAllCleanups().finally(() => process.exit(128 + (os.constants.signals[sig] ?? 1)));
+    });
+  }
+}
+
+// --- /proc accounting ------------------------------------------------------------------------
+
+const CLK_TCK = 100; // USER_HZ on Linux x86-64 (getconf CLK_TCK)
+
+/** utime+stime of a whole process (all its threads, live and exited), in ms; null if gone. */
+export function processCpuMs(pid: number): number | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields after the comm: state(3) ppid(4) ... utime(14) stime(15) → indices 11, 12 here
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+  } catch {
+    return null;
+  }
+}
+
+/** A /proc/<pid>/status field in kB (VmHWM, VmRSS), or null. */
+export function statusKb(pid: number, field: string): number | null {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** CPU snapshot of a set of processes, to diff later. */
+export class CpuMeter {
+  private readonly start = new Map<number, number>();
+  constructor(private readonly pids: () => number[]) {
+    for (const p of pids()) this.start.set(p, processCpuMs(p) ?? 0);
+  }
+  /** CPU ms used since construction by the processes (new ones counted from zero). */
+  elapsedMs(): number {
+    let total = 0;
+    for (const p of new Set([...this.pids(), ...this.start.keys()])) {
+      const now = processCpuMs(p);
+      if (now === null) continue; // exited: its time is lost (does not happen in steady runs)
+      total += now - (this.start.get(p) ?? 0);
+    }
+    return total;
+  }
+}
+
+// --- build snapshot ---------------------------------------------------------------------------
+
+/**
+ * Copies what the backend and the bench need to run (bin, dist, the native addon, the guest tool
+ * sources that key the guest image, package.json; node_modules as a symlink) into a temp dir, so
+ * that a concurrent `tsc` in the shared checkout cannot swap code under a running benchmark (a
+ * worker restarted mid-rebuild loads half-emitted JS).
+ */
+export function makeSnapshot(repoRoot: string, dest: string): void {
+  fs.mkdirSync(dest, { recursive: true });
+  fs.cpSync(path.join(repoRoot, 'bin'), path.join(dest, 'bin'), { recursive: true });
+  fs.cpSync(path.join(repoRoot, 'dist'), path.join(dest, 'dist'), { recursive: true });
+  fs.mkdirSync(path.join(dest, 'build', 'Release'), { recursive: true });
+  fs.copyFileSync(path.join(repoRoot, 'build', 'Release', 'vfsk_native.node'), path.join(dest, 'build', 'Release', 'vfsk_native.node'));
+  fs.copyFileSync(path.join(repoRoot, 'package.json'), path.join(dest, 'package.json'));
+  fs.cpSync(path.join(repoRoot, 'test', 'e2e', 'guest-tools'), path.join(dest, 'test', 'e2e', 'guest-tools'), { recursive: true });
+  fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dest, 'node_modules'));
+}
+
+// --- sessions -----------------------------------------------------------------------------------
+
+/** What is being measured: the two backends, plus ours with journaling switched off. */
+export type Variant = 'ours' | 'c-virtiofsd' | 'ours-nojournal';
+
+export const NO_JOURNAL_ENV = 'VFSK_BENCH_NO_JOURNAL';
+
+export interface BenchSession {
+  variant: Variant;
+  kind: BackendKind;
+  backend: Backend;
+  /** Ours: its --state-dir; null for the C virtiofsd. */
+  stateDir: string | null;
+  fe: VhostUserFrontend;
+  fuse: FuseClient;
+  /** The backend's process and its descendants (ours: keeper, worker, standby). */
+  pids(): number[];
+  close(): Promise<void>;
+}
+
+export interface SessionOpts {
+  sharedDir: string;
+  /** Logs go here. */
+  logDir: string;
+  env?: NodeJS.ProcessEnv;
+  extraArgs?: string[];
+  memoryMiB?: number;
+  queueSize?: number;
+}
+
+export async function openBenchSession(variant: Variant, o: SessionOpts): Promise<BenchSession> {
+  const kind: BackendKind = variant === 'c-virtiofsd' ? 'c-virtiofsd' : 'ours';
+  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-bs-'));
+  const socketPath = path.join(sockDir, 'vhost.sock');
+  let stateDir: string | null = null;
+  const extraArgs = [...(o.extraArgs ?? [])];
+  if (kind === 'ours') {
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-bst-'));
+    extraArgs.push('--state-dir', stateDir);
+  }
+  const env: NodeJS.ProcessEnv = { ...(o.env ?? {}) };
+  if (variant === 'ours-nojournal') env[NO_JOURNAL_ENV] = '1';
+  let backend: Backend | null = null;
+  let fe: VhostUserFrontend | null = null;
+  // Remember every pid of the tree while it is alive: stop() kills the leader and its children.
+  const close = onCleanup(`stop ${variant}`, async () => {
+    try { fe?.close(); } catch { /* already closed */ }
+    try {
+      if (backend) await backend.stop(5_000);
+    } finally {
+      fs.rmSync(sockDir, { recursive: true, force: true });
+      if (stateDir) fs.rmSync(stateDir, { recursive: true, force: true });
+    }
+  });
+  try {
+    fs.mkdirSync(o.logDir, { recursive: true });
+    backend = await startBackend(kind, { sharedDir: o.sharedDir, socketPath, dir: o.logDir, extraArgs, env });
+    const b = backend;
+    fe = await VhostUserFrontend.connect(socketPath, { isAlive: () => !b.exited, timeoutMs: 20_000 });
+    await fe.negotiate({ memoryMiB: o.memoryMiB ?? 128, queueSize: o.queueSize ?? 128 });
+    const fuse = new FuseClient(fe, { timeoutMs: 60_000 });
+    await fuse.init(F.LINUX_INIT_FLAGS);
+    const f = fe;
+    return {
+      variant, kind, backend: b, stateDir, fe: f, fuse,
+      pids: () => (b.exited ? [] : [b.pid, ...descendantsOf(b.pid)]),
+      close,
+    };
+  } catch (e) {
+    const log = backend?.log() ?? '';
+    await close();
+    throw new Error(`${variant}: session setup failed: ${(e as Error).message}${log ? `\n--- backend log (tail) ---\n${log.slice(-3000)}` : ''}`);
+  }
+}
+
+/** Peak RSS (VmHWM) of each process of the session, in kB, keyed by role. */
+export function peakRss(s: BenchSession, workerPid: number | null, standbyPid: number | null): { totalKb: number; parts: Record<string, number> } {
+  const parts: Record<string, number> = {};
+  if (s.kind === 'c-virtiofsd') {
+    for (const p of s.pids()) parts[p === s.backend.pid ? 'virtiofsd' : `child-${p}`] = statusKb(p, 'VmHWM') ?? 0;
+  } else {
+    for (const p of s.pids()) {
+      const role = p === s.backend.pid ? 'keeper' : p === workerPid ? 'worker' : p === standbyPid ? 'standby' : `other-${p}`;
+      parts[role] = statusKb(p, 'VmHWM') ?? 0;
+    }
+  }
+  return { totalKb: Object.values(parts).reduce((a, b) => a + b, 0), parts };
+}
