@@ -14,6 +14,7 @@ import {
 } from '../shared/fdstore';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../shared/config';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
+import { buildReport, formatPrometheus } from '../shared/status';
 
 export interface KeeperOptions extends WorkerConfig {
   /** argv to start a worker (embedded mode); null when systemd starts workers. */
@@ -404,6 +405,7 @@ export class Keeper {
       } catch {
         throw new FdStoreProtocolError('X_STATS is not JSON');
       }
+      this.writeMetrics();
     }
     if (m.get('X_SERVED') === '1' && this.deathAt !== null) {
       // First request completed by a successor: the end of a recovery.
@@ -453,6 +455,17 @@ export class Keeper {
         return;
       }
     } while (i < entries.length);
+  }
+
+  /** <state dir>/metrics.prom, for node_exporter's textfile collector (written atomically). */
+  private writeMetrics(): void {
+    const file = path.join(this.opts.stateDir, 'metrics.prom');
+    try {
+      fs.writeFileSync(`${file}.new`, formatPrometheus([buildReport(this.status(), this.opts.stateDir)]));
+      fs.renameSync(`${file}.new`, file);
+    } catch (e) {
+      this.log.warn({ err: { message: (e as Error).message } }, 'cannot write metrics.prom');
+    }
   }
 
   status(): KeeperStatus {

@@ -1,11 +1,10 @@
 // The `virtiofs-keeper` command line.
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { logger } from './log';
 import type { CacheMode } from './config';
 
-export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
+import { DEFAULT_STATE_ROOT } from './config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
@@ -66,7 +65,7 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
   return keeper.done;
 }
 
-async function statusCommand(a: { name?: string; stateDir?: string; json: boolean }): Promise<number> {
+async function statusCommand(a: { name?: string; stateDir?: string; json: boolean; prometheus: boolean; watch: boolean }): Promise<number> {
   const { showStatus } = await import('./status');
   return showStatus(a);
 }
@@ -91,12 +90,14 @@ export function main(argv: string[]): void {
       (y) => y
         .positional('name', { type: 'string', describe: 'export name' })
         .option('state-dir', { type: 'string', describe: 'state directory (instead of a name)' })
-        .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' }),
+        .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' })
+        .option('prometheus', { type: 'boolean', default: false, describe: 'Prometheus text format' })
+        .option('watch', { type: 'boolean', default: false, describe: 'refresh every second' }),
       async (a) => {
         process.exitCode = await statusCommand({
           ...(a.name !== undefined ? { name: a.name } : {}),
           ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
-          json: a.json,
+          json: a.json, prometheus: a.prometheus, watch: a.watch,
         });
       })
     .command('install-units', 'write the systemd unit pair (virtiofs-keeper@, virtiofs-worker@) with this checkout\'s paths',
@@ -111,12 +112,4 @@ export function main(argv: string[]): void {
     .demandCommand(1)
     .help()
     .parseAsync();
-}
-
-export function listInstances(root = DEFAULT_STATE_ROOT): string[] {
-  try {
-    return fs.readdirSync(root).filter((n) => fs.existsSync(path.join(root, n, 'keeper.sock'))).sort();
-  } catch {
-    return [];
-  }
 }

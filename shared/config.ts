@@ -22,6 +22,17 @@ export class ConfigError extends Error {
   }
 }
 
+export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
+
+/** Names of the instances with a keeper.sock under the state root. */
+export function listInstances(root = DEFAULT_STATE_ROOT): string[] {
+  try {
+    return fs.readdirSync(root).filter((n) => fs.existsSync(path.join(root, n, 'keeper.sock'))).sort();
+  } catch {
+    return [];
+  }
+}
+
 export const keeperSocketPath = (stateDir: string): string => path.join(stateDir, 'keeper.sock');
 export const stateFilePath = (stateDir: string): string => path.join(stateDir, 'state');
 const configPath = (stateDir: string): string => path.join(stateDir, 'config.json');

@@ -1,7 +1,26 @@
-// `npm run bench [-- --json FILE] [-- --only NAME,...]`: benchmark rows. Speed claims come
-// from here, never from timed tests.
+// `npm run bench [-- OPTIONS]`: our backend and Debian's C virtiofsd measured side by side, in
+// the same run, alternating, with repeats; medians and the ratio ours/peer. Speed claims come
+// from here, never from timed tests. See test/bench/README.md.
+//
+//   --json FILE        also write the rows as JSON (one object per row)
+//   --only G,...       groups: micro, journal, recovery, recovery-state, guest (default: all)
+//   --repeats N        sessions per backend for micro/journal/guest (default 3)
+//   --quick            a smaller run (< 5 minutes)
+//   --kills N          SIGKILLs for the recovery rows (default 100; quick 20)
+//   --kills-state N    SIGKILLs for the large-session recovery rows (default: --kills; quick 10)
+//   --seconds S        length of each time-bounded micro run (default 2; quick 0.5)
+//   --profile DIR      run our backend under `node --cpu-prof` (micro sessions), profiles in DIR
+//   --no-snapshot      run the checkout's build directly (default: a private copy, see below)
+import { spawn, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { measureRecovery, quantile } from './recovery';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { REPO_ROOT } from '../frontend/backend';
+import { measureRecovery } from './recovery';
+import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
+import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
+import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
+import { median, quantile, sig, fmtNum } from './stats';
 
 export interface Row {
   name: string;
@@ -11,40 +30,308 @@ export interface Row {
   ratio: number | null;
   higherIsBetter: boolean;
   note?: string;
+  /** Per-repeat (or per-kill) values behind the medians. */
+  oursRuns?: number[];
+  peerRuns?: number[];
+  /** Backend CPU per operation (median over repeats), µs: all processes of the backend. */
+  oursCpuUsPerOp?: number;
+  peerCpuUsPerOp?: number;
+  extra?: Record<string, unknown>;
 }
+
+// --- arguments -------------------------------------------------------------------------------
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1] : undefined;
 }
-
-async function recoveryRows(kills: number): Promise<Row[]> {
-  const r = await measureRecovery(kills);
-  const round = (x: number): number => Math.round(x * 10) / 10;
-  return [
-    { name: `recovery: SIGKILL to first completed request, p50 (${kills} kills)`, unit: 'ms', ours: round(quantile(r.keeperMs, 0.5)), peer: null, ratio: null, higherIsBetter: false, note: 'C virtiofsd cannot recover: the guest hangs' },
-    { name: `recovery: SIGKILL to first completed request, p99 (${kills} kills)`, unit: 'ms', ours: round(quantile(r.keeperMs, 0.99)), peer: null, ratio: null, higherIsBetter: false },
-    { name: `recovery: SIGKILL to first completed request, max (${kills} kills)`, unit: 'ms', ours: round(Math.max(...r.keeperMs)), peer: null, ratio: null, higherIsBetter: false },
-    { name: `recovery: longest reply gap seen by the client, p50 (${kills} kills)`, unit: 'ms', ours: round(quantile(r.clientGapMs, 0.5)), peer: null, ratio: null, higherIsBetter: false },
-  ];
+const flag = (name: string): boolean => process.argv.includes(`--${name}`);
+function num(name: string, dflt: number): number {
+  const v = arg(name);
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} wants a positive number, got ${v}`);
+  return n;
 }
 
-async function main(): Promise<void> {
-  const only = arg('only')?.split(',');
-  const want = (n: string): boolean => only === undefined || only.includes(n);
-  const rows: Row[] = [];
-  if (want('recovery')) rows.push(...await recoveryRows(Number(arg('kills') ?? 50)));
-  const w = Math.max(...rows.map((r) => r.name.length));
-  for (const r of rows) {
-    const peer = r.peer === null ? '-' : String(r.peer);
-    const ratio = r.ratio === null ? '' : `  ratio ${r.ratio.toFixed(2)}`;
-    process.stdout.write(`${r.name.padEnd(w)}  ours ${String(r.ours).padStart(8)} ${r.unit}  peer ${peer.padStart(8)}${ratio}${r.note ? `  (${r.note})` : ''}\n`);
+const GROUPS = ['micro', 'journal', 'recovery', 'recovery-state', 'guest'] as const;
+type Group = (typeof GROUPS)[number];
+
+interface Config {
+  quick: boolean;
+  repeats: number;
+  micro: MicroParams;
+  kills: number;
+  killsState: number;
+  stateInodes: number;
+  stateOpen: number;
+  tree: TreeShape;
+  guestRepeats: number;
+  groups: Set<Group>;
+  profileDir: string | null;
+}
+
+function config(): Config {
+  const quick = flag('quick');
+  const only = arg('only')?.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const g of only ?? []) if (!(GROUPS as readonly string[]).includes(g)) throw new Error(`--only: unknown group ${g} (known: ${GROUPS.join(', ')})`);
+  const kills = num('kills', quick ? 20 : 100);
+  const repeats = num('repeats', 3);
+  return {
+    quick,
+    repeats,
+    micro: {
+      seconds: num('seconds', quick ? 0.5 : 2),
+      creates: quick ? 2000 : 5000,
+      bigMiB: quick ? 64 : 256,
+      listings: quick ? 2 : 3,
+    },
+    kills,
+    killsState: num('kills-state', quick ? 10 : kills),
+    stateInodes: quick ? 20_000 : 100_000,
+    stateOpen: quick ? 200 : 1000,
+    tree: quick ? { big: 14, small: 128 } : { big: 56, small: 512 },
+    guestRepeats: quick ? 1 : repeats,
+    groups: new Set<Group>((only as Group[] | undefined) ?? GROUPS),
+    profileDir: arg('profile') ? path.resolve(arg('profile')!) : null,
+  };
+}
+
+const log = (m: string): void => { process.stderr.write(`${m}\n`); };
+
+// --- phases ------------------------------------------------------------------------------------
+
+const r1 = (x: number): number => Math.round(x * 10) / 10;
+
+function ratioOf(ours: number, peer: number | null): number | null {
+  return peer === null || peer === 0 || !Number.isFinite(peer) ? null : sig(ours / peer, 3);
+}
+
+async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
+  const root = tempDir('vfsk-bench-');
+  const fx = makeFixture(path.join(root, 'shared'), cfg.micro.bigMiB, log);
+  const variants: Variant[] = [];
+  if (cfg.groups.has('micro')) variants.push('ours', 'c-virtiofsd');
+  if (cfg.groups.has('journal')) {
+    if (!variants.includes('ours')) variants.push('ours');
+    variants.push('ours-nojournal');
   }
-  const json = arg('json');
-  if (json) fs.writeFileSync(json, JSON.stringify(rows, null, 2));
+  const journalKeys: MetricKey[] = ['lookup_cold', 'create_release', 'unlink'];
+  const results = new Map<Variant, Array<Map<MetricKey, Sample>>>();
+  for (let rep = 0; rep < cfg.repeats; rep++) {
+    // Alternate: rotate the order every repeat so no backend always runs first (or last).
+    const order = variants.map((_, i) => variants[(i + rep) % variants.length]!);
+    for (const v of order) {
+      const t0 = Date.now();
+      const env: NodeJS.ProcessEnv = {};
+      if (cfg.profileDir && v !== 'c-virtiofsd') {
+        fs.mkdirSync(path.join(cfg.profileDir, `${v}-${rep}`), { recursive: true });
+        env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${path.join(cfg.profileDir, `${v}-${rep}`)}`;
+      }
+      const s = await openBenchSession(v, { sharedDir: fx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env });
+      try {
+        await warmUp(s, fx);
+        const only = v === 'ours-nojournal' || !cfg.groups.has('micro') ? new Set(journalKeys) : undefined;
+        const res = await runMicro(s, fx, cfg.micro, `${v}-${rep}`, only, log);
+        if (!results.has(v)) results.set(v, []);
+        results.get(v)!.push(res);
+        const brief = [...res].filter(([k]) => ['getattr', 'lookup_cold', 'create_release', 'seq_read', 'rand_read_qd1'].includes(k))
+          .map(([k, x]) => `${k} ${fmtNum(x.value)}`).join(', ');
+        log(`repeat ${rep + 1}/${cfg.repeats} ${v}: ${brief} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+      } finally {
+        await s.close();
+      }
+    }
+  }
+  const runsOf = (v: Variant, k: MetricKey): Sample[] => (results.get(v) ?? []).map((m) => m.get(k)).filter((x): x is Sample => x !== undefined);
+  const cpuMedian = (xs: Sample[]): number | undefined => {
+    const c = xs.map((x) => x.cpuUsPerOp).filter((x): x is number => x !== undefined);
+    return c.length ? sig(median(c), 3) : undefined;
+  };
+  if (cfg.groups.has('micro')) {
+    for (const d of metricDefs(cfg.micro)) {
+      const o = runsOf('ours', d.key);
+      const p = runsOf('c-virtiofsd', d.key);
+      if (o.length === 0) continue;
+      const ours = sig(median(o.map((x) => x.value)), 4);
+      const peer = p.length ? sig(median(p.map((x) => x.value)), 4) : null;
+      const row: Row = {
+        name: d.name, unit: d.unit, ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: d.higherIsBetter,
+        oursRuns: o.map((x) => sig(x.value, 4)), peerRuns: p.map((x) => sig(x.value, 4)),
+      };
+      const oc = cpuMedian(o);
+      const pc = cpuMedian(p);
+      if (oc !== undefined) row.oursCpuUsPerOp = oc;
+      if (pc !== undefined) row.peerCpuUsPerOp = pc;
+      const extras = { ours: o.map((x) => x.extra).filter(Boolean), peer: p.map((x) => x.extra).filter(Boolean) };
+      if (extras.ours.length || extras.peer.length) row.extra = extras;
+      if (d.key === 'rss') {
+        row.note = 'ours = keeper + worker + warm standby (VmHWM of each, summed); C virtiofsd = its one process (sandbox=chroot)';
+      }
+      rows.push(row);
+      if (d.key === 'rss') {
+        // The same without the standby (what a --no-standby deployment would cost).
+        const noStandby = o.map((x) => {
+          const parts = (x.extra?.partsMiB ?? {}) as Record<string, number>;
+          return (parts.keeper ?? 0) + (parts.worker ?? 0);
+        });
+        const v = sig(median(noStandby), 4);
+        rows.push({
+          name: 'peak RSS, ours without the standby (keeper + worker)', unit: 'MiB', ours: v, peer, ratio: ratioOf(v, peer),
+          higherIsBetter: false, oursRuns: noStandby.map((x) => sig(x, 4)), peerRuns: row.peerRuns ?? [],
+        });
+      }
+    }
+  }
+  if (cfg.groups.has('journal')) {
+    const defs = metricDefs(cfg.micro).filter((d) => journalKeys.includes(d.key));
+    for (const d of defs) {
+      const on = runsOf('ours', d.key);
+      const off = runsOf('ours-nojournal', d.key);
+      if (on.length === 0 || off.length === 0) continue;
+      const ours = sig(median(on.map((x) => x.value)), 4);
+      const peer = sig(median(off.map((x) => x.value)), 4);
+      const row: Row = {
+        name: `journaling: ${d.name}, crash safety on (ours) vs ${NO_JOURNAL_ENV}=1 (peer)`, unit: d.unit, ours, peer,
+        ratio: ratioOf(ours, peer), higherIsBetter: d.higherIsBetter,
+        oursRuns: on.map((x) => sig(x.value, 4)), peerRuns: off.map((x) => sig(x.value, 4)),
+        note: `peer column = our backend with ${NO_JOURNAL_ENV}=1 in its environment; ratio ≈ 1 until the worker honours it`,
+      };
+      const oc = cpuMedian(on);
+      const pc = cpuMedian(off);
+      if (oc !== undefined) row.oursCpuUsPerOp = oc;
+      if (pc !== undefined) row.peerCpuUsPerOp = pc;
+      rows.push(row);
+    }
+  }
 }
 
-main().catch((e: unknown) => {
+async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Promise<void> {
+  const kills = withState ? cfg.killsState : cfg.kills;
+  const label = withState ? `, ${cfg.stateInodes.toLocaleString('en-US')} known inodes + ${cfg.stateOpen.toLocaleString('en-US')} open files` : '';
+  log(`recovery: ${kills} kills${label}`);
+  const t0 = Date.now();
+  const r = await measureRecovery(kills, withState ? { knownInodes: cfg.stateInodes, openFiles: cfg.stateOpen, log } : { log });
+  log(`recovery${label}: done in ${((Date.now() - t0) / 1000).toFixed(1)} s (session: ${r.inodes} inodes, ${r.openFiles} open files; setup ${(r.setupMs / 1000).toFixed(1)} s)`);
+  const n = `(${kills} kills${label})`;
+  const none = { peer: null, ratio: null, higherIsBetter: false } as const;
+  const runs = (xs: number[]): number[] => xs.map(r1);
+  rows.push(
+    { name: `recovery: SIGKILL to first completed request, keeper clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.5)), ...none, note: 'C virtiofsd cannot recover: the guest hangs', oursRuns: runs(r.keeperMs), extra: { inodes: r.inodes, openFiles: r.openFiles } },
+    { name: `recovery: SIGKILL to first completed request, keeper clock, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.99)), ...none },
+    { name: `recovery: SIGKILL to first completed request, keeper clock, max ${n}`, unit: 'ms', ours: r1(Math.max(...r.keeperMs)), ...none },
+    { name: `recovery: SIGKILL to first completed request, client clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.clientKillMs, 0.5)), ...none, note: 'from just before kill() to the completion of the first GETATTR submitted after it', oursRuns: runs(r.clientKillMs) },
+    { name: `recovery: SIGKILL to first completed request, client clock, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.clientKillMs, 0.99)), ...none },
+    { name: `recovery: longest reply gap seen by the client, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.clientGapMs, 0.5)), ...none, oursRuns: runs(r.clientGapMs) },
+    { name: `recovery: longest reply gap seen by the client, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.clientGapMs, 0.99)), ...none },
+  );
+}
+
+async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
+  const work = tempDir('vfsk-bench-g-');
+  const kinds = ['ours', 'c-virtiofsd'] as const;
+  const res = new Map<string, Array<{ copyInMs: number; copyOutMs: number }>>();
+  log(`guest: ${describeTree(cfg.tree)}, ${cfg.guestRepeats} repeat(s) per backend`);
+  for (let rep = 0; rep < cfg.guestRepeats; rep++) {
+    const order = rep % 2 === 0 ? kinds : [...kinds].reverse();
+    for (const k of order) {
+      const r = await guestCopy(k, cfg.tree, work, log);
+      if (!res.has(k)) res.set(k, []);
+      res.get(k)!.push(r);
+    }
+  }
+  const mib = treeBytes(cfg.tree) / 1048576;
+  const mk = (what: string, f: (x: { copyInMs: number; copyOutMs: number }) => number): Row => {
+    const o = (res.get('ours') ?? []).map(f).map((x) => sig(x / 1000, 4));
+    const p = (res.get('c-virtiofsd') ?? []).map(f).map((x) => sig(x / 1000, 4));
+    const ours = sig(median(o), 4);
+    const peer = p.length ? sig(median(p), 4) : null;
+    return { name: `guest (QEMU TCG, cache=none): ${what}, ${mib} MiB tree (${describeTree(cfg.tree)})`, unit: 's', ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: false, oursRuns: o, peerRuns: p };
+  };
+  rows.push(
+    mk('cp -r tmpfs → mount', (x) => x.copyInMs),
+    mk('cp -r mount → tmpfs', (x) => x.copyOutMs),
+    mk('both copies', (x) => x.copyInMs + x.copyOutMs),
+  );
+}
+
+// --- output --------------------------------------------------------------------------------------
+
+function verdict(r: Row): string {
+  if (r.ratio === null) return '';
+  const better = r.higherIsBetter ? r.ratio >= 1 : r.ratio <= 1;
+  const f = r.higherIsBetter ? (better ? r.ratio : 1 / r.ratio) : (better ? 1 / r.ratio : r.ratio);
+  if (Math.abs(f - 1) < 0.02) return 'same';
+  return `ours ${f.toFixed(2)}x ${better ? 'better' : 'worse'}`;
+}
+
+function printRows(rows: Row[]): void {
+  const w = Math.min(110, Math.max(...rows.map((r) => r.name.length)));
+  const out: string[] = [];
+  out.push(`${'row'.padEnd(w)}  ${'unit'.padEnd(7)} ${'ours'.padStart(9)} ${'peer'.padStart(9)}  ${'ours/peer'.padStart(9)}  verdict`);
+  for (const r of rows) {
+    out.push(`${r.name.padEnd(w)}  ${r.unit.padEnd(7)} ${fmtNum(r.ours).padStart(9)} ${fmtNum(r.peer).padStart(9)}  ${(r.ratio === null ? '' : r.ratio.toFixed(3)).padStart(9)}  ${verdict(r)}`);
+    const bits: string[] = [];
+    if (r.oursRuns && r.oursRuns.length <= 12) bits.push(`ours runs [${r.oursRuns.map(fmtNum).join(', ')}]`);
+    else if (r.oursRuns) bits.push(`ours: ${r.oursRuns.length} samples (in the JSON)`);
+    if (r.peerRuns && r.peerRuns.length) bits.push(`peer runs [${r.peerRuns.map(fmtNum).join(', ')}]`);
+    if (r.oursCpuUsPerOp !== undefined || r.peerCpuUsPerOp !== undefined) bits.push(`backend CPU/op ours ${fmtNum(r.oursCpuUsPerOp ?? null)} µs, peer ${fmtNum(r.peerCpuUsPerOp ?? null)} µs`);
+    if (bits.length) out.push(`${''.padEnd(4)}${bits.join('; ')}`);
+    if (r.note) out.push(`${''.padEnd(4)}note: ${r.note}`);
+  }
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+// --- main ----------------------------------------------------------------------------------------
+
+async function runInSnapshot(): Promise<number> {
+  const snap = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-bench-snap-'));
+  try {
+    makeSnapshot(REPO_ROOT, snap);
+    let rev = 'unknown';
+    try {
+      rev = execFileSync('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+      const dirty = execFileSync('git', ['-C', REPO_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim();
+      if (dirty) rev += ` + ${dirty.split('\n').length} modified files`;
+    } catch { /* not a git checkout */ }
+    const child = spawn(process.execPath, [path.join(snap, 'dist', 'test', 'bench', 'bench.js'), ...process.argv.slice(2)], {
+      stdio: 'inherit', env: { ...process.env, VFSK_BENCH_SNAPSHOT: snap, VFSK_BENCH_REV: rev },
+    });
+    const fwd = (sig: NodeJS.Signals): void => { try { process.kill(child.pid!, sig); } catch { /* gone */ } };
+    const handlers = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((s) => { const h = (): void => fwd(s); process.on(s, h); return [s, h] as const; });
+    const code = await new Promise<number>((resolve) => child.on('exit', (c, s) => resolve(c ?? (s ? 128 + (os.constants.signals[s] ?? 1) : 1))));
+    for (const [s, h] of handlers) process.off(s, h);
+    return code;
+  } finally {
+    fs.rmSync(snap, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<number> {
+  if (!process.env.VFSK_BENCH_SNAPSHOT && !flag('no-snapshot')) return runInSnapshot();
+  installSignalCleanup();
+  const cfg = config();
+  const rows: Row[] = [];
+  const started = Date.now();
+  log(`bench: ${cfg.quick ? 'quick' : 'full'}; groups ${[...cfg.groups].join(', ')}; ${cfg.repeats} repeats; build ${process.env.VFSK_BENCH_REV ?? 'checkout (no snapshot)'}; ` +
+    `${os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  try {
+    if (cfg.groups.has('micro') || cfg.groups.has('journal')) await microPhase(cfg, rows);
+    if (cfg.groups.has('recovery')) await recoveryPhase(cfg, rows, false);
+    if (cfg.groups.has('recovery-state')) await recoveryPhase(cfg, rows, true);
+    if (cfg.groups.has('guest')) await guestPhase(cfg, rows);
+  } finally {
+    await runAllCleanups();
+  }
+  log(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; load average now ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  printRows(rows);
+  const json = arg('json');
+  if (json) fs.writeFileSync(path.resolve(json), JSON.stringify(rows, null, 2) + '\n');
+  return 0;
+}
+
+main().then((code) => process.exit(code), async (e: unknown) => {
   process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
+  await runAllCleanups();
   process.exit(1);
 });

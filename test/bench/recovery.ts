@@ -1,22 +1,41 @@
 // Recovery time: SIGKILL the worker while the test frontend keeps a request in flight, and
 // measure from the worker's death to the first request its successor completes (the keeper's
-// figure), plus the longest gap between two replies the client saw around each kill.
+// figure), the same from the client's side (from just before kill() to the completion of the
+// first request submitted after it), plus the longest gap between two replies the client saw
+// around each kill. Optionally with a large session first: N known inodes (looked up through the
+// frontend) and M open files, all of which the successor must take over.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { openSession, waitFor, type TapLike } from '../frontend/helpers';
 import { queryStatus } from '../../shared/status';
 import * as F from '../frontend/fuse_proto';
+import { LeanFuse, nameArg, runPool } from './lean_client';
+
+export { quantile } from './stats';
 
 export interface RecoveryResult {
   kills: number;
+  /** The keeper's figure: worker death (SIGCHLD) to the successor's first completed request. */
   keeperMs: number[];
+  /** Longest gap between two replies the client saw around each kill. */
   clientGapMs: number[];
+  /** Client clock: kill() to the completion of the first request submitted after it. */
+  clientKillMs: number[];
+  /** Session size at the first kill (from the status query). */
+  inodes: number;
+  openFiles: number;
+  /** Setup time (host files, lookups, opens), ms. */
+  setupMs: number;
 }
 
-export function quantile(xs: number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
+export interface RecoveryOptions {
+  /** Files to create on the host and look up through the frontend before the kills (default 0). */
+  knownInodes?: number;
+  /** Of those, how many to open (default 0). */
+  openFiles?: number;
+  /** Progress messages. */
+  log?: (msg: string) => void;
 }
 
 /** A minimal TapLike for running the frontend helpers outside tap. */
@@ -34,42 +53,108 @@ export function benchHarness(): TapLike & { cleanup(): Promise<void> } {
   };
 }
 
-export async function measureRecovery(kills: number): Promise<RecoveryResult> {
+const FILES_PER_DIR = 1000;
+const dirName = (d: number): string => `d${String(d).padStart(4, '0')}`;
+const fileName = (i: number): string => `f${String(i).padStart(6, '0')}`;
+
+export async function measureRecovery(kills: number, opts: RecoveryOptions = {}): Promise<RecoveryResult> {
+  const log = opts.log ?? (() => {});
+  const known = opts.knownInodes ?? 0;
+  const nopen = Math.min(opts.openFiles ?? 0, known);
   const h = benchHarness();
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  const t0 = Date.now();
   try {
-    const s = await openSession(h, 'ours', { extraArgs: ['--state-dir', stateDir] });
+    const ndirs = Math.ceil(known / FILES_PER_DIR);
+    const s = await openSession(h, 'ours', {
+      extraArgs: ['--state-dir', stateDir],
+      setup: (shared) => {
+        if (known === 0) return;
+        const t = Date.now();
+        for (let d = 0; d < ndirs; d++) {
+          const dir = path.join(shared, 'many', dirName(d));
+          fs.mkdirSync(dir, { recursive: true });
+          for (let i = d * FILES_PER_DIR; i < Math.min(known, (d + 1) * FILES_PER_DIR); i++) {
+            fs.closeSync(fs.openSync(path.join(dir, fileName(i)), 'w'));
+          }
+        }
+        log(`  created ${known} host files in ${Date.now() - t} ms`);
+      },
+    });
+    if (known > 0) {
+      // Look every file up once (as a guest's `find` would), then open some of them.
+      const t = Date.now();
+      const many = (await s.fuse.lookup(F.FUSE_ROOT_ID, 'many')).nodeid;
+      const dirIds: bigint[] = [];
+      for (let d = 0; d < ndirs; d++) dirIds.push((await s.fuse.lookup(many, dirName(d))).nodeid);
+      const lean = new LeanFuse(s.fe, 32, 4096);
+      const fileIds: bigint[] = new Array<bigint>(known);
+      try {
+        await runPool(lean, 32, async (sl, i) => {
+          fileIds[i] = await lean.lookup(sl, dirIds[Math.floor(i / FILES_PER_DIR)]!, nameArg(fileName(i)));
+        }, { count: known });
+      } finally {
+        lean.free();
+      }
+      log(`  looked up ${known} files in ${Date.now() - t} ms`);
+      const t2 = Date.now();
+      let next = 0;
+      await Promise.all(Array.from({ length: 16 }, async () => {
+        while (next < nopen) {
+          const i = next++;
+          await s.fuse.open(fileIds[Math.floor((i * known) / Math.max(1, nopen))]!, F.O.RDWR);
+        }
+      }));
+      if (nopen > 0) log(`  opened ${nopen} files in ${Date.now() - t2} ms`);
+    }
+    const setupMs = Date.now() - t0;
+    const st0 = queryStatus(stateDir);
     let stop = false;
     let last = performance.now();
+    let killAt = 0;
+    let firstAfterKill: number | null = null;
     const gaps: number[] = [];
+    const killMs: number[] = [];
     let maxGap = 0;
     const loop = (async () => {
       while (!stop) {
-        await s.fuse.getattr(F.FUSE_ROOT_ID, undefined, { timeoutMs: 30_000 });
+        const sub = performance.now();
+        await s.fuse.getattr(F.FUSE_ROOT_ID, undefined, { timeoutMs: 60_000 });
         const now = performance.now();
+        if (killAt > 0 && firstAfterKill === null && sub > killAt) firstAfterKill = now - killAt;
         maxGap = Math.max(maxGap, now - last);
         last = now;
       }
     })();
+    const loopFailed = loop.then(() => null, (e: unknown) => e as Error);
     for (let i = 0; i < kills; i++) {
       // Steady state: the standby is loaded and waiting (kills far apart, as in production).
-      await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'standby ready', 30_000, 10);
+      await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'standby ready', 60_000, 10);
       const before = queryStatus(stateDir);
       maxGap = 0;
+      firstAfterKill = null;
+      killAt = performance.now();
       process.kill(before.worker.pid!, 'SIGKILL');
-      await waitFor(() => queryStatus(stateDir).recovery.count > before.recovery.count, `recovery ${i + 1}`, 30_000, 5);
-      // Let a few requests through the new worker before the next kill.
-      const seen = performance.now();
-      await waitFor(() => last > seen, 'a request after recovery', 10_000, 2);
+      await waitFor(async () => {
+        const e = await Promise.race([loopFailed, Promise.resolve(undefined)]);
+        if (e) throw new Error(`the request loop failed around kill ${i + 1}: ${e.message}`);
+        return queryStatus(stateDir).recovery.count > before.recovery.count;
+      }, `recovery ${i + 1}`, 60_000, 5);
+      // A request submitted after the kill has completed (the successor serves).
+      await waitFor(() => firstAfterKill !== null, 'a request after recovery', 60_000, 1);
+      killMs.push(firstAfterKill!);
       gaps.push(maxGap);
+      if ((i + 1) % 25 === 0) log(`  ${i + 1}/${kills} kills`);
     }
     stop = true;
     await loop;
     const st = queryStatus(stateDir);
-    return { kills, keeperMs: st.recovery.recentMs.slice(-kills), clientGapMs: gaps };
+    return {
+      kills, keeperMs: st.recovery.recentMs.slice(-kills), clientGapMs: gaps, clientKillMs: killMs,
+      inodes: st0.fuse.inodes, openFiles: st0.fuse.openFiles, setupMs,
+    };
   } finally {
     await h.cleanup();
     fs.rmSync(stateDir, { recursive: true, force: true });
   }
 }
-

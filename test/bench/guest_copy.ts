@@ -1,0 +1,116 @@
+// Guest-level benchmark: a real QEMU guest (the E2E harness, TCG) copies a tree from its tmpfs
+// onto the virtio-fs mount and back. Wall time of each copy is taken on the host from marker
+// lines on the serial console, so it includes everything a user would wait for.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { startBackend, type BackendKind } from '../e2e/backends';
+import { startGuest, describeResult } from '../e2e/qemu';
+import { ensureGuestImage } from '../e2e/guest-image';
+import { onCleanup } from './procs';
+
+export interface TreeShape {
+  /** 4 MiB files. */
+  big: number;
+  /** 64 KiB files, spread over 8 directories. */
+  small: number;
+}
+
+export const treeBytes = (t: TreeShape): number => t.big * 4 * 1048576 + t.small * 65536;
+
+export function describeTree(t: TreeShape): string {
+  return `${t.big} x 4 MiB + ${t.small} x 64 KiB files = ${treeBytes(t) / 1048576} MiB`;
+}
+
+export interface GuestCopyResult {
+  /** tmpfs → mount (guest writes), ms. */
+  copyInMs: number;
+  /** mount → tmpfs (guest reads), ms. */
+  copyOutMs: number;
+  /** Creating the source tree in the guest's tmpfs (not on the mount), ms. */
+  prepareMs: number;
+  bootToMountMs: number;
+}
+
+function script(t: TreeShape): string {
+  return `set -e
+mount -o remount,size=85% /tmp
+SRC=/tmp/src
+mkdir -p $SRC/big
+i=0
+while [ $i -lt ${t.big} ]; do dd if=/dev/zero of=$SRC/big/b$i bs=1048576 count=4 2>/dev/null; i=$((i+1)); done
+d=0
+while [ $d -lt 8 ]; do mkdir -p $SRC/small/s$d; d=$((d+1)); done
+i=0
+while [ $i -lt ${t.small} ]; do dd if=/dev/zero of=$SRC/small/s$((i % 8))/f$i bs=65536 count=1 2>/dev/null; i=$((i+1)); done
+echo "BENCH-MARK prepared"
+cp -r $SRC /mnt/tree
+echo "BENCH-MARK copied-in"
+rm -rf $SRC
+cp -r /mnt/tree /tmp/back
+echo "BENCH-MARK copied-out"
+n=$(du -sk /tmp/back | cut -f1)
+echo "BENCH-SIZE $n"
+rm -rf /tmp/back
+`;
+}
+
+function treeSize(p: string): number {
+  const st = fs.lstatSync(p);
+  if (!st.isDirectory()) return st.size;
+  return fs.readdirSync(p).reduce((n, e) => n + treeSize(path.join(p, e)), 0);
+}
+
+/** Boots a guest on `kind` (cache=none / --cache never), copies the tree in and out. */
+export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string, log: (m: string) => void): Promise<GuestCopyResult> {
+  const image = await ensureGuestImage();
+  const dir = fs.mkdtempSync(path.join(workDir, `g-${kind}-`));
+  const shared = path.join(dir, 'shared');
+  fs.mkdirSync(shared);
+  const socketPath = path.join(fs.mkdtempSync('/tmp/vfsk-bg-'), 'vhost.sock');
+  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, cache: 'never' });
+  const stopBackend = onCleanup(`stop guest backend ${kind}`, async () => {
+    await backend.stop();
+    fs.rmSync(path.dirname(socketPath), { recursive: true, force: true });
+  });
+  const marks = new Map<string, number>();
+  let buf = '';
+  const started = performance.now();
+  try {
+    const g = await startGuest({
+      socketPath, dir, script: script(t), image, memoryMiB: 1024, timeoutMs: 1_200_000, idleTimeoutMs: 400_000,
+      onOutput: (chunk) => {
+        const now = performance.now();
+        buf += chunk;
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          const m = /^BENCH-MARK (\S+)/.exec(line) ?? /^VFSK-INIT: (mounted)/.exec(line);
+          if (m) marks.set(m[1]!, now);
+        }
+      },
+    });
+    const killGuest = onCleanup(`kill QEMU ${g.pid}`, () => g.kill());
+    const r = await g.wait();
+    await killGuest();
+    if (r.exitCode !== 0) throw new Error(`guest copy on ${kind} failed:\n${describeResult(r, 4000)}\n--- backend log (tail) ---\n${backend.log().slice(-3000)}`);
+    const size = /BENCH-SIZE (\d+)/.exec(r.output);
+    const want = treeBytes(t) / 1024;
+    if (!size || Number(size[1]) < want) throw new Error(`guest copied back ${size?.[1]} KiB, expected at least ${want} KiB`);
+    const onHost = treeSize(path.join(shared, 'tree'));
+    if (onHost !== treeBytes(t)) throw new Error(`the tree on the host holds ${onHost} bytes, expected ${treeBytes(t)}`);
+    const need = ['mounted', 'prepared', 'copied-in', 'copied-out'];
+    for (const k of need) if (!marks.has(k)) throw new Error(`guest output lacks the ${k} marker`);
+    const res: GuestCopyResult = {
+      bootToMountMs: marks.get('mounted')! - started,
+      prepareMs: marks.get('prepared')! - marks.get('mounted')!,
+      copyInMs: marks.get('copied-in')! - marks.get('prepared')!,
+      copyOutMs: marks.get('copied-out')! - marks.get('copied-in')!,
+    };
+    log(`  guest on ${kind}: boot ${Math.round(res.bootToMountMs)} ms, prepare ${Math.round(res.prepareMs)} ms, copy in ${Math.round(res.copyInMs)} ms, copy out ${Math.round(res.copyOutMs)} ms`);
+    return res;
+  } finally {
+    await stopBackend();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
