@@ -190,12 +190,15 @@ export class Worker {
       ...(loaded?.fs ? { session: loaded.fs } : {}),
     });
     if (loaded === null) this.store.recordNewSession(fsImpl.session);
-    fsImpl.session.onMutation(this.store.onFsMutation);
+    // Benchmark-only: measures what crash safety costs. Never for production use.
+    const journaling = process.env.VFSK_BENCH_NO_JOURNAL !== '1';
+    if (journaling) fsImpl.session.onMutation(this.store.onFsMutation);
+    else this.log.warn('VFSK_BENCH_NO_JOURNAL=1: request and session journaling is OFF; a worker crash will lose state');
     const server = new FuseServer(fsImpl, {
       cache: this.config.cache,
       restoredInit: loaded?.init ?? null,
       onInit: (init) => this.store.recordInit(init),
-      ledger: this.store,
+      ...(journaling ? { ledger: this.store } : {}),
     }, logger('fuse'));
     const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
     if (loaded !== null) device.onFirstCompletion(() => this.keeper.notify({ X_SERVED: 1 }));
