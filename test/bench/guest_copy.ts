@@ -2,6 +2,7 @@
 // onto the virtio-fs mount and back. Wall time of each copy is taken on the host from marker
 // lines on the serial console, so it includes everything a user would wait for.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { startBackend, type BackendKind } from '../e2e/backends';
 import { startGuest, describeResult } from '../e2e/qemu';
@@ -66,11 +67,16 @@ export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string
   const dir = fs.mkdtempSync(path.join(workDir, `g-${kind}-`));
   const shared = path.join(dir, 'shared');
   fs.mkdirSync(shared);
-  const socketPath = path.join(fs.mkdtempSync('/tmp/vfsk-bg-'), 'vhost.sock');
-  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, cache: 'never' });
+  // Short paths (sun_path is 108 bytes): the socket and ours' state dir in their own temp dir.
+  const short = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-bg-'));
+  const socketPath = path.join(short, 'vhost.sock');
+  const stateDir = path.join(short, 'st');
+  if (kind === 'ours') fs.mkdirSync(stateDir);
+  const rmShort = onCleanup(`rm ${short}`, () => fs.rmSync(short, { recursive: true, force: true }));
+  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, cache: 'never', ...(kind === 'ours' ? { stateDir } : {}) });
   const stopBackend = onCleanup(`stop guest backend ${kind}`, async () => {
     await backend.stop();
-    fs.rmSync(path.dirname(socketPath), { recursive: true, force: true });
+    await rmShort();
   });
   const marks = new Map<string, number>();
   let buf = '';
