@@ -106,7 +106,7 @@ export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string
     const onHost = treeSize(path.join(shared, 'tree'));
     if (onHost !== treeBytes(t)) throw new Error(`the tree on the host holds ${onHost} bytes, expected ${treeBytes(t)}`);
     const need = ['mounted', 'prepared', 'copied-in', 'copied-out'];
-    for (const k of need) if (!marks.has(k)) throw new Error(`guest output lacks the ${k} marker`);
+    for (const k of need) if (!marks.has(k)) throw new Error(`guest output lacks the ${k} marker:\n${r.output.slice(-3000)}`);
     const res: GuestCopyResult = {
       bootToMountMs: marks.get('mounted')! - started,
       prepareMs: marks.get('prepared')! - marks.get('mounted')!,
