@@ -8,10 +8,11 @@
 //   --quick            a smaller run (< 5 minutes)
 //   --kills N          SIGKILLs for the recovery rows (default 100; quick 20)
 //   --kills-state N    SIGKILLs for the large-session recovery rows (default: --kills; quick 10)
+//   --state-inodes N   known inodes for those rows (default 100,000; quick 20,000), open files 1%
 //   --seconds S        length of each time-bounded micro run (default 2; quick 0.5)
 //   --profile DIR      run our backend under `node --cpu-prof` (micro sessions), profiles in DIR
 //   --no-snapshot      run the checkout's build directly (default: a private copy, see below)
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -88,10 +89,10 @@ function config(): Config {
     },
     kills,
     killsState: num('kills-state', quick ? 10 : kills),
-    stateInodes: quick ? 20_000 : 100_000,
-    stateOpen: quick ? 200 : 1000,
+    stateInodes: num('state-inodes', quick ? 20_000 : 100_000),
+    stateOpen: Math.max(1, Math.round(num('state-inodes', quick ? 20_000 : 100_000) / 100)),
     tree: quick ? { big: 14, small: 128 } : { big: 56, small: 512 },
-    guestRepeats: quick ? 1 : repeats,
+    guestRepeats: repeats,
     groups: new Set<Group>((only as Group[] | undefined) ?? GROUPS),
     profileDir: arg('profile') ? path.resolve(arg('profile')!) : null,
   };
@@ -206,8 +207,32 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
   }
 }
 
+/**
+ * How many fds a backend process may hold: every known inode is an O_PATH fd in the worker and
+ * again in the keeper. The backend raises RLIMIT_NOFILE itself; where the hard limit cannot be
+ * raised (a container without CAP_SYS_RESOURCE in its user namespace), the current hard limit
+ * caps the session size. Returns null when the limit can be raised to `want`.
+ */
+function noFileCap(want: number): number | null {
+  const probe = spawnSync('prlimit', [`--nofile=${want}:${want}`, 'true'], { stdio: 'ignore' });
+  if (probe.status === 0) return null;
+  const m = /^Max open files\s+\S+\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+  return m ? Number(m[1]) : null;
+}
+
 async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Promise<void> {
   const kills = withState ? cfg.killsState : cfg.kills;
+  let capNote: string | null = null;
+  if (withState) {
+    const need = cfg.stateInodes + cfg.stateOpen + 1000;
+    const hard = noFileCap(need);
+    if (hard !== null && hard < need) {
+      const n = Math.max(1000, hard - cfg.stateOpen - 1000);
+      capNote = `${cfg.stateInodes.toLocaleString('en-US')} known inodes requested; capped at ${n.toLocaleString('en-US')}: RLIMIT_NOFILE's hard limit here is ${hard} and cannot be raised (prlimit --nofile=${need} fails even as root), and each inode is an fd in the worker and in the keeper (the C virtiofsd hits EMFILE at the same point)`;
+      log(`recovery: ${capNote}`);
+      cfg.stateInodes = n;
+    }
+  }
   const label = withState ? `, ${cfg.stateInodes.toLocaleString('en-US')} known inodes + ${cfg.stateOpen.toLocaleString('en-US')} open files` : '';
   log(`recovery: ${kills} kills${label}`);
   const t0 = Date.now();
@@ -217,7 +242,7 @@ async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Prom
   const none = { peer: null, ratio: null, higherIsBetter: false } as const;
   const runs = (xs: number[]): number[] => xs.map(r1);
   rows.push(
-    { name: `recovery: SIGKILL to first completed request, keeper clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.5)), ...none, note: 'C virtiofsd cannot recover: the guest hangs', oursRuns: runs(r.keeperMs), extra: { inodes: r.inodes, openFiles: r.openFiles } },
+    { name: `recovery: SIGKILL to first completed request, keeper clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.5)), ...none, note: `C virtiofsd cannot recover: the guest hangs. Keeper clock: from the keeper reaping the worker to the successor's first completed request${capNote ? `. ${capNote}` : ''}`, oursRuns: runs(r.keeperMs), extra: { inodes: r.inodes, openFiles: r.openFiles } },
     { name: `recovery: SIGKILL to first completed request, keeper clock, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.99)), ...none },
     { name: `recovery: SIGKILL to first completed request, keeper clock, max ${n}`, unit: 'ms', ours: r1(Math.max(...r.keeperMs)), ...none },
     { name: `recovery: SIGKILL to first completed request, client clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.clientKillMs, 0.5)), ...none, note: 'from just before kill() to the completion of the first GETATTR submitted after it', oursRuns: runs(r.clientKillMs) },

@@ -91,7 +91,7 @@ export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl).trim();
           buf = buf.slice(nl + 1);
-          const m = /^BENCH-MARK (\S+)/.exec(line) ?? /^VFSK-INIT: (mounted)/.exec(line);
+          const m = /BENCH-MARK (\S+)/.exec(line) ?? /VFSK-INIT: (mounted)/.exec(line);
           if (m) marks.set(m[1]!, now);
         }
       },

@@ -98,40 +98,15 @@ export const ENOSYS = k('ENOSYS', 38);
 export const ELOOP = k('ELOOP', 40);
 export const EOPNOTSUPP = k('EOPNOTSUPP', 95);
 
-// --- FUSE (include/uapi/linux/fuse.h)
-/** fuse_setattr_in.valid */
-export const FATTR_MODE = 1 << 0;
-export const FATTR_UID = 1 << 1;
-export const FATTR_GID = 1 << 2;
-export const FATTR_SIZE = 1 << 3;
-export const FATTR_ATIME = 1 << 4;
-export const FATTR_MTIME = 1 << 5;
-export const FATTR_FH = 1 << 6;
-export const FATTR_ATIME_NOW = 1 << 7;
-export const FATTR_MTIME_NOW = 1 << 8;
-export const FATTR_LOCKOWNER = 1 << 9;
-export const FATTR_CTIME = 1 << 10;
-export const FATTR_KILL_SUIDGID = 1 << 11;
-
-/** fuse_open_out.open_flags */
-export const FOPEN_DIRECT_IO = 1 << 0;
-export const FOPEN_KEEP_CACHE = 1 << 1;
-export const FOPEN_NONSEEKABLE = 1 << 2;
-export const FOPEN_CACHE_DIR = 1 << 3;
-
-/** fuse_write_in.write_flags */
-export const FUSE_WRITE_CACHE = 1 << 0;
-export const FUSE_WRITE_LOCKOWNER = 1 << 1;
-export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
-
-/** fuse_release_in.release_flags */
-export const FUSE_RELEASE_FLUSH = 1 << 0;
-export const FUSE_RELEASE_FLOCK_UNLOCK = 1 << 1;
-
-/** INIT flags (64-bit: flags | flags2 << 32). */
-export const FUSE_DONT_MASK = 1n << 6n;
-export const FUSE_WRITEBACK_CACHE = 1n << 16n;
-export const FUSE_HANDLE_KILLPRIV_V2 = 1n << 28n;
+// --- FUSE flag words the FileSystem interface speaks in (defined once, in the FUSE layer).
+export {
+  FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW,
+  FATTR_MTIME_NOW, FATTR_LOCKOWNER, FATTR_CTIME, FATTR_KILL_SUIDGID,
+  FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NONSEEKABLE, FOPEN_CACHE_DIR,
+  FUSE_WRITE_CACHE, FUSE_WRITE_LOCKOWNER, FUSE_WRITE_KILL_SUIDGID,
+  FUSE_RELEASE_FLUSH, FUSE_RELEASE_FLOCK_UNLOCK,
+  FUSE_DONT_MASK, FUSE_WRITEBACK_CACHE, FUSE_HANDLE_KILLPRIV_V2,
+} from '../fuse/constants';
 
 /** Largest file offset (fuse_file_lock end "to EOF"). NB: as a JS number this is 2^63; encode
  * with `encodeLockEnd`. */
