@@ -9,8 +9,8 @@
 //   --kills N          SIGKILLs for the recovery rows (default 100; quick 20)
 //   --kills-state N    SIGKILLs for the large-session recovery rows (default: --kills; quick 10)
 //   --state-inodes N   known inodes for those rows (default 100,000; quick 20,000), open files 1%
-//   --seconds S        length of each time-bounded micro run (default 2; quick 0.5)
-//   --profile DIR      run our backend under `node --cpu-prof` (micro sessions), profiles in DIR
+//   --seconds S        length of each time-bounded micro run (default 3; quick 0.5)
+//   --profile DIR      CPU-profile our backend's processes (micro sessions): DIR/<variant>-<repeat>/
 //   --no-snapshot      run the checkout's build directly (default: a private copy, see below)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -82,7 +82,7 @@ function config(): Config {
     quick,
     repeats,
     micro: {
-      seconds: num('seconds', quick ? 0.5 : 2),
+      seconds: num('seconds', quick ? 0.5 : 3),
       creates: quick ? 2000 : 5000,
       bigMiB: quick ? 64 : 256,
       listings: quick ? 2 : 3,
@@ -119,6 +119,8 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
   }
   const journalKeys: MetricKey[] = ['lookup_cold', 'create_release', 'unlink'];
   const results = new Map<Variant, Array<Map<MetricKey, Sample>>>();
+  /** 1-minute load average when each session started (other users of the machine show up here). */
+  const load1 = new Map<Variant, number[]>();
   for (let rep = 0; rep < cfg.repeats; rep++) {
     // Alternate: rotate the order every repeat so no backend always runs first (or last).
     const order = variants.map((_, i) => variants[(i + rep) % variants.length]!);
@@ -126,9 +128,11 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
       const t0 = Date.now();
       const env: NodeJS.ProcessEnv = {};
       if (cfg.profileDir && v !== 'c-virtiofsd') {
-        fs.mkdirSync(path.join(cfg.profileDir, `${v}-${rep}`), { recursive: true });
-        env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${path.join(cfg.profileDir, `${v}-${rep}`)}`;
+        env.VFSK_BENCH_PROF_DIR = path.join(cfg.profileDir, `${v}-${rep}`);
+        env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'cpu_prof_preload.js')}`.trim();
       }
+      if (!load1.has(v)) load1.set(v, []);
+      load1.get(v)!.push(Math.round(os.loadavg()[0]! * 100) / 100);
       const s = await openBenchSession(v, { sharedDir: fx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env });
       try {
         await warmUp(s, fx);
@@ -138,7 +142,7 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
         results.get(v)!.push(res);
         const brief = [...res].filter(([k]) => ['getattr', 'lookup_cold', 'create_release', 'seq_read', 'rand_read_qd1'].includes(k))
           .map(([k, x]) => `${k} ${fmtNum(x.value)}`).join(', ');
-        log(`repeat ${rep + 1}/${cfg.repeats} ${v}: ${brief} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+        log(`repeat ${rep + 1}/${cfg.repeats} ${v}: ${brief} (${((Date.now() - t0) / 1000).toFixed(1)} s; load ${load1.get(v)!.at(-1)})`);
       } finally {
         await s.close();
       }
@@ -164,8 +168,12 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
       const pc = cpuMedian(p);
       if (oc !== undefined) row.oursCpuUsPerOp = oc;
       if (pc !== undefined) row.peerCpuUsPerOp = pc;
-      const extras = { ours: o.map((x) => x.extra).filter(Boolean), peer: p.map((x) => x.extra).filter(Boolean) };
-      if (extras.ours.length || extras.peer.length) row.extra = extras;
+      const extras: Record<string, unknown> = { load1: { ours: load1.get('ours') ?? [], peer: load1.get('c-virtiofsd') ?? [] } };
+      if (o.some((x) => x.extra)) extras.ours = o.map((x) => x.extra ?? null);
+      if (p.some((x) => x.extra)) extras.peer = p.map((x) => x.extra ?? null);
+      const oc2 = o.map((x) => x.clientCpuUsPerOp).filter((x): x is number => x !== undefined);
+      if (oc2.length) extras.clientCpuUsPerOp = { ours: sig(median(oc2), 3), peer: sig(median(p.map((x) => x.clientCpuUsPerOp ?? NaN)), 3) };
+      row.extra = extras;
       if (d.key === 'rss') {
         row.note = 'ours = keeper + worker + warm standby (VmHWM of each, summed); C virtiofsd = its one process (sandbox=chroot)';
       }
@@ -220,29 +228,25 @@ function noFileCap(want: number): number | null {
   return m ? Number(m[1]) : null;
 }
 
-async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Promise<void> {
-  const kills = withState ? cfg.killsState : cfg.kills;
-  let capNote: string | null = null;
-  if (withState) {
-    const need = cfg.stateInodes + cfg.stateOpen + 1000;
-    const hard = noFileCap(need);
-    if (hard !== null && hard < need) {
-      const n = Math.max(1000, hard - cfg.stateOpen - 1000);
-      capNote = `${cfg.stateInodes.toLocaleString('en-US')} known inodes requested; capped at ${n.toLocaleString('en-US')}: RLIMIT_NOFILE's hard limit here is ${hard} and cannot be raised (prlimit --nofile=${need} fails even as root), and each inode is an fd in the worker and in the keeper (the C virtiofsd hits EMFILE at the same point)`;
-      log(`recovery: ${capNote}`);
-      cfg.stateInodes = n;
-    }
-  }
-  const label = withState ? `, ${cfg.stateInodes.toLocaleString('en-US')} known inodes + ${cfg.stateOpen.toLocaleString('en-US')} open files` : '';
-  log(`recovery: ${kills} kills${label}`);
-  const t0 = Date.now();
-  const r = await measureRecovery(kills, withState ? { knownInodes: cfg.stateInodes, openFiles: cfg.stateOpen, log } : { log });
-  log(`recovery${label}: done in ${((Date.now() - t0) / 1000).toFixed(1)} s (session: ${r.inodes} inodes, ${r.openFiles} open files; setup ${(r.setupMs / 1000).toFixed(1)} s)`);
+async function recoveryRun(rows: Row[], kills: number, inodes: number, open: number, note: string | null): Promise<boolean> {
+  const label = inodes > 0 ? `, ${inodes.toLocaleString('en-US')} known inodes + ${open.toLocaleString('en-US')} open files` : '';
   const n = `(${kills} kills${label})`;
   const none = { peer: null, ratio: null, higherIsBetter: false } as const;
+  log(`recovery: ${kills} kills${label}`);
+  const t0 = Date.now();
+  let r;
+  try {
+    r = await measureRecovery(kills, inodes > 0 ? { knownInodes: inodes, openFiles: open, log } : { log });
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0]!;
+    log(`recovery${label}: FAILED: ${msg}`);
+    rows.push({ name: `recovery: SIGKILL to first completed request ${n}`, unit: 'ms', ours: NaN, ...none, note: `FAILED: ${msg}${note ? `. ${note}` : ''}`, extra: { failed: true } });
+    return false;
+  }
+  log(`recovery${label}: done in ${((Date.now() - t0) / 1000).toFixed(1)} s (session: ${r.inodes} inodes, ${r.openFiles} open files; setup ${(r.setupMs / 1000).toFixed(1)} s)`);
   const runs = (xs: number[]): number[] => xs.map(r1);
   rows.push(
-    { name: `recovery: SIGKILL to first completed request, keeper clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.5)), ...none, note: `C virtiofsd cannot recover: the guest hangs. Keeper clock: from the keeper reaping the worker to the successor's first completed request${capNote ? `. ${capNote}` : ''}`, oursRuns: runs(r.keeperMs), extra: { inodes: r.inodes, openFiles: r.openFiles } },
+    { name: `recovery: SIGKILL to first completed request, keeper clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.5)), ...none, note: `C virtiofsd cannot recover: the guest hangs. Keeper clock: from the keeper reaping the worker to the successor's first completed request${note ? `. ${note}` : ''}`, oursRuns: runs(r.keeperMs), extra: { inodes: r.inodes, openFiles: r.openFiles } },
     { name: `recovery: SIGKILL to first completed request, keeper clock, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.99)), ...none },
     { name: `recovery: SIGKILL to first completed request, keeper clock, max ${n}`, unit: 'ms', ours: r1(Math.max(...r.keeperMs)), ...none },
     { name: `recovery: SIGKILL to first completed request, client clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.clientKillMs, 0.5)), ...none, note: 'from just before kill() to the completion of the first GETATTR submitted after it', oursRuns: runs(r.clientKillMs) },
@@ -250,6 +254,32 @@ async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Prom
     { name: `recovery: longest reply gap seen by the client, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.clientGapMs, 0.5)), ...none, oursRuns: runs(r.clientGapMs) },
     { name: `recovery: longest reply gap seen by the client, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.clientGapMs, 0.99)), ...none },
   );
+  return true;
+}
+
+/** Known inodes (with 10% of them open) used when the requested large session fails to recover. */
+const FALLBACK_INODES = 10_000;
+
+async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Promise<void> {
+  if (!withState) {
+    await recoveryRun(rows, cfg.kills, 0, 0, null);
+    return;
+  }
+  let inodes = cfg.stateInodes;
+  let capNote: string | null = null;
+  const need = inodes + cfg.stateOpen + 1000;
+  const hard = noFileCap(need);
+  if (hard !== null && hard < need) {
+    const n = Math.max(1000, hard - cfg.stateOpen - 1000);
+    capNote = `${inodes.toLocaleString('en-US')} known inodes requested; capped at ${n.toLocaleString('en-US')}: RLIMIT_NOFILE's hard limit here is ${hard} and cannot be raised (prlimit --nofile=${need} fails even as root), and each inode is an fd in the worker and again in the keeper (the C virtiofsd hits EMFILE at the same point)`;
+    log(`recovery: ${capNote}`);
+    inodes = n;
+  }
+  const ok = await recoveryRun(rows, cfg.killsState, inodes, cfg.stateOpen, capNote);
+  if (!ok && inodes > FALLBACK_INODES) {
+    await recoveryRun(rows, cfg.killsState, FALLBACK_INODES, FALLBACK_INODES / 10,
+      `fallback size after the requested one failed (${inodes.toLocaleString('en-US')} inodes)`);
+  }
 }
 
 async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
@@ -354,14 +384,26 @@ async function main(): Promise<number> {
   installSignalCleanup();
   const cfg = config();
   const rows: Row[] = [];
+  let failures = 0;
   const started = Date.now();
   log(`bench: ${cfg.quick ? 'quick' : 'full'}; groups ${[...cfg.groups].join(', ')}; ${cfg.repeats} repeats; build ${process.env.VFSK_BENCH_REV ?? 'checkout (no snapshot)'}; ` +
     `temp dirs in ${os.tmpdir()}; ${os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   try {
-    if (cfg.groups.has('micro') || cfg.groups.has('journal')) await microPhase(cfg, rows);
-    if (cfg.groups.has('recovery')) await recoveryPhase(cfg, rows, false);
-    if (cfg.groups.has('recovery-state')) await recoveryPhase(cfg, rows, true);
-    if (cfg.groups.has('guest')) await guestPhase(cfg, rows);
+    // A failing phase is reported as a FAILED row; the others still run.
+    const phase = async (name: string, fn: () => Promise<void>): Promise<void> => {
+      try {
+        await fn();
+      } catch (e) {
+        const msg = (e as Error).message;
+        log(`bench: phase ${name} FAILED: ${(e as Error).stack ?? msg}`);
+        rows.push({ name: `${name}: FAILED`, unit: '-', ours: NaN, peer: null, ratio: null, higherIsBetter: true, note: msg.split('\n').slice(0, 3).join(' | '), extra: { failed: true } });
+        failures++;
+      }
+    };
+    if (cfg.groups.has('micro') || cfg.groups.has('journal')) await phase('micro', () => microPhase(cfg, rows));
+    if (cfg.groups.has('recovery')) await phase('recovery', () => recoveryPhase(cfg, rows, false));
+    if (cfg.groups.has('recovery-state')) await phase('recovery-state', () => recoveryPhase(cfg, rows, true));
+    if (cfg.groups.has('guest')) await phase('guest', () => guestPhase(cfg, rows));
   } finally {
     await runAllCleanups();
   }
@@ -369,7 +411,9 @@ async function main(): Promise<number> {
   printRows(rows);
   const json = arg('json');
   if (json) fs.writeFileSync(path.resolve(json), JSON.stringify(rows, null, 2) + '\n');
-  return 0;
+  const failedRows = rows.filter((r) => r.extra?.failed).length;
+  if (failedRows > 0) log(`bench: ${failedRows} row(s) FAILED (see above)`);
+  return failures > 0 || failedRows > 0 ? 1 : 0;
 }
 
 main().then((code) => process.exit(code), async (e: unknown) => {

@@ -108,7 +108,13 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
       if (nopen > 0) log(`  opened ${nopen} files in ${Date.now() - t2} ms`);
     }
     const setupMs = Date.now() - t0;
-    const st0 = queryStatus(stateDir);
+    // The worker reports its session size periodically: wait until the report covers the setup.
+    let st0 = queryStatus(stateDir);
+    const until = Date.now() + 15_000;
+    while ((st0.fuse.inodes < known || st0.fuse.openFiles < nopen) && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+      st0 = queryStatus(stateDir);
+    }
     let stop = false;
     let last = performance.now();
     let killAt = 0;
@@ -138,7 +144,12 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
       await waitFor(async () => {
         const e = await Promise.race([loopFailed, Promise.resolve(undefined)]);
         if (e) throw new Error(`the request loop failed around kill ${i + 1}: ${e.message}`);
-        return queryStatus(stateDir).recovery.count > before.recovery.count;
+        const st = queryStatus(stateDir);
+        if (st.worker.state === 'failed') {
+          const why = s.backend.log().split('\n').filter((l) => /"level":50/.test(l)).slice(-3).join(' | ');
+          throw new Error(`kill ${i + 1}: the keeper gave up (worker state failed): ${why}`);
+        }
+        return st.recovery.count > before.recovery.count;
       }, `recovery ${i + 1}`, 60_000, 5);
       // A request submitted after the kill has completed (the successor serves).
       await waitFor(() => firstAfterKill !== null, 'a request after recovery', 60_000, 1);

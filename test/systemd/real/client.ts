@@ -12,7 +12,7 @@ export const HELLO = 'hello from the host, served by systemd\n';
 export const RECORD_SIZE = 16;
 
 export function record(i: number): string {
-  return `rec ${String(i).padStart(10, '0')}\n`; // 16 bytes
+  return `rec ${String(i).padStart(11, '0')}\n`; // 16 bytes
 }
 
 export interface ClientError { at: string; iteration: number; op: string; message: string }

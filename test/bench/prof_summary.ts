@@ -1,0 +1,36 @@
+// `node dist/test/bench/prof_summary.js FILE.cpuprofile [N]`: the N functions with the most self
+// time in a V8 CPU profile (as written by --profile), with their share of all samples.
+import * as fs from 'node:fs';
+
+interface Node { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
+interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
+
+export function summarise(file: string, top = 25): string {
+  const p = JSON.parse(fs.readFileSync(file, 'utf8')) as Profile;
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  let total = 0;
+  for (let i = 0; i < p.samples.length; i++) {
+    const n = byId.get(p.samples[i]!);
+    if (!n) continue;
+    const dt = p.timeDeltas[i] ?? 0;
+    total += dt;
+    const f = n.callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + dt);
+  }
+  const idle = [...self].filter(([k]) => k.startsWith('(idle)')).reduce((a, [, v]) => a + v, 0);
+  const rows = [...self].sort((a, b) => b[1] - a[1]).slice(0, top);
+  const lines = [`${file}: ${(total / 1e6).toFixed(2)} s sampled, ${(((total - idle) / 1e6)).toFixed(2)} s not idle`];
+  for (const [k, v] of rows) lines.push(`${((v / 1e3)).toFixed(0).padStart(8)} ms ${((100 * v) / Math.max(1, total - idle)).toFixed(1).padStart(5)}%  ${k}`);
+  return lines.join('\n');
+}
+
+if (require.main === module) {
+  const [file, n] = process.argv.slice(2);
+  if (!file) {
+    process.stderr.write('usage: prof_summary FILE.cpuprofile [N]\n');
+    process.exit(2);
+  }
+  process.stdout.write(summarise(file, Number(n ?? 25)) + '\n');
+}
