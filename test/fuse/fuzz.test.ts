@@ -47,7 +47,7 @@ function invariantViolation(r: FuseRequest, h: InHeader, input: Buffer): string 
       // READDIR offsets are opaque 64-bit directory cookies (ext4 hands out 63-bit hashes): the
       // filesystem maps the possibly inexact number back to the exact cookie it issued.
       if ((r.kind === 'READDIR' || r.kind === 'READDIRPLUS') && key === 'offset') {
-        return Number.isFinite(v) && v >= 0 && v < 2 ** 64 ? null : `readdir offset ${v} out of range`;
+        return Number.isFinite(v) && v >= 0 && v <= 2 ** 64 ? null : `readdir offset ${v} out of range`;
       }
       if (!Number.isSafeInteger(v)) return `${key}=${v} is not a safe integer`;
       if (v < 0 && !SIGNED_FIELDS.has(key)) return `${key}=${v} is negative`;

@@ -98,13 +98,18 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
     const p = await m.show(u, ['ActiveState', 'SubState', 'MainPID', 'NRestarts', 'NFileDescriptorStore']);
     return { ActiveState: p.ActiveState!, SubState: p.SubState!, MainPID: Number(p.MainPID), NRestarts: Number(p.NRestarts), NFileDescriptorStore: Number(p.NFileDescriptorStore) };
   };
-  /** Waits for `cond` on a unit, with its journal in the failure message. */
+  /** Fails with `e`, after putting the units' journal in the output (tap keeps comments' lines). */
+  const failWith = async (e: unknown, extra = ''): Promise<never> => {
+    t.comment(`journal of ${units.join(' and ')}:\n${await journal()}`);
+    throw new Error(`${(e as Error).message}${extra}`);
+  };
+  /** Waits for `cond` on a unit. */
   const waitUnit = async (u: string, cond: (s: Unit) => boolean, what: string, timeoutMs = 30_000): Promise<Unit> => {
     let last: Unit | null = null;
     try {
       return await waitFor(async () => { const s = await unit(u); last = s; return cond(s) ? s : null; }, what, timeoutMs, 50) as Unit;
     } catch (e) {
-      throw new Error(`${(e as Error).message}; ${u} is ${JSON.stringify(last)}\n${await journal()}`);
+      return failWith(e, `; ${u} is ${JSON.stringify(last)}`);
     }
   };
   const serving = (s: Unit): boolean => s.ActiveState === 'active' && s.SubState === 'running' && s.MainPID > 0;
@@ -116,15 +121,16 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   const w0 = await waitUnit(WORKER, serving, 'the worker (pulled in by Wants=) to be active');
   t.equal(w0.NRestarts, 0, 'the worker has not been restarted yet');
 
-  client = new LoopClient(path.join(dir, 'vhost.sock'));
-  await client.open();
-  t.equal(await client.readHello(), HELLO, 'the client reads through the worker systemd started');
-  client.start();
-  const served = async (what: string): Promise<void> => {
+  const c1 = new LoopClient(path.join(dir, 'vhost.sock'));
+  client = c1;
+  await c1.open();
+  t.equal(await c1.readHello(), HELLO, 'the client reads through the worker systemd started');
+  c1.start();
+  const served = async (what: string, c: LoopClient = c1): Promise<void> => {
     try {
-      await client.progress(20, 60_000, what);
+      await c.progress(20, 60_000, what);
     } catch (e) {
-      throw new Error(`${(e as Error).message}\n${await journal()}`);
+      await failWith(e);
     }
   };
   await served('requests served before any restart');
@@ -135,8 +141,8 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   await m.run(['systemctl', 'kill', '--signal=SIGKILL', WORKER]);
   const w1 = await waitUnit(WORKER, (s) => s.NRestarts === 1 && s.MainPID !== w0.MainPID && serving(s), 'systemd to restart the SIGKILLed worker');
   await served('requests served after the SIGKILL');
-  t.equal(await client.readHello(), HELLO, `(a) SIGKILL: systemd restarted the worker (pid ${w0.MainPID} -> ${w1.MainPID}, NRestarts=1, ${Date.now() - t0} ms) and the open handle reads`);
-  t.same(client.errors, [], '(a) the client saw no error');
+  t.equal(await c1.readHello(), HELLO, `(a) SIGKILL: systemd restarted the worker (pid ${w0.MainPID} -> ${w1.MainPID}, NRestarts=1, ${Date.now() - t0} ms) and the open handle reads`);
+  t.same(c1.errors, [], '(a) the client saw no error');
 
   // (b) Watchdog: a stopped worker sends no WATCHDOG=1; systemd kills it after WatchdogSec.
   t0 = Date.now();
@@ -145,8 +151,8 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   await served('requests served after the watchdog restart');
   const wdLog = await journal();
   t.match(wdLog, new RegExp(`${WORKER.replace(/[.@]/g, '\\$&')}: Watchdog timeout \\(limit ${WATCHDOG_SEC}s\\)`), 'systemd logged the watchdog timeout');
-  t.equal(await client.readHello(), HELLO, `(b) watchdog: systemd killed and restarted the worker (pid ${w1.MainPID} -> ${w2.MainPID}, NRestarts=2, ${Date.now() - t0} ms) and the open handle reads`);
-  t.same(client.errors, [], '(b) the client saw no error');
+  t.equal(await c1.readHello(), HELLO, `(b) watchdog: systemd killed and restarted the worker (pid ${w1.MainPID} -> ${w2.MainPID}, NRestarts=2, ${Date.now() - t0} ms) and the open handle reads`);
+  t.same(c1.errors, [], '(b) the client saw no error');
 
   // (c) Keeper restart: its fds come back from systemd's fd store.
   const kBefore = await unit(KEEPER);
@@ -160,17 +166,17 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   await served('requests served after the keeper restart');
   const kLog = (await m.exec(['journalctl', '--no-pager', '-o', 'cat', '-u', KEEPER, `_PID=${k1.MainPID}`])).stdout;
   t.match(kLog, /took back the fd store from systemd/, 'the new keeper took its fds back from systemd (LISTEN_FDS)');
-  t.equal(await client.readHello(), HELLO, `(c) keeper restart: keeper pid ${kBefore.MainPID} -> ${k1.MainPID}, worker ${w2.MainPID} -> ${w3.MainPID} (${Date.now() - t0} ms), and the open handle reads`);
-  t.ok(await client.fe.controlAlive(), 'the frontend\'s vhost-user connection never closed');
+  t.equal(await c1.readHello(), HELLO, `(c) keeper restart: keeper pid ${kBefore.MainPID} -> ${k1.MainPID}, worker ${w2.MainPID} -> ${w3.MainPID} (${Date.now() - t0} ms), and the open handle reads`);
+  t.ok(await c1.fe.controlAlive(), 'the frontend\'s vhost-user connection never closed');
   t.ok(fs.existsSync(path.join(dir, 'vhost.sock')), 'the vhost-user socket is still in place for the next frontend');
-  t.same(client.errors, [], '(c) the client saw no error');
+  t.same(c1.errors, [], '(c) the client saw no error');
 
-  await client.stop();
-  t.same(client.errors, [], `the client saw no error in ${client.iterations} iterations`);
+  await c1.stop();
+  t.same(c1.errors, [], `the client saw no error in ${c1.iterations} iterations`);
   // Every record written through the handle, across every restart, is on the host's disk.
   const log = fs.readFileSync(path.join(shared, 'log'), 'utf8');
-  const expected = Array.from({ length: client.iterations }, (_, i) => record(i)).join('');
-  t.equal(log.length, client.iterations * RECORD_SIZE, 'the written file has every record');
+  const expected = Array.from({ length: c1.iterations }, (_, i) => record(i)).join('');
+  t.equal(log.length, c1.iterations * RECORD_SIZE, 'the written file has every record');
   t.ok(log === expected, 'and every record is right');
   t.equal((await unit(WORKER)).NRestarts, 2, 'NRestarts counts exactly the two automatic restarts (no watchdog false positive)');
 
