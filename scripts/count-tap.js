@@ -26,7 +26,8 @@ for (const line of lines) {
       leafFailuresAtDepth[depth] = (leafFailuresAtDepth[depth] || 0) + 1;
     }
   }
-  if (line.trim() !== '') prev = line;
+  // Comments ("# time=...") may sit between a subtest's plan and its closing point.
+  if (line.trim() !== '' && !/^\s*#/.test(line)) prev = line;
 }
 process.stdout.write(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
 process.exit(failed === 0 && passed > 0 ? 0 : 1);
