@@ -14,6 +14,7 @@ import {
 } from '../shared/fdstore';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../shared/config';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
+import { SystemdFdStore } from './systemd_fdstore';
 import { buildReport, formatPrometheus } from '../shared/status';
 
 export interface KeeperOptions extends WorkerConfig {
@@ -82,6 +83,8 @@ export class Keeper {
   private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
   /** systemd mode: the keeper.sock client of the serving worker (its EOF is its death). */
   private activeClient: Client | null = null;
+  /** The mirror of our store in systemd's fd store (when systemd runs us). */
+  private sdStore: SystemdFdStore | null = null;
 
   constructor(private readonly opts: KeeperOptions) {
     this.log = logger('keeper');
@@ -92,9 +95,13 @@ export class Keeper {
     native.raiseNoFileLimit(1_000_000);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
     const inherited = consumeListenFds();
-    for (const [name, fd] of inherited) this.store.set(name, fd);
-    if (inherited.size > 0) this.log.info({ fds: inherited.size }, 'took back the fd store from systemd');
     fs.mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
+    for (const [name, fd] of inherited) this.store.set(name, fd);
+    if (this.sd !== null) {
+      this.sdStore = new SystemdFdStore(this.sd, path.join(this.opts.stateDir, 'fdstore-aliases.json'), (n) => this.store.get(n), this.log);
+      for (const [name, fd] of this.sdStore.adoptInherited(inherited)) this.store.set(name, fd);
+    }
+    if (inherited.size > 0) this.log.info({ fds: this.store.size }, 'took back the fd store from systemd');
     const st = fs.statSync(this.opts.sharedDir, { throwIfNoEntry: false });
     if (!st || !st.isDirectory()) throw new Error(`shared directory ${this.opts.sharedDir} is not a directory`);
     for (const p of [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)]) {
@@ -129,13 +136,13 @@ export class Keeper {
 
   private put(name: string, fd: number): void {
     const old = this.store.get(name);
-    if (old !== undefined && old !== fd) native.close(old);
+    if (old !== undefined && old !== fd) this.drop(name);
     this.store.set(name, fd);
     // Under systemd the keeper's own fds go to systemd's fd store too, so a keeper restart
     // loses nothing either.
-    if (this.sd !== null) {
+    if (this.sdStore !== null) {
       try {
-        this.sd.storeFds([[name, fd]]);
+        this.sdStore.add(name, fd);
       } catch (e) {
         this.log.error({ fdName: name, err: { message: (e as Error).message } }, 'cannot store an fd in systemd (FileDescriptorStoreMax=?)');
       }
@@ -145,15 +152,15 @@ export class Keeper {
   private drop(name: string): void {
     const fd = this.store.get(name);
     if (fd === undefined) return;
-    this.store.delete(name);
-    native.close(fd);
-    if (this.sd !== null && !this.stopping) {
+    if (this.sdStore !== null && !this.stopping) {
       try {
-        this.sd.removeFds([name]);
+        this.sdStore.remove(name, fd);
       } catch (e) {
         this.log.warn({ fdName: name, err: { message: (e as Error).message } }, 'cannot remove an fd from systemd\'s store');
       }
     }
+    this.store.delete(name);
+    native.close(fd);
   }
 
   // --- worker supervision (embedded mode)
@@ -519,7 +526,10 @@ export class Keeper {
     if (this.sockFd >= 0) native.close(this.sockFd);
     this.sockFd = -1;
     for (const name of [...this.store.keys()]) this.drop(name);
-    for (const p of [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)]) {
+    // Under systemd the listening socket lives on in the fd store: keep its path for the
+    // restarted keeper.
+    const paths = this.sd === null ? [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)] : [keeperSocketPath(this.opts.stateDir)];
+    for (const p of paths) {
       try { fs.unlinkSync(p); } catch { /* already gone */ }
     }
     this.log.info('keeper stopped');

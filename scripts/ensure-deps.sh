@@ -11,6 +11,7 @@
 #   libc6-dev gcc       static guest tools (gcc -static needs libc.a)
 #   attr                getfattr/setfattr, used by the host-side checks
 #   xz-utils zstd       decompress kernel modules if the kernel package ships them compressed
+#   systemd-container   systemd-nspawn: the real-systemd test boots systemd as PID 1 in a container
 #   ca-certificates     not needed; apt's own transport is used
 set -euo pipefail
 
@@ -32,6 +33,7 @@ declare -A NEED=(
   [attr]=/usr/bin/getfattr
   [xz-utils]=/usr/bin/xz
   [zstd]=/usr/bin/zstd
+  [systemd-container]=/usr/bin/systemd-nspawn
 )
 
 installed() {

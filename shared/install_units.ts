@@ -16,8 +16,9 @@ export function repoRoot(): string {
   return path.resolve(__dirname, '..', '..');
 }
 
-export function renderUnit(text: string, nodePath = process.execPath, root = repoRoot()): string {
+export function renderUnit(text: string, configDir = '/etc/virtiofs-keeper', nodePath = process.execPath, root = repoRoot()): string {
   return text
+    .replaceAll('@CONFIG_DIR@', configDir)
     .replaceAll('@NODE@', nodePath)
     .replaceAll('@BIN@', path.join(root, 'bin', 'virtiofs-keeper.js'))
     .replaceAll('@PREFIX@', root);
@@ -29,7 +30,7 @@ export function installUnits(o: InstallOptions): string[] {
   const written: string[] = [];
   for (const name of UNIT_FILES) {
     const dest = path.join(o.prefix, name);
-    fs.writeFileSync(dest, renderUnit(fs.readFileSync(path.join(root, 'systemd', name), 'utf8')), { mode: 0o644 });
+    fs.writeFileSync(dest, renderUnit(fs.readFileSync(path.join(root, 'systemd', name), 'utf8'), o.configDir), { mode: 0o644 });
     written.push(dest);
   }
   fs.mkdirSync(o.configDir, { recursive: true });

@@ -88,6 +88,9 @@ export interface NativeAddon {
   close(fd: number): void;
   /** F_DUPFD_CLOEXEC. */
   dup(fd: number): number;
+  /** kcmp(KCMP_FILE): the two fds share one open file description (dups, or SCM_RIGHTS
+   * copies of one fd). */
+  sameOpenFile(fdA: number, fdB: number): boolean;
   setNonBlocking(fd: number, nonBlocking: boolean): void;
   /** Raises RLIMIT_NOFILE's soft limit to min(hard, wanted) (and the hard limit too when
    * privileged, up to /proc/sys/fs/nr_open). Returns the new soft limit. */

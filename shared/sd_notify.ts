@@ -2,7 +2,7 @@
 // environment contract: NOTIFY_SOCKET, WATCHDOG_USEC/WATCHDOG_PID, LISTEN_FDS/LISTEN_PID/
 // LISTEN_FDNAMES. The protocol is documented by systemd for independent implementations.
 import { native } from './native';
-import { formatAssignments, isValidFdName } from './fdstore';
+import { formatAssignments } from './fdstore';
 
 export class SdNotifier {
   private fd = -1;
@@ -37,19 +37,6 @@ export class SdNotifier {
         if (attempt >= 1) throw e;
       }
     }
-  }
-
-  /** Puts fds into systemd's fd store (FileDescriptorStoreMax=) under one name each. */
-  storeFds(entries: Array<[string, number]>): void {
-    // One message per name: systemd applies FDNAME= to every fd of its message.
-    for (const [name, fd] of entries) {
-      if (!isValidFdName(name)) throw new Error(`invalid fd name ${name}`);
-      this.notify({ FDSTORE: 1, FDNAME: name }, [fd]);
-    }
-  }
-
-  removeFds(names: string[]): void {
-    for (const name of names) this.notify({ FDSTOREREMOVE: 1, FDNAME: name });
   }
 }
 

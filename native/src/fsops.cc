@@ -61,6 +61,22 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   return Num(env, nfd);
 }
 
+// kcmp(KCMP_FILE) on our own pid: do two fds refer to the same open file description? (As
+// systemd's fd store does when it deduplicates stored fds.)
+Napi::Value SameOpenFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "sameOpenFile");
+  int fa, fb;
+  if (!a.Count(2) || !a.Fd(0, "fdA", &fa) || !a.Fd(1, "fdB", &fb)) return {};
+  const pid_t self = getpid();
+  long r = syscall(SYS_kcmp, self, self, 0 /* KCMP_FILE */, (unsigned long)fa, (unsigned long)fb);
+  if (r < 0) {
+    ThrowErrno(env, errno, "kcmp");
+    return {};
+  }
+  return Napi::Boolean::New(env, r == 0);
+}
+
 Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "setNonBlocking");
@@ -745,6 +761,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
   static const Fn fns[] = {
       {"close", Close},
       {"dup", Dup},
+      {"sameOpenFile", SameOpenFile},
       {"setNonBlocking", SetNonBlocking},
       {"raiseNoFileLimit", RaiseNoFileLimit},
       {"fdFlags", FdFlags},

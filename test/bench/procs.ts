@@ -50,8 +50,14 @@ let signalsInstalled = false;
 export function installSignalCleanup(): void {
   if (signalsInstalled) return;
   signalsInstalled = true;
+  let stopping = false;
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
+    // Keep handling (and ignoring) repeats: a terminal's Ctrl-C reaches this process twice (once
+    // from the terminal, once forwarded by the snapshot parent), and a second default-action
+    // SIGINT would kill it in the middle of its cleanup.
+    process.on(sig, () => {
+      if (stopping) return;
+      stopping = true;
       process.stderr.write(`bench: ${sig}; stopping everything it started\n`);
       void runAllCleanups().finally(() => process.exit(128 + (os.constants.signals[sig] ?? 1)));
     });
@@ -123,8 +129,11 @@ export function makeSnapshot(repoRoot: string, dest: string): void {
 
 // --- sessions -----------------------------------------------------------------------------------
 
-/** What is being measured: the two backends, plus ours with journaling switched off. */
-export type Variant = 'ours' | 'c-virtiofsd' | 'ours-nojournal';
+/**
+ * What is being measured: the two backends; for the journaling rows, ours in fresh sessions that
+ * run only those workloads, with crash safety on (ours-journal) and off (ours-nojournal).
+ */
+export type Variant = 'ours' | 'c-virtiofsd' | 'ours-journal' | 'ours-nojournal';
 
 export const NO_JOURNAL_ENV = 'VFSK_BENCH_NO_JOURNAL';
 

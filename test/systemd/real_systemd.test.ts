@@ -42,7 +42,9 @@ const EXPECTED = [
 
 interface Unit { ActiveState: string; SubState: string; MainPID: number; NRestarts: number; NFileDescriptorStore: number }
 
-const unavailable = nspawnUnavailable();
+// The units run with PrivateTmp=: a checkout under /tmp or /var/tmp is invisible to them.
+const unavailable = nspawnUnavailable() ??
+  (/^\/(var\/)?tmp\//.test(ROOT + '/') ? `the checkout ${ROOT} is under /tmp or /var/tmp, which PrivateTmp= hides from the units` : null);
 
 t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_000, skip: unavailable ?? false }, async (t) => {
   const started = Date.now();
@@ -90,7 +92,8 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   await m.writeFile(`/etc/systemd/system/${WORKER}.d/50-test-watchdog.conf`, `[Service]\nWatchdogSec=${WATCHDOG_SEC}s\n`);
   await m.run(['systemctl', 'daemon-reload']);
   const verify = await m.exec(['systemd-analyze', 'verify', KEEPER, WORKER]);
-  t.equal(verify.code, 0, `systemd-analyze verify inside the machine: ${verify.stdout}${verify.stderr}`);
+  t.equal(verify.code, 0, 'systemd-analyze verify passes on the installed units (and the drop-in) inside the machine');
+  t.equal(verify.stdout + verify.stderr, '', 'with nothing to say');
 
   const units = [KEEPER, WORKER];
   const journal = async (): Promise<string> => m.journal(units, 400);
@@ -195,9 +198,10 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
     await served('requests served to a new frontend', c2);
     await c2.stop();
     t.same(c2.errors, [], `(d) a new frontend is served after the first hung up (worker ${w3.MainPID} -> ${w4.MainPID})`);
+    const w5 = await unit(WORKER);
+    t.ok(w5.MainPID === w4.MainPID && w5.NRestarts === 1, `one automatic restart since the keeper restart, the hang-up's (NRestarts=${w5.NRestarts}): no watchdog false positive`);
     c2.close();
     client = null;
-    t.equal((await unit(WORKER)).NRestarts, w4.NRestarts, 'no further worker restarts (no watchdog false positive)');
   }
 
   // No daemon error in the journal (pino level >= 50, or systemd failing at something).
