@@ -20,8 +20,8 @@ export function summarise(file: string, top = 25): string {
     self.set(key, (self.get(key) ?? 0) + dt);
   }
   const idle = [...self].filter(([k]) => k.startsWith('(idle)')).reduce((a, [, v]) => a + v, 0);
-  const rows = [...self].sort((a, b) => b[1] - a[1]).slice(0, top);
-  const lines = [`${file}: ${(total / 1e6).toFixed(2)} s sampled, ${(((total - idle) / 1e6)).toFixed(2)} s not idle`];
+  const rows = [...self].filter(([k]) => !k.startsWith('(idle)')).sort((a, b) => b[1] - a[1]).slice(0, top);
+  const lines = [`${file}: ${(total / 1e6).toFixed(2)} s sampled, ${(((total - idle) / 1e6)).toFixed(2)} s not idle (shares below are of the busy time)`];
   for (const [k, v] of rows) lines.push(`${((v / 1e3)).toFixed(0).padStart(8)} ms ${((100 * v) / Math.max(1, total - idle)).toFixed(1).padStart(5)}%  ${k}`);
   return lines.join('\n');
 }

@@ -1,9 +1,10 @@
 // Small statistics and formatting helpers for the benchmark.
 
-/** The q-quantile by the nearest-rank method on a sorted copy (q in [0, 1]). */
+/** The q-quantile by the nearest-rank method (q in (0, 1]): p99 of 100 samples is the 99th
+ * smallest, not the maximum. */
 export function quantile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? NaN;
 }
 
 /** The median (the mean of the two middle values for an even count). */
