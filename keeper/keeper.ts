@@ -38,6 +38,8 @@ interface Client {
   fd: number;
   poller: Poller;
   pid: number;
+  /** An FDFETCH in progress: the names to send and the next index. */
+  fetch: { names: string[]; next: number } | null;
 }
 
 /** Crash-loop backoff: restart at once, unless the worker died this often recently. */
@@ -301,7 +303,7 @@ export class Keeper {
         native.close(fd);
         continue;
       }
-      const client: Client = { fd, pid: cred.pid, poller: new native.Poller(fd, () => this.readClient(client)) };
+      const client: Client = { fd, pid: cred.pid, fetch: null, poller: new native.Poller(fd, () => this.readClient(client)) };
       this.clients.set(fd, client);
       client.poller.start(POLL_READABLE);
     }
@@ -310,6 +312,7 @@ export class Keeper {
   private closeClient(c: Client): void {
     if (!this.clients.has(c.fd)) return;
     this.clients.delete(c.fd);
+    c.fetch = null;
     c.poller.close();
     native.close(c.fd);
     if (c === this.activeClient) {
@@ -387,8 +390,9 @@ export class Keeper {
     }
     if (m.get('FDFETCH') === '1') {
       this.drainDeadClients(c);
-      this.sendFdSet(c);
+      this.sendFdBatch(c, true);
     }
+    if (m.get('FDFETCHNEXT') === '1') this.sendFdBatch(c, false);
     if (m.has('STATUS')) this.workerStatus = m.get('STATUS')!;
     if (m.get('X_STANDBY') === '1') {
       if (this.standby !== null && this.standby.child.pid === c.pid) this.standby.client = c;
@@ -447,21 +451,33 @@ export class Keeper {
     }
   }
 
-  private sendFdSet(c: Client): void {
-    const entries = [...this.store.entries()];
-    let i = 0;
-    do {
-      const batch = entries.slice(i, i + MAX_FDS_PER_MESSAGE);
-      i += batch.length;
-      const more = i < entries.length ? 1 : 0;
-      const msg = formatAssignments({ FDSET: 1, FDNAME: batch.map(([n]) => n).join(':'), MORE: more, CTLSEQ: this.lastControlReply });
-      // The worker's socket is blocking and reads these promptly; a full buffer means it died.
-      if (native.sendMsg(c.fd, msg, batch.map(([, fd]) => fd)) < 0) {
-        this.log.error({ peerPid: c.pid }, 'worker is not reading its fd set');
-        this.closeClient(c);
-        return;
-      }
-    } while (i < entries.length);
+  /**
+   * FDFETCH starts a transfer of a snapshot of the whole fd set; FDFETCHNEXT asks for the next
+   * batch. The worker pulls one batch (at most 253 fds) at a time, so a large set (100k inodes)
+   * never overfills the socket buffer.
+   */
+  private sendFdBatch(c: Client, start: boolean): void {
+    // A snapshot of names: nothing else changes the store while a worker fetches it (its
+    // predecessor is dead and drained), and names cost no fds.
+    if (start) c.fetch = { names: [...this.store.keys()], next: 0 };
+    const f = c.fetch;
+    if (f === null) throw new FdStoreProtocolError('FDFETCHNEXT without FDFETCH');
+    const batch: Array<[string, number]> = [];
+    while (batch.length < MAX_FDS_PER_MESSAGE && f.next < f.names.length) {
+      const name = f.names[f.next++]!;
+      const fd = this.store.get(name);
+      if (fd !== undefined) batch.push([name, fd]);
+    }
+    const more = f.next < f.names.length ? 1 : 0;
+    const msg = formatAssignments({ FDSET: 1, FDNAME: batch.map(([n]) => n).join(':'), MORE: more, CTLSEQ: this.lastControlReply });
+    try {
+      if (native.sendMsg(c.fd, msg, batch.map(([, fd]) => fd)) < 0) throw new Error('socket buffer full');
+    } catch (e) {
+      this.log.error({ peerPid: c.pid, err: { message: (e as Error).message } }, 'cannot send the fd set');
+      this.closeClient(c);
+      return;
+    }
+    if (!more) c.fetch = null;
   }
 
   /** <state dir>/metrics.prom, for node_exporter's textfile collector (written atomically). */

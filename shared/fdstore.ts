@@ -5,7 +5,8 @@
 //   FDSTOREREMOVE=1 + FDNAME=<name>[:...]   drop (and close) the named fds
 //   READY=1, STATUS=<text>, WATCHDOG=1, STOPPING=1, MAINPID=<pid>   as in systemd
 // Keeper-only extension, answered on the same SEQPACKET connection:
-//   FDFETCH=1   → replies "FDSET=1\nFDNAME=a:b:...\nMORE=0|1" with at most 253 fds each.
+//   FDFETCH=1     → replies "FDSET=1\nFDNAME=a:b:...\nMORE=0|1" with at most 253 fds;
+//   FDFETCHNEXT=1 → the next batch, until MORE=0 (the worker pulls, so no buffer overfills).
 // Names are 1..255 characters of [A-Za-z0-9._-] (a subset of what systemd allows), so ':' can
 // separate them.
 

@@ -43,6 +43,7 @@ export class KeeperClient implements FdRegistryListener {
       const names = parseFdNames(m.get('FDNAME'), r.fds.length);
       names.forEach((n, i) => out.set(n, r.fds[i]!));
       if (m.get('MORE') !== '1') return { fds: out, ctlSeq: Number(m.get('CTLSEQ') ?? '0') || 0 };
+      this.send(formatAssignments({ FDFETCHNEXT: 1 }), []);
     }
   }
 

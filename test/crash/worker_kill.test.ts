@@ -44,3 +44,25 @@ t.test('session state survives worker kills between requests', async (t) => {
   t.ok(st.recovery.count >= 1, 'recovery time measured');
   t.equal(st.vhost.connected, true);
 });
+
+t.test('a session with 15,000 inodes survives a kill (the fd set is fetched in pulled batches)', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const N = 15_000;
+  const s = await openSession(t, 'ours', {
+    extraArgs: ['--state-dir', stateDir],
+    setup: (shared) => { for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, `f${i}`), ''); },
+  });
+  const nodeids: bigint[] = new Array(N);
+  for (let i = 0; i < N; i += 64) {
+    const batch = await Promise.all(Array.from({ length: Math.min(64, N - i) }, (_, k) => s.fuse.lookup(F.FUSE_ROOT_ID, `f${i + k}`)));
+    batch.forEach((e, k) => { nodeids[i + k] = e.nodeid; });
+  }
+  await waitFor(() => queryStatus(stateDir).fuse.inodes === N + 1, 'all inodes known', 30_000);
+  await killWorker(stateDir);
+  t.equal((await s.fuse.getattr(nodeids[N - 1]!, undefined, { timeoutMs: 60_000 })).attr.ino,
+    BigInt(fs.statSync(s.host(`f${N - 1}`)).ino), 'the last inode is still valid after the kill');
+  t.equal((await s.fuse.getattr(nodeids[0]!)).attr.ino, BigInt(fs.statSync(s.host('f0')).ino), 'and the first');
+  await waitFor(() => queryStatus(stateDir).fuse.inodes === N + 1, 'the successor knows every inode', 30_000);
+  t.pass(`${N} inodes resumed`);
+});
