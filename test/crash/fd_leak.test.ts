@@ -57,8 +57,13 @@ t.test('no fd accumulates across 50 worker restarts', async (t) => {
     }
     // A worker opens a few fds lazily while it settles (libuv's threadpool, the journal);
     // a leak never converges.
-    const settled = await waitFor(() => fdCount(keeperPid) === keeperSteady && fdKinds(workerPid).join('\n') === workerSteady!.join('\n'),
-      'fd sets to settle', 3000).then(() => true, () => false);
+    // Our own status queries briefly add a keeper.sock connection: growth is what a leak looks
+    // like, so the keeper's baseline is the least it was seen holding.
+    const settled = await waitFor(() => {
+      const k = fdCount(keeperPid);
+      if (k < keeperSteady) keeperSteady = k;
+      return k <= keeperSteady && fdKinds(workerPid).join('\n') === workerSteady!.join('\n');
+    }, 'fd sets to settle', 3000).then(() => true, () => false);
     if (!settled) {
       const now = fdKinds(workerPid);
       const extra = now.filter((k) => !workerSteady!.includes(k));
@@ -67,7 +72,7 @@ t.test('no fd accumulates across 50 worker restarts', async (t) => {
       return;
     }
   }
-  t.equal(fdCount(keeperPid), keeperSteady, 'keeper fd count back to its steady value after 50 restarts');
+  t.ok(fdCount(keeperPid) <= keeperSteady + 1, `keeper fd count back to its steady value (${keeperSteady}, +1 for a status query) after 50 restarts`);
   const st = queryStatus(stateDir);
   t.equal(st.worker.restarts, 50, '50 restarts counted');
   t.equal(st.fuse.openFiles, 5, 'open files survived');
