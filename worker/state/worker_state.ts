@@ -321,9 +321,14 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
     this.ops.set(key, { opcode, ts, extra, reply: null, deaths });
     this.append({ t: 'op', k: key, opcode, ts, x: extra });
     this.currentOp = key;
+    // The request's new fds go to the keeper in one message (a READDIRPLUS page registers one
+    // per entry); flushed before the outcome is journaled. If we die first, the fds die with
+    // us and the request's session changes are rolled back on load: still consistent.
+    this.keeper?.beginBatch();
   }
 
   outcome(key: string, reply: Buffer): void {
+    this.keeper?.endBatch();
     const op = this.ops.get(key);
     if (op) op.reply = reply;
     this.append({ t: 'op-done', k: key, r: reply });
@@ -331,6 +336,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
   }
 
   endSync(): void {
+    this.keeper?.endBatch();
     this.currentOp = null;
   }
 
