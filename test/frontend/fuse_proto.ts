@@ -137,7 +137,7 @@ export class StructWriter {
   u64(v: number | bigint): this {
     this.buf.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), this.pos); this.pos += 8; return this;
   }
-  skip(n: number): this { this.pos += n; return this; }
+  pad(n: number): this { this.pos += n; return this; }
   done(): Buffer {
     if (this.pos !== this.buf.length) throw new Error(`struct size ${this.pos} != ${this.buf.length}`);
     return this.buf;
@@ -172,7 +172,7 @@ export function initIn(flags: number, maxReadahead = 0x20000): Buffer {
   const lo = flags % 2 ** 32;
   const hi = Math.floor(flags / 2 ** 32);
   return new StructWriter(INIT_IN_SIZE).u32(FUSE_KERNEL_VERSION).u32(FUSE_KERNEL_MINOR_VERSION)
-    .u32(maxReadahead).u32(lo).u32(hi).skip(44).done();
+    .u32(maxReadahead).u32(lo).u32(hi).pad(44).done();
 }
 export function forgetIn(nlookup: bigint | number): Buffer {
   return new StructWriter(8).u64(nlookup).done();
