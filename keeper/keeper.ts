@@ -12,7 +12,7 @@ import { native, C, POLL_READABLE, type Poller } from '../shared/native';
 import {
   FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
 } from '../shared/fdstore';
-import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../shared/config';
+import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, EXIT_STATE_UNUSABLE } from '../shared/config';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
 import { SystemdFdStore } from './systemd_fdstore';
 import { buildReport, formatPrometheus } from '../shared/status';
@@ -51,8 +51,6 @@ const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
 const STANDBY_DELAY_MS = 300;
 /** Recovery samples reported in status (for benchmarks and dashboards). */
 const RECENT_RECOVERIES = 200;
-/** Worker exit code for "the saved state cannot be used" (worker/worker.ts). */
-const EXIT_STATE_UNUSABLE = 3;
 
 export class Keeper {
   private readonly log: Logger;
@@ -558,8 +556,4 @@ export function removeStaleSocket(p: string): void {
   if (!st) return;
   if (!st.isSocket()) throw new Error(`${p} exists and is not a socket`);
   fs.unlinkSync(p);
-}
-
-export function defaultStateDir(name: string): string {
-  return path.join('/run/virtiofs-keeper', name);
 }

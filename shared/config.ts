@@ -24,6 +24,12 @@ export class ConfigError extends Error {
 
 export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
 
+/** Worker exit codes the keeper acts on: 0 = the frontend left, the service is over (the
+ * keeper exits too); 3 = the saved state cannot be used (the keeper keeps every fd and does
+ * not restart the worker). Anything else, or a signal, is a crash: restart at once. */
+export const EXIT_SERVICE_OVER = 0;
+export const EXIT_STATE_UNUSABLE = 3;
+
 /** Names of the instances with a keeper.sock under the state root. */
 export function listInstances(root = DEFAULT_STATE_ROOT): string[] {
   try {

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { EXIT_SERVICE_OVER, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient } from './keeper_client';
 import { VhostUserBackend, errorInfo } from './vhost/backend';
 import { VirtioFsDevice } from './device';
@@ -16,9 +16,6 @@ import { loadState, pendingControl, WorkerStateStore, type LoadedState } from '.
 import { crashPoint } from './crash_points';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 
-/** Exit codes the keeper understands. */
-export const EXIT_SERVICE_OVER = 0;
-export const EXIT_STATE_UNUSABLE = 3;
 
 /** fds that belong to the service, not to one frontend session. */
 const SERVICE_FDS = new Set(['root', 'vhost.listen']);

@@ -11,13 +11,6 @@ export interface IncomingMessage {
   fds: number[];
 }
 
-export class TransportError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'TransportError';
-  }
-}
-
 export interface TransportHandlers {
   onMessage(msg: IncomingMessage): void;
   /** The peer closed the connection or broke the framing; the transport is closed already. */
