@@ -77,8 +77,9 @@ export interface NativeAddon {
   /** Numeric constants from the C headers: O_*, AT_*, RESOLVE_*, S_IF*, F_*, LOCK_*, RENAME_*,
    * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, EFD_*, SHUT_*, and E* errnos
    * (every name glibc knows, plus the aliases EWOULDBLOCK, EDEADLOCK, ENOTSUP). Also SCM_MAX_FD,
-   * IOV_MAX, MAX_HANDLE_SZ and PAGE_SIZE. O_LARGEFILE is the kernel's bit (0o100000 on x86-64),
-   * as found in FUSE open flags; glibc's own O_LARGEFILE is 0 on 64-bit. */
+   * IOV_MAX, MAX_HANDLE_SZ, PAGE_SIZE and the preadv2/pwritev2 flags RWF_*. O_LARGEFILE is the
+   * kernel's bit (0o100000 on x86-64), as found in FUSE open flags; glibc's own O_LARGEFILE is 0
+   * on 64-bit. */
   constants: Record<string, number>;
   /** errno → "ENAME" for every errno the platform knows; a negative value (a libuv status) is
    * taken as its absolute value; unknown numbers give "UNKNOWN". */
@@ -192,11 +193,20 @@ export interface NativeAddon {
   nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
   openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;
 
-  // --- filesystem: slow calls, off the JS thread
+  // --- filesystem: slow calls, off the JS thread (except the two *Sync attempts below)
   /** preadv into mapped memory; result = bytes read. */
   preadv(fd: number, position: number, segments: IoSegment[], cb: Callback<number>): void;
   /** pwritev from mapped memory; result = bytes written. */
   pwritev(fd: number, position: number, segments: IoSegment[], cb: Callback<number>): void;
+  /** preadv2 into mapped memory, synchronously on the calling (JS) thread; meant for
+   * flags = RWF_NOWAIT (constants.RWF_*). Returns bytes read, or a negative errno VALUE (not an
+   * exception) when the call would block or NOWAIT is not supported there: -EAGAIN (data not
+   * in the page cache; with NOWAIT a partly cached range may instead give a short count) or
+   * -EOPNOTSUPP. Any other failure throws a NativeError; bad segments throw like preadv. */
+  preadv2Sync(fd: number, position: number, segments: IoSegment[], flags: number): number;
+  /** pwritev2 from mapped memory, synchronously; same contract as preadv2Sync. Many
+   * filesystems (e.g. ext4) answer -EOPNOTSUPP for buffered RWF_NOWAIT writes. */
+  pwritev2Sync(fd: number, position: number, segments: IoSegment[], flags: number): number;
   /** pread/pwrite into/from a Buffer. */
   pread(fd: number, buf: Buffer, position: number, cb: Callback<number>): void;
   pwrite(fd: number, buf: Buffer, position: number, cb: Callback<number>): void;

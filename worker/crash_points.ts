@@ -12,7 +12,7 @@ const marker: string | null = process.env.VFSK_CRASH_MARKER ?? null;
 export const CRASH_POINTS = [
   'after-accept',
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
-  'op-after-intent', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
+  'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
 ] as const;
 export type CrashPointName = (typeof CRASH_POINTS)[number];
 

@@ -11,8 +11,10 @@ import type { FdRegistryListener } from '../shared/fd_registry';
 
 export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
-  /** Names whose store is deferred while a batch is open. */
-  private batch: Array<[string, number]> | null = null;
+  /** Stores deferred while a batch is open (name → fd, in registration order). */
+  private batch: Map<string, number> | null = null;
+  /** Removals deferred until the journal no longer names them (flushRemovals). */
+  private removals: string[] = [];
 
   private constructor(readonly fd: number) {}
 
@@ -49,7 +51,7 @@ export class KeeperClient implements FdRegistryListener {
 
   onRegister(name: string, fd: number): void {
     if (this.batch !== null) {
-      this.batch.push([name, fd]);
+      this.batch.set(name, fd);
       return;
     }
     this.send(storeMessage([name]), [fd]);
@@ -57,29 +59,40 @@ export class KeeperClient implements FdRegistryListener {
 
   onUnregister(name: string): void {
     if (this.batch !== null) {
-      const i = this.batch.findIndex(([n]) => n === name);
-      if (i >= 0) {
-        this.batch.splice(i, 1);
-        return;
-      }
+      // Registered and dropped within one batch: the keeper never needs to see it.
+      if (this.batch.delete(name)) return;
+      // The journal may still name this fd until the open batch's outcomes are committed:
+      // the keeper keeps its copy until then (a spare fd there is closed on resume).
+      this.removals.push(name);
+      return;
     }
     this.send(removeMessage([name]), []);
   }
 
-  /** Groups stores (e.g. a readdirplus page of inodes) into few messages; flushed by endBatch,
-   * which must run before anything the guest can observe. */
+  /** Groups stores (e.g. a readdirplus page of inodes, or every request of one event-loop
+   * turn) into few messages; flushed by endBatch, which must run before anything that names
+   * them becomes durable or visible. Removals wait for flushRemovals(). */
   beginBatch(): void {
-    if (this.batch === null) this.batch = [];
+    if (this.batch === null) this.batch = new Map();
   }
 
   endBatch(): void {
     const b = this.batch;
     this.batch = null;
-    if (b === null) return;
-    for (let i = 0; i < b.length; i += MAX_FDS_PER_MESSAGE) {
-      const part = b.slice(i, i + MAX_FDS_PER_MESSAGE);
+    if (b === null || b.size === 0) return;
+    const entries = [...b];
+    for (let i = 0; i < entries.length; i += MAX_FDS_PER_MESSAGE) {
+      const part = entries.slice(i, i + MAX_FDS_PER_MESSAGE);
       this.send(storeMessage(part.map(([n]) => n)), part.map(([, fd]) => fd));
     }
+  }
+
+  /** Sends the deferred removals (after the journal recorded the closes). */
+  flushRemovals(): void {
+    const names = this.removals;
+    if (names.length === 0) return;
+    this.removals = [];
+    for (let i = 0; i < names.length; i += MAX_FDS_PER_MESSAGE) this.send(removeMessage(names.slice(i, i + MAX_FDS_PER_MESSAGE)), []);
   }
 
   /** Stores fds under names directly (not through the registry: the same fd numbers may be

@@ -1,5 +1,6 @@
 // Async (libuv threadpool) calls: preadv/pwritev on mapped memory, pread/pwrite, fsync,
-// syncfs, fallocate, copy_file_range, blocking OFD locks and flock.
+// syncfs, fallocate, copy_file_range, blocking OFD locks and flock. Plus synchronous
+// preadv2/pwritev2 on mapped memory, for RWF_NOWAIT attempts on the JS thread.
 //
 // Each call returns the syscall's own result: a short transfer is a valid answer and is not
 // looped on. EINTR is retried. Buffers used by an operation are held by a strong reference
@@ -15,6 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <functional>
 #include <utility>
 
@@ -99,11 +101,35 @@ Napi::Value Queue(SyscallWorker* w, std::function<long()> op) {
 
 // ---------------------------------------------------------------- preadv / pwritev
 
-// Validates `segments` and fills iov; holds each distinct buffer in `w`.
-bool BuildIov(Args& a, size_t i, std::vector<iovec>* iov, SyscallWorker** wOut,
-              Napi::Function cb, const char* syscall) {
-  Napi::Env env = a.Env();
-  Napi::Value v = a[i];
+// One distinct buffer among the segments (several iovecs often share one guest mapping).
+struct IovBuffer {
+  Napi::Value buffer;
+  char* data;
+  Mapping* mapping;
+};
+
+std::string SegmentLabel(const char* syscall, uint32_t k) {
+  return std::string(syscall) + "(): segments[" + std::to_string(k) + "]";
+}
+
+// An integer in [0, 2^53]. Checked inline first: this runs per READ on the event loop, so the
+// valid case builds no label string; anything else goes to CheckInt for the error.
+bool SegmentInt(Napi::Env env, Napi::Value v, const char* syscall, uint32_t k, const char* field,
+                int64_t* out) {
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (d >= 0 && d <= static_cast<double>(kMaxSafe) && std::trunc(d) == d) {
+      *out = static_cast<int64_t>(d);
+      return true;
+    }
+  }
+  return CheckInt(env, v, SegmentLabel(syscall, k) + "." + field, 0, kMaxSafe, out);
+}
+
+// Validates `segments` (each {buffer: ArrayBuffer, offset, length} inside its buffer) and fills
+// iov; lists each distinct buffer in `distinct` (null: not needed, e.g. for a synchronous call).
+bool ParseSegments(Napi::Env env, Napi::Value v, std::vector<iovec>* iov,
+                   std::vector<IovBuffer>* distinct, const char* syscall) {
   if (!v.IsArray()) {
     ThrowTypeError(env, std::string(syscall) + "(): argument \"segments\" must be an array");
     return false;
@@ -115,46 +141,38 @@ bool BuildIov(Args& a, size_t i, std::vector<iovec>* iov, SyscallWorker** wOut,
                              " segments (IOV_MAX), got " + std::to_string(n));
     return false;
   }
-  struct Seg {
-    Napi::Value buffer;
-    char* data;
-    Mapping* mapping;
-  };
-  std::vector<Seg> distinct;
   iov->clear();
   iov->reserve(n);
   uint64_t total = 0;
   for (uint32_t k = 0; k < n; k++) {
-    std::string label = std::string(syscall) + "(): segments[" + std::to_string(k) + "]";
+    auto label = [&]() { return SegmentLabel(syscall, k); };
     Napi::Value sv = arr.Get(k);
     if (env.IsExceptionPending()) return false;
     if (!sv.IsObject()) {
-      ThrowTypeError(env, label + " must be an object {buffer, offset, length}");
+      ThrowTypeError(env, label() + " must be an object {buffer, offset, length}");
       return false;
     }
     Napi::Object so = sv.As<Napi::Object>();
     Napi::Value bv = so.Get("buffer");
     if (env.IsExceptionPending()) return false;
     if (!bv.IsArrayBuffer()) {
-      ThrowTypeError(env, label + ".buffer must be an ArrayBuffer");
+      ThrowTypeError(env, label() + ".buffer must be an ArrayBuffer");
       return false;
     }
     void* data = nullptr;
     size_t byteLength = 0;
     if (napi_get_arraybuffer_info(env, bv, &data, &byteLength) != napi_ok) {
-      ThrowTypeError(env, label + ".buffer must be an ArrayBuffer");
+      ThrowTypeError(env, label() + ".buffer must be an ArrayBuffer");
       return false;
     }
     int64_t off, len;
     Napi::Value ov = so.Get("offset");
-    if (env.IsExceptionPending() || !CheckInt(env, ov, label + ".offset", 0, kMaxSafe, &off))
-      return false;
+    if (env.IsExceptionPending() || !SegmentInt(env, ov, syscall, k, "offset", &off)) return false;
     Napi::Value lv = so.Get("length");
-    if (env.IsExceptionPending() || !CheckInt(env, lv, label + ".length", 0, kMaxSafe, &len))
-      return false;
+    if (env.IsExceptionPending() || !SegmentInt(env, lv, syscall, k, "length", &len)) return false;
     if (static_cast<uint64_t>(off) > byteLength ||
         static_cast<uint64_t>(len) > byteLength - static_cast<uint64_t>(off)) {
-      ThrowRangeError(env, label + ": offset " + std::to_string(off) + " + length " +
+      ThrowRangeError(env, label() + ": offset " + std::to_string(off) + " + length " +
                                std::to_string(len) + " exceeds byteLength " +
                                std::to_string(byteLength));
       return false;
@@ -165,19 +183,29 @@ bool BuildIov(Args& a, size_t i, std::vector<iovec>* iov, SyscallWorker** wOut,
       return false;
     }
     char* base = static_cast<char*>(data);
-    bool seen = false;
-    for (const Seg& s : distinct) {
-      if (s.data == base && (base != nullptr || s.buffer.StrictEquals(bv))) {
-        seen = true;
-        break;
+    if (distinct != nullptr) {
+      bool seen = false;
+      for (const IovBuffer& s : *distinct) {
+        if (s.data == base && (base != nullptr || s.buffer.StrictEquals(bv))) {
+          seen = true;
+          break;
+        }
       }
+      if (!seen) distinct->push_back({bv, base, FindMapping(base)});
     }
-    if (!seen) distinct.push_back({bv, base, FindMapping(base)});
     iov->push_back({base + off, static_cast<size_t>(len)});
   }
+  return true;
+}
+
+// Validates `segments` and fills iov; holds each distinct buffer in the new worker `*wOut`.
+bool BuildIov(Args& a, size_t i, std::vector<iovec>* iov, SyscallWorker** wOut,
+              Napi::Function cb, const char* syscall) {
+  std::vector<IovBuffer> distinct;
+  if (!ParseSegments(a.Env(), a[i], iov, &distinct, syscall)) return false;
   // All valid: only now create the worker and take references (nothing to undo on error).
   SyscallWorker* w = new SyscallWorker(cb, syscall, SyscallWorker::Kind::kNumber);
-  for (const Seg& s : distinct) {
+  for (const IovBuffer& s : distinct) {
     w->Hold(s.buffer);
     if (s.mapping != nullptr) w->UseMapping(s.mapping);
   }
@@ -210,6 +238,41 @@ Napi::Value VectorIo(const Napi::CallbackInfo& info, bool write) {
 
 Napi::Value Preadv(const Napi::CallbackInfo& info) { return VectorIo(info, false); }
 Napi::Value Pwritev(const Napi::CallbackInfo& info) { return VectorIo(info, true); }
+
+// ---------------------------------------------------------------- preadv2 / pwritev2, synchronous
+
+// On the JS thread, meant with RWF_NOWAIT: a page-cache hit costs one syscall instead of two
+// threadpool hand-offs. "Would block" (EAGAIN) and "NOWAIT not supported here" (EOPNOTSUPP)
+// come back as -errno values, not exceptions, so falling back to the async call stays cheap.
+// No buffer is held and no mapping pinned: munmap() only runs on this same thread, so nothing
+// can unmap the memory during the call.
+Napi::Value VectorIoSync(const Napi::CallbackInfo& info, bool write) {
+  const char* name = write ? "pwritev2" : "preadv2";
+  Args a(info, name);
+  int fd, flags;
+  int64_t pos;
+  if (!a.Count(4) || !a.Fd(0, "fd", &fd) || !a.Int(1, "position", 0, kMaxSafe, &pos) ||
+      !a.Flags(3, "flags", &flags))
+    return {};
+  std::vector<iovec> iov;
+  if (!ParseSegments(a.Env(), info[2], &iov, nullptr, name)) return {};
+  off_t off = static_cast<off_t>(pos);
+  ssize_t r;
+  do {
+    r = write ? pwritev2(fd, iov.data(), static_cast<int>(iov.size()), off, flags)
+              : preadv2(fd, iov.data(), static_cast<int>(iov.size()), off, flags);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int err = errno;
+    if (err == EAGAIN || err == EOPNOTSUPP) return Napi::Number::New(info.Env(), -err);
+    ThrowErrno(info.Env(), err, name);
+    return {};
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+Napi::Value Preadv2Sync(const Napi::CallbackInfo& info) { return VectorIoSync(info, false); }
+Napi::Value Pwritev2Sync(const Napi::CallbackInfo& info) { return VectorIoSync(info, true); }
 
 // ---------------------------------------------------------------- pread / pwrite
 
@@ -328,8 +391,20 @@ Napi::Value FlockWait(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitIo(Napi::Env env, Napi::Object exports) {
+  // preadv2/pwritev2 flags join the constants table (built by InitErrors, which runs first).
+  Napi::Value constants = exports.Get("constants");
+  if (constants.IsObject()) {
+    Napi::Object c = constants.As<Napi::Object>();
+    c.Set("RWF_NOWAIT", Napi::Number::New(env, RWF_NOWAIT));
+    c.Set("RWF_HIPRI", Napi::Number::New(env, RWF_HIPRI));
+    c.Set("RWF_DSYNC", Napi::Number::New(env, RWF_DSYNC));
+    c.Set("RWF_SYNC", Napi::Number::New(env, RWF_SYNC));
+    c.Set("RWF_APPEND", Napi::Number::New(env, RWF_APPEND));
+  }
   exports.Set("preadv", Napi::Function::New(env, Preadv, "preadv"));
   exports.Set("pwritev", Napi::Function::New(env, Pwritev, "pwritev"));
+  exports.Set("preadv2Sync", Napi::Function::New(env, Preadv2Sync, "preadv2Sync"));
+  exports.Set("pwritev2Sync", Napi::Function::New(env, Pwritev2Sync, "pwritev2Sync"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
   exports.Set("fsync", Napi::Function::New(env, Fsync, "fsync"));

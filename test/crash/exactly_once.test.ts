@@ -1,6 +1,7 @@
-// Every named crash point × every non-idempotent opcode: the worker is SIGKILLed at that point
-// while serving the request; its successor resumes, and the request takes effect exactly once
-// with a correct reply. The marker file proves the crash really happened.
+// Every named crash point × every non-idempotent opcode (and the idempotent ones that journal
+// no intent but change the session): the worker is SIGKILLed at that point while serving the
+// request; its successor resumes, and the request takes effect exactly once with a correct
+// reply. The marker file proves the crash really happened.
 import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -10,11 +11,11 @@ import { queryStatus } from '../../shared/status';
 import * as F from '../frontend/fuse_proto';
 import { FuseError } from '../frontend/fuse_client';
 
-const POINTS = ['op-after-intent', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
+const POINTS = ['op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
 const ROOT = F.FUSE_ROOT_ID;
 const OP = {
   SETATTR: 4, SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11, RENAME: 12, LINK: 13, WRITE: 16,
-  RELEASE: 18, REMOVEXATTR: 24, SETLK: 32, CREATE: 35, FORGET: 2,
+  RELEASE: 18, REMOVEXATTR: 24, SETLK: 32, CREATE: 35, FORGET: 2, LOOKUP: 1, OPEN: 14, READDIRPLUS: 44,
 } as const;
 
 interface Case {
@@ -114,13 +115,51 @@ const nonIdempotent: Case[] = [
     } },
 ];
 
+/** No intent record: rolled back and run again when they die before their outcome is durable. */
+const idempotent: Case[] = [
+  { name: 'LOOKUP', setup: (d) => fs.writeFileSync(path.join(d, 'lk'), 'L'), act: (s) => s.fuse.lookup(ROOT, 'lk'),
+    verify: async (t, s, r, stateDir) => {
+      const e = r as F.EntryOut;
+      t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, BigInt(fs.statSync(s.host('lk')).ino), 'the returned nodeid is the file');
+      await s.fuse.forget(e.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'one forget drops it: counted exactly once', 10_000);
+      t.pass('the lookup counted exactly once');
+    } },
+  { name: 'OPEN', setup: (d) => fs.writeFileSync(path.join(d, 'op'), 'opened'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'op');
+      return { e, o: await s.fuse.open(e.nodeid, F.O.RDONLY) };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { e, o } = r as { e: F.EntryOut; o: F.OpenOut };
+      t.equal((await s.fuse.read(e.nodeid, o.fh, 0, 100)).toString(), 'opened', 'the returned fh reads the file');
+      t.equal(queryStatus(stateDir).fuse.openFiles, 1, 'exactly one open file');
+      await s.fuse.release(e.nodeid, o.fh);
+      await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0, 'released', 10_000);
+      t.pass('released');
+    } },
+  { name: 'READDIRPLUS', setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), 'x'); },
+    act: async (s) => {
+      const dh = await s.fuse.opendir(ROOT);
+      return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
+    },
+    verify: async (t, s, r, stateDir) => {
+      const ents = (r as F.Dirent[]).filter((d) => d.entry !== undefined && d.entry.nodeid !== 0n && !['.', '..'].includes(d.name.toString()));
+      t.equal(ents.length, 30, 'every entry came back with a nodeid');
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 31, 'exactly 30 inodes known besides the root', 10_000);
+      for (const d of ents) await s.fuse.forget(d.entry!.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'one forget each drops them all', 10_000);
+      t.pass('each entry counted exactly once');
+    } },
+];
+
 function withCrashEnv<T>(env: Record<string, string>, fn: () => Promise<T>): Promise<T> {
   const old: Record<string, string | undefined> = {};
   for (const [k, v] of Object.entries(env)) { old[k] = process.env[k]; process.env[k] = v; }
   return fn().finally(() => { for (const [k, v] of Object.entries(old)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; } });
 }
 
-for (const c of nonIdempotent) {
+for (const c of [...nonIdempotent, ...idempotent]) {
   t.test(c.name, async (t) => {
     for (const point of POINTS) {
       await t.test(point, async (t) => {

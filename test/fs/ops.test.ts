@@ -219,7 +219,13 @@ t.test('umask: applied only when FUSE_DONT_MASK was negotiated', (t) => {
   t.equal(fs.statSync(path.join(share, 'file')).mode & 0o777, 0o600);
   pfs.mknod(ctx, ROOT, b('node'), K.S_IFREG | 0o666, 0, 0o002);
   t.equal(fs.statSync(path.join(share, 'node')).mode & 0o777, 0o664);
-  t.equal(process.umask(0o027), 0o027, 'process umask restored');
+  // The process umask is left as the last creation set it (no restore syscalls); each creation
+  // still gets its own.
+  pfs.mkdir(ctx, ROOT, b('again-022'), 0o777, 0o022);
+  t.equal(fs.statSync(path.join(share, 'again-022')).mode & 0o777, 0o755, 'a different umask after a cached one');
+  pfs.init(0n);
+  pfs.mkdir(ctx, ROOT, b('kernel-masked-2'), 0o777, 0o022);
+  t.equal(fs.statSync(path.join(share, 'kernel-masked-2')).mode & 0o777, 0o777, 'back to the kernel masking');
   pfs.release(ctx, c.entry.nodeid, c.open.fh, 0, 0, 0n);
   t.end();
 });

@@ -2,6 +2,7 @@
 // corrupted snapshots, journal replay.
 import t from 'tap';
 import { FsSession, FsSessionError, SESSION_VERSION, type FsMutation, type SessionSnapshot } from '../../worker/fs/session';
+import * as R from '../../worker/state/records';
 
 const DIR = 0o040000;
 const REG = 0o100000;
@@ -77,7 +78,13 @@ t.test('journal replay: snapshot + recorded mutations rebuild the session', (t) 
   const s = sample();
   const base = s.toSnapshot();
   const journal: FsMutation[] = [];
-  s.onMutation((m) => journal.push(JSON.parse(JSON.stringify(m)) as FsMutation));
+  // Through the journal's own encoding, as the worker records them.
+  s.onMutation((m) => {
+    const buf = Buffer.alloc(1 + R.MAX_MUTATION_SIZE);
+    const d = R.decodePayload(buf.subarray(0, R.putStandaloneMutation(buf, 0, m)));
+    if (d.t !== 'mutation') throw new Error('not a mutation record');
+    journal.push(d.m);
+  });
   const n = s.addInode({ dev: 9n, ino: 9n, generation: 0, fileType: REG });
   s.addLookup(n.nodeid, 4);
   s.forget(n.nodeid, 2);

@@ -1,7 +1,7 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { StateJournal, StateFileError, DATA_START } from '../../worker/state/journal';
+import { StateJournal, StateFileError, DATA_START, encodeRecord } from '../../worker/state/journal';
 
 t.test('records survive a reopen in order', async (t) => {
   const dir = t.testdir();
@@ -69,7 +69,7 @@ t.test('create with initial records replaces atomically (compaction)', async (t)
   const j = StateJournal.create(p, 1);
   for (let i = 0; i < 10; i++) j.append({ i });
   j.close();
-  const c = StateJournal.create(p, 1, 5n, [{ snapshot: 'all' }]);
+  const c = StateJournal.create(p, 1, 5n, [encodeRecord({ snapshot: 'all' })]);
   t.equal(c.generation, 5n);
   c.close();
   const k = StateJournal.open(p, 1);
@@ -77,4 +77,38 @@ t.test('create with initial records replaces atomically (compaction)', async (t)
   t.equal(k.generation, 5n);
   k.close();
   t.notOk(fs.existsSync(`${p}.new`));
+});
+
+t.test('staged records become durable only at commit, all at once', async (t) => {
+  const p = path.join(t.testdir(), 'state');
+  const j = StateJournal.create(p, 2);
+  j.append({ first: 1 });
+  const stageOne = (v: unknown): void => {
+    const b = encodeRecord(v);
+    j.stage(b.length + 10, (buf, at) => b.copy(buf, at));
+  };
+  stageOne({ staged: 1 });
+  stageOne({ staged: 2 });
+  t.ok(j.hasStaged);
+  // What a restarted worker would read now (the writer died before its commit).
+  const before = StateJournal.open(p, 2);
+  t.same(before.records(), [{ first: 1 }], 'staged records are not visible before commit');
+  before.close();
+  j.commit();
+  t.notOk(j.hasStaged);
+  const after = StateJournal.open(p, 2);
+  t.same(after.records(), [{ first: 1 }, { staged: 1 }, { staged: 2 }]);
+  t.equal(after.schemaVersion, 2);
+  after.close();
+  t.throws(() => j.stage(8, () => 9), /wrote 9 bytes of at most 8/, 'an encoder overrunning its reservation is caught');
+  j.close();
+});
+
+t.test('open accepts any of several schema versions and reports which', async (t) => {
+  const p = path.join(t.testdir(), 'state');
+  StateJournal.create(p, 1).close();
+  const k = StateJournal.open(p, [1, 2]);
+  t.equal(k.schemaVersion, 1);
+  k.close();
+  t.throws(() => StateJournal.open(p, [2, 3]), /schema 1; this build reads format 1, schema 2 or 3/);
 });

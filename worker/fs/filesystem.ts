@@ -99,10 +99,12 @@ export interface FileSystem {
   open(ctx: Context, nodeid: NodeId, flags: number): OpenReply;
   create(ctx: Context, parent: NodeId, name: Buffer, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply };
   tmpfile(ctx: Context, parent: NodeId, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply };
-  /** Reads into guest memory segments; resolves to bytes read. */
-  read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number>;
-  /** Writes from guest memory segments; resolves to bytes written. `writeFlags` FUSE_WRITE_*. */
-  write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[], writeFlags: number): Promise<number>;
+  /** Reads into guest memory segments: bytes read, as a number when it finished synchronously
+   * (a page-cache hit) or else a Promise. */
+  read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): number | Promise<number>;
+  /** Writes from guest memory segments: bytes written, at once or as a Promise (as read).
+   * `writeFlags` FUSE_WRITE_*. */
+  write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[], writeFlags: number): number | Promise<number>;
   flush(ctx: Context, nodeid: NodeId, fh: Handle, lockOwner: bigint): void;
   /** releaseFlags: FUSE_RELEASE_FLUSH / FUSE_RELEASE_FLOCK_UNLOCK */
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void;

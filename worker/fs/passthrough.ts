@@ -51,9 +51,10 @@
 //   by resume()).
 // - Short-lived fds (truncate without fh, xattrs, syncfs) are opened and closed within the call
 //   (syncfs: when the async call completes) and are not registered.
+import { statfsSync } from 'node:fs';
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
-import { native, STAT } from '../../shared/native';
+import { C, native, STAT } from '../../shared/native';
 import type { Callback, IoSegment, StatFs } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
@@ -110,6 +111,15 @@ const MAX_SAFE_BIG = BigInt(Number.MAX_SAFE_INTEGER);
 const PASS_OPEN_FLAGS = K.O_ACCMODE | K.O_APPEND | K.O_NONBLOCK | K.O_DSYNC | K.O_SYNC | K.O_NOATIME |
   K.O_TRUNC | K.O_LARGEFILE;
 const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
+/** Names remembered for the LOOKUP fast path (lookupKnown). */
+const RECENT_LOOKUPS_MAX = 65_536;
+/** READs/WRITEs up to this size first try RWF_NOWAIT on the JS thread; larger ones go straight
+ * to the threadpool, so copying a big cached range never holds up the event loop. */
+const SYNC_IO_MAX = 128 * 1024;
+const RWF_NOWAIT = C.RWF_NOWAIT;
+/** statfs f_type of filesystems whose file data is memory (linux/magic.h). */
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
 
 function errno(code: number, message?: string): FsError {
   return new FsError(code, message);
@@ -160,6 +170,11 @@ export class PassthroughFs implements FileSystem {
   /** fd name → async operations in flight on it; closing such an fd is deferred. */
   private readonly busy = new Map<string, number>();
   private readonly pendingClose = new Set<string>();
+  /** Per open file, once learned: the preadv2 flags of the synchronous READ attempt (0 on
+   * tmpfs), or null when there is none (RWF_NOWAIT unsupported). Unset: RWF_NOWAIT. */
+  private readonly syncReadFlags = new WeakMap<FileRecord, number | null>();
+  /** Open files whose filesystem answered EOPNOTSUPP to RWF_NOWAIT writes. */
+  private readonly noWaitWriteUnsupported = new WeakSet<FileRecord>();
   private dontMask = false;
   private writeback = false;
 
@@ -277,7 +292,7 @@ export class PassthroughFs implements FileSystem {
   }
 
   private statFd(fd: number): Buffer {
-    const st = Buffer.alloc(STAT.SIZE);
+    const st = Buffer.allocUnsafe(STAT.SIZE); // fully written by fstatat
     native.fstatat(fd, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
     return st;
   }
@@ -308,10 +323,39 @@ export class PassthroughFs implements FileSystem {
     return this.entry(rec, stat);
   }
 
-  /** Looks up one plain component (validated by the caller) under the dir fd. */
-  private lookupChild(dirFd: number, name: Buffer): Entry {
+  /** Looks up one plain component (validated by the caller) under the dir fd. `knownHint`:
+   * the name probably resolves to an inode we already hold (a cached lookup, or a readdir
+   * entry whose d_ino is in the table), so try one fstatat first. */
+  private lookupChild(dirFd: number, name: Buffer, knownHint = false): Entry {
+    if (knownHint) {
+      const known = this.lookupKnown(dirFd, name);
+      if (known !== null) return known;
+    }
     const fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
     return this.adopt(fd);
+  }
+
+  /** fstatat of the name (no symlink followed; a single component, so nothing to escape
+   * through): when (dev, ino) is an inode we hold, that is the answer without opening a
+   * second fd. Safe because our fd pins the inode, so its number cannot have been reused. */
+  private lookupKnown(dirFd: number, name: Buffer): Entry | null {
+    const stat = Buffer.allocUnsafe(STAT.SIZE);
+    try {
+      native.fstatat(dirFd, name, K.AT_SYMLINK_NOFOLLOW, stat);
+    } catch {
+      return null; // let the full path produce the errno
+    }
+    const known = this.session.findInode(stat.readBigUInt64LE(STAT.dev), stat.readBigUInt64LE(STAT.ino));
+    return known === undefined ? null : this.entry(this.session.addLookup(known.nodeid), stat);
+  }
+
+  /** A name that LOOKUP resolved before, to try lookupKnown first. Bounded: cleared when full
+   * (a miss only costs the fstatat). Stale entries are harmless: the fstatat decides. */
+  private readonly recentLookups = new Map<string, true>();
+
+  private rememberLookup(parent: NodeId, name: Buffer): void {
+    if (this.recentLookups.size >= RECENT_LOOKUPS_MAX) this.recentLookups.clear();
+    this.recentLookups.set(`${parent}/${name.toString('latin1')}`, true);
   }
 
   /** '..' of a dir other than the root. The dir's host path (from /proc/self/fd) must lie under
@@ -359,19 +403,29 @@ export class PassthroughFs implements FileSystem {
     }
   }
 
-  /** Runs fn with the caller's fsuid/fsgid (and, when umask !== null, the right process umask),
-   * restoring both afterwards. */
+  /** The event-loop thread's own fs ids: a caller with these needs no switch. */
+  private readonly ownUid = process.geteuid?.() ?? 0;
+  private readonly ownGid = process.getegid?.() ?? 0;
+  /** The process umask as last set here (null: not yet known). */
+  private currentUmask: number | null = null;
+
+  /** Runs fn with the caller's fsuid/fsgid (and, when umask !== null, the right process umask).
+   * The fs ids are restored afterwards; the umask is left as set, since every creation here
+   * sets its own and the rest of the worker only creates 0600 files (2 syscalls fewer). */
   private withCreds<T>(ctx: Context, umask: number | null, fn: () => T): T {
-    const prevUmask = umask === null ? null : process.umask(this.dontMask ? umask & 0o777 : 0);
-    try {
-      const [prevUid, prevGid] = native.setFsIds(ctx.uid, ctx.gid);
-      try {
-        return fn();
-      } finally {
-        native.setFsIds(prevUid, prevGid);
+    if (umask !== null) {
+      const want = this.dontMask ? umask & 0o777 : 0;
+      if (want !== this.currentUmask) {
+        process.umask(want);
+        this.currentUmask = want;
       }
+    }
+    if (ctx.uid === this.ownUid && ctx.gid === this.ownGid) return fn();
+    const [prevUid, prevGid] = native.setFsIds(ctx.uid, ctx.gid);
+    try {
+      return fn();
     } finally {
-      if (prevUmask !== null) process.umask(prevUmask);
+      native.setFsIds(prevUid, prevGid);
     }
   }
 
@@ -502,7 +556,10 @@ export class PassthroughFs implements FileSystem {
       if (dir.fileType !== K.S_IFDIR) throw errno(K.ENOTDIR);
       return this.lookupDotDot(dir);
     }
-    return this.lookupChild(this.fd(dir.fdName), name);
+    const key = `${parent}/${name.toString('latin1')}`;
+    const entry = this.lookupChild(this.fd(dir.fdName), name, this.recentLookups.has(key));
+    if (!this.recentLookups.has(key)) this.rememberLookup(parent, name);
+    return entry;
   }
 
   forget(nodeid: NodeId, nlookup: number): void {
@@ -676,19 +733,91 @@ export class PassthroughFs implements FileSystem {
     return { entry, open };
   }
 
-  async read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): Promise<number> {
-    const rec = this.fileRec(nodeid, fh);
-    checkOffset(offset, 'offset');
-    const segs = trimSegments(segments, size);
-    return this.runAsync<number>([rec.fdName], ([fd], cb) => native.preadv(fd, offset, segs, cb));
+  /** Tries the page cache on the JS thread first (preadv2 RWF_NOWAIT; a plain read on tmpfs):
+   * a hit answers at once, without the two threadpool hand-offs. What would block goes to the
+   * threadpool. Errors always arrive as a rejection. */
+  read(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): number | Promise<number> {
+    let rec: FileRecord;
+    let segs: IoSegment[];
+    let done = 0;
+    try {
+      rec = this.fileRec(nodeid, fh);
+      checkOffset(offset, 'offset');
+      segs = trimSegments(segments, size);
+      let flags = this.syncReadFlags.get(rec);
+      if (flags === undefined) flags = RWF_NOWAIT;
+      if (size <= SYNC_IO_MAX && flags !== null) {
+        // The fd cannot be closed under us: closing also happens only on this thread.
+        const fd = this.fd(rec.fdName);
+        const total = segmentsLength(segs);
+        // A short count means EOF or a partly cached range; the next attempt tells which
+        // (0 = EOF, -EAGAIN = the rest must wait for the disk). Each round makes progress.
+        while (done < total) {
+          const n = native.preadv2Sync(fd, offset + done, segs, flags);
+          if (n === 0) return done;
+          if (n < 0) {
+            if (n !== -K.EOPNOTSUPP || flags !== RWF_NOWAIT) break;
+            // No NOWAIT reads here (tmpfs has none). tmpfs/ramfs data is memory: a plain read
+            // only copies pages and can stall only on swap-in, as our own heap can.
+            flags = memoryBacked(fd) ? 0 : null;
+            this.syncReadFlags.set(rec, flags);
+            if (flags === null) break;
+            continue;
+          }
+          done += n;
+          segs = skipSegments(segs, n);
+        }
+        if (done >= total) return done;
+      }
+    } catch (e) {
+      if (done > 0) return done; // as a short preadv: the bytes already copied are the answer
+      return Promise.reject(e);
+    }
+    const rest = this.runAsync<number>([rec.fdName], ([fd], cb) => native.preadv(fd, offset + done, segs, cb));
+    if (done === 0) return rest;
+    // Bytes already copied stay a valid (short) answer even if the rest fails, as with preadv.
+    return rest.then((n) => done + n, () => done);
   }
 
-  async write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[],
-    writeFlags: number): Promise<number> {
-    const rec = this.fileRec(nodeid, fh);
-    checkOffset(offset, 'offset');
-    const segs = trimSegments(segments, size);
-    const n = await this.runAsync<number>([rec.fdName], ([fd], cb) => native.pwritev(fd, offset, segs, cb));
+  /** Like read(): a pwritev2 RWF_NOWAIT attempt on the JS thread, then the threadpool. Many
+   * filesystems (ext4) refuse buffered NOWAIT writes with EOPNOTSUPP; that is remembered per
+   * open file so later writes go straight to the threadpool. */
+  write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[],
+    writeFlags: number): number | Promise<number> {
+    let rec: FileRecord;
+    let segs: IoSegment[];
+    let done = 0;
+    try {
+      rec = this.fileRec(nodeid, fh);
+      checkOffset(offset, 'offset');
+      segs = trimSegments(segments, size);
+      // O_SYNC/O_DSYNC: the flush after the copy would block the event loop.
+      if (size <= SYNC_IO_MAX && (rec.flags & (K.O_SYNC | K.O_DSYNC)) === 0 && !this.noWaitWriteUnsupported.has(rec)) {
+        const fd = this.fd(rec.fdName);
+        const n = native.pwritev2Sync(fd, offset, segs, RWF_NOWAIT);
+        if (n === -K.EOPNOTSUPP) this.noWaitWriteUnsupported.add(rec);
+        // A short write is a valid answer (as from pwritev); an O_APPEND one must be, since
+        // appending the rest separately could interleave with another appender.
+        if (n >= 0 && (n === segmentsLength(segs) || n === 0 || (rec.flags & K.O_APPEND) !== 0)) {
+          return this.afterWrite(nodeid, n, writeFlags);
+        }
+        if (n > 0) {
+          done = n;
+          segs = skipSegments(segs, n);
+        }
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.runAsync<number>([rec.fdName], ([fd], cb) => native.pwritev(fd, offset + done, segs, cb))
+      .then((n) => this.afterWrite(nodeid, done + n, writeFlags),
+        (e: unknown) => {
+          if (done === 0) throw e;
+          return this.afterWrite(nodeid, done, writeFlags);
+        });
+  }
+
+  private afterWrite(nodeid: NodeId, n: number, writeFlags: number): number {
     if (writeFlags & K.FUSE_WRITE_KILL_SUIDGID) {
       const inode = this.session.getInode(nodeid);
       if (inode !== undefined && inode.fileType === K.S_IFREG) this.killSuidGid(this.fd(inode.fdName));
@@ -768,6 +897,7 @@ export class PassthroughFs implements FileSystem {
     }
     let position = rt.synced && cookieToWire(rec.position) === offset ? rec.position : this.seekDir(fd, rt, rec, offset);
     let accepted = 0;
+    const dirDev = plus ? this.session.getInode(rec.nodeid)?.dev ?? null : null;
     let rootIno: Buffer | null = null;
     if (rec.nodeid === ROOT_NODEID) {
       rootIno = Buffer.alloc(8);
@@ -786,7 +916,10 @@ export class PassthroughFs implements FileSystem {
         let entry: Entry | null = null;
         if (plus && !isDot(d.name) && !isDotDot(d.name)) {
           try {
-            entry = this.lookupChild(fd, d.name);
+            // d_ino already in our table (same dev as the dir; a mount point's d_ino is not its
+            // root's, so that just misses): a repeat listing then costs one fstatat per entry.
+            const knownHint = dirDev !== null && this.session.findInode(dirDev, d.ino.readBigUInt64LE(0)) !== undefined;
+            entry = this.lookupChild(fd, d.name, knownHint);
           } catch (e) {
             // Gone since getdents (or not ours to look up): a direntplus with nodeid 0 tells
             // the kernel to skip the lookup part, the name is still listed.
@@ -1083,6 +1216,31 @@ function lockSpan(lock: LockRange): { start: number; len: number } {
 }
 
 /** The first `size` bytes of the segments (the server may hand buffers larger than the request). */
+function memoryBacked(fd: number): boolean {
+  try {
+    const type = statfsSync(procPath(fd)).type;
+    return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+function segmentsLength(segments: IoSegment[]): number {
+  let n = 0;
+  for (const s of segments) n += s.length;
+  return n;
+}
+
+/** The segments after their first `n` bytes. */
+function skipSegments(segments: IoSegment[], n: number): IoSegment[] {
+  let i = 0;
+  while (i < segments.length && n >= segments[i].length) n -= segments[i++].length;
+  if (i >= segments.length) return [];
+  const rest = segments.slice(i);
+  if (n > 0) rest[0] = { buffer: rest[0].buffer, offset: rest[0].offset + n, length: rest[0].length - n };
+  return rest;
+}
+
 function trimSegments(segments: IoSegment[], size: number): IoSegment[] {
   let left = size;
   const out: IoSegment[] = [];

@@ -66,7 +66,8 @@ export interface DirRecord {
 }
 
 export type FsMutation =
-  | { op: 'addInode'; nodeid: number; dev: string; ino: string; generation: number; fileType: number }
+  /** dev/ino: bigint; a decimal string in journals of schema 1. */
+  | { op: 'addInode'; nodeid: number; dev: bigint | string; ino: bigint | string; generation: number; fileType: number }
   | { op: 'addLookup'; nodeid: number; count: number }
   | { op: 'forget'; nodeid: number; count: number }
   | { op: 'openFile'; fh: number; nodeid: number; flags: number }
@@ -107,9 +108,29 @@ export function dirFdName(fh: number): string { return `dir.${fh}`; }
 
 function devInoKey(dev: bigint, ino: bigint): string { return `${dev}:${ino}`; }
 
+class DevInoIndex {
+  private readonly byDev = new Map<bigint, Map<bigint, number>>();
+  get(dev: bigint, ino: bigint): number | undefined {
+    return this.byDev.get(dev)?.get(ino);
+  }
+  set(dev: bigint, ino: bigint, nodeid: number): void {
+    let m = this.byDev.get(dev);
+    if (m === undefined) this.byDev.set(dev, (m = new Map()));
+    m.set(ino, nodeid);
+  }
+  delete(dev: bigint, ino: bigint): void {
+    const m = this.byDev.get(dev);
+    if (m !== undefined && m.delete(ino) && m.size === 0) this.byDev.delete(dev);
+  }
+  clear(): void {
+    this.byDev.clear();
+  }
+}
+
 export class FsSession {
   private readonly inodes = new Map<number, MutableInode>();
-  private readonly byDevIno = new Map<string, number>();
+  /** dev → ino → nodeid (bigint keys: no string formatting on the lookup path). */
+  private readonly byDevIno = new DevInoIndex();
   private readonly files = new Map<number, FileRecord>();
   private readonly dirs = new Map<number, MutableDir>();
   private nextNodeIdValue = FIRST_ID;
@@ -142,7 +163,7 @@ export class FsSession {
 
   getInode(nodeid: number): InodeRecord | undefined { return this.inodes.get(nodeid); }
   findInode(dev: bigint, ino: bigint): InodeRecord | undefined {
-    const id = this.byDevIno.get(devInoKey(dev, ino));
+    const id = this.byDevIno.get(dev, ino);
     return id === undefined ? undefined : this.inodes.get(id);
   }
   getFile(fh: number): FileRecord | undefined { return this.files.get(fh); }
@@ -166,7 +187,7 @@ export class FsSession {
    * the returned record's fdName. */
   addInode(id: { dev: bigint; ino: bigint; generation: number; fileType: number }): InodeRecord {
     const nodeid = this.nextNodeIdValue;
-    this.emit({ op: 'addInode', nodeid, dev: id.dev.toString(), ino: id.ino.toString(),
+    this.emit({ op: 'addInode', nodeid, dev: id.dev, ino: id.ino,
       generation: id.generation, fileType: id.fileType });
     return this.inodes.get(nodeid)!;
   }
@@ -233,9 +254,9 @@ export class FsSession {
       case 'addInode': {
         const nodeid = checkId(m.nodeid, 'addInode.nodeid');
         if (nodeid < this.nextNodeIdValue) throw new FsSessionError(`addInode: nodeid ${nodeid} reused`);
-        const dev = parseU64(m.dev, 'addInode.dev');
-        const ino = parseU64(m.ino, 'addInode.ino');
-        if (this.byDevIno.has(devInoKey(dev, ino))) throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
+        const dev = u64Field(m.dev, 'addInode.dev');
+        const ino = u64Field(m.ino, 'addInode.ino');
+        if (this.byDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
         this.insertInode({
           nodeid, dev, ino, generation: checkU32(m.generation, 'addInode.generation'), lookupCount: 1,
           fdName: inodeFdName(nodeid), fileType: checkFileType(m.fileType, 'addInode.fileType'),
@@ -256,7 +277,7 @@ export class FsSession {
         rec.lookupCount = Math.max(0, rec.lookupCount - count);
         if (rec.lookupCount === 0 && rec.nodeid !== ROOT_NODEID) {
           this.inodes.delete(rec.nodeid);
-          this.byDevIno.delete(devInoKey(rec.dev, rec.ino));
+          this.byDevIno.delete(rec.dev, rec.ino);
         }
         return;
       }
@@ -317,7 +338,7 @@ export class FsSession {
 
   private insertInode(rec: MutableInode): void {
     this.inodes.set(rec.nodeid, rec);
-    this.byDevIno.set(devInoKey(rec.dev, rec.ino), rec.nodeid);
+    this.byDevIno.set(rec.dev, rec.ino, rec.nodeid);
   }
 
   // ---------------------------------------------------------------- snapshots
@@ -472,6 +493,13 @@ function parseU64(v: unknown, where: string): bigint {
   const b = BigInt(v);
   if (b > U64_MAX) throw new FsSessionError(`${where}: ${v} out of u64 range`);
   return b;
+}
+
+/** A u64 given as a bigint, or (older journals, snapshots) as a decimal string. */
+function u64Field(v: unknown, where: string): bigint {
+  if (typeof v !== 'bigint') return parseU64(v, where);
+  checkU64(v, where);
+  return v;
 }
 
 function parseS64(v: unknown, where: string): bigint {

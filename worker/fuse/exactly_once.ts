@@ -1,11 +1,13 @@
 // Exactly-once execution of FUSE requests across worker crashes (DESIGN.md §2).
 //
-// A request that changes anything is journaled: intent before it runs, outcome (the reply
-// bytes) after it ran and before its used element can be published. A resubmitted request
-// whose outcome is journaled gets that reply again and does not run. One with an intent but
-// no outcome died inside the narrow window between the two journal writes; its in-memory
-// effects were rolled back on load, but its syscall may or may not have happened. The rules
-// below settle that by looking at the filesystem, under this assumption:
+// A request that changes anything is journaled: its outcome (the reply bytes and its session
+// changes) after it ran and before its used element can be published; a request that is not
+// idempotent also journals its intent before it runs. A resubmitted request whose outcome is
+// journaled gets that reply again and does not run. One without an outcome is rolled back on
+// load (its session changes were never journaled, and fds it closed are still in the keeper)
+// and runs again. If it has an intent, it died inside the window between the two journal
+// writes and its syscall may or may not have happened. The rules below settle that by looking
+// at the filesystem, under this assumption:
 //
 //   ASSUMPTION: while the worker is being restarted (≈ tens of ms), no other process creates,
 //   removes or renames the same names in the shared directory, and a name found created
@@ -30,6 +32,20 @@ export const JOURNALED_KINDS: ReadonlySet<FuseRequest['kind']> = new Set<FuseReq
   'LINK', 'OPEN', 'CREATE', 'TMPFILE', 'WRITE', 'RELEASE', 'OPENDIR', 'READDIR', 'READDIRPLUS', 'RELEASEDIR',
   'SETXATTR', 'REMOVEXATTR', 'SETLK', 'SETLKW', 'FALLOCATE', 'COPY_FILE_RANGE',
 ]);
+
+/** Kinds whose second run differs from the first when the first took effect (EEXIST, ENOENT,
+ * a second append): they journal an intent. The rest of JOURNALED_KINDS run again as they
+ * are: their session effects were rolled back and the syscall is idempotent. */
+const INTENT_KINDS: ReadonlySet<FuseRequest['kind']> = new Set<FuseRequest['kind']>([
+  'SYMLINK', 'MKNOD', 'MKDIR', 'UNLINK', 'RMDIR', 'RENAME', 'RENAME2', 'LINK', 'CREATE', 'TMPFILE',
+  'SETXATTR', 'REMOVEXATTR',
+]);
+
+/** Whether `req` needs an intent record; `extra` is its intentExtra(). */
+export function needsIntent(req: FuseRequest, extra: unknown): boolean {
+  if (req.kind === 'WRITE') return (extra as { appendSize?: number | null } | null)?.appendSize != null;
+  return INTENT_KINDS.has(req.kind);
+}
 
 /** Pre-state the ambiguity rules need, captured before the request runs. */
 export function intentExtra(fs: FileSystem, h: InHeader, req: FuseRequest): unknown {

@@ -14,7 +14,7 @@ import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtque
 import type { ChainHandler } from '../virtqueue/queue_server';
 import * as K from './constants';
 import * as P from './protocol';
-import { JOURNALED_KINDS, intentExtra, settlingFileSystem } from './exactly_once';
+import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem } from './exactly_once';
 import type { RequestLedger } from '../state/worker_state';
 import { crashPoint } from '../crash_points';
 
@@ -145,7 +145,8 @@ export class FuseServer implements ChainHandler {
       }
       if (JOURNALED_KINDS.has(req.kind)) {
         journaled = { key, opcode: h.opcode };
-        ledger.intent(key, h.opcode, intentExtra(this.fs, h, req));
+        const extra = intentExtra(this.fs, h, req);
+        ledger.beginRequest(key, h.opcode, needsIntent(req, extra), extra);
         crashPoint('op-after-intent', h.opcode);
       }
     }
@@ -177,17 +178,24 @@ export class FuseServer implements ChainHandler {
     return this.record(chain, P.errorReply(h.unique, errno), j, queueIndex);
   }
 
-  /** Journals a request's outcome (before the guest can see it), then writes the reply. */
+  /** Stages a request's outcome (durable at the group commit, before the guest can see it),
+   * then writes the reply. */
   private record(chain: DescriptorChain, bytes: Buffer, j: Journaled | null, queueIndex: number): number {
     if (j !== null && this.opts.ledger !== undefined) {
       this.opts.ledger.outcome(j.key, bytes);
       this.unpublished.set(`${queueIndex}.${chain.head}`, j);
-      crashPoint('op-after-outcome', j.opcode);
     }
     return bytes.length === 0 ? 0 : this.writeReply(chain, bytes);
   }
 
   beforePublish(queueIndex: number, heads: number[]): void {
+    const ledger = this.opts.ledger;
+    if (ledger === undefined) return;
+    ledger.commitOutcomes();
+    for (const head of heads) {
+      const j = this.unpublished.get(`${queueIndex}.${head}`);
+      if (j !== undefined) crashPoint('op-after-outcome', j.opcode);
+    }
     for (const head of heads) {
       const j = this.unpublished.get(`${queueIndex}.${head}`);
       if (j !== undefined) crashPoint('op-before-publish', j.opcode);
@@ -324,7 +332,10 @@ export class FuseServer implements ChainHandler {
       case 'READ': return this.doRead(chain, h, ctx, req.fh, req.offset, req.size);
       case 'WRITE': {
         const segments: IoSegment[] = sliceSegments(chain.readable, P.IN_HEADER_SIZE + WRITE_IN_SIZE, req.size);
-        return fs.write(ctx, node, req.fh, req.offset, req.size, segments, req.writeFlags).then((n) => P.encodeWriteOut(n));
+        // A page-cache write may finish synchronously; either way the reply is a Buffer so that
+        // finish() journals it (a bare number would mean "reply already written").
+        const r = fs.write(ctx, node, req.fh, req.offset, req.size, segments, req.writeFlags);
+        return typeof r === 'number' ? P.encodeWriteOut(r) : r.then((n) => P.encodeWriteOut(n));
       }
       case 'FLUSH': fs.flush(ctx, node, req.fh, req.lockOwner); return Buffer.alloc(0);
       case 'RELEASE': fs.release(ctx, node, req.fh, req.flags, req.releaseFlags, req.lockOwner); return Buffer.alloc(0);
@@ -409,6 +420,7 @@ export class FuseServer implements ChainHandler {
       return P.OUT_HEADER_SIZE + n;
     };
     if (want === 0) return done(0);
-    return this.fs.read(ctx, h.nodeid, fh, offset, want, segments).then(done);
+    const r = this.fs.read(ctx, h.nodeid, fh, offset, want, segments);
+    return typeof r === 'number' ? done(r) : r.then(done); // a number: served from the page cache
   }
 }

@@ -1,6 +1,8 @@
-// The state file: an append-only journal of msgpack records in an mmapped file on tmpfs.
+// The state file: an append-only journal of records in an mmapped file on tmpfs.
 // tmpfs outlives the worker process, so no fsync is needed: a record is durable once its bytes
 // are in the mapping and the 8-byte commit offset has been published with a release store.
+// Records are staged (encoded in place, no commit) and committed as a group: one release store
+// makes every staged record durable at once (the worker commits once per used-ring publish).
 // A record past the commit offset (a torn tail) is ignored on load; a record before it that
 // fails its CRC means the file is corrupt, which is a hard, clearly reported error.
 //
@@ -43,23 +45,32 @@ export class StateJournal {
   private map: ArrayBuffer;
   private bytes: Uint8Array;
   private view: DataView;
+  private buf: Buffer;
+  /** Committed end (what a reader after a crash sees). */
   private end: number;
+  /** End of the staged records (>= end). */
+  private staged: number;
   private closed = false;
 
-  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number) {
+  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number, readonly schemaVersion: number) {
     this.fd = fd;
     this.map = map;
     this.bytes = new Uint8Array(map);
     this.view = new DataView(map);
+    this.buf = Buffer.from(map);
     this.end = end;
+    this.staged = end;
   }
 
-  /** Creates (or atomically replaces) the state file. `initialRecords` are committed before the
+  /** Creates (or atomically replaces) the state file. `initialPayloads` are committed before the
    * rename, so compaction (a snapshot record replacing a long journal) is crash-safe. */
-  static create(path: string, schemaVersion: number, generation = 0n, initialRecords: unknown[] = []): StateJournal {
+  static create(path: string, schemaVersion: number, generation = 0n, initialPayloads: Buffer[] = []): StateJournal {
     const tmp = `${path}.new`;
     const fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
+      // Whatever the process umask (the filesystem layer sets the guest's), the next worker
+      // must be able to open this file.
+      fs.fchmodSync(fd, 0o600);
       fs.ftruncateSync(fd, INITIAL_CAPACITY);
       const map = native.mmap(fd, INITIAL_CAPACITY, 0, true);
       const bytes = new Uint8Array(map);
@@ -69,8 +80,8 @@ export class StateJournal {
       view.setUint32(12, schemaVersion, true);
       view.setBigUint64(GENERATION_OFFSET, generation, true);
       native.storeReleaseU64(map, COMMIT_OFFSET, BigInt(DATA_START));
-      const journal = new StateJournal(path, fd, map, DATA_START);
-      for (const r of initialRecords) journal.append(r);
+      const journal = new StateJournal(path, fd, map, DATA_START, schemaVersion);
+      for (const p of initialPayloads) journal.appendEncoded(p);
       fs.renameSync(tmp, path);
       return journal;
     } catch (e) {
@@ -79,8 +90,10 @@ export class StateJournal {
     }
   }
 
-  /** Opens an existing state file; validates the header. */
-  static open(path: string, expectedSchemaVersion: number): StateJournal {
+  /** Opens an existing state file; validates the header. `schemaVersions`: those the caller
+   * can read. */
+  static open(path: string, schemaVersions: number | readonly number[]): StateJournal {
+    const readable = typeof schemaVersions === 'number' ? [schemaVersions] : schemaVersions;
     const fd = fs.openSync(path, fs.constants.O_RDWR);
     try {
       const size = fs.fstatSync(fd).size;
@@ -94,16 +107,16 @@ export class StateJournal {
       const view = new DataView(map);
       const format = view.getUint32(8, true);
       const schema = view.getUint32(12, true);
-      if (format !== STATE_FORMAT_VERSION || schema !== expectedSchemaVersion) {
+      if (format !== STATE_FORMAT_VERSION || !readable.includes(schema)) {
         native.munmap(map);
-        throw new StateFileError(`unsupported version (format ${format}, schema ${schema}; this build reads format ${STATE_FORMAT_VERSION}, schema ${expectedSchemaVersion})`, path);
+        throw new StateFileError(`unsupported version (format ${format}, schema ${schema}; this build reads format ${STATE_FORMAT_VERSION}, schema ${readable.join(' or ')})`, path);
       }
       const committed = Number(native.loadAcquireU64(map, COMMIT_OFFSET));
       if (!(committed >= DATA_START && committed <= size)) {
         native.munmap(map);
         throw new StateFileError(`commit offset ${committed} outside the file (${size} bytes)`, path);
       }
-      return new StateJournal(path, fd, map, committed);
+      return new StateJournal(path, fd, map, committed, schema);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -118,9 +131,22 @@ export class StateJournal {
     return this.end;
   }
 
-  /** Every committed record, in order. Throws StateFileError on a corrupt record. */
+  /** Every committed record decoded as msgpack, in order. Throws StateFileError on a corrupt
+   * record. */
   records(): unknown[] {
-    const out: unknown[] = [];
+    return this.payloads().map((payload, i) => {
+      try {
+        return decodeRecord(payload);
+      } catch (e) {
+        throw new StateFileError(`record #${i} does not decode: ${(e as Error).message}`, this.path);
+      }
+    });
+  }
+
+  /** Every committed record's payload bytes (copies), in order. Throws StateFileError on a
+   * corrupt record. */
+  payloads(): Buffer[] {
+    const out: Buffer[] = [];
     let pos = DATA_START;
     while (pos < this.end) {
       if (pos + RECORD_HEADER > this.end) throw new StateFileError(`truncated record header at ${pos}`, this.path);
@@ -131,11 +157,7 @@ export class StateJournal {
       }
       const payload = Buffer.from(this.bytes.subarray(pos + RECORD_HEADER, pos + RECORD_HEADER + len));
       if (zlib.crc32(payload) !== crc) throw new StateFileError(`record at ${pos} fails its checksum`, this.path);
-      try {
-        out.push(decodeRecord(payload));
-      } catch (e) {
-        throw new StateFileError(`record at ${pos} does not decode: ${(e as Error).message}`, this.path);
-      }
+      out.push(payload);
       pos += RECORD_HEADER + len;
     }
     return out;
@@ -147,14 +169,34 @@ export class StateJournal {
   }
 
   appendEncoded(payload: Buffer): void {
+    this.stage(payload.length, (buf, at) => payload.copy(buf, at));
+    this.commit();
+  }
+
+  /** Encodes one record in place after the staged ones, without committing it. `fill` writes
+   * at most `maxLength` payload bytes into `buf` at `at` and returns how many it wrote. */
+  stage(maxLength: number, fill: (buf: Buffer, at: number) => number): void {
     if (this.closed) throw new StateFileError('journal is closed', this.path);
-    if (payload.length > MAX_RECORD_SIZE) throw new StateFileError(`record of ${payload.length} bytes is too large`, this.path);
-    const need = this.end + RECORD_HEADER + payload.length;
-    if (need > this.map.byteLength) this.grow(need);
-    this.view.setUint32(this.end, payload.length, true);
-    this.view.setUint32(this.end + 4, zlib.crc32(payload), true);
-    this.bytes.set(payload, this.end + RECORD_HEADER);
-    this.end = need;
+    if (maxLength > MAX_RECORD_SIZE) throw new StateFileError(`record of ${maxLength} bytes is too large`, this.path);
+    const start = this.staged;
+    if (start + RECORD_HEADER + maxLength > this.map.byteLength) this.grow(start + RECORD_HEADER + maxLength);
+    const at = start + RECORD_HEADER;
+    const len = fill(this.buf, at);
+    if (!(len >= 0 && len <= maxLength)) throw new Error(`record encoder wrote ${len} bytes of at most ${maxLength}`);
+    this.view.setUint32(start, len, true);
+    this.view.setUint32(start + 4, zlib.crc32(this.buf.subarray(at, at + len)), true);
+    this.staged = at + len;
+  }
+
+  /** True when records are staged but not committed. */
+  get hasStaged(): boolean {
+    return this.staged !== this.end;
+  }
+
+  /** Makes every staged record durable with one release store. */
+  commit(): void {
+    if (this.staged === this.end) return;
+    this.end = this.staged;
     native.storeReleaseU64(this.map, COMMIT_OFFSET, BigInt(this.end));
   }
 
@@ -166,6 +208,7 @@ export class StateJournal {
     this.map = native.mmap(this.fd, cap, 0, true);
     this.bytes = new Uint8Array(this.map);
     this.view = new DataView(this.map);
+    this.buf = Buffer.from(this.map);
   }
 
   close(): void {

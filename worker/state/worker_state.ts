@@ -3,7 +3,10 @@
 //   - the vhost-user session (features, memory table, vrings) after each control message,
 //     and the control message itself before it is handled (so a half-answered one finishes);
 //   - the FUSE INIT result;
-//   - every FsSession mutation (inodes + lookup counts, open files and dirs, dir positions).
+//   - every FsSession mutation (inodes + lookup counts, open files and dirs, dir positions),
+//     inside the outcome record of the request that made it.
+// Request outcomes are group-committed: staged as they finish and made durable together, after
+// the keeper holds their new fds and before their used elements are published (commitOutcomes()).
 // Loading treats the file as untrusted input: every record is validated, and a bad one is a
 // StateFileError naming the file and the problem.
 import type { KeeperClient } from '../keeper_client';
@@ -11,9 +14,13 @@ import type { ControlJournal, PendingControl, VhostSessionState, VringConfig } f
 import type { MessageHeader } from '../vhost/messages';
 import type { InitResult } from '../fuse/server';
 import { FsSession, type FsMutation, type SessionSnapshot } from '../fs/session';
-import { StateJournal, StateFileError } from './journal';
+import { StateJournal, StateFileError, decodeRecord } from './journal';
+import * as R from './records';
+import { crashPoint } from '../crash_points';
 
-export const SCHEMA_VERSION = 1;
+/** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads. */
+export const SCHEMA_VERSION = 2;
+const READABLE_SCHEMAS = [1, 2] as const;
 /** Compact when the journal passes this many bytes. */
 const COMPACT_BYTES = 8 << 20;
 
@@ -34,25 +41,31 @@ export interface RequestLedger {
   get(key: string): OpRecord | undefined;
   /** A resubmitted request: records one more death and returns the total. */
   recordDeath(key: string): number;
-  intent(key: string, opcode: number, extra: unknown): void;
+  /** Starts a journaled request: session mutations until endSync() are its own and become
+   * durable with its outcome. With `intent`, the intent is journaled now, before the request
+   * runs: a request that is not idempotent needs it to settle a death between its syscall and
+   * its outcome. */
+  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void;
+  /** Stages the request's outcome (its reply); durable at the next commitOutcomes(). */
   outcome(key: string, reply: Buffer): void;
   /** Ends the synchronous part of a request: later FS mutations are not its own. */
   endSync(): void;
+  /** Group commit: the staged outcomes' fds to the keeper, then the outcomes to the journal.
+   * Runs before any used element is published. Returns the keys it made durable. */
+  commitOutcomes(): string[];
   /** The request's used element is visible to the guest; it will never be resubmitted. */
   release(key: string): void;
 }
 
+/** Records written as msgpack (TAG_GENERIC); schema 1 also wrote 'op', 'op-done', 'op-death'
+ * and 'fs' records this way (records.ts has their schema-2 forms). */
 type Rec =
   | { t: 'snapshot'; vhost: VhostSessionState | null; init: InitResult | null; fs: SessionSnapshot | null; ctlSeq: number; pending: PendingRec | null; ops?: Array<[string, OpRecord]> }
-  | { t: 'op'; k: string; opcode: number; ts: bigint; x: unknown }
-  | { t: 'op-done'; k: string; r: Buffer }
-  | { t: 'op-death'; k: string }
   | { t: 'vhost'; seq: number; s: VhostSessionState }
   | { t: 'ctl'; seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number }
   | { t: 'ctl-reply'; seq: number; data: Buffer }
   | { t: 'ctl-end'; seq: number }
-  | { t: 'init'; init: InitResult | null }
-  | { t: 'fs'; m: FsMutation; k?: string };
+  | { t: 'init'; init: InitResult | null };
 
 interface PendingRec { seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number; committed: boolean; reply: Buffer | null }
 
@@ -126,9 +139,38 @@ function checkPending(p: string, v: unknown): PendingRec | null {
   return v as unknown as PendingRec;
 }
 
+/** The journal's records as loose objects in schema 1's shapes (request outcomes also carry
+ * `opcode` and their mutations `muts`), for one fold over both schemas. */
+function* looseRecords(journal: StateJournal, path: string): Generator<unknown> {
+  const schema2 = journal.schemaVersion >= 2;
+  for (const payload of journal.payloads()) {
+    if (!schema2) {
+      try {
+        yield decodeRecord(payload);
+      } catch (e) {
+        fail(path, `record does not decode: ${(e as Error).message}`);
+      }
+      continue;
+    }
+    let d: R.DecodedRecord;
+    try {
+      d = R.decodePayload(payload);
+    } catch (e) {
+      fail(path, `record does not decode: ${(e as Error).message}`);
+    }
+    switch (d.t) {
+      case 'generic': yield d.value; break;
+      case 'intent': yield { t: 'op', k: d.key, opcode: d.opcode, ts: BigInt(Math.round(d.tsMs)) * 1_000_000n, x: d.extra }; break;
+      case 'outcome': yield { t: 'op-done', k: d.key, opcode: d.opcode, r: d.reply, muts: d.mutations }; break;
+      case 'mutation': yield { t: 'fs', m: d.m }; break;
+      case 'death': yield { t: 'op-death', k: d.key }; break;
+    }
+  }
+}
+
 /** Folds the journal into the state a restarted worker resumes from. */
 export function loadState(path: string): LoadedState {
-  const journal = StateJournal.open(path, SCHEMA_VERSION);
+  const journal = StateJournal.open(path, READABLE_SCHEMAS);
   try {
     const st: LoadedState = { vhost: null, init: null, fs: null, ctlSeq: 0, pending: null, ops: new Map(), discardedMutations: 0 };
     // Mutations made by a request are applied only once its outcome is journaled: a request
@@ -142,7 +184,7 @@ export function loadState(path: string): LoadedState {
         fail(path, `fs mutation: ${(e as Error).message}`);
       }
     };
-    for (const raw of journal.records()) {
+    for (const raw of looseRecords(journal, path)) {
       if (!isObj(raw) || typeof raw.t !== 'string') fail(path, 'record without a type');
       const r = raw as Record<string, unknown>;
       switch (r.t) {
@@ -173,11 +215,21 @@ export function loadState(path: string): LoadedState {
           held.set(r.k, []);
           break;
         case 'op-done': {
-          const op = typeof r.k === 'string' ? st.ops.get(r.k) : undefined;
-          if (op === undefined || !Buffer.isBuffer(r.r)) fail(path, 'op outcome without its intent');
+          if (typeof r.k !== 'string' || r.k.length > 200 || !Buffer.isBuffer(r.r)) fail(path, 'op outcome');
+          let op = st.ops.get(r.k);
+          if (op === undefined || op.opcode === 0) {
+            // Schema 2 journals no intent for idempotent requests: the outcome names the opcode.
+            if (!isUint(r.opcode, 0xffffffff)) fail(path, 'op outcome without its intent');
+            op = { opcode: r.opcode, ts: 0n, extra: null, reply: null, deaths: op?.deaths ?? 0 };
+            st.ops.set(r.k, op);
+          }
           op.reply = r.r;
-          for (const m of held.get(r.k as string) ?? []) applyFs(m);
-          held.delete(r.k as string);
+          for (const m of held.get(r.k) ?? []) applyFs(m);
+          held.delete(r.k);
+          if (r.muts !== undefined) {
+            if (!Array.isArray(r.muts)) fail(path, 'op outcome mutations');
+            for (const m of r.muts as FsMutation[]) applyFs(m);
+          }
           break;
         }
         case 'op-death': {
@@ -238,14 +290,21 @@ export interface StateSources {
   fs(): FsSession | null;
 }
 
+/** An outcome waiting for the group commit. */
+interface StagedOutcome { key: string; opcode: number; reply: Buffer; mutations: FsMutation[] }
+
 /** Writes the journal. One per worker process. */
 export class WorkerStateStore implements ControlJournal, RequestLedger {
   private journal: StateJournal;
   private ctlSeq: number;
   private pending: PendingRec | null;
   private readonly ops: Map<string, OpRecord>;
-  /** The request whose synchronous part is running: FS mutations are tagged with it. */
+  /** The request whose synchronous part is running, and the session mutations it made. */
   private currentOp: string | null = null;
+  private currentMutations: FsMutation[] = [];
+  /** Mutations of requests past their synchronous part whose outcome is not yet staged. */
+  private readonly opMutations = new Map<string, FsMutation[]>();
+  private staged: StagedOutcome[] = [];
   private sources: StateSources | null = null;
   private compactQueued = false;
 
@@ -259,7 +318,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
       ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops],
     };
     // Every start compacts: the folded state becomes the new journal's first record.
-    this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [snap]);
+    this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [R.genericPayload(snap)]);
   }
 
   /** Where compaction reads the live state from. */
@@ -267,8 +326,20 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
     this.sources = s;
   }
 
+  /** Journals a record now, after everything staged (so records stay in order). */
+  private appendNow(maxLength: number, fill: (buf: Buffer, at: number) => number): void {
+    this.commitOutcomes();
+    this.journal.stage(maxLength, fill);
+    this.journal.commit();
+    this.maybeCompact();
+  }
+
   private append(r: Rec): void {
-    this.journal.append(r);
+    const payload = R.genericPayload(r);
+    this.appendNow(payload.length, (buf, at) => payload.copy(buf, at));
+  }
+
+  private maybeCompact(): void {
     if (this.journal.committedBytes > COMPACT_BYTES && !this.compactQueued && this.sources !== null) {
       this.compactQueued = true;
       // Between events every structure is consistent, so snapshot from a fresh tick.
@@ -279,10 +350,12 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
   compact(): void {
     this.compactQueued = false;
     if (this.sources === null) return;
+    // The snapshot shows staged outcomes' effects: their fds must be in the keeper first.
+    this.commitOutcomes();
     const s = this.sources;
     const snap: Rec = { t: 'snapshot', vhost: s.vhost(), init: s.init(), fs: s.fs()?.toSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops] };
     const old = this.journal;
-    this.journal = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [snap]);
+    this.journal = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [R.genericPayload(snap)]);
     old.close();
   }
 
@@ -292,13 +365,19 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
 
   /** A new frontend connection (or the fresh session after a disconnect): forget the old one. */
   recordNewSession(fs: FsSession | null): void {
+    this.commitOutcomes();
     this.pending = null;
     this.ops.clear();
+    this.opMutations.clear();
     this.append({ t: 'snapshot', vhost: null, init: null, fs: fs?.toSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: null, ops: [] });
   }
 
   readonly onFsMutation = (m: FsMutation): void => {
-    this.append(this.currentOp === null ? { t: 'fs', m } : { t: 'fs', m, k: this.currentOp });
+    if (this.currentOp !== null) {
+      this.currentMutations.push(m);
+      return;
+    }
+    this.appendNow(1 + R.MAX_MUTATION_SIZE, (buf, at) => R.putStandaloneMutation(buf, at, m) - at);
   };
 
   // --- RequestLedger
@@ -308,36 +387,68 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
   }
 
   recordDeath(key: string): number {
-    this.append({ t: 'op-death', k: key });
+    this.appendNow(1 + R.strSize(key), (buf, at) => R.putDeath(buf, at, key) - at);
     const op = this.ops.get(key);
     if (op) return ++op.deaths;
     this.ops.set(key, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
     return 1;
   }
 
-  intent(key: string, opcode: number, extra: unknown): void {
-    const ts = BigInt(Date.now()) * 1_000_000n;
+  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void {
     const deaths = this.ops.get(key)?.deaths ?? 0;
-    this.ops.set(key, { opcode, ts, extra, reply: null, deaths });
-    this.append({ t: 'op', k: key, opcode, ts, x: extra });
+    if (intent) {
+      const tsMs = Date.now();
+      const x = R.encodeExtra(extra);
+      // Intents need no group commit: they name no fd, and order against staged outcomes of
+      // other requests does not matter (an intent only marks its own request ambiguous).
+      this.journal.stage(R.intentSize(key, x), (buf, at) => R.putIntent(buf, at, key, opcode, tsMs, x) - at);
+      this.journal.commit();
+      this.ops.set(key, { opcode, ts: BigInt(tsMs) * 1_000_000n, extra, reply: null, deaths });
+    } else {
+      this.ops.set(key, { opcode, ts: 0n, extra: null, reply: null, deaths });
+    }
     this.currentOp = key;
-    // The request's new fds go to the keeper in one message (a READDIRPLUS page registers one
-    // per entry); flushed before the outcome is journaled. If we die first, the fds die with
-    // us and the request's session changes are rolled back on load: still consistent.
+    this.currentMutations = [];
+    // The request's new fds go to the keeper together with the rest of this turn's, before
+    // the group commit journals the outcomes that name them. If we die first, the fds die with
+    // us and the requests' session changes (never journaled) are rolled back: consistent.
     this.keeper?.beginBatch();
   }
 
-  outcome(key: string, reply: Buffer): void {
-    this.keeper?.endBatch();
-    const op = this.ops.get(key);
-    if (op) op.reply = reply;
-    this.append({ t: 'op-done', k: key, r: reply });
-    if (this.currentOp === key) this.currentOp = null;
+  endSync(): void {
+    if (this.currentOp !== null && this.currentMutations.length > 0) this.opMutations.set(this.currentOp, this.currentMutations);
+    this.currentOp = null;
+    this.currentMutations = [];
   }
 
-  endSync(): void {
+  outcome(key: string, reply: Buffer): void {
+    if (this.currentOp === key) this.endSync();
+    const op = this.ops.get(key);
+    if (op) op.reply = reply;
+    const mutations = this.opMutations.get(key) ?? [];
+    this.opMutations.delete(key);
+    this.staged.push({ key, opcode: op?.opcode ?? 0, reply, mutations });
+  }
+
+  commitOutcomes(): string[] {
+    // A request's fds reach the keeper before the outcome naming them is durable.
     this.keeper?.endBatch();
-    this.currentOp = null;
+    const staged = this.staged;
+    for (const o of staged) crashPoint('op-after-fdstore', o.opcode);
+    if (staged.length > 0) {
+      this.staged = [];
+      for (const o of staged) {
+        this.journal.stage(R.outcomeSize(o.key, o.reply, o.mutations.length),
+          (buf, at) => R.putOutcome(buf, at, o.key, o.opcode, o.reply, o.mutations) - at);
+      }
+      this.journal.commit();
+    }
+    // Closes may reach the keeper once no unjournaled session change (a request still
+    // running) can be rolled back to a state that names the closed fd.
+    if (this.currentOp === null && this.opMutations.size === 0) this.keeper?.flushRemovals();
+    if (staged.length === 0) return [];
+    this.maybeCompact();
+    return staged.map((o) => o.key);
   }
 
   release(key: string): void {
@@ -378,6 +489,23 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
   close(): void {
     this.journal.close();
   }
+}
+
+/** Benchmark-only (VFSK_BENCH_NO_JOURNAL=1): the request path without the journal. It keeps
+ * the keeper batching of the journaled path, so the difference is the journal's cost alone. */
+export class UnjournaledLedger implements RequestLedger {
+  constructor(private readonly keeper: KeeperClient | null) {}
+  get(): OpRecord | undefined { return undefined; }
+  recordDeath(): number { return 0; }
+  beginRequest(): void { this.keeper?.beginBatch(); }
+  outcome(): void {}
+  endSync(): void {}
+  commitOutcomes(): string[] {
+    this.keeper?.endBatch();
+    this.keeper?.flushRemovals();
+    return [];
+  }
+  release(): void {}
 }
 
 /** The dead worker's unfinished control message, with its fds from the keeper. */

@@ -1,0 +1,162 @@
+// The request journal: binary records (fuzzed), group commit, rollback of requests without an
+// outcome, and loading of schema-1 files written by an older worker.
+import t from 'tap';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { FsSession, type FsMutation } from '../../worker/fs/session';
+import { StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
+import * as R from '../../worker/state/records';
+import { SCHEMA_VERSION, WorkerStateStore, loadState } from '../../worker/state/worker_state';
+
+const FUSE_LOOKUP = 1, FUSE_MKDIR = 9;
+
+const SAMPLE_MUTATIONS: FsMutation[] = [
+  { op: 'addInode', nodeid: 2, dev: 66306n, ino: 18446744073709551615n, generation: 7, fileType: 0o100000 },
+  { op: 'addLookup', nodeid: 2, count: 3 },
+  { op: 'forget', nodeid: 2, count: Number.MAX_SAFE_INTEGER },
+  { op: 'openFile', fh: 3, nodeid: 2, flags: 0o102 },
+  { op: 'closeFile', fh: 3 },
+  { op: 'openDir', fh: 4, nodeid: 1 },
+  { op: 'setDirPosition', fh: 4, position: '-9223372036854775808' },
+  { op: 'closeDir', fh: 4 },
+  { op: 'reset' },
+];
+
+function encode(size: number, put: (buf: Buffer, at: number) => number): Buffer {
+  const buf = Buffer.alloc(size + 16);
+  return buf.subarray(0, put(buf, 0));
+}
+
+const samplePayloads = (): Buffer[] => [
+  encode(R.outcomeSize('0.5.1.77', Buffer.from('reply bytes'), SAMPLE_MUTATIONS.length),
+    (b, at) => R.putOutcome(b, at, '0.5.1.77', FUSE_LOOKUP, Buffer.from('reply bytes'), SAMPLE_MUTATIONS)),
+  encode(R.intentSize('1.2.3.4', R.encodeExtra({ src: 5n, dst: null })),
+    (b, at) => R.putIntent(b, at, '1.2.3.4', 12, 1_700_000_000_123, R.encodeExtra({ src: 5n, dst: null }))),
+  encode(R.intentSize('k', null), (b, at) => R.putIntent(b, at, 'k', FUSE_MKDIR, 5, null)),
+  encode(32, (b, at) => R.putDeath(b, at, '0.1.2.3')),
+  ...SAMPLE_MUTATIONS.map((m) => encode(1 + R.MAX_MUTATION_SIZE, (b, at) => R.putStandaloneMutation(b, at, m))),
+  R.genericPayload({ t: 'init', init: null }),
+];
+
+t.test('records round-trip', async (t) => {
+  const [outcome, intent, bare, death, ...rest] = samplePayloads();
+  t.same(R.decodePayload(outcome!), { t: 'outcome', key: '0.5.1.77', opcode: FUSE_LOOKUP, reply: Buffer.from('reply bytes'), mutations: SAMPLE_MUTATIONS });
+  t.same(R.decodePayload(intent!), { t: 'intent', key: '1.2.3.4', opcode: 12, tsMs: 1_700_000_000_123, extra: { src: 5n, dst: null } });
+  t.same(R.decodePayload(bare!), { t: 'intent', key: 'k', opcode: FUSE_MKDIR, tsMs: 5, extra: null });
+  t.same(R.decodePayload(death!), { t: 'death', key: '0.1.2.3' });
+  SAMPLE_MUTATIONS.forEach((m, i) => t.same(R.decodePayload(rest[i]!), { t: 'mutation', m }, `mutation ${m.op}`));
+  t.same(R.decodePayload(rest[SAMPLE_MUTATIONS.length]!), { t: 'generic', value: { t: 'init', init: null } });
+  for (const m of SAMPLE_MUTATIONS) {
+    const n = R.putMutation(Buffer.alloc(R.MAX_MUTATION_SIZE), 0, m);
+    t.ok(n <= R.MAX_MUTATION_SIZE, `${m.op} fits MAX_MUTATION_SIZE (${n})`);
+  }
+});
+
+t.test('fuzz: truncated, corrupted and random payloads only ever give RecordDecodeError', async (t) => {
+  const seconds = Number(process.env.FUZZ_SECONDS ?? '2');
+  const deadline = Date.now() + seconds * 1000;
+  const samples = samplePayloads();
+  let runs = 0, rejected = 0;
+  const check = (p: Buffer): void => {
+    runs++;
+    try {
+      R.decodePayload(p);
+    } catch (e) {
+      if (!(e instanceof R.RecordDecodeError)) throw new Error(`${(e as Error).name}: ${(e as Error).message} for ${p.toString('hex').slice(0, 120)}`);
+      rejected++;
+    }
+  };
+  for (const s of samples) for (let n = 0; n < s.length; n++) check(s.subarray(0, n));
+  while (Date.now() < deadline) {
+    const s = Buffer.from(samples[runs % samples.length]!);
+    for (let k = 0; k < 1 + (runs % 4); k++) s[(Math.random() * s.length) | 0] = (Math.random() * 256) | 0;
+    check(s);
+    check(Buffer.concat([Buffer.of(runs % 6), randomBytes(runs % 80)]));
+  }
+  t.ok(runs > 1000, `${runs} payloads decoded or rejected (${rejected} rejected)`);
+  t.ok(rejected > 0, 'malformed payloads are rejected');
+});
+
+/** A session whose mutations go to a fresh store, as in the worker. */
+function setup(t: { testdir: () => string }): { file: string; store: WorkerStateStore; session: FsSession } {
+  const file = path.join(t.testdir(), 'state');
+  const store = new WorkerStateStore(file, null, null);
+  const session = new FsSession({ dev: 1n, ino: 2n });
+  store.recordNewSession(session);
+  session.onMutation(store.onFsMutation);
+  return { file, store, session };
+}
+
+t.test('group commit: an outcome and its session changes are durable only after commitOutcomes', async (t) => {
+  const { file, store, session } = setup(t);
+  store.beginRequest('0.1.1.10', FUSE_LOOKUP, false, null);
+  const inode = session.addInode({ dev: 1n, ino: 99n, generation: 0, fileType: 0o100000 });
+  store.endSync();
+  store.outcome('0.1.1.10', Buffer.from('lookup reply'));
+  let st = loadState(file);
+  t.equal(st.fs!.getInode(inode.nodeid), undefined, 'before the commit a crash rolls the lookup back');
+  t.equal(st.ops.get('0.1.1.10'), undefined, 'and it has no recorded reply: it runs again');
+  t.same(store.commitOutcomes(), ['0.1.1.10']);
+  st = loadState(file);
+  t.equal(st.fs!.getInode(inode.nodeid)?.ino, 99n, 'after the commit the inode is in the state');
+  t.same(st.ops.get('0.1.1.10')?.reply, Buffer.from('lookup reply'), 'and the reply is replayed, not re-run');
+  t.equal(st.ops.get('0.1.1.10')?.opcode, FUSE_LOOKUP, 'an idempotent request needs no intent record');
+  store.close();
+});
+
+t.test('an intent is durable at once; its request without an outcome is ambiguous and rolled back', async (t) => {
+  const { file, store, session } = setup(t);
+  const before = Date.now();
+  store.beginRequest('0.2.1.11', FUSE_MKDIR, true, null);
+  session.addInode({ dev: 1n, ino: 100n, generation: 0, fileType: 0o040000 });
+  store.endSync();
+  const st = loadState(file);
+  const op = st.ops.get('0.2.1.11');
+  t.equal(op?.opcode, FUSE_MKDIR);
+  t.equal(op?.reply, null, 'no outcome: the request settles against the filesystem when resubmitted');
+  t.ok(op !== undefined && op.ts >= BigInt(before) * 1_000_000n, 'the intent carries its wall-clock time');
+  t.equal(st.fs!.inodeCount, 1, 'its session change is not in the state');
+  store.close();
+});
+
+t.test('session changes outside a request are journaled at once, after staged outcomes', async (t) => {
+  const { file, store, session } = setup(t);
+  store.beginRequest('0.3.1.12', FUSE_LOOKUP, false, null);
+  const a = session.addInode({ dev: 1n, ino: 101n, generation: 0, fileType: 0o100000 });
+  store.endSync();
+  store.outcome('0.3.1.12', Buffer.alloc(0));
+  session.forget(a.nodeid, 1); // e.g. a reset path: not a request's own change
+  const st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid), undefined, 'the staged outcome went first, then the forget');
+  t.same(st.ops.get('0.3.1.12')?.reply, Buffer.alloc(0));
+  store.close();
+});
+
+t.test('a schema-1 journal (msgpack records of an older worker) still loads', async (t) => {
+  const file = path.join(t.testdir(), 'state');
+  const session = new FsSession({ dev: 1n, ino: 2n });
+  const j = StateJournal.create(file, 1, 0n, [encodeRecord({ t: 'snapshot', vhost: null, init: null, fs: session.toSnapshot(), ctlSeq: 0, pending: null, ops: [] })]);
+  j.append({ t: 'op', k: 'a', opcode: FUSE_LOOKUP, ts: 5n, x: null });
+  j.append({ t: 'fs', k: 'a', m: { op: 'addInode', nodeid: 2, dev: '1', ino: '50', generation: 0, fileType: 0o100000 } });
+  j.append({ t: 'op-done', k: 'a', r: Buffer.from('r') });
+  j.append({ t: 'op', k: 'b', opcode: FUSE_MKDIR, ts: 6n, x: null });
+  j.append({ t: 'fs', k: 'b', m: { op: 'addInode', nodeid: 3, dev: '1', ino: '51', generation: 0, fileType: 0o040000 } });
+  j.close();
+  const st = loadState(file);
+  t.equal(st.fs!.getInode(2)?.ino, 50n, 'a finished request is applied');
+  t.equal(st.fs!.getInode(3), undefined, 'an unfinished one is rolled back');
+  t.equal(st.discardedMutations, 1);
+  t.same(st.ops.get('a')?.reply, Buffer.from('r'));
+  t.equal(SCHEMA_VERSION, 2, 'new files are written as schema 2');
+});
+
+t.test('a corrupt record in a committed journal is a StateFileError naming the file', async (t) => {
+  const { file, store } = setup(t);
+  store.close();
+  const j = StateJournal.open(file, SCHEMA_VERSION);
+  const bad = Buffer.from([R.TAG_OUTCOME, 1, 0x6b, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 42]); // mutation kind 42
+  j.appendEncoded(bad);
+  j.close();
+  t.throws(() => loadState(file), StateFileError);
+  t.throws(() => loadState(file), /unknown mutation kind 42/);
+});

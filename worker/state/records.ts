@@ -1,0 +1,277 @@
+// Binary encoding of the journal records written on the request path (schema 2).
+//
+// A request costs one record: its outcome, carrying the reply and the session mutations the
+// request made. Requests that are not idempotent also write an intent record before they run.
+// These are hand-encoded straight into the mapped journal: msgpack of a small object, its
+// allocations and a second copy cost more than the rest of a cached LOOKUP. Rare records
+// (snapshots, vhost-user control messages, INIT) stay msgpack, behind a tag byte.
+//
+// Payload layout, little-endian; `str` = u8 length + latin1 bytes, `num` = f64 (an integer
+// below 2^53, checked on load):
+//   TAG_GENERIC   msgpack of the record object
+//   TAG_INTENT    str key, u32 opcode, f64 ts_ms, u32 extra length, msgpack extra (0 = null)
+//   TAG_OUTCOME   str key, u32 opcode, u32 reply length, reply, u32 count, mutation × count
+//   TAG_MUTATION  mutation (a session change made outside any request)
+//   TAG_DEATH     str key
+// mutation = u8 kind, then per kind:
+//   addInode num nodeid, u64 dev, u64 ino, u32 generation, u32 fileType
+//   addLookup / forget  num nodeid, num count
+//   openFile num fh, num nodeid, f64 flags      openDir num fh, num nodeid
+//   closeFile / closeDir num fh                 setDirPosition num fh, str position
+//   reset (nothing)
+import type { FsMutation } from '../fs/session';
+import { decodeRecord, encodeRecord } from './journal';
+
+export const TAG_GENERIC = 0;
+export const TAG_INTENT = 1;
+export const TAG_OUTCOME = 2;
+export const TAG_MUTATION = 3;
+export const TAG_DEATH = 4;
+
+const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset'] as const;
+const KIND_CODE = new Map<string, number>(MUTATION_KINDS.map((k, i) => [k, i]));
+/** Upper bound of one encoded mutation (setDirPosition: 1 + 8 + 1 + 20). */
+export const MAX_MUTATION_SIZE = 64;
+const MAX_STR = 255;
+
+export class RecordDecodeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RecordDecodeError';
+  }
+}
+
+/** A decoded request-path record, in the shape the loader folds. */
+export type DecodedRecord =
+  | { t: 'generic'; value: unknown }
+  | { t: 'intent'; key: string; opcode: number; tsMs: number; extra: unknown }
+  | { t: 'outcome'; key: string; opcode: number; reply: Buffer; mutations: FsMutation[] }
+  | { t: 'mutation'; m: FsMutation }
+  | { t: 'death'; key: string };
+
+// ---------------------------------------------------------------- encoding
+
+export const strSize = (s: string): number => 1 + s.length;
+
+function putStr(buf: Buffer, at: number, s: string): number {
+  if (s.length > MAX_STR) throw new RangeError(`journal string of ${s.length} characters`);
+  buf[at] = s.length;
+  buf.write(s, at + 1, s.length, 'latin1');
+  return at + 1 + s.length;
+}
+
+export function putMutation(buf: Buffer, at: number, m: FsMutation): number {
+  const code = KIND_CODE.get(m.op);
+  if (code === undefined) throw new RangeError(`unknown session mutation ${String(m.op)}`);
+  buf[at++] = code;
+  switch (m.op) {
+    case 'addInode':
+      at = buf.writeDoubleLE(m.nodeid, at);
+      at = buf.writeBigUInt64LE(BigInt(m.dev), at);
+      at = buf.writeBigUInt64LE(BigInt(m.ino), at);
+      at = buf.writeUInt32LE(m.generation >>> 0, at);
+      return buf.writeUInt32LE(m.fileType >>> 0, at);
+    case 'addLookup':
+    case 'forget':
+      at = buf.writeDoubleLE(m.nodeid, at);
+      return buf.writeDoubleLE(m.count, at);
+    case 'openFile':
+      at = buf.writeDoubleLE(m.fh, at);
+      at = buf.writeDoubleLE(m.nodeid, at);
+      return buf.writeDoubleLE(m.flags, at);
+    case 'openDir':
+      at = buf.writeDoubleLE(m.fh, at);
+      return buf.writeDoubleLE(m.nodeid, at);
+    case 'closeFile':
+    case 'closeDir':
+      return buf.writeDoubleLE(m.fh, at);
+    case 'setDirPosition':
+      at = buf.writeDoubleLE(m.fh, at);
+      return putStr(buf, at, m.position);
+    case 'reset':
+      return at;
+  }
+}
+
+export function intentSize(key: string, extra: Buffer | null): number {
+  return 1 + strSize(key) + 4 + 8 + 4 + (extra?.length ?? 0);
+}
+
+export function encodeExtra(extra: unknown): Buffer | null {
+  return extra === null || extra === undefined ? null : encodeRecord(extra);
+}
+
+export function putIntent(buf: Buffer, at: number, key: string, opcode: number, tsMs: number, extra: Buffer | null): number {
+  buf[at++] = TAG_INTENT;
+  at = putStr(buf, at, key);
+  at = buf.writeUInt32LE(opcode >>> 0, at);
+  at = buf.writeDoubleLE(tsMs, at);
+  at = buf.writeUInt32LE(extra?.length ?? 0, at);
+  return extra === null ? at : at + extra.copy(buf, at);
+}
+
+export function outcomeSize(key: string, reply: Buffer, mutations: number): number {
+  return 1 + strSize(key) + 4 + 4 + reply.length + 4 + mutations * MAX_MUTATION_SIZE;
+}
+
+export function putOutcome(buf: Buffer, at: number, key: string, opcode: number, reply: Buffer, mutations: readonly FsMutation[]): number {
+  buf[at++] = TAG_OUTCOME;
+  at = putStr(buf, at, key);
+  at = buf.writeUInt32LE(opcode >>> 0, at);
+  at = buf.writeUInt32LE(reply.length, at);
+  at += reply.copy(buf, at);
+  at = buf.writeUInt32LE(mutations.length, at);
+  for (const m of mutations) at = putMutation(buf, at, m);
+  return at;
+}
+
+export function putDeath(buf: Buffer, at: number, key: string): number {
+  buf[at++] = TAG_DEATH;
+  return putStr(buf, at, key);
+}
+
+export function putStandaloneMutation(buf: Buffer, at: number, m: FsMutation): number {
+  buf[at++] = TAG_MUTATION;
+  return putMutation(buf, at, m);
+}
+
+export function genericPayload(value: unknown): Buffer {
+  return Buffer.concat([Buffer.of(TAG_GENERIC), encodeRecord(value)]);
+}
+
+// ---------------------------------------------------------------- decoding (untrusted input)
+
+class Reader {
+  private at = 0;
+  constructor(private readonly b: Buffer) {}
+
+  private need(n: number, what: string): void {
+    if (this.at + n > this.b.length) throw new RecordDecodeError(`record ends inside ${what}`);
+  }
+  u8(what: string): number {
+    this.need(1, what);
+    return this.b[this.at++]!;
+  }
+  u64(what: string): bigint {
+    this.need(8, what);
+    const v = this.b.readBigUInt64LE(this.at);
+    this.at += 8;
+    return v;
+  }
+  u32(what: string): number {
+    this.need(4, what);
+    const v = this.b.readUInt32LE(this.at);
+    this.at += 4;
+    return v;
+  }
+  f64(what: string): number {
+    this.need(8, what);
+    const v = this.b.readDoubleLE(this.at);
+    this.at += 8;
+    return v;
+  }
+  uint(what: string): number {
+    const v = this.f64(what);
+    if (!Number.isSafeInteger(v) || v < 0) throw new RecordDecodeError(`${what} is not a non-negative integer`);
+    return v;
+  }
+  str(what: string): string {
+    const n = this.u8(what);
+    this.need(n, what);
+    const s = this.b.toString('latin1', this.at, this.at + n);
+    this.at += n;
+    return s;
+  }
+  bytes(n: number, what: string): Buffer {
+    this.need(n, what);
+    const v = this.b.subarray(this.at, this.at + n);
+    this.at += n;
+    return v;
+  }
+  end(): void {
+    if (this.at !== this.b.length) throw new RecordDecodeError(`${this.b.length - this.at} stray bytes after the record`);
+  }
+}
+
+function readMutation(r: Reader): FsMutation {
+  const code = r.u8('mutation kind');
+  const op = MUTATION_KINDS[code];
+  switch (op) {
+    case 'addInode':
+      return { op, nodeid: r.uint('nodeid'), dev: r.u64('dev'), ino: r.u64('ino'), generation: r.u32('generation'), fileType: r.u32('fileType') };
+    case 'addLookup':
+    case 'forget':
+      return { op, nodeid: r.uint('nodeid'), count: r.uint('count') };
+    case 'openFile': {
+      const fh = r.uint('fh');
+      const nodeid = r.uint('nodeid');
+      const flags = r.f64('flags');
+      if (!Number.isInteger(flags)) throw new RecordDecodeError('open flags are not an integer');
+      return { op, fh, nodeid, flags };
+    }
+    case 'openDir':
+      return { op, fh: r.uint('fh'), nodeid: r.uint('nodeid') };
+    case 'closeFile':
+    case 'closeDir':
+      return { op, fh: r.uint('fh') };
+    case 'setDirPosition':
+      return { op, fh: r.uint('fh'), position: r.str('position') };
+    case 'reset':
+      return { op };
+    default:
+      throw new RecordDecodeError(`unknown mutation kind ${code}`);
+  }
+}
+
+/** Decodes one schema-2 payload. Throws RecordDecodeError on anything malformed. */
+export function decodePayload(payload: Buffer): DecodedRecord {
+  const r = new Reader(payload);
+  const tag = r.u8('tag');
+  let out: DecodedRecord;
+  switch (tag) {
+    case TAG_GENERIC:
+      try {
+        return { t: 'generic', value: decodeRecord(payload.subarray(1)) };
+      } catch (e) {
+        throw new RecordDecodeError(`msgpack: ${(e as Error).message}`);
+      }
+    case TAG_INTENT: {
+      const key = r.str('key');
+      const opcode = r.u32('opcode');
+      const tsMs = r.f64('timestamp');
+      if (!Number.isFinite(tsMs) || tsMs < 0) throw new RecordDecodeError('bad intent timestamp');
+      const n = r.u32('extra length');
+      let extra: unknown = null;
+      if (n > 0) {
+        try {
+          extra = decodeRecord(Buffer.from(r.bytes(n, 'extra')));
+        } catch (e) {
+          throw new RecordDecodeError(`intent extra: ${(e as Error).message}`);
+        }
+      }
+      out = { t: 'intent', key, opcode, tsMs, extra };
+      break;
+    }
+    case TAG_OUTCOME: {
+      const key = r.str('key');
+      const opcode = r.u32('opcode');
+      const reply = r.bytes(r.u32('reply length'), 'reply');
+      const count = r.u32('mutation count');
+      if (count > payload.length) throw new RecordDecodeError(`mutation count ${count} larger than the record`);
+      const mutations: FsMutation[] = [];
+      for (let i = 0; i < count; i++) mutations.push(readMutation(r));
+      out = { t: 'outcome', key, opcode, reply, mutations };
+      break;
+    }
+    case TAG_MUTATION:
+      out = { t: 'mutation', m: readMutation(r) };
+      break;
+    case TAG_DEATH:
+      out = { t: 'death', key: r.str('key') };
+      break;
+    default:
+      throw new RecordDecodeError(`unknown record tag ${tag}`);
+  }
+  r.end();
+  return out;
+}
