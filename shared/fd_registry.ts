@@ -14,6 +14,8 @@ export class FdRegistryError extends Error {
 export interface FdRegistryListener {
   onRegister(name: string, fd: number): void;
   onUnregister(name: string, fd: number): void;
+  /** Many names at once (a session reset): one message instead of one per name. */
+  onUnregisterMany?(names: string[]): void;
 }
 
 export class FdRegistry {
@@ -64,6 +66,22 @@ export class FdRegistry {
     this.byName.delete(name);
     for (const l of this.listeners) l.onUnregister(name, fd);
     native.close(fd);
+  }
+
+  /** Unregisters and closes these fds (unknown names ignored), telling listeners in bulk. */
+  closeMany(names: readonly string[]): void {
+    const closing: Array<[string, number]> = [];
+    for (const name of names) {
+      const fd = this.byName.get(name);
+      if (fd === undefined) continue;
+      this.byName.delete(name);
+      closing.push([name, fd]);
+    }
+    for (const l of this.listeners) {
+      if (l.onUnregisterMany) l.onUnregisterMany(closing.map(([n]) => n));
+      else for (const [n, fd] of closing) l.onUnregister(n, fd);
+    }
+    for (const [, fd] of closing) native.close(fd);
   }
 
   /** Closes every fd whose name starts with prefix. */

@@ -69,6 +69,14 @@ export class KeeperClient implements FdRegistryListener {
     this.send(removeMessage([name]), []);
   }
 
+  onUnregisterMany(names: string[]): void {
+    if (this.batch !== null) {
+      for (const n of names) this.onUnregister(n);
+      return;
+    }
+    for (let i = 0; i < names.length; i += MAX_FDS_PER_MESSAGE) this.send(removeMessage(names.slice(i, i + MAX_FDS_PER_MESSAGE)), []);
+  }
+
   /** Groups stores (e.g. a readdirplus page of inodes, or every request of one event-loop
    * turn) into few messages; flushed by endBatch, which must run before anything that names
    * them becomes durable or visible. Removals wait for flushRemovals(). */

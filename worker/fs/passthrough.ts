@@ -537,7 +537,13 @@ export class PassthroughFs implements FileSystem {
   destroy(): void {
     this.lockHolders.clear();
     const names = this.session.reset();
-    for (const name of names) this.closeFd(name);
+    // Closed in bulk (one keeper message per few hundred), except those async calls still use.
+    const now: string[] = [];
+    for (const name of names) {
+      if ((this.busy.get(name) ?? 0) > 0) this.pendingClose.add(name);
+      else now.push(name);
+    }
+    this.registry.closeMany(now);
     this.dirState.clear();
     this.log.info({ closed: names.length }, 'filesystem session reset');
   }
