@@ -5,6 +5,7 @@
 // Trust: keeper.sock accepts only the keeper's own uid (SO_PEERCRED). Messages are
 // sd_notify-formatted text (shared/fdstore.ts); nothing in them is guest data.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { logger, type Logger } from '../shared/log';
@@ -20,8 +21,8 @@ import { buildReport, formatPrometheus } from '../shared/status';
 export interface KeeperOptions extends WorkerConfig {
   /** argv to start a worker (embedded mode); null when systemd starts workers. */
   workerCommand: string[] | null;
-  /** Keep a warm standby worker for fast handovers (embedded mode). */
-  standby: boolean;
+  /** argv to start a warm standby worker for fast handovers (embedded mode); null: none. */
+  standbyCommand: string[] | null;
 }
 
 export interface ExitInfo { code: number | null; signal: string | null; at: string }
@@ -47,8 +48,18 @@ const CRASH_WINDOW_MS = 10_000;
 const CRASH_LOOP_DEATHS = 5;
 const MAX_BACKOFF_MS = 5_000;
 const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
-/** The standby starts this long after the active worker reports READY. */
+/** Without a way to restore a standby's priority, it starts this long after the active worker
+ * reports READY (or serves its first request after a takeover), so they do not compete for the
+ * CPU. */
 const STANDBY_DELAY_MS = 300;
+/** Niceness added to a standby while it starts and waits, when the keeper can give it back at
+ * takeover: then it starts as soon as the successor serves, without slowing it down. */
+const STANDBY_NICE = 10;
+/** A successor runs this much above the keeper's priority until it has served its first request
+ * (or for RECOVERY_BOOST_MS at most): the guest is stalled meanwhile, and on a busy host the
+ * takeover otherwise waits for the CPU behind everything else. Needs the same privilege. */
+const RECOVERY_BOOST = 5;
+const RECOVERY_BOOST_MS = 2_000;
 /** Recovery samples reported in status (for benchmarks and dashboards). */
 const RECENT_RECOVERIES = 200;
 
@@ -59,8 +70,10 @@ export class Keeper {
   private listenPoller: Poller | null = null;
   private sockFd = -1;
   private child: ChildProcess | null = null;
-  private standby: { child: ChildProcess; client: Client | null } | null = null;
+  private standby: { child: ChildProcess; client: Client | null; spawnedAt: bigint; niced: boolean } | null = null;
   private standbyTimer: NodeJS.Timeout | null = null;
+  /** The successor running with RECOVERY_BOOST, and when its boost ends at the latest. */
+  private boosted: { pid: number; timer: NodeJS.Timeout } | null = null;
   private workerPid: number | null = null;
   private workerState = 'starting';
   private workerReady = false;
@@ -85,6 +98,8 @@ export class Keeper {
   private activeClient: Client | null = null;
   /** The mirror of our store in systemd's fd store (when systemd runs us). */
   private sdStore: SystemdFdStore | null = null;
+  /** Whether a standby's niceness can be restored at takeover (CAP_SYS_NICE or RLIMIT_NICE). */
+  private readonly canRenice = canLowerNiceness();
 
   constructor(private readonly opts: KeeperOptions) {
     this.log = logger('keeper');
@@ -166,7 +181,7 @@ export class Keeper {
   // --- worker supervision (embedded mode)
 
   private spawnProcess(standby: boolean): ChildProcess {
-    const [cmd, ...args] = this.opts.workerCommand!;
+    const [cmd, ...args] = (standby ? this.opts.standbyCommand : this.opts.workerCommand)!;
     const env: NodeJS.ProcessEnv = { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) };
     // The keeper is the unit's main process: its workers must not talk to systemd.
     for (const k of ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
@@ -193,15 +208,22 @@ export class Keeper {
 
   /** A warm standby: loaded and connected, blocked until the keeper hands it the session. */
   private spawnStandby(): void {
-    if (this.stopping || this.opts.workerCommand === null || this.standby !== null || !this.opts.standby) return;
+    if (this.standbyTimer !== null) clearTimeout(this.standbyTimer);
+    this.standbyTimer = null;
+    if (this.stopping || this.opts.workerCommand === null || this.standby !== null || this.opts.standbyCommand === null) return;
     const child = this.spawnProcess(true);
-    this.standby = { child, client: null };
-    this.log.debug({ standbyPid: child.pid }, 'standby worker spawned');
+    let niced = false;
+    if (this.canRenice && child.pid !== undefined) {
+      niced = setProcessNiceness(child.pid, Math.min(19, os.getPriority() + STANDBY_NICE));
+    }
+    this.standby = { child, client: null, spawnedAt: process.hrtime.bigint(), niced };
+    this.log.debug({ standbyPid: child.pid, niced }, 'standby worker spawned');
   }
 
-  /** Spawns the standby once the active worker serves, so they do not compete for the CPU. */
+  /** Spawns the standby once the active worker serves, so they do not compete for the CPU: at
+   * once when it can start at a lower priority, else after STANDBY_DELAY_MS. */
   private scheduleStandby(): void {
-    if (this.standbyTimer !== null || this.standby !== null || !this.opts.standby) return;
+    if (this.standbyTimer !== null || this.standby !== null || this.opts.standbyCommand === null) return;
     this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, STANDBY_DELAY_MS);
   }
 
@@ -213,6 +235,9 @@ export class Keeper {
     if (sb !== null && sb.client !== null && this.clients.has(sb.client.fd)) {
       this.standby = null;
       this.becomeActive(sb.child);
+      if (!this.boost(sb.child.pid!) && sb.niced && !setProcessNiceness(sb.child.pid!, os.getPriority())) {
+        this.log.warn({ workerPid: sb.child.pid }, 'cannot restore the standby\'s priority; it serves at a lower one');
+      }
       try {
         native.sendMsg(sb.client.fd, formatAssignments({ X_TAKEOVER: 1 }), []);
         this.log.info({ workerPid: sb.child.pid, restarts: this.restarts }, 'standby worker took over');
@@ -223,6 +248,28 @@ export class Keeper {
       }
     }
     this.spawnWorker();
+    if (this.child?.pid !== undefined) this.boost(this.child.pid);
+  }
+
+  /** Raises a successor's priority for its takeover (see RECOVERY_BOOST); false if it cannot. */
+  private boost(pid: number): boolean {
+    if (!this.canRenice) return false;
+    this.unboost();
+    if (!setProcessNiceness(pid, Math.max(-20, os.getPriority() - RECOVERY_BOOST))) return false;
+    const timer = setTimeout(() => this.unboost(), RECOVERY_BOOST_MS);
+    timer.unref();
+    this.boosted = { pid, timer };
+    return true;
+  }
+
+  /** Gives the boosted successor the keeper's own priority back. */
+  private unboost(): void {
+    const b = this.boosted;
+    if (b === null) return;
+    this.boosted = null;
+    clearTimeout(b.timer);
+    // A worker that died meanwhile has no threads left to renice.
+    if (!setProcessNiceness(b.pid, os.getPriority())) this.log.warn({ workerPid: b.pid }, 'cannot restore the worker\'s priority after its takeover');
   }
 
   private onWorkerExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
@@ -239,6 +286,11 @@ export class Keeper {
     this.child = null;
     this.lastExit = { code, signal, at: new Date().toISOString() };
     const pid = this.workerPid;
+    if (this.boosted?.pid === pid) {
+      // Dead: nothing to give back (and its pid may be reused).
+      clearTimeout(this.boosted.timer);
+      this.boosted = null;
+    }
     const diedBeforeReady = !this.workerReady;
     this.workerPid = null;
     this.workerReady = false;
@@ -393,7 +445,10 @@ export class Keeper {
     if (m.get('FDFETCHNEXT') === '1') this.sendFdBatch(c, false);
     if (m.has('STATUS')) this.workerStatus = m.get('STATUS')!;
     if (m.get('X_STANDBY') === '1') {
-      if (this.standby !== null && this.standby.child.pid === c.pid) this.standby.client = c;
+      if (this.standby !== null && this.standby.child.pid === c.pid) {
+        this.standby.client = c;
+        this.log.debug({ standbyPid: c.pid, startMs: Math.round(Number(process.hrtime.bigint() - this.standby.spawnedAt) / 1e5) / 10 }, 'standby worker ready');
+      }
       return;
     }
     if (m.get('READY') === '1' && (c.pid === this.workerPid || this.opts.workerCommand === null)) {
@@ -418,10 +473,17 @@ export class Keeper {
     }
     if (m.get('X_SERVED') === '1' && this.deathAt !== null) {
       // First request completed by a successor: the end of a recovery.
-      const ms = Number(process.hrtime.bigint() - this.deathAt) / 1e6;
+      const deathAt = this.deathAt;
+      const ms = Number(process.hrtime.bigint() - deathAt) / 1e6;
       this.deathAt = null;
       this.recoveryMs.push(ms);
-      this.log.info({ recoveryMs: Math.round(ms * 10) / 10 }, 'worker recovered');
+      this.log.info({ recoveryMs: Math.round(ms * 10) / 10, exitSeenNs: deathAt.toString() }, 'worker recovered');
+    }
+    // The successor has done the urgent part of its takeover: back to the normal priority, and
+    // its replacement may start now (after the recovery is timed: spawning takes a few ms).
+    if (m.get('X_SERVED') === '1' && c.pid === this.workerPid && this.canRenice) {
+      if (this.boosted?.pid === c.pid) this.unboost();
+      this.spawnStandby();
     }
     if (m.get('X_STATUSQUERY') === '1') {
       const reply = Buffer.from(JSON.stringify(this.status()));
@@ -521,6 +583,7 @@ export class Keeper {
     this.sdNotify({ STOPPING: 1, STATUS: `stopping: ${reason}` });
     if (this.restartTimer) clearTimeout(this.restartTimer);
     if (this.standbyTimer) clearTimeout(this.standbyTimer);
+    if (this.boosted !== null) clearTimeout(this.boosted.timer);
     const children = [this.child, this.standby?.child ?? null].filter((c): c is ChildProcess => c !== null);
     await Promise.all(children.map(async (child) => {
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -556,4 +619,39 @@ export function removeStaleSocket(p: string): void {
   if (!st) return;
   if (!st.isSocket()) throw new Error(`${p} exists and is not a socket`);
   fs.unlinkSync(p);
+}
+
+/** Whether this process may lower a niceness (CAP_SYS_NICE, or RLIMIT_NICE allows it): probed on
+ * its own main thread, one step down and back. */
+function canLowerNiceness(): boolean {
+  try {
+    const own = os.getPriority();
+    if (own <= -20) return true;
+    os.setPriority(own - 1);
+    os.setPriority(own);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Sets the niceness of every thread of `pid` (setpriority(PRIO_PROCESS) on Linux changes one
+ * thread; threads started later inherit their creator's). False if any thread refused. */
+function setProcessNiceness(pid: number, nice: number): boolean {
+  let tids: number[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`).map(Number);
+  } catch {
+    tids = [pid];
+  }
+  let ok = true;
+  for (const tid of tids) {
+    try {
+      os.setPriority(tid, nice);
+    } catch (e) {
+      // A thread that exited in between is not a failure.
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH' && (e as { info?: { code?: string } }).info?.code !== 'ESRCH') ok = false;
+    }
+  }
+  return ok;
 }

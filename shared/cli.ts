@@ -1,6 +1,7 @@
 // The `virtiofs-keeper` command line.
 import * as path from 'node:path';
-import yargs, { type Argv } from 'yargs';
+import * as v8 from 'node:v8';
+import type { Argv } from 'yargs';
 import { logger } from './log';
 import type { CacheMode } from './config';
 
@@ -42,14 +43,24 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
 }
 
 async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
+  // The keeper's young generation would otherwise grow to 2 x 16 MiB under a burst of fd-store
+  // messages (21 MiB private RSS measured instead of 12) for no gain: its objects are tiny and
+  // short-lived. V8 reads this factor whenever it would grow the new space, so setting it now
+  // works (unlike --max-semi-space-size, which only a node command line can set).
+  v8.setFlagsFromString('--semi-space-growth-factor=1');
   const { Keeper } = await import('../keeper/keeper');
   const log = logger('main');
   const binPath = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
+  // A 4 MiB cap on the worker's semi-spaces (V8's default lets them grow to 16 MiB each): 20-25 MiB
+  // less peak RSS in the micro benchmarks, with no measurable change in CPU per request.
+  const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr,
-    workerCommand: embedded ? [process.execPath, binPath, 'worker', '--state-dir', a.stateDir] : null,
-    standby: embedded && a.standby,
+    workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
+    // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
+    // function in the middle of a takeover: this halved fetch + load + resume + first request.
+    standbyCommand: embedded && a.standby ? [process.execPath, '--no-lazy', ...workerArgs] : null,
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);
@@ -70,8 +81,32 @@ async function statusCommand(a: { name?: string; stateDir?: string; json: boolea
   return showStatus(a);
 }
 
+/** `worker --state-dir DIR` (as the keeper and the systemd unit start it), or null. */
+function workerStateDir(argv: string[]): string | null {
+  if (argv[0] !== 'worker') return null;
+  if (argv.length === 3 && argv[1] === '--state-dir' && argv[2]) return argv[2];
+  if (argv.length === 2 && argv[1]!.startsWith('--state-dir=') && argv[1]!.length > 12) return argv[1]!.slice(12);
+  return null;
+}
+
+async function workerCommand(stateDir: string): Promise<void> {
+  const { workerMain } = await import('../worker/worker');
+  process.exitCode = await workerMain(path.resolve(stateDir));
+}
+
 export function main(argv: string[]): void {
-  void yargs(argv)
+  // The daemon the keeper spawns (every restart, every standby) does not load the CLI parser:
+  // yargs costs each process ~3 MiB and start-up time.
+  const stateDir = workerStateDir(argv);
+  if (stateDir !== null) {
+    void workerCommand(stateDir);
+    return;
+  }
+  void import('yargs').then(({ default: yargs }) => cli(yargs(argv)));
+}
+
+function cli(y: Argv): Promise<unknown> {
+  return y
     .scriptName('virtiofs-keeper')
     .strict()
     .command('run', 'serve a shared directory: the keeper plus a worker it restarts when it dies (embedded mode)',
@@ -82,10 +117,7 @@ export function main(argv: string[]): void {
       async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), false); })
     .command('worker', 'the restartable worker; resumes from the keeper in --state-dir',
       (y) => y.option('state-dir', { type: 'string', demandOption: true, describe: 'the keeper\'s state directory' }),
-      async (a) => {
-        const { workerMain } = await import('../worker/worker');
-        process.exitCode = await workerMain(path.resolve(a['state-dir']));
-      })
+      async (a) => { await workerCommand(a['state-dir']); })
     .command('status [name]', 'show the state of one instance (or list all of them)',
       (y) => y
         .positional('name', { type: 'string', describe: 'export name' })

@@ -205,16 +205,26 @@ export async function openBenchSession(variant: Variant, o: SessionOpts): Promis
   }
 }
 
-/** Peak RSS (VmHWM) of each process of the session, in kB, keyed by role. */
+/** RSS kinds from /proc/<pid>/status: private memory, file-backed pages (for ours mostly the node
+ * binary, the same page-cache pages in every process), and shared memory (the guest memory the
+ * frontend shares with the backend, and for ours the tmpfs state journal). */
+export const RSS_KINDS = { anon: 'RssAnon', file: 'RssFile', shmem: 'RssShmem' } as const;
+
+/**
+ * Peak RSS (VmHWM) of each process of the session, in kB, keyed by role; `parts` also holds the
+ * current RSS of each process by kind, keyed `<role>:<kind>` (VmHWM has no split by kind).
+ */
 export function peakRss(s: BenchSession, workerPid: number | null, standbyPid: number | null): { totalKb: number; parts: Record<string, number> } {
   const parts: Record<string, number> = {};
-  if (s.kind === 'c-virtiofsd') {
-    for (const p of s.pids()) parts[p === s.backend.pid ? 'virtiofsd' : `child-${p}`] = statusKb(p, 'VmHWM') ?? 0;
-  } else {
-    for (const p of s.pids()) {
-      const role = p === s.backend.pid ? 'keeper' : p === workerPid ? 'worker' : p === standbyPid ? 'standby' : `other-${p}`;
-      parts[role] = statusKb(p, 'VmHWM') ?? 0;
-    }
+  let totalKb = 0;
+  for (const p of s.pids()) {
+    const role = s.kind === 'c-virtiofsd'
+      ? (p === s.backend.pid ? 'virtiofsd' : `child-${p}`)
+      : (p === s.backend.pid ? 'keeper' : p === workerPid ? 'worker' : p === standbyPid ? 'standby' : `other-${p}`);
+    const hwm = statusKb(p, 'VmHWM') ?? 0;
+    parts[role] = hwm;
+    totalKb += hwm;
+    for (const [kind, field] of Object.entries(RSS_KINDS)) parts[`${role}:${kind}`] = statusKb(p, field) ?? 0;
   }
-  return { totalKb: Object.values(parts).reduce((a, b) => a + b, 0), parts };
+  return { totalKb, parts };
 }

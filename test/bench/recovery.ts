@@ -11,6 +11,7 @@ import { openSession, waitFor, type TapLike } from '../frontend/helpers';
 import { queryStatus } from '../../shared/status';
 import * as F from '../frontend/fuse_proto';
 import { LeanFuse, nameArg, runPool } from './lean_client';
+import { quantile } from './stats';
 
 export { quantile } from './stats';
 
@@ -27,6 +28,11 @@ export interface RecoveryResult {
   openFiles: number;
   /** Setup time (host files, lookups, opens), ms. */
   setupMs: number;
+  /** Per kill, where the time went (ms, from the backend's log; monotonic clock shared by all
+   * processes): kill → the keeper sees the exit (exitSeen), → the standby is woken (takeover;
+   * 'start' for a fresh worker), → fd set fetched, → state loaded, → session built, → first
+   * request served (usually the resubmitted inflight one, inside the vring restore). */
+  phases: Array<Record<string, number>>;
 }
 
 export interface RecoveryOptions {
@@ -121,6 +127,7 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
     let firstAfterKill: number | null = null;
     const gaps: number[] = [];
     const killMs: number[] = [];
+    const killNs: bigint[] = [];
     let maxGap = 0;
     const loop = (async () => {
       while (!stop) {
@@ -140,6 +147,7 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
       maxGap = 0;
       firstAfterKill = null;
       killAt = performance.now();
+      killNs.push(process.hrtime.bigint());
       process.kill(before.worker.pid!, 'SIGKILL');
       await waitFor(async () => {
         const e = await Promise.race([loopFailed, Promise.resolve(undefined)]);
@@ -160,12 +168,58 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
     stop = true;
     await loop;
     const st = queryStatus(stateDir);
+    const phases = recoveryPhases(s.backend.log(), killNs);
+    log(`  where the time went (ms from the previous step; p50 / p99 / max over ${phases.length} kills): ${summarisePhases(phases)}`);
     return {
       kills, keeperMs: st.recovery.recentMs.slice(-kills), clientGapMs: gaps, clientKillMs: killMs,
-      inodes: st0.fuse.inodes, openFiles: st0.fuse.openFiles, setupMs,
+      inodes: st0.fuse.inodes, openFiles: st0.fuse.openFiles, setupMs, phases,
     };
   } finally {
     await h.cleanup();
     fs.rmSync(stateDir, { recursive: true, force: true });
   }
+}
+
+/** The per-kill timeline from the backend log: the keeper's 'worker recovered' lines (exitSeenNs)
+ * and the successor's 'first request served after resume' lines (phasesNs), in kill order. */
+function recoveryPhases(logText: string, killNs: bigint[]): Array<Record<string, number>> {
+  const exits: bigint[] = [];
+  const marks: Array<Record<string, string>> = [];
+  for (const line of logText.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    let o: Record<string, unknown>;
+    try { o = JSON.parse(line) as Record<string, unknown>; } catch { continue; }
+    if (o.msg === 'worker recovered' && typeof o.exitSeenNs === 'string') exits.push(BigInt(o.exitSeenNs));
+    if (o.msg === 'first request served after resume' && o.phasesNs) marks.push(o.phasesNs as Record<string, string>);
+  }
+  const ms = (a: bigint, b: bigint): number => Math.round(Number(b - a) / 1e4) / 100;
+  const out: Array<Record<string, number>> = [];
+  // Only the kills' recoveries: the log may hold earlier ones (none in this benchmark).
+  const off = Math.max(0, exits.length - killNs.length);
+  const moff = Math.max(0, marks.length - killNs.length);
+  for (let i = 0; i < killNs.length; i++) {
+    const e = exits[off + i];
+    const m = marks[moff + i];
+    if (e === undefined || m === undefined) continue;
+    const row: Record<string, number> = { exitSeen: ms(killNs[i]!, e) };
+    let prev = e;
+    for (const [k, v] of Object.entries(m)) {
+      if (k === 'start' && m.takeover !== undefined) continue;
+      const t = BigInt(v);
+      row[k] = ms(prev, t);
+      prev = t;
+    }
+    row.total = ms(killNs[i]!, prev);
+    out.push(row);
+  }
+  return out;
+}
+
+function summarisePhases(phases: Array<Record<string, number>>): string {
+  const names = [...new Set(phases.flatMap((p) => Object.keys(p)))];
+  const r1 = (x: number): number => Math.round(x * 10) / 10;
+  return names.map((k) => {
+    const xs = phases.map((p) => p[k]).filter((x): x is number => x !== undefined);
+    return `${k} ${r1(quantile(xs, 0.5))} / ${r1(quantile(xs, 0.99))} / ${r1(Math.max(...xs))}`;
+  }).join(', ');
 }

@@ -45,7 +45,7 @@ t.test('systemd-analyze verify passes on the installed units', { skip: fs.exists
   for (const u of ['virtiofs-keeper@.service', 'virtiofs-worker@.service']) {
     const text = fs.readFileSync(path.join(prefix, u), 'utf8');
     t.notMatch(text, /@(NODE|BIN|PREFIX)@/, `${u}: every placeholder is rendered`);
-    t.match(text, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} ${BIN.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} `, 'm'), `${u}: ExecStart runs this node on this checkout`);
+    t.match(text, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} (--[a-z-]+=\\d+ )?${BIN.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} `, 'm'), `${u}: ExecStart runs this node on this checkout`);
   }
   t.ok(fs.existsSync(path.join(configDir, 'example.conf')), 'install-units wrote example.conf');
   fs.writeFileSync(path.join(configDir, 't1.conf'),
