@@ -160,3 +160,25 @@ t.test('a corrupt record in a committed journal is a StateFileError naming the f
   t.throws(() => loadState(file), StateFileError);
   t.throws(() => loadState(file), /unknown mutation kind 42/);
 });
+
+t.test('compaction keeps staged outcomes (committed first) and later records append to the new file', async (t) => {
+  const { file, store, session } = setup(t);
+  store.setSources({ vhost: () => null, init: () => null, fs: () => session });
+  store.beginRequest('0.4.1.20', FUSE_LOOKUP, false, null);
+  const a = session.addInode({ dev: 1n, ino: 200n, generation: 0, fileType: 0o100000 });
+  store.endSync();
+  store.outcome('0.4.1.20', Buffer.from('staged'));
+  store.compact();
+  let st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid)?.ino, 200n, 'the staged request is in the snapshot');
+  t.same(st.ops.get('0.4.1.20')?.reply, Buffer.from('staged'), 'with its reply, for a replay');
+  store.beginRequest('0.4.2.21', FUSE_LOOKUP, false, null);
+  const b = session.addInode({ dev: 1n, ino: 201n, generation: 0, fileType: 0o100000 });
+  store.endSync();
+  store.outcome('0.4.2.21', Buffer.from('after'));
+  store.commitOutcomes();
+  st = loadState(file);
+  t.equal(st.fs!.getInode(b.nodeid)?.ino, 201n, 'a request after the compaction is in the new journal');
+  t.equal(st.fs!.inodeCount, 3);
+  store.close();
+});
