@@ -63,13 +63,15 @@ export class Worker {
     }
     const statePath = stateFilePath(this.config.stateDir);
     let loaded: LoadedState | null = null;
+    let reconciled = false;
     if (this.registry.has('vhost.conn') && fs.existsSync(statePath)) {
       loaded = loadState(statePath);
       this.mark('loaded');
       if (loaded.vhost === null) loaded = null;
-      else this.reconcile(loaded);
+      else reconciled = this.reconcile(loaded) > 0;
     }
-    this.store = new WorkerStateStore(statePath, this.keeper, loaded, ctlSeq);
+    // Changes reconcile() made are not in the journal: then the store starts a new one.
+    this.store = new WorkerStateStore(statePath, this.keeper, loaded, ctlSeq, reconciled);
     if (loaded !== null) {
       this.resume(loaded, fds);
     } else {
@@ -132,17 +134,19 @@ export class Worker {
    * while the session still names it. The close did happen, so finish it in the session; the
    * resubmitted request then settles as already done.
    */
-  private reconcile(loaded: LoadedState): void {
+  private reconcile(loaded: LoadedState): number {
     const session = loaded.fs;
-    if (session === null) return;
-    const snap = session.toSnapshot();
+    if (session === null) return 0;
     const missing = (name: string): boolean => !this.registry.has(name);
-    for (const f of snap.files) if (missing(f.fdName)) session.closeFile(f.fh);
-    for (const d of snap.dirs) if (missing(d.fdName)) session.closeDir(d.fh);
-    for (const i of snap.inodes) if (i.nodeid !== 1 && missing(i.fdName)) session.forget(i.nodeid, i.lookupCount);
-    const dropped = snap.files.filter((f) => missing(f.fdName)).length + snap.dirs.filter((d) => missing(d.fdName)).length +
-      snap.inodes.filter((i) => i.nodeid !== 1 && missing(i.fdName)).length;
+    const files = [...session.allFiles()].filter((f) => missing(f.fdName));
+    const dirs = [...session.allDirs()].filter((d) => missing(d.fdName));
+    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && missing(i.fdName));
+    for (const f of files) session.closeFile(f.fh);
+    for (const d of dirs) session.closeDir(d.fh);
+    for (const i of inodes) session.forget(i.nodeid, i.lookupCount);
+    const dropped = files.length + dirs.length + inodes.length;
     if (dropped > 0) this.log.warn({ dropped }, 'finished closes that a dead worker made in the keeper but not in the journal');
+    return dropped;
   }
 
   /** Closes (in the keeper too) every fd of a previous frontend session. */

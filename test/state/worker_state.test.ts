@@ -182,3 +182,62 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
   t.equal(st.fs!.inodeCount, 3);
   store.close();
 });
+
+t.test('a resumed worker appends to the journal it loaded (no rewrite), unless told to rewrite', async (t) => {
+  const { file, store, session } = setup(t);
+  store.beginRequest('0.5.1.30', FUSE_LOOKUP, false, null);
+  const a = session.addInode({ dev: 1n, ino: 300n, generation: 0, fileType: 0o100000 });
+  store.endSync();
+  store.outcome('0.5.1.30', Buffer.from('one'));
+  store.commitOutcomes();
+  store.beginRequest('0.5.2.31', FUSE_MKDIR, true, null); // dies here: intent only
+  store.close();
+  const size = StateJournal.open(file, SCHEMA_VERSION);
+  const recordsBefore = size.payloads().length;
+  size.close();
+
+  const loaded = loadState(file);
+  const next = new WorkerStateStore(file, null, loaded);
+  const reopened = StateJournal.open(file, SCHEMA_VERSION);
+  t.equal(reopened.payloads().length, recordsBefore, 'nothing rewritten at start');
+  reopened.close();
+  loaded.fs!.onMutation(next.onFsMutation);
+  next.beginRequest('0.5.3.32', FUSE_LOOKUP, false, null);
+  const b = loaded.fs!.addInode({ dev: 1n, ino: 301n, generation: 0, fileType: 0o100000 });
+  next.endSync();
+  next.outcome('0.5.3.32', Buffer.from('two'));
+  next.commitOutcomes();
+  next.close();
+  const st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid)?.ino, 300n, 'the first worker\'s request');
+  t.equal(st.fs!.getInode(b.nodeid)?.ino, 301n, 'the second worker\'s request, appended');
+  t.equal(st.ops.get('0.5.2.31')?.reply, null, 'the ambiguous request is still ambiguous');
+
+  const rewritten = new WorkerStateStore(file, null, loadState(file), 0, true);
+  rewritten.close();
+  const j = StateJournal.open(file, SCHEMA_VERSION);
+  t.equal(j.payloads().length, 1, 'rewrite: one snapshot record');
+  j.close();
+  const again = loadState(file);
+  t.equal(again.fs!.inodeCount, 3, 'the snapshot holds the same session');
+  t.same(again.ops.get('0.5.3.32')?.reply, Buffer.from('two'));
+});
+
+t.test('compact session snapshots (binary inode table) round-trip and reject malformed tables', async (t) => {
+  const s = new FsSession({ dev: 7n, ino: 2n });
+  for (let i = 0; i < 100; i++) s.addInode({ dev: 7n, ino: BigInt(1000 + i), generation: i, fileType: 0o100000 });
+  s.addLookup(5, 3);
+  const snap = s.toCompactSnapshot();
+  const back = FsSession.fromSnapshot(snap);
+  t.same(back.toSnapshot(), s.toSnapshot(), 'same session');
+  const bad = (mutate: (b: Buffer) => void): unknown => {
+    const table = Buffer.from(snap.inodeTable);
+    mutate(table);
+    return { ...snap, inodeTable: table };
+  };
+  t.throws(() => FsSession.fromSnapshot(bad((b) => b.writeDoubleLE(1e300, 40))), /nodeid/);
+  t.throws(() => FsSession.fromSnapshot(bad((b) => b.writeBigUInt64LE(1000n, 2 * 40 + 16))), /duplicate \(dev, ino\)/);
+  t.throws(() => FsSession.fromSnapshot(bad((b) => b.writeUInt32LE(5, 40 + 28))), /file type/);
+  t.throws(() => FsSession.fromSnapshot(bad((b) => b.writeDoubleLE(0, 40 + 32))), /lookupCount/);
+  t.throws(() => FsSession.fromSnapshot({ ...snap, inodeTable: snap.inodeTable.subarray(0, 39) }), /whole number of rows/);
+});

@@ -85,6 +85,19 @@ export interface InodeSnapshot {
 }
 export interface FileSnapshot { fh: number; fdName: string; nodeid: number; flags: number }
 export interface DirSnapshot { fh: number; fdName: string; nodeid: number; position: string }
+/** Version 2 (what the journal stores): the same, with the inodes as one binary table of
+ * INODE_ROW-byte rows { f64 nodeid, u64 dev, u64 ino, u32 generation, u32 fileType, f64
+ * lookupCount } (little-endian): about 10x faster to write and read than 20,000 objects. */
+export interface CompactSessionSnapshot {
+  version: 2;
+  nextNodeId: number;
+  nextFh: number;
+  inodeTable: Buffer;
+  files: FileSnapshot[];
+  dirs: DirSnapshot[];
+}
+const INODE_ROW = 40;
+
 export interface SessionSnapshot {
   version: 1;
   nextNodeId: number;
@@ -105,8 +118,6 @@ export function inodeFdName(nodeid: number): string {
 }
 export function fileFdName(fh: number): string { return `file.${fh}`; }
 export function dirFdName(fh: number): string { return `dir.${fh}`; }
-
-function devInoKey(dev: bigint, ino: bigint): string { return `${dev}:${ino}`; }
 
 class DevInoIndex {
   private readonly byDev = new Map<bigint, Map<bigint, number>>();
@@ -343,12 +354,12 @@ export class FsSession {
 
   // ---------------------------------------------------------------- snapshots
 
-  toSnapshot(): SessionSnapshot {
+  toSnapshot(withInodes = true): SessionSnapshot {
     return {
       version: SESSION_VERSION,
       nextNodeId: this.nextNodeIdValue,
       nextFh: this.nextFhValue,
-      inodes: [...this.inodes.values()].map((i) => ({
+      inodes: !withInodes ? [] : [...this.inodes.values()].map((i) => ({
         nodeid: i.nodeid, dev: i.dev.toString(), ino: i.ino.toString(), generation: i.generation,
         lookupCount: i.lookupCount, fdName: i.fdName, fileType: i.fileType,
       })),
@@ -359,25 +370,63 @@ export class FsSession {
     };
   }
 
+  toCompactSnapshot(): CompactSessionSnapshot {
+    const table = Buffer.allocUnsafe(this.inodes.size * INODE_ROW);
+    let at = 0;
+    for (const i of this.inodes.values()) {
+      at = table.writeDoubleLE(i.nodeid, at);
+      at = table.writeBigUInt64LE(i.dev, at);
+      at = table.writeBigUInt64LE(i.ino, at);
+      at = table.writeUInt32LE(i.generation, at);
+      at = table.writeUInt32LE(i.fileType, at);
+      at = table.writeDoubleLE(i.lookupCount, at);
+    }
+    const { files, dirs } = this.toSnapshot(false);
+    return { version: 2, nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs };
+  }
+
   /** Rebuilds a session from an untrusted snapshot. Checks: version, types and ranges of every
    * field, the fd naming convention, the root (nodeid 1, "root"), ids below the counters, no
    * duplicate nodeid, (dev, ino), or fh (files and dirs share the fh space), lookup counts >= 1
    * for non-root inodes. Open files/dirs may name an inode that was forgotten (FUSE allows a
    * guest to do that); they must name a nodeid that was allocated. */
   static fromSnapshot(input: unknown): FsSession {
-    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', 'inodes', 'files', 'dirs']);
-    if (s.version !== SESSION_VERSION) {
-      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(s.version)} (expected ${SESSION_VERSION})`);
+    const version = (input as { version?: unknown } | null)?.version;
+    const compact = version === 2;
+    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs']);
+    if (s.version !== SESSION_VERSION && !compact) {
+      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(s.version)} (expected ${SESSION_VERSION} or 2)`);
     }
     const nextNodeId = checkId(s.nextNodeId, 'nextNodeId', FIRST_ID);
     const nextFh = checkId(s.nextFh, 'nextFh', FIRST_ID);
-    const inodes = checkArray(s.inodes, 'inodes');
+    const inodes = compact ? [] : checkArray(s.inodes, 'inodes');
     const files = checkArray(s.files, 'files');
     const dirs = checkArray(s.dirs, 'dirs');
 
     const parsedInodes: MutableInode[] = [];
     const seenNodeIds = new Set<number>();
-    const seenDevIno = new Set<string>();
+    const seenDevIno = new DevInoIndex();
+    if (compact) {
+      const table = s.inodeTable;
+      if (!(table instanceof Uint8Array) || table.length % INODE_ROW !== 0) throw new FsSessionError('inodeTable: not a whole number of rows');
+      const b = Buffer.from(table.buffer, table.byteOffset, table.byteLength);
+      for (let at = 0, idx = 0; at < b.length; at += INODE_ROW, idx++) {
+        const where = `inodeTable[${idx}]`;
+        const nodeid = checkId(b.readDoubleLE(at), `${where}.nodeid`, 1);
+        if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
+        if (seenNodeIds.has(nodeid)) throw new FsSessionError(`${where}: duplicate nodeid ${nodeid}`);
+        seenNodeIds.add(nodeid);
+        const dev = b.readBigUInt64LE(at + 8);
+        const ino = b.readBigUInt64LE(at + 16);
+        if (seenDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
+        seenDevIno.set(dev, ino, nodeid);
+        parsedInodes.push({
+          nodeid, dev, ino, generation: b.readUInt32LE(at + 24),
+          lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === ROOT_NODEID ? 0 : 1),
+          fdName: inodeFdName(nodeid), fileType: checkFileType(b.readUInt32LE(at + 28), `${where}.fileType`),
+        });
+      }
+    }
     inodes.forEach((raw, idx) => {
       const where = `inodes[${idx}]`;
       const r = checkObject(raw, where, ['nodeid', 'dev', 'ino', 'generation', 'lookupCount', 'fdName', 'fileType']);
@@ -387,9 +436,8 @@ export class FsSession {
       seenNodeIds.add(nodeid);
       const dev = parseU64(r.dev, `${where}.dev`);
       const ino = parseU64(r.ino, `${where}.ino`);
-      const key = devInoKey(dev, ino);
-      if (seenDevIno.has(key)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
-      seenDevIno.add(key);
+      if (seenDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
+      seenDevIno.set(dev, ino, nodeid);
       const lookupCount = checkCount(r.lookupCount, `${where}.lookupCount`, nodeid === ROOT_NODEID ? 0 : 1);
       if (r.fdName !== inodeFdName(nodeid)) {
         throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${inodeFdName(nodeid)})`);
