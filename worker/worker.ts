@@ -194,6 +194,9 @@ export class Worker {
     this.startSession(this.registry.get('vhost.conn')!, loaded);
     this.mark('session');
     this.backend!.restore(loaded.vhost!, pending);
+    // Every resubmitted request has consulted the journal by now (dispatch is synchronous).
+    const pruned = this.store.pruneLoadedOps();
+    if (pruned > 0) this.log.debug({ pruned }, 'dropped the recorded outcomes of requests published before the death');
     this.mark('restored');
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     this.log.info({ resumeMs: Math.round(ms * 10) / 10, inodes: this.fsImpl?.session.inodeCount }, 'resumed the session from the keeper');
