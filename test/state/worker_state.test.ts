@@ -3,7 +3,7 @@
 import t from 'tap';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { FsSession, type FsMutation } from '../../worker/fs/session';
+import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
 import { SCHEMA_VERSION, WorkerStateStore, loadState } from '../../worker/state/worker_state';
@@ -87,12 +87,19 @@ function setup(t: { testdir: () => string }): { file: string; store: WorkerState
   return { file, store, session };
 }
 
+/** One LOOKUP through the ledger as the FUSE server drives it: begin, the session change,
+ * end of the synchronous part, the staged outcome (not committed). */
+function stagedLookup(store: WorkerStateStore, session: FsSession, key: string, ino: bigint, reply: Buffer): InodeRecord {
+  store.beginRequest(key, FUSE_LOOKUP, false, null);
+  const rec = session.addInode({ dev: 1n, ino, generation: 0, fileType: 0o100000 });
+  store.endSync();
+  store.outcome(key, reply);
+  return rec;
+}
+
 t.test('group commit: an outcome and its session changes are durable only after commitOutcomes', async (t) => {
   const { file, store, session } = setup(t);
-  store.beginRequest('0.1.1.10', FUSE_LOOKUP, false, null);
-  const inode = session.addInode({ dev: 1n, ino: 99n, generation: 0, fileType: 0o100000 });
-  store.endSync();
-  store.outcome('0.1.1.10', Buffer.from('lookup reply'));
+  const inode = stagedLookup(store, session, '0.1.1.10', 99n, Buffer.from('lookup reply'));
   let st = loadState(file);
   t.equal(st.fs!.getInode(inode.nodeid), undefined, 'before the commit a crash rolls the lookup back');
   t.equal(st.ops.get('0.1.1.10'), undefined, 'and it has no recorded reply: it runs again');
@@ -121,10 +128,7 @@ t.test('an intent is durable at once; its request without an outcome is ambiguou
 
 t.test('session changes outside a request are journaled at once, after staged outcomes', async (t) => {
   const { file, store, session } = setup(t);
-  store.beginRequest('0.3.1.12', FUSE_LOOKUP, false, null);
-  const a = session.addInode({ dev: 1n, ino: 101n, generation: 0, fileType: 0o100000 });
-  store.endSync();
-  store.outcome('0.3.1.12', Buffer.alloc(0));
+  const a = stagedLookup(store, session, '0.3.1.12', 101n, Buffer.alloc(0));
   session.forget(a.nodeid, 1); // e.g. a reset path: not a request's own change
   const st = loadState(file);
   t.equal(st.fs!.getInode(a.nodeid), undefined, 'the staged outcome went first, then the forget');
@@ -164,18 +168,12 @@ t.test('a corrupt record in a committed journal is a StateFileError naming the f
 t.test('compaction keeps staged outcomes (committed first) and later records append to the new file', async (t) => {
   const { file, store, session } = setup(t);
   store.setSources({ vhost: () => null, init: () => null, fs: () => session });
-  store.beginRequest('0.4.1.20', FUSE_LOOKUP, false, null);
-  const a = session.addInode({ dev: 1n, ino: 200n, generation: 0, fileType: 0o100000 });
-  store.endSync();
-  store.outcome('0.4.1.20', Buffer.from('staged'));
+  const a = stagedLookup(store, session, '0.4.1.20', 200n, Buffer.from('staged'));
   store.compact();
   let st = loadState(file);
   t.equal(st.fs!.getInode(a.nodeid)?.ino, 200n, 'the staged request is in the snapshot');
   t.same(st.ops.get('0.4.1.20')?.reply, Buffer.from('staged'), 'with its reply, for a replay');
-  store.beginRequest('0.4.2.21', FUSE_LOOKUP, false, null);
-  const b = session.addInode({ dev: 1n, ino: 201n, generation: 0, fileType: 0o100000 });
-  store.endSync();
-  store.outcome('0.4.2.21', Buffer.from('after'));
+  const b = stagedLookup(store, session, '0.4.2.21', 201n, Buffer.from('after'));
   store.commitOutcomes();
   st = loadState(file);
   t.equal(st.fs!.getInode(b.nodeid)?.ino, 201n, 'a request after the compaction is in the new journal');
@@ -185,10 +183,7 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
 
 t.test('a resumed worker appends to the journal it loaded (no rewrite), unless told to rewrite', async (t) => {
   const { file, store, session } = setup(t);
-  store.beginRequest('0.5.1.30', FUSE_LOOKUP, false, null);
-  const a = session.addInode({ dev: 1n, ino: 300n, generation: 0, fileType: 0o100000 });
-  store.endSync();
-  store.outcome('0.5.1.30', Buffer.from('one'));
+  const a = stagedLookup(store, session, '0.5.1.30', 300n, Buffer.from('one'));
   store.commitOutcomes();
   store.beginRequest('0.5.2.31', FUSE_MKDIR, true, null); // dies here: intent only
   store.close();
@@ -202,10 +197,7 @@ t.test('a resumed worker appends to the journal it loaded (no rewrite), unless t
   t.equal(reopened.payloads().length, recordsBefore, 'nothing rewritten at start');
   reopened.close();
   loaded.fs!.onMutation(next.onFsMutation);
-  next.beginRequest('0.5.3.32', FUSE_LOOKUP, false, null);
-  const b = loaded.fs!.addInode({ dev: 1n, ino: 301n, generation: 0, fileType: 0o100000 });
-  next.endSync();
-  next.outcome('0.5.3.32', Buffer.from('two'));
+  const b = stagedLookup(next, loaded.fs!, '0.5.3.32', 301n, Buffer.from('two'));
   next.commitOutcomes();
   next.close();
   const st = loadState(file);
