@@ -351,11 +351,11 @@ export class PassthroughFs implements FileSystem {
 
   /** A name that LOOKUP resolved before, to try lookupKnown first. Bounded: cleared when full
    * (a miss only costs the fstatat). Stale entries are harmless: the fstatat decides. */
-  private readonly recentLookups = new Map<string, true>();
+  private readonly recentLookups = new Set<string>(); // `${parent}/${name}`
 
-  private rememberLookup(parent: NodeId, name: Buffer): void {
+  private rememberLookup(key: string): void {
     if (this.recentLookups.size >= RECENT_LOOKUPS_MAX) this.recentLookups.clear();
-    this.recentLookups.set(`${parent}/${name.toString('latin1')}`, true);
+    this.recentLookups.add(key);
   }
 
   /** '..' of a dir other than the root. The dir's host path (from /proc/self/fd) must lie under
@@ -563,8 +563,9 @@ export class PassthroughFs implements FileSystem {
       return this.lookupDotDot(dir);
     }
     const key = `${parent}/${name.toString('latin1')}`;
-    const entry = this.lookupChild(this.fd(dir.fdName), name, this.recentLookups.has(key));
-    if (!this.recentLookups.has(key)) this.rememberLookup(parent, name);
+    const seen = this.recentLookups.has(key);
+    const entry = this.lookupChild(this.fd(dir.fdName), name, seen);
+    if (!seen) this.rememberLookup(key);
     return entry;
   }
 
