@@ -112,7 +112,7 @@ const PASS_OPEN_FLAGS = K.O_ACCMODE | K.O_APPEND | K.O_NONBLOCK | K.O_DSYNC | K.
   K.O_TRUNC | K.O_LARGEFILE;
 const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
 /** Names remembered for the LOOKUP fast path (lookupKnown). */
-const RECENT_LOOKUPS_MAX = 65_536;
+const RECENT_LOOKUPS_MAX = 16_384;
 /** READs/WRITEs up to this size first try RWF_NOWAIT on the JS thread; larger ones go straight
  * to the threadpool, so copying a big cached range never holds up the event loop. */
 const SYNC_IO_MAX = 128 * 1024;
