@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { logger, type Logger } from '../shared/log';
-import { native, C, POLL_READABLE, type Poller } from '../shared/native';
+import { native, C, POLL_DISCONNECT, POLL_READABLE, type Poller } from '../shared/native';
 import {
   FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
 } from '../shared/fdstore';
@@ -68,6 +68,8 @@ export class Keeper {
   private readonly store = new Map<string, number>();
   private readonly clients = new Map<number, Client>();
   private listenPoller: Poller | null = null;
+  /** Watches QEMU's connection for a hangup while no worker runs (state unusable). */
+  private hangupPoller: Poller | null = null;
   private sockFd = -1;
   private child: ChildProcess | null = null;
   private standby: { child: ChildProcess; client: Client | null; spawnedAt: bigint; niced: boolean } | null = null;
@@ -251,6 +253,22 @@ export class Keeper {
     if (this.child?.pid !== undefined) this.boost(this.child.pid);
   }
 
+  /** With no worker, nobody reads QEMU's connection: notice QEMU going away (EPOLLRDHUP, which
+   * reads nothing, so a message QEMU sent meanwhile stays queued), and end the service as a
+   * disconnect with a worker does. What the kept fds were for is gone with the connection. */
+  private watchFrontendHangup(): void {
+    const conn = this.store.get('vhost.conn');
+    if (conn === undefined || this.hangupPoller !== null) return;
+    this.hangupPoller = new native.Poller(conn, (status, events) => {
+      if (status >= 0 && (events & POLL_DISCONNECT) === 0) return;
+      this.hangupPoller?.close();
+      this.hangupPoller = null;
+      this.log.warn({ status }, 'the frontend disconnected while no worker could serve it; the service is over');
+      void this.stop('frontend disconnected');
+    });
+    this.hangupPoller.start(POLL_DISCONNECT);
+  }
+
   /** Raises a successor's priority for its takeover (see RECOVERY_BOOST); false if it cannot. */
   private boost(pid: number): boolean {
     if (!this.canRenice) return false;
@@ -306,6 +324,7 @@ export class Keeper {
       // Restarting cannot help; keep every fd so an operator can decide (see `status`).
       this.workerState = 'failed';
       this.log.error({ workerPid: pid, error: this.error }, 'worker cannot use the saved state; not restarting. The keeper keeps all fds.');
+      this.watchFrontendHangup();
       return;
     }
     if (code === 0 && signal === null) {
@@ -600,6 +619,8 @@ export class Keeper {
     for (const c of [...this.clients.values()]) this.closeClient(c);
     this.listenPoller?.close();
     this.listenPoller = null;
+    this.hangupPoller?.close();
+    this.hangupPoller = null;
     if (this.sockFd >= 0) native.close(this.sockFd);
     this.sockFd = -1;
     for (const name of [...this.store.keys()]) this.drop(name);

@@ -60,9 +60,12 @@ export type Callback<T> = (err: NativeError | null, result: T) => void;
 
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
+/** The peer shut down or closed the connection (EPOLLRDHUP), without reading anything. */
+export const POLL_DISCONNECT = 4;
 
 /** fd readiness via uv_poll_t on the current env's loop. The callback gets a negative libuv
- * status on error, else 0, and the ready events (POLL_READABLE | POLL_WRITABLE). */
+ * status on error, else 0, and the ready events (POLL_READABLE | POLL_WRITABLE |
+ * POLL_DISCONNECT). */
 export interface Poller {
   start(events: number): void;
   stop(): void;

@@ -12,9 +12,10 @@
 namespace vfsk {
 namespace {
 
-constexpr int kReadable = 1;  // POLL_READABLE in shared/native.ts == UV_READABLE
-constexpr int kWritable = 2;  // POLL_WRITABLE == UV_WRITABLE
-static_assert(kReadable == UV_READABLE && kWritable == UV_WRITABLE, "uv event bits");
+constexpr int kReadable = 1;    // POLL_READABLE in shared/native.ts == UV_READABLE
+constexpr int kWritable = 2;    // POLL_WRITABLE == UV_WRITABLE
+constexpr int kDisconnect = 4;  // POLL_DISCONNECT == UV_DISCONNECT (EPOLLRDHUP: the peer hung up)
+static_assert(kReadable == UV_READABLE && kWritable == UV_WRITABLE && kDisconnect == UV_DISCONNECT, "uv event bits");
 
 void OnHandleClosed(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
 
@@ -64,7 +65,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     Napi::Env env = info.Env();
     Args a(info, "Poller.start");
     int64_t events;
-    if (!a.Count(1) || !a.Int(0, "events", 1, kReadable | kWritable, &events)) return {};
+    if (!a.Count(1) || !a.Int(0, "events", 1, kReadable | kWritable | kDisconnect, &events)) return {};
     if (handle_ == nullptr) {
       ThrowCodeError(env, "Poller.start(): the poller is closed", "ERR_INVALID_STATE");
       return {};
@@ -115,7 +116,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     Napi::HandleScope scope(env);
     // Keep the JS object alive for the duration of the call, whatever the callback does.
     Napi::Object keep = self->Value();
-    napi_value argv[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events & (kReadable | kWritable))};
+    napi_value argv[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events & (kReadable | kWritable | kDisconnect))};
     // MakeCallback: runs with the async context and drains microtasks afterwards.
     self->callback_.MakeCallback(keep, 2, argv, *self->asyncContext_);
     RaisePendingAsFatal(env);

@@ -1,6 +1,7 @@
 // Lifecycle: QEMU disconnecting ends the service (as with virtiofsd) unless --keep-listening;
 // a guest reboot (a new FUSE INIT on the live connection) starts a fresh FUSE session whose
-// fds the keeper drops; and a crash right after a reboot still recovers.
+// fds the keeper drops; a crash right after a reboot still recovers; and a state file no worker
+// can use leaves the keeper holding everything until QEMU goes away.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -9,6 +10,8 @@ import { openSession, waitFor } from '../frontend/helpers';
 import { VhostUserFrontend } from '../frontend/vhost_user';
 import { FuseClient, FuseError } from '../frontend/fuse_client';
 import { queryStatus } from '../../shared/status';
+import { stateFilePath } from '../../shared/config';
+import { DATA_START } from '../../worker/state/journal';
 import * as F from '../frontend/fuse_proto';
 
 function shortStateDir(t: Tap): string {
@@ -64,4 +67,29 @@ t.test('a guest reboot starts a fresh FUSE session, and a crash right after it r
   process.kill(queryStatus(stateDir).worker.pid!, 'SIGKILL');
   t.equal((await s.fuse.read(b.nodeid, ob.fh, 0, 10, { timeoutMs: 20_000 })).toString(), 'B', 'the post-reboot session survives a crash');
   t.equal(queryStatus(stateDir).worker.restarts, 1);
+});
+
+t.test('a state file no worker can use: the keeper keeps every fd, reports why, and ends when QEMU goes away', async (t) => {
+  const stateDir = shortStateDir(t);
+  const s = await openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], setup: (d) => fs.writeFileSync(path.join(d, 'x'), 'X') });
+  await s.fuse.lookup(F.FUSE_ROOT_ID, 'x');
+  const before = queryStatus(stateDir);
+  // One flipped byte inside the first committed record: its checksum fails on load.
+  const fd = fs.openSync(stateFilePath(stateDir), 'r+');
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, DATA_START + 12);
+  b[0] ^= 0xff;
+  fs.writeSync(fd, b, 0, 1, DATA_START + 12);
+  fs.closeSync(fd);
+  process.kill(before.worker.pid!, 'SIGKILL');
+  await waitFor(() => queryStatus(stateDir).worker.state === 'failed', 'the keeper gives up on the state', 20_000);
+  const failed = queryStatus(stateDir);
+  t.match(failed.keeper.error ?? '', /checksum/, 'status says why');
+  t.equal(failed.fdNames.vhost, before.fdNames.vhost, 'the keeper still holds QEMU\'s connection and its listener');
+  t.equal(failed.fdNames.inode, before.fdNames.inode, 'and the session\'s inode fds');
+  t.equal(failed.worker.pid, null, 'no worker runs');
+  t.equal(s.backend.exitCode, null, 'the keeper keeps running while QEMU is connected');
+  s.fe.close();
+  t.equal(await s.backend.waitExit(20_000), true, 'the keeper notices QEMU going away');
+  t.equal(s.backend.exitCode, 0, 'and ends the service with status 0');
 });

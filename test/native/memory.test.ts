@@ -3,7 +3,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { native, C, POLL_READABLE, POLL_WRITABLE } from '../../shared/native';
+import { native, C, POLL_DISCONNECT, POLL_READABLE, POLL_WRITABLE } from '../../shared/native';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
@@ -246,5 +246,28 @@ t.test('Poller misuse', async (t) => {
   t.throws(() => p.start(0), { name: 'RangeError' });
   t.throws(() => p.start(8), { name: 'RangeError' });
   p.close();
+  native.close(efd);
+});
+
+t.test('Poller: POLL_DISCONNECT reports a peer hangup without reading, and nothing before it', async (t) => {
+  const [a, b] = native.socketpair('stream');
+  const seen: number[] = [];
+  const p = new native.Poller(a, (status, ev) => { if (status >= 0) seen.push(ev); });
+  p.start(POLL_DISCONNECT);
+  native.sendMsg(b, Buffer.from('queued'), []);
+  await new Promise((r) => setTimeout(r, 50));
+  t.same(seen, [], 'data from a live peer is not a disconnect');
+  native.close(b);
+  const deadline = Date.now() + 5000;
+  while (seen.length === 0 && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+  t.ok(seen.length > 0 && (seen[0]! & POLL_DISCONNECT) !== 0, 'the hangup is reported');
+  const buf = Buffer.alloc(16);
+  t.equal(native.recvMsg(a, buf, 0)?.bytes, 6, 'what the peer sent before hanging up is still there');
+  p.close();
+  native.close(a);
+  const efd = native.eventfd(0, 0);
+  const q = new native.Poller(efd, () => {});
+  t.throws(() => q.start(8), { code: 'ERR_OUT_OF_RANGE' }, 'unknown event bits are refused');
+  q.close();
   native.close(efd);
 });
