@@ -171,6 +171,8 @@ export interface NativeAddon {
   renameat2(olddirfd: number, oldpath: PathLike, newdirfd: number, newpath: PathLike, flags: number): void;
   fchmod(fd: number, mode: number): void;
   fchmodat(dirfd: number, path: PathLike, mode: number, flags: number): void;
+  /** faccessat2(2) (mode: F_OK or R_OK | W_OK | X_OK); throws EACCES etc. */
+  faccessat(dirfd: number, path: PathLike, mode: number, flags: number): void;
   fchownat(dirfd: number, path: PathLike, uid: number, gid: number, flags: number): void;
   /** utimensat; nsec may be UTIME_NOW / UTIME_OMIT. A null path means the fd itself. */
   utimensat(dirfd: number, path: PathLike | null, atimeSec: number, atimeNsec: number,

@@ -394,6 +394,24 @@ Napi::Value Fchmod(const Napi::CallbackInfo& info) {
   return Undef(env);
 }
 
+Napi::Value Faccessat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "faccessat");
+  int dirfd, flags;
+  std::string path;
+  int64_t mode;
+  if (!a.Count(4) || !a.DirFd(0, "dirfd", &dirfd) || !a.Path(1, "path", "faccessat", &path) ||
+      !a.Int(2, "mode", 0, 7, &mode) || !a.Flags(3, "flags", &flags))
+    return {};
+  // The raw faccessat2: glibc emulates AT_EACCESS from the mode bits where the syscall is
+  // missing, which would ignore ACLs, read-only mounts and immutable files.
+  if (syscall(SYS_faccessat2, dirfd, path.c_str(), static_cast<int>(mode), flags) < 0) {
+    ThrowErrno(env, errno, "faccessat2");
+    return {};
+  }
+  return Undef(env);
+}
+
 Napi::Value Fchmodat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "fchmodat");
@@ -778,6 +796,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
       {"renameat2", Renameat2},
       {"fchmod", Fchmod},
       {"fchmodat", Fchmodat},
+      {"faccessat", Faccessat},
       {"fchownat", Fchownat},
       {"utimensat", Utimensat},
       {"ftruncate", Ftruncate},

@@ -230,8 +230,8 @@ t.test('umask: applied only when FUSE_DONT_MASK was negotiated', (t) => {
   t.end();
 });
 
-t.test('access checks mode bits against the caller', (t) => {
-  const { fs: pfs, share } = setup(t, { f: '', x: '', d: {} });
+t.test('access: the kernel checks for the caller (mode classes, root, ACL-free files)', (t) => {
+  const { fs: pfs, share } = setup(t, { f: '', x: '', d: {}, closed: '' });
   fs.chmodSync(path.join(share, 'f'), 0o640);
   fs.chownSync(path.join(share, 'f'), 1000, 2000);
   fs.chmodSync(path.join(share, 'x'), 0o644);
@@ -252,6 +252,13 @@ t.test('access checks mode bits against the caller', (t) => {
   throwsErrno(t, () => pfs.access(ctx, x.nodeid, K.X_OK), K.EACCES, 'root cannot execute a non-executable');
   pfs.access(ctx, d.nodeid, K.X_OK | K.R_OK | K.W_OK);
   throwsErrno(t, () => pfs.access(other, d.nodeid, K.X_OK), K.EACCES);
+  // The owner class decides for the owner, even when group and other may (mode bits OR-ed
+  // together got this wrong).
+  fs.chmodSync(path.join(share, 'closed'), 0o077);
+  fs.chownSync(path.join(share, 'closed'), 1000, 2000);
+  const c = pfs.lookup(ctx, ROOT, b('closed'));
+  throwsErrno(t, () => pfs.access(owner, c.nodeid, K.R_OK), K.EACCES, 'a 0077 file is closed to its owner');
+  pfs.access(group, c.nodeid, K.R_OK | K.W_OK);
   t.pass('access done');
   t.end();
 });

@@ -41,6 +41,7 @@ export const AT_SYMLINK_NOFOLLOW = k('AT_SYMLINK_NOFOLLOW', 0x100);
 export const AT_REMOVEDIR = k('AT_REMOVEDIR', 0x200);
 export const AT_SYMLINK_FOLLOW = k('AT_SYMLINK_FOLLOW', 0x400);
 export const AT_EMPTY_PATH = k('AT_EMPTY_PATH', 0x1000);
+export const AT_EACCESS = k('AT_EACCESS', 0x200);
 
 // --- openat2(2)
 export const RESOLVE_NO_XDEV = k('RESOLVE_NO_XDEV', 0x01);

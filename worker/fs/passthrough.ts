@@ -35,8 +35,9 @@
 //   FUSE_DONT_MASK was negotiated (the kernel then leaves masking to us; the host kernel skips it
 //   for parents with a default ACL), else 0 (the guest kernel already masked the mode). The umask
 //   is process-wide: it is swapped around the creating syscall on the JS thread only.
-// - access(): the addon has no faccessat, so it checks the mode bits against the caller's uid
-//   and primary gid like rust-vmm virtiofsd does (no supplementary groups, no ACLs).
+// - access(): faccessat2(AT_EACCESS) on the inode fd with the caller's fs ids: the kernel's own
+//   check (ACLs, read-only mounts, immutable files). Like every other operation here it sees
+//   the caller's uid and primary gid only: FUSE does not pass supplementary groups.
 // - readdir offsets are the filesystem's own d_off cookies, passed through as in virtiofsd. On
 //   ext4 they are 63-bit hashes, so as JS numbers they are rounded: the guest gets
 //   Number(u64 cookie) and echoes it back as an opaque token. The session keeps the exact 64-bit
@@ -1075,23 +1076,11 @@ export class PassthroughFs implements FileSystem {
 
   access(ctx: Context, nodeid: NodeId, mask: number): void {
     const rec = this.inode(nodeid);
-    const st = this.statFd(this.fd(rec.fdName));
-    const mode = st.readUInt32LE(STAT.mode);
-    const uid = st.readUInt32LE(STAT.uid);
-    const gid = st.readUInt32LE(STAT.gid);
     const want = mask & (K.R_OK | K.W_OK | K.X_OK);
-    if (want === 0) return; // F_OK: it exists
-    const root = ctx.uid === 0;
-    const allowed = (bit: number): boolean =>
-      (uid === ctx.uid && (mode & (bit << 6)) !== 0) ||
-      (gid === ctx.gid && (mode & (bit << 3)) !== 0) ||
-      (mode & bit) !== 0;
-    if ((want & K.R_OK) && !root && !allowed(K.R_OK)) throw errno(K.EACCES);
-    if ((want & K.W_OK) && !root && !allowed(K.W_OK)) throw errno(K.EACCES);
-    // root may execute only what someone may execute; directories are always searchable by root.
-    if ((want & K.X_OK) && !(root && ((mode & 0o111) !== 0 || (mode & K.S_IFMT) === K.S_IFDIR)) && !allowed(K.X_OK)) {
-      throw errno(K.EACCES);
-    }
+    // The kernel decides, as for the caller's own access(2): AT_EACCESS checks with the fs ids
+    // withCreds sets, so ACLs, read-only mounts and immutable files count, and the owner class
+    // wins over group and other (a 0077 file is closed to its owner).
+    this.withCreds(ctx, null, () => native.faccessat(this.fd(rec.fdName), '', want, K.AT_EACCESS | K.AT_EMPTY_PATH));
   }
 
   // ================================================================ locks
