@@ -310,6 +310,16 @@ export async function workerMain(stateDir: string): Promise<number> {
   // Blocking lock waits (SETLKW, flock) each hold a threadpool thread; 4 is too few. Must be
   // set before the first threadpool use.
   process.env.UV_THREADPOOL_SIZE ??= '16';
+  // As root we act for a guest user with setfsuid/setfsgid, which leave our supplementary groups
+  // in force: the guest user would gain whatever access they give (e.g. root's group 0 from a
+  // login shell). FUSE passes one gid; that one alone must count.
+  if (process.geteuid?.() === 0 && process.setgroups !== undefined) {
+    try {
+      process.setgroups([]);
+    } catch (e) {
+      log.warn({ err: errorInfo(e) }, 'cannot drop supplementary groups');
+    }
+  }
   let config: WorkerConfig;
   let keeper: KeeperClient;
   try {

@@ -18,6 +18,8 @@ export interface BackendOptions {
   dir: string;
   extraArgs?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Start the backend with these supplementary groups (util-linux setpriv; we run as root). */
+  supplementaryGroups?: number[];
 }
 
 export interface Backend {
@@ -111,7 +113,10 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
     o = { ...o, extraArgs: [...(o.extraArgs ?? []), '--state-dir', ownStateDir] };
   }
   const logFd = fs.openSync(logPath, 'a');
-  const { cmd, args } = backendCommand(kind, o);
+  const plain = backendCommand(kind, o);
+  // setpriv execs the command in place: the pid stays the backend's.
+  const { cmd, args } = o.supplementaryGroups === undefined ? plain
+    : { cmd: '/usr/bin/setpriv', args: [`--groups=${o.supplementaryGroups.join(',')}`, '--', plain.cmd, ...plain.args] };
   let child: ChildProcess;
   try {
     child = spawn(cmd, args, {

@@ -40,6 +40,8 @@ export interface SessionOptions {
   /** false: do not send FUSE_INIT. A number: INIT flags. Default: LINUX_INIT_FLAGS. */
   init?: boolean | number;
   extraArgs?: string[];
+  /** Supplementary groups the backend process starts with. */
+  backendGroups?: number[];
   /** Runs before the backend starts (populate the shared dir). */
   setup?: (shared: string, outside: string) => void;
 }
@@ -78,7 +80,10 @@ export async function openSession(t: TapLike, kind: BackendKind, opts: SessionOp
   // UNIX socket paths are limited to 108 bytes, and testdir paths can be long.
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-fe-'));
   const socketPath = path.join(sockDir, 'vhost.sock');
-  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, extraArgs: opts.extraArgs });
+  const backend = await startBackend(kind, {
+    sharedDir: shared, socketPath, dir, extraArgs: opts.extraArgs,
+    ...(opts.backendGroups ? { supplementaryGroups: opts.backendGroups } : {}),
+  });
   let fe: VhostUserFrontend | null = null;
   let closed = false;
   const close = async (): Promise<void> => {
