@@ -741,6 +741,13 @@ export class PassthroughFs implements FileSystem {
     return { entry, open };
   }
 
+  /** The open file and the guest segments of a READ or WRITE (validated). */
+  private ioTarget(nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[]): { rec: FileRecord; segs: IoSegment[] } {
+    const rec = this.fileRec(nodeid, fh);
+    checkOffset(offset, 'offset');
+    return { rec, segs: trimSegments(segments, size) };
+  }
+
   /** Tries the page cache on the JS thread first (preadv2 RWF_NOWAIT; a plain read on tmpfs):
    * a hit answers at once, without the two threadpool hand-offs. What would block goes to the
    * threadpool. Errors always arrive as a rejection. */
@@ -749,9 +756,7 @@ export class PassthroughFs implements FileSystem {
     let segs: IoSegment[];
     let done = 0;
     try {
-      rec = this.fileRec(nodeid, fh);
-      checkOffset(offset, 'offset');
-      segs = trimSegments(segments, size);
+      ({ rec, segs } = this.ioTarget(nodeid, fh, offset, size, segments));
       let flags = this.syncReadFlags.get(rec);
       if (flags === undefined) flags = RWF_NOWAIT;
       if (size <= SYNC_IO_MAX && flags !== null) {
@@ -796,9 +801,7 @@ export class PassthroughFs implements FileSystem {
     let segs: IoSegment[];
     let done = 0;
     try {
-      rec = this.fileRec(nodeid, fh);
-      checkOffset(offset, 'offset');
-      segs = trimSegments(segments, size);
+      ({ rec, segs } = this.ioTarget(nodeid, fh, offset, size, segments));
       // O_SYNC/O_DSYNC: the flush after the copy would block the event loop.
       if (size <= SYNC_IO_MAX && (rec.flags & (K.O_SYNC | K.O_DSYNC)) === 0 && !this.noWaitWriteUnsupported.has(rec)) {
         const fd = this.fd(rec.fdName);

@@ -194,11 +194,9 @@ export class FuseServer implements ChainHandler {
     ledger.commitOutcomes();
     for (const head of heads) {
       const j = this.unpublished.get(`${queueIndex}.${head}`);
-      if (j !== undefined) crashPoint('op-after-outcome', j.opcode);
-    }
-    for (const head of heads) {
-      const j = this.unpublished.get(`${queueIndex}.${head}`);
-      if (j !== undefined) crashPoint('op-before-publish', j.opcode);
+      if (j === undefined) continue;
+      crashPoint('op-after-outcome', j.opcode);
+      crashPoint('op-before-publish', j.opcode);
     }
   }
 
