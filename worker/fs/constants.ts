@@ -89,6 +89,9 @@ export const X_OK = 1;
 export const EPERM = k('EPERM', 1);
 export const ENOENT = k('ENOENT', 2);
 export const EIO = k('EIO', 5);
+export const EEXIST = k('EEXIST', 17);
+export const ENODATA = k('ENODATA', 61);
+export const ERANGE = k('ERANGE', 34);
 export const EBADF = k('EBADF', 9);
 export const EACCES = k('EACCES', 13);
 export const EISDIR = k('EISDIR', 21);
@@ -98,6 +101,9 @@ export const ENOTDIR = k('ENOTDIR', 20);
 export const ENOSYS = k('ENOSYS', 38);
 export const ELOOP = k('ELOOP', 40);
 export const EOPNOTSUPP = k('EOPNOTSUPP', 95);
+/** Largest xattr value and list (linux/limits.h XATTR_SIZE_MAX, XATTR_LIST_MAX). */
+export const XATTR_SIZE_MAX = 65536;
+export const XATTR_LIST_MAX = 65536;
 
 // --- FUSE flag words the FileSystem interface speaks in (defined once, in the FUSE layer).
 export {

@@ -703,13 +703,40 @@ export class PassthroughFs implements FileSystem {
     return this.addFile(nodeid, fd, f);
   }
 
+  /** Creates with O_EXCL always: open(O_CREAT) of an existing name would open whatever is
+   * there, a device node or FIFO included (CVE-2020-35517's class: a guest-made 1:5 node read
+   * as the host's /dev/zero, a FIFO blocking the worker). An existing name the guest did not
+   * ask O_EXCL for is opened as OPEN would open it: regular files only (virtiofsd's lo_create). */
   create(ctx: Context, parent: NodeId, name: Buffer, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply } {
     checkComponent(name, false);
     const dirFd = this.fd(this.dirInode(parent).fdName);
-    const f = this.openFlags(flags) | (flags & K.O_EXCL) | K.O_CREAT;
-    const fd = this.withCreds(ctx, umask, () => native.openat2(dirFd, name, f | K.O_NOFOLLOW | K.O_CLOEXEC, mode & 0o7777,
-      K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS));
-    return this.adoptOpened(fd, f & ~(K.O_CREAT | K.O_EXCL | K.O_TRUNC));
+    const f = this.openFlags(flags);
+    let fd: number;
+    try {
+      fd = this.withCreds(ctx, umask, () => native.openat2(dirFd, name, f | K.O_CREAT | K.O_EXCL | K.O_NOFOLLOW | K.O_CLOEXEC,
+        mode & 0o7777, K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS));
+    } catch (e) {
+      if ((flags & K.O_EXCL) !== 0 || (e as { errno?: number }).errno !== K.EEXIST) throw e;
+      return this.openExisting(ctx, dirFd, name, f);
+    }
+    return this.adoptOpened(fd, f & ~K.O_TRUNC);
+  }
+
+  /** CREATE of a name that exists: look it up and open it with the caller's credentials, as
+   * open(2) with O_CREAT would, but never anything that is not a regular file (reopen). */
+  private openExisting(ctx: Context, dirFd: number, name: Buffer, flags: number): { entry: Entry; open: OpenReply } {
+    const entry = this.lookupChild(dirFd, name);
+    let open: OpenReply;
+    try {
+      const rec = this.inode(entry.nodeid);
+      if (rec.fileType === K.S_IFDIR) throw errno(K.EISDIR, 'create of an existing directory');
+      const fd = this.withCreds(ctx, null, () => this.reopen(rec, flags));
+      open = this.addFile(entry.nodeid, fd, flags & ~K.O_TRUNC);
+    } catch (e) {
+      this.forget(entry.nodeid, 1);
+      throw e;
+    }
+    return { entry, open };
   }
 
   tmpfile(ctx: Context, parent: NodeId, mode: number, flags: number, umask: number): { entry: Entry; open: OpenReply } {
@@ -1051,30 +1078,51 @@ export class PassthroughFs implements FileSystem {
     return this.withTempFd(rec, K.O_RDONLY | K.O_NONBLOCK, fn);
   }
 
+  /** Sizes come from the guest: a value or list is never larger than the kernel's maximum, so
+   * a larger buffer is never needed (a 0xffffffff request would otherwise allocate 4 GiB). The
+   * permission checks (user.* needs read or write access, ACLs need ownership) are the
+   * kernel's, made with the caller's fs ids. */
   getxattr(ctx: Context, nodeid: NodeId, name: Buffer, size: number): Buffer | number {
-    return this.xattrFd(nodeid, false, (fd) => {
+    // Without CAP_SYS_ADMIN the kernel hides trusted.* (ENODATA): a guest user must not read
+    // host metadata such as overlayfs's trusted.overlay.* through our capability.
+    if (xattrNamespace(name) === 'trusted') throw errno(K.ENODATA, 'trusted.* is not exposed');
+    return this.xattrFd(nodeid, false, (fd) => this.withCreds(ctx, null, () => {
       if (size === 0) return native.getxattr(fd, name, null);
-      const buf = Buffer.alloc(size);
+      const buf = Buffer.alloc(Math.min(size, K.XATTR_SIZE_MAX));
       const n = native.getxattr(fd, name, buf);
       return buf.subarray(0, n);
-    });
+    }));
   }
 
   listxattr(ctx: Context, nodeid: NodeId, size: number): Buffer | number {
     return this.xattrFd(nodeid, false, (fd) => {
-      if (size === 0) return native.listxattr(fd, null);
-      const buf = Buffer.alloc(size);
-      const n = native.listxattr(fd, buf);
-      return buf.subarray(0, n);
+      const buf = Buffer.alloc(K.XATTR_LIST_MAX);
+      const list = filterXattrList(buf.subarray(0, this.withCreds(ctx, null, () => native.listxattr(fd, buf))));
+      if (size === 0) return list.length;
+      if (list.length > size) throw errno(K.ERANGE);
+      return list;
     });
   }
 
+  /** trusted.* and security.* (but security.capability) need CAP_SYS_ADMIN, which the worker
+   * holds for itself and not for the guest: EPERM, as the kernel answers an unprivileged
+   * caller and the C virtiofsd (which drops CAP_SYS_ADMIN) answers everyone. File
+   * capabilities (security.capability) only for the guest's root. */
+  private checkXattrWrite(ctx: Context, name: Buffer): void {
+    const ns = xattrNamespace(name);
+    if (ns === 'trusted' || (ns === 'security' && (!name.equals(SECURITY_CAPABILITY) || ctx.uid !== 0))) {
+      throw errno(K.EPERM, `xattr ${name.toString('latin1')} not settable by uid ${ctx.uid}`);
+    }
+  }
+
   setxattr(ctx: Context, nodeid: NodeId, name: Buffer, value: Buffer, flags: number): void {
-    this.xattrFd(nodeid, true, (fd) => native.setxattr(fd, name, value, flags));
+    this.checkXattrWrite(ctx, name);
+    this.xattrFd(nodeid, true, (fd) => this.withCreds(ctx, null, () => native.setxattr(fd, name, value, flags)));
   }
 
   removexattr(ctx: Context, nodeid: NodeId, name: Buffer): void {
-    this.xattrFd(nodeid, true, (fd) => native.removexattr(fd, name));
+    this.checkXattrWrite(ctx, name);
+    this.xattrFd(nodeid, true, (fd) => this.withCreds(ctx, null, () => native.removexattr(fd, name)));
   }
 
   access(ctx: Context, nodeid: NodeId, mask: number): void {
@@ -1202,6 +1250,29 @@ export class PassthroughFs implements FileSystem {
     }
   }
 
+}
+
+const SECURITY_CAPABILITY = Buffer.from('security.capability');
+
+/** The namespace of an xattr name (the part before the first '.'), as the kernel splits it. */
+function xattrNamespace(name: Buffer): string {
+  const dot = name.indexOf(0x2e);
+  return dot < 0 ? '' : name.toString('latin1', 0, dot);
+}
+
+/** A listxattr result without the trusted.* names (the kernel lists them only to
+ * CAP_SYS_ADMIN; we hold it, the guest does not). */
+function filterXattrList(list: Buffer): Buffer {
+  const keep: Buffer[] = [];
+  let start = 0;
+  while (start < list.length) {
+    let end = list.indexOf(0, start);
+    if (end < 0) end = list.length - 1;
+    const name = list.subarray(start, end);
+    if (xattrNamespace(name) !== 'trusted') keep.push(list.subarray(start, end + 1));
+    start = end + 1;
+  }
+  return keep.length === 0 ? Buffer.alloc(0) : Buffer.concat(keep);
 }
 
 /** fuse_file_lock (start, inclusive end) → struct flock (start, len; 0 = to EOF). Ends at or
