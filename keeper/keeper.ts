@@ -14,6 +14,7 @@ import {
   FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
 } from '../shared/fdstore';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, EXIT_STATE_UNUSABLE } from '../shared/config';
+import { prepareStateDir } from '../shared/state_dir';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
 import { SystemdFdStore } from './systemd_fdstore';
 import { buildReport, formatPrometheus } from '../shared/status';
@@ -112,7 +113,7 @@ export class Keeper {
     native.raiseNoFileLimit(1_000_000);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
     const inherited = consumeListenFds();
-    fs.mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
+    prepareStateDir(this.opts.stateDir);
     for (const [name, fd] of inherited) this.store.set(name, fd);
     if (this.sd !== null) {
       this.sdStore = new SystemdFdStore(this.sd, path.join(this.opts.stateDir, 'fdstore-aliases.json'), (n) => this.store.get(n), this.log);

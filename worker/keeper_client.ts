@@ -8,6 +8,7 @@ import {
   removeMessage, storeMessage,
 } from '../shared/fdstore';
 import type { FdRegistryListener } from '../shared/fd_registry';
+import { trustedPeerUid } from '../shared/state_dir';
 
 export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
@@ -18,9 +19,20 @@ export class KeeperClient implements FdRegistryListener {
 
   private constructor(readonly fd: number) {}
 
+  /** Connects and checks who listens there: only a keeper of our uid (or root) is trusted with
+   * handing us fds and taking ours. */
   static connect(socketPath: string): KeeperClient {
     const fd = native.unixConnect(socketPath, 'seqpacket');
-    native.setNonBlocking(fd, false);
+    try {
+      const peer = native.peerCred(fd);
+      if (!trustedPeerUid(peer.uid)) {
+        throw new FdStoreProtocolError(`${socketPath} is served by uid ${peer.uid} (pid ${peer.pid}), not by our keeper`);
+      }
+      native.setNonBlocking(fd, false);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
     return new KeeperClient(fd);
   }
 

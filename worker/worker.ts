@@ -10,6 +10,7 @@ import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
 import { EXIT_SERVICE_OVER, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient } from './keeper_client';
+import { checkStateDir } from '../shared/state_dir';
 import { VhostUserBackend, errorInfo } from './vhost/backend';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
@@ -323,6 +324,7 @@ export async function workerMain(stateDir: string): Promise<number> {
   let config: WorkerConfig;
   let keeper: KeeperClient;
   try {
+    checkStateDir(stateDir);
     config = readWorkerConfig(stateDir);
     keeper = KeeperClient.connect(keeperSocketPath(stateDir));
   } catch (e) {
