@@ -41,6 +41,7 @@ const CHECKS = [
   'open-unlink-read',
   'statfs',
   'mknod-fifo',
+  'mknod-then-creat',
   'fallocate',
   'seek-data-hole',
   'copy-file-range',

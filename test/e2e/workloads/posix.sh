@@ -300,6 +300,27 @@ check open-unlink-read $T unlinked-test "$S/unlinked"
 t_statfs() { $T statfs "$ROOT" && df "$ROOT" >/dev/null; }
 check statfs t_statfs
 check mknod-fifo $T mkfifo "$F/fifo"
+
+# mknod, then open(O_CREAT) of the same name (ash's <> is O_RDWR|O_CREAT, >> is
+# O_WRONLY|O_CREAT|O_APPEND). The guest kernel finds the name with LOOKUP and opens its own
+# device or pipe; the backend must never open the host's node (a hostile guest's CREATE of an
+# existing node gets EBADF, see test/frontend/hostile_fs.test.ts) and keeps serving.
+t_nodes_creat() {
+  mknod "$S/zero" c 1 5 && mknod "$S/full" c 1 7 && mkfifo "$S/fifo2" || return 1
+  exec 3<>"$S/zero" || return 1
+  _z=$(dd bs=4 count=1 <&3 2>/dev/null | od -An -tx1 | tr -d ' \n')
+  exec 3<&-
+  expect_eq zero "$_z" 00000000 || return 1
+  if (printf x >> "$S/full") 2>/dev/null; then echo "write to the full node succeeded"; return 1; fi
+  exec 4<>"$S/fifo2" || return 1
+  echo ping >&4
+  read -r _p <&4
+  exec 4<&-
+  expect_eq fifo "$_p" ping || return 1
+  $T -e EEXIST create "$S/zero" || return 1
+  rm "$S/zero" "$S/full" "$S/fifo2" && [ ! -e "$S/zero" ]
+}
+check mknod-then-creat t_nodes_creat
 check fallocate $T fallocate-test "$S/falloc"
 check seek-data-hole $T seek-test "$S/sparse"
 check copy-file-range $T copy-range-test "$S/copy-src" "$F/copied.bin"
