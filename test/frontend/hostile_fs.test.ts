@@ -29,12 +29,14 @@ function hostXattr(file: string, name: string): Buffer | null {
   }
 }
 
-/** Peak RSS (VmHWM, KiB) over our backend's processes (the worker does the work). */
-function peakRssKiB(s: Session): number {
+/** Largest peak virtual size (VmPeak, KiB) among the backend's processes: a zero-filled
+ * buffer of 4 GiB costs no RSS until touched (the allocator maps zero pages lazily), but its
+ * address space is reserved, so VmPeak shows it. */
+function peakVmKiB(s: Session): number {
   let peak = 0;
   for (const pid of [s.backend.pid, ...descendantsOf(s.backend.pid)]) {
     try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+      const m = /VmPeak:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
       if (m) peak = Math.max(peak, Number(m[1]));
     } catch { /* exited */ }
   }
@@ -162,7 +164,7 @@ for (const kind of selectedBackends()) {
         },
       });
       const f = await s.fuse.lookup(ROOT, 'f');
-      const before = peakRssKiB(s);
+      const before = peakVmKiB(s);
       const replies = await Promise.all([0xffffffff, 0xfffffff0, 0x80000000, 0x7fffffff].map(async (size) => ({
         get: await s.fuse.request(F.Op.GETXATTR, f.nodeid, [F.getxattrIn(size), F.cstr('user.a')], { replySize: 4096, timeoutMs: 10_000 }),
         list: await s.fuse.request(F.Op.LISTXATTR, f.nodeid, [F.getxattrIn(size)], { replySize: 4096, timeoutMs: 10_000 }),
@@ -173,9 +175,9 @@ for (const kind of selectedBackends()) {
         t.equal(r.list.error, 0, 'LISTXATTR answered');
         t.same(F.decodeXattrList(r.list.body).filter((n) => n.startsWith('user.')), ['user.a'], 'with the names');
       }
-      const after = peakRssKiB(s);
-      t.comment(`peak RSS over the backend's processes: ${before} KiB before, ${after} KiB after`);
-      t.ok(after - before < 256 * 1024, `peak RSS grew by ${after - before} KiB, far below one 4 GiB buffer`);
+      const after = peakVmKiB(s);
+      t.comment(`largest VmPeak among the backend's processes: ${before} KiB before, ${after} KiB after`);
+      t.ok(after - before < 1024 * 1024, `VmPeak grew by ${after - before} KiB, far below one 4 GiB buffer`);
       t.ok(await s.fuse.serving(), 'still serving');
       t.same(unexpectedErrors(s), []);
     });
