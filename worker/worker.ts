@@ -192,6 +192,7 @@ export class Worker {
     const pending = loaded.pending ? pendingControl(loaded.pending, fetched) : null;
     for (const [name, fd] of fetched) if (name.startsWith('ctl.') && !(pending?.fds.includes(fd))) native.close(fd);
     this.startSession(this.registry.get('vhost.conn')!, loaded);
+    crashPoint('resume-after-ready');
     this.mark('session');
     this.backend!.restore(loaded.vhost!, pending);
     // Every resubmitted request has consulted the journal by now (dispatch is synchronous).

@@ -6,6 +6,7 @@ import type { Logger } from '../../shared/log';
 import type { QueueHandler } from '../vhost/backend';
 import { errorInfo } from '../vhost/backend';
 import { ChainError, RingError, type DescriptorChain, type SplitRing } from './split_ring';
+import { crashPoint } from '../crash_points';
 
 export interface ChainHandler {
   /** Handles one request chain; returns the number of bytes written into its writable
@@ -38,7 +39,10 @@ export class QueueServer implements QueueHandler {
     this.ring = ring;
     this.notify = notify;
     this.running = true;
-    for (const head of resubmit) this.dispatch(ring.readChain(head));
+    for (const head of resubmit) {
+      crashPoint('resubmit-before-read');
+      this.dispatch(ring.readChain(head));
+    }
     this.flush();
   }
 
