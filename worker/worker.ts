@@ -223,6 +223,8 @@ export class Worker {
     }, logger('fuse'));
     const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
     if (loaded !== null) device.onFirstCompletion(() => this.onFirstServed());
+    // A served request is the progress the keeper's crash-loop backoff waits for.
+    else device.onFirstCompletion(() => this.keeper.notify({ X_PROGRESS: 1 }));
     this.fsImpl = fsImpl;
     this.server = server;
     this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store);
