@@ -28,9 +28,12 @@ export interface KeeperOptions extends WorkerConfig {
 
 export interface ExitInfo { code: number | null; signal: string | null; at: string }
 
+/** Crash-loop backoff: workers that died in a row without progress, and the pending delay. */
+export interface BackoffStatus { fruitlessDeaths: number; delayMs: number; restartAt: string | null }
+
 export interface KeeperStatus {
   keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
-  worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean };
+  worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean; backoff: BackoffStatus };
   recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[] };
   fdNames: Record<string, number>;
   workerStats: unknown;
@@ -48,6 +51,12 @@ interface Client {
 const CRASH_WINDOW_MS = 10_000;
 const CRASH_LOOP_DEATHS = 5;
 const MAX_BACKOFF_MS = 5_000;
+/** Deaths after READY count as a crash loop when the worker made no progress: served no request
+ * since READY and lived less than STABLE_MS. The first is replaced at once (a kill that landed
+ * just before the first request), then FRUITLESS_BASE_MS doubling up to MAX_BACKOFF_MS. Any
+ * progress resets it, so workers killed while serving are always replaced at once. */
+const STABLE_MS = 3_000;
+const FRUITLESS_BASE_MS = 100;
 const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
 /** Without a way to restore a standby's priority, it starts this long after the active worker
  * reports READY (or serves its first request after a takeover), so they do not compete for the
@@ -86,6 +95,12 @@ export class Keeper {
   private restarts = 0;
   private lastExit: ExitInfo | null = null;
   private deaths: number[] = [];
+  /** Workers in a row that died after READY without progress (see STABLE_MS). */
+  private fruitlessDeaths = 0;
+  /** The active worker served a request since it became READY (X_SERVED / X_PROGRESS). */
+  private workerProgress = false;
+  private readyAt: number | null = null;
+  private backoff: { delayMs: number; restartAt: string } | null = null;
   private deathAt: bigint | null = null;
   private readonly recoveryMs: number[] = [];
   private stopping = false;
@@ -199,6 +214,8 @@ export class Keeper {
     this.workerPid = child.pid ?? null;
     this.workerState = 'starting';
     this.workerReady = false;
+    this.workerProgress = false;
+    this.readyAt = null;
     this.workerStartedAt = new Date().toISOString();
   }
 
@@ -311,6 +328,7 @@ export class Keeper {
       this.boosted = null;
     }
     const diedBeforeReady = !this.workerReady;
+    const fruitless = !diedBeforeReady && !this.workerProgress && (this.readyAt === null || Date.now() - this.readyAt < STABLE_MS);
     this.workerPid = null;
     this.workerReady = false;
     // Messages the dead worker queued before dying are still in its connection: take them all
@@ -345,12 +363,18 @@ export class Keeper {
     this.deaths = this.deaths.filter((d) => t - d < CRASH_WINDOW_MS);
     if (diedBeforeReady) this.deaths.push(t);
     const excess = this.deaths.length - CRASH_LOOP_DEATHS;
-    if (excess <= 0) {
+    // A worker that keeps dying after READY (e.g. on a request it resubmits) is a crash loop too.
+    if (fruitless) this.fruitlessDeaths++;
+    else if (!diedBeforeReady) this.fruitlessDeaths = 0;
+    const early = excess <= 0 ? 0 : Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(excess, 10));
+    const late = this.fruitlessDeaths <= 1 ? 0 : Math.min(MAX_BACKOFF_MS, FRUITLESS_BASE_MS * 2 ** Math.min(this.fruitlessDeaths - 2, 10));
+    const delay = Math.max(early, late);
+    if (delay === 0) {
       this.startSuccessor();
     } else {
-      const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(excess, 10));
-      this.log.error({ deaths: this.deaths.length, windowMs: CRASH_WINDOW_MS, delayMs: delay }, 'worker crash loop; backing off');
-      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.startSuccessor(); }, delay);
+      this.log.error({ deaths: this.deaths.length, windowMs: CRASH_WINDOW_MS, fruitlessDeaths: this.fruitlessDeaths, delayMs: delay }, 'worker crash loop; backing off');
+      this.backoff = { delayMs: delay, restartAt: new Date(Date.now() + delay).toISOString() };
+      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.backoff = null; this.startSuccessor(); }, delay);
     }
   }
 
@@ -472,6 +496,7 @@ export class Keeper {
       return;
     }
     if (m.get('READY') === '1' && (c.pid === this.workerPid || this.opts.workerCommand === null)) {
+      if (!this.workerReady) this.readyAt = Date.now();
       this.workerReady = true;
       this.workerState = 'running';
       this.activeClient = c;
@@ -490,6 +515,10 @@ export class Keeper {
         throw new FdStoreProtocolError('X_STATS is not JSON');
       }
       this.writeMetrics();
+    }
+    if ((m.get('X_SERVED') === '1' || m.get('X_PROGRESS') === '1') && c.pid === this.workerPid) {
+      this.workerProgress = true;
+      this.fruitlessDeaths = 0;
     }
     if (m.get('X_SERVED') === '1' && this.deathAt !== null) {
       // First request completed by a successor: the end of a recovery.
@@ -584,7 +613,8 @@ export class Keeper {
         socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir, error: this.error },
       worker: { pid: this.workerPid, state: this.workerState, restarts: this.restarts, lastExit: this.lastExit,
         startedAt: this.workerStartedAt, status: this.workerStatus, ready: this.workerReady,
-        standbyPid: this.standby?.child.pid ?? null, standbyReady: this.standby?.client != null },
+        standbyPid: this.standby?.child.pid ?? null, standbyReady: this.standby?.client != null,
+        backoff: { fruitlessDeaths: this.fruitlessDeaths, delayMs: this.backoff?.delayMs ?? 0, restartAt: this.backoff?.restartAt ?? null } },
       recovery: {
         count: sorted.length,
         lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,

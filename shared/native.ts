@@ -78,7 +78,8 @@ export interface PollerConstructor {
 
 export interface NativeAddon {
   /** Numeric constants from the C headers: O_*, AT_*, RESOLVE_*, S_IF*, F_*, LOCK_*, RENAME_*,
-   * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, EFD_*, SHUT_*, and E* errnos
+   * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, F_ADD_SEALS, F_GET_SEALS, F_SEAL_*,
+   * EFD_*, SHUT_*, and E* errnos
    * (every name glibc knows, plus the aliases EWOULDBLOCK, EDEADLOCK, ENOTSUP). Also SCM_MAX_FD,
    * IOV_MAX, MAX_HANDLE_SZ, PAGE_SIZE and the preadv2/pwritev2 flags RWF_*. O_LARGEFILE is the
    * kernel's bit (0o100000 on x86-64), as found in FUSE open flags; glibc's own O_LARGEFILE is 0
@@ -129,6 +130,13 @@ export interface NativeAddon {
    * RangeError). With writable=false the pages are read-only: a JS write through a view of it
    * kills the process (SIGSEGV), so only read it; storeRelease* refuses it with a TypeError. */
   mmap(fd: number, length: number, offset: number, writable: boolean): ArrayBuffer;
+  /** fcntl(F_GET_SEALS): the F_SEAL_* bits set on a memfd (or shmem file). Throws EINVAL for an
+   * fd that does not support seals. */
+  getSeals(fd: number): number;
+  /** fcntl(F_ADD_SEALS). Throws EPERM when the fd is sealed against new seals (F_SEAL_SEAL, as
+   * on every memfd created without MFD_ALLOW_SEALING), EINVAL without seal support, EBUSY for
+   * F_SEAL_WRITE with writable mappings; a RangeError for bits that are not F_SEAL_* flags. */
+  addSeals(fd: number, seals: number): void;
   /** Detaches the ArrayBuffer (every view becomes length 0) and unmaps it; the unmap is deferred
    * until async I/O that uses the mapping has finished. Idempotent. */
   munmap(buffer: ArrayBuffer): void;

@@ -9,7 +9,7 @@ import { DEFAULT_STATE_ROOT, keeperSocketPath, listInstances } from './config';
 export interface StatusReport {
   name: string;
   keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
-  worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean };
+  worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean; backoff: KeeperStatus['worker']['backoff'] };
   vhost: { connected: boolean; queues: Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> };
   fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number };
   recovery: KeeperStatus['recovery'];
@@ -35,6 +35,8 @@ export function buildReport(k: KeeperStatus, stateDir: string): StatusReport {
       worker: {
         pid: k.worker.pid, state: k.worker.state, restarts: k.worker.restarts, lastExit: k.worker.lastExit, status: k.worker.status,
         standbyPid: k.worker.standbyPid, standbyReady: k.worker.standbyReady,
+        // An older keeper reports none.
+        backoff: k.worker.backoff ?? { fruitlessDeaths: 0, delayMs: 0, restartAt: null },
         uptimeS: k.worker.startedAt && k.worker.pid ? Math.round((Date.now() - Date.parse(k.worker.startedAt)) / 100) / 10 : null,
       },
       vhost: { connected: w.vhost?.connected ?? false, queues: w.vhost?.queues ?? [] },
@@ -60,6 +62,7 @@ export function formatPrometheus(reports: StatusReport[]): string {
   const sec = (ms: number | null): number | null => (ms === null ? null : ms / 1000);
   metric('worker_up', 'gauge', 'The worker is serving (1) or not (0).', each((r) => (r.worker.state === 'running' ? 1 : 0)));
   metric('worker_restarts_total', 'counter', 'Worker restarts since the keeper started.', each((r) => r.worker.restarts));
+  metric('worker_backoff_seconds', 'gauge', 'Crash-loop delay before the next worker starts (0: none).', each((r) => r.worker.backoff.delayMs / 1000));
   metric('worker_uptime_seconds', 'gauge', 'Seconds since the serving worker started.', each((r) => r.worker.uptimeS));
   metric('standby_ready', 'gauge', 'A warm standby worker is loaded and waiting.', each((r) => (r.worker.standbyReady ? 1 : 0)));
   metric('keeper_error', 'gauge', 'The keeper reports an error (e.g. unusable saved state).', each((r) => (r.keeper.error ? 1 : 0)));
@@ -93,6 +96,9 @@ export function formatStatus(r: StatusReport): string {
   if (r.keeper.error) row('ERROR', r.keeper.error);
   row('worker', `${r.worker.state}, pid ${r.worker.pid ?? '-'}, up ${r.worker.uptimeS ?? '-'} s, ${r.worker.restarts} restarts`);
   row('standby', r.worker.standbyReady ? `ready, pid ${r.worker.standbyPid}` : r.worker.standbyPid ? `starting, pid ${r.worker.standbyPid}` : 'none');
+  if (r.worker.backoff.delayMs > 0 || r.worker.backoff.fruitlessDeaths > 0) {
+    row('crash loop', `${r.worker.backoff.fruitlessDeaths} workers died without serving; ${r.worker.backoff.delayMs > 0 ? `next start in ${r.worker.backoff.delayMs} ms (at ${r.worker.backoff.restartAt})` : 'restarted at once'}`);
+  }
   if (r.worker.lastExit) row('last exit', `${r.worker.lastExit.signal ?? `code ${r.worker.lastExit.code}`} at ${r.worker.lastExit.at}`);
   row('recovery', `last ${ms(r.recovery.lastMs)}, p50 ${ms(r.recovery.p50Ms)}, max ${ms(r.recovery.maxMs)} (${r.recovery.count} recoveries)`);
   row('vhost-user', r.vhost.connected ? 'connected' : 'not connected');

@@ -10,7 +10,7 @@ const opcodeFilter: number | null = process.env.VFSK_CRASH_OPCODE ? Number(proce
 const marker: string | null = process.env.VFSK_CRASH_MARKER ?? null;
 
 export const CRASH_POINTS = [
-  'after-accept',
+  'after-accept', 'resume-after-ready', 'resubmit-before-read',
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
   'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
 ] as const;

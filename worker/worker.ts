@@ -193,6 +193,7 @@ export class Worker {
     const pending = loaded.pending ? pendingControl(loaded.pending, fetched) : null;
     for (const [name, fd] of fetched) if (name.startsWith('ctl.') && !(pending?.fds.includes(fd))) native.close(fd);
     this.startSession(this.registry.get('vhost.conn')!, loaded);
+    crashPoint('resume-after-ready');
     this.mark('session');
     this.backend!.restore(loaded.vhost!, pending);
     // Every resubmitted request has consulted the journal by now (dispatch is synchronous).
@@ -223,6 +224,8 @@ export class Worker {
     }, logger('fuse'));
     const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
     if (loaded !== null) device.onFirstCompletion(() => this.onFirstServed());
+    // A served request is the progress the keeper's crash-loop backoff waits for.
+    else device.onFirstCompletion(() => this.keeper.notify({ X_PROGRESS: 1 }));
     this.fsImpl = fsImpl;
     this.server = server;
     this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store);

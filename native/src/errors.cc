@@ -312,6 +312,10 @@ void InitErrors(Napi::Env env, Napi::Object exports) {
   K(UTIME_NOW); K(UTIME_OMIT);
   // memfd, eventfd, sockets
   K(MFD_CLOEXEC); K(MFD_ALLOW_SEALING);
+  K(F_ADD_SEALS); K(F_GET_SEALS); K(F_SEAL_SEAL); K(F_SEAL_SHRINK); K(F_SEAL_GROW); K(F_SEAL_WRITE);
+#ifdef F_SEAL_FUTURE_WRITE
+  K(F_SEAL_FUTURE_WRITE);
+#endif
   K(EFD_NONBLOCK); K(EFD_CLOEXEC); K(EFD_SEMAPHORE);
   K(SHUT_RD); K(SHUT_WR); K(SHUT_RDWR);
   // limits of this addon

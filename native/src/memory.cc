@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -58,6 +59,46 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
     return {};
   }
   return Napi::Number::New(env, fd);
+}
+
+// Every seal Linux defines (memfd_create(2)); other bits are refused before the syscall.
+constexpr int64_t kAllSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+#ifdef F_SEAL_FUTURE_WRITE
+                              | F_SEAL_FUTURE_WRITE
+#endif
+    ;
+
+// fcntl(F_GET_SEALS): EINVAL for an fd that does not support seals (not a memfd/shmem file).
+Napi::Value GetSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "getSeals");
+  int fd;
+  if (!a.Count(1) || !a.Fd(0, "fd", &fd)) return {};
+  int r = fcntl(fd, F_GET_SEALS);
+  if (r < 0) {
+    ThrowErrno(env, errno, "fcntl");
+    return {};
+  }
+  return Napi::Number::New(env, r);
+}
+
+// fcntl(F_ADD_SEALS): EPERM when F_SEAL_SEAL is set, EBUSY for F_SEAL_WRITE with writable
+// shared mappings, EINVAL for an fd without seal support.
+Napi::Value AddSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "addSeals");
+  int fd;
+  int64_t seals;
+  if (!a.Count(2) || !a.Fd(0, "fd", &fd) || !a.Int(1, "seals", 0, kAllSeals, &seals)) return {};
+  if ((seals & ~kAllSeals) != 0) {
+    ThrowRangeError(env, "addSeals(): argument 2 \"seals\" has bits that are not F_SEAL_* flags");
+    return {};
+  }
+  if (fcntl(fd, F_ADD_SEALS, static_cast<int>(seals)) < 0) {
+    ThrowErrno(env, errno, "fcntl");
+    return {};
+  }
+  return env.Undefined();
 }
 
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
@@ -300,6 +341,8 @@ void ReleaseMapping(Mapping* m) {
 void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
+  exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd, "eventfd"));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite, "eventfdWrite"));

@@ -271,3 +271,25 @@ t.test('Poller: POLL_DISCONNECT reports a peer hangup without reading, and nothi
   q.close();
   native.close(efd);
 });
+
+t.test('getSeals/addSeals: seal a memfd against shrinking; errors carry code and errno', async (t) => {
+  const fd = native.memfdCreate(`vfsk-seal-${process.pid}`, C.MFD_ALLOW_SEALING);
+  t.teardown(() => native.close(fd));
+  native.ftruncate(fd, 2 * PAGE);
+  t.equal(native.getSeals(fd), 0, 'a sealable memfd starts without seals');
+  native.addSeals(fd, C.F_SEAL_SHRINK!);
+  t.equal(native.getSeals(fd), C.F_SEAL_SHRINK, 'F_SEAL_SHRINK set');
+  t.throws(() => native.ftruncate(fd, PAGE), { code: 'EPERM' }, 'the memfd can no longer shrink');
+  native.ftruncate(fd, 4 * PAGE);
+  t.pass('but may grow');
+  const plain = native.memfdCreate(`vfsk-noseal-${process.pid}`, 0);
+  t.teardown(() => native.close(plain));
+  t.equal(native.getSeals(plain), C.F_SEAL_SEAL, 'a memfd without MFD_ALLOW_SEALING is sealed against seals');
+  t.throws(() => native.addSeals(plain, C.F_SEAL_SHRINK!), { code: 'EPERM', errno: C.EPERM, syscall: 'fcntl' });
+  const r = fs.openSync('/proc/self/stat', 'r');
+  t.teardown(() => fs.closeSync(r));
+  t.throws(() => native.getSeals(r), { code: 'EINVAL' }, 'a file without seal support');
+  t.throws(() => native.addSeals(fd, 1 << 20), { code: 'ERR_OUT_OF_RANGE' });
+  t.throws(() => native.addSeals(fd, -1), { code: 'ERR_OUT_OF_RANGE' });
+  t.throws(() => (native.addSeals as unknown as (fd: number) => void)(fd), { code: 'ERR_INVALID_ARG_TYPE' });
+});

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
-import { SCHEMA_VERSION, WorkerStateStore, loadState } from '../../worker/state/worker_state';
+import { SCHEMA_VERSION, WorkerStateStore, checkVhostState, loadState } from '../../worker/state/worker_state';
 
 const FUSE_LOOKUP = 1, FUSE_MKDIR = 9;
 
@@ -232,4 +232,25 @@ t.test('compact session snapshots (binary inode table) round-trip and reject mal
   t.throws(() => FsSession.fromSnapshot(bad((b) => b.writeUInt32LE(5, 40 + 28))), /file type/);
   t.throws(() => FsSession.fromSnapshot(bad((b) => b.writeDoubleLE(0, 40 + 32))), /lookupCount/);
   t.throws(() => FsSession.fromSnapshot({ ...snap, inodeTable: snap.inodeTable.subarray(0, 39) }), /whole number of rows/);
+});
+
+t.test('vhost state validation: bad addresses of a stopped vring are forgotten, of a running one refused', async (t) => {
+  const vring = (over: Record<string, unknown> = {}): Record<string, unknown> =>
+    ({ size: 128, descUser: 0x1000, availUser: 0x2000, usedUser: 0x3000, addrSet: true, base: 0, enabled: true, kicked: true, ...over });
+  const state = (vrings: unknown[], running: number[], regions: unknown[] = []): Record<string, unknown> => ({
+    ownerSet: true, ackedFeatures: 1n << 32n, ackedProtocolFeatures: 8n, featuresSet: true,
+    regions, nextSlot: 2, vrings, inflight: null, running,
+  });
+  // What an older worker journaled after a refused SET_VRING_ADDR above 2^53 on stopped queue 1.
+  const poisoned = state([vring(), vring({ descUser: Number.NaN, kicked: false })], [0]);
+  const ok = checkVhostState('test', poisoned);
+  t.same(ok.vrings[1], { ...vring({ kicked: false }), descUser: 0, availUser: 0, usedUser: 0, addrSet: false },
+    'a stopped vring with unusable addresses loads as one without addresses');
+  t.same(ok.vrings[0], vring(), 'the running one is untouched');
+  t.throws(() => checkVhostState('test', state([vring(), vring({ usedUser: Number.NaN })], [0, 1])), StateFileError,
+    'unusable addresses of a running vring are refused');
+  // Slots are fd names: large ones are fine, two regions in one are not.
+  const region = (slot: number, gpa: number): Record<string, unknown> => ({ slot, guestPhysAddr: gpa, size: 4096, userspaceAddr: gpa, mmapOffset: 0 });
+  t.ok(checkVhostState('test', { ...state([vring()], [0], [region(2 ** 21, 0)]), nextSlot: 2 ** 21 + 1 }), 'a slot number above 2^20 loads');
+  t.throws(() => checkVhostState('test', state([vring()], [0], [region(3, 0), region(3, 8192)])), StateFileError, 'a slot used twice is refused');
 });

@@ -18,8 +18,13 @@ import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem } from '.
 import type { RequestLedger } from '../state/worker_state';
 import { crashPoint } from '../crash_points';
 
-/** A request inflight across this many worker deaths is a poison pill: answered with EIO. */
+/** A request inflight across this many worker deaths is a poison pill: answered with EIO. One
+ * more death (answering it faulted too) and it is returned unread, with length 0. */
 export const POISON_DEATHS = 3;
+
+/** A request's identity across worker restarts: queue, head and inflight counter, all known
+ * before any of the request's guest buffers are read. */
+const requestKey = (queueIndex: number, head: number, counter: bigint): string => `${queueIndex}.${head}.${counter}`;
 
 const ERRNO = { EIO: 5, EINVAL: 22, ENOSYS: 38, EPROTO: 71, ERANGE: 34, EOVERFLOW: 75 } as const;
 
@@ -127,10 +132,13 @@ export class FuseServer implements ChainHandler {
     let fs = this.fs;
     let journaled: Journaled | null = null;
     if (ledger !== undefined) {
-      const key = `${queueIndex}.${chain.head}.${chain.counter}.${h.unique}`;
+      const key = requestKey(queueIndex, chain.head, chain.counter);
       if (chain.resubmitted) {
-        const deaths = ledger.recordDeath(key);
-        const prior = ledger.get(key);
+        // The death was counted by resubmitting(), before the chain was read.
+        const rec = ledger.get(key);
+        const deaths = rec?.deaths ?? 0;
+        // Journals of earlier versions named requests with their unique too.
+        const prior = rec !== undefined && (rec.opcode !== 0 || rec.reply !== null) ? rec : ledger.get(`${key}.${h.unique}`) ?? rec;
         if (prior?.reply) {
           // The dead worker finished this request: its reply, not a second run.
           this.log.info({ opcode: K.opcodeName(h.opcode), key }, 'replaying the recorded reply of a resubmitted request');
@@ -139,6 +147,8 @@ export class FuseServer implements ChainHandler {
         }
         if (deaths >= POISON_DEATHS) {
           this.log.error({ opcode: K.opcodeName(h.opcode), unique: h.unique.toString(), deaths }, 'poison request: inflight across repeated worker deaths; answered EIO instead of running it again');
+          // Released (its death count forgotten) once the answer is published.
+          this.unpublished.set(`${queueIndex}.${chain.head}`, { key, opcode: h.opcode });
           return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
         }
         if (prior !== undefined && prior.opcode === h.opcode) fs = settlingFileSystem(this.fs, prior.ts, prior.extra);
@@ -186,6 +196,19 @@ export class FuseServer implements ChainHandler {
       this.unpublished.set(`${queueIndex}.${chain.head}`, j);
     }
     return bytes.length === 0 ? 0 : this.writeReply(chain, bytes);
+  }
+
+  resubmitting(queueIndex: number, head: number, counter: bigint): 'run' | 'drop' {
+    const ledger = this.opts.ledger;
+    if (ledger === undefined) return 'run';
+    const key = requestKey(queueIndex, head, counter);
+    // Journaled now, before the chain is read: a request whose buffers fault (SIGBUS) kills each
+    // worker that reads it, so a death counted any later would never be counted.
+    const deaths = ledger.recordDeath(key);
+    if (deaths <= POISON_DEATHS) return 'run';
+    this.log.error({ queue: queueIndex, head, deaths }, 'poison request: even answering it killed the worker; returned unread');
+    this.unpublished.set(`${queueIndex}.${head}`, { key, opcode: 0 });
+    return 'drop';
   }
 
   beforePublish(queueIndex: number, heads: number[]): void {

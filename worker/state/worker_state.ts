@@ -100,33 +100,46 @@ const isUint = (v: unknown, max = Number.MAX_SAFE_INTEGER): v is number => typeo
 const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
 const isBig = (v: unknown): v is bigint => typeof v === 'bigint' && v >= 0n && v < 1n << 64n;
 
-function checkVring(p: string, v: unknown): VringConfig {
+function checkVring(p: string, v: unknown, running: boolean): VringConfig {
   if (!isObj(v)) fail(p, 'vring is not an object');
-  const ok = isUint(v.size, 32768) && isUint(v.descUser) && isUint(v.availUser) && isUint(v.usedUser) &&
-    isBool(v.addrSet) && isUint(v.base, 0xffff) && isBool(v.enabled) && isBool(v.kicked);
+  const ok = isUint(v.size, 32768) && isBool(v.addrSet) && isUint(v.base, 0xffff) && isBool(v.enabled) && isBool(v.kicked);
   if (!ok) fail(p, 'vring fields out of range');
+  const addrs = isUint(v.descUser) && isUint(v.availUser) && isUint(v.usedUser);
+  if (!addrs) {
+    // Unusable addresses matter only to a queue that runs: a stopped one gets SET_VRING_ADDR
+    // again before it starts (older workers could journal NaN here from a refused message).
+    if (running) fail(p, 'vring addresses out of range');
+    return { ...(v as unknown as VringConfig), descUser: 0, availUser: 0, usedUser: 0, addrSet: false };
+  }
   return v as unknown as VringConfig;
 }
 
 export function checkVhostState(p: string, v: unknown): VhostSessionState {
   if (!isObj(v)) fail(p, 'vhost state is not an object');
-  if (!isBool(v.ownerSet) || !isBig(v.ackedFeatures) || !isBig(v.ackedProtocolFeatures) || !isBool(v.featuresSet) || !isUint(v.nextSlot, 1 << 20)) {
+  // Slot numbers are only fd names (mem.<slot>): any safe integer is fine, as long as no two
+  // regions share one.
+  if (!isBool(v.ownerSet) || !isBig(v.ackedFeatures) || !isBig(v.ackedProtocolFeatures) || !isBool(v.featuresSet) || !isUint(v.nextSlot)) {
     fail(p, 'vhost feature fields');
   }
   if (!Array.isArray(v.regions) || v.regions.length > 64) fail(p, 'vhost regions');
+  const slots = new Set<number>();
   for (const r of v.regions as unknown[]) {
-    if (!isObj(r) || !isUint(r.slot, 1 << 20) || !isUint(r.guestPhysAddr) || !isUint(r.size) || r.size === 0 || !isUint(r.userspaceAddr) || !isUint(r.mmapOffset)) {
+    if (!isObj(r) || !isUint(r.slot) || !isUint(r.guestPhysAddr) || !isUint(r.size) || r.size === 0 || !isUint(r.userspaceAddr) || !isUint(r.mmapOffset)) {
       fail(p, 'vhost region fields');
     }
+    if (slots.has(r.slot)) fail(p, 'two vhost regions in one slot');
+    slots.add(r.slot);
   }
   if (!Array.isArray(v.vrings) || v.vrings.length < 1 || v.vrings.length > 65) fail(p, 'vhost vrings');
-  (v.vrings as unknown[]).forEach((x) => checkVring(p, x));
+  const vrings = v.vrings as unknown[];
+  if (!Array.isArray(v.running) || !(v.running as unknown[]).every((q) => isUint(q, vrings.length - 1))) fail(p, 'vhost running queues');
+  const running = new Set(v.running as number[]);
+  const checked = vrings.map((x, i) => checkVring(p, x, running.has(i)));
   if (v.inflight !== null) {
     const i = v.inflight;
     if (!isObj(i) || !isUint(i.numQueues, 65) || !isUint(i.queueSize, 32768) || !isUint(i.mmapSize)) fail(p, 'vhost inflight');
   }
-  if (!Array.isArray(v.running) || !(v.running as unknown[]).every((q) => isUint(q, (v.vrings as unknown[]).length - 1))) fail(p, 'vhost running queues');
-  return v as unknown as VhostSessionState;
+  return { ...(v as unknown as VhostSessionState), vrings: checked };
 }
 
 function checkInit(p: string, v: unknown): InitResult | null {

@@ -6,7 +6,7 @@
 import type { Logger } from '../../shared/log';
 import { native, C, STAT, type Poller, POLL_READABLE, isNativeError } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
-import { GuestMemory, GuestMemoryError, toSafeNumber } from '../virtqueue/guest_memory';
+import { GuestMemory, GuestMemoryError, toSafeNumber, type MemoryRegion } from '../virtqueue/guest_memory';
 import { InflightRegion, RingError, SplitRing, inflightQueueRegionSize, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
 import * as M from './messages';
 import { MessageTransport, type IncomingMessage } from './transport';
@@ -125,6 +125,7 @@ export class VhostUserBackend {
   /** Mappings of our own per-queue inflight memfds (used when the frontend gave none). */
   private readonly ownInflight = new Map<number, ArrayBuffer>();
   private closed = false;
+  private warnedUnsealable = false;
   /** A message whose handling waits (GET_VRING_BASE draining); later messages queue. */
   private busy = false;
   private readonly backlog: IncomingMessage[] = [];
@@ -159,7 +160,16 @@ export class VhostUserBackend {
       const fdName = `mem.${r.slot}`;
       const fd = this.registry.get(fdName);
       if (fd === undefined) throw new VhostError(`memory region fd ${fdName} is missing from the fd store`);
-      this.memory.addRegion(fd, fdName, r.guestPhysAddr, r.size, r.userspaceAddr, r.mmapOffset);
+      try {
+        this.memory.addRegion(fd, fdName, r.guestPhysAddr, r.size, r.userspaceAddr, r.mmapOffset);
+      } catch (e) {
+        // The frontend shrank an unsealable memfd while no worker ran: mapping it would fault.
+        // Serve without the region (requests into it fail) rather than call the state unusable.
+        if (!(e instanceof GuestMemoryError)) throw e;
+        this.log.error({ fdName, err: errorInfo(e) }, 'a saved guest memory region is no longer valid; dropped');
+        this.registry.close(fdName);
+        continue;
+      }
       this.regionSlots.set(fdName, r.slot);
     }
     if (state.inflight !== null) {
@@ -329,6 +339,13 @@ export class VhostUserBackend {
 
   private readonly pendingReplyFds: number[] = [];
 
+  /** Fd i of the message, left to the message (dispatch closes it unless taken later). */
+  private peekFd(msg: IncomingMessage, i: number): number {
+    const fd = msg.fds[i];
+    if (fd === undefined || fd < 0) throw new VhostError(`${M.requestName(msg.header.request)}: missing fd #${i}`);
+    return fd;
+  }
+
   /** Takes fd i of the message (so dispatch will not close it). */
   private takeFd(msg: IncomingMessage, i: number): number {
     const fd = msg.fds[i];
@@ -406,21 +423,23 @@ export class VhostUserBackend {
         const a = M.parseVringAddr(request, p);
         const v = this.vringIndex(request, a.index);
         if (this.running.has(a.index)) throw new VhostError(`SET_VRING_ADDR on running queue ${a.index}`);
-        v.descUser = toSafeNumber(a.descUser);
-        v.availUser = toSafeNumber(a.availUser);
-        v.usedUser = toSafeNumber(a.usedUser);
-        if ([v.descUser, v.availUser, v.usedUser].some((x) => Number.isNaN(x))) throw new VhostError('SET_VRING_ADDR: address out of range');
+        // Validated in locals and assigned only at the end: a nacked message must leave the
+        // vring (and the journaled state, which a successor must be able to load) as it was.
+        const desc = toSafeNumber(a.descUser);
+        const avail = toSafeNumber(a.availUser);
+        const used = toSafeNumber(a.usedUser);
+        if ([desc, avail, used].some((x) => Number.isNaN(x))) throw new VhostError('SET_VRING_ADDR: address out of range');
         // Check against the memory table now (QEMU sends it first), so a bad address is
         // refused by this message, not silently at queue start.
         if (this.memory.regionCount > 0 && v.size > 0) {
-          const parts: Array<[number, number, string]> = [[v.descUser, 16 * v.size, 'descriptor table'], [v.availUser, 6 + 2 * v.size, 'avail ring'], [v.usedUser, 6 + 8 * v.size, 'used ring']];
+          const parts: Array<[number, number, string]> = [[desc, 16 * v.size, 'descriptor table'], [avail, 6 + 2 * v.size, 'avail ring'], [used, 6 + 8 * v.size, 'used ring']];
           for (const [addr, len, what] of parts) {
-            if (this.memory.findUser(addr, len) === null) {
-              v.addrSet = false;
-              throw new VhostError(`SET_VRING_ADDR: ${what} at 0x${addr.toString(16)} is not in guest memory`);
-            }
+            if (this.memory.findUser(addr, len) === null) throw new VhostError(`SET_VRING_ADDR: ${what} at 0x${addr.toString(16)} is not in guest memory`);
           }
         }
+        v.descUser = desc;
+        v.availUser = avail;
+        v.usedUser = used;
         v.addrSet = true;
         return null;
       }
@@ -478,36 +497,79 @@ export class VhostUserBackend {
   }
 
   // --- memory table
+  //
+  // A message that changes the table is validated and mapped completely before anything of the
+  // old table changes; a nack leaves the table, its fds and the journaled state as they were.
+  // New regions take slot numbers (fd names mem.<slot>) the current table does not use, so
+  // registering them never replaces an fd the current table still needs.
 
   private setMemTable(msg: IncomingMessage): Buffer | null {
-    const regions = M.parseMemTable(msg.header.request, msg.payload);
-    this.expectFds(msg, regions.length);
-    const old = this.memory.clear();
-    for (const name of old) this.registry.close(name);
-    this.regionSlots.clear();
-    this.nextSlot = 0;
-    regions.forEach((r, i) => this.addRegion(r, this.takeFd(msg, i)));
+    const descs = M.parseMemTable(msg.header.request, msg.payload);
+    this.expectFds(msg, descs.length);
+    const slots = this.freeSlots(descs.length);
+    const mapped: MemoryRegion[] = [];
+    try {
+      descs.forEach((d, i) => mapped.push(this.prepareRegion(d, this.peekFd(msg, i), `mem.${slots[i]}`)));
+      GuestMemory.checkDisjoint(mapped);
+    } catch (e) {
+      for (const r of mapped) GuestMemory.unmapRegion(r);
+      throw e;
+    }
+    // Valid: swap. Nothing below fails on frontend input.
+    descs.forEach((_, i) => this.registry.replace(`mem.${slots[i]}`, this.takeFd(msg, i)));
+    const old = this.memory.replaceAll(mapped);
+    for (const name of old) {
+      this.registry.close(name);
+      this.regionSlots.delete(name);
+    }
+    mapped.forEach((r, i) => this.regionSlots.set(r.fdName, slots[i]!));
+    this.updateNextSlot();
+    for (const r of mapped) this.log.debug({ fdName: r.fdName, gpa: `0x${r.guestPhysAddr.toString(16)}`, size: r.size, uaddr: `0x${r.userspaceAddr.toString(16)}` }, 'memory region mapped');
     this.rebuildRunningRings();
     return null;
   }
 
-  private addRegion(r: M.MemoryRegionDesc, fd: number): void {
-    const slot = this.nextSlot++;
-    const fdName = `mem.${slot}`;
-    // replace: a message re-handled after a crash may find its own earlier registration.
-    this.registry.replace(fdName, fd);
+  /** The n lowest slot numbers no current region uses. */
+  private freeSlots(n: number): number[] {
+    const used = new Set(this.regionSlots.values());
+    const out: number[] = [];
+    for (let s = 0; out.length < n; s++) if (!used.has(s)) out.push(s);
+    return out;
+  }
+
+  private updateNextSlot(): void {
+    // Informational (kept in the journaled state for older readers): one past the highest slot.
+    this.nextSlot = Math.max(-1, ...this.regionSlots.values()) + 1;
+  }
+
+  /** Validates one region of a message and maps it (not yet in the table; the fd stays the
+   * message's). Seals the memfd against shrinking first, so the size checked stays true. */
+  private prepareRegion(r: M.MemoryRegionDesc, fd: number, fdName: string): MemoryRegion {
+    const gpa = toSafeNumber(r.guestPhysAddr);
+    const size = toSafeNumber(r.memorySize);
+    const uaddr = toSafeNumber(r.userspaceAddr);
+    const off = toSafeNumber(r.mmapOffset);
+    if ([gpa, size, uaddr, off].some((x) => Number.isNaN(x))) throw new VhostError('memory region value above 2^53');
+    this.sealAgainstShrinking(fd);
+    return GuestMemory.mapRegion(fd, fdName, gpa, size, uaddr, off);
+  }
+
+  /** F_SEAL_SHRINK on a region's memfd: the frontend cannot truncate guest memory under our
+   * mappings later (QEMU's memfd backend seals it already with seal=on). A memfd made without
+   * MFD_ALLOW_SEALING, or a file without seal support, is still accepted: warned about once. */
+  private sealAgainstShrinking(fd: number): void {
+    let why: string;
     try {
-      const gpa = toSafeNumber(r.guestPhysAddr);
-      const size = toSafeNumber(r.memorySize);
-      const uaddr = toSafeNumber(r.userspaceAddr);
-      const off = toSafeNumber(r.mmapOffset);
-      this.memory.addRegion(fd, fdName, gpa, size, uaddr, off);
-      this.regionSlots.set(fdName, slot);
-      this.log.debug({ slot, gpa: `0x${gpa.toString(16)}`, size, uaddr: `0x${uaddr.toString(16)}` }, 'memory region mapped');
+      if ((native.getSeals(fd) & C.F_SEAL_SHRINK!) !== 0) return;
+      native.addSeals(fd, C.F_SEAL_SHRINK!);
+      return;
     } catch (e) {
-      this.registry.close(fdName);
-      throw e;
+      if (!isNativeError(e) || (e.code !== 'EPERM' && e.code !== 'EINVAL')) throw e;
+      why = e.code === 'EPERM' ? 'its memfd does not allow sealing' : 'its fd does not support seals';
     }
+    if (this.warnedUnsealable) return;
+    this.warnedUnsealable = true;
+    this.log.warn({ why }, 'a guest memory region cannot be sealed against shrinking: if the frontend truncates it, accesses fault (only the first such region is logged)');
   }
 
   private addMemReg(msg: IncomingMessage): null {
@@ -515,7 +577,18 @@ export class VhostUserBackend {
     if (!this.hasProtocol(M.ProtocolFeature.CONFIGURE_MEM_SLOTS)) throw new VhostError('ADD_MEM_REG without CONFIGURE_MEM_SLOTS');
     if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new VhostError('ADD_MEM_REG: no free memory slot');
     const r = M.parseSingleRegion(msg.header.request, msg.payload);
-    this.addRegion(r, this.takeFd(msg, 0));
+    const slot = this.freeSlots(1)[0]!;
+    const region = this.prepareRegion(r, this.peekFd(msg, 0), `mem.${slot}`);
+    try {
+      GuestMemory.checkDisjoint([...this.memory.list(), region]);
+    } catch (e) {
+      GuestMemory.unmapRegion(region);
+      throw e;
+    }
+    this.registry.replace(region.fdName, this.takeFd(msg, 0));
+    this.memory.insert(region);
+    this.regionSlots.set(region.fdName, slot);
+    this.updateNextSlot();
     this.rebuildRunningRings();
     return null;
   }
@@ -528,6 +601,7 @@ export class VhostUserBackend {
     if (name === null) throw new VhostError('REM_MEM_REG: no such region');
     this.registry.close(name);
     this.regionSlots.delete(name);
+    this.updateNextSlot();
     this.rebuildRunningRings();
     return null;
   }
@@ -717,13 +791,17 @@ export class VhostUserBackend {
     const d = M.parseInflight(msg.header.request, msg.payload);
     if (d.numQueues < 1 || d.numQueues > this.device.numQueues) throw new VhostError(`GET_INFLIGHT_FD: ${d.numQueues} queues`);
     if (d.queueSize < 1 || d.queueSize > MAX_QUEUE_SIZE) throw new VhostError(`GET_INFLIGHT_FD: queue size ${d.queueSize}`);
+    if (this.running.size > 0) throw new VhostError('GET_INFLIGHT_FD while queues run');
     const per = inflightQueueRegionSize(d.queueSize);
     const size = per * d.numQueues;
     const fd = native.memfdCreate('vfsk-inflight', C.MFD_CLOEXEC!);
+    let ours = -1;
     try {
       native.ftruncate(fd, size);
-      this.installInflight(native.dup(fd), size, d.numQueues, d.queueSize);
+      ours = native.dup(fd);
+      this.installInflight(ours, size, d.numQueues, d.queueSize);
     } catch (e) {
+      if (ours >= 0 && this.registry.get('inflight') !== ours) native.close(ours);
       native.close(fd);
       throw e;
     }
@@ -745,14 +823,24 @@ export class VhostUserBackend {
     }
     if (offset !== 0) throw new VhostError('SET_INFLIGHT_FD: non-zero mmap offset is not supported');
     if (!(size >= inflightQueueRegionSize(d.queueSize) * d.numQueues)) throw new VhostError(`SET_INFLIGHT_FD: region of ${size} bytes is too small`);
-    this.installInflight(this.takeFd(msg, 0), size, d.numQueues, d.queueSize);
+    // Running rings hold views on the current region.
+    if (this.running.size > 0) throw new VhostError('SET_INFLIGHT_FD while queues run');
+    this.installInflight(this.peekFd(msg, 0), size, d.numQueues, d.queueSize);
+    this.takeFd(msg, 0);
     return null;
   }
 
+  /** Maps the inflight region first (a failure changes nothing), then swaps it in. The fd must
+   * hold `size` bytes: a mapping past its end faults. Takes fd only on success. */
   private installInflight(fd: number, size: number, numQueues: number, queueSize: number): void {
+    const st = Buffer.alloc(STAT.SIZE);
+    native.fstatat(fd, '', C.AT_EMPTY_PATH!, st);
+    if ((Number(st.readBigUInt64LE(STAT.mode)) & C.S_IFMT!) !== C.S_IFREG) throw new VhostError('inflight fd is not a regular file or memfd');
+    if (st.readBigUInt64LE(STAT.size) < BigInt(size)) throw new VhostError(`inflight fd holds ${st.readBigUInt64LE(STAT.size)} bytes, not the ${size} announced`);
+    const buffer = native.mmap(fd, size, 0, true);
     this.registry.replace('inflight', fd);
     if (this.inflightBuffer !== null) native.munmap(this.inflightBuffer);
-    this.inflightBuffer = native.mmap(fd, size, 0, true);
+    this.inflightBuffer = buffer;
     this.inflightInfo = { numQueues, queueSize, mmapSize: size };
   }
 

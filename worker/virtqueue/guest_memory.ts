@@ -2,7 +2,7 @@
 // mapped once, and every guest physical or frontend-virtual address is translated with bounds
 // checks. Addresses are JS numbers: guest physical and x86-64 user addresses fit in 2^53, and
 // anything larger is simply "not in guest memory".
-import { native, type IoSegment } from '../../shared/native';
+import { native, C, STAT, type IoSegment } from '../../shared/native';
 
 export class GuestMemoryError extends Error {
   constructor(message: string) {
@@ -39,28 +39,77 @@ export class GuestMemory {
     return this.regions;
   }
 
-  /** Maps fd and adds a region. Overlapping regions are refused. Does not take the fd. */
-  addRegion(fd: number, fdName: string, guestPhysAddr: number, size: number, userspaceAddr: number, mmapOffset: number): MemoryRegion {
+  /**
+   * Validates a region and maps it, without adding it to the table (see insert/replaceAll):
+   * every value in range, and the fd a regular file (memfds are) that really holds
+   * [mmapOffset, mmapOffset + size). A mapping past the end of its file raises SIGBUS on the
+   * first access, so a frontend could otherwise kill us with a descriptor. Does not take the fd.
+   */
+  static mapRegion(fd: number, fdName: string, guestPhysAddr: number, size: number, userspaceAddr: number, mmapOffset: number): MemoryRegion {
     for (const v of [guestPhysAddr, size, userspaceAddr, mmapOffset]) {
       if (!Number.isSafeInteger(v) || v < 0) throw new GuestMemoryError(`region value out of range: ${v}`);
     }
     if (size === 0) throw new GuestMemoryError('empty memory region');
-    if (!Number.isSafeInteger(guestPhysAddr + size) || !Number.isSafeInteger(mmapOffset + size)) {
+    if (!Number.isSafeInteger(guestPhysAddr + size) || !Number.isSafeInteger(mmapOffset + size) || !Number.isSafeInteger(userspaceAddr + size)) {
       throw new GuestMemoryError('memory region wraps');
     }
-    for (const r of this.regions) {
-      if (guestPhysAddr < r.guestPhysAddr + r.size && r.guestPhysAddr < guestPhysAddr + size) {
-        throw new GuestMemoryError(`memory region at gpa 0x${guestPhysAddr.toString(16)} overlaps another`);
-      }
+    const st = Buffer.alloc(STAT.SIZE);
+    native.fstatat(fd, '', C.AT_EMPTY_PATH!, st);
+    const mode = Number(st.readBigUInt64LE(STAT.mode));
+    if ((mode & C.S_IFMT!) !== C.S_IFREG) {
+      throw new GuestMemoryError(`memory region fd is not a regular file or memfd (mode 0o${mode.toString(8)})`);
+    }
+    const fileSize = st.readBigUInt64LE(STAT.size);
+    if (BigInt(mmapOffset) + BigInt(size) > fileSize) {
+      throw new GuestMemoryError(`memory region [${mmapOffset}, ${mmapOffset + size}) extends past the end of its ${fileSize}-byte fd`);
     }
     const buffer = native.mmap(fd, mmapOffset + size, 0, true);
-    const region: MemoryRegion = {
-      guestPhysAddr, size, userspaceAddr, mmapOffset, buffer,
-      bytes: new Uint8Array(buffer), view: new DataView(buffer), fdName,
-    };
+    return { guestPhysAddr, size, userspaceAddr, mmapOffset, buffer, bytes: new Uint8Array(buffer), view: new DataView(buffer), fdName };
+  }
+
+  static unmapRegion(r: MemoryRegion): void {
+    native.munmap(r.buffer);
+  }
+
+  /** Throws unless the regions' guest physical ranges are pairwise disjoint. */
+  static checkDisjoint(regions: readonly MemoryRegion[]): void {
+    const sorted = [...regions].sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
+    for (let i = 1; i < sorted.length; i++) {
+      const a = sorted[i - 1]!;
+      const b = sorted[i]!;
+      if (b.guestPhysAddr < a.guestPhysAddr + a.size) {
+        throw new GuestMemoryError(`memory region at gpa 0x${b.guestPhysAddr.toString(16)} overlaps another`);
+      }
+    }
+  }
+
+  /** Maps fd and adds a region. Overlapping regions are refused (nothing changes then). Does not
+   * take the fd. */
+  addRegion(fd: number, fdName: string, guestPhysAddr: number, size: number, userspaceAddr: number, mmapOffset: number): MemoryRegion {
+    const region = GuestMemory.mapRegion(fd, fdName, guestPhysAddr, size, userspaceAddr, mmapOffset);
+    try {
+      this.insert(region);
+    } catch (e) {
+      GuestMemory.unmapRegion(region);
+      throw e;
+    }
+    return region;
+  }
+
+  /** Adds a mapped region (mapRegion); throws, changing nothing, if it overlaps one we have. */
+  insert(region: MemoryRegion): void {
+    GuestMemory.checkDisjoint([...this.regions, region]);
     this.regions.push(region);
     this.regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
-    return region;
+  }
+
+  /** Swaps in a whole validated table (checkDisjoint): unmaps the old regions and returns their
+   * fd names. */
+  replaceAll(regions: readonly MemoryRegion[]): string[] {
+    GuestMemory.checkDisjoint(regions);
+    const old = this.clear();
+    this.regions = [...regions].sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
+    return old;
   }
 
   /** Unmaps and forgets the region with this gpa/size; returns its fd name. */

@@ -6,11 +6,16 @@ import type { Logger } from '../../shared/log';
 import type { QueueHandler } from '../vhost/backend';
 import { errorInfo } from '../vhost/backend';
 import { ChainError, RingError, type DescriptorChain, type SplitRing } from './split_ring';
+import { crashPoint } from '../crash_points';
 
 export interface ChainHandler {
   /** Handles one request chain; returns the number of bytes written into its writable
    * buffers. */
   handleChain(chain: DescriptorChain, queueIndex: number): number | Promise<number>;
+  /** A request a dead worker left inflight is about to be resubmitted: count that death
+   * durably before anything of the chain (even an indirect table) is read, since reading it may
+   * be what kills workers. 'drop': complete it unread, with length 0. */
+  resubmitting?(queueIndex: number, head: number, counter: bigint): 'run' | 'drop';
   /** These heads' used elements are about to become visible to the guest. */
   beforePublish?(queueIndex: number, heads: number[]): void;
   /** These heads' used elements are now visible to the guest (they will never be
@@ -38,7 +43,14 @@ export class QueueServer implements QueueHandler {
     this.ring = ring;
     this.notify = notify;
     this.running = true;
-    for (const head of resubmit) this.dispatch(ring.readChain(head));
+    for (const head of resubmit) {
+      if (this.handler.resubmitting?.(this.index, head, ring.counterOf(head)) === 'drop') {
+        this.complete(head, 0);
+        continue;
+      }
+      crashPoint('resubmit-before-read');
+      this.dispatch(ring.readChain(head));
+    }
     this.flush();
   }
 

@@ -171,11 +171,17 @@ export class SplitRing {
     }
   }
 
+  /** The inflight-tracking counter of head's last pop (0n without tracking). Reads only the
+   * inflight region, never guest memory. */
+  counterOf(head: number): bigint {
+    return this.inflight?.counter(head) ?? 0n;
+  }
+
   /** Re-reads a chain by head (for requests resubmitted after a restart). */
   readChain(head: number): DescriptorChain | ChainError {
     try {
       const c = this.walk(head);
-      c.counter = this.inflight?.counter(head) ?? 0n;
+      c.counter = this.counterOf(head);
       c.resubmitted = true;
       return c;
     } catch (e) {
