@@ -23,7 +23,7 @@ function fill(dir: string, n: number): string[] {
 }
 
 /** Reads the whole directory with at most `limit` entries per call; returns every entry. */
-function readAll(pfs: PassthroughFs, nodeid: number, fh: number, limit: number, plus: boolean, start = 0): { entries: SinkEntry[]; calls: number } {
+function readAll(pfs: PassthroughFs, nodeid: number, fh: number, limit: number, plus: boolean, start = 0n): { entries: SinkEntry[]; calls: number } {
   const entries: SinkEntry[] = [];
   let offset = start;
   let calls = 0;
@@ -101,13 +101,13 @@ t.test('a refused first entry is returned by the next call', (t) => {
   const d = pfs.lookup(ctx, ROOT, b('d'));
   const dir = pfs.opendir(ctx, d.nodeid, 0);
   const none = new TestSink(0);
-  pfs.readdir(ctx, d.nodeid, dir.fh, 0, true, none);
+  pfs.readdir(ctx, d.nodeid, dir.fh, 0n, true, none);
   t.equal(none.entries.length, 0);
   t.equal(pfs.session.inodeCount, 2, 'no lookup leaked');
   const { entries } = readAll(pfs, d.nodeid, dir.fh, 1, true);
   checkOnce(t, entries, ['a', 'b']);
-  throwsErrno(t, () => pfs.readdir(ctx, d.nodeid, 999, 0, false, new TestSink(1)), K.EBADF, 'unknown fh');
-  throwsErrno(t, () => pfs.readdir(ctx, ROOT, dir.fh, 0, false, new TestSink(1)), K.EBADF, 'fh of another dir');
+  throwsErrno(t, () => pfs.readdir(ctx, d.nodeid, 999, 0n, false, new TestSink(1)), K.EBADF, 'unknown fh');
+  throwsErrno(t, () => pfs.readdir(ctx, ROOT, dir.fh, 0n, false, new TestSink(1)), K.EBADF, 'fh of another dir');
   const f = pfs.lookup(ctx, d.nodeid, b('a'));
   throwsErrno(t, () => pfs.opendir(ctx, f.nodeid, 0), K.ENOTDIR);
   pfs.releasedir(ctx, d.nodeid, dir.fh);
@@ -137,7 +137,7 @@ t.test('readdir resumes in a restarted worker (session from a snapshot, same fds
   const big = pfs.lookup(ctx, ROOT, b('big'));
   const dir = pfs.opendir(ctx, big.nodeid, 0);
   const first: SinkEntry[] = [];
-  let offset = 0;
+  let offset = 0n;
   for (let i = 0; i < 20; i++) {
     const sink = new TestSink(9);
     pfs.readdir(ctx, big.nodeid, dir.fh, offset, true, sink);
@@ -165,7 +165,7 @@ t.test('restart after the last accepted entry was deleted', (t) => {
   const big = pfs.lookup(ctx, ROOT, b('big'));
   const dir = pfs.opendir(ctx, big.nodeid, 0);
   const sink = new TestSink(50);
-  pfs.readdir(ctx, big.nodeid, dir.fh, 0, false, sink);
+  pfs.readdir(ctx, big.nodeid, dir.fh, 0n, false, sink);
   const last = sink.entries[sink.entries.length - 1];
   t.not(last.name, '.');
   fs.unlinkSync(path.join(share, 'big', last.name));
@@ -183,7 +183,7 @@ t.test('entries created or removed during readdir: the others appear exactly onc
   const big = pfs.lookup(ctx, ROOT, b('big'));
   const dir = pfs.opendir(ctx, big.nodeid, 0);
   const got: SinkEntry[] = [];
-  let offset = 0;
+  let offset = 0n;
   const removed = new Set(names.filter((_, i) => i % 7 === 3));
   const stable = names.filter((n) => !removed.has(n));
   for (let i = 0; ; i++) {
