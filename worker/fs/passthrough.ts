@@ -44,7 +44,9 @@
 //   never seek. Any other offset (rewinddir, seekdir, a bogus cookie, or the first READDIR after
 //   a worker restart, when the kernel fd position is unknown) is one lseek to exactly that
 //   cookie, and the listing is whatever the filesystem returns from there (an lseek error is the
-//   reply). No READDIR ever re-reads the directory to find a position.
+//   reply). No READDIR ever re-reads the directory to find a position. One exception keeps
+//   upgrades exact: the first READDIR of a worker whose predecessor handed out rounded cookies
+//   (Number(d_off)) may carry the rounded form of the journaled position; it seeks to the latter.
 // - '..' listed by readdir of the root shows the root's own inode number (lookup of '..' at the
 //   root is the root; the host directory above the share is not exposed).
 // - fds are registered before the session records them and closed after the session forgets
@@ -143,6 +145,12 @@ function procPath(fd: number): string {
 /** The d_off cookie (s64, as getdents64 and the session keep it) as the u64 the guest sees. */
 function cookieToWire(off: bigint): bigint {
   return BigInt.asUintN(64, off);
+}
+
+/** What workers before exact cookies sent the guest for this d_off: the u64 rounded to a double
+ * (ext4's hash cookies lose their low bits). */
+function legacyWireCookie(off: bigint): bigint {
+  return BigInt(Number(BigInt.asUintN(64, off)));
 }
 
 function isDot(name: Buffer): boolean { return name.length === 1 && name[0] === 0x2e; }
@@ -906,7 +914,12 @@ export class PassthroughFs implements FileSystem {
       this.dirState.set(fh, rt);
     }
     // The guest's u64 is the s64 off_t that lseek takes and the session records.
-    const cookie = BigInt.asIntN(64, offset);
+    let cookie = BigInt.asIntN(64, offset);
+    if (!rt.synced && cookie !== rec.position && offset === legacyWireCookie(rec.position)) {
+      // The first READDIR since this worker started, continuing a listing an older worker
+      // served with rounded cookies: the journaled position is the exact one.
+      cookie = rec.position;
+    }
     let position = rec.position;
     if (!(rt.synced && rec.position === cookie)) {
       // One lseek, exactly like virtiofsd's seekdir; a cookie the filesystem rejects (e.g. a
