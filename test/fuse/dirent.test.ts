@@ -158,4 +158,13 @@ t.test('misuse by our own filesystem layer throws', async (t) => {
   t.throws(() => new DirentWriter(-1, false), RangeError);
   t.throws(() => new DirentWriter(1.5, false), RangeError);
   t.ok(w.add(Buffer.alloc(1024, 0x61), ino(1n), 8, 1n, null), 'FUSE_NAME_MAX itself is fine');
+  t.throws(() => w.add(Buffer.from('a'), ino(1n), 8, -1n, null), RangeError, 'negative cookie (an unconverted s64 d_off)');
+  t.throws(() => w.add(Buffer.from('a'), ino(1n), 8, 1n << 64n, null), RangeError, 'cookie beyond u64');
+});
+
+t.test('cookies are written exactly, all 64 bits', async (t) => {
+  const w = new DirentWriter(4096, false);
+  const cookies = [(1n << 53n) + 1n, 0x5f3759df_12345677n, 0x7fffffffffffffffn, 0xffffffffffffffffn];
+  for (const c of cookies) t.ok(w.add(Buffer.from('n'), ino(1n), 8, c, null));
+  t.same(parseRecords(w.bytes(), false).map((r) => r.off), cookies);
 });
