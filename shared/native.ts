@@ -189,7 +189,10 @@ export interface NativeAddon {
   fstatfs(fd: number): StatFs;
   /** getdents64 into buf; returns bytes filled (0 at end). Records are linux_dirent64. */
   getdents64(fd: number, buf: Buffer): number;
+  /** A number offset for files (exact up to 2^53); a bigint offset (any s64, e.g. an ext4
+   * directory hash cookie) returns the new position as a bigint. */
   lseek(fd: number, offset: number, whence: number): number;
+  lseek(fd: number, offset: bigint, whence: number): bigint;
   /** fd-based xattr calls when target is a number, l*xattr (no-follow) on a path when it is a
    * string/Buffer. With a null buf they return the size needed. */
   getxattr(target: number | PathLike, name: PathLike, buf: Buffer | null): number;

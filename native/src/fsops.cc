@@ -534,19 +534,37 @@ Napi::Value Getdents64(const Napi::CallbackInfo& info) {
   return Num(env, static_cast<double>(n));
 }
 
+// lseek(fd, offset, whence). `offset` is a number (exact up to 2^53, file offsets) or a bigint
+// (any off_t: directory cookies such as ext4's 63-bit hashes do not fit a double); the result
+// has the same type, so a cookie position comes back exact too.
 Napi::Value Lseek(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "lseek");
   int fd;
   int64_t off, whence;
-  if (!a.Count(3) || !a.Fd(0, "fd", &fd) || !a.Int(1, "offset", -kMaxSafe, kMaxSafe, &off) ||
-      !a.Int(2, "whence", 0, INT32_MAX, &whence))
+  if (!a.Count(3) || !a.Fd(0, "fd", &fd)) return {};
+  const bool big = info[1].IsBigInt();
+  if (big) {
+    // Int64Value reports lossless=false for anything outside [-2^63, 2^63-1].
+    bool lossless = false;
+    off = info[1].As<Napi::BigInt>().Int64Value(&lossless);
+    if (!lossless) {
+      ThrowRangeError(env, "lseek(): argument 2 \"offset\" must be >= -(2n ** 63n) and < 2n ** 63n");
+      return {};
+    }
+  } else if (!info[1].IsNumber()) {
+    ThrowTypeError(env, "lseek(): argument 2 \"offset\" must be a number or a bigint");
     return {};
+  } else if (!a.Int(1, "offset", -kMaxSafe, kMaxSafe, &off)) {
+    return {};
+  }
+  if (!a.Int(2, "whence", 0, INT32_MAX, &whence)) return {};
   off_t r = lseek(fd, static_cast<off_t>(off), static_cast<int>(whence));
   if (r < 0) {
     ThrowErrno(env, errno, "lseek");
     return {};
   }
+  if (big) return Napi::BigInt::New(env, static_cast<int64_t>(r));
   return Num(env, static_cast<double>(r));
 }
 

@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../shared/status';
 import * as F from '../frontend/fuse_proto';
+import { native } from '../../shared/native';
+import { parseDirents } from '../../worker/fs/dirent';
 
 async function killWorker(stateDir: string): Promise<number> {
   const before = queryStatus(stateDir);
@@ -65,4 +67,48 @@ t.test('a session with 15,000 inodes survives a kill (the fd set is fetched in p
   t.equal((await s.fuse.getattr(nodeids[0]!)).attr.ino, BigInt(fs.statSync(s.host('f0')).ino), 'and the first');
   await waitFor(() => queryStatus(stateDir).fuse.inodes === N + 1, 'the successor knows every inode', 30_000);
   t.pass(`${N} inodes resumed`);
+});
+
+t.test('a readdir of an ext4 directory continues exactly across a worker kill (exact 64-bit cookies)', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const names = Array.from({ length: 1500 }, (_, i) => `e${i}`);
+  const s = await openSession(t, 'ours', {
+    extraArgs: ['--state-dir', stateDir],
+    setup: (shared) => { fs.mkdirSync(path.join(shared, 'big')); for (const n of names) fs.writeFileSync(path.join(shared, 'big', n), ''); },
+  });
+  const big = await s.fuse.lookup(F.FUSE_ROOT_ID, 'big');
+  const od = await s.fuse.opendir(big.nodeid);
+  const got: F.Dirent[] = [];
+  let off = 0n;
+  for (let call = 0; ; call++) {
+    // Kill the worker twice mid-listing: the new one's fd position is unknown, so its first
+    // READDIR must seek to the guest's exact cookie.
+    if (call === 5 || call === 20) await killWorker(stateDir);
+    const batch = await s.fuse.readdir(big.nodeid, od.fh, off, 512);
+    if (batch.length === 0) break;
+    got.push(...batch);
+    off = batch[batch.length - 1].off;
+    if (call > 10_000) throw new Error('readdir does not end');
+  }
+  const listed = got.map((e) => e.name.toString());
+  t.same(listed.filter((n, i) => listed.indexOf(n) !== i), [], 'no name twice');
+  t.same([...names, '.', '..'].filter((n) => !listed.includes(n)), [], 'no name missing');
+  if (fs.statfsSync(s.shared).type === 0xef53) {
+    t.ok(got.filter((e) => e.off > 1n << 53n).length > names.length / 2, 'ext4: the cookies are hashes above 2^53');
+  }
+  // The cookies are the host's own d_off values, all 64 bits (getdents64 on the host).
+  const host = new Map<string, bigint>();
+  const fd = fs.openSync(s.host('big'), 'r');
+  try {
+    const buf = Buffer.alloc(64 * 1024);
+    for (let n; (n = native.getdents64(fd, buf)) > 0;) {
+      for (const d of parseDirents(buf, n)) host.set(d.name.toString(), BigInt.asUintN(64, d.off));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  t.same(got.filter((e) => e.off !== host.get(e.name.toString())).map((e) => e.name.toString()), [], 'every cookie is the host d_off');
+  t.equal(queryStatus(stateDir).worker.restarts, 2, 'two restarts');
+  await s.fuse.releasedir(big.nodeid, od.fh);
 });

@@ -1,13 +1,33 @@
 // Names: rename (plain, over a file, NOREPLACE, EXCHANGE), link, symlink/readlink, unlink/rmdir,
-// big directories through readdir/readdirplus, and lookup counts with FORGET on the hiprio queue.
+// big directories through readdir/readdirplus (and their 64-bit cookies), and lookup counts with
+// FORGET on the hiprio queue.
 import t from 'tap';
 import * as fs from 'node:fs';
 import { selectedBackends } from './backend';
-import { openSession, isDir, isReg, isLnk, unexpectedErrors, expectErrno } from './helpers';
+import { openSession, isDir, isReg, isLnk, unexpectedErrors, expectErrno, probeServing } from './helpers';
 import * as F from './fuse_proto';
+import { native } from '../../shared/native';
+import { parseDirents } from '../../worker/fs/dirent';
+import { makePrng } from '../helpers/prng';
 
 const ROOT = F.FUSE_ROOT_ID;
 const { ENOENT, EEXIST, ENOTEMPTY, EIO } = F.Errno;
+const EXT4_SUPER_MAGIC = 0xef53;
+
+/** The host's own readdir cookies: name → d_off as the u64 on the wire. */
+function hostCookies(dir: string): Map<string, bigint> {
+  const fd = fs.openSync(dir, 'r');
+  const out = new Map<string, bigint>();
+  try {
+    const buf = Buffer.alloc(64 * 1024);
+    for (let n; (n = native.getdents64(fd, buf)) > 0;) {
+      for (const d of parseDirents(buf, n)) out.set(d.name.toString(), BigInt.asUintN(64, d.off));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return out;
+}
 
 for (const kind of selectedBackends()) {
   t.test(kind, async (t) => {
@@ -193,6 +213,60 @@ for (const kind of selectedBackends()) {
         t.same(unexpectedErrors(s), []);
       });
     }
+
+    t.test('readdir cookies: exact 64-bit round trip (ext4 hashes above 2^53), seekdir, bogus cookies', async (t) => {
+      const names = Array.from({ length: 2000 }, (_, i) => `cookie-${String(i).padStart(4, '0')}`);
+      const s = await openSession(t, kind, {
+        setup: (sh) => {
+          fs.mkdirSync(`${sh}/big`);
+          for (const n of names) fs.writeFileSync(`${sh}/big/${n}`, '');
+        },
+      });
+      const host = hostCookies(s.host('big'));
+      const ext4 = fs.statfsSync(s.shared).type === EXT4_SUPER_MAGIC;
+      if (ext4) t.ok([...host.values()].filter((c) => c > 1n << 53n).length > names.length / 2, 'ext4: the host cookies are hashes above 2^53');
+      else t.comment('shared dir is not on ext4: hash cookies above 2^53 not exercised');
+      const big = await s.fuse.lookup(ROOT, 'big');
+      const od = await s.fuse.opendir(big.nodeid);
+      const { entries } = await s.fuse.readdirAll(big.nodeid, od.fh, { size: 1024 });
+      const known = new Set([...names, '.', '..']);
+      const listed = entries.map((e) => e.name.toString());
+      t.same(listed.filter((n, i) => listed.indexOf(n) !== i), [], 'no name twice');
+      t.same([...known].filter((n) => !listed.includes(n)), [], 'every name listed');
+      t.same(entries.filter((e) => e.off !== host.get(e.name.toString())).map((e) => `${e.name.toString()}: ${e.off} != ${host.get(e.name.toString())}`), [],
+        'every cookie is the host d_off, all 64 bits');
+      // seekdir to a cookie returned earlier: exactly the rest, in order.
+      const k = 1234;
+      const rest: string[] = [];
+      for (let off = entries[k].off; ;) {
+        const batch = await s.fuse.readdir(big.nodeid, od.fh, off, 2048);
+        if (batch.length === 0) break;
+        rest.push(...batch.map((e) => e.name.toString()));
+        off = batch[batch.length - 1].off;
+      }
+      t.same(rest, listed.slice(k + 1), 'seekdir to an earlier cookie resumes right after that entry');
+      // Bogus cookies: a listing of real entries or an errno, whatever the filesystem makes of
+      // the lseek; never a crash or a hang.
+      const rand = makePrng(0xc00c1e);
+      const randomU64 = (): bigint => (BigInt(Math.floor(rand() * 2 ** 32)) << 32n) | BigInt(Math.floor(rand() * 2 ** 32));
+      const bogus = [(1n << 63n) - 1n, (1n << 64n) - 1n, 1n << 63n, (1n << 53n) + 1n, ...Array.from({ length: 4 }, randomU64)];
+      for (const cookie of bogus) {
+        const what = `cookie 0x${cookie.toString(16)}`;
+        try {
+          const batch = (await s.fuse.readdir(big.nodeid, od.fh, cookie, 4096)).map((e) => e.name.toString());
+          t.ok(batch.every((n) => known.has(n)) && new Set(batch).size === batch.length, `${what}: a listing of ${batch.length} real entries`);
+        } catch (e) {
+          const errno = (e as { errno?: unknown }).errno;
+          t.ok(typeof errno === 'number' && errno > 0, `${what}: errno ${typeof errno === 'number' ? F.errnoName(errno) : String(e)}`);
+        }
+      }
+      const alive = await probeServing(s);
+      t.ok(alive.ok, `still serving after bogus cookies (${alive.why})`);
+      const again = await s.fuse.readdirAll(big.nodeid, od.fh, { size: 4096 });
+      t.same(again.entries.map((e) => e.name.toString()), listed, 'a listing from 0 after the bogus cookies is the same listing');
+      await s.fuse.releasedir(big.nodeid, od.fh);
+      t.same(unexpectedErrors(s), []);
+    });
 
     t.test('lookup counts: lookup twice, forget 2 on hiprio, open file keeps working', async (t) => {
       const s = await openSession(t, kind, { setup: (sh) => { fs.writeFileSync(`${sh}/held`, 'held data'); fs.mkdirSync(`${sh}/d`); } });

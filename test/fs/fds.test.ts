@@ -27,7 +27,7 @@ t.test('every fd is registered; destroy() leaves only root; fd count back to the
   const d = pfs.lookup(ctx, ROOT, b('d'));
   const o = pfs.open(ctx, a.nodeid, K.O_RDWR);
   const dir = pfs.opendir(ctx, d.nodeid, 0);
-  pfs.readdir(ctx, d.nodeid, dir.fh, 0, true, new TestSink(100));
+  pfs.readdir(ctx, d.nodeid, dir.fh, 0n, true, new TestSink(100));
   const c = pfs.create(ctx, d.nodeid, b('new'), 0o644, K.O_RDWR, 0);
   const tmp = pfs.tmpfile(ctx, ROOT, 0o600, K.O_RDWR, 0);
   pfs.mkdir(ctx, ROOT, b('m'), 0o755, 0);

@@ -1,10 +1,13 @@
 // readdir / readdirplus: resuming across calls with a small reply limit, seeking, lookup counts
-// of readdirplus entries, and resuming after a (simulated) worker restart.
+// of readdirplus entries, resuming after a (simulated) worker restart, and what a seek costs
+// (exact 64-bit cookies: one lseek, never a rescan).
 import t from 'tap';
 import type { Test } from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { STAT } from '../../shared/native';
+import { STAT, native } from '../../shared/native';
+import { parseDirents } from '../../worker/fs/dirent';
+import { makePrng } from '../helpers/prng';
 import { PassthroughFs } from '../../worker/fs/passthrough';
 import { FsSession } from '../../worker/fs/session';
 import * as K from '../../worker/fs/constants';
@@ -23,7 +26,7 @@ function fill(dir: string, n: number): string[] {
 }
 
 /** Reads the whole directory with at most `limit` entries per call; returns every entry. */
-function readAll(pfs: PassthroughFs, nodeid: number, fh: number, limit: number, plus: boolean, start = 0): { entries: SinkEntry[]; calls: number } {
+function readAll(pfs: PassthroughFs, nodeid: number, fh: number, limit: number, plus: boolean, start = 0n): { entries: SinkEntry[]; calls: number } {
   const entries: SinkEntry[] = [];
   let offset = start;
   let calls = 0;
@@ -101,13 +104,13 @@ t.test('a refused first entry is returned by the next call', (t) => {
   const d = pfs.lookup(ctx, ROOT, b('d'));
   const dir = pfs.opendir(ctx, d.nodeid, 0);
   const none = new TestSink(0);
-  pfs.readdir(ctx, d.nodeid, dir.fh, 0, true, none);
+  pfs.readdir(ctx, d.nodeid, dir.fh, 0n, true, none);
   t.equal(none.entries.length, 0);
   t.equal(pfs.session.inodeCount, 2, 'no lookup leaked');
   const { entries } = readAll(pfs, d.nodeid, dir.fh, 1, true);
   checkOnce(t, entries, ['a', 'b']);
-  throwsErrno(t, () => pfs.readdir(ctx, d.nodeid, 999, 0, false, new TestSink(1)), K.EBADF, 'unknown fh');
-  throwsErrno(t, () => pfs.readdir(ctx, ROOT, dir.fh, 0, false, new TestSink(1)), K.EBADF, 'fh of another dir');
+  throwsErrno(t, () => pfs.readdir(ctx, d.nodeid, 999, 0n, false, new TestSink(1)), K.EBADF, 'unknown fh');
+  throwsErrno(t, () => pfs.readdir(ctx, ROOT, dir.fh, 0n, false, new TestSink(1)), K.EBADF, 'fh of another dir');
   const f = pfs.lookup(ctx, d.nodeid, b('a'));
   throwsErrno(t, () => pfs.opendir(ctx, f.nodeid, 0), K.ENOTDIR);
   pfs.releasedir(ctx, d.nodeid, dir.fh);
@@ -137,7 +140,7 @@ t.test('readdir resumes in a restarted worker (session from a snapshot, same fds
   const big = pfs.lookup(ctx, ROOT, b('big'));
   const dir = pfs.opendir(ctx, big.nodeid, 0);
   const first: SinkEntry[] = [];
-  let offset = 0;
+  let offset = 0n;
   for (let i = 0; i < 20; i++) {
     const sink = new TestSink(9);
     pfs.readdir(ctx, big.nodeid, dir.fh, offset, true, sink);
@@ -165,7 +168,7 @@ t.test('restart after the last accepted entry was deleted', (t) => {
   const big = pfs.lookup(ctx, ROOT, b('big'));
   const dir = pfs.opendir(ctx, big.nodeid, 0);
   const sink = new TestSink(50);
-  pfs.readdir(ctx, big.nodeid, dir.fh, 0, false, sink);
+  pfs.readdir(ctx, big.nodeid, dir.fh, 0n, false, sink);
   const last = sink.entries[sink.entries.length - 1];
   t.not(last.name, '.');
   fs.unlinkSync(path.join(share, 'big', last.name));
@@ -183,7 +186,7 @@ t.test('entries created or removed during readdir: the others appear exactly onc
   const big = pfs.lookup(ctx, ROOT, b('big'));
   const dir = pfs.opendir(ctx, big.nodeid, 0);
   const got: SinkEntry[] = [];
-  let offset = 0;
+  let offset = 0n;
   const removed = new Set(names.filter((_, i) => i % 7 === 3));
   const stable = names.filter((n) => !removed.has(n));
   for (let i = 0; ; i++) {
@@ -211,4 +214,143 @@ t.test('fsyncdir', async (t) => {
   await pfs.fsyncdir(ctx, ROOT, dir.fh, true);
   pfs.releasedir(ctx, ROOT, dir.fh);
   t.pass('fsyncdir done');
+});
+
+/** Counts the directory syscalls PassthroughFs makes (it calls them through the shared addon
+ * object, so wrapping its properties sees every call); restored at teardown. */
+function spyDirCalls(t: Test): { lseeks: number; getdents: number; bytes: number; reset(): void } {
+  const n = native as unknown as Record<'lseek' | 'getdents64', (...args: unknown[]) => unknown>;
+  const orig = { lseek: n.lseek, getdents64: n.getdents64 };
+  const spy = {
+    lseeks: 0, getdents: 0, bytes: 0,
+    reset(): void { spy.lseeks = 0; spy.getdents = 0; spy.bytes = 0; },
+  };
+  n.lseek = (...args: unknown[]) => { spy.lseeks++; return orig.lseek(...args); };
+  n.getdents64 = (...args: unknown[]) => {
+    spy.getdents++;
+    const got = orig.getdents64(...args) as number;
+    spy.bytes += got;
+    return got;
+  };
+  t.teardown(() => { n.lseek = orig.lseek; n.getdents64 = orig.getdents64; });
+  return spy;
+}
+
+/** The host's own cookies: name → d_off as the u64 the guest must see. */
+function hostCookies(dir: string): Map<string, bigint> {
+  const fd = fs.openSync(dir, 'r');
+  const out = new Map<string, bigint>();
+  try {
+    const buf = Buffer.alloc(64 * 1024);
+    for (let n; (n = native.getdents64(fd, buf)) > 0;) {
+      for (const d of parseDirents(buf, n)) out.set(d.name.toString(), BigInt.asUintN(64, d.off));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return out;
+}
+
+t.test('cookies are exact 64-bit values; a bogus or earlier cookie is one lseek and one buffer, never a scan', (t) => {
+  const BUF = 4096;
+  const { fs: pfs, share, registry } = setup(t, { big: {} }, { readdirBufferSize: BUF });
+  const names = fill(path.join(share, 'big'), 3000);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const spy = spyDirCalls(t);
+
+  // A sequential listing: never an lseek, and every cookie is the host's, bit for bit.
+  const { entries } = readAll(pfs, big.nodeid, dir.fh, 7, false);
+  checkOnce(t, entries, names);
+  t.equal(spy.lseeks, 0, 'a sequential listing never seeks');
+  const fullScan = spy.bytes;
+  t.ok(fullScan > 20 * BUF, `the directory is ${fullScan} bytes of dirents`);
+  const host = hostCookies(path.join(share, 'big'));
+  t.same(entries.filter((e) => typeof e.off !== 'bigint' || e.off !== host.get(e.name)).map((e) => e.name), [],
+    'every cookie handed out is the exact host d_off');
+  if (fs.statfsSync(share).type === 0xef53) {
+    t.ok(entries.filter((e) => e.off > 1n << 53n).length > names.length / 2, 'ext4: most cookies are hashes above 2^53');
+  } else {
+    t.comment('not ext4: hash cookies above 2^53 not exercised');
+  }
+
+  // seekdir to a cookie returned earlier: one lseek, one buffer, and exactly the tail.
+  spy.reset();
+  const sink = new TestSink(10);
+  pfs.readdir(ctx, big.nodeid, dir.fh, entries[1499].off, false, sink);
+  t.same(sink.entries.map((e) => e.name), entries.slice(1500, 1510).map((e) => e.name), 'seekdir resumes after that entry');
+  t.same({ lseeks: spy.lseeks, getdents: spy.getdents }, { lseeks: 1, getdents: 1 }, 'seekdir: one lseek, one getdents');
+
+  // Bogus cookies: whatever the filesystem returns from one lseek (or its errno), at most one
+  // buffer of dirents (a second getdents may only find the end), no name twice or unknown.
+  const rand = makePrng(0x5eed);
+  const randomU64 = (): bigint => (BigInt(Math.floor(rand() * 2 ** 32)) << 32n) | BigInt(Math.floor(rand() * 2 ** 32));
+  const bogus = [(1n << 63n) - 1n, (1n << 63n) - 2n, (1n << 64n) - 1n, 1n << 63n, (1n << 53n) + 1n, 0x7fff_ffff_ffff_f001n,
+    ...Array.from({ length: 8 }, randomU64)];
+  const known = new Set([...names, '.', '..']);
+  for (const cookie of bogus) {
+    spy.reset();
+    const s = new TestSink(10);
+    let outcome: string;
+    try {
+      pfs.readdir(ctx, big.nodeid, dir.fh, cookie, false, s);
+      outcome = `${s.entries.length} entries`;
+      t.ok(s.entries.every((e) => known.has(e.name)) && new Set(s.entries.map((e) => e.name)).size === s.entries.length,
+        `cookie 0x${cookie.toString(16)}: a listing of real entries`);
+    } catch (e) {
+      const errno = (e as { errno?: unknown }).errno;
+      outcome = `errno ${String(errno)}`;
+      t.ok(typeof errno === 'number' && errno > 0, `cookie 0x${cookie.toString(16)}: an errno (${String(errno)})`);
+    }
+    t.ok(spy.lseeks <= 1 && spy.getdents <= 2 && spy.bytes <= BUF,
+      `cookie 0x${cookie.toString(16)} (${outcome}): ${spy.lseeks} lseek, ${spy.getdents} getdents, ${spy.bytes} bytes (a full scan is ${fullScan})`);
+  }
+  // A negative off_t (u64 >= 2^63) is refused by lseek on ext4 and tmpfs alike.
+  throwsErrno(t, () => pfs.readdir(ctx, big.nodeid, dir.fh, (1n << 64n) - 1n, false, new TestSink(10)), K.EINVAL, 'cookie 2^64-1: EINVAL from lseek');
+
+  // A failed lseek leaves the position and the pending entries alone: the listing continues.
+  const head = new TestSink(100);
+  pfs.readdir(ctx, big.nodeid, dir.fh, 0n, false, head);
+  throwsErrno(t, () => pfs.readdir(ctx, big.nodeid, dir.fh, 1n << 63n, false, new TestSink(10)), K.EINVAL, 'cookie 2^63: EINVAL');
+  spy.reset();
+  const rest = readAll(pfs, big.nodeid, dir.fh, 50, false, head.entries[head.entries.length - 1].off);
+  t.equal(spy.lseeks, 0, 'continuing after the refused cookie needs no lseek');
+  checkOnce(t, [...head.entries, ...rest.entries], names);
+
+  // The first READDIR of a restarted worker (fd position unknown): one lseek to the exact cookie.
+  const pfs2 = new PassthroughFs({ registry, logger: silent, session: FsSession.fromSnapshot(JSON.parse(JSON.stringify(pfs.session.toSnapshot()))), readdirBufferSize: BUF });
+  spy.reset();
+  const after = new TestSink(10);
+  pfs2.readdir(ctx, big.nodeid, dir.fh, entries[2000].off, false, after);
+  t.same(after.entries.map((e) => e.name), entries.slice(2001, 2011).map((e) => e.name), 'restart: resumes after that entry');
+  t.same({ lseeks: spy.lseeks, getdents: spy.getdents }, { lseeks: 1, getdents: 1 }, 'restart: one lseek, one getdents');
+  pfs2.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+t.test('a listing an older worker served with rounded cookies continues exactly after the upgrade', (t) => {
+  const { fs: pfs, share, registry } = setup(t, { big: {} });
+  const names = fill(path.join(share, 'big'), 300);
+  const big = pfs.lookup(ctx, ROOT, b('big'));
+  const { entries } = readAll(pfs, big.nodeid, pfs.opendir(ctx, big.nodeid, 0).fh, 50, false);
+  // Workers before exact cookies sent BigInt(Number(d_off)): find an entry whose cookie that
+  // rounds UP, past the next entry's position, so a plain lseek to it would skip that entry.
+  const legacy = (off: bigint): bigint => BigInt(Number(off));
+  const k = entries.findIndex((e, i) => i >= 10 && legacy(e.off) > e.off);
+  if (k < 0) {
+    t.comment('no cookie above 2^53 rounds up here (not ext4?): nothing to check');
+    t.end();
+    return;
+  }
+  const dir = pfs.opendir(ctx, big.nodeid, 0);
+  const head = new TestSink(k + 1);
+  pfs.readdir(ctx, big.nodeid, dir.fh, 0n, false, head);
+  t.equal(pfs.session.getDir(dir.fh)!.position, entries[k].off, 'the session journals the exact position');
+  // The restarted (upgraded) worker gets the rounded cookie the old one handed out.
+  const pfs2 = new PassthroughFs({ registry, logger: silent, session: FsSession.fromSnapshot(JSON.parse(JSON.stringify(pfs.session.toSnapshot()))) });
+  const rest = readAll(pfs2, big.nodeid, dir.fh, 50, false, legacy(entries[k].off));
+  t.same(rest.entries.map((e) => e.name), entries.slice(k + 1).map((e) => e.name), 'resumes right after that entry, nothing skipped');
+  checkOnce(t, [...head.entries, ...rest.entries], names);
+  pfs2.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
 });

@@ -96,7 +96,7 @@ t.test('readdirplus lists symlinks as themselves', (t) => {
   fs.symlinkSync(outside, path.join(share, 'escape'));
   const dir = pfs.opendir(ctx, ROOT, 0);
   const sink = new TestSink(100);
-  pfs.readdir(ctx, ROOT, dir.fh, 0, true, sink);
+  pfs.readdir(ctx, ROOT, dir.fh, 0n, true, sink);
   const e = sink.entries.find((x) => x.name === 'escape')!;
   t.ok(e.entry);
   t.equal(e.entry!.stat.readUInt32LE(STAT.mode) & K.S_IFMT, K.S_IFLNK);

@@ -53,7 +53,7 @@ function parseRecords(buf: Buffer, plus: boolean): Parsed[] {
 
 t.test('one READDIR record, field by field', async (t) => {
   const w = new DirentWriter(4096, false);
-  t.equal(w.add(Buffer.from('abc'), ino(0x1122334455667788n), 8, 42, null), true);
+  t.equal(w.add(Buffer.from('abc'), ino(0x1122334455667788n), 8, 42n, null), true);
   const b = w.bytes();
   t.equal(b.length, 32, 'align8(24 + 3)');
   t.equal(b.toString('hex'),
@@ -67,7 +67,7 @@ t.test('records are 8-byte aligned for every name length', async (t) => {
   let expected = 0;
   for (let n = 1; n <= 40; n++) {
     t.equal(w.recordSize(n), align8(24 + n), `recordSize(${n})`);
-    t.ok(w.add(Buffer.alloc(n, 0x61 + (n % 26)), ino(BigInt(n)), 4, n, null));
+    t.ok(w.add(Buffer.alloc(n, 0x61 + (n % 26)), ino(BigInt(n)), 4, BigInt(n), null));
     expected += align8(24 + n);
   }
   t.equal(w.length, expected);
@@ -83,31 +83,31 @@ t.test('records are 8-byte aligned for every name length', async (t) => {
 
 t.test('exact fit boundary', async (t) => {
   const exact = new DirentWriter(32 + 40, false); // "abc" (32) + "0123456789abcdef" (align8(24+16) = 40)
-  t.ok(exact.add(Buffer.from('abc'), ino(1n), 8, 1, null));
-  t.ok(exact.add(Buffer.from('0123456789abcdef'), ino(2n), 8, 2, null), 'fills the buffer exactly');
-  t.notOk(exact.add(Buffer.from('x'), ino(3n), 8, 3, null), 'nothing more fits');
+  t.ok(exact.add(Buffer.from('abc'), ino(1n), 8, 1n, null));
+  t.ok(exact.add(Buffer.from('0123456789abcdef'), ino(2n), 8, 2n, null), 'fills the buffer exactly');
+  t.notOk(exact.add(Buffer.from('x'), ino(3n), 8, 3n, null), 'nothing more fits');
   t.equal(exact.length, 72);
 
   const oneShort = new DirentWriter(32 + 39, false);
-  t.ok(oneShort.add(Buffer.from('abc'), ino(1n), 8, 1, null));
-  t.notOk(oneShort.add(Buffer.from('0123456789abcdef'), ino(2n), 8, 2, null), 'one byte short');
+  t.ok(oneShort.add(Buffer.from('abc'), ino(1n), 8, 1n, null));
+  t.notOk(oneShort.add(Buffer.from('0123456789abcdef'), ino(2n), 8, 2n, null), 'one byte short');
   t.equal(oneShort.length, 32, 'the refused record left nothing behind');
   t.equal(parseRecords(oneShort.bytes(), false).length, 1);
 
   // Padding counts: a 25-byte record needs 32.
-  t.notOk(new DirentWriter(31, false).add(Buffer.from('a'), ino(1n), 8, 1, null));
-  t.ok(new DirentWriter(32, false).add(Buffer.from('a'), ino(1n), 8, 1, null));
+  t.notOk(new DirentWriter(31, false).add(Buffer.from('a'), ino(1n), 8, 1n, null));
+  t.ok(new DirentWriter(32, false).add(Buffer.from('a'), ino(1n), 8, 1n, null));
   const empty = new DirentWriter(0, false);
-  t.notOk(empty.add(Buffer.from('a'), ino(1n), 8, 1, null));
+  t.notOk(empty.add(Buffer.from('a'), ino(1n), 8, 1n, null));
   t.equal(empty.bytes().length, 0);
 });
 
 t.test('READDIRPLUS: entry_out before each dirent; null entry → zeroed entry_out', async (t) => {
   const w = new DirentWriter(4096, true);
   t.equal(w.recordSize(5), align8(DIRENTPLUS + 5));
-  t.ok(w.add(Buffer.from('file1'), ino(1001n), 8, 1, entryFor(1)));
-  t.ok(w.add(Buffer.from('.'), ino(1n), 4, 2, null));
-  t.ok(w.add(Buffer.from('sub'), ino(1003n), 4, 3, entryFor(3)));
+  t.ok(w.add(Buffer.from('file1'), ino(1001n), 8, 1n, entryFor(1)));
+  t.ok(w.add(Buffer.from('.'), ino(1n), 4, 2n, null));
+  t.ok(w.add(Buffer.from('sub'), ino(1003n), 4, 3n, entryFor(3)));
   const recs = parseRecords(w.bytes(), true);
   t.equal(recs.length, 3);
   t.strictSame(recs[0]!.entryOut, encodeEntryOut(entryFor(1)), 'entry_out encoded as encodeEntryOut does');
@@ -120,17 +120,17 @@ t.test('READDIRPLUS: entry_out before each dirent; null entry → zeroed entry_o
 
   // Exact fit in plus mode.
   const fit = new DirentWriter(160, true);
-  t.ok(fit.add(Buffer.from('file1'), ino(1n), 8, 1, entryFor(1)));
-  t.notOk(fit.add(Buffer.from('a'), ino(2n), 8, 2, entryFor(2)));
-  t.notOk(new DirentWriter(159, true).add(Buffer.from('file1'), ino(1n), 8, 1, entryFor(1)));
+  t.ok(fit.add(Buffer.from('file1'), ino(1n), 8, 1n, entryFor(1)));
+  t.notOk(fit.add(Buffer.from('a'), ino(2n), 8, 2n, entryFor(2)));
+  t.notOk(new DirentWriter(159, true).add(Buffer.from('file1'), ino(1n), 8, 1n, entryFor(1)));
 });
 
 t.test('caller target buffer: written in place, stale bytes never leak, bytes() is a view', async (t) => {
   const target = Buffer.alloc(1000, 0xff);
   const w = new DirentWriter(4096, true, target);
   t.equal(w.maxBytes, 1000, 'capped at the target length');
-  t.ok(w.add(Buffer.from('a'), ino(1n), 8, 1, null));
-  t.ok(w.add(Buffer.from('bb'), ino(2n), 8, 2, entryFor(2)));
+  t.ok(w.add(Buffer.from('a'), ino(1n), 8, 1n, null));
+  t.ok(w.add(Buffer.from('bb'), ino(2n), 8, 2n, entryFor(2)));
   const bytes = w.bytes();
   t.equal(bytes.buffer, target.buffer, 'no copy');
   t.equal(bytes.byteOffset, target.byteOffset);
@@ -142,7 +142,7 @@ t.test('caller target buffer: written in place, stale bytes never leak, bytes() 
 
 t.test('growth: a huge maxBytes allocates as entries come, and the records survive growing', async (t) => {
   const w = new DirentWriter(0xffffffff, false); // a hostile READDIR size
-  for (let i = 0; i < 2000; i++) t.ok(w.add(Buffer.from(`name-${i}`), ino(BigInt(i)), 8, i + 1, null), `add ${i}`);
+  for (let i = 0; i < 2000; i++) t.ok(w.add(Buffer.from(`name-${i}`), ino(BigInt(i)), 8, BigInt(i + 1), null), `add ${i}`);
   const recs = parseRecords(w.bytes(), false);
   t.equal(recs.length, 2000);
   t.equal(recs[1999]!.name, 'name-1999');
@@ -152,10 +152,19 @@ t.test('growth: a huge maxBytes allocates as entries come, and the records survi
 
 t.test('misuse by our own filesystem layer throws', async (t) => {
   const w = new DirentWriter(4096, false);
-  t.throws(() => w.add(Buffer.alloc(0), ino(1n), 8, 1, null), RangeError, 'empty name');
-  t.throws(() => w.add(Buffer.alloc(1025, 0x61), ino(1n), 8, 1, null), RangeError, 'name > FUSE_NAME_MAX');
-  t.throws(() => w.add(Buffer.from('a'), Buffer.alloc(4), 8, 1, null), RangeError, '4-byte ino');
+  t.throws(() => w.add(Buffer.alloc(0), ino(1n), 8, 1n, null), RangeError, 'empty name');
+  t.throws(() => w.add(Buffer.alloc(1025, 0x61), ino(1n), 8, 1n, null), RangeError, 'name > FUSE_NAME_MAX');
+  t.throws(() => w.add(Buffer.from('a'), Buffer.alloc(4), 8, 1n, null), RangeError, '4-byte ino');
   t.throws(() => new DirentWriter(-1, false), RangeError);
   t.throws(() => new DirentWriter(1.5, false), RangeError);
-  t.ok(w.add(Buffer.alloc(1024, 0x61), ino(1n), 8, 1, null), 'FUSE_NAME_MAX itself is fine');
+  t.ok(w.add(Buffer.alloc(1024, 0x61), ino(1n), 8, 1n, null), 'FUSE_NAME_MAX itself is fine');
+  t.throws(() => w.add(Buffer.from('a'), ino(1n), 8, -1n, null), RangeError, 'negative cookie (an unconverted s64 d_off)');
+  t.throws(() => w.add(Buffer.from('a'), ino(1n), 8, 1n << 64n, null), RangeError, 'cookie beyond u64');
+});
+
+t.test('cookies are written exactly, all 64 bits', async (t) => {
+  const w = new DirentWriter(4096, false);
+  const cookies = [(1n << 53n) + 1n, 0x5f3759df_12345677n, 0x7fffffffffffffffn, 0xffffffffffffffffn];
+  for (const c of cookies) t.ok(w.add(Buffer.from('n'), ino(1n), 8, c, null));
+  t.same(parseRecords(w.bytes(), false).map((r) => r.off), cookies);
 });

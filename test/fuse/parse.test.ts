@@ -129,8 +129,8 @@ t.test('golden decodes, one per opcode', async (t) => {
     'FSYNCDIR': { kind: 'FSYNCDIR', fh: 8, fsyncFlags: 0, dataOnly: false },
     'STATFS': { kind: 'STATFS' },
     'SYNCFS': { kind: 'SYNCFS' },
-    'READDIR': { kind: 'READDIR', fh: 8, offset: 3, size: 4096 },
-    'READDIRPLUS': { kind: 'READDIRPLUS', fh: 8, offset: 0, size: 65536 },
+    'READDIR': { kind: 'READDIR', fh: 8, offset: 3n, size: 4096 },
+    'READDIRPLUS': { kind: 'READDIRPLUS', fh: 8, offset: 0n, size: 65536 },
     'GETXATTR': { kind: 'GETXATTR', name: B('user.a'), size: 256 },
     'LISTXATTR': { kind: 'LISTXATTR', size: 0 },
     'SETXATTR': { kind: 'SETXATTR', name: B('user.b'), value: B('v\0z'), flags: 1, setxattrFlags: 0 },
@@ -297,6 +297,17 @@ t.test('BATCH_FORGET counts', async (t) => {
   t.ok(Number.isNaN(r.items[0]!.nodeid));
   t.equal(r.items[0]!.nlookup, Number.MAX_SAFE_INTEGER);
   t.strictSame(parse(request({ opcode: OP.FORGET }, pack(u64(1n << 62n)))), { kind: 'FORGET', nlookup: Number.MAX_SAFE_INTEGER });
+});
+
+t.test('READDIR/READDIRPLUS offsets are exact 64-bit cookies, every u64 accepted', async (t) => {
+  // ext4 cookies are 63-bit hashes: a rounded one cannot be lseek'd to.
+  const cookies = [0n, (1n << 53n) + 1n, 0x5f3759df_12345677n, 0x7fffffffffffffffn, 1n << 63n, 0xffffffffffffffffn];
+  for (const opcode of [OP.READDIR, OP.READDIRPLUS]) {
+    for (const off of cookies) {
+      const r = parse(request({ opcode }, pack(u64(8), u64(off), u32(4096), u32(0), u64(0), u32(0), u32(0))));
+      t.strictSame(r, { kind: opcode === OP.READDIR ? 'READDIR' : 'READDIRPLUS', fh: 8, offset: off, size: 4096 }, `opcode ${opcode} cookie 0x${off.toString(16)}`);
+    }
+  }
 });
 
 t.test('u64 values beyond 2^53-1', async (t) => {

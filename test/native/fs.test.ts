@@ -195,7 +195,26 @@ t.test('fstatfs, getdents64, lseek', async (t) => {
   t.equal(native.lseek(f, 0, C.SEEK_HOLE), 2);
   t.throws(() => native.lseek(f, 5, C.SEEK_DATA), { code: 'ENXIO', syscall: 'lseek' });
   t.throws(() => native.lseek(f, -10, C.SEEK_SET), { code: 'EINVAL' });
+  // A bigint offset: every off_t, exactly, and the result is a bigint too.
+  t.equal(native.lseek(f, 1n, C.SEEK_SET), 1n);
+  t.equal(native.lseek(f, (1n << 40n) + 1n, C.SEEK_SET), (1n << 40n) + 1n); // files stop at s_maxbytes (ext4: 2^44)
+  t.throws(() => native.lseek(f, -1n, C.SEEK_SET), { code: 'EINVAL', errno: 22, syscall: 'lseek' });
   native.close(f);
+  // Directory cookies (ext4: 63-bit hashes) round-trip through lseek exactly.
+  const dd = openDir(dir);
+  const buf = Buffer.alloc(4096);
+  const n = native.getdents64(dd, buf);
+  // The largest d_off short of the end marker (2^63-1 on ext4).
+  let cookie = 0n;
+  for (let pos = 0; pos < n; pos += buf.readUInt16LE(pos + 16)) {
+    const off = buf.readBigInt64LE(pos + 8);
+    if (off > cookie && off < (1n << 63n) - 1n) cookie = off;
+  }
+  t.equal(native.lseek(dd, cookie, C.SEEK_SET), cookie, `lseek to d_off 0x${cookie.toString(16)}`);
+  t.equal(native.lseek(dd, 0n, C.SEEK_CUR), cookie, 'the position is the cookie');
+  t.ok(n > 0);
+  if (fs.statfsSync(dir).type === 0xef53) t.ok(cookie > 1n << 53n, 'ext4: the cookie is a hash above 2^53');
+  native.close(dd);
   native.close(d);
 });
 

@@ -45,6 +45,8 @@ t.test('wrong types throw TypeError ERR_INVALID_ARG_TYPE', async (t) => {
     ['setFsIds', ['0', 0]],
     ['raiseNoFileLimit', ['1']],
     ['pread', [0, Buffer.alloc(1), 0, 'cb']],
+    ['lseek', [0, '0', 0]],
+    ['lseek', [0, 0n, 0n]],
   ];
   for (const [name, args] of cases) {
     try {
@@ -71,6 +73,8 @@ t.test('out-of-range numbers throw RangeError ERR_OUT_OF_RANGE', async (t) => {
     ['openat', [C.AT_FDCWD, 'x', -1, 0]],
     ['openat', [C.AT_FDCWD, 'x', 0, 0o100000]],
     ['lseek', [0, 2 ** 53 + 2, 0]],
+    ['lseek', [0, 1n << 63n, 0]],
+    ['lseek', [0, -(1n << 63n) - 1n, 0]],
     ['ftruncate', [0, -1]],
     ['mknodat', [C.AT_FDCWD, 'x', 0, -1]],
     ['recvMsg', [0, Buffer.alloc(1), 254]],

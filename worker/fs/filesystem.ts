@@ -67,9 +67,11 @@ export interface LockRange {
 }
 
 /** Accepts one directory entry; returns false when the reply buffer is full (the entry was not
- * taken and, for readdirplus, the filesystem must undo that entry's lookup). */
+ * taken and, for readdirplus, the filesystem must undo that entry's lookup). `nextOffset` is
+ * the u64 cookie (0 <= nextOffset < 2^64) that a later readdir passes to continue after this
+ * entry: exact, as ext4's hash cookies do not fit a double. */
 export interface DirSink {
-  add(name: Buffer, ino: Buffer /* 8 bytes, LE u64 */, type: number, nextOffset: number,
+  add(name: Buffer, ino: Buffer /* 8 bytes, LE u64 */, type: number, nextOffset: bigint,
     entry: Entry | null): boolean;
 }
 
@@ -113,7 +115,8 @@ export interface FileSystem {
   syncfs(ctx: Context, nodeid: NodeId): Promise<void>;
 
   opendir(ctx: Context, nodeid: NodeId, flags: number): OpenReply;
-  readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, plus: boolean, sink: DirSink): void;
+  /** `offset`: the u64 cookie from the wire (0 = start), exact. */
+  readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: bigint, plus: boolean, sink: DirSink): void;
   releasedir(ctx: Context, nodeid: NodeId, fh: Handle): void;
   fsyncdir(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void>;
 

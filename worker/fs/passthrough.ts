@@ -38,13 +38,15 @@
 // - access(): faccessat2(AT_EACCESS) on the inode fd with the caller's fs ids: the kernel's own
 //   check (ACLs, read-only mounts, immutable files). Like every other operation here it sees
 //   the caller's uid and primary gid only: FUSE does not pass supplementary groups.
-// - readdir offsets are the filesystem's own d_off cookies, passed through as in virtiofsd. On
-//   ext4 they are 63-bit hashes, so as JS numbers they are rounded: the guest gets
-//   Number(u64 cookie) and echoes it back as an opaque token. The session keeps the exact 64-bit
-//   cookie of the dir position; entries fetched but refused by the reply stay buffered (no seek
-//   back), so sequential reads never seek. A seek (rewinddir, seekdir, or the first READDIR after
-//   a worker restart, when the kernel fd position is unknown) lseeks when the cookie fits 2^53
-//   and otherwise re-reads the directory up to the entry carrying the cookie.
+// - readdir offsets are the filesystem's own d_off cookies, passed through exactly (bigint: ext4's
+//   are 63-bit hashes) as in virtiofsd. The session keeps the 64-bit cookie of the dir position;
+//   entries fetched but refused by the reply stay buffered (no seek back), so sequential reads
+//   never seek. Any other offset (rewinddir, seekdir, a bogus cookie, or the first READDIR after
+//   a worker restart, when the kernel fd position is unknown) is one lseek to exactly that
+//   cookie, and the listing is whatever the filesystem returns from there (an lseek error is the
+//   reply). No READDIR ever re-reads the directory to find a position. One exception keeps
+//   upgrades exact: the first READDIR of a worker whose predecessor handed out rounded cookies
+//   (Number(d_off)) may carry the rounded form of the journaled position; it seeks to the latter.
 // - '..' listed by readdir of the root shows the root's own inode number (lookup of '..' at the
 //   root is the root; the host directory above the share is not exposed).
 // - fds are registered before the session records them and closed after the session forgets
@@ -107,7 +109,6 @@ interface DirRuntime {
 
 const TIMEOUTS: Record<CacheMode, number> = { never: 0, auto: 1.0, always: 86400 };
 const NO_ID = -1;
-const MAX_SAFE_BIG = BigInt(Number.MAX_SAFE_INTEGER);
 /** Open flags we pass on to open(2) for FUSE_OPEN/FUSE_CREATE. Everything else is dropped. */
 const PASS_OPEN_FLAGS = K.O_ACCMODE | K.O_APPEND | K.O_NONBLOCK | K.O_DSYNC | K.O_SYNC | K.O_NOATIME |
   K.O_TRUNC | K.O_LARGEFILE;
@@ -141,9 +142,15 @@ function procPath(fd: number): string {
   return `/proc/self/fd/${fd}`;
 }
 
-/** The d_off cookie as the u64 the guest sees, as a number (inexact above 2^53). */
-function cookieToWire(off: bigint): number {
-  return Number(BigInt.asUintN(64, off));
+/** The d_off cookie (s64, as getdents64 and the session keep it) as the u64 the guest sees. */
+function cookieToWire(off: bigint): bigint {
+  return BigInt.asUintN(64, off);
+}
+
+/** What workers before exact cookies sent the guest for this d_off: the u64 rounded to a double
+ * (ext4's hash cookies lose their low bits). */
+function legacyWireCookie(off: bigint): bigint {
+  return BigInt(Number(BigInt.asUintN(64, off)));
 }
 
 function isDot(name: Buffer): boolean { return name.length === 1 && name[0] === 0x2e; }
@@ -925,7 +932,7 @@ export class PassthroughFs implements FileSystem {
     return { fh: dir.fh, openFlags: this.cache === 'always' ? K.FOPEN_CACHE_DIR : 0 };
   }
 
-  readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, plus: boolean, sink: DirSink): void {
+  readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: bigint, plus: boolean, sink: DirSink): void {
     const rec = this.dirRec(nodeid, fh);
     const fd = this.fd(rec.fdName);
     let rt = this.dirState.get(fh);
@@ -933,7 +940,24 @@ export class PassthroughFs implements FileSystem {
       rt = { synced: false, pending: [], next: 0 };
       this.dirState.set(fh, rt);
     }
-    let position = rt.synced && cookieToWire(rec.position) === offset ? rec.position : this.seekDir(fd, rt, rec, offset);
+    // The guest's u64 is the s64 off_t that lseek takes and the session records.
+    let cookie = BigInt.asIntN(64, offset);
+    if (!rt.synced && cookie !== rec.position && offset === legacyWireCookie(rec.position)) {
+      // The first READDIR since this worker started, continuing a listing an older worker
+      // served with rounded cookies: the journaled position is the exact one.
+      cookie = rec.position;
+    }
+    let position = rec.position;
+    if (!(rt.synced && rec.position === cookie)) {
+      // One lseek, exactly like virtiofsd's seekdir; a cookie the filesystem rejects (e.g. a
+      // negative off_t) throws its errno before anything changes, so the fd's position and the
+      // pending entries still belong to the session's position.
+      native.lseek(fd, cookie, K.SEEK_SET);
+      rt.pending = [];
+      rt.next = 0;
+      rt.synced = true;
+      position = cookie;
+    }
     let accepted = 0;
     const dirDev = plus ? this.session.getInode(rec.nodeid)?.dev ?? null : null;
     let rootIno: Buffer | null = null;
@@ -992,65 +1016,6 @@ export class PassthroughFs implements FileSystem {
       this.log.debug({ err: e, fh }, 'readdir stopped early');
     }
     if (position !== rec.position) this.session.setDirPosition(fh, position);
-  }
-
-  /** Positions the dir fd so that the next entry handed out is the one after cookie `offset`.
-   * Returns the exact (64-bit) cookie now current. Cookies that fit a JS number exactly are
-   * lseek'd to; larger ones (ext4 htree hashes are ~2^62) cannot be passed to lseek exactly, so
-   * the directory is read from the start until the entry carrying that cookie. */
-  private seekDir(fd: number, rt: DirRuntime, rec: DirRecord, offset: number): bigint {
-    rt.pending = [];
-    rt.next = 0;
-    rt.synced = false;
-    let exact: bigint | null = null;
-    if (cookieToWire(rec.position) === offset) exact = rec.position;
-    else if (Number.isSafeInteger(offset) && offset >= 0) exact = BigInt(offset);
-    if (exact !== null && exact >= 0n && exact <= MAX_SAFE_BIG) {
-      native.lseek(fd, Number(exact), K.SEEK_SET);
-      rt.synced = true;
-      return exact;
-    }
-    // Pass 1: the entry that follows the one that carried this cookie. Pass 2 (that entry is
-    // gone): the first entry positioned at or after the cookie; directory cookies are ordered
-    // (hash order on ext4, index order on tmpfs/btrfs), so this resumes where the guest left off.
-    const eq = exact !== null ? (pos: bigint) => pos === exact : (pos: bigint) => cookieToWire(pos) === offset;
-    const ge = exact !== null ? (pos: bigint) => BigInt.asUintN(64, pos) >= BigInt.asUintN(64, exact)
-      : (pos: bigint) => cookieToWire(pos) >= offset;
-    const found = this.scanDir(fd, rt, eq) ?? this.scanDir(fd, rt, ge);
-    if (found !== null) return found;
-    // Every entry is before the cookie: we are at the end of the directory.
-    this.log.debug({ fh: rec.fh, offset }, 'readdir cookie past the last entry');
-    rt.synced = true;
-    return exact ?? BigInt.asIntN(64, BigInt(offset));
-  }
-
-  /** Reads the directory from the start until an entry whose position (the previous entry's
-   * d_off; 0 for the first) satisfies `pred`; leaves that entry and the rest of its batch
-   * pending. Returns the position, or null at the end of the directory. */
-  private scanDir(fd: number, rt: DirRuntime, pred: (pos: bigint) => boolean): bigint | null {
-    native.lseek(fd, 0, K.SEEK_SET);
-    let pos = 0n;
-    for (;;) {
-      const n = native.getdents64(fd, this.direntBuf);
-      if (n === 0) return null;
-      const ents = parseDirents(this.direntBuf, n);
-      for (let i = 0; i < ents.length; i++) {
-        if (pred(pos)) {
-          rt.pending = ents;
-          rt.next = i;
-          rt.synced = true;
-          return pos;
-        }
-        pos = ents[i].off;
-      }
-      if (pred(pos)) {
-        // The cookie is the last entry's d_off: the next entry is in the next batch (or EOF).
-        rt.pending = [];
-        rt.next = 0;
-        rt.synced = true;
-        return pos;
-      }
-    }
   }
 
   releasedir(ctx: Context, nodeid: NodeId, fh: Handle): void {

@@ -8,7 +8,9 @@
 // whole records and never more than the READDIR's `size` bytes.
 import type { DirSink, Entry } from '../fs/filesystem';
 import * as K from './constants';
-import { encodeEntryOut, writeU64 } from './encode';
+import { encodeEntryOut } from './encode';
+
+const U64_MAX = (1n << 64n) - 1n;
 
 /** First allocation when the caller gives no buffer; grows by doubling up to maxBytes, so a
  * hostile READDIR size (up to 4 GiB) costs nothing until entries actually fill it. */
@@ -56,12 +58,16 @@ export class DirentWriter implements DirSink {
    * maxBytes (the caller stops there; for READDIRPLUS it must also undo that entry's lookup).
    * In plus mode a null `entry` writes an all-zero entry_out: nodeid 0 tells the kernel to list
    * the name without instantiating an inode. `type` is a DT_* value ((mode & S_IFMT) >> 12).
-   * Throws RangeError for a name the kernel would reject (empty or longer than FUSE_NAME_MAX) or
-   * an `ino` that is not 8 bytes: those are bugs in our filesystem layer, not guest input.
+   * Throws RangeError for a name the kernel would reject (empty or longer than FUSE_NAME_MAX),
+   * an `ino` that is not 8 bytes or a `nextOffset` outside u64: those are bugs in our filesystem
+   * layer, not guest input.
    */
-  add(name: Buffer, ino: Buffer, type: number, nextOffset: number, entry: Entry | null): boolean {
+  add(name: Buffer, ino: Buffer, type: number, nextOffset: bigint, entry: Entry | null): boolean {
     if (name.length === 0 || name.length > K.FUSE_NAME_MAX) throw new RangeError(`bad dirent name length ${name.length}`);
     if (ino.length !== 8) throw new RangeError(`ino must be 8 bytes, got ${ino.length}`);
+    if (typeof nextOffset !== 'bigint' || nextOffset < 0n || nextOffset > U64_MAX) {
+      throw new RangeError(`dirent offset ${String(nextOffset)} is not a u64`);
+    }
     const size = this.recordSize(name.length);
     if (this.used + size > this.maxBytes) return false;
     this.ensureCapacity(this.used + size);
@@ -74,7 +80,7 @@ export class DirentWriter implements DirSink {
       dirent += K.ENTRY_OUT_SIZE;
     }
     ino.copy(this.buf, dirent, 0, 8);
-    writeU64(this.buf, dirent + 8, nextOffset);
+    this.buf.writeBigUInt64LE(nextOffset, dirent + 8);
     this.buf.writeUInt32LE(name.length, dirent + 16);
     this.buf.writeUInt32LE(type, dirent + 20);
     name.copy(this.buf, dirent + K.DIRENT_NAME_OFFSET);

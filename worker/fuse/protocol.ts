@@ -13,7 +13,9 @@
 //   field is read exactly once, and variable-length parts (names, xattr values) are COPIED before
 //   they are validated, so the Buffers we return are exactly what we checked and stay stable.
 // - u64 offsets, sizes and handles become numbers; a value above 2^53-1 is rejected with EINVAL
-//   (file handles are small counters, and no file offset reaches 2^53). nodeids become numbers
+//   (file handles are small counters, and no file offset reaches 2^53). READDIR/READDIRPLUS
+//   offsets are the exception: they are opaque directory cookies (ext4 hands out 63-bit hashes),
+//   so they stay exact bigints, every u64 accepted. nodeids become numbers
 //   too, but an unrepresentable nodeid becomes NaN rather than an error: our nodeids are small
 //   counters, so NaN simply means "no such node" and the server answers ENOENT (or, for FORGET,
 //   ignores it) without us failing a whole BATCH_FORGET. lock owners, `unique` and the fields of
@@ -239,7 +241,13 @@ export interface ReleaseRequest {
 export interface FsyncRequest { kind: 'FSYNC' | 'FSYNCDIR'; fh: Handle; fsyncFlags: number; dataOnly: boolean }
 export interface StatfsRequest { kind: 'STATFS' }
 export interface SyncfsRequest { kind: 'SYNCFS' }
-export interface ReaddirRequest { kind: 'READDIR' | 'READDIRPLUS'; fh: Handle; offset: number; size: number }
+export interface ReaddirRequest {
+  kind: 'READDIR' | 'READDIRPLUS';
+  fh: Handle;
+  /** The u64 cookie exactly as on the wire (an earlier reply's `off`, or anything the guest likes). */
+  offset: bigint;
+  size: number;
+}
 export interface GetxattrRequest { kind: 'GETXATTR'; name: Buffer; size: number }
 export interface ListxattrRequest { kind: 'LISTXATTR'; size: number }
 export interface SetxattrRequest {
@@ -616,9 +624,8 @@ export function parseRequest(header: InHeader, body: Buffer, options: ParseOptio
       return {
         kind: opcode === K.FUSE_READDIR ? 'READDIR' : 'READDIRPLUS',
         fh: u64Strict(args, 0, 'readdir fh'),
-        // Directory cookies are opaque 64-bit values (ext4 hands out 63-bit hashes); the
-        // filesystem maps this possibly inexact number back to the exact cookie it issued.
-        offset: Number(args.readBigUInt64LE(8)),
+        // An opaque 64-bit directory cookie: exact, so the filesystem can lseek straight to it.
+        offset: args.readBigUInt64LE(8),
         size: args.readUInt32LE(16),
       };
     case K.FUSE_GETXATTR:
