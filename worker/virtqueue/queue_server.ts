@@ -11,6 +11,9 @@ export interface ChainHandler {
   /** Handles one request chain; returns the number of bytes written into its writable
    * buffers. */
   handleChain(chain: DescriptorChain, queueIndex: number): number | Promise<number>;
+  /** The queue is about to stop: requests that would wait indefinitely (parked lock waits)
+   * should end now so that the queue drains. */
+  stopping?(queueIndex: number): void;
   /** These heads' used elements are about to become visible to the guest. */
   beforePublish?(queueIndex: number, heads: number[]): void;
   /** These heads' used elements are now visible to the guest (they will never be
@@ -65,6 +68,7 @@ export class QueueServer implements QueueHandler {
 
   stop(): Promise<void> {
     this.running = false;
+    this.handler.stopping?.(this.index);
     if (this.inflight === 0) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
