@@ -15,7 +15,7 @@ export function nameFromSocket(socketPath: string): string {
 
 interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
-  keepListening: boolean; xattr: boolean; standby: boolean;
+  keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number;
 }
 
 function serveOptions<T>(y: Argv<T>) {
@@ -28,6 +28,12 @@ function serveOptions<T>(y: Argv<T>) {
     .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
+    .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
+    .check((a) => {
+      const w = a['max-lock-waits'];
+      if (!Number.isInteger(w) || w < 0 || w > 65536) throw new Error('--max-lock-waits must be an integer 0..65536');
+      return true;
+    })
     .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' });
 }
 
@@ -39,6 +45,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
+    maxLockWaits: a['max-lock-waits'] as number,
   };
 }
 
@@ -56,7 +63,7 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
   const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
-    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr,
+    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits,
     workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.

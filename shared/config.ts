@@ -13,6 +13,8 @@ export interface WorkerConfig {
   requestQueues: number;
   keepListening: boolean;
   xattr: boolean;
+  /** Parked SETLKW waits at most (absent in configs written before it existed: the default). */
+  maxLockWaits?: number;
 }
 
 export class ConfigError extends Error {
@@ -48,6 +50,7 @@ export function writeWorkerConfig(c: WorkerConfig): void {
   const body: WorkerConfig = {
     stateDir: c.stateDir, sharedDir: c.sharedDir, socketPath: c.socketPath, cache: c.cache,
     requestQueues: c.requestQueues, keepListening: c.keepListening, xattr: c.xattr,
+    ...(c.maxLockWaits !== undefined ? { maxLockWaits: c.maxLockWaits } : {}),
   };
   fs.writeFileSync(tmp, JSON.stringify(body, null, 2), { mode: 0o600 });
   fs.renameSync(tmp, configPath(c.stateDir));
@@ -73,8 +76,13 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (cache !== 'auto' && cache !== 'always' && cache !== 'never') throw new ConfigError(`config: bad cache mode ${cache}`);
   const q = o.requestQueues;
   if (typeof q !== 'number' || !Number.isInteger(q) || q < 1 || q > 64) throw new ConfigError('config: requestQueues must be 1..64');
+  const w = o.maxLockWaits;
+  if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
+    throw new ConfigError('config: maxLockWaits must be 0..65536');
+  }
   return {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
+    ...(w !== undefined ? { maxLockWaits: w } : {}),
   };
 }

@@ -207,6 +207,7 @@ export class Worker {
   private startSession(connFd: number, loaded: LoadedState | null): void {
     const fsImpl = new PassthroughFs({
       registry: this.registry, cache: this.config.cache, xattr: this.config.xattr, logger: logger('fs'),
+      maxLockWaits: this.config.maxLockWaits,
       ...(loaded?.fs ? { session: loaded.fs } : {}),
     });
     if (loaded === null) this.store.recordNewSession(fsImpl.session);
@@ -280,6 +281,7 @@ export class Worker {
         inodes: this.fsImpl?.session.inodeCount ?? 0,
         openFiles: this.fsImpl?.session.fileCount ?? 0,
         openDirs: this.fsImpl?.session.dirCount ?? 0,
+        lockWaits: this.fsImpl?.parkedLockWaits ?? 0,
       },
       fds: this.registry.size,
     };

@@ -88,6 +88,7 @@ export const X_OK = 1;
 // --- errno
 export const EPERM = k('EPERM', 1);
 export const ENOENT = k('ENOENT', 2);
+export const EINTR = k('EINTR', 4);
 export const EIO = k('EIO', 5);
 export const EEXIST = k('EEXIST', 17);
 export const ENODATA = k('ENODATA', 61);
@@ -98,6 +99,8 @@ export const EISDIR = k('EISDIR', 21);
 export const EFBIG = k('EFBIG', 27);
 export const EINVAL = k('EINVAL', 22);
 export const ENOTDIR = k('ENOTDIR', 20);
+export const EAGAIN = k('EAGAIN', 11);
+export const ENOLCK = k('ENOLCK', 37);
 export const ENOSYS = k('ENOSYS', 38);
 export const ELOOP = k('ELOOP', 40);
 export const EOPNOTSUPP = k('EOPNOTSUPP', 95);

@@ -128,8 +128,10 @@ export interface FileSystem {
   access(ctx: Context, nodeid: NodeId, mask: number): void;
 
   getlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange): LockRange;
-  /** isFlock: FUSE_LK_FLOCK was set (BSD flock semantics on the whole file). */
-  setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean, isFlock: boolean): void | Promise<void>;
+  /** isFlock: FUSE_LK_FLOCK was set (BSD flock semantics on the whole file). With `sleep`
+   * (SETLKW) a conflict parks the request; `signal` aborting ends that wait with EINTR. */
+  setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean, isFlock: boolean,
+    signal?: AbortSignal): void | Promise<void>;
   fallocate(ctx: Context, nodeid: NodeId, fh: Handle, mode: number, offset: number, length: number): Promise<void>;
   lseek(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, whence: number): number;
   copyFileRange(ctx: Context, nodeidIn: NodeId, fhIn: Handle, offIn: number, nodeidOut: NodeId,

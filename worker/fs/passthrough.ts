@@ -31,6 +31,9 @@
 // - POSIX locks are OFD locks on the fh's own open file description, so two fh conflict with
 //   each other even when the guest opened both in one process; a guest process that closes one
 //   of two fds does not drop the locks held through the other. GETLK reports pid 0.
+// - SETLKW (POSIX and flock) first tries the non-blocking call; on a conflict the request is
+//   parked in a LockWaiter (lock_waiter.ts: event-loop retries, no thread held) until it gets
+//   the lock, its INTERRUPT arrives, its fh is released or the session ends (EINTR).
 // - Umask: new files are created with the process umask set to the request's umask when
 //   FUSE_DONT_MASK was negotiated (the kernel then leaves masking to us; the host kernel skips it
 //   for parents with a default ACL), else 0 (the guest kernel already masked the mode). The umask
@@ -70,6 +73,7 @@ import {
   type DirRecord, type FileRecord, type InodeRecord,
 } from './session';
 import { parseDirents, type Dirent } from './dirent';
+import { LockWaiter } from './lock_waiter';
 import * as K from './constants';
 
 export type CacheMode = 'auto' | 'always' | 'never';
@@ -96,6 +100,8 @@ export interface PassthroughOptions {
   noFileLimit?: number;
   /** getdents64 buffer size. Default 32 KiB. */
   readdirBufferSize?: number;
+  /** Parked SETLKW waits at most (beyond: ENOLCK). Default 1024. */
+  maxLockWaits?: number;
 }
 
 /** In-memory readdir state of an open dir (not part of the session: rebuilt after a restart). */
@@ -185,6 +191,7 @@ export class PassthroughFs implements FileSystem {
   private readonly noWaitWriteUnsupported = new WeakSet<FileRecord>();
   private dontMask = false;
   private writeback = false;
+  private readonly lockWaits: LockWaiter;
 
   constructor(opts: PassthroughOptions) {
     this.registry = opts.registry;
@@ -194,6 +201,7 @@ export class PassthroughFs implements FileSystem {
     this.timeout = TIMEOUTS[this.cache];
     this.xattr = opts.xattr ?? false;
     this.direntBuf = Buffer.alloc(Math.max(4096, opts.readdirBufferSize ?? 32 * 1024));
+    this.lockWaits = new LockWaiter({ maxWaits: opts.maxLockWaits, log: this.log.child({ part: 'lock-waits' }) });
 
     try {
       const limit = native.raiseNoFileLimit(opts.noFileLimit ?? 1_000_000);
@@ -543,6 +551,9 @@ export class PassthroughFs implements FileSystem {
   }
 
   destroy(): void {
+    // Before the fds go: a parked wait holds its fh's fd busy.
+    const ended = this.lockWaits.cancelAll();
+    if (ended > 0) this.log.info({ ended }, 'parked lock waits ended by the session reset');
     this.lockHolders.clear();
     const names = this.session.reset();
     // Closed in bulk (one keeper message per few hundred), except those async calls still use.
@@ -880,7 +891,11 @@ export class PassthroughFs implements FileSystem {
 
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void {
     const rec = this.fileRec(nodeid, fh);
+    const ended = this.lockWaits.cancelFh(nodeid, fh);
+    if (ended > 0) this.log.debug({ nodeid, fh, ended }, 'parked lock waits ended by RELEASE');
     this.dropLocks(nodeid, fh);
+    // Closing the open file description drops its OFD and flock locks.
+    this.lockWaits.wake(nodeid);
     if (releaseFlags & K.FUSE_RELEASE_FLOCK_UNLOCK) {
       try {
         native.flock(this.fd(rec.fdName), K.LOCK_UN);
@@ -1134,24 +1149,62 @@ export class PassthroughFs implements FileSystem {
     else this.lockHolders.delete(nodeid);
   }
 
+  /**
+   * SETLK/SETLKW. Both run the non-blocking call first; a SETLKW that meets a conflict is parked
+   * (see lock_waiter.ts) and its Promise settles when a retry takes the lock, or with EINTR when
+   * `signal` aborts (INTERRUPT), the fh is released or the session ends. A taken lock is
+   * recorded as SETLK records it (noteLock); a wait that did not take it changed nothing.
+   */
   setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean,
-    isFlock: boolean): void | Promise<void> {
+    isFlock: boolean, signal?: AbortSignal): void | Promise<void> {
     const rec = this.fileRec(nodeid, fh);
+    let attempt: (fd: number) => void;
     if (isFlock) {
       const op = lock.type === K.F_UNLCK ? K.LOCK_UN : lock.type === K.F_RDLCK ? K.LOCK_SH : lock.type === K.F_WRLCK ? K.LOCK_EX : -1;
       if (op < 0) throw errno(K.EINVAL, 'lock type');
-      if (sleep && op !== K.LOCK_UN) return this.runAsync<void>([rec.fdName], ([fd], cb) => native.flockWait(fd, op, cb));
-      native.flock(this.fd(rec.fdName), op | (op === K.LOCK_UN ? 0 : K.LOCK_NB));
-      return;
+      attempt = (fd) => native.flock(fd, op | (op === K.LOCK_UN ? 0 : K.LOCK_NB));
+    } else {
+      if (lock.type !== K.F_UNLCK && lock.type !== K.F_RDLCK && lock.type !== K.F_WRLCK) throw errno(K.EINVAL, 'lock type');
+      const { start, len } = lockSpan(lock);
+      attempt = (fd) => {
+        native.fcntlLock(fd, K.F_OFD_SETLK, lock.type, K.SEEK_SET, start, len);
+        this.noteLock(nodeid, fh, lock);
+      };
     }
-    if (lock.type !== K.F_UNLCK && lock.type !== K.F_RDLCK && lock.type !== K.F_WRLCK) throw errno(K.EINVAL, 'lock type');
-    const { start, len } = lockSpan(lock);
-    if (sleep && lock.type !== K.F_UNLCK) {
-      return this.runAsync<void>([rec.fdName], ([fd], cb) => native.fcntlLockWait(fd, lock.type, K.SEEK_SET, start, len, cb))
-        .then(() => this.noteLock(nodeid, fh, lock));
+    try {
+      attempt(this.fd(rec.fdName));
+    } catch (e) {
+      if (!sleep || !isEagain(e)) throw e;
+      return this.parkLock(nodeid, fh, rec.fdName, attempt, signal);
     }
-    native.fcntlLock(this.fd(rec.fdName), K.F_OFD_SETLK, lock.type, K.SEEK_SET, start, len);
-    this.noteLock(nodeid, fh, lock);
+    // An unlock or a downgrade (also a flock conversion) may let parked waiters in.
+    if (lock.type !== K.F_WRLCK) this.lockWaits.wake(nodeid);
+  }
+
+  /** Parks a SETLKW; its fd stays open (busy) until the wait ends. */
+  private parkLock(nodeid: NodeId, fh: Handle, fdName: string, attempt: (fd: number) => void, signal?: AbortSignal): Promise<void> {
+    const fd = this.acquire(fdName);
+    let p: Promise<void>;
+    try {
+      p = this.lockWaits.park(nodeid, fh, () => {
+        try {
+          attempt(fd);
+          return true;
+        } catch (e) {
+          if (isEagain(e)) return false;
+          throw e;
+        }
+      }, signal);
+    } catch (e) {
+      this.release_(fdName);
+      throw e;
+    }
+    return p.finally(() => this.release_(fdName));
+  }
+
+  /** SETLKW waits parked now (for status and tests). */
+  get parkedLockWaits(): number {
+    return this.lockWaits.parked;
   }
 
   // ================================================================ ranges
@@ -1238,6 +1291,11 @@ function filterXattrList(list: Buffer): Buffer {
     start = end + 1;
   }
   return keep.length === 0 ? Buffer.alloc(0) : Buffer.concat(keep);
+}
+
+/** A lock conflict from F_OFD_SETLK or flock(LOCK_NB) (EWOULDBLOCK is EAGAIN on Linux). */
+function isEagain(e: unknown): boolean {
+  return (e as { errno?: unknown }).errno === K.EAGAIN;
 }
 
 /** fuse_file_lock (start, inclusive end) → struct flock (start, len; 0 = to EOF). Ends at or

@@ -26,7 +26,12 @@ export const POISON_DEATHS = 3;
  * before any of the request's guest buffers are read. */
 const requestKey = (queueIndex: number, head: number, counter: bigint): string => `${queueIndex}.${head}.${counter}`;
 
-const ERRNO = { EIO: 5, EINVAL: 22, ENOSYS: 38, EPROTO: 71, ERANGE: 34, EOVERFLOW: 75 } as const;
+const ERRNO = { EINTR: 4, EIO: 5, EINVAL: 22, ENOSYS: 38, EPROTO: 71, ERANGE: 34, EOVERFLOW: 75 } as const;
+
+/** INTERRUPTs whose request we have not seen (yet: it may sit on another queue) are remembered,
+ * as libfuse does, and this many at most (uniques are never reused within a session, so a stale
+ * one only takes room). */
+const MAX_UNMATCHED_INTERRUPTS = 64;
 
 /** Largest request we gather into JS memory: SETXATTR values (64 KiB) plus headers. WRITE
  * payloads are not gathered. */
@@ -65,6 +70,9 @@ export interface FuseServerOptions {
 /** Identity of one request across worker restarts, and how its reply is recorded. */
 interface Journaled { key: string; opcode: number }
 
+/** A SETLKW parked in the filesystem: INTERRUPT of its unique or a stop of its queue ends it. */
+interface ParkedWait { unique: bigint; queue: number; ctl: AbortController }
+
 type Reply = Buffer | null;
 
 export class FuseServer implements ChainHandler {
@@ -72,6 +80,8 @@ export class FuseServer implements ChainHandler {
   private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + WRITE_IN_SIZE);
   /** Journaled requests whose used element is not yet published, by `${queue}.${head}`. */
   private readonly unpublished = new Map<string, Journaled>();
+  private readonly parked = new Set<ParkedWait>();
+  private unmatchedInterrupts: bigint[] = [];
 
   constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {
     this.initResult = opts.restoredInit ?? null;
@@ -85,6 +95,19 @@ export class FuseServer implements ChainHandler {
   reset(): void {
     if (this.initResult !== null) this.fs.destroy();
     this.initResult = null;
+    this.unmatchedInterrupts = [];
+  }
+
+  /** The queue is being stopped (GET_VRING_BASE): its parked lock waits end with EINTR now, so
+   * that the queue drains and no lock is taken behind a reply that can no longer be delivered. */
+  stopping(queueIndex: number): void {
+    let n = 0;
+    for (const w of this.parked) {
+      if (w.queue !== queueIndex) continue;
+      w.ctl.abort();
+      n++;
+    }
+    if (n > 0) this.log.info({ queue: queueIndex, ended: n }, 'queue stopping: parked lock waits answered EINTR');
   }
 
   handleChain(chain: DescriptorChain, queueIndex: number): number | Promise<number> {
@@ -161,7 +184,7 @@ export class FuseServer implements ChainHandler {
       }
     }
     try {
-      const r = this.execute(fs, chain, h, req);
+      const r = this.execute(fs, chain, h, req, queueIndex);
       ledger?.endSync();
       if (r instanceof Promise) {
         return r.then((reply) => this.finish(chain, h, reply, journaled, queueIndex),
@@ -298,7 +321,7 @@ export class FuseServer implements ChainHandler {
     return this.dispatch(chain, h, req, queueIndex);
   }
 
-  private execute(fs: FileSystem, chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest): Reply | number | Promise<Reply | number> {
+  private execute(fs: FileSystem, chain: DescriptorChain, h: P.InHeader, req: P.FuseRequest, queueIndex: number): Reply | number | Promise<Reply | number> {
     const ctx = this.ctx(h);
     const node = h.nodeid;
     switch (req.kind) {
@@ -306,6 +329,7 @@ export class FuseServer implements ChainHandler {
       case 'DESTROY':
         fs.destroy();
         this.initResult = null;
+        this.unmatchedInterrupts = [];
         this.opts.onInit?.(null);
         return Buffer.alloc(0);
       case 'LOOKUP': return P.encodeEntryOut(fs.lookup(ctx, node, req.name));
@@ -385,23 +409,61 @@ export class FuseServer implements ChainHandler {
       case 'ACCESS': fs.access(ctx, node, req.mask); return Buffer.alloc(0);
       case 'GETLK': return P.encodeLkOut(fs.getlk(ctx, node, req.fh, req.owner, req.lock));
       case 'SETLK':
-      case 'SETLKW': {
-        const isFlock = (req.lkFlags & K.FUSE_LK_FLOCK) !== 0;
-        const r = fs.setlk(ctx, node, req.fh, req.owner, req.lock, req.kind === 'SETLKW', isFlock);
-        return r instanceof Promise ? r.then(() => Buffer.alloc(0)) : Buffer.alloc(0);
-      }
+        fs.setlk(ctx, node, req.fh, req.owner, req.lock, false, (req.lkFlags & K.FUSE_LK_FLOCK) !== 0);
+        return Buffer.alloc(0);
+      case 'SETLKW': return this.doSetlkw(fs, ctx, h, req, queueIndex);
       case 'FALLOCATE': return fs.fallocate(ctx, node, req.fh, req.mode, req.offset, req.length).then(() => Buffer.alloc(0));
       case 'LSEEK': return P.encodeLseekOut(fs.lseek(ctx, node, req.fh, req.offset, req.whence));
       case 'COPY_FILE_RANGE':
         return fs.copyFileRange(ctx, node, req.fhIn, req.offIn, req.nodeidOut, req.fhOut, req.offOut, req.len, req.flags)
           .then((n) => P.encodeWriteOut(n));
       case 'INTERRUPT':
-        // Every request we run either finishes promptly or is a SETLKW; neither can be
-        // cancelled safely, so the interrupt is a no-op (allowed by the FUSE protocol).
+        // Only a parked SETLKW can be waiting long enough to interrupt; everything else
+        // finishes promptly and its own reply answers the interrupt (FUSE allows ignoring it).
+        this.interrupt(req.unique);
         return null;
       default:
         return Promise.reject(new FsError(ERRNO.ENOSYS, `unsupported opcode ${K.opcodeName(h.opcode)}`));
     }
+  }
+
+  /** SETLKW: taken at once, or parked until it is, or EINTR (INTERRUPT, RELEASE, reset). */
+  private doSetlkw(fs: FileSystem, ctx: Context, h: P.InHeader, req: P.LockRequest,
+    queueIndex: number): Reply | Promise<Reply> {
+    if (this.takeUnmatchedInterrupt(h.unique)) throw new FsError(ERRNO.EINTR, 'interrupted before it ran');
+    const w: ParkedWait = { unique: h.unique, queue: queueIndex, ctl: new AbortController() };
+    const r = fs.setlk(ctx, h.nodeid, req.fh, req.owner, req.lock, true, (req.lkFlags & K.FUSE_LK_FLOCK) !== 0, w.ctl.signal);
+    if (!(r instanceof Promise)) return Buffer.alloc(0);
+    this.parked.add(w);
+    return r.then(() => {
+      this.parked.delete(w);
+      return Buffer.alloc(0);
+    }, (e: unknown) => {
+      this.parked.delete(w);
+      throw e;
+    });
+  }
+
+  private interrupt(unique: bigint): void {
+    let found = false;
+    for (const w of this.parked) {
+      if (w.unique !== unique) continue;
+      found = true;
+      w.ctl.abort();
+    }
+    if (found) {
+      this.log.debug({ unique: unique.toString() }, 'INTERRUPT ends a parked lock wait');
+      return;
+    }
+    this.unmatchedInterrupts.push(unique);
+    if (this.unmatchedInterrupts.length > MAX_UNMATCHED_INTERRUPTS) this.unmatchedInterrupts.shift();
+  }
+
+  private takeUnmatchedInterrupt(unique: bigint): boolean {
+    const i = this.unmatchedInterrupts.indexOf(unique);
+    if (i < 0) return false;
+    this.unmatchedInterrupts.splice(i, 1);
+    return true;
   }
 
   private doInit(req: Extract<P.FuseRequest, { kind: 'INIT' }>): Buffer {
@@ -416,6 +478,7 @@ export class FuseServer implements ChainHandler {
       // A new INIT on a live session: the guest rebooted. Start a fresh FUSE session.
       this.log.info('FUSE INIT on a live session: dropping the previous session');
       this.fs.destroy();
+      this.unmatchedInterrupts = [];
     }
     const minor = Math.min(req.minor, K.FUSE_KERNEL_MINOR_VERSION);
     let flags = req.flags & SUPPORTED_INIT_FLAGS;

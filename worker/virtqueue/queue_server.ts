@@ -16,6 +16,9 @@ export interface ChainHandler {
    * durably before anything of the chain (even an indirect table) is read, since reading it may
    * be what kills workers. 'drop': complete it unread, with length 0. */
   resubmitting?(queueIndex: number, head: number, counter: bigint): 'run' | 'drop';
+  /** The queue is about to stop: requests that would wait indefinitely (parked lock waits)
+   * should end now so that the queue drains. */
+  stopping?(queueIndex: number): void;
   /** These heads' used elements are about to become visible to the guest. */
   beforePublish?(queueIndex: number, heads: number[]): void;
   /** These heads' used elements are now visible to the guest (they will never be
@@ -77,6 +80,7 @@ export class QueueServer implements QueueHandler {
 
   stop(): Promise<void> {
     this.running = false;
+    this.handler.stopping?.(this.index);
     if (this.inflight === 0) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
