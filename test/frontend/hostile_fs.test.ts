@@ -177,7 +177,9 @@ for (const kind of selectedBackends()) {
       }
       const after = peakVmKiB(s);
       t.comment(`largest VmPeak among the backend's processes: ${before} KiB before, ${after} KiB after`);
-      t.ok(after - before < 1024 * 1024, `VmPeak grew by ${after - before} KiB, far below one 4 GiB buffer`);
+      // The C virtiofsd allocates what the guest asks for (its VmPeak grows by the 4 GiB, seen
+      // in CI runs); ours caps the buffer at XATTR_SIZE_MAX / XATTR_LIST_MAX.
+      if (kind === 'ours') t.ok(after - before < 1024 * 1024, `VmPeak grew by ${after - before} KiB, far below one 4 GiB buffer`);
       t.ok(await s.fuse.serving(), 'still serving');
       t.same(unexpectedErrors(s), []);
     });
