@@ -200,8 +200,8 @@ export interface NativeAddon {
   listxattr(target: number | PathLike, buf: Buffer | null): number;
   removexattr(target: number | PathLike, name: PathLike): void;
   /** Open file description locks: cmd is F_OFD_GETLK or F_OFD_SETLK (anything else is a
-   * RangeError; use fcntlLockWait to block). For GETLK returns the conflicting lock (type F_UNLCK
-   * when none; pid is -1 for OFD locks); for SETLK returns null, a conflict throws EAGAIN. */
+   * RangeError: blocking would hold a thread; worker/fs/lock_waiter.ts retries F_OFD_SETLK
+   * instead). For GETLK returns the conflicting lock (type F_UNLCK when none; pid is -1 for OFD locks); for SETLK returns null, a conflict throws EAGAIN. */
   fcntlLock(fd: number, cmd: number, type: number, whence: number, start: number, len: number): FlockInfo | null;
   /** flock(2); use LOCK_NB for the non-blocking form (without it this blocks the JS thread). A
    * conflict with LOCK_NB throws code "EAGAIN" (== EWOULDBLOCK). */
@@ -231,10 +231,6 @@ export interface NativeAddon {
   fallocate(fd: number, mode: number, offset: number, length: number, cb: Callback<void>): void;
   copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number,
     flags: number, cb: Callback<number>): void;
-  /** F_OFD_SETLKW: blocks on the threadpool until the lock is taken. */
-  fcntlLockWait(fd: number, type: number, whence: number, start: number, len: number, cb: Callback<void>): void;
-  /** Blocking flock(2) on the threadpool. */
-  flockWait(fd: number, operation: number, cb: Callback<void>): void;
 }
 
 // The one untyped line: loading the compiled addon.

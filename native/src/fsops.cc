@@ -668,7 +668,7 @@ Napi::Value FcntlLock(const Napi::CallbackInfo& info) {
       !a.Int(4, "start", -kMaxSafe, kMaxSafe, &start) || !a.Int(5, "len", -kMaxSafe, kMaxSafe, &len))
     return {};
   if (cmd != F_OFD_GETLK && cmd != F_OFD_SETLK) {
-    // F_OFD_SETLKW would block the JS thread: that is fcntlLockWait's job.
+    // F_OFD_SETLKW would block the JS thread; blocking locks are retried non-blocking from JS.
     ThrowRangeError(env, "fcntlLock(): argument 2 \"cmd\" must be F_OFD_GETLK or F_OFD_SETLK");
     return {};
   }

@@ -354,40 +354,6 @@ Napi::Value CopyFileRange(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value FcntlLockWait(const Napi::CallbackInfo& info) {
-  Args a(info, "fcntlLockWait");
-  int fd;
-  int64_t type, whence, start, len;
-  Napi::Function cb;
-  if (!a.Count(6) || !a.Fd(0, "fd", &fd) || !a.Int(1, "type", 0, INT16_MAX, &type) ||
-      !a.Int(2, "whence", 0, 2, &whence) || !a.Int(3, "start", -kMaxSafe, kMaxSafe, &start) ||
-      !a.Int(4, "len", -kMaxSafe, kMaxSafe, &len) || !a.Func(5, "cb", &cb))
-    return {};
-  SyscallWorker* w = new SyscallWorker(cb, "fcntl", SyscallWorker::Kind::kVoid);
-  return Queue(w, [fd, type, whence, start, len]() -> long {
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = static_cast<short>(type);
-    fl.l_whence = static_cast<short>(whence);
-    fl.l_start = static_cast<off_t>(start);
-    fl.l_len = static_cast<off_t>(len);
-    fl.l_pid = 0;
-    return fcntl(fd, F_OFD_SETLKW, &fl);
-  });
-}
-
-Napi::Value FlockWait(const Napi::CallbackInfo& info) {
-  Args a(info, "flockWait");
-  int fd;
-  int64_t op;
-  Napi::Function cb;
-  if (!a.Count(3) || !a.Fd(0, "fd", &fd) || !a.Int(1, "operation", 0, INT32_MAX, &op) ||
-      !a.Func(2, "cb", &cb))
-    return {};
-  SyscallWorker* w = new SyscallWorker(cb, "flock", SyscallWorker::Kind::kVoid);
-  return Queue(w, [fd, op]() -> long { return flock(fd, static_cast<int>(op)); });
-}
-
 }  // namespace
 
 void InitIo(Napi::Env env, Napi::Object exports) {
@@ -411,8 +377,6 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("copyFileRange", Napi::Function::New(env, CopyFileRange, "copyFileRange"));
-  exports.Set("fcntlLockWait", Napi::Function::New(env, FcntlLockWait, "fcntlLockWait"));
-  exports.Set("flockWait", Napi::Function::New(env, FlockWait, "flockWait"));
 }
 
 }  // namespace vfsk

@@ -166,34 +166,6 @@ t.test('fsync, syncfs, fallocate, copyFileRange', async (t) => {
   native.close(b);
 });
 
-t.test('fcntlLockWait and flockWait block on the threadpool until released', async (t) => {
-  const dir = t.testdir({ f: 'x'.repeat(10) });
-  const file = path.join(dir, 'f');
-  const a = native.openat(C.AT_FDCWD, file, C.O_RDWR, 0);
-  const b = native.openat(C.AT_FDCWD, file, C.O_RDWR, 0);
-  native.fcntlLock(a, C.F_OFD_SETLK, C.F_WRLCK, C.SEEK_SET, 0, 0);
-  let got = false;
-  const waiting = call<void>((cb) => native.fcntlLockWait(b, C.F_WRLCK, C.SEEK_SET, 0, 0, cb)).then(() => { got = true; });
-  await new Promise((r) => setTimeout(r, 50));
-  t.equal(got, false, 'still blocked while a holds the lock');
-  native.fcntlLock(a, C.F_OFD_SETLK, C.F_UNLCK, C.SEEK_SET, 0, 0);
-  await waiting;
-  t.equal(got, true);
-  t.equal(native.fcntlLock(a, C.F_OFD_GETLK, C.F_RDLCK, C.SEEK_SET, 0, 1)?.type, C.F_WRLCK, 'b holds it now');
-
-  native.flock(a, C.LOCK_EX);
-  let fl = false;
-  const fwait = call<void>((cb) => native.flockWait(b, C.LOCK_EX, cb)).then(() => { fl = true; });
-  await new Promise((r) => setTimeout(r, 50));
-  t.equal(fl, false);
-  native.flock(a, C.LOCK_UN);
-  await fwait;
-  t.equal(fl, true);
-  t.match(await call<void>((cb) => native.flockWait(999999, C.LOCK_EX, cb)).catch((e: unknown) => e), { code: 'EBADF', syscall: 'flock' });
-  native.close(a);
-  native.close(b);
-});
-
 t.test('async misuse throws synchronously and queues nothing', async (t) => {
   const mem = native.memfdCreate('vfsk-misuse', 0);
   native.ftruncate(mem, PAGE);
