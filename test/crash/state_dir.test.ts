@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { REPO_ROOT } from '../frontend/backend';
+import { REPO_ROOT, descendantsOf } from '../frontend/backend';
 import { waitFor } from '../frontend/helpers';
 import { checkStateDir, StateDirError } from '../../shared/state_dir';
 
@@ -28,7 +28,14 @@ function run(t: { teardown(fn: () => unknown): void }, cmd: string, args: string
   child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+  // A keeper that wrongly starts spawns a worker: kill the whole tree by pid, children first.
+  t.teardown(() => {
+    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+    for (const pid of [...descendantsOf(child.pid)].reverse()) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+    child.kill('SIGKILL');
+  });
   return { child, output: () => out, exit };
 }
 

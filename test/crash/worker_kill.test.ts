@@ -7,8 +7,7 @@ import * as path from 'node:path';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../shared/status';
 import * as F from '../frontend/fuse_proto';
-import { native } from '../../shared/native';
-import { parseDirents } from '../../worker/fs/dirent';
+import { hostCookies } from '../helpers/host_cookies';
 
 async function killWorker(stateDir: string): Promise<number> {
   const before = queryStatus(stateDir);
@@ -98,16 +97,7 @@ t.test('a readdir of an ext4 directory continues exactly across a worker kill (e
     t.ok(got.filter((e) => e.off > 1n << 53n).length > names.length / 2, 'ext4: the cookies are hashes above 2^53');
   }
   // The cookies are the host's own d_off values, all 64 bits (getdents64 on the host).
-  const host = new Map<string, bigint>();
-  const fd = fs.openSync(s.host('big'), 'r');
-  try {
-    const buf = Buffer.alloc(64 * 1024);
-    for (let n; (n = native.getdents64(fd, buf)) > 0;) {
-      for (const d of parseDirents(buf, n)) host.set(d.name.toString(), BigInt.asUintN(64, d.off));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
+  const host = hostCookies(s.host('big'));
   t.same(got.filter((e) => e.off !== host.get(e.name.toString())).map((e) => e.name.toString()), [], 'every cookie is the host d_off');
   t.equal(queryStatus(stateDir).worker.restarts, 2, 'two restarts');
   await s.fuse.releasedir(big.nodeid, od.fh);

@@ -6,28 +6,13 @@ import * as fs from 'node:fs';
 import { selectedBackends } from './backend';
 import { openSession, isDir, isReg, isLnk, unexpectedErrors, expectErrno, probeServing } from './helpers';
 import * as F from './fuse_proto';
-import { native } from '../../shared/native';
-import { parseDirents } from '../../worker/fs/dirent';
 import { makePrng } from '../helpers/prng';
+import { hostCookies } from '../helpers/host_cookies';
 
 const ROOT = F.FUSE_ROOT_ID;
 const { ENOENT, EEXIST, ENOTEMPTY, EIO } = F.Errno;
 const EXT4_SUPER_MAGIC = 0xef53;
 
-/** The host's own readdir cookies: name → d_off as the u64 on the wire. */
-function hostCookies(dir: string): Map<string, bigint> {
-  const fd = fs.openSync(dir, 'r');
-  const out = new Map<string, bigint>();
-  try {
-    const buf = Buffer.alloc(64 * 1024);
-    for (let n; (n = native.getdents64(fd, buf)) > 0;) {
-      for (const d of parseDirents(buf, n)) out.set(d.name.toString(), BigInt.asUintN(64, d.off));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return out;
-}
 
 for (const kind of selectedBackends()) {
   t.test(kind, async (t) => {

@@ -33,18 +33,7 @@ async function ackOf(fe: VhostUserFrontend, request: number, payload: Buffer, fd
 
 interface RegionSpec { gpa: bigint; size: number; uva: bigint; mmapOffset: number }
 
-function memTable(regions: RegionSpec[]): Buffer {
-  const b = Buffer.alloc(8 + 32 * regions.length);
-  b.writeUInt32LE(regions.length, 0);
-  regions.forEach((r, i) => {
-    const o = 8 + 32 * i;
-    b.writeBigUInt64LE(r.gpa, o);
-    b.writeBigUInt64LE(BigInt(r.size), o + 8);
-    b.writeBigUInt64LE(r.uva, o + 16);
-    b.writeBigUInt64LE(BigInt(r.mmapOffset), o + 24);
-  });
-  return b;
-}
+const memTable = (regions: RegionSpec[]): Buffer => VhostUserFrontend.memTable({ regions });
 
 /** Ours gets a short state dir of its own (keeper.sock path limit), so the test can find the worker. */
 async function session(t: Test, kind: BackendKind): Promise<{ s: Session; stateDir: string | null }> {

@@ -343,7 +343,8 @@ export class VhostUserFrontend {
   }
 
   /** The SET_MEM_TABLE payload for the guest memory (QEMU sends 8 + 32 × nregions bytes). */
-  static memTable(mem: GuestMemory): Buffer {
+  /** The SET_MEM_TABLE payload for `mem`'s regions (or any list of regions, hostile ones too). */
+  static memTable(mem: GuestMemory | { regions: ReadonlyArray<{ gpa: bigint; size: number; uva: bigint; mmapOffset: number }> }): Buffer {
     const b = Buffer.alloc(8 + 32 * mem.regions.length);
     b.writeUInt32LE(mem.regions.length, 0);
     mem.regions.forEach((r, i) => {

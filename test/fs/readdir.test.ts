@@ -6,12 +6,12 @@ import type { Test } from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { STAT, native } from '../../shared/native';
-import { parseDirents } from '../../worker/fs/dirent';
 import { makePrng } from '../helpers/prng';
 import { PassthroughFs } from '../../worker/fs/passthrough';
 import { FsSession } from '../../worker/fs/session';
 import * as K from '../../worker/fs/constants';
 import { ROOT, TestSink, b, ctx, setup, silent, throwsErrno, type SinkEntry } from './fixtures/helpers';
+import { hostCookies } from '../helpers/host_cookies';
 
 const N = 1000;
 
@@ -236,20 +236,6 @@ function spyDirCalls(t: Test): { lseeks: number; getdents: number; bytes: number
   return spy;
 }
 
-/** The host's own cookies: name → d_off as the u64 the guest must see. */
-function hostCookies(dir: string): Map<string, bigint> {
-  const fd = fs.openSync(dir, 'r');
-  const out = new Map<string, bigint>();
-  try {
-    const buf = Buffer.alloc(64 * 1024);
-    for (let n; (n = native.getdents64(fd, buf)) > 0;) {
-      for (const d of parseDirents(buf, n)) out.set(d.name.toString(), BigInt.asUintN(64, d.off));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return out;
-}
 
 t.test('cookies are exact 64-bit values; a bogus or earlier cookie is one lseek and one buffer, never a scan', (t) => {
   const BUF = 4096;
