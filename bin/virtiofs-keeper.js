@@ -1,4 +1,4 @@
 #!/usr/bin/env node
 'use strict';
 // The one JS shim: the CLI itself is compiled TypeScript.
-require('../dist/shared/cli.js').main(process.argv.slice(2));
+require('../dist/cli/main.js').main(process.argv.slice(2));

@@ -17,26 +17,14 @@ import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, EXIT_STATE_UNUS
 import { prepareStateDir } from '../shared/state_dir';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
 import { SystemdFdStore } from './systemd_fdstore';
-import { buildReport, formatPrometheus } from '../shared/status';
+import { buildReport, formatPrometheus } from '../shared/status_report';
+import type { ExitInfo, KeeperStatus } from '../shared/keeper_protocol';
 
 export interface KeeperOptions extends WorkerConfig {
   /** argv to start a worker (embedded mode); null when systemd starts workers. */
   workerCommand: string[] | null;
   /** argv to start a warm standby worker for fast handovers (embedded mode); null: none. */
   standbyCommand: string[] | null;
-}
-
-export interface ExitInfo { code: number | null; signal: string | null; at: string }
-
-/** Crash-loop backoff: workers that died in a row without progress, and the pending delay. */
-export interface BackoffStatus { fruitlessDeaths: number; delayMs: number; restartAt: string | null }
-
-export interface KeeperStatus {
-  keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
-  worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean; backoff: BackoffStatus };
-  recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[] };
-  fdNames: Record<string, number>;
-  workerStats: unknown;
 }
 
 interface Client {

@@ -2,6 +2,7 @@
 // directory so a worker started by anyone (the keeper, systemd) serves the same export.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ConfigurationError } from './errors';
 
 export type CacheMode = 'auto' | 'always' | 'never';
 
@@ -17,12 +18,7 @@ export interface WorkerConfig {
   maxLockWaits?: number;
 }
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export class ConfigError extends ConfigurationError {}
 
 export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
 
@@ -31,6 +27,8 @@ export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
  * not restart the worker). Anything else, or a signal, is a crash: restart at once. */
 export const EXIT_SERVICE_OVER = 0;
 export const EXIT_STATE_UNUSABLE = 3;
+/** The worker could not start for a reason that may pass (resources, host errors): restart it. */
+export const EXIT_START_FAILED = 4;
 
 /** Names of the instances with a keeper.sock under the state root. */
 export function listInstances(root = DEFAULT_STATE_ROOT): string[] {

@@ -3,11 +3,12 @@
 // Names: "root", "vhost.listen", "vhost.conn", "vhost.backend", "mem.<slot>", "vring.<q>.kick",
 // "vring.<q>.call", "vring.<q>.err", "inflight", "inode.<nodeid>", "file.<fh>", "dir.<fh>".
 import { native } from './native';
+import { BugError } from './errors';
 
-export class FdRegistryError extends Error {
+/** Misuse of the registry by our own code (a name registered twice, an unknown fd). */
+export class FdRegistryError extends BugError {
   constructor(message: string, readonly fdName: string) {
     super(message);
-    this.name = 'FdRegistryError';
   }
 }
 

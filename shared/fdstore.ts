@@ -10,16 +10,14 @@
 // Names are 1..255 characters of [A-Za-z0-9._-] (a subset of what systemd allows), so ':' can
 // separate them.
 
+import { StateError } from './errors';
+
 export const MAX_FDS_PER_MESSAGE = 253;
 export const MAX_MESSAGE_SIZE = 64 * 1024;
 const NAME_RE = /^[A-Za-z0-9._-]{1,255}$/;
 
-export class FdStoreProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'FdStoreProtocolError';
-  }
-}
+/** A keeper.sock message that breaks the protocol (from either side). */
+export class FdStoreProtocolError extends StateError {}
 
 export function isValidFdName(name: string): boolean {
   return NAME_RE.test(name);

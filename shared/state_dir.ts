@@ -4,13 +4,9 @@
 // be ours, writable by nobody else, and reached through directories nobody else can rename.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ConfigurationError } from './errors';
 
-export class StateDirError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'StateDirError';
-  }
-}
+export class StateDirError extends ConfigurationError {}
 
 const S_IWGRP_IWOTH = 0o022;
 const S_ISVTX = 0o1000;

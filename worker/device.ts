@@ -1,7 +1,8 @@
 // The virtio-fs device: queue 0 is the hiprio queue (FORGET, BATCH_FORGET, INTERRUPT), queues
 // 1..N are request queues. Every queue feeds the same FUSE server.
 import type { Logger } from '../shared/log';
-import type { QueueHandler, VhostDevice } from './vhost/backend';
+import type { VhostDevice } from './vhost/backend';
+import type { QueueHandler } from './virtqueue/queue_server';
 import { QueueServer, type ChainHandler } from './virtqueue/queue_server';
 
 export class VirtioFsDevice implements VhostDevice {

@@ -8,15 +8,16 @@ import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { EXIT_SERVICE_OVER, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
-import { KeeperClient } from './keeper_client';
+import { EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { KeeperClient } from '../shared/keeper_client';
 import { checkStateDir } from '../shared/state_dir';
-import { VhostUserBackend, errorInfo } from './vhost/backend';
+import { VhostUserBackend } from './vhost/backend';
+import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
 import { PassthroughFs } from './fs/passthrough';
 import { loadState, pendingControl, UnjournaledLedger, WorkerStateStore, type LoadedState } from './state/worker_state';
-import { crashPoint } from './crash_points';
+import { crashPoint } from '../shared/crash_points';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 
 
@@ -351,10 +352,18 @@ export async function workerMain(stateDir: string): Promise<number> {
   try {
     worker.start();
   } catch (e) {
+    // The rule is on the error's kind (shared/errors.ts): a successor short of fds or memory may
+    // succeed on the next try, so only unusable state, bad configuration and bugs stop the
+    // restarts for good.
+    const kind = errorKind(e);
+    if (startFailurePolicy(kind) === 'restart') {
+      log.error({ err: errorInfo(e) }, 'cannot resume the session now; exiting for the keeper to retry');
+      return EXIT_START_FAILED;
+    }
     const message = (e as Error).message;
     log.error({ err: errorInfo(e) }, 'cannot resume the session: state is unusable');
     try {
-      keeper.notify({ X_SETERROR: `worker cannot start: ${message}`.replace(/\n/g, ' ') });
+      keeper.notify({ X_SETERROR: `worker cannot start (${kind}): ${message}`.replace(/\n/g, ' ') });
     } catch {
       // The keeper logs our exit anyway.
     }

@@ -7,7 +7,7 @@ import { LeanFuse, nameArg, runPool, type Slot } from './lean_client';
 import { CpuMeter, peakRss, type BenchSession } from './procs';
 import { quantile } from './stats';
 import { makePrng } from '../helpers/prng';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 
 export const MIB = 1 << 20;

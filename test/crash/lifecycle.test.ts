@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { openSession, waitFor } from '../frontend/helpers';
 import { VhostUserFrontend } from '../frontend/vhost_user';
 import { FuseClient, FuseError } from '../frontend/fuse_client';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 import { stateFilePath } from '../../shared/config';
 import { DATA_START } from '../../worker/state/journal';
 import * as F from '../frontend/fuse_proto';

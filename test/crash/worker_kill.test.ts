@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { openSession, waitFor } from '../frontend/helpers';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 import { hostCookies } from '../helpers/host_cookies';
 

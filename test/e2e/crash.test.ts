@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { startBackend, type Backend } from './backends';
 import { startGuest, type GuestHandle } from './qemu';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 
 const sha256 = (p: string): string => crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
 

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { startBackend } from './backends';
 import { startGuest } from './qemu';
 import { ensureGuestImage } from './guest-image';
-import { formatStatus, queryStatus } from '../../shared/status';
+import { formatStatus, queryStatus } from '../../cli/status';
 
 const ITERATIONS = 24;
 const KILL_AFTER = [5, 11, 17];

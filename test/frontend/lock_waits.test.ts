@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { C, native } from '../../shared/native';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 import { selectedBackends } from './backend';
 import { openSession, unexpectedErrors, checkErrno, pattern, waitFor, type Session } from './helpers';
 import type { FuseReply } from './fuse_client';

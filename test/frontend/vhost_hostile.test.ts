@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, C } from '../../shared/native';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 import { selectedBackends, type BackendKind } from './backend';
 import { openSession, probeServing, waitFor, type Session } from './helpers';
 import { Flag, Req, VhostUserFrontend } from './vhost_user';

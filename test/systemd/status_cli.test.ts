@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { openSession, waitFor } from '../frontend/helpers';
-import { queryStatus } from '../../shared/status';
+import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 
 const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'virtiofs-keeper.js');

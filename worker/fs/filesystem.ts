@@ -9,6 +9,7 @@
 // readdirplus entry that is accepted) adds 1 to that inode's lookup count; FORGET subtracts
 // nlookup; the inode is dropped (and its fd closed) when the count reaches 0.
 import type { IoSegment, StatFs } from '../../shared/native';
+import { GuestError } from '../../shared/errors';
 
 /** Nodeids are counters (1 = root), never pointers. */
 export type NodeId = number;
@@ -17,10 +18,10 @@ export type Handle = number;
 
 export const ROOT_NODEID: NodeId = 1;
 
-export class FsError extends Error {
-  constructor(readonly errno: number, message?: string) {
-    super(message ?? `filesystem error errno=${errno}`);
-    this.name = 'FsError';
+/** A filesystem operation refused with an errno for the guest (the guest asked for it). */
+export class FsError extends GuestError {
+  constructor(errno: number, message?: string) {
+    super(message ?? `filesystem error errno=${errno}`, errno);
   }
 }
 

@@ -20,6 +20,7 @@
 //     dirs:   [{ fh, fdName, nodeid, position: "<s64 decimal>" }] }
 // 64-bit quantities (dev, ino, readdir cookies) are decimal strings: they do not fit a double.
 // fromSnapshot() treats its input as untrusted and throws FsSessionError on anything malformed.
+import { StateError } from '../../shared/errors';
 
 export const SESSION_VERSION = 1;
 export const ROOT_NODEID = 1;
@@ -31,12 +32,8 @@ const S64_MAX = (1n << 63n) - 1n;
 /** S_IF* file types (the S_IFMT bits of st_mode); fixed by Linux. */
 const VALID_FILE_TYPES = new Set([0o140000, 0o120000, 0o100000, 0o060000, 0o040000, 0o020000, 0o010000]);
 
-export class FsSessionError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'FsSessionError';
-  }
-}
+/** A session mutation or snapshot that contradicts the session (replayed state that does not fit). */
+export class FsSessionError extends StateError {}
 
 export interface InodeRecord {
   readonly nodeid: number;

@@ -144,3 +144,36 @@ export function settlingFileSystem(fs: FileSystem, intentTs: bigint, extra: unkn
     },
   });
 }
+
+/** A journaled FUSE request (exactly-once): its intent, and once known, the reply bytes. */
+export interface OpRecord {
+  opcode: number;
+  /** Wall-clock ns at intent: files created after this by the request are ours. */
+  ts: bigint;
+  extra: unknown;
+  /** The full reply (out header + body) the request produced; empty for no-reply requests. */
+  reply: Buffer | null;
+  /** Worker deaths this request has been inflight across. */
+  deaths: number;
+}
+
+/** What the FUSE server needs from the journal. */
+export interface RequestLedger {
+  get(key: string): OpRecord | undefined;
+  /** A resubmitted request: records one more death and returns the total. */
+  recordDeath(key: string): number;
+  /** Starts a journaled request: session mutations until endSync() are its own and become
+   * durable with its outcome. With `intent`, the intent is journaled now, before the request
+   * runs: a request that is not idempotent needs it to settle a death between its syscall and
+   * its outcome. */
+  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void;
+  /** Stages the request's outcome (its reply); durable at the next commitOutcomes(). */
+  outcome(key: string, reply: Buffer): void;
+  /** Ends the synchronous part of a request: later FS mutations are not its own. */
+  endSync(): void;
+  /** Group commit: the staged outcomes' fds to the keeper, then the outcomes to the journal.
+   * Runs before any used element is published. Returns the keys it made durable. */
+  commitOutcomes(): string[];
+  /** The request's used element is visible to the guest; it will never be resubmitted. */
+  release(key: string): void;
+}

@@ -37,6 +37,7 @@ import { constants as osConstants } from 'node:os';
 import type { Handle, LockRange, NodeId, SetattrRequest } from '../fs/filesystem';
 import * as K from './constants';
 import { opcodeName } from './constants';
+import { GuestError } from '../../shared/errors';
 
 export * from './constants';
 export * from './encode';
@@ -46,10 +47,9 @@ const { EINVAL, EIO } = osConstants.errno;
 
 /** A request that violates the wire format. `errno` is what the server should reply with (when
  * it can still reply, i.e. it has a header and the opcode has a reply). */
-export class FuseProtocolError extends Error {
-  constructor(readonly errno: number, message: string) {
-    super(message);
-    this.name = 'FuseProtocolError';
+export class FuseProtocolError extends GuestError {
+  constructor(errno: number, message: string) {
+    super(message, errno);
   }
 }
 

@@ -14,9 +14,8 @@ import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtque
 import type { ChainHandler } from '../virtqueue/queue_server';
 import * as K from './constants';
 import * as P from './protocol';
-import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem } from './exactly_once';
-import type { RequestLedger } from '../state/worker_state';
-import { crashPoint } from '../crash_points';
+import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem, type RequestLedger } from './exactly_once';
+import { crashPoint } from '../../shared/crash_points';
 
 /** A request inflight across this many worker deaths is a poison pill: answered with EIO. One
  * more death (answering it faulted too) and it is returned unread, with length 0. */

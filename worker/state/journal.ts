@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { Packr } from 'msgpackr';
 import { native } from '../../shared/native';
+import { StateError } from '../../shared/errors';
 
 export const STATE_MAGIC = Buffer.from('VFSKSTAT');
 export const STATE_FORMAT_VERSION = 1;
@@ -23,10 +24,9 @@ const INITIAL_CAPACITY = 1 << 20;
 /** A single record larger than this is a bug or a corrupt length field. */
 export const MAX_RECORD_SIZE = 64 << 20;
 
-export class StateFileError extends Error {
+export class StateFileError extends StateError {
   constructor(message: string, readonly path: string) {
     super(`${path}: ${message}`);
-    this.name = 'StateFileError';
   }
 }
 

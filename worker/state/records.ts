@@ -21,6 +21,7 @@
 //   reset (nothing)
 import type { FsMutation } from '../fs/session';
 import { decodeRecord, encodeRecord } from './journal';
+import { StateError } from '../../shared/errors';
 
 export const TAG_GENERIC = 0;
 export const TAG_INTENT = 1;
@@ -34,12 +35,7 @@ const KIND_CODE = new Map<string, number>(MUTATION_KINDS.map((k, i) => [k, i]));
 export const MAX_MUTATION_SIZE = 64;
 const MAX_STR = 255;
 
-export class RecordDecodeError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RecordDecodeError';
-  }
-}
+export class RecordDecodeError extends StateError {}
 
 /** A decoded request-path record, in the shape the loader folds. */
 export type DecodedRecord =

@@ -9,14 +9,15 @@
 // the keeper holds their new fds and before their used elements are published (commitOutcomes()).
 // Loading treats the file as untrusted input: every record is validated, and a bad one is a
 // StateFileError naming the file and the problem.
-import type { KeeperClient } from '../keeper_client';
+import type { KeeperClient } from '../../shared/keeper_client';
 import type { ControlJournal, PendingControl, VhostSessionState, VringConfig } from '../vhost/backend';
 import type { MessageHeader } from '../vhost/messages';
 import type { InitResult } from '../fuse/server';
+import type { OpRecord, RequestLedger } from '../fuse/exactly_once';
 import { FsSession, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
 import { StateJournal, StateFileError, decodeRecord } from './journal';
 import * as R from './records';
-import { crashPoint } from '../crash_points';
+import { crashPoint } from '../../shared/crash_points';
 
 /** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads. */
 export const SCHEMA_VERSION = 2;
@@ -29,38 +30,6 @@ const READABLE_SCHEMAS = [1, 2] as const;
 const COMPACT_BYTES = 1 << 20;
 const COMPACT_RATIO = 2;
 
-/** A journaled FUSE request (exactly-once): its intent, and once known, the reply bytes. */
-export interface OpRecord {
-  opcode: number;
-  /** Wall-clock ns at intent: files created after this by the request are ours. */
-  ts: bigint;
-  extra: unknown;
-  /** The full reply (out header + body) the request produced; empty for no-reply requests. */
-  reply: Buffer | null;
-  /** Worker deaths this request has been inflight across. */
-  deaths: number;
-}
-
-/** What the FUSE server needs from the journal. */
-export interface RequestLedger {
-  get(key: string): OpRecord | undefined;
-  /** A resubmitted request: records one more death and returns the total. */
-  recordDeath(key: string): number;
-  /** Starts a journaled request: session mutations until endSync() are its own and become
-   * durable with its outcome. With `intent`, the intent is journaled now, before the request
-   * runs: a request that is not idempotent needs it to settle a death between its syscall and
-   * its outcome. */
-  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void;
-  /** Stages the request's outcome (its reply); durable at the next commitOutcomes(). */
-  outcome(key: string, reply: Buffer): void;
-  /** Ends the synchronous part of a request: later FS mutations are not its own. */
-  endSync(): void;
-  /** Group commit: the staged outcomes' fds to the keeper, then the outcomes to the journal.
-   * Runs before any used element is published. Returns the keys it made durable. */
-  commitOutcomes(): string[];
-  /** The request's used element is visible to the guest; it will never be resubmitted. */
-  release(key: string): void;
-}
 
 /** Records written as msgpack (TAG_GENERIC); schema 1 also wrote 'op', 'op-done', 'op-death'
  * and 'fs' records this way (records.ts has their schema-2 forms). */

@@ -10,18 +10,10 @@ import { GuestMemory, GuestMemoryError, toSafeNumber, type MemoryRegion } from '
 import { InflightRegion, RingError, SplitRing, inflightQueueRegionSize, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
 import * as M from './messages';
 import { MessageTransport, type IncomingMessage } from './transport';
-import { crashPoint } from '../crash_points';
+import { crashPoint } from '../../shared/crash_points';
+import { FrontendError, errorInfo } from '../../shared/errors';
+import type { QueueHandler } from '../virtqueue/queue_server';
 
-export interface QueueHandler {
-  /** The ring is configured, kicked and enabled: serve it. `resubmit` lists inflight heads
-   * recovered from the inflight region, oldest first. */
-  start(ring: SplitRing, notify: () => void, resubmit: number[]): void;
-  /** The guest kicked the queue (or we kick ourselves after a start). */
-  kick(): void;
-  /** Stop serving; resolves when no request of this queue is in flight any more. */
-  stop(): Promise<void>;
-  inflightCount(): number;
-}
 
 export interface VhostDevice {
   /** Total virtqueues (hiprio + request queues). */
@@ -96,12 +88,8 @@ export interface VhostSessionState {
   running: number[];
 }
 
-class VhostError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'VhostError';
-  }
-}
+/** A vhost-user request we refuse (bad index, memory that does not fit, wrong fd). */
+class VhostError extends FrontendError {}
 
 interface RunningQueue {
   handler: QueueHandler;
@@ -864,10 +852,4 @@ function fdSize(fd: number): number {
 
 function emptyVring(): VringConfig {
   return { size: 0, descUser: 0, availUser: 0, usedUser: 0, addrSet: false, base: 0, enabled: false, kicked: false };
-}
-
-export function errorInfo(e: unknown): Record<string, unknown> {
-  if (isNativeError(e)) return { message: e.message, code: e.code, errno: e.errno, syscall: e.syscall };
-  if (e instanceof Error) return { message: e.message, name: e.name };
-  return { message: String(e) };
 }

@@ -1,6 +1,7 @@
 // vhost-user wire format (QEMU docs/interop/vhost-user.rst): constants, and parsers for the
 // payloads the backend receives. Everything here is pure and validates sizes; the frontend is
 // untrusted as far as lengths and indices go.
+import { FrontendError } from '../../shared/errors';
 
 export const HEADER_SIZE = 12;
 /** The largest payload we accept; the largest legitimate one (GET_CONFIG) is 12 + 256 bytes. A
@@ -96,10 +97,9 @@ export const bit = (n: bigint | number): bigint => 1n << BigInt(n);
 export const VRING_IDX_MASK = 0xffn;
 export const VRING_NOFD_MASK = 0x100n;
 
-export class VhostProtocolError extends Error {
+export class VhostProtocolError extends FrontendError {
   constructor(message: string, readonly request: number) {
     super(message);
-    this.name = 'VhostProtocolError';
   }
 }
 

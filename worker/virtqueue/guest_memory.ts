@@ -3,13 +3,10 @@
 // checks. Addresses are JS numbers: guest physical and x86-64 user addresses fit in 2^53, and
 // anything larger is simply "not in guest memory".
 import { native, C, STAT, type IoSegment } from '../../shared/native';
+import { GuestError } from '../../shared/errors';
 
-export class GuestMemoryError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'GuestMemoryError';
-  }
-}
+/** A guest address or length outside the guest's memory. */
+export class GuestMemoryError extends GuestError {}
 
 export interface MemoryRegion {
   guestPhysAddr: number;

@@ -3,10 +3,21 @@
 // notifications: all completions of one event-loop turn are published with one release store
 // and at most one interrupt.
 import type { Logger } from '../../shared/log';
-import type { QueueHandler } from '../vhost/backend';
-import { errorInfo } from '../vhost/backend';
+import { errorInfo } from '../../shared/errors';
 import { ChainError, RingError, type DescriptorChain, type SplitRing } from './split_ring';
-import { crashPoint } from '../crash_points';
+import { crashPoint } from '../../shared/crash_points';
+
+/** What the vhost-user backend drives per queue (implemented by QueueServer). */
+export interface QueueHandler {
+  /** The ring is configured, kicked and enabled: serve it. `resubmit` lists inflight heads
+   * recovered from the inflight region, oldest first. */
+  start(ring: SplitRing, notify: () => void, resubmit: number[]): void;
+  /** The guest kicked the queue (or we kick ourselves after a start). */
+  kick(): void;
+  /** Stop serving; resolves when no request of this queue is in flight any more. */
+  stop(): Promise<void>;
+  inflightCount(): number;
+}
 
 export interface ChainHandler {
   /** Handles one request chain; returns the number of bytes written into its writable

@@ -4,6 +4,7 @@
 // helpers; descriptors are read with plain loads after the acquire load of avail->idx.
 import { native, type IoSegment } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
+import { GuestError } from '../../shared/errors';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -19,19 +20,15 @@ export const MAX_INDIRECT_DESCRIPTORS = 1024;
 
 const DESC_SIZE = 16;
 
-export class ChainError extends Error {
+/** A malformed descriptor chain (the guest's doing): the request is answered or dropped. */
+export class ChainError extends GuestError {
   constructor(message: string, readonly head: number) {
     super(message);
-    this.name = 'ChainError';
   }
 }
 
-export class RingError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RingError';
-  }
-}
+/** A ring the guest broke as a whole (an avail index that jumps past the ring size). */
+export class RingError extends GuestError {}
 
 export interface DescriptorChain {
   head: number;

@@ -2,13 +2,13 @@
 // in the FdRegistry into the keeper's store (FDSTORE/FDSTOREREMOVE), and sends sd_notify-style
 // status. The socket is blocking: a store must be in the keeper's queue before the worker
 // goes on, because the guest may observe its effect next.
-import { native } from '../shared/native';
+import { native } from './native';
 import {
   FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
   removeMessage, storeMessage,
-} from '../shared/fdstore';
-import type { FdRegistryListener } from '../shared/fd_registry';
-import { trustedPeerUid } from '../shared/state_dir';
+} from './fdstore';
+import type { FdRegistryListener } from './fd_registry';
+import { trustedPeerUid } from './state_dir';
 
 export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);

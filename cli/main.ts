@@ -2,10 +2,8 @@
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import type { Argv } from 'yargs';
-import { logger } from './log';
-import type { CacheMode } from './config';
-
-import { DEFAULT_STATE_ROOT } from './config';
+import { logger } from '../shared/log';
+import { DEFAULT_STATE_ROOT, type CacheMode } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
