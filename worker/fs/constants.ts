@@ -85,25 +85,10 @@ export const R_OK = 4;
 export const W_OK = 2;
 export const X_OK = 1;
 
-// --- errno
-export const EPERM = k('EPERM', 1);
-export const ENOENT = k('ENOENT', 2);
-export const EINTR = k('EINTR', 4);
-export const EIO = k('EIO', 5);
-export const EEXIST = k('EEXIST', 17);
-export const ENODATA = k('ENODATA', 61);
-export const ERANGE = k('ERANGE', 34);
-export const EBADF = k('EBADF', 9);
-export const EACCES = k('EACCES', 13);
-export const EISDIR = k('EISDIR', 21);
-export const EFBIG = k('EFBIG', 27);
-export const EINVAL = k('EINVAL', 22);
-export const ENOTDIR = k('ENOTDIR', 20);
-export const EAGAIN = k('EAGAIN', 11);
-export const ENOLCK = k('ENOLCK', 37);
-export const ENOSYS = k('ENOSYS', 38);
-export const ELOOP = k('ELOOP', 40);
-export const EOPNOTSUPP = k('EOPNOTSUPP', 95);
+// --- errno (one table for the whole program: shared/errno.ts)
+export {
+  EPERM, ENOENT, EINTR, EIO, EEXIST, ENODATA, ERANGE, EBADF, EACCES, EISDIR, EFBIG, EINVAL, ENOTDIR, EAGAIN, ENOLCK, ENOSYS, ELOOP, EOPNOTSUPP,
+} from '../../shared/errno';
 /** Largest xattr value and list (linux/limits.h XATTR_SIZE_MAX, XATTR_LIST_MAX). */
 export const XATTR_SIZE_MAX = 65536;
 export const XATTR_LIST_MAX = 65536;

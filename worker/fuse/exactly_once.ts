@@ -18,8 +18,8 @@
 // simply run again; their rolled-back session effects are redone by that run.
 import type { EntryProbe, FileSystem } from '../fs/filesystem';
 import type { FuseRequest, InHeader } from './protocol';
+import { EBADF, EEXIST, ENODATA, ENOENT } from '../../shared/errno';
 
-const EEXIST = 17, ENOENT = 2, EBADF = 9, ENODATA = 61;
 const O_EXCL = 0o200;
 const RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2;
 const XATTR_CREATE = 1;

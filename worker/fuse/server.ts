@@ -13,6 +13,7 @@ import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
 import type { ChainHandler } from '../virtqueue/queue_server';
 import * as K from './constants';
+import * as ERRNO from '../../shared/errno';
 import * as P from './protocol';
 import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem, type RequestLedger } from './exactly_once';
 import { crashPoint } from '../../shared/crash_points';
@@ -25,7 +26,6 @@ export const POISON_DEATHS = 3;
  * before any of the request's guest buffers are read. */
 const requestKey = (queueIndex: number, head: number, counter: bigint): string => `${queueIndex}.${head}.${counter}`;
 
-const ERRNO = { EINTR: 4, EIO: 5, EINVAL: 22, ENOSYS: 38, EPROTO: 71, ERANGE: 34, EOVERFLOW: 75 } as const;
 
 /** INTERRUPTs whose request we have not seen (yet: it may sit on another queue) are remembered,
  * as libfuse does, and this many at most (uniques are never reused within a session, so a stale
