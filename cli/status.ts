@@ -3,7 +3,6 @@
 // failed), 2 no keeper reachable.
 import * as path from 'node:path';
 import { KeeperClient } from '../shared/keeper_client';
-import type { KeeperStatus } from '../shared/keeper_protocol';
 import { DEFAULT_STATE_ROOT, keeperSocketPath, listInstances } from '../shared/config';
 import { buildReport, formatPrometheus, type StatusReport } from '../shared/status_report';
 
@@ -12,7 +11,7 @@ export type { StatusReport } from '../shared/status_report';
 export function queryStatus(stateDir: string): StatusReport {
   const client = KeeperClient.connect(keeperSocketPath(stateDir));
   try {
-    return buildReport(client.queryStatus() as KeeperStatus, stateDir);
+    return buildReport(client.queryStatus(), stateDir);
   } finally {
     client.close();
   }

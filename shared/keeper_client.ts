@@ -3,10 +3,10 @@
 // status. The socket is blocking: a store must be in the keeper's queue before the worker
 // goes on, because the guest may observe its effect next.
 import { native } from './native';
+import { KeeperProtocolError } from './sd_notify_format';
 import {
-  FdStoreProtocolError, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE, formatAssignments, parseAssignments, parseFdNames,
-  removeMessage, storeMessage,
-} from './fdstore';
+  MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper, type FromKeeper, type KeeperStatus, type ToKeeper,
+} from './keeper_protocol';
 import type { FdRegistryListener } from './fd_registry';
 import { trustedPeerUid } from './state_dir';
 
@@ -26,7 +26,7 @@ export class KeeperClient implements FdRegistryListener {
     try {
       const peer = native.peerCred(fd);
       if (!trustedPeerUid(peer.uid)) {
-        throw new FdStoreProtocolError(`${socketPath} is served by uid ${peer.uid} (pid ${peer.pid}), not by our keeper`);
+        throw new KeeperProtocolError(`${socketPath} is served by uid ${peer.uid} (pid ${peer.pid}), not by our keeper`);
       }
       native.setNonBlocking(fd, false);
     } catch (e) {
@@ -39,25 +39,43 @@ export class KeeperClient implements FdRegistryListener {
   /** The whole named fd set the keeper holds (the caller owns the returned fds), and the last
    * control reply sequence number the keeper forwarded. */
   fetchAll(): { fds: Map<string, number>; ctlSeq: number } {
-    this.send(formatAssignments({ FDFETCH: 1 }), []);
+    this.send({ type: 'fetch' }, []);
     const out = new Map<string, number>();
+    try {
+      for (;;) {
+        const { msg, fds } = this.receive(SCM_MAX_FD, 'during FDFETCH');
+        if (msg.type !== 'fdSet') {
+          for (const fd of fds) native.close(fd);
+          throw new KeeperProtocolError(`unexpected ${msg.type} in reply to FDFETCH`);
+        }
+        msg.names.forEach((n, i) => {
+          const prev = out.get(n);
+          if (prev !== undefined) native.close(prev);
+          out.set(n, fds[i]!);
+        });
+        if (!msg.more) return { fds: out, ctlSeq: msg.ctlSeq };
+        this.send({ type: 'fetchNext' }, []);
+      }
+    } catch (e) {
+      // A fetch that fails midway leaves nothing open: the caller owns only a complete set.
+      for (const fd of out.values()) native.close(fd);
+      throw e;
+    }
+  }
+
+  /** The next message from the keeper; the caller owns its fds. */
+  private receive(maxFds: number, when: string): { msg: FromKeeper; fds: number[] } {
     for (;;) {
-      const r = native.recvMsg(this.fd, this.buf, MAX_FDS_PER_MESSAGE);
+      const r = native.recvMsg(this.fd, this.buf, maxFds);
       if (r === null) continue;
-      if (r.bytes === 0) throw new FdStoreProtocolError('keeper closed the connection during FDFETCH');
-      if (r.truncated) {
+      if (r.bytes === 0 && r.fds.length === 0) throw new KeeperProtocolError(`keeper closed the connection ${when}`);
+      try {
+        if (r.truncated) throw new KeeperProtocolError(`message from the keeper truncated ${when}`);
+        return { msg: parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length), fds: r.fds };
+      } catch (e) {
         for (const fd of r.fds) native.close(fd);
-        throw new FdStoreProtocolError('FDSET message truncated');
+        throw e;
       }
-      const m = parseAssignments(this.buf.subarray(0, r.bytes));
-      if (m.get('FDSET') !== '1') {
-        for (const fd of r.fds) native.close(fd);
-        throw new FdStoreProtocolError('unexpected reply to FDFETCH');
-      }
-      const names = parseFdNames(m.get('FDNAME'), r.fds.length);
-      names.forEach((n, i) => out.set(n, r.fds[i]!));
-      if (m.get('MORE') !== '1') return { fds: out, ctlSeq: Number(m.get('CTLSEQ') ?? '0') || 0 };
-      this.send(formatAssignments({ FDFETCHNEXT: 1 }), []);
     }
   }
 
@@ -66,7 +84,7 @@ export class KeeperClient implements FdRegistryListener {
       this.batch.set(name, fd);
       return;
     }
-    this.send(storeMessage([name]), [fd]);
+    this.send({ type: 'store', names: [name] }, [fd]);
   }
 
   onUnregister(name: string): void {
@@ -78,7 +96,7 @@ export class KeeperClient implements FdRegistryListener {
       this.removals.push(name);
       return;
     }
-    this.send(removeMessage([name]), []);
+    this.send({ type: 'remove', names: [name] }, []);
   }
 
   onUnregisterMany(names: string[]): void {
@@ -86,7 +104,7 @@ export class KeeperClient implements FdRegistryListener {
       for (const n of names) this.onUnregister(n);
       return;
     }
-    for (let i = 0; i < names.length; i += MAX_FDS_PER_MESSAGE) this.send(removeMessage(names.slice(i, i + MAX_FDS_PER_MESSAGE)), []);
+    this.sendRemovals(names);
   }
 
   /** Groups stores (e.g. a readdirplus page of inodes, or every request of one event-loop
@@ -101,9 +119,9 @@ export class KeeperClient implements FdRegistryListener {
     this.batch = null;
     if (b === null || b.size === 0) return;
     const entries = [...b];
-    for (let i = 0; i < entries.length; i += MAX_FDS_PER_MESSAGE) {
-      const part = entries.slice(i, i + MAX_FDS_PER_MESSAGE);
-      this.send(storeMessage(part.map(([n]) => n)), part.map(([, fd]) => fd));
+    for (let i = 0; i < entries.length; i += SCM_MAX_FD) {
+      const part = entries.slice(i, i + SCM_MAX_FD);
+      this.send({ type: 'store', names: part.map(([n]) => n) }, part.map(([, fd]) => fd));
     }
   }
 
@@ -112,55 +130,60 @@ export class KeeperClient implements FdRegistryListener {
     const names = this.removals;
     if (names.length === 0) return;
     this.removals = [];
-    for (let i = 0; i < names.length; i += MAX_FDS_PER_MESSAGE) this.send(removeMessage(names.slice(i, i + MAX_FDS_PER_MESSAGE)), []);
+    this.sendRemovals(names);
   }
 
   /** Stores fds under names directly (not through the registry: the same fd numbers may be
    * registered under other names by their handler). */
   storeFds(names: string[], fds: number[]): void {
-    this.send(storeMessage(names), fds);
+    this.send({ type: 'store', names }, fds);
   }
 
   removeFds(names: string[]): void {
-    this.send(removeMessage(names), []);
+    this.sendRemovals(names);
+  }
+
+  /** Removals in messages of at most SCM_MAX_FD names (a bound on the message size). */
+  private sendRemovals(names: string[]): void {
+    for (let i = 0; i < names.length; i += SCM_MAX_FD) this.send({ type: 'remove', names: names.slice(i, i + SCM_MAX_FD) }, []);
   }
 
   /** The keeper writes control reply `seq` to the frontend once, however often it is asked:
    * a worker that died after asking must not make QEMU read a reply twice. */
   sendControlReply(seq: number, data: Buffer, fds: number[]): void {
-    this.send(formatAssignments({ X_CTLREPLY: seq, X_DATA: data.toString('hex') }), fds);
+    this.send({ type: 'controlReply', seq, data }, fds);
   }
 
-  notify(fields: Record<string, string | number>): void {
-    this.send(formatAssignments(fields), []);
+  /** A message without fds (status, progress, stats, an error). */
+  notify(msg: Exclude<ToKeeper, { type: 'store' | 'controlReply' | 'fetch' | 'fetchNext' }>): void {
+    this.send(msg, []);
   }
 
   /** Warm standby: announce ourselves, then block until the keeper hands over the session
    * (it does so only after it has reaped the previous worker). */
   waitForTakeover(): void {
-    this.send(formatAssignments({ X_STANDBY: 1 }), []);
+    this.send({ type: 'standby' }, []);
     for (;;) {
-      const r = native.recvMsg(this.fd, this.buf, 0);
-      if (r === null) continue;
-      if (r.bytes === 0) throw new FdStoreProtocolError('keeper closed the connection while we were on standby');
-      if (parseAssignments(this.buf.subarray(0, r.bytes)).get('X_TAKEOVER') === '1') return;
+      const { msg, fds } = this.receive(0, 'while we were on standby');
+      for (const fd of fds) native.close(fd);
+      if (msg.type === 'takeover') return;
+      throw new KeeperProtocolError(`unexpected ${msg.type} while on standby`);
     }
   }
 
-  /** Asks the keeper for its status JSON (used by the status CLI). */
-  queryStatus(): unknown {
-    this.send(formatAssignments({ X_STATUSQUERY: 1 }), []);
-    for (;;) {
-      const r = native.recvMsg(this.fd, this.buf, 0);
-      if (r === null) continue;
-      if (r.bytes === 0) throw new FdStoreProtocolError('keeper closed the connection');
-      return JSON.parse(this.buf.subarray(0, r.bytes).toString('utf8'));
-    }
+  /** Asks the keeper for its status (used by the status CLI). */
+  queryStatus(): KeeperStatus {
+    this.send({ type: 'statusQuery' }, []);
+    const { msg, fds } = this.receive(0, 'before answering the status query');
+    for (const fd of fds) native.close(fd);
+    if (msg.type !== 'status') throw new KeeperProtocolError(`unexpected ${msg.type} in reply to the status query`);
+    return msg.status;
   }
 
-  private send(msg: Buffer, fds: number[]): void {
-    const n = native.sendMsg(this.fd, msg, fds);
-    if (n !== msg.length) throw new FdStoreProtocolError(`short send to keeper (${n} of ${msg.length})`);
+  private send(msg: ToKeeper, fds: number[]): void {
+    const data = encodeToKeeper(msg);
+    const n = native.sendMsg(this.fd, data, fds);
+    if (n !== data.length) throw new KeeperProtocolError(`short send to keeper (${n} of ${data.length})`);
   }
 
   close(): void {

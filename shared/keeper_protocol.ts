@@ -1,4 +1,181 @@
-// The keeper's answer to a status query on keeper.sock (X_STATUS), as both sides see it.
+// keeper.sock: every message between the keeper and its workers (and the status CLI), one
+// parse and one encode per direction, used by both sides. The keeper is the process that must
+// not die, so this is its trust boundary: a message that does not parse is refused whole
+// (KeeperProtocolError) and its fds are closed by the receiver; nothing in it is guest data.
+//
+// SOCK_SEQPACKET, one message per packet, in sd_notify's format (shared/sd_notify_format.ts)
+// so the worker's status messages mean the same to systemd's NOTIFY_SOCKET. A message is told
+// by its one discriminating key (below); a message with none of them is an sd_notify status
+// (READY/STOPPING/STATUS/WATCHDOG/MAINPID). Unknown keys beside a known discriminator are
+// ignored, so a newer worker can add fields a long-lived older keeper does not know; a message
+// with two discriminators, or none and no status key, is refused.
+// See docs/ARCHITECTURE.md, "keeper.sock protocol".
+import { KeeperProtocolError, formatAssignments, formatFdNames, parseAssignments, parseFdNames } from './sd_notify_format';
+
+/** The kernel's limit on fds in one SCM_RIGHTS message (SCM_MAX_FD): an FDSET batch holds at most
+ * this many, and every receiver accepts this many. */
+export const SCM_MAX_FD = 253;
+/** Largest keeper.sock message either side sends or accepts (the status JSON is the largest). */
+export const MAX_MESSAGE_SIZE = 64 * 1024;
+
+/** Worker (or status CLI) → keeper. */
+export type ToKeeper =
+  /** FDSTORE=1 FDNAME=a:b + one fd per name: hold them (replacing older fds of those names). */
+  | { type: 'store'; names: string[] }
+  /** FDSTOREREMOVE=1 FDNAME=a:b: close and forget them. */
+  | { type: 'remove'; names: string[] }
+  /** FDFETCH=1: start sending the whole fd set (answered by 'fdSet'). */
+  | { type: 'fetch' }
+  /** FDFETCHNEXT=1: the next batch of the fetch in progress. */
+  | { type: 'fetchNext' }
+  /** X_CTLREPLY=seq X_DATA=hex + fds: write this control reply to the frontend, once per seq. */
+  | { type: 'controlReply'; seq: number; data: Buffer }
+  /** READY=1 / STOPPING=1 / STATUS=text, as in sd_notify. */
+  | { type: 'notify'; ready: boolean; stopping: boolean; status: string | null }
+  /** X_SERVED=1: a successor completed its first request (ends a recovery). */
+  | { type: 'served' }
+  /** X_PROGRESS=1: the worker completed a request (it is not crash-looping). */
+  | { type: 'progress' }
+  /** X_STATS=json: counters for `status` and metrics.prom. */
+  | { type: 'stats'; stats: unknown }
+  /** X_SETERROR=text: why a worker gave up (empty: clear). */
+  | { type: 'setError'; error: string | null }
+  /** X_STANDBY=1: a warm standby is loaded and waits for 'takeover'. */
+  | { type: 'standby' }
+  /** X_STATUSQUERY=1: answered by 'status'. */
+  | { type: 'statusQuery' };
+
+/** Keeper → worker (or status CLI). */
+export type FromKeeper =
+  /** FDSET=1 FDNAME=a:b MORE=0|1 CTLSEQ=n + one fd per name: a batch of the fd set, and the last
+   * control reply sequence number the keeper forwarded. */
+  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number }
+  /** X_TAKEOVER=1: the standby may serve now (its predecessor is reaped). */
+  | { type: 'takeover' }
+  /** The status JSON (a raw JSON object, not assignments: it is the one large message). */
+  | { type: 'status'; status: KeeperStatus };
+
+const TO_KEEPER_KEYS: ReadonlyArray<[string, ToKeeper['type']]> = [
+  ['FDSTORE', 'store'], ['FDSTOREREMOVE', 'remove'], ['FDFETCH', 'fetch'], ['FDFETCHNEXT', 'fetchNext'],
+  ['X_CTLREPLY', 'controlReply'], ['X_SERVED', 'served'], ['X_PROGRESS', 'progress'], ['X_STATS', 'stats'],
+  ['X_SETERROR', 'setError'], ['X_STANDBY', 'standby'], ['X_STATUSQUERY', 'statusQuery'],
+];
+const NOTIFY_KEYS = ['READY', 'STOPPING', 'STATUS', 'WATCHDOG', 'MAINPID'];
+/** Messages that may carry fds; the receiver closes fds attached to any other. */
+const CARRIES_FDS: ReadonlySet<ToKeeper['type']> = new Set(['store', 'controlReply']);
+const HEX_RE = /^(?:[0-9a-f]{2})*$/;
+
+function flag(m: Map<string, string>, key: string): boolean {
+  const v = m.get(key);
+  if (v === undefined) return false;
+  if (v !== '1') throw new KeeperProtocolError(`${key}=${JSON.stringify(v.slice(0, 20))}: want 1`);
+  return true;
+}
+
+/** Parses one message to the keeper with `fdCount` fds attached. */
+export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
+  const m = parseAssignments(data);
+  const found = TO_KEEPER_KEYS.filter(([k]) => m.has(k));
+  if (found.length > 1) throw new KeeperProtocolError(`one message with ${found.map(([k]) => k).join(' and ')}`);
+  const type: ToKeeper['type'] = found.length === 1 ? found[0]![1] : 'notify';
+  if (fdCount > 0 && !CARRIES_FDS.has(type)) throw new KeeperProtocolError(`${fdCount} fds attached to a ${type} message`);
+  switch (type) {
+    case 'store':
+      flag(m, 'FDSTORE');
+      return { type, names: parseFdNames(m.get('FDNAME'), fdCount) };
+    case 'remove':
+      flag(m, 'FDSTOREREMOVE');
+      return { type, names: parseFdNames(m.get('FDNAME'), -1) };
+    case 'controlReply': {
+      const seqText = m.get('X_CTLREPLY')!;
+      const seq = /^[1-9][0-9]{0,15}$/.test(seqText) ? Number(seqText) : NaN;
+      const hex = m.get('X_DATA') ?? '';
+      if (!Number.isSafeInteger(seq) || !HEX_RE.test(hex)) throw new KeeperProtocolError('malformed X_CTLREPLY');
+      return { type, seq, data: Buffer.from(hex, 'hex') };
+    }
+    case 'stats':
+      try {
+        return { type, stats: JSON.parse(m.get('X_STATS')!) as unknown };
+      } catch {
+        throw new KeeperProtocolError('X_STATS is not JSON');
+      }
+    case 'setError':
+      return { type, error: m.get('X_SETERROR') || null };
+    case 'notify': {
+      if (!NOTIFY_KEYS.some((k) => m.has(k))) throw new KeeperProtocolError('no known message type');
+      return { type, ready: flag(m, 'READY'), stopping: flag(m, 'STOPPING'), status: m.get('STATUS') ?? null };
+    }
+    case 'fetch': flag(m, 'FDFETCH'); return { type };
+    case 'fetchNext': flag(m, 'FDFETCHNEXT'); return { type };
+    case 'served': flag(m, 'X_SERVED'); return { type };
+    case 'progress': flag(m, 'X_PROGRESS'); return { type };
+    case 'standby': flag(m, 'X_STANDBY'); return { type };
+    case 'statusQuery': flag(m, 'X_STATUSQUERY'); return { type };
+  }
+}
+
+/** The sd_notify assignments of a status message (the worker sends the same to systemd). */
+export function notifyFields(n: { ready?: boolean; stopping?: boolean; status?: string | null }): Record<string, string | number> {
+  const f: Record<string, string | number> = {};
+  if (n.ready) f.READY = 1;
+  if (n.stopping) f.STOPPING = 1;
+  if (n.status != null) f.STATUS = n.status.replace(/\n/g, ' ');
+  return f;
+}
+
+export function encodeToKeeper(msg: ToKeeper): Buffer {
+  switch (msg.type) {
+    case 'store': return formatAssignments({ FDSTORE: 1, FDNAME: formatFdNames(msg.names) });
+    case 'remove': return formatAssignments({ FDSTOREREMOVE: 1, FDNAME: formatFdNames(msg.names) });
+    case 'fetch': return formatAssignments({ FDFETCH: 1 });
+    case 'fetchNext': return formatAssignments({ FDFETCHNEXT: 1 });
+    case 'controlReply': return formatAssignments({ X_CTLREPLY: msg.seq, X_DATA: msg.data.toString('hex') });
+    case 'notify': return formatAssignments(notifyFields(msg));
+    case 'served': return formatAssignments({ X_SERVED: 1 });
+    case 'progress': return formatAssignments({ X_PROGRESS: 1 });
+    case 'stats': return formatAssignments({ X_STATS: JSON.stringify(msg.stats) });
+    case 'setError': return formatAssignments({ X_SETERROR: (msg.error ?? '').replace(/\n/g, ' ') });
+    case 'standby': return formatAssignments({ X_STANDBY: 1 });
+    case 'statusQuery': return formatAssignments({ X_STATUSQUERY: 1 });
+  }
+}
+
+/** Parses one message from the keeper with `fdCount` fds attached. */
+export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
+  if (data.length > 0 && data[0] === 0x7b /* '{' */) {
+    if (fdCount > 0) throw new KeeperProtocolError('fds attached to the status');
+    let v: unknown;
+    try {
+      v = JSON.parse(data.toString('utf8'));
+    } catch {
+      throw new KeeperProtocolError('the status is not JSON');
+    }
+    if (!isKeeperStatus(v)) throw new KeeperProtocolError('the status JSON lacks keeper, worker or recovery');
+    return { type: 'status', status: v };
+  }
+  const m = parseAssignments(data);
+  if (m.has('FDSET')) {
+    flag(m, 'FDSET');
+    const ctlSeq = Number(m.get('CTLSEQ') ?? '0');
+    const more = m.get('MORE');
+    if (!Number.isSafeInteger(ctlSeq) || ctlSeq < 0 || (more !== '0' && more !== '1')) throw new KeeperProtocolError('malformed FDSET');
+    return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq };
+  }
+  if (fdCount > 0) throw new KeeperProtocolError(`${fdCount} fds attached to a message that carries none`);
+  if (flag(m, 'X_TAKEOVER')) return { type: 'takeover' };
+  throw new KeeperProtocolError('no known message type from the keeper');
+}
+
+export function encodeFromKeeper(msg: FromKeeper): Buffer {
+  switch (msg.type) {
+    case 'fdSet': return formatAssignments({ FDSET: 1, FDNAME: formatFdNames(msg.names), MORE: msg.more ? 1 : 0, CTLSEQ: msg.ctlSeq });
+    case 'takeover': return formatAssignments({ X_TAKEOVER: 1 });
+    case 'status': return Buffer.from(JSON.stringify(msg.status));
+  }
+}
+
+// --- The status (X_STATUSQUERY's answer), as both sides see it.
+
 export interface ExitInfo { code: number | null; signal: string | null; at: string }
 
 /** Crash-loop backoff: workers that died in a row without progress, and the pending delay. */
@@ -10,4 +187,10 @@ export interface KeeperStatus {
   recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[] };
   fdNames: Record<string, number>;
   workerStats: unknown;
+}
+
+function isKeeperStatus(v: unknown): v is KeeperStatus {
+  const obj = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
+  return obj(v) && obj(v.keeper) && obj(v.worker) && obj(v.recovery) && obj(v.fdNames)
+    && typeof v.keeper.pid === 'number' && typeof v.worker.state === 'string';
 }

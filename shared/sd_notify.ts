@@ -2,7 +2,7 @@
 // environment contract: NOTIFY_SOCKET, WATCHDOG_USEC/WATCHDOG_PID, LISTEN_FDS/LISTEN_PID/
 // LISTEN_FDNAMES. The protocol is documented by systemd for independent implementations.
 import { native } from './native';
-import { formatAssignments } from './fdstore';
+import { formatAssignments } from './sd_notify_format';
 
 export class SdNotifier {
   private fd = -1;

@@ -10,6 +10,7 @@ import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
 import { EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient } from '../shared/keeper_client';
+import { notifyFields } from '../shared/keeper_protocol';
 import { checkStateDir } from '../shared/state_dir';
 import { VhostUserBackend } from './vhost/backend';
 import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
@@ -125,9 +126,9 @@ export class Worker {
   }
 
   /** Status to the keeper and, under systemd, to systemd. */
-  private announce(fields: Record<string, string | number>): void {
-    this.keeper.notify(fields);
-    this.sdNotify(fields);
+  private announce(n: { ready?: boolean; stopping?: boolean; status: string }): void {
+    this.keeper.notify({ type: 'notify', ready: n.ready ?? false, stopping: n.stopping ?? false, status: n.status });
+    this.sdNotify(notifyFields(n));
   }
 
   /**
@@ -160,7 +161,7 @@ export class Worker {
     const fd = this.registry.get('vhost.listen')!;
     this.listenPoller = new native.Poller(fd, () => this.acceptOne());
     this.listenPoller.start(POLL_READABLE);
-    this.announce({ READY: 1, STATUS: 'waiting for the vhost-user frontend' });
+    this.announce({ ready: true, status: 'waiting for the vhost-user frontend' });
     this.log.info({ socketPath: this.config.socketPath }, 'waiting for the vhost-user frontend');
   }
 
@@ -227,7 +228,7 @@ export class Worker {
     const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
     if (loaded !== null) device.onFirstCompletion(() => this.onFirstServed());
     // A served request is the progress the keeper's crash-loop backoff waits for.
-    else device.onFirstCompletion(() => this.keeper.notify({ X_PROGRESS: 1 }));
+    else device.onFirstCompletion(() => this.keeper.notify({ type: 'progress' }));
     this.fsImpl = fsImpl;
     this.server = server;
     this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store);
@@ -236,11 +237,11 @@ export class Worker {
       init: () => this.server?.init ?? null,
       fs: () => this.fsImpl?.session ?? null,
     });
-    this.announce({ READY: 1, STATUS: loaded ? 'serving (resumed after a worker restart)' : 'serving' });
+    this.announce({ ready: true, status: loaded ? 'serving (resumed after a worker restart)' : 'serving' });
   }
 
   private onFirstServed(): void {
-    this.keeper.notify({ X_SERVED: 1 });
+    this.keeper.notify({ type: 'served' });
     this.mark('served');
     // Phase ends in monotonic ns (for the recovery benchmark's timeline) and ms since the first mark.
     const t0 = this.marks[0]![1];
@@ -262,13 +263,13 @@ export class Worker {
       this.listen();
       return;
     }
-    this.announce({ STOPPING: 1, STATUS: 'frontend disconnected' });
+    this.announce({ stopping: true, status: 'frontend disconnected' });
     this.finish(EXIT_SERVICE_OVER);
   }
 
   private sendStats(): void {
     try {
-      this.keeper.notify({ X_STATS: JSON.stringify(this.stats()) });
+      this.keeper.notify({ type: 'stats', stats: this.stats() });
     } catch (e) {
       this.log.error({ err: errorInfo(e) }, 'cannot send stats to the keeper');
     }
@@ -363,7 +364,7 @@ export async function workerMain(stateDir: string): Promise<number> {
     const message = (e as Error).message;
     log.error({ err: errorInfo(e) }, 'cannot resume the session: state is unusable');
     try {
-      keeper.notify({ X_SETERROR: `worker cannot start (${kind}): ${message}`.replace(/\n/g, ' ') });
+      keeper.notify({ type: 'setError', error: `worker cannot start (${kind}): ${message}` });
     } catch {
       // The keeper logs our exit anyway.
     }

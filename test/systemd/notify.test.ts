@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { native, C, POLL_READABLE } from '../../shared/native';
-import { parseAssignments } from '../../shared/fdstore';
+import { parseAssignments } from '../../shared/sd_notify_format';
 import { VhostUserFrontend } from '../frontend/vhost_user';
 import { FuseClient } from '../frontend/fuse_client';
 import * as F from '../frontend/fuse_proto';

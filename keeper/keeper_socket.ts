@@ -1,0 +1,180 @@
+// The keeper's end of keeper.sock: accepts workers (and the status CLI) of our own uid only
+// (SO_PEERCRED), reads their messages, parses each with shared/keeper_protocol.ts and hands it
+// to the keeper. A message that does not parse is refused whole: its fds are closed and a
+// rate-limited error is logged; the connection stays (a worker's next message may be fine).
+import * as fs from 'node:fs';
+import type { Logger } from '../shared/log';
+import { native, POLL_READABLE, type Poller } from '../shared/native';
+import { errorInfo } from '../shared/errors';
+import { LogRateLimiter } from '../shared/rate_limit';
+import { KeeperProtocolError } from '../shared/sd_notify_format';
+import { MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeFromKeeper, parseToKeeper, type FromKeeper, type ToKeeper } from '../shared/keeper_protocol';
+
+export interface KeeperPeer {
+  readonly fd: number;
+  readonly pid: number;
+  /** An FDFETCH in progress: the names to send and the next index. */
+  fetch: { names: string[]; next: number } | null;
+}
+
+interface Connection extends KeeperPeer {
+  poller: Poller;
+  badMessages: LogRateLimiter;
+}
+
+export interface KeeperSocketHandler {
+  /** One parsed message; `fds` (only on messages that carry them) pass to the handler. */
+  onMessage(peer: KeeperPeer, msg: ToKeeper, fds: number[]): void;
+  onClose(peer: KeeperPeer): void;
+}
+
+const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
+
+export class KeeperSocket {
+  private readonly peers = new Map<number, Connection>();
+  private readonly listenFd: number;
+  private readonly listenPoller: Poller;
+  private readonly acceptErrors = new LogRateLimiter();
+  private readonly ownUid = process.getuid?.() ?? 0;
+
+  /** Listens on `path` (a stale socket there is replaced; mode 0600). */
+  constructor(path: string, private readonly handler: KeeperSocketHandler, private readonly log: Logger) {
+    removeStaleSocket(path);
+    this.listenFd = native.unixListen(path, 'seqpacket', 16);
+    fs.chmodSync(path, 0o600);
+    this.listenPoller = new native.Poller(this.listenFd, () => this.acceptAll());
+    this.listenPoller.start(POLL_READABLE);
+  }
+
+  /** Adopts an already connected socket (tests drive the keeper over a socketpair). */
+  adopt(fd: number, pid: number): KeeperPeer {
+    const c: Connection = { fd, pid, fetch: null, badMessages: new LogRateLimiter(), poller: new native.Poller(fd, () => this.read(c)) };
+    this.peers.set(fd, c);
+    c.poller.start(POLL_READABLE);
+    return c;
+  }
+
+  private acceptAll(): void {
+    for (;;) {
+      let fd: number;
+      try {
+        fd = native.accept(this.listenFd);
+      } catch (e) {
+        const dropped = this.acceptErrors.admit();
+        if (dropped !== null) this.log.error({ err: errorInfo(e), dropped }, 'keeper.sock accept failed');
+        return;
+      }
+      if (fd < 0) return;
+      const cred = native.peerCred(fd);
+      if (cred.uid !== this.ownUid) {
+        this.log.warn({ peerUid: cred.uid, peerPid: cred.pid }, 'keeper.sock: refusing a peer with another uid');
+        native.close(fd);
+        continue;
+      }
+      this.adopt(fd, cred.pid);
+    }
+  }
+
+  isOpen(peer: KeeperPeer): boolean {
+    return this.peers.get(peer.fd) === peer;
+  }
+
+  /** Sends one message; false (and the peer is closed) if it could not be sent whole. */
+  send(peer: KeeperPeer, msg: FromKeeper, fds: number[] = []): boolean {
+    const data = encodeFromKeeper(msg);
+    try {
+      if (native.sendMsg(peer.fd, data, fds) === data.length) return true;
+      this.log.error({ peerPid: peer.pid, type: msg.type }, 'keeper.sock: socket buffer full; closing the connection');
+    } catch (e) {
+      this.log.error({ peerPid: peer.pid, type: msg.type, err: errorInfo(e) }, 'keeper.sock send failed; closing the connection');
+    }
+    this.close(peer);
+    return false;
+  }
+
+  /** Takes every message `peer` has queued now (a dead worker's last stores, before a
+   * successor fetches the fd set). */
+  drain(peer: KeeperPeer): void {
+    const c = this.peers.get(peer.fd);
+    if (c === peer) this.read(c);
+  }
+
+  /** Drains the peers whose process is gone (except `except`). */
+  drainDead(except: KeeperPeer): void {
+    for (const c of [...this.peers.values()]) {
+      if (c === except) continue;
+      try {
+        process.kill(c.pid, 0);
+      } catch {
+        this.read(c);
+      }
+    }
+  }
+
+  /** Drains every peer of process `pid`. */
+  drainPid(pid: number): void {
+    for (const c of [...this.peers.values()]) if (c.pid === pid) this.read(c);
+  }
+
+  private read(c: Connection): void {
+    for (;;) {
+      if (!this.isOpen(c)) return;
+      let r;
+      try {
+        r = native.recvMsg(c.fd, RECV_BUF, SCM_MAX_FD);
+      } catch (e) {
+        this.log.warn({ err: errorInfo(e), peerPid: c.pid }, 'keeper.sock receive failed');
+        this.close(c);
+        return;
+      }
+      if (r === null) return;
+      if (r.bytes === 0 && r.fds.length === 0) {
+        this.close(c);
+        return;
+      }
+      let msg: ToKeeper;
+      try {
+        if (r.truncated) throw new KeeperProtocolError('message or fds truncated');
+        msg = parseToKeeper(RECV_BUF.subarray(0, r.bytes), r.fds.length);
+      } catch (e) {
+        for (const fd of r.fds) native.close(fd);
+        this.badMessage(c, e);
+        continue;
+      }
+      try {
+        this.handler.onMessage(c, msg, r.fds);
+      } catch (e) {
+        this.badMessage(c, e);
+      }
+    }
+  }
+
+  private badMessage(c: Connection, e: unknown): void {
+    const dropped = c.badMessages.admit();
+    if (dropped !== null) this.log.error({ err: errorInfo(e), peerPid: c.pid, dropped }, 'bad keeper.sock message');
+  }
+
+  close(peer: KeeperPeer): void {
+    const c = this.peers.get(peer.fd);
+    if (c !== peer) return;
+    this.peers.delete(c.fd);
+    c.fetch = null;
+    c.poller.close();
+    native.close(c.fd);
+    this.handler.onClose(c);
+  }
+
+  /** Closes every connection and the listening socket. */
+  closeAll(): void {
+    for (const c of [...this.peers.values()]) this.close(c);
+    this.listenPoller.close();
+    native.close(this.listenFd);
+  }
+}
+
+export function removeStaleSocket(p: string): void {
+  const st = fs.lstatSync(p, { throwIfNoEntry: false });
+  if (!st) return;
+  if (!st.isSocket()) throw new Error(`${p} exists and is not a socket`);
+  fs.unlinkSync(p);
+}

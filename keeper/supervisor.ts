@@ -1,0 +1,376 @@
+// The keeper's worker supervisor: starts the worker (embedded mode) and, when it dies, its
+// successor (a warm standby if one is ready, else a fresh process), with crash-loop backoff and
+// priority games that shorten a takeover; it also times recoveries. Under systemd
+// (workerCommand null) systemd starts workers, and this only tracks them through keeper.sock.
+//
+// Crash-loop rules: a worker killed while serving is replaced at once. Deaths before READY count
+// towards CRASH_LOOP_DEATHS in CRASH_WINDOW_MS; deaths after READY count as fruitless when the
+// worker served nothing and lived less than STABLE_MS. Any progress resets the count.
+import * as os from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Logger } from '../shared/log';
+import { errorInfo } from '../shared/errors';
+import { EXIT_STATE_UNUSABLE } from '../shared/config';
+import type { BackoffStatus, ExitInfo, KeeperStatus } from '../shared/keeper_protocol';
+import { canLowerNiceness, setProcessNiceness } from './niceness';
+import type { KeeperPeer } from './keeper_socket';
+
+/** The worker as the keeper sees it: one of these, never a mix of loose flags. */
+export type WorkerPhase =
+  /** A worker process is alive: started, serving (READY seen: readyAt), or shutting down. */
+  | { state: 'starting' | 'running' | 'stopping'; pid: number | null; startedAt: string | null; readyAt: number | null; progress: boolean }
+  /** No worker: one is due (restarting), or none will come (failed: state unusable; exited: the
+   * service is over; stopped: the keeper stopped). */
+  | { state: 'restarting' | 'failed' | 'exited' | 'stopped'; pid: null };
+
+export interface SupervisorOptions {
+  /** argv to start a worker (embedded mode); null when systemd starts workers. */
+  workerCommand: string[] | null;
+  /** argv to start a warm standby worker for fast handovers; null: none. */
+  standbyCommand: string[] | null;
+}
+
+/** What the supervisor needs from the rest of the keeper. */
+export interface SupervisorHost {
+  /** Take every message the worker `pid` left queued (before a successor fetches the fd set). */
+  drainWorker(pid: number): void;
+  /** Whether the standby's keeper.sock connection is still open. */
+  isConnected(peer: KeeperPeer): boolean;
+  /** Tell the standby to take over; false if that failed. */
+  handOver(peer: KeeperPeer): boolean;
+  /** The worker cannot use the state: no more restarts (the keeper keeps every fd). */
+  gaveUp(): void;
+  /** The service is over (a worker exited cleanly). */
+  serviceOver(reason: string): void;
+}
+
+const CRASH_WINDOW_MS = 10_000;
+const CRASH_LOOP_DEATHS = 5;
+const MAX_BACKOFF_MS = 5_000;
+/** See the header: deaths after READY within this time of it, without progress, are fruitless.
+ * The first is replaced at once (a kill that landed just before the first request), then
+ * FRUITLESS_BASE_MS doubling up to MAX_BACKOFF_MS. */
+const STABLE_MS = 3_000;
+const FRUITLESS_BASE_MS = 100;
+/** Without a way to restore a standby's priority, it starts this long after the active worker
+ * reports READY (or serves its first request after a takeover), so they do not compete for the
+ * CPU. */
+const STANDBY_DELAY_MS = 300;
+/** Niceness added to a standby while it starts and waits, when the keeper can give it back at
+ * takeover: then it starts as soon as the successor serves, without slowing it down. */
+const STANDBY_NICE = 10;
+/** A successor runs this much above the keeper's priority until it has served its first request
+ * (or for RECOVERY_BOOST_MS at most): the guest is stalled meanwhile, and on a busy host the
+ * takeover otherwise waits for the CPU behind everything else. Needs the same privilege. */
+const RECOVERY_BOOST = 5;
+const RECOVERY_BOOST_MS = 2_000;
+/** Recovery samples reported in status (for benchmarks and dashboards). */
+const RECENT_RECOVERIES = 200;
+
+export class WorkerSupervisor {
+  private phase: WorkerPhase = { state: 'starting', pid: null, startedAt: null, readyAt: null, progress: false };
+  private child: ChildProcess | null = null;
+  private standby: { child: ChildProcess; peer: KeeperPeer | null; spawnedAt: bigint; niced: boolean } | null = null;
+  private standbyTimer: NodeJS.Timeout | null = null;
+  /** The successor running with RECOVERY_BOOST, and when its boost ends at the latest. */
+  private boosted: { pid: number; timer: NodeJS.Timeout } | null = null;
+  private restarts = 0;
+  private lastExit: ExitInfo | null = null;
+  private deaths: number[] = [];
+  /** Workers in a row that died after READY without progress (see STABLE_MS). */
+  private fruitlessDeaths = 0;
+  private backoff: { delayMs: number; restartAt: string } | null = null;
+  private restartTimer: NodeJS.Timeout | null = null;
+  /** When the last worker died, until its successor serves (a recovery being timed). */
+  private deathAt: bigint | null = null;
+  private readonly recoveryMs: number[] = [];
+  private stopping = false;
+  /** Whether a standby's niceness can be restored at takeover (CAP_SYS_NICE or RLIMIT_NICE). */
+  private readonly canRenice = canLowerNiceness();
+
+  constructor(private readonly opts: SupervisorOptions, private readonly host: SupervisorHost, private readonly log: Logger) {}
+
+  get embedded(): boolean {
+    return this.opts.workerCommand !== null;
+  }
+
+  get workerPid(): number | null {
+    return this.phase.pid;
+  }
+
+  get restartCount(): number {
+    return this.restarts;
+  }
+
+  get standbyPid(): number | null {
+    return this.standby?.child.pid ?? null;
+  }
+
+  start(): void {
+    if (this.embedded) this.spawnWorker();
+  }
+
+  // --- what the worker reports over keeper.sock
+
+  /** READY from `peer`: the active worker serves (under systemd, whoever says READY is it). */
+  onReady(peer: KeeperPeer): boolean {
+    const p = this.phase;
+    if (this.embedded) {
+      // A pid is known only while a worker process is alive.
+      if (p.pid === null || peer.pid !== p.pid) return false;
+      this.phase = { ...p, state: 'running', readyAt: p.readyAt ?? Date.now() };
+    } else {
+      this.phase = p.pid !== null && p.pid === peer.pid
+        ? { ...p, state: 'running', readyAt: p.readyAt ?? Date.now() }
+        : { state: 'running', pid: peer.pid, startedAt: new Date().toISOString(), readyAt: Date.now(), progress: false };
+    }
+    this.scheduleStandby();
+    return true;
+  }
+
+  onStopping(peer: KeeperPeer): void {
+    const p = this.phase;
+    if (p.pid !== null && p.pid === peer.pid) this.phase = { ...p, state: 'stopping' };
+  }
+
+  /** X_PROGRESS or X_SERVED from `peer`. */
+  onProgress(peer: KeeperPeer): void {
+    const p = this.phase;
+    if (p.pid === null || p.pid !== peer.pid) return;
+    this.phase = { ...p, progress: true };
+    this.fruitlessDeaths = 0;
+  }
+
+  /** X_SERVED: a worker completed its first request. */
+  onServed(peer: KeeperPeer): void {
+    this.onProgress(peer);
+    if (this.deathAt !== null) {
+      // The first request a successor completed: the end of a recovery.
+      const deathAt = this.deathAt;
+      const ms = Number(process.hrtime.bigint() - deathAt) / 1e6;
+      this.deathAt = null;
+      this.recoveryMs.push(ms);
+      this.log.info({ recoveryMs: Math.round(ms * 10) / 10, exitSeenNs: deathAt.toString() }, 'worker recovered');
+    }
+    // The successor has done the urgent part of its takeover: back to the normal priority, and
+    // its replacement may start now (after the recovery is timed: spawning takes a few ms).
+    if (peer.pid === this.phase.pid && this.canRenice) {
+      if (this.boosted?.pid === peer.pid) this.unboost();
+      this.spawnStandby();
+    }
+  }
+
+  /** X_STANDBY: our standby is loaded and waits for the takeover. */
+  onStandby(peer: KeeperPeer): void {
+    const sb = this.standby;
+    if (sb === null || sb.child.pid !== peer.pid) return;
+    sb.peer = peer;
+    this.log.debug({ standbyPid: peer.pid, startMs: Math.round(Number(process.hrtime.bigint() - sb.spawnedAt) / 1e5) / 10 }, 'standby worker ready');
+  }
+
+  /** Under systemd the serving worker's keeper.sock link closing is its death (systemd restarts
+   * it). */
+  onActivePeerClosed(peer: KeeperPeer): void {
+    if (this.embedded || this.stopping) return;
+    this.deathAt = process.hrtime.bigint();
+    this.restarts++;
+    this.lastExit = { code: null, signal: null, at: new Date().toISOString() };
+    this.phase = { state: 'restarting', pid: null };
+    this.log.warn({ workerPid: peer.pid }, 'worker connection closed: the worker died');
+  }
+
+  // --- processes (embedded mode)
+
+  private spawnProcess(standby: boolean): ChildProcess {
+    const [cmd, ...args] = (standby ? this.opts.standbyCommand : this.opts.workerCommand)!;
+    const env: NodeJS.ProcessEnv = { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) };
+    // The keeper is the unit's main process: its workers must not talk to systemd.
+    for (const k of ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
+    const child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit'], env });
+    child.on('exit', (code, signal) => this.onExit(child, code, signal));
+    child.on('error', (err) => this.log.error({ err: errorInfo(err) }, 'worker spawn failed'));
+    return child;
+  }
+
+  private becomeActive(child: ChildProcess): void {
+    this.child = child;
+    this.phase = { state: 'starting', pid: child.pid ?? null, startedAt: new Date().toISOString(), readyAt: null, progress: false };
+  }
+
+  private spawnWorker(): void {
+    if (this.stopping || !this.embedded) return;
+    const child = this.spawnProcess(false);
+    this.becomeActive(child);
+    this.log.info({ workerPid: child.pid, restarts: this.restarts }, 'worker spawned');
+  }
+
+  /** A warm standby: loaded and connected, blocked until the keeper hands it the session. */
+  private spawnStandby(): void {
+    if (this.standbyTimer !== null) clearTimeout(this.standbyTimer);
+    this.standbyTimer = null;
+    if (this.stopping || !this.embedded || this.standby !== null || this.opts.standbyCommand === null) return;
+    const child = this.spawnProcess(true);
+    let niced = false;
+    if (this.canRenice && child.pid !== undefined) {
+      niced = setProcessNiceness(child.pid, Math.min(19, os.getPriority() + STANDBY_NICE));
+    }
+    this.standby = { child, peer: null, spawnedAt: process.hrtime.bigint(), niced };
+    this.log.debug({ standbyPid: child.pid, niced }, 'standby worker spawned');
+  }
+
+  /** Spawns the standby once the active worker serves, so they do not compete for the CPU: at
+   * once when it can start at a lower priority, else after STANDBY_DELAY_MS. */
+  private scheduleStandby(): void {
+    if (this.standbyTimer !== null || this.standby !== null || this.opts.standbyCommand === null) return;
+    this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, STANDBY_DELAY_MS);
+  }
+
+  /** Starts the successor: the ready standby if there is one (a handover, not a Node.js start),
+   * else a fresh worker. Called only after the old worker was reaped, so the two never serve
+   * the queues at once. */
+  private startSuccessor(): void {
+    const sb = this.standby;
+    if (sb !== null && sb.peer !== null && this.host.isConnected(sb.peer)) {
+      this.standby = null;
+      this.becomeActive(sb.child);
+      if (!this.boost(sb.child.pid!) && sb.niced && !setProcessNiceness(sb.child.pid!, os.getPriority())) {
+        this.log.warn({ workerPid: sb.child.pid }, 'cannot restore the standby\'s priority; it serves at a lower one');
+      }
+      if (this.host.handOver(sb.peer)) {
+        this.log.info({ workerPid: sb.child.pid, restarts: this.restarts }, 'standby worker took over');
+        return;
+      }
+      this.log.error('standby handover failed; starting a fresh worker');
+      sb.child.kill('SIGKILL');
+    }
+    this.spawnWorker();
+    if (this.child?.pid !== undefined) this.boost(this.child.pid);
+  }
+
+  /** Raises a successor's priority for its takeover (see RECOVERY_BOOST); false if it cannot. */
+  private boost(pid: number): boolean {
+    if (!this.canRenice) return false;
+    this.unboost();
+    if (!setProcessNiceness(pid, Math.max(-20, os.getPriority() - RECOVERY_BOOST))) return false;
+    const timer = setTimeout(() => this.unboost(), RECOVERY_BOOST_MS);
+    timer.unref();
+    this.boosted = { pid, timer };
+    return true;
+  }
+
+  /** Gives the boosted successor the keeper's own priority back. */
+  private unboost(): void {
+    const b = this.boosted;
+    if (b === null) return;
+    this.boosted = null;
+    clearTimeout(b.timer);
+    // A worker that died meanwhile has no threads left to renice.
+    if (!setProcessNiceness(b.pid, os.getPriority())) this.log.warn({ workerPid: b.pid }, 'cannot restore the worker\'s priority after its takeover');
+  }
+
+  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.standby !== null && child === this.standby.child) {
+      this.standby = null;
+      if (!this.stopping) {
+        this.log.warn({ code, signal }, 'standby worker died; replacing it');
+        this.scheduleStandby();
+      }
+      return;
+    }
+    if (child !== this.child) return;
+    const now = process.hrtime.bigint();
+    this.child = null;
+    this.lastExit = { code, signal, at: new Date().toISOString() };
+    const dead = this.phase;
+    const pid = dead.pid;
+    if (this.boosted?.pid === pid) {
+      // Dead: nothing to give back (and its pid may be reused).
+      clearTimeout(this.boosted.timer);
+      this.boosted = null;
+    }
+    const readyAt = dead.state === 'starting' || dead.state === 'running' || dead.state === 'stopping' ? dead.readyAt : null;
+    const progress = dead.state === 'starting' || dead.state === 'running' || dead.state === 'stopping' ? dead.progress : false;
+    const diedBeforeReady = readyAt === null;
+    const fruitless = !diedBeforeReady && !progress && Date.now() - readyAt < STABLE_MS;
+    this.phase = { state: 'restarting', pid: null };
+    // Messages the dead worker queued before dying are still in its connection: take them all
+    // before a successor can fetch the fd set.
+    if (pid !== null) this.host.drainWorker(pid);
+    if (this.stopping) {
+      // stop() is waiting for this exit and finishes the shutdown.
+      this.phase = { state: 'stopped', pid: null };
+      return;
+    }
+    if (code === EXIT_STATE_UNUSABLE) {
+      // Restarting cannot help; keep every fd so an operator can decide (see `status`).
+      this.phase = { state: 'failed', pid: null };
+      this.host.gaveUp();
+      return;
+    }
+    if (code === 0 && signal === null) {
+      // A clean exit means the service is over (the frontend disconnected).
+      this.log.info({ workerPid: pid }, 'worker finished: service over');
+      this.phase = { state: 'exited', pid: null };
+      this.host.serviceOver('worker finished');
+      return;
+    }
+    this.log.warn({ workerPid: pid, code, signal }, 'worker died; restarting');
+    this.restarts++;
+    this.deathAt = now;
+    const t = Date.now();
+    this.deaths = this.deaths.filter((d) => t - d < CRASH_WINDOW_MS);
+    if (diedBeforeReady) this.deaths.push(t);
+    const excess = this.deaths.length - CRASH_LOOP_DEATHS;
+    // A worker that keeps dying after READY (e.g. on a request it resubmits) is a crash loop too.
+    if (fruitless) this.fruitlessDeaths++;
+    else if (!diedBeforeReady) this.fruitlessDeaths = 0;
+    const early = excess <= 0 ? 0 : Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(excess, 10));
+    const late = this.fruitlessDeaths <= 1 ? 0 : Math.min(MAX_BACKOFF_MS, FRUITLESS_BASE_MS * 2 ** Math.min(this.fruitlessDeaths - 2, 10));
+    const delay = Math.max(early, late);
+    if (delay === 0) {
+      this.startSuccessor();
+    } else {
+      this.log.error({ deaths: this.deaths.length, windowMs: CRASH_WINDOW_MS, fruitlessDeaths: this.fruitlessDeaths, delayMs: delay }, 'worker crash loop; backing off');
+      this.backoff = { delayMs: delay, restartAt: new Date(Date.now() + delay).toISOString() };
+      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.backoff = null; this.startSuccessor(); }, delay);
+    }
+  }
+
+  /** Ends every worker (SIGTERM, then SIGKILL after 5 s) and resolves when all have exited. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    if (this.standbyTimer) clearTimeout(this.standbyTimer);
+    if (this.boosted !== null) clearTimeout(this.boosted.timer);
+    const children = [this.child, this.standby?.child ?? null].filter((c): c is ChildProcess => c !== null);
+    await Promise.all(children.map(async (child) => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(killer);
+    }));
+  }
+
+  status(lastStatus: string | null): { worker: KeeperStatus['worker']; recovery: KeeperStatus['recovery'] } {
+    const p = this.phase;
+    const alive = p.state === 'starting' || p.state === 'running' || p.state === 'stopping';
+    const backoff: BackoffStatus = { fruitlessDeaths: this.fruitlessDeaths, delayMs: this.backoff?.delayMs ?? 0, restartAt: this.backoff?.restartAt ?? null };
+    const sorted = [...this.recoveryMs].sort((a, b) => a - b);
+    const pick = (q: number): number | null => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
+    return {
+      worker: {
+        pid: p.pid, state: p.state, restarts: this.restarts, lastExit: this.lastExit,
+        startedAt: alive ? p.startedAt : null, status: lastStatus, ready: alive && p.readyAt !== null,
+        standbyPid: this.standbyPid, standbyReady: this.standby?.peer != null, backoff,
+      },
+      recovery: {
+        count: sorted.length,
+        lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,
+        p50Ms: pick(0.5), p99Ms: pick(0.99), maxMs: sorted.length ? sorted[sorted.length - 1]! : null,
+        recentMs: this.recoveryMs.slice(-RECENT_RECOVERIES),
+      },
+    };
+  }
+}

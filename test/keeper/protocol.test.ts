@@ -1,0 +1,99 @@
+// keeper.sock messages (shared/keeper_protocol.ts): every message round-trips through its one
+// encoder and parser, and anything else is refused with a KeeperProtocolError, never another
+// exception (fuzzed).
+import t from 'tap';
+import {
+  encodeFromKeeper, encodeToKeeper, parseFromKeeper, parseToKeeper, type FromKeeper, type KeeperStatus, type ToKeeper,
+} from '../../shared/keeper_protocol';
+import { KeeperProtocolError } from '../../shared/sd_notify_format';
+
+const STATUS: KeeperStatus = {
+  keeper: { pid: 1, startedAt: 'x', fdsHeld: 2, stateDir: '/s', socketPath: '/v', sharedDir: '/d', error: null },
+  worker: { pid: 3, state: 'running', restarts: 0, lastExit: null, startedAt: null, status: 'serving', ready: true, standbyPid: null, standbyReady: false,
+    backoff: { fruitlessDeaths: 0, delayMs: 0, restartAt: null } },
+  recovery: { count: 0, lastMs: null, p50Ms: null, p99Ms: null, maxMs: null, recentMs: [] },
+  fdNames: { root: 1 },
+  workerStats: { a: 1 },
+};
+
+const FDS: Partial<Record<ToKeeper['type'] | FromKeeper['type'], number>> = { store: 2, controlReply: 1, fdSet: 2 };
+
+t.test('every message to the keeper round-trips', async (t) => {
+  const msgs: ToKeeper[] = [
+    { type: 'store', names: ['inode.2', 'file.7'] }, { type: 'remove', names: ['a', 'b.c'] }, { type: 'remove', names: [] },
+    { type: 'fetch' }, { type: 'fetchNext' }, { type: 'controlReply', seq: 42, data: Buffer.from([1, 2, 255]) },
+    { type: 'notify', ready: true, stopping: false, status: 'serving' }, { type: 'notify', ready: false, stopping: true, status: null },
+    { type: 'served' }, { type: 'progress' }, { type: 'stats', stats: { q: [1, 2] } }, { type: 'setError', error: 'bad state' },
+    { type: 'setError', error: null }, { type: 'standby' }, { type: 'statusQuery' },
+  ];
+  for (const m of msgs) t.same(parseToKeeper(encodeToKeeper(m), FDS[m.type] ?? 0), m, m.type);
+});
+
+t.test('every message from the keeper round-trips', async (t) => {
+  const msgs: FromKeeper[] = [
+    { type: 'fdSet', names: ['root', 'vhost.conn'], more: true, ctlSeq: 9 }, { type: 'takeover' }, { type: 'status', status: STATUS },
+  ];
+  for (const m of msgs) t.same(parseFromKeeper(encodeFromKeeper(m), FDS[m.type] ?? 0), m, m.type);
+});
+
+t.test('malformed and ambiguous messages are refused', async (t) => {
+  const bad: Array<[string, number, RegExp]> = [
+    ['garbage', 0, /malformed assignment/],
+    ['=1\n', 0, /malformed assignment/],
+    ['FOO=1\n', 0, /no known message type/],
+    ['', 1, /fds attached/],
+    ['FDSTORE=1\nFDNAME=a:b\n', 1, /2 fd names for 1 fds/],
+    ['FDSTORE=1\nFDNAME=a/b\n', 1, /invalid fd name/],
+    ['FDSTORE=2\nFDNAME=a\n', 1, /want 1/],
+    ['FDSTORE=1\nFDNAME=a\nFDFETCH=1\n', 1, /FDSTORE and FDFETCH/],
+    ['FDSTOREREMOVE=1\nFDNAME=a\n', 1, /fds attached to a remove/],
+    ['X_CTLREPLY=0\nX_DATA=00\n', 0, /malformed X_CTLREPLY/],
+    ['X_CTLREPLY=1\nX_DATA=0g\n', 0, /malformed X_CTLREPLY/],
+    ['X_CTLREPLY=99999999999999999\nX_DATA=\n', 0, /malformed X_CTLREPLY/],
+    ['X_STATS={\n', 0, /not JSON/],
+    ['READY=1\nREADY=1\n', 0, /assigned twice/],
+    ['READY=yes\n', 0, /want 1/],
+    ['X_TAKEOVER=1\n', 0, /no known message type/],
+    ['STATUS=x\n', 3, /3 fds attached to a notify/],
+  ];
+  for (const [text, fds, re] of bad) {
+    t.throws(() => parseToKeeper(Buffer.from(text), fds), re, JSON.stringify(text));
+    try { parseToKeeper(Buffer.from(text), fds); } catch (e) { t.ok(e instanceof KeeperProtocolError, `${JSON.stringify(text)}: a KeeperProtocolError`); }
+  }
+  const badFrom: Array<[string, number, RegExp]> = [
+    ['{"keeper":1}', 0, /lacks keeper/], ['{', 0, /not JSON/], [JSON.stringify(STATUS), 1, /fds attached/],
+    ['FDSET=1\nFDNAME=a\nMORE=2\nCTLSEQ=0\n', 1, /malformed FDSET/], ['FDSET=1\nFDNAME=a\nMORE=0\nCTLSEQ=-1\n', 1, /malformed FDSET/],
+    ['X_TAKEOVER=1\n', 1, /fds attached/], ['READY=1\n', 0, /no known message type/],
+  ];
+  for (const [text, fds, re] of badFrom) t.throws(() => parseFromKeeper(Buffer.from(text), fds), re, JSON.stringify(text));
+});
+
+t.test('unknown keys beside a known message are ignored (a newer worker, an older keeper)', async (t) => {
+  t.same(parseToKeeper(Buffer.from('X_SERVED=1\nX_SOMETHING_NEW=5\n'), 0), { type: 'served' });
+});
+
+t.test('fuzz: random and mutated messages only ever raise KeeperProtocolError', async (t) => {
+  let seed = 12345;
+  const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
+  const seeds = [
+    encodeToKeeper({ type: 'store', names: ['inode.2'] }), encodeToKeeper({ type: 'controlReply', seq: 3, data: Buffer.from('ab') }),
+    encodeToKeeper({ type: 'notify', ready: true, stopping: false, status: 's' }), encodeFromKeeper({ type: 'fdSet', names: ['a'], more: false, ctlSeq: 1 }),
+    encodeFromKeeper({ type: 'status', status: STATUS }),
+  ];
+  let other = 0;
+  for (let i = 0; i < 20_000; i++) {
+    let buf: Buffer;
+    if (i % 4 === 0) {
+      buf = Buffer.alloc(rnd(64));
+      for (let j = 0; j < buf.length; j++) buf[j] = rnd(256);
+    } else {
+      buf = Buffer.from(seeds[rnd(seeds.length)]!);
+      for (let k = 0; k < 1 + rnd(4); k++) if (buf.length > 0) buf[rnd(buf.length)] = [0x0a, 0x3d, 0x3a, 0x31, 0x7b, rnd(256)][rnd(6)]!;
+    }
+    const fds = rnd(3);
+    for (const parse of [parseToKeeper, parseFromKeeper]) {
+      try { parse(buf, fds); } catch (e) { if (!(e instanceof KeeperProtocolError)) other++; }
+    }
+  }
+  t.equal(other, 0, 'no exception other than KeeperProtocolError');
+});
