@@ -24,8 +24,8 @@ export interface VhostDevice {
 }
 
 /**
- * Makes control messages crash-safe (DESIGN.md §2: "a control message that was consumed but not
- * yet answered"). Without one (tests, single-process use) replies go straight to the socket.
+ * Makes control messages crash-safe (docs/ARCHITECTURE.md, Crash safety, rule 3 "Control messages
+ * once"). Without one (tests, single-process use) replies go straight to the socket.
  */
 export interface ControlJournal {
   /** Durable record of a consumed message and the names its fds are stored under; returns its
