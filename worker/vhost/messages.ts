@@ -8,7 +8,7 @@ export const HEADER_SIZE = 12;
  * larger size breaks the framing of the stream, so the connection cannot continue. */
 export const MAX_PAYLOAD_SIZE = 4096;
 /** SCM_RIGHTS fds the frontend may attach to one message (VHOST_MEMORY_BASELINE_NREGIONS). */
-export const MAX_FDS_PER_MESSAGE = 8;
+export const VHOST_USER_MAX_FDS = 8;
 
 export const FLAG_VERSION_1 = 0x1;
 export const FLAG_REPLY = 0x4;
@@ -194,8 +194,8 @@ function parseRegion(payload: Buffer, offset: number): MemoryRegionDesc {
 export function parseMemTable(request: number, payload: Buffer): MemoryRegionDesc[] {
   if (payload.length < 8) throw new VhostProtocolError(`SET_MEM_TABLE: payload ${payload.length} bytes`, request);
   const n = payload.readUInt32LE(0);
-  if (n === 0 || n > MAX_FDS_PER_MESSAGE) throw new VhostProtocolError(`SET_MEM_TABLE: ${n} regions`, request);
-  if (payload.length < 8 + n * REGION_SIZE || payload.length > 8 + MAX_FDS_PER_MESSAGE * REGION_SIZE) {
+  if (n === 0 || n > VHOST_USER_MAX_FDS) throw new VhostProtocolError(`SET_MEM_TABLE: ${n} regions`, request);
+  if (payload.length < 8 + n * REGION_SIZE || payload.length > 8 + VHOST_USER_MAX_FDS * REGION_SIZE) {
     throw new VhostProtocolError(`SET_MEM_TABLE: payload ${payload.length} bytes for ${n} regions`, request);
   }
   const regions: MemoryRegionDesc[] = [];

@@ -2,7 +2,7 @@
 // SCM_RIGHTS fds. The header is read on its own (like libvhost-user) so that fds attached to a
 // message are never confused with the next message's.
 import { native, Poller, POLL_READABLE, POLL_WRITABLE } from '../../shared/native';
-import { HEADER_SIZE, MAX_FDS_PER_MESSAGE, MAX_PAYLOAD_SIZE, parseHeader, type MessageHeader } from './messages';
+import { HEADER_SIZE, VHOST_USER_MAX_FDS, MAX_PAYLOAD_SIZE, parseHeader, type MessageHeader } from './messages';
 
 export interface IncomingMessage {
   header: MessageHeader;
@@ -110,9 +110,9 @@ export class MessageTransport {
       let r;
       try {
         if (this.header === null) {
-          r = native.recvMsg(this.fd, this.headerBuf.subarray(this.headerFill), MAX_FDS_PER_MESSAGE);
+          r = native.recvMsg(this.fd, this.headerBuf.subarray(this.headerFill), VHOST_USER_MAX_FDS);
         } else {
-          r = native.recvMsg(this.fd, this.payload.subarray(this.payloadFill), MAX_FDS_PER_MESSAGE);
+          r = native.recvMsg(this.fd, this.payload.subarray(this.payloadFill), VHOST_USER_MAX_FDS);
         }
       } catch (e) {
         this.fail(`receive failed: ${(e as Error).message}`);
@@ -120,8 +120,8 @@ export class MessageTransport {
       }
       if (r === null) return;
       for (const fd of r.fds) this.fds.push(fd);
-      if (this.fds.length > MAX_FDS_PER_MESSAGE) {
-        this.fail(`more than ${MAX_FDS_PER_MESSAGE} fds attached to one message`);
+      if (this.fds.length > VHOST_USER_MAX_FDS) {
+        this.fail(`more than ${VHOST_USER_MAX_FDS} fds attached to one message`);
         return;
       }
       if (r.bytes === 0) {

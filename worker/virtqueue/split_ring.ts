@@ -1,7 +1,8 @@
 // A split virtqueue, device side (virtio 1.x §2.7), with indirect descriptors, EVENT_IDX
-// notification suppression and vhost-user inflight tracking (DESIGN.md §2 "Virtqueue
-// recovery"). Ring indices shared with the guest go through the addon's acquire/release
-// helpers; descriptors are read with plain loads after the acquire load of avail->idx.
+// notification suppression and vhost-user inflight tracking (docs/ARCHITECTURE.md, Crash
+// safety, rule 4 "Inflight tracking"). Ring indices shared with the guest go through the
+// addon's acquire/release helpers; descriptors are read with plain loads after the acquire
+// load of avail->idx.
 import { native, type IoSegment } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
 import { GuestError } from '../../shared/errors';
