@@ -1,6 +1,6 @@
 // POSIX (OFD) and flock locks between two fh of one file.
 import t from 'tap';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { ROOT, b, ctx, rejectsErrno, setup, sleep, throwsErrno } from './fixtures/helpers';
 
 const EAGAIN = 11;

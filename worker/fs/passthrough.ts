@@ -72,9 +72,9 @@ import {
   FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName, inodeFdName,
   type DirRecord, type FileRecord, type InodeRecord,
 } from './session';
-import { parseDirents, type Dirent } from './dirent';
+import { parseDirents, type Dirent } from './host_dirents';
 import { LockWaiter } from './lock_waiter';
-import * as K from './constants';
+import * as K from './host_constants';
 
 export type CacheMode = 'auto' | 'always' | 'never';
 

@@ -1,11 +1,10 @@
-// Constants used by the filesystem layer.
+// Host constants the filesystem layer passes to syscalls: open/at/openat2 flags, S_IF* types,
+// lock and seek values, errno (re-exported from the one table) and the FUSE flag words the
+// FileSystem interface speaks in (re-exported from the FUSE ABI leaf, not copied).
 //
 // Syscall constants come from the addon (`C`, read from the C headers); each has the Linux
 // x86-64/generic value as a fallback so that a constant the addon does not export yet cannot
 // silently become `undefined` (which would turn into 0 in bit arithmetic).
-// FUSE wire constants (FATTR_*, FOPEN_*, FUSE_* init flags...) are from <linux/fuse.h>
-// (protocol 7.38); they are defined here because the filesystem needs them; the FUSE server may
-// have its own copy, the values are fixed by the protocol.
 import { C } from '../../shared/native';
 
 function k(name: string, linuxValue: number): number {
