@@ -58,13 +58,14 @@
 // - Short-lived fds (truncate without fh, xattrs, syncfs) are opened and closed within the call
 //   (syncfs: when the async call completes) and are not registered.
 import { statfsSync } from 'node:fs';
+import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
 import { C, native, STAT } from '../../shared/native';
 import type { Callback, IoSegment, StatFs } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
-  FsError, ROOT_NODEID,
+  FsError,
   type AttrReply, type Context, type DirSink, type Entry, type EntryProbe, type FileSystem, type Handle,
   type LockRange, type NodeId, type OpenReply, type SetattrRequest,
 } from './filesystem';
@@ -74,9 +75,8 @@ import {
 } from './session';
 import { parseDirents, type Dirent } from './host_dirents';
 import { LockWaiter } from './lock_waiter';
+import { FUSE_ROOT_ID } from '../fuse/constants';
 import * as K from './host_constants';
-
-export type CacheMode = 'auto' | 'always' | 'never';
 
 export interface PassthroughOptions {
   registry: FdRegistry;
@@ -572,7 +572,7 @@ export class PassthroughFs implements FileSystem {
   lookup(ctx: Context, parent: NodeId, name: Buffer): Entry {
     checkComponent(name, true);
     const dir = this.inode(parent);
-    if (isDot(name) || (isDotDot(name) && parent === ROOT_NODEID)) {
+    if (isDot(name) || (isDotDot(name) && parent === FUSE_ROOT_ID)) {
       if (dir.fileType !== K.S_IFDIR) throw errno(K.ENOTDIR);
       const stat = this.statFd(this.fd(dir.fdName));
       return this.entry(this.session.addLookup(dir.nodeid), stat);
@@ -976,7 +976,7 @@ export class PassthroughFs implements FileSystem {
     let accepted = 0;
     const dirDev = plus ? this.session.getInode(rec.nodeid)?.dev ?? null : null;
     let rootIno: Buffer | null = null;
-    if (rec.nodeid === ROOT_NODEID) {
+    if (rec.nodeid === FUSE_ROOT_ID) {
       rootIno = Buffer.alloc(8);
       rootIno.writeBigUInt64LE(this.session.root.ino);
     }
