@@ -102,15 +102,6 @@ export {
   FUSE_DONT_MASK, FUSE_WRITEBACK_CACHE, FUSE_HANDLE_KILLPRIV_V2,
 } from '../fuse/constants';
 
-/** Largest file offset (fuse_file_lock end "to EOF"). NB: as a JS number this is 2^63; encode
- * with `encodeLockEnd`. */
+/** Largest file offset: GETLK's end for a lock "to EOF". As a JS number this is 2^63; the FUSE
+ * server's encodeLkOut sends any end at or above 2^53-1 as 0x7fffffffffffffff. */
 export const OFFSET_MAX = 0x7fffffffffffffff;
-export const OFFSET_MAX_BIG = 0x7fffffffffffffffn;
-
-/** Encodes a fuse_file_lock `end` for the wire: any number at or above 2^53-1 (incl. OFFSET_MAX,
- * which is 2^63 as a double) means "to end of file" and becomes 0x7fffffffffffffff; the kernel
- * rejects ends above OFFSET_MAX with EIO. (Same rule as the FUSE server's encodeLkOut.) */
-export function encodeLockEnd(end: number): bigint {
-  if (!(end < Number.MAX_SAFE_INTEGER)) return OFFSET_MAX_BIG;
-  return BigInt(Math.max(0, Math.trunc(end)));
-}
