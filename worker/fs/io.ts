@@ -1,11 +1,13 @@
-// READ and WRITE of open files: small requests first try the page cache on the JS thread
-// (preadv2/pwritev2 RWF_NOWAIT), which answers a hit at once, without the two threadpool
-// hand-offs; what would block goes to the threadpool. The payload moves between the file and
-// guest memory segments in the addon and never passes through JS.
+// READ and WRITE of open files. The payload moves between the file and the guest memory
+// segments in the addon and never passes through JS.
 //
 // Decisions:
-// - What a file's filesystem refuses (NOWAIT reads on tmpfs, NOWAIT buffered writes on ext4) is
-//   learned once per open file, so later requests skip the attempt.
+// - Small requests first try the page cache on the JS thread (preadv2/pwritev2 RWF_NOWAIT): a
+//   hit answers at once, without the two threadpool hand-offs; what would block goes to the
+//   threadpool.
+// - What a file's filesystem refuses is learned once per open file: without NOWAIT reads
+//   (tmpfs) a memory-backed file is read plainly on the JS thread, others go to the threadpool;
+//   without NOWAIT buffered writes (ext4) writes go straight to the threadpool.
 // - Bytes already copied are a valid short answer even when the rest fails, as with preadv.
 import { statfsSync } from 'node:fs';
 import { C, native, STAT } from '../../shared/native';
