@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { CacheMode } from '../../shared/config';
 import { repoRoot } from './guest-image';
 import { withParentDeathSignal } from './qemu';
 
@@ -33,7 +34,6 @@ export function cVirtiofsdArgs(sharedDir: string, socketPath: string, cache: Cac
 }
 
 /** Guest caching, in our CLI's terms: never = C virtiofsd cache=none (the default here). */
-export type CacheMode = 'never' | 'auto' | 'always';
 
 export interface BackendOptions {
   /** Directory exported to the guest. */

@@ -7,7 +7,7 @@ import { native } from '../../shared/native';
 import { FdRegistry } from '../../shared/fd_registry';
 import { PassthroughFs } from '../../worker/fs/passthrough';
 import { FsSession, FsSessionError } from '../../worker/fs/session';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { Memory, ROOT, TestSink, b, ctx, fdCount, fdTarget, setup, silent } from './fixtures/helpers';
 
 t.test('every fd is registered; destroy() leaves only root; fd count back to the start', async (t) => {

@@ -4,7 +4,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { C, STAT } from '../../shared/native';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { Memory, ROOT, b, ctx, fdTarget, rejectsErrno, setup, throwsErrno } from './fixtures/helpers';
 
 t.test('open, read and write through guest memory segments', async (t) => {

@@ -3,7 +3,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { STAT } from '../../shared/native';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { ROOT, b, ctx, fdTarget, setup, throwsErrno } from './fixtures/helpers';
 
 t.test('lookup dedups by (dev, ino) and counts lookups; forget closes the fd at 0', (t) => {

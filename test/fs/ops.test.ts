@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { STAT } from '../../shared/native';
 import type { SetattrRequest } from '../../worker/fs/filesystem';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { ROOT, b, ctx, setup, throwsErrno } from './fixtures/helpers';
 
 const NONE: SetattrRequest = { valid: 0, fh: 0, size: 0, atime: 0, atimeNsec: 0, mtime: 0, mtimeNsec: 0, mode: 0, uid: 0, gid: 0 };

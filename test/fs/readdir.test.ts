@@ -9,7 +9,7 @@ import { STAT, native } from '../../shared/native';
 import { makePrng } from '../helpers/prng';
 import { PassthroughFs } from '../../worker/fs/passthrough';
 import { FsSession } from '../../worker/fs/session';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { ROOT, TestSink, b, ctx, setup, silent, throwsErrno, type SinkEntry } from './fixtures/helpers';
 import { hostCookies } from '../helpers/host_cookies';
 

@@ -4,7 +4,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { STAT } from '../../shared/native';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { ROOT, TestSink, b, ctx, setup, throwsErrno } from './fixtures/helpers';
 
 t.test('a symlink to a directory outside the share is never followed', (t) => {

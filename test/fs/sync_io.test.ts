@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { C, native } from '../../shared/native';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { Memory, ROOT, b, ctx, rejectsErrno, setup } from './fixtures/helpers';
 
 const MiB = 1 << 20;

@@ -3,7 +3,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { C } from '../../shared/native';
-import * as K from '../../worker/fs/constants';
+import * as K from '../../worker/fs/host_constants';
 import { ROOT, b, ctx, setup, throwsErrno } from './fixtures/helpers';
 
 const ENODATA = 61;

@@ -2,7 +2,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import {
-  FuseProtocolError, parseInHeader, parseRequest, isValidEntryName, opcodeHasReply, bodyBytesNeeded,
+  FuseProtocolError, parseInHeader, parseRequest, opcodeHasReply, bodyBytesNeeded,
   OPCODE_NAMES, opcodeName, LOCK_END_OF_FILE, type FuseRequest, type InHeader, type ParseOptions,
 } from '../../worker/fuse/protocol';
 import * as P from '../../worker/fuse/protocol';
@@ -448,23 +448,6 @@ t.test('IOCTL and REMOVEMAPPING counts', async (t) => {
   const rm = (count: number, items: number): Buffer => request({ opcode: OP.REMOVEMAPPING }, pack(u32(count)), Buffer.alloc(items * 16));
   t.equal((parse(rm(3, 3)) as { items: unknown[] }).items.length, 3);
   expectProtocolError(t, () => parse(rm(4, 3)), EINVAL, 'count past the body');
-});
-
-t.test('isValidEntryName', async (t) => {
-  const ok = (s: string | Buffer): boolean => isValidEntryName(Buffer.isBuffer(s) ? s : Buffer.from(s, 'latin1'));
-  t.ok(ok('a'));
-  t.ok(ok('...'));
-  t.ok(ok('.hidden'));
-  t.ok(ok('..x'));
-  t.ok(ok('x'.repeat(255)));
-  t.ok(ok(Buffer.from([0xff, 0x80])));
-  t.notOk(ok(''));
-  t.notOk(ok('.'));
-  t.notOk(ok('..'));
-  t.notOk(ok('a/b'));
-  t.notOk(ok('/'));
-  t.notOk(ok('a\0b'));
-  t.notOk(ok('x'.repeat(256)));
 });
 
 t.test('opcodeHasReply', async (t) => {

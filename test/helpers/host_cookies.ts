@@ -2,7 +2,7 @@
 // the addon: fs.readdirSync sorts names and hides the cookies.
 import * as fs from 'node:fs';
 import { native } from '../../shared/native';
-import { parseDirents } from '../../worker/fs/dirent';
+import { parseDirents } from '../../worker/fs/host_dirents';
 
 /** name → d_off of every entry of `dir`. */
 export function hostCookies(dir: string): Map<string, bigint> {

@@ -11,12 +11,10 @@
 import type { IoSegment, StatFs } from '../../shared/native';
 import { GuestError } from '../../shared/errors';
 
-/** Nodeids are counters (1 = root), never pointers. */
+/** Nodeids are counters (FUSE_ROOT_ID, 1, is the root), never pointers. */
 export type NodeId = number;
 /** Open file / dir handles are counters too. */
 export type Handle = number;
-
-export const ROOT_NODEID: NodeId = 1;
 
 /** A filesystem operation refused with an errno for the guest (the guest asked for it). */
 export class FsError extends GuestError {

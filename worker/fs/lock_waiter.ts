@@ -21,7 +21,7 @@
 // (the kernel's own wait queue cannot be joined without blocking a thread).
 import type { Logger } from '../../shared/log';
 import { FsError, type Handle, type NodeId } from './filesystem';
-import * as K from './constants';
+import * as K from './host_constants';
 
 export const MIN_DELAY_MS = 2;
 export const MAX_DELAY_MS = 50;

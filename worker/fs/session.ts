@@ -21,9 +21,9 @@
 // 64-bit quantities (dev, ino, readdir cookies) are decimal strings: they do not fit a double.
 // fromSnapshot() treats its input as untrusted and throws FsSessionError on anything malformed.
 import { StateError } from '../../shared/errors';
+import { FUSE_ROOT_ID } from '../fuse/constants';
 
 export const SESSION_VERSION = 1;
-export const ROOT_NODEID = 1;
 export const ROOT_FD_NAME = 'root';
 const FIRST_ID = 2;
 const U64_MAX = (1n << 64n) - 1n;
@@ -111,7 +111,7 @@ interface MutableInode {
 interface MutableDir { fh: number; fdName: string; nodeid: number; position: bigint }
 
 export function inodeFdName(nodeid: number): string {
-  return nodeid === ROOT_NODEID ? ROOT_FD_NAME : `inode.${nodeid}`;
+  return nodeid === FUSE_ROOT_ID ? ROOT_FD_NAME : `inode.${nodeid}`;
 }
 export function fileFdName(fh: number): string { return `file.${fh}`; }
 export function dirFdName(fh: number): string { return `dir.${fh}`; }
@@ -151,7 +151,7 @@ export class FsSession {
     checkU64(root.dev, 'root dev');
     checkU64(root.ino, 'root ino');
     this.insertInode({
-      nodeid: ROOT_NODEID, dev: root.dev, ino: root.ino, generation: root.generation ?? 0,
+      nodeid: FUSE_ROOT_ID, dev: root.dev, ino: root.ino, generation: root.generation ?? 0,
       lookupCount: 1, fdName: ROOT_FD_NAME, fileType: root.fileType ?? 0o040000,
     });
   }
@@ -162,7 +162,7 @@ export class FsSession {
 
   // ---------------------------------------------------------------- queries
 
-  get root(): InodeRecord { return this.inodes.get(ROOT_NODEID)!; }
+  get root(): InodeRecord { return this.inodes.get(FUSE_ROOT_ID)!; }
   get nextNodeId(): number { return this.nextNodeIdValue; }
   get nextFh(): number { return this.nextFhValue; }
   get inodeCount(): number { return this.inodes.size; }
@@ -283,7 +283,7 @@ export class FsSession {
         const rec = this.needInode(m.nodeid, 'forget');
         const count = checkCount(m.count, 'forget.count');
         rec.lookupCount = Math.max(0, rec.lookupCount - count);
-        if (rec.lookupCount === 0 && rec.nodeid !== ROOT_NODEID) {
+        if (rec.lookupCount === 0 && rec.nodeid !== FUSE_ROOT_ID) {
           this.inodes.delete(rec.nodeid);
           this.byDevIno.delete(rec.dev, rec.ino);
         }
@@ -318,7 +318,7 @@ export class FsSession {
         return;
       }
       case 'reset': {
-        const root = this.inodes.get(ROOT_NODEID)!;
+        const root = this.inodes.get(FUSE_ROOT_ID)!;
         this.inodes.clear();
         this.byDevIno.clear();
         this.files.clear();
@@ -419,7 +419,7 @@ export class FsSession {
         seenDevIno.set(dev, ino, nodeid);
         parsedInodes.push({
           nodeid, dev, ino, generation: b.readUInt32LE(at + 24),
-          lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === ROOT_NODEID ? 0 : 1),
+          lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1),
           fdName: inodeFdName(nodeid), fileType: checkFileType(b.readUInt32LE(at + 28), `${where}.fileType`),
         });
       }
@@ -435,7 +435,7 @@ export class FsSession {
       const ino = parseU64(r.ino, `${where}.ino`);
       if (seenDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
       seenDevIno.set(dev, ino, nodeid);
-      const lookupCount = checkCount(r.lookupCount, `${where}.lookupCount`, nodeid === ROOT_NODEID ? 0 : 1);
+      const lookupCount = checkCount(r.lookupCount, `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1);
       if (r.fdName !== inodeFdName(nodeid)) {
         throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${inodeFdName(nodeid)})`);
       }
@@ -444,13 +444,13 @@ export class FsSession {
         fdName: inodeFdName(nodeid), fileType: checkFileType(r.fileType, `${where}.fileType`),
       });
     });
-    const root = parsedInodes.find((i) => i.nodeid === ROOT_NODEID);
+    const root = parsedInodes.find((i) => i.nodeid === FUSE_ROOT_ID);
     if (root === undefined) throw new FsSessionError('snapshot has no root inode (nodeid 1)');
     if (root.fileType !== 0o040000) throw new FsSessionError('root inode is not a directory');
 
     const session = new FsSession({ dev: root.dev, ino: root.ino, generation: root.generation });
-    session.inodes.get(ROOT_NODEID)!.lookupCount = root.lookupCount;
-    for (const i of parsedInodes) if (i.nodeid !== ROOT_NODEID) session.insertInode(i);
+    session.inodes.get(FUSE_ROOT_ID)!.lookupCount = root.lookupCount;
+    for (const i of parsedInodes) if (i.nodeid !== FUSE_ROOT_ID) session.insertInode(i);
     session.nextNodeIdValue = nextNodeId;
     session.nextFhValue = nextFh;
 

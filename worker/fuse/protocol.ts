@@ -28,8 +28,8 @@
 //   Fixed-size-only requests, by contrast, may carry trailing bytes (ignored), because the kernel
 //   has grown argument structs before (fuse_init_in, fuse_mknod_in, fuse_setxattr_in) and libfuse
 //   and virtiofsd read only the prefix they know.
-// - '/' and '..' are NOT rejected here: path policy belongs to the filesystem layer (and
-//   isValidEntryName is provided for the server to apply where an entry name is required).
+// - '/' and '..' are NOT rejected here: path policy belongs to the filesystem layer
+//   (worker/fs/path_component.ts checks every name it is given).
 // - The FUSE extension area (in-header total_extlen, in 8-byte units, e.g. the FUSE_SECURITY_CTX
 //   context) is the last total_extlen*8 bytes of the request. It is bounded by the request's
 //   length and skipped: arguments are parsed from the bytes before it.
@@ -759,14 +759,4 @@ export function parseRequest(header: InHeader, body: Buffer, options: ParseOptio
 export function opcodeHasReply(opcode: number): boolean {
   return opcode !== K.FUSE_FORGET && opcode !== K.FUSE_BATCH_FORGET &&
     opcode !== K.FUSE_NOTIFY_REPLY && opcode !== K.FUSE_INTERRUPT;
-}
-
-/** A name usable as a single directory entry on the host: 1..255 bytes, no '/', no NUL, and not
- * "." or "..". The parser does not apply this (the filesystem decides policy); the server calls
- * it where a request must name a child of a directory. */
-export function isValidEntryName(name: Buffer): boolean {
-  const n = name.length;
-  if (n === 0 || n > K.NAME_MAX) return false;
-  if (name[0] === 0x2e && (n === 1 || (n === 2 && name[1] === 0x2e))) return false;
-  return name.indexOf(0x2f) < 0 && name.indexOf(0) < 0;
 }

@@ -5,6 +5,7 @@
 //
 // Contract per opcode follows libfuse's fuse_lowlevel.h: FORGET and BATCH_FORGET get no reply;
 // every other request gets exactly one reply (an error header or a typed body).
+import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import { isNativeError, type IoSegment } from '../../shared/native';
 import type { Context, FileSystem } from '../fs/filesystem';
@@ -37,7 +38,6 @@ const MAX_UNMATCHED_INTERRUPTS = 64;
 export const MAX_GATHERED_REQUEST = 256 * 1024;
 export const MAX_WRITE = 1024 * 1024;
 const MAX_PAGES = MAX_WRITE / 4096;
-const WRITE_IN_SIZE = 40;
 
 /** INIT flags we can honour. Deliberately absent: WRITEBACK_CACHE (changes open/write
  * semantics), POSIX_ACL and SETXATTR_EXT (no ACL handling here), DONT_MASK (the guest kernel
@@ -57,7 +57,7 @@ export interface InitResult {
 }
 
 export interface FuseServerOptions {
-  cache: 'auto' | 'always' | 'never';
+  cache: CacheMode;
   /** Makes the INIT result durable; called before the INIT/DESTROY reply can reach the guest. */
   onInit?: (init: InitResult | null) => void;
   /** A restarted worker resumes the session: INIT is not negotiated again. */
@@ -76,7 +76,7 @@ type Reply = Buffer | null;
 
 export class FuseServer implements ChainHandler {
   private initResult: InitResult | null = null;
-  private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + WRITE_IN_SIZE);
+  private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + K.WRITE_IN_SIZE);
   /** Journaled requests whose used element is not yet published, by `${queue}.${head}`. */
   private readonly unpublished = new Map<string, Journaled>();
   private readonly parked = new Set<ParkedWait>();
@@ -301,8 +301,8 @@ export class FuseServer implements ChainHandler {
   }
 
   private handleWrite(chain: DescriptorChain, h: P.InHeader, queueIndex: number): number | Promise<number> {
-    if (h.len < P.IN_HEADER_SIZE + WRITE_IN_SIZE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
-    const args = Buffer.allocUnsafe(WRITE_IN_SIZE);
+    if (h.len < P.IN_HEADER_SIZE + K.WRITE_IN_SIZE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
+    const args = Buffer.allocUnsafe(K.WRITE_IN_SIZE);
     gatherFromSegments(chain.readable, P.IN_HEADER_SIZE, args);
     let req: P.FuseRequest;
     try {
@@ -312,7 +312,7 @@ export class FuseServer implements ChainHandler {
       throw e;
     }
     if (req.kind !== 'WRITE') return this.replyError(chain, h.unique, ERRNO.EINVAL);
-    if (P.IN_HEADER_SIZE + WRITE_IN_SIZE + req.size !== h.len) {
+    if (P.IN_HEADER_SIZE + K.WRITE_IN_SIZE + req.size !== h.len) {
       this.log.warn({ size: req.size, len: h.len }, 'WRITE size disagrees with the request length');
       return this.replyError(chain, h.unique, ERRNO.EINVAL);
     }
@@ -375,7 +375,7 @@ export class FuseServer implements ChainHandler {
       }
       case 'READ': return this.doRead(chain, h, ctx, req.fh, req.offset, req.size);
       case 'WRITE': {
-        const segments: IoSegment[] = sliceSegments(chain.readable, P.IN_HEADER_SIZE + WRITE_IN_SIZE, req.size);
+        const segments: IoSegment[] = sliceSegments(chain.readable, P.IN_HEADER_SIZE + K.WRITE_IN_SIZE, req.size);
         // A page-cache write may finish synchronously; either way the reply is a Buffer so that
         // finish() journals it (a bare number would mean "reply already written").
         const r = fs.write(ctx, node, req.fh, req.offset, req.size, segments, req.writeFlags);

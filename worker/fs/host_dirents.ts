@@ -2,7 +2,7 @@
 //   struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
 // d_name is NUL-terminated inside the record; records are 8-byte aligned.
 import { FsError } from './filesystem';
-import { EIO } from './constants';
+import { EIO } from './host_constants';
 
 export const DIRENT64_HEADER = 19;
 

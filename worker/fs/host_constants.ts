@@ -1,11 +1,10 @@
-// Constants used by the filesystem layer.
+// Host constants the filesystem layer passes to syscalls: open/at/openat2 flags, S_IF* types,
+// lock and seek values, errno (re-exported from the one table) and the FUSE flag words the
+// FileSystem interface speaks in (re-exported from the FUSE ABI leaf, not copied).
 //
 // Syscall constants come from the addon (`C`, read from the C headers); each has the Linux
 // x86-64/generic value as a fallback so that a constant the addon does not export yet cannot
 // silently become `undefined` (which would turn into 0 in bit arithmetic).
-// FUSE wire constants (FATTR_*, FOPEN_*, FUSE_* init flags...) are from <linux/fuse.h>
-// (protocol 7.38); they are defined here because the filesystem needs them; the FUSE server may
-// have its own copy, the values are fixed by the protocol.
 import { C } from '../../shared/native';
 
 function k(name: string, linuxValue: number): number {
@@ -103,15 +102,6 @@ export {
   FUSE_DONT_MASK, FUSE_WRITEBACK_CACHE, FUSE_HANDLE_KILLPRIV_V2,
 } from '../fuse/constants';
 
-/** Largest file offset (fuse_file_lock end "to EOF"). NB: as a JS number this is 2^63; encode
- * with `encodeLockEnd`. */
+/** Largest file offset: GETLK's end for a lock "to EOF". As a JS number this is 2^63; the FUSE
+ * server's encodeLkOut sends any end at or above 2^53-1 as 0x7fffffffffffffff. */
 export const OFFSET_MAX = 0x7fffffffffffffff;
-export const OFFSET_MAX_BIG = 0x7fffffffffffffffn;
-
-/** Encodes a fuse_file_lock `end` for the wire: any number at or above 2^53-1 (incl. OFFSET_MAX,
- * which is 2^63 as a double) means "to end of file" and becomes 0x7fffffffffffffff; the kernel
- * rejects ends above OFFSET_MAX with EIO. (Same rule as the FUSE server's encodeLkOut.) */
-export function encodeLockEnd(end: number): bigint {
-  if (!(end < Number.MAX_SAFE_INTEGER)) return OFFSET_MAX_BIG;
-  return BigInt(Math.max(0, Math.trunc(end)));
-}

@@ -1,6 +1,6 @@
 // linux_dirent64 parser bounds checks.
 import t from 'tap';
-import { parseDirents } from '../../worker/fs/dirent';
+import { parseDirents } from '../../worker/fs/host_dirents';
 import { FsError } from '../../worker/fs/filesystem';
 
 function rec(ino: bigint, off: bigint, type: number, name: string, pad = true): Buffer {

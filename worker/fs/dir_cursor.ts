@@ -1,0 +1,156 @@
+// READDIR of open dirs: where each listing stands and the entries fetched but not handed out.
+//
+// Decisions:
+// - readdir offsets are the filesystem's own d_off cookies, passed through exactly (bigint: ext4's
+//   are 63-bit hashes) as in virtiofsd. The session keeps the 64-bit cookie of the dir position;
+//   entries fetched but refused by the reply stay buffered (no seek back), so sequential reads
+//   never seek. Any other offset (rewinddir, seekdir, a bogus cookie, or the first READDIR after
+//   a worker restart, when the kernel fd position is unknown) is one lseek to exactly that
+//   cookie, and the listing is whatever the filesystem returns from there (an lseek error is the
+//   reply). No READDIR ever re-reads the directory to find a position. One exception keeps
+//   upgrades exact: the first READDIR of a worker whose predecessor handed out rounded cookies
+//   (Number(d_off)) may carry the rounded form of the journaled position; it seeks to the latter.
+// - '..' listed by readdir of the root shows the root's own inode number (lookup of '..' at the
+//   root is the root; the host directory above the share is not exposed).
+import type { Logger } from '../../shared/log';
+import { native } from '../../shared/native';
+import type { DirSink, Entry, Handle } from './filesystem';
+import type { DirRecord, FsSession } from './session';
+import { FUSE_ROOT_ID } from '../fuse/constants';
+import type { Inodes } from './inodes';
+import { isDot, isDotDot } from './path_component';
+import { parseDirents, type Dirent } from './host_dirents';
+import * as K from './host_constants';
+
+/** In-memory readdir state of an open dir (not part of the session: rebuilt after a restart). */
+interface DirCursor {
+  /** True when the fd's kernel position plus `pending` correspond to the session's position. */
+  synced: boolean;
+  /** Entries fetched from the kernel but not handed out yet. */
+  pending: Dirent[];
+  next: number;
+}
+
+/** The d_off cookie (s64, as getdents64 and the session keep it) as the u64 the guest sees. */
+function cookieToWire(off: bigint): bigint {
+  return BigInt.asUintN(64, off);
+}
+
+/** What workers before exact cookies sent the guest for this d_off: the u64 rounded to a double
+ * (ext4's hash cookies lose their low bits). */
+function legacyWireCookie(off: bigint): bigint {
+  return BigInt(Number(BigInt.asUintN(64, off)));
+}
+
+export class DirCursors {
+  private readonly cursors = new Map<Handle, DirCursor>();
+  private readonly direntBuf: Buffer;
+
+  constructor(private readonly session: FsSession, private readonly inodes: Inodes, private readonly log: Logger,
+    bufferSize: number) {
+    this.direntBuf = Buffer.alloc(Math.max(4096, bufferSize));
+  }
+
+  /** A dir just opened: its fd is at the start, where the session's position 0 is. */
+  opened(fh: Handle): void {
+    this.cursors.set(fh, { synced: true, pending: [], next: 0 });
+  }
+
+  /** A dir of a resumed session: its fd's kernel position is unknown. */
+  resumed(fh: Handle): void {
+    this.cursors.set(fh, { synced: false, pending: [], next: 0 });
+  }
+
+  closed(fh: Handle): void {
+    this.cursors.delete(fh);
+  }
+
+  clear(): void {
+    this.cursors.clear();
+  }
+
+  /** READDIR(PLUS) of the open dir `fh` (its record and fd), from the guest's `offset`. */
+  readdir(fh: Handle, rec: DirRecord, fd: number, offset: bigint, plus: boolean, sink: DirSink): void {
+    let rt = this.cursors.get(fh);
+    if (rt === undefined) {
+      rt = { synced: false, pending: [], next: 0 };
+      this.cursors.set(fh, rt);
+    }
+    // The guest's u64 is the s64 off_t that lseek takes and the session records.
+    let cookie = BigInt.asIntN(64, offset);
+    if (!rt.synced && cookie !== rec.position && offset === legacyWireCookie(rec.position)) {
+      // The first READDIR since this worker started, continuing a listing an older worker
+      // served with rounded cookies: the journaled position is the exact one.
+      cookie = rec.position;
+    }
+    let position = rec.position;
+    if (!(rt.synced && rec.position === cookie)) {
+      // One lseek, exactly like virtiofsd's seekdir; a cookie the filesystem rejects (e.g. a
+      // negative off_t) throws its errno before anything changes, so the fd's position and the
+      // pending entries still belong to the session's position.
+      native.lseek(fd, cookie, K.SEEK_SET);
+      rt.pending = [];
+      rt.next = 0;
+      rt.synced = true;
+      position = cookie;
+    }
+    let accepted = 0;
+    const dirDev = plus ? this.session.getInode(rec.nodeid)?.dev ?? null : null;
+    let rootIno: Buffer | null = null;
+    if (rec.nodeid === FUSE_ROOT_ID) {
+      rootIno = Buffer.alloc(8);
+      rootIno.writeBigUInt64LE(this.session.root.ino);
+    }
+    try {
+      for (;;) {
+        if (rt.next >= rt.pending.length) {
+          rt.pending = [];
+          rt.next = 0;
+          const n = native.getdents64(fd, this.direntBuf);
+          if (n === 0) break;
+          rt.pending = parseDirents(this.direntBuf, n);
+        }
+        const d = rt.pending[rt.next];
+        let entry: Entry | null = null;
+        if (plus && !isDot(d.name) && !isDotDot(d.name)) {
+          try {
+            // d_ino already in our table (same dev as the dir; a mount point's d_ino is not its
+            // root's, so that just misses): a repeat listing then costs one fstatat per entry.
+            const knownHint = dirDev !== null && this.session.findInode(dirDev, d.ino.readBigUInt64LE(0)) !== undefined;
+            entry = this.inodes.lookupChild(fd, d.name, knownHint);
+          } catch (e) {
+            // Gone since getdents (or not ours to look up): a direntplus with nodeid 0 tells
+            // the kernel to skip the lookup part, the name is still listed.
+            this.log.debug({ err: e, name: d.name.toString() }, 'readdirplus lookup failed');
+          }
+        }
+        let ok: boolean;
+        try {
+          // '..' of the shared directory is the shared directory itself (as lookup says): do
+          // not show the inode number of the host directory above it.
+          const ino = rootIno !== null && isDotDot(d.name) ? rootIno : d.ino;
+          ok = sink.add(d.name, ino, d.type, cookieToWire(d.off), entry);
+        } catch (e) {
+          if (entry !== null) this.inodes.forget(entry.nodeid, 1);
+          throw e;
+        }
+        if (!ok) {
+          if (entry !== null) this.inodes.forget(entry.nodeid, 1);
+          break;
+        }
+        rt.next++;
+        accepted++;
+        position = d.off;
+      }
+    } catch (e) {
+      // Entries already in the sink are a valid (short) reply; report the error only when
+      // there are none (as virtiofsd does).
+      if (accepted === 0) {
+        if (position !== rec.position) this.session.setDirPosition(fh, position);
+        throw e;
+      }
+      this.log.debug({ err: e, fh }, 'readdir stopped early');
+    }
+    if (position !== rec.position) this.session.setDirPosition(fh, position);
+  }
+}

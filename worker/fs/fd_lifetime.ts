@@ -1,0 +1,135 @@
+// The fds the session's records name ("root", "inode.<nodeid>", "file.<fh>", "dir.<fh>"): they
+// live in the FdRegistry, which hands them to the keeper, so they survive a worker crash.
+//
+// Decisions:
+// - fds are registered before the session records them and closed after the session forgets
+//   them, so after a crash at any point every session record has its fd (stray fds are closed
+//   on resume, closeStrays).
+// - An fd that async calls (threadpool) are using is closed when the last of them completes,
+//   not earlier: its number must not be reused under a running call.
+// - Short-lived fds (truncate without fh, xattrs, syncfs) are opened and closed within the call
+//   (syncfs: when the async call completes) and are not registered.
+import type { Logger } from '../../shared/log';
+import { native } from '../../shared/native';
+import type { Callback } from '../../shared/native';
+import type { FdRegistry } from '../../shared/fd_registry';
+import { FsError } from './filesystem';
+import * as K from './host_constants';
+
+/** The fd names the session hands out (session.ts inodeFdName, fileFdName, dirFdName). */
+const SESSION_FD_NAME = /^(inode|file|dir)\.\d+$/;
+
+export class FdLifetime {
+  /** fd name → async operations in flight on it; closing such an fd is deferred. */
+  private readonly busy = new Map<string, number>();
+  private readonly pendingClose = new Set<string>();
+
+  constructor(private readonly registry: FdRegistry, private readonly log: Logger) {}
+
+  /** The fd registered as `name` (EBADF when there is none). */
+  get(name: string): number {
+    const fd = this.registry.get(name);
+    if (fd === undefined) throw new FsError(K.EBADF, `no fd registered as ${name}`);
+    return fd;
+  }
+
+  /** Crash-safe order for a new fd: register it (the keeper gets it) before the session records
+   * it (the journal gets it), so a session record always has its fd; a worker that dies in
+   * between leaves an fd the session does not know, which resume closes. Removal is the other
+   * way round (record first, then close). Takes ownership of fd. */
+  registerThenRecord<T extends { fdName: string }>(name: string, fd: number, record: () => T): T {
+    try {
+      this.registry.register(name, fd);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    let rec: T;
+    try {
+      rec = record();
+    } catch (e) {
+      this.registry.close(name);
+      throw e;
+    }
+    if (rec.fdName !== name) {
+      // Cannot happen: the session allocates exactly the id we read before.
+      this.registry.close(name);
+      throw new Error(`fd name mismatch: registered ${name}, session recorded ${rec.fdName}`);
+    }
+    return rec;
+  }
+
+  /** Closes a registered fd now, or when the async operations using it have finished. */
+  close(name: string): void {
+    if ((this.busy.get(name) ?? 0) > 0) this.pendingClose.add(name);
+    else this.registry.close(name);
+  }
+
+  /** close() for many fds at once: those closed now go in bulk (one keeper message per few
+   * hundred). */
+  closeMany(names: string[]): void {
+    const now: string[] = [];
+    for (const name of names) {
+      if ((this.busy.get(name) ?? 0) > 0) this.pendingClose.add(name);
+      else now.push(name);
+    }
+    this.registry.closeMany(now);
+  }
+
+  /** On resume: closes the registered fds named like the session's that it does not know (a
+   * worker died between registering and recording them). */
+  closeStrays(known: Set<string>): void {
+    for (const [name] of [...this.registry.entries()]) {
+      if (SESSION_FD_NAME.test(name) && !known.has(name)) {
+        this.log.warn({ fdName: name }, 'closing fd that the session does not know');
+        this.registry.close(name);
+      }
+    }
+  }
+
+  /** The fd, kept open until the matching release(). */
+  acquire(name: string): number {
+    const fd = this.get(name);
+    this.busy.set(name, (this.busy.get(name) ?? 0) + 1);
+    return fd;
+  }
+
+  release(name: string): void {
+    const n = (this.busy.get(name) ?? 1) - 1;
+    if (n > 0) {
+      this.busy.set(name, n);
+      return;
+    }
+    this.busy.delete(name);
+    if (this.pendingClose.delete(name)) this.registry.close(name);
+  }
+
+  /** Runs an async addon call on registered fds, keeping them open until it completes. */
+  runAsync<T>(names: string[], start: (fds: number[], cb: Callback<T>) => void): Promise<T> {
+    const fds: number[] = [];
+    try {
+      for (const n of names) fds.push(this.acquire(n));
+    } catch (e) {
+      for (let i = 0; i < fds.length; i++) this.release(names[i]);
+      return Promise.reject(e);
+    }
+    return new Promise<T>((resolve, reject) => {
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        for (const n of names) this.release(n);
+      };
+      try {
+        start(fds, (err, res) => {
+          finish();
+          if (err) reject(err);
+          else resolve(res);
+        });
+      } catch (e) {
+        finish();
+        reject(e);
+      }
+    });
+  }
+}

@@ -1,0 +1,185 @@
+// The inode table's fds: lookup of one name, '..', dedup by (dev, ino), reopening an inode for
+// I/O, and dropping inodes on FORGET.
+//
+// Model (like C virtiofsd's lo_inode and libfuse's passthrough_hp):
+// - One O_PATH|O_NOFOLLOW fd per inode, registered as "inode.<nodeid>" ("root" for nodeid 1),
+//   deduplicated by (st_dev, st_ino). Inode identity is pinned by that fd: while we hold it the
+//   inode cannot be freed, so its (dev, ino) cannot be reused and its file type cannot change.
+// - Lookups: openat2(parentFd, name, O_PATH|O_NOFOLLOW, RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS)
+//   with a single validated path component, so nothing outside the shared directory is ever
+//   reached and symlinks are never followed by us.
+// - Ops on an inode use its O_PATH fd with AT_EMPTY_PATH where the syscall supports that, or
+//   reopen it through "/proc/self/fd/<fd>" (how virtiofsd opens inodes: the magic link leads to
+//   exactly the pinned inode). Reopening is refused for symlinks (ELOOP) and for anything that is
+//   not a regular file or directory (EBADF, as virtiofsd's lo_inode_open), so device nodes,
+//   FIFOs and sockets in the share are never opened.
+//
+// Decisions:
+// - LOOKUP of a missing name: ENOENT (no negative entries).
+// - '..' at the root is the root, '.' is the dir itself. '..' elsewhere is resolved beneath the
+//   root (see lookupDotDot).
+// - Generation is always 0 (fds pin inodes, so a nodeid never refers to a reused inode number).
+import type { Logger } from '../../shared/log';
+import { native, STAT } from '../../shared/native';
+import { FsError, type Entry, type NodeId } from './filesystem';
+import { ROOT_FD_NAME, inodeFdName, type FsSession, type InodeRecord } from './session';
+import { FUSE_ROOT_ID } from '../fuse/constants';
+import type { FdLifetime } from './fd_lifetime';
+import { inodeRecord } from './records';
+import { checkComponent, isDot, isDotDot } from './path_component';
+import * as K from './host_constants';
+
+const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
+/** Names remembered for the LOOKUP fast path (lookupKnown). */
+const RECENT_LOOKUPS_MAX = 16_384;
+
+export function procPath(fd: number): string {
+  return `/proc/self/fd/${fd}`;
+}
+
+export function statFd(fd: number): Buffer {
+  const st = Buffer.allocUnsafe(STAT.SIZE); // fully written by fstatat
+  native.fstatat(fd, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
+  return st;
+}
+
+export class Inodes {
+  /** A name that LOOKUP resolved before, to try lookupKnown first. Bounded: cleared when full
+   * (a miss only costs the fstatat). Stale entries are harmless: the fstatat decides. */
+  private readonly recentLookups = new Set<string>(); // `${parent}/${name}`
+
+  constructor(private readonly session: FsSession, private readonly fds: FdLifetime,
+    private readonly timeout: number, private readonly log: Logger) {}
+
+  entry(rec: InodeRecord, stat: Buffer): Entry {
+    return { nodeid: rec.nodeid, generation: rec.generation, stat, entryTimeout: this.timeout, attrTimeout: this.timeout };
+  }
+
+  lookup(parent: NodeId, name: Buffer): Entry {
+    checkComponent(name, true);
+    const dir = inodeRecord(this.session, parent);
+    if (isDot(name) || (isDotDot(name) && parent === FUSE_ROOT_ID)) {
+      if (dir.fileType !== K.S_IFDIR) throw new FsError(K.ENOTDIR);
+      const stat = statFd(this.fds.get(dir.fdName));
+      return this.entry(this.session.addLookup(dir.nodeid), stat);
+    }
+    if (isDotDot(name)) {
+      if (dir.fileType !== K.S_IFDIR) throw new FsError(K.ENOTDIR);
+      return this.lookupDotDot(dir);
+    }
+    const key = `${parent}/${name.toString('latin1')}`;
+    const seen = this.recentLookups.has(key);
+    const entry = this.lookupChild(this.fds.get(dir.fdName), name, seen);
+    if (!seen) this.rememberLookup(key);
+    return entry;
+  }
+
+  forget(nodeid: NodeId, nlookup: number): void {
+    if (this.session.getInode(nodeid) === undefined) {
+      this.log.debug({ nodeid }, 'forget of unknown nodeid');
+      return;
+    }
+    if (!Number.isSafeInteger(nlookup) || nlookup < 0) nlookup = Number.MAX_SAFE_INTEGER;
+    const dropped = this.session.forget(nodeid, nlookup);
+    if (dropped !== null) this.fds.close(dropped.fdName);
+  }
+
+  /** Takes ownership of `fd` (an O_PATH fd of the inode a name resolved to): dedups it against
+   * the inode table (closing it when the inode is known) or adds a new inode. Adds one lookup. */
+  adopt(fd: number): Entry {
+    let stat: Buffer;
+    try {
+      stat = statFd(fd);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    const dev = stat.readBigUInt64LE(STAT.dev);
+    const ino = stat.readBigUInt64LE(STAT.ino);
+    const known = this.session.findInode(dev, ino);
+    if (known !== undefined) {
+      native.close(fd);
+      return this.entry(this.session.addLookup(known.nodeid), stat);
+    }
+    const rec = this.fds.registerThenRecord(inodeFdName(this.session.nextNodeId), fd,
+      () => this.session.addInode({ dev, ino, generation: 0, fileType: stat.readUInt32LE(STAT.mode) & K.S_IFMT }));
+    return this.entry(rec, stat);
+  }
+
+  /** Looks up one plain component (validated by the caller) under the dir fd. `knownHint`:
+   * the name probably resolves to an inode we already hold (a cached lookup, or a readdir
+   * entry whose d_ino is in the table), so try one fstatat first. */
+  lookupChild(dirFd: number, name: Buffer, knownHint = false): Entry {
+    if (knownHint) {
+      const known = this.lookupKnown(dirFd, name);
+      if (known !== null) return known;
+    }
+    const fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+    return this.adopt(fd);
+  }
+
+  /** fstatat of the name (no symlink followed; a single component, so nothing to escape
+   * through): when (dev, ino) is an inode we hold, that is the answer without opening a
+   * second fd. Safe because our fd pins the inode, so its number cannot have been reused. */
+  private lookupKnown(dirFd: number, name: Buffer): Entry | null {
+    const stat = Buffer.allocUnsafe(STAT.SIZE);
+    try {
+      native.fstatat(dirFd, name, K.AT_SYMLINK_NOFOLLOW, stat);
+    } catch {
+      return null; // let the full path produce the errno
+    }
+    const known = this.session.findInode(stat.readBigUInt64LE(STAT.dev), stat.readBigUInt64LE(STAT.ino));
+    return known === undefined ? null : this.entry(this.session.addLookup(known.nodeid), stat);
+  }
+
+  private rememberLookup(key: string): void {
+    if (this.recentLookups.size >= RECENT_LOOKUPS_MAX) this.recentLookups.clear();
+    this.recentLookups.add(key);
+  }
+
+  /** '..' of a dir other than the root. The dir's host path (from /proc/self/fd) must lie under
+   * the root's; the relative path is then re-resolved beneath the root fd with no symlinks and
+   * checked to still be this dir, and its '..' is opened, also beneath the root. A dir that was
+   * moved out of the shared directory (by the host) has no parent for us: ENOENT. */
+  private lookupDotDot(dir: InodeRecord): Entry {
+    const rootFd = this.fds.get(ROOT_FD_NAME);
+    const dirFd = this.fds.get(dir.fdName);
+    const rootPath = native.readlinkat(K.AT_FDCWD, procPath(rootFd));
+    const dirPath = native.readlinkat(K.AT_FDCWD, procPath(dirFd));
+    const prefix = rootPath.length === 1 && rootPath[0] === 0x2f ? rootPath : Buffer.concat([rootPath, Buffer.from('/')]);
+    if (dirPath.length <= prefix.length || !dirPath.subarray(0, prefix.length).equals(prefix)) {
+      throw new FsError(K.ENOENT, 'directory is not below the shared directory');
+    }
+    const rel = dirPath.subarray(prefix.length);
+    const resolve = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS;
+    const check = native.openat2(rootFd, rel, K.O_PATH | K.O_NOFOLLOW | K.O_DIRECTORY | K.O_CLOEXEC, 0, resolve);
+    try {
+      const st = statFd(check);
+      if (st.readBigUInt64LE(STAT.dev) !== dir.dev || st.readBigUInt64LE(STAT.ino) !== dir.ino) {
+        throw new FsError(K.ENOENT, 'directory moved while resolving ..');
+      }
+    } finally {
+      native.close(check);
+    }
+    const parentFd = native.openat2(rootFd, Buffer.concat([rel, Buffer.from('/..')]),
+      K.O_PATH | K.O_NOFOLLOW | K.O_DIRECTORY | K.O_CLOEXEC, 0, resolve);
+    return this.adopt(parentFd);
+  }
+
+  /** Opens the inode for I/O through /proc/self/fd (virtiofsd's lo_inode_open). */
+  reopen(rec: InodeRecord, flags: number): number {
+    if (rec.fileType === K.S_IFLNK) throw new FsError(K.ELOOP);
+    if (rec.fileType !== K.S_IFREG && rec.fileType !== K.S_IFDIR) throw new FsError(K.EBADF, 'not a regular file or directory');
+    return native.openat(K.AT_FDCWD, procPath(this.fds.get(rec.fdName)), (flags & ~K.O_NOFOLLOW) | K.O_CLOEXEC, 0);
+  }
+
+  /** reopen() for the duration of fn (the fd is not registered). */
+  withTempFd<T>(rec: InodeRecord, flags: number, fn: (fd: number) => T): T {
+    const fd = this.reopen(rec, flags);
+    try {
+      return fn(fd);
+    } finally {
+      native.close(fd);
+    }
+  }
+}
