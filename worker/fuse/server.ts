@@ -301,6 +301,9 @@ export class FuseServer implements ChainHandler {
   }
 
   private handleWrite(chain: DescriptorChain, h: P.InHeader, queueIndex: number): number | Promise<number> {
+    // h.len is the chain's length (handleChain): the chain holds fuse_write_in before we gather it.
+    // Only the args are gathered; the parser checks size against h.len and says where the
+    // payload starts, and the payload stays in guest memory.
     if (h.len < P.IN_HEADER_SIZE + K.WRITE_IN_SIZE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
     const args = Buffer.allocUnsafe(K.WRITE_IN_SIZE);
     gatherFromSegments(chain.readable, P.IN_HEADER_SIZE, args);
@@ -312,10 +315,6 @@ export class FuseServer implements ChainHandler {
       throw e;
     }
     if (req.kind !== 'WRITE') return this.replyError(chain, h.unique, ERRNO.EINVAL);
-    if (P.IN_HEADER_SIZE + K.WRITE_IN_SIZE + req.size !== h.len) {
-      this.log.warn({ size: req.size, len: h.len }, 'WRITE size disagrees with the request length');
-      return this.replyError(chain, h.unique, ERRNO.EINVAL);
-    }
     if (req.size > MAX_WRITE) return this.replyError(chain, h.unique, ERRNO.EINVAL);
     return this.dispatch(chain, h, req, queueIndex);
   }
@@ -375,7 +374,7 @@ export class FuseServer implements ChainHandler {
       }
       case 'READ': return this.doRead(chain, h, ctx, req.fh, req.offset, req.size);
       case 'WRITE': {
-        const segments: IoSegment[] = sliceSegments(chain.readable, P.IN_HEADER_SIZE + K.WRITE_IN_SIZE, req.size);
+        const segments: IoSegment[] = sliceSegments(chain.readable, req.payloadOffset, req.size);
         // A page-cache write may finish synchronously; either way the reply is a Buffer so that
         // finish() journals it (a bare number would mean "reply already written").
         const r = fs.write(ctx, node, req.fh, req.offset, req.size, segments, req.writeFlags);
