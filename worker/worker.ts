@@ -16,7 +16,8 @@ import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
 import { PassthroughFs } from './fs/passthrough';
-import { loadState, pendingControl, UnjournaledLedger, WorkerStateStore, type LoadedState } from './state/worker_state';
+import { loadState, UnjournaledLedger, WorkerStateStore, type LoadedState } from './state/worker_state';
+import { pendingControl } from './state/control_records';
 import { crashPoint } from '../shared/crash_points';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 

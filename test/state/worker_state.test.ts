@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
-import { SCHEMA_VERSION, WorkerStateStore, checkVhostState, loadState } from '../../worker/state/worker_state';
+import { SCHEMA_VERSION, WorkerStateStore, loadState } from '../../worker/state/worker_state';
+import { checkVhostState } from '../../worker/state/control_records';
 
 const FUSE_LOOKUP = 1, FUSE_MKDIR = 9;
 

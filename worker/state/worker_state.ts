@@ -10,13 +10,15 @@
 // Loading treats the file as untrusted input: every record is validated, and a bad one is a
 // StateFileError naming the file and the problem.
 import type { KeeperClient } from '../../shared/keeper_client';
-import type { ControlJournal, PendingControl, VhostSessionState, VringConfig } from '../vhost/backend';
+import type { ControlJournal, VhostSessionState } from '../vhost/backend';
 import type { MessageHeader } from '../vhost/messages';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord, RequestLedger } from '../fuse/exactly_once';
-import { FsSession, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
-import { StateJournal, StateFileError, decodeRecord } from './journal';
+import { FsSession, type FsMutation } from '../fs/session';
+import { StateJournal, decodeRecord } from './journal';
 import * as R from './records';
+import { checkPending, checkVhostState, ctlFdName, type PendingRec } from './control_records';
+import { fail, isObj, isUint } from './validate';
 import { crashPoint } from '../../shared/crash_points';
 
 /** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads. */
@@ -31,17 +33,8 @@ const COMPACT_BYTES = 1 << 20;
 const COMPACT_RATIO = 2;
 
 
-/** Records written as msgpack (TAG_GENERIC); schema 1 also wrote 'op', 'op-done', 'op-death'
- * and 'fs' records this way (records.ts has their schema-2 forms). */
-type Rec =
-  | { t: 'snapshot'; vhost: VhostSessionState | null; init: InitResult | null; fs: SessionSnapshot | CompactSessionSnapshot | null; ctlSeq: number; pending: PendingRec | null; ops?: Array<[string, OpRecord]> }
-  | { t: 'vhost'; seq: number; s: VhostSessionState }
-  | { t: 'ctl'; seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number }
-  | { t: 'ctl-reply'; seq: number; data: Buffer }
-  | { t: 'ctl-end'; seq: number }
-  | { t: 'init'; init: InitResult | null };
-
-interface PendingRec { seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number; committed: boolean; reply: Buffer | null }
+/** Records written as msgpack (TAG_GENERIC). */
+type Rec = R.GenericRecord;
 
 export interface LoadedState {
   vhost: VhostSessionState | null;
@@ -55,78 +48,6 @@ export interface LoadedState {
   /** The file's schema, and the size of its last snapshot record (for compaction). */
   schemaVersion: number;
   snapshotBytes: number;
-}
-
-export const ctlFdName = (i: number): string => `ctl.${i}`;
-
-// --- validation of untrusted records
-
-function fail(path: string, what: string): never {
-  throw new StateFileError(`invalid state record: ${what}`, path);
-}
-const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-const isUint = (v: unknown, max = Number.MAX_SAFE_INTEGER): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
-const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
-const isBig = (v: unknown): v is bigint => typeof v === 'bigint' && v >= 0n && v < 1n << 64n;
-
-function checkVring(p: string, v: unknown, running: boolean): VringConfig {
-  if (!isObj(v)) fail(p, 'vring is not an object');
-  const ok = isUint(v.size, 32768) && isBool(v.addrSet) && isUint(v.base, 0xffff) && isBool(v.enabled) && isBool(v.kicked);
-  if (!ok) fail(p, 'vring fields out of range');
-  const addrs = isUint(v.descUser) && isUint(v.availUser) && isUint(v.usedUser);
-  if (!addrs) {
-    // Unusable addresses matter only to a queue that runs: a stopped one gets SET_VRING_ADDR
-    // again before it starts (older workers could journal NaN here from a refused message).
-    if (running) fail(p, 'vring addresses out of range');
-    return { ...(v as unknown as VringConfig), descUser: 0, availUser: 0, usedUser: 0, addrSet: false };
-  }
-  return v as unknown as VringConfig;
-}
-
-export function checkVhostState(p: string, v: unknown): VhostSessionState {
-  if (!isObj(v)) fail(p, 'vhost state is not an object');
-  // Slot numbers are only fd names (mem.<slot>): any safe integer is fine, as long as no two
-  // regions share one.
-  if (!isBool(v.ownerSet) || !isBig(v.ackedFeatures) || !isBig(v.ackedProtocolFeatures) || !isBool(v.featuresSet) || !isUint(v.nextSlot)) {
-    fail(p, 'vhost feature fields');
-  }
-  if (!Array.isArray(v.regions) || v.regions.length > 64) fail(p, 'vhost regions');
-  const slots = new Set<number>();
-  for (const r of v.regions as unknown[]) {
-    if (!isObj(r) || !isUint(r.slot) || !isUint(r.guestPhysAddr) || !isUint(r.size) || r.size === 0 || !isUint(r.userspaceAddr) || !isUint(r.mmapOffset)) {
-      fail(p, 'vhost region fields');
-    }
-    if (slots.has(r.slot)) fail(p, 'two vhost regions in one slot');
-    slots.add(r.slot);
-  }
-  if (!Array.isArray(v.vrings) || v.vrings.length < 1 || v.vrings.length > 65) fail(p, 'vhost vrings');
-  const vrings = v.vrings as unknown[];
-  if (!Array.isArray(v.running) || !(v.running as unknown[]).every((q) => isUint(q, vrings.length - 1))) fail(p, 'vhost running queues');
-  const running = new Set(v.running as number[]);
-  const checked = vrings.map((x, i) => checkVring(p, x, running.has(i)));
-  if (v.inflight !== null) {
-    const i = v.inflight;
-    if (!isObj(i) || !isUint(i.numQueues, 65) || !isUint(i.queueSize, 32768) || !isUint(i.mmapSize)) fail(p, 'vhost inflight');
-  }
-  return { ...(v as unknown as VhostSessionState), vrings: checked };
-}
-
-function checkInit(p: string, v: unknown): InitResult | null {
-  if (v === null) return null;
-  if (!isObj(v) || v.major !== 7 || !isUint(v.minor, 1000) || !isBig(v.flags) || !isUint(v.maxReadahead, 0xffffffff) ||
-    !isUint(v.maxWrite, 0xffffffff) || !isUint(v.maxPages, 0xffff)) {
-    fail(p, 'FUSE init result');
-  }
-  return v as unknown as InitResult;
-}
-
-function checkPending(p: string, v: unknown): PendingRec | null {
-  if (v === null) return null;
-  if (!isObj(v) || !isUint(v.seq) || !isUint(v.request, 0xffffffff) || !isUint(v.flags, 0xffffffff) || !isUint(v.size, 0xffffffff) ||
-    !Buffer.isBuffer(v.payload) || !isUint(v.nfds, 8) || !isBool(v.committed) || !(v.reply === null || Buffer.isBuffer(v.reply))) {
-    fail(p, 'pending control message');
-  }
-  return v as unknown as PendingRec;
 }
 
 /** The journal's records as loose objects in schema 1's shapes (request outcomes also carry
@@ -183,10 +104,11 @@ export function loadState(path: string): LoadedState {
       if (!isObj(raw) || typeof raw.t !== 'string') fail(path, 'record without a type');
       const r = raw as Record<string, unknown>;
       switch (r.t) {
+        // --- session-wide records
         case 'snapshot':
           st.snapshotBytes = sizes.last;
           st.vhost = r.vhost === null ? null : checkVhostState(path, r.vhost);
-          st.init = checkInit(path, r.init);
+          st.init = R.checkInit(path, r.init);
           try {
             st.fs = r.fs === null ? null : FsSession.fromSnapshot(r.fs);
           } catch (e) {
@@ -201,27 +123,32 @@ export function loadState(path: string): LoadedState {
             if (!Array.isArray(r.ops)) fail(path, 'snapshot ops');
             for (const e of r.ops as unknown[]) {
               if (!Array.isArray(e) || typeof e[0] !== 'string') fail(path, 'snapshot op entry');
-              st.ops.set(e[0], checkOp(path, e[1]));
+              st.ops.set(e[0], R.checkOp(path, e[1]));
             }
           }
           break;
-        case 'op':
-          if (typeof r.k !== 'string' || r.k.length > 200 || !isUint(r.opcode, 0xffffffff) || typeof r.ts !== 'bigint') fail(path, 'op intent');
-          st.ops.set(r.k, { opcode: r.opcode, ts: r.ts, extra: r.x ?? null, reply: null, deaths: st.ops.get(r.k)?.deaths ?? 0 });
-          held.set(r.k, []);
+        case 'init':
+          st.init = R.checkInit(path, r.init);
           break;
+        // --- the request log's records
+        case 'op': {
+          const i = R.checkIntentRecord(path, r);
+          st.ops.set(i.k, { opcode: i.opcode, ts: i.ts, extra: i.x, reply: null, deaths: st.ops.get(i.k)?.deaths ?? 0 });
+          held.set(i.k, []);
+          break;
+        }
         case 'op-done': {
-          if (typeof r.k !== 'string' || r.k.length > 200 || !Buffer.isBuffer(r.r)) fail(path, 'op outcome');
-          let op = st.ops.get(r.k);
+          const o = R.checkOutcomeRecord(path, r);
+          let op = st.ops.get(o.k);
           if (op === undefined || op.opcode === 0) {
             // Schema 2 journals no intent for idempotent requests: the outcome names the opcode.
             if (!isUint(r.opcode, 0xffffffff)) fail(path, 'op outcome without its intent');
             op = { opcode: r.opcode, ts: 0n, extra: null, reply: null, deaths: op?.deaths ?? 0 };
-            st.ops.set(r.k, op);
+            st.ops.set(o.k, op);
           }
-          op.reply = r.r;
-          for (const m of held.get(r.k) ?? []) applyFs(m);
-          held.delete(r.k);
+          op.reply = o.r;
+          for (const m of held.get(o.k) ?? []) applyFs(m);
+          held.delete(o.k);
           if (r.muts !== undefined) {
             if (!Array.isArray(r.muts)) fail(path, 'op outcome mutations');
             for (const m of r.muts as FsMutation[]) applyFs(m);
@@ -229,12 +156,19 @@ export function loadState(path: string): LoadedState {
           break;
         }
         case 'op-death': {
-          if (typeof r.k !== 'string' || r.k.length > 200) fail(path, 'op death record');
-          const op = st.ops.get(r.k);
+          const k = R.checkDeathRecord(path, r);
+          const op = st.ops.get(k);
           if (op) op.deaths++;
-          else st.ops.set(r.k, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
+          else st.ops.set(k, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
           break;
         }
+        case 'fs': {
+          const h = typeof r.k === 'string' ? held.get(r.k) : undefined;
+          if (h !== undefined) h.push(r.m as FsMutation);
+          else applyFs(r.m as FsMutation);
+          break;
+        }
+        // --- the control log's records
         case 'vhost':
           if (!isUint(r.seq)) fail(path, 'vhost seq');
           st.vhost = checkVhostState(path, r.s);
@@ -253,15 +187,6 @@ export function loadState(path: string): LoadedState {
         case 'ctl-end':
           if (st.pending !== null && st.pending.seq === r.seq) st.pending = null;
           break;
-        case 'init':
-          st.init = checkInit(path, r.init);
-          break;
-        case 'fs': {
-          const h = typeof r.k === 'string' ? held.get(r.k) : undefined;
-          if (h !== undefined) h.push(r.m as FsMutation);
-          else applyFs(r.m as FsMutation);
-          break;
-        }
         default:
           fail(path, `unknown record type ${JSON.stringify(r.t).slice(0, 40)}`);
       }
@@ -271,13 +196,6 @@ export function loadState(path: string): LoadedState {
   } finally {
     journal.close();
   }
-}
-
-function checkOp(p: string, v: unknown): OpRecord {
-  if (!isObj(v) || !isUint(v.opcode, 0xffffffff) || typeof v.ts !== 'bigint' || !(v.reply === null || Buffer.isBuffer(v.reply)) || !isUint(v.deaths, 1000)) {
-    fail(p, 'op record');
-  }
-  return { opcode: v.opcode, ts: v.ts, extra: v.extra ?? null, reply: v.reply as Buffer | null, deaths: v.deaths };
 }
 
 export interface StateSources {
@@ -533,18 +451,4 @@ export class UnjournaledLedger implements RequestLedger {
     return [];
   }
   release(): void {}
-}
-
-/** The dead worker's unfinished control message, with its fds from the keeper. */
-export function pendingControl(p: PendingRec, fds: Map<string, number>): PendingControl {
-  const own: number[] = [];
-  for (let i = 0; i < p.nfds; i++) {
-    const fd = fds.get(ctlFdName(i));
-    if (fd === undefined) throw new StateFileError(`control message ${p.seq} lost its fd #${i}`, 'keeper');
-    own.push(fd);
-  }
-  return {
-    seq: p.seq, header: { request: p.request, flags: p.flags, size: p.size }, payload: p.payload, fds: own,
-    committed: p.committed, reply: p.reply,
-  };
 }
