@@ -223,9 +223,10 @@ export class Worker {
       onInit: (init) => this.store.recordInit(init),
       // Without journaling the keeper stores are still batched per turn, so the benchmark's
       // on/off rows differ by the journal alone.
-      ledger: journaling ? this.store : new UnjournaledLedger(this.keeper),
+      ledger: journaling ? this.store : new UnjournaledLedger(this.store.durability),
     }, logger('fuse'));
-    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
+    // Every queue runs the durability barrier just before it publishes used elements.
+    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'), this.store.durability);
     if (loaded !== null) device.onFirstCompletion(() => this.onFirstServed());
     // A served request is the progress the keeper's crash-loop backoff waits for.
     else device.onFirstCompletion(() => this.keeper.notify({ X_PROGRESS: 1 }));

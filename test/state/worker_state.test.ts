@@ -104,7 +104,7 @@ t.test('group commit: an outcome and its session changes are durable only after 
   let st = loadState(file);
   t.equal(st.fs!.getInode(inode.nodeid), undefined, 'before the commit a crash rolls the lookup back');
   t.equal(st.ops.get('0.1.1.10'), undefined, 'and it has no recorded reply: it runs again');
-  t.same(store.commitOutcomes(), ['0.1.1.10']);
+  t.same(store.durability.commit(), ['0.1.1.10']);
   st = loadState(file);
   t.equal(st.fs!.getInode(inode.nodeid)?.ino, 99n, 'after the commit the inode is in the state');
   t.same(st.ops.get('0.1.1.10')?.reply, Buffer.from('lookup reply'), 'and the reply is replayed, not re-run');
@@ -175,7 +175,7 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
   t.equal(st.fs!.getInode(a.nodeid)?.ino, 200n, 'the staged request is in the snapshot');
   t.same(st.ops.get('0.4.1.20')?.reply, Buffer.from('staged'), 'with its reply, for a replay');
   const b = stagedLookup(store, session, '0.4.2.21', 201n, Buffer.from('after'));
-  store.commitOutcomes();
+  store.durability.commit();
   st = loadState(file);
   t.equal(st.fs!.getInode(b.nodeid)?.ino, 201n, 'a request after the compaction is in the new journal');
   t.equal(st.fs!.inodeCount, 3);
@@ -185,7 +185,7 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
 t.test('a resumed worker appends to the journal it loaded (no rewrite), unless told to rewrite', async (t) => {
   const { file, store, session } = setup(t);
   const a = stagedLookup(store, session, '0.5.1.30', 300n, Buffer.from('one'));
-  store.commitOutcomes();
+  store.durability.commit();
   store.beginRequest('0.5.2.31', FUSE_MKDIR, true, null); // dies here: intent only
   store.close();
   const size = StateJournal.open(file, SCHEMA_VERSION);
@@ -199,7 +199,7 @@ t.test('a resumed worker appends to the journal it loaded (no rewrite), unless t
   reopened.close();
   loaded.fs!.onMutation(next.onFsMutation);
   const b = stagedLookup(next, loaded.fs!, '0.5.3.32', 301n, Buffer.from('two'));
-  next.commitOutcomes();
+  next.durability.commit();
   next.close();
   const st = loadState(file);
   t.equal(st.fs!.getInode(a.nodeid)?.ino, 300n, 'the first worker\'s request');

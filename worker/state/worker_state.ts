@@ -6,7 +6,8 @@
 //   - every FsSession mutation (inodes + lookup counts, open files and dirs, dir positions),
 //     inside the outcome record of the request that made it.
 // Request outcomes are group-committed: staged as they finish and made durable together, after
-// the keeper holds their new fds and before their used elements are published (commitOutcomes()).
+// the keeper holds their new fds and before their used elements are published (the durability
+// barrier, durability.ts, owns that order).
 // Loading treats the file as untrusted input: every record is validated, and a bad one is a
 // StateFileError naming the file and the problem.
 import type { KeeperClient } from '../../shared/keeper_client';
@@ -19,7 +20,7 @@ import { StateJournal, decodeRecord } from './journal';
 import * as R from './records';
 import { checkPending, checkVhostState, ctlFdName, type PendingRec } from './control_records';
 import { fail, isObj, isUint } from './validate';
-import { crashPoint } from '../../shared/crash_points';
+import { DurabilityBarrier, type OutcomeJournal } from './durability';
 
 /** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads. */
 export const SCHEMA_VERSION = 2;
@@ -208,7 +209,9 @@ export interface StateSources {
 interface StagedOutcome { key: string; opcode: number; reply: Buffer; mutations: FsMutation[] }
 
 /** Writes the journal. One per worker process. */
-export class WorkerStateStore implements ControlJournal, RequestLedger {
+export class WorkerStateStore implements ControlJournal, RequestLedger, OutcomeJournal {
+  /** Owns the order: new fds to the keeper → journal commit → fd removals → publish. */
+  readonly durability: DurabilityBarrier;
   private journal: StateJournal;
   private ctlSeq: number;
   private pending: PendingRec | null;
@@ -218,7 +221,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
   private currentMutations: FsMutation[] = [];
   /** Mutations of requests past their synchronous part whose outcome is not yet staged. */
   private readonly opMutations = new Map<string, FsMutation[]>();
-  private staged: StagedOutcome[] = [];
+  private stagedOutcomes: StagedOutcome[] = [];
   private sources: StateSources | null = null;
   private compactQueued = false;
   private snapshotBytes = 0;
@@ -227,6 +230,8 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
 
   /** `rewrite`: the loaded state was changed after loading, so the journal must start anew. */
   constructor(private readonly path: string, private readonly keeper: KeeperClient | null, loaded: LoadedState | null, keeperCtlSeq = 0, rewrite = false) {
+    this.durability = new DurabilityBarrier(keeper);
+    this.durability.journalOutcomesOf(this);
     // The keeper drops control replies with a sequence number it has already forwarded.
     this.ctlSeq = Math.max(loaded?.ctlSeq ?? 0, keeperCtlSeq);
     this.pending = loaded?.pending ?? null;
@@ -257,7 +262,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
 
   /** Journals a record now, after everything staged (so records stay in order). */
   private appendNow(maxLength: number, fill: (buf: Buffer, at: number) => number): void {
-    this.commitOutcomes();
+    this.durability.commit();
     this.journal.stage(maxLength, fill);
     this.journal.commit();
     this.maybeCompact();
@@ -281,7 +286,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
     this.compactQueued = false;
     if (this.sources === null) return;
     // The snapshot shows staged outcomes' effects: their fds must be in the keeper first.
-    this.commitOutcomes();
+    this.durability.commit();
     const s = this.sources;
     const snap: Rec = { t: 'snapshot', vhost: s.vhost(), init: s.init(), fs: s.fs()?.toCompactSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops] };
     const old = this.journal;
@@ -297,7 +302,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
 
   /** A new frontend connection (or the fresh session after a disconnect): forget the old one. */
   recordNewSession(fs: FsSession | null): void {
-    this.commitOutcomes();
+    this.durability.commit();
     this.pending = null;
     this.ops.clear();
     this.opMutations.clear();
@@ -354,10 +359,7 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
     }
     this.currentOp = key;
     this.currentMutations = [];
-    // The request's new fds go to the keeper together with the rest of this turn's, before
-    // the group commit journals the outcomes that name them. If we die first, the fds die with
-    // us and the requests' session changes (never journaled) are rolled back: consistent.
-    this.keeper?.beginBatch();
+    this.durability.requestStarted();
   }
 
   endSync(): void {
@@ -372,28 +374,30 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
     if (op) op.reply = reply;
     const mutations = this.opMutations.get(key) ?? [];
     this.opMutations.delete(key);
-    this.staged.push({ key, opcode: op?.opcode ?? 0, reply, mutations });
+    this.stagedOutcomes.push({ key, opcode: op?.opcode ?? 0, reply, mutations });
   }
 
-  commitOutcomes(): string[] {
-    // A request's fds reach the keeper before the outcome naming them is durable.
-    this.keeper?.endBatch();
-    const staged = this.staged;
-    for (const o of staged) crashPoint('op-after-fdstore', o.opcode);
-    if (staged.length > 0) {
-      this.staged = [];
-      for (const o of staged) {
-        this.journal.stage(R.outcomeSize(o.key, o.reply, o.mutations.length),
-          (buf, at) => R.putOutcome(buf, at, o.key, o.opcode, o.reply, o.mutations) - at);
-      }
-      this.journal.commit();
-    }
-    // Closes may reach the keeper once no unjournaled session change (a request still
-    // running) can be rolled back to a state that names the closed fd.
-    if (this.currentOp === null && this.opMutations.size === 0) this.keeper?.flushRemovals();
+  // --- OutcomeJournal (driven by the durability barrier only)
+
+  staged(): ReadonlyArray<{ readonly opcode: number }> {
+    return this.stagedOutcomes;
+  }
+
+  commitStaged(): string[] {
+    const staged = this.stagedOutcomes;
     if (staged.length === 0) return [];
+    this.stagedOutcomes = [];
+    for (const o of staged) {
+      this.journal.stage(R.outcomeSize(o.key, o.reply, o.mutations.length),
+        (buf, at) => R.putOutcome(buf, at, o.key, o.opcode, o.reply, o.mutations) - at);
+    }
+    this.journal.commit();
     this.maybeCompact();
     return staged.map((o) => o.key);
+  }
+
+  hasUnjournaledChanges(): boolean {
+    return this.currentOp !== null || this.opMutations.size > 0;
   }
 
   release(key: string): void {
@@ -437,18 +441,14 @@ export class WorkerStateStore implements ControlJournal, RequestLedger {
 }
 
 /** Benchmark-only (VFSK_BENCH_NO_JOURNAL=1): the request path without the journal. It keeps
- * the keeper batching of the journaled path, so the difference is the journal's cost alone. */
+ * the keeper batching of the journaled path (the durability barrier without outcomes), so the
+ * difference is the journal's cost alone. */
 export class UnjournaledLedger implements RequestLedger {
-  constructor(private readonly keeper: KeeperClient | null) {}
+  constructor(private readonly barrier: Pick<DurabilityBarrier, 'requestStarted'>) {}
   get(): OpRecord | undefined { return undefined; }
   recordDeath(): number { return 0; }
-  beginRequest(): void { this.keeper?.beginBatch(); }
+  beginRequest(): void { this.barrier.requestStarted(); }
   outcome(): void {}
   endSync(): void {}
-  commitOutcomes(): string[] {
-    this.keeper?.endBatch();
-    this.keeper?.flushRemovals();
-    return [];
-  }
   release(): void {}
 }
