@@ -1,26 +1,29 @@
-// The one versioned state module: everything a restarted worker needs that is not an fd.
-// It journals, in the state file (journal.ts), every change before anyone can observe it:
-//   - the vhost-user session (features, memory table, vrings) after each control message,
-//     and the control message itself before it is handled (so a half-answered one finishes);
-//   - the FUSE INIT result;
-//   - every FsSession mutation (inodes + lookup counts, open files and dirs, dir positions),
-//     inside the outcome record of the request that made it.
-// Request outcomes are group-committed: staged as they finish and made durable together, after
-// the keeper holds their new fds and before their used elements are published (the durability
-// barrier, durability.ts, owns that order).
-// Loading treats the file as untrusted input: every record is validated, and a bad one is a
-// StateFileError naming the file and the problem.
+// The state store: the one versioned state file of a worker, and everything a restarted worker
+// needs that is not an fd. It owns the journal (journal.ts), what is written into it and when
+// it is compacted, and it loads it. Two logs write into it (journal_writer.ts):
+//   - the control log (control_log.ts): each vhost-user control message before it is handled
+//     (so a half-answered one finishes), the session state after it, its reply, its end;
+//   - the request log (request_log.ts): FUSE requests' intents, outcomes and deaths, each
+//     outcome carrying the FsSession mutations its request made;
+// and the store itself writes the session-wide records: the snapshot a journal starts with, the
+// FUSE INIT result, and session mutations made outside any request. The order in which any of
+// it becomes durable relative to the keeper and the guest is the durability barrier's
+// (durability.ts), which runs before every record the store appends.
+// Loading treats the file as untrusted input: every record is validated (control_records.ts,
+// records.ts), and a bad one is a StateFileError naming the file and the problem.
 import type { KeeperClient } from '../../shared/keeper_client';
-import type { ControlJournal, VhostSessionState } from '../vhost/backend';
-import type { MessageHeader } from '../vhost/messages';
+import type { VhostSessionState } from '../vhost/backend';
 import type { InitResult } from '../fuse/server';
-import type { OpRecord, RequestLedger } from '../fuse/exactly_once';
+import type { OpRecord } from '../fuse/exactly_once';
 import { FsSession, type FsMutation } from '../fs/session';
 import { StateJournal, decodeRecord } from './journal';
 import * as R from './records';
-import { checkPending, checkVhostState, ctlFdName, type PendingRec } from './control_records';
+import { checkPending, checkVhostState, type PendingRec } from './control_records';
 import { fail, isObj, isUint } from './validate';
-import { DurabilityBarrier, type OutcomeJournal } from './durability';
+import { ControlLog } from './control_log';
+import { RequestLog } from './request_log';
+import { DurabilityBarrier } from './durability';
+import type { JournalWriter, RecordFill } from './journal_writer';
 
 /** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads. */
 export const SCHEMA_VERSION = 2;
@@ -32,10 +35,6 @@ const READABLE_SCHEMAS = [1, 2] as const;
  * and the amortized cost per appended byte. */
 const COMPACT_BYTES = 1 << 20;
 const COMPACT_RATIO = 2;
-
-
-/** Records written as msgpack (TAG_GENERIC). */
-type Rec = R.GenericRecord;
 
 export interface LoadedState {
   vhost: VhostSessionState | null;
@@ -199,44 +198,31 @@ export function loadState(path: string): LoadedState {
   }
 }
 
+/** Where compaction reads the live state from. */
 export interface StateSources {
   vhost(): VhostSessionState | null;
   init(): InitResult | null;
   fs(): FsSession | null;
 }
 
-/** An outcome waiting for the group commit. */
-interface StagedOutcome { key: string; opcode: number; reply: Buffer; mutations: FsMutation[] }
-
 /** Writes the journal. One per worker process. */
-export class WorkerStateStore implements ControlJournal, RequestLedger, OutcomeJournal {
+export class StateStore implements JournalWriter {
   /** Owns the order: new fds to the keeper → journal commit → fd removals → publish. */
   readonly durability: DurabilityBarrier;
+  /** vhost-user control messages (ControlJournal). */
+  readonly control: ControlLog;
+  /** FUSE requests (RequestLedger). */
+  readonly requests: RequestLog;
   private journal: StateJournal;
-  private ctlSeq: number;
-  private pending: PendingRec | null;
-  private readonly ops: Map<string, OpRecord>;
-  /** The request whose synchronous part is running, and the session mutations it made. */
-  private currentOp: string | null = null;
-  private currentMutations: FsMutation[] = [];
-  /** Mutations of requests past their synchronous part whose outcome is not yet staged. */
-  private readonly opMutations = new Map<string, FsMutation[]>();
-  private stagedOutcomes: StagedOutcome[] = [];
   private sources: StateSources | null = null;
   private compactQueued = false;
   private snapshotBytes = 0;
-  /** Requests loaded from the journal that no resubmitted chain has asked about yet. */
-  private untouchedLoadedOps: Set<string> | null = null;
 
   /** `rewrite`: the loaded state was changed after loading, so the journal must start anew. */
-  constructor(private readonly path: string, private readonly keeper: KeeperClient | null, loaded: LoadedState | null, keeperCtlSeq = 0, rewrite = false) {
+  constructor(private readonly path: string, keeper: KeeperClient | null, loaded: LoadedState | null, keeperCtlSeq = 0, rewrite = false) {
     this.durability = new DurabilityBarrier(keeper);
-    this.durability.journalOutcomesOf(this);
-    // The keeper drops control replies with a sequence number it has already forwarded.
-    this.ctlSeq = Math.max(loaded?.ctlSeq ?? 0, keeperCtlSeq);
-    this.pending = loaded?.pending ?? null;
-    this.ops = loaded?.ops ?? new Map();
-    this.untouchedLoadedOps = new Set(this.ops.keys());
+    this.control = new ControlLog(this, keeper, loaded?.ctlSeq ?? 0, loaded?.pending ?? null, keeperCtlSeq);
+    this.requests = new RequestLog(this, this.durability, loaded?.ops ?? null);
     if (loaded !== null && loaded.schemaVersion === SCHEMA_VERSION && !rewrite) {
       // A resume appends to the journal it just loaded (a torn tail is overwritten): rewriting
       // it first would cost the takeover a snapshot of the whole session (~40 ms at 20,000
@@ -245,14 +231,15 @@ export class WorkerStateStore implements ControlJournal, RequestLedger, OutcomeJ
       this.snapshotBytes = loaded.snapshotBytes;
       return;
     }
-    const snap: Rec = {
-      t: 'snapshot', vhost: loaded?.vhost ?? null, init: loaded?.init ?? null, fs: loaded?.fs?.toCompactSnapshot() ?? null,
-      ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops],
-    };
     // A fresh start (or an older schema) writes the folded state as a new journal's first record.
-    const payload = R.genericPayload(snap);
+    const payload = R.genericPayload(this.snapshot(loaded?.vhost ?? null, loaded?.init ?? null, loaded?.fs ?? null));
     this.snapshotBytes = payload.length;
     this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [payload]);
+  }
+
+  private snapshot(vhost: VhostSessionState | null, init: InitResult | null, fs: FsSession | null): R.GenericRecord {
+    const { ctlSeq, pending } = this.control.snapshotFields();
+    return { t: 'snapshot', vhost, init, fs: fs?.toCompactSnapshot() ?? null, ctlSeq, pending, ops: this.requests.snapshotOps() };
   }
 
   /** Where compaction reads the live state from. */
@@ -260,18 +247,30 @@ export class WorkerStateStore implements ControlJournal, RequestLedger, OutcomeJ
     this.sources = s;
   }
 
-  /** Journals a record now, after everything staged (so records stay in order). */
-  private appendNow(maxLength: number, fill: (buf: Buffer, at: number) => number): void {
+  // --- JournalWriter (the logs' way in)
+
+  append(maxLength: number, fill: RecordFill): void {
     this.durability.commit();
     this.journal.stage(maxLength, fill);
     this.journal.commit();
     this.maybeCompact();
   }
 
-  private append(r: Rec): void {
+  appendGeneric(r: R.GenericRecord): void {
     const payload = R.genericPayload(r);
-    this.appendNow(payload.length, (buf, at) => payload.copy(buf, at));
+    this.append(payload.length, (buf, at) => payload.copy(buf, at));
   }
+
+  stage(maxLength: number, fill: RecordFill): void {
+    this.journal.stage(maxLength, fill);
+  }
+
+  commit(grew: boolean): void {
+    this.journal.commit();
+    if (grew) this.maybeCompact();
+  }
+
+  // --- compaction
 
   private maybeCompact(): void {
     const limit = Math.max(COMPACT_BYTES, COMPACT_RATIO * this.snapshotBytes);
@@ -288,167 +287,33 @@ export class WorkerStateStore implements ControlJournal, RequestLedger, OutcomeJ
     // The snapshot shows staged outcomes' effects: their fds must be in the keeper first.
     this.durability.commit();
     const s = this.sources;
-    const snap: Rec = { t: 'snapshot', vhost: s.vhost(), init: s.init(), fs: s.fs()?.toCompactSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: this.pending, ops: [...this.ops] };
     const old = this.journal;
-    const payload = R.genericPayload(snap);
+    const payload = R.genericPayload(this.snapshot(s.vhost(), s.init(), s.fs()));
     this.snapshotBytes = payload.length;
     this.journal = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [payload]);
     old.close();
   }
 
+  // --- session-wide records
+
   recordInit(init: InitResult | null): void {
-    this.append({ t: 'init', init });
+    this.appendGeneric({ t: 'init', init });
   }
 
   /** A new frontend connection (or the fresh session after a disconnect): forget the old one. */
   recordNewSession(fs: FsSession | null): void {
     this.durability.commit();
-    this.pending = null;
-    this.ops.clear();
-    this.opMutations.clear();
-    this.append({ t: 'snapshot', vhost: null, init: null, fs: fs?.toCompactSnapshot() ?? null, ctlSeq: this.ctlSeq, pending: null, ops: [] });
+    this.control.forgetSession();
+    this.requests.forgetSession();
+    this.appendGeneric({ t: 'snapshot', vhost: null, init: null, fs: fs?.toCompactSnapshot() ?? null, ctlSeq: this.control.snapshotFields().ctlSeq, pending: null, ops: [] });
   }
 
   readonly onFsMutation = (m: FsMutation): void => {
-    if (this.currentOp !== null) {
-      this.currentMutations.push(m);
-      return;
-    }
-    this.appendNow(1 + R.MAX_MUTATION_SIZE, (buf, at) => R.putStandaloneMutation(buf, at, m) - at);
+    if (this.requests.capture(m)) return;
+    this.append(1 + R.MAX_MUTATION_SIZE, (buf, at) => R.putStandaloneMutation(buf, at, m) - at);
   };
-
-  // --- RequestLedger
-
-  get(key: string): OpRecord | undefined {
-    this.untouchedLoadedOps?.delete(key);
-    return this.ops.get(key);
-  }
-
-  /** After the resubmitted chains have been dispatched: the other loaded requests were
-   * published before the death and can never come back. Without this they would stay in
-   * memory and in every later snapshot, one more batch per restart. */
-  pruneLoadedOps(): number {
-    const stale = this.untouchedLoadedOps;
-    this.untouchedLoadedOps = null;
-    if (stale === null) return 0;
-    for (const key of stale) this.ops.delete(key);
-    return stale.size;
-  }
-
-  recordDeath(key: string): number {
-    this.untouchedLoadedOps?.delete(key);
-    this.appendNow(1 + R.strSize(key), (buf, at) => R.putDeath(buf, at, key) - at);
-    const op = this.ops.get(key);
-    if (op) return ++op.deaths;
-    this.ops.set(key, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
-    return 1;
-  }
-
-  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void {
-    const deaths = this.ops.get(key)?.deaths ?? 0;
-    if (intent) {
-      const tsMs = Date.now();
-      const x = R.encodeExtra(extra);
-      // Intents need no group commit: they name no fd, and order against staged outcomes of
-      // other requests does not matter (an intent only marks its own request ambiguous).
-      this.journal.stage(R.intentSize(key, x), (buf, at) => R.putIntent(buf, at, key, opcode, tsMs, x) - at);
-      this.journal.commit();
-      this.ops.set(key, { opcode, ts: BigInt(tsMs) * 1_000_000n, extra, reply: null, deaths });
-    } else {
-      this.ops.set(key, { opcode, ts: 0n, extra: null, reply: null, deaths });
-    }
-    this.currentOp = key;
-    this.currentMutations = [];
-    this.durability.requestStarted();
-  }
-
-  endSync(): void {
-    if (this.currentOp !== null && this.currentMutations.length > 0) this.opMutations.set(this.currentOp, this.currentMutations);
-    this.currentOp = null;
-    this.currentMutations = [];
-  }
-
-  outcome(key: string, reply: Buffer): void {
-    if (this.currentOp === key) this.endSync();
-    const op = this.ops.get(key);
-    if (op) op.reply = reply;
-    const mutations = this.opMutations.get(key) ?? [];
-    this.opMutations.delete(key);
-    this.stagedOutcomes.push({ key, opcode: op?.opcode ?? 0, reply, mutations });
-  }
-
-  // --- OutcomeJournal (driven by the durability barrier only)
-
-  staged(): ReadonlyArray<{ readonly opcode: number }> {
-    return this.stagedOutcomes;
-  }
-
-  commitStaged(): string[] {
-    const staged = this.stagedOutcomes;
-    if (staged.length === 0) return [];
-    this.stagedOutcomes = [];
-    for (const o of staged) {
-      this.journal.stage(R.outcomeSize(o.key, o.reply, o.mutations.length),
-        (buf, at) => R.putOutcome(buf, at, o.key, o.opcode, o.reply, o.mutations) - at);
-    }
-    this.journal.commit();
-    this.maybeCompact();
-    return staged.map((o) => o.key);
-  }
-
-  hasUnjournaledChanges(): boolean {
-    return this.currentOp !== null || this.opMutations.size > 0;
-  }
-
-  release(key: string): void {
-    // Dropped from memory; the next compaction drops it from the file.
-    this.ops.delete(key);
-  }
-
-  // --- ControlJournal
-
-  begin(header: MessageHeader, payload: Buffer, fds: number[]): number {
-    const seq = ++this.ctlSeq;
-    // The keeper keeps its own copy of the message's fds until the message is finished.
-    if (fds.length > 0 && this.keeper !== null) this.keeper.storeFds(fds.map((_, i) => ctlFdName(i)), fds);
-    this.pending = { seq, request: header.request, flags: header.flags, size: header.size, payload, nfds: fds.length, committed: false, reply: null };
-    this.append({ t: 'ctl', seq, request: header.request, flags: header.flags, size: header.size, payload, nfds: fds.length });
-    return seq;
-  }
-
-  commit(seq: number, state: VhostSessionState): void {
-    if (this.pending?.seq === seq) this.pending.committed = true;
-    this.append({ t: 'vhost', seq, s: state });
-  }
-
-  reply(seq: number, data: Buffer, fds: number[]): void {
-    if (this.pending?.seq === seq) this.pending.reply = data;
-    this.append({ t: 'ctl-reply', seq, data });
-    if (this.keeper === null) throw new Error('control replies need the keeper');
-    this.keeper.sendControlReply(seq, data, fds);
-  }
-
-  end(seq: number): void {
-    const nfds = this.pending?.seq === seq ? this.pending.nfds : 0;
-    if (nfds > 0 && this.keeper !== null) this.keeper.removeFds(Array.from({ length: nfds }, (_, i) => ctlFdName(i)));
-    if (this.pending?.seq === seq) this.pending = null;
-    this.append({ t: 'ctl-end', seq });
-  }
 
   close(): void {
     this.journal.close();
   }
-}
-
-/** Benchmark-only (VFSK_BENCH_NO_JOURNAL=1): the request path without the journal. It keeps
- * the keeper batching of the journaled path (the durability barrier without outcomes), so the
- * difference is the journal's cost alone. */
-export class UnjournaledLedger implements RequestLedger {
-  constructor(private readonly barrier: Pick<DurabilityBarrier, 'requestStarted'>) {}
-  get(): OpRecord | undefined { return undefined; }
-  recordDeath(): number { return 0; }
-  beginRequest(): void { this.barrier.requestStarted(); }
-  outcome(): void {}
-  endSync(): void {}
-  release(): void {}
 }
