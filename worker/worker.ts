@@ -1,7 +1,8 @@
 // The worker process: serves FUSE-over-virtio for one export. It holds nothing the service
 // cannot lose: every fd is mirrored in the keeper (FdRegistry → KeeperClient) and every other
 // piece of session state is in the state file (StateStore) before the guest or QEMU can
-// observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it accepts QEMU; started after a crash it resumes the session.
+// observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it
+// accepts QEMU; started after a crash it resumes the session.
 import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
