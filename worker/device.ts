@@ -3,14 +3,15 @@
 import type { Logger } from '../shared/log';
 import type { VhostDevice } from './vhost/backend';
 import type { QueueHandler } from './virtqueue/queue_server';
-import { QueueServer, type ChainHandler } from './virtqueue/queue_server';
+import { QueueServer, type ChainHandler, type PublishBarrier } from './virtqueue/queue_server';
 
 export class VirtioFsDevice implements VhostDevice {
   readonly numQueues: number;
   private firstCompletionListeners: Array<() => void> = [];
 
+  /** `barrier`: runs before each queue publishes (the state layer's durability ordering). */
   constructor(requestQueues: number, private readonly server: ChainHandler & { reset(): void },
-    private readonly log: Logger) {
+    private readonly log: Logger, private readonly barrier?: PublishBarrier) {
     if (!Number.isInteger(requestQueues) || requestQueues < 1 || requestQueues > 64) {
       throw new RangeError(`request queue count ${requestQueues} out of range 1..64`);
     }
@@ -25,7 +26,7 @@ export class VirtioFsDevice implements VhostDevice {
   createQueueHandler(index: number): QueueHandler {
     return new QueueServer(index, this.server, this.log.child({ queue: index }), () => {
       for (const l of this.firstCompletionListeners.splice(0)) l();
-    });
+    }, this.barrier);
   }
 
   onReset(): void {

@@ -1,7 +1,8 @@
 // The worker process: serves FUSE-over-virtio for one export. It holds nothing the service
 // cannot lose: every fd is mirrored in the keeper (FdRegistry → KeeperClient) and every other
-// piece of session state is in the state file (WorkerStateStore) before the guest or QEMU can
-// observe it. Started fresh it accepts QEMU; started after a crash it resumes the session.
+// piece of session state is in the state file (StateStore) before the guest or QEMU can
+// observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it
+// accepts QEMU; started after a crash it resumes the session.
 import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
@@ -17,7 +18,9 @@ import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
 import { PassthroughFs } from './fs/passthrough';
-import { loadState, pendingControl, UnjournaledLedger, WorkerStateStore, type LoadedState } from './state/worker_state';
+import { loadState, StateStore, type LoadedState } from './state/state_store';
+import { pendingControl } from './state/control_records';
+import { UnjournaledLedger } from './state/request_log';
 import { crashPoint } from '../shared/crash_points';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 
@@ -29,7 +32,7 @@ const STATS_INTERVAL_MS = 1000;
 export class Worker {
   private readonly log: Logger;
   private readonly registry = new FdRegistry();
-  private store!: WorkerStateStore;
+  private store!: StateStore;
   private listenPoller: Poller | null = null;
   private backend: VhostUserBackend | null = null;
   private fsImpl: PassthroughFs | null = null;
@@ -74,7 +77,7 @@ export class Worker {
       else reconciled = this.reconcile(loaded) > 0;
     }
     // Changes reconcile() made are not in the journal: then the store starts a new one.
-    this.store = new WorkerStateStore(statePath, this.keeper, loaded, ctlSeq, reconciled);
+    this.store = new StateStore(statePath, this.keeper, loaded, ctlSeq, reconciled);
     if (loaded !== null) {
       this.resume(loaded, fds);
     } else {
@@ -199,7 +202,7 @@ export class Worker {
     this.mark('session');
     this.backend!.restore(loaded.vhost!, pending);
     // Every resubmitted request has consulted the journal by now (dispatch is synchronous).
-    const pruned = this.store.pruneLoadedOps();
+    const pruned = this.store.requests.pruneLoadedOps();
     if (pruned > 0) this.log.debug({ pruned }, 'dropped the recorded outcomes of requests published before the death');
     this.mark('restored');
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -223,15 +226,16 @@ export class Worker {
       onInit: (init) => this.store.recordInit(init),
       // Without journaling the keeper stores are still batched per turn, so the benchmark's
       // on/off rows differ by the journal alone.
-      ledger: journaling ? this.store : new UnjournaledLedger(this.keeper),
+      ledger: journaling ? this.store.requests : new UnjournaledLedger(this.store.durability),
     }, logger('fuse'));
-    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'));
+    // Every queue runs the durability barrier just before it publishes used elements.
+    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'), this.store.durability);
     if (loaded !== null) device.onFirstCompletion(() => this.onFirstServed());
     // A served request is the progress the keeper's crash-loop backoff waits for.
     else device.onFirstCompletion(() => this.keeper.notify({ type: 'progress' }));
     this.fsImpl = fsImpl;
     this.server = server;
-    this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store);
+    this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store.control);
     this.store.setSources({
       vhost: () => this.backend?.state() ?? null,
       init: () => this.server?.init ?? null,

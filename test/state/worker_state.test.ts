@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
-import { SCHEMA_VERSION, WorkerStateStore, checkVhostState, loadState } from '../../worker/state/worker_state';
+import { SCHEMA_VERSION, StateStore, loadState } from '../../worker/state/state_store';
+import { checkVhostState } from '../../worker/state/control_records';
 
 const FUSE_LOOKUP = 1, FUSE_MKDIR = 9;
 
@@ -78,9 +79,9 @@ t.test('fuzz: truncated, corrupted and random payloads only ever give RecordDeco
 });
 
 /** A session whose mutations go to a fresh store, as in the worker. */
-function setup(t: { testdir: () => string }): { file: string; store: WorkerStateStore; session: FsSession } {
+function setup(t: { testdir: () => string }): { file: string; store: StateStore; session: FsSession } {
   const file = path.join(t.testdir(), 'state');
-  const store = new WorkerStateStore(file, null, null);
+  const store = new StateStore(file, null, null);
   const session = new FsSession({ dev: 1n, ino: 2n });
   store.recordNewSession(session);
   session.onMutation(store.onFsMutation);
@@ -89,11 +90,11 @@ function setup(t: { testdir: () => string }): { file: string; store: WorkerState
 
 /** One LOOKUP through the ledger as the FUSE server drives it: begin, the session change,
  * end of the synchronous part, the staged outcome (not committed). */
-function stagedLookup(store: WorkerStateStore, session: FsSession, key: string, ino: bigint, reply: Buffer): InodeRecord {
-  store.beginRequest(key, FUSE_LOOKUP, false, null);
+function stagedLookup(store: StateStore, session: FsSession, key: string, ino: bigint, reply: Buffer): InodeRecord {
+  store.requests.beginRequest(key, FUSE_LOOKUP, false, null);
   const rec = session.addInode({ dev: 1n, ino, generation: 0, fileType: 0o100000 });
-  store.endSync();
-  store.outcome(key, reply);
+  store.requests.endSync();
+  store.requests.outcome(key, reply);
   return rec;
 }
 
@@ -103,7 +104,7 @@ t.test('group commit: an outcome and its session changes are durable only after 
   let st = loadState(file);
   t.equal(st.fs!.getInode(inode.nodeid), undefined, 'before the commit a crash rolls the lookup back');
   t.equal(st.ops.get('0.1.1.10'), undefined, 'and it has no recorded reply: it runs again');
-  t.same(store.commitOutcomes(), ['0.1.1.10']);
+  t.same(store.durability.commit(), ['0.1.1.10']);
   st = loadState(file);
   t.equal(st.fs!.getInode(inode.nodeid)?.ino, 99n, 'after the commit the inode is in the state');
   t.same(st.ops.get('0.1.1.10')?.reply, Buffer.from('lookup reply'), 'and the reply is replayed, not re-run');
@@ -114,9 +115,9 @@ t.test('group commit: an outcome and its session changes are durable only after 
 t.test('an intent is durable at once; its request without an outcome is ambiguous and rolled back', async (t) => {
   const { file, store, session } = setup(t);
   const before = Date.now();
-  store.beginRequest('0.2.1.11', FUSE_MKDIR, true, null);
+  store.requests.beginRequest('0.2.1.11', FUSE_MKDIR, true, null);
   session.addInode({ dev: 1n, ino: 100n, generation: 0, fileType: 0o040000 });
-  store.endSync();
+  store.requests.endSync();
   const st = loadState(file);
   const op = st.ops.get('0.2.1.11');
   t.equal(op?.opcode, FUSE_MKDIR);
@@ -174,7 +175,7 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
   t.equal(st.fs!.getInode(a.nodeid)?.ino, 200n, 'the staged request is in the snapshot');
   t.same(st.ops.get('0.4.1.20')?.reply, Buffer.from('staged'), 'with its reply, for a replay');
   const b = stagedLookup(store, session, '0.4.2.21', 201n, Buffer.from('after'));
-  store.commitOutcomes();
+  store.durability.commit();
   st = loadState(file);
   t.equal(st.fs!.getInode(b.nodeid)?.ino, 201n, 'a request after the compaction is in the new journal');
   t.equal(st.fs!.inodeCount, 3);
@@ -184,28 +185,28 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
 t.test('a resumed worker appends to the journal it loaded (no rewrite), unless told to rewrite', async (t) => {
   const { file, store, session } = setup(t);
   const a = stagedLookup(store, session, '0.5.1.30', 300n, Buffer.from('one'));
-  store.commitOutcomes();
-  store.beginRequest('0.5.2.31', FUSE_MKDIR, true, null); // dies here: intent only
+  store.durability.commit();
+  store.requests.beginRequest('0.5.2.31', FUSE_MKDIR, true, null); // dies here: intent only
   store.close();
   const size = StateJournal.open(file, SCHEMA_VERSION);
   const recordsBefore = size.payloads().length;
   size.close();
 
   const loaded = loadState(file);
-  const next = new WorkerStateStore(file, null, loaded);
+  const next = new StateStore(file, null, loaded);
   const reopened = StateJournal.open(file, SCHEMA_VERSION);
   t.equal(reopened.payloads().length, recordsBefore, 'nothing rewritten at start');
   reopened.close();
   loaded.fs!.onMutation(next.onFsMutation);
   const b = stagedLookup(next, loaded.fs!, '0.5.3.32', 301n, Buffer.from('two'));
-  next.commitOutcomes();
+  next.durability.commit();
   next.close();
   const st = loadState(file);
   t.equal(st.fs!.getInode(a.nodeid)?.ino, 300n, 'the first worker\'s request');
   t.equal(st.fs!.getInode(b.nodeid)?.ino, 301n, 'the second worker\'s request, appended');
   t.equal(st.ops.get('0.5.2.31')?.reply, null, 'the ambiguous request is still ambiguous');
 
-  const rewritten = new WorkerStateStore(file, null, loadState(file), 0, true);
+  const rewritten = new StateStore(file, null, loadState(file), 0, true);
   rewritten.close();
   const j = StateJournal.open(file, SCHEMA_VERSION);
   t.equal(j.payloads().length, 1, 'rewrite: one snapshot record');

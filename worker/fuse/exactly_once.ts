@@ -167,13 +167,12 @@ export interface RequestLedger {
    * runs: a request that is not idempotent needs it to settle a death between its syscall and
    * its outcome. */
   beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void;
-  /** Stages the request's outcome (its reply); durable at the next commitOutcomes(). */
+  /** Stages the request's outcome (its reply). It becomes durable at the group commit that
+   * runs before any used element is published (worker/state/durability.ts: the staged
+   * outcomes' fds to the keeper, then the outcomes to the journal, then fd removals). */
   outcome(key: string, reply: Buffer): void;
   /** Ends the synchronous part of a request: later FS mutations are not its own. */
   endSync(): void;
-  /** Group commit: the staged outcomes' fds to the keeper, then the outcomes to the journal.
-   * Runs before any used element is published. Returns the keys it made durable. */
-  commitOutcomes(): string[];
   /** The request's used element is visible to the guest; it will never be resubmitted. */
   release(key: string): void;
 }

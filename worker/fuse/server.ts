@@ -233,10 +233,9 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
+  /** The queue's PublishBarrier (worker/state/durability.ts) has made the outcomes durable. */
   beforePublish(queueIndex: number, heads: number[]): void {
-    const ledger = this.opts.ledger;
-    if (ledger === undefined) return;
-    ledger.commitOutcomes();
+    if (this.opts.ledger === undefined) return;
     for (const head of heads) {
       const j = this.unpublished.get(`${queueIndex}.${head}`);
       if (j === undefined) continue;

@@ -4,7 +4,8 @@
 // request made. Requests that are not idempotent also write an intent record before they run.
 // These are hand-encoded straight into the mapped journal: msgpack of a small object, its
 // allocations and a second copy cost more than the rest of a cached LOOKUP. Rare records
-// (snapshots, vhost-user control messages, INIT) stay msgpack, behind a tag byte.
+// (snapshots, vhost-user control messages, INIT) stay msgpack, behind a tag byte: their types
+// and validators are at the end of this file (the control log's in control_records.ts).
 //
 // Payload layout, little-endian; `str` = u8 length + latin1 bytes, `num` = f64 (an integer
 // below 2^53, checked on load):
@@ -19,8 +20,13 @@
 //   openFile num fh, num nodeid, f64 flags      openDir num fh, num nodeid
 //   closeFile / closeDir num fh                 setDirPosition num fh, str position
 //   reset (nothing)
-import type { FsMutation } from '../fs/session';
+import type { CompactSessionSnapshot, FsMutation, SessionSnapshot } from '../fs/session';
+import type { InitResult } from '../fuse/server';
+import type { OpRecord } from '../fuse/exactly_once';
+import type { VhostSessionState } from '../vhost/backend';
+import type { ControlRecord, PendingRec } from './control_records';
 import { decodeRecord, encodeRecord } from './journal';
+import { fail, isBig, isObj, isUint } from './validate';
 import { StateError } from '../../shared/errors';
 
 export const TAG_GENERIC = 0;
@@ -270,4 +276,58 @@ export function decodePayload(payload: Buffer): DecodedRecord {
   }
   r.end();
   return out;
+}
+
+// ---------------------------------------------------------------- msgpack records and validators
+
+/** The session-wide msgpack records (state_store.ts): the snapshot a journal starts with (and
+ * that compaction writes), and the FUSE INIT result. Schema 1 also wrote 'op', 'op-done',
+ * 'op-death' and 'fs' records as msgpack (the binary forms above are their schema-2 forms). */
+export type SessionRecord =
+  | {
+    t: 'snapshot'; vhost: VhostSessionState | null; init: InitResult | null; fs: SessionSnapshot | CompactSessionSnapshot | null;
+    ctlSeq: number; pending: PendingRec | null; ops?: Array<[string, OpRecord]>;
+  }
+  | { t: 'init'; init: InitResult | null };
+
+/** Every record written as msgpack (TAG_GENERIC). */
+export type GenericRecord = SessionRecord | ControlRecord;
+
+/** Request keys are `${queue}.${head}.${counter}` (older journals added the unique). */
+const MAX_KEY_LENGTH = 200;
+const isKey = (v: unknown): v is string => typeof v === 'string' && v.length <= MAX_KEY_LENGTH;
+
+export function checkInit(p: string, v: unknown): InitResult | null {
+  if (v === null) return null;
+  if (!isObj(v) || v.major !== 7 || !isUint(v.minor, 1000) || !isBig(v.flags) || !isUint(v.maxReadahead, 0xffffffff) ||
+    !isUint(v.maxWrite, 0xffffffff) || !isUint(v.maxPages, 0xffff)) {
+    fail(p, 'FUSE init result');
+  }
+  return v as unknown as InitResult;
+}
+
+/** A snapshot's entry for one journaled request. */
+export function checkOp(p: string, v: unknown): OpRecord {
+  if (!isObj(v) || !isUint(v.opcode, 0xffffffff) || typeof v.ts !== 'bigint' || !(v.reply === null || Buffer.isBuffer(v.reply)) || !isUint(v.deaths, 1000)) {
+    fail(p, 'op record');
+  }
+  return { opcode: v.opcode, ts: v.ts, extra: v.extra ?? null, reply: v.reply as Buffer | null, deaths: v.deaths };
+}
+
+/** A request's intent as the loader folds it (schema 1's 'op' shape). */
+export function checkIntentRecord(p: string, r: Record<string, unknown>): { k: string; opcode: number; ts: bigint; x: unknown } {
+  if (!isKey(r.k) || !isUint(r.opcode, 0xffffffff) || typeof r.ts !== 'bigint') fail(p, 'op intent');
+  return { k: r.k, opcode: r.opcode, ts: r.ts, x: r.x ?? null };
+}
+
+/** A request's outcome as the loader folds it (schema 1's 'op-done' shape; `opcode` and `muts`
+ * are checked by the fold, where they are used). */
+export function checkOutcomeRecord(p: string, r: Record<string, unknown>): { k: string; r: Buffer } {
+  if (!isKey(r.k) || !Buffer.isBuffer(r.r)) fail(p, 'op outcome');
+  return { k: r.k, r: r.r };
+}
+
+export function checkDeathRecord(p: string, r: Record<string, unknown>): string {
+  if (!isKey(r.k)) fail(p, 'op death record');
+  return r.k;
 }

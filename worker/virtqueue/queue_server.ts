@@ -30,11 +30,18 @@ export interface ChainHandler {
   /** The queue is about to stop: requests that would wait indefinitely (parked lock waits)
    * should end now so that the queue drains. */
   stopping?(queueIndex: number): void;
-  /** These heads' used elements are about to become visible to the guest. */
+  /** These heads' used elements are about to become visible to the guest (the PublishBarrier
+   * has run). */
   beforePublish?(queueIndex: number, heads: number[]): void;
   /** These heads' used elements are now visible to the guest (they will never be
    * resubmitted). */
   published?(queueIndex: number, heads: number[]): void;
+}
+
+/** Makes durable whatever the completed requests' replies depend on (worker/state/durability.ts
+ * implements it and states the order); called just before each used-ring publish. */
+export interface PublishBarrier {
+  commit(): void;
 }
 
 export class QueueServer implements QueueHandler {
@@ -51,7 +58,7 @@ export class QueueServer implements QueueHandler {
   private badChainSuppressed = 0;
 
   constructor(readonly index: number, private readonly handler: ChainHandler, private readonly log: Logger,
-    private readonly onFirstCompletion?: () => void) {}
+    private readonly onFirstCompletion?: () => void, private readonly barrier?: PublishBarrier) {}
 
   start(ring: SplitRing, notify: () => void, resubmit: number[]): void {
     this.ring = ring;
@@ -163,6 +170,7 @@ export class QueueServer implements QueueHandler {
     if (this.ring === null || this.unpublished.length === 0) return;
     const heads = this.unpublished;
     this.unpublished = [];
+    this.barrier?.commit();
     this.handler.beforePublish?.(this.index, heads);
     const wantsNotify = this.ring.publishUsed();
     this.handler.published?.(this.index, heads);
