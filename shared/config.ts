@@ -4,6 +4,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ConfigurationError } from './errors';
 
+/** The most request queues a device offers (besides hiprio). */
+export const MAX_REQUEST_QUEUES = 64;
+
 export type CacheMode = 'auto' | 'always' | 'never';
 
 export interface WorkerConfig {
@@ -11,6 +14,7 @@ export interface WorkerConfig {
   sharedDir: string;
   socketPath: string;
   cache: CacheMode;
+  /** Request queues besides the hiprio queue: 1..MAX_REQUEST_QUEUES. */
   requestQueues: number;
   keepListening: boolean;
   xattr: boolean;
@@ -73,7 +77,7 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   const cache = str('cache');
   if (cache !== 'auto' && cache !== 'always' && cache !== 'never') throw new ConfigError(`config: bad cache mode ${cache}`);
   const q = o.requestQueues;
-  if (typeof q !== 'number' || !Number.isInteger(q) || q < 1 || q > 64) throw new ConfigError('config: requestQueues must be 1..64');
+  if (typeof q !== 'number' || !Number.isInteger(q) || q < 1 || q > MAX_REQUEST_QUEUES) throw new ConfigError(`config: requestQueues must be 1..${MAX_REQUEST_QUEUES}`);
   const w = o.maxLockWaits;
   if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
     throw new ConfigError('config: maxLockWaits must be 0..65536');

@@ -1,6 +1,7 @@
 // The virtio-fs device: queue 0 is the hiprio queue (FORGET, BATCH_FORGET, INTERRUPT), queues
 // 1..N are request queues. Every queue feeds the same FUSE server.
 import type { Logger } from '../shared/log';
+import { MAX_REQUEST_QUEUES } from '../shared/config';
 import type { VhostDevice } from './vhost/backend';
 import type { QueueHandler } from './virtqueue/queue_server';
 import { QueueServer, type ChainHandler, type PublishBarrier } from './virtqueue/queue_server';
@@ -12,8 +13,8 @@ export class VirtioFsDevice implements VhostDevice {
   /** `barrier`: runs before each queue publishes (the state layer's durability ordering). */
   constructor(requestQueues: number, private readonly server: ChainHandler & { reset(): void },
     private readonly log: Logger, private readonly barrier?: PublishBarrier) {
-    if (!Number.isInteger(requestQueues) || requestQueues < 1 || requestQueues > 64) {
-      throw new RangeError(`request queue count ${requestQueues} out of range 1..64`);
+    if (!Number.isInteger(requestQueues) || requestQueues < 1 || requestQueues > MAX_REQUEST_QUEUES) {
+      throw new RangeError(`request queue count ${requestQueues} out of range 1..${MAX_REQUEST_QUEUES}`);
     }
     this.numQueues = 1 + requestQueues;
   }

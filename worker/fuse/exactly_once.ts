@@ -1,4 +1,5 @@
-// Exactly-once execution of FUSE requests across worker crashes (DESIGN.md §2).
+// Exactly-once execution of FUSE requests across worker crashes (docs/ARCHITECTURE.md, "Crash
+// safety", rule 5).
 //
 // A request that changes anything is journaled: its outcome (the reply bytes and its session
 // changes) after it ran and before its used element can be published; a request that is not

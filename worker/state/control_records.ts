@@ -3,16 +3,15 @@
 // records behind TAG_GENERIC (records.ts); their shapes are schema 1's and 2's alike.
 // Limits are the owners' own: a journal may not hold what the backend would have refused.
 import type { PendingControl, VhostSessionState, VringConfig } from '../vhost/backend';
-import { MAX_MEM_SLOTS } from '../vhost/backend';
-import { MAX_FDS_PER_MESSAGE } from '../vhost/messages';
+import { MAX_MEM_SLOTS } from '../vhost/memory_table';
+import { VHOST_USER_MAX_FDS } from '../vhost/messages';
+import { MAX_REQUEST_QUEUES } from '../../shared/config';
 import { MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
 import { StateFileError } from './journal';
 import { fail, isBig, isBool, isObj, isUint } from './validate';
 
-/** Virtqueues of a device: the hiprio queue and at most 64 request queues. The owner of this
- * limit is worker/device.ts (VirtioFsDevice: 1..64 request queues), which sits above the state
- * layer and exports no constant: the one copy is here until a lower layer exports it. */
-export const MAX_DEVICE_QUEUES = 1 + 64;
+/** Virtqueues of a device: the hiprio queue and the request queues. */
+const MAX_DEVICE_QUEUES = 1 + MAX_REQUEST_QUEUES;
 
 /** The control message being handled (journaled before it is handled). */
 export interface PendingRec { seq: number; request: number; flags: number; size: number; payload: Buffer; nfds: number; committed: boolean; reply: Buffer | null }
@@ -73,7 +72,7 @@ export function checkVhostState(p: string, v: unknown): VhostSessionState {
 export function checkPending(p: string, v: unknown): PendingRec | null {
   if (v === null) return null;
   if (!isObj(v) || !isUint(v.seq) || !isUint(v.request, 0xffffffff) || !isUint(v.flags, 0xffffffff) || !isUint(v.size, 0xffffffff) ||
-    !Buffer.isBuffer(v.payload) || !isUint(v.nfds, MAX_FDS_PER_MESSAGE) || !isBool(v.committed) || !(v.reply === null || Buffer.isBuffer(v.reply))) {
+    !Buffer.isBuffer(v.payload) || !isUint(v.nfds, VHOST_USER_MAX_FDS) || !isBool(v.committed) || !(v.reply === null || Buffer.isBuffer(v.reply))) {
     fail(p, 'pending control message');
   }
   return v as unknown as PendingRec;
