@@ -4,8 +4,8 @@
 // rate-limited error is logged; the connection stays (a worker's next message may be fine).
 import * as fs from 'node:fs';
 import type { Logger } from '../shared/log';
-import { native, POLL_READABLE, type Poller } from '../shared/native';
-import { errorInfo } from '../shared/errors';
+import { native, C, POLL_READABLE, type Poller } from '../shared/native';
+import { errorErrno, errorInfo, isResourceErrno } from '../shared/errors';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { KeeperProtocolError } from '../shared/sd_notify_format';
 import { MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeFromKeeper, parseToKeeper, type FromKeeper, type ToKeeper } from '../shared/keeper_protocol';
@@ -30,12 +30,22 @@ export interface KeeperSocketHandler {
 
 const RECV_BUF = Buffer.alloc(MAX_MESSAGE_SIZE);
 
+/** While accept() fails for want of fds or memory, the listening socket is not polled (the
+ * pending connection would wake us at once, forever): retried after this long, doubling. */
+const ACCEPT_RETRY_MIN_MS = 20;
+const ACCEPT_RETRY_MAX_MS = 1_000;
+
 export class KeeperSocket {
   private readonly peers = new Map<number, Connection>();
   private readonly listenFd: number;
   private readonly listenPoller: Poller;
   private readonly acceptErrors = new LogRateLimiter();
   private readonly ownUid = process.getuid?.() ?? 0;
+  /** An fd held in reserve: at EMFILE it is closed so that one more connection (a successor
+   * fetching the fd set, `status`) can still be accepted. */
+  private reserveFd = -1;
+  private acceptRetry: { timer: NodeJS.Timeout; delayMs: number } | null = null;
+  private closed = false;
 
   /** Listens on `path` (a stale socket there is replaced; mode 0600). */
   constructor(path: string, private readonly handler: KeeperSocketHandler, private readonly log: Logger) {
@@ -44,14 +54,30 @@ export class KeeperSocket {
     fs.chmodSync(path, 0o600);
     this.listenPoller = new native.Poller(this.listenFd, () => this.acceptAll());
     this.listenPoller.start(POLL_READABLE);
+    this.refillReserve();
   }
 
   /** Adopts an already connected socket (tests drive the keeper over a socketpair). */
   adopt(fd: number, pid: number): KeeperPeer {
-    const c: Connection = { fd, pid, fetch: null, badMessages: new LogRateLimiter(), poller: new native.Poller(fd, () => this.read(c)) };
+    const c: Connection = { fd, pid, fetch: null, badMessages: new LogRateLimiter(), poller: null as unknown as Poller };
+    try {
+      c.poller = new native.Poller(fd, () => this.read(c));
+      c.poller.start(POLL_READABLE);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
     this.peers.set(fd, c);
-    c.poller.start(POLL_READABLE);
     return c;
+  }
+
+  private refillReserve(): void {
+    if (this.reserveFd >= 0) return;
+    try {
+      this.reserveFd = native.openat(C.AT_FDCWD!, '/dev/null', C.O_RDONLY! | C.O_CLOEXEC!, 0);
+    } catch {
+      // Still short of fds: the next successful accept tries again.
+    }
   }
 
   private acceptAll(): void {
@@ -60,19 +86,48 @@ export class KeeperSocket {
       try {
         fd = native.accept(this.listenFd);
       } catch (e) {
+        if (isResourceErrno(errorErrno(e)) && this.reserveFd >= 0) {
+          // Give up the reserve so this connection gets through.
+          native.close(this.reserveFd);
+          this.reserveFd = -1;
+          continue;
+        }
         const dropped = this.acceptErrors.admit();
-        if (dropped !== null) this.log.error({ err: errorInfo(e), dropped }, 'keeper.sock accept failed');
+        if (dropped !== null) this.log.error({ err: errorInfo(e), dropped }, 'keeper.sock accept failed; retrying');
+        this.pauseAccepting();
         return;
       }
-      if (fd < 0) return;
-      const cred = native.peerCred(fd);
-      if (cred.uid !== this.ownUid) {
-        this.log.warn({ peerUid: cred.uid, peerPid: cred.pid }, 'keeper.sock: refusing a peer with another uid');
-        native.close(fd);
-        continue;
+      if (fd < 0) break;
+      try {
+        const cred = native.peerCred(fd);
+        if (cred.uid !== this.ownUid) {
+          this.log.warn({ peerUid: cred.uid, peerPid: cred.pid }, 'keeper.sock: refusing a peer with another uid');
+          native.close(fd);
+          continue;
+        }
+        this.adopt(fd, cred.pid);
+      } catch (e) {
+        const dropped = this.acceptErrors.admit();
+        if (dropped !== null) this.log.error({ err: errorInfo(e), dropped }, 'keeper.sock: cannot serve a new connection');
       }
-      this.adopt(fd, cred.pid);
     }
+    this.acceptRetry = null;
+    this.refillReserve();
+  }
+
+  /** Stops polling the listening socket and tries accept() again later (backoff). */
+  private pauseAccepting(): void {
+    if (this.closed) return;
+    this.listenPoller.stop();
+    const delayMs = Math.min(ACCEPT_RETRY_MAX_MS, this.acceptRetry === null ? ACCEPT_RETRY_MIN_MS : this.acceptRetry.delayMs * 2);
+    const timer = setTimeout(() => {
+      if (this.closed) return;
+      this.acceptRetry = { timer, delayMs };
+      this.listenPoller.start(POLL_READABLE);
+      this.acceptAll();
+    }, delayMs);
+    timer.unref();
+    this.acceptRetry = { timer, delayMs };
   }
 
   isOpen(peer: KeeperPeer): boolean {
@@ -166,9 +221,13 @@ export class KeeperSocket {
 
   /** Closes every connection and the listening socket. */
   closeAll(): void {
+    this.closed = true;
+    if (this.acceptRetry !== null) clearTimeout(this.acceptRetry.timer);
     for (const c of [...this.peers.values()]) this.close(c);
     this.listenPoller.close();
     native.close(this.listenFd);
+    if (this.reserveFd >= 0) native.close(this.reserveFd);
+    this.reserveFd = -1;
   }
 }
 

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Logger } from '../shared/log';
 import { errorInfo } from '../shared/errors';
+import { LogRateLimiter } from '../shared/rate_limit';
 import { EXIT_STATE_UNUSABLE } from '../shared/config';
 import type { BackoffStatus, ExitInfo, KeeperStatus } from '../shared/keeper_protocol';
 import { canLowerNiceness, setProcessNiceness } from './niceness';
@@ -87,6 +88,7 @@ export class WorkerSupervisor {
   private stopping = false;
   /** Whether a standby's niceness can be restored at takeover (CAP_SYS_NICE or RLIMIT_NICE). */
   private readonly canRenice = canLowerNiceness();
+  private readonly spawnErrors = new LogRateLimiter();
 
   constructor(private readonly opts: SupervisorOptions, private readonly host: SupervisorHost, private readonly log: Logger) {}
 
@@ -181,15 +183,36 @@ export class WorkerSupervisor {
 
   // --- processes (embedded mode)
 
-  private spawnProcess(standby: boolean): ChildProcess {
+  /** Starts a worker process; null if it could not be started (EMFILE, EAGAIN, ENOMEM...: the
+   * caller retries with the crash-loop backoff, so a shortage delays the service, never ends it). */
+  private spawnProcess(standby: boolean): ChildProcess | null {
     const [cmd, ...args] = (standby ? this.opts.standbyCommand : this.opts.workerCommand)!;
     const env: NodeJS.ProcessEnv = { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) };
     // The keeper is the unit's main process: its workers must not talk to systemd.
     for (const k of ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
-    const child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit'], env });
+    let child: ChildProcess;
+    try {
+      child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit'], env });
+    } catch (e) {
+      this.spawnFailed(standby, e);
+      return null;
+    }
     child.on('exit', (code, signal) => this.onExit(child, code, signal));
-    child.on('error', (err) => this.log.error({ err: errorInfo(err) }, 'worker spawn failed'));
+    // Node reports EMFILE, ENFILE, EAGAIN, EACCES, ENOENT as an 'error' with no pid and no 'exit'.
+    child.on('error', (err) => {
+      if (child.pid !== undefined) {
+        this.log.error({ err: errorInfo(err), workerPid: child.pid }, 'worker process error');
+        return;
+      }
+      this.spawnFailed(standby, err);
+      this.onExit(child, null, null);
+    });
     return child;
+  }
+
+  private spawnFailed(standby: boolean, e: unknown): void {
+    const dropped = this.spawnErrors.admit();
+    if (dropped !== null) this.log.error({ err: errorInfo(e), standby, dropped }, 'cannot start a worker process; retrying');
   }
 
   private becomeActive(child: ChildProcess): void {
@@ -200,8 +223,16 @@ export class WorkerSupervisor {
   private spawnWorker(): void {
     if (this.stopping || !this.embedded) return;
     const child = this.spawnProcess(false);
+    if (child === null) {
+      // Nothing was started: account it as a death before READY (backoff), then retry.
+      this.child = null;
+      this.phase = { state: 'restarting', pid: null };
+      this.lastExit = { code: null, signal: null, at: new Date().toISOString() };
+      setImmediate(() => this.restartAfterDeath(process.hrtime.bigint(), true, false));
+      return;
+    }
     this.becomeActive(child);
-    this.log.info({ workerPid: child.pid, restarts: this.restarts }, 'worker spawned');
+    if (child.pid !== undefined) this.log.info({ workerPid: child.pid, restarts: this.restarts }, 'worker spawned');
   }
 
   /** A warm standby: loaded and connected, blocked until the keeper hands it the session. */
@@ -210,6 +241,10 @@ export class WorkerSupervisor {
     this.standbyTimer = null;
     if (this.stopping || !this.embedded || this.standby !== null || this.opts.standbyCommand === null) return;
     const child = this.spawnProcess(true);
+    if (child === null) {
+      this.scheduleStandby();
+      return;
+    }
     let niced = false;
     if (this.canRenice && child.pid !== undefined) {
       niced = setProcessNiceness(child.pid, Math.min(19, os.getPriority() + STANDBY_NICE));
@@ -314,7 +349,15 @@ export class WorkerSupervisor {
       this.host.serviceOver('worker finished');
       return;
     }
-    this.log.warn({ workerPid: pid, code, signal }, 'worker died; restarting');
+    if (pid !== null) this.log.warn({ workerPid: pid, code, signal }, 'worker died; restarting');
+    this.restartAfterDeath(now, diedBeforeReady, fruitless);
+  }
+
+  /** Starts the successor of a worker that died (or never started) at `now`: at once, or after
+   * the crash-loop backoff. */
+  private restartAfterDeath(now: bigint, diedBeforeReady: boolean, fruitless: boolean): void {
+    if (this.stopping) return;
+    this.phase = { state: 'restarting', pid: null };
     this.restarts++;
     this.deathAt = now;
     const t = Date.now();

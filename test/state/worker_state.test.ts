@@ -1,6 +1,7 @@
 // The request journal: binary records (fuzzed), group commit, rollback of requests without an
 // outcome, and loading of schema-1 files written by an older worker.
 import t from 'tap';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
@@ -179,6 +180,27 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
   st = loadState(file);
   t.equal(st.fs!.getInode(b.nodeid)?.ino, 201n, 'a request after the compaction is in the new journal');
   t.equal(st.fs!.inodeCount, 3);
+  store.close();
+});
+
+t.test('a compaction that cannot create its file (EISDIR here; EMFILE or ENOMEM on a short host) changes nothing and is retried', async (t) => {
+  const { file, store, session } = setup(t);
+  store.setSources({ vhost: () => null, init: () => null, fs: () => session });
+  const a = stagedLookup(store, session, '0.5.1.30', 300n, Buffer.from('before'));
+  // The new file is created beside the old one: a directory in its place makes the create fail.
+  fs.mkdirSync(`${file}.new`);
+  t.doesNotThrow(() => store.compact(), 'the failure is not thrown');
+  let st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid)?.ino, 300n, 'the old journal holds everything (the staged outcome was committed)');
+  const b = stagedLookup(store, session, '0.5.2.31', 301n, Buffer.from('during'));
+  store.durability.commit();
+  st = loadState(file);
+  t.equal(st.fs!.getInode(b.nodeid)?.ino, 301n, 'requests after the failure append to the old journal');
+  fs.rmdirSync(`${file}.new`);
+  store.compact();
+  st = loadState(file);
+  t.equal(st.fs!.inodeCount, 3, 'the retried compaction keeps every inode');
+  t.notOk(fs.existsSync(`${file}.new`), 'and renamed its file into place');
   store.close();
 });
 

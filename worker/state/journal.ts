@@ -67,12 +67,15 @@ export class StateJournal {
   static create(path: string, schemaVersion: number, generation = 0n, initialPayloads: Buffer[] = []): StateJournal {
     const tmp = `${path}.new`;
     const fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    let mapped: ArrayBuffer | null = null;
+    let journal: StateJournal | null = null;
     try {
       // Whatever the process umask (the filesystem layer sets the guest's), the next worker
       // must be able to open this file.
       fs.fchmodSync(fd, 0o600);
       fs.ftruncateSync(fd, INITIAL_CAPACITY);
       const map = native.mmap(fd, INITIAL_CAPACITY, 0, true);
+      mapped = map;
       const bytes = new Uint8Array(map);
       bytes.set(STATE_MAGIC, 0);
       const view = new DataView(map);
@@ -80,12 +83,17 @@ export class StateJournal {
       view.setUint32(12, schemaVersion, true);
       view.setBigUint64(GENERATION_OFFSET, generation, true);
       native.storeReleaseU64(map, COMMIT_OFFSET, BigInt(DATA_START));
-      const journal = new StateJournal(path, fd, map, DATA_START, schemaVersion);
+      journal = new StateJournal(path, fd, map, DATA_START, schemaVersion);
       for (const p of initialPayloads) journal.appendEncoded(p);
       fs.renameSync(tmp, path);
       return journal;
     } catch (e) {
-      fs.closeSync(fd);
+      // A failed create (a compaction at EMFILE/ENOMEM) leaves neither a mapping nor an fd.
+      if (journal !== null) journal.close();
+      else {
+        if (mapped !== null) native.munmap(mapped);
+        fs.closeSync(fd);
+      }
       throw e;
     }
   }
@@ -204,8 +212,10 @@ export class StateJournal {
     let cap = this.map.byteLength;
     while (cap < need) cap *= 2;
     fs.ftruncateSync(this.fd, cap);
+    // Map the new size before unmapping the old: if mmap fails (ENOMEM) the journal is intact.
+    const map = native.mmap(this.fd, cap, 0, true);
     native.munmap(this.map);
-    this.map = native.mmap(this.fd, cap, 0, true);
+    this.map = map;
     this.bytes = new Uint8Array(this.map);
     this.view = new DataView(this.map);
     this.buf = Buffer.from(this.map);

@@ -12,6 +12,9 @@
 // Loading treats the file as untrusted input: every record is validated (control_records.ts,
 // records.ts), and a bad one is a StateFileError naming the file and the problem.
 import type { KeeperClient } from '../../shared/keeper_client';
+import { logger } from '../../shared/log';
+import { errorInfo } from '../../shared/errors';
+import { LogRateLimiter } from '../../shared/rate_limit';
 import type { VhostSessionState } from '../vhost/backend';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
@@ -35,6 +38,8 @@ const READABLE_SCHEMAS = [1, 2] as const;
  * and the amortized cost per appended byte. */
 const COMPACT_BYTES = 1 << 20;
 const COMPACT_RATIO = 2;
+/** A compaction that failed (EMFILE, ENOMEM, ENOSPC) is retried no sooner than this. */
+const COMPACT_RETRY_MS = 1_000;
 
 export interface LoadedState {
   vhost: VhostSessionState | null;
@@ -216,6 +221,10 @@ export class StateStore implements JournalWriter {
   private journal: StateJournal;
   private sources: StateSources | null = null;
   private compactQueued = false;
+  /** After a failed compaction, none is tried before this time (ms). */
+  private compactRetryAt = 0;
+  private readonly compactErrors = new LogRateLimiter();
+  private readonly log = logger('state');
   private snapshotBytes = 0;
 
   /** `rewrite`: the loaded state was changed after loading, so the journal must start anew. */
@@ -274,7 +283,7 @@ export class StateStore implements JournalWriter {
 
   private maybeCompact(): void {
     const limit = Math.max(COMPACT_BYTES, COMPACT_RATIO * this.snapshotBytes);
-    if (this.journal.committedBytes > limit && !this.compactQueued && this.sources !== null) {
+    if (this.journal.committedBytes > limit && !this.compactQueued && this.sources !== null && Date.now() >= this.compactRetryAt) {
       this.compactQueued = true;
       // Between events every structure is consistent, so snapshot from a fresh tick.
       setImmediate(() => this.compact());
@@ -289,8 +298,19 @@ export class StateStore implements JournalWriter {
     const s = this.sources;
     const old = this.journal;
     const payload = R.genericPayload(this.snapshot(s.vhost(), s.init(), s.fs()));
+    let fresh: StateJournal;
+    try {
+      fresh = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [payload]);
+    } catch (e) {
+      // Out of fds, memory or tmpfs space: the journal we have stays valid and keeps growing;
+      // compaction is tried again later. A request must not fail for it.
+      this.compactRetryAt = Date.now() + COMPACT_RETRY_MS;
+      const dropped = this.compactErrors.admit();
+      if (dropped !== null) this.log.error({ err: errorInfo(e), dropped, journalBytes: old.committedBytes }, 'journal compaction failed; retrying later');
+      return;
+    }
     this.snapshotBytes = payload.length;
-    this.journal = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [payload]);
+    this.journal = fresh;
     old.close();
   }
 
