@@ -4,16 +4,17 @@
 // through.
 export class LogRateLimiter {
   private tokens: number;
-  private last = Date.now();
+  private last = performance.now();
   private dropped = 0;
 
   constructor(private readonly perSecond = 10, private readonly burst = 20) {
     this.tokens = burst;
   }
 
-  /** null: drop this line; else the number of lines dropped since the last one let through. */
-  admit(now = Date.now()): number | null {
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond);
+  /** null: drop this line; else the number of lines dropped since the last one let through.
+   * `now`: a monotonic clock in ms (a wall clock may jump back). */
+  admit(now = performance.now()): number | null {
+    this.tokens = Math.min(this.burst, this.tokens + (Math.max(0, now - this.last) / 1000) * this.perSecond);
     this.last = now;
     if (this.tokens < 1) {
       this.dropped++;
