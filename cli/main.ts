@@ -96,7 +96,12 @@ function workerStateDir(argv: string[]): string | null {
 
 async function workerCommand(stateDir: string): Promise<void> {
   const { workerMain } = await import('../worker/worker');
-  process.exitCode = await workerMain(path.resolve(stateDir));
+  const { EXIT_START_FAILED, EXIT_STATE_UNUSABLE } = await import('../shared/config');
+  const code = await workerMain(path.resolve(stateDir));
+  // A start that failed half-way may have left pollers running (the frontend connection, kick
+  // eventfds): exit now, so that nothing of it keeps serving beside the successor.
+  if (code === EXIT_START_FAILED || code === EXIT_STATE_UNUSABLE) process.exit(code);
+  process.exitCode = code;
 }
 
 export function main(argv: string[]): void {

@@ -135,6 +135,8 @@ export class Keeper implements KeeperSocketHandler {
         if (msg.status !== null) this.lastStatus = msg.status;
         if (msg.ready && this.supervisor.onReady(peer)) {
           this.activePeer = peer;
+          // A worker serves: why an earlier one could not start is history.
+          this.error = null;
           this.sdNotify({ STATUS: `worker ${peer.pid} serving; ${this.supervisor.restartCount} restarts` });
         }
         if (msg.stopping) this.supervisor.onStopping(peer);

@@ -90,22 +90,23 @@ export function errorErrno(e: unknown): number {
 export type StartFailurePolicy = 'restart' | 'stop';
 
 /**
- * The restart rule on the kind: a successor that failed for lack of resources or a host error
- * may well succeed later (the keeper's crash-loop backoff paces it); unusable state, a bad
- * configuration and our own bugs fail the same way every time, so the keeper keeps every fd
- * for an operator instead.
+ * The restart rule on the kind: only saved state that failed validation, or a configuration that
+ * did (config.json, the state directory), fails the same way every time, so the keeper stops
+ * restarting and keeps every fd for an operator. Anything else (a shortage of fds, memory or
+ * processes, a host error, even a bug met on a rare path) may pass, so the successor is retried
+ * for ever with the keeper's crash-loop backoff: the service never gives up on its own.
  */
 export function startFailurePolicy(kind: ErrorKind): StartFailurePolicy {
   switch (kind) {
+    case 'state':
+    case 'config':
+      return 'stop';
     case 'resource':
     case 'host':
     case 'frontend':
     case 'guest':
-      return 'restart';
-    case 'state':
-    case 'config':
     case 'bug':
-      return 'stop';
+      return 'restart';
   }
 }
 

@@ -22,6 +22,7 @@ import { loadState, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
 import { crashPoint } from '../shared/crash_points';
+import { faultPoint } from '../shared/fault_points';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 
 
@@ -60,6 +61,7 @@ export class Worker {
   start(): void {
     this.mark('start');
     native.raiseNoFileLimit(1_000_000);
+    faultPoint('resume-fetch');
     const { fds, ctlSeq } = this.keeper.fetchAll();
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
@@ -71,6 +73,7 @@ export class Worker {
     let loaded: LoadedState | null = null;
     let reconciled = false;
     if (this.registry.has('vhost.conn') && fs.existsSync(statePath)) {
+      faultPoint('resume-journal-open');
       loaded = loadState(statePath);
       this.mark('loaded');
       if (loaded.vhost === null) loaded = null;
@@ -357,22 +360,19 @@ export async function workerMain(stateDir: string): Promise<number> {
   try {
     worker.start();
   } catch (e) {
-    // The rule is on the error's kind (shared/errors.ts): a successor short of fds or memory may
-    // succeed on the next try, so only unusable state, bad configuration and bugs stop the
-    // restarts for good.
+    // The rule is on the error's kind (shared/errors.ts): only state or configuration that
+    // failed validation stops the restarts; a successor short of fds or memory may succeed on
+    // the next try. Either way `status` shows why (the keeper clears it at the next READY).
     const kind = errorKind(e);
-    if (startFailurePolicy(kind) === 'restart') {
-      log.error({ err: errorInfo(e) }, 'cannot resume the session now; exiting for the keeper to retry');
-      return EXIT_START_FAILED;
-    }
+    const retry = startFailurePolicy(kind) === 'restart';
     const message = (e as Error).message;
-    log.error({ err: errorInfo(e) }, 'cannot resume the session: state is unusable');
+    log.error({ err: errorInfo(e) }, retry ? 'cannot resume the session now; exiting for the keeper to retry' : 'cannot resume the session: state is unusable');
     try {
-      keeper.notify({ type: 'setError', error: `worker cannot start (${kind}): ${message}` });
+      keeper.notify({ type: 'setError', error: `worker cannot start (${kind}${retry ? ', retrying' : ''}): ${message}` });
     } catch {
       // The keeper logs our exit anyway.
     }
-    return EXIT_STATE_UNUSABLE;
+    return retry ? EXIT_START_FAILED : EXIT_STATE_UNUSABLE;
   }
   return worker.done;
 }

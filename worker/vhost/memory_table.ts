@@ -10,6 +10,7 @@ import type { Logger } from '../../shared/log';
 import { native, C, isNativeError } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import { errorInfo } from '../../shared/errors';
+import { faultPoint } from '../../shared/fault_points';
 import { GuestMemory, GuestMemoryError, toSafeNumber, type MemoryRegion } from '../virtqueue/guest_memory';
 import * as M from './messages';
 import type { IncomingMessage } from './transport';
@@ -39,6 +40,7 @@ export class MemoryTable {
       const fd = this.registry.get(fdName);
       if (fd === undefined) throw new VhostError(`memory region fd ${fdName} is missing from the fd store`);
       try {
+        faultPoint('resume-mmap');
         this.memory.addRegion(fd, fdName, r.guestPhysAddr, r.size, r.userspaceAddr, r.mmapOffset);
       } catch (e) {
         // The frontend shrank an unsealable memfd while no worker ran: mapping it would fault.

@@ -6,6 +6,7 @@ import type { Logger } from '../../shared/log';
 import { native, type Poller, POLL_READABLE } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import { errorInfo } from '../../shared/errors';
+import { faultPoint } from '../../shared/fault_points';
 import { GuestMemoryError, toSafeNumber, type GuestMemory } from '../virtqueue/guest_memory';
 import { RingError, SplitRing, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
 import type { QueueHandler } from '../virtqueue/queue_server';
@@ -60,7 +61,10 @@ export class Vrings {
   /** A restarted worker takes over the saved configuration and restarts the queues that ran. */
   restore(saved: VringConfig[], running: number[]): void {
     saved.forEach((v, i) => { this.configs[i] = { ...v }; });
-    for (const index of running) this.maybeStartQueue(index, true);
+    for (const index of running) {
+      faultPoint('resume-vrings');
+      this.maybeStartQueue(index, true);
+    }
   }
 
   saved(): VringConfig[] {

@@ -1,0 +1,30 @@
+// Named fault points for tests: a syscall failure injected where a successor resumes, to show
+// that a transient shortage (EMFILE, ENOMEM, EAGAIN) delays a resume and never ends the
+// service. With VFSK_FAULT_POINT=<name> and VFSK_FAULT_FILE=<file> in the environment, reaching
+// that point while <file> holds a count above 0 decrements it and throws the error the syscall
+// would (code/errno of VFSK_FAULT_ERRNO, default EMFILE). The count lives in a file so that it
+// spans worker processes, and a test arms it only when it wants (no file: no fault).
+// Production pays one comparison with null per point.
+import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
+
+const armed: string | null = process.env.VFSK_FAULT_POINT ?? null;
+const counterFile: string | null = process.env.VFSK_FAULT_FILE ?? null;
+const errnoName: string = process.env.VFSK_FAULT_ERRNO ?? 'EMFILE';
+
+export const FAULT_POINTS = ['resume-fetch', 'resume-journal-open', 'resume-mmap', 'resume-vrings'] as const;
+export type FaultPointName = (typeof FAULT_POINTS)[number];
+
+export function faultPoint(name: FaultPointName): void {
+  if (armed === null || armed !== name || counterFile === null) return;
+  let left: number;
+  try {
+    left = Number(fs.readFileSync(counterFile, 'utf8').trim());
+  } catch {
+    return;
+  }
+  if (!(left > 0)) return;
+  fs.writeFileSync(counterFile, `${left - 1}\n`);
+  const errno = (osConstants.errno as Record<string, number>)[errnoName] ?? osConstants.errno.EIO;
+  throw Object.assign(new Error(`${errnoName}: injected fault at ${name}`), { code: errnoName, errno, syscall: name });
+}
