@@ -40,6 +40,8 @@ export class Keeper implements KeeperSocketHandler {
   /** What the workers last reported: STATUS text and X_STATS counters. */
   private lastStatus: string | null = null;
   private lastStats: unknown = null;
+  /** Our RLIMIT_NOFILE soft limit after raising it (null until start). */
+  private noFile: number | null = null;
   /** The highest control reply sequence number forwarded to the frontend. */
   private lastControlReply = 0;
   /** systemd's notify socket when we run as a Type=notify unit. */
@@ -64,7 +66,9 @@ export class Keeper implements KeeperSocketHandler {
   }
 
   start(): void {
-    native.raiseNoFileLimit(1_000_000);
+    // The keeper holds a copy of every fd the worker stores: its limit is the worker's budget
+    // too (told to workers in FDSET).
+    this.noFile = native.raiseNoFileLimit(1_000_000);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
     const inherited = consumeListenFds();
     prepareStateDir(this.opts.stateDir);
@@ -157,6 +161,11 @@ export class Keeper implements KeeperSocketHandler {
       case 'standby':
         this.supervisor.onStandby(peer);
         return;
+      case 'sync':
+        // Every earlier message of this peer is handled (one connection, read in order).
+        this.socket!.send(peer, { type: 'synced', seq: msg.seq, refused: peer.refused });
+        peer.refused = [];
+        return;
       case 'statusQuery': {
         const status = this.status();
         const fits = encodeFromKeeper({ type: 'status', status }).length <= MAX_MESSAGE_SIZE;
@@ -210,7 +219,8 @@ export class Keeper implements KeeperSocketHandler {
       }
     }
     const more = f.next < f.names.length;
-    if (this.socket!.send(peer, { type: 'fdSet', names, more, ctlSeq: this.lastControlReply }, fds) && !more) peer.fetch = null;
+    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true } };
+    if (this.socket!.send(peer, msg, fds) && !more) peer.fetch = null;
   }
 
   /** With no worker, nobody reads QEMU's connection: notice QEMU going away (EPOLLRDHUP, which

@@ -7,7 +7,7 @@ import type { Logger } from '../shared/log';
 import { native, C, POLL_READABLE, type Poller } from '../shared/native';
 import { errorErrno, errorInfo, isResourceErrno } from '../shared/errors';
 import { LogRateLimiter } from '../shared/rate_limit';
-import { KeeperProtocolError } from '../shared/sd_notify_format';
+import { KeeperProtocolError, parseAssignments, parseFdNames } from '../shared/sd_notify_format';
 import { MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeFromKeeper, parseToKeeper, type FromKeeper, type ToKeeper } from '../shared/keeper_protocol';
 
 export interface KeeperPeer {
@@ -15,6 +15,9 @@ export interface KeeperPeer {
   readonly pid: number;
   /** An FDFETCH in progress: the names to send and the next index. */
   fetch: { names: string[]; next: number } | null;
+  /** FDSTOREs refused since the peer's last X_SYNC (their fds were cut off: out of fds), or
+   * 'all' when a message was cut off so badly that its names are unknown. */
+  refused: string[] | 'all';
 }
 
 interface Connection extends KeeperPeer {
@@ -59,7 +62,7 @@ export class KeeperSocket {
 
   /** Adopts an already connected socket (tests drive the keeper over a socketpair). */
   adopt(fd: number, pid: number): KeeperPeer {
-    const c: Connection = { fd, pid, fetch: null, badMessages: new LogRateLimiter(), poller: null as unknown as Poller };
+    const c: Connection = { fd, pid, fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller };
     try {
       c.poller = new native.Poller(fd, () => this.read(c));
       c.poller.start(POLL_READABLE);
@@ -189,7 +192,10 @@ export class KeeperSocket {
       }
       let msg: ToKeeper;
       try {
-        if (r.truncated) throw new KeeperProtocolError('message or fds truncated');
+        if (r.truncated) {
+          this.noteRefusedStore(c, RECV_BUF.subarray(0, r.bytes));
+          throw new KeeperProtocolError('message or fds truncated (out of fds?): refused');
+        }
         msg = parseToKeeper(RECV_BUF.subarray(0, r.bytes), r.fds.length);
       } catch (e) {
         for (const fd of r.fds) native.close(fd);
@@ -202,6 +208,22 @@ export class KeeperSocket {
         this.badMessage(c, e);
       }
     }
+  }
+
+  /** A message cut off by the kernel (MSG_CTRUNC: we could not take its fds; MSG_TRUNC: too
+   * long): if it stored fds, the worker is told at its next X_SYNC. */
+  private noteRefusedStore(c: Connection, data: Buffer): void {
+    if (c.refused === 'all') return;
+    let names: string[] | null = null;
+    try {
+      const m = parseAssignments(data);
+      if (!m.has('FDSTORE')) return;
+      names = parseFdNames(m.get('FDNAME'), -1);
+    } catch {
+      names = null;
+    }
+    if (names === null) c.refused = 'all';
+    else c.refused.push(...names);
   }
 
   private badMessage(c: Connection, e: unknown): void {

@@ -22,6 +22,19 @@ export interface FdRegistryListener {
 export class FdRegistry {
   private readonly byName = new Map<string, number>();
   private readonly listeners: FdRegistryListener[] = [];
+  /** How many fds may be registered (every one is a second fd in the keeper). */
+  private capacity = Infinity;
+
+  /** The fd budget: the filesystem answers EMFILE for a new fd beyond it, so that neither this
+   * process nor the keeper runs out (the keeper cannot answer EMFILE: it can only drop fds). */
+  setCapacity(n: number): void {
+    this.capacity = n;
+  }
+
+  /** Whether `n` more fds fit the budget. */
+  hasRoom(n = 1): boolean {
+    return this.byName.size + n <= this.capacity;
+  }
 
   addListener(listener: FdRegistryListener): void {
     this.listeners.push(listener);

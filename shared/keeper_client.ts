@@ -2,13 +2,36 @@
 // in the FdRegistry into the keeper's store (FDSTORE/FDSTOREREMOVE), and sends sd_notify-style
 // status. The socket is blocking: a store must be in the keeper's queue before the worker
 // goes on, because the guest may observe its effect next.
+//
+// A store is known to have landed only when the keeper says so: the kernel drops the fds of a
+// message the keeper has no fd numbers for (MSG_CTRUNC), and the sender never learns. So after
+// each group of stores (one batch, or one store outside a batch) the client asks X_SYNC and
+// waits for X_SYNCED, which names what the keeper refused; those are sent again for a while
+// (the shortage may pass), and if they still do not land the owner's onStoresRefused decides
+// (the worker dies before anything that names them is journaled, and its successor replays).
+// A keeper that does not offer FEATURES=sync (older) gets no X_SYNC.
 import { native } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
-  MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper, type FromKeeper, type KeeperStatus, type ToKeeper,
+  MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper,
+  type FromKeeper, type KeeperCapabilities, type KeeperStatus, type ToKeeper,
 } from './keeper_protocol';
 import type { FdRegistryListener } from './fd_registry';
 import { trustedPeerUid } from './state_dir';
+import { ResourceError } from './errors';
+import { constants as osConstants } from 'node:os';
+
+/** Stores the keeper still refused after STORE_RETRIES tries, RETRY_SLEEP_MS apart. */
+export class FdStoreRefusedError extends ResourceError {
+  constructor(readonly names: string[]) {
+    super(`the keeper could not take ${names.length} fds (${names.slice(0, 3).join(', ')}${names.length > 3 ? ', ...' : ''}): it is out of fds`, osConstants.errno.EMFILE);
+  }
+}
+
+/** About a second of retries: a short shortage passes without a restart. */
+const STORE_RETRIES = 50;
+const RETRY_SLEEP_MS = 20;
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
@@ -16,6 +39,13 @@ export class KeeperClient implements FdRegistryListener {
   private batch: Map<string, number> | null = null;
   /** Removals deferred until the journal no longer names them (flushRemovals). */
   private removals: string[] = [];
+  /** Whether the keeper answers X_SYNC (its FDSET said so). */
+  private canSync = false;
+  private syncSeq = 0;
+  /** Stores sent since the last X_SYNCED (name → fd, still open: removals wait for the sync). */
+  private readonly unsynced = new Map<string, number>();
+  /** Called when stores did not land after every retry (default: throw FdStoreRefusedError). */
+  onStoresRefused: (e: FdStoreRefusedError) => void = (e) => { throw e; };
 
   private constructor(readonly fd: number) {}
 
@@ -38,7 +68,7 @@ export class KeeperClient implements FdRegistryListener {
 
   /** The whole named fd set the keeper holds (the caller owns the returned fds), and the last
    * control reply sequence number the keeper forwarded. */
-  fetchAll(): { fds: Map<string, number>; ctlSeq: number } {
+  fetchAll(): { fds: Map<string, number>; ctlSeq: number; keeper: KeeperCapabilities } {
     this.send({ type: 'fetch' }, []);
     const out = new Map<string, number>();
     try {
@@ -53,7 +83,10 @@ export class KeeperClient implements FdRegistryListener {
           if (prev !== undefined) native.close(prev);
           out.set(n, fds[i]!);
         });
-        if (!msg.more) return { fds: out, ctlSeq: msg.ctlSeq };
+        if (!msg.more) {
+          this.canSync = msg.keeper.sync;
+          return { fds: out, ctlSeq: msg.ctlSeq, keeper: msg.keeper };
+        }
         this.send({ type: 'fetchNext' }, []);
       }
     } catch (e) {
@@ -84,7 +117,8 @@ export class KeeperClient implements FdRegistryListener {
       this.batch.set(name, fd);
       return;
     }
-    this.send({ type: 'store', names: [name] }, [fd]);
+    this.store([name], [fd]);
+    this.sync();
   }
 
   onUnregister(name: string): void {
@@ -118,10 +152,45 @@ export class KeeperClient implements FdRegistryListener {
     const b = this.batch;
     this.batch = null;
     if (b === null || b.size === 0) return;
-    const entries = [...b];
+    this.storeEntries([...b]);
+    this.sync();
+  }
+
+  private storeEntries(entries: Array<[string, number]>): void {
     for (let i = 0; i < entries.length; i += SCM_MAX_FD) {
       const part = entries.slice(i, i + SCM_MAX_FD);
-      this.send({ type: 'store', names: part.map(([n]) => n) }, part.map(([, fd]) => fd));
+      this.store(part.map(([n]) => n), part.map(([, fd]) => fd));
+    }
+  }
+
+  private store(names: string[], fds: number[]): void {
+    this.send({ type: 'store', names }, fds);
+    if (this.canSync) names.forEach((n, i) => this.unsynced.set(n, fds[i]!));
+  }
+
+  /** Waits until the keeper has taken every store sent since the last sync, sending refused
+   * ones again (see the header). */
+  private sync(): void {
+    if (!this.canSync || this.unsynced.size === 0) return;
+    for (let attempt = 0; ; attempt++) {
+      const seq = ++this.syncSeq;
+      this.send({ type: 'sync', seq }, []);
+      const { msg, fds } = this.receive(0, 'while waiting for X_SYNCED');
+      for (const fd of fds) native.close(fd);
+      if (msg.type !== 'synced' || msg.seq !== seq) throw new KeeperProtocolError(`unexpected ${msg.type} in reply to X_SYNC ${seq}`);
+      const refused = msg.refused === 'all' ? [...this.unsynced.keys()] : msg.refused.filter((n) => this.unsynced.has(n));
+      if (refused.length === 0) {
+        this.unsynced.clear();
+        return;
+      }
+      const again: Array<[string, number]> = refused.map((n) => [n, this.unsynced.get(n)!]);
+      this.unsynced.clear();
+      if (attempt >= STORE_RETRIES) {
+        this.onStoresRefused(new FdStoreRefusedError(refused));
+        return;
+      }
+      Atomics.wait(sleepCell, 0, 0, RETRY_SLEEP_MS);
+      this.storeEntries(again);
     }
   }
 
@@ -136,7 +205,8 @@ export class KeeperClient implements FdRegistryListener {
   /** Stores fds under names directly (not through the registry: the same fd numbers may be
    * registered under other names by their handler). */
   storeFds(names: string[], fds: number[]): void {
-    this.send({ type: 'store', names }, fds);
+    this.store(names, fds);
+    this.sync();
   }
 
   removeFds(names: string[]): void {

@@ -43,22 +43,38 @@ export type ToKeeper =
   /** X_STANDBY=1: a warm standby is loaded and waits for 'takeover'. */
   | { type: 'standby' }
   /** X_STATUSQUERY=1: answered by 'status'. */
-  | { type: 'statusQuery' };
+  | { type: 'statusQuery' }
+  /** X_SYNC=n: answered by 'synced' once every earlier message of this connection is handled,
+   * naming the stores refused since the last sync (only sent to a keeper whose FDSET says
+   * FEATURES=sync). */
+  | { type: 'sync'; seq: number };
 
 /** Keeper → worker (or status CLI). */
 export type FromKeeper =
   /** FDSET=1 FDNAME=a:b MORE=0|1 CTLSEQ=n + one fd per name: a batch of the fd set, and the last
    * control reply sequence number the keeper forwarded. */
-  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number }
+  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number; keeper: KeeperCapabilities }
   /** X_TAKEOVER=1: the standby may serve now (its predecessor is reaped). */
   | { type: 'takeover' }
+  /** X_SYNCED=n REFUSED=a:b|*: the answer to X_SYNC n. `refused`: the names whose FDSTORE the
+   * keeper could not take (its fds were cut off: the keeper was out of fds), or 'all' when it
+   * could not even read which. The worker must not rely on those fds being kept. */
+  | { type: 'synced'; seq: number; refused: string[] | 'all' }
   /** The status JSON (a raw JSON object, not assignments: it is the one large message). */
   | { type: 'status'; status: KeeperStatus };
+
+/** What the keeper told a worker about itself in FDSET (absent from an older keeper's). */
+export interface KeeperCapabilities {
+  /** The keeper's RLIMIT_NOFILE soft limit (null: not said): it holds a copy of every fd. */
+  noFile: number | null;
+  /** It answers X_SYNC. */
+  sync: boolean;
+}
 
 const TO_KEEPER_KEYS: ReadonlyArray<[string, ToKeeper['type']]> = [
   ['FDSTORE', 'store'], ['FDSTOREREMOVE', 'remove'], ['FDFETCH', 'fetch'], ['FDFETCHNEXT', 'fetchNext'],
   ['X_CTLREPLY', 'controlReply'], ['X_SERVED', 'served'], ['X_PROGRESS', 'progress'], ['X_STATS', 'stats'],
-  ['X_SETERROR', 'setError'], ['X_STANDBY', 'standby'], ['X_STATUSQUERY', 'statusQuery'],
+  ['X_SETERROR', 'setError'], ['X_STANDBY', 'standby'], ['X_STATUSQUERY', 'statusQuery'], ['X_SYNC', 'sync'],
 ];
 const NOTIFY_KEYS = ['READY', 'STOPPING', 'STATUS', 'WATCHDOG', 'MAINPID'];
 /** Messages that may carry fds; the receiver closes fds attached to any other. */
@@ -70,6 +86,13 @@ function flag(m: Map<string, string>, key: string): boolean {
   if (v === undefined) return false;
   if (v !== '1') throw new KeeperProtocolError(`${key}=${JSON.stringify(v.slice(0, 20))}: want 1`);
   return true;
+}
+
+/** A positive sequence number (1..2^53-1) in decimal, or null. */
+function parseSeq(text: string): number | null {
+  if (!/^[1-9][0-9]{0,15}$/.test(text)) return null;
+  const n = Number(text);
+  return Number.isSafeInteger(n) ? n : null;
 }
 
 /** Parses one message to the keeper with `fdCount` fds attached. */
@@ -87,11 +110,15 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       flag(m, 'FDSTOREREMOVE');
       return { type, names: parseFdNames(m.get('FDNAME'), -1) };
     case 'controlReply': {
-      const seqText = m.get('X_CTLREPLY')!;
-      const seq = /^[1-9][0-9]{0,15}$/.test(seqText) ? Number(seqText) : NaN;
+      const seq = parseSeq(m.get('X_CTLREPLY')!);
       const hex = m.get('X_DATA') ?? '';
-      if (!Number.isSafeInteger(seq) || !HEX_RE.test(hex)) throw new KeeperProtocolError('malformed X_CTLREPLY');
+      if (seq === null || !HEX_RE.test(hex)) throw new KeeperProtocolError('malformed X_CTLREPLY');
       return { type, seq, data: Buffer.from(hex, 'hex') };
+    }
+    case 'sync': {
+      const seq = parseSeq(m.get('X_SYNC')!);
+      if (seq === null) throw new KeeperProtocolError('malformed X_SYNC');
+      return { type, seq };
     }
     case 'stats':
       try {
@@ -137,6 +164,7 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
     case 'setError': return formatAssignments({ X_SETERROR: (msg.error ?? '').replace(/\n/g, ' ') });
     case 'standby': return formatAssignments({ X_STANDBY: 1 });
     case 'statusQuery': return formatAssignments({ X_STATUSQUERY: 1 });
+    case 'sync': return formatAssignments({ X_SYNC: msg.seq });
   }
 }
 
@@ -158,18 +186,34 @@ export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
     flag(m, 'FDSET');
     const ctlSeq = Number(m.get('CTLSEQ') ?? '0');
     const more = m.get('MORE');
-    if (!Number.isSafeInteger(ctlSeq) || ctlSeq < 0 || (more !== '0' && more !== '1')) throw new KeeperProtocolError('malformed FDSET');
-    return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq };
+    const noFileText = m.get('NOFILE');
+    const noFile = noFileText === undefined ? null : parseSeq(noFileText);
+    if (!Number.isSafeInteger(ctlSeq) || ctlSeq < 0 || (more !== '0' && more !== '1') || (noFileText !== undefined && noFile === null)) {
+      throw new KeeperProtocolError('malformed FDSET');
+    }
+    // Unknown features are a newer keeper's: ignored.
+    const features = (m.get('FEATURES') ?? '').split(',');
+    return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq, keeper: { noFile, sync: features.includes('sync') } };
   }
   if (fdCount > 0) throw new KeeperProtocolError(`${fdCount} fds attached to a message that carries none`);
+  if (m.has('X_SYNCED')) {
+    const seq = parseSeq(m.get('X_SYNCED')!);
+    const r = m.get('REFUSED') ?? '';
+    if (seq === null) throw new KeeperProtocolError('malformed X_SYNCED');
+    return { type: 'synced', seq, refused: r === '*' ? 'all' : parseFdNames(r, -1) };
+  }
   if (flag(m, 'X_TAKEOVER')) return { type: 'takeover' };
   throw new KeeperProtocolError('no known message type from the keeper');
 }
 
 export function encodeFromKeeper(msg: FromKeeper): Buffer {
   switch (msg.type) {
-    case 'fdSet': return formatAssignments({ FDSET: 1, FDNAME: formatFdNames(msg.names), MORE: msg.more ? 1 : 0, CTLSEQ: msg.ctlSeq });
+    case 'fdSet': return formatAssignments({
+      FDSET: 1, FDNAME: formatFdNames(msg.names), MORE: msg.more ? 1 : 0, CTLSEQ: msg.ctlSeq,
+      ...(msg.keeper.noFile !== null ? { NOFILE: msg.keeper.noFile } : {}), ...(msg.keeper.sync ? { FEATURES: 'sync' } : {}),
+    });
     case 'takeover': return formatAssignments({ X_TAKEOVER: 1 });
+    case 'synced': return formatAssignments({ X_SYNCED: msg.seq, REFUSED: msg.refused === 'all' ? '*' : formatFdNames(msg.refused) });
     case 'status': return Buffer.from(JSON.stringify(msg.status));
   }
 }

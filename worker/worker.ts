@@ -10,7 +10,7 @@ import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
 import { EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
-import { KeeperClient } from '../shared/keeper_client';
+import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
 import { notifyFields } from '../shared/keeper_protocol';
 import { checkStateDir } from '../shared/state_dir';
 import { VhostUserBackend } from './vhost/backend';
@@ -53,6 +53,19 @@ export class Worker {
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
 
+  /**
+   * The keeper could not take fds that outcomes about to be journaled name (it was out of fds
+   * for longer than the client's retries). Journaling them would break "fds in the keeper
+   * before the outcome is durable", and the requests' syscalls have happened, so the one safe
+   * answer is to die now, before the commit: the successor rolls those requests back and runs
+   * them again once the keeper can hold their fds (the crash-loop backoff paces it).
+   */
+  private storesRefused(e: FdStoreRefusedError): never {
+    this.log.fatal({ err: errorInfo(e), fds: e.names.length }, 'the keeper refused fds; dying before anything names them, for a successor to replay');
+    process.kill(process.pid, 'SIGKILL');
+    throw e;
+  }
+
   /** Records a phase of the start (process.hrtime is CLOCK_MONOTONIC, comparable with the keeper's). */
   mark(what: string): void {
     this.marks.push([what, process.hrtime.bigint()]);
@@ -60,9 +73,11 @@ export class Worker {
 
   start(): void {
     this.mark('start');
-    native.raiseNoFileLimit(1_000_000);
+    const ownNoFile = native.raiseNoFileLimit(1_000_000);
     faultPoint('resume-fetch');
-    const { fds, ctlSeq } = this.keeper.fetchAll();
+    const { fds, ctlSeq, keeper: caps } = this.keeper.fetchAll();
+    this.registry.setCapacity(fdBudget(ownNoFile, caps.noFile));
+    this.keeper.onStoresRefused = (e) => this.storesRefused(e);
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
     this.registry.addListener(this.keeper);
@@ -318,6 +333,16 @@ function collectStartupGarbage(log: Logger): void {
   } catch (e) {
     log.debug({ err: errorInfo(e) }, 'cannot collect garbage before standing by');
   }
+}
+
+/** fds left to the worker and the keeper beyond the registered ones: their own sockets, the
+ * journal, Node.js internals, short-lived fds (xattrs, syncfs, compaction), keeper.sock peers. */
+const FD_RESERVE = 256;
+
+/** How many fds the worker may register: each is held here and again in the keeper, so the
+ * lower of the two limits counts (an older keeper does not say its own). */
+function fdBudget(ownNoFile: number, keeperNoFile: number | null): number {
+  return Math.max(0, Math.min(ownNoFile, keeperNoFile ?? ownNoFile) - FD_RESERVE);
 }
 
 export async function workerMain(stateDir: string): Promise<number> {

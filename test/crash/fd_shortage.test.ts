@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { native } from '../../shared/native';
 import { keeperSocketPath } from '../../shared/config';
 import { encodeToKeeper, parseFromKeeper, MAX_MESSAGE_SIZE } from '../../shared/keeper_protocol';
+import { KeeperClient } from '../../shared/keeper_client';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
@@ -124,4 +125,83 @@ t.test('keeper.sock at EMFILE: one connection gets through on the reserve fd, th
   t.equal(await exited, 0, 'and is answered once fds are back');
   t.ok(alive(keeperPid), 'the keeper is alive');
   t.equal((await s.fuse.getattr(F.FUSE_ROOT_ID)).attr.mode & 0o170000, 0o040000, 'the session still serves');
+});
+
+t.test('fd stores are acknowledged: refused while the keeper is out of fds, sent again until they land', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ks-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, 'shared'));
+  const stateDir = path.join(dir, 'st');
+  const bin = path.join(__dirname, '..', '..', '..', 'bin', 'virtiofs-keeper.js');
+  // The keeper alone (no worker): this test is its only keeper.sock client.
+  const keeper = spawn(process.execPath, [bin, 'keeper', '--shared-dir', path.join(dir, 'shared'), '--socket-path', path.join(dir, 'v.sock'), '--state-dir', stateDir],
+    { stdio: ['ignore', 'ignore', 'inherit'] });
+  t.teardown(() => { if (keeper.exitCode === null) keeper.kill('SIGKILL'); });
+  await waitFor(() => fs.existsSync(keeperSocketPath(stateDir)), 'keeper.sock');
+  const client = KeeperClient.connect(keeperSocketPath(stateDir));
+  t.teardown(() => client.close());
+  const first = client.fetchAll();
+  t.equal(first.keeper.sync, true, 'the keeper offers X_SYNC');
+  t.ok((first.keeper.noFile ?? 0) > 0, `and says its fd limit (${first.keeper.noFile})`);
+  for (const fd of first.fds.values()) native.close(fd);
+  const originalSoft = softNoFile(keeper.pid!);
+  t.teardown(() => { if (alive(keeper.pid!)) setSoftNoFile(keeper.pid!, originalSoft); });
+
+  // A shortage that passes: the limit comes back 300 ms into the client's retries.
+  setSoftNoFile(keeper.pid!, await lowestFreeFd(keeper.pid!));
+  const hard = /Max open files\s+\S+\s+(\S+)/.exec(fs.readFileSync(`/proc/${keeper.pid}/limits`, 'utf8'))![1]!;
+  const restorer = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeper.pid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
+  const files = [native.memfdCreate('a', 0), native.memfdCreate('b', 0)];
+  let refused: string[] | null = null;
+  client.onStoresRefused = (e) => { refused = e.names; };
+  const t0 = Date.now();
+  client.storeFds(['test.a', 'test.b'], files);
+  const waited = Date.now() - t0;
+  await new Promise((r) => restorer.once('exit', r));
+  t.equal(refused, null, 'the stores landed once the keeper had fds again');
+  t.ok(waited >= 250, `the client waited for them (${waited} ms)`);
+  const second = client.fetchAll();
+  t.ok(second.fds.has('test.a') && second.fds.has('test.b'), 'the keeper holds both');
+  for (const fd of second.fds.values()) native.close(fd);
+
+  // A shortage that does not pass: the owner is told which stores did not land.
+  setSoftNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
+  client.storeFds(['test.c'], [files[0]!]);
+  t.same(refused, ['test.c'], 'after the retries the refused name is reported');
+  setSoftNoFile(keeper.pid!, originalSoft);
+  for (const fd of files) native.close(fd);
+  t.ok(alive(keeper.pid!), 'the keeper is alive');
+});
+
+t.test('a worker whose fd stores the keeper refuses dies before journaling them; the lookups are replayed', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const N = 20;
+  const s = await openSession(t, 'ours', {
+    extraArgs: ['--state-dir', stateDir, '--no-standby'],
+    setup: (shared) => { for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, `f${i}`), `file ${i}\n`); },
+  });
+  await s.fuse.getattr(F.FUSE_ROOT_ID);
+  const keeperPid = queryStatus(stateDir).keeper.pid;
+  const firstWorker = queryStatus(stateDir).worker.pid!;
+  const originalSoft = softNoFile(keeperPid);
+  t.teardown(() => { if (alive(keeperPid)) setSoftNoFile(keeperPid, originalSoft); });
+  // The keeper cannot take one more fd: every LOOKUP's inode fd would be lost.
+  setSoftNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 2);
+  const lookups = Array.from({ length: N }, (_, i) => s.fuse.lookup(F.FUSE_ROOT_ID, `f${i}`, { timeoutMs: 60_000 }));
+  // The worker retries, then dies unjournaled; successors replay and die again while it lasts.
+  await waitFor(() => { const p = queryStatus(stateDir).worker.pid; return p !== null && p !== firstWorker; }, 'the worker replaced', 20_000, 50);
+  setSoftNoFile(keeperPid, originalSoft);
+  const entries = await Promise.all(lookups);
+  t.equal(entries.length, N, 'every LOOKUP is answered after the shortage (no error)');
+  t.ok(s.backend.log().includes('the keeper refused fds'), 'the worker said why it died');
+  // The proof: after one more kill, every nodeid still has its fd in the keeper.
+  const pid = queryStatus(stateDir).worker.pid!;
+  process.kill(pid, 'SIGKILL');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== null && q.worker.pid !== pid && q.worker.state === 'running'; }, 'the next worker', 20_000);
+  for (let i = 0; i < N; i++) {
+    const o = await s.fuse.open(entries[i]!.nodeid, F.O.RDONLY);
+    t.equal((await s.fuse.read(entries[i]!.nodeid, o.fh, 0, 100)).toString(), `file ${i}\n`, `f${i} reads through its nodeid`);
+    await s.fuse.release(entries[i]!.nodeid, o.fh);
+  }
 });

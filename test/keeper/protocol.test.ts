@@ -24,16 +24,19 @@ t.test('every message to the keeper round-trips', async (t) => {
     { type: 'fetch' }, { type: 'fetchNext' }, { type: 'controlReply', seq: 42, data: Buffer.from([1, 2, 255]) },
     { type: 'notify', ready: true, stopping: false, status: 'serving' }, { type: 'notify', ready: false, stopping: true, status: null },
     { type: 'served' }, { type: 'progress' }, { type: 'stats', stats: { q: [1, 2] } }, { type: 'setError', error: 'bad state' },
-    { type: 'setError', error: null }, { type: 'standby' }, { type: 'statusQuery' },
+    { type: 'setError', error: null }, { type: 'standby' }, { type: 'statusQuery' }, { type: 'sync', seq: 12 },
   ];
   for (const m of msgs) t.same(parseToKeeper(encodeToKeeper(m), FDS[m.type] ?? 0), m, m.type);
 });
 
 t.test('every message from the keeper round-trips', async (t) => {
   const msgs: FromKeeper[] = [
-    { type: 'fdSet', names: ['root', 'vhost.conn'], more: true, ctlSeq: 9 }, { type: 'takeover' }, { type: 'status', status: STATUS },
+    { type: 'fdSet', names: ['root', 'vhost.conn'], more: true, ctlSeq: 9, keeper: { noFile: 20000, sync: true } },
+    { type: 'fdSet', names: [], more: false, ctlSeq: 0, keeper: { noFile: null, sync: false } },
+    { type: 'takeover' }, { type: 'status', status: STATUS },
+    { type: 'synced', seq: 3, refused: [] }, { type: 'synced', seq: 4, refused: ['inode.5', 'file.2'] }, { type: 'synced', seq: 5, refused: 'all' },
   ];
-  for (const m of msgs) t.same(parseFromKeeper(encodeFromKeeper(m), FDS[m.type] ?? 0), m, m.type);
+  for (const m of msgs) t.same(parseFromKeeper(encodeFromKeeper(m), m.type === 'fdSet' ? m.names.length : 0), m, m.type);
 });
 
 t.test('malformed and ambiguous messages are refused', async (t) => {
@@ -54,6 +57,7 @@ t.test('malformed and ambiguous messages are refused', async (t) => {
     ['READY=1\nREADY=1\n', 0, /assigned twice/],
     ['READY=yes\n', 0, /want 1/],
     ['X_TAKEOVER=1\n', 0, /no known message type/],
+    ['X_SYNC=x\n', 0, /malformed X_SYNC/],
     ['STATUS=x\n', 3, /3 fds attached to a notify/],
   ];
   for (const [text, fds, re] of bad) {
@@ -64,8 +68,17 @@ t.test('malformed and ambiguous messages are refused', async (t) => {
     ['{"keeper":1}', 0, /lacks keeper/], ['{', 0, /not JSON/], [JSON.stringify(STATUS), 1, /fds attached/],
     ['FDSET=1\nFDNAME=a\nMORE=2\nCTLSEQ=0\n', 1, /malformed FDSET/], ['FDSET=1\nFDNAME=a\nMORE=0\nCTLSEQ=-1\n', 1, /malformed FDSET/],
     ['X_TAKEOVER=1\n', 1, /fds attached/], ['READY=1\n', 0, /no known message type/],
+    ['FDSET=1\nFDNAME=\nMORE=0\nNOFILE=-3\n', 0, /malformed FDSET/], ['X_SYNCED=0\nREFUSED=\n', 0, /malformed X_SYNCED/],
+    ['X_SYNCED=1\nREFUSED=a/b\n', 0, /invalid fd name/],
   ];
   for (const [text, fds, re] of badFrom) t.throws(() => parseFromKeeper(Buffer.from(text), fds), re, JSON.stringify(text));
+});
+
+t.test('an older keeper\'s FDSET (no NOFILE, no FEATURES) means no capabilities; unknown features are ignored', async (t) => {
+  const m = parseFromKeeper(Buffer.from('FDSET=1\nFDNAME=\nMORE=0\nCTLSEQ=0\n'), 0);
+  t.same(m.type === 'fdSet' && m.keeper, { noFile: null, sync: false });
+  const n = parseFromKeeper(Buffer.from('FDSET=1\nFDNAME=\nMORE=0\nCTLSEQ=0\nFEATURES=later,sync\n'), 0);
+  t.same(n.type === 'fdSet' && n.keeper, { noFile: null, sync: true });
 });
 
 t.test('unknown keys beside a known message are ignored (a newer worker, an older keeper)', async (t) => {
@@ -77,7 +90,8 @@ t.test('fuzz: random and mutated messages only ever raise KeeperProtocolError', 
   const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
   const seeds = [
     encodeToKeeper({ type: 'store', names: ['inode.2'] }), encodeToKeeper({ type: 'controlReply', seq: 3, data: Buffer.from('ab') }),
-    encodeToKeeper({ type: 'notify', ready: true, stopping: false, status: 's' }), encodeFromKeeper({ type: 'fdSet', names: ['a'], more: false, ctlSeq: 1 }),
+    encodeToKeeper({ type: 'notify', ready: true, stopping: false, status: 's' }), encodeFromKeeper({ type: 'fdSet', names: ['a'], more: false, ctlSeq: 1, keeper: { noFile: 1024, sync: true } }),
+    encodeFromKeeper({ type: 'synced', seq: 1, refused: ['a', 'b'] }), encodeToKeeper({ type: 'sync', seq: 7 }),
     encodeFromKeeper({ type: 'status', status: STATUS }),
   ];
   let other = 0;

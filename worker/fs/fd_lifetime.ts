@@ -26,6 +26,17 @@ export class FdLifetime {
 
   constructor(private readonly registry: FdRegistry, private readonly log: Logger) {}
 
+  /** Whether `n` more registered fds fit the budget (FdRegistry.setCapacity). */
+  hasRoom(n = 1): boolean {
+    return this.registry.hasRoom(n);
+  }
+
+  /** EMFILE unless `n` more registered fds fit the budget: checked before a syscall that would
+   * create something needing them, so a refused request changed nothing. */
+  ensureRoom(n = 1): void {
+    if (!this.registry.hasRoom(n)) throw new FsError(K.EMFILE, `fd budget of the worker and keeper used up (${this.registry.size} held)`);
+  }
+
   /** The fd registered as `name` (EBADF when there is none). */
   get(name: string): number {
     const fd = this.registry.get(name);

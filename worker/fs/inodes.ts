@@ -110,11 +110,23 @@ export class Inodes {
    * the name probably resolves to an inode we already hold (a cached lookup, or a readdir
    * entry whose d_ino is in the table), so try one fstatat first. */
   lookupChild(dirFd: number, name: Buffer, knownHint = false): Entry {
-    if (knownHint) {
+    // Out of fds, an inode we hold is still found without a new one.
+    const room = this.fds.hasRoom();
+    if (knownHint || !room) {
       const known = this.lookupKnown(dirFd, name);
       if (known !== null) return known;
     }
-    const fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+    if (!room) this.fds.ensureRoom();
+    let fd: number;
+    try {
+      fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+    } catch (e) {
+      const errno = (e as { errno?: number }).errno;
+      if (errno !== K.EMFILE && errno !== K.ENFILE) throw e;
+      const known = this.lookupKnown(dirFd, name);
+      if (known !== null) return known;
+      throw e;
+    }
     return this.adopt(fd);
   }
 
