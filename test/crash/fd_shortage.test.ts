@@ -205,3 +205,39 @@ t.test('a worker whose fd stores the keeper refuses dies before journaling them;
     await s.fuse.release(entries[i]!.nodeid, o.fh);
   }
 });
+
+t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it, and everything else keeps working', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const N = 600;
+  const s = await openSession(t, 'ours', {
+    extraArgs: ['--state-dir', stateDir, '--no-standby'],
+    setup: (shared) => { for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, `f${i}`), `${i}`); },
+  });
+  await s.fuse.getattr(F.FUSE_ROOT_ID);
+  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
+  // A host with a hard limit of 640 fds: the keeper now, and through it the next worker.
+  const r = spawnSync('prlimit', ['--pid', String(keeperPid), '--nofile=640:640'], { encoding: 'utf8' });
+  t.equal(r.status, 0, `prlimit ${r.stderr}`);
+  process.kill(firstWorker!, 'SIGKILL');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a worker under the 640-fd limit', 20_000);
+  const results = [];
+  for (let i = 0; i < N; i++) {
+    results.push(await s.fuse.lookup(F.FUSE_ROOT_ID, `f${i}`).then((e) => e, (e: unknown) => e));
+  }
+  const ok = results.filter((x): x is F.EntryOut => !(x instanceof Error));
+  const failed = results.filter((x) => x instanceof Error) as Array<{ errno?: number }>;
+  t.ok(ok.length > 300 && ok.length < N, `${ok.length} lookups got an inode, ${failed.length} did not`);
+  t.ok(failed.every((e) => e.errno === F.Errno.EMFILE), 'those past the limit got EMFILE, nothing else');
+  t.equal((await s.fuse.getattr(ok[0]!.nodeid)).attr.size, 1n, 'held inodes keep working');
+  t.equal((await s.fuse.lookup(F.FUSE_ROOT_ID, 'f0')).nodeid, ok[0]!.nodeid, 'a lookup of a held inode works at the limit');
+  t.ok(alive(keeperPid), 'the keeper is alive');
+  // The guest drops its caches: every inode is forgotten, and the whole tree is reachable.
+  await s.fuse.batchForget(ok.map((e) => ({ nodeid: e.nodeid, nlookup: 1 })).concat([{ nodeid: ok[0]!.nodeid, nlookup: 1 }]));
+  for (let i = 0; i < N; i += 100) {
+    const batch = await Promise.all(Array.from({ length: 100 }, (_, k) => s.fuse.lookup(F.FUSE_ROOT_ID, `f${i + k}`)));
+    for (const e of batch) await s.fuse.forget(e.nodeid, 1);
+  }
+  t.pass(`after the forgets all ${N} names were looked up again (100 at a time)`);
+  t.equal(queryStatus(stateDir).worker.restarts, 1, 'no worker died on the way');
+});
