@@ -216,11 +216,11 @@ t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it
   });
   await s.fuse.getattr(F.FUSE_ROOT_ID);
   const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
-  // A host with a hard limit of 640 fds: the keeper now, and through it the next worker.
-  const r = spawnSync('prlimit', ['--pid', String(keeperPid), '--nofile=640:640'], { encoding: 'utf8' });
+  // A host with a hard limit of 768 fds: the keeper now, and through it the next worker.
+  const r = spawnSync('prlimit', ['--pid', String(keeperPid), '--nofile=768:768'], { encoding: 'utf8' });
   t.equal(r.status, 0, `prlimit ${r.stderr}`);
   process.kill(firstWorker!, 'SIGKILL');
-  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a worker under the 640-fd limit', 20_000);
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a worker under the 768-fd limit', 20_000);
   const results = [];
   for (let i = 0; i < N; i++) {
     results.push(await s.fuse.lookup(F.FUSE_ROOT_ID, `f${i}`).then((e) => e, (e: unknown) => e));

@@ -16,6 +16,10 @@ import type { FdRegistry } from '../../shared/fd_registry';
 import { FsError } from './filesystem';
 import * as K from './host_constants';
 
+/** Budget kept for open files and dirs: a guest that holds as many inodes as it can still
+ * opens the ones it holds and lists directories. */
+const HANDLE_RESERVE = 64;
+
 /** The fd names the session hands out (session.ts inodeFdName, fileFdName, dirFdName). */
 const SESSION_FD_NAME = /^(inode|file|dir)\.\d+$/;
 
@@ -26,15 +30,18 @@ export class FdLifetime {
 
   constructor(private readonly registry: FdRegistry, private readonly log: Logger) {}
 
-  /** Whether `n` more registered fds fit the budget (FdRegistry.setCapacity). */
-  hasRoom(n = 1): boolean {
-    return this.registry.hasRoom(n);
+  /** Whether one more inode fd fits the budget (FdRegistry.setCapacity), keeping
+   * HANDLE_RESERVE for open files and dirs. */
+  hasInodeRoom(): boolean {
+    return this.registry.hasRoom(1 + HANDLE_RESERVE);
   }
 
-  /** EMFILE unless `n` more registered fds fit the budget: checked before a syscall that would
-   * create something needing them, so a refused request changed nothing. */
-  ensureRoom(n = 1): void {
-    if (!this.registry.hasRoom(n)) throw new FsError(K.EMFILE, `fd budget of the worker and keeper used up (${this.registry.size} held)`);
+  /** EMFILE unless `inodes` more inode fds (keeping HANDLE_RESERVE) and `handles` more file or
+   * dir fds fit the budget: checked before a syscall that would create something needing them,
+   * so a refused request changed nothing. */
+  ensureRoom(inodes: number, handles: number): void {
+    const need = handles + (inodes > 0 ? inodes + HANDLE_RESERVE : 0);
+    if (!this.registry.hasRoom(need)) throw new FsError(K.EMFILE, `fd budget of the worker and keeper used up (${this.registry.size} held)`);
   }
 
   /** The fd registered as `name` (EBADF when there is none). */

@@ -111,12 +111,12 @@ export class Inodes {
    * entry whose d_ino is in the table), so try one fstatat first. */
   lookupChild(dirFd: number, name: Buffer, knownHint = false): Entry {
     // Out of fds, an inode we hold is still found without a new one.
-    const room = this.fds.hasRoom();
+    const room = this.fds.hasInodeRoom();
     if (knownHint || !room) {
       const known = this.lookupKnown(dirFd, name);
       if (known !== null) return known;
     }
-    if (!room) this.fds.ensureRoom();
+    if (!room) this.fds.ensureRoom(1, 0);
     let fd: number;
     try {
       fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);

@@ -285,7 +285,7 @@ export class PassthroughFs implements FileSystem {
   symlink(ctx: Context, parent: NodeId, name: Buffer, target: Buffer): Entry {
     checkComponent(name, false);
     const dirFd = this.dirFd(parent);
-    this.fds.ensureRoom();
+    this.fds.ensureRoom(1, 0);
     this.creds.runAs(ctx, null, () => native.symlinkat(target, dirFd, name));
     return this.inodes.lookupChild(dirFd, name);
   }
@@ -294,7 +294,7 @@ export class PassthroughFs implements FileSystem {
     checkComponent(name, false);
     const dirFd = this.dirFd(parent);
     const type = mode & K.S_IFMT;
-    this.fds.ensureRoom();
+    this.fds.ensureRoom(1, 0);
     this.creds.runAs(ctx, umask, () => native.mknodat(dirFd, name, (type === 0 ? K.S_IFREG : type) | (mode & 0o7777), rdev));
     return this.inodes.lookupChild(dirFd, name);
   }
@@ -302,7 +302,7 @@ export class PassthroughFs implements FileSystem {
   mkdir(ctx: Context, parent: NodeId, name: Buffer, mode: number, umask: number): Entry {
     checkComponent(name, false);
     const dirFd = this.dirFd(parent);
-    this.fds.ensureRoom();
+    this.fds.ensureRoom(1, 0);
     this.creds.runAs(ctx, umask, () => native.mkdirat(dirFd, name, mode & 0o7777));
     return this.inodes.lookupChild(dirFd, name);
   }
@@ -332,7 +332,7 @@ export class PassthroughFs implements FileSystem {
     if (rec.fileType === K.S_IFDIR) throw new FsError(K.EPERM, 'hard link to a directory');
     const dirFd = this.dirFd(newParent);
     const inodeFd = this.fds.get(rec.fdName);
-    this.fds.ensureRoom();
+    this.fds.ensureRoom(1, 0);
     // As virtiofsd: the magic link leads to exactly our inode (a symlink itself, not its target)
     // and needs no CAP_DAC_READ_SEARCH, unlike AT_EMPTY_PATH.
     this.creds.runAs(ctx, null, () => native.linkat(K.AT_FDCWD, procPath(inodeFd), dirFd, newName, K.AT_SYMLINK_FOLLOW));
@@ -345,7 +345,7 @@ export class PassthroughFs implements FileSystem {
   open(ctx: Context, nodeid: NodeId, flags: number): OpenReply {
     const rec = inodeRecord(this.session, nodeid);
     const f = this.openFlags(flags);
-    this.fds.ensureRoom();
+    this.fds.ensureRoom(0, 1);
     const fd = this.inodes.reopen(rec, f);
     return this.addFile(nodeid, fd, f);
   }
@@ -359,7 +359,7 @@ export class PassthroughFs implements FileSystem {
     const dirFd = this.dirFd(parent);
     const f = this.openFlags(flags);
     // Its inode and its open file.
-    this.fds.ensureRoom(2);
+    this.fds.ensureRoom(1, 1);
     let fd: number;
     try {
       fd = this.creds.runAs(ctx, umask, () => native.openat2(dirFd, name, f | K.O_CREAT | K.O_EXCL | K.O_NOFOLLOW | K.O_CLOEXEC,
@@ -392,7 +392,7 @@ export class PassthroughFs implements FileSystem {
     const dirFd = this.dirFd(parent);
     let f = this.openFlags(flags) & ~K.O_TRUNC;
     if ((f & K.O_ACCMODE) === K.O_RDONLY) f |= K.O_RDWR;
-    this.fds.ensureRoom(2);
+    this.fds.ensureRoom(1, 1);
     const fd = this.creds.runAs(ctx, umask, () => native.openat2(dirFd, '.', f | K.O_TMPFILE | K.O_CLOEXEC, mode & 0o7777,
       K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS));
     return this.adoptOpened(fd, f);
@@ -476,7 +476,7 @@ export class PassthroughFs implements FileSystem {
 
   opendir(ctx: Context, nodeid: NodeId, flags: number): OpenReply {
     const rec = dirInodeRecord(this.session, nodeid);
-    this.fds.ensureRoom();
+    this.fds.ensureRoom(0, 1);
     const fd = this.inodes.reopen(rec, K.O_RDONLY | K.O_DIRECTORY);
     const dir = this.fds.registerThenRecord(dirFdName(this.session.nextFh), fd, () => this.session.openDir(nodeid));
     this.dirs.opened(dir.fh);
