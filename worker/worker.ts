@@ -23,6 +23,7 @@ import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
 import { crashPoint } from '../shared/crash_points';
 import { faultPoint } from '../shared/fault_points';
+import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 
 
@@ -35,6 +36,7 @@ export class Worker {
   private readonly registry = new FdRegistry();
   private store!: StateStore;
   private listenPoller: Poller | null = null;
+  private readonly acceptErrors = new LogRateLimiter();
   private backend: VhostUserBackend | null = null;
   private fsImpl: PassthroughFs | null = null;
   private server: FuseServer | null = null;
@@ -191,7 +193,12 @@ export class Worker {
     try {
       fd = native.accept(this.registry.get('vhost.listen')!);
     } catch (e) {
-      this.log.error({ err: errorInfo(e) }, 'accept failed');
+      // At EMFILE the pending connection would wake the poller at once, for ever: pause it.
+      const dropped = this.acceptErrors.admit();
+      if (dropped !== null) this.log.error({ err: errorInfo(e), dropped }, 'accept of the frontend failed; retrying');
+      this.listenPoller?.stop();
+      const retry = setTimeout(() => this.listenPoller?.start(POLL_READABLE), ACCEPT_RETRY_MS);
+      retry.unref();
       return;
     }
     if (fd < 0) return;
@@ -334,6 +341,9 @@ function collectStartupGarbage(log: Logger): void {
     log.debug({ err: errorInfo(e) }, 'cannot collect garbage before standing by');
   }
 }
+
+/** A failed accept() of the frontend (EMFILE...) is tried again after this long. */
+const ACCEPT_RETRY_MS = 100;
 
 /** fds left to the worker and the keeper beyond the registered ones: their own sockets, the
  * journal, Node.js internals, short-lived fds (xattrs, syncfs, compaction), keeper.sock peers. */

@@ -168,7 +168,19 @@ t.test('fd stores are acknowledged: refused while the keeper is out of fds, sent
   setSoftNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
   client.storeFds(['test.c'], [files[0]!]);
   t.same(refused, ['test.c'], 'after the retries the refused name is reported');
+
+  // A limit cut just before a store: the keeper refuses it, the client sends it again until
+  // the limit is back 300 ms later.
   setSoftNoFile(keeper.pid!, originalSoft);
+  refused = null;
+  setSoftNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
+  const restorer2 = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeper.pid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
+  client.storeFds(['test.d'], [files[1]!]);
+  await new Promise((r) => restorer2.once('exit', r));
+  t.equal(refused, null, 'nothing was given up');
+  const third = client.fetchAll();
+  t.ok(third.fds.has('test.d'), 'a store made just after a limit cut is held once the limit is back');
+  for (const fd of third.fds.values()) native.close(fd);
   for (const fd of files) native.close(fd);
   t.ok(alive(keeper.pid!), 'the keeper is alive');
 });
@@ -189,14 +201,14 @@ t.test('a worker whose fd stores the keeper refuses dies before journaling them;
   // The keeper cannot take one more fd: every LOOKUP's inode fd would be lost.
   setSoftNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 2);
   const lookups = Array.from({ length: N }, (_, i) => s.fuse.lookup(F.FUSE_ROOT_ID, `f${i}`, { timeoutMs: 60_000 }));
-  // The worker retries, then dies unjournaled; successors replay and die again while it lasts.
-  await waitFor(() => { const p = queryStatus(stateDir).worker.pid; return p !== null && p !== firstWorker; }, 'the worker replaced', 20_000, 50);
+  // The worker retries, then dies unjournaled (the keeper cannot even spawn a successor now).
+  await waitFor(() => !alive(firstWorker), 'the worker dead before it journaled what the keeper lacks', 20_000, 50);
   setSoftNoFile(keeperPid, originalSoft);
   const entries = await Promise.all(lookups);
   t.equal(entries.length, N, 'every LOOKUP is answered after the shortage (no error)');
   t.ok(s.backend.log().includes('the keeper refused fds'), 'the worker said why it died');
   // The proof: after one more kill, every nodeid still has its fd in the keeper.
-  const pid = queryStatus(stateDir).worker.pid!;
+  const pid = (await waitFor(() => { const q = queryStatus(stateDir); return q.worker.state === 'running' ? q.worker.pid : null; }, 'a worker serving', 20_000))!;
   process.kill(pid, 'SIGKILL');
   await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== null && q.worker.pid !== pid && q.worker.state === 'running'; }, 'the next worker', 20_000);
   for (let i = 0; i < N; i++) {

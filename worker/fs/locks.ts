@@ -10,6 +10,7 @@
 //   the lock, its INTERRUPT arrives, its fh is released or the session ends (EINTR).
 import type { Logger } from '../../shared/log';
 import { native } from '../../shared/native';
+import { errorInfo } from '../../shared/errors';
 import { FsError, type Handle, type LockRange, type NodeId } from './filesystem';
 import type { FdLifetime } from './fd_lifetime';
 import { LockWaiter } from './lock_waiter';
@@ -86,21 +87,28 @@ export class Locks {
     if (lock.type !== K.F_WRLCK) this.waits.wake(nodeid);
   }
 
-  /** RELEASE of the fh: ends its parked waits and forgets its locks (closing its open file
-   * description drops them), and for FUSE_RELEASE_FLOCK_UNLOCK unlocks its flock first. */
-  release(nodeid: NodeId, fh: Handle, fdName: string, releaseFlags: number): void {
+  /** RELEASE of the fh: ends its parked waits, and unlocks every OFD and flock lock of its open
+   * file description before the reply. Closing our fd is not enough: until the keeper has
+   * dropped its copy of the same open file description, the locks would live on and block
+   * another opener for a moment after the guest's close() returned. Each fh has its own open
+   * file description, so this touches no other fh's locks; done again on a replay, it changes
+   * nothing. */
+  release(nodeid: NodeId, fh: Handle, fdName: string): void {
     const ended = this.waits.cancelFh(nodeid, fh);
     if (ended > 0) this.log.debug({ nodeid, fh, ended }, 'parked lock waits ended by RELEASE');
     this.dropLocks(nodeid, fh);
-    // Closing the open file description drops its OFD and flock locks.
-    this.waits.wake(nodeid);
-    if (releaseFlags & K.FUSE_RELEASE_FLOCK_UNLOCK) {
-      try {
-        native.flock(this.fds.get(fdName), K.LOCK_UN);
-      } catch (e) {
-        this.log.debug({ err: e, fh }, 'flock(LOCK_UN) at release failed');
-      }
+    const fd = this.fds.get(fdName);
+    try {
+      native.fcntlLock(fd, K.F_OFD_SETLK, K.F_UNLCK, K.SEEK_SET, 0, 0);
+    } catch (e) {
+      this.log.warn({ err: errorInfo(e), fh }, 'unlocking the OFD locks at release failed');
     }
+    try {
+      native.flock(fd, K.LOCK_UN);
+    } catch (e) {
+      this.log.warn({ err: errorInfo(e), fh }, 'flock(LOCK_UN) at release failed');
+    }
+    this.waits.wake(nodeid);
   }
 
   /** DESTROY: ends every parked wait (before the fds go: a parked wait holds its fh's fd busy). */

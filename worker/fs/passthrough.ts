@@ -437,7 +437,8 @@ export class PassthroughFs implements FileSystem {
 
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void {
     const rec = fileRecord(this.session, nodeid, fh);
-    this.locks.release(nodeid, fh, rec.fdName, releaseFlags);
+    // Every lock of the fh goes, whatever releaseFlags says (FUSE_RELEASE_FLOCK_UNLOCK included).
+    this.locks.release(nodeid, fh, rec.fdName);
     this.session.closeFile(fh);
     this.fds.close(rec.fdName);
   }
