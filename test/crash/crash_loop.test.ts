@@ -6,8 +6,9 @@ import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { openSession, waitFor, type Session } from '../frontend/helpers';
+import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
+import { withEnv } from '../helpers/env';
 import * as F from '../frontend/fuse_proto';
 
 const ROOT = F.FUSE_ROOT_ID;
@@ -18,21 +19,10 @@ function shortStateDir(t: Test): string {
   return d;
 }
 
-/** openSession with crash-point variables in the backend's environment (it inherits ours). */
-async function withCrashEnv(env: Record<string, string>, fn: () => Promise<Session>): Promise<Session> {
-  const old: Record<string, string | undefined> = {};
-  for (const [k, v] of Object.entries(env)) { old[k] = process.env[k]; process.env[k] = v; }
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(old)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
-  }
-}
-
 t.test('a request whose buffers kill every worker is counted before it is read, then dropped', async (t) => {
   const stateDir = shortStateDir(t);
   // Every worker dies when it touches a resubmitted request (as a faulting guest buffer does).
-  const s = await withCrashEnv({ VFSK_CRASH_POINT: 'resubmit-before-read' },
+  const s = await withEnv({ VFSK_CRASH_POINT: 'resubmit-before-read' },
     () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], setup: (d) => fs.writeFileSync(path.join(d, 'k'), 'K') }));
   const e = await s.fuse.lookup(ROOT, 'k');
   const a = await s.fuse.open(e.nodeid, F.O.RDWR);
@@ -53,7 +43,7 @@ t.test('a request whose buffers kill every worker is counted before it is read, 
 
 t.test('workers that die right after READY without serving are backed off', async (t) => {
   const stateDir = shortStateDir(t);
-  const s = await withCrashEnv({ VFSK_CRASH_POINT: 'resume-after-ready' },
+  const s = await withEnv({ VFSK_CRASH_POINT: 'resume-after-ready' },
     () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir] }));
   await s.fuse.getattr(ROOT);
   // From this kill on, every successor dies right after READY, before it can serve.

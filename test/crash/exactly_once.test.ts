@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { openSession, waitFor, type Session } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
+import { withEnv } from '../helpers/env';
 import * as F from '../frontend/fuse_proto';
 import { FuseError } from '../frontend/fuse_client';
 
@@ -153,12 +154,6 @@ const idempotent: Case[] = [
     } },
 ];
 
-function withCrashEnv<T>(env: Record<string, string>, fn: () => Promise<T>): Promise<T> {
-  const old: Record<string, string | undefined> = {};
-  for (const [k, v] of Object.entries(env)) { old[k] = process.env[k]; process.env[k] = v; }
-  return fn().finally(() => { for (const [k, v] of Object.entries(old)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; } });
-}
-
 for (const c of [...nonIdempotent, ...idempotent]) {
   t.test(c.name, async (t) => {
     for (const point of POINTS) {
@@ -166,7 +161,7 @@ for (const c of [...nonIdempotent, ...idempotent]) {
         const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
         t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
         const marker = path.join(stateDir, 'crashed');
-        const s = await withCrashEnv({ VFSK_CRASH_POINT: point, VFSK_CRASH_OPCODE: String(OP[c.name]), VFSK_CRASH_MARKER: marker },
+        const s = await withEnv({ VFSK_CRASH_POINT: point, VFSK_CRASH_OPCODE: String(OP[c.name]), VFSK_CRASH_MARKER: marker },
           () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], ...(c.setup ? { setup: c.setup } : {}) }));
         let r: unknown;
         try {
@@ -187,7 +182,7 @@ for (const c of [...nonIdempotent, ...idempotent]) {
 t.test('poison: a request that kills every worker gets EIO after 3 deaths', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
-  const s = await withCrashEnv({ VFSK_CRASH_POINT: 'op-after-intent', VFSK_CRASH_OPCODE: String(OP.MKDIR) },
+  const s = await withEnv({ VFSK_CRASH_POINT: 'op-after-intent', VFSK_CRASH_OPCODE: String(OP.MKDIR) },
     () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir] }));
   const err = await s.fuse.mkdir(ROOT, 'poison', 0o755, 0, { timeoutMs: 30_000 }).then(() => 0, (e: FuseError) => e.errno);
   t.equal(err, 5, 'EIO');

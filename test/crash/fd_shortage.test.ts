@@ -7,6 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { native } from '../../shared/native';
+import { alive, noFileLimits, setNoFile, settledLowestFreeFd as lowestFreeFd } from '../helpers/rlimit';
 import { keeperSocketPath } from '../../shared/config';
 import { encodeToKeeper, parseFromKeeper, MAX_MESSAGE_SIZE } from '../../shared/keeper_protocol';
 import { KeeperClient } from '../../shared/keeper_client';
@@ -14,41 +15,12 @@ import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 
-/** The lowest fd number `pid` does not use (over a few samples: the keeper opens metrics.prom
- * now and then for a moment). RLIMIT_NOFILE bounds fd numbers, so with the soft limit there no
- * new fd can be made until one below it is closed. */
-async function lowestFreeFd(pid: number): Promise<number> {
-  let min = Infinity;
-  for (let i = 0; i < 10; i++) {
-    const used = new Set(fs.readdirSync(`/proc/${pid}/fd`).map(Number));
-    let n = 0;
-    while (used.has(n)) n++;
-    min = Math.min(min, n);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return min;
-}
-
-/** Sets the soft RLIMIT_NOFILE of `pid` (the hard limit stays). */
-function setSoftNoFile(pid: number, soft: number | 'hard'): void {
-  const hard = /Max open files\s+\S+\s+(\S+)/.exec(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'))![1]!;
-  const r = spawnSync('prlimit', ['--pid', String(pid), `--nofile=${soft === 'hard' ? hard : soft}:${hard}`], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`prlimit failed: ${r.stderr}`);
-}
-
-function softNoFile(pid: number): number {
-  return Number(/Max open files\s+(\S+)/.exec(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'))![1]);
-}
-
 /** User + system CPU time of `pid` in seconds. */
 function cpuSeconds(pid: number): number {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
-}
 
 t.test('a worker killed while the keeper is out of fds is replaced once fds are back', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
@@ -63,12 +35,12 @@ t.test('a worker killed while the keeper is out of fds is replaced once fds are 
   const before = queryStatus(stateDir);
   const keeperPid = before.keeper.pid;
   const workerPid = before.worker.pid!;
-  const originalSoft = softNoFile(keeperPid);
-  t.teardown(() => { if (alive(keeperPid)) setSoftNoFile(keeperPid, originalSoft); });
+  const originalSoft = noFileLimits(keeperPid).soft;
+  t.teardown(() => { if (alive(keeperPid)) setNoFile(keeperPid, originalSoft); });
 
   // Below what the keeper holds even after the dead worker's connection closes: it cannot
   // spawn (a process start needs pipes) until the limit is back.
-  setSoftNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 4);
+  setNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 4);
   process.kill(workerPid, 'SIGKILL');
   await waitFor(() => !alive(workerPid) || /^Z/.test(fs.readFileSync(`/proc/${workerPid}/stat`, 'utf8').replace(/^.*\) /, '')), 'the worker dead');
   const cpu0 = cpuSeconds(keeperPid);
@@ -79,7 +51,7 @@ t.test('a worker killed while the keeper is out of fds is replaced once fds are 
   t.ok(alive(keeperPid), 'the keeper survived the shortage');
   t.ok(cpu < 0.5, `the keeper did not spin while it could not spawn (${cpu.toFixed(2)} s CPU in 2 s)`);
 
-  setSoftNoFile(keeperPid, originalSoft);
+  setNoFile(keeperPid, originalSoft);
   const after = (await waitFor(() => {
     const q = queryStatus(stateDir);
     return q.worker.pid !== null && q.worker.pid !== workerPid && q.worker.state === 'running' && q.vhost.connected ? q : null;
@@ -97,10 +69,10 @@ t.test('keeper.sock at EMFILE: one connection gets through on the reserve fd, th
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const s = await openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir] });
   const keeperPid = queryStatus(stateDir).keeper.pid;
-  const originalSoft = softNoFile(keeperPid);
-  t.teardown(() => { if (alive(keeperPid)) setSoftNoFile(keeperPid, originalSoft); });
+  const originalSoft = noFileLimits(keeperPid).soft;
+  t.teardown(() => { if (alive(keeperPid)) setNoFile(keeperPid, originalSoft); });
   // Exactly what it holds: one more fd only by giving up its reserve.
-  setSoftNoFile(keeperPid, await lowestFreeFd(keeperPid));
+  setNoFile(keeperPid, await lowestFreeFd(keeperPid));
   // The first connection stays open (it holds the keeper's last fd); non-blocking, polled.
   const fd = native.unixConnect(keeperSocketPath(stateDir), 'seqpacket');
   t.teardown(() => native.close(fd));
@@ -121,7 +93,7 @@ t.test('keeper.sock at EMFILE: one connection gets through on the reserve fd, th
   const cpu = cpuSeconds(keeperPid) - cpu0;
   t.ok(cpu < 0.5, `no busy loop on the listening socket (${cpu.toFixed(2)} s CPU in 1.5 s)`);
   t.equal(second.exitCode, null, 'the second query is still waiting');
-  setSoftNoFile(keeperPid, originalSoft);
+  setNoFile(keeperPid, originalSoft);
   t.equal(await exited, 0, 'and is answered once fds are back');
   t.ok(alive(keeperPid), 'the keeper is alive');
   t.equal((await s.fuse.getattr(F.FUSE_ROOT_ID)).attr.mode & 0o170000, 0o040000, 'the session still serves');
@@ -144,11 +116,11 @@ t.test('fd stores are acknowledged: refused while the keeper is out of fds, sent
   t.equal(first.keeper.sync, true, 'the keeper offers X_SYNC');
   t.ok((first.keeper.noFile ?? 0) > 0, `and says its fd limit (${first.keeper.noFile})`);
   for (const fd of first.fds.values()) native.close(fd);
-  const originalSoft = softNoFile(keeper.pid!);
-  t.teardown(() => { if (alive(keeper.pid!)) setSoftNoFile(keeper.pid!, originalSoft); });
+  const originalSoft = noFileLimits(keeper.pid!).soft;
+  t.teardown(() => { if (alive(keeper.pid!)) setNoFile(keeper.pid!, originalSoft); });
 
   // A shortage that passes: the limit comes back 300 ms into the client's retries.
-  setSoftNoFile(keeper.pid!, await lowestFreeFd(keeper.pid!));
+  setNoFile(keeper.pid!, await lowestFreeFd(keeper.pid!));
   const hard = /Max open files\s+\S+\s+(\S+)/.exec(fs.readFileSync(`/proc/${keeper.pid}/limits`, 'utf8'))![1]!;
   const restorer = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeper.pid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
   const files = [native.memfdCreate('a', 0), native.memfdCreate('b', 0)];
@@ -165,15 +137,15 @@ t.test('fd stores are acknowledged: refused while the keeper is out of fds, sent
   for (const fd of second.fds.values()) native.close(fd);
 
   // A shortage that does not pass: the owner is told which stores did not land.
-  setSoftNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
+  setNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
   client.storeFds(['test.c'], [files[0]!]);
   t.same(refused, ['test.c'], 'after the retries the refused name is reported');
 
   // A limit cut just before a store: the keeper refuses it, the client sends it again until
   // the limit is back 300 ms later.
-  setSoftNoFile(keeper.pid!, originalSoft);
+  setNoFile(keeper.pid!, originalSoft);
   refused = null;
-  setSoftNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
+  setNoFile(keeper.pid!, (await lowestFreeFd(keeper.pid!)) - 2);
   const restorer2 = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeper.pid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
   client.storeFds(['test.d'], [files[1]!]);
   await new Promise((r) => restorer2.once('exit', r));
@@ -196,14 +168,14 @@ t.test('a worker whose fd stores the keeper refuses dies before journaling them;
   await s.fuse.getattr(F.FUSE_ROOT_ID);
   const keeperPid = queryStatus(stateDir).keeper.pid;
   const firstWorker = queryStatus(stateDir).worker.pid!;
-  const originalSoft = softNoFile(keeperPid);
-  t.teardown(() => { if (alive(keeperPid)) setSoftNoFile(keeperPid, originalSoft); });
+  const originalSoft = noFileLimits(keeperPid).soft;
+  t.teardown(() => { if (alive(keeperPid)) setNoFile(keeperPid, originalSoft); });
   // The keeper cannot take one more fd: every LOOKUP's inode fd would be lost.
-  setSoftNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 2);
+  setNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 2);
   const lookups = Array.from({ length: N }, (_, i) => s.fuse.lookup(F.FUSE_ROOT_ID, `f${i}`, { timeoutMs: 60_000 }));
   // The worker retries, then dies unjournaled (the keeper cannot even spawn a successor now).
   await waitFor(() => !alive(firstWorker), 'the worker dead before it journaled what the keeper lacks', 20_000, 50);
-  setSoftNoFile(keeperPid, originalSoft);
+  setNoFile(keeperPid, originalSoft);
   const entries = await Promise.all(lookups);
   t.equal(entries.length, N, 'every LOOKUP is answered after the shortage (no error)');
   t.ok(s.backend.log().includes('the keeper refused fds'), 'the worker said why it died');

@@ -3,10 +3,11 @@
 // exits for the keeper to retry; after N failures the next one resumes and the frontend sees
 // no error at all: a request sent during the failures is answered once the resume succeeds.
 import t from 'tap';
+import { withEnv } from '../helpers/env';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { openSession, waitFor, type Session } from '../frontend/helpers';
+import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 import { FAULT_POINTS } from '../../shared/fault_points';
@@ -15,16 +16,6 @@ const FAILURES = 3;
 const ERRNO: Record<(typeof FAULT_POINTS)[number], string> = {
   'resume-fetch': 'EMFILE', 'resume-journal-open': 'ENFILE', 'resume-mmap': 'ENOMEM', 'resume-vrings': 'EAGAIN',
 };
-
-async function withEnv(env: Record<string, string>, fn: () => Promise<Session>): Promise<Session> {
-  const old: Record<string, string | undefined> = {};
-  for (const [k, v] of Object.entries(env)) { old[k] = process.env[k]; process.env[k] = v; }
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(old)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
-  }
-}
 
 for (const point of FAULT_POINTS) {
   t.test(`${FAILURES} failed resumes at ${point} (${ERRNO[point]}), then the session resumes`, async (t) => {

@@ -8,38 +8,11 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { startBackend } from './backends';
 import { startGuest, type GuestHandle } from './qemu';
 import { queryStatus } from '../../cli/status';
-
-async function waitFor<T>(cond: () => T, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = cond();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-function limits(pid: number): { soft: string; hard: string } {
-  const m = /Max open files\s+(\S+)\s+(\S+)/.exec(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'))!;
-  return { soft: m[1]!, hard: m[2]! };
-}
-
-function prlimit(pid: number, soft: number | string, hard: number | string): void {
-  const r = spawnSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:${hard}`], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`prlimit: ${r.stderr}`);
-}
-
-/** RLIMIT_NOFILE bounds fd numbers: at the lowest one `pid` does not use, it can open nothing. */
-function lowestFreeFd(pid: number): number {
-  const used = new Set(fs.readdirSync(`/proc/${pid}/fd`).map(Number));
-  let n = 0;
-  while (used.has(n)) n++;
-  return n;
-}
+import { waitFor } from '../frontend/helpers';
+import { alive, settledLowestFreeFd, noFileLimits as limits, setNoFile as prlimit } from '../helpers/rlimit';
 
 function vhostErrors(g: GuestHandle): string[] {
   return g.stderr().split('\n').filter((l) => /vhost|Unexpected end-of-file|Failed to/i.test(l));
@@ -89,10 +62,11 @@ t.test('the keeper and the worker out of fds for a few seconds, the worker kille
   // Not one more fd for the keeper (new inodes and files cannot be stored, no worker can be
   // spawned) nor for the worker (its own opens fail).
   const pid = queryStatus(stateDir).worker.pid;
-  prlimit(keeperPid, lowestFreeFd(keeperPid) - 2, original.hard);
-  if (pid !== null) prlimit(pid, lowestFreeFd(pid) - 2, limits(pid).hard);
+  prlimit(keeperPid, (await settledLowestFreeFd(keeperPid)) - 2, original.hard);
+  if (pid !== null) prlimit(pid, (await settledLowestFreeFd(pid)) - 2, limits(pid).hard);
   await new Promise((r) => setTimeout(r, 1000));
-  if (pid !== null) process.kill(pid, 'SIGKILL');
+  // It may have died already: a worker whose fd stores the keeper refuses dies on purpose.
+  if (pid !== null && alive(pid)) process.kill(pid, 'SIGKILL');
   await new Promise((r) => setTimeout(r, 2000));
   prlimit(keeperPid, original.soft, original.hard);
   await waitFor(() => { const q = queryStatus(stateDir); return q.worker.state === 'running' && q.worker.pid !== pid; }, 'a worker serving again', 60_000);
@@ -149,7 +123,7 @@ t.test('a guest holding more inodes than the fd limit allows: EMFILE past it, al
   const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
   prlimit(keeperPid, 1024, 1024);
   process.kill(firstWorker!, 'SIGKILL');
-  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== null && q.worker.pid !== firstWorker && q.worker.state === 'running'; }, 'a worker under the limit');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== null && q.worker.pid !== firstWorker && q.worker.state === 'running'; }, 'a worker under the limit', 30_000);
   const g = await startGuest({ socketPath, dir, script: BIG_TREE, timeoutMs: 600_000 });
   t.teardown(() => g.kill());
   const r = await g.wait();
