@@ -1,4 +1,5 @@
-// The fds the session's records name ("root", "inode.<nodeid>", "file.<fh>", "dir.<fh>"): they
+// The fds the session's records name ("root", "inode.<nodeid>", "file.<fh>", "dir.<fh>",
+// "plock.<id>"): they
 // live in the FdRegistry, which hands them to the keeper, so they survive a worker crash.
 //
 // Decisions:
@@ -20,8 +21,9 @@ import * as K from './host_constants';
  * opens the ones it holds and lists directories. */
 const HANDLE_RESERVE = 64;
 
-/** The fd names the session hands out (session.ts inodeFdName, fileFdName, dirFdName). */
-const SESSION_FD_NAME = /^(inode|file|dir)\.\d+$/;
+/** The fd names the session hands out (session.ts inodeFdName, fileFdName, dirFdName,
+ * lockOwnerFdName). */
+const SESSION_FD_NAME = /^(inode|file|dir|plock)\.\d+$/;
 
 export class FdLifetime {
   /** fd name → async operations in flight on it; closing such an fd is deferred. */
@@ -95,11 +97,13 @@ export class FdLifetime {
   }
 
   /** On resume: closes the registered fds named like the session's that it does not know (a
-   * worker died between registering and recording them). */
-  closeStrays(known: Set<string>): void {
-    for (const [name] of [...this.registry.entries()]) {
+   * worker died between registering and recording them). `beforeClose` sees each one first
+   * (the keeper's copy keeps its open file description alive a moment longer). */
+  closeStrays(known: Set<string>, beforeClose?: (name: string, fd: number) => void): void {
+    for (const [name, fd] of [...this.registry.entries()]) {
       if (SESSION_FD_NAME.test(name) && !known.has(name)) {
         this.log.warn({ fdName: name }, 'closing fd that the session does not know');
+        beforeClose?.(name, fd);
         this.registry.close(name);
       }
     }

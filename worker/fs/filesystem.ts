@@ -107,6 +107,9 @@ export interface FileSystem {
    * `writeFlags` FUSE_WRITE_*. */
   write(ctx: Context, nodeid: NodeId, fh: Handle, offset: number, size: number, segments: IoSegment[], writeFlags: number): number | Promise<number>;
   flush(ctx: Context, nodeid: NodeId, fh: Handle, lockOwner: bigint): void;
+  /** Whether a FLUSH with lockOwner would change session state (drop the owner's POSIX locks):
+   * such a FLUSH is journaled like any state-changing request. Absent: never. */
+  flushChangesState?(nodeid: NodeId, lockOwner: bigint): boolean;
   /** releaseFlags: FUSE_RELEASE_FLUSH / FUSE_RELEASE_FLOCK_UNLOCK */
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void;
   fsync(ctx: Context, nodeid: NodeId, fh: Handle, dataOnly: boolean): Promise<void>;

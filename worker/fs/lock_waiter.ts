@@ -34,6 +34,8 @@ export type LockAttempt = () => boolean;
 interface Waiter {
   nodeid: NodeId;
   fh: Handle;
+  /** The POSIX lock owner's id (session.ts LockOwnerRecord), null for flock. */
+  ownerId: number | null;
   attempt: LockAttempt;
   resolve: () => void;
   reject: (e: unknown) => void;
@@ -85,14 +87,14 @@ export class LockWaiter {
    * lock. Rejects with EINTR when `signal` aborts or the wait is cancelled, with the attempt's
    * error when one fails otherwise, and throws ENOLCK at once when maxWaits are parked.
    */
-  park(nodeid: NodeId, fh: Handle, attempt: LockAttempt, signal?: AbortSignal): Promise<void> {
+  park(nodeid: NodeId, fh: Handle, ownerId: number | null, attempt: LockAttempt, signal?: AbortSignal): Promise<void> {
     if (signal?.aborted) return Promise.reject(new FsError(K.EINTR, 'lock wait interrupted'));
     if (this.count >= this.maxWaits) {
       this.logRefusal();
       throw new FsError(K.ENOLCK, `${this.count} lock waits parked`);
     }
     return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { nodeid, fh, attempt, resolve, reject, signal, onAbort: null };
+      const w: Waiter = { nodeid, fh, ownerId, attempt, resolve, reject, signal, onAbort: null };
       if (signal !== undefined) {
         w.onAbort = () => this.end(w, new FsError(K.EINTR, 'lock wait interrupted'));
         signal.addEventListener('abort', w.onAbort, { once: true });
@@ -123,10 +125,20 @@ export class LockWaiter {
 
   /** Ends the waits on `fh` (its RELEASE) with EINTR. */
   cancelFh(nodeid: NodeId, fh: Handle): number {
+    return this.cancelWhere(nodeid, (w) => w.fh === fh, 'handle released while its lock wait was parked');
+  }
+
+  /** Ends the waits of a POSIX lock owner whose locks were just dropped (FLUSH, RELEASE) with
+   * EINTR: the open file description they would lock on is going away. */
+  cancelOwner(nodeid: NodeId, ownerId: number): number {
+    return this.cancelWhere(nodeid, (w) => w.ownerId === ownerId, 'lock owner ended while its lock wait was parked');
+  }
+
+  private cancelWhere(nodeid: NodeId, which: (w: Waiter) => boolean, why: string): number {
     const g = this.byInode.get(nodeid);
     if (g === undefined) return 0;
-    const ended = g.waiters.filter((w) => w.fh === fh);
-    for (const w of ended) this.end(w, new FsError(K.EINTR, 'handle released while its lock wait was parked'));
+    const ended = g.waiters.filter(which);
+    for (const w of ended) this.end(w, new FsError(K.EINTR, why));
     return ended.length;
   }
 

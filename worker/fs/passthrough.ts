@@ -8,7 +8,7 @@
 //   credentials.ts     the caller's fsuid/fsgid and the umask around a syscall
 //   io.ts              READ and WRITE, the fast paths first
 //   dir_cursor.ts      READDIR positions and buffered entries
-//   locks.ts           POSIX (OFD) and flock locks (lock_waiter.ts parks SETLKW)
+//   locks.ts           POSIX locks per lock owner, and flock locks (lock_waiter.ts parks SETLKW)
 //   xattrs.ts          extended attributes
 // All table changes go through FsSession (session.ts), which can be journaled/snapshotted.
 //
@@ -105,7 +105,6 @@ export class PassthroughFs implements FileSystem {
     this.timeout = TIMEOUTS[this.cache];
     this.xattr = opts.xattr ?? false;
     this.fds = new FdLifetime(this.registry, this.log);
-    this.locks = new Locks(this.fds, opts.maxLockWaits, this.log);
 
     try {
       const limit = native.raiseNoFileLimit(opts.noFileLimit ?? 1_000_000);
@@ -123,6 +122,7 @@ export class PassthroughFs implements FileSystem {
     const ino = st.readBigUInt64LE(STAT.ino);
 
     this.session = opts.session === undefined ? new FsSession({ dev, ino }) : opts.session;
+    this.locks = new Locks(this.session, this.fds, opts.maxLockWaits, this.log);
     this.inodes = new Inodes(this.session, this.fds, this.timeout, this.log);
     this.dirs = new DirCursors(this.session, this.inodes, this.log, opts.readdirBufferSize ?? 32 * 1024);
     this.io = new FileIo(this.session, this.fds);
@@ -169,9 +169,10 @@ export class PassthroughFs implements FileSystem {
         }
       }
     }
-    this.fds.closeStrays(names);
+    this.fds.closeStrays(names, (name, fd) => this.locks.unlockStray(name, fd));
     for (const d of s.allDirs()) this.dirs.resumed(d.fh);
-    this.log.info({ inodes: s.inodeCount, files: s.fileCount, dirs: s.dirCount }, 'filesystem session resumed');
+    this.log.info({ inodes: s.inodeCount, files: s.fileCount, dirs: s.dirCount, lockOwners: s.lockOwnerCount },
+      'filesystem session resumed');
   }
 
   // ================================================================ helpers
@@ -429,15 +430,20 @@ export class PassthroughFs implements FileSystem {
 
   flush(ctx: Context, nodeid: NodeId, fh: Handle, lockOwner: bigint): void {
     // As virtiofsd: close(dup(fd)), which is what close() would do for the file on the host
-    // (matters for filesystems with close-to-open semantics such as NFS). OFD and flock locks
-    // belong to the fh's open file description and are not affected.
+    // (matters for filesystems with close-to-open semantics such as NFS). The guest closed one
+    // of lockOwner's fds: its POSIX locks on the inode go (flock locks belong to the fh).
     const fd = this.fileFd(nodeid, fh);
     native.close(native.dup(fd));
+    this.locks.flush(nodeid, lockOwner);
+  }
+
+  flushChangesState(nodeid: NodeId, lockOwner: bigint): boolean {
+    return this.locks.hasOwner(nodeid, lockOwner);
   }
 
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void {
     const rec = fileRecord(this.session, nodeid, fh);
-    // Every lock of the fh goes, whatever releaseFlags says (FUSE_RELEASE_FLOCK_UNLOCK included).
+    // Every lock taken through the fh goes, whatever releaseFlags says (FUSE_RELEASE_FLOCK_UNLOCK included).
     this.locks.release(nodeid, fh, rec.fdName);
     this.session.closeFile(fh);
     this.fds.close(rec.fdName);
@@ -531,13 +537,21 @@ export class PassthroughFs implements FileSystem {
   // ================================================================ locks
 
   getlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange): LockRange {
-    return this.locks.getlk(nodeid, fh, this.fileFd(nodeid, fh), lock);
+    return this.locks.getlk(nodeid, owner, this.fileFd(nodeid, fh), lock);
   }
 
   setlk(ctx: Context, nodeid: NodeId, fh: Handle, owner: bigint, lock: LockRange, sleep: boolean,
     isFlock: boolean, signal?: AbortSignal): void | Promise<void> {
     const rec = fileRecord(this.session, nodeid, fh);
-    return this.locks.setlk(nodeid, fh, rec.fdName, lock, sleep, isFlock, signal);
+    if (!isFlock) {
+      // POSIX: a write lock needs an fd open for writing, a read lock one open for reading (the
+      // owner's own open file description is read-write, so this is checked on the fh).
+      const accmode = rec.flags & K.O_ACCMODE;
+      if ((lock.type === K.F_WRLCK && accmode === K.O_RDONLY) || (lock.type === K.F_RDLCK && accmode === K.O_WRONLY)) {
+        throw new FsError(K.EBADF, 'lock type does not match the open mode');
+      }
+    }
+    return this.locks.setlk(nodeid, fh, rec.fdName, owner, lock, sleep, isFlock, signal);
   }
 
   /** SETLKW waits parked now (for status and tests). */

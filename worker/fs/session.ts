@@ -1,23 +1,28 @@
-// The FUSE filesystem session: inode table, open-file table, open-dir table and counters.
+// The FUSE filesystem session: inode table, open-file table, open-dir table, POSIX lock owners
+// and counters.
 //
 // This class holds no fds and does no syscalls; it is pure state. The fds live in the
-// FdRegistry under the names recorded here ("root", "inode.<nodeid>", "file.<fh>", "dir.<fh>").
+// FdRegistry under the names recorded here ("root", "inode.<nodeid>", "file.<fh>", "dir.<fh>",
+// "plock.<id>": the open file description that holds one lock owner's POSIX locks on an inode).
 //
 // Every mutation is expressed as an `FsMutation` record and goes through `apply()`: the named
 // methods (addInode, addLookup, forget, openFile, closeFile, openDir, setDirPosition, closeDir,
-// reset) build the record, apply it, and hand it to the mutation listeners. A journal can
+// openLockOwner, closeLockOwner, reset) build the record, apply it, and hand it to the mutation listeners. A journal can
 // therefore record exactly these records and rebuild the session with
 // `FsSession.fromSnapshot(snapshot)` followed by `apply(record)` for each record since.
 //
 // Identifiers: nodeids and fh numbers are counters starting at 2 (nodeid 1 is the root), never
-// reused within a session (not even across reset()). Files and dirs share one fh counter.
+// reused within a session (not even across reset()). Files, dirs and lock owners share one fh
+// counter.
 //
 // Snapshot format (version 1), a plain JSON-safe object:
 //   { version: 1, nextNodeId, nextFh,
 //     inodes: [{ nodeid, dev: "<u64 decimal>", ino: "<u64 decimal>", generation, lookupCount,
 //                fdName, fileType }],
 //     files:  [{ fh, fdName, nodeid, flags }],
-//     dirs:   [{ fh, fdName, nodeid, position: "<s64 decimal>" }] }
+//     dirs:   [{ fh, fdName, nodeid, position: "<s64 decimal>" }],
+//     lockOwners: [{ id, fdName, nodeid, fh, owner: "<u64 decimal>", pid }] }
+// (lockOwners is absent in snapshots written before lock owners existed: read as none.)
 // 64-bit quantities (dev, ino, readdir cookies) are decimal strings: they do not fit a double.
 // fromSnapshot() treats its input as untrusted and throws FsSessionError on anything malformed.
 import { StateError } from '../../shared/errors';
@@ -62,6 +67,21 @@ export interface DirRecord {
   readonly position: bigint;
 }
 
+/** The POSIX locks of one FUSE lock owner (a guest process, or a guest open file for OFD
+ * locks) on one inode live on an open file description of their own ("plock.<id>"): locks of
+ * one owner never conflict with each other, and those of two owners do. */
+export interface LockOwnerRecord {
+  readonly id: number;
+  readonly fdName: string;
+  readonly nodeid: number;
+  /** The fh of the owner's first lock request: its RELEASE ends the owner (see locks.ts). */
+  readonly fh: number;
+  /** FUSE lock_owner (u64). */
+  readonly owner: bigint;
+  /** Guest pid of the owner's first lock (what GETLK reports to others). */
+  readonly pid: number;
+}
+
 export type FsMutation =
   /** dev/ino: bigint; a decimal string in journals of schema 1. */
   | { op: 'addInode'; nodeid: number; dev: bigint | string; ino: bigint | string; generation: number; fileType: number }
@@ -72,6 +92,9 @@ export type FsMutation =
   | { op: 'openDir'; fh: number; nodeid: number }
   | { op: 'setDirPosition'; fh: number; position: string }
   | { op: 'closeDir'; fh: number }
+  /** owner: bigint; a decimal string in snapshots. */
+  | { op: 'openLockOwner'; id: number; nodeid: number; fh: number; owner: bigint; pid: number }
+  | { op: 'closeLockOwner'; id: number }
   | { op: 'reset' };
 
 export type MutationListener = (m: FsMutation) => void;
@@ -82,6 +105,7 @@ export interface InodeSnapshot {
 }
 export interface FileSnapshot { fh: number; fdName: string; nodeid: number; flags: number }
 export interface DirSnapshot { fh: number; fdName: string; nodeid: number; position: string }
+export interface LockOwnerSnapshot { id: number; fdName: string; nodeid: number; fh: number; owner: string; pid: number }
 /** Version 2 (what the journal stores): the same, with the inodes as one binary table of
  * INODE_ROW-byte rows { f64 nodeid, u64 dev, u64 ino, u32 generation, u32 fileType, f64
  * lookupCount } (little-endian): about 10x faster to write and read than 20,000 objects. */
@@ -92,6 +116,7 @@ export interface CompactSessionSnapshot {
   inodeTable: Buffer;
   files: FileSnapshot[];
   dirs: DirSnapshot[];
+  lockOwners: LockOwnerSnapshot[];
 }
 const INODE_ROW = 40;
 
@@ -102,6 +127,7 @@ export interface SessionSnapshot {
   inodes: InodeSnapshot[];
   files: FileSnapshot[];
   dirs: DirSnapshot[];
+  lockOwners: LockOwnerSnapshot[];
 }
 
 interface MutableInode {
@@ -115,6 +141,8 @@ export function inodeFdName(nodeid: number): string {
 }
 export function fileFdName(fh: number): string { return `file.${fh}`; }
 export function dirFdName(fh: number): string { return `dir.${fh}`; }
+export function lockOwnerFdName(id: number): string { return `plock.${id}`; }
+const lockOwnerKey = (nodeid: number, owner: bigint): string => `${nodeid}:${owner}`;
 
 class DevInoIndex {
   private readonly byDev = new Map<bigint, Map<bigint, number>>();
@@ -141,6 +169,9 @@ export class FsSession {
   private readonly byDevIno = new DevInoIndex();
   private readonly files = new Map<number, FileRecord>();
   private readonly dirs = new Map<number, MutableDir>();
+  private readonly lockOwners = new Map<number, LockOwnerRecord>();
+  /** "nodeid:owner" → lock owner id. */
+  private readonly lockOwnerIndex = new Map<string, number>();
   private nextNodeIdValue = FIRST_ID;
   private nextFhValue = FIRST_ID;
   private readonly listeners: MutationListener[] = [];
@@ -168,6 +199,7 @@ export class FsSession {
   get inodeCount(): number { return this.inodes.size; }
   get fileCount(): number { return this.files.size; }
   get dirCount(): number { return this.dirs.size; }
+  get lockOwnerCount(): number { return this.lockOwners.size; }
 
   getInode(nodeid: number): InodeRecord | undefined { return this.inodes.get(nodeid); }
   findInode(dev: bigint, ino: bigint): InodeRecord | undefined {
@@ -179,6 +211,11 @@ export class FsSession {
   allInodes(): IterableIterator<InodeRecord> { return this.inodes.values(); }
   allFiles(): IterableIterator<FileRecord> { return this.files.values(); }
   allDirs(): IterableIterator<DirRecord> { return this.dirs.values(); }
+  allLockOwners(): IterableIterator<LockOwnerRecord> { return this.lockOwners.values(); }
+  findLockOwner(nodeid: number, owner: bigint): LockOwnerRecord | undefined {
+    const id = this.lockOwnerIndex.get(lockOwnerKey(nodeid, owner));
+    return id === undefined ? undefined : this.lockOwners.get(id);
+  }
 
   /** Every fd name the session refers to (root included). */
   fdNames(): string[] {
@@ -186,6 +223,7 @@ export class FsSession {
     for (const i of this.inodes.values()) names.push(i.fdName);
     for (const f of this.files.values()) names.push(f.fdName);
     for (const d of this.dirs.values()) names.push(d.fdName);
+    for (const o of this.lockOwners.values()) names.push(o.fdName);
     return names;
   }
 
@@ -238,6 +276,20 @@ export class FsSession {
   closeDir(fh: number): DirRecord {
     const rec = this.dirs.get(fh);
     this.emit({ op: 'closeDir', fh });
+    return rec!;
+  }
+
+  /** A lock owner's open file description on nodeid; allocates its id from the fh counter. The
+   * caller registers the fd under the returned record's fdName. */
+  openLockOwner(nodeid: number, fh: number, owner: bigint, pid: number): LockOwnerRecord {
+    const id = this.nextFhValue;
+    this.emit({ op: 'openLockOwner', id, nodeid, fh, owner, pid });
+    return this.lockOwners.get(id)!;
+  }
+
+  closeLockOwner(id: number): LockOwnerRecord {
+    const rec = this.lockOwners.get(id);
+    this.emit({ op: 'closeLockOwner', id });
     return rec!;
   }
 
@@ -317,12 +369,33 @@ export class FsSession {
         if (!this.dirs.delete(checkId(m.fh, 'closeDir.fh'))) throw new FsSessionError(`closeDir: unknown fh ${m.fh}`);
         return;
       }
+      case 'openLockOwner': {
+        const id = this.checkNewFh(m.id, 'openLockOwner');
+        const nodeid = this.needInode(m.nodeid, 'openLockOwner').nodeid;
+        const fh = checkId(m.fh, 'openLockOwner.fh');
+        if (fh >= this.nextFhValue) throw new FsSessionError(`openLockOwner: fh ${fh} was never allocated`);
+        const owner = u64Field(m.owner, 'openLockOwner.owner');
+        const key = lockOwnerKey(nodeid, owner);
+        if (this.lockOwnerIndex.has(key)) throw new FsSessionError(`openLockOwner: owner ${owner} of nodeid ${nodeid} already open`);
+        this.insertLockOwner({ id, fdName: lockOwnerFdName(id), nodeid, fh, owner, pid: checkU32(m.pid, 'openLockOwner.pid') });
+        this.nextFhValue = id + 1;
+        return;
+      }
+      case 'closeLockOwner': {
+        const rec = this.lockOwners.get(checkId(m.id, 'closeLockOwner.id'));
+        if (rec === undefined) throw new FsSessionError(`closeLockOwner: unknown id ${m.id}`);
+        this.lockOwners.delete(rec.id);
+        this.lockOwnerIndex.delete(lockOwnerKey(rec.nodeid, rec.owner));
+        return;
+      }
       case 'reset': {
         const root = this.inodes.get(FUSE_ROOT_ID)!;
         this.inodes.clear();
         this.byDevIno.clear();
         this.files.clear();
         this.dirs.clear();
+        this.lockOwners.clear();
+        this.lockOwnerIndex.clear();
         root.lookupCount = 1;
         this.insertInode(root);
         return;
@@ -342,6 +415,11 @@ export class FsSession {
     const id = checkId(fh, `${what}.fh`);
     if (id < this.nextFhValue) throw new FsSessionError(`${what}: fh ${id} reused`);
     return id;
+  }
+
+  private insertLockOwner(rec: LockOwnerRecord): void {
+    this.lockOwners.set(rec.id, rec);
+    this.lockOwnerIndex.set(lockOwnerKey(rec.nodeid, rec.owner), rec.id);
   }
 
   private insertInode(rec: MutableInode): void {
@@ -364,6 +442,9 @@ export class FsSession {
       dirs: [...this.dirs.values()].map((d) => ({
         fh: d.fh, fdName: d.fdName, nodeid: d.nodeid, position: d.position.toString(),
       })),
+      lockOwners: [...this.lockOwners.values()].map((o) => ({
+        id: o.id, fdName: o.fdName, nodeid: o.nodeid, fh: o.fh, owner: o.owner.toString(), pid: o.pid,
+      })),
     };
   }
 
@@ -378,8 +459,8 @@ export class FsSession {
       at = table.writeUInt32LE(i.fileType, at);
       at = table.writeDoubleLE(i.lookupCount, at);
     }
-    const { files, dirs } = this.toSnapshot(false);
-    return { version: 2, nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs };
+    const { files, dirs, lockOwners } = this.toSnapshot(false);
+    return { version: 2, nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs, lockOwners };
   }
 
   /** Rebuilds a session from an untrusted snapshot. Checks: version, types and ranges of every
@@ -390,7 +471,8 @@ export class FsSession {
   static fromSnapshot(input: unknown): FsSession {
     const version = (input as { version?: unknown } | null)?.version;
     const compact = version === 2;
-    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs']);
+    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs'],
+      ['lockOwners']);
     if (s.version !== SESSION_VERSION && !compact) {
       throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(s.version)} (expected ${SESSION_VERSION} or 2)`);
     }
@@ -399,6 +481,7 @@ export class FsSession {
     const inodes = compact ? [] : checkArray(s.inodes, 'inodes');
     const files = checkArray(s.files, 'files');
     const dirs = checkArray(s.dirs, 'dirs');
+    const lockOwners = s.lockOwners === undefined ? [] : checkArray(s.lockOwners, 'lockOwners');
 
     const parsedInodes: MutableInode[] = [];
     const seenNodeIds = new Set<number>();
@@ -475,17 +558,34 @@ export class FsSession {
       const { fh, nodeid, r } = handle(raw, `dirs[${idx}]`, 'dir');
       session.dirs.set(fh, { fh, fdName: dirFdName(fh), nodeid, position: parseS64(r.position, `dirs[${idx}].position`) });
     });
+    lockOwners.forEach((raw, idx) => {
+      const where = `lockOwners[${idx}]`;
+      const r = checkObject(raw, where, ['id', 'fdName', 'nodeid', 'fh', 'owner', 'pid']);
+      const id = checkId(r.id, `${where}.id`);
+      if (id >= nextFh) throw new FsSessionError(`${where}.id ${id} >= nextFh ${nextFh}`);
+      if (seenFh.has(id)) throw new FsSessionError(`${where}: duplicate id ${id}`);
+      seenFh.add(id);
+      if (r.fdName !== lockOwnerFdName(id)) throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${lockOwnerFdName(id)})`);
+      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
+      if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
+      const fh = checkId(r.fh, `${where}.fh`);
+      if (fh >= nextFh) throw new FsSessionError(`${where}.fh ${fh} >= nextFh ${nextFh}`);
+      const owner = parseU64(r.owner, `${where}.owner`);
+      if (session.lockOwnerIndex.has(lockOwnerKey(nodeid, owner))) throw new FsSessionError(`${where}: duplicate owner ${owner} of nodeid ${nodeid}`);
+      session.insertLockOwner({ id, fdName: lockOwnerFdName(id), nodeid, fh, owner, pid: checkU32(r.pid, `${where}.pid`) });
+    });
     return session;
   }
 }
 
 // ------------------------------------------------------------------ validators
 
-function checkObject(v: unknown, where: string, keys: string[]): Record<string, unknown> {
+/** `optional`: fields that may be absent (added after the format's first version). */
+function checkObject(v: unknown, where: string, keys: string[], optional: string[] = []): Record<string, unknown> {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new FsSessionError(`${where}: not an object`);
   const o = v as Record<string, unknown>;
   for (const key of Object.keys(o)) {
-    if (!keys.includes(key)) throw new FsSessionError(`${where}: unknown field ${JSON.stringify(key)}`);
+    if (!keys.includes(key) && !optional.includes(key)) throw new FsSessionError(`${where}: unknown field ${JSON.stringify(key)}`);
   }
   for (const key of keys) if (!(key in o)) throw new FsSessionError(`${where}: missing field ${JSON.stringify(key)}`);
   return o;

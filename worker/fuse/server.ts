@@ -175,7 +175,7 @@ export class FuseServer implements ChainHandler {
         }
         if (prior !== undefined && prior.opcode === h.opcode) fs = settlingFileSystem(this.fs, prior.ts, prior.extra);
       }
-      if (JOURNALED_KINDS.has(req.kind)) {
+      if (JOURNALED_KINDS.has(req.kind) || (req.kind === 'FLUSH' && this.fs.flushChangesState?.(h.nodeid, req.lockOwner) === true)) {
         journaled = { key, opcode: h.opcode };
         const extra = intentExtra(this.fs, h, req);
         ledger.beginRequest(key, h.opcode, needsIntent(req, extra), extra);

@@ -20,6 +20,9 @@
 //   openFile num fh, num nodeid, f64 flags      openDir num fh, num nodeid
 //   closeFile / closeDir num fh                 setDirPosition num fh, str position
 //   reset (nothing)
+//   openLockOwner num id, num nodeid, num fh, u64 owner, u32 pid      closeLockOwner num id
+// Kinds are only ever appended (a journal of an older worker stays readable; an older worker
+// meets an unknown kind in a newer journal and refuses it as unusable state).
 import type { CompactSessionSnapshot, FsMutation, SessionSnapshot } from '../fs/session';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
@@ -35,7 +38,8 @@ export const TAG_OUTCOME = 2;
 export const TAG_MUTATION = 3;
 export const TAG_DEATH = 4;
 
-const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset'] as const;
+const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset',
+  'openLockOwner', 'closeLockOwner'] as const;
 const KIND_CODE = new Map<string, number>(MUTATION_KINDS.map((k, i) => [k, i]));
 /** Upper bound of one encoded mutation (setDirPosition: 1 + 8 + 1 + 20). */
 export const MAX_MUTATION_SIZE = 64;
@@ -92,6 +96,14 @@ export function putMutation(buf: Buffer, at: number, m: FsMutation): number {
       return putStr(buf, at, m.position);
     case 'reset':
       return at;
+    case 'openLockOwner':
+      at = buf.writeDoubleLE(m.id, at);
+      at = buf.writeDoubleLE(m.nodeid, at);
+      at = buf.writeDoubleLE(m.fh, at);
+      at = buf.writeBigUInt64LE(m.owner, at);
+      return buf.writeUInt32LE(m.pid >>> 0, at);
+    case 'closeLockOwner':
+      return buf.writeDoubleLE(m.id, at);
   }
 }
 
@@ -220,6 +232,10 @@ function readMutation(r: Reader): FsMutation {
       return { op, fh: r.uint('fh'), position: r.str('position') };
     case 'reset':
       return { op };
+    case 'openLockOwner':
+      return { op, id: r.uint('id'), nodeid: r.uint('nodeid'), fh: r.uint('fh'), owner: r.u64('owner'), pid: r.u32('pid') };
+    case 'closeLockOwner':
+      return { op, id: r.uint('id') };
     default:
       throw new RecordDecodeError(`unknown mutation kind ${code}`);
   }
