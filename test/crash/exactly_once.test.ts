@@ -17,6 +17,8 @@ const ROOT = F.FUSE_ROOT_ID;
 const OP = {
   SETATTR: 4, SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11, RENAME: 12, LINK: 13, WRITE: 16,
   RELEASE: 18, REMOVEXATTR: 24, SETLK: 32, CREATE: 35, FORGET: 2, LOOKUP: 1, OPEN: 14, READDIRPLUS: 44,
+  // POSIX locks per lock owner (worker/fs/locks.ts): the crash hits the request named here.
+  SETLK_OWNER: 32, SETLK_UNLOCK: 32, SETLKW: 33, FLUSH: 25,
 } as const;
 
 interface Case {
@@ -26,6 +28,89 @@ interface Case {
   act: (s: Session) => Promise<unknown>;
   verify: (t: Test, s: Session, r: unknown, stateDir: string) => Promise<void> | void;
 }
+
+const P1 = 4242, P2 = 5353;
+const WR = (pid: number): F.FileLock => ({ start: 0n, end: 99n, type: F.F_WRLCK, pid });
+const WHOLE: F.FileLock = { start: 0n, end: 0x7fffffffffffffffn, type: F.F_WRLCK, pid: 0 };
+interface LockFiles { nodeid: bigint; a: bigint; a2: bigint; c: bigint }
+async function openLockFiles(s: Session): Promise<LockFiles> {
+  const e = await s.fuse.lookup(ROOT, 'pl');
+  const fh = async (): Promise<bigint> => (await s.fuse.open(e.nodeid, F.O.RDWR)).fh;
+  return { nodeid: e.nodeid, a: await fh(), a2: await fh(), c: await fh() };
+}
+const lockErrno = (p: Promise<unknown>): Promise<number> => p.then(() => 0, (e: FuseError) => e.errno);
+const lockFile = (d: string): void => fs.writeFileSync(path.join(d, 'pl'), 'x'.repeat(100));
+
+/** Lock owners at every crash point: a lock the guest was granted is held after the kill (and
+ * named with its owner's pid), one it released stays released, a FLUSH drops the owner's locks
+ * exactly once, and the keeper ends with no lock owner fd once the files are closed. */
+const lockOwnerCases: Case[] = [
+  { name: 'SETLK_OWNER', setup: lockFile,
+    act: async (s) => {
+      const f = await openLockFiles(s);
+      await s.fuse.setlk(f.nodeid, f.a, 1n, WR(P1));
+      return f;
+    },
+    verify: async (t, s, r, stateDir) => {
+      const f = r as LockFiles;
+      t.equal(await lockErrno(s.fuse.setlk(f.nodeid, f.c, 2n, WR(P2))), 11, 'the granted lock is held after the crash');
+      const seen = await s.fuse.getlk(f.nodeid, f.c, 2n, WHOLE);
+      t.same([seen.type, seen.end, seen.pid], [F.F_WRLCK, 99n, P1], "GETLK names its owner's pid");
+      await s.fuse.setlk(f.nodeid, f.a2, 1n, WR(P1));
+      t.pass('the same owner locks the range again through another fd');
+      await s.fuse.flush(f.nodeid, f.a2, 1n);
+      await s.fuse.setlk(f.nodeid, f.c, 2n, WR(P2));
+      t.pass('closing either fd of the owner drops its lock');
+      for (const fh of [f.a, f.a2, f.c]) await s.fuse.release(f.nodeid, fh, F.O.RDWR, 0, 0n);
+      await waitFor(() => (queryStatus(stateDir).fdNames.plock ?? 0) === 0, 'no lock owner fd left in the keeper', 10_000);
+    } },
+  { name: 'SETLK_UNLOCK', setup: lockFile,
+    act: async (s) => {
+      const f = await openLockFiles(s);
+      await s.fuse.setlkw(f.nodeid, f.a, 1n, WR(P1)); // uncontended: granted at once
+      await s.fuse.setlk(f.nodeid, f.a, 1n, { ...WR(0), type: F.F_UNLCK });
+      return f;
+    },
+    verify: async (t, s, r) => {
+      const f = r as LockFiles;
+      t.equal((await s.fuse.getlk(f.nodeid, f.c, 2n, WHOLE)).type, F.F_UNLCK, 'the released lock stays released');
+      await s.fuse.setlk(f.nodeid, f.c, 2n, WR(P2));
+      t.pass('another owner gets it at once');
+      t.equal(await lockErrno(s.fuse.setlk(f.nodeid, f.a, 1n, WR(P1))), 11, 'and the first owner conflicts with it');
+    } },
+  { name: 'SETLKW', setup: lockFile,
+    act: async (s) => {
+      const f = await openLockFiles(s);
+      await s.fuse.setlk(f.nodeid, f.a, 1n, WR(P1));
+      const waiting = s.fuse.setlkw(f.nodeid, f.c, 2n, WR(P2), false, { timeoutMs: 30_000 });
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      await s.fuse.flush(f.nodeid, f.a2, 1n); // owner 1 closes one of its fds: its lock goes
+      await waiting;
+      return f;
+    },
+    verify: async (t, s, r) => {
+      const f = r as LockFiles;
+      t.equal(await lockErrno(s.fuse.setlk(f.nodeid, f.a, 3n, WR(P1))), 11, 'the waiter holds the lock after the crash');
+      t.equal((await s.fuse.getlk(f.nodeid, f.a, 3n, WHOLE)).pid, P2, "GETLK names the waiter's pid");
+      await s.fuse.flush(f.nodeid, f.c, 2n);
+      await s.fuse.setlk(f.nodeid, f.a, 3n, WR(P1));
+      t.pass("released by its owner's FLUSH");
+    } },
+  { name: 'FLUSH', setup: lockFile,
+    act: async (s) => {
+      const f = await openLockFiles(s);
+      await s.fuse.setlk(f.nodeid, f.a, 1n, WR(P1));
+      await s.fuse.flush(f.nodeid, f.a2, 1n);
+      return f;
+    },
+    verify: async (t, s, r, stateDir) => {
+      const f = r as LockFiles;
+      t.equal((await s.fuse.getlk(f.nodeid, f.c, 2n, WHOLE)).type, F.F_UNLCK, 'after the FLUSH no lock of the owner is left');
+      await s.fuse.setlk(f.nodeid, f.c, 2n, WR(P2));
+      t.pass('another owner gets it at once');
+      await waitFor(() => queryStatus(stateDir).fdNames.plock === 1, "the keeper holds only the new owner's fd", 10_000);
+    } },
+];
 
 const nonIdempotent: Case[] = [
   { name: 'MKDIR', act: (s) => s.fuse.mkdir(ROOT, 'd', 0o755),
@@ -154,7 +239,7 @@ const idempotent: Case[] = [
     } },
 ];
 
-for (const c of [...nonIdempotent, ...idempotent]) {
+for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases]) {
   t.test(c.name, async (t) => {
     for (const point of POINTS) {
       await t.test(point, async (t) => {
