@@ -127,6 +127,7 @@ exec 3<&-
 if [ "$got" = "$want" ]; then echo "ok open-unlinked file readable after the crash"; else echo "FAIL: unlinked file"; fail=1; fi
 vfsk-hold flock /mnt/flk /mnt/go-2 || fail=1
 vfsk-hold ofd /mnt/ofd /mnt/go-3 || fail=1
+for k in 5 6 7; do vfsk-hold owner /mnt/own$k /mnt/go-$k || fail=1; done
 mkdir /mnt/many && vfsk-tool mkfiles /mnt/many 5000 >/dev/null || { echo "FAIL: mkfiles"; fail=1; }
 vfsk-hold readdir /mnt/many 5000 /mnt/go-4 || fail=1
 dd if=/dev/urandom of=/tmp/big bs=1M count=64 2>/dev/null
@@ -144,7 +145,7 @@ t.test('state that must outlive a worker crash', async (t) => {
   const g = await startGuest({ socketPath, dir, script: STATE_SCRIPT, timeoutMs: 600_000 });
   t.teardown(() => g.kill());
   let from = 0;
-  for (const [n, what] of [[1, 'unlinked'], [2, 'flock'], [3, 'ofd'], [4, 'readdir']] as const) {
+  for (const [n, what] of [[1, 'unlinked'], [2, 'flock'], [3, 'ofd'], [5, 'owner'], [6, 'owner'], [7, 'owner'], [4, 'readdir']] as const) {
     const m = await g.waitForOutput(new RegExp(`HOLDING ${what}`), { from });
     from = m.index + m[0].length;
     await killWorker(stateDir);
@@ -162,6 +163,8 @@ t.test('state that must outlive a worker crash', async (t) => {
   t.match(r.output, /ok open-unlinked file readable after the crash/);
   t.match(r.output, /ok flock held across the crash/);
   t.match(r.output, /ok ofd lock held across the crash/);
+  t.equal(r.output.match(/ok posix lock owner held across the crash, dropped by close/g)?.length, 3,
+    'POSIX lock owners: held across 3 kills, and dropped by the close right after each');
   t.match(r.output, /ok readdir of 5000 entries in \d+ calls, each exactly once, across the crash/);
   t.match(r.output, /ok 64 MiB write checksum/);
   t.ok(kills >= 1, `the 64 MiB write was interrupted by ${kills} kills`);

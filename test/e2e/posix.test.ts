@@ -37,6 +37,7 @@ const CHECKS = [
   'flock-conflict',
   'ofd-lock-conflict',
   'posix-lock-conflict',
+  'posix-lock-owners',
   'big-file-sha256',
   'open-unlink-read',
   'statfs',

@@ -8,6 +8,9 @@
  *   vfsk-hold flock PATH GOFILE        flock(LOCK_EX) held; a second open is refused after
  *   vfsk-hold readdir DIR N GOFILE     reads DIR in small getdents64 batches, pausing after the
  *                                      first; every one of N names f<i> seen exactly once
+ *   vfsk-hold owner PATH GOFILE        POSIX write lock of this process through two fds; after:
+ *                                      still held (another process is refused and F_GETLK names
+ *                                      us), and closing one fd drops it at once
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include <sys/file.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void fail(const char *what)
@@ -80,6 +84,60 @@ static int flk(const char *path, const char *gofile)
     return 0;
 }
 
+/* A child process tries F_SETLK(WRLCK 0..100): 0 = must be refused with F_GETLK naming
+ * `holder`; 1 = must be granted. Returns 0 when it behaved so. */
+static int child_try(const char *path, int granted, pid_t holder)
+{
+    pid_t pid = fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) {
+        int c = open(path, O_RDWR);
+        if (c < 0) _exit(10);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+        int ok = fcntl(c, F_SETLK, &fl) == 0;
+        if (granted) _exit(ok ? 0 : 20);
+        if (ok || (errno != EAGAIN && errno != EACCES)) _exit(21);
+        fl = (struct flock){.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        if (fcntl(c, F_GETLK, &fl) < 0) _exit(22);
+        _exit(fl.l_type == F_WRLCK && fl.l_pid == holder ? 0 : 23);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0) fail("waitpid");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 99;
+}
+
+static int owner(const char *path, const char *gofile)
+{
+    int x = open(path, O_RDWR | O_CREAT, 0644), y = open(path, O_RDWR), probe = open(path, O_RDWR);
+    if (x < 0 || y < 0 || probe < 0) fail("open");
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+    if (fcntl(x, F_SETLK, &fl) < 0) fail("F_SETLK(x)");
+    if (fcntl(y, F_SETLK, &fl) < 0) fail("F_SETLK(y): the same process through a second fd");
+    printf("HOLDING owner %s\n", path);
+    wait_for(gofile);
+    int r = child_try(path, 0, getpid());
+    if (r != 0) {
+        printf("FAIL: after the crash another process was not refused, or F_GETLK did not name us (%d)\n", r);
+        return 1;
+    }
+    close(y);
+    struct flock g = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (fcntl(probe, F_OFD_GETLK, &g) < 0) fail("F_OFD_GETLK");
+    if (g.l_type != F_UNLCK) {
+        printf("FAIL: F_OFD_GETLK right after close() sees l_type %d\n", g.l_type);
+        return 1;
+    }
+    r = child_try(path, 1, 0);
+    if (r != 0) {
+        printf("FAIL: another process did not get the lock at once after close() (%d)\n", r);
+        return 1;
+    }
+    close(x);
+    close(probe);
+    printf("ok posix lock owner held across the crash, dropped by close\n");
+    return 0;
+}
+
 struct linux_dirent64 {
     unsigned long long d_ino;
     long long d_off;
@@ -136,6 +194,7 @@ int main(int argc, char **argv)
     if (argc == 4 && strcmp(argv[1], "ofd") == 0) return ofd(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "flock") == 0) return flk(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "readdir") == 0) return rdir(argv[2], atoi(argv[3]), argv[4]);
-    fprintf(stderr, "usage: vfsk-hold ofd|flock PATH GOFILE | readdir DIR N GOFILE\n");
+    if (argc == 4 && strcmp(argv[1], "owner") == 0) return owner(argv[2], argv[3]);
+    fprintf(stderr, "usage: vfsk-hold ofd|flock|owner PATH GOFILE | readdir DIR N GOFILE\n");
     return 2;
 }

@@ -169,7 +169,7 @@ static void __attribute__((noreturn)) usage(void)
             "  readlink PATH | rename2 OLD NEW none|noreplace|exchange\n"
             "  setxattr PATH NAME VALUE [create|replace] | getxattr PATH NAME\n"
             "  listxattr PATH | removexattr PATH NAME | xattr-test PATH\n"
-            "  flock-test PATH | ofd-test PATH | posixlock-test PATH\n"
+            "  flock-test PATH | ofd-test PATH | posixlock-test PATH | owners-test PATH ROUNDS\n"
             "  unlinked-test PATH | statfs PATH | mkfiles DIR N | checkdir DIR N\n"
             "  mkfifo PATH | utimens PATH ASEC ANSEC MSEC MNSEC | truncate-test PATH\n"
             "  fallocate-test PATH | seek-test PATH | copy-range-test SRC DST\n"
@@ -809,6 +809,72 @@ static void cmd_ofd_test(const char *p)
     close(a);
 }
 
+/* A child process tries F_SETLK(WRLCK 0..100) on p: want_errno 0 = it must get the lock at
+ * once; otherwise it must be refused and F_GETLK must name want_holder as the holder. */
+static void child_lock_expect(const char *p, int want_errno, pid_t want_holder, const char *what)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        sysfail("fork");
+    if (pid == 0) {
+        int c = open(p, O_RDWR);
+        if (c < 0)
+            _exit(10);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+        int e = fcntl(c, F_SETLK, &fl) < 0 ? errno : 0;
+        if (want_errno == 0)
+            _exit(e == 0 ? 0 : 20);
+        if (e != EAGAIN && e != EACCES)
+            _exit(21);
+        fl = (struct flock){.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        if (fcntl(c, F_GETLK, &fl) < 0)
+            _exit(22);
+        if (fl.l_type != F_WRLCK)
+            _exit(23);
+        if (fl.l_pid != want_holder)
+            _exit(24);
+        _exit(0);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0)
+        sysfail("waitpid");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        checkfail("%s: child check failed (status %d: 20 not granted, 21 not refused, 23 no lock seen, 24 wrong pid)",
+                  what, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+/* POSIX lock owners, ROUNDS times: one process locks the same range through two fds (no
+ * conflict: one owner), another process is refused and F_GETLK names us; closing either fd
+ * drops the lock (POSIX: any close drops the process's locks on the file), so F_OFD_GETLK
+ * right after close() sees nothing and another process or open file gets the range at once. */
+static void cmd_owners_test(const char *p, long rounds)
+{
+    char what[96];
+    int probe = open_rw(p);
+    for (long i = 0; i < rounds; i++) {
+        int x = open_rw(p), y = open_rw(p);
+        setlk(x, F_SETLK, F_WRLCK, 0, 100, "F_SETLK(x, WRLCK 0..100)");
+        setlk(y, F_SETLK, F_WRLCK, 0, 100, "F_SETLK(y, WRLCK 0..100): same process, no conflict");
+        if (i % 100 == 0) {
+            snprintf(what, sizeof what, "round %ld: another process while we hold it", i);
+            child_lock_expect(p, EAGAIN, getpid(), what);
+            snprintf(what, sizeof what, "round %ld: F_OFD_GETLK(probe) while we hold it", i);
+            getlk_expect(probe, F_OFD_GETLK, F_WRLCK, 0, 0, F_WRLCK, 0, what);
+        }
+        close(i % 2 ? x : y);
+        snprintf(what, sizeof what, "round %ld: F_OFD_GETLK right after close()", i);
+        getlk_expect(probe, F_OFD_GETLK, F_WRLCK, 0, 0, F_UNLCK, 0, what);
+        if (i % 100 == 0) {
+            snprintf(what, sizeof what, "round %ld: another process right after close()", i);
+            child_lock_expect(p, 0, 0, what);
+        }
+        setlk(probe, F_OFD_SETLK, F_WRLCK, 0, 100, "F_OFD_SETLK(probe) right after close()");
+        setlk(probe, F_OFD_SETLK, F_UNLCK, 0, 0, "F_OFD_SETLK(probe, UNLCK)");
+        close(i % 2 ? y : x);
+    }
+    close(probe);
+}
+
 static void cmd_posixlock_test(const char *p)
 {
     int a = open_rw(p);
@@ -1330,6 +1396,12 @@ int main(int argc, char **argv)
     } else if (!strcmp(c, "ofd-test")) {
         need(argc, 2);
         cmd_ofd_test(argv[1]);
+    } else if (!strcmp(c, "owners-test")) {
+        need(argc, 3);
+        long n = strtol(argv[2], NULL, 10);
+        if (n <= 0 || n > 1000000)
+            usage();
+        cmd_owners_test(argv[1], n);
     } else if (!strcmp(c, "posixlock-test")) {
         need(argc, 2);
         cmd_posixlock_test(argv[1]);

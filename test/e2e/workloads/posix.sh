@@ -281,6 +281,7 @@ check xattr-set-get-list-remove t_xattr_final
 check flock-conflict $T flock-test "$S/flock"
 check ofd-lock-conflict $T ofd-test "$S/ofd"
 check posix-lock-conflict $T posixlock-test "$S/posixlock"
+check posix-lock-owners $T owners-test "$S/owners" 1000
 
 # ---------------------------------------------------------------- big file
 t_big() {
