@@ -27,7 +27,8 @@ const XATTR_CREATE = 1;
 /** The kernel's file timestamps come from a coarse clock that may lag ours by a tick or more. */
 const CTIME_SLACK_NS = 1_000_000_000n;
 
-/** Request kinds that change state (the filesystem's or the session's). */
+/** Request kinds that change state (the filesystem's or the session's). A FLUSH is journaled
+ * too when it drops a lock owner (FileSystem.flushChangesState); it runs again like SETLK. */
 export const JOURNALED_KINDS: ReadonlySet<FuseRequest['kind']> = new Set<FuseRequest['kind']>([
   'LOOKUP', 'FORGET', 'BATCH_FORGET', 'SETATTR', 'SYMLINK', 'MKNOD', 'MKDIR', 'UNLINK', 'RMDIR', 'RENAME', 'RENAME2',
   'LINK', 'OPEN', 'CREATE', 'TMPFILE', 'WRITE', 'RELEASE', 'OPENDIR', 'READDIR', 'READDIRPLUS', 'RELEASEDIR',
