@@ -38,7 +38,7 @@ export function formatStatus(r: StatusReport): string {
   for (const q of r.vhost.queues) {
     row(`  queue ${q.index}${q.index === 0 ? ' (hiprio)' : ''}`, `size ${q.size}, ${q.running ? 'running' : 'stopped'}, last avail ${q.lastAvail}, used ${q.used}, in flight ${q.inflight}`);
   }
-  row('FUSE', `${r.fuse.initialized ? 'initialized' : 'not initialized'}; ${r.fuse.inodes} inodes, ${r.fuse.openFiles} open files, ${r.fuse.openDirs} open dirs, ${r.fuse.lockWaits} parked lock waits`);
+  row('FUSE', `${r.fuse.initialized ? 'initialized' : 'not initialized'}; ${r.fuse.inodes} inodes, ${r.fuse.openFiles} open files, ${r.fuse.openDirs} open dirs, ${r.fuse.lockOwners} lock owners, ${r.fuse.lockWaits} parked lock waits`);
   return lines.join('\n');
 }
 

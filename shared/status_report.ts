@@ -8,7 +8,7 @@ export interface StatusReport {
   keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
   worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean; backoff: KeeperStatus['worker']['backoff'] };
   vhost: { connected: boolean; queues: Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> };
-  fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockWaits: number };
+  fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number };
   recovery: KeeperStatus['recovery'];
   fdNames: Record<string, number>;
 }
@@ -28,7 +28,7 @@ export function buildReport(k: KeeperStatus, stateDir: string): StatusReport {
         uptimeS: k.worker.startedAt && k.worker.pid ? Math.round((Date.now() - Date.parse(k.worker.startedAt)) / 100) / 10 : null,
       },
       vhost: { connected: w.vhost?.connected ?? false, queues: w.vhost?.queues ?? [] },
-      fuse: { initialized: w.fuse?.initialized ?? false, inodes: w.fuse?.inodes ?? 0, openFiles: w.fuse?.openFiles ?? 0, openDirs: w.fuse?.openDirs ?? 0, lockWaits: w.fuse?.lockWaits ?? 0 },
+      fuse: { initialized: w.fuse?.initialized ?? false, inodes: w.fuse?.inodes ?? 0, openFiles: w.fuse?.openFiles ?? 0, openDirs: w.fuse?.openDirs ?? 0, lockOwners: w.fuse?.lockOwners ?? 0, lockWaits: w.fuse?.lockWaits ?? 0 },
       recovery: k.recovery,
       fdNames: k.fdNames,
     };
@@ -69,6 +69,7 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('fuse_inodes', 'gauge', 'Inodes the guest knows (with lookup counts).', each((r) => r.fuse.inodes));
   metric('fuse_open_files', 'gauge', 'Open file handles.', each((r) => r.fuse.openFiles));
   metric('fuse_open_dirs', 'gauge', 'Open directory handles.', each((r) => r.fuse.openDirs));
+  metric('fuse_lock_owners', 'gauge', 'POSIX lock owners (guest process, inode) holding an open file description.', each((r) => r.fuse.lockOwners));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   return out.join('\n') + '\n';
 }

@@ -312,6 +312,7 @@ export class Worker {
         inodes: this.fsImpl?.session.inodeCount ?? 0,
         openFiles: this.fsImpl?.session.fileCount ?? 0,
         openDirs: this.fsImpl?.session.dirCount ?? 0,
+        lockOwners: this.fsImpl?.session.lockOwnerCount ?? 0,
         lockWaits: this.fsImpl?.parkedLockWaits ?? 0,
       },
       fds: this.registry.size,

@@ -102,6 +102,7 @@ for (const kind of selectedBackends()) {
     await s.fuse.setlk(f.nodeid, f.c, 2n, lock(F.F_RDLCK, 150n, 199n, P2));
     await s.fuse.setlk(f.nodeid, f.c, 2n, lock(F.F_UNLCK, 150n, 199n, 0));
     t.equal(queryStatus(stateDir).fdNames.plock, 2, 'the keeper holds one description per owner');
+    await waitFor(() => queryStatus(stateDir).fuse.lockOwners === 2, 'status counts 2 lock owners', 10_000);
     await killWorker(stateDir);
 
     t.equal(await errnoOf(s.fuse.setlk(f.nodeid, f.c, 2n, lock(F.F_RDLCK, 99n, 99n, P2))), EAGAIN, 'owner 1\'s lock is held after the kill');
