@@ -122,6 +122,23 @@ for (const kind of selectedBackends()) {
     t.pass('every fh and lock owner is gone from the keeper');
   });
 
+  t.test('ours: an owner created by a parked SETLKW is durable at once: a lock it then takes elsewhere survives a kill', async (t) => {
+    const { s, stateDir } = await session(t, kind);
+    const f = await openThree(s);
+    await s.fuse.setlk(f.nodeid, f.c, 2n, WR2);
+    // Owner 1's first request on the file parks; before it is answered, owner 1 locks another
+    // range through another fd and is answered. Then the worker dies.
+    const parked = s.fuse.setlkw(f.nodeid, f.a, 1n, WR1, false, { timeoutMs: 20_000 }).then(() => 0, (e: FuseError) => e.errno);
+    await waitFor(() => queryStatus(stateDir).fuse.lockWaits === 1, 'the SETLKW is parked', 10_000);
+    await s.fuse.setlk(f.nodeid, f.a2, 1n, lock(F.F_WRLCK, 150n, 159n, P1));
+    await killWorker(stateDir);
+    t.equal(await errnoOf(s.fuse.setlk(f.nodeid, f.c, 3n, lock(F.F_WRLCK, 155n, 155n, P2))), EAGAIN,
+      'the answered lock of owner 1 is held after the kill');
+    await s.fuse.flush(f.nodeid, f.c, 2n);
+    t.equal(await parked, 0, 'the resubmitted SETLKW is granted once owner 2 closes');
+    t.equal(await errnoOf(s.fuse.setlk(f.nodeid, f.c, 3n, lock(F.F_RDLCK, 0n, 0n, P2))), EAGAIN, 'owner 1 holds 0..99 now');
+  });
+
   t.test('ours: 200 rounds of lock, kill-free close and relock by another owner; then with a kill between lock and close', async (t) => {
     const { s, stateDir } = await session(t, kind);
     const e = await s.fuse.lookup(ROOT, 'lk');

@@ -97,7 +97,9 @@ export type FsMutation =
   | { op: 'closeLockOwner'; id: number }
   | { op: 'reset' };
 
-export type MutationListener = (m: FsMutation) => void;
+/** `standalone`: the change is durable on its own, at once, not with the outcome of the request
+ * that is running (see openLockOwner). */
+export type MutationListener = (m: FsMutation, standalone: boolean) => void;
 
 export interface InodeSnapshot {
   nodeid: number; dev: string; ino: string; generation: number; lookupCount: number;
@@ -280,10 +282,14 @@ export class FsSession {
   }
 
   /** A lock owner's open file description on nodeid; allocates its id from the fh counter. The
-   * caller registers the fd under the returned record's fdName. */
+   * caller registers the fd under the returned record's fdName. Standalone: the request that
+   * creates an owner may park (SETLKW) while another request of the same owner takes a lock
+   * on it and is answered; were the owner durable only with the first request's outcome, a
+   * crash in between would lose the second one's lock. An owner that exists with no lock is
+   * harmless (a replay locks through it again). */
   openLockOwner(nodeid: number, fh: number, owner: bigint, pid: number): LockOwnerRecord {
     const id = this.nextFhValue;
-    this.emit({ op: 'openLockOwner', id, nodeid, fh, owner, pid });
+    this.emit({ op: 'openLockOwner', id, nodeid, fh, owner, pid }, true);
     return this.lockOwners.get(id)!;
   }
 
@@ -301,9 +307,9 @@ export class FsSession {
     return dropped;
   }
 
-  private emit(m: FsMutation): void {
+  private emit(m: FsMutation, standalone = false): void {
     this.apply(m);
-    for (const l of this.listeners) l(m);
+    for (const l of this.listeners) l(m, standalone);
   }
 
   /** Validates and applies one mutation record (also used to replay a journal). Throws

@@ -328,8 +328,8 @@ export class StateStore implements JournalWriter {
     this.appendGeneric({ t: 'snapshot', vhost: null, init: null, fs: fs?.toCompactSnapshot() ?? null, ctlSeq: this.control.snapshotFields().ctlSeq, pending: null, ops: [] });
   }
 
-  readonly onFsMutation = (m: FsMutation): void => {
-    if (this.requests.capture(m)) return;
+  readonly onFsMutation = (m: FsMutation, standalone = false): void => {
+    if (!standalone && this.requests.capture(m)) return;
     this.append(1 + R.MAX_MUTATION_SIZE, (buf, at) => R.putStandaloneMutation(buf, at, m) - at);
   };
 
