@@ -96,6 +96,27 @@ Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
   return Undef(env);
 }
 
+// F_SETFD: set or clear FD_CLOEXEC on an fd we keep (e.g. one inherited from whoever exec'd us,
+// which must stay open here but not leak into our children).
+Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "setCloexec");
+  int fd;
+  bool on;
+  if (!a.Count(2) || !a.Fd(0, "fd", &fd) || !a.Bool(1, "cloexec", &on)) return {};
+  int fl = fcntl(fd, F_GETFD);
+  if (fl < 0) {
+    ThrowErrno(env, errno, "fcntl");
+    return {};
+  }
+  int nfl = on ? (fl | FD_CLOEXEC) : (fl & ~FD_CLOEXEC);
+  if (nfl != fl && fcntl(fd, F_SETFD, nfl) < 0) {
+    ThrowErrno(env, errno, "fcntl");
+    return {};
+  }
+  return Undef(env);
+}
+
 Napi::Value FdFlags(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "fdFlags");
@@ -801,6 +822,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
       {"setNonBlocking", SetNonBlocking},
       {"raiseNoFileLimit", RaiseNoFileLimit},
       {"fdFlags", FdFlags},
+      {"setCloexec", SetCloexec},
       {"setFsIds", SetFsIds},
       {"openat", Openat},
       {"openat2", Openat2},

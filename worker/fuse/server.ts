@@ -58,6 +58,9 @@ export interface InitResult {
 
 export interface FuseServerOptions {
   cache: CacheMode;
+  /** INIT flags not to offer even when the guest asks (configuration: no_posix_lock, no_flock,
+   * --no-readdirplus). */
+  withheldInitFlags?: bigint;
   /** Makes the INIT result durable; called before the INIT/DESTROY reply can reach the guest. */
   onInit?: (init: InitResult | null) => void;
   /** A restarted worker resumes the session: INIT is not negotiated again. */
@@ -478,7 +481,7 @@ export class FuseServer implements ChainHandler {
       this.unmatchedInterrupts = [];
     }
     const minor = Math.min(req.minor, K.FUSE_KERNEL_MINOR_VERSION);
-    let flags = req.flags & SUPPORTED_INIT_FLAGS;
+    let flags = req.flags & SUPPORTED_INIT_FLAGS & ~(this.opts.withheldInitFlags ?? 0n);
     if ((req.flags & K.FUSE_INIT_EXT) === 0n) flags &= 0xffff_ffffn;
     const result: InitResult = { major: K.FUSE_KERNEL_VERSION, minor, flags, maxReadahead: req.maxReadahead, maxWrite: MAX_WRITE, maxPages: MAX_PAGES };
     this.initResult = result;
