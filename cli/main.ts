@@ -116,6 +116,12 @@ function cli(y: Argv): Promise<unknown> {
         for (const f of installUnits({ prefix: path.resolve(a.prefix), configDir: path.resolve(a['config-dir']) })) process.stdout.write(`wrote ${f}\n`);
         process.stdout.write('next: create /etc/virtiofs-keeper/<name>.conf, then systemctl daemon-reload && systemctl enable --now virtiofs-keeper@<name>\n');
       })
+    .command('install-vhost-user', 'write the vhost-user backend descriptor (type "fs") through which libvirt finds virtiofsd-keeper',
+      (y) => y.option('dir', { type: 'string', default: '/usr/share/qemu/vhost-user', describe: 'descriptor directory (/etc/qemu/vhost-user overrides it)' }),
+      async (a) => {
+        const { installVhostUserDescriptor } = await import('./install_vhost_user');
+        process.stdout.write(`wrote ${installVhostUserDescriptor(path.resolve(a.dir))}\n`);
+      })
     .demandCommand(1)
     .help()
     .parseAsync();

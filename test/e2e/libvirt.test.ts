@@ -19,6 +19,7 @@ import { C_VIRTIOFSD } from './backends';
 import { queryStatus } from '../../cli/status';
 import { stateNameForSocket } from '../../cli/virtiofsd';
 import { DEFAULT_STATE_ROOT } from '../../shared/config';
+import { installVhostUserDescriptor } from '../../cli/install_vhost_user';
 import {
   TAG, alive, domainXml, externalFilesystem, groupMembers, launchedFilesystem, libvirtPaths, processGroup, startLibvirt,
   virsh, virshTry, waitFor, type LibvirtHost,
@@ -200,6 +201,23 @@ for (const backend of ['ours', 'c-virtiofsd'] as const) {
     t.same(backendLogErrors(b.paths.log), [], 'libvirt\'s log of the backend has no error line');
   });
 }
+
+t.test('with our vhost-user descriptor installed, libvirt picks virtiofsd-keeper for a <filesystem> without <binary path>', async (t) => {
+  const etcDir = '/etc/qemu/vhost-user';
+  const created = !fs.existsSync(etcDir);
+  const file = installVhostUserDescriptor(etcDir);
+  t.teardown(() => {
+    fs.rmSync(file, { force: true });
+    if (created) fs.rmSync(etcDir, { recursive: true, force: true });
+  });
+  const d = startDomain(t, (shared) => launchedFilesystem(null, shared), 'echo GUEST-UP > /mnt/up; echo GUEST-UP; while [ ! -e /mnt/stop ]; do sleep 0.2; done\n');
+  const b = await launchedBackend(d);
+  t.ok(fs.readFileSync(`/proc/${b.pid}/cmdline`, 'utf8').split('\0').includes(OURS), 'libvirt exec\'d the descriptor\'s binary');
+  await waitOutput(d, /GUEST-UP/);
+  t.equal(fs.readFileSync(path.join(d.shared, 'up'), 'utf8'), 'GUEST-UP\n', 'the guest wrote through it');
+  virsh('destroy', d.name);
+  await checkNothingLeft(t, d, b, path.join(DEFAULT_STATE_ROOT, stateNameForSocket(b.paths.socket, '')));
+});
 
 t.test('ours launched by us (<source socket=…> + virtiofs-keeper run): the workload across worker SIGKILLs', async (t) => {
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-lv-'));

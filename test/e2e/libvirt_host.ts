@@ -130,11 +130,12 @@ export interface DomainSpec {
 
 export const TAG = 'myfs';
 
-/** A <filesystem> that libvirt launches: `binary` with the recipe's options. */
-export function launchedFilesystem(binary: string, sharedDir: string): string {
+/** A <filesystem> that libvirt launches: `binary` (null: the one a vhost-user descriptor names)
+ * with the recipe's options. */
+export function launchedFilesystem(binary: string | null, sharedDir: string): string {
   return `<filesystem type='mount' accessmode='passthrough'>
       <driver type='virtiofs' queue='1024'/>
-      <binary path='${binary}' xattr='on'>
+      <binary${binary !== null ? ` path='${binary}'` : ''} xattr='on'>
         <cache mode='always'/>
         <lock posix='on' flock='on'/>
         <thread_pool size='4'/>
