@@ -12,7 +12,7 @@ import type { Logger } from '../shared/log';
 import { errorInfo } from '../shared/errors';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { EXIT_STATE_UNUSABLE } from '../shared/config';
-import type { BackoffStatus, ExitInfo, KeeperStatus } from '../shared/keeper_protocol';
+import { RECOVERY_BUCKETS_MS, type BackoffStatus, type ExitInfo, type KeeperStatus } from '../shared/keeper_protocol';
 import { canLowerNiceness, setProcessNiceness } from './niceness';
 import type { KeeperPeer } from './keeper_socket';
 
@@ -426,6 +426,11 @@ export class WorkerSupervisor {
         lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,
         p50Ms: pick(0.5), p99Ms: pick(0.99), maxMs: sorted.length ? sorted[sorted.length - 1]! : null,
         recentMs: this.recoveryMs.slice(-RECENT_RECOVERIES),
+        histogram: {
+          leMs: [...RECOVERY_BUCKETS_MS],
+          counts: RECOVERY_BUCKETS_MS.map((le) => sorted.filter((ms) => ms <= le).length),
+          sumMs: sorted.reduce((a, b) => a + b, 0),
+        },
       },
     };
   }
