@@ -2,7 +2,8 @@
 // what libvirt, Kata and others exec in place of virtiofsd. The options are parsed by
 // virtiofsd_args.ts; this file acts on them:
 //
-//  - inherited fds: every fd above 2 that came to us open across exec is handled on purpose.
+//  - inherited fds: every fd above 2 that came to us open across exec is handled on purpose
+//    (see inheritedFds for how they are told from Node.js's own).
 //    The --fd socket becomes the keeper's vhost.listen. Any other (libvirt's pid file at fd 5,
 //    with a POSIX lock that libvirt reads as "alive") is kept open by this process, the one
 //    that was exec'd, for its whole life: closing any fd of that file would drop the lock. All
@@ -47,22 +48,27 @@ export function stateNameForSocket(socketPath: string | null, fallback: string):
 
 interface Inherited { fd: number; target: string }
 
-/** fds above 2 that we inherited open (not close-on-exec; Node.js opens its own close-on-exec). */
+/**
+ * fds above 2 that we inherited open. Node.js marks fds 0-15 close-on-exec at start-up
+ * (libuv's uv_disable_stdio_inheritance), so below 16 the flag cannot tell ours from inherited
+ * ones; Node.js's own fds at this point are epoll/eventfd anon inodes, /dev/null and pipes with
+ * both ends here. Anything else, or anything without close-on-exec, came from whoever exec'd us.
+ */
 function inheritedFds(native: typeof import('../shared/native').native): Inherited[] {
-  const out: Inherited[] = [];
+  const all: Array<Inherited & { cloexec: boolean }> = [];
   for (const name of fs.readdirSync('/proc/self/fd')) {
     const fd = Number(name);
     if (!Number.isInteger(fd) || fd <= 2) continue;
-    let target: string;
     try {
-      if (native.fdFlags(fd).cloexec) continue;
-      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      all.push({ fd, target: fs.readlinkSync(`/proc/self/fd/${fd}`), cloexec: native.fdFlags(fd).cloexec });
     } catch {
       continue; // the directory's own fd, closed meanwhile
     }
-    out.push({ fd, target });
   }
-  return out;
+  const ends = new Map<string, number>();
+  for (const e of all) if (e.target.startsWith('pipe:')) ends.set(e.target, (ends.get(e.target) ?? 0) + 1);
+  const nodeOwn = (e: Inherited): boolean => e.target.startsWith('anon_inode:') || e.target === '/dev/null' || (ends.get(e.target) ?? 0) > 1;
+  return all.filter((e) => !e.cloexec || !nodeOwn(e)).map(({ fd, target }) => ({ fd, target }));
 }
 
 function version(): string {

@@ -187,7 +187,11 @@ for (const backend of ['ours', 'c-virtiofsd'] as const) {
     await checkNothingLeft(t, d, b, stateDir);
     t.same(qemuVhostErrors(d.name), [], 'QEMU logged no vhost-user error');
     t.same(backendLogErrors(b.paths.log), [], 'libvirt\'s log of the backend has no error line');
-    if (crash) t.match(fs.readFileSync(b.paths.log, 'utf8'), /INFO  keeper\[\d+\]: keeper stopped/, 'the log is readable lines, ending with a clean stop');
+    if (crash) {
+      const log = fs.readFileSync(b.paths.log, 'utf8');
+      t.match(log, /INFO  keeper\[\d+\]: keeper stopped/, 'the log is readable lines, ending with a clean stop');
+      t.match(log, new RegExp(`keeping an inherited fd open for the life of this process fd=5 target=${b.paths.pidFile}`), 'the pid file fd was kept on purpose');
+    }
   });
 
   t.test(`${backend} launched by libvirt: virsh destroy leaves nothing`, async (t) => {
