@@ -77,3 +77,46 @@ t.test('launched as libvirt launches a virtiofsd', async (t) => {
   t.equal(lockHolder(pidFile), 0, 'the lock went with the process');
   t.ok(fs.existsSync(sock), 'the socket it did not bind is left to whoever bound it (libvirt unlinks it)');
 });
+
+t.test('the Rust dialect: --socket-path and --socket-group; a refused option exits 1', async (t) => {
+  const bin = path.join(__dirname, '..', '..', '..', 'bin', 'virtiofsd-keeper.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-vr-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const shared = path.join(dir, 'shared');
+  fs.mkdirSync(shared);
+  const sock = path.join(dir, 'fs.sock');
+
+  const bad = spawnSync(process.execPath, [bin, '--shared-dir', shared, '--socket-path', sock, '--writeback'], { encoding: 'utf8' });
+  t.equal(bad.status, 1, 'an unsupported option exits 1');
+  t.match(bad.stderr, /^virtiofsd-keeper: --writeback: the writeback cache is not supported/, 'naming it and why');
+  t.notOk(fs.existsSync(sock), 'and starts nothing');
+  const caps = spawnSync(process.execPath, [bin, '--print-capabilities'], { encoding: 'utf8' });
+  t.same(JSON.parse(caps.stdout), { type: 'fs', features: ['separate-options'] });
+
+  const stderr = path.join(dir, 'stderr.log');
+  const errFd = fs.openSync(stderr, 'w');
+  const child = spawn(process.execPath, [bin, '--shared-dir', shared, '--socket-path', sock, '--socket-group', '4242', '--cache', 'never',
+    '--sandbox', 'none', '--seccomp', 'none', '--log-level', 'debug'], { stdio: ['ignore', 'ignore', errFd] });
+  fs.closeSync(errFd);
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL'); });
+  const deadline = Date.now() + 20_000;
+  while (!/waiting for the vhost-user frontend/.test(fs.readFileSync(stderr, 'utf8'))) {
+    if (Date.now() > deadline) throw new Error(`no worker came up:\n${fs.readFileSync(stderr, 'utf8')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const st = fs.statSync(sock);
+  t.ok(st.isSocket(), 'we bound the socket');
+  t.equal(st.gid, 4242, '--socket-group gave it to the group');
+  // The keeper logs its standby's spawn at debug level once the worker is ready.
+  const debugLine = / DEBUG keeper\[\d+\]: standby worker spawned/;
+  while (!debugLine.test(fs.readFileSync(stderr, 'utf8')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const log = fs.readFileSync(stderr, 'utf8');
+  t.match(log, debugLine, '--log-level debug reaches the logs');
+  const stateDir = /stateDir=(\S+)/.exec(log)![1]!;
+  t.ok(fs.existsSync(path.join(stateDir, 'keeper.sock')), `state directory ${stateDir}`);
+  process.kill(child.pid!, 'SIGTERM');
+  t.equal(await exited, 0, 'SIGTERM: a clean exit');
+  t.notOk(fs.existsSync(sock), 'the socket we bound is unlinked');
+  t.notOk(fs.existsSync(stateDir), 'the state directory is removed');
+});
