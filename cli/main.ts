@@ -20,6 +20,7 @@ function serveOptions<T>(y: Argv<T>) {
     .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
+    .option('readonly', { type: 'boolean', default: false, describe: 'a read-only export: requests that would change it get EROFS' })
     .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
     .check((a) => {
       const w = a['max-lock-waits'];
@@ -37,7 +38,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
-    maxLockWaits: a['max-lock-waits'] as number,
+    maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean,
   };
 }
 

@@ -8,7 +8,7 @@ import type { KeeperOptions } from '../keeper/keeper';
 
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
-  keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number;
+  keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; readonly: boolean;
 }
 
 /** Options beyond `run`'s (the virtiofsd entry point's). */
@@ -29,7 +29,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
-    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits,
+    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, readonly: a.readonly,
     ...withoutHook(extra),
     workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by

@@ -138,7 +138,7 @@ async function serve(o: VirtiofsdServe): Promise<number> {
   const { keeperCommand } = await import('./serve');
   return keeperCommand({
     sharedDir: path.resolve(o.sharedDir), socketPath: socketPath ?? `(inherited fd ${o.fd})`, stateDir, cache: o.cache,
-    numRequestQueues: 1, keepListening: false, xattr: o.xattr, standby: true, maxLockWaits: 1024,
+    numRequestQueues: 1, keepListening: false, xattr: o.xattr, standby: true, maxLockWaits: 1024, readonly: o.readonly,
   }, true, {
     ...(o.fd !== null ? { listenFd: o.fd } : {}),
     removeStateDir: true,

@@ -36,6 +36,8 @@ export interface VirtiofsdServe {
   seccomp: SeccompAction;
   /** --thread-pool-size, validated; see THREAD_POOL_NOTE. */
   threadPoolSize: number | null;
+  /** --readonly: requests that would change the export get EROFS. */
+  readonly: boolean;
   /** RLIMIT_NOFILE to raise to (null: our default, as high as allowed). */
   rlimitNofile: number | null;
   logLevel: LogLevel;
@@ -57,7 +59,6 @@ export const CAPABILITIES = { type: 'fs', features: ['separate-options'] } as co
 /** Options we refuse, with why. */
 const UNSUPPORTED_FLAGS: Record<string, string> = {
   '--posix-acl': 'POSIX ACLs are not supported (no FUSE_POSIX_ACL)',
-  '--readonly': 'a read-only export is not supported',
   '--syslog': 'logging to syslog is not supported; logs go to stderr',
   '--allow-direct-io': 'honouring the guest\'s O_DIRECT is not supported',
   '--writeback': 'the writeback cache is not supported (FUSE_WRITEBACK_CACHE changes open/write semantics)',
@@ -108,7 +109,7 @@ const LEGACY_LOG_LEVELS: Record<string, LogLevel> = { err: 'error', warn: 'warn'
 interface Draft {
   sharedDir: string | null; socketPath: string | null; fd: number | null; socketGroup: string | null; cache: CacheMode;
   xattr: boolean; posixLocks: boolean; flockLocks: boolean; readdirplus: boolean; sandbox: SandboxMode; seccomp: SeccompAction;
-  threadPoolSize: number | null; rlimitNofile: number | null; logLevel: LogLevel; debug: boolean; dialect: 'rust' | 'legacy';
+  threadPoolSize: number | null; readonly: boolean; rlimitNofile: number | null; logLevel: LogLevel; debug: boolean; dialect: 'rust' | 'legacy';
   help: boolean; version: boolean; capabilities: boolean;
 }
 
@@ -212,7 +213,7 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
     xattr: false, posixLocks: true, flockLocks: true, readdirplus: true,
     // Ours, not virtiofsd's (namespace/kill): see SandboxMode in shared/config.ts.
     sandbox: 'none', seccomp: 'none',
-    threadPoolSize: null, rlimitNofile: null, logLevel: 'info', debug: false, dialect: 'rust',
+    threadPoolSize: null, readonly: false, rlimitNofile: null, logLevel: 'info', debug: false, dialect: 'rust',
     help: false, version: false, capabilities: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -222,6 +223,7 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
     if (arg === '--print-capabilities') { d.capabilities = true; continue; }
     if (arg === '-d') { d.debug = true; continue; }
     if (arg === '--xattr') { d.xattr = true; continue; }
+    if (arg === '--readonly') { d.readonly = true; continue; }
     if (arg === '--no-readdirplus') { d.readdirplus = false; continue; }
     if (NO_EFFECT_FLAGS.has(arg)) continue;
     if (arg in UNSUPPORTED_FLAGS) fail(`${arg}: ${UNSUPPORTED_FLAGS[arg]}`);
@@ -231,7 +233,7 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
       const eq = arg.indexOf('=');
       opt = eq < 0 ? arg : arg.slice(0, eq);
       if (eq >= 0) value = arg.slice(eq + 1);
-      if (eq >= 0 && (opt in UNSUPPORTED_FLAGS || NO_EFFECT_FLAGS.has(opt) || ['--xattr', '--print-capabilities', '--help', '--version', '--no-readdirplus'].includes(opt))) {
+      if (eq >= 0 && (opt in UNSUPPORTED_FLAGS || NO_EFFECT_FLAGS.has(opt) || ['--xattr', '--readonly', '--print-capabilities', '--help', '--version', '--no-readdirplus'].includes(opt))) {
         fail(`${opt} takes no value`);
       }
     } else if (arg.startsWith('-o') && arg.length > 2) {
@@ -261,7 +263,7 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
   return {
     kind: 'serve', sharedDir: d.sharedDir, socketPath: d.socketPath, fd: d.fd, socketGroup: d.socketGroup, cache: d.cache,
     xattr: d.xattr, posixLocks: d.posixLocks, flockLocks: d.flockLocks, readdirplus: d.readdirplus, sandbox: d.sandbox,
-    seccomp: d.seccomp, threadPoolSize: d.threadPoolSize, rlimitNofile: d.rlimitNofile, logLevel: d.debug ? 'debug' : d.logLevel,
+    seccomp: d.seccomp, threadPoolSize: d.threadPoolSize, readonly: d.readonly, rlimitNofile: d.rlimitNofile, logLevel: d.debug ? 'debug' : d.logLevel,
     dialect: d.dialect,
   };
 }
@@ -276,6 +278,7 @@ A drop-in for virtiofsd: serves a shared directory to a vhost-user-fs frontend, 
   --cache auto|always|never   guest caching (legacy: -o cache=auto|always|none)
   --xattr                     support extended attributes (default: off, as in virtiofsd)
   --no-readdirplus            do not offer READDIRPLUS
+  --readonly                  refuse every change to the export (EROFS)
   --sandbox none              (namespace and chroot: not yet)
   --seccomp none              (kill, log and trap: not yet)
   --rlimit-nofile N           raise RLIMIT_NOFILE to N (default: as high as allowed)
@@ -290,7 +293,7 @@ A drop-in for virtiofsd: serves a shared directory to a vhost-user-fs frontend, 
   -V, --version               print the version and exit
   -h, --help                  print this help and exit
 
-Refused (exit 1): --posix-acl --readonly --syslog --allow-direct-io --writeback --killpriv-v2
+Refused (exit 1): --posix-acl --syslog --allow-direct-io --writeback --killpriv-v2
 --security-label --allow-mmap --announce-submounts --preserve-noatime --tag --xattrmap --modcaps
 --uid-map --gid-map --translate-uid --translate-gid --migration-*, and their -o forms.
 `;

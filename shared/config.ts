@@ -36,6 +36,8 @@ export interface WorkerConfig {
   posixLocks?: boolean;
   flockLocks?: boolean;
   readdirplus?: boolean;
+  /** A read-only export: requests that would change the filesystem get EROFS (absent: false). */
+  readonly?: boolean;
   /** RLIMIT_NOFILE the keeper and the worker raise their soft limit to (absent: DEFAULT_RLIMIT_NOFILE). */
   rlimitNofile?: number;
   /** Sandbox and seccomp (absent: 'none'; see SandboxMode). */
@@ -80,6 +82,7 @@ export function writeWorkerConfig(c: WorkerConfig): void {
     ...(c.posixLocks !== undefined ? { posixLocks: c.posixLocks } : {}),
     ...(c.flockLocks !== undefined ? { flockLocks: c.flockLocks } : {}),
     ...(c.readdirplus !== undefined ? { readdirplus: c.readdirplus } : {}),
+    ...(c.readonly !== undefined ? { readonly: c.readonly } : {}),
     ...(c.rlimitNofile !== undefined ? { rlimitNofile: c.rlimitNofile } : {}),
     ...(c.sandbox !== undefined ? { sandbox: c.sandbox } : {}),
     ...(c.seccomp !== undefined ? { seccomp: c.seccomp } : {}),
@@ -112,7 +115,7 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
     throw new ConfigError('config: maxLockWaits must be 0..65536');
   }
-  const optBool = (k: 'posixLocks' | 'flockLocks' | 'readdirplus'): { [key: string]: boolean } => {
+  const optBool = (k: 'posixLocks' | 'flockLocks' | 'readdirplus' | 'readonly'): { [key: string]: boolean } => {
     if (o[k] === undefined) return {};
     return { [k]: bool(k) };
   };
@@ -126,7 +129,7 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
     ...(w !== undefined ? { maxLockWaits: w } : {}),
-    ...optBool('posixLocks'), ...optBool('flockLocks'), ...optBool('readdirplus'),
+    ...optBool('posixLocks'), ...optBool('flockLocks'), ...optBool('readdirplus'), ...optBool('readonly'),
     ...(r !== undefined ? { rlimitNofile: r } : {}),
     ...(sandbox !== undefined ? { sandbox: sandbox as SandboxMode } : {}),
     ...(seccomp !== undefined ? { seccomp: seccomp as SeccompAction } : {}),

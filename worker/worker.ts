@@ -250,6 +250,7 @@ export class Worker {
     const server = new FuseServer(fsImpl, {
       cache: this.config.cache,
       withheldInitFlags: withheldInitFlags(this.config),
+      readonly: this.config.readonly === true,
       restoredInit: loaded?.init ?? null,
       onInit: (init) => this.store.recordInit(init),
       // Without journaling the keeper stores are still batched per turn, so the benchmark's

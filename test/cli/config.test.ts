@@ -12,13 +12,13 @@ const base = (stateDir: string): WorkerConfig => ({
 
 t.test('the virtiofsd settings round-trip through config.json', async (t) => {
   const dir = t.testdir();
-  const full: WorkerConfig = { ...base(dir), posixLocks: false, flockLocks: true, readdirplus: false, rlimitNofile: 4096, sandbox: 'none', seccomp: 'none' };
+  const full: WorkerConfig = { ...base(dir), posixLocks: false, flockLocks: true, readdirplus: false, readonly: true, rlimitNofile: 4096, sandbox: 'none', seccomp: 'none' };
   writeWorkerConfig(full);
   t.same(readWorkerConfig(dir), full);
   writeWorkerConfig(base(dir));
   const plain = readWorkerConfig(dir);
   t.same(plain, base(dir), 'unset fields stay absent');
-  for (const k of ['posixLocks', 'flockLocks', 'readdirplus', 'rlimitNofile', 'sandbox', 'seccomp']) t.notOk(k in plain, `${k} absent`);
+  for (const k of ['posixLocks', 'flockLocks', 'readdirplus', 'readonly', 'rlimitNofile', 'sandbox', 'seccomp']) t.notOk(k in plain, `${k} absent`);
 });
 
 t.test('bad values are configuration errors', async (t) => {

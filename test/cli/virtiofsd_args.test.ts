@@ -56,6 +56,8 @@ t.test('the Rust virtiofsd\'s options', async (t) => {
   t.equal(serve(['--shared-dir=/s', '--fd=4', '--sandbox', 'namespace']).sandbox, 'namespace', 'parsed (refused at start until implemented)');
   for (const a of ['kill', 'log', 'trap'] as const) t.equal(serve(['--shared-dir=/s', '--fd=4', `--seccomp=${a}`]).seccomp, a);
   t.equal(serve(['--shared-dir=/s', '--fd=4', '--cache=always']).cache, 'always');
+  t.equal(serve(['--shared-dir=/s', '--fd=4']).readonly, false);
+  t.equal(serve(['--shared-dir=/s', '--fd=4', '--readonly']).readonly, true, '--readonly: a read-only export');
 });
 
 t.test('help, version, capabilities', async (t) => {
@@ -70,7 +72,7 @@ t.test('help, version, capabilities', async (t) => {
 t.test('every refused Rust option', async (t) => {
   const base = ['--shared-dir=/s', '--fd=4'];
   for (const [flag, why] of [
-    ['--posix-acl', /POSIX ACLs/], ['--readonly', /read-only/], ['--syslog', /syslog/], ['--allow-direct-io', /O_DIRECT/],
+    ['--posix-acl', /POSIX ACLs/], ['--syslog', /syslog/], ['--allow-direct-io', /O_DIRECT/],
     ['--writeback', /writeback/], ['--killpriv-v2', /KILLPRIV_V2/], ['--security-label', /security labels/],
     ['--allow-mmap', /mmap/], ['--announce-submounts', /submounts/], ['--preserve-noatime', /O_NOATIME/],
     ['--migration-verify-handles', /migration/], ['--migration-confirm-paths', /migration/],

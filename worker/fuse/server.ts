@@ -61,12 +61,34 @@ export interface FuseServerOptions {
   /** INIT flags not to offer even when the guest asks (configuration: no_posix_lock, no_flock,
    * --no-readdirplus). */
   withheldInitFlags?: bigint;
+  /** A read-only export (--readonly): every request that would change the filesystem gets
+   * EROFS before it runs (and is never journaled). */
+  readonly?: boolean;
   /** Makes the INIT result durable; called before the INIT/DESTROY reply can reach the guest. */
   onInit?: (init: InitResult | null) => void;
   /** A restarted worker resumes the session: INIT is not negotiated again. */
   restoredInit?: InitResult | null;
   /** Exactly-once journal of state-changing requests (absent: no crash safety, e.g. tests). */
   ledger?: RequestLedger;
+}
+
+/** Linux open(2) flags in FUSE OPEN requests: the access mode and O_TRUNC. */
+const O_ACCMODE = 3;
+const O_TRUNC = 0o1000;
+
+/** Whether a request would change the exported filesystem (refused on a read-only export).
+ * Locks, fsync and reads do not; OPEN does when it asks for write access or truncation. */
+export function changesFilesystem(req: P.FuseRequest): boolean {
+  switch (req.kind) {
+    case 'SETATTR': case 'SYMLINK': case 'MKNOD': case 'MKDIR': case 'UNLINK': case 'RMDIR': case 'RENAME': case 'RENAME2':
+    case 'LINK': case 'CREATE': case 'TMPFILE': case 'WRITE': case 'SETXATTR': case 'REMOVEXATTR': case 'FALLOCATE':
+    case 'COPY_FILE_RANGE':
+      return true;
+    case 'OPEN':
+      return (req.flags & O_ACCMODE) !== 0 || (req.flags & O_TRUNC) !== 0;
+    default:
+      return false;
+  }
 }
 
 /** Identity of one request across worker restarts, and how its reply is recorded. */
@@ -153,6 +175,7 @@ export class FuseServer implements ChainHandler {
       this.log.warn({ opcode: h.opcode }, 'request before FUSE INIT');
       return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
     }
+    if (this.opts.readonly === true && changesFilesystem(req)) return this.replyError(chain, h.unique, ERRNO.EROFS);
     const ledger = this.opts.ledger;
     let fs = this.fs;
     let journaled: Journaled | null = null;
