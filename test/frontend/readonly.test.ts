@@ -40,6 +40,9 @@ t.test('ours --readonly: changes get EROFS, reads work', async (t) => {
     for (const [flags, what] of [[F.O.WRONLY, 'O_WRONLY'], [F.O.RDWR, 'O_RDWR'], [F.O.RDONLY | F.O.TRUNC, 'O_TRUNC']] as const) {
       await expectErrno(t, 'ours', s.fuse.open(f.nodeid, flags), E, `${round}: OPEN ${what}`);
     }
+    await expectErrno(t, 'ours', s.fuse.access(f.nodeid, 2), E, `${round}: ACCESS W_OK`);
+    await s.fuse.access(f.nodeid, 4);
+    t.pass(`${round}: ACCESS R_OK works`);
     const o = await s.fuse.open(f.nodeid, F.O.RDONLY);
     t.equal((await s.fuse.read(f.nodeid, o.fh, 0, 100)).toString(), 'hello', `${round}: a read-only open reads`);
     await expectErrno(t, 'ours', s.fuse.write(f.nodeid, o.fh, 0, Buffer.from('x')), E, `${round}: WRITE`);

@@ -75,9 +75,11 @@ export interface FuseServerOptions {
 /** Linux open(2) flags in FUSE OPEN requests: the access mode and O_TRUNC. */
 const O_ACCMODE = 3;
 const O_TRUNC = 0o1000;
+const W_OK = 2;
 
 /** Whether a request would change the exported filesystem (refused on a read-only export).
- * Locks, fsync and reads do not; OPEN does when it asks for write access or truncation. */
+ * Locks, fsync and reads do not; OPEN does when it asks for write access or truncation, and
+ * ACCESS when it asks about writing. */
 export function changesFilesystem(req: P.FuseRequest): boolean {
   switch (req.kind) {
     case 'SETATTR': case 'SYMLINK': case 'MKNOD': case 'MKDIR': case 'UNLINK': case 'RMDIR': case 'RENAME': case 'RENAME2':
@@ -86,6 +88,9 @@ export function changesFilesystem(req: P.FuseRequest): boolean {
       return true;
     case 'OPEN':
       return (req.flags & O_ACCMODE) !== 0 || (req.flags & O_TRUNC) !== 0;
+    case 'ACCESS':
+      // access(W_OK) answers what a write would meet.
+      return (req.mask & W_OK) !== 0;
     default:
       return false;
   }
