@@ -1,19 +1,13 @@
 // The `virtiofs-keeper` command line.
 import * as path from 'node:path';
-import * as v8 from 'node:v8';
 import type { Argv } from 'yargs';
-import { logger } from '../shared/log';
+import { keeperCommand, type ServeArgs } from './serve';
 import { DEFAULT_STATE_ROOT, type CacheMode } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
   const base = path.basename(socketPath).replace(/\.sock$/, '').replace(/[^A-Za-z0-9._-]/g, '_');
   return base.length > 0 ? base : 'default';
-}
-
-interface ServeArgs {
-  sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
-  keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number;
 }
 
 function serveOptions<T>(y: Argv<T>) {
@@ -26,6 +20,7 @@ function serveOptions<T>(y: Argv<T>) {
     .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
+    .option('readonly', { type: 'boolean', default: false, describe: 'a read-only export: requests that would change it get EROFS' })
     .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
     .check((a) => {
       const w = a['max-lock-waits'];
@@ -43,42 +38,8 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
-    maxLockWaits: a['max-lock-waits'] as number,
+    maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean,
   };
-}
-
-async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
-  // The keeper's young generation would otherwise grow to 2 x 16 MiB under a burst of fd-store
-  // messages (21 MiB private RSS measured instead of 12) for no gain: its objects are tiny and
-  // short-lived. V8 reads this factor whenever it would grow the new space, so setting it now
-  // works (unlike --max-semi-space-size, which only a node command line can set).
-  v8.setFlagsFromString('--semi-space-growth-factor=1');
-  const { Keeper } = await import('../keeper/keeper');
-  const log = logger('main');
-  const binPath = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
-  // A 4 MiB cap on the worker's semi-spaces (V8's default lets them grow to 16 MiB each): 20-25 MiB
-  // less peak RSS in the micro benchmarks, with no measurable change in CPU per request.
-  const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
-  const keeper = new Keeper({
-    stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
-    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits,
-    workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
-    // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
-    // function in the middle of a takeover: this halved fetch + load + resume + first request.
-    standbyCommand: embedded && a.standby ? [process.execPath, '--no-lazy', ...workerArgs] : null,
-  });
-  const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  try {
-    keeper.start();
-  } catch (e) {
-    log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');
-    process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);
-    await keeper.stop('start failed');
-    return 1;
-  }
-  return keeper.done;
 }
 
 async function statusCommand(a: { name?: string; stateDir?: string; json: boolean; prometheus: boolean; watch: boolean }): Promise<number> {
@@ -105,6 +66,11 @@ async function workerCommand(stateDir: string): Promise<void> {
 }
 
 export function main(argv: string[]): void {
+  // virtiofsd's command line (libvirt, Kata... exec a virtiofsd): no yargs, its own parser.
+  if (argv[0] === 'virtiofsd') {
+    void import('./virtiofsd').then(({ virtiofsdMain }) => virtiofsdMain(argv.slice(1)));
+    return;
+  }
   // The daemon the keeper spawns (every restart, every standby) does not load the CLI parser:
   // yargs costs each process ~3 MiB and start-up time.
   const stateDir = workerStateDir(argv);
@@ -150,6 +116,12 @@ function cli(y: Argv): Promise<unknown> {
         const { installUnits } = await import('./install_units');
         for (const f of installUnits({ prefix: path.resolve(a.prefix), configDir: path.resolve(a['config-dir']) })) process.stdout.write(`wrote ${f}\n`);
         process.stdout.write('next: create /etc/virtiofs-keeper/<name>.conf, then systemctl daemon-reload && systemctl enable --now virtiofs-keeper@<name>\n');
+      })
+    .command('install-vhost-user', 'write the vhost-user backend descriptor (type "fs") through which libvirt finds virtiofsd-keeper',
+      (y) => y.option('dir', { type: 'string', default: '/usr/share/qemu/vhost-user', describe: 'descriptor directory (/etc/qemu/vhost-user overrides it)' }),
+      async (a) => {
+        const { installVhostUserDescriptor } = await import('./install_vhost_user');
+        process.stdout.write(`wrote ${installVhostUserDescriptor(path.resolve(a.dir))}\n`);
       })
     .demandCommand(1)
     .help()

@@ -13,7 +13,7 @@ import { native, C, POLL_DISCONNECT, type Poller } from '../shared/native';
 import { errorInfo } from '../shared/errors';
 import { KeeperProtocolError } from '../shared/sd_notify_format';
 import { SCM_MAX_FD, MAX_MESSAGE_SIZE, encodeFromKeeper, type KeeperStatus, type ToKeeper } from '../shared/keeper_protocol';
-import { type WorkerConfig, writeWorkerConfig, keeperSocketPath } from '../shared/config';
+import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, DEFAULT_RLIMIT_NOFILE } from '../shared/config';
 import { prepareStateDir } from '../shared/state_dir';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
 import { buildReport, formatPrometheus } from '../shared/status_report';
@@ -22,7 +22,15 @@ import { FdStore } from './fd_store';
 import { KeeperSocket, removeStaleSocket, type KeeperPeer, type KeeperSocketHandler } from './keeper_socket';
 import { WorkerSupervisor, type SupervisorOptions } from './supervisor';
 
-export interface KeeperOptions extends WorkerConfig, SupervisorOptions {}
+export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
+  /** A listening socket someone else bound (virtiofsd's --fd): served as vhost.listen, its path
+   * (socketPath, informational) neither bound nor unlinked by us. */
+  listenFd?: number;
+  /** Unlink socketPath at exit (default: true unless listenFd). */
+  unlinkSocket?: boolean;
+  /** Remove the state directory at a clean exit (the virtiofsd entry point's derived ones). */
+  removeStateDir?: boolean;
+}
 
 export class Keeper implements KeeperSocketHandler {
   private readonly log: Logger;
@@ -68,11 +76,12 @@ export class Keeper implements KeeperSocketHandler {
   start(): void {
     // The keeper holds a copy of every fd the worker stores: its limit is the worker's budget
     // too (told to workers in FDSET).
-    this.noFile = native.raiseNoFileLimit(1_000_000);
+    this.noFile = native.raiseNoFileLimit(this.opts.rlimitNofile ?? DEFAULT_RLIMIT_NOFILE);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
     const inherited = consumeListenFds();
     prepareStateDir(this.opts.stateDir);
     for (const [name, fd] of inherited) this.store.adopt(name, fd);
+    if (this.opts.listenFd !== undefined && !this.store.has('vhost.listen')) this.store.adopt('vhost.listen', this.opts.listenFd);
     if (this.sd !== null) {
       const sdStore = new SystemdFdStore(this.sd, path.join(this.opts.stateDir, 'fdstore-aliases.json'), (n) => this.store.get(n), this.log);
       for (const [name, fd] of sdStore.adoptInherited(inherited)) this.store.adopt(name, fd);
@@ -281,9 +290,17 @@ export class Keeper implements KeeperSocketHandler {
     this.store.closeAll();
     // Under systemd the listening socket lives on in the fd store: keep its path for the
     // restarted keeper.
-    const paths = this.sd === null ? [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)] : [keeperSocketPath(this.opts.stateDir)];
+    const unlinkSocket = this.sd === null && (this.opts.unlinkSocket ?? this.opts.listenFd === undefined);
+    const paths = unlinkSocket ? [this.opts.socketPath, keeperSocketPath(this.opts.stateDir)] : [keeperSocketPath(this.opts.stateDir)];
     for (const p of paths) {
       try { fs.unlinkSync(p); } catch { /* already gone */ }
+    }
+    if (this.opts.removeStateDir === true && this.sd === null) {
+      try {
+        fs.rmSync(this.opts.stateDir, { recursive: true, force: true });
+      } catch (e) {
+        this.log.warn({ err: errorInfo(e), stateDir: this.opts.stateDir }, 'cannot remove the state directory');
+      }
     }
     this.log.info('keeper stopped');
     this.resolveDone?.(code);

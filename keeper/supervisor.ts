@@ -12,7 +12,7 @@ import type { Logger } from '../shared/log';
 import { errorInfo } from '../shared/errors';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { EXIT_STATE_UNUSABLE } from '../shared/config';
-import type { BackoffStatus, ExitInfo, KeeperStatus } from '../shared/keeper_protocol';
+import { RECOVERY_BUCKETS_MS, type BackoffStatus, type ExitInfo, type KeeperStatus } from '../shared/keeper_protocol';
 import { canLowerNiceness, setProcessNiceness } from './niceness';
 import type { KeeperPeer } from './keeper_socket';
 
@@ -65,6 +65,8 @@ const STANDBY_NICE = 10;
  * takeover otherwise waits for the CPU behind everything else. Needs the same privilege. */
 const RECOVERY_BOOST = 5;
 const RECOVERY_BOOST_MS = 2_000;
+/** How long a worker killed by SIGTERM waits for its successor (see onExit). */
+const SIGTERM_GRACE_MS = 200;
 /** Recovery samples reported in status (for benchmarks and dashboards). */
 const RECENT_RECOVERIES = 200;
 
@@ -306,7 +308,10 @@ export class WorkerSupervisor {
   private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (this.standby !== null && child === this.standby.child) {
       this.standby = null;
-      if (!this.stopping) {
+      if (!this.stopping && signal === 'SIGTERM') {
+        // As for the active worker (below): maybe a stop of the whole process group.
+        this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, SIGTERM_GRACE_MS);
+      } else if (!this.stopping) {
         this.log.warn({ code, signal }, 'standby worker died; replacing it');
         this.scheduleStandby();
       }
@@ -347,6 +352,14 @@ export class WorkerSupervisor {
       this.log.info({ workerPid: pid }, 'worker finished: service over');
       this.phase = { state: 'exited', pid: null };
       this.host.serviceOver('worker finished');
+      return;
+    }
+    if (signal === 'SIGTERM') {
+      // A SIGTERM to our process group (libvirt stopping a virtiofsd) reaches the keeper at the
+      // same moment, and its handler may run after this exit: give it that moment, so that a
+      // stop does not start (and at once kill) a successor.
+      this.log.info({ workerPid: pid }, 'worker terminated by SIGTERM; restarting it unless the keeper stops too');
+      this.restartTimer = setTimeout(() => { this.restartTimer = null; this.restartAfterDeath(now, diedBeforeReady, fruitless); }, SIGTERM_GRACE_MS);
       return;
     }
     if (pid !== null) this.log.warn({ workerPid: pid, code, signal }, 'worker died; restarting');
@@ -413,6 +426,11 @@ export class WorkerSupervisor {
         lastMs: this.recoveryMs.length ? this.recoveryMs[this.recoveryMs.length - 1]! : null,
         p50Ms: pick(0.5), p99Ms: pick(0.99), maxMs: sorted.length ? sorted[sorted.length - 1]! : null,
         recentMs: this.recoveryMs.slice(-RECENT_RECOVERIES),
+        histogram: {
+          leMs: [...RECOVERY_BUCKETS_MS],
+          counts: RECOVERY_BUCKETS_MS.map((le) => sorted.filter((ms) => ms <= le).length),
+          sumMs: sorted.reduce((a, b) => a + b, 0),
+        },
       },
     };
   }

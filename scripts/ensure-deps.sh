@@ -12,6 +12,10 @@
 #   attr                getfattr/setfattr, used by the host-side checks
 #   xz-utils zstd       decompress kernel modules if the kernel package ships them compressed
 #   systemd-container   systemd-nspawn: the real-systemd test boots systemd as PID 1 in a container
+#   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
+#                       a real libvirt 9.0 (libvirtd, virtlogd, virsh) for the libvirt E2E test
+#   prometheus-node-exporter
+#                       node_exporter's textfile collector reads our metrics.prom (operators' test)
 #   ca-certificates     not needed; apt's own transport is used
 set -euo pipefail
 
@@ -34,6 +38,10 @@ declare -A NEED=(
   [xz-utils]=/usr/bin/xz
   [zstd]=/usr/bin/zstd
   [systemd-container]=/usr/bin/systemd-nspawn
+  [libvirt-daemon-system]=/usr/sbin/libvirtd
+  [libvirt-clients]=/usr/bin/virsh
+  [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
+  [prometheus-node-exporter]=/usr/bin/prometheus-node-exporter
 )
 
 installed() {

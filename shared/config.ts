@@ -9,6 +9,16 @@ export const MAX_REQUEST_QUEUES = 64;
 
 export type CacheMode = 'auto' | 'always' | 'never';
 
+/** How the backend isolates itself (virtiofsd's --sandbox). The sandbox issue implements
+ * namespace and chroot; until then only 'none' runs, and 'none' is the default. */
+export type SandboxMode = 'namespace' | 'chroot' | 'none';
+/** What a syscall outside the allow-list does (virtiofsd's --seccomp). Default 'none' until the
+ * sandbox issue adds the filter. */
+export type SeccompAction = 'kill' | 'log' | 'trap' | 'none';
+/** The modes this build can run; anything else is refused at start (exit 1), never ignored. */
+export const SUPPORTED_SANDBOX_MODES: readonly SandboxMode[] = ['none'];
+export const SUPPORTED_SECCOMP_ACTIONS: readonly SeccompAction[] = ['none'];
+
 export interface WorkerConfig {
   stateDir: string;
   sharedDir: string;
@@ -20,11 +30,27 @@ export interface WorkerConfig {
   xattr: boolean;
   /** Parked SETLKW waits at most (absent in configs written before it existed: the default). */
   maxLockWaits?: number;
+  /** FUSE INIT offers: remote POSIX locks (FUSE_POSIX_LOCKS), flock (FUSE_FLOCK_LOCKS),
+   * READDIRPLUS. Absent: offered (virtiofsd's no_posix_lock, no_flock, --no-readdirplus clear
+   * them; the guest kernel then keeps those locks local, or uses plain READDIR). */
+  posixLocks?: boolean;
+  flockLocks?: boolean;
+  readdirplus?: boolean;
+  /** A read-only export: requests that would change the filesystem get EROFS (absent: false). */
+  readonly?: boolean;
+  /** RLIMIT_NOFILE the keeper and the worker raise their soft limit to (absent: DEFAULT_RLIMIT_NOFILE). */
+  rlimitNofile?: number;
+  /** Sandbox and seccomp (absent: 'none'; see SandboxMode). */
+  sandbox?: SandboxMode;
+  seccomp?: SeccompAction;
 }
 
 export class ConfigError extends ConfigurationError {}
 
 export const DEFAULT_STATE_ROOT = '/run/virtiofs-keeper';
+
+/** The fd limit both processes raise their soft limit to unless configured (capped by the hard one). */
+export const DEFAULT_RLIMIT_NOFILE = 1_000_000;
 
 /** Worker exit codes the keeper acts on: 0 = the frontend left, the service is over (the
  * keeper exits too); 3 = the saved state cannot be used (the keeper keeps every fd and does
@@ -53,6 +79,13 @@ export function writeWorkerConfig(c: WorkerConfig): void {
     stateDir: c.stateDir, sharedDir: c.sharedDir, socketPath: c.socketPath, cache: c.cache,
     requestQueues: c.requestQueues, keepListening: c.keepListening, xattr: c.xattr,
     ...(c.maxLockWaits !== undefined ? { maxLockWaits: c.maxLockWaits } : {}),
+    ...(c.posixLocks !== undefined ? { posixLocks: c.posixLocks } : {}),
+    ...(c.flockLocks !== undefined ? { flockLocks: c.flockLocks } : {}),
+    ...(c.readdirplus !== undefined ? { readdirplus: c.readdirplus } : {}),
+    ...(c.readonly !== undefined ? { readonly: c.readonly } : {}),
+    ...(c.rlimitNofile !== undefined ? { rlimitNofile: c.rlimitNofile } : {}),
+    ...(c.sandbox !== undefined ? { sandbox: c.sandbox } : {}),
+    ...(c.seccomp !== undefined ? { seccomp: c.seccomp } : {}),
   };
   fs.writeFileSync(tmp, JSON.stringify(body, null, 2), { mode: 0o600 });
   fs.renameSync(tmp, configPath(c.stateDir));
@@ -82,9 +115,23 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
     throw new ConfigError('config: maxLockWaits must be 0..65536');
   }
+  const optBool = (k: 'posixLocks' | 'flockLocks' | 'readdirplus' | 'readonly'): { [key: string]: boolean } => {
+    if (o[k] === undefined) return {};
+    return { [k]: bool(k) };
+  };
+  const r = o.rlimitNofile;
+  if (r !== undefined && (typeof r !== 'number' || !Number.isInteger(r) || r < 1)) throw new ConfigError('config: rlimitNofile must be a positive integer');
+  const sandbox = o.sandbox;
+  if (sandbox !== undefined && !(['namespace', 'chroot', 'none'] as unknown[]).includes(sandbox)) throw new ConfigError('config: bad sandbox mode');
+  const seccomp = o.seccomp;
+  if (seccomp !== undefined && !(['kill', 'log', 'trap', 'none'] as unknown[]).includes(seccomp)) throw new ConfigError('config: bad seccomp action');
   return {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
     ...(w !== undefined ? { maxLockWaits: w } : {}),
+    ...optBool('posixLocks'), ...optBool('flockLocks'), ...optBool('readdirplus'), ...optBool('readonly'),
+    ...(r !== undefined ? { rlimitNofile: r } : {}),
+    ...(sandbox !== undefined ? { sandbox: sandbox as SandboxMode } : {}),
+    ...(seccomp !== undefined ? { seccomp: seccomp as SeccompAction } : {}),
   };
 }

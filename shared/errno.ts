@@ -20,6 +20,7 @@ export const ENFILE = E.ENFILE;
 export const EMFILE = E.EMFILE;
 export const EFBIG = E.EFBIG;
 export const ENOSPC = E.ENOSPC;
+export const EROFS = E.EROFS;
 export const ERANGE = E.ERANGE;
 export const ENOLCK = E.ENOLCK;
 export const ENOSYS = E.ENOSYS;

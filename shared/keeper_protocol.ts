@@ -225,10 +225,16 @@ export interface ExitInfo { code: number | null; signal: string | null; at: stri
 /** Crash-loop backoff: workers that died in a row without progress, and the pending delay. */
 export interface BackoffStatus { fruitlessDeaths: number; delayMs: number; restartAt: string | null }
 
+/** Upper bounds (ms) of the recovery-time histogram's buckets (+Inf is the count). */
+export const RECOVERY_BUCKETS_MS: readonly number[] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
 export interface KeeperStatus {
   keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
   worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean; backoff: BackoffStatus };
-  recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[] };
+  recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[];
+    /** Every recovery so far, as cumulative counts per upper bound (RECOVERY_BUCKETS_MS), and
+     * their sum (absent from older keepers). */
+    histogram?: { leMs: number[]; counts: number[]; sumMs: number } };
   fdNames: Record<string, number>;
   workerStats: unknown;
 }

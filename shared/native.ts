@@ -100,6 +100,8 @@ export interface NativeAddon {
   /** Raises RLIMIT_NOFILE's soft limit to min(hard, wanted) (and the hard limit too when
    * privileged, up to /proc/sys/fs/nr_open). Returns the new soft limit. */
   raiseNoFileLimit(wanted: number): number;
+  /** F_SETFD: sets or clears FD_CLOEXEC. */
+  setCloexec(fd: number, cloexec: boolean): void;
   /** Reads F_GETFD/F_GETFL: { cloexec, flags }. */
   fdFlags(fd: number): { cloexec: boolean; statusFlags: number };
 

@@ -59,6 +59,16 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('recovery_last_seconds', 'gauge', 'Duration of the last recovery.', each((r) => sec(r.recovery.lastMs)));
   metric('recovery_p50_seconds', 'gauge', 'Median recovery duration.', each((r) => sec(r.recovery.p50Ms)));
   metric('recovery_max_seconds', 'gauge', 'Longest recovery duration.', each((r) => sec(r.recovery.maxMs)));
+  out.push('# HELP virtiofs_keeper_recovery_seconds Recovery durations (worker death to first request served).',
+    '# TYPE virtiofs_keeper_recovery_seconds histogram');
+  for (const r of reports) {
+    const h = r.recovery.histogram;
+    if (h === undefined) continue;
+    const name = `name="${r.name.replace(/["\\\n]/g, '_')}"`;
+    h.leMs.forEach((le, i) => out.push(`virtiofs_keeper_recovery_seconds_bucket{${name},le="${le / 1000}"} ${h.counts[i]}`));
+    out.push(`virtiofs_keeper_recovery_seconds_bucket{${name},le="+Inf"} ${r.recovery.count}`,
+      `virtiofs_keeper_recovery_seconds_sum{${name}} ${h.sumMs / 1000}`, `virtiofs_keeper_recovery_seconds_count{${name}} ${r.recovery.count}`);
+  }
   metric('vhost_connected', 'gauge', 'The vhost-user frontend (QEMU) is connected.', each((r) => (r.vhost.connected ? 1 : 0)));
   const q = (f: (x: StatusReport['vhost']['queues'][number]) => number): Array<[Record<string, string>, number]> =>
     reports.flatMap((r) => r.vhost.queues.map((x) => [{ name: r.name, queue: String(x.index) }, f(x)] as [Record<string, string>, number]));

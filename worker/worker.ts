@@ -9,7 +9,7 @@ import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { DEFAULT_RLIMIT_NOFILE, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
 import { notifyFields } from '../shared/keeper_protocol';
 import { checkStateDir } from '../shared/state_dir';
@@ -17,6 +17,7 @@ import { VhostUserBackend } from './vhost/backend';
 import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
+import { FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS, FUSE_READDIRPLUS_AUTO } from './fuse/constants';
 import { PassthroughFs } from './fs/passthrough';
 import { loadState, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
@@ -75,7 +76,7 @@ export class Worker {
 
   start(): void {
     this.mark('start');
-    const ownNoFile = native.raiseNoFileLimit(1_000_000);
+    const ownNoFile = native.raiseNoFileLimit(this.config.rlimitNofile ?? DEFAULT_RLIMIT_NOFILE);
     faultPoint('resume-fetch');
     const { fds, ctlSeq, keeper: caps } = this.keeper.fetchAll();
     this.registry.setCapacity(fdBudget(ownNoFile, caps.noFile));
@@ -238,6 +239,7 @@ export class Worker {
     const fsImpl = new PassthroughFs({
       registry: this.registry, cache: this.config.cache, xattr: this.config.xattr, logger: logger('fs'),
       maxLockWaits: this.config.maxLockWaits,
+      ...(this.config.rlimitNofile !== undefined ? { noFileLimit: this.config.rlimitNofile } : {}),
       ...(loaded?.fs ? { session: loaded.fs } : {}),
     });
     if (loaded === null) this.store.recordNewSession(fsImpl.session);
@@ -247,6 +249,8 @@ export class Worker {
     else this.log.warn('VFSK_BENCH_NO_JOURNAL=1: request and session journaling is OFF; a worker crash will lose state');
     const server = new FuseServer(fsImpl, {
       cache: this.config.cache,
+      withheldInitFlags: withheldInitFlags(this.config),
+      readonly: this.config.readonly === true,
       restoredInit: loaded?.init ?? null,
       onInit: (init) => this.store.recordInit(init),
       // Without journaling the keeper stores are still batched per turn, so the benchmark's
@@ -341,6 +345,16 @@ function collectStartupGarbage(log: Logger): void {
   } catch (e) {
     log.debug({ err: errorInfo(e) }, 'cannot collect garbage before standing by');
   }
+}
+
+/** The FUSE INIT flags the configuration withholds (virtiofsd's no_posix_lock, no_flock,
+ * --no-readdirplus): the guest kernel then keeps those locks to itself, or uses READDIR. */
+export function withheldInitFlags(c: WorkerConfig): bigint {
+  let f = 0n;
+  if (c.posixLocks === false) f |= FUSE_POSIX_LOCKS;
+  if (c.flockLocks === false) f |= FUSE_FLOCK_LOCKS;
+  if (c.readdirplus === false) f |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+  return f;
 }
 
 /** A failed accept() of the frontend (EMFILE...) is tried again after this long. */

@@ -77,23 +77,34 @@ Napi::Value SameOpenFile(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, r == 0);
 }
 
-Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
+// Sets or clears one bit of an fd's F_GETFD/F_GETFL flags (a call of two arguments: fd, on).
+static Napi::Value SetFdFlagBit(const Napi::CallbackInfo& info, const char* name, const char* what, int getCmd, int setCmd, int bit) {
   Napi::Env env = info.Env();
-  Args a(info, "setNonBlocking");
+  Args a(info, name);
   int fd;
-  bool nb;
-  if (!a.Count(2) || !a.Fd(0, "fd", &fd) || !a.Bool(1, "nonBlocking", &nb)) return {};
-  int fl = fcntl(fd, F_GETFL);
+  bool on;
+  if (!a.Count(2) || !a.Fd(0, "fd", &fd) || !a.Bool(1, what, &on)) return {};
+  int fl = fcntl(fd, getCmd);
   if (fl < 0) {
     ThrowErrno(env, errno, "fcntl");
     return {};
   }
-  int nfl = nb ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
-  if (nfl != fl && fcntl(fd, F_SETFL, nfl) < 0) {
+  int nfl = on ? (fl | bit) : (fl & ~bit);
+  if (nfl != fl && fcntl(fd, setCmd, nfl) < 0) {
     ThrowErrno(env, errno, "fcntl");
     return {};
   }
   return Undef(env);
+}
+
+Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
+  return SetFdFlagBit(info, "setNonBlocking", "nonBlocking", F_GETFL, F_SETFL, O_NONBLOCK);
+}
+
+// F_SETFD: set or clear FD_CLOEXEC on an fd we keep (e.g. one inherited from whoever exec'd us,
+// which must stay open here but not leak into our children).
+Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
+  return SetFdFlagBit(info, "setCloexec", "cloexec", F_GETFD, F_SETFD, FD_CLOEXEC);
 }
 
 Napi::Value FdFlags(const Napi::CallbackInfo& info) {
@@ -801,6 +812,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
       {"setNonBlocking", SetNonBlocking},
       {"raiseNoFileLimit", RaiseNoFileLimit},
       {"fdFlags", FdFlags},
+      {"setCloexec", SetCloexec},
       {"setFsIds", SetFsIds},
       {"openat", Openat},
       {"openat2", Openat2},

@@ -138,6 +138,23 @@ function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/** Writes `<dir>/<name>.initrd.gz`: the base initramfs plus a small archive with the script
+ * and its environment (see the header). Returns its path. */
+export function writeBootInitrd(o: { image: GuestImage; dir: string; name: string; tag: string; nonce: string; script: string;
+  env: Record<string, string>; mountOptions?: string | undefined }): string {
+  const bootEnv: Record<string, string> = { VFSK_TAG: o.tag, VFSK_NONCE: o.nonce };
+  if (o.mountOptions) bootEnv.VFSK_MOUNT_OPTS = o.mountOptions;
+  const extra = makeGzipCpio([
+    { name: 'vfsk', type: 'dir' },
+    { name: 'vfsk/boot.env', type: 'file', data: envFile(bootEnv) },
+    { name: 'vfsk/test.env', type: 'file', data: envFile(o.env) },
+    { name: 'test.sh', type: 'file', mode: 0o755, data: o.script },
+  ]);
+  const initrd = path.join(o.dir, `${o.name}.initrd.gz`);
+  fs.writeFileSync(initrd, Buffer.concat([fs.readFileSync(o.image.initrd), extra]));
+  return initrd;
+}
+
 function envFile(env: Record<string, string>): string {
   let out = '';
   for (const [k, v] of Object.entries(env)) {
@@ -193,17 +210,7 @@ export async function startGuest(opts: BootOptions): Promise<GuestHandle> {
   if (!/^[A-Za-z0-9_.-]+$/.test(tag)) throw new Error(`bad virtio-fs tag: ${tag}`);
   fs.mkdirSync(opts.dir, { recursive: true });
 
-  // Per-boot initrd: base + a small archive with the script and its environment.
-  const bootEnv: Record<string, string> = { VFSK_TAG: tag, VFSK_NONCE: nonce };
-  if (opts.mountOptions) bootEnv.VFSK_MOUNT_OPTS = opts.mountOptions;
-  const extra = makeGzipCpio([
-    { name: 'vfsk', type: 'dir' },
-    { name: 'vfsk/boot.env', type: 'file', data: envFile(bootEnv) },
-    { name: 'vfsk/test.env', type: 'file', data: envFile(opts.env ?? {}) },
-    { name: 'test.sh', type: 'file', mode: 0o755, data: opts.script },
-  ]);
-  const initrd = path.join(opts.dir, `${name}.initrd.gz`);
-  fs.writeFileSync(initrd, Buffer.concat([fs.readFileSync(image.initrd), extra]));
+  const initrd = writeBootInitrd({ image, dir: opts.dir, name, tag, nonce, script: opts.script, env: opts.env ?? {}, mountOptions: opts.mountOptions });
 
   const serialLogPath = path.join(opts.dir, `${name}.serial.log`);
   const qemuStderrPath = path.join(opts.dir, `${name}.qemu-stderr.log`);

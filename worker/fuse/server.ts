@@ -58,12 +58,42 @@ export interface InitResult {
 
 export interface FuseServerOptions {
   cache: CacheMode;
+  /** INIT flags not to offer even when the guest asks (configuration: no_posix_lock, no_flock,
+   * --no-readdirplus). */
+  withheldInitFlags?: bigint;
+  /** A read-only export (--readonly): every request that would change the filesystem gets
+   * EROFS before it runs (and is never journaled). */
+  readonly?: boolean;
   /** Makes the INIT result durable; called before the INIT/DESTROY reply can reach the guest. */
   onInit?: (init: InitResult | null) => void;
   /** A restarted worker resumes the session: INIT is not negotiated again. */
   restoredInit?: InitResult | null;
   /** Exactly-once journal of state-changing requests (absent: no crash safety, e.g. tests). */
   ledger?: RequestLedger;
+}
+
+/** Linux open(2) flags in FUSE OPEN requests: the access mode and O_TRUNC. */
+const O_ACCMODE = 3;
+const O_TRUNC = 0o1000;
+const W_OK = 2;
+
+/** Whether a request would change the exported filesystem (refused on a read-only export).
+ * Locks, fsync and reads do not; OPEN does when it asks for write access or truncation, and
+ * ACCESS when it asks about writing. */
+export function changesFilesystem(req: P.FuseRequest): boolean {
+  switch (req.kind) {
+    case 'SETATTR': case 'SYMLINK': case 'MKNOD': case 'MKDIR': case 'UNLINK': case 'RMDIR': case 'RENAME': case 'RENAME2':
+    case 'LINK': case 'CREATE': case 'TMPFILE': case 'WRITE': case 'SETXATTR': case 'REMOVEXATTR': case 'FALLOCATE':
+    case 'COPY_FILE_RANGE':
+      return true;
+    case 'OPEN':
+      return (req.flags & O_ACCMODE) !== 0 || (req.flags & O_TRUNC) !== 0;
+    case 'ACCESS':
+      // access(W_OK) answers what a write would meet.
+      return (req.mask & W_OK) !== 0;
+    default:
+      return false;
+  }
 }
 
 /** Identity of one request across worker restarts, and how its reply is recorded. */
@@ -150,6 +180,7 @@ export class FuseServer implements ChainHandler {
       this.log.warn({ opcode: h.opcode }, 'request before FUSE INIT');
       return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
     }
+    if (this.opts.readonly === true && changesFilesystem(req)) return this.replyError(chain, h.unique, ERRNO.EROFS);
     const ledger = this.opts.ledger;
     let fs = this.fs;
     let journaled: Journaled | null = null;
@@ -478,7 +509,7 @@ export class FuseServer implements ChainHandler {
       this.unmatchedInterrupts = [];
     }
     const minor = Math.min(req.minor, K.FUSE_KERNEL_MINOR_VERSION);
-    let flags = req.flags & SUPPORTED_INIT_FLAGS;
+    let flags = req.flags & SUPPORTED_INIT_FLAGS & ~(this.opts.withheldInitFlags ?? 0n);
     if ((req.flags & K.FUSE_INIT_EXT) === 0n) flags &= 0xffff_ffffn;
     const result: InitResult = { major: K.FUSE_KERNEL_VERSION, minor, flags, maxReadahead: req.maxReadahead, maxWrite: MAX_WRITE, maxPages: MAX_PAGES };
     this.initResult = result;
