@@ -30,5 +30,4 @@ export const EPROTO = E.EPROTO;
 export const EOVERFLOW = E.EOVERFLOW;
 export const ENOBUFS = E.ENOBUFS;
 export const EOPNOTSUPP = E.EOPNOTSUPP;
-export const EROFS = E.EROFS;
 export const ETXTBSY = E.ETXTBSY;
