@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import type { Argv } from 'yargs';
 import { logger } from '../shared/log';
-import { DEFAULT_STATE_ROOT, type CacheMode } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, type CacheMode, type InodeFileHandles } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
@@ -13,7 +13,7 @@ export function nameFromSocket(socketPath: string): string {
 
 interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
-  keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number;
+  keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; inodeFileHandles: InodeFileHandles;
 }
 
 function serveOptions<T>(y: Argv<T>) {
@@ -26,6 +26,8 @@ function serveOptions<T>(y: Argv<T>) {
     .option('num-request-queues', { type: 'number', default: 1, describe: 'request virtqueues to offer (MQ)' })
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
+    .option('inode-file-handles', { choices: INODE_FILE_HANDLES, default: DEFAULT_INODE_FILE_HANDLES,
+      describe: 'name inodes by file handles (needs CAP_DAC_READ_SEARCH) so no fd is held per inode: never, prefer (fall back to fds), mandatory' })
     .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
     .check((a) => {
       const w = a['max-lock-waits'];
@@ -43,7 +45,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
-    maxLockWaits: a['max-lock-waits'] as number,
+    maxLockWaits: a['max-lock-waits'] as number, inodeFileHandles: a['inode-file-handles'] as InodeFileHandles,
   };
 }
 
@@ -62,6 +64,7 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits,
+    inodeFileHandles: a.inodeFileHandles,
     workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.

@@ -8,6 +8,11 @@ import { ConfigurationError } from './errors';
 export const MAX_REQUEST_QUEUES = 64;
 
 export type CacheMode = 'auto' | 'always' | 'never';
+/** How inodes are held (worker/fs/inode_fds.ts): 'never' an fd each in the keeper; 'prefer'
+ * file handles where the share supports them, else fds; 'mandatory' handles or no start. */
+export type InodeFileHandles = 'never' | 'prefer' | 'mandatory';
+export const INODE_FILE_HANDLES: readonly InodeFileHandles[] = ['never', 'prefer', 'mandatory'];
+export const DEFAULT_INODE_FILE_HANDLES: InodeFileHandles = 'prefer';
 
 export interface WorkerConfig {
   stateDir: string;
@@ -20,6 +25,8 @@ export interface WorkerConfig {
   xattr: boolean;
   /** Parked SETLKW waits at most (absent in configs written before it existed: the default). */
   maxLockWaits?: number;
+  /** Absent in configs written before it existed: DEFAULT_INODE_FILE_HANDLES. */
+  inodeFileHandles?: InodeFileHandles;
 }
 
 export class ConfigError extends ConfigurationError {}
@@ -53,6 +60,7 @@ export function writeWorkerConfig(c: WorkerConfig): void {
     stateDir: c.stateDir, sharedDir: c.sharedDir, socketPath: c.socketPath, cache: c.cache,
     requestQueues: c.requestQueues, keepListening: c.keepListening, xattr: c.xattr,
     ...(c.maxLockWaits !== undefined ? { maxLockWaits: c.maxLockWaits } : {}),
+    ...(c.inodeFileHandles !== undefined ? { inodeFileHandles: c.inodeFileHandles } : {}),
   };
   fs.writeFileSync(tmp, JSON.stringify(body, null, 2), { mode: 0o600 });
   fs.renameSync(tmp, configPath(c.stateDir));
@@ -82,9 +90,12 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
     throw new ConfigError('config: maxLockWaits must be 0..65536');
   }
+  const h = o.inodeFileHandles;
+  if (h !== undefined && !INODE_FILE_HANDLES.includes(h as InodeFileHandles)) throw new ConfigError(`config: inodeFileHandles must be one of ${INODE_FILE_HANDLES.join(', ')}`);
   return {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
     ...(w !== undefined ? { maxLockWaits: w } : {}),
+    ...(h !== undefined ? { inodeFileHandles: h as InodeFileHandles } : {}),
   };
 }

@@ -31,3 +31,4 @@ export const ENOBUFS = E.ENOBUFS;
 export const EOPNOTSUPP = E.EOPNOTSUPP;
 export const EROFS = E.EROFS;
 export const ETXTBSY = E.ETXTBSY;
+export const ESTALE = E.ESTALE;

@@ -9,7 +9,7 @@ import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
 import { notifyFields } from '../shared/keeper_protocol';
 import { checkStateDir } from '../shared/state_dir';
@@ -17,7 +17,8 @@ import { VhostUserBackend } from './vhost/backend';
 import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
-import { PassthroughFs } from './fs/passthrough';
+import { DEFAULT_INODE_FD_CACHE, PassthroughFs } from './fs/passthrough';
+import { MIN_CAPACITY } from './fs/inode_fds';
 import { loadState, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
@@ -41,6 +42,7 @@ export class Worker {
   private fsImpl: PassthroughFs | null = null;
   private server: FuseServer | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
+  private inodeFdCache = DEFAULT_INODE_FD_CACHE;
   private watchdogTimer: NodeJS.Timeout | null = null;
   /** systemd's notify socket when systemd runs this worker (virtiofs-worker@.service). */
   private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
@@ -78,7 +80,9 @@ export class Worker {
     const ownNoFile = native.raiseNoFileLimit(1_000_000);
     faultPoint('resume-fetch');
     const { fds, ctlSeq, keeper: caps } = this.keeper.fetchAll();
-    this.registry.setCapacity(fdBudget(ownNoFile, caps.noFile));
+    // The inode fd cache is the worker's alone: its size comes off the worker's share.
+    this.inodeFdCache = inodeFdCacheSize(ownNoFile);
+    this.registry.setCapacity(fdBudget(ownNoFile - this.inodeFdCache, caps.noFile));
     this.keeper.onStoresRefused = (e) => this.storesRefused(e);
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
@@ -166,7 +170,8 @@ export class Worker {
     const missing = (name: string): boolean => !this.registry.has(name);
     const files = [...session.allFiles()].filter((f) => missing(f.fdName));
     const dirs = [...session.allDirs()].filter((d) => missing(d.fdName));
-    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && missing(i.fdName));
+    // An inode named by a handle has no fd in the keeper to miss.
+    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && i.handle === null && missing(i.fdName));
     for (const f of files) session.closeFile(f.fh);
     for (const d of dirs) session.closeDir(d.fh);
     for (const i of inodes) session.forget(i.nodeid, i.lookupCount);
@@ -238,6 +243,8 @@ export class Worker {
     const fsImpl = new PassthroughFs({
       registry: this.registry, cache: this.config.cache, xattr: this.config.xattr, logger: logger('fs'),
       maxLockWaits: this.config.maxLockWaits,
+      inodeFileHandles: this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES,
+      inodeFdCache: this.inodeFdCache,
       ...(loaded?.fs ? { session: loaded.fs } : {}),
     });
     if (loaded === null) this.store.recordNewSession(fsImpl.session);
@@ -313,6 +320,7 @@ export class Worker {
         openFiles: this.fsImpl?.session.fileCount ?? 0,
         openDirs: this.fsImpl?.session.dirCount ?? 0,
         lockWaits: this.fsImpl?.parkedLockWaits ?? 0,
+        inodeHandles: this.fsImpl?.inodeHandleStats ?? null,
       },
       fds: this.registry.size,
     };
@@ -351,6 +359,12 @@ const FD_RESERVE = 256;
 
 /** How many fds the worker may register: each is held here and again in the keeper, so the
  * lower of the two limits counts (an older keeper does not say its own). */
+/** O_PATH fds of handle-named inodes kept open: DEFAULT_INODE_FD_CACHE, at most an eighth of
+ * the fd limit. */
+function inodeFdCacheSize(ownNoFile: number): number {
+  return Math.max(MIN_CAPACITY, Math.min(DEFAULT_INODE_FD_CACHE, Math.floor(ownNoFile / 8)));
+}
+
 function fdBudget(ownNoFile: number, keeperNoFile: number | null): number {
   return Math.max(0, Math.min(ownNoFile, keeperNoFile ?? ownNoFile) - FD_RESERVE);
 }
