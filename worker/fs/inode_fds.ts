@@ -14,6 +14,9 @@
 // - The share is the boundary: a handle opens any inode of the filesystem, so handles come
 //   only from our own journal (made by name_to_handle_at on an inode we reached beneath the
 //   root), never from the guest, and are opened only with the root as mount fd.
+// - open_by_handle_at refuses an O_PATH mount fd (EBADF), and the root's fd is O_PATH: the
+//   cache keeps the root reopened O_RDONLY|O_DIRECTORY (through /proc/self/fd, as any reopen)
+//   as its mount fd, the worker's own (a successor opens its own).
 // - Eviction closes the least recently used unpinned fd at once. A request uses at most a few
 //   inode fds synchronously, all recently used, and async calls pin theirs (FdLifetime.acquire),
 //   so the cache never closes an fd under a user; it has at least MIN_CAPACITY entries.
@@ -52,13 +55,22 @@ export function probeHandles(mode: InodeFileHandles, rootFd: number): InodeHandl
   } catch (e) {
     return { mode, active: false, reason: `the filesystem of the shared directory gives no file handles (${errnoName(e)})`, mountId: null };
   }
+  let mountFd = -1;
   try {
-    native.close(native.openByHandleAt(rootFd, h, K.O_PATH | K.O_CLOEXEC));
+    mountFd = openMountFd(rootFd);
+    native.close(native.openByHandleAt(mountFd, h, K.O_PATH | K.O_CLOEXEC));
   } catch (e) {
     const why = (e as { code?: string }).code === 'EPERM' ? 'no CAP_DAC_READ_SEARCH' : errnoName(e);
     return { mode, active: false, reason: `open_by_handle_at is refused (${why})`, mountId: null };
+  } finally {
+    if (mountFd >= 0) native.close(mountFd);
   }
   return { mode, active: true, reason: null, mountId: h.mountId };
+}
+
+/** The root (an O_PATH fd) opened for reading: a mount fd open_by_handle_at accepts. */
+function openMountFd(rootFd: number): number {
+  return native.openat(K.AT_FDCWD, `/proc/self/fd/${rootFd}`, K.O_RDONLY | K.O_DIRECTORY | K.O_CLOEXEC, 0);
 }
 
 function errnoName(e: unknown): string {
@@ -71,6 +83,7 @@ export class InodeFdCache {
   /** fd name → entry, least recently used first. */
   private readonly lru = new Map<string, Entry>();
   private readonly shortage = new LogRateLimiter();
+  private mountFd: number | null = null;
   /** Opens by handle since the start (for status and tests). */
   opens = 0;
   readonly capacity: number;
@@ -135,9 +148,10 @@ export class InodeFdCache {
     return this.evict(Math.ceil(this.lru.size / 2));
   }
 
-  closeAll(): void {
-    for (const e of this.lru.values()) native.close(e.fd);
-    this.lru.clear();
+  /** Closes the mount fd (opened again when needed): after a session reset. */
+  closeMountFd(): void {
+    if (this.mountFd !== null) native.close(this.mountFd);
+    this.mountFd = null;
   }
 
   private recordOf(name: string): InodeRecord | null {
@@ -184,7 +198,8 @@ export class InodeFdCache {
   }
 
   private openOnce(h: InodeHandle): number {
-    return native.openByHandleAt(this.rootFd(), h, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC);
+    this.mountFd ??= openMountFd(this.rootFd());
+    return native.openByHandleAt(this.mountFd, h, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC);
   }
 
   private trim(): void {

@@ -252,6 +252,7 @@ export class PassthroughFs implements FileSystem {
     const names = this.session.reset();
     // Closed in bulk, except those async calls still use.
     this.fds.closeMany(names);
+    this.fdCache.closeMountFd();
     this.dirs.clear();
     this.log.info({ closed: names.length }, 'filesystem session reset');
   }

@@ -547,6 +547,9 @@ export class FsSession {
   static fromSnapshot(input: unknown): FsSession {
     const version = (input as { version?: unknown } | null)?.version;
     const compact = version === 2 || version === 3;
+    if (version !== SESSION_VERSION && !compact) {
+      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(version)} (expected ${SESSION_VERSION}, 2 or 3)`);
+    }
     const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs',
       ...(version === 3 ? ['inodeHandles'] : [])], ['lockOwners']);
     if (s.version !== SESSION_VERSION && !compact) {
