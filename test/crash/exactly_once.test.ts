@@ -205,6 +205,20 @@ const nonIdempotent: Case[] = [
     } },
 ];
 
+/** READDIRPLUS of the root (the 30-file cases). */
+async function readRootPlus(s: Session): Promise<F.Dirent[]> {
+  const dh = await s.fuse.opendir(ROOT);
+  return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
+}
+
+/** The 30 entries a READDIRPLUS case got, each with a nodeid, known exactly once. */
+async function plusEntries(t: Test, r: unknown, stateDir: string): Promise<F.Dirent[]> {
+  const ents = (r as F.Dirent[]).filter((d) => d.entry !== undefined && d.entry.nodeid !== 0n && !['.', '..'].includes(d.name.toString()));
+  t.equal(ents.length, 30, 'every entry came back with a nodeid');
+  await waitFor(() => queryStatus(stateDir).fuse.inodes === 31, 'exactly 30 inodes known besides the root', 10_000);
+  return ents;
+}
+
 /** No intent record: rolled back and run again when they die before their outcome is durable. */
 const idempotent: Case[] = [
   { name: 'LOOKUP', setup: (d) => fs.writeFileSync(path.join(d, 'lk'), 'L'), act: (s) => s.fuse.lookup(ROOT, 'lk'),
@@ -229,14 +243,9 @@ const idempotent: Case[] = [
       t.pass('released');
     } },
   { name: 'READDIRPLUS', setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), 'x'); },
-    act: async (s) => {
-      const dh = await s.fuse.opendir(ROOT);
-      return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
-    },
+    act: readRootPlus,
     verify: async (t, s, r, stateDir) => {
-      const ents = (r as F.Dirent[]).filter((d) => d.entry !== undefined && d.entry.nodeid !== 0n && !['.', '..'].includes(d.name.toString()));
-      t.equal(ents.length, 30, 'every entry came back with a nodeid');
-      await waitFor(() => queryStatus(stateDir).fuse.inodes === 31, 'exactly 30 inodes known besides the root', 10_000);
+      const ents = await plusEntries(t, r, stateDir);
       for (const d of ents) await s.fuse.forget(d.entry!.nodeid, 1);
       await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'one forget each drops them all', 10_000);
       t.pass('each entry counted exactly once');
@@ -264,14 +273,9 @@ const handleCases: Case[] = [
       t.pass('the lookup counted exactly once');
     } },
   { name: 'READDIRPLUS_HANDLES', args: HANDLES, setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), `x${i}`); },
-    act: async (s) => {
-      const dh = await s.fuse.opendir(ROOT);
-      return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
-    },
+    act: readRootPlus,
     verify: async (t, s, r, stateDir) => {
-      const ents = (r as F.Dirent[]).filter((d) => d.entry !== undefined && d.entry.nodeid !== 0n && !['.', '..'].includes(d.name.toString()));
-      t.equal(ents.length, 30, 'every entry came back with a nodeid');
-      await waitFor(() => queryStatus(stateDir).fuse.inodes === 31, 'exactly 30 inodes known besides the root', 10_000);
+      const ents = await plusEntries(t, r, stateDir);
       t.equal(inodeFdsInKeeper(stateDir), 0, 'the keeper holds no inode fd');
       for (const d of ents) {
         const o = await s.fuse.open(d.entry!.nodeid, F.O.RDONLY);
@@ -312,7 +316,9 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
         }
         t.ok(fs.existsSync(marker), `the worker crashed at ${point}`);
         await waitFor(() => queryStatus(stateDir).worker.state === 'running', 'the successor running');
-        t.equal(queryStatus(stateDir).worker.restarts, 1, 'one restart');
+        const restarts = queryStatus(stateDir).worker.restarts;
+        if (restarts !== 1) t.comment(`backend log:\n${s.backend.log().slice(-30_000)}`);
+        t.equal(restarts, 1, 'one restart');
         await c.verify(t, s, r, stateDir);
       });
     }

@@ -196,3 +196,22 @@ t.test('an inode on another mount than the share keeps a registry fd', { skip: !
   pfs.destroy();
   t.end();
 });
+
+t.test('fd leaks: lookups, reopens by handle, opens, forgets and a reset leave the fd count where it was', (t) => {
+  const { fs: pfs, registry } = setup(t, { d: files(50) }, { inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  const before = fdCount();
+  const d = pfs.lookup(ctx, ROOT, b('d')).nodeid;
+  const ids: number[] = [];
+  for (let i = 0; i < 50; i++) ids.push(pfs.lookup(ctx, d, b(`f${i}`)).nodeid);
+  for (const id of ids) pfs.getattr(ctx, id, null); // evicted ones reopened by handle
+  for (const id of ids.slice(0, 10)) {
+    const o = pfs.open(ctx, id, K.O_RDONLY);
+    pfs.release(ctx, id, o.fh, 0, 0, 0n);
+  }
+  for (const id of ids.slice(0, 25)) pfs.forget(id, 1);
+  t.ok(fdCount() - before <= CACHE + 1, 'bounded meanwhile (cache + its mount fd)');
+  pfs.destroy();
+  t.equal(fdCount(), before, 'nothing left after the reset');
+  t.same(registry.names(), ['root']);
+  t.end();
+});

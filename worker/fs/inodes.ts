@@ -26,6 +26,8 @@
 //   the name gets a new nodeid (the old one answers ESTALE).
 import type { Logger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
+import { errorInfo } from '../../shared/errors';
+import { LogRateLimiter } from '../../shared/rate_limit';
 import { FsError, type Entry, type NodeId } from './filesystem';
 import { ROOT_FD_NAME, inodeFdName, sameHandle, type FsSession, type InodeHandle, type InodeRecord } from './session';
 import type { InodeHandleSupport } from './inode_fds';
@@ -53,6 +55,7 @@ export class Inodes {
   /** A name that LOOKUP resolved before, to try lookupKnown first. Bounded: cleared when full
    * (a miss only costs the fstatat). Stale entries are harmless: the fstatat decides. */
   private readonly recentLookups = new Set<string>(); // `${parent}/${name}`
+  private readonly shortage = new LogRateLimiter();
 
   constructor(private readonly session: FsSession, private readonly fds: FdLifetime,
     private readonly timeout: number, private readonly log: Logger,
@@ -167,9 +170,15 @@ export class Inodes {
       if (errno !== K.EMFILE && errno !== K.ENFILE) throw e;
       const known = this.lookupKnown(dirFd, name);
       if (known !== null) return known;
-      // Cached inode fds are the ones we can give back.
-      if (!this.fds.relieve()) throw e;
-      fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+      // Cached inode fds are the ones we can give back; else this lookup fails, nothing else.
+      try {
+        if (!this.fds.relieve()) throw e;
+        fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+      } catch (e2) {
+        const dropped = this.shortage.admit();
+        if (dropped !== null) this.log.warn({ err: errorInfo(e2), dropped }, 'out of fds: a lookup fails with EMFILE/ENFILE');
+        throw e2;
+      }
     }
     return this.adopt(fd);
   }
