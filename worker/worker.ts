@@ -9,7 +9,7 @@ import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { DEFAULT_INODE_FILE_HANDLES, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, type InodeFileHandles, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
 import { notifyFields } from '../shared/keeper_protocol';
 import { checkStateDir } from '../shared/state_dir';
@@ -81,7 +81,7 @@ export class Worker {
     faultPoint('resume-fetch');
     const { fds, ctlSeq, keeper: caps } = this.keeper.fetchAll();
     // The inode fd cache is the worker's alone: its size comes off the worker's share.
-    this.inodeFdCache = inodeFdCacheSize(ownNoFile);
+    this.inodeFdCache = inodeFdCacheSize(ownNoFile, this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES);
     this.registry.setCapacity(fdBudget(ownNoFile - this.inodeFdCache, caps.noFile));
     this.keeper.onStoresRefused = (e) => this.storesRefused(e);
     this.mark('fetched');
@@ -360,8 +360,9 @@ const FD_RESERVE = 256;
 /** How many fds the worker may register: each is held here and again in the keeper, so the
  * lower of the two limits counts (an older keeper does not say its own). */
 /** O_PATH fds of handle-named inodes kept open: DEFAULT_INODE_FD_CACHE, at most an eighth of
- * the fd limit. */
-function inodeFdCacheSize(ownNoFile: number): number {
+ * the fd limit; the minimum with 'never' (only a resumed session's handle inodes use it). */
+function inodeFdCacheSize(ownNoFile: number, mode: InodeFileHandles): number {
+  if (mode === 'never') return MIN_CAPACITY;
   return Math.max(MIN_CAPACITY, Math.min(DEFAULT_INODE_FD_CACHE, Math.floor(ownNoFile / 8)));
 }
 
