@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { keeperCommand, type ServeArgs } from './serve';
-import { DEFAULT_STATE_ROOT, type CacheMode } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, type CacheMode, type InodeFileHandles } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
@@ -21,6 +21,8 @@ function serveOptions<T>(y: Argv<T>) {
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
     .option('readonly', { type: 'boolean', default: false, describe: 'a read-only export: requests that would change it get EROFS' })
+    .option('inode-file-handles', { choices: INODE_FILE_HANDLES, default: DEFAULT_INODE_FILE_HANDLES,
+      describe: 'name inodes by file handles (needs CAP_DAC_READ_SEARCH) so no fd is held per inode: never, prefer (fall back to fds), mandatory' })
     .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
     .check((a) => {
       const w = a['max-lock-waits'];
@@ -39,6 +41,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
     maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean,
+    inodeFileHandles: a['inode-file-handles'] as InodeFileHandles,
   };
 }
 

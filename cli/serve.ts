@@ -3,12 +3,13 @@
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import { logger } from '../shared/log';
-import type { CacheMode } from '../shared/config';
+import type { CacheMode, InodeFileHandles } from '../shared/config';
 import type { KeeperOptions } from '../keeper/keeper';
 
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; readonly: boolean;
+  inodeFileHandles: InodeFileHandles;
 }
 
 /** Options beyond `run`'s (the virtiofsd entry point's). */
@@ -30,6 +31,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, readonly: a.readonly,
+    inodeFileHandles: a.inodeFileHandles,
     ...withoutHook(extra),
     workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by

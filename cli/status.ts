@@ -39,6 +39,11 @@ export function formatStatus(r: StatusReport): string {
     row(`  queue ${q.index}${q.index === 0 ? ' (hiprio)' : ''}`, `size ${q.size}, ${q.running ? 'running' : 'stopped'}, last avail ${q.lastAvail}, used ${q.used}, in flight ${q.inflight}`);
   }
   row('FUSE', `${r.fuse.initialized ? 'initialized' : 'not initialized'}; ${r.fuse.inodes} inodes, ${r.fuse.openFiles} open files, ${r.fuse.openDirs} open dirs, ${r.fuse.lockOwners} lock owners, ${r.fuse.lockWaits} parked lock waits`);
+  const h = r.fuse.inodeHandles;
+  if (h !== null) {
+    const how = h.active ? 'on' : h.mode === 'never' ? 'off (never)' : `off, every inode holds an fd: ${h.reason ?? 'unavailable'}`;
+    row('inode handles', `${h.mode}: ${how}; ${h.byHandle} inodes by handle, ${h.byFd} by fd; ${h.cachedFds}/${h.cacheCapacity} cached fds, ${h.opensByHandle} opened by handle`);
+  }
   return lines.join('\n');
 }
 

@@ -139,6 +139,7 @@ async function serve(o: VirtiofsdServe): Promise<number> {
   return keeperCommand({
     sharedDir: path.resolve(o.sharedDir), socketPath: socketPath ?? `(inherited fd ${o.fd})`, stateDir, cache: o.cache,
     numRequestQueues: 1, keepListening: false, xattr: o.xattr, standby: true, maxLockWaits: 1024, readonly: o.readonly,
+    inodeFileHandles: o.inodeFileHandles,
   }, true, {
     ...(o.fd !== null ? { listenFd: o.fd } : {}),
     removeStateDir: true,

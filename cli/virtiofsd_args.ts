@@ -11,7 +11,7 @@
 // and why: never accepted and silently ignored. The few accepted without effect are those whose
 // meaning already holds here (`-f`, `norace`, `--no-killpriv-v2`...), each said below and in the
 // README's table.
-import type { CacheMode, SandboxMode, SeccompAction } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, INODE_FILE_HANDLES, type CacheMode, type InodeFileHandles, type SandboxMode, type SeccompAction } from '../shared/config';
 import { ConfigurationError } from '../shared/errors';
 
 export class VirtiofsdArgsError extends ConfigurationError {}
@@ -43,6 +43,8 @@ export interface VirtiofsdServe {
   logLevel: LogLevel;
   /** Which dialect set the shared directory (for logs). */
   dialect: 'rust' | 'legacy';
+  /** How inodes are named (see InodeFileHandles in shared/config.ts). */
+  inodeFileHandles: InodeFileHandles;
 }
 
 export type VirtiofsdCommand = { kind: 'help' } | { kind: 'version' } | { kind: 'capabilities' } | VirtiofsdServe;
@@ -110,7 +112,7 @@ interface Draft {
   sharedDir: string | null; socketPath: string | null; fd: number | null; socketGroup: string | null; cache: CacheMode;
   xattr: boolean; posixLocks: boolean; flockLocks: boolean; readdirplus: boolean; sandbox: SandboxMode; seccomp: SeccompAction;
   threadPoolSize: number | null; readonly: boolean; rlimitNofile: number | null; logLevel: LogLevel; debug: boolean; dialect: 'rust' | 'legacy';
-  help: boolean; version: boolean; capabilities: boolean;
+  inodeFileHandles: InodeFileHandles; help: boolean; version: boolean; capabilities: boolean;
 }
 
 /** One `-o a,b=c,...` list (the C virtiofsd's options; the Rust virtiofsd's compat subset). */
@@ -195,10 +197,7 @@ function applyValued(d: Draft, opt: string, v: string): void {
       d.rlimitNofile = n;
       return;
     }
-    case '--inode-file-handles':
-      // We reference inodes by O_PATH fds, which is virtiofsd's "never".
-      if (v !== 'never') fail(`--inode-file-handles=${v}: only 'never' is supported (inodes are held as O_PATH fds)`);
-      return;
+    case '--inode-file-handles': d.inodeFileHandles = oneOf(opt, v, INODE_FILE_HANDLES); return;
     case '-o': parseLegacy(d, v); return;
     default: fail(`${opt}: ${UNSUPPORTED_VALUED[opt] ?? 'unknown option'}`);
   }
@@ -214,7 +213,7 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
     // Ours, not virtiofsd's (namespace/kill): see SandboxMode in shared/config.ts.
     sandbox: 'none', seccomp: 'none',
     threadPoolSize: null, readonly: false, rlimitNofile: null, logLevel: 'info', debug: false, dialect: 'rust',
-    help: false, version: false, capabilities: false,
+    inodeFileHandles: DEFAULT_INODE_FILE_HANDLES, help: false, version: false, capabilities: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -264,7 +263,7 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
     kind: 'serve', sharedDir: d.sharedDir, socketPath: d.socketPath, fd: d.fd, socketGroup: d.socketGroup, cache: d.cache,
     xattr: d.xattr, posixLocks: d.posixLocks, flockLocks: d.flockLocks, readdirplus: d.readdirplus, sandbox: d.sandbox,
     seccomp: d.seccomp, threadPoolSize: d.threadPoolSize, readonly: d.readonly, rlimitNofile: d.rlimitNofile, logLevel: d.debug ? 'debug' : d.logLevel,
-    dialect: d.dialect,
+    dialect: d.dialect, inodeFileHandles: d.inodeFileHandles,
   };
 }
 
@@ -283,7 +282,8 @@ A drop-in for virtiofsd: serves a shared directory to a vhost-user-fs frontend, 
   --seccomp none              (kill, log and trap: not yet)
   --rlimit-nofile N           raise RLIMIT_NOFILE to N (default: as high as allowed)
   --thread-pool-size N        accepted, no effect (see the README)
-  --inode-file-handles=never  inodes are held as O_PATH fds
+  --inode-file-handles=never|prefer|mandatory
+                              name inodes by file handles instead of an fd each (default prefer)
   --log-level LEVEL           error, warn, info, debug, trace, off (-d: debug)
   --print-capabilities        print the vhost-user backend capabilities (JSON) and exit
   -o LIST                     legacy options: source=, cache=, xattr|no_xattr, flock|no_flock,

@@ -8,6 +8,11 @@ import { ConfigurationError } from './errors';
 export const MAX_REQUEST_QUEUES = 64;
 
 export type CacheMode = 'auto' | 'always' | 'never';
+/** How inodes are held (worker/fs/inode_fds.ts): 'never' an fd each in the keeper; 'prefer'
+ * file handles where the share supports them, else fds; 'mandatory' handles or no start. */
+export type InodeFileHandles = 'never' | 'prefer' | 'mandatory';
+export const INODE_FILE_HANDLES: readonly InodeFileHandles[] = ['never', 'prefer', 'mandatory'];
+export const DEFAULT_INODE_FILE_HANDLES: InodeFileHandles = 'prefer';
 
 /** How the backend isolates itself (virtiofsd's --sandbox). The sandbox issue implements
  * namespace and chroot; until then only 'none' runs, and 'none' is the default. */
@@ -43,6 +48,8 @@ export interface WorkerConfig {
   /** Sandbox and seccomp (absent: 'none'; see SandboxMode). */
   sandbox?: SandboxMode;
   seccomp?: SeccompAction;
+  /** Absent in configs written before it existed: DEFAULT_INODE_FILE_HANDLES. */
+  inodeFileHandles?: InodeFileHandles;
 }
 
 export class ConfigError extends ConfigurationError {}
@@ -86,6 +93,7 @@ export function writeWorkerConfig(c: WorkerConfig): void {
     ...(c.rlimitNofile !== undefined ? { rlimitNofile: c.rlimitNofile } : {}),
     ...(c.sandbox !== undefined ? { sandbox: c.sandbox } : {}),
     ...(c.seccomp !== undefined ? { seccomp: c.seccomp } : {}),
+    ...(c.inodeFileHandles !== undefined ? { inodeFileHandles: c.inodeFileHandles } : {}),
   };
   fs.writeFileSync(tmp, JSON.stringify(body, null, 2), { mode: 0o600 });
   fs.renameSync(tmp, configPath(c.stateDir));
@@ -125,6 +133,8 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (sandbox !== undefined && !(['namespace', 'chroot', 'none'] as unknown[]).includes(sandbox)) throw new ConfigError('config: bad sandbox mode');
   const seccomp = o.seccomp;
   if (seccomp !== undefined && !(['kill', 'log', 'trap', 'none'] as unknown[]).includes(seccomp)) throw new ConfigError('config: bad seccomp action');
+  const h = o.inodeFileHandles;
+  if (h !== undefined && !INODE_FILE_HANDLES.includes(h as InodeFileHandles)) throw new ConfigError(`config: inodeFileHandles must be one of ${INODE_FILE_HANDLES.join(', ')}`);
   return {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
@@ -133,5 +143,6 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
     ...(r !== undefined ? { rlimitNofile: r } : {}),
     ...(sandbox !== undefined ? { sandbox: sandbox as SandboxMode } : {}),
     ...(seccomp !== undefined ? { seccomp: seccomp as SeccompAction } : {}),
+    ...(h !== undefined ? { inodeFileHandles: h as InodeFileHandles } : {}),
   };
 }

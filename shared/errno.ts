@@ -31,3 +31,4 @@ export const EOVERFLOW = E.EOVERFLOW;
 export const ENOBUFS = E.ENOBUFS;
 export const EOPNOTSUPP = E.EOPNOTSUPP;
 export const ETXTBSY = E.ETXTBSY;
+export const ESTALE = E.ESTALE;

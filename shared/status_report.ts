@@ -2,13 +2,31 @@
 // Prometheus text format. Pure: the keeper and the CLI both use it.
 import * as path from 'node:path';
 import type { KeeperStatus } from './keeper_protocol';
+import type { InodeFileHandles } from './config';
+
+/** How the worker holds inodes (worker/fs/inode_fds.ts). */
+export interface InodeHandleStats {
+  mode: InodeFileHandles;
+  /** New inodes get file handles. */
+  active: boolean;
+  /** Why not, when the mode asks for them (the fallback: an fd per inode in the keeper). */
+  reason: string | null;
+  /** Inodes named by a handle / holding an fd in the keeper (the root, other mounts). */
+  byHandle: number;
+  byFd: number;
+  /** O_PATH fds of handle-named inodes the worker has open, and its bound. */
+  cachedFds: number;
+  cacheCapacity: number;
+  /** open_by_handle_at calls since the worker started. */
+  opensByHandle: number;
+}
 
 export interface StatusReport {
   name: string;
   keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
   worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean; backoff: KeeperStatus['worker']['backoff'] };
   vhost: { connected: boolean; queues: Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> };
-  fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number };
+  fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number; inodeHandles: InodeHandleStats | null };
   recovery: KeeperStatus['recovery'];
   fdNames: Record<string, number>;
 }
@@ -28,7 +46,8 @@ export function buildReport(k: KeeperStatus, stateDir: string): StatusReport {
         uptimeS: k.worker.startedAt && k.worker.pid ? Math.round((Date.now() - Date.parse(k.worker.startedAt)) / 100) / 10 : null,
       },
       vhost: { connected: w.vhost?.connected ?? false, queues: w.vhost?.queues ?? [] },
-      fuse: { initialized: w.fuse?.initialized ?? false, inodes: w.fuse?.inodes ?? 0, openFiles: w.fuse?.openFiles ?? 0, openDirs: w.fuse?.openDirs ?? 0, lockOwners: w.fuse?.lockOwners ?? 0, lockWaits: w.fuse?.lockWaits ?? 0 },
+      fuse: { initialized: w.fuse?.initialized ?? false, inodes: w.fuse?.inodes ?? 0, openFiles: w.fuse?.openFiles ?? 0, openDirs: w.fuse?.openDirs ?? 0, lockOwners: w.fuse?.lockOwners ?? 0, lockWaits: w.fuse?.lockWaits ?? 0,
+        inodeHandles: w.fuse?.inodeHandles ?? null },
       recovery: k.recovery,
       fdNames: k.fdNames,
     };
@@ -80,6 +99,9 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('fuse_open_files', 'gauge', 'Open file handles.', each((r) => r.fuse.openFiles));
   metric('fuse_open_dirs', 'gauge', 'Open directory handles.', each((r) => r.fuse.openDirs));
   metric('fuse_lock_owners', 'gauge', 'POSIX lock owners (guest process, inode) holding an open file description.', each((r) => r.fuse.lockOwners));
+  metric('inode_handles_active', 'gauge', 'New inodes are named by file handles (1) or hold an fd in the keeper (0).', each((r) => (r.fuse.inodeHandles === null ? null : r.fuse.inodeHandles.active ? 1 : 0)));
+  metric('inodes_by_handle', 'gauge', 'Inodes named by a file handle (no fd in the keeper).', each((r) => r.fuse.inodeHandles?.byHandle ?? null));
+  metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   return out.join('\n') + '\n';
 }

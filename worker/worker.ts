@@ -9,7 +9,7 @@ import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { DEFAULT_RLIMIT_NOFILE, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_RLIMIT_NOFILE, type InodeFileHandles, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
 import { notifyFields } from '../shared/keeper_protocol';
 import { checkStateDir } from '../shared/state_dir';
@@ -18,7 +18,8 @@ import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
 import { FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS, FUSE_READDIRPLUS_AUTO } from './fuse/constants';
-import { PassthroughFs } from './fs/passthrough';
+import { DEFAULT_INODE_FD_CACHE, PassthroughFs } from './fs/passthrough';
+import { MIN_CAPACITY } from './fs/inode_fds';
 import { loadState, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
@@ -42,6 +43,7 @@ export class Worker {
   private fsImpl: PassthroughFs | null = null;
   private server: FuseServer | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
+  private inodeFdCache = DEFAULT_INODE_FD_CACHE;
   private watchdogTimer: NodeJS.Timeout | null = null;
   /** systemd's notify socket when systemd runs this worker (virtiofs-worker@.service). */
   private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
@@ -79,7 +81,9 @@ export class Worker {
     const ownNoFile = native.raiseNoFileLimit(this.config.rlimitNofile ?? DEFAULT_RLIMIT_NOFILE);
     faultPoint('resume-fetch');
     const { fds, ctlSeq, keeper: caps } = this.keeper.fetchAll();
-    this.registry.setCapacity(fdBudget(ownNoFile, caps.noFile));
+    // The inode fd cache is the worker's alone: its size comes off the worker's share.
+    this.inodeFdCache = inodeFdCacheSize(ownNoFile, this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES);
+    this.registry.setCapacity(fdBudget(ownNoFile - this.inodeFdCache, caps.noFile));
     this.keeper.onStoresRefused = (e) => this.storesRefused(e);
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
@@ -167,7 +171,8 @@ export class Worker {
     const missing = (name: string): boolean => !this.registry.has(name);
     const files = [...session.allFiles()].filter((f) => missing(f.fdName));
     const dirs = [...session.allDirs()].filter((d) => missing(d.fdName));
-    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && missing(i.fdName));
+    // An inode named by a handle has no fd in the keeper to miss.
+    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && i.handle === null && missing(i.fdName));
     for (const f of files) session.closeFile(f.fh);
     for (const d of dirs) session.closeDir(d.fh);
     for (const i of inodes) session.forget(i.nodeid, i.lookupCount);
@@ -240,6 +245,8 @@ export class Worker {
       registry: this.registry, cache: this.config.cache, xattr: this.config.xattr, logger: logger('fs'),
       maxLockWaits: this.config.maxLockWaits,
       ...(this.config.rlimitNofile !== undefined ? { noFileLimit: this.config.rlimitNofile } : {}),
+      inodeFileHandles: this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES,
+      inodeFdCache: this.inodeFdCache,
       ...(loaded?.fs ? { session: loaded.fs } : {}),
     });
     if (loaded === null) this.store.recordNewSession(fsImpl.session);
@@ -318,6 +325,7 @@ export class Worker {
         openDirs: this.fsImpl?.session.dirCount ?? 0,
         lockOwners: this.fsImpl?.session.lockOwnerCount ?? 0,
         lockWaits: this.fsImpl?.parkedLockWaits ?? 0,
+        inodeHandles: this.fsImpl?.inodeHandleStats ?? null,
       },
       fds: this.registry.size,
     };
@@ -366,6 +374,13 @@ const FD_RESERVE = 256;
 
 /** How many fds the worker may register: each is held here and again in the keeper, so the
  * lower of the two limits counts (an older keeper does not say its own). */
+/** O_PATH fds of handle-named inodes kept open: DEFAULT_INODE_FD_CACHE, at most an eighth of
+ * the fd limit; the minimum with 'never' (only a resumed session's handle inodes use it). */
+function inodeFdCacheSize(ownNoFile: number, mode: InodeFileHandles): number {
+  if (mode === 'never') return MIN_CAPACITY;
+  return Math.max(MIN_CAPACITY, Math.min(DEFAULT_INODE_FD_CACHE, Math.floor(ownNoFile / 8)));
+}
+
 function fdBudget(ownNoFile: number, keeperNoFile: number | null): number {
   return Math.max(0, Math.min(ownNoFile, keeperNoFile ?? ownNoFile) - FD_RESERVE);
 }

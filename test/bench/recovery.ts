@@ -12,6 +12,7 @@ import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 import { LeanFuse, nameArg, runPool } from './lean_client';
 import { quantile } from './stats';
+import type { InodeFileHandles } from '../../shared/config';
 
 export { quantile } from './stats';
 
@@ -26,6 +27,8 @@ export interface RecoveryResult {
   /** Session size at the first kill (from the status query). */
   inodes: number;
   openFiles: number;
+  /** fds the keeper held at the first kill (status fdsHeld). */
+  keeperFds: number;
   /** Setup time (host files, lookups, opens), ms. */
   setupMs: number;
   /** Per kill, where the time went (ms, from the backend's log; monotonic clock shared by all
@@ -40,6 +43,8 @@ export interface RecoveryOptions {
   knownInodes?: number;
   /** Of those, how many to open (default 0). */
   openFiles?: number;
+  /** --inode-file-handles (default never: an fd per inode, as the rows measured before). */
+  inodeFileHandles?: InodeFileHandles;
   /** Progress messages. */
   log?: (msg: string) => void;
 }
@@ -73,7 +78,7 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
   try {
     const ndirs = Math.ceil(known / FILES_PER_DIR);
     const s = await openSession(h, 'ours', {
-      extraArgs: ['--state-dir', stateDir],
+      extraArgs: ['--state-dir', stateDir, '--inode-file-handles', opts.inodeFileHandles ?? 'never'],
       setup: (shared) => {
         if (known === 0) return;
         const t = Date.now();
@@ -172,7 +177,7 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
     log(`  where the time went (ms from the previous step; p50 / p99 / max over ${phases.length} kills): ${summarisePhases(phases)}`);
     return {
       kills, keeperMs: st.recovery.recentMs.slice(-kills), clientGapMs: gaps, clientKillMs: killMs,
-      inodes: st0.fuse.inodes, openFiles: st0.fuse.openFiles, setupMs, phases,
+      inodes: st0.fuse.inodes, openFiles: st0.fuse.openFiles, keeperFds: st0.keeper.fdsHeld, setupMs, phases,
     };
   } finally {
     await h.cleanup();

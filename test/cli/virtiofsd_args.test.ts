@@ -87,8 +87,7 @@ t.test('every refused Rust option', async (t) => {
   }
   refused(t, [...base, '--cache', 'metadata'], /metadata is not supported/);
   refused(t, [...base, '--cache', 'sometimes'], /not one of auto, always, never/);
-  refused(t, [...base, '--inode-file-handles=prefer'], /only 'never'/);
-  refused(t, [...base, '--inode-file-handles=mandatory'], /only 'never'/);
+  refused(t, [...base, '--inode-file-handles=sometimes'], /is not one of never, prefer, mandatory/);
   refused(t, [...base, '--inode-file-handles', 'never'], /needs =VALUE/);
   refused(t, [...base, '--rlimit-nofile', '0'], /--rlimit-nofile 0/);
   refused(t, [...base, '--rlimit-nofile', 'many'], /not a number/);

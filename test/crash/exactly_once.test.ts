@@ -19,10 +19,14 @@ const OP = {
   RELEASE: 18, REMOVEXATTR: 24, SETLK: 32, CREATE: 35, FORGET: 2, LOOKUP: 1, OPEN: 14, READDIRPLUS: 44,
   // POSIX locks per lock owner (worker/fs/locks.ts): the crash hits the request named here.
   SETLK_OWNER: 32, SETLK_UNLOCK: 32, SETLKW: 33, FLUSH: 25,
+  // Inodes named by file handles (worker/fs/inode_fds.ts) vs an fd each in the keeper.
+  LOOKUP_HANDLES: 1, READDIRPLUS_HANDLES: 44, LOOKUP_FDS: 1,
 } as const;
 
 interface Case {
   name: keyof typeof OP;
+  /** Extra command-line arguments of the backend. */
+  args?: string[];
   setup?: (shared: string) => void;
   /** Runs the target request (with anything it needs first); returns what verify needs. */
   act: (s: Session) => Promise<unknown>;
@@ -201,6 +205,20 @@ const nonIdempotent: Case[] = [
     } },
 ];
 
+/** READDIRPLUS of the root (the 30-file cases). */
+async function readRootPlus(s: Session): Promise<F.Dirent[]> {
+  const dh = await s.fuse.opendir(ROOT);
+  return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
+}
+
+/** The 30 entries a READDIRPLUS case got, each with a nodeid, known exactly once. */
+async function plusEntries(t: Test, r: unknown, stateDir: string): Promise<F.Dirent[]> {
+  const ents = (r as F.Dirent[]).filter((d) => d.entry !== undefined && d.entry.nodeid !== 0n && !['.', '..'].includes(d.name.toString()));
+  t.equal(ents.length, 30, 'every entry came back with a nodeid');
+  await waitFor(() => queryStatus(stateDir).fuse.inodes === 31, 'exactly 30 inodes known besides the root', 10_000);
+  return ents;
+}
+
 /** No intent record: rolled back and run again when they die before their outcome is durable. */
 const idempotent: Case[] = [
   { name: 'LOOKUP', setup: (d) => fs.writeFileSync(path.join(d, 'lk'), 'L'), act: (s) => s.fuse.lookup(ROOT, 'lk'),
@@ -225,21 +243,62 @@ const idempotent: Case[] = [
       t.pass('released');
     } },
   { name: 'READDIRPLUS', setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), 'x'); },
-    act: async (s) => {
-      const dh = await s.fuse.opendir(ROOT);
-      return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
-    },
+    act: readRootPlus,
     verify: async (t, s, r, stateDir) => {
-      const ents = (r as F.Dirent[]).filter((d) => d.entry !== undefined && d.entry.nodeid !== 0n && !['.', '..'].includes(d.name.toString()));
-      t.equal(ents.length, 30, 'every entry came back with a nodeid');
-      await waitFor(() => queryStatus(stateDir).fuse.inodes === 31, 'exactly 30 inodes known besides the root', 10_000);
+      const ents = await plusEntries(t, r, stateDir);
       for (const d of ents) await s.fuse.forget(d.entry!.nodeid, 1);
       await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'one forget each drops them all', 10_000);
       t.pass('each entry counted exactly once');
     } },
 ];
 
-for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases]) {
+const HANDLES = ['--inode-file-handles', 'prefer'];
+const inodeFdsInKeeper = (stateDir: string): number => queryStatus(stateDir).fdNames.inode ?? 0;
+
+/** LOOKUP and READDIRPLUS with inodes named by handles: the successor has none of the dead
+ * worker's inode fds (the keeper never had them) and reopens each by its journaled handle. */
+const handleCases: Case[] = [
+  { name: 'LOOKUP_HANDLES', args: HANDLES, setup: (d) => { fs.mkdirSync(path.join(d, 'hd')); fs.writeFileSync(path.join(d, 'hd', 'in'), 'I'); },
+    act: (s) => s.fuse.lookup(ROOT, 'hd'),
+    verify: async (t, s, r, stateDir) => {
+      const e = r as F.EntryOut;
+      t.equal(inodeFdsInKeeper(stateDir), 0, 'the keeper holds no inode fd');
+      t.equal(queryStatus(stateDir).fuse.inodeHandles?.byHandle, 1, 'the inode is named by its handle');
+      t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, BigInt(fs.statSync(s.host('hd')).ino), 'reopened by handle: the same dir');
+      const child = await s.fuse.lookup(e.nodeid, 'in');
+      t.equal(child.attr.ino, BigInt(fs.statSync(s.host('hd/in')).ino), 'a lookup under it works');
+      await s.fuse.forget(child.nodeid, 1);
+      await s.fuse.forget(e.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'one forget drops it: counted exactly once', 10_000);
+      t.pass('the lookup counted exactly once');
+    } },
+  { name: 'READDIRPLUS_HANDLES', args: HANDLES, setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), `x${i}`); },
+    act: readRootPlus,
+    verify: async (t, s, r, stateDir) => {
+      const ents = await plusEntries(t, r, stateDir);
+      t.equal(inodeFdsInKeeper(stateDir), 0, 'the keeper holds no inode fd');
+      for (const d of ents) {
+        const o = await s.fuse.open(d.entry!.nodeid, F.O.RDONLY);
+        t.equal((await s.fuse.read(d.entry!.nodeid, o.fh, 0, 10)).toString(), fs.readFileSync(s.host(d.name.toString()), 'utf8'), `${d.name} reopened by handle`);
+        await s.fuse.release(d.entry!.nodeid, o.fh);
+      }
+      for (const d of ents) await s.fuse.forget(d.entry!.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'one forget each drops them all', 10_000);
+      t.pass('each entry counted exactly once');
+    } },
+  { name: 'LOOKUP_FDS', args: ['--inode-file-handles', 'never'], setup: (d) => fs.writeFileSync(path.join(d, 'lk'), 'L'),
+    act: (s) => s.fuse.lookup(ROOT, 'lk'),
+    verify: async (t, s, r, stateDir) => {
+      const e = r as F.EntryOut;
+      t.equal(inodeFdsInKeeper(stateDir), 1, 'never: the keeper holds the inode fd');
+      t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, BigInt(fs.statSync(s.host('lk')).ino), 'the returned nodeid is the file');
+      await s.fuse.forget(e.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1 && inodeFdsInKeeper(stateDir) === 0, 'one forget drops it and its fd', 10_000);
+      t.pass('the lookup counted exactly once');
+    } },
+];
+
+for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases]) {
   t.test(c.name, async (t) => {
     for (const point of POINTS) {
       await t.test(point, async (t) => {
@@ -247,7 +306,7 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases]) {
         t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
         const marker = path.join(stateDir, 'crashed');
         const s = await withEnv({ VFSK_CRASH_POINT: point, VFSK_CRASH_OPCODE: String(OP[c.name]), VFSK_CRASH_MARKER: marker },
-          () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], ...(c.setup ? { setup: c.setup } : {}) }));
+          () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir, ...(c.args ?? [])], ...(c.setup ? { setup: c.setup } : {}) }));
         let r: unknown;
         try {
           r = await c.act(s);
@@ -257,7 +316,9 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases]) {
         }
         t.ok(fs.existsSync(marker), `the worker crashed at ${point}`);
         await waitFor(() => queryStatus(stateDir).worker.state === 'running', 'the successor running');
-        t.equal(queryStatus(stateDir).worker.restarts, 1, 'one restart');
+        const restarts = queryStatus(stateDir).worker.restarts;
+        if (restarts !== 1) t.comment(`backend log:\n${s.backend.log().slice(-30_000)}`);
+        t.equal(restarts, 1, 'one restart');
         await c.verify(t, s, r, stateDir);
       });
     }

@@ -162,7 +162,7 @@ t.test('a worker whose fd stores the keeper refuses dies before journaling them;
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const N = 20;
   const s = await openSession(t, 'ours', {
-    extraArgs: ['--state-dir', stateDir, '--no-standby'],
+    extraArgs: ['--state-dir', stateDir, '--no-standby', '--inode-file-handles', 'never'], // an fd per inode: what runs out here
     setup: (shared) => { for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, `f${i}`), `file ${i}\n`); },
   });
   await s.fuse.getattr(F.FUSE_ROOT_ID);
@@ -195,7 +195,7 @@ t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const N = 600;
   const s = await openSession(t, 'ours', {
-    extraArgs: ['--state-dir', stateDir, '--no-standby'],
+    extraArgs: ['--state-dir', stateDir, '--no-standby', '--inode-file-handles', 'never'], // an fd per inode: what runs out here
     setup: (shared) => { for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, `f${i}`), `${i}`); },
   });
   await s.fuse.getattr(F.FUSE_ROOT_ID);

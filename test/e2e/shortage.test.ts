@@ -18,14 +18,14 @@ function vhostErrors(g: GuestHandle): string[] {
   return g.stderr().split('\n').filter((l) => /vhost|Unexpected end-of-file|Failed to/i.test(l));
 }
 
-async function setup(t: Test, populate?: (shared: string) => void): Promise<{ shared: string; stateDir: string; socketPath: string; dir: string; log: () => string }> {
+async function setup(t: Test, populate?: (shared: string) => void, extraArgs: string[] = []): Promise<{ shared: string; stateDir: string; socketPath: string; dir: string; log: () => string }> {
   const dir = t.testdir();
   const shared = path.join(dir, 'shared');
   fs.mkdirSync(shared);
   populate?.(shared);
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-sock-'));
   const socketPath = path.join(sockDir, 'vhost.sock');
-  const backend = await startBackend('ours', { sharedDir: shared, socketPath, dir, cache: 'auto' });
+  const backend = await startBackend('ours', { sharedDir: shared, socketPath, dir, cache: 'auto', extraArgs });
   t.teardown(async () => { await backend.stop(); fs.rmSync(sockDir, { recursive: true, force: true }); });
   return { shared, stateDir: backend.stateDir!, socketPath, dir, log: () => backend.log() };
 }
@@ -118,7 +118,7 @@ t.test('a guest holding more inodes than the fd limit allows: EMFILE past it, al
   const { stateDir, socketPath, dir } = await setup(t, (shared) => {
     fs.mkdirSync(path.join(shared, 't'));
     for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, 't', `f${String(i).padStart(5, '0')}`), `${i}\n`);
-  });
+  }, ['--inode-file-handles', 'never']); // an fd per inode: what runs out here (test/e2e/handles.test.ts: with handles)
   // A host with a hard limit of 1024 fds for the keeper, and through it for every worker.
   const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
   prlimit(keeperPid, 1024, 1024);

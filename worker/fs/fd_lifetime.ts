@@ -10,11 +10,16 @@
 //   not earlier: its number must not be reused under a running call.
 // - Short-lived fds (truncate without fh, xattrs, syncfs) are opened and closed within the call
 //   (syncfs: when the async call completes) and are not registered.
+// - Inodes named by a file handle have their fd in the worker's cache (inode_fds.ts) instead
+//   of the registry: get() and acquire() find it there (opening it by handle), close() drops
+//   it. The budget counts the registry only, whose fds are held twice (here and in the
+//   keeper); the cache's bounded size is taken off the budget by the worker.
 import type { Logger } from '../../shared/log';
 import { native } from '../../shared/native';
 import type { Callback } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import { FsError } from './filesystem';
+import type { InodeFdCache } from './inode_fds';
 import * as K from './host_constants';
 
 /** Budget kept for open files and dirs: a guest that holds as many inodes as it can still
@@ -30,12 +35,15 @@ export class FdLifetime {
   private readonly busy = new Map<string, number>();
   private readonly pendingClose = new Set<string>();
 
-  constructor(private readonly registry: FdRegistry, private readonly log: Logger) {}
+  constructor(private readonly registry: FdRegistry, private readonly log: Logger,
+    /** The fds of inodes named by handles (none: every inode fd is in the registry). */
+    readonly local: InodeFdCache | null = null) {}
 
   /** Whether one more inode fd fits the budget (FdRegistry.setCapacity), keeping
-   * HANDLE_RESERVE for open files and dirs. */
-  hasInodeRoom(): boolean {
-    return this.registry.hasRoom(1 + HANDLE_RESERVE);
+   * HANDLE_RESERVE for open files and dirs. `inKeeper` false: the inode will be named by a
+   * handle, so it needs no registry fd (the cache evicts to make room). */
+  hasInodeRoom(inKeeper = true): boolean {
+    return !inKeeper || this.registry.hasRoom(1 + HANDLE_RESERVE);
   }
 
   /** EMFILE unless `inodes` more inode fds (keeping HANDLE_RESERVE) and `handles` more file or
@@ -49,8 +57,14 @@ export class FdLifetime {
   /** The fd registered as `name` (EBADF when there is none). */
   get(name: string): number {
     const fd = this.registry.get(name);
-    if (fd === undefined) throw new FsError(K.EBADF, `no fd registered as ${name}`);
-    return fd;
+    if (fd !== undefined) return fd;
+    if (this.local !== null && this.local.owns(name)) return this.local.get(name);
+    throw new FsError(K.EBADF, `no fd registered as ${name}`);
+  }
+
+  /** Out of fds: closes some cached inode fds. Whether any were closed. */
+  relieve(): boolean {
+    return (this.local?.relieve() ?? 0) > 0;
   }
 
   /** Crash-safe order for a new fd: register it (the keeper gets it) before the session records
@@ -82,7 +96,12 @@ export class FdLifetime {
   /** Closes a registered fd now, or when the async operations using it have finished. */
   close(name: string): void {
     if ((this.busy.get(name) ?? 0) > 0) this.pendingClose.add(name);
-    else this.registry.close(name);
+    else this.closeNow(name);
+  }
+
+  private closeNow(name: string): void {
+    this.registry.close(name);
+    this.local?.drop(name);
   }
 
   /** close() for many fds at once: those closed now go in bulk (one keeper message per few
@@ -94,6 +113,7 @@ export class FdLifetime {
       else now.push(name);
     }
     this.registry.closeMany(now);
+    if (this.local !== null) for (const name of now) this.local.drop(name);
   }
 
   /** On resume: closes the registered fds named like the session's that it does not know (a
@@ -113,17 +133,19 @@ export class FdLifetime {
   acquire(name: string): number {
     const fd = this.get(name);
     this.busy.set(name, (this.busy.get(name) ?? 0) + 1);
+    this.local?.pin(name);
     return fd;
   }
 
   release(name: string): void {
+    this.local?.unpin(name);
     const n = (this.busy.get(name) ?? 1) - 1;
     if (n > 0) {
       this.busy.set(name, n);
       return;
     }
     this.busy.delete(name);
-    if (this.pendingClose.delete(name)) this.registry.close(name);
+    if (this.pendingClose.delete(name)) this.closeNow(name);
   }
 
   /** Runs an async addon call on registered fds, keeping them open until it completes. */

@@ -87,7 +87,7 @@ export const X_OK = 1;
 // --- errno (one table for the whole program: shared/errno.ts)
 export {
   EPERM, ENOENT, EINTR, EIO, EEXIST, ENODATA, ERANGE, EBADF, EACCES, EISDIR, EFBIG, EINVAL, ENOTDIR, EAGAIN, ENOLCK, ENOSYS, ELOOP, EOPNOTSUPP,
-  EMFILE, ENFILE, EROFS, ETXTBSY,
+  EMFILE, ENFILE, EROFS, ETXTBSY, ESTALE,
 } from '../../shared/errno';
 /** Largest xattr value and list (linux/limits.h XATTR_SIZE_MAX, XATTR_LIST_MAX). */
 export const XATTR_SIZE_MAX = 65536;

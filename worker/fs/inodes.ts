@@ -19,10 +19,18 @@
 // - '..' at the root is the root, '.' is the dir itself. '..' elsewhere is resolved beneath the
 //   root (see lookupDotDot).
 // - Generation is always 0 (fds pin inodes, so a nodeid never refers to a reused inode number).
+// - With file handles on (inode_fds.ts), a new inode on the share's mount is recorded with its
+//   name_to_handle_at handle and its fd goes to the worker's cache, not the keeper. No fd pins
+//   it then, so (dev, ino) alone no longer proves identity: a known (dev, ino) is the known
+//   inode only if the name's handle is the recorded one; otherwise the number was reused and
+//   the name gets a new nodeid (the old one answers ESTALE).
 import type { Logger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
+import { errorInfo } from '../../shared/errors';
+import { LogRateLimiter } from '../../shared/rate_limit';
 import { FsError, type Entry, type NodeId } from './filesystem';
-import { ROOT_FD_NAME, inodeFdName, type FsSession, type InodeRecord } from './session';
+import { ROOT_FD_NAME, inodeFdName, sameHandle, type FsSession, type InodeHandle, type InodeRecord } from './session';
+import type { InodeHandleSupport } from './inode_fds';
 import { FUSE_ROOT_ID } from '../fuse/constants';
 import type { FdLifetime } from './fd_lifetime';
 import { inodeRecord } from './records';
@@ -47,9 +55,27 @@ export class Inodes {
   /** A name that LOOKUP resolved before, to try lookupKnown first. Bounded: cleared when full
    * (a miss only costs the fstatat). Stale entries are harmless: the fstatat decides. */
   private readonly recentLookups = new Set<string>(); // `${parent}/${name}`
+  private readonly shortage = new LogRateLimiter();
 
   constructor(private readonly session: FsSession, private readonly fds: FdLifetime,
-    private readonly timeout: number, private readonly log: Logger) {}
+    private readonly timeout: number, private readonly log: Logger,
+    private readonly handles: InodeHandleSupport | null = null) {}
+
+  private get handlesOn(): boolean {
+    return this.handles !== null && this.handles.active && this.fds.local !== null;
+  }
+
+  /** The handle to record for the inode of `fd` (O_PATH), or null: handles off, another
+   * mount, or the filesystem refuses (the inode then keeps an fd in the keeper). */
+  private handleOf(fd: number): InodeHandle | null {
+    if (!this.handlesOn) return null;
+    try {
+      const h = native.nameToHandleAt(fd, '', K.AT_EMPTY_PATH);
+      return h.mountId === this.handles!.mountId ? h : null;
+    } catch {
+      return null;
+    }
+  }
 
   entry(rec: InodeRecord, stat: Buffer): Entry {
     return { nodeid: rec.nodeid, generation: rec.generation, stat, entryTimeout: this.timeout, attrTimeout: this.timeout };
@@ -97,12 +123,30 @@ export class Inodes {
     const dev = stat.readBigUInt64LE(STAT.dev);
     const ino = stat.readBigUInt64LE(STAT.ino);
     const known = this.session.findInode(dev, ino);
-    if (known !== undefined) {
+    const handle = this.handleOf(fd);
+    if (known !== undefined && (known.handle === null || handle === null || sameHandle(known.handle, handle))) {
       native.close(fd);
       return this.entry(this.session.addLookup(known.nodeid), stat);
     }
+    const fileType = stat.readUInt32LE(STAT.mode) & K.S_IFMT;
+    if (handle !== null) {
+      // Journaled with its handle; the fd is only cached here (the keeper gets none).
+      let rec: InodeRecord;
+      try {
+        rec = this.session.addInode({ dev, ino, generation: 0, fileType, handle });
+      } catch (e) {
+        native.close(fd);
+        throw e;
+      }
+      this.fds.local!.insert(rec.fdName, fd);
+      return this.entry(rec, stat);
+    }
+    if (!this.fds.hasInodeRoom()) {
+      native.close(fd);
+      this.fds.ensureRoom(1, 0);
+    }
     const rec = this.fds.registerThenRecord(inodeFdName(this.session.nextNodeId), fd,
-      () => this.session.addInode({ dev, ino, generation: 0, fileType: stat.readUInt32LE(STAT.mode) & K.S_IFMT }));
+      () => this.session.addInode({ dev, ino, generation: 0, fileType }));
     return this.entry(rec, stat);
   }
 
@@ -110,8 +154,9 @@ export class Inodes {
    * the name probably resolves to an inode we already hold (a cached lookup, or a readdir
    * entry whose d_ino is in the table), so try one fstatat first. */
   lookupChild(dirFd: number, name: Buffer, knownHint = false): Entry {
-    // Out of fds, an inode we hold is still found without a new one.
-    const room = this.fds.hasInodeRoom();
+    // Out of fds, an inode we hold is still found without a new one. With handles on, a new
+    // inode needs no keeper fd (one on another mount is checked in adopt()).
+    const room = this.fds.hasInodeRoom(!this.handlesOn);
     if (knownHint || !room) {
       const known = this.lookupKnown(dirFd, name);
       if (known !== null) return known;
@@ -125,14 +170,23 @@ export class Inodes {
       if (errno !== K.EMFILE && errno !== K.ENFILE) throw e;
       const known = this.lookupKnown(dirFd, name);
       if (known !== null) return known;
-      throw e;
+      // Cached inode fds are the ones we can give back; else this lookup fails, nothing else.
+      try {
+        if (!this.fds.relieve()) throw e;
+        fd = native.openat2(dirFd, name, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC, 0, LOOKUP_RESOLVE);
+      } catch (e2) {
+        const dropped = this.shortage.admit();
+        if (dropped !== null) this.log.warn({ err: errorInfo(e2), dropped }, 'out of fds: a lookup fails with EMFILE/ENFILE');
+        throw e2;
+      }
     }
     return this.adopt(fd);
   }
 
   /** fstatat of the name (no symlink followed; a single component, so nothing to escape
    * through): when (dev, ino) is an inode we hold, that is the answer without opening a
-   * second fd. Safe because our fd pins the inode, so its number cannot have been reused. */
+   * second fd. Safe because our fd pins the inode, so its number cannot have been reused; an
+   * inode named by a handle is pinned by nothing, so the name's handle must be its handle. */
   private lookupKnown(dirFd: number, name: Buffer): Entry | null {
     const stat = Buffer.allocUnsafe(STAT.SIZE);
     try {
@@ -141,7 +195,15 @@ export class Inodes {
       return null; // let the full path produce the errno
     }
     const known = this.session.findInode(stat.readBigUInt64LE(STAT.dev), stat.readBigUInt64LE(STAT.ino));
-    return known === undefined ? null : this.entry(this.session.addLookup(known.nodeid), stat);
+    if (known === undefined) return null;
+    if (known.handle !== null) {
+      try {
+        if (!sameHandle(known.handle, native.nameToHandleAt(dirFd, name, 0))) return null;
+      } catch {
+        return null;
+      }
+    }
+    return this.entry(this.session.addLookup(known.nodeid), stat);
   }
 
   private rememberLookup(key: string): void {

@@ -2,6 +2,7 @@
 // PassthroughFs is the FileSystem the FUSE server calls; it validates an operation's ids and
 // names and hands each concern to its own file:
 //   inodes.ts          lookup of one name, '..', the inode fds and their dedup, reopening
+//   inode_fds.ts       inodes named by file handles: their fds in a bounded cache, reopened by handle
 //   fd_lifetime.ts     registering, lending out and closing the fds the session names
 //   records.ts         the session records of nodeids and fhs, with the errnos for bad ids
 //   path_component.ts  the names the guest gives for one directory entry
@@ -42,6 +43,9 @@ import { FileIo, checkOffset, killSuidGid } from './io';
 import { DirCursors } from './dir_cursor';
 import { Locks } from './locks';
 import { Xattrs } from './xattrs';
+import { InodeFdCache, probeHandles, type InodeFileHandles, type InodeHandleSupport } from './inode_fds';
+import { ConfigurationError } from '../../shared/errors';
+import type { InodeHandleStats } from '../../shared/status_report';
 import * as K from './host_constants';
 
 export interface PassthroughOptions {
@@ -68,7 +72,16 @@ export interface PassthroughOptions {
   readdirBufferSize?: number;
   /** Parked SETLKW waits at most (beyond: ENOLCK). Default 1024. */
   maxLockWaits?: number;
+  /** Name new inodes by file handles instead of keeper fds (inode_fds.ts). Default 'never'
+   * here; the CLI's default is 'prefer'. 'mandatory' without support throws a ConfigurationError. */
+  inodeFileHandles?: InodeFileHandles;
+  /** How many O_PATH fds of handle-named inodes the worker keeps open. Default 4096. */
+  inodeFdCache?: number;
 }
+
+export const DEFAULT_INODE_FD_CACHE = 4096;
+
+
 
 const TIMEOUTS: Record<CacheMode, number> = { never: 0, auto: 1.0, always: 86400 };
 const NO_ID = -1;
@@ -89,6 +102,8 @@ export class PassthroughFs implements FileSystem {
   private readonly log: Logger;
   private readonly timeout: number;
   private readonly fds: FdLifetime;
+  private readonly handles: InodeHandleSupport;
+  private readonly fdCache: InodeFdCache;
   private readonly creds = new Credentials();
   private readonly locks: Locks;
   private readonly inodes: Inodes;
@@ -104,7 +119,6 @@ export class PassthroughFs implements FileSystem {
     if (!(this.cache in TIMEOUTS)) throw new TypeError(`invalid cache mode ${String(this.cache)}`);
     this.timeout = TIMEOUTS[this.cache];
     this.xattr = opts.xattr ?? false;
-    this.fds = new FdLifetime(this.registry, this.log);
 
     try {
       const limit = native.raiseNoFileLimit(opts.noFileLimit ?? 1_000_000);
@@ -122,8 +136,16 @@ export class PassthroughFs implements FileSystem {
     const ino = st.readBigUInt64LE(STAT.ino);
 
     this.session = opts.session === undefined ? new FsSession({ dev, ino }) : opts.session;
+    this.handles = probeHandles(opts.inodeFileHandles ?? 'never', rootFd);
+    if (this.handles.mode === 'mandatory' && !this.handles.active) {
+      throw new ConfigurationError(`--inode-file-handles mandatory: ${this.handles.reason ?? 'unavailable'}`);
+    }
+    if (this.handles.reason !== null) this.log.warn({ reason: this.handles.reason }, 'inode file handles unavailable; every inode holds an fd in the keeper');
+    // Always there: a resumed session may name inodes by handle whatever the mode is now.
+    this.fdCache = new InodeFdCache(this.session, () => this.fds.get(ROOT_FD_NAME), opts.inodeFdCache ?? DEFAULT_INODE_FD_CACHE, this.log);
+    this.fds = new FdLifetime(this.registry, this.log, this.fdCache);
     this.locks = new Locks(this.session, this.fds, opts.maxLockWaits, this.log);
-    this.inodes = new Inodes(this.session, this.fds, this.timeout, this.log);
+    this.inodes = new Inodes(this.session, this.fds, this.timeout, this.log, this.handles);
     this.dirs = new DirCursors(this.session, this.inodes, this.log, opts.readdirBufferSize ?? 32 * 1024);
     this.io = new FileIo(this.session, this.fds);
     this.xattrs = new Xattrs(this.xattr, this.session, this.inodes, this.creds);
@@ -156,13 +178,15 @@ export class PassthroughFs implements FileSystem {
     if (s.root.dev !== rootDev || s.root.ino !== rootIno) {
       throw new FsSessionError(`session root (${s.root.dev}, ${s.root.ino}) is not the shared directory (${rootDev}, ${rootIno})`);
     }
-    const names = new Set(s.fdNames());
+    // Inodes named by handles have no fd in the keeper: they are opened by handle when used.
+    const names = new Set(s.keeperFdNames());
     for (const name of names) {
       if (!this.registry.has(name)) throw new FsSessionError(`session names fd "${name}" but the registry has none`);
     }
     if (verify) {
       const st = Buffer.alloc(STAT.SIZE);
       for (const rec of s.allInodes()) {
+        if (rec.handle !== null) continue;
         native.fstatat(this.registry.get(rec.fdName)!, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
         if (st.readBigUInt64LE(STAT.dev) !== rec.dev || st.readBigUInt64LE(STAT.ino) !== rec.ino) {
           throw new FsSessionError(`fd "${rec.fdName}" is not inode (${rec.dev}, ${rec.ino})`);
@@ -173,6 +197,15 @@ export class PassthroughFs implements FileSystem {
     for (const d of s.allDirs()) this.dirs.resumed(d.fh);
     this.log.info({ inodes: s.inodeCount, files: s.fileCount, dirs: s.dirCount, lockOwners: s.lockOwnerCount },
       'filesystem session resumed');
+  }
+
+  /** Inode handles for `status`. */
+  get inodeHandleStats(): InodeHandleStats {
+    return {
+      mode: this.handles.mode, active: this.handles.active, reason: this.handles.reason,
+      byHandle: this.session.handleInodeCount, byFd: this.session.inodeCount - this.session.handleInodeCount,
+      cachedFds: this.fdCache.size, cacheCapacity: this.fdCache.capacity, opensByHandle: this.fdCache.opens,
+    };
   }
 
   // ================================================================ helpers
@@ -219,6 +252,7 @@ export class PassthroughFs implements FileSystem {
     const names = this.session.reset();
     // Closed in bulk, except those async calls still use.
     this.fds.closeMany(names);
+    this.fdCache.closeMountFd();
     this.dirs.clear();
     this.log.info({ closed: names.length }, 'filesystem session reset');
   }

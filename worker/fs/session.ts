@@ -23,6 +23,7 @@
 //     dirs:   [{ fh, fdName, nodeid, position: "<s64 decimal>" }],
 //     lockOwners: [{ id, fdName, nodeid, fh, owner: "<u64 decimal>", pid }] }
 // (lockOwners is absent in snapshots written before lock owners existed: read as none.)
+// Version 2 and 3: see CompactSessionSnapshot.
 // 64-bit quantities (dev, ino, readdir cookies) are decimal strings: they do not fit a double.
 // fromSnapshot() treats its input as untrusted and throws FsSessionError on anything malformed.
 import { StateError } from '../../shared/errors';
@@ -40,6 +41,22 @@ const VALID_FILE_TYPES = new Set([0o140000, 0o120000, 0o100000, 0o060000, 0o0400
 /** A session mutation or snapshot that contradicts the session (replayed state that does not fit). */
 export class FsSessionError extends StateError {}
 
+/** A file handle (name_to_handle_at) that names an inode without holding an fd: the inode is
+ * opened again with open_by_handle_at (inode_fds.ts). The handle carries the inode's
+ * generation, so it never names a later inode that reused the number. */
+export interface InodeHandle {
+  readonly mountId: number;
+  readonly handleType: number;
+  /** 1..MAX_HANDLE_BYTES bytes. */
+  readonly handle: Buffer;
+}
+/** MAX_HANDLE_SZ of Linux. */
+export const MAX_HANDLE_BYTES = 128;
+
+export function sameHandle(a: InodeHandle, b: InodeHandle): boolean {
+  return a.mountId === b.mountId && a.handleType === b.handleType && a.handle.equals(b.handle);
+}
+
 export interface InodeRecord {
   readonly nodeid: number;
   readonly dev: bigint;
@@ -49,6 +66,9 @@ export interface InodeRecord {
   readonly fdName: string;
   /** st_mode & S_IFMT */
   readonly fileType: number;
+  /** Non-null: the inode is named by this handle and its fd ("inode.<nodeid>") is not in the
+   * keeper, only (for a while) in the worker's cache. Null: the keeper holds its fd. */
+  readonly handle: InodeHandle | null;
 }
 
 export interface FileRecord {
@@ -83,8 +103,10 @@ export interface LockOwnerRecord {
 }
 
 export type FsMutation =
-  /** dev/ino: bigint; a decimal string in journals of schema 1. */
-  | { op: 'addInode'; nodeid: number; dev: bigint | string; ino: bigint | string; generation: number; fileType: number }
+  /** dev/ino: bigint; a decimal string in journals of schema 1. handle: absent or null for an
+   * inode whose fd the keeper holds. */
+  | { op: 'addInode'; nodeid: number; dev: bigint | string; ino: bigint | string; generation: number; fileType: number;
+    handle?: InodeHandle | null }
   | { op: 'addLookup'; nodeid: number; count: number }
   | { op: 'forget'; nodeid: number; count: number }
   | { op: 'openFile'; fh: number; nodeid: number; flags: number }
@@ -110,12 +132,17 @@ export interface DirSnapshot { fh: number; fdName: string; nodeid: number; posit
 export interface LockOwnerSnapshot { id: number; fdName: string; nodeid: number; fh: number; owner: string; pid: number }
 /** Version 2 (what the journal stores): the same, with the inodes as one binary table of
  * INODE_ROW-byte rows { f64 nodeid, u64 dev, u64 ino, u32 generation, u32 fileType, f64
- * lookupCount } (little-endian): about 10x faster to write and read than 20,000 objects. */
+ * lookupCount } (little-endian): about 10x faster to write and read than 20,000 objects.
+ * Version 3 (written only when some inode has a file handle): version 2 plus `inodeHandles`,
+ * a side table of variable rows { f64 nodeid, u64 mountId, i32 handleType, u8 length, the
+ * handle's bytes } for the inodes that have one. A reader of version 2 only refuses version 3
+ * ("unsupported session snapshot version 3"), so an older worker never misreads it. */
 export interface CompactSessionSnapshot {
-  version: 2;
+  version: 2 | 3;
   nextNodeId: number;
   nextFh: number;
   inodeTable: Buffer;
+  inodeHandles?: Buffer;
   files: FileSnapshot[];
   dirs: DirSnapshot[];
   lockOwners: LockOwnerSnapshot[];
@@ -134,7 +161,7 @@ export interface SessionSnapshot {
 
 interface MutableInode {
   nodeid: number; dev: bigint; ino: bigint; generation: number; lookupCount: number;
-  fdName: string; fileType: number;
+  fdName: string; fileType: number; handle: InodeHandle | null;
 }
 interface MutableDir { fh: number; fdName: string; nodeid: number; position: bigint }
 
@@ -146,19 +173,22 @@ export function dirFdName(fh: number): string { return `dir.${fh}`; }
 export function lockOwnerFdName(id: number): string { return `plock.${id}`; }
 const lockOwnerKey = (nodeid: number, owner: bigint): string => `${nodeid}:${owner}`;
 
-class DevInoIndex {
-  private readonly byDev = new Map<bigint, Map<bigint, number>>();
-  get(dev: bigint, ino: bigint): number | undefined {
+class DevInoIndex<T = number> {
+  private readonly byDev = new Map<bigint, Map<bigint, T>>();
+  get(dev: bigint, ino: bigint): T | undefined {
     return this.byDev.get(dev)?.get(ino);
   }
-  set(dev: bigint, ino: bigint, nodeid: number): void {
+  set(dev: bigint, ino: bigint, nodeid: T): void {
     let m = this.byDev.get(dev);
     if (m === undefined) this.byDev.set(dev, (m = new Map()));
     m.set(ino, nodeid);
   }
-  delete(dev: bigint, ino: bigint): void {
+  /** Removes the entry if it still names nodeid (a newer inode may have taken the number). */
+  delete(dev: bigint, ino: bigint, nodeid: T): void {
     const m = this.byDev.get(dev);
-    if (m !== undefined && m.delete(ino) && m.size === 0) this.byDev.delete(dev);
+    if (m === undefined || m.get(ino) !== nodeid) return;
+    m.delete(ino);
+    if (m.size === 0) this.byDev.delete(dev);
   }
   clear(): void {
     this.byDev.clear();
@@ -168,13 +198,16 @@ class DevInoIndex {
 export class FsSession {
   private readonly inodes = new Map<number, MutableInode>();
   /** dev → ino → nodeid (bigint keys: no string formatting on the lookup path). */
-  private readonly byDevIno = new DevInoIndex();
+  /** (dev, ino) → the newest inode with that number (bigint keys: no string formatting on the
+   * lookup path; the record itself: no second map lookup). */
+  private byDevIno = new DevInoIndex<MutableInode>();
   private readonly files = new Map<number, FileRecord>();
   private readonly dirs = new Map<number, MutableDir>();
   private readonly lockOwners = new Map<number, LockOwnerRecord>();
   /** "nodeid:owner" → lock owner id. */
   private readonly lockOwnerIndex = new Map<string, number>();
   private nextNodeIdValue = FIRST_ID;
+  private handleInodes = 0;
   private nextFhValue = FIRST_ID;
   private readonly listeners: MutationListener[] = [];
 
@@ -185,7 +218,7 @@ export class FsSession {
     checkU64(root.ino, 'root ino');
     this.insertInode({
       nodeid: FUSE_ROOT_ID, dev: root.dev, ino: root.ino, generation: root.generation ?? 0,
-      lookupCount: 1, fdName: ROOT_FD_NAME, fileType: root.fileType ?? 0o040000,
+      lookupCount: 1, fdName: ROOT_FD_NAME, fileType: root.fileType ?? 0o040000, handle: null,
     });
   }
 
@@ -205,8 +238,7 @@ export class FsSession {
 
   getInode(nodeid: number): InodeRecord | undefined { return this.inodes.get(nodeid); }
   findInode(dev: bigint, ino: bigint): InodeRecord | undefined {
-    const id = this.byDevIno.get(dev, ino);
-    return id === undefined ? undefined : this.inodes.get(id);
+    return this.byDevIno.get(dev, ino);
   }
   getFile(fh: number): FileRecord | undefined { return this.files.get(fh); }
   getDir(fh: number): DirRecord | undefined { return this.dirs.get(fh); }
@@ -219,7 +251,11 @@ export class FsSession {
     return id === undefined ? undefined : this.lockOwners.get(id);
   }
 
-  /** Every fd name the session refers to (root included). */
+  /** Inodes named by a file handle (their fds are not in the keeper). */
+  get handleInodeCount(): number { return this.handleInodes; }
+
+  /** Every fd name the session refers to (root included), also those of inodes named by a
+   * handle, which only the worker's cache may hold. */
   fdNames(): string[] {
     const names: string[] = [];
     for (const i of this.inodes.values()) names.push(i.fdName);
@@ -229,14 +265,27 @@ export class FsSession {
     return names;
   }
 
+  /** The fd names the keeper must hold: fdNames() less the inodes named by a handle. */
+  keeperFdNames(): string[] {
+    const names: string[] = [];
+    for (const i of this.inodes.values()) if (i.handle === null) names.push(i.fdName);
+    for (const f of this.files.values()) names.push(f.fdName);
+    for (const d of this.dirs.values()) names.push(d.fdName);
+    for (const o of this.lockOwners.values()) names.push(o.fdName);
+    return names;
+  }
+
   // ---------------------------------------------------------------- mutations
 
   /** A new inode with lookup count 1; allocates its nodeid. The caller registers the fd under
-   * the returned record's fdName. */
-  addInode(id: { dev: bigint; ino: bigint; generation: number; fileType: number }): InodeRecord {
+   * the returned record's fdName (in the keeper, or only in the worker's cache when the inode
+   * has a handle). An inode with a handle may take the (dev, ino) of a known inode with a
+   * different handle: that one was deleted and its number reused, and it stays in the table
+   * (its handle now answers ESTALE) until the guest forgets it. */
+  addInode(id: { dev: bigint; ino: bigint; generation: number; fileType: number; handle?: InodeHandle | null }): InodeRecord {
     const nodeid = this.nextNodeIdValue;
     this.emit({ op: 'addInode', nodeid, dev: id.dev, ino: id.ino,
-      generation: id.generation, fileType: id.fileType });
+      generation: id.generation, fileType: id.fileType, ...(id.handle ? { handle: id.handle } : {}) });
     return this.inodes.get(nodeid)!;
   }
 
@@ -322,10 +371,14 @@ export class FsSession {
         if (nodeid < this.nextNodeIdValue) throw new FsSessionError(`addInode: nodeid ${nodeid} reused`);
         const dev = u64Field(m.dev, 'addInode.dev');
         const ino = u64Field(m.ino, 'addInode.ino');
-        if (this.byDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
+        const handle = m.handle === undefined || m.handle === null ? null : checkHandle(m.handle, 'addInode.handle');
+        const known = this.byDevIno.get(dev, ino);
+        if (known !== undefined && !isReuse(known.handle, handle)) {
+          throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
+        }
         this.insertInode({
           nodeid, dev, ino, generation: checkU32(m.generation, 'addInode.generation'), lookupCount: 1,
-          fdName: inodeFdName(nodeid), fileType: checkFileType(m.fileType, 'addInode.fileType'),
+          fdName: inodeFdName(nodeid), fileType: checkFileType(m.fileType, 'addInode.fileType'), handle,
         });
         this.nextNodeIdValue = nodeid + 1;
         return;
@@ -343,7 +396,8 @@ export class FsSession {
         rec.lookupCount = Math.max(0, rec.lookupCount - count);
         if (rec.lookupCount === 0 && rec.nodeid !== FUSE_ROOT_ID) {
           this.inodes.delete(rec.nodeid);
-          this.byDevIno.delete(rec.dev, rec.ino);
+          this.byDevIno.delete(rec.dev, rec.ino, rec);
+          if (rec.handle !== null) this.handleInodes--;
         }
         return;
       }
@@ -402,6 +456,7 @@ export class FsSession {
         this.dirs.clear();
         this.lockOwners.clear();
         this.lockOwnerIndex.clear();
+        this.handleInodes = 0;
         root.lookupCount = 1;
         this.insertInode(root);
         return;
@@ -428,9 +483,12 @@ export class FsSession {
     this.lockOwnerIndex.set(lockOwnerKey(rec.nodeid, rec.owner), rec.id);
   }
 
+  /** Indexes (dev, ino) to the newest nodeid (a reused number belongs to the newer inode). */
   private insertInode(rec: MutableInode): void {
     this.inodes.set(rec.nodeid, rec);
-    this.byDevIno.set(rec.dev, rec.ino, rec.nodeid);
+    if (rec.handle !== null) this.handleInodes++;
+    const known = this.byDevIno.get(rec.dev, rec.ino);
+    if (known === undefined || known.nodeid < rec.nodeid) this.byDevIno.set(rec.dev, rec.ino, rec);
   }
 
   // ---------------------------------------------------------------- snapshots
@@ -466,7 +524,26 @@ export class FsSession {
       at = table.writeDoubleLE(i.lookupCount, at);
     }
     const { files, dirs, lockOwners } = this.toSnapshot(false);
-    return { version: 2, nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs, lockOwners };
+    const base = { nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs, lockOwners };
+    if (this.handleInodes === 0) return { version: 2, ...base };
+    return { version: 3, ...base, inodeHandles: this.handleTable() };
+  }
+
+  private handleTable(): Buffer {
+    let size = 0;
+    for (const i of this.inodes.values()) if (i.handle !== null) size += HANDLE_ROW_HEAD + i.handle.handle.length;
+    const table = Buffer.allocUnsafe(size);
+    let at = 0;
+    for (const i of this.inodes.values()) {
+      const h = i.handle;
+      if (h === null) continue;
+      at = table.writeDoubleLE(i.nodeid, at);
+      at = table.writeBigUInt64LE(BigInt(h.mountId), at);
+      at = table.writeInt32LE(h.handleType | 0, at);
+      at = table.writeUInt8(h.handle.length, at);
+      at += h.handle.copy(table, at);
+    }
+    return table;
   }
 
   /** Rebuilds a session from an untrusted snapshot. Checks: version, types and ranges of every
@@ -476,11 +553,14 @@ export class FsSession {
    * guest to do that); they must name a nodeid that was allocated. */
   static fromSnapshot(input: unknown): FsSession {
     const version = (input as { version?: unknown } | null)?.version;
-    const compact = version === 2;
-    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs'],
-      ['lockOwners']);
+    const compact = version === 2 || version === 3;
+    if (version !== SESSION_VERSION && !compact) {
+      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(version)} (expected ${SESSION_VERSION}, 2 or 3)`);
+    }
+    const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs',
+      ...(version === 3 ? ['inodeHandles'] : [])], ['lockOwners']);
     if (s.version !== SESSION_VERSION && !compact) {
-      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(s.version)} (expected ${SESSION_VERSION} or 2)`);
+      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(s.version)} (expected ${SESSION_VERSION}, 2 or 3)`);
     }
     const nextNodeId = checkId(s.nextNodeId, 'nextNodeId', FIRST_ID);
     const nextFh = checkId(s.nextFh, 'nextFh', FIRST_ID);
@@ -491,7 +571,8 @@ export class FsSession {
 
     const parsedInodes: MutableInode[] = [];
     const seenNodeIds = new Set<number>();
-    const seenDevIno = new DevInoIndex();
+    const seenDevIno = new DevInoIndex<MutableInode>();
+    const handles = version === 3 ? parseHandleTable(s.inodeHandles, nextNodeId) : new Map<number, InodeHandle>();
     if (compact) {
       const table = s.inodeTable;
       if (!(table instanceof Uint8Array) || table.length % INODE_ROW !== 0) throw new FsSessionError('inodeTable: not a whole number of rows');
@@ -504,14 +585,20 @@ export class FsSession {
         seenNodeIds.add(nodeid);
         const dev = b.readBigUInt64LE(at + 8);
         const ino = b.readBigUInt64LE(at + 16);
-        if (seenDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
-        seenDevIno.set(dev, ino, nodeid);
-        parsedInodes.push({
+        const handle = handles.get(nodeid) ?? null;
+        handles.delete(nodeid);
+        if (nodeid === FUSE_ROOT_ID && handle !== null) throw new FsSessionError(`${where}: the root has a handle`);
+        const dup = seenDevIno.get(dev, ino);
+        if (dup !== undefined && !isReuse(dup.handle, handle)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
+        const rec: MutableInode = {
           nodeid, dev, ino, generation: b.readUInt32LE(at + 24),
           lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1),
-          fdName: inodeFdName(nodeid), fileType: checkFileType(b.readUInt32LE(at + 28), `${where}.fileType`),
-        });
+          fdName: inodeFdName(nodeid), fileType: checkFileType(b.readUInt32LE(at + 28), `${where}.fileType`), handle,
+        };
+        if (dup === undefined || dup.nodeid < nodeid) seenDevIno.set(dev, ino, rec);
+        parsedInodes.push(rec);
       }
+      if (handles.size > 0) throw new FsSessionError(`inodeHandles: a handle for nodeid ${handles.keys().next().value} that has no inode`);
     }
     inodes.forEach((raw, idx) => {
       const where = `inodes[${idx}]`;
@@ -523,23 +610,29 @@ export class FsSession {
       const dev = parseU64(r.dev, `${where}.dev`);
       const ino = parseU64(r.ino, `${where}.ino`);
       if (seenDevIno.get(dev, ino) !== undefined) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
-      seenDevIno.set(dev, ino, nodeid);
       const lookupCount = checkCount(r.lookupCount, `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1);
       if (r.fdName !== inodeFdName(nodeid)) {
         throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${inodeFdName(nodeid)})`);
       }
-      parsedInodes.push({
+      const rec: MutableInode = {
         nodeid, dev, ino, generation: checkU32(r.generation, `${where}.generation`), lookupCount,
-        fdName: inodeFdName(nodeid), fileType: checkFileType(r.fileType, `${where}.fileType`),
-      });
+        fdName: inodeFdName(nodeid), fileType: checkFileType(r.fileType, `${where}.fileType`), handle: null,
+      };
+      seenDevIno.set(dev, ino, rec);
+      parsedInodes.push(rec);
     });
     const root = parsedInodes.find((i) => i.nodeid === FUSE_ROOT_ID);
     if (root === undefined) throw new FsSessionError('snapshot has no root inode (nodeid 1)');
     if (root.fileType !== 0o040000) throw new FsSessionError('root inode is not a directory');
 
     const session = new FsSession({ dev: root.dev, ino: root.ino, generation: root.generation });
-    session.inodes.get(FUSE_ROOT_ID)!.lookupCount = root.lookupCount;
-    for (const i of parsedInodes) if (i.nodeid !== FUSE_ROOT_ID) session.insertInode(i);
+    // The index built while checking for duplicates is the session's (one pass over 100,000
+    // inodes instead of two: bigint-keyed maps are the cost of a load).
+    for (const i of parsedInodes) {
+      session.inodes.set(i.nodeid, i);
+      if (i.handle !== null) session.handleInodes++;
+    }
+    session.byDevIno = seenDevIno;
     session.nextNodeIdValue = nextNodeId;
     session.nextFhValue = nextFh;
 
@@ -585,6 +678,47 @@ export class FsSession {
 }
 
 // ------------------------------------------------------------------ validators
+
+/** A second inode may have the (dev, ino) of a known one only when both have handles and the
+ * handles differ: the known inode was deleted and its number reused. */
+function isReuse(known: InodeHandle | null, added: InodeHandle | null): boolean {
+  return known !== null && added !== null && !sameHandle(known, added);
+}
+
+function checkHandle(v: unknown, where: string): InodeHandle {
+  const h = v as Partial<InodeHandle> | null;
+  if (h === null || typeof h !== 'object' || !Buffer.isBuffer(h.handle) || h.handle.length === 0 || h.handle.length > MAX_HANDLE_BYTES) {
+    throw new FsSessionError(`${where}: not a file handle of 1..${MAX_HANDLE_BYTES} bytes`);
+  }
+  if (typeof h.mountId !== 'number' || !Number.isSafeInteger(h.mountId) || h.mountId < 0) throw new FsSessionError(`${where}.mountId: ${describe(h.mountId)}`);
+  return { mountId: h.mountId, handleType: checkI32(h.handleType, `${where}.handleType`), handle: h.handle };
+}
+
+const HANDLE_ROW_HEAD = 8 + 8 + 4 + 1;
+
+/** The inodeHandles side table of a version 3 snapshot: nodeid → handle. */
+function parseHandleTable(v: unknown, nextNodeId: number): Map<number, InodeHandle> {
+  if (!(v instanceof Uint8Array)) throw new FsSessionError('inodeHandles: not bytes');
+  const b = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  const out = new Map<number, InodeHandle>();
+  for (let at = 0, idx = 0; at < b.length; idx++) {
+    const where = `inodeHandles[${idx}]`;
+    if (at + HANDLE_ROW_HEAD > b.length) throw new FsSessionError(`${where}: cut off`);
+    const nodeid = checkId(b.readDoubleLE(at), `${where}.nodeid`);
+    if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
+    if (out.has(nodeid)) throw new FsSessionError(`${where}: duplicate nodeid ${nodeid}`);
+    const mountId = b.readBigUInt64LE(at + 8);
+    if (mountId > BigInt(Number.MAX_SAFE_INTEGER)) throw new FsSessionError(`${where}.mountId out of range`);
+    const handleType = b.readInt32LE(at + 16);
+    const len = b.readUInt8(at + 20);
+    at += HANDLE_ROW_HEAD;
+    if (len === 0 || len > MAX_HANDLE_BYTES || at + len > b.length) throw new FsSessionError(`${where}: bad handle length ${len}`);
+    // A view, not a copy: the table stays alive as long as the handles (100,000 copies cost ~50 ms).
+    out.set(nodeid, { mountId: Number(mountId), handleType, handle: b.subarray(at, at + len) });
+    at += len;
+  }
+  return out;
+}
 
 /** `optional`: fields that may be absent (added after the format's first version). */
 function checkObject(v: unknown, where: string, keys: string[], optional: string[] = []): Record<string, unknown> {

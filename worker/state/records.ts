@@ -21,9 +21,11 @@
 //   closeFile / closeDir num fh                 setDirPosition num fh, str position
 //   reset (nothing)
 //   openLockOwner num id, num nodeid, num fh, u64 owner, u32 pid      closeLockOwner num id
+//   addInodeHandle (an addInode whose inode has a file handle): addInode's fields, then
+//     u64 mountId, i32 handleType, u8 length, the handle's bytes (1..128)
 // Kinds are only ever appended (a journal of an older worker stays readable; an older worker
 // meets an unknown kind in a newer journal and refuses it as unusable state).
-import type { CompactSessionSnapshot, FsMutation, SessionSnapshot } from '../fs/session';
+import { MAX_HANDLE_BYTES, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
 import type { VhostSessionState } from '../vhost/backend';
@@ -39,10 +41,10 @@ export const TAG_MUTATION = 3;
 export const TAG_DEATH = 4;
 
 const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset',
-  'openLockOwner', 'closeLockOwner'] as const;
+  'openLockOwner', 'closeLockOwner', 'addInodeHandle'] as const;
 const KIND_CODE = new Map<string, number>(MUTATION_KINDS.map((k, i) => [k, i]));
-/** Upper bound of one encoded mutation (setDirPosition: 1 + 8 + 1 + 20). */
-export const MAX_MUTATION_SIZE = 64;
+/** Upper bound of one encoded mutation (addInodeHandle: 1 + 8 + 8 + 8 + 4 + 4 + 8 + 4 + 1 + 128). */
+export const MAX_MUTATION_SIZE = 176;
 const MAX_STR = 255;
 
 export class RecordDecodeError extends StateError {}
@@ -67,16 +69,24 @@ function putStr(buf: Buffer, at: number, s: string): number {
 }
 
 export function putMutation(buf: Buffer, at: number, m: FsMutation): number {
-  const code = KIND_CODE.get(m.op);
+  const code = m.op === 'addInode' && m.handle ? KIND_CODE.get('addInodeHandle') : KIND_CODE.get(m.op);
   if (code === undefined) throw new RangeError(`unknown session mutation ${String(m.op)}`);
   buf[at++] = code;
   switch (m.op) {
-    case 'addInode':
+    case 'addInode': {
       at = buf.writeDoubleLE(m.nodeid, at);
       at = buf.writeBigUInt64LE(BigInt(m.dev), at);
       at = buf.writeBigUInt64LE(BigInt(m.ino), at);
       at = buf.writeUInt32LE(m.generation >>> 0, at);
-      return buf.writeUInt32LE(m.fileType >>> 0, at);
+      at = buf.writeUInt32LE(m.fileType >>> 0, at);
+      const h = m.handle;
+      if (!h) return at;
+      if (h.handle.length === 0 || h.handle.length > MAX_HANDLE_BYTES) throw new RangeError(`file handle of ${h.handle.length} bytes`);
+      at = buf.writeBigUInt64LE(BigInt(h.mountId), at);
+      at = buf.writeInt32LE(h.handleType | 0, at);
+      at = buf.writeUInt8(h.handle.length, at);
+      return at + h.handle.copy(buf, at);
+    }
     case 'addLookup':
     case 'forget':
       at = buf.writeDoubleLE(m.nodeid, at);
@@ -178,6 +188,12 @@ class Reader {
     this.at += 4;
     return v;
   }
+  i32(what: string): number {
+    this.need(4, what);
+    const v = this.b.readInt32LE(this.at);
+    this.at += 4;
+    return v;
+  }
   f64(what: string): number {
     this.need(8, what);
     const v = this.b.readDoubleLE(this.at);
@@ -213,6 +229,15 @@ function readMutation(r: Reader): FsMutation {
   switch (op) {
     case 'addInode':
       return { op, nodeid: r.uint('nodeid'), dev: r.u64('dev'), ino: r.u64('ino'), generation: r.u32('generation'), fileType: r.u32('fileType') };
+    case 'addInodeHandle': {
+      const m = { op: 'addInode' as const, nodeid: r.uint('nodeid'), dev: r.u64('dev'), ino: r.u64('ino'), generation: r.u32('generation'), fileType: r.u32('fileType') };
+      const mountId = r.u64('mountId');
+      if (mountId > BigInt(Number.MAX_SAFE_INTEGER)) throw new RecordDecodeError('mount id out of range');
+      const handleType = r.i32('handleType');
+      const len = r.u8('handle length');
+      if (len === 0 || len > MAX_HANDLE_BYTES) throw new RecordDecodeError(`file handle of ${len} bytes`);
+      return { ...m, handle: { mountId: Number(mountId), handleType, handle: Buffer.from(r.bytes(len, 'handle')) } };
+    }
     case 'addLookup':
     case 'forget':
       return { op, nodeid: r.uint('nodeid'), count: r.uint('count') };
@@ -237,7 +262,7 @@ function readMutation(r: Reader): FsMutation {
     case 'closeLockOwner':
       return { op, id: r.uint('id') };
     default:
-      throw new RecordDecodeError(`unknown mutation kind ${code}`);
+      throw new RecordDecodeError(`unknown mutation kind ${code} (written by a newer version?)`);
   }
 }
 

@@ -1,0 +1,217 @@
+// Inodes named by file handles (--inode-file-handles): no registry (keeper) fd per inode, a
+// bounded cache of O_PATH fds reopened by handle, identity by handle, the fallback, resume.
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { native, STAT } from '../../shared/native';
+import { FdRegistry } from '../../shared/fd_registry';
+import { ConfigurationError } from '../../shared/errors';
+import { FsSession } from '../../worker/fs/session';
+import { PassthroughFs } from '../../worker/fs/passthrough';
+import * as K from '../../worker/fs/host_constants';
+import { ROOT, b, ctx, fdCount, setup, silent, throwsErrno } from './fixtures/helpers';
+
+const CACHE = 16;
+
+function files(n: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < n; i++) out[`f${i}`] = `file ${i}\n`;
+  return out;
+}
+
+const inodeNames = (r: FdRegistry): string[] => r.names().filter((n) => n.startsWith('inode.'));
+
+t.test('prefer: inodes get handles, no registry fd each, the cache stays bounded and reopens by handle', (t) => {
+  const { fs: pfs, registry, share } = setup(t, files(200), { inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  t.teardown(() => pfs.destroy());
+  const st0 = pfs.inodeHandleStats;
+  t.equal(st0.active, true, 'handles are on (root, ext4/tmpfs)');
+  t.equal(st0.reason, null);
+  const fdsBefore = fdCount();
+  const ids: number[] = [];
+  for (let i = 0; i < 200; i++) ids.push(pfs.lookup(ctx, ROOT, b(`f${i}`)).nodeid);
+  t.same(inodeNames(registry), [], 'no inode fd in the registry (the keeper holds none)');
+  t.ok(fdCount() - fdsBefore <= CACHE, `the process holds at most the cache's ${CACHE} inode fds (${fdCount() - fdsBefore})`);
+  const st = pfs.inodeHandleStats;
+  t.equal(st.byHandle, 200);
+  t.equal(st.byFd, 1, 'the root keeps its fd');
+  t.equal(st.cachedFds, CACHE);
+  t.equal(pfs.session.getInode(ids[0]!)!.handle!.handle.length > 0, true, 'the record carries the handle');
+  // The first ones were evicted: getattr reopens them by handle and sees the same inode.
+  const opens = st.opensByHandle;
+  for (let i = 0; i < 200; i++) {
+    const stat = pfs.getattr(ctx, ids[i]!, null).stat;
+    t.equal(stat.readBigUInt64LE(STAT.ino), BigInt(fs.statSync(path.join(share, `f${i}`)).ino), `f${i} reopened as itself`);
+  }
+  t.ok(pfs.inodeHandleStats.opensByHandle - opens >= 200 - CACHE, 'evicted inodes were opened by handle');
+  // A known name costs no new nodeid.
+  t.equal(pfs.lookup(ctx, ROOT, b('f3')).nodeid, ids[3]);
+  // Open files still hold fds in the registry.
+  const o = pfs.open(ctx, ids[5]!, K.O_RDONLY);
+  t.ok(registry.has(`file.${o.fh}`), 'an open file is a registry fd as before');
+  pfs.release(ctx, ids[5]!, o.fh, 0, 0, 0n);
+  // Forget closes the cached fd.
+  const cachedBefore = pfs.inodeHandleStats.cachedFds;
+  pfs.forget(ids[199]!, 2);
+  t.equal(pfs.session.getInode(ids[199]!), undefined);
+  t.equal(pfs.inodeHandleStats.cachedFds, cachedBefore - 1, 'its cached fd was closed');
+  t.end();
+});
+
+t.test('a deleted inode named by handle answers ESTALE, never another inode', (t) => {
+  const { fs: pfs, share } = setup(t, { gone: 'x', ...files(CACHE + 4) }, { inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  t.teardown(() => pfs.destroy());
+  const gone = pfs.lookup(ctx, ROOT, b('gone')).nodeid;
+  for (let i = 0; i < CACHE + 4; i++) pfs.lookup(ctx, ROOT, b(`f${i}`));
+  fs.unlinkSync(path.join(share, 'gone'));
+  throwsErrno(t, () => pfs.getattr(ctx, gone, null), K.ESTALE, 'evicted and deleted: ESTALE');
+  t.end();
+});
+
+t.test('a handle that opens another inode than the journaled (dev, ino) is refused (ESTALE)', (t) => {
+  const base = t.testdir({ share: { a: 'a', b: 'b' } });
+  const share = path.join(base, 'share');
+  const root = native.openat(K.AT_FDCWD, share, K.O_PATH | K.O_DIRECTORY | K.O_CLOEXEC, 0);
+  const rs = fs.statSync(share, { bigint: true });
+  const as = fs.statSync(path.join(share, 'a'), { bigint: true });
+  const session = new FsSession({ dev: rs.dev, ino: rs.ino });
+  // Inode "a" as journaled, but with the handle of "b" (what a forged journal could say).
+  const nodeid = session.addInode({ dev: as.dev, ino: as.ino, generation: 0, fileType: K.S_IFREG,
+    handle: native.nameToHandleAt(root, 'b', 0) }).nodeid;
+  const registry = new FdRegistry();
+  registry.register('root', root);
+  t.teardown(() => registry.closeAll());
+  const pfs = new PassthroughFs({ registry, logger: silent, session, inodeFileHandles: 'prefer' });
+  throwsErrno(t, () => pfs.getattr(ctx, nodeid, null), K.ESTALE);
+  t.end();
+});
+
+t.test('inode number reuse: a known (dev, ino) with another handle is a new inode', (t) => {
+  const root = { dev: 1n, ino: 2n };
+  const h = (x: number): { mountId: number; handleType: number; handle: Buffer } => ({ mountId: 7, handleType: 1, handle: Buffer.alloc(8, x) });
+  const s = new FsSession(root);
+  const old = s.addInode({ dev: 1n, ino: 50n, generation: 0, fileType: K.S_IFREG, handle: h(1) });
+  t.throws(() => s.addInode({ dev: 1n, ino: 50n, generation: 0, fileType: K.S_IFREG, handle: h(1) }), /already known/, 'same handle: the same inode');
+  t.throws(() => s.addInode({ dev: 1n, ino: 50n, generation: 0, fileType: K.S_IFREG }), /already known/, 'no handle: refused as before');
+  const young = s.addInode({ dev: 1n, ino: 50n, generation: 0, fileType: K.S_IFREG, handle: h(2) });
+  t.equal(s.findInode(1n, 50n)!.nodeid, young.nodeid, '(dev, ino) now names the newer inode');
+  t.ok(s.getInode(old.nodeid), 'the old one stays until forgotten');
+  s.forget(old.nodeid, 1);
+  t.equal(s.findInode(1n, 50n)!.nodeid, young.nodeid, 'forgetting the old one leaves the index to the new one');
+  // Both survive a snapshot (version 3) with the index on the newer.
+  const s2 = new FsSession(root);
+  s2.addInode({ dev: 1n, ino: 50n, generation: 0, fileType: K.S_IFREG, handle: h(1) });
+  const n2 = s2.addInode({ dev: 1n, ino: 50n, generation: 0, fileType: K.S_IFREG, handle: h(2) }).nodeid;
+  const snap = s2.toCompactSnapshot();
+  t.equal(snap.version, 3);
+  const back = FsSession.fromSnapshot(snap);
+  t.equal(back.inodeCount, 3);
+  t.equal(back.findInode(1n, 50n)!.nodeid, n2);
+  t.same(back.getInode(n2)!.handle, h(2));
+  t.end();
+});
+
+t.test('snapshots: version 2 without handles, version 3 with; malformed side tables refused', (t) => {
+  const s = new FsSession({ dev: 1n, ino: 2n });
+  s.addInode({ dev: 1n, ino: 3n, generation: 0, fileType: K.S_IFREG });
+  t.equal(s.toCompactSnapshot().version, 2, 'no handles: the format older workers read');
+  s.addInode({ dev: 1n, ino: 4n, generation: 0, fileType: K.S_IFDIR, handle: { mountId: 9, handleType: -3, handle: Buffer.alloc(128, 5) } });
+  const snap = s.toCompactSnapshot();
+  t.equal(snap.version, 3);
+  const back = FsSession.fromSnapshot(snap);
+  t.same(back.getInode(3)!.handle, { mountId: 9, handleType: -3, handle: Buffer.alloc(128, 5) });
+  t.equal(back.getInode(2)!.handle, null);
+  t.equal(back.handleInodeCount, 1);
+  t.same(back.keeperFdNames().sort(), ['inode.2', 'root']);
+  const bad = (mut: (x: Buffer) => Buffer): unknown => ({ ...snap, inodeHandles: mut(Buffer.from(snap.inodeHandles!)) });
+  t.throws(() => FsSession.fromSnapshot(bad((x) => x.subarray(0, x.length - 1))), /bad handle length|cut off/);
+  t.throws(() => FsSession.fromSnapshot(bad((x) => { x.writeDoubleLE(99, 0); return x; })), /nextNodeId/);
+  t.throws(() => FsSession.fromSnapshot({ ...bad((x) => { x.writeDoubleLE(7, 0); return x; }) as object, nextNodeId: 10 }), /that has no inode/);
+  t.throws(() => FsSession.fromSnapshot(bad((x) => { x.writeUInt8(0, 20); return x; })), /bad handle length/);
+  t.throws(() => FsSession.fromSnapshot({ ...snap, version: 4 }), /unsupported session snapshot version 4/);
+  const v2 = { ...snap, version: 2 };
+  t.throws(() => FsSession.fromSnapshot(v2), /unknown field "inodeHandles"/, 'a version 2 reader refuses the side table');
+  t.end();
+});
+
+t.test('resume: a new PassthroughFs reopens handle-named inodes with only the root fd', (t) => {
+  const { fs: pfs, registry, share } = setup(t, { d: { x: 'xx' }, ...files(40) }, { inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  const d = pfs.lookup(ctx, ROOT, b('d')).nodeid;
+  const x = pfs.lookup(ctx, d, b('x')).nodeid;
+  for (let i = 0; i < 40; i++) pfs.lookup(ctx, ROOT, b(`f${i}`));
+  const snap = pfs.session.toCompactSnapshot();
+  // The old worker dies: its cache goes with it; the keeper's fds are the registry's.
+  const rootFd = native.openat(K.AT_FDCWD, share, K.O_PATH | K.O_DIRECTORY | K.O_CLOEXEC, 0);
+  const registry2 = new FdRegistry();
+  registry2.register('root', rootFd);
+  t.teardown(() => registry2.closeAll());
+  pfs.destroy();
+  t.same(inodeNames(registry), []);
+  const pfs2 = new PassthroughFs({ registry: registry2, logger: silent, session: FsSession.fromSnapshot(snap), inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  t.teardown(() => pfs2.destroy());
+  t.equal(pfs2.session.inodeCount, 43);
+  t.equal(pfs2.lookup(ctx, d, b('x')).nodeid, x, 'a lookup under a reopened dir finds the known inode');
+  const o = pfs2.open(ctx, x, K.O_RDONLY);
+  t.ok(registry2.has(`file.${o.fh}`));
+  pfs2.release(ctx, x, o.fh, 0, 0, 0n);
+  t.end();
+});
+
+t.test('never: every inode holds a registry fd, as before', (t) => {
+  const { fs: pfs, registry } = setup(t, files(5), { inodeFileHandles: 'never' });
+  for (let i = 0; i < 5; i++) pfs.lookup(ctx, ROOT, b(`f${i}`));
+  t.equal(inodeNames(registry).length, 5);
+  t.equal(pfs.inodeHandleStats.active, false);
+  t.equal(pfs.inodeHandleStats.reason, null);
+  t.end();
+});
+
+t.test('a filesystem without handles: prefer falls back to fds and says why, mandatory refuses', (t) => {
+  // procfs exports no file handles.
+  const registry = new FdRegistry();
+  t.teardown(() => registry.closeAll());
+  const pfs = new PassthroughFs({ registry, sharedDir: '/proc/sys', logger: silent, inodeFileHandles: 'prefer' });
+  const st = pfs.inodeHandleStats;
+  t.equal(st.active, false);
+  t.match(st.reason, /no file handles/);
+  const e = pfs.lookup(ctx, ROOT, b('kernel'));
+  t.ok(registry.has(`inode.${e.nodeid}`), 'the fallback holds an fd');
+  const registry2 = new FdRegistry();
+  t.teardown(() => registry2.closeAll());
+  t.throws(() => new PassthroughFs({ registry: registry2, sharedDir: '/proc/sys', logger: silent, inodeFileHandles: 'mandatory' }),
+    ConfigurationError);
+  t.end();
+});
+
+t.test('an inode on another mount than the share keeps a registry fd', { skip: !fs.existsSync('/proc/self') }, (t) => {
+  // /proc is another mount than / : a share at / reaches it by a lookup of "proc".
+  const registry = new FdRegistry();
+  t.teardown(() => registry.closeAll());
+  const pfs = new PassthroughFs({ registry, sharedDir: '/', logger: silent, inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  t.equal(pfs.inodeHandleStats.active, true);
+  const proc = pfs.lookup(ctx, ROOT, b('proc')).nodeid;
+  const sys = pfs.lookup(ctx, proc, b('sys')).nodeid;
+  t.ok(registry.has(`inode.${sys}`), 'an inode on another mount: fd in the registry');
+  t.equal(pfs.session.getInode(sys)!.handle, null);
+  pfs.destroy();
+  t.end();
+});
+
+t.test('fd leaks: lookups, reopens by handle, opens, forgets and a reset leave the fd count where it was', (t) => {
+  const { fs: pfs, registry } = setup(t, { d: files(50) }, { inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  const before = fdCount();
+  const d = pfs.lookup(ctx, ROOT, b('d')).nodeid;
+  const ids: number[] = [];
+  for (let i = 0; i < 50; i++) ids.push(pfs.lookup(ctx, d, b(`f${i}`)).nodeid);
+  for (const id of ids) pfs.getattr(ctx, id, null); // evicted ones reopened by handle
+  for (const id of ids.slice(0, 10)) {
+    const o = pfs.open(ctx, id, K.O_RDONLY);
+    pfs.release(ctx, id, o.fh, 0, 0, 0n);
+  }
+  for (const id of ids.slice(0, 25)) pfs.forget(id, 1);
+  t.ok(fdCount() - before <= CACHE + 1, 'bounded meanwhile (cache + its mount fd)');
+  pfs.destroy();
+  t.equal(fdCount(), before, 'nothing left after the reset');
+  t.same(registry.names(), ['root']);
+  t.end();
+});
