@@ -14,6 +14,7 @@ export function nameFromSocket(socketPath: string): string {
 interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number;
+  workerPeers: 'unit' | 'same-uid'; workerUnit: string;
 }
 
 function serveOptions<T>(y: Argv<T>) {
@@ -32,7 +33,10 @@ function serveOptions<T>(y: Argv<T>) {
       if (!Number.isInteger(w) || w < 0 || w > 65536) throw new Error('--max-lock-waits must be an integer 0..65536');
       return true;
     })
-    .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' });
+    .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' })
+    .option('worker-peers', { choices: ['unit', 'same-uid'] as const, default: 'unit' as const,
+      describe: '`keeper` only: who may act as a worker on keeper.sock (unit: processes of --worker-unit; same-uid: any process of our uid)' })
+    .option('worker-unit', { type: 'string', describe: '`keeper` only: the worker unit (default virtiofs-worker@<name>.service)' });
 }
 
 function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
@@ -44,6 +48,8 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
     maxLockWaits: a['max-lock-waits'] as number,
+    workerPeers: a['worker-peers'] as 'unit' | 'same-uid',
+    workerUnit: (a['worker-unit'] as string | undefined) ?? `virtiofs-worker@${name}.service`,
   };
 }
 
@@ -63,6 +69,7 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits,
     workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
+    workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', unit: a.workerUnit } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.
     standbyCommand: embedded && a.standby ? [process.execPath, '--no-lazy', ...workerArgs] : null,

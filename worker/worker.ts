@@ -355,6 +355,17 @@ function fdBudget(ownNoFile: number, keeperNoFile: number | null): number {
   return Math.max(0, Math.min(ownNoFile, keeperNoFile ?? ownNoFile) - FD_RESERVE);
 }
 
+/** A worker the keeper spawned uses the connection made for it (VFSK_KEEPER_FD: the keeper
+ * trusts nothing else from a process it spawned); one systemd starts connects to keeper.sock,
+ * where the keeper checks that it belongs to the worker unit. */
+function connectKeeper(stateDir: string): KeeperClient {
+  const inherited = process.env.VFSK_KEEPER_FD;
+  delete process.env.VFSK_KEEPER_FD;
+  if (inherited === undefined) return KeeperClient.connect(keeperSocketPath(stateDir));
+  if (!/^[0-9]{1,9}$/.test(inherited)) throw new Error(`VFSK_KEEPER_FD=${inherited.slice(0, 20)} is not an fd number`);
+  return KeeperClient.inherited(Number(inherited));
+}
+
 export async function workerMain(stateDir: string): Promise<number> {
   const log = logger('worker');
   // Blocking lock waits (SETLKW, flock) each hold a threadpool thread; 4 is too few. Must be
@@ -375,7 +386,7 @@ export async function workerMain(stateDir: string): Promise<number> {
   try {
     checkStateDir(stateDir);
     config = readWorkerConfig(stateDir);
-    keeper = KeeperClient.connect(keeperSocketPath(stateDir));
+    keeper = connectKeeper(stateDir);
   } catch (e) {
     log.error({ err: errorInfo(e) }, 'cannot reach the keeper');
     return 1;
