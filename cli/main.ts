@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import type { Argv } from 'yargs';
 import { logger } from '../shared/log';
-import { DEFAULT_STATE_ROOT, type CacheMode } from '../shared/config';
+import { DEFAULT_STATE_ROOT, SANDBOX_MODES, type CacheMode, type SandboxMode } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
@@ -14,7 +14,7 @@ export function nameFromSocket(socketPath: string): string {
 interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number;
-  workerPeers: 'unit' | 'same-uid'; workerUnit: string;
+  workerPeers: 'unit' | 'same-uid'; workerUnit: string; sandbox: SandboxMode;
 }
 
 function serveOptions<T>(y: Argv<T>) {
@@ -36,6 +36,8 @@ function serveOptions<T>(y: Argv<T>) {
     .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' })
     .option('worker-peers', { choices: ['unit', 'same-uid'] as const, default: 'unit' as const,
       describe: '`keeper` only: who may act as a worker on keeper.sock (unit: processes of --worker-unit; same-uid: any process of our uid)' })
+    .option('sandbox', { choices: SANDBOX_MODES, default: 'namespace' as SandboxMode,
+      describe: 'confine the worker: namespace (own mount/net/ipc/uts namespaces, pivot_root into the shared dir), chroot, or none' })
     .option('worker-unit', { type: 'string', describe: '`keeper` only: the worker unit (default virtiofs-worker@<name>.service)' });
 }
 
@@ -50,6 +52,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     maxLockWaits: a['max-lock-waits'] as number,
     workerPeers: a['worker-peers'] as 'unit' | 'same-uid',
     workerUnit: (a['worker-unit'] as string | undefined) ?? `virtiofs-worker@${name}.service`,
+    sandbox: a.sandbox as SandboxMode,
   };
 }
 
@@ -60,19 +63,22 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
   // works (unlike --max-semi-space-size, which only a node command line can set).
   v8.setFlagsFromString('--semi-space-growth-factor=1');
   const { Keeper } = await import('../keeper/keeper');
+  const { sandboxLauncher } = await import('../worker/sandbox');
   const log = logger('main');
   const binPath = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
   // A 4 MiB cap on the worker's semi-spaces (V8's default lets them grow to 16 MiB each): 20-25 MiB
   // less peak RSS in the micro benchmarks, with no measurable change in CPU per request.
   const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
+  // namespace: the worker starts in its own namespaces (it pivots into the share once loaded).
+  const launch = [...sandboxLauncher(a.sandbox, process.geteuid?.() ?? 0), process.execPath];
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
-    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits,
-    workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
+    requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, sandbox: a.sandbox,
+    workerCommand: embedded ? [...launch, ...workerArgs] : null,
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', unit: a.workerUnit } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.
-    standbyCommand: embedded && a.standby ? [process.execPath, '--no-lazy', ...workerArgs] : null,
+    standbyCommand: embedded && a.standby ? [...launch, '--no-lazy', ...workerArgs] : null,
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);

@@ -8,6 +8,10 @@ import { ConfigurationError } from './errors';
 export const MAX_REQUEST_QUEUES = 64;
 
 export type CacheMode = 'auto' | 'always' | 'never';
+/** How the worker is confined (worker/sandbox.ts): its root becomes the shared directory by
+ * pivot_root in its own mount (and net, ipc, uts) namespaces, or by chroot; or not at all. */
+export type SandboxMode = 'namespace' | 'chroot' | 'none';
+export const SANDBOX_MODES: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
 
 export interface WorkerConfig {
   stateDir: string;
@@ -20,6 +24,8 @@ export interface WorkerConfig {
   xattr: boolean;
   /** Parked SETLKW waits at most (absent in configs written before it existed: the default). */
   maxLockWaits?: number;
+  /** The worker's confinement (absent in configs written before it existed: none). */
+  sandbox?: SandboxMode;
 }
 
 export class ConfigError extends ConfigurationError {}
@@ -53,6 +59,7 @@ export function writeWorkerConfig(c: WorkerConfig): void {
     stateDir: c.stateDir, sharedDir: c.sharedDir, socketPath: c.socketPath, cache: c.cache,
     requestQueues: c.requestQueues, keepListening: c.keepListening, xattr: c.xattr,
     ...(c.maxLockWaits !== undefined ? { maxLockWaits: c.maxLockWaits } : {}),
+    ...(c.sandbox !== undefined ? { sandbox: c.sandbox } : {}),
   };
   fs.writeFileSync(tmp, JSON.stringify(body, null, 2), { mode: 0o600 });
   fs.renameSync(tmp, configPath(c.stateDir));
@@ -82,9 +89,12 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
     throw new ConfigError('config: maxLockWaits must be 0..65536');
   }
+  const sb = o.sandbox;
+  if (sb !== undefined && !SANDBOX_MODES.includes(sb as SandboxMode)) throw new ConfigError(`config: bad sandbox mode ${String(sb).slice(0, 20)}`);
   return {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
     ...(w !== undefined ? { maxLockWaits: w } : {}),
+    ...(sb !== undefined ? { sandbox: sb as SandboxMode } : {}),
   };
 }

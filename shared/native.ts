@@ -36,6 +36,8 @@ export const STAT = {
 export interface StatFs {
   bsize: number; frsize: number; blocks: number; bfree: number; bavail: number;
   files: number; ffree: number; namelen: number;
+  /** f_type: the filesystem's magic number (TMPFS_MAGIC...). */
+  type: number;
 }
 
 export interface PeerCred { pid: number; uid: number; gid: number }
@@ -208,6 +210,18 @@ export interface NativeAddon {
   flock(fd: number, operation: number): void;
   nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
   openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;
+
+  // --- confinement (worker/sandbox.ts)
+  /** In a mount namespace of our own (EPERM in our parent's): `dir` becomes "/" as a read-only,
+   * nosuid, nodev, noexec bind mount, the old root is detached, cwd "/". */
+  pivotRoot(dir: PathLike): void;
+  /** chroot(dir), chdir("/"). */
+  chrootTo(dir: PathLike): void;
+  /** The calling thread (and threads it creates later) keeps only the capabilities in keepMask
+   * (bit n = capability n): the rest leave the bounding set, permitted and effective. */
+  dropCapabilities(keepMask: number): void;
+  /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
+  setNoNewPrivs(): void;
 
   // --- filesystem: slow calls, off the JS thread (except the two *Sync attempts below)
   /** preadv into mapped memory; result = bytes read. */

@@ -3,7 +3,6 @@
 // piece of session state is in the state file (StateStore) before the guest or QEMU can
 // observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it
 // accepts QEMU; started after a crash it resumes the session.
-import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
@@ -25,6 +24,8 @@ import { crashPoint } from '../shared/crash_points';
 import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
+import { existsAt } from '../shared/pinned_dirs';
+import { enterSandbox } from './sandbox';
 
 
 /** fds that belong to the service, not to one frontend session. */
@@ -89,7 +90,7 @@ export class Worker {
     const statePath = stateFilePath(this.config.stateDir);
     let loaded: LoadedState | null = null;
     let reconciled = false;
-    if (this.registry.has('vhost.conn') && fs.existsSync(statePath)) {
+    if (this.registry.has('vhost.conn') && existsAt(statePath)) {
       faultPoint('resume-journal-open');
       loaded = loadState(statePath);
       this.mark('loaded');
@@ -390,6 +391,19 @@ export async function workerMain(stateDir: string): Promise<number> {
   } catch (e) {
     log.error({ err: errorInfo(e) }, 'cannot reach the keeper');
     return 1;
+  }
+  try {
+    // Raising RLIMIT_NOFILE past the hard limit reads /proc/sys/fs/nr_open: before the pivot.
+    native.raiseNoFileLimit(1_000_000);
+    enterSandbox(config.sandbox ?? 'none', config.sharedDir, stateDir, log);
+  } catch (e) {
+    log.error({ err: errorInfo(e) }, 'cannot confine the worker');
+    try {
+      keeper.notify({ type: 'setError', error: `worker cannot enter its sandbox (${config.sandbox ?? 'none'}): ${(e as Error).message}` });
+    } catch {
+      // The keeper logs our exit anyway.
+    }
+    return EXIT_START_FAILED;
   }
   const worker = new Worker(config, keeper);
   if (process.env.VFSK_STANDBY === '1') {

@@ -1,0 +1,132 @@
+// The worker's confinement (worker/sandbox.ts decides when): making the shared directory the
+// process's root (pivot_root in a private mount namespace, or chroot) and dropping
+// capabilities. Each function checks its arguments and throws errno errors.
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <string>
+
+namespace vfsk {
+namespace {
+
+bool Fail(Napi::Env env, const char* syscall) {
+  ThrowErrno(env, errno, syscall);
+  return false;
+}
+
+// Whether we share our parent's mount namespace (the keeper's, a shell's, or systemd's):
+// pivoting that one would change the root of every process in it. A worker the keeper started
+// through unshare(1), or a unit with a mount namespace of its own, does not.
+bool InParentMountNs(Napi::Env env, bool* out) {
+  struct stat self {}, parent {};
+  std::string parentNs = "/proc/" + std::to_string(getppid()) + "/ns/mnt";
+  if (stat("/proc/self/ns/mnt", &self) < 0) return Fail(env, "stat");
+  if (stat(parentNs.c_str(), &parent) < 0) return Fail(env, "stat");
+  *out = self.st_dev == parent.st_dev && self.st_ino == parent.st_ino;
+  return true;
+}
+
+// pivotRoot(dir): in a mount namespace of our own, `dir` becomes "/" (a read-only, nosuid,
+// nodev, noexec bind of it: the worker reaches the share through the keeper's fds, never through
+// its own root), the old root is detached, and the cwd is "/". Refuses (EPERM) in its parent's mount
+// namespace.
+Napi::Value PivotRoot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "pivotRoot");
+  std::string dir;
+  if (!a.Count(1) || !a.Path(0, "dir", "pivot_root", &dir)) return {};
+  bool shared = false;
+  if (!InParentMountNs(env, &shared)) return {};
+  if (shared) {
+    ThrowErrno(env, EPERM, "pivot_root (the process shares its parent's mount namespace)");
+    return {};
+  }
+  // Nothing we mount propagates back to the namespace we came from.
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) { Fail(env, "mount"); return {}; }
+  if (mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND | MS_REC, nullptr) < 0) { Fail(env, "mount"); return {}; }
+  if (mount(nullptr, dir.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) {
+    Fail(env, "mount");
+    return {};
+  }
+  if (chdir(dir.c_str()) < 0) { Fail(env, "chdir"); return {}; }
+  // pivot_root(".", "."): the old root ends up stacked on "/", and is detached at once.
+  if (syscall(SYS_pivot_root, ".", ".") < 0) { Fail(env, "pivot_root"); return {}; }
+  if (umount2(".", MNT_DETACH) < 0) { Fail(env, "umount2"); return {}; }
+  if (chdir("/") < 0) { Fail(env, "chdir"); return {}; }
+  return env.Undefined();
+}
+
+// chrootTo(dir): chroot(dir) and chdir("/").
+Napi::Value ChrootTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "chrootTo");
+  std::string dir;
+  if (!a.Count(1) || !a.Path(0, "dir", "chroot", &dir)) return {};
+  if (chroot(dir.c_str()) < 0) { Fail(env, "chroot"); return {}; }
+  if (chdir("/") < 0) { Fail(env, "chdir"); return {}; }
+  return env.Undefined();
+}
+
+// The highest capability number the kernel knows (PR_CAPBSET_READ fails past it).
+int LastCap() {
+  int last = 0;
+  while (last < 63 && prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0) last++;
+  return last;
+}
+
+// dropCapabilities(keepMask): the calling thread keeps only the capabilities in keepMask (bit
+// n = capability n; at most 2^53): every other one leaves its bounding set (needs CAP_SETPCAP,
+// dropped last), and effective/permitted become keepMask & permitted, inheritable and ambient
+// empty. Threads created afterwards inherit this; threads that already exist keep theirs.
+Napi::Value DropCapabilities(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "dropCapabilities");
+  int64_t keep64;
+  if (!a.Count(1) || !a.Int(0, "keepMask", 0, kMaxSafe - 1, &keep64)) return {};
+  uint64_t keep = static_cast<uint64_t>(keep64);
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) { Fail(env, "prctl"); return {}; }
+  int last = LastCap();
+  for (int cap = 0; cap <= last; cap++) {
+    if (keep & (uint64_t{1} << cap)) continue;
+    int in = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+    if (in < 0) { Fail(env, "prctl"); return {}; }
+    if (in == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
+  }
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2]{};
+  if (syscall(SYS_capget, &hdr, data) < 0) { Fail(env, "capget"); return {}; }
+  for (int i = 0; i < 2; i++) {
+    uint32_t k = static_cast<uint32_t>(keep >> (32 * i));
+    data[i].permitted &= k;
+    data[i].effective = data[i].permitted;
+    data[i].inheritable = 0;
+  }
+  if (syscall(SYS_capset, &hdr, data) < 0) { Fail(env, "capset"); return {}; }
+  return env.Undefined();
+}
+
+// setNoNewPrivs(): PR_SET_NO_NEW_PRIVS (execve can never grant privileges; seccomp needs it).
+Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
+  return env.Undefined();
+}
+
+}  // namespace
+
+void InitSandbox(Napi::Env env, Napi::Object exports) {
+  exports.Set("pivotRoot", Napi::Function::New(env, PivotRoot, "pivotRoot"));
+  exports.Set("chrootTo", Napi::Function::New(env, ChrootTo, "chrootTo"));
+  exports.Set("dropCapabilities", Napi::Function::New(env, DropCapabilities, "dropCapabilities"));
+  exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
+}
+
+}  // namespace vfsk
