@@ -212,9 +212,10 @@ export interface NativeAddon {
   openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;
 
   // --- confinement (worker/sandbox.ts)
-  /** In a mount namespace of our own (EPERM in our parent's): `dir` becomes "/" as a read-only,
-   * nosuid, nodev, noexec bind mount, the old root is detached, cwd "/". */
-  pivotRoot(dir: PathLike): void;
+  /** In a mount namespace of our own (EPERM in our parent's; when the parent's cannot be read,
+   * only if ownNamespaceDeclared): `dir` becomes "/" as a read-only, nosuid, nodev, noexec bind
+   * mount, the old root is detached, cwd "/". */
+  pivotRoot(dir: PathLike, ownNamespaceDeclared: boolean): void;
   /** chroot(dir), chdir("/"). */
   chrootTo(dir: PathLike): void;
   /** The calling thread (and threads it creates later) keeps only the capabilities in keepMask

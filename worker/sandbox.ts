@@ -57,7 +57,9 @@ export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: str
   if (entered !== null) throw new BugError(`sandbox entered twice (${entered}, then ${mode})`);
   pinDir(stateDir);
   pinDir('/proc/self/fd');
-  if (mode === 'namespace') native.pivotRoot(sharedDir);
+  // The worker unit declares its own mount namespace (VFSK_OWN_MOUNT_NS=1): systemd's is
+  // unreadable from inside the unit.
+  if (mode === 'namespace') native.pivotRoot(sharedDir, process.env.VFSK_OWN_MOUNT_NS === '1');
   else if (mode === 'chroot') native.chrootTo(sharedDir);
   else log.warn('the worker runs unconfined (--sandbox none): it sees the whole host filesystem');
   if (process.geteuid?.() === 0) native.dropCapabilities(capMask(PASSTHROUGH_CAPS));

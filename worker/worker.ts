@@ -69,6 +69,12 @@ export class Worker {
     throw e;
   }
 
+  /** What must happen before the worker is confined: systemd's notify socket is connected
+   * while its path is reachable. */
+  beforeSandbox(): void {
+    this.sd?.connect();
+  }
+
   /** Records a phase of the start (process.hrtime is CLOCK_MONOTONIC, comparable with the keeper's). */
   mark(what: string): void {
     this.marks.push([what, process.hrtime.bigint()]);
@@ -392,9 +398,11 @@ export async function workerMain(stateDir: string): Promise<number> {
     log.error({ err: errorInfo(e) }, 'cannot reach the keeper');
     return 1;
   }
+  const worker = new Worker(config, keeper);
   try {
     // Raising RLIMIT_NOFILE past the hard limit reads /proc/sys/fs/nr_open: before the pivot.
     native.raiseNoFileLimit(1_000_000);
+    worker.beforeSandbox();
     enterSandbox(config.sandbox ?? 'none', config.sharedDir, stateDir, log);
   } catch (e) {
     log.error({ err: errorInfo(e) }, 'cannot confine the worker');
@@ -405,7 +413,6 @@ export async function workerMain(stateDir: string): Promise<number> {
     }
     return EXIT_START_FAILED;
   }
-  const worker = new Worker(config, keeper);
   if (process.env.VFSK_STANDBY === '1') {
     collectStartupGarbage(log);
     try {

@@ -25,16 +25,25 @@ bool Fail(Napi::Env env, const char* syscall) {
 // Whether we share our parent's mount namespace (the keeper's, a shell's, or systemd's):
 // pivoting that one would change the root of every process in it. A worker the keeper started
 // through unshare(1), or a unit with a mount namespace of its own, does not.
-bool InParentMountNs(Napi::Env env, bool* out) {
+// `declared`: the launcher says the namespace is ours (a unit with a mount namespace of its own
+// sets VFSK_OWN_MOUNT_NS=1), which is taken when the parent's cannot be read (EACCES: systemd as
+// PID 1 holds capabilities the unit's bounding set lacks).
+bool InParentMountNs(Napi::Env env, bool declared, bool* out) {
   struct stat self {}, parent {};
   std::string parentNs = "/proc/" + std::to_string(getppid()) + "/ns/mnt";
   if (stat("/proc/self/ns/mnt", &self) < 0) return Fail(env, "stat");
-  if (stat(parentNs.c_str(), &parent) < 0) return Fail(env, "stat");
+  if (stat(parentNs.c_str(), &parent) < 0) {
+    if ((errno == EACCES || errno == EPERM) && declared) {
+      *out = false;
+      return true;
+    }
+    return Fail(env, "stat");
+  }
   *out = self.st_dev == parent.st_dev && self.st_ino == parent.st_ino;
   return true;
 }
 
-// pivotRoot(dir): in a mount namespace of our own, `dir` becomes "/" (a read-only, nosuid,
+// pivotRoot(dir, ownNamespaceDeclared): in a mount namespace of our own, `dir` becomes "/" (a read-only, nosuid,
 // nodev, noexec bind of it: the worker reaches the share through the keeper's fds, never through
 // its own root), the old root is detached, and the cwd is "/". Refuses (EPERM) in its parent's mount
 // namespace.
@@ -42,9 +51,10 @@ Napi::Value PivotRoot(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "pivotRoot");
   std::string dir;
-  if (!a.Count(1) || !a.Path(0, "dir", "pivot_root", &dir)) return {};
+  bool declared = false;
+  if (!a.Count(2) || !a.Path(0, "dir", "pivot_root", &dir) || !a.Bool(1, "ownNamespaceDeclared", &declared)) return {};
   bool shared = false;
-  if (!InParentMountNs(env, &shared)) return {};
+  if (!InParentMountNs(env, declared, &shared)) return {};
   if (shared) {
     ThrowErrno(env, EPERM, "pivot_root (the process shares its parent's mount namespace)");
     return {};
