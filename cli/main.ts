@@ -75,6 +75,8 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, sandbox: a.sandbox,
     workerCommand: embedded ? [...launch, ...workerArgs] : null,
+    // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read).
+    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' } } : {}),
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', unit: a.workerUnit } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.
@@ -85,6 +87,7 @@ async function keeperCommand(a: ServeArgs, embedded: boolean): Promise<number> {
   process.on('SIGINT', onSignal);
   try {
     keeper.start();
+    keeper.dropPrivileges();
   } catch (e) {
     log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');
     process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);

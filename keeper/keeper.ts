@@ -24,6 +24,7 @@ import { FdStore } from './fd_store';
 import { KeeperSocket, removeStaleSocket, type KeeperPeer, type KeeperSocketHandler, type PeerRole } from './keeper_socket';
 import { WorkerSupervisor, type SupervisorOptions } from './supervisor';
 import { peerClassifier, type WorkerPeers } from './peer_trust';
+import { EMBEDDED_KEEPER_BOUNDING, EMBEDDED_KEEPER_EFFECTIVE, capMask } from '../shared/capabilities';
 
 export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
   /** Without workerCommand: which path connections are workers (default: the unit
@@ -111,6 +112,17 @@ export class Keeper implements KeeperSocketHandler {
       workerPeers: this.supervisor.embedded ? 'spawned' : peers }, 'keeper started');
     this.sdNotify({ READY: 1, STATUS: this.store.has('vhost.conn') ? 'holding a live frontend connection' : 'waiting for the vhost-user frontend' });
     this.supervisor.start();
+  }
+
+  /** From here on the keeper only passes fds around: it keeps nearly no capability (see
+   * shared/capabilities.ts), and is not dumpable, so that a same-uid process with fewer
+   * capabilities (a confined worker of any instance) cannot reach our fds through /proc. The
+   * CLI calls it right after start() (in-process tests do not: it would confine the test). */
+  dropPrivileges(): void {
+    native.setNotDumpable();
+    if (process.geteuid?.() !== 0) return;
+    if (this.supervisor.embedded) native.limitCapabilities(capMask(EMBEDDED_KEEPER_BOUNDING), capMask(EMBEDDED_KEEPER_EFFECTIVE));
+    else native.limitCapabilities(0, 0);
   }
 
   /** Serves one already connected keeper.sock peer (in-process tests use a socketpair). */

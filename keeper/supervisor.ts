@@ -30,6 +30,9 @@ export interface SupervisorOptions {
   workerCommand: string[] | null;
   /** argv to start a warm standby worker for fast handovers; null: none. */
   standbyCommand: string[] | null;
+  /** Environment added for workers (e.g. VFSK_OWN_MOUNT_NS=1 when the command gives them their
+   * own mount namespace). */
+  workerEnv?: Record<string, string>;
 }
 
 /** What the supervisor needs from the rest of the keeper. */
@@ -197,7 +200,7 @@ export class WorkerSupervisor {
   private spawnProcess(standby: boolean): ChildProcess | null {
     const [cmd, ...args] = (standby ? this.opts.standbyCommand : this.opts.workerCommand)!;
     const env: NodeJS.ProcessEnv = {
-      ...process.env, VFSK_KEEPER_PID: String(process.pid), VFSK_KEEPER_FD: String(KEEPER_FD_IN_CHILD),
+      ...process.env, ...this.opts.workerEnv, VFSK_KEEPER_PID: String(process.pid), VFSK_KEEPER_FD: String(KEEPER_FD_IN_CHILD),
       ...(standby ? { VFSK_STANDBY: '1' } : {}),
     };
     // The keeper is the unit's main process: its workers must not talk to systemd.

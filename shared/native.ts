@@ -218,9 +218,12 @@ export interface NativeAddon {
   pivotRoot(dir: PathLike, ownNamespaceDeclared: boolean): void;
   /** chroot(dir), chdir("/"). */
   chrootTo(dir: PathLike): void;
-  /** The calling thread (and threads it creates later) keeps only the capabilities in keepMask
-   * (bit n = capability n): the rest leave the bounding set, permitted and effective. */
-  dropCapabilities(keepMask: number): void;
+  /** The calling thread (and threads it creates later) keeps only the capabilities of
+   * boundingMask in its bounding set and those of permittedMask in its permitted/effective sets
+   * (bit n = capability n); inheritable and ambient become empty. */
+  limitCapabilities(boundingMask: number, permittedMask: number): void;
+  /** prctl(PR_SET_DUMPABLE, 0): /proc/PID/fd etc. then need CAP_SYS_PTRACE. */
+  setNotDumpable(): void;
   /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
   setNoNewPrivs(): void;
 

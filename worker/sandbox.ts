@@ -25,23 +25,7 @@ import { native } from '../shared/native';
 import { pinDir } from '../shared/pinned_dirs';
 import { BugError } from '../shared/errors';
 import type { SandboxMode } from '../shared/config';
-
-/** Capability numbers (linux/capability.h). */
-export const CAP = {
-  CHOWN: 0, DAC_OVERRIDE: 1, DAC_READ_SEARCH: 2, FOWNER: 3, FSETID: 4, KILL: 5, SETGID: 6, SETUID: 7,
-  SETPCAP: 8, NET_ADMIN: 12, SYS_CHROOT: 18, SYS_PTRACE: 19, SYS_ADMIN: 21, SYS_RESOURCE: 24, MKNOD: 27, SETFCAP: 31,
-} as const;
-
-/** What a passthrough needs, as in the C virtiofsd: chown/chmod/utimes of guest files
- * (CHOWN, FOWNER, FSETID), access as any guest user (DAC_OVERRIDE, DAC_READ_SEARCH, and
- * SETUID/SETGID for setfsuid/setfsgid), device nodes (MKNOD), security.capability (SETFCAP),
- * and RLIMIT_NOFILE past the hard limit (SYS_RESOURCE). */
-export const PASSTHROUGH_CAPS: readonly number[] = [CAP.CHOWN, CAP.DAC_OVERRIDE, CAP.DAC_READ_SEARCH, CAP.FOWNER,
-  CAP.FSETID, CAP.SETGID, CAP.SETUID, CAP.SYS_RESOURCE, CAP.MKNOD, CAP.SETFCAP];
-
-export function capMask(caps: readonly number[]): number {
-  return caps.reduce((m, c) => m + 2 ** c, 0);
-}
+import { PASSTHROUGH_CAPS, capMask } from '../shared/capabilities';
 
 /** The argv prefix that starts a worker in its own namespaces for `mode` (embedded mode). */
 export function sandboxLauncher(mode: SandboxMode, euid: number): string[] {
@@ -62,7 +46,7 @@ export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: str
   if (mode === 'namespace') native.pivotRoot(sharedDir, process.env.VFSK_OWN_MOUNT_NS === '1');
   else if (mode === 'chroot') native.chrootTo(sharedDir);
   else log.warn('the worker runs unconfined (--sandbox none): it sees the whole host filesystem');
-  if (process.geteuid?.() === 0) native.dropCapabilities(capMask(PASSTHROUGH_CAPS));
+  if (process.geteuid?.() === 0) native.limitCapabilities(capMask(PASSTHROUGH_CAPS), capMask(PASSTHROUGH_CAPS));
   entered = mode;
   if (mode !== 'none') forbidLazyLoading();
   log.info({ sandbox: mode, sharedDir }, 'worker confined');

@@ -92,20 +92,21 @@ int LastCap() {
   return last;
 }
 
-// dropCapabilities(keepMask): the calling thread keeps only the capabilities in keepMask (bit
-// n = capability n; at most 2^53): every other one leaves its bounding set (needs CAP_SETPCAP,
-// dropped last), and effective/permitted become keepMask & permitted, inheritable and ambient
-// empty. Threads created afterwards inherit this; threads that already exist keep theirs.
-Napi::Value DropCapabilities(const Napi::CallbackInfo& info) {
+// limitCapabilities(boundingMask, permittedMask): the calling thread keeps only the
+// capabilities of boundingMask in its bounding set (dropping needs CAP_SETPCAP, so it is done
+// first) and only those of permittedMask (within what it has) in its permitted and effective
+// sets; inheritable and ambient become empty. Bit n = capability n; masks below 2^53. Threads
+// created afterwards inherit this; threads that already exist keep theirs.
+Napi::Value LimitCapabilities(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Args a(info, "dropCapabilities");
-  int64_t keep64;
-  if (!a.Count(1) || !a.Int(0, "keepMask", 0, kMaxSafe - 1, &keep64)) return {};
-  uint64_t keep = static_cast<uint64_t>(keep64);
+  Args a(info, "limitCapabilities");
+  int64_t bnd64, prm64;
+  if (!a.Count(2) || !a.Int(0, "boundingMask", 0, kMaxSafe - 1, &bnd64) || !a.Int(1, "permittedMask", 0, kMaxSafe - 1, &prm64)) return {};
+  uint64_t bnd = static_cast<uint64_t>(bnd64), prm = static_cast<uint64_t>(prm64);
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) { Fail(env, "prctl"); return {}; }
   int last = LastCap();
   for (int cap = 0; cap <= last; cap++) {
-    if (keep & (uint64_t{1} << cap)) continue;
+    if (bnd & (uint64_t{1} << cap)) continue;
     int in = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
     if (in < 0) { Fail(env, "prctl"); return {}; }
     if (in == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
@@ -114,12 +115,21 @@ Napi::Value DropCapabilities(const Napi::CallbackInfo& info) {
   __user_cap_data_struct data[2]{};
   if (syscall(SYS_capget, &hdr, data) < 0) { Fail(env, "capget"); return {}; }
   for (int i = 0; i < 2; i++) {
-    uint32_t k = static_cast<uint32_t>(keep >> (32 * i));
+    uint32_t k = static_cast<uint32_t>(prm >> (32 * i));
     data[i].permitted &= k;
     data[i].effective = data[i].permitted;
     data[i].inheritable = 0;
   }
   if (syscall(SYS_capset, &hdr, data) < 0) { Fail(env, "capset"); return {}; }
+  return env.Undefined();
+}
+
+// setNotDumpable(): PR_SET_DUMPABLE 0: /proc/PID/{fd,mem,environ...} of this process need
+// CAP_SYS_PTRACE, so a same-uid process with fewer capabilities (a confined worker of any
+// instance) cannot take our fds through /proc.
+Napi::Value SetNotDumpable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
   return env.Undefined();
 }
 
@@ -135,7 +145,8 @@ Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
 void InitSandbox(Napi::Env env, Napi::Object exports) {
   exports.Set("pivotRoot", Napi::Function::New(env, PivotRoot, "pivotRoot"));
   exports.Set("chrootTo", Napi::Function::New(env, ChrootTo, "chrootTo"));
-  exports.Set("dropCapabilities", Napi::Function::New(env, DropCapabilities, "dropCapabilities"));
+  exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
+  exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
 }
 

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
-import { PASSTHROUGH_CAPS, capMask } from '../../worker/sandbox';
+import { EMBEDDED_KEEPER_BOUNDING, EMBEDDED_KEEPER_EFFECTIVE, PASSTHROUGH_CAPS, capMask } from '../../shared/capabilities';
 
 function statusField(pid: number, key: string): string {
   const m = new RegExp(`^${key}:\\s*(\\S+)`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -44,6 +44,9 @@ for (const mode of ['namespace', 'chroot'] as const) {
         t.equal(ns(pid, 'mnt'), ns('self', 'mnt'), `${role}: chroot, in our mount namespace`);
       }
     }
+    const keeperPid = st.keeper.pid;
+    t.equal(BigInt(`0x${statusField(keeperPid, 'CapEff')}`), ourBnd & BigInt(capMask(EMBEDDED_KEEPER_EFFECTIVE)), 'the keeper: only CAP_SYS_NICE effective');
+    t.equal(BigInt(`0x${statusField(keeperPid, 'CapBnd')}`), ourBnd & BigInt(capMask(EMBEDDED_KEEPER_BOUNDING)), 'and a bounding set of what its workers need');
     // Serving, journaling and handing over work from inside.
     t.equal(await s.fuse.write(e.nodeid, o.fh, 0, Buffer.from('HELLO')), 5);
     const c = await s.fuse.create(F.FUSE_ROOT_ID, 'made.txt', F.O.RDWR | F.O.CREAT, 0o600);
