@@ -128,6 +128,11 @@ export function main(argv: string[]): void {
     void workerCommand(stateDir);
     return;
   }
+  // sandbox-check's inner half: loaded whole before it confines itself (no yargs).
+  if (argv[0] === 'sandbox-probe' && argv.length === 2) {
+    void import('./sandbox_check').then((m) => { process.exitCode = m.sandboxProbe(argv[1]!); });
+    return;
+  }
   void import('yargs').then(({ default: yargs }) => cli(yargs(argv)));
 }
 
@@ -157,6 +162,19 @@ function cli(y: Argv): Promise<unknown> {
           ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
           json: a.json, prometheus: a.prometheus, watch: a.watch,
         });
+      })
+    .command('sandbox-check', 'build the worker\'s sandbox and try what a compromised worker would; print what was blocked',
+      (y) => y
+        .option('shared-dir', { type: 'string', demandOption: true, describe: 'the shared directory to confine into' })
+        .option('sandbox', { choices: SANDBOX_MODES, default: 'namespace' as SandboxMode, describe: 'the mode to check' })
+        .option('other-keeper-sock', { type: 'string', describe: 'keeper.sock of a running instance to try FDFETCH on (and whose keeper to ptrace)' })
+        .option('json', { type: 'boolean', default: false, describe: 'print the rows as JSON' }),
+      async (a) => {
+        const { sandboxCheck } = await import('./sandbox_check');
+        const r = await sandboxCheck({ sharedDir: a['shared-dir'], sandbox: a.sandbox as SandboxMode, otherKeeperSock: a['other-keeper-sock'] ?? null },
+          (t) => { if (!a.json) process.stdout.write(t); });
+        if (a.json) process.stdout.write(`${JSON.stringify(r.rows)}\n`);
+        process.exitCode = r.code;
       })
     .command('install-units', 'write the systemd unit pair (virtiofs-keeper@, virtiofs-worker@) with this checkout\'s paths',
       (y) => y

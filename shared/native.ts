@@ -226,6 +226,11 @@ export interface NativeAddon {
   setNotDumpable(): void;
   /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
   setNoNewPrivs(): void;
+  /** What a compromised worker would try, for `sandbox-check`: 0 if it succeeded, else its
+   * errno. 'socket-inet', 'connect-inet' (arg: IPv4 address, port 53), 'ptrace' (arg: pid,
+   * PTRACE_ATTACH), 'mount' (arg: target, a tmpfs), 'execve' (arg: path, in a child),
+   * 'setuid-back' (a child drops to uid 65534, then tries setuid(0)). */
+  probe(what: 'socket-inet' | 'connect-inet' | 'ptrace' | 'mount' | 'execve' | 'setuid-back', arg: string): number;
 
   // --- filesystem: slow calls, off the JS thread (except the two *Sync attempts below)
   /** preadv into mapped memory; result = bytes read. */

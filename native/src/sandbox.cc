@@ -9,9 +9,15 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <string>
 
 namespace vfsk {
@@ -140,6 +146,78 @@ Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The errno of a forked child's attempt (its exit code), or 0 when it succeeded. The child
+// calls only async-signal-safe functions.
+int InChild(Napi::Env env, int (*attempt)(const char*), const char* arg, bool* ok) {
+  pid_t pid = fork();
+  if (pid < 0) { *ok = Fail(env, "fork"); return 0; }
+  if (pid == 0) _exit(attempt(arg));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) { *ok = Fail(env, "waitpid"); return 0; }
+  }
+  *ok = true;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+}
+
+int TryExec(const char* path) {
+  char* const argv[] = {const_cast<char*>(path), nullptr};
+  char* const envp[] = {nullptr};
+  execve(path, argv, envp);
+  return errno;
+}
+
+int TrySetuidBack(const char*) {
+  if (setresuid(65534, 65534, 65534) < 0) return errno;
+  return setuid(0) < 0 ? errno : 0;
+}
+
+// probe(what, arg): what a compromised worker would try (`virtiofs-keeper sandbox-check`).
+// Returns 0 when the attempt succeeded, else its errno. what: "socket-inet" (socket(AF_INET)),
+// "connect-inet" (TCP to the IPv4 address arg, port 53), "ptrace" (PTRACE_ATTACH to pid arg),
+// "mount" (a tmpfs on arg), "execve" (arg, in a child), "setuid-back" (a child drops to 65534
+// and tries setuid(0)).
+Napi::Value Probe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "probe");
+  std::string what, arg;
+  if (!a.Count(2) || !a.String(0, "what", &what) || !a.String(1, "arg", &arg)) return {};
+  int err = 0;
+  if (what == "socket-inet" || what == "connect-inet") {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+    } else if (what == "connect-inet") {
+      sockaddr_in sa{};
+      sa.sin_family = AF_INET;
+      sa.sin_port = htons(53);
+      if (inet_pton(AF_INET, arg.c_str(), &sa.sin_addr) != 1) {
+        close(fd);
+        ThrowTypeError(env, "probe: connect-inet wants an IPv4 address");
+        return {};
+      }
+      if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) err = errno;
+    }
+    if (fd >= 0) close(fd);
+  } else if (what == "ptrace") {
+    long pid = std::strtol(arg.c_str(), nullptr, 10);
+    if (pid <= 0) { ThrowTypeError(env, "probe: ptrace wants a pid"); return {}; }
+    if (ptrace(PTRACE_ATTACH, static_cast<pid_t>(pid), nullptr, nullptr) < 0) err = errno;
+    else ptrace(PTRACE_DETACH, static_cast<pid_t>(pid), nullptr, nullptr);
+  } else if (what == "mount") {
+    if (mount("tmpfs", arg.c_str(), "tmpfs", 0, nullptr) < 0) err = errno;
+    else umount2(arg.c_str(), MNT_DETACH);
+  } else if (what == "execve" || what == "setuid-back") {
+    bool ok = false;
+    err = InChild(env, what == "execve" ? TryExec : TrySetuidBack, arg.c_str(), &ok);
+    if (!ok) return {};
+  } else {
+    ThrowTypeError(env, "probe: unknown attempt " + what, "ERR_INVALID_ARG_VALUE");
+    return {};
+  }
+  return Napi::Number::New(env, err);
+}
+
 }  // namespace
 
 void InitSandbox(Napi::Env env, Napi::Object exports) {
@@ -148,6 +226,7 @@ void InitSandbox(Napi::Env env, Napi::Object exports) {
   exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
+  exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
 }
 
 }  // namespace vfsk
