@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { keeperCommand, type ServeArgs } from './serve';
-import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, type CacheMode, type InodeFileHandles } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, SANDBOX_MODES, type CacheMode, type InodeFileHandles, type SandboxMode } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
@@ -29,7 +29,12 @@ function serveOptions<T>(y: Argv<T>) {
       if (!Number.isInteger(w) || w < 0 || w > 65536) throw new Error('--max-lock-waits must be an integer 0..65536');
       return true;
     })
-    .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' });
+    .option('standby', { type: 'boolean', default: true, describe: 'keep a warm standby worker, so a crash costs a handover instead of a Node.js start' })
+    .option('worker-peers', { choices: ['unit', 'same-uid'] as const, default: 'unit' as const,
+      describe: '`keeper` only: who may act as a worker on keeper.sock (unit: processes of --worker-unit; same-uid: any process of our uid)' })
+    .option('sandbox', { choices: SANDBOX_MODES, default: 'namespace' as SandboxMode,
+      describe: 'confine the worker: namespace (own mount/net/ipc/uts namespaces, pivot_root into the shared dir), chroot, or none' })
+    .option('worker-unit', { type: 'string', describe: '`keeper` only: the worker unit (default virtiofs-worker@<name>.service)' });
 }
 
 function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
@@ -42,6 +47,9 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
     maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean,
     inodeFileHandles: a['inode-file-handles'] as InodeFileHandles,
+    workerPeers: a['worker-peers'] as 'unit' | 'same-uid',
+    workerUnit: (a['worker-unit'] as string | undefined) ?? `virtiofs-worker@${name}.service`,
+    sandbox: a.sandbox as SandboxMode,
   };
 }
 
@@ -81,6 +89,11 @@ export function main(argv: string[]): void {
     void workerCommand(stateDir);
     return;
   }
+  // sandbox-check's inner half: loaded whole before it confines itself (no yargs).
+  if (argv[0] === 'sandbox-probe' && argv.length === 2) {
+    void import('./sandbox_check').then((m) => { process.exitCode = m.sandboxProbe(argv[1]!); });
+    return;
+  }
   void import('yargs').then(({ default: yargs }) => cli(yargs(argv)));
 }
 
@@ -110,6 +123,19 @@ function cli(y: Argv): Promise<unknown> {
           ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
           json: a.json, prometheus: a.prometheus, watch: a.watch,
         });
+      })
+    .command('sandbox-check', 'build the worker\'s sandbox and try what a compromised worker would; print what was blocked',
+      (y) => y
+        .option('shared-dir', { type: 'string', demandOption: true, describe: 'the shared directory to confine into' })
+        .option('sandbox', { choices: SANDBOX_MODES, default: 'namespace' as SandboxMode, describe: 'the mode to check' })
+        .option('other-keeper-sock', { type: 'string', describe: 'keeper.sock of a running instance to try FDFETCH on (and whose keeper to ptrace)' })
+        .option('json', { type: 'boolean', default: false, describe: 'print the rows as JSON' }),
+      async (a) => {
+        const { sandboxCheck } = await import('./sandbox_check');
+        const r = await sandboxCheck({ sharedDir: a['shared-dir'], sandbox: a.sandbox as SandboxMode, otherKeeperSock: a['other-keeper-sock'] ?? null },
+          (t) => { if (!a.json) process.stdout.write(t); });
+        if (a.json) process.stdout.write(`${JSON.stringify(r.rows)}\n`);
+        process.exitCode = r.code;
       })
     .command('install-units', 'write the systemd unit pair (virtiofs-keeper@, virtiofs-worker@) with this checkout\'s paths',
       (y) => y

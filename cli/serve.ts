@@ -3,18 +3,20 @@
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import { logger } from '../shared/log';
-import type { CacheMode, InodeFileHandles } from '../shared/config';
+import type { CacheMode, InodeFileHandles, SandboxMode } from '../shared/config';
 import type { KeeperOptions } from '../keeper/keeper';
 
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; readonly: boolean;
-  inodeFileHandles: InodeFileHandles;
+  inodeFileHandles: InodeFileHandles; sandbox: SandboxMode;
+  /** `keeper` (systemd): which keeper.sock peers are workers (keeper/peer_trust.ts). */
+  workerPeers: 'unit' | 'same-uid'; workerUnit: string;
 }
 
 /** Options beyond `run`'s (the virtiofsd entry point's). */
 export type ExtraKeeperOptions = Partial<Pick<KeeperOptions, 'listenFd' | 'unlinkSocket' | 'removeStateDir' | 'rlimitNofile'
-  | 'posixLocks' | 'flockLocks' | 'readdirplus' | 'sandbox' | 'seccomp'>> & { onStarted?: () => void };
+  | 'posixLocks' | 'flockLocks' | 'readdirplus' | 'seccomp'>> & { onStarted?: () => void };
 
 export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: ExtraKeeperOptions = {}): Promise<number> {
   // The keeper's young generation would otherwise grow to 2 x 16 MiB under a burst of fd-store
@@ -23,26 +25,33 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   // works (unlike --max-semi-space-size, which only a node command line can set).
   v8.setFlagsFromString('--semi-space-growth-factor=1');
   const { Keeper } = await import('../keeper/keeper');
+  const { sandboxLauncher } = await import('../worker/sandbox');
   const log = logger('main');
   const binPath = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
   // A 4 MiB cap on the worker's semi-spaces (V8's default lets them grow to 16 MiB each): 20-25 MiB
   // less peak RSS in the micro benchmarks, with no measurable change in CPU per request.
   const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
+  // namespace: the worker starts in its own namespaces (it pivots into the share once loaded).
+  const launch = [...sandboxLauncher(a.sandbox, process.geteuid?.() ?? 0), process.execPath];
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, readonly: a.readonly,
-    inodeFileHandles: a.inodeFileHandles,
+    inodeFileHandles: a.inodeFileHandles, sandbox: a.sandbox,
     ...withoutHook(extra),
-    workerCommand: embedded ? [process.execPath, ...workerArgs] : null,
+    workerCommand: embedded ? [...launch, ...workerArgs] : null,
+    // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read).
+    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' } } : {}),
+    workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', unit: a.workerUnit } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.
-    standbyCommand: embedded && a.standby ? [process.execPath, '--no-lazy', ...workerArgs] : null,
+    standbyCommand: embedded && a.standby ? [...launch, '--no-lazy', ...workerArgs] : null,
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
     keeper.start();
+    keeper.dropPrivileges();
     extra.onStarted?.();
   } catch (e) {
     log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');

@@ -210,8 +210,8 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
     // virtiofsd's defaults: no xattrs unless asked. Locks and READDIRPLUS are offered unless
     // turned off (we serve both lock kinds, and they survive worker crashes).
     xattr: false, posixLocks: true, flockLocks: true, readdirplus: true,
-    // Ours, not virtiofsd's (namespace/kill): see SandboxMode in shared/config.ts.
-    sandbox: 'none', seccomp: 'none',
+    // The Rust virtiofsd's sandbox default (namespace); no seccomp filter is built yet (none).
+    sandbox: 'namespace', seccomp: 'none',
     threadPoolSize: null, readonly: false, rlimitNofile: null, logLevel: 'info', debug: false, dialect: 'rust',
     inodeFileHandles: DEFAULT_INODE_FILE_HANDLES, help: false, version: false, capabilities: false,
   };
@@ -278,8 +278,9 @@ A drop-in for virtiofsd: serves a shared directory to a vhost-user-fs frontend, 
   --xattr                     support extended attributes (default: off, as in virtiofsd)
   --no-readdirplus            do not offer READDIRPLUS
   --readonly                  refuse every change to the export (EROFS)
-  --sandbox none              (namespace and chroot: not yet)
-  --seccomp none              (kill, log and trap: not yet)
+  --sandbox namespace|chroot|none
+                              confine the worker (default namespace; see the README)
+  --seccomp none              (kill, log and trap: no filter is built yet)
   --rlimit-nofile N           raise RLIMIT_NOFILE to N (default: as high as allowed)
   --thread-pool-size N        accepted, no effect (see the README)
   --inode-file-handles=never|prefer|mandatory

@@ -4,8 +4,10 @@
 // (keeper_socket.ts, messages in shared/keeper_protocol.ts). This file wires those together
 // and dispatches each keeper.sock message.
 //
-// Trust: keeper.sock accepts only the keeper's own uid (SO_PEERCRED); nothing on it is guest
-// data. See docs/ARCHITECTURE.md, "Processes" and "keeper.sock protocol".
+// Trust: keeper.sock accepts only the keeper's own uid (SO_PEERCRED), and of those only its own
+// workers may store or fetch fds (embedded: the connection made at spawn; systemd: processes of
+// the worker unit, peer_trust.ts); anyone else of our uid gets the read-only status query.
+// Nothing on it is guest data. See docs/ARCHITECTURE.md, "Processes" and "keeper.sock protocol".
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { logger, type Logger } from '../shared/log';
@@ -19,8 +21,10 @@ import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
 import { buildReport, formatPrometheus } from '../shared/status_report';
 import { SystemdFdStore } from './systemd_fdstore';
 import { FdStore } from './fd_store';
-import { KeeperSocket, removeStaleSocket, type KeeperPeer, type KeeperSocketHandler } from './keeper_socket';
+import { KeeperSocket, removeStaleSocket, type KeeperPeer, type KeeperSocketHandler, type PeerRole } from './keeper_socket';
 import { WorkerSupervisor, type SupervisorOptions } from './supervisor';
+import { peerClassifier, type WorkerPeers } from './peer_trust';
+import { EMBEDDED_KEEPER_BOUNDING, EMBEDDED_KEEPER_EFFECTIVE, capMask } from '../shared/capabilities';
 
 export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
   /** A listening socket someone else bound (virtiofsd's --fd): served as vhost.listen, its path
@@ -30,6 +34,9 @@ export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
   unlinkSocket?: boolean;
   /** Remove the state directory at a clean exit (the virtiofsd entry point's derived ones). */
   removeStateDir?: boolean;
+  /** Without workerCommand: which path connections are workers (default: the unit
+   * virtiofs-worker@<state dir name>.service). */
+  workerPeers?: WorkerPeers;
 }
 
 export class Keeper implements KeeperSocketHandler {
@@ -61,6 +68,10 @@ export class Keeper implements KeeperSocketHandler {
     this.log = logger('keeper');
     this.store = new FdStore(this.log);
     this.supervisor = new WorkerSupervisor(opts, {
+      adoptWorker: (fd, pid) => {
+        if (this.socket === null) throw new Error('keeper.sock is not open');
+        this.socket.adopt(fd, pid, 'worker');
+      },
       drainWorker: (pid) => this.socket?.drainPid(pid),
       isConnected: (peer) => this.socket?.isOpen(peer) ?? false,
       handOver: (peer) => this.socket?.send(peer, { type: 'takeover' }) ?? false,
@@ -100,16 +111,32 @@ export class Keeper implements KeeperSocketHandler {
       removeStaleSocket(this.opts.socketPath);
       this.store.put('vhost.listen', native.unixListen(this.opts.socketPath, 'stream', 1));
     }
-    this.socket = new KeeperSocket(keeperSocketPath(this.opts.stateDir), this, this.log);
-    this.log.info({ stateDir: this.opts.stateDir, socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir }, 'keeper started');
+    const peers = this.opts.workerPeers ?? { kind: 'unit', unit: `virtiofs-worker@${path.basename(this.opts.stateDir)}.service` };
+    if (!this.supervisor.embedded && peers.kind === 'same-uid') {
+      this.log.warn('keeper.sock trusts every process of our uid as a worker (--worker-peers same-uid)');
+    }
+    this.socket = new KeeperSocket(keeperSocketPath(this.opts.stateDir), this, this.log, peerClassifier(this.supervisor.embedded, peers));
+    this.log.info({ stateDir: this.opts.stateDir, socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir,
+      workerPeers: this.supervisor.embedded ? 'spawned' : peers }, 'keeper started');
     this.sdNotify({ READY: 1, STATUS: this.store.has('vhost.conn') ? 'holding a live frontend connection' : 'waiting for the vhost-user frontend' });
     this.supervisor.start();
   }
 
+  /** From here on the keeper only passes fds around: it keeps nearly no capability (see
+   * shared/capabilities.ts), and is not dumpable, so that a same-uid process with fewer
+   * capabilities (a confined worker of any instance) cannot reach our fds through /proc. The
+   * CLI calls it right after start() (in-process tests do not: it would confine the test). */
+  dropPrivileges(): void {
+    native.setNotDumpable();
+    if (process.geteuid?.() !== 0) return;
+    if (this.supervisor.embedded) native.limitCapabilities(capMask(EMBEDDED_KEEPER_BOUNDING), capMask(EMBEDDED_KEEPER_EFFECTIVE));
+    else native.limitCapabilities(0, 0);
+  }
+
   /** Serves one already connected keeper.sock peer (in-process tests use a socketpair). */
-  adoptPeer(fd: number, pid: number): KeeperPeer {
+  adoptPeer(fd: number, pid: number, role: PeerRole = 'worker'): KeeperPeer {
     if (this.socket === null) throw new Error('keeper not started');
-    return this.socket.adopt(fd, pid);
+    return this.socket.adopt(fd, pid, role);
   }
 
   private sdNotify(fields: Record<string, string | number>): void {

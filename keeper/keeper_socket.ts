@@ -1,7 +1,14 @@
-// The keeper's end of keeper.sock: accepts workers (and the status CLI) of our own uid only
-// (SO_PEERCRED), reads their messages, parses each with shared/keeper_protocol.ts and hands it
-// to the keeper. A message that does not parse is refused whole: its fds are closed and a
-// rate-limited error is logged; the connection stays (a worker's next message may be fine).
+// The keeper's end of keeper.sock: accepts connections of our own uid only (SO_PEERCRED),
+// reads their messages, parses each with shared/keeper_protocol.ts and hands it to the keeper.
+// A message that does not parse is refused whole: its fds are closed and a rate-limited error
+// is logged; the connection stays (a worker's next message may be fine).
+//
+// Trust: a peer is a 'worker' (may store, fetch and remove fds, report, take over) or an
+// 'observer' (may ask X_STATUSQUERY, nothing else). Workers the keeper spawns get a connected
+// socketpair end at spawn (adopt(..., 'worker')); a connection accepted on the path is whatever
+// the keeper's classify() says of its SO_PEERCRED pid (under systemd: a process of the worker
+// unit). An observer that sends anything but a status query is refused, logged at a bounded
+// rate, and disconnected: a process of our uid that is not our worker cannot touch the fds.
 import * as fs from 'node:fs';
 import type { Logger } from '../shared/log';
 import { native, C, POLL_READABLE, type Poller } from '../shared/native';
@@ -10,9 +17,13 @@ import { LogRateLimiter } from '../shared/rate_limit';
 import { KeeperProtocolError, parseAssignments, parseFdNames } from '../shared/sd_notify_format';
 import { MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeFromKeeper, parseToKeeper, type FromKeeper, type ToKeeper } from '../shared/keeper_protocol';
 
+/** What a keeper.sock peer may do (see the header). */
+export type PeerRole = 'worker' | 'observer';
+
 export interface KeeperPeer {
   readonly fd: number;
   readonly pid: number;
+  readonly role: PeerRole;
   /** An FDFETCH in progress: the names to send and the next index. */
   fetch: { names: string[]; next: number } | null;
   /** FDSTOREs refused since the peer's last X_SYNC (their fds were cut off: out of fds), or
@@ -43,6 +54,9 @@ export class KeeperSocket {
   private readonly listenFd: number;
   private readonly listenPoller: Poller;
   private readonly acceptErrors = new LogRateLimiter();
+  /** Refusals of observers that tried a worker's message (one limiter: many connections must
+   * not multiply the log lines). */
+  private readonly refusals = new LogRateLimiter();
   private readonly ownUid = process.getuid?.() ?? 0;
   /** An fd held in reserve: at EMFILE it is closed so that one more connection (a successor
    * fetching the fd set, `status`) can still be accepted. */
@@ -50,8 +64,10 @@ export class KeeperSocket {
   private acceptRetry: { timer: NodeJS.Timeout; delayMs: number } | null = null;
   private closed = false;
 
-  /** Listens on `path` (a stale socket there is replaced; mode 0600). */
-  constructor(path: string, private readonly handler: KeeperSocketHandler, private readonly log: Logger) {
+  /** Listens on `path` (a stale socket there is replaced; mode 0600). `classify` decides the
+   * role of a process that connects there, by its SO_PEERCRED pid. */
+  constructor(path: string, private readonly handler: KeeperSocketHandler, private readonly log: Logger,
+    private readonly classify: (pid: number) => PeerRole) {
     removeStaleSocket(path);
     this.listenFd = native.unixListen(path, 'seqpacket', 16);
     fs.chmodSync(path, 0o600);
@@ -60,9 +76,10 @@ export class KeeperSocket {
     this.refillReserve();
   }
 
-  /** Adopts an already connected socket (tests drive the keeper over a socketpair). */
-  adopt(fd: number, pid: number): KeeperPeer {
-    const c: Connection = { fd, pid, fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller };
+  /** Adopts an already connected socket: a spawned worker's socketpair end (tests drive the
+   * keeper over one too). */
+  adopt(fd: number, pid: number, role: PeerRole): KeeperPeer {
+    const c: Connection = { fd, pid, role, fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller };
     try {
       c.poller = new native.Poller(fd, () => this.read(c));
       c.poller.start(POLL_READABLE);
@@ -108,7 +125,7 @@ export class KeeperSocket {
           native.close(fd);
           continue;
         }
-        this.adopt(fd, cred.pid);
+        this.adopt(fd, cred.pid, this.classify(cred.pid));
       } catch (e) {
         const dropped = this.acceptErrors.admit();
         if (dropped !== null) this.log.error({ err: errorInfo(e), dropped }, 'keeper.sock: cannot serve a new connection');
@@ -202,6 +219,11 @@ export class KeeperSocket {
         this.badMessage(c, e);
         continue;
       }
+      if (c.role === 'observer' && msg.type !== 'statusQuery') {
+        for (const fd of r.fds) native.close(fd);
+        this.refuseObserver(c, msg.type);
+        return;
+      }
       try {
         this.handler.onMessage(c, msg, r.fds);
       } catch (e) {
@@ -224,6 +246,15 @@ export class KeeperSocket {
     }
     if (names === null) c.refused = 'all';
     else c.refused.push(...names);
+  }
+
+  /** A peer that is not our worker sent a worker's message: refused, logged, disconnected. */
+  private refuseObserver(c: Connection, type: ToKeeper['type']): void {
+    const dropped = this.refusals.admit();
+    if (dropped !== null) {
+      this.log.error({ peerPid: c.pid, type, dropped }, 'keeper.sock: refused a message from a process that is not our worker; disconnecting it');
+    }
+    this.close(c);
   }
 
   private badMessage(c: Connection, e: unknown): void {

@@ -9,6 +9,7 @@
 import * as os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Logger } from '../shared/log';
+import { native } from '../shared/native';
 import { errorInfo } from '../shared/errors';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { EXIT_STATE_UNUSABLE } from '../shared/config';
@@ -29,10 +30,16 @@ export interface SupervisorOptions {
   workerCommand: string[] | null;
   /** argv to start a warm standby worker for fast handovers; null: none. */
   standbyCommand: string[] | null;
+  /** Environment added for workers (e.g. VFSK_OWN_MOUNT_NS=1 when the command gives them their
+   * own mount namespace). */
+  workerEnv?: Record<string, string>;
 }
 
 /** What the supervisor needs from the rest of the keeper. */
 export interface SupervisorHost {
+  /** Serve `fd`, the keeper's end of the keeper.sock connection made for the worker `pid` at
+   * its spawn: the one connection that process is trusted on (see keeper_socket.ts). */
+  adoptWorker(fd: number, pid: number): void;
   /** Take every message the worker `pid` left queued (before a successor fetches the fd set). */
   drainWorker(pid: number): void;
   /** Whether the standby's keeper.sock connection is still open. */
@@ -45,6 +52,8 @@ export interface SupervisorHost {
   serviceOver(reason: string): void;
 }
 
+/** The fd number of the keeper.sock connection in a spawned worker (stdio 0-2, then this). */
+const KEEPER_FD_IN_CHILD = 3;
 const CRASH_WINDOW_MS = 10_000;
 const CRASH_LOOP_DEATHS = 5;
 const MAX_BACKOFF_MS = 5_000;
@@ -186,18 +195,47 @@ export class WorkerSupervisor {
   // --- processes (embedded mode)
 
   /** Starts a worker process; null if it could not be started (EMFILE, EAGAIN, ENOMEM...: the
-   * caller retries with the crash-loop backoff, so a shortage delays the service, never ends it). */
+   * caller retries with the crash-loop backoff, so a shortage delays the service, never ends it).
+   * Its keeper.sock connection is made here: one end of a socketpair becomes its fd
+   * KEEPER_FD_IN_CHILD, the other is adopted as a trusted worker peer. Nobody else can hold that
+   * connection, so no pid check (and no pid reuse) is involved. */
   private spawnProcess(standby: boolean): ChildProcess | null {
     const [cmd, ...args] = (standby ? this.opts.standbyCommand : this.opts.workerCommand)!;
-    const env: NodeJS.ProcessEnv = { ...process.env, VFSK_KEEPER_PID: String(process.pid), ...(standby ? { VFSK_STANDBY: '1' } : {}) };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env, ...this.opts.workerEnv, VFSK_KEEPER_PID: String(process.pid), VFSK_KEEPER_FD: String(KEEPER_FD_IN_CHILD),
+      ...(standby ? { VFSK_STANDBY: '1' } : {}),
+    };
     // The keeper is the unit's main process: its workers must not talk to systemd.
     for (const k of ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
-    let child: ChildProcess;
+    let pair: [number, number];
     try {
-      child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit'], env });
+      pair = native.socketpair('seqpacket');
     } catch (e) {
       this.spawnFailed(standby, e);
       return null;
+    }
+    const [ours, theirs] = pair;
+    let child: ChildProcess;
+    try {
+      child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit', theirs], env });
+    } catch (e) {
+      native.close(ours);
+      this.spawnFailed(standby, e);
+      return null;
+    } finally {
+      // The child has its copy (or none: it was not started).
+      native.close(theirs);
+    }
+    if (child.pid === undefined) {
+      native.close(ours);
+    } else {
+      try {
+        this.host.adoptWorker(ours, child.pid);
+      } catch (e) {
+        // Unserved, it would wait for ever: it dies, and its exit is handled as any death.
+        this.spawnFailed(standby, e);
+        child.kill('SIGKILL');
+      }
     }
     child.on('exit', (code, signal) => this.onExit(child, code, signal));
     // Node reports EMFILE, ENFILE, EAGAIN, EACCES, ENOENT as an 'error' with no pid and no 'exit'.

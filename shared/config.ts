@@ -14,14 +14,15 @@ export type InodeFileHandles = 'never' | 'prefer' | 'mandatory';
 export const INODE_FILE_HANDLES: readonly InodeFileHandles[] = ['never', 'prefer', 'mandatory'];
 export const DEFAULT_INODE_FILE_HANDLES: InodeFileHandles = 'prefer';
 
-/** How the backend isolates itself (virtiofsd's --sandbox). The sandbox issue implements
- * namespace and chroot; until then only 'none' runs, and 'none' is the default. */
+/** How the worker is confined (worker/sandbox.ts): its root becomes the shared directory by
+ * pivot_root in its own mount (and net, ipc, uts) namespaces, or by chroot; or not at all. */
 export type SandboxMode = 'namespace' | 'chroot' | 'none';
-/** What a syscall outside the allow-list does (virtiofsd's --seccomp). Default 'none' until the
- * sandbox issue adds the filter. */
+export const SANDBOX_MODES: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
+/** What a syscall outside the allow-list does (virtiofsd's --seccomp). No filter is built yet:
+ * only 'none' runs. */
 export type SeccompAction = 'kill' | 'log' | 'trap' | 'none';
 /** The modes this build can run; anything else is refused at start (exit 1), never ignored. */
-export const SUPPORTED_SANDBOX_MODES: readonly SandboxMode[] = ['none'];
+export const SUPPORTED_SANDBOX_MODES: readonly SandboxMode[] = SANDBOX_MODES;
 export const SUPPORTED_SECCOMP_ACTIONS: readonly SeccompAction[] = ['none'];
 
 export interface WorkerConfig {
@@ -45,7 +46,8 @@ export interface WorkerConfig {
   readonly?: boolean;
   /** RLIMIT_NOFILE the keeper and the worker raise their soft limit to (absent: DEFAULT_RLIMIT_NOFILE). */
   rlimitNofile?: number;
-  /** Sandbox and seccomp (absent: 'none'; see SandboxMode). */
+  /** The worker's confinement and seccomp action (absent in configs written before they
+   * existed: 'none'; see SandboxMode). */
   sandbox?: SandboxMode;
   seccomp?: SeccompAction;
   /** Absent in configs written before it existed: DEFAULT_INODE_FILE_HANDLES. */

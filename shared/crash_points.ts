@@ -4,10 +4,24 @@
 // processes: the marker file is written first and disarms every later worker.
 // Production pays one comparison with null per point.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { native, C } from './native';
+import { at, existsAt, pinDir } from './pinned_dirs';
 
 const armed: string | null = process.env.VFSK_CRASH_POINT ?? null;
 const opcodeFilter: number | null = process.env.VFSK_CRASH_OPCODE ? Number(process.env.VFSK_CRASH_OPCODE) : null;
 const marker: string | null = process.env.VFSK_CRASH_MARKER ?? null;
+// Reachable after the worker's root moved into the shared directory (worker/sandbox.ts).
+if (armed !== null && marker !== null) pinDirIfPossible(path.dirname(marker));
+
+/** pinDir, or nothing (the path is then used as it is). */
+export function pinDirIfPossible(dir: string): void {
+  try {
+    pinDir(dir);
+  } catch {
+    // Not there yet: the marker is looked up by path.
+  }
+}
 
 export const CRASH_POINTS = [
   'after-accept', 'resume-after-ready', 'resubmit-before-read',
@@ -20,8 +34,11 @@ export function crashPoint(name: CrashPointName, opcode?: number): void {
   if (armed === null || armed !== name) return;
   if (opcodeFilter !== null && opcode !== opcodeFilter) return;
   if (marker !== null) {
-    if (fs.existsSync(marker)) return;
-    fs.writeFileSync(marker, `${name} ${opcode ?? ''}\n`);
+    if (existsAt(marker)) return;
+    const { dirFd, name: file } = at(marker);
+    const fd = native.openat(dirFd, file, C.O_WRONLY! | C.O_CREAT! | C.O_EXCL! | C.O_CLOEXEC!, 0o644);
+    fs.writeSync(fd, `${name} ${opcode ?? ''}\n`);
+    fs.closeSync(fd);
   }
   // SIGKILL, not abort(): no handlers, nothing flushed — the worst case.
   process.kill(process.pid, 'SIGKILL');

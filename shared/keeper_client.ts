@@ -66,6 +66,26 @@ export class KeeperClient implements FdRegistryListener {
     return new KeeperClient(fd);
   }
 
+  /** The connection the keeper made for us at spawn (fd `fd`, inherited): the one on which it
+   * trusts us as its worker. Moved to a close-on-exec fd; the inherited number is closed. */
+  static inherited(fd: number): KeeperClient {
+    let own: number;
+    try {
+      const peer = native.peerCred(fd);
+      if (!trustedPeerUid(peer.uid)) throw new KeeperProtocolError(`inherited keeper.sock fd ${fd} leads to uid ${peer.uid} (pid ${peer.pid}), not to our keeper`);
+      own = native.dup(fd);
+    } finally {
+      native.close(fd);
+    }
+    try {
+      native.setNonBlocking(own, false);
+    } catch (e) {
+      native.close(own);
+      throw e;
+    }
+    return new KeeperClient(own);
+  }
+
   /** The whole named fd set the keeper holds (the caller owns the returned fds), and the last
    * control reply sequence number the keeper forwarded. */
   fetchAll(): { fds: Map<string, number>; ctlSeq: number; keeper: KeeperCapabilities } {

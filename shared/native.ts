@@ -36,6 +36,8 @@ export const STAT = {
 export interface StatFs {
   bsize: number; frsize: number; blocks: number; bfree: number; bavail: number;
   files: number; ffree: number; namelen: number;
+  /** f_type: the filesystem's magic number (TMPFS_MAGIC...). */
+  type: number;
 }
 
 export interface PeerCred { pid: number; uid: number; gid: number }
@@ -210,6 +212,27 @@ export interface NativeAddon {
   flock(fd: number, operation: number): void;
   nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
   openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;
+
+  // --- confinement (worker/sandbox.ts)
+  /** In a mount namespace of our own (EPERM in our parent's; when the parent's cannot be read,
+   * only if ownNamespaceDeclared): `dir` becomes "/" as a read-only, nosuid, nodev, noexec bind
+   * mount, the old root is detached, cwd "/". */
+  pivotRoot(dir: PathLike, ownNamespaceDeclared: boolean): void;
+  /** chroot(dir), chdir("/"). */
+  chrootTo(dir: PathLike): void;
+  /** The calling thread (and threads it creates later) keeps only the capabilities of
+   * boundingMask in its bounding set and those of permittedMask in its permitted/effective sets
+   * (bit n = capability n); inheritable and ambient become empty. */
+  limitCapabilities(boundingMask: number, permittedMask: number): void;
+  /** prctl(PR_SET_DUMPABLE, 0): /proc/PID/fd etc. then need CAP_SYS_PTRACE. */
+  setNotDumpable(): void;
+  /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
+  setNoNewPrivs(): void;
+  /** What a compromised worker would try, for `sandbox-check`: 0 if it succeeded, else its
+   * errno. 'socket-inet', 'connect-inet' (arg: IPv4 address, port 53), 'ptrace' (arg: pid,
+   * PTRACE_ATTACH), 'mount' (arg: target, a tmpfs), 'execve' (arg: path, in a child),
+   * 'setuid-back' (a child drops to uid 65534, then tries setuid(0)). */
+  probe(what: 'socket-inet' | 'connect-inet' | 'ptrace' | 'mount' | 'execve' | 'setuid-back', arg: string): number;
 
   // --- filesystem: slow calls, off the JS thread (except the two *Sync attempts below)
   /** preadv into mapped memory; result = bytes read. */

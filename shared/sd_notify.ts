@@ -16,6 +16,13 @@ export class SdNotifier {
     return new SdNotifier(p);
   }
 
+  /** Connects now (a confined worker cannot reach NOTIFY_SOCKET's path later). */
+  connect(): void {
+    if (this.fd >= 0) return;
+    this.fd = native.unixConnect(this.socketPath, 'dgram');
+    native.setNonBlocking(this.fd, false);
+  }
+
   /**
    * Sends one notification. The socket is blocking (as libsystemd's sd_notify is): an fd
    * handed to the fd store must not be dropped because PID 1 was slow to read. A broken

@@ -3,7 +3,6 @@
 // piece of session state is in the state file (StateStore) before the guest or QEMU can
 // observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it
 // accepts QEMU; started after a crash it resumes the session.
-import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
@@ -27,6 +26,8 @@ import { crashPoint } from '../shared/crash_points';
 import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
+import { existsAt } from '../shared/pinned_dirs';
+import { enterSandbox } from './sandbox';
 
 
 /** fds that belong to the service, not to one frontend session. */
@@ -71,6 +72,12 @@ export class Worker {
     throw e;
   }
 
+  /** What must happen before the worker is confined: systemd's notify socket is connected
+   * while its path is reachable. */
+  beforeSandbox(): void {
+    this.sd?.connect();
+  }
+
   /** Records a phase of the start (process.hrtime is CLOCK_MONOTONIC, comparable with the keeper's). */
   mark(what: string): void {
     this.marks.push([what, process.hrtime.bigint()]);
@@ -94,7 +101,7 @@ export class Worker {
     const statePath = stateFilePath(this.config.stateDir);
     let loaded: LoadedState | null = null;
     let reconciled = false;
-    if (this.registry.has('vhost.conn') && fs.existsSync(statePath)) {
+    if (this.registry.has('vhost.conn') && existsAt(statePath)) {
       faultPoint('resume-journal-open');
       loaded = loadState(statePath);
       this.mark('loaded');
@@ -385,6 +392,17 @@ function fdBudget(ownNoFile: number, keeperNoFile: number | null): number {
   return Math.max(0, Math.min(ownNoFile, keeperNoFile ?? ownNoFile) - FD_RESERVE);
 }
 
+/** A worker the keeper spawned uses the connection made for it (VFSK_KEEPER_FD: the keeper
+ * trusts nothing else from a process it spawned); one systemd starts connects to keeper.sock,
+ * where the keeper checks that it belongs to the worker unit. */
+function connectKeeper(stateDir: string): KeeperClient {
+  const inherited = process.env.VFSK_KEEPER_FD;
+  delete process.env.VFSK_KEEPER_FD;
+  if (inherited === undefined) return KeeperClient.connect(keeperSocketPath(stateDir));
+  if (!/^[0-9]{1,9}$/.test(inherited)) throw new Error(`VFSK_KEEPER_FD=${inherited.slice(0, 20)} is not an fd number`);
+  return KeeperClient.inherited(Number(inherited));
+}
+
 export async function workerMain(stateDir: string): Promise<number> {
   const log = logger('worker');
   // Blocking lock waits (SETLKW, flock) each hold a threadpool thread; 4 is too few. Must be
@@ -405,12 +423,26 @@ export async function workerMain(stateDir: string): Promise<number> {
   try {
     checkStateDir(stateDir);
     config = readWorkerConfig(stateDir);
-    keeper = KeeperClient.connect(keeperSocketPath(stateDir));
+    keeper = connectKeeper(stateDir);
   } catch (e) {
     log.error({ err: errorInfo(e) }, 'cannot reach the keeper');
     return 1;
   }
   const worker = new Worker(config, keeper);
+  try {
+    // Raising RLIMIT_NOFILE past the hard limit reads /proc/sys/fs/nr_open: before the pivot.
+    native.raiseNoFileLimit(1_000_000);
+    worker.beforeSandbox();
+    enterSandbox(config.sandbox ?? 'none', config.sharedDir, stateDir, log);
+  } catch (e) {
+    log.error({ err: errorInfo(e) }, 'cannot confine the worker');
+    try {
+      keeper.notify({ type: 'setError', error: `worker cannot enter its sandbox (${config.sandbox ?? 'none'}): ${(e as Error).message}` });
+    } catch {
+      // The keeper logs our exit anyway.
+    }
+    return EXIT_START_FAILED;
+  }
   if (process.env.VFSK_STANDBY === '1') {
     collectStartupGarbage(log);
     try {

@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPoll(env, exports, data);
   InitFsOps(env, exports);
   InitIo(env, exports);
+  InitSandbox(env, exports);
   return exports;
 }
 

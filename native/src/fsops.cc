@@ -526,6 +526,7 @@ Napi::Value Fstatfs(const Napi::CallbackInfo& info) {
   o.Set("files", Num(env, static_cast<double>(st.f_files)));
   o.Set("ffree", Num(env, static_cast<double>(st.f_ffree)));
   o.Set("namelen", Num(env, static_cast<double>(st.f_namelen)));
+  o.Set("type", Num(env, static_cast<double>(static_cast<uint64_t>(st.f_type))));
   return o;
 }
 

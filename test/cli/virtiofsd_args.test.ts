@@ -25,7 +25,7 @@ t.test('libvirt 9.0\'s legacy command line', async (t) => {
   const r = serve(['--fd=23', '-o', 'source=/srv/share,cache=always,xattr,flock,posix_lock', '--thread-pool-size=4']);
   t.match(r, {
     kind: 'serve', fd: 23, socketPath: null, sharedDir: '/srv/share', cache: 'always', xattr: true, posixLocks: true,
-    flockLocks: true, readdirplus: true, threadPoolSize: 4, dialect: 'legacy', sandbox: 'none', seccomp: 'none', logLevel: 'info',
+    flockLocks: true, readdirplus: true, threadPoolSize: 4, dialect: 'legacy', sandbox: 'namespace', seccomp: 'none', logLevel: 'info',
   });
   const off = serve(['--fd', '7', '-o', 'source=/s,cache=none,no_xattr,no_flock,no_posix_lock,no_readdirplus', '-d', '-f']);
   t.match(off, { cache: 'never', xattr: false, posixLocks: false, flockLocks: false, readdirplus: false, logLevel: 'debug' });
@@ -48,12 +48,12 @@ t.test('the Rust virtiofsd\'s options', async (t) => {
   });
   t.equal(serve(['--shared-dir=/s', '--socket', '/x.sock']).socketPath, '/x.sock', 'the deprecated --socket');
   const d = serve(['--shared-dir=/s', '--fd=4']);
-  t.match(d, { xattr: false, cache: 'auto', posixLocks: true, flockLocks: true, sandbox: 'none', seccomp: 'none', rlimitNofile: null, threadPoolSize: null },
-    'defaults: no xattrs (as virtiofsd), locks offered, no sandbox yet');
+  t.match(d, { xattr: false, cache: 'auto', posixLocks: true, flockLocks: true, sandbox: 'namespace', seccomp: 'none', rlimitNofile: null, threadPoolSize: null },
+    'defaults: no xattrs (as virtiofsd), locks offered, the namespace sandbox (as the Rust virtiofsd)');
   for (const [flag, level] of [['error', 'error'], ['warn', 'warn'], ['info', 'info'], ['debug', 'debug'], ['trace', 'trace']] as const) {
     t.equal(serve(['--shared-dir=/s', '--fd=4', `--log-level=${flag}`]).logLevel, level);
   }
-  t.equal(serve(['--shared-dir=/s', '--fd=4', '--sandbox', 'namespace']).sandbox, 'namespace', 'parsed (refused at start until implemented)');
+  t.equal(serve(['--shared-dir=/s', '--fd=4', '--sandbox', 'chroot']).sandbox, 'chroot', 'parsed');
   for (const a of ['kill', 'log', 'trap'] as const) t.equal(serve(['--shared-dir=/s', '--fd=4', `--seccomp=${a}`]).seccomp, a);
   t.equal(serve(['--shared-dir=/s', '--fd=4', '--cache=always']).cache, 'always');
   t.equal(serve(['--shared-dir=/s', '--fd=4']).readonly, false);

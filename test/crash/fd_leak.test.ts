@@ -15,7 +15,8 @@ function fdKinds(pid: number): string[] {
   const out: string[] = [];
   for (const f of fs.readdirSync(`/proc/${pid}/fd`)) {
     try {
-      out.push(fs.readlinkSync(`/proc/${pid}/fd/${f}`).replace(/\[\d+\]/, '[]').replace(/\(deleted\)/, ''));
+      // A confined worker's pinned /proc/self/fd (worker/sandbox.ts) names its own pid.
+      out.push(fs.readlinkSync(`/proc/${pid}/fd/${f}`).replace(/\[\d+\]/, '[]').replace(/\(deleted\)/, '').replace(/^\/\d+\/fd$/, '/PID/fd'));
     } catch { /* closed meanwhile */ }
   }
   return out.sort();

@@ -106,7 +106,7 @@ t.test('fd stores are acknowledged: refused while the keeper is out of fds, sent
   const stateDir = path.join(dir, 'st');
   const bin = path.join(__dirname, '..', '..', '..', 'bin', 'virtiofs-keeper.js');
   // The keeper alone (no worker): this test is its only keeper.sock client.
-  const keeper = spawn(process.execPath, [bin, 'keeper', '--shared-dir', path.join(dir, 'shared'), '--socket-path', path.join(dir, 'v.sock'), '--state-dir', stateDir],
+  const keeper = spawn(process.execPath, [bin, 'keeper', '--worker-peers', 'same-uid', '--shared-dir', path.join(dir, 'shared'), '--socket-path', path.join(dir, 'v.sock'), '--state-dir', stateDir],
     { stdio: ['ignore', 'ignore', 'inherit'] });
   t.teardown(() => { if (keeper.exitCode === null) keeper.kill('SIGKILL'); });
   await waitFor(() => fs.existsSync(keeperSocketPath(stateDir)), 'keeper.sock');

@@ -219,7 +219,7 @@ t.test('open_out, create_out, write_out, getxattr_out, lseek_out, readlink', asy
 });
 
 t.test('statfs_out: fuse_kstatfs offsets', async (t) => {
-  const out = encodeStatfsOut({ bsize: 4096, frsize: 1024, blocks: 2 ** 40, bfree: 7, bavail: 6, files: 5, ffree: 4, namelen: 255 });
+  const out = encodeStatfsOut({ bsize: 4096, frsize: 1024, blocks: 2 ** 40, bfree: 7, bavail: 6, files: 5, ffree: 4, namelen: 255, type: 0x01021994 });
   t.equal(out.length, 80);
   const at = (f: string): number => offsetOf('fuse_kstatfs', f);
   t.equal(out.readBigUInt64LE(at('blocks')), 1n << 40n);

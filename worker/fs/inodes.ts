@@ -28,6 +28,7 @@ import type { Logger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
 import { errorInfo } from '../../shared/errors';
 import { LogRateLimiter } from '../../shared/rate_limit';
+import { at } from '../../shared/pinned_dirs';
 import { FsError, type Entry, type NodeId } from './filesystem';
 import { ROOT_FD_NAME, inodeFdName, sameHandle, type FsSession, type InodeHandle, type InodeRecord } from './session';
 import type { InodeHandleSupport } from './inode_fds';
@@ -41,8 +42,10 @@ const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
 /** Names remembered for the LOOKUP fast path (lookupKnown). */
 const RECENT_LOOKUPS_MAX = 16_384;
 
-export function procPath(fd: number): string {
-  return `/proc/self/fd/${fd}`;
+/** Where /proc/self/fd/<fd> (the magic link to what `fd` refers to) opens: through the pinned
+ * /proc/self/fd once the worker is confined (shared/pinned_dirs.ts). */
+export function procFd(fd: number): { dirFd: number; name: string } {
+  return at(`/proc/self/fd/${fd}`);
 }
 
 export function statFd(fd: number): Buffer {
@@ -218,8 +221,10 @@ export class Inodes {
   private lookupDotDot(dir: InodeRecord): Entry {
     const rootFd = this.fds.get(ROOT_FD_NAME);
     const dirFd = this.fds.get(dir.fdName);
-    const rootPath = native.readlinkat(K.AT_FDCWD, procPath(rootFd));
-    const dirPath = native.readlinkat(K.AT_FDCWD, procPath(dirFd));
+    const rootLink = procFd(rootFd);
+    const dirLink = procFd(dirFd);
+    const rootPath = native.readlinkat(rootLink.dirFd, rootLink.name);
+    const dirPath = native.readlinkat(dirLink.dirFd, dirLink.name);
     const prefix = rootPath.length === 1 && rootPath[0] === 0x2f ? rootPath : Buffer.concat([rootPath, Buffer.from('/')]);
     if (dirPath.length <= prefix.length || !dirPath.subarray(0, prefix.length).equals(prefix)) {
       throw new FsError(K.ENOENT, 'directory is not below the shared directory');
@@ -244,7 +249,9 @@ export class Inodes {
   reopen(rec: InodeRecord, flags: number): number {
     if (rec.fileType === K.S_IFLNK) throw new FsError(K.ELOOP);
     if (rec.fileType !== K.S_IFREG && rec.fileType !== K.S_IFDIR) throw new FsError(K.EBADF, 'not a regular file or directory');
-    return native.openat(K.AT_FDCWD, procPath(this.fds.get(rec.fdName)), (flags & ~K.O_NOFOLLOW) | K.O_CLOEXEC, 0);
+    // /proc/self/fd is a pinned fd once the worker is confined (shared/pinned_dirs.ts).
+    const { dirFd, name } = procFd(this.fds.get(rec.fdName));
+    return native.openat(dirFd, name, (flags & ~K.O_NOFOLLOW) | K.O_CLOEXEC, 0);
   }
 
   /** reopen() for the duration of fn (the fd is not registered). */

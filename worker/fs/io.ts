@@ -9,14 +9,13 @@
 //   (tmpfs) a memory-backed file is read plainly on the JS thread, others go to the threadpool;
 //   without NOWAIT buffered writes (ext4) writes go straight to the threadpool.
 // - Bytes already copied are a valid short answer even when the rest fails, as with preadv.
-import { statfsSync } from 'node:fs';
 import { C, native, STAT } from '../../shared/native';
 import type { IoSegment } from '../../shared/native';
 import { FsError, type Handle, type NodeId } from './filesystem';
 import type { FileRecord, FsSession } from './session';
 import type { FdLifetime } from './fd_lifetime';
 import { fileRecord } from './records';
-import { procPath, statFd } from './inodes';
+import { procFd, statFd } from './inodes';
 import * as K from './host_constants';
 
 /** READs/WRITEs up to this size first try RWF_NOWAIT on the JS thread; larger ones go straight
@@ -40,7 +39,10 @@ export function killSuidGid(inodeFd: number): void {
   const mode = statFd(inodeFd).readUInt32LE(STAT.mode);
   let kill = mode & K.S_ISUID;
   if ((mode & K.S_ISGID) && (mode & K.S_IXGRP)) kill |= K.S_ISGID;
-  if (kill) native.fchmodat(K.AT_FDCWD, procPath(inodeFd), mode & 0o7777 & ~kill, 0);
+  if (kill) {
+    const link = procFd(inodeFd);
+    native.fchmodat(link.dirFd, link.name, mode & 0o7777 & ~kill, 0);
+  }
 }
 
 export class FileIo {
@@ -150,7 +152,7 @@ export class FileIo {
 
 function memoryBacked(fd: number): boolean {
   try {
-    const type = statfsSync(procPath(fd)).type;
+    const type = native.fstatfs(fd).type;
     return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
   } catch {
     return false;

@@ -29,7 +29,8 @@ import { errorInfo } from '../../shared/errors';
 import { FsError, type Handle, type LockRange, type NodeId } from './filesystem';
 import type { FdLifetime } from './fd_lifetime';
 import { lockOwnerFdName, type FsSession, type LockOwnerRecord } from './session';
-import { procPath } from './inodes';
+import { procFd } from './inodes';
+import { at } from '../../shared/pinned_dirs';
 import { LockWaiter } from './lock_waiter';
 import * as K from './host_constants';
 
@@ -62,7 +63,8 @@ const FDINFO_LOCK = /^lock:\s+\d+:\s+OFDLCK\s+\S+\s+(READ|WRITE)\s+\S+\s+\S+\s+(
 export function heldLocks(fd: number): HeldLock[] {
   const chunk = new ArrayBuffer(16384);
   const parts: Buffer[] = [];
-  const path = native.openat(K.AT_FDCWD, `/proc/self/fdinfo/${fd}`, K.O_RDONLY | K.O_CLOEXEC, 0);
+  const where = at(`/proc/self/fdinfo/${fd}`);
+  const path = native.openat(where.dirFd, where.name, K.O_RDONLY | K.O_CLOEXEC, 0);
   try {
     for (let pos = 0; ;) {
       const n = native.preadv2Sync(path, pos, [{ buffer: chunk, offset: 0, length: chunk.byteLength }], 0);
@@ -205,14 +207,15 @@ export class Locks {
     // As virtiofsd: read-write when possible, so that the owner can take read and write locks
     // through any of its fds; else the access mode of the fh it locks through now.
     const fileFd = this.fds.get(fileFdName);
+    const link = procFd(fileFd);
     let fd: number;
     try {
-      fd = native.openat(K.AT_FDCWD, procPath(fileFd), K.O_RDWR | K.O_CLOEXEC, 0);
+      fd = native.openat(link.dirFd, link.name, K.O_RDWR | K.O_CLOEXEC, 0);
     } catch (e) {
       const errno = errnoOf(e);
       if (errno !== K.EACCES && errno !== K.EROFS && errno !== K.ETXTBSY) throw e;
       const accmode = native.fdFlags(fileFd).statusFlags & K.O_ACCMODE;
-      fd = native.openat(K.AT_FDCWD, procPath(fileFd), accmode | K.O_CLOEXEC, 0);
+      fd = native.openat(link.dirFd, link.name, accmode | K.O_CLOEXEC, 0);
     }
     return this.fds.registerThenRecord(lockOwnerFdName(this.session.nextFh), fd,
       () => this.session.openLockOwner(nodeid, fh, owner, pid >>> 0));

@@ -36,7 +36,7 @@ import {
 import { FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName } from './session';
 import { FdLifetime } from './fd_lifetime';
 import { Credentials } from './credentials';
-import { Inodes, procPath, statFd } from './inodes';
+import { Inodes, procFd, statFd } from './inodes';
 import { dirInodeRecord, dirRecord, fileRecord, inodeRecord } from './records';
 import { checkComponent } from './path_component';
 import { FileIo, checkOffset, killSuidGid } from './io';
@@ -282,7 +282,10 @@ export class PassthroughFs implements FileSystem {
       const mode = attr.mode & 0o7777;
       if (fileFd !== null) native.fchmod(fileFd, mode);
       else if (rec.fileType === K.S_IFLNK) throw new FsError(K.EOPNOTSUPP, 'chmod of a symlink');
-      else native.fchmodat(K.AT_FDCWD, procPath(inodeFd), mode, 0);
+      else {
+        const link = procFd(inodeFd);
+        native.fchmodat(link.dirFd, link.name, mode, 0);
+      }
     }
     if (valid & (K.FATTR_UID | K.FATTR_GID)) {
       const uid = valid & K.FATTR_UID ? attr.uid : NO_ID;
@@ -370,7 +373,8 @@ export class PassthroughFs implements FileSystem {
     this.fds.ensureRoom(1, 0);
     // As virtiofsd: the magic link leads to exactly our inode (a symlink itself, not its target)
     // and needs no CAP_DAC_READ_SEARCH, unlike AT_EMPTY_PATH.
-    this.creds.runAs(ctx, null, () => native.linkat(K.AT_FDCWD, procPath(inodeFd), dirFd, newName, K.AT_SYMLINK_FOLLOW));
+    const link = procFd(inodeFd);
+    this.creds.runAs(ctx, null, () => native.linkat(link.dirFd, link.name, dirFd, newName, K.AT_SYMLINK_FOLLOW));
     const stat = statFd(inodeFd);
     return this.inodes.entry(this.session.addLookup(rec.nodeid), stat);
   }
@@ -438,7 +442,8 @@ export class PassthroughFs implements FileSystem {
   private adoptOpened(fileFd: number, flags: number): { entry: Entry; open: OpenReply } {
     let entry: Entry;
     try {
-      entry = this.inodes.adopt(native.openat(K.AT_FDCWD, procPath(fileFd), K.O_PATH | K.O_CLOEXEC, 0));
+      const link = procFd(fileFd);
+      entry = this.inodes.adopt(native.openat(link.dirFd, link.name, K.O_PATH | K.O_CLOEXEC, 0));
     } catch (e) {
       native.close(fileFd);
       throw e;

@@ -11,7 +11,8 @@
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { Packr } from 'msgpackr';
-import { native } from '../../shared/native';
+import { native, C } from '../../shared/native';
+import { at } from '../../shared/pinned_dirs';
 import { StateError } from '../../shared/errors';
 
 export const STATE_MAGIC = Buffer.from('VFSKSTAT');
@@ -65,8 +66,10 @@ export class StateJournal {
   /** Creates (or atomically replaces) the state file. `initialPayloads` are committed before the
    * rename, so compaction (a snapshot record replacing a long journal) is crash-safe. */
   static create(path: string, schemaVersion: number, generation = 0n, initialPayloads: Buffer[] = []): StateJournal {
-    const tmp = `${path}.new`;
-    const fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    // Through the state directory's fd once the worker is confined (shared/pinned_dirs.ts).
+    const { dirFd, name } = at(path);
+    const tmp = `${name}.new`;
+    const fd = native.openat(dirFd, tmp, C.O_RDWR! | C.O_CREAT! | C.O_TRUNC! | C.O_CLOEXEC!, 0o600);
     let mapped: ArrayBuffer | null = null;
     let journal: StateJournal | null = null;
     try {
@@ -85,7 +88,7 @@ export class StateJournal {
       native.storeReleaseU64(map, COMMIT_OFFSET, BigInt(DATA_START));
       journal = new StateJournal(path, fd, map, DATA_START, schemaVersion);
       for (const p of initialPayloads) journal.appendEncoded(p);
-      fs.renameSync(tmp, path);
+      native.renameat2(dirFd, tmp, dirFd, name, 0);
       return journal;
     } catch (e) {
       // A failed create (a compaction at EMFILE/ENOMEM) leaves neither a mapping nor an fd.
@@ -102,7 +105,8 @@ export class StateJournal {
    * can read. */
   static open(path: string, schemaVersions: number | readonly number[]): StateJournal {
     const readable = typeof schemaVersions === 'number' ? [schemaVersions] : schemaVersions;
-    const fd = fs.openSync(path, fs.constants.O_RDWR);
+    const { dirFd, name } = at(path);
+    const fd = native.openat(dirFd, name, C.O_RDWR! | C.O_CLOEXEC!, 0);
     try {
       const size = fs.fstatSync(fd).size;
       if (size < DATA_START) throw new StateFileError(`file is ${size} bytes, shorter than its header`, path);

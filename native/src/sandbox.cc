@@ -1,0 +1,232 @@
+// The worker's confinement (worker/sandbox.ts decides when): making the shared directory the
+// process's root (pivot_root in a private mount namespace, or chroot) and dropping
+// capabilities. Each function checks its arguments and throws errno errors.
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <netinet/in.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace vfsk {
+namespace {
+
+bool Fail(Napi::Env env, const char* syscall) {
+  ThrowErrno(env, errno, syscall);
+  return false;
+}
+
+// Whether we share our parent's mount namespace (the keeper's, a shell's, or systemd's):
+// pivoting that one would change the root of every process in it. A worker the keeper started
+// through unshare(1), or a unit with a mount namespace of its own, does not.
+// `declared`: the launcher says the namespace is ours (a unit with a mount namespace of its own
+// sets VFSK_OWN_MOUNT_NS=1), which is taken when the parent's cannot be read (EACCES: systemd as
+// PID 1 holds capabilities the unit's bounding set lacks).
+bool InParentMountNs(Napi::Env env, bool declared, bool* out) {
+  struct stat self {}, parent {};
+  std::string parentNs = "/proc/" + std::to_string(getppid()) + "/ns/mnt";
+  if (stat("/proc/self/ns/mnt", &self) < 0) return Fail(env, "stat");
+  if (stat(parentNs.c_str(), &parent) < 0) {
+    if ((errno == EACCES || errno == EPERM) && declared) {
+      *out = false;
+      return true;
+    }
+    return Fail(env, "stat");
+  }
+  *out = self.st_dev == parent.st_dev && self.st_ino == parent.st_ino;
+  return true;
+}
+
+// pivotRoot(dir, ownNamespaceDeclared): in a mount namespace of our own, `dir` becomes "/" (a read-only, nosuid,
+// nodev, noexec bind of it: the worker reaches the share through the keeper's fds, never through
+// its own root), the old root is detached, and the cwd is "/". Refuses (EPERM) in its parent's mount
+// namespace.
+Napi::Value PivotRoot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "pivotRoot");
+  std::string dir;
+  bool declared = false;
+  if (!a.Count(2) || !a.Path(0, "dir", "pivot_root", &dir) || !a.Bool(1, "ownNamespaceDeclared", &declared)) return {};
+  bool shared = false;
+  if (!InParentMountNs(env, declared, &shared)) return {};
+  if (shared) {
+    ThrowErrno(env, EPERM, "pivot_root (the process shares its parent's mount namespace)");
+    return {};
+  }
+  // Nothing we mount propagates back to the namespace we came from.
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) { Fail(env, "mount"); return {}; }
+  if (mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND | MS_REC, nullptr) < 0) { Fail(env, "mount"); return {}; }
+  if (mount(nullptr, dir.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) {
+    Fail(env, "mount");
+    return {};
+  }
+  if (chdir(dir.c_str()) < 0) { Fail(env, "chdir"); return {}; }
+  // pivot_root(".", "."): the old root ends up stacked on "/", and is detached at once.
+  if (syscall(SYS_pivot_root, ".", ".") < 0) { Fail(env, "pivot_root"); return {}; }
+  if (umount2(".", MNT_DETACH) < 0) { Fail(env, "umount2"); return {}; }
+  if (chdir("/") < 0) { Fail(env, "chdir"); return {}; }
+  return env.Undefined();
+}
+
+// chrootTo(dir): chroot(dir) and chdir("/").
+Napi::Value ChrootTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "chrootTo");
+  std::string dir;
+  if (!a.Count(1) || !a.Path(0, "dir", "chroot", &dir)) return {};
+  if (chroot(dir.c_str()) < 0) { Fail(env, "chroot"); return {}; }
+  if (chdir("/") < 0) { Fail(env, "chdir"); return {}; }
+  return env.Undefined();
+}
+
+// The highest capability number the kernel knows (PR_CAPBSET_READ fails past it).
+int LastCap() {
+  int last = 0;
+  while (last < 63 && prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0) last++;
+  return last;
+}
+
+// limitCapabilities(boundingMask, permittedMask): the calling thread keeps only the
+// capabilities of boundingMask in its bounding set (dropping needs CAP_SETPCAP, so it is done
+// first) and only those of permittedMask (within what it has) in its permitted and effective
+// sets; inheritable and ambient become empty. Bit n = capability n; masks below 2^53. Threads
+// created afterwards inherit this; threads that already exist keep theirs.
+Napi::Value LimitCapabilities(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "limitCapabilities");
+  int64_t bnd64, prm64;
+  if (!a.Count(2) || !a.Int(0, "boundingMask", 0, kMaxSafe - 1, &bnd64) || !a.Int(1, "permittedMask", 0, kMaxSafe - 1, &prm64)) return {};
+  uint64_t bnd = static_cast<uint64_t>(bnd64), prm = static_cast<uint64_t>(prm64);
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) { Fail(env, "prctl"); return {}; }
+  int last = LastCap();
+  for (int cap = 0; cap <= last; cap++) {
+    if (bnd & (uint64_t{1} << cap)) continue;
+    int in = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+    if (in < 0) { Fail(env, "prctl"); return {}; }
+    if (in == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
+  }
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2]{};
+  if (syscall(SYS_capget, &hdr, data) < 0) { Fail(env, "capget"); return {}; }
+  for (int i = 0; i < 2; i++) {
+    uint32_t k = static_cast<uint32_t>(prm >> (32 * i));
+    data[i].permitted &= k;
+    data[i].effective = data[i].permitted;
+    data[i].inheritable = 0;
+  }
+  if (syscall(SYS_capset, &hdr, data) < 0) { Fail(env, "capset"); return {}; }
+  return env.Undefined();
+}
+
+// setNotDumpable(): PR_SET_DUMPABLE 0: /proc/PID/{fd,mem,environ...} of this process need
+// CAP_SYS_PTRACE, so a same-uid process with fewer capabilities (a confined worker of any
+// instance) cannot take our fds through /proc.
+Napi::Value SetNotDumpable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
+  return env.Undefined();
+}
+
+// setNoNewPrivs(): PR_SET_NO_NEW_PRIVS (execve can never grant privileges; seccomp needs it).
+Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) { Fail(env, "prctl"); return {}; }
+  return env.Undefined();
+}
+
+// The errno of a forked child's attempt (its exit code), or 0 when it succeeded. The child
+// calls only async-signal-safe functions.
+int InChild(Napi::Env env, int (*attempt)(const char*), const char* arg, bool* ok) {
+  pid_t pid = fork();
+  if (pid < 0) { *ok = Fail(env, "fork"); return 0; }
+  if (pid == 0) _exit(attempt(arg));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) { *ok = Fail(env, "waitpid"); return 0; }
+  }
+  *ok = true;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+}
+
+int TryExec(const char* path) {
+  char* const argv[] = {const_cast<char*>(path), nullptr};
+  char* const envp[] = {nullptr};
+  execve(path, argv, envp);
+  return errno;
+}
+
+int TrySetuidBack(const char*) {
+  if (setresuid(65534, 65534, 65534) < 0) return errno;
+  return setuid(0) < 0 ? errno : 0;
+}
+
+// probe(what, arg): what a compromised worker would try (`virtiofs-keeper sandbox-check`).
+// Returns 0 when the attempt succeeded, else its errno. what: "socket-inet" (socket(AF_INET)),
+// "connect-inet" (TCP to the IPv4 address arg, port 53), "ptrace" (PTRACE_ATTACH to pid arg),
+// "mount" (a tmpfs on arg), "execve" (arg, in a child), "setuid-back" (a child drops to 65534
+// and tries setuid(0)).
+Napi::Value Probe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "probe");
+  std::string what, arg;
+  if (!a.Count(2) || !a.String(0, "what", &what) || !a.String(1, "arg", &arg)) return {};
+  int err = 0;
+  if (what == "socket-inet" || what == "connect-inet") {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+    } else if (what == "connect-inet") {
+      sockaddr_in sa{};
+      sa.sin_family = AF_INET;
+      sa.sin_port = htons(53);
+      if (inet_pton(AF_INET, arg.c_str(), &sa.sin_addr) != 1) {
+        close(fd);
+        ThrowTypeError(env, "probe: connect-inet wants an IPv4 address");
+        return {};
+      }
+      if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) err = errno;
+    }
+    if (fd >= 0) close(fd);
+  } else if (what == "ptrace") {
+    long pid = std::strtol(arg.c_str(), nullptr, 10);
+    if (pid <= 0) { ThrowTypeError(env, "probe: ptrace wants a pid"); return {}; }
+    if (ptrace(PTRACE_ATTACH, static_cast<pid_t>(pid), nullptr, nullptr) < 0) err = errno;
+    else ptrace(PTRACE_DETACH, static_cast<pid_t>(pid), nullptr, nullptr);
+  } else if (what == "mount") {
+    if (mount("tmpfs", arg.c_str(), "tmpfs", 0, nullptr) < 0) err = errno;
+    else umount2(arg.c_str(), MNT_DETACH);
+  } else if (what == "execve" || what == "setuid-back") {
+    bool ok = false;
+    err = InChild(env, what == "execve" ? TryExec : TrySetuidBack, arg.c_str(), &ok);
+    if (!ok) return {};
+  } else {
+    ThrowTypeError(env, "probe: unknown attempt " + what, "ERR_INVALID_ARG_VALUE");
+    return {};
+  }
+  return Napi::Number::New(env, err);
+}
+
+}  // namespace
+
+void InitSandbox(Napi::Env env, Napi::Object exports) {
+  exports.Set("pivotRoot", Napi::Function::New(env, PivotRoot, "pivotRoot"));
+  exports.Set("chrootTo", Napi::Function::New(env, ChrootTo, "chrootTo"));
+  exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
+  exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
+  exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
+  exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
+}
+
+}  // namespace vfsk

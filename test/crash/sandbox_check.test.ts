@@ -1,0 +1,47 @@
+// `virtiofs-keeper sandbox-check` against a running instance: from inside a worker's sandbox
+// (namespace, chroot) it tries what a compromised worker would, including FDFETCH on that
+// instance's keeper.sock and ptrace of its keeper; the table says what was blocked, and the
+// instance is untouched.
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { keeperSocketPath } from '../../shared/config';
+import { openSession } from '../frontend/helpers';
+import { queryStatus } from '../../cli/status';
+import * as F from '../frontend/fuse_proto';
+import type { ProbeRow } from '../../cli/sandbox_check';
+
+const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'virtiofs-keeper.js');
+
+t.test('sandbox-check blocks what a compromised worker would try', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const s = await openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir] });
+  const before = queryStatus(stateDir);
+  const share = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-chk-'));
+  t.teardown(() => fs.rmSync(share, { recursive: true, force: true }));
+  for (const mode of ['namespace', 'chroot'] as const) {
+    const r = spawnSync(process.execPath, [BIN, 'sandbox-check', '--shared-dir', share, '--sandbox', mode, '--json',
+      '--other-keeper-sock', keeperSocketPath(stateDir)], { encoding: 'utf8', timeout: 60_000 });
+    const rows = JSON.parse(r.stdout) as ProbeRow[];
+    const row = (prefix: string): ProbeRow => rows.find((x) => x.attempt.startsWith(prefix)) ?? t.fail(`no row ${prefix}`) as never;
+    t.comment(`${mode}:\n${rows.map((x) => `  ${x.attempt}: ${x.blocked ? 'blocked' : 'NOT blocked'} (${x.result})`).join('\n')}`);
+    t.match(row('read /etc/shadow'), { blocked: true, result: 'ENOENT' }, `${mode}: /etc/shadow is not there`);
+    t.match(row('open the share\'s parent'), { blocked: true }, `${mode}: the host outside the share is not reachable`);
+    t.match(row('ptrace pid'), { blocked: true, result: 'EPERM' }, `${mode}: ptrace of the other instance's keeper: EPERM`);
+    t.match(row('mount a tmpfs'), { blocked: true, result: 'EPERM' }, `${mode}: mount: EPERM`);
+    t.match(row('execve /bin/sh'), { blocked: true, result: 'ENOENT' }, `${mode}: no shell to execute`);
+    t.match(row('setuid(0) after dropping'), { blocked: true, result: 'EPERM' }, `${mode}: no way back to uid 0`);
+    t.match(row('FDFETCH on another'), { blocked: true, result: 'ENOENT' }, `${mode}: the other instance's keeper.sock is out of sight`);
+    // Without a seccomp filter socket(AF_INET) works; namespace mode leaves it no network.
+    t.match(row('socket(AF_INET)'), { blocked: false }, `${mode}: socket(AF_INET) is not blocked yet (no seccomp filter)`);
+    if (mode === 'namespace') t.match(row('connect to 1.1.1.1'), { blocked: true, result: 'ENETUNREACH' }, 'namespace: no route out');
+    t.equal(r.status, 1, `${mode}: so the check exits 1`);
+  }
+  const after = queryStatus(stateDir);
+  t.same(after.fdNames, before.fdNames, 'the instance holds the same fds');
+  t.equal(after.worker.pid, before.worker.pid, 'and the same worker');
+  t.ok((await s.fuse.getattr(F.FUSE_ROOT_ID)).attr.ino > 0n, 'and serves');
+});
