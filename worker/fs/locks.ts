@@ -184,11 +184,19 @@ export class Locks {
   }
 
   /** DESTROY: ends every parked wait (before the fds go: a parked wait holds its fd busy) and
-   * unlocks every owner's locks (the session reset then closes the fds). */
+   * unlocks every owner's locks and every open file's flock locks (the session reset then
+   * closes the fds, but the keeper's copies would keep the locks a moment longer). */
   endAll(): void {
     const ended = this.waits.cancelAll();
     if (ended > 0) this.log.info({ ended }, 'parked lock waits ended by the session reset');
     for (const rec of this.session.allLockOwners()) this.unlockAll(rec.fdName, this.fds.get(rec.fdName));
+    for (const file of this.session.allFiles()) {
+      try {
+        native.flock(this.fds.get(file.fdName), K.LOCK_UN);
+      } catch (e) {
+        this.log.warn({ err: errorInfo(e), fh: file.fh }, 'flock(LOCK_UN) at the session reset failed');
+      }
+    }
   }
 
   /** Resume: a plock fd that no session record names was created by a request whose outcome
