@@ -51,8 +51,9 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   process.on('SIGINT', onSignal);
   try {
     keeper.start();
-    keeper.dropPrivileges();
+    // Before the keeper gives up its capabilities: --socket-group chowns the socket.
     extra.onStarted?.();
+    keeper.dropPrivileges();
   } catch (e) {
     log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');
     process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);
