@@ -27,6 +27,7 @@ import type { InodeFileHandles } from '../../shared/config';
 import { native, STAT } from '../../shared/native';
 import { errorInfo } from '../../shared/errors';
 import { LogRateLimiter } from '../../shared/rate_limit';
+import { at } from '../../shared/pinned_dirs';
 import { FsError } from './filesystem';
 import type { FsSession, InodeHandle, InodeRecord } from './session';
 import * as K from './host_constants';
@@ -70,7 +71,9 @@ export function probeHandles(mode: InodeFileHandles, rootFd: number): InodeHandl
 
 /** The root (an O_PATH fd) opened for reading: a mount fd open_by_handle_at accepts. */
 function openMountFd(rootFd: number): number {
-  return native.openat(K.AT_FDCWD, `/proc/self/fd/${rootFd}`, K.O_RDONLY | K.O_DIRECTORY | K.O_CLOEXEC, 0);
+  // Through the pinned /proc/self/fd once the worker is confined (there is no /proc in its root).
+  const link = at(`/proc/self/fd/${rootFd}`);
+  return native.openat(link.dirFd, link.name, K.O_RDONLY | K.O_DIRECTORY | K.O_CLOEXEC, 0);
 }
 
 function errnoName(e: unknown): string {
