@@ -33,7 +33,10 @@ walk() {
 walk PASS1
 walk PASS2
 echo WALKED
-while [ ! -e /mnt/stop ]; do sleep 0.2; done
+# Bounded: if lookups fail (EMFILE), the stop file is never seen and the test must fail, not hang.
+n=0
+while [ ! -e /mnt/stop ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n + 1)); done
+[ -e /mnt/stop ] || { echo "FAIL: /mnt/stop never seen"; exit 1; }
 echo DONE
 `;
 
