@@ -15,8 +15,8 @@ function fdKinds(pid: number): string[] {
   const out: string[] = [];
   for (const f of fs.readdirSync(`/proc/${pid}/fd`)) {
     try {
-      // A confined worker's pinned /proc/self/fd (worker/sandbox.ts) names its own pid.
-      out.push(fs.readlinkSync(`/proc/${pid}/fd/${f}`).replace(/\[\d+\]/, '[]').replace(/\(deleted\)/, '').replace(/^\/\d+\/fd$/, '/PID/fd'));
+      // A confined worker's pinned /proc/self/fd and /proc/self/fdinfo (worker/sandbox.ts) name its own pid.
+      out.push(fs.readlinkSync(`/proc/${pid}/fd/${f}`).replace(/\[\d+\]/, '[]').replace(/\(deleted\)/, '').replace(/^\/\d+\/(fd|fdinfo)$/, '/PID/$1'));
     } catch { /* closed meanwhile */ }
   }
   return out.sort();
