@@ -139,13 +139,13 @@ async function serve(o: VirtiofsdServe): Promise<number> {
   return keeperCommand({
     sharedDir: path.resolve(o.sharedDir), socketPath: socketPath ?? `(inherited fd ${o.fd})`, stateDir, cache: o.cache,
     numRequestQueues: 1, keepListening: false, xattr: o.xattr, standby: true, maxLockWaits: 1024, readonly: o.readonly,
-    inodeFileHandles: o.inodeFileHandles, sandbox: o.sandbox,
+    inodeFileHandles: o.inodeFileHandles, sandbox: o.sandbox, seccomp: o.seccomp,
     // Not used: the embedded keeper trusts the workers it spawns by their socketpair.
     workerPeers: 'unit', workerUnit: '',
   }, true, {
     ...(o.fd !== null ? { listenFd: o.fd } : {}),
     removeStateDir: true,
-    posixLocks: o.posixLocks, flockLocks: o.flockLocks, readdirplus: o.readdirplus, seccomp: o.seccomp,
+    posixLocks: o.posixLocks, flockLocks: o.flockLocks, readdirplus: o.readdirplus,
     ...(o.rlimitNofile !== null ? { rlimitNofile: o.rlimitNofile } : {}),
     onStarted: () => {
       if (o.socketGroup !== null && socketPath !== null) fs.chownSync(socketPath, -1, groupId(o.socketGroup));

@@ -12,7 +12,10 @@
 //
 // What the worker still reaches outside, through fds opened before (shared/pinned_dirs.ts): the
 // state directory (journal, compaction) and /proc/self/fd (re-opening inodes). Then every
-// capability but PASSTHROUGH_CAPS leaves the bounding, permitted and effective sets.
+// capability but PASSTHROUGH_CAPS leaves the bounding, permitted and effective sets, and last
+// the seccomp filter (worker/seccomp_policy.ts) is installed on every thread: from then on a
+// syscall outside the allow-list kills the worker (--seccomp kill; trap and log for finding
+// what a new Node.js version needs).
 //
 // No lazy loading: the worker's whole module graph is imported statically by worker.ts before
 // this runs (cli/main.ts imports it, then calls workerMain), and Node's built-in modules are in
@@ -24,7 +27,8 @@ import type { Logger } from '../shared/log';
 import { native } from '../shared/native';
 import { pinDir } from '../shared/pinned_dirs';
 import { BugError } from '../shared/errors';
-import type { SandboxMode } from '../shared/config';
+import type { SandboxMode, SeccompAction } from '../shared/config';
+import { seccompRules } from './seccomp_policy';
 import { PASSTHROUGH_CAPS, capMask } from '../shared/capabilities';
 
 /** The argv prefix that starts a worker in its own namespaces for `mode` (embedded mode). */
@@ -37,7 +41,7 @@ export function sandboxLauncher(mode: SandboxMode, euid: number): string[] {
 let entered: SandboxMode | null = null;
 
 /** Confines this process (see the header). */
-export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: string, log: Logger): void {
+export function enterSandbox(mode: SandboxMode, seccomp: SeccompAction, sharedDir: string, stateDir: string, log: Logger): void {
   if (entered !== null) throw new BugError(`sandbox entered twice (${entered}, then ${mode})`);
   pinDir(stateDir);
   pinDir('/proc/self/fd');
@@ -54,7 +58,16 @@ export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: str
   if (mode !== 'none') native.setNotDumpable();
   entered = mode;
   if (mode !== 'none') forbidLazyLoading();
-  log.info({ sandbox: mode, sharedDir }, 'worker confined');
+  if (seccomp === 'none') {
+    log.warn('the worker runs without a seccomp filter (--seccomp none)');
+  } else {
+    // For deriving the allow-list only (docs/ARCHITECTURE.md, "Security model"): every worker of
+    // a test run lets refused calls through and the kernel log names them.
+    const derive = process.env.VFSK_SECCOMP_DERIVE === 'log';
+    if (derive) log.warn('VFSK_SECCOMP_DERIVE=log: seccomp logs instead of refusing (for deriving the allow-list)');
+    native.seccompInstall(seccompRules(process.pid), derive ? 'log' : seccomp, Number(process.env.VFSK_LOG_FD ?? 1));
+  }
+  log.info({ sandbox: mode, seccomp, sharedDir }, 'worker confined');
 }
 
 /** After the pivot, a require() that needs a file not loaded yet cannot find it: that is a bug,
