@@ -40,6 +40,8 @@ const VALID_FILE_TYPES = new Set([0o140000, 0o120000, 0o100000, 0o060000, 0o0400
 
 /** A session mutation or snapshot that contradicts the session (replayed state that does not fit). */
 export class FsSessionError extends StateError {}
+/** A snapshot of a version this build does not know (a newer writer's): never guessed at. */
+export class SnapshotVersionError extends FsSessionError {}
 
 /** A file handle (name_to_handle_at) that names an inode without holding an fd: the inode is
  * opened again with open_by_handle_at (inode_fds.ts). The handle carries the inode's
@@ -555,7 +557,7 @@ export class FsSession {
     const version = (input as { version?: unknown } | null)?.version;
     const compact = version === 2 || version === 3;
     if (version !== SESSION_VERSION && !compact) {
-      throw new FsSessionError(`unsupported session snapshot version ${JSON.stringify(version)} (expected ${SESSION_VERSION}, 2 or 3)`);
+      throw new SnapshotVersionError(`unsupported session snapshot version ${JSON.stringify(version)} (expected ${SESSION_VERSION}, 2 or 3)`);
     }
     const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs',
       ...(version === 3 ? ['inodeHandles'] : [])], ['lockOwners']);

@@ -7,7 +7,10 @@
 // fails its CRC means the file is corrupt, which is a hard, clearly reported error.
 //
 // Layout: header page { magic "VFSKSTAT", u32 format version, u32 schema version,
-// u64 committed end, u64 generation }, then records { u32 length, u32 crc32, payload }.
+// u64 committed end, u64 generation, u32 min reader schema, u8 length + the writer's version },
+// then records { u32 length, u32 crc32, payload }. (Files written before the last two fields
+// have zeros there: min reader = their schema, writer unrecorded.) Which schemas a worker reads
+// is the compatibility rule in docs/ARCHITECTURE.md, "State schema compatibility".
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { Packr } from 'msgpackr';
@@ -20,6 +23,9 @@ export const STATE_FORMAT_VERSION = 1;
 export const DATA_START = 4096;
 const COMMIT_OFFSET = 16;
 const GENERATION_OFFSET = 24;
+const MIN_READER_OFFSET = 32;
+const WRITER_OFFSET = 36;
+const MAX_WRITER_LENGTH = 64;
 const RECORD_HEADER = 8;
 const INITIAL_CAPACITY = 1 << 20;
 /** A single record larger than this is a bug or a corrupt length field. */
@@ -29,6 +35,40 @@ export class StateFileError extends StateError {
   constructor(message: string, readonly path: string) {
     super(`${path}: ${message}`);
   }
+}
+
+/** Who wrote a state file and who may read it (the header's compatibility fields). */
+export interface SchemaStamp {
+  /** The schema its records are in. */
+  schema: number;
+  /** The oldest reader schema that reads everything in it correctly (<= schema). */
+  minReader: number;
+  /** The writer's package version ('' in files from before it was recorded). */
+  writer: string;
+}
+
+/** A reader of schema `schema` (this build's) and its version, for the compatibility rule. */
+export interface SchemaReader {
+  schema: number;
+  version: string;
+}
+
+/** The compatibility rule: a reader of schema R reads every schema from 1 to R, and a newer
+ * file only if its writer declared it readable by R (minReader <= R). */
+export function canRead(reader: number, file: { schema: number; minReader: number }): boolean {
+  return (file.schema >= 1 && file.schema <= reader) || (file.minReader >= 1 && file.minReader <= reader);
+}
+
+/** A state file this build must not read (newer schema not declared readable by ours, or a
+ * record it does not know): names both versions, never a silent misread. */
+export class StateVersionError extends StateFileError {
+  constructor(readonly file: SchemaStamp, readonly reader: SchemaReader, path: string, detail?: string) {
+    super(`${describeWriter(file)}; this worker (virtiofs-keeper ${reader.version}) reads state schemas 1 to ${reader.schema}${detail ? ` (${detail})` : ''}: refusing it rather than misreading it`, path);
+  }
+}
+
+export function describeWriter(f: SchemaStamp): string {
+  return `state written by ${f.writer ? `virtiofs-keeper ${f.writer}` : 'an older virtiofs-keeper'} in schema ${f.schema}${f.minReader < f.schema ? ` (readable from schema ${f.minReader})` : ''}`;
 }
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'bigint' });
@@ -53,7 +93,8 @@ export class StateJournal {
   private staged: number;
   private closed = false;
 
-  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number, readonly schemaVersion: number) {
+  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number, readonly schemaVersion: number,
+    readonly stamp: SchemaStamp = { schema: schemaVersion, minReader: schemaVersion, writer: '' }) {
     this.fd = fd;
     this.map = map;
     this.bytes = new Uint8Array(map);
@@ -65,7 +106,8 @@ export class StateJournal {
 
   /** Creates (or atomically replaces) the state file. `initialPayloads` are committed before the
    * rename, so compaction (a snapshot record replacing a long journal) is crash-safe. */
-  static create(path: string, schemaVersion: number, generation = 0n, initialPayloads: Buffer[] = []): StateJournal {
+  static create(path: string, schemaVersion: number, generation = 0n, initialPayloads: Buffer[] = [],
+    compat: { minReader: number; writer: string } = { minReader: schemaVersion, writer: '' }): StateJournal {
     // Through the state directory's fd once the worker is confined (shared/pinned_dirs.ts).
     const { dirFd, name } = at(path);
     const tmp = `${name}.new`;
@@ -85,8 +127,12 @@ export class StateJournal {
       view.setUint32(8, STATE_FORMAT_VERSION, true);
       view.setUint32(12, schemaVersion, true);
       view.setBigUint64(GENERATION_OFFSET, generation, true);
+      view.setUint32(MIN_READER_OFFSET, compat.minReader, true);
+      const writer = Buffer.from(compat.writer, 'latin1').subarray(0, MAX_WRITER_LENGTH);
+      bytes[WRITER_OFFSET] = writer.length;
+      bytes.set(writer, WRITER_OFFSET + 1);
       native.storeReleaseU64(map, COMMIT_OFFSET, BigInt(DATA_START));
-      journal = new StateJournal(path, fd, map, DATA_START, schemaVersion);
+      journal = new StateJournal(path, fd, map, DATA_START, schemaVersion, { schema: schemaVersion, ...compat, writer: writer.toString('latin1') });
       for (const p of initialPayloads) journal.appendEncoded(p);
       native.renameat2(dirFd, tmp, dirFd, name, 0);
       return journal;
@@ -102,9 +148,10 @@ export class StateJournal {
   }
 
   /** Opens an existing state file; validates the header. `schemaVersions`: those the caller
-   * can read. */
-  static open(path: string, schemaVersions: number | readonly number[]): StateJournal {
-    const readable = typeof schemaVersions === 'number' ? [schemaVersions] : schemaVersions;
+   * can read, or a reader to which the compatibility rule (canRead) applies. */
+  static open(path: string, schemaVersions: number | readonly number[] | SchemaReader): StateJournal {
+    const reader = typeof schemaVersions === 'object' && !Array.isArray(schemaVersions) ? schemaVersions as SchemaReader : null;
+    const readable = typeof schemaVersions === 'number' ? [schemaVersions] : reader === null ? schemaVersions as readonly number[] : [];
     const { dirFd, name } = at(path);
     const fd = native.openat(dirFd, name, C.O_RDWR! | C.O_CLOEXEC!, 0);
     try {
@@ -119,7 +166,17 @@ export class StateJournal {
       const view = new DataView(map);
       const format = view.getUint32(8, true);
       const schema = view.getUint32(12, true);
-      if (format !== STATE_FORMAT_VERSION || !readable.includes(schema)) {
+      const minReaderField = view.getUint32(MIN_READER_OFFSET, true);
+      const writerLength = Math.min(bytes[WRITER_OFFSET]!, MAX_WRITER_LENGTH);
+      const stamp: SchemaStamp = {
+        schema, minReader: minReaderField === 0 ? schema : Math.min(minReaderField, schema),
+        writer: Buffer.from(bytes.subarray(WRITER_OFFSET + 1, WRITER_OFFSET + 1 + writerLength)).toString('latin1').replace(/[^\x21-\x7e]/g, '?'),
+      };
+      if (reader !== null && format === STATE_FORMAT_VERSION && !canRead(reader.schema, stamp)) {
+        native.munmap(map);
+        throw new StateVersionError(stamp, reader, path);
+      }
+      if (format !== STATE_FORMAT_VERSION || (reader === null && !readable.includes(schema))) {
         native.munmap(map);
         throw new StateFileError(`unsupported version (format ${format}, schema ${schema}; this build reads format ${STATE_FORMAT_VERSION}, schema ${readable.join(' or ')})`, path);
       }
@@ -128,7 +185,7 @@ export class StateJournal {
         native.munmap(map);
         throw new StateFileError(`commit offset ${committed} outside the file (${size} bytes)`, path);
       }
-      return new StateJournal(path, fd, map, committed, schema);
+      return new StateJournal(path, fd, map, committed, schema, stamp);
     } catch (e) {
       fs.closeSync(fd);
       throw e;

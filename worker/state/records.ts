@@ -23,8 +23,9 @@
 //   openLockOwner num id, num nodeid, num fh, u64 owner, u32 pid      closeLockOwner num id
 //   addInodeHandle (an addInode whose inode has a file handle): addInode's fields, then
 //     u64 mountId, i32 handleType, u8 length, the handle's bytes (1..128)
-// Kinds are only ever appended (a journal of an older worker stays readable; an older worker
-// meets an unknown kind in a newer journal and refuses it as unusable state).
+// Kinds are only ever appended, each with a new schema (state_store.ts): a journal of an older
+// worker stays readable; an older worker meets an unknown kind or tag only in a newer journal,
+// and refuses it (UnknownRecordError → StateVersionError naming both versions).
 import { MAX_HANDLE_BYTES, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
@@ -48,6 +49,9 @@ export const MAX_MUTATION_SIZE = 176;
 const MAX_STR = 255;
 
 export class RecordDecodeError extends StateError {}
+/** A record tag or mutation kind this build does not know: a newer writer's (see the
+ * compatibility rule in docs/ARCHITECTURE.md), refused as such, never skipped. */
+export class UnknownRecordError extends RecordDecodeError {}
 
 /** A decoded request-path record, in the shape the loader folds. */
 export type DecodedRecord =
@@ -262,7 +266,7 @@ function readMutation(r: Reader): FsMutation {
     case 'closeLockOwner':
       return { op, id: r.uint('id') };
     default:
-      throw new RecordDecodeError(`unknown mutation kind ${code} (written by a newer version?)`);
+      throw new UnknownRecordError(`unknown mutation kind ${code}`);
   }
 }
 
@@ -313,7 +317,7 @@ export function decodePayload(payload: Buffer): DecodedRecord {
       out = { t: 'death', key: r.str('key') };
       break;
     default:
-      throw new RecordDecodeError(`unknown record tag ${tag}`);
+      throw new UnknownRecordError(`unknown record tag ${tag}`);
   }
   r.end();
   return out;

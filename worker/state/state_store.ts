@@ -19,7 +19,9 @@ import type { VhostSessionState } from '../vhost/backend';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
 import { FsSession, type FsMutation } from '../fs/session';
-import { StateJournal, decodeRecord } from './journal';
+import { StateJournal, StateVersionError, decodeRecord, type SchemaReader } from './journal';
+import { VERSION } from '../../shared/version';
+import { SnapshotVersionError } from '../fs/session';
 import * as R from './records';
 import { checkPending, checkVhostState, type PendingRec } from './control_records';
 import { fail, isObj, isUint } from './validate';
@@ -28,9 +30,19 @@ import { RequestLog } from './request_log';
 import { DurabilityBarrier } from './durability';
 import type { JournalWriter, RecordFill } from './journal_writer';
 
-/** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads. */
+/** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads.
+ * The compatibility rule (docs/ARCHITECTURE.md, "State schema compatibility"): anything a reader
+ * must know to not misread a file (a record tag, a mutation kind, a snapshot version, a record
+ * field it must not ignore) is a new SCHEMA_VERSION; this build reads every schema from 1 to its
+ * own, and a newer file only if it says SCHEMA_MIN_READER <= ours. */
 export const SCHEMA_VERSION = 2;
-const READABLE_SCHEMAS = [1, 2] as const;
+/** The oldest reader schema that reads what this build writes: SCHEMA_VERSION unless the last
+ * schema change is one older readers skip correctly by construction (e.g. an optional msgpack
+ * field their validators ignore). */
+export const SCHEMA_MIN_READER = 2;
+/** Who this build is, for the rule and its errors. */
+export const SCHEMA_READER: SchemaReader = { schema: SCHEMA_VERSION, version: VERSION };
+const WRITER = { minReader: SCHEMA_MIN_READER, writer: VERSION };
 /** Compact when the journal passes this many bytes, or COMPACT_RATIO times the last snapshot,
  * whichever is more. A restarted worker replays the records since the last snapshot (about
  * 45 ns per byte: 70 ms for 1.6 MB of LOOKUP outcomes), while a snapshot costs ~10 ms per
@@ -73,6 +85,7 @@ function* looseRecords(journal: StateJournal, path: string, sizes: { last: numbe
     try {
       d = R.decodePayload(payload);
     } catch (e) {
+      if (e instanceof R.UnknownRecordError) throw new StateVersionError(journal.stamp, SCHEMA_READER, path, e.message);
       fail(path, `record does not decode: ${(e as Error).message}`);
     }
     switch (d.t) {
@@ -87,7 +100,7 @@ function* looseRecords(journal: StateJournal, path: string, sizes: { last: numbe
 
 /** Folds the journal into the state a restarted worker resumes from. */
 export function loadState(path: string): LoadedState {
-  const journal = StateJournal.open(path, READABLE_SCHEMAS);
+  const journal = StateJournal.open(path, SCHEMA_READER);
   try {
     const st: LoadedState = {
       vhost: null, init: null, fs: null, ctlSeq: 0, pending: null, ops: new Map(), discardedMutations: 0,
@@ -117,6 +130,7 @@ export function loadState(path: string): LoadedState {
           try {
             st.fs = r.fs === null ? null : FsSession.fromSnapshot(r.fs);
           } catch (e) {
+            if (e instanceof SnapshotVersionError) throw new StateVersionError(journal.stamp, SCHEMA_READER, path, e.message);
             fail(path, `fs snapshot: ${(e as Error).message}`);
           }
           if (!isUint(r.ctlSeq)) fail(path, 'snapshot ctlSeq');
@@ -193,7 +207,7 @@ export function loadState(path: string): LoadedState {
           if (st.pending !== null && st.pending.seq === r.seq) st.pending = null;
           break;
         default:
-          fail(path, `unknown record type ${JSON.stringify(r.t).slice(0, 40)}`);
+          throw new StateVersionError(journal.stamp, SCHEMA_READER, path, `unknown record type ${JSON.stringify(r.t).slice(0, 40)}`);
       }
     }
     for (const h of held.values()) st.discardedMutations += h.length;
@@ -243,7 +257,7 @@ export class StateStore implements JournalWriter {
     // A fresh start (or an older schema) writes the folded state as a new journal's first record.
     const payload = R.genericPayload(this.snapshot(loaded?.vhost ?? null, loaded?.init ?? null, loaded?.fs ?? null));
     this.snapshotBytes = payload.length;
-    this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [payload]);
+    this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [payload], WRITER);
   }
 
   private snapshot(vhost: VhostSessionState | null, init: InitResult | null, fs: FsSession | null): R.GenericRecord {
@@ -300,7 +314,7 @@ export class StateStore implements JournalWriter {
     const payload = R.genericPayload(this.snapshot(s.vhost(), s.init(), s.fs()));
     let fresh: StateJournal;
     try {
-      fresh = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [payload]);
+      fresh = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [payload], WRITER);
     } catch (e) {
       // Out of fds, memory or tmpfs space: the journal we have stays valid and keeps growing;
       // compaction is tried again later. A request must not fail for it.
