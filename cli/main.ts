@@ -70,11 +70,12 @@ function workerStateDir(argv: string[]): string | null {
 
 async function workerCommand(stateDir: string): Promise<void> {
   const { workerMain } = await import('../worker/worker');
-  const { EXIT_START_FAILED, EXIT_STATE_UNUSABLE } = await import('../shared/config');
+  const { EXIT_START_FAILED, EXIT_STATE_UNUSABLE, EXIT_HANDED_OVER } = await import('../shared/config');
   const code = await workerMain(path.resolve(stateDir));
   // A start that failed half-way may have left pollers running (the frontend connection, kick
-  // eventfds): exit now, so that nothing of it keeps serving beside the successor.
-  if (code === EXIT_START_FAILED || code === EXIT_STATE_UNUSABLE) process.exit(code);
+  // eventfds): exit now, so that nothing of it keeps serving beside the successor. A drained
+  // worker exits at once too: its successor starts when it is gone.
+  if (code === EXIT_START_FAILED || code === EXIT_STATE_UNUSABLE || code === EXIT_HANDED_OVER) process.exit(code);
   process.exitCode = code;
 }
 
@@ -124,6 +125,21 @@ function cli(y: Argv): Promise<unknown> {
           ...(a.name !== undefined ? { name: a.name } : {}),
           ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
           json: a.json, prometheus: a.prometheus, watch: a.watch,
+        });
+      })
+    .command('upgrade [name]', 'hand the session to a worker started from the installed files: a graceful drain, the pause reported',
+      (y) => y
+        .positional('name', { type: 'string', describe: 'export name' })
+        .option('state-dir', { type: 'string', describe: 'state directory (instead of a name)' })
+        .option('timeout-ms', { type: 'number', describe: 'give up if no new worker serves within this long (default 60000)' })
+        .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' }),
+      async (a) => {
+        const { upgradeCommand } = await import('./upgrade');
+        process.exitCode = upgradeCommand({
+          ...(a.name !== undefined ? { name: a.name } : {}),
+          ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
+          ...(a['timeout-ms'] !== undefined ? { timeoutMs: a['timeout-ms'] } : {}),
+          json: a.json,
         });
       })
     .command('sandbox-check', 'build the worker\'s sandbox and try what a compromised worker would; print what was blocked',

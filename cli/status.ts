@@ -34,6 +34,11 @@ export function formatStatus(r: StatusReport): string {
   }
   if (r.worker.lastExit) row('last exit', `${r.worker.lastExit.signal ?? `code ${r.worker.lastExit.code}`} at ${r.worker.lastExit.at}`);
   row('recovery', `last ${ms(r.recovery.lastMs)}, p50 ${ms(r.recovery.p50Ms)}, max ${ms(r.recovery.maxMs)} (${r.recovery.count} recoveries)`);
+  const u = r.upgrades;
+  if (u !== null && (u.count > 0 || u.failed > 0 || u.inProgress)) {
+    const last = u.last === null ? '' : `; last ${u.last.result}${u.last.mode ? ` (${u.last.mode})` : ''} ${u.last.oldVersion ?? '?'} → ${u.last.newVersion ?? '?'}, pause ${ms(u.last.pauseMs)} at ${u.last.at}`;
+    row('upgrades', `${u.count} done, ${u.failed} refused or failed${u.inProgress ? ', one in progress' : ''}; pause p50 ${ms(u.pauseP50Ms)}, p99 ${ms(u.pauseP99Ms)}, max ${ms(u.pauseMaxMs)}${last}`);
+  }
   row('vhost-user', r.vhost.connected ? 'connected' : 'not connected');
   for (const q of r.vhost.queues) {
     row(`  queue ${q.index}${q.index === 0 ? ' (hiprio)' : ''}`, `size ${q.size}, ${q.running ? 'running' : 'stopped'}, last avail ${q.lastAvail}, used ${q.used}, in flight ${q.inflight}`);

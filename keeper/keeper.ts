@@ -75,6 +75,7 @@ export class Keeper implements KeeperSocketHandler {
       drainWorker: (pid) => this.socket?.drainPid(pid),
       isConnected: (peer) => this.socket?.isOpen(peer) ?? false,
       handOver: (peer) => this.socket?.send(peer, { type: 'takeover' }) ?? false,
+      drain: (pid) => this.activePeer !== null && this.activePeer.pid === pid && (this.socket?.send(this.activePeer, { type: 'drain' }) ?? false),
       gaveUp: () => {
         this.log.error({ error: this.error }, 'worker cannot use the saved state; not restarting. The keeper keeps all fds.');
         this.watchFrontendHangup();
@@ -173,7 +174,7 @@ export class Keeper implements KeeperSocketHandler {
         return;
       case 'notify':
         if (msg.status !== null) this.lastStatus = msg.status;
-        if (msg.ready && this.supervisor.onReady(peer)) {
+        if (msg.ready && this.supervisor.onReady(peer, msg.worker ?? null)) {
           this.activePeer = peer;
           // A worker serves: why an earlier one could not start is history.
           this.error = null;
@@ -195,7 +196,18 @@ export class Keeper implements KeeperSocketHandler {
         this.error = msg.error;
         return;
       case 'standby':
-        this.supervisor.onStandby(peer);
+        this.supervisor.onStandby(peer, msg.worker ?? null);
+        return;
+      case 'upgrade':
+        // From the CLI (an observer): answered when the upgrade is over, on this connection.
+        this.supervisor.startUpgrade(msg.timeoutMs, (result) => { this.socket?.send(peer, { type: 'upgraded', result }); });
+        return;
+      case 'drained':
+        this.supervisor.onDrained(peer, msg.pausedNs, msg.left);
+        return;
+      case 'resumed':
+        this.supervisor.onResumed(peer, msg.resumedNs);
+        this.writeMetrics();
         return;
       case 'sync':
         // Every earlier message of this peer is handled (one connection, read in order).
@@ -255,7 +267,7 @@ export class Keeper implements KeeperSocketHandler {
       }
     }
     const more = f.next < f.names.length;
-    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true } };
+    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true, upgrade: true } };
     if (this.socket!.send(peer, msg, fds) && !more) peer.fetch = null;
   }
 
@@ -295,6 +307,7 @@ export class Keeper implements KeeperSocketHandler {
       recovery,
       fdNames: this.store.countsByKind(),
       workerStats: this.lastStats,
+      upgrades: this.supervisor.upgradeStatus(),
     };
   }
 

@@ -4,10 +4,10 @@
 // is logged; the connection stays (a worker's next message may be fine).
 //
 // Trust: a peer is a 'worker' (may store, fetch and remove fds, report, take over) or an
-// 'observer' (may ask X_STATUSQUERY, nothing else). Workers the keeper spawns get a connected
+// 'observer' (may ask X_STATUSQUERY or X_UPGRADE, nothing else). Workers the keeper spawns get a connected
 // socketpair end at spawn (adopt(..., 'worker')); a connection accepted on the path is whatever
 // the keeper's classify() says of its SO_PEERCRED pid (under systemd: a process of the worker
-// unit). An observer that sends anything but a status query is refused, logged at a bounded
+// unit). An observer that sends anything else is refused, logged at a bounded
 // rate, and disconnected: a process of our uid that is not our worker cannot touch the fds.
 import * as fs from 'node:fs';
 import type { Logger } from '../shared/log';
@@ -219,7 +219,9 @@ export class KeeperSocket {
         this.badMessage(c, e);
         continue;
       }
-      if (c.role === 'observer' && msg.type !== 'statusQuery') {
+      // Observers (the CLI) may ask for the status and for a planned upgrade: both only start
+      // what the keeper would do anyway, from files of its own installation.
+      if (c.role === 'observer' && msg.type !== 'statusQuery' && msg.type !== 'upgrade') {
         for (const fd of r.fds) native.close(fd);
         this.refuseObserver(c, msg.type);
         return;

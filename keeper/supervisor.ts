@@ -12,8 +12,9 @@ import type { Logger } from '../shared/log';
 import { native } from '../shared/native';
 import { errorInfo } from '../shared/errors';
 import { LogRateLimiter } from '../shared/rate_limit';
-import { EXIT_STATE_UNUSABLE } from '../shared/config';
-import { RECOVERY_BUCKETS_MS, type BackoffStatus, type ExitInfo, type KeeperStatus } from '../shared/keeper_protocol';
+import { EXIT_HANDED_OVER, EXIT_STATE_UNUSABLE } from '../shared/config';
+import { RECOVERY_BUCKETS_MS, type BackoffStatus, type ExitInfo, type KeeperStatus, type UpgradeResult, type UpgradeStatus, type WorkerInfo } from '../shared/keeper_protocol';
+import { DEFAULT_UPGRADE_TIMEOUT_MS, UpgradeLog, incompatibility, type Upgrade } from './upgrade';
 import { canLowerNiceness, setProcessNiceness } from './niceness';
 import type { KeeperPeer } from './keeper_socket';
 
@@ -46,6 +47,8 @@ export interface SupervisorHost {
   isConnected(peer: KeeperPeer): boolean;
   /** Tell the standby to take over; false if that failed. */
   handOver(peer: KeeperPeer): boolean;
+  /** Tell the serving worker `pid` to drain (X_DRAIN, a planned upgrade); false if that failed. */
+  drain(pid: number): boolean;
   /** The worker cannot use the state: no more restarts (the keeper keeps every fd). */
   gaveUp(): void;
   /** The service is over (a worker exited cleanly). */
@@ -82,7 +85,7 @@ const RECENT_RECOVERIES = 200;
 export class WorkerSupervisor {
   private phase: WorkerPhase = { state: 'starting', pid: null, startedAt: null, readyAt: null, progress: false };
   private child: ChildProcess | null = null;
-  private standby: { child: ChildProcess; peer: KeeperPeer | null; spawnedAt: bigint; niced: boolean } | null = null;
+  private standby: { child: ChildProcess; peer: KeeperPeer | null; spawnedAt: bigint; niced: boolean; info: WorkerInfo | null } | null = null;
   private standbyTimer: NodeJS.Timeout | null = null;
   /** The successor running with RECOVERY_BOOST, and when its boost ends at the latest. */
   private boosted: { pid: number; timer: NodeJS.Timeout } | null = null;
@@ -100,6 +103,10 @@ export class WorkerSupervisor {
   /** Whether a standby's niceness can be restored at takeover (CAP_SYS_NICE or RLIMIT_NICE). */
   private readonly canRenice = canLowerNiceness();
   private readonly spawnErrors = new LogRateLimiter();
+  /** Who the serving worker is (its READY), and the planned upgrade in progress, if any. */
+  private activeInfo: WorkerInfo | null = null;
+  private upgrade: Upgrade | null = null;
+  private readonly upgrades = new UpgradeLog();
 
   constructor(private readonly opts: SupervisorOptions, private readonly host: SupervisorHost, private readonly log: Logger) {}
 
@@ -126,7 +133,7 @@ export class WorkerSupervisor {
   // --- what the worker reports over keeper.sock
 
   /** READY from `peer`: the active worker serves (under systemd, whoever says READY is it). */
-  onReady(peer: KeeperPeer): boolean {
+  onReady(peer: KeeperPeer, info: WorkerInfo | null = null): boolean {
     const p = this.phase;
     if (this.embedded) {
       // A pid is known only while a worker process is alive.
@@ -137,6 +144,7 @@ export class WorkerSupervisor {
         ? { ...p, state: 'running', readyAt: p.readyAt ?? Date.now() }
         : { state: 'running', pid: peer.pid, startedAt: new Date().toISOString(), readyAt: Date.now(), progress: false };
     }
+    this.activeInfo = info;
     this.scheduleStandby();
     return true;
   }
@@ -174,10 +182,12 @@ export class WorkerSupervisor {
   }
 
   /** X_STANDBY: our standby is loaded and waits for the takeover. */
-  onStandby(peer: KeeperPeer): void {
+  onStandby(peer: KeeperPeer, info: WorkerInfo | null = null): void {
     const sb = this.standby;
     if (sb === null || sb.child.pid !== peer.pid) return;
     sb.peer = peer;
+    sb.info = info;
+    if (this.upgrade?.phase === 'standby' && this.upgrade.newPid === peer.pid) this.upgradeStandbyReady();
     this.log.debug({ standbyPid: peer.pid, startMs: Math.round(Number(process.hrtime.bigint() - sb.spawnedAt) / 1e5) / 10 }, 'standby worker ready');
   }
 
@@ -185,6 +195,14 @@ export class WorkerSupervisor {
    * it). */
   onActivePeerClosed(peer: KeeperPeer): void {
     if (this.embedded || this.stopping) return;
+    const u = this.upgrade;
+    if (u !== null && u.phase === 'draining' && u.oldPid === peer.pid) {
+      // A planned handover: systemd starts the successor (Restart=always); not a death.
+      u.phase = 'handover';
+      this.phase = { state: 'restarting', pid: null };
+      this.log.info({ workerPid: peer.pid }, 'worker handed over for an upgrade; systemd starts its successor');
+      return;
+    }
     this.deathAt = process.hrtime.bigint();
     this.restarts++;
     this.lastExit = { code: null, signal: null, at: new Date().toISOString() };
@@ -289,7 +307,7 @@ export class WorkerSupervisor {
     if (this.canRenice && child.pid !== undefined) {
       niced = setProcessNiceness(child.pid, Math.min(19, os.getPriority() + STANDBY_NICE));
     }
-    this.standby = { child, peer: null, spawnedAt: process.hrtime.bigint(), niced };
+    this.standby = { child, peer: null, spawnedAt: process.hrtime.bigint(), niced, info: null };
     this.log.debug({ standbyPid: child.pid, niced }, 'standby worker spawned');
   }
 
@@ -346,6 +364,10 @@ export class WorkerSupervisor {
   private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (this.standby !== null && child === this.standby.child) {
       this.standby = null;
+      const u = this.upgrade;
+      if (u !== null && u.phase === 'standby' && u.newPid === child.pid) {
+        this.finishUpgrade('failed', `the new worker exited (${signal ?? `code ${code}`}) before it was ready; the old one keeps serving`);
+      }
       if (!this.stopping && signal === 'SIGTERM') {
         // As for the active worker (below): maybe a stop of the whole process group.
         this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, SIGTERM_GRACE_MS);
@@ -371,9 +393,11 @@ export class WorkerSupervisor {
     const diedBeforeReady = readyAt === null;
     const fruitless = !diedBeforeReady && !progress && Date.now() - readyAt < STABLE_MS;
     this.phase = { state: 'restarting', pid: null };
+    this.activeInfo = null;
     // Messages the dead worker queued before dying are still in its connection: take them all
     // before a successor can fetch the fd set.
     if (pid !== null) this.host.drainWorker(pid);
+    if (!this.stopping && this.upgradeExit(pid, code, signal)) return;
     if (this.stopping) {
       // stop() is waiting for this exit and finishes the shutdown.
       this.phase = { state: 'stopped', pid: null };
@@ -430,8 +454,145 @@ export class WorkerSupervisor {
     }
   }
 
+  // --- planned upgrades (keeper/upgrade.ts has the bookkeeping and the compatibility check)
+
+  /** X_UPGRADE: hand the session to a worker started from the installed files; `reply` gets
+   * the outcome once (refused at once if there is nothing to upgrade). */
+  startUpgrade(timeoutMs: number | null, reply: (r: UpgradeResult) => void): void {
+    const p = this.phase;
+    const u: Upgrade = {
+      phase: 'standby', startedNs: process.hrtime.bigint(), timer: setTimeout(() => this.upgradeTimedOut(), timeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS),
+      reply, oldPid: p.pid ?? 0, oldInfo: this.activeInfo, newPid: null, newInfo: null, mode: null, pausedNs: null, drainedNs: null, left: 0, notes: [],
+    };
+    const refuse = (why: string): void => { this.upgrades.finish(u, 'refused', why, null); };
+    if (this.upgrade !== null) return refuse('an upgrade is already in progress');
+    if (this.stopping) return refuse('the keeper is stopping');
+    if (p.state !== 'running' || p.pid === null) return refuse(`no worker is serving (worker ${p.state})`);
+    this.upgrade = u;
+    this.log.info({ workerPid: p.pid, version: this.activeInfo?.version ?? null }, 'planned upgrade: starting a worker from the installed files');
+    if (!this.embedded || this.opts.standbyCommand === null) {
+      // No standby to load and check beforehand: the successor starts once this one exits
+      // (systemd's restart, or a fresh spawn), so the pause includes a Node.js start.
+      this.upgradeDrainOrKill(u);
+      return;
+    }
+    // The standby we have was started from the files as they were then: replace it.
+    const old = this.standby;
+    this.standby = null;
+    if (this.standbyTimer !== null) clearTimeout(this.standbyTimer);
+    this.standbyTimer = null;
+    if (old !== null) old.child.kill('SIGKILL');
+    this.spawnStandby();
+    const sb = this.standby as { child: ChildProcess } | null;
+    if (sb === null || sb.child.pid === undefined) {
+      this.finishUpgrade('failed', 'cannot start a new worker process');
+      return;
+    }
+    u.newPid = sb.child.pid;
+  }
+
+  /** The new standby is loaded: check it can read the session's state, then drain the old. */
+  private upgradeStandbyReady(): void {
+    const u = this.upgrade!;
+    const sb = this.standby!;
+    u.newInfo = sb.info;
+    const why = incompatibility(this.activeInfo, sb.info);
+    if (why !== null) {
+      this.finishUpgrade('refused', `${why} (the old worker keeps serving; a crash now would meet the same refusal)`);
+      return;
+    }
+    if (this.phase.pid !== u.oldPid) {
+      this.finishUpgrade('failed', 'the serving worker changed while the new one started');
+      return;
+    }
+    this.upgradeDrainOrKill(u);
+  }
+
+  private upgradeDrainOrKill(u: Upgrade): void {
+    u.phase = 'draining';
+    if (this.activeInfo?.drain === true && this.host.drain(u.oldPid)) {
+      u.mode = 'drain';
+      return;
+    }
+    // A worker older than the drain protocol: killed, and its successor resumes as after a
+    // crash (every request in flight is resubmitted exactly once).
+    u.mode = 'kill';
+    u.pausedNs = process.hrtime.bigint();
+    u.notes.push(`the old worker (virtiofs-keeper ${u.oldInfo?.version ?? 'older'}) cannot drain: killed, its successor resumed as after a crash`);
+    if (this.embedded) this.child?.kill('SIGKILL');
+    else process.kill(u.oldPid, 'SIGKILL');
+  }
+
+  /** X_DRAINED from the old worker (read before its exit is handled: drainWorker). */
+  onDrained(peer: KeeperPeer, pausedNs: bigint, left: number): void {
+    const u = this.upgrade;
+    if (u === null || u.phase !== 'draining' || peer.pid !== u.oldPid) return;
+    u.pausedNs = pausedNs;
+    u.drainedNs = process.hrtime.bigint();
+    u.left = left;
+  }
+
+  /** X_RESUMED: the serving worker's queues run. Ends the upgrade's pause, whichever worker it
+   * is (the standby, or a fresh one if that died during its takeover). */
+  onResumed(peer: KeeperPeer, resumedNs: bigint): void {
+    const u = this.upgrade;
+    if (u === null || u.phase !== 'handover' || peer.pid !== this.phase.pid) return;
+    u.newPid = peer.pid;
+    u.newInfo = this.activeInfo ?? u.newInfo;
+    this.finishUpgrade('ok', null, resumedNs);
+  }
+
+  /** The old worker's exit during an upgrade; true if it was the planned one (not a death). */
+  private upgradeExit(pid: number | null, code: number | null, signal: NodeJS.Signals | null): boolean {
+    const u = this.upgrade;
+    if (u === null || pid === null) return false;
+    if (u.phase === 'standby' && pid === u.oldPid) {
+      this.finishUpgrade('failed', `the serving worker died (${signal ?? `code ${code}`}) while the new one started; its successor resumes as after a crash`);
+      return false;
+    }
+    if (u.phase === 'handover' && pid === this.phase.pid) return false;
+    if (u.phase === 'handover') {
+      u.notes.push(`the new worker died (${signal ?? `code ${code}`}) during its takeover; a successor resumed as after a crash`);
+      return false;
+    }
+    if (u.phase !== 'draining' || pid !== u.oldPid) return false;
+    u.phase = 'handover';
+    const planned = (u.mode === 'drain' && code === EXIT_HANDED_OVER && u.drainedNs !== null) || (u.mode === 'kill' && signal === 'SIGKILL');
+    if (!planned) {
+      // A death during the drain: the standby (already the new build) takes over as after a crash.
+      u.notes.push(`the old worker died (${signal ?? `code ${code}`}) during its drain; its successor resumed as after a crash`);
+      if (u.pausedNs === null) u.pausedNs = process.hrtime.bigint();
+      return false;
+    }
+    this.log.info({ workerPid: pid, mode: u.mode }, 'worker handed over for an upgrade');
+    this.startSuccessor();
+    return true;
+  }
+
+  private upgradeTimedOut(): void {
+    const u = this.upgrade;
+    if (u === null) return;
+    if (u.phase === 'standby' && this.standby !== null && this.standby.child.pid === u.newPid) this.standby.child.kill('SIGKILL');
+    this.finishUpgrade('failed', u.phase === 'standby' ? 'the new worker was not ready in time; the old one keeps serving' : `no worker resumed in time (${u.phase})`);
+  }
+
+  private finishUpgrade(result: UpgradeResult['result'], reason: string | null, resumedNs: bigint | null = null): void {
+    const u = this.upgrade;
+    if (u === null) return;
+    this.upgrade = null;
+    const r = this.upgrades.finish(u, result, reason, resumedNs);
+    const fields = { result: r.result, mode: r.mode, oldPid: r.oldPid, newPid: r.newPid, oldVersion: r.oldVersion, newVersion: r.newVersion, pauseMs: r.pauseMs, drainMs: r.drainMs, left: r.left, totalMs: r.totalMs, reason: r.reason };
+    if (result === 'ok') this.log.info(fields, 'planned upgrade done');
+    else this.log.warn(fields, `planned upgrade ${result}`);
+  }
+
+  upgradeStatus(): UpgradeStatus {
+    return this.upgrades.status(this.upgrade !== null);
+  }
+
   /** Ends every worker (SIGTERM, then SIGKILL after 5 s) and resolves when all have exited. */
   async stop(): Promise<void> {
+    this.finishUpgrade('failed', 'the keeper is stopping');
     this.stopping = true;
     if (this.restartTimer) clearTimeout(this.restartTimer);
     if (this.standbyTimer) clearTimeout(this.standbyTimer);

@@ -71,6 +71,9 @@ export const EXIT_SERVICE_OVER = 0;
 export const EXIT_STATE_UNUSABLE = 3;
 /** The worker could not start for a reason that may pass (resources, host errors): restart it. */
 export const EXIT_START_FAILED = 4;
+/** The worker drained and handed its session over for a planned upgrade (X_DRAIN): its
+ * successor is the keeper's standby (embedded) or the unit's restart (systemd). */
+export const EXIT_HANDED_OVER = 5;
 
 /** Names of the instances with a keeper.sock under the state root. */
 export function listInstances(root = DEFAULT_STATE_ROOT): string[] {

@@ -27,6 +27,9 @@ export const CRASH_POINTS = [
   'after-accept', 'resume-after-ready', 'resubmit-before-read',
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
   'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
+  // A planned upgrade's drain (worker.ts, vhost/backend.ts): with requests in flight, and done
+  // but not yet said.
+  'drain-after-pause', 'drain-before-drained',
 ] as const;
 export type CrashPointName = (typeof CRASH_POINTS)[number];
 

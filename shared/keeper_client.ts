@@ -10,11 +10,11 @@
 // (the shortage may pass), and if they still do not land the owner's onStoresRefused decides
 // (the worker dies before anything that names them is journaled, and its successor replays).
 // A keeper that does not offer FEATURES=sync (older) gets no X_SYNC.
-import { native } from './native';
+import { native, POLL_READABLE, type Poller } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
   MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper,
-  type FromKeeper, type KeeperCapabilities, type KeeperStatus, type ToKeeper,
+  type FromKeeper, type KeeperCapabilities, type KeeperStatus, type ToKeeper, type UpgradeResult, type WorkerInfo,
 } from './keeper_protocol';
 import type { FdRegistryListener } from './fd_registry';
 import { trustedPeerUid } from './state_dir';
@@ -44,6 +44,12 @@ export class KeeperClient implements FdRegistryListener {
   private syncSeq = 0;
   /** Stores sent since the last X_SYNCED (name → fd, still open: removals wait for the sync). */
   private readonly unsynced = new Map<string, number>();
+  /** Whether the keeper runs planned upgrades (its FDSET said FEATURES=upgrade). */
+  keeperUpgrades = false;
+  /** Watches the connection for X_DRAIN while the worker serves (watchDrain). */
+  private drainPoller: Poller | null = null;
+  private onDrain: (() => void) | null = null;
+  private drainAsked = false;
   /** Called when stores did not land after every retry (default: throw FdStoreRefusedError). */
   onStoresRefused: (e: FdStoreRefusedError) => void = (e) => { throw e; };
 
@@ -105,6 +111,7 @@ export class KeeperClient implements FdRegistryListener {
         });
         if (!msg.more) {
           this.canSync = msg.keeper.sync;
+          this.keeperUpgrades = msg.keeper.upgrade === true;
           return { fds: out, ctlSeq: msg.ctlSeq, keeper: msg.keeper };
         }
         this.send({ type: 'fetchNext' }, []);
@@ -124,7 +131,14 @@ export class KeeperClient implements FdRegistryListener {
       if (r.bytes === 0 && r.fds.length === 0) throw new KeeperProtocolError(`keeper closed the connection ${when}`);
       try {
         if (r.truncated) throw new KeeperProtocolError(`message from the keeper truncated ${when}`);
-        return { msg: parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length), fds: r.fds };
+        const msg = parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length);
+        // X_DRAIN comes whenever the keeper decides, e.g. while we wait for X_SYNCED: note it
+        // and act on it from the event loop, between requests.
+        if (msg.type === 'drain' && this.onDrain !== null) {
+          this.drainRequested();
+          continue;
+        }
+        return { msg, fds: r.fds };
       } catch (e) {
         for (const fd of r.fds) native.close(fd);
         throw e;
@@ -251,14 +265,75 @@ export class KeeperClient implements FdRegistryListener {
 
   /** Warm standby: announce ourselves, then block until the keeper hands over the session
    * (it does so only after it has reaped the previous worker). */
-  waitForTakeover(): void {
-    this.send({ type: 'standby' }, []);
+  waitForTakeover(worker: WorkerInfo | null = null): void {
+    this.send({ type: 'standby', worker }, []);
     for (;;) {
       const { msg, fds } = this.receive(0, 'while we were on standby');
       for (const fd of fds) native.close(fd);
       if (msg.type === 'takeover') return;
       throw new KeeperProtocolError(`unexpected ${msg.type} while on standby`);
     }
+  }
+
+  /** Serves X_DRAIN (a planned upgrade) while the worker runs: `onDrain` is called once, from
+   * the event loop. Nothing else arrives unasked on this connection. */
+  watchDrain(onDrain: () => void): void {
+    this.onDrain = onDrain;
+    this.drainPoller = new native.Poller(this.fd, (status) => {
+      if (status < 0) {
+        this.stopWatching();
+        return;
+      }
+      // Only X_DRAIN can be waiting here (every answer is read by its question).
+      // Non-blocking: a synchronous receive earlier in this loop turn may have taken what made
+      // the fd readable.
+      let r: ReturnType<typeof native.recvMsg>;
+      try {
+        native.setNonBlocking(this.fd, true);
+        try {
+          r = native.recvMsg(this.fd, this.buf, 0);
+        } finally {
+          native.setNonBlocking(this.fd, false);
+        }
+      } catch {
+        this.stopWatching();
+        return;
+      }
+      if (r === null) return;
+      // The keeper is gone: nothing will ask us to drain (the next store fails loudly).
+      if (r.bytes === 0 && r.fds.length === 0) {
+        this.stopWatching();
+        return;
+      }
+      for (const fd of r.fds) native.close(fd);
+      try {
+        if (parseFromKeeper(this.buf.subarray(0, r.bytes), 0).type === 'drain') this.drainRequested();
+      } catch {
+        // A message we do not know from a newer keeper: ignored, as unknown keys are.
+      }
+    });
+    this.drainPoller.start(POLL_READABLE);
+  }
+
+  private drainRequested(): void {
+    if (this.drainAsked) return;
+    this.drainAsked = true;
+    const cb = this.onDrain;
+    if (cb !== null) setImmediate(cb);
+  }
+
+  private stopWatching(): void {
+    this.drainPoller?.close();
+    this.drainPoller = null;
+  }
+
+  /** Asks the keeper for a planned upgrade and waits for its answer (the upgrade CLI). */
+  upgrade(timeoutMs: number | null): UpgradeResult {
+    this.send({ type: 'upgrade', timeoutMs }, []);
+    const { msg, fds } = this.receive(0, 'before answering the upgrade (an older keeper refuses X_UPGRADE)');
+    for (const fd of fds) native.close(fd);
+    if (msg.type !== 'upgraded') throw new KeeperProtocolError(`unexpected ${msg.type} in reply to X_UPGRADE`);
+    return msg.result;
   }
 
   /** Asks the keeper for its status (used by the status CLI). */
@@ -277,6 +352,7 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   close(): void {
+    this.stopWatching();
     native.close(this.fd);
   }
 }

@@ -30,8 +30,9 @@ export type ToKeeper =
   | { type: 'fetchNext' }
   /** X_CTLREPLY=seq X_DATA=hex + fds: write this control reply to the frontend, once per seq. */
   | { type: 'controlReply'; seq: number; data: Buffer }
-  /** READY=1 / STOPPING=1 / STATUS=text, as in sd_notify. */
-  | { type: 'notify'; ready: boolean; stopping: boolean; status: string | null }
+  /** READY=1 / STOPPING=1 / STATUS=text, as in sd_notify; a worker's READY also says who it is
+   * (X_VERSION... below; null from an older worker). */
+  | { type: 'notify'; ready: boolean; stopping: boolean; status: string | null; worker?: WorkerInfo | null }
   /** X_SERVED=1: a successor completed its first request (ends a recovery). */
   | { type: 'served' }
   /** X_PROGRESS=1: the worker completed a request (it is not crash-looping). */
@@ -40,8 +41,20 @@ export type ToKeeper =
   | { type: 'stats'; stats: unknown }
   /** X_SETERROR=text: why a worker gave up (empty: clear). */
   | { type: 'setError'; error: string | null }
-  /** X_STANDBY=1: a warm standby is loaded and waits for 'takeover'. */
-  | { type: 'standby' }
+  /** X_STANDBY=1: a warm standby is loaded and waits for 'takeover' (with who it is, as READY). */
+  | { type: 'standby'; worker?: WorkerInfo | null }
+  /** X_UPGRADE=1 [X_TIMEOUTMS=n]: hand the session to a worker started from the installed files
+   * (answered by 'upgraded' when done). The one message besides X_STATUSQUERY an observer (the
+   * CLI) may send. */
+  | { type: 'upgrade'; timeoutMs: number | null }
+  /** X_DRAINED=1 X_PAUSEDNS=ns X_LEFT=n: the worker told to drain stopped taking requests at
+   * CLOCK_MONOTONIC `pausedNs`, finished its in-flight ones but `left` (parked lock waits, or
+   * any still running at the drain's deadline: the successor resubmits them), made its state
+   * durable and exits now. */
+  | { type: 'drained'; pausedNs: bigint; left: number }
+  /** X_RESUMED=ns: a successor's queues run again since CLOCK_MONOTONIC `resumedNs` (only to a
+   * keeper whose FDSET offers FEATURES=upgrade). */
+  | { type: 'resumed'; resumedNs: bigint }
   /** X_STATUSQUERY=1: answered by 'status'. */
   | { type: 'statusQuery' }
   /** X_SYNC=n: answered by 'synced' once every earlier message of this connection is handled,
@@ -56,6 +69,12 @@ export type FromKeeper =
   | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number; keeper: KeeperCapabilities }
   /** X_TAKEOVER=1: the standby may serve now (its predecessor is reaped). */
   | { type: 'takeover' }
+  /** X_DRAIN=1: a planned handover: stop taking requests, finish the in-flight ones, make the
+   * state durable, answer 'drained' and exit (only sent to a worker whose READY said
+   * X_CANDRAIN=1). */
+  | { type: 'drain' }
+  /** X_UPGRADED=ok|refused|failed + fields: the answer to X_UPGRADE. */
+  | { type: 'upgraded'; result: UpgradeResult }
   /** X_SYNCED=n REFUSED=a:b|*: the answer to X_SYNC n. `refused`: the names whose FDSTORE the
    * keeper could not take (its fds were cut off: the keeper was out of fds), or 'all' when it
    * could not even read which. The worker must not rely on those fds being kept. */
@@ -69,12 +88,52 @@ export interface KeeperCapabilities {
   noFile: number | null;
   /** It answers X_SYNC. */
   sync: boolean;
+  /** It runs planned upgrades: wants X_RESUMED, may send X_DRAIN. */
+  upgrade?: boolean;
+}
+
+/** Who a worker is, for the keeper's upgrade checks (X_VERSION, X_SCHEMA, X_SCHEMAMIN,
+ * X_CANDRAIN beside READY or X_STANDBY). */
+export interface WorkerInfo {
+  /** Its package version. */
+  version: string;
+  /** The state schema it writes, which is also the newest it reads. */
+  schema: number;
+  /** The oldest schema that reads what it writes. */
+  minReader: number;
+  /** It answers X_DRAIN. */
+  drain: boolean;
+}
+
+/** The outcome of one planned upgrade (X_UPGRADED's fields, and `status`). */
+export interface UpgradeResult {
+  result: 'ok' | 'refused' | 'failed';
+  /** drain: the old worker drained and handed over; kill: it could not drain (an older build)
+   * and was killed, its successor resuming as after a crash. */
+  mode: 'drain' | 'kill' | null;
+  oldPid: number | null;
+  newPid: number | null;
+  oldVersion: string | null;
+  newVersion: string | null;
+  /** The time no queue was served: from the old worker's last pop to the new one's queues
+   * running (CLOCK_MONOTONIC of both); null if unknown. */
+  pauseMs: number | null;
+  /** Of the pause, how long the old worker took to finish its in-flight requests. */
+  drainMs: number | null;
+  /** Requests left in flight for the successor (parked lock waits...). */
+  left: number;
+  /** From X_UPGRADE to the answer (mostly the new worker's start). */
+  totalMs: number;
+  /** Why it was refused or failed. */
+  reason: string | null;
+  at: string;
 }
 
 const TO_KEEPER_KEYS: ReadonlyArray<[string, ToKeeper['type']]> = [
   ['FDSTORE', 'store'], ['FDSTOREREMOVE', 'remove'], ['FDFETCH', 'fetch'], ['FDFETCHNEXT', 'fetchNext'],
   ['X_CTLREPLY', 'controlReply'], ['X_SERVED', 'served'], ['X_PROGRESS', 'progress'], ['X_STATS', 'stats'],
   ['X_SETERROR', 'setError'], ['X_STANDBY', 'standby'], ['X_STATUSQUERY', 'statusQuery'], ['X_SYNC', 'sync'],
+  ['X_UPGRADE', 'upgrade'], ['X_DRAINED', 'drained'], ['X_RESUMED', 'resumed'],
 ];
 const NOTIFY_KEYS = ['READY', 'STOPPING', 'STATUS', 'WATCHDOG', 'MAINPID'];
 /** Messages that may carry fds; the receiver closes fds attached to any other. */
@@ -86,6 +145,31 @@ function flag(m: Map<string, string>, key: string): boolean {
   if (v === undefined) return false;
   if (v !== '1') throw new KeeperProtocolError(`${key}=${JSON.stringify(v.slice(0, 20))}: want 1`);
   return true;
+}
+
+/** A CLOCK_MONOTONIC time in ns (decimal, at most 20 digits). */
+function parseNs(text: string | undefined, key: string): bigint {
+  if (text === undefined || !/^[0-9]{1,20}$/.test(text)) throw new KeeperProtocolError(`malformed ${key}`);
+  const v = BigInt(text);
+  if (v >= 1n << 64n) throw new KeeperProtocolError(`malformed ${key}`);
+  return v;
+}
+
+/** A worker's X_VERSION... fields; null when it sent none (an older worker). */
+function parseWorkerInfo(m: Map<string, string>): WorkerInfo | null {
+  const version = m.get('X_VERSION');
+  if (version === undefined) return null;
+  const schema = parseSeq(m.get('X_SCHEMA') ?? '');
+  const minReader = parseSeq(m.get('X_SCHEMAMIN') ?? '');
+  if (!/^[\x21-\x7e]{1,64}$/.test(version) || schema === null || minReader === null || minReader > schema) {
+    throw new KeeperProtocolError('malformed X_VERSION/X_SCHEMA/X_SCHEMAMIN');
+  }
+  return { version, schema, minReader, drain: flag(m, 'X_CANDRAIN') };
+}
+
+function workerInfoFields(w: WorkerInfo | null | undefined): Record<string, string | number> {
+  if (w == null) return {};
+  return { X_VERSION: w.version, X_SCHEMA: w.schema, X_SCHEMAMIN: w.minReader, ...(w.drain ? { X_CANDRAIN: 1 } : {}) };
 }
 
 /** A positive sequence number (1..2^53-1) in decimal, or null. */
@@ -130,13 +214,27 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       return { type, error: m.get('X_SETERROR') || null };
     case 'notify': {
       if (!NOTIFY_KEYS.some((k) => m.has(k))) throw new KeeperProtocolError('no known message type');
-      return { type, ready: flag(m, 'READY'), stopping: flag(m, 'STOPPING'), status: m.get('STATUS') ?? null };
+      return { type, ready: flag(m, 'READY'), stopping: flag(m, 'STOPPING'), status: m.get('STATUS') ?? null, worker: parseWorkerInfo(m) };
     }
+    case 'upgrade': {
+      flag(m, 'X_UPGRADE');
+      const t = m.get('X_TIMEOUTMS');
+      const timeoutMs = t === undefined ? null : parseSeq(t);
+      if (t !== undefined && timeoutMs === null) throw new KeeperProtocolError('malformed X_TIMEOUTMS');
+      return { type, timeoutMs };
+    }
+    case 'drained': {
+      flag(m, 'X_DRAINED');
+      const left = Number(m.get('X_LEFT') ?? '0');
+      if (!Number.isSafeInteger(left) || left < 0) throw new KeeperProtocolError('malformed X_LEFT');
+      return { type, pausedNs: parseNs(m.get('X_PAUSEDNS'), 'X_PAUSEDNS'), left };
+    }
+    case 'resumed': return { type, resumedNs: parseNs(m.get('X_RESUMED'), 'X_RESUMED') };
     case 'fetch': flag(m, 'FDFETCH'); return { type };
     case 'fetchNext': flag(m, 'FDFETCHNEXT'); return { type };
     case 'served': flag(m, 'X_SERVED'); return { type };
     case 'progress': flag(m, 'X_PROGRESS'); return { type };
-    case 'standby': flag(m, 'X_STANDBY'); return { type };
+    case 'standby': flag(m, 'X_STANDBY'); return { type, worker: parseWorkerInfo(m) };
     case 'statusQuery': flag(m, 'X_STATUSQUERY'); return { type };
   }
 }
@@ -157,12 +255,15 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
     case 'fetch': return formatAssignments({ FDFETCH: 1 });
     case 'fetchNext': return formatAssignments({ FDFETCHNEXT: 1 });
     case 'controlReply': return formatAssignments({ X_CTLREPLY: msg.seq, X_DATA: msg.data.toString('hex') });
-    case 'notify': return formatAssignments(notifyFields(msg));
+    case 'notify': return formatAssignments({ ...notifyFields(msg), ...workerInfoFields(msg.worker) });
     case 'served': return formatAssignments({ X_SERVED: 1 });
     case 'progress': return formatAssignments({ X_PROGRESS: 1 });
     case 'stats': return formatAssignments({ X_STATS: JSON.stringify(msg.stats) });
     case 'setError': return formatAssignments({ X_SETERROR: (msg.error ?? '').replace(/\n/g, ' ') });
-    case 'standby': return formatAssignments({ X_STANDBY: 1 });
+    case 'standby': return formatAssignments({ X_STANDBY: 1, ...workerInfoFields(msg.worker) });
+    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}) });
+    case 'drained': return formatAssignments({ X_DRAINED: 1, X_PAUSEDNS: msg.pausedNs.toString(), X_LEFT: msg.left });
+    case 'resumed': return formatAssignments({ X_RESUMED: msg.resumedNs.toString() });
     case 'statusQuery': return formatAssignments({ X_STATUSQUERY: 1 });
     case 'sync': return formatAssignments({ X_SYNC: msg.seq });
   }
@@ -193,7 +294,8 @@ export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
     }
     // Unknown features are a newer keeper's: ignored.
     const features = (m.get('FEATURES') ?? '').split(',');
-    return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq, keeper: { noFile, sync: features.includes('sync') } };
+    return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq,
+      keeper: { noFile, sync: features.includes('sync'), upgrade: features.includes('upgrade') } };
   }
   if (fdCount > 0) throw new KeeperProtocolError(`${fdCount} fds attached to a message that carries none`);
   if (m.has('X_SYNCED')) {
@@ -203,6 +305,8 @@ export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
     return { type: 'synced', seq, refused: r === '*' ? 'all' : parseFdNames(r, -1) };
   }
   if (flag(m, 'X_TAKEOVER')) return { type: 'takeover' };
+  if (flag(m, 'X_DRAIN')) return { type: 'drain' };
+  if (m.has('X_UPGRADED')) return { type: 'upgraded', result: parseUpgradeResult(m) };
   throw new KeeperProtocolError('no known message type from the keeper');
 }
 
@@ -210,12 +314,49 @@ export function encodeFromKeeper(msg: FromKeeper): Buffer {
   switch (msg.type) {
     case 'fdSet': return formatAssignments({
       FDSET: 1, FDNAME: formatFdNames(msg.names), MORE: msg.more ? 1 : 0, CTLSEQ: msg.ctlSeq,
-      ...(msg.keeper.noFile !== null ? { NOFILE: msg.keeper.noFile } : {}), ...(msg.keeper.sync ? { FEATURES: 'sync' } : {}),
+      ...(msg.keeper.noFile !== null ? { NOFILE: msg.keeper.noFile } : {}),
+      ...(msg.keeper.sync || msg.keeper.upgrade ? { FEATURES: [msg.keeper.sync ? 'sync' : '', msg.keeper.upgrade ? 'upgrade' : ''].filter(Boolean).join(',') } : {}),
     });
     case 'takeover': return formatAssignments({ X_TAKEOVER: 1 });
+    case 'drain': return formatAssignments({ X_DRAIN: 1 });
+    case 'upgraded': return formatAssignments(upgradeResultFields(msg.result));
     case 'synced': return formatAssignments({ X_SYNCED: msg.seq, REFUSED: msg.refused === 'all' ? '*' : formatFdNames(msg.refused) });
     case 'status': return Buffer.from(JSON.stringify(msg.status));
   }
+}
+
+const UPGRADE_KEYS: ReadonlyArray<[keyof UpgradeResult, string]> = [
+  ['mode', 'MODE'], ['oldPid', 'OLDPID'], ['newPid', 'NEWPID'], ['oldVersion', 'OLDVERSION'], ['newVersion', 'NEWVERSION'],
+  ['pauseMs', 'PAUSEMS'], ['drainMs', 'DRAINMS'], ['left', 'LEFT'], ['totalMs', 'TOTALMS'], ['reason', 'REASON'], ['at', 'AT'],
+];
+
+function upgradeResultFields(r: UpgradeResult): Record<string, string | number> {
+  const f: Record<string, string | number> = { X_UPGRADED: r.result };
+  for (const [k, key] of UPGRADE_KEYS) {
+    const v = r[k];
+    if (v !== null) f[key] = typeof v === 'string' ? v.replace(/\n/g, ' ') : v;
+  }
+  return f;
+}
+
+function parseUpgradeResult(m: Map<string, string>): UpgradeResult {
+  const result = m.get('X_UPGRADED');
+  const mode = m.get('MODE') ?? null;
+  if ((result !== 'ok' && result !== 'refused' && result !== 'failed') || (mode !== null && mode !== 'drain' && mode !== 'kill')) {
+    throw new KeeperProtocolError('malformed X_UPGRADED');
+  }
+  const num = (key: string): number | null => {
+    const v = m.get(key);
+    if (v === undefined) return null;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new KeeperProtocolError(`malformed ${key}`);
+    return n;
+  };
+  return {
+    result, mode, oldPid: num('OLDPID'), newPid: num('NEWPID'), oldVersion: m.get('OLDVERSION') ?? null, newVersion: m.get('NEWVERSION') ?? null,
+    pauseMs: num('PAUSEMS'), drainMs: num('DRAINMS'), left: num('LEFT') ?? 0, totalMs: num('TOTALMS') ?? 0,
+    reason: m.get('REASON') ?? null, at: m.get('AT') ?? '',
+  };
 }
 
 // --- The status (X_STATUSQUERY's answer), as both sides see it.
@@ -237,6 +378,20 @@ export interface KeeperStatus {
     histogram?: { leMs: number[]; counts: number[]; sumMs: number } };
   fdNames: Record<string, number>;
   workerStats: unknown;
+  /** Planned upgrades so far (absent from older keepers). */
+  upgrades?: UpgradeStatus;
+}
+
+export interface UpgradeStatus {
+  count: number;
+  failed: number;
+  inProgress: boolean;
+  last: UpgradeResult | null;
+  /** Pauses of the successful ones (ms): percentiles and the most recent. */
+  pauseP50Ms: number | null;
+  pauseP99Ms: number | null;
+  pauseMaxMs: number | null;
+  recentPauseMs: number[];
 }
 
 function isKeeperStatus(v: unknown): v is KeeperStatus {

@@ -1,7 +1,7 @@
 // A keeper's status as a report (the `status` CLI's JSON, the keeper's own metrics file) and in
 // Prometheus text format. Pure: the keeper and the CLI both use it.
 import * as path from 'node:path';
-import type { KeeperStatus } from './keeper_protocol';
+import type { KeeperStatus, UpgradeStatus } from './keeper_protocol';
 import type { InodeFileHandles } from './config';
 
 /** How the worker holds inodes (worker/fs/inode_fds.ts). */
@@ -29,6 +29,8 @@ export interface StatusReport {
   fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number; inodeHandles: InodeHandleStats | null };
   recovery: KeeperStatus['recovery'];
   fdNames: Record<string, number>;
+  /** Planned upgrades (null from an older keeper). */
+  upgrades: UpgradeStatus | null;
 }
 
 /** The report from the keeper's raw status (used by the CLI and by the keeper's metrics). */
@@ -50,6 +52,7 @@ export function buildReport(k: KeeperStatus, stateDir: string): StatusReport {
         inodeHandles: w.fuse?.inodeHandles ?? null },
       recovery: k.recovery,
       fdNames: k.fdNames,
+      upgrades: k.upgrades ?? null,
     };
   }
 }
@@ -77,6 +80,8 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('recoveries_total', 'counter', 'Completed recoveries (worker death to first request served).', each((r) => r.recovery.count));
   metric('recovery_last_seconds', 'gauge', 'Duration of the last recovery.', each((r) => sec(r.recovery.lastMs)));
   metric('recovery_p50_seconds', 'gauge', 'Median recovery duration.', each((r) => sec(r.recovery.p50Ms)));
+  metric('upgrades_total', 'counter', 'Planned upgrades done (virtiofs-keeper upgrade).', each((r) => r.upgrades?.count ?? null));
+  metric('upgrade_pause_last_seconds', 'gauge', 'Queues not served during the last planned upgrade.', each((r) => sec(r.upgrades?.last?.result === 'ok' ? r.upgrades.last.pauseMs : null)));
   metric('recovery_max_seconds', 'gauge', 'Longest recovery duration.', each((r) => sec(r.recovery.maxMs)));
   out.push('# HELP virtiofs_keeper_recovery_seconds Recovery durations (worker death to first request served).',
     '# TYPE virtiofs_keeper_recovery_seconds histogram');

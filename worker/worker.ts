@@ -8,9 +8,10 @@ import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
-import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_RLIMIT_NOFILE, type InodeFileHandles, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_RLIMIT_NOFILE, type InodeFileHandles, EXIT_HANDED_OVER, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
-import { notifyFields } from '../shared/keeper_protocol';
+import { notifyFields, type WorkerInfo } from '../shared/keeper_protocol';
+import { VERSION } from '../shared/version';
 import { checkStateDir } from '../shared/state_dir';
 import { VhostUserBackend } from './vhost/backend';
 import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
@@ -19,7 +20,7 @@ import { FuseServer } from './fuse/server';
 import { FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS, FUSE_READDIRPLUS_AUTO } from './fuse/constants';
 import { DEFAULT_INODE_FD_CACHE, PassthroughFs } from './fs/passthrough';
 import { MIN_CAPACITY } from './fs/inode_fds';
-import { loadState, StateStore, type LoadedState } from './state/state_store';
+import { loadState, SCHEMA_MIN_READER, SCHEMA_VERSION, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
 import { crashPoint } from '../shared/crash_points';
@@ -29,6 +30,11 @@ import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 import { existsAt } from '../shared/pinned_dirs';
 import { enterSandbox } from './sandbox';
 
+
+/** Who this worker is, told to the keeper with READY and X_STANDBY (its upgrade checks). */
+export const WORKER_INFO: WorkerInfo = { version: VERSION, schema: SCHEMA_VERSION, minReader: SCHEMA_MIN_READER, drain: true };
+/** How long a drain waits for requests in flight; the rest are left to the successor. */
+const DRAIN_DEADLINE_MS = 1_000;
 
 /** fds that belong to the service, not to one frontend session. */
 const SERVICE_FDS = new Set(['root', 'vhost.listen']);
@@ -118,6 +124,10 @@ export class Worker {
       this.store.recordNewSession(null);
       this.listen();
     }
+    // The queues run (or the listening socket is polled) from here on: the end of an upgrade's
+    // pause, which the keeper measures from the predecessor's last pop.
+    if (this.keeper.keeperUpgrades) this.keeper.notify({ type: 'resumed', resumedNs: process.hrtime.bigint() });
+    this.keeper.watchDrain(() => void this.drain());
     this.sendStats();
     this.statsTimer = setInterval(() => this.sendStats(), STATS_INTERVAL_MS);
     this.statsTimer.unref();
@@ -162,7 +172,7 @@ export class Worker {
 
   /** Status to the keeper and, under systemd, to systemd. */
   private announce(n: { ready?: boolean; stopping?: boolean; status: string }): void {
-    this.keeper.notify({ type: 'notify', ready: n.ready ?? false, stopping: n.stopping ?? false, status: n.status });
+    this.keeper.notify({ type: 'notify', ready: n.ready ?? false, stopping: n.stopping ?? false, status: n.status, worker: n.ready ? WORKER_INFO : null });
     this.sdNotify(notifyFields(n));
   }
 
@@ -314,6 +324,27 @@ export class Worker {
     this.finish(EXIT_SERVICE_OVER);
   }
 
+  /**
+   * X_DRAIN, a planned upgrade: stop taking requests and control messages, finish what is in
+   * flight (but parked lock waits, or whatever is left at DRAIN_DEADLINE_MS: the successor
+   * resubmits those, exactly once, as after a crash), publish through the durability barrier
+   * (every outcome journaled, every fd in the keeper), say X_DRAINED and exit. The successor
+   * starts only once this process is gone. A death anywhere in here is an ordinary crash.
+   */
+  private async drain(): Promise<void> {
+    const pausedNs = process.hrtime.bigint();
+    this.listenPoller?.close();
+    this.listenPoller = null;
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    const fsImpl = this.fsImpl;
+    const left = this.backend === null ? 0 : await this.backend.drain(DRAIN_DEADLINE_MS, () => fsImpl?.parkedLockWaits ?? 0);
+    crashPoint('drain-before-drained');
+    this.store.durability.commit();
+    this.keeper.notify({ type: 'drained', pausedNs, left });
+    this.log.info({ drainMs: Math.round(Number(process.hrtime.bigint() - pausedNs) / 1e4) / 100, left }, 'drained for a planned upgrade; handing over');
+    this.finish(EXIT_HANDED_OVER);
+  }
+
   private sendStats(): void {
     try {
       this.keeper.notify({ type: 'stats', stats: this.stats() });
@@ -446,7 +477,7 @@ export async function workerMain(stateDir: string): Promise<number> {
   if (process.env.VFSK_STANDBY === '1') {
     collectStartupGarbage(log);
     try {
-      keeper.waitForTakeover();
+      keeper.waitForTakeover(WORKER_INFO);
       worker.mark('takeover');
     } catch (e) {
       log.info({ err: errorInfo(e) }, 'standby released without a takeover');

@@ -82,6 +82,9 @@ export class VhostUserBackend {
   private closed = false;
   /** A message whose handling waits (GET_VRING_BASE draining); later messages queue. */
   private busy = false;
+  /** A planned handover is draining this session (drain()): control reading stays paused. */
+  private draining = false;
+  private onSettle: (() => void) | null = null;
   private readonly backlog: IncomingMessage[] = [];
   /** Fds the reply of the message being handled carries. */
   private readonly pendingReplyFds: number[] = [];
@@ -242,9 +245,42 @@ export class VhostUserBackend {
     this.pendingReplyFds.splice(0);
     if (this.busy) {
       this.busy = false;
-      this.transport.resume();
+      if (!this.draining) this.transport.resume();
+      // Read messages are not journaled yet: even a draining worker handles its backlog.
       while (!this.busy && this.backlog.length > 0) this.dispatch(this.backlog.shift()!);
+      this.onSettle?.();
     }
+  }
+
+  /**
+   * A planned handover (docs/ARCHITECTURE.md, "Upgrades"): stop reading control messages (at a
+   * message boundary: QEMU's next one waits in the socket for the successor), stop popping
+   * requests, and wait until every control message read is handled and every request in flight
+   * is completed and published, except up to `waiting()` of them (parked lock waits, which may
+   * wait for ever), or until `deadlineMs`. Resolves with the requests left in flight: they stay
+   * marked in the inflight region and the successor resubmits them, as after a crash.
+   */
+  async drain(deadlineMs: number, waiting: () => number): Promise<number> {
+    this.draining = true;
+    const deadline = Date.now() + deadlineMs;
+    // A message half read (QEMU split it) is finished first; rare, so polled.
+    while (!this.closed && !this.transport.atBoundary && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
+    this.transport.pause();
+    const settled = (): boolean => this.closed || (!this.busy && this.backlog.length === 0 && this.vrings.inflightTotal() <= waiting());
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => done(), Math.max(0, deadline - Date.now()));
+      const done = (): void => {
+        clearTimeout(timer);
+        this.onSettle = null;
+        resolve();
+      };
+      this.onSettle = () => { if (settled()) done(); };
+      this.vrings.pauseAll(() => this.onSettle?.());
+      crashPoint('drain-after-pause');
+      if (settled()) done();
+    });
+    this.vrings.flushAll();
+    return this.vrings.inflightTotal();
   }
 
   /** The reply carries fd, which is closed once sent (the reply goes out in this turn). */

@@ -40,6 +40,12 @@ export class MessageTransport {
     this.updatePoll();
   }
 
+  /** No message is half read (a planned handover stops reading only between messages: the
+   * successor reads the next one from its first byte). */
+  get atBoundary(): boolean {
+    return this.header === null && this.headerFill === 0;
+  }
+
   resume(): void {
     this.paused = false;
     this.updatePoll();

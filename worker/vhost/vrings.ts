@@ -216,6 +216,22 @@ export class Vrings {
     }
   }
 
+  /** A planned handover: no queue pops any more (see QueueHandler.pause). */
+  pauseAll(onSettle: () => void): void {
+    for (const q of this.running.values()) q.handler.pause?.(onSettle);
+  }
+
+  /** Requests popped and not yet completed, over every queue. */
+  inflightTotal(): number {
+    let n = 0;
+    for (const q of this.running.values()) n += q.handler.inflightCount();
+    return n;
+  }
+
+  flushAll(): void {
+    for (const q of this.running.values()) q.handler.flushNow?.();
+  }
+
   async stopAll(): Promise<void> {
     await Promise.all([...this.running.keys()].map((i) => this.stopQueue(i)));
   }

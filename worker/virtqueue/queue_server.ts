@@ -17,6 +17,11 @@ export interface QueueHandler {
   /** Stop serving; resolves when no request of this queue is in flight any more. */
   stop(): Promise<void>;
   inflightCount(): number;
+  /** A planned handover: pop nothing more (kicks are ignored: the successor kicks itself at its
+   * resume) but complete and publish what is in flight; `onSettle` after each completion. */
+  pause?(onSettle: () => void): void;
+  /** Publishes the completions not yet published (before a planned handover). */
+  flushNow?(): void;
 }
 
 export interface ChainHandler {
@@ -48,6 +53,8 @@ export class QueueServer implements QueueHandler {
   private ring: SplitRing | null = null;
   private notify: () => void = () => {};
   private running = false;
+  private paused = false;
+  private onSettle: (() => void) | null = null;
   private inflight = 0;
   private flushScheduled = false;
   private drainWaiters: Array<() => void> = [];
@@ -76,7 +83,7 @@ export class QueueServer implements QueueHandler {
   }
 
   kick(): void {
-    if (!this.running || this.ring === null) return;
+    if (!this.running || this.ring === null || this.paused) return;
     const ring = this.ring;
     try {
       // Kicks are pointless while we drain; re-enabled (and re-checked) once the ring is empty.
@@ -105,6 +112,15 @@ export class QueueServer implements QueueHandler {
 
   inflightCount(): number {
     return this.inflight;
+  }
+
+  pause(onSettle: () => void): void {
+    this.paused = true;
+    this.onSettle = onSettle;
+  }
+
+  flushNow(): void {
+    this.flush();
   }
 
   private dispatch(c: DescriptorChain | ChainError): void {
@@ -158,6 +174,7 @@ export class QueueServer implements QueueHandler {
       this.flush();
       for (const w of this.drainWaiters.splice(0)) w();
     }
+    this.onSettle?.();
   }
 
   private complete(head: number, len: number): void {
