@@ -27,7 +27,10 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   const { Keeper } = await import('../keeper/keeper');
   const { sandboxLauncher } = await import('../worker/sandbox');
   const log = logger('main');
-  const binPath = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
+  // Workers start from the installation as the keeper was started from it, symlinks unresolved
+  // (argv[1]: e.g. /opt/vfsk/current/bin/...): a release switched by a symlink, or files
+  // replaced in place, is what the next worker runs (`virtiofs-keeper upgrade`).
+  const binPath = installedBin();
   // A 4 MiB cap on the worker's semi-spaces (V8's default lets them grow to 16 MiB each): 20-25 MiB
   // less peak RSS in the micro benchmarks, with no measurable change in CPU per request.
   const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
@@ -67,4 +70,12 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
 function withoutHook(extra: ExtraKeeperOptions): Omit<ExtraKeeperOptions, 'onStarted'> {
   const { onStarted: _hook, ...rest } = extra;
   return rest;
+}
+
+/** bin/virtiofs-keeper.js beside the script this process was started as (either bin), else
+ * this build's own. */
+function installedBin(): string {
+  const started = process.argv[1];
+  if (started !== undefined && /(^|\/)bin\/virtiofsd?-keeper\.js$/.test(started)) return path.join(path.dirname(path.resolve(started)), 'virtiofs-keeper.js');
+  return path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
 }

@@ -550,7 +550,6 @@ export class WorkerSupervisor {
       this.finishUpgrade('failed', `the serving worker died (${signal ?? `code ${code}`}) while the new one started; its successor resumes as after a crash`);
       return false;
     }
-    if (u.phase === 'handover' && pid === this.phase.pid) return false;
     if (u.phase === 'handover') {
       u.notes.push(`the new worker died (${signal ?? `code ${code}`}) during its takeover; a successor resumed as after a crash`);
       return false;

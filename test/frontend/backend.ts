@@ -20,6 +20,8 @@ export interface BackendOptions {
   env?: NodeJS.ProcessEnv;
   /** Start the backend with these supplementary groups (util-linux setpriv; we run as root). */
   supplementaryGroups?: number[];
+  /** Ours: run this bin/virtiofs-keeper.js (an installed copy) instead of the checkout's. */
+  binPath?: string;
 }
 
 export interface Backend {
@@ -63,7 +65,7 @@ export function backendCommand(kind: BackendKind, o: BackendOptions): { cmd: str
   }
   return {
     cmd: process.execPath,
-    args: [path.join(REPO_ROOT, 'bin', 'virtiofs-keeper.js'), 'run', '--shared-dir', o.sharedDir,
+    args: [o.binPath ?? path.join(REPO_ROOT, 'bin', 'virtiofs-keeper.js'), 'run', '--shared-dir', o.sharedDir,
       '--socket-path', o.socketPath, ...(o.extraArgs ?? [])],
   };
 }

@@ -44,6 +44,8 @@ export interface SessionOptions {
   backendGroups?: number[];
   /** Runs before the backend starts (populate the shared dir). */
   setup?: (shared: string, outside: string) => void;
+  /** Ours: the bin/virtiofs-keeper.js to run (an installed copy). */
+  binPath?: string;
 }
 
 /** Poll `cond` until it is truthy (or throw after timeoutMs). Never a sleep-for-correctness. */
@@ -83,6 +85,7 @@ export async function openSession(t: TapLike, kind: BackendKind, opts: SessionOp
   const backend = await startBackend(kind, {
     sharedDir: shared, socketPath, dir, extraArgs: opts.extraArgs,
     ...(opts.backendGroups ? { supplementaryGroups: opts.backendGroups } : {}),
+    ...(opts.binPath ? { binPath: opts.binPath } : {}),
   });
   let fe: VhostUserFrontend | null = null;
   let closed = false;

@@ -1,0 +1,328 @@
+// Planned upgrades (`virtiofs-keeper upgrade`, docs/ARCHITECTURE.md "Upgrades") under a client
+// that keeps doing I/O: the service runs from an installation switched by a symlink
+// (<root>/current → a release), each upgrade points it at another release and runs the real
+// CLI; the session (open handles, written data) must survive with zero client errors, and the
+// pause of each handover is reported. Then crashes: the old worker killed during its drain, the
+// new one during its takeover — nothing lost, as in the crash matrix.
+//
+// The releases are copies of this build, not older commits (building one costs minutes): "next"
+// has another version string and writes state schema 3 (declared readable from schema 2, what
+// this build writes), "incompatible" writes schema 3 readable only from 3, and "nodrain" does
+// not offer X_DRAIN (as a build from before the upgrade protocol). They exercise the version
+// and schema checks and the fallback, not differences in code.
+import t, { type Test } from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { openSession, waitFor, pattern, type Session } from '../frontend/helpers';
+import { REPO_ROOT } from '../frontend/backend';
+import { queryStatus } from '../../cli/status';
+import { withEnv } from '../helpers/env';
+import * as F from '../frontend/fuse_proto';
+import type { UpgradeResult } from '../../shared/keeper_protocol';
+
+const ROOT = F.FUSE_ROOT_ID;
+const PKG_VERSION = (JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+const UPGRADES = Number(process.env.VFSK_UPGRADE_ROUNDS ?? 8);
+
+interface Release { dir: string; version: string }
+
+/** A copy of this build installed at `dir`: bin, dist (without the tests), the addon, package.json
+ * (with `version`); node_modules is the checkout's. `patch` edits its compiled files. */
+function install(dir: string, version: string, patch: Array<[string, string, string]> = []): Release {
+  fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
+  fs.cpSync(path.join(REPO_ROOT, 'bin'), path.join(dir, 'bin'), { recursive: true });
+  fs.cpSync(path.join(REPO_ROOT, 'dist'), path.join(dir, 'dist'), { recursive: true, filter: (src) => !src.startsWith(path.join(REPO_ROOT, 'dist', 'test')) });
+  fs.copyFileSync(path.join(REPO_ROOT, 'build', 'Release', 'vfsk_native.node'), path.join(dir, 'build', 'Release', 'vfsk_native.node'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as Record<string, unknown>;
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ ...pkg, version }, null, 2));
+  fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+  for (const [file, from, to] of patch) {
+    const p = path.join(dir, 'dist', file);
+    const text = fs.readFileSync(p, 'utf8');
+    if (!text.includes(from)) throw new Error(`${file} has no ${from}: the test's patch is out of date`);
+    fs.writeFileSync(p, text.replace(from, to));
+  }
+  return { dir, version };
+}
+
+const SCHEMA = (schema: number, minReader: number): Array<[string, string, string]> => [
+  ['worker/state/state_store.js', 'exports.SCHEMA_VERSION = 2;', `exports.SCHEMA_VERSION = ${schema};`],
+  ['worker/state/state_store.js', 'exports.SCHEMA_MIN_READER = 2;', `exports.SCHEMA_MIN_READER = ${minReader};`],
+];
+
+/** Points <root>/current at `rel` atomically (rename over the old link). */
+function switchTo(root: string, rel: Release): void {
+  const tmp = path.join(root, 'current.new');
+  fs.rmSync(tmp, { force: true });
+  fs.symlinkSync(rel.dir, tmp);
+  fs.renameSync(tmp, path.join(root, 'current'));
+}
+
+/** The real CLI, as an operator runs it (async: the client keeps running in this process). */
+function runUpgrade(stateDir: string): Promise<{ code: number; result: UpgradeResult | null; out: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(REPO_ROOT, 'bin', 'virtiofs-keeper.js'), 'upgrade', '--state-dir', stateDir, '--json'],
+      { timeout: 120_000 }, (err, stdout, stderr) => {
+        const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1;
+        let result: UpgradeResult | null = null;
+        try { result = JSON.parse(stdout) as UpgradeResult; } catch { /* reported below */ }
+        resolve({ code, result, out: `${stdout}${stderr}` });
+      });
+  });
+}
+
+/**
+ * The client's work while upgrades happen: FILES files created and kept open for the whole test
+ * (the session's handles), each written block by block through its handle and read back, plus
+ * lookups and getattrs, and new files created, written, released. Every reply is checked; any
+ * error or wrong byte counts. Latencies are kept to show what the client saw of each pause.
+ */
+const FILES = 4;
+const BLOCK = 4096;
+const BLOCKS = 64;
+class Load {
+  errors: string[] = [];
+  ops = 0;
+  readonly latMs: number[] = [];
+  private stopped = false;
+  private loops: Array<Promise<void>> = [];
+  readonly handles: Array<{ nodeid: bigint; fh: bigint; name: string }> = [];
+  /** What each file holds: block index → seed written (acknowledged writes only). */
+  readonly written: Array<Map<number, number>> = [];
+  private seq = 0;
+
+  constructor(private readonly s: Session) {}
+
+  async start(loops = 2): Promise<void> {
+    for (let i = 0; i < FILES; i++) {
+      const c = await this.s.fuse.create(ROOT, `open${i}`, F.O.RDWR, 0o644);
+      this.handles.push({ nodeid: c.entry.nodeid, fh: c.open.fh, name: `open${i}` });
+      this.written.push(new Map());
+    }
+    for (let l = 0; l < loops; l++) this.loops.push(this.loop(l));
+  }
+
+  private async timed<T>(what: string, p: () => Promise<T>): Promise<T | null> {
+    const t0 = process.hrtime.bigint();
+    try {
+      return await p();
+    } catch (e) {
+      this.errors.push(`${what}: ${(e as Error).message}`);
+      return null;
+    } finally {
+      this.latMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      this.ops++;
+    }
+  }
+
+  private async loop(l: number): Promise<void> {
+    while (!this.stopped) {
+      const i = this.seq++;
+      const f = i % FILES;
+      const h = this.handles[f]!;
+      switch (i % 5) {
+        case 0: case 1: {
+          // Two loops never write the same block at once: blocks are split by loop.
+          const block = ((i * 7) % (BLOCKS / 2)) * 2 + l;
+          const seed = i + 1;
+          const n = await this.timed('write', () => this.s.fuse.write(h.nodeid, h.fh, block * BLOCK, pattern(BLOCK, seed)));
+          if (n !== null && n !== BLOCK) this.errors.push(`write returned ${n}`);
+          if (n === BLOCK) this.written[f]!.set(block, seed);
+          break;
+        }
+        case 2: {
+          const known = [...this.written[f]!].filter(([b]) => b % 2 === l);
+          if (known.length === 0) break;
+          const [block, seed] = known[i % known.length]!;
+          const data = await this.timed('read', () => this.s.fuse.read(h.nodeid, h.fh, block * BLOCK, BLOCK));
+          if (data !== null && !data.equals(pattern(BLOCK, seed))) this.errors.push(`read of ${h.name} block ${block} differs`);
+          break;
+        }
+        case 3: {
+          const e = await this.timed('lookup', () => this.s.fuse.lookup(ROOT, h.name));
+          if (e !== null && e.nodeid !== h.nodeid) this.errors.push(`lookup ${h.name} gave nodeid ${e.nodeid}, not ${h.nodeid}`);
+          if (e !== null) await this.timed('forget', () => this.s.fuse.forget(e.nodeid, 1));
+          await this.timed('getattr', () => this.s.fuse.getattr(h.nodeid, h.fh));
+          break;
+        }
+        case 4: {
+          const name = `new${l}-${i}`;
+          const c = await this.timed('create', () => this.s.fuse.create(ROOT, name, F.O.RDWR, 0o644));
+          if (c === null) break;
+          await this.timed('write new', () => this.s.fuse.write(c.entry.nodeid, c.open.fh, 0, Buffer.from(name)));
+          await this.timed('release', () => this.s.fuse.release(c.entry.nodeid, c.open.fh, F.O.RDWR));
+          await this.timed('forget new', () => this.s.fuse.forget(c.entry.nodeid, 1));
+          break;
+        }
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(this.loops);
+  }
+
+  /** Every acknowledged write is in the host file, and every open handle still reads it. */
+  async verify(t: Test): Promise<void> {
+    for (let f = 0; f < FILES; f++) {
+      const h = this.handles[f]!;
+      const host = fs.readFileSync(this.s.host(h.name));
+      let bad = 0;
+      for (const [block, seed] of this.written[f]!) {
+        if (!host.subarray(block * BLOCK, (block + 1) * BLOCK).equals(pattern(BLOCK, seed))) bad++;
+        const viaHandle = await this.s.fuse.read(h.nodeid, h.fh, block * BLOCK, BLOCK);
+        if (!viaHandle.equals(pattern(BLOCK, seed))) bad++;
+      }
+      t.equal(bad, 0, `${h.name}: all ${this.written[f]!.size} acknowledged blocks on the host and through the handle opened before the upgrades`);
+    }
+  }
+
+  p99(): number {
+    const s = [...this.latMs].sort((a, b) => a - b);
+    return s.length ? s[Math.min(s.length - 1, Math.floor(0.99 * s.length))]! : 0;
+  }
+
+  max(): number {
+    return this.latMs.reduce((a, b) => Math.max(a, b), 0);
+  }
+}
+
+function pctl(v: number[], q: number): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+}
+
+interface Setup { root: string; stateDir: string; s: Session; releases: Record<'cur' | 'next' | 'incompatible' | 'nodrain', Release> }
+
+async function setup(t: Test, first: 'cur' | 'nodrain', env: Record<string, string> = {}): Promise<Setup> {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-upg-'));
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => {
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+  const releases = {
+    cur: install(path.join(root, 'rel-cur'), PKG_VERSION),
+    next: install(path.join(root, 'rel-next'), `${PKG_VERSION}-next`, SCHEMA(3, 2)),
+    incompatible: install(path.join(root, 'rel-incompatible'), `${PKG_VERSION}-incompatible`, SCHEMA(3, 3)),
+    nodrain: install(path.join(root, 'rel-nodrain'), `${PKG_VERSION}-nodrain`,
+      [['worker/worker.js', 'minReader: state_store_1.SCHEMA_MIN_READER, drain: true', 'minReader: state_store_1.SCHEMA_MIN_READER, drain: false']]),
+  };
+  switchTo(root, releases[first]);
+  const s = await withEnv(env, () => openSession(t, 'ours', {
+    binPath: path.join(root, 'current', 'bin', 'virtiofs-keeper.js'), extraArgs: ['--state-dir', stateDir],
+  }));
+  // The standby is what an upgrade replaces: let the first one be up, as in a running service.
+  await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'the first standby ready', 60_000);
+  return { root, stateDir, s, releases };
+}
+
+async function upgradeTo(t: Test, u: Setup, rel: Release): Promise<UpgradeResult> {
+  const before = queryStatus(u.stateDir).worker.pid;
+  switchTo(u.root, rel);
+  const r = await runUpgrade(u.stateDir);
+  if (r.code !== 0 || r.result === null) t.comment(`upgrade output: ${r.out}\nbackend log:\n${u.s.backend.log().slice(-20_000)}`);
+  t.equal(r.code, 0, `upgrade to ${rel.version}: exit 0`);
+  t.equal(r.result?.result, 'ok', 'result ok');
+  t.equal(r.result?.oldPid, before, 'from the serving worker');
+  t.equal(r.result?.newVersion, rel.version, `the new worker is ${rel.version}, started from the switched installation`);
+  t.not(r.result?.newPid, before, 'a new process serves');
+  return r.result!;
+}
+
+t.test(`upgrade ×${UPGRADES} under I/O: zero client errors, handles intact, pauses reported`, async (t) => {
+  const u = await setup(t, 'cur');
+  const load = new Load(u.s);
+  await load.start();
+  await waitFor(() => load.ops > 200, 'the client going', 30_000);
+  const results: UpgradeResult[] = [];
+  for (let i = 0; i < UPGRADES; i++) {
+    const rel = i % 2 === 0 ? u.releases.next : u.releases.cur;
+    const r = await upgradeTo(t, u, rel);
+    t.equal(r.mode, 'drain', 'a graceful drain, not a kill');
+    t.equal(r.reason, null, 'nothing went differently');
+    t.type(r.pauseMs, 'number', 'the pause is measured');
+    results.push(r);
+    const opsBefore = load.ops;
+    await waitFor(() => load.ops > opsBefore + 50, 'the client going on after the upgrade', 30_000);
+  }
+  const st = queryStatus(u.stateDir);
+  t.equal(st.upgrades?.count, UPGRADES, 'status counts the upgrades');
+  t.equal(st.upgrades?.last?.pauseMs, results[results.length - 1]!.pauseMs, 'status shows the last pause');
+  t.equal(st.worker.restarts, 0, 'no upgrade counted as a crash');
+  // The way back to a build that cannot read what is written now is refused before any drain.
+  await upgradeTo(t, u, u.releases.incompatible);
+  const pidBefore = queryStatus(u.stateDir).worker.pid;
+  switchTo(u.root, u.releases.cur);
+  const refused = await runUpgrade(u.stateDir);
+  t.equal(refused.code, 1, 'refused: exit 1');
+  t.equal(refused.result?.result, 'refused');
+  t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}-incompatible`, 'the refusal names the serving version');
+  t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}) reads state schemas 1 to 2`, 'and the installed one');
+  t.equal(queryStatus(u.stateDir).worker.pid, pidBefore, 'the old worker keeps serving');
+  const opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 50, 'the client going on after the refusal', 30_000);
+  await load.stop();
+  t.same(load.errors.slice(0, 10), [], `zero client errors in ${load.ops} requests`);
+  await load.verify(t);
+  const pauses = results.map((r) => r.pauseMs!);
+  const drains = results.map((r) => r.drainMs ?? 0);
+  t.comment(`pauses (ms, queues not served, keeper-measured): ${pauses.map((p) => p.toFixed(2)).join(' ')}`);
+  t.comment(`pause p50 ${pctl(pauses, 0.5).toFixed(2)} ms, p99 ${pctl(pauses, 0.99).toFixed(2)} ms, max ${Math.max(...pauses).toFixed(2)} ms; drain p50 ${pctl(drains, 0.5).toFixed(2)} ms; total per upgrade p50 ${pctl(results.map((r) => r.totalMs), 0.5).toFixed(0)} ms`);
+  t.comment(`client: ${load.ops} requests, latency p99 ${load.p99().toFixed(2)} ms, max ${load.max().toFixed(2)} ms`);
+});
+
+t.test('a worker that cannot drain (an older build) is killed and resumed instead', async (t) => {
+  const u = await setup(t, 'nodrain');
+  const load = new Load(u.s);
+  await load.start();
+  await waitFor(() => load.ops > 200, 'the client going', 30_000);
+  const r = await upgradeTo(t, u, u.releases.cur);
+  t.equal(r.mode, 'kill', 'kill + resume');
+  t.equal(r.oldVersion, `${PKG_VERSION}-nodrain`);
+  t.match(r.reason ?? '', /cannot drain/);
+  // From here on, drains.
+  const again = await upgradeTo(t, u, u.releases.next);
+  t.equal(again.mode, 'drain', 'the next upgrade drains');
+  const opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 50, 'the client going on', 30_000);
+  await load.stop();
+  t.same(load.errors.slice(0, 10), [], `zero client errors in ${load.ops} requests`);
+  await load.verify(t);
+  t.comment(`pauses: kill ${r.pauseMs} ms, drain ${again.pauseMs} ms`);
+});
+
+// Crash safety: a death in the middle of an upgrade is an ordinary crash, and the successor (the
+// new build's standby, or a fresh worker) resumes exactly once. VFSK_CRASH_MARKER makes the
+// crash fire once across every worker.
+const CRASHES: Array<{ point: string; who: string; note: RegExp }> = [
+  { point: 'drain-after-pause', who: 'the old worker, with requests in flight in its drain', note: /old worker died .* during its drain/ },
+  { point: 'drain-before-drained', who: 'the old worker, drained but before X_DRAINED', note: /old worker died .* during its drain/ },
+  { point: 'resume-after-ready', who: 'the new worker during its takeover', note: /new worker died .* during its takeover/ },
+];
+for (const c of CRASHES) {
+  t.test(`${c.point}: ${c.who} killed: nothing lost`, async (t) => {
+    const marker = path.join(os.tmpdir(), `vfsk-upg-crash-${process.pid}-${c.point}`);
+    fs.rmSync(marker, { force: true });
+    t.teardown(() => fs.rmSync(marker, { force: true }));
+    const u = await setup(t, 'cur', { VFSK_CRASH_POINT: c.point, VFSK_CRASH_MARKER: marker });
+    const load = new Load(u.s);
+    await load.start(3);
+    await waitFor(() => load.ops > 200, 'the client going', 30_000);
+    const r = await upgradeTo(t, u, u.releases.next);
+    t.ok(fs.existsSync(marker), `the worker crashed at ${c.point}`);
+    t.match(r.reason ?? '', c.note, 'the upgrade says what happened');
+    const opsBefore = load.ops;
+    await waitFor(() => load.ops > opsBefore + 50, 'the client going on', 30_000);
+    await load.stop();
+    t.same(load.errors.slice(0, 10), [], `zero client errors in ${load.ops} requests`);
+    await load.verify(t);
+    t.equal(queryStatus(u.stateDir).worker.state, 'running');
+    await waitFor(() => queryStatus(u.stateDir).fuse.openFiles === FILES, 'the open handles all there (status)', 10_000);
+    t.pass('the open handles are all there');
+    t.comment(`pause with the crash: ${r.pauseMs} ms (${r.reason})`);
+  });
+}
