@@ -556,7 +556,9 @@ export class WorkerSupervisor {
     }
     if (u.phase !== 'draining' || pid !== u.oldPid) return false;
     u.phase = 'handover';
-    const planned = (u.mode === 'drain' && code === EXIT_HANDED_OVER && u.drainedNs !== null) || (u.mode === 'kill' && signal === 'SIGKILL');
+    // A drained worker exits with EXIT_HANDED_OVER, or kills itself to skip Node.js's teardown.
+    const planned = (u.mode === 'drain' && u.drainedNs !== null && (code === EXIT_HANDED_OVER || signal === 'SIGKILL'))
+      || (u.mode === 'kill' && signal === 'SIGKILL');
     if (!planned) {
       // A death during the drain: the standby (already the new build) takes over as after a crash.
       u.notes.push(`the old worker died (${signal ?? `code ${code}`}) during its drain; its successor resumed as after a crash`);

@@ -338,11 +338,19 @@ export class Worker {
     if (this.statsTimer) clearInterval(this.statsTimer);
     const fsImpl = this.fsImpl;
     const left = this.backend === null ? 0 : await this.backend.drain(DRAIN_DEADLINE_MS, () => fsImpl?.parkedLockWaits ?? 0);
-    crashPoint('drain-before-drained');
     this.store.durability.commit();
+    // The successor's load replays the journal since its last snapshot (up to ~1 MiB: ~100 ms
+    // measured on a busy host, the largest part of the pause): a snapshot now (crash-safe: a
+    // new file renamed over the old) leaves it one record to read.
+    if (this.backend !== null) this.store.compact();
+    crashPoint('drain-before-drained');
     this.keeper.notify({ type: 'drained', pausedNs, left });
     this.log.info({ drainMs: Math.round(Number(process.hrtime.bigint() - pausedNs) / 1e4) / 100, left }, 'drained for a planned upgrade; handing over');
     this.finish(EXIT_HANDED_OVER);
+    // Everything is durable and said (logs are synchronous), and our keeper waits for this
+    // process to be gone before its successor takes over: Node.js's teardown (~20 ms measured
+    // on a busy host) would only lengthen the pause. Under systemd the exit code tells the unit.
+    if (this.sd === null) process.kill(process.pid, 'SIGKILL');
   }
 
   private sendStats(): void {

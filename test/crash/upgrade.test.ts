@@ -273,6 +273,9 @@ t.test(`upgrade ×${UPGRADES} under I/O: zero client errors, handles intact, pau
   t.comment(`pauses (ms, queues not served, keeper-measured): ${pauses.map((p) => p.toFixed(2)).join(' ')}`);
   t.comment(`pause p50 ${pctl(pauses, 0.5).toFixed(2)} ms, p99 ${pctl(pauses, 0.99).toFixed(2)} ms, max ${Math.max(...pauses).toFixed(2)} ms; drain p50 ${pctl(drains, 0.5).toFixed(2)} ms; total per upgrade p50 ${pctl(results.map((r) => r.totalMs), 0.5).toFixed(0)} ms`);
   t.comment(`client: ${load.ops} requests, latency p99 ${load.p99().toFixed(2)} ms, max ${load.max().toFixed(2)} ms`);
+  // Where a handover's time goes (the new worker's phases since it was told to take over).
+  const phases = u.s.backend.log().split('\n').filter((l) => /first request served after resume|drained for a planned upgrade|planned upgrade done|handed over for an upgrade|standby worker took over/.test(l));
+  t.comment(`last handover's log:\n${phases.slice(-5).join('\n')}`);
 });
 
 t.test('a worker that cannot drain (an older build) is killed and resumed instead', async (t) => {
