@@ -165,6 +165,14 @@ export class WorkerSupervisor {
   /** X_SERVED: a worker completed its first request. */
   onServed(peer: KeeperPeer): void {
     this.onProgress(peer);
+    const u = this.upgrade;
+    if (u !== null && u.phase === 'handover' && peer.pid === this.phase.pid && this.activeInfo === null) {
+      // A worker from before the upgrade protocol says no X_RESUMED: its first completed
+      // request ends the pause (longer by the time the guest took to send one).
+      u.notes.push('the new worker does not report its resume (an older build): pause measured to its first completed request');
+      u.newPid = peer.pid;
+      this.finishUpgrade('ok', null, process.hrtime.bigint());
+    }
     if (this.deathAt !== null) {
       // The first request a successor completed: the end of a recovery.
       const deathAt = this.deathAt;

@@ -214,7 +214,8 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       return { type, error: m.get('X_SETERROR') || null };
     case 'notify': {
       if (!NOTIFY_KEYS.some((k) => m.has(k))) throw new KeeperProtocolError('no known message type');
-      return { type, ready: flag(m, 'READY'), stopping: flag(m, 'STOPPING'), status: m.get('STATUS') ?? null, worker: parseWorkerInfo(m) };
+      const worker = parseWorkerInfo(m);
+      return { type, ready: flag(m, 'READY'), stopping: flag(m, 'STOPPING'), status: m.get('STATUS') ?? null, ...(worker !== null ? { worker } : {}) };
     }
     case 'upgrade': {
       flag(m, 'X_UPGRADE');
@@ -234,7 +235,11 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
     case 'fetchNext': flag(m, 'FDFETCHNEXT'); return { type };
     case 'served': flag(m, 'X_SERVED'); return { type };
     case 'progress': flag(m, 'X_PROGRESS'); return { type };
-    case 'standby': flag(m, 'X_STANDBY'); return { type, worker: parseWorkerInfo(m) };
+    case 'standby': {
+      flag(m, 'X_STANDBY');
+      const worker = parseWorkerInfo(m);
+      return { type, ...(worker !== null ? { worker } : {}) };
+    }
     case 'statusQuery': flag(m, 'X_STATUSQUERY'); return { type };
   }
 }
@@ -295,7 +300,7 @@ export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
     // Unknown features are a newer keeper's: ignored.
     const features = (m.get('FEATURES') ?? '').split(',');
     return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq,
-      keeper: { noFile, sync: features.includes('sync'), upgrade: features.includes('upgrade') } };
+      keeper: { noFile, sync: features.includes('sync'), ...(features.includes('upgrade') ? { upgrade: true } : {}) } };
   }
   if (fdCount > 0) throw new KeeperProtocolError(`${fdCount} fds attached to a message that carries none`);
   if (m.has('X_SYNCED')) {

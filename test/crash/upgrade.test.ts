@@ -5,16 +5,17 @@
 // pause of each handover is reported. Then crashes: the old worker killed during its drain, the
 // new one during its takeover — nothing lost, as in the crash matrix.
 //
-// The releases are copies of this build, not older commits (building one costs minutes): "next"
-// has another version string and writes state schema 3 (declared readable from schema 2, what
-// this build writes), "incompatible" writes schema 3 readable only from 3, and "nodrain" does
-// not offer X_DRAIN (as a build from before the upgrade protocol). They exercise the version
-// and schema checks and the fallback, not differences in code.
+// Most releases are copies of this build: "next" has another version string and writes state
+// schema 3 (declared readable from schema 2, what this build writes), "incompatible" writes
+// schema 3 readable only from 3, and "nodrain" does not offer X_DRAIN. They exercise the version
+// and schema checks and the fallback, not differences in code. One test builds the real commit
+// before the upgrade protocol (git archive + tsc, ~1 min; the addon is copied when native/ is
+// unchanged since) and upgrades to it and back.
 import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { openSession, waitFor, pattern, type Session } from '../frontend/helpers';
 import { REPO_ROOT } from '../frontend/backend';
 import { queryStatus } from '../../cli/status';
@@ -190,6 +191,38 @@ class Load {
   }
 }
 
+/** The commit just before the upgrade protocol (the parent of the one that added X_DRAINED), or
+ * $VFSK_UPGRADE_FROM. */
+function preProtocolRev(): string {
+  if (process.env.VFSK_UPGRADE_FROM) return process.env.VFSK_UPGRADE_FROM;
+  const added = execFileSync('git', ['-C', REPO_ROOT, 'log', '--format=%H', '--reverse', '-S', 'X_DRAINED', '--', 'shared/keeper_protocol.ts'], { encoding: 'utf8' }).trim().split('\n')[0];
+  if (!added) throw new Error('no commit adds X_DRAINED to shared/keeper_protocol.ts (shallow clone? set VFSK_UPGRADE_FROM)');
+  return `${added}^`;
+}
+
+/** Builds commit `rev` at `dir` as an installation: its sources, compiled with this checkout's
+ * TypeScript and node_modules, and its addon (copied if native/ is the same, else built). */
+function installRev(dir: string, rev: string): Release {
+  fs.mkdirSync(dir, { recursive: true });
+  execFileSync('sh', ['-c', `git -C "${REPO_ROOT}" archive "${rev}" | tar -x -C "${dir}"`]);
+  fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+  let nativeSame = true;
+  try {
+    execFileSync('git', ['-C', REPO_ROOT, 'diff', '--quiet', rev, 'HEAD', '--', 'native', 'binding.gyp']);
+  } catch {
+    nativeSame = false;
+  }
+  if (nativeSame) {
+    fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
+    fs.copyFileSync(path.join(REPO_ROOT, 'build', 'Release', 'vfsk_native.node'), path.join(dir, 'build', 'Release', 'vfsk_native.node'));
+  } else {
+    execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'), 'rebuild'], { cwd: dir, stdio: 'ignore' });
+  }
+  execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: dir, stdio: 'ignore' });
+  const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version;
+  return { dir, version };
+}
+
 function pctl(v: number[], q: number): number {
   const s = [...v].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
@@ -220,7 +253,7 @@ async function setup(t: Test, first: 'cur' | 'nodrain', env: Record<string, stri
   return { root, stateDir, s, releases };
 }
 
-async function upgradeTo(t: Test, u: Setup, rel: Release): Promise<UpgradeResult> {
+async function upgradeTo(t: Test, u: Setup, rel: Release, versionKnown = true): Promise<UpgradeResult> {
   const before = queryStatus(u.stateDir).worker.pid;
   switchTo(u.root, rel);
   const r = await runUpgrade(u.stateDir);
@@ -228,7 +261,8 @@ async function upgradeTo(t: Test, u: Setup, rel: Release): Promise<UpgradeResult
   t.equal(r.code, 0, `upgrade to ${rel.version}: exit 0`);
   t.equal(r.result?.result, 'ok', 'result ok');
   t.equal(r.result?.oldPid, before, 'from the serving worker');
-  t.equal(r.result?.newVersion, rel.version, `the new worker is ${rel.version}, started from the switched installation`);
+  if (versionKnown) t.equal(r.result?.newVersion, rel.version, `the new worker is ${rel.version}, started from the switched installation`);
+  else t.equal(r.result?.newVersion, null, 'the new worker is too old to say its version');
   t.not(r.result?.newPid, before, 'a new process serves');
   return r.result!;
 }
@@ -329,3 +363,31 @@ for (const c of CRASHES) {
     t.comment(`pause with the crash: ${r.pauseMs} ms (${r.reason})`);
   });
 }
+
+t.test('to the real build before the upgrade protocol and back, under I/O', async (t) => {
+  const u = await setup(t, 'cur');
+  const rev = preProtocolRev();
+  const t0 = Date.now();
+  const prev = installRev(path.join(u.root, 'rel-prev'), rev);
+  t.comment(`built ${rev} in ${Date.now() - t0} ms`);
+  t.notOk(fs.readFileSync(path.join(prev.dir, 'shared', 'keeper_protocol.ts'), 'utf8').includes('X_DRAIN'), `${rev} has no upgrade protocol`);
+  const load = new Load(u.s);
+  await load.start();
+  await waitFor(() => load.ops > 200, 'the client going', 30_000);
+  const down = await upgradeTo(t, u, prev, false);
+  t.equal(down.mode, 'drain', 'this build drains, and the old build resumes its session');
+  t.match(down.reason ?? '', /older build/, 'its pause ends at its first completed request');
+  let opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 200, 'the client going on with the old build', 30_000);
+  const up = await upgradeTo(t, u, u.releases.cur);
+  t.equal(up.mode, 'kill', 'the old build cannot drain: killed and resumed by this one');
+  t.equal(up.oldVersion, null);
+  const again = await upgradeTo(t, u, u.releases.cur);
+  t.equal(again.mode, 'drain', 'then drains again');
+  opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 50, 'the client going on', 30_000);
+  await load.stop();
+  t.same(load.errors.slice(0, 10), [], `zero client errors in ${load.ops} requests`);
+  await load.verify(t);
+  t.comment(`pauses: to ${rev} ${down.pauseMs} ms (to its first request), back by kill ${up.pauseMs} ms, drain ${again.pauseMs} ms`);
+});

@@ -25,6 +25,11 @@ t.test('every message to the keeper round-trips', async (t) => {
     { type: 'notify', ready: true, stopping: false, status: 'serving' }, { type: 'notify', ready: false, stopping: true, status: null },
     { type: 'served' }, { type: 'progress' }, { type: 'stats', stats: { q: [1, 2] } }, { type: 'setError', error: 'bad state' },
     { type: 'setError', error: null }, { type: 'standby' }, { type: 'statusQuery' }, { type: 'sync', seq: 12 },
+    // Planned upgrades: who a worker is, and the drain handshake.
+    { type: 'notify', ready: true, stopping: false, status: 'serving', worker: { version: '1.2.3-rc.1', schema: 3, minReader: 2, drain: true } },
+    { type: 'standby', worker: { version: '0.1.0', schema: 2, minReader: 2, drain: false } },
+    { type: 'upgrade', timeoutMs: null }, { type: 'upgrade', timeoutMs: 5000 },
+    { type: 'drained', pausedNs: 18446744073709551615n, left: 3 }, { type: 'resumed', resumedNs: 123456789012345n },
   ];
   for (const m of msgs) t.same(parseToKeeper(encodeToKeeper(m), FDS[m.type] ?? 0), m, m.type);
 });
@@ -33,7 +38,10 @@ t.test('every message from the keeper round-trips', async (t) => {
   const msgs: FromKeeper[] = [
     { type: 'fdSet', names: ['root', 'vhost.conn'], more: true, ctlSeq: 9, keeper: { noFile: 20000, sync: true } },
     { type: 'fdSet', names: [], more: false, ctlSeq: 0, keeper: { noFile: null, sync: false } },
-    { type: 'takeover' }, { type: 'status', status: STATUS },
+    { type: 'fdSet', names: [], more: false, ctlSeq: 0, keeper: { noFile: 5, sync: true, upgrade: true } },
+    { type: 'takeover' }, { type: 'status', status: STATUS }, { type: 'drain' },
+    { type: 'upgraded', result: { result: 'ok', mode: 'drain', oldPid: 10, newPid: 11, oldVersion: '0.1.0', newVersion: '0.2.0', pauseMs: 21.5, drainMs: 2.25, left: 0, totalMs: 900, reason: null, at: '2026-12-06T05:00:00.000Z' } },
+    { type: 'upgraded', result: { result: 'refused', mode: null, oldPid: 10, newPid: null, oldVersion: null, newVersion: null, pauseMs: null, drainMs: null, left: 0, totalMs: 3, reason: 'reads state schemas 1 to 2', at: 'x' } },
     { type: 'synced', seq: 3, refused: [] }, { type: 'synced', seq: 4, refused: ['inode.5', 'file.2'] }, { type: 'synced', seq: 5, refused: 'all' },
   ];
   for (const m of msgs) t.same(parseFromKeeper(encodeFromKeeper(m), m.type === 'fdSet' ? m.names.length : 0), m, m.type);
@@ -58,6 +66,13 @@ t.test('malformed and ambiguous messages are refused', async (t) => {
     ['READY=yes\n', 0, /want 1/],
     ['X_TAKEOVER=1\n', 0, /no known message type/],
     ['X_SYNC=x\n', 0, /malformed X_SYNC/],
+    ['READY=1\nX_VERSION=1.0\nX_SCHEMA=2\nX_SCHEMAMIN=3\n', 0, /malformed X_VERSION/],
+    ['X_STANDBY=1\nX_VERSION=1.0\n', 0, /malformed X_VERSION/],
+    ['X_DRAINED=1\nX_PAUSEDNS=-1\n', 0, /malformed X_PAUSEDNS/],
+    ['X_DRAINED=1\nX_PAUSEDNS=99999999999999999999\n', 0, /malformed X_PAUSEDNS/],
+    ['X_RESUMED=\n', 0, /malformed X_RESUMED/],
+    ['X_UPGRADE=1\nX_TIMEOUTMS=0\n', 0, /malformed X_TIMEOUTMS/],
+    ['X_UPGRADE=1\nX_DRAINED=1\n', 0, /X_UPGRADE and X_DRAINED|X_DRAINED and X_UPGRADE/],
     ['STATUS=x\n', 3, /3 fds attached to a notify/],
   ];
   for (const [text, fds, re] of bad) {

@@ -557,7 +557,9 @@ export class FsSession {
     const version = (input as { version?: unknown } | null)?.version;
     const compact = version === 2 || version === 3;
     if (version !== SESSION_VERSION && !compact) {
-      throw new SnapshotVersionError(`unsupported session snapshot version ${JSON.stringify(version)} (expected ${SESSION_VERSION}, 2 or 3)`);
+      // A number we do not know is a newer writer's; anything else is a corrupt snapshot.
+      const E = typeof version === 'number' ? SnapshotVersionError : FsSessionError;
+      throw new E(`unsupported session snapshot version ${JSON.stringify(version)} (expected ${SESSION_VERSION}, 2 or 3)`);
     }
     const s = checkObject(input, 'snapshot', ['version', 'nextNodeId', 'nextFh', compact ? 'inodeTable' : 'inodes', 'files', 'dirs',
       ...(version === 3 ? ['inodeHandles'] : [])], ['lockOwners']);
