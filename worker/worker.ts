@@ -98,6 +98,10 @@ export class Worker {
     this.inodeFdCache = inodeFdCacheSize(ownNoFile, this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES);
     this.registry.setCapacity(fdBudget(ownNoFile - this.inodeFdCache, caps.noFile));
     this.keeper.onStoresRefused = (e) => this.storesRefused(e);
+    // From READY on (sent below, in the middle of this synchronous start) the keeper may ask for
+    // a drain: a synchronous wait for X_SYNCED that meets it must take it for us. It runs from
+    // the event loop, so after this start.
+    this.keeper.watchDrain(() => void this.drain());
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
     this.registry.addListener(this.keeper);
@@ -127,7 +131,6 @@ export class Worker {
     // The queues run (or the listening socket is polled) from here on: the end of an upgrade's
     // pause, which the keeper measures from the predecessor's last pop.
     if (this.keeper.keeperUpgrades) this.keeper.notify({ type: 'resumed', resumedNs: process.hrtime.bigint() });
-    this.keeper.watchDrain(() => void this.drain());
     this.sendStats();
     this.statsTimer = setInterval(() => this.sendStats(), STATS_INTERVAL_MS);
     this.statsTimer.unref();
