@@ -24,7 +24,7 @@ out=$(mktemp)
 npx tap --reporter=tap --jobs=2 --timeout=120 "${files[@]}" 2>&1 | tee "$out" >/dev/null
 status=${PIPESTATUS[0]}
 # Only what failed (rerun one file with `npx tap -R tap FILE` for its detail).
-grep -E '^\s*not ok' "$out" | head -50
+grep -aE '^\s*not ok' "$out" | head -50
 node scripts/count-tap.js "$out"
 counted=$?
 rm -f "$out"
