@@ -14,7 +14,7 @@ npx tsc -p tsconfig.json || { echo "TypeScript build failed"; echo "0 passed, 1 
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
   mapfile -t files < <(
-    find dist/test/fuse dist/test/fs dist/test/state dist/test/native dist/test/vhost \
+    find dist/test/fuse dist/test/fs dist/test/state dist/test/native dist/test/vhost dist/test/bench \
          dist/test/virtqueue dist/test/layout dist/test/keeper dist/test/cli -name '*.test.js' 2>/dev/null
     ls dist/test/systemd/notify.test.js dist/test/systemd/units.test.js dist/test/systemd/status_cli.test.js
   )
