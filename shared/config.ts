@@ -24,9 +24,6 @@ export const SANDBOX_MODES: readonly SandboxMode[] = ['namespace', 'chroot', 'no
 export type SeccompAction = 'kill' | 'log' | 'trap' | 'none';
 export const SECCOMP_ACTIONS: readonly SeccompAction[] = ['kill', 'log', 'trap', 'none'];
 export const DEFAULT_SECCOMP_ACTION: SeccompAction = 'kill';
-/** The modes this build can run; anything else is refused at start (exit 1), never ignored. */
-export const SUPPORTED_SANDBOX_MODES: readonly SandboxMode[] = SANDBOX_MODES;
-export const SUPPORTED_SECCOMP_ACTIONS: readonly SeccompAction[] = SECCOMP_ACTIONS;
 
 export interface WorkerConfig {
   stateDir: string;
