@@ -223,3 +223,66 @@ t.test('worker reports: READY, STATUS, X_STATS, X_SETERROR, X_SERVED show in the
   await waitFor(() => h.keeper.status().worker.state === 'stopping', 'STOPPING');
   t.pass('STOPPING=1 moves the worker to stopping');
 });
+
+/** Another keeper.sock connection of `role`, as the upgrade CLI (observer) or a restarted
+ * worker has. */
+function connect(h: Harness, role: 'worker' | 'observer', t: TestLike): { fd: number; send(m: ToKeeper): void; receive(): Promise<FromKeeper> } {
+  const [ours, theirs] = native.socketpair('seqpacket');
+  h.keeper.adoptPeer(theirs, process.pid, role);
+  t.teardown(() => { try { native.close(ours); } catch { /* closed by the test */ } });
+  return {
+    fd: ours,
+    send(m) { const d = encodeToKeeper(m); if (native.sendMsg(ours, d, []) !== d.length) throw new Error('short send'); },
+    async receive() {
+      const r = (await waitFor(() => native.recvMsg(ours, buf, 0), 'a message from the keeper'))!;
+      return parseFromKeeper(buf.subarray(0, r.bytes), r.fds.length);
+    },
+  };
+}
+
+const INFO = { version: '1.0.0', schema: 2, minReader: 2, drain: true };
+
+t.test('planned upgrade under systemd: X_UPGRADE → X_DRAIN → X_DRAINED, a new worker → X_RESUMED → X_UPGRADED with the pause', async (t) => {
+  const h = await startKeeper(t);
+  const cli = connect(h, 'observer', t);
+  cli.send({ type: 'upgrade', timeoutMs: null });
+  let reply = await cli.receive();
+  t.equal(reply.type === 'upgraded' && reply.result.result, 'refused', 'no worker serving: refused at once');
+  t.match(reply.type === 'upgraded' ? reply.result.reason : '', /no worker is serving/);
+
+  const old = connect(h, 'worker', t);
+  old.send({ type: 'notify', ready: true, stopping: false, status: 'serving', worker: INFO });
+  await waitFor(() => h.keeper.status().worker.state === 'running', 'the worker serving');
+  cli.send({ type: 'upgrade', timeoutMs: 30_000 });
+  t.equal((await old.receive()).type, 'drain', 'the serving worker is told to drain (it said X_CANDRAIN)');
+  const second = connect(h, 'observer', t);
+  second.send({ type: 'upgrade', timeoutMs: null });
+  reply = await second.receive();
+  t.equal(reply.type === 'upgraded' && reply.result.reason, 'an upgrade is already in progress', 'one at a time');
+  old.send({ type: 'drained', pausedNs: 1_000_000_000n, left: 1 });
+  await h.alive();
+  native.close(old.fd); // the drained worker exits; systemd starts the next
+  await waitFor(() => h.keeper.status().worker.state === 'restarting', 'its connection closed');
+  const next = connect(h, 'worker', t);
+  next.send({ type: 'notify', ready: true, stopping: false, status: 'serving (resumed)', worker: { ...INFO, version: '1.1.0' } });
+  next.send({ type: 'resumed', resumedNs: 1_012_500_000n });
+  reply = await cli.receive();
+  if (reply.type !== 'upgraded') throw new Error(`unexpected ${reply.type}`);
+  t.match(reply.result, { result: 'ok', mode: 'drain', oldVersion: '1.0.0', newVersion: '1.1.0', pauseMs: 12.5, left: 1, reason: null }, 'the pause is X_RESUMED - X_PAUSEDNS');
+  const st = h.keeper.status();
+  t.equal(st.worker.restarts, 0, 'a handover, not a death');
+  t.match(st.upgrades, { count: 1, failed: 2, inProgress: false, pauseP50Ms: 12.5, recentPauseMs: [12.5] }, 'status: one done, two refused, the pause');
+});
+
+t.test('the compatibility check an upgrade makes before it drains names both versions', async (t) => {
+  const h = await startKeeper(t);
+  // The end-to-end refusal is in test/crash/upgrade.test.ts; here the rule's corners.
+  const { incompatibility } = require('../../keeper/upgrade') as typeof import('../../keeper/upgrade');
+  t.equal(incompatibility({ ...INFO, schema: 3, minReader: 2 }, INFO), null, 'a newer file declared readable by 2');
+  t.equal(incompatibility(INFO, { ...INFO, schema: 3, minReader: 3 }), null, 'newer reads older');
+  t.equal(incompatibility(null, INFO), null, 'a worker from before the rule writes schema 2');
+  t.match(incompatibility({ ...INFO, version: '2.0.0', schema: 3, minReader: 3 }, INFO),
+    /installed worker \(virtiofs-keeper 1\.0\.0\) reads state schemas 1 to 2, but the serving worker \(virtiofs-keeper 2\.0\.0\) writes schema 3, readable from schema 3/);
+  t.match(incompatibility({ ...INFO, schema: 3, minReader: 3 }, null), /unknown \(older\)/, 'an installed worker that does not say is taken for schema 2');
+  t.ok(await h.alive());
+});
