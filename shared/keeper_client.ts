@@ -10,7 +10,7 @@
 // (the shortage may pass), and if they still do not land the owner's onStoresRefused decides
 // (the worker dies before anything that names them is journaled, and its successor replays).
 // A keeper that does not offer FEATURES=sync (older) gets no X_SYNC.
-import { native } from './native';
+import { native, POLL_DISCONNECT, POLL_READABLE } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
   MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper,
@@ -259,6 +259,49 @@ export class KeeperClient implements FdRegistryListener {
       if (msg.type === 'takeover') return;
       throw new KeeperProtocolError(`unexpected ${msg.type} while on standby`);
     }
+  }
+
+  /**
+   * The same wait without blocking the event loop, for a standby systemd started: its unit has
+   * a watchdog, so `tick` (WATCHDOG=1) must keep running while it waits, and so must a SIGTERM
+   * from `systemctl stop`. Resolves at X_TAKEOVER; rejects when the keeper closes the connection
+   * or sends anything else. The wake-up costs one libuv poll, not a Node.js start.
+   */
+  waitForTakeoverAsync(tick: () => void, tickMs: number): Promise<void> {
+    this.send({ type: 'standby' }, []);
+    native.setNonBlocking(this.fd, true);
+    return new Promise<void>((resolve, reject) => {
+      const timer = setInterval(tick, tickMs);
+      const done = (e: Error | null): void => {
+        clearInterval(timer);
+        poller.close();
+        try {
+          native.setNonBlocking(this.fd, false);
+        } catch (err) {
+          e ??= err as Error;
+        }
+        if (e === null) resolve();
+        else reject(e);
+      };
+      const poller = new native.Poller(this.fd, (status) => {
+        if (status < 0) {
+          done(new KeeperProtocolError(`polling keeper.sock failed (${native.errnoName(status)}) while we were on standby`));
+          return;
+        }
+        try {
+          const r = native.recvMsg(this.fd, this.buf, 0);
+          if (r === null) return;
+          for (const fd of r.fds) native.close(fd);
+          if (r.bytes === 0) throw new KeeperProtocolError('keeper closed the connection while we were on standby');
+          const msg = parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length);
+          if (msg.type !== 'takeover') throw new KeeperProtocolError(`unexpected ${msg.type} while on standby`);
+          done(null);
+        } catch (e) {
+          done(e as Error);
+        }
+      });
+      poller.start(POLL_READABLE | POLL_DISCONNECT);
+    });
   }
 
   /** Asks the keeper for its status (used by the status CLI). */

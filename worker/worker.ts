@@ -78,6 +78,19 @@ export class Worker {
     this.sd?.connect();
   }
 
+  /** A standby systemd started: its unit is active once the standby is loaded and confined
+   * (Type=notify), and the keeper.sock READY (which would make it the serving worker) waits for
+   * the takeover. */
+  announceStandby(): void {
+    this.sdNotify({ READY: 1, STATUS: 'standby: loaded, waiting for the keeper to hand over the session' });
+  }
+
+  /** While on standby under systemd: the unit's watchdog is kept happy as long as the event
+   * loop runs (a SIGSTOPped or wedged standby is replaced, as a wedged worker is). */
+  standbyWatchdogTick(): void {
+    this.sdNotify({ WATCHDOG: 1 });
+  }
+
   /** Records a phase of the start (process.hrtime is CLOCK_MONOTONIC, comparable with the keeper's). */
   mark(what: string): void {
     this.marks.push([what, process.hrtime.bigint()]);
@@ -372,6 +385,9 @@ export function withheldInitFlags(c: WorkerConfig): bigint {
   return f;
 }
 
+/** A standby without a watchdog to ping still needs a timer for its wait (any long period). */
+const STANDBY_IDLE_TICK_MS = 3_600_000;
+
 /** A failed accept() of the frontend (EMFILE...) is tried again after this long. */
 const ACCEPT_RETRY_MS = 100;
 
@@ -418,6 +434,8 @@ export async function workerMain(stateDir: string): Promise<number> {
       log.warn({ err: errorInfo(e) }, 'cannot drop supplementary groups');
     }
   }
+  // Spawned by an embedded keeper (its own connection), or started by systemd (or by hand).
+  const spawned = process.env.VFSK_KEEPER_FD !== undefined;
   let config: WorkerConfig;
   let keeper: KeeperClient;
   try {
@@ -447,6 +465,21 @@ export async function workerMain(stateDir: string): Promise<number> {
     collectStartupGarbage(log);
     try {
       keeper.waitForTakeover();
+      worker.mark('takeover');
+    } catch (e) {
+      log.info({ err: errorInfo(e) }, 'standby released without a takeover');
+      return 0;
+    }
+    log.info('standby worker taking over');
+  } else if (!spawned) {
+    // Under systemd every worker stands by first: the keeper hands the session at once to the
+    // first one when none serves, and keeps the next (the other worker unit's, or this unit's
+    // restart) waiting until the serving one dies (docs/ARCHITECTURE.md, "Processes").
+    collectStartupGarbage(log);
+    worker.announceStandby();
+    const wd = watchdogIntervalMs();
+    try {
+      await keeper.waitForTakeoverAsync(() => worker.standbyWatchdogTick(), wd === null ? STANDBY_IDLE_TICK_MS : Math.max(10, wd / 2));
       worker.mark('takeover');
     } catch (e) {
       log.info({ err: errorInfo(e) }, 'standby released without a takeover');
