@@ -41,6 +41,15 @@ export class LoopClient {
     this.log = { nodeid: l.nodeid, fh: (await this.fuse.open(l.nodeid, F.O.WRONLY)).fh };
   }
 
+  /** Times one getattr of the handle opened first, submitted now: after a kill, a request only
+   * a successor can answer (ms from `since`, performance.now(), to its reply). */
+  async probe(since: number): Promise<number> {
+    const a = await this.fuse.getattr(this.hello.nodeid, this.hello.fh);
+    const ms = performance.now() - since;
+    if (Number(a.attr.size) !== Buffer.byteLength(HELLO)) throw new Error(`getattr size ${a.attr.size}`);
+    return ms;
+  }
+
   /** One read through the handle opened before any restart. */
   async readHello(): Promise<string> {
     return (await this.fuse.read(this.hello.nodeid, this.hello.fh, 0, 4096)).toString();
