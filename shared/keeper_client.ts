@@ -28,6 +28,9 @@ export class FdStoreRefusedError extends ResourceError {
   }
 }
 
+/** sendmsg errors that mean the keeper's end of the connection is closed. */
+const KEEPER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
+
 /** About a second of retries: a short shortage passes without a restart. */
 const STORE_RETRIES = 50;
 const RETRY_SLEEP_MS = 20;
@@ -46,6 +49,10 @@ export class KeeperClient implements FdRegistryListener {
   private readonly unsynced = new Map<string, number>();
   /** Called when stores did not land after every retry (default: throw FdStoreRefusedError). */
   onStoresRefused: (e: FdStoreRefusedError) => void = (e) => { throw e; };
+  /** Called when the keeper is gone (its end closed: EPIPE, ECONNRESET, EOF) before the error
+   * is thrown: nothing that needed the keeper may go on (the worker dies there; default: the
+   * error is thrown). */
+  onKeeperGone: (e: Error) => void = () => {};
 
   private constructor(readonly fd: number) {}
 
@@ -121,7 +128,11 @@ export class KeeperClient implements FdRegistryListener {
     for (;;) {
       const r = native.recvMsg(this.fd, this.buf, maxFds);
       if (r === null) continue;
-      if (r.bytes === 0 && r.fds.length === 0) throw new KeeperProtocolError(`keeper closed the connection ${when}`);
+      if (r.bytes === 0 && r.fds.length === 0) {
+        const e = new KeeperProtocolError(`keeper closed the connection ${when}`);
+        this.onKeeperGone(e);
+        throw e;
+      }
       try {
         if (r.truncated) throw new KeeperProtocolError(`message from the keeper truncated ${when}`);
         return { msg: parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length), fds: r.fds };
@@ -315,7 +326,13 @@ export class KeeperClient implements FdRegistryListener {
 
   private send(msg: ToKeeper, fds: number[]): void {
     const data = encodeToKeeper(msg);
-    const n = native.sendMsg(this.fd, data, fds);
+    let n: number;
+    try {
+      n = native.sendMsg(this.fd, data, fds);
+    } catch (e) {
+      if (KEEPER_GONE.has((e as { code?: string }).code ?? '')) this.onKeeperGone(e as Error);
+      throw e;
+    }
     if (n !== data.length) throw new KeeperProtocolError(`short send to keeper (${n} of ${data.length})`);
   }
 

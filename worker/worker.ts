@@ -72,6 +72,19 @@ export class Worker {
     throw e;
   }
 
+  /**
+   * The keeper is gone (killed: under systemd it comes back with every fd from the fd store,
+   * and BindsTo= stops this worker; embedded, the service is over). Without it no fd can be
+   * stored and no control reply sent, so nothing that needed it may go on: a request whose fd
+   * store failed must not be answered with an error. Die now; requests not yet published are
+   * replayed by a successor under the new keeper.
+   */
+  private keeperGone(e: Error): never {
+    this.log.fatal({ err: errorInfo(e) }, 'the keeper is gone; dying before anything needs it, for a successor under its successor');
+    process.kill(process.pid, 'SIGKILL');
+    throw e;
+  }
+
   /** What must happen before the worker is confined: systemd's notify socket is connected
    * while its path is reachable. */
   beforeSandbox(): void {
@@ -105,6 +118,7 @@ export class Worker {
     this.inodeFdCache = inodeFdCacheSize(ownNoFile, this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES);
     this.registry.setCapacity(fdBudget(ownNoFile - this.inodeFdCache, caps.noFile));
     this.keeper.onStoresRefused = (e) => this.storesRefused(e);
+    this.keeper.onKeeperGone = (e) => this.keeperGone(e);
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
     this.registry.addListener(this.keeper);

@@ -43,6 +43,8 @@ const EXPECTED = [
   /Failed with result '(signal|core-dump|watchdog)'/,
   /Watchdog timeout \(limit /,
   /Killing process \d+ \(node\) with signal SIGABRT/,
+  // (c): a worker that finds its keeper gone before systemd stops it dies on purpose.
+  /"msg":"the keeper is gone; dying before anything needs it/,
 ];
 
 interface Unit { ActiveState: string; SubState: string; MainPID: number; NRestarts: number; NFileDescriptorStore: number }
