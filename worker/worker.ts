@@ -3,6 +3,7 @@
 // piece of session state is in the state file (StateStore) before the guest or QEMU can
 // observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it
 // accepts QEMU; started after a crash it resumes the session.
+import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
@@ -375,6 +376,19 @@ export class Worker {
 }
 
 /**
+ * A standby starts libuv's threadpool before it waits: the pool's threads are created at its
+ * first use, which would otherwise be the first READ or WRITE of a takeover. After the sandbox,
+ * so they are created with the reduced capability sets ('/' is the shared directory then).
+ */
+async function warmThreadPool(log: Logger): Promise<void> {
+  try {
+    await fs.promises.stat('/');
+  } catch (e) {
+    log.debug({ err: errorInfo(e) }, 'cannot warm the threadpool before standing by');
+  }
+}
+
+/**
  * A standby collects its start-up garbage before it announces itself: otherwise the first GC
  * comes in the middle of a takeover (mapping guest memory counts as external memory and forces
  * one) and has to copy a young generation full of start-up objects (5-7 ms measured).
@@ -476,6 +490,7 @@ export async function workerMain(stateDir: string): Promise<number> {
     return EXIT_START_FAILED;
   }
   if (process.env.VFSK_STANDBY === '1') {
+    await warmThreadPool(log);
     collectStartupGarbage(log);
     try {
       keeper.waitForTakeover();
@@ -489,6 +504,7 @@ export async function workerMain(stateDir: string): Promise<number> {
     // Under systemd every worker stands by first: the keeper hands the session at once to the
     // first one when none serves, and keeps the next (the other worker unit's, or this unit's
     // restart) waiting until the serving one dies (docs/ARCHITECTURE.md, "Processes").
+    await warmThreadPool(log);
     collectStartupGarbage(log);
     worker.announceStandby();
     const wd = watchdogIntervalMs();
