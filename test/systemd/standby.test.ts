@@ -18,23 +18,18 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Machine, nspawnUnavailable } from './real/nspawn';
+import { nspawnUnavailable, type Machine } from './real/nspawn';
 import { LoopClient, HELLO, RECORD_SIZE, record } from './real/client';
+import { Units, KEEPER, WORKER, STANDBY, type Unit } from './real/units';
 import { waitFor } from '../frontend/helpers';
-import { queryStatus } from '../../cli/status';
 import { quantile } from '../bench/stats';
 import { recoveryPhases, summarisePhases } from '../bench/recovery';
 import * as F from '../frontend/fuse_proto';
 import type { StatusReport } from '../../shared/status_report';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
-const KEEPER = 'virtiofs-keeper@t1.service';
-const WORKER = 'virtiofs-worker@t1.service';
-const STANDBY = 'virtiofs-standby@t1.service';
-const IN_MACHINE = '/srv/vfsk-test';
-const IN_MACHINE_CHECKOUT = '/opt/vfsk-checkout';
 const WATCHDOG_SEC = 2;
-const KILLS = Number(process.env.VFSK_STANDBY_KILLS ?? 25);
+const KILLS = 25;
 
 const EXPECTED = [
   /Failed to configure loopback network device, ignoring/,
@@ -46,8 +41,6 @@ const EXPECTED = [
   // (c): a worker that finds its keeper gone before systemd stops it dies on purpose.
   /"msg":"the keeper is gone; dying before anything needs it/,
 ];
-
-interface Unit { ActiveState: string; SubState: string; MainPID: number; NRestarts: number; NFileDescriptorStore: number }
 
 const unavailable = nspawnUnavailable();
 
@@ -76,70 +69,36 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   fs.writeFileSync(path.join(shared, 'log'), '');
   fs.mkdirSync(path.join(shared, 'sub'));
   fs.writeFileSync(path.join(shared, 'sub', 'inner'), 'inner\n');
-  const name = `vfsk-${path.basename(dir).slice('vfsk-sb-'.length).toLowerCase().replace(/[^a-z0-9]/g, 'x')}`;
 
-  const binds: string[] = [`${ROOT}:${IN_MACHINE_CHECKOUT}`];
-  if (!process.execPath.startsWith('/usr/')) binds.push(path.dirname(path.dirname(process.execPath)));
-  const machine = new Machine({ name, dir, binds: [[dir, IN_MACHINE]], bindsRo: binds });
-  m = machine;
-  const state = await machine.boot();
-  if (state !== 'running') t.comment(`machine booted ${state}: ${(await machine.exec(['systemctl', '--failed', '--no-legend'])).stdout.trim()}`);
-
-  const installOut = await machine.run([process.execPath, path.join(IN_MACHINE_CHECKOUT, 'bin', 'virtiofs-keeper.js'), 'install-units']);
-  t.match(installOut, /wrote \/etc\/systemd\/system\/virtiofs-standby@\.service/, 'install-units wrote the standby unit');
-  await machine.writeFile('/etc/virtiofs-keeper/t1.conf', [`SHARED_DIR=${IN_MACHINE}/shared`, `SOCKET_PATH=${IN_MACHINE}/vhost.sock`, 'CACHE=never', 'OPTIONS=', ''].join('\n'));
-  const extra = process.env.VFSK_TEST_WORKER_UNIT_EXTRA ?? '';
-  for (const u of [WORKER, STANDBY]) await machine.writeFile(`/etc/systemd/system/${u}.d/50-test-watchdog.conf`, `[Service]\nWatchdogSec=${WATCHDOG_SEC}s\n${extra}`);
-  await machine.run(['systemctl', 'daemon-reload']);
-  const verify = await machine.exec(['systemd-analyze', 'verify', KEEPER, WORKER, STANDBY]);
-  t.equal(verify.code, 0, `systemd-analyze verify passes on the three units inside the machine ${verify.stdout}${verify.stderr}`);
+  const booted = await Units.boot({ dir, root: ROOT, workerDropIn: `WatchdogSec=${WATCHDOG_SEC}s\n` }, (mm) => { m = mm; });
+  const u = booted.units;
+  const machine = u.machine;
+  if (booted.bootState !== 'running') t.comment(`machine booted ${booted.bootState}: ${(await machine.exec(['systemctl', '--failed', '--no-legend'])).stdout.trim()}`);
+  t.match(booted.installOut, /wrote \/etc\/systemd\/system\/virtiofs-standby@\.service/, 'install-units wrote the standby unit');
+  t.equal(booted.verify, null, 'systemd-analyze verify passes silently on the three units inside the machine');
 
   const units = [KEEPER, WORKER, STANDBY];
   const journal = async (): Promise<string> => machine.journal(units, 400);
-  const unit = async (u: string): Promise<Unit> => {
-    const p = await machine.show(u, ['ActiveState', 'SubState', 'MainPID', 'NRestarts', 'NFileDescriptorStore']);
-    return { ActiveState: p.ActiveState!, SubState: p.SubState!, MainPID: Number(p.MainPID), NRestarts: Number(p.NRestarts), NFileDescriptorStore: Number(p.NFileDescriptorStore) };
-  };
+  const unit = (name: string): Promise<Unit> => u.unit(name);
   const failWith = async (e: unknown, extra = ''): Promise<never> => {
     t.comment(`journal of ${units.join(', ')}:\n${await journal()}`);
     throw new Error(`${(e as Error).message}${extra}`);
   };
   const serving = (s: Unit): boolean => s.ActiveState === 'active' && s.SubState === 'running' && s.MainPID > 0;
-  const waitUnit = async (u: string, cond: (s: Unit) => boolean, what: string, timeoutMs = 30_000): Promise<Unit> => {
+  const waitUnit = async (name: string, cond: (s: Unit) => boolean, what: string, timeoutMs = 30_000): Promise<Unit> => {
     let last: Unit | null = null;
     try {
-      return await waitFor(async () => { const s = await unit(u); last = s; return cond(s) ? s : null; }, what, timeoutMs, 50) as Unit;
+      return await waitFor(async () => { const s = await unit(name); last = s; return cond(s) ? s : null; }, what, timeoutMs, 50) as Unit;
     } catch (e) {
-      return failWith(e, `; ${u} is ${JSON.stringify(last)}`);
+      return failWith(e, `; ${name} is ${JSON.stringify(last)}`);
     }
   };
-  /** The keeper's status, read from the host through the keeper's root (as an observer). */
-  const status = async (): Promise<StatusReport> => {
-    const k = await unit(KEEPER);
-    const host = machine.hostPid(k.MainPID);
-    if (host === null) throw new Error(`the keeper (pid ${k.MainPID} in the machine) is not running`);
-    return queryStatus(`/proc/${host}/root/run/virtiofs-keeper/t1`);
-  };
-  /** Polls the status until `cond` holds (a keeper restarting meanwhile is retried). */
-  const waitStatus = async (cond: (s: StatusReport) => boolean, what: string): Promise<StatusReport> => {
-    let last: StatusReport | null = null;
-    try {
-      return await waitFor(async () => {
-        try { last = await status(); } catch { return null; }
-        return cond(last) ? last : null;
-      }, what, 60_000, 20) as StatusReport;
-    } catch (e) {
-      return failWith(e, `; last status: ${JSON.stringify((last as StatusReport | null)?.worker)}`);
-    }
-  };
-  /** Waits until a worker serves and another waits. */
-  const steady = (what: string): Promise<StatusReport> => waitStatus(({ worker: w }) =>
-    w.state === 'running' && w.pid !== null && w.standbyReady && w.standbyPid !== null && w.standbyPid !== w.pid, what);
+  const waitStatus = (cond: (s: StatusReport) => boolean, what: string): Promise<StatusReport> => u.waitStatus(cond, what).catch(failWith);
+  const steady = (what: string): Promise<StatusReport> => u.steady(what).catch(failWith);
   /** Which unit a machine pid belongs to. */
   const unitOf = async (pid: number): Promise<string> => ((await unit(WORKER)).MainPID === pid ? WORKER : (await unit(STANDBY)).MainPID === pid ? STANDBY : `no unit (pid ${pid})`);
 
-  const start = await machine.exec(['systemctl', 'start', KEEPER], { timeoutMs: 60_000 });
-  t.equal(start.code, 0, `systemctl start ${KEEPER} ${start.stderr}`);
+  await u.start();
   await waitUnit(KEEPER, serving, 'the keeper to be active');
   const w0 = await waitUnit(WORKER, serving, 'the worker unit (pulled in by Wants=) to be active');
   const s0 = await waitUnit(STANDBY, serving, 'the standby unit (pulled in by Wants=) to be active');
@@ -198,7 +157,7 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   // Where the time went, from the daemons' own marks (CLOCK_MONOTONIC: one clock for the host and
   // the machine): kill -> the keeper sees the connection close (exitSeen) -> the standby wakes
   // (takeover) -> fd set fetched -> state loaded -> session built -> first request served.
-  const daemonLog = (await machine.exec(['journalctl', '--no-pager', '-o', 'cat', '-u', KEEPER, '-u', WORKER, '-u', STANDBY])).stdout;
+  const daemonLog = await u.daemonLog();
   const phases = recoveryPhases(daemonLog, killNs);
   t.equal(phases.length, KILLS, 'every recovery has its timeline in the journal');
   t.comment(`  where the time went (ms from the previous step; p50 / p99 / max): ${summarisePhases(phases)}`);
@@ -234,8 +193,8 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   const k0 = await unit(KEEPER);
   t.ok(k0.NFileDescriptorStore >= 4, `the keeper keeps its fds in systemd's fd store (NFileDescriptorStore=${k0.NFileDescriptorStore})`);
   const t0 = performance.now();
+  c.resetGap();
   process.kill(machine.hostPid(k0.MainPID)!, 'SIGKILL');
-  const crashMs = await c.probe(t0).catch((e: Error) => failWith(new Error(`the probe after the keeper's SIGKILL failed: ${e.message}`)));
   const k1 = await waitUnit(KEEPER, (s) => s.MainPID !== k0.MainPID && serving(s), 'systemd to restart the SIGKILLed keeper');
   const stK = await steady('a serving worker and a standby after the keeper\'s restart');
   await served('requests served after the keeper\'s crash');
@@ -247,7 +206,7 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   t.equal((await c.fuse.getattr(sub.nodeid)).attr.ino, sub.attr.ino, '(c) the directory\'s nodeid still names it');
   t.ok(await c.fe.controlAlive(), '(c) the frontend\'s vhost-user connection never closed');
   t.same(c.errors, [], '(c) the client saw no error');
-  t.comment(`keeper SIGKILL: a getattr submitted right after it was answered in ${r1(crashMs)} ms (a Node.js start of the keeper and of a worker); ${r1(performance.now() - t0)} ms until served again and a standby waits`);
+  t.comment(`keeper SIGKILL: the client's longest pause between two iterations was ${r1(c.maxGapMs)} ms (systemd stops the workers, starts a keeper, then a worker: two Node.js starts); ${r1(performance.now() - t0)} ms until the test saw a worker serving and a standby waiting`);
   const fdsAfter = (await unit(KEEPER)).NFileDescriptorStore;
   t.ok(fdsAfter >= k0.NFileDescriptorStore, `the fd store kept every fd (${k0.NFileDescriptorStore} before, ${fdsAfter} after; the session opened more)`);
 
@@ -269,7 +228,7 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   c.close();
   client = null;
 
-  const all = (await machine.exec(['journalctl', '--no-pager', '-o', 'cat', '-u', KEEPER, '-u', WORKER, '-u', STANDBY])).stdout.split('\n');
+  const all = (await u.daemonLog()).split('\n');
   const bad = all.filter((l) => (/"level":(50|60)/.test(l) || /\b(Failed|failed|error|Error)\b/.test(l)) && !/"level":(10|20|30|40),/.test(l) && !EXPECTED.some((re) => re.test(l)));
   t.same(bad, [], 'the keeper, the workers and systemd logged no unexpected error');
   t.comment(`standby systemd test body took ${Date.now() - started} ms`);
