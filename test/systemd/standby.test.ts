@@ -122,6 +122,12 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   };
   await served('requests served before any kill');
 
+  // The keeper's fds (its store, both workers' keeper.sock connections...), to compare after the
+  // kills: a dead standby's or worker's connection must not stay behind.
+  const keeperFds = async (): Promise<number> => fs.readdirSync(`/proc/${machine.hostPid((await unit(KEEPER)).MainPID)}/fd`).length;
+  await steady('the steady state before counting the keeper\'s fds');
+  const fds0 = await keeperFds();
+
   // (a) KILLS SIGKILLs of the serving worker, each in the steady state (a standby waits).
   const clientMs: number[] = [];
   const keeperMs: number[] = [];
@@ -165,6 +171,10 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   const sN = await unit(STANDBY);
   t.equal(wN.NRestarts + sN.NRestarts, KILLS, `systemd restarted the dead worker's unit each time (worker ${wN.NRestarts} + standby ${sN.NRestarts})`);
   await served('requests served after the kills');
+  await steady('the steady state after the kills');
+  // A status query's connection may still be open for a moment: poll.
+  const fds1 = await waitFor(async () => { const n = await keeperFds(); return n === fds0 ? n : null; }, `the keeper's fd count to settle at ${fds0}`, 10_000, 50).catch(async () => keeperFds());
+  t.equal(fds1, fds0, `the keeper holds as many fds after ${KILLS} handovers as before (${fds0}): no dead worker's connection stays`);
 
   // (b) A hung worker is still replaced: SIGSTOP the serving one; no WATCHDOG=1, systemd kills it.
   let before = await steady('a standby before the SIGSTOP');
