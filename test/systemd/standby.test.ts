@@ -218,7 +218,7 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   t.same(c.errors, [], '(c) the client saw no error');
   t.comment(`keeper SIGKILL: the client's longest pause between two iterations was ${r1(c.maxGapMs)} ms (systemd stops the workers, starts a keeper, then a worker: two Node.js starts); ${r1(performance.now() - t0)} ms until the test saw a worker serving and a standby waiting`);
   const fdsAfter = (await unit(KEEPER)).NFileDescriptorStore;
-  t.ok(fdsAfter >= k0.NFileDescriptorStore, `the fd store kept every fd (${k0.NFileDescriptorStore} before, ${fdsAfter} after; the session opened more)`);
+  t.ok(fdsAfter >= k0.NFileDescriptorStore, `systemd's fd store kept every fd (${k0.NFileDescriptorStore} before the keeper's SIGKILL, ${fdsAfter} after)`);
 
   // After the keeper's crash a worker's death is still a handover.
   before = await steady('a standby after the keeper\'s crash');
