@@ -146,6 +146,11 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
     }
   };
   await served('requests served before any restart');
+  // The worker unit's process confined itself: the seccomp filter is on (--seccomp kill, the
+  // default), under systemd's own SystemCallFilter.
+  const wStatus = (await m.exec(['cat', `/proc/${w0.MainPID}/status`])).stdout;
+  t.match(wStatus, /^Seccomp:\s+2$/m, 'the worker under systemd runs its seccomp filter (Seccomp: 2)');
+  t.match(wStatus, /^NoNewPrivs:\s+1$/m, 'with no_new_privs');
 
   // (a) SIGKILL.
   const k0 = await unit(KEEPER);
