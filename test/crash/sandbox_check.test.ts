@@ -30,6 +30,9 @@ t.test('sandbox-check blocks what a compromised worker would try', async (t) => 
     t.comment(`${mode}:\n${rows.map((x) => `  ${x.attempt}: ${x.blocked ? 'blocked' : 'NOT blocked'} (${x.result})`).join('\n')}`);
     t.match(row('read /etc/shadow'), { blocked: true, result: 'ENOENT' }, `${mode}: /etc/shadow is not there`);
     t.match(row('open the share\'s parent'), { blocked: true }, `${mode}: the host outside the share is not reachable`);
+    // The fds pinned before the pivot (worker/sandbox.ts) must not climb out of it with '..'.
+    t.match(row('escape via the pinned state dir'), { blocked: true, result: "'..' stays in the state dir" }, `${mode}: '..' of the pinned state dir stays in it`);
+    t.match(row('escape via the pinned /proc'), { blocked: true, result: /^only pid dirs/ }, `${mode}: '../..' of the pinned /proc/self/fd is a procfs of pid dirs only`);
     t.match(row('ptrace pid'), { blocked: true, result: 'EPERM' }, `${mode}: ptrace of the other instance's keeper: EPERM`);
     t.match(row('mount a tmpfs'), { blocked: true, result: 'EPERM' }, `${mode}: mount: EPERM`);
     t.match(row('execve /bin/sh'), { blocked: true, result: 'ENOENT' }, `${mode}: no shell to execute`);
