@@ -220,6 +220,12 @@ export interface NativeAddon {
   pivotRoot(dir: PathLike, ownNamespaceDeclared: boolean): void;
   /** chroot(dir), chdir("/"). */
   chrootTo(dir: PathLike): void;
+  /** An O_PATH fd of the root of a bind mount of `dir` attached nowhere (open_tree
+   * OPEN_TREE_CLONE): '..' from it stays at `dir`. */
+  detachedTree(dir: PathLike): number;
+  /** The root fd of a new procfs of our pid namespace attached nowhere: nosuid, nodev, noexec,
+   * subset=pid, hidepid=invisible. */
+  detachedProc(): number;
   /** The calling thread (and threads it creates later) keeps only the capabilities of
    * boundingMask in its bounding set and those of permittedMask in its permitted/effective sets
    * (bit n = capability n); inheritable and ambient become empty. */

@@ -6,6 +6,7 @@
 // sandbox as long as it opens them through at().
 import * as path from 'node:path';
 import { native, C } from './native';
+import { BugError } from './errors';
 
 const pinned = new Map<string, number>();
 
@@ -14,6 +15,14 @@ export function pinDir(dir: string): void {
   const abs = path.resolve(dir);
   if (pinned.has(abs)) return;
   pinned.set(abs, native.openat(C.AT_FDCWD!, abs, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0));
+}
+
+/** Resolves later paths under `dir` through `fd` (a directory fd the caller opened and hands
+ * over; worker/sandbox.ts opens its pinned dirs on detached mounts). */
+export function pinDirFd(dir: string, fd: number): void {
+  const abs = path.resolve(dir);
+  if (pinned.has(abs)) throw new BugError(`${abs} is pinned already`);
+  pinned.set(abs, fd);
 }
 
 /** Where to open `p`: the fd of its pinned parent directory and its name there, or (AT_FDCWD, p). */

@@ -11,8 +11,14 @@
 // - none: as before, logged as a warning.
 //
 // What the worker still reaches outside, through fds opened before (shared/pinned_dirs.ts): the
-// state directory (journal, compaction) and /proc/self/fd (re-opening inodes). Then every
-// capability but PASSTHROUGH_CAPS leaves the bounding, permitted and effective sets.
+// state directory (journal, compaction), /proc/self/fd (re-opening inodes) and /proc/self/fdinfo
+// (GETLK). A plain fd opened before the pivot would be a way out: openat(fd, "../..") climbs to
+// the top of the host mount it is on (/, /tmp: the host's files; the host's /proc: /proc/sys,
+// every process). So each is opened on a mount attached nowhere, from whose root ".." goes
+// nowhere: a clone of the state dir's mount rooted at the state dir, and a procfs of our own
+// (subset=pid, hidepid=invisible; in namespace mode of our own pid namespace, so it lists only
+// ourselves). Then every capability but PASSTHROUGH_CAPS leaves the bounding, permitted and
+// effective sets.
 //
 // No lazy loading: the worker's whole module graph is imported statically by worker.ts before
 // this runs (cli/main.ts imports it, then calls workerMain), and Node's built-in modules are in
@@ -21,9 +27,9 @@
 // worker's module list is complete before the pivot).
 import Module from 'node:module';
 import type { Logger } from '../shared/log';
-import { native } from '../shared/native';
-import { pinDir } from '../shared/pinned_dirs';
-import { BugError } from '../shared/errors';
+import { native, C } from '../shared/native';
+import { pinDir, pinDirFd } from '../shared/pinned_dirs';
+import { BugError, errorInfo } from '../shared/errors';
 import type { SandboxMode } from '../shared/config';
 import { PASSTHROUGH_CAPS, capMask } from '../shared/capabilities';
 
@@ -39,10 +45,7 @@ let entered: SandboxMode | null = null;
 /** Confines this process (see the header). */
 export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: string, log: Logger): void {
   if (entered !== null) throw new BugError(`sandbox entered twice (${entered}, then ${mode})`);
-  pinDir(stateDir);
-  pinDir('/proc/self/fd');
-  // GETLK finds which lock owner holds a lock in its description's fdinfo (worker/fs/locks.ts).
-  pinDir('/proc/self/fdinfo');
+  pinOutside(mode, stateDir, log);
   // The worker unit declares its own mount namespace (VFSK_OWN_MOUNT_NS=1): systemd's is
   // unreadable from inside the unit.
   if (mode === 'namespace') native.pivotRoot(sharedDir, process.env.VFSK_OWN_MOUNT_NS === '1');
@@ -55,6 +58,40 @@ export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: str
   entered = mode;
   if (mode !== 'none') forbidLazyLoading();
   log.info({ sandbox: mode, sharedDir }, 'worker confined');
+}
+
+/** Pins the directories reached outside the root (see the header). */
+function pinOutside(mode: SandboxMode, stateDir: string, log: Logger): void {
+  if (mode === 'none') {
+    for (const d of [stateDir, '/proc/self/fd', '/proc/self/fdinfo']) pinDir(d);
+    return;
+  }
+  pinDetached(mode, stateDir, () => native.detachedTree(stateDir), log);
+  let proc = -1;
+  const openProc = (sub: string) => (): number => {
+    if (proc < 0) proc = native.detachedProc();
+    return native.openat(proc, sub, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  };
+  try {
+    pinDetached(mode, '/proc/self/fd', openProc('self/fd'), log);
+    // GETLK finds which lock owner holds a lock in its description's fdinfo (worker/fs/locks.ts).
+    pinDetached(mode, '/proc/self/fdinfo', openProc('self/fdinfo'), log);
+  } finally {
+    // Its root stays reachable as '../..' of both: nothing is lost by closing it.
+    if (proc >= 0) native.close(proc);
+  }
+}
+
+/** pinDirFd(dir, open()); in chroot mode, when that is refused (no CAP_SYS_ADMIN), a plain pin
+ * that '..' can climb out of, logged as a warning (`sandbox-check` shows it NOT BLOCKED). */
+function pinDetached(mode: SandboxMode, dir: string, open: () => number, log: Logger): void {
+  try {
+    pinDirFd(dir, open());
+  } catch (e) {
+    if (mode === 'namespace') throw e;
+    log.warn({ err: errorInfo(e), dir }, "cannot pin a directory on a detached mount: '..' from its fd reaches the host");
+    pinDir(dir);
+  }
 }
 
 /** After the pivot, a require() that needs a file not loaded yet cannot find it: that is a bug,

@@ -80,6 +80,46 @@ Napi::Value PivotRoot(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// detachedTree(dir): an O_PATH fd of the root of a new bind mount of `dir` that is attached
+// nowhere (open_tree OPEN_TREE_CLONE). A directory fd opened before the pivot would let
+// openat(fd, "../..") climb to the top of whatever mount it is on (the host's / or /tmp); from
+// the root of a mount without a parent, ".." stays put. Needs CAP_SYS_ADMIN over the mount
+// namespace; the clone lives as long as an fd refers to it.
+Napi::Value DetachedTree(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "detachedTree");
+  std::string dir;
+  if (!a.Count(1) || !a.Path(0, "dir", "open_tree", &dir)) return {};
+  int fd = static_cast<int>(syscall(SYS_open_tree, AT_FDCWD, dir.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
+  if (fd < 0) { Fail(env, "open_tree"); return {}; }
+  return Napi::Number::New(env, fd);
+}
+
+// detachedProc(): the root fd of a new procfs of our pid namespace, attached nowhere (so ".."
+// stays at its root, as for detachedTree), nosuid, nodev, noexec, with subset=pid (no
+// /proc/sys, sysrq-trigger, kcore...: only pid dirs and self) and hidepid=invisible (only
+// processes we may ptrace are listed). Needs CAP_SYS_ADMIN over our pid namespace.
+Napi::Value DetachedProc(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "detachedProc");
+  if (!a.Count(0)) return {};
+  int fs = static_cast<int>(syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC));
+  if (fs < 0) { Fail(env, "fsopen"); return {}; }
+  const char* failed = nullptr;
+  if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "subset", "pid", 0) < 0) failed = "fsconfig subset=pid";
+  else if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "hidepid", "invisible", 0) < 0) failed = "fsconfig hidepid=invisible";
+  else if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0) failed = "fsconfig create";
+  int mnt = -1;
+  if (failed == nullptr) {
+    mnt = static_cast<int>(syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC));
+    if (mnt < 0) failed = "fsmount";
+  }
+  int err = errno;
+  close(fs);
+  if (failed != nullptr) { ThrowErrno(env, err, failed); return {}; }
+  return Napi::Number::New(env, mnt);
+}
+
 // chrootTo(dir): chroot(dir) and chdir("/").
 Napi::Value ChrootTo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -222,6 +262,8 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
 
 void InitSandbox(Napi::Env env, Napi::Object exports) {
   exports.Set("pivotRoot", Napi::Function::New(env, PivotRoot, "pivotRoot"));
+  exports.Set("detachedTree", Napi::Function::New(env, DetachedTree, "detachedTree"));
+  exports.Set("detachedProc", Napi::Function::New(env, DetachedProc, "detachedProc"));
   exports.Set("chrootTo", Napi::Function::New(env, ChrootTo, "chrootTo"));
   exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
