@@ -49,6 +49,9 @@ export interface RecvResult {
   fds: number[];
   /** MSG_TRUNC or MSG_CTRUNC was set: data or fds were cut off (the received fds are kept). */
   truncated: boolean;
+  /** The sender's pid (in our pid namespace) when the socket has SO_PASSCRED, else null (also
+   * when the sender has no pid here). */
+  credPid: number | null;
 }
 
 export interface FlockInfo { type: number; whence: number; start: number; len: number; pid: number }
@@ -232,6 +235,10 @@ export interface NativeAddon {
   limitCapabilities(boundingMask: number, permittedMask: number): void;
   /** prctl(PR_SET_DUMPABLE, 0): /proc/PID/fd etc. then need CAP_SYS_PTRACE. */
   setNotDumpable(): void;
+  /** _exit(status): no JS, no exit handlers, nothing flushed. */
+  exitNow(status: number): never;
+  /** SO_PASSCRED on a unix socket: recvMsg then reports the sender's pid (credPid). */
+  setPassCred(fd: number, on: boolean): void;
   /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
   setNoNewPrivs(): void;
   /** What a compromised worker would try, for `sandbox-check`: 0 if it succeeded, else its

@@ -33,11 +33,26 @@ import { BugError, errorInfo } from '../shared/errors';
 import type { SandboxMode } from '../shared/config';
 import { PASSTHROUGH_CAPS, capMask } from '../shared/capabilities';
 
-/** The argv prefix that starts a worker in its own namespaces for `mode` (embedded mode). */
+/** The argv prefix that starts a worker in its own namespaces for `mode` (embedded mode). With
+ * --pid, unshare(1) forks the worker as PID 1 of a new pid namespace and stays its parent: it
+ * exits (passing on the worker's exit code or killing itself with its signal) only once the
+ * worker and everything in its namespace are gone, so the keeper reaping it still means "the
+ * predecessor is dead". --kill-child: if unshare itself is killed, so is the worker. The
+ * worker's real pid reaches the keeper with its first keeper.sock message (supervisor.ts). */
 export function sandboxLauncher(mode: SandboxMode, euid: number): string[] {
   if (mode !== 'namespace') return [];
-  return ['/usr/bin/unshare', '--mount', '--net', '--ipc', '--uts', '--propagation', 'private',
+  return ['/usr/bin/unshare', '--mount', '--net', '--ipc', '--uts', '--pid', '--fork', '--kill-child', '--propagation', 'private',
     ...(euid === 0 ? [] : ['--user', '--map-root-user']), '--'];
+}
+
+/** PID 1 of a pid namespace (the worker under sandboxLauncher) ignores every signal it has no
+ * handler for when sent from inside its namespace (its own SIGKILL included), and SIGTERM and
+ * SIGINT even from outside. So it handles SIGTERM as the default would (die at once, code
+ * 128+15: it cannot die of a signal it sends itself; supervisor.ts reads that code as SIGTERM),
+ * and its crash points exit with native.exitNow (shared/crash_points.ts). */
+export function actAsInit(): void {
+  if (process.pid !== 1) return;
+  process.on('SIGTERM', () => native.exitNow(128 + 15));
 }
 
 let entered: SandboxMode | null = null;

@@ -27,7 +27,7 @@ import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 import { existsAt } from '../shared/pinned_dirs';
-import { enterSandbox } from './sandbox';
+import { actAsInit, enterSandbox } from './sandbox';
 
 
 /** fds that belong to the service, not to one frontend session. */
@@ -405,6 +405,8 @@ function connectKeeper(stateDir: string): KeeperClient {
 
 export async function workerMain(stateDir: string): Promise<number> {
   const log = logger('worker');
+  // PID 1 of its own pid namespace (the namespace sandbox's launcher): SIGTERM must still end it.
+  actAsInit();
   // Blocking lock waits (SETLKW, flock) each hold a threadpool thread; 4 is too few. Must be
   // set before the first threadpool use.
   process.env.UV_THREADPOOL_SIZE ??= '16';

@@ -32,11 +32,23 @@ bool Fail(Napi::Env env, const char* syscall) {
 // pivoting that one would change the root of every process in it. A worker the keeper started
 // through unshare(1), or a unit with a mount namespace of its own, does not.
 // `declared`: the launcher says the namespace is ours (a unit with a mount namespace of its own
-// sets VFSK_OWN_MOUNT_NS=1), which is taken when the parent's cannot be read (EACCES: systemd as
-// PID 1 holds capabilities the unit's bounding set lacks).
+// sets VFSK_OWN_MOUNT_NS=1, and so does the keeper for unshare(1)), which is taken when the
+// parent's cannot be read (EACCES: systemd as PID 1 holds capabilities the unit's bounding set
+// lacks) or is not in our pid namespace.
 bool InParentMountNs(Napi::Env env, bool declared, bool* out) {
   struct stat self {}, parent {};
-  std::string parentNs = "/proc/" + std::to_string(getppid()) + "/ns/mnt";
+  pid_t ppid = getppid();
+  // 0: our parent is outside our pid namespace (unshare --pid --fork, which made our mount
+  // namespace before it forked us and so shares it): only the launcher's word tells.
+  if (ppid == 0) {
+    if (declared) {
+      *out = false;
+      return true;
+    }
+    ThrowErrno(env, EPERM, "pivot_root (a parent outside our pid namespace, and no namespace of our own declared)");
+    return false;
+  }
+  std::string parentNs = "/proc/" + std::to_string(ppid) + "/ns/mnt";
   if (stat("/proc/self/ns/mnt", &self) < 0) return Fail(env, "stat");
   if (stat(parentNs.c_str(), &parent) < 0) {
     if ((errno == EACCES || errno == EPERM) && declared) {
@@ -186,6 +198,31 @@ Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// exitNow(status): _exit(status) at once: no JS, no exit handlers, nothing flushed. For the
+// crash points of a worker that is PID 1 of its pid namespace, which a SIGKILL sent from inside
+// that namespace (its own process.kill) does not reach.
+Napi::Value ExitNow(const Napi::CallbackInfo& info) {
+  Args a(info, "exitNow");
+  int64_t status;
+  if (!a.Count(1) || !a.Int(0, "status", 0, 255, &status)) return {};
+  _exit(static_cast<int>(status));
+}
+
+// setPassCred(fd, on): SO_PASSCRED on a unix socket: every message received on it then carries
+// the sender's pid as the kernel knows it, in our pid namespace (recvMsg's credPid). The keeper
+// learns a worker's real pid so: the worker is unshare(1)'s child in a pid namespace of its own,
+// and SO_PEERCRED of a socketpair names the process that made the pair (the keeper).
+Napi::Value SetPassCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "setPassCred");
+  int fd;
+  bool on = false;
+  if (!a.Count(2) || !a.Fd(0, "fd", &fd) || !a.Bool(1, "on", &on)) return {};
+  int v = on ? 1 : 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &v, sizeof v) < 0) { Fail(env, "setsockopt"); return {}; }
+  return env.Undefined();
+}
+
 // The errno of a forked child's attempt (its exit code), or 0 when it succeeded. The child
 // calls only async-signal-safe functions.
 int InChild(Napi::Env env, int (*attempt)(const char*), const char* arg, bool* ok) {
@@ -267,6 +304,8 @@ void InitSandbox(Napi::Env env, Napi::Object exports) {
   exports.Set("chrootTo", Napi::Function::New(env, ChrootTo, "chrootTo"));
   exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
+  exports.Set("exitNow", Napi::Function::New(env, ExitNow, "exitNow"));
+  exports.Set("setPassCred", Napi::Function::New(env, SetPassCred, "setPassCred"));
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
 }

@@ -39,7 +39,10 @@ for (const mode of ['namespace', 'chroot'] as const) {
       t.equal(BigInt(`0x${statusField(pid, 'CapBnd')}`), want, `${role}: CapBnd is a passthrough's (${want.toString(16)})`);
       t.equal(BigInt(`0x${statusField(pid, 'CapEff')}`), want, `${role}: CapEff too`);
       if (mode === 'namespace') {
-        for (const kind of ['mnt', 'net', 'ipc', 'uts']) t.not(ns(pid, kind), ns('self', kind), `${role}: its own ${kind} namespace`);
+        for (const kind of ['mnt', 'net', 'ipc', 'uts', 'pid']) t.not(ns(pid, kind), ns('self', kind), `${role}: its own ${kind} namespace`);
+        const nspid = /^NSpid:\s*(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.trim().split(/\s+/);
+        t.same([nspid[0], nspid[nspid.length - 1]], [String(pid), '1'], `${role}: status gives its pid here, and it is pid 1 in its namespace (NSpid ${nspid.join(' ')})`);
+        t.ok(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(process.execPath), `${role}: status names the worker itself (node), not its launcher`);
       } else {
         t.equal(ns(pid, 'mnt'), ns('self', 'mnt'), `${role}: chroot, in our mount namespace`);
       }
