@@ -6,7 +6,6 @@
 // sandbox as long as it opens them through at().
 import * as path from 'node:path';
 import { native, C } from './native';
-import { BugError } from './errors';
 
 const pinned = new Map<string, number>();
 
@@ -18,11 +17,13 @@ export function pinDir(dir: string): void {
 }
 
 /** Resolves later paths under `dir` through `fd` (a directory fd the caller opened and hands
- * over; worker/sandbox.ts opens its pinned dirs on detached mounts). */
+ * over; worker/sandbox.ts opens its pinned dirs on detached mounts). Replaces (and closes) an
+ * earlier pin of `dir` (a test hook's, shared/crash_points.ts). */
 export function pinDirFd(dir: string, fd: number): void {
   const abs = path.resolve(dir);
-  if (pinned.has(abs)) throw new BugError(`${abs} is pinned already`);
+  const old = pinned.get(abs);
   pinned.set(abs, fd);
+  if (old !== undefined) native.close(old);
 }
 
 /** Where to open `p`: the fd of its pinned parent directory and its name there, or (AT_FDCWD, p). */

@@ -51,7 +51,8 @@ bool InParentMountNs(Napi::Env env, bool declared, bool* out) {
   std::string parentNs = "/proc/" + std::to_string(ppid) + "/ns/mnt";
   if (stat("/proc/self/ns/mnt", &self) < 0) return Fail(env, "stat");
   if (stat(parentNs.c_str(), &parent) < 0) {
-    if ((errno == EACCES || errno == EPERM) && declared) {
+    // ENOENT: a /proc with hidepid=invisible (ProtectProc=invisible) hides PID 1.
+    if ((errno == EACCES || errno == EPERM || errno == ENOENT) && declared) {
       *out = false;
       return true;
     }
