@@ -1,9 +1,9 @@
 // The worker's confinement, entered once it is fully loaded and connected to its keeper, before
 // it reads a byte from the guest or QEMU (a standby before it waits for its takeover):
 //
-// - namespace (default): the keeper started us in new mount, net, ipc and uts namespaces
-//   (unshare(1), supervisor.ts; under systemd the worker unit's PrivateNetwork/PrivateIPC/
-//   ProtectHostname and its own mount namespace). Here the shared directory becomes "/" by
+// - namespace (default): the keeper started us in new mount, pid, net, ipc and uts namespaces
+//   (unshare(1), sandboxLauncher below; under systemd the worker unit's PrivateNetwork/
+//   PrivateIPC/ProtectHostname/ProtectProc and its own mount namespace, no pid namespace). Here the shared directory becomes "/" by
 //   pivot_root, as a read-only, noexec bind mount: the worker serves the guest through the
 //   keeper's fds, never through its own root. The old root is detached: nothing else of the host
 //   is reachable by path.
