@@ -237,6 +237,8 @@ export interface NativeAddon {
   setNotDumpable(): void;
   /** _exit(status): no JS, no exit handlers, nothing flushed. */
   exitNow(status: number): never;
+  /** SIGTERM then makes the process _exit(128+15) from a native handler (no JS needed). */
+  exitOnSigterm(): void;
   /** SO_PASSCRED on a unix socket: recvMsg then reports the sender's pid (credPid). */
   setPassCred(fd: number, on: boolean): void;
   /** prctl(PR_SET_NO_NEW_PRIVS, 1). */

@@ -49,10 +49,11 @@ export function sandboxLauncher(mode: SandboxMode, euid: number): string[] {
  * handler for when sent from inside its namespace (its own SIGKILL included), and SIGTERM and
  * SIGINT even from outside. So it handles SIGTERM as the default would (die at once, code
  * 128+15: it cannot die of a signal it sends itself; supervisor.ts reads that code as SIGTERM),
- * and its crash points exit with native.exitNow (shared/crash_points.ts). */
+ * natively, since a standby waits for its takeover in a blocking read where no JS handler would
+ * run; and its crash points exit with native.exitNow (shared/crash_points.ts). */
 export function actAsInit(): void {
   if (process.pid !== 1) return;
-  process.on('SIGTERM', () => native.exitNow(128 + 15));
+  native.exitOnSigterm();
 }
 
 let entered: SandboxMode | null = null;

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <arpa/inet.h>
 #include <unistd.h>
 
@@ -209,6 +210,23 @@ Napi::Value ExitNow(const Napi::CallbackInfo& info) {
   _exit(static_cast<int>(status));
 }
 
+void ExitWithSignalStatus(int sig) { _exit(128 + sig); }
+
+// exitOnSigterm(): SIGTERM makes the process _exit(128+15) at once, from a native handler.
+// PID 1 of a pid namespace (the worker under the namespace sandbox) never gets the default
+// action of SIGTERM, and a JS handler runs only when the event loop turns (a standby waits in a
+// blocking read for its takeover). Async-signal-safe: the handler calls _exit only.
+Napi::Value ExitOnSigterm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "exitOnSigterm");
+  if (!a.Count(0)) return {};
+  struct sigaction sa {};
+  sa.sa_handler = ExitWithSignalStatus;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGTERM, &sa, nullptr) < 0) { Fail(env, "sigaction"); return {}; }
+  return env.Undefined();
+}
+
 // setPassCred(fd, on): SO_PASSCRED on a unix socket: every message received on it then carries
 // the sender's pid as the kernel knows it, in our pid namespace (recvMsg's credPid). The keeper
 // learns a worker's real pid so: the worker is unshare(1)'s child in a pid namespace of its own,
@@ -306,6 +324,7 @@ void InitSandbox(Napi::Env env, Napi::Object exports) {
   exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
   exports.Set("exitNow", Napi::Function::New(env, ExitNow, "exitNow"));
+  exports.Set("exitOnSigterm", Napi::Function::New(env, ExitOnSigterm, "exitOnSigterm"));
   exports.Set("setPassCred", Napi::Function::New(env, SetPassCred, "setPassCred"));
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
