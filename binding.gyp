@@ -10,7 +10,8 @@
         "native/src/poll.cc",
         "native/src/fsops.cc",
         "native/src/io.cc",
-        "native/src/sandbox.cc"
+        "native/src/sandbox.cc",
+        "native/src/seccomp.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],

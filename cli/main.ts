@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { keeperCommand, type ServeArgs } from './serve';
-import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, SANDBOX_MODES, type CacheMode, type InodeFileHandles, type SandboxMode } from '../shared/config';
+import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_SECCOMP_ACTION, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, SANDBOX_MODES, SECCOMP_ACTIONS, type CacheMode, type InodeFileHandles, type SandboxMode, type SeccompAction } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
 export function nameFromSocket(socketPath: string): string {
@@ -34,6 +34,8 @@ function serveOptions<T>(y: Argv<T>) {
       describe: '`keeper` only: who may act as a worker on keeper.sock (unit: processes of --worker-unit; same-uid: any process of our uid)' })
     .option('sandbox', { choices: SANDBOX_MODES, default: 'namespace' as SandboxMode,
       describe: 'confine the worker: namespace (own mount/net/ipc/uts namespaces, pivot_root into the shared dir), chroot, or none' })
+    .option('seccomp', { choices: SECCOMP_ACTIONS, default: DEFAULT_SECCOMP_ACTION,
+      describe: 'what a worker syscall outside its allow-list does: kill the worker, trap (fail with ENOSYS, logged), log (allowed, in the kernel log), none (no filter)' })
     .option('worker-unit', { type: 'string', describe: '`keeper` only: the worker unit (default virtiofs-worker@<name>.service)' });
 }
 
@@ -49,7 +51,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     inodeFileHandles: a['inode-file-handles'] as InodeFileHandles,
     workerPeers: a['worker-peers'] as 'unit' | 'same-uid',
     workerUnit: (a['worker-unit'] as string | undefined) ?? `virtiofs-worker@${name}.service`,
-    sandbox: a.sandbox as SandboxMode,
+    sandbox: a.sandbox as SandboxMode, seccomp: a.seccomp as SeccompAction,
   };
 }
 
@@ -128,11 +130,12 @@ function cli(y: Argv): Promise<unknown> {
       (y) => y
         .option('shared-dir', { type: 'string', demandOption: true, describe: 'the shared directory to confine into' })
         .option('sandbox', { choices: SANDBOX_MODES, default: 'namespace' as SandboxMode, describe: 'the mode to check' })
+        .option('seccomp', { choices: SECCOMP_ACTIONS, default: DEFAULT_SECCOMP_ACTION, describe: 'the seccomp action to check' })
         .option('other-keeper-sock', { type: 'string', describe: 'keeper.sock of a running instance to try FDFETCH on (and whose keeper to ptrace)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the rows as JSON' }),
       async (a) => {
         const { sandboxCheck } = await import('./sandbox_check');
-        const r = await sandboxCheck({ sharedDir: a['shared-dir'], sandbox: a.sandbox as SandboxMode, otherKeeperSock: a['other-keeper-sock'] ?? null },
+        const r = await sandboxCheck({ sharedDir: a['shared-dir'], sandbox: a.sandbox as SandboxMode, seccomp: a.seccomp as SeccompAction, otherKeeperSock: a['other-keeper-sock'] ?? null },
           (t) => { if (!a.json) process.stdout.write(t); });
         if (a.json) process.stdout.write(`${JSON.stringify(r.rows)}\n`);
         process.exitCode = r.code;

@@ -3,20 +3,20 @@
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import { logger } from '../shared/log';
-import type { CacheMode, InodeFileHandles, SandboxMode } from '../shared/config';
+import type { CacheMode, InodeFileHandles, SandboxMode, SeccompAction } from '../shared/config';
 import type { KeeperOptions } from '../keeper/keeper';
 
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; readonly: boolean;
-  inodeFileHandles: InodeFileHandles; sandbox: SandboxMode;
+  inodeFileHandles: InodeFileHandles; sandbox: SandboxMode; seccomp: SeccompAction;
   /** `keeper` (systemd): which keeper.sock peers are workers (keeper/peer_trust.ts). */
   workerPeers: 'unit' | 'same-uid'; workerUnit: string;
 }
 
 /** Options beyond `run`'s (the virtiofsd entry point's). */
 export type ExtraKeeperOptions = Partial<Pick<KeeperOptions, 'listenFd' | 'unlinkSocket' | 'removeStateDir' | 'rlimitNofile'
-  | 'posixLocks' | 'flockLocks' | 'readdirplus' | 'seccomp'>> & { onStarted?: () => void };
+  | 'posixLocks' | 'flockLocks' | 'readdirplus'>> & { onStarted?: () => void };
 
 export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: ExtraKeeperOptions = {}): Promise<number> {
   // The keeper's young generation would otherwise grow to 2 x 16 MiB under a burst of fd-store
@@ -36,7 +36,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, readonly: a.readonly,
-    inodeFileHandles: a.inodeFileHandles, sandbox: a.sandbox,
+    inodeFileHandles: a.inodeFileHandles, sandbox: a.sandbox, seccomp: a.seccomp,
     ...withoutHook(extra),
     workerCommand: embedded ? [...launch, ...workerArgs] : null,
     // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read),

@@ -16,9 +16,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { DEFAULT_STATE_ROOT, SUPPORTED_SANDBOX_MODES, SUPPORTED_SECCOMP_ACTIONS } from '../shared/config';
+import { DEFAULT_STATE_ROOT } from '../shared/config';
 import { ConfigurationError, errorInfo } from '../shared/errors';
-import { CAPABILITIES, VIRTIOFSD_USAGE, VirtiofsdArgsError, parseVirtiofsdArgs, THREAD_POOL_NOTE, type VirtiofsdServe } from './virtiofsd_args';
+import { CAPABILITIES, VIRTIOFSD_USAGE, parseVirtiofsdArgs, THREAD_POOL_NOTE, type VirtiofsdServe } from './virtiofsd_args';
 
 /** One line of /proc/net/unix for a socket inode: is it a listening stream socket, and its path. */
 export interface UnixSocketInfo { listening: boolean; stream: boolean; path: string | null }
@@ -107,12 +107,6 @@ function groupId(group: string): number {
 }
 
 async function serve(o: VirtiofsdServe): Promise<number> {
-  if (!SUPPORTED_SANDBOX_MODES.includes(o.sandbox)) {
-    throw new VirtiofsdArgsError(`--sandbox ${o.sandbox} is not supported yet (supported: ${SUPPORTED_SANDBOX_MODES.join(', ')})`);
-  }
-  if (!SUPPORTED_SECCOMP_ACTIONS.includes(o.seccomp)) {
-    throw new VirtiofsdArgsError(`--seccomp ${o.seccomp} is not supported yet (supported: ${SUPPORTED_SECCOMP_ACTIONS.join(', ')})`);
-  }
   // Logging is set up from the environment, and the workers inherit it.
   process.env.VFSK_LOG_FD = '2';
   process.env.VFSK_LOG_FORMAT ??= 'text';
@@ -139,13 +133,13 @@ async function serve(o: VirtiofsdServe): Promise<number> {
   return keeperCommand({
     sharedDir: path.resolve(o.sharedDir), socketPath: socketPath ?? `(inherited fd ${o.fd})`, stateDir, cache: o.cache,
     numRequestQueues: 1, keepListening: false, xattr: o.xattr, standby: true, maxLockWaits: 1024, readonly: o.readonly,
-    inodeFileHandles: o.inodeFileHandles, sandbox: o.sandbox,
+    inodeFileHandles: o.inodeFileHandles, sandbox: o.sandbox, seccomp: o.seccomp,
     // Not used: the embedded keeper trusts the workers it spawns by their socketpair.
     workerPeers: 'unit', workerUnit: '',
   }, true, {
     ...(o.fd !== null ? { listenFd: o.fd } : {}),
     removeStateDir: true,
-    posixLocks: o.posixLocks, flockLocks: o.flockLocks, readdirplus: o.readdirplus, seccomp: o.seccomp,
+    posixLocks: o.posixLocks, flockLocks: o.flockLocks, readdirplus: o.readdirplus,
     ...(o.rlimitNofile !== null ? { rlimitNofile: o.rlimitNofile } : {}),
     onStarted: () => {
       if (o.socketGroup !== null && socketPath !== null) fs.chownSync(socketPath, -1, groupId(o.socketGroup));

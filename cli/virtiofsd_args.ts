@@ -210,8 +210,8 @@ export function parseVirtiofsdArgs(argv: readonly string[]): VirtiofsdCommand {
     // virtiofsd's defaults: no xattrs unless asked. Locks and READDIRPLUS are offered unless
     // turned off (we serve both lock kinds, and they survive worker crashes).
     xattr: false, posixLocks: true, flockLocks: true, readdirplus: true,
-    // The Rust virtiofsd's sandbox default (namespace); no seccomp filter is built yet (none).
-    sandbox: 'namespace', seccomp: 'none',
+    // The Rust virtiofsd's defaults.
+    sandbox: 'namespace', seccomp: 'kill',
     threadPoolSize: null, readonly: false, rlimitNofile: null, logLevel: 'info', debug: false, dialect: 'rust',
     inodeFileHandles: DEFAULT_INODE_FILE_HANDLES, help: false, version: false, capabilities: false,
   };
@@ -280,7 +280,9 @@ A drop-in for virtiofsd: serves a shared directory to a vhost-user-fs frontend, 
   --readonly                  refuse every change to the export (EROFS)
   --sandbox namespace|chroot|none
                               confine the worker (default namespace; see the README)
-  --seccomp none              (kill, log and trap: no filter is built yet)
+  --seccomp kill|log|trap|none
+                              a worker syscall outside its allow-list: kill (default),
+                              log (allowed, kernel audit log), trap (ENOSYS, logged), none
   --rlimit-nofile N           raise RLIMIT_NOFILE to N (default: as high as allowed)
   --thread-pool-size N        accepted, no effect (see the README)
   --inode-file-handles=never|prefer|mandatory

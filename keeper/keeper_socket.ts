@@ -10,6 +10,7 @@
 // unit). An observer that sends anything but a status query is refused, logged at a bounded
 // rate, and disconnected: a process of our uid that is not our worker cannot touch the fds.
 import * as fs from 'node:fs';
+import { dirname, join as pathJoin } from 'node:path';
 import type { Logger } from '../shared/log';
 import { native, C, POLL_READABLE, type Poller } from '../shared/native';
 import { errorErrno, errorInfo, isResourceErrno } from '../shared/errors';
@@ -70,9 +71,16 @@ export class KeeperSocket {
    * role of a process that connects there, by its SO_PEERCRED pid. */
   constructor(path: string, private readonly handler: KeeperSocketHandler, private readonly log: Logger,
     private readonly classify: (pid: number) => PeerRole) {
+    // Bound and listening under a temporary name, 0600, then renamed into place: a client that
+    // sees keeper.sock can connect at once (between bind and listen it would get ECONNREFUSED;
+    // a test did), and never while its mode is still the umask's. The name is shorter than
+    // keeper.sock's, so it fits wherever keeper.sock does.
+    const staging = pathJoin(dirname(path), '.ks-new');
+    removeStaleSocket(staging);
     removeStaleSocket(path);
-    this.listenFd = native.unixListen(path, 'seqpacket', 16);
-    fs.chmodSync(path, 0o600);
+    this.listenFd = native.unixListen(staging, 'seqpacket', 16);
+    fs.chmodSync(staging, 0o600);
+    fs.renameSync(staging, path);
     this.listenPoller = new native.Poller(this.listenFd, () => this.acceptAll());
     this.listenPoller.start(POLL_READABLE);
     this.refillReserve();

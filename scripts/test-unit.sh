@@ -14,7 +14,7 @@ npx tsc -p tsconfig.json || { echo "TypeScript build failed"; echo "0 passed, 1 
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
   mapfile -t files < <(
-    find dist/test/fuse dist/test/fs dist/test/state dist/test/native dist/test/vhost \
+    find dist/test/fuse dist/test/fs dist/test/state dist/test/native dist/test/vhost dist/test/bench \
          dist/test/virtqueue dist/test/layout dist/test/keeper dist/test/cli -name '*.test.js' 2>/dev/null
     ls dist/test/systemd/notify.test.js dist/test/systemd/units.test.js dist/test/systemd/status_cli.test.js
   )
@@ -24,7 +24,7 @@ out=$(mktemp)
 npx tap --reporter=tap --jobs=2 --timeout=120 "${files[@]}" 2>&1 | tee "$out" >/dev/null
 status=${PIPESTATUS[0]}
 # Only what failed (rerun one file with `npx tap -R tap FILE` for its detail).
-grep -E '^\s*not ok' "$out" | head -50
+grep -aE '^\s*not ok' "$out" | head -50
 node scripts/count-tap.js "$out"
 counted=$?
 rm -f "$out"

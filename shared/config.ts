@@ -18,12 +18,12 @@ export const DEFAULT_INODE_FILE_HANDLES: InodeFileHandles = 'prefer';
  * pivot_root in its own mount (and net, ipc, uts) namespaces, or by chroot; or not at all. */
 export type SandboxMode = 'namespace' | 'chroot' | 'none';
 export const SANDBOX_MODES: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
-/** What a syscall outside the allow-list does (virtiofsd's --seccomp). No filter is built yet:
- * only 'none' runs. */
+/** What a syscall outside the worker's allow-list (worker/seccomp_policy.ts) does, as
+ * virtiofsd's --seccomp: kill the worker, trap (fail with ENOSYS and log it), log (allow it; the
+ * kernel's audit log names it), or no filter at all. */
 export type SeccompAction = 'kill' | 'log' | 'trap' | 'none';
-/** The modes this build can run; anything else is refused at start (exit 1), never ignored. */
-export const SUPPORTED_SANDBOX_MODES: readonly SandboxMode[] = SANDBOX_MODES;
-export const SUPPORTED_SECCOMP_ACTIONS: readonly SeccompAction[] = ['none'];
+export const SECCOMP_ACTIONS: readonly SeccompAction[] = ['kill', 'log', 'trap', 'none'];
+export const DEFAULT_SECCOMP_ACTION: SeccompAction = 'kill';
 
 export interface WorkerConfig {
   stateDir: string;

@@ -54,6 +54,18 @@ export interface RecvResult {
   credPid: number | null;
 }
 
+/** One rule of the seccomp allow-list (worker/seccomp_policy.ts; native/src/seccomp.cc). */
+export interface SeccompRule {
+  syscall: string;
+  /** Refuse with this errno instead of allowing. */
+  errno?: number;
+  /** Allow only when this argument (0-5) passes exactly one of the tests below. */
+  arg?: number;
+  equals?: readonly number[];
+  maskClear?: number;
+  maskSet?: number;
+}
+
 export interface FlockInfo { type: number; whence: number; start: number; len: number; pid: number }
 
 export interface FileHandle { mountId: number; handleType: number; handle: Buffer }
@@ -243,10 +255,19 @@ export interface NativeAddon {
   setPassCred(fd: number, on: boolean): void;
   /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
   setNoNewPrivs(): void;
+  /** Installs the seccomp filter on every thread (TSYNC), after PR_SET_NO_NEW_PRIVS: each rule
+   * allows its syscall, allows it when argument `arg`'s low 32 bits pass one test, or refuses it
+   * with `errno`; any other syscall gets `action`: kill (SECCOMP_RET_KILL_PROCESS), trap (fails
+   * with ENOSYS and is logged as a JSON line on logFd, at a bounded rate) or log (allowed; the
+   * kernel's audit log names it). An unknown syscall name throws. */
+  seccompInstall(rules: readonly SeccompRule[], action: 'kill' | 'trap' | 'log', logFd: number): void;
+  /** This architecture's number of a syscall, or -1 when it has none by that name. */
+  seccompSyscallNumber(name: string): number;
   /** What a compromised worker would try, for `sandbox-check`: 0 if it succeeded, else its
    * errno. 'socket-inet', 'connect-inet' (arg: IPv4 address, port 53), 'ptrace' (arg: pid,
-   * PTRACE_ATTACH), 'mount' (arg: target, a tmpfs), 'execve' (arg: path, in a child),
-   * 'setuid-back' (a child drops to uid 65534, then tries setuid(0)). */
+   * PTRACE_ATTACH), 'mount' (arg: target, a tmpfs), 'execve' (arg: path; on success this
+   * process becomes that program), 'setuid-back' (this process drops to uid 65534, then tries
+   * setuid(0)). */
   probe(what: 'socket-inet' | 'connect-inet' | 'ptrace' | 'mount' | 'execve' | 'setuid-back', arg: string): number;
 
   // --- filesystem: slow calls, off the JS thread (except the two *Sync attempts below)

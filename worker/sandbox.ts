@@ -18,7 +18,9 @@
 // nowhere: a clone of the state dir's mount rooted at the state dir, and a procfs of our own
 // (subset=pid, hidepid=invisible; in namespace mode of our own pid namespace, so it lists only
 // ourselves). Then every capability but PASSTHROUGH_CAPS leaves the bounding, permitted and
-// effective sets.
+// effective sets, and last the seccomp filter (worker/seccomp_policy.ts) is installed on every
+// thread: from then on a syscall outside the allow-list kills the worker (--seccomp kill; trap
+// and log for finding what a new Node.js version needs).
 //
 // No lazy loading: the worker's whole module graph is imported statically by worker.ts before
 // this runs (cli/main.ts imports it, then calls workerMain), and Node's built-in modules are in
@@ -30,7 +32,8 @@ import type { Logger } from '../shared/log';
 import { native, C } from '../shared/native';
 import { pinDir, pinDirFd } from '../shared/pinned_dirs';
 import { BugError, errorInfo } from '../shared/errors';
-import type { SandboxMode } from '../shared/config';
+import type { SandboxMode, SeccompAction } from '../shared/config';
+import { seccompRules } from './seccomp_policy';
 import { PASSTHROUGH_CAPS, capMask } from '../shared/capabilities';
 
 /** The argv prefix that starts a worker in its own namespaces for `mode` (embedded mode). With
@@ -59,7 +62,7 @@ export function actAsInit(): void {
 let entered: SandboxMode | null = null;
 
 /** Confines this process (see the header). */
-export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: string, log: Logger): void {
+export function enterSandbox(mode: SandboxMode, seccomp: SeccompAction, sharedDir: string, stateDir: string, log: Logger): void {
   if (entered !== null) throw new BugError(`sandbox entered twice (${entered}, then ${mode})`);
   pinOutside(mode, stateDir, log);
   // The worker unit declares its own mount namespace (VFSK_OWN_MOUNT_NS=1): systemd's is
@@ -73,7 +76,16 @@ export function enterSandbox(mode: SandboxMode, sharedDir: string, stateDir: str
   if (mode !== 'none') native.setNotDumpable();
   entered = mode;
   if (mode !== 'none') forbidLazyLoading();
-  log.info({ sandbox: mode, sharedDir }, 'worker confined');
+  if (seccomp === 'none') {
+    log.warn('the worker runs without a seccomp filter (--seccomp none)');
+  } else {
+    // For deriving the allow-list only (docs/ARCHITECTURE.md, "Security model"): every worker of
+    // a test run lets refused calls through and the kernel log names them.
+    const derive = process.env.VFSK_SECCOMP_DERIVE === 'log';
+    if (derive) log.warn('VFSK_SECCOMP_DERIVE=log: seccomp logs instead of refusing (for deriving the allow-list)');
+    native.seccompInstall(seccompRules(process.pid), derive ? 'log' : seccomp, Number(process.env.VFSK_LOG_FD ?? 1));
+  }
+  log.info({ sandbox: mode, seccomp, sharedDir }, 'worker confined');
 }
 
 /** Pins the directories reached outside the root (see the header). */

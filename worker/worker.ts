@@ -435,7 +435,7 @@ export async function workerMain(stateDir: string): Promise<number> {
     // Raising RLIMIT_NOFILE past the hard limit reads /proc/sys/fs/nr_open: before the pivot.
     native.raiseNoFileLimit(1_000_000);
     worker.beforeSandbox();
-    enterSandbox(config.sandbox ?? 'none', config.sharedDir, stateDir, log);
+    enterSandbox(config.sandbox ?? 'none', config.seccomp ?? 'none', config.sharedDir, stateDir, log);
   } catch (e) {
     log.error({ err: errorInfo(e) }, 'cannot confine the worker');
     try {

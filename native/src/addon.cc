@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFsOps(env, exports);
   InitIo(env, exports);
   InitSandbox(env, exports);
+  InitSeccomp(env, exports);
   return exports;
 }
 

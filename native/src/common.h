@@ -96,6 +96,7 @@ void InitPoll(Napi::Env env, Napi::Object exports, InstanceData* data);
 void InitFsOps(Napi::Env env, Napi::Object exports);
 void InitIo(Napi::Env env, Napi::Object exports);
 void InitSandbox(Napi::Env env, Napi::Object exports);
+void InitSeccomp(Napi::Env env, Napi::Object exports);
 
 // --- mappings made by mmap(), shared by memory.cc and io.cc (JS thread only, except the
 // table lookups which are locked).

@@ -242,20 +242,6 @@ Napi::Value SetPassCred(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// The errno of a forked child's attempt (its exit code), or 0 when it succeeded. The child
-// calls only async-signal-safe functions.
-int InChild(Napi::Env env, int (*attempt)(const char*), const char* arg, bool* ok) {
-  pid_t pid = fork();
-  if (pid < 0) { *ok = Fail(env, "fork"); return 0; }
-  if (pid == 0) _exit(attempt(arg));
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) { *ok = Fail(env, "waitpid"); return 0; }
-  }
-  *ok = true;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 0;
-}
-
 int TryExec(const char* path) {
   char* const argv[] = {const_cast<char*>(path), nullptr};
   char* const envp[] = {nullptr};
@@ -271,8 +257,9 @@ int TrySetuidBack(const char*) {
 // probe(what, arg): what a compromised worker would try (`virtiofs-keeper sandbox-check`).
 // Returns 0 when the attempt succeeded, else its errno. what: "socket-inet" (socket(AF_INET)),
 // "connect-inet" (TCP to the IPv4 address arg, port 53), "ptrace" (PTRACE_ATTACH to pid arg),
-// "mount" (a tmpfs on arg), "execve" (arg, in a child), "setuid-back" (a child drops to 65534
-// and tries setuid(0)).
+// "mount" (a tmpfs on arg), "execve" (arg: on success this process becomes that program),
+// "setuid-back" (drops this process to uid 65534, then tries setuid(0)). sandbox-check runs each
+// attempt in a process of its own (a seccomp kill ends it).
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "probe");
@@ -303,10 +290,10 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   } else if (what == "mount") {
     if (mount("tmpfs", arg.c_str(), "tmpfs", 0, nullptr) < 0) err = errno;
     else umount2(arg.c_str(), MNT_DETACH);
-  } else if (what == "execve" || what == "setuid-back") {
-    bool ok = false;
-    err = InChild(env, what == "execve" ? TryExec : TrySetuidBack, arg.c_str(), &ok);
-    if (!ok) return {};
+  } else if (what == "execve") {
+    err = TryExec(arg.c_str());
+  } else if (what == "setuid-back") {
+    err = TrySetuidBack(arg.c_str());
   } else {
     ThrowTypeError(env, "probe: unknown attempt " + what, "ERR_INVALID_ARG_VALUE");
     return {};

@@ -3,6 +3,7 @@
 // from here, never from timed tests. See test/bench/README.md.
 //
 //   --json FILE        also write the rows as JSON (one object per row)
+//   --svg FILE         where the chart goes (default docs/bench.svg in a checkout; chart.ts)
 //   --only G,...       groups: micro, journal, recovery, recovery-state, guest (default: all)
 //   --repeats N        sessions per backend for micro/journal/guest (default 3)
 //   --quick            a smaller run (< 5 minutes)
@@ -26,6 +27,7 @@ import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroPa
 import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
 import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
 import { median, quantile, sig, fmtNum } from './stats';
+import { renderChart } from './chart';
 
 export interface Row {
   name: string;
@@ -474,6 +476,11 @@ async function main(): Promise<number> {
   printRows(rows);
   const json = arg('json');
   if (json) fs.writeFileSync(path.resolve(json), JSON.stringify(rows, null, 2) + '\n');
+  // The picture the README shows (test/bench/chart.ts): docs/bench.svg when run from a checkout.
+  const svg = arg('svg') ?? (fs.existsSync('docs') ? path.join('docs', 'bench.svg') : 'bench.svg');
+  const title = `npm run bench${cfg.quick ? ' --quick' : ''}, ${new Date().toISOString().slice(0, 10)}, build ${process.env.VFSK_BENCH_REV ?? 'checkout'}, ${os.cpus().length} CPUs`;
+  fs.writeFileSync(path.resolve(svg), renderChart(rows, title));
+  log(`bench: chart written to ${svg}`);
   const failedRows = rows.filter((r) => r.extra?.failed).length;
   if (failedRows > 0) log(`bench: ${failedRows} row(s) FAILED (see above)`);
   return failures > 0 || failedRows > 0 ? 1 : 0;

@@ -25,7 +25,7 @@ t.test('libvirt 9.0\'s legacy command line', async (t) => {
   const r = serve(['--fd=23', '-o', 'source=/srv/share,cache=always,xattr,flock,posix_lock', '--thread-pool-size=4']);
   t.match(r, {
     kind: 'serve', fd: 23, socketPath: null, sharedDir: '/srv/share', cache: 'always', xattr: true, posixLocks: true,
-    flockLocks: true, readdirplus: true, threadPoolSize: 4, dialect: 'legacy', sandbox: 'namespace', seccomp: 'none', logLevel: 'info',
+    flockLocks: true, readdirplus: true, threadPoolSize: 4, dialect: 'legacy', sandbox: 'namespace', seccomp: 'kill', logLevel: 'info',
   });
   const off = serve(['--fd', '7', '-o', 'source=/s,cache=none,no_xattr,no_flock,no_posix_lock,no_readdirplus', '-d', '-f']);
   t.match(off, { cache: 'never', xattr: false, posixLocks: false, flockLocks: false, readdirplus: false, logLevel: 'debug' });
@@ -48,8 +48,8 @@ t.test('the Rust virtiofsd\'s options', async (t) => {
   });
   t.equal(serve(['--shared-dir=/s', '--socket', '/x.sock']).socketPath, '/x.sock', 'the deprecated --socket');
   const d = serve(['--shared-dir=/s', '--fd=4']);
-  t.match(d, { xattr: false, cache: 'auto', posixLocks: true, flockLocks: true, sandbox: 'namespace', seccomp: 'none', rlimitNofile: null, threadPoolSize: null },
-    'defaults: no xattrs (as virtiofsd), locks offered, the namespace sandbox (as the Rust virtiofsd)');
+  t.match(d, { xattr: false, cache: 'auto', posixLocks: true, flockLocks: true, sandbox: 'namespace', seccomp: 'kill', rlimitNofile: null, threadPoolSize: null },
+    'defaults: no xattrs (as virtiofsd), locks offered, the namespace sandbox and seccomp kill (as the Rust virtiofsd)');
   for (const [flag, level] of [['error', 'error'], ['warn', 'warn'], ['info', 'info'], ['debug', 'debug'], ['trace', 'trace']] as const) {
     t.equal(serve(['--shared-dir=/s', '--fd=4', `--log-level=${flag}`]).logLevel, level);
   }

@@ -237,7 +237,10 @@ const idempotent: Case[] = [
     verify: async (t, s, r, stateDir) => {
       const { e, o } = r as { e: F.EntryOut; o: F.OpenOut };
       t.equal((await s.fuse.read(e.nodeid, o.fh, 0, 100)).toString(), 'opened', 'the returned fh reads the file');
-      t.equal(queryStatus(stateDir).fuse.openFiles, 1, 'exactly one open file');
+      // The keeper's copy of the worker's counts is pushed every second: poll for it. A
+      // duplicate open would never come back to 0 after the one release below.
+      await waitFor(() => queryStatus(stateDir).fuse.openFiles === 1, 'one open file', 10_000);
+      t.pass('exactly one open file');
       await s.fuse.release(e.nodeid, o.fh);
       await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0, 'released', 10_000);
       t.pass('released');
@@ -263,7 +266,9 @@ const handleCases: Case[] = [
     verify: async (t, s, r, stateDir) => {
       const e = r as F.EntryOut;
       t.equal(inodeFdsInKeeper(stateDir), 0, 'the keeper holds no inode fd');
-      t.equal(queryStatus(stateDir).fuse.inodeHandles?.byHandle, 1, 'the inode is named by its handle');
+      // Worker counts reach the keeper every second (and after a replay, only then): poll.
+      await waitFor(() => queryStatus(stateDir).fuse.inodeHandles?.byHandle === 1, 'the inode named by its handle', 10_000);
+      t.pass('the inode is named by its handle');
       t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, BigInt(fs.statSync(s.host('hd')).ino), 'reopened by handle: the same dir');
       const child = await s.fuse.lookup(e.nodeid, 'in');
       t.equal(child.attr.ino, BigInt(fs.statSync(s.host('hd/in')).ino), 'a lookup under it works');

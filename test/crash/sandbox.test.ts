@@ -1,7 +1,8 @@
 // The worker's sandbox seen from outside, on a real `run` service (worker + warm standby), for
 // --sandbox namespace and chroot: its root (/proc/PID/root) holds exactly the shared directory,
 // its namespaces (namespace mode) are not ours, its capabilities are a passthrough's only, and
-// it still serves, journals and hands over (the successor resumes through the pinned state dir).
+// it runs under the seccomp filter (--seccomp kill, the default), and it still serves, journals
+// and hands over (the successor resumes through the pinned state dir).
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -38,6 +39,8 @@ for (const mode of ['namespace', 'chroot'] as const) {
       t.notOk(fs.existsSync(`/proc/${pid}/root/etc/passwd`), `${role}: no host file is visible`);
       t.equal(BigInt(`0x${statusField(pid, 'CapBnd')}`), want, `${role}: CapBnd is a passthrough's (${want.toString(16)})`);
       t.equal(BigInt(`0x${statusField(pid, 'CapEff')}`), want, `${role}: CapEff too`);
+      t.equal(statusField(pid, 'Seccomp'), '2', `${role}: a seccomp filter is installed (Seccomp: 2)`);
+      t.equal(statusField(pid, 'NoNewPrivs'), '1', `${role}: no_new_privs`);
       if (mode === 'namespace') {
         for (const kind of ['mnt', 'net', 'ipc', 'uts', 'pid']) t.not(ns(pid, kind), ns('self', kind), `${role}: its own ${kind} namespace`);
         const nspid = /^NSpid:\s*(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.trim().split(/\s+/);
@@ -75,8 +78,12 @@ for (const mode of ['namespace', 'chroot'] as const) {
   });
 }
 
-t.test('--sandbox none is logged as a warning', async (t) => {
-  const s = await openSession(t, 'ours', { extraArgs: ['--sandbox', 'none', '--no-standby'] });
+t.test('--sandbox none and --seccomp none are logged as warnings', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const s = await openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir, '--sandbox', 'none', '--seccomp', 'none', '--no-standby'] });
   await s.fuse.getattr(F.FUSE_ROOT_ID);
   t.match(s.backend.log(), /"level":40[^\n]*"msg":"the worker runs unconfined \(--sandbox none\)/, 'warned');
+  t.match(s.backend.log(), /"level":40[^\n]*"msg":"the worker runs without a seccomp filter \(--seccomp none\)/, 'warned about seccomp too');
+  t.equal(statusField(queryStatus(stateDir).worker.pid!, 'Seccomp'), '0', 'and no filter is installed');
 });
