@@ -261,6 +261,17 @@ export class WorkerSupervisor {
       return null;
     }
     const [ours, theirs] = pair;
+    if (this.opts.launcherForks === true) {
+      // Before the worker can send anything: its first message then surely names it.
+      try {
+        native.setPassCred(ours, true);
+      } catch (e) {
+        native.close(ours);
+        native.close(theirs);
+        this.spawnFailed(standby, e);
+        return null;
+      }
+    }
     let child: ChildProcess;
     try {
       child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit', theirs], env });
