@@ -22,7 +22,7 @@ import { MIN_CAPACITY } from './fs/inode_fds';
 import { loadState, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
-import { crashPoint } from '../shared/crash_points';
+import { crashPoint, dieNow } from '../shared/crash_points';
 import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
@@ -68,8 +68,8 @@ export class Worker {
    */
   private storesRefused(e: FdStoreRefusedError): never {
     this.log.fatal({ err: errorInfo(e), fds: e.names.length }, 'the keeper refused fds; dying before anything names them, for a successor to replay');
-    process.kill(process.pid, 'SIGKILL');
-    throw e;
+    // Not process.kill(SIGKILL): as PID 1 of its pid namespace the worker ignores its own.
+    dieNow();
   }
 
   /** What must happen before the worker is confined: systemd's notify socket is connected
