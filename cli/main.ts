@@ -2,6 +2,7 @@
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { keeperCommand, type ServeArgs } from './serve';
+import { defaultWorkerUnits } from '../keeper/peer_trust';
 import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_SECCOMP_ACTION, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, SANDBOX_MODES, SECCOMP_ACTIONS, type CacheMode, type InodeFileHandles, type SandboxMode, type SeccompAction } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
@@ -36,7 +37,8 @@ function serveOptions<T>(y: Argv<T>) {
       describe: 'confine the worker: namespace (own mount/net/ipc/uts namespaces, pivot_root into the shared dir), chroot, or none' })
     .option('seccomp', { choices: SECCOMP_ACTIONS, default: DEFAULT_SECCOMP_ACTION,
       describe: 'what a worker syscall outside its allow-list does: kill the worker, trap (fail with ENOSYS, logged), log (allowed, in the kernel log), none (no filter)' })
-    .option('worker-unit', { type: 'string', describe: '`keeper` only: the worker unit (default virtiofs-worker@<name>.service)' });
+    .option('worker-unit', { type: 'string', array: true,
+      describe: '`keeper` only: a worker unit, repeatable (default virtiofs-worker@<name>.service and virtiofs-standby@<name>.service)' });
 }
 
 function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
@@ -50,7 +52,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean,
     inodeFileHandles: a['inode-file-handles'] as InodeFileHandles,
     workerPeers: a['worker-peers'] as 'unit' | 'same-uid',
-    workerUnit: (a['worker-unit'] as string | undefined) ?? `virtiofs-worker@${name}.service`,
+    workerUnits: (a['worker-unit'] as string[] | undefined) ?? defaultWorkerUnits(name),
     sandbox: a.sandbox as SandboxMode, seccomp: a.seccomp as SeccompAction,
   };
 }
@@ -140,7 +142,7 @@ function cli(y: Argv): Promise<unknown> {
         if (a.json) process.stdout.write(`${JSON.stringify(r.rows)}\n`);
         process.exitCode = r.code;
       })
-    .command('install-units', 'write the systemd unit pair (virtiofs-keeper@, virtiofs-worker@) with this checkout\'s paths',
+    .command('install-units', 'write the systemd units (virtiofs-keeper@, virtiofs-worker@ and its twin virtiofs-standby@) with this checkout\'s paths',
       (y) => y
         .option('prefix', { type: 'string', default: '/etc/systemd/system', describe: 'unit directory' })
         .option('config-dir', { type: 'string', default: '/etc/virtiofs-keeper', describe: 'directory of <name>.conf files' }),

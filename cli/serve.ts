@@ -11,7 +11,7 @@ export interface ServeArgs {
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; readonly: boolean;
   inodeFileHandles: InodeFileHandles; sandbox: SandboxMode; seccomp: SeccompAction;
   /** `keeper` (systemd): which keeper.sock peers are workers (keeper/peer_trust.ts). */
-  workerPeers: 'unit' | 'same-uid'; workerUnit: string;
+  workerPeers: 'unit' | 'same-uid'; workerUnits: readonly string[];
 }
 
 /** Options beyond `run`'s (the virtiofsd entry point's). */
@@ -42,7 +42,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read),
     // and forks them into their own pid namespace (sandboxLauncher).
     ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' }, launcherForks: true } : {}),
-    workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', unit: a.workerUnit } : { kind: 'same-uid' },
+    workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', units: a.workerUnits } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.
     standbyCommand: embedded && a.standby ? [...launch, '--no-lazy', ...workerArgs] : null,

@@ -135,7 +135,7 @@ async function serve(o: VirtiofsdServe): Promise<number> {
     numRequestQueues: 1, keepListening: false, xattr: o.xattr, standby: true, maxLockWaits: 1024, readonly: o.readonly,
     inodeFileHandles: o.inodeFileHandles, sandbox: o.sandbox, seccomp: o.seccomp,
     // Not used: the embedded keeper trusts the workers it spawns by their socketpair.
-    workerPeers: 'unit', workerUnit: '',
+    workerPeers: 'unit', workerUnits: [],
   }, true, {
     ...(o.fd !== null ? { listenFd: o.fd } : {}),
     removeStateDir: true,

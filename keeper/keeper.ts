@@ -23,7 +23,7 @@ import { SystemdFdStore } from './systemd_fdstore';
 import { FdStore } from './fd_store';
 import { KeeperSocket, removeStaleSocket, type KeeperPeer, type KeeperSocketHandler, type PeerRole } from './keeper_socket';
 import { WorkerSupervisor, type SupervisorOptions } from './supervisor';
-import { peerClassifier, type WorkerPeers } from './peer_trust';
+import { defaultWorkerUnits, peerClassifier, type WorkerPeers } from './peer_trust';
 import { EMBEDDED_KEEPER_BOUNDING, EMBEDDED_KEEPER_EFFECTIVE, capMask } from '../shared/capabilities';
 
 export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
@@ -34,8 +34,8 @@ export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
   unlinkSocket?: boolean;
   /** Remove the state directory at a clean exit (the virtiofsd entry point's derived ones). */
   removeStateDir?: boolean;
-  /** Without workerCommand: which path connections are workers (default: the unit
-   * virtiofs-worker@<state dir name>.service). */
+  /** Without workerCommand: which path connections are workers (default: the units
+   * virtiofs-worker@<state dir name>.service and virtiofs-standby@<state dir name>.service). */
   workerPeers?: WorkerPeers;
 }
 
@@ -61,8 +61,6 @@ export class Keeper implements KeeperSocketHandler {
   private lastControlReply = 0;
   /** systemd's notify socket when we run as a Type=notify unit. */
   private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
-  /** systemd mode: the keeper.sock peer of the serving worker (its EOF is its death). */
-  private activePeer: KeeperPeer | null = null;
 
   constructor(private readonly opts: KeeperOptions) {
     this.log = logger('keeper');
@@ -111,7 +109,7 @@ export class Keeper implements KeeperSocketHandler {
       removeStaleSocket(this.opts.socketPath);
       this.store.put('vhost.listen', native.unixListen(this.opts.socketPath, 'stream', 1));
     }
-    const peers = this.opts.workerPeers ?? { kind: 'unit', unit: `virtiofs-worker@${path.basename(this.opts.stateDir)}.service` };
+    const peers = this.opts.workerPeers ?? { kind: 'unit', units: defaultWorkerUnits(path.basename(this.opts.stateDir)) };
     if (!this.supervisor.embedded && peers.kind === 'same-uid') {
       this.log.warn('keeper.sock trusts every process of our uid as a worker (--worker-peers same-uid)');
     }
@@ -174,7 +172,6 @@ export class Keeper implements KeeperSocketHandler {
       case 'notify':
         if (msg.status !== null) this.lastStatus = msg.status;
         if (msg.ready && this.supervisor.onReady(peer)) {
-          this.activePeer = peer;
           // A worker serves: why an earlier one could not start is history.
           this.error = null;
           this.sdNotify({ STATUS: `worker ${this.supervisor.hostPidOf(peer.pid) ?? peer.pid} serving; ${this.supervisor.restartCount} restarts` });
@@ -213,12 +210,15 @@ export class Keeper implements KeeperSocketHandler {
   }
 
   onClose(peer: KeeperPeer): void {
-    if (peer !== this.activePeer) return;
-    this.activePeer = null;
-    if (this.supervisor.embedded || this.stopping) return;
-    // systemd mode: the worker's link closed, so it died; systemd restarts it.
-    this.supervisor.onActivePeerClosed(peer);
-    this.sdNotify({ STATUS: 'worker died; waiting for systemd to restart it' });
+    if (this.supervisor.embedded || this.stopping || peer.role !== 'worker') return;
+    // systemd mode: a worker's link closed, so it died: a waiting standby takes over, and
+    // systemd restarts its unit.
+    const pid = this.supervisor.workerPid;
+    this.supervisor.onPeerClosed(peer);
+    if (pid === peer.pid) {
+      const next = this.supervisor.workerPid;
+      this.sdNotify({ STATUS: next !== null ? `worker died; standby ${next} took over` : 'worker died; waiting for systemd to restart it' });
+    }
   }
 
   /** Control replies go to the frontend through the keeper, deduplicated by sequence number,

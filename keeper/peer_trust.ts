@@ -2,7 +2,8 @@
 // (the `keeper` command; under systemd the worker unit starts them). Embedded workers never
 // come through here: they get a socketpair end at spawn (supervisor.ts).
 //
-// - 'unit' (the default): the peer's SO_PEERCRED pid must be in the worker unit's cgroup, i.e.
+// - 'unit' (the default): the peer's SO_PEERCRED pid must be in one of the worker units' cgroups
+//   (virtiofs-worker@NAME.service and its twin virtiofs-standby@NAME.service), i.e.
 //   /proc/PID/cgroup ends in that unit and sits in the same top slice as the keeper's own unit
 //   (/system.slice/<template slice>/virtiofs-worker@NAME.service). Only the service manager
 //   creates cgroups there, so a process of our uid started anywhere else (a shell, a user
@@ -14,7 +15,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { PeerRole } from './keeper_socket';
 
-export type WorkerPeers = { kind: 'unit'; unit: string } | { kind: 'same-uid' };
+export type WorkerPeers = { kind: 'unit'; units: readonly string[] } | { kind: 'same-uid' };
+
+/** The two worker units of export `name` (systemd/, cli/install_units.ts). */
+export function defaultWorkerUnits(name: string): string[] {
+  return [`virtiofs-worker@${name}.service`, `virtiofs-standby@${name}.service`];
+}
 
 /** The unified-hierarchy cgroup of `pid` ("0::/path"; on a hybrid host the name=systemd one),
  * or null if it cannot be read (the process is gone). */
@@ -48,6 +54,6 @@ export function peerClassifier(embedded: boolean, peers: WorkerPeers): (pid: num
   const own = cgroupOf('self');
   return (pid) => {
     const cg = cgroupOf(pid);
-    return cg !== null && inWorkerUnit(cg, peers.unit, own) ? 'worker' : 'observer';
+    return cg !== null && peers.units.some((u) => inWorkerUnit(cg, u, own)) ? 'worker' : 'observer';
   };
 }

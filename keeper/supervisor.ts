@@ -1,7 +1,11 @@
 // The keeper's worker supervisor: starts the worker (embedded mode) and, when it dies, its
 // successor (a warm standby if one is ready, else a fresh process), with crash-loop backoff and
 // priority games that shorten a takeover; it also times recoveries. Under systemd
-// (workerCommand null) systemd starts workers, and this only tracks them through keeper.sock.
+// (workerCommand null) systemd starts workers, and this tracks them through keeper.sock: every
+// worker a unit starts stands by first (X_STANDBY); the first gets the session at once when none
+// serves, the others wait, and when the serving worker's connection closes (it is dead: the
+// kernel closes it only once every thread of it has exited) the first waiting one takes over.
+// Two worker units (virtiofs-worker@ and virtiofs-standby@) keep one waiting at all times.
 //
 // Crash-loop rules: a worker killed while serving is replaced at once. Deaths before READY count
 // towards CRASH_LOOP_DEATHS in CRASH_WINDOW_MS; deaths after READY count as fruitless when the
@@ -112,6 +116,10 @@ export class WorkerSupervisor {
   /** Whether a standby's niceness can be restored at takeover (CAP_SYS_NICE or RLIMIT_NICE). */
   private readonly canRenice = canLowerNiceness();
   private readonly spawnErrors = new LogRateLimiter();
+  /** Under systemd: the serving worker's connection (its EOF is its death). */
+  private unitActive: KeeperPeer | null = null;
+  /** Under systemd: workers waiting for the session (X_STANDBY), first come first served. */
+  private unitStandbys: KeeperPeer[] = [];
 
   constructor(private readonly opts: SupervisorOptions, private readonly host: SupervisorHost, private readonly log: Logger) {}
 
@@ -162,6 +170,7 @@ export class WorkerSupervisor {
   }
 
   get standbyPid(): number | null {
+    if (!this.embedded) return this.unitStandbys[0]?.pid ?? null;
     return this.hostPidOf(this.standby?.child.pid);
   }
 
@@ -182,6 +191,9 @@ export class WorkerSupervisor {
       this.phase = p.pid !== null && p.pid === peer.pid
         ? { ...p, state: 'running', readyAt: p.readyAt ?? Date.now() }
         : { state: 'running', pid: peer.pid, startedAt: new Date().toISOString(), readyAt: Date.now(), progress: false };
+      // A worker that serves without standing by first (an older one) is the serving one too.
+      this.unitActive = peer;
+      this.unitStandbys = this.unitStandbys.filter((s) => s !== peer);
     }
     this.scheduleStandby();
     return true;
@@ -221,21 +233,60 @@ export class WorkerSupervisor {
 
   /** X_STANDBY: our standby is loaded and waits for the takeover. */
   onStandby(peer: KeeperPeer): void {
+    if (!this.embedded) {
+      this.onUnitStandby(peer);
+      return;
+    }
     const sb = this.standby;
     if (sb === null || sb.child.pid !== peer.pid) return;
     sb.peer = peer;
     this.log.debug({ standbyPid: peer.pid, startMs: Math.round(Number(process.hrtime.bigint() - sb.spawnedAt) / 1e5) / 10 }, 'standby worker ready');
   }
 
-  /** Under systemd the serving worker's keeper.sock link closing is its death (systemd restarts
-   * it). */
-  onActivePeerClosed(peer: KeeperPeer): void {
+  /** Under systemd: a worker unit's process waits for the session. It gets it now if no worker
+   * serves (the service's first start, a restart after the keeper's, or every standby died). */
+  private onUnitStandby(peer: KeeperPeer): void {
+    if (this.stopping || this.unitStandbys.includes(peer)) return;
+    if (this.unitActive === null && this.handOverTo(peer)) {
+      this.log.info({ workerPid: peer.pid, restarts: this.restarts }, 'worker given the session');
+      return;
+    }
+    this.unitStandbys.push(peer);
+    this.log.info({ standbyPid: peer.pid }, 'standby worker waiting');
+  }
+
+  /** Sends X_TAKEOVER to `peer` and makes it the serving worker; false if the send failed. */
+  private handOverTo(peer: KeeperPeer): boolean {
+    if (!this.host.isConnected(peer) || !this.host.handOver(peer)) return false;
+    this.unitActive = peer;
+    this.phase = { state: 'starting', pid: peer.pid, startedAt: new Date().toISOString(), readyAt: null, progress: false };
+    return true;
+  }
+
+  /** Under systemd: a worker's keeper.sock connection closed. The serving worker's closing is
+   * its death (every message it sent before was handled: one connection, read in order): the
+   * first waiting standby takes over at once, else the next worker systemd starts does. */
+  onPeerClosed(peer: KeeperPeer): void {
     if (this.embedded || this.stopping) return;
+    const i = this.unitStandbys.indexOf(peer);
+    if (i >= 0) {
+      this.unitStandbys.splice(i, 1);
+      this.log.warn({ standbyPid: peer.pid }, 'standby worker gone');
+      return;
+    }
+    if (peer !== this.unitActive) return;
+    this.unitActive = null;
     this.deathAt = process.hrtime.bigint();
     this.restarts++;
     this.lastExit = { code: null, signal: null, at: new Date().toISOString() };
     this.phase = { state: 'restarting', pid: null };
     this.log.warn({ workerPid: peer.pid }, 'worker connection closed: the worker died');
+    for (let next = this.unitStandbys.shift(); next !== undefined; next = this.unitStandbys.shift()) {
+      if (this.handOverTo(next)) {
+        this.log.info({ workerPid: next.pid, restarts: this.restarts }, 'standby worker took over');
+        return;
+      }
+    }
   }
 
   // --- processes (embedded mode)
@@ -524,7 +575,7 @@ export class WorkerSupervisor {
       worker: {
         pid: this.hostPidOf(p.pid), state: p.state, restarts: this.restarts, lastExit: this.lastExit,
         startedAt: alive ? p.startedAt : null, status: lastStatus, ready: alive && p.readyAt !== null,
-        standbyPid: this.standbyPid, standbyReady: this.standby?.peer != null, backoff,
+        standbyPid: this.standbyPid, standbyReady: this.embedded ? this.standby?.peer != null : this.unitStandbys.length > 0, backoff,
       },
       recovery: {
         count: sorted.length,

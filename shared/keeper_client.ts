@@ -10,7 +10,7 @@
 // (the shortage may pass), and if they still do not land the owner's onStoresRefused decides
 // (the worker dies before anything that names them is journaled, and its successor replays).
 // A keeper that does not offer FEATURES=sync (older) gets no X_SYNC.
-import { native } from './native';
+import { native, POLL_DISCONNECT, POLL_READABLE } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
   MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper,
@@ -27,6 +27,9 @@ export class FdStoreRefusedError extends ResourceError {
     super(`the keeper could not take ${names.length} fds (${names.slice(0, 3).join(', ')}${names.length > 3 ? ', ...' : ''}): it is out of fds`, osConstants.errno.EMFILE);
   }
 }
+
+/** sendmsg errors that mean the keeper's end of the connection is closed. */
+const KEEPER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
 /** About a second of retries: a short shortage passes without a restart. */
 const STORE_RETRIES = 50;
@@ -46,6 +49,10 @@ export class KeeperClient implements FdRegistryListener {
   private readonly unsynced = new Map<string, number>();
   /** Called when stores did not land after every retry (default: throw FdStoreRefusedError). */
   onStoresRefused: (e: FdStoreRefusedError) => void = (e) => { throw e; };
+  /** Called when the keeper is gone (its end closed: EPIPE, ECONNRESET, EOF) before the error
+   * is thrown: nothing that needed the keeper may go on (the worker dies there; default: the
+   * error is thrown). */
+  onKeeperGone: (e: Error) => void = () => {};
 
   private constructor(readonly fd: number) {}
 
@@ -121,7 +128,11 @@ export class KeeperClient implements FdRegistryListener {
     for (;;) {
       const r = native.recvMsg(this.fd, this.buf, maxFds);
       if (r === null) continue;
-      if (r.bytes === 0 && r.fds.length === 0) throw new KeeperProtocolError(`keeper closed the connection ${when}`);
+      if (r.bytes === 0 && r.fds.length === 0) {
+        const e = new KeeperProtocolError(`keeper closed the connection ${when}`);
+        this.onKeeperGone(e);
+        throw e;
+      }
       try {
         if (r.truncated) throw new KeeperProtocolError(`message from the keeper truncated ${when}`);
         return { msg: parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length), fds: r.fds };
@@ -261,6 +272,49 @@ export class KeeperClient implements FdRegistryListener {
     }
   }
 
+  /**
+   * The same wait without blocking the event loop, for a standby systemd started: its unit has
+   * a watchdog, so `tick` (WATCHDOG=1) must keep running while it waits, and so must a SIGTERM
+   * from `systemctl stop`. Resolves at X_TAKEOVER; rejects when the keeper closes the connection
+   * or sends anything else. The wake-up costs one libuv poll, not a Node.js start.
+   */
+  waitForTakeoverAsync(tick: () => void, tickMs: number): Promise<void> {
+    this.send({ type: 'standby' }, []);
+    native.setNonBlocking(this.fd, true);
+    return new Promise<void>((resolve, reject) => {
+      const timer = setInterval(tick, tickMs);
+      const done = (e: Error | null): void => {
+        clearInterval(timer);
+        poller.close();
+        try {
+          native.setNonBlocking(this.fd, false);
+        } catch (err) {
+          e ??= err as Error;
+        }
+        if (e === null) resolve();
+        else reject(e);
+      };
+      const poller = new native.Poller(this.fd, (status) => {
+        if (status < 0) {
+          done(new KeeperProtocolError(`polling keeper.sock failed (${native.errnoName(status)}) while we were on standby`));
+          return;
+        }
+        try {
+          const r = native.recvMsg(this.fd, this.buf, 0);
+          if (r === null) return;
+          for (const fd of r.fds) native.close(fd);
+          if (r.bytes === 0) throw new KeeperProtocolError('keeper closed the connection while we were on standby');
+          const msg = parseFromKeeper(this.buf.subarray(0, r.bytes), r.fds.length);
+          if (msg.type !== 'takeover') throw new KeeperProtocolError(`unexpected ${msg.type} while on standby`);
+          done(null);
+        } catch (e) {
+          done(e as Error);
+        }
+      });
+      poller.start(POLL_READABLE | POLL_DISCONNECT);
+    });
+  }
+
   /** Asks the keeper for its status (used by the status CLI). */
   queryStatus(): KeeperStatus {
     this.send({ type: 'statusQuery' }, []);
@@ -272,7 +326,13 @@ export class KeeperClient implements FdRegistryListener {
 
   private send(msg: ToKeeper, fds: number[]): void {
     const data = encodeToKeeper(msg);
-    const n = native.sendMsg(this.fd, data, fds);
+    let n: number;
+    try {
+      n = native.sendMsg(this.fd, data, fds);
+    } catch (e) {
+      if (KEEPER_GONE.has((e as { code?: string }).code ?? '')) this.onKeeperGone(e as Error);
+      throw e;
+    }
     if (n !== data.length) throw new KeeperProtocolError(`short send to keeper (${n} of ${data.length})`);
   }
 

@@ -3,6 +3,7 @@
 // piece of session state is in the state file (StateStore) before the guest or QEMU can
 // observe it, in the order the durability barrier (state/durability.ts) owns. Started fresh it
 // accepts QEMU; started after a crash it resumes the session.
+import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { logger, type Logger } from '../shared/log';
@@ -72,10 +73,36 @@ export class Worker {
     dieNow();
   }
 
+  /**
+   * The keeper is gone (killed: under systemd it comes back with every fd from the fd store,
+   * and BindsTo= stops this worker; embedded, the service is over). Without it no fd can be
+   * stored and no control reply sent, so nothing that needed it may go on: a request whose fd
+   * store failed must not be answered with an error. Die now; requests not yet published are
+   * replayed by a successor under the new keeper.
+   */
+  private keeperGone(e: Error): never {
+    this.log.fatal({ err: errorInfo(e) }, 'the keeper is gone; dying before anything needs it, for a successor under its successor');
+    // Not process.kill(SIGKILL): as PID 1 of its pid namespace the worker ignores its own.
+    dieNow();
+  }
+
   /** What must happen before the worker is confined: systemd's notify socket is connected
    * while its path is reachable. */
   beforeSandbox(): void {
     this.sd?.connect();
+  }
+
+  /** A standby systemd started: its unit is active once the standby is loaded and confined
+   * (Type=notify), and the keeper.sock READY (which would make it the serving worker) waits for
+   * the takeover. */
+  announceStandby(): void {
+    this.sdNotify({ READY: 1, STATUS: 'standby: loaded, waiting for the keeper to hand over the session' });
+  }
+
+  /** While on standby under systemd: the unit's watchdog is kept happy as long as the event
+   * loop runs (a SIGSTOPped or wedged standby is replaced, as a wedged worker is). */
+  standbyWatchdogTick(): void {
+    this.sdNotify({ WATCHDOG: 1 });
   }
 
   /** Records a phase of the start (process.hrtime is CLOCK_MONOTONIC, comparable with the keeper's). */
@@ -92,6 +119,7 @@ export class Worker {
     this.inodeFdCache = inodeFdCacheSize(ownNoFile, this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES);
     this.registry.setCapacity(fdBudget(ownNoFile - this.inodeFdCache, caps.noFile));
     this.keeper.onStoresRefused = (e) => this.storesRefused(e);
+    this.keeper.onKeeperGone = (e) => this.keeperGone(e);
     this.mark('fetched');
     for (const [name, fd] of fds) if (!name.startsWith('ctl.')) this.registry.adopt(name, fd);
     this.registry.addListener(this.keeper);
@@ -348,6 +376,19 @@ export class Worker {
 }
 
 /**
+ * A standby starts libuv's threadpool before it waits: the pool's threads are created at its
+ * first use, which would otherwise be the first READ or WRITE of a takeover. After the sandbox,
+ * so they are created with the reduced capability sets ('/' is the shared directory then).
+ */
+async function warmThreadPool(log: Logger): Promise<void> {
+  try {
+    await fs.promises.stat('/');
+  } catch (e) {
+    log.debug({ err: errorInfo(e) }, 'cannot warm the threadpool before standing by');
+  }
+}
+
+/**
  * A standby collects its start-up garbage before it announces itself: otherwise the first GC
  * comes in the middle of a takeover (mapping guest memory counts as external memory and forces
  * one) and has to copy a young generation full of start-up objects (5-7 ms measured).
@@ -371,6 +412,9 @@ export function withheldInitFlags(c: WorkerConfig): bigint {
   if (c.readdirplus === false) f |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
   return f;
 }
+
+/** A standby without a watchdog to ping still needs a timer for its wait (any long period). */
+const STANDBY_IDLE_TICK_MS = 3_600_000;
 
 /** A failed accept() of the frontend (EMFILE...) is tried again after this long. */
 const ACCEPT_RETRY_MS = 100;
@@ -420,6 +464,8 @@ export async function workerMain(stateDir: string): Promise<number> {
       log.warn({ err: errorInfo(e) }, 'cannot drop supplementary groups');
     }
   }
+  // Spawned by an embedded keeper (its own connection), or started by systemd (or by hand).
+  const spawned = process.env.VFSK_KEEPER_FD !== undefined;
   let config: WorkerConfig;
   let keeper: KeeperClient;
   try {
@@ -446,9 +492,26 @@ export async function workerMain(stateDir: string): Promise<number> {
     return EXIT_START_FAILED;
   }
   if (process.env.VFSK_STANDBY === '1') {
+    await warmThreadPool(log);
     collectStartupGarbage(log);
     try {
       keeper.waitForTakeover();
+      worker.mark('takeover');
+    } catch (e) {
+      log.info({ err: errorInfo(e) }, 'standby released without a takeover');
+      return 0;
+    }
+    log.info('standby worker taking over');
+  } else if (!spawned) {
+    // Under systemd every worker stands by first: the keeper hands the session at once to the
+    // first one when none serves, and keeps the next (the other worker unit's, or this unit's
+    // restart) waiting until the serving one dies (docs/ARCHITECTURE.md, "Processes").
+    await warmThreadPool(log);
+    collectStartupGarbage(log);
+    worker.announceStandby();
+    const wd = watchdogIntervalMs();
+    try {
+      await keeper.waitForTakeoverAsync(() => worker.standbyWatchdogTick(), wd === null ? STANDBY_IDLE_TICK_MS : Math.max(10, wd / 2));
       worker.mark('takeover');
     } catch (e) {
       log.info({ err: errorInfo(e) }, 'standby released without a takeover');

@@ -4,7 +4,8 @@
 //
 //   --json FILE        also write the rows as JSON (one object per row)
 //   --svg FILE         where the chart goes (default docs/bench.svg in a checkout; chart.ts)
-//   --only G,...       groups: micro, journal, recovery, recovery-state, guest (default: all)
+//   --only G,...       groups: micro, journal, recovery, recovery-systemd, recovery-state, guest
+//                      (default: all; recovery-systemd needs root and systemd-nspawn)
 //   --repeats N        sessions per backend for micro/journal/guest (default 3)
 //   --quick            a smaller run (< 5 minutes)
 //   --kills N          SIGKILLs for the recovery rows (default 100; quick 20)
@@ -22,6 +23,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { REPO_ROOT } from '../frontend/backend';
 import { measureRecovery } from './recovery';
+import { measureSystemdRecovery, systemdRecoveryUnavailable } from './recovery_systemd';
 import type { InodeFileHandles } from '../../shared/config';
 import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
 import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
@@ -61,7 +63,7 @@ function num(name: string, dflt: number): number {
   return n;
 }
 
-const GROUPS = ['micro', 'journal', 'recovery', 'recovery-state', 'guest'] as const;
+const GROUPS = ['micro', 'journal', 'recovery', 'recovery-systemd', 'recovery-state', 'guest'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Config {
@@ -318,6 +320,39 @@ async function recoveryRun(rows: Row[], kills: number, inodes: number, open: num
   return true;
 }
 
+/** The same rows under systemd with the warm standby (the three units in an nspawn machine). */
+async function systemdRecoveryRun(rows: Row[], kills: number): Promise<void> {
+  const n = `(${kills} kills, systemd units with the warm standby)`;
+  const none = { peer: null, ratio: null, higherIsBetter: false } as const;
+  const why = systemdRecoveryUnavailable();
+  if (why !== null) {
+    log(`recovery under systemd: not run: ${why}`);
+    rows.push({ name: `recovery: SIGKILL to first completed request ${n}`, unit: 'ms', ours: NaN, ...none, note: `not run: ${why}` });
+    return;
+  }
+  log(`recovery under systemd: ${kills} kills`);
+  const t0 = Date.now();
+  let r;
+  try {
+    r = await measureSystemdRecovery(kills, REPO_ROOT, log);
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0]!;
+    log(`recovery under systemd: FAILED: ${msg}`);
+    rows.push({ name: `recovery: SIGKILL to first completed request ${n}`, unit: 'ms', ours: NaN, ...none, note: `FAILED: ${msg}`, extra: { failed: true } });
+    return;
+  }
+  log(`recovery under systemd: done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const runs = (xs: number[]): number[] => xs.map(r1);
+  rows.push(
+    { name: `recovery: SIGKILL to first completed request, keeper clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.5)), ...none, note: 'virtiofs-worker@ + virtiofs-standby@ in a systemd-nspawn machine: the waiting worker takes over when the serving one\'s keeper.sock connection closes. Keeper clock: from that EOF to the successor\'s first completed request', oursRuns: runs(r.keeperMs) },
+    { name: `recovery: SIGKILL to first completed request, keeper clock, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.keeperMs, 0.99)), ...none },
+    { name: `recovery: SIGKILL to first completed request, keeper clock, max ${n}`, unit: 'ms', ours: r1(Math.max(...r.keeperMs)), ...none },
+    { name: `recovery: SIGKILL to first completed request, client clock, p50 ${n}`, unit: 'ms', ours: r1(quantile(r.clientKillMs, 0.5)), ...none, note: 'from just before kill() to the completion of the first GETATTR submitted after it', oursRuns: runs(r.clientKillMs) },
+    { name: `recovery: SIGKILL to first completed request, client clock, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.clientKillMs, 0.99)), ...none },
+    { name: `recovery: longest reply gap seen by the client, p99 ${n}`, unit: 'ms', ours: r1(quantile(r.clientGapMs, 0.99)), ...none, oursRuns: runs(r.clientGapMs) },
+  );
+}
+
 /** Known inodes (with 10% of them open) used when the requested large session fails to recover. */
 const FALLBACK_INODES = 10_000;
 
@@ -467,6 +502,7 @@ async function main(): Promise<number> {
     };
     if (cfg.groups.has('micro') || cfg.groups.has('journal')) await phase('micro', () => microPhase(cfg, rows));
     if (cfg.groups.has('recovery')) await phase('recovery', () => recoveryPhase(cfg, rows, false));
+    if (cfg.groups.has('recovery-systemd')) await phase('recovery-systemd', () => systemdRecoveryRun(rows, cfg.kills));
     if (cfg.groups.has('recovery-state')) await phase('recovery-state', () => recoveryPhase(cfg, rows, true));
     if (cfg.groups.has('guest')) await phase('guest', () => guestPhase(cfg, rows));
   } finally {

@@ -124,6 +124,8 @@ export function makeSnapshot(repoRoot: string, dest: string): void {
   fs.copyFileSync(path.join(repoRoot, 'build', 'Release', 'vfsk_native.node'), path.join(dest, 'build', 'Release', 'vfsk_native.node'));
   fs.copyFileSync(path.join(repoRoot, 'package.json'), path.join(dest, 'package.json'));
   fs.cpSync(path.join(repoRoot, 'test', 'e2e', 'guest-tools'), path.join(dest, 'test', 'e2e', 'guest-tools'), { recursive: true });
+  // install-units renders these (the systemd recovery rows install them in a machine).
+  fs.cpSync(path.join(repoRoot, 'systemd'), path.join(dest, 'systemd'), { recursive: true });
   fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dest, 'node_modules'));
 }
 

@@ -187,7 +187,7 @@ export async function measureRecovery(kills: number, opts: RecoveryOptions = {})
 
 /** The per-kill timeline from the backend log: the keeper's 'worker recovered' lines (exitSeenNs)
  * and the successor's 'first request served after resume' lines (phasesNs), in kill order. */
-function recoveryPhases(logText: string, killNs: bigint[]): Array<Record<string, number>> {
+export function recoveryPhases(logText: string, killNs: bigint[]): Array<Record<string, number>> {
   const exits: bigint[] = [];
   const marks: Array<Record<string, string>> = [];
   for (const line of logText.split('\n')) {
@@ -220,7 +220,7 @@ function recoveryPhases(logText: string, killNs: bigint[]): Array<Record<string,
   return out;
 }
 
-function summarisePhases(phases: Array<Record<string, number>>): string {
+export function summarisePhases(phases: Array<Record<string, number>>): string {
   const names = [...new Set(phases.flatMap((p) => Object.keys(p)))];
   const r1 = (x: number): number => Math.round(x * 10) / 10;
   return names.map((k) => {

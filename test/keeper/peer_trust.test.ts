@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { native } from '../../shared/native';
 import { encodeToKeeper, parseFromKeeper, MAX_MESSAGE_SIZE, SCM_MAX_FD } from '../../shared/keeper_protocol';
 import { keeperSocketPath } from '../../shared/config';
-import { cgroupOf, inWorkerUnit } from '../../keeper/peer_trust';
+import { cgroupOf, defaultWorkerUnits, inWorkerUnit } from '../../keeper/peer_trust';
 import { waitFor } from '../frontend/helpers';
 
 const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-trust-log-'));
@@ -27,6 +27,12 @@ t.test('the cgroup rule', async (t) => {
   t.notOk(inWorkerUnit('/system.slice/system-virtiofs\\x2dworker.slice/virtiofs-worker@vm2.service', UNIT, KEEPER_CG), 'another instance\'s worker');
   t.notOk(inWorkerUnit(`/user.slice/user-0.slice/user@0.service/app.slice/${UNIT}`, UNIT, KEEPER_CG), 'a user service of the same name');
   t.notOk(inWorkerUnit('/system.slice/sshd.service', UNIT, KEEPER_CG), 'a shell');
+  // The standby twin (systemd/virtiofs-worker@.service rendered as virtiofs-standby@): its own
+  // template slice, the same top slice.
+  const [w, sb] = defaultWorkerUnits('vm1');
+  t.equal(w, UNIT, 'the first default worker unit is the worker unit');
+  t.ok(inWorkerUnit(`/system.slice/system-virtiofs\\x2dstandby.slice/${sb}`, sb!, KEEPER_CG), 'the standby unit in the system slice');
+  t.notOk(inWorkerUnit('/system.slice/system-virtiofs\\x2dstandby.slice/virtiofs-standby@vm2.service', sb!, KEEPER_CG), 'another instance\'s standby');
   t.notOk(inWorkerUnit(`/${UNIT}`, UNIT, '/virtiofs-keeper@vm1.service'), 'no slice above the keeper: nothing matches');
   t.notOk(inWorkerUnit(`/system.slice/x.slice/${UNIT}`, UNIT, null), 'own cgroup unknown: nothing matches');
   t.match(cgroupOf('self'), /^\//, 'our own cgroup reads');
@@ -42,7 +48,7 @@ async function ask(fd: number, msg: Parameters<typeof encodeToKeeper>[0]): Promi
   return { closed: false, type: parseFromKeeper(buf.subarray(0, r.bytes), r.fds.length).type };
 }
 
-for (const [peers, role] of [[{ kind: 'unit', unit: UNIT }, 'observer'], [{ kind: 'same-uid' }, 'worker']] as const) {
+for (const [peers, role] of [[{ kind: 'unit', units: [UNIT, 'virtiofs-standby@vm1.service'] }, 'observer'], [{ kind: 'same-uid' }, 'worker']] as const) {
   t.test(`systemd mode, --worker-peers ${peers.kind}: a path connection from us is a ${role}`, async (t) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-trust-'));
     fs.mkdirSync(path.join(dir, 'shared'));

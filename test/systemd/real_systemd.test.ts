@@ -1,6 +1,8 @@
 // The unit pair under a real systemd: systemd 252 as PID 1 of a systemd-nspawn machine (a
 // volatile view of this host's own OS, see real/nspawn.ts) runs virtiofs-keeper@t1 and
-// virtiofs-worker@t1 as installed by `install-units`. A client (the test vhost-user frontend,
+// virtiofs-worker@t1 as installed by `install-units`, with the standby twin
+// (virtiofs-standby@t1) masked: this is the unit pair alone, where each worker is a Node.js start
+// (test/systemd/standby.test.ts runs the three units). A client (the test vhost-user frontend,
 // in this process, on the socket bound into the machine) keeps one session open and keeps
 // issuing requests while systemd
 //   (a) SIGKILLs the worker (`systemctl kill -s KILL`) and restarts it (Restart=always),
@@ -95,6 +97,8 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   ].join('\n'));
   // Only to make the watchdog case fast; the unit's own WatchdogSec= is 10 s.
   await m.writeFile(`/etc/systemd/system/${WORKER}.d/50-test-watchdog.conf`, `[Service]\nWatchdogSec=${WATCHDOG_SEC}s\n`);
+  // Without the warm standby: the keeper's Wants= of a masked unit pulls nothing in.
+  await m.run(['systemctl', 'mask', 'virtiofs-standby@t1.service']);
   await m.run(['systemctl', 'daemon-reload']);
   const verify = await m.exec(['systemd-analyze', 'verify', KEEPER, WORKER]);
   t.equal(verify.code, 0, 'systemd-analyze verify passes on the installed units (and the drop-in) inside the machine');
@@ -147,6 +151,11 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
     }
   };
   await served('requests served before any restart');
+  // The worker unit's process confined itself: the seccomp filter is on (--seccomp kill, the
+  // default), under systemd's own SystemCallFilter.
+  const wStatus = (await m.exec(['cat', `/proc/${w0.MainPID}/status`])).stdout;
+  t.match(wStatus, /^Seccomp:\s+2$/m, 'the worker under systemd runs its seccomp filter (Seccomp: 2)');
+  t.match(wStatus, /^NoNewPrivs:\s+1$/m, 'with no_new_privs');
 
   // (a) SIGKILL.
   const k0 = await unit(KEEPER);

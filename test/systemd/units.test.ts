@@ -1,5 +1,6 @@
-// `systemd-analyze verify` on the unit pair as `install-units` writes it (into a temp prefix,
-// with this checkout's node and bin paths), for one instance of each. It needs no systemd as
+// `systemd-analyze verify` on the units as `install-units` writes them (into a temp prefix,
+// with this checkout's node and bin paths: the keeper, the worker and its twin the standby
+// unit), for one instance of each. It needs no systemd as
 // PID 1. It must exit 0 and print nothing about our units; a broken copy proves that it would.
 import t from 'tap';
 import * as fs from 'node:fs';
@@ -28,10 +29,10 @@ function verify(prefix: string): Promise<Result> {
   // --recursive-errors=one: our two units and their direct dependencies (each other, and
   // targets such as multi-user.target), not whatever the host's other units get wrong.
   return run(ANALYZE, ['verify', '--recursive-errors=one',
-    path.join(prefix, 'virtiofs-keeper@t1.service'), path.join(prefix, 'virtiofs-worker@t1.service')]);
+    path.join(prefix, 'virtiofs-keeper@t1.service'), path.join(prefix, 'virtiofs-worker@t1.service'), path.join(prefix, 'virtiofs-standby@t1.service')]);
 }
 
-const ours = (out: string): string[] => out.split('\n').filter((l) => /virtiofs-(keeper|worker)@/.test(l));
+const ours = (out: string): string[] => out.split('\n').filter((l) => /virtiofs-(keeper|worker|standby)@/.test(l));
 
 t.test('systemd-analyze verify passes on the installed units', { skip: fs.existsSync(ANALYZE) ? false : `${ANALYZE} is missing` }, async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-units-'));
@@ -42,11 +43,21 @@ t.test('systemd-analyze verify passes on the installed units', { skip: fs.exists
   const inst = await run(process.execPath, [BIN, 'install-units', '--prefix', prefix, '--config-dir', configDir]);
   t.equal(inst.code, 0, 'install-units exits 0');
   if (inst.code !== 0) t.comment(inst.out);
-  for (const u of ['virtiofs-keeper@.service', 'virtiofs-worker@.service']) {
+  for (const u of ['virtiofs-keeper@.service', 'virtiofs-worker@.service', 'virtiofs-standby@.service']) {
     const text = fs.readFileSync(path.join(prefix, u), 'utf8');
     t.notMatch(text, /@(NODE|BIN|PREFIX)@/, `${u}: every placeholder is rendered`);
-    t.match(text, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} (--[a-z-]+=\\d+ )?${BIN.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} `, 'm'), `${u}: ExecStart runs this node on this checkout`);
+    t.match(text, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} (--[a-z-]+(=\\d+)? )*${BIN.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} `, 'm'), `${u}: ExecStart runs this node on this checkout`);
   }
+  // The standby unit is the worker unit but for its name, description and order.
+  const worker = fs.readFileSync(path.join(prefix, 'virtiofs-worker@.service'), 'utf8');
+  const standby = fs.readFileSync(path.join(prefix, 'virtiofs-standby@.service'), 'utf8');
+  const service = (text: string): string => text.slice(text.indexOf('[Service]'));
+  t.equal(service(standby), service(worker), 'the standby unit\'s [Service] section is the worker unit\'s');
+  t.match(standby, /^After=virtiofs-keeper@%i\.service virtiofs-worker@%i\.service$/m, 'the standby unit starts after the worker unit');
+  t.match(standby, /^BindsTo=virtiofs-keeper@%i\.service$/m, 'and is bound to the keeper');
+  const keeperUnit = fs.readFileSync(path.join(prefix, 'virtiofs-keeper@.service'), 'utf8');
+  t.match(keeperUnit, /^Wants=virtiofs-worker@%i\.service virtiofs-standby@%i\.service$/m, 'the keeper pulls in both worker units');
+  t.match(keeperUnit, /--worker-unit virtiofs-worker@%i\.service --worker-unit virtiofs-standby@%i\.service /, 'and trusts both on keeper.sock');
   t.ok(fs.existsSync(path.join(configDir, 'example.conf')), 'install-units wrote example.conf');
   fs.writeFileSync(path.join(configDir, 't1.conf'),
     `SHARED_DIR=${path.join(dir, 'shared')}\nSOCKET_PATH=${path.join(dir, 'vhost.sock')}\nCACHE=auto\nOPTIONS=\n`);
@@ -59,7 +70,7 @@ t.test('systemd-analyze verify passes on the installed units', { skip: fs.exists
   // The control: the same check on a broken copy must complain.
   const broken = path.join(dir, 'broken');
   fs.mkdirSync(broken);
-  for (const u of ['virtiofs-keeper@.service', 'virtiofs-worker@.service']) fs.copyFileSync(path.join(prefix, u), path.join(broken, u));
+  for (const u of ['virtiofs-keeper@.service', 'virtiofs-worker@.service', 'virtiofs-standby@.service']) fs.copyFileSync(path.join(prefix, u), path.join(broken, u));
   const w = path.join(broken, 'virtiofs-worker@.service');
   fs.writeFileSync(w, fs.readFileSync(w, 'utf8').replace(/^RestartSec=0$/m, 'RestartSec=0\nRestartSecs=1'));
   const k = path.join(broken, 'virtiofs-keeper@.service');

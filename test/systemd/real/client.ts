@@ -25,6 +25,9 @@ export class LoopClient {
   /** Completed loop iterations (each: read + getattr + pwrite). */
   iterations = 0;
   readonly errors: ClientError[] = [];
+  /** The longest time between two completed iterations since resetGap() (ms). */
+  maxGapMs = 0;
+  private lastDone = 0;
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
 
@@ -41,9 +44,22 @@ export class LoopClient {
     this.log = { nodeid: l.nodeid, fh: (await this.fuse.open(l.nodeid, F.O.WRONLY)).fh };
   }
 
+  /** Times one getattr of the handle opened first, submitted now: after a kill, a request only
+   * a successor can answer (ms from `since`, performance.now(), to its reply). */
+  async probe(since: number): Promise<number> {
+    const a = await this.fuse.getattr(this.hello.nodeid, this.hello.fh);
+    const ms = performance.now() - since;
+    if (Number(a.attr.size) !== Buffer.byteLength(HELLO)) throw new Error(`getattr size ${a.attr.size}`);
+    return ms;
+  }
+
   /** One read through the handle opened before any restart. */
   async readHello(): Promise<string> {
     return (await this.fuse.read(this.hello.nodeid, this.hello.fh, 0, 4096)).toString();
+  }
+
+  resetGap(): void {
+    this.maxGapMs = 0;
   }
 
   start(): void {
@@ -92,6 +108,9 @@ export class LoopClient {
       });
       if (this.errors.length > 0) { this.running = false; return; }
       this.iterations = i + 1;
+      const now = performance.now();
+      if (this.lastDone > 0) this.maxGapMs = Math.max(this.maxGapMs, now - this.lastDone);
+      this.lastDone = now;
       // Pace the loop a little: the point is requests in flight around each kill, not load.
       await new Promise((r) => setTimeout(r, 5));
     }

@@ -159,6 +159,28 @@ export class Machine {
     return r.stdout + r.stderr;
   }
 
+  /** The host pid of the machine's process `pid` (as systemctl shows it), or null if it is gone:
+   * the descendant of the machine's PID 1 whose NSpid at the machine's level (the second) is
+   * `pid` (other machines may run beside this one). */
+  hostPid(pid: number): number | null {
+    const status = (p: number | string): string[] | null => {
+      try { return fs.readFileSync(`/proc/${p}/status`, 'utf8').split('\n'); } catch { return null; }
+    };
+    const field = (lines: string[], k: string): string[] => lines.find((l) => l.startsWith(`${k}:`))?.split(/\s+/).slice(1) ?? [];
+    for (const e of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(e)) continue;
+      const lines = status(e);
+      if (lines === null || Number(field(lines, 'NSpid')[1]) !== pid) continue;
+      for (let p = Number(field(lines, 'PPid')[0]), hops = 0; p > 1 && hops < 64; hops++) {
+        if (p === this.leader) return Number(e);
+        const up = status(p);
+        if (up === null) break;
+        p = Number(field(up, 'PPid')[0]);
+      }
+    }
+    return null;
+  }
+
   log(): string {
     try { return fs.readFileSync(this.logPath, 'utf8').slice(-4000); } catch { return ''; }
   }
