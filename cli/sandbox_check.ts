@@ -13,6 +13,7 @@ import { encodeToKeeper, MAX_MESSAGE_SIZE, SCM_MAX_FD } from '../shared/keeper_p
 import { KeeperClient } from '../shared/keeper_client';
 import type { SandboxMode, SeccompAction } from '../shared/config';
 import { enterSandbox, sandboxLauncher } from '../worker/sandbox';
+import { at } from '../shared/pinned_dirs';
 
 export interface ProbeRow { attempt: string; blocked: boolean; result: string }
 
@@ -21,6 +22,8 @@ export interface CheckOptions { sharedDir: string; sandbox: SandboxMode; seccomp
 interface ProbeInput {
   sharedDir: string; sandbox: SandboxMode; seccomp: SeccompAction; stateDir: string; ptraceTarget: number;
   hostParent: string; otherKeeperSock: string | null; attempt: number;
+  /** The host directories above the state dir, nearest first ("/" last), with their dev:ino. */
+  stateAncestors: { path: string; inode: string }[];
 }
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'virtiofs-keeper.js');
@@ -64,9 +67,15 @@ export async function sandboxCheck(o: CheckOptions, out: (s: string) => void): P
         // No keeper answers there: ptrace ourselves (a process outside the sandbox) instead.
       }
     }
+    // What '..' from the worker's pinned state dir fd must never reach.
+    const stateAncestors: { path: string; inode: string }[] = [];
+    for (let d = path.dirname(stateDir); ; d = path.dirname(d)) {
+      stateAncestors.push({ path: d, inode: inodeOf(d) });
+      if (d === '/') break;
+    }
     const base = {
       sharedDir: path.resolve(o.sharedDir), sandbox: o.sandbox, seccomp: o.seccomp, stateDir, ptraceTarget,
-      hostParent: inodeOf(path.dirname(path.resolve(o.sharedDir))), otherKeeperSock: o.otherKeeperSock,
+      hostParent: inodeOf(path.dirname(path.resolve(o.sharedDir))), otherKeeperSock: o.otherKeeperSock, stateAncestors,
     };
     const rows: ProbeRow[] = [];
     for (let attempt = 0; attempt < attemptNames({ ...base, attempt: 0 }).length; attempt++) rows.push(await runProbe({ ...base, attempt }));
@@ -81,6 +90,43 @@ export async function sandboxCheck(o: CheckOptions, out: (s: string) => void): P
 
 function errnoText(err: number): string {
   return err === 0 ? 'succeeded' : `${native.errnoName(err)}`;
+}
+
+/** dev:ino of what `name` under `dirFd` opens to (O_PATH), or null when it cannot be opened. */
+function inodeAt(dirFd: number, name: string, dirOnly = true): string | null {
+  let fd: number;
+  try {
+    fd = native.openat(dirFd, name, C.O_PATH! | C.O_CLOEXEC! | (dirOnly ? C.O_DIRECTORY! : 0), 0);
+  } catch {
+    return null;
+  }
+  try {
+    const st = Buffer.alloc(STAT.SIZE);
+    native.fstatat(fd, '', C.AT_EMPTY_PATH!, st);
+    return `${st.readBigUInt64LE(STAT.dev)}:${st.readBigUInt64LE(STAT.ino)}`;
+  } finally {
+    native.close(fd);
+  }
+}
+
+/** The numeric entries (pids) of the directory `name` under `dirFd`. */
+function pidsIn(dirFd: number, name: string): number[] {
+  const fd = native.openat(dirFd, name, C.O_RDONLY! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const out: number[] = [];
+  try {
+    const buf = Buffer.alloc(32768);
+    for (let n = native.getdents64(fd, buf); n > 0; n = native.getdents64(fd, buf)) {
+      // linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, name NUL-terminated.
+      for (let off = 0; off < n; off += buf.readUInt16LE(off + 16)) {
+        const end = buf.indexOf(0, off + 19);
+        const entry = buf.toString('latin1', off + 19, end);
+        if (/^\d+$/.test(entry)) out.push(Number(entry));
+      }
+    }
+  } finally {
+    native.close(fd);
+  }
+  return out;
 }
 
 type Attempt = [name: string, run: () => { blocked: boolean; result: string }];
@@ -102,6 +148,28 @@ function attempts(o: ProbeInput): Attempt[] {
       native.close(fd);
       const same = `${st.readBigUInt64LE(STAT.dev)}:${st.readBigUInt64LE(STAT.ino)}` === o.hostParent;
       return same ? { blocked: false, result: 'opened the host directory' } : { blocked: true, result: 'only a directory inside the share' };
+    }],
+    ['escape via the pinned state dir (openat ../..)', () => {
+      // The worker's fd of its state dir (shared/pinned_dirs.ts), climbed level by level.
+      const dirFd = at(path.join(o.stateDir, 'x')).dirFd;
+      const reached = o.stateAncestors.filter((a, k) => inodeAt(dirFd, Array(k + 1).fill('..').join('/')) === a.inode).map((a) => a.path);
+      if (reached.length > 0) return { blocked: false, result: `reached the host's ${reached.join(' and ')}` };
+      const stays = inodeAt(dirFd, '..') === inodeAt(dirFd, '.');
+      return { blocked: true, result: stays ? "'..' stays in the state dir" : "'..' reaches no host directory above it" };
+    }],
+    ['escape via the pinned /proc (../../sysrq-trigger or ../../1/root)', () => {
+      // The worker's fd of /proc/self/fd: '../..' is the root of the procfs it belongs to.
+      const dirFd = at('/proc/self/fd/0').dirFd;
+      const found: string[] = [];
+      if (inodeAt(dirFd, '../../sysrq-trigger', false) !== null) found.push('../../sysrq-trigger');
+      if (inodeAt(dirFd, '../../sys', true) !== null) found.push('../../sys');
+      const ownRoot = inodeAt(C.AT_FDCWD!, '/');
+      const pids = pidsIn(dirFd, '../..');
+      // A process whose root is not ours: the host's or another sandbox's whole filesystem.
+      const foreign = pids.filter((pid) => { const r = inodeAt(dirFd, `../../${pid}/root`); return r !== null && r !== ownRoot; });
+      if (foreign.length > 0) found.push(`${foreign.slice(0, 3).map((p) => `../../${p}/root`).join(', ')}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''} (another root)`);
+      if (found.length > 0) return { blocked: false, result: `reached ${found.join(', ')} (${pids.length} pids listed)` };
+      return { blocked: true, result: `only pid dirs, none with another root (${pids.length} listed: ${pids.slice(0, 5).join(' ')})` };
     }],
     ['socket(AF_INET)', () => byErrno(native.probe('socket-inet', ''), o.seccomp === 'none' ? ' (no seccomp filter)' : '')],
     ['connect to 1.1.1.1:53', () => byErrno(native.probe('connect-inet', '1.1.1.1'))],

@@ -42,8 +42,9 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     inodeFileHandles: a.inodeFileHandles, sandbox: a.sandbox, seccomp: a.seccomp,
     ...withoutHook(extra),
     workerCommand: embedded ? [...launch, ...workerArgs] : null,
-    // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read).
-    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' } } : {}),
+    // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read),
+    // and forks them into their own pid namespace (sandboxLauncher).
+    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' }, launcherForks: true } : {}),
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', units: a.workerUnits } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.

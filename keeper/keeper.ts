@@ -69,9 +69,9 @@ export class Keeper implements KeeperSocketHandler {
     this.log = logger('keeper');
     this.store = new FdStore(this.log);
     this.supervisor = new WorkerSupervisor(opts, {
-      adoptWorker: (fd, pid) => {
+      adoptWorker: (fd, pid, learnPid) => {
         if (this.socket === null) throw new Error('keeper.sock is not open');
-        this.socket.adopt(fd, pid, 'worker');
+        this.socket.adopt(fd, pid, 'worker', learnPid);
       },
       drainWorker: (pid) => this.socket?.drainPid(pid),
       isConnected: (peer) => this.socket?.isOpen(peer) ?? false,
@@ -179,7 +179,7 @@ export class Keeper implements KeeperSocketHandler {
           this.servingPeer = peer;
           // A worker serves: why an earlier one could not start is history.
           this.error = null;
-          this.sdNotify({ STATUS: `worker ${peer.pid} serving; ${this.supervisor.restartCount} restarts` });
+          this.sdNotify({ STATUS: `worker ${this.supervisor.hostPidOf(peer.pid) ?? peer.pid} serving; ${this.supervisor.restartCount} restarts` });
         }
         if (msg.stopping) this.supervisor.onStopping(peer);
         return;

@@ -35,6 +35,8 @@ export interface KeeperPeer {
 interface Connection extends KeeperPeer {
   poller: Poller;
   badMessages: LogRateLimiter;
+  /** Told the sender's real pid from the kernel's credentials on its first message (see adopt). */
+  learnPid: ((pid: number) => void) | null;
 }
 
 export interface KeeperSocketHandler {
@@ -85,10 +87,13 @@ export class KeeperSocket {
   }
 
   /** Adopts an already connected socket: a spawned worker's socketpair end (tests drive the
-   * keeper over one too). */
-  adopt(fd: number, pid: number, role: PeerRole): KeeperPeer {
-    const c: Connection = { fd, pid, role, fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller };
+   * keeper over one too). `learnPid`: called, before that message is handled, with the pid the
+   * kernel gives the sender of the first message (SO_PASSCRED): the worker's own pid when the
+   * spawned process is only its launcher (unshare --fork, a pid namespace). */
+  adopt(fd: number, pid: number, role: PeerRole, learnPid: ((pid: number) => void) | null = null): KeeperPeer {
+    const c: Connection = { fd, pid, role, fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller, learnPid };
     try {
+      if (learnPid !== null) native.setPassCred(fd, true);
       c.poller = new native.Poller(fd, () => this.read(c));
       c.poller.start(POLL_READABLE);
     } catch (e) {
@@ -214,6 +219,13 @@ export class KeeperSocket {
       if (r.bytes === 0 && r.fds.length === 0) {
         this.close(c);
         return;
+      }
+      if (c.learnPid !== null && r.credPid !== null) {
+        const learn = c.learnPid;
+        c.learnPid = null;
+        // Once is enough: later messages need not carry credentials.
+        try { native.setPassCred(c.fd, false); } catch { /* they then carry them, unread */ }
+        learn(r.credPid);
       }
       let msg: ToKeeper;
       try {

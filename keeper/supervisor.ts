@@ -38,13 +38,19 @@ export interface SupervisorOptions {
   /** Environment added for workers (e.g. VFSK_OWN_MOUNT_NS=1 when the command gives them their
    * own mount namespace). */
   workerEnv?: Record<string, string>;
+  /** The command's process is a launcher that forks the worker into a pid namespace of its own
+   * (unshare --pid --fork) and waits for it: the process we spawn is not the worker. Its real
+   * pid (status, signals, priority) comes with its first keeper.sock message (see hostPidOf). */
+  launcherForks?: boolean;
 }
 
 /** What the supervisor needs from the rest of the keeper. */
 export interface SupervisorHost {
   /** Serve `fd`, the keeper's end of the keeper.sock connection made for the worker `pid` at
-   * its spawn: the one connection that process is trusted on (see keeper_socket.ts). */
-  adoptWorker(fd: number, pid: number): void;
+   * its spawn: the one connection that process is trusted on (see keeper_socket.ts).
+   * `learnPid` (launchers that fork): to be called with the kernel's pid of the sender of its
+   * first message. */
+  adoptWorker(fd: number, pid: number, learnPid: ((pid: number) => void) | null): void;
   /** Take every message the worker `pid` left queued (before a successor fetches the fd set). */
   drainWorker(pid: number): void;
   /** Whether the standby's keeper.sock connection is still open. */
@@ -89,10 +95,16 @@ const RECENT_RECOVERIES = 200;
 export class WorkerSupervisor {
   private phase: WorkerPhase = { state: 'starting', pid: null, startedAt: null, readyAt: null, progress: false };
   private child: ChildProcess | null = null;
-  private standby: { child: ChildProcess; peer: KeeperPeer | null; spawnedAt: bigint; niced: boolean; info: WorkerInfo | null } | null = null;
+  /** nice: the niceness given to it (null: none). */
+  private standby: { child: ChildProcess; peer: KeeperPeer | null; spawnedAt: bigint; nice: number | null; info: WorkerInfo | null } | null = null;
   private standbyTimer: NodeJS.Timeout | null = null;
-  /** The successor running with RECOVERY_BOOST, and when its boost ends at the latest. */
-  private boosted: { pid: number; timer: NodeJS.Timeout } | null = null;
+  /** The successor running with RECOVERY_BOOST (at niceness `nice`), and when its boost ends at
+   * the latest. */
+  private boosted: { pid: number; nice: number; timer: NodeJS.Timeout } | null = null;
+  /** launcherForks: the spawned launcher's pid → its worker's real pid, once known. Every pid
+   * in here and in `phase` is the launcher's (the keeper.sock peer's identity); what leaves the
+   * supervisor (status, signals, priorities) is the worker's. */
+  private readonly hostPids = new Map<number, number>();
   private restarts = 0;
   private lastExit: ExitInfo | null = null;
   private deaths: number[] = [];
@@ -123,7 +135,41 @@ export class WorkerSupervisor {
   }
 
   get workerPid(): number | null {
-    return this.phase.pid;
+    return this.hostPidOf(this.phase.pid);
+  }
+
+  /** The real pid of the worker spawned as `pid` (itself unless the launcher forks; null while
+   * its launcher has not reported it yet). */
+  hostPidOf(pid: number | null | undefined): number | null {
+    if (pid === null || pid === undefined) return null;
+    return this.opts.launcherForks === true ? this.hostPids.get(pid) ?? null : pid;
+  }
+
+  /** The worker of launcher `launcherPid` is `pid` (its first keeper.sock message said so through
+   * the kernel): priorities given to the launcher before it forked are given to it too. */
+  private learnHostPid(launcherPid: number, pid: number): void {
+    this.hostPids.set(launcherPid, pid);
+    this.log.debug({ launcherPid, workerPid: pid }, 'worker pid known');
+    if (this.standby?.child.pid === launcherPid && this.standby.nice !== null) setProcessNiceness(pid, this.standby.nice);
+    if (this.boosted?.pid === launcherPid) setProcessNiceness(pid, this.boosted.nice);
+  }
+
+  /** Signals the worker spawned as `child`: the real worker when the launcher forks (unshare(1)
+   * blocks SIGTERM while it waits; a SIGKILL to it would leave its worker to die later, after
+   * the keeper reaped the launcher), else the process itself. */
+  private signal(child: ChildProcess, sig: NodeJS.Signals): void {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const pid = this.opts.launcherForks === true ? this.hostPidOf(child.pid) : null;
+    if (pid === null) {
+      // Not known yet (it has sent nothing): the launcher, whose death (--kill-child) kills it.
+      child.kill(sig === 'SIGTERM' ? 'SIGKILL' : sig);
+      return;
+    }
+    try {
+      process.kill(pid, sig);
+    } catch {
+      // Gone already: its launcher's exit follows.
+    }
   }
 
   get restartCount(): number {
@@ -132,7 +178,7 @@ export class WorkerSupervisor {
 
   get standbyPid(): number | null {
     if (!this.embedded) return this.unitStandbys[0]?.pid ?? null;
-    return this.standby?.child.pid ?? null;
+    return this.hostPidOf(this.standby?.child.pid);
   }
 
   start(): void {
@@ -296,6 +342,17 @@ export class WorkerSupervisor {
       return null;
     }
     const [ours, theirs] = pair;
+    if (this.opts.launcherForks === true) {
+      // Before the worker can send anything: its first message then surely names it.
+      try {
+        native.setPassCred(ours, true);
+      } catch (e) {
+        native.close(ours);
+        native.close(theirs);
+        this.spawnFailed(standby, e);
+        return null;
+      }
+    }
     let child: ChildProcess;
     try {
       child = spawn(cmd!, args, { stdio: ['ignore', 'inherit', 'inherit', theirs], env });
@@ -311,11 +368,12 @@ export class WorkerSupervisor {
       native.close(ours);
     } else {
       try {
-        this.host.adoptWorker(ours, child.pid);
+        const launcherPid = child.pid;
+        this.host.adoptWorker(ours, launcherPid, this.opts.launcherForks === true ? (pid) => this.learnHostPid(launcherPid, pid) : null);
       } catch (e) {
         // Unserved, it would wait for ever: it dies, and its exit is handled as any death.
         this.spawnFailed(standby, e);
-        child.kill('SIGKILL');
+        this.signal(child, 'SIGKILL');
       }
     }
     child.on('exit', (code, signal) => this.onExit(child, code, signal));
@@ -366,12 +424,14 @@ export class WorkerSupervisor {
       this.scheduleStandby();
       return;
     }
-    let niced = false;
+    let nice: number | null = null;
     if (this.canRenice && child.pid !== undefined) {
-      niced = setProcessNiceness(child.pid, Math.min(19, os.getPriority() + STANDBY_NICE));
+      // A launcher's child inherits this if it forks after; learnHostPid gives it otherwise.
+      const n = Math.min(19, os.getPriority() + STANDBY_NICE);
+      if (setProcessNiceness(child.pid, n)) nice = n;
     }
-    this.standby = { child, peer: null, spawnedAt: process.hrtime.bigint(), niced, info: null };
-    this.log.debug({ standbyPid: child.pid, niced }, 'standby worker spawned');
+    this.standby = { child, peer: null, spawnedAt: process.hrtime.bigint(), nice, info: null };
+    this.log.debug({ standbyPid: child.pid, niced: nice !== null }, 'standby worker spawned');
   }
 
   /** Spawns the standby once the active worker serves, so they do not compete for the CPU: at
@@ -389,7 +449,7 @@ export class WorkerSupervisor {
     if (sb !== null && sb.peer !== null && this.host.isConnected(sb.peer)) {
       this.standby = null;
       this.becomeActive(sb.child);
-      if (!this.boost(sb.child.pid!) && sb.niced && !setProcessNiceness(sb.child.pid!, os.getPriority())) {
+      if (!this.boost(sb.child.pid!) && sb.nice !== null && !setProcessNiceness(this.hostPidOf(sb.child.pid) ?? sb.child.pid!, os.getPriority())) {
         this.log.warn({ workerPid: sb.child.pid }, 'cannot restore the standby\'s priority; it serves at a lower one');
       }
       if (this.host.handOver(sb.peer)) {
@@ -397,7 +457,7 @@ export class WorkerSupervisor {
         return;
       }
       this.log.error('standby handover failed; starting a fresh worker');
-      sb.child.kill('SIGKILL');
+      this.signal(sb.child, 'SIGKILL');
     }
     this.spawnWorker();
     if (this.child?.pid !== undefined) this.boost(this.child.pid);
@@ -407,10 +467,12 @@ export class WorkerSupervisor {
   private boost(pid: number): boolean {
     if (!this.canRenice) return false;
     this.unboost();
-    if (!setProcessNiceness(pid, Math.max(-20, os.getPriority() - RECOVERY_BOOST))) return false;
+    const nice = Math.max(-20, os.getPriority() - RECOVERY_BOOST);
+    // A fresh launcher's worker inherits it, or gets it in learnHostPid.
+    if (!setProcessNiceness(this.hostPidOf(pid) ?? pid, nice)) return false;
     const timer = setTimeout(() => this.unboost(), RECOVERY_BOOST_MS);
     timer.unref();
-    this.boosted = { pid, timer };
+    this.boosted = { pid, nice, timer };
     return true;
   }
 
@@ -421,10 +483,15 @@ export class WorkerSupervisor {
     this.boosted = null;
     clearTimeout(b.timer);
     // A worker that died meanwhile has no threads left to renice.
-    if (!setProcessNiceness(b.pid, os.getPriority())) this.log.warn({ workerPid: b.pid }, 'cannot restore the worker\'s priority after its takeover');
+    if (!setProcessNiceness(this.hostPidOf(b.pid) ?? b.pid, os.getPriority())) this.log.warn({ workerPid: b.pid }, 'cannot restore the worker\'s priority after its takeover');
   }
 
-  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+  private onExit(child: ChildProcess, code: number | null, exitSignal: NodeJS.Signals | null): void {
+    const hostPid = this.hostPidOf(child.pid);
+    if (child.pid !== undefined) this.hostPids.delete(child.pid);
+    // A worker that is PID 1 of its pid namespace cannot die of a signal of its own: on SIGTERM it
+    // exits 128+15 (worker.ts), and unshare(1) passes that on as its exit code.
+    const signal = exitSignal ?? (this.opts.launcherForks === true && code === 128 + 15 ? 'SIGTERM' : null);
     if (this.standby !== null && child === this.standby.child) {
       this.standby = null;
       const u = this.upgrade;
@@ -474,7 +541,7 @@ export class WorkerSupervisor {
     }
     if (code === 0 && signal === null) {
       // A clean exit means the service is over (the frontend disconnected).
-      this.log.info({ workerPid: pid }, 'worker finished: service over');
+      this.log.info({ workerPid: hostPid ?? pid }, 'worker finished: service over');
       this.phase = { state: 'exited', pid: null };
       this.host.serviceOver('worker finished');
       return;
@@ -483,11 +550,11 @@ export class WorkerSupervisor {
       // A SIGTERM to our process group (libvirt stopping a virtiofsd) reaches the keeper at the
       // same moment, and its handler may run after this exit: give it that moment, so that a
       // stop does not start (and at once kill) a successor.
-      this.log.info({ workerPid: pid }, 'worker terminated by SIGTERM; restarting it unless the keeper stops too');
+      this.log.info({ workerPid: hostPid ?? pid }, 'worker terminated by SIGTERM; restarting it unless the keeper stops too');
       this.restartTimer = setTimeout(() => { this.restartTimer = null; this.restartAfterDeath(now, diedBeforeReady, fruitless); }, SIGTERM_GRACE_MS);
       return;
     }
-    if (pid !== null) this.log.warn({ workerPid: pid, code, signal }, 'worker died; restarting');
+    if (pid !== null) this.log.warn({ workerPid: hostPid ?? pid, code, signal }, 'worker died; restarting');
     this.restartAfterDeath(now, diedBeforeReady, fruitless);
   }
 
@@ -665,8 +732,8 @@ export class WorkerSupervisor {
     await Promise.all(children.map(async (child) => {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-      child.kill('SIGTERM');
-      const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      this.signal(child, 'SIGTERM');
+      const killer = setTimeout(() => this.signal(child, 'SIGKILL'), 5000);
       await exited;
       clearTimeout(killer);
     }));
@@ -680,7 +747,7 @@ export class WorkerSupervisor {
     const pick = (q: number): number | null => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
     return {
       worker: {
-        pid: p.pid, state: p.state, restarts: this.restarts, lastExit: this.lastExit,
+        pid: this.hostPidOf(p.pid), state: p.state, restarts: this.restarts, lastExit: this.lastExit,
         startedAt: alive ? p.startedAt : null, status: lastStatus, ready: alive && p.readyAt !== null,
         standbyPid: this.standbyPid, standbyReady: this.embedded ? this.standby?.peer != null : this.unitStandbys.length > 0, backoff,
       },

@@ -376,6 +376,8 @@ export const RECOVERY_BUCKETS_MS: readonly number[] = [5, 10, 25, 50, 100, 250, 
 
 export interface KeeperStatus {
   keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
+  /** pid, standbyPid: the worker's own (under the namespace sandbox: null until its first
+   * keeper.sock message, which names it; supervisor.ts). */
   worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean; backoff: BackoffStatus };
   recovery: { count: number; lastMs: number | null; p50Ms: number | null; p99Ms: number | null; maxMs: number | null; recentMs: number[];
     /** Every recovery so far, as cumulative counts per upper bound (RECOVERY_BUCKETS_MS), and

@@ -49,6 +49,9 @@ export interface RecvResult {
   fds: number[];
   /** MSG_TRUNC or MSG_CTRUNC was set: data or fds were cut off (the received fds are kept). */
   truncated: boolean;
+  /** The sender's pid (in our pid namespace) when the socket has SO_PASSCRED, else null (also
+   * when the sender has no pid here). */
+  credPid: number | null;
 }
 
 /** One rule of the seccomp allow-list (worker/seccomp_policy.ts; native/src/seccomp.cc). */
@@ -232,12 +235,24 @@ export interface NativeAddon {
   pivotRoot(dir: PathLike, ownNamespaceDeclared: boolean): void;
   /** chroot(dir), chdir("/"). */
   chrootTo(dir: PathLike): void;
+  /** An O_PATH fd of the root of a bind mount of `dir` attached nowhere (open_tree
+   * OPEN_TREE_CLONE): '..' from it stays at `dir`. */
+  detachedTree(dir: PathLike): number;
+  /** The root fd of a new procfs of our pid namespace attached nowhere: nosuid, nodev, noexec,
+   * subset=pid, hidepid=invisible. */
+  detachedProc(): number;
   /** The calling thread (and threads it creates later) keeps only the capabilities of
    * boundingMask in its bounding set and those of permittedMask in its permitted/effective sets
    * (bit n = capability n); inheritable and ambient become empty. */
   limitCapabilities(boundingMask: number, permittedMask: number): void;
   /** prctl(PR_SET_DUMPABLE, 0): /proc/PID/fd etc. then need CAP_SYS_PTRACE. */
   setNotDumpable(): void;
+  /** _exit(status): no JS, no exit handlers, nothing flushed. */
+  exitNow(status: number): never;
+  /** SIGTERM then makes the process _exit(128+15) from a native handler (no JS needed). */
+  exitOnSigterm(): void;
+  /** SO_PASSCRED on a unix socket: recvMsg then reports the sender's pid (credPid). */
+  setPassCred(fd: number, on: boolean): void;
   /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
   setNoNewPrivs(): void;
   /** Installs the seccomp filter on every thread (TSYNC), after PR_SET_NO_NEW_PRIVS: each rule

@@ -16,6 +16,16 @@ export function pinDir(dir: string): void {
   pinned.set(abs, native.openat(C.AT_FDCWD!, abs, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0));
 }
 
+/** Resolves later paths under `dir` through `fd` (a directory fd the caller opened and hands
+ * over; worker/sandbox.ts opens its pinned dirs on detached mounts). Replaces (and closes) an
+ * earlier pin of `dir` (a test hook's, shared/crash_points.ts). */
+export function pinDirFd(dir: string, fd: number): void {
+  const abs = path.resolve(dir);
+  const old = pinned.get(abs);
+  pinned.set(abs, fd);
+  if (old !== undefined) native.close(old);
+}
+
 /** Where to open `p`: the fd of its pinned parent directory and its name there, or (AT_FDCWD, p). */
 export function at(p: string): { dirFd: number; name: string } {
   if (pinned.size === 0) return { dirFd: C.AT_FDCWD!, name: p };

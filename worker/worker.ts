@@ -24,12 +24,12 @@ import { MIN_CAPACITY } from './fs/inode_fds';
 import { loadState, SCHEMA_MIN_READER, SCHEMA_VERSION, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
-import { crashPoint } from '../shared/crash_points';
+import { crashPoint, dieNow } from '../shared/crash_points';
 import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 import { existsAt } from '../shared/pinned_dirs';
-import { enterSandbox } from './sandbox';
+import { actAsInit, enterSandbox } from './sandbox';
 
 
 /** Who this worker is, told to the keeper with READY and X_STANDBY (its upgrade checks). */
@@ -75,8 +75,8 @@ export class Worker {
    */
   private storesRefused(e: FdStoreRefusedError): never {
     this.log.fatal({ err: errorInfo(e), fds: e.names.length }, 'the keeper refused fds; dying before anything names them, for a successor to replay');
-    process.kill(process.pid, 'SIGKILL');
-    throw e;
+    // Not process.kill(SIGKILL): as PID 1 of its pid namespace the worker ignores its own.
+    dieNow();
   }
 
   /**
@@ -88,8 +88,8 @@ export class Worker {
    */
   private keeperGone(e: Error): never {
     this.log.fatal({ err: errorInfo(e) }, 'the keeper is gone; dying before anything needs it, for a successor under its successor');
-    process.kill(process.pid, 'SIGKILL');
-    throw e;
+    // Not process.kill(SIGKILL): as PID 1 of its pid namespace the worker ignores its own.
+    dieNow();
   }
 
   /** What must happen before the worker is confined: systemd's notify socket is connected
@@ -381,7 +381,12 @@ export class Worker {
     // Everything is durable and said (logs are synchronous), and our keeper waits for this
     // process to be gone before its successor takes over: Node.js's teardown (~20 ms measured
     // on a busy host) would only lengthen the pause. Under systemd the exit code tells the unit.
-    if (this.sd === null) process.kill(process.pid, 'SIGKILL');
+    if (this.sd === null) {
+      // As PID 1 of its pid namespace its own SIGKILL is ignored: _exit with the handover code,
+      // which unshare(1) passes on.
+      if (process.pid === 1) native.exitNow(EXIT_HANDED_OVER);
+      process.kill(process.pid, 'SIGKILL');
+    }
   }
 
   private sendStats(): void {
@@ -491,6 +496,8 @@ function connectKeeper(stateDir: string): KeeperClient {
 
 export async function workerMain(stateDir: string): Promise<number> {
   const log = logger('worker');
+  // PID 1 of its own pid namespace (the namespace sandbox's launcher): SIGTERM must still end it.
+  actAsInit();
   // Blocking lock waits (SETLKW, flock) each hold a threadpool thread; 4 is too few. Must be
   // set before the first threadpool use.
   process.env.UV_THREADPOOL_SIZE ??= '16';

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <arpa/inet.h>
 #include <unistd.h>
 
@@ -32,14 +33,27 @@ bool Fail(Napi::Env env, const char* syscall) {
 // pivoting that one would change the root of every process in it. A worker the keeper started
 // through unshare(1), or a unit with a mount namespace of its own, does not.
 // `declared`: the launcher says the namespace is ours (a unit with a mount namespace of its own
-// sets VFSK_OWN_MOUNT_NS=1), which is taken when the parent's cannot be read (EACCES: systemd as
-// PID 1 holds capabilities the unit's bounding set lacks).
+// sets VFSK_OWN_MOUNT_NS=1, and so does the keeper for unshare(1)), which is taken when the
+// parent's cannot be read (EACCES: systemd as PID 1 holds capabilities the unit's bounding set
+// lacks) or is not in our pid namespace.
 bool InParentMountNs(Napi::Env env, bool declared, bool* out) {
   struct stat self {}, parent {};
-  std::string parentNs = "/proc/" + std::to_string(getppid()) + "/ns/mnt";
+  pid_t ppid = getppid();
+  // 0: our parent is outside our pid namespace (unshare --pid --fork, which made our mount
+  // namespace before it forked us and so shares it): only the launcher's word tells.
+  if (ppid == 0) {
+    if (declared) {
+      *out = false;
+      return true;
+    }
+    ThrowErrno(env, EPERM, "pivot_root (a parent outside our pid namespace, and no namespace of our own declared)");
+    return false;
+  }
+  std::string parentNs = "/proc/" + std::to_string(ppid) + "/ns/mnt";
   if (stat("/proc/self/ns/mnt", &self) < 0) return Fail(env, "stat");
   if (stat(parentNs.c_str(), &parent) < 0) {
-    if ((errno == EACCES || errno == EPERM) && declared) {
+    // ENOENT: a /proc with hidepid=invisible (ProtectProc=invisible) hides PID 1.
+    if ((errno == EACCES || errno == EPERM || errno == ENOENT) && declared) {
       *out = false;
       return true;
     }
@@ -78,6 +92,46 @@ Napi::Value PivotRoot(const Napi::CallbackInfo& info) {
   if (umount2(".", MNT_DETACH) < 0) { Fail(env, "umount2"); return {}; }
   if (chdir("/") < 0) { Fail(env, "chdir"); return {}; }
   return env.Undefined();
+}
+
+// detachedTree(dir): an O_PATH fd of the root of a new bind mount of `dir` that is attached
+// nowhere (open_tree OPEN_TREE_CLONE). A directory fd opened before the pivot would let
+// openat(fd, "../..") climb to the top of whatever mount it is on (the host's / or /tmp); from
+// the root of a mount without a parent, ".." stays put. Needs CAP_SYS_ADMIN over the mount
+// namespace; the clone lives as long as an fd refers to it.
+Napi::Value DetachedTree(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "detachedTree");
+  std::string dir;
+  if (!a.Count(1) || !a.Path(0, "dir", "open_tree", &dir)) return {};
+  int fd = static_cast<int>(syscall(SYS_open_tree, AT_FDCWD, dir.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
+  if (fd < 0) { Fail(env, "open_tree"); return {}; }
+  return Napi::Number::New(env, fd);
+}
+
+// detachedProc(): the root fd of a new procfs of our pid namespace, attached nowhere (so ".."
+// stays at its root, as for detachedTree), nosuid, nodev, noexec, with subset=pid (no
+// /proc/sys, sysrq-trigger, kcore...: only pid dirs and self) and hidepid=invisible (only
+// processes we may ptrace are listed). Needs CAP_SYS_ADMIN over our pid namespace.
+Napi::Value DetachedProc(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "detachedProc");
+  if (!a.Count(0)) return {};
+  int fs = static_cast<int>(syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC));
+  if (fs < 0) { Fail(env, "fsopen"); return {}; }
+  const char* failed = nullptr;
+  if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "subset", "pid", 0) < 0) failed = "fsconfig subset=pid";
+  else if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "hidepid", "invisible", 0) < 0) failed = "fsconfig hidepid=invisible";
+  else if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0) failed = "fsconfig create";
+  int mnt = -1;
+  if (failed == nullptr) {
+    mnt = static_cast<int>(syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC));
+    if (mnt < 0) failed = "fsmount";
+  }
+  int err = errno;
+  close(fs);
+  if (failed != nullptr) { ThrowErrno(env, err, failed); return {}; }
+  return Napi::Number::New(env, mnt);
 }
 
 // chrootTo(dir): chroot(dir) and chdir("/").
@@ -146,6 +200,48 @@ Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// exitNow(status): _exit(status) at once: no JS, no exit handlers, nothing flushed. For the
+// crash points of a worker that is PID 1 of its pid namespace, which a SIGKILL sent from inside
+// that namespace (its own process.kill) does not reach.
+Napi::Value ExitNow(const Napi::CallbackInfo& info) {
+  Args a(info, "exitNow");
+  int64_t status;
+  if (!a.Count(1) || !a.Int(0, "status", 0, 255, &status)) return {};
+  _exit(static_cast<int>(status));
+}
+
+void ExitWithSignalStatus(int sig) { _exit(128 + sig); }
+
+// exitOnSigterm(): SIGTERM makes the process _exit(128+15) at once, from a native handler.
+// PID 1 of a pid namespace (the worker under the namespace sandbox) never gets the default
+// action of SIGTERM, and a JS handler runs only when the event loop turns (a standby waits in a
+// blocking read for its takeover). Async-signal-safe: the handler calls _exit only.
+Napi::Value ExitOnSigterm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "exitOnSigterm");
+  if (!a.Count(0)) return {};
+  struct sigaction sa {};
+  sa.sa_handler = ExitWithSignalStatus;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGTERM, &sa, nullptr) < 0) { Fail(env, "sigaction"); return {}; }
+  return env.Undefined();
+}
+
+// setPassCred(fd, on): SO_PASSCRED on a unix socket: every message received on it then carries
+// the sender's pid as the kernel knows it, in our pid namespace (recvMsg's credPid). The keeper
+// learns a worker's real pid so: the worker is unshare(1)'s child in a pid namespace of its own,
+// and SO_PEERCRED of a socketpair names the process that made the pair (the keeper).
+Napi::Value SetPassCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "setPassCred");
+  int fd;
+  bool on = false;
+  if (!a.Count(2) || !a.Fd(0, "fd", &fd) || !a.Bool(1, "on", &on)) return {};
+  int v = on ? 1 : 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &v, sizeof v) < 0) { Fail(env, "setsockopt"); return {}; }
+  return env.Undefined();
+}
+
 int TryExec(const char* path) {
   char* const argv[] = {const_cast<char*>(path), nullptr};
   char* const envp[] = {nullptr};
@@ -209,9 +305,14 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
 
 void InitSandbox(Napi::Env env, Napi::Object exports) {
   exports.Set("pivotRoot", Napi::Function::New(env, PivotRoot, "pivotRoot"));
+  exports.Set("detachedTree", Napi::Function::New(env, DetachedTree, "detachedTree"));
+  exports.Set("detachedProc", Napi::Function::New(env, DetachedProc, "detachedProc"));
   exports.Set("chrootTo", Napi::Function::New(env, ChrootTo, "chrootTo"));
   exports.Set("limitCapabilities", Napi::Function::New(env, LimitCapabilities, "limitCapabilities"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
+  exports.Set("exitNow", Napi::Function::New(env, ExitNow, "exitNow"));
+  exports.Set("exitOnSigterm", Napi::Function::New(env, ExitOnSigterm, "exitOnSigterm"));
+  exports.Set("setPassCred", Napi::Function::New(env, SetPassCred, "setPassCred"));
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
 }

@@ -259,7 +259,11 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     return {};
   // Always offer room for SCM_MAX_FD fds, so the kernel never has to drop fds on our behalf;
   // fds beyond maxFds are closed here and reported as truncation.
-  FdControl ctl;
+  // And for the sender's credentials, on a socket with SO_PASSCRED (sandbox.cc setPassCred).
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * kMaxFdsPerMsg) + CMSG_SPACE(sizeof(ucred))];
+    cmsghdr align;
+  } ctl;
   memset(&ctl, 0, sizeof ctl);
   msghdr msg;
   memset(&msg, 0, sizeof msg);
@@ -279,7 +283,14 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   }
   std::vector<int> fds;
   bool truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  int64_t credPid = -1;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+      ucred cred;
+      memcpy(&cred, CMSG_DATA(c), sizeof cred);
+      credPid = cred.pid;
+      continue;
+    }
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     const unsigned char* p = CMSG_DATA(c);
@@ -301,6 +312,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     arr.Set(static_cast<uint32_t>(k), Napi::Number::New(env, fds[k]));
   res.Set("fds", arr);
   res.Set("truncated", Napi::Boolean::New(env, truncated));
+  res.Set("credPid", credPid > 0 ? Napi::Number::New(env, static_cast<double>(credPid)) : env.Null());
   return res;
 }
 

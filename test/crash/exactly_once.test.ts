@@ -320,8 +320,9 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
           throw e;
         }
         t.ok(fs.existsSync(marker), `the worker crashed at ${point}`);
-        // The marker is written just before the SIGKILL: until the keeper has reaped that
-        // worker, its status still says running (CI saw restarts 0 here at op-after-publish).
+        // The marker is written just before the worker dies: until the keeper has reaped it (one
+        // hop later under the namespace sandbox: unshare(1) reaps the worker, then the keeper
+        // reaps unshare), its status still says running (CI saw restarts 0 at op-after-publish).
         await waitFor(() => { const w = queryStatus(stateDir).worker; return w.restarts >= 1 && w.state === 'running'; }, 'the successor running');
         const restarts = queryStatus(stateDir).worker.restarts;
         if (restarts !== 1) t.comment(`backend log:\n${s.backend.log().slice(-30_000)}`);

@@ -42,7 +42,10 @@ for (const mode of ['namespace', 'chroot'] as const) {
       t.equal(statusField(pid, 'Seccomp'), '2', `${role}: a seccomp filter is installed (Seccomp: 2)`);
       t.equal(statusField(pid, 'NoNewPrivs'), '1', `${role}: no_new_privs`);
       if (mode === 'namespace') {
-        for (const kind of ['mnt', 'net', 'ipc', 'uts']) t.not(ns(pid, kind), ns('self', kind), `${role}: its own ${kind} namespace`);
+        for (const kind of ['mnt', 'net', 'ipc', 'uts', 'pid']) t.not(ns(pid, kind), ns('self', kind), `${role}: its own ${kind} namespace`);
+        const nspid = /^NSpid:\s*(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.trim().split(/\s+/);
+        t.same([nspid[0], nspid[nspid.length - 1]], [String(pid), '1'], `${role}: status gives its pid here, and it is pid 1 in its namespace (NSpid ${nspid.join(' ')})`);
+        t.ok(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(process.execPath), `${role}: status names the worker itself (node), not its launcher`);
       } else {
         t.equal(ns(pid, 'mnt'), ns('self', 'mnt'), `${role}: chroot, in our mount namespace`);
       }
@@ -59,7 +62,16 @@ for (const mode of ['namespace', 'chroot'] as const) {
     t.equal(await s.fuse.write(c.entry.nodeid, c.open.fh, 0, Buffer.from('made')), 4, 'and the file created before the kill');
     await s.fuse.release(c.entry.nodeid, c.open.fh);
     t.equal(fs.readFileSync(s.host('made.txt'), 'utf8'), 'made', 'the bytes are on the host');
-    await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'a new standby', 20_000);
+    const sb = (await waitFor(() => { const r = queryStatus(stateDir); return r.worker.standbyReady ? r.worker.standbyPid : null; }, 'a new standby', 20_000))!;
+    if (mode === 'namespace') {
+      // SIGTERM still ends a standby blocked waiting for its takeover, though as PID 1 of its pid
+      // namespace it gets no default action: it handles it natively. (Not asserted in chroot
+      // mode: there tap's NODE_OPTIONS hooks give the test's workers JS SIGTERM handlers, which
+      // cannot run while the standby blocks.)
+      process.kill(sb, 'SIGTERM');
+      await waitFor(() => { const r = queryStatus(stateDir); return r.worker.standbyReady && r.worker.standbyPid !== sb; }, 'the SIGTERMed standby replaced', 20_000);
+      t.notOk(fs.existsSync(`/proc/${sb}`), 'namespace: the SIGTERMed standby is gone, and replaced');
+    }
     const log = s.backend.log();
     t.equal((log.match(/"msg":"worker confined"/g) ?? []).length >= 3, true, 'every worker (first, standby, its replacement) was confined');
     t.notMatch(log, /after the worker was confined/, 'no module was loaded after the pivot');

@@ -32,9 +32,13 @@ t.test('sandbox-check blocks what a compromised worker would try', async (t) => 
   const SIGSYS = 'killed by seccomp (SIGSYS)';
   for (const mode of ['namespace', 'chroot'] as const) {
     const { rows, status, row } = check(mode, 'kill');
-    t.equal(rows.length, 9, `${mode}: every attempt has a row`);
+    t.equal(rows.length, 11, `${mode}: every attempt has a row`);
     t.match(row('read /etc/shadow'), { blocked: true, result: 'ENOENT' }, `${mode}: /etc/shadow is not there`);
     t.match(row('open the share\'s parent'), { blocked: true }, `${mode}: the host outside the share is not reachable`);
+    // The fds pinned before the pivot (worker/sandbox.ts) must not climb out of it with '..'.
+    t.match(row('escape via the pinned state dir'), { blocked: true, result: "'..' stays in the state dir" }, `${mode}: '..' of the pinned state dir stays in it`);
+    t.match(row('escape via the pinned /proc'), { blocked: true, result: /^only pid dirs/ }, `${mode}: '../..' of the pinned /proc/self/fd is a procfs of pid dirs only`);
+    if (mode === 'namespace') t.match(row('escape via the pinned /proc'), { result: /\(1 listed: 1\)$/ }, 'namespace: its procfs lists itself only (its own pid namespace)');
     for (const what of ['socket(AF_INET)', 'connect to 1.1.1.1', 'ptrace pid', 'mount a tmpfs', 'execve /bin/sh', 'setuid(0) after dropping']) {
       t.match(row(what), { blocked: true, result: SIGSYS }, `${mode}: ${what}: killed by the seccomp filter`);
     }
@@ -43,7 +47,7 @@ t.test('sandbox-check blocks what a compromised worker would try', async (t) => 
   }
   // Without the filter, what the namespaces and the dropped capabilities block alone.
   const bare = check('namespace', 'none');
-  t.match(bare.row('ptrace pid'), { blocked: true, result: 'EPERM' }, 'no seccomp: ptrace of the other instance\'s keeper: EPERM');
+  t.match(bare.row('ptrace pid'), { blocked: true, result: 'ESRCH' }, 'no seccomp: the other instance\'s keeper is not in its pid namespace: ESRCH');
   t.match(bare.row('mount a tmpfs'), { blocked: true, result: 'EPERM' }, 'no seccomp: mount: EPERM');
   t.match(bare.row('execve /bin/sh'), { blocked: true, result: 'ENOENT' }, 'no seccomp: no shell to execute');
   t.match(bare.row('setuid(0) after dropping'), { blocked: true, result: 'EPERM' }, 'no seccomp: no way back to uid 0');

@@ -71,7 +71,8 @@ t.test(`a guest walks and stats ${FILES} files under a ${LIMIT}-fd limit, the wo
   const keeperPid = queryStatus(stateDir).keeper.pid;
   setNoFile(keeperPid, LIMIT, LIMIT);
   for (let k = 0; k < 2; k++) {
-    const pid = queryStatus(stateDir).worker.pid!;
+    // A starting worker's pid is known from its first keeper.sock message on (namespace sandbox).
+    const pid = (await waitFor(() => queryStatus(stateDir).worker.pid, 'the worker\'s pid', 60_000))!;
     await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'a ready standby', 60_000);
     process.kill(pid, 'SIGKILL');
     await waitFor(() => { const q = queryStatus(stateDir); return q.worker.state === 'running' && q.worker.pid !== null && q.worker.pid !== pid; }, 'the standby serving', 60_000);

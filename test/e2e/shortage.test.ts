@@ -115,14 +115,16 @@ echo "PASS2 ok=$n bad=$bad"
 
 t.test('a guest holding more inodes than the fd limit allows: EMFILE past it, all reachable after drop_caches', async (t) => {
   const N = 1500;
-  const { stateDir, socketPath, dir } = await setup(t, (shared) => {
+  const { stateDir, socketPath, dir, log } = await setup(t, (shared) => {
     fs.mkdirSync(path.join(shared, 't'));
     for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, 't', `f${String(i).padStart(5, '0')}`), `${i}\n`);
   }, ['--inode-file-handles', 'never']); // an fd per inode: what runs out here (test/e2e/handles.test.ts: with handles)
   // A host with a hard limit of 1024 fds for the keeper, and through it for every worker.
-  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
+  const keeperPid = queryStatus(stateDir).keeper.pid;
+  // A starting worker's pid is known from its first keeper.sock message on (namespace sandbox).
+  const firstWorker = (await waitFor(() => queryStatus(stateDir).worker.pid, 'the worker\'s pid', 30_000))!;
   prlimit(keeperPid, 1024, 1024);
-  process.kill(firstWorker!, 'SIGKILL');
+  process.kill(firstWorker, 'SIGKILL');
   await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== null && q.worker.pid !== firstWorker && q.worker.state === 'running'; }, 'a worker under the limit', 30_000);
   const g = await startGuest({ socketPath, dir, script: BIG_TREE, timeoutMs: 600_000 });
   t.teardown(() => g.kill());
@@ -134,6 +136,7 @@ t.test('a guest holding more inodes than the fd limit allows: EMFILE past it, al
   t.equal(Number(p1![3]), 0, 'and no other error');
   t.match(r.output, /HELD ok/, 'held inodes keep working at the limit');
   t.equal(Number(p2![1]), N, `after dropping caches every file was read (${p2![1]})`);
-  t.equal(queryStatus(stateDir).worker.restarts, 1, 'no worker died');
+  // From the log: once QEMU is gone the worker ends the service, and the keeper may be gone too.
+  t.equal((log().match(/"msg":"worker died; restarting"/g) ?? []).length, 1, 'no worker died (the one death logged is the kill above)');
   t.same(vhostErrors(g), [], 'QEMU logged no vhost-user error');
 });

@@ -32,7 +32,7 @@ t.test('socketpair: non-blocking, close-on-exec, data round trip', async (t) => 
     t.equal(native.recvMsg(b, buf, 4), null, `${kind}: null on EAGAIN`);
     t.equal(native.sendMsg(a, Buffer.from('hello'), []), 5);
     const r = native.recvMsg(b, buf, 4);
-    t.same(r, { bytes: 5, fds: [], truncated: false });
+    t.same(r, { bytes: 5, fds: [], truncated: false, credPid: null });
     t.equal(buf.subarray(0, 5).toString(), 'hello');
     native.close(a);
     native.close(b);
@@ -87,7 +87,7 @@ t.test('more fds than maxFds: truncated, extra fds closed (no leak)', async (t) 
   native.sendMsg(a, Buffer.from('z'), more);
   for (const fd of more) native.close(fd);
   const r0 = native.recvMsg(b, Buffer.alloc(8), 0);
-  t.same(r0, { bytes: 1, fds: [], truncated: true });
+  t.same(r0, { bytes: 1, fds: [], truncated: true, credPid: null });
   native.close(efd);
   native.close(a);
   native.close(b);
@@ -99,7 +99,7 @@ t.test('data truncation on seqpacket sets truncated', async (t) => {
   native.sendMsg(a, Buffer.from('0123456789'), []);
   const buf = Buffer.alloc(4);
   const r = native.recvMsg(b, buf, 0);
-  t.same(r, { bytes: 4, fds: [], truncated: true });
+  t.same(r, { bytes: 4, fds: [], truncated: true, credPid: null });
   t.equal(buf.toString(), '0123');
   native.close(a);
   native.close(b);
@@ -108,7 +108,7 @@ t.test('data truncation on seqpacket sets truncated', async (t) => {
 t.test('EOF: recvMsg returns 0 bytes after the peer closes', async (t) => {
   const [a, b] = native.socketpair('stream');
   native.close(a);
-  t.same(native.recvMsg(b, Buffer.alloc(4), 1), { bytes: 0, fds: [], truncated: false });
+  t.same(native.recvMsg(b, Buffer.alloc(4), 1), { bytes: 0, fds: [], truncated: false, credPid: null });
   native.close(b);
 });
 
@@ -145,7 +145,7 @@ t.test('peerCred on socketpair and on an accepted connection', async (t) => {
   t.same(native.peerCred(s), { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() });
   t.equal(native.sendMsg(c, Buffer.from('ping'), []), 4);
   const buf = Buffer.alloc(16);
-  t.same(native.recvMsg(s, buf, 0), { bytes: 4, fds: [], truncated: false });
+  t.same(native.recvMsg(s, buf, 0), { bytes: 4, fds: [], truncated: false, credPid: null });
   for (const fd of [c, s, l]) native.close(fd);
   sd.close();
 });
@@ -215,10 +215,34 @@ t.test('sendDatagram with fds to a bound dgram socket (sd_notify style)', async 
 t.test('shutdown', async (t) => {
   const [a, b] = native.socketpair('stream');
   native.shutdown(a, C.SHUT_WR);
-  t.same(native.recvMsg(b, Buffer.alloc(4), 0), { bytes: 0, fds: [], truncated: false }, 'peer sees EOF');
+  t.same(native.recvMsg(b, Buffer.alloc(4), 0), { bytes: 0, fds: [], truncated: false, credPid: null }, 'peer sees EOF');
   t.throws(() => native.sendMsg(a, Buffer.from('x'), []), { code: 'EPIPE', syscall: 'sendmsg' },
     'EPIPE without SIGPIPE (MSG_NOSIGNAL)');
   t.throws(() => native.shutdown(a, 3), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
   native.close(a);
   native.close(b);
+});
+
+t.test('setPassCred: recvMsg names the sending process, a child in its own pid namespace included', async (t) => {
+  const [a, b] = native.socketpair('seqpacket');
+  t.teardown(() => { native.close(a); native.close(b); });
+  native.setPassCred(a, true);
+  native.sendMsg(b, Buffer.from('x'), []);
+  t.equal(native.recvMsg(a, Buffer.alloc(4), 0)!.credPid, process.pid, 'our own message: our pid');
+  // A process that is pid 1 of its namespace (unshare --fork) is named by its pid here.
+  const { spawn } = await import('node:child_process');
+  const child = spawn('/usr/bin/unshare', ['--pid', '--fork', '--kill-child', '--', process.execPath, '-e',
+    `require(${JSON.stringify(path.join(__dirname, '..', '..', 'shared', 'native'))}).native.sendMsg(3, Buffer.from(String(process.pid)), [])`],
+  { stdio: ['ignore', 'inherit', 'inherit', b] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+  t.equal(await exited, 0, 'the child sent its message');
+  const buf = Buffer.alloc(16);
+  const r = native.recvMsg(a, buf, 0)!;
+  t.equal(buf.subarray(0, r.bytes).toString(), '1', 'inside, it is pid 1');
+  t.ok(r.credPid !== null && r.credPid !== child.pid && r.credPid !== process.pid, `here it has its own pid (${r.credPid}), not unshare's (${child.pid})`);
+  native.setPassCred(a, false);
+  native.sendMsg(b, Buffer.from('y'), []);
+  t.equal(native.recvMsg(a, Buffer.alloc(4), 0)!.credPid, null, 'without SO_PASSCRED: no pid');
+  t.throws(() => native.setPassCred(-1, true), { code: 'ERR_OUT_OF_RANGE' }, 'a bad fd is refused');
 });

@@ -132,6 +132,11 @@ t.test('the unit pair under systemd as PID 1 (systemd-nspawn)', { timeout: 300_0
   await waitUnit(KEEPER, serving, 'the keeper to be active');
   const w0 = await waitUnit(WORKER, serving, 'the worker (pulled in by Wants=) to be active');
   t.equal(w0.NRestarts, 0, 'the worker has not been restarted yet');
+  // Its sandbox, seen from the machine: the shared directory is its root, and its unit's /proc
+  // is the pid subset (ProcSubset=pid, ProtectProc=invisible).
+  t.same((await m.run(['ls', '-A', `/proc/${w0.MainPID}/root`])).trim().split('\n').sort(), ['hello', 'log'], 'the worker\'s root is the shared directory');
+  const procProps = await m.show(WORKER, ['ProtectProc', 'ProcSubset']);
+  t.same({ ...procProps }, { ProtectProc: 'invisible', ProcSubset: 'pid' }, 'the worker unit has ProtectProc=invisible and ProcSubset=pid');
 
   const c1 = new LoopClient(path.join(dir, 'vhost.sock'));
   client = c1;
