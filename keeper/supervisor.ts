@@ -592,7 +592,7 @@ export class WorkerSupervisor {
     const p = this.phase;
     const u: Upgrade = {
       phase: 'standby', startedNs: process.hrtime.bigint(), timer: setTimeout(() => this.upgradeTimedOut(), timeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS),
-      reply, oldPid: p.pid ?? 0, oldInfo: this.activeInfo, newPid: null, newInfo: null, mode: null, pausedNs: null, drainedNs: null, left: 0, notes: [],
+      reply, oldPid: p.pid ?? 0, oldHostPid: this.hostPidOf(p.pid), oldInfo: this.activeInfo, newPid: null, newHostPid: null, newInfo: null, mode: null, pausedNs: null, drainedNs: null, left: 0, notes: [],
     };
     const refuse = (why: string): void => { this.upgrades.finish(u, 'refused', why, null); };
     if (this.upgrade !== null) return refuse('an upgrade is already in progress');
@@ -711,6 +711,7 @@ export class WorkerSupervisor {
     const u = this.upgrade;
     if (u === null) return;
     this.upgrade = null;
+    u.newHostPid ??= this.hostPidOf(u.newPid);
     const r = this.upgrades.finish(u, result, reason, resumedNs);
     const fields = { result: r.result, mode: r.mode, oldPid: r.oldPid, newPid: r.newPid, oldVersion: r.oldVersion, newVersion: r.newVersion, pauseMs: r.pauseMs, drainMs: r.drainMs, left: r.left, totalMs: r.totalMs, reason: r.reason };
     if (result === 'ok') this.log.info(fields, 'planned upgrade done');

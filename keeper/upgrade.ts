@@ -37,6 +37,10 @@ export interface Upgrade {
   oldPid: number;
   oldInfo: WorkerInfo | null;
   newPid: number | null;
+  /** The workers' real pids when a launcher forks them (pid namespace): what the result names,
+   * as status does; oldPid/newPid stay the launchers' (the keeper.sock peers). */
+  oldHostPid: number | null;
+  newHostPid: number | null;
   newInfo: WorkerInfo | null;
   mode: 'drain' | 'kill' | null;
   /** When the old worker stopped popping (its X_DRAINED; for a kill, the kill). */
@@ -60,7 +64,7 @@ export class UpgradeLog {
     const ms = (a: bigint | null, b: bigint | null): number | null => (a === null || b === null || b < a ? null : Math.round(Number(b - a) / 1e4) / 100);
     const notes = [...u.notes, ...(reason !== null ? [reason] : [])];
     const r: UpgradeResult = {
-      result, mode: u.mode, oldPid: u.oldPid, newPid: u.newPid,
+      result, mode: u.mode, oldPid: u.oldHostPid ?? u.oldPid, newPid: u.newHostPid ?? u.newPid,
       oldVersion: u.oldInfo?.version ?? null, newVersion: u.newInfo?.version ?? null,
       pauseMs: ms(u.pausedNs, resumedNs), drainMs: ms(u.pausedNs, u.drainedNs), left: u.left,
       totalMs: ms(u.startedNs, now) ?? 0, reason: notes.length > 0 ? notes.join('; ') : null, at: new Date().toISOString(),
