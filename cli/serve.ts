@@ -44,7 +44,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     workerCommand: embedded ? [...launch, ...workerArgs] : null,
     // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read),
     // and forks them into their own pid namespace (sandboxLauncher).
-    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' }, launcherForks: true } : {}),
+    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' }, ...(embedded ? { launcherForks: true } : {}) } : {}),
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', units: a.workerUnits } : { kind: 'same-uid' },
     // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
     // function in the middle of a takeover: this halved fetch + load + resume + first request.
