@@ -29,18 +29,11 @@ import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroPa
 import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
 import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
 import { median, quantile, sig, fmtNum } from './stats';
-import { renderChart } from './chart';
+import { renderChart, type ChartRow } from './chart';
 
-export interface Row {
-  name: string;
-  unit: string;
-  ours: number;
-  peer: number | null;
-  ratio: number | null;
-  higherIsBetter: boolean;
+/** A chart row (name, unit, ours, peer, ratio, direction, per-run values) and the rest. */
+export interface Row extends ChartRow {
   note?: string;
-  /** Per-repeat (or per-kill) values behind the medians. */
-  oursRuns?: number[];
   peerRuns?: number[];
   /** Backend CPU per operation (median over repeats), µs: all processes of the backend. */
   oursCpuUsPerOp?: number;

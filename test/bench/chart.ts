@@ -13,6 +13,7 @@ export interface ChartRow {
   peer: number | null;
   ratio: number | null;
   higherIsBetter: boolean;
+  /** Per-repeat (or per-kill) values behind the medians. */
   oursRuns?: number[];
 }
 
