@@ -27,6 +27,9 @@ export const CRASH_POINTS = [
   'after-accept', 'resume-after-ready', 'resubmit-before-read',
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
   'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
+  // The addon's fast path (native/src/fast_fuse.cc) reaches op-after-pop, op-after-syscall and
+  // op-before-publish for the requests it serves (armNativeCrash).
+  'op-after-pop',
   // A planned upgrade's drain (worker.ts, vhost/backend.ts): with requests in flight, and done
   // but not yet said.
   'drain-after-pause', 'drain-before-drained',
@@ -45,6 +48,21 @@ export function crashPoint(name: CrashPointName, opcode?: number): void {
   }
   // SIGKILL, not abort(): no handlers, nothing flushed — the worst case.
   dieNow();
+}
+
+/** The addon's fast path numbers its points (native/src/fast_path.h NativeCrashPoint). */
+const NATIVE_POINTS: ReadonlyMap<CrashPointName, number> = new Map<CrashPointName, number>([
+  ['op-after-pop', 1], ['op-after-syscall', 2], ['op-before-publish', 3],
+]);
+
+/** Arms the armed crash point in the addon's fast path too, when it has that point: the
+ * addon calls back into crashPoint() there. */
+export function armNativeCrash(target: { armCrash(point: number, opcode: number, fn: (point: number, opcode: number) => void): void }): void {
+  if (armed === null) return;
+  const point = NATIVE_POINTS.get(armed as CrashPointName);
+  if (point === undefined) return;
+  const name = armed as CrashPointName;
+  target.armCrash(point, opcodeFilter ?? -1, (_p, opcode) => crashPoint(name, opcode));
 }
 
 /** Dies at once, as of SIGKILL: no handler runs, nothing is flushed. PID 1 of a pid namespace

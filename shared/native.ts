@@ -93,6 +93,59 @@ export interface PollerConstructor {
   new (fd: number, callback: (status: number, events: number) => void): Poller;
 }
 
+/** The split ring in the addon (native/src/ring.cc; worker/virtqueue/native_ring.ts wraps it).
+ * Ring breakage throws an error with code "ERR_VIRTQUEUE_BROKEN". */
+export interface NativeRingHandle {
+  /** The next chain for JS: its head (segments in `scratch`), -1 when none, -2 malformed
+   * (`lastError`, scratch[0] its head or -1). Chains the attached server serves are not
+   * returned. */
+  pop(): number;
+  /** A chain by head (resubmission): head, or -2. */
+  readChain(head: number): number;
+  pushUsed(head: number, len: number): void;
+  publishUsed(): boolean;
+  enableNotification(): boolean;
+  disableNotification(): void;
+  pending(): number;
+  availIdx(): number;
+  usedIndex(): number;
+  lastAvailIdx(): number;
+  counterOf(head: number): bigint;
+  recoverInflight(): number[];
+  takeServed(): number;
+  attach(server: FastFuseHandle | null): void;
+  /** Releases the ring's hold on its mappings; every later call throws. */
+  close(): void;
+  /** [head, counter, resubmitted, nReadable, nWritable, (region, offset, length)...]. */
+  readonly scratch: Float64Array;
+  readonly lastError: string;
+}
+
+export interface NativeRingConstructor {
+  new (regions: ReadonlyArray<{ buffer: ArrayBuffer; guestPhysAddr: number; size: number; userspaceAddr: number; mmapOffset: number }>,
+    size: number, descUser: number, availUser: number, usedUser: number, lastAvailIdx: number, eventIdx: boolean,
+    indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
+}
+
+export interface FastFuseStats { getattr: number; read: number; write: number; declined: number; inodes: number; files: number }
+
+/** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE served in the addon
+ * from tables the filesystem keeps (worker/fs/fast_table.ts). */
+export interface FastFuseHandle {
+  setEnabled(enabled: boolean): void;
+  setReadonly(readonly: boolean): void;
+  setAttrTimeout(sec: number, nsec: number): void;
+  setInode(nodeid: number, fd: number): void;
+  deleteInode(nodeid: number): void;
+  setFile(fh: number, nodeid: number, fd: number, flags: number): void;
+  deleteFile(fh: number): void;
+  clear(): void;
+  /** Tests: `fn` runs at the point (1 after pop, 2 after the syscall, 3 before publish) of a
+   * natively served request of `opcode` (-1: any). */
+  armCrash(point: number, opcode: number, fn: (point: number, opcode: number) => void): void;
+  stats(): FastFuseStats;
+}
+
 export interface NativeAddon {
   /** Numeric constants from the C headers: O_*, AT_*, RESOLVE_*, S_IF*, F_*, LOCK_*, RENAME_*,
    * XATTR_*, SEEK_*, FALLOC_FL_*, UTIME_NOW, UTIME_OMIT, MFD_*, F_ADD_SEALS, F_GET_SEALS, F_SEAL_*,
@@ -175,6 +228,8 @@ export interface NativeAddon {
   fence(): void;
 
   Poller: PollerConstructor;
+  NativeRing: NativeRingConstructor;
+  FastFuse: new () => FastFuseHandle;
 
   // --- credentials of the calling (JS) thread, for creating files as the guest's caller
   /** setfsgid(gid) then setfsuid(uid) via raw syscalls (per thread). Returns the previous

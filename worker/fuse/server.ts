@@ -7,7 +7,7 @@
 // every other request gets exactly one reply (an error header or a typed body).
 import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
-import { isNativeError, type IoSegment } from '../../shared/native';
+import { isNativeError, type FastFuseHandle, type IoSegment } from '../../shared/native';
 import type { Context, FileSystem } from '../fs/filesystem';
 import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
@@ -70,6 +70,9 @@ export interface FuseServerOptions {
   restoredInit?: InitResult | null;
   /** Exactly-once journal of state-changing requests (absent: no crash safety, e.g. tests). */
   ledger?: RequestLedger;
+  /** The addon's fast path (native/src/fast_fuse.cc): it serves only while a FUSE session is
+   * initialized, and refuses writes itself on a read-only export. */
+  fastPath?: FastFuseHandle | null;
 }
 
 /** Linux open(2) flags in FUSE OPEN requests: the access mode and O_TRUNC. */
@@ -113,7 +116,14 @@ export class FuseServer implements ChainHandler {
   private unmatchedInterrupts: bigint[] = [];
 
   constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {
-    this.initResult = opts.restoredInit ?? null;
+    opts.fastPath?.setReadonly(opts.readonly === true);
+    this.setInit(opts.restoredInit ?? null);
+  }
+
+  /** The FUSE session's INIT result (null: none); the fast path serves only within one. */
+  private setInit(init: InitResult | null): void {
+    this.initResult = init;
+    this.opts.fastPath?.setEnabled(init !== null);
   }
 
   get init(): InitResult | null {
@@ -123,7 +133,7 @@ export class FuseServer implements ChainHandler {
   /** Device reset or disconnect: the FUSE session is over. */
   reset(): void {
     if (this.initResult !== null) this.fs.destroy();
-    this.initResult = null;
+    this.setInit(null);
     this.unmatchedInterrupts = [];
   }
 
@@ -356,7 +366,7 @@ export class FuseServer implements ChainHandler {
       case 'INIT': return this.doInit(req);
       case 'DESTROY':
         fs.destroy();
-        this.initResult = null;
+        this.setInit(null);
         this.unmatchedInterrupts = [];
         this.opts.onInit?.(null);
         return Buffer.alloc(0);
@@ -512,7 +522,7 @@ export class FuseServer implements ChainHandler {
     let flags = req.flags & SUPPORTED_INIT_FLAGS & ~(this.opts.withheldInitFlags ?? 0n);
     if ((req.flags & K.FUSE_INIT_EXT) === 0n) flags &= 0xffff_ffffn;
     const result: InitResult = { major: K.FUSE_KERNEL_VERSION, minor, flags, maxReadahead: req.maxReadahead, maxWrite: MAX_WRITE, maxPages: MAX_PAGES };
-    this.initResult = result;
+    this.setInit(result);
     this.fs.init(flags);
     this.opts.onInit?.(result);
     this.log.info({ minor, flags: `0x${flags.toString(16)}`, cache: this.opts.cache }, 'FUSE session initialized');

@@ -8,7 +8,7 @@ import type { FdRegistry } from '../../shared/fd_registry';
 import { errorInfo } from '../../shared/errors';
 import { faultPoint } from '../../shared/fault_points';
 import { GuestMemoryError, toSafeNumber, type GuestMemory } from '../virtqueue/guest_memory';
-import { RingError, SplitRing, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
+import { RingError, MAX_QUEUE_SIZE, splitRingFactory, type RingFactory, type VirtRing } from '../virtqueue/split_ring';
 import type { QueueHandler } from '../virtqueue/queue_server';
 import * as M from './messages';
 import type { IncomingMessage } from './transport';
@@ -35,7 +35,7 @@ export interface QueueStats { index: number; size: number; running: boolean; las
 
 interface RunningQueue {
   handler: QueueHandler;
-  ring: SplitRing;
+  ring: VirtRing;
   kickPoller: Poller;
 }
 
@@ -46,7 +46,7 @@ export class Vrings {
   constructor(numQueues: number, private readonly createQueueHandler: (index: number) => QueueHandler,
     private readonly memory: GuestMemory, private readonly inflight: InflightTracking,
     private readonly features: NegotiatedFeatures, private readonly registry: FdRegistry,
-    private readonly log: Logger) {
+    private readonly log: Logger, private readonly createRing: RingFactory = splitRingFactory) {
     for (let i = 0; i < numQueues; i++) this.configs.push(emptyVring());
   }
 
@@ -204,7 +204,7 @@ export class Vrings {
     for (const [index, q] of this.running) {
       const v = this.configs[index]!;
       try {
-        const ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
+        const ring = this.createRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
           q.ring.lastAvailIdx, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC),
           this.inflight.regionFor(index, v.size, false));
         q.ring = ring;
@@ -281,12 +281,12 @@ export class Vrings {
     const v = this.configs[index]!;
     if (this.running.has(index) || !v.kicked || !v.enabled || !v.addrSet || v.size === 0) return;
     const handler = this.createQueueHandler(index);
-    let ring: SplitRing;
+    let ring: VirtRing;
     let resubmit: number[] = [];
     try {
       const frontendInflight = this.inflight.frontendProvided;
       const inflight = this.inflight.regionFor(index, v.size, !frontendInflight && !resume);
-      ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
+      ring = this.createRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
         v.base, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC), inflight);
       if ((resume || frontendInflight) && inflight !== null && inflight.descNum === v.size) {
         resubmit = ring.recoverInflight();

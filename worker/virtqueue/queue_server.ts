@@ -4,14 +4,14 @@
 // and at most one interrupt.
 import type { Logger } from '../../shared/log';
 import { errorInfo } from '../../shared/errors';
-import { ChainError, RingError, type DescriptorChain, type SplitRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type VirtRing } from './split_ring';
 import { crashPoint } from '../../shared/crash_points';
 
 /** What the vhost-user backend drives per queue (implemented by QueueServer). */
 export interface QueueHandler {
   /** The ring is configured, kicked and enabled: serve it. `resubmit` lists inflight heads
    * recovered from the inflight region, oldest first. */
-  start(ring: SplitRing, notify: () => void, resubmit: number[]): void;
+  start(ring: VirtRing, notify: () => void, resubmit: number[]): void;
   /** The guest kicked the queue (or we kick ourselves after a start). */
   kick(): void;
   /** Stop serving; resolves when no request of this queue is in flight any more. */
@@ -50,7 +50,9 @@ export interface PublishBarrier {
 }
 
 export class QueueServer implements QueueHandler {
-  private ring: SplitRing | null = null;
+  private ring: VirtRing | null = null;
+  /** The ring served chains itself that are not yet published. */
+  private ringServed = false;
   private notify: () => void = () => {};
   private running = false;
   private paused = false;
@@ -67,7 +69,7 @@ export class QueueServer implements QueueHandler {
   constructor(readonly index: number, private readonly handler: ChainHandler, private readonly log: Logger,
     private readonly onFirstCompletion?: () => void, private readonly barrier?: PublishBarrier) {}
 
-  start(ring: SplitRing, notify: () => void, resubmit: number[]): void {
+  start(ring: VirtRing, notify: () => void, resubmit: number[]): void {
     this.ring = ring;
     this.notify = notify;
     this.running = true;
@@ -100,6 +102,7 @@ export class QueueServer implements QueueHandler {
       this.log.error({ queue: this.index, err: errorInfo(e) }, 'virtqueue is corrupt; queue stopped');
       this.running = false;
     }
+    this.noteRingServed();
     this.flush();
   }
 
@@ -177,6 +180,16 @@ export class QueueServer implements QueueHandler {
     this.onSettle?.();
   }
 
+  /** Chains the ring served itself count as completions (recovery timing) and must be
+   * published. */
+  private noteRingServed(): void {
+    const n = this.ring?.takeServed?.() ?? 0;
+    if (n === 0) return;
+    this.ringServed = true;
+    if (this.completedSinceStart === 0 && this.onFirstCompletion) this.onFirstCompletion();
+    this.completedSinceStart += n;
+  }
+
   private complete(head: number, len: number): void {
     this.ring!.pushUsed(head, len);
     this.unpublished.push(head);
@@ -184,9 +197,10 @@ export class QueueServer implements QueueHandler {
   }
 
   private flush(): void {
-    if (this.ring === null || this.unpublished.length === 0) return;
+    if (this.ring === null || (this.unpublished.length === 0 && !this.ringServed)) return;
     const heads = this.unpublished;
     this.unpublished = [];
+    this.ringServed = false;
     this.barrier?.commit();
     this.handler.beforePublish?.(this.index, heads);
     const wantsNotify = this.ring.publishUsed();

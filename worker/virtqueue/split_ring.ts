@@ -46,6 +46,37 @@ export interface DescriptorChain {
   writableLen: number;
 }
 
+/** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
+ * native_ring.ts's NativeSplitRing (the same algorithm in the addon, which may also serve
+ * requests itself). */
+export interface VirtRing {
+  readonly size: number;
+  readonly eventIdx: boolean;
+  /** Next avail ring slot to read. */
+  readonly lastAvailIdx: number;
+  /** The next chain for JavaScript, null when none is available, or a ChainError for a
+   * malformed one (to complete with length 0). */
+  pop(): DescriptorChain | ChainError | null;
+  readChain(head: number): DescriptorChain | ChainError;
+  counterOf(head: number): bigint;
+  pushUsed(head: number, len: number): void;
+  publishUsed(): boolean;
+  enableNotification(): boolean;
+  disableNotification(): void;
+  pending(): number;
+  usedIndex(): number;
+  recoverInflight(): number[];
+  /** Chains the ring served itself (pushed, not yet published) since the last call. */
+  takeServed?(): number;
+}
+
+/** Builds the ring of a starting queue (vhost/vrings.ts calls it; the worker chooses which). */
+export type RingFactory = (mem: GuestMemory, addrs: RingAddresses, lastAvailIdx: number, eventIdx: boolean,
+  indirect: boolean, inflight: InflightRegion | null) => VirtRing;
+
+export const splitRingFactory: RingFactory = (mem, addrs, lastAvailIdx, eventIdx, indirect, inflight) =>
+  new SplitRing(mem, addrs, lastAvailIdx, eventIdx, indirect, inflight);
+
 export interface RingAddresses {
   size: number;
   descUser: number;
@@ -96,7 +127,7 @@ export class InflightRegion {
   setCounter(i: number, v: bigint): void { this.view.setBigUint64(this.descOff(i) + 8, v, true); }
 }
 
-export class SplitRing {
+export class SplitRing implements VirtRing {
   readonly size: number;
   private readonly desc: Located;
   private readonly avail: Located;
