@@ -36,14 +36,16 @@ export const CRASH_POINTS = [
 ] as const;
 export type CrashPointName = (typeof CRASH_POINTS)[number];
 
-export function crashPoint(name: CrashPointName, opcode?: number): void {
+/** `where`: 'native' when the addon's fast path reached the point (written to the marker, so a
+ * test can tell which path served the request). */
+export function crashPoint(name: CrashPointName, opcode?: number, where?: 'native'): void {
   if (armed === null || armed !== name) return;
   if (opcodeFilter !== null && opcode !== opcodeFilter) return;
   if (marker !== null) {
     if (existsAt(marker)) return;
     const { dirFd, name: file } = at(marker);
     const fd = native.openat(dirFd, file, C.O_WRONLY! | C.O_CREAT! | C.O_EXCL! | C.O_CLOEXEC!, 0o644);
-    fs.writeSync(fd, `${name} ${opcode ?? ''}\n`);
+    fs.writeSync(fd, `${name} ${opcode ?? ''}${where !== undefined ? ` ${where}` : ''}\n`);
     fs.closeSync(fd);
   }
   // SIGKILL, not abort(): no handlers, nothing flushed — the worst case.
@@ -62,7 +64,7 @@ export function armNativeCrash(target: { armCrash(point: number, opcode: number,
   const point = NATIVE_POINTS.get(armed as CrashPointName);
   if (point === undefined) return;
   const name = armed as CrashPointName;
-  target.armCrash(point, opcodeFilter ?? -1, (_p, opcode) => crashPoint(name, opcode));
+  target.armCrash(point, opcodeFilter ?? -1, (_p, opcode) => crashPoint(name, opcode, 'native'));
 }
 
 /** Dies at once, as of SIGKILL: no handler runs, nothing is flushed. PID 1 of a pid namespace

@@ -333,6 +333,54 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
   });
 }
 
+/** The addon's fast path (native/src/fast_fuse.cc) at its own crash points: GETATTR, READ and
+ * a WRITE that is not an append, served without JavaScript, killed after the pop, after the
+ * syscall and before the publish. Each is still in the inflight region, the successor runs it
+ * again (through TypeScript) and the guest gets one correct reply; the marker says the native
+ * path was where it died. On tmpfs, where the fast path serves writes too. */
+const NATIVE_POINTS = ['op-after-pop', 'op-after-syscall', 'op-before-publish'] as const;
+interface NativeCase { name: string; opcode: number; act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown) => void }
+const nativeCases: NativeCase[] = [
+  { name: 'GETATTR', opcode: 3,
+    act: async (s) => (await s.fuse.getattr((await s.fuse.lookup(ROOT, 'n')).nodeid)).attr,
+    verify: (t, s, r) => { t.equal((r as F.Attr).ino, BigInt(fs.statSync(s.host('n')).ino), 'the attributes of the file'); } },
+  { name: 'READ', opcode: 15,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      return (await s.fuse.read(e.nodeid, o.fh, 2, 3)).toString();
+    },
+    verify: (t, s, r) => { t.equal(r, 'cde', 'the bytes read'); } },
+  { name: 'WRITE', opcode: 16,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+      return s.fuse.write(e.nodeid, o.fh, 1, Buffer.from('XYZ'));
+    },
+    verify: (t, s, r) => { t.equal(r, 3, 'WRITE says 3 bytes'); t.equal(fs.readFileSync(s.host('n'), 'utf8'), 'aXYZefgh', 'written once, in place'); } },
+];
+
+// The TypeScript-path run of this suite (test/ts_path/) has no native points to reach.
+if (process.env.VFSK_FAST_PATH !== '0') for (const c of nativeCases) {
+  t.test(`native ${c.name}`, async (t) => {
+    for (const point of NATIVE_POINTS) {
+      await t.test(point, async (t) => {
+        const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+        t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+        const marker = path.join(stateDir, 'crashed');
+        const s = await withEnv({ VFSK_CRASH_POINT: point, VFSK_CRASH_OPCODE: String(c.opcode), VFSK_CRASH_MARKER: marker },
+          () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], baseDir: fs.mkdtempSync('/dev/shm/vfsk-nc-'),
+            setup: (d) => fs.writeFileSync(path.join(d, 'n'), 'abcdefgh') }));
+        const r = await c.act(s);
+        t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${c.opcode} native`), `the worker crashed in the native path at ${point}`);
+        await waitFor(() => { const w = queryStatus(stateDir).worker; return w.restarts >= 1 && w.state === 'running'; }, 'the successor running');
+        t.equal(queryStatus(stateDir).worker.restarts, 1, 'one restart');
+        c.verify(t, s, r);
+      });
+    }
+  });
+}
+
 t.test('poison: a request that kills every worker gets EIO after 3 deaths', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
