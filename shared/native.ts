@@ -83,11 +83,18 @@ export const POLL_DISCONNECT = 4;
 /** fd readiness via uv_poll_t on the current env's loop. The callback gets a negative libuv
  * status on error, else 0, and the ready events (POLL_READABLE | POLL_WRITABLE |
  * POLL_DISCONNECT). */
+/** A kick handler (Poller.setKickHandler) read the eventfd before the callback ran. */
+export const POLL_KICK_READ = 8;
+
 export interface Poller {
   start(events: number): void;
   stop(): void;
   /** Stops and releases the uv handle. Does not close the fd. Idempotent. */
   close(): void;
+  /** For a kick eventfd: a readable event first goes to the ring's native kick (which reads the
+   * eventfd and serves what it can); the callback runs, with POLL_KICK_READ, only when
+   * JavaScript has work left. null: the callback gets every event again. */
+  setKickHandler(ring: NativeRingHandle | null): void;
 }
 export interface PollerConstructor {
   new (fd: number, callback: (status: number, events: number) => void): Poller;
@@ -114,6 +121,10 @@ export interface NativeRingHandle {
   recoverInflight(): number[];
   takeServed(): number;
   attach(server: FastFuseHandle | null): void;
+  /** Kicks served natively (Poller.setKickHandler) from now on, or not. */
+  setFastKick(on: boolean): void;
+  /** The call eventfd the native kick interrupts with (the ring keeps a dup); -1: none. */
+  setCallFd(fd: number): void;
   /** Releases the ring's hold on its mappings; every later call throws. */
   close(): void;
   /** [head, counter, resubmitted, nReadable, nWritable, (region, offset, length)...]. */

@@ -52,6 +52,18 @@ class ChainServer {
   virtual void CrashPoint(NativeCrashPoint point, uint32_t opcode) = 0;
 };
 
+// Handles a queue's kick in C++ (ring.cc), called by the kick fd's Poller (poll.cc) before
+// JavaScript: true when it did all there was to do, false when JavaScript must run the kick.
+// It reads the kick eventfd either way.
+class KickHandler {
+ public:
+  virtual ~KickHandler() = default;
+  virtual bool OnKick(int kickFd) = 0;
+};
+
+// The KickHandler of a NativeRing object, or nullptr with a TypeError thrown.
+KickHandler* UnwrapKickHandler(Napi::Env env, Napi::Value v);
+
 // The ChainServer inside a FastFuse object, or nullptr with a TypeError thrown.
 ChainServer* UnwrapChainServer(Napi::Env env, Napi::Value v);
 

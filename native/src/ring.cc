@@ -13,6 +13,10 @@
 #include "common.h"
 #include "fast_path.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -32,6 +36,7 @@ constexpr size_t kInflightHeader = 16;
 constexpr size_t kInflightDesc = 16;
 // Segment triples the JS scratch holds beyond the 5 leading values; longer chains grow it.
 constexpr size_t kScratchTriples = 64;
+const napi_type_tag kNativeRingTag = {0x7666736b72696e67ULL, 0x6e61746976650001ULL};
 
 struct Region {
   uint64_t gpa, size, uaddr, mmapOffset;
@@ -63,7 +68,9 @@ class ChainFault {
   std::string message;
 };
 
-class NativeRing : public Napi::ObjectWrap<NativeRing> {
+enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
+
+class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NativeRing", {
@@ -82,6 +89,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
       InstanceMethod<&NativeRing::TakeServed>("takeServed"),
       InstanceMethod<&NativeRing::Attach>("attach"),
       InstanceMethod<&NativeRing::Close>("close"),
+      InstanceMethod<&NativeRing::SetFastKick>("setFastKick"),
+      InstanceMethod<&NativeRing::SetCallFd>("setCallFd"),
       InstanceAccessor<&NativeRing::Scratch>("scratch"),
       InstanceAccessor<&NativeRing::LastError>("lastError"),
     });
@@ -90,7 +99,10 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
   // new NativeRing(regions, size, descUser, availUser, usedUser, lastAvailIdx, eventIdx,
   //                indirect, inflightBuffer | null, inflightBase)
   // regions: [{buffer, guestPhysAddr, size, userspaceAddr, mmapOffset}] (GuestMemory's).
-  explicit NativeRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeRing>(info) { Init(info); }
+  explicit NativeRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeRing>(info) {
+    napi_type_tag_object(info.Env(), info.This(), &kNativeRingTag);
+    Init(info);
+  }
 
   ~NativeRing() override { ReleaseAll(); }
 
@@ -184,36 +196,17 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
 
   // Pops until a chain needs JavaScript: returns its head (its segments in `scratch`), -1 when
   // the ring is empty, -2 for a malformed chain (`lastError`; scratch[0] is its head or -1).
+  // A chain the native kick (OnKick) left for JavaScript comes first.
   Napi::Value Pop(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Live(env)) return {};
-    for (;;) {
-      uint32_t pending;
-      if (!PendingChecked(env, &pending)) return {};
-      if (pending == 0) return Napi::Number::New(env, -1);
-      uint16_t head = Load<uint16_t>(avail_ + 4 + 2 * (lastAvail_ % size_));
-      lastAvail_ = static_cast<uint16_t>(lastAvail_ + 1);
-      if (head >= size_) return Malformed(env, "avail ring names head " + std::to_string(head) + " on a ring of " + std::to_string(size_), -1);
-      uint64_t counter = MarkInflight(head);
-      chain_.Clear();
-      chain_.head = head;
-      chain_.counter = counter;
-      try {
-        Walk(head, &chain_);
-      } catch (const ChainFault& f) {
-        return Malformed(env, f.message, head);
-      }
-      if (server_ != nullptr) {
-        uint32_t len = 0, opcode = 0;
-        if (server_->CrashArmed()) server_->CrashPoint(NativeCrashPoint::kAfterPop, PeekOpcode());
-        if (server_->Serve(chain_, &len, &opcode)) {
-          PushUsedInternal(head, len);
-          served_++;
-          servedOpcodes_.push_back(opcode);
-          continue;
-        }
-      }
-      return Export(env, chain_, false);
+    PopResult r = pending_ != PopResult::kEmpty ? pending_ : PopServe();
+    pending_ = PopResult::kEmpty;
+    switch (r) {
+      case PopResult::kEmpty: return Napi::Number::New(env, -1);
+      case PopResult::kMalformed: return MalformedValue(env);
+      case PopResult::kBroken: Broken(env, lastError_); return {};
+      default: return Export(env, chain_, false);
     }
   }
 
@@ -230,7 +223,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
     try {
       Walk(static_cast<uint16_t>(head), &chain_);
     } catch (const ChainFault& f) {
-      return Malformed(env, f.message, static_cast<int>(head));
+      lastError_ = f.message;
+      malformedHead_ = static_cast<int>(head);
+      return MalformedValue(env);
     }
     return Export(env, chain_, true);
   }
@@ -241,6 +236,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
     int64_t head, len;
     if (!Live(env) || !a.Count(2) || !a.Int(0, "head", 0, size_ - 1, &head) || !a.Int(1, "len", 0, 0xffffffffLL, &len)) return {};
     PushUsedInternal(static_cast<uint16_t>(head), static_cast<uint32_t>(len));
+    // Published only by JavaScript's flush, after its PublishBarrier (durability.ts).
+    jsPushed_++;
     return env.Undefined();
   }
 
@@ -248,58 +245,90 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
   Napi::Value PublishUsed(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Live(env)) return {};
-    if (usedIdx_ == publishedUsed_) return Napi::Boolean::New(env, false);
-    if (server_ != nullptr && server_->CrashArmed()) {
-      for (uint32_t op : servedOpcodes_) server_->CrashPoint(NativeCrashPoint::kBeforePublish, op);
-    }
-    servedOpcodes_.clear();
-    uint16_t old = publishedUsed_;
-    StoreRelease16(used_ + 2, usedIdx_);
-    publishedUsed_ = usedIdx_;
-    if (inflight_ != nullptr) {
-      for (uint16_t h : pendingBatch_) inflight_[InflightDescOff(h)] = 0;
-      pendingBatch_.clear();
-      Store<uint16_t>(inflight_ + 14, usedIdx_);
-    }
-    // The guest's used_event / flags must be read after our idx store is visible.
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (eventIdx_) {
-      uint16_t usedEvent = Load<uint16_t>(avail_ + 4 + 2 * size_);
-      uint16_t since = signalledValid_ ? signalledUsed_ : old;
-      signalledUsed_ = usedIdx_;
-      signalledValid_ = true;
-      bool need = static_cast<uint16_t>(usedIdx_ - usedEvent - 1) < static_cast<uint16_t>(usedIdx_ - since);
-      return Napi::Boolean::New(env, need);
-    }
-    uint16_t flags = Load<uint16_t>(avail_);
-    return Napi::Boolean::New(env, (flags & kAvailFNoInterrupt) == 0);
+    return Napi::Boolean::New(env, PublishInternal());
   }
 
   Napi::Value EnableNotification(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Live(env)) return {};
-    if (eventIdx_) {
-      StoreRelease16(used_ + 4 + 8 * size_, lastAvail_);
-    } else {
-      uint16_t flags = Load<uint16_t>(used_);
-      StoreRelease16(used_, static_cast<uint16_t>(flags & ~kUsedFNoNotify));
+    bool more;
+    if (!EnableNotificationInternal(&more)) {
+      Broken(env, lastError_);
+      return {};
     }
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint32_t pending;
-    if (!PendingChecked(env, &pending)) return {};
-    return Napi::Boolean::New(env, pending > 0);
+    return Napi::Boolean::New(env, more);
   }
 
   Napi::Value DisableNotification(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Live(env)) return {};
-    if (!eventIdx_) {  // with EVENT_IDX, not advancing avail_event is enough
-      uint16_t flags = Load<uint16_t>(used_);
-      StoreRelease16(used_, static_cast<uint16_t>(flags | kUsedFNoNotify));
-    }
+    DisableNotificationInternal();
     return env.Undefined();
   }
 
+  // setFastKick(on): kicks are served in OnKick without entering JavaScript (QueueServer turns
+  // it on once it has seen the queue's first completion, off when it pauses or stops).
+  Napi::Value SetFastKick(const Napi::CallbackInfo& info) {
+    Args a(info, "setFastKick");
+    if (!a.Count(1) || !a.Bool(0, "on", &fastKick_)) return {};
+    return info.Env().Undefined();
+  }
+
+  // setCallFd(fd | -1): the call eventfd OnKick interrupts the guest with. The ring keeps a dup,
+  // so a closed or reused fd number can never be written to; Vrings updates it whenever the
+  // frontend sets a new one.
+  Napi::Value SetCallFd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a(info, "setCallFd");
+    int64_t fd;
+    if (!a.Count(1) || !a.Int(0, "fd", -1, 0x7fffffff, &fd)) return {};
+    int dup = -1;
+    if (fd >= 0) {
+      dup = fcntl(static_cast<int>(fd), F_DUPFD_CLOEXEC, 0);
+      if (dup < 0) {
+        ThrowErrno(env, errno, "fcntl");
+        return {};
+      }
+    }
+    if (callFd_ >= 0) ::close(callFd_);
+    callFd_ = dup;
+    return env.Undefined();
+  }
+
+ public:
+  // A kick, from the kick eventfd's poller (poll.cc), before any JavaScript runs: serves what
+  // the fast server can and publishes it. False: JavaScript must run the kick (a chain needs it,
+  // the ring broke, JavaScript has completions to publish through its barrier, or fast kicks are
+  // off); the eventfd has been read either way.
+  bool OnKick(int kickFd) override {
+    uint64_t v;
+    while (::read(kickFd, &v, sizeof v) < 0 && errno == EINTR) {}
+    if (!fastKick_ || closed_ || server_ == nullptr || server_->CrashArmed() || pending_ != PopResult::kEmpty) return false;
+    for (;;) {
+      DisableNotificationInternal();
+      for (;;) {
+        PopResult r = PopServe();
+        if (r == PopResult::kEmpty) break;
+        if (r != PopResult::kServed) {
+          pending_ = r;
+          return false;
+        }
+      }
+      bool more;
+      if (!EnableNotificationInternal(&more)) return false;
+      if (!more) break;
+    }
+    // JavaScript's own completions wait for its barrier; its flush publishes these too.
+    if (served_ == 0 || jsPushed_ > 0) return served_ == 0;
+    served_ = 0;
+    if (PublishInternal() && callFd_ >= 0) {
+      uint64_t one = 1;
+      while (::write(callFd_, &one, sizeof one) < 0 && errno == EINTR) {}
+    }
+    return true;
+  }
+
+ private:
   Napi::Value Pending(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t pending;
@@ -392,13 +421,109 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
   void Broken(Napi::Env env, const std::string& msg) { ThrowCodeError(env, msg, "ERR_VIRTQUEUE_BROKEN"); }
 
   bool PendingChecked(Napi::Env env, uint32_t* out) {
+    if (!PendingInternal(out)) {
+      Broken(env, lastError_);
+      return false;
+    }
+    return true;
+  }
+
+  // Heads made available and not popped; false (lastError_) when the driver broke the ring.
+  bool PendingInternal(uint32_t* out) {
     uint16_t n = static_cast<uint16_t>(LoadAcquire16(avail_ + 2) - lastAvail_);
     if (n > size_) {
-      Broken(env, "driver advanced avail idx by " + std::to_string(n) + " on a ring of " + std::to_string(size_));
+      lastError_ = "driver advanced avail idx by " + std::to_string(n) + " on a ring of " + std::to_string(size_);
       return false;
     }
     *out = n;
     return true;
+  }
+
+  // Pops chains and serves what the server takes, until one needs JavaScript (kChain, in
+  // chain_; kMalformed, in lastError_/malformedHead_), the ring is empty or broken.
+  PopResult PopServe() {
+    for (;;) {
+      uint32_t pending;
+      if (!PendingInternal(&pending)) return PopResult::kBroken;
+      if (pending == 0) return PopResult::kEmpty;
+      uint16_t head = Load<uint16_t>(avail_ + 4 + 2 * (lastAvail_ % size_));
+      lastAvail_ = static_cast<uint16_t>(lastAvail_ + 1);
+      if (head >= size_) {
+        // Not a head we can ever complete; consuming it is all we can do.
+        lastError_ = "avail ring names head " + std::to_string(head) + " on a ring of " + std::to_string(size_);
+        malformedHead_ = -1;
+        return PopResult::kMalformed;
+      }
+      uint64_t counter = MarkInflight(head);
+      chain_.Clear();
+      chain_.head = head;
+      chain_.counter = counter;
+      try {
+        Walk(head, &chain_);
+      } catch (const ChainFault& f) {
+        lastError_ = f.message;
+        malformedHead_ = head;
+        return PopResult::kMalformed;
+      }
+      if (server_ == nullptr) return PopResult::kChain;
+      uint32_t len = 0, opcode = 0;
+      if (server_->CrashArmed()) server_->CrashPoint(NativeCrashPoint::kAfterPop, PeekOpcode());
+      if (!server_->Serve(chain_, &len, &opcode)) return PopResult::kChain;
+      PushUsedInternal(head, len);
+      served_++;
+      if (server_->CrashArmed()) servedOpcodes_.push_back(opcode);
+    }
+  }
+
+  // Release store of used->idx; true when the driver wants an interrupt.
+  bool PublishInternal() {
+    if (usedIdx_ == publishedUsed_) return false;
+    if (server_ != nullptr && server_->CrashArmed()) {
+      for (uint32_t op : servedOpcodes_) server_->CrashPoint(NativeCrashPoint::kBeforePublish, op);
+    }
+    servedOpcodes_.clear();
+    jsPushed_ = 0;
+    uint16_t old = publishedUsed_;
+    StoreRelease16(used_ + 2, usedIdx_);
+    publishedUsed_ = usedIdx_;
+    if (inflight_ != nullptr) {
+      for (uint16_t h : pendingBatch_) inflight_[InflightDescOff(h)] = 0;
+      pendingBatch_.clear();
+      Store<uint16_t>(inflight_ + 14, usedIdx_);
+    }
+    // The guest's used_event / flags must be read after our idx store is visible.
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (eventIdx_) {
+      uint16_t usedEvent = Load<uint16_t>(avail_ + 4 + 2 * size_);
+      uint16_t since = signalledValid_ ? signalledUsed_ : old;
+      signalledUsed_ = usedIdx_;
+      signalledValid_ = true;
+      return static_cast<uint16_t>(usedIdx_ - usedEvent - 1) < static_cast<uint16_t>(usedIdx_ - since);
+    }
+    uint16_t flags = Load<uint16_t>(avail_);
+    return (flags & kAvailFNoInterrupt) == 0;
+  }
+
+  // Asks the driver to kick us; *more: buffers arrived meanwhile. False: the ring broke.
+  bool EnableNotificationInternal(bool* more) {
+    if (eventIdx_) {
+      StoreRelease16(used_ + 4 + 8 * size_, lastAvail_);
+    } else {
+      uint16_t flags = Load<uint16_t>(used_);
+      StoreRelease16(used_, static_cast<uint16_t>(flags & ~kUsedFNoNotify));
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint32_t pending;
+    if (!PendingInternal(&pending)) return false;
+    *more = pending > 0;
+    return true;
+  }
+
+  void DisableNotificationInternal() {
+    if (!eventIdx_) {  // with EVENT_IDX, not advancing avail_event is enough
+      uint16_t flags = Load<uint16_t>(used_);
+      StoreRelease16(used_, static_cast<uint16_t>(flags | kUsedFNoNotify));
+    }
   }
 
   uint8_t* LocateUser(uint64_t uaddr, uint64_t len) {
@@ -526,10 +651,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
     return Load<uint32_t>(hdr + 4);
   }
 
-  Napi::Value Malformed(Napi::Env env, const std::string& msg, int head) {
-    lastError_ = msg;
+  Napi::Value MalformedValue(Napi::Env env) {
     Napi::Float64Array s = scratch_.Value();
-    s[0] = head;
+    s[0] = malformedHead_;
     return Napi::Number::New(env, -2);
   }
 
@@ -559,6 +683,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
   }
 
   void ReleaseAll() {
+    if (callFd_ >= 0) ::close(callFd_);
+    callFd_ = -1;
     if (closed_) return;
     closed_ = true;
     for (Region& r : regions_) ReleaseMapping(r.mapping);
@@ -585,7 +711,12 @@ class NativeRing : public Napi::ObjectWrap<NativeRing> {
   uint16_t lastAvail_ = 0, usedIdx_ = 0, publishedUsed_ = 0, signalledUsed_ = 0;
   uint64_t inflightCounter_ = 0;
   std::vector<uint16_t> pendingBatch_;
-  std::vector<uint32_t> servedOpcodes_;
+  std::vector<uint32_t> servedOpcodes_;  // crash tests only
+  PopResult pending_ = PopResult::kEmpty;  // what OnKick left for JavaScript's next pop()
+  int malformedHead_ = -1;
+  bool fastKick_ = false;
+  uint32_t jsPushed_ = 0;  // used elements JavaScript pushed since the last publish
+  int callFd_ = -1;
   uint32_t served_ = 0;
   Chain chain_;
   Napi::Reference<Napi::Float64Array> scratch_;
@@ -635,6 +766,16 @@ size_t ScatterSegments(const std::vector<ChainSegment>& segs, size_t skip, const
     skip = 0;
   }
   return written;
+}
+
+KickHandler* UnwrapKickHandler(Napi::Env env, Napi::Value v) {
+  bool tagged = false;
+  if (v.IsObject()) napi_check_object_type_tag(env, v, &kNativeRingTag, &tagged);
+  if (!tagged) {
+    ThrowTypeError(env, "setKickHandler(): argument 1 \"ring\" must be a NativeRing");
+    return nullptr;
+  }
+  return NativeRing::Unwrap(v.As<Napi::Object>());
 }
 
 void InitRing(Napi::Env env, Napi::Object exports) {

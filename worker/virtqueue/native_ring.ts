@@ -2,7 +2,7 @@
 // algorithm as split_ring.ts, plus an optional chain server the addon offers each popped chain
 // to (the FUSE fast path, opaque here). Chains it declines come back as DescriptorChains whose
 // segments point into the same guest memory buffers as GuestMemory's.
-import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle } from '../../shared/native';
+import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
 import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type VirtRing } from './split_ring';
 
@@ -60,6 +60,9 @@ export class NativeSplitRing implements VirtRing {
   usedIndex(): number { return this.ring.usedIndex(); }
   recoverInflight(): number[] { return this.ring.recoverInflight(); }
   takeServed(): number { return this.ring.takeServed(); }
+  bindKick(poller: Poller): void { poller.setKickHandler(this.ring); }
+  setFastKick(on: boolean): void { this.ring.setFastKick(on); }
+  setCallFd(fd: number | null): void { this.ring.setCallFd(fd ?? -1); }
 
   private chainFromScratch(): DescriptorChain {
     const s = this.ring.scratch;

@@ -53,6 +53,9 @@ export class QueueServer implements QueueHandler {
   private ring: VirtRing | null = null;
   /** The ring served chains itself that are not yet published. */
   private ringServed = false;
+  /** Kicks go to the ring first (native_ring.ts): on once the first completion was seen (the
+   * recovery timing needs it here), off while paused or stopped. */
+  private fastKick = false;
   private notify: () => void = () => {};
   private running = false;
   private paused = false;
@@ -70,6 +73,8 @@ export class QueueServer implements QueueHandler {
     private readonly onFirstCompletion?: () => void, private readonly barrier?: PublishBarrier) {}
 
   start(ring: VirtRing, notify: () => void, resubmit: number[]): void {
+    this.ring?.setFastKick?.(false);
+    this.fastKick = false;
     this.ring = ring;
     this.notify = notify;
     this.running = true;
@@ -107,6 +112,7 @@ export class QueueServer implements QueueHandler {
   }
 
   stop(): Promise<void> {
+    this.setFastKick(false);
     this.running = false;
     this.handler.stopping?.(this.index);
     if (this.inflight === 0) return Promise.resolve();
@@ -118,6 +124,7 @@ export class QueueServer implements QueueHandler {
   }
 
   pause(onSettle: () => void): void {
+    this.setFastKick(false);
     this.paused = true;
     this.onSettle = onSettle;
   }
@@ -206,5 +213,12 @@ export class QueueServer implements QueueHandler {
     const wantsNotify = this.ring.publishUsed();
     this.handler.published?.(this.index, heads);
     if (wantsNotify) this.notify();
+    if (!this.fastKick && this.completedSinceStart > 0 && this.running && !this.paused) this.setFastKick(true);
+  }
+
+  private setFastKick(on: boolean): void {
+    if (this.fastKick === on) return;
+    this.fastKick = on;
+    this.ring?.setFastKick?.(on);
   }
 }

@@ -3,7 +3,7 @@
 // safety, rule 4 "Inflight tracking"). Ring indices shared with the guest go through the
 // addon's acquire/release helpers; descriptors are read with plain loads after the acquire
 // load of avail->idx.
-import { native, type IoSegment } from '../../shared/native';
+import { native, type IoSegment, type Poller } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
 import { GuestError } from '../../shared/errors';
 
@@ -68,6 +68,13 @@ export interface VirtRing {
   recoverInflight(): number[];
   /** Chains the ring served itself (pushed, not yet published) since the last call. */
   takeServed?(): number;
+  /** The ring can take its queue's kicks itself (native_ring.ts): `poller` (of the kick
+   * eventfd) hands them to it first. */
+  bindKick?(poller: Poller): void;
+  /** Kicks served without JavaScript from now on, or not (the queue server decides). */
+  setFastKick?(on: boolean): void;
+  /** The call eventfd a kick served without JavaScript interrupts the guest with (null: none). */
+  setCallFd?(fd: number | null): void;
 }
 
 /** Builds the ring of a starting queue (vhost/vrings.ts calls it; the worker chooses which). */
