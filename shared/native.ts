@@ -104,8 +104,9 @@ export interface PollerConstructor {
  * Ring breakage throws an error with code "ERR_VIRTQUEUE_BROKEN". */
 export interface NativeRingHandle {
   /** The next chain for JS: its head (segments in `scratch`), -1 when none, -2 malformed
-   * (`lastError`, scratch[0] its head or -1). Chains the attached server serves are not
-   * returned. */
+   * (`lastError`, scratch[0] its head or -1), -3 a request the server served whose session
+   * effect JS must journal (scratch = [head, counter, opcode, nodeid, replyLen], the reply in
+   * `recordReply`). Other chains the attached server serves are not returned. */
   pop(): number;
   /** A chain by head (resubmission): head, or -2. */
   readChain(head: number): number;
@@ -130,6 +131,7 @@ export interface NativeRingHandle {
   /** [head, counter, resubmitted, nReadable, nWritable, (region, offset, length)...]. */
   readonly scratch: Float64Array;
   readonly lastError: string;
+  readonly recordReply: Uint8Array;
 }
 
 export interface NativeRingConstructor {
@@ -138,7 +140,7 @@ export interface NativeRingConstructor {
     indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; declined: number; inodes: number; files: number }
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; declined: number; inodes: number; files: number }
 
 /** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE served in the addon
  * from tables the filesystem keeps (worker/fs/fast_table.ts). */
@@ -150,6 +152,11 @@ export interface FastFuseHandle {
   deleteInode(nodeid: number): void;
   setFile(fh: number, nodeid: number, fd: number, flags: number): void;
   deleteFile(fh: number): void;
+  /** The identity a LOOKUP checks a name against (the session's inode record). */
+  setInodeMeta(nodeid: number, dev: bigint, ino: bigint, generation: number,
+    handle: { mountId: number; handleType: number; handle: Buffer } | null): void;
+  /** The session dropped the inode: its identity and its fd entry go. */
+  forgetInode(nodeid: number): void;
   clear(): void;
   /** Tests: `fn` runs at the point (1 after pop, 2 after the syscall, 3 before publish) of a
    * natively served request of `opcode` (-1: any). */

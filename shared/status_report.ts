@@ -27,6 +27,8 @@ export interface FastPathStats {
   getattr: number;
   read: number;
   write: number;
+  /** LOOKUPs of known inodes (their counts journaled by TypeScript). Absent from older workers. */
+  lookup?: number;
   declined: number;
   /** Entries of its tables. */
   inodes: number;
@@ -121,8 +123,8 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   metric('fast_path_requests_total', 'counter', 'Requests the addon served itself, by opcode (since the worker started).',
-    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write'] as const)
-      .map((op) => [{ name: r.name, op }, r.fuse.fastPath![op]] as [Record<string, string>, number]))));
+    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup'] as const)
+      .map((op) => [{ name: r.name, op }, r.fuse.fastPath![op] ?? 0] as [Record<string, string>, number]))));
   return out.join('\n') + '\n';
 }
 

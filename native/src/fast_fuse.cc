@@ -25,8 +25,10 @@
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstring>
 #include <unordered_map>
 
@@ -36,6 +38,7 @@ namespace {
 constexpr size_t kInHeader = sizeof(fuse_in_header);    // 40
 constexpr size_t kOutHeader = sizeof(fuse_out_header);  // 16
 constexpr uint64_t kMaxSyncIo = 128 * 1024;             // worker/fs/io.ts SYNC_IO_MAX
+constexpr size_t kMaxName = 255;                        // NAME_MAX: longer names are TypeScript's
 constexpr uint64_t kMaxSafeU = static_cast<uint64_t>(kMaxSafe);
 constexpr long kTmpfsMagic = 0x01021994;
 constexpr long kRamfsMagic = 0x858458f6;
@@ -47,6 +50,23 @@ const napi_type_tag kFastFuseTag = {0x7666736b66617374ULL, 0x6675736531000001ULL
 // How a file takes synchronous I/O on the JS thread: RWF_NOWAIT, plainly (memory-backed files:
 // tmpfs/ramfs have no NOWAIT but never wait for a disk), or not at all.
 enum class SyncIo : uint8_t { kNowait, kPlain, kNone };
+
+struct DevIno {
+  uint64_t dev, ino;
+  bool operator==(const DevIno& o) const { return dev == o.dev && ino == o.ino; }
+};
+struct DevInoHash {
+  size_t operator()(const DevIno& k) const { return std::hash<uint64_t>()(k.ino * 1000003u ^ k.dev); }
+};
+
+// What identifies an inode of the session (worker/fs/session.ts InodeRecord).
+struct InodeMeta {
+  uint64_t dev, ino, generation;
+  bool hasHandle;
+  int mountId;
+  int handleType;
+  std::vector<uint8_t> handle;
+};
 
 struct FileEntry {
   int fd;
@@ -110,6 +130,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetInode>("setInode"),
       InstanceMethod<&FastFuse::DeleteInode>("deleteInode"),
       InstanceMethod<&FastFuse::SetFile>("setFile"),
+      InstanceMethod<&FastFuse::SetInodeMeta>("setInodeMeta"),
+      InstanceMethod<&FastFuse::ForgetInode>("forgetInode"),
       InstanceMethod<&FastFuse::DeleteFile>("deleteFile"),
       InstanceMethod<&FastFuse::Clear>("clear"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
@@ -121,22 +143,26 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     napi_type_tag_object(info.Env(), info.This(), &kFastFuseTag);
   }
 
-  bool Serve(const Chain& c, uint32_t* usedLen, uint32_t* opcodeOut) override {
+  bool Serve(const Chain& c, Served* out) override {
     if (!enabled_ || c.readableLen < kInHeader || c.writableLen < kOutHeader) return Decline();
     // The header and the largest args we use, copied once: the guest may change its buffers.
-    uint8_t in[kInHeader + sizeof(fuse_write_in)];
+    uint8_t in[kInHeader + kMaxName + 1];
     size_t have = GatherSegments(c.readable, 0, in, std::min<uint64_t>(c.readableLen, sizeof in));
     fuse_in_header h;
     std::memcpy(&h, in, sizeof h);
     if (h.len != c.readableLen) return Decline();
-    *opcodeOut = h.opcode;
+    out->opcode = h.opcode;
+    out->needsRecord = false;
+    uint32_t* usedLen = &out->usedLen;
     switch (h.opcode) {
       case FUSE_GETATTR:
         return have == kInHeader + sizeof(fuse_getattr_in) && h.len == have && Getattr(c, h, in + kInHeader, usedLen);
       case FUSE_READ:
         return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Read(c, h, in + kInHeader, usedLen);
       case FUSE_WRITE:
-        return have == kInHeader + sizeof(fuse_write_in) && Write(c, h, in + kInHeader, usedLen);
+        return have >= kInHeader + sizeof(fuse_write_in) && Write(c, h, in + kInHeader, usedLen);
+      case FUSE_LOOKUP:
+        return h.len == have && Lookup(c, h, in + kInHeader, have - kInHeader, out);
       default:
         return Decline();
     }
@@ -202,6 +228,60 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     a->rdev = (min & 0xff) | ((maj & 0xfff) << 8) | ((min & 0xfff00) << 12);
     a->blksize = SaturateU32(static_cast<uint64_t>(st.st_blksize));
     a->flags = 0;
+  }
+
+  // LOOKUP of a name whose inode the session knows (worker/fs/inodes.ts lookupKnown, the same
+  // test): fstatat of the name under the parent's fd, its (dev, ino) in the table, and for an
+  // inode named by a file handle the name's handle equal to the recorded one (nothing pins such
+  // an inode, so its number may have been reused). One more lookup of that nodeid is the
+  // session effect, which JavaScript journals before the reply is published (needsRecord).
+  // '.', '..', new inodes and every error are TypeScript's.
+  bool Lookup(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out);
+    if (len < 2 || args[len - 1] != 0 || c.writableLen < kReply) return Decline();
+    const char* name = reinterpret_cast<const char*>(args);
+    size_t n = len - 1;
+    if (std::memchr(name, 0, n) != nullptr || std::memchr(name, '/', n) != nullptr) return Decline();
+    if ((n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' && name[1] == '.')) return Decline();
+    auto parent = inodes_.find(h.nodeid);
+    if (parent == inodes_.end()) return Decline();
+    struct stat st;
+    if (fstatat(parent->second, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return Decline();
+    auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
+    if (known == byDevIno_.end()) return Decline();
+    const InodeMeta& m = meta_.at(known->second);
+    if (m.hasHandle) {
+      union {
+        file_handle fh;
+        uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
+      } u;
+      u.fh.handle_bytes = MAX_HANDLE_SZ;
+      int mountId = 0;
+      if (name_to_handle_at(parent->second, name, &u.fh, &mountId, 0) != 0) return Decline();
+      if (mountId != m.mountId || u.fh.handle_type != m.handleType || u.fh.handle_bytes != m.handle.size() ||
+          std::memcmp(u.fh.f_handle, m.handle.data(), m.handle.size()) != 0)
+        return Decline();
+    }
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint8_t* reply = out->reply;
+    std::memset(reply, 0, kReply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_entry_out e;
+    std::memset(&e, 0, sizeof e);
+    e.nodeid = known->second;
+    e.generation = m.generation;
+    e.entry_valid = e.attr_valid = attrSec_;
+    e.entry_valid_nsec = e.attr_valid_nsec = attrNsec_;
+    FillAttr(st, &e.attr);
+    std::memcpy(reply + kOutHeader, &e, sizeof e);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    out->usedLen = kReply;
+    out->replyLen = kReply;
+    out->needsRecord = true;
+    out->nodeid = known->second;
+    lookups_++;
+    return true;
   }
 
   FileEntry* FileFor(uint64_t fh, uint64_t nodeid) {
@@ -344,9 +424,69 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setInodeMeta(nodeid, dev: bigint, ino: bigint, generation, handle: {mountId, handleType,
+  // handle: Buffer} | null): the identity LOOKUP checks a name against.
+  Napi::Value SetInodeMeta(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a(info, "setInodeMeta");
+    int64_t nodeid, generation;
+    if (!a.Count(5) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Int(3, "generation", 0, 0xffffffffLL, &generation)) return {};
+    if (!info[1].IsBigInt() || !info[2].IsBigInt()) {
+      ThrowTypeError(env, "setInodeMeta(): dev and ino must be bigints");
+      return {};
+    }
+    bool lossless = true;
+    InodeMeta m{};
+    m.dev = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
+    m.ino = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+    m.generation = static_cast<uint64_t>(generation);
+    m.hasHandle = false;
+    if (info[4].IsObject()) {
+      Napi::Object h = info[4].As<Napi::Object>();
+      int64_t mountId, type;
+      Napi::Value bytes = h.Get("handle");
+      if (!CheckInt(env, h.Get("mountId"), "setInodeMeta(): handle.mountId", INT32_MIN, INT32_MAX, &mountId) ||
+          !CheckInt(env, h.Get("handleType"), "setInodeMeta(): handle.handleType", INT32_MIN, INT32_MAX, &type))
+        return {};
+      if (!bytes.IsBuffer() || bytes.As<Napi::Buffer<uint8_t>>().Length() > MAX_HANDLE_SZ) {
+        ThrowTypeError(env, "setInodeMeta(): handle.handle must be a Buffer of at most MAX_HANDLE_SZ bytes");
+        return {};
+      }
+      Napi::Buffer<uint8_t> b = bytes.As<Napi::Buffer<uint8_t>>();
+      m.hasHandle = true;
+      m.mountId = static_cast<int>(mountId);
+      m.handleType = static_cast<int>(type);
+      m.handle.assign(b.Data(), b.Data() + b.Length());
+    }
+    uint64_t id = static_cast<uint64_t>(nodeid);
+    auto old = meta_.find(id);
+    if (old != meta_.end()) byDevIno_.erase(DevIno{old->second.dev, old->second.ino});
+    byDevIno_[DevIno{m.dev, m.ino}] = id;
+    meta_[id] = std::move(m);
+    return env.Undefined();
+  }
+
+  // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
+  Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
+    Args a(info, "forgetInode");
+    int64_t nodeid;
+    if (!a.Count(1) || !a.Int(0, "nodeid", 0, kMaxSafe, &nodeid)) return {};
+    uint64_t id = static_cast<uint64_t>(nodeid);
+    auto m = meta_.find(id);
+    if (m != meta_.end()) {
+      auto k = byDevIno_.find(DevIno{m->second.dev, m->second.ino});
+      if (k != byDevIno_.end() && k->second == id) byDevIno_.erase(k);
+      meta_.erase(m);
+    }
+    inodes_.erase(id);
+    return info.Env().Undefined();
+  }
+
   Napi::Value Clear(const Napi::CallbackInfo& info) {
     inodes_.clear();
     files_.clear();
+    meta_.clear();
+    byDevIno_.clear();
     return info.Env().Undefined();
   }
 
@@ -370,6 +510,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("getattr", Napi::Number::New(env, static_cast<double>(getattrs_)));
     o.Set("read", Napi::Number::New(env, static_cast<double>(reads_)));
     o.Set("write", Napi::Number::New(env, static_cast<double>(writes_)));
+    o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -382,8 +523,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   uint32_t attrNsec_ = 0;
   std::unordered_map<uint64_t, int> inodes_;
   std::unordered_map<uint64_t, FileEntry> files_;
+  std::unordered_map<uint64_t, InodeMeta> meta_;
+  std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
-  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, declined_ = 0;
+  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, declined_ = 0;
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;
   int64_t crashOpcode_ = -1;
   Napi::FunctionReference crashFn_;

@@ -37,15 +37,27 @@ struct Chain {
 // Crash points of the native path (shared/crash_points.ts names them).
 enum class NativeCrashPoint : int { kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3 };
 
+// What the server did with a chain it served.
+struct Served {
+  uint32_t usedLen = 0;
+  uint32_t opcode = 0;
+  // The request changed session state that JavaScript must journal before its used element is
+  // published (a LOOKUP: one more lookup of `nodeid`); `reply` is what the guest got.
+  bool needsRecord = false;
+  uint64_t nodeid = 0;
+  uint32_t replyLen = 0;
+  uint8_t reply[160];
+};
+
 // Implemented by fast_fuse.cc; the ring only knows this.
 class ChainServer {
  public:
   virtual ~ChainServer() = default;
-  // Serves the chain completely and returns true with the used length and the opcode, or
-  // returns false having changed nothing the guest or a successor could tell apart from a
-  // request not yet run (the bytes it may have put in writable buffers are overwritten by the
-  // reply the TypeScript server writes).
-  virtual bool Serve(const Chain& chain, uint32_t* usedLen, uint32_t* opcode) = 0;
+  // Serves the chain completely and returns true (with *out filled), or returns false having
+  // changed nothing the guest or a successor could tell apart from a request not yet run (the
+  // bytes it may have put in writable buffers are overwritten by the reply the TypeScript
+  // server writes).
+  virtual bool Serve(const Chain& chain, Served* out) = 0;
   // Whether a crash point is armed (tests only): the ring then reports its points.
   virtual bool CrashArmed() const = 0;
   // The named crash point, for a request of this opcode (tests only; no-op unless armed).

@@ -68,7 +68,7 @@ class ChainFault {
   std::string message;
 };
 
-enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
+enum class PopResult { kEmpty, kServed, kChain, kRecord, kMalformed, kBroken };
 
 class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
  public:
@@ -93,6 +93,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       InstanceMethod<&NativeRing::SetCallFd>("setCallFd"),
       InstanceAccessor<&NativeRing::Scratch>("scratch"),
       InstanceAccessor<&NativeRing::LastError>("lastError"),
+      InstanceAccessor<&NativeRing::RecordReply>("recordReply"),
     });
   }
 
@@ -190,6 +191,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     usedIdx_ = LoadAcquire16(used_ + 2);
     publishedUsed_ = signalledUsed_ = usedIdx_;
     scratch_ = Napi::Persistent(Napi::Float64Array::New(env, 5 + 3 * kScratchTriples));
+    recordReply_ = Napi::Persistent(Napi::Uint8Array::New(env, sizeof(Served::reply)));
   }
 
   // --- JS methods
@@ -206,6 +208,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       case PopResult::kEmpty: return Napi::Number::New(env, -1);
       case PopResult::kMalformed: return MalformedValue(env);
       case PopResult::kBroken: Broken(env, lastError_); return {};
+      case PopResult::kRecord: return ExportRecord(env);
       default: return Export(env, chain_, false);
     }
   }
@@ -407,6 +410,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
 
   Napi::Value Scratch(const Napi::CallbackInfo& info) { return scratch_.Value(); }
   Napi::Value LastError(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lastError_); }
+  Napi::Value RecordReply(const Napi::CallbackInfo& info) { return recordReply_.Value(); }
 
   // --- internals
 
@@ -442,6 +446,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   // Pops chains and serves what the server takes, until one needs JavaScript (kChain, in
   // chain_; kMalformed, in lastError_/malformedHead_), the ring is empty or broken.
   PopResult PopServe() {
+    Served served;
     for (;;) {
       uint32_t pending;
       if (!PendingInternal(&pending)) return PopResult::kBroken;
@@ -466,12 +471,17 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
         return PopResult::kMalformed;
       }
       if (server_ == nullptr) return PopResult::kChain;
-      uint32_t len = 0, opcode = 0;
       if (server_->CrashArmed()) server_->CrashPoint(NativeCrashPoint::kAfterPop, PeekOpcode());
-      if (!server_->Serve(chain_, &len, &opcode)) return PopResult::kChain;
-      PushUsedInternal(head, len);
+      if (!server_->Serve(chain_, &served)) return PopResult::kChain;
+      PushUsedInternal(head, served.usedLen);
+      if (served.needsRecord) {
+        // Published only after JavaScript journaled its effect, by its flush (barrier first).
+        jsPushed_++;
+        record_ = served;
+        return PopResult::kRecord;
+      }
       served_++;
-      if (server_->CrashArmed()) servedOpcodes_.push_back(opcode);
+      if (server_->CrashArmed()) servedOpcodes_.push_back(served.opcode);
     }
   }
 
@@ -657,6 +667,20 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     return Napi::Number::New(env, -2);
   }
 
+  // A served request JavaScript must journal: -3, scratch = [head, counter, opcode, nodeid,
+  // replyLen], the reply's bytes in `recordReply`.
+  Napi::Value ExportRecord(Napi::Env env) {
+    Napi::Float64Array s = scratch_.Value();
+    s[0] = chain_.head;
+    s[1] = static_cast<double>(chain_.counter);
+    s[2] = record_.opcode;
+    s[3] = static_cast<double>(record_.nodeid);
+    s[4] = record_.replyLen;
+    Napi::Uint8Array r = recordReply_.Value();
+    std::memcpy(r.Data(), record_.reply, std::min<size_t>(record_.replyLen, r.ElementLength()));
+    return Napi::Number::New(env, -3);
+  }
+
   // scratch: [head, counter, resubmitted, nReadable, nWritable, (region, offset, len)...]
   Napi::Value Export(Napi::Env env, const Chain& c, bool resubmitted) {
     size_t triples = c.readable.size() + c.writable.size();
@@ -720,6 +744,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   uint32_t served_ = 0;
   Chain chain_;
   Napi::Reference<Napi::Float64Array> scratch_;
+  Napi::Reference<Napi::Uint8Array> recordReply_;
+  Served record_;
   std::string lastError_;
   ChainServer* server_ = nullptr;
   Napi::ObjectReference serverRef_;

@@ -65,6 +65,10 @@ for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GE
   for (const fastPath of [true, false]) {
     const { s, stateDir } = await session(t, fastPath, medium === 'tmpfs');
     const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    // A LOOKUP of a known inode: the fast path's (its count journaled by TypeScript).
+    const again = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    t.equal(again.nodeid, e.nodeid, 'a second LOOKUP names the same nodeid');
+    sameAttr(t, again.attr, fs.lstatSync(s.host('data'), { bigint: true }), 'with the attributes of the file');
     const o = await s.fuse.open(e.nodeid, F.O.RDWR);
     const attr = await s.fuse.getattr(e.nodeid);
     sameAttr(t, attr.attr, fs.lstatSync(s.host('data'), { bigint: true }), `GETATTR matches lstat (fast path ${fastPath})`);
@@ -76,13 +80,20 @@ for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GE
     t.equal(await s.fuse.write(e.nodeid, o.fh, 10, Buffer.from('written here')), 12, 'WRITE says 12 bytes');
     t.equal(fs.readFileSync(s.host('data')).subarray(10, 22).toString(), 'written here', 'the bytes reached the file');
     const after = await s.fuse.read(e.nodeid, o.fh, 0, 32);
-    replies[String(fastPath)] = { attrValid: [attr.attrValid, attr.attrValidNsec], head, tail, past, after: after.toString('hex') };
+    replies[String(fastPath)] = { attrValid: [attr.attrValid, attr.attrValidNsec], head, tail, past, after: after.toString('hex'),
+      entry: [again.entryValid, again.attrValid, again.generation] };
     t.equal(tail.length, 1000, 'a read across EOF is short');
     t.equal(past.length, 0, 'a read past EOF is empty');
     if (fastPath) {
       const writes = medium === 'tmpfs' ? 1 : 0;
-      const f = await fastStats(stateDir, (x) => x.getattr >= 2 && x.read >= 4 && x.write >= writes, 'the fast path counters');
-      t.ok(f.getattr >= 2 && f.read >= 4 && f.write >= writes, `served natively: ${JSON.stringify(f)}`);
+      const f = await fastStats(stateDir, (x) => x.getattr >= 2 && x.read >= 4 && x.write >= writes && (x.lookup ?? 0) >= 1, 'the fast path counters');
+      t.ok(f.getattr >= 2 && f.read >= 4 && f.write >= writes && (f.lookup ?? 0) >= 1, `served natively: ${JSON.stringify(f)}`);
+      // Two LOOKUPs, two counts: one FORGET leaves the inode, the second drops it.
+      await s.fuse.forget(e.nodeid, 1);
+      t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, attr.attr.ino, 'known after one FORGET');
+      await s.fuse.release(e.nodeid, o.fh);
+      await s.fuse.forget(e.nodeid, 1);
+      t.equal(await errnoOf(s.fuse.getattr(e.nodeid)), EBADF, 'gone after the second: the fast-path LOOKUP counted once');
     } else {
       await waitFor(() => queryStatus(stateDir).fuse.inodes >= 2, 'worker stats');
       t.equal(queryStatus(stateDir).fuse.fastPath, null, '--no-fast-path: status says the fast path is off');

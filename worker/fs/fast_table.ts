@@ -41,6 +41,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
   syncAll(): void {
     this.server.clear();
     for (const rec of this.session.inodeRecords()) {
+      this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
       const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
       if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
     }
@@ -88,12 +89,19 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       case 'closeFile':
         this.server.deleteFile(m.fh);
         return;
+      case 'addInode': {
+        const rec = this.session.getInode(m.nodeid);
+        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+        return;
+      }
       case 'forget':
-        if (this.session.getInode(m.nodeid) === undefined) this.server.deleteInode(m.nodeid);
+        if (this.session.getInode(m.nodeid) === undefined) this.server.forgetInode(m.nodeid);
         return;
       case 'reset': {
         this.server.clear();
         const root = this.registry.get(ROOT_FD_NAME);
+        const rec = this.session.getInode(FUSE_ROOT_ID);
+        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
         if (root !== undefined) this.server.setInode(FUSE_ROOT_ID, root);
         return;
       }

@@ -273,6 +273,10 @@ export class PassthroughFs implements FileSystem {
     return this.inodes.lookup(parent, name);
   }
 
+  addLookup(nodeid: NodeId): void {
+    this.session.addLookup(nodeid);
+  }
+
   forget(nodeid: NodeId, nlookup: number): void {
     this.inodes.forget(nodeid, nlookup);
   }

@@ -13,6 +13,7 @@ import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
 import type { ChainHandler } from '../virtqueue/queue_server';
+import type { RingServedRequest } from '../virtqueue/split_ring';
 import * as K from './constants';
 import * as ERRNO from '../../shared/errno';
 import * as P from './protocol';
@@ -272,6 +273,28 @@ export class FuseServer implements ChainHandler {
     this.log.error({ queue: queueIndex, head, deaths }, 'poison request: even answering it killed the worker; returned unread');
     this.unpublished.set(`${queueIndex}.${head}`, { key, opcode: 0 });
     return 'drop';
+  }
+
+  /** A LOOKUP the addon answered (native/src/fast_fuse.cc): its lookup count and its outcome
+   * are journaled as TypeScript's own LOOKUP would journal them (dispatch), so the group commit
+   * makes both durable before the reply is published, and a resubmission after a crash gets
+   * the recorded reply instead of a second count. */
+  ringServed(req: RingServedRequest, queueIndex: number): void {
+    const ledger = this.opts.ledger;
+    const key = requestKey(queueIndex, req.head, req.counter);
+    ledger?.beginRequest(key, req.opcode, false, null);
+    try {
+      this.fs.addLookup!(req.nodeid);
+    } catch (e) {
+      // Cannot happen: the fast path answers only for inodes in its table, which leave it with
+      // the session's FORGET before anything else runs. Logged: the reply is already written.
+      this.log.error({ nodeid: req.nodeid, err: e instanceof Error ? e.message : String(e) }, 'fast-path LOOKUP of an inode the session does not know');
+    }
+    ledger?.endSync();
+    if (ledger !== undefined) {
+      ledger.outcome(key, req.reply);
+      this.unpublished.set(`${queueIndex}.${req.head}`, { key, opcode: req.opcode });
+    }
   }
 
   /** The queue's PublishBarrier (worker/state/durability.ts) has made the outcomes durable. */

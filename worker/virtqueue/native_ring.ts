@@ -4,7 +4,7 @@
 // segments point into the same guest memory buffers as GuestMemory's.
 import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
-import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type VirtRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedRequest, type VirtRing } from './split_ring';
 
 /** Runs an addon ring call, turning its ring breakage into a RingError. */
 function ringCall<T>(f: () => T): T {
@@ -37,10 +37,15 @@ export class NativeSplitRing implements VirtRing {
     return this.ring.lastAvailIdx();
   }
 
-  pop(): DescriptorChain | ChainError | null {
+  pop(): DescriptorChain | ChainError | RingServedRequest | null {
     const r = ringCall(() => this.ring.pop());
     if (r === -1) return null;
     if (r === -2) return new ChainError(this.ring.lastError, this.ring.scratch[0]!);
+    if (r === -3) {
+      const s = this.ring.scratch;
+      return { served: true, head: s[0]!, counter: BigInt(s[1]!), opcode: s[2]!, nodeid: s[3]!,
+        reply: Buffer.from(this.ring.recordReply.subarray(0, s[4]!)) };
+    }
     return this.chainFromScratch();
   }
 

@@ -4,7 +4,7 @@
 // and at most one interrupt.
 import type { Logger } from '../../shared/log';
 import { errorInfo } from '../../shared/errors';
-import { ChainError, RingError, type DescriptorChain, type VirtRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type RingServedRequest, type VirtRing } from './split_ring';
 import { crashPoint } from '../../shared/crash_points';
 
 /** What the vhost-user backend drives per queue (implemented by QueueServer). */
@@ -38,6 +38,9 @@ export interface ChainHandler {
   /** These heads' used elements are about to become visible to the guest (the PublishBarrier
    * has run). */
   beforePublish?(queueIndex: number, heads: number[]): void;
+  /** The ring served this request itself and pushed its used element; its session effect
+   * must be journaled now (it is published at the next flush, after the barrier). */
+  ringServed?(req: RingServedRequest, queueIndex: number): void;
   /** These heads' used elements are now visible to the guest (they will never be
    * resubmitted). */
   published?(queueIndex: number, heads: number[]): void;
@@ -133,7 +136,13 @@ export class QueueServer implements QueueHandler {
     this.flush();
   }
 
-  private dispatch(c: DescriptorChain | ChainError): void {
+  private dispatch(c: DescriptorChain | ChainError | RingServedRequest): void {
+    if ('served' in c) {
+      this.handler.ringServed?.(c, this.index);
+      this.unpublished.push(c.head);
+      if (this.completedSinceStart++ === 0 && this.onFirstCompletion) this.onFirstCompletion();
+      return;
+    }
     if (c instanceof ChainError) {
       // A hostile guest can send these in a loop: log a bounded number per second.
       const now = Date.now();

@@ -46,6 +46,18 @@ export interface DescriptorChain {
   writableLen: number;
 }
 
+/** A request the ring served itself whose session effect JavaScript must journal before its
+ * used element (already pushed) is published: a LOOKUP of a known inode, one more lookup of
+ * `nodeid`. `reply` is what the guest got. */
+export interface RingServedRequest {
+  served: true;
+  head: number;
+  counter: bigint;
+  opcode: number;
+  nodeid: number;
+  reply: Buffer;
+}
+
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
  * native_ring.ts's NativeSplitRing (the same algorithm in the addon, which may also serve
  * requests itself). */
@@ -56,7 +68,7 @@ export interface VirtRing {
   readonly lastAvailIdx: number;
   /** The next chain for JavaScript, null when none is available, or a ChainError for a
    * malformed one (to complete with length 0). */
-  pop(): DescriptorChain | ChainError | null;
+  pop(): DescriptorChain | ChainError | RingServedRequest | null;
   readChain(head: number): DescriptorChain | ChainError;
   counterOf(head: number): bigint;
   pushUsed(head: number, len: number): void;
