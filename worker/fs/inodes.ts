@@ -201,8 +201,9 @@ export class Inodes {
     const known = this.session.findInode(stat.readBigUInt64LE(STAT.dev), stat.readBigUInt64LE(STAT.ino));
     if (known === undefined) return null;
     if (known.handle !== null && this.fds.local?.holds(known.fdName) !== true) {
+      const h = known.handle;
       try {
-        if (!sameHandle(known.handle, native.nameToHandleAt(dirFd, name, 0))) return null;
+        if (!native.sameHandleAt(dirFd, name, 0, h.mountId, h.handleType, h.handle)) return null;
       } catch {
         return null;
       }
