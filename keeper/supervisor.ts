@@ -159,10 +159,12 @@ export class WorkerSupervisor {
    * the keeper reaped the launcher), else the process itself. */
   private signal(child: ChildProcess, sig: NodeJS.Signals): void {
     if (child.exitCode !== null || child.signalCode !== null) return;
-    const pid = this.opts.launcherForks === true ? this.hostPidOf(child.pid) : null;
+    const forks = this.opts.launcherForks === true;
+    const pid = forks ? this.hostPidOf(child.pid) : null;
     if (pid === null) {
       // Not known yet (it has sent nothing): the launcher, whose death (--kill-child) kills it.
-      child.kill(sig === 'SIGTERM' ? 'SIGKILL' : sig);
+      // Without a launcher the child is the worker itself and gets the signal asked for.
+      child.kill(forks && sig === 'SIGTERM' ? 'SIGKILL' : sig);
       return;
     }
     try {

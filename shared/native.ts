@@ -299,6 +299,9 @@ export interface NativeAddon {
    * conflict with LOCK_NB throws code "EAGAIN" (== EWOULDBLOCK). */
   flock(fd: number, operation: number): void;
   nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
+  /** Whether name_to_handle_at of `path` gives exactly this handle (compared natively: no
+   * object or Buffer per call). */
+  sameHandleAt(dirfd: number, path: PathLike, flags: number, mountId: number, handleType: number, handle: Buffer): boolean;
   openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number;
 
   // --- confinement (worker/sandbox.ts)

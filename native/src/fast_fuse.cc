@@ -232,8 +232,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
 
   // LOOKUP of a name whose inode the session knows (worker/fs/inodes.ts lookupKnown, the same
   // test): fstatat of the name under the parent's fd, its (dev, ino) in the table, and for an
-  // inode named by a file handle the name's handle equal to the recorded one (nothing pins such
-  // an inode, so its number may have been reused). One more lookup of that nodeid is the
+  // inode named by a file handle whose fd nobody holds the name's handle equal to the recorded
+  // one (nothing pins such an inode, so its number may have been reused). One more lookup of that nodeid is the
   // session effect, which JavaScript journals before the reply is published (needsRecord).
   // '.', '..', new inodes and every error are TypeScript's.
   bool Lookup(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
@@ -250,7 +250,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
     if (known == byDevIno_.end()) return Decline();
     const InodeMeta& m = meta_.at(known->second);
-    if (m.hasHandle) {
+    // An inode whose O_PATH fd we hold (in the table: the cache or the keeper has it open) is
+    // pinned, so its number cannot have been reused: its handle need not be compared.
+    if (m.hasHandle && inodes_.count(known->second) == 0) {
       union {
         file_handle fh;
         uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];

@@ -757,6 +757,38 @@ Napi::Value NameToHandleAt(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// Whether `path` under dirfd has exactly this handle (mount id, type, bytes): name_to_handle_at
+// compared here, without the object and Buffer nameToHandleAt builds (READDIRPLUS of known
+// inodes asks this once per entry).
+Napi::Value SameHandleAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "sameHandleAt");
+  int dirfd, flags;
+  std::string path;
+  int64_t mountId, type;
+  char* want;
+  size_t wantLen;
+  if (!a.Count(6) || !a.DirFd(0, "dirfd", &dirfd) || !a.Path(1, "path", "name_to_handle_at", &path) ||
+      !a.Flags(2, "flags", &flags) || !a.Int(3, "mountId", 0, (int64_t{1} << 53), &mountId) ||
+      !a.Int(4, "handleType", INT32_MIN, INT32_MAX, &type) || !a.Buf(5, "handle", &want, &wantLen))
+    return {};
+  HandleBuf hb;
+  hb.fh.handle_bytes = MAX_HANDLE_SZ;
+  union {
+    int i;
+    uint64_t u;
+  } mnt;
+  mnt.u = 0;
+  if (name_to_handle_at(dirfd, path.c_str(), &hb.fh, &mnt.i, flags) < 0) {
+    ThrowErrno(env, errno, "name_to_handle_at");
+    return {};
+  }
+  const int64_t got = (flags & 0x1) != 0 ? static_cast<int64_t>(mnt.u) : static_cast<int64_t>(mnt.i);
+  const bool same = got == mountId && hb.fh.handle_type == type && hb.fh.handle_bytes == wantLen &&
+                    memcmp(hb.fh.f_handle, want, wantLen) == 0;
+  return Napi::Boolean::New(env, same);
+}
+
 Napi::Value OpenByHandleAt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "openByHandleAt");
@@ -841,6 +873,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
       {"fcntlLock", FcntlLock},
       {"flock", Flock},
       {"nameToHandleAt", NameToHandleAt},
+      {"sameHandleAt", SameHandleAt},
       {"openByHandleAt", OpenByHandleAt},
   };
   for (const Fn& f : fns) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));

@@ -15,6 +15,8 @@
 //                      The large-session rows run twice: with inode file handles (no fd per
 //                      inode: the full size) and with an fd per inode (capped by RLIMIT_NOFILE).
 //   --seconds S        length of each time-bounded micro run (default 3; quick 0.5)
+//   --rows K,...       only these micro metrics (micro.ts MetricKey: readdirplus_first,
+//                      create_release...; default all): a profile of one row, a quick check
 //   --profile DIR      CPU-profile our backend's processes (micro sessions): DIR/<variant>-<repeat>/
 //   --no-snapshot      run the checkout's build directly (default: a private copy, see below)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
@@ -73,6 +75,7 @@ interface Config {
   guestRepeats: number;
   groups: Set<Group>;
   profileDir: string | null;
+  rows: Set<MetricKey> | null;
 }
 
 function config(): Config {
@@ -100,6 +103,7 @@ function config(): Config {
     guestRepeats: repeats,
     groups: new Set<Group>((only as Group[] | undefined) ?? GROUPS),
     profileDir: arg('profile') ? path.resolve(arg('profile')!) : null,
+    rows: arg('rows') ? new Set(arg('rows')!.split(',').map((r) => r.trim()).filter(Boolean) as MetricKey[]) : null,
   };
 }
 
@@ -187,14 +191,24 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
       }
       if (!load1.has(v)) load1.set(v, []);
       load1.get(v)!.push(Math.round(os.loadavg()[0]! * 100) / 100);
-      const s = await openBenchSession(v, { sharedDir: fx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env });
+      // A confined worker cannot write its profile (its root is the read-only share, and as
+      // PID 1 of its pid namespace SIGTERM ends it natively, before any JS handler): profiled
+      // sessions run it unconfined. The rates of such a run are not comparable.
+      const extraArgs = cfg.profileDir && v !== 'c-virtiofsd' ? ['--sandbox', 'none', '--seccomp', 'none'] : [];
+      const s = await openBenchSession(v, { sharedDir: fx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env, extraArgs });
       try {
         await warmUp(s, fx);
         if (v === 'ours-nojournal') noJournalHonoured.push(s.backend.log().includes(`${NO_JOURNAL_ENV}=1`));
-        const only = v === 'ours-journal' || v === 'ours-nojournal' ? new Set(journalKeys) : undefined;
+        const only = v === 'ours-journal' || v === 'ours-nojournal' ? new Set(journalKeys) : cfg.rows ?? undefined;
         const res = await runMicro(s, fx, cfg.micro, `${v}-${rep}`, only, log);
         if (!results.has(v)) results.set(v, []);
         results.get(v)!.push(res);
+        if (env.VFSK_BENCH_PROF_DIR !== undefined) {
+          // Each row's time window, to split the profiles by row (prof_summary --windows).
+          const windows = Object.fromEntries([...res].map(([k, x]) => [k, x.extra?.windowUs ?? null]));
+          fs.mkdirSync(env.VFSK_BENCH_PROF_DIR, { recursive: true });
+          fs.writeFileSync(path.join(env.VFSK_BENCH_PROF_DIR, 'windows.json'), JSON.stringify(windows));
+        }
         const brief = [...res].filter(([k]) => ['getattr', 'lookup_cold', 'create_release', 'seq_read', 'rand_read_qd1'].includes(k))
           .map(([k, x]) => `${k} ${fmtNum(x.value)}`).join(', ');
         log(`repeat ${rep + 1}/${cfg.repeats} ${v}: ${brief} (${((Date.now() - t0) / 1000).toFixed(1)} s; load ${load1.get(v)!.at(-1)})`);

@@ -176,6 +176,14 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
   only?: ReadonlySet<MetricKey>, log: (m: string) => void = () => {}): Promise<Map<MetricKey, Sample>> {
   const out = new Map<MetricKey, Sample>();
   const want = (k: MetricKey): boolean => only === undefined || only.has(k);
+  // Each row's time window on CLOCK_MONOTONIC (µs, as V8's CPU profiles count): from the last
+  // lap() to its put(), so that prof_summary --windows can split a profile by row.
+  const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
+  let lapFrom = nowUs();
+  const lap = (): void => { lapFrom = nowUs(); };
+  const put = (k: MetricKey, x: Sample, windowUs: [number, number] = [lapFrom, nowUs()]): void => {
+    out.set(k, { ...x, extra: { ...x.extra, windowUs } });
+  };
   const durationMs = p.seconds * 1000;
   const fuse = s.fuse;
   const root = F.FUSE_ROOT_ID;
@@ -188,17 +196,20 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
     const lean = new LeanFuse(s.fe, META_DEPTH, 4096);
     try {
       if (want('getattr')) {
+        lap();
         const r = await measured(s, () => runPool(lean, META_DEPTH, (sl) => lean.getattr(sl, hot), { durationMs }));
-        out.set('getattr', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        put('getattr', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
       }
       if (want('lookup_hot')) {
+        lap();
         const name = nameArg('hot.txt');
         const r = await measured(s, () => runPool(lean, META_DEPTH, (sl) => lean.lookup(sl, root, name), { durationMs }));
-        out.set('lookup_hot', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        put('lookup_hot', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
         // Give the lookups back (one FORGET for the accumulated count).
         await fuse.forget(hot, r.ops);
       }
       if (want('lookup_cold')) {
+        lap();
         const cold = (await fuse.lookup(root, 'cold')).nodeid;
         const names = Array.from({ length: DIR_ENTRIES }, (_, i) => nameArg(`f${String(i).padStart(5, '0')}`));
         const ids = new Map<bigint, number>();
@@ -206,10 +217,11 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
           const id = await lean.lookup(sl, cold, names[i]!);
           ids.set(id, (ids.get(id) ?? 0) + 1);
         }, { count: DIR_ENTRIES }));
-        out.set('lookup_cold', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        put('lookup_cold', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
         await batchForget(s, ids);
       }
       if (want('create_release') || want('unlink')) {
+        lap();
         const dname = `c-${tag}`;
         const dir = (await fuse.mkdir(wdir, dname, 0o755)).nodeid;
         const names = Array.from({ length: p.creates }, (_, i) => nameArg(`n${String(i).padStart(6, '0')}`));
@@ -220,9 +232,10 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
           ids.set(c.nodeid, (ids.get(c.nodeid) ?? 0) + 1);
           await lean.release(sl, c.nodeid, c.fh, F.O.WRONLY);
         }, { count: p.creates }));
-        out.set('create_release', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        put('create_release', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        lap();
         const u = await measured(s, () => runPool(lean, META_DEPTH, (sl, i) => lean.unlink(sl, dir, names[i]!), { count: p.creates }));
-        if (want('unlink')) out.set('unlink', { value: rate(u), cpuUsPerOp: u.cpuUsPerOp, clientCpuUsPerOp: u.clientCpuUsPerOp });
+        if (want('unlink')) put('unlink', { value: rate(u), cpuUsPerOp: u.cpuUsPerOp, clientCpuUsPerOp: u.clientCpuUsPerOp });
         await batchForget(s, ids);
         await fuse.rmdir(wdir, dname);
       }
@@ -230,11 +243,16 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
       if (want('readdirplus_first') || want('readdirplus_again')) {
         const list = (await fuse.lookup(root, 'list')).nodeid;
         const times: number[] = [];
+        /** Backend CPU of each listing, µs (the "op" of these rows is one whole listing). */
+        const cpus: number[] = [];
         let entries = 0;
         let calls = 0;
         const meter = new CpuMeter(() => s.pids());
         const sl = lean.slots[0]!;
+        const windows: Array<[number, number]> = [];
         for (let k = 0; k < p.listings; k++) {
+          lap();
+          const one = new CpuMeter(() => s.pids());
           const t0 = performance.now();
           const dh = await fuse.opendir(list);
           let off = 0n;
@@ -248,22 +266,26 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
           }
           await fuse.releasedir(list, dh.fh);
           times.push(performance.now() - t0);
+          cpus.push(one.elapsedMs() * 1000);
+          windows.push([lapFrom, nowUs()]);
           entries = n;
         }
         if (entries < DIR_ENTRIES) throw new Error(`READDIRPLUS listed ${entries} entries, expected at least ${DIR_ENTRIES}`);
         const cpuUsPerListing = (meter.elapsedMs() * 1000) / p.listings;
-        out.set('readdirplus_first', { value: times[0]!, extra: { entries, callsPerListing: calls / p.listings } });
+        put('readdirplus_first', { value: times[0]!, cpuUsPerOp: cpus[0]!, extra: { entries, callsPerListing: calls / p.listings } }, windows[0]!);
         if (times.length > 1) {
           const again = times.slice(1);
-          out.set('readdirplus_again', { value: again.reduce((a, b) => a + b, 0) / again.length, extra: { listingsMs: times.map((t) => Math.round(t * 10) / 10), cpuUsPerListingAll: Math.round(cpuUsPerListing) } });
+          const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+          put('readdirplus_again', { value: mean(again), cpuUsPerOp: mean(cpus.slice(1)), extra: { listingsMs: times.map((t) => Math.round(t * 10) / 10), cpuUsPerListingAll: Math.round(cpuUsPerListing) } }, [windows[1]![0], windows.at(-1)![1]]);
         }
       }
       // --- GETATTR latency at QD1 --------------------------------------------------------------
       if (want('getattr_p50') || want('getattr_p99')) {
+        lap();
         const lat: number[] = [];
         await runPool(lean, 1, (sl) => lean.getattr(sl, hot), { durationMs: Math.min(durationMs, 2000) }, lat);
-        out.set('getattr_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
-        out.set('getattr_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
+        put('getattr_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
+        put('getattr_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
       }
     } finally {
       lean.free();
@@ -273,6 +295,7 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
   // --- data path ---------------------------------------------------------------------------------
   const chunks = fx.bigMiB;
   if (want('seq_read')) {
+    lap();
     const big = (await fuse.lookup(root, 'big.bin')).nodeid;
     const fh = (await fuse.open(big, F.O.RDONLY)).fh;
     const lean = new LeanFuse(s.fe, SEQ_DEPTH, MIB);
@@ -285,13 +308,14 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
         if (n !== MIB) short++;
       }, { durationMs: Math.max(durationMs, 1000) }));
       if (short > 0) throw new Error(`${short} short 1 MiB reads`);
-      out.set('seq_read', { value: (r.ops * MIB) / 1e6 / (r.ms / 1000), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp, extra: { passes: Math.round((r.ops / chunks) * 10) / 10 } });
+      put('seq_read', { value: (r.ops * MIB) / 1e6 / (r.ms / 1000), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp, extra: { passes: Math.round((r.ops / chunks) * 10) / 10 } });
     } finally {
       lean.free();
     }
     await fuse.release(big, fh, F.O.RDONLY);
   }
   if (want('seq_write')) {
+    lap();
     const name = `seq-${tag}.bin`;
     const c = await fuse.create(wdir, name, F.O.WRONLY);
     const lean = new LeanFuse(s.fe, SEQ_DEPTH, 64, MIB);
@@ -302,7 +326,7 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
         if (n !== MIB) short++;
       }, { count: chunks }));
       if (short > 0) throw new Error(`${short} short 1 MiB writes`);
-      out.set('seq_write', { value: (r.ops * MIB) / 1e6 / (r.ms / 1000), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+      put('seq_write', { value: (r.ops * MIB) / 1e6 / (r.ms / 1000), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
     } finally {
       lean.free();
     }
@@ -321,13 +345,15 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
     try {
       await runPool(lean, 32, (sl) => lean.read(sl, big, fh, rnd(), 4096), { count: 2000 }); // warm-up
       const lat: number[] = [];
+      lap();
       const r1 = await measured(s, () => runPool(lean, 1, (sl) => lean.read(sl, big, fh, rnd(), 4096), { durationMs }, lat));
-      out.set('rand_read_qd1', { value: rate(r1), cpuUsPerOp: r1.cpuUsPerOp, clientCpuUsPerOp: r1.clientCpuUsPerOp });
-      out.set('read4k_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
-      out.set('read4k_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
+      put('rand_read_qd1', { value: rate(r1), cpuUsPerOp: r1.cpuUsPerOp, clientCpuUsPerOp: r1.clientCpuUsPerOp });
+      put('read4k_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
+      put('read4k_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
       if (want('rand_read_qd32')) {
+        lap();
         const r32 = await measured(s, () => runPool(lean, 32, (sl) => lean.read(sl, big, fh, rnd(), 4096), { durationMs }));
-        out.set('rand_read_qd32', { value: rate(r32), cpuUsPerOp: r32.cpuUsPerOp, clientCpuUsPerOp: r32.clientCpuUsPerOp });
+        put('rand_read_qd32', { value: rate(r32), cpuUsPerOp: r32.cpuUsPerOp, clientCpuUsPerOp: r32.clientCpuUsPerOp });
       }
     } finally {
       lean.free();
@@ -346,7 +372,7 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
     }
     const r = peakRss(s, workerPid, standbyPid);
     const partsMiB = Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, Math.round((v / 1024) * 10) / 10]));
-    out.set('rss', { value: r.totalKb / 1024, extra: { partsMiB } });
+    put('rss', { value: r.totalKb / 1024, extra: { partsMiB } });
     log(`  peak RSS ${JSON.stringify(partsMiB)} MiB`);
   }
   return out;

@@ -1,19 +1,25 @@
-// `node dist/test/bench/prof_summary.js FILE.cpuprofile [N]`: the N functions with the most self
-// time in a V8 CPU profile (as written by --profile), with their share of all samples.
+// `node dist/test/bench/prof_summary.js FILE.cpuprofile [N] [--windows windows.json]`: the N
+// functions with the most self time in a V8 CPU profile (as written by --profile), with their
+// share of all samples. With --windows (the bench writes DIR/<variant>-<repeat>/windows.json
+// beside the profiles: each micro row's CLOCK_MONOTONIC window in µs), one table per row, of the
+// samples inside its window only.
 import * as fs from 'node:fs';
 
 interface Node { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
-interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
+interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[]; startTime: number }
 
-export function summarise(file: string, top = 25): string {
+export function summarise(file: string, top = 25, window: [number, number] | null = null): string {
   const p = JSON.parse(fs.readFileSync(file, 'utf8')) as Profile;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const self = new Map<string, number>();
   let total = 0;
+  let t = p.startTime;
   for (let i = 0; i < p.samples.length; i++) {
+    const dt = p.timeDeltas[i] ?? 0;
+    t += dt;
+    if (window !== null && (t < window[0] || t > window[1])) continue;
     const n = byId.get(p.samples[i]!);
     if (!n) continue;
-    const dt = p.timeDeltas[i] ?? 0;
     total += dt;
     const f = n.callFrame;
     const key = `${f.functionName || '(anonymous)'} ${f.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${f.lineNumber + 1}`;
@@ -27,10 +33,21 @@ export function summarise(file: string, top = 25): string {
 }
 
 if (require.main === module) {
-  const [file, n] = process.argv.slice(2);
-  if (!file) {
-    process.stderr.write('usage: prof_summary FILE.cpuprofile [N]\n');
+  const args = process.argv.slice(2);
+  const w = args.indexOf('--windows');
+  const windowsFile = w >= 0 ? args.splice(w, 2)[1] : undefined;
+  const [file, n] = args;
+  if (!file || (w >= 0 && !windowsFile)) {
+    process.stderr.write('usage: prof_summary FILE.cpuprofile [N] [--windows windows.json]\n');
     process.exit(2);
   }
-  process.stdout.write(summarise(file, Number(n ?? 25)) + '\n');
+  if (windowsFile === undefined) {
+    process.stdout.write(summarise(file, Number(n ?? 25)) + '\n');
+  } else {
+    const windows = JSON.parse(fs.readFileSync(windowsFile, 'utf8')) as Record<string, [number, number] | null>;
+    for (const [row, win] of Object.entries(windows)) {
+      if (win === null) continue;
+      process.stdout.write(`== ${row} (${((win[1] - win[0]) / 1000).toFixed(1)} ms)\n${summarise(file, Number(n ?? 15), win)}\n`);
+    }
+  }
 }

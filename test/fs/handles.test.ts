@@ -8,6 +8,7 @@ import { FdRegistry } from '../../shared/fd_registry';
 import { ConfigurationError } from '../../shared/errors';
 import { FsSession } from '../../worker/fs/session';
 import { PassthroughFs } from '../../worker/fs/passthrough';
+import { InodeFdCache, MIN_CAPACITY } from '../../worker/fs/inode_fds';
 import * as K from '../../worker/fs/host_constants';
 import { ROOT, b, ctx, fdCount, setup, silent, throwsErrno } from './fixtures/helpers';
 
@@ -213,5 +214,31 @@ t.test('fd leaks: lookups, reopens by handle, opens, forgets and a reset leave t
   pfs.destroy();
   t.equal(fdCount(), before, 'nothing left after the reset');
   t.same(registry.names(), ['root']);
+  t.end();
+});
+
+t.test('the inode fd cache evicts the least recently used unpinned fd, in O(1) per insert', (t) => {
+  const cache = new InodeFdCache(new FsSession({ dev: 1n, ino: 2n }), () => -1, MIN_CAPACITY, silent);
+  const open = (): number => native.openat(K.AT_FDCWD, '/', K.O_PATH | K.O_CLOEXEC, 0);
+  const before = fdCount();
+  for (let i = 0; i < MIN_CAPACITY; i++) cache.insert(`inode.${i + 2}`, open());
+  t.equal(cache.cached('inode.2'), cache.cached('inode.2'), 'a cached fd is found');
+  cache.pin('inode.3');
+  cache.insert('inode.100', open());
+  t.ok(cache.holds('inode.2'), 'used recently: kept');
+  t.ok(cache.holds('inode.3'), 'pinned: kept');
+  t.notOk(cache.holds('inode.4'), 'the least recently used unpinned one went');
+  t.equal(cache.size, MIN_CAPACITY);
+  // A long run of new inodes through a full cache (a big listing): what stays is the newest.
+  for (let i = 0; i < 20_000; i++) cache.insert(`inode.${1000 + i}`, open());
+  t.equal(cache.size, MIN_CAPACITY);
+  t.ok(cache.holds('inode.3') && cache.holds('inode.20999'), 'the pinned one and the newest stay');
+  t.notOk(cache.holds('inode.2'));
+  t.equal(fdCount() - before, MIN_CAPACITY, 'every evicted fd was closed');
+  cache.unpin('inode.3');
+  t.equal(cache.relieve(), MIN_CAPACITY / 2, 'relieve closes half');
+  for (let i = 0; i < 21_000; i++) cache.drop(`inode.${i}`);
+  t.equal(cache.size, 0);
+  t.equal(fdCount(), before, 'nothing leaked');
   t.end();
 });

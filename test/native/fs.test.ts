@@ -311,6 +311,21 @@ t.test('name_to_handle_at / open_by_handle_at round trip', async (t) => {
   native.close(d);
 });
 
+t.test('sameHandleAt compares a name\'s handle natively', async (t) => {
+  const dir = t.testdir({ f: 'a', g: 'b' });
+  const d = openDir(dir);
+  const h = native.nameToHandleAt(d, 'f', 0);
+  t.equal(native.sameHandleAt(d, 'f', 0, h.mountId, h.handleType, h.handle), true);
+  t.equal(native.sameHandleAt(d, Buffer.from('f'), 0, h.mountId, h.handleType, h.handle), true, 'a Buffer name');
+  t.equal(native.sameHandleAt(d, 'g', 0, h.mountId, h.handleType, h.handle), false, 'another inode');
+  t.equal(native.sameHandleAt(d, 'f', 0, h.mountId + 1, h.handleType, h.handle), false, 'another mount id');
+  t.equal(native.sameHandleAt(d, 'f', 0, h.mountId, h.handleType + 1, h.handle), false, 'another type');
+  t.equal(native.sameHandleAt(d, 'f', 0, h.mountId, h.handleType, h.handle.subarray(1)), false, 'another length');
+  t.throws(() => native.sameHandleAt(d, 'nope', 0, h.mountId, h.handleType, h.handle), { code: 'ENOENT', syscall: 'name_to_handle_at' });
+  t.throws(() => native.sameHandleAt(d, 'f', 0, h.mountId, h.handleType, 'x' as unknown as Buffer), { name: 'TypeError' });
+  native.close(d);
+});
+
 t.test('fd helpers: dup, setNonBlocking, fdFlags, close', async (t) => {
   const fd = native.eventfd(0, 0);
   t.equal(native.fdFlags(fd).statusFlags & C.O_NONBLOCK, 0);

@@ -58,7 +58,11 @@ export class FdLifetime {
   get(name: string): number {
     const fd = this.registry.get(name);
     if (fd !== undefined) return fd;
-    if (this.local !== null && this.local.owns(name)) return this.local.get(name);
+    if (this.local === null) throw new FsError(K.EBADF, `no fd registered as ${name}`);
+    // A cached fd first: owns() parses the name and looks the inode up.
+    const cached = this.local.cached(name);
+    if (cached !== undefined) return cached;
+    if (this.local.owns(name)) return this.local.get(name);
     throw new FsError(K.EBADF, `no fd registered as ${name}`);
   }
 

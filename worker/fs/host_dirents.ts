@@ -7,22 +7,26 @@ import { EIO } from './host_constants';
 export const DIRENT64_HEADER = 19;
 
 export interface Dirent {
-  /** 8 bytes, little-endian u64 (a copy, not a view on the getdents buffer). */
+  /** 8 bytes, little-endian u64 (not a view on the getdents buffer: see parseDirents). */
   ino: Buffer;
   /** The cookie to seek to for the entry after this one. */
   off: bigint;
   type: number;
-  /** Raw name bytes (a copy). */
+  /** Raw name bytes (likewise). */
   name: Buffer;
 }
 
 /** Parses `length` bytes of getdents64 output. Throws FsError(EIO) on a malformed record (the
- * kernel never produces one; this guards against a wrong length or a buffer mix-up). */
+ * kernel never produces one; this guards against a wrong length or a buffer mix-up). The
+ * entries' ino and name are views on one copy of those bytes (the caller reuses `buf` for the
+ * next getdents64): one allocation per call instead of two per entry. */
 export function parseDirents(buf: Buffer, length: number): Dirent[] {
   if (!Number.isInteger(length) || length < 0 || length > buf.length) {
     throw new FsError(EIO, `getdents64 length ${length} outside buffer of ${buf.length}`);
   }
   const out: Dirent[] = [];
+  if (length === 0) return out;
+  buf = Buffer.from(buf.subarray(0, length));
   let pos = 0;
   while (pos < length) {
     if (length - pos < DIRENT64_HEADER) throw new FsError(EIO, `truncated dirent header at ${pos}`);
@@ -31,16 +35,15 @@ export function parseDirents(buf: Buffer, length: number): Dirent[] {
       throw new FsError(EIO, `bad dirent reclen ${reclen} at ${pos}`);
     }
     const nameStart = pos + DIRENT64_HEADER;
-    const nul = buf.subarray(nameStart, pos + reclen).indexOf(0);
-    const nameEnd = nameStart + nul;
-    if (nul <= 0) {
+    const nameEnd = buf.indexOf(0, nameStart);
+    if (nameEnd <= nameStart || nameEnd >= pos + reclen) {
       throw new FsError(EIO, `bad dirent name at ${pos}`);
     }
     out.push({
-      ino: Buffer.from(buf.subarray(pos, pos + 8)),
+      ino: buf.subarray(pos, pos + 8),
       off: buf.readBigInt64LE(pos + 8),
-      type: buf.readUInt8(pos + 18),
-      name: Buffer.from(buf.subarray(nameStart, nameEnd)),
+      type: buf[pos + 18]!,
+      name: buf.subarray(nameStart, nameEnd),
     });
     pos += reclen;
   }

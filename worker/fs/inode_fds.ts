@@ -80,7 +80,8 @@ function errnoName(e: unknown): string {
   return (e as { code?: string }).code ?? (e as Error).message;
 }
 
-interface Entry { fd: number; pins: number }
+/** A cached fd, linked in recency order. */
+interface Entry { name: string; fd: number; pins: number; prev: Entry | null; next: Entry | null }
 
 /** Who must know which inode fds the cache holds. */
 export interface InodeFdObserver {
@@ -90,8 +91,12 @@ export interface InodeFdObserver {
 }
 
 export class InodeFdCache {
-  /** fd name → entry, least recently used first. */
+  /** fd name → entry. Recency is the linked list (head: least recently used), not the Map's
+   * insertion order: evicting from a Map's front walks every entry deleted since its last
+   * rehash (thousands in a long listing), which cost more than the open it made room for. */
   private readonly lru = new Map<string, Entry>();
+  private head: Entry | null = null;
+  private tail: Entry | null = null;
   private readonly shortage = new LogRateLimiter();
   private mountFd: number | null = null;
   /** Opens by handle since the start (for status and tests). */
@@ -124,24 +129,37 @@ export class InodeFdCache {
     if (old !== undefined) {
       this.observer?.fdClosing(name);
       native.close(old.fd);
+      old.fd = fd;
+      this.touch(old);
+    } else {
+      this.add(name, fd);
     }
-    this.lru.set(name, { fd, pins: old?.pins ?? 0 });
     this.observer?.fdOpened(name, fd);
     this.trim();
   }
 
+  /** The cached fd of `name`, made the most recently used; undefined when none is cached. */
+  cached(name: string): number | undefined {
+    const hit = this.lru.get(name);
+    if (hit === undefined) return undefined;
+    this.touch(hit);
+    return hit.fd;
+  }
+
+  /** Whether an fd of `name` is open here now (no change of recency). While it is, the inode
+   * cannot be freed, so its inode number cannot have been reused. */
+  holds(name: string): boolean {
+    return this.lru.has(name);
+  }
+
   /** The inode's O_PATH fd, opened by handle if the cache has none. */
   get(name: string): number {
-    const hit = this.lru.get(name);
-    if (hit !== undefined) {
-      this.lru.delete(name);
-      this.lru.set(name, hit);
-      return hit.fd;
-    }
+    const hit = this.cached(name);
+    if (hit !== undefined) return hit;
     const rec = this.recordOf(name);
     if (rec === null) throw new FsError(K.EBADF, `no fd registered as ${name}`);
     const fd = this.open(rec);
-    this.lru.set(name, { fd, pins: 0 });
+    this.add(name, fd);
     this.observer?.fdOpened(name, fd);
     this.trim();
     return fd;
@@ -162,7 +180,7 @@ export class InodeFdCache {
   drop(name: string): void {
     const e = this.lru.get(name);
     if (e === undefined) return;
-    this.lru.delete(name);
+    this.remove(e);
     this.observer?.fdClosing(name);
     native.close(e.fd);
   }
@@ -232,14 +250,48 @@ export class InodeFdCache {
 
   private evict(n: number): number {
     let closed = 0;
-    for (const [name, e] of this.lru) {
-      if (closed >= n) break;
-      if (e.pins > 0) continue;
-      this.lru.delete(name);
-      this.observer?.fdClosing(name);
-      native.close(e.fd);
-      closed++;
+    for (let e = this.head; e !== null && closed < n;) {
+      const next = e.next;
+      if (e.pins === 0) {
+        this.remove(e);
+        this.observer?.fdClosing(e.name);
+        native.close(e.fd);
+        closed++;
+      }
+      e = next;
     }
     return closed;
+  }
+
+  private add(name: string, fd: number): void {
+    const e: Entry = { name, fd, pins: 0, prev: this.tail, next: null };
+    if (this.tail !== null) this.tail.next = e;
+    else this.head = e;
+    this.tail = e;
+    this.lru.set(name, e);
+  }
+
+  private remove(e: Entry): void {
+    this.lru.delete(e.name);
+    this.unlink(e);
+  }
+
+  /** Makes e the most recently used. */
+  private touch(e: Entry): void {
+    if (this.tail === e) return;
+    this.unlink(e);
+    e.prev = this.tail;
+    e.next = null;
+    this.tail!.next = e;
+    this.tail = e;
+  }
+
+  private unlink(e: Entry): void {
+    if (e.prev !== null) e.prev.next = e.next;
+    else this.head = e.next;
+    if (e.next !== null) e.next.prev = e.prev;
+    else this.tail = e.prev;
+    e.prev = null;
+    e.next = null;
   }
 }

@@ -189,7 +189,8 @@ export class Inodes {
   /** fstatat of the name (no symlink followed; a single component, so nothing to escape
    * through): when (dev, ino) is an inode we hold, that is the answer without opening a
    * second fd. Safe because our fd pins the inode, so its number cannot have been reused; an
-   * inode named by a handle is pinned by nothing, so the name's handle must be its handle. */
+   * inode named by a handle is pinned only while the worker's cache holds its fd, otherwise
+   * the name's handle must be its handle. */
   private lookupKnown(dirFd: number, name: Buffer): Entry | null {
     const stat = Buffer.allocUnsafe(STAT.SIZE);
     try {
@@ -199,9 +200,10 @@ export class Inodes {
     }
     const known = this.session.findInode(stat.readBigUInt64LE(STAT.dev), stat.readBigUInt64LE(STAT.ino));
     if (known === undefined) return null;
-    if (known.handle !== null) {
+    if (known.handle !== null && this.fds.local?.holds(known.fdName) !== true) {
+      const h = known.handle;
       try {
-        if (!sameHandle(known.handle, native.nameToHandleAt(dirFd, name, 0))) return null;
+        if (!native.sameHandleAt(dirFd, name, 0, h.mountId, h.handleType, h.handle)) return null;
       } catch {
         return null;
       }

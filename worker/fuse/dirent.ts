@@ -8,7 +8,7 @@
 // whole records and never more than the READDIR's `size` bytes.
 import type { DirSink, Entry } from '../fs/filesystem';
 import * as K from './constants';
-import { encodeEntryOut } from './encode';
+import { writeEntryOut } from './encode';
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -73,13 +73,19 @@ export class DirentWriter implements DirSink {
     this.ensureCapacity(this.used + size);
 
     const start = this.used;
-    this.buf.fill(0, start, start + size); // padding and a null entry_out must be zeros
     let dirent = start;
     if (this.plus) {
-      if (entry !== null) encodeEntryOut(entry, this.buf, start);
+      // A null entry_out must be zeros; a real one is written whole.
+      if (entry !== null) writeEntryOut(entry, this.buf, start);
+      else this.buf.fill(0, start, start + K.ENTRY_OUT_SIZE);
       dirent += K.ENTRY_OUT_SIZE;
     }
-    ino.copy(this.buf, dirent, 0, 8);
+    // The padding after the name must be zeros: it lies in the last 8-byte word of the record,
+    // zeroed before the name is copied over its start.
+    this.buf.writeUInt32LE(0, start + size - 8);
+    this.buf.writeUInt32LE(0, start + size - 4);
+    this.buf.writeUInt32LE(ino.readUInt32LE(0), dirent);
+    this.buf.writeUInt32LE(ino.readUInt32LE(4), dirent + 4);
     this.buf.writeBigUInt64LE(nextOffset, dirent + 8);
     this.buf.writeUInt32LE(name.length, dirent + 16);
     this.buf.writeUInt32LE(type, dirent + 20);

@@ -91,6 +91,17 @@ export function errorReply(unique: bigint, errno: number): Buffer {
  * at 2^53-1 seconds, which the kernel treats as "forever" (it caps at MAX_JIFFY_OFFSET), while
  * staying a positive i64 (the kernel reads the u64 as time64_t). */
 export function splitTimeout(seconds: number): { sec: number; nsec: number } {
+  // Every reply of a session carries the same timeout: split it once.
+  if (seconds === lastTimeout) return lastSplit;
+  const r = splitTimeoutNow(seconds);
+  lastTimeout = seconds;
+  lastSplit = r;
+  return r;
+}
+let lastTimeout = Number.NaN;
+let lastSplit: Readonly<{ sec: number; nsec: number }> = { sec: 0, nsec: 0 };
+
+function splitTimeoutNow(seconds: number): { sec: number; nsec: number } {
   if (!(seconds > 0)) return { sec: 0, nsec: 0 };
   if (seconds >= Number.MAX_SAFE_INTEGER) return { sec: Number.MAX_SAFE_INTEGER, nsec: 0 };
   let sec = Math.floor(seconds);
@@ -114,18 +125,24 @@ function statU32(stat: Buffer, offset: number): number {
   return stat.readUInt32LE(offset + 4) !== 0 ? 0xffff_ffff : stat.readUInt32LE(offset);
 }
 
-/** Writes struct fuse_attr (88 bytes) from a STAT_LAYOUT buffer into `out` at `offset` (which the
- * caller has zeroed). ino, size, blocks and the timestamps' seconds are u64/i64 on both sides and
- * are copied bit for bit; fuse_attr.flags stays 0. */
+/** Copies 8 bytes as two u32s: for so few bytes Buffer.copy's native call costs more. */
+function copy8(from: Buffer, at: number, to: Buffer, offset: number): void {
+  to.writeUInt32LE(from.readUInt32LE(at), offset);
+  to.writeUInt32LE(from.readUInt32LE(at + 4), offset + 4);
+}
+
+/** Writes struct fuse_attr (88 bytes, every byte) from a STAT_LAYOUT buffer into `out` at
+ * `offset`. ino, size, blocks and the timestamps' seconds are u64/i64 on both sides and are
+ * copied bit for bit; fuse_attr.flags is 0. */
 export function encodeAttr(stat: Buffer, out: Buffer, offset: number): void {
   if (stat.length < STAT_LAYOUT.SIZE) throw new RangeError(`stat buffer has ${stat.length} bytes`);
   const S = STAT_LAYOUT;
-  stat.copy(out, offset + 0, S.ino, S.ino + 8);
-  stat.copy(out, offset + 8, S.size, S.size + 8);
-  stat.copy(out, offset + 16, S.blocks, S.blocks + 8);
-  stat.copy(out, offset + 24, S.atime, S.atime + 8);
-  stat.copy(out, offset + 32, S.mtime, S.mtime + 8);
-  stat.copy(out, offset + 40, S.ctime, S.ctime + 8);
+  copy8(stat, S.ino, out, offset + 0);
+  copy8(stat, S.size, out, offset + 8);
+  copy8(stat, S.blocks, out, offset + 16);
+  copy8(stat, S.atime, out, offset + 24);
+  copy8(stat, S.mtime, out, offset + 32);
+  copy8(stat, S.ctime, out, offset + 40);
   out.writeUInt32LE(stat.readUInt32LE(S.atimeNsec), offset + 48);
   out.writeUInt32LE(stat.readUInt32LE(S.mtimeNsec), offset + 52);
   out.writeUInt32LE(stat.readUInt32LE(S.ctimeNsec), offset + 56);
@@ -135,22 +152,35 @@ export function encodeAttr(stat: Buffer, out: Buffer, offset: number): void {
   out.writeUInt32LE(stat.readUInt32LE(S.gid), offset + 72);
   out.writeUInt32LE(hostDevToFuseRdev(stat.readUInt32LE(S.rdev), stat.readUInt32LE(S.rdev + 4)), offset + 76);
   out.writeUInt32LE(statU32(stat, S.blksize), offset + 80);
-  // offset + 84: flags = 0 (no submounts, no per-inode DAX)
+  out.writeUInt32LE(0, offset + 84); // flags: no submounts, no per-inode DAX
 }
 
 /** struct fuse_entry_out (128 bytes). A nodeid of 0 is a negative entry (cached ENOENT). */
 export function encodeEntryOut(e: Entry, buf?: Buffer, offset = 0): Buffer {
-  const out = structAt(K.ENTRY_OUT_SIZE, buf, offset);
+  if (buf === undefined) {
+    const out = Buffer.allocUnsafe(K.ENTRY_OUT_SIZE);
+    writeEntryOut(e, out, 0);
+    return out;
+  }
+  if (!(Number.isInteger(offset) && offset >= 0 && offset + K.ENTRY_OUT_SIZE <= buf.length)) {
+    throw new RangeError(`no room for a ${K.ENTRY_OUT_SIZE}-byte struct at offset ${offset} of ${buf.length}`);
+  }
+  writeEntryOut(e, buf, offset);
+  return buf.subarray(offset, offset + K.ENTRY_OUT_SIZE);
+}
+
+/** Writes every byte of fuse_entry_out at `at` (no zeroing first: READDIRPLUS writes one per
+ * entry). */
+export function writeEntryOut(e: Entry, out: Buffer, at: number): void {
   const entry = splitTimeout(e.entryTimeout);
   const attr = splitTimeout(e.attrTimeout);
-  writeU64(out, 0, e.nodeid);
-  writeU64(out, 8, e.generation);
-  writeU64(out, 16, entry.sec);
-  writeU64(out, 24, attr.sec);
-  out.writeUInt32LE(entry.nsec, 32);
-  out.writeUInt32LE(attr.nsec, 36);
-  encodeAttr(e.stat, out, 40);
-  return out;
+  writeU64(out, at, e.nodeid);
+  writeU64(out, at + 8, e.generation);
+  writeU64(out, at + 16, entry.sec);
+  writeU64(out, at + 24, attr.sec);
+  out.writeUInt32LE(entry.nsec, at + 32);
+  out.writeUInt32LE(attr.nsec, at + 36);
+  encodeAttr(e.stat, out, at + 40);
 }
 
 /** struct fuse_attr_out (104 bytes). */
