@@ -6,14 +6,11 @@ import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, typ
 import type { GuestMemory } from './guest_memory';
 import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedRequest, type VirtRing } from './split_ring';
 
-/** Runs an addon ring call, turning its ring breakage into a RingError. */
-function ringCall<T>(f: () => T): T {
-  try {
-    return f();
-  } catch (e) {
-    if (e instanceof Error && (e as { code?: string }).code === 'ERR_VIRTQUEUE_BROKEN') throw new RingError(e.message);
-    throw e;
-  }
+/** The addon's ring breakage as a RingError (other errors as they are). No closure per call:
+ * pop() runs for every request. */
+function ringError(e: unknown): unknown {
+  if (e instanceof Error && (e as { code?: string }).code === 'ERR_VIRTQUEUE_BROKEN') return new RingError(e.message);
+  return e;
 }
 
 export class NativeSplitRing implements VirtRing {
@@ -28,8 +25,12 @@ export class NativeSplitRing implements VirtRing {
     this.buffers = regions.map((r) => r.buffer);
     this.size = addrs.size;
     if (inflight !== null && inflight.queueSize !== addrs.size) throw new RingError('inflight region size differs from the queue size');
-    this.ring = ringCall(() => new native.NativeRing(regions, addrs.size, addrs.descUser, addrs.availUser, addrs.usedUser,
-      lastAvailIdx & 0xffff, eventIdx, indirect, inflight?.view.buffer as ArrayBuffer ?? null, inflight?.base ?? 0));
+    try {
+      this.ring = new native.NativeRing(regions, addrs.size, addrs.descUser, addrs.availUser, addrs.usedUser,
+        lastAvailIdx & 0xffff, eventIdx, indirect, inflight?.view.buffer as ArrayBuffer ?? null, inflight?.base ?? 0);
+    } catch (e) {
+      throw ringError(e);
+    }
     if (server !== null) this.ring.attach(server);
   }
 
@@ -38,7 +39,12 @@ export class NativeSplitRing implements VirtRing {
   }
 
   pop(): DescriptorChain | ChainError | RingServedRequest | null {
-    const r = ringCall(() => this.ring.pop());
+    let r: number;
+    try {
+      r = this.ring.pop();
+    } catch (e) {
+      throw ringError(e);
+    }
     if (r === -1) return null;
     if (r === -2) return new ChainError(this.ring.lastError, this.ring.scratch[0]!);
     if (r === -3) {
@@ -58,9 +64,21 @@ export class NativeSplitRing implements VirtRing {
   counterOf(head: number): bigint { return this.ring.counterOf(head); }
   pushUsed(head: number, len: number): void { this.ring.pushUsed(head, len); }
   publishUsed(): boolean { return this.ring.publishUsed(); }
-  enableNotification(): boolean { return ringCall(() => this.ring.enableNotification()); }
+  enableNotification(): boolean {
+    try {
+      return this.ring.enableNotification();
+    } catch (e) {
+      throw ringError(e);
+    }
+  }
   disableNotification(): void { this.ring.disableNotification(); }
-  pending(): number { return ringCall(() => this.ring.pending()); }
+  pending(): number {
+    try {
+      return this.ring.pending();
+    } catch (e) {
+      throw ringError(e);
+    }
+  }
   availIdx(): number { return this.ring.availIdx(); }
   usedIndex(): number { return this.ring.usedIndex(); }
   recoverInflight(): number[] { return this.ring.recoverInflight(); }
