@@ -29,6 +29,7 @@ import { measureSystemdRecovery, systemdRecoveryUnavailable } from './recovery_s
 import type { InodeFileHandles } from '../../shared/config';
 import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
 import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
+import type { BackendKind } from '../e2e/backends';
 import { DEV_STEPS, describeDevTree, guestDevLoop, type DevLoopResult, type DevTreeShape } from './guest_devloop';
 import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
 import { median, quantile, sig, fmtNum } from './stats';
@@ -393,19 +394,25 @@ async function recoveryPhase(cfg: Config, rows: Row[], withState: boolean): Prom
   }
 }
 
-async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
-  const work = tempDir('vfsk-bench-g-');
+/** Runs `run` for both backends `repeats` times, alternating which goes first. */
+async function alternating<R>(repeats: number, run: (k: BackendKind) => Promise<R>): Promise<Map<BackendKind, R[]>> {
   const kinds = ['ours', 'c-virtiofsd'] as const;
-  const res = new Map<string, Array<{ copyInMs: number; copyOutMs: number }>>();
-  log(`guest: ${describeTree(cfg.tree)}, ${cfg.guestRepeats} repeat(s) per backend`);
-  for (let rep = 0; rep < cfg.guestRepeats; rep++) {
+  const res = new Map<BackendKind, R[]>();
+  for (let rep = 0; rep < repeats; rep++) {
     const order = rep % 2 === 0 ? kinds : [...kinds].reverse();
     for (const k of order) {
-      const r = await guestCopy(k, cfg.tree, work, log);
+      const r = await run(k);
       if (!res.has(k)) res.set(k, []);
       res.get(k)!.push(r);
     }
   }
+  return res;
+}
+
+async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
+  const work = tempDir('vfsk-bench-g-');
+  log(`guest: ${describeTree(cfg.tree)}, ${cfg.guestRepeats} repeat(s) per backend`);
+  const res = await alternating(cfg.guestRepeats, (k) => guestCopy(k, cfg.tree, work, log));
   const mib = treeBytes(cfg.tree) / 1048576;
   const mk = (what: string, f: (x: { copyInMs: number; copyOutMs: number }) => number): Row => {
     const o = (res.get('ours') ?? []).map(f).map((x) => sig(x / 1000, 4));
@@ -424,22 +431,13 @@ async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
 
 /** The developer's loop (guest_devloop.ts), both backends in their default cache mode. */
 async function devLoopPhase(cfg: Config, rows: Row[], work: string): Promise<void> {
-  const kinds = ['ours', 'c-virtiofsd'] as const;
-  const res = new Map<string, DevLoopResult[]>();
   log(`guest dev loop: ${describeDevTree(cfg.devTree)}, ${cfg.guestRepeats} repeat(s) per backend`);
-  for (let rep = 0; rep < cfg.guestRepeats; rep++) {
-    const order = rep % 2 === 0 ? kinds : [...kinds].reverse();
-    for (const k of order) {
-      const r = await guestDevLoop(k, cfg.devTree, work, log);
-      if (!res.has(k)) res.set(k, []);
-      res.get(k)!.push(r);
-    }
-  }
+  const res: Map<BackendKind, DevLoopResult[]> = await alternating(cfg.guestRepeats, (k) => guestDevLoop(k, cfg.devTree, work, log));
   const o = (res.get('ours') ?? []).map((x) => sig(x.totalMs / 1000, 4));
   const p = (res.get('c-virtiofsd') ?? []).map((x) => sig(x.totalMs / 1000, 4));
   const ours = sig(median(o), 4);
   const peer = p.length ? sig(median(p), 4) : null;
-  const steps = (k: string): string => DEV_STEPS.map((s) => `${s} ${sig(median((res.get(k) ?? []).map((x) => x.stepsMs[s] / 1000)), 3)}`).join(', ');
+  const steps = (k: BackendKind): string => DEV_STEPS.map((s) => `${s} ${sig(median((res.get(k) ?? []).map((x) => x.stepsMs[s] / 1000)), 3)}`).join(', ');
   rows.push({
     name: `guest (QEMU TCG, default cache: auto): developer loop (tar x, find, stat, grep -r, cp -a, rm -rf), ${describeDevTree(cfg.devTree)}`,
     unit: 's', ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: false, oursRuns: o, peerRuns: p,
