@@ -75,13 +75,21 @@ function startDomain(t: Test, filesystem: (shared: string) => string, script: st
 
 /** Polls the guest console for `re`; fails at once if the guest finished without it. */
 async function waitOutput(d: Domain, re: RegExp, timeoutMs = 120_000): Promise<RegExpExecArray> {
-  return waitFor(() => {
-    const out = d.output();
-    const m = re.exec(out);
-    if (m !== null) return m;
-    if (/VFSK-EXIT=/.test(out)) throw new Error(`the guest finished without printing ${String(re)}:\n${out.slice(-3000)}`);
-    return null;
-  }, `${String(re)} on the guest console`, timeoutMs);
+  try {
+    return await waitFor(() => {
+      const out = d.output();
+      const m = re.exec(out);
+      if (m !== null) return m;
+      if (/VFSK-EXIT=/.test(out)) throw new Error(`the guest finished without printing ${String(re)}:\n${out.slice(-3000)}`);
+      return null;
+    }, `${String(re)} on the guest console`, timeoutMs);
+  } catch (e) {
+    // A guest that hangs says nothing itself: what QEMU and the backend logged is the evidence
+    // (the logs are removed with the domain).
+    const tail = (f: string): string => { try { return fs.readFileSync(f, 'utf8').slice(-6000); } catch { return '(none)'; } };
+    throw new Error(`${(e as Error).message}\n--- console ---\n${d.output().slice(-3000)}\n--- QEMU log ---\n${tail(`/var/log/libvirt/qemu/${d.name}.log`)}` +
+      `\n--- backend log ---\n${tail(`/var/log/libvirt/qemu/${d.name}-fs0-virtiofsd.log`)}`);
+  }
 }
 
 /** QEMU's complaints about its vhost-user backend in libvirt's log of the domain (whose first
