@@ -26,6 +26,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   v8.setFlagsFromString('--semi-space-growth-factor=1');
   const { Keeper } = await import('../keeper/keeper');
   const { sandboxLauncher } = await import('../worker/sandbox');
+  const { IdleMemoryReducer } = await import('../shared/memory');
   const log = logger('main');
   // Workers start from the installation as the keeper was started from it, symlinks unresolved
   // (argv[1]: e.g. /opt/vfsk/current/bin/...): a release switched by a symlink, or files
@@ -58,6 +59,8 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     // Before the keeper gives up its capabilities: --socket-group chowns the socket.
     extra.onStarted?.();
     keeper.dropPrivileges();
+    // Start-up garbage, and what a burst of fd stores grew, go back once it is quiet.
+    new IdleMemoryReducer(() => keeper.activity, logger('memory')).start();
   } catch (e) {
     log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');
     process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);
