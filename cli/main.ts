@@ -99,19 +99,48 @@ export function main(argv: string[]): void {
     void import('./sandbox_check').then((m) => { process.exitCode = m.sandboxProbe(argv[1]!); });
     return;
   }
-  void import('yargs').then(({ default: yargs }) => cli(yargs(argv)));
+  // Two steps: the closure that runs the keeper for the life of the VM must not hold yargs.
+  void import('yargs').then(({ default: yargs }) => cli(yargs(argv))).then(async (daemon) => {
+    if (daemon === null) return;
+    forgetCliParser();
+    process.exitCode = await daemon();
+  });
 }
 
-function cli(y: Argv): Promise<unknown> {
-  return y
+/** Modules only the command line parser uses (yargs and its dependencies). */
+const CLI_PARSER_MODULE = /[\\/]node_modules[\\/](yargs|yargs-parser|cliui|y18n|string-width|strip-ansi|ansi-regex|wrap-ansi|ansi-styles|emoji-regex|is-fullwidth-code-point|escalade|get-caller-file|require-directory)[\\/]/;
+
+/**
+ * Lets the garbage collector take yargs once the keeper's options are parsed: its modules stay
+ * reachable from the module cache (and their parents' `children`) for the life of the process
+ * otherwise (docs/ARCHITECTURE.md, "Memory"). Nothing requires them again: the keeper's code
+ * does not.
+ */
+function forgetCliParser(): void {
+  const cache = require.cache;
+  for (const [key, m] of Object.entries(cache)) {
+    if (m === undefined) continue;
+    if (CLI_PARSER_MODULE.test(key)) {
+      delete cache[key];
+      continue;
+    }
+    m.children = m.children.filter((c) => !CLI_PARSER_MODULE.test(c.id));
+  }
+}
+
+/** Parses the command line and runs a short command; for `run` and `keeper` it returns the
+ * long-lived daemon to start once the parser is gone (see forgetCliParser). */
+async function cli(y: Argv): Promise<(() => Promise<number>) | null> {
+  let daemon: (() => Promise<number>) | null = null;
+  await y
     .scriptName('virtiofs-keeper')
     .strict()
     .command('run', 'serve a shared directory: the keeper plus a worker it restarts when it dies (embedded mode)',
       (y) => serveOptions(y),
-      async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), true); })
+      (a) => { const args = resolveServeArgs(a); daemon = () => keeperCommand(args, true); })
     .command('keeper', 'the keeper alone (under systemd, which starts `worker` separately)',
       (y) => serveOptions(y),
-      async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), false); })
+      (a) => { const args = resolveServeArgs(a); daemon = () => keeperCommand(args, false); })
     .command('worker', 'the restartable worker; resumes from the keeper in --state-dir',
       (y) => y.option('state-dir', { type: 'string', demandOption: true, describe: 'the keeper\'s state directory' }),
       async (a) => { await workerCommand(a['state-dir']); })
@@ -176,4 +205,5 @@ function cli(y: Argv): Promise<unknown> {
     .demandCommand(1)
     .help()
     .parseAsync();
+  return daemon;
 }
