@@ -11,7 +11,9 @@
         "native/src/fsops.cc",
         "native/src/io.cc",
         "native/src/sandbox.cc",
-        "native/src/seccomp.cc"
+        "native/src/seccomp.cc",
+        "native/src/ring.cc",
+        "native/src/fast_fuse.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -22,6 +22,8 @@ function serveOptions<T>(y: Argv<T>) {
     .option('keep-listening', { type: 'boolean', default: false, describe: 'after the frontend disconnects, wait for the next one instead of exiting' })
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
     .option('readonly', { type: 'boolean', default: false, describe: 'a read-only export: requests that would change it get EROFS' })
+    .option('fast-path', { type: 'boolean', default: true,
+      describe: 'the addon serves GETATTR, READ and WRITE itself (--no-fast-path: every request through the TypeScript server)' })
     .option('inode-file-handles', { choices: INODE_FILE_HANDLES, default: DEFAULT_INODE_FILE_HANDLES,
       describe: 'name inodes by file handles (needs CAP_DAC_READ_SEARCH) so no fd is held per inode: never, prefer (fall back to fds), mandatory' })
     .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
@@ -49,7 +51,7 @@ function resolveServeArgs(a: Record<string, unknown>): ServeArgs {
     stateDir: path.resolve((a['state-dir'] as string | undefined) ?? path.join(DEFAULT_STATE_ROOT, name)),
     cache: a.cache as CacheMode, numRequestQueues: a['num-request-queues'] as number,
     keepListening: a['keep-listening'] as boolean, xattr: a.xattr as boolean, standby: a.standby as boolean,
-    maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean,
+    maxLockWaits: a['max-lock-waits'] as number, readonly: a.readonly as boolean, fastPath: a['fast-path'] as boolean,
     inodeFileHandles: a['inode-file-handles'] as InodeFileHandles,
     workerPeers: a['worker-peers'] as 'unit' | 'same-uid',
     workerUnits: (a['worker-unit'] as string[] | undefined) ?? defaultWorkerUnits(name),

@@ -10,6 +10,8 @@ import { KEEPER_RUNTIME_V8_FLAGS, STANDBY_NODE_FLAGS, WORKER_NODE_FLAGS, workerM
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
   keepListening: boolean; xattr: boolean; standby: boolean; maxLockWaits: number; readonly: boolean;
+  /** Absent: on (the virtiofsd entry point has no such option). */
+  fastPath?: boolean;
   inodeFileHandles: InodeFileHandles; sandbox: SandboxMode; seccomp: SeccompAction;
   /** `keeper` (systemd): which keeper.sock peers are workers (keeper/peer_trust.ts). */
   workerPeers: 'unit' | 'same-uid'; workerUnits: readonly string[];
@@ -36,6 +38,7 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
   const keeper = new Keeper({
     stateDir: a.stateDir, sharedDir: a.sharedDir, socketPath: a.socketPath, cache: a.cache,
     requestQueues: a.numRequestQueues, keepListening: a.keepListening, xattr: a.xattr, maxLockWaits: a.maxLockWaits, readonly: a.readonly,
+    ...(a.fastPath === false ? { fastPath: false } : {}),
     inodeFileHandles: a.inodeFileHandles, sandbox: a.sandbox, seccomp: a.seccomp,
     ...withoutHook(extra),
     workerCommand: embedded ? [...launch, ...workerArgs] : null,

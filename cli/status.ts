@@ -49,6 +49,9 @@ export function formatStatus(r: StatusReport): string {
     const how = h.active ? 'on' : h.mode === 'never' ? 'off (never)' : `off, every inode holds an fd: ${h.reason ?? 'unavailable'}`;
     row('inode handles', `${h.mode}: ${how}; ${h.byHandle} inodes by handle, ${h.byFd} by fd; ${h.cachedFds}/${h.cacheCapacity} cached fds, ${h.opensByHandle} opened by handle`);
   }
+  const f = r.fuse.fastPath;
+  row('fast path', f === null ? 'off (every request through TypeScript)'
+    : `on: served ${f.getattr} GETATTR, ${f.read} READ, ${f.write} WRITE, ${f.lookup ?? 0} LOOKUP; ${f.declined} handed to TypeScript; ${f.inodes} inodes, ${f.files} files in its tables`);
   return lines.join('\n');
 }
 

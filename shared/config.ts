@@ -44,6 +44,9 @@ export interface WorkerConfig {
   readdirplus?: boolean;
   /** A read-only export: requests that would change the filesystem get EROFS (absent: false). */
   readonly?: boolean;
+  /** The addon serves GETATTR/READ/WRITE itself (absent: true; false: --no-fast-path, every
+   * request through the TypeScript server). */
+  fastPath?: boolean;
   /** RLIMIT_NOFILE the keeper and the worker raise their soft limit to (absent: DEFAULT_RLIMIT_NOFILE). */
   rlimitNofile?: number;
   /** The worker's confinement and seccomp action (absent in configs written before they
@@ -95,6 +98,7 @@ export function writeWorkerConfig(c: WorkerConfig): void {
     ...(c.flockLocks !== undefined ? { flockLocks: c.flockLocks } : {}),
     ...(c.readdirplus !== undefined ? { readdirplus: c.readdirplus } : {}),
     ...(c.readonly !== undefined ? { readonly: c.readonly } : {}),
+    ...(c.fastPath !== undefined ? { fastPath: c.fastPath } : {}),
     ...(c.rlimitNofile !== undefined ? { rlimitNofile: c.rlimitNofile } : {}),
     ...(c.sandbox !== undefined ? { sandbox: c.sandbox } : {}),
     ...(c.seccomp !== undefined ? { seccomp: c.seccomp } : {}),
@@ -128,7 +132,7 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
   if (w !== undefined && (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 65536)) {
     throw new ConfigError('config: maxLockWaits must be 0..65536');
   }
-  const optBool = (k: 'posixLocks' | 'flockLocks' | 'readdirplus' | 'readonly'): { [key: string]: boolean } => {
+  const optBool = (k: 'posixLocks' | 'flockLocks' | 'readdirplus' | 'readonly' | 'fastPath'): { [key: string]: boolean } => {
     if (o[k] === undefined) return {};
     return { [k]: bool(k) };
   };
@@ -144,7 +148,7 @@ export function readWorkerConfig(stateDir: string): WorkerConfig {
     stateDir, sharedDir: str('sharedDir'), socketPath: str('socketPath'), cache, requestQueues: q,
     keepListening: bool('keepListening'), xattr: bool('xattr'),
     ...(w !== undefined ? { maxLockWaits: w } : {}),
-    ...optBool('posixLocks'), ...optBool('flockLocks'), ...optBool('readdirplus'), ...optBool('readonly'),
+    ...optBool('posixLocks'), ...optBool('flockLocks'), ...optBool('readdirplus'), ...optBool('readonly'), ...optBool('fastPath'),
     ...(r !== undefined ? { rlimitNofile: r } : {}),
     ...(sandbox !== undefined ? { sandbox: sandbox as SandboxMode } : {}),
     ...(seccomp !== undefined ? { seccomp: seccomp as SeccompAction } : {}),

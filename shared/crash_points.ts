@@ -27,24 +27,44 @@ export const CRASH_POINTS = [
   'after-accept', 'resume-after-ready', 'resubmit-before-read',
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
   'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
+  // The addon's fast path (native/src/fast_fuse.cc) reaches op-after-pop, op-after-syscall and
+  // op-before-publish for the requests it serves (armNativeCrash).
+  'op-after-pop',
   // A planned upgrade's drain (worker.ts, vhost/backend.ts): with requests in flight, and done
   // but not yet said.
   'drain-after-pause', 'drain-before-drained',
 ] as const;
 export type CrashPointName = (typeof CRASH_POINTS)[number];
 
-export function crashPoint(name: CrashPointName, opcode?: number): void {
+/** `where`: 'native' when the addon's fast path reached the point (written to the marker, so a
+ * test can tell which path served the request). */
+export function crashPoint(name: CrashPointName, opcode?: number, where?: 'native'): void {
   if (armed === null || armed !== name) return;
   if (opcodeFilter !== null && opcode !== opcodeFilter) return;
   if (marker !== null) {
     if (existsAt(marker)) return;
     const { dirFd, name: file } = at(marker);
     const fd = native.openat(dirFd, file, C.O_WRONLY! | C.O_CREAT! | C.O_EXCL! | C.O_CLOEXEC!, 0o644);
-    fs.writeSync(fd, `${name} ${opcode ?? ''}\n`);
+    fs.writeSync(fd, `${name} ${opcode ?? ''}${where !== undefined ? ` ${where}` : ''}\n`);
     fs.closeSync(fd);
   }
   // SIGKILL, not abort(): no handlers, nothing flushed — the worst case.
   dieNow();
+}
+
+/** The addon's fast path numbers its points (native/src/fast_path.h NativeCrashPoint). */
+const NATIVE_POINTS: ReadonlyMap<CrashPointName, number> = new Map<CrashPointName, number>([
+  ['op-after-pop', 1], ['op-after-syscall', 2], ['op-before-publish', 3],
+]);
+
+/** Arms the armed crash point in the addon's fast path too, when it has that point: the
+ * addon calls back into crashPoint() there. */
+export function armNativeCrash(target: { armCrash(point: number, opcode: number, fn: (point: number, opcode: number) => void): void }): void {
+  if (armed === null) return;
+  const point = NATIVE_POINTS.get(armed as CrashPointName);
+  if (point === undefined) return;
+  const name = armed as CrashPointName;
+  target.armCrash(point, opcodeFilter ?? -1, (_p, opcode) => crashPoint(name, opcode, 'native'));
 }
 
 /** Dies at once, as of SIGKILL: no handler runs, nothing is flushed. PID 1 of a pid namespace

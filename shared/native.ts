@@ -83,14 +83,85 @@ export const POLL_DISCONNECT = 4;
 /** fd readiness via uv_poll_t on the current env's loop. The callback gets a negative libuv
  * status on error, else 0, and the ready events (POLL_READABLE | POLL_WRITABLE |
  * POLL_DISCONNECT). */
+/** A kick handler (Poller.setKickHandler) read the eventfd before the callback ran. */
+export const POLL_KICK_READ = 8;
+
 export interface Poller {
   start(events: number): void;
   stop(): void;
   /** Stops and releases the uv handle. Does not close the fd. Idempotent. */
   close(): void;
+  /** For a kick eventfd: a readable event first goes to the ring's native kick (which reads the
+   * eventfd and serves what it can); the callback runs, with POLL_KICK_READ, only when
+   * JavaScript has work left. null: the callback gets every event again. */
+  setKickHandler(ring: NativeRingHandle | null): void;
 }
 export interface PollerConstructor {
   new (fd: number, callback: (status: number, events: number) => void): Poller;
+}
+
+/** The split ring in the addon (native/src/ring.cc; worker/virtqueue/native_ring.ts wraps it).
+ * Ring breakage throws an error with code "ERR_VIRTQUEUE_BROKEN". */
+export interface NativeRingHandle {
+  /** The next chain for JS: its head (segments in `scratch`), -1 when none, -2 malformed
+   * (`lastError`, scratch[0] its head or -1), -3 a request the server served whose session
+   * effect JS must journal (scratch = [head, counter, opcode, nodeid, replyLen], the reply in
+   * `recordReply`). Other chains the attached server serves are not returned. */
+  pop(): number;
+  /** A chain by head (resubmission): head, or -2. */
+  readChain(head: number): number;
+  pushUsed(head: number, len: number): void;
+  publishUsed(): boolean;
+  enableNotification(): boolean;
+  disableNotification(): void;
+  pending(): number;
+  availIdx(): number;
+  usedIndex(): number;
+  lastAvailIdx(): number;
+  counterOf(head: number): bigint;
+  recoverInflight(): number[];
+  takeServed(): number;
+  attach(server: FastFuseHandle | null): void;
+  /** Kicks served natively (Poller.setKickHandler) from now on, or not. */
+  setFastKick(on: boolean): void;
+  /** The call eventfd the native kick interrupts with (the ring keeps a dup); -1: none. */
+  setCallFd(fd: number): void;
+  /** Releases the ring's hold on its mappings; every later call throws. */
+  close(): void;
+  /** [head, counter, resubmitted, nReadable, nWritable, (region, offset, length)...]. */
+  readonly scratch: Float64Array;
+  readonly lastError: string;
+  readonly recordReply: Uint8Array;
+}
+
+export interface NativeRingConstructor {
+  new (regions: ReadonlyArray<{ buffer: ArrayBuffer; guestPhysAddr: number; size: number; userspaceAddr: number; mmapOffset: number }>,
+    size: number, descUser: number, availUser: number, usedUser: number, lastAvailIdx: number, eventIdx: boolean,
+    indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
+}
+
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; declined: number; inodes: number; files: number }
+
+/** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE served in the addon
+ * from tables the filesystem keeps (worker/fs/fast_table.ts). */
+export interface FastFuseHandle {
+  setEnabled(enabled: boolean): void;
+  setReadonly(readonly: boolean): void;
+  setAttrTimeout(sec: number, nsec: number): void;
+  setInode(nodeid: number, fd: number): void;
+  deleteInode(nodeid: number): void;
+  setFile(fh: number, nodeid: number, fd: number, flags: number): void;
+  deleteFile(fh: number): void;
+  /** The identity a LOOKUP checks a name against (the session's inode record). */
+  setInodeMeta(nodeid: number, dev: bigint, ino: bigint, generation: number,
+    handle: { mountId: number; handleType: number; handle: Buffer } | null): void;
+  /** The session dropped the inode: its identity and its fd entry go. */
+  forgetInode(nodeid: number): void;
+  clear(): void;
+  /** Tests: `fn` runs at the point (1 after pop, 2 after the syscall, 3 before publish) of a
+   * natively served request of `opcode` (-1: any). */
+  armCrash(point: number, opcode: number, fn: (point: number, opcode: number) => void): void;
+  stats(): FastFuseStats;
 }
 
 export interface NativeAddon {
@@ -182,6 +253,8 @@ export interface NativeAddon {
   fence(): void;
 
   Poller: PollerConstructor;
+  NativeRing: NativeRingConstructor;
+  FastFuse: new () => FastFuseHandle;
 
   // --- credentials of the calling (JS) thread, for creating files as the guest's caller
   /** setfsgid(gid) then setfsuid(uid) via raw syscalls (per thread). Returns the previous

@@ -21,12 +21,26 @@ export interface InodeHandleStats {
   opensByHandle: number;
 }
 
+/** The addon's fast path since the worker started (null: off, --no-fast-path). */
+export interface FastPathStats {
+  /** Requests it served, by opcode, and those it handed to TypeScript. */
+  getattr: number;
+  read: number;
+  write: number;
+  /** LOOKUPs of known inodes (their counts journaled by TypeScript). Absent from older workers. */
+  lookup?: number;
+  declined: number;
+  /** Entries of its tables. */
+  inodes: number;
+  files: number;
+}
+
 export interface StatusReport {
   name: string;
   keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
   worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean; backoff: KeeperStatus['worker']['backoff'] };
   vhost: { connected: boolean; queues: Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> };
-  fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number; inodeHandles: InodeHandleStats | null };
+  fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number; inodeHandles: InodeHandleStats | null; fastPath: FastPathStats | null };
   recovery: KeeperStatus['recovery'];
   fdNames: Record<string, number>;
   /** Planned upgrades (null from an older keeper). */
@@ -49,7 +63,7 @@ export function buildReport(k: KeeperStatus, stateDir: string): StatusReport {
       },
       vhost: { connected: w.vhost?.connected ?? false, queues: w.vhost?.queues ?? [] },
       fuse: { initialized: w.fuse?.initialized ?? false, inodes: w.fuse?.inodes ?? 0, openFiles: w.fuse?.openFiles ?? 0, openDirs: w.fuse?.openDirs ?? 0, lockOwners: w.fuse?.lockOwners ?? 0, lockWaits: w.fuse?.lockWaits ?? 0,
-        inodeHandles: w.fuse?.inodeHandles ?? null },
+        inodeHandles: w.fuse?.inodeHandles ?? null, fastPath: w.fuse?.fastPath ?? null },
       recovery: k.recovery,
       fdNames: k.fdNames,
       upgrades: k.upgrades ?? null,
@@ -108,6 +122,9 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('inodes_by_handle', 'gauge', 'Inodes named by a file handle (no fd in the keeper).', each((r) => r.fuse.inodeHandles?.byHandle ?? null));
   metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
+  metric('fast_path_requests_total', 'counter', 'Requests the addon served itself, by opcode (since the worker started).',
+    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup'] as const)
+      .map((op) => [{ name: r.name, op }, r.fuse.fastPath![op] ?? 0] as [Record<string, string>, number]))));
   return out.join('\n') + '\n';
 }
 

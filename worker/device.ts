@@ -5,14 +5,16 @@ import { MAX_REQUEST_QUEUES } from '../shared/config';
 import type { VhostDevice } from './vhost/backend';
 import type { QueueHandler } from './virtqueue/queue_server';
 import { QueueServer, type ChainHandler, type PublishBarrier } from './virtqueue/queue_server';
+import type { RingFactory } from './virtqueue/split_ring';
 
 export class VirtioFsDevice implements VhostDevice {
   readonly numQueues: number;
   private firstCompletionListeners: Array<() => void> = [];
 
-  /** `barrier`: runs before each queue publishes (the state layer's durability ordering). */
+  /** `barrier`: runs before each queue publishes (the state layer's durability ordering).
+   * `createRing`: the rings' implementation (absent: the TypeScript SplitRing). */
   constructor(requestQueues: number, private readonly server: ChainHandler & { reset(): void },
-    private readonly log: Logger, private readonly barrier?: PublishBarrier) {
+    private readonly log: Logger, private readonly barrier?: PublishBarrier, readonly createRing?: RingFactory) {
     if (!Number.isInteger(requestQueues) || requestQueues < 1 || requestQueues > MAX_REQUEST_QUEUES) {
       throw new RangeError(`request queue count ${requestQueues} out of range 1..${MAX_REQUEST_QUEUES}`);
     }

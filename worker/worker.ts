@@ -5,7 +5,7 @@
 // accepts QEMU; started after a crash it resumes the session.
 import * as fs from 'node:fs';
 import { logger, type Logger } from '../shared/log';
-import { native, POLL_READABLE, type Poller } from '../shared/native';
+import { native, POLL_READABLE, type FastFuseHandle, type Poller } from '../shared/native';
 import { FdRegistry } from '../shared/fd_registry';
 import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_RLIMIT_NOFILE, type InodeFileHandles, EXIT_HANDED_OVER, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
@@ -22,7 +22,8 @@ import { MIN_CAPACITY } from './fs/inode_fds';
 import { loadState, SCHEMA_MIN_READER, SCHEMA_VERSION, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
-import { crashPoint, dieNow } from '../shared/crash_points';
+import { armNativeCrash, crashPoint, dieNow } from '../shared/crash_points';
+import { nativeRingFactory } from './virtqueue/native_ring';
 import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
@@ -48,6 +49,7 @@ export class Worker {
   private readonly acceptErrors = new LogRateLimiter();
   private backend: VhostUserBackend | null = null;
   private fsImpl: PassthroughFs | null = null;
+  private fastPath: FastFuseHandle | null = null;
   private server: FuseServer | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
   private inodeFdCache = DEFAULT_INODE_FD_CACHE;
@@ -300,12 +302,15 @@ export class Worker {
   }
 
   private startSession(connFd: number, loaded: LoadedState | null): void {
+    const fastPath = fastPathEnabled(this.config) ? new native.FastFuse() : null;
+    if (fastPath !== null) armNativeCrash(fastPath);
     const fsImpl = new PassthroughFs({
       registry: this.registry, cache: this.config.cache, xattr: this.config.xattr, logger: logger('fs'),
       maxLockWaits: this.config.maxLockWaits,
       ...(this.config.rlimitNofile !== undefined ? { noFileLimit: this.config.rlimitNofile } : {}),
       inodeFileHandles: this.config.inodeFileHandles ?? DEFAULT_INODE_FILE_HANDLES,
       inodeFdCache: this.inodeFdCache,
+      fastPath,
       ...(loaded?.fs ? { session: loaded.fs } : {}),
     });
     if (loaded === null) this.store.recordNewSession(fsImpl.session);
@@ -322,14 +327,17 @@ export class Worker {
       // Without journaling the keeper stores are still batched per turn, so the benchmark's
       // on/off rows differ by the journal alone.
       ledger: journaling ? this.store.requests : new UnjournaledLedger(this.store.durability),
+      fastPath,
     }, logger('fuse'));
     // Every queue runs the durability barrier just before it publishes used elements.
-    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'), this.store.durability);
+    const device = new VirtioFsDevice(this.config.requestQueues, server, logger('virtqueue'), this.store.durability,
+      fastPath !== null ? nativeRingFactory(fastPath) : undefined);
     if (loaded !== null) device.onFirstCompletion(() => this.onFirstServed());
     // A served request is the progress the keeper's crash-loop backoff waits for.
     else device.onFirstCompletion(() => this.keeper.notify({ type: 'progress' }));
     this.fsImpl = fsImpl;
     this.server = server;
+    this.fastPath = fastPath;
     this.backend = new VhostUserBackend(connFd, device, this.registry, logger('vhost'), (reason) => this.onDisconnect(reason), this.store.control);
     this.store.setSources({
       vhost: () => this.backend?.state() ?? null,
@@ -420,6 +428,7 @@ export class Worker {
         lockOwners: this.fsImpl?.session.lockOwnerCount ?? 0,
         lockWaits: this.fsImpl?.parkedLockWaits ?? 0,
         inodeHandles: this.fsImpl?.inodeHandleStats ?? null,
+        fastPath: this.fastPath?.stats() ?? null,
       },
       fds: this.registry.size,
     };
@@ -593,4 +602,11 @@ export async function workerMain(stateDir: string): Promise<number> {
     return retry ? EXIT_START_FAILED : EXIT_STATE_UNUSABLE;
   }
   return worker.done;
+}
+
+/** Whether the addon serves the hot requests itself (docs/ARCHITECTURE.md, "The native request
+ * path"). VFSK_FAST_PATH=0 turns it off whatever the config says: for tests, which run the
+ * frontend, hostile and crash suites on both paths. */
+export function fastPathEnabled(config: WorkerConfig): boolean {
+  return config.fastPath !== false && process.env.VFSK_FAST_PATH !== '0';
 }

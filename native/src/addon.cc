@@ -14,6 +14,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitIo(env, exports);
   InitSandbox(env, exports);
   InitSeccomp(env, exports);
+  InitRing(env, exports);
+  InitFastFuse(env, exports);
   return exports;
 }
 

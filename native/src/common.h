@@ -97,6 +97,8 @@ void InitFsOps(Napi::Env env, Napi::Object exports);
 void InitIo(Napi::Env env, Napi::Object exports);
 void InitSandbox(Napi::Env env, Napi::Object exports);
 void InitSeccomp(Napi::Env env, Napi::Object exports);
+void InitRing(Napi::Env env, Napi::Object exports);
+void InitFastFuse(Napi::Env env, Napi::Object exports);
 
 // --- mappings made by mmap(), shared by memory.cc and io.cc (JS thread only, except the
 // table lookups which are locked).

@@ -6,6 +6,7 @@
 // collected without close(), the destructor closes the handle; handle->data is cleared first
 // so a late event can never reach a freed Poller.
 #include "common.h"
+#include "fast_path.h"
 
 #include <uv.h>
 
@@ -15,6 +16,8 @@ namespace {
 constexpr int kReadable = 1;    // POLL_READABLE in shared/native.ts == UV_READABLE
 constexpr int kWritable = 2;    // POLL_WRITABLE == UV_WRITABLE
 constexpr int kDisconnect = 4;  // POLL_DISCONNECT == UV_DISCONNECT (EPOLLRDHUP: the peer hung up)
+// POLL_KICK_READ: a kick handler (setKickHandler) has read the eventfd before the callback.
+constexpr int kKickRead = 8;
 static_assert(kReadable == UV_READABLE && kWritable == UV_WRITABLE && kDisconnect == UV_DISCONNECT, "uv event bits");
 
 void OnHandleClosed(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
@@ -27,6 +30,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
                            InstanceMethod<&Poller::Start>("start"),
                            InstanceMethod<&Poller::Stop>("stop"),
                            InstanceMethod<&Poller::Close>("close"),
+                           InstanceMethod<&Poller::SetKickHandler>("setKickHandler"),
                        });
   }
 
@@ -54,6 +58,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     }
     h->data = this;
     handle_ = h;
+    fd_ = fd;
     callback_ = Napi::Persistent(cb);
     asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "vfsk:Poller");
   }
@@ -94,6 +99,22 @@ class Poller : public Napi::ObjectWrap<Poller> {
     return info.Env().Undefined();
   }
 
+  // setKickHandler(ring | null): a readable event goes to the ring's OnKick first (the fd is a
+  // kick eventfd); the callback runs only when that leaves work for JavaScript.
+  Napi::Value SetKickHandler(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined()) {
+      kick_ = nullptr;
+      if (!kickRef_.IsEmpty()) kickRef_.Reset();
+      return env.Undefined();
+    }
+    KickHandler* k = UnwrapKickHandler(env, info[0]);
+    if (k == nullptr) return {};
+    kickRef_ = Napi::Persistent(info[0].As<Napi::Object>());
+    kick_ = k;
+    return env.Undefined();
+  }
+
   void Unreference() {
     if (referenced_) {
       referenced_ = false;
@@ -114,15 +135,22 @@ class Poller : public Napi::ObjectWrap<Poller> {
     if (self == nullptr || self->callback_.IsEmpty()) return;
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
+    if (self->kick_ != nullptr && status == 0 && (events & kReadable) != 0) {
+      if (self->kick_->OnKick(self->fd_)) return;
+      events |= kKickRead;
+    }
     // Keep the JS object alive for the duration of the call, whatever the callback does.
     Napi::Object keep = self->Value();
-    napi_value argv[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events & (kReadable | kWritable | kDisconnect))};
+    napi_value argv[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events & (kReadable | kWritable | kDisconnect | kKickRead))};
     // MakeCallback: runs with the async context and drains microtasks afterwards.
     self->callback_.MakeCallback(keep, 2, argv, *self->asyncContext_);
     RaisePendingAsFatal(env);
   }
 
   uv_poll_t* handle_ = nullptr;
+  int fd_ = -1;
+  KickHandler* kick_ = nullptr;
+  Napi::ObjectReference kickRef_;
   bool referenced_ = false;
   Napi::FunctionReference callback_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;

@@ -28,6 +28,7 @@ import type { InodeFileHandles } from '../../shared/config';
 import { IDLE_REDUCE_MS } from '../../shared/memory';
 import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
 import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
+import { DEV_STEPS, describeDevTree, guestDevLoop, type DevLoopResult, type DevTreeShape } from './guest_devloop';
 import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
 import { median, quantile, sig, fmtNum } from './stats';
 import { renderChart, type ChartRow } from './chart';
@@ -69,6 +70,7 @@ interface Config {
   stateInodes: number;
   stateOpen: number;
   tree: TreeShape;
+  devTree: DevTreeShape;
   guestRepeats: number;
   groups: Set<Group>;
   profileDir: string | null;
@@ -94,6 +96,8 @@ function config(): Config {
     stateInodes: num('state-inodes', quick ? 20_000 : 100_000),
     stateOpen: num('state-open', Math.max(1, Math.round(num('state-inodes', quick ? 20_000 : 100_000) / 100))),
     tree: quick ? { big: 14, small: 128 } : { big: 56, small: 512 },
+    // The issue's loop untarred about 1,900 files.
+    devTree: quick ? { dirs: 40, filesPerDir: 12 } : { dirs: 160, filesPerDir: 12 },
     guestRepeats: repeats,
     groups: new Set<Group>((only as Group[] | undefined) ?? GROUPS),
     profileDir: arg('profile') ? path.resolve(arg('profile')!) : null,
@@ -420,6 +424,32 @@ async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
     mk('cp -r mount → tmpfs', (x) => x.copyOutMs),
     mk('both copies', (x) => x.copyInMs + x.copyOutMs),
   );
+  await devLoopPhase(cfg, rows, work);
+}
+
+/** The developer's loop (guest_devloop.ts), both backends in their default cache mode. */
+async function devLoopPhase(cfg: Config, rows: Row[], work: string): Promise<void> {
+  const kinds = ['ours', 'c-virtiofsd'] as const;
+  const res = new Map<string, DevLoopResult[]>();
+  log(`guest dev loop: ${describeDevTree(cfg.devTree)}, ${cfg.guestRepeats} repeat(s) per backend`);
+  for (let rep = 0; rep < cfg.guestRepeats; rep++) {
+    const order = rep % 2 === 0 ? kinds : [...kinds].reverse();
+    for (const k of order) {
+      const r = await guestDevLoop(k, cfg.devTree, work, log);
+      if (!res.has(k)) res.set(k, []);
+      res.get(k)!.push(r);
+    }
+  }
+  const o = (res.get('ours') ?? []).map((x) => sig(x.totalMs / 1000, 4));
+  const p = (res.get('c-virtiofsd') ?? []).map((x) => sig(x.totalMs / 1000, 4));
+  const ours = sig(median(o), 4);
+  const peer = p.length ? sig(median(p), 4) : null;
+  const steps = (k: string): string => DEV_STEPS.map((s) => `${s} ${sig(median((res.get(k) ?? []).map((x) => x.stepsMs[s] / 1000)), 3)}`).join(', ');
+  rows.push({
+    name: `guest (QEMU TCG, default cache: auto): developer loop (tar x, find, stat, grep -r, cp -a, rm -rf), ${describeDevTree(cfg.devTree)}`,
+    unit: 's', ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: false, oursRuns: o, peerRuns: p,
+    note: `median s per step: ours ${steps('ours')}; C virtiofsd ${steps('c-virtiofsd')}`,
+  });
 }
 
 // --- output --------------------------------------------------------------------------------------

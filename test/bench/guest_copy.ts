@@ -8,6 +8,7 @@ import { startBackend, type BackendKind } from '../e2e/backends';
 import { startGuest, describeResult } from '../e2e/qemu';
 import { ensureGuestImage } from '../e2e/guest-image';
 import { onCleanup } from './procs';
+import type { CacheMode } from '../../shared/config';
 
 export interface TreeShape {
   /** 4 MiB files. */
@@ -61,19 +62,34 @@ function treeSize(p: string): number {
   return fs.readdirSync(p).reduce((n, e) => n + treeSize(path.join(p, e)), 0);
 }
 
-/** Boots a guest on `kind` (cache=none / --cache never), copies the tree in and out. */
-export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string, log: (m: string) => void): Promise<GuestCopyResult> {
+export interface MarkedGuestRun {
+  /** Host ms of each `BENCH-MARK <name>` line on the console, and of the mount ("mounted"). */
+  marks: Map<string, number>;
+  /** When the guest was started (host ms). */
+  started: number;
+  output: string;
+  shared: string;
+}
+
+/** Boots a guest on `kind` with the shared dir prepared by `setupShared`, runs `guestScript`,
+ * and times its marker lines on the host. `check` runs before the backend stops (the shared
+ * dir still exists); it throws if the result is wrong. */
+export async function runMarkedGuest(kind: BackendKind, opts: {
+  cache: CacheMode; workDir: string; guestScript: string; need: string[];
+  setupShared?: (shared: string) => void; check?: (run: MarkedGuestRun) => void;
+}): Promise<MarkedGuestRun> {
   const image = await ensureGuestImage();
-  const dir = fs.mkdtempSync(path.join(workDir, `g-${kind}-`));
+  const dir = fs.mkdtempSync(path.join(opts.workDir, `g-${kind}-`));
   const shared = path.join(dir, 'shared');
   fs.mkdirSync(shared);
+  opts.setupShared?.(shared);
   // Short paths (sun_path is 108 bytes): the socket and ours' state dir in their own temp dir.
   const short = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-bg-'));
   const socketPath = path.join(short, 'vhost.sock');
   const stateDir = path.join(short, 'st');
   if (kind === 'ours') fs.mkdirSync(stateDir);
   const rmShort = onCleanup(`rm ${short}`, () => fs.rmSync(short, { recursive: true, force: true }));
-  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, cache: 'never', ...(kind === 'ours' ? { stateDir } : {}) });
+  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, cache: opts.cache, ...(kind === 'ours' ? { stateDir } : {}) });
   const stopBackend = onCleanup(`stop guest backend ${kind}`, async () => {
     await backend.stop();
     await rmShort();
@@ -83,7 +99,7 @@ export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string
   const started = performance.now();
   try {
     const g = await startGuest({
-      socketPath, dir, script: script(t), image, memoryMiB: 1024, timeoutMs: 1_200_000, idleTimeoutMs: 400_000,
+      socketPath, dir, script: opts.guestScript, image, memoryMiB: 1024, timeoutMs: 1_200_000, idleTimeoutMs: 400_000,
       onOutput: (chunk) => {
         const now = performance.now();
         buf += chunk;
@@ -99,24 +115,35 @@ export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string
     const killGuest = onCleanup(`kill QEMU ${g.pid}`, () => g.kill());
     const r = await g.wait();
     await killGuest();
-    if (r.exitCode !== 0) throw new Error(`guest copy on ${kind} failed:\n${describeResult(r, 4000)}\n--- backend log (tail) ---\n${backend.log().slice(-3000)}`);
-    const size = /BENCH-SIZE (\d+)/.exec(r.output);
-    const want = treeBytes(t) / 1024;
-    if (!size || Number(size[1]) < want) throw new Error(`guest copied back ${size?.[1]} KiB, expected at least ${want} KiB`);
-    const onHost = treeSize(path.join(shared, 'tree'));
-    if (onHost !== treeBytes(t)) throw new Error(`the tree on the host holds ${onHost} bytes, expected ${treeBytes(t)}`);
-    const need = ['mounted', 'prepared', 'copied-in', 'copied-out'];
-    for (const k of need) if (!marks.has(k)) throw new Error(`guest output lacks the ${k} marker:\n${r.output.slice(-3000)}`);
-    const res: GuestCopyResult = {
-      bootToMountMs: marks.get('mounted')! - started,
-      prepareMs: marks.get('prepared')! - marks.get('mounted')!,
-      copyInMs: marks.get('copied-in')! - marks.get('prepared')!,
-      copyOutMs: marks.get('copied-out')! - marks.get('copied-in')!,
-    };
-    log(`  guest on ${kind}: boot ${Math.round(res.bootToMountMs)} ms, prepare ${Math.round(res.prepareMs)} ms, copy in ${Math.round(res.copyInMs)} ms, copy out ${Math.round(res.copyOutMs)} ms`);
-    return res;
+    if (r.exitCode !== 0) throw new Error(`guest run on ${kind} failed:\n${describeResult(r, 4000)}\n--- backend log (tail) ---\n${backend.log().slice(-3000)}`);
+    for (const k of ['mounted', ...opts.need]) if (!marks.has(k)) throw new Error(`guest output lacks the ${k} marker:\n${r.output.slice(-3000)}`);
+    const run: MarkedGuestRun = { marks, started, output: r.output, shared };
+    opts.check?.(run);
+    return run;
   } finally {
     await stopBackend();
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Boots a guest on `kind` (cache=none / --cache never), copies the tree in and out. */
+export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string, log: (m: string) => void): Promise<GuestCopyResult> {
+  const { marks, started } = await runMarkedGuest(kind, {
+    cache: 'never', workDir, guestScript: script(t), need: ['prepared', 'copied-in', 'copied-out'],
+    check: (run) => {
+      const size = /BENCH-SIZE (\d+)/.exec(run.output);
+      const want = treeBytes(t) / 1024;
+      if (!size || Number(size[1]) < want) throw new Error(`guest copied back ${size?.[1]} KiB, expected at least ${want} KiB`);
+      const onHost = treeSize(path.join(run.shared, 'tree'));
+      if (onHost !== treeBytes(t)) throw new Error(`the tree on the host holds ${onHost} bytes, expected ${treeBytes(t)}`);
+    },
+  });
+  const res: GuestCopyResult = {
+    bootToMountMs: marks.get('mounted')! - started,
+    prepareMs: marks.get('prepared')! - marks.get('mounted')!,
+    copyInMs: marks.get('copied-in')! - marks.get('prepared')!,
+    copyOutMs: marks.get('copied-out')! - marks.get('copied-in')!,
+  };
+  log(`  guest on ${kind}: boot ${Math.round(res.bootToMountMs)} ms, prepare ${Math.round(res.prepareMs)} ms, copy in ${Math.round(res.copyInMs)} ms, copy out ${Math.round(res.copyOutMs)} ms`);
+  return res;
 }

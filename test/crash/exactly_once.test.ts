@@ -333,6 +333,79 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
   });
 }
 
+/** The addon's fast path (native/src/fast_fuse.cc) at its own crash points: GETATTR, READ and
+ * a WRITE that is not an append, served without JavaScript, killed after the pop, after the
+ * syscall and before the publish. Each is still in the inflight region, the successor runs it
+ * again (through TypeScript) and the guest gets one correct reply; the marker says the native
+ * path was where it died. On tmpfs, where the fast path serves writes too. */
+const NATIVE_POINTS = ['op-after-pop', 'op-after-syscall', 'op-before-publish'] as const;
+/** A LOOKUP the fast path answers is journaled by TypeScript (its lookup count): it also dies at
+ * the journal's points, after the outcome and after the publish. */
+const LOOKUP_POINTS = ['op-after-pop', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
+interface NativeCase {
+  name: string; opcode: number; points?: readonly string[];
+  act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown) => void | Promise<void>;
+}
+const nativeCases: NativeCase[] = [
+  { name: 'LOOKUP', opcode: 1, points: LOOKUP_POINTS,
+    // READDIRPLUS makes the inode known (one lookup); the LOOKUP, of a known inode, is the
+    // fast path's. Two forgets must then drop it: the LOOKUP counted exactly once.
+    act: async (s) => {
+      const first = (await readRootPlus(s)).find((d) => d.name.toString() === 'n')!.entry!.nodeid;
+      const second = await s.fuse.lookup(ROOT, 'n');
+      return [first, second.nodeid];
+    },
+    verify: async (t, s, r) => {
+      const [a, b] = r as [bigint, bigint];
+      t.equal(b, a, 'the same nodeid');
+      await s.fuse.forget(a, 1);
+      t.equal((await s.fuse.getattr(a)).attr.ino, BigInt(fs.statSync(s.host('n')).ino), 'still known after one forget');
+      await s.fuse.forget(a, 1);
+      t.equal(await s.fuse.getattr(a).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after the second: the LOOKUP counted exactly once');
+    } },
+  { name: 'GETATTR', opcode: 3,
+    act: async (s) => (await s.fuse.getattr((await s.fuse.lookup(ROOT, 'n')).nodeid)).attr,
+    verify: (t, s, r) => { t.equal((r as F.Attr).ino, BigInt(fs.statSync(s.host('n')).ino), 'the attributes of the file'); } },
+  { name: 'READ', opcode: 15,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      return (await s.fuse.read(e.nodeid, o.fh, 2, 3)).toString();
+    },
+    verify: (t, s, r) => { t.equal(r, 'cde', 'the bytes read'); } },
+  { name: 'WRITE', opcode: 16,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+      return s.fuse.write(e.nodeid, o.fh, 1, Buffer.from('XYZ'));
+    },
+    verify: (t, s, r) => { t.equal(r, 3, 'WRITE says 3 bytes'); t.equal(fs.readFileSync(s.host('n'), 'utf8'), 'aXYZefgh', 'written once, in place'); } },
+];
+
+// The TypeScript-path run of this suite (test/ts_path/) has no native points to reach.
+if (process.env.VFSK_FAST_PATH !== '0') for (const c of nativeCases) {
+  t.test(`native ${c.name}`, async (t) => {
+    for (const point of c.points ?? NATIVE_POINTS) {
+      await t.test(point, async (t) => {
+        const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+        t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+        const marker = path.join(stateDir, 'crashed');
+        const s = await withEnv({ VFSK_CRASH_POINT: point, VFSK_CRASH_OPCODE: String(c.opcode), VFSK_CRASH_MARKER: marker },
+          () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], baseDir: fs.mkdtempSync('/dev/shm/vfsk-nc-'),
+            setup: (d) => fs.writeFileSync(path.join(d, 'n'), 'abcdefgh') }));
+        const r = await c.act(s);
+        // A LOOKUP's journal points are TypeScript's (FuseServer.ringServed, the publish hooks).
+        const inAddon = point === 'op-after-pop' || point === 'op-after-syscall' || (point === 'op-before-publish' && c.opcode !== 1);
+        const where = inAddon ? ' native' : '';
+        t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${c.opcode}${where}`), `the worker crashed at ${point}${where}`);
+        await waitFor(() => { const w = queryStatus(stateDir).worker; return w.restarts >= 1 && w.state === 'running'; }, 'the successor running');
+        t.equal(queryStatus(stateDir).worker.restarts, 1, 'one restart');
+        await c.verify(t, s, r);
+      });
+    }
+  });
+}
+
 t.test('poison: a request that kills every worker gets EIO after 3 deaths', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));

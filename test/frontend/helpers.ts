@@ -48,6 +48,9 @@ export interface SessionOptions {
   binPath?: string;
   /** See BackendOptions.withoutNodeOptions. */
   withoutNodeOptions?: boolean;
+  /** The directory holding shared/ and outside/ (default t.testdir()); removed at teardown when
+   * given. */
+  baseDir?: string;
 }
 
 /** Poll `cond` until it is truthy (or throw after timeoutMs). Never a sleep-for-correctness. */
@@ -74,7 +77,8 @@ export function openFds(): string[] {
 }
 
 export async function openSession(t: TapLike, kind: BackendKind, opts: SessionOptions = {}): Promise<Session> {
-  const dir = t.testdir();
+  const dir = opts.baseDir ?? t.testdir();
+  if (opts.baseDir !== undefined) t.teardown(() => fs.rmSync(opts.baseDir!, { recursive: true, force: true }));
   const shared = path.join(dir, 'shared');
   const outside = path.join(dir, 'outside');
   fs.mkdirSync(shared, { recursive: true });

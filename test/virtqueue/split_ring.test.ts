@@ -2,9 +2,18 @@ import t from 'tap';
 import { native, C } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from '../../worker/virtqueue/guest_memory';
 import {
-  ChainError, InflightRegion, RingError, SplitRing, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-  inflightQueueRegionSize,
+  ChainError, InflightRegion, RingError, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+  inflightQueueRegionSize, splitRingFactory, type DescriptorChain, type RingAddresses, type VirtRing,
 } from '../../worker/virtqueue/split_ring';
+import { nativeRingFactory } from '../../worker/virtqueue/native_ring';
+
+// Every test runs on both implementations: the TypeScript reference and the addon's ring.
+const IMPLS = [['SplitRing (TypeScript)', splitRingFactory], ['NativeRing (addon)', nativeRingFactory(null)]] as const;
+let makeRing = splitRingFactory;
+/** Without a server attached neither ring serves a request itself. */
+type TestRing = Omit<VirtRing, 'pop'> & { pop(): DescriptorChain | ChainError | null };
+const newRing = (mem: GuestMemory, a: RingAddresses, last: number, eventIdx: boolean, indirect: boolean, inflight: InflightRegion | null): TestRing =>
+  makeRing(mem, a, last, eventIdx, indirect, inflight) as TestRing;
 
 const GPA = 0x10000;
 const UADDR = 0x7f00_0000_0000;
@@ -44,11 +53,13 @@ function offer(f: Fixture, heads: number[]): void {
   f.view.setUint16(off(AVAIL) + 2, idx, true);
 }
 
-function ring(f: Fixture, opts: { eventIdx?: boolean; inflight?: InflightRegion | null } = {}): SplitRing {
-  return new SplitRing(f.mem, { size: QSIZE, descUser: UADDR + off(DESC), availUser: UADDR + off(AVAIL), usedUser: UADDR + off(USED) },
+function ring(f: Fixture, opts: { eventIdx?: boolean; inflight?: InflightRegion | null } = {}): TestRing {
+  return newRing(f.mem, { size: QSIZE, descUser: UADDR + off(DESC), availUser: UADDR + off(AVAIL), usedUser: UADDR + off(USED) },
     0, opts.eventIdx ?? false, true, opts.inflight ?? null);
 }
 
+for (const [kind, factory] of IMPLS) t.test(kind, async (t) => {
+  makeRing = factory;
 t.test('pops a readable+writable chain and publishes the used element', async (t) => {
   const f = fixture();
   t.teardown(f.close);
@@ -123,9 +134,9 @@ t.test('hostile chains are errors for that head, not crashes', async (t) => {
 t.test('ring addresses must be in guest memory and aligned', async (t) => {
   const f = fixture();
   t.teardown(f.close);
-  t.throws(() => new SplitRing(f.mem, { size: QSIZE, descUser: 0x1000, availUser: UADDR, usedUser: UADDR }, 0, false, false, null), RingError);
-  t.throws(() => new SplitRing(f.mem, { size: QSIZE, descUser: UADDR + 8, availUser: UADDR, usedUser: UADDR }, 0, false, false, null), RingError);
-  t.throws(() => new SplitRing(f.mem, { size: 3, descUser: UADDR, availUser: UADDR, usedUser: UADDR }, 0, false, false, null), RingError);
+  t.throws(() => newRing(f.mem, { size: QSIZE, descUser: 0x1000, availUser: UADDR, usedUser: UADDR }, 0, false, false, null), RingError);
+  t.throws(() => newRing(f.mem, { size: QSIZE, descUser: UADDR + 8, availUser: UADDR, usedUser: UADDR }, 0, false, false, null), RingError);
+  t.throws(() => newRing(f.mem, { size: 3, descUser: UADDR, availUser: UADDR, usedUser: UADDR }, 0, false, false, null), RingError);
   t.throws(() => f.mem.appendSegments(GPA + SIZE - 1, 2, []), GuestMemoryError);
 });
 
@@ -175,4 +186,5 @@ t.test('inflight tracking: resubmits unfinished heads in order and settles a pub
   t.same(heads, [4, 1, 3], 'unfinished heads in pop order; the published batch is settled');
   t.equal(r2.lastAvailIdx, 5, 'last avail = used + inflight');
   t.equal(region.usedIdx, 2);
+});
 });

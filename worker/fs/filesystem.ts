@@ -84,6 +84,9 @@ export interface FileSystem {
   destroy(): void;
 
   lookup(ctx: Context, parent: NodeId, name: Buffer): Entry;
+  /** The session effect of a LOOKUP the addon's fast path answered (one more lookup of a
+   * known inode); throws if the inode is unknown. */
+  addLookup?(nodeid: NodeId): void;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

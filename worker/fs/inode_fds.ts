@@ -82,6 +82,13 @@ function errnoName(e: unknown): string {
 
 interface Entry { fd: number; pins: number }
 
+/** Who must know which inode fds the cache holds. */
+export interface InodeFdObserver {
+  fdOpened(name: string, fd: number): void;
+  /** Called before the fd is closed. */
+  fdClosing(name: string): void;
+}
+
 export class InodeFdCache {
   /** fd name → entry, least recently used first. */
   private readonly lru = new Map<string, Entry>();
@@ -96,7 +103,15 @@ export class InodeFdCache {
     this.capacity = Math.max(MIN_CAPACITY, Math.floor(capacity));
   }
 
+  /** Told of every fd the cache opens or closes (the fast path's table, fast_table.ts). */
+  observer: InodeFdObserver | null = null;
+
   get size(): number { return this.lru.size; }
+
+  /** The cached fd, without opening one or touching the LRU order. */
+  peek(name: string): number | undefined {
+    return this.lru.get(name)?.fd;
+  }
 
   /** Whether `name` is an inode named by a handle (so its fd is ours, not the keeper's). */
   owns(name: string): boolean {
@@ -106,8 +121,12 @@ export class InodeFdCache {
   /** Takes ownership of an fd just opened for a new inode with a handle. */
   insert(name: string, fd: number): void {
     const old = this.lru.get(name);
-    if (old !== undefined) native.close(old.fd);
+    if (old !== undefined) {
+      this.observer?.fdClosing(name);
+      native.close(old.fd);
+    }
     this.lru.set(name, { fd, pins: old?.pins ?? 0 });
+    this.observer?.fdOpened(name, fd);
     this.trim();
   }
 
@@ -123,6 +142,7 @@ export class InodeFdCache {
     if (rec === null) throw new FsError(K.EBADF, `no fd registered as ${name}`);
     const fd = this.open(rec);
     this.lru.set(name, { fd, pins: 0 });
+    this.observer?.fdOpened(name, fd);
     this.trim();
     return fd;
   }
@@ -143,6 +163,7 @@ export class InodeFdCache {
     const e = this.lru.get(name);
     if (e === undefined) return;
     this.lru.delete(name);
+    this.observer?.fdClosing(name);
     native.close(e.fd);
   }
 
@@ -215,6 +236,7 @@ export class InodeFdCache {
       if (closed >= n) break;
       if (e.pins > 0) continue;
       this.lru.delete(name);
+      this.observer?.fdClosing(name);
       native.close(e.fd);
       closed++;
     }

@@ -26,7 +26,7 @@ import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
-import type { IoSegment, StatFs } from '../../shared/native';
+import type { FastFuseHandle, IoSegment, StatFs } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
   FsError,
@@ -43,6 +43,7 @@ import { FileIo, checkOffset, killSuidGid } from './io';
 import { DirCursors } from './dir_cursor';
 import { Locks } from './locks';
 import { Xattrs } from './xattrs';
+import { FastTable } from './fast_table';
 import { InodeFdCache, probeHandles, type InodeFileHandles, type InodeHandleSupport } from './inode_fds';
 import { ConfigurationError } from '../../shared/errors';
 import type { InodeHandleStats } from '../../shared/status_report';
@@ -77,6 +78,8 @@ export interface PassthroughOptions {
   inodeFileHandles?: InodeFileHandles;
   /** How many O_PATH fds of handle-named inodes the worker keeps open. Default 4096. */
   inodeFdCache?: number;
+  /** The addon's FUSE fast path, whose tables this filesystem keeps (fast_table.ts). */
+  fastPath?: FastFuseHandle | null;
 }
 
 export const DEFAULT_INODE_FD_CACHE = 4096;
@@ -111,6 +114,8 @@ export class PassthroughFs implements FileSystem {
   private readonly io: FileIo;
   private readonly xattrs: Xattrs;
   private writeback = false;
+  /** The fast path's tables, when the addon serves hot requests itself. */
+  readonly fastTable: FastTable | null = null;
 
   constructor(opts: PassthroughOptions) {
     this.registry = opts.registry;
@@ -150,6 +155,11 @@ export class PassthroughFs implements FileSystem {
     this.io = new FileIo(this.session, this.fds);
     this.xattrs = new Xattrs(this.xattr, this.session, this.inodes, this.creds);
     if (opts.session !== undefined) this.resume(dev, ino, opts.verifyOnResume ?? true);
+    if (opts.fastPath) {
+      this.fastTable = new FastTable(opts.fastPath, this.session, this.registry, this.fdCache);
+      const sec = Math.floor(this.timeout);
+      opts.fastPath.setAttrTimeout(sec, Math.round((this.timeout - sec) * 1e9));
+    }
   }
 
   private setupRootFd(opts: PassthroughOptions): number {
@@ -261,6 +271,10 @@ export class PassthroughFs implements FileSystem {
 
   lookup(ctx: Context, parent: NodeId, name: Buffer): Entry {
     return this.inodes.lookup(parent, name);
+  }
+
+  addLookup(nodeid: NodeId): void {
+    this.session.addLookup(nodeid);
   }
 
   forget(nodeid: NodeId, nlookup: number): void {

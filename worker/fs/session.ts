@@ -352,6 +352,9 @@ export class FsSession {
 
   /** Drops every inode but the root, and every open file and dir. Counters are kept (ids are
    * never reused). Returns the fd names that were dropped (the caller closes them). */
+  inodeRecords(): IterableIterator<InodeRecord> { return this.inodes.values(); }
+  fileRecords(): IterableIterator<FileRecord> { return this.files.values(); }
+
   reset(): string[] {
     const dropped = this.fdNames().filter((n) => n !== ROOT_FD_NAME);
     this.emit({ op: 'reset' });

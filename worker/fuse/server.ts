@@ -7,12 +7,13 @@
 // every other request gets exactly one reply (an error header or a typed body).
 import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
-import { isNativeError, type IoSegment } from '../../shared/native';
+import { isNativeError, type FastFuseHandle, type IoSegment } from '../../shared/native';
 import type { Context, FileSystem } from '../fs/filesystem';
 import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
 import type { ChainHandler } from '../virtqueue/queue_server';
+import type { RingServedRequest } from '../virtqueue/split_ring';
 import * as K from './constants';
 import * as ERRNO from '../../shared/errno';
 import * as P from './protocol';
@@ -70,6 +71,9 @@ export interface FuseServerOptions {
   restoredInit?: InitResult | null;
   /** Exactly-once journal of state-changing requests (absent: no crash safety, e.g. tests). */
   ledger?: RequestLedger;
+  /** The addon's fast path (native/src/fast_fuse.cc): it serves only while a FUSE session is
+   * initialized, and refuses writes itself on a read-only export. */
+  fastPath?: FastFuseHandle | null;
 }
 
 /** Linux open(2) flags in FUSE OPEN requests: the access mode and O_TRUNC. */
@@ -113,7 +117,14 @@ export class FuseServer implements ChainHandler {
   private unmatchedInterrupts: bigint[] = [];
 
   constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {
-    this.initResult = opts.restoredInit ?? null;
+    opts.fastPath?.setReadonly(opts.readonly === true);
+    this.setInit(opts.restoredInit ?? null);
+  }
+
+  /** The FUSE session's INIT result (null: none); the fast path serves only within one. */
+  private setInit(init: InitResult | null): void {
+    this.initResult = init;
+    this.opts.fastPath?.setEnabled(init !== null);
   }
 
   get init(): InitResult | null {
@@ -123,7 +134,7 @@ export class FuseServer implements ChainHandler {
   /** Device reset or disconnect: the FUSE session is over. */
   reset(): void {
     if (this.initResult !== null) this.fs.destroy();
-    this.initResult = null;
+    this.setInit(null);
     this.unmatchedInterrupts = [];
   }
 
@@ -264,6 +275,28 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
+  /** A LOOKUP the addon answered (native/src/fast_fuse.cc): its lookup count and its outcome
+   * are journaled as TypeScript's own LOOKUP would journal them (dispatch), so the group commit
+   * makes both durable before the reply is published, and a resubmission after a crash gets
+   * the recorded reply instead of a second count. */
+  ringServed(req: RingServedRequest, queueIndex: number): void {
+    const ledger = this.opts.ledger;
+    const key = requestKey(queueIndex, req.head, req.counter);
+    ledger?.beginRequest(key, req.opcode, false, null);
+    try {
+      this.fs.addLookup!(req.nodeid);
+    } catch (e) {
+      // Cannot happen: the fast path answers only for inodes in its table, which leave it with
+      // the session's FORGET before anything else runs. Logged: the reply is already written.
+      this.log.error({ nodeid: req.nodeid, err: e instanceof Error ? e.message : String(e) }, 'fast-path LOOKUP of an inode the session does not know');
+    }
+    ledger?.endSync();
+    if (ledger !== undefined) {
+      ledger.outcome(key, req.reply);
+      this.unpublished.set(`${queueIndex}.${req.head}`, { key, opcode: req.opcode });
+    }
+  }
+
   /** The queue's PublishBarrier (worker/state/durability.ts) has made the outcomes durable. */
   beforePublish(queueIndex: number, heads: number[]): void {
     if (this.opts.ledger === undefined) return;
@@ -356,7 +389,7 @@ export class FuseServer implements ChainHandler {
       case 'INIT': return this.doInit(req);
       case 'DESTROY':
         fs.destroy();
-        this.initResult = null;
+        this.setInit(null);
         this.unmatchedInterrupts = [];
         this.opts.onInit?.(null);
         return Buffer.alloc(0);
@@ -512,7 +545,7 @@ export class FuseServer implements ChainHandler {
     let flags = req.flags & SUPPORTED_INIT_FLAGS & ~(this.opts.withheldInitFlags ?? 0n);
     if ((req.flags & K.FUSE_INIT_EXT) === 0n) flags &= 0xffff_ffffn;
     const result: InitResult = { major: K.FUSE_KERNEL_VERSION, minor, flags, maxReadahead: req.maxReadahead, maxWrite: MAX_WRITE, maxPages: MAX_PAGES };
-    this.initResult = result;
+    this.setInit(result);
     this.fs.init(flags);
     this.opts.onInit?.(result);
     this.log.info({ minor, flags: `0x${flags.toString(16)}`, cache: this.opts.cache }, 'FUSE session initialized');

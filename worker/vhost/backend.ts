@@ -11,6 +11,7 @@ import type { FdRegistry } from '../../shared/fd_registry';
 import { crashPoint } from '../../shared/crash_points';
 import { errorInfo } from '../../shared/errors';
 import type { QueueHandler } from '../virtqueue/queue_server';
+import type { RingFactory } from '../virtqueue/split_ring';
 import * as M from './messages';
 import { MessageTransport, type IncomingMessage } from './transport';
 import { VhostError } from './errors';
@@ -27,6 +28,8 @@ export interface VhostDevice {
   /** Total virtqueues (hiprio + request queues). */
   readonly numQueues: number;
   createQueueHandler(index: number): QueueHandler;
+  /** The ring each started queue runs on (absent: the TypeScript SplitRing). */
+  readonly createRing?: RingFactory;
   /** The frontend reset the device (RESET_OWNER / RESET_DEVICE). */
   onReset(): void;
 }
@@ -96,7 +99,7 @@ export class VhostUserBackend {
     this.memoryTable = new MemoryTable(registry, this.features, log);
     this.inflight = new InflightTracking(device.numQueues, registry, this.features);
     this.vrings = new Vrings(device.numQueues, (index) => device.createQueueHandler(index), this.memoryTable.memory,
-      this.inflight, this.features, registry, log);
+      this.inflight, this.features, registry, log, device.createRing);
     this.transport = new MessageTransport(connFd, {
       onMessage: (msg) => this.enqueue(msg),
       onClose: (reason) => this.disconnect(reason),

@@ -3,12 +3,12 @@
 // configuration is complete, until GET_VRING_BASE or a reset stops it. A running queue's kick
 // eventfd is polled here and its call eventfd written here.
 import type { Logger } from '../../shared/log';
-import { native, type Poller, POLL_READABLE } from '../../shared/native';
+import { native, type Poller, POLL_KICK_READ, POLL_READABLE } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import { errorInfo } from '../../shared/errors';
 import { faultPoint } from '../../shared/fault_points';
 import { GuestMemoryError, toSafeNumber, type GuestMemory } from '../virtqueue/guest_memory';
-import { RingError, SplitRing, MAX_QUEUE_SIZE } from '../virtqueue/split_ring';
+import { RingError, MAX_QUEUE_SIZE, splitRingFactory, type RingFactory, type VirtRing } from '../virtqueue/split_ring';
 import type { QueueHandler } from '../virtqueue/queue_server';
 import * as M from './messages';
 import type { IncomingMessage } from './transport';
@@ -35,7 +35,7 @@ export interface QueueStats { index: number; size: number; running: boolean; las
 
 interface RunningQueue {
   handler: QueueHandler;
-  ring: SplitRing;
+  ring: VirtRing;
   kickPoller: Poller;
 }
 
@@ -46,7 +46,7 @@ export class Vrings {
   constructor(numQueues: number, private readonly createQueueHandler: (index: number) => QueueHandler,
     private readonly memory: GuestMemory, private readonly inflight: InflightTracking,
     private readonly features: NegotiatedFeatures, private readonly registry: FdRegistry,
-    private readonly log: Logger) {
+    private readonly log: Logger, private readonly createRing: RingFactory = splitRingFactory) {
     for (let i = 0; i < numQueues; i++) this.configs.push(emptyVring());
   }
 
@@ -167,6 +167,7 @@ export class Vrings {
     expectFds(msg, noFd ? 0 : 1);
     if (noFd) {
       if (kind === 'kick') throw new VhostError('SET_VRING_KICK without an fd (polling mode) is not supported');
+      if (kind === 'call') this.running.get(index)?.ring.setCallFd?.(null);
       this.registry.close(`vring.${index}.${kind}`);
       return;
     }
@@ -177,13 +178,14 @@ export class Vrings {
       const q = this.running.get(index);
       if (q) q.kickPoller.close();
       this.registry.replace(`vring.${index}.kick`, fd);
-      if (q) q.kickPoller = this.pollKick(index, fd, q.handler);
+      if (q) q.kickPoller = this.pollKick(index, fd, q.handler, q.ring);
       v.kicked = true;
       // Without VHOST_USER_F_PROTOCOL_FEATURES a ring starts enabled on its kick.
       if (!this.features.has(M.VHOST_USER_F_PROTOCOL_FEATURES)) v.enabled = true;
       this.maybeStartQueue(index);
     } else {
       this.registry.replace(`vring.${index}.${kind}`, fd);
+      if (kind === 'call') this.running.get(index)?.ring.setCallFd?.(fd);
     }
   }
 
@@ -204,10 +206,13 @@ export class Vrings {
     for (const [index, q] of this.running) {
       const v = this.configs[index]!;
       try {
-        const ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
+        const ring = this.createRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
           q.ring.lastAvailIdx, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC),
           this.inflight.regionFor(index, v.size, false));
+        q.ring.setCallFd?.(null);
+        q.kickPoller.setKickHandler(null);
         q.ring = ring;
+        this.bindRing(index, ring, q.kickPoller);
         q.handler.start(ring, () => this.notify(index), []);
       } catch (e) {
         this.log.error({ queue: index, err: errorInfo(e) }, 'queue no longer in guest memory after a memory table change; stopped');
@@ -253,16 +258,24 @@ export class Vrings {
     return v;
   }
 
-  private pollKick(index: number, fd: number, handler: QueueHandler): Poller {
-    const poller = new native.Poller(fd, (status) => {
+  private pollKick(index: number, fd: number, handler: QueueHandler, ring: VirtRing): Poller {
+    const poller = new native.Poller(fd, (status, events) => {
       if (status < 0) {
         this.log.error({ queue: index, status }, 'kick fd poll error');
         return;
       }
-      if (native.eventfdRead(fd) >= 0) handler.kick();
+      // The ring's native kick read the eventfd and left this kick to us.
+      if ((events & POLL_KICK_READ) !== 0 || native.eventfdRead(fd) >= 0) handler.kick();
     });
+    ring.bindKick?.(poller);
     poller.start(POLL_READABLE);
     return poller;
+  }
+
+  /** A ring that takes kicks itself gets them first, and interrupts with the queue's call fd. */
+  private bindRing(index: number, ring: VirtRing, poller: Poller): void {
+    ring.bindKick?.(poller);
+    ring.setCallFd?.(this.registry.get(`vring.${index}.call`) ?? null);
   }
 
   private notify(index: number): void {
@@ -281,12 +294,12 @@ export class Vrings {
     const v = this.configs[index]!;
     if (this.running.has(index) || !v.kicked || !v.enabled || !v.addrSet || v.size === 0) return;
     const handler = this.createQueueHandler(index);
-    let ring: SplitRing;
+    let ring: VirtRing;
     let resubmit: number[] = [];
     try {
       const frontendInflight = this.inflight.frontendProvided;
       const inflight = this.inflight.regionFor(index, v.size, !frontendInflight && !resume);
-      ring = new SplitRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
+      ring = this.createRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
         v.base, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC), inflight);
       if ((resume || frontendInflight) && inflight !== null && inflight.descNum === v.size) {
         resubmit = ring.recoverInflight();
@@ -300,7 +313,8 @@ export class Vrings {
       throw e;
     }
     const kickFd = this.registry.get(`vring.${index}.kick`)!;
-    const kickPoller = this.pollKick(index, kickFd, handler);
+    ring.setCallFd?.(this.registry.get(`vring.${index}.call`) ?? null);
+    const kickPoller = this.pollKick(index, kickFd, handler, ring);
     this.running.set(index, { handler, ring, kickPoller });
     this.log.info({ queue: index, size: v.size, base: v.base, eventIdx: ring.eventIdx }, 'queue started');
     handler.start(ring, () => this.notify(index), resubmit);
@@ -317,6 +331,7 @@ export class Vrings {
     if (!q) return v.base;
     this.running.delete(index);
     q.kickPoller.close();
+    q.ring.setCallFd?.(null);
     const drained = q.handler.stop();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), STOP_DRAIN_TIMEOUT_MS); });

@@ -4,14 +4,14 @@
 // and at most one interrupt.
 import type { Logger } from '../../shared/log';
 import { errorInfo } from '../../shared/errors';
-import { ChainError, RingError, type DescriptorChain, type SplitRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type RingServedRequest, type VirtRing } from './split_ring';
 import { crashPoint } from '../../shared/crash_points';
 
 /** What the vhost-user backend drives per queue (implemented by QueueServer). */
 export interface QueueHandler {
   /** The ring is configured, kicked and enabled: serve it. `resubmit` lists inflight heads
    * recovered from the inflight region, oldest first. */
-  start(ring: SplitRing, notify: () => void, resubmit: number[]): void;
+  start(ring: VirtRing, notify: () => void, resubmit: number[]): void;
   /** The guest kicked the queue (or we kick ourselves after a start). */
   kick(): void;
   /** Stop serving; resolves when no request of this queue is in flight any more. */
@@ -38,6 +38,9 @@ export interface ChainHandler {
   /** These heads' used elements are about to become visible to the guest (the PublishBarrier
    * has run). */
   beforePublish?(queueIndex: number, heads: number[]): void;
+  /** The ring served this request itself and pushed its used element; its session effect
+   * must be journaled now (it is published at the next flush, after the barrier). */
+  ringServed?(req: RingServedRequest, queueIndex: number): void;
   /** These heads' used elements are now visible to the guest (they will never be
    * resubmitted). */
   published?(queueIndex: number, heads: number[]): void;
@@ -50,7 +53,12 @@ export interface PublishBarrier {
 }
 
 export class QueueServer implements QueueHandler {
-  private ring: SplitRing | null = null;
+  private ring: VirtRing | null = null;
+  /** The ring served chains itself that are not yet published. */
+  private ringServed = false;
+  /** Kicks go to the ring first (native_ring.ts): on once the first completion was seen (the
+   * recovery timing needs it here), off while paused or stopped. */
+  private fastKick = false;
   private notify: () => void = () => {};
   private running = false;
   private paused = false;
@@ -67,7 +75,9 @@ export class QueueServer implements QueueHandler {
   constructor(readonly index: number, private readonly handler: ChainHandler, private readonly log: Logger,
     private readonly onFirstCompletion?: () => void, private readonly barrier?: PublishBarrier) {}
 
-  start(ring: SplitRing, notify: () => void, resubmit: number[]): void {
+  start(ring: VirtRing, notify: () => void, resubmit: number[]): void {
+    this.ring?.setFastKick?.(false);
+    this.fastKick = false;
     this.ring = ring;
     this.notify = notify;
     this.running = true;
@@ -100,10 +110,12 @@ export class QueueServer implements QueueHandler {
       this.log.error({ queue: this.index, err: errorInfo(e) }, 'virtqueue is corrupt; queue stopped');
       this.running = false;
     }
+    this.noteRingServed();
     this.flush();
   }
 
   stop(): Promise<void> {
+    this.setFastKick(false);
     this.running = false;
     this.handler.stopping?.(this.index);
     if (this.inflight === 0) return Promise.resolve();
@@ -115,6 +127,7 @@ export class QueueServer implements QueueHandler {
   }
 
   pause(onSettle: () => void): void {
+    this.setFastKick(false);
     this.paused = true;
     this.onSettle = onSettle;
   }
@@ -123,7 +136,13 @@ export class QueueServer implements QueueHandler {
     this.flush();
   }
 
-  private dispatch(c: DescriptorChain | ChainError): void {
+  private dispatch(c: DescriptorChain | ChainError | RingServedRequest): void {
+    if ('served' in c) {
+      this.handler.ringServed?.(c, this.index);
+      this.unpublished.push(c.head);
+      if (this.completedSinceStart++ === 0 && this.onFirstCompletion) this.onFirstCompletion();
+      return;
+    }
     if (c instanceof ChainError) {
       // A hostile guest can send these in a loop: log a bounded number per second.
       const now = Date.now();
@@ -177,6 +196,16 @@ export class QueueServer implements QueueHandler {
     this.onSettle?.();
   }
 
+  /** Chains the ring served itself count as completions (recovery timing) and must be
+   * published. */
+  private noteRingServed(): void {
+    const n = this.ring?.takeServed?.() ?? 0;
+    if (n === 0) return;
+    this.ringServed = true;
+    if (this.completedSinceStart === 0 && this.onFirstCompletion) this.onFirstCompletion();
+    this.completedSinceStart += n;
+  }
+
   private complete(head: number, len: number): void {
     this.ring!.pushUsed(head, len);
     this.unpublished.push(head);
@@ -184,13 +213,21 @@ export class QueueServer implements QueueHandler {
   }
 
   private flush(): void {
-    if (this.ring === null || this.unpublished.length === 0) return;
+    if (this.ring === null || (this.unpublished.length === 0 && !this.ringServed)) return;
     const heads = this.unpublished;
     this.unpublished = [];
+    this.ringServed = false;
     this.barrier?.commit();
     this.handler.beforePublish?.(this.index, heads);
     const wantsNotify = this.ring.publishUsed();
     this.handler.published?.(this.index, heads);
     if (wantsNotify) this.notify();
+    if (!this.fastKick && this.completedSinceStart > 0 && this.running && !this.paused) this.setFastKick(true);
+  }
+
+  private setFastKick(on: boolean): void {
+    if (this.fastKick === on) return;
+    this.fastKick = on;
+    this.ring?.setFastKick?.(on);
   }
 }

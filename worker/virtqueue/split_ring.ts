@@ -3,7 +3,7 @@
 // safety, rule 4 "Inflight tracking"). Ring indices shared with the guest go through the
 // addon's acquire/release helpers; descriptors are read with plain loads after the acquire
 // load of avail->idx.
-import { native, type IoSegment } from '../../shared/native';
+import { native, type IoSegment, type Poller } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
 import { GuestError } from '../../shared/errors';
 
@@ -45,6 +45,56 @@ export interface DescriptorChain {
   writable: IoSegment[];
   writableLen: number;
 }
+
+/** A request the ring served itself whose session effect JavaScript must journal before its
+ * used element (already pushed) is published: a LOOKUP of a known inode, one more lookup of
+ * `nodeid`. `reply` is what the guest got. */
+export interface RingServedRequest {
+  served: true;
+  head: number;
+  counter: bigint;
+  opcode: number;
+  nodeid: number;
+  reply: Buffer;
+}
+
+/** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
+ * native_ring.ts's NativeSplitRing (the same algorithm in the addon, which may also serve
+ * requests itself). */
+export interface VirtRing {
+  readonly size: number;
+  readonly eventIdx: boolean;
+  /** Next avail ring slot to read. */
+  readonly lastAvailIdx: number;
+  /** The next chain for JavaScript, null when none is available, or a ChainError for a
+   * malformed one (to complete with length 0). */
+  pop(): DescriptorChain | ChainError | RingServedRequest | null;
+  readChain(head: number): DescriptorChain | ChainError;
+  counterOf(head: number): bigint;
+  pushUsed(head: number, len: number): void;
+  publishUsed(): boolean;
+  enableNotification(): boolean;
+  disableNotification(): void;
+  pending(): number;
+  usedIndex(): number;
+  recoverInflight(): number[];
+  /** Chains the ring served itself (pushed, not yet published) since the last call. */
+  takeServed?(): number;
+  /** The ring can take its queue's kicks itself (native_ring.ts): `poller` (of the kick
+   * eventfd) hands them to it first. */
+  bindKick?(poller: Poller): void;
+  /** Kicks served without JavaScript from now on, or not (the queue server decides). */
+  setFastKick?(on: boolean): void;
+  /** The call eventfd a kick served without JavaScript interrupts the guest with (null: none). */
+  setCallFd?(fd: number | null): void;
+}
+
+/** Builds the ring of a starting queue (vhost/vrings.ts calls it; the worker chooses which). */
+export type RingFactory = (mem: GuestMemory, addrs: RingAddresses, lastAvailIdx: number, eventIdx: boolean,
+  indirect: boolean, inflight: InflightRegion | null) => VirtRing;
+
+export const splitRingFactory: RingFactory = (mem, addrs, lastAvailIdx, eventIdx, indirect, inflight) =>
+  new SplitRing(mem, addrs, lastAvailIdx, eventIdx, indirect, inflight);
 
 export interface RingAddresses {
   size: number;
@@ -96,7 +146,7 @@ export class InflightRegion {
   setCounter(i: number, v: bigint): void { this.view.setBigUint64(this.descOff(i) + 8, v, true); }
 }
 
-export class SplitRing {
+export class SplitRing implements VirtRing {
   readonly size: number;
   private readonly desc: Located;
   private readonly avail: Located;

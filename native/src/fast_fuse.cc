@@ -1,0 +1,551 @@
+// The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC) of known inodes and
+// open files, served on the JS thread straight from the ring (ring.cc), with no JavaScript.
+// worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
+// well-formed case of each opcode and declines everything else (a length that is not exactly
+// the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
+// write that would block), which the TypeScript server then answers — errors included.
+//
+// Decisions:
+// - These opcodes change no session state, so they need no journal record: a request served
+//   here and lost in a crash is still marked in the inflight region and is run again by the
+//   successor (through TypeScript), which gives the same reply (READ, GETATTR) or writes the
+//   same bytes at the same offset (WRITE without O_APPEND).
+// - The tables (nodeid → O_PATH fd, fh → fd, nodeid, open flags) are owned by the TypeScript
+//   filesystem (worker/fs/fast_table.ts), which removes an entry before it closes the fd or
+//   forgets the id: no fd number here is ever a closed or reused one.
+// - A request that would block (RWF_NOWAIT says EAGAIN) or is larger than kMaxSyncIo is left to
+//   the threadpool path, as worker/fs/io.ts does, so the event loop never waits for a disk.
+#include "common.h"
+#include "fast_path.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+#include <unordered_map>
+
+namespace vfsk {
+namespace {
+
+constexpr size_t kInHeader = sizeof(fuse_in_header);    // 40
+constexpr size_t kOutHeader = sizeof(fuse_out_header);  // 16
+constexpr uint64_t kMaxSyncIo = 128 * 1024;             // worker/fs/io.ts SYNC_IO_MAX
+constexpr size_t kMaxName = 255;                        // NAME_MAX: longer names are TypeScript's
+constexpr uint64_t kMaxSafeU = static_cast<uint64_t>(kMaxSafe);
+constexpr long kTmpfsMagic = 0x01021994;
+constexpr long kRamfsMagic = 0x858458f6;
+constexpr int kOpenAppend = 02000;
+constexpr int kOpenSyncBits = 04010000 | 010000;  // O_SYNC (includes __O_DSYNC) | O_DSYNC
+
+const napi_type_tag kFastFuseTag = {0x7666736b66617374ULL, 0x6675736531000001ULL};
+
+// How a file takes synchronous I/O on the JS thread: RWF_NOWAIT, plainly (memory-backed files:
+// tmpfs/ramfs have no NOWAIT but never wait for a disk), or not at all.
+enum class SyncIo : uint8_t { kNowait, kPlain, kNone };
+
+struct DevIno {
+  uint64_t dev, ino;
+  bool operator==(const DevIno& o) const { return dev == o.dev && ino == o.ino; }
+};
+struct DevInoHash {
+  size_t operator()(const DevIno& k) const { return std::hash<uint64_t>()(k.ino * 1000003u ^ k.dev); }
+};
+
+// What identifies an inode of the session (worker/fs/session.ts InodeRecord).
+struct InodeMeta {
+  uint64_t dev, ino, generation;
+  bool hasHandle;
+  int mountId;
+  int handleType;
+  std::vector<uint8_t> handle;
+};
+
+struct FileEntry {
+  int fd;
+  uint64_t nodeid;
+  int flags;
+  SyncIo read = SyncIo::kNowait;
+  SyncIo write = SyncIo::kNowait;
+};
+
+template <typename T>
+inline T Load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+bool MemoryBacked(int fd) {
+  struct statfs s;
+  if (fstatfs(fd, &s) != 0) return false;
+  return s.f_type == kTmpfsMagic || static_cast<unsigned long>(s.f_type) == static_cast<unsigned long>(kRamfsMagic);
+}
+
+// The iovecs of [skip, skip+len) of the segments; false when more than IOV_MAX are needed.
+bool SliceIov(const std::vector<ChainSegment>& segs, size_t skip, size_t len, std::vector<iovec>* out) {
+  out->clear();
+  for (const ChainSegment& s : segs) {
+    if (len == 0) break;
+    if (skip >= s.len) { skip -= s.len; continue; }
+    size_t n = std::min<size_t>(s.len - skip, len);
+    if (out->size() == kMaxIov) return false;
+    out->push_back({s.host + skip, n});
+    len -= n;
+    skip = 0;
+  }
+  return len == 0;
+}
+
+// Drops the first n bytes of the iovecs (after a short transfer).
+void AdvanceIov(std::vector<iovec>* iov, size_t* first, size_t n) {
+  while (n > 0 && *first < iov->size()) {
+    iovec& v = (*iov)[*first];
+    if (n < v.iov_len) {
+      v.iov_base = static_cast<uint8_t*>(v.iov_base) + n;
+      v.iov_len -= n;
+      return;
+    }
+    n -= v.iov_len;
+    (*first)++;
+  }
+}
+
+uint32_t SaturateU32(uint64_t v) { return v > 0xffffffffULL ? 0xffffffffU : static_cast<uint32_t>(v); }
+
+class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FastFuse", {
+      InstanceMethod<&FastFuse::SetEnabled>("setEnabled"),
+      InstanceMethod<&FastFuse::SetReadonly>("setReadonly"),
+      InstanceMethod<&FastFuse::SetAttrTimeout>("setAttrTimeout"),
+      InstanceMethod<&FastFuse::SetInode>("setInode"),
+      InstanceMethod<&FastFuse::DeleteInode>("deleteInode"),
+      InstanceMethod<&FastFuse::SetFile>("setFile"),
+      InstanceMethod<&FastFuse::SetInodeMeta>("setInodeMeta"),
+      InstanceMethod<&FastFuse::ForgetInode>("forgetInode"),
+      InstanceMethod<&FastFuse::DeleteFile>("deleteFile"),
+      InstanceMethod<&FastFuse::Clear>("clear"),
+      InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
+      InstanceMethod<&FastFuse::Stats>("stats"),
+    });
+  }
+
+  explicit FastFuse(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FastFuse>(info) {
+    napi_type_tag_object(info.Env(), info.This(), &kFastFuseTag);
+  }
+
+  bool Serve(const Chain& c, Served* out) override {
+    if (!enabled_ || c.readableLen < kInHeader || c.writableLen < kOutHeader) return Decline();
+    // The header and the largest args we use, copied once: the guest may change its buffers.
+    uint8_t in[kInHeader + kMaxName + 1];
+    size_t have = GatherSegments(c.readable, 0, in, std::min<uint64_t>(c.readableLen, sizeof in));
+    fuse_in_header h;
+    std::memcpy(&h, in, sizeof h);
+    if (h.len != c.readableLen) return Decline();
+    out->opcode = h.opcode;
+    out->needsRecord = false;
+    uint32_t* usedLen = &out->usedLen;
+    switch (h.opcode) {
+      case FUSE_GETATTR:
+        return have == kInHeader + sizeof(fuse_getattr_in) && h.len == have && Getattr(c, h, in + kInHeader, usedLen);
+      case FUSE_READ:
+        return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Read(c, h, in + kInHeader, usedLen);
+      case FUSE_WRITE:
+        return have >= kInHeader + sizeof(fuse_write_in) && Write(c, h, in + kInHeader, usedLen);
+      case FUSE_LOOKUP:
+        return h.len == have && Lookup(c, h, in + kInHeader, have - kInHeader, out);
+      default:
+        return Decline();
+    }
+  }
+
+  bool CrashArmed() const override { return crashPoint_ != NativeCrashPoint::kNone; }
+
+  void CrashPoint(NativeCrashPoint point, uint32_t opcode) override {
+    if (point != crashPoint_ || (crashOpcode_ >= 0 && static_cast<uint32_t>(crashOpcode_) != opcode)) return;
+    // Calls the JS crash point (marker file, then SIGKILL): it does not return when it fires.
+    crashFn_.Call({Napi::Number::New(crashFn_.Env(), static_cast<int>(point)), Napi::Number::New(crashFn_.Env(), opcode)});
+  }
+
+ private:
+  bool Decline() {
+    declined_++;
+    return false;
+  }
+
+  bool Getattr(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+    fuse_getattr_in g;
+    std::memcpy(&g, args, sizeof g);
+    if ((g.getattr_flags & FUSE_GETATTR_FH) != 0 && g.fh >= kMaxSafeU) return Decline();
+    auto it = inodes_.find(h.nodeid);
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_attr_out);
+    if (it == inodes_.end() || c.writableLen < kReply) return Decline();
+    struct stat st;
+    if (fstatat(it->second, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint8_t reply[kReply];
+    std::memset(reply, 0, sizeof reply);
+    fuse_out_header out{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &out, sizeof out);
+    fuse_attr_out a;
+    std::memset(&a, 0, sizeof a);
+    a.attr_valid = attrSec_;
+    a.attr_valid_nsec = attrNsec_;
+    FillAttr(st, &a.attr);
+    std::memcpy(reply + kOutHeader, &a, sizeof a);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    *usedLen = kReply;
+    getattrs_++;
+    return true;
+  }
+
+  // As worker/fuse/encode.ts encodeAttr: the kernel's new_encode_dev for rdev, u64 fields that
+  // are u32 on the wire saturate.
+  static void FillAttr(const struct stat& st, fuse_attr* a) {
+    a->ino = st.st_ino;
+    a->size = st.st_size;
+    a->blocks = st.st_blocks;
+    a->atime = st.st_atim.tv_sec;
+    a->mtime = st.st_mtim.tv_sec;
+    a->ctime = st.st_ctim.tv_sec;
+    a->atimensec = st.st_atim.tv_nsec;
+    a->mtimensec = st.st_mtim.tv_nsec;
+    a->ctimensec = st.st_ctim.tv_nsec;
+    a->mode = st.st_mode;
+    a->nlink = SaturateU32(st.st_nlink);
+    a->uid = st.st_uid;
+    a->gid = st.st_gid;
+    uint32_t maj = major(st.st_rdev), min = minor(st.st_rdev);
+    a->rdev = (min & 0xff) | ((maj & 0xfff) << 8) | ((min & 0xfff00) << 12);
+    a->blksize = SaturateU32(static_cast<uint64_t>(st.st_blksize));
+    a->flags = 0;
+  }
+
+  // LOOKUP of a name whose inode the session knows (worker/fs/inodes.ts lookupKnown, the same
+  // test): fstatat of the name under the parent's fd, its (dev, ino) in the table, and for an
+  // inode named by a file handle the name's handle equal to the recorded one (nothing pins such
+  // an inode, so its number may have been reused). One more lookup of that nodeid is the
+  // session effect, which JavaScript journals before the reply is published (needsRecord).
+  // '.', '..', new inodes and every error are TypeScript's.
+  bool Lookup(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out);
+    if (len < 2 || args[len - 1] != 0 || c.writableLen < kReply) return Decline();
+    const char* name = reinterpret_cast<const char*>(args);
+    size_t n = len - 1;
+    if (std::memchr(name, 0, n) != nullptr || std::memchr(name, '/', n) != nullptr) return Decline();
+    if ((n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' && name[1] == '.')) return Decline();
+    auto parent = inodes_.find(h.nodeid);
+    if (parent == inodes_.end()) return Decline();
+    struct stat st;
+    if (fstatat(parent->second, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return Decline();
+    auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
+    if (known == byDevIno_.end()) return Decline();
+    const InodeMeta& m = meta_.at(known->second);
+    if (m.hasHandle) {
+      union {
+        file_handle fh;
+        uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
+      } u;
+      u.fh.handle_bytes = MAX_HANDLE_SZ;
+      int mountId = 0;
+      if (name_to_handle_at(parent->second, name, &u.fh, &mountId, 0) != 0) return Decline();
+      if (mountId != m.mountId || u.fh.handle_type != m.handleType || u.fh.handle_bytes != m.handle.size() ||
+          std::memcmp(u.fh.f_handle, m.handle.data(), m.handle.size()) != 0)
+        return Decline();
+    }
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint8_t* reply = out->reply;
+    std::memset(reply, 0, kReply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_entry_out e;
+    std::memset(&e, 0, sizeof e);
+    e.nodeid = known->second;
+    e.generation = m.generation;
+    e.entry_valid = e.attr_valid = attrSec_;
+    e.entry_valid_nsec = e.attr_valid_nsec = attrNsec_;
+    FillAttr(st, &e.attr);
+    std::memcpy(reply + kOutHeader, &e, sizeof e);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    out->usedLen = kReply;
+    out->replyLen = kReply;
+    out->needsRecord = true;
+    out->nodeid = known->second;
+    lookups_++;
+    return true;
+  }
+
+  FileEntry* FileFor(uint64_t fh, uint64_t nodeid) {
+    auto it = files_.find(fh);
+    if (it == files_.end() || it->second.nodeid != nodeid) return nullptr;
+    return &it->second;
+  }
+
+  // preadv2/pwritev2 of the whole range with the file's sync mode; false (decline) when it
+  // would block, the filesystem has no sync mode, or the syscall fails.
+  bool SyncTransfer(FileEntry* f, bool write, uint64_t offset, size_t want, size_t* done) {
+    SyncIo* mode = write ? &f->write : &f->read;
+    size_t first = 0;
+    *done = 0;
+    while (*done < want) {
+      if (*mode == SyncIo::kNone) return false;
+      int flags = *mode == SyncIo::kNowait ? RWF_NOWAIT : 0;
+      iovec* v = iov_.data() + first;
+      int cnt = static_cast<int>(iov_.size() - first);
+      ssize_t n = write ? pwritev2(f->fd, v, cnt, static_cast<off_t>(offset + *done), flags)
+                        : preadv2(f->fd, v, cnt, static_cast<off_t>(offset + *done), flags);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EOPNOTSUPP && *mode == SyncIo::kNowait) {
+          *mode = MemoryBacked(f->fd) ? SyncIo::kPlain : SyncIo::kNone;
+          continue;
+        }
+        return false;  // EAGAIN (would block) or an error: the TypeScript path decides
+      }
+      if (n == 0) {
+        if (write) return false;
+        break;  // EOF
+      }
+      *done += static_cast<size_t>(n);
+      AdvanceIov(&iov_, &first, static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  bool Read(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+    fuse_read_in r;
+    std::memcpy(&r, args, sizeof r);
+    if (r.fh >= kMaxSafeU || r.offset >= kMaxSafeU || r.size > kMaxSyncIo) return Decline();
+    FileEntry* f = FileFor(r.fh, h.nodeid);
+    if (f == nullptr) return Decline();
+    size_t want = std::min<uint64_t>(r.size, c.writableLen - kOutHeader);
+    if (!SliceIov(c.writable, kOutHeader, want, &iov_)) return Decline();
+    size_t done = 0;
+    if (want > 0 && !SyncTransfer(f, false, r.offset, want, &done)) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    fuse_out_header out{static_cast<uint32_t>(kOutHeader + done), 0, h.unique};
+    ScatterSegments(c.writable, 0, reinterpret_cast<const uint8_t*>(&out), sizeof out);
+    *usedLen = out.len;
+    reads_++;
+    return true;
+  }
+
+  bool Write(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+    fuse_write_in w;
+    std::memcpy(&w, args, sizeof w);
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_write_out);
+    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxSyncIo || w.fh >= kMaxSafeU ||
+        w.offset >= kMaxSafeU || (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 || c.writableLen < kReply)
+      return Decline();
+    FileEntry* f = FileFor(w.fh, h.nodeid);
+    // Appends journal an intent (their second run would append twice); O_SYNC writes flush.
+    if (f == nullptr || (f->flags & kOpenAppend) != 0 || (f->flags & kOpenSyncBits) != 0) return Decline();
+    if (!SliceIov(c.readable, kInHeader + sizeof w, w.size, &iov_)) return Decline();
+    size_t done = 0;
+    if (w.size > 0 && !SyncTransfer(f, true, w.offset, w.size, &done)) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint8_t reply[kReply];
+    std::memset(reply, 0, sizeof reply);
+    fuse_out_header out{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &out, sizeof out);
+    fuse_write_out wo{static_cast<uint32_t>(done), 0};
+    std::memcpy(reply + kOutHeader, &wo, sizeof wo);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    *usedLen = kReply;
+    writes_++;
+    return true;
+  }
+
+  // --- JS methods
+
+  Napi::Value SetEnabled(const Napi::CallbackInfo& info) {
+    Args a(info, "setEnabled");
+    if (!a.Count(1) || !a.Bool(0, "enabled", &enabled_)) return {};
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetReadonly(const Napi::CallbackInfo& info) {
+    Args a(info, "setReadonly");
+    if (!a.Count(1) || !a.Bool(0, "readonly", &readonly_)) return {};
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetAttrTimeout(const Napi::CallbackInfo& info) {
+    Args a(info, "setAttrTimeout");
+    int64_t sec, nsec;
+    if (!a.Count(2) || !a.Int(0, "sec", 0, kMaxSafe, &sec) || !a.Int(1, "nsec", 0, 999999999, &nsec)) return {};
+    attrSec_ = static_cast<uint64_t>(sec);
+    attrNsec_ = static_cast<uint32_t>(nsec);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetInode(const Napi::CallbackInfo& info) {
+    Args a(info, "setInode");
+    int64_t nodeid;
+    int fd;
+    if (!a.Count(2) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Fd(1, "fd", &fd)) return {};
+    inodes_[static_cast<uint64_t>(nodeid)] = fd;
+    return info.Env().Undefined();
+  }
+
+  Napi::Value DeleteInode(const Napi::CallbackInfo& info) {
+    Args a(info, "deleteInode");
+    int64_t nodeid;
+    if (!a.Count(1) || !a.Int(0, "nodeid", 0, kMaxSafe, &nodeid)) return {};
+    inodes_.erase(static_cast<uint64_t>(nodeid));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetFile(const Napi::CallbackInfo& info) {
+    Args a(info, "setFile");
+    int64_t fh, nodeid;
+    int fd, flags;
+    if (!a.Count(4) || !a.Int(0, "fh", 0, kMaxSafe, &fh) || !a.Int(1, "nodeid", 1, kMaxSafe, &nodeid) ||
+        !a.Fd(2, "fd", &fd) || !a.Flags(3, "flags", &flags))
+      return {};
+    files_[static_cast<uint64_t>(fh)] = FileEntry{fd, static_cast<uint64_t>(nodeid), flags};
+    return info.Env().Undefined();
+  }
+
+  Napi::Value DeleteFile(const Napi::CallbackInfo& info) {
+    Args a(info, "deleteFile");
+    int64_t fh;
+    if (!a.Count(1) || !a.Int(0, "fh", 0, kMaxSafe, &fh)) return {};
+    files_.erase(static_cast<uint64_t>(fh));
+    return info.Env().Undefined();
+  }
+
+  // setInodeMeta(nodeid, dev: bigint, ino: bigint, generation, handle: {mountId, handleType,
+  // handle: Buffer} | null): the identity LOOKUP checks a name against.
+  Napi::Value SetInodeMeta(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a(info, "setInodeMeta");
+    int64_t nodeid, generation;
+    if (!a.Count(5) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Int(3, "generation", 0, 0xffffffffLL, &generation)) return {};
+    if (!info[1].IsBigInt() || !info[2].IsBigInt()) {
+      ThrowTypeError(env, "setInodeMeta(): dev and ino must be bigints");
+      return {};
+    }
+    bool lossless = true;
+    InodeMeta m{};
+    m.dev = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
+    m.ino = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+    m.generation = static_cast<uint64_t>(generation);
+    m.hasHandle = false;
+    if (info[4].IsObject()) {
+      Napi::Object h = info[4].As<Napi::Object>();
+      int64_t mountId, type;
+      Napi::Value bytes = h.Get("handle");
+      if (!CheckInt(env, h.Get("mountId"), "setInodeMeta(): handle.mountId", INT32_MIN, INT32_MAX, &mountId) ||
+          !CheckInt(env, h.Get("handleType"), "setInodeMeta(): handle.handleType", INT32_MIN, INT32_MAX, &type))
+        return {};
+      if (!bytes.IsBuffer() || bytes.As<Napi::Buffer<uint8_t>>().Length() > MAX_HANDLE_SZ) {
+        ThrowTypeError(env, "setInodeMeta(): handle.handle must be a Buffer of at most MAX_HANDLE_SZ bytes");
+        return {};
+      }
+      Napi::Buffer<uint8_t> b = bytes.As<Napi::Buffer<uint8_t>>();
+      m.hasHandle = true;
+      m.mountId = static_cast<int>(mountId);
+      m.handleType = static_cast<int>(type);
+      m.handle.assign(b.Data(), b.Data() + b.Length());
+    }
+    uint64_t id = static_cast<uint64_t>(nodeid);
+    auto old = meta_.find(id);
+    if (old != meta_.end()) byDevIno_.erase(DevIno{old->second.dev, old->second.ino});
+    byDevIno_[DevIno{m.dev, m.ino}] = id;
+    meta_[id] = std::move(m);
+    return env.Undefined();
+  }
+
+  // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
+  Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
+    Args a(info, "forgetInode");
+    int64_t nodeid;
+    if (!a.Count(1) || !a.Int(0, "nodeid", 0, kMaxSafe, &nodeid)) return {};
+    uint64_t id = static_cast<uint64_t>(nodeid);
+    auto m = meta_.find(id);
+    if (m != meta_.end()) {
+      auto k = byDevIno_.find(DevIno{m->second.dev, m->second.ino});
+      if (k != byDevIno_.end() && k->second == id) byDevIno_.erase(k);
+      meta_.erase(m);
+    }
+    inodes_.erase(id);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Clear(const Napi::CallbackInfo& info) {
+    inodes_.clear();
+    files_.clear();
+    meta_.clear();
+    byDevIno_.clear();
+    return info.Env().Undefined();
+  }
+
+  // armCrash(point 1..3, opcode | -1, fn(point, opcode)): tests only (shared/crash_points.ts).
+  Napi::Value ArmCrash(const Napi::CallbackInfo& info) {
+    Args a(info, "armCrash");
+    int64_t point, opcode;
+    Napi::Function fn;
+    if (!a.Count(3) || !a.Int(0, "point", 1, 3, &point) || !a.Int(1, "opcode", -1, 0xffffffffLL, &opcode) ||
+        !a.Func(2, "fn", &fn))
+      return {};
+    crashPoint_ = static_cast<NativeCrashPoint>(point);
+    crashOpcode_ = opcode;
+    crashFn_ = Napi::Persistent(fn);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("getattr", Napi::Number::New(env, static_cast<double>(getattrs_)));
+    o.Set("read", Napi::Number::New(env, static_cast<double>(reads_)));
+    o.Set("write", Napi::Number::New(env, static_cast<double>(writes_)));
+    o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
+    o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
+    o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
+    o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
+    return o;
+  }
+
+  bool enabled_ = false;
+  bool readonly_ = false;
+  uint64_t attrSec_ = 0;
+  uint32_t attrNsec_ = 0;
+  std::unordered_map<uint64_t, int> inodes_;
+  std::unordered_map<uint64_t, FileEntry> files_;
+  std::unordered_map<uint64_t, InodeMeta> meta_;
+  std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
+  std::vector<iovec> iov_;
+  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, declined_ = 0;
+  NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;
+  int64_t crashOpcode_ = -1;
+  Napi::FunctionReference crashFn_;
+};
+
+}  // namespace
+
+ChainServer* UnwrapChainServer(Napi::Env env, Napi::Value v) {
+  bool tagged = false;
+  if (v.IsObject()) napi_check_object_type_tag(env, v, &kFastFuseTag, &tagged);
+  if (!tagged) {
+    ThrowTypeError(env, "attach(): argument 1 \"server\" must be a FastFuse");
+    return nullptr;
+  }
+  return FastFuse::Unwrap(v.As<Napi::Object>());
+}
+
+void InitFastFuse(Napi::Env env, Napi::Object exports) {
+  exports.Set("FastFuse", FastFuse::Define(env));
+}
+
+}  // namespace vfsk

@@ -1,0 +1,89 @@
+// The native request path (docs/ARCHITECTURE.md, "The native request path"): the split ring
+// (ring.cc) pops chains and offers each to the FUSE fast server (fast_fuse.cc), which serves the
+// hot, self-contained opcodes on the JS thread without entering JavaScript and declines
+// everything else, which the ring then hands to the TypeScript FUSE server.
+#ifndef VFSK_FAST_PATH_H_
+#define VFSK_FAST_PATH_H_
+
+#include <napi.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace vfsk {
+
+// One guest buffer piece, inside one mapped memory region.
+struct ChainSegment {
+  uint8_t* host;     // where the bytes are in our mapping
+  uint32_t len;
+  uint32_t region;   // index in the ring's region table
+  uint64_t offset;   // offset of `host` in the region's ArrayBuffer
+};
+
+struct Chain {
+  uint16_t head = 0;
+  uint64_t counter = 0;
+  std::vector<ChainSegment> readable;
+  uint64_t readableLen = 0;
+  std::vector<ChainSegment> writable;
+  uint64_t writableLen = 0;
+  void Clear() {
+    readable.clear();
+    writable.clear();
+    readableLen = writableLen = 0;
+  }
+};
+
+// Crash points of the native path (shared/crash_points.ts names them).
+enum class NativeCrashPoint : int { kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3 };
+
+// What the server did with a chain it served.
+struct Served {
+  uint32_t usedLen = 0;
+  uint32_t opcode = 0;
+  // The request changed session state that JavaScript must journal before its used element is
+  // published (a LOOKUP: one more lookup of `nodeid`); `reply` is what the guest got.
+  bool needsRecord = false;
+  uint64_t nodeid = 0;
+  uint32_t replyLen = 0;
+  uint8_t reply[160];
+};
+
+// Implemented by fast_fuse.cc; the ring only knows this.
+class ChainServer {
+ public:
+  virtual ~ChainServer() = default;
+  // Serves the chain completely and returns true (with *out filled), or returns false having
+  // changed nothing the guest or a successor could tell apart from a request not yet run (the
+  // bytes it may have put in writable buffers are overwritten by the reply the TypeScript
+  // server writes).
+  virtual bool Serve(const Chain& chain, Served* out) = 0;
+  // Whether a crash point is armed (tests only): the ring then reports its points.
+  virtual bool CrashArmed() const = 0;
+  // The named crash point, for a request of this opcode (tests only; no-op unless armed).
+  virtual void CrashPoint(NativeCrashPoint point, uint32_t opcode) = 0;
+};
+
+// Handles a queue's kick in C++ (ring.cc), called by the kick fd's Poller (poll.cc) before
+// JavaScript: true when it did all there was to do, false when JavaScript must run the kick.
+// It reads the kick eventfd either way.
+class KickHandler {
+ public:
+  virtual ~KickHandler() = default;
+  virtual bool OnKick(int kickFd) = 0;
+};
+
+// The KickHandler of a NativeRing object, or nullptr with a TypeError thrown.
+KickHandler* UnwrapKickHandler(Napi::Env env, Napi::Value v);
+
+// The ChainServer inside a FastFuse object, or nullptr with a TypeError thrown.
+ChainServer* UnwrapChainServer(Napi::Env env, Napi::Value v);
+
+// Copies up to `len` bytes starting `skip` bytes into the segments; returns bytes copied.
+size_t GatherSegments(const std::vector<ChainSegment>& segs, size_t skip, uint8_t* dst, size_t len);
+// Copies src into the segments starting `skip` bytes in; returns bytes written.
+size_t ScatterSegments(const std::vector<ChainSegment>& segs, size_t skip, const uint8_t* src, size_t len);
+
+}  // namespace vfsk
+
+#endif  // VFSK_FAST_PATH_H_

@@ -1,0 +1,145 @@
+// The addon's fast path (native/src/fast_fuse.cc) against the TypeScript server it stands in
+// for: the same replies for GETATTR, READ and WRITE, the status counters that show which path
+// served, and the cases it must hand to TypeScript (released fhs, forgotten nodeids, appends,
+// errors) answered exactly as TypeScript answers them.
+import t, { type Test } from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { openSession, waitFor, type Session } from './helpers';
+import { FuseError } from './fuse_client';
+import * as F from './fuse_proto';
+import { queryStatus } from '../../cli/status';
+import type { FastPathStats } from '../../shared/status_report';
+
+const EBADF = 9;
+
+/** The errno a request was refused with (0: it was not). */
+async function errnoOf(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+    return 0;
+  } catch (e) {
+    if (e instanceof FuseError) return e.errno;
+    throw e;
+  }
+}
+
+/** `tmpfs`: the shared directory on /dev/shm (writes are served natively there; ext4 has no
+ * RWF_NOWAIT buffered writes, so they go to the threadpool through TypeScript). */
+async function session(t: Test, fastPath: boolean, tmpfs = false): Promise<{ s: Session; stateDir: string }> {
+  // UNIX socket paths are limited to 108 bytes: keep the state dir (keeper.sock) short.
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-fp-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const s = await openSession(t, 'ours', {
+    extraArgs: ['--state-dir', stateDir, ...(fastPath ? [] : ['--no-fast-path'])],
+    ...(tmpfs ? { baseDir: fs.mkdtempSync('/dev/shm/vfsk-fp-') } : {}),
+    setup: (shared) => {
+      fs.writeFileSync(path.join(shared, 'data'), Buffer.from(Array.from({ length: 200_000 }, (_, i) => i % 251)));
+      fs.writeFileSync(path.join(shared, 'log'), 'first\n');
+    },
+  });
+  return { s, stateDir };
+}
+
+/** The worker pushes its stats once a second: poll until `cond` holds. */
+function fastStats(stateDir: string, cond: (f: FastPathStats) => boolean, what: string): Promise<FastPathStats> {
+  let last: FastPathStats | null = null;
+  return waitFor((): FastPathStats | undefined => {
+    const f = queryStatus(stateDir).fuse.fastPath;
+    last = f;
+    return f !== null && cond(f) ? f : undefined;
+  }, what, 15_000, 50).catch((e: Error) => {
+    throw new Error(`${e.message}; last seen ${JSON.stringify(last)}`);
+  }) as Promise<FastPathStats>;
+}
+
+function sameAttr(t: Test, a: F.Attr, host: fs.BigIntStats, what: string): void {
+  t.same({ ino: a.ino, size: a.size, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, mtime: a.mtime, mtimensec: a.mtimensec },
+    { ino: host.ino, size: host.size, mode: Number(host.mode), nlink: Number(host.nlink), uid: Number(host.uid), gid: Number(host.gid),
+      mtime: host.mtimeMs / 1000n, mtimensec: Number(host.mtimeNs % 1_000_000_000n) }, what);
+}
+
+for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GETATTR, READ and WRITE with the replies TypeScript gives (${medium})`, async (t) => {
+  const replies: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, medium === 'tmpfs');
+    const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    // A LOOKUP of a known inode: the fast path's (its count journaled by TypeScript).
+    const again = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    t.equal(again.nodeid, e.nodeid, 'a second LOOKUP names the same nodeid');
+    sameAttr(t, again.attr, fs.lstatSync(s.host('data'), { bigint: true }), 'with the attributes of the file');
+    const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+    const attr = await s.fuse.getattr(e.nodeid);
+    sameAttr(t, attr.attr, fs.lstatSync(s.host('data'), { bigint: true }), `GETATTR matches lstat (fast path ${fastPath})`);
+    const root = await s.fuse.getattr(F.FUSE_ROOT_ID);
+    sameAttr(t, root.attr, fs.lstatSync(s.shared, { bigint: true }), 'GETATTR of the root');
+    const head = await s.fuse.read(e.nodeid, o.fh, 0, 4096);
+    const tail = await s.fuse.read(e.nodeid, o.fh, 199_000, 4096); // short: EOF at 200,000
+    const past = await s.fuse.read(e.nodeid, o.fh, 300_000, 4096);
+    t.equal(await s.fuse.write(e.nodeid, o.fh, 10, Buffer.from('written here')), 12, 'WRITE says 12 bytes');
+    t.equal(fs.readFileSync(s.host('data')).subarray(10, 22).toString(), 'written here', 'the bytes reached the file');
+    const after = await s.fuse.read(e.nodeid, o.fh, 0, 32);
+    replies[String(fastPath)] = { attrValid: [attr.attrValid, attr.attrValidNsec], head, tail, past, after: after.toString('hex'),
+      entry: [again.entryValid, again.attrValid, again.generation] };
+    t.equal(tail.length, 1000, 'a read across EOF is short');
+    t.equal(past.length, 0, 'a read past EOF is empty');
+    if (fastPath) {
+      const writes = medium === 'tmpfs' ? 1 : 0;
+      const f = await fastStats(stateDir, (x) => x.getattr >= 2 && x.read >= 4 && x.write >= writes && (x.lookup ?? 0) >= 1, 'the fast path counters');
+      t.ok(f.getattr >= 2 && f.read >= 4 && f.write >= writes && (f.lookup ?? 0) >= 1, `served natively: ${JSON.stringify(f)}`);
+      // Two LOOKUPs, two counts: one FORGET leaves the inode, the second drops it.
+      await s.fuse.forget(e.nodeid, 1);
+      t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, attr.attr.ino, 'known after one FORGET');
+      await s.fuse.release(e.nodeid, o.fh);
+      await s.fuse.forget(e.nodeid, 1);
+      t.equal(await errnoOf(s.fuse.getattr(e.nodeid)), EBADF, 'gone after the second: the fast-path LOOKUP counted once');
+    } else {
+      await waitFor(() => queryStatus(stateDir).fuse.inodes >= 2, 'worker stats');
+      t.equal(queryStatus(stateDir).fuse.fastPath, null, '--no-fast-path: status says the fast path is off');
+    }
+    await s.close();
+  }
+  t.same(replies.true, replies.false, 'both paths gave the same replies');
+});
+
+t.test('what the fast path must not serve goes to TypeScript', async (t) => {
+  const { s, stateDir } = await session(t, true);
+  const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+  const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+  await s.fuse.read(e.nodeid, o.fh, 0, 10);
+  await s.fuse.release(e.nodeid, o.fh);
+  t.equal(await errnoOf(s.fuse.read(e.nodeid, o.fh, 0, 10)), EBADF, 'a released fh is EBADF (its table entry left before the fd closed)');
+  const other = await s.fuse.open(e.nodeid, F.O.RDONLY);
+  t.equal(await errnoOf(s.fuse.read(e.nodeid + 1000n, other.fh, 0, 10)), EBADF, 'an fh read under another nodeid is EBADF');
+  const log = await s.fuse.lookup(F.FUSE_ROOT_ID, 'log');
+  const a = await s.fuse.open(log.nodeid, F.O.WRONLY | F.O.APPEND);
+  t.equal(await s.fuse.write(log.nodeid, a.fh, 0, Buffer.from('second\n')), 7);
+  t.equal(fs.readFileSync(s.host('log'), 'utf8'), 'first\nsecond\n', 'an O_APPEND write appends (journaled, in TypeScript)');
+  await s.fuse.release(log.nodeid, a.fh);
+  await s.fuse.forget(log.nodeid, 1);
+  t.equal(await errnoOf(s.fuse.getattr(log.nodeid)), EBADF, 'GETATTR of a forgotten nodeid is EBADF (its entry left with the FORGET)');
+  t.equal(await errnoOf(s.fuse.getattr(987654n)), EBADF, 'an unknown nodeid is EBADF');
+  const f = await fastStats(stateDir, (x) => x.declined >= 4, 'declined counted');
+  t.ok(f.files >= 1 && f.declined >= 4, `declined: ${f.declined}, tables: ${f.inodes} inodes, ${f.files} files`);
+});
+
+t.test('a worker kill keeps the fast path serving: the successor rebuilds its tables', async (t) => {
+  const { s, stateDir } = await session(t, true);
+  const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+  const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+  await s.fuse.getattr(e.nodeid);
+  const pid = (await waitFor(() => queryStatus(stateDir).worker.pid, 'the worker pid'))!;
+  process.kill(pid, 'SIGKILL');
+  await waitFor(() => {
+    const st = queryStatus(stateDir);
+    return st.worker.pid !== null && st.worker.pid !== pid && st.worker.state === 'running';
+  }, 'a new worker', 15_000);
+  t.equal((await s.fuse.read(e.nodeid, o.fh, 0, 3)).toString('hex'), '000102', 'the open fh reads after the kill');
+  // The first GETATTR goes to TypeScript: the successor's inode fd cache is empty, and opening
+  // the inode by its handle puts its fd in the table for the second.
+  await s.fuse.getattr(e.nodeid);
+  await s.fuse.getattr(e.nodeid);
+  const f = await fastStats(stateDir, (x) => x.read >= 1 && x.getattr >= 1 && x.files >= 1, 'the successor serves natively');
+  t.ok(f.read >= 1 && f.getattr >= 1, `the successor served natively: ${JSON.stringify(f)}`);
+});

@@ -1,0 +1,111 @@
+// The tables the addon's FUSE fast path serves from (native/src/fast_fuse.cc): nodeid → the
+// inode's O_PATH fd, fh → the open file's fd, nodeid and open flags. They mirror the session,
+// the fd registry and the inode fd cache.
+//
+// Decisions:
+// - An entry leaves before the fd it names is closed (registry and cache tell us first) and
+//   before the id it names is forgotten (the session's mutation is applied before the fd is
+//   closed), so the addon never uses a closed or reused fd number, nor a released fh or a
+//   forgotten nodeid.
+// - An entry comes when its fd exists and the session knows the id: an inode's fd at its
+//   registration or when the cache opens it, a file at its openFile mutation (its fd was
+//   registered just before). A missing entry only sends the request to TypeScript.
+import type { FastFuseHandle } from '../../shared/native';
+import type { FdRegistry, FdRegistryListener } from '../../shared/fd_registry';
+import type { FsMutation, FsSession } from './session';
+import { ROOT_FD_NAME, fileFdName } from './session';
+import type { InodeFdCache, InodeFdObserver } from './inode_fds';
+
+const FUSE_ROOT_ID = 1;
+const INODE_NAME = /^inode\.(\d+)$/;
+const FILE_NAME = /^file\.(\d+)$/;
+
+/** The nodeid an inode fd name stands for, or null for another name. */
+function nodeidOf(name: string): number | null {
+  if (name === ROOT_FD_NAME) return FUSE_ROOT_ID;
+  const m = INODE_NAME.exec(name);
+  return m === null ? null : Number(m[1]);
+}
+
+export class FastTable implements FdRegistryListener, InodeFdObserver {
+  constructor(readonly server: FastFuseHandle, private readonly session: FsSession,
+    private readonly registry: FdRegistry, private readonly cache: InodeFdCache) {
+    registry.addListener(this);
+    cache.observer = this;
+    session.onMutation((m) => this.onMutation(m));
+    this.syncAll();
+  }
+
+  /** Fills the tables from the session as it is (a resumed one: its fds were adopted without
+   * telling listeners). */
+  syncAll(): void {
+    this.server.clear();
+    for (const rec of this.session.inodeRecords()) {
+      this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+      const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
+      if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
+    }
+    for (const f of this.session.fileRecords()) {
+      const fd = this.registry.get(f.fdName);
+      if (fd !== undefined) this.server.setFile(f.fh, f.nodeid, fd, f.flags >>> 0);
+    }
+  }
+
+  onRegister(name: string, fd: number): void {
+    const nodeid = nodeidOf(name);
+    if (nodeid !== null) this.server.setInode(nodeid, fd);
+  }
+
+  onUnregister(name: string): void {
+    const nodeid = nodeidOf(name);
+    if (nodeid !== null) {
+      this.server.deleteInode(nodeid);
+      return;
+    }
+    const m = FILE_NAME.exec(name);
+    if (m !== null) this.server.deleteFile(Number(m[1]));
+  }
+
+  onUnregisterMany(names: string[]): void {
+    for (const name of names) this.onUnregister(name);
+  }
+
+  fdOpened(name: string, fd: number): void {
+    this.onRegister(name, fd);
+  }
+
+  fdClosing(name: string): void {
+    const nodeid = nodeidOf(name);
+    if (nodeid !== null) this.server.deleteInode(nodeid);
+  }
+
+  private onMutation(m: FsMutation): void {
+    switch (m.op) {
+      case 'openFile': {
+        const fd = this.registry.get(fileFdName(m.fh));
+        if (fd !== undefined) this.server.setFile(m.fh, m.nodeid, fd, m.flags >>> 0);
+        return;
+      }
+      case 'closeFile':
+        this.server.deleteFile(m.fh);
+        return;
+      case 'addInode': {
+        const rec = this.session.getInode(m.nodeid);
+        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+        return;
+      }
+      case 'forget':
+        if (this.session.getInode(m.nodeid) === undefined) this.server.forgetInode(m.nodeid);
+        return;
+      case 'reset': {
+        this.server.clear();
+        const root = this.registry.get(ROOT_FD_NAME);
+        const rec = this.session.getInode(FUSE_ROOT_ID);
+        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+        if (root !== undefined) this.server.setInode(FUSE_ROOT_ID, root);
+        return;
+      }
+      default:
+    }
+  }
+}

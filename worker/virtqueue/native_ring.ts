@@ -1,0 +1,97 @@
+// The split ring of the addon (native/src/ring.cc) behind the VirtRing interface: the same
+// algorithm as split_ring.ts, plus an optional chain server the addon offers each popped chain
+// to (the FUSE fast path, opaque here). Chains it declines come back as DescriptorChains whose
+// segments point into the same guest memory buffers as GuestMemory's.
+import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller } from '../../shared/native';
+import type { GuestMemory } from './guest_memory';
+import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedRequest, type VirtRing } from './split_ring';
+
+/** Runs an addon ring call, turning its ring breakage into a RingError. */
+function ringCall<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof Error && (e as { code?: string }).code === 'ERR_VIRTQUEUE_BROKEN') throw new RingError(e.message);
+    throw e;
+  }
+}
+
+export class NativeSplitRing implements VirtRing {
+  readonly size: number;
+  private readonly ring: NativeRingHandle;
+  /** Region index (as the addon numbers them) → the ArrayBuffer segments point into. */
+  private readonly buffers: ArrayBuffer[];
+
+  constructor(mem: GuestMemory, addrs: RingAddresses, lastAvailIdx: number, readonly eventIdx: boolean,
+    indirect: boolean, inflight: InflightRegion | null, server: FastFuseHandle | null) {
+    const regions = mem.list();
+    this.buffers = regions.map((r) => r.buffer);
+    this.size = addrs.size;
+    if (inflight !== null && inflight.queueSize !== addrs.size) throw new RingError('inflight region size differs from the queue size');
+    this.ring = ringCall(() => new native.NativeRing(regions, addrs.size, addrs.descUser, addrs.availUser, addrs.usedUser,
+      lastAvailIdx & 0xffff, eventIdx, indirect, inflight?.view.buffer as ArrayBuffer ?? null, inflight?.base ?? 0));
+    if (server !== null) this.ring.attach(server);
+  }
+
+  get lastAvailIdx(): number {
+    return this.ring.lastAvailIdx();
+  }
+
+  pop(): DescriptorChain | ChainError | RingServedRequest | null {
+    const r = ringCall(() => this.ring.pop());
+    if (r === -1) return null;
+    if (r === -2) return new ChainError(this.ring.lastError, this.ring.scratch[0]!);
+    if (r === -3) {
+      const s = this.ring.scratch;
+      return { served: true, head: s[0]!, counter: BigInt(s[1]!), opcode: s[2]!, nodeid: s[3]!,
+        reply: Buffer.from(this.ring.recordReply.subarray(0, s[4]!)) };
+    }
+    return this.chainFromScratch();
+  }
+
+  readChain(head: number): DescriptorChain | ChainError {
+    const r = this.ring.readChain(head);
+    if (r === -2) return new ChainError(this.ring.lastError, head);
+    return this.chainFromScratch();
+  }
+
+  counterOf(head: number): bigint { return this.ring.counterOf(head); }
+  pushUsed(head: number, len: number): void { this.ring.pushUsed(head, len); }
+  publishUsed(): boolean { return this.ring.publishUsed(); }
+  enableNotification(): boolean { return ringCall(() => this.ring.enableNotification()); }
+  disableNotification(): void { this.ring.disableNotification(); }
+  pending(): number { return ringCall(() => this.ring.pending()); }
+  availIdx(): number { return this.ring.availIdx(); }
+  usedIndex(): number { return this.ring.usedIndex(); }
+  recoverInflight(): number[] { return this.ring.recoverInflight(); }
+  takeServed(): number { return this.ring.takeServed(); }
+  bindKick(poller: Poller): void { poller.setKickHandler(this.ring); }
+  setFastKick(on: boolean): void { this.ring.setFastKick(on); }
+  setCallFd(fd: number | null): void { this.ring.setCallFd(fd ?? -1); }
+
+  private chainFromScratch(): DescriptorChain {
+    const s = this.ring.scratch;
+    const nr = s[3]!;
+    const nw = s[4]!;
+    const readable: IoSegment[] = [];
+    const writable: IoSegment[] = [];
+    let readableLen = 0;
+    let writableLen = 0;
+    let k = 5;
+    for (let i = 0; i < nr; i++, k += 3) {
+      readable.push({ buffer: this.buffers[s[k]!]!, offset: s[k + 1]!, length: s[k + 2]! });
+      readableLen += s[k + 2]!;
+    }
+    for (let i = 0; i < nw; i++, k += 3) {
+      writable.push({ buffer: this.buffers[s[k]!]!, offset: s[k + 1]!, length: s[k + 2]! });
+      writableLen += s[k + 2]!;
+    }
+    return { head: s[0]!, counter: BigInt(s[1]!), resubmitted: s[2] === 1, readable, readableLen, writable, writableLen };
+  }
+}
+
+/** Rings in the addon, serving through `server` (null: the addon's ring alone). */
+export function nativeRingFactory(server: FastFuseHandle | null): RingFactory {
+  return (mem, addrs, lastAvailIdx, eventIdx, indirect, inflight) =>
+    new NativeSplitRing(mem, addrs, lastAvailIdx, eventIdx, indirect, inflight, server);
+}
