@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { keeperCommand, type ServeArgs } from './serve';
 import { defaultWorkerUnits } from '../keeper/peer_trust';
+import { loadEagerly, willStandBy } from '../shared/node_flags';
 import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_SECCOMP_ACTION, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, SANDBOX_MODES, SECCOMP_ACTIONS, type CacheMode, type InodeFileHandles, type SandboxMode, type SeccompAction } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
@@ -73,7 +74,11 @@ function workerStateDir(argv: string[]): string | null {
 }
 
 async function workerCommand(stateDir: string): Promise<void> {
-  const { workerMain } = await import('../worker/worker');
+  // A worker that stands by first compiles our code now (shared/node_flags.ts); msgpackr (the
+  // journal's codec, 0.5 MiB of bytecode compiled whole) and Node's modules stay lazy.
+  const { workerMain } = willStandBy()
+    ? await loadEagerly(['msgpackr'], () => import('../worker/worker'))
+    : await import('../worker/worker');
   const { EXIT_START_FAILED, EXIT_STATE_UNUSABLE, EXIT_HANDED_OVER } = await import('../shared/config');
   const code = await workerMain(path.resolve(stateDir));
   // A start that failed half-way may have left pollers running (the frontend connection, kick

@@ -5,7 +5,7 @@ import * as v8 from 'node:v8';
 import { logger } from '../shared/log';
 import type { CacheMode, InodeFileHandles, SandboxMode, SeccompAction } from '../shared/config';
 import type { KeeperOptions } from '../keeper/keeper';
-import { KEEPER_RUNTIME_V8_FLAGS, STANDBY_NODE_FLAGS, WORKER_NODE_FLAGS, workerMallocEnv } from '../shared/node_flags';
+import { KEEPER_RUNTIME_V8_FLAGS, WORKER_NODE_FLAGS, workerMallocEnv } from '../shared/node_flags';
 
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
@@ -47,7 +47,8 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     workerEnv: { ...workerMallocEnv(), ...(a.sandbox === 'namespace' ? { VFSK_OWN_MOUNT_NS: '1' } : {}) },
     ...(a.sandbox === 'namespace' && embedded ? { launcherForks: true } : {}),
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', units: a.workerUnits } : { kind: 'same-uid' },
-    standbyCommand: embedded && a.standby ? [...launch, ...STANDBY_NODE_FLAGS, ...workerArgs] : null,
+    // It compiles our code eagerly while it loads (cli/main.ts, shared/node_flags.ts).
+    standbyCommand: embedded && a.standby ? [...launch, ...workerArgs] : null,
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);

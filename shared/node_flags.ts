@@ -1,3 +1,5 @@
+import * as v8 from 'node:v8';
+
 // Node.js/V8 options and malloc settings of each process role, for private memory
 // (docs/ARCHITECTURE.md, "Memory"). Each was measured on its own (RssAnon after a workload and
 // an idle reduction, backend CPU per request alternating with and without it); only what gave
@@ -21,10 +23,31 @@ export const MALLOC_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: 
  */
 export const WORKER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4', '--v8-pool-size=1'];
 
-/** What a standby adds: it compiles all of its code while it waits (--no-lazy), instead of
- * function by function in the middle of a takeover: this halved fetch + load + resume + first
- * request. */
-export const STANDBY_NODE_FLAGS: readonly string[] = ['--no-lazy'];
+/**
+ * A worker that will stand by (an embedded keeper's standby: VFSK_STANDBY=1; every worker a
+ * systemd unit starts: no VFSK_KEEPER_FD) compiles all of our own code while it loads, instead
+ * of function by function in the middle of a takeover: this halved fetch + load + resume +
+ * first request. Only ours: `--no-lazy` on the command line (what it was) also compiled every
+ * dependency and Node.js built-in module the worker loads, 2 MiB of bytecode a waiting standby
+ * holds; our modules alone are 0.5 MiB of it, and the takeover's phases measured the same
+ * (p50 per phase within 1 ms over 2 x 20 kills; msgpackr's decoder is compiled at the first
+ * journal load, ~0.5-1 ms). See docs/ARCHITECTURE.md, "Memory".
+ */
+export function willStandBy(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.VFSK_STANDBY === '1' || env.VFSK_KEEPER_FD === undefined;
+}
+
+/** Loads `load` with V8's lazy compilation off (only the scripts it compiles now: `--no-lazy`
+ * is read at each compile), after the dependencies that should stay lazy. */
+export async function loadEagerly<T>(lazyFirst: readonly string[], load: () => Promise<T>): Promise<T> {
+  for (const m of lazyFirst) require(m);
+  v8.setFlagsFromString('--no-lazy');
+  try {
+    return await load();
+  } finally {
+    v8.setFlagsFromString('--lazy');
+  }
+}
 
 /**
  * V8 flags the keeper sets on itself at start (v8.setFlagsFromString: these are read when
