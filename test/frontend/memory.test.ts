@@ -3,10 +3,10 @@
 // worker, warm standby, and the unshare(1) launchers of the namespace sandbox) must come down
 // under a bound once the service is idle. Polled from /proc, not timed: the bound is on memory.
 //
-// The bound: this workload settles at 33.4-33.8 MiB on the machine this was written on (keeper
-// 9.1-9.7, worker 11.8-12.9, standby 11.9-12.1, launchers 0.2), against 61 MiB before memory
-// was given back at quiet moments. 40 MiB leaves ~18% for other kernels, Node.js patch releases and
-// glibc; a worker or keeper that stopped giving memory back (~50 MiB and more) fails it.
+// The bound: this workload settles at ~32 MiB on the machine this was written on (keeper 9.4,
+// worker 11.8, standby 10.5, launchers 0.2), against 61 MiB before the work on memory
+// (docs/ARCHITECTURE.md, "Memory"). 40 MiB leaves 25% for other kernels, Node.js patch releases
+// and glibc; a worker or keeper that stopped giving memory back (52 MiB measured) fails it.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
