@@ -23,7 +23,8 @@ function rssAnonKb(): number | null {
   }
 }
 
-/** Gives memory back now (a synchronous full GC: ~5-15 ms); logged at debug level. */
+/** Gives memory back now (a synchronous full GC: 10-40 ms for a worker, by the machine's load);
+ * logged at debug level. */
 export function reduceMemory(log: Logger, why: string): void {
   const t0 = process.hrtime.bigint();
   const debug = log.isLevelEnabled('debug');

@@ -330,7 +330,7 @@ Napi::Value Fence(const Napi::CallbackInfo& info) {
 // also shrink the young generation to its minimum and release pooled pages), then glibc's
 // malloc_trim, which returns the free pages of every arena (the main heap's top and the middle
 // of each arena: the start-up garbage of parsing and compiling stays there otherwise).
-// Synchronous: a full GC of this process's heap (~10 ms for a worker's 10 MiB).
+// Synchronous: a full GC of this process's heap (10-40 ms for a worker, by the machine's load).
 Napi::Value ReduceMemory(const Napi::CallbackInfo& info) {
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   if (isolate != nullptr) isolate->LowMemoryNotification();
