@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { keeperCommand, type ServeArgs } from './serve';
 import { defaultWorkerUnits } from '../keeper/peer_trust';
+import { loadEagerly, willStandBy } from '../shared/node_flags';
 import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_SECCOMP_ACTION, DEFAULT_STATE_ROOT, INODE_FILE_HANDLES, SANDBOX_MODES, SECCOMP_ACTIONS, type CacheMode, type InodeFileHandles, type SandboxMode, type SeccompAction } from '../shared/config';
 
 /** An export name from a socket path: "/run/vm1-fs.sock" → "vm1-fs". */
@@ -73,7 +74,11 @@ function workerStateDir(argv: string[]): string | null {
 }
 
 async function workerCommand(stateDir: string): Promise<void> {
-  const { workerMain } = await import('../worker/worker');
+  // A worker that stands by first compiles our code now (shared/node_flags.ts); msgpackr (the
+  // journal's codec, 0.5 MiB of bytecode compiled whole) and Node's modules stay lazy.
+  const { workerMain } = willStandBy()
+    ? await loadEagerly(['msgpackr'], () => import('../worker/worker'))
+    : await import('../worker/worker');
   const { EXIT_START_FAILED, EXIT_STATE_UNUSABLE, EXIT_HANDED_OVER } = await import('../shared/config');
   const code = await workerMain(path.resolve(stateDir));
   // A start that failed half-way may have left pollers running (the frontend connection, kick
@@ -101,19 +106,48 @@ export function main(argv: string[]): void {
     void import('./sandbox_check').then((m) => { process.exitCode = m.sandboxProbe(argv[1]!); });
     return;
   }
-  void import('yargs').then(({ default: yargs }) => cli(yargs(argv)));
+  // Two steps: the closure that runs the keeper for the life of the VM must not hold yargs.
+  void import('yargs').then(({ default: yargs }) => cli(yargs(argv))).then(async (daemon) => {
+    if (daemon === null) return;
+    forgetCliParser();
+    process.exitCode = await daemon();
+  });
 }
 
-function cli(y: Argv): Promise<unknown> {
-  return y
+/** Modules only the command line parser uses (yargs and its dependencies). */
+const CLI_PARSER_MODULE = /[\\/]node_modules[\\/](yargs|yargs-parser|cliui|y18n|string-width|strip-ansi|ansi-regex|wrap-ansi|ansi-styles|emoji-regex|is-fullwidth-code-point|escalade|get-caller-file|require-directory)[\\/]/;
+
+/**
+ * Lets the garbage collector take yargs once the keeper's options are parsed: its modules stay
+ * reachable from the module cache (and their parents' `children`) for the life of the process
+ * otherwise (docs/ARCHITECTURE.md, "Memory"). Nothing requires them again: the keeper's code
+ * does not.
+ */
+function forgetCliParser(): void {
+  const cache = require.cache;
+  for (const [key, m] of Object.entries(cache)) {
+    if (m === undefined) continue;
+    if (CLI_PARSER_MODULE.test(key)) {
+      delete cache[key];
+      continue;
+    }
+    m.children = m.children.filter((c) => !CLI_PARSER_MODULE.test(c.id));
+  }
+}
+
+/** Parses the command line and runs a short command; for `run` and `keeper` it returns the
+ * long-lived daemon to start once the parser is gone (see forgetCliParser). */
+async function cli(y: Argv): Promise<(() => Promise<number>) | null> {
+  let daemon: (() => Promise<number>) | null = null;
+  await y
     .scriptName('virtiofs-keeper')
     .strict()
     .command('run', 'serve a shared directory: the keeper plus a worker it restarts when it dies (embedded mode)',
       (y) => serveOptions(y),
-      async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), true); })
+      (a) => { const args = resolveServeArgs(a); daemon = () => keeperCommand(args, true); })
     .command('keeper', 'the keeper alone (under systemd, which starts `worker` separately)',
       (y) => serveOptions(y),
-      async (a) => { process.exitCode = await keeperCommand(resolveServeArgs(a), false); })
+      (a) => { const args = resolveServeArgs(a); daemon = () => keeperCommand(args, false); })
     .command('worker', 'the restartable worker; resumes from the keeper in --state-dir',
       (y) => y.option('state-dir', { type: 'string', demandOption: true, describe: 'the keeper\'s state directory' }),
       async (a) => { await workerCommand(a['state-dir']); })
@@ -178,4 +212,5 @@ function cli(y: Argv): Promise<unknown> {
     .demandCommand(1)
     .help()
     .parseAsync();
+  return daemon;
 }

@@ -5,6 +5,7 @@ import * as v8 from 'node:v8';
 import { logger } from '../shared/log';
 import type { CacheMode, InodeFileHandles, SandboxMode, SeccompAction } from '../shared/config';
 import type { KeeperOptions } from '../keeper/keeper';
+import { KEEPER_RUNTIME_V8_FLAGS, WORKER_NODE_FLAGS, workerMallocEnv } from '../shared/node_flags';
 
 export interface ServeArgs {
   sharedDir: string; socketPath: string; stateDir: string; cache: CacheMode; numRequestQueues: number;
@@ -21,21 +22,17 @@ export type ExtraKeeperOptions = Partial<Pick<KeeperOptions, 'listenFd' | 'unlin
   | 'posixLocks' | 'flockLocks' | 'readdirplus'>> & { onStarted?: () => void };
 
 export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: ExtraKeeperOptions = {}): Promise<number> {
-  // The keeper's young generation would otherwise grow to 2 x 16 MiB under a burst of fd-store
-  // messages (21 MiB private RSS measured instead of 12) for no gain: its objects are tiny and
-  // short-lived. V8 reads this factor whenever it would grow the new space, so setting it now
-  // works (unlike --max-semi-space-size, which only a node command line can set).
-  v8.setFlagsFromString('--semi-space-growth-factor=1');
+  // See shared/node_flags.ts: these V8 flags take effect when set at run time.
+  for (const f of KEEPER_RUNTIME_V8_FLAGS) v8.setFlagsFromString(f);
   const { Keeper } = await import('../keeper/keeper');
   const { sandboxLauncher } = await import('../worker/sandbox');
+  const { IdleMemoryReducer } = await import('../shared/memory');
   const log = logger('main');
   // Workers start from the installation as the keeper was started from it, symlinks unresolved
   // (argv[1]: e.g. /opt/vfsk/current/bin/...): a release switched by a symlink, or files
   // replaced in place, is what the next worker runs (`virtiofs-keeper upgrade`).
   const binPath = installedBin();
-  // A 4 MiB cap on the worker's semi-spaces (V8's default lets them grow to 16 MiB each): 20-25 MiB
-  // less peak RSS in the micro benchmarks, with no measurable change in CPU per request.
-  const workerArgs = ['--max-semi-space-size=4', binPath, 'worker', '--state-dir', a.stateDir];
+  const workerArgs = [...WORKER_NODE_FLAGS, binPath, 'worker', '--state-dir', a.stateDir];
   // namespace: the worker starts in its own namespaces (it pivots into the share once loaded).
   const launch = [...sandboxLauncher(a.sandbox, process.geteuid?.() ?? 0), process.execPath];
   const keeper = new Keeper({
@@ -47,11 +44,11 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     workerCommand: embedded ? [...launch, ...workerArgs] : null,
     // unshare(1) gave them their own mount namespace (the non-dumpable keeper's cannot be read),
     // and forks them into their own pid namespace (sandboxLauncher).
-    ...(a.sandbox === 'namespace' ? { workerEnv: { VFSK_OWN_MOUNT_NS: '1' }, ...(embedded ? { launcherForks: true } : {}) } : {}),
+    workerEnv: { ...workerMallocEnv(), ...(a.sandbox === 'namespace' ? { VFSK_OWN_MOUNT_NS: '1' } : {}) },
+    ...(a.sandbox === 'namespace' && embedded ? { launcherForks: true } : {}),
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', units: a.workerUnits } : { kind: 'same-uid' },
-    // A warm standby compiles all of its code while it waits (--no-lazy), instead of function by
-    // function in the middle of a takeover: this halved fetch + load + resume + first request.
-    standbyCommand: embedded && a.standby ? [...launch, '--no-lazy', ...workerArgs] : null,
+    // It compiles our code eagerly while it loads (cli/main.ts, shared/node_flags.ts).
+    standbyCommand: embedded && a.standby ? [...launch, ...workerArgs] : null,
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);
@@ -61,6 +58,8 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     // Before the keeper gives up its capabilities: --socket-group chowns the socket.
     extra.onStarted?.();
     keeper.dropPrivileges();
+    // Start-up garbage, and what a burst of fd stores grew, go back once it is quiet.
+    new IdleMemoryReducer(() => keeper.activity, logger('memory')).start();
   } catch (e) {
     log.error({ err: { message: (e as Error).message, code: (e as { code?: string }).code } }, 'cannot start');
     process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);

@@ -64,6 +64,9 @@ export class Keeper implements KeeperSocketHandler {
   private servingPeer: KeeperPeer | null = null;
   /** systemd's notify socket when we run as a Type=notify unit. */
   private readonly sd: SdNotifier | null = SdNotifier.fromEnv();
+  /** keeper.sock messages handled, but the serving worker's X_STATS (one a second, for ever):
+   * what the idle memory reducer watches (cli/serve.ts, shared/memory.ts). */
+  private messages = 0;
 
   constructor(private readonly opts: KeeperOptions) {
     this.log = logger('keeper');
@@ -152,7 +155,13 @@ export class Keeper implements KeeperSocketHandler {
 
   // --- keeper.sock messages
 
+  /** Changes whenever the keeper did some work (see `messages`). */
+  get activity(): number {
+    return this.messages;
+  }
+
   onMessage(peer: KeeperPeer, msg: ToKeeper, fds: number[]): void {
+    if (msg.type !== 'stats') this.messages++;
     switch (msg.type) {
       case 'store':
         msg.names.forEach((n, i) => this.store.put(n, fds[i]!));

@@ -231,6 +231,13 @@ export interface NativeAddon {
    * until async I/O that uses the mapping has finished. Idempotent. */
   munmap(buffer: ArrayBuffer): void;
   eventfd(initval: number, flags: number): number;
+  /** At a quiet moment: V8's low-memory GC (a synchronous full GC that also shrinks the young
+   * generation and releases pooled pages) and glibc's malloc_trim(0). True if malloc gave pages
+   * back. See docs/ARCHITECTURE.md, "Memory". */
+  reduceMemory(): boolean;
+  /** glibc's mallinfo2 in bytes (diagnostics): arena (brk + arenas), mmapped (large blocks),
+   * inUse, free (held by malloc), releasable (top of the main heap). */
+  mallocStats(): { arena: number; mmapped: number; inUse: number; free: number; releasable: number };
   /** Adds value to the eventfd counter (write of 8 bytes). Returns false on EAGAIN. */
   eventfdWrite(fd: number, value: number): boolean;
   /** Reads and resets the counter; returns -1 on EAGAIN. */

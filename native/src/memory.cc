@@ -4,12 +4,17 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <mutex>
 #include <unordered_map>
+
+// Only for Isolate::LowMemoryNotification (reduceMemory): N-API has no way to ask V8 to give
+// memory back; everything else here stays on N-API.
+#include <v8.h>
 
 namespace vfsk {
 namespace {
@@ -321,6 +326,33 @@ Napi::Value Fence(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Gives memory back to the kernel at a quiet moment: V8's low-memory GC (full collections that
+// also shrink the young generation to its minimum and release pooled pages), then glibc's
+// malloc_trim, which returns the free pages of every arena (the main heap's top and the middle
+// of each arena: the start-up garbage of parsing and compiling stays there otherwise).
+// Synchronous: a full GC of this process's heap (10-40 ms for a worker, by the machine's load).
+Napi::Value ReduceMemory(const Napi::CallbackInfo& info) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  if (isolate != nullptr) isolate->LowMemoryNotification();
+  bool trimmed = ::malloc_trim(0) != 0;
+  return Napi::Boolean::New(info.Env(), trimmed);
+}
+
+// glibc's malloc accounting (mallinfo2), in bytes: for tests and diagnostics of private memory.
+Napi::Value MallocStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct mallinfo2 mi = ::mallinfo2();
+  Napi::Object o = Napi::Object::New(env);
+  // arena: bytes from brk (main heap) + other arenas' mmapped heaps; hblkhd: large blocks
+  // mmapped on their own; uordblks: in use; fordblks: free (held, not returned).
+  o.Set("arena", Napi::Number::New(env, static_cast<double>(mi.arena)));
+  o.Set("mmapped", Napi::Number::New(env, static_cast<double>(mi.hblkhd)));
+  o.Set("inUse", Napi::Number::New(env, static_cast<double>(mi.uordblks)));
+  o.Set("free", Napi::Number::New(env, static_cast<double>(mi.fordblks)));
+  o.Set("releasable", Napi::Number::New(env, static_cast<double>(mi.keepcost)));
+  return o;
+}
+
 }  // namespace
 
 Mapping* FindMapping(const void* data) {
@@ -345,6 +377,8 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd, "eventfd"));
+  exports.Set("reduceMemory", Napi::Function::New(env, ReduceMemory, "reduceMemory"));
+  exports.Set("mallocStats", Napi::Function::New(env, MallocStats, "mallocStats"));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite, "eventfdWrite"));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead, "eventfdRead"));
   exports.Set("loadAcquireU16", Napi::Function::New(env, LoadAcquireU16, "loadAcquireU16"));

@@ -4,7 +4,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LeanFuse, nameArg, runPool, type Slot } from './lean_client';
-import { CpuMeter, peakRss, type BenchSession } from './procs';
+import { CpuMeter, peakRss, steadyPrivateKb, type BenchSession } from './procs';
+import { IDLE_REDUCE_MS } from '../../shared/memory';
 import { quantile } from './stats';
 import { makePrng } from '../helpers/prng';
 import { queryStatus } from '../../cli/status';
@@ -371,9 +372,14 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
       standbyPid = st.worker.standbyPid;
     }
     const r = peakRss(s, workerPid, standbyPid);
-    const partsMiB = Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, Math.round((v / 1024) * 10) / 10]));
-    put('rss', { value: r.totalKb / 1024, extra: { partsMiB } });
-    log(`  peak RSS ${JSON.stringify(partsMiB)} MiB`);
+    const mib = (kb: number): number => Math.round((kb / 1024) * 10) / 10;
+    const partsMiB = Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, mib(v)]));
+    // Then idle: what an export costs most of its life (ours gives memory back after a quiet
+    // interval, shared/memory.ts), per process.
+    const steady = await steadyPrivateKb(s, workerPid, standbyPid, 2 * IDLE_REDUCE_MS + 500);
+    const steadyMiB = Object.fromEntries(Object.entries(steady).map(([k, v]) => [k, mib(v)]));
+    put('rss', { value: r.totalKb / 1024, extra: { partsMiB, steadyPrivateMiB: steadyMiB } });
+    log(`  peak RSS ${JSON.stringify(partsMiB)} MiB; private at steady state ${JSON.stringify(steadyMiB)} MiB`);
   }
   return out;
 }

@@ -212,6 +212,44 @@ export async function openBenchSession(variant: Variant, o: SessionOpts): Promis
  * frontend shares with the backend, and for ours the tmpfs state journal). */
 export const RSS_KINDS = { anon: 'RssAnon', file: 'RssFile', shmem: 'RssShmem' } as const;
 
+/** The role of each process of a session: ours keeper, worker, standby, or `launcher-<pid>` (the
+ * unshare(1) that forks each worker into its pid namespace, also ours); the C virtiofsd. */
+export function roleOf(s: BenchSession, p: number, workerPid: number | null, standbyPid: number | null): string {
+  if (s.kind === 'c-virtiofsd') return p === s.backend.pid ? 'virtiofsd' : `child-${p}`;
+  if (p === s.backend.pid) return 'keeper';
+  if (p === workerPid) return 'worker';
+  if (p === standbyPid) return 'standby';
+  return `launcher-${p}`;
+}
+
+/** RssAnon of every process of the session in kB, by role. */
+export function privateKb(s: BenchSession, workerPid: number | null, standbyPid: number | null): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const p of s.pids()) out[roleOf(s, p, workerPid, standbyPid)] = statusKb(p, 'RssAnon') ?? 0;
+  return out;
+}
+
+/**
+ * Private memory at steady state: RssAnon of every process once the backend has been idle long
+ * enough for ours to give memory back (shared/memory.ts: a whole idle interval must pass after
+ * the last activity, so at most two intervals; `minWaitMs` covers them) and the sum has then
+ * stayed within 256 kB for a second. Polled; both backends wait the same.
+ */
+export async function steadyPrivateKb(s: BenchSession, workerPid: number | null, standbyPid: number | null, minWaitMs: number): Promise<Record<string, number>> {
+  const start = Date.now();
+  const sum = (r: Record<string, number>): number => Object.values(r).reduce((a, b) => a + b, 0);
+  let last = privateKb(s, workerPid, standbyPid);
+  let stableSince = Date.now();
+  while (Date.now() - start < minWaitMs + 20_000) {
+    await new Promise((r) => setTimeout(r, 250));
+    const now = privateKb(s, workerPid, standbyPid);
+    if (Math.abs(sum(now) - sum(last)) > 256) stableSince = Date.now();
+    last = now;
+    if (Date.now() - start >= minWaitMs && Date.now() - stableSince >= 1_000) break;
+  }
+  return last;
+}
+
 /**
  * Peak RSS (VmHWM) of each process of the session, in kB, keyed by role; `parts` also holds the
  * current RSS of each process by kind, keyed `<role>:<kind>` (VmHWM has no split by kind).
@@ -220,9 +258,7 @@ export function peakRss(s: BenchSession, workerPid: number | null, standbyPid: n
   const parts: Record<string, number> = {};
   let totalKb = 0;
   for (const p of s.pids()) {
-    const role = s.kind === 'c-virtiofsd'
-      ? (p === s.backend.pid ? 'virtiofsd' : `child-${p}`)
-      : (p === s.backend.pid ? 'keeper' : p === workerPid ? 'worker' : p === standbyPid ? 'standby' : `other-${p}`);
+    const role = roleOf(s, p, workerPid, standbyPid);
     const hwm = statusKb(p, 'VmHWM') ?? 0;
     parts[role] = hwm;
     totalKb += hwm;

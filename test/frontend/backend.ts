@@ -22,6 +22,10 @@ export interface BackendOptions {
   supplementaryGroups?: number[];
   /** Ours: run this bin/virtiofs-keeper.js (an installed copy) instead of the checkout's. */
   binPath?: string;
+  /** Start the backend without NODE_OPTIONS in its environment (env(1) -u, exec'd in place),
+   * which tap's process tracking otherwise puts back into every child's environment whatever
+   * the spawn asked for (its ESM loader: a thread and an isolate in each of our processes). */
+  withoutNodeOptions?: boolean;
 }
 
 export interface Backend {
@@ -117,8 +121,10 @@ export async function startBackend(kind: BackendKind, o: BackendOptions): Promis
   const logFd = fs.openSync(logPath, 'a');
   const plain = backendCommand(kind, o);
   // setpriv execs the command in place: the pid stays the backend's.
-  const { cmd, args } = o.supplementaryGroups === undefined ? plain
+  const grouped = o.supplementaryGroups === undefined ? plain
     : { cmd: '/usr/bin/setpriv', args: [`--groups=${o.supplementaryGroups.join(',')}`, '--', plain.cmd, ...plain.args] };
+  const { cmd, args } = o.withoutNodeOptions !== true ? grouped
+    : { cmd: '/usr/bin/env', args: ['-u', 'NODE_OPTIONS', grouped.cmd, ...grouped.args] };
   let child: ChildProcess;
   try {
     child = spawn(cmd, args, {

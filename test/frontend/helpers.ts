@@ -46,6 +46,8 @@ export interface SessionOptions {
   setup?: (shared: string, outside: string) => void;
   /** Ours: the bin/virtiofs-keeper.js to run (an installed copy). */
   binPath?: string;
+  /** See BackendOptions.withoutNodeOptions. */
+  withoutNodeOptions?: boolean;
   /** The directory holding shared/ and outside/ (default t.testdir()); removed at teardown when
    * given. */
   baseDir?: string;
@@ -90,6 +92,7 @@ export async function openSession(t: TapLike, kind: BackendKind, opts: SessionOp
     sharedDir: shared, socketPath, dir, extraArgs: opts.extraArgs,
     ...(opts.backendGroups ? { supplementaryGroups: opts.backendGroups } : {}),
     ...(opts.binPath ? { binPath: opts.binPath } : {}),
+    ...(opts.withoutNodeOptions === true ? { withoutNodeOptions: true } : {}),
   });
   let fe: VhostUserFrontend | null = null;
   let closed = false;

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFile } from 'node:child_process';
+import { MALLOC_ENV, WORKER_NODE_FLAGS } from '../../shared/node_flags';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const BIN = path.join(ROOT, 'bin', 'virtiofs-keeper.js');
@@ -46,7 +47,7 @@ t.test('systemd-analyze verify passes on the installed units', { skip: fs.exists
   for (const u of ['virtiofs-keeper@.service', 'virtiofs-worker@.service', 'virtiofs-standby@.service']) {
     const text = fs.readFileSync(path.join(prefix, u), 'utf8');
     t.notMatch(text, /@(NODE|BIN|PREFIX)@/, `${u}: every placeholder is rendered`);
-    t.match(text, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} (--[a-z-]+(=\\d+)? )*${BIN.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} `, 'm'), `${u}: ExecStart runs this node on this checkout`);
+    t.match(text, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} (--[a-z0-9-]+(=\\d+)? )*${BIN.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} `, 'm'), `${u}: ExecStart runs this node on this checkout`);
   }
   // The standby unit is the worker unit but for its name, description and order.
   const worker = fs.readFileSync(path.join(prefix, 'virtiofs-worker@.service'), 'utf8');
@@ -54,6 +55,10 @@ t.test('systemd-analyze verify passes on the installed units', { skip: fs.exists
   const service = (text: string): string => text.slice(text.indexOf('[Service]'));
   t.equal(service(standby), service(worker), 'the standby unit\'s [Service] section is the worker unit\'s');
   t.match(standby, /^After=virtiofs-keeper@%i\.service virtiofs-worker@%i\.service$/m, 'the standby unit starts after the worker unit');
+  // The same memory settings as an embedded keeper's workers (shared/node_flags.ts).
+  const execStart = /^ExecStart=(.*)$/m.exec(worker)?.[1] ?? '';
+  for (const f of WORKER_NODE_FLAGS) t.ok(execStart.split(' ').includes(f), `the worker unit runs node with ${f}`);
+  for (const [k, v] of Object.entries(MALLOC_ENV)) t.match(worker, new RegExp(`^Environment=${k}=${v}$`, 'm'), `the worker unit sets ${k}=${v}`);
   t.match(standby, /^BindsTo=virtiofs-keeper@%i\.service$/m, 'and is bound to the keeper');
   const keeperUnit = fs.readFileSync(path.join(prefix, 'virtiofs-keeper@.service'), 'utf8');
   t.match(keeperUnit, /^Wants=virtiofs-worker@%i\.service virtiofs-standby@%i\.service$/m, 'the keeper pulls in both worker units');

@@ -37,6 +37,7 @@ import type { FdLifetime } from './fd_lifetime';
 import { inodeRecord } from './records';
 import { checkComponent, isDot, isDotDot } from './path_component';
 import * as K from './host_constants';
+import { keepHandleBytes } from './handle_bytes';
 
 const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
 /** Names remembered for the LOOKUP fast path (lookupKnown). */
@@ -74,7 +75,8 @@ export class Inodes {
     if (!this.handlesOn) return null;
     try {
       const h = native.nameToHandleAt(fd, '', K.AT_EMPTY_PATH);
-      return h.mountId === this.handles!.mountId ? h : null;
+      // Kept as long as the inode is known: see handle_bytes.ts.
+      return h.mountId === this.handles!.mountId ? { mountId: h.mountId, handleType: h.handleType, handle: keepHandleBytes(h.handle) } : null;
     } catch {
       return null;
     }
