@@ -1,0 +1,172 @@
+// Fuzz of the addon's FUSE fast server (native/src/fast_fuse.cc), in process: random and mutated
+// GETATTR, READ, WRITE and LOOKUP requests (wrong lengths, names without NUL, '/', '..', huge
+// offsets and sizes, unknown ids, odd buffer splits) through the addon's ring with the server
+// attached, over a real directory. Whatever it serves must be a well-formed reply to that
+// request (length, unique, no error) that fits the guest's buffers; everything else must come
+// back to JavaScript untouched in its readable part; nothing crashes.
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { native, C } from '../../shared/native';
+import { GuestMemory } from '../../worker/virtqueue/guest_memory';
+import { ChainError, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../worker/virtqueue/split_ring';
+import { NativeSplitRing } from '../../worker/virtqueue/native_ring';
+import { fuzzSeed, makePrng } from '../helpers/prng';
+
+const GPA = 0x10000;
+const UADDR = 0x7f00_0000_0000;
+const SIZE = 1 << 20;
+const QSIZE = 8;
+const DESC = 0x1000;
+const AVAIL = 0x2000;
+const USED = 0x3000;
+const REQ = 0x10000;   // request bytes (readable)
+const REPLY = 0x80000; // reply buffers (writable), past the largest request
+const ITERATIONS = 4000;
+const OPS = [1, 3, 15, 16] as const; // LOOKUP, GETATTR, READ, WRITE
+const NODE_FILE = 2;
+const FH = 7;
+
+t.test('the fast server serves only well-formed requests, with well-formed replies', async (t) => {
+  const seed = fuzzSeed();
+  t.comment(`FUZZ_SEED=${seed}`);
+  const rnd = makePrng(seed);
+  const int = (n: number): number => Math.floor(rnd() * n);
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ff-'));
+  fs.writeFileSync(path.join(dir, 'f'), Buffer.alloc(50_000, 7));
+  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const fileFd = native.openat(rootFd, 'f', C.O_RDWR! | C.O_CLOEXEC!, 0);
+  const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
+  const memFd = native.memfdCreate('ff-guest', C.MFD_CLOEXEC!);
+  native.ftruncate(memFd, SIZE);
+  const mem = new GuestMemory();
+  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
+  t.teardown(() => {
+    mem.clear();
+    for (const fd of [fileFd, rootFd, memFd]) native.close(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const view = region.view;
+  const bytes = region.bytes;
+
+  const server = new native.FastFuse();
+  server.setEnabled(true);
+  server.setAttrTimeout(1, 0);
+  server.setInode(1, rootFd);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null);
+  server.setFile(FH, NODE_FILE, fileFd, 2);
+  const ring = new NativeSplitRing(mem, { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
+    0, false, false, null, server);
+
+  /** A request of `opcode`: mostly right, with one thing wrong now and then. */
+  function request(unique: bigint): Buffer {
+    const op = OPS[int(OPS.length)]!;
+    let body: Buffer;
+    const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0][int(8) < 6 ? (op === 1 ? 0 : 1) : int(5)]!;
+    const fh = int(6) < 5 ? FH : [0, 8, 2 ** 53 + 2][int(3)]!;
+    const offset = int(6) < 5 ? int(60_000) : [2 ** 53, 2 ** 63, 2 ** 40][int(3)]!;
+    switch (op) {
+      case 1: {
+        const names = ['f', 'f', 'missing', '.', '..', 'a/b', '', 'x'.repeat(300), 'f\0g'];
+        const name = Buffer.from(names[int(names.length)]!);
+        body = int(8) === 0 ? name : Buffer.concat([name, Buffer.from([0])]);
+        break;
+      }
+      case 3:
+        body = Buffer.alloc(16);
+        body.writeUInt32LE(int(4) === 0 ? 1 : 0, 0);
+        body.writeBigUInt64LE(BigInt(fh), 8);
+        break;
+      case 15:
+        body = Buffer.alloc(40);
+        body.writeBigUInt64LE(BigInt(fh), 0);
+        body.writeBigUInt64LE(BigInt(offset), 8);
+        body.writeUInt32LE(int(5) === 0 ? 0xffff_ffff : int(140_000), 16);
+        break;
+      default: {
+        const size = int(5) === 0 ? int(300_000) : int(3000);
+        body = Buffer.alloc(40 + (int(6) === 0 ? int(3000) : size));
+        body.writeBigUInt64LE(BigInt(fh), 0);
+        body.writeBigUInt64LE(BigInt(offset), 8);
+        body.writeUInt32LE(size, 16);
+        body.writeUInt32LE(int(6) === 0 ? 4 : 0, 20); // KILL_SUIDGID now and then
+      }
+    }
+    if (int(10) === 0) body = body.subarray(0, int(body.length + 1));
+    const hdr = Buffer.alloc(40);
+    const len = 40 + body.length;
+    hdr.writeUInt32LE(int(10) === 0 ? len + int(5) - 2 : len, 0);
+    hdr.writeUInt32LE(op, 4);
+    hdr.writeBigUInt64LE(unique, 8);
+    hdr.writeBigUInt64LE(BigInt(nodeid), 16);
+    return Buffer.concat([hdr, body]);
+  }
+
+  let served = 0;
+  let declined = 0;
+  let lookups = 0;
+  for (let it = 0; it < ITERATIONS; it++) {
+    const unique = BigInt(it * 2 + 2);
+    const req = request(unique);
+    bytes.set(req, REQ);
+    // Readable part split in two descriptors somewhere; writable part of a random size.
+    const split = int(req.length + 1);
+    const writable = [0, 8, 16, 100, 119, 120, 143, 144, 4096, 70_000][int(10)]!;
+    bytes.fill(0xee, REPLY, REPLY + 16);
+    const descs: Array<[number, number, number]> = [];
+    if (split > 0) descs.push([GPA + REQ, split, 0]);
+    if (req.length - split > 0) descs.push([GPA + REQ + split, req.length - split, 0]);
+    if (writable > 0) descs.push([GPA + REPLY, writable, VRING_DESC_F_WRITE]);
+    descs.forEach(([addr, len, flags], i) => {
+      const o = DESC + 16 * i;
+      view.setBigUint64(o, BigInt(addr), true);
+      view.setUint32(o + 8, len, true);
+      view.setUint16(o + 12, flags | (i < descs.length - 1 ? VRING_DESC_F_NEXT : 0), true);
+      view.setUint16(o + 14, i + 1, true);
+    });
+    const idx = view.getUint16(AVAIL + 2, true);
+    view.setUint16(AVAIL + 4 + 2 * (idx % QSIZE), 0, true);
+    view.setUint16(AVAIL + 2, (idx + 1) & 0xffff, true);
+    const usedBefore = view.getUint16(USED + 2, true);
+    const c = ring.pop();
+    if (c instanceof ChainError) {
+      t.fail(`iteration ${it}: a well-formed chain was refused: ${c.message}`);
+      return;
+    }
+    if (c !== null && !('served' in c)) {
+      // Declined: JavaScript would answer. Its request bytes are as the guest wrote them.
+      declined++;
+      if (!Buffer.from(bytes.buffer, REQ, req.length).equals(req)) {
+        t.fail(`iteration ${it}: a declined request's bytes changed`);
+        return;
+      }
+      ring.pushUsed(c.head, 0);
+      ring.publishUsed();
+      if (ring.pop() !== null) { t.fail(`iteration ${it}: more than one chain`); return; }
+      continue;
+    }
+    if (c !== null) lookups++;
+    if (c !== null && ring.pop() !== null) { t.fail(`iteration ${it}: more than one chain`); return; }
+    ring.publishUsed();
+    served++;
+    const usedIdx = view.getUint16(USED + 2, true);
+    const e = USED + 4 + 8 * (usedBefore % QSIZE);
+    const usedLen = view.getUint32(e + 4, true);
+    const outLen = view.getUint32(REPLY, true);
+    const error = view.getInt32(REPLY + 4, true);
+    const outUnique = view.getBigUint64(REPLY + 8, true);
+    const opcode = req.readUInt32LE(4);
+    const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && error === 0 && outUnique === unique &&
+      usedLen <= writable && req.readUInt32LE(0) === req.length &&
+      (opcode !== 3 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24);
+    if (!ok) {
+      t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
+      return;
+    }
+  }
+  t.ok(served > 150 && declined > 1000 && lookups > 8, `served ${served} (${lookups} LOOKUPs), declined ${declined}`);
+  const stats = server.stats();
+  t.equal(stats.getattr + stats.read + stats.write + stats.lookup, served, 'the server counts what it served');
+});
