@@ -140,7 +140,7 @@ export interface NativeRingConstructor {
     indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; declined: number; inodes: number; files: number }
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; declined: number; inodes: number; files: number }
 
 /** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE served in the addon
  * from tables the filesystem keeps (worker/fs/fast_table.ts). */
@@ -157,6 +157,8 @@ export interface FastFuseHandle {
     handle: { mountId: number; handleType: number; handle: Buffer } | null): void;
   /** The session dropped the inode: its identity and its fd entry go. */
   forgetInode(nodeid: number): void;
+  /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */
+  setLockOwners(nodeid: number, n: number): void;
   clear(): void;
   /** Tests: `fn` runs at the point (1 after pop, 2 after the syscall, 3 before publish) of a
    * natively served request of `opcode` (-1: any). */

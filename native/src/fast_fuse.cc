@@ -132,6 +132,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetFile>("setFile"),
       InstanceMethod<&FastFuse::SetInodeMeta>("setInodeMeta"),
       InstanceMethod<&FastFuse::ForgetInode>("forgetInode"),
+      InstanceMethod<&FastFuse::SetLockOwners>("setLockOwners"),
       InstanceMethod<&FastFuse::DeleteFile>("deleteFile"),
       InstanceMethod<&FastFuse::Clear>("clear"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
@@ -163,6 +164,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have >= kInHeader + sizeof(fuse_write_in) && Write(c, h, in + kInHeader, usedLen);
       case FUSE_LOOKUP:
         return h.len == have && Lookup(c, h, in + kInHeader, have - kInHeader, out);
+      case FUSE_FLUSH:
+        return have == kInHeader + sizeof(fuse_flush_in) && h.len == have && Flush(c, h, in + kInHeader, usedLen);
       default:
         return Decline();
     }
@@ -283,6 +286,26 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->needsRecord = true;
     out->nodeid = known->second;
     lookups_++;
+    return true;
+  }
+
+  // FLUSH of an open file whose inode has no POSIX lock owner (worker/fs/passthrough.ts flush:
+  // close(dup(fd)), which is what a close() does on the host; with an owner the flush may drop
+  // its locks, a session change TypeScript journals).
+  bool Flush(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+    fuse_flush_in f;
+    std::memcpy(&f, args, sizeof f);
+    if (f.fh >= kMaxSafeU) return Decline();
+    FileEntry* e = FileFor(f.fh, h.nodeid);
+    if (e == nullptr || lockOwners_.count(h.nodeid) != 0) return Decline();
+    int d = fcntl(e->fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) return Decline();
+    ::close(d);
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    fuse_out_header out{static_cast<uint32_t>(kOutHeader), 0, h.unique};
+    ScatterSegments(c.writable, 0, reinterpret_cast<const uint8_t*>(&out), sizeof out);
+    *usedLen = kOutHeader;
+    flushes_++;
     return true;
   }
 
@@ -484,7 +507,18 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setLockOwners(nodeid, n): the inode has n POSIX lock owners (0: none; FLUSH is ours then).
+  Napi::Value SetLockOwners(const Napi::CallbackInfo& info) {
+    Args a(info, "setLockOwners");
+    int64_t nodeid, n;
+    if (!a.Count(2) || !a.Int(0, "nodeid", 0, kMaxSafe, &nodeid) || !a.Int(1, "n", 0, kMaxSafe, &n)) return {};
+    if (n == 0) lockOwners_.erase(static_cast<uint64_t>(nodeid));
+    else lockOwners_[static_cast<uint64_t>(nodeid)] = static_cast<uint64_t>(n);
+    return info.Env().Undefined();
+  }
+
   Napi::Value Clear(const Napi::CallbackInfo& info) {
+    lockOwners_.clear();
     inodes_.clear();
     files_.clear();
     meta_.clear();
@@ -513,6 +547,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("read", Napi::Number::New(env, static_cast<double>(reads_)));
     o.Set("write", Napi::Number::New(env, static_cast<double>(writes_)));
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
+    o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -526,9 +561,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<uint64_t, int> inodes_;
   std::unordered_map<uint64_t, FileEntry> files_;
   std::unordered_map<uint64_t, InodeMeta> meta_;
+  std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
-  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, declined_ = 0;
+  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, declined_ = 0;
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;
   int64_t crashOpcode_ = -1;
   Napi::FunctionReference crashFn_;

@@ -373,6 +373,15 @@ const nativeCases: NativeCase[] = [
       return (await s.fuse.read(e.nodeid, o.fh, 2, 3)).toString();
     },
     verify: (t, s, r) => { t.equal(r, 'cde', 'the bytes read'); } },
+  { name: 'FLUSH', opcode: 25,
+    // No lock owner on the inode: close(dup(fd)) in the addon; run again after the kill.
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      await s.fuse.flush(e.nodeid, o.fh, 0x1234n);
+      return (await s.fuse.read(e.nodeid, o.fh, 0, 3)).toString();
+    },
+    verify: (t, s, r) => { t.equal(r, 'abc', 'the fh still reads after the FLUSH'); } },
   { name: 'WRITE', opcode: 16,
     act: async (s) => {
       const e = await s.fuse.lookup(ROOT, 'n');

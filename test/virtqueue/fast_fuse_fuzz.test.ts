@@ -1,5 +1,5 @@
 // Fuzz of the addon's FUSE fast server (native/src/fast_fuse.cc), in process: random and mutated
-// GETATTR, READ, WRITE and LOOKUP requests (wrong lengths, names without NUL, '/', '..', huge
+// GETATTR, READ, WRITE, LOOKUP and FLUSH requests (wrong lengths, names without NUL, '/', '..', huge
 // offsets and sizes, unknown ids, odd buffer splits) through the addon's ring with the server
 // attached, over a real directory. Whatever it serves must be a well-formed reply to that
 // request (length, unique, no error) that fits the guest's buffers; everything else must come
@@ -24,7 +24,7 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-const OPS = [1, 3, 15, 16] as const; // LOOKUP, GETATTR, READ, WRITE
+const OPS = [1, 3, 15, 16, 25] as const; // LOOKUP, GETATTR, READ, WRITE, FLUSH
 const NODE_FILE = 2;
 const FH = 7;
 
@@ -78,6 +78,11 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body = Buffer.alloc(16);
         body.writeUInt32LE(int(4) === 0 ? 1 : 0, 0);
         body.writeBigUInt64LE(BigInt(fh), 8);
+        break;
+      case 25:
+        body = Buffer.alloc(24);
+        body.writeBigUInt64LE(BigInt(fh), 0);
+        body.writeBigUInt64LE(BigInt(int(3)), 16);
         break;
       case 15:
         body = Buffer.alloc(40);
@@ -160,7 +165,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const opcode = req.readUInt32LE(4);
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && error === 0 && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
-      (opcode !== 3 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24);
+      (opcode !== 3 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24) &&
+      (opcode !== 25 || usedLen === 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
@@ -168,5 +174,5 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   }
   t.ok(served > 150 && declined > 1000 && lookups > 8, `served ${served} (${lookups} LOOKUPs), declined ${declined}`);
   const stats = server.stats();
-  t.equal(stats.getattr + stats.read + stats.write + stats.lookup, served, 'the server counts what it served');
+  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush, served, 'the server counts what it served');
 });

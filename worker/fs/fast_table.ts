@@ -28,6 +28,11 @@ function nodeidOf(name: string): number | null {
 }
 
 export class FastTable implements FdRegistryListener, InodeFdObserver {
+  /** POSIX lock owners: id → nodeid, and how many each inode has (FLUSH is the addon's only
+   * for an inode with none). */
+  private readonly ownerNode = new Map<number, number>();
+  private readonly ownersOf = new Map<number, number>();
+
   constructor(readonly server: FastFuseHandle, private readonly session: FsSession,
     private readonly registry: FdRegistry, private readonly cache: InodeFdCache) {
     registry.addListener(this);
@@ -45,6 +50,9 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
       if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
     }
+    this.ownerNode.clear();
+    this.ownersOf.clear();
+    for (const o of this.session.allLockOwners()) this.addOwner(o.id, o.nodeid);
     for (const f of this.session.fileRecords()) {
       const fd = this.registry.get(f.fdName);
       if (fd !== undefined) this.server.setFile(f.fh, f.nodeid, fd, f.flags >>> 0);
@@ -79,6 +87,13 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     if (nodeid !== null) this.server.deleteInode(nodeid);
   }
 
+  private addOwner(id: number, nodeid: number): void {
+    this.ownerNode.set(id, nodeid);
+    const n = (this.ownersOf.get(nodeid) ?? 0) + 1;
+    this.ownersOf.set(nodeid, n);
+    this.server.setLockOwners(nodeid, n);
+  }
+
   private onMutation(m: FsMutation): void {
     switch (m.op) {
       case 'openFile': {
@@ -97,7 +112,22 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       case 'forget':
         if (this.session.getInode(m.nodeid) === undefined) this.server.forgetInode(m.nodeid);
         return;
+      case 'openLockOwner':
+        this.addOwner(m.id, m.nodeid);
+        return;
+      case 'closeLockOwner': {
+        const nodeid = this.ownerNode.get(m.id);
+        if (nodeid === undefined) return;
+        this.ownerNode.delete(m.id);
+        const n = (this.ownersOf.get(nodeid) ?? 1) - 1;
+        if (n > 0) this.ownersOf.set(nodeid, n);
+        else this.ownersOf.delete(nodeid);
+        this.server.setLockOwners(nodeid, n);
+        return;
+      }
       case 'reset': {
+        this.ownerNode.clear();
+        this.ownersOf.clear();
         this.server.clear();
         const root = this.registry.get(ROOT_FD_NAME);
         const rec = this.session.getInode(FUSE_ROOT_ID);
