@@ -702,7 +702,7 @@ export class FsSession {
         handles.delete(nodeid);
         if (nodeid === FUSE_ROOT_ID && handle !== null) throw new FsSessionError(`${where}: the root has a handle`);
         const dup = seenDevIno.get(dev, ino);
-        if (dup !== undefined && !isReuse(dup.handle, handle)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
+        if (dup !== undefined && !mayShareNumber(dup.handle, handle)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
         const rec: MutableInode = {
           nodeid, dev, ino, generation: b.readUInt32LE(at + 24),
           lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1),
@@ -758,6 +758,15 @@ export class FsSession {
 
 /** A second inode may have the (dev, ino) of a known one only when both have handles and the
  * handles differ: the known inode was deleted and its number reused. */
+/** What a loaded snapshot may hold: two inodes of one (dev, ino) unless neither has a handle
+ * (an fd pins its inode, so two fd-held inodes cannot share a number). Looser than isReuse on
+ * purpose: the live rule compares with the number's current owner, and once that owner is
+ * forgotten its entry is gone, so a session can hold e.g. an older inode with a handle and a
+ * newer one without (a later lookup that got no handle); its snapshot must load. */
+export function mayShareNumber(a: InodeHandle | null, b: InodeHandle | null): boolean {
+  return a !== null || b !== null;
+}
+
 function isReuse(known: InodeHandle | null, added: InodeHandle | null): boolean {
   return known !== null && added !== null && !sameHandle(known, added);
 }

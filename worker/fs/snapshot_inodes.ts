@@ -95,6 +95,7 @@ export class SnapshotInodes {
     const mask = size - 1;
     let prev = 0;
     let h = 0;
+    let orphan: number | null = null;
     for (let row = 0; row < rows; row++) {
       const w = row * ROW_WORDS;
       const nodeid = f64[row * ROW_F64]!;
@@ -106,10 +107,13 @@ export class SnapshotInodes {
       if (!isFileType(fileType)) throw new FsSessionError(`inodeTable[${row}].fileType: not a file type: ${fileType}`);
       const lookups = f64[row * ROW_F64 + 4]!;
       if (!isId(lookups, nodeid === ROOT ? 0 : 1)) throw badId(lookups, `inodeTable[${row}].lookupCount`, nodeid === ROOT ? 0 : 1);
-      if (h < nh && hNode[h]! < nodeid) throw new FsSessionError(`inodeHandles: a handle for nodeid ${hNode[h]} that has no inode`);
+      // A handle whose row is missing (reported once the rows are known to be in order).
+      while (h < nh && hNode[h]! < nodeid) {
+        orphan ??= hNode[h]!;
+        h++;
+      }
       if (h < nh && hNode[h] === nodeid) handleAt[row] = hOff[h++]!;
-      // (dev, ino) index: a second row with a known number is allowed only as a reuse (both
-      // have handles and they differ); the newer (later) row then owns the number.
+      // (dev, ino) index: the newest (last) row with a number owns it.
       let slot = hashKey(u32[w + 2]!, u32[w + 3]!, u32[w + 4]!, u32[w + 5]!) & mask;
       for (;;) {
         const e = index[slot]!;
@@ -118,7 +122,8 @@ export class SnapshotInodes {
           break;
         }
         if (sameNumber(u32, (e - 1) * ROW_WORDS, w)) {
-          if (!isReuse(handles, handleAt[e - 1]!, handleAt[row]!)) {
+          // As session.ts mayShareNumber: refused only when neither has a handle.
+          if (handleAt[e - 1] === -1 && handleAt[row] === -1) {
             throw new FsSessionError(`inodeTable[${row}]: duplicate (dev, ino) (${table.readBigUInt64LE(row * INODE_ROW + 8)}, ${table.readBigUInt64LE(row * INODE_ROW + 16)})`);
           }
           index[slot] = row + 1;
@@ -127,6 +132,7 @@ export class SnapshotInodes {
         slot = (slot + 1) & mask;
       }
     }
+    if (orphan !== null) throw new FsSessionError(`inodeHandles: a handle for nodeid ${orphan} that has no inode`);
     if (h < nh) throw new FsSessionError(`inodeHandles: a handle for nodeid ${hNode[h]} that has no inode`);
     if (rows === 0 || table.readDoubleLE(0) !== ROOT) throw new FsSessionError('snapshot has no root inode (nodeid 1)');
     if (handleAt[0] !== -1) throw new FsSessionError('inodeTable[0]: the root has a handle');
@@ -250,14 +256,6 @@ function hashKey(a: number, b: number, c: number, d: number): number {
 /** Rows at word offsets a and b have the same (dev, ino). */
 function sameNumber(u: Uint32Array, a: number, b: number): boolean {
   return u[a + 4] === u[b + 4] && u[a + 2] === u[b + 2] && u[a + 5] === u[b + 5] && u[a + 3] === u[b + 3];
-}
-
-/** Both rows have handles (offsets into `b`) and they differ: the older was deleted and its
- * number reused (session.ts isReuse). */
-function isReuse(b: Buffer, known: number, added: number): boolean {
-  if (known === -1 || added === -1) return false;
-  const len = b[known + 20]!;
-  return len !== b[added + 20] || b.compare(b, added + 8, added + HANDLE_ROW_HEAD + len, known + 8, known + HANDLE_ROW_HEAD + len) !== 0;
 }
 
 const isId = (v: number, min: number): boolean => Number.isSafeInteger(v) && v >= min;
