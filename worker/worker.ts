@@ -220,7 +220,7 @@ export class Worker {
     const files = [...session.allFiles()].filter((f) => missing(f.fdName));
     const dirs = [...session.allDirs()].filter((d) => missing(d.fdName));
     // An inode named by a handle has no fd in the keeper to miss.
-    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && i.handle === null && missing(i.fdName));
+    const inodes = session.inodesWithoutHandle().filter((i) => i.nodeid !== 1 && missing(i.fdName));
     for (const f of files) session.closeFile(f.fh);
     for (const d of dirs) session.closeDir(d.fh);
     for (const i of inodes) session.forget(i.nodeid, i.lookupCount);
