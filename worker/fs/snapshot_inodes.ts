@@ -22,6 +22,9 @@ const ROOT = 1;
 const ROW_WORDS = INODE_ROW / 4;
 const ROW_F64 = INODE_ROW / 8;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+/** A (dev, ino) key as words, without allocating per lookup. */
+const KEY64 = new BigUint64Array(2);
+const KEY32 = new Uint32Array(KEY64.buffer);
 
 /** One decoded row. */
 export interface SnapshotRow {
@@ -158,16 +161,16 @@ export class SnapshotInodes {
   /** The undecoded row that owns (dev, ino), else -1 (none, or it was decoded: the session's
    * own index has it, or it was dropped). */
   rowOfNumber(dev: bigint, ino: bigint): number {
-    const key = Buffer.allocUnsafe(16);
-    key.writeBigUInt64LE(dev, 0);
-    key.writeBigUInt64LE(ino, 8);
+    KEY64[0] = dev;
+    KEY64[1] = ino;
+    const u = this.u32;
     const mask = this.index.length - 1;
-    let slot = hashKey(key.readUInt32LE(0), key.readUInt32LE(4), key.readUInt32LE(8), key.readUInt32LE(12)) & mask;
-    const t = this.table;
+    let slot = hashKey(KEY32[0]!, KEY32[1]!, KEY32[2]!, KEY32[3]!) & mask;
     for (;;) {
       const e = this.index[slot]!;
       if (e === 0) return -1;
-      if (t.compare(key, 0, 16, (e - 1) * INODE_ROW + 8, (e - 1) * INODE_ROW + 24) === 0) return this.taken[e - 1] === 0 ? e - 1 : -1;
+      const w = (e - 1) * ROW_WORDS;
+      if (u[w + 4] === KEY32[2] && u[w + 2] === KEY32[0] && u[w + 5] === KEY32[3] && u[w + 3] === KEY32[1]) return this.taken[e - 1] === 0 ? e - 1 : -1;
       slot = (slot + 1) & mask;
     }
   }
