@@ -166,12 +166,12 @@ export class Keeper implements KeeperSocketHandler {
       case 'fetch':
         // Messages a dead predecessor left queued go first, so the snapshot holds them all.
         this.socket!.drainDead(peer);
-        peer.fetch = { names: this.store.names(), next: 0 };
-        this.sendFdBatch(peer);
+        peer.fetch = { names: this.store.names(), next: 0, window: msg.window ?? null };
+        this.sendFdWindow(peer);
         return;
       case 'fetchNext':
         if (peer.fetch === null) throw new KeeperProtocolError('FDFETCHNEXT without FDFETCH');
-        this.sendFdBatch(peer);
+        this.sendFdWindow(peer);
         return;
       case 'notify':
         if (msg.status !== null) this.lastStatus = msg.status;
@@ -258,7 +258,14 @@ export class Keeper implements KeeperSocketHandler {
    * inodes) never overfills the socket buffer. Nothing else changes the store while a worker
    * fetches (its predecessor is dead and drained), and names cost no fds.
    */
-  private sendFdBatch(peer: KeeperPeer): void {
+  private sendFdWindow(peer: KeeperPeer): void {
+    for (let i = 0; i < (peer.fetch!.window ?? 1); i++) {
+      if (!this.sendFdBatch(peer) || peer.fetch === null) return;
+    }
+  }
+
+  /** One batch; false when the connection was closed. */
+  private sendFdBatch(peer: KeeperPeer): boolean {
     const f = peer.fetch!;
     const names: string[] = [];
     const fds: number[] = [];
@@ -271,8 +278,11 @@ export class Keeper implements KeeperSocketHandler {
       }
     }
     const more = f.next < f.names.length;
-    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true, upgrade: true } };
-    if (this.socket!.send(peer, msg, fds) && !more) peer.fetch = null;
+    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true, upgrade: true },
+      ...(f.window !== null ? { window: f.window } : {}) };
+    if (!this.socket!.send(peer, msg, fds)) return false;
+    if (!more) peer.fetch = null;
+    return true;
   }
 
   /** With no worker, nobody reads QEMU's connection: notice QEMU going away (EPOLLRDHUP, which

@@ -26,7 +26,8 @@ export interface KeeperPeer {
   readonly pid: number;
   readonly role: PeerRole;
   /** An FDFETCH in progress: the names to send and the next index. */
-  fetch: { names: string[]; next: number } | null;
+  /** A fetch in progress; window: batches per request (null: one, an older worker). */
+  fetch: { names: string[]; next: number; window: number | null } | null;
   /** FDSTOREs refused since the peer's last X_SYNC (their fds were cut off: out of fds), or
    * 'all' when a message was cut off so badly that its names are unknown. */
   refused: string[] | 'all';

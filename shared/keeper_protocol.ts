@@ -12,6 +12,13 @@
 // See docs/ARCHITECTURE.md, "keeper.sock protocol".
 import { KeeperProtocolError, formatAssignments, formatFdNames, parseAssignments, parseFdNames } from './sd_notify_format';
 
+/** The most FDSET batches a keeper sends per FDFETCH/FDFETCHNEXT: the receiver's queue holds at
+ * most net.unix.max_dgram_qlen messages (10 by default) before a send fails. */
+export const MAX_FETCH_WINDOW = 8;
+/** The window a worker asks for: each request is a round trip through the keeper, ~12 ms of
+ * scheduling delay apiece on a loaded host (1,000 open files were 4 round trips). */
+export const FETCH_WINDOW = 4;
+
 /** The kernel's limit on fds in one SCM_RIGHTS message (SCM_MAX_FD): an FDSET batch holds at most
  * this many, and every receiver accepts this many. */
 export const SCM_MAX_FD = 253;
@@ -24,8 +31,9 @@ export type ToKeeper =
   | { type: 'store'; names: string[] }
   /** FDSTOREREMOVE=1 FDNAME=a:b: close and forget them. */
   | { type: 'remove'; names: string[] }
-  /** FDFETCH=1: start sending the whole fd set (answered by 'fdSet'). */
-  | { type: 'fetch' }
+  /** FDFETCH=1 [X_WINDOW=n]: start sending the whole fd set (answered by 'fdSet'); with a
+   * window, up to n batches per FDFETCH/FDFETCHNEXT (an older keeper ignores it: one). */
+  | { type: 'fetch'; window?: number }
   /** FDFETCHNEXT=1: the next batch of the fetch in progress. */
   | { type: 'fetchNext' }
   /** X_CTLREPLY=seq X_DATA=hex + fds: write this control reply to the frontend, once per seq. */
@@ -66,7 +74,7 @@ export type ToKeeper =
 export type FromKeeper =
   /** FDSET=1 FDNAME=a:b MORE=0|1 CTLSEQ=n + one fd per name: a batch of the fd set, and the last
    * control reply sequence number the keeper forwarded. */
-  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number; keeper: KeeperCapabilities }
+  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number; keeper: KeeperCapabilities; window?: number }
   /** X_TAKEOVER=1: the standby may serve now (its predecessor is reaped). */
   | { type: 'takeover' }
   /** X_DRAIN=1: a planned handover: stop taking requests, finish the in-flight ones, make the
@@ -231,7 +239,14 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       return { type, pausedNs: parseNs(m.get('X_PAUSEDNS'), 'X_PAUSEDNS'), left };
     }
     case 'resumed': return { type, resumedNs: parseNs(m.get('X_RESUMED'), 'X_RESUMED') };
-    case 'fetch': flag(m, 'FDFETCH'); return { type };
+    case 'fetch': {
+      flag(m, 'FDFETCH');
+      const w = m.get('X_WINDOW');
+      if (w === undefined) return { type };
+      const window = parseSeq(w);
+      if (window === null || window < 1 || window > MAX_FETCH_WINDOW) throw new KeeperProtocolError('malformed X_WINDOW');
+      return { type, window };
+    }
     case 'fetchNext': flag(m, 'FDFETCHNEXT'); return { type };
     case 'served': flag(m, 'X_SERVED'); return { type };
     case 'progress': flag(m, 'X_PROGRESS'); return { type };
@@ -257,7 +272,7 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
   switch (msg.type) {
     case 'store': return formatAssignments({ FDSTORE: 1, FDNAME: formatFdNames(msg.names) });
     case 'remove': return formatAssignments({ FDSTOREREMOVE: 1, FDNAME: formatFdNames(msg.names) });
-    case 'fetch': return formatAssignments({ FDFETCH: 1 });
+    case 'fetch': return formatAssignments({ FDFETCH: 1, ...(msg.window !== undefined ? { X_WINDOW: msg.window } : {}) });
     case 'fetchNext': return formatAssignments({ FDFETCHNEXT: 1 });
     case 'controlReply': return formatAssignments({ X_CTLREPLY: msg.seq, X_DATA: msg.data.toString('hex') });
     case 'notify': return formatAssignments({ ...notifyFields(msg), ...workerInfoFields(msg.worker) });
@@ -297,10 +312,14 @@ export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
     if (!Number.isSafeInteger(ctlSeq) || ctlSeq < 0 || (more !== '0' && more !== '1') || (noFileText !== undefined && noFile === null)) {
       throw new KeeperProtocolError('malformed FDSET');
     }
+    const w = m.get('X_WINDOW');
+    const window = w === undefined ? null : parseSeq(w);
+    if (w !== undefined && (window === null || window < 1 || window > MAX_FETCH_WINDOW)) throw new KeeperProtocolError('malformed X_WINDOW');
     // Unknown features are a newer keeper's: ignored.
     const features = (m.get('FEATURES') ?? '').split(',');
     return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq,
-      keeper: { noFile, sync: features.includes('sync'), ...(features.includes('upgrade') ? { upgrade: true } : {}) } };
+      keeper: { noFile, sync: features.includes('sync'), ...(features.includes('upgrade') ? { upgrade: true } : {}) },
+      ...(window !== null ? { window } : {}) };
   }
   if (fdCount > 0) throw new KeeperProtocolError(`${fdCount} fds attached to a message that carries none`);
   if (m.has('X_SYNCED')) {
@@ -319,6 +338,7 @@ export function encodeFromKeeper(msg: FromKeeper): Buffer {
   switch (msg.type) {
     case 'fdSet': return formatAssignments({
       FDSET: 1, FDNAME: formatFdNames(msg.names), MORE: msg.more ? 1 : 0, CTLSEQ: msg.ctlSeq,
+      ...(msg.window !== undefined ? { X_WINDOW: msg.window } : {}),
       ...(msg.keeper.noFile !== null ? { NOFILE: msg.keeper.noFile } : {}),
       ...(msg.keeper.sync || msg.keeper.upgrade ? { FEATURES: [msg.keeper.sync ? 'sync' : '', msg.keeper.upgrade ? 'upgrade' : ''].filter(Boolean).join(',') } : {}),
     });
