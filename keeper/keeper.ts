@@ -76,6 +76,7 @@ export class Keeper implements KeeperSocketHandler {
       drainWorker: (pid) => this.socket?.drainPid(pid),
       isConnected: (peer) => this.socket?.isOpen(peer) ?? false,
       handOver: (peer) => this.socket?.send(peer, { type: 'takeover' }) ?? false,
+      release: (peer) => this.socket?.close(peer),
       drain: (pid) => this.servingPeer !== null && this.servingPeer.pid === pid && (this.socket?.send(this.servingPeer, { type: 'drain' }) ?? false),
       gaveUp: () => {
         this.log.error({ error: this.error }, 'worker cannot use the saved state; not restarting. The keeper keeps all fds.');
