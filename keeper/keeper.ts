@@ -14,7 +14,7 @@ import { logger, type Logger } from '../shared/log';
 import { native, C, POLL_DISCONNECT, type Poller } from '../shared/native';
 import { errorInfo } from '../shared/errors';
 import { KeeperProtocolError } from '../shared/sd_notify_format';
-import { SCM_MAX_FD, MAX_MESSAGE_SIZE, encodeFromKeeper, type KeeperStatus, type ToKeeper } from '../shared/keeper_protocol';
+import { SCM_MAX_FD, MAX_MESSAGE_SIZE, encodeFromKeeper, type KeeperStatus, type ToKeeper, type UpgradeResult } from '../shared/keeper_protocol';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, DEFAULT_RLIMIT_NOFILE } from '../shared/config';
 import { prepareStateDir } from '../shared/state_dir';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
@@ -200,10 +200,23 @@ export class Keeper implements KeeperSocketHandler {
       case 'standby':
         this.supervisor.onStandby(peer, msg.worker ?? null);
         return;
-      case 'upgrade':
-        // From the CLI (an observer): answered when the upgrade is over, on this connection.
-        this.supervisor.startUpgrade(msg.timeoutMs, (result) => { this.socket?.send(peer, { type: 'upgraded', result }); });
+      case 'upgrade': {
+        // From the CLI (an observer): answered when the upgrade is over, on this connection (if
+        // the CLI is still there: its fd number may name another connection by then), or, when
+        // detached, at once unless it was refused at once (the outcome goes to status).
+        let answered = false;
+        const answer = (result: UpgradeResult): void => {
+          if (answered) return;
+          answered = true;
+          if (this.socket?.isOpen(peer)) this.socket.send(peer, { type: 'upgraded', result });
+        };
+        this.supervisor.startUpgrade(msg.timeoutMs, answer);
+        if (msg.detach) {
+          answer({ result: 'started', mode: null, oldPid: null, newPid: null, oldVersion: null, newVersion: null,
+            pauseMs: null, drainMs: null, left: 0, totalMs: 0, reason: null, at: new Date().toISOString() });
+        }
         return;
+      }
       case 'drained':
         this.supervisor.onDrained(peer, msg.pausedNs, msg.left);
         return;

@@ -52,9 +52,10 @@ export type ToKeeper =
   /** X_STANDBY=1: a warm standby is loaded and waits for 'takeover' (with who it is, as READY). */
   | { type: 'standby'; worker?: WorkerInfo | null }
   /** X_UPGRADE=1 [X_TIMEOUTMS=n]: hand the session to a worker started from the installed files
-   * (answered by 'upgraded' when done). The one message besides X_STATUSQUERY an observer (the
-   * CLI) may send. */
-  | { type: 'upgrade'; timeoutMs: number | null }
+   * (answered by 'upgraded' when done; with X_DETACH=1 as soon as it started: `systemctl
+   * reload` cannot wait, see ARCHITECTURE "Upgrades"). The one message besides X_STATUSQUERY an
+   * observer (the CLI) may send. */
+  | { type: 'upgrade'; timeoutMs: number | null; detach?: boolean }
   /** X_DRAINED=1 X_PAUSEDNS=ns X_LEFT=n: the worker told to drain stopped taking requests at
    * CLOCK_MONOTONIC `pausedNs`, finished its in-flight ones but `left` (parked lock waits, or
    * any still running at the drain's deadline: the successor resubmits them), made its state
@@ -115,7 +116,8 @@ export interface WorkerInfo {
 
 /** The outcome of one planned upgrade (X_UPGRADED's fields, and `status`). */
 export interface UpgradeResult {
-  result: 'ok' | 'refused' | 'failed';
+  /** started: only in the answer to a detached X_UPGRADE (the outcome goes to status). */
+  result: 'ok' | 'refused' | 'failed' | 'started';
   /** drain: the old worker drained and handed over; kill: it could not drain (an older build)
    * and was killed, its successor resuming as after a crash. */
   mode: 'drain' | 'kill' | null;
@@ -230,7 +232,7 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       const t = m.get('X_TIMEOUTMS');
       const timeoutMs = t === undefined ? null : parseSeq(t);
       if (t !== undefined && timeoutMs === null) throw new KeeperProtocolError('malformed X_TIMEOUTMS');
-      return { type, timeoutMs };
+      return { type, timeoutMs, ...(m.get('X_DETACH') === '1' ? { detach: true } : {}) };
     }
     case 'drained': {
       flag(m, 'X_DRAINED');
@@ -281,7 +283,7 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
     case 'stats': return formatAssignments({ X_STATS: JSON.stringify(msg.stats) });
     case 'setError': return formatAssignments({ X_SETERROR: (msg.error ?? '').replace(/\n/g, ' ') });
     case 'standby': return formatAssignments({ X_STANDBY: 1, ...workerInfoFields(msg.worker) });
-    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}) });
+    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}), ...(msg.detach ? { X_DETACH: 1 } : {}) });
     case 'drained': return formatAssignments({ X_DRAINED: 1, X_PAUSEDNS: msg.pausedNs.toString(), X_LEFT: msg.left });
     case 'resumed': return formatAssignments({ X_RESUMED: msg.resumedNs.toString() });
     case 'statusQuery': return formatAssignments({ X_STATUSQUERY: 1 });
@@ -367,7 +369,7 @@ function upgradeResultFields(r: UpgradeResult): Record<string, string | number> 
 function parseUpgradeResult(m: Map<string, string>): UpgradeResult {
   const result = m.get('X_UPGRADED');
   const mode = m.get('MODE') ?? null;
-  if ((result !== 'ok' && result !== 'refused' && result !== 'failed') || (mode !== null && mode !== 'drain' && mode !== 'kill')) {
+  if ((result !== 'ok' && result !== 'refused' && result !== 'failed' && result !== 'started') || (mode !== null && mode !== 'drain' && mode !== 'kill')) {
     throw new KeeperProtocolError('malformed X_UPGRADED');
   }
   const num = (key: string): number | null => {

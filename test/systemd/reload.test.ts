@@ -3,7 +3,8 @@
 // waiting standby (its unit restarts it from the installed files), drains the serving worker
 // and hands the session to the new one: a planned upgrade, not a crash. RELOADS reloads while a
 // client (the test vhost-user frontend in this process, real/client.ts) reads, stats and
-// appends in a loop; each must succeed, leave two processes that started after it (the new
+// appends in a loop; each must start (the reload ends there: ExecReload --detach) and finish
+// in status as a drained handover, leave two processes that started after it (the new
 // worker serving, the drained worker's unit's restart waiting), and the client must see no
 // error and lose no record. The pauses (the keeper's X_DRAINED..X_RESUMED, and the client's
 // longest gap between two iterations) are reported, not asserted: timing is the host's.
@@ -83,7 +84,11 @@ t.test('systemctl reload of the keeper unit is a planned upgrade under systemd a
       return failWith(new Error(`reload ${i + 1}: ${(e as Error).message}`));
     }
     const reloadMs = performance.now() - t0;
+    // The reload ends once the upgrade started (ExecReload --detach); its outcome is in status.
+    const done = await u.waitStatus((s) => (s.upgrades?.count ?? 0) + (s.upgrades?.failed ?? 0) > count + (before.upgrades?.failed ?? 0) && s.upgrades?.inProgress === false,
+      `the upgrade of reload ${i + 1} to finish`).catch(failWith);
     const after = await steady(`the steady state after reload ${i + 1}`);
+    void done;
     const last = after.upgrades?.last ?? null;
     if ((after.upgrades?.count ?? 0) !== count + 1 || last === null || last.result !== 'ok' || last.mode !== 'drain') {
       wrong.push(`reload ${i + 1}: ${JSON.stringify(last)}`);
