@@ -61,7 +61,7 @@ export class Worker {
   /** Monotonic ns marks of a resume (logged with the first served request: recovery timing). */
   private readonly marks: Array<[string, bigint]> = [];
   /** A standby's load of the state file, followed while it waits: its takeover folds only the
-   * records committed since the last step (docs/ARCHITECTURE.md, "Recovery"). */
+   * records committed since the last step (docs/ARCHITECTURE.md, "Recovery of a large session"). */
   private preload: StateLoader | null = null;
   private preloadTimer: NodeJS.Timeout | null = null;
 

@@ -112,7 +112,7 @@ export function loadState(path: string): LoadedState {
 /**
  * The fold of loadState, in steps: catchUp() reads what was committed since its last call, so
  * a warm standby loads the session while it waits (and follows the serving worker's journal)
- * and its takeover reads only the tail (docs/ARCHITECTURE.md, "Recovery"). The records it folds
+ * and its takeover reads only the tail (docs/ARCHITECTURE.md, "Recovery of a large session"). The records it folds
  * are committed (before the commit offset), and committed records never change: a file is
  * only ever appended to, and compaction or a fresh start writes a new file renamed over it. So
  * a fold in steps over one file is the fold of it at once; when the path names another file
