@@ -14,6 +14,7 @@ import { logger, type Logger } from '../shared/log';
 import { native, C, POLL_DISCONNECT, type Poller } from '../shared/native';
 import { errorInfo } from '../shared/errors';
 import { KeeperProtocolError } from '../shared/sd_notify_format';
+import { growFdTable } from '../shared/fd_table';
 import { SCM_MAX_FD, MAX_MESSAGE_SIZE, encodeFromKeeper, type KeeperStatus, type ToKeeper, type UpgradeResult } from '../shared/keeper_protocol';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, DEFAULT_RLIMIT_NOFILE } from '../shared/config';
 import { prepareStateDir } from '../shared/state_dir';
@@ -91,6 +92,8 @@ export class Keeper implements KeeperSocketHandler {
     // The keeper holds a copy of every fd the worker stores: its limit is the worker's budget
     // too (told to workers in FDSET).
     this.noFile = native.raiseNoFileLimit(this.opts.rlimitNofile ?? DEFAULT_RLIMIT_NOFILE);
+    // It receives every fd a worker stores: grown once now, not in the middle of a store.
+    growFdTable(this.noFile, this.log);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
     const inherited = consumeListenFds();
     prepareStateDir(this.opts.stateDir);

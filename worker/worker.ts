@@ -29,6 +29,7 @@ import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 import { existsAt } from '../shared/pinned_dirs';
+import { growFdTable } from '../shared/fd_table';
 import { actAsInit, enterSandbox } from './sandbox';
 
 
@@ -519,27 +520,6 @@ export function withheldInitFlags(c: WorkerConfig): bigint {
  * takeover then folds at most this long's worth of records (a few hundred at a busy guest's
  * rate, ~1 ms); an idle step costs a stat and an atomic load. */
 const PRELOAD_INTERVAL_MS = 50;
-
-/** fd table entries a worker makes room for before it is needed (see growFdTable). */
-const FD_TABLE_ENTRIES = 65_536;
-
-/**
- * Grows the fd table once, at start: Linux grows a multithreaded process's table by doubling,
- * and each growth waits for an RCU grace period (synchronize_rcu in expand_fdtable), ~10 ms
- * measured on a loaded host. A takeover receiving 1,000 fds from the keeper paid three of
- * them (~30 ms of its 35 ms fetch), and a worker opening inodes later pays them mid-request.
- * A dup to a high number grows the table now (the table never shrinks); 64 Ki entries cost
- * 512 KiB.
- */
-function growFdTable(limit: number, log: Logger): void {
-  const top = Math.min(limit, FD_TABLE_ENTRIES) - 1;
-  if (top < 1024) return;
-  try {
-    native.close(native.dup(2, top));
-  } catch (e) {
-    log.debug({ err: errorInfo(e) }, 'cannot grow the fd table ahead of time');
-  }
-}
 
 /** A standby without a watchdog to ping still needs a timer for its wait (any long period). */
 const STANDBY_IDLE_TICK_MS = 3_600_000;
