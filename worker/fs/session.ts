@@ -502,7 +502,10 @@ export class FsSession {
     const base = this.base!;
     const owns = base.ownsNumber(row);
     const r = base.take(row);
-    const rec: MutableInode = { ...r, fdName: inodeFdName(r.nodeid) };
+    const rec: MutableInode = {
+      nodeid: r.nodeid, dev: r.dev, ino: r.ino, generation: r.generation, lookupCount: r.lookupCount,
+      fdName: inodeFdName(r.nodeid), fileType: r.fileType, handle: r.handle,
+    };
     if (owns) this.insertInode(rec);
     else {
       this.inodes.set(rec.nodeid, rec);

@@ -136,9 +136,14 @@ export class StateLoader {
    * compaction or fresh start it followed). */
   restarts = 0;
 
-  /** Folds what was committed since the last call. Throws what loadState throws; the loader is
-   * unusable after a throw. */
-  catchUp(): void {
+  /** The session folded so far (null before a snapshot with one): a standby may warm it. */
+  get session(): FsSession | null {
+    return this.journal === null ? null : this.st.fs;
+  }
+
+  /** Folds what was committed since the last call; false if there was nothing new. Throws what
+   * loadState throws; the loader is unusable after a throw. */
+  catchUp(): boolean {
     if (this.finished) throw new Error('state loader already finished');
     const path = this.path;
     const now = StateJournal.identityAt(path);
@@ -160,9 +165,10 @@ export class StateLoader {
     }
     const journal = this.journal;
     const end = journal.committedBytes;
-    if (end === this.pos) return;
+    if (end === this.pos) return false;
     this.fold(journal, journal.payloads(this.pos));
     this.pos = end;
+    return true;
   }
 
   /** The folded state; the loader lets go of the file. */
