@@ -170,14 +170,15 @@ async function cli(y: Argv): Promise<(() => Promise<number>) | null> {
         .positional('name', { type: 'string', describe: 'export name' })
         .option('state-dir', { type: 'string', describe: 'state directory (instead of a name)' })
         .option('timeout-ms', { type: 'number', describe: 'give up if no new worker serves within this long (default 60000)' })
-        .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' }),
+        .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' })
+        .option('detach', { type: 'boolean', default: false, describe: 'return once the upgrade started; its outcome goes to status (systemctl reload: see the keeper unit)' }),
       async (a) => {
         const { upgradeCommand } = await import('./upgrade');
         process.exitCode = upgradeCommand({
           ...(a.name !== undefined ? { name: a.name } : {}),
           ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
           ...(a['timeout-ms'] !== undefined ? { timeoutMs: a['timeout-ms'] } : {}),
-          json: a.json,
+          json: a.json, noWait: a.detach,
         });
       })
     .command('sandbox-check', 'build the worker\'s sandbox and try what a compromised worker would; print what was blocked',

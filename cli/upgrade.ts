@@ -8,6 +8,7 @@ import type { UpgradeResult } from '../shared/keeper_protocol';
 
 export function formatUpgrade(r: UpgradeResult): string {
   const ms = (v: number | null): string => (v === null ? '-' : `${v.toFixed(2)} ms`);
+  if (r.result === 'started') return 'upgrade started (its outcome and pause: virtiofs-keeper status)';
   const lines = [
     `upgrade ${r.result}${r.mode ? ` (${r.mode})` : ''}: worker ${r.oldPid ?? '-'} (${r.oldVersion ?? 'unknown version'}) → ${r.newPid ?? '-'} (${r.newVersion ?? 'unknown version'})`,
     `  pause ${ms(r.pauseMs)} (queues not served), of which draining ${ms(r.drainMs)}; ${r.left} requests left in flight for the new worker; ${ms(r.totalMs)} in all`,
@@ -16,7 +17,10 @@ export function formatUpgrade(r: UpgradeResult): string {
   return lines.join('\n');
 }
 
-export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?: number; json: boolean }): number {
+/** `noWait`: return once the keeper has started the upgrade (or refused it): what
+ * `systemctl reload` runs, since under systemd the new worker's unit cannot start while the
+ * reload job runs (it is ordered after the keeper unit). The outcome is in `status`. */
+export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?: number; json: boolean; noWait?: boolean }): number {
   if (a.stateDir === undefined && a.name === undefined) {
     process.stderr.write('upgrade: name an instance or give --state-dir\n');
     return 2;
@@ -31,7 +35,7 @@ export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?
   }
   let r: UpgradeResult;
   try {
-    r = client.upgrade(a.timeoutMs !== undefined && a.timeoutMs > 0 ? Math.round(a.timeoutMs) : null);
+    r = client.upgrade(a.timeoutMs !== undefined && a.timeoutMs > 0 ? Math.round(a.timeoutMs) : null, a.noWait === true);
   } catch (e) {
     process.stderr.write(`upgrade: ${(e as Error).message}\n`);
     return 2;
@@ -39,5 +43,5 @@ export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?
     client.close();
   }
   process.stdout.write(a.json ? `${JSON.stringify(r)}\n` : `${formatUpgrade(r)}\n`);
-  return r.result === 'ok' ? 0 : 1;
+  return r.result === 'ok' || r.result === 'started' ? 0 : 1;
 }

@@ -14,7 +14,8 @@ import { logger, type Logger } from '../shared/log';
 import { native, C, POLL_DISCONNECT, type Poller } from '../shared/native';
 import { errorInfo } from '../shared/errors';
 import { KeeperProtocolError } from '../shared/sd_notify_format';
-import { SCM_MAX_FD, MAX_MESSAGE_SIZE, encodeFromKeeper, type KeeperStatus, type ToKeeper } from '../shared/keeper_protocol';
+import { growFdTable } from '../shared/fd_table';
+import { SCM_MAX_FD, MAX_MESSAGE_SIZE, encodeFromKeeper, type KeeperStatus, type ToKeeper, type UpgradeResult } from '../shared/keeper_protocol';
 import { type WorkerConfig, writeWorkerConfig, keeperSocketPath, DEFAULT_RLIMIT_NOFILE } from '../shared/config';
 import { prepareStateDir } from '../shared/state_dir';
 import { SdNotifier, consumeListenFds } from '../shared/sd_notify';
@@ -79,6 +80,7 @@ export class Keeper implements KeeperSocketHandler {
       drainWorker: (pid) => this.socket?.drainPid(pid),
       isConnected: (peer) => this.socket?.isOpen(peer) ?? false,
       handOver: (peer) => this.socket?.send(peer, { type: 'takeover' }) ?? false,
+      release: (peer) => this.socket?.close(peer),
       drain: (pid) => this.servingPeer !== null && this.servingPeer.pid === pid && (this.socket?.send(this.servingPeer, { type: 'drain' }) ?? false),
       gaveUp: () => {
         this.log.error({ error: this.error }, 'worker cannot use the saved state; not restarting. The keeper keeps all fds.');
@@ -93,6 +95,8 @@ export class Keeper implements KeeperSocketHandler {
     // The keeper holds a copy of every fd the worker stores: its limit is the worker's budget
     // too (told to workers in FDSET).
     this.noFile = native.raiseNoFileLimit(this.opts.rlimitNofile ?? DEFAULT_RLIMIT_NOFILE);
+    // It receives every fd a worker stores: grown once now, not in the middle of a store.
+    growFdTable(this.noFile, this.log);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
     const inherited = consumeListenFds();
     prepareStateDir(this.opts.stateDir);
@@ -175,12 +179,12 @@ export class Keeper implements KeeperSocketHandler {
       case 'fetch':
         // Messages a dead predecessor left queued go first, so the snapshot holds them all.
         this.socket!.drainDead(peer);
-        peer.fetch = { names: this.store.names(), next: 0 };
-        this.sendFdBatch(peer);
+        peer.fetch = { names: this.store.names(), next: 0, window: msg.window ?? null };
+        this.sendFdWindow(peer);
         return;
       case 'fetchNext':
         if (peer.fetch === null) throw new KeeperProtocolError('FDFETCHNEXT without FDFETCH');
-        this.sendFdBatch(peer);
+        this.sendFdWindow(peer);
         return;
       case 'notify':
         if (msg.status !== null) this.lastStatus = msg.status;
@@ -208,10 +212,23 @@ export class Keeper implements KeeperSocketHandler {
       case 'standby':
         this.supervisor.onStandby(peer, msg.worker ?? null);
         return;
-      case 'upgrade':
-        // From the CLI (an observer): answered when the upgrade is over, on this connection.
-        this.supervisor.startUpgrade(msg.timeoutMs, (result) => { this.socket?.send(peer, { type: 'upgraded', result }); });
+      case 'upgrade': {
+        // From the CLI (an observer): answered when the upgrade is over, on this connection (if
+        // the CLI is still there: its fd number may name another connection by then), or, when
+        // detached, at once unless it was refused at once (the outcome goes to status).
+        let answered = false;
+        const answer = (result: UpgradeResult): void => {
+          if (answered) return;
+          answered = true;
+          if (this.socket?.isOpen(peer)) this.socket.send(peer, { type: 'upgraded', result });
+        };
+        this.supervisor.startUpgrade(msg.timeoutMs, answer);
+        if (msg.detach) {
+          answer({ result: 'started', mode: null, oldPid: null, newPid: null, oldVersion: null, newVersion: null,
+            pauseMs: null, drainMs: null, left: 0, totalMs: 0, reason: null, at: new Date().toISOString() });
+        }
         return;
+      }
       case 'drained':
         this.supervisor.onDrained(peer, msg.pausedNs, msg.left);
         return;
@@ -267,7 +284,14 @@ export class Keeper implements KeeperSocketHandler {
    * inodes) never overfills the socket buffer. Nothing else changes the store while a worker
    * fetches (its predecessor is dead and drained), and names cost no fds.
    */
-  private sendFdBatch(peer: KeeperPeer): void {
+  private sendFdWindow(peer: KeeperPeer): void {
+    for (let i = 0; i < (peer.fetch!.window ?? 1); i++) {
+      if (!this.sendFdBatch(peer) || peer.fetch === null) return;
+    }
+  }
+
+  /** One batch; false when the connection was closed. */
+  private sendFdBatch(peer: KeeperPeer): boolean {
     const f = peer.fetch!;
     const names: string[] = [];
     const fds: number[] = [];
@@ -280,8 +304,11 @@ export class Keeper implements KeeperSocketHandler {
       }
     }
     const more = f.next < f.names.length;
-    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true, upgrade: true } };
-    if (this.socket!.send(peer, msg, fds) && !more) peer.fetch = null;
+    const msg = { type: 'fdSet' as const, names, more, ctlSeq: this.lastControlReply, keeper: { noFile: this.noFile, sync: true, upgrade: true },
+      ...(f.window !== null ? { window: f.window } : {}) };
+    if (!this.socket!.send(peer, msg, fds)) return false;
+    if (!more) peer.fetch = null;
+    return true;
   }
 
   /** With no worker, nobody reads QEMU's connection: notice QEMU going away (EPOLLRDHUP, which

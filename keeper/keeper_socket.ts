@@ -25,8 +25,12 @@ export interface KeeperPeer {
   readonly fd: number;
   readonly pid: number;
   readonly role: PeerRole;
-  /** An FDFETCH in progress: the names to send and the next index. */
-  fetch: { names: string[]; next: number } | null;
+  /** When the connection was made (CLOCK_MONOTONIC ns): a standby connected after an upgrade
+   * began was started from the installed files. */
+  readonly connectedNs: bigint;
+  /** An FDFETCH in progress: the names to send, the next index, and the batches per request
+   * (null: one, an older worker's FDFETCH). */
+  fetch: { names: string[]; next: number; window: number | null } | null;
   /** FDSTOREs refused since the peer's last X_SYNC (their fds were cut off: out of fds), or
    * 'all' when a message was cut off so badly that its names are unknown. */
   refused: string[] | 'all';
@@ -91,7 +95,7 @@ export class KeeperSocket {
    * kernel gives the sender of the first message (SO_PASSCRED): the worker's own pid when the
    * spawned process is only its launcher (unshare --fork, a pid namespace). */
   adopt(fd: number, pid: number, role: PeerRole, learnPid: ((pid: number) => void) | null = null): KeeperPeer {
-    const c: Connection = { fd, pid, role, fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller, learnPid };
+    const c: Connection = { fd, pid, role, connectedNs: process.hrtime.bigint(), fetch: null, refused: [], badMessages: new LogRateLimiter(), poller: null as unknown as Poller, learnPid };
     try {
       if (learnPid !== null) native.setPassCred(fd, true);
       c.poller = new native.Poller(fd, () => this.read(c));

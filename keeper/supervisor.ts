@@ -59,6 +59,8 @@ export interface SupervisorHost {
   handOver(peer: KeeperPeer): boolean;
   /** Tell the serving worker `pid` to drain (X_DRAIN, a planned upgrade); false if that failed. */
   drain(pid: number): boolean;
+  /** Close a waiting standby's connection: it exits (code 0) without a takeover. */
+  release(peer: KeeperPeer): void;
   /** The worker cannot use the state: no more restarts (the keeper keeps every fd). */
   gaveUp(): void;
   /** The service is over (a worker exited cleanly). */
@@ -252,7 +254,7 @@ export class WorkerSupervisor {
   /** X_STANDBY: our standby is loaded and waits for the takeover. */
   onStandby(peer: KeeperPeer, info: WorkerInfo | null = null): void {
     if (!this.embedded) {
-      this.onUnitStandby(peer);
+      this.onUnitStandby(peer, info);
       return;
     }
     const sb = this.standby;
@@ -265,7 +267,7 @@ export class WorkerSupervisor {
 
   /** Under systemd: a worker unit's process waits for the session. It gets it now if no worker
    * serves (the service's first start, a restart after the keeper's, or every standby died). */
-  private onUnitStandby(peer: KeeperPeer): void {
+  private onUnitStandby(peer: KeeperPeer, info: WorkerInfo | null): void {
     if (this.stopping || this.unitStandbys.includes(peer)) return;
     if (this.unitActive === null && this.handOverTo(peer)) {
       this.log.info({ workerPid: peer.pid, restarts: this.restarts }, 'worker given the session');
@@ -273,6 +275,23 @@ export class WorkerSupervisor {
     }
     this.unitStandbys.push(peer);
     this.log.info({ standbyPid: peer.pid }, 'standby worker waiting');
+    const u = this.upgrade;
+    if (u !== null && u.phase === 'standby' && peer.connectedNs > u.startedNs) {
+      // The first worker started after the upgrade began (from the installed files): check
+      // that it reads the session's state, then drain the serving one; this standby, first in
+      // the queue, takes over.
+      u.newPid = peer.pid;
+      u.newHostPid = peer.pid;
+      u.newInfo = info;
+      this.unitStandbys.splice(this.unitStandbys.indexOf(peer), 1);
+      this.unitStandbys.unshift(peer);
+      const why = incompatibility(this.activeInfo, info);
+      if (why !== null) {
+        this.finishUpgrade('refused', `${why} (the old worker keeps serving; a crash now would meet the same refusal)`);
+        return;
+      }
+      this.upgradeDrainOrKill(u);
+    }
   }
 
   /** Sends X_TAKEOVER to `peer` and makes it the serving worker; false if the send failed. */
@@ -297,6 +316,9 @@ export class WorkerSupervisor {
     if (peer !== this.unitActive) return;
     this.unitActive = null;
     const u = this.upgrade;
+    if (u !== null && u.phase === 'standby' && u.oldPid === peer.pid) {
+      this.finishUpgrade('failed', 'the serving worker died while the new one started; its successor resumes as after a crash');
+    }
     if (u !== null && u.phase === 'draining' && u.oldPid === peer.pid) {
       // A planned handover (upgrade.ts), not a death: a waiting standby unit takes over, else
       // the worker unit's restart (Restart=always) brings the next worker.
@@ -602,6 +624,17 @@ export class WorkerSupervisor {
     if (p.state !== 'running' || p.pid === null) return refuse(`no worker is serving (worker ${p.state})`);
     this.upgrade = u;
     this.log.info({ workerPid: p.pid, version: this.activeInfo?.version ?? null }, 'planned upgrade: starting a worker from the installed files');
+    if (!this.embedded && this.unitStandbys.length > 0) {
+      // Under systemd (`systemctl reload`, or the upgrade command): the standbys waiting now run
+      // the files as they were when they started. Released, they exit and their units restart
+      // them (Restart=always) from the installed files; the first of those to wait is checked
+      // and takes over from the drained worker (onUnitStandby).
+      for (const p of this.unitStandbys.splice(0)) {
+        this.log.info({ standbyPid: p.pid }, 'planned upgrade: releasing a standby started from the files as they were');
+        this.host.release(p);
+      }
+      return;
+    }
     if (!this.embedded || this.opts.standbyCommand === null) {
       // No standby to load and check beforehand: the successor starts once this one exits
       // (systemd's restart, or a fresh spawn), so the pause includes a Node.js start.

@@ -13,7 +13,7 @@
 import { native, POLL_DISCONNECT, POLL_READABLE, type Poller } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
-  MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper,
+  FETCH_WINDOW, MAX_MESSAGE_SIZE, SCM_MAX_FD, encodeToKeeper, parseFromKeeper,
   type FromKeeper, type KeeperCapabilities, type KeeperStatus, type ToKeeper, type UpgradeResult, type WorkerInfo,
 } from './keeper_protocol';
 import type { FdRegistryListener } from './fd_registry';
@@ -102,8 +102,10 @@ export class KeeperClient implements FdRegistryListener {
   /** The whole named fd set the keeper holds (the caller owns the returned fds), and the last
    * control reply sequence number the keeper forwarded. */
   fetchAll(): { fds: Map<string, number>; ctlSeq: number; keeper: KeeperCapabilities } {
-    this.send({ type: 'fetch' }, []);
+    this.send({ type: 'fetch', window: FETCH_WINDOW }, []);
     const out = new Map<string, number>();
+    // Batches left of the window asked for (an older keeper's FDSET says none: one per request).
+    let left = 0;
     try {
       for (;;) {
         const { msg, fds } = this.receive(SCM_MAX_FD, 'during FDFETCH');
@@ -121,7 +123,8 @@ export class KeeperClient implements FdRegistryListener {
           this.keeperUpgrades = msg.keeper.upgrade === true;
           return { fds: out, ctlSeq: msg.ctlSeq, keeper: msg.keeper };
         }
-        this.send({ type: 'fetchNext' }, []);
+        if (left === 0) left = msg.window ?? 1;
+        if (--left === 0) this.send({ type: 'fetchNext' }, []);
       }
     } catch (e) {
       // A fetch that fails midway leaves nothing open: the caller owns only a complete set.
@@ -347,8 +350,8 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   /** Asks the keeper for a planned upgrade and waits for its answer (the upgrade CLI). */
-  upgrade(timeoutMs: number | null): UpgradeResult {
-    this.send({ type: 'upgrade', timeoutMs }, []);
+  upgrade(timeoutMs: number | null, detach = false): UpgradeResult {
+    this.send({ type: 'upgrade', timeoutMs, ...(detach ? { detach: true } : {}) }, []);
     const { msg, fds } = this.receive(0, 'before answering the upgrade (an older keeper refuses X_UPGRADE)');
     for (const fd of fds) native.close(fd);
     if (msg.type !== 'upgraded') throw new KeeperProtocolError(`unexpected ${msg.type} in reply to X_UPGRADE`);

@@ -12,6 +12,13 @@
 // See docs/ARCHITECTURE.md, "keeper.sock protocol".
 import { KeeperProtocolError, formatAssignments, formatFdNames, parseAssignments, parseFdNames } from './sd_notify_format';
 
+/** The most FDSET batches a keeper sends per FDFETCH/FDFETCHNEXT: the receiver's queue holds at
+ * most net.unix.max_dgram_qlen messages (10 by default) before a send fails. */
+export const MAX_FETCH_WINDOW = 8;
+/** The window a worker asks for: each request is a round trip through the keeper, ~12 ms of
+ * scheduling delay apiece on a loaded host (1,000 open files were 4 round trips). */
+export const FETCH_WINDOW = 4;
+
 /** The kernel's limit on fds in one SCM_RIGHTS message (SCM_MAX_FD): an FDSET batch holds at most
  * this many, and every receiver accepts this many. */
 export const SCM_MAX_FD = 253;
@@ -24,8 +31,9 @@ export type ToKeeper =
   | { type: 'store'; names: string[] }
   /** FDSTOREREMOVE=1 FDNAME=a:b: close and forget them. */
   | { type: 'remove'; names: string[] }
-  /** FDFETCH=1: start sending the whole fd set (answered by 'fdSet'). */
-  | { type: 'fetch' }
+  /** FDFETCH=1 [X_WINDOW=n]: start sending the whole fd set (answered by 'fdSet'); with a
+   * window, up to n batches per FDFETCH/FDFETCHNEXT (an older keeper ignores it: one). */
+  | { type: 'fetch'; window?: number }
   /** FDFETCHNEXT=1: the next batch of the fetch in progress. */
   | { type: 'fetchNext' }
   /** X_CTLREPLY=seq X_DATA=hex + fds: write this control reply to the frontend, once per seq. */
@@ -44,9 +52,10 @@ export type ToKeeper =
   /** X_STANDBY=1: a warm standby is loaded and waits for 'takeover' (with who it is, as READY). */
   | { type: 'standby'; worker?: WorkerInfo | null }
   /** X_UPGRADE=1 [X_TIMEOUTMS=n]: hand the session to a worker started from the installed files
-   * (answered by 'upgraded' when done). The one message besides X_STATUSQUERY an observer (the
-   * CLI) may send. */
-  | { type: 'upgrade'; timeoutMs: number | null }
+   * (answered by 'upgraded' when done; with X_DETACH=1 as soon as it started: `systemctl
+   * reload` cannot wait, see ARCHITECTURE "Upgrades"). The one message besides X_STATUSQUERY an
+   * observer (the CLI) may send. */
+  | { type: 'upgrade'; timeoutMs: number | null; detach?: boolean }
   /** X_DRAINED=1 X_PAUSEDNS=ns X_LEFT=n: the worker told to drain stopped taking requests at
    * CLOCK_MONOTONIC `pausedNs`, finished its in-flight ones but `left` (parked lock waits, or
    * any still running at the drain's deadline: the successor resubmits them), made its state
@@ -66,7 +75,7 @@ export type ToKeeper =
 export type FromKeeper =
   /** FDSET=1 FDNAME=a:b MORE=0|1 CTLSEQ=n + one fd per name: a batch of the fd set, and the last
    * control reply sequence number the keeper forwarded. */
-  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number; keeper: KeeperCapabilities }
+  | { type: 'fdSet'; names: string[]; more: boolean; ctlSeq: number; keeper: KeeperCapabilities; window?: number }
   /** X_TAKEOVER=1: the standby may serve now (its predecessor is reaped). */
   | { type: 'takeover' }
   /** X_DRAIN=1: a planned handover: stop taking requests, finish the in-flight ones, make the
@@ -107,7 +116,8 @@ export interface WorkerInfo {
 
 /** The outcome of one planned upgrade (X_UPGRADED's fields, and `status`). */
 export interface UpgradeResult {
-  result: 'ok' | 'refused' | 'failed';
+  /** started: only in the answer to a detached X_UPGRADE (the outcome goes to status). */
+  result: 'ok' | 'refused' | 'failed' | 'started';
   /** drain: the old worker drained and handed over; kill: it could not drain (an older build)
    * and was killed, its successor resuming as after a crash. */
   mode: 'drain' | 'kill' | null;
@@ -222,7 +232,7 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       const t = m.get('X_TIMEOUTMS');
       const timeoutMs = t === undefined ? null : parseSeq(t);
       if (t !== undefined && timeoutMs === null) throw new KeeperProtocolError('malformed X_TIMEOUTMS');
-      return { type, timeoutMs };
+      return { type, timeoutMs, ...(m.get('X_DETACH') === '1' ? { detach: true } : {}) };
     }
     case 'drained': {
       flag(m, 'X_DRAINED');
@@ -231,7 +241,14 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       return { type, pausedNs: parseNs(m.get('X_PAUSEDNS'), 'X_PAUSEDNS'), left };
     }
     case 'resumed': return { type, resumedNs: parseNs(m.get('X_RESUMED'), 'X_RESUMED') };
-    case 'fetch': flag(m, 'FDFETCH'); return { type };
+    case 'fetch': {
+      flag(m, 'FDFETCH');
+      const w = m.get('X_WINDOW');
+      if (w === undefined) return { type };
+      const window = parseSeq(w);
+      if (window === null || window < 1 || window > MAX_FETCH_WINDOW) throw new KeeperProtocolError('malformed X_WINDOW');
+      return { type, window };
+    }
     case 'fetchNext': flag(m, 'FDFETCHNEXT'); return { type };
     case 'served': flag(m, 'X_SERVED'); return { type };
     case 'progress': flag(m, 'X_PROGRESS'); return { type };
@@ -257,7 +274,7 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
   switch (msg.type) {
     case 'store': return formatAssignments({ FDSTORE: 1, FDNAME: formatFdNames(msg.names) });
     case 'remove': return formatAssignments({ FDSTOREREMOVE: 1, FDNAME: formatFdNames(msg.names) });
-    case 'fetch': return formatAssignments({ FDFETCH: 1 });
+    case 'fetch': return formatAssignments({ FDFETCH: 1, ...(msg.window !== undefined ? { X_WINDOW: msg.window } : {}) });
     case 'fetchNext': return formatAssignments({ FDFETCHNEXT: 1 });
     case 'controlReply': return formatAssignments({ X_CTLREPLY: msg.seq, X_DATA: msg.data.toString('hex') });
     case 'notify': return formatAssignments({ ...notifyFields(msg), ...workerInfoFields(msg.worker) });
@@ -266,7 +283,7 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
     case 'stats': return formatAssignments({ X_STATS: JSON.stringify(msg.stats) });
     case 'setError': return formatAssignments({ X_SETERROR: (msg.error ?? '').replace(/\n/g, ' ') });
     case 'standby': return formatAssignments({ X_STANDBY: 1, ...workerInfoFields(msg.worker) });
-    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}) });
+    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}), ...(msg.detach ? { X_DETACH: 1 } : {}) });
     case 'drained': return formatAssignments({ X_DRAINED: 1, X_PAUSEDNS: msg.pausedNs.toString(), X_LEFT: msg.left });
     case 'resumed': return formatAssignments({ X_RESUMED: msg.resumedNs.toString() });
     case 'statusQuery': return formatAssignments({ X_STATUSQUERY: 1 });
@@ -297,10 +314,14 @@ export function parseFromKeeper(data: Buffer, fdCount: number): FromKeeper {
     if (!Number.isSafeInteger(ctlSeq) || ctlSeq < 0 || (more !== '0' && more !== '1') || (noFileText !== undefined && noFile === null)) {
       throw new KeeperProtocolError('malformed FDSET');
     }
+    const w = m.get('X_WINDOW');
+    const window = w === undefined ? null : parseSeq(w);
+    if (w !== undefined && (window === null || window < 1 || window > MAX_FETCH_WINDOW)) throw new KeeperProtocolError('malformed X_WINDOW');
     // Unknown features are a newer keeper's: ignored.
     const features = (m.get('FEATURES') ?? '').split(',');
     return { type: 'fdSet', names: parseFdNames(m.get('FDNAME'), fdCount), more: more === '1', ctlSeq,
-      keeper: { noFile, sync: features.includes('sync'), ...(features.includes('upgrade') ? { upgrade: true } : {}) } };
+      keeper: { noFile, sync: features.includes('sync'), ...(features.includes('upgrade') ? { upgrade: true } : {}) },
+      ...(window !== null ? { window } : {}) };
   }
   if (fdCount > 0) throw new KeeperProtocolError(`${fdCount} fds attached to a message that carries none`);
   if (m.has('X_SYNCED')) {
@@ -319,6 +340,7 @@ export function encodeFromKeeper(msg: FromKeeper): Buffer {
   switch (msg.type) {
     case 'fdSet': return formatAssignments({
       FDSET: 1, FDNAME: formatFdNames(msg.names), MORE: msg.more ? 1 : 0, CTLSEQ: msg.ctlSeq,
+      ...(msg.window !== undefined ? { X_WINDOW: msg.window } : {}),
       ...(msg.keeper.noFile !== null ? { NOFILE: msg.keeper.noFile } : {}),
       ...(msg.keeper.sync || msg.keeper.upgrade ? { FEATURES: [msg.keeper.sync ? 'sync' : '', msg.keeper.upgrade ? 'upgrade' : ''].filter(Boolean).join(',') } : {}),
     });
@@ -347,7 +369,7 @@ function upgradeResultFields(r: UpgradeResult): Record<string, string | number> 
 function parseUpgradeResult(m: Map<string, string>): UpgradeResult {
   const result = m.get('X_UPGRADED');
   const mode = m.get('MODE') ?? null;
-  if ((result !== 'ok' && result !== 'refused' && result !== 'failed') || (mode !== null && mode !== 'drain' && mode !== 'kill')) {
+  if ((result !== 'ok' && result !== 'refused' && result !== 'failed' && result !== 'started') || (mode !== null && mode !== 'drain' && mode !== 'kill')) {
     throw new KeeperProtocolError('malformed X_UPGRADED');
   }
   const num = (key: string): number | null => {

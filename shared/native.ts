@@ -181,8 +181,8 @@ export interface NativeAddon {
 
   // --- fds
   close(fd: number): void;
-  /** F_DUPFD_CLOEXEC. */
-  dup(fd: number): number;
+  /** fcntl(F_DUPFD_CLOEXEC, minFd): the lowest free fd >= minFd (default 0). */
+  dup(fd: number, minFd?: number): number;
   /** kcmp(KCMP_FILE): the two fds share one open file description (dups, or SCM_RIGHTS
    * copies of one fd). */
   sameOpenFile(fdA: number, fdB: number): boolean;

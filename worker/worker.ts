@@ -19,7 +19,7 @@ import { FuseServer } from './fuse/server';
 import { FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS, FUSE_READDIRPLUS_AUTO } from './fuse/constants';
 import { DEFAULT_INODE_FD_CACHE, PassthroughFs } from './fs/passthrough';
 import { MIN_CAPACITY } from './fs/inode_fds';
-import { loadState, SCHEMA_MIN_READER, SCHEMA_VERSION, StateStore, type LoadedState } from './state/state_store';
+import { loadState, SCHEMA_MIN_READER, SCHEMA_VERSION, StateLoader, StateStore, type LoadedState } from './state/state_store';
 import { pendingControl } from './state/control_records';
 import { UnjournaledLedger } from './state/request_log';
 import { armNativeCrash, crashPoint, dieNow } from '../shared/crash_points';
@@ -28,6 +28,7 @@ import { faultPoint } from '../shared/fault_points';
 import { LogRateLimiter } from '../shared/rate_limit';
 import { SdNotifier, watchdogIntervalMs } from '../shared/sd_notify';
 import { existsAt } from '../shared/pinned_dirs';
+import { growFdTable } from '../shared/fd_table';
 import { actAsInit, enterSandbox } from './sandbox';
 import { IdleMemoryReducer, reduceMemory } from '../shared/memory';
 
@@ -63,6 +64,10 @@ export class Worker {
   readonly done: Promise<number>;
   /** Monotonic ns marks of a resume (logged with the first served request: recovery timing). */
   private readonly marks: Array<[string, bigint]> = [];
+  /** A standby's load of the state file, followed while it waits: its takeover folds only the
+   * records committed since the last step (docs/ARCHITECTURE.md, "Recovery of a large session"). */
+  private preload: StateLoader | null = null;
+  private preloadTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly config: WorkerConfig, private readonly keeper: KeeperClient) {
     this.log = logger('worker');
@@ -123,6 +128,57 @@ export class Worker {
     return n;
   }
 
+  /** A standby loads the session now and follows the serving worker's journal until its
+   * takeover (stopPreloading). */
+  startPreloading(): void {
+    this.preloadStep();
+    this.preloadTimer = setInterval(() => this.preloadStep(), PRELOAD_INTERVAL_MS);
+  }
+
+  stopPreloading(): void {
+    if (this.preloadTimer !== null) clearInterval(this.preloadTimer);
+    this.preloadTimer = null;
+  }
+
+  private preloadStep(): void {
+    const path = stateFilePath(this.config.stateDir);
+    try {
+      if (this.preload === null) {
+        if (!existsAt(path)) return;
+        this.preload = new StateLoader(path);
+      }
+      // The inodes whose fds the keeper holds are all checked at the takeover (reconcile, the
+      // fd verification): decoded now, not then (18,000 of them cost ~100 ms).
+      if (this.preload.catchUp()) this.preload.session?.inodesWithoutHandle();
+    } catch (e) {
+      // The takeover loads the file from the start instead, and reports what is wrong with it
+      // with the usual consequences (a state error stops the restarts): a standby does not
+      // judge. No more tries: a broken file would be read in full every step.
+      this.log.warn({ err: errorInfo(e) }, 'cannot preload the state file on standby; the takeover will load it');
+      this.preload?.close();
+      this.preload = null;
+      this.stopPreloading();
+    }
+  }
+
+  /** The session from the state file: what the standby preloaded plus the tail, or all of it. */
+  private loadStateFile(path: string): LoadedState {
+    const preload = this.preload;
+    this.preload = null;
+    if (preload !== null) {
+      try {
+        preload.catchUp();
+        const loaded = preload.finish();
+        this.log.debug({ fromScratch: preload.restarts > 1 }, 'state loaded on standby; folded its tail at takeover');
+        return loaded;
+      } catch (e) {
+        preload.close();
+        this.log.warn({ err: errorInfo(e) }, 'the preloaded state does not continue; loading the state file from the start');
+      }
+    }
+    return loadState(path);
+  }
+
   /** Records a phase of the start (process.hrtime is CLOCK_MONOTONIC, comparable with the keeper's). */
   mark(what: string): void {
     this.marks.push([what, process.hrtime.bigint()]);
@@ -153,11 +209,13 @@ export class Worker {
     let reconciled = false;
     if (this.registry.has('vhost.conn') && existsAt(statePath)) {
       faultPoint('resume-journal-open');
-      loaded = loadState(statePath);
+      loaded = this.loadStateFile(statePath);
       this.mark('loaded');
       if (loaded.vhost === null) loaded = null;
       else reconciled = this.reconcile(loaded) > 0;
     }
+    this.preload?.close();
+    this.preload = null;
     // Changes reconcile() made are not in the journal: then the store starts a new one.
     this.store = new StateStore(statePath, this.keeper, loaded, ctlSeq, reconciled);
     if (loaded !== null) {
@@ -233,7 +291,7 @@ export class Worker {
     const files = [...session.allFiles()].filter((f) => missing(f.fdName));
     const dirs = [...session.allDirs()].filter((d) => missing(d.fdName));
     // An inode named by a handle has no fd in the keeper to miss.
-    const inodes = [...session.allInodes()].filter((i) => i.nodeid !== 1 && i.handle === null && missing(i.fdName));
+    const inodes = session.inodesWithoutHandle().filter((i) => i.nodeid !== 1 && missing(i.fdName));
     for (const f of files) session.closeFile(f.fh);
     for (const d of dirs) session.closeDir(d.fh);
     for (const i of inodes) session.forget(i.nodeid, i.lookupCount);
@@ -478,6 +536,11 @@ export function withheldInitFlags(c: WorkerConfig): bigint {
   return f;
 }
 
+/** How often a standby folds what the serving worker journaled since (StateLoader.catchUp): a
+ * takeover then folds at most this long's worth of records (a few hundred at a busy guest's
+ * rate, ~1 ms); an idle step costs a stat and an atomic load. */
+const PRELOAD_INTERVAL_MS = 50;
+
 /** A standby without a watchdog to ping still needs a timer for its wait (any long period). */
 const STANDBY_IDLE_TICK_MS = 3_600_000;
 
@@ -544,7 +607,7 @@ export async function workerMain(stateDir: string): Promise<number> {
   const worker = new Worker(config, keeper);
   try {
     // Raising RLIMIT_NOFILE past the hard limit reads /proc/sys/fs/nr_open: before the pivot.
-    native.raiseNoFileLimit(1_000_000);
+    growFdTable(native.raiseNoFileLimit(1_000_000), log);
     worker.beforeSandbox();
     enterSandbox(config.sandbox ?? 'none', config.seccomp ?? 'none', config.sharedDir, stateDir, log);
   } catch (e) {
@@ -558,13 +621,18 @@ export async function workerMain(stateDir: string): Promise<number> {
   }
   if (process.env.VFSK_STANDBY === '1') {
     await warmThreadPool(log);
+    // Loaded before it says X_STANDBY: a standby the keeper counts as ready has the session.
+    worker.startPreloading();
     collectStartupGarbage(log);
     try {
-      keeper.waitForTakeover(WORKER_INFO);
+      // On the event loop, not blocked in recv: the preload follows the journal meanwhile.
+      await keeper.waitForTakeoverAsync(() => {}, STANDBY_IDLE_TICK_MS, WORKER_INFO);
       worker.mark('takeover');
     } catch (e) {
       log.info({ err: errorInfo(e) }, 'standby released without a takeover');
       return 0;
+    } finally {
+      worker.stopPreloading();
     }
     log.info('standby worker taking over');
   } else if (!spawned) {
@@ -572,6 +640,7 @@ export async function workerMain(stateDir: string): Promise<number> {
     // first one when none serves, and keeps the next (the other worker unit's, or this unit's
     // restart) waiting until the serving one dies (docs/ARCHITECTURE.md, "Processes").
     await warmThreadPool(log);
+    worker.startPreloading();
     collectStartupGarbage(log);
     worker.announceStandby();
     const wd = watchdogIntervalMs();
@@ -581,6 +650,8 @@ export async function workerMain(stateDir: string): Promise<number> {
     } catch (e) {
       log.info({ err: errorInfo(e) }, 'standby released without a takeover');
       return 0;
+    } finally {
+      worker.stopPreloading();
     }
     log.info('standby worker taking over');
   }

@@ -485,8 +485,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     }
     uint64_t id = static_cast<uint64_t>(nodeid);
     auto old = meta_.find(id);
-    if (old != meta_.end()) byDevIno_.erase(DevIno{old->second.dev, old->second.ino});
-    byDevIno_[DevIno{m.dev, m.ino}] = id;
+    if (old != meta_.end()) {
+      auto k = byDevIno_.find(DevIno{old->second.dev, old->second.ino});
+      if (k != byDevIno_.end() && k->second == id) byDevIno_.erase(k);
+    }
+    // A reused (dev, ino) names the newest inode, as the session's index does (session.ts
+    // insertInode), whatever order the entries come in.
+    auto k = byDevIno_.find(DevIno{m.dev, m.ino});
+    if (k == byDevIno_.end() || k->second < id) byDevIno_[DevIno{m.dev, m.ino}] = id;
     meta_[id] = std::move(m);
     return env.Undefined();
   }

@@ -52,8 +52,10 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "dup");
   int fd;
+  int64_t minFd = 0;
   if (!a.Count(1) || !a.Fd(0, "fd", &fd)) return {};
-  int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (info.Length() >= 2 && !info[1].IsUndefined() && !a.Int(1, "minFd", 0, INT32_MAX, &minFd)) return {};
+  int nfd = fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(minFd));
   if (nfd < 0) {
     ThrowErrno(env, errno, "fcntl");
     return {};

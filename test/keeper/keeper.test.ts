@@ -88,9 +88,45 @@ async function fetchAll(h: Harness): Promise<Map<string, number>> {
   }
 }
 
+/** The same with a window: the keeper sends up to `window` batches per request (FETCH_WINDOW),
+ * each saying so; returns the set and how many requests it took. */
+async function fetchWindowed(h: Harness, window: number): Promise<{ fds: Map<string, number>; requests: number }> {
+  h.send({ type: 'fetch', window });
+  let requests = 1;
+  let left = window;
+  const out = new Map<string, number>();
+  for (;;) {
+    const { msg, fds } = await h.receive();
+    if (msg.type !== 'fdSet') throw new Error(`unexpected ${msg.type}`);
+    if (msg.window !== window) throw new Error(`FDSET says window ${msg.window}`);
+    msg.names.forEach((n, i) => out.set(n, fds[i]!));
+    if (!msg.more) return { fds: out, requests };
+    if (--left === 0) {
+      h.send({ type: 'fetchNext' });
+      requests++;
+      left = window;
+    }
+  }
+}
+
 function closeAll(fds: Iterable<number>): void {
   for (const fd of fds) native.close(fd);
 }
+
+t.test('a windowed fetch sends several batches per request, and the whole set', async (t) => {
+  const h = await startKeeper(t);
+  const files = Array.from({ length: 1100 }, (_, i) => native.memfdCreate(`w${i}`, 0));
+  for (let i = 0; i < files.length; i += 200) h.send({ type: 'store', names: files.slice(i, i + 200).map((_, k) => `file.${i + k}`) }, files.slice(i, i + 200));
+  closeAll(files);
+  const { fds, requests } = await fetchWindowed(h, 2);
+  t.equal([...fds.keys()].filter((n) => n.startsWith('file.')).length, 1100, 'every fd (5 batches of at most 253)');
+  t.equal(requests, 3, 'two batches per request: FDFETCH and two FDFETCHNEXT');
+  closeAll(fds.values());
+  const again = await fetchWindowed(h, 8);
+  t.same([...again.fds.keys()].sort(), [...fds.keys()].sort());
+  t.equal(again.requests, 1, 'one request for the whole set');
+  closeAll(again.fds.values());
+});
 
 t.test('stores, fetches in batches and removes fds', async (t) => {
   const before = openFds().length;

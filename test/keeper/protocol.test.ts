@@ -21,7 +21,7 @@ const FDS: Partial<Record<ToKeeper['type'] | FromKeeper['type'], number>> = { st
 t.test('every message to the keeper round-trips', async (t) => {
   const msgs: ToKeeper[] = [
     { type: 'store', names: ['inode.2', 'file.7'] }, { type: 'remove', names: ['a', 'b.c'] }, { type: 'remove', names: [] },
-    { type: 'fetch' }, { type: 'fetchNext' }, { type: 'controlReply', seq: 42, data: Buffer.from([1, 2, 255]) },
+    { type: 'fetch' }, { type: 'fetch', window: 4 }, { type: 'fetchNext' }, { type: 'controlReply', seq: 42, data: Buffer.from([1, 2, 255]) },
     { type: 'notify', ready: true, stopping: false, status: 'serving' }, { type: 'notify', ready: false, stopping: true, status: null },
     { type: 'served' }, { type: 'progress' }, { type: 'stats', stats: { q: [1, 2] } }, { type: 'setError', error: 'bad state' },
     { type: 'setError', error: null }, { type: 'standby' }, { type: 'statusQuery' }, { type: 'sync', seq: 12 },
@@ -39,6 +39,7 @@ t.test('every message from the keeper round-trips', async (t) => {
     { type: 'fdSet', names: ['root', 'vhost.conn'], more: true, ctlSeq: 9, keeper: { noFile: 20000, sync: true } },
     { type: 'fdSet', names: [], more: false, ctlSeq: 0, keeper: { noFile: null, sync: false } },
     { type: 'fdSet', names: [], more: false, ctlSeq: 0, keeper: { noFile: 5, sync: true, upgrade: true } },
+    { type: 'fdSet', names: ['a'], more: true, ctlSeq: 0, keeper: { noFile: 5, sync: true, upgrade: true }, window: 4 },
     { type: 'takeover' }, { type: 'status', status: STATUS }, { type: 'drain' },
     { type: 'upgraded', result: { result: 'ok', mode: 'drain', oldPid: 10, newPid: 11, oldVersion: '0.1.0', newVersion: '0.2.0', pauseMs: 21.5, drainMs: 2.25, left: 0, totalMs: 900, reason: null, at: '2026-12-06T05:00:00.000Z' } },
     { type: 'upgraded', result: { result: 'refused', mode: null, oldPid: 10, newPid: null, oldVersion: null, newVersion: null, pauseMs: null, drainMs: null, left: 0, totalMs: 3, reason: 'reads state schemas 1 to 2', at: 'x' } },

@@ -12,7 +12,7 @@
 //   registered just before). A missing entry only sends the request to TypeScript.
 import type { FastFuseHandle } from '../../shared/native';
 import type { FdRegistry, FdRegistryListener } from '../../shared/fd_registry';
-import type { FsMutation, FsSession } from './session';
+import type { FsMutation, FsSession, InodeRecord } from './session';
 import { ROOT_FD_NAME, fileFdName } from './session';
 import type { InodeFdCache, InodeFdObserver } from './inode_fds';
 
@@ -38,6 +38,8 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     registry.addListener(this);
     cache.observer = this;
     session.onMutation((m) => this.onMutation(m));
+    // The inodes of a loaded snapshot become records when first used (snapshot_inodes.ts).
+    session.onInodeDecoded = (rec) => this.addInode(rec);
     this.syncAll();
   }
 
@@ -45,11 +47,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
    * telling listeners). */
   syncAll(): void {
     this.server.clear();
-    for (const rec of this.session.inodeRecords()) {
-      this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
-      const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
-      if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
-    }
+    for (const rec of this.session.inodeRecords()) this.addInode(rec);
     this.ownerNode.clear();
     this.ownersOf.clear();
     for (const o of this.session.allLockOwners()) this.addOwner(o.id, o.nodeid);
@@ -85,6 +83,13 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
   fdClosing(name: string): void {
     const nodeid = nodeidOf(name);
     if (nodeid !== null) this.server.deleteInode(nodeid);
+  }
+
+  /** An inode the session knows: its identity, and its fd when one is open. */
+  private addInode(rec: InodeRecord): void {
+    this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+    const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
+    if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
   }
 
   private addOwner(id: number, nodeid: number): void {

@@ -195,8 +195,7 @@ export class PassthroughFs implements FileSystem {
     }
     if (verify) {
       const st = Buffer.alloc(STAT.SIZE);
-      for (const rec of s.allInodes()) {
-        if (rec.handle !== null) continue;
+      for (const rec of s.inodesWithoutHandle()) {
         native.fstatat(this.registry.get(rec.fdName)!, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, st);
         if (st.readBigUInt64LE(STAT.dev) !== rec.dev || st.readBigUInt64LE(STAT.ino) !== rec.ino) {
           throw new FsSessionError(`fd "${rec.fdName}" is not inode (${rec.dev}, ${rec.ino})`);

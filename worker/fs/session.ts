@@ -26,7 +26,6 @@
 // Version 2 and 3: see CompactSessionSnapshot.
 // 64-bit quantities (dev, ino, readdir cookies) are decimal strings: they do not fit a double.
 // fromSnapshot() treats its input as untrusted and throws FsSessionError on anything malformed.
-import { StateError } from '../../shared/errors';
 import { FUSE_ROOT_ID } from '../fuse/constants';
 
 export const SESSION_VERSION = 1;
@@ -35,25 +34,10 @@ const FIRST_ID = 2;
 const U64_MAX = (1n << 64n) - 1n;
 const S64_MIN = -(1n << 63n);
 const S64_MAX = (1n << 63n) - 1n;
-/** S_IF* file types (the S_IFMT bits of st_mode); fixed by Linux. */
-const VALID_FILE_TYPES = new Set([0o140000, 0o120000, 0o100000, 0o060000, 0o040000, 0o020000, 0o010000]);
 
-/** A session mutation or snapshot that contradicts the session (replayed state that does not fit). */
-export class FsSessionError extends StateError {}
-/** A snapshot of a version this build does not know (a newer writer's): never guessed at. */
-export class SnapshotVersionError extends FsSessionError {}
-
-/** A file handle (name_to_handle_at) that names an inode without holding an fd: the inode is
- * opened again with open_by_handle_at (inode_fds.ts). The handle carries the inode's
- * generation, so it never names a later inode that reused the number. */
-export interface InodeHandle {
-  readonly mountId: number;
-  readonly handleType: number;
-  /** 1..MAX_HANDLE_BYTES bytes. */
-  readonly handle: Buffer;
-}
-/** MAX_HANDLE_SZ of Linux. */
-export const MAX_HANDLE_BYTES = 128;
+export { FsSessionError, SnapshotVersionError, MAX_HANDLE_BYTES, type InodeHandle } from './session_base';
+import { FsSessionError, SnapshotVersionError, MAX_HANDLE_BYTES, type InodeHandle } from './session_base';
+import { HANDLE_ROW_HEAD, INODE_ROW, SnapshotInodes, VALID_FILE_TYPES } from './snapshot_inodes';
 
 export function sameHandle(a: InodeHandle, b: InodeHandle): boolean {
   return a.mountId === b.mountId && a.handleType === b.handleType && a.handle.equals(b.handle);
@@ -149,7 +133,6 @@ export interface CompactSessionSnapshot {
   dirs: DirSnapshot[];
   lockOwners: LockOwnerSnapshot[];
 }
-const INODE_ROW = 40;
 
 export interface SessionSnapshot {
   version: 1;
@@ -209,7 +192,14 @@ export class FsSession {
   /** "nodeid:owner" → lock owner id. */
   private readonly lockOwnerIndex = new Map<string, number>();
   private nextNodeIdValue = FIRST_ID;
+  /** Inodes with a handle among the decoded ones (`inodes`). */
   private handleInodes = 0;
+  /** The rows of the snapshot this session was loaded from that it has not decoded yet
+   * (snapshot_inodes.ts): every inode is in `inodes` or here, never both. */
+  private base: SnapshotInodes | null = null;
+  /** Told of each inode of a loaded snapshot when it is first used (not a mutation: the
+   * session's content does not change). fast_table.ts mirrors it. */
+  onInodeDecoded: ((rec: InodeRecord) => void) | null = null;
   private nextFhValue = FIRST_ID;
   private readonly listeners: MutationListener[] = [];
 
@@ -233,18 +223,34 @@ export class FsSession {
   get root(): InodeRecord { return this.inodes.get(FUSE_ROOT_ID)!; }
   get nextNodeId(): number { return this.nextNodeIdValue; }
   get nextFh(): number { return this.nextFhValue; }
-  get inodeCount(): number { return this.inodes.size; }
+  get inodeCount(): number { return this.inodes.size + (this.base?.live ?? 0); }
   get fileCount(): number { return this.files.size; }
   get dirCount(): number { return this.dirs.size; }
   get lockOwnerCount(): number { return this.lockOwners.size; }
 
-  getInode(nodeid: number): InodeRecord | undefined { return this.inodes.get(nodeid); }
+  getInode(nodeid: number): InodeRecord | undefined { return this.mutableInode(nodeid); }
   findInode(dev: bigint, ino: bigint): InodeRecord | undefined {
+    if (this.base !== null) {
+      const row = this.base.rowOfNumber(dev, ino);
+      if (row !== -1) this.decode(row);
+    }
     return this.byDevIno.get(dev, ino);
   }
   getFile(fh: number): FileRecord | undefined { return this.files.get(fh); }
   getDir(fh: number): DirRecord | undefined { return this.dirs.get(fh); }
-  allInodes(): IterableIterator<InodeRecord> { return this.inodes.values(); }
+  /** Decodes every inode still in the loaded snapshot: use inodesWithoutHandle() where it does. */
+  allInodes(): IterableIterator<InodeRecord> {
+    this.decodeAll();
+    return this.inodes.values();
+  }
+  /** The inodes whose fd the keeper holds (no handle), decoding only those. */
+  inodesWithoutHandle(): InodeRecord[] {
+    const out: InodeRecord[] = [];
+    for (const i of this.inodes.values()) if (i.handle === null) out.push(i);
+    const base = this.base;
+    if (base !== null) base.forEachLive((r) => { if (!base.hasHandle(r)) out.push(this.decode(r)); });
+    return out;
+  }
   allFiles(): IterableIterator<FileRecord> { return this.files.values(); }
   allDirs(): IterableIterator<DirRecord> { return this.dirs.values(); }
   allLockOwners(): IterableIterator<LockOwnerRecord> { return this.lockOwners.values(); }
@@ -254,13 +260,13 @@ export class FsSession {
   }
 
   /** Inodes named by a file handle (their fds are not in the keeper). */
-  get handleInodeCount(): number { return this.handleInodes; }
+  get handleInodeCount(): number { return this.handleInodes + (this.base?.liveHandles ?? 0); }
 
   /** Every fd name the session refers to (root included), also those of inodes named by a
    * handle, which only the worker's cache may hold. */
   fdNames(): string[] {
     const names: string[] = [];
-    for (const i of this.inodes.values()) names.push(i.fdName);
+    for (const i of this.allInodes()) names.push(i.fdName);
     for (const f of this.files.values()) names.push(f.fdName);
     for (const d of this.dirs.values()) names.push(d.fdName);
     for (const o of this.lockOwners.values()) names.push(o.fdName);
@@ -270,7 +276,7 @@ export class FsSession {
   /** The fd names the keeper must hold: fdNames() less the inodes named by a handle. */
   keeperFdNames(): string[] {
     const names: string[] = [];
-    for (const i of this.inodes.values()) if (i.handle === null) names.push(i.fdName);
+    for (const i of this.inodesWithoutHandle()) names.push(i.fdName);
     for (const f of this.files.values()) names.push(f.fdName);
     for (const d of this.dirs.values()) names.push(d.fdName);
     for (const o of this.lockOwners.values()) names.push(o.fdName);
@@ -299,7 +305,7 @@ export class FsSession {
   /** Subtracts count (clamped to the current count). Returns the dropped record when the inode
    * left the table (the caller closes its fd), else null. The root is never dropped. */
   forget(nodeid: number, count: number): InodeRecord | null {
-    const rec = this.inodes.get(nodeid);
+    const rec = this.mutableInode(nodeid);
     this.emit({ op: 'forget', nodeid, count });
     return rec !== undefined && !this.inodes.has(nodeid) ? rec : null;
   }
@@ -377,7 +383,7 @@ export class FsSession {
         const dev = u64Field(m.dev, 'addInode.dev');
         const ino = u64Field(m.ino, 'addInode.ino');
         const handle = m.handle === undefined || m.handle === null ? null : checkHandle(m.handle, 'addInode.handle');
-        const known = this.byDevIno.get(dev, ino);
+        const known = this.findInode(dev, ino);
         if (known !== undefined && !isReuse(known.handle, handle)) {
           throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
         }
@@ -462,6 +468,7 @@ export class FsSession {
         this.lockOwners.clear();
         this.lockOwnerIndex.clear();
         this.handleInodes = 0;
+        this.base = null;
         root.lookupCount = 1;
         this.insertInode(root);
         return;
@@ -472,7 +479,7 @@ export class FsSession {
   }
 
   private needInode(nodeid: unknown, what: string): MutableInode {
-    const rec = this.inodes.get(checkId(nodeid, `${what}.nodeid`, 1));
+    const rec = this.mutableInode(checkId(nodeid, `${what}.nodeid`, 1));
     if (rec === undefined) throw new FsSessionError(`${what}: unknown nodeid ${String(nodeid)}`);
     return rec;
   }
@@ -486,6 +493,39 @@ export class FsSession {
   private insertLockOwner(rec: LockOwnerRecord): void {
     this.lockOwners.set(rec.id, rec);
     this.lockOwnerIndex.set(lockOwnerKey(rec.nodeid, rec.owner), rec.id);
+  }
+
+  private mutableInode(nodeid: number): MutableInode | undefined {
+    const rec = this.inodes.get(nodeid);
+    if (rec !== undefined || this.base === null) return rec;
+    const row = this.base.rowOf(nodeid);
+    return row === -1 ? undefined : this.decode(row);
+  }
+
+  /** Moves a row of the loaded snapshot into the session's tables. Only the row that owns its
+   * (dev, ino) in the snapshot is indexed by it, as the eager load indexes only the newest. */
+  private decode(row: number): MutableInode {
+    const base = this.base!;
+    const owns = base.ownsNumber(row);
+    const r = base.take(row);
+    const rec: MutableInode = {
+      nodeid: r.nodeid, dev: r.dev, ino: r.ino, generation: r.generation, lookupCount: r.lookupCount,
+      fdName: inodeFdName(r.nodeid), fileType: r.fileType, handle: r.handle,
+    };
+    if (owns) this.insertInode(rec);
+    else {
+      this.inodes.set(rec.nodeid, rec);
+      if (rec.handle !== null) this.handleInodes++;
+    }
+    this.onInodeDecoded?.(rec);
+    return rec;
+  }
+
+  private decodeAll(): void {
+    const base = this.base;
+    if (base === null) return;
+    base.forEachLive((r) => this.decode(r));
+    this.base = null;
   }
 
   /** Indexes (dev, ino) to the newest nodeid (a reused number belongs to the newer inode). */
@@ -503,7 +543,7 @@ export class FsSession {
       version: SESSION_VERSION,
       nextNodeId: this.nextNodeIdValue,
       nextFh: this.nextFhValue,
-      inodes: !withInodes ? [] : [...this.inodes.values()].map((i) => ({
+      inodes: !withInodes ? [] : [...this.allInodes()].map((i) => ({
         nodeid: i.nodeid, dev: i.dev.toString(), ino: i.ino.toString(), generation: i.generation,
         lookupCount: i.lookupCount, fdName: i.fdName, fileType: i.fileType,
       })),
@@ -517,38 +557,96 @@ export class FsSession {
     };
   }
 
+  /** Rows in ascending nodeid order (what the lazy load needs: snapshot_inodes.ts): the
+   * decoded inodes, sorted if decoding made their order differ, merged with the snapshot rows
+   * still undecoded, which are copied as they are. */
   toCompactSnapshot(): CompactSessionSnapshot {
-    const table = Buffer.allocUnsafe(this.inodes.size * INODE_ROW);
+    const decoded = [...this.inodes.values()];
+    for (let k = 1; k < decoded.length; k++) {
+      if (decoded[k - 1]!.nodeid > decoded[k]!.nodeid) {
+        decoded.sort((a, b) => a.nodeid - b.nodeid);
+        break;
+      }
+    }
+    const base = this.base;
+    const lazy: number[] = [];
+    if (base !== null) base.forEachLive((r) => lazy.push(r));
+    const table = Buffer.allocUnsafe((decoded.length + lazy.length) * INODE_ROW);
+    let handleBytes = 0;
+    for (const i of decoded) if (i.handle !== null) handleBytes += HANDLE_ROW_HEAD + i.handle.handle.length;
+    for (const r of lazy) handleBytes += base!.handleRowSize(r);
+    const handles = Buffer.allocUnsafe(handleBytes);
     let at = 0;
-    for (const i of this.inodes.values()) {
+    let hat = 0;
+    let d = 0;
+    let l = 0;
+    while (d < decoded.length || l < lazy.length) {
+      if (l < lazy.length && (d === decoded.length || base!.nodeidAt(lazy[l]!) < decoded[d]!.nodeid)) {
+        const r = lazy[l++]!;
+        at = base!.copyRow(r, table, at);
+        if (base!.hasHandle(r)) hat = base!.copyHandleRow(r, handles, hat);
+        continue;
+      }
+      const i = decoded[d++]!;
       at = table.writeDoubleLE(i.nodeid, at);
       at = table.writeBigUInt64LE(i.dev, at);
       at = table.writeBigUInt64LE(i.ino, at);
       at = table.writeUInt32LE(i.generation, at);
       at = table.writeUInt32LE(i.fileType, at);
       at = table.writeDoubleLE(i.lookupCount, at);
-    }
-    const { files, dirs, lockOwners } = this.toSnapshot(false);
-    const base = { nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs, lockOwners };
-    if (this.handleInodes === 0) return { version: 2, ...base };
-    return { version: 3, ...base, inodeHandles: this.handleTable() };
-  }
-
-  private handleTable(): Buffer {
-    let size = 0;
-    for (const i of this.inodes.values()) if (i.handle !== null) size += HANDLE_ROW_HEAD + i.handle.handle.length;
-    const table = Buffer.allocUnsafe(size);
-    let at = 0;
-    for (const i of this.inodes.values()) {
       const h = i.handle;
       if (h === null) continue;
-      at = table.writeDoubleLE(i.nodeid, at);
-      at = table.writeBigUInt64LE(BigInt(h.mountId), at);
-      at = table.writeInt32LE(h.handleType | 0, at);
-      at = table.writeUInt8(h.handle.length, at);
-      at += h.handle.copy(table, at);
+      hat = handles.writeDoubleLE(i.nodeid, hat);
+      hat = handles.writeBigUInt64LE(BigInt(h.mountId), hat);
+      hat = handles.writeInt32LE(h.handleType | 0, hat);
+      hat = handles.writeUInt8(h.handle.length, hat);
+      hat += h.handle.copy(handles, hat);
     }
-    return table;
+    const { files, dirs, lockOwners } = this.toSnapshot(false);
+    const snap = { nextNodeId: this.nextNodeIdValue, nextFh: this.nextFhValue, inodeTable: table, files, dirs, lockOwners };
+    if (this.handleInodeCount === 0) return { version: 2, ...snap };
+    return { version: 3, ...snap, inodeHandles: handles };
+  }
+
+  /** The open files, dirs and lock owners of an untrusted snapshot (after its counters). */
+  private restoreHandles(files: unknown[], dirs: unknown[], lockOwners: unknown[]): void {
+    const seenFh = new Set<number>();
+    const handle = (raw: unknown, where: string, kind: 'file' | 'dir'): { fh: number; nodeid: number; r: Record<string, unknown> } => {
+      const r = checkObject(raw, where, kind === 'file' ? ['fh', 'fdName', 'nodeid', 'flags'] : ['fh', 'fdName', 'nodeid', 'position']);
+      const fh = checkId(r.fh, `${where}.fh`);
+      if (fh >= this.nextFhValue) throw new FsSessionError(`${where}.fh ${fh} >= nextFh ${this.nextFhValue}`);
+      if (seenFh.has(fh)) throw new FsSessionError(`${where}: duplicate fh ${fh}`);
+      seenFh.add(fh);
+      const expected = kind === 'file' ? fileFdName(fh) : dirFdName(fh);
+      if (r.fdName !== expected) throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${expected})`);
+      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
+      if (nodeid >= this.nextNodeIdValue) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${this.nextNodeIdValue}`);
+      return { fh, nodeid, r };
+    };
+    files.forEach((raw, idx) => {
+      const { fh, nodeid, r } = handle(raw, `files[${idx}]`, 'file');
+      this.files.set(fh, { fh, fdName: fileFdName(fh), nodeid, flags: checkI32(r.flags, `files[${idx}].flags`) });
+    });
+    dirs.forEach((raw, idx) => {
+      const { fh, nodeid, r } = handle(raw, `dirs[${idx}]`, 'dir');
+      this.dirs.set(fh, { fh, fdName: dirFdName(fh), nodeid, position: parseS64(r.position, `dirs[${idx}].position`) });
+    });
+    lockOwners.forEach((raw, idx) => {
+      const where = `lockOwners[${idx}]`;
+      const r = checkObject(raw, where, ['id', 'fdName', 'nodeid', 'fh', 'owner', 'pid']);
+      const id = checkId(r.id, `${where}.id`);
+      if (id >= this.nextFhValue) throw new FsSessionError(`${where}.id ${id} >= nextFh ${this.nextFhValue}`);
+      if (seenFh.has(id)) throw new FsSessionError(`${where}: duplicate id ${id}`);
+      seenFh.add(id);
+      if (r.fdName !== lockOwnerFdName(id)) throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${lockOwnerFdName(id)})`);
+      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
+      if (nodeid >= this.nextNodeIdValue) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${this.nextNodeIdValue}`);
+      const fh = checkId(r.fh, `${where}.fh`);
+      if (fh >= this.nextFhValue) throw new FsSessionError(`${where}.fh ${fh} >= nextFh ${this.nextFhValue}`);
+      const owner = parseU64(r.owner, `${where}.owner`);
+      if (this.lockOwnerIndex.has(lockOwnerKey(nodeid, owner))) throw new FsSessionError(`${where}: duplicate owner ${owner} of nodeid ${nodeid}`);
+      this.insertLockOwner({ id, fdName: lockOwnerFdName(id), nodeid, fh, owner, pid: checkU32(r.pid, `${where}.pid`) });
+    });
   }
 
   /** Rebuilds a session from an untrusted snapshot. Checks: version, types and ranges of every
@@ -576,6 +674,24 @@ export class FsSession {
     const dirs = checkArray(s.dirs, 'dirs');
     const lockOwners = s.lockOwners === undefined ? [] : checkArray(s.lockOwners, 'lockOwners');
 
+    if (compact) {
+      const table = s.inodeTable;
+      if (!(table instanceof Uint8Array)) throw new FsSessionError('inodeTable: not a whole number of rows');
+      const handleTable = version === 3 ? s.inodeHandles : null;
+      if (handleTable !== null && !(handleTable instanceof Uint8Array)) throw new FsSessionError('inodeHandles: not bytes');
+      const base = SnapshotInodes.scan(table, handleTable, nextNodeId);
+      // null: rows not in nodeid order (not what we write): the eager load below reads them.
+      if (base !== null) {
+        const root = base.take(0);
+        const session = new FsSession({ dev: root.dev, ino: root.ino, generation: root.generation });
+        session.inodes.get(FUSE_ROOT_ID)!.lookupCount = root.lookupCount;
+        session.base = base;
+        session.nextNodeIdValue = nextNodeId;
+        session.nextFhValue = nextFh;
+        session.restoreHandles(files, dirs, lockOwners);
+        return session;
+      }
+    }
     const parsedInodes: MutableInode[] = [];
     const seenNodeIds = new Set<number>();
     const seenDevIno = new DevInoIndex<MutableInode>();
@@ -596,7 +712,7 @@ export class FsSession {
         handles.delete(nodeid);
         if (nodeid === FUSE_ROOT_ID && handle !== null) throw new FsSessionError(`${where}: the root has a handle`);
         const dup = seenDevIno.get(dev, ino);
-        if (dup !== undefined && !isReuse(dup.handle, handle)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
+        if (dup !== undefined && !mayShareNumber(dup.handle, handle)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
         const rec: MutableInode = {
           nodeid, dev, ino, generation: b.readUInt32LE(at + 24),
           lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1),
@@ -643,43 +759,7 @@ export class FsSession {
     session.nextNodeIdValue = nextNodeId;
     session.nextFhValue = nextFh;
 
-    const seenFh = new Set<number>();
-    const handle = (raw: unknown, where: string, kind: 'file' | 'dir'): { fh: number; nodeid: number; r: Record<string, unknown> } => {
-      const r = checkObject(raw, where, kind === 'file' ? ['fh', 'fdName', 'nodeid', 'flags'] : ['fh', 'fdName', 'nodeid', 'position']);
-      const fh = checkId(r.fh, `${where}.fh`);
-      if (fh >= nextFh) throw new FsSessionError(`${where}.fh ${fh} >= nextFh ${nextFh}`);
-      if (seenFh.has(fh)) throw new FsSessionError(`${where}: duplicate fh ${fh}`);
-      seenFh.add(fh);
-      const expected = kind === 'file' ? fileFdName(fh) : dirFdName(fh);
-      if (r.fdName !== expected) throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${expected})`);
-      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
-      if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
-      return { fh, nodeid, r };
-    };
-    files.forEach((raw, idx) => {
-      const { fh, nodeid, r } = handle(raw, `files[${idx}]`, 'file');
-      session.files.set(fh, { fh, fdName: fileFdName(fh), nodeid, flags: checkI32(r.flags, `files[${idx}].flags`) });
-    });
-    dirs.forEach((raw, idx) => {
-      const { fh, nodeid, r } = handle(raw, `dirs[${idx}]`, 'dir');
-      session.dirs.set(fh, { fh, fdName: dirFdName(fh), nodeid, position: parseS64(r.position, `dirs[${idx}].position`) });
-    });
-    lockOwners.forEach((raw, idx) => {
-      const where = `lockOwners[${idx}]`;
-      const r = checkObject(raw, where, ['id', 'fdName', 'nodeid', 'fh', 'owner', 'pid']);
-      const id = checkId(r.id, `${where}.id`);
-      if (id >= nextFh) throw new FsSessionError(`${where}.id ${id} >= nextFh ${nextFh}`);
-      if (seenFh.has(id)) throw new FsSessionError(`${where}: duplicate id ${id}`);
-      seenFh.add(id);
-      if (r.fdName !== lockOwnerFdName(id)) throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${lockOwnerFdName(id)})`);
-      const nodeid = checkId(r.nodeid, `${where}.nodeid`, 1);
-      if (nodeid >= nextNodeId) throw new FsSessionError(`${where}.nodeid ${nodeid} >= nextNodeId ${nextNodeId}`);
-      const fh = checkId(r.fh, `${where}.fh`);
-      if (fh >= nextFh) throw new FsSessionError(`${where}.fh ${fh} >= nextFh ${nextFh}`);
-      const owner = parseU64(r.owner, `${where}.owner`);
-      if (session.lockOwnerIndex.has(lockOwnerKey(nodeid, owner))) throw new FsSessionError(`${where}: duplicate owner ${owner} of nodeid ${nodeid}`);
-      session.insertLockOwner({ id, fdName: lockOwnerFdName(id), nodeid, fh, owner, pid: checkU32(r.pid, `${where}.pid`) });
-    });
+    session.restoreHandles(files, dirs, lockOwners);
     return session;
   }
 }
@@ -688,6 +768,15 @@ export class FsSession {
 
 /** A second inode may have the (dev, ino) of a known one only when both have handles and the
  * handles differ: the known inode was deleted and its number reused. */
+/** What a loaded snapshot may hold: two inodes of one (dev, ino) unless neither has a handle
+ * (an fd pins its inode, so two fd-held inodes cannot share a number). Looser than isReuse on
+ * purpose: the live rule compares with the number's current owner, and once that owner is
+ * forgotten its entry is gone, so a session can hold e.g. an older inode with a handle and a
+ * newer one without (a later lookup that got no handle); its snapshot must load. */
+export function mayShareNumber(a: InodeHandle | null, b: InodeHandle | null): boolean {
+  return a !== null || b !== null;
+}
+
 function isReuse(known: InodeHandle | null, added: InodeHandle | null): boolean {
   return known !== null && added !== null && !sameHandle(known, added);
 }
@@ -701,7 +790,6 @@ function checkHandle(v: unknown, where: string): InodeHandle {
   return { mountId: h.mountId, handleType: checkI32(h.handleType, `${where}.handleType`), handle: h.handle };
 }
 
-const HANDLE_ROW_HEAD = 8 + 8 + 4 + 1;
 
 /** The inodeHandles side table of a version 3 snapshot: nodeid → handle. */
 function parseHandleTable(v: unknown, nextNodeId: number): Map<number, InodeHandle> {

@@ -14,7 +14,7 @@
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { Packr } from 'msgpackr';
-import { native, C } from '../../shared/native';
+import { native, C, STAT } from '../../shared/native';
 import { at } from '../../shared/pinned_dirs';
 import { StateError } from '../../shared/errors';
 
@@ -221,11 +221,52 @@ export class StateJournal {
     });
   }
 
-  /** Every committed record's payload bytes (copies), in order. Throws StateFileError on a
-   * corrupt record. */
-  payloads(): Buffer[] {
+  /** The file's (st_dev, st_ino): a file replaced by a compaction or a fresh start is another
+   * inode (and the one we hold stays allocated while we hold it, so its number is not reused). */
+  identity(): string {
+    const st = Buffer.alloc(STAT.SIZE);
+    native.fstatat(this.fd, '', C.AT_EMPTY_PATH!, st);
+    return `${st.readBigUInt64LE(STAT.dev)}:${st.readBigUInt64LE(STAT.ino)}`;
+  }
+
+  /** The (st_dev, st_ino) of whatever file is at `path` now, or null if none. */
+  static identityAt(path: string): string | null {
+    const { dirFd, name } = at(path);
+    const st = Buffer.alloc(STAT.SIZE);
+    try {
+      native.fstatat(dirFd, name, C.AT_SYMLINK_NOFOLLOW!, st);
+    } catch {
+      return null;
+    }
+    return `${st.readBigUInt64LE(STAT.dev)}:${st.readBigUInt64LE(STAT.ino)}`;
+  }
+
+  /** A reader of a file another process writes: takes the commit offset it published since
+   * (mapping the file again if it grew). Returns the new committed end. */
+  refresh(): number {
+    const committed = Number(native.loadAcquireU64(this.map, COMMIT_OFFSET));
+    if (committed > this.map.byteLength) {
+      const size = fs.fstatSync(this.fd).size;
+      if (committed > size) throw new StateFileError(`commit offset ${committed} outside the file (${size} bytes)`, this.path);
+      const map = native.mmap(this.fd, size, 0, true);
+      native.munmap(this.map);
+      this.map = map;
+      this.bytes = new Uint8Array(map);
+      this.view = new DataView(map);
+      this.buf = Buffer.from(map);
+    }
+    if (committed < this.end) throw new StateFileError(`commit offset went back from ${this.end} to ${committed}`, this.path);
+    this.end = committed;
+    this.staged = committed;
+    return committed;
+  }
+
+  /** Every committed record's payload bytes (copies), in order, from offset `from` (a record
+   * boundary: DATA_START or an end this journal returned). Throws StateFileError on a corrupt
+   * record. */
+  payloads(from = DATA_START): Buffer[] {
     const out: Buffer[] = [];
-    let pos = DATA_START;
+    let pos = from;
     while (pos < this.end) {
       if (pos + RECORD_HEADER > this.end) throw new StateFileError(`truncated record header at ${pos}`, this.path);
       const len = this.view.getUint32(pos, true);

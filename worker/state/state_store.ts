@@ -19,7 +19,7 @@ import type { VhostSessionState } from '../vhost/backend';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
 import { FsSession, type FsMutation } from '../fs/session';
-import { StateJournal, StateVersionError, decodeRecord, type SchemaReader } from './journal';
+import { DATA_START, StateJournal, StateVersionError, decodeRecord, type SchemaReader } from './journal';
 import { VERSION } from '../../shared/version';
 import { SnapshotVersionError } from '../fs/session';
 import * as R from './records';
@@ -69,9 +69,9 @@ export interface LoadedState {
 
 /** The journal's records as loose objects in schema 1's shapes (request outcomes also carry
  * `opcode` and their mutations `muts`), for one fold over both schemas. */
-function* looseRecords(journal: StateJournal, path: string, sizes: { last: number }): Generator<unknown> {
+function* looseRecords(journal: StateJournal, payloads: Buffer[], path: string, sizes: { last: number }): Generator<unknown> {
   const schema2 = journal.schemaVersion >= 2;
-  for (const payload of journal.payloads()) {
+  for (const payload of payloads) {
     sizes.last = payload.length;
     if (!schema2) {
       try {
@@ -100,16 +100,93 @@ function* looseRecords(journal: StateJournal, path: string, sizes: { last: numbe
 
 /** Folds the journal into the state a restarted worker resumes from. */
 export function loadState(path: string): LoadedState {
-  const journal = StateJournal.open(path, SCHEMA_READER);
+  const loader = new StateLoader(path);
   try {
-    const st: LoadedState = {
-      vhost: null, init: null, fs: null, ctlSeq: 0, pending: null, ops: new Map(), discardedMutations: 0,
-      schemaVersion: journal.schemaVersion, snapshotBytes: 0,
-    };
-    const sizes = { last: 0 };
-    // Mutations made by a request are applied only once its outcome is journaled: a request
-    // that died half-way is rolled back here and runs again when it is resubmitted.
-    const held = new Map<string, FsMutation[]>();
+    loader.catchUp();
+    return loader.finish();
+  } finally {
+    loader.close();
+  }
+}
+
+/**
+ * The fold of loadState, in steps: catchUp() reads what was committed since its last call, so
+ * a warm standby loads the session while it waits (and follows the serving worker's journal)
+ * and its takeover reads only the tail (docs/ARCHITECTURE.md, "Recovery of a large session"). The records it folds
+ * are committed (before the commit offset), and committed records never change: a file is
+ * only ever appended to, and compaction or a fresh start writes a new file renamed over it. So
+ * a fold in steps over one file is the fold of it at once; when the path names another file
+ * (its inode differs from the one this loader holds open) the fold starts over.
+ */
+export class StateLoader {
+  private journal: StateJournal | null = null;
+  private identity = '';
+  /** The offset after the last folded record. */
+  private pos = DATA_START;
+  private st!: LoadedState;
+  /** Mutations made by a request are applied only once its outcome is journaled: a request
+   * that died half-way is rolled back here and runs again when it is resubmitted. */
+  private readonly held = new Map<string, FsMutation[]>();
+  private readonly sizes = { last: 0 };
+  private finished = false;
+
+  constructor(private readonly path: string) {}
+
+  /** How many times the fold started from a file's beginning (the first load, then once per
+   * compaction or fresh start it followed). */
+  restarts = 0;
+
+  /** The session folded so far (null before a snapshot with one): a standby may warm it. */
+  get session(): FsSession | null {
+    return this.journal === null ? null : this.st.fs;
+  }
+
+  /** Folds what was committed since the last call; false if there was nothing new. Throws what
+   * loadState throws; the loader is unusable after a throw. */
+  catchUp(): boolean {
+    if (this.finished) throw new Error('state loader already finished');
+    const path = this.path;
+    const now = StateJournal.identityAt(path);
+    if (this.journal === null || now !== this.identity) {
+      this.journal?.close();
+      this.journal = null;
+      const journal = StateJournal.open(path, SCHEMA_READER);
+      this.journal = journal;
+      this.identity = journal.identity();
+      this.pos = DATA_START;
+      this.held.clear();
+      this.st = {
+        vhost: null, init: null, fs: null, ctlSeq: 0, pending: null, ops: new Map(), discardedMutations: 0,
+        schemaVersion: journal.schemaVersion, snapshotBytes: 0,
+      };
+      this.restarts++;
+    } else {
+      this.journal.refresh();
+    }
+    const journal = this.journal;
+    const end = journal.committedBytes;
+    if (end === this.pos) return false;
+    this.fold(journal, journal.payloads(this.pos));
+    this.pos = end;
+    return true;
+  }
+
+  /** The folded state; the loader lets go of the file. */
+  finish(): LoadedState {
+    if (this.journal === null) throw new Error('state loader finished before loading');
+    this.finished = true;
+    this.close();
+    for (const h of this.held.values()) this.st.discardedMutations += h.length;
+    return this.st;
+  }
+
+  close(): void {
+    this.journal?.close();
+    this.journal = null;
+  }
+
+  private fold(journal: StateJournal, payloads: Buffer[]): void {
+    const { path, st, held, sizes } = this;
     const applyFs = (m: FsMutation): void => {
       if (st.fs === null) fail(path, 'fs mutation before any fs session');
       try {
@@ -118,7 +195,7 @@ export function loadState(path: string): LoadedState {
         fail(path, `fs mutation: ${(e as Error).message}`);
       }
     };
-    for (const raw of looseRecords(journal, path, sizes)) {
+    for (const raw of looseRecords(journal, payloads, path, sizes)) {
       if (!isObj(raw) || typeof raw.t !== 'string') fail(path, 'record without a type');
       const r = raw as Record<string, unknown>;
       switch (r.t) {
@@ -210,10 +287,6 @@ export function loadState(path: string): LoadedState {
           throw new StateVersionError(journal.stamp, SCHEMA_READER, path, `unknown record type ${JSON.stringify(r.t).slice(0, 40)}`);
       }
     }
-    for (const h of held.values()) st.discardedMutations += h.length;
-    return st;
-  } finally {
-    journal.close();
   }
 }
 
