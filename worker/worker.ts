@@ -502,6 +502,36 @@ export class Worker {
   }
 }
 
+/** Waits for the keeper's takeover as a standby: loaded and preloading the session before it
+ * says X_STANDBY (a standby the keeper counts as ready has the session), on the event loop, not
+ * blocked in recv (the preload follows the journal meanwhile). `unit`: started by a systemd
+ * unit, which is told READY (announceStandby) and pinged while it waits. False: released
+ * without a takeover. */
+async function standBy(worker: Worker, keeper: KeeperClient, log: Logger, unit: boolean): Promise<boolean> {
+  await warmThreadPool(log);
+  worker.startPreloading();
+  collectStartupGarbage(log);
+  let tick = (): void => {};
+  let intervalMs = STANDBY_IDLE_TICK_MS;
+  if (unit) {
+    worker.announceStandby();
+    const wd = watchdogIntervalMs();
+    tick = () => worker.standbyWatchdogTick();
+    if (wd !== null) intervalMs = Math.max(10, wd / 2);
+  }
+  try {
+    await keeper.waitForTakeoverAsync(tick, intervalMs, WORKER_INFO);
+    worker.mark('takeover');
+  } catch (e) {
+    log.info({ err: errorInfo(e) }, 'standby released without a takeover');
+    return false;
+  } finally {
+    worker.stopPreloading();
+  }
+  log.info('standby worker taking over');
+  return true;
+}
+
 /**
  * A standby starts libuv's threadpool before it waits: the pool's threads are created at its
  * first use, which would otherwise be the first READ or WRITE of a takeover. After the sandbox,
@@ -620,40 +650,12 @@ export async function workerMain(stateDir: string): Promise<number> {
     return EXIT_START_FAILED;
   }
   if (process.env.VFSK_STANDBY === '1') {
-    await warmThreadPool(log);
-    // Loaded before it says X_STANDBY: a standby the keeper counts as ready has the session.
-    worker.startPreloading();
-    collectStartupGarbage(log);
-    try {
-      // On the event loop, not blocked in recv: the preload follows the journal meanwhile.
-      await keeper.waitForTakeoverAsync(() => {}, STANDBY_IDLE_TICK_MS, WORKER_INFO);
-      worker.mark('takeover');
-    } catch (e) {
-      log.info({ err: errorInfo(e) }, 'standby released without a takeover');
-      return 0;
-    } finally {
-      worker.stopPreloading();
-    }
-    log.info('standby worker taking over');
+    if (!(await standBy(worker, keeper, log, false))) return 0;
   } else if (!spawned) {
     // Under systemd every worker stands by first: the keeper hands the session at once to the
     // first one when none serves, and keeps the next (the other worker unit's, or this unit's
     // restart) waiting until the serving one dies (docs/ARCHITECTURE.md, "Processes").
-    await warmThreadPool(log);
-    worker.startPreloading();
-    collectStartupGarbage(log);
-    worker.announceStandby();
-    const wd = watchdogIntervalMs();
-    try {
-      await keeper.waitForTakeoverAsync(() => worker.standbyWatchdogTick(), wd === null ? STANDBY_IDLE_TICK_MS : Math.max(10, wd / 2), WORKER_INFO);
-      worker.mark('takeover');
-    } catch (e) {
-      log.info({ err: errorInfo(e) }, 'standby released without a takeover');
-      return 0;
-    } finally {
-      worker.stopPreloading();
-    }
-    log.info('standby worker taking over');
+    if (!(await standBy(worker, keeper, log, true))) return 0;
   }
   try {
     worker.start();

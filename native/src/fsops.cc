@@ -728,6 +728,22 @@ union HandleBuf {
   char raw[sizeof(file_handle) + MAX_HANDLE_SZ];
 };
 
+// name_to_handle_at into *hb; *mountId is the 64-bit unique id with AT_HANDLE_MNT_ID_UNIQUE
+// (0x1), else the int one. Newer kernels write 8 bytes of mount id then, so the kernel always
+// gets 8. Returns 0 or errno.
+int HandleAt(int dirfd, const std::string& path, int flags, HandleBuf* hb, int64_t* mountId) {
+  memset(hb, 0, sizeof *hb);
+  hb->fh.handle_bytes = MAX_HANDLE_SZ;
+  union {
+    int i;
+    uint64_t u;
+  } mnt;
+  mnt.u = 0;
+  if (name_to_handle_at(dirfd, path.c_str(), &hb->fh, &mnt.i, flags) < 0) return errno;
+  *mountId = (flags & 0x1) != 0 ? static_cast<int64_t>(mnt.u) : static_cast<int64_t>(mnt.i);
+  return 0;
+}
+
 Napi::Value NameToHandleAt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "nameToHandleAt");
@@ -737,20 +753,12 @@ Napi::Value NameToHandleAt(const Napi::CallbackInfo& info) {
       !a.Flags(2, "flags", &flags))
     return {};
   HandleBuf hb;
-  memset(&hb, 0, sizeof hb);
-  hb.fh.handle_bytes = MAX_HANDLE_SZ;
-  // Newer kernels write a 64-bit mount id here with AT_HANDLE_MNT_ID_UNIQUE (0x1), so give
-  // the kernel 8 bytes whatever the flags.
-  union {
-    int i;
-    uint64_t u;
-  } mnt;
-  mnt.u = 0;
-  if (name_to_handle_at(dirfd, path.c_str(), &hb.fh, &mnt.i, flags) < 0) {
-    ThrowErrno(env, errno, "name_to_handle_at");
+  int64_t mnt;
+  if (int err = HandleAt(dirfd, path, flags, &hb, &mnt); err != 0) {
+    ThrowErrno(env, err, "name_to_handle_at");
     return {};
   }
-  double mountId = (flags & 0x1) != 0 ? static_cast<double>(mnt.u) : static_cast<double>(mnt.i);
+  double mountId = static_cast<double>(mnt);
   Napi::Object o = Napi::Object::New(env);
   o.Set("mountId", Num(env, mountId));
   o.Set("handleType", Num(env, hb.fh.handle_type));
@@ -775,17 +783,11 @@ Napi::Value SameHandleAt(const Napi::CallbackInfo& info) {
       !a.Int(4, "handleType", INT32_MIN, INT32_MAX, &type) || !a.Buf(5, "handle", &want, &wantLen))
     return {};
   HandleBuf hb;
-  hb.fh.handle_bytes = MAX_HANDLE_SZ;
-  union {
-    int i;
-    uint64_t u;
-  } mnt;
-  mnt.u = 0;
-  if (name_to_handle_at(dirfd, path.c_str(), &hb.fh, &mnt.i, flags) < 0) {
-    ThrowErrno(env, errno, "name_to_handle_at");
+  int64_t got;
+  if (int err = HandleAt(dirfd, path, flags, &hb, &got); err != 0) {
+    ThrowErrno(env, err, "name_to_handle_at");
     return {};
   }
-  const int64_t got = (flags & 0x1) != 0 ? static_cast<int64_t>(mnt.u) : static_cast<int64_t>(mnt.i);
   const bool same = got == mountId && hb.fh.handle_type == type && hb.fh.handle_bytes == wantLen &&
                     memcmp(hb.fh.f_handle, want, wantLen) == 0;
   return Napi::Boolean::New(env, same);

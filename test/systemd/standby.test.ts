@@ -20,7 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { nspawnUnavailable, type Machine } from './real/nspawn';
 import { LoopClient, HELLO, RECORD_SIZE, record } from './real/client';
-import { Units, KEEPER, WORKER, STANDBY, type Unit } from './real/units';
+import { Units, KEEPER, WORKER, STANDBY, stopAtTeardown, type Unit } from './real/units';
 import { waitFor } from '../frontend/helpers';
 import { quantile } from '../bench/stats';
 import { recoveryPhases, summarisePhases } from '../bench/recovery';
@@ -53,16 +53,7 @@ t.test('the warm standby and the keeper\'s crash under systemd as PID 1 (systemd
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-sb-'));
   let client: LoopClient | null = null;
   let m: Machine | null = null;
-  t.teardown(async () => {
-    if (client) { await client.stop(); client.close(); }
-    if (m && !t.passing()) {
-      const keep = path.join(os.tmpdir(), `${path.basename(dir)}.journal.txt`);
-      if (m.leader > 0) fs.writeFileSync(keep, (await m.exec(['journalctl', '--no-pager', '-o', 'short-precise'])).stdout + '\n--- nspawn ---\n' + m.log());
-      t.comment(`the machine's journal is in ${keep}`);
-    }
-    if (m) await m.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  stopAtTeardown(t, dir, () => ({ client, machine: m }));
   const shared = path.join(dir, 'shared');
   fs.mkdirSync(shared);
   fs.writeFileSync(path.join(shared, 'hello'), HELLO);

@@ -267,7 +267,7 @@ export class Vrings {
       // The ring's native kick read the eventfd and left this kick to us.
       if ((events & POLL_KICK_READ) !== 0 || native.eventfdRead(fd) >= 0) handler.kick();
     });
-    ring.bindKick?.(poller);
+    this.bindRing(index, ring, poller);
     poller.start(POLL_READABLE);
     return poller;
   }
@@ -313,7 +313,6 @@ export class Vrings {
       throw e;
     }
     const kickFd = this.registry.get(`vring.${index}.kick`)!;
-    ring.setCallFd?.(this.registry.get(`vring.${index}.call`) ?? null);
     const kickPoller = this.pollKick(index, kickFd, handler, ring);
     this.running.set(index, { handler, ring, kickPoller });
     this.log.info({ queue: index, size: v.size, base: v.base, eventIdx: ring.eventIdx }, 'queue started');

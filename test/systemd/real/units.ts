@@ -3,8 +3,10 @@
 // directory and the vhost-user socket under `dir` (seen from the host at the same place): for
 // the standby test and the systemd recovery benchmark row.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Machine } from './nspawn';
+import type { LoopClient } from './client';
 import { waitFor } from '../../frontend/helpers';
 import { queryStatus } from '../../../cli/status';
 import type { StatusReport } from '../../../shared/status_report';
@@ -101,4 +103,21 @@ export class Units {
   async daemonLog(): Promise<string> {
     return (await this.machine.exec(['journalctl', '--no-pager', '-o', 'cat', '-u', KEEPER, '-u', WORKER, '-u', STANDBY])).stdout;
   }
+}
+
+/** At a test's end: the client stopped, the machine's journal kept in a file (and named) when
+ * the test failed, the machine stopped, `dir` removed. `parts` is read then: they are set later. */
+export function stopAtTeardown(t: { teardown(fn: () => unknown): void; passing(): boolean; comment(...a: unknown[]): void },
+  dir: string, parts: () => { client: LoopClient | null; machine: Machine | null }): void {
+  t.teardown(async () => {
+    const { client, machine: m } = parts();
+    if (client) { await client.stop(); client.close(); }
+    if (m && !t.passing()) {
+      const keep = path.join(os.tmpdir(), `${path.basename(dir)}.journal.txt`);
+      if (m.leader > 0) fs.writeFileSync(keep, (await m.exec(['journalctl', '--no-pager', '-o', 'short-precise'])).stdout + '\n--- nspawn ---\n' + m.log());
+      t.comment(`the machine's journal is in ${keep}`);
+    }
+    if (m) await m.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
 }
