@@ -89,6 +89,18 @@ async function workerCommand(stateDir: string): Promise<void> {
 }
 
 export function main(argv: string[]): void {
+  // A keeper re-exec'd by itself (keeper/reexec.ts): its argv is the first image's (either
+  // command line), its options come from the handoff.
+  if (process.env.VFSK_REEXEC_FD !== undefined) {
+    void import('./serve').then(async ({ resumeKeeperCommand }) => { process.exitCode = await resumeKeeperCommand(); });
+    return;
+  }
+  // What a keeper asks of the installed build before it re-execs into it: does it load, and
+  // which handoff formats does it read.
+  if (argv[0] === 'reexec-check' && argv.length === 1) {
+    void Promise.all([import('../keeper/keeper'), import('../keeper/reexec')]).then(([, m]) => { process.stdout.write(m.reexecCheckAnswer()); });
+    return;
+  }
   // virtiofsd's command line (libvirt, Kata... exec a virtiofsd): no yargs, its own parser.
   if (argv[0] === 'virtiofsd') {
     void import('./virtiofsd').then(({ virtiofsdMain }) => virtiofsdMain(argv.slice(1)));
@@ -171,14 +183,15 @@ async function cli(y: Argv): Promise<(() => Promise<number>) | null> {
         .option('state-dir', { type: 'string', describe: 'state directory (instead of a name)' })
         .option('timeout-ms', { type: 'number', describe: 'give up if no new worker serves within this long (default 60000)' })
         .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' })
-        .option('detach', { type: 'boolean', default: false, describe: 'return once the upgrade started; its outcome goes to status (systemctl reload: see the keeper unit)' }),
+        .option('detach', { type: 'boolean', default: false, describe: 'return once the upgrade started; its outcome goes to status (systemctl reload: see the keeper unit)' })
+        .option('keeper', { type: 'boolean', default: false, describe: 'first re-exec the keeper into the installed build (embedded mode: same pid, every fd kept, the worker serving meanwhile)' }),
       async (a) => {
         const { upgradeCommand } = await import('./upgrade');
         process.exitCode = upgradeCommand({
           ...(a.name !== undefined ? { name: a.name } : {}),
           ...(a['state-dir'] !== undefined ? { stateDir: a['state-dir'] } : {}),
           ...(a['timeout-ms'] !== undefined ? { timeoutMs: a['timeout-ms'] } : {}),
-          json: a.json, noWait: a.detach,
+          json: a.json, noWait: a.detach, keeper: a.keeper,
         });
       })
     .command('sandbox-check', 'build the worker\'s sandbox and try what a compromised worker would; print what was blocked',

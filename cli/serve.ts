@@ -19,9 +19,35 @@ export interface ServeArgs {
 
 /** Options beyond `run`'s (the virtiofsd entry point's). */
 export type ExtraKeeperOptions = Partial<Pick<KeeperOptions, 'listenFd' | 'unlinkSocket' | 'removeStateDir' | 'rlimitNofile'
-  | 'posixLocks' | 'flockLocks' | 'readdirplus'>> & { onStarted?: () => void };
+  | 'posixLocks' | 'flockLocks' | 'readdirplus' | 'keepOpenFds'>> & { onStarted?: () => void };
 
-export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: ExtraKeeperOptions = {}): Promise<number> {
+/** How a keeper was started: what its re-exec'd image starts from (keeper/reexec.ts). */
+interface StartArgs { args: ServeArgs; embedded: boolean; extra: Omit<ExtraKeeperOptions, 'onStarted'> }
+
+/** A keeper re-exec'd by itself: the handoff in VFSK_REEXEC_FD says how it was started and
+ * holds the rest (keeper/reexec.ts). */
+export async function resumeKeeperCommand(): Promise<number> {
+  const { takeHandoff, HandoffError } = await import('../keeper/reexec');
+  let handoff;
+  try {
+    handoff = takeHandoff();
+  } catch (e) {
+    // The old image is gone: nothing can go back to it. Say why as loudly as we can.
+    logger('main').fatal({ err: { message: (e as Error).message } }, 'cannot resume after a keeper re-exec');
+    process.stderr.write(`virtiofs-keeper: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const start = handoff?.start as StartArgs | null | undefined;
+  if (handoff === null || start === null || start === undefined || typeof start !== 'object' || typeof start.embedded !== 'boolean') {
+    const msg = new HandoffError('keeper handoff without start arguments').message;
+    process.stderr.write(`virtiofs-keeper: ${msg}\n`);
+    return 1;
+  }
+  return keeperCommand(start.args, start.embedded, start.extra, handoff);
+}
+
+export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: ExtraKeeperOptions = {},
+  handoff: import('../keeper/reexec').KeeperHandoff | null = null): Promise<number> {
   // See shared/node_flags.ts: these V8 flags take effect when set at run time.
   for (const f of KEEPER_RUNTIME_V8_FLAGS) v8.setFlagsFromString(f);
   const { Keeper } = await import('../keeper/keeper');
@@ -49,14 +75,17 @@ export async function keeperCommand(a: ServeArgs, embedded: boolean, extra: Extr
     workerPeers: a.workerPeers === 'unit' ? { kind: 'unit', units: a.workerUnits } : { kind: 'same-uid' },
     // It compiles our code eagerly while it loads (cli/main.ts, shared/node_flags.ts).
     standbyCommand: embedded && a.standby ? [...launch, ...workerArgs] : null,
+    startArgs: { args: a, embedded, extra: withoutHook(extra) } satisfies StartArgs,
+    ...(process.argv[1] !== undefined ? { reexec: { script: process.argv[1], checkBin: binPath } } : {}),
   });
   const onSignal = (signal: NodeJS.Signals): void => { void keeper.stop(`received ${signal}`); };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
-    keeper.start();
-    // Before the keeper gives up its capabilities: --socket-group chowns the socket.
-    extra.onStarted?.();
+    keeper.start(handoff);
+    // Before the keeper gives up its capabilities: --socket-group chowns the socket (done
+    // already by the image before a re-exec).
+    if (handoff === null) extra.onStarted?.();
     keeper.dropPrivileges();
     // Start-up garbage, and what a burst of fd stores grew, go back once it is quiet.
     new IdleMemoryReducer(() => keeper.activity, logger('memory')).start();

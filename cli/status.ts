@@ -25,7 +25,11 @@ export function formatStatus(r: StatusReport): string {
   lines.push(`virtiofs-keeper instance ${r.name}`);
   row('shared dir', r.keeper.sharedDir);
   row('socket', r.keeper.socketPath);
-  row('keeper', `pid ${r.keeper.pid}, holds ${r.keeper.fdsHeld} fds (${Object.entries(r.fdNames).map(([k, v]) => `${k} ${v}`).join(', ')})`);
+  row('keeper', `pid ${r.keeper.pid}${r.keeper.version !== null ? ` (${r.keeper.version})` : ''}, holds ${r.keeper.fdsHeld} fds (${Object.entries(r.fdNames).map(([k, v]) => `${k} ${v}`).join(', ')})`);
+  if (r.keeper.lastReexec !== null) {
+    const x = r.keeper.lastReexec;
+    row('re-execs', `${r.keeper.reexecs}, the last ${x.fromVersion} → ${x.toVersion} in ${x.ms} ms at ${x.at}`);
+  }
   if (r.keeper.error) row('ERROR', r.keeper.error);
   row('worker', `${r.worker.state}, pid ${r.worker.pid ?? '-'}, up ${r.worker.uptimeS ?? '-'} s, ${r.worker.restarts} restarts`);
   row('standby', r.worker.standbyReady ? `ready, pid ${r.worker.standbyPid}` : r.worker.standbyPid ? `starting, pid ${r.worker.standbyPid}` : 'none');

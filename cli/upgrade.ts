@@ -13,6 +13,9 @@ export function formatUpgrade(r: UpgradeResult): string {
     `upgrade ${r.result}${r.mode ? ` (${r.mode})` : ''}: worker ${r.oldPid ?? '-'} (${r.oldVersion ?? 'unknown version'}) → ${r.newPid ?? '-'} (${r.newVersion ?? 'unknown version'})`,
     `  pause ${ms(r.pauseMs)} (queues not served), of which draining ${ms(r.drainMs)}; ${r.left} requests left in flight for the new worker; ${ms(r.totalMs)} in all`,
   ];
+  if (r.keeperFrom !== undefined && r.keeperFrom !== null) {
+    lines.unshift(`keeper re-exec: ${r.keeperFrom} → ${r.keeperTo ?? '-'}${r.keeperMs !== null && r.keeperMs !== undefined ? ` in ${ms(r.keeperMs)} (the worker served meanwhile; fd stores waited)` : ''}`);
+  }
   if (r.reason !== null) lines.push(`  ${r.result === 'ok' ? 'note' : 'reason'}: ${r.reason}`);
   return lines.join('\n');
 }
@@ -20,7 +23,7 @@ export function formatUpgrade(r: UpgradeResult): string {
 /** `noWait`: return once the keeper has started the upgrade (or refused it): what
  * `systemctl reload` runs, since under systemd the new worker's unit cannot start while the
  * reload job runs (it is ordered after the keeper unit). The outcome is in `status`. */
-export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?: number; json: boolean; noWait?: boolean }): number {
+export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?: number; json: boolean; noWait?: boolean; keeper?: boolean }): number {
   if (a.stateDir === undefined && a.name === undefined) {
     process.stderr.write('upgrade: name an instance or give --state-dir\n');
     return 2;
@@ -35,7 +38,7 @@ export function upgradeCommand(a: { name?: string; stateDir?: string; timeoutMs?
   }
   let r: UpgradeResult;
   try {
-    r = client.upgrade(a.timeoutMs !== undefined && a.timeoutMs > 0 ? Math.round(a.timeoutMs) : null, a.noWait === true);
+    r = client.upgrade(a.timeoutMs !== undefined && a.timeoutMs > 0 ? Math.round(a.timeoutMs) : null, a.noWait === true, a.keeper === true);
   } catch (e) {
     process.stderr.write(`upgrade: ${(e as Error).message}\n`);
     return 2;

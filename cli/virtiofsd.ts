@@ -140,6 +140,7 @@ async function serve(o: VirtiofsdServe): Promise<number> {
     ...(o.fd !== null ? { listenFd: o.fd } : {}),
     removeStateDir: true,
     posixLocks: o.posixLocks, flockLocks: o.flockLocks, readdirplus: o.readdirplus,
+    keepOpenFds: inherited.map((e) => e.fd).filter((fd) => fd !== o.fd),
     ...(o.rlimitNofile !== null ? { rlimitNofile: o.rlimitNofile } : {}),
     onStarted: () => {
       if (o.socketGroup !== null && socketPath !== null) fs.chownSync(socketPath, -1, groupId(o.socketGroup));

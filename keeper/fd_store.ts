@@ -40,6 +40,11 @@ export class FdStore {
     return [...this.fds.keys()];
   }
 
+  /** Every (name, fd), in store order (what a keeper re-exec hands on). */
+  entries(): Array<[string, number]> {
+    return [...this.fds.entries()];
+  }
+
   /** Takes an fd systemd already holds (handed back after a keeper restart): not mirrored. */
   adopt(name: string, fd: number): void {
     const old = this.fds.get(name);

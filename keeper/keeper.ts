@@ -26,6 +26,8 @@ import { KeeperSocket, removeStaleSocket, type KeeperPeer, type KeeperSocketHand
 import { WorkerSupervisor, type SupervisorOptions } from './supervisor';
 import { defaultWorkerUnits, peerClassifier, type WorkerPeers } from './peer_trust';
 import { EMBEDDED_KEEPER_BOUNDING, EMBEDDED_KEEPER_EFFECTIVE, capMask } from '../shared/capabilities';
+import { VERSION } from '../shared/version';
+import { HANDOFF_FORMAT, checkInstalledKeeper, execWithHandoff, type KeeperHandoff } from './reexec';
 
 export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
   /** A listening socket someone else bound (virtiofsd's --fd): served as vhost.listen, its path
@@ -38,6 +40,14 @@ export interface KeeperOptions extends WorkerConfig, SupervisorOptions {
   /** Without workerCommand: which path connections are workers (default: the units
    * virtiofs-worker@<state dir name>.service and virtiofs-standby@<state dir name>.service). */
   workerPeers?: WorkerPeers;
+  /** How this keeper was started (cli/serve.ts), JSON: what a re-exec'd image starts from. */
+  startArgs?: unknown;
+  /** The installed command-line script (a re-exec runs it; bin/virtiofs-keeper.js beside it
+   * answers the dry run). Absent: no re-exec (in-process tests). */
+  reexec?: { script: string; checkBin: string };
+  /** fds this process keeps open for its whole life, nobody's to use (libvirt's pid file with
+   * its lock: cli/virtiofsd.ts); a re-exec keeps them too. */
+  keepOpenFds?: number[];
 }
 
 export class Keeper implements KeeperSocketHandler {
@@ -48,7 +58,11 @@ export class Keeper implements KeeperSocketHandler {
   /** Watches QEMU's connection for a hangup while no worker runs (state unusable). */
   private hangupPoller: Poller | null = null;
   private stopping = false;
-  private readonly startedAt = new Date().toISOString();
+  private startedAt = new Date().toISOString();
+  /** Re-execs of this keeper (its pid's life) and the last one. */
+  private reexecs = 0;
+  private lastReexec: { fromVersion: string; toVersion: string; ms: number; at: string } | null = null;
+  private reexecInProgress = false;
   private resolveDone: ((code: number) => void) | null = null;
   readonly done: Promise<number>;
   /** Why the last worker gave up (X_SETERROR), shown by `status`. */
@@ -91,16 +105,18 @@ export class Keeper implements KeeperSocketHandler {
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
 
-  start(): void {
+  /** `handoff`: we are a re-exec'd image (keeper/reexec.ts): everything comes from it. */
+  start(handoff: KeeperHandoff | null = null): void {
     // The keeper holds a copy of every fd the worker stores: its limit is the worker's budget
     // too (told to workers in FDSET).
     this.noFile = native.raiseNoFileLimit(this.opts.rlimitNofile ?? DEFAULT_RLIMIT_NOFILE);
     // It receives every fd a worker stores: grown once now, not in the middle of a store.
     growFdTable(this.noFile, this.log);
     // A keeper restarted by systemd gets its fd store back (FileDescriptorStoreMax=).
-    const inherited = consumeListenFds();
+    const inherited = handoff === null ? consumeListenFds() : new Map<string, number>();
     prepareStateDir(this.opts.stateDir);
     for (const [name, fd] of inherited) this.store.adopt(name, fd);
+    for (const [name, fd] of handoff?.store ?? []) this.store.adopt(name, fd);
     if (this.opts.listenFd !== undefined && !this.store.has('vhost.listen')) this.store.adopt('vhost.listen', this.opts.listenFd);
     if (this.sd !== null) {
       const sdStore = new SystemdFdStore(this.sd, path.join(this.opts.stateDir, 'fdstore-aliases.json'), (n) => this.store.get(n), this.log);
@@ -124,7 +140,12 @@ export class Keeper implements KeeperSocketHandler {
     if (!this.supervisor.embedded && peers.kind === 'same-uid') {
       this.log.warn('keeper.sock trusts every process of our uid as a worker (--worker-peers same-uid)');
     }
-    this.socket = new KeeperSocket(keeperSocketPath(this.opts.stateDir), this, this.log, peerClassifier(this.supervisor.embedded, peers));
+    this.socket = new KeeperSocket(keeperSocketPath(this.opts.stateDir), this, this.log, peerClassifier(this.supervisor.embedded, peers),
+      handoff?.keeperSocketFd ?? null);
+    if (handoff !== null) {
+      this.resumeFromHandoff(handoff);
+      return;
+    }
     this.log.info({ stateDir: this.opts.stateDir, socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir,
       workerPeers: this.supervisor.embedded ? 'spawned' : peers }, 'keeper started');
     this.sdNotify({ READY: 1, STATUS: this.store.has('vhost.conn') ? 'holding a live frontend connection' : 'waiting for the vhost-user frontend' });
@@ -146,6 +167,96 @@ export class Keeper implements KeeperSocketHandler {
   adoptPeer(fd: number, pid: number, role: PeerRole = 'worker'): KeeperPeer {
     if (this.socket === null) throw new Error('keeper not started');
     return this.socket.adopt(fd, pid, role);
+  }
+
+  // --- a keeper re-exec (keeper/reexec.ts, docs/ARCHITECTURE.md "Upgrades")
+
+  /** The second half of a re-exec, in the new image: the connections, the serving worker (our
+   * child still) and the counters of the image before; then the upgrade that asked for it goes
+   * on with the worker's part. */
+  private resumeFromHandoff(h: KeeperHandoff): void {
+    const peerByFd = new Map<number, KeeperPeer>();
+    for (const p of h.peers) {
+      const peer = this.socket!.adopt(p.fd, p.pid, p.role);
+      peer.refused = p.refused;
+      peerByFd.set(p.fd, peer);
+    }
+    this.startedAt = h.keeper.startedAt;
+    this.error = h.keeper.error;
+    this.lastStatus = h.keeper.lastStatus;
+    this.lastControlReply = h.keeper.lastControlReply;
+    this.reexecs = h.keeper.reexecs + 1;
+    this.supervisor.adoptHandoff(h.supervisor);
+    this.servingPeer = peerByFd.get(h.supervisor.worker.connFd) ?? null;
+    const u = h.upgrade;
+    const ms = u !== null ? Math.round(Number(process.hrtime.bigint() - BigInt(u.execNs)) / 1e4) / 100 : null;
+    this.lastReexec = { fromVersion: u?.fromVersion ?? h.version, toVersion: VERSION, ms: ms ?? 0, at: new Date().toISOString() };
+    this.log.info({ fromVersion: h.version, toVersion: VERSION, reexecs: this.reexecs, fds: this.store.size, workerPid: this.supervisor.workerPid, execMs: ms },
+      'keeper re-executed: the session, its fds and the serving worker carried over');
+    if (u === null) return;
+    const replyTo = u.replyFd !== null ? peerByFd.get(u.replyFd) ?? null : null;
+    const keeperPart = { keeperFrom: u.fromVersion, keeperTo: VERSION, keeperMs: ms };
+    this.supervisor.startUpgrade(u.timeoutMs, (result) => {
+      if (replyTo !== null && this.socket?.isOpen(replyTo)) this.socket.send(replyTo, { type: 'upgraded', result: { ...result, ...keeperPart } });
+    });
+  }
+
+  /** X_UPGRADE with X_KEEPER=1: this keeper re-execs into the installed build (the serving
+   * worker keeps serving meanwhile), and the new image then upgrades the worker as usual. */
+  private async upgradeKeeper(peer: KeeperPeer, timeoutMs: number | null, answer: (r: UpgradeResult) => void): Promise<void> {
+    const startedNs = process.hrtime.bigint();
+    const end = (result: 'refused' | 'failed', reason: string): void => {
+      const r: UpgradeResult = { result, mode: null, oldPid: this.supervisor.workerPid, newPid: null, oldVersion: null, newVersion: null, pauseMs: null,
+        drainMs: null, left: 0, totalMs: Math.round(Number(process.hrtime.bigint() - startedNs) / 1e4) / 100, reason: `keeper re-exec ${result}: ${reason}`,
+        at: new Date().toISOString(), keeperFrom: VERSION, keeperTo: null, keeperMs: null };
+      this.log.warn({ reason }, `keeper re-exec ${result}`);
+      this.supervisor.recordKeeperOnlyUpgrade(r);
+      answer(r);
+    };
+    const blocker = (): string | null => {
+      if (this.opts.reexec === undefined) return 'this keeper was not started from an installed command (no script to re-exec)';
+      if (this.sd !== null) return 'the keeper runs under systemd (restart its unit: systemd\'s fd store keeps the session)';
+      if (this.stopping) return 'the keeper is stopping';
+      if (this.servingPeer === null || !this.socket?.isOpen(this.servingPeer)) return 'no worker is serving';
+      return this.supervisor.reexecBlocker();
+    };
+    if (this.reexecInProgress) return end('refused', 'a keeper re-exec is already in progress');
+    const why = blocker();
+    if (why !== null) return end('refused', why);
+    this.reexecInProgress = true;
+    try {
+      // execve does not come back: the installed build must start and read our handoff.
+      const check = await checkInstalledKeeper(this.opts.reexec!.checkBin);
+      if (check.error !== null) return end('refused', check.error);
+      await this.supervisor.dropStandbyForReexec();
+      const late = blocker();
+      if (late !== null) {
+        this.supervisor.reexecAborted();
+        return end('failed', late);
+      }
+      // Nothing of a fetch may be half-sent: no peer may be fetching (a takeover in progress).
+      const { listenFd, peers } = this.socket!.handoff();
+      if (peers.some((p) => p.fetch !== null)) {
+        this.supervisor.reexecAborted();
+        return end('failed', 'a worker is fetching the fd set');
+      }
+      const h: KeeperHandoff = {
+        format: HANDOFF_FORMAT, version: VERSION, start: this.opts.startArgs ?? null,
+        store: this.store.entries(), keepOpen: this.opts.keepOpenFds ?? [], keeperSocketFd: listenFd,
+        peers: peers.map((p) => ({ fd: p.fd, pid: p.pid, role: p.role, refused: p.refused })),
+        keeper: { startedAt: this.startedAt, error: this.error, lastStatus: this.lastStatus, lastControlReply: this.lastControlReply, reexecs: this.reexecs },
+        supervisor: this.supervisor.handoff(this.servingPeer!.fd),
+        upgrade: { replyFd: this.socket!.isOpen(peer) ? peer.fd : null, timeoutMs, startedNs: startedNs.toString(), execNs: process.hrtime.bigint().toString(), fromVersion: VERSION },
+      };
+      this.log.info({ fromVersion: VERSION, toVersion: check.version, fds: this.store.size, script: this.opts.reexec!.script }, 'keeper re-executing itself');
+      const argv = [process.execPath, ...process.execArgv, this.opts.reexec!.script, ...process.argv.slice(2)];
+      const err = execWithHandoff(h, argv, process.env);
+      // Only a failed execve comes back, with everything as it was.
+      this.supervisor.reexecAborted();
+      end('failed', `execve: ${err.message}`);
+    } finally {
+      this.reexecInProgress = false;
+    }
   }
 
   private sdNotify(fields: Record<string, string | number>): void {
@@ -222,7 +333,8 @@ export class Keeper implements KeeperSocketHandler {
           answered = true;
           if (this.socket?.isOpen(peer)) this.socket.send(peer, { type: 'upgraded', result });
         };
-        this.supervisor.startUpgrade(msg.timeoutMs, answer);
+        if (msg.keeper === true) void this.upgradeKeeper(peer, msg.timeoutMs, answer);
+        else this.supervisor.startUpgrade(msg.timeoutMs, answer);
         if (msg.detach) {
           answer({ result: 'started', mode: null, oldPid: null, newPid: null, oldVersion: null, newVersion: null,
             pauseMs: null, drainMs: null, left: 0, totalMs: 0, reason: null, at: new Date().toISOString() });
@@ -342,7 +454,8 @@ export class Keeper implements KeeperSocketHandler {
     const { worker, recovery } = this.supervisor.status(this.lastStatus);
     return {
       keeper: { pid: process.pid, startedAt: this.startedAt, fdsHeld: this.store.size, stateDir: this.opts.stateDir,
-        socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir, error: this.error },
+        socketPath: this.opts.socketPath, sharedDir: this.opts.sharedDir, error: this.error, version: VERSION,
+        reexecs: this.reexecs, lastReexec: this.lastReexec },
       worker,
       recovery,
       fdNames: this.store.countsByKind(),

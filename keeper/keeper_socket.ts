@@ -71,23 +71,33 @@ export class KeeperSocket {
   private acceptRetry: { timer: NodeJS.Timeout; delayMs: number } | null = null;
   private closed = false;
 
-  /** Listens on `path` (a stale socket there is replaced; mode 0600). `classify` decides the
-   * role of a process that connects there, by its SO_PEERCRED pid. */
+  /** Listens on `path` (a stale socket there is replaced; mode 0600), or serves `listenFd`, the
+   * socket already listening there (a re-exec'd keeper's, keeper/reexec.ts). `classify`
+   * decides the role of a process that connects there, by its SO_PEERCRED pid. */
   constructor(path: string, private readonly handler: KeeperSocketHandler, private readonly log: Logger,
-    private readonly classify: (pid: number) => PeerRole) {
-    // Bound and listening under a temporary name, 0600, then renamed into place: a client that
-    // sees keeper.sock can connect at once (between bind and listen it would get ECONNREFUSED;
-    // a test did), and never while its mode is still the umask's. The name is shorter than
-    // keeper.sock's, so it fits wherever keeper.sock does.
-    const staging = pathJoin(dirname(path), '.ks-new');
-    removeStaleSocket(staging);
-    removeStaleSocket(path);
-    this.listenFd = native.unixListen(staging, 'seqpacket', 16);
-    fs.chmodSync(staging, 0o600);
-    fs.renameSync(staging, path);
+    private readonly classify: (pid: number) => PeerRole, listenFd: number | null = null) {
+    if (listenFd !== null) {
+      this.listenFd = listenFd;
+    } else {
+      // Bound and listening under a temporary name, 0600, then renamed into place: a client that
+      // sees keeper.sock can connect at once (between bind and listen it would get ECONNREFUSED;
+      // a test did), and never while its mode is still the umask's. The name is shorter than
+      // keeper.sock's, so it fits wherever keeper.sock does.
+      const staging = pathJoin(dirname(path), '.ks-new');
+      removeStaleSocket(staging);
+      removeStaleSocket(path);
+      this.listenFd = native.unixListen(staging, 'seqpacket', 16);
+      fs.chmodSync(staging, 0o600);
+      fs.renameSync(staging, path);
+    }
     this.listenPoller = new native.Poller(this.listenFd, () => this.acceptAll());
     this.listenPoller.start(POLL_READABLE);
     this.refillReserve();
+  }
+
+  /** The listening socket and every open connection: what a re-exec hands on. */
+  handoff(): { listenFd: number; peers: KeeperPeer[] } {
+    return { listenFd: this.listenFd, peers: [...this.peers.values()] };
   }
 
   /** Adopts an already connected socket: a spawned worker's socketpair end (tests drive the

@@ -19,6 +19,8 @@ import { LogRateLimiter } from '../shared/rate_limit';
 import { EXIT_HANDED_OVER, EXIT_STATE_UNUSABLE } from '../shared/config';
 import { RECOVERY_BUCKETS_MS, type BackoffStatus, type ExitInfo, type KeeperStatus, type UpgradeResult, type UpgradeStatus, type WorkerInfo } from '../shared/keeper_protocol';
 import { DEFAULT_UPGRADE_TIMEOUT_MS, UpgradeLog, incompatibility, type Upgrade } from './upgrade';
+import { AdoptedProcess, type WorkerProcess } from './adopted_process';
+import type { SupervisorHandoff } from './reexec';
 import { canLowerNiceness, setProcessNiceness } from './niceness';
 import type { KeeperPeer } from './keeper_socket';
 
@@ -96,9 +98,9 @@ const RECENT_RECOVERIES = 200;
 
 export class WorkerSupervisor {
   private phase: WorkerPhase = { state: 'starting', pid: null, startedAt: null, readyAt: null, progress: false };
-  private child: ChildProcess | null = null;
+  private child: WorkerProcess | null = null;
   /** nice: the niceness given to it (null: none). */
-  private standby: { child: ChildProcess; peer: KeeperPeer | null; spawnedAt: bigint; nice: number | null; info: WorkerInfo | null } | null = null;
+  private standby: { child: WorkerProcess; peer: KeeperPeer | null; spawnedAt: bigint; nice: number | null; info: WorkerInfo | null } | null = null;
   private standbyTimer: NodeJS.Timeout | null = null;
   /** The successor running with RECOVERY_BOOST (at niceness `nice`), and when its boost ends at
    * the latest. */
@@ -129,6 +131,9 @@ export class WorkerSupervisor {
   private activeInfo: WorkerInfo | null = null;
   private upgrade: Upgrade | null = null;
   private readonly upgrades = new UpgradeLog();
+  /** A keeper re-exec is under way (keeper/reexec.ts): no standby may start (the only child the
+   * new image adopts is the serving worker). */
+  private reexecPending = false;
 
   constructor(private readonly opts: SupervisorOptions, private readonly host: SupervisorHost, private readonly log: Logger) {}
 
@@ -159,7 +164,7 @@ export class WorkerSupervisor {
   /** Signals the worker spawned as `child`: the real worker when the launcher forks (unshare(1)
    * blocks SIGTERM while it waits; a SIGKILL to it would leave its worker to die later, after
    * the keeper reaped the launcher), else the process itself. */
-  private signal(child: ChildProcess, sig: NodeJS.Signals): void {
+  private signal(child: WorkerProcess, sig: NodeJS.Signals): void {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const forks = this.opts.launcherForks === true;
     const pid = forks ? this.hostPidOf(child.pid) : null;
@@ -418,7 +423,7 @@ export class WorkerSupervisor {
     if (dropped !== null) this.log.error({ err: errorInfo(e), standby, dropped }, 'cannot start a worker process; retrying');
   }
 
-  private becomeActive(child: ChildProcess): void {
+  private becomeActive(child: WorkerProcess): void {
     this.child = child;
     this.phase = { state: 'starting', pid: child.pid ?? null, startedAt: new Date().toISOString(), readyAt: null, progress: false };
   }
@@ -442,7 +447,7 @@ export class WorkerSupervisor {
   private spawnStandby(): void {
     if (this.standbyTimer !== null) clearTimeout(this.standbyTimer);
     this.standbyTimer = null;
-    if (this.stopping || !this.embedded || this.standby !== null || this.opts.standbyCommand === null) return;
+    if (this.stopping || this.reexecPending || !this.embedded || this.standby !== null || this.opts.standbyCommand === null) return;
     const child = this.spawnProcess(true);
     if (child === null) {
       this.scheduleStandby();
@@ -461,6 +466,7 @@ export class WorkerSupervisor {
   /** Spawns the standby once the active worker serves, so they do not compete for the CPU: at
    * once when it can start at a lower priority, else after STANDBY_DELAY_MS. */
   private scheduleStandby(): void {
+    if (this.reexecPending) return;
     if (this.standbyTimer !== null || this.standby !== null || this.opts.standbyCommand === null) return;
     this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, STANDBY_DELAY_MS);
   }
@@ -510,7 +516,7 @@ export class WorkerSupervisor {
     if (!setProcessNiceness(this.hostPidOf(b.pid) ?? b.pid, os.getPriority())) this.log.warn({ workerPid: b.pid }, 'cannot restore the worker\'s priority after its takeover');
   }
 
-  private onExit(child: ChildProcess, code: number | null, exitSignal: NodeJS.Signals | null): void {
+  private onExit(child: WorkerProcess, code: number | null, exitSignal: NodeJS.Signals | null): void {
     const hostPid = this.hostPidOf(child.pid);
     if (child.pid !== undefined) this.hostPids.delete(child.pid);
     // A worker that is PID 1 of its pid namespace cannot die of a signal of its own: on SIGTERM it
@@ -525,7 +531,7 @@ export class WorkerSupervisor {
       if (!this.stopping && signal === 'SIGTERM') {
         // As for the active worker (below): maybe a stop of the whole process group.
         this.standbyTimer = setTimeout(() => { this.standbyTimer = null; this.spawnStandby(); }, SIGTERM_GRACE_MS);
-      } else if (!this.stopping) {
+      } else if (!this.stopping && !this.reexecPending) {
         this.log.warn({ code, signal }, 'standby worker died; replacing it');
         this.scheduleStandby();
       }
@@ -608,6 +614,74 @@ export class WorkerSupervisor {
     }
   }
 
+  // --- a keeper re-exec (keeper/reexec.ts): the serving worker lives on as the new image's child
+
+  /** Why the keeper cannot re-exec now; null: it can (once dropStandbyForReexec is done). */
+  reexecBlocker(): string | null {
+    if (!this.embedded) return 'the workers are systemd\'s (restart the keeper unit: systemd\'s fd store keeps the session)';
+    if (this.stopping) return 'the keeper is stopping';
+    if (this.upgrade !== null) return 'an upgrade is in progress';
+    const p = this.phase;
+    if (p.state !== 'running' || p.pid === null || this.child === null) return `no worker is serving (worker ${p.state})`;
+    if (this.opts.launcherForks === true && this.hostPidOf(p.pid) === null) return 'the serving worker has not reported its pid yet';
+    return null;
+  }
+
+  /** Ends the standby (it runs the files it started from; the new image starts its own) and
+   * resolves once it is reaped, so that the serving worker is the one child left to adopt. No
+   * standby starts until reexecAborted(). */
+  async dropStandbyForReexec(): Promise<void> {
+    this.reexecPending = true;
+    if (this.standbyTimer !== null) clearTimeout(this.standbyTimer);
+    this.standbyTimer = null;
+    this.unboost();
+    const sb = this.standby;
+    if (sb === null || sb.child.exitCode !== null || sb.child.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      sb.child.once('exit', () => resolve());
+      this.signal(sb.child, 'SIGKILL');
+    });
+  }
+
+  /** The re-exec did not happen: back to normal (a standby again). */
+  reexecAborted(): void {
+    this.reexecPending = false;
+    this.scheduleStandby();
+  }
+
+  /** What the new image needs to go on supervising (call only when reexecBlocker() is null). */
+  handoff(connFd: number): SupervisorHandoff {
+    const p = this.phase as Extract<WorkerPhase, { state: 'starting' | 'running' | 'stopping' }>;
+    return {
+      worker: { pid: p.pid!, hostPid: this.hostPidOf(p.pid), startedAt: p.startedAt, readyAt: p.readyAt, progress: p.progress, info: this.activeInfo, connFd },
+      restarts: this.restarts, lastExit: this.lastExit, recoveryMs: [...this.recoveryMs],
+      deathAtNs: this.deathAt !== null ? this.deathAt.toString() : null, upgrades: this.upgrades.snapshot(),
+    };
+  }
+
+  /** In the re-exec'd image, instead of start(): the serving worker of the image before is ours
+   * again (its exit is seen through a pidfd), with the counters as they were. */
+  adoptHandoff(h: SupervisorHandoff): void {
+    const w = h.worker;
+    const child = new AdoptedProcess(w.pid);
+    child.on('exit', (code, signal) => this.onExit(child, code, signal));
+    if (this.opts.launcherForks === true && w.hostPid !== null) this.hostPids.set(w.pid, w.hostPid);
+    this.child = child;
+    this.phase = { state: 'running', pid: w.pid, startedAt: w.startedAt, readyAt: w.readyAt ?? Date.now(), progress: w.progress };
+    this.activeInfo = w.info;
+    this.restarts = h.restarts;
+    this.lastExit = h.lastExit;
+    this.recoveryMs.push(...h.recoveryMs.slice(-RECENT_RECOVERIES));
+    this.deathAt = h.deathAtNs !== null ? BigInt(h.deathAtNs) : null;
+    this.upgrades.restore(h.upgrades);
+    this.scheduleStandby();
+  }
+
+  /** A keeper re-exec that ended without a worker handover (refused or failed), in the log. */
+  recordKeeperOnlyUpgrade(r: UpgradeResult): void {
+    this.upgrades.finishWithoutWorker(r);
+  }
+
   // --- planned upgrades (keeper/upgrade.ts has the bookkeeping and the compatibility check)
 
   /** X_UPGRADE: hand the session to a worker started from the installed files; `reply` gets
@@ -648,7 +722,7 @@ export class WorkerSupervisor {
     this.standbyTimer = null;
     if (old !== null) old.child.kill('SIGKILL');
     this.spawnStandby();
-    const sb = this.standby as { child: ChildProcess } | null;
+    const sb = this.standby as { child: WorkerProcess } | null;
     if (sb === null || sb.child.pid === undefined) {
       this.finishUpgrade('failed', 'cannot start a new worker process');
       return;
@@ -764,7 +838,7 @@ export class WorkerSupervisor {
     if (this.restartTimer) clearTimeout(this.restartTimer);
     if (this.standbyTimer) clearTimeout(this.standbyTimer);
     if (this.boosted !== null) clearTimeout(this.boosted.timer);
-    const children = [this.child, this.standby?.child ?? null].filter((c): c is ChildProcess => c !== null);
+    const children = [this.child, this.standby?.child ?? null].filter((c): c is WorkerProcess => c !== null);
     await Promise.all(children.map(async (child) => {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

@@ -52,11 +52,32 @@ export interface Upgrade {
   notes: string[];
 }
 
+/** The log as it crosses a keeper re-exec (reexec.ts). */
+export interface UpgradeLogSnapshot { count: number; failed: number; last: UpgradeResult | null; pausesMs: number[] }
+
 export class UpgradeLog {
   private count = 0;
   private failed = 0;
   private last: UpgradeResult | null = null;
   private readonly pausesMs: number[] = [];
+
+  snapshot(): UpgradeLogSnapshot {
+    return { count: this.count, failed: this.failed, last: this.last, pausesMs: [...this.pausesMs] };
+  }
+
+  restore(s: UpgradeLogSnapshot): void {
+    this.count = Number.isSafeInteger(s.count) ? s.count : 0;
+    this.failed = Number.isSafeInteger(s.failed) ? s.failed : 0;
+    this.last = s.last ?? null;
+    this.pausesMs.splice(0, this.pausesMs.length, ...(Array.isArray(s.pausesMs) ? s.pausesMs.filter((v) => typeof v === 'number').slice(-RECENT_PAUSES) : []));
+  }
+
+  /** Counts an upgrade that ended in the keeper's part (its re-exec refused or failed). */
+  finishWithoutWorker(r: UpgradeResult): void {
+    if (r.result === 'ok') this.count++;
+    else this.failed++;
+    this.last = r;
+  }
 
   finish(u: Upgrade, result: UpgradeResult['result'], reason: string | null, resumedNs: bigint | null): UpgradeResult {
     clearTimeout(u.timer);

@@ -18,7 +18,10 @@ const errnoName: string = process.env.VFSK_FAULT_ERRNO ?? 'EMFILE';
 // Reachable after the worker's root moved into the shared directory (worker/sandbox.ts).
 if (armed !== null && counterFile !== null) pinDirIfPossible(path.dirname(counterFile));
 
-export const FAULT_POINTS = ['resume-fetch', 'resume-journal-open', 'resume-mmap', 'resume-vrings'] as const;
+/** In a successor's resume (test/crash/resume_faults.test.ts). */
+export const RESUME_FAULT_POINTS = ['resume-fetch', 'resume-journal-open', 'resume-mmap', 'resume-vrings'] as const;
+/** Every point: the resume's, and a keeper re-exec's execve (keeper/reexec.ts). */
+export const FAULT_POINTS = [...RESUME_FAULT_POINTS, 'keeper-execve'] as const;
 export type FaultPointName = (typeof FAULT_POINTS)[number];
 
 export function faultPoint(name: FaultPointName): void {

@@ -350,8 +350,8 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   /** Asks the keeper for a planned upgrade and waits for its answer (the upgrade CLI). */
-  upgrade(timeoutMs: number | null, detach = false): UpgradeResult {
-    this.send({ type: 'upgrade', timeoutMs, ...(detach ? { detach: true } : {}) }, []);
+  upgrade(timeoutMs: number | null, detach = false, keeper = false): UpgradeResult {
+    this.send({ type: 'upgrade', timeoutMs, ...(detach ? { detach: true } : {}), ...(keeper ? { keeper: true } : {}) }, []);
     const { msg, fds } = this.receive(0, 'before answering the upgrade (an older keeper refuses X_UPGRADE)');
     for (const fd of fds) native.close(fd);
     if (msg.type !== 'upgraded') throw new KeeperProtocolError(`unexpected ${msg.type} in reply to X_UPGRADE`);

@@ -55,7 +55,7 @@ export type ToKeeper =
    * (answered by 'upgraded' when done; with X_DETACH=1 as soon as it started: `systemctl
    * reload` cannot wait, see ARCHITECTURE "Upgrades"). The one message besides X_STATUSQUERY an
    * observer (the CLI) may send. */
-  | { type: 'upgrade'; timeoutMs: number | null; detach?: boolean }
+  | { type: 'upgrade'; timeoutMs: number | null; detach?: boolean; keeper?: boolean }
   /** X_DRAINED=1 X_PAUSEDNS=ns X_LEFT=n: the worker told to drain stopped taking requests at
    * CLOCK_MONOTONIC `pausedNs`, finished its in-flight ones but `left` (parked lock waits, or
    * any still running at the drain's deadline: the successor resubmits them), made its state
@@ -137,6 +137,11 @@ export interface UpgradeResult {
   /** Why it was refused or failed. */
   reason: string | null;
   at: string;
+  /** A keeper re-exec before the worker's part (X_KEEPER=1): the keeper's version before and
+   * after, and from its execve to the new image serving keeper.sock again (ms). Absent: none. */
+  keeperFrom?: string | null;
+  keeperTo?: string | null;
+  keeperMs?: number | null;
 }
 
 const TO_KEEPER_KEYS: ReadonlyArray<[string, ToKeeper['type']]> = [
@@ -232,7 +237,7 @@ export function parseToKeeper(data: Buffer, fdCount: number): ToKeeper {
       const t = m.get('X_TIMEOUTMS');
       const timeoutMs = t === undefined ? null : parseSeq(t);
       if (t !== undefined && timeoutMs === null) throw new KeeperProtocolError('malformed X_TIMEOUTMS');
-      return { type, timeoutMs, ...(m.get('X_DETACH') === '1' ? { detach: true } : {}) };
+      return { type, timeoutMs, ...(m.get('X_DETACH') === '1' ? { detach: true } : {}), ...(m.get('X_KEEPER') === '1' ? { keeper: true } : {}) };
     }
     case 'drained': {
       flag(m, 'X_DRAINED');
@@ -283,7 +288,7 @@ export function encodeToKeeper(msg: ToKeeper): Buffer {
     case 'stats': return formatAssignments({ X_STATS: JSON.stringify(msg.stats) });
     case 'setError': return formatAssignments({ X_SETERROR: (msg.error ?? '').replace(/\n/g, ' ') });
     case 'standby': return formatAssignments({ X_STANDBY: 1, ...workerInfoFields(msg.worker) });
-    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}), ...(msg.detach ? { X_DETACH: 1 } : {}) });
+    case 'upgrade': return formatAssignments({ X_UPGRADE: 1, ...(msg.timeoutMs !== null ? { X_TIMEOUTMS: msg.timeoutMs } : {}), ...(msg.detach ? { X_DETACH: 1 } : {}), ...(msg.keeper ? { X_KEEPER: 1 } : {}) });
     case 'drained': return formatAssignments({ X_DRAINED: 1, X_PAUSEDNS: msg.pausedNs.toString(), X_LEFT: msg.left });
     case 'resumed': return formatAssignments({ X_RESUMED: msg.resumedNs.toString() });
     case 'statusQuery': return formatAssignments({ X_STATUSQUERY: 1 });
@@ -355,13 +360,14 @@ export function encodeFromKeeper(msg: FromKeeper): Buffer {
 const UPGRADE_KEYS: ReadonlyArray<[keyof UpgradeResult, string]> = [
   ['mode', 'MODE'], ['oldPid', 'OLDPID'], ['newPid', 'NEWPID'], ['oldVersion', 'OLDVERSION'], ['newVersion', 'NEWVERSION'],
   ['pauseMs', 'PAUSEMS'], ['drainMs', 'DRAINMS'], ['left', 'LEFT'], ['totalMs', 'TOTALMS'], ['reason', 'REASON'], ['at', 'AT'],
+  ['keeperFrom', 'KEEPERFROM'], ['keeperTo', 'KEEPERTO'], ['keeperMs', 'KEEPERMS'],
 ];
 
 function upgradeResultFields(r: UpgradeResult): Record<string, string | number> {
   const f: Record<string, string | number> = { X_UPGRADED: r.result };
   for (const [k, key] of UPGRADE_KEYS) {
     const v = r[k];
-    if (v !== null) f[key] = typeof v === 'string' ? v.replace(/\n/g, ' ') : v;
+    if (v !== null && v !== undefined) f[key] = typeof v === 'string' ? v.replace(/\n/g, ' ') : v;
   }
   return f;
 }
@@ -383,6 +389,7 @@ function parseUpgradeResult(m: Map<string, string>): UpgradeResult {
     result, mode, oldPid: num('OLDPID'), newPid: num('NEWPID'), oldVersion: m.get('OLDVERSION') ?? null, newVersion: m.get('NEWVERSION') ?? null,
     pauseMs: num('PAUSEMS'), drainMs: num('DRAINMS'), left: num('LEFT') ?? 0, totalMs: num('TOTALMS') ?? 0,
     reason: m.get('REASON') ?? null, at: m.get('AT') ?? '',
+    ...(m.has('KEEPERFROM') || m.has('KEEPERMS') ? { keeperFrom: m.get('KEEPERFROM') ?? null, keeperTo: m.get('KEEPERTO') ?? null, keeperMs: num('KEEPERMS') } : {}),
   };
 }
 
@@ -397,7 +404,9 @@ export interface BackoffStatus { fruitlessDeaths: number; delayMs: number; resta
 export const RECOVERY_BUCKETS_MS: readonly number[] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
 export interface KeeperStatus {
-  keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
+  keeper: { pid: number; startedAt: string; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null;
+    /** Absent from older keepers: its version, and its re-execs (keeper/reexec.ts). */
+    version?: string; reexecs?: number; lastReexec?: { fromVersion: string; toVersion: string; ms: number; at: string } | null };
   /** pid, standbyPid: the worker's own (under the namespace sandbox: null until its first
    * keeper.sock message, which names it; supervisor.ts). */
   worker: { pid: number | null; state: string; restarts: number; lastExit: ExitInfo | null; startedAt: string | null; status: string | null; ready: boolean; standbyPid: number | null; standbyReady: boolean; backoff: BackoffStatus };

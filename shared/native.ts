@@ -195,6 +195,16 @@ export interface NativeAddon {
   /** Reads F_GETFD/F_GETFL: { cloexec, flags }. */
   fdFlags(fd: number): { cloexec: boolean; statusFlags: number };
 
+  // --- processes (a keeper re-exec: keeper/reexec.ts)
+  /** execve(path, argv, env): replaces the process image, keeping its pid and every fd without
+   * FD_CLOEXEC; returns only by throwing (errno). */
+  execve(path: string, argv: string[], env: string[]): never;
+  /** pidfd_open(pid): a close-on-exec fd that polls readable once `pid` has exited. */
+  pidfdOpen(pid: number): number;
+  /** waitpid(pid, WNOHANG) on our child: its exit ({ code } or { signal } as a number) once it
+   * has exited, else null; throws ECHILD for a pid that is not our child. */
+  waitChild(pid: number): { code: number | null; signal: number | null } | null;
+
   // --- UNIX sockets (all non-blocking and close-on-exec)
   /** socket + bind + listen. Unlinks nothing. kind: "stream" | "seqpacket"; "dgram" only binds
    * (no listen; backlog ignored) to receive datagrams, e.g. a NOTIFY_SOCKET. A path starting

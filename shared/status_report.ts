@@ -39,7 +39,9 @@ export interface FastPathStats {
 
 export interface StatusReport {
   name: string;
-  keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null };
+  keeper: { pid: number; fdsHeld: number; stateDir: string; socketPath: string; sharedDir: string; error: string | null;
+    /** null from an older keeper. */
+    version: string | null; reexecs: number; lastReexec: { fromVersion: string; toVersion: string; ms: number; at: string } | null };
   worker: { pid: number | null; state: string; restarts: number; lastExit: KeeperStatus['worker']['lastExit']; uptimeS: number | null; status: string | null; standbyPid: number | null; standbyReady: boolean; backoff: KeeperStatus['worker']['backoff'] };
   vhost: { connected: boolean; queues: Array<{ index: number; size: number; running: boolean; lastAvail: number; used: number; inflight: number }> };
   fuse: { initialized: boolean; inodes: number; openFiles: number; openDirs: number; lockOwners: number; lockWaits: number; inodeHandles: InodeHandleStats | null; fastPath: FastPathStats | null };
@@ -55,7 +57,8 @@ export function buildReport(k: KeeperStatus, stateDir: string): StatusReport {
     const w = (k.workerStats ?? {}) as { vhost?: StatusReport['vhost']; fuse?: StatusReport['fuse'] };
     return {
       name: path.basename(stateDir),
-      keeper: { pid: k.keeper.pid, fdsHeld: k.keeper.fdsHeld, stateDir: k.keeper.stateDir, socketPath: k.keeper.socketPath, sharedDir: k.keeper.sharedDir, error: k.keeper.error },
+      keeper: { pid: k.keeper.pid, fdsHeld: k.keeper.fdsHeld, stateDir: k.keeper.stateDir, socketPath: k.keeper.socketPath, sharedDir: k.keeper.sharedDir, error: k.keeper.error,
+        version: k.keeper.version ?? null, reexecs: k.keeper.reexecs ?? 0, lastReexec: k.keeper.lastReexec ?? null },
       worker: {
         pid: k.worker.pid, state: k.worker.state, restarts: k.worker.restarts, lastExit: k.worker.lastExit, status: k.worker.status,
         standbyPid: k.worker.standbyPid, standbyReady: k.worker.standbyReady,

@@ -99,6 +99,7 @@ void InitSandbox(Napi::Env env, Napi::Object exports);
 void InitSeccomp(Napi::Env env, Napi::Object exports);
 void InitRing(Napi::Env env, Napi::Object exports);
 void InitFastFuse(Napi::Env env, Napi::Object exports);
+void InitProcess(Napi::Env env, Napi::Object exports);
 
 // --- mappings made by mmap(), shared by memory.cc and io.cc (JS thread only, except the
 // table lookups which are locked).

@@ -10,14 +10,14 @@ import * as path from 'node:path';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
-import { FAULT_POINTS } from '../../shared/fault_points';
+import { RESUME_FAULT_POINTS } from '../../shared/fault_points';
 
 const FAILURES = 3;
-const ERRNO: Record<(typeof FAULT_POINTS)[number], string> = {
+const ERRNO: Record<(typeof RESUME_FAULT_POINTS)[number], string> = {
   'resume-fetch': 'EMFILE', 'resume-journal-open': 'ENFILE', 'resume-mmap': 'ENOMEM', 'resume-vrings': 'EAGAIN',
 };
 
-for (const point of FAULT_POINTS) {
+for (const point of RESUME_FAULT_POINTS) {
   t.test(`${FAILURES} failed resumes at ${point} (${ERRNO[point]}), then the session resumes`, async (t) => {
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
     t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
