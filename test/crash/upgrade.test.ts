@@ -17,7 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { openSession, waitFor, type Session } from '../frontend/helpers';
-import { FILES, Load, PKG_VERSION, SCHEMA, install, pctl, runUpgrade, switchTo, type Release } from './upgrade_harness';
+import { FILES, Load, PKG_VERSION, SCHEMA, install, installRev, pctl, runUpgrade, switchTo, type Release } from './upgrade_harness';
 import { REPO_ROOT } from '../frontend/backend';
 import { queryStatus } from '../../cli/status';
 import { withEnv } from '../helpers/env';
@@ -32,29 +32,6 @@ function preProtocolRev(): string {
   const added = execFileSync('git', ['-C', REPO_ROOT, 'log', '--format=%H', '--reverse', '-S', 'X_DRAINED', '--', 'shared/keeper_protocol.ts'], { encoding: 'utf8' }).trim().split('\n')[0];
   if (!added) throw new Error('no commit adds X_DRAINED to shared/keeper_protocol.ts (shallow clone? set VFSK_UPGRADE_FROM)');
   return `${added}^`;
-}
-
-/** Builds commit `rev` at `dir` as an installation: its sources, compiled with this checkout's
- * TypeScript and node_modules, and its addon (copied if native/ is the same, else built). */
-function installRev(dir: string, rev: string): Release {
-  fs.mkdirSync(dir, { recursive: true });
-  execFileSync('sh', ['-c', `git -C "${REPO_ROOT}" archive "${rev}" | tar -x -C "${dir}"`]);
-  fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(dir, 'node_modules'));
-  let nativeSame = true;
-  try {
-    execFileSync('git', ['-C', REPO_ROOT, 'diff', '--quiet', rev, 'HEAD', '--', 'native', 'binding.gyp']);
-  } catch {
-    nativeSame = false;
-  }
-  if (nativeSame) {
-    fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
-    fs.copyFileSync(path.join(REPO_ROOT, 'build', 'Release', 'vfsk_native.node'), path.join(dir, 'build', 'Release', 'vfsk_native.node'));
-  } else {
-    execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'), 'rebuild'], { cwd: dir, stdio: 'ignore' });
-  }
-  execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: dir, stdio: 'ignore' });
-  const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version;
-  return { dir, version };
 }
 
 interface Setup { root: string; stateDir: string; s: Session; releases: Record<'cur' | 'next' | 'incompatible' | 'nodrain', Release> }

@@ -4,7 +4,7 @@
 import type { Test } from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { pattern, type Session } from '../frontend/helpers';
 import { REPO_ROOT } from '../frontend/backend';
 import * as F from '../frontend/fuse_proto';
@@ -181,5 +181,29 @@ export class Load {
 export function pctl(v: number[], q: number): number {
   const s = [...v].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+}
+
+
+/** Builds commit `rev` at `dir` as an installation: its sources, compiled with this checkout's
+ * TypeScript and node_modules, and its addon (copied if native/ is the same, else built). */
+export function installRev(dir: string, rev: string): Release {
+  fs.mkdirSync(dir, { recursive: true });
+  execFileSync('sh', ['-c', `git -C "${REPO_ROOT}" archive "${rev}" | tar -x -C "${dir}"`]);
+  fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+  let nativeSame = true;
+  try {
+    execFileSync('git', ['-C', REPO_ROOT, 'diff', '--quiet', rev, 'HEAD', '--', 'native', 'binding.gyp']);
+  } catch {
+    nativeSame = false;
+  }
+  if (nativeSame) {
+    fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
+    fs.copyFileSync(path.join(REPO_ROOT, 'build', 'Release', 'vfsk_native.node'), path.join(dir, 'build', 'Release', 'vfsk_native.node'));
+  } else {
+    execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'), 'rebuild'], { cwd: dir, stdio: 'ignore' });
+  }
+  execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: dir, stdio: 'ignore' });
+  const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version;
+  return { dir, version };
 }
 

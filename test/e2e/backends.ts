@@ -44,6 +44,9 @@ export interface BackendOptions {
   dir: string;
   /** Extra command-line arguments. */
   extraArgs?: string[];
+  /** Ours only: the CLI script to run (default this checkout's bin/virtiofs-keeper.js), e.g. an
+   * installed release's. */
+  binPath?: string;
   /** Extra environment. */
   env?: Record<string, string>;
   /** How long to wait for the socket (default 20 000 ms). */
@@ -133,7 +136,7 @@ function commandFor(kind: BackendKind, o: BackendOptions, stateDir: string | nul
       return {
         bin: process.execPath,
         args: [
-          path.join(repoRoot(), 'bin', 'virtiofs-keeper.js'),
+          o.binPath ?? path.join(repoRoot(), 'bin', 'virtiofs-keeper.js'),
           'run',
           '--shared-dir', o.sharedDir,
           '--socket-path', o.socketPath,

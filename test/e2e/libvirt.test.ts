@@ -7,7 +7,7 @@
 // backend no error line. The same domain XML with Debian's C virtiofsd is the reference for
 // everything but the kills.
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -20,6 +20,7 @@ import { queryStatus } from '../../cli/status';
 import { stateNameForSocket } from '../../cli/virtiofsd';
 import { DEFAULT_STATE_ROOT } from '../../shared/config';
 import { installVhostUserDescriptor } from '../../cli/install_vhost_user';
+import { runUpgrade } from '../crash/upgrade_harness';
 import {
   TAG, alive, domainXml, externalFilesystem, groupMembers, launchedFilesystem, libvirtPaths, processGroup, startLibvirt,
   virsh, virshTry, waitFor, type LibvirtHost,
@@ -265,3 +266,40 @@ t.test('ours launched by us (<source socket=…> + virtiofs-keeper run): the wor
   const errors = fs.readFileSync(logPath, 'utf8').split('\n').filter((l) => /"level":(50|60)/.test(l));
   t.same(errors, [], 'the keeper and its workers logged no error');
 });
+
+t.test('ours launched by libvirt: keeper re-execs and worker upgrades mid-workload keep libvirt\'s pid, its pid-file lock and the guest\'s session', async (t) => {
+  const d = startDomain(t, (shared) => launchedFilesystem(OURS, shared), MIXED_WORKLOAD);
+  const b = await launchedBackend(d);
+  const stateDir = path.join(DEFAULT_STATE_ROOT, stateNameForSocket(b.paths.socket, ''));
+  await waitOutput(d, /round 1 ok/);
+  const REEXECS = 3;
+  for (let i = 0; i < REEXECS && !/ERR |VFSK-EXIT=/.test(d.output()); i++) {
+    await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'a standby ready', 60_000);
+    const rounds = (d.output().match(/round \d+ ok/g) ?? []).length;
+    const r = await runUpgrade(stateDir, ['--keeper']);
+    if (r.result?.result !== 'ok') t.comment(`upgrade output: ${r.out}`);
+    t.equal(r.result?.result, 'ok', `re-exec ${i + 1}: ok`);
+    t.equal(queryStatus(stateDir).keeper.pid, b.pid, 'the keeper is still the process libvirt exec\'d');
+    t.equal(Number(fs.readFileSync(b.paths.pidFile, 'utf8').trim()), b.pid, 'libvirt\'s pid file names it');
+    t.equal(fs.readlinkSync(`/proc/${b.pid}/fd/5`), b.paths.pidFile, 'it still holds the pid file at fd 5');
+    t.ok(pidFileLocked(b.paths.pidFile), 'and its lock (what libvirt reads as "alive")');
+    t.equal(domState(d.name), 'running', 'the domain runs on');
+    await waitFor(() => (d.output().match(/round \d+ ok/g) ?? []).length > rounds || /VFSK-EXIT=/.test(d.output()), 'another round', 60_000);
+  }
+  t.equal(queryStatus(stateDir).keeper.reexecs, REEXECS, 'status counts the re-execs');
+  fs.writeFileSync(path.join(d.shared, 'stop'), '');
+  const m = await waitOutput(d, new RegExp(`VFSK-EXIT=(\\d+) ${d.nonce}`), 240_000);
+  t.equal(m[1], '0', 'the guest workload exited 0', { output: d.output().slice(-3000) });
+  checkWorkloadData(t, d, d.output());
+  await checkNothingLeft(t, d, b, stateDir);
+  t.same(qemuVhostErrors(d.name), [], 'QEMU logged no vhost-user error');
+  t.same(backendLogErrors(b.paths.log), [], 'libvirt\'s log of the backend has no error line');
+  t.match(fs.readFileSync(b.paths.log, 'utf8'), /keeper re-executed/, 'the log tells of the re-execs');
+});
+
+/** Whether some process holds a POSIX lock on `file` (as libvirt checks its pid files): a
+ * non-blocking exclusive lock attempt from another process fails. */
+function pidFileLocked(file: string): boolean {
+  const r = spawnSync('python3', ['-c', 'import fcntl,sys\nf=open(sys.argv[1],"r+")\ntry:\n  fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\n  print("free")\nexcept OSError:\n  print("locked")', file], { encoding: 'utf8' });
+  return r.stdout.trim() === 'locked';
+}
