@@ -205,12 +205,15 @@ export function reexecCheckAnswer(): string {
 
 /**
  * Replaces this process by `argv` (argv[0] the executable) with the handoff in a memfd. Every
- * fd the handoff names loses FD_CLOEXEC first. Returns only if execve failed: then the flags
+ * fd the handoff names, and stdio, loses FD_CLOEXEC first. Returns only if execve failed: then the flags
  * are restored and the memfd closed, and the caller carries on as before (nothing was torn
  * down); the error is returned.
  */
 export function execWithHandoff(h: KeeperHandoff, argv: string[], env: NodeJS.ProcessEnv): Error {
-  const fds = handoffFds(h);
+  // Node.js marks stdin, stdout and stderr close-on-exec at start (uv_disable_stdio_inheritance):
+  // the new image would log to the /dev/null it opens in their place.
+  const stdio = [0, 1, 2].filter((fd) => { try { return native.fdFlags(fd).cloexec; } catch { return false; } });
+  const fds = [...handoffFds(h), ...stdio];
   let memfd = -1;
   const cleared: number[] = [];
   try {

@@ -97,6 +97,7 @@ t.test(`keeper re-exec ×${ROUNDS} under I/O: same pid, same fds, zero client er
     await waitFor(() => load.ops > opsBefore + 50, 'the client going on after the re-exec', 30_000);
   }
   t.equal(queryStatus(u.stateDir).upgrades?.count, ROUNDS, 'status counts the upgrades across re-execs');
+  t.match(u.s.backend.log(), /keeper re-executed/, 'the new image logs where the first one did (stdio kept across execve)');
   // The adopted worker's death is seen (pidfd), reaped and recovered from by the new image.
   const victim = queryStatus(u.stateDir).worker.pid!;
   process.kill(victim, 'SIGKILL');

@@ -1,6 +1,6 @@
 // Upgrades of the whole service (keeper and worker) under a real guest: the service starts from
-// an earlier build installed in a temp dir (the first commit with a keeper re-exec, built from
-// git), the guest runs the mixed POSIX workload, and the service is upgraded to this build and
+// an earlier build installed in a temp dir (the first commit with today's keeper re-exec, built
+// from git), the guest runs the mixed POSIX workload, and the service is upgraded to this build and
 // back, keeper (re-exec: same pid, every fd) and worker (graceful drain) each time, with zero
 // guest errors and every byte on the host. The pause of each worker handover and the keeper's
 // re-exec time are reported. The earlier build must itself re-exec, so it cannot be older than
@@ -22,12 +22,13 @@ import { PKG_VERSION, install, installRev, pctl, runUpgrade, switchTo } from '..
 const HANDOVERS = Number(process.env.VFSK_E2E_UPGRADES ?? 4);
 const sha256 = (p: string): string => crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
 
-/** The first commit that has the keeper re-exec (keeper/reexec.ts), or $VFSK_REEXEC_FROM. */
+/** The first commit with a keeper re-exec that keeps stdio (the one before logged to /dev/null
+ * after its re-exec), or $VFSK_REEXEC_FROM. */
 function firstReexecRev(): string {
   if (process.env.VFSK_REEXEC_FROM) return process.env.VFSK_REEXEC_FROM;
-  const revs = execFileSync('git', ['-C', REPO_ROOT, 'log', '--format=%H', '--diff-filter=A', '--', 'keeper/reexec.ts'], { encoding: 'utf8' }).trim().split('\n');
-  const first = revs[revs.length - 1];
-  if (!first) throw new Error('no commit adds keeper/reexec.ts (shallow clone? set VFSK_REEXEC_FROM)');
+  const first = execFileSync('git', ['-C', REPO_ROOT, 'log', '--format=%H', '--reverse', '-S', 'uv_disable_stdio_inheritance', '--', 'keeper/reexec.ts'],
+    { encoding: 'utf8' }).trim().split('\n')[0];
+  if (!first) throw new Error('no commit has the keeper re-exec in keeper/reexec.ts (shallow clone? set VFSK_REEXEC_FROM)');
   return first;
 }
 
@@ -87,6 +88,7 @@ t.test(`a real guest across ${HANDOVERS} upgrades of keeper and worker between a
   const appendLog = fs.readFileSync(path.join(shared, 'w', 'append.log'), 'utf8').trim().split('\n');
   t.same(appendLog, Array.from({ length: rounds }, (_, i) => `line ${i + 1}`), 'every append landed exactly once, in order');
   t.equal(pauses.length, HANDOVERS, 'every worker handover\'s pause was measured');
+  t.equal((backend.log().match(/keeper re-executed/g) ?? []).length, HANDOVERS, 'each new keeper image logged its start where the first one logs');
   t.comment(`worker handover pauses (ms): ${pauses.map((p) => p.toFixed(2)).join(' ')}; p50 ${pctl(pauses, 0.5).toFixed(2)}, p99 ${pctl(pauses, 0.99).toFixed(2)}`);
   t.comment(`keeper re-exec (execve to keeper.sock served again; the worker served the guest meanwhile) (ms): ${keeperMs.map((p) => p.toFixed(1)).join(' ')}`);
 });
