@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { native } from '../shared/native';
 import { faultPoint } from '../shared/fault_points';
+import { StateError } from '../shared/errors';
 import { VERSION } from '../shared/version';
 import type { ExitInfo, WorkerInfo } from '../shared/keeper_protocol';
 import type { PeerRole } from './keeper_socket';
@@ -80,9 +81,8 @@ export interface KeeperHandoff {
   upgrade: PendingUpgradeHandoff | null;
 }
 
-export class HandoffError extends Error {
-  readonly kind = 'config';
-}
+/** A handoff this build cannot use: a state problem (kind `state`), named in full. */
+export class HandoffError extends StateError {}
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isFd = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 31;
