@@ -59,6 +59,8 @@ export class KeeperClient implements FdRegistryListener {
    * is thrown: nothing that needed the keeper may go on (the worker dies there; default: the
    * error is thrown). */
   onKeeperGone: (e: Error) => void = () => {};
+  /** Set by orphan(): the keeper is gone for good and the worker serves on without it. */
+  private orphanedTo: ((data: Buffer, fds: number[]) => void) | null = null;
 
   private constructor(readonly fd: number) {}
 
@@ -136,7 +138,13 @@ export class KeeperClient implements FdRegistryListener {
   /** The next message from the keeper; the caller owns its fds. */
   private receive(maxFds: number, when: string): { msg: FromKeeper; fds: number[] } {
     for (;;) {
-      const r = native.recvMsg(this.fd, this.buf, maxFds);
+      let r: ReturnType<typeof native.recvMsg>;
+      try {
+        r = native.recvMsg(this.fd, this.buf, maxFds);
+      } catch (e) {
+        if (KEEPER_GONE.has((e as { code?: string }).code ?? '')) this.onKeeperGone(e as Error);
+        throw e;
+      }
       if (r === null) {
         // EAGAIN: the fd was non-blocking (libuv makes a polled fd so). Block instead of
         // spinning: a spin on recvmsg cost ~50 µs of CPU per X_SYNC round trip.
@@ -228,7 +236,16 @@ export class KeeperClient implements FdRegistryListener {
     for (let attempt = 0; ; attempt++) {
       const seq = ++this.syncSeq;
       this.send({ type: 'sync', seq }, []);
-      const { msg, fds } = this.receive(0, 'while waiting for X_SYNCED');
+      if (this.orphaned) return;
+      let answer: { msg: FromKeeper; fds: number[] };
+      try {
+        answer = this.receive(0, 'while waiting for X_SYNCED');
+      } catch (e) {
+        // The keeper died while we waited, and we serve on without it (orphan()).
+        if (this.orphaned) return;
+        throw e;
+      }
+      const { msg, fds } = answer;
       for (const fd of fds) native.close(fd);
       if (msg.type !== 'synced' || msg.seq !== seq) throw new KeeperProtocolError(`unexpected ${msg.type} in reply to X_SYNC ${seq}`);
       const refused = msg.refused === 'all' ? [...this.unsynced.keys()] : msg.refused.filter((n) => this.unsynced.has(n));
@@ -245,6 +262,23 @@ export class KeeperClient implements FdRegistryListener {
       Atomics.wait(sleepCell, 0, 0, RETRY_SLEEP_MS);
       this.storeEntries(again);
     }
+  }
+
+  /**
+   * The keeper is gone and nothing will restart it (embedded mode: Worker.keeperGone): from now
+   * on stores, removals, syncs and reports are dropped, and a control reply goes to the
+   * frontend through `sendToFrontend`, since the keeper can no longer forward it.
+   */
+  orphan(sendToFrontend: (data: Buffer, fds: number[]) => void): void {
+    this.orphanedTo = sendToFrontend;
+    this.batch = null;
+    this.removals = [];
+    this.unsynced.clear();
+    this.stopWatching();
+  }
+
+  get orphaned(): boolean {
+    return this.orphanedTo !== null;
   }
 
   /** Sends the deferred removals (after the journal recorded the closes). */
@@ -275,6 +309,9 @@ export class KeeperClient implements FdRegistryListener {
    * a worker that died after asking must not make QEMU read a reply twice. */
   sendControlReply(seq: number, data: Buffer, fds: number[]): void {
     this.send({ type: 'controlReply', seq, data }, fds);
+    // Orphaned before or by this send: the frontend gets it from us (no successor will resume
+    // this session, so there is no later send to deduplicate against).
+    this.orphanedTo?.(data, fds);
   }
 
   /** A message without fds (status, progress, stats, an error). */
@@ -411,12 +448,16 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   private send(msg: ToKeeper, fds: number[]): void {
+    if (this.orphaned) return;
     const data = encodeToKeeper(msg);
     let n: number;
     try {
       n = native.sendMsg(this.fd, data, fds);
     } catch (e) {
-      if (KEEPER_GONE.has((e as { code?: string }).code ?? '')) this.onKeeperGone(e as Error);
+      if (KEEPER_GONE.has((e as { code?: string }).code ?? '')) {
+        this.onKeeperGone(e as Error);
+        if (this.orphaned) return;
+      }
       throw e;
     }
     if (n !== data.length) throw new KeeperProtocolError(`short send to keeper (${n} of ${data.length})`);

@@ -69,7 +69,9 @@ export class Worker {
   private preload: StateLoader | null = null;
   private preloadTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly config: WorkerConfig, private readonly keeper: KeeperClient) {
+  /** `spawnedByKeeper`: an embedded keeper started us (our connection was inherited), not
+   * systemd. */
+  constructor(private readonly config: WorkerConfig, private readonly keeper: KeeperClient, private readonly spawnedByKeeper = false) {
     this.log = logger('worker');
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
@@ -88,13 +90,24 @@ export class Worker {
   }
 
   /**
-   * The keeper is gone (killed: under systemd it comes back with every fd from the fd store,
-   * and BindsTo= stops this worker; embedded, the service is over). Without it no fd can be
-   * stored and no control reply sent, so nothing that needed it may go on: a request whose fd
-   * store failed must not be answered with an error. Die now; requests not yet published are
-   * replayed by a successor under the new keeper.
+   * The keeper is gone (killed). Under systemd it comes back with every fd from its fd store and
+   * BindsTo= stops this worker: die now, before anything needs it (a request whose fd store
+   * failed must not be answered); requests not yet published are replayed by a successor under
+   * the new keeper. Embedded (we were spawned, so the keeper was `run` or the virtiofsd entry
+   * point libvirt launched), nothing will restart it: dying would end the guest's session, as a
+   * crashed virtiofsd does. Instead a worker serving a frontend serves on without it (stores,
+   * syncs and reports dropped, control replies sent to QEMU directly): the guest keeps working,
+   * but the session is no longer crash-safe, and this worker's own end now ends it.
    */
-  private keeperGone(e: Error): never {
+  private keeperGone(e: Error): void {
+    const backend = this.backend;
+    if (this.spawnedByKeeper && backend !== null && !this.keeper.orphaned) {
+      this.keeper.orphan((data, fds) => backend.sendFramedReply(data, fds));
+      this.log.error({ err: errorInfo(e) },
+        'the keeper is gone and nothing will restart it: serving on without it; this session is no longer crash-safe (a crash of this worker now ends it)');
+      return;
+    }
+    if (this.keeper.orphaned) return;
     this.log.fatal({ err: errorInfo(e) }, 'the keeper is gone; dying before anything needs it, for a successor under its successor');
     // Not process.kill(SIGKILL): as PID 1 of its pid namespace the worker ignores its own.
     dieNow();
@@ -597,12 +610,12 @@ function fdBudget(ownNoFile: number, keeperNoFile: number | null): number {
 /** A worker the keeper spawned uses the connection made for it (VFSK_KEEPER_FD: the keeper
  * trusts nothing else from a process it spawned); one systemd starts connects to keeper.sock,
  * where the keeper checks that it belongs to the worker unit. */
-function connectKeeper(stateDir: string): KeeperClient {
+function connectKeeper(stateDir: string): { client: KeeperClient; spawned: boolean } {
   const inherited = process.env.VFSK_KEEPER_FD;
   delete process.env.VFSK_KEEPER_FD;
-  if (inherited === undefined) return KeeperClient.connect(keeperSocketPath(stateDir));
+  if (inherited === undefined) return { client: KeeperClient.connect(keeperSocketPath(stateDir)), spawned: false };
   if (!/^[0-9]{1,9}$/.test(inherited)) throw new Error(`VFSK_KEEPER_FD=${inherited.slice(0, 20)} is not an fd number`);
-  return KeeperClient.inherited(Number(inherited));
+  return { client: KeeperClient.inherited(Number(inherited)), spawned: true };
 }
 
 export async function workerMain(stateDir: string): Promise<number> {
@@ -626,15 +639,16 @@ export async function workerMain(stateDir: string): Promise<number> {
   const spawned = process.env.VFSK_KEEPER_FD !== undefined;
   let config: WorkerConfig;
   let keeper: KeeperClient;
+  let spawnedByKeeper = false;
   try {
     checkStateDir(stateDir);
     config = readWorkerConfig(stateDir);
-    keeper = connectKeeper(stateDir);
+    ({ client: keeper, spawned: spawnedByKeeper } = connectKeeper(stateDir));
   } catch (e) {
     log.error({ err: errorInfo(e) }, 'cannot reach the keeper');
     return 1;
   }
-  const worker = new Worker(config, keeper);
+  const worker = new Worker(config, keeper, spawnedByKeeper);
   try {
     // Raising RLIMIT_NOFILE past the hard limit reads /proc/sys/fs/nr_open: before the pivot.
     growFdTable(native.raiseNoFileLimit(1_000_000), log);

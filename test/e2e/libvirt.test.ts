@@ -303,3 +303,31 @@ function pidFileLocked(file: string): boolean {
   const r = spawnSync('python3', ['-c', 'import fcntl,sys\nf=open(sys.argv[1],"r+")\ntry:\n  fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\n  print("free")\nexcept OSError:\n  print("locked")', file], { encoding: 'utf8' });
   return r.stdout.trim() === 'locked';
 }
+
+t.test('ours launched by libvirt: the keeper SIGKILLed mid-workload; the worker serves the guest on to a clean end', async (t) => {
+  const d = startDomain(t, (shared) => launchedFilesystem(OURS, shared), MIXED_WORKLOAD);
+  const b = await launchedBackend(d);
+  const stateDir = path.join(DEFAULT_STATE_ROOT, stateNameForSocket(b.paths.socket, ''));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  await waitOutput(d, /round 1 ok/);
+  const worker = queryStatus(stateDir).worker.pid!;
+  const rounds = (d.output().match(/round \d+ ok/g) ?? []).length;
+  process.kill(b.pid, 'SIGKILL');
+  await waitFor(() => !alive(b.pid), 'the keeper to be gone', 10_000);
+  t.ok(alive(worker), 'the worker lives on');
+  await waitFor(() => (d.output().match(/round \d+ ok/g) ?? []).length > rounds + 3 || /VFSK-EXIT=/.test(d.output()), 'more rounds without a keeper', 120_000);
+  fs.writeFileSync(path.join(d.shared, 'stop'), '');
+  const m = await waitOutput(d, new RegExp(`VFSK-EXIT=(\\d+) ${d.nonce}`), 240_000);
+  t.equal(m[1], '0', 'the guest workload exited 0', { output: d.output().slice(-3000) });
+  checkWorkloadData(t, d, d.output());
+  // libvirt finds the pid-file lock free (its holder died) and only unlinks the pid file and
+  // socket; the worker ends when QEMU leaves. The state directory is the dead keeper's to
+  // remove: it stays (the worker is confined away from it).
+  await waitFor(() => domState(d.name) === 'shut off', 'the domain to be shut off', 30_000);
+  await waitFor(() => !alive(worker), 'the worker to end with QEMU', 15_000);
+  t.same(groupMembers(b.pgid), [], 'no process of the backend is left');
+  t.same(qemuVhostErrors(d.name), [], 'QEMU logged no vhost-user error');
+  const log = fs.readFileSync(b.paths.log, 'utf8');
+  t.match(log, /the keeper is gone and nothing will restart it: serving on without it/, 'the worker said why it serves on');
+  t.equal(backendLogErrors(b.paths.log).filter((l) => !/the keeper is gone and nothing will restart it/.test(l)).length, 0, 'and logged no other error');
+});

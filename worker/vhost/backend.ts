@@ -230,6 +230,12 @@ export class VhostUserBackend {
     return null;
   }
 
+  /** A framed control reply straight to the frontend: what the keeper does for us, done by us
+   * once it is gone for good (Worker.keeperGone). */
+  sendFramedReply(data: Buffer, fds: number[]): void {
+    if (!this.closed) this.transport.send(data, fds);
+  }
+
   private sendReply(seq: number, header: M.MessageHeader, body: Buffer | null, alreadyFramed = false): void {
     if (this.closed || body === null) return;
     const data = alreadyFramed ? body : M.encodeReply(header.request, body);
