@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSeccomp(env, exports);
   InitRing(env, exports);
   InitFastFuse(env, exports);
+  InitDirents(env, exports);
   return exports;
 }
 
