@@ -14,7 +14,8 @@
         "native/src/seccomp.cc",
         "native/src/ring.cc",
         "native/src/fast_fuse.cc",
-        "native/src/process.cc"
+        "native/src/process.cc",
+        "native/src/dirents.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],

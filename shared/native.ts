@@ -300,6 +300,13 @@ export interface NativeAddon {
   fstatfs(fd: number): StatFs;
   /** getdents64 into buf; returns bytes filled (0 at end). Records are linux_dirent64. */
   getdents64(fd: number, buf: Buffer): number;
+  /** For each of `count` names in `names` (index: pairs of LE i32 start, length; each name is
+   * NUL-terminated in place, as getdents64 leaves it): fstatat(dirfd, name,
+   * AT_SYMLINK_NOFOLLOW) into slot i of `out` (DIRENT_STAT_SLOT bytes: STAT layout, then an i32
+   * errno, 0 when the stat is valid). A name that is not one plain component gets EINVAL. */
+  fstatatDirents(dirfd: number, names: Buffer, index: Buffer, count: number, out: Buffer): void;
+  /** Bytes per slot of fstatatDirents' output. */
+  readonly DIRENT_STAT_SLOT: number;
   /** A number offset for files (exact up to 2^53); a bigint offset (any s64, e.g. an ext4
    * directory hash cookie) returns the new position as a bigint. */
   lseek(fd: number, offset: number, whence: number): number;

@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitRing(env, exports);
   InitFastFuse(env, exports);
   InitProcess(env, exports);
+  InitDirents(env, exports);
   return exports;
 }
 

@@ -7,6 +7,8 @@
 
 #include <napi.h>
 
+#include <sys/stat.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -88,6 +90,9 @@ class Args {
 bool CheckInt(Napi::Env env, Napi::Value v, const std::string& label, int64_t min, int64_t max,
               int64_t* out);
 
+// --- struct stat in the STAT layout of shared/native.ts (128 bytes at out), fsops.cc.
+void PutStat(char* out, const struct ::stat& st);
+
 // --- registration of each module's functions on `exports`
 void InitErrors(Napi::Env env, Napi::Object exports);
 void InitSockets(Napi::Env env, Napi::Object exports);
@@ -100,6 +105,7 @@ void InitSeccomp(Napi::Env env, Napi::Object exports);
 void InitRing(Napi::Env env, Napi::Object exports);
 void InitFastFuse(Napi::Env env, Napi::Object exports);
 void InitProcess(Napi::Env env, Napi::Object exports);
+void InitDirents(Napi::Env env, Napi::Object exports);
 
 // --- mappings made by mmap(), shared by memory.cc and io.cc (JS thread only, except the
 // table lookups which are locked).

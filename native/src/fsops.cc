@@ -18,6 +18,31 @@
 #include <memory>
 
 namespace vfsk {
+
+static void PutU64(char* out, size_t off, uint64_t v) {
+  for (int i = 0; i < 8; i++) out[off + i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+// The STAT layout of shared/native.ts (16 little-endian u64s, 128 bytes).
+void PutStat(char* out, const struct stat& st) {
+  PutU64(out, 0, st.st_dev);
+  PutU64(out, 8, st.st_ino);
+  PutU64(out, 16, st.st_mode);
+  PutU64(out, 24, st.st_nlink);
+  PutU64(out, 32, st.st_uid);
+  PutU64(out, 40, st.st_gid);
+  PutU64(out, 48, st.st_rdev);
+  PutU64(out, 56, static_cast<uint64_t>(st.st_size));
+  PutU64(out, 64, static_cast<uint64_t>(st.st_blksize));
+  PutU64(out, 72, static_cast<uint64_t>(st.st_blocks));
+  PutU64(out, 80, static_cast<uint64_t>(st.st_atim.tv_sec));
+  PutU64(out, 88, static_cast<uint64_t>(st.st_atim.tv_nsec));
+  PutU64(out, 96, static_cast<uint64_t>(st.st_mtim.tv_sec));
+  PutU64(out, 104, static_cast<uint64_t>(st.st_mtim.tv_nsec));
+  PutU64(out, 112, static_cast<uint64_t>(st.st_ctim.tv_sec));
+  PutU64(out, 120, static_cast<uint64_t>(st.st_ctim.tv_nsec));
+}
+
 namespace {
 
 // Retries a syscall expression while it fails with EINTR.
@@ -237,10 +262,6 @@ Napi::Value Openat2(const Napi::CallbackInfo& info) {
   return Num(env, static_cast<double>(fd));
 }
 
-void PutU64(char* out, size_t off, uint64_t v) {
-  for (int i = 0; i < 8; i++) out[off + i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
 Napi::Value Fstatat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Args a(info, "fstatat");
@@ -260,22 +281,7 @@ Napi::Value Fstatat(const Napi::CallbackInfo& info) {
     ThrowErrno(env, errno, "fstatat");
     return {};
   }
-  PutU64(out, 0, st.st_dev);
-  PutU64(out, 8, st.st_ino);
-  PutU64(out, 16, st.st_mode);
-  PutU64(out, 24, st.st_nlink);
-  PutU64(out, 32, st.st_uid);
-  PutU64(out, 40, st.st_gid);
-  PutU64(out, 48, st.st_rdev);
-  PutU64(out, 56, static_cast<uint64_t>(st.st_size));
-  PutU64(out, 64, static_cast<uint64_t>(st.st_blksize));
-  PutU64(out, 72, static_cast<uint64_t>(st.st_blocks));
-  PutU64(out, 80, static_cast<uint64_t>(st.st_atim.tv_sec));
-  PutU64(out, 88, static_cast<uint64_t>(st.st_atim.tv_nsec));
-  PutU64(out, 96, static_cast<uint64_t>(st.st_mtim.tv_sec));
-  PutU64(out, 104, static_cast<uint64_t>(st.st_mtim.tv_nsec));
-  PutU64(out, 112, static_cast<uint64_t>(st.st_ctim.tv_sec));
-  PutU64(out, 120, static_cast<uint64_t>(st.st_ctim.tv_nsec));
+  PutStat(out, st);
   return Undef(env);
 }
 

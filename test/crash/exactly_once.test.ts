@@ -21,6 +21,8 @@ const OP = {
   SETLK_OWNER: 32, SETLK_UNLOCK: 32, SETLKW: 33, FLUSH: 25,
   // Inodes named by file handles (worker/fs/inode_fds.ts) vs an fd each in the keeper.
   LOOKUP_HANDLES: 1, READDIRPLUS_HANDLES: 44, LOOKUP_FDS: 1,
+  // READDIRPLUS of inodes already known (their attributes read ahead in one addon call).
+  READDIRPLUS_KNOWN: 44, READDIRPLUS_KNOWN_HANDLES: 44,
 } as const;
 
 interface Case {
@@ -255,6 +257,31 @@ const idempotent: Case[] = [
     } },
 ];
 
+
+/** READDIRPLUS of 30 entries the guest already looked up (dir_cursor.ts reads their attributes
+ * ahead per reply): each must count one more lookup, exactly once, under the nodeid it had. */
+function knownPlusCase(name: 'READDIRPLUS_KNOWN' | 'READDIRPLUS_KNOWN_HANDLES', args: string[]): Case {
+  return { name, args, setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), `k${i}`); },
+    act: async (s) => {
+      const looked = new Map<string, bigint>();
+      for (let i = 0; i < 30; i++) looked.set(`e${i}`, (await s.fuse.lookup(ROOT, `e${i}`)).nodeid);
+      return { looked, ents: await readRootPlus(s) };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { looked, ents: all } = r as { looked: Map<string, bigint>; ents: F.Dirent[] };
+      const ents = await plusEntries(t, all, stateDir);
+      t.ok(ents.every((d) => d.entry!.nodeid === looked.get(d.name.toString())), 'each entry under the nodeid its LOOKUP gave');
+      t.ok(ents.every((d) => d.entry!.attr.ino === BigInt(fs.statSync(s.host(d.name.toString())).ino)), 'with its attributes');
+      for (const d of ents) await s.fuse.forget(d.entry!.nodeid, 1);
+      let known = 0;
+      for (const d of ents) if ((await s.fuse.getattr(d.entry!.nodeid)).attr.ino === d.entry!.attr.ino) known++;
+      t.equal(known, 30, 'one forget each leaves them known (LOOKUP + READDIRPLUS)');
+      for (const d of ents) await s.fuse.forget(d.entry!.nodeid, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes === 1, 'the second forget each drops them all', 10_000);
+      t.pass('the READDIRPLUS counted each entry exactly once');
+    } };
+}
+
 const HANDLES = ['--inode-file-handles', 'prefer'];
 const inodeFdsInKeeper = (stateDir: string): number => queryStatus(stateDir).fdNames.inode ?? 0;
 
@@ -303,7 +330,9 @@ const handleCases: Case[] = [
     } },
 ];
 
-for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases]) {
+const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handles', 'never']), knownPlusCase('READDIRPLUS_KNOWN_HANDLES', HANDLES)];
+
+for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases, ...knownPlusCases]) {
   t.test(c.name, async (t) => {
     for (const point of POINTS) {
       await t.test(point, async (t) => {

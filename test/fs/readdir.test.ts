@@ -12,6 +12,7 @@ import { FsSession } from '../../worker/fs/session';
 import * as K from '../../worker/fs/host_constants';
 import { ROOT, TestSink, b, ctx, setup, silent, throwsErrno, type SinkEntry } from './fixtures/helpers';
 import { hostCookies } from '../helpers/host_cookies';
+import { DirentWriter } from '../../worker/fuse/dirent';
 
 const N = 1000;
 
@@ -338,5 +339,89 @@ t.test('a listing an older worker served with rounded cookies continues exactly 
   t.same(rest.entries.map((e) => e.name), entries.slice(k + 1).map((e) => e.name), 'resumes right after that entry, nothing skipped');
   checkOnce(t, [...head.entries, ...rest.entries], names);
   pfs2.releasedir(ctx, big.nodeid, dir.fh);
+  t.end();
+});
+
+/** Every record of a READDIRPLUS reply: name, offset, nodeid and the entry_out's attributes. */
+function parsePlus(reply: Buffer): Array<{ name: string; off: bigint; nodeid: number; ino: bigint; mode: number; size: bigint }> {
+  const out = [];
+  for (let p = 0; p < reply.length;) {
+    const namelen = reply.readUInt32LE(p + 128 + 16);
+    out.push({
+      name: reply.subarray(p + 152, p + 152 + namelen).toString(),
+      off: reply.readBigUInt64LE(p + 128 + 8),
+      nodeid: Number(reply.readBigUInt64LE(p)),
+      ino: reply.readBigUInt64LE(p + 40),
+      size: reply.readBigUInt64LE(p + 40 + 8),
+      mode: reply.readUInt32LE(p + 40 + 60),
+    });
+    p += Math.ceil((152 + namelen) / 8) * 8;
+  }
+  return out;
+}
+
+for (const handles of ['never', 'prefer'] as const) {
+  t.test(`READDIRPLUS into a DirentWriter (attributes read ahead per reply), inode handles ${handles}`, (t) => {
+    // A small fd cache: with handles, most known inodes of the second listing are not held,
+    // so their identity is checked by handle.
+    const { fs: pfs, share } = setup(t, { big: {} }, { inodeFileHandles: handles, inodeFdCache: 16 });
+    const names = fill(path.join(share, 'big'), 300);
+    fs.writeFileSync(path.join(share, 'big', names[7]!), 'seven bytes'.slice(0, 7));
+    const big = pfs.lookup(ctx, ROOT, b('big'));
+    const listing = (size: number): ReturnType<typeof parsePlus> => {
+      const dir = pfs.opendir(ctx, big.nodeid, 0);
+      const all = [];
+      let offset = 0n;
+      for (let calls = 0; ; calls++) {
+        if (calls > 1000) throw new Error('readdir does not end');
+        const w = new DirentWriter(size, true);
+        pfs.readdir(ctx, big.nodeid, dir.fh, offset, true, w);
+        const recs = parsePlus(w.bytes());
+        if (recs.length === 0) break;
+        all.push(...recs);
+        offset = recs[recs.length - 1]!.off;
+      }
+      pfs.releasedir(ctx, big.nodeid, dir.fh);
+      return all;
+    };
+    const first = listing(4096);
+    const byName = new Map(first.map((r) => [r.name, r]));
+    t.equal(first.length, names.length + 2, 'every entry once');
+    t.equal(byName.size, names.length + 2, 'no name twice');
+    const second = listing(700); // a reply of 3 or 4 records: read-ahead is bounded by it
+    t.same(second.map((r) => r.name).sort(), first.map((r) => r.name).sort(), 'the same names');
+    let mismatch = 0;
+    for (const r of second) {
+      if (r.name === '.' || r.name === '..') {
+        if (r.nodeid !== 0) mismatch++;
+        continue;
+      }
+      const st = fs.lstatSync(path.join(share, 'big', r.name), { bigint: true });
+      if (r.nodeid !== byName.get(r.name)!.nodeid || r.ino !== st.ino || r.size !== st.size || r.mode !== Number(st.mode)) mismatch++;
+      if (pfs.session.getInode(r.nodeid)!.lookupCount !== 2) mismatch++;
+    }
+    t.equal(mismatch, 0, 'known inodes keep their nodeid, attributes are fresh, one lookup per listing (none for refused records)');
+    t.equal(pfs.session.inodeCount, names.length + 2, 'root + big + the files');
+    t.end();
+  });
+}
+
+t.test('READDIRPLUS: an entry replaced between listings is a new inode, the others keep theirs', (t) => {
+  const { fs: pfs, share } = setup(t, { d: { a: 'a', b: 'b', c: 'c' } }, { inodeFileHandles: 'prefer', inodeFdCache: 16 });
+  const d = pfs.lookup(ctx, ROOT, b('d'));
+  const list = (): Map<string, number> => {
+    const dir = pfs.opendir(ctx, d.nodeid, 0);
+    const w = new DirentWriter(65536, true);
+    pfs.readdir(ctx, d.nodeid, dir.fh, 0n, true, w);
+    pfs.releasedir(ctx, d.nodeid, dir.fh);
+    return new Map(parsePlus(w.bytes()).map((r) => [r.name, r.nodeid]));
+  };
+  const before = list();
+  fs.unlinkSync(path.join(share, 'd', 'a'));
+  fs.writeFileSync(path.join(share, 'd', 'a'), 'new a');
+  const after = list();
+  t.not(after.get('a'), before.get('a'), 'a replaced file gets a new nodeid');
+  t.equal(after.get('b'), before.get('b'), 'b is the same inode');
+  t.equal(pfs.session.getInode(before.get('b')!)!.lookupCount, 2);
   t.end();
 });

@@ -168,3 +168,51 @@ t.test('cookies are written exactly, all 64 bits', async (t) => {
   for (const c of cookies) t.ok(w.add(Buffer.from('n'), ino(1n), 8, c, null));
   t.same(parseRecords(w.bytes(), false).map((r) => r.off), cookies);
 });
+
+/** A getdents64 record (d_ino, d_off, reclen, type, name, NUL) at the start of a padded buffer. */
+function rawRecord(inoValue: bigint, off: bigint, type: number, name: Buffer, lead: number): { src: Buffer; at: number; nameAt: number } {
+  const src = Buffer.alloc(lead + 19 + name.length + 1 + 8, 0xee);
+  src.writeBigUInt64LE(inoValue, lead);
+  src.writeBigInt64LE(off, lead + 8);
+  src.writeUInt16LE(19 + name.length + 1, lead + 16);
+  src[lead + 18] = type;
+  name.copy(src, lead + 19);
+  src[lead + 19 + name.length] = 0;
+  return { src, at: lead, nameAt: lead + 19 };
+}
+
+t.test('addRaw writes the same bytes as add, for every name length, both modes, any s64 d_off', async (t) => {
+  const offs = [1n, 0x7fffffffffffffffn, -1n, -0x8000000000000000n, 0x12345678_9abcdefn];
+  for (const plus of [false, true]) {
+    for (let len = 1; len <= 40; len++) {
+      const viaAdd = new DirentWriter(65536, plus, Buffer.alloc(65536, 0x77));
+      const viaRaw = new DirentWriter(65536, plus, Buffer.alloc(65536, 0x33));
+      for (const [k, off] of offs.entries()) {
+        const name = Buffer.alloc(len, 0x61 + k);
+        const inoValue = 0xfedcba98_76543210n + BigInt(len);
+        const entry = k % 2 === 0 ? entryFor(len) : null;
+        const r = rawRecord(inoValue, off, 8, name, (len * 8) % 24);
+        t.equal(viaRaw.addRaw(r.src, r.at, r.nameAt, len, 8, entry), viaAdd.add(name, ino(inoValue), 8, BigInt.asUintN(64, off), entry));
+      }
+      if (!viaRaw.bytes().equals(viaAdd.bytes())) t.fail(`plus=${plus} name length ${len}: bytes differ`);
+    }
+  }
+  t.pass('compared');
+});
+
+t.test('addRaw refuses a record that does not fit, writing nothing, and checks its offsets', async (t) => {
+  const name = Buffer.from('abc');
+  const r = rawRecord(5n, 9n, 4, name, 0);
+  const w = new DirentWriter(align8(DIRENTPLUS + 3), true);
+  t.ok(w.addRaw(r.src, r.at, r.nameAt, 3, 4, entryFor(1)), 'exact fit');
+  t.notOk(w.addRaw(r.src, r.at, r.nameAt, 3, 4, null), 'one more does not fit');
+  t.equal(w.count, 1);
+  t.equal(w.spaceLeft(), 0);
+  const v = new DirentWriter(4096, false);
+  t.throws(() => v.addRaw(r.src, r.at, r.nameAt, 0, 4, null), RangeError, 'empty name');
+  t.throws(() => v.addRaw(r.src, r.at, r.nameAt, 1025, 4, null), RangeError, 'name > FUSE_NAME_MAX');
+  t.throws(() => v.addRaw(r.src, r.src.length - 8, r.nameAt, 3, 4, null), RangeError, 'record past the buffer');
+  t.throws(() => v.addRaw(r.src, -1, r.nameAt, 3, 4, null), RangeError, 'negative record offset');
+  t.throws(() => v.addRaw(r.src, 0, r.src.length - 2, 3, 4, null), RangeError, 'name past the buffer');
+  t.equal(v.length, 0, 'nothing written');
+});

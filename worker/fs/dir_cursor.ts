@@ -13,14 +13,17 @@
 // - '..' listed by readdir of the root shows the root's own inode number (lookup of '..' at the
 //   root is the root; the host directory above the share is not exposed).
 import type { Logger } from '../../shared/log';
-import { native } from '../../shared/native';
+import { native, STAT } from '../../shared/native';
 import type { DirSink, Entry, Handle } from './filesystem';
 import type { DirRecord, FsSession } from './session';
 import { FUSE_ROOT_ID } from '../fuse/constants';
 import type { Inodes } from './inodes';
-import { isDot, isDotDot } from './path_component';
-import { parseDirents, type Dirent } from './host_dirents';
+import { parseDirentBatch, type Dirent } from './host_dirents';
 import * as K from './host_constants';
+
+/** Most entries whose attributes one fstatatDirents call reads (a 4 KiB READDIRPLUS reply holds
+ * about 25; a 128 KiB one about 800, read in several calls). */
+const STAT_BATCH = 256;
 
 /** In-memory readdir state of an open dir (not part of the session: rebuilt after a restart). */
 interface DirCursor {
@@ -28,8 +31,12 @@ interface DirCursor {
   synced: boolean;
   /** Entries fetched from the kernel but not handed out yet. */
   pending: Dirent[];
+  /** The getdents64 bytes `pending` are views on (their names NUL-terminated in place). */
+  pendingBytes: Buffer;
   next: number;
 }
+
+const NO_BYTES = Buffer.alloc(0);
 
 /** The d_off cookie (s64, as getdents64 and the session keep it) as the u64 the guest sees. */
 function cookieToWire(off: bigint): bigint {
@@ -45,6 +52,13 @@ function legacyWireCookie(off: bigint): bigint {
 export class DirCursors {
   private readonly cursors = new Map<Handle, DirCursor>();
   private readonly direntBuf: Buffer;
+  /** fstatatDirents' arguments and output, reused: pairs of (name start, length), and slots. */
+  private readonly statIndex = Buffer.alloc(STAT_BATCH * 8);
+  private readonly statOut = Buffer.alloc(STAT_BATCH * native.DIRENT_STAT_SLOT);
+  /** Per batch position: the pending entry it stats (entries of the batch in order). */
+  private readonly statEntry = new Int32Array(STAT_BATCH);
+  private statCount = 0;
+  private statNext = 0;
 
   constructor(private readonly session: FsSession, private readonly inodes: Inodes, private readonly log: Logger,
     bufferSize: number) {
@@ -53,12 +67,12 @@ export class DirCursors {
 
   /** A dir just opened: its fd is at the start, where the session's position 0 is. */
   opened(fh: Handle): void {
-    this.cursors.set(fh, { synced: true, pending: [], next: 0 });
+    this.cursors.set(fh, { synced: true, pending: [], pendingBytes: NO_BYTES, next: 0 });
   }
 
   /** A dir of a resumed session: its fd's kernel position is unknown. */
   resumed(fh: Handle): void {
-    this.cursors.set(fh, { synced: false, pending: [], next: 0 });
+    this.cursors.set(fh, { synced: false, pending: [], pendingBytes: NO_BYTES, next: 0 });
   }
 
   closed(fh: Handle): void {
@@ -73,7 +87,7 @@ export class DirCursors {
   readdir(fh: Handle, rec: DirRecord, fd: number, offset: bigint, plus: boolean, sink: DirSink): void {
     let rt = this.cursors.get(fh);
     if (rt === undefined) {
-      rt = { synced: false, pending: [], next: 0 };
+      rt = { synced: false, pending: [], pendingBytes: NO_BYTES, next: 0 };
       this.cursors.set(fh, rt);
     }
     // The guest's u64 is the s64 off_t that lseek takes and the session records.
@@ -90,11 +104,18 @@ export class DirCursors {
       // pending entries still belong to the session's position.
       native.lseek(fd, cookie, K.SEEK_SET);
       rt.pending = [];
+      rt.pendingBytes = NO_BYTES;
       rt.next = 0;
       rt.synced = true;
       position = cookie;
     }
+    this.statCount = 0;
+    this.statNext = 0;
+    /** Pending index up to which attributes were read ahead (exclusive). */
+    let statAheadEnd = rt.next;
     let accepted = 0;
+    /** The last entry the reply took: the new position is its d_off (read once, at the end). */
+    let last: Dirent | null = null;
     const dirDev = plus ? this.session.getInode(rec.nodeid)?.dev ?? null : null;
     let rootIno: Buffer | null = null;
     if (rec.nodeid === FUSE_ROOT_ID) {
@@ -105,19 +126,25 @@ export class DirCursors {
       for (;;) {
         if (rt.next >= rt.pending.length) {
           rt.pending = [];
+          rt.pendingBytes = NO_BYTES;
           rt.next = 0;
           const n = native.getdents64(fd, this.direntBuf);
           if (n === 0) break;
-          rt.pending = parseDirents(this.direntBuf, n);
+          const batch = parseDirentBatch(this.direntBuf, n);
+          rt.pending = batch.entries;
+          rt.pendingBytes = batch.bytes;
+          this.statCount = 0;
+          this.statNext = 0;
+          statAheadEnd = 0;
         }
-        const d = rt.pending[rt.next];
+        const d = rt.pending[rt.next]!;
+        // A record the reply cannot take ends it before its lookup (which it would undo).
+        if (sink.spaceLeft !== undefined && sink.recordSize !== undefined && sink.recordSize(d.nameLength) > sink.spaceLeft()) break;
         let entry: Entry | null = null;
-        if (plus && !isDot(d.name) && !isDotDot(d.name)) {
+        if (plus && dirDev !== null && rt.next >= statAheadEnd) statAheadEnd = this.statAhead(fd, rt, dirDev, sink);
+        if (plus && !d.isDot && !d.isDotDot) {
           try {
-            // d_ino already in our table (same dev as the dir; a mount point's d_ino is not its
-            // root's, so that just misses): a repeat listing then costs one fstatat per entry.
-            const knownHint = dirDev !== null && this.session.findInode(dirDev, d.ino.readBigUInt64LE(0)) !== undefined;
-            entry = this.inodes.lookupChild(fd, d.name, knownHint);
+            entry = this.inodes.lookupChildStat(fd, d.bytes, d.nameAt, d.nameLength, this.statOf(rt.next));
           } catch (e) {
             // Gone since getdents (or not ours to look up): a direntplus with nodeid 0 tells
             // the kernel to skip the lookup part, the name is still listed.
@@ -126,10 +153,15 @@ export class DirCursors {
         }
         let ok: boolean;
         try {
-          // '..' of the shared directory is the shared directory itself (as lookup says): do
-          // not show the inode number of the host directory above it.
-          const ino = rootIno !== null && isDotDot(d.name) ? rootIno : d.ino;
-          ok = sink.add(d.name, ino, d.type, cookieToWire(d.off), entry);
+          if (rootIno !== null && d.isDotDot) {
+            // '..' of the shared directory is the shared directory itself (as lookup says): do
+            // not show the inode number of the host directory above it.
+            ok = sink.add(d.name, rootIno, d.type, cookieToWire(d.off), entry);
+          } else if (sink.addRaw !== undefined) {
+            ok = sink.addRaw(d.bytes, d.at, d.nameAt, d.nameLength, d.type, entry);
+          } else {
+            ok = sink.add(d.name, d.ino, d.type, cookieToWire(d.off), entry);
+          }
         } catch (e) {
           if (entry !== null) this.inodes.forget(entry.nodeid, 1);
           throw e;
@@ -140,7 +172,7 @@ export class DirCursors {
         }
         rt.next++;
         accepted++;
-        position = d.off;
+        last = d;
       }
     } catch (e) {
       // Entries already in the sink are a valid (short) reply; report the error only when
@@ -151,6 +183,49 @@ export class DirCursors {
       }
       this.log.debug({ err: e, fh }, 'readdir stopped early');
     }
+    if (last !== null) position = last.off;
     if (position !== rec.position) this.session.setDirPosition(fh, position);
+  }
+
+  /** Reads ahead, in one fstatatDirents call, the attributes of the pending entries from
+   * rt.next that the reply will still take and whose d_ino is already in our table (same dev as
+   * the dir; a mount point's d_ino is not its root's, so that just misses): a repeat listing
+   * then costs one fstatat per entry and one addon call per reply. New names are not stat'ed
+   * here (their lookup opens them and stats the fd). Returns the pending index the read-ahead
+   * covers up to (exclusive). Only entries that fit are read, so no attributes wait in a buffer
+   * for a later READDIR. */
+  private statAhead(fd: number, rt: DirCursor, dirDev: bigint, sink: DirSink): number {
+    let room = sink.spaceLeft?.() ?? Infinity;
+    let count = 0;
+    let i = rt.next;
+    for (; i < rt.pending.length && count < STAT_BATCH; i++) {
+      const d = rt.pending[i]!;
+      if (sink.recordSize !== undefined) {
+        room -= sink.recordSize(d.nameLength);
+        if (room < 0) break;
+      }
+      if (d.isDot || d.isDotDot) continue;
+      if (this.session.findInode(dirDev, d.bytes.readBigUInt64LE(d.at)) === undefined) continue;
+      this.statIndex.writeInt32LE(d.nameAt, count * 8);
+      this.statIndex.writeInt32LE(d.nameLength, count * 8 + 4);
+      this.statEntry[count] = i;
+      count++;
+    }
+    // At least the current entry is covered, so the caller moves on even if it does not fit.
+    if (i === rt.next) i++;
+    if (count > 0) native.fstatatDirents(fd, rt.pendingBytes, this.statIndex, count, this.statOut);
+    this.statCount = count;
+    this.statNext = 0;
+    return i;
+  }
+
+  /** The read-ahead stat of pending entry `i` (a view on the reused output: consumed before the
+   * next read-ahead), or null when it was not read or failed. Entries are asked for in order. */
+  private statOf(i: number): Buffer | null {
+    while (this.statNext < this.statCount && this.statEntry[this.statNext]! < i) this.statNext++;
+    if (this.statNext >= this.statCount || this.statEntry[this.statNext] !== i) return null;
+    const slot = this.statNext * native.DIRENT_STAT_SLOT;
+    if (this.statOut.readInt32LE(slot + STAT.SIZE) !== 0) return null;
+    return this.statOut.subarray(slot, slot + STAT.SIZE);
   }
 }

@@ -72,6 +72,14 @@ export interface LockRange {
 export interface DirSink {
   add(name: Buffer, ino: Buffer /* 8 bytes, LE u64 */, type: number, nextOffset: bigint,
     entry: Entry | null): boolean;
+  /** Bytes the reply can still take, and the size of one record: which entries will fit, so a
+   * READDIRPLUS reads the attributes of just those. Without them, a batch is bounded by count. */
+  spaceLeft?(): number;
+  recordSize?(nameLength: number): number;
+  /** add() of a getdents64 record read in place (DirentWriter.addRaw): d_ino and d_off (its
+   * s64 bits are the u64 offset) are the 16 bytes at src[recordAt], the name nameLength bytes
+   * at src[nameAt]. Optional: without it, add() gets views. */
+  addRaw?(src: Buffer, recordAt: number, nameAt: number, nameLength: number, type: number, entry: Entry | null): boolean;
 }
 
 /** What a name refers to right now, read without touching lookup counts. */

@@ -200,17 +200,37 @@ export class Inodes {
     } catch {
       return null; // let the full path produce the errno
     }
+    return this.knownFromStat(dirFd, name, stat);
+  }
+
+  /** lookupKnown with the name's fstatat (AT_SYMLINK_NOFOLLOW, under dirFd) already done.
+   * `name()` gives the name, asked for only when a handle must be compared. */
+  private knownFromStat(dirFd: number, name: Buffer | (() => Buffer), stat: Buffer): Entry | null {
     const known = this.session.findInode(stat.readBigUInt64LE(STAT.dev), stat.readBigUInt64LE(STAT.ino));
     if (known === undefined) return null;
     if (known.handle !== null && this.fds.local?.holds(known.fdName) !== true) {
       const h = known.handle;
       try {
-        if (!native.sameHandleAt(dirFd, name, 0, h.mountId, h.handleType, h.handle)) return null;
+        if (!native.sameHandleAt(dirFd, typeof name === 'function' ? name() : name, 0, h.mountId, h.handleType, h.handle)) return null;
       } catch {
         return null;
       }
     }
     return this.entry(this.session.addLookup(known.nodeid), stat);
+  }
+
+  /** lookupChild of a readdir entry, its name the `length` bytes at src[at], whose fstatat
+   * under dirFd was just made (fstatatDirents): `stat` (kept by the entry, not copied), or null
+   * when it failed or was not tried. A known inode costs no further syscall (but the handle
+   * check of lookupKnown) and no view of the name; anything else takes the full path, which
+   * also produces the errno. */
+  lookupChildStat(dirFd: number, src: Buffer, at: number, length: number, stat: Buffer | null): Entry {
+    const name = (): Buffer => src.subarray(at, at + length);
+    if (stat !== null) {
+      const known = this.knownFromStat(dirFd, name, stat);
+      if (known !== null) return known;
+    }
+    return this.lookupChild(dirFd, name(), false);
   }
 
   private rememberLookup(key: string): void {

@@ -48,6 +48,9 @@ export class DirentWriter implements DirSink {
   /** Records written so far. */
   get count(): number { return this.records; }
 
+  /** Bytes the reply can still take. */
+  spaceLeft(): number { return this.maxBytes - this.used; }
+
   /** The size one record for `nameLength` bytes of name takes, padding included. */
   recordSize(nameLength: number): number {
     return K.fuseDirentAlign((this.plus ? K.DIRENTPLUS_NAME_OFFSET : K.DIRENT_NAME_OFFSET) + nameLength);
@@ -68,10 +71,39 @@ export class DirentWriter implements DirSink {
     if (typeof nextOffset !== 'bigint' || nextOffset < 0n || nextOffset > U64_MAX) {
       throw new RangeError(`dirent offset ${String(nextOffset)} is not a u64`);
     }
-    const size = this.recordSize(name.length);
-    if (this.used + size > this.maxBytes) return false;
-    this.ensureCapacity(this.used + size);
+    const at = this.reserve(name.length, entry);
+    if (at < 0) return false;
+    this.buf.writeUInt32LE(ino.readUInt32LE(0), at);
+    this.buf.writeUInt32LE(ino.readUInt32LE(4), at + 4);
+    this.buf.writeBigUInt64LE(nextOffset, at + 8);
+    this.finish(at, name, 0, name.length, type);
+    return true;
+  }
 
+  /**
+   * add() of a getdents64 record read in place (no view or bigint per entry): d_ino and d_off
+   * are the 16 bytes at `src[recordAt]` (d_off's s64 bits are the u64 cookie the guest gets), the
+   * name the `nameLength` bytes at `src[nameAt]`. Throws RangeError like add() for a bad name
+   * length, and for offsets outside `src`.
+   */
+  addRaw(src: Buffer, recordAt: number, nameAt: number, nameLength: number, type: number, entry: Entry | null): boolean {
+    if (nameLength <= 0 || nameLength > K.FUSE_NAME_MAX) throw new RangeError(`bad dirent name length ${nameLength}`);
+    if (!(recordAt >= 0 && recordAt + 16 <= src.length && nameAt >= 0 && nameAt + nameLength <= src.length)) {
+      throw new RangeError(`dirent record outside its buffer of ${src.length}`);
+    }
+    const at = this.reserve(nameLength, entry);
+    if (at < 0) return false;
+    src.copy(this.buf, at, recordAt, recordAt + 16);
+    this.finish(at, src, nameAt, nameLength, type);
+    return true;
+  }
+
+  /** Room for one record (its entry_out written in plus mode): the dirent's position, or -1
+   * when the record would take the reply past maxBytes. */
+  private reserve(nameLength: number, entry: Entry | null): number {
+    const size = this.recordSize(nameLength);
+    if (this.used + size > this.maxBytes) return -1;
+    this.ensureCapacity(this.used + size);
     const start = this.used;
     let dirent = start;
     if (this.plus) {
@@ -84,16 +116,16 @@ export class DirentWriter implements DirSink {
     // zeroed before the name is copied over its start.
     this.buf.writeUInt32LE(0, start + size - 8);
     this.buf.writeUInt32LE(0, start + size - 4);
-    this.buf.writeUInt32LE(ino.readUInt32LE(0), dirent);
-    this.buf.writeUInt32LE(ino.readUInt32LE(4), dirent + 4);
-    this.buf.writeBigUInt64LE(nextOffset, dirent + 8);
-    this.buf.writeUInt32LE(name.length, dirent + 16);
-    this.buf.writeUInt32LE(type, dirent + 20);
-    name.copy(this.buf, dirent + K.DIRENT_NAME_OFFSET);
+    return dirent;
+  }
 
-    this.used += size;
+  /** The dirent's namelen, type and name (ino and off are written); counts the record. */
+  private finish(dirent: number, src: Buffer, nameAt: number, nameLength: number, type: number): void {
+    this.buf.writeUInt32LE(nameLength, dirent + 16);
+    this.buf.writeUInt32LE(type, dirent + 20);
+    src.copy(this.buf, dirent + K.DIRENT_NAME_OFFSET, nameAt, nameAt + nameLength);
+    this.used += this.recordSize(nameLength);
     this.records += 1;
-    return true;
   }
 
   /** The records written so far: a view, not a copy. */
