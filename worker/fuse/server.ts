@@ -13,11 +13,11 @@ import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
 import type { ChainHandler } from '../virtqueue/queue_server';
-import type { RingServedRequest } from '../virtqueue/split_ring';
+import type { RingServedBatch } from '../virtqueue/split_ring';
 import * as K from './constants';
 import * as ERRNO from '../../shared/errno';
 import * as P from './protocol';
-import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem, type RequestLedger } from './exactly_once';
+import { JOURNALED_KINDS, intentExtra, needsIntent, requestKey, settlingFileSystem, type RequestLedger, type ServedLookup } from './exactly_once';
 import { crashPoint } from '../../shared/crash_points';
 
 /** A request inflight across this many worker deaths is a poison pill: answered with EIO. One
@@ -26,7 +26,6 @@ export const POISON_DEATHS = 3;
 
 /** A request's identity across worker restarts: queue, head and inflight counter, all known
  * before any of the request's guest buffers are read. */
-const requestKey = (queueIndex: number, head: number, counter: bigint): string => `${queueIndex}.${head}.${counter}`;
 
 
 /** INTERRUPTs whose request we have not seen (yet: it may sit on another queue) are remembered,
@@ -275,25 +274,40 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
-  /** A LOOKUP the addon answered (native/src/fast_fuse.cc): its lookup count and its outcome
-   * are journaled as TypeScript's own LOOKUP would journal them (dispatch), so the group commit
-   * makes both durable before the reply is published, and a resubmission after a crash gets
-   * the recorded reply instead of a second count. */
-  ringServed(req: RingServedRequest, queueIndex: number): void {
+  /** LOOKUPs the addon answered (native/src/fast_fuse.cc), one batch per ring turn: each
+   * one's lookup count and outcome are journaled as TypeScript's own LOOKUP would journal them
+   * (dispatch), in pop order, so the group commit makes them durable before the replies are
+   * published, and a resubmission after a crash gets the recorded reply instead of a second
+   * count. */
+  ringServed(batch: RingServedBatch, queueIndex: number): void {
     const ledger = this.opts.ledger;
-    const key = requestKey(queueIndex, req.head, req.counter);
-    ledger?.beginRequest(key, req.opcode, false, null);
+    const lookups: ServedLookup[] = [];
+    for (let i = 0; i < batch.count; i++) {
+      const head = batch.head(i);
+      const opcode = batch.opcode(i);
+      const key = requestKey(queueIndex, head, batch.counter(i));
+      if (ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
+        lookups.push({ key, head, counter: batch.counter(i), nodeid: batch.nodeid(i), reply: batch.reply(i) });
+      } else {
+        ledger?.beginRequest(key, opcode, false, null);
+        this.addServedLookup(batch.nodeid(i));
+        ledger?.endSync();
+        ledger?.outcome(key, batch.reply(i));
+      }
+      if (ledger !== undefined) this.unpublished.set(`${queueIndex}.${head}`, { key, opcode });
+    }
+    if (lookups.length > 0) ledger!.servedLookups!(queueIndex, lookups, (nodeid) => this.addServedLookup(nodeid));
+  }
+
+  private addServedLookup(nodeid: number): boolean {
     try {
-      this.fs.addLookup!(req.nodeid);
+      this.fs.addLookup!(nodeid);
+      return true;
     } catch (e) {
       // Cannot happen: the fast path answers only for inodes in its table, which leave it with
       // the session's FORGET before anything else runs. Logged: the reply is already written.
-      this.log.error({ nodeid: req.nodeid, err: e instanceof Error ? e.message : String(e) }, 'fast-path LOOKUP of an inode the session does not know');
-    }
-    ledger?.endSync();
-    if (ledger !== undefined) {
-      ledger.outcome(key, req.reply);
-      this.unpublished.set(`${queueIndex}.${req.head}`, { key, opcode: req.opcode });
+      this.log.error({ nodeid, err: e instanceof Error ? e.message : String(e) }, 'fast-path LOOKUP of an inode the session does not know');
+      return false;
     }
   }
 
