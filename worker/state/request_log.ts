@@ -118,11 +118,12 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
   servedLookups(queueIndex: number, lookups: readonly ServedLookup[], addLookup: (nodeid: number) => boolean): void {
     this.barrier.requestStarted();
     let group: ServedLookup[] = [];
+    const made: FsMutation[] = [];
     for (const l of lookups) {
       this.currentOp = SERVED_LOOKUPS;
-      this.currentMutations = [];
+      this.currentMutations = made;
+      made.length = 0;
       const added = addLookup(l.nodeid);
-      const made = this.currentMutations;
       this.currentOp = null;
       this.currentMutations = [];
       this.ops.set(l.key, { opcode: FUSE_LOOKUP, ts: 0n, extra: null, reply: l.reply, deaths: this.ops.get(l.key)?.deaths ?? 0 });
@@ -135,7 +136,7 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
       // what was made, after the group before it (the journal keeps the session's order).
       if (group.length > 0) this.stagedOutcomes.push({ key: SERVED_LOOKUPS, opcode: FUSE_LOOKUP, reply: NO_REPLY, mutations: [], lookups: { queue: queueIndex, entries: group } });
       group = [];
-      this.stagedOutcomes.push({ key: l.key, opcode: FUSE_LOOKUP, reply: l.reply, mutations: made });
+      this.stagedOutcomes.push({ key: l.key, opcode: FUSE_LOOKUP, reply: l.reply, mutations: made.slice() });
     }
     if (group.length > 0) this.stagedOutcomes.push({ key: SERVED_LOOKUPS, opcode: FUSE_LOOKUP, reply: NO_REPLY, mutations: [], lookups: { queue: queueIndex, entries: group } });
   }
