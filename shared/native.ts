@@ -104,9 +104,9 @@ export interface PollerConstructor {
  * Ring breakage throws an error with code "ERR_VIRTQUEUE_BROKEN". */
 export interface NativeRingHandle {
   /** The next chain for JS: its head (segments in `scratch`), -1 when none, -2 malformed
-   * (`lastError`, scratch[0] its head or -1), -3 a request the server served whose session
-   * effect JS must journal (scratch = [head, counter, opcode, nodeid, replyLen], the reply in
-   * `recordReply`). Other chains the attached server serves are not returned. */
+   * (`lastError`, scratch[0] its head or -1), -3 the requests the server served whose session
+   * effect JS must journal, in pop order (scratch[0] their count, their entries in `records`:
+   * native_ring.ts reads them). Other chains the attached server serves are not returned. */
   pop(): number;
   /** A chain by head (resubmission): head, or -2. */
   readChain(head: number): number;
@@ -131,7 +131,7 @@ export interface NativeRingHandle {
   /** [head, counter, resubmitted, nReadable, nWritable, (region, offset, length)...]. */
   readonly scratch: Float64Array;
   readonly lastError: string;
-  readonly recordReply: Uint8Array;
+  readonly records: Uint8Array;
 }
 
 export interface NativeRingConstructor {

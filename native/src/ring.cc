@@ -68,7 +68,15 @@ class ChainFault {
   std::string message;
 };
 
-enum class PopResult { kEmpty, kServed, kChain, kRecord, kMalformed, kBroken };
+enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
+
+// One served request JavaScript must journal, as `records` holds it (native_ring.ts
+// SERVED_RECORD_SIZE reads the same layout): u32 head, u32 opcode, f64 counter, f64 nodeid,
+// u32 reply length, 4 bytes of padding, then the reply (Served::reply's room).
+constexpr size_t kRecordHeader = 32;
+constexpr size_t kRecordEntry = kRecordHeader + sizeof(Served::reply);
+// A batch ends at this many (JavaScript journals them, then pops on): bounds the buffers.
+constexpr uint32_t kMaxRecords = 256;
 
 class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
  public:
@@ -93,7 +101,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       InstanceMethod<&NativeRing::SetCallFd>("setCallFd"),
       InstanceAccessor<&NativeRing::Scratch>("scratch"),
       InstanceAccessor<&NativeRing::LastError>("lastError"),
-      InstanceAccessor<&NativeRing::RecordReply>("recordReply"),
+      InstanceAccessor<&NativeRing::Records>("records"),
     });
   }
 
@@ -191,24 +199,33 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     usedIdx_ = LoadAcquire16(used_ + 2);
     publishedUsed_ = signalledUsed_ = usedIdx_;
     scratch_ = Napi::Persistent(Napi::Float64Array::New(env, 5 + 3 * kScratchTriples));
-    recordReply_ = Napi::Persistent(Napi::Uint8Array::New(env, sizeof(Served::reply)));
+    recordBytes_.reserve(kMaxRecords * kRecordEntry);
+    records_ = Napi::Persistent(Napi::Uint8Array::New(env, kMaxRecords * kRecordEntry));
   }
 
   // --- JS methods
 
   // Pops until a chain needs JavaScript: returns its head (its segments in `scratch`), -1 when
-  // the ring is empty, -2 for a malformed chain (`lastError`; scratch[0] is its head or -1).
-  // A chain the native kick (OnKick) left for JavaScript comes first.
+  // the ring is empty, -2 for a malformed chain (`lastError`; scratch[0] is its head or -1),
+  // -3 for the served requests whose effect JavaScript must journal (all of them since the
+  // last -3, in pop order: scratch[0] is their count, `records` holds them). Those come before
+  // any chain popped after them, so JavaScript applies session changes in pop order (a FORGET
+  // after a LOOKUP sees its count). A chain the native kick (OnKick) left for JavaScript comes
+  // next.
   Napi::Value Pop(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Live(env)) return {};
-    PopResult r = pending_ != PopResult::kEmpty ? pending_ : PopServe();
+    PopResult r = pending_;
     pending_ = PopResult::kEmpty;
+    if (r == PopResult::kEmpty && recordCount_ == 0) r = PopServe();
+    if (recordCount_ > 0) {
+      pending_ = r;
+      return ExportRecords(env);
+    }
     switch (r) {
       case PopResult::kEmpty: return Napi::Number::New(env, -1);
       case PopResult::kMalformed: return MalformedValue(env);
       case PopResult::kBroken: Broken(env, lastError_); return {};
-      case PopResult::kRecord: return ExportRecord(env);
       default: return Export(env, chain_, false);
     }
   }
@@ -306,7 +323,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   bool OnKick(int kickFd) override {
     uint64_t v;
     while (::read(kickFd, &v, sizeof v) < 0 && errno == EINTR) {}
-    if (!fastKick_ || closed_ || server_ == nullptr || server_->CrashArmed() || pending_ != PopResult::kEmpty) return false;
+    if (!fastKick_ || closed_ || server_ == nullptr || server_->CrashArmed() || pending_ != PopResult::kEmpty || recordCount_ > 0) return false;
     for (;;) {
       DisableNotificationInternal();
       for (;;) {
@@ -317,6 +334,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
           return false;
         }
       }
+      // Served requests to journal: JavaScript pops them (one batch), runs the rest of the
+      // kick (notifications stay off until its loop re-enables them) and publishes.
+      if (recordCount_ > 0) return false;
       bool more;
       if (!EnableNotificationInternal(&more)) return false;
       if (!more) break;
@@ -410,7 +430,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
 
   Napi::Value Scratch(const Napi::CallbackInfo& info) { return scratch_.Value(); }
   Napi::Value LastError(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lastError_); }
-  Napi::Value RecordReply(const Napi::CallbackInfo& info) { return recordReply_.Value(); }
+  Napi::Value Records(const Napi::CallbackInfo& info) { return records_.Value(); }
 
   // --- internals
 
@@ -444,10 +464,13 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   }
 
   // Pops chains and serves what the server takes, until one needs JavaScript (kChain, in
-  // chain_; kMalformed, in lastError_/malformedHead_), the ring is empty or broken.
+  // chain_; kMalformed, in lastError_/malformedHead_), the ring is empty or broken. Served
+  // requests JavaScript must journal are queued in recordBytes_ (AddRecord) meanwhile.
   PopResult PopServe() {
     Served served;
     for (;;) {
+      // A full batch: kEmpty for now, Pop() hands the batch to JavaScript and then goes on.
+      if (recordCount_ >= kMaxRecords) return PopResult::kEmpty;
       uint32_t pending;
       if (!PendingInternal(&pending)) return PopResult::kBroken;
       if (pending == 0) return PopResult::kEmpty;
@@ -477,8 +500,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       if (served.needsRecord) {
         // Published only after JavaScript journaled its effect, by its flush (barrier first).
         jsPushed_++;
-        record_ = served;
-        return PopResult::kRecord;
+        AddRecord(served);
+        continue;
       }
       served_++;
       if (server_->CrashArmed()) servedOpcodes_.push_back(served.opcode);
@@ -667,17 +690,32 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     return Napi::Number::New(env, -2);
   }
 
-  // A served request JavaScript must journal: -3, scratch = [head, counter, opcode, nodeid,
-  // replyLen], the reply's bytes in `recordReply`.
-  Napi::Value ExportRecord(Napi::Env env) {
+  // Queues a served request (chain_ is its chain) for JavaScript's journal, in the layout of
+  // kRecordEntry (PopServe stops at kMaxRecords).
+  void AddRecord(const Served& served) {
+    size_t at = recordBytes_.size();
+    recordBytes_.resize(at + kRecordEntry);
+    uint8_t* e = recordBytes_.data() + at;
+    std::memset(e, 0, kRecordHeader);
+    Store<uint32_t>(e, chain_.head);
+    Store<uint32_t>(e + 4, served.opcode);
+    Store<double>(e + 8, static_cast<double>(chain_.counter));
+    Store<double>(e + 16, static_cast<double>(served.nodeid));
+    uint32_t len = std::min<uint32_t>(served.replyLen, sizeof(Served::reply));
+    Store<uint32_t>(e + 24, len);
+    std::memcpy(e + kRecordHeader, served.reply, len);
+    recordCount_++;
+  }
+
+  // The queued served requests: -3, scratch[0] = their count, their entries in `records`.
+  Napi::Value ExportRecords(Napi::Env env) {
+    Napi::Uint8Array r = records_.Value();
+    size_t bytes = std::min(recordBytes_.size(), r.ByteLength());
+    std::memcpy(r.Data(), recordBytes_.data(), bytes);
     Napi::Float64Array s = scratch_.Value();
-    s[0] = chain_.head;
-    s[1] = static_cast<double>(chain_.counter);
-    s[2] = record_.opcode;
-    s[3] = static_cast<double>(record_.nodeid);
-    s[4] = record_.replyLen;
-    Napi::Uint8Array r = recordReply_.Value();
-    std::memcpy(r.Data(), record_.reply, std::min<size_t>(record_.replyLen, r.ElementLength()));
+    s[0] = static_cast<double>(bytes / kRecordEntry);
+    recordBytes_.clear();
+    recordCount_ = 0;
     return Napi::Number::New(env, -3);
   }
 
@@ -744,8 +782,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   uint32_t served_ = 0;
   Chain chain_;
   Napi::Reference<Napi::Float64Array> scratch_;
-  Napi::Reference<Napi::Uint8Array> recordReply_;
-  Served record_;
+  Napi::Reference<Napi::Uint8Array> records_;  // JavaScript's view of the last exported batch
+  std::vector<uint8_t> recordBytes_;  // served requests to journal, kRecordEntry bytes each
+  uint32_t recordCount_ = 0;
   std::string lastError_;
   ChainServer* server_ = nullptr;
   Napi::ObjectReference serverRef_;

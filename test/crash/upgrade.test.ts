@@ -6,11 +6,11 @@
 // new one during its takeover — nothing lost, as in the crash matrix.
 //
 // Most releases are copies of this build: "next" has another version string and writes state
-// schema 3 (declared readable from schema 2, what this build writes), "incompatible" writes
-// schema 3 readable only from 3, and "nodrain" does not offer X_DRAIN. They exercise the version
+// schema 4 (declared readable from schema 3, what this build writes), "incompatible" writes
+// schema 4 readable only from 4, and "nodrain" does not offer X_DRAIN. They exercise the version
 // and schema checks and the fallback, not differences in code. One test builds the real commit
 // before the upgrade protocol (git archive + tsc, ~1 min; the addon is copied when native/ is
-// unchanged since) and upgrades to it and back.
+// unchanged since): it cannot read the schema this build writes, so the way down is refused.
 import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -45,8 +45,8 @@ async function setup(t: Test, first: 'cur' | 'nodrain', env: Record<string, stri
   });
   const releases = {
     cur: install(path.join(root, 'rel-cur'), PKG_VERSION),
-    next: install(path.join(root, 'rel-next'), `${PKG_VERSION}-next`, SCHEMA(3, 2)),
-    incompatible: install(path.join(root, 'rel-incompatible'), `${PKG_VERSION}-incompatible`, SCHEMA(3, 3)),
+    next: install(path.join(root, 'rel-next'), `${PKG_VERSION}-next`, SCHEMA(4, 3)),
+    incompatible: install(path.join(root, 'rel-incompatible'), `${PKG_VERSION}-incompatible`, SCHEMA(4, 4)),
     nodrain: install(path.join(root, 'rel-nodrain'), `${PKG_VERSION}-nodrain`,
       [['worker/worker.js', 'minReader: state_store_1.SCHEMA_MIN_READER, drain: true', 'minReader: state_store_1.SCHEMA_MIN_READER, drain: false']]),
   };
@@ -101,7 +101,7 @@ t.test(`upgrade ×${UPGRADES} under I/O: zero client errors, handles intact, pau
   t.equal(refused.code, 1, 'refused: exit 1');
   t.equal(refused.result?.result, 'refused');
   t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}-incompatible`, 'the refusal names the serving version');
-  t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}) reads state schemas 1 to 2`, 'and the installed one');
+  t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}) reads state schemas 1 to 3`, 'and the installed one');
   t.equal(queryStatus(u.stateDir).worker.pid, pidBefore, 'the old worker keeps serving');
   const opsBefore = load.ops;
   await waitFor(() => load.ops > opsBefore + 50, 'the client going on after the refusal', 30_000);
@@ -170,11 +170,11 @@ for (const c of CRASHES) {
   });
 }
 
-t.test('to the real build before the upgrade protocol and back, under I/O', async (t) => {
-  // --sandbox chroot: that build predates the worker's pid namespace, and as PID 1 of one it
-  // cannot confine itself (it looks for its parent's mount namespace): a keeper that launches
-  // workers into a pid namespace (namespace mode) refuses a downgrade to it safely, the old
-  // worker keeps serving (ARCHITECTURE.md, "State schema compatibility").
+t.test('to the real build before the upgrade protocol: refused before any drain, under I/O', async (t) => {
+  // That build reads state schemas 1 and 2 and says nothing of its own (PRE_RULE in
+  // keeper/upgrade.ts); this one writes schema 3 (TAG_LOOKUPS), readable from 3 only, so the
+  // way down is refused while this worker keeps serving (ARCHITECTURE.md, "State schema
+  // compatibility"). --sandbox chroot: that build predates the worker's pid namespace.
   const u = await setup(t, 'cur', {}, ['--sandbox', 'chroot']);
   const rev = preProtocolRev();
   const t0 = Date.now();
@@ -184,20 +184,18 @@ t.test('to the real build before the upgrade protocol and back, under I/O', asyn
   const load = new Load(u.s);
   await load.start();
   await waitFor(() => load.ops > 200, 'the client going', 30_000);
-  const down = await upgradeTo(t, u, prev, false);
-  t.equal(down.mode, 'drain', 'this build drains, and the old build resumes its session');
-  t.match(down.reason ?? '', /older build/, 'its pause ends at its first completed request');
-  let opsBefore = load.ops;
-  await waitFor(() => load.ops > opsBefore + 200, 'the client going on with the old build', 30_000);
-  const up = await upgradeTo(t, u, u.releases.cur);
-  t.equal(up.mode, 'kill', 'the old build cannot drain: killed and resumed by this one');
-  t.equal(up.oldVersion, null);
-  const again = await upgradeTo(t, u, u.releases.cur);
-  t.equal(again.mode, 'drain', 'then drains again');
-  opsBefore = load.ops;
-  await waitFor(() => load.ops > opsBefore + 50, 'the client going on', 30_000);
+  const pidBefore = queryStatus(u.stateDir).worker.pid;
+  switchTo(u.root, prev);
+  const refused = await runUpgrade(u.stateDir);
+  t.equal(refused.code, 1, 'refused: exit 1');
+  t.equal(refused.result?.result, 'refused');
+  t.match(refused.result?.reason ?? '', 'reads state schemas 1 to 2', 'the old build reads schemas 1 and 2');
+  t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}) writes schema 3, readable from schema 3`, 'this one writes 3');
+  t.equal(queryStatus(u.stateDir).worker.pid, pidBefore, 'this worker keeps serving');
+  switchTo(u.root, u.releases.cur);
+  const opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 200, 'the client going on', 30_000);
   await load.stop();
   t.same(load.errors.slice(0, 10), [], `zero client errors in ${load.ops} requests`);
   await load.verify(t);
-  t.comment(`pauses: to ${rev} ${down.pauseMs} ms (to its first request), back by kill ${up.pauseMs} ms, drain ${again.pauseMs} ms`);
 });

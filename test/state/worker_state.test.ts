@@ -5,12 +5,28 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
-import { StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
+import { DATA_START, StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
 import { SCHEMA_VERSION, StateStore, loadState } from '../../worker/state/state_store';
 import { checkVhostState } from '../../worker/state/control_records';
+import { requestKey, type ServedLookup } from '../../worker/fuse/exactly_once';
 
-const FUSE_LOOKUP = 1, FUSE_MKDIR = 9;
+const FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_MKDIR = 9;
+
+/** A LOOKUP reply as the native path writes it: out header, then fuse_entry_out (nodeid at 16). */
+function lookupReply(nodeid: number, unique: number): Buffer {
+  const b = Buffer.alloc(144, 0x5a);
+  b.writeUInt32LE(144, 0);
+  b.writeInt32LE(0, 4);
+  b.writeBigUInt64LE(BigInt(unique), 8);
+  b.writeBigUInt64LE(BigInt(nodeid), 16);
+  return b;
+}
+
+const SAMPLE_LOOKUPS: R.ServedLookupEntry[] = [
+  { head: 3, counter: 7n, reply: lookupReply(2, 100) },
+  { head: 65535, counter: 2n ** 64n - 1n, reply: lookupReply(Number.MAX_SAFE_INTEGER, 101) },
+];
 
 const SAMPLE_MUTATIONS: FsMutation[] = [
   { op: 'addInode', nodeid: 2, dev: 66306n, ino: 18446744073709551615n, generation: 7, fileType: 0o100000 },
@@ -42,6 +58,7 @@ const samplePayloads = (): Buffer[] => [
   encode(32, (b, at) => R.putDeath(b, at, '0.1.2.3')),
   ...SAMPLE_MUTATIONS.map((m) => encode(1 + R.MAX_MUTATION_SIZE, (b, at) => R.putStandaloneMutation(b, at, m))),
   R.genericPayload({ t: 'init', init: null }),
+  encode(R.lookupsSize(SAMPLE_LOOKUPS), (b, at) => R.putLookups(b, at, 4, SAMPLE_LOOKUPS)),
 ];
 
 t.test('records round-trip', async (t) => {
@@ -52,6 +69,10 @@ t.test('records round-trip', async (t) => {
   t.same(R.decodePayload(death!), { t: 'death', key: '0.1.2.3' });
   SAMPLE_MUTATIONS.forEach((m, i) => t.same(R.decodePayload(rest[i]!), { t: 'mutation', m }, `mutation ${m.op}`));
   t.same(R.decodePayload(rest[SAMPLE_MUTATIONS.length]!), { t: 'generic', value: { t: 'init', init: null } });
+  t.same(R.decodePayload(rest[SAMPLE_MUTATIONS.length + 1]!), { t: 'lookups', lookups: [
+    { key: '4.3.7', reply: SAMPLE_LOOKUPS[0]!.reply, nodeid: 2 },
+    { key: `4.65535.${2n ** 64n - 1n}`, reply: SAMPLE_LOOKUPS[1]!.reply, nodeid: Number.MAX_SAFE_INTEGER },
+  ] });
   for (const m of SAMPLE_MUTATIONS) {
     const n = R.putMutation(Buffer.alloc(R.MAX_MUTATION_SIZE), 0, m);
     t.ok(n <= R.MAX_MUTATION_SIZE, `${m.op} fits MAX_MUTATION_SIZE (${n})`);
@@ -90,6 +111,22 @@ t.test('a journal naming inodes by handles loads (snapshot version 3 and addInod
   t.equal(loaded.findInode(1n, 10n)!.nodeid, 4, 'the reused number names the newer inode');
   t.equal(loaded.getInode(5)!.handle, null);
   t.same(loaded.keeperFdNames().sort(), ['inode.5', 'root']);
+});
+
+t.test('a lookups record that names no valid nodeid, or no lookup, is refused', async (t) => {
+  const one = (reply: Buffer): Buffer => encode(R.lookupsSize([{ head: 1, counter: 1n, reply }]), (b, at) => R.putLookups(b, at, 0, [{ head: 1, counter: 1n, reply }]));
+  t.throws(() => R.decodePayload(one(lookupReply(0, 1))), { name: 'RecordDecodeError', message: /nodeid out of range/ });
+  const big = lookupReply(1, 1);
+  big.writeBigUInt64LE(2n ** 53n, 16);
+  t.throws(() => R.decodePayload(one(big)), { name: 'RecordDecodeError', message: /nodeid out of range/ });
+  const short = Buffer.from([R.TAG_LOOKUPS, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0, 1, 2, 3, 4]);
+  t.throws(() => R.decodePayload(short), { name: 'RecordDecodeError', message: /names no nodeid/ });
+  t.throws(() => R.decodePayload(Buffer.from([R.TAG_LOOKUPS, 0, 0, 0, 0])), { name: 'RecordDecodeError', message: /without lookups/ });
+  const lying = one(lookupReply(1, 1));
+  lying.writeUInt16LE(2, 3); // says two entries, holds one
+  t.throws(() => R.decodePayload(lying), { name: 'RecordDecodeError', message: /record ends inside/ });
+  t.throws(() => R.putLookups(Buffer.alloc(64), 0, 0, []), RangeError, 'an empty batch is never written');
+  t.throws(() => R.putLookups(Buffer.alloc(64), 0, 0, [{ head: 1, counter: 1n, reply: Buffer.alloc(23) }]), RangeError);
 });
 
 t.test('fuzz: truncated, corrupted and random payloads only ever give RecordDecodeError', async (t) => {
@@ -176,6 +213,53 @@ t.test('session changes outside a request are journaled at once, after staged ou
   store.close();
 });
 
+/** Payload tags of the committed records after the first (the session's snapshot). */
+function recordTags(file: string): number[] {
+  const j = StateJournal.open(file, SCHEMA_VERSION);
+  try {
+    return j.payloads(DATA_START).slice(1).map((p) => p[0]!);
+  } finally {
+    j.close();
+  }
+}
+
+t.test('native LOOKUPs of a ring turn: one record, replayed as outcomes with one lookup each, in order', async (t) => {
+  const { file, store, session } = setup(t);
+  const a = session.addInode({ dev: 1n, ino: 70n, generation: 0, fileType: 0o100000 }); // count 1
+  const served = (head: number, counter: bigint, nodeid: number): ServedLookup =>
+    ({ key: requestKey(0, head, counter), head, counter, nodeid, reply: lookupReply(nodeid, head) });
+  const add = (nodeid: number): boolean => {
+    session.addLookup(nodeid);
+    return true;
+  };
+  store.requests.servedLookups(0, [served(3, 7n, a.nodeid), served(4, 8n, a.nodeid)], add);
+  t.equal(session.getInode(a.nodeid)!.lookupCount, 3, 'the session counts them at once');
+  let st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid)!.lookupCount, 1, 'before the commit a crash rolls them back');
+  t.equal(st.ops.get('0.3.7'), undefined, 'and they run again');
+  t.same(store.durability.commit(), ['0.3.7', '0.4.8']);
+  st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid)!.lookupCount, 3, 'after the commit both lookups are in the state');
+  t.same(st.ops.get('0.4.8')?.reply, lookupReply(a.nodeid, 4), 'and each reply is replayed, not re-run');
+  t.equal(st.ops.get('0.3.7')?.opcode, FUSE_LOOKUP);
+  t.same(recordTags(file).filter((tag) => tag !== R.TAG_MUTATION && tag !== R.TAG_GENERIC), [R.TAG_LOOKUPS], 'one record for the batch, no outcome records');
+
+  // A FORGET of all of them, journaled in the same commit after another batch: replayed after it.
+  store.requests.servedLookups(0, [served(5, 9n, a.nodeid)], add);
+  store.requests.beginRequest('0.6.10', FUSE_FORGET, false, null);
+  session.forget(a.nodeid, 4);
+  store.requests.endSync();
+  store.requests.outcome('0.6.10', Buffer.alloc(0));
+  // A lookup the session refuses (cannot happen: logged) is a plain outcome without the count.
+  store.requests.servedLookups(0, [served(7, 11n, 999)], () => false);
+  store.durability.commit();
+  st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid), undefined, 'lookup, then forget of 4: the inode is gone, no replay error');
+  t.same(st.ops.get('0.7.11')?.reply, lookupReply(999, 7), 'the refused lookup still has its reply');
+  t.same(recordTags(file).slice(-3), [R.TAG_LOOKUPS, R.TAG_OUTCOME, R.TAG_OUTCOME]);
+  store.close();
+});
+
 t.test('a schema-1 journal (msgpack records of an older worker) still loads', async (t) => {
   const file = path.join(t.testdir(), 'state');
   const session = new FsSession({ dev: 1n, ino: 2n });
@@ -191,7 +275,7 @@ t.test('a schema-1 journal (msgpack records of an older worker) still loads', as
   t.equal(st.fs!.getInode(3), undefined, 'an unfinished one is rolled back');
   t.equal(st.discardedMutations, 1);
   t.same(st.ops.get('a')?.reply, Buffer.from('r'));
-  t.equal(SCHEMA_VERSION, 2, 'new files are written as schema 2');
+  t.equal(SCHEMA_VERSION, 3, 'new files are written as schema 3');
 });
 
 t.test('a corrupt record in a committed journal is a StateFileError naming the file', async (t) => {

@@ -152,7 +152,15 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       if (ring.pop() !== null) { t.fail(`iteration ${it}: more than one chain`); return; }
       continue;
     }
-    if (c !== null) lookups++;
+    if (c !== null) {
+      // A served LOOKUP comes back for its journal: alone (one per kick here), with the reply the guest got.
+      lookups++;
+      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== 1 || c.nodeid(0) !== NODE_FILE ||
+        !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== 144) {
+        t.fail(`iteration ${it}: the served LOOKUP's record is not its reply`);
+        return;
+      }
+    }
     if (c !== null && ring.pop() !== null) { t.fail(`iteration ${it}: more than one chain`); return; }
     ring.publishUsed();
     served++;
@@ -175,4 +183,63 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   t.ok(served > 150 && declined > 1000 && lookups > 8, `served ${served} (${lookups} LOOKUPs), declined ${declined}`);
   const stats = server.stats();
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush, served, 'the server counts what it served');
+});
+
+t.test('LOOKUPs served in a row come back as one batch, before the chain popped after them', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ffb-'));
+  fs.writeFileSync(path.join(dir, 'f'), 'x');
+  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
+  const memFd = native.memfdCreate('ffb-guest', C.MFD_CLOEXEC!);
+  native.ftruncate(memFd, SIZE);
+  const mem = new GuestMemory();
+  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
+  t.teardown(() => {
+    mem.clear();
+    for (const fd of [rootFd, memFd]) native.close(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const view = region.view;
+  const server = new native.FastFuse();
+  server.setEnabled(true);
+  server.setAttrTimeout(1, 0);
+  server.setInode(1, rootFd);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null);
+  const ring = new NativeSplitRing(mem, { size: 16, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
+    0, false, false, null, server);
+  // Heads 0-2 LOOKUP 'f' (known), head 3 a GETATTR of an unknown nodeid (declined), head 4 LOOKUP.
+  const kinds = ['lookup', 'lookup', 'lookup', 'getattr', 'lookup'] as const;
+  kinds.forEach((kind, i) => {
+    const body = kind === 'lookup' ? Buffer.from('f\0') : Buffer.alloc(16);
+    const req = Buffer.alloc(40 + body.length);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt32LE(kind === 'lookup' ? 1 : 3, 4);
+    req.writeBigUInt64LE(BigInt(100 + i), 8);
+    req.writeBigUInt64LE(kind === 'lookup' ? 1n : 99n, 16);
+    body.copy(req, 40);
+    region.bytes.set(req, REQ + 256 * i);
+    const d = DESC + 32 * i; // two descriptors per head: request, then a 256-byte reply buffer
+    view.setBigUint64(d, BigInt(GPA + REQ + 256 * i), true);
+    view.setUint32(d + 8, req.length, true);
+    view.setUint16(d + 12, VRING_DESC_F_NEXT, true);
+    view.setUint16(d + 14, 2 * i + 1, true);
+    view.setBigUint64(d + 16, BigInt(GPA + REPLY + 256 * i), true);
+    view.setUint32(d + 24, 256, true);
+    view.setUint16(d + 28, VRING_DESC_F_WRITE, true);
+    view.setUint16(AVAIL + 4 + 2 * i, 2 * i, true);
+  });
+  view.setUint16(AVAIL + 2, kinds.length, true);
+  const first = ring.pop();
+  if (first === null || !('served' in first)) throw new Error('the LOOKUPs did not come back first');
+  t.equal(first.count, 3, 'the three LOOKUPs before the declined chain, as one batch');
+  t.same([0, 1, 2].map((i) => first.head(i)), [0, 2, 4], 'in pop order');
+  t.same([0, 1, 2].map((i) => first.reply(i).readBigUInt64LE(8)), [100n, 101n, 102n], 'each with its own reply');
+  t.same([0, 1, 2].map((i) => first.nodeid(i)), [NODE_FILE, NODE_FILE, NODE_FILE]);
+  t.same([0, 1, 2].map((i) => first.counter(i)), [0n, 0n, 0n], 'and its counter (0: no inflight region here)');
+  const declined = ring.pop();
+  t.ok(declined !== null && !('served' in declined) && !(declined instanceof ChainError) && declined.head === 6, 'then the declined GETATTR');
+  const last = ring.pop();
+  t.ok(last !== null && 'served' in last && last.count === 1 && last.head(0) === 8, 'then the LOOKUP after it');
+  t.equal(ring.pop(), null, 'then nothing');
+  t.equal(server.stats().lookup, 4);
 });

@@ -160,6 +160,10 @@ export interface OpRecord {
 }
 
 /** What the FUSE server needs from the journal. */
+/** A journaled request's name: unique per request of a session, since a head's counter
+ * (inflight region) only grows, across restarts too. */
+export const requestKey = (queueIndex: number, head: number, counter: bigint): string => `${queueIndex}.${head}.${counter}`;
+
 export interface RequestLedger {
   get(key: string): OpRecord | undefined;
   /** A resubmitted request: records one more death and returns the total. */
@@ -177,4 +181,19 @@ export interface RequestLedger {
   endSync(): void;
   /** The request's used element is visible to the guest; it will never be resubmitted. */
   release(key: string): void;
+  /** LOOKUPs the native path served in one ring turn, in pop order (their replies are written,
+   * not yet published): each is a journaled request whose session effect is one lookup of
+   * its nodeid, which `addLookup` makes (false: it could not). Staged for the group commit as
+   * beginRequest/outcome would stage them, in fewer bytes (one record for the batch).
+   * Optional: without it, each goes through beginRequest/outcome. */
+  servedLookups?(queueIndex: number, lookups: readonly ServedLookup[], addLookup: (nodeid: number) => boolean): void;
+}
+
+/** A LOOKUP the native path served (RequestLedger.servedLookups). */
+export interface ServedLookup {
+  key: string;
+  head: number;
+  counter: bigint;
+  nodeid: number;
+  reply: Buffer;
 }

@@ -13,11 +13,11 @@ import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
 import type { ChainHandler } from '../virtqueue/queue_server';
-import type { RingServedRequest } from '../virtqueue/split_ring';
+import type { RingServedBatch } from '../virtqueue/split_ring';
 import * as K from './constants';
 import * as ERRNO from '../../shared/errno';
 import * as P from './protocol';
-import { JOURNALED_KINDS, intentExtra, needsIntent, settlingFileSystem, type RequestLedger } from './exactly_once';
+import { JOURNALED_KINDS, intentExtra, needsIntent, requestKey, settlingFileSystem, type RequestLedger, type ServedLookup } from './exactly_once';
 import { crashPoint } from '../../shared/crash_points';
 
 /** A request inflight across this many worker deaths is a poison pill: answered with EIO. One
@@ -26,7 +26,6 @@ export const POISON_DEATHS = 3;
 
 /** A request's identity across worker restarts: queue, head and inflight counter, all known
  * before any of the request's guest buffers are read. */
-const requestKey = (queueIndex: number, head: number, counter: bigint): string => `${queueIndex}.${head}.${counter}`;
 
 
 /** INTERRUPTs whose request we have not seen (yet: it may sit on another queue) are remembered,
@@ -108,11 +107,15 @@ interface ParkedWait { unique: bigint; queue: number; ctl: AbortController }
 
 type Reply = Buffer | null;
 
+/** A used-ring slot of a queue as one number (heads are below 2^15). */
+const slotOf = (queueIndex: number, head: number): number => queueIndex * 65536 + head;
+
 export class FuseServer implements ChainHandler {
   private initResult: InitResult | null = null;
   private readonly headerScratch = Buffer.alloc(P.IN_HEADER_SIZE + K.WRITE_IN_SIZE);
-  /** Journaled requests whose used element is not yet published, by `${queue}.${head}`. */
-  private readonly unpublished = new Map<string, Journaled>();
+  /** Journaled requests whose used element is not yet published, by slotOf(queue, head) (a
+   * number: no string per request). */
+  private readonly unpublished = new Map<number, Journaled>();
   private readonly parked = new Set<ParkedWait>();
   private unmatchedInterrupts: bigint[] = [];
 
@@ -206,13 +209,13 @@ export class FuseServer implements ChainHandler {
         if (prior?.reply) {
           // The dead worker finished this request: its reply, not a second run.
           this.log.info({ opcode: K.opcodeName(h.opcode), key }, 'replaying the recorded reply of a resubmitted request');
-          this.unpublished.set(`${queueIndex}.${chain.head}`, { key, opcode: h.opcode });
+          this.unpublished.set(slotOf(queueIndex, chain.head), { key, opcode: h.opcode });
           return prior.reply.length === 0 ? 0 : this.writeReply(chain, prior.reply);
         }
         if (deaths >= POISON_DEATHS) {
           this.log.error({ opcode: K.opcodeName(h.opcode), unique: h.unique.toString(), deaths }, 'poison request: inflight across repeated worker deaths; answered EIO instead of running it again');
           // Released (its death count forgotten) once the answer is published.
-          this.unpublished.set(`${queueIndex}.${chain.head}`, { key, opcode: h.opcode });
+          this.unpublished.set(slotOf(queueIndex, chain.head), { key, opcode: h.opcode });
           return P.opcodeHasReply(h.opcode) ? this.replyError(chain, h.unique, ERRNO.EIO) : 0;
         }
         if (prior !== undefined && prior.opcode === h.opcode) fs = settlingFileSystem(this.fs, prior.ts, prior.extra);
@@ -257,7 +260,7 @@ export class FuseServer implements ChainHandler {
   private record(chain: DescriptorChain, bytes: Buffer, j: Journaled | null, queueIndex: number): number {
     if (j !== null && this.opts.ledger !== undefined) {
       this.opts.ledger.outcome(j.key, bytes);
-      this.unpublished.set(`${queueIndex}.${chain.head}`, j);
+      this.unpublished.set(slotOf(queueIndex, chain.head), j);
     }
     return bytes.length === 0 ? 0 : this.writeReply(chain, bytes);
   }
@@ -271,29 +274,45 @@ export class FuseServer implements ChainHandler {
     const deaths = ledger.recordDeath(key);
     if (deaths <= POISON_DEATHS) return 'run';
     this.log.error({ queue: queueIndex, head, deaths }, 'poison request: even answering it killed the worker; returned unread');
-    this.unpublished.set(`${queueIndex}.${head}`, { key, opcode: 0 });
+    this.unpublished.set(slotOf(queueIndex, head), { key, opcode: 0 });
     return 'drop';
   }
 
-  /** A LOOKUP the addon answered (native/src/fast_fuse.cc): its lookup count and its outcome
-   * are journaled as TypeScript's own LOOKUP would journal them (dispatch), so the group commit
-   * makes both durable before the reply is published, and a resubmission after a crash gets
-   * the recorded reply instead of a second count. */
-  ringServed(req: RingServedRequest, queueIndex: number): void {
+  /** LOOKUPs the addon answered (native/src/fast_fuse.cc), one batch per ring turn: each
+   * one's lookup count and outcome are journaled as TypeScript's own LOOKUP would journal them
+   * (dispatch), in pop order, so the group commit makes them durable before the replies are
+   * published, and a resubmission after a crash gets the recorded reply instead of a second
+   * count. */
+  ringServed(batch: RingServedBatch, queueIndex: number): void {
     const ledger = this.opts.ledger;
-    const key = requestKey(queueIndex, req.head, req.counter);
-    ledger?.beginRequest(key, req.opcode, false, null);
+    const lookups: ServedLookup[] = [];
+    for (let i = 0; i < batch.count; i++) {
+      const head = batch.head(i);
+      const opcode = batch.opcode(i);
+      const counter = batch.counter(i);
+      const key = requestKey(queueIndex, head, counter);
+      if (ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
+        lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
+      } else {
+        ledger?.beginRequest(key, opcode, false, null);
+        this.addServedLookup(batch.nodeid(i));
+        ledger?.endSync();
+        ledger?.outcome(key, batch.reply(i));
+      }
+      if (ledger !== undefined) this.unpublished.set(slotOf(queueIndex, head), { key, opcode });
+    }
+    if (lookups.length > 0) ledger!.servedLookups!(queueIndex, lookups, (nodeid) => this.addServedLookup(nodeid));
+  }
+
+  private addServedLookup(nodeid: number): boolean {
     try {
-      this.fs.addLookup!(req.nodeid);
+      this.fs.addLookup!(nodeid);
+      return true;
     } catch (e) {
       // Cannot happen: the fast path answers only for inodes in its table, which leave it with
       // the session's FORGET before anything else runs. Logged: the reply is already written.
-      this.log.error({ nodeid: req.nodeid, err: e instanceof Error ? e.message : String(e) }, 'fast-path LOOKUP of an inode the session does not know');
-    }
-    ledger?.endSync();
-    if (ledger !== undefined) {
-      ledger.outcome(key, req.reply);
-      this.unpublished.set(`${queueIndex}.${req.head}`, { key, opcode: req.opcode });
+      this.log.error({ nodeid, err: e instanceof Error ? e.message : String(e) }, 'fast-path LOOKUP of an inode the session does not know');
+      return false;
     }
   }
 
@@ -301,7 +320,7 @@ export class FuseServer implements ChainHandler {
   beforePublish(queueIndex: number, heads: number[]): void {
     if (this.opts.ledger === undefined) return;
     for (const head of heads) {
-      const j = this.unpublished.get(`${queueIndex}.${head}`);
+      const j = this.unpublished.get(slotOf(queueIndex, head));
       if (j === undefined) continue;
       crashPoint('op-after-outcome', j.opcode);
       crashPoint('op-before-publish', j.opcode);
@@ -310,7 +329,7 @@ export class FuseServer implements ChainHandler {
 
   published(queueIndex: number, heads: number[]): void {
     for (const head of heads) {
-      const id = `${queueIndex}.${head}`;
+      const id = slotOf(queueIndex, head);
       const j = this.unpublished.get(id);
       if (j === undefined) continue;
       this.unpublished.delete(id);

@@ -1,4 +1,5 @@
-// Binary encoding of the journal records written on the request path (schema 2).
+// Binary encoding of the journal records written on the request path (schema 2; TAG_LOOKUPS is
+// schema 3's).
 //
 // A request costs one record: its outcome, carrying the reply and the session mutations the
 // request made. Requests that are not idempotent also write an intent record before they run.
@@ -14,6 +15,10 @@
 //   TAG_OUTCOME   str key, u32 opcode, u32 reply length, reply, u32 count, mutation × count
 //   TAG_MUTATION  mutation (a session change made outside any request)
 //   TAG_DEATH     str key
+//   TAG_LOOKUPS   u16 queue, u16 count, then count × (u16 head, u64 counter, u16 reply length,
+//                 reply): the LOOKUPs the native path served in one ring turn, in pop order, one
+//                 record for all. Each is an outcome of opcode LOOKUP, key "queue.head.counter",
+//                 whose one session mutation is addLookup(the nodeid of its reply, 1).
 // mutation = u8 kind, then per kind:
 //   addInode num nodeid, u64 dev, u64 ino, u32 generation, u32 fileType
 //   addLookup / forget  num nodeid, num count
@@ -29,7 +34,7 @@
 import { keepHandleBytes } from '../fs/handle_bytes';
 import { MAX_HANDLE_BYTES, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
 import type { InitResult } from '../fuse/server';
-import type { OpRecord } from '../fuse/exactly_once';
+import { requestKey, type OpRecord } from '../fuse/exactly_once';
 import type { VhostSessionState } from '../vhost/backend';
 import type { ControlRecord, PendingRec } from './control_records';
 import { decodeRecord, encodeRecord } from './journal';
@@ -41,6 +46,7 @@ export const TAG_INTENT = 1;
 export const TAG_OUTCOME = 2;
 export const TAG_MUTATION = 3;
 export const TAG_DEATH = 4;
+export const TAG_LOOKUPS = 5;
 
 const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset',
   'openLockOwner', 'closeLockOwner', 'addInodeHandle'] as const;
@@ -60,7 +66,19 @@ export type DecodedRecord =
   | { t: 'intent'; key: string; opcode: number; tsMs: number; extra: unknown }
   | { t: 'outcome'; key: string; opcode: number; reply: Buffer; mutations: FsMutation[] }
   | { t: 'mutation'; m: FsMutation }
-  | { t: 'death'; key: string };
+  | { t: 'death'; key: string }
+  | { t: 'lookups'; lookups: DecodedLookup[] };
+
+/** One LOOKUP of a TAG_LOOKUPS record: an outcome of opcode LOOKUP plus addLookup(nodeid, 1). */
+export interface DecodedLookup { key: string; reply: Buffer; nodeid: number }
+
+/** A LOOKUP the native path served, as the request log writes it into a TAG_LOOKUPS record. */
+export interface ServedLookupEntry { head: number; counter: bigint; reply: Buffer }
+
+/** Entries of one TAG_LOOKUPS record at most (a ring turn hands over at most 256: ring.cc). */
+export const MAX_LOOKUPS_PER_RECORD = 0xffff;
+/** Where a LOOKUP reply names its nodeid: fuse_out_header (16 bytes), then fuse_entry_out.nodeid. */
+const REPLY_NODEID_AT = 16;
 
 // ---------------------------------------------------------------- encoding
 
@@ -154,6 +172,27 @@ export function putOutcome(buf: Buffer, at: number, key: string, opcode: number,
   return at;
 }
 
+export function lookupsSize(entries: readonly ServedLookupEntry[]): number {
+  let n = 1 + 2 + 2;
+  for (const e of entries) n += 2 + 8 + 2 + e.reply.length;
+  return n;
+}
+
+export function putLookups(buf: Buffer, at: number, queue: number, entries: readonly ServedLookupEntry[]): number {
+  if (entries.length === 0 || entries.length > MAX_LOOKUPS_PER_RECORD) throw new RangeError(`lookups record of ${entries.length} entries`);
+  buf[at++] = TAG_LOOKUPS;
+  at = buf.writeUInt16LE(queue, at);
+  at = buf.writeUInt16LE(entries.length, at);
+  for (const e of entries) {
+    if (e.reply.length < REPLY_NODEID_AT + 8 || e.reply.length > 0xffff) throw new RangeError(`LOOKUP reply of ${e.reply.length} bytes`);
+    at = buf.writeUInt16LE(e.head, at);
+    at = buf.writeBigUInt64LE(e.counter, at);
+    at = buf.writeUInt16LE(e.reply.length, at);
+    at += e.reply.copy(buf, at);
+  }
+  return at;
+}
+
 export function putDeath(buf: Buffer, at: number, key: string): number {
   buf[at++] = TAG_DEATH;
   return putStr(buf, at, key);
@@ -185,6 +224,12 @@ class Reader {
     this.need(8, what);
     const v = this.b.readBigUInt64LE(this.at);
     this.at += 8;
+    return v;
+  }
+  u16(what: string): number {
+    this.need(2, what);
+    const v = this.b.readUInt16LE(this.at);
+    this.at += 2;
     return v;
   }
   u32(what: string): number {
@@ -317,6 +362,23 @@ export function decodePayload(payload: Buffer): DecodedRecord {
     case TAG_DEATH:
       out = { t: 'death', key: r.str('key') };
       break;
+    case TAG_LOOKUPS: {
+      const queue = r.u16('queue');
+      const count = r.u16('lookup count');
+      if (count === 0) throw new RecordDecodeError('lookups record without lookups');
+      const lookups: DecodedLookup[] = [];
+      for (let i = 0; i < count; i++) {
+        const head = r.u16('head');
+        const counter = r.u64('counter');
+        const reply = r.bytes(r.u16('reply length'), 'reply');
+        if (reply.length < REPLY_NODEID_AT + 8) throw new RecordDecodeError(`LOOKUP reply of ${reply.length} bytes names no nodeid`);
+        const nodeid = reply.readBigUInt64LE(REPLY_NODEID_AT);
+        if (nodeid === 0n || nodeid > BigInt(Number.MAX_SAFE_INTEGER)) throw new RecordDecodeError('LOOKUP reply nodeid out of range');
+        lookups.push({ key: requestKey(queue, head, counter), reply, nodeid: Number(nodeid) });
+      }
+      out = { t: 'lookups', lookups };
+      break;
+    }
     default:
       throw new UnknownRecordError(`unknown record tag ${tag}`);
   }

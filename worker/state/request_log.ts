@@ -4,14 +4,19 @@
 // (durability.ts), before its used element is published; a request that is not idempotent also
 // journals its intent, at once, before it runs. Resubmitted requests count their deaths here.
 // Records are the binary ones of records.ts; the journal is the state store's (state_store.ts).
-import type { OpRecord, RequestLedger } from '../fuse/exactly_once';
+import type { OpRecord, RequestLedger, ServedLookup } from '../fuse/exactly_once';
+import { FUSE_LOOKUP } from '../fuse/constants';
 import type { FsMutation } from '../fs/session';
 import type { DurabilityBarrier, OutcomeJournal } from './durability';
 import type { JournalWriter } from './journal_writer';
 import * as R from './records';
 
-/** An outcome waiting for the group commit. */
-interface StagedOutcome { key: string; opcode: number; reply: Buffer; mutations: FsMutation[] }
+/** An outcome waiting for the group commit, or (`lookups`) native LOOKUPs of one queue that
+ * go into one TAG_LOOKUPS record. */
+interface StagedOutcome { key: string; opcode: number; reply: Buffer; mutations: FsMutation[]; lookups?: { queue: number; entries: ServedLookup[] } }
+const NO_REPLY = Buffer.alloc(0);
+/** currentOp while servedLookups applies lookups: their mutations are implied by the record. */
+const SERVED_LOOKUPS = '';
 
 export class RequestLog implements RequestLedger, OutcomeJournal {
   private readonly ops: Map<string, OpRecord>;
@@ -110,6 +115,32 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     this.stagedOutcomes.push({ key, opcode: op?.opcode ?? 0, reply, mutations });
   }
 
+  servedLookups(queueIndex: number, lookups: readonly ServedLookup[], addLookup: (nodeid: number) => boolean): void {
+    this.barrier.requestStarted();
+    let group: ServedLookup[] = [];
+    const made: FsMutation[] = [];
+    for (const l of lookups) {
+      this.currentOp = SERVED_LOOKUPS;
+      this.currentMutations = made;
+      made.length = 0;
+      const added = addLookup(l.nodeid);
+      this.currentOp = null;
+      this.currentMutations = [];
+      this.ops.set(l.key, { opcode: FUSE_LOOKUP, ts: 0n, extra: null, reply: l.reply, deaths: this.ops.get(l.key)?.deaths ?? 0 });
+      const m = made[0];
+      if (added && made.length === 1 && m!.op === 'addLookup' && m!.nodeid === l.nodeid && m!.count === 1) {
+        group.push(l);
+        continue;
+      }
+      // Not the one lookup the record implies (the session refused it): a plain outcome with
+      // what was made, after the group before it (the journal keeps the session's order).
+      if (group.length > 0) this.stagedOutcomes.push({ key: SERVED_LOOKUPS, opcode: FUSE_LOOKUP, reply: NO_REPLY, mutations: [], lookups: { queue: queueIndex, entries: group } });
+      group = [];
+      this.stagedOutcomes.push({ key: l.key, opcode: FUSE_LOOKUP, reply: l.reply, mutations: made.slice() });
+    }
+    if (group.length > 0) this.stagedOutcomes.push({ key: SERVED_LOOKUPS, opcode: FUSE_LOOKUP, reply: NO_REPLY, mutations: [], lookups: { queue: queueIndex, entries: group } });
+  }
+
   release(key: string): void {
     // Dropped from memory; the next compaction drops it from the file.
     this.ops.delete(key);
@@ -125,12 +156,20 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     const staged = this.stagedOutcomes;
     if (staged.length === 0) return [];
     this.stagedOutcomes = [];
+    const keys: string[] = [];
     for (const o of staged) {
+      const l = o.lookups;
+      if (l !== undefined) {
+        this.writer.stage(R.lookupsSize(l.entries), (buf, at) => R.putLookups(buf, at, l.queue, l.entries) - at);
+        for (const e of l.entries) keys.push(e.key);
+        continue;
+      }
       this.writer.stage(R.outcomeSize(o.key, o.reply, o.mutations.length),
         (buf, at) => R.putOutcome(buf, at, o.key, o.opcode, o.reply, o.mutations) - at);
+      keys.push(o.key);
     }
     this.writer.commit(true);
-    return staged.map((o) => o.key);
+    return keys;
   }
 
   hasUnjournaledChanges(): boolean {

@@ -18,6 +18,7 @@ import { LogRateLimiter } from '../../shared/rate_limit';
 import type { VhostSessionState } from '../vhost/backend';
 import type { InitResult } from '../fuse/server';
 import type { OpRecord } from '../fuse/exactly_once';
+import { FUSE_LOOKUP } from '../fuse/constants';
 import { FsSession, type FsMutation } from '../fs/session';
 import { DATA_START, StateJournal, StateVersionError, decodeRecord, type SchemaReader } from './journal';
 import { VERSION } from '../../shared/version';
@@ -30,16 +31,17 @@ import { RequestLog } from './request_log';
 import { DurabilityBarrier } from './durability';
 import type { JournalWriter, RecordFill } from './journal_writer';
 
-/** 2: binary request records (records.ts) behind a tag byte. 1 (msgpack records) still loads.
+/** 3: TAG_LOOKUPS, the native path's LOOKUPs of a ring turn in one record (records.ts). 2:
+ * binary request records behind a tag byte. 1 (msgpack records) still loads.
  * The compatibility rule (docs/ARCHITECTURE.md, "State schema compatibility"): anything a reader
  * must know to not misread a file (a record tag, a mutation kind, a snapshot version, a record
  * field it must not ignore) is a new SCHEMA_VERSION; this build reads every schema from 1 to its
  * own, and a newer file only if it says SCHEMA_MIN_READER <= ours. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 /** The oldest reader schema that reads what this build writes: SCHEMA_VERSION unless the last
  * schema change is one older readers skip correctly by construction (e.g. an optional msgpack
  * field their validators ignore). */
-export const SCHEMA_MIN_READER = 2;
+export const SCHEMA_MIN_READER = 3;
 /** Who this build is, for the rule and its errors. */
 export const SCHEMA_READER: SchemaReader = { schema: SCHEMA_VERSION, version: VERSION };
 const WRITER = { minReader: SCHEMA_MIN_READER, writer: VERSION };
@@ -94,6 +96,7 @@ function* looseRecords(journal: StateJournal, payloads: Buffer[], path: string, 
       case 'outcome': yield { t: 'op-done', k: d.key, opcode: d.opcode, r: d.reply, muts: d.mutations }; break;
       case 'mutation': yield { t: 'fs', m: d.m }; break;
       case 'death': yield { t: 'op-death', k: d.key }; break;
+      case 'lookups': yield { t: 'lookups', lookups: d.lookups }; break;
     }
   }
 }
@@ -248,6 +251,17 @@ export class StateLoader {
           if (r.muts !== undefined) {
             if (!Array.isArray(r.muts)) fail(path, 'op outcome mutations');
             for (const m of r.muts as FsMutation[]) applyFs(m);
+          }
+          break;
+        }
+        case 'lookups': {
+          // Decoded and checked by records.ts: each an outcome of opcode LOOKUP with one
+          // addLookup of its reply's nodeid (as an 'op-done' with that mutation would fold).
+          for (const l of r.lookups as R.DecodedLookup[]) {
+            st.ops.set(l.key, { opcode: FUSE_LOOKUP, ts: 0n, extra: null, reply: l.reply, deaths: st.ops.get(l.key)?.deaths ?? 0 });
+            for (const m of held.get(l.key) ?? []) applyFs(m);
+            held.delete(l.key);
+            applyFs({ op: 'addLookup', nodeid: l.nodeid, count: 1 });
           }
           break;
         }

@@ -4,13 +4,43 @@
 // segments point into the same guest memory buffers as GuestMemory's.
 import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
-import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedRequest, type VirtRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type VirtRing } from './split_ring';
 
 /** The addon's ring breakage as a RingError (other errors as they are). No closure per call:
  * pop() runs for every request. */
 function ringError(e: unknown): unknown {
   if (e instanceof Error && (e as { code?: string }).code === 'ERR_VIRTQUEUE_BROKEN') return new RingError(e.message);
   return e;
+}
+
+/** Bytes per served request in the addon's `records` (ring.cc kRecordEntry): u32 head,
+ * u32 opcode, f64 counter, f64 nodeid, u32 reply length, 4 bytes of padding, the reply. */
+export const SERVED_RECORD_SIZE = 192;
+const SERVED_RECORD_HEADER = 32;
+
+/** One batch of the addon's served requests, copied once out of its buffer (the next batch
+ * overwrites it; the replies must outlive this turn: the request log keeps them until
+ * published). */
+class NativeServedBatch implements RingServedBatch {
+  readonly served = true;
+  private readonly bytes: Buffer;
+
+  constructor(records: Uint8Array, readonly count: number) {
+    if (!Number.isInteger(count) || count < 0 || count * SERVED_RECORD_SIZE > records.byteLength) {
+      throw new RingError(`served batch of ${count} requests does not fit the addon's buffer`);
+    }
+    this.bytes = Buffer.from(records.subarray(0, count * SERVED_RECORD_SIZE));
+  }
+
+  head(i: number): number { return this.bytes.readUInt32LE(i * SERVED_RECORD_SIZE); }
+  opcode(i: number): number { return this.bytes.readUInt32LE(i * SERVED_RECORD_SIZE + 4); }
+  counter(i: number): bigint { return BigInt(this.bytes.readDoubleLE(i * SERVED_RECORD_SIZE + 8)); }
+  nodeid(i: number): number { return this.bytes.readDoubleLE(i * SERVED_RECORD_SIZE + 16); }
+  reply(i: number): Buffer {
+    const at = i * SERVED_RECORD_SIZE;
+    const len = Math.min(this.bytes.readUInt32LE(at + 24), SERVED_RECORD_SIZE - SERVED_RECORD_HEADER);
+    return this.bytes.subarray(at + SERVED_RECORD_HEADER, at + SERVED_RECORD_HEADER + len);
+  }
 }
 
 export class NativeSplitRing implements VirtRing {
@@ -38,7 +68,7 @@ export class NativeSplitRing implements VirtRing {
     return this.ring.lastAvailIdx();
   }
 
-  pop(): DescriptorChain | ChainError | RingServedRequest | null {
+  pop(): DescriptorChain | ChainError | RingServedBatch | null {
     let r: number;
     try {
       r = this.ring.pop();
@@ -47,11 +77,7 @@ export class NativeSplitRing implements VirtRing {
     }
     if (r === -1) return null;
     if (r === -2) return new ChainError(this.ring.lastError, this.ring.scratch[0]!);
-    if (r === -3) {
-      const s = this.ring.scratch;
-      return { served: true, head: s[0]!, counter: BigInt(s[1]!), opcode: s[2]!, nodeid: s[3]!,
-        reply: Buffer.from(this.ring.recordReply.subarray(0, s[4]!)) };
-    }
+    if (r === -3) return new NativeServedBatch(this.ring.records, this.ring.scratch[0]!);
     return this.chainFromScratch();
   }
 

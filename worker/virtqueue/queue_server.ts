@@ -4,7 +4,7 @@
 // and at most one interrupt.
 import type { Logger } from '../../shared/log';
 import { errorInfo } from '../../shared/errors';
-import { ChainError, RingError, type DescriptorChain, type RingServedRequest, type VirtRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type RingServedBatch, type VirtRing } from './split_ring';
 import { crashPoint } from '../../shared/crash_points';
 
 /** What the vhost-user backend drives per queue (implemented by QueueServer). */
@@ -38,9 +38,9 @@ export interface ChainHandler {
   /** These heads' used elements are about to become visible to the guest (the PublishBarrier
    * has run). */
   beforePublish?(queueIndex: number, heads: number[]): void;
-  /** The ring served this request itself and pushed its used element; its session effect
-   * must be journaled now (it is published at the next flush, after the barrier). */
-  ringServed?(req: RingServedRequest, queueIndex: number): void;
+  /** The ring served these requests itself and pushed their used elements; their session
+   * effects must be journaled now (they are published at the next flush, after the barrier). */
+  ringServed?(batch: RingServedBatch, queueIndex: number): void;
   /** These heads' used elements are now visible to the guest (they will never be
    * resubmitted). */
   published?(queueIndex: number, heads: number[]): void;
@@ -136,11 +136,12 @@ export class QueueServer implements QueueHandler {
     this.flush();
   }
 
-  private dispatch(c: DescriptorChain | ChainError | RingServedRequest): void {
+  private dispatch(c: DescriptorChain | ChainError | RingServedBatch): void {
     if ('served' in c) {
       this.handler.ringServed?.(c, this.index);
-      this.unpublished.push(c.head);
-      if (this.completedSinceStart++ === 0 && this.onFirstCompletion) this.onFirstCompletion();
+      for (let i = 0; i < c.count; i++) this.unpublished.push(c.head(i));
+      if (this.completedSinceStart === 0 && c.count > 0 && this.onFirstCompletion) this.onFirstCompletion();
+      this.completedSinceStart += c.count;
       return;
     }
     if (c instanceof ChainError) {

@@ -46,16 +46,18 @@ export interface DescriptorChain {
   writableLen: number;
 }
 
-/** A request the ring served itself whose session effect JavaScript must journal before its
- * used element (already pushed) is published: a LOOKUP of a known inode, one more lookup of
- * `nodeid`. `reply` is what the guest got. */
-export interface RingServedRequest {
-  served: true;
-  head: number;
-  counter: bigint;
-  opcode: number;
-  nodeid: number;
-  reply: Buffer;
+/** Requests the ring served itself whose session effect JavaScript must journal before their
+ * used elements (already pushed) are published, in pop order: LOOKUPs of known inodes, one
+ * more lookup of `nodeid(i)` each. `reply(i)` is what the guest got. One batch per ring turn
+ * (native_ring.ts reads it from the addon): one crossing and one copy for all of them. */
+export interface RingServedBatch {
+  readonly served: true;
+  readonly count: number;
+  head(i: number): number;
+  counter(i: number): bigint;
+  opcode(i: number): number;
+  nodeid(i: number): number;
+  reply(i: number): Buffer;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
@@ -68,7 +70,7 @@ export interface VirtRing {
   readonly lastAvailIdx: number;
   /** The next chain for JavaScript, null when none is available, or a ChainError for a
    * malformed one (to complete with length 0). */
-  pop(): DescriptorChain | ChainError | RingServedRequest | null;
+  pop(): DescriptorChain | ChainError | RingServedBatch | null;
   readChain(head: number): DescriptorChain | ChainError;
   counterOf(head: number): bigint;
   pushUsed(head: number, len: number): void;
