@@ -301,8 +301,11 @@ export class Keeper implements KeeperSocketHandler {
         if (msg.status !== null) this.lastStatus = msg.status;
         if (msg.ready && this.supervisor.onReady(peer, msg.worker ?? null)) {
           this.servingPeer = peer;
-          // A worker serves: why an earlier one could not start is history.
+          // A worker serves: why an earlier one could not start is history, and QEMU's
+          // connection is its to watch again.
           this.error = null;
+          this.hangupPoller?.close();
+          this.hangupPoller = null;
           this.sdNotify({ STATUS: `worker ${this.supervisor.hostPidOf(peer.pid) ?? peer.pid} serving; ${this.supervisor.restartCount} restarts` });
         }
         if (msg.stopping) this.supervisor.onStopping(peer);

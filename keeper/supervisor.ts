@@ -564,8 +564,10 @@ export class WorkerSupervisor {
       return;
     }
     if (code === EXIT_STATE_UNUSABLE) {
-      // Restarting cannot help; keep every fd so an operator can decide (see `status`).
+      // Restarting cannot help; keep every fd so an operator can decide (see `status`): install
+      // a build that reads the state, then `virtiofs-keeper upgrade` (retryFailed).
       this.phase = { state: 'failed', pid: null };
+      if (this.upgrade?.phase === 'handover') this.finishUpgrade('failed', 'the new worker cannot use the saved state either');
       this.host.gaveUp();
       return;
     }
@@ -695,6 +697,7 @@ export class WorkerSupervisor {
     const refuse = (why: string): void => { this.upgrades.finish(u, 'refused', why, null); };
     if (this.upgrade !== null) return refuse('an upgrade is already in progress');
     if (this.stopping) return refuse('the keeper is stopping');
+    if (p.state === 'failed' && this.embedded) return this.retryFailed(u);
     if (p.state !== 'running' || p.pid === null) return refuse(`no worker is serving (worker ${p.state})`);
     this.upgrade = u;
     this.log.info({ workerPid: p.pid, version: this.activeInfo?.version ?? null }, 'planned upgrade: starting a worker from the installed files');
@@ -728,6 +731,27 @@ export class WorkerSupervisor {
       return;
     }
     u.newPid = sb.child.pid;
+  }
+
+  /**
+   * The keeper gave up (a worker could not use the saved state: a build too old for it, see
+   * "State schema compatibility") and holds every fd. Once a build that reads it is installed,
+   * an upgrade starts a worker from the installed files, which resumes the session; the upgrade
+   * is over when it serves (X_RESUMED), or failed if it cannot use the state either.
+   */
+  private retryFailed(u: Upgrade): void {
+    this.upgrade = u;
+    u.phase = 'handover';
+    u.mode = 'kill';
+    u.pausedNs = process.hrtime.bigint();
+    u.notes.push('no worker was serving (the saved state was refused): a worker started from the installed files resumed it');
+    this.log.info('planned upgrade of a keeper that gave up: starting a worker from the installed files');
+    this.phase = { state: 'restarting', pid: null };
+    // A standby started from the files as they were would meet the same refusal.
+    const sb = this.standby;
+    this.standby = null;
+    if (sb !== null) this.signal(sb.child, 'SIGKILL');
+    this.spawnWorker();
   }
 
   /** The new standby is loaded: check it can read the session's state, then drain the old. */

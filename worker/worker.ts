@@ -454,6 +454,8 @@ export class Worker {
    */
   private async drain(): Promise<void> {
     const pausedNs = process.hrtime.bigint();
+    // The successor may be an older build (a planned downgrade): leave it a file it reads.
+    this.store.requests.writeBaseSchemaOnly();
     this.listenPoller?.close();
     this.listenPoller = null;
     if (this.statsTimer) clearInterval(this.statsTimer);

@@ -5,12 +5,13 @@
 // pause of each handover is reported. Then crashes: the old worker killed during its drain, the
 // new one during its takeover — nothing lost, as in the crash matrix.
 //
-// Most releases are copies of this build: "next" has another version string and writes state
-// schema 4 (declared readable from schema 3, what this build writes), "incompatible" writes
+// Most releases are copies of this build: "next" has another version string and says it reads
+// state schema 4 (and leaves files readable from 3, this build's schema), "incompatible" says
 // schema 4 readable only from 4, and "nodrain" does not offer X_DRAIN. They exercise the version
 // and schema checks and the fallback, not differences in code. One test builds the real commit
 // before the upgrade protocol (git archive + tsc, ~1 min; the addon is copied when native/ is
-// unchanged since): it cannot read the schema this build writes, so the way down is refused.
+// unchanged since) and upgrades to it and back: it reads schemas 1-2, and what this build leaves
+// after a drain is schema 2 (no TAG_LOOKUPS record: state_store.ts BASE_SCHEMA).
 import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -22,6 +23,7 @@ import { REPO_ROOT } from '../frontend/backend';
 import { queryStatus } from '../../cli/status';
 import { withEnv } from '../helpers/env';
 import type { UpgradeResult } from '../../shared/keeper_protocol';
+import { FUSE_ROOT_ID as F_ROOT, O as FO } from '../frontend/fuse_proto';
 
 const UPGRADES = Number(process.env.VFSK_UPGRADE_ROUNDS ?? 8);
 
@@ -34,9 +36,9 @@ function preProtocolRev(): string {
   return `${added}^`;
 }
 
-interface Setup { root: string; stateDir: string; s: Session; releases: Record<'cur' | 'next' | 'incompatible' | 'nodrain', Release> }
+interface Setup { root: string; stateDir: string; s: Session; releases: Record<'cur' | 'next' | 'incompatible' | 'nodrain' | 'future', Release> }
 
-async function setup(t: Test, first: 'cur' | 'nodrain', env: Record<string, string> = {}, args: string[] = []): Promise<Setup> {
+async function setup(t: Test, first: 'cur' | 'nodrain' | 'future', env: Record<string, string> = {}, args: string[] = []): Promise<Setup> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-upg-'));
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => {
@@ -49,6 +51,9 @@ async function setup(t: Test, first: 'cur' | 'nodrain', env: Record<string, stri
     incompatible: install(path.join(root, 'rel-incompatible'), `${PKG_VERSION}-incompatible`, SCHEMA(4, 4)),
     nodrain: install(path.join(root, 'rel-nodrain'), `${PKG_VERSION}-nodrain`,
       [['worker/worker.js', 'minReader: state_store_1.SCHEMA_MIN_READER, drain: true', 'minReader: state_store_1.SCHEMA_MIN_READER, drain: false']]),
+    // Writes files of schema 4 only (base schema 4, readable from 4): this build refuses them.
+    future: install(path.join(root, 'rel-future'), `${PKG_VERSION}-future`,
+      [...SCHEMA(4, 4), ['worker/state/state_store.js', 'exports.BASE_SCHEMA = 2;', 'exports.BASE_SCHEMA = 4;']]),
   };
   switchTo(root, releases[first]);
   const s = await withEnv(env, () => openSession(t, 'ours', {
@@ -170,11 +175,11 @@ for (const c of CRASHES) {
   });
 }
 
-t.test('to the real build before the upgrade protocol: refused before any drain, under I/O', async (t) => {
-  // That build reads state schemas 1 and 2 and says nothing of its own (PRE_RULE in
-  // keeper/upgrade.ts); this one writes schema 3 (TAG_LOOKUPS), readable from 3 only, so the
-  // way down is refused while this worker keeps serving (ARCHITECTURE.md, "State schema
-  // compatibility"). --sandbox chroot: that build predates the worker's pid namespace.
+t.test('to the real build before the upgrade protocol and back, under I/O', async (t) => {
+  // --sandbox chroot: that build predates the worker's pid namespace, and as PID 1 of one it
+  // cannot confine itself (it looks for its parent's mount namespace): a keeper that launches
+  // workers into a pid namespace (namespace mode) refuses a downgrade to it safely, the old
+  // worker keeps serving (ARCHITECTURE.md, "State schema compatibility").
   const u = await setup(t, 'cur', {}, ['--sandbox', 'chroot']);
   const rev = preProtocolRev();
   const t0 = Date.now();
@@ -184,18 +189,47 @@ t.test('to the real build before the upgrade protocol: refused before any drain,
   const load = new Load(u.s);
   await load.start();
   await waitFor(() => load.ops > 200, 'the client going', 30_000);
-  const pidBefore = queryStatus(u.stateDir).worker.pid;
-  switchTo(u.root, prev);
-  const refused = await runUpgrade(u.stateDir);
-  t.equal(refused.code, 1, 'refused: exit 1');
-  t.equal(refused.result?.result, 'refused');
-  t.match(refused.result?.reason ?? '', 'reads state schemas 1 to 2', 'the old build reads schemas 1 and 2');
-  t.match(refused.result?.reason ?? '', `virtiofs-keeper ${PKG_VERSION}) writes schema 3, readable from schema 3`, 'this one writes 3');
-  t.equal(queryStatus(u.stateDir).worker.pid, pidBefore, 'this worker keeps serving');
-  switchTo(u.root, u.releases.cur);
-  const opsBefore = load.ops;
-  await waitFor(() => load.ops > opsBefore + 200, 'the client going on', 30_000);
+  const down = await upgradeTo(t, u, prev, false);
+  t.equal(down.mode, 'drain', 'this build drains, and the old build resumes its session');
+  t.match(down.reason ?? '', /older build/, 'its pause ends at its first completed request');
+  let opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 200, 'the client going on with the old build', 30_000);
+  const up = await upgradeTo(t, u, u.releases.cur);
+  t.equal(up.mode, 'kill', 'the old build cannot drain: killed and resumed by this one');
+  t.equal(up.oldVersion, null);
+  const again = await upgradeTo(t, u, u.releases.cur);
+  t.equal(again.mode, 'drain', 'then drains again');
+  opsBefore = load.ops;
+  await waitFor(() => load.ops > opsBefore + 50, 'the client going on', 30_000);
   await load.stop();
   t.same(load.errors.slice(0, 10), [], `zero client errors in ${load.ops} requests`);
   await load.verify(t);
+  t.comment(`pauses: to ${rev} ${down.pauseMs} ms (to its first request), back by kill ${up.pauseMs} ms, drain ${again.pauseMs} ms`);
+});
+
+t.test('a keeper that gave up on a state it could not read resumes the session once a build that reads it is installed and upgrade runs', async (t) => {
+  const u = await setup(t, 'future');
+  const f = await u.s.fuse.create(F_ROOT, 'kept', FO.RDWR, 0o644);
+  t.equal(await u.s.fuse.write(f.entry.nodeid, f.open.fh, 0, Buffer.from('before')), 6);
+  // This build installed, its standby started from it; then the serving (future) worker dies:
+  // the standby cannot read the schema-4 state and the keeper gives up, holding every fd.
+  switchTo(u.root, u.releases.cur);
+  const oldStandby = queryStatus(u.stateDir).worker.standbyPid!;
+  process.kill(oldStandby, 'SIGKILL');
+  await waitFor(() => { const w = queryStatus(u.stateDir).worker; return w.standbyReady && w.standbyPid !== oldStandby; }, 'a standby from this build', 60_000);
+  process.kill(queryStatus(u.stateDir).worker.pid!, 'SIGKILL');
+  await waitFor(() => queryStatus(u.stateDir).worker.state === 'failed', 'the keeper to give up', 30_000);
+  t.match(queryStatus(u.stateDir).keeper.error ?? '', /schema 4/, 'status says why');
+  // Sent while nobody serves: answered once a worker resumes.
+  const pending = u.s.fuse.read(f.entry.nodeid, f.open.fh, 0, 6, { timeoutMs: 120_000 });
+  switchTo(u.root, u.releases.future);
+  const r = await runUpgrade(u.stateDir);
+  if (r.result?.result !== 'ok') t.comment(`upgrade output: ${r.out}\nbackend log:\n${u.s.backend.log().slice(-8000)}`);
+  t.equal(r.code, 0, 'exit 0');
+  t.equal(r.result?.result, 'ok');
+  t.match(r.result?.reason ?? '', /no worker was serving/, 'says what it did');
+  t.equal(r.result?.newVersion, `${PKG_VERSION}-future`);
+  t.same(await pending, Buffer.from('before'), 'the request sent meanwhile is answered, through the handle opened before');
+  t.equal(queryStatus(u.stateDir).worker.state, 'running');
+  t.equal(queryStatus(u.stateDir).keeper.error, null, 'the error is history');
 });

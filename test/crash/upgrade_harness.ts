@@ -37,7 +37,7 @@ export function install(dir: string, version: string, patch: Array<[string, stri
 
 export const SCHEMA = (schema: number, minReader: number): Array<[string, string, string]> => [
   ['worker/state/state_store.js', 'exports.SCHEMA_VERSION = 3;', `exports.SCHEMA_VERSION = ${schema};`],
-  ['worker/state/state_store.js', 'exports.SCHEMA_MIN_READER = 3;', `exports.SCHEMA_MIN_READER = ${minReader};`],
+  ['worker/state/state_store.js', 'exports.SCHEMA_MIN_READER = 2;', `exports.SCHEMA_MIN_READER = ${minReader};`],
 ];
 
 /** Points <root>/current at `rel` atomically (rename over the old link). */

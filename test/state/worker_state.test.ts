@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { DATA_START, StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
-import { SCHEMA_VERSION, StateStore, loadState } from '../../worker/state/state_store';
+import { SCHEMA_READER, SCHEMA_VERSION, StateStore, loadState } from '../../worker/state/state_store';
 import { checkVhostState } from '../../worker/state/control_records';
 import { requestKey, type ServedLookup } from '../../worker/fuse/exactly_once';
 
@@ -215,7 +215,7 @@ t.test('session changes outside a request are journaled at once, after staged ou
 
 /** Payload tags of the committed records after the first (the session's snapshot). */
 function recordTags(file: string): number[] {
-  const j = StateJournal.open(file, SCHEMA_VERSION);
+  const j = StateJournal.open(file, SCHEMA_READER);
   try {
     return j.payloads(DATA_START).slice(1).map((p) => p[0]!);
   } finally {
@@ -275,13 +275,13 @@ t.test('a schema-1 journal (msgpack records of an older worker) still loads', as
   t.equal(st.fs!.getInode(3), undefined, 'an unfinished one is rolled back');
   t.equal(st.discardedMutations, 1);
   t.same(st.ops.get('a')?.reply, Buffer.from('r'));
-  t.equal(SCHEMA_VERSION, 3, 'new files are written as schema 3');
+  t.equal(SCHEMA_VERSION, 3, 'this build reads schema 3');
 });
 
 t.test('a corrupt record in a committed journal is a StateFileError naming the file', async (t) => {
   const { file, store } = setup(t);
   store.close();
-  const j = StateJournal.open(file, SCHEMA_VERSION);
+  const j = StateJournal.open(file, SCHEMA_READER);
   const bad = Buffer.from([R.TAG_OUTCOME, 1, 0x6b, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 42]); // mutation kind 42
   j.appendEncoded(bad);
   j.close();
@@ -336,13 +336,13 @@ t.test('a resumed worker appends to the journal it loaded (no rewrite), unless t
   store.durability.commit();
   store.requests.beginRequest('0.5.2.31', FUSE_MKDIR, true, null); // dies here: intent only
   store.close();
-  const size = StateJournal.open(file, SCHEMA_VERSION);
+  const size = StateJournal.open(file, SCHEMA_READER);
   const recordsBefore = size.payloads().length;
   size.close();
 
   const loaded = loadState(file);
   const next = new StateStore(file, null, loaded);
-  const reopened = StateJournal.open(file, SCHEMA_VERSION);
+  const reopened = StateJournal.open(file, SCHEMA_READER);
   t.equal(reopened.payloads().length, recordsBefore, 'nothing rewritten at start');
   reopened.close();
   loaded.fs!.onMutation(next.onFsMutation);
@@ -356,7 +356,7 @@ t.test('a resumed worker appends to the journal it loaded (no rewrite), unless t
 
   const rewritten = new StateStore(file, null, loadState(file), 0, true);
   rewritten.close();
-  const j = StateJournal.open(file, SCHEMA_VERSION);
+  const j = StateJournal.open(file, SCHEMA_READER);
   t.equal(j.payloads().length, 1, 'rewrite: one snapshot record');
   j.close();
   const again = loadState(file);
@@ -402,4 +402,39 @@ t.test('vhost state validation: bad addresses of a stopped vring are forgotten, 
   const region = (slot: number, gpa: number): Record<string, unknown> => ({ slot, guestPhysAddr: gpa, size: 4096, userspaceAddr: gpa, mmapOffset: 0 });
   t.ok(checkVhostState('test', { ...state([vring()], [0], [region(2 ** 21, 0)]), nextSlot: 2 ** 21 + 1 }), 'a slot number above 2^20 loads');
   t.throws(() => checkVhostState('test', state([vring()], [0], [region(3, 0), region(3, 8192)])), StateFileError, 'a slot used twice is refused');
+});
+
+t.test('a file says schema 2 until its first TAG_LOOKUPS record; a drain leaves schema 2 again (a planned downgrade reads it)', async (t) => {
+  const { file, store, session } = setup(t);
+  store.setSources({ vhost: () => null, init: () => null, fs: () => session });
+  const older = { schema: 2, version: 'older' };
+  const stampOf = (): { schema: number; minReader: number } => {
+    const j = StateJournal.open(file, SCHEMA_READER);
+    try { return { schema: j.stamp.schema, minReader: j.stamp.minReader }; } finally { j.close(); }
+  };
+  t.same(stampOf(), { schema: 2, minReader: 2 }, 'a fresh file: schema 2');
+  t.doesNotThrow(() => StateJournal.open(file, older).close(), 'which a schema-2 build opens');
+  const a = session.addInode({ dev: 1n, ino: 71n, generation: 0, fileType: 0o100000 });
+  const served = (head: number, counter: bigint): ServedLookup =>
+    ({ key: requestKey(0, head, counter), head, counter, nodeid: a.nodeid, reply: lookupReply(a.nodeid, head) });
+  const add = (nodeid: number): boolean => { session.addLookup(nodeid); return true; };
+  store.requests.servedLookups(0, [served(1, 1n), served(2, 2n)], add);
+  store.durability.commit();
+  t.same(stampOf(), { schema: 3, minReader: 3 }, 'with a TAG_LOOKUPS record: schema 3, readable from 3');
+  t.throws(() => StateJournal.open(file, older), { name: 'StateVersionError' }, 'a schema-2 build refuses it, naming the versions');
+  // A drain: base records only, then the snapshot that starts a new file.
+  store.requests.writeBaseSchemaOnly();
+  store.requests.servedLookups(0, [served(3, 3n)], add);
+  store.durability.commit();
+  t.same(recordTags(file).slice(-1), [R.TAG_OUTCOME], 'a served LOOKUP after it is a plain outcome');
+  store.compact();
+  t.same(stampOf(), { schema: 2, minReader: 2 }, 'the compacted file says schema 2 again');
+  t.doesNotThrow(() => StateJournal.open(file, older).close(), 'and a schema-2 build opens it');
+  store.requests.servedLookups(0, [served(4, 4n)], add);
+  store.durability.commit();
+  t.same(stampOf(), { schema: 2, minReader: 2 }, 'and it stays so (no TAG_LOOKUPS after the drain)');
+  const st = loadState(file);
+  t.equal(st.fs!.getInode(a.nodeid)!.lookupCount, 5, 'every lookup is in the state: 1 + 4 served');
+  t.same(st.ops.get(requestKey(0, 4, 4n))?.reply, lookupReply(a.nodeid, 4), 'and each reply');
+  store.close();
 });

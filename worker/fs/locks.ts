@@ -88,10 +88,19 @@ export function heldLocks(fd: number): HeldLock[] {
 
 export class Locks {
   private readonly waits: LockWaiter;
+  /** Files this worker opened that never saw a flock operation: their RELEASE has no flock
+   * lock to drop, so it skips flock(LOCK_UN) (one syscall per open file). Files a predecessor
+   * opened are not here (a flock it took is in no journal we read): those are unlocked. */
+  private readonly neverFlocked = new Set<string>();
 
   constructor(private readonly session: FsSession, private readonly fds: FdLifetime, maxWaits: number | undefined,
     private readonly log: Logger) {
     this.waits = new LockWaiter({ maxWaits, log: log.child({ part: 'lock-waits' }) });
+  }
+
+  /** A file this worker just opened (under `fileFdName`): no flock lock on it yet. */
+  opened(fileFdName: string): void {
+    this.neverFlocked.add(fileFdName);
   }
 
   /** SETLKW waits parked now (for status and tests). */
@@ -134,6 +143,8 @@ export class Locks {
       const op = lock.type === K.F_UNLCK ? K.LOCK_UN : lock.type === K.F_RDLCK ? K.LOCK_SH : lock.type === K.F_WRLCK ? K.LOCK_EX : -1;
       if (op < 0) throw new FsError(K.EINVAL, 'lock type');
       fdName = fileFdName;
+      // Before the attempt: a parked wait may take the lock later.
+      this.neverFlocked.delete(fileFdName);
       attempt = (fd) => native.flock(fd, op | (op === K.LOCK_UN ? 0 : K.LOCK_NB));
     } else {
       if (lock.type !== K.F_UNLCK && lock.type !== K.F_RDLCK && lock.type !== K.F_WRLCK) throw new FsError(K.EINVAL, 'lock type');
@@ -175,10 +186,12 @@ export class Locks {
         if (rec.nodeid === nodeid && rec.fh === fh) this.endOwner(rec, 'release');
       }
     }
-    try {
-      native.flock(this.fds.get(fileFdName), K.LOCK_UN);
-    } catch (e) {
-      this.log.warn({ err: errorInfo(e), fh }, 'flock(LOCK_UN) at release failed');
+    if (!this.neverFlocked.delete(fileFdName)) {
+      try {
+        native.flock(this.fds.get(fileFdName), K.LOCK_UN);
+      } catch (e) {
+        this.log.warn({ err: errorInfo(e), fh }, 'flock(LOCK_UN) at release failed');
+      }
     }
     this.waits.wake(nodeid);
   }
@@ -190,6 +203,7 @@ export class Locks {
     const ended = this.waits.cancelAll();
     if (ended > 0) this.log.info({ ended }, 'parked lock waits ended by the session reset');
     for (const rec of this.session.allLockOwners()) this.unlockAll(rec.fdName, this.fds.get(rec.fdName));
+    this.neverFlocked.clear();
     for (const file of this.session.allFiles()) {
       try {
         native.flock(this.fds.get(file.fdName), K.LOCK_UN);

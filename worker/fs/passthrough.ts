@@ -235,6 +235,7 @@ export class PassthroughFs implements FileSystem {
   /** Registers an opened file fd under a new fh. */
   private addFile(nodeid: NodeId, fd: number, flags: number): OpenReply {
     const rec = this.fds.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(nodeid, flags));
+    this.locks.opened(rec.fdName);
     return { fh: rec.fh, openFlags: this.fileOpenFlags() };
   }
 

@@ -102,8 +102,8 @@ export class StateJournal {
   private staged: number;
   private closed = false;
 
-  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number, readonly schemaVersion: number,
-    readonly stamp: SchemaStamp = { schema: schemaVersion, minReader: schemaVersion, writer: '' }) {
+  private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number, private schema: number,
+    private stampNow: SchemaStamp = { schema, minReader: schema, writer: '' }) {
     this.fd = fd;
     this.map = map;
     this.bytes = new Uint8Array(map);
@@ -154,6 +154,26 @@ export class StateJournal {
       }
       throw e;
     }
+  }
+
+  /** The schema the header says (raised by raiseSchema). */
+  get schemaVersion(): number {
+    return this.schema;
+  }
+
+  get stamp(): SchemaStamp {
+    return this.stampNow;
+  }
+
+  /** Says in the header that the file now holds records of `schema`, readable from
+   * `minReader`: before such a record is staged, so that a reader never finds one in a file
+   * that claims an older schema. Never lowers (a new file starts lower). */
+  raiseSchema(schema: number, minReader: number): void {
+    if (schema <= this.schema) return;
+    this.view.setUint32(12, schema, true);
+    this.view.setUint32(MIN_READER_OFFSET, minReader, true);
+    this.schema = schema;
+    this.stampNow = { ...this.stampNow, schema, minReader };
   }
 
   /** Opens an existing state file; validates the header. `schemaVersions`: those the caller

@@ -17,4 +17,8 @@ export interface JournalWriter {
   /** Makes every staged record durable with one release store. `grew`: the commit may have
    * taken the journal past its compaction limit (the store then compacts from a fresh tick). */
   commit(grew: boolean): void;
+  /** The records about to be staged need a file of at least this schema (state_store.ts: a
+   * file says the schema of the newest record kind it holds, so older readers read what they
+   * can). */
+  needSchema(schema: number): void;
 }

@@ -47,6 +47,8 @@ export const TAG_OUTCOME = 2;
 export const TAG_MUTATION = 3;
 export const TAG_DEATH = 4;
 export const TAG_LOOKUPS = 5;
+/** The file schema a TAG_LOOKUPS record needs (state_store.ts: files say the newest record kind they hold). */
+export const LOOKUPS_SCHEMA = 3;
 
 const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset',
   'openLockOwner', 'closeLockOwner', 'addInodeHandle'] as const;

@@ -26,6 +26,8 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
   /** Mutations of requests past their synchronous part whose outcome is not yet staged. */
   private readonly opMutations = new Map<string, FsMutation[]>();
   private stagedOutcomes: StagedOutcome[] = [];
+  /** Set by writeBaseSchemaOnly (a drain): no TAG_LOOKUPS record from now on. */
+  private baseSchemaOnly = false;
   /** Requests loaded from the journal that no resubmitted chain has asked about yet. */
   private untouchedLoadedOps: Set<string> | null = null;
 
@@ -141,6 +143,12 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     if (group.length > 0) this.stagedOutcomes.push({ key: SERVED_LOOKUPS, opcode: FUSE_LOOKUP, reply: NO_REPLY, mutations: [], lookups: { queue: queueIndex, entries: group } });
   }
 
+  /** From now on, served LOOKUPs are journaled as plain outcomes (schema 2 records), so what
+   * the drain's snapshot starts is read by a build of schema 2 too (a planned downgrade). */
+  writeBaseSchemaOnly(): void {
+    this.baseSchemaOnly = true;
+  }
+
   release(key: string): void {
     // Dropped from memory; the next compaction drops it from the file.
     this.ops.delete(key);
@@ -159,7 +167,17 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     const keys: string[] = [];
     for (const o of staged) {
       const l = o.lookups;
+      if (l !== undefined && this.baseSchemaOnly) {
+        // The same outcomes as the schema-2 records of a LOOKUP served by TypeScript.
+        for (const e of l.entries) {
+          const muts: FsMutation[] = [{ op: 'addLookup', nodeid: e.nodeid, count: 1 }];
+          this.writer.stage(R.outcomeSize(e.key, e.reply, 1), (buf, at) => R.putOutcome(buf, at, e.key, FUSE_LOOKUP, e.reply, muts) - at);
+          keys.push(e.key);
+        }
+        continue;
+      }
       if (l !== undefined) {
+        this.writer.needSchema(R.LOOKUPS_SCHEMA);
         this.writer.stage(R.lookupsSize(l.entries), (buf, at) => R.putLookups(buf, at, l.queue, l.entries) - at);
         for (const e of l.entries) keys.push(e.key);
         continue;

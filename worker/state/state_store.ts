@@ -36,12 +36,16 @@ import type { JournalWriter, RecordFill } from './journal_writer';
  * The compatibility rule (docs/ARCHITECTURE.md, "State schema compatibility"): anything a reader
  * must know to not misread a file (a record tag, a mutation kind, a snapshot version, a record
  * field it must not ignore) is a new SCHEMA_VERSION; this build reads every schema from 1 to its
- * own, and a newer file only if it says SCHEMA_MIN_READER <= ours. */
+ * own, and a newer file only if it says a min reader <= ours. */
 export const SCHEMA_VERSION = 3;
-/** The oldest reader schema that reads what this build writes: SCHEMA_VERSION unless the last
- * schema change is one older readers skip correctly by construction (e.g. an optional msgpack
- * field their validators ignore). */
-export const SCHEMA_MIN_READER = 3;
+/** What a file says until it holds a record of a newer kind: every file starts as schema 2
+ * (what builds before TAG_LOOKUPS read), and says 3 from its first TAG_LOOKUPS record on
+ * (needSchema). So a file a drain leaves (a snapshot, base records only: RequestLog.
+ * writeBaseSchemaOnly) is read by those builds too: a planned downgrade works. */
+export const BASE_SCHEMA = 2;
+/** The oldest reader schema that reads what this build leaves after a drain (X_SCHEMAMIN: the
+ * keeper's upgrade check): BASE_SCHEMA. */
+export const SCHEMA_MIN_READER = 2;
 /** Who this build is, for the rule and its errors. */
 export const SCHEMA_READER: SchemaReader = { schema: SCHEMA_VERSION, version: VERSION };
 const WRITER = { minReader: SCHEMA_MIN_READER, writer: VERSION };
@@ -333,18 +337,18 @@ export class StateStore implements JournalWriter {
     this.durability = new DurabilityBarrier(keeper);
     this.control = new ControlLog(this, keeper, loaded?.ctlSeq ?? 0, loaded?.pending ?? null, keeperCtlSeq);
     this.requests = new RequestLog(this, this.durability, loaded?.ops ?? null);
-    if (loaded !== null && loaded.schemaVersion === SCHEMA_VERSION && !rewrite) {
+    if (loaded !== null && loaded.schemaVersion >= BASE_SCHEMA && loaded.schemaVersion <= SCHEMA_VERSION && !rewrite) {
       // A resume appends to the journal it just loaded (a torn tail is overwritten): rewriting
       // it first would cost the takeover a snapshot of the whole session (~40 ms at 20,000
       // inodes). It is compacted later, like any journal.
-      this.journal = StateJournal.open(path, SCHEMA_VERSION);
+      this.journal = StateJournal.open(path, Array.from({ length: SCHEMA_VERSION - BASE_SCHEMA + 1 }, (_, i) => BASE_SCHEMA + i));
       this.snapshotBytes = loaded.snapshotBytes;
       return;
     }
     // A fresh start (or an older schema) writes the folded state as a new journal's first record.
     const payload = R.genericPayload(this.snapshot(loaded?.vhost ?? null, loaded?.init ?? null, loaded?.fs ?? null));
     this.snapshotBytes = payload.length;
-    this.journal = StateJournal.create(path, SCHEMA_VERSION, 0n, [payload], WRITER);
+    this.journal = StateJournal.create(path, BASE_SCHEMA, 0n, [payload], WRITER);
   }
 
   private snapshot(vhost: VhostSessionState | null, init: InitResult | null, fs: FsSession | null): R.GenericRecord {
@@ -380,6 +384,11 @@ export class StateStore implements JournalWriter {
     if (grew) this.maybeCompact();
   }
 
+  needSchema(schema: number): void {
+    // A TAG_LOOKUPS record: older readers must refuse the file from now on (until compaction).
+    this.journal.raiseSchema(schema, schema);
+  }
+
   // --- compaction
 
   private maybeCompact(): void {
@@ -401,7 +410,7 @@ export class StateStore implements JournalWriter {
     const payload = R.genericPayload(this.snapshot(s.vhost(), s.init(), s.fs()));
     let fresh: StateJournal;
     try {
-      fresh = StateJournal.create(this.path, SCHEMA_VERSION, old.generation + 1n, [payload], WRITER);
+      fresh = StateJournal.create(this.path, BASE_SCHEMA, old.generation + 1n, [payload], WRITER);
     } catch (e) {
       // Out of fds, memory or tmpfs space: the journal we have stays valid and keeps growing;
       // compaction is tried again later. A request must not fail for it.
