@@ -9,7 +9,7 @@ function valid(): KeeperHandoff {
     format: HANDOFF_FORMAT, version: '0.1.0', start: { args: {}, embedded: true, extra: {} },
     store: [['root', 20], ['vhost.listen', 21], ['vhost.conn', 22]], keepOpen: [5], keeperSocketFd: 23,
     peers: [{ fd: 24, pid: 100, role: 'worker', refused: [] }, { fd: 25, pid: 200, role: 'observer', refused: 'all' }],
-    keeper: { startedAt: new Date().toISOString(), error: null, lastStatus: null, lastControlReply: 7, reexecs: 2 },
+    keeper: { startedAt: '2026-01-01T00:00:00.000Z', error: null, lastStatus: null, lastControlReply: 7, reexecs: 2 },
     supervisor: {
       worker: { pid: 100, hostPid: 101, startedAt: null, readyAt: 1, progress: true, info: { version: '0.1.0', schema: 2, minReader: 2, drain: true }, connFd: 24 },
       restarts: 3, lastExit: null, recoveryMs: [12.5], deathAtNs: null, upgrades: { count: 1, failed: 0, last: null, pausesMs: [14] },
