@@ -216,7 +216,6 @@ export class Keeper implements KeeperSocketHandler {
     const blocker = (): string | null => {
       if (this.opts.reexec === undefined) return 'this keeper was not started from an installed command (no script to re-exec)';
       if (this.sd !== null) return 'the keeper runs under systemd (restart its unit: systemd\'s fd store keeps the session)';
-      if (this.stopping) return 'the keeper is stopping';
       if (this.servingPeer === null || !this.socket?.isOpen(this.servingPeer)) return 'no worker is serving';
       return this.supervisor.reexecBlocker();
     };

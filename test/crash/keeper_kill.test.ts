@@ -10,23 +10,13 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { openSession, pattern, waitFor } from '../frontend/helpers';
+import { openSession, pattern, processEnded, waitFor } from '../frontend/helpers';
 import { descendantsOf } from '../frontend/backend';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 
 const alive = (pid: number): boolean => {
   try { process.kill(pid, 0); return true; } catch { return false; }
-};
-
-/** Whether `pid` is gone or a zombie (its parent died: reaped by init or the subreaper). */
-const ended = (pid: number): boolean => {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return / [ZX] /.test(stat.slice(stat.lastIndexOf(')')));
-  } catch {
-    return true;
-  }
 };
 
 t.test('embedded: after the keeper\'s SIGKILL the worker serves on, answers control messages itself, and ends with the frontend', async (t) => {
@@ -44,7 +34,7 @@ t.test('embedded: after the keeper\'s SIGKILL the worker serves on, answers cont
   t.ok(descendantsOf(s.backend.pid).includes(worker), `the worker ${worker} is the keeper's child`);
   const workers = descendantsOf(s.backend.pid);
   process.kill(s.backend.pid, 'SIGKILL');
-  await waitFor(() => !alive(s.backend.pid) || ended(s.backend.pid), 'the keeper to be gone', 10_000);
+  await waitFor(() => !alive(s.backend.pid) || processEnded(s.backend.pid), 'the keeper to be gone', 10_000);
   // An OPEN stores the new fd in the keeper before it replies: that store finds the keeper gone.
   const o = await s.fuse.open(a.nodeid, F.O.RDWR, { timeoutMs: 10_000 });
   t.ok(o.fh > 0n, 'the OPEN is answered');
@@ -60,16 +50,16 @@ t.test('embedded: after the keeper\'s SIGKILL the worker serves on, answers cont
   await s.fuse.releasedir(F.FUSE_ROOT_ID, d.fh);
   t.same(entries.map((e) => e.name.toString()).filter((n) => n !== '.' && n !== '..').sort(), ['a', 'new'], 'a READDIRPLUS listing (new inodes)');
   t.equal(await s.fe.controlAlive(5_000), true, 'a control message is answered (by the worker itself: the keeper forwarded replies)');
-  await waitFor(() => ended(standby), 'the standby to end (its keeper is gone)', 10_000);
+  await waitFor(() => processEnded(standby), 'the standby to end (its keeper is gone)', 10_000);
   const log = s.backend.log();
   t.equal((log.match(/the keeper is gone and nothing will restart it: serving on without it/g) ?? []).length, 1, 'the worker said so, once');
   t.notMatch(log, /"level":60/, 'nothing fatal');
   // The frontend leaves: the worker ends the session as it does with a keeper.
   s.fe.close();
-  await waitFor(() => ended(worker), 'the worker to end with the frontend', 10_000);
+  await waitFor(() => processEnded(worker), 'the worker to end with the frontend', 10_000);
   // Their launchers (unshare) end right after them.
   try {
-    await waitFor(() => workers.every(ended), 'every process of the service to end', 10_000);
+    await waitFor(() => workers.every(processEnded), 'every process of the service to end', 10_000);
   } catch { /* reported below */ }
-  t.same(workers.filter((p) => !ended(p)).map((p) => `${p}: ${fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ').slice(0, 120)}`), [], 'no process of the service is left');
+  t.same(workers.filter((p) => !processEnded(p)).map((p) => `${p}: ${fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ').slice(0, 120)}`), [], 'no process of the service is left');
 });

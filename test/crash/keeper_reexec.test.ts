@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { openSession, waitFor, type Session } from '../frontend/helpers';
+import { openFdCount, openFds, openSession, processEnded, waitFor, type Session } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import { withEnv } from '../helpers/env';
 import { Load, PKG_VERSION, install, pctl, runUpgrade, switchTo, type Release } from './upgrade_harness';
@@ -38,44 +38,16 @@ async function setup(t: Test, env: Record<string, string> = {}, extra: Record<st
   return { root, stateDir, s, cur, next, extra: extras };
 }
 
-/** Open fds of process `pid`. */
-function fdCount(pid: number): number {
-  return fs.readdirSync(`/proc/${pid}/fd`).length;
-}
-
 /** fds of `pid` without transients: the fewest seen over half a second. The keeper opens fds
  * for moments (metrics.prom.new every second, a status query's connection until it reads the
  * EOF): a single count can catch one. */
 async function stableFdCount(pid: number): Promise<number> {
   let min = Infinity;
   for (let i = 0; i < 10; i++) {
-    min = Math.min(min, fdCount(pid));
+    min = Math.min(min, openFdCount(pid));
     await new Promise((r) => setTimeout(r, 50));
   }
   return min;
-}
-
-/** What each fd of `pid` is (for a diff when counts differ). */
-function fdTargets(pid: number): string[] {
-  const out: string[] = [];
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    try { out.push(`${fd} ${fs.readlinkSync(`/proc/${pid}/fd/${fd}`)} ${/flags:\s*(\d+)/.exec(fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))?.[1] ?? ''}`); } catch { /* closed meanwhile */ }
-  }
-  return out;
-}
-
-/** The process is gone (reaped: not even a zombie). */
-function gone(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return / Z /.test(stat.slice(stat.lastIndexOf(')')));
-  } catch {
-    return true;
-  }
-}
-
-function reaped(pid: number): boolean {
-  return !fs.existsSync(`/proc/${pid}`);
 }
 
 t.test(`keeper re-exec ×${ROUNDS} under I/O: same pid, same fds, zero client errors`, async (t) => {
@@ -114,7 +86,7 @@ t.test(`keeper re-exec ×${ROUNDS} under I/O: same pid, same fds, zero client er
   const victim = queryStatus(u.stateDir).worker.pid!;
   process.kill(victim, 'SIGKILL');
   await waitFor(() => { const w = queryStatus(u.stateDir).worker; return w.pid !== null && w.pid !== victim && w.state === 'running'; }, 'a successor serving', 30_000);
-  await waitFor(() => reaped(victim) || gone(victim), 'the killed worker reaped', 10_000);
+  await waitFor(() => processEnded(victim), 'the killed worker reaped', 10_000);
   const opsBefore = load.ops;
   await waitFor(() => load.ops > opsBefore + 50, 'the client going on after the kill', 30_000);
   await load.stop();
@@ -186,12 +158,12 @@ t.test('a failed execve (ENOMEM injected) leaves the keeper, its fds and the wor
     await waitFor(() => queryStatus(u.stateDir).worker.standbyReady, 'a standby again', 60_000);
     if (attempt === 1) {
       fds0 = await stableFdCount(st0.keeper.pid);
-      targets0 = fdTargets(st0.keeper.pid);
+      targets0 = openFds(st0.keeper.pid);
       continue;
     }
     const fds1 = await stableFdCount(st0.keeper.pid);
     if (fds1 !== fds0) {
-      const now = fdTargets(st0.keeper.pid);
+      const now = openFds(st0.keeper.pid);
       t.comment(`fds only before / only after: ${JSON.stringify(targets0.filter((x) => !now.includes(x)))} / ${JSON.stringify(now.filter((x) => !targets0.includes(x)))}`);
     }
     t.equal(fds1, fds0, 'no fd leaked by a failed attempt');
@@ -207,7 +179,7 @@ t.test('a failed execve (ENOMEM injected) leaves the keeper, its fds and the wor
     .find((f) => f[7] === sockPath && (parseInt(f[3]!, 16) & 0x10000) !== 0)?.[6];
   t.ok(listenInode, 'keeper.sock\'s listening socket found');
   const successor = queryStatus(u.stateDir).worker.pid!;
-  t.notOk(fdTargets(successor).some((x) => x.split(' ')[1] === `socket:[${listenInode}]`), 'the successor does not hold keeper.sock\'s listening socket');
+  t.notOk(openFds(successor).some((x) => x.endsWith(` -> socket:[${listenInode}]`)), 'the successor does not hold keeper.sock\'s listening socket');
   // The next attempt (no fault left) works.
   const again = await runUpgrade(u.stateDir, ['--keeper']);
   t.equal(again.result?.result, 'ok', 'the retry re-execs');

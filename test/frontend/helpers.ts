@@ -64,16 +64,28 @@ export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeo
   }
 }
 
-export function openFdCount(): number {
-  return fs.readdirSync('/proc/self/fd').length;
+/** Open fds of process `pid` (default: this one). */
+export function openFdCount(pid: number | 'self' = 'self'): number {
+  return fs.readdirSync(`/proc/${pid}/fd`).length;
 }
 
-export function openFds(): string[] {
+/** "fd -> target" for each open fd of `pid` (default: this one). */
+export function openFds(pid: number | 'self' = 'self'): string[] {
   const out: string[] = [];
-  for (const f of fs.readdirSync('/proc/self/fd')) {
-    try { out.push(`${f} -> ${fs.readlinkSync(`/proc/self/fd/${f}`)}`); } catch { /* the readdir fd */ }
+  for (const f of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try { out.push(`${f} -> ${fs.readlinkSync(`/proc/${pid}/fd/${f}`)}`); } catch { /* the readdir fd, or closed meanwhile */ }
   }
   return out;
+}
+
+/** Whether process `pid` has ended: gone, or a zombie nobody reaped yet. */
+export function processEnded(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return / [ZX] /.test(stat.slice(stat.lastIndexOf(')')));
+  } catch {
+    return true;
+  }
 }
 
 export async function openSession(t: TapLike, kind: BackendKind, opts: SessionOptions = {}): Promise<Session> {
