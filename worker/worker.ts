@@ -68,6 +68,10 @@ export class Worker {
    * records committed since the last step (docs/ARCHITECTURE.md, "Recovery of a large session"). */
   private preload: StateLoader | null = null;
   private preloadTimer: NodeJS.Timeout | null = null;
+  /** Preload steps that folded something: a standby following a busy journal allocates as much
+   * as the worker it follows, and gives it back once the journal has been quiet a while. */
+  private preloadFolds = 0;
+  private readonly preloadReducer = new IdleMemoryReducer(() => this.preloadFolds, logger('memory'));
 
   /** `spawnedByKeeper`: an embedded keeper started us (our connection was inherited), not
    * systemd. */
@@ -146,11 +150,13 @@ export class Worker {
   startPreloading(): void {
     this.preloadStep();
     this.preloadTimer = setInterval(() => this.preloadStep(), PRELOAD_INTERVAL_MS);
+    this.preloadReducer.start();
   }
 
   stopPreloading(): void {
     if (this.preloadTimer !== null) clearInterval(this.preloadTimer);
     this.preloadTimer = null;
+    this.preloadReducer.stop();
   }
 
   private preloadStep(): void {
@@ -162,7 +168,10 @@ export class Worker {
       }
       // The inodes whose fds the keeper holds are all checked at the takeover (reconcile, the
       // fd verification): decoded now, not then (18,000 of them cost ~100 ms).
-      if (this.preload.catchUp()) this.preload.session?.inodesWithoutHandle();
+      if (this.preload.catchUp()) {
+        this.preloadFolds++;
+        this.preload.session?.inodesWithoutHandle();
+      }
     } catch (e) {
       // The takeover loads the file from the start instead, and reports what is wrong with it
       // with the usual consequences (a state error stops the restarts): a standby does not
