@@ -3,7 +3,11 @@
 // ArrayBuffer and a malloc'd backing store of its own (~300 B of private memory per inode), and
 // Node's shared pool is no better: its 8 KiB slabs are mostly short-lived request buffers, and
 // one long-lived handle keeps a whole slab (measured: 780 slabs, 6 MiB, for 20,000 inodes). So
-// handles are copied into slabs of their own (docs/ARCHITECTURE.md, "Memory").
+// handles are copied into slabs of their own (docs/ARCHITECTURE.md, "Memory"). A kept handle
+// holds its slab and offset, not a Buffer view: a view is a typed-array object of ~100 B, as
+// much again as the bytes and the rest of the handle, for each of tens of thousands of inodes;
+// `handle` makes one when it is read (opening by handle, comparing, journaling: rare).
+import type { InodeHandle } from './session_base';
 
 const SLAB_BYTES = 64 * 1024;
 
@@ -13,12 +17,53 @@ let used = 0;
 /** A copy of `bytes` (a file handle, at most MAX_HANDLE_BYTES) in the handle slabs. A slab is
  * freed when no handle in it is referenced any more. */
 export function keepHandleBytes(bytes: Uint8Array): Buffer {
+  const at = copyIntoSlab(bytes);
+  return slab!.subarray(at, at + bytes.length);
+}
+
+/** Where `bytes` now are in the current slab. */
+function copyIntoSlab(bytes: Uint8Array): number {
   if (slab === null || used + bytes.length > SLAB_BYTES) {
     slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
     used = 0;
   }
   slab.set(bytes, used);
-  const out = slab.subarray(used, used + bytes.length);
+  const at = used;
   used += bytes.length;
-  return out;
+  return at;
+}
+
+/** An inode's file handle, its bytes in a slab (see the header). */
+export class KeptHandle implements InodeHandle {
+  // Private (#): not enumerable, so a KeptHandle compares, logs and serialises as the plain
+  // { mountId, handleType, handle } it stands for.
+  readonly #slab: Buffer;
+  readonly #at: number;
+  readonly #length: number;
+
+  constructor(readonly mountId: number, readonly handleType: number, slab: Buffer, at: number, length: number) {
+    this.#slab = slab;
+    this.#at = at;
+    this.#length = length;
+  }
+
+  get handle(): Buffer {
+    return this.#slab.subarray(this.#at, this.#at + this.#length);
+  }
+
+  toJSON(): InodeHandle {
+    return { mountId: this.mountId, handleType: this.handleType, handle: this.handle };
+  }
+}
+
+/** A handle whose bytes are copied into the slabs (`bytes`: at most MAX_HANDLE_BYTES). */
+export function keepHandle(mountId: number, handleType: number, bytes: Uint8Array): KeptHandle {
+  const at = copyIntoSlab(bytes);
+  return new KeptHandle(mountId, handleType, slab!, at, bytes.length);
+}
+
+/** A handle over bytes that stay where they are (a loaded snapshot's table, kept alive as long
+ * as its handles). */
+export function handleOver(mountId: number, handleType: number, buf: Buffer, at: number, length: number): KeptHandle {
+  return new KeptHandle(mountId, handleType, buf, at, length);
 }

@@ -37,7 +37,7 @@ import type { FdLifetime } from './fd_lifetime';
 import { inodeRecord } from './records';
 import { checkComponent, isDot, isDotDot } from './path_component';
 import * as K from './host_constants';
-import { keepHandleBytes } from './handle_bytes';
+import { keepHandle } from './handle_bytes';
 
 const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
 /** Names remembered for the LOOKUP fast path (lookupKnown). */
@@ -76,7 +76,7 @@ export class Inodes {
     try {
       const h = native.nameToHandleAt(fd, '', K.AT_EMPTY_PATH);
       // Kept as long as the inode is known: see handle_bytes.ts.
-      return h.mountId === this.handles!.mountId ? { mountId: h.mountId, handleType: h.handleType, handle: keepHandleBytes(h.handle) } : null;
+      return h.mountId === this.handles!.mountId ? keepHandle(h.mountId, h.handleType, h.handle) : null;
     } catch {
       return null;
     }

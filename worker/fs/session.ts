@@ -38,6 +38,7 @@ const S64_MAX = (1n << 63n) - 1n;
 export { FsSessionError, SnapshotVersionError, MAX_HANDLE_BYTES, type InodeHandle } from './session_base';
 import { FsSessionError, SnapshotVersionError, MAX_HANDLE_BYTES, type InodeHandle } from './session_base';
 import { HANDLE_ROW_HEAD, INODE_ROW, SnapshotInodes, VALID_FILE_TYPES } from './snapshot_inodes';
+import { KeptHandle, handleOver, keepHandle } from './handle_bytes';
 
 export function sameHandle(a: InodeHandle, b: InodeHandle): boolean {
   return a.mountId === b.mountId && a.handleType === b.handleType && a.handle.equals(b.handle);
@@ -144,9 +145,16 @@ export interface SessionSnapshot {
   lockOwners: LockOwnerSnapshot[];
 }
 
-interface MutableInode {
-  nodeid: number; dev: bigint; ino: bigint; generation: number; lookupCount: number;
-  fdName: string; fileType: number; handle: InodeHandle | null;
+/** An inode of the table. A class, not an object literal: tens of thousands of them live as
+ * long as the guest knows them, and the fd name is derived, not stored (docs/ARCHITECTURE.md,
+ * "Memory"). */
+class MutableInode implements InodeRecord {
+  constructor(
+    readonly nodeid: number, public dev: bigint, readonly ino: bigint, readonly generation: number,
+    public lookupCount: number, readonly fileType: number, readonly handle: InodeHandle | null,
+  ) {}
+
+  get fdName(): string { return inodeFdName(this.nodeid); }
 }
 interface MutableDir { fh: number; fdName: string; nodeid: number; position: bigint }
 
@@ -156,10 +164,21 @@ export function inodeFdName(nodeid: number): string {
 export function fileFdName(fh: number): string { return `file.${fh}`; }
 export function dirFdName(fh: number): string { return `dir.${fh}`; }
 export function lockOwnerFdName(id: number): string { return `plock.${id}`; }
+/** Devices a session interns (a bound against a hostile host tree of countless mounts). */
+const MAX_INTERNED_DEVS = 64;
 const lockOwnerKey = (nodeid: number, owner: bigint): string => `${nodeid}:${owner}`;
 
 class DevInoIndex<T = number> {
   private readonly byDev = new Map<bigint, Map<bigint, T>>();
+  /** Each device number seen, as one BigInt (canonicalDev). */
+  private readonly devs = new Map<bigint, bigint>();
+  /** The BigInt this index keeps for `dev`'s value (kept from the first time it is asked). */
+  canonicalDev(dev: bigint): bigint {
+    const known = this.devs.get(dev);
+    if (known !== undefined) return known;
+    if (this.devs.size < MAX_INTERNED_DEVS) this.devs.set(dev, dev);
+    return dev;
+  }
   get(dev: bigint, ino: bigint): T | undefined {
     return this.byDev.get(dev)?.get(ino);
   }
@@ -208,10 +227,7 @@ export class FsSession {
   constructor(root: { dev: bigint; ino: bigint; generation?: number; fileType?: number }) {
     checkU64(root.dev, 'root dev');
     checkU64(root.ino, 'root ino');
-    this.insertInode({
-      nodeid: FUSE_ROOT_ID, dev: root.dev, ino: root.ino, generation: root.generation ?? 0,
-      lookupCount: 1, fdName: ROOT_FD_NAME, fileType: root.fileType ?? 0o040000, handle: null,
-    });
+    this.insertInode(new MutableInode(FUSE_ROOT_ID, root.dev, root.ino, root.generation ?? 0, 1, root.fileType ?? 0o040000, null));
   }
 
   onMutation(listener: MutationListener): void {
@@ -387,10 +403,8 @@ export class FsSession {
         if (known !== undefined && !isReuse(known.handle, handle)) {
           throw new FsSessionError(`addInode: (${dev}, ${ino}) already known`);
         }
-        this.insertInode({
-          nodeid, dev, ino, generation: checkU32(m.generation, 'addInode.generation'), lookupCount: 1,
-          fdName: inodeFdName(nodeid), fileType: checkFileType(m.fileType, 'addInode.fileType'), handle,
-        });
+        this.insertInode(new MutableInode(nodeid, dev, ino, checkU32(m.generation, 'addInode.generation'), 1,
+          checkFileType(m.fileType, 'addInode.fileType'), handle));
         this.nextNodeIdValue = nodeid + 1;
         return;
       }
@@ -508,10 +522,7 @@ export class FsSession {
     const base = this.base!;
     const owns = base.ownsNumber(row);
     const r = base.take(row);
-    const rec: MutableInode = {
-      nodeid: r.nodeid, dev: r.dev, ino: r.ino, generation: r.generation, lookupCount: r.lookupCount,
-      fdName: inodeFdName(r.nodeid), fileType: r.fileType, handle: r.handle,
-    };
+    const rec = new MutableInode(r.nodeid, r.dev, r.ino, r.generation, r.lookupCount, r.fileType, r.handle);
     if (owns) this.insertInode(rec);
     else {
       this.inodes.set(rec.nodeid, rec);
@@ -530,6 +541,8 @@ export class FsSession {
 
   /** Indexes (dev, ino) to the newest nodeid (a reused number belongs to the newer inode). */
   private insertInode(rec: MutableInode): void {
+    // One BigInt per device, not one per inode (nearly all inodes share one or two).
+    rec.dev = this.byDevIno.canonicalDev(rec.dev);
     this.inodes.set(rec.nodeid, rec);
     if (rec.handle !== null) this.handleInodes++;
     const known = this.byDevIno.get(rec.dev, rec.ino);
@@ -713,11 +726,9 @@ export class FsSession {
         if (nodeid === FUSE_ROOT_ID && handle !== null) throw new FsSessionError(`${where}: the root has a handle`);
         const dup = seenDevIno.get(dev, ino);
         if (dup !== undefined && !mayShareNumber(dup.handle, handle)) throw new FsSessionError(`${where}: duplicate (dev, ino) (${dev}, ${ino})`);
-        const rec: MutableInode = {
-          nodeid, dev, ino, generation: b.readUInt32LE(at + 24),
-          lookupCount: checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1),
-          fdName: inodeFdName(nodeid), fileType: checkFileType(b.readUInt32LE(at + 28), `${where}.fileType`), handle,
-        };
+        const rec = new MutableInode(nodeid, dev, ino, b.readUInt32LE(at + 24),
+          checkCount(b.readDoubleLE(at + 32), `${where}.lookupCount`, nodeid === FUSE_ROOT_ID ? 0 : 1),
+          checkFileType(b.readUInt32LE(at + 28), `${where}.fileType`), handle);
         if (dup === undefined || dup.nodeid < nodeid) seenDevIno.set(dev, ino, rec);
         parsedInodes.push(rec);
       }
@@ -737,10 +748,8 @@ export class FsSession {
       if (r.fdName !== inodeFdName(nodeid)) {
         throw new FsSessionError(`${where}.fdName ${JSON.stringify(r.fdName)} (expected ${inodeFdName(nodeid)})`);
       }
-      const rec: MutableInode = {
-        nodeid, dev, ino, generation: checkU32(r.generation, `${where}.generation`), lookupCount,
-        fdName: inodeFdName(nodeid), fileType: checkFileType(r.fileType, `${where}.fileType`), handle: null,
-      };
+      const rec = new MutableInode(nodeid, dev, ino, checkU32(r.generation, `${where}.generation`), lookupCount,
+        checkFileType(r.fileType, `${where}.fileType`), null);
       seenDevIno.set(dev, ino, rec);
       parsedInodes.push(rec);
     });
@@ -787,7 +796,8 @@ function checkHandle(v: unknown, where: string): InodeHandle {
     throw new FsSessionError(`${where}: not a file handle of 1..${MAX_HANDLE_BYTES} bytes`);
   }
   if (typeof h.mountId !== 'number' || !Number.isSafeInteger(h.mountId) || h.mountId < 0) throw new FsSessionError(`${where}.mountId: ${describe(h.mountId)}`);
-  return { mountId: h.mountId, handleType: checkI32(h.handleType, `${where}.handleType`), handle: h.handle };
+  const handleType = checkI32(h.handleType, `${where}.handleType`);
+  return h instanceof KeptHandle ? h : keepHandle(h.mountId, handleType, h.handle);
 }
 
 
@@ -809,7 +819,7 @@ function parseHandleTable(v: unknown, nextNodeId: number): Map<number, InodeHand
     at += HANDLE_ROW_HEAD;
     if (len === 0 || len > MAX_HANDLE_BYTES || at + len > b.length) throw new FsSessionError(`${where}: bad handle length ${len}`);
     // A view, not a copy: the table stays alive as long as the handles (100,000 copies cost ~50 ms).
-    out.set(nodeid, { mountId: Number(mountId), handleType, handle: b.subarray(at, at + len) });
+    out.set(nodeid, handleOver(Number(mountId), handleType, b, at, len));
     at += len;
   }
   return out;

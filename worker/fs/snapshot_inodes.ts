@@ -12,6 +12,7 @@
 // has (its map's insertion order was nodeid order), so no format change is involved. A table
 // that is not in that order (never written by us, but the file is untrusted) is loaded eagerly
 // by the older path instead: `scan` returns null.
+import { handleOver } from './handle_bytes';
 import { FsSessionError, MAX_HANDLE_BYTES, type InodeHandle } from './session_base';
 
 export const INODE_ROW = 40;
@@ -215,7 +216,7 @@ export class SnapshotInodes {
       const b = this.handles;
       const len = b[ho + 20]!;
       // A view, not a copy: the table stays alive as long as its handles.
-      handle = { mountId: Number(b.readBigUInt64LE(ho + 8)), handleType: b.readInt32LE(ho + 16), handle: b.subarray(ho + HANDLE_ROW_HEAD, ho + HANDLE_ROW_HEAD + len) };
+      handle = handleOver(Number(b.readBigUInt64LE(ho + 8)), b.readInt32LE(ho + 16), b, ho + HANDLE_ROW_HEAD, len);
     }
     return {
       nodeid: t.readDoubleLE(at), dev: t.readBigUInt64LE(at + 8), ino: t.readBigUInt64LE(at + 16),

@@ -31,7 +31,7 @@
 // Kinds are only ever appended, each with a new schema (state_store.ts): a journal of an older
 // worker stays readable; an older worker meets an unknown kind or tag only in a newer journal,
 // and refuses it (UnknownRecordError → StateVersionError naming both versions).
-import { keepHandleBytes } from '../fs/handle_bytes';
+import { keepHandle } from '../fs/handle_bytes';
 import { MAX_HANDLE_BYTES, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
 import type { InitResult } from '../fuse/server';
 import { requestKey, type OpRecord } from '../fuse/exactly_once';
@@ -288,7 +288,7 @@ function readMutation(r: Reader): FsMutation {
       const handleType = r.i32('handleType');
       const len = r.u8('handle length');
       if (len === 0 || len > MAX_HANDLE_BYTES) throw new RecordDecodeError(`file handle of ${len} bytes`);
-      return { ...m, handle: { mountId: Number(mountId), handleType, handle: keepHandleBytes(r.bytes(len, 'handle')) } };
+      return { ...m, handle: keepHandle(Number(mountId), handleType, r.bytes(len, 'handle')) };
     }
     case 'addLookup':
     case 'forget':
