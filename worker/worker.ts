@@ -71,6 +71,8 @@ export class Worker {
   /** Preload steps that folded something: a standby following a busy journal allocates as much
    * as the worker it follows, and gives it back once the journal has been quiet a while. */
   private preloadFolds = 0;
+  /** Whether the preload's current file had its snapshot's fd-holding inodes decoded. */
+  private preloadDecoded = false;
   private readonly preloadReducer = new IdleMemoryReducer(() => this.preloadFolds, logger('memory'));
 
   /** `spawnedByKeeper`: an embedded keeper started us (our connection was inherited), not
@@ -167,10 +169,16 @@ export class Worker {
         this.preload = new StateLoader(path);
       }
       // The inodes whose fds the keeper holds are all checked at the takeover (reconcile, the
-      // fd verification): decoded now, not then (18,000 of them cost ~100 ms).
+      // fd verification): decoded now, not then (18,000 of them cost ~100 ms). Only a fold that
+      // started from a file's snapshot has undecoded ones: records add decoded inodes, and a
+      // walk over every inode at each step cost the standby more than folding the records.
+      const restarts = this.preload.restarts;
       if (this.preload.catchUp()) {
         this.preloadFolds++;
-        this.preload.session?.inodesWithoutHandle();
+        if (this.preload.restarts !== restarts || !this.preloadDecoded) {
+          this.preload.session?.inodesWithoutHandle();
+          this.preloadDecoded = this.preload.session !== null;
+        }
       }
     } catch (e) {
       // The takeover loads the file from the start instead, and reports what is wrong with it

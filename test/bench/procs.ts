@@ -103,6 +103,8 @@ export class CpuMeter {
       const now = processCpuMs(p);
       if (now === null) continue; // exited: its time is lost (does not happen in steady runs)
       total += now - (this.start.get(p) ?? 0);
+      // Which process the CPU went to (keeper, worker, standby), for finding where a row's goes.
+      if (process.env.VFSK_BENCH_CPU_SPLIT === '1') process.stderr.write(`cpu pid ${p}: ${now - (this.start.get(p) ?? 0)} ms\n`);
     }
     return total;
   }
