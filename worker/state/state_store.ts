@@ -134,6 +134,8 @@ export class StateLoader {
   /** Mutations made by a request are applied only once its outcome is journaled: a request
    * that died half-way is rolled back here and runs again when it is resubmitted. */
   private readonly held = new Map<string, FsMutation[]>();
+  /** "queue.head" → the newest request key folded for that descriptor head (see keepNewest). */
+  private readonly newestOfHead = new Map<string, string>();
   private readonly sizes = { last: 0 };
   private finished = false;
 
@@ -162,6 +164,7 @@ export class StateLoader {
       this.identity = journal.identity();
       this.pos = DATA_START;
       this.held.clear();
+      this.newestOfHead.clear();
       this.st = {
         vhost: null, init: null, fs: null, ctlSeq: 0, pending: null, ops: new Map(), discardedMutations: 0,
         schemaVersion: journal.schemaVersion, snapshotBytes: 0,
@@ -190,6 +193,24 @@ export class StateLoader {
   close(): void {
     this.journal?.close();
     this.journal = null;
+  }
+
+  /**
+   * A request on a descriptor head makes the head's earlier requests dead: the guest reused the
+   * head, so it had their replies, and a successor resubmits only what the inflight region
+   * names, each head's newest counter (exactly_once.ts requestKey). Their outcomes are dropped
+   * as they are folded, not kept until the takeover prunes them (RequestLog.pruneLoadedOps):
+   * a standby following a busy journal otherwise held every outcome since the last compaction
+   * (thousands of replies) and collected them again and again.
+   */
+  private keepNewest(key: string): void {
+    const cut = key.lastIndexOf('.');
+    if (cut <= 0) return;
+    const head = key.slice(0, cut);
+    const before = this.newestOfHead.get(head);
+    if (before === key) return;
+    this.newestOfHead.set(head, key);
+    if (before !== undefined && !this.held.has(before)) this.st.ops.delete(before);
   }
 
   private fold(journal: StateJournal, payloads: Buffer[]): void {
@@ -222,11 +243,13 @@ export class StateLoader {
           st.pending = checkPending(path, r.pending);
           st.ops = new Map();
           held.clear();
+          this.newestOfHead.clear();
           if (r.ops !== undefined) {
             if (!Array.isArray(r.ops)) fail(path, 'snapshot ops');
             for (const e of r.ops as unknown[]) {
               if (!Array.isArray(e) || typeof e[0] !== 'string') fail(path, 'snapshot op entry');
               st.ops.set(e[0], R.checkOp(path, e[1]));
+              this.keepNewest(e[0]);
             }
           }
           break;
@@ -237,6 +260,7 @@ export class StateLoader {
         case 'op': {
           const i = R.checkIntentRecord(path, r);
           st.ops.set(i.k, { opcode: i.opcode, ts: i.ts, extra: i.x, reply: null, deaths: st.ops.get(i.k)?.deaths ?? 0 });
+          this.keepNewest(i.k);
           held.set(i.k, []);
           break;
         }
@@ -248,6 +272,7 @@ export class StateLoader {
             if (!isUint(r.opcode, 0xffffffff)) fail(path, 'op outcome without its intent');
             op = { opcode: r.opcode, ts: 0n, extra: null, reply: null, deaths: op?.deaths ?? 0 };
             st.ops.set(o.k, op);
+            this.keepNewest(o.k);
           }
           op.reply = o.r;
           for (const m of held.get(o.k) ?? []) applyFs(m);
@@ -263,6 +288,7 @@ export class StateLoader {
           // addLookup of its reply's nodeid (as an 'op-done' with that mutation would fold).
           for (const l of r.lookups as R.DecodedLookup[]) {
             st.ops.set(l.key, { opcode: FUSE_LOOKUP, ts: 0n, extra: null, reply: l.reply, deaths: st.ops.get(l.key)?.deaths ?? 0 });
+            this.keepNewest(l.key);
             for (const m of held.get(l.key) ?? []) applyFs(m);
             held.delete(l.key);
             applyFs({ op: 'addLookup', nodeid: l.nodeid, count: 1 });
@@ -273,7 +299,10 @@ export class StateLoader {
           const k = R.checkDeathRecord(path, r);
           const op = st.ops.get(k);
           if (op) op.deaths++;
-          else st.ops.set(k, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
+          else {
+            st.ops.set(k, { opcode: 0, ts: 0n, extra: null, reply: null, deaths: 1 });
+            this.keepNewest(k);
+          }
           break;
         }
         case 'fs': {
