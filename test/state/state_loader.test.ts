@@ -99,3 +99,43 @@ t.test('a loader that has not started over keeps folding the same file past its 
   t.equal(digest(st), digest(loadState(file)));
   store.close();
 });
+
+t.test("a request on a descriptor head drops the head's earlier outcomes from the fold", async (t) => {
+  const file = path.join(t.testdir(), 'state');
+  const store = new StateStore(file, null, null);
+  const session = new FsSession({ dev: 1n, ino: 2n });
+  store.recordNewSession(session);
+  session.onMutation(store.onFsMutation);
+  let ino = 100n;
+  const lookup = (k: string): void => {
+    store.requests.beginRequest(k, FUSE_LOOKUP, false, null);
+    session.addInode({ dev: 1n, ino: ino++, generation: 0, fileType: 0o100000 });
+    store.requests.endSync();
+    store.requests.outcome(k, Buffer.alloc(144, Number(ino % 200n)));
+  };
+  // Heads 0..7 of queue 1, each used 50 times (counters grow); head 3 of queue 2 once.
+  let counter = 0;
+  for (let round = 0; round < 50; round++) for (let head = 0; head < 8; head++) lookup(`1.${head}.${counter++}`);
+  lookup(`2.3.${counter++}`);
+  // A request that died after its intent: its key is kept whatever comes after on the head.
+  store.requests.beginRequest(`1.9.${counter++}`, FUSE_MKDIR, true, null);
+  session.addInode({ dev: 1n, ino: ino++, generation: 0, fileType: 0o040000 });
+  store.requests.endSync();
+  store.durability.commit();
+
+  const loader = new StateLoader(file);
+  loader.catchUp();
+  const st = loader.finish();
+  const keys = [...st.ops.keys()].sort();
+  t.equal(keys.length, 10, 'one outcome per head: 8 heads of queue 1, head 3 of queue 2, the dead intent');
+  for (let head = 0; head < 8; head++) {
+    t.ok(st.ops.has(`1.${head}.${49 * 8 + head}`), `queue 1 head ${head}: the newest request's outcome`);
+  }
+  t.ok(st.ops.has('2.3.400'), 'the same head number on another queue is another head');
+  t.ok(st.ops.has('1.9.401'), 'the intent without an outcome');
+  t.equal(st.ops.get('1.0.392')!.reply!.length, 144, 'with its reply');
+  t.equal(st.fs!.inodeCount, 1 + 401, 'every outcome folded into the session (the dead request rolled back)');
+  // The same fold in steps gives the same ops.
+  t.same([...loadState(file).ops.keys()].sort(), keys, 'loadState agrees');
+  store.close();
+});
