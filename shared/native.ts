@@ -140,21 +140,24 @@ export interface NativeRingConstructor {
     indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; declined: number; inodes: number; files: number }
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; declined: number; inodes: number; files: number }
 
-/** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE served in the addon
+/** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR served in the addon
  * from tables the filesystem keeps (worker/fs/fast_table.ts). */
 export interface FastFuseHandle {
   setEnabled(enabled: boolean): void;
   setReadonly(readonly: boolean): void;
   setAttrTimeout(sec: number, nsec: number): void;
+  /** Whether xattrs are on, and the directory fd of /proc/self/fd (AT_FDCWD: its absolute
+   * path); the addon keeps a dup of it. */
+  setXattr(enabled: boolean, procFdDir: number): void;
   setInode(nodeid: number, fd: number): void;
   deleteInode(nodeid: number): void;
   setFile(fh: number, nodeid: number, fd: number, flags: number): void;
   deleteFile(fh: number): void;
   /** The identity a LOOKUP checks a name against (the session's inode record). */
   setInodeMeta(nodeid: number, dev: bigint, ino: bigint, generation: number,
-    handle: { mountId: number; handleType: number; handle: Buffer } | null): void;
+    handle: { mountId: number; handleType: number; handle: Buffer } | null, fileType: number): void;
   /** The session dropped the inode: its identity and its fd entry go. */
   forgetInode(nodeid: number): void;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */

@@ -31,6 +31,8 @@ export interface FastPathStats {
   lookup?: number;
   /** FLUSHes of files without lock owners. Absent from older workers. */
   flush?: number;
+  /** GETXATTRs of regular files and dirs (values, ENODATA, ERANGE). Absent from older workers. */
+  getxattr?: number;
   declined: number;
   /** Entries of its tables. */
   inodes: number;
@@ -128,7 +130,7 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   metric('fast_path_requests_total', 'counter', 'Requests the addon served itself, by opcode (since the worker started).',
-    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup', 'flush'] as const)
+    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup', 'flush', 'getxattr'] as const)
       .map((op) => [{ name: r.name, op }, r.fuse.fastPath![op] ?? 0] as [Record<string, string>, number]))));
   return out.join('\n') + '\n';
 }

@@ -1,5 +1,6 @@
-// The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC) of known inodes and
-// open files, served on the JS thread straight from the ring (ring.cc), with no JavaScript.
+// The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
+// inodes, FLUSH and GETXATTR of known inodes and open files, served on the JS thread straight
+// from the ring (ring.cc), with no JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
@@ -15,6 +16,12 @@
 //   forgets the id: no fd number here is ever a closed or reused one.
 // - A request that would block (RWF_NOWAIT says EAGAIN) or is larger than kMaxSyncIo is left to
 //   the threadpool path, as worker/fs/io.ts does, so the event loop never waits for a disk.
+// - GETXATTR (worker/fs/xattrs.ts get: the inode reopened O_RDONLY through /proc/self/fd, then
+//   fgetxattr with the caller's fs ids) is the one opcode answered with an error here: ENODATA
+//   and ERANGE are what the kernel says of the name and the size, and the common answer (a
+//   guest kernel asks for security.capability before every write). Every other errno, an fs
+//   id that does not take, trusted.* and files that are neither regular nor directories are
+//   TypeScript's.
 #include "common.h"
 #include "fast_path.h"
 
@@ -24,7 +31,9 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -38,7 +47,8 @@ namespace {
 constexpr size_t kInHeader = sizeof(fuse_in_header);    // 40
 constexpr size_t kOutHeader = sizeof(fuse_out_header);  // 16
 constexpr uint64_t kMaxSyncIo = 128 * 1024;             // worker/fs/io.ts SYNC_IO_MAX
-constexpr size_t kMaxName = 255;                        // NAME_MAX: longer names are TypeScript's
+constexpr size_t kMaxName = 255;                        // NAME_MAX (and XATTR_NAME_MAX): longer names are TypeScript's
+constexpr size_t kXattrSizeMax = 65536;                 // XATTR_SIZE_MAX, as worker/fs/xattrs.ts caps a buffer
 constexpr uint64_t kMaxSafeU = static_cast<uint64_t>(kMaxSafe);
 constexpr long kTmpfsMagic = 0x01021994;
 constexpr long kRamfsMagic = 0x858458f6;
@@ -62,6 +72,7 @@ struct DevInoHash {
 // What identifies an inode of the session (worker/fs/session.ts InodeRecord).
 struct InodeMeta {
   uint64_t dev, ino, generation;
+  uint32_t fileType;  // st_mode & S_IFMT
   bool hasHandle;
   int mountId;
   int handleType;
@@ -127,6 +138,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetEnabled>("setEnabled"),
       InstanceMethod<&FastFuse::SetReadonly>("setReadonly"),
       InstanceMethod<&FastFuse::SetAttrTimeout>("setAttrTimeout"),
+      InstanceMethod<&FastFuse::SetXattr>("setXattr"),
       InstanceMethod<&FastFuse::SetInode>("setInode"),
       InstanceMethod<&FastFuse::DeleteInode>("deleteInode"),
       InstanceMethod<&FastFuse::SetFile>("setFile"),
@@ -144,10 +156,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     napi_type_tag_object(info.Env(), info.This(), &kFastFuseTag);
   }
 
+  ~FastFuse() override {
+    if (procFdDir_ >= 0) close(procFdDir_);
+  }
+
   bool Serve(const Chain& c, Served* out) override {
     if (!enabled_ || c.readableLen < kInHeader || c.writableLen < kOutHeader) return Decline();
     // The header and the largest args we use, copied once: the guest may change its buffers.
-    uint8_t in[kInHeader + kMaxName + 1];
+    uint8_t in[kInHeader + sizeof(fuse_getxattr_in) + kMaxName + 1];
     size_t have = GatherSegments(c.readable, 0, in, std::min<uint64_t>(c.readableLen, sizeof in));
     fuse_in_header h;
     std::memcpy(&h, in, sizeof h);
@@ -166,6 +182,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return h.len == have && Lookup(c, h, in + kInHeader, have - kInHeader, out);
       case FUSE_FLUSH:
         return have == kInHeader + sizeof(fuse_flush_in) && h.len == have && Flush(c, h, in + kInHeader, usedLen);
+      case FUSE_GETXATTR:
+        return h.len == have && Getxattr(c, h, in + kInHeader, have - kInHeader, usedLen);
       default:
         return Decline();
     }
@@ -289,6 +307,96 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
+  // GETXATTR of a regular file or directory the session knows, with its fd in the table (see
+  // the header for what is left to TypeScript).
+  bool Getxattr(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, uint32_t* usedLen) {
+    if (!xattr_ || len < sizeof(fuse_getxattr_in) + 2 || args[len - 1] != 0) return Decline();
+    fuse_getxattr_in g;
+    std::memcpy(&g, args, sizeof g);
+    const char* name = reinterpret_cast<const char*>(args + sizeof g);
+    size_t n = len - sizeof g - 1;
+    if (std::memchr(name, 0, n) != nullptr || (n >= 8 && std::memcmp(name, "trusted.", 8) == 0)) return Decline();
+    auto fd = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (fd == inodes_.end() || meta == meta_.end()) return Decline();
+    if (meta->second.fileType != S_IFREG && meta->second.fileType != S_IFDIR) return Decline();
+    size_t want = std::min<size_t>(g.size, kXattrSizeMax);
+    if (c.writableLen < kOutHeader + (g.size == 0 ? sizeof(fuse_getxattr_out) : want)) return Decline();
+    int file = ReopenForXattr(fd->second);
+    if (file < 0) return Decline();
+    if (want > 0 && xattrBuf_.size() < kXattrSizeMax) xattrBuf_.resize(kXattrSizeMax);
+    ssize_t got = -1;
+    int err = 0;
+    if (RunAs(h.uid, h.gid, [&] {
+          got = fgetxattr(file, name, want > 0 ? xattrBuf_.data() : nullptr, want);
+          err = got < 0 ? errno : 0;
+        })) {
+      close(file);
+    } else {
+      close(file);
+      return Decline();
+    }
+    if (got < 0 && err != ENODATA && err != ERANGE) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    getxattrs_++;
+    if (got < 0) return ReplyError(c, h, err, usedLen);
+    uint8_t head[kOutHeader + sizeof(fuse_getxattr_out)];
+    std::memset(head, 0, sizeof head);
+    if (g.size == 0) {
+      fuse_out_header oh{static_cast<uint32_t>(sizeof head), 0, h.unique};
+      fuse_getxattr_out o{};
+      o.size = static_cast<uint32_t>(got);
+      std::memcpy(head, &oh, sizeof oh);
+      std::memcpy(head + kOutHeader, &o, sizeof o);
+      ScatterSegments(c.writable, 0, head, sizeof head);
+      *usedLen = sizeof head;
+    } else {
+      size_t bytes = static_cast<size_t>(got);
+      fuse_out_header oh{static_cast<uint32_t>(kOutHeader + bytes), 0, h.unique};
+      std::memcpy(head, &oh, sizeof oh);
+      ScatterSegments(c.writable, 0, head, kOutHeader);
+      ScatterSegments(c.writable, kOutHeader, xattrBuf_.data(), bytes);
+      *usedLen = static_cast<uint32_t>(kOutHeader + bytes);
+    }
+    return true;
+  }
+
+  // The O_PATH fd reopened O_RDONLY through /proc/self/fd (worker/fs/inodes.ts reopen), or -1.
+  int ReopenForXattr(int pathFd) {
+    char num[16];
+    snprintf(num, sizeof num, "%d", pathFd);
+    if (procFdDir_ >= 0) return openat(procFdDir_, num, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    char path[40];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", pathFd);
+    return open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  }
+
+  // Runs fn with the caller's fs ids (this thread only, as worker/fs/credentials.ts runAs), and
+  // restores ours. False, without running fn, when an id did not take.
+  template <typename Fn>
+  bool RunAs(uint32_t uid, uint32_t gid, Fn fn) {
+    if (uid == ownUid_ && gid == ownGid_) {
+      fn();
+      return true;
+    }
+    long prevGid = syscall(SYS_setfsgid, static_cast<gid_t>(gid));
+    long prevUid = syscall(SYS_setfsuid, static_cast<uid_t>(uid));
+    // An invalid id changes nothing and returns the current one: how to read it back.
+    bool took = syscall(SYS_setfsuid, static_cast<uid_t>(-1)) == static_cast<long>(uid) &&
+                syscall(SYS_setfsgid, static_cast<gid_t>(-1)) == static_cast<long>(gid);
+    if (took) fn();
+    syscall(SYS_setfsuid, static_cast<uid_t>(prevUid));
+    syscall(SYS_setfsgid, static_cast<gid_t>(prevGid));
+    return took;
+  }
+
+  bool ReplyError(const Chain& c, const fuse_in_header& h, int err, uint32_t* usedLen) {
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), -err, h.unique};
+    ScatterSegments(c.writable, 0, reinterpret_cast<const uint8_t*>(&oh), kOutHeader);
+    *usedLen = kOutHeader;
+    return true;
+  }
+
   // FLUSH of an open file whose inode has no POSIX lock owner (worker/fs/passthrough.ts flush:
   // close(dup(fd)), which is what a close() does on the host; with an owner the flush may drop
   // its locks, a session change TypeScript journals).
@@ -404,6 +512,29 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setXattr(enabled, procFdDir): whether xattrs are on (off: TypeScript answers ENOSYS), and the
+  // directory fd of /proc/self/fd (AT_FDCWD: the absolute path, unconfined). A dup is kept, so a
+  // pin the caller replaces or closes never makes this one another directory.
+  Napi::Value SetXattr(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a(info, "setXattr");
+    bool enabled;
+    int dirFd;
+    if (!a.Count(2) || !a.Bool(0, "enabled", &enabled) || !a.DirFd(1, "procFdDir", &dirFd)) return {};
+    int dup = -1;
+    if (dirFd >= 0) {
+      dup = fcntl(dirFd, F_DUPFD_CLOEXEC, 0);
+      if (dup < 0) {
+        ThrowErrno(env, errno, "fcntl");
+        return {};
+      }
+    }
+    if (procFdDir_ >= 0) close(procFdDir_);
+    procFdDir_ = dup;
+    xattr_ = enabled;
+    return env.Undefined();
+  }
+
   Napi::Value SetAttrTimeout(const Napi::CallbackInfo& info) {
     Args a(info, "setAttrTimeout");
     int64_t sec, nsec;
@@ -450,12 +581,16 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // setInodeMeta(nodeid, dev: bigint, ino: bigint, generation, handle: {mountId, handleType,
-  // handle: Buffer} | null): the identity LOOKUP checks a name against.
+  // handle: Buffer} | null, fileType): the identity LOOKUP checks a name against, and the type
+  // GETXATTR needs.
   Napi::Value SetInodeMeta(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Args a(info, "setInodeMeta");
     int64_t nodeid, generation;
-    if (!a.Count(5) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Int(3, "generation", 0, 0xffffffffLL, &generation)) return {};
+    int64_t fileType;
+    if (!a.Count(6) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Int(3, "generation", 0, 0xffffffffLL, &generation) ||
+        !a.Int(5, "fileType", 0, 0170000, &fileType))
+      return {};
     if (!info[1].IsBigInt() || !info[2].IsBigInt()) {
       ThrowTypeError(env, "setInodeMeta(): dev and ino must be bigints");
       return {};
@@ -465,6 +600,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     m.dev = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
     m.ino = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
     m.generation = static_cast<uint64_t>(generation);
+    m.fileType = static_cast<uint32_t>(fileType) & S_IFMT;
     m.hasHandle = false;
     if (info[4].IsObject()) {
       Napi::Object h = info[4].As<Napi::Object>();
@@ -554,6 +690,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("write", Napi::Number::New(env, static_cast<double>(writes_)));
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
+    o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -570,7 +707,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
-  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, declined_ = 0;
+  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, declined_ = 0;
+  bool xattr_ = false;
+  int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)
+  std::vector<uint8_t> xattrBuf_;
+  const uint32_t ownUid_ = static_cast<uint32_t>(geteuid());
+  const uint32_t ownGid_ = static_cast<uint32_t>(getegid());
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;
   int64_t crashOpcode_ = -1;
   Napi::FunctionReference crashFn_;

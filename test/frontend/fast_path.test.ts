@@ -104,6 +104,42 @@ for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GE
   t.same(replies.true, replies.false, 'both paths gave the same replies');
 });
 
+t.test('the fast path serves GETXATTR (values, sizes, ENODATA, ERANGE) with the replies TypeScript gives', async (t) => {
+  const replies: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    fs.chmodSync(s.host('data'), 0o600);
+    await s.fuse.setxattr(e.nodeid, 'user.k', Buffer.from('value of k'));
+    const big = Buffer.alloc(3000, 0x5a);
+    await s.fuse.setxattr(e.nodeid, 'user.big', big);
+    const seen = {
+      value: (await s.fuse.getxattr(e.nodeid, 'user.k', 256) as Buffer).toString(),
+      size: await s.fuse.getxattr(e.nodeid, 'user.k', 0),
+      bigOk: (await s.fuse.getxattr(e.nodeid, 'user.big', 65536 * 4) as Buffer).equals(big),
+      missing: await errnoOf(s.fuse.getxattr(e.nodeid, 'user.missing', 256)),
+      capability: await errnoOf(s.fuse.getxattr(e.nodeid, 'security.capability', 0)),
+      tooSmall: await errnoOf(s.fuse.getxattr(e.nodeid, 'user.k', 3)),
+      rootDir: await errnoOf(s.fuse.getxattr(F.FUSE_ROOT_ID, 'user.missing', 64)),
+      // Another user of a 0600 root file: the kernel refuses with that user's fs ids (TypeScript).
+      otherUser: await errnoOf(s.fuse.getxattr(e.nodeid, 'user.k', 256, { uid: 1000, gid: 1000 })),
+      trusted: await errnoOf(s.fuse.getxattr(e.nodeid, 'trusted.x', 64)),
+      unknownNode: await errnoOf(s.fuse.getxattr(987654n, 'user.k', 64)),
+    };
+    replies[String(fastPath)] = seen;
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.getxattr ?? 0) >= 7, 'the fast path GETXATTR counter');
+      t.ok((f.getxattr ?? 0) >= 7, `GETXATTRs served natively: ${JSON.stringify(f)}`);
+    }
+    await s.close();
+  }
+  t.same(replies.true, replies.false, 'both paths gave the same replies');
+  t.same(replies.true, {
+    value: 'value of k', size: 10, bigOk: true, missing: 61, capability: 61, tooSmall: 34, rootDir: 61,
+    otherUser: 13, trusted: 61, unknownNode: EBADF,
+  }, 'the replies are the kernel\'s: ENODATA, ERANGE, EACCES for another user, and ours for trusted.* and an unknown nodeid');
+});
+
 t.test('what the fast path must not serve goes to TypeScript', async (t) => {
   const { s, stateDir } = await session(t, true);
   const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');

@@ -24,7 +24,8 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-const OPS = [1, 3, 15, 16, 25] as const; // LOOKUP, GETATTR, READ, WRITE, FLUSH
+const OPS = [1, 3, 15, 16, 22, 25] as const; // LOOKUP, GETATTR, READ, WRITE, GETXATTR, FLUSH
+const ENODATA = 61, ERANGE = 34;
 const NODE_FILE = 2;
 const FH = 7;
 
@@ -55,7 +56,14 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   server.setEnabled(true);
   server.setAttrTimeout(1, 0);
   server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null, 0o100000);
+  // GETXATTR reopens through /proc/self/fd (absolute: no pinned dir here). A value when the
+  // filesystem takes user xattrs; ENODATA and ERANGE either way.
+  server.setXattr(true, C.AT_FDCWD!);
+  server.setInode(NODE_FILE, fileFd);
+  try {
+    native.setxattr(fileFd, 'user.k', Buffer.from('a value'), 0);
+  } catch { /* no user xattrs on this filesystem */ }
   server.setFile(FH, NODE_FILE, fileFd, 2);
   const ring = new NativeSplitRing(mem, { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server);
@@ -79,6 +87,14 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body.writeUInt32LE(int(4) === 0 ? 1 : 0, 0);
         body.writeBigUInt64LE(BigInt(fh), 8);
         break;
+      case 22: {
+        const names = ['user.k', 'user.k', 'user.missing', 'security.capability', 'trusted.x', '', 'x'.repeat(300), 'a\0b'];
+        const name = Buffer.from(names[int(names.length)]!);
+        const args = Buffer.alloc(8);
+        args.writeUInt32LE([0, 3, 7, 64, 70_000, 0xffff_ffff][int(6)]!, 0);
+        body = Buffer.concat([args, name, int(8) === 0 ? Buffer.alloc(0) : Buffer.from([0])]);
+        break;
+      }
       case 25:
         body = Buffer.alloc(24);
         body.writeBigUInt64LE(BigInt(fh), 0);
@@ -171,7 +187,9 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const error = view.getInt32(REPLY + 4, true);
     const outUnique = view.getBigUint64(REPLY + 8, true);
     const opcode = req.readUInt32LE(4);
-    const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && error === 0 && outUnique === unique &&
+    // GETXATTR alone answers errors (ENODATA, ERANGE: a bare header).
+    const xattrError = opcode === 22 && (error === -ENODATA || error === -ERANGE) && usedLen === 16;
+    const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || xattrError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
       (opcode !== 3 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24) &&
       (opcode !== 25 || usedLen === 16);
@@ -182,7 +200,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   }
   t.ok(served > 150 && declined > 1000 && lookups > 8, `served ${served} (${lookups} LOOKUPs), declined ${declined}`);
   const stats = server.stats();
-  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush, served, 'the server counts what it served');
+  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush + stats.getxattr, served, 'the server counts what it served');
+  t.ok(stats.getxattr > 10, `GETXATTRs served: ${stats.getxattr}`);
 });
 
 t.test('LOOKUPs served in a row come back as one batch, before the chain popped after them', async (t) => {
@@ -204,7 +223,7 @@ t.test('LOOKUPs served in a row come back as one batch, before the chain popped 
   server.setEnabled(true);
   server.setAttrTimeout(1, 0);
   server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null, 0o100000);
   const ring = new NativeSplitRing(mem, { size: 16, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server);
   // Heads 0-2 LOOKUP 'f' (known), head 3 a GETATTR of an unknown nodeid (declined), head 4 LOOKUP.

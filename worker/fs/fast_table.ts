@@ -87,7 +87,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
 
   /** An inode the session knows: its identity, and its fd when one is open. */
   private addInode(rec: InodeRecord): void {
-    this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+    this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle, rec.fileType);
     const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
     if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
   }
@@ -111,7 +111,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         return;
       case 'addInode': {
         const rec = this.session.getInode(m.nodeid);
-        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle, rec.fileType);
         return;
       }
       case 'forget':
@@ -136,7 +136,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         this.server.clear();
         const root = this.registry.get(ROOT_FD_NAME);
         const rec = this.session.getInode(FUSE_ROOT_ID);
-        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle);
+        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle, rec.fileType);
         if (root !== undefined) this.server.setInode(FUSE_ROOT_ID, root);
         return;
       }

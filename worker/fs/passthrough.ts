@@ -159,6 +159,9 @@ export class PassthroughFs implements FileSystem {
       this.fastTable = new FastTable(opts.fastPath, this.session, this.registry, this.fdCache);
       const sec = Math.floor(this.timeout);
       opts.fastPath.setAttrTimeout(sec, Math.round((this.timeout - sec) * 1e9));
+      // GETXATTR reopens inodes through /proc/self/fd as xattrs.ts does (a pinned fd once
+      // the worker is confined).
+      opts.fastPath.setXattr(this.xattr, procFd(0).dirFd);
     }
   }
 
