@@ -19,6 +19,7 @@
 //                      create_release...; default all): a profile of one row, a quick check
 //   --profile DIR      CPU-profile our backend's processes (micro sessions): DIR/<variant>-<repeat>/
 //   --no-snapshot      run the checkout's build directly (default: a private copy, see below)
+//   --help             this text (an unknown option is refused, not ignored)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -531,7 +532,45 @@ function chooseTmp(): string {
   }
 }
 
+/** The options of the header above (a value follows those not in FLAGS). */
+const OPTIONS = ['json', 'svg', 'only', 'repeats', 'kills', 'kills-state', 'state-inodes', 'state-open', 'seconds', 'rows', 'profile'];
+const FLAGS = ['quick', 'no-snapshot', 'help'];
+
+/** The usage (this file's header) for --help, and the misspelt option that must not start a
+ * full 12-minute run with defaults instead (null: the arguments are fine). */
+function checkArguments(argv: string[]): string | null {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const name = a.startsWith('--') ? a.slice(2) : null;
+    if (name !== null && OPTIONS.includes(name)) {
+      const value = argv[++i];
+      if (value === undefined || value.startsWith('--')) return `bench: ${a} wants a value`;
+      continue;
+    }
+    if (name !== null && FLAGS.includes(name)) continue;
+    return `bench: unknown argument ${a}`;
+  }
+  return null;
+}
+
+function usage(): string {
+  const lines = fs.readFileSync(__filename, 'utf8').split('\n');
+  const start = lines.findIndex((l) => l.startsWith('// `npm run bench'));
+  const out: string[] = [];
+  for (let i = start; i >= 0 && i < lines.length && lines[i]!.startsWith('//'); i++) out.push(lines[i]!.replace(/^\/\/ ?/, ''));
+  return out.join('\n');
+}
+
 async function main(): Promise<number> {
+  if (flag('help')) {
+    process.stdout.write(`${usage()}\n`);
+    return 0;
+  }
+  const bad = checkArguments(process.argv.slice(2));
+  if (bad !== null) {
+    log(`${bad} (npm run bench -- --help)`);
+    return 2;
+  }
   // os.tmpdir() follows $TMPDIR; our spawned backends inherit it too (harmless).
   process.env.TMPDIR = chooseTmp();
   if (!process.env.VFSK_BENCH_SNAPSHOT && !flag('no-snapshot')) return runInSnapshot();
