@@ -155,9 +155,10 @@ export interface FastFuseHandle {
   deleteInode(nodeid: number): void;
   setFile(fh: number, nodeid: number, fd: number, flags: number): void;
   deleteFile(fh: number): void;
-  /** The identity a LOOKUP checks a name against (the session's inode record). */
-  setInodeMeta(nodeid: number, dev: bigint, ino: bigint, generation: number,
-    handle: { mountId: number; handleType: number; handle: Buffer } | null, fileType: number): void;
+  /** The identity a LOOKUP checks a name against (the session's inode record), and the type
+   * GETXATTR needs; `handle` null: the inode has no file handle (mountId, handleType ignored). */
+  setInodeMeta(nodeid: number, dev: bigint, ino: bigint, generation: number, fileType: number,
+    handle: Buffer | null, mountId: number, handleType: number): void;
   /** The session dropped the inode: its identity and its fd entry go. */
   forgetInode(nodeid: number): void;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */

@@ -580,16 +580,16 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
-  // setInodeMeta(nodeid, dev: bigint, ino: bigint, generation, handle: {mountId, handleType,
-  // handle: Buffer} | null, fileType): the identity LOOKUP checks a name against, and the type
-  // GETXATTR needs.
+  // setInodeMeta(nodeid, dev: bigint, ino: bigint, generation, fileType, handle: Buffer | null,
+  // mountId, handleType): the identity LOOKUP checks a name against, and the type GETXATTR needs.
+  // Flat arguments: at a resume this runs for every decoded inode, and reading an object's
+  // properties from here (a getter among them) cost more than the call.
   Napi::Value SetInodeMeta(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Args a(info, "setInodeMeta");
-    int64_t nodeid, generation;
-    int64_t fileType;
-    if (!a.Count(6) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Int(3, "generation", 0, 0xffffffffLL, &generation) ||
-        !a.Int(5, "fileType", 0, 0170000, &fileType))
+    int64_t nodeid, generation, fileType;
+    if (!a.Count(8) || !a.Int(0, "nodeid", 1, kMaxSafe, &nodeid) || !a.Int(3, "generation", 0, 0xffffffffLL, &generation) ||
+        !a.Int(4, "fileType", 0, 0170000, &fileType))
       return {};
     if (!info[1].IsBigInt() || !info[2].IsBigInt()) {
       ThrowTypeError(env, "setInodeMeta(): dev and ino must be bigints");
@@ -602,18 +602,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     m.generation = static_cast<uint64_t>(generation);
     m.fileType = static_cast<uint32_t>(fileType) & S_IFMT;
     m.hasHandle = false;
-    if (info[4].IsObject()) {
-      Napi::Object h = info[4].As<Napi::Object>();
+    if (!info[5].IsNull()) {
       int64_t mountId, type;
-      Napi::Value bytes = h.Get("handle");
-      if (!CheckInt(env, h.Get("mountId"), "setInodeMeta(): handle.mountId", INT32_MIN, INT32_MAX, &mountId) ||
-          !CheckInt(env, h.Get("handleType"), "setInodeMeta(): handle.handleType", INT32_MIN, INT32_MAX, &type))
-        return {};
-      if (!bytes.IsBuffer() || bytes.As<Napi::Buffer<uint8_t>>().Length() > MAX_HANDLE_SZ) {
-        ThrowTypeError(env, "setInodeMeta(): handle.handle must be a Buffer of at most MAX_HANDLE_SZ bytes");
+      if (!info[5].IsBuffer() || info[5].As<Napi::Buffer<uint8_t>>().Length() > MAX_HANDLE_SZ) {
+        ThrowTypeError(env, "setInodeMeta(): argument 6 \"handle\" must be null or a Buffer of at most MAX_HANDLE_SZ bytes");
         return {};
       }
-      Napi::Buffer<uint8_t> b = bytes.As<Napi::Buffer<uint8_t>>();
+      if (!a.Int(6, "mountId", INT32_MIN, INT32_MAX, &mountId) || !a.Int(7, "handleType", INT32_MIN, INT32_MAX, &type)) return {};
+      Napi::Buffer<uint8_t> b = info[5].As<Napi::Buffer<uint8_t>>();
       m.hasHandle = true;
       m.mountId = static_cast<int>(mountId);
       m.handleType = static_cast<int>(type);

@@ -56,7 +56,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   server.setEnabled(true);
   server.setAttrTimeout(1, 0);
   server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null, 0o100000);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
   // GETXATTR reopens through /proc/self/fd (absolute: no pinned dir here). A value when the
   // filesystem takes user xattrs; ENODATA and ERANGE either way.
   server.setXattr(true, C.AT_FDCWD!);
@@ -223,7 +223,7 @@ t.test('LOOKUPs served in a row come back as one batch, before the chain popped 
   server.setEnabled(true);
   server.setAttrTimeout(1, 0);
   server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, null, 0o100000);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
   const ring = new NativeSplitRing(mem, { size: 16, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server);
   // Heads 0-2 LOOKUP 'f' (known), head 3 a GETATTR of an unknown nodeid (declined), head 4 LOOKUP.

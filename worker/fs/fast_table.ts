@@ -87,9 +87,20 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
 
   /** An inode the session knows: its identity, and its fd when one is open. */
   private addInode(rec: InodeRecord): void {
-    this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle, rec.fileType);
-    const fd = this.registry.get(rec.fdName) ?? this.cache.peek(rec.fdName);
+    this.setMeta(rec);
+    // Runs for every decoded inode at a resume (FastTable is built then): the name is made once,
+    // and not at all for a handle-named inode while the cache is empty (a successor's start).
+    if (rec.handle !== null && this.cache.size === 0) return;
+    const name = rec.fdName;
+    const fd = this.registry.get(name) ?? this.cache.peek(name);
     if (fd !== undefined) this.server.setInode(rec.nodeid, fd);
+  }
+
+  /** The identity as flat arguments: the addon reads no property (a handle's bytes are a getter). */
+  private setMeta(rec: InodeRecord): void {
+    const h = rec.handle;
+    if (h === null) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.fileType, null, 0, 0);
+    else this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.fileType, h.handle, h.mountId, h.handleType);
   }
 
   private addOwner(id: number, nodeid: number): void {
@@ -111,7 +122,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         return;
       case 'addInode': {
         const rec = this.session.getInode(m.nodeid);
-        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle, rec.fileType);
+        if (rec !== undefined) this.setMeta(rec);
         return;
       }
       case 'forget':
@@ -136,7 +147,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         this.server.clear();
         const root = this.registry.get(ROOT_FD_NAME);
         const rec = this.session.getInode(FUSE_ROOT_ID);
-        if (rec !== undefined) this.server.setInodeMeta(rec.nodeid, rec.dev, rec.ino, rec.generation, rec.handle, rec.fileType);
+        if (rec !== undefined) this.setMeta(rec);
         if (root !== undefined) this.server.setInode(FUSE_ROOT_ID, root);
         return;
       }
