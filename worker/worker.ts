@@ -71,8 +71,9 @@ export class Worker {
   /** Preload steps that folded something: a standby following a busy journal allocates as much
    * as the worker it follows, and gives it back once the journal has been quiet a while. */
   private preloadFolds = 0;
-  /** Whether the preload's current file had its snapshot's fd-holding inodes decoded. */
-  private preloadDecoded = false;
+  /** The preload's fold (StateLoader.restarts) whose snapshot had its fd-holding inodes
+   * decoded (-1: none yet). */
+  private preloadDecodedFold = -1;
   private readonly preloadReducer = new IdleMemoryReducer(() => this.preloadFolds, logger('memory'));
 
   /** `spawnedByKeeper`: an embedded keeper started us (our connection was inherited), not
@@ -172,12 +173,12 @@ export class Worker {
       // fd verification): decoded now, not then (18,000 of them cost ~100 ms). Only a fold that
       // started from a file's snapshot has undecoded ones: records add decoded inodes, and a
       // walk over every inode at each step cost the standby more than folding the records.
-      const restarts = this.preload.restarts;
       if (this.preload.catchUp()) {
         this.preloadFolds++;
-        if (this.preload.restarts !== restarts || !this.preloadDecoded) {
-          this.preload.session?.inodesWithoutHandle();
-          this.preloadDecoded = this.preload.session !== null;
+        const session = this.preload.session;
+        if (session !== null && this.preload.restarts !== this.preloadDecodedFold) {
+          session.inodesWithoutHandle();
+          this.preloadDecodedFold = this.preload.restarts;
         }
       }
     } catch (e) {

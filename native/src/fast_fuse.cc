@@ -327,16 +327,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (want > 0 && xattrBuf_.size() < kXattrSizeMax) xattrBuf_.resize(kXattrSizeMax);
     ssize_t got = -1;
     int err = 0;
-    if (RunAs(h.uid, h.gid, [&] {
-          got = fgetxattr(file, name, want > 0 ? xattrBuf_.data() : nullptr, want);
-          err = got < 0 ? errno : 0;
-        })) {
-      close(file);
-    } else {
-      close(file);
-      return Decline();
-    }
-    if (got < 0 && err != ENODATA && err != ERANGE) return Decline();
+    bool took = RunAs(h.uid, h.gid, [&] {
+      got = fgetxattr(file, name, want > 0 ? xattrBuf_.data() : nullptr, want);
+      err = got < 0 ? errno : 0;
+    });
+    close(file);
+    if (!took || (got < 0 && err != ENODATA && err != ERANGE)) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     getxattrs_++;
     if (got < 0) return ReplyError(c, h, err, usedLen);

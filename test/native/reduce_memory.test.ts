@@ -7,7 +7,10 @@ import * as v8 from 'node:v8';
 import { native } from '../../shared/native';
 import { IdleMemoryReducer } from '../../shared/memory';
 import { logger } from '../../shared/log';
-import { keepHandleBytes } from '../../worker/fs/handle_bytes';
+import { keepHandle } from '../../worker/fs/handle_bytes';
+
+/** The bytes of a kept handle (a view of its slab). */
+const keepHandleBytes = (bytes: Uint8Array): Buffer => keepHandle(1, 1, bytes).handle;
 
 const heapPhysical = (): number => v8.getHeapStatistics().total_physical_size;
 

@@ -3,7 +3,7 @@
 // loadState gives for the file at that moment: through appends, a journal that grows past its
 // mapping, a request that dies half-way (its mutations held back), a compaction (a new file:
 // the fold starts over) and staged records that are not committed (not read).
-import t from 'tap';
+import t, { type Test } from 'tap';
 import * as path from 'node:path';
 import { FsSession } from '../../worker/fs/session';
 import { StateStore, StateLoader, loadState, type LoadedState } from '../../worker/state/state_store';
@@ -21,12 +21,18 @@ function digest(st: LoadedState): string {
   }, big);
 }
 
-t.test('a loader stepped along a growing, compacted journal always holds what loadState reads', async (t) => {
+/** A state file in the test's dir, written by a store that journals a fresh session's changes. */
+function journaledSession(t: Test): { file: string; store: StateStore; session: FsSession } {
   const file = path.join(t.testdir(), 'state');
   const store = new StateStore(file, null, null);
   const session = new FsSession({ dev: 1n, ino: 2n });
   store.recordNewSession(session);
   session.onMutation(store.onFsMutation);
+  return { file, store, session };
+}
+
+t.test('a loader stepped along a growing, compacted journal always holds what loadState reads', async (t) => {
+  const { file, store, session } = journaledSession(t);
   store.setSources({ vhost: () => null, init: () => null, fs: () => session });
 
   // finish() spends a loader: so many loaders take every step together, and check k finishes
@@ -101,11 +107,7 @@ t.test('a loader that has not started over keeps folding the same file past its 
 });
 
 t.test("a request on a descriptor head drops the head's earlier outcomes from the fold", async (t) => {
-  const file = path.join(t.testdir(), 'state');
-  const store = new StateStore(file, null, null);
-  const session = new FsSession({ dev: 1n, ino: 2n });
-  store.recordNewSession(session);
-  session.onMutation(store.onFsMutation);
+  const { file, store, session } = journaledSession(t);
   let ino = 100n;
   const lookup = (k: string): void => {
     store.requests.beginRequest(k, FUSE_LOOKUP, false, null);

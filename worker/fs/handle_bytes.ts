@@ -14,14 +14,8 @@ const SLAB_BYTES = 64 * 1024;
 let slab: Buffer | null = null;
 let used = 0;
 
-/** A copy of `bytes` (a file handle, at most MAX_HANDLE_BYTES) in the handle slabs. A slab is
- * freed when no handle in it is referenced any more. */
-export function keepHandleBytes(bytes: Uint8Array): Buffer {
-  const at = copyIntoSlab(bytes);
-  return slab!.subarray(at, at + bytes.length);
-}
-
-/** Where `bytes` now are in the current slab. */
+/** Where `bytes` now are in the current slab. A slab is freed when no handle in it is
+ * referenced any more. */
 function copyIntoSlab(bytes: Uint8Array): number {
   if (slab === null || used + bytes.length > SLAB_BYTES) {
     slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
