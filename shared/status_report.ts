@@ -33,6 +33,8 @@ export interface FastPathStats {
   flush?: number;
   /** GETXATTRs of regular files and dirs (values, ENODATA, ERANGE). Absent from older workers. */
   getxattr?: number;
+  /** SETATTRs of known inodes (their outcomes journaled by TypeScript). Absent from older workers. */
+  setattr?: number;
   declined: number;
   /** Entries of its tables. */
   inodes: number;
@@ -130,7 +132,7 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   metric('fast_path_requests_total', 'counter', 'Requests the addon served itself, by opcode (since the worker started).',
-    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup', 'flush', 'getxattr'] as const)
+    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup', 'flush', 'getxattr', 'setattr'] as const)
       .map((op) => [{ name: r.name, op }, r.fuse.fastPath![op] ?? 0] as [Record<string, string>, number]))));
   return out.join('\n') + '\n';
 }

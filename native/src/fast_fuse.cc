@@ -1,13 +1,15 @@
 // The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
-// inodes, FLUSH and GETXATTR of known inodes and open files, served on the JS thread straight
-// from the ring (ring.cc), with no JavaScript.
+// inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, served on the JS thread
+// straight from the ring (ring.cc), with no JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
 // write that would block), which the TypeScript server then answers — errors included.
 //
 // Decisions:
-// - These opcodes change no session state, so they need no journal record: a request served
+// - LOOKUP and SETATTR are journaled by JavaScript before their replies are published
+//   (Served::needsRecord: a LOOKUP's lookup count, a SETATTR's reply, as TypeScript journals
+//   them). The others change no session state, so they need no journal record: a request served
 //   here and lost in a crash is still marked in the inflight region and is run again by the
 //   successor (through TypeScript), which gives the same reply (READ, GETATTR) or writes the
 //   same bytes at the same offset (WRITE without O_APPEND).
@@ -184,6 +186,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_flush_in) && h.len == have && Flush(c, h, in + kInHeader, usedLen);
       case FUSE_GETXATTR:
         return h.len == have && Getxattr(c, h, in + kInHeader, have - kInHeader, usedLen);
+      case FUSE_SETATTR:
+        return have == kInHeader + sizeof(fuse_setattr_in) && h.len == have && Setattr(c, h, in + kInHeader, out);
       default:
         return Decline();
     }
@@ -359,12 +363,120 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
 
   // The O_PATH fd reopened O_RDONLY through /proc/self/fd (worker/fs/inodes.ts reopen), or -1.
   int ReopenForXattr(int pathFd) {
-    char num[16];
-    snprintf(num, sizeof num, "%d", pathFd);
-    if (procFdDir_ >= 0) return openat(procFdDir_, num, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    char path[40];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", pathFd);
-    return open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    ProcFdName p(procFdDir_, pathFd);
+    return openat(p.dir, p.name, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  }
+
+  // An fd's /proc/self/fd entry as (dir fd, name): the pinned directory once confined, the
+  // absolute path before (worker/fs/inodes.ts procFd).
+  struct ProcFdName {
+    int dir;
+    char name[40];
+    ProcFdName(int procFdDir, int fd) : dir(procFdDir >= 0 ? procFdDir : AT_FDCWD) {
+      snprintf(name, sizeof name, procFdDir >= 0 ? "%d" : "/proc/self/fd/%d", fd);
+    }
+  };
+
+  // SETATTR (worker/fs/passthrough.ts setattr, the same syscalls in the same order: mode,
+  // owner, size, times; then the attributes) of an inode whose fd is in the table. Journaled
+  // like TypeScript's SETATTR: no intent (a second run with the same absolute values is the
+  // first), its outcome before the publish (needsRecord; no session change). Left to
+  // TypeScript: a read-only export, a size without an fh (a temporary fd), KILL_SUIDGID with
+  // a size or owner (the suid/sgid bits cleared by hand), chmod of a symlink (EOPNOTSUPP),
+  // values the parser refuses, and every syscall error. A declined SETATTR may have done some
+  // of its steps: TypeScript does them all again, which changes nothing (absolute values).
+  bool Setattr(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
+    fuse_setattr_in s;
+    std::memcpy(&s, args, sizeof s);
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_attr_out);
+    const uint32_t v = s.valid;
+    if (readonly_ || c.writableLen < kReply) return Decline();
+    if ((v & FATTR_FH) != 0 && s.fh >= kMaxSafeU) return Decline();
+    if ((v & FATTR_SIZE) != 0 && (s.size >= kMaxSafeU || (v & FATTR_FH) == 0)) return Decline();
+    if ((v & FATTR_KILL_SUIDGID) != 0 && (v & (FATTR_SIZE | FATTR_UID | FATTR_GID)) != 0) return Decline();
+    // What the parser (worker/fuse/protocol.ts) refuses whenever the bit is set.
+    if (((v & FATTR_ATIME) != 0 && !SafeSeconds(s.atime)) || ((v & FATTR_MTIME) != 0 && !SafeSeconds(s.mtime)) ||
+        ((v & FATTR_CTIME) != 0 && !SafeSeconds(s.ctime)))
+      return Decline();
+    auto fd = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (fd == inodes_.end() || meta == meta_.end()) return Decline();
+    const int inodeFd = fd->second;
+    int fileFd = -1;
+    if ((v & FATTR_FH) != 0) {
+      FileEntry* f = FileFor(s.fh, h.nodeid);
+      if (f == nullptr) return Decline();
+      fileFd = f->fd;
+    }
+    timespec times[2];
+    bool setTimes = (v & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)) != 0;
+    if (setTimes && (!TimeArg(v, FATTR_ATIME, FATTR_ATIME_NOW, s.atime, s.atimensec, &times[0]) ||
+                     !TimeArg(v, FATTR_MTIME, FATTR_MTIME_NOW, s.mtime, s.mtimensec, &times[1])))
+      return Decline();
+    if ((v & FATTR_MODE) != 0) {
+      mode_t mode = s.mode & 07777;
+      if (fileFd >= 0) {
+        if (fchmod(fileFd, mode) != 0) return Decline();
+      } else {
+        if (meta->second.fileType == S_IFLNK) return Decline();
+        ProcFdName p(procFdDir_, inodeFd);
+        if (fchmodat(p.dir, p.name, mode, 0) != 0) return Decline();
+      }
+    }
+    if ((v & (FATTR_UID | FATTR_GID)) != 0) {
+      uid_t uid = (v & FATTR_UID) != 0 ? s.uid : static_cast<uid_t>(-1);
+      gid_t gid = (v & FATTR_GID) != 0 ? s.gid : static_cast<gid_t>(-1);
+      if (fchownat(inodeFd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return Decline();
+    }
+    if ((v & FATTR_SIZE) != 0 && ftruncate(fileFd, static_cast<off_t>(s.size)) != 0) return Decline();
+    if (setTimes) {
+      int r = fileFd >= 0 ? futimens(fileFd, times) : utimensat(inodeFd, "", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+      if (r != 0) return Decline();
+    }
+    struct stat st;
+    if (fstatat(inodeFd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint8_t* reply = out->reply;
+    std::memset(reply, 0, kReply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_attr_out a;
+    std::memset(&a, 0, sizeof a);
+    a.attr_valid = attrSec_;
+    a.attr_valid_nsec = attrNsec_;
+    FillAttr(st, &a.attr);
+    std::memcpy(reply + kOutHeader, &a, sizeof a);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    out->usedLen = kReply;
+    out->replyLen = kReply;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    setattrs_++;
+    return true;
+  }
+
+  // An i64 of seconds within ±(2^53 - 1), as the parser's i64Strict wants it.
+  static bool SafeSeconds(uint64_t raw) {
+    int64_t secs = static_cast<int64_t>(raw);
+    return secs < kMaxSafe && secs > -kMaxSafe;
+  }
+
+  // One of SETATTR's two times as utimensat takes it (passthrough.ts): now, the given value, or
+  // left alone; false for nanoseconds past 999,999,999 (TypeScript's EINVAL).
+  static bool TimeArg(uint32_t valid, uint32_t setBit, uint32_t nowBit, uint64_t sec, uint32_t nsec, timespec* out) {
+    out->tv_sec = 0;
+    if ((valid & nowBit) != 0) {
+      out->tv_nsec = UTIME_NOW;
+      return true;
+    }
+    if ((valid & setBit) == 0) {
+      out->tv_nsec = UTIME_OMIT;
+      return true;
+    }
+    if (nsec > 999999999U) return false;
+    out->tv_sec = static_cast<time_t>(static_cast<int64_t>(sec));
+    out->tv_nsec = static_cast<long>(nsec);
+    return true;
   }
 
   // Runs fn with the caller's fs ids (this thread only, as worker/fs/credentials.ts runAs), and
@@ -683,6 +795,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
+    o.Set("setattr", Napi::Number::New(env, static_cast<double>(setattrs_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -699,7 +812,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
-  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, declined_ = 0;
+  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0,
+           declined_ = 0;
   bool xattr_ = false;
   int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)
   std::vector<uint8_t> xattrBuf_;

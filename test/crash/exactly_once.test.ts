@@ -368,15 +368,15 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
  * again (through TypeScript) and the guest gets one correct reply; the marker says the native
  * path was where it died. On tmpfs, where the fast path serves writes too. */
 const NATIVE_POINTS = ['op-after-pop', 'op-after-syscall', 'op-before-publish'] as const;
-/** A LOOKUP the fast path answers is journaled by TypeScript (its lookup count): it also dies at
- * the journal's points, after the outcome and after the publish. */
-const LOOKUP_POINTS = ['op-after-pop', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
+/** A LOOKUP or SETATTR the fast path answers is journaled by TypeScript (a lookup count, a
+ * reply): it also dies at the journal's points, after the outcome and after the publish. */
+const JOURNALED_POINTS = ['op-after-pop', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
 interface NativeCase {
-  name: string; opcode: number; points?: readonly string[];
+  name: string; opcode: number; journaled?: true;
   act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown) => void | Promise<void>;
 }
 const nativeCases: NativeCase[] = [
-  { name: 'LOOKUP', opcode: 1, points: LOOKUP_POINTS,
+  { name: 'LOOKUP', opcode: 1, journaled: true,
     // READDIRPLUS makes the inode known (one lookup); the LOOKUP, of a known inode, is the
     // fast path's. Two forgets must then drop it: the LOOKUP counted exactly once.
     act: async (s) => {
@@ -392,7 +392,7 @@ const nativeCases: NativeCase[] = [
       await s.fuse.forget(a, 1);
       t.equal(await s.fuse.getattr(a).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after the second: the LOOKUP counted exactly once');
     } },
-  { name: 'LOOKUP batch', opcode: 1, points: LOOKUP_POINTS,
+  { name: 'LOOKUP batch', opcode: 1, journaled: true,
     // Four LOOKUPs in flight at once: the ring hands them to JavaScript as one batch (or a
     // few) and the journal takes each batch as one record. Five forgets must then drop the
     // inode: each LOOKUP counted exactly once, whichever were journaled before the kill.
@@ -408,6 +408,20 @@ const nativeCases: NativeCase[] = [
       t.equal((await s.fuse.getattr(a!)).attr.ino, BigInt(fs.statSync(s.host('n')).ino), 'still known after four forgets');
       await s.fuse.forget(a!, 1);
       t.equal(await s.fuse.getattr(a!).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after the fifth: each LOOKUP counted exactly once');
+    } },
+  { name: 'SETATTR', opcode: 4, journaled: true,
+    // Mode and both times "now": a second run after the outcome was journaled would move the
+    // file's times past the ones in the reply the guest got (a worker start is many clock ticks).
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      return (await s.fuse.setattr(e.nodeid, { valid: F.FATTR.MODE | F.FATTR.ATIME_NOW | F.FATTR.MTIME_NOW, mode: 0o100604 })).attr;
+    },
+    verify: (t, s, r) => {
+      const a = r as F.Attr;
+      const host = fs.statSync(s.host('n'), { bigint: true });
+      t.equal(Number(host.mode) & 0o7777, 0o604, 'the mode took');
+      t.same([a.mode, a.mtime * 1_000_000_000n + BigInt(a.mtimensec), a.ctime * 1_000_000_000n + BigInt(a.ctimensec)],
+        [Number(host.mode), host.mtimeNs, host.ctimeNs], 'the reply\'s times are the file\'s: run once after its outcome was journaled');
     } },
   { name: 'GETATTR', opcode: 3,
     act: async (s) => (await s.fuse.getattr((await s.fuse.lookup(ROOT, 'n')).nodeid)).attr,
@@ -440,7 +454,7 @@ const nativeCases: NativeCase[] = [
 // The TypeScript-path run of this suite (test/ts_path/) has no native points to reach.
 if (process.env.VFSK_FAST_PATH !== '0') for (const c of nativeCases) {
   t.test(`native ${c.name}`, async (t) => {
-    for (const point of c.points ?? NATIVE_POINTS) {
+    for (const point of c.journaled ? JOURNALED_POINTS : NATIVE_POINTS) {
       await t.test(point, async (t) => {
         const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
         t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
@@ -449,8 +463,9 @@ if (process.env.VFSK_FAST_PATH !== '0') for (const c of nativeCases) {
           () => openSession(t, 'ours', { extraArgs: ['--state-dir', stateDir], baseDir: fs.mkdtempSync('/dev/shm/vfsk-nc-'),
             setup: (d) => fs.writeFileSync(path.join(d, 'n'), 'abcdefgh') }));
         const r = await c.act(s);
-        // A LOOKUP's journal points are TypeScript's (FuseServer.ringServed, the publish hooks).
-        const inAddon = point === 'op-after-pop' || point === 'op-after-syscall' || (point === 'op-before-publish' && c.opcode !== 1);
+        // A journaled request's points past the syscall are TypeScript's (FuseServer.ringServed,
+        // the publish hooks).
+        const inAddon = point === 'op-after-pop' || point === 'op-after-syscall' || (point === 'op-before-publish' && !c.journaled);
         const where = inAddon ? ' native' : '';
         t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${c.opcode}${where}`), `the worker crashed at ${point}${where}`);
         await waitFor(() => { const w = queryStatus(stateDir).worker; return w.restarts >= 1 && w.state === 'running'; }, 'the successor running');

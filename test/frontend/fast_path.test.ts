@@ -54,10 +54,14 @@ function fastStats(stateDir: string, cond: (f: FastPathStats) => boolean, what: 
   }) as Promise<FastPathStats>;
 }
 
+const NS = 1_000_000_000n;
+
 function sameAttr(t: Test, a: F.Attr, host: fs.BigIntStats, what: string): void {
-  t.same({ ino: a.ino, size: a.size, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, mtime: a.mtime, mtimensec: a.mtimensec },
+  // The wire's mtime is an i64 in a u64; a time before 1970 has seconds rounded down.
+  const sec = host.mtimeNs >= 0n ? host.mtimeNs / NS : -((-host.mtimeNs + NS - 1n) / NS);
+  t.same({ ino: a.ino, size: a.size, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, mtime: BigInt.asIntN(64, a.mtime), mtimensec: a.mtimensec },
     { ino: host.ino, size: host.size, mode: Number(host.mode), nlink: Number(host.nlink), uid: Number(host.uid), gid: Number(host.gid),
-      mtime: host.mtimeMs / 1000n, mtimensec: Number(host.mtimeNs % 1_000_000_000n) }, what);
+      mtime: sec, mtimensec: Number(host.mtimeNs - sec * NS) }, what);
 }
 
 for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GETATTR, READ and WRITE with the replies TypeScript gives (${medium})`, async (t) => {
@@ -138,6 +142,69 @@ t.test('the fast path serves GETXATTR (values, sizes, ENODATA, ERANGE) with the 
     value: 'value of k', size: 10, bigOk: true, missing: 61, capability: 61, tooSmall: 34, rootDir: 61,
     otherUser: 13, trusted: 61, unknownNode: EBADF,
   }, 'the replies are the kernel\'s: ENODATA, ERANGE, EACCES for another user, and ours for trusted.* and an unknown nodeid');
+});
+
+t.test('the fast path serves SETATTR (mode, owner, size, times) with the replies TypeScript gives', async (t) => {
+  const A = F.FATTR;
+  const replies: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.symlinkSync('data', s.host('link'));
+    const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    const link = await s.fuse.lookup(F.FUSE_ROOT_ID, 'link');
+    const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+    const host = (): fs.BigIntStats => fs.lstatSync(s.host('data'), { bigint: true });
+    /** What a reply says, checked against lstat of the file it names at that moment. */
+    /** `times`: the request set both times to given values (else they differ between runs). */
+    const attrOf = async (p: Promise<F.AttrOut>, times = false, file = 'data'): Promise<unknown> => {
+      try {
+        const r = await p;
+        sameAttr(t, r.attr, fs.lstatSync(s.host(file), { bigint: true }), 'the reply has the file\'s attributes after the change');
+        return { mode: r.attr.mode, uid: r.attr.uid, gid: r.attr.gid, size: r.attr.size, valid: [r.attrValid, r.attrValidNsec],
+          ...(times ? { atime: [r.attr.atime, r.attr.atimensec], mtime: [r.attr.mtime, r.attr.mtimensec] } : {}) };
+      } catch (err) {
+        if (err instanceof FuseError) return { errno: err.errno };
+        throw err;
+      }
+    };
+    const seen = {
+      chmodByInode: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.MODE, mode: 0o100640 })),
+      chmodByFh: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.MODE | A.FH, fh: o.fh, mode: 0o2751 })),
+      chown: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.UID | A.GID, uid: 1234, gid: 5678 })),
+      chgrpOnly: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.GID, gid: 42 })),
+      times: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.ATIME | A.MTIME, atime: 1_600_000_000n, atimensec: 5, mtime: -2n, mtimensec: 999_999_999 }), true),
+      timesByFh: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.MTIME | A.FH, fh: o.fh, mtime: 1_234_567_890n, mtimensec: 42 })),
+      truncateByFh: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.SIZE | A.FH, fh: o.fh, size: 1000 })),
+      all: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.MODE | A.UID | A.SIZE | A.ATIME | A.MTIME | A.FH | A.LOCKOWNER | A.CTIME,
+        fh: o.fh, mode: 0o600, uid: 0, size: 3, atime: 7n, mtime: 8n, ctime: 9n, lockOwner: 77n }), true),
+      // Left to TypeScript: a size without an fh, KILL_SUIDGID with a size, a symlink's mode,
+      // bad nanoseconds, an unknown fh or nodeid.
+      truncateByInode: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.SIZE, size: 2 })),
+      killSuid: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.SIZE | A.FH | A.KILL_SUIDGID, fh: o.fh, size: 1 })),
+      symlinkMode: await attrOf(s.fuse.setattr(link.nodeid, { valid: A.MODE, mode: 0o777 }), false, 'link'),
+      symlinkTimes: await attrOf(s.fuse.setattr(link.nodeid, { valid: A.MTIME, mtime: 99n }), false, 'link'),
+      badNsec: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.MTIME, mtime: 1n, mtimensec: 1_000_000_000 })),
+      unknownFh: await attrOf(s.fuse.setattr(e.nodeid, { valid: A.MODE | A.FH, fh: o.fh + 99n, mode: 0o644 })),
+      unknownNode: await attrOf(s.fuse.setattr(987654n, { valid: A.MODE, mode: 0o644 })),
+      nowTimes: await s.fuse.setattr(e.nodeid, { valid: A.ATIME_NOW | A.MTIME_NOW }).then((r) => {
+        sameAttr(t, r.attr, host(), 'MTIME_NOW: the reply has the file\'s new times');
+        return r.attr.mtime >= BigInt(Math.floor(Date.now() / 1000) - 60);
+      }),
+    };
+    t.equal(Number(host().mode) & 0o7777, 0o600, 'the host file has the mode of the last SETATTR');
+    t.equal(host().size, 1n, 'and its size');
+    replies[String(fastPath)] = seen;
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.setattr ?? 0) >= 9, 'the fast path SETATTR counter');
+      t.ok((f.setattr ?? 0) >= 9, `SETATTRs served natively: ${JSON.stringify(f)}`);
+    }
+    await s.close();
+  }
+  t.same(replies.true, replies.false, 'both paths gave the same replies');
+  const r = replies.true as Record<string, { errno?: number; mode?: number; size?: bigint }>;
+  t.same([r.symlinkMode?.errno, r.badNsec?.errno, r.unknownFh?.errno, r.unknownNode?.errno], [95, 22, EBADF, EBADF],
+    'EOPNOTSUPP for a symlink\'s mode, EINVAL for bad nanoseconds, EBADF for an unknown fh or nodeid');
+  t.same([r.chmodByFh?.mode, r.truncateByFh?.size, r.all?.size], [0o102751, 1000n, 3n], 'the values took');
 });
 
 t.test('what the fast path must not serve goes to TypeScript', async (t) => {

@@ -1,5 +1,5 @@
 // Fuzz of the addon's FUSE fast server (native/src/fast_fuse.cc), in process: random and mutated
-// GETATTR, READ, WRITE, LOOKUP and FLUSH requests (wrong lengths, names without NUL, '/', '..', huge
+// GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR and SETATTR requests (wrong lengths, names without NUL, '/', '..', huge
 // offsets and sizes, unknown ids, odd buffer splits) through the addon's ring with the server
 // attached, over a real directory. Whatever it serves must be a well-formed reply to that
 // request (length, unique, no error) that fits the guest's buffers; everything else must come
@@ -24,7 +24,7 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-const OPS = [1, 3, 15, 16, 22, 25] as const; // LOOKUP, GETATTR, READ, WRITE, GETXATTR, FLUSH
+const OPS = [1, 3, 4, 15, 16, 22, 25] as const; // LOOKUP, GETATTR, SETATTR, READ, WRITE, GETXATTR, FLUSH
 const ENODATA = 61, ERANGE = 34;
 const NODE_FILE = 2;
 const FH = 7;
@@ -87,6 +87,19 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body.writeUInt32LE(int(4) === 0 ? 1 : 0, 0);
         body.writeBigUInt64LE(BigInt(fh), 8);
         break;
+      case 4: {
+        // fuse_setattr_in: valid, fh, size, lock owner, a/m/ctime, their nsecs, mode, uid, gid.
+        body = Buffer.alloc(88);
+        body.writeUInt32LE(int(4) === 0 ? int(0x1000) : [1, 0x30, 0x180, 0x48, 6, 0x71, 0x800 | 8][int(7)]!, 0);
+        body.writeBigUInt64LE(BigInt(fh), 8);
+        body.writeBigUInt64LE(BigInt(int(4) === 0 ? offset : int(60_000)), 16);
+        for (const at of [32, 40, 48]) body.writeBigInt64LE([0n, 1_700_000_000n, -5n, 2n ** 53n, -(2n ** 53n), 2n ** 62n][int(6)]!, at);
+        for (const at of [56, 60, 64]) body.writeUInt32LE(int(5) === 0 ? 1_000_000_000 + int(5) : int(1_000_000_000), at);
+        body.writeUInt32LE(0o100000 | (int(3) === 0 ? int(0o10000) : 0o644), 68);
+        body.writeUInt32LE(int(3) === 0 ? 0xffff_ffff : int(2000), 76);
+        body.writeUInt32LE(int(3) === 0 ? 0xffff_ffff : int(2000), 80);
+        break;
+      }
       case 22: {
         const names = ['user.k', 'user.k', 'user.missing', 'security.capability', 'trusted.x', '', 'x'.repeat(300), 'a\0b'];
         const name = Buffer.from(names[int(names.length)]!);
@@ -127,7 +140,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
 
   let served = 0;
   let declined = 0;
-  let lookups = 0;
+  let recorded = 0;
   for (let it = 0; it < ITERATIONS; it++) {
     const unique = BigInt(it * 2 + 2);
     const req = request(unique);
@@ -169,11 +182,13 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       continue;
     }
     if (c !== null) {
-      // A served LOOKUP comes back for its journal: alone (one per kick here), with the reply the guest got.
-      lookups++;
-      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== 1 || c.nodeid(0) !== NODE_FILE ||
-        !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== 144) {
-        t.fail(`iteration ${it}: the served LOOKUP's record is not its reply`);
+      // A served LOOKUP or SETATTR comes back for its journal: alone (one per kick here), with
+      // the reply the guest got.
+      recorded++;
+      const op = req.readUInt32LE(4);
+      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || (op !== 1 && op !== 4) || c.nodeid(0) !== NODE_FILE ||
+        !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== (op === 1 ? 144 : 120)) {
+        t.fail(`iteration ${it}: the served request's record is not its reply`);
         return;
       }
     }
@@ -191,17 +206,19 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const xattrError = opcode === 22 && (error === -ENODATA || error === -ERANGE) && usedLen === 16;
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || xattrError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
-      (opcode !== 3 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24) &&
+      (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24) &&
       (opcode !== 25 || usedLen === 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
     }
   }
-  t.ok(served > 150 && declined > 1000 && lookups > 8, `served ${served} (${lookups} LOOKUPs), declined ${declined}`);
   const stats = server.stats();
-  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush + stats.getxattr, served, 'the server counts what it served');
+  t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR), declined ${declined}`);
+  t.equal(stats.lookup + stats.setattr, recorded, 'every served LOOKUP and SETATTR came back for its journal');
+  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush + stats.getxattr + stats.setattr, served, 'the server counts what it served');
   t.ok(stats.getxattr > 10, `GETXATTRs served: ${stats.getxattr}`);
+  t.ok(stats.setattr > 10, `SETATTRs served: ${stats.setattr}`);
 });
 
 t.test('LOOKUPs served in a row come back as one batch, before the chain popped after them', async (t) => {

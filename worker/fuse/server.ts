@@ -278,11 +278,11 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
-  /** LOOKUPs the addon answered (native/src/fast_fuse.cc), one batch per ring turn: each
-   * one's lookup count and outcome are journaled as TypeScript's own LOOKUP would journal them
-   * (dispatch), in pop order, so the group commit makes them durable before the replies are
-   * published, and a resubmission after a crash gets the recorded reply instead of a second
-   * count. */
+  /** LOOKUPs and SETATTRs the addon answered (native/src/fast_fuse.cc), one batch per ring
+   * turn: each one's outcome (and a LOOKUP's lookup count) is journaled as TypeScript's own
+   * request would journal it (dispatch), in pop order, so the group commit makes them durable
+   * before the replies are published, and a resubmission after a crash gets the recorded reply
+   * instead of a second count or a second run. */
   ringServed(batch: RingServedBatch, queueIndex: number): void {
     const ledger = this.opts.ledger;
     const lookups: ServedLookup[] = [];
@@ -294,8 +294,9 @@ export class FuseServer implements ChainHandler {
       if (ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
+        // SETATTR (no session change), or a LOOKUP with a ledger that takes no batches.
         ledger?.beginRequest(key, opcode, false, null);
-        this.addServedLookup(batch.nodeid(i));
+        if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
         ledger?.endSync();
         ledger?.outcome(key, batch.reply(i));
       }

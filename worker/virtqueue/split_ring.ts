@@ -46,9 +46,10 @@ export interface DescriptorChain {
   writableLen: number;
 }
 
-/** Requests the ring served itself whose session effect JavaScript must journal before their
- * used elements (already pushed) are published, in pop order: LOOKUPs of known inodes, one
- * more lookup of `nodeid(i)` each. `reply(i)` is what the guest got. One batch per ring turn
+/** Requests the ring served itself whose outcome JavaScript must journal before their used
+ * elements (already pushed) are published, in pop order: LOOKUPs of known inodes (one more
+ * lookup of `nodeid(i)` each) and SETATTRs (no session change). `reply(i)` is what the guest
+ * got. One batch per ring turn
  * (native_ring.ts reads it from the addon): one crossing and one copy for all of them. */
 export interface RingServedBatch {
   readonly served: true;
