@@ -35,11 +35,19 @@ export interface FastPathStats {
   getxattr?: number;
   /** SETATTRs of known inodes (their outcomes journaled by TypeScript). Absent from older workers. */
   setattr?: number;
+  /** LOOKUPs of names that do not exist, answered ENOENT. Absent from older workers. */
+  lookupMissing?: number;
   declined: number;
   /** Entries of its tables. */
   inodes: number;
   files: number;
 }
+
+/** The fast path's counters as the metric's `op` label names them. */
+const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
+  ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'],
+  ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'],
+];
 
 export interface StatusReport {
   name: string;
@@ -132,8 +140,8 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   metric('fast_path_requests_total', 'counter', 'Requests the addon served itself, by opcode (since the worker started).',
-    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : (['getattr', 'read', 'write', 'lookup', 'flush', 'getxattr', 'setattr'] as const)
-      .map((op) => [{ name: r.name, op }, r.fuse.fastPath![op] ?? 0] as [Record<string, string>, number]))));
+    reports.flatMap((r) => (r.fuse.fastPath === null ? [] : FAST_PATH_OPS
+      .map(([key, op]) => [{ name: r.name, op }, r.fuse.fastPath![key] ?? 0] as [Record<string, string>, number]))));
   return out.join('\n') + '\n';
 }
 

@@ -448,7 +448,8 @@ export class Worker {
   }
 
   private onDisconnect(reason: string): void {
-    this.log.info({ reason }, 'frontend disconnected');
+    // What the addon served this session, beside what TypeScript did (the status counters end here).
+    this.log.info({ reason, fastPath: this.fastPath?.stats() ?? null }, 'frontend disconnected');
     this.server?.reset();
     this.backend = null;
     this.server = null;

@@ -258,9 +258,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // LOOKUP of a name whose inode the session knows (worker/fs/inodes.ts lookupKnown, the same
   // test): fstatat of the name under the parent's fd, its (dev, ino) in the table, and for an
   // inode named by a file handle whose fd nobody holds the name's handle equal to the recorded
-  // one (nothing pins such an inode, so its number may have been reused). One more lookup of that nodeid is the
-  // session effect, which JavaScript journals before the reply is published (needsRecord).
-  // '.', '..', new inodes and every error are TypeScript's.
+  // one (nothing pins such an inode, so its number may have been reused). One more lookup of
+  // that nodeid is the session effect, which JavaScript journals before the reply is published
+  // (needsRecord). A name that does not exist is answered ENOENT here, as TypeScript answers it
+  // (no negative entries): no session effect, so nothing to journal, and a successor that runs
+  // it again answers for the directory as it is then, which the guest cannot tell from a later
+  // request. '.', '..', new inodes and every other error are TypeScript's.
   bool Lookup(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
     constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out);
     if (len < 2 || args[len - 1] != 0 || c.writableLen < kReply) return Decline();
@@ -271,7 +274,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     auto parent = inodes_.find(h.nodeid);
     if (parent == inodes_.end()) return Decline();
     struct stat st;
-    if (fstatat(parent->second, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return Decline();
+    if (fstatat(parent->second, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno != ENOENT) return Decline();
+      CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+      lookupsMissing_++;
+      return ReplyError(c, h, ENOENT, &out->usedLen);
+    }
     auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
     if (known == byDevIno_.end()) return Decline();
     const InodeMeta& m = meta_.at(known->second);
@@ -796,6 +804,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
     o.Set("setattr", Napi::Number::New(env, static_cast<double>(setattrs_)));
+    o.Set("lookupMissing", Napi::Number::New(env, static_cast<double>(lookupsMissing_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -812,7 +821,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
-  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0,
+  uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0;
   bool xattr_ = false;
   int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)

@@ -76,7 +76,7 @@ export interface MarkedGuestRun {
  * dir still exists); it throws if the result is wrong. */
 export async function runMarkedGuest(kind: BackendKind, opts: {
   cache: CacheMode; workDir: string; guestScript: string; need: string[];
-  setupShared?: (shared: string) => void; check?: (run: MarkedGuestRun) => void;
+  setupShared?: (shared: string) => void; check?: (run: MarkedGuestRun) => void; log?: (m: string) => void;
 }): Promise<MarkedGuestRun> {
   const image = await ensureGuestImage();
   const dir = fs.mkdtempSync(path.join(opts.workDir, `g-${kind}-`));
@@ -117,6 +117,17 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
     await killGuest();
     if (r.exitCode !== 0) throw new Error(`guest run on ${kind} failed:\n${describeResult(r, 4000)}\n--- backend log (tail) ---\n${backend.log().slice(-3000)}`);
     for (const k of ['mounted', ...opts.need]) if (!marks.has(k)) throw new Error(`guest output lacks the ${k} marker:\n${r.output.slice(-3000)}`);
+    if (kind === 'ours' && opts.log !== undefined) {
+      // The worker's last word on the session: what the addon served (a diagnostic, not a row).
+      const disconnected = /"fastPath":(\{[^}]*\})[^\n]*frontend disconnected/;
+      const until = performance.now() + 2000;
+      let served = disconnected.exec(backend.log());
+      while (served === null && performance.now() < until) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        served = disconnected.exec(backend.log());
+      }
+      opts.log(`  fast path on ours: ${served?.[1] ?? 'no figures (the worker did not log its disconnect)'}`);
+    }
     const run: MarkedGuestRun = { marks, started, output: r.output, shared };
     opts.check?.(run);
     return run;
@@ -129,7 +140,7 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
 /** Boots a guest on `kind` (cache=none / --cache never), copies the tree in and out. */
 export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string, log: (m: string) => void): Promise<GuestCopyResult> {
   const { marks, started } = await runMarkedGuest(kind, {
-    cache: 'never', workDir, guestScript: script(t), need: ['prepared', 'copied-in', 'copied-out'],
+    cache: 'never', workDir, guestScript: script(t), need: ['prepared', 'copied-in', 'copied-out'], log,
     check: (run) => {
       const size = /BENCH-SIZE (\d+)/.exec(run.output);
       const want = treeBytes(t) / 1024;

@@ -75,7 +75,7 @@ echo "BENCH-MARK rm"
 export async function guestDevLoop(kind: BackendKind, t: DevTreeShape, workDir: string, log: (m: string) => void): Promise<DevLoopResult> {
   let needles = 0;
   const { marks } = await runMarkedGuest(kind, {
-    cache: 'auto', workDir, guestScript: script(), need: ['start', ...DEV_STEPS],
+    cache: 'auto', workDir, guestScript: script(), need: ['start', ...DEV_STEPS], log,
     setupShared: (shared) => { needles = writePackage(shared, t); },
     check: (run) => {
       const files = /BENCH-FILES (\d+)/.exec(run.output);

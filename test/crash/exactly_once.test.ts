@@ -423,6 +423,14 @@ const nativeCases: NativeCase[] = [
       t.same([a.mode, a.mtime * 1_000_000_000n + BigInt(a.mtimensec), a.ctime * 1_000_000_000n + BigInt(a.ctimensec)],
         [Number(host.mode), host.mtimeNs, host.ctimeNs], 'the reply\'s times are the file\'s: run once after its outcome was journaled');
     } },
+  { name: 'LOOKUP of a missing name', opcode: 1,
+    // ENOENT from the addon, nothing journaled: the successor runs it again and answers it once.
+    act: (s) => s.fuse.lookup(ROOT, 'late').then(() => 0, (e: FuseError) => e.errno),
+    verify: async (t, s, r) => {
+      t.equal(r, 2, 'ENOENT');
+      fs.writeFileSync(s.host('late'), 'L8');
+      t.equal((await s.fuse.lookup(ROOT, 'late')).attr.size, 2n, 'found once it exists: no negative entry kept');
+    } },
   { name: 'GETATTR', opcode: 3,
     act: async (s) => (await s.fuse.getattr((await s.fuse.lookup(ROOT, 'n')).nodeid)).attr,
     verify: (t, s, r) => { t.equal((r as F.Attr).ino, BigInt(fs.statSync(s.host('n')).ino), 'the attributes of the file'); } },

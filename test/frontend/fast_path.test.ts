@@ -207,6 +207,36 @@ t.test('the fast path serves SETATTR (mode, owner, size, times) with the replies
   t.same([r.chmodByFh?.mode, r.truncateByFh?.size, r.all?.size], [0o102751, 1000n, 3n], 'the values took');
 });
 
+t.test('the fast path answers a LOOKUP of a missing name ENOENT, as TypeScript does', async (t) => {
+  const seen: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.mkdirSync(s.host('dir'));
+    const dir = await s.fuse.lookup(F.FUSE_ROOT_ID, 'dir');
+    const data = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    const r = {
+      missing: await errnoOf(s.fuse.lookup(F.FUSE_ROOT_ID, 'missing')),
+      inDir: await errnoOf(s.fuse.lookup(dir.nodeid, 'nothing here')),
+      underFile: await errnoOf(s.fuse.lookup(data.nodeid, 'x')), // ENOTDIR: TypeScript's
+      tooLong: await errnoOf(s.fuse.lookup(F.FUSE_ROOT_ID, 'n'.repeat(300))),
+      unknownParent: await errnoOf(s.fuse.lookup(987654n, 'missing')),
+      // The name appears on the host: the next LOOKUP finds it (no negative entry anywhere).
+      appeared: await (async () => {
+        fs.writeFileSync(s.host('missing'), 'now here');
+        return (await s.fuse.lookup(F.FUSE_ROOT_ID, 'missing')).attr.size;
+      })(),
+    };
+    seen[String(fastPath)] = r;
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.lookupMissing ?? 0) >= 2, 'the fast path ENOENT counter');
+      t.equal(f.lookupMissing, 2, `two LOOKUPs answered ENOENT natively: ${JSON.stringify(f)}`);
+    }
+    await s.close();
+  }
+  t.same(seen.true, seen.false, 'both paths gave the same replies');
+  t.same(seen.true, { missing: 2, inDir: 2, underFile: 20, tooLong: 36, unknownParent: EBADF, appeared: 8n }, 'ENOENT, ENOTDIR, ENAMETOOLONG, EBADF');
+});
+
 t.test('what the fast path must not serve goes to TypeScript', async (t) => {
   const { s, stateDir } = await session(t, true);
   const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');

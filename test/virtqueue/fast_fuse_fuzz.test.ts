@@ -25,7 +25,7 @@ const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
 const OPS = [1, 3, 4, 15, 16, 22, 25] as const; // LOOKUP, GETATTR, SETATTR, READ, WRITE, GETXATTR, FLUSH
-const ENODATA = 61, ERANGE = 34;
+const ENODATA = 61, ERANGE = 34, ENOENT = 2;
 const NODE_FILE = 2;
 const FH = 7;
 
@@ -202,11 +202,11 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const error = view.getInt32(REPLY + 4, true);
     const outUnique = view.getBigUint64(REPLY + 8, true);
     const opcode = req.readUInt32LE(4);
-    // GETXATTR alone answers errors (ENODATA, ERANGE: a bare header).
-    const xattrError = opcode === 22 && (error === -ENODATA || error === -ERANGE) && usedLen === 16;
-    const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || xattrError) && outUnique === unique &&
+    // The errors answered here are a bare header: GETXATTR's ENODATA and ERANGE, LOOKUP's ENOENT.
+    const nativeError = usedLen === 16 && ((opcode === 22 && (error === -ENODATA || error === -ERANGE)) || (opcode === 1 && error === -ENOENT));
+    const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || nativeError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
-      (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144) && (opcode !== 16 || usedLen === 24) &&
+      (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
       (opcode !== 25 || usedLen === 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
@@ -216,7 +216,9 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   const stats = server.stats();
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR), declined ${declined}`);
   t.equal(stats.lookup + stats.setattr, recorded, 'every served LOOKUP and SETATTR came back for its journal');
-  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.flush + stats.getxattr + stats.setattr, served, 'the server counts what it served');
+  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.flush + stats.getxattr + stats.setattr, served,
+    'the server counts what it served');
+  t.ok(stats.lookupMissing > 10, `LOOKUPs answered ENOENT: ${stats.lookupMissing}`);
   t.ok(stats.getxattr > 10, `GETXATTRs served: ${stats.getxattr}`);
   t.ok(stats.setattr > 10, `SETATTRs served: ${stats.setattr}`);
 });
