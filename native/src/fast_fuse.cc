@@ -19,11 +19,11 @@
 // - A request that would block (RWF_NOWAIT says EAGAIN) or is larger than kMaxSyncIo is left to
 //   the threadpool path, as worker/fs/io.ts does, so the event loop never waits for a disk.
 // - GETXATTR (worker/fs/xattrs.ts get: the inode reopened O_RDONLY through /proc/self/fd, then
-//   fgetxattr with the caller's fs ids) is the one opcode answered with an error here: ENODATA
-//   and ERANGE are what the kernel says of the name and the size, and the common answer (a
-//   guest kernel asks for security.capability before every write). Every other errno, an fs
-//   id that does not take, trusted.* and files that are neither regular nor directories are
-//   TypeScript's.
+//   fgetxattr with the caller's fs ids) answers errors here: ENODATA and ERANGE are what the
+//   kernel says of the name and the size, and the common answer (a guest kernel asks for
+//   security.capability before every write). Every other errno, an fs id that does not take,
+//   trusted.* and files that are neither regular nor directories are TypeScript's. The only
+//   other error answered here is LOOKUP's ENOENT (a create's lookup first).
 #include "common.h"
 #include "fast_path.h"
 
