@@ -218,9 +218,18 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (fstatat(it->second, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     uint8_t reply[kReply];
-    std::memset(reply, 0, sizeof reply);
-    fuse_out_header out{static_cast<uint32_t>(kReply), 0, h.unique};
-    std::memcpy(reply, &out, sizeof out);
+    *usedLen = WriteAttrReply(c, h, st, reply);
+    getattrs_++;
+    return true;
+  }
+
+  // The fuse_attr_out reply of GETATTR and SETATTR (encode.ts encodeAttrOut), built in `reply`
+  // (kOutHeader + sizeof(fuse_attr_out) bytes) and written to the guest; returns its length.
+  uint32_t WriteAttrReply(const Chain& c, const fuse_in_header& h, const struct stat& st, uint8_t* reply) const {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_attr_out);
+    std::memset(reply, 0, kReply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
     fuse_attr_out a;
     std::memset(&a, 0, sizeof a);
     a.attr_valid = attrSec_;
@@ -228,9 +237,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     FillAttr(st, &a.attr);
     std::memcpy(reply + kOutHeader, &a, sizeof a);
     ScatterSegments(c.writable, 0, reply, kReply);
-    *usedLen = kReply;
-    getattrs_++;
-    return true;
+    return static_cast<uint32_t>(kReply);
   }
 
   // As worker/fuse/encode.ts encodeAttr: the kernel's new_encode_dev for rdev, u64 fields that
@@ -444,19 +451,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     struct stat st;
     if (fstatat(inodeFd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
-    uint8_t* reply = out->reply;
-    std::memset(reply, 0, kReply);
-    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
-    std::memcpy(reply, &oh, sizeof oh);
-    fuse_attr_out a;
-    std::memset(&a, 0, sizeof a);
-    a.attr_valid = attrSec_;
-    a.attr_valid_nsec = attrNsec_;
-    FillAttr(st, &a.attr);
-    std::memcpy(reply + kOutHeader, &a, sizeof a);
-    ScatterSegments(c.writable, 0, reply, kReply);
-    out->usedLen = kReply;
-    out->replyLen = kReply;
+    out->usedLen = out->replyLen = WriteAttrReply(c, h, st, out->reply);
     out->needsRecord = true;
     out->nodeid = h.nodeid;
     setattrs_++;
