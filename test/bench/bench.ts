@@ -30,7 +30,7 @@ import { measureSystemdRecovery, systemdRecoveryUnavailable } from './recovery_s
 import type { InodeFileHandles } from '../../shared/config';
 import { IDLE_REDUCE_MS } from '../../shared/memory';
 import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
-import { guestCopy, describeTree, treeBytes, type TreeShape } from './guest_copy';
+import { guestCopy, describeTree, treeBytes, type GuestCopyResult, type GuestCpu, type TreeShape } from './guest_copy';
 import type { BackendKind } from '../e2e/backends';
 import { DEV_STEPS, describeDevTree, guestDevLoop, type DevLoopResult, type DevTreeShape } from './guest_devloop';
 import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
@@ -434,19 +434,33 @@ async function guestPhase(cfg: Config, rows: Row[]): Promise<void> {
   log(`guest: ${describeTree(cfg.tree)}, ${cfg.guestRepeats} repeat(s) per backend`);
   const res = await alternating(cfg.guestRepeats, (k) => guestCopy(k, cfg.tree, work, log));
   const mib = treeBytes(cfg.tree) / 1048576;
-  const mk = (what: string, f: (x: { copyInMs: number; copyOutMs: number }) => number): Row => {
+  const mk = (what: string, f: (x: GuestCopyResult) => number, cpuOf: ((x: GuestCopyResult) => GuestCpu) | null): Row => {
     const o = (res.get('ours') ?? []).map(f).map((x) => sig(x / 1000, 4));
     const p = (res.get('c-virtiofsd') ?? []).map(f).map((x) => sig(x / 1000, 4));
     const ours = sig(median(o), 4);
     const peer = p.length ? sig(median(p), 4) : null;
-    return { name: `guest (QEMU TCG, cache=none): ${what}, ${mib} MiB tree (${describeTree(cfg.tree)})`, unit: 's', ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: false, oursRuns: o, peerRuns: p };
+    return { name: `guest (QEMU TCG, cache=none): ${what}, ${mib} MiB tree (${describeTree(cfg.tree)})`, unit: 's', ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: false, oursRuns: o, peerRuns: p,
+      ...(cpuOf === null ? {} : { note: guestCpuNote(res, cpuOf) }) };
   };
   rows.push(
-    mk('cp -r tmpfs → mount', (x) => x.copyInMs),
-    mk('cp -r mount → tmpfs', (x) => x.copyOutMs),
-    mk('both copies', (x) => x.copyInMs + x.copyOutMs),
+    mk('cp -r tmpfs → mount', (x) => x.copyInMs, (x) => x.copyInCpu),
+    mk('cp -r mount → tmpfs', (x) => x.copyOutMs, (x) => x.copyOutCpu),
+    mk('both copies', (x) => x.copyInMs + x.copyOutMs, null),
   );
   await devLoopPhase(cfg, rows, work);
+}
+
+/** Medians of the CPU the backend and QEMU used in a guest row, and how busy the machine was
+ * (2 CPUs: QEMU's TCG thread holds one while the guest runs, so a busy machine means the
+ * backend's CPU competes with the guest's). */
+function guestCpuNote<T>(res: Map<BackendKind, T[]>, cpuOf: (x: T) => GuestCpu): string {
+  const part = (k: BackendKind, label: string): string => {
+    const c = (res.get(k) ?? []).map(cpuOf);
+    if (c.length === 0) return `${label}: -`;
+    return `${label}: backend ${sig(median(c.map((x) => x.backendMs / 1000)), 3)} s CPU, QEMU ${sig(median(c.map((x) => x.qemuMs / 1000)), 3)} s, ` +
+      `machine ${Math.round(median(c.map((x) => x.machineBusy)) * 100)}% busy`;
+  };
+  return `median CPU: ${part('ours', 'ours')}; ${part('c-virtiofsd', 'C virtiofsd')}`;
 }
 
 /** The developer's loop (guest_devloop.ts), both backends in their default cache mode. */
@@ -461,7 +475,7 @@ async function devLoopPhase(cfg: Config, rows: Row[], work: string): Promise<voi
   rows.push({
     name: `guest (QEMU TCG, default cache: auto): developer loop (tar x, find, stat, grep -r, cp -a, rm -rf), ${describeDevTree(cfg.devTree)}`,
     unit: 's', ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: false, oursRuns: o, peerRuns: p,
-    note: `median s per step: ours ${steps('ours')}; C virtiofsd ${steps('c-virtiofsd')}`,
+    note: `median s per step: ours ${steps('ours')}; C virtiofsd ${steps('c-virtiofsd')}; ${guestCpuNote(res, (x) => x.cpu)}`,
   });
 }
 

@@ -7,7 +7,8 @@ import * as path from 'node:path';
 import { startBackend, type BackendKind } from '../e2e/backends';
 import { startGuest, describeResult } from '../e2e/qemu';
 import { ensureGuestImage } from '../e2e/guest-image';
-import { onCleanup } from './procs';
+import { onCleanup, processCpuMs } from './procs';
+import { descendantsOf } from '../frontend/backend';
 import type { CacheMode } from '../../shared/config';
 
 export interface TreeShape {
@@ -19,6 +20,11 @@ export interface TreeShape {
 
 export const treeBytes = (t: TreeShape): number => t.big * 4 * 1048576 + t.small * 65536;
 
+/** "backend 1.2 s CPU, QEMU 3.4 s, machine 87% busy": a log line's part. */
+export function describeCpu(c: GuestCpu): string {
+  return `backend ${(c.backendMs / 1000).toFixed(2)} s CPU, QEMU ${(c.qemuMs / 1000).toFixed(2)} s, machine ${Math.round(c.machineBusy * 100)}% busy`;
+}
+
 export function describeTree(t: TreeShape): string {
   return `${t.big} x 4 MiB + ${t.small} x 64 KiB files = ${treeBytes(t) / 1048576} MiB`;
 }
@@ -28,6 +34,9 @@ export interface GuestCopyResult {
   copyInMs: number;
   /** mount → tmpfs (guest reads), ms. */
   copyOutMs: number;
+  /** CPU during each copy. */
+  copyInCpu: GuestCpu;
+  copyOutCpu: GuestCpu;
   /** Creating the source tree in the guest's tmpfs (not on the mount), ms. */
   prepareMs: number;
   bootToMountMs: number;
@@ -62,9 +71,41 @@ function treeSize(p: string): number {
   return fs.readdirSync(p).reduce((n, e) => n + treeSize(path.join(p, e)), 0);
 }
 
+/** CPU ms used so far, read when a mark line arrives. */
+export interface CpuAtMark {
+  /** The backend's processes (the keeper, its workers; the C virtiofsd and its child). */
+  backend: number;
+  /** QEMU (its TCG vCPU thread runs the guest). */
+  qemu: number;
+  /** The whole machine, busy (not idle or iowait), summed over its CPUs. */
+  machineBusy: number;
+  /** The whole machine's time, summed over its CPUs. */
+  machineTotal: number;
+}
+
+/** CPU between two marks: the backend's and QEMU's ms, and how busy the machine was (0-1). */
+export interface GuestCpu { backendMs: number; qemuMs: number; machineBusy: number }
+
+export function cpuBetween(a: CpuAtMark, b: CpuAtMark): GuestCpu {
+  const total = b.machineTotal - a.machineTotal;
+  return { backendMs: b.backend - a.backend, qemuMs: b.qemu - a.qemu, machineBusy: total > 0 ? (b.machineBusy - a.machineBusy) / total : 0 };
+}
+
+const CLK_TCK_MS = 10; // one USER_HZ tick (1/100 s) in ms
+
+/** Busy and total CPU ms of the machine from /proc/stat's first line. */
+function machineCpuMs(): { busy: number; total: number } {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = f.reduce((x, y) => x + y, 0);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  return { busy: (total - idle) * CLK_TCK_MS, total: total * CLK_TCK_MS };
+}
+
 export interface MarkedGuestRun {
   /** Host ms of each `BENCH-MARK <name>` line on the console, and of the mount ("mounted"). */
   marks: Map<string, number>;
+  /** CPU used up to each mark (same keys as `marks`). */
+  cpu: Map<string, CpuAtMark>;
   /** When the guest was started (host ms). */
   started: number;
   output: string;
@@ -95,6 +136,13 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
     await rmShort();
   });
   const marks = new Map<string, number>();
+  const cpu = new Map<string, CpuAtMark>();
+  let qemuPid: number | null = null;
+  const cpuNow = (): CpuAtMark => {
+    const m = machineCpuMs();
+    const backendMs = [backend.pid, ...descendantsOf(backend.pid)].reduce((sum, p) => sum + (processCpuMs(p) ?? 0), 0);
+    return { backend: backendMs, qemu: qemuPid === null ? 0 : processCpuMs(qemuPid) ?? 0, machineBusy: m.busy, machineTotal: m.total };
+  };
   let buf = '';
   const started = performance.now();
   try {
@@ -108,10 +156,14 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
           const line = buf.slice(0, nl).trim();
           buf = buf.slice(nl + 1);
           const m = /BENCH-MARK (\S+)/.exec(line) ?? /VFSK-INIT: (mounted)/.exec(line);
-          if (m) marks.set(m[1]!, now);
+          if (m) {
+            marks.set(m[1]!, now);
+            cpu.set(m[1]!, cpuNow());
+          }
         }
       },
     });
+    qemuPid = g.pid;
     const killGuest = onCleanup(`kill QEMU ${g.pid}`, () => g.kill());
     const r = await g.wait();
     await killGuest();
@@ -128,7 +180,7 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
       }
       opts.log(`  fast path on ours: ${served?.[1] ?? 'no figures (the worker did not log its disconnect)'}`);
     }
-    const run: MarkedGuestRun = { marks, started, output: r.output, shared };
+    const run: MarkedGuestRun = { marks, cpu, started, output: r.output, shared };
     opts.check?.(run);
     return run;
   } finally {
@@ -139,7 +191,7 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
 
 /** Boots a guest on `kind` (cache=none / --cache never), copies the tree in and out. */
 export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string, log: (m: string) => void): Promise<GuestCopyResult> {
-  const { marks, started } = await runMarkedGuest(kind, {
+  const { marks, cpu, started } = await runMarkedGuest(kind, {
     cache: 'never', workDir, guestScript: script(t), need: ['prepared', 'copied-in', 'copied-out'], log,
     check: (run) => {
       const size = /BENCH-SIZE (\d+)/.exec(run.output);
@@ -154,7 +206,10 @@ export async function guestCopy(kind: BackendKind, t: TreeShape, workDir: string
     prepareMs: marks.get('prepared')! - marks.get('mounted')!,
     copyInMs: marks.get('copied-in')! - marks.get('prepared')!,
     copyOutMs: marks.get('copied-out')! - marks.get('copied-in')!,
+    copyInCpu: cpuBetween(cpu.get('prepared')!, cpu.get('copied-in')!),
+    copyOutCpu: cpuBetween(cpu.get('copied-in')!, cpu.get('copied-out')!),
   };
-  log(`  guest on ${kind}: boot ${Math.round(res.bootToMountMs)} ms, prepare ${Math.round(res.prepareMs)} ms, copy in ${Math.round(res.copyInMs)} ms, copy out ${Math.round(res.copyOutMs)} ms`);
+  log(`  guest on ${kind}: boot ${Math.round(res.bootToMountMs)} ms, prepare ${Math.round(res.prepareMs)} ms, copy in ${Math.round(res.copyInMs)} ms ` +
+    `(${describeCpu(res.copyInCpu)}), copy out ${Math.round(res.copyOutMs)} ms (${describeCpu(res.copyOutCpu)})`);
   return res;
 }

@@ -7,14 +7,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { BackendKind } from '../e2e/backends';
-import { runMarkedGuest } from './guest_copy';
+import { cpuBetween, describeCpu, runMarkedGuest, type GuestCpu } from './guest_copy';
 
 export interface DevTreeShape { dirs: number; filesPerDir: number }
 
 export const DEV_STEPS = ['untar', 'find', 'stat', 'grep', 'cp', 'rm'] as const;
 export type DevStep = (typeof DEV_STEPS)[number];
 
-export interface DevLoopResult { totalMs: number; stepsMs: Record<DevStep, number> }
+export interface DevLoopResult { totalMs: number; stepsMs: Record<DevStep, number>; cpu: GuestCpu }
 
 const NEEDLE = 'vfsk_needle_symbol';
 
@@ -74,7 +74,7 @@ echo "BENCH-MARK rm"
 /** One developer loop on `kind`; throws if a step saw the wrong tree. */
 export async function guestDevLoop(kind: BackendKind, t: DevTreeShape, workDir: string, log: (m: string) => void): Promise<DevLoopResult> {
   let needles = 0;
-  const { marks } = await runMarkedGuest(kind, {
+  const { marks, cpu } = await runMarkedGuest(kind, {
     cache: 'auto', workDir, guestScript: script(), need: ['start', ...DEV_STEPS], log,
     setupShared: (shared) => { needles = writePackage(shared, t); },
     check: (run) => {
@@ -93,6 +93,7 @@ export async function guestDevLoop(kind: BackendKind, t: DevTreeShape, workDir: 
     prev = marks.get(s)!;
   }
   const totalMs = marks.get('rm')! - marks.get('start')!;
-  log(`  dev loop on ${kind}: ${Math.round(totalMs)} ms (${DEV_STEPS.map((s) => `${s} ${Math.round(stepsMs[s])}`).join(', ')})`);
-  return { totalMs, stepsMs };
+  const used = cpuBetween(cpu.get('start')!, cpu.get('rm')!);
+  log(`  dev loop on ${kind}: ${Math.round(totalMs)} ms (${DEV_STEPS.map((s) => `${s} ${Math.round(stepsMs[s])}`).join(', ')}); ${describeCpu(used)}`);
+  return { totalMs, stepsMs, cpu: used };
 }
