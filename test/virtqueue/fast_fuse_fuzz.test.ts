@@ -77,7 +77,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const offset = int(6) < 5 ? int(60_000) : [2 ** 53, 2 ** 63, 2 ** 40][int(3)]!;
     switch (op) {
       case 1: {
-        const names = ['f', 'f', 'missing', '.', '..', 'a/b', '', 'x'.repeat(300), 'f\0g'];
+        const names = ['f', 'f', 'missing', 'missing', 'gone', '.', '..', 'a/b', '', 'x'.repeat(300), 'f\0g'];
         const name = Buffer.from(names[int(names.length)]!);
         body = int(8) === 0 ? name : Buffer.concat([name, Buffer.from([0])]);
         break;
@@ -218,7 +218,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   t.equal(stats.lookup + stats.setattr, recorded, 'every served LOOKUP and SETATTR came back for its journal');
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.flush + stats.getxattr + stats.setattr, served,
     'the server counts what it served');
-  t.ok(stats.lookupMissing > 10, `LOOKUPs answered ENOENT: ${stats.lookupMissing}`);
+  // ~22 expected per run (3 names in 11, of LOOKUPs under the root with room for an entry).
+  t.ok(stats.lookupMissing >= 5, `LOOKUPs answered ENOENT: ${stats.lookupMissing}`);
   t.ok(stats.getxattr > 10, `GETXATTRs served: ${stats.getxattr}`);
   t.ok(stats.setattr > 10, `SETATTRs served: ${stats.setattr}`);
 });
