@@ -11,21 +11,16 @@
 //   2. Journal commit of the staged outcomes (request_log.ts: every outcome staged since the
 //      last commit, with one release store). From here a resubmitted request gets its
 //      recorded reply and does not run twice.
-//   3. Publish (the caller: worker/virtqueue/queue_server.ts, which calls commit() through its
+//   3. fd removals (KeeperClient.flushRemovals), and only while no request is half-way: a
+//      request that is running, or past its synchronous part with its outcome not yet staged,
+//      has session changes that are in no journal, and a successor rolls them back to a
+//      session that may still name a closed fd. Until the journal records the close, the
+//      keeper keeps its copy (spare copies are closed on resume).
+//   4. Publish (the caller: worker/virtqueue/queue_server.ts, which calls commit() through its
 //      PublishBarrier just before every used-ring publish, then publishes and notifies). Only
-//      what steps 1-2 made durable becomes visible, so a reply the guest saw is never lost and
+//      what steps 1-3 made durable becomes visible, so a reply the guest saw is never lost and
 //      never changes across a death (crash points op-after-outcome, op-before-publish,
 //      op-after-publish).
-//   4. fd removals (KeeperClient.flushRemovals; the caller runs published() after the
-//      interrupt), and only while no request is half-way: a request that is running, or past
-//      its synchronous part with its outcome not yet staged, has session changes that are in no
-//      journal, and a successor rolls them back to a session that may still name a closed fd.
-//      Until the journal records the close, the keeper keeps its copy. After the publish, not
-//      before it: a removal only gives the keeper's copy up, so a death before it leaves the
-//      keeper a spare copy, which a successor closes on resume (PassthroughFs.resume,
-//      closeStrays), and the guest does not wait for a message to the keeper (a RELEASE's
-//      reply used to: on these VMs, waking the keeper cost ~6 % of the worker's time in the
-//      developer-loop bench).
 //
 // The state store (state_store.ts) runs commit() too before it appends any other record
 // (control messages, session changes outside requests, snapshots), so the journal keeps the
@@ -71,17 +66,17 @@ export class DurabilityBarrier implements PublishBarrier {
     this.keeper?.beginBatch();
   }
 
-  /** Steps 1-2. Returns the keys of the outcomes made durable. */
+  /** Steps 1-3. Returns the keys of the outcomes made durable. */
   commit(): string[] {
     this.keeper?.endBatch();
     const outcomes = this.outcomes;
-    if (outcomes === null) return [];
+    if (outcomes === null) {
+      this.keeper?.flushRemovals();
+      return [];
+    }
     for (const o of outcomes.staged()) crashPoint('op-after-fdstore', o.opcode);
-    return outcomes.commitStaged();
-  }
-
-  /** Step 4, after the publish (and its interrupt). */
-  published(): void {
-    if (this.outcomes === null || !this.outcomes.hasUnjournaledChanges()) this.keeper?.flushRemovals();
+    const keys = outcomes.commitStaged();
+    if (!outcomes.hasUnjournaledChanges()) this.keeper?.flushRemovals();
+    return keys;
   }
 }

@@ -50,8 +50,6 @@ export interface ChainHandler {
  * implements it and states the order); called just before each used-ring publish. */
 export interface PublishBarrier {
   commit(): void;
-  /** The publish and its interrupt are done: what need not come before them (fd removals). */
-  published?(): void;
 }
 
 export class QueueServer implements QueueHandler {
@@ -225,7 +223,6 @@ export class QueueServer implements QueueHandler {
     const wantsNotify = this.ring.publishUsed();
     this.handler.published?.(this.index, heads);
     if (wantsNotify) this.notify();
-    this.barrier?.published?.();
     if (!this.fastKick && this.completedSinceStart > 0 && this.running && !this.paused) this.setFastKick(true);
   }
 
