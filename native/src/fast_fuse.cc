@@ -48,6 +48,9 @@ namespace {
 
 constexpr size_t kInHeader = sizeof(fuse_in_header);    // 40
 constexpr size_t kOutHeader = sizeof(fuse_out_header);  // 16
+constexpr size_t kAttrReply = kOutHeader + sizeof(fuse_attr_out);  // GETATTR's and SETATTR's reply
+static_assert(kAttrReply <= sizeof(Served::reply) && kOutHeader + sizeof(fuse_entry_out) <= sizeof(Served::reply),
+              "a journaled reply (SETATTR, LOOKUP) fits Served::reply");
 constexpr uint64_t kMaxSyncIo = 128 * 1024;             // worker/fs/io.ts SYNC_IO_MAX
 constexpr size_t kMaxName = 255;                        // NAME_MAX (and XATTR_NAME_MAX): longer names are TypeScript's
 constexpr size_t kXattrSizeMax = 65536;                 // XATTR_SIZE_MAX, as worker/fs/xattrs.ts caps a buffer
@@ -212,23 +215,21 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     std::memcpy(&g, args, sizeof g);
     if ((g.getattr_flags & FUSE_GETATTR_FH) != 0 && g.fh >= kMaxSafeU) return Decline();
     auto it = inodes_.find(h.nodeid);
-    constexpr size_t kReply = kOutHeader + sizeof(fuse_attr_out);
-    if (it == inodes_.end() || c.writableLen < kReply) return Decline();
+    if (it == inodes_.end() || c.writableLen < kAttrReply) return Decline();
     struct stat st;
     if (fstatat(it->second, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
-    uint8_t reply[kReply];
+    uint8_t reply[kAttrReply];
     *usedLen = WriteAttrReply(c, h, st, reply);
     getattrs_++;
     return true;
   }
 
   // The fuse_attr_out reply of GETATTR and SETATTR (encode.ts encodeAttrOut), built in `reply`
-  // (kOutHeader + sizeof(fuse_attr_out) bytes) and written to the guest; returns its length.
+  // (kAttrReply bytes) and written to the guest; returns its length.
   uint32_t WriteAttrReply(const Chain& c, const fuse_in_header& h, const struct stat& st, uint8_t* reply) const {
-    constexpr size_t kReply = kOutHeader + sizeof(fuse_attr_out);
-    std::memset(reply, 0, kReply);
-    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memset(reply, 0, kAttrReply);
+    fuse_out_header oh{static_cast<uint32_t>(kAttrReply), 0, h.unique};
     std::memcpy(reply, &oh, sizeof oh);
     fuse_attr_out a;
     std::memset(&a, 0, sizeof a);
@@ -236,8 +237,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     a.attr_valid_nsec = attrNsec_;
     FillAttr(st, &a.attr);
     std::memcpy(reply + kOutHeader, &a, sizeof a);
-    ScatterSegments(c.writable, 0, reply, kReply);
-    return static_cast<uint32_t>(kReply);
+    ScatterSegments(c.writable, 0, reply, kAttrReply);
+    return static_cast<uint32_t>(kAttrReply);
   }
 
   // As worker/fuse/encode.ts encodeAttr: the kernel's new_encode_dev for rdev, u64 fields that
@@ -403,9 +404,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool Setattr(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
     fuse_setattr_in s;
     std::memcpy(&s, args, sizeof s);
-    constexpr size_t kReply = kOutHeader + sizeof(fuse_attr_out);
     const uint32_t v = s.valid;
-    if (readonly_ || c.writableLen < kReply) return Decline();
+    if (readonly_ || c.writableLen < kAttrReply) return Decline();
     if ((v & FATTR_FH) != 0 && s.fh >= kMaxSafeU) return Decline();
     if ((v & FATTR_SIZE) != 0 && (s.size >= kMaxSafeU || (v & FATTR_FH) == 0)) return Decline();
     if ((v & FATTR_KILL_SUIDGID) != 0 && (v & (FATTR_SIZE | FATTR_UID | FATTR_GID)) != 0) return Decline();

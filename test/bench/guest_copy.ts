@@ -7,8 +7,9 @@ import * as path from 'node:path';
 import { startBackend, type BackendKind } from '../e2e/backends';
 import { startGuest, describeResult } from '../e2e/qemu';
 import { ensureGuestImage } from '../e2e/guest-image';
-import { onCleanup, processCpuMs } from './procs';
+import { machineCpuMs, onCleanup, processCpuMs } from './procs';
 import { descendantsOf } from '../frontend/backend';
+import { waitFor } from '../frontend/helpers';
 import type { CacheMode } from '../../shared/config';
 
 export interface TreeShape {
@@ -91,16 +92,6 @@ export function cpuBetween(a: CpuAtMark, b: CpuAtMark): GuestCpu {
   return { backendMs: b.backend - a.backend, qemuMs: b.qemu - a.qemu, machineBusy: total > 0 ? (b.machineBusy - a.machineBusy) / total : 0 };
 }
 
-const CLK_TCK_MS = 10; // one USER_HZ tick (1/100 s) in ms
-
-/** Busy and total CPU ms of the machine from /proc/stat's first line. */
-function machineCpuMs(): { busy: number; total: number } {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
-  const total = f.reduce((x, y) => x + y, 0);
-  const idle = (f[3] ?? 0) + (f[4] ?? 0);
-  return { busy: (total - idle) * CLK_TCK_MS, total: total * CLK_TCK_MS };
-}
-
 export interface MarkedGuestRun {
   /** Host ms of each `BENCH-MARK <name>` line on the console, and of the mount ("mounted"). */
   marks: Map<string, number>;
@@ -172,12 +163,7 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
     if (kind === 'ours' && opts.log !== undefined) {
       // The worker's last word on the session: what the addon served (a diagnostic, not a row).
       const disconnected = /"fastPath":(\{[^}]*\})[^\n]*frontend disconnected/;
-      const until = performance.now() + 2000;
-      let served = disconnected.exec(backend.log());
-      while (served === null && performance.now() < until) {
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        served = disconnected.exec(backend.log());
-      }
+      const served = await waitFor(() => disconnected.exec(backend.log()), 'the worker\'s disconnect', 2000, 20).catch(() => null);
       opts.log(`  fast path on ours: ${served?.[1] ?? 'no figures (the worker did not log its disconnect)'}`);
     }
     const run: MarkedGuestRun = { marks, cpu, started, output: r.output, shared };

@@ -90,6 +90,15 @@ export function statusKb(pid: number, field: string): number | null {
   }
 }
 
+/** Busy (not idle or iowait) and total CPU ms of the machine, summed over its CPUs
+ * (/proc/stat's first line). */
+export function machineCpuMs(): { busy: number; total: number } {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = f.reduce((x, y) => x + y, 0);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  return { busy: ((total - idle) * 1000) / CLK_TCK, total: (total * 1000) / CLK_TCK };
+}
+
 /** CPU snapshot of a set of processes, to diff later. */
 export class CpuMeter {
   private readonly start = new Map<number, number>();
