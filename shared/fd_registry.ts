@@ -13,10 +13,16 @@ export class FdRegistryError extends BugError {
 }
 
 export interface FdRegistryListener {
-  onRegister(name: string, fd: number): void;
+  /** `reopenable`: a successor can open this fd again from what the journal records (an open
+   * file or dir of an inode named by a file handle), so the keeper may get it later
+   * (docs/ARCHITECTURE.md, "Crash safety", rule 1). */
+  onRegister(name: string, fd: number, reopenable: boolean): void;
   onUnregister(name: string, fd: number): void;
   /** Many names at once (a session reset): one message instead of one per name. */
   onUnregisterMany?(names: string[]): void;
+  /** Every fd registered so far must be held by the keeper when this returns (reopenable ones
+   * included): before a step after which a successor could no longer reopen one. */
+  settle?(): void;
 }
 
 export class FdRegistry {
@@ -40,12 +46,18 @@ export class FdRegistry {
     this.listeners.push(listener);
   }
 
-  /** Takes ownership of fd under name. A name in use is a programming error. */
-  register(name: string, fd: number): void {
+  /** Takes ownership of fd under name. A name in use is a programming error. `reopenable`:
+   * see FdRegistryListener.onRegister. */
+  register(name: string, fd: number, reopenable = false): void {
     if (!Number.isInteger(fd) || fd < 0) throw new FdRegistryError(`invalid fd ${fd}`, name);
     if (this.byName.has(name)) throw new FdRegistryError(`fd name already registered: ${name}`, name);
     this.byName.set(name, fd);
-    for (const l of this.listeners) l.onRegister(name, fd);
+    for (const l of this.listeners) l.onRegister(name, fd, reopenable);
+  }
+
+  /** Returns once the keeper holds every registered fd (FdRegistryListener.settle). */
+  settle(): void {
+    for (const l of this.listeners) l.settle?.();
   }
 
   /** Takes an fd that the keeper already holds under this name (a restarted worker's fd set):

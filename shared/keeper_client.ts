@@ -10,6 +10,12 @@
 // (the shortage may pass), and if they still do not land the owner's onStoresRefused decides
 // (the worker dies before anything that names them is journaled, and its successor replays).
 // A keeper that does not offer FEATURES=sync (older) gets no X_SYNC.
+//
+// Reopenable fds (an open file or dir of an inode named by a file handle: the journal records
+// all a successor needs to open it again) are not waited for: they are sent after the publish
+// (sendDeferred), in one message per ring turn, and confirmed by whichever X_SYNC comes next;
+// one released before that is never sent at all. settle() sends and confirms them at once,
+// for the steps after which a successor could not reopen one (an unlink, a flock lock).
 import { native, POLL_DISCONNECT, POLL_READABLE, type Poller } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
@@ -40,12 +46,15 @@ export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
   /** Stores deferred while a batch is open (name → fd, in registration order). */
   private batch: Map<string, number> | null = null;
+  /** Reopenable stores not sent yet (sendDeferred, settle). */
+  private deferred = new Map<string, number>();
   /** Removals deferred until the journal no longer names them (flushRemovals). */
   private removals: string[] = [];
   /** Whether the keeper answers X_SYNC (its FDSET said so). */
   private canSync = false;
   private syncSeq = 0;
-  /** Stores sent since the last X_SYNCED (name → fd, still open: removals wait for the sync). */
+  /** Stores sent since the last X_SYNCED (name → fd, still open: an fd closed meanwhile
+   * leaves the map, so a refused one is never sent again under a reused number). */
   private readonly unsynced = new Map<string, number>();
   /** Whether the keeper runs planned upgrades (its FDSET said FEATURES=upgrade). */
   keeperUpgrades = false;
@@ -173,7 +182,11 @@ export class KeeperClient implements FdRegistryListener {
     }
   }
 
-  onRegister(name: string, fd: number): void {
+  onRegister(name: string, fd: number, reopenable = false): void {
+    if (reopenable) {
+      if (!this.orphaned) this.deferred.set(name, fd);
+      return;
+    }
     if (this.batch !== null) {
       this.batch.set(name, fd);
       return;
@@ -183,6 +196,9 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   onUnregister(name: string): void {
+    // Never sent: the keeper never needs to see it.
+    if (this.deferred.delete(name)) return;
+    this.unsynced.delete(name);
     if (this.batch !== null) {
       // Registered and dropped within one batch: the keeper never needs to see it.
       if (this.batch.delete(name)) return;
@@ -199,7 +215,9 @@ export class KeeperClient implements FdRegistryListener {
       for (const n of names) this.onUnregister(n);
       return;
     }
-    this.sendRemovals(names);
+    const sent = names.filter((n) => !this.deferred.delete(n));
+    for (const n of sent) this.unsynced.delete(n);
+    this.sendRemovals(sent);
   }
 
   /** Groups stores (e.g. a readdirplus page of inodes, or every request of one event-loop
@@ -214,6 +232,21 @@ export class KeeperClient implements FdRegistryListener {
     this.batch = null;
     if (b === null || b.size === 0) return;
     this.storeEntries([...b]);
+    this.sync();
+  }
+
+  /** Sends the reopenable stores made since the last call, without waiting (after a publish:
+   * off the guest's critical path). The next X_SYNC confirms them. */
+  sendDeferred(): void {
+    if (this.deferred.size === 0) return;
+    const entries = [...this.deferred];
+    this.deferred.clear();
+    this.storeEntries(entries);
+  }
+
+  /** Returns once the keeper holds every fd stored so far, reopenable ones included. */
+  settle(): void {
+    this.sendDeferred();
     this.sync();
   }
 
@@ -272,6 +305,7 @@ export class KeeperClient implements FdRegistryListener {
   orphan(sendToFrontend: (data: Buffer, fds: number[]) => void): void {
     this.orphanedTo = sendToFrontend;
     this.batch = null;
+    this.deferred.clear();
     this.removals = [];
     this.unsynced.clear();
     this.stopWatching();

@@ -319,8 +319,12 @@ export class Worker {
     const session = loaded.fs;
     if (session === null) return 0;
     const missing = (name: string): boolean => !this.registry.has(name);
-    const files = [...session.allFiles()].filter((f) => missing(f.fdName));
-    const dirs = [...session.allDirs()].filter((d) => missing(d.fdName));
+    // An open file or dir of an inode named by a handle may never have reached the keeper
+    // (KeeperClient.sendDeferred): PassthroughFs.resume opens it again. A close that did
+    // happen is then made again by the resubmitted request.
+    const byHandle = (nodeid: number): boolean => (session.getInode(nodeid)?.handle ?? null) !== null;
+    const files = [...session.allFiles()].filter((f) => missing(f.fdName) && !byHandle(f.nodeid));
+    const dirs = [...session.allDirs()].filter((d) => missing(d.fdName) && !byHandle(d.nodeid));
     // An inode named by a handle has no fd in the keeper to miss.
     const inodes = session.inodesWithoutHandle().filter((i) => i.nodeid !== 1 && missing(i.fdName));
     for (const f of files) session.closeFile(f.fh);

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { openSession, waitFor, type Session } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import { withEnv } from '../helpers/env';
+import { hostFlockErrno } from '../helpers/flock';
 import * as F from '../frontend/fuse_proto';
 import { FuseError } from '../frontend/fuse_client';
 
@@ -23,6 +24,11 @@ const OP = {
   LOOKUP_HANDLES: 1, READDIRPLUS_HANDLES: 44, LOOKUP_FDS: 1,
   // READDIRPLUS of inodes already known (their attributes read ahead in one addon call).
   READDIRPLUS_KNOWN: 44, READDIRPLUS_KNOWN_HANDLES: 44,
+  // The fds of open files and dirs of handle-named inodes reach the keeper after the publish
+  // (KeeperClient.sendDeferred); an UNLINK or a flock lock settles them first (proven where the
+  // keeper really lacks them, under an fd shortage: fd_shortage.test.ts). Here: the open fh
+  // outlives a death at every point of an UNLINK of its name, a flock through it, an OPENDIR.
+  UNLINK_OPEN: 10, FLOCK: 32, OPENDIR: 27,
 } as const;
 
 interface Case {
@@ -32,7 +38,7 @@ interface Case {
   setup?: (shared: string) => void;
   /** Runs the target request (with anything it needs first); returns what verify needs. */
   act: (s: Session) => Promise<unknown>;
-  verify: (t: Test, s: Session, r: unknown, stateDir: string) => Promise<void> | void;
+  verify: (t: Test, s: Session, r: unknown, stateDir: string, point: string) => Promise<void> | void;
 }
 
 const P1 = 4242, P2 = 5353;
@@ -125,10 +131,11 @@ const nonIdempotent: Case[] = [
       t.equal((await s.fuse.getattr((r as F.EntryOut).nodeid)).attr.ino, BigInt(fs.statSync(s.host('d')).ino), 'reply names it');
     } },
   { name: 'CREATE', act: (s) => s.fuse.create(ROOT, 'f', F.O.RDWR | F.O.CREAT | F.O.EXCL, 0o644),
-    verify: async (t, s, r) => {
+    verify: async (t, s, r, _stateDir, point) => {
       const c = r as F.CreateOut;
       t.equal(await s.fuse.write(c.entry.nodeid, c.open.fh, 0, Buffer.from('via fh')), 6, 'returned fh works');
       t.equal(fs.readFileSync(s.host('f'), 'utf8'), 'via fh');
+      reopenedIfUnsent(t, s, point);
     } },
   { name: 'MKNOD', act: (s) => s.fuse.mknod(ROOT, 'p', F.S_IFIFO | 0o644),
     verify: (t, s) => { t.ok(fs.lstatSync(s.host('p')).isFIFO(), 'fifo created'); } },
@@ -139,6 +146,21 @@ const nonIdempotent: Case[] = [
     verify: (t, s) => { t.equal(fs.statSync(s.host('a')).nlink, 2, 'one new link'); t.equal(fs.statSync(s.host('b')).ino, fs.statSync(s.host('a')).ino); } },
   { name: 'UNLINK', setup: (d) => fs.writeFileSync(path.join(d, 'u'), 'U'), act: (s) => s.fuse.unlink(ROOT, 'u'),
     verify: (t, s) => { t.notOk(fs.existsSync(s.host('u')), 'removed'); } },
+  // The file is open when its last name goes: only the keeper's fd keeps it reachable after
+  // the death.
+  { name: 'UNLINK_OPEN', setup: (d) => fs.writeFileSync(path.join(d, 'uo'), 'still readable'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'uo');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      await s.fuse.unlink(ROOT, 'uo');
+      return { e, o };
+    },
+    verify: async (t, s, r) => {
+      const { e, o } = r as { e: F.EntryOut; o: F.OpenOut };
+      t.notOk(fs.existsSync(s.host('uo')), 'removed');
+      t.equal((await s.fuse.read(e.nodeid, o.fh, 0, 100)).toString(), 'still readable', 'the open fh still reads the unlinked file');
+      t.notMatch(s.backend.log(), /could not be opened again by its handle/, 'no fh was lost');
+    } },
   { name: 'RMDIR', setup: (d) => fs.mkdirSync(path.join(d, 'rd')), act: (s) => s.fuse.rmdir(ROOT, 'rd'),
     verify: (t, s) => { t.notOk(fs.existsSync(s.host('rd')), 'removed'); } },
   { name: 'RENAME', setup: (d) => { fs.writeFileSync(path.join(d, 'r1'), 'one'); fs.writeFileSync(path.join(d, 'r2'), 'two'); },
@@ -178,6 +200,21 @@ const nonIdempotent: Case[] = [
       const lk = await s.fuse.getlk(e.nodeid, b.fh, 2n, { start: 0n, end: 99n, type: F.F_WRLCK, pid: 0 });
       t.equal(lk.type, F.F_WRLCK, 'the lock is held after the crash');
     } },
+  // A flock lock lives on the fh's open file description: only the keeper's copy keeps it.
+  { name: 'FLOCK', setup: (d) => fs.writeFileSync(path.join(d, 'fl'), 'F'),
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'fl');
+      const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+      await s.fuse.setlk(e.nodeid, o.fh, 7n, WHOLE, true);
+      return { e, o };
+    },
+    verify: async (t, s, r) => {
+      const { e, o } = r as { e: F.EntryOut; o: F.OpenOut };
+      t.equal(hostFlockErrno(s.host('fl')), 'EWOULDBLOCK', 'the flock lock is held after the crash');
+      await s.fuse.release(e.nodeid, o.fh);
+      await waitFor(() => hostFlockErrno(s.host('fl')) === null, 'the release drops it');
+      t.pass('released with its fh');
+    } },
   { name: 'RELEASE', setup: (d) => fs.writeFileSync(path.join(d, 'rel'), 'R'),
     act: async (s) => {
       const e = await s.fuse.lookup(ROOT, 'rel');
@@ -208,6 +245,12 @@ const nonIdempotent: Case[] = [
 ];
 
 /** READDIRPLUS of the root (the 30-file cases). */
+/** Killed right after the publish, the worker never sent the open's fd (KeeperClient.
+ * sendDeferred): its successor opened it again by the inode's handle. */
+function reopenedIfUnsent(t: Test, s: Session, point: string): void {
+  if (point === 'op-after-publish') t.match(s.backend.log(), /opened again by handle/, 'the successor opened the unsent fd again by handle');
+}
+
 async function readRootPlus(s: Session): Promise<F.Dirent[]> {
   const dh = await s.fuse.opendir(ROOT);
   return s.fuse.readdirplus(ROOT, dh.fh, 0, 65536);
@@ -236,9 +279,10 @@ const idempotent: Case[] = [
       const e = await s.fuse.lookup(ROOT, 'op');
       return { e, o: await s.fuse.open(e.nodeid, F.O.RDONLY) };
     },
-    verify: async (t, s, r, stateDir) => {
+    verify: async (t, s, r, stateDir, point) => {
       const { e, o } = r as { e: F.EntryOut; o: F.OpenOut };
       t.equal((await s.fuse.read(e.nodeid, o.fh, 0, 100)).toString(), 'opened', 'the returned fh reads the file');
+      reopenedIfUnsent(t, s, point);
       // The keeper's copy of the worker's counts is pushed every second: poll for it. A
       // duplicate open would never come back to 0 after the one release below.
       await waitFor(() => queryStatus(stateDir).fuse.openFiles === 1, 'one open file', 10_000);
@@ -246,6 +290,30 @@ const idempotent: Case[] = [
       await s.fuse.release(e.nodeid, o.fh);
       await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0, 'released', 10_000);
       t.pass('released');
+    } },
+  // A listing goes on through the fh, from the journaled position, after the fd was opened
+  // again by handle.
+  { name: 'OPENDIR', setup: (d) => { fs.mkdirSync(path.join(d, 'od')); for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, 'od', `d${i}`), 'x'); },
+    act: async (s) => {
+      // Not the root: its fd is the keeper's "root", never opened by handle.
+      const dir = (await s.fuse.lookup(ROOT, 'od')).nodeid;
+      const dh = await s.fuse.opendir(dir);
+      const first = await s.fuse.readdir(dir, dh.fh, 0, 256);
+      return { dir, dh, first };
+    },
+    verify: async (t, s, r, _stateDir, point) => {
+      const { dir, dh, first } = r as { dir: bigint; dh: F.OpenOut; first: F.Dirent[] };
+      t.ok(first.length > 0 && first.length < 32, `the first page holds part of the listing (${first.length})`);
+      const names = first.map((d) => d.name.toString());
+      for (let calls = 0, off = first[first.length - 1]!.off; calls < 50; calls++) {
+        const page = await s.fuse.readdir(dir, dh.fh, off, 256);
+        if (page.length === 0) break;
+        names.push(...page.map((d) => d.name.toString()));
+        off = page[page.length - 1]!.off;
+      }
+      t.same(names.filter((n) => n.startsWith('d')).sort(), Array.from({ length: 30 }, (_, i) => `d${i}`).sort(), 'the listing goes on through the fh, each entry once');
+      reopenedIfUnsent(t, s, point);
+      await s.fuse.releasedir(dir, dh.fh);
     } },
   { name: 'READDIRPLUS', setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), 'x'); },
     act: readRootPlus,
@@ -356,7 +424,7 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
         const restarts = queryStatus(stateDir).worker.restarts;
         if (restarts !== 1) t.comment(`backend log:\n${s.backend.log().slice(-30_000)}`);
         t.equal(restarts, 1, 'one restart');
-        await c.verify(t, s, r, stateDir);
+        await c.verify(t, s, r, stateDir, point);
       });
     }
   });

@@ -14,6 +14,7 @@ import { KeeperClient } from '../../shared/keeper_client';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
+import { hostFlockErrno } from '../helpers/flock';
 
 /** User + system CPU time of `pid` in seconds. */
 function cpuSeconds(pid: number): number {
@@ -224,4 +225,65 @@ t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it
   }
   t.pass(`after the forgets all ${N} names were looked up again (100 at a time)`);
   t.equal(queryStatus(stateDir).worker.restarts, 1, 'no worker died on the way');
+});
+
+t.test('opens while the keeper is out of fds: served without waiting for it, opened again by handle after a death, settled before an unlink or a flock', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const s = await openSession(t, 'ours', {
+    // Inodes named by file handles (the default): an open file's fd is reopenable, so the
+    // keeper gets it after the reply (KeeperClient.sendDeferred).
+    extraArgs: ['--state-dir', stateDir, '--no-standby', '--inode-file-handles', 'mandatory'],
+    setup: (shared) => { for (const n of ['a', 'b', 'c', 'd']) fs.writeFileSync(path.join(shared, n), `file ${n}\n`); },
+  });
+  const e = {
+    a: await s.fuse.lookup(F.FUSE_ROOT_ID, 'a'), b: await s.fuse.lookup(F.FUSE_ROOT_ID, 'b'),
+    c: await s.fuse.lookup(F.FUSE_ROOT_ID, 'c'), d: await s.fuse.lookup(F.FUSE_ROOT_ID, 'd'),
+  };
+  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
+  const originalSoft = noFileLimits(keeperPid).soft;
+  t.teardown(() => { if (alive(keeperPid)) setNoFile(keeperPid, originalSoft); });
+  const hard = /Max open files\s+\S+\s+(\S+)/.exec(fs.readFileSync(`/proc/${keeperPid}/limits`, 'utf8'))![1]!;
+
+  // The keeper cannot take one more fd: both opens are answered, their fds dropped by the kernel.
+  setNoFile(keeperPid, await lowestFreeFd(keeperPid));
+  const a = await s.fuse.open(e.a.nodeid, F.O.RDONLY);
+  const b = await s.fuse.open(e.b.nodeid, F.O.RDWR);
+  t.equal((await s.fuse.read(e.a.nodeid, a.fh, 0, 100)).toString(), 'file a\n', 'an open during the shortage reads');
+
+  // c is open when its name goes: the UNLINK waits until the keeper holds c's fd (the limit
+  // comes back 300 ms into its retries), since nothing could reopen c after a death.
+  const c = await s.fuse.open(e.c.nodeid, F.O.RDONLY);
+  const restorer = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeperPid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
+  const restored = new Promise((r) => restorer.once('exit', r));
+  const t0 = Date.now();
+  await s.fuse.unlink(F.FUSE_ROOT_ID, 'c');
+  const waited = Date.now() - t0;
+  await restored;
+  t.ok(waited >= 250, `the UNLINK waited for the keeper to take c (${waited} ms)`);
+
+  // A flock lock lives on d's open file description: the lock waits for the keeper to hold d.
+  setNoFile(keeperPid, await lowestFreeFd(keeperPid));
+  const d = await s.fuse.open(e.d.nodeid, F.O.RDWR);
+  const restorer2 = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeperPid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
+  const restored2 = new Promise((r) => restorer2.once('exit', r));
+  const t1 = Date.now();
+  await s.fuse.setlk(e.d.nodeid, d.fh, 9n, { start: 0n, end: 0x7fffffffffffffffn, type: F.F_WRLCK, pid: 0 }, true);
+  const waited2 = Date.now() - t1;
+  await restored2;
+  t.ok(waited2 >= 250, `the flock waited for the keeper to take d (${waited2} ms)`);
+  t.equal(queryStatus(stateDir).worker.pid, firstWorker, 'the worker waited for the keeper instead of dying');
+
+  process.kill(firstWorker!, 'SIGKILL');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a successor', 20_000);
+  t.equal((await s.fuse.read(e.a.nodeid, a.fh, 0, 100)).toString(), 'file a\n', 'a reads after the death');
+  t.equal(await s.fuse.write(e.b.nodeid, b.fh, 0, Buffer.from('FILE')), 4, 'b writes after the death (opened again read-write)');
+  t.equal(fs.readFileSync(s.host('b'), 'utf8'), 'FILE b\n');
+  t.equal((await s.fuse.read(e.c.nodeid, c.fh, 0, 100)).toString(), 'file c\n', 'the unlinked c still reads: the keeper held it');
+  t.equal(hostFlockErrno(s.host('d')), 'EWOULDBLOCK', 'the flock lock on d outlived the worker: the keeper held d');
+  t.notMatch(s.backend.log(), /could not be opened again by its handle/, 'no fh was lost');
+  for (const [n, o] of [['a', a], ['b', b], ['c', c], ['d', d]] as const) await s.fuse.release(e[n].nodeid, o.fh);
+  t.equal(hostFlockErrno(s.host('d')), null, 'the release dropped it');
+  await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0, 'every file released');
+  t.equal(queryStatus(stateDir).fdNames.file ?? 0, 0, 'and the keeper holds no file fd');
 });

@@ -74,10 +74,11 @@ export class FdLifetime {
   /** Crash-safe order for a new fd: register it (the keeper gets it) before the session records
    * it (the journal gets it), so a session record always has its fd; a worker that dies in
    * between leaves an fd the session does not know, which resume closes. Removal is the other
-   * way round (record first, then close). Takes ownership of fd. */
-  registerThenRecord<T extends { fdName: string }>(name: string, fd: number, record: () => T): T {
+   * way round (record first, then close). Takes ownership of fd. `reopenable`: the record is
+   * all a successor needs to open the fd again (FdRegistryListener.onRegister). */
+  registerThenRecord<T extends { fdName: string }>(name: string, fd: number, record: () => T, reopenable = false): T {
     try {
-      this.registry.register(name, fd);
+      this.registry.register(name, fd, reopenable);
     } catch (e) {
       native.close(fd);
       throw e;

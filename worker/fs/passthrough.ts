@@ -49,6 +49,9 @@ import { ConfigurationError } from '../../shared/errors';
 import type { InodeHandleStats } from '../../shared/status_report';
 import * as K from './host_constants';
 
+/** Open flags that act at the open itself: dropped when a successor opens an fh again. */
+const FIRST_OPEN_ONLY = K.O_CREAT | K.O_EXCL | K.O_TRUNC | K.O_NOCTTY;
+
 export interface PassthroughOptions {
   registry: FdRegistry;
   /** The shared directory; opened O_PATH|O_DIRECTORY and registered as "root". */
@@ -193,6 +196,7 @@ export class PassthroughFs implements FileSystem {
     }
     // Inodes named by handles have no fd in the keeper: they are opened by handle when used.
     const names = new Set(s.keeperFdNames());
+    this.reopenUnstored(names);
     for (const name of names) {
       if (!this.registry.has(name)) throw new FsSessionError(`session names fd "${name}" but the registry has none`);
     }
@@ -209,6 +213,34 @@ export class PassthroughFs implements FileSystem {
     for (const d of s.allDirs()) this.dirs.resumed(d.fh);
     this.log.info({ inodes: s.inodeCount, files: s.fileCount, dirs: s.dirCount, lockOwners: s.lockOwnerCount },
       'filesystem session resumed');
+  }
+
+  /**
+   * The open files and dirs of handle-named inodes whose fds the keeper never got (a worker
+   * died before sending them: KeeperClient.sendDeferred) are opened again by handle with their
+   * journaled flags, less those that only mattered at the first open. One that cannot be (its
+   * inode is gone: unlinked on the host and closed) leaves `names` and keeps its record
+   * without an fd: its requests answer EBADF and its RELEASE drops it, as the guest's close of
+   * a file whose backing vanished would.
+   */
+  private reopenUnstored(names: Set<string>): void {
+    let reopened = 0;
+    const reopen = (fdName: string, nodeid: number, flags: number): void => {
+      if (this.registry.has(fdName)) return;
+      const inode = this.session.getInode(nodeid);
+      // Not reopenable: resume() refuses a session naming an fd the keeper lacks.
+      if (inode === undefined || inode.handle === null) return;
+      try {
+        this.registry.register(fdName, this.inodes.reopen(inode, flags), true);
+        reopened++;
+      } catch (e) {
+        names.delete(fdName);
+        this.log.warn({ fdName, nodeid, err: e }, 'an open file the keeper never held could not be opened again by its handle; the guest gets EBADF through it');
+      }
+    };
+    for (const f of this.session.allFiles()) reopen(f.fdName, f.nodeid, f.flags & ~FIRST_OPEN_ONLY);
+    for (const d of this.session.allDirs()) reopen(d.fdName, d.nodeid, K.O_RDONLY | K.O_DIRECTORY);
+    if (reopened > 0) this.log.info({ reopened }, 'opened again by handle the open files and dirs the keeper never got');
   }
 
   /** Inode handles for `status`. */
@@ -236,8 +268,11 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** Registers an opened file fd under a new fh. */
-  private addFile(nodeid: NodeId, fd: number, flags: number): OpenReply {
-    const rec = this.fds.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(nodeid, flags));
+  /** `reopenable` false: a successor could not open the file again by its inode's handle
+   * (O_TMPFILE: nothing names it once our fd is gone), so the keeper must hold it first. */
+  private addFile(nodeid: NodeId, fd: number, flags: number, reopenable = true): OpenReply {
+    const byHandle = reopenable && inodeRecord(this.session, nodeid).handle !== null;
+    const rec = this.fds.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(nodeid, flags), byHandle);
     this.locks.opened(rec.fdName);
     return { fh: rec.fh, openFlags: this.fileOpenFlags() };
   }
@@ -364,12 +399,23 @@ export class PassthroughFs implements FileSystem {
 
   unlink(ctx: Context, parent: NodeId, name: Buffer): void {
     checkComponent(name, false);
-    native.unlinkat(this.dirFd(parent), name, 0);
+    const dirFd = this.dirFd(parent);
+    this.keepOpenFilesReachable();
+    native.unlinkat(dirFd, name, 0);
   }
 
   rmdir(ctx: Context, parent: NodeId, name: Buffer): void {
     checkComponent(name, false);
-    native.unlinkat(this.dirFd(parent), name, K.AT_REMOVEDIR);
+    const dirFd = this.dirFd(parent);
+    this.keepOpenFilesReachable();
+    native.unlinkat(dirFd, name, K.AT_REMOVEDIR);
+  }
+
+  /** A file or dir open through an fh and unlinked can no longer be opened by its handle once
+   * our fd is gone: before a step that may remove a name, the keeper must hold every open
+   * fd, reopenable ones included (KeeperClient.settle; crash matrix UNLINK_OPEN). */
+  private keepOpenFilesReachable(): void {
+    this.registry.settle();
   }
 
   rename(ctx: Context, parent: NodeId, name: Buffer, newParent: NodeId, newName: Buffer, flags: number): void {
@@ -378,6 +424,8 @@ export class PassthroughFs implements FileSystem {
     if ((flags & ~(K.RENAME_NOREPLACE | K.RENAME_EXCHANGE | K.RENAME_WHITEOUT)) !== 0) throw new FsError(K.EINVAL, 'rename flags');
     const oldFd = this.dirFd(parent);
     const newFd = this.dirFd(newParent);
+    // A rename over an existing name unlinks it.
+    this.keepOpenFilesReachable();
     native.renameat2(oldFd, name, newFd, newName, flags);
   }
 
@@ -451,12 +499,12 @@ export class PassthroughFs implements FileSystem {
     this.fds.ensureRoom(1, 1);
     const fd = this.creds.runAs(ctx, umask, () => native.openat2(dirFd, '.', f | K.O_TMPFILE | K.O_CLOEXEC, mode & 0o7777,
       K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS | K.RESOLVE_NO_SYMLINKS));
-    return this.adoptOpened(fd, f);
+    return this.adoptOpened(fd, f, false);
   }
 
   /** For create/tmpfile: the inode fd comes from the new file's own fd (the exact inode, no
    * second name resolution), then the file fd gets an fh. */
-  private adoptOpened(fileFd: number, flags: number): { entry: Entry; open: OpenReply } {
+  private adoptOpened(fileFd: number, flags: number, reopenable = true): { entry: Entry; open: OpenReply } {
     let entry: Entry;
     try {
       const link = procFd(fileFd);
@@ -467,7 +515,7 @@ export class PassthroughFs implements FileSystem {
     }
     let open: OpenReply;
     try {
-      open = this.addFile(entry.nodeid, fileFd, flags);
+      open = this.addFile(entry.nodeid, fileFd, flags, reopenable);
     } catch (e) {
       this.inodes.forget(entry.nodeid, 1);
       throw e;
@@ -541,7 +589,8 @@ export class PassthroughFs implements FileSystem {
     const rec = dirInodeRecord(this.session, nodeid);
     this.fds.ensureRoom(0, 1);
     const fd = this.inodes.reopen(rec, K.O_RDONLY | K.O_DIRECTORY);
-    const dir = this.fds.registerThenRecord(dirFdName(this.session.nextFh), fd, () => this.session.openDir(nodeid));
+    // Reopened by handle after a death, a dir's position is its journaled cookie (dir_cursor.ts).
+    const dir = this.fds.registerThenRecord(dirFdName(this.session.nextFh), fd, () => this.session.openDir(nodeid), rec.handle !== null);
     this.dirs.opened(dir.fh);
     return { fh: dir.fh, openFlags: this.cache === 'always' ? K.FOPEN_CACHE_DIR : 0 };
   }
@@ -606,6 +655,10 @@ export class PassthroughFs implements FileSystem {
       if ((lock.type === K.F_WRLCK && accmode === K.O_RDONLY) || (lock.type === K.F_RDLCK && accmode === K.O_WRONLY)) {
         throw new FsError(K.EBADF, 'lock type does not match the open mode');
       }
+    } else {
+      // A flock lock lives on the fh's own open file description: only the keeper's copy keeps
+      // it across our death (a description reopened by handle would not have it).
+      this.registry.settle();
     }
     return this.locks.setlk(nodeid, fh, rec.fdName, owner, lock, sleep, isFlock, signal);
   }

@@ -21,6 +21,13 @@
 //      what steps 1-3 made durable becomes visible, so a reply the guest saw is never lost and
 //      never changes across a death (crash points op-after-outcome, op-before-publish,
 //      op-after-publish).
+//   5. After the publish and its interrupt (published()): the reopenable fds to the keeper
+//      (KeeperClient.sendDeferred: open files and dirs of inodes named by handles). Their
+//      outcomes, journaled in step 2, are all a successor needs to open them again, so they
+//      need not be in the keeper before the guest sees the reply, and sending them here keeps
+//      the keeper round trip off the guest's wait. A worker dying before this step leaves a
+//      session naming fds the keeper never got: the successor reopens them
+//      (PassthroughFs.resume; crash points op-after-publish of OPEN, CREATE and OPENDIR).
 //
 // The state store (state_store.ts) runs commit() too before it appends any other record
 // (control messages, session changes outside requests, snapshots), so the journal keeps the
@@ -35,6 +42,7 @@ export interface KeeperBatching {
   beginBatch(): void;
   endBatch(): void;
   flushRemovals(): void;
+  sendDeferred(): void;
 }
 
 /** The journal's part (request_log.ts): the outcomes waiting for the group commit. */
@@ -64,6 +72,11 @@ export class DurabilityBarrier implements PublishBarrier {
    * journaled) are rolled back: consistent. */
   requestStarted(): void {
     this.keeper?.beginBatch();
+  }
+
+  /** Step 5. */
+  published(): void {
+    this.keeper?.sendDeferred();
   }
 
   /** Steps 1-3. Returns the keys of the outcomes made durable. */

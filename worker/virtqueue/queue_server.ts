@@ -50,6 +50,8 @@ export interface ChainHandler {
  * implements it and states the order); called just before each used-ring publish. */
 export interface PublishBarrier {
   commit(): void;
+  /** After the publish and its interrupt: what may wait until the guest has its replies. */
+  published?(): void;
 }
 
 export class QueueServer implements QueueHandler {
@@ -223,6 +225,7 @@ export class QueueServer implements QueueHandler {
     const wantsNotify = this.ring.publishUsed();
     this.handler.published?.(this.index, heads);
     if (wantsNotify) this.notify();
+    this.barrier?.published?.();
     if (!this.fastKick && this.completedSinceStart > 0 && this.running && !this.paused) this.setFastKick(true);
   }
 
