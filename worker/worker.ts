@@ -486,6 +486,9 @@ export class Worker {
     const fsImpl = this.fsImpl;
     const left = this.backend === null ? 0 : await this.backend.drain(DRAIN_DEADLINE_MS, () => fsImpl?.parkedLockWaits ?? 0);
     this.store.durability.commit();
+    // Every open file's fd in the keeper: the successor may be an older build, which cannot
+    // open again by handle the ones sent after their reply (KeeperClient.sendDeferred).
+    this.registry.settle();
     // The successor's load replays the journal since its last snapshot (up to ~1 MiB: ~100 ms
     // measured on a busy host, the largest part of the pause): a snapshot now (crash-safe: a
     // new file renamed over the old) leaves it one record to read.
