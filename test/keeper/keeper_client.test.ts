@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { native, C } from '../../shared/native';
 import { KeeperClient } from '../../shared/keeper_client';
-import { encodeFromKeeper, type UpgradeResult } from '../../shared/keeper_protocol';
+import { FETCH_WINDOW, MAX_MESSAGE_SIZE, encodeFromKeeper, parseToKeeper, type ToKeeper, type UpgradeResult } from '../../shared/keeper_protocol';
 
 const O_NONBLOCK = C.O_NONBLOCK!;
 
@@ -37,4 +37,50 @@ t.test('a synchronous receive blocks (no recvmsg spin) even after the drain poll
   // A spin would burn the whole 200 ms; a blocked wait almost nothing.
   t.ok(c.user + c.system < 100_000, `the wait used ${Math.round((c.user + c.system) / 1000)} ms of CPU`);
   t.equal(native.fdFlags(client.fd).statusFlags & O_NONBLOCK, 0, 'left blocking');
+});
+
+t.test('reopenable fds wait for sendDeferred (one message), one released before it is never sent, and settle() waits for X_SYNCED', async (t) => {
+  const [ours, theirs] = native.socketpair('seqpacket');
+  const client = KeeperClient.inherited(ours);
+  t.teardown(() => { client.close(); native.close(theirs); });
+  const buf = Buffer.alloc(MAX_MESSAGE_SIZE);
+  /** What the keeper's end received since the last call (non-blocking), fds closed. */
+  const received = (): ToKeeper[] => {
+    native.setNonBlocking(theirs, true);
+    const out: ToKeeper[] = [];
+    for (;;) {
+      const r = native.recvMsg(theirs, buf, 16);
+      if (r === null) return out;
+      out.push(parseToKeeper(buf.subarray(0, r.bytes), r.fds.length));
+      for (const fd of r.fds) native.close(fd);
+    }
+  };
+  const memfd = (): number => native.memfdCreate('t', 0);
+  const fds = [memfd(), memfd(), memfd()];
+  t.teardown(() => { for (const fd of fds) native.close(fd); });
+
+  client.onRegister('file.1', fds[0]!, true);
+  client.onRegister('file.2', fds[1]!, true);
+  client.onUnregister('file.2');
+  t.same(received(), [], 'nothing is sent at registration');
+  client.sendDeferred();
+  t.same(received(), [{ type: 'store', names: ['file.1'] }], 'sendDeferred sends what is still open, in one message; the released one never');
+  client.sendDeferred();
+  t.same(received(), [], 'and only once');
+  client.onUnregister('file.1');
+  t.same(received(), [{ type: 'remove', names: ['file.1'] }], 'a sent one is removed');
+
+  // settle(): sends the deferred store and X_SYNC, then blocks until X_SYNCED (a keeper that
+  // offers sync: an FDSET saying so).
+  const fdSet = encodeFromKeeper({ type: 'fdSet', names: [], more: false, ctlSeq: 0, keeper: { sync: true, noFile: null } });
+  native.sendMsg(theirs, fdSet, []);
+  t.equal(client.fetchAll().keeper.sync, true);
+  t.same(received(), [{ type: 'fetch', window: FETCH_WINDOW }]);
+  client.onRegister('file.3', fds[2]!, true);
+  // The answer is queued first: settle() reads it after its own X_SYNC (seq 1).
+  native.sendMsg(theirs, encodeFromKeeper({ type: 'synced', seq: 1, refused: [] }), []);
+  client.settle();
+  t.same(received(), [{ type: 'store', names: ['file.3'] }, { type: 'sync', seq: 1 }], 'settle sent the store, then X_SYNC, and took X_SYNCED');
+  client.settle();
+  t.same(received(), [], 'nothing left to settle: no round trip');
 });
