@@ -51,7 +51,8 @@ export function formatStatus(r: StatusReport): string {
   const h = r.fuse.inodeHandles;
   if (h !== null) {
     const how = h.active ? 'on' : h.mode === 'never' ? 'off (never)' : `off, every inode holds an fd: ${h.reason ?? 'unavailable'}`;
-    row('inode handles', `${h.mode}: ${how}; ${h.byHandle} inodes by handle, ${h.byFd} by fd; ${h.cachedFds}/${h.cacheCapacity} cached fds, ${h.opensByHandle} opened by handle`);
+    row('inode handles', `${h.mode}: ${how}; ${h.byHandle} inodes by handle, ${h.byFd} by fd; ${h.cachedFds}/${h.cacheCapacity} cached fds, ${h.opensByHandle} opened by handle`
+      + (h.handlesReopened === undefined ? '' : `; at the last resume ${h.handlesReopened} open files/dirs opened again by handle, ${h.handlesLost ?? 0} lost`));
   }
   const f = r.fuse.fastPath;
   row('fast path', f === null ? 'off (every request through TypeScript)'

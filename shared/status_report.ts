@@ -19,6 +19,11 @@ export interface InodeHandleStats {
   cacheCapacity: number;
   /** open_by_handle_at calls since the worker started. */
   opensByHandle: number;
+  /** At this worker's resume: open files and dirs whose fds the keeper never got (sent after
+   * the reply: "Crash safety", rule 1) opened again by handle, and those that could not be
+   * (their inode gone). Absent from older workers. */
+  handlesReopened?: number;
+  handlesLost?: number;
 }
 
 /** The addon's fast path since the worker started (null: off, --no-fast-path). */
@@ -138,6 +143,8 @@ export function formatPrometheus(reports: StatusReport[]): string {
   metric('inode_handles_active', 'gauge', 'New inodes are named by file handles (1) or hold an fd in the keeper (0).', each((r) => (r.fuse.inodeHandles === null ? null : r.fuse.inodeHandles.active ? 1 : 0)));
   metric('inodes_by_handle', 'gauge', 'Inodes named by a file handle (no fd in the keeper).', each((r) => r.fuse.inodeHandles?.byHandle ?? null));
   metric('inode_fd_cache', 'gauge', 'O_PATH fds of handle-named inodes the worker has open.', each((r) => r.fuse.inodeHandles?.cachedFds ?? null));
+  metric('open_handles_reopened', 'gauge', 'At the worker\'s resume: open files and dirs the keeper never got, opened again by handle.', each((r) => r.fuse.inodeHandles?.handlesReopened ?? null));
+  metric('open_handles_lost', 'gauge', 'At the worker\'s resume: open files and dirs the keeper never got that could not be opened again (their fh answers EBADF).', each((r) => r.fuse.inodeHandles?.handlesLost ?? null));
   metric('fuse_lock_waits', 'gauge', 'SETLKW requests parked waiting for a lock.', each((r) => r.fuse.lockWaits));
   metric('fast_path_requests_total', 'counter', 'Requests the addon served itself, by opcode (since the worker started).',
     reports.flatMap((r) => (r.fuse.fastPath === null ? [] : FAST_PATH_OPS

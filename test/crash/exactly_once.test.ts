@@ -131,11 +131,11 @@ const nonIdempotent: Case[] = [
       t.equal((await s.fuse.getattr((r as F.EntryOut).nodeid)).attr.ino, BigInt(fs.statSync(s.host('d')).ino), 'reply names it');
     } },
   { name: 'CREATE', act: (s) => s.fuse.create(ROOT, 'f', F.O.RDWR | F.O.CREAT | F.O.EXCL, 0o644),
-    verify: async (t, s, r, _stateDir, point) => {
+    verify: async (t, s, r, stateDir, point) => {
       const c = r as F.CreateOut;
       t.equal(await s.fuse.write(c.entry.nodeid, c.open.fh, 0, Buffer.from('via fh')), 6, 'returned fh works');
       t.equal(fs.readFileSync(s.host('f'), 'utf8'), 'via fh');
-      reopenedIfUnsent(t, s, point);
+      await reopenedIfUnsent(t, s, point, stateDir);
     } },
   { name: 'MKNOD', act: (s) => s.fuse.mknod(ROOT, 'p', F.S_IFIFO | 0o644),
     verify: (t, s) => { t.ok(fs.lstatSync(s.host('p')).isFIFO(), 'fifo created'); } },
@@ -245,10 +245,15 @@ const nonIdempotent: Case[] = [
 ];
 
 /** READDIRPLUS of the root (the 30-file cases). */
-/** Killed right after the publish, the worker never sent the open's fd (KeeperClient.
- * sendDeferred): its successor opened it again by the inode's handle. */
-function reopenedIfUnsent(t: Test, s: Session, point: string): void {
-  if (point === 'op-after-publish') t.match(s.backend.log(), /opened again by handle/, 'the successor opened the unsent fd again by handle');
+/** Killed once the open's outcome was journaled and before the publish was followed by the
+ * send (KeeperClient.sendDeferred), the worker left a session naming an fd the keeper never
+ * got: its successor opened it again by the inode's handle, and says so in status. Killed
+ * before the outcome, the request ran again in the successor, with nothing to reopen. */
+async function reopenedIfUnsent(t: Test, s: Session, point: string, stateDir: string): Promise<void> {
+  const reopened = ['op-after-outcome', 'op-before-publish', 'op-after-publish'].includes(point) ? 1 : 0;
+  await waitFor(() => queryStatus(stateDir).fuse.inodeHandles?.handlesReopened === reopened, `status: ${reopened} open file or dir opened again by handle`, 10_000);
+  t.pass(`${reopened} opened again by handle at the resume`);
+  if (reopened === 1) t.match(s.backend.log(), /opened again by handle/, 'the successor logged it');
 }
 
 async function readRootPlus(s: Session): Promise<F.Dirent[]> {
@@ -282,7 +287,7 @@ const idempotent: Case[] = [
     verify: async (t, s, r, stateDir, point) => {
       const { e, o } = r as { e: F.EntryOut; o: F.OpenOut };
       t.equal((await s.fuse.read(e.nodeid, o.fh, 0, 100)).toString(), 'opened', 'the returned fh reads the file');
-      reopenedIfUnsent(t, s, point);
+      await reopenedIfUnsent(t, s, point, stateDir);
       // The keeper's copy of the worker's counts is pushed every second: poll for it. A
       // duplicate open would never come back to 0 after the one release below.
       await waitFor(() => queryStatus(stateDir).fuse.openFiles === 1, 'one open file', 10_000);
@@ -301,7 +306,7 @@ const idempotent: Case[] = [
       const first = await s.fuse.readdir(dir, dh.fh, 0, 256);
       return { dir, dh, first };
     },
-    verify: async (t, s, r, _stateDir, point) => {
+    verify: async (t, s, r, stateDir, point) => {
       const { dir, dh, first } = r as { dir: bigint; dh: F.OpenOut; first: F.Dirent[] };
       t.ok(first.length > 0 && first.length < 32, `the first page holds part of the listing (${first.length})`);
       const names = first.map((d) => d.name.toString());
@@ -312,7 +317,7 @@ const idempotent: Case[] = [
         off = page[page.length - 1]!.off;
       }
       t.same(names.filter((n) => n.startsWith('d')).sort(), Array.from({ length: 30 }, (_, i) => `d${i}`).sort(), 'the listing goes on through the fh, each entry once');
-      reopenedIfUnsent(t, s, point);
+      await reopenedIfUnsent(t, s, point, stateDir);
       await s.fuse.releasedir(dir, dh.fh);
     } },
   { name: 'READDIRPLUS', setup: (d) => { for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(d, `e${i}`), 'x'); },

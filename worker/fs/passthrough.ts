@@ -117,6 +117,9 @@ export class PassthroughFs implements FileSystem {
   private readonly io: FileIo;
   private readonly xattrs: Xattrs;
   private writeback = false;
+  /** At the resume: open files and dirs opened again by handle, and those that could not be. */
+  private handlesReopened = 0;
+  private handlesLost = 0;
   /** The fast path's tables, when the addon serves hot requests itself. */
   readonly fastTable: FastTable | null = null;
 
@@ -224,7 +227,6 @@ export class PassthroughFs implements FileSystem {
    * a file whose backing vanished would.
    */
   private reopenUnstored(names: Set<string>): void {
-    let reopened = 0;
     const reopen = (fdName: string, nodeid: number, flags: number): void => {
       if (this.registry.has(fdName)) return;
       const inode = this.session.getInode(nodeid);
@@ -232,15 +234,16 @@ export class PassthroughFs implements FileSystem {
       if (inode === undefined || inode.handle === null) return;
       try {
         this.registry.register(fdName, this.inodes.reopen(inode, flags), true);
-        reopened++;
+        this.handlesReopened++;
       } catch (e) {
         names.delete(fdName);
+        this.handlesLost++;
         this.log.warn({ fdName, nodeid, err: e }, 'an open file the keeper never held could not be opened again by its handle; the guest gets EBADF through it');
       }
     };
     for (const f of this.session.allFiles()) reopen(f.fdName, f.nodeid, f.flags & ~FIRST_OPEN_ONLY);
     for (const d of this.session.allDirs()) reopen(d.fdName, d.nodeid, K.O_RDONLY | K.O_DIRECTORY);
-    if (reopened > 0) this.log.info({ reopened }, 'opened again by handle the open files and dirs the keeper never got');
+    if (this.handlesReopened > 0) this.log.info({ reopened: this.handlesReopened }, 'opened again by handle the open files and dirs the keeper never got');
   }
 
   /** Inode handles for `status`. */
@@ -249,6 +252,7 @@ export class PassthroughFs implements FileSystem {
       mode: this.handles.mode, active: this.handles.active, reason: this.handles.reason,
       byHandle: this.session.handleInodeCount, byFd: this.session.inodeCount - this.session.handleInodeCount,
       cachedFds: this.fdCache.size, cacheCapacity: this.fdCache.capacity, opensByHandle: this.fdCache.opens,
+      handlesReopened: this.handlesReopened, handlesLost: this.handlesLost,
     };
   }
 

@@ -27,7 +27,8 @@
 //      need not be in the keeper before the guest sees the reply, and sending them here keeps
 //      the keeper round trip off the guest's wait. A worker dying before this step leaves a
 //      session naming fds the keeper never got: the successor reopens them
-//      (PassthroughFs.resume; crash points op-after-publish of OPEN, CREATE and OPENDIR).
+//      (PassthroughFs.resume; crash points op-after-outcome to op-after-publish of OPEN,
+//      CREATE and OPENDIR).
 //
 // The state store (state_store.ts) runs commit() too before it appends any other record
 // (control messages, session changes outside requests, snapshots), so the journal keeps the
