@@ -146,6 +146,12 @@ export class LeanFuse {
     return { nodeid: v.getBigUint64(r.bodyOff, true), fh: v.getBigUint64(r.bodyOff + F.ENTRY_OUT_SIZE, true) };
   }
 
+  /** OPEN; returns the fh. */
+  async open(slot: Slot, nodeid: bigint, flags: number): Promise<bigint> {
+    const r = await this.request(slot, F.Op.OPEN, nodeid, F.openIn(flags), F.OPEN_OUT_SIZE);
+    return this.mem.view.getBigUint64(r.bodyOff, true);
+  }
+
   async release(slot: Slot, nodeid: bigint, fh: bigint, flags: number): Promise<void> {
     await this.request(slot, F.Op.RELEASE, nodeid, F.releaseIn(fh, flags), 0);
   }

@@ -73,7 +73,7 @@ export type MetricKey =
   | 'getattr' | 'lookup_hot' | 'lookup_cold' | 'create_release' | 'unlink'
   | 'readdirplus_first' | 'readdirplus_again' | 'seq_read' | 'seq_write'
   | 'rand_read_qd1' | 'rand_read_qd32'
-  | 'getattr_p50' | 'getattr_p99' | 'read4k_p50' | 'read4k_p99' | 'rss';
+  | 'getattr_p50' | 'getattr_p99' | 'openrel_p50' | 'openrel_p99' | 'read4k_p50' | 'read4k_p99' | 'rss';
 
 export interface MetricDef { key: MetricKey; name: string; unit: string; higherIsBetter: boolean }
 
@@ -92,6 +92,10 @@ export function metricDefs(p: MicroParams): MetricDef[] {
     { key: 'rand_read_qd32', name: 'random 4 KiB READ, QD32', unit: 'IOPS', higherIsBetter: true },
     { key: 'getattr_p50', name: 'GETATTR latency p50, QD1', unit: 'µs', higherIsBetter: false },
     { key: 'getattr_p99', name: 'GETATTR latency p99, QD1', unit: 'µs', higherIsBetter: false },
+    // A request pair TypeScript serves and journals (an open file's fd for the keeper, a
+    // session change each), one after the other as grep -r or cp issue them.
+    { key: 'openrel_p50', name: 'OPEN+RELEASE latency p50, QD1', unit: 'µs', higherIsBetter: false },
+    { key: 'openrel_p99', name: 'OPEN+RELEASE latency p99, QD1', unit: 'µs', higherIsBetter: false },
     { key: 'read4k_p50', name: '4 KiB READ latency p50, QD1', unit: 'µs', higherIsBetter: false },
     { key: 'read4k_p99', name: '4 KiB READ latency p99, QD1', unit: 'µs', higherIsBetter: false },
     { key: 'rss', name: 'peak RSS (VmHWM) after the micro runs', unit: 'MiB', higherIsBetter: false },
@@ -287,6 +291,17 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
         await runPool(lean, 1, (sl) => lean.getattr(sl, hot), { durationMs: Math.min(durationMs, 2000) }, lat);
         put('getattr_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
         put('getattr_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
+      }
+      // --- OPEN+RELEASE latency at QD1 ---------------------------------------------------------
+      if (want('openrel_p50') || want('openrel_p99')) {
+        lap();
+        const lat: number[] = [];
+        await runPool(lean, 1, async (sl) => {
+          const fh = await lean.open(sl, hot, F.O.RDONLY);
+          await lean.release(sl, hot, fh, F.O.RDONLY);
+        }, { durationMs: Math.min(durationMs, 2000) }, lat);
+        put('openrel_p50', { value: quantile(lat, 0.5), extra: { samples: lat.length } });
+        put('openrel_p99', { value: quantile(lat, 0.99), extra: { samples: lat.length } });
       }
     } finally {
       lean.free();
