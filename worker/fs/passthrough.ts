@@ -271,9 +271,9 @@ export class PassthroughFs implements FileSystem {
     return this.cache === 'never' ? K.FOPEN_DIRECT_IO : this.cache === 'always' ? K.FOPEN_KEEP_CACHE : 0;
   }
 
-  /** Registers an opened file fd under a new fh. */
-  /** `reopenable` false: a successor could not open the file again by its inode's handle
-   * (O_TMPFILE: nothing names it once our fd is gone), so the keeper must hold it first. */
+  /** Registers an opened file fd under a new fh. `reopenable` false: a successor could not open
+   * the file again by its inode's handle (O_TMPFILE: nothing names it once our fd is gone), so
+   * the keeper must hold it first. */
   private addFile(nodeid: NodeId, fd: number, flags: number, reopenable = true): OpenReply {
     const byHandle = reopenable && inodeRecord(this.session, nodeid).handle !== null;
     const rec = this.fds.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(nodeid, flags), byHandle);
@@ -417,7 +417,7 @@ export class PassthroughFs implements FileSystem {
 
   /** A file or dir open through an fh and unlinked can no longer be opened by its handle once
    * our fd is gone: before a step that may remove a name, the keeper must hold every open
-   * fd, reopenable ones included (KeeperClient.settle; crash matrix UNLINK_OPEN). */
+   * fd, reopenable ones included (KeeperClient.settle; test/crash/fd_shortage.test.ts). */
   private keepOpenFilesReachable(): void {
     this.registry.settle();
   }
