@@ -14,6 +14,7 @@ import { KeeperClient } from '../../shared/keeper_client';
 import { openSession, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
+import { FuseError } from '../frontend/fuse_client';
 import { hostFlockErrno } from '../helpers/flock';
 
 /** User + system CPU time of `pid` in seconds. */
@@ -227,68 +228,75 @@ t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it
   t.equal(queryStatus(stateDir).worker.restarts, 1, 'no worker died on the way');
 });
 
-t.test('opens while the keeper is out of fds: served without waiting for it, opened again by handle after a death, settled before an unlink or a flock', async (t) => {
+t.test('opens while the keeper is out of fds: served without waiting for it, kept by the keeper before an unlink, rename, rmdir or flock', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const s = await openSession(t, 'ours', {
     // Inodes named by file handles (the default): an open file's fd is reopenable, so the
     // keeper gets it after the reply (KeeperClient.sendDeferred).
     extraArgs: ['--state-dir', stateDir, '--no-standby', '--inode-file-handles', 'mandatory'],
-    setup: (shared) => { for (const n of ['a', 'b', 'c', 'd']) fs.writeFileSync(path.join(shared, n), `file ${n}\n`); },
+    setup: (shared) => {
+      for (const n of ['a', 'b', 'c', 'd', 'r', 'x']) fs.writeFileSync(path.join(shared, n), `file ${n}\n`);
+      fs.mkdirSync(path.join(shared, 'dd'));
+    },
   });
-  const e = {
-    a: await s.fuse.lookup(F.FUSE_ROOT_ID, 'a'), b: await s.fuse.lookup(F.FUSE_ROOT_ID, 'b'),
-    c: await s.fuse.lookup(F.FUSE_ROOT_ID, 'c'), d: await s.fuse.lookup(F.FUSE_ROOT_ID, 'd'),
-  };
+  const e = Object.fromEntries(await Promise.all(['a', 'b', 'c', 'd', 'r', 'dd'].map(async (n) => [n, (await s.fuse.lookup(F.FUSE_ROOT_ID, n)).nodeid] as const)));
   const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
   const originalSoft = noFileLimits(keeperPid).soft;
   t.teardown(() => { if (alive(keeperPid)) setNoFile(keeperPid, originalSoft); });
   const hard = /Max open files\s+\S+\s+(\S+)/.exec(fs.readFileSync(`/proc/${keeperPid}/limits`, 'utf8'))![1]!;
 
-  // The keeper cannot take one more fd: both opens are answered, their fds dropped by the kernel.
-  setNoFile(keeperPid, await lowestFreeFd(keeperPid));
-  const a = await s.fuse.open(e.a.nodeid, F.O.RDONLY);
-  const b = await s.fuse.open(e.b.nodeid, F.O.RDWR);
-  t.equal((await s.fuse.read(e.a.nodeid, a.fh, 0, 100)).toString(), 'file a\n', 'an open during the shortage reads');
+  /** The keeper cut to no free fd: `open` is answered at once (its fds dropped by the kernel),
+   * then `act` must wait until the keeper holds them, which it can once the limit comes back
+   * 300 ms later. */
+  const duringShortage = async <T>(what: string, open: () => Promise<T>, act: (o: T) => Promise<unknown>): Promise<T> => {
+    setNoFile(keeperPid, await lowestFreeFd(keeperPid));
+    const o = await open();
+    const restorer = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeperPid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
+    const restored = new Promise((r) => restorer.once('exit', r));
+    const t0 = Date.now();
+    await act(o);
+    const waited = Date.now() - t0;
+    await restored;
+    t.ok(waited >= 250, `${what} waited for the keeper (${waited} ms)`);
+    return o;
+  };
 
-  // c is open when its name goes: the UNLINK waits until the keeper holds c's fd (the limit
-  // comes back 300 ms into its retries), since nothing could reopen c after a death.
-  const c = await s.fuse.open(e.c.nodeid, F.O.RDONLY);
-  const restorer = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeperPid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
-  const restored = new Promise((r) => restorer.once('exit', r));
-  const t0 = Date.now();
-  await s.fuse.unlink(F.FUSE_ROOT_ID, 'c');
-  const waited = Date.now() - t0;
-  await restored;
-  t.ok(waited >= 250, `the UNLINK waited for the keeper to take c (${waited} ms)`);
-
-  // A flock lock lives on d's open file description: the lock waits for the keeper to hold d.
-  setNoFile(keeperPid, await lowestFreeFd(keeperPid));
-  const d = await s.fuse.open(e.d.nodeid, F.O.RDWR);
-  const restorer2 = spawn('sh', ['-c', `sleep 0.3; prlimit --pid ${keeperPid} --nofile=${originalSoft}:${hard}`], { stdio: 'ignore' });
-  const restored2 = new Promise((r) => restorer2.once('exit', r));
-  const t1 = Date.now();
-  await s.fuse.setlk(e.d.nodeid, d.fh, 9n, { start: 0n, end: 0x7fffffffffffffffn, type: F.F_WRLCK, pid: 0 }, true);
-  const waited2 = Date.now() - t1;
-  await restored2;
-  t.ok(waited2 >= 250, `the flock waited for the keeper to take d (${waited2} ms)`);
+  // c is open when its name goes; r when a rename replaces it; dd when it is removed: nothing
+  // could open them again after a death. A flock lock lives on d's own open file description.
+  const [a, b, c] = await duringShortage('the UNLINK of an open file', async () => {
+    const opened = [await s.fuse.open(e.a!, F.O.RDONLY), await s.fuse.open(e.b!, F.O.RDWR), await s.fuse.open(e.c!, F.O.RDONLY)];
+    t.equal((await s.fuse.read(e.a!, opened[0]!.fh, 0, 100)).toString(), 'file a\n', 'an open during the shortage reads');
+    return opened;
+  }, () => s.fuse.unlink(F.FUSE_ROOT_ID, 'c'));
+  const r = await duringShortage('the RENAME over an open file', () => s.fuse.open(e.r!, F.O.RDONLY), () => s.fuse.rename(F.FUSE_ROOT_ID, 'x', F.FUSE_ROOT_ID, 'r'));
+  const dd = await duringShortage('the RMDIR of an open dir', () => s.fuse.opendir(e.dd!), () => s.fuse.rmdir(F.FUSE_ROOT_ID, 'dd'));
+  const d = await duringShortage('the flock', () => s.fuse.open(e.d!, F.O.RDWR),
+    (o) => s.fuse.setlk(e.d!, o.fh, 9n, { start: 0n, end: 0x7fffffffffffffffn, type: F.F_WRLCK, pid: 0 }, true));
   t.equal(queryStatus(stateDir).worker.pid, firstWorker, 'the worker waited for the keeper instead of dying');
 
   process.kill(firstWorker!, 'SIGKILL');
   await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a successor', 20_000);
-  t.equal((await s.fuse.read(e.a.nodeid, a.fh, 0, 100)).toString(), 'file a\n', 'a reads after the death');
-  t.equal(await s.fuse.write(e.b.nodeid, b.fh, 0, Buffer.from('FILE')), 4, 'b writes after the death (its read-write description)');
+  t.equal((await s.fuse.read(e.a!, a!.fh, 0, 100)).toString(), 'file a\n', 'a reads after the death');
+  t.equal(await s.fuse.write(e.b!, b!.fh, 0, Buffer.from('FILE')), 4, 'b writes after the death (its read-write description)');
   t.equal(fs.readFileSync(s.host('b'), 'utf8'), 'FILE b\n');
-  t.equal((await s.fuse.read(e.c.nodeid, c.fh, 0, 100)).toString(), 'file c\n', 'the unlinked c still reads: the keeper held it');
+  t.equal((await s.fuse.read(e.c!, c!.fh, 0, 100)).toString(), 'file c\n', 'the unlinked c still reads: the keeper held it');
+  t.equal((await s.fuse.read(e.r!, r.fh, 0, 100)).toString(), 'file r\n', 'the replaced r still reads its old bytes');
+  t.equal(fs.readFileSync(s.host('r'), 'utf8'), 'file x\n', 'while the name holds the new file');
+  // getdents64 of a removed directory is ENOENT on Linux: the host's own answer through a live
+  // fd. A lost fh would be EBADF.
+  const listErrno = await s.fuse.readdir(e.dd!, dd.fh, 0).then(() => 0, (err: FuseError) => err.errno);
+  t.equal(listErrno, F.Errno.ENOENT, 'the removed dir answers through its fh as the host does (ENOENT, not EBADF)');
   t.equal(hostFlockErrno(s.host('d')), 'EWOULDBLOCK', 'the flock lock on d outlived the worker: the keeper held d');
   t.notMatch(s.backend.log(), /could not be opened again by its handle/, 'no fh was lost');
   const h = queryStatus(stateDir).fuse.inodeHandles!;
   t.equal(h.handlesLost, 0, 'status: none lost');
-  // The UNLINK's settle sent a and b again too (every store the keeper refused since the last
-  // X_SYNC): nothing was left to reopen. (A reopen: the crash matrix's op-after-publish.)
-  t.equal(h.handlesReopened, 0, 'status: nothing had to be opened again by handle: the settle sent a and b too');
-  for (const [n, o] of [['a', a], ['b', b], ['c', c], ['d', d]] as const) await s.fuse.release(e[n].nodeid, o.fh);
-  t.equal(hostFlockErrno(s.host('d')), null, 'the release dropped it');
-  await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0, 'every file released');
+  // Each settle sent again every store the keeper refused since the last X_SYNC (a and b
+  // too): nothing was left to reopen. (A reopen: the crash matrix's OPEN, CREATE, OPENDIR.)
+  t.equal(h.handlesReopened, 0, 'status: nothing had to be opened again by handle');
+  for (const [n, o] of [['a', a!], ['b', b!], ['c', c!], ['d', d], ['r', r]] as const) await s.fuse.release(e[n]!, o.fh);
+  await s.fuse.releasedir(e.dd!, dd.fh);
+  t.equal(hostFlockErrno(s.host('d')), null, 'the release dropped the flock lock');
+  await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0 && queryStatus(stateDir).fuse.openDirs === 0, 'every file and dir released');
   t.equal(queryStatus(stateDir).fdNames.file ?? 0, 0, 'and the keeper holds no file fd');
 });
