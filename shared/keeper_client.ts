@@ -195,10 +195,15 @@ export class KeeperClient implements FdRegistryListener {
     this.sync();
   }
 
-  onUnregister(name: string): void {
-    // Never sent: the keeper never needs to see it.
-    if (this.deferred.delete(name)) return;
+  /** A closed fd leaves the waiting stores; whether the keeper never got it (no removal then). */
+  private neverSent(name: string): boolean {
+    if (this.deferred.delete(name)) return true;
     this.unsynced.delete(name);
+    return false;
+  }
+
+  onUnregister(name: string): void {
+    if (this.neverSent(name)) return;
     if (this.batch !== null) {
       // Registered and dropped within one batch: the keeper never needs to see it.
       if (this.batch.delete(name)) return;
@@ -215,9 +220,7 @@ export class KeeperClient implements FdRegistryListener {
       for (const n of names) this.onUnregister(n);
       return;
     }
-    const sent = names.filter((n) => !this.deferred.delete(n));
-    for (const n of sent) this.unsynced.delete(n);
-    this.sendRemovals(sent);
+    this.sendRemovals(names.filter((n) => !this.neverSent(n)));
   }
 
   /** Groups stores (e.g. a readdirplus page of inodes, or every request of one event-loop

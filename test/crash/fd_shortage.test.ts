@@ -244,7 +244,7 @@ t.test('opens while the keeper is out of fds: served without waiting for it, kep
   const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
   const originalSoft = noFileLimits(keeperPid).soft;
   t.teardown(() => { if (alive(keeperPid)) setNoFile(keeperPid, originalSoft); });
-  const hard = /Max open files\s+\S+\s+(\S+)/.exec(fs.readFileSync(`/proc/${keeperPid}/limits`, 'utf8'))![1]!;
+  const { hard } = noFileLimits(keeperPid);
 
   /** The keeper cut to no free fd: `open` is answered at once (its fds dropped by the kernel),
    * then `act` must wait until the keeper holds them, which it can once the limit comes back

@@ -33,7 +33,7 @@ import {
   type AttrReply, type Context, type DirSink, type Entry, type EntryProbe, type FileSystem, type Handle,
   type LockRange, type NodeId, type OpenReply, type SetattrRequest,
 } from './filesystem';
-import { FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName } from './session';
+import { FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName, type InodeRecord } from './session';
 import { FdLifetime } from './fd_lifetime';
 import { Credentials } from './credentials';
 import { Inodes, procFd, statFd } from './inodes';
@@ -274,9 +274,9 @@ export class PassthroughFs implements FileSystem {
   /** Registers an opened file fd under a new fh. `reopenable` false: a successor could not open
    * the file again by its inode's handle (O_TMPFILE: nothing names it once our fd is gone), so
    * the keeper must hold it first. */
-  private addFile(nodeid: NodeId, fd: number, flags: number, reopenable = true): OpenReply {
-    const byHandle = reopenable && inodeRecord(this.session, nodeid).handle !== null;
-    const rec = this.fds.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(nodeid, flags), byHandle);
+  private addFile(inode: InodeRecord, fd: number, flags: number, reopenable = true): OpenReply {
+    const rec = this.fds.registerThenRecord(fileFdName(this.session.nextFh), fd, () => this.session.openFile(inode.nodeid, flags),
+      reopenable && inode.handle !== null);
     this.locks.opened(rec.fdName);
     return { fh: rec.fh, openFlags: this.fileOpenFlags() };
   }
@@ -455,7 +455,7 @@ export class PassthroughFs implements FileSystem {
     const f = this.openFlags(flags);
     this.fds.ensureRoom(0, 1);
     const fd = this.inodes.reopen(rec, f);
-    return this.addFile(nodeid, fd, f);
+    return this.addFile(rec, fd, f);
   }
 
   /** Creates with O_EXCL always: open(O_CREAT) of an existing name would open whatever is
@@ -488,7 +488,7 @@ export class PassthroughFs implements FileSystem {
       const rec = inodeRecord(this.session, entry.nodeid);
       if (rec.fileType === K.S_IFDIR) throw new FsError(K.EISDIR, 'create of an existing directory');
       const fd = this.creds.runAs(ctx, null, () => this.inodes.reopen(rec, flags));
-      open = this.addFile(entry.nodeid, fd, flags & ~K.O_TRUNC);
+      open = this.addFile(rec, fd, flags & ~K.O_TRUNC);
     } catch (e) {
       this.inodes.forget(entry.nodeid, 1);
       throw e;
@@ -519,7 +519,7 @@ export class PassthroughFs implements FileSystem {
     }
     let open: OpenReply;
     try {
-      open = this.addFile(entry.nodeid, fileFd, flags, reopenable);
+      open = this.addFile(inodeRecord(this.session, entry.nodeid), fileFd, flags, reopenable);
     } catch (e) {
       this.inodes.forget(entry.nodeid, 1);
       throw e;
