@@ -12,10 +12,14 @@
 // A keeper that does not offer FEATURES=sync (older) gets no X_SYNC.
 //
 // Reopenable fds (an open file or dir of an inode named by a file handle: the journal records
-// all a successor needs to open it again) are not waited for: they are sent after the publish
-// (sendDeferred), in one message per ring turn, and confirmed by whichever X_SYNC comes next;
-// one released before that is never sent at all. settle() sends and confirms them at once,
-// for the steps after which a successor could not reopen one (an unlink, a flock lock).
+// all a successor needs to open it again) are not waited for, and neither are removals the
+// journal no longer needs: both wait up to LAZY_LINGER_MS after a publish (sendSoon) and then
+// go together, and sooner when LAZY_MAX are waiting or any other message goes to the keeper
+// (which keeps their order). Each message wakes the keeper (~100 µs of its CPU on this kind
+// of machine), and most files a guest opens are released within that time: those are never
+// sent, and their release sends no removal. Whichever X_SYNC comes next confirms the stores.
+// settle() sends and confirms them at once, for the steps after which a successor could not
+// reopen one (an unlink, a flock lock).
 import { native, POLL_DISCONNECT, POLL_READABLE, type Poller } from './native';
 import { KeeperProtocolError } from './sd_notify_format';
 import {
@@ -42,14 +46,28 @@ const STORE_RETRIES = 50;
 const RETRY_SLEEP_MS = 20;
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
+/** How long reopenable stores and journaled removals wait after a publish for company. It is
+ * also the window in which a worker's death loses an fh a host process unlinked meanwhile
+ * (docs/ARCHITECTURE.md, "Crash safety", rule 1), so it stays short. */
+export const LAZY_LINGER_MS = 20;
+/** Waiting stores and removals that are sent at once: the keeper still holds the removed fds,
+ * which the fd budget's reserve must cover. */
+export const LAZY_MAX = 64;
+
 export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
   /** Stores deferred while a batch is open (name → fd, in registration order). */
   private batch: Map<string, number> | null = null;
-  /** Reopenable stores not sent yet (sendDeferred, settle). */
+  /** Reopenable stores not sent yet (sendPending, settle). */
   private deferred = new Map<string, number>();
-  /** Removals deferred until the journal no longer names them (flushRemovals). */
+  /** Removals deferred until the journal no longer names them (removalsJournaled). */
   private removals: string[] = [];
+  /** Removals the journal no longer needs, waiting to go with the deferred stores. */
+  private readyRemovals: string[] = [];
+  /** Sends what waits (sendSoon); null while nothing does or nothing was published since. */
+  private lingerTimer: NodeJS.Timeout | null = null;
+  /** Set while sendPending sends, so that its own messages do not call it again. */
+  private sendingPending = false;
   /** Whether the keeper answers X_SYNC (its FDSET said so). */
   private canSync = false;
   private syncSeq = 0;
@@ -197,7 +215,10 @@ export class KeeperClient implements FdRegistryListener {
 
   /** A closed fd leaves the waiting stores; whether the keeper never got it (no removal then). */
   private neverSent(name: string): boolean {
-    if (this.deferred.delete(name)) return true;
+    if (this.deferred.delete(name)) {
+      if (this.deferred.size === 0 && this.readyRemovals.length === 0) this.stopLinger();
+      return true;
+    }
     this.unsynced.delete(name);
     return false;
   }
@@ -225,7 +246,7 @@ export class KeeperClient implements FdRegistryListener {
 
   /** Groups stores (e.g. a readdirplus page of inodes, or every request of one event-loop
    * turn) into few messages; flushed by endBatch, which must run before anything that names
-   * them becomes durable or visible. Removals wait for flushRemovals(). */
+   * them becomes durable or visible. Removals wait for removalsJournaled(). */
   beginBatch(): void {
     if (this.batch === null) this.batch = new Map();
   }
@@ -238,18 +259,54 @@ export class KeeperClient implements FdRegistryListener {
     this.sync();
   }
 
-  /** Sends the reopenable stores made since the last call, without waiting (after a publish:
-   * off the guest's critical path). The next X_SYNC confirms them. */
-  sendDeferred(): void {
-    if (this.deferred.size === 0) return;
-    const entries = [...this.deferred];
-    this.deferred.clear();
-    this.storeEntries(entries);
+  /** After a publish: what may wait (reopenable stores, journaled removals) goes within
+   * LAZY_LINGER_MS, at once if LAZY_MAX wait. */
+  sendSoon(): void {
+    const waiting = this.deferred.size + this.readyRemovals.length;
+    if (waiting === 0) return;
+    if (waiting >= LAZY_MAX) {
+      this.sendPending();
+      return;
+    }
+    if (this.lingerTimer !== null) return;
+    this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = null;
+      this.sendPending();
+    }, LAZY_LINGER_MS);
+    this.lingerTimer.unref();
+  }
+
+  /** Sends the waiting reopenable stores and journaled removals now, without waiting for the
+   * keeper. The next X_SYNC confirms the stores. */
+  sendPending(): void {
+    this.stopLinger();
+    if (this.sendingPending || (this.deferred.size === 0 && this.readyRemovals.length === 0)) return;
+    this.sendingPending = true;
+    try {
+      if (this.deferred.size > 0) {
+        const entries = [...this.deferred];
+        this.deferred.clear();
+        this.storeEntries(entries);
+      }
+      if (this.readyRemovals.length > 0) {
+        const names = this.readyRemovals;
+        this.readyRemovals = [];
+        this.sendRemovals(names);
+      }
+    } finally {
+      this.sendingPending = false;
+    }
+  }
+
+  private stopLinger(): void {
+    if (this.lingerTimer === null) return;
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
   }
 
   /** Returns once the keeper holds every fd stored so far, reopenable ones included. */
   settle(): void {
-    this.sendDeferred();
+    this.sendPending();
     this.sync();
   }
 
@@ -310,6 +367,8 @@ export class KeeperClient implements FdRegistryListener {
     this.batch = null;
     this.deferred.clear();
     this.removals = [];
+    this.readyRemovals = [];
+    this.stopLinger();
     this.unsynced.clear();
     this.stopWatching();
   }
@@ -318,12 +377,13 @@ export class KeeperClient implements FdRegistryListener {
     return this.orphanedTo !== null;
   }
 
-  /** Sends the deferred removals (after the journal recorded the closes). */
-  flushRemovals(): void {
-    const names = this.removals;
-    if (names.length === 0) return;
+  /** The journal recorded the closes of the removals deferred so far: they may go, with the
+   * next sendSoon or sendPending. */
+  removalsJournaled(): void {
+    if (this.removals.length === 0) return;
+    if (this.readyRemovals.length === 0) this.readyRemovals = this.removals;
+    else for (const n of this.removals) this.readyRemovals.push(n);
     this.removals = [];
-    this.sendRemovals(names);
   }
 
   /** Stores fds under names directly (not through the registry: the same fd numbers may be
@@ -486,6 +546,9 @@ export class KeeperClient implements FdRegistryListener {
 
   private send(msg: ToKeeper, fds: number[]): void {
     if (this.orphaned) return;
+    // What waits goes first: the keeper sees every store and removal in the order they were
+    // made (a name stored again after its removal, an X_SYNC that must confirm them).
+    if (!this.sendingPending) this.sendPending();
     const data = encodeToKeeper(msg);
     let n: number;
     try {
@@ -501,6 +564,7 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   close(): void {
+    this.stopLinger();
     this.stopWatching();
     native.close(this.fd);
   }

@@ -320,7 +320,7 @@ export class Worker {
     if (session === null) return 0;
     const missing = (name: string): boolean => !this.registry.has(name);
     // An open file or dir of an inode named by a handle may never have reached the keeper
-    // (KeeperClient.sendDeferred): PassthroughFs.resume opens it again. A close that did
+    // (KeeperClient.sendSoon): PassthroughFs.resume opens it again. A close that did
     // happen is then made again by the resubmitted request.
     const byHandle = (nodeid: number): boolean => (session.getInode(nodeid)?.handle ?? null) !== null;
     const files = [...session.allFiles()].filter((f) => missing(f.fdName) && !byHandle(f.nodeid));
@@ -487,7 +487,7 @@ export class Worker {
     const left = this.backend === null ? 0 : await this.backend.drain(DRAIN_DEADLINE_MS, () => fsImpl?.parkedLockWaits ?? 0);
     this.store.durability.commit();
     // Every open file's fd in the keeper: the successor may be an older build, which cannot
-    // open again by handle the ones sent after their reply (KeeperClient.sendDeferred).
+    // open again by handle the ones sent after their reply (KeeperClient.sendSoon).
     this.registry.settle();
     // The successor's load replays the journal since its last snapshot (up to ~1 MiB: ~100 ms
     // measured on a busy host, the largest part of the pause): a snapshot now (crash-safe: a

@@ -25,7 +25,7 @@ const OP = {
   // READDIRPLUS of inodes already known (their attributes read ahead in one addon call).
   READDIRPLUS_KNOWN: 44, READDIRPLUS_KNOWN_HANDLES: 44,
   // The fds of open files and dirs of handle-named inodes reach the keeper after the publish
-  // (KeeperClient.sendDeferred); an UNLINK or a flock lock settles them first (proven where the
+  // (KeeperClient.sendSoon); an UNLINK or a flock lock settles them first (proven where the
   // keeper really lacks them, under an fd shortage: fd_shortage.test.ts). Here: the open fh
   // outlives a death at every point of an UNLINK of its name, a flock through it, an OPENDIR.
   UNLINK_OPEN: 10, FLOCK: 32, OPENDIR: 27,
@@ -246,7 +246,7 @@ const nonIdempotent: Case[] = [
 
 /** READDIRPLUS of the root (the 30-file cases). */
 /** Killed once the open's outcome was journaled and before the publish was followed by the
- * send (KeeperClient.sendDeferred), the worker left a session naming an fd the keeper never
+ * send (KeeperClient.sendSoon), the worker left a session naming an fd the keeper never
  * got: its successor opened it again by the inode's handle, and says so in status. Killed
  * before the outcome, the request ran again in the successor, with nothing to reopen. */
 async function reopenedIfUnsent(t: Test, s: Session, point: string, stateDir: string): Promise<void> {

@@ -233,7 +233,7 @@ t.test('opens while the keeper is out of fds: served without waiting for it, kep
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const s = await openSession(t, 'ours', {
     // Inodes named by file handles (the default): an open file's fd is reopenable, so the
-    // keeper gets it after the reply (KeeperClient.sendDeferred).
+    // keeper gets it after the reply (KeeperClient.sendSoon).
     extraArgs: ['--state-dir', stateDir, '--no-standby', '--inode-file-handles', 'mandatory'],
     setup: (shared) => {
       for (const n of ['a', 'b', 'c', 'd', 'r', 'x']) fs.writeFileSync(path.join(shared, n), `file ${n}\n`);

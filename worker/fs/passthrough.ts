@@ -220,7 +220,7 @@ export class PassthroughFs implements FileSystem {
 
   /**
    * The open files and dirs of handle-named inodes whose fds the keeper never got (a worker
-   * died before sending them: KeeperClient.sendDeferred) are opened again by handle with their
+   * died before sending them: KeeperClient.sendSoon) are opened again by handle with their
    * journaled flags, less those that only mattered at the first open. One that cannot be (its
    * inode is gone: unlinked on the host and closed) leaves `names` and keeps its record
    * without an fd: its requests answer EBADF and its RELEASE drops it, as the guest's close of

@@ -11,24 +11,26 @@
 //   2. Journal commit of the staged outcomes (request_log.ts: every outcome staged since the
 //      last commit, with one release store). From here a resubmitted request gets its
 //      recorded reply and does not run twice.
-//   3. fd removals (KeeperClient.flushRemovals), and only while no request is half-way: a
-//      request that is running, or past its synchronous part with its outcome not yet staged,
-//      has session changes that are in no journal, and a successor rolls them back to a
-//      session that may still name a closed fd. Until the journal records the close, the
-//      keeper keeps its copy (spare copies are closed on resume).
+//   3. fd removals may go (KeeperClient.removalsJournaled), and only while no request is
+//      half-way: a request that is running, or past its synchronous part with its outcome not
+//      yet staged, has session changes that are in no journal, and a successor rolls them back
+//      to a session that may still name a closed fd. Until the journal records the close, the
+//      keeper keeps its copy (spare copies are closed on resume). They are sent in step 5.
 //   4. Publish (the caller: worker/virtqueue/queue_server.ts, which calls commit() through its
 //      PublishBarrier just before every used-ring publish, then publishes and notifies). Only
 //      what steps 1-3 made durable becomes visible, so a reply the guest saw is never lost and
 //      never changes across a death (crash points op-after-outcome, op-before-publish,
 //      op-after-publish).
-//   5. After the publish and its interrupt (published()): the reopenable fds to the keeper
-//      (KeeperClient.sendDeferred: open files and dirs of inodes named by handles). Their
-//      outcomes, journaled in step 2, are all a successor needs to open them again, so they
-//      need not be in the keeper before the guest sees the reply, and sending them here keeps
-//      the keeper round trip off the guest's wait. A worker dying before this step leaves a
-//      session naming fds the keeper never got: the successor reopens them
-//      (PassthroughFs.resume; crash points op-after-outcome to op-after-publish of OPEN,
-//      CREATE and OPENDIR).
+//   5. After the publish and its interrupt (published()): the reopenable fds and the removals
+//      of step 3 go to the keeper within KeeperClient's LAZY_LINGER_MS, in one message each
+//      (KeeperClient.sendSoon), or at once with any other message. The reopenable fds are open
+//      files and dirs of inodes named by handles: their outcomes, journaled in step 2, are all
+//      a successor needs to open them again, so they need not be in the keeper before the
+//      guest sees the reply; and most are released within the linger, so they are never sent
+//      at all. A worker dying before this step leaves a session naming fds the keeper never
+//      got: the successor reopens them (PassthroughFs.resume; crash points op-after-outcome
+//      to op-after-publish of OPEN, CREATE and OPENDIR). A removal that waits leaves the keeper
+//      a spare copy meanwhile; a successor closes spare copies.
 //
 // The state store (state_store.ts) runs commit() too before it appends any other record
 // (control messages, session changes outside requests, snapshots), so the journal keeps the
@@ -42,8 +44,8 @@ import { crashPoint } from '../../shared/crash_points';
 export interface KeeperBatching {
   beginBatch(): void;
   endBatch(): void;
-  flushRemovals(): void;
-  sendDeferred(): void;
+  removalsJournaled(): void;
+  sendSoon(): void;
 }
 
 /** The journal's part (request_log.ts): the outcomes waiting for the group commit. */
@@ -77,7 +79,7 @@ export class DurabilityBarrier implements PublishBarrier {
 
   /** Step 5. */
   published(): void {
-    this.keeper?.sendDeferred();
+    this.keeper?.sendSoon();
   }
 
   /** Steps 1-3. Returns the keys of the outcomes made durable. */
@@ -85,12 +87,12 @@ export class DurabilityBarrier implements PublishBarrier {
     this.keeper?.endBatch();
     const outcomes = this.outcomes;
     if (outcomes === null) {
-      this.keeper?.flushRemovals();
+      this.keeper?.removalsJournaled();
       return [];
     }
     for (const o of outcomes.staged()) crashPoint('op-after-fdstore', o.opcode);
     const keys = outcomes.commitStaged();
-    if (!outcomes.hasUnjournaledChanges()) this.keeper?.flushRemovals();
+    if (!outcomes.hasUnjournaledChanges()) this.keeper?.removalsJournaled();
     return keys;
   }
 }
