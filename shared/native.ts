@@ -140,7 +140,7 @@ export interface NativeRingConstructor {
     indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; declined: number; inodes: number; files: number }
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; declined: number; inodes: number; files: number }
 
 /** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR served in the addon
  * from tables the filesystem keeps (worker/fs/fast_table.ts). */
@@ -161,6 +161,12 @@ export interface FastFuseHandle {
     handle: Buffer | null, mountId: number, handleType: number): void;
   /** The session dropped the inode: its identity and its fd entry go. */
   forgetInode(nodeid: number): void;
+  /** New inodes on this mount are named by file handles, so a LOOKUP may add one (-1: handles
+   * are off: new inodes are TypeScript's). */
+  setHandles(mountId: number): void;
+  /** The session's next nodeid, which a LOOKUP that adds an inode takes (0: none added). Every
+   * setInodeMeta moves it past its nodeid; clear() sets it to 0. */
+  setNextNodeId(nextNodeId: number): void;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */
   setLockOwners(nodeid: number, n: number): void;
   clear(): void;

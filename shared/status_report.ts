@@ -42,6 +42,9 @@ export interface FastPathStats {
   setattr?: number;
   /** LOOKUPs of names that do not exist, answered ENOENT. Absent from older workers. */
   lookupMissing?: number;
+  /** LOOKUPs that added an inode named by a file handle (journaled by TypeScript). Absent from
+   * older workers. */
+  lookupNew?: number;
   declined: number;
   /** Entries of its tables. */
   inodes: number;
@@ -50,7 +53,7 @@ export interface FastPathStats {
 
 /** The fast path's counters as the metric's `op` label names them. */
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
-  ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'],
+  ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
   ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'],
 ];
 

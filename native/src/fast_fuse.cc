@@ -36,9 +36,11 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
+#include <linux/openat2.h>
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <unordered_map>
@@ -152,6 +154,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetLockOwners>("setLockOwners"),
       InstanceMethod<&FastFuse::DeleteFile>("deleteFile"),
       InstanceMethod<&FastFuse::Clear>("clear"),
+      InstanceMethod<&FastFuse::SetHandles>("setHandles"),
+      InstanceMethod<&FastFuse::SetNextNodeId>("setNextNodeId"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
       InstanceMethod<&FastFuse::Stats>("stats"),
     });
@@ -175,6 +179,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (h.len != c.readableLen) return Decline();
     out->opcode = h.opcode;
     out->needsRecord = false;
+    out->newInode = false;
     uint32_t* usedLen = &out->usedLen;
     switch (h.opcode) {
       case FUSE_GETATTR:
@@ -289,7 +294,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       return ReplyError(c, h, ENOENT, &out->usedLen);
     }
     auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
-    if (known == byDevIno_.end()) return Decline();
+    if (known == byDevIno_.end()) return LookupNew(c, h, parent->second, name, out);
     const InodeMeta& m = meta_.at(known->second);
     // An inode whose O_PATH fd we hold (in the table: the cache or the keeper has it open) is
     // pinned, so its number cannot have been reused: its handle need not be compared.
@@ -306,14 +311,24 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return Decline();
     }
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    WriteEntryReply(c, h, known->second, m.generation, st, out);
+    lookups_++;
+    return true;
+  }
+
+  // The fuse_entry_out reply of a LOOKUP (encode.ts encodeEntryOut), in out->reply and the guest's
+  // buffers; the request needs its journal record.
+  void WriteEntryReply(const Chain& c, const fuse_in_header& h, uint64_t nodeid, uint64_t generation, const struct stat& st,
+                       Served* out) const {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out);
     uint8_t* reply = out->reply;
     std::memset(reply, 0, kReply);
     fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
     std::memcpy(reply, &oh, sizeof oh);
     fuse_entry_out e;
     std::memset(&e, 0, sizeof e);
-    e.nodeid = known->second;
-    e.generation = m.generation;
+    e.nodeid = nodeid;
+    e.generation = generation;
     e.entry_valid = e.attr_valid = attrSec_;
     e.entry_valid_nsec = e.attr_valid_nsec = attrNsec_;
     FillAttr(st, &e.attr);
@@ -322,8 +337,70 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->usedLen = kReply;
     out->replyLen = kReply;
     out->needsRecord = true;
-    out->nodeid = known->second;
-    lookups_++;
+    out->nodeid = nodeid;
+  }
+
+  // LOOKUP of a name whose inode the session does not know (worker/fs/inodes.ts lookupChild and
+  // adopt, for an inode named by a file handle): opened O_PATH beneath the parent, its (dev, ino)
+  // from the fd, its handle from name_to_handle_at on the fd, which must be on the shared
+  // directory's mount. The inode gets the next nodeid (JavaScript adds it to the session with
+  // that nodeid before anything else allocates one: the batch comes before any chain popped
+  // after it) and its fd goes to the table; JavaScript takes the fd into its inode fd cache and
+  // journals the addInode. Declined: handles off, a (dev, ino) that is known after all (the name
+  // changed meanwhile), another mount, any syscall error (TypeScript gives the errno: EMFILE's
+  // relief included).
+  bool LookupNew(const Chain& c, const fuse_in_header& h, int parentFd, const char* name, Served* out) {
+    if (handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU) return Decline();
+    open_how how;
+    std::memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    long r;
+    do {
+      r = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return Decline();
+    int fd = static_cast<int>(r);
+    struct stat st;
+    NewInode& n = out->inode;
+    n.handleLen = sizeof n.handle;
+    union {
+      file_handle fh;
+      uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
+    } u;
+    u.fh.handle_bytes = MAX_HANDLE_SZ;
+    int mountId = 0;
+    if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 || byDevIno_.count(DevIno{st.st_dev, st.st_ino}) != 0 ||
+        name_to_handle_at(fd, "", &u.fh, &mountId, AT_EMPTY_PATH) != 0 || mountId != handleMountId_ ||
+        u.fh.handle_bytes > sizeof n.handle) {
+      close(fd);
+      return Decline();
+    }
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint64_t nodeid = nextNodeId_++;
+    n.fd = fd;
+    n.fileType = st.st_mode & S_IFMT;
+    n.dev = st.st_dev;
+    n.ino = st.st_ino;
+    n.mountId = mountId;
+    n.handleType = u.fh.handle_type;
+    n.handleLen = u.fh.handle_bytes;
+    std::memcpy(n.handle, u.fh.f_handle, n.handleLen);
+    InodeMeta m{};
+    m.dev = n.dev;
+    m.ino = n.ino;
+    m.generation = 0;
+    m.fileType = n.fileType;
+    m.hasHandle = true;
+    m.mountId = mountId;
+    m.handleType = n.handleType;
+    m.handle.assign(n.handle, n.handle + n.handleLen);
+    meta_[nodeid] = std::move(m);
+    byDevIno_[DevIno{n.dev, n.ino}] = nodeid;
+    inodes_[nodeid] = fd;
+    WriteEntryReply(c, h, nodeid, 0, st, out);
+    out->newInode = true;
+    lookupsNew_++;
     return true;
   }
 
@@ -727,6 +804,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       m.handle.assign(b.Data(), b.Data() + b.Length());
     }
     uint64_t id = static_cast<uint64_t>(nodeid);
+    if (nextNodeId_ != 0 && id >= nextNodeId_) nextNodeId_ = id + 1;
     auto old = meta_.find(id);
     if (old != meta_.end()) {
       auto k = byDevIno_.find(DevIno{old->second.dev, old->second.ino});
@@ -738,6 +816,28 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (k == byDevIno_.end() || k->second < id) byDevIno_[DevIno{m.dev, m.ino}] = id;
     meta_[id] = std::move(m);
     return env.Undefined();
+  }
+
+  // setHandles(mountId | -1): new inodes on this mount are named by file handles, so LOOKUP may
+  // add them (-1: handles are off, new inodes are TypeScript's).
+  Napi::Value SetHandles(const Napi::CallbackInfo& info) {
+    Args a(info, "setHandles");
+    int64_t mountId;
+    if (!a.Count(1) || !a.Int(0, "mountId", -1, INT32_MAX, &mountId)) return {};
+    handleMountId_ = static_cast<int>(mountId);
+    return info.Env().Undefined();
+  }
+
+  // setNextNodeId(n): the session's next nodeid (at start and after a reset; every setInodeMeta
+  // moves it past its nodeid). 0: LOOKUP adds no inode. Never moved back otherwise: a nodeid
+  // taken here and not yet in the session must not be taken twice.
+  Napi::Value SetNextNodeId(const Napi::CallbackInfo& info) {
+    Args a(info, "setNextNodeId");
+    int64_t n;
+    if (!a.Count(1) || !a.Int(0, "nextNodeId", 0, kMaxSafe, &n)) return {};
+    uint64_t next = static_cast<uint64_t>(n);
+    nextNodeId_ = next == 0 ? 0 : std::max(nextNodeId_, next);
+    return info.Env().Undefined();
   }
 
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
@@ -772,6 +872,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     files_.clear();
     meta_.clear();
     byDevIno_.clear();
+    nextNodeId_ = 0;
     return info.Env().Undefined();
   }
 
@@ -800,6 +901,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
     o.Set("setattr", Napi::Number::New(env, static_cast<double>(setattrs_)));
     o.Set("lookupMissing", Napi::Number::New(env, static_cast<double>(lookupsMissing_)));
+    o.Set("lookupNew", Napi::Number::New(env, static_cast<double>(lookupsNew_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -817,7 +919,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
-           declined_ = 0;
+           declined_ = 0, lookupsNew_ = 0;
+  int handleMountId_ = -1;   // setHandles
+  uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   bool xattr_ = false;
   int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)
   std::vector<uint8_t> xattrBuf_;

@@ -37,16 +37,32 @@ struct Chain {
 // Crash points of the native path (shared/crash_points.ts names them).
 enum class NativeCrashPoint : int { kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3 };
 
+// A new inode a LOOKUP found (fast_fuse.cc LookupNew): what JavaScript needs to add it to the
+// session (its addInode mutation) and its O_PATH fd to the inode fd cache.
+struct NewInode {
+  int fd = -1;
+  uint32_t fileType = 0;
+  uint64_t dev = 0, ino = 0;
+  int mountId = 0;
+  int handleType = 0;
+  uint32_t handleLen = 0;
+  uint8_t handle[128];
+};
+
 // What the server did with a chain it served.
 struct Served {
   uint32_t usedLen = 0;
   uint32_t opcode = 0;
   // The request changed session state that JavaScript must journal before its used element is
-  // published (a LOOKUP: one more lookup of `nodeid`); `reply` is what the guest got.
+  // published (a LOOKUP: one more lookup of `nodeid`, or the new inode `nodeid`); `reply` is what
+  // the guest got.
   bool needsRecord = false;
   uint64_t nodeid = 0;
   uint32_t replyLen = 0;
   uint8_t reply[160];
+  // A LOOKUP that added inode `nodeid` (valid when newInode).
+  bool newInode = false;
+  NewInode inode;
 };
 
 // Implemented by fast_fuse.cc; the ring only knows this.

@@ -72,9 +72,13 @@ enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
 
 // One served request JavaScript must journal, as `records` holds it (native_ring.ts
 // SERVED_RECORD_SIZE reads the same layout): u32 head, u32 opcode, f64 counter, f64 nodeid,
-// u32 reply length, 4 bytes of padding, then the reply (Served::reply's room).
+// u32 reply length, u32 1 for a LOOKUP that added an inode (else 0), then the reply
+// (Served::reply's room), then that inode: i32 fd, u32 file type, u64 dev, u64 ino,
+// i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle (128 bytes).
 constexpr size_t kRecordHeader = 32;
-constexpr size_t kRecordEntry = kRecordHeader + sizeof(Served::reply);
+constexpr size_t kNewInodeAt = kRecordHeader + sizeof(Served::reply);
+constexpr size_t kRecordEntry = kNewInodeAt + 40 + sizeof(NewInode::handle);
+static_assert(kRecordEntry == 360, "native_ring.ts SERVED_RECORD_SIZE");
 // A batch ends at this many (JavaScript journals them, then pops on): bounds the buffers.
 constexpr uint32_t kMaxRecords = 256;
 
@@ -703,7 +707,21 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Store<double>(e + 16, static_cast<double>(served.nodeid));
     uint32_t len = std::min<uint32_t>(served.replyLen, sizeof(Served::reply));
     Store<uint32_t>(e + 24, len);
+    Store<uint32_t>(e + 28, served.newInode ? 1 : 0);
     std::memcpy(e + kRecordHeader, served.reply, len);
+    if (served.newInode) {
+      const NewInode& n = served.inode;
+      uint8_t* p = e + kNewInodeAt;
+      Store<int32_t>(p, n.fd);
+      Store<uint32_t>(p + 4, n.fileType);
+      Store<uint64_t>(p + 8, n.dev);
+      Store<uint64_t>(p + 16, n.ino);
+      Store<int32_t>(p + 24, n.mountId);
+      Store<int32_t>(p + 28, n.handleType);
+      uint32_t hl = std::min<uint32_t>(n.handleLen, sizeof n.handle);
+      Store<uint32_t>(p + 32, hl);
+      std::memcpy(p + 40, n.handle, hl);
+    }
     recordCount_++;
   }
 

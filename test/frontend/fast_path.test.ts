@@ -237,6 +237,43 @@ t.test('the fast path answers a LOOKUP of a missing name ENOENT, as TypeScript d
   t.same(seen.true, { missing: 2, inDir: 2, underFile: 20, tooLong: 36, unknownParent: EBADF, appeared: 8n }, 'ENOENT, ENOTDIR, ENAMETOOLONG, EBADF');
 });
 
+t.test('a LOOKUP of an inode the session does not know adds it natively, as TypeScript would', async (t) => {
+  const seen: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.mkdirSync(s.host('dir'));
+    fs.writeFileSync(s.host('dir/a'), 'aa');
+    fs.symlinkSync('a', s.host('dir/link'));
+    const dir = await s.fuse.lookup(F.FUSE_ROOT_ID, 'dir');
+    const a = await s.fuse.lookup(dir.nodeid, 'a');
+    const link = await s.fuse.lookup(dir.nodeid, 'link');
+    const again = await s.fuse.lookup(dir.nodeid, 'a');
+    sameAttr(t, a.attr, fs.lstatSync(s.host('dir/a'), { bigint: true }), 'the attributes of the new inode');
+    sameAttr(t, link.attr, fs.lstatSync(s.host('dir/link'), { bigint: true }), 'a symlink is looked up, not followed');
+    t.equal(again.nodeid, a.nodeid, 'a second LOOKUP finds the same inode');
+    // The inode is the session's: GETATTR, OPEN, READ and READLINK through it work.
+    const o = await s.fuse.open(a.nodeid, F.O.RDONLY);
+    const read = (await s.fuse.read(a.nodeid, o.fh, 0, 10)).toString();
+    await s.fuse.release(a.nodeid, o.fh);
+    const target = (await s.fuse.readlink(link.nodeid)).toString();
+    // Two lookups: one FORGET keeps it, the second drops it (counted once each).
+    await s.fuse.forget(a.nodeid, 1);
+    const kept = (await s.fuse.getattr(a.nodeid)).attr.ino === a.attr.ino;
+    await s.fuse.forget(a.nodeid, 1);
+    const gone = await errnoOf(s.fuse.getattr(a.nodeid));
+    seen[String(fastPath)] = { ids: [dir.nodeid, a.nodeid, link.nodeid], gen: [a.generation, link.generation], read, target, kept, gone };
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.lookupNew ?? 0) >= 3, 'the fast path new-inode counter');
+      t.equal(f.lookupNew, 3, `dir, a and link added natively: ${JSON.stringify(f)}`);
+      const byHandle = await waitFor(() => { const h = queryStatus(stateDir).fuse.inodeHandles; return h != null && h.byHandle >= 2 ? h.byHandle : undefined; }, 'the inodes named by handles', 15_000, 50);
+      t.ok(byHandle !== undefined && byHandle >= 2, `named by their handles (${byHandle})`);
+    }
+    await s.close();
+  }
+  t.same(seen.true, seen.false, 'both paths gave the same nodeids and replies');
+  t.match(seen.true, { read: 'aa', target: 'a', kept: true, gone: EBADF }, 'the inodes work, and each lookup counted once');
+});
+
 t.test('what the fast path must not serve goes to TypeScript', async (t) => {
   const { s, stateDir } = await session(t, true);
   const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');

@@ -33,13 +33,19 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
   private readonly ownerNode = new Map<number, number>();
   private readonly ownersOf = new Map<number, number>();
 
+  /** `handleMountId`: new inodes on this mount are named by handles, so the addon's LOOKUP may
+   * add them (null: handles off). */
   constructor(readonly server: FastFuseHandle, private readonly session: FsSession,
-    private readonly registry: FdRegistry, private readonly cache: InodeFdCache) {
+    private readonly registry: FdRegistry, private readonly cache: InodeFdCache, handleMountId: number | null = null) {
+    server.setHandles(handleMountId ?? -1);
     registry.addListener(this);
     cache.observer = this;
     session.onMutation((m) => this.onMutation(m));
     // The inodes of a loaded snapshot become records when first used (snapshot_inodes.ts).
-    session.onInodeDecoded = (rec) => this.addInode(rec);
+    session.onInodeDecoded = (rec) => {
+      this.addInode(rec);
+      if (this.session.undecodedInodes === 0) this.allowNewInodes();
+    };
     this.syncAll();
   }
 
@@ -55,6 +61,20 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       const fd = this.registry.get(f.fdName);
       if (fd !== undefined) this.server.setFile(f.fh, f.nodeid, fd, f.flags >>> 0);
     }
+    this.allowNewInodes();
+  }
+
+  /** The addon may add an inode a LOOKUP finds only when its (dev, ino) index holds every inode
+   * the session knows: not while a loaded snapshot has inodes not decoded yet (the session finds
+   * those by number, the addon would take one for a new inode). Then new inodes stay
+   * TypeScript's, which decodes as it goes, until none is left. */
+  private allowNewInodes(): void {
+    this.server.setNextNodeId(this.session.undecodedInodes === 0 ? this.session.nextNodeId : 0);
+  }
+
+  /** An inode the addon added that the session did not take: its identity and fd entry go. */
+  forget(nodeid: number): void {
+    this.server.forgetInode(nodeid);
   }
 
   onRegister(name: string, fd: number): void {
@@ -149,6 +169,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         const rec = this.session.getInode(FUSE_ROOT_ID);
         if (rec !== undefined) this.setMeta(rec);
         if (root !== undefined) this.server.setInode(FUSE_ROOT_ID, root);
+        this.allowNewInodes();
         return;
       }
       default:

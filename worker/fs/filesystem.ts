@@ -82,6 +82,18 @@ export interface DirSink {
   addRaw?(src: Buffer, recordAt: number, nameAt: number, nameLength: number, type: number, entry: Entry | null): boolean;
 }
 
+/** An inode the addon's fast path found for a LOOKUP (native/src/fast_fuse.cc LookupNew):
+ * its O_PATH fd (the filesystem's from now on), identity and file handle. */
+export interface FoundInode {
+  fd: number;
+  fileType: number;
+  dev: bigint;
+  ino: bigint;
+  mountId: number;
+  handleType: number;
+  handle: Uint8Array;
+}
+
 /** What a name refers to right now, read without touching lookup counts. */
 export interface EntryProbe { ino: bigint; mode: number; ctimeNs: bigint }
 
@@ -95,6 +107,10 @@ export interface FileSystem {
   /** The session effect of a LOOKUP the addon's fast path answered (one more lookup of a
    * known inode); throws if the inode is unknown. */
   addLookup?(nodeid: NodeId): void;
+  /** The session effect of a LOOKUP the fast path answered with a new inode, which it gave
+   * `nodeid` (the session's next): the inode joins the session, its fd the inode fd cache.
+   * Returns false (having closed the fd) if the session refuses it (cannot happen; logged). */
+  adoptServedInode?(nodeid: NodeId, found: FoundInode): boolean;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

@@ -29,7 +29,7 @@ import { native, STAT } from '../../shared/native';
 import { errorInfo } from '../../shared/errors';
 import { LogRateLimiter } from '../../shared/rate_limit';
 import { at } from '../../shared/pinned_dirs';
-import { FsError, type Entry, type NodeId } from './filesystem';
+import { FsError, type Entry, type FoundInode, type NodeId } from './filesystem';
 import { ROOT_FD_NAME, inodeFdName, sameHandle, type FsSession, type InodeHandle, type InodeRecord } from './session';
 import type { InodeHandleSupport } from './inode_fds';
 import { FUSE_ROOT_ID } from '../fuse/constants';
@@ -67,6 +67,11 @@ export class Inodes {
 
   private get handlesOn(): boolean {
     return this.handles !== null && this.handles.active && this.fds.local !== null;
+  }
+
+  /** The mount whose new inodes adopt() names by file handle, or null (handles off). */
+  get handleMountId(): number | null {
+    return this.handlesOn ? this.handles!.mountId : null;
   }
 
   /** The handle to record for the inode of `fd` (O_PATH), or null: handles off, another
@@ -153,6 +158,30 @@ export class Inodes {
     const rec = this.fds.registerThenRecord(inodeFdName(this.session.nextNodeId), fd,
       () => this.session.addInode({ dev, ino, generation: 0, fileType }));
     return this.entry(rec, stat);
+  }
+
+  /**
+   * adopt() of an inode the addon's LOOKUP found and numbered `nodeid` (fast_fuse.cc
+   * LookupNew: a (dev, ino) the session did not know, on the handles' mount): it joins the
+   * session with that nodeid, its fd the cache, exactly as adopt() would have added it. The
+   * addon takes the session's next nodeid, and its batch is applied before anything else can
+   * take one; were that ever not so, the inode is dropped (`dropNative` first, then its fd
+   * closed) and logged: its reply then names a nodeid the session does not know, which
+   * answers ESTALE, not someone else's inode.
+   */
+  adoptFound(nodeid: NodeId, found: FoundInode, dropNative: () => void): boolean {
+    const handleMountId = this.handleMountId;
+    if (this.session.nextNodeId !== nodeid || handleMountId === null || found.mountId !== handleMountId ||
+      this.session.findInode(found.dev, found.ino) !== undefined) {
+      this.log.error({ nodeid, next: this.session.nextNodeId, handles: handleMountId !== null }, 'fast-path LOOKUP numbered an inode the session cannot take');
+      dropNative();
+      native.close(found.fd);
+      return false;
+    }
+    const handle = keepHandle(found.mountId, found.handleType, found.handle);
+    const rec = this.session.addInode({ dev: found.dev, ino: found.ino, generation: 0, fileType: found.fileType, handle });
+    this.fds.local!.insert(rec.fdName, found.fd);
+    return true;
   }
 
   /** Looks up one plain component (validated by the caller) under the dir fd. `knownHint`:

@@ -31,7 +31,7 @@ import type { FdRegistry } from '../../shared/fd_registry';
 import {
   FsError,
   type AttrReply, type Context, type DirSink, type Entry, type EntryProbe, type FileSystem, type Handle,
-  type LockRange, type NodeId, type OpenReply, type SetattrRequest,
+  type FoundInode, type LockRange, type NodeId, type OpenReply, type SetattrRequest,
 } from './filesystem';
 import { FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName, type InodeRecord } from './session';
 import { FdLifetime } from './fd_lifetime';
@@ -162,7 +162,9 @@ export class PassthroughFs implements FileSystem {
     this.xattrs = new Xattrs(this.xattr, this.session, this.inodes, this.creds);
     if (opts.session !== undefined) this.resume(dev, ino, opts.verifyOnResume ?? true);
     if (opts.fastPath) {
-      this.fastTable = new FastTable(opts.fastPath, this.session, this.registry, this.fdCache);
+      // New inodes are the addon's to add only where adopt() would name them by handle.
+      this.fastTable = new FastTable(opts.fastPath, this.session, this.registry, this.fdCache,
+        this.inodes.handleMountId);
       const sec = Math.floor(this.timeout);
       opts.fastPath.setAttrTimeout(sec, Math.round((this.timeout - sec) * 1e9));
       // GETXATTR reopens inodes through /proc/self/fd as xattrs.ts does (a pinned fd once
@@ -317,6 +319,10 @@ export class PassthroughFs implements FileSystem {
 
   addLookup(nodeid: NodeId): void {
     this.session.addLookup(nodeid);
+  }
+
+  adoptServedInode(nodeid: NodeId, found: FoundInode): boolean {
+    return this.inodes.adoptFound(nodeid, found, () => this.fastTable?.forget(nodeid));
   }
 
   forget(nodeid: NodeId, nlookup: number): void {

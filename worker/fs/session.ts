@@ -240,6 +240,8 @@ export class FsSession {
   get nextNodeId(): number { return this.nextNodeIdValue; }
   get nextFh(): number { return this.nextFhValue; }
   get inodeCount(): number { return this.inodes.size + (this.base?.live ?? 0); }
+  /** Inodes of a loaded snapshot not decoded yet: known, but in no index outside the session. */
+  get undecodedInodes(): number { return this.base?.live ?? 0; }
   get fileCount(): number { return this.files.size; }
   get dirCount(): number { return this.dirs.size; }
   get lockOwnerCount(): number { return this.lockOwners.size; }

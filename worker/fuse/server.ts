@@ -7,8 +7,8 @@
 // every other request gets exactly one reply (an error header or a typed body).
 import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
-import { isNativeError, type FastFuseHandle, type IoSegment } from '../../shared/native';
-import type { Context, FileSystem } from '../fs/filesystem';
+import { isNativeError, native, type FastFuseHandle, type IoSegment } from '../../shared/native';
+import type { Context, FileSystem, FoundInode } from '../fs/filesystem';
 import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
@@ -291,7 +291,14 @@ export class FuseServer implements ChainHandler {
       const opcode = batch.opcode(i);
       const counter = batch.counter(i);
       const key = requestKey(queueIndex, head, counter);
-      if (ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
+      const found = opcode === K.FUSE_LOOKUP ? batch.newInode?.(i) ?? null : null;
+      if (found !== null) {
+        // A new inode: its addInode is this request's outcome, as a LOOKUP TypeScript served.
+        ledger?.beginRequest(key, opcode, false, null);
+        this.adoptServedInode(batch.nodeid(i), found);
+        ledger?.endSync();
+        ledger?.outcome(key, batch.reply(i));
+      } else if (ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
         // SETATTR (no session change), or a LOOKUP with a ledger that takes no batches.
@@ -303,6 +310,16 @@ export class FuseServer implements ChainHandler {
       if (ledger !== undefined) this.unpublished.set(slotOf(queueIndex, head), { key, opcode });
     }
     if (lookups.length > 0) ledger!.servedLookups!(queueIndex, lookups, (nodeid) => this.addServedLookup(nodeid));
+  }
+
+  private adoptServedInode(nodeid: number, found: FoundInode): void {
+    if (this.fs.adoptServedInode !== undefined) {
+      this.fs.adoptServedInode(nodeid, found);
+      return;
+    }
+    // A filesystem without the fast path's tables never has its LOOKUPs served so.
+    this.log.error({ nodeid }, 'fast-path LOOKUP added an inode the filesystem cannot take');
+    native.close(found.fd);
   }
 
   private addServedLookup(nodeid: number): boolean {

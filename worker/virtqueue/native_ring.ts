@@ -4,7 +4,7 @@
 // segments point into the same guest memory buffers as GuestMemory's.
 import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
-import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type VirtRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type ServedNewInode, type VirtRing } from './split_ring';
 
 /** The addon's ring breakage as a RingError (other errors as they are). No closure per call:
  * pop() runs for every request. */
@@ -14,9 +14,14 @@ function ringError(e: unknown): unknown {
 }
 
 /** Bytes per served request in the addon's `records` (ring.cc kRecordEntry): u32 head,
- * u32 opcode, f64 counter, f64 nodeid, u32 reply length, 4 bytes of padding, the reply. */
-export const SERVED_RECORD_SIZE = 192;
+ * u32 opcode, f64 counter, f64 nodeid, u32 reply length, u32 1 when a new inode follows, the
+ * reply (160 bytes), then the new inode: i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id,
+ * i32 handle type, u32 handle length, 4 bytes of padding, the handle (128 bytes). */
+export const SERVED_RECORD_SIZE = 360;
 const SERVED_RECORD_HEADER = 32;
+const SERVED_REPLY_ROOM = 160;
+const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
+const MAX_HANDLE_BYTES = 128;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -38,8 +43,24 @@ class NativeServedBatch implements RingServedBatch {
   nodeid(i: number): number { return this.bytes.readDoubleLE(i * SERVED_RECORD_SIZE + 16); }
   reply(i: number): Buffer {
     const at = i * SERVED_RECORD_SIZE;
-    const len = Math.min(this.bytes.readUInt32LE(at + 24), SERVED_RECORD_SIZE - SERVED_RECORD_HEADER);
+    const len = Math.min(this.bytes.readUInt32LE(at + 24), SERVED_REPLY_ROOM);
     return this.bytes.subarray(at + SERVED_RECORD_HEADER, at + SERVED_RECORD_HEADER + len);
+  }
+
+  newInode(i: number): ServedNewInode | null {
+    const at = i * SERVED_RECORD_SIZE;
+    if (this.bytes.readUInt32LE(at + 28) !== 1) return null;
+    const p = at + NEW_INODE_AT;
+    const len = Math.min(this.bytes.readUInt32LE(p + 32), MAX_HANDLE_BYTES);
+    return {
+      fd: this.bytes.readInt32LE(p),
+      fileType: this.bytes.readUInt32LE(p + 4),
+      dev: this.bytes.readBigUInt64LE(p + 8),
+      ino: this.bytes.readBigUInt64LE(p + 16),
+      mountId: this.bytes.readInt32LE(p + 24),
+      handleType: this.bytes.readInt32LE(p + 28),
+      handle: this.bytes.subarray(p + 40, p + 40 + len),
+    };
   }
 }
 

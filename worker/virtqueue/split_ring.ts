@@ -59,6 +59,22 @@ export interface RingServedBatch {
   opcode(i: number): number;
   nodeid(i: number): number;
   reply(i: number): Buffer;
+  /** The inode a LOOKUP added as `nodeid(i)` (its O_PATH fd is the receiver's to keep or
+   * close), or null. */
+  newInode?(i: number): ServedNewInode | null;
+}
+
+/** An inode the ring's server found for a LOOKUP and gave the next nodeid (named by a file
+ * handle on the shared directory's mount). */
+export interface ServedNewInode {
+  fd: number;
+  fileType: number;
+  dev: bigint;
+  ino: bigint;
+  mountId: number;
+  handleType: number;
+  /** A view into the batch's copy (copy it to keep it). */
+  handle: Buffer;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
