@@ -140,6 +140,20 @@ export interface NativeRingConstructor {
     indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
 }
 
+/** An inode the fast path found for a LOOKUP and numbered (native/src/fast_fuse.cc LookupNew,
+ * named by a file handle on the shared directory's mount), as a served batch reports it: its
+ * O_PATH fd (the receiver's to keep or close), identity and handle. */
+export interface ServedNewInode {
+  fd: number;
+  fileType: number;
+  dev: bigint;
+  ino: bigint;
+  mountId: number;
+  handleType: number;
+  /** A view into the batch's copy (copy it to keep it). */
+  handle: Buffer;
+}
+
 export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; declined: number; inodes: number; files: number }
 
 /** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR served in the addon

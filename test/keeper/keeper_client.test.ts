@@ -42,7 +42,7 @@ t.test('a synchronous receive blocks (no recvmsg spin) even after the drain poll
 
 /** A client on one end of a socketpair, and what the keeper's end received since the last
  * call (non-blocking; fds closed). */
-function pair(t: { teardown: (fn: () => void) => void }): { client: KeeperClient; received: () => ToKeeper[] } {
+function pair(t: { teardown: (fn: () => void) => void }): { client: KeeperClient; theirs: number; received: () => ToKeeper[] } {
   const [ours, theirs] = native.socketpair('seqpacket');
   const client = KeeperClient.inherited(ours);
   t.teardown(() => { client.close(); native.close(theirs); });
@@ -57,7 +57,7 @@ function pair(t: { teardown: (fn: () => void) => void }): { client: KeeperClient
       for (const fd of r.fds) native.close(fd);
     }
   };
-  return { client, received };
+  return { client, theirs, received };
 }
 
 t.test('after a publish, waiting stores and journaled removals go together within the linger, or at once with any other message', async (t) => {
@@ -108,21 +108,7 @@ t.test('after a publish, waiting stores and journaled removals go together withi
 });
 
 t.test('reopenable fds wait for sendPending (one message), one released before it is never sent, and settle() waits for X_SYNCED', async (t) => {
-  const [ours, theirs] = native.socketpair('seqpacket');
-  const client = KeeperClient.inherited(ours);
-  t.teardown(() => { client.close(); native.close(theirs); });
-  const buf = Buffer.alloc(MAX_MESSAGE_SIZE);
-  /** What the keeper's end received since the last call (non-blocking), fds closed. */
-  const received = (): ToKeeper[] => {
-    native.setNonBlocking(theirs, true);
-    const out: ToKeeper[] = [];
-    for (;;) {
-      const r = native.recvMsg(theirs, buf, 16);
-      if (r === null) return out;
-      out.push(parseToKeeper(buf.subarray(0, r.bytes), r.fds.length));
-      for (const fd of r.fds) native.close(fd);
-    }
-  };
+  const { client, theirs, received } = pair(t);
   const memfd = (): number => native.memfdCreate('t', 0);
   const fds = [memfd(), memfd(), memfd()];
   t.teardown(() => { for (const fd of fds) native.close(fd); });

@@ -8,7 +8,7 @@
 // with a non-zero nodeid (lookup, mknod, mkdir, symlink, link, create, tmpfile, and each
 // readdirplus entry that is accepted) adds 1 to that inode's lookup count; FORGET subtracts
 // nlookup; the inode is dropped (and its fd closed) when the count reaches 0.
-import type { IoSegment, StatFs } from '../../shared/native';
+import type { IoSegment, ServedNewInode, StatFs } from '../../shared/native';
 import { GuestError } from '../../shared/errors';
 
 /** Nodeids are counters (FUSE_ROOT_ID, 1, is the root), never pointers. */
@@ -82,18 +82,6 @@ export interface DirSink {
   addRaw?(src: Buffer, recordAt: number, nameAt: number, nameLength: number, type: number, entry: Entry | null): boolean;
 }
 
-/** An inode the addon's fast path found for a LOOKUP (native/src/fast_fuse.cc LookupNew):
- * its O_PATH fd (the filesystem's from now on), identity and file handle. */
-export interface FoundInode {
-  fd: number;
-  fileType: number;
-  dev: bigint;
-  ino: bigint;
-  mountId: number;
-  handleType: number;
-  handle: Uint8Array;
-}
-
 /** What a name refers to right now, read without touching lookup counts. */
 export interface EntryProbe { ino: bigint; mode: number; ctimeNs: bigint }
 
@@ -110,7 +98,7 @@ export interface FileSystem {
   /** The session effect of a LOOKUP the fast path answered with a new inode, which it gave
    * `nodeid` (the session's next): the inode joins the session, its fd the inode fd cache.
    * Returns false (having closed the fd) if the session refuses it (cannot happen; logged). */
-  adoptServedInode?(nodeid: NodeId, found: FoundInode): boolean;
+  adoptServedInode?(nodeid: NodeId, found: ServedNewInode): boolean;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

@@ -25,11 +25,11 @@
 //   inode only if the name's handle is the recorded one; otherwise the number was reused and
 //   the name gets a new nodeid (the old one answers ESTALE).
 import type { Logger } from '../../shared/log';
-import { native, STAT } from '../../shared/native';
+import { native, STAT, type ServedNewInode } from '../../shared/native';
 import { errorInfo } from '../../shared/errors';
 import { LogRateLimiter } from '../../shared/rate_limit';
 import { at } from '../../shared/pinned_dirs';
-import { FsError, type Entry, type FoundInode, type NodeId } from './filesystem';
+import { FsError, type Entry, type NodeId } from './filesystem';
 import { ROOT_FD_NAME, inodeFdName, sameHandle, type FsSession, type InodeHandle, type InodeRecord } from './session';
 import type { InodeHandleSupport } from './inode_fds';
 import { FUSE_ROOT_ID } from '../fuse/constants';
@@ -169,7 +169,7 @@ export class Inodes {
    * closed) and logged: its reply then names a nodeid the session does not know, which
    * answers ESTALE, not someone else's inode.
    */
-  adoptFound(nodeid: NodeId, found: FoundInode, dropNative: () => void): boolean {
+  adoptFound(nodeid: NodeId, found: ServedNewInode, dropNative: () => void): boolean {
     const handleMountId = this.handleMountId;
     if (this.session.nextNodeId !== nodeid || handleMountId === null || found.mountId !== handleMountId ||
       this.session.findInode(found.dev, found.ino) !== undefined) {

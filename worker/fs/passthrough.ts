@@ -26,12 +26,12 @@ import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
-import type { FastFuseHandle, IoSegment, StatFs } from '../../shared/native';
+import type { FastFuseHandle, IoSegment, ServedNewInode, StatFs } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
   FsError,
   type AttrReply, type Context, type DirSink, type Entry, type EntryProbe, type FileSystem, type Handle,
-  type FoundInode, type LockRange, type NodeId, type OpenReply, type SetattrRequest,
+  type LockRange, type NodeId, type OpenReply, type SetattrRequest,
 } from './filesystem';
 import { FsSession, FsSessionError, ROOT_FD_NAME, dirFdName, fileFdName, type InodeRecord } from './session';
 import { FdLifetime } from './fd_lifetime';
@@ -321,7 +321,7 @@ export class PassthroughFs implements FileSystem {
     this.session.addLookup(nodeid);
   }
 
-  adoptServedInode(nodeid: NodeId, found: FoundInode): boolean {
+  adoptServedInode(nodeid: NodeId, found: ServedNewInode): boolean {
     return this.inodes.adoptFound(nodeid, found, () => this.fastTable?.forget(nodeid));
   }
 

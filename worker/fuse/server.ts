@@ -7,8 +7,8 @@
 // every other request gets exactly one reply (an error header or a typed body).
 import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
-import { isNativeError, native, type FastFuseHandle, type IoSegment } from '../../shared/native';
-import type { Context, FileSystem, FoundInode } from '../fs/filesystem';
+import { isNativeError, native, type FastFuseHandle, type IoSegment, type ServedNewInode } from '../../shared/native';
+import type { Context, FileSystem } from '../fs/filesystem';
 import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
 import { gatherFromSegments, scatterToSegments, sliceSegments } from '../virtqueue/guest_memory';
@@ -312,7 +312,7 @@ export class FuseServer implements ChainHandler {
     if (lookups.length > 0) ledger!.servedLookups!(queueIndex, lookups, (nodeid) => this.addServedLookup(nodeid));
   }
 
-  private adoptServedInode(nodeid: number, found: FoundInode): void {
+  private adoptServedInode(nodeid: number, found: ServedNewInode): void {
     if (this.fs.adoptServedInode !== undefined) {
       this.fs.adoptServedInode(nodeid, found);
       return;

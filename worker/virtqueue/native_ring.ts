@@ -2,9 +2,9 @@
 // algorithm as split_ring.ts, plus an optional chain server the addon offers each popped chain
 // to (the FUSE fast path, opaque here). Chains it declines come back as DescriptorChains whose
 // segments point into the same guest memory buffers as GuestMemory's.
-import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller } from '../../shared/native';
+import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller, type ServedNewInode } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
-import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type ServedNewInode, type VirtRing } from './split_ring';
+import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type VirtRing } from './split_ring';
 
 /** The addon's ring breakage as a RingError (other errors as they are). No closure per call:
  * pop() runs for every request. */

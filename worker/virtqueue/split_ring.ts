@@ -3,7 +3,7 @@
 // safety, rule 4 "Inflight tracking"). Ring indices shared with the guest go through the
 // addon's acquire/release helpers; descriptors are read with plain loads after the acquire
 // load of avail->idx.
-import { native, type IoSegment, type Poller } from '../../shared/native';
+import { native, type IoSegment, type Poller, type ServedNewInode } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
 import { GuestError } from '../../shared/errors';
 
@@ -59,22 +59,8 @@ export interface RingServedBatch {
   opcode(i: number): number;
   nodeid(i: number): number;
   reply(i: number): Buffer;
-  /** The inode a LOOKUP added as `nodeid(i)` (its O_PATH fd is the receiver's to keep or
-   * close), or null. */
+  /** The inode a LOOKUP added as `nodeid(i)`, or null. */
   newInode?(i: number): ServedNewInode | null;
-}
-
-/** An inode the ring's server found for a LOOKUP and gave the next nodeid (named by a file
- * handle on the shared directory's mount). */
-export interface ServedNewInode {
-  fd: number;
-  fileType: number;
-  dev: bigint;
-  ino: bigint;
-  mountId: number;
-  handleType: number;
-  /** A view into the batch's copy (copy it to keep it). */
-  handle: Buffer;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
