@@ -349,6 +349,10 @@ export interface NativeAddon {
    * conflict with LOCK_NB throws code "EAGAIN" (== EWOULDBLOCK). */
   flock(fd: number, operation: number): void;
   nameToHandleAt(dirfd: number, path: PathLike, flags: number): FileHandle;
+  /** fstat of `fd` (AT_EMPTY_PATH, no symlink followed) into `stat` (>= 128 bytes; throws as
+   * fstatat does), then its file handle into `handle` (>= 136 bytes: i32 mount id, i32 handle
+   * type, the bytes): returns the handle's length, or -errno when there is none. */
+  fstatHandle(fd: number, stat: Buffer, handle: Buffer): number;
   /** Whether name_to_handle_at of `path` gives exactly this handle (compared natively: no
    * object or Buffer per call). */
   sameHandleAt(dirfd: number, path: PathLike, flags: number, mountId: number, handleType: number, handle: Buffer): boolean;

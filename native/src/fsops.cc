@@ -773,6 +773,41 @@ Napi::Value NameToHandleAt(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// fstatHandle(fd, stat: Buffer >= 128, handle: Buffer >= 8 + MAX_HANDLE_SZ): an inode's
+// attributes and file handle in one call (worker/fs/inodes.ts adopt, for every new inode): the
+// stat as fstatat() writes it (AT_EMPTY_PATH, no symlink followed; its failure throws), then
+// name_to_handle_at of the fd into `handle` (i32 mount id, i32 handle type, the bytes).
+// Returns the handle's length, or -errno when the filesystem gives none (not an error here:
+// the inode then keeps an fd in the keeper). No object or Buffer is made per call.
+Napi::Value FstatHandle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Args a(info, "fstatHandle");
+  int fd;
+  char *statOut, *handleOut;
+  size_t statLen, handleLen;
+  if (!a.Count(3) || !a.Fd(0, "fd", &fd) || !a.Buf(1, "stat", &statOut, &statLen) || !a.Buf(2, "handle", &handleOut, &handleLen))
+    return {};
+  if (statLen < 128 || handleLen < 8 + MAX_HANDLE_SZ) {
+    ThrowRangeError(env, "fstatHandle(): \"stat\" must be at least 128 bytes and \"handle\" at least 136");
+    return {};
+  }
+  struct stat st;
+  if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+    ThrowErrno(env, errno, "fstatat");
+    return {};
+  }
+  PutStat(statOut, st);
+  HandleBuf hb;
+  int64_t mnt;
+  if (int err = HandleAt(fd, "", AT_EMPTY_PATH, &hb, &mnt); err != 0) return Napi::Number::New(env, -err);
+  int32_t mount32 = static_cast<int32_t>(mnt);
+  int32_t type = hb.fh.handle_type;
+  std::memcpy(handleOut, &mount32, 4);
+  std::memcpy(handleOut + 4, &type, 4);
+  std::memcpy(handleOut + 8, hb.fh.f_handle, hb.fh.handle_bytes);
+  return Napi::Number::New(env, static_cast<double>(hb.fh.handle_bytes));
+}
+
 // Whether `path` under dirfd has exactly this handle (mount id, type, bytes): name_to_handle_at
 // compared here, without the object and Buffer nameToHandleAt builds (READDIRPLUS of known
 // inodes asks this once per entry).
@@ -883,6 +918,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
       {"fcntlLock", FcntlLock},
       {"flock", Flock},
       {"nameToHandleAt", NameToHandleAt},
+      {"fstatHandle", FstatHandle},
       {"sameHandleAt", SameHandleAt},
       {"openByHandleAt", OpenByHandleAt},
   };

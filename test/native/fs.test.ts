@@ -311,6 +311,28 @@ t.test('name_to_handle_at / open_by_handle_at round trip', async (t) => {
   native.close(d);
 });
 
+t.test('fstatHandle: an fd\'s attributes and handle in one call, as fstatat and nameToHandleAt give them', async (t) => {
+  const dir = t.testdir({ f: 'content' });
+  const d = openDir(dir);
+  const fd = native.openat(d, 'f', C.O_PATH | C.O_NOFOLLOW, 0);
+  const st = Buffer.alloc(128);
+  const h = Buffer.alloc(8 + C.MAX_HANDLE_SZ);
+  const n = native.fstatHandle(fd, st, h);
+  const want = native.nameToHandleAt(fd, '', C.AT_EMPTY_PATH);
+  t.equal(n, want.handle.length, 'the handle\'s length');
+  t.same([h.readInt32LE(0), h.readInt32LE(4), h.subarray(8, 8 + n)], [want.mountId, want.handleType, want.handle], 'mount id, type, bytes');
+  t.same(st, stat(fd, '', C.AT_EMPTY_PATH | C.AT_SYMLINK_NOFOLLOW), 'the stat fstatat writes');
+  // No handle (an eventfd's filesystem exports none): -errno, the stat still written.
+  const ev = native.eventfd(0, 0);
+  st.fill(0);
+  t.ok(native.fstatHandle(ev, st, h) < 0, 'an eventfd has no handle: -errno');
+  t.not(st.readBigUInt64LE(STAT.ino), 0n, 'its stat is written');
+  t.throws(() => native.fstatHandle(987654, st, h), { code: 'EBADF', syscall: 'fstatat' });
+  t.throws(() => native.fstatHandle(fd, Buffer.alloc(64), h), { name: 'RangeError' });
+  t.throws(() => native.fstatHandle(fd, st, Buffer.alloc(8)), { name: 'RangeError' });
+  for (const x of [ev, fd, d]) native.close(x);
+});
+
 t.test('sameHandleAt compares a name\'s handle natively', async (t) => {
   const dir = t.testdir({ f: 'a', g: 'b' });
   const d = openDir(dir);

@@ -14,16 +14,15 @@ const SLAB_BYTES = 64 * 1024;
 let slab: Buffer | null = null;
 let used = 0;
 
-/** Where `bytes` now are in the current slab. A slab is freed when no handle in it is
- * referenced any more. */
-function copyIntoSlab(bytes: Uint8Array): number {
-  if (slab === null || used + bytes.length > SLAB_BYTES) {
+/** Room for `length` bytes in the current slab: where they go. A slab is freed when no handle
+ * in it is referenced any more. */
+function slabRoom(length: number): number {
+  if (slab === null || used + length > SLAB_BYTES) {
     slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
     used = 0;
   }
-  slab.set(bytes, used);
   const at = used;
-  used += bytes.length;
+  used += length;
   return at;
 }
 
@@ -52,8 +51,17 @@ export class KeptHandle implements InodeHandle {
 
 /** A handle whose bytes are copied into the slabs (`bytes`: at most MAX_HANDLE_BYTES). */
 export function keepHandle(mountId: number, handleType: number, bytes: Uint8Array): KeptHandle {
-  const at = copyIntoSlab(bytes);
+  const at = slabRoom(bytes.length);
+  slab!.set(bytes, at);
   return new KeptHandle(mountId, handleType, slab!, at, bytes.length);
+}
+
+/** keepHandle of the `length` bytes at src[from], without a view of them (a new inode's handle,
+ * read into a scratch buffer by native.fstatHandle). */
+export function keepHandleFrom(mountId: number, handleType: number, src: Buffer, from: number, length: number): KeptHandle {
+  const at = slabRoom(length);
+  src.copy(slab!, at, from, from + length);
+  return new KeptHandle(mountId, handleType, slab!, at, length);
 }
 
 /** A handle over bytes that stay where they are (a loaded snapshot's table, kept alive as long

@@ -30,16 +30,21 @@ import { errorInfo } from '../../shared/errors';
 import { LogRateLimiter } from '../../shared/rate_limit';
 import { at } from '../../shared/pinned_dirs';
 import { FsError, type Entry, type NodeId } from './filesystem';
-import { ROOT_FD_NAME, inodeFdName, sameHandle, type FsSession, type InodeHandle, type InodeRecord } from './session';
+import { ROOT_FD_NAME, inodeFdName, type FsSession, type InodeHandle, type InodeRecord } from './session';
 import type { InodeHandleSupport } from './inode_fds';
 import { FUSE_ROOT_ID } from '../fuse/constants';
 import type { FdLifetime } from './fd_lifetime';
 import { inodeRecord } from './records';
 import { checkComponent, isDot, isDotDot } from './path_component';
 import * as K from './host_constants';
-import { keepHandle } from './handle_bytes';
+import { keepHandle, keepHandleFrom } from './handle_bytes';
+import { MAX_HANDLE_BYTES } from './session_base';
 
 const LOOKUP_RESOLVE = K.RESOLVE_BENEATH | K.RESOLVE_NO_MAGICLINKS;
+/** Where native.fstatHandle puts an inode's file handle (i32 mount id, i32 type, the bytes):
+ * read at once, kept only for a new inode (keepHandleFrom). */
+const HANDLE_SCRATCH = Buffer.alloc(8 + MAX_HANDLE_BYTES);
+const HANDLE_AT = 8;
 /** Names remembered for the LOOKUP fast path (lookupKnown). */
 const RECENT_LOOKUPS_MAX = 16_384;
 
@@ -74,17 +79,22 @@ export class Inodes {
     return this.handlesOn ? this.handles!.mountId : null;
   }
 
-  /** The handle to record for the inode of `fd` (O_PATH), or null: handles off, another
-   * mount, or the filesystem refuses (the inode then keeps an fd in the keeper). */
-  private handleOf(fd: number): InodeHandle | null {
-    if (!this.handlesOn) return null;
-    try {
-      const h = native.nameToHandleAt(fd, '', K.AT_EMPTY_PATH);
-      // Kept as long as the inode is known: see handle_bytes.ts.
-      return h.mountId === this.handles!.mountId ? keepHandle(h.mountId, h.handleType, h.handle) : null;
-    } catch {
-      return null;
+  /** The attributes of the inode of `fd` (O_PATH) into `stat`, and the length of its handle in
+   * HANDLE_SCRATCH, or -1: handles off, another mount, or the filesystem refuses (the inode then
+   * keeps an fd in the keeper). One addon call; fstat's failure throws. */
+  private statAndHandle(fd: number, stat: Buffer): number {
+    if (!this.handlesOn) {
+      native.fstatat(fd, '', K.AT_EMPTY_PATH | K.AT_SYMLINK_NOFOLLOW, stat);
+      return -1;
     }
+    const n = native.fstatHandle(fd, stat, HANDLE_SCRATCH);
+    return n >= 0 && HANDLE_SCRATCH.readInt32LE(0) === this.handles!.mountId ? n : -1;
+  }
+
+  /** Whether the handle in HANDLE_SCRATCH (`length` bytes) is `h`. */
+  private static scratchIs(h: InodeHandle, length: number): boolean {
+    return h.mountId === HANDLE_SCRATCH.readInt32LE(0) && h.handleType === HANDLE_SCRATCH.readInt32LE(4) &&
+      h.handle.length === length && HANDLE_SCRATCH.compare(h.handle, 0, length, HANDLE_AT, HANDLE_AT + length) === 0;
   }
 
   entry(rec: InodeRecord, stat: Buffer): Entry {
@@ -123,9 +133,10 @@ export class Inodes {
   /** Takes ownership of `fd` (an O_PATH fd of the inode a name resolved to): dedups it against
    * the inode table (closing it when the inode is known) or adds a new inode. Adds one lookup. */
   adopt(fd: number): Entry {
-    let stat: Buffer;
+    const stat = Buffer.allocUnsafe(STAT.SIZE); // fully written by fstatat
+    let handleLen: number;
     try {
-      stat = statFd(fd);
+      handleLen = this.statAndHandle(fd, stat);
     } catch (e) {
       native.close(fd);
       throw e;
@@ -133,13 +144,14 @@ export class Inodes {
     const dev = stat.readBigUInt64LE(STAT.dev);
     const ino = stat.readBigUInt64LE(STAT.ino);
     const known = this.session.findInode(dev, ino);
-    const handle = this.handleOf(fd);
-    if (known !== undefined && (known.handle === null || handle === null || sameHandle(known.handle, handle))) {
+    if (known !== undefined && (known.handle === null || handleLen < 0 || Inodes.scratchIs(known.handle, handleLen))) {
       native.close(fd);
       return this.entry(this.session.addLookup(known.nodeid), stat);
     }
     const fileType = stat.readUInt32LE(STAT.mode) & K.S_IFMT;
-    if (handle !== null) {
+    if (handleLen >= 0) {
+      // Kept as long as the inode is known: see handle_bytes.ts.
+      const handle = keepHandleFrom(HANDLE_SCRATCH.readInt32LE(0), HANDLE_SCRATCH.readInt32LE(4), HANDLE_SCRATCH, HANDLE_AT, handleLen);
       // Journaled with its handle; the fd is only cached here (the keeper gets none).
       let rec: InodeRecord;
       try {
