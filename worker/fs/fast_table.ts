@@ -72,10 +72,6 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     this.server.setNextNodeId(this.session.undecodedInodes === 0 ? this.session.nextNodeId : 0);
   }
 
-  /** An inode the addon added that the session did not take: its identity and fd entry go. */
-  forget(nodeid: number): void {
-    this.server.forgetInode(nodeid);
-  }
 
   onRegister(name: string, fd: number): void {
     const nodeid = nodeidOf(name);

@@ -97,8 +97,8 @@ export interface FileSystem {
   addLookup?(nodeid: NodeId): void;
   /** The session effect of a LOOKUP the fast path answered with a new inode, which it gave
    * `nodeid` (the session's next): the inode joins the session, its fd the inode fd cache.
-   * Returns false (having closed the fd) if the session refuses it (cannot happen; logged). */
-  adoptServedInode?(nodeid: NodeId, found: ServedNewInode): boolean;
+   * Throws (the worker must die before the publish) if the session cannot take it. */
+  adoptServedInode?(nodeid: NodeId, found: ServedNewInode): void;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

@@ -26,7 +26,7 @@
 //   the name gets a new nodeid (the old one answers ESTALE).
 import type { Logger } from '../../shared/log';
 import { native, STAT, type ServedNewInode } from '../../shared/native';
-import { errorInfo } from '../../shared/errors';
+import { BugError, errorInfo } from '../../shared/errors';
 import { LogRateLimiter } from '../../shared/rate_limit';
 import { at } from '../../shared/pinned_dirs';
 import { FsError, type Entry, type NodeId } from './filesystem';
@@ -177,23 +177,20 @@ export class Inodes {
    * LookupNew: a (dev, ino) the session did not know, on the handles' mount): it joins the
    * session with that nodeid, its fd the cache, exactly as adopt() would have added it. The
    * addon takes the session's next nodeid, and its batch is applied before anything else can
-   * take one; were that ever not so, the inode is dropped (`dropNative` first, then its fd
-   * closed) and logged: its reply then names a nodeid the session does not know, which
-   * answers ESTALE, not someone else's inode.
+   * take one. Were that ever not so (a bug), the reply waiting to be published names a nodeid
+   * the session may have given another inode, or an inode it already has under another: this
+   * throws, and the worker dies before the publish; its successor runs the LOOKUP again.
    */
-  adoptFound(nodeid: NodeId, found: ServedNewInode, dropNative: () => void): boolean {
+  adoptFound(nodeid: NodeId, found: ServedNewInode): void {
     const handleMountId = this.handleMountId;
     if (this.session.nextNodeId !== nodeid || handleMountId === null || found.mountId !== handleMountId ||
       this.session.findInode(found.dev, found.ino) !== undefined) {
-      this.log.error({ nodeid, next: this.session.nextNodeId, handles: handleMountId !== null }, 'fast-path LOOKUP numbered an inode the session cannot take');
-      dropNative();
-      native.close(found.fd);
-      return false;
+      this.log.error({ nodeid, next: this.session.nextNodeId, handles: handleMountId !== null }, 'fast-path LOOKUP numbered an inode the session cannot take; dying before its reply is published');
+      throw new BugError(`fast-path LOOKUP gave nodeid ${nodeid}, the session's next is ${this.session.nextNodeId}`);
     }
     const handle = keepHandle(found.mountId, found.handleType, found.handle);
     const rec = this.session.addInode({ dev: found.dev, ino: found.ino, generation: 0, fileType: found.fileType, handle });
     this.fds.local!.insert(rec.fdName, found.fd);
-    return true;
   }
 
   /** Looks up one plain component (validated by the caller) under the dir fd. `knownHint`:

@@ -321,8 +321,8 @@ export class PassthroughFs implements FileSystem {
     this.session.addLookup(nodeid);
   }
 
-  adoptServedInode(nodeid: NodeId, found: ServedNewInode): boolean {
-    return this.inodes.adoptFound(nodeid, found, () => this.fastTable?.forget(nodeid));
+  adoptServedInode(nodeid: NodeId, found: ServedNewInode): void {
+    this.inodes.adoptFound(nodeid, found);
   }
 
   forget(nodeid: NodeId, nlookup: number): void {

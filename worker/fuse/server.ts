@@ -7,7 +7,7 @@
 // every other request gets exactly one reply (an error header or a typed body).
 import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
-import { isNativeError, native, type FastFuseHandle, type IoSegment, type ServedNewInode } from '../../shared/native';
+import { isNativeError, type FastFuseHandle, type IoSegment, type ServedNewInode } from '../../shared/native';
 import type { Context, FileSystem } from '../fs/filesystem';
 import { FsError } from '../fs/filesystem';
 import type { DescriptorChain } from '../virtqueue/split_ring';
@@ -19,6 +19,7 @@ import * as ERRNO from '../../shared/errno';
 import * as P from './protocol';
 import { JOURNALED_KINDS, intentExtra, needsIntent, requestKey, settlingFileSystem, type RequestLedger, type ServedLookup } from './exactly_once';
 import { crashPoint } from '../../shared/crash_points';
+import { BugError } from '../../shared/errors';
 
 /** A request inflight across this many worker deaths is a poison pill: answered with EIO. One
  * more death (answering it faulted too) and it is returned unread, with length 0. */
@@ -312,14 +313,14 @@ export class FuseServer implements ChainHandler {
     if (lookups.length > 0) ledger!.servedLookups!(queueIndex, lookups, (nodeid) => this.addServedLookup(nodeid));
   }
 
+  /** Throws when the filesystem cannot take the inode: the worker dies before the reply that
+   * names it is published (its successor runs the LOOKUP again). */
   private adoptServedInode(nodeid: number, found: ServedNewInode): void {
-    if (this.fs.adoptServedInode !== undefined) {
-      this.fs.adoptServedInode(nodeid, found);
-      return;
+    if (this.fs.adoptServedInode === undefined) {
+      // A filesystem without the fast path's tables never has its LOOKUPs served so.
+      throw new BugError(`fast-path LOOKUP added inode ${nodeid}, which the filesystem cannot take`);
     }
-    // A filesystem without the fast path's tables never has its LOOKUPs served so.
-    this.log.error({ nodeid }, 'fast-path LOOKUP added an inode the filesystem cannot take');
-    native.close(found.fd);
+    this.fs.adoptServedInode(nodeid, found);
   }
 
   private addServedLookup(nodeid: number): boolean {
