@@ -381,8 +381,7 @@ export class KeeperClient implements FdRegistryListener {
    * next sendSoon or sendPending. */
   removalsJournaled(): void {
     if (this.removals.length === 0) return;
-    if (this.readyRemovals.length === 0) this.readyRemovals = this.removals;
-    else for (const n of this.removals) this.readyRemovals.push(n);
+    for (const n of this.removals) this.readyRemovals.push(n);
     this.removals = [];
   }
 

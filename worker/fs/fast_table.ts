@@ -72,7 +72,6 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     this.server.setNextNodeId(this.session.undecodedInodes === 0 ? this.session.nextNodeId : 0);
   }
 
-
   onRegister(name: string, fd: number): void {
     const nodeid = nodeidOf(name);
     if (nodeid !== null) this.server.setInode(nodeid, fd);

@@ -152,16 +152,7 @@ export class Inodes {
     if (handleLen >= 0) {
       // Kept as long as the inode is known: see handle_bytes.ts.
       const handle = keepHandleFrom(HANDLE_SCRATCH.readInt32LE(0), HANDLE_SCRATCH.readInt32LE(4), HANDLE_SCRATCH, HANDLE_AT, handleLen);
-      // Journaled with its handle; the fd is only cached here (the keeper gets none).
-      let rec: InodeRecord;
-      try {
-        rec = this.session.addInode({ dev, ino, generation: 0, fileType, handle });
-      } catch (e) {
-        native.close(fd);
-        throw e;
-      }
-      this.fds.local!.insert(rec.fdName, fd);
-      return this.entry(rec, stat);
+      return this.entry(this.addByHandle(dev, ino, fileType, handle, fd), stat);
     }
     if (!this.fds.hasInodeRoom()) {
       native.close(fd);
@@ -188,9 +179,21 @@ export class Inodes {
       this.log.error({ nodeid, next: this.session.nextNodeId, handles: handleMountId !== null }, 'fast-path LOOKUP numbered an inode the session cannot take; dying before its reply is published');
       throw new BugError(`fast-path LOOKUP gave nodeid ${nodeid}, the session's next is ${this.session.nextNodeId}`);
     }
-    const handle = keepHandle(found.mountId, found.handleType, found.handle);
-    const rec = this.session.addInode({ dev: found.dev, ino: found.ino, generation: 0, fileType: found.fileType, handle });
-    this.fds.local!.insert(rec.fdName, found.fd);
+    this.addByHandle(found.dev, found.ino, found.fileType, keepHandle(found.mountId, found.handleType, found.handle), found.fd);
+  }
+
+  /** A new inode named by `handle`: journaled with it; its O_PATH fd is only cached here (the
+   * keeper gets none), or closed if the session refuses the inode. */
+  private addByHandle(dev: bigint, ino: bigint, fileType: number, handle: InodeHandle, fd: number): InodeRecord {
+    let rec: InodeRecord;
+    try {
+      rec = this.session.addInode({ dev, ino, generation: 0, fileType, handle });
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    this.fds.local!.insert(rec.fdName, fd);
+    return rec;
   }
 
   /** Looks up one plain component (validated by the caller) under the dir fd. `knownHint`:

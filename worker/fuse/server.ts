@@ -293,18 +293,14 @@ export class FuseServer implements ChainHandler {
       const counter = batch.counter(i);
       const key = requestKey(queueIndex, head, counter);
       const found = opcode === K.FUSE_LOOKUP ? batch.newInode?.(i) ?? null : null;
-      if (found !== null) {
-        // A new inode: its addInode is this request's outcome, as a LOOKUP TypeScript served.
-        ledger?.beginRequest(key, opcode, false, null);
-        this.adoptServedInode(batch.nodeid(i), found);
-        ledger?.endSync();
-        ledger?.outcome(key, batch.reply(i));
-      } else if (ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
+      if (found === null && ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
-        // SETATTR (no session change), or a LOOKUP with a ledger that takes no batches.
+        // A plain outcome, as TypeScript journals its own: a LOOKUP that added an inode (its
+        // addInode), a SETATTR (no session change), or a LOOKUP with a ledger that takes no batches.
         ledger?.beginRequest(key, opcode, false, null);
-        if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
+        if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
+        else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
         ledger?.endSync();
         ledger?.outcome(key, batch.reply(i));
       }
