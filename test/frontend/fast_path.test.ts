@@ -274,6 +274,32 @@ t.test('a LOOKUP of an inode the session does not know adds it natively, as Type
   t.match(seen.true, { read: 'aa', target: 'a', kept: true, gone: EBADF }, 'the inodes work, and each lookup counted once');
 });
 
+t.test('after a restart from a compacted journal, the successor decodes the loaded inode rows in the background and adds new inodes natively again', async (t) => {
+  const { s, stateDir } = await session(t, true, true);
+  // Enough new inodes that their outcomes (~250 B each) pass the journal's compaction size
+  // (1 MiB) well before the last: the successor loads most as snapshot rows, undecoded until used.
+  const N = 6000;
+  fs.mkdirSync(s.host('many'));
+  for (let i = 0; i < N; i++) fs.writeFileSync(s.host(`many/f${i}`), '');
+  fs.writeFileSync(s.host('late'), 'late');
+  const many = (await s.fuse.lookup(F.FUSE_ROOT_ID, 'many')).nodeid;
+  const before: bigint[] = [];
+  for (let i = 0; i < N; i++) before.push((await s.fuse.lookup(many, `f${i}`)).nodeid);
+  const first = queryStatus(stateDir).worker.pid!;
+  process.kill(first, 'SIGKILL');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== first && q.worker.state === 'running' ? q : null; }, 'a successor', 20_000);
+  await waitFor(() => /loaded inode rows decoded/.test(s.backend.log()), 'the background decode', 20_000, 50);
+  const decoded = /"rows":(\d+)[^\n]*loaded inode rows decoded/.exec(s.backend.log());
+  t.ok(decoded !== null && Number(decoded[1]) >= N / 2, `the successor decoded ${decoded?.[1]} loaded rows it was not asked for`);
+  const late = await s.fuse.lookup(F.FUSE_ROOT_ID, 'late');
+  t.notOk(before.includes(late.nodeid), 'the new inode has a nodeid of its own');
+  const f = await fastStats(stateDir, (x) => (x.lookupNew ?? 0) >= 1, 'the successor\'s new-inode counter');
+  t.equal(f.lookupNew, 1, 'added by the addon');
+  // No inode got a second nodeid: the old names give their old ones.
+  for (const i of [0, N / 2, N - 1]) t.equal((await s.fuse.lookup(many, `f${i}`)).nodeid, before[i], `f${i} keeps its nodeid`);
+  t.equal((await s.fuse.read(late.nodeid, (await s.fuse.open(late.nodeid, F.O.RDONLY)).fh, 0, 10)).toString(), 'late', 'and reads');
+});
+
 t.test('what the fast path must not serve goes to TypeScript', async (t) => {
   const { s, stateDir } = await session(t, true);
   const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');

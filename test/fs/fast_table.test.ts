@@ -38,11 +38,12 @@ function recordingServer(): { server: FastFuseHandle; next: number[]; handles: n
   return { server, next, handles };
 }
 
-function table(session: FsSession, mountId: number | null): { next: number[]; handles: number[] } {
+/** `decodeMs`: the background decode's delay (null: none, rows are decoded only by use). */
+function table(session: FsSession, mountId: number | null, decodeMs: number | null = null): { next: number[]; handles: number[] } {
   const { server, next, handles } = recordingServer();
   const registry = new FdRegistry();
   const cache = new InodeFdCache(session, () => -1, 64, logger('test'));
-  new FastTable(server, session, registry, cache, mountId);
+  new FastTable(server, session, registry, cache, mountId, { delayMs: decodeMs });
   return { next, handles };
 }
 
@@ -76,4 +77,30 @@ t.test('a session with undecoded snapshot rows: none until every row is decoded'
   t.equal(lazy.undecodedInodes, 0);
   t.equal(next.at(-1), lazy.nextNodeId, `all decoded: new inodes from nodeid ${lazy.nextNodeId}`);
   t.end();
+});
+
+t.test('a successor decodes the rows left in the background, then the addon adds inodes again', async (t) => {
+  const s = new FsSession({ dev: 9n, ino: 2n });
+  const ROWS = 2000;
+  for (let i = 0; i < ROWS; i++) s.addInode({ dev: 9n, ino: BigInt(100 + i), generation: 0, fileType: REG, handle: handle(100 + i) });
+  // One inode forgotten since: its row is gone, not decoded.
+  s.forget(5, 1);
+  const lazy = FsSession.fromSnapshot(s.toCompactSnapshot());
+  t.equal(lazy.undecodedInodes, ROWS - 1, 'loaded without decoding');
+  t.equal(lazy.findInode(9n, 150n)?.nodeid, 52, 'one decoded by use');
+  const { next } = table(lazy, MOUNT, 5);
+  t.equal(next.at(-1), 0, 'at the start the addon adds no inode');
+  const t0 = Date.now();
+  let turns = 0;
+  while (lazy.undecodedInodes > 0 && Date.now() - t0 < 10_000) {
+    await new Promise((r) => setImmediate(r));
+    turns++;
+  }
+  t.equal(lazy.undecodedInodes, 0, 'every row decoded without being used');
+  t.ok(turns > 3, `in chunks, over ${turns} event-loop turns`);
+  t.equal(next.at(-1), lazy.nextNodeId, `then new inodes from nodeid ${lazy.nextNodeId}`);
+  t.equal(lazy.inodeCount, ROWS, 'the same inodes (the root and all but the forgotten one)');
+  t.equal(lazy.getInode(5), undefined, 'the forgotten one stays gone');
+  t.equal(lazy.findInode(9n, 100n + BigInt(ROWS - 1))?.nodeid, ROWS + 1, 'the last row by number');
+  t.same(lazy.toCompactSnapshot(), s.toCompactSnapshot(), 'its snapshot is the one it was loaded from');
 });

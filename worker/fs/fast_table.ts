@@ -11,12 +11,18 @@
 //   registration or when the cache opens it, a file at its openFile mutation (its fd was
 //   registered just before). A missing entry only sends the request to TypeScript.
 import type { FastFuseHandle } from '../../shared/native';
+import type { Logger } from '../../shared/log';
 import type { FdRegistry, FdRegistryListener } from '../../shared/fd_registry';
 import type { FsMutation, FsSession, InodeRecord } from './session';
 import { ROOT_FD_NAME, fileFdName } from './session';
 import type { InodeFdCache, InodeFdObserver } from './inode_fds';
 
 const FUSE_ROOT_ID = 1;
+/** A successor starts decoding its loaded snapshot's rows this long after the table is built
+ * (its first requests, and a crash loop, do not pay for it)... */
+export const BACKGROUND_DECODE_DELAY_MS = 1_000;
+/** ...this many rows per turn of the event loop (~1 ms), requests served between turns. */
+const BACKGROUND_DECODE_ROWS = 512;
 const INODE_NAME = /^inode\.(\d+)$/;
 const FILE_NAME = /^file\.(\d+)$/;
 
@@ -27,16 +33,23 @@ function nodeidOf(name: string): number | null {
   return m === null ? null : Number(m[1]);
 }
 
+/** The background decode of a successor's loaded snapshot rows: its delay (null: none, rows are
+ * decoded by use only) and where it says it is done. */
+export interface BackgroundDecode { delayMs?: number | null; log?: Logger }
+
 export class FastTable implements FdRegistryListener, InodeFdObserver {
   /** POSIX lock owners: id → nodeid, and how many each inode has (FLUSH is the addon's only
    * for an inode with none). */
   private readonly ownerNode = new Map<number, number>();
   private readonly ownersOf = new Map<number, number>();
+  /** The pending background decode (decodeInBackground). */
+  private decodeTimer: NodeJS.Timeout | NodeJS.Immediate | null = null;
 
   /** `handleMountId`: new inodes on this mount are named by handles, so the addon's LOOKUP may
    * add them (null: handles off). */
   constructor(readonly server: FastFuseHandle, private readonly session: FsSession,
-    private readonly registry: FdRegistry, private readonly cache: InodeFdCache, handleMountId: number | null = null) {
+    private readonly registry: FdRegistry, private readonly cache: InodeFdCache, handleMountId: number | null = null,
+    private readonly background: BackgroundDecode = {}) {
     server.setHandles(handleMountId ?? -1);
     registry.addListener(this);
     cache.observer = this;
@@ -62,6 +75,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       if (fd !== undefined) this.server.setFile(f.fh, f.nodeid, fd, f.flags >>> 0);
     }
     this.allowNewInodes();
+    this.decodeInBackground();
   }
 
   /** The addon may add an inode a LOOKUP finds only when its (dev, ino) index holds every inode
@@ -70,6 +84,24 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
    * TypeScript's, which decodes as it goes, until none is left. */
   private allowNewInodes(): void {
     this.server.setNextNodeId(this.session.undecodedInodes === 0 ? this.session.nextNodeId : 0);
+  }
+
+  /** Rows a restart left undecoded would keep new inodes TypeScript's for the rest of the
+   * session (rows of inodes the guest never names again are never decoded by use): the
+   * successor decodes them all in the background, a chunk per event-loop turn, after a delay.
+   * The session's content does not change; its memory grows back to what the predecessor held. */
+  private decodeInBackground(): void {
+    const delayMs = this.background.delayMs === undefined ? BACKGROUND_DECODE_DELAY_MS : this.background.delayMs;
+    const rows = this.session.undecodedInodes;
+    if (this.decodeTimer !== null || delayMs === null || rows === 0) return;
+    let t0 = 0;
+    const step = (): void => {
+      this.decodeTimer = null;
+      t0 ||= performance.now();
+      if (this.session.decodeSome(BACKGROUND_DECODE_ROWS) > 0) this.decodeTimer = setImmediate(step).unref();
+      else this.background.log?.info({ rows, ms: Math.round(performance.now() - t0) }, 'loaded inode rows decoded; the fast path adds new inodes again');
+    };
+    this.decodeTimer = setTimeout(step, delayMs).unref();
   }
 
   onRegister(name: string, fd: number): void {

@@ -164,7 +164,7 @@ export class PassthroughFs implements FileSystem {
     if (opts.fastPath) {
       // New inodes are the addon's to add only where adopt() would name them by handle.
       this.fastTable = new FastTable(opts.fastPath, this.session, this.registry, this.fdCache,
-        this.inodes.handleMountId);
+        this.inodes.handleMountId, { log: this.log });
       const sec = Math.floor(this.timeout);
       opts.fastPath.setAttrTimeout(sec, Math.round((this.timeout - sec) * 1e9));
       // GETXATTR reopens inodes through /proc/self/fd as xattrs.ts does (a pinned fd once

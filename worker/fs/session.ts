@@ -216,6 +216,8 @@ export class FsSession {
   /** The rows of the snapshot this session was loaded from that it has not decoded yet
    * (snapshot_inodes.ts): every inode is in `inodes` or here, never both. */
   private base: SnapshotInodes | null = null;
+  /** decodeSome's place in `base`: rows before it are decoded (or were dropped). */
+  private decodeCursor = 0;
   /** Told of each inode of a loaded snapshot when it is first used (not a mutation: the
    * session's content does not change). fast_table.ts mirrors it. */
   onInodeDecoded: ((rec: InodeRecord) => void) | null = null;
@@ -534,6 +536,20 @@ export class FsSession {
     return rec;
   }
 
+  /** Decodes up to `max` rows of the loaded snapshot still undecoded (in row order), as their
+   * first use would; returns how many stay undecoded. The session's content does not change. */
+  decodeSome(max: number): number {
+    const base = this.base;
+    if (base === null) return 0;
+    for (let n = 0; n < max && this.decodeCursor < base.rows; this.decodeCursor++) {
+      if (base.isTaken(this.decodeCursor)) continue;
+      this.decode(this.decodeCursor);
+      n++;
+    }
+    if (base.live === 0 && this.base === base) this.base = null;
+    return this.base?.live ?? 0;
+  }
+
   private decodeAll(): void {
     const base = this.base;
     if (base === null) return;
@@ -701,6 +717,7 @@ export class FsSession {
         const session = new FsSession({ dev: root.dev, ino: root.ino, generation: root.generation });
         session.inodes.get(FUSE_ROOT_ID)!.lookupCount = root.lookupCount;
         session.base = base;
+        session.decodeCursor = 0;
         session.nextNodeIdValue = nextNodeId;
         session.nextFhValue = nextFh;
         session.restoreHandles(files, dirs, lockOwners);
