@@ -353,6 +353,8 @@ export interface NativeAddon {
    * fstatat does), then its file handle into `handle` (>= 136 bytes: i32 mount id, i32 handle
    * type, the bytes): returns the handle's length, or -errno when there is none. */
   fstatHandle(fd: number, stat: Buffer, handle: Buffer): number;
+  /** fstatHandle of `name` under `dirfd` (no symlink followed, nothing opened). */
+  fstatHandleAt(dirfd: number, name: PathLike, stat: Buffer, handle: Buffer): number;
   /** Whether name_to_handle_at of `path` gives exactly this handle (compared natively: no
    * object or Buffer per call). */
   sameHandleAt(dirfd: number, path: PathLike, flags: number, mountId: number, handleType: number, handle: Buffer): boolean;

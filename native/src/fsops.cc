@@ -779,33 +779,56 @@ Napi::Value NameToHandleAt(const Napi::CallbackInfo& info) {
 // name_to_handle_at of the fd into `handle` (i32 mount id, i32 handle type, the bytes).
 // Returns the handle's length, or -errno when the filesystem gives none (not an error here:
 // the inode then keeps an fd in the keeper). No object or Buffer is made per call.
-Napi::Value FstatHandle(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Args a(info, "fstatHandle");
-  int fd;
-  char *statOut, *handleOut;
-  size_t statLen, handleLen;
-  if (!a.Count(3) || !a.Fd(0, "fd", &fd) || !a.Buf(1, "stat", &statOut, &statLen) || !a.Buf(2, "handle", &handleOut, &handleLen))
-    return {};
+// The attributes and the handle of `path` under dirfd ("" with AT_EMPTY_PATH: dirfd itself),
+// no symlink followed, into the caller's buffers: stat (>= 128 bytes), handle (>= 136: i32
+// mount id, i32 type, the bytes). Returns the handle's length, or -errno when only the handle
+// failed (no handles on that filesystem); a stat failure throws.
+static Napi::Value StatAndHandle(Napi::Env env, int dirfd, const std::string& path, int flags, const char* fn,
+                                 char* statOut, size_t statLen, char* handleOut, size_t handleLen) {
   if (statLen < 128 || handleLen < 8 + MAX_HANDLE_SZ) {
-    ThrowRangeError(env, "fstatHandle(): \"stat\" must be at least 128 bytes and \"handle\" at least 136");
+    ThrowRangeError(env, std::string(fn) + "(): \"stat\" must be at least 128 bytes and \"handle\" at least 136");
     return {};
   }
   struct stat st;
-  if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+  if (fstatat(dirfd, path.c_str(), &st, flags | AT_SYMLINK_NOFOLLOW) < 0) {
     ThrowErrno(env, errno, "fstatat");
     return {};
   }
   PutStat(statOut, st);
   HandleBuf hb;
   int64_t mnt;
-  if (int err = HandleAt(fd, "", AT_EMPTY_PATH, &hb, &mnt); err != 0) return Napi::Number::New(env, -err);
+  if (int err = HandleAt(dirfd, path, flags, &hb, &mnt); err != 0) return Napi::Number::New(env, -err);
   int32_t mount32 = static_cast<int32_t>(mnt);
   int32_t type = hb.fh.handle_type;
   std::memcpy(handleOut, &mount32, 4);
   std::memcpy(handleOut + 4, &type, 4);
   std::memcpy(handleOut + 8, hb.fh.f_handle, hb.fh.handle_bytes);
   return Napi::Number::New(env, static_cast<double>(hb.fh.handle_bytes));
+}
+
+// fstatHandle(fd, stat, handle): StatAndHandle of the fd itself.
+Napi::Value FstatHandle(const Napi::CallbackInfo& info) {
+  Args a(info, "fstatHandle");
+  int fd;
+  char *statOut, *handleOut;
+  size_t statLen, handleLen;
+  if (!a.Count(3) || !a.Fd(0, "fd", &fd) || !a.Buf(1, "stat", &statOut, &statLen) || !a.Buf(2, "handle", &handleOut, &handleLen))
+    return {};
+  return StatAndHandle(info.Env(), fd, "", AT_EMPTY_PATH, "fstatHandle", statOut, statLen, handleOut, handleLen);
+}
+
+// fstatHandleAt(dirfd, name, stat, handle): StatAndHandle of a name under dirfd without opening
+// it (READDIRPLUS of a new entry: no fd to open, keep and close).
+Napi::Value FstatHandleAt(const Napi::CallbackInfo& info) {
+  Args a(info, "fstatHandleAt");
+  int dirfd;
+  std::string path;
+  char *statOut, *handleOut;
+  size_t statLen, handleLen;
+  if (!a.Count(4) || !a.DirFd(0, "dirfd", &dirfd) || !a.Path(1, "name", "fstatat", &path) ||
+      !a.Buf(2, "stat", &statOut, &statLen) || !a.Buf(3, "handle", &handleOut, &handleLen))
+    return {};
+  return StatAndHandle(info.Env(), dirfd, path, 0, "fstatHandleAt", statOut, statLen, handleOut, handleLen);
 }
 
 // Whether `path` under dirfd has exactly this handle (mount id, type, bytes): name_to_handle_at
@@ -919,6 +942,7 @@ void InitFsOps(Napi::Env env, Napi::Object exports) {
       {"flock", Flock},
       {"nameToHandleAt", NameToHandleAt},
       {"fstatHandle", FstatHandle},
+      {"fstatHandleAt", FstatHandleAt},
       {"sameHandleAt", SameHandleAt},
       {"openByHandleAt", OpenByHandleAt},
   };

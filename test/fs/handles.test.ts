@@ -10,7 +10,7 @@ import { FsSession } from '../../worker/fs/session';
 import { PassthroughFs } from '../../worker/fs/passthrough';
 import { InodeFdCache, MIN_CAPACITY } from '../../worker/fs/inode_fds';
 import * as K from '../../worker/fs/host_constants';
-import { ROOT, b, ctx, fdCount, setup, silent, throwsErrno } from './fixtures/helpers';
+import { ROOT, TestSink, b, ctx, fdCount, setup, silent, throwsErrno, type SinkEntry } from './fixtures/helpers';
 
 const CACHE = 16;
 
@@ -240,5 +240,58 @@ t.test('the inode fd cache evicts the least recently used unpinned fd, in O(1) p
   for (let i = 0; i < 21_000; i++) cache.drop(`inode.${i}`);
   t.equal(cache.size, 0);
   t.equal(fdCount(), before, 'nothing leaked');
+  t.end();
+});
+
+t.test('READDIRPLUS names new entries by their handles without opening them; their first use opens them by handle', (t) => {
+  const N = 60;
+  const { fs: pfs, registry, share } = setup(t, { d: { ...files(N), sub: { x: 'x' } } }, { inodeFileHandles: 'prefer', inodeFdCache: CACHE });
+  t.teardown(() => pfs.destroy());
+  fs.symlinkSync('f0', path.join(share, 'd', 'sym'));
+  const d = pfs.lookup(ctx, ROOT, b('d')).nodeid;
+  const dir = pfs.opendir(ctx, d, K.O_RDONLY);
+  const opensBefore = pfs.inodeHandleStats.opensByHandle;
+  const cachedBefore = pfs.inodeHandleStats.cachedFds;
+  const fdsBefore = fdCount();
+  const entries: SinkEntry[] = [];
+  for (let offset = 0n; ;) {
+    const sink = new TestSink(7);
+    pfs.readdir(ctx, d, dir.fh, offset, true, sink);
+    if (sink.entries.length === 0) break;
+    entries.push(...sink.entries);
+    offset = sink.entries.at(-1)!.off;
+  }
+  const listed = entries.filter((e) => e.name !== '.' && e.name !== '..');
+  t.equal(listed.length, N + 2, 'every entry listed');
+  t.ok(listed.every((e) => e.entry !== null && e.entry.nodeid > 1), 'each with an inode');
+  t.equal(pfs.inodeHandleStats.cachedFds, cachedBefore, 'no fd cached for them');
+  t.equal(pfs.inodeHandleStats.opensByHandle, opensBefore, 'none opened by handle yet');
+  t.equal(fdCount(), fdsBefore, 'the process holds no new fd');
+  t.same(inodeNames(registry), [], 'and the keeper none');
+  for (const e of listed) {
+    const host = fs.lstatSync(path.join(share, 'd', e.name), { bigint: true });
+    const rec = pfs.session.getInode(e.entry!.nodeid)!;
+    if (rec.ino !== host.ino || rec.handle === null || rec.fileType !== (Number(host.mode) & K.S_IFMT)) t.fail(`${e.name}: the record is the host's inode, with a handle`);
+    if (e.entry!.stat.readBigUInt64LE(STAT.ino) !== host.ino) t.fail(`${e.name}: the attributes are the entry's own`);
+  }
+  t.pass('records and attributes are the host\'s, the symlink\'s own (not followed)');
+  // First use: GETATTR opens by handle and sees the inode itself; LOOKUP finds the same nodeid.
+  const f3 = listed.find((e) => e.name === 'f3')!.entry!.nodeid;
+  t.equal(pfs.getattr(ctx, f3, null).stat.readBigUInt64LE(STAT.ino), BigInt(fs.statSync(path.join(share, 'd', 'f3')).ino), 'getattr of f3 is f3');
+  t.equal(pfs.inodeHandleStats.opensByHandle, opensBefore + 1, 'opened by handle at its first use');
+  t.equal(pfs.lookup(ctx, d, b('f3')).nodeid, f3, 'a LOOKUP finds the listed inode');
+  const sub = listed.find((e) => e.name === 'sub')!.entry!.nodeid;
+  t.equal(pfs.lookup(ctx, sub, b('x')).entryTimeout >= 0, true, 'a listed dir works as a parent');
+  // The name now holds another file: the next listing gives it a new inode, the old one is stale.
+  fs.unlinkSync(path.join(share, 'd', 'f5'));
+  fs.writeFileSync(path.join(share, 'd', 'f5'), 'new');
+  const f5 = listed.find((e) => e.name === 'f5')!.entry!.nodeid;
+  const again = new TestSink(1000);
+  pfs.readdir(ctx, d, dir.fh, 0n, true, again);
+  const f5b = again.entries.find((e) => e.name === 'f5')!.entry!.nodeid;
+  const f5Host = fs.statSync(path.join(share, 'd', 'f5'), { bigint: true }).ino;
+  t.equal(pfs.getattr(ctx, f5b, null).stat.readBigUInt64LE(STAT.ino), f5Host, 'the new f5 is the new file');
+  if (f5b === f5) t.fail('a reused inode number must not make the old nodeid the new file');
+  pfs.releasedir(ctx, d, dir.fh);
   t.end();
 });

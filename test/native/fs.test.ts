@@ -333,6 +333,26 @@ t.test('fstatHandle: an fd\'s attributes and handle in one call, as fstatat and 
   for (const x of [ev, fd, d]) native.close(x);
 });
 
+t.test('fstatHandleAt: a name\'s attributes and handle without opening it, no symlink followed', async (t) => {
+  const dir = t.testdir({ f: 'content', link: t.fixture('symlink', 'f') });
+  const d = openDir(dir);
+  const st = Buffer.alloc(128);
+  const h = Buffer.alloc(8 + C.MAX_HANDLE_SZ);
+  for (const name of ['f', 'link']) {
+    const n = native.fstatHandleAt(d, Buffer.from(name), st, h);
+    const want = native.nameToHandleAt(d, name, 0);
+    t.equal(n, want.handle.length, `${name}: the handle's length`);
+    t.same([h.readInt32LE(0), h.readInt32LE(4), h.subarray(8, 8 + n)], [want.mountId, want.handleType, want.handle], `${name}: mount id, type, bytes`);
+    t.same(st, stat(d, name, C.AT_SYMLINK_NOFOLLOW), `${name}: the stat fstatat writes (the link's own for the link)`);
+  }
+  t.throws(() => native.fstatHandleAt(d, 'nope', st, h), { code: 'ENOENT', syscall: 'fstatat' });
+  t.throws(() => native.fstatHandleAt(987654, 'f', st, h), { code: 'EBADF', syscall: 'fstatat' });
+  t.throws(() => native.fstatHandleAt(d, 'f', Buffer.alloc(64), h), { name: 'RangeError' });
+  t.throws(() => native.fstatHandleAt(d, 'f', st, Buffer.alloc(8)), { name: 'RangeError' });
+  t.throws(() => native.fstatHandleAt(d, 'a\0b', st, h), { code: 'EINVAL' }, 'a NUL in the name');
+  native.close(d);
+});
+
 t.test('sameHandleAt compares a name\'s handle natively', async (t) => {
   const dir = t.testdir({ f: 'a', g: 'b' });
   const d = openDir(dir);

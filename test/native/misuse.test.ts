@@ -42,6 +42,7 @@ t.test('wrong types throw TypeError ERR_INVALID_ARG_TYPE', async (t) => {
     ['fcntlLock', [0, C.F_OFD_GETLK, C.F_WRLCK, 0, 0]],
     ['nameToHandleAt', [C.AT_FDCWD, null, 0]],
     ['fstatHandle', [0, Buffer.alloc(128), 'x']],
+    ['fstatHandleAt', [0, 'f', Buffer.alloc(128), 'x']],
     ['sameHandleAt', [C.AT_FDCWD, 'x', 0, 0, 0]],
     ['openByHandleAt', [C.AT_FDCWD, null, 0]],
     ['setFsIds', ['0', 0]],

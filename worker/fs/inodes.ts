@@ -271,7 +271,41 @@ export class Inodes {
       const known = this.knownFromStat(dirFd, name, stat);
       if (known !== null) return known;
     }
+    if (this.handlesOn) {
+      const listed = this.listedByHandle(dirFd, name());
+      if (listed !== null) return listed;
+    }
     return this.lookupChild(dirFd, name(), false);
+  }
+
+  /** A readdir entry the session may not know, with handles on: its attributes and handle read
+   * by name, nothing opened (an inode's first use opens it by handle; most listed entries are
+   * never used, and an fd per entry would only be opened, cached and closed again). null when
+   * the full path must decide: a stat or handle error (it produces the errno), another mount,
+   * or a known number whose recorded handle is not the name's (a reused number).
+   * The stat and the handle are two lookups of the name: a host that swaps the name between
+   * them leaves an inode whose handle is not its (dev, ino), which then opens as ESTALE
+   * (InodeFdCache checks every open by handle against the recorded number), never as
+   * another file. */
+  private listedByHandle(dirFd: number, name: Buffer): Entry | null {
+    const stat = Buffer.allocUnsafe(STAT.SIZE); // fully written by fstatat; the entry keeps it
+    let handleLen: number;
+    try {
+      handleLen = native.fstatHandleAt(dirFd, name, stat, HANDLE_SCRATCH);
+    } catch {
+      return null;
+    }
+    if (handleLen < 0 || HANDLE_SCRATCH.readInt32LE(0) !== this.handles!.mountId) return null;
+    const dev = stat.readBigUInt64LE(STAT.dev);
+    const ino = stat.readBigUInt64LE(STAT.ino);
+    const known = this.session.findInode(dev, ino);
+    if (known !== undefined) {
+      if (known.handle !== null && !Inodes.scratchIs(known.handle, handleLen)) return null;
+      return this.entry(this.session.addLookup(known.nodeid), stat);
+    }
+    const handle = keepHandleFrom(HANDLE_SCRATCH.readInt32LE(0), HANDLE_SCRATCH.readInt32LE(4), HANDLE_SCRATCH, HANDLE_AT, handleLen);
+    const rec = this.session.addInode({ dev, ino, generation: 0, fileType: stat.readUInt32LE(STAT.mode) & K.S_IFMT, handle });
+    return this.entry(rec, stat);
   }
 
   private rememberLookup(key: string): void {
