@@ -773,16 +773,12 @@ Napi::Value NameToHandleAt(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// fstatHandle(fd, stat: Buffer >= 128, handle: Buffer >= 8 + MAX_HANDLE_SZ): an inode's
-// attributes and file handle in one call (worker/fs/inodes.ts adopt, for every new inode): the
-// stat as fstatat() writes it (AT_EMPTY_PATH, no symlink followed; its failure throws), then
-// name_to_handle_at of the fd into `handle` (i32 mount id, i32 handle type, the bytes).
-// Returns the handle's length, or -errno when the filesystem gives none (not an error here:
-// the inode then keeps an fd in the keeper). No object or Buffer is made per call.
-// The attributes and the handle of `path` under dirfd ("" with AT_EMPTY_PATH: dirfd itself),
-// no symlink followed, into the caller's buffers: stat (>= 128 bytes), handle (>= 136: i32
-// mount id, i32 type, the bytes). Returns the handle's length, or -errno when only the handle
-// failed (no handles on that filesystem); a stat failure throws.
+// An inode's attributes and file handle in one call, into the caller's buffers (no object or
+// Buffer per call): `path` under dirfd ("" with AT_EMPTY_PATH: dirfd itself), no symlink
+// followed. stat (>= 128 bytes) as fstatat() writes it (its failure throws); handle (>= 8 +
+// MAX_HANDLE_SZ): i32 mount id, i32 handle type, the bytes. Returns the handle's length, or
+// -errno when the filesystem gives none (not an error here: the inode then keeps an fd in the
+// keeper).
 static Napi::Value StatAndHandle(Napi::Env env, int dirfd, const std::string& path, int flags, const char* fn,
                                  char* statOut, size_t statLen, char* handleOut, size_t handleLen) {
   if (statLen < 128 || handleLen < 8 + MAX_HANDLE_SZ) {
@@ -806,7 +802,8 @@ static Napi::Value StatAndHandle(Napi::Env env, int dirfd, const std::string& pa
   return Napi::Number::New(env, static_cast<double>(hb.fh.handle_bytes));
 }
 
-// fstatHandle(fd, stat, handle): StatAndHandle of the fd itself.
+// fstatHandle(fd, stat, handle): StatAndHandle of the fd itself (worker/fs/inodes.ts adopt, for
+// every new inode it opened).
 Napi::Value FstatHandle(const Napi::CallbackInfo& info) {
   Args a(info, "fstatHandle");
   int fd;
