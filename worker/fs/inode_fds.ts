@@ -112,6 +112,8 @@ export class InodeFdCache {
   observer: InodeFdObserver | null = null;
 
   get size(): number { return this.lru.size; }
+  /** Whether one more fd would evict one. */
+  get full(): boolean { return this.lru.size >= this.capacity; }
 
   /** The cached fd, without opening one or touching the LRU order. */
   peek(name: string): number | undefined {

@@ -271,16 +271,18 @@ export class Inodes {
       const known = this.knownFromStat(dirFd, name, stat);
       if (known !== null) return known;
     }
-    if (this.handlesOn) {
+    if (this.handlesOn && this.fds.local?.full === true) {
       const listed = this.listedByHandle(dirFd, name());
       if (listed !== null) return listed;
     }
     return this.lookupChild(dirFd, name(), false);
   }
 
-  /** A readdir entry the session may not know, with handles on: its attributes and handle read
-   * by name, nothing opened (an inode's first use opens it by handle; most listed entries are
-   * never used, and an fd per entry would only be opened, cached and closed again). null when
+  /** A readdir entry the session may not know, with handles on and the inode fd cache full: its
+   * attributes and handle read by name, nothing opened. An fd would only evict another one now
+   * (a listing larger than the cache: its fds would be opened, cached and closed again before
+   * any use); its first use opens it by handle. While the cache has room, an entry's fd is kept
+   * as a LOOKUP's is: `cp -r` and `grep -r` open what they list. null when
    * the full path must decide: a stat or handle error (it produces the errno), another mount,
    * or a known number whose recorded handle is not the name's (a reused number).
    * The stat and the handle are two lookups of the name: a host that swaps the name between
