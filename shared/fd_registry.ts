@@ -37,6 +37,11 @@ export class FdRegistry {
     this.capacity = n;
   }
 
+  /** How many more fds fit the budget (Infinity without one). */
+  get room(): number {
+    return this.capacity - this.byName.size;
+  }
+
   /** Whether `n` more fds fit the budget. */
   hasRoom(n = 1): boolean {
     return this.byName.size + n <= this.capacity;

@@ -154,7 +154,16 @@ export interface ServedNewInode {
   handle: Buffer;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; declined: number; inodes: number; files: number }
+/** A file the addon's OPEN opened as the session's next fh (native/src/fast_fuse.cc Open), or
+ * the file a RELEASE took out of its table (its fd is JavaScript's to close). */
+export interface ServedFile {
+  fd: number;
+  fh: number;
+  /** As passed to open(2). */
+  flags: number;
+}
+
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; declined: number; inodes: number; files: number }
 
 /** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR served in the addon
  * from tables the filesystem keeps (worker/fs/fast_table.ts). */
@@ -181,6 +190,14 @@ export interface FastFuseHandle {
   /** The session's next nodeid, which a LOOKUP that adds an inode takes (0: none added). Every
    * setInodeMeta moves it past its nodeid; clear() sets it to 0. */
   setNextNodeId(nextNodeId: number): void;
+  /** The session's next fh, which an OPEN takes (0: OPEN is TypeScript's). setFile moves it
+   * past its fh; clear() sets it to 0. */
+  setNextFh(nextFh: number): void;
+  /** How many more files OPEN may open within the fd budget (each native OPEN takes one). */
+  setOpenRoom(room: number): void;
+  /** The open(2) flags OPEN passes on, whether the session has the writeback cache, and the
+   * FOPEN_* flags of its replies; OPEN is TypeScript's until this is called. */
+  setOpenPolicy(passFlags: number, writeback: boolean, replyFlags: number): void;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */
   setLockOwners(nodeid: number, n: number): void;
   clear(): void;

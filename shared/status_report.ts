@@ -45,6 +45,9 @@ export interface FastPathStats {
   /** LOOKUPs that added an inode named by a file handle (journaled by TypeScript). Absent from
    * older workers. */
   lookupNew?: number;
+  /** OPENs of handle-named files and RELEASEs (journaled by TypeScript). Absent from older workers. */
+  open?: number;
+  release?: number;
   declined: number;
   /** Entries of its tables. */
   inodes: number;
@@ -54,7 +57,7 @@ export interface FastPathStats {
 /** The fast path's counters as the metric's `op` label names them. */
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
   ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
-  ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'],
+  ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'],
 ];
 
 export interface StatusReport {

@@ -1,15 +1,16 @@
 // The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
-// inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, served on the JS thread
-// straight from the ring (ring.cc), with no JavaScript.
+// inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, OPEN of handle-named
+// files and their RELEASE, served on the JS thread straight from the ring (ring.cc), with no
+// JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
 // write that would block), which the TypeScript server then answers — errors included.
 //
 // Decisions:
-// - LOOKUP and SETATTR are journaled by JavaScript before their replies are published
-//   (Served::needsRecord: a LOOKUP's lookup count, a SETATTR's reply, as TypeScript journals
-//   them). The others change no session state, so they need no journal record: a request served
+// - LOOKUP, SETATTR, OPEN and RELEASE are journaled by JavaScript before their replies are
+//   published (Served::needsRecord: a LOOKUP's lookup count, a SETATTR's reply, an OPEN's new
+//   fh, a RELEASE's closeFile, as TypeScript journals them). The others change no session state, so they need no journal record: a request served
 //   here and lost in a crash is still marked in the inflight region and is run again by the
 //   successor (through TypeScript), which gives the same reply (READ, GETATTR) or writes the
 //   same bytes at the same offset (WRITE without O_APPEND).
@@ -156,6 +157,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::Clear>("clear"),
       InstanceMethod<&FastFuse::SetHandles>("setHandles"),
       InstanceMethod<&FastFuse::SetNextNodeId>("setNextNodeId"),
+      InstanceMethod<&FastFuse::SetNextFh>("setNextFh"),
+      InstanceMethod<&FastFuse::SetOpenRoom>("setOpenRoom"),
+      InstanceMethod<&FastFuse::SetOpenPolicy>("setOpenPolicy"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
       InstanceMethod<&FastFuse::Stats>("stats"),
     });
@@ -179,7 +183,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (h.len != c.readableLen) return Decline();
     out->opcode = h.opcode;
     out->needsRecord = false;
-    out->newInode = false;
+    out->kind = ServedKind::kPlain;
     uint32_t* usedLen = &out->usedLen;
     switch (h.opcode) {
       case FUSE_GETATTR:
@@ -196,6 +200,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return h.len == have && Getxattr(c, h, in + kInHeader, have - kInHeader, usedLen);
       case FUSE_SETATTR:
         return have == kInHeader + sizeof(fuse_setattr_in) && h.len == have && Setattr(c, h, in + kInHeader, out);
+      case FUSE_OPEN:
+        return have == kInHeader + sizeof(fuse_open_in) && h.len == have && Open(c, h, in + kInHeader, out);
+      case FUSE_RELEASE:
+        return have == kInHeader + sizeof(fuse_release_in) && h.len == have && Release(c, h, in + kInHeader, out);
       default:
         return Decline();
     }
@@ -399,8 +407,85 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     byDevIno_[DevIno{n.dev, n.ino}] = nodeid;
     inodes_[nodeid] = fd;
     WriteEntryReply(c, h, nodeid, 0, st, out);
-    out->newInode = true;
+    out->kind = ServedKind::kNewInode;
     lookupsNew_++;
+    return true;
+  }
+
+  // OPEN of a regular file named by a file handle, with its O_PATH fd in the table
+  // (worker/fs/passthrough.ts open: the flags it passes on, the fd reopened through
+  // /proc/self/fd with our own ids). The fh is the session's next one (JavaScript adds the file
+  // with it before anything else takes one, as for LookupNew's nodeid) and its fd goes to the
+  // file table at once; JavaScript registers the fd (reopenable: it reaches the keeper after
+  // the publish) and journals the openFile before the reply is published. Declined: no policy
+  // or fh yet, the fd budget used up (setOpenRoom), an inode without a handle (its file fd goes
+  // to the keeper before the reply: TypeScript's), O_TRUNC (not run twice), a read-only export
+  // with write access, any syscall error (TypeScript gives the errno).
+  bool Open(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_open_out);
+    fuse_open_in o;
+    std::memcpy(&o, args, sizeof o);
+    if (!openPolicySet_ || nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 || c.writableLen < kReply) return Decline();
+    auto fd = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (fd == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFREG || !meta->second.hasHandle) return Decline();
+    uint32_t flags = o.flags & openPassFlags_;
+    if ((flags & O_TRUNC) != 0 || (readonly_ && (flags & O_ACCMODE) != O_RDONLY)) return Decline();
+    if (writeback_) {
+      if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~static_cast<uint32_t>(O_ACCMODE)) | O_RDWR;
+      flags &= ~static_cast<uint32_t>(O_APPEND);
+    }
+    ProcFdName p(procFdDir_, fd->second);
+    int file;
+    do {
+      file = openat(p.dir, p.name, static_cast<int>(flags & ~static_cast<uint32_t>(O_NOFOLLOW)) | O_CLOEXEC);
+    } while (file < 0 && errno == EINTR);
+    if (file < 0) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint64_t fh = nextFh_++;
+    openRoom_--;
+    files_[fh] = FileEntry{file, h.nodeid, static_cast<int>(flags)};
+    uint8_t* reply = out->reply;
+    std::memset(reply, 0, kReply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_open_out r{};
+    r.fh = fh;
+    r.open_flags = openReplyFlags_;
+    std::memcpy(reply + kOutHeader, &r, sizeof r);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    out->usedLen = out->replyLen = kReply;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    out->kind = ServedKind::kOpened;
+    out->file = OpenedFile{file, fh, flags};
+    opens_++;
+    return true;
+  }
+
+  // RELEASE of an open file in the table: it leaves the table now (nothing here uses its fd
+  // again) and JavaScript does the release itself before the reply is published
+  // (worker/fs/passthrough.ts release: its locks, the session's closeFile, the fd closed or
+  // handed back to the keeper), so this only saves the parsing and the reply. Its outcome is
+  // journaled like TypeScript's: a resubmission gets the recorded reply.
+  bool Release(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
+    fuse_release_in r;
+    std::memcpy(&r, args, sizeof r);
+    if (r.fh >= kMaxSafeU || c.writableLen < kOutHeader) return Decline();
+    FileEntry* f = FileFor(r.fh, h.nodeid);
+    if (f == nullptr) return Decline();
+    OpenedFile gone{f->fd, r.fh, static_cast<uint32_t>(f->flags)};
+    files_.erase(r.fh);
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), 0, h.unique};
+    std::memcpy(out->reply, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
+    out->usedLen = out->replyLen = kOutHeader;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    out->kind = ServedKind::kReleased;
+    out->file = gone;
+    releases_++;
     return true;
   }
 
@@ -757,6 +842,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         !a.Fd(2, "fd", &fd) || !a.Flags(3, "flags", &flags))
       return {};
     files_[static_cast<uint64_t>(fh)] = FileEntry{fd, static_cast<uint64_t>(nodeid), flags};
+    if (nextFh_ != 0 && static_cast<uint64_t>(fh) >= nextFh_) nextFh_ = static_cast<uint64_t>(fh) + 1;
     return info.Env().Undefined();
   }
 
@@ -840,6 +926,45 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setNextFh(n): the session's next fh, which an OPEN takes (0: OPEN is TypeScript's); at
+  // start, after a reset and whenever the session takes one (setFile also moves it past its
+  // fh). As setNextNodeId: never moved back otherwise.
+  Napi::Value SetNextFh(const Napi::CallbackInfo& info) {
+    Args a(info, "setNextFh");
+    int64_t n;
+    if (!a.Count(1) || !a.Int(0, "nextFh", 0, kMaxSafe, &n)) return {};
+    uint64_t next = static_cast<uint64_t>(n);
+    nextFh_ = next == 0 ? 0 : std::max(nextFh_, next);
+    return info.Env().Undefined();
+  }
+
+  // setOpenRoom(n): how many more files OPEN may open before the fd budget (shared/fd_registry.ts)
+  // is used up; each OPEN here takes one, and JavaScript sets it again as fds come and go.
+  Napi::Value SetOpenRoom(const Napi::CallbackInfo& info) {
+    Args a(info, "setOpenRoom");
+    int64_t n;
+    if (!a.Count(1) || !a.Int(0, "room", 0, kMaxSafe, &n)) return {};
+    openRoom_ = n;
+    return info.Env().Undefined();
+  }
+
+  // setOpenPolicy(passFlags, writeback, replyFlags): the open(2) flags an OPEN passes on
+  // (passthrough.ts PASS_OPEN_FLAGS), whether the session has the writeback cache (O_WRONLY
+  // opens O_RDWR, without O_APPEND), and the FOPEN_* flags of the reply (the cache mode).
+  Napi::Value SetOpenPolicy(const Napi::CallbackInfo& info) {
+    Args a(info, "setOpenPolicy");
+    int64_t pass, reply;
+    bool writeback;
+    if (!a.Count(3) || !a.Int(0, "passFlags", 0, 0xffffffffLL, &pass) || !a.Bool(1, "writeback", &writeback) ||
+        !a.Int(2, "replyFlags", 0, 0xffffffffLL, &reply))
+      return {};
+    openPassFlags_ = static_cast<uint32_t>(pass);
+    writeback_ = writeback;
+    openReplyFlags_ = static_cast<uint32_t>(reply);
+    openPolicySet_ = true;
+    return info.Env().Undefined();
+  }
+
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
   Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
     Args a(info, "forgetInode");
@@ -873,6 +998,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     meta_.clear();
     byDevIno_.clear();
     nextNodeId_ = 0;
+    nextFh_ = 0;
     return info.Env().Undefined();
   }
 
@@ -902,6 +1028,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("setattr", Napi::Number::New(env, static_cast<double>(setattrs_)));
     o.Set("lookupMissing", Napi::Number::New(env, static_cast<double>(lookupsMissing_)));
     o.Set("lookupNew", Napi::Number::New(env, static_cast<double>(lookupsNew_)));
+    o.Set("open", Napi::Number::New(env, static_cast<double>(opens_)));
+    o.Set("release", Napi::Number::New(env, static_cast<double>(releases_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
@@ -919,9 +1047,15 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
-           declined_ = 0, lookupsNew_ = 0;
+           declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0;
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
+  uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)
+  int64_t openRoom_ = 0;     // files OPEN may still open within the fd budget
+  bool openPolicySet_ = false;
+  uint32_t openPassFlags_ = 0;
+  bool writeback_ = false;
+  uint32_t openReplyFlags_ = 0;
   bool xattr_ = false;
   int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)
   std::vector<uint8_t> xattrBuf_;

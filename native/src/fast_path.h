@@ -49,6 +49,17 @@ struct NewInode {
   uint8_t handle[128];
 };
 
+// A file an OPEN opened (fast_fuse.cc Open): what JavaScript needs to register its fd and add
+// the fh to the session (its openFile mutation).
+struct OpenedFile {
+  int fd = -1;
+  uint64_t fh = 0;
+  uint32_t flags = 0;  // as passed to open(2)
+};
+
+// What a served request leaves for JavaScript besides its reply (the record's kind).
+enum class ServedKind : uint32_t { kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3 };
+
 // What the server did with a chain it served.
 struct Served {
   uint32_t usedLen = 0;
@@ -60,9 +71,11 @@ struct Served {
   uint64_t nodeid = 0;
   uint32_t replyLen = 0;
   uint8_t reply[160];
-  // A LOOKUP that added inode `nodeid` (valid when newInode).
-  bool newInode = false;
+  // kNewInode: a LOOKUP that added inode `nodeid` (`inode`); kOpened: an OPEN of `nodeid`
+  // (`file`); kReleased: a RELEASE of `file.fh`, whose fd JavaScript closes.
+  ServedKind kind = ServedKind::kPlain;
   NewInode inode;
+  OpenedFile file;
 };
 
 // Implemented by fast_fuse.cc; the ring only knows this.

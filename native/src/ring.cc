@@ -707,9 +707,15 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Store<double>(e + 16, static_cast<double>(served.nodeid));
     uint32_t len = std::min<uint32_t>(served.replyLen, sizeof(Served::reply));
     Store<uint32_t>(e + 24, len);
-    Store<uint32_t>(e + 28, served.newInode ? 1 : 0);
+    Store<uint32_t>(e + 28, static_cast<uint32_t>(served.kind));
     std::memcpy(e + kRecordHeader, served.reply, len);
-    if (served.newInode) {
+    if (served.kind == ServedKind::kOpened || served.kind == ServedKind::kReleased) {
+      uint8_t* p = e + kNewInodeAt;
+      Store<int32_t>(p, served.file.fd);
+      Store<uint32_t>(p + 4, served.file.flags);
+      Store<double>(p + 8, static_cast<double>(served.file.fh));
+    }
+    if (served.kind == ServedKind::kNewInode) {
       const NewInode& n = served.inode;
       uint8_t* p = e + kNewInodeAt;
       Store<int32_t>(p, n.fd);

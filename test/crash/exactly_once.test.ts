@@ -406,10 +406,11 @@ const handleCases: Case[] = [
 const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handles', 'never']), knownPlusCase('READDIRPLUS_KNOWN_HANDLES', HANDLES)];
 
 /** Cases whose request the addon's fast path serves when it is on (a LOOKUP of a new inode
- * named by a handle: native/src/fast_fuse.cc LookupNew). Their outcome is TypeScript's to
+ * named by a handle: native/src/fast_fuse.cc LookupNew; an OPEN of a handle-named file and its
+ * RELEASE). Their outcome is TypeScript's to
  * journal, so they die at every point but TypeScript's op-after-intent, which that path does
  * not pass (the TypeScript-path run of this suite, test/ts_path/, still does). */
-const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES']);
+const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE']);
 const fastPathOn = process.env.VFSK_FAST_PATH !== '0';
 
 for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases, ...knownPlusCases]) {
@@ -454,7 +455,7 @@ const NATIVE_POINTS = ['op-after-pop', 'op-after-syscall', 'op-before-publish'] 
 const JOURNALED_POINTS = ['op-after-pop', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
 interface NativeCase {
   name: string; opcode: number; journaled?: true;
-  act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown) => void | Promise<void>;
+  act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown, stateDir: string) => void | Promise<void>;
 }
 const nativeCases: NativeCase[] = [
   { name: 'LOOKUP', opcode: 1, journaled: true,
@@ -518,6 +519,43 @@ const nativeCases: NativeCase[] = [
       t.same([a.mode, a.mtime * 1_000_000_000n + BigInt(a.mtimensec), a.ctime * 1_000_000_000n + BigInt(a.ctimensec)],
         [Number(host.mode), host.mtimeNs, host.ctimeNs], 'the reply\'s times are the file\'s: run once after its outcome was journaled');
     } },
+  { name: 'OPEN', opcode: 14, journaled: true,
+    // A handle-named file: the addon opens it as the session's next fh, TypeScript registers
+    // the fd and journals the openFile. Whatever the point, the guest's fh reads the file
+    // and one RELEASE leaves no open file: opened exactly once.
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      return { nodeid: e.nodeid, fh: (await s.fuse.open(e.nodeid, F.O.RDONLY)).fh };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { nodeid, fh } = r as { nodeid: bigint; fh: bigint };
+      t.equal((await s.fuse.read(nodeid, fh, 0, 8)).toString(), 'abcdefgh', 'the fh reads the file');
+      await waitFor(() => queryStatus(stateDir).fuse.openFiles === 1 ? true : undefined, 'one open file', 10_000);
+      t.pass('exactly one open file');
+      await s.fuse.release(nodeid, fh);
+      await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0 ? true : undefined, 'released', 10_000);
+      t.pass('none after its RELEASE');
+    } },
+  { name: 'RELEASE', opcode: 18, journaled: true,
+    // The addon takes the fh out of its table; TypeScript releases it and journals the
+    // closeFile. Whatever the point: no open file is left, the keeper holds no file fd, the fh
+    // is gone and the file opens again.
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      await s.fuse.release(e.nodeid, o.fh);
+      return { nodeid: e.nodeid, fh: o.fh };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { nodeid, fh } = r as { nodeid: bigint; fh: bigint };
+      await waitFor(() => { const q = queryStatus(stateDir); return q.fuse.openFiles === 0 && (q.fdNames.file ?? 0) === 0 ? true : undefined; },
+        'no open file, no file fd in the keeper', 10_000);
+      t.pass('released exactly once: no open file, no file fd in the keeper');
+      t.equal(await s.fuse.read(nodeid, fh, 0, 8).then(() => 0, (e: FuseError) => e.errno), 9, 'the released fh answers EBADF');
+      const o = await s.fuse.open(nodeid, F.O.RDONLY);
+      t.equal((await s.fuse.read(nodeid, o.fh, 0, 3)).toString(), 'abc', 'the file opens again');
+      await s.fuse.release(nodeid, o.fh);
+    } },
   { name: 'LOOKUP of a missing name', opcode: 1,
     // ENOENT from the addon, nothing journaled: the successor runs it again and answers it once.
     act: (s) => s.fuse.lookup(ROOT, 'late').then(() => 0, (e: FuseError) => e.errno),
@@ -573,7 +611,7 @@ if (fastPathOn) for (const c of nativeCases) {
         t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${c.opcode}${where}`), `the worker crashed at ${point}${where}`);
         await waitFor(() => { const w = queryStatus(stateDir).worker; return w.restarts >= 1 && w.state === 'running'; }, 'the successor running');
         t.equal(queryStatus(stateDir).worker.restarts, 1, 'one restart');
-        await c.verify(t, s, r);
+        await c.verify(t, s, r, stateDir);
       });
     }
   });

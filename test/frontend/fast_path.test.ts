@@ -11,6 +11,7 @@ import { FuseError } from './fuse_client';
 import * as F from './fuse_proto';
 import { queryStatus } from '../../cli/status';
 import type { FastPathStats } from '../../shared/status_report';
+import { hostFlockErrno } from '../helpers/flock';
 
 const EBADF = 9;
 
@@ -205,6 +206,66 @@ t.test('the fast path serves SETATTR (mode, owner, size, times) with the replies
   t.same([r.symlinkMode?.errno, r.badNsec?.errno, r.unknownFh?.errno, r.unknownNode?.errno], [95, 22, EBADF, EBADF],
     'EOPNOTSUPP for a symlink\'s mode, EINVAL for bad nanoseconds, EBADF for an unknown fh or nodeid');
   t.same([r.chmodByFh?.mode, r.truncateByFh?.size, r.all?.size], [0o102751, 1000n, 3n], 'the values took');
+});
+
+t.test('the fast path serves OPEN and RELEASE with the replies TypeScript gives, fh numbers and locks included', async (t) => {
+  const replies: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.mkdirSync(s.host('dir'));
+    fs.symlinkSync('data', s.host('link'));
+    const root = F.FUSE_ROOT_ID;
+    const data = (await s.fuse.lookup(root, 'data')).nodeid;
+    const log = (await s.fuse.lookup(root, 'log')).nodeid;
+    const dir = (await s.fuse.lookup(root, 'dir')).nodeid;
+    const link = (await s.fuse.lookup(root, 'link')).nodeid;
+    const seen: Record<string, unknown> = {};
+    // Every taker of an fh in turn: the addon's OPEN must number after the others.
+    const ro = await s.fuse.open(data, F.O.RDONLY);
+    const d = await s.fuse.opendir(dir);
+    const rw = await s.fuse.open(data, F.O.RDWR | F.O.NONBLOCK | F.O.LARGEFILE);
+    const ap = await s.fuse.open(log, F.O.WRONLY | F.O.APPEND);
+    seen.fhs = [ro, d, rw, ap].map((o) => [o.fh, o.openFlags]);
+    seen.read = (await s.fuse.read(data, ro.fh, 5, 8)).toString('hex');
+    t.equal(await s.fuse.write(data, rw.fh, 0, Buffer.from('RW')), 2, 'WRITE through an fh OPEN gave');
+    // O_APPEND is kept in the fh's flags: this write is TypeScript's, at the end.
+    t.equal(await s.fuse.write(log, ap.fh, 0, Buffer.from('second\n')), 7, 'an append through the fh');
+    t.equal(fs.readFileSync(s.host('log'), 'utf8'), 'first\nsecond\n', 'appended, not written at 0');
+    // What the addon declines: O_TRUNC, a directory, a symlink, a released or unknown fh.
+    const tr = await s.fuse.open(log, F.O.WRONLY | F.O.TRUNC);
+    t.equal(fs.statSync(s.host('log')).size, 0, 'O_TRUNC truncated (TypeScript)');
+    seen.trunc = tr.fh;
+    // OPEN of a directory (TypeScript opens it O_RDONLY, as virtiofsd does).
+    const od = await s.fuse.open(dir, F.O.RDONLY);
+    seen.dirOpen = od.fh;
+    await s.fuse.release(dir, od.fh);
+    seen.errors = [await errnoOf(s.fuse.open(dir, F.O.RDWR)), await errnoOf(s.fuse.open(link, F.O.RDONLY)),
+      await errnoOf(s.fuse.open(12345n, F.O.RDONLY))];
+    // Locks through natively opened fhs end with their RELEASE (done by TypeScript's release).
+    await s.fuse.setlk(data, rw.fh, 0x77n, { start: 0n, end: 9n, type: F.F_WRLCK, pid: 4242 });
+    await s.fuse.setlk(log, ap.fh, 0x78n, { start: 0n, end: 0n, type: F.F_WRLCK, pid: 0 }, true);
+    t.equal(hostFlockErrno(s.host('log')), 'EWOULDBLOCK', 'the flock is held');
+    for (const [n, o] of [[data, ro], [data, rw], [log, ap], [log, tr]] as const) await s.fuse.release(n, o.fh);
+    t.equal(hostFlockErrno(s.host('log')), null, 'the flock went with its RELEASE');
+    const other = await s.fuse.open(data, F.O.RDWR);
+    t.equal(await errnoOf(s.fuse.setlk(data, other.fh, 0x79n, { start: 0n, end: 9n, type: F.F_WRLCK, pid: 5353 })), 0,
+      'the POSIX lock went with the RELEASE of the fh it was taken through');
+    seen.again = await errnoOf(s.fuse.release(data, rw.fh));
+    seen.other = other.fh;
+    await s.fuse.release(data, other.fh);
+    await s.fuse.releasedir(dir, d.fh);
+    replies[String(fastPath)] = seen;
+    // The flock settled its fh's fd into the keeper; the RELEASE's removal follows the publish.
+    await waitFor(() => { const q = queryStatus(stateDir); return q.fuse.openFiles === 0 && (q.fdNames.file ?? 0) === 0 ? true : undefined; },
+      'no open files, and no file fd in the keeper', 10_000).catch((e: Error) => { const q = queryStatus(stateDir); throw new Error(`${e.message}: ${JSON.stringify({ open: q.fuse.openFiles, fdNames: q.fdNames })}`); });
+    t.pass('no open files, and no file fd in the keeper');
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.open ?? 0) >= 4 && (x.release ?? 0) >= 5, 'the fast path OPEN and RELEASE counters');
+      t.ok((f.open ?? 0) >= 4 && (f.release ?? 0) >= 5, `served natively: ${JSON.stringify(f)}`);
+    }
+    await s.close();
+  }
+  t.same(replies.true, replies.false, 'both paths gave the same fhs, flags, bytes and errors');
 });
 
 t.test('the fast path answers a LOOKUP of a missing name ENOENT, as TypeScript does', async (t) => {

@@ -1,6 +1,7 @@
 // The tables the addon's FUSE fast path serves from (native/src/fast_fuse.cc): nodeid → the
 // inode's O_PATH fd, fh → the open file's fd, nodeid and open flags. They mirror the session,
-// the fd registry and the inode fd cache.
+// the fd registry and the inode fd cache; with them the ids the addon may take for a new inode
+// or an OPEN (the session's next nodeid and fh) and the room the fd budget leaves for OPEN.
 //
 // Decisions:
 // - An entry leaves before the fd it names is closed (registry and cache tell us first) and
@@ -23,6 +24,8 @@ const FUSE_ROOT_ID = 1;
 export const BACKGROUND_DECODE_DELAY_MS = 1_000;
 /** ...this many rows per turn of the event loop (~1 ms), requests served between turns. */
 const BACKGROUND_DECODE_ROWS = 512;
+/** The addon's OPEN room is a count it decrements; the budget itself may be Infinity. */
+const MAX_OPEN_ROOM = 2 ** 31;
 const INODE_NAME = /^inode\.(\d+)$/;
 const FILE_NAME = /^file\.(\d+)$/;
 
@@ -75,7 +78,14 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       if (fd !== undefined) this.server.setFile(f.fh, f.nodeid, fd, f.flags >>> 0);
     }
     this.allowNewInodes();
+    this.server.setNextFh(this.session.nextFh);
+    this.updateOpenRoom();
     this.decodeInBackground();
+  }
+
+  /** The fd budget's room for the addon's OPENs, after every registration and removal. */
+  private updateOpenRoom(): void {
+    this.server.setOpenRoom(Math.max(0, Math.min(this.registry.room, MAX_OPEN_ROOM)));
   }
 
   /** The addon may add an inode a LOOKUP finds only when its (dev, ino) index holds every inode
@@ -105,11 +115,31 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
   }
 
   onRegister(name: string, fd: number): void {
+    this.updateOpenRoom();
+    this.setInodeFd(name, fd);
+  }
+
+  onUnregister(name: string): void {
+    this.forgetFd(name);
+    this.updateOpenRoom();
+  }
+
+  onUnregisterMany(names: string[]): void {
+    for (const name of names) this.forgetFd(name);
+    this.updateOpenRoom();
+  }
+
+  /** The inode fd cache's fds are not the registry's: no change of the budget's room. */
+  fdOpened(name: string, fd: number): void {
+    this.setInodeFd(name, fd);
+  }
+
+  private setInodeFd(name: string, fd: number): void {
     const nodeid = nodeidOf(name);
     if (nodeid !== null) this.server.setInode(nodeid, fd);
   }
 
-  onUnregister(name: string): void {
+  private forgetFd(name: string): void {
     const nodeid = nodeidOf(name);
     if (nodeid !== null) {
       this.server.deleteInode(nodeid);
@@ -117,14 +147,6 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     }
     const m = FILE_NAME.exec(name);
     if (m !== null) this.server.deleteFile(Number(m[1]));
-  }
-
-  onUnregisterMany(names: string[]): void {
-    for (const name of names) this.onUnregister(name);
-  }
-
-  fdOpened(name: string, fd: number): void {
-    this.onRegister(name, fd);
   }
 
   fdClosing(name: string): void {
@@ -162,10 +184,15 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       case 'openFile': {
         const fd = this.registry.get(fileFdName(m.fh));
         if (fd !== undefined) this.server.setFile(m.fh, m.nodeid, fd, m.flags >>> 0);
+        else this.server.setNextFh(this.session.nextFh);
         return;
       }
       case 'closeFile':
         this.server.deleteFile(m.fh);
+        return;
+      // The other takers of an fh (setFile moves it past an open file's).
+      case 'openDir':
+        this.server.setNextFh(this.session.nextFh);
         return;
       case 'addInode': {
         const rec = this.session.getInode(m.nodeid);
@@ -177,6 +204,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         return;
       case 'openLockOwner':
         this.addOwner(m.id, m.nodeid);
+        this.server.setNextFh(this.session.nextFh);
         return;
       case 'closeLockOwner': {
         const nodeid = this.ownerNode.get(m.id);
@@ -197,6 +225,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         if (rec !== undefined) this.setMeta(rec);
         if (root !== undefined) this.server.setInode(FUSE_ROOT_ID, root);
         this.allowNewInodes();
+        this.server.setNextFh(this.session.nextFh);
         return;
       }
       default:

@@ -8,7 +8,7 @@
 // with a non-zero nodeid (lookup, mknod, mkdir, symlink, link, create, tmpfile, and each
 // readdirplus entry that is accepted) adds 1 to that inode's lookup count; FORGET subtracts
 // nlookup; the inode is dropped (and its fd closed) when the count reaches 0.
-import type { IoSegment, ServedNewInode, StatFs } from '../../shared/native';
+import type { IoSegment, ServedFile, ServedNewInode, StatFs } from '../../shared/native';
 import { GuestError } from '../../shared/errors';
 
 /** Nodeids are counters (FUSE_ROOT_ID, 1, is the root), never pointers. */
@@ -99,6 +99,13 @@ export interface FileSystem {
    * `nodeid` (the session's next): the inode joins the session, its fd the inode fd cache.
    * Throws (the worker must die before the publish) if the session cannot take it. */
   adoptServedInode?(nodeid: NodeId, found: ServedNewInode): void;
+  /** The session effect of an OPEN the fast path answered: `file.fh` (the session's next) is
+   * an open file of `nodeid` with `file.fd`. Throws (the worker must die before the publish)
+   * if the session cannot take it. */
+  adoptServedOpen?(nodeid: NodeId, file: ServedFile): void;
+  /** A RELEASE the fast path answered, having taken `file` out of its table: release() of
+   * `file.fh`, which uses neither the request's flags nor its lock owner. */
+  releaseServed?(nodeid: NodeId, file: ServedFile): void;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

@@ -26,7 +26,7 @@ import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
-import type { FastFuseHandle, IoSegment, ServedNewInode, StatFs } from '../../shared/native';
+import type { FastFuseHandle, IoSegment, ServedFile, ServedNewInode, StatFs } from '../../shared/native';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
   FsError,
@@ -45,7 +45,7 @@ import { Locks } from './locks';
 import { Xattrs } from './xattrs';
 import { FastTable } from './fast_table';
 import { InodeFdCache, probeHandles, type InodeFileHandles, type InodeHandleSupport } from './inode_fds';
-import { ConfigurationError } from '../../shared/errors';
+import { BugError, ConfigurationError } from '../../shared/errors';
 import type { InodeHandleStats } from '../../shared/status_report';
 import * as K from './host_constants';
 
@@ -296,6 +296,8 @@ export class PassthroughFs implements FileSystem {
   init(flags: bigint): void {
     this.creds.dontMask = (flags & K.FUSE_DONT_MASK) !== 0n;
     this.writeback = (flags & K.FUSE_WRITEBACK_CACHE) !== 0n;
+    // The addon's OPEN passes on the flags open() does, as openFlags() adjusts them.
+    this.fastTable?.server.setOpenPolicy(PASS_OPEN_FLAGS, this.writeback, this.fileOpenFlags());
     this.log.info({ cache: this.cache, xattr: this.xattr, dontMask: this.creds.dontMask, writeback: this.writeback },
       'filesystem initialised');
   }
@@ -323,6 +325,25 @@ export class PassthroughFs implements FileSystem {
 
   adoptServedInode(nodeid: NodeId, found: ServedNewInode): void {
     this.inodes.adoptFound(nodeid, found);
+  }
+
+  /** open() of a file the addon opened as it would (fast_fuse.cc Open): the same registration
+   * and session record; the fh must be the one the session gives next. */
+  adoptServedOpen(nodeid: NodeId, file: ServedFile): void {
+    const rec = this.session.getInode(nodeid);
+    if (rec === undefined || rec.handle === null || file.fh !== this.session.nextFh) {
+      native.close(file.fd);
+      throw new BugError(`fast-path OPEN of nodeid ${nodeid} as fh ${file.fh}: the session's next fh is ${this.session.nextFh}` +
+        `${rec === undefined ? ', and the inode is unknown' : rec.handle === null ? ', and the inode has no handle' : ''}`);
+    }
+    this.addFile(rec, file.fd, file.flags);
+  }
+
+  releaseServed(nodeid: NodeId, file: ServedFile): void {
+    if (this.registry.get(fileFdName(file.fh)) !== file.fd) {
+      throw new BugError(`fast-path RELEASE of fh ${file.fh}: the addon's fd ${file.fd} is not the registered one`);
+    }
+    this.releaseFh(nodeid, file.fh);
   }
 
   forget(nodeid: NodeId, nlookup: number): void {
@@ -556,6 +577,10 @@ export class PassthroughFs implements FileSystem {
   }
 
   release(ctx: Context, nodeid: NodeId, fh: Handle, flags: number, releaseFlags: number, lockOwner: bigint): void {
+    this.releaseFh(nodeid, fh);
+  }
+
+  private releaseFh(nodeid: NodeId, fh: Handle): void {
     const rec = fileRecord(this.session, nodeid, fh);
     // Every lock taken through the fh goes, whatever releaseFlags says (FUSE_RELEASE_FLOCK_UNLOCK included).
     this.locks.release(nodeid, fh, rec.fdName);

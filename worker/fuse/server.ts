@@ -279,10 +279,11 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
-  /** LOOKUPs and SETATTRs the addon answered (native/src/fast_fuse.cc), one batch per ring
-   * turn: each one's outcome (and a LOOKUP's lookup count) is journaled as TypeScript's own
-   * request would journal it (dispatch), in pop order, so the group commit makes them durable
-   * before the replies are published, and a resubmission after a crash gets the recorded reply
+  /** LOOKUPs, SETATTRs, OPENs and RELEASEs the addon answered (native/src/fast_fuse.cc), one
+   * batch per ring turn: each one's outcome (and its session change: a LOOKUP's lookup count or
+   * new inode, an OPEN's fh, a RELEASE's closeFile) is journaled as TypeScript's own request
+   * would journal it (dispatch), in pop order, so the group commit makes them durable before
+   * the replies are published, and a resubmission after a crash gets the recorded reply
    * instead of a second count or a second run. */
   ringServed(batch: RingServedBatch, queueIndex: number): void {
     const ledger = this.opts.ledger;
@@ -297,10 +298,12 @@ export class FuseServer implements ChainHandler {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
         // A plain outcome, as TypeScript journals its own: a LOOKUP that added an inode (its
-        // addInode), a SETATTR (no session change), or a LOOKUP with a ledger that takes no batches.
+        // addInode), a SETATTR (no session change), an OPEN (its openFile), a RELEASE (its
+        // closeFile and lock ends), or a LOOKUP with a ledger that takes no batches.
         ledger?.beginRequest(key, opcode, false, null);
         if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
+        else if (opcode === K.FUSE_OPEN || opcode === K.FUSE_RELEASE) this.applyServedFile(batch, i, opcode);
         ledger?.endSync();
         ledger?.outcome(key, batch.reply(i));
       }
@@ -317,6 +320,17 @@ export class FuseServer implements ChainHandler {
       throw new BugError(`fast-path LOOKUP added inode ${nodeid}, which the filesystem cannot take`);
     }
     this.fs.adoptServedInode(nodeid, found);
+  }
+
+  /** An OPEN's new fh or a RELEASE's release. Throws when the batch or the filesystem cannot
+   * take it: the worker dies before the reply is published (its successor runs it again). */
+  private applyServedFile(batch: RingServedBatch, i: number, opcode: number): void {
+    const file = opcode === K.FUSE_OPEN ? batch.opened?.(i) ?? null : batch.released?.(i) ?? null;
+    const apply = opcode === K.FUSE_OPEN ? this.fs.adoptServedOpen?.bind(this.fs) : this.fs.releaseServed?.bind(this.fs);
+    if (file === null || apply === undefined) {
+      throw new BugError(`fast-path ${K.opcodeName(opcode)} of nodeid ${batch.nodeid(i)} that the batch or the filesystem cannot take`);
+    }
+    apply(batch.nodeid(i), file);
   }
 
   private addServedLookup(nodeid: number): boolean {

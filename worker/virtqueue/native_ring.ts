@@ -2,7 +2,7 @@
 // algorithm as split_ring.ts, plus an optional chain server the addon offers each popped chain
 // to (the FUSE fast path, opaque here). Chains it declines come back as DescriptorChains whose
 // segments point into the same guest memory buffers as GuestMemory's.
-import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller, type ServedNewInode } from '../../shared/native';
+import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller, type ServedFile, type ServedNewInode } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
 import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type VirtRing } from './split_ring';
 
@@ -14,14 +14,16 @@ function ringError(e: unknown): unknown {
 }
 
 /** Bytes per served request in the addon's `records` (ring.cc kRecordEntry): u32 head,
- * u32 opcode, f64 counter, f64 nodeid, u32 reply length, u32 1 when a new inode follows, the
- * reply (160 bytes), then the new inode: i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id,
- * i32 handle type, u32 handle length, 4 bytes of padding, the handle (128 bytes). */
+ * u32 opcode, f64 counter, f64 nodeid, u32 reply length, u32 kind (fast_path.h ServedKind),
+ * the reply (160 bytes), then what the kind says: a new inode (i32 fd, u32 file type, u64 dev,
+ * u64 ino, i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle:
+ * 128 bytes) or an opened or released file (i32 fd, u32 open flags, f64 fh). */
 export const SERVED_RECORD_SIZE = 360;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
 const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
 const MAX_HANDLE_BYTES = 128;
+const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -49,7 +51,7 @@ class NativeServedBatch implements RingServedBatch {
 
   newInode(i: number): ServedNewInode | null {
     const at = i * SERVED_RECORD_SIZE;
-    if (this.bytes.readUInt32LE(at + 28) !== 1) return null;
+    if (this.bytes.readUInt32LE(at + 28) !== KIND_NEW_INODE) return null;
     const p = at + NEW_INODE_AT;
     const len = Math.min(this.bytes.readUInt32LE(p + 32), MAX_HANDLE_BYTES);
     return {
@@ -61,6 +63,21 @@ class NativeServedBatch implements RingServedBatch {
       handleType: this.bytes.readInt32LE(p + 28),
       handle: this.bytes.subarray(p + 40, p + 40 + len),
     };
+  }
+
+  opened(i: number): ServedFile | null {
+    return this.file(i, KIND_OPENED);
+  }
+
+  released(i: number): ServedFile | null {
+    return this.file(i, KIND_RELEASED);
+  }
+
+  private file(i: number, kind: number): ServedFile | null {
+    const at = i * SERVED_RECORD_SIZE;
+    if (this.bytes.readUInt32LE(at + 28) !== kind) return null;
+    const p = at + NEW_INODE_AT;
+    return { fd: this.bytes.readInt32LE(p), flags: this.bytes.readUInt32LE(p + 4), fh: this.bytes.readDoubleLE(p + 8) };
   }
 }
 

@@ -3,7 +3,7 @@
 // safety, rule 4 "Inflight tracking"). Ring indices shared with the guest go through the
 // addon's acquire/release helpers; descriptors are read with plain loads after the acquire
 // load of avail->idx.
-import { native, type IoSegment, type Poller, type ServedNewInode } from '../../shared/native';
+import { native, type IoSegment, type Poller, type ServedFile, type ServedNewInode } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
 import { GuestError } from '../../shared/errors';
 
@@ -47,9 +47,10 @@ export interface DescriptorChain {
 }
 
 /** Requests the ring served itself whose outcome JavaScript must journal before their used
- * elements (already pushed) are published, in pop order: LOOKUPs of known inodes (one more
- * lookup of `nodeid(i)` each) and SETATTRs (no session change). `reply(i)` is what the guest
- * got. One batch per ring turn
+ * elements (already pushed) are published, in pop order: LOOKUPs (one more lookup of
+ * `nodeid(i)` each, or a new inode), SETATTRs (no session change), OPENs (a new fh) and
+ * RELEASEs (the release itself is JavaScript's). `reply(i)` is what the guest got. One batch
+ * per ring turn
  * (native_ring.ts reads it from the addon): one crossing and one copy for all of them. */
 export interface RingServedBatch {
   readonly served: true;
@@ -61,6 +62,10 @@ export interface RingServedBatch {
   reply(i: number): Buffer;
   /** The inode a LOOKUP added as `nodeid(i)`, or null. */
   newInode?(i: number): ServedNewInode | null;
+  /** The file an OPEN of `nodeid(i)` opened, or null. */
+  opened?(i: number): ServedFile | null;
+  /** The file a RELEASE took out of the addon's table (its fd still open), or null. */
+  released?(i: number): ServedFile | null;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
