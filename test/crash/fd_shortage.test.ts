@@ -228,6 +228,42 @@ t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it
   t.equal(queryStatus(stateDir).worker.restarts, 1, 'no worker died on the way');
 });
 
+t.test('a guest opening more files than the fd budget allows gets EMFILE past it, from the native OPEN as from TypeScript', async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const N = 600;
+  const s = await openSession(t, 'ours', {
+    extraArgs: ['--state-dir', stateDir, '--no-standby'], // handles on: each OPEN's fd is what runs out
+    setup: (shared) => fs.writeFileSync(path.join(shared, 'f'), 'opened many times'),
+  });
+  await s.fuse.getattr(F.FUSE_ROOT_ID);
+  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
+  const r = spawnSync('prlimit', ['--pid', String(keeperPid), '--nofile=768:768'], { encoding: 'utf8' });
+  t.equal(r.status, 0, `prlimit ${r.stderr}`);
+  process.kill(firstWorker!, 'SIGKILL');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a worker under the 768-fd limit', 20_000);
+  const nodeid = (await s.fuse.lookup(F.FUSE_ROOT_ID, 'f')).nodeid;
+  const results: Array<F.OpenOut | FuseError> = [];
+  for (let i = 0; i < N; i++) results.push(await s.fuse.open(nodeid, F.O.RDONLY).then((o) => o, (e: FuseError) => e));
+  const ok = results.filter((x): x is F.OpenOut => !(x instanceof FuseError));
+  const failed = results.filter((x): x is FuseError => x instanceof FuseError);
+  t.ok(ok.length > 300 && ok.length < N, `${ok.length} opens got an fh, ${failed.length} did not`);
+  t.ok(failed.every((e) => e.errno === F.Errno.EMFILE), 'those past the budget got EMFILE, nothing else');
+  // The worker pushes its counters once a second. Every open within the budget is the
+  // addon's: its room is the budget's, kept current as fds come and go.
+  await waitFor(() => (queryStatus(stateDir).fuse.fastPath?.open ?? 0) >= ok.length ? true : undefined, 'the native OPEN counter', 10_000).catch(() => {});
+  const served = queryStatus(stateDir).fuse.fastPath?.open ?? 0;
+  t.equal(served, ok.length, `the addon served every open within the budget (${served} of ${ok.length})`);
+  t.equal((await s.fuse.read(nodeid, ok[0]!.fh, 0, 6)).toString(), 'opened', 'an open fh reads at the limit');
+  for (const o of ok) await s.fuse.release(nodeid, o.fh);
+  const again = await s.fuse.open(nodeid, F.O.RDONLY);
+  t.equal((await s.fuse.read(nodeid, again.fh, 7, 4)).toString(), 'many', 'after the releases a file opens again');
+  await s.fuse.release(nodeid, again.fh);
+  await waitFor(() => queryStatus(stateDir).fuse.openFiles === 0 ? true : undefined, 'no open files', 10_000);
+  t.ok(alive(keeperPid), 'the keeper is alive');
+  t.equal(queryStatus(stateDir).worker.restarts, 1, 'no worker died on the way');
+});
+
 t.test('opens while the keeper is out of fds: served without waiting for it, kept by the keeper before an unlink, rename, rmdir or flock', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));

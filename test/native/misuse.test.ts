@@ -228,3 +228,34 @@ t.test('no fd of ours leaks into a child process', async (t) => {
   native.munmap(ab);
   for (const fd of mine) native.close(fd);
 });
+
+t.test("FastFuse's OPEN settings check their arguments", async (t) => {
+  const f = new native.FastFuse();
+  const m = f as unknown as Record<string, AnyFn>;
+  const typeCases: Array<[string, unknown[]]> = [
+    ['setNextFh', ['1']], ['setNextFh', []], ['setOpenRoom', [null]], ['setOpenPolicy', [1, 'yes', 0]], ['setOpenPolicy', [1, false]],
+  ];
+  for (const [name, args] of typeCases) {
+    try {
+      m[name]!.apply(f, args);
+      t.fail(`${name} accepted ${JSON.stringify(args)}`);
+    } catch (e) {
+      t.ok(e instanceof TypeError && (e as { code?: string }).code === 'ERR_INVALID_ARG_TYPE', `${name}(${args.map(String).join(', ')}): TypeError (${(e as Error).message})`);
+    }
+  }
+  const rangeCases: Array<[string, unknown[]]> = [
+    ['setNextFh', [-1]], ['setNextFh', [2 ** 53 + 2]], ['setOpenRoom', [-1]], ['setOpenPolicy', [2 ** 32, false, 0]], ['setOpenPolicy', [0, true, -1]],
+  ];
+  for (const [name, args] of rangeCases) {
+    try {
+      m[name]!.apply(f, args);
+      t.fail(`${name} accepted ${JSON.stringify(args)}`);
+    } catch (e) {
+      t.ok(e instanceof RangeError && (e as { code?: string }).code === 'ERR_OUT_OF_RANGE', `${name}(${args.map(String).join(', ')}): RangeError (${(e as Error).message})`);
+    }
+  }
+  f.setNextFh(5);
+  f.setOpenRoom(0);
+  f.setOpenPolicy(3, true, 1);
+  t.pass('in-range values are taken');
+});

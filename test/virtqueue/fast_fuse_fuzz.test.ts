@@ -8,7 +8,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { native, C } from '../../shared/native';
+import { native, C, STAT } from '../../shared/native';
 import { GuestMemory } from '../../worker/virtqueue/guest_memory';
 import { ChainError, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../worker/virtqueue/split_ring';
 import { NativeSplitRing } from '../../worker/virtqueue/native_ring';
@@ -24,10 +24,21 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-const OPS = [1, 3, 4, 15, 16, 22, 25] as const; // LOOKUP, GETATTR, SETATTR, READ, WRITE, GETXATTR, FLUSH
+const OPS = [1, 3, 4, 14, 15, 16, 18, 22, 25] as const; // LOOKUP, GETATTR, SETATTR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH
 const ENODATA = 61, ERANGE = 34, ENOENT = 2;
 const NODE_FILE = 2;
 const FH = 7;
+/** The fh the addon's first OPEN takes (setNextFh). */
+const FIRST_OPEN_FH = 100;
+/** passthrough.ts PASS_OPEN_FLAGS: O_ACCMODE, O_APPEND, O_NONBLOCK, O_DSYNC, O_SYNC, O_NOATIME,
+ * O_TRUNC, O_LARGEFILE. */
+const PASS_OPEN_FLAGS = 0o3 | 0o2000 | 0o4000 | 0o10000 | 0o4010000 | 0o1000000 | 0o1000 | 0o100000;
+
+function inoOf(fd: number): bigint {
+  const b = Buffer.alloc(STAT.SIZE);
+  native.fstatat(fd, '', C.AT_EMPTY_PATH!, b);
+  return b.readBigUInt64LE(STAT.ino);
+}
 
 t.test('the fast server serves only well-formed requests, with well-formed replies', async (t) => {
   const seed = fuzzSeed();
@@ -56,7 +67,15 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   server.setEnabled(true);
   server.setAttrTimeout(1, 0);
   server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
+  // Named by a handle (what OPEN needs; LOOKUP compares none while the fd is in the table).
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, Buffer.alloc(8, 1), 1, 1);
+  server.setOpenPolicy(PASS_OPEN_FLAGS, false, 0);
+  server.setNextFh(FIRST_OPEN_FH);
+  server.setOpenRoom(1_000_000);
+  /** fds the addon's OPENs opened, by fh: ours to close (JavaScript's in the worker). */
+  const opened = new Map<number, number>();
+  t.teardown(() => { for (const fd of opened.values()) native.close(fd); });
+  let nextFh = FIRST_OPEN_FH;
   // GETXATTR reopens through /proc/self/fd (absolute: no pinned dir here). A value when the
   // filesystem takes user xattrs; ENODATA and ERANGE either way.
   server.setXattr(true, C.AT_FDCWD!);
@@ -106,6 +125,20 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         const args = Buffer.alloc(8);
         args.writeUInt32LE([0, 3, 7, 64, 70_000, 0xffff_ffff][int(6)]!, 0);
         body = Buffer.concat([args, name, int(8) === 0 ? Buffer.alloc(0) : Buffer.from([0])]);
+        break;
+      }
+      case 14:
+        body = Buffer.alloc(8);
+        body.writeUInt32LE(int(3) === 0 ? int(0x40_0000) : [0, 1, 2, 0o2001, 0o1002, 0o4000, 0o100000, 3][int(8)]!, 0);
+        body.writeUInt32LE(int(3), 4);
+        break;
+      case 18: {
+        body = Buffer.alloc(24);
+        const mine = [...opened.keys()];
+        body.writeBigUInt64LE(BigInt(int(3) === 0 && mine.length > 0 ? mine[int(mine.length)]! : fh), 0);
+        body.writeUInt32LE(int(3), 8);
+        body.writeUInt32LE(int(2), 12);
+        body.writeBigUInt64LE(BigInt(int(3)), 16);
         break;
       }
       case 25:
@@ -186,10 +219,32 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // the reply the guest got.
       recorded++;
       const op = req.readUInt32LE(4);
-      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || (op !== 1 && op !== 4) || c.nodeid(0) !== NODE_FILE ||
-        !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== (op === 1 ? 144 : 120)) {
+      const replyLen = ({ 1: 144, 4: 120, 14: 32, 18: 16 } as Record<number, number>)[op];
+      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined || c.nodeid(0) !== NODE_FILE ||
+        !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== replyLen) {
         t.fail(`iteration ${it}: the served request's record is not its reply`);
         return;
+      }
+      // An OPEN: the next fh, an fd of the file, the fh in the reply. A RELEASE: the fh and fd
+      // the table had (the fuzz's fixed fh goes back in, as JavaScript would not do).
+      const file = op === 14 ? c.opened!(0) : op === 18 ? c.released!(0) : null;
+      if (op === 14) {
+        if (file === null || file.fh !== nextFh || c.reply(0).readBigUInt64LE(16) !== BigInt(nextFh) || inoOf(file.fd) !== st.ino) {
+          t.fail(`iteration ${it}: OPEN's record ${JSON.stringify(file)} is not fh ${nextFh} of the file`);
+          return;
+        }
+        opened.set(nextFh++, file.fd);
+      } else if (op === 18) {
+        const want = file?.fh === FH ? fileFd : opened.get(file?.fh ?? -1);
+        if (file === null || want !== file.fd) {
+          t.fail(`iteration ${it}: RELEASE's record ${JSON.stringify(file)} is not an fh of the table`);
+          return;
+        }
+        if (file.fh === FH) server.setFile(FH, NODE_FILE, fileFd, 2);
+        else {
+          native.close(file.fd);
+          opened.delete(file.fh);
+        }
       }
     }
     if (c !== null && ring.pop() !== null) { t.fail(`iteration ${it}: more than one chain`); return; }
@@ -207,17 +262,18 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || nativeError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
       (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
-      (opcode !== 25 || usedLen === 16);
+      (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
     }
   }
   const stats = server.stats();
-  t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR), declined ${declined}`);
-  t.equal(stats.lookup + stats.setattr, recorded, 'every served LOOKUP and SETATTR came back for its journal');
-  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr + stats.setattr, served,
-    'the server counts what it served');
+  t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
+  t.equal(stats.lookup + stats.setattr + stats.open + stats.release, recorded, 'every served LOOKUP, SETATTR, OPEN and RELEASE came back for its journal');
+  t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
+    stats.setattr + stats.open + stats.release, served, 'the server counts what it served');
+  t.ok(stats.open > 10 && stats.release > 10, `OPENs served: ${stats.open}, RELEASEs: ${stats.release}`);
   // ~22 expected per run (3 names in 11, of LOOKUPs under the root with room for an entry).
   t.ok(stats.lookupMissing >= 5, `LOOKUPs answered ENOENT: ${stats.lookupMissing}`);
   t.ok(stats.getxattr > 10, `GETXATTRs served: ${stats.getxattr}`);

@@ -123,6 +123,9 @@ export class FuseServer implements ChainHandler {
   constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions, private readonly log: Logger) {
     opts.fastPath?.setReadonly(opts.readonly === true);
     this.setInit(opts.restoredInit ?? null);
+    // A successor's filesystem learns what its predecessor's INIT agreed (the umask, writeback
+    // and the addon's OPEN policy follow from it), as at the INIT itself.
+    if (opts.restoredInit) fs.init(opts.restoredInit.flags);
   }
 
   /** The FUSE session's INIT result (null: none); the fast path serves only within one. */
