@@ -17,8 +17,9 @@
 // - The tables (nodeid → O_PATH fd, fh → fd, nodeid, open flags) are owned by the TypeScript
 //   filesystem (worker/fs/fast_table.ts), which removes an entry before it closes the fd or
 //   forgets the id: no fd number here is ever a closed or reused one.
-// - A request that would block (RWF_NOWAIT says EAGAIN) or is larger than kMaxSyncIo is left to
-//   the threadpool path, as worker/fs/io.ts does, so the event loop never waits for a disk.
+// - A request that would block (RWF_NOWAIT says EAGAIN) or is larger than kMaxSyncRead or
+//   kMaxSyncWrite is left to the threadpool path, as worker/fs/io.ts does, so the event loop
+//   never waits for a disk.
 // - GETXATTR (worker/fs/xattrs.ts get: the inode reopened O_RDONLY through /proc/self/fd, then
 //   fgetxattr with the caller's fs ids) answers errors here: ENODATA and ERANGE are what the
 //   kernel says of the name and the size, and the common answer (a guest kernel asks for
@@ -54,7 +55,13 @@ constexpr size_t kOutHeader = sizeof(fuse_out_header);  // 16
 constexpr size_t kAttrReply = kOutHeader + sizeof(fuse_attr_out);  // GETATTR's and SETATTR's reply
 static_assert(kAttrReply <= sizeof(Served::reply) && kOutHeader + sizeof(fuse_entry_out) <= sizeof(Served::reply),
               "a journaled reply (SETATTR, LOOKUP) fits Served::reply");
-constexpr uint64_t kMaxSyncIo = 128 * 1024;             // worker/fs/io.ts SYNC_IO_MAX
+// Reads larger than worker/fs/io.ts SYNC_IO_MAX go to the threadpool, where they copy in
+// parallel (`npm run bench`, 1 MiB sequential READ at 8 in flight: 8.6 GB/s there, 6.5-7.1
+// served here). Writes to one file take its inode lock, so they gain nothing there and pay
+// the hand-off (1 MiB WRITE: 469 µs of backend CPU each there, 313 here): up to the largest a
+// session allows (server.ts MAX_WRITE) they are served here, a copy of at most ~100 µs.
+constexpr uint64_t kMaxSyncRead = 128 * 1024;
+constexpr uint64_t kMaxSyncWrite = 1024 * 1024;
 constexpr size_t kMaxName = 255;                        // NAME_MAX (and XATTR_NAME_MAX): longer names are TypeScript's
 constexpr size_t kXattrSizeMax = 65536;                 // XATTR_SIZE_MAX, as worker/fs/xattrs.ts caps a buffer
 constexpr uint64_t kMaxSafeU = static_cast<uint64_t>(kMaxSafe);
@@ -730,7 +737,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool Read(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
     fuse_read_in r;
     std::memcpy(&r, args, sizeof r);
-    if (r.fh >= kMaxSafeU || r.offset >= kMaxSafeU || r.size > kMaxSyncIo) return Decline();
+    if (r.fh >= kMaxSafeU || r.offset >= kMaxSafeU || r.size > kMaxSyncRead) return Decline();
     FileEntry* f = FileFor(r.fh, h.nodeid);
     if (f == nullptr) return Decline();
     size_t want = std::min<uint64_t>(r.size, c.writableLen - kOutHeader);
@@ -749,7 +756,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     fuse_write_in w;
     std::memcpy(&w, args, sizeof w);
     constexpr size_t kReply = kOutHeader + sizeof(fuse_write_out);
-    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxSyncIo || w.fh >= kMaxSafeU ||
+    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxSyncWrite || w.fh >= kMaxSafeU ||
         w.offset >= kMaxSafeU || (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 || c.writableLen < kReply)
       return Decline();
     FileEntry* f = FileFor(w.fh, h.nodeid);
