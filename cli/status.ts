@@ -56,8 +56,14 @@ export function formatStatus(r: StatusReport): string {
   }
   const f = r.fuse.fastPath;
   row('fast path', f === null ? 'off (every request through TypeScript)'
-    : `on: served ${f.getattr} GETATTR, ${f.read} READ, ${f.write} WRITE, ${f.lookup ?? 0} LOOKUP (and ${f.lookupNew ?? 0} of new inodes, ${f.lookupMissing ?? 0} ENOENT), ${f.flush ?? 0} FLUSH, ${f.getxattr ?? 0} GETXATTR, ${f.setattr ?? 0} SETATTR, ${f.open ?? 0} OPEN, ${f.release ?? 0} RELEASE; ${f.declined} handed to TypeScript; ${f.inodes} inodes, ${f.files} files in its tables`);
+    : `on: served ${f.getattr} GETATTR, ${f.read} READ, ${f.write} WRITE, ${f.lookup ?? 0} LOOKUP (and ${f.lookupNew ?? 0} of new inodes, ${f.lookupMissing ?? 0} ENOENT), ${f.flush ?? 0} FLUSH, ${f.getxattr ?? 0} GETXATTR, ${f.setattr ?? 0} SETATTR, ${f.open ?? 0} OPEN, ${f.release ?? 0} RELEASE; ${f.declined} handed to TypeScript${declinedMost(f.declinedBy)}; ${f.inodes} inodes, ${f.files} files in its tables`);
   return lines.join('\n');
+}
+
+/** The opcodes the fast path handed to TypeScript most, as " (most: LOOKUP 12, ...)". */
+function declinedMost(by: Record<string, number> | undefined): string {
+  const top = Object.entries(by ?? {}).sort((a, b) => b[1] - a[1]).slice(0, 5);
+  return top.length === 0 ? '' : ` (most: ${top.map(([op, n]) => `${op} ${n}`).join(', ')})`;
 }
 
 export function exitCodeFor(r: StatusReport): number {

@@ -163,7 +163,9 @@ export interface ServedFile {
   flags: number;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; declined: number; inodes: number; files: number }
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; declined: number;
+  /** Declined requests by opcode (index; the last slot counts every opcode past it). */
+  declinedByOpcode: number[]; inodes: number; files: number }
 
 /** The FUSE fast server (native/src/fast_fuse.cc): GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR served in the addon
  * from tables the filesystem keeps (worker/fs/fast_table.ts). */

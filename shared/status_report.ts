@@ -49,6 +49,8 @@ export interface FastPathStats {
   open?: number;
   release?: number;
   declined: number;
+  /** The declined requests by opcode name (those with any). Absent from older workers. */
+  declinedBy?: Record<string, number>;
   /** Entries of its tables. */
   inodes: number;
   files: number;

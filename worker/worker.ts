@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import { logger, type Logger } from '../shared/log';
 import { native, POLL_READABLE, type FastFuseHandle, type Poller } from '../shared/native';
+import type { FastPathStats } from '../shared/status_report';
 import { FdRegistry } from '../shared/fd_registry';
 import { DEFAULT_INODE_FILE_HANDLES, DEFAULT_RLIMIT_NOFILE, type InodeFileHandles, EXIT_HANDED_OVER, EXIT_SERVICE_OVER, EXIT_START_FAILED, EXIT_STATE_UNUSABLE, keeperSocketPath, readWorkerConfig, stateFilePath, type WorkerConfig } from '../shared/config';
 import { KeeperClient, type FdStoreRefusedError } from '../shared/keeper_client';
@@ -16,7 +17,7 @@ import { VhostUserBackend } from './vhost/backend';
 import { errorInfo, errorKind, startFailurePolicy } from '../shared/errors';
 import { VirtioFsDevice } from './device';
 import { FuseServer } from './fuse/server';
-import { FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS, FUSE_READDIRPLUS_AUTO } from './fuse/constants';
+import { FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS, FUSE_READDIRPLUS_AUTO, opcodeName } from './fuse/constants';
 import { DEFAULT_INODE_FD_CACHE, PassthroughFs } from './fs/passthrough';
 import { MIN_CAPACITY } from './fs/inode_fds';
 import { loadState, SCHEMA_MIN_READER, SCHEMA_VERSION, StateLoader, StateStore, type LoadedState } from './state/state_store';
@@ -453,7 +454,7 @@ export class Worker {
 
   private onDisconnect(reason: string): void {
     // What the addon served this session, beside what TypeScript did (the status counters end here).
-    this.log.info({ reason, fastPath: this.fastPath?.stats() ?? null }, 'frontend disconnected');
+    this.log.info({ reason, fastPath: fastPathStats(this.fastPath) }, 'frontend disconnected');
     this.server?.reset();
     this.backend = null;
     this.server = null;
@@ -527,7 +528,7 @@ export class Worker {
         lockOwners: this.fsImpl?.session.lockOwnerCount ?? 0,
         lockWaits: this.fsImpl?.parkedLockWaits ?? 0,
         inodeHandles: this.fsImpl?.inodeHandleStats ?? null,
-        fastPath: this.fastPath?.stats() ?? null,
+        fastPath: fastPathStats(this.fastPath),
       },
       fds: this.registry.size,
     };
@@ -605,6 +606,15 @@ export function withheldInitFlags(c: WorkerConfig): bigint {
   if (c.flockLocks === false) f |= FUSE_FLOCK_LOCKS;
   if (c.readdirplus === false) f |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
   return f;
+}
+
+/** The addon's counters as status shows them: declined requests by opcode name. */
+function fastPathStats(fastPath: FastFuseHandle | null): FastPathStats | null {
+  if (fastPath === null) return null;
+  const { declinedByOpcode, ...stats } = fastPath.stats();
+  const declinedBy: Record<string, number> = {};
+  declinedByOpcode.forEach((n, op) => { if (n > 0) declinedBy[op === declinedByOpcode.length - 1 ? 'other' : opcodeName(op)] = n; });
+  return { ...stats, declinedBy };
 }
 
 /** How often a standby folds what the serving worker journaled since (StateLoader.catchUp): a

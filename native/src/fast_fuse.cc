@@ -66,6 +66,7 @@ constexpr size_t kMaxName = 255;                        // NAME_MAX (and XATTR_N
 constexpr size_t kXattrSizeMax = 65536;                 // XATTR_SIZE_MAX, as worker/fs/xattrs.ts caps a buffer
 constexpr uint64_t kMaxSafeU = static_cast<uint64_t>(kMaxSafe);
 constexpr long kTmpfsMagic = 0x01021994;
+constexpr uint32_t kOpcodeSlots = 64;  // FUSE opcodes are below 64, but for CUSE_INIT (4096)
 constexpr long kRamfsMagic = 0x858458f6;
 constexpr int kOpenAppend = 02000;
 constexpr int kOpenSyncBits = 04010000 | 010000;  // O_SYNC (includes __O_DSYNC) | O_DSYNC
@@ -188,6 +189,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     fuse_in_header h;
     std::memcpy(&h, in, sizeof h);
     if (h.len != c.readableLen) return Decline();
+    bool served = ServeOp(c, h, in, have, out);
+    if (!served) declinedByOpcode_[std::min<uint32_t>(h.opcode, kOpcodeSlots - 1)]++;
+    return served;
+  }
+
+  bool ServeOp(const Chain& c, const fuse_in_header& h, const uint8_t* in, size_t have, Served* out) {
     out->opcode = h.opcode;
     out->needsRecord = false;
     out->kind = ServedKind::kPlain;
@@ -1038,6 +1045,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("open", Napi::Number::New(env, static_cast<double>(opens_)));
     o.Set("release", Napi::Number::New(env, static_cast<double>(releases_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
+    // Declined requests by opcode (the last slot: opcodes past it), for what to serve next.
+    Napi::Array byOp = Napi::Array::New(env, kOpcodeSlots);
+    for (uint32_t i = 0; i < kOpcodeSlots; i++) byOp.Set(i, Napi::Number::New(env, static_cast<double>(declinedByOpcode_[i])));
+    o.Set("declinedByOpcode", byOp);
     o.Set("inodes", Napi::Number::New(env, static_cast<double>(inodes_.size())));
     o.Set("files", Napi::Number::New(env, static_cast<double>(files_.size())));
     return o;
@@ -1059,6 +1070,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)
   int64_t openRoom_ = 0;     // files OPEN may still open within the fd budget
+  uint64_t declinedByOpcode_[kOpcodeSlots] = {};
   bool openPolicySet_ = false;
   uint32_t openPassFlags_ = 0;
   bool writeback_ = false;

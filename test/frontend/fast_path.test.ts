@@ -266,6 +266,8 @@ t.test('the fast path serves OPEN and RELEASE with the replies TypeScript gives,
     if (fastPath) {
       const f = await fastStats(stateDir, (x) => (x.open ?? 0) >= 4 && (x.release ?? 0) >= 5, 'the fast path OPEN and RELEASE counters');
       t.ok((f.open ?? 0) >= 4 && (f.release ?? 0) >= 5, `served natively: ${JSON.stringify(f)}`);
+      // O_TRUNC, the directory twice, the symlink, the unknown nodeid; the second RELEASE.
+      t.same([f.declinedBy?.OPEN, f.declinedBy?.RELEASE], [5, 1], 'status counts what it declined, by opcode');
     }
     await s.close();
   }
