@@ -182,14 +182,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   bool Serve(const Chain& c, Served* out) override {
-    if (!enabled_ || c.readableLen < kInHeader || c.writableLen < kOutHeader) return Decline();
+    if (!enabled_ || c.readableLen < kInHeader) return Decline();
     // The header and the largest args we use, copied once: the guest may change its buffers.
     uint8_t in[kInHeader + sizeof(fuse_getxattr_in) + kMaxName + 1];
     size_t have = GatherSegments(c.readable, 0, in, std::min<uint64_t>(c.readableLen, sizeof in));
     fuse_in_header h;
     std::memcpy(&h, in, sizeof h);
-    if (h.len != c.readableLen) return Decline();
-    bool served = ServeOp(c, h, in, have, out);
+    // A request without a reply (FORGET) has no writable buffer: declined, counted as its opcode.
+    bool served = h.len != c.readableLen || c.writableLen < kOutHeader ? Decline() : ServeOp(c, h, in, have, out);
     if (!served) declinedByOpcode_[std::min<uint32_t>(h.opcode, kOpcodeSlots - 1)]++;
     return served;
   }
