@@ -1,7 +1,7 @@
 // The keeper short of fds (RLIMIT_NOFILE cut to what it holds, with prlimit) while the worker is
 // killed: it cannot accept or spawn for a while. It must neither die nor spin nor give up: once
 // the limit is back, a successor starts by itself and the session goes on where it was.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -192,6 +192,18 @@ t.test('a worker whose fd stores the keeper refuses dies before journaling them;
   }
 });
 
+/** A host with a hard limit of `limit` fds: the keeper's now, and through it the next worker's
+ * (the running one is killed). Returns the keeper's pid once the successor runs. */
+async function underFdLimit(t: Test, stateDir: string, limit: number): Promise<number> {
+  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
+  const r = spawnSync('prlimit', ['--pid', String(keeperPid), `--nofile=${limit}:${limit}`], { encoding: 'utf8' });
+  t.equal(r.status, 0, `prlimit ${r.stderr}`);
+  process.kill(firstWorker!, 'SIGKILL');
+  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; },
+    `a worker under the ${limit}-fd limit`, 20_000);
+  return keeperPid;
+}
+
 t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it, and everything else keeps working', async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-st-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
@@ -201,12 +213,7 @@ t.test('a guest holding more inodes than the fd limit allows gets EMFILE past it
     setup: (shared) => { for (let i = 0; i < N; i++) fs.writeFileSync(path.join(shared, `f${i}`), `${i}`); },
   });
   await s.fuse.getattr(F.FUSE_ROOT_ID);
-  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
-  // A host with a hard limit of 768 fds: the keeper now, and through it the next worker.
-  const r = spawnSync('prlimit', ['--pid', String(keeperPid), '--nofile=768:768'], { encoding: 'utf8' });
-  t.equal(r.status, 0, `prlimit ${r.stderr}`);
-  process.kill(firstWorker!, 'SIGKILL');
-  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a worker under the 768-fd limit', 20_000);
+  const keeperPid = await underFdLimit(t, stateDir, 768);
   const results = [];
   for (let i = 0; i < N; i++) {
     results.push(await s.fuse.lookup(F.FUSE_ROOT_ID, `f${i}`).then((e) => e, (e: unknown) => e));
@@ -237,11 +244,7 @@ t.test('a guest opening more files than the fd budget allows gets EMFILE past it
     setup: (shared) => fs.writeFileSync(path.join(shared, 'f'), 'opened many times'),
   });
   await s.fuse.getattr(F.FUSE_ROOT_ID);
-  const { keeper: { pid: keeperPid }, worker: { pid: firstWorker } } = queryStatus(stateDir);
-  const r = spawnSync('prlimit', ['--pid', String(keeperPid), '--nofile=768:768'], { encoding: 'utf8' });
-  t.equal(r.status, 0, `prlimit ${r.stderr}`);
-  process.kill(firstWorker!, 'SIGKILL');
-  await waitFor(() => { const q = queryStatus(stateDir); return q.worker.pid !== firstWorker && q.worker.state === 'running' ? q : null; }, 'a worker under the 768-fd limit', 20_000);
+  const keeperPid = await underFdLimit(t, stateDir, 768);
   const nodeid = (await s.fuse.lookup(F.FUSE_ROOT_ID, 'f')).nodeid;
   const results: Array<F.OpenOut | FuseError> = [];
   for (let i = 0; i < N; i++) results.push(await s.fuse.open(nodeid, F.O.RDONLY).then((o) => o, (e: FuseError) => e));
