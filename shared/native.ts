@@ -163,7 +163,7 @@ export interface ServedFile {
   flags: number;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; declined: number;
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 
@@ -199,7 +199,10 @@ export interface FastFuseHandle {
   setOpenRoom(room: number): void;
   /** The open(2) flags OPEN passes on, whether the session has the writeback cache, and the
    * FOPEN_* flags of its replies; OPEN is TypeScript's until this is called. */
-  setOpenPolicy(passFlags: number, writeback: boolean, replyFlags: number): void;
+  setOpenPolicy(passFlags: number, writeback: boolean, replyFlags: number, dirReplyFlags: number): void;
+  /** An open dir (RELEASEDIR's table); moves the next fh past it. */
+  setDir(fh: number, nodeid: number, fd: number): void;
+  deleteDir(fh: number): void;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */
   setLockOwners(nodeid: number, n: number): void;
   clear(): void;

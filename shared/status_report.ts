@@ -48,6 +48,9 @@ export interface FastPathStats {
   /** OPENs of handle-named files and RELEASEs (journaled by TypeScript). Absent from older workers. */
   open?: number;
   release?: number;
+  /** OPENDIRs of handle-named dirs and RELEASEDIRs. Absent from older workers. */
+  opendir?: number;
+  releasedir?: number;
   declined: number;
   /** The declined requests by opcode name (those with any). Absent from older workers. */
   declinedBy?: Record<string, number>;
@@ -59,7 +62,7 @@ export interface FastPathStats {
 /** The fast path's counters as the metric's `op` label names them. */
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
   ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
-  ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'],
+  ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
 ];
 
 export interface StatusReport {

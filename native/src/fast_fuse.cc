@@ -1,16 +1,16 @@
 // The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
-// inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, OPEN of handle-named
-// files and their RELEASE, served on the JS thread straight from the ring (ring.cc), with no
-// JavaScript.
+// inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, OPEN and OPENDIR of
+// handle-named files and dirs and their RELEASE and RELEASEDIR, served on the JS thread
+// straight from the ring (ring.cc), with no JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
 // write that would block), which the TypeScript server then answers — errors included.
 //
 // Decisions:
-// - LOOKUP, SETATTR, OPEN and RELEASE are journaled by JavaScript before their replies are
-//   published (Served::needsRecord: a LOOKUP's lookup count, a SETATTR's reply, an OPEN's new
-//   fh, a RELEASE's closeFile, as TypeScript journals them). The others change no session state, so they need no journal record: a request served
+// - LOOKUP, SETATTR, OPEN(DIR) and RELEASE(DIR) are journaled by JavaScript before their
+//   replies are published (Served::needsRecord: a LOOKUP's lookup count, a SETATTR's reply, an
+//   OPEN's new fh, a RELEASE's closeFile, as TypeScript journals them). The others change no session state, so they need no journal record: a request served
 //   here and lost in a crash is still marked in the inflight region and is run again by the
 //   successor (through TypeScript), which gives the same reply (READ, GETATTR) or writes the
 //   same bytes at the same offset (WRITE without O_APPEND).
@@ -95,6 +95,11 @@ struct InodeMeta {
   std::vector<uint8_t> handle;
 };
 
+struct DirEntry {
+  int fd;
+  uint64_t nodeid;
+};
+
 struct FileEntry {
   int fd;
   uint64_t nodeid;
@@ -162,6 +167,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::ForgetInode>("forgetInode"),
       InstanceMethod<&FastFuse::SetLockOwners>("setLockOwners"),
       InstanceMethod<&FastFuse::DeleteFile>("deleteFile"),
+      InstanceMethod<&FastFuse::SetDir>("setDir"),
+      InstanceMethod<&FastFuse::DeleteDir>("deleteDir"),
       InstanceMethod<&FastFuse::Clear>("clear"),
       InstanceMethod<&FastFuse::SetHandles>("setHandles"),
       InstanceMethod<&FastFuse::SetNextNodeId>("setNextNodeId"),
@@ -218,6 +225,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_open_in) && h.len == have && Open(c, h, in + kInHeader, out);
       case FUSE_RELEASE:
         return have == kInHeader + sizeof(fuse_release_in) && h.len == have && Release(c, h, in + kInHeader, out);
+      case FUSE_OPENDIR:
+        return have == kInHeader + sizeof(fuse_open_in) && h.len == have && Opendir(c, h, out);
+      case FUSE_RELEASEDIR:
+        return have == kInHeader + sizeof(fuse_release_in) && h.len == have && Releasedir(c, h, in + kInHeader, out);
       default:
         return Decline();
     }
@@ -459,22 +470,85 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     uint64_t fh = nextFh_++;
     openRoom_--;
     files_[fh] = FileEntry{file, h.nodeid, static_cast<int>(flags)};
+    WriteOpenReply(c, h, fh, openReplyFlags_, out);
+    out->kind = ServedKind::kOpened;
+    out->file = OpenedFile{file, fh, flags};
+    opens_++;
+    return true;
+  }
+
+  // The fuse_open_out reply of OPEN and OPENDIR, in out->reply and the guest's buffers; the
+  // request needs its journal record (the session's new fh).
+  void WriteOpenReply(const Chain& c, const fuse_in_header& h, uint64_t fh, uint32_t openFlags, Served* out) const {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_open_out);
     uint8_t* reply = out->reply;
     std::memset(reply, 0, kReply);
     fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
     std::memcpy(reply, &oh, sizeof oh);
     fuse_open_out r{};
     r.fh = fh;
-    r.open_flags = openReplyFlags_;
+    r.open_flags = openFlags;
     std::memcpy(reply + kOutHeader, &r, sizeof r);
     ScatterSegments(c.writable, 0, reply, kReply);
     out->usedLen = out->replyLen = kReply;
     out->needsRecord = true;
     out->nodeid = h.nodeid;
-    out->kind = ServedKind::kOpened;
-    out->file = OpenedFile{file, fh, flags};
-    opens_++;
+  }
+
+  // OPENDIR of a directory named by a file handle, with its O_PATH fd in the table
+  // (worker/fs/passthrough.ts opendir: reopened O_RDONLY|O_DIRECTORY through /proc/self/fd,
+  // whatever flags the request has), as OPEN: the session's next fh, the fd budget's room,
+  // JavaScript registers the fd (reopenable: a dir's position is its journaled cookie) and
+  // journals the openDir. The dir's fd goes to the dir table, which only RELEASEDIR uses.
+  bool Opendir(const Chain& c, const fuse_in_header& h, Served* out) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_open_out);
+    if (!openPolicySet_ || nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 || c.writableLen < kReply) return Decline();
+    auto fd = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (fd == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR || !meta->second.hasHandle) return Decline();
+    ProcFdName p(procFdDir_, fd->second);
+    constexpr uint32_t kFlags = O_RDONLY | O_DIRECTORY;
+    int dir;
+    do {
+      dir = openat(p.dir, p.name, static_cast<int>(kFlags) | O_CLOEXEC);
+    } while (dir < 0 && errno == EINTR);
+    if (dir < 0) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint64_t fh = nextFh_++;
+    openRoom_--;
+    dirs_[fh] = DirEntry{dir, h.nodeid};
+    WriteOpenReply(c, h, fh, dirReplyFlags_, out);
+    out->kind = ServedKind::kOpenedDir;
+    out->file = OpenedFile{dir, fh, kFlags};
+    opendirs_++;
     return true;
+  }
+
+  // RELEASEDIR of a dir in the dir table: as Release, the release itself is JavaScript's.
+  bool Releasedir(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
+    fuse_release_in r;
+    std::memcpy(&r, args, sizeof r);
+    if (r.fh >= kMaxSafeU || c.writableLen < kOutHeader) return Decline();
+    auto it = dirs_.find(r.fh);
+    if (it == dirs_.end() || it->second.nodeid != h.nodeid) return Decline();
+    OpenedFile gone{it->second.fd, r.fh, 0};
+    dirs_.erase(it);
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    WriteEmptyReply(c, h, out);
+    out->kind = ServedKind::kReleasedDir;
+    out->file = gone;
+    releasedirs_++;
+    return true;
+  }
+
+  // A reply of the out header alone (RELEASE, RELEASEDIR), journaled.
+  void WriteEmptyReply(const Chain& c, const fuse_in_header& h, Served* out) const {
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), 0, h.unique};
+    std::memcpy(out->reply, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
+    out->usedLen = out->replyLen = kOutHeader;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
   }
 
   // RELEASE of an open file in the table: it leaves the table now (nothing here uses its fd
@@ -491,12 +565,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     OpenedFile gone{f->fd, r.fh, static_cast<uint32_t>(f->flags)};
     files_.erase(r.fh);
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
-    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), 0, h.unique};
-    std::memcpy(out->reply, &oh, sizeof oh);
-    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
-    out->usedLen = out->replyLen = kOutHeader;
-    out->needsRecord = true;
-    out->nodeid = h.nodeid;
+    WriteEmptyReply(c, h, out);
     out->kind = ServedKind::kReleased;
     out->file = gone;
     releases_++;
@@ -860,6 +929,25 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setDir(fh, nodeid, fd): an open dir (RELEASEDIR's table); moves the next fh past it.
+  Napi::Value SetDir(const Napi::CallbackInfo& info) {
+    Args a(info, "setDir");
+    int64_t fh, nodeid;
+    int fd;
+    if (!a.Count(3) || !a.Int(0, "fh", 0, kMaxSafe, &fh) || !a.Int(1, "nodeid", 1, kMaxSafe, &nodeid) || !a.Fd(2, "fd", &fd)) return {};
+    dirs_[static_cast<uint64_t>(fh)] = DirEntry{fd, static_cast<uint64_t>(nodeid)};
+    if (nextFh_ != 0 && static_cast<uint64_t>(fh) >= nextFh_) nextFh_ = static_cast<uint64_t>(fh) + 1;
+    return info.Env().Undefined();
+  }
+
+  Napi::Value DeleteDir(const Napi::CallbackInfo& info) {
+    Args a(info, "deleteDir");
+    int64_t fh;
+    if (!a.Count(1) || !a.Int(0, "fh", 0, kMaxSafe, &fh)) return {};
+    dirs_.erase(static_cast<uint64_t>(fh));
+    return info.Env().Undefined();
+  }
+
   Napi::Value DeleteFile(const Napi::CallbackInfo& info) {
     Args a(info, "deleteFile");
     int64_t fh;
@@ -962,19 +1050,21 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
-  // setOpenPolicy(passFlags, writeback, replyFlags): the open(2) flags an OPEN passes on
-  // (passthrough.ts PASS_OPEN_FLAGS), whether the session has the writeback cache (O_WRONLY
-  // opens O_RDWR, without O_APPEND), and the FOPEN_* flags of the reply (the cache mode).
+  // setOpenPolicy(passFlags, writeback, replyFlags, dirReplyFlags): the open(2) flags an OPEN
+  // passes on (passthrough.ts PASS_OPEN_FLAGS), whether the session has the writeback cache
+  // (O_WRONLY opens O_RDWR, without O_APPEND), and the FOPEN_* flags of OPEN's and OPENDIR's
+  // replies (the cache mode).
   Napi::Value SetOpenPolicy(const Napi::CallbackInfo& info) {
     Args a(info, "setOpenPolicy");
-    int64_t pass, reply;
+    int64_t pass, reply, dirReply;
     bool writeback;
-    if (!a.Count(3) || !a.Int(0, "passFlags", 0, 0xffffffffLL, &pass) || !a.Bool(1, "writeback", &writeback) ||
-        !a.Int(2, "replyFlags", 0, 0xffffffffLL, &reply))
+    if (!a.Count(4) || !a.Int(0, "passFlags", 0, 0xffffffffLL, &pass) || !a.Bool(1, "writeback", &writeback) ||
+        !a.Int(2, "replyFlags", 0, 0xffffffffLL, &reply) || !a.Int(3, "dirReplyFlags", 0, 0xffffffffLL, &dirReply))
       return {};
     openPassFlags_ = static_cast<uint32_t>(pass);
     writeback_ = writeback;
     openReplyFlags_ = static_cast<uint32_t>(reply);
+    dirReplyFlags_ = static_cast<uint32_t>(dirReply);
     openPolicySet_ = true;
     return info.Env().Undefined();
   }
@@ -1009,6 +1099,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     lockOwners_.clear();
     inodes_.clear();
     files_.clear();
+    dirs_.clear();
     meta_.clear();
     byDevIno_.clear();
     nextNodeId_ = 0;
@@ -1044,6 +1135,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("lookupNew", Napi::Number::New(env, static_cast<double>(lookupsNew_)));
     o.Set("open", Napi::Number::New(env, static_cast<double>(opens_)));
     o.Set("release", Napi::Number::New(env, static_cast<double>(releases_)));
+    o.Set("opendir", Napi::Number::New(env, static_cast<double>(opendirs_)));
+    o.Set("releasedir", Napi::Number::New(env, static_cast<double>(releasedirs_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     // Declined requests by opcode (the last slot: opcodes past it), for what to serve next.
     Napi::Array byOp = Napi::Array::New(env, kOpcodeSlots);
@@ -1060,12 +1153,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   uint32_t attrNsec_ = 0;
   std::unordered_map<uint64_t, int> inodes_;
   std::unordered_map<uint64_t, FileEntry> files_;
+  std::unordered_map<uint64_t, DirEntry> dirs_;  // open dirs (RELEASEDIR)
   std::unordered_map<uint64_t, InodeMeta> meta_;
   std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
-           declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0;
+           declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
+           opendirs_ = 0, releasedirs_ = 0;
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)
@@ -1075,6 +1170,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   uint32_t openPassFlags_ = 0;
   bool writeback_ = false;
   uint32_t openReplyFlags_ = 0;
+  uint32_t dirReplyFlags_ = 0;
   bool xattr_ = false;
   int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)
   std::vector<uint8_t> xattrBuf_;

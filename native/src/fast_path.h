@@ -58,7 +58,7 @@ struct OpenedFile {
 };
 
 // What a served request leaves for JavaScript besides its reply (the record's kind).
-enum class ServedKind : uint32_t { kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3 };
+enum class ServedKind : uint32_t { kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5 };
 
 // What the server did with a chain it served.
 struct Served {
@@ -72,7 +72,8 @@ struct Served {
   uint32_t replyLen = 0;
   uint8_t reply[160];
   // kNewInode: a LOOKUP that added inode `nodeid` (`inode`); kOpened: an OPEN of `nodeid`
-  // (`file`); kReleased: a RELEASE of `file.fh`, whose fd JavaScript closes.
+  // (`file`); kReleased: a RELEASE of `file.fh`, whose fd JavaScript closes; kOpenedDir and
+  // kReleasedDir: the same of OPENDIR and RELEASEDIR.
   ServedKind kind = ServedKind::kPlain;
   NewInode inode;
   OpenedFile file;

@@ -709,7 +709,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Store<uint32_t>(e + 24, len);
     Store<uint32_t>(e + 28, static_cast<uint32_t>(served.kind));
     std::memcpy(e + kRecordHeader, served.reply, len);
-    if (served.kind == ServedKind::kOpened || served.kind == ServedKind::kReleased) {
+    if (served.kind == ServedKind::kOpened || served.kind == ServedKind::kReleased || served.kind == ServedKind::kOpenedDir ||
+        served.kind == ServedKind::kReleasedDir) {
       uint8_t* p = e + kNewInodeAt;
       Store<int32_t>(p, served.file.fd);
       Store<uint32_t>(p + 4, served.file.flags);

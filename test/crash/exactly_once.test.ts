@@ -406,11 +406,11 @@ const handleCases: Case[] = [
 const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handles', 'never']), knownPlusCase('READDIRPLUS_KNOWN_HANDLES', HANDLES)];
 
 /** Cases whose request the addon's fast path serves when it is on (a LOOKUP of a new inode
- * named by a handle: native/src/fast_fuse.cc LookupNew; an OPEN of a handle-named file and its
- * RELEASE). Their outcome is TypeScript's to
+ * named by a handle: native/src/fast_fuse.cc LookupNew; an OPEN or OPENDIR of a handle-named
+ * file or dir, a RELEASE). Their outcome is TypeScript's to
  * journal, so they die at every point but TypeScript's op-after-intent, which that path does
  * not pass (the TypeScript-path run of this suite, test/ts_path/, still does). */
-const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE']);
+const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR']);
 const fastPathOn = process.env.VFSK_FAST_PATH !== '0';
 
 for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases, ...knownPlusCases]) {
@@ -555,6 +555,42 @@ const nativeCases: NativeCase[] = [
       const o = await s.fuse.open(nodeid, F.O.RDONLY);
       t.equal((await s.fuse.read(nodeid, o.fh, 0, 3)).toString(), 'abc', 'the file opens again');
       await s.fuse.release(nodeid, o.fh);
+    } },
+  { name: 'OPENDIR', opcode: 27, journaled: true,
+    // As OPEN, of a dir named by a handle: its fh lists the dir, and one RELEASEDIR leaves none.
+    act: async (s) => {
+      fs.mkdirSync(s.host('dd'));
+      for (const n of ['a', 'b', 'c']) fs.writeFileSync(s.host(`dd/${n}`), n);
+      const e = await s.fuse.lookup(ROOT, 'dd');
+      return { nodeid: e.nodeid, fh: (await s.fuse.opendir(e.nodeid)).fh };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { nodeid, fh } = r as { nodeid: bigint; fh: bigint };
+      const names = (await s.fuse.readdirAll(nodeid, fh)).entries.map((d) => d.name.toString()).filter((n) => n !== '.' && n !== '..').sort();
+      t.same(names, ['a', 'b', 'c'], 'the fh lists the dir');
+      await waitFor(() => queryStatus(stateDir).fuse.openDirs === 1 ? true : undefined, 'one open dir', 10_000);
+      t.pass('exactly one open dir');
+      await s.fuse.releasedir(nodeid, fh);
+      await waitFor(() => queryStatus(stateDir).fuse.openDirs === 0 ? true : undefined, 'released', 10_000);
+      t.pass('none after its RELEASEDIR');
+    } },
+  { name: 'RELEASEDIR', opcode: 29, journaled: true,
+    act: async (s) => {
+      fs.mkdirSync(s.host('dd'));
+      const e = await s.fuse.lookup(ROOT, 'dd');
+      const o = await s.fuse.opendir(e.nodeid);
+      await s.fuse.releasedir(e.nodeid, o.fh);
+      return { nodeid: e.nodeid, fh: o.fh };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { nodeid, fh } = r as { nodeid: bigint; fh: bigint };
+      await waitFor(() => { const q = queryStatus(stateDir); return q.fuse.openDirs === 0 && (q.fdNames.dir ?? 0) === 0 ? true : undefined; },
+        'no open dir, no dir fd in the keeper', 10_000);
+      t.pass('released exactly once: no open dir, no dir fd in the keeper');
+      t.equal(await s.fuse.readdir(nodeid, fh, 0).then(() => 0, (e: FuseError) => e.errno), 9, 'the released fh answers EBADF');
+      const o = await s.fuse.opendir(nodeid);
+      t.ok((await s.fuse.readdir(nodeid, o.fh, 0)).length >= 2, 'the dir opens and lists again');
+      await s.fuse.releasedir(nodeid, o.fh);
     } },
   { name: 'LOOKUP of a missing name', opcode: 1,
     // ENOENT from the addon, nothing journaled: the successor runs it again and answers it once.

@@ -264,8 +264,9 @@ t.test('the fast path serves OPEN and RELEASE with the replies TypeScript gives,
       'no open files, and no file fd in the keeper', 10_000).catch((e: Error) => { const q = queryStatus(stateDir); throw new Error(`${e.message}: ${JSON.stringify({ open: q.fuse.openFiles, fdNames: q.fdNames })}`); });
     t.pass('no open files, and no file fd in the keeper');
     if (fastPath) {
-      const f = await fastStats(stateDir, (x) => (x.open ?? 0) >= 4 && (x.release ?? 0) >= 5, 'the fast path OPEN and RELEASE counters');
+      const f = await fastStats(stateDir, (x) => (x.open ?? 0) >= 4 && (x.release ?? 0) >= 5 && (x.releasedir ?? 0) >= 1, 'the fast path OPEN and RELEASE counters');
       t.ok((f.open ?? 0) >= 4 && (f.release ?? 0) >= 5, `served natively: ${JSON.stringify(f)}`);
+      t.same([f.opendir, f.releasedir], [1, 1], 'and the OPENDIR and RELEASEDIR of the dir');
       // O_TRUNC, the directory twice, the symlink, the unknown nodeid; the second RELEASE.
       t.same([f.declinedBy?.OPEN, f.declinedBy?.RELEASE], [5, 1], 'status counts what it declined, by opcode');
     }

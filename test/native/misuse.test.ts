@@ -229,11 +229,12 @@ t.test('no fd of ours leaks into a child process', async (t) => {
   for (const fd of mine) native.close(fd);
 });
 
-t.test("FastFuse's OPEN settings check their arguments", async (t) => {
+t.test("FastFuse's OPEN and OPENDIR settings check their arguments", async (t) => {
   const f = new native.FastFuse();
   const m = f as unknown as Record<string, AnyFn>;
   const typeCases: Array<[string, unknown[]]> = [
-    ['setNextFh', ['1']], ['setNextFh', []], ['setOpenRoom', [null]], ['setOpenPolicy', [1, 'yes', 0]], ['setOpenPolicy', [1, false]],
+    ['setNextFh', ['1']], ['setNextFh', []], ['setOpenRoom', [null]], ['setOpenPolicy', [1, 'yes', 0, 0]], ['setOpenPolicy', [1, false, 0]],
+    ['setDir', [1, 2, 'x']], ['deleteDir', [{}]],
   ];
   for (const [name, args] of typeCases) {
     try {
@@ -244,7 +245,8 @@ t.test("FastFuse's OPEN settings check their arguments", async (t) => {
     }
   }
   const rangeCases: Array<[string, unknown[]]> = [
-    ['setNextFh', [-1]], ['setNextFh', [2 ** 53 + 2]], ['setOpenRoom', [-1]], ['setOpenPolicy', [2 ** 32, false, 0]], ['setOpenPolicy', [0, true, -1]],
+    ['setNextFh', [-1]], ['setNextFh', [2 ** 53 + 2]], ['setOpenRoom', [-1]], ['setOpenPolicy', [2 ** 32, false, 0, 0]], ['setOpenPolicy', [0, true, -1, 0]],
+    ['setOpenPolicy', [0, true, 0, 2 ** 32]], ['setDir', [1, 0, 3]], ['setDir', [-1, 2, 3]], ['deleteDir', [2 ** 53 + 2]],
   ];
   for (const [name, args] of rangeCases) {
     try {
@@ -256,6 +258,8 @@ t.test("FastFuse's OPEN settings check their arguments", async (t) => {
   }
   f.setNextFh(5);
   f.setOpenRoom(0);
-  f.setOpenPolicy(3, true, 1);
+  f.setOpenPolicy(3, true, 1, 8);
+  f.setDir(7, 2, 0);
+  f.deleteDir(7);
   t.pass('in-range values are taken');
 });

@@ -24,7 +24,10 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-const OPS = [1, 3, 4, 14, 15, 16, 18, 22, 25] as const; // LOOKUP, GETATTR, SETATTR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH
+// LOOKUP, GETATTR, SETATTR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR
+const OPS = [1, 3, 4, 14, 15, 16, 18, 22, 25, 27, 29] as const;
+/** A directory under the root, named by a handle: OPENDIR's and RELEASEDIR's. */
+const NODE_DIR = 5;
 const ENODATA = 61, ERANGE = 34, ENOENT = 2;
 const NODE_FILE = 2;
 const FH = 7;
@@ -51,6 +54,9 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
   const fileFd = native.openat(rootFd, 'f', C.O_RDWR! | C.O_CLOEXEC!, 0);
   const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
+  fs.mkdirSync(path.join(dir, 'd'));
+  const dirPathFd = native.openat(rootFd, 'd', C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const dirSt = fs.statSync(path.join(dir, 'd'), { bigint: true });
   const memFd = native.memfdCreate('ff-guest', C.MFD_CLOEXEC!);
   native.ftruncate(memFd, SIZE);
   const mem = new GuestMemory();
@@ -69,7 +75,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   server.setInode(1, rootFd);
   // Named by a handle (what OPEN needs; LOOKUP compares none while the fd is in the table).
   server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, Buffer.alloc(8, 1), 1, 1);
-  server.setOpenPolicy(PASS_OPEN_FLAGS, false, 0);
+  server.setOpenPolicy(PASS_OPEN_FLAGS, false, 0, 0);
   server.setNextFh(FIRST_OPEN_FH);
   server.setOpenRoom(1_000_000);
   /** fds the addon's OPENs opened, by fh: ours to close (JavaScript's in the worker). */
@@ -84,6 +90,12 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     native.setxattr(fileFd, 'user.k', Buffer.from('a value'), 0);
   } catch { /* no user xattrs on this filesystem */ }
   server.setFile(FH, NODE_FILE, fileFd, 2);
+  server.setInodeMeta(NODE_DIR, dirSt.dev, dirSt.ino, 0, 0o040000, Buffer.alloc(8, 2), 1, 1);
+  server.setInode(NODE_DIR, dirPathFd);
+  t.teardown(() => native.close(dirPathFd));
+  /** fds the addon's OPENDIRs opened, by fh: ours to close. */
+  const openedDirs = new Map<number, number>();
+  t.teardown(() => { for (const fd of openedDirs.values()) native.close(fd); });
   const ring = new NativeSplitRing(mem, { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server);
 
@@ -91,7 +103,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   function request(unique: bigint): Buffer {
     const op = OPS[int(OPS.length)]!;
     let body: Buffer;
-    const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0][int(8) < 6 ? (op === 1 ? 0 : 1) : int(5)]!;
+    const dirOp = op === 27 || op === 29;
+    const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0, NODE_DIR][int(8) < 6 ? (op === 1 ? 0 : dirOp ? 5 : 1) : int(6)]!;
     const fh = int(6) < 5 ? FH : [0, 8, 2 ** 53 + 2][int(3)]!;
     const offset = int(6) < 5 ? int(60_000) : [2 ** 53, 2 ** 63, 2 ** 40][int(3)]!;
     switch (op) {
@@ -132,9 +145,14 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body.writeUInt32LE(int(3) === 0 ? int(0x40_0000) : [0, 1, 2, 0o2001, 0o1002, 0o4000, 0o100000, 3][int(8)]!, 0);
         body.writeUInt32LE(int(3), 4);
         break;
-      case 18: {
+      case 27:
+        body = Buffer.alloc(8);
+        body.writeUInt32LE(int(2) === 0 ? int(0x40_0000) : 0o200000, 0);
+        break;
+      case 18:
+      case 29: {
         body = Buffer.alloc(24);
-        const mine = [...opened.keys()];
+        const mine = [...(op === 18 ? opened : openedDirs).keys()];
         body.writeBigUInt64LE(BigInt(int(3) === 0 && mine.length > 0 ? mine[int(mine.length)]! : fh), 0);
         body.writeUInt32LE(int(3), 8);
         body.writeUInt32LE(int(2), 12);
@@ -219,21 +237,31 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // the reply the guest got.
       recorded++;
       const op = req.readUInt32LE(4);
-      const replyLen = ({ 1: 144, 4: 120, 14: 32, 18: 16 } as Record<number, number>)[op];
-      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined || c.nodeid(0) !== NODE_FILE ||
+      const replyLen = ({ 1: 144, 4: 120, 14: 32, 18: 16, 27: 32, 29: 16 } as Record<number, number>)[op];
+      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined ||
+        // A SETATTR of the dir is the dir's; OPEN(DIR) and RELEASE(DIR) only of their kind.
+        !(op === 27 || op === 29 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
         !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== replyLen) {
         t.fail(`iteration ${it}: the served request's record is not its reply`);
         return;
       }
       // An OPEN: the next fh, an fd of the file, the fh in the reply. A RELEASE: the fh and fd
       // the table had (the fuzz's fixed fh goes back in, as JavaScript would not do).
-      const file = op === 14 ? c.opened!(0) : op === 18 ? c.released!(0) : null;
-      if (op === 14) {
-        if (file === null || file.fh !== nextFh || c.reply(0).readBigUInt64LE(16) !== BigInt(nextFh) || inoOf(file.fd) !== st.ino) {
-          t.fail(`iteration ${it}: OPEN's record ${JSON.stringify(file)} is not fh ${nextFh} of the file`);
+      const file = op === 14 ? c.opened!(0) : op === 18 ? c.released!(0) : op === 27 ? c.openedDir!(0) : op === 29 ? c.releasedDir!(0) : null;
+      if (op === 14 || op === 27) {
+        const ino = op === 14 ? st.ino : dirSt.ino;
+        if (file === null || file.fh !== nextFh || c.reply(0).readBigUInt64LE(16) !== BigInt(nextFh) || inoOf(file.fd) !== ino) {
+          t.fail(`iteration ${it}: ${op === 14 ? 'OPEN' : 'OPENDIR'}'s record ${JSON.stringify(file)} is not fh ${nextFh} of the ${op === 14 ? 'file' : 'dir'}`);
           return;
         }
-        opened.set(nextFh++, file.fd);
+        (op === 14 ? opened : openedDirs).set(nextFh++, file.fd);
+      } else if (op === 29) {
+        if (file === null || openedDirs.get(file.fh) !== file.fd) {
+          t.fail(`iteration ${it}: RELEASEDIR's record ${JSON.stringify(file)} is not a dir of the table`);
+          return;
+        }
+        native.close(file.fd);
+        openedDirs.delete(file.fh);
       } else if (op === 18) {
         const want = file?.fh === FH ? fileFd : opened.get(file?.fh ?? -1);
         if (file === null || want !== file.fd) {
@@ -262,7 +290,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || nativeError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
       (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
-      (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16);
+      (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16) &&
+      (opcode !== 27 || usedLen === 32) && (opcode !== 29 || usedLen === 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
@@ -270,10 +299,12 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   }
   const stats = server.stats();
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
-  t.equal(stats.lookup + stats.setattr + stats.open + stats.release, recorded, 'every served LOOKUP, SETATTR, OPEN and RELEASE came back for its journal');
+  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir, recorded,
+    'every served LOOKUP, SETATTR, OPEN(DIR) and RELEASE(DIR) came back for its journal');
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
-    stats.setattr + stats.open + stats.release, served, 'the server counts what it served');
+    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir, served, 'the server counts what it served');
   t.ok(stats.open > 10 && stats.release > 10, `OPENs served: ${stats.open}, RELEASEs: ${stats.release}`);
+  t.ok(stats.opendir > 10 && stats.releasedir > 5, `OPENDIRs served: ${stats.opendir}, RELEASEDIRs: ${stats.releasedir}`);
   // ~22 expected per run (3 names in 11, of LOOKUPs under the root with room for an entry).
   t.ok(stats.lookupMissing >= 5, `LOOKUPs answered ENOENT: ${stats.lookupMissing}`);
   t.ok(stats.getxattr > 10, `GETXATTRs served: ${stats.getxattr}`);

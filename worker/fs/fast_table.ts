@@ -1,5 +1,6 @@
 // The tables the addon's FUSE fast path serves from (native/src/fast_fuse.cc): nodeid → the
-// inode's O_PATH fd, fh → the open file's fd, nodeid and open flags. They mirror the session,
+// inode's O_PATH fd, fh → the open file's fd, nodeid and open flags, fh → an open dir's fd and
+// nodeid (for RELEASEDIR). They mirror the session,
 // the fd registry and the inode fd cache; with them the ids the addon may take for a new inode
 // or an OPEN (the session's next nodeid and fh) and the room the fd budget leaves for OPEN.
 //
@@ -15,7 +16,7 @@ import type { FastFuseHandle } from '../../shared/native';
 import type { Logger } from '../../shared/log';
 import type { FdRegistry, FdRegistryListener } from '../../shared/fd_registry';
 import type { FsMutation, FsSession, InodeRecord } from './session';
-import { ROOT_FD_NAME, fileFdName } from './session';
+import { ROOT_FD_NAME, dirFdName, fileFdName } from './session';
 import type { InodeFdCache, InodeFdObserver } from './inode_fds';
 
 const FUSE_ROOT_ID = 1;
@@ -28,6 +29,7 @@ const BACKGROUND_DECODE_ROWS = 512;
 const MAX_OPEN_ROOM = 2 ** 31;
 const INODE_NAME = /^inode\.(\d+)$/;
 const FILE_NAME = /^file\.(\d+)$/;
+const DIR_NAME = /^dir\.(\d+)$/;
 
 /** The nodeid an inode fd name stands for, or null for another name. */
 function nodeidOf(name: string): number | null {
@@ -76,6 +78,10 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     for (const f of this.session.fileRecords()) {
       const fd = this.registry.get(f.fdName);
       if (fd !== undefined) this.server.setFile(f.fh, f.nodeid, fd, f.flags >>> 0);
+    }
+    for (const d of this.session.allDirs()) {
+      const fd = this.registry.get(d.fdName);
+      if (fd !== undefined) this.server.setDir(d.fh, d.nodeid, fd);
     }
     this.allowNewInodes();
     this.server.setNextFh(this.session.nextFh);
@@ -146,7 +152,12 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       return;
     }
     const m = FILE_NAME.exec(name);
-    if (m !== null) this.server.deleteFile(Number(m[1]));
+    if (m !== null) {
+      this.server.deleteFile(Number(m[1]));
+      return;
+    }
+    const d = DIR_NAME.exec(name);
+    if (d !== null) this.server.deleteDir(Number(d[1]));
   }
 
   fdClosing(name: string): void {
@@ -190,9 +201,14 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
       case 'closeFile':
         this.server.deleteFile(m.fh);
         return;
-      // The other takers of an fh (setFile moves it past an open file's).
-      case 'openDir':
-        this.server.setNextFh(this.session.nextFh);
+      case 'openDir': {
+        const fd = this.registry.get(dirFdName(m.fh));
+        if (fd !== undefined) this.server.setDir(m.fh, m.nodeid, fd);
+        else this.server.setNextFh(this.session.nextFh);
+        return;
+      }
+      case 'closeDir':
+        this.server.deleteDir(m.fh);
         return;
       case 'addInode': {
         const rec = this.session.getInode(m.nodeid);
@@ -204,6 +220,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         return;
       case 'openLockOwner':
         this.addOwner(m.id, m.nodeid);
+        // The other taker of an fh (setFile and setDir move it past theirs).
         this.server.setNextFh(this.session.nextFh);
         return;
       case 'closeLockOwner': {

@@ -106,6 +106,9 @@ export interface FileSystem {
   /** A RELEASE the fast path answered, having taken `file` out of its table: release() of
    * `file.fh`, which uses neither the request's flags nor its lock owner. */
   releaseServed?(nodeid: NodeId, file: ServedFile): void;
+  /** The same of OPENDIR and RELEASEDIR. */
+  adoptServedOpendir?(nodeid: NodeId, dir: ServedFile): void;
+  releasedirServed?(nodeid: NodeId, dir: ServedFile): void;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

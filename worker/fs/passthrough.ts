@@ -297,7 +297,7 @@ export class PassthroughFs implements FileSystem {
     this.creds.dontMask = (flags & K.FUSE_DONT_MASK) !== 0n;
     this.writeback = (flags & K.FUSE_WRITEBACK_CACHE) !== 0n;
     // The addon's OPEN passes on the flags open() does, as openFlags() adjusts them.
-    this.fastTable?.server.setOpenPolicy(PASS_OPEN_FLAGS, this.writeback, this.fileOpenFlags());
+    this.fastTable?.server.setOpenPolicy(PASS_OPEN_FLAGS, this.writeback, this.fileOpenFlags(), this.dirOpenFlags());
     this.log.info({ cache: this.cache, xattr: this.xattr, dontMask: this.creds.dontMask, writeback: this.writeback },
       'filesystem initialised');
   }
@@ -340,10 +340,31 @@ export class PassthroughFs implements FileSystem {
   }
 
   releaseServed(nodeid: NodeId, file: ServedFile): void {
-    if (this.registry.get(fileFdName(file.fh)) !== file.fd) {
-      throw new BugError(`fast-path RELEASE of fh ${file.fh}: the addon's fd ${file.fd} is not the registered one`);
-    }
+    this.checkServedFd(fileFdName(file.fh), file);
     this.releaseFh(nodeid, file.fh);
+  }
+
+  /** opendir() of a dir the addon opened as it would (fast_fuse.cc Opendir). */
+  adoptServedOpendir(nodeid: NodeId, dir: ServedFile): void {
+    const rec = this.session.getInode(nodeid);
+    if (rec === undefined || rec.handle === null || rec.fileType !== K.S_IFDIR || dir.fh !== this.session.nextFh) {
+      native.close(dir.fd);
+      throw new BugError(`fast-path OPENDIR of nodeid ${nodeid} as fh ${dir.fh}: the session's next fh is ${this.session.nextFh}, ` +
+        `the inode ${rec === undefined ? 'unknown' : `of type ${rec.fileType.toString(8)}, ${rec.handle === null ? 'without' : 'with'} a handle`}`);
+    }
+    const opened = this.fds.registerThenRecord(dirFdName(dir.fh), dir.fd, () => this.session.openDir(nodeid), true);
+    this.dirs.opened(opened.fh);
+  }
+
+  releasedirServed(nodeid: NodeId, dir: ServedFile): void {
+    this.checkServedFd(dirFdName(dir.fh), dir);
+    this.releaseDirFh(nodeid, dir.fh);
+  }
+
+  private checkServedFd(name: string, file: ServedFile): void {
+    if (this.registry.get(name) !== file.fd) {
+      throw new BugError(`fast-path release of ${name}: the addon's fd ${file.fd} is not the registered one`);
+    }
   }
 
   forget(nodeid: NodeId, nlookup: number): void {
@@ -627,7 +648,11 @@ export class PassthroughFs implements FileSystem {
     // Reopened by handle after a death, a dir's position is its journaled cookie (dir_cursor.ts).
     const dir = this.fds.registerThenRecord(dirFdName(this.session.nextFh), fd, () => this.session.openDir(nodeid), rec.handle !== null);
     this.dirs.opened(dir.fh);
-    return { fh: dir.fh, openFlags: this.cache === 'always' ? K.FOPEN_CACHE_DIR : 0 };
+    return { fh: dir.fh, openFlags: this.dirOpenFlags() };
+  }
+
+  private dirOpenFlags(): number {
+    return this.cache === 'always' ? K.FOPEN_CACHE_DIR : 0;
   }
 
   readdir(ctx: Context, nodeid: NodeId, fh: Handle, offset: bigint, plus: boolean, sink: DirSink): void {
@@ -636,6 +661,10 @@ export class PassthroughFs implements FileSystem {
   }
 
   releasedir(ctx: Context, nodeid: NodeId, fh: Handle): void {
+    this.releaseDirFh(nodeid, fh);
+  }
+
+  private releaseDirFh(nodeid: NodeId, fh: Handle): void {
     const rec = dirRecord(this.session, nodeid, fh);
     this.session.closeDir(fh);
     this.dirs.closed(fh);

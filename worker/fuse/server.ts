@@ -100,6 +100,9 @@ export function changesFilesystem(req: P.FuseRequest): boolean {
   }
 }
 
+/** Opcodes the addon may serve with a file or dir for JavaScript to register or release. */
+const SERVED_FILE_OPS: ReadonlySet<number> = new Set([K.FUSE_OPEN, K.FUSE_RELEASE, K.FUSE_OPENDIR, K.FUSE_RELEASEDIR]);
+
 /** Identity of one request across worker restarts, and how its reply is recorded. */
 interface Journaled { key: string; opcode: number }
 
@@ -306,7 +309,7 @@ export class FuseServer implements ChainHandler {
         ledger?.beginRequest(key, opcode, false, null);
         if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
-        else if (opcode === K.FUSE_OPEN || opcode === K.FUSE_RELEASE) this.applyServedFile(batch, i, opcode);
+        else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);
         ledger?.endSync();
         ledger?.outcome(key, batch.reply(i));
       }
@@ -325,12 +328,16 @@ export class FuseServer implements ChainHandler {
     this.fs.adoptServedInode(nodeid, found);
   }
 
-  /** An OPEN's new fh or a RELEASE's release. Throws when the batch or the filesystem cannot
-   * take it: the worker dies before the reply is published (its successor runs it again). */
+  /** An OPEN(DIR)'s new fh or a RELEASE(DIR)'s release. Throws when the batch or the filesystem
+   * cannot take it: the worker dies before the reply is published (its successor runs it again). */
   private applyServedFile(batch: RingServedBatch, i: number, opcode: number): void {
-    const file = opcode === K.FUSE_OPEN ? batch.opened?.(i) ?? null : batch.released?.(i) ?? null;
-    const apply = opcode === K.FUSE_OPEN ? this.fs.adoptServedOpen?.bind(this.fs) : this.fs.releaseServed?.bind(this.fs);
-    if (file === null || apply === undefined) {
+    const fs = this.fs;
+    const [file, apply] =
+      opcode === K.FUSE_OPEN ? [batch.opened?.(i), fs.adoptServedOpen?.bind(fs)]
+      : opcode === K.FUSE_RELEASE ? [batch.released?.(i), fs.releaseServed?.bind(fs)]
+      : opcode === K.FUSE_OPENDIR ? [batch.openedDir?.(i), fs.adoptServedOpendir?.bind(fs)]
+      : [batch.releasedDir?.(i), fs.releasedirServed?.bind(fs)];
+    if (file == null || apply === undefined) {
       throw new BugError(`fast-path ${K.opcodeName(opcode)} of nodeid ${batch.nodeid(i)} that the batch or the filesystem cannot take`);
     }
     apply(batch.nodeid(i), file);

@@ -17,13 +17,13 @@ function ringError(e: unknown): unknown {
  * u32 opcode, f64 counter, f64 nodeid, u32 reply length, u32 kind (fast_path.h ServedKind),
  * the reply (160 bytes), then what the kind says: a new inode (i32 fd, u32 file type, u64 dev,
  * u64 ino, i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle:
- * 128 bytes) or an opened or released file (i32 fd, u32 open flags, f64 fh). */
+ * 128 bytes) or an opened or released file or dir (i32 fd, u32 open flags, f64 fh). */
 export const SERVED_RECORD_SIZE = 360;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
 const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
 const MAX_HANDLE_BYTES = 128;
-const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3;
+const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -71,6 +71,14 @@ class NativeServedBatch implements RingServedBatch {
 
   released(i: number): ServedFile | null {
     return this.file(i, KIND_RELEASED);
+  }
+
+  openedDir(i: number): ServedFile | null {
+    return this.file(i, KIND_OPENED_DIR);
+  }
+
+  releasedDir(i: number): ServedFile | null {
+    return this.file(i, KIND_RELEASED_DIR);
   }
 
   private file(i: number, kind: number): ServedFile | null {

@@ -48,8 +48,8 @@ export interface DescriptorChain {
 
 /** Requests the ring served itself whose outcome JavaScript must journal before their used
  * elements (already pushed) are published, in pop order: LOOKUPs (one more lookup of
- * `nodeid(i)` each, or a new inode), SETATTRs (no session change), OPENs (a new fh) and
- * RELEASEs (the release itself is JavaScript's). `reply(i)` is what the guest got. One batch
+ * `nodeid(i)` each, or a new inode), SETATTRs (no session change), OPEN(DIR)s (a new fh) and
+ * RELEASE(DIR)s (the release itself is JavaScript's). `reply(i)` is what the guest got. One batch
  * per ring turn
  * (native_ring.ts reads it from the addon): one crossing and one copy for all of them. */
 export interface RingServedBatch {
@@ -66,6 +66,9 @@ export interface RingServedBatch {
   opened?(i: number): ServedFile | null;
   /** The file a RELEASE took out of the addon's table (its fd still open), or null. */
   released?(i: number): ServedFile | null;
+  /** The same of OPENDIR and RELEASEDIR. */
+  openedDir?(i: number): ServedFile | null;
+  releasedDir?(i: number): ServedFile | null;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
