@@ -447,34 +447,57 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // to the keeper before the reply: TypeScript's), O_TRUNC (not run twice), a read-only export
   // with write access, any syscall error (TypeScript gives the errno).
   bool Open(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
-    constexpr size_t kReply = kOutHeader + sizeof(fuse_open_out);
     fuse_open_in o;
     std::memcpy(&o, args, sizeof o);
-    if (!openPolicySet_ || nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 || c.writableLen < kReply) return Decline();
-    auto fd = inodes_.find(h.nodeid);
-    auto meta = meta_.find(h.nodeid);
-    if (fd == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFREG || !meta->second.hasHandle) return Decline();
+    int pathFd;
+    if (!CanOpen(c, h, S_IFREG, &pathFd)) return Decline();
     uint32_t flags = o.flags & openPassFlags_;
     if ((flags & O_TRUNC) != 0 || (readonly_ && (flags & O_ACCMODE) != O_RDONLY)) return Decline();
     if (writeback_) {
       if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~static_cast<uint32_t>(O_ACCMODE)) | O_RDWR;
       flags &= ~static_cast<uint32_t>(O_APPEND);
     }
-    ProcFdName p(procFdDir_, fd->second);
-    int file;
-    do {
-      file = openat(p.dir, p.name, static_cast<int>(flags & ~static_cast<uint32_t>(O_NOFOLLOW)) | O_CLOEXEC);
-    } while (file < 0 && errno == EINTR);
+    int file = Reopen(pathFd, flags & ~static_cast<uint32_t>(O_NOFOLLOW));
     if (file < 0) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
-    uint64_t fh = nextFh_++;
-    openRoom_--;
+    uint64_t fh = TakeFh();
     files_[fh] = FileEntry{file, h.nodeid, static_cast<int>(flags)};
     WriteOpenReply(c, h, fh, openReplyFlags_, out);
     out->kind = ServedKind::kOpened;
     out->file = OpenedFile{file, fh, flags};
     opens_++;
     return true;
+  }
+
+  // What OPEN and OPENDIR need before they open anything: a policy, an fh to take, room in the
+  // fd budget, room for the reply, and an inode of `fileType` named by a handle whose O_PATH
+  // fd is in the table (*pathFd).
+  bool CanOpen(const Chain& c, const fuse_in_header& h, uint32_t fileType, int* pathFd) const {
+    if (!openPolicySet_ || nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 ||
+        c.writableLen < kOutHeader + sizeof(fuse_open_out))
+      return false;
+    auto fd = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (fd == inodes_.end() || meta == meta_.end() || meta->second.fileType != fileType || !meta->second.hasHandle) return false;
+    *pathFd = fd->second;
+    return true;
+  }
+
+  // The inode's O_PATH fd reopened with `flags` through /proc/self/fd (worker/fs/inodes.ts
+  // reopen), or -1.
+  int Reopen(int pathFd, uint32_t flags) const {
+    ProcFdName p(procFdDir_, pathFd);
+    int fd;
+    do {
+      fd = openat(p.dir, p.name, static_cast<int>(flags) | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+  }
+
+  // The session's next fh, taken by an OPEN or OPENDIR with one fd of the budget's room.
+  uint64_t TakeFh() {
+    openRoom_--;
+    return nextFh_++;
   }
 
   // The fuse_open_out reply of OPEN and OPENDIR, in out->reply and the guest's buffers; the
@@ -501,21 +524,13 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // JavaScript registers the fd (reopenable: a dir's position is its journaled cookie) and
   // journals the openDir. The dir's fd goes to the dir table, which only RELEASEDIR uses.
   bool Opendir(const Chain& c, const fuse_in_header& h, Served* out) {
-    constexpr size_t kReply = kOutHeader + sizeof(fuse_open_out);
-    if (!openPolicySet_ || nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 || c.writableLen < kReply) return Decline();
-    auto fd = inodes_.find(h.nodeid);
-    auto meta = meta_.find(h.nodeid);
-    if (fd == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR || !meta->second.hasHandle) return Decline();
-    ProcFdName p(procFdDir_, fd->second);
+    int pathFd;
+    if (!CanOpen(c, h, S_IFDIR, &pathFd)) return Decline();
     constexpr uint32_t kFlags = O_RDONLY | O_DIRECTORY;
-    int dir;
-    do {
-      dir = openat(p.dir, p.name, static_cast<int>(kFlags) | O_CLOEXEC);
-    } while (dir < 0 && errno == EINTR);
+    int dir = Reopen(pathFd, kFlags);
     if (dir < 0) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
-    uint64_t fh = nextFh_++;
-    openRoom_--;
+    uint64_t fh = TakeFh();
     dirs_[fh] = DirEntry{dir, h.nodeid};
     WriteOpenReply(c, h, fh, dirReplyFlags_, out);
     out->kind = ServedKind::kOpenedDir;
@@ -587,7 +602,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (meta->second.fileType != S_IFREG && meta->second.fileType != S_IFDIR) return Decline();
     size_t want = std::min<size_t>(g.size, kXattrSizeMax);
     if (c.writableLen < kOutHeader + (g.size == 0 ? sizeof(fuse_getxattr_out) : want)) return Decline();
-    int file = ReopenForXattr(fd->second);
+    int file = Reopen(fd->second, O_RDONLY | O_NONBLOCK);
     if (file < 0) return Decline();
     if (want > 0 && xattrBuf_.size() < kXattrSizeMax) xattrBuf_.resize(kXattrSizeMax);
     ssize_t got = -1;
@@ -620,12 +635,6 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       *usedLen = static_cast<uint32_t>(kOutHeader + bytes);
     }
     return true;
-  }
-
-  // The O_PATH fd reopened O_RDONLY through /proc/self/fd (worker/fs/inodes.ts reopen), or -1.
-  int ReopenForXattr(int pathFd) {
-    ProcFdName p(procFdDir_, pathFd);
-    return openat(p.dir, p.name, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   }
 
   // An fd's /proc/self/fd entry as (dir fd, name): the pinned directory once confined, the
@@ -925,8 +934,13 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         !a.Fd(2, "fd", &fd) || !a.Flags(3, "flags", &flags))
       return {};
     files_[static_cast<uint64_t>(fh)] = FileEntry{fd, static_cast<uint64_t>(nodeid), flags};
-    if (nextFh_ != 0 && static_cast<uint64_t>(fh) >= nextFh_) nextFh_ = static_cast<uint64_t>(fh) + 1;
+    FhTaken(static_cast<uint64_t>(fh));
     return info.Env().Undefined();
+  }
+
+  // The session took `fh` (an open file or dir): the next fh is past it.
+  void FhTaken(uint64_t fh) {
+    if (nextFh_ != 0 && fh >= nextFh_) nextFh_ = fh + 1;
   }
 
   // setDir(fh, nodeid, fd): an open dir (RELEASEDIR's table); moves the next fh past it.
@@ -936,7 +950,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     int fd;
     if (!a.Count(3) || !a.Int(0, "fh", 0, kMaxSafe, &fh) || !a.Int(1, "nodeid", 1, kMaxSafe, &nodeid) || !a.Fd(2, "fd", &fd)) return {};
     dirs_[static_cast<uint64_t>(fh)] = DirEntry{fd, static_cast<uint64_t>(nodeid)};
-    if (nextFh_ != 0 && static_cast<uint64_t>(fh) >= nextFh_) nextFh_ = static_cast<uint64_t>(fh) + 1;
+    FhTaken(static_cast<uint64_t>(fh));
     return info.Env().Undefined();
   }
 
@@ -1019,26 +1033,22 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // setNextNodeId(n): the session's next nodeid (at start and after a reset; every setInodeMeta
   // moves it past its nodeid). 0: LOOKUP adds no inode. Never moved back otherwise: a nodeid
   // taken here and not yet in the session must not be taken twice.
-  Napi::Value SetNextNodeId(const Napi::CallbackInfo& info) {
-    Args a(info, "setNextNodeId");
+  Napi::Value SetNextNodeId(const Napi::CallbackInfo& info) { return SetNextId(info, "setNextNodeId", "nextNodeId", &nextNodeId_); }
+
+  // An id counter the addon takes from: 0 (none taken here) or never moved back.
+  static Napi::Value SetNextId(const Napi::CallbackInfo& info, const char* fn, const char* arg, uint64_t* id) {
+    Args a(info, fn);
     int64_t n;
-    if (!a.Count(1) || !a.Int(0, "nextNodeId", 0, kMaxSafe, &n)) return {};
+    if (!a.Count(1) || !a.Int(0, arg, 0, kMaxSafe, &n)) return {};
     uint64_t next = static_cast<uint64_t>(n);
-    nextNodeId_ = next == 0 ? 0 : std::max(nextNodeId_, next);
+    *id = next == 0 ? 0 : std::max(*id, next);
     return info.Env().Undefined();
   }
 
   // setNextFh(n): the session's next fh, which an OPEN takes (0: OPEN is TypeScript's); at
   // start, after a reset and whenever the session takes one (setFile also moves it past its
   // fh). As setNextNodeId: never moved back otherwise.
-  Napi::Value SetNextFh(const Napi::CallbackInfo& info) {
-    Args a(info, "setNextFh");
-    int64_t n;
-    if (!a.Count(1) || !a.Int(0, "nextFh", 0, kMaxSafe, &n)) return {};
-    uint64_t next = static_cast<uint64_t>(n);
-    nextFh_ = next == 0 ? 0 : std::max(nextFh_, next);
-    return info.Env().Undefined();
-  }
+  Napi::Value SetNextFh(const Napi::CallbackInfo& info) { return SetNextId(info, "setNextFh", "nextFh", &nextFh_); }
 
   // setOpenRoom(n): how many more files OPEN may open before the fd budget (shared/fd_registry.ts)
   // is used up; each OPEN here takes one, and JavaScript sets it again as fds come and go.
