@@ -44,6 +44,11 @@ export class KeptHandle implements InodeHandle {
     return this.#slab.subarray(this.#at, this.#at + this.#length);
   }
 
+  /** The handle's length in bytes, without making a view of them. */
+  get byteLength(): number {
+    return this.#length;
+  }
+
   toJSON(): InodeHandle {
     return { mountId: this.mountId, handleType: this.handleType, handle: this.handle };
   }

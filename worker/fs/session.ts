@@ -811,12 +811,15 @@ function isReuse(known: InodeHandle | null, added: InodeHandle | null): boolean 
 
 function checkHandle(v: unknown, where: string): InodeHandle {
   const h = v as Partial<InodeHandle> | null;
-  if (h === null || typeof h !== 'object' || !Buffer.isBuffer(h.handle) || h.handle.length === 0 || h.handle.length > MAX_HANDLE_BYTES) {
+  // A kept handle's bytes are checked by their length alone: reading `handle` makes a view.
+  const kept = h instanceof KeptHandle;
+  const length = kept ? h.byteLength : Buffer.isBuffer(h?.handle) ? h.handle.length : 0;
+  if (h === null || typeof h !== 'object' || length === 0 || length > MAX_HANDLE_BYTES) {
     throw new FsSessionError(`${where}: not a file handle of 1..${MAX_HANDLE_BYTES} bytes`);
   }
   if (typeof h.mountId !== 'number' || !Number.isSafeInteger(h.mountId) || h.mountId < 0) throw new FsSessionError(`${where}.mountId: ${describe(h.mountId)}`);
   const handleType = checkI32(h.handleType, `${where}.handleType`);
-  return h instanceof KeptHandle ? h : keepHandle(h.mountId, handleType, h.handle);
+  return kept ? h : keepHandle(h.mountId, handleType, h.handle!);
 }
 
 

@@ -31,7 +31,7 @@
 // Kinds are only ever appended, each with a new schema (state_store.ts): a journal of an older
 // worker stays readable; an older worker meets an unknown kind or tag only in a newer journal,
 // and refuses it (UnknownRecordError → StateVersionError naming both versions).
-import { keepHandle } from '../fs/handle_bytes';
+import { keepHandleFrom, type KeptHandle } from '../fs/handle_bytes';
 import { MAX_HANDLE_BYTES, type CompactSessionSnapshot, type FsMutation, type SessionSnapshot } from '../fs/session';
 import type { InitResult } from '../fuse/server';
 import { requestKey, type OpRecord } from '../fuse/exactly_once';
@@ -50,6 +50,7 @@ export const TAG_LOOKUPS = 5;
 /** The file schema a TAG_LOOKUPS record needs (state_store.ts: files say the newest record kind they hold). */
 export const LOOKUPS_SCHEMA = 3;
 
+const MAX_SAFE_U64 = BigInt(Number.MAX_SAFE_INTEGER);
 const MUTATION_KINDS = ['addInode', 'addLookup', 'forget', 'openFile', 'closeFile', 'openDir', 'setDirPosition', 'closeDir', 'reset',
   'openLockOwner', 'closeLockOwner', 'addInodeHandle'] as const;
 const KIND_CODE = new Map<string, number>(MUTATION_KINDS.map((k, i) => [k, i]));
@@ -270,6 +271,13 @@ class Reader {
     this.at += n;
     return v;
   }
+  /** The next `n` bytes as a kept inode handle: copied into the handle slabs, no view made. */
+  handle(mountId: number, handleType: number, n: number): KeptHandle {
+    this.need(n, 'handle');
+    const h = keepHandleFrom(mountId, handleType, this.b, this.at, n);
+    this.at += n;
+    return h;
+  }
   end(): void {
     if (this.at !== this.b.length) throw new RecordDecodeError(`${this.b.length - this.at} stray bytes after the record`);
   }
@@ -282,13 +290,13 @@ function readMutation(r: Reader): FsMutation {
     case 'addInode':
       return { op, nodeid: r.uint('nodeid'), dev: r.u64('dev'), ino: r.u64('ino'), generation: r.u32('generation'), fileType: r.u32('fileType') };
     case 'addInodeHandle': {
-      const m = { op: 'addInode' as const, nodeid: r.uint('nodeid'), dev: r.u64('dev'), ino: r.u64('ino'), generation: r.u32('generation'), fileType: r.u32('fileType') };
+      const nodeid = r.uint('nodeid'), dev = r.u64('dev'), ino = r.u64('ino'), generation = r.u32('generation'), fileType = r.u32('fileType');
       const mountId = r.u64('mountId');
-      if (mountId > BigInt(Number.MAX_SAFE_INTEGER)) throw new RecordDecodeError('mount id out of range');
+      if (mountId > MAX_SAFE_U64) throw new RecordDecodeError('mount id out of range');
       const handleType = r.i32('handleType');
       const len = r.u8('handle length');
       if (len === 0 || len > MAX_HANDLE_BYTES) throw new RecordDecodeError(`file handle of ${len} bytes`);
-      return { ...m, handle: keepHandle(Number(mountId), handleType, r.bytes(len, 'handle')) };
+      return { op: 'addInode', nodeid, dev, ino, generation, fileType, handle: r.handle(Number(mountId), handleType, len) };
     }
     case 'addLookup':
     case 'forget':
