@@ -27,8 +27,9 @@ export const CRASH_POINTS = [
   'after-accept', 'resume-after-ready', 'resubmit-before-read',
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
   'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
-  // The addon's fast path (native/src/fast_fuse.cc) reaches op-after-pop, op-after-syscall and
-  // op-before-publish for the requests it serves (armNativeCrash).
+  // The addon's fast path (native/src/fast_fuse.cc) reaches op-after-pop, op-after-syscall,
+  // op-before-publish and (UNLINK, RMDIR) op-after-intent for the requests it serves
+  // (armNativeCrash).
   'op-after-pop',
   // A planned upgrade's drain (worker.ts, vhost/backend.ts): with requests in flight, and done
   // but not yet said.
@@ -54,7 +55,7 @@ export function crashPoint(name: CrashPointName, opcode?: number, where?: 'nativ
 
 /** The addon's fast path numbers its points (native/src/fast_path.h NativeCrashPoint). */
 const NATIVE_POINTS: ReadonlyMap<CrashPointName, number> = new Map<CrashPointName, number>([
-  ['op-after-pop', 1], ['op-after-syscall', 2], ['op-before-publish', 3],
+  ['op-after-pop', 1], ['op-after-syscall', 2], ['op-before-publish', 3], ['op-after-intent', 4],
 ]);
 
 /** Arms the armed crash point in the addon's fast path too, when it has that point: the

@@ -76,6 +76,9 @@ export class KeeperClient implements FdRegistryListener {
   private readonly unsynced = new Map<string, number>();
   /** Whether the keeper runs planned upgrades (its FDSET said FEATURES=upgrade). */
   keeperUpgrades = false;
+  /** Told whenever `settled` changes (the addon's UNLINK and RMDIR need it: FastFuseHandle.setSettled). */
+  onSettledChange: ((settled: boolean) => void) | null = null;
+  private settledSaid: boolean | null = null;
   /** Watches the connection for X_DRAIN while the worker serves (watchDrain). */
   private drainPoller: Poller | null = null;
   private onDrain: (() => void) | null = null;
@@ -200,9 +203,23 @@ export class KeeperClient implements FdRegistryListener {
     }
   }
 
+  /** The keeper holds every fd stored so far, reopenable ones included: settle() has nothing
+   * to do (before a step that may remove a name, passthrough.ts keepOpenFilesReachable). */
+  get settled(): boolean {
+    return this.deferred.size === 0 && this.unsynced.size === 0;
+  }
+
+  private tellSettled(): void {
+    const settled = this.settled;
+    if (settled === this.settledSaid) return;
+    this.settledSaid = settled;
+    this.onSettledChange?.(settled);
+  }
+
   onRegister(name: string, fd: number, reopenable = false): void {
     if (reopenable) {
       if (!this.orphaned) this.deferred.set(name, fd);
+      this.tellSettled();
       return;
     }
     if (this.batch !== null) {
@@ -217,9 +234,10 @@ export class KeeperClient implements FdRegistryListener {
   private neverSent(name: string): boolean {
     if (this.deferred.delete(name)) {
       if (this.deferred.size === 0 && this.readyRemovals.length === 0) this.stopLinger();
+      this.tellSettled();
       return true;
     }
-    this.unsynced.delete(name);
+    if (this.unsynced.delete(name)) this.tellSettled();
     return false;
   }
 
@@ -320,6 +338,7 @@ export class KeeperClient implements FdRegistryListener {
   private store(names: string[], fds: number[]): void {
     this.send({ type: 'store', names }, fds);
     if (this.canSync) names.forEach((n, i) => this.unsynced.set(n, fds[i]!));
+    this.tellSettled();
   }
 
   /** Waits until the keeper has taken every store sent since the last sync, sending refused
@@ -344,11 +363,13 @@ export class KeeperClient implements FdRegistryListener {
       const refused = msg.refused === 'all' ? [...this.unsynced.keys()] : msg.refused.filter((n) => this.unsynced.has(n));
       if (refused.length === 0) {
         this.unsynced.clear();
+        this.tellSettled();
         return;
       }
       const again: Array<[string, number]> = refused.map((n) => [n, this.unsynced.get(n)!]);
       this.unsynced.clear();
       if (attempt >= STORE_RETRIES) {
+        this.tellSettled();
         this.onStoresRefused(new FdStoreRefusedError(refused));
         return;
       }
@@ -370,6 +391,7 @@ export class KeeperClient implements FdRegistryListener {
     this.readyRemovals = [];
     this.stopLinger();
     this.unsynced.clear();
+    this.tellSettled();
     this.stopWatching();
   }
 

@@ -137,7 +137,7 @@ export interface NativeRingHandle {
 export interface NativeRingConstructor {
   new (regions: ReadonlyArray<{ buffer: ArrayBuffer; guestPhysAddr: number; size: number; userspaceAddr: number; mmapOffset: number }>,
     size: number, descUser: number, availUser: number, usedUser: number, lastAvailIdx: number, eventIdx: boolean,
-    indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number): NativeRingHandle;
+    indirect: boolean, inflight: ArrayBuffer | null, inflightBase: number, queueIndex: number): NativeRingHandle;
 }
 
 /** An inode the fast path found for a LOOKUP and numbered (native/src/fast_fuse.cc LookupNew,
@@ -163,7 +163,7 @@ export interface ServedFile {
   flags: number;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; declined: number;
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; unlink: number; rmdir: number; intents: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 
@@ -200,13 +200,21 @@ export interface FastFuseHandle {
   /** The open(2) flags OPEN passes on, whether the session has the writeback cache, and the
    * FOPEN_* flags of its replies; OPEN is TypeScript's until this is called. */
   setOpenPolicy(passFlags: number, writeback: boolean, replyFlags: number, dirReplyFlags: number): void;
+  /** The state journal's mapping (worker/state/journal.ts), which UNLINK and RMDIR write their
+   * intents to before their syscall (null: none, they are TypeScript's); set again whenever it
+   * is mapped anew, and null before it is unmapped. */
+  setJournal(mapping: ArrayBuffer | null): void;
+  /** Whether the keeper holds every open fd (UNLINK and RMDIR need it; a native OPEN or
+   * OPENDIR clears it). */
+  setSettled(settled: boolean): void;
   /** An open dir (RELEASEDIR's table); moves the next fh past it. */
   setDir(fh: number, nodeid: number, fd: number): void;
   deleteDir(fh: number): void;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */
   setLockOwners(nodeid: number, n: number): void;
   clear(): void;
-  /** Tests: `fn` runs at the point (1 after pop, 2 after the syscall, 3 before publish) of a
+  /** Tests: `fn` runs at the point (1 after pop, 2 after the syscall, 3 before publish, 4 after
+   * the intent) of a
    * natively served request of `opcode` (-1: any). */
   armCrash(point: number, opcode: number, fn: (point: number, opcode: number) => void): void;
   stats(): FastFuseStats;

@@ -51,6 +51,10 @@ export interface FastPathStats {
   /** OPENDIRs of handle-named dirs and RELEASEDIRs. Absent from older workers. */
   opendir?: number;
   releasedir?: number;
+  /** UNLINKs and RMDIRs (their intents journaled by the addon, outcomes by TypeScript). Absent
+   * from older workers. */
+  unlink?: number;
+  rmdir?: number;
   declined: number;
   /** The declined requests by opcode name (those with any). Absent from older workers. */
   declinedBy?: Record<string, number>;

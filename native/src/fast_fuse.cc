@@ -1,13 +1,17 @@
 // The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
 // inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, OPEN and OPENDIR of
-// handle-named files and dirs and their RELEASE and RELEASEDIR, served on the JS thread
-// straight from the ring (ring.cc), with no JavaScript.
+// handle-named files and dirs and their RELEASE and RELEASEDIR, UNLINK and RMDIR, served on the
+// JS thread straight from the ring (ring.cc), with no JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
 // write that would block), which the TypeScript server then answers — errors included.
 //
 // Decisions:
+// - UNLINK and RMDIR are not idempotent (a second run says ENOENT): as TypeScript does
+//   (worker/fuse/exactly_once.ts), their intent is journaled before the syscall, here, into the
+//   journal's mapping (worker/state/journal.ts: one record and its commit, as
+//   RequestLog.beginRequest writes one), and their outcome by JavaScript before the publish.
 // - LOOKUP, SETATTR, OPEN(DIR) and RELEASE(DIR) are journaled by JavaScript before their
 //   replies are published (Served::needsRecord: a LOOKUP's lookup count, a SETATTR's reply, an
 //   OPEN's new fh, a RELEASE's closeFile, as TypeScript journals them). The others change no session state, so they need no journal record: a request served
@@ -43,6 +47,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstring>
 #include <unordered_map>
@@ -70,6 +75,14 @@ constexpr uint32_t kOpcodeSlots = 64;  // FUSE opcodes are below 64, but for CUS
 constexpr long kRamfsMagic = 0x858458f6;
 constexpr int kOpenAppend = 02000;
 constexpr int kOpenSyncBits = 04010000 | 010000;  // O_SYNC (includes __O_DSYNC) | O_DSYNC
+// The state journal's layout (worker/state/journal.ts) and its intent record
+// (worker/state/records.ts putIntent): u32 length, u32 crc32, then tag, key (u8 length and
+// latin1), u32 opcode, f64 wall-clock ms, u32 extra length (0).
+constexpr size_t kJournalCommitAt = 16;
+constexpr size_t kJournalDataStart = 4096;
+constexpr size_t kJournalRecordHeader = 8;
+constexpr uint8_t kTagIntent = 1;
+constexpr size_t kMaxKey = 48;  // "65535.65535." and a u64 counter
 
 const napi_type_tag kFastFuseTag = {0x7666736b66617374ULL, 0x6675736531000001ULL};
 
@@ -152,6 +165,22 @@ void AdvanceIov(std::vector<iovec>* iov, size_t* first, size_t n) {
 
 uint32_t SaturateU32(uint64_t v) { return v > 0xffffffffULL ? 0xffffffffU : static_cast<uint32_t>(v); }
 
+// CRC-32 (IEEE 802.3, reflected; zlib's crc32, which the journal's reader checks).
+uint32_t Crc32(const uint8_t* p, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; i++) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xedb88320U ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t c = 0xffffffffU;
+  for (size_t i = 0; i < n; i++) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+  return c ^ 0xffffffffU;
+}
+
 class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -175,6 +204,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetNextFh>("setNextFh"),
       InstanceMethod<&FastFuse::SetOpenRoom>("setOpenRoom"),
       InstanceMethod<&FastFuse::SetOpenPolicy>("setOpenPolicy"),
+      InstanceMethod<&FastFuse::SetJournal>("setJournal"),
+      InstanceMethod<&FastFuse::SetSettled>("setSettled"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
       InstanceMethod<&FastFuse::Stats>("stats"),
     });
@@ -186,6 +217,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
 
   ~FastFuse() override {
     if (procFdDir_ >= 0) close(procFdDir_);
+    if (journalMapping_ != nullptr) ReleaseMapping(journalMapping_);
   }
 
   bool Serve(const Chain& c, Served* out) override {
@@ -229,6 +261,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_open_in) && h.len == have && Opendir(c, h, out);
       case FUSE_RELEASEDIR:
         return have == kInHeader + sizeof(fuse_release_in) && h.len == have && Releasedir(c, h, in + kInHeader, out);
+      case FUSE_UNLINK:
+        return h.len == have && Remove(c, h, in + kInHeader, have - kInHeader, 0, out);
+      case FUSE_RMDIR:
+        return h.len == have && Remove(c, h, in + kInHeader, have - kInHeader, AT_REMOVEDIR, out);
       default:
         return Decline();
     }
@@ -497,6 +533,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // The session's next fh, taken by an OPEN or OPENDIR with one fd of the budget's room.
   uint64_t TakeFh() {
     openRoom_--;
+    settled_ = false;  // the new fd reaches the keeper after the publish
     return nextFh_++;
   }
 
@@ -585,6 +622,83 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->file = gone;
     releases_++;
     return true;
+  }
+
+  // UNLINK (flags 0) and RMDIR (AT_REMOVEDIR) of a plain name in a directory whose fd is in the
+  // table (worker/fs/passthrough.ts unlink and rmdir: the keeper holds every open fd first, then
+  // unlinkat). The intent is journaled before the syscall (WriteIntent) and the outcome by
+  // JavaScript before the publish, so a successor that finds the intent without an outcome
+  // settles ENOENT as done (worker/fuse/exactly_once.ts). The syscall's errno is the answer, as
+  // TypeScript's. Declined: a read-only export, a name TypeScript refuses ('.', '..', empty, a
+  // '/' or NUL in it), no journal or no room in it, an open fd the keeper may not hold yet
+  // (setSettled; a file this batch opened), and nothing has happened then.
+  bool Remove(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, int flags, Served* out) {
+    if (readonly_ || !settled_ || len < 2 || args[len - 1] != 0 || c.writableLen < kOutHeader) return Decline();
+    const char* name = reinterpret_cast<const char*>(args);
+    size_t n = len - 1;
+    if (std::memchr(name, 0, n) != nullptr || std::memchr(name, '/', n) != nullptr) return Decline();
+    if ((n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' && name[1] == '.')) return Decline();
+    auto parent = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (parent == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR) return Decline();
+    double tsMs;
+    if (!WriteIntent(c, h.opcode, &tsMs)) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterIntent, h.opcode);
+    int r;
+    do {
+      r = unlinkat(parent->second, name, flags);
+    } while (r != 0 && errno == EINTR);
+    int err = r == 0 ? 0 : errno;
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), -err, h.unique};
+    std::memcpy(out->reply, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
+    out->usedLen = out->replyLen = kOutHeader;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    out->kind = ServedKind::kIntended;
+    out->intentTsMs = tsMs;
+    (flags == 0 ? unlinks_ : rmdirs_)++;
+    return true;
+  }
+
+  // Journals the intent of the chain's request and commits it (a release store of the commit
+  // offset, as the journal's own commit): appended at the committed end, which is the end of
+  // what JavaScript wrote (it stages records only inside one synchronous group commit, never
+  // across a pop; worker/state/journal.ts takes our records as committed before its next
+  // ones). False, with nothing written, without a journal or room in its mapping.
+  bool WriteIntent(const Chain& c, uint32_t opcode, double* tsMs) {
+    if (journal_ == nullptr) return false;
+    char key[kMaxKey];
+    int keyLen = snprintf(key, sizeof key, "%u.%u.%llu", static_cast<unsigned>(c.queue), static_cast<unsigned>(c.head),
+                          static_cast<unsigned long long>(c.counter));
+    if (keyLen <= 0 || static_cast<size_t>(keyLen) >= sizeof key) return false;
+    const size_t payload = 1 + 1 + static_cast<size_t>(keyLen) + 4 + 8 + 4;
+    uint64_t* commit = reinterpret_cast<uint64_t*>(journal_ + kJournalCommitAt);
+    uint64_t end = __atomic_load_n(commit, __ATOMIC_ACQUIRE);
+    if (end < kJournalDataStart || end > journalLen_ || journalLen_ - end < kJournalRecordHeader + payload) return false;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    *tsMs = static_cast<double>(now.tv_sec) * 1000 + static_cast<double>(now.tv_nsec / 1000000);
+    uint8_t* rec = journal_ + end;
+    uint8_t* p = rec + kJournalRecordHeader;
+    p[0] = kTagIntent;
+    p[1] = static_cast<uint8_t>(keyLen);
+    std::memcpy(p + 2, key, static_cast<size_t>(keyLen));
+    uint8_t* q = p + 2 + keyLen;
+    Store(q, opcode);
+    Store(q + 4, *tsMs);
+    Store(q + 12, uint32_t{0});
+    Store(rec, static_cast<uint32_t>(payload));
+    Store(rec + 4, Crc32(p, payload));
+    __atomic_store_n(commit, end + kJournalRecordHeader + payload, __ATOMIC_RELEASE);
+    intents_++;
+    return true;
+  }
+
+  template <typename T>
+  static void Store(uint8_t* p, T v) {
+    std::memcpy(p, &v, sizeof v);
   }
 
   // GETXATTR of a regular file or directory the session knows, with its fd in the table (see
@@ -1079,6 +1193,48 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setJournal(mapping | null): the state journal's mapping (native.mmap's ArrayBuffer; null:
+  // none, UNLINK and RMDIR are TypeScript's). JavaScript sets it again whenever it maps the
+  // journal anew (grown, compacted) and null before it unmaps it; we hold the mapping meanwhile.
+  Napi::Value SetJournal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a(info, "setJournal");
+    if (!a.Count(1)) return {};
+    Mapping* m = nullptr;
+    if (!info[0].IsNull()) {
+      Napi::ArrayBuffer ab;
+      char* data;
+      size_t len;
+      if (!a.ArrayBuf(0, "mapping", &ab, &data, &len)) return {};
+      m = FindMapping(data);
+      if (m == nullptr || !m->writable || len <= kJournalDataStart) {
+        ThrowCodeError(env, "setJournal(): argument 1 \"mapping\" must be a live writable mapping past the journal's header",
+                       "ERR_INVALID_ARG_VALUE");
+        return {};
+      }
+      AcquireMapping(m);
+      journal_ = reinterpret_cast<uint8_t*>(data);
+      journalLen_ = len;
+    } else {
+      journal_ = nullptr;
+      journalLen_ = 0;
+    }
+    if (journalMapping_ != nullptr) ReleaseMapping(journalMapping_);
+    journalMapping_ = m;
+    return env.Undefined();
+  }
+
+  // setSettled(settled): whether the keeper holds every open fd (shared/keeper_client.ts
+  // settled), which UNLINK and RMDIR need (a file removed while open is reopened by its fd
+  // only). An OPEN or OPENDIR here unsettles it until JavaScript says so again.
+  Napi::Value SetSettled(const Napi::CallbackInfo& info) {
+    Args a(info, "setSettled");
+    bool settled;
+    if (!a.Count(1) || !a.Bool(0, "settled", &settled)) return {};
+    settled_ = settled;
+    return info.Env().Undefined();
+  }
+
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
   Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
     Args a(info, "forgetInode");
@@ -1117,12 +1273,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
-  // armCrash(point 1..3, opcode | -1, fn(point, opcode)): tests only (shared/crash_points.ts).
+  // armCrash(point 1..4, opcode | -1, fn(point, opcode)): tests only (shared/crash_points.ts).
   Napi::Value ArmCrash(const Napi::CallbackInfo& info) {
     Args a(info, "armCrash");
     int64_t point, opcode;
     Napi::Function fn;
-    if (!a.Count(3) || !a.Int(0, "point", 1, 3, &point) || !a.Int(1, "opcode", -1, 0xffffffffLL, &opcode) ||
+    if (!a.Count(3) || !a.Int(0, "point", 1, 4, &point) || !a.Int(1, "opcode", -1, 0xffffffffLL, &opcode) ||
         !a.Func(2, "fn", &fn))
       return {};
     crashPoint_ = static_cast<NativeCrashPoint>(point);
@@ -1147,6 +1303,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("release", Napi::Number::New(env, static_cast<double>(releases_)));
     o.Set("opendir", Napi::Number::New(env, static_cast<double>(opendirs_)));
     o.Set("releasedir", Napi::Number::New(env, static_cast<double>(releasedirs_)));
+    o.Set("unlink", Napi::Number::New(env, static_cast<double>(unlinks_)));
+    o.Set("rmdir", Napi::Number::New(env, static_cast<double>(rmdirs_)));
+    o.Set("intents", Napi::Number::New(env, static_cast<double>(intents_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     // Declined requests by opcode (the last slot: opcodes past it), for what to serve next.
     Napi::Array byOp = Napi::Array::New(env, kOpcodeSlots);
@@ -1170,7 +1329,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
-           opendirs_ = 0, releasedirs_ = 0;
+           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0;
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)
@@ -1184,6 +1343,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool xattr_ = false;
   int procFdDir_ = -1;  // our dup of /proc/self/fd's pinned fd, or -1 (absolute path)
   std::vector<uint8_t> xattrBuf_;
+  uint8_t* journal_ = nullptr;  // setJournal: the journal's mapping (held: journalMapping_)
+  size_t journalLen_ = 0;
+  Mapping* journalMapping_ = nullptr;
+  bool settled_ = false;  // setSettled
   const uint32_t ownUid_ = static_cast<uint32_t>(geteuid());
   const uint32_t ownGid_ = static_cast<uint32_t>(getegid());
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;

@@ -21,6 +21,7 @@ struct ChainSegment {
 };
 
 struct Chain {
+  uint16_t queue = 0;  // the vring's index (a journaled request's key names it)
   uint16_t head = 0;
   uint64_t counter = 0;
   std::vector<ChainSegment> readable;
@@ -35,7 +36,7 @@ struct Chain {
 };
 
 // Crash points of the native path (shared/crash_points.ts names them).
-enum class NativeCrashPoint : int { kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3 };
+enum class NativeCrashPoint : int { kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3, kAfterIntent = 4 };
 
 // A new inode a LOOKUP found (fast_fuse.cc LookupNew): what JavaScript needs to add it to the
 // session (its addInode mutation) and its O_PATH fd to the inode fd cache.
@@ -58,7 +59,9 @@ struct OpenedFile {
 };
 
 // What a served request leaves for JavaScript besides its reply (the record's kind).
-enum class ServedKind : uint32_t { kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5 };
+enum class ServedKind : uint32_t {
+  kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5, kIntended = 6
+};
 
 // What the server did with a chain it served.
 struct Served {
@@ -73,8 +76,10 @@ struct Served {
   uint8_t reply[160];
   // kNewInode: a LOOKUP that added inode `nodeid` (`inode`); kOpened: an OPEN of `nodeid`
   // (`file`); kReleased: a RELEASE of `file.fh`, whose fd JavaScript closes; kOpenedDir and
-  // kReleasedDir: the same of OPENDIR and RELEASEDIR.
+  // kReleasedDir: the same of OPENDIR and RELEASEDIR; kIntended: a request whose intent the
+  // server journaled before its syscall (UNLINK, RMDIR), at `intentTsMs` (wall clock).
   ServedKind kind = ServedKind::kPlain;
+  double intentTsMs = 0;
   NewInode inode;
   OpenedFile file;
 };

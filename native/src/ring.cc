@@ -110,7 +110,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   }
 
   // new NativeRing(regions, size, descUser, availUser, usedUser, lastAvailIdx, eventIdx,
-  //                indirect, inflightBuffer | null, inflightBase)
+  //                indirect, inflightBuffer | null, inflightBase, queueIndex)
   // regions: [{buffer, guestPhysAddr, size, userspaceAddr, mmapOffset}] (GuestMemory's).
   explicit NativeRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeRing>(info) {
     napi_type_tag_object(info.Env(), info.This(), &kNativeRingTag);
@@ -124,12 +124,14 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   void Init(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Args a(info, "NativeRing");
-    int64_t size, desc, avail, used, last, inflightBase;
-    if (!a.Count(10) || !a.Int(1, "size", 1, kMaxQueueSize, &size) || !a.Int(2, "descUser", 0, kMaxSafe, &desc) ||
+    int64_t size, desc, avail, used, last, inflightBase, queue;
+    if (!a.Count(11) || !a.Int(1, "size", 1, kMaxQueueSize, &size) || !a.Int(2, "descUser", 0, kMaxSafe, &desc) ||
         !a.Int(3, "availUser", 0, kMaxSafe, &avail) || !a.Int(4, "usedUser", 0, kMaxSafe, &used) ||
         !a.Int(5, "lastAvailIdx", 0, 0xffff, &last) || !a.Bool(6, "eventIdx", &eventIdx_) ||
-        !a.Bool(7, "indirect", &indirect_) || !a.Int(9, "inflightBase", 0, kMaxSafe, &inflightBase))
+        !a.Bool(7, "indirect", &indirect_) || !a.Int(9, "inflightBase", 0, kMaxSafe, &inflightBase) ||
+        !a.Int(10, "queueIndex", 0, 0xffff, &queue))
       return;
+    chain_.queue = static_cast<uint16_t>(queue);
     if ((size & (size - 1)) != 0) return Broken(env, "invalid queue size " + std::to_string(size));
     size_ = static_cast<uint32_t>(size);
     if (!info[0].IsArray()) return ThrowTypeError(env, "NativeRing(): argument 1 \"regions\" must be an array");
@@ -716,6 +718,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<uint32_t>(p + 4, served.file.flags);
       Store<double>(p + 8, static_cast<double>(served.file.fh));
     }
+    if (served.kind == ServedKind::kIntended) Store<double>(e + kNewInodeAt, served.intentTsMs);
     if (served.kind == ServedKind::kNewInode) {
       const NewInode& n = served.inode;
       uint8_t* p = e + kNewInodeAt;

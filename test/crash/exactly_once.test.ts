@@ -411,6 +411,10 @@ const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handle
  * journal, so they die at every point but TypeScript's op-after-intent, which that path does
  * not pass (the TypeScript-path run of this suite, test/ts_path/, still does). */
 const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR']);
+/** Cases the addon serves with the intent it journals itself (native/src/fast_fuse.cc Remove):
+ * they die in the addon at op-after-intent and op-after-syscall (the marker says so), at
+ * TypeScript's points after. */
+const INTENT_IN_ADDON = new Set(['UNLINK', 'RMDIR']);
 const fastPathOn = process.env.VFSK_FAST_PATH !== '0';
 
 for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases, ...knownPlusCases]) {
@@ -431,6 +435,10 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
           throw e;
         }
         t.ok(fs.existsSync(marker), `the worker crashed at ${point}`);
+        if (fastPathOn && INTENT_IN_ADDON.has(c.name)) {
+          const inAddon = point === 'op-after-intent' || point === 'op-after-syscall';
+          t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${OP[c.name]}${inAddon ? ' native' : '\\n'}`), `served by the addon, died ${inAddon ? 'in it' : 'in TypeScript'}`);
+        }
         // The marker is written just before the worker dies: until the keeper has reaped it (one
         // hop later under the namespace sandbox: unshare(1) reaps the worker, then the keeper
         // reaps unshare), its status still says running (CI saw restarts 0 at op-after-publish).

@@ -275,6 +275,54 @@ t.test('the fast path serves OPEN and RELEASE with the replies TypeScript gives,
   t.same(replies.true, replies.false, 'both paths gave the same fhs, flags, bytes and errors');
 });
 
+t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives, after the keeper holds every open fd', async (t) => {
+  const seen: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.mkdirSync(s.host('dir'));
+    fs.mkdirSync(s.host('dir/sub'));
+    fs.mkdirSync(s.host('full'));
+    fs.writeFileSync(s.host('full/x'), 'x');
+    for (const n of ['a', 'b', 'c', 'open']) fs.writeFileSync(s.host(`dir/${n}`), n);
+    const root = F.FUSE_ROOT_ID;
+    const dir = (await s.fuse.lookup(root, 'dir')).nodeid;
+    const data = (await s.fuse.lookup(root, 'data')).nodeid;
+    const r: Record<string, unknown> = {
+      a: await errnoOf(s.fuse.unlink(dir, 'a')),
+      again: await errnoOf(s.fuse.unlink(dir, 'a')), // ENOENT, from the syscall
+      dirAsFile: await errnoOf(s.fuse.unlink(root, 'dir')), // EISDIR
+      notEmpty: await errnoOf(s.fuse.rmdir(root, 'full')), // ENOTEMPTY
+      fileAsDir: await errnoOf(s.fuse.rmdir(dir, 'b')), // ENOTDIR
+      underFile: await errnoOf(s.fuse.unlink(data, 'x')), // ENOTDIR: the parent is a file (TypeScript's)
+      dot: await errnoOf(s.fuse.rmdir(dir, '.')), // EINVAL (TypeScript's)
+      slash: await errnoOf(s.fuse.unlink(dir, 'b/c')), // EINVAL (TypeScript's)
+      unknownParent: await errnoOf(s.fuse.unlink(987654n, 'a')),
+      sub: await errnoOf(s.fuse.rmdir(dir, 'sub')),
+    };
+    // A file open through an fh, then unlinked: the keeper must hold its fd first (the first
+    // UNLINK after the OPEN is TypeScript's, which waits for the keeper), and it stays readable.
+    const open = (await s.fuse.lookup(dir, 'open')).nodeid;
+    const fh = (await s.fuse.open(open, F.O.RDONLY)).fh;
+    r.openUnlinked = await errnoOf(s.fuse.unlink(dir, 'open'));
+    r.readAfter = (await s.fuse.read(open, fh, 0, 16)).toString();
+    r.b = await errnoOf(s.fuse.unlink(dir, 'b'));
+    await s.fuse.release(open, fh);
+    r.left = fs.readdirSync(s.host('dir')).sort();
+    seen[String(fastPath)] = r;
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.unlink ?? 0) + (x.rmdir ?? 0) >= 7, 'the fast path UNLINK and RMDIR counters');
+      // UNLINK a, again, dir, b; RMDIR full, b, sub: theirs (errors included). The UNLINK right
+      // after the OPEN, of a parent that is a file, '.', 'b/c' and the unknown parent: TypeScript's.
+      t.same([f.unlink, f.rmdir], [4, 3], `served natively: ${JSON.stringify(f)}`);
+      t.same([f.declinedBy?.UNLINK, f.declinedBy?.RMDIR], [4, 1], 'and declined');
+    }
+    await s.close();
+  }
+  t.same(seen.true, seen.false, 'both paths gave the same replies');
+  t.same(seen.true, { a: 0, again: 2, dirAsFile: 21, notEmpty: 39, fileAsDir: 20, underFile: 20, dot: 22, slash: 22, unknownParent: EBADF,
+    sub: 0, openUnlinked: 0, readAfter: 'open', b: 0, left: ['c'] }, 'ENOENT, EISDIR, ENOTEMPTY, ENOTDIR, EINVAL, EBADF');
+});
+
 t.test('the fast path answers a LOOKUP of a missing name ENOENT, as TypeScript does', async (t) => {
   const seen: Record<string, unknown> = {};
   for (const fastPath of [true, false]) {

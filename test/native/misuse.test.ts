@@ -263,3 +263,37 @@ t.test("FastFuse's OPEN and OPENDIR settings check their arguments", async (t) =
   f.deleteDir(7);
   t.pass('in-range values are taken');
 });
+
+t.test("FastFuse's journal and settled settings check their arguments", async (t) => {
+  const f = new native.FastFuse();
+  const m = f as unknown as Record<string, AnyFn>;
+  for (const [name, args] of [['setJournal', []], ['setJournal', [Buffer.alloc(8192)]], ['setJournal', [5]], ['setSettled', ['yes']], ['setSettled', []]] as Array<[string, unknown[]]>) {
+    try {
+      m[name]!.apply(f, args);
+      t.fail(`${name} accepted ${JSON.stringify(args)}`);
+    } catch (e) {
+      t.ok(e instanceof TypeError && (e as { code?: string }).code === 'ERR_INVALID_ARG_TYPE', `${name}: TypeError (${(e as Error).message})`);
+    }
+  }
+  // An ArrayBuffer that is not one of the addon's live mappings, or one too small for a journal.
+  const memFd = native.memfdCreate('misuse-journal', C.MFD_CLOEXEC!);
+  native.ftruncate(memFd, 4096);
+  const small = native.mmap(memFd, 4096, 0, true);
+  for (const ab of [new ArrayBuffer(8192), small]) {
+    try {
+      f.setJournal(ab);
+      t.fail('setJournal took a buffer that is no journal mapping');
+    } catch (e) {
+      t.equal((e as { code?: string }).code, 'ERR_INVALID_ARG_VALUE', `refused: ${(e as Error).message}`);
+    }
+  }
+  native.munmap(small);
+  native.ftruncate(memFd, 8192);
+  const ok = native.mmap(memFd, 8192, 0, true);
+  f.setJournal(ok);
+  f.setSettled(true);
+  f.setJournal(null);
+  native.munmap(ok);
+  native.close(memFd);
+  t.pass('a writable mapping past the header is taken, and null lets it go');
+});

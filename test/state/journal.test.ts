@@ -1,7 +1,9 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import { StateJournal, StateFileError, DATA_START, encodeRecord } from '../../worker/state/journal';
+import { native } from '../../shared/native';
 
 t.test('records survive a reopen in order', async (t) => {
   const dir = t.testdir();
@@ -111,4 +113,47 @@ t.test('open accepts any of several schema versions and reports which', async (t
   t.equal(k.schemaVersion, 1);
   k.close();
   t.throws(() => StateJournal.open(p, [2, 3]), /schema 1; this build reads format 1, schema 2 or 3/);
+});
+
+t.test('records another writer committed after ours (the addon\'s intents) are kept: ours go after them; one under our staged ones is an error', async (t) => {
+  const p = path.join(t.testdir(), 'state');
+  const j = StateJournal.create(p, 1);
+  const maps: Array<ArrayBuffer | null> = [];
+  j.onMapped = (m) => maps.push(m);
+  t.equal(maps.length, 1, 'told of the mapping at once');
+  const map = maps[0]!;
+  /** Appends one msgpack record as the addon appends its intents: at the committed end, then a
+   * release store of the commit offset. */
+  const foreign = (value: unknown): void => {
+    const payload = encodeRecord(value);
+    const end = Number(native.loadAcquireU64(map, 16));
+    const b = Buffer.from(map);
+    b.writeUInt32LE(payload.length, end);
+    b.writeUInt32LE(zlib.crc32(payload), end + 4);
+    payload.copy(b, end + 8);
+    native.storeReleaseU64(map, 16, BigInt(end + 8 + payload.length));
+  };
+  j.append({ n: 1 });
+  foreign({ n: 2 });
+  j.append({ n: 3 });
+  foreign({ n: 4 });
+  foreign({ n: 5 });
+  j.stage(16, (buf, at) => encodeRecord({ n: 6 }).copy(buf, at));
+  j.commit();
+  // Staged, then another writer commits: our staged bytes were where its record went.
+  j.stage(16, (buf, at) => encodeRecord({ n: 7 }).copy(buf, at));
+  foreign({ n: 8 });
+  t.throws(() => j.commit(), StateFileError, 'a record committed under staged ones is refused, not overwritten silently');
+  // Growing maps the file anew: the observer hears of the new mapping before the old goes.
+  const big = 'z'.repeat(400_000);
+  const k = StateJournal.open(p, 1);
+  t.same(k.records(), [{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }, { n: 5 }, { n: 6 }, { n: 8 }], 'in commit order, none lost');
+  k.close();
+  const g = StateJournal.create(path.join(t.testdir(), 'grown'), 1);
+  const seen: Array<ArrayBuffer | null> = [];
+  g.onMapped = (m) => seen.push(m);
+  for (let i = 0; i < 5; i++) g.append({ i, big });
+  t.ok(seen.length >= 2 && seen.every((m) => m !== null), 'told of each new mapping as the journal grew');
+  g.close();
+  t.equal(seen.at(-1), null, 'and of none before the last was unmapped');
 });

@@ -1,5 +1,6 @@
 // Fuzz of the addon's FUSE fast server (native/src/fast_fuse.cc), in process: random and mutated
-// GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR and SETATTR requests (wrong lengths, names without NUL, '/', '..', huge
+// GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR, SETATTR, OPEN(DIR), RELEASE(DIR), UNLINK and
+// RMDIR requests (wrong lengths, names without NUL, '/', '..', huge
 // offsets and sizes, unknown ids, odd buffer splits) through the addon's ring with the server
 // attached, over a real directory. Whatever it serves must be a well-formed reply to that
 // request (length, unique, no error) that fits the guest's buffers; everything else must come
@@ -8,10 +9,13 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import { native, C, STAT } from '../../shared/native';
 import { GuestMemory } from '../../worker/virtqueue/guest_memory';
 import { ChainError, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../worker/virtqueue/split_ring';
 import { NativeSplitRing } from '../../worker/virtqueue/native_ring';
+import { StateJournal, DATA_START } from '../../worker/state/journal';
+import { decodePayload } from '../../worker/state/records';
 import { fuzzSeed, makePrng } from '../helpers/prng';
 
 const GPA = 0x10000;
@@ -24,8 +28,8 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-// LOOKUP, GETATTR, SETATTR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR
-const OPS = [1, 3, 4, 14, 15, 16, 18, 22, 25, 27, 29] as const;
+// LOOKUP, GETATTR, SETATTR, UNLINK, RMDIR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR
+const OPS = [1, 3, 4, 10, 11, 14, 15, 16, 18, 22, 25, 27, 29] as const;
 /** A directory under the root, named by a handle: OPENDIR's and RELEASEDIR's. */
 const NODE_DIR = 5;
 const ENODATA = 61, ERANGE = 34, ENOENT = 2;
@@ -97,13 +101,21 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   const openedDirs = new Map<number, number>();
   t.teardown(() => { for (const fd of openedDirs.values()) native.close(fd); });
   const ring = new NativeSplitRing(mem, { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
-    0, false, false, null, server);
+    0, false, false, null, server, 1);
+  // UNLINK and RMDIR journal their intents into the state journal's mapping first.
+  const journalPath = path.join(dir, 'state');
+  const journal = StateJournal.create(journalPath, 2);
+  journal.onMapped = (m) => server.setJournal(m);
+  t.teardown(() => journal.close());
+  server.setSettled(true);
+  /** Counters of the UNLINKs and RMDIRs served (their intents must be in the journal). */
+  const removed: bigint[] = [];
 
   /** A request of `opcode`: mostly right, with one thing wrong now and then. */
   function request(unique: bigint): Buffer {
     const op = OPS[int(OPS.length)]!;
     let body: Buffer;
-    const dirOp = op === 27 || op === 29;
+    const dirOp = op === 27 || op === 29 || op === 10 || op === 11;
     const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0, NODE_DIR][int(8) < 6 ? (op === 1 ? 0 : dirOp ? 5 : 1) : int(6)]!;
     const fh = int(6) < 5 ? FH : [0, 8, 2 ** 53 + 2][int(3)]!;
     const offset = int(6) < 5 ? int(60_000) : [2 ** 53, 2 ** 63, 2 ** 40][int(3)]!;
@@ -112,6 +124,21 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         const names = ['f', 'f', 'missing', 'missing', 'gone', '.', '..', 'a/b', '', 'x'.repeat(300), 'f\0g'];
         const name = Buffer.from(names[int(names.length)]!);
         body = int(8) === 0 ? name : Buffer.concat([name, Buffer.from([0])]);
+        break;
+      }
+      case 10:
+      case 11: {
+        // Names under the dir that exist now and then (as a file or a dir), and bad ones.
+        const names = ['u', 'u', 'u', 'w', '.', '..', 'a/b', '', 'x'.repeat(300), 'u\0g'];
+        const pick = names[int(names.length)]!;
+        const host = path.join(dir, 'd', pick);
+        if (pick.length === 1 && int(2) === 0 && !fs.existsSync(host)) {
+          if (int(2) === 0) fs.writeFileSync(host, 'x');
+          else fs.mkdirSync(host);
+        }
+        body = int(8) === 0 ? Buffer.from(pick) : Buffer.concat([Buffer.from(pick), Buffer.from([0])]);
+        // The keeper does not hold every open fd yet: the addon must decline.
+        server.setSettled(int(10) !== 0);
         break;
       }
       case 3:
@@ -237,10 +264,10 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // the reply the guest got.
       recorded++;
       const op = req.readUInt32LE(4);
-      const replyLen = ({ 1: 144, 4: 120, 14: 32, 18: 16, 27: 32, 29: 16 } as Record<number, number>)[op];
+      const replyLen = ({ 1: 144, 4: 120, 10: 16, 11: 16, 14: 32, 18: 16, 27: 32, 29: 16 } as Record<number, number>)[op];
       if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined ||
-        // A SETATTR of the dir is the dir's; OPEN(DIR) and RELEASE(DIR) only of their kind.
-        !(op === 27 || op === 29 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
+        // A SETATTR of the dir is the dir's; OPEN(DIR), RELEASE(DIR), UNLINK and RMDIR only of their kind.
+        !(op === 27 || op === 29 || op === 10 || op === 11 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
         !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== replyLen) {
         t.fail(`iteration ${it}: the served request's record is not its reply`);
         return;
@@ -248,7 +275,14 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // An OPEN: the next fh, an fd of the file, the fh in the reply. A RELEASE: the fh and fd
       // the table had (the fuzz's fixed fh goes back in, as JavaScript would not do).
       const file = op === 14 ? c.opened!(0) : op === 18 ? c.released!(0) : op === 27 ? c.openedDir!(0) : op === 29 ? c.releasedDir!(0) : null;
-      if (op === 14 || op === 27) {
+      if (op === 10 || op === 11) {
+        const ms = c.intentMs!(0);
+        if (ms === null || Math.abs(ms - Date.now()) > 60_000) {
+          t.fail(`iteration ${it}: ${op === 10 ? 'UNLINK' : 'RMDIR'}'s record has no intent time (${ms})`);
+          return;
+        }
+        removed.push(c.counter(0));
+      } else if (op === 14 || op === 27) {
         const ino = op === 14 ? st.ino : dirSt.ino;
         if (file === null || file.fh !== nextFh || c.reply(0).readBigUInt64LE(16) !== BigInt(nextFh) || inoOf(file.fd) !== ino) {
           t.fail(`iteration ${it}: ${op === 14 ? 'OPEN' : 'OPENDIR'}'s record ${JSON.stringify(file)} is not fh ${nextFh} of the ${op === 14 ? 'file' : 'dir'}`);
@@ -286,12 +320,14 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const outUnique = view.getBigUint64(REPLY + 8, true);
     const opcode = req.readUInt32LE(4);
     // The errors answered here are a bare header: GETXATTR's ENODATA and ERANGE, LOOKUP's ENOENT.
-    const nativeError = usedLen === 16 && ((opcode === 22 && (error === -ENODATA || error === -ERANGE)) || (opcode === 1 && error === -ENOENT));
+    // UNLINK's and RMDIR's errno is the syscall's, whatever it is.
+    const nativeError = usedLen === 16 && ((opcode === 22 && (error === -ENODATA || error === -ERANGE)) || (opcode === 1 && error === -ENOENT) ||
+      ((opcode === 10 || opcode === 11) && error < 0 && error > -4096));
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || nativeError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
       (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
       (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16) &&
-      (opcode !== 27 || usedLen === 32) && (opcode !== 29 || usedLen === 16);
+      (opcode !== 27 || usedLen === 32) && (opcode !== 29 || usedLen === 16) && (opcode !== 10 || usedLen === 16) && (opcode !== 11 || usedLen === 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
@@ -299,10 +335,17 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   }
   const stats = server.stats();
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
-  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir, recorded,
-    'every served LOOKUP, SETATTR, OPEN(DIR) and RELEASE(DIR) came back for its journal');
+  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.unlink + stats.rmdir, recorded,
+    'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), UNLINK and RMDIR came back for its journal');
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
-    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir, served, 'the server counts what it served');
+    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.unlink + stats.rmdir, served, 'the server counts what it served');
+  t.ok(stats.unlink > 10 && stats.rmdir > 10, `UNLINKs served: ${stats.unlink}, RMDIRs: ${stats.rmdir}`);
+  // Their intents, as the worker's journal reader decodes them, in order: one per request.
+  const reread = StateJournal.open(journalPath, [2]);
+  const intents = reread.payloads(DATA_START).map((p) => decodePayload(p));
+  reread.close();
+  t.same(intents.map((d) => d.t === 'intent' ? d.key : d.t), removed.map((n) => `1.0.${n}`), 'each served UNLINK and RMDIR journaled its intent, keyed as TypeScript keys it');
+  t.equal(stats.intents, removed.length, 'and no other');
   t.ok(stats.open > 10 && stats.release > 10, `OPENs served: ${stats.open}, RELEASEs: ${stats.release}`);
   t.ok(stats.opendir > 10 && stats.releasedir > 5, `OPENDIRs served: ${stats.opendir}, RELEASEDIRs: ${stats.releasedir}`);
   // ~22 expected per run (3 names in 11, of LOOKUPs under the root with room for an entry).
@@ -332,7 +375,7 @@ t.test('LOOKUPs served in a row come back as one batch, before the chain popped 
   server.setInode(1, rootFd);
   server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
   const ring = new NativeSplitRing(mem, { size: 16, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
-    0, false, false, null, server);
+    0, false, false, null, server, 1);
   // Heads 0-2 LOOKUP 'f' (known), head 3 a GETATTR of an unknown nodeid (declined), head 4 LOOKUP.
   const kinds = ['lookup', 'lookup', 'lookup', 'getattr', 'lookup'] as const;
   kinds.forEach((kind, i) => {
@@ -368,4 +411,92 @@ t.test('LOOKUPs served in a row come back as one batch, before the chain popped 
   t.ok(last !== null && 'served' in last && last.count === 1 && last.head(0) === 8, 'then the LOOKUP after it');
   t.equal(ring.pop(), null, 'then nothing');
   t.equal(server.stats().lookup, 4);
+});
+
+t.test('UNLINK and RMDIR are served only with room in a journal for their intent and the keeper holding every open fd', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ffu-'));
+  for (const n of ['a', 'b', 'c', 'd']) fs.writeFileSync(path.join(dir, n), n);
+  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const rootSt = fs.statSync(dir, { bigint: true });
+  const memFd = native.memfdCreate('ffu-guest', C.MFD_CLOEXEC!);
+  native.ftruncate(memFd, SIZE);
+  const mem = new GuestMemory();
+  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
+  // A journal file of 8 KiB: its data area (from 4 KiB) takes some intents, not many.
+  const stateFd = native.openat(rootFd, 'state', C.O_RDWR! | C.O_CREAT! | C.O_EXCL! | C.O_CLOEXEC!, 0o600);
+  native.ftruncate(stateFd, 8192);
+  const map = native.mmap(stateFd, 8192, 0, true);
+  const server = new native.FastFuse();
+  t.teardown(() => {
+    server.setJournal(null);
+    native.munmap(map);
+    mem.clear();
+    for (const fd of [rootFd, memFd, stateFd]) native.close(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const view = region.view;
+  server.setEnabled(true);
+  server.setInode(1, rootFd);
+  server.setInodeMeta(1, rootSt.dev, rootSt.ino, 0, 0o040000, null, 0, 0);
+  const ring = new NativeSplitRing(mem, { size: 16, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
+    0, false, false, null, server, 3);
+  let n = 0;
+  /** Submits UNLINK (10) of `name` under the root: 'served' (with its errno) or 'declined'. */
+  const unlink = (name: string): { served: boolean; errno: number } => {
+    const body = Buffer.from(`${name}\0`);
+    const req = Buffer.alloc(40 + body.length);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt32LE(10, 4);
+    req.writeBigUInt64LE(BigInt(100 + n), 8);
+    req.writeBigUInt64LE(1n, 16);
+    body.copy(req, 40);
+    region.bytes.set(req, REQ);
+    view.setBigUint64(DESC, BigInt(GPA + REQ), true);
+    view.setUint32(DESC + 8, req.length, true);
+    view.setUint16(DESC + 12, VRING_DESC_F_NEXT, true);
+    view.setUint16(DESC + 14, 1, true);
+    view.setBigUint64(DESC + 16, BigInt(GPA + REPLY), true);
+    view.setUint32(DESC + 24, 256, true);
+    view.setUint16(DESC + 28, VRING_DESC_F_WRITE, true);
+    view.setUint16(AVAIL + 4 + 2 * (n % 16), 0, true);
+    view.setUint16(AVAIL + 2, ++n, true);
+    const c = ring.pop();
+    if (c === null || c instanceof ChainError) throw new Error('no chain');
+    if ('served' in c) {
+      ring.publishUsed();
+      return { served: true, errno: -view.getInt32(REPLY + 4, true) };
+    }
+    ring.pushUsed(c.head, 0);
+    ring.publishUsed();
+    return { served: false, errno: 0 };
+  };
+  const commitOf = (): number => Number(native.loadAcquireU64(map, 16));
+  t.same(unlink('a'), { served: false, errno: 0 }, 'no journal: declined');
+  t.ok(fs.existsSync(path.join(dir, 'a')), 'and nothing removed');
+  native.storeReleaseU64(map, 16, 4096n);
+  server.setJournal(map);
+  t.same(unlink('a'), { served: false, errno: 0 }, 'not settled: declined');
+  server.setSettled(true);
+  t.same(unlink('a'), { served: true, errno: 0 }, 'served');
+  t.notOk(fs.existsSync(path.join(dir, 'a')), 'removed');
+  t.same(unlink('a'), { served: true, errno: 2 }, 'again: ENOENT, the syscall\'s answer');
+  const end = commitOf();
+  const payload = Buffer.from(map, 4096 + 8, Buffer.from(map).readUInt32LE(4096));
+  t.equal(Buffer.from(map).readUInt32LE(4100), zlib.crc32(payload), 'the first intent\'s checksum is zlib\'s crc32 of its payload');
+  const d = decodePayload(payload);
+  t.ok(d.t === 'intent' && d.key === '3.0.0' && d.opcode === 10 && Math.abs(d.tsMs - Date.now()) < 60_000,
+    `decoded as TypeScript's intent of queue 3, head 0: ${JSON.stringify(d)}`);
+  t.equal(end, 4096 + 2 * (8 + payload.length), 'two intents committed');
+  // Room for less than one more record: declined, the commit offset unmoved.
+  native.storeReleaseU64(map, 16, BigInt(8192 - 30));
+  t.same(unlink('b'), { served: false, errno: 0 }, 'no room left: declined');
+  t.equal(commitOf(), 8192 - 30, 'nothing written');
+  t.ok(fs.existsSync(path.join(dir, 'b')), 'nothing removed');
+  native.storeReleaseU64(map, 16, BigInt(end));
+  server.setSettled(false);
+  t.same(unlink('b'), { served: false, errno: 0 }, 'unsettled again: declined');
+  server.setSettled(true);
+  server.setJournal(null);
+  t.same(unlink('b'), { served: false, errno: 0 }, 'journal taken away: declined');
+  t.equal(server.stats().unlink, 2);
 });

@@ -92,8 +92,8 @@ t.test('SplitRing and the addon ring agree on random descriptor chains', async (
     const addrs = { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED };
     const eventIdx = r.int(2) === 0;
     const indirect = r.int(4) !== 0;
-    const ra = splitRingFactory(a.mem, addrs, 0, eventIdx, indirect, a.inflight);
-    const rb = nativeRingFactory(null)(b.mem, addrs, 0, eventIdx, indirect, b.inflight);
+    const ra = splitRingFactory(a.mem, addrs, 0, eventIdx, indirect, a.inflight, 1);
+    const rb = nativeRingFactory(null)(b.mem, addrs, 0, eventIdx, indirect, b.inflight, 1);
     const got: unknown[][] = [[], []];
     for (const [i, ring] of [ra, rb].entries()) {
       for (let c = ring.pop(); c !== null; c = ring.pop()) {

@@ -13,7 +13,7 @@ let makeRing = splitRingFactory;
 /** Without a server attached neither ring serves a request itself. */
 type TestRing = Omit<VirtRing, 'pop'> & { pop(): DescriptorChain | ChainError | null };
 const newRing = (mem: GuestMemory, a: RingAddresses, last: number, eventIdx: boolean, indirect: boolean, inflight: InflightRegion | null): TestRing =>
-  makeRing(mem, a, last, eventIdx, indirect, inflight) as TestRing;
+  makeRing(mem, a, last, eventIdx, indirect, inflight, 1) as TestRing;
 
 const GPA = 0x10000;
 const UADDR = 0x7f00_0000_0000;

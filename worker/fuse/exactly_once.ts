@@ -171,8 +171,9 @@ export interface RequestLedger {
   /** Starts a journaled request: session mutations until endSync() are its own and become
    * durable with its outcome. With `intent`, the intent is journaled now, before the request
    * runs: a request that is not idempotent needs it to settle a death between its syscall and
-   * its outcome. */
-  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void;
+   * its outcome. `intentJournaledMs`: the addon journaled the intent already, at that wall-clock
+   * time (native/src/fast_fuse.cc WriteIntent); `intent` is false then. */
+  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown, intentJournaledMs?: number): void;
   /** Stages the request's outcome (its reply). It becomes durable at the group commit that
    * runs before any used element is published (worker/state/durability.ts: the staged
    * outcomes' fds to the keeper, then the outcomes to the journal, then fd removals). */

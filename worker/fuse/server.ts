@@ -285,9 +285,10 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
-  /** LOOKUPs, SETATTRs, OPENs and RELEASEs the addon answered (native/src/fast_fuse.cc), one
-   * batch per ring turn: each one's outcome (and its session change: a LOOKUP's lookup count or
-   * new inode, an OPEN's fh, a RELEASE's closeFile) is journaled as TypeScript's own request
+  /** LOOKUPs, SETATTRs, OPENs, RELEASEs, UNLINKs and RMDIRs the addon answered
+   * (native/src/fast_fuse.cc), one batch per ring turn: each one's outcome (and its session
+   * change: a LOOKUP's lookup count or new inode, an OPEN's fh, a RELEASE's closeFile; an
+   * UNLINK's intent the addon journaled itself) is journaled as TypeScript's own request
    * would journal it (dispatch), in pop order, so the group commit makes them durable before
    * the replies are published, and a resubmission after a crash gets the recorded reply
    * instead of a second count or a second run. */
@@ -305,8 +306,10 @@ export class FuseServer implements ChainHandler {
       } else {
         // A plain outcome, as TypeScript journals its own: a LOOKUP that added an inode (its
         // addInode), a SETATTR (no session change), an OPEN (its openFile), a RELEASE (its
-        // closeFile and lock ends), or a LOOKUP with a ledger that takes no batches.
-        ledger?.beginRequest(key, opcode, false, null);
+        // closeFile and lock ends), an UNLINK or RMDIR (no session change; its intent is in
+        // the journal), or a LOOKUP with a ledger that takes no batches.
+        const intentMs = batch.intentMs?.(i) ?? null;
+        ledger?.beginRequest(key, opcode, false, null, intentMs ?? undefined);
         if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
         else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);

@@ -101,6 +101,7 @@ export class StateJournal {
   /** End of the staged records (>= end). */
   private staged: number;
   private closed = false;
+  private mapObserver: ((map: ArrayBuffer | null) => void) | null = null;
 
   private constructor(readonly path: string, fd: number, map: ArrayBuffer, end: number, private schema: number,
     private stampNow: SchemaStamp = { schema, minReader: schema, writer: '' }) {
@@ -316,6 +317,7 @@ export class StateJournal {
    * at most `maxLength` payload bytes into `buf` at `at` and returns how many it wrote. */
   stage(maxLength: number, fill: (buf: Buffer, at: number) => number): void {
     if (this.closed) throw new StateFileError('journal is closed', this.path);
+    if (this.staged === this.end) this.takeForeignCommits();
     if (maxLength > MAX_RECORD_SIZE) throw new StateFileError(`record of ${maxLength} bytes is too large`, this.path);
     const start = this.staged;
     if (start + RECORD_HEADER + maxLength > this.map.byteLength) this.grow(start + RECORD_HEADER + maxLength);
@@ -327,6 +329,30 @@ export class StateJournal {
     this.staged = at + len;
   }
 
+  /** Records the addon committed after ours (the intents it journals before a natively served
+   * UNLINK or RMDIR: native/src/fast_fuse.cc WriteIntent, appended at our committed end while
+   * nothing of ours was staged): ours go after them. */
+  private takeForeignCommits(): void {
+    const committed = this.committedInFile();
+    if (committed === this.end) return;
+    if (committed < this.end || committed > this.map.byteLength) {
+      throw new StateFileError(`commit offset moved from ${this.end} to ${committed} under the writer`, this.path);
+    }
+    this.end = this.staged = committed;
+  }
+
+  /** The header's commit offset (ours, or past it the addon's). */
+  private committedInFile(): number {
+    return this.view.getUint32(COMMIT_OFFSET, true) + this.view.getUint32(COMMIT_OFFSET + 4, true) * 2 ** 32;
+  }
+
+  /** Told of every mapping of the journal: the new one after a grow, null before it is
+   * unmapped (the addon writes intents into it: FastFuseHandle.setJournal). */
+  set onMapped(fn: ((map: ArrayBuffer | null) => void) | null) {
+    this.mapObserver = fn;
+    fn?.(this.closed ? null : this.map);
+  }
+
   /** True when records are staged but not committed. */
   get hasStaged(): boolean {
     return this.staged !== this.end;
@@ -335,6 +361,9 @@ export class StateJournal {
   /** Makes every staged record durable with one release store. */
   commit(): void {
     if (this.staged === this.end) return;
+    // The addon appends only while nothing of ours is staged (native/src/fast_fuse.cc
+    // WriteIntent): had it written meanwhile, our staged records overwrote its own.
+    if (this.committedInFile() !== this.end) throw new StateFileError(`a record was committed under our staged ones (at ${this.end})`, this.path);
     this.end = this.staged;
     native.storeReleaseU64(this.map, COMMIT_OFFSET, BigInt(this.end));
   }
@@ -345,6 +374,7 @@ export class StateJournal {
     fs.ftruncateSync(this.fd, cap);
     // Map the new size before unmapping the old: if mmap fails (ENOMEM) the journal is intact.
     const map = native.mmap(this.fd, cap, 0, true);
+    this.mapObserver?.(map);
     native.munmap(this.map);
     this.map = map;
     this.bytes = new Uint8Array(this.map);
@@ -355,6 +385,7 @@ export class StateJournal {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.mapObserver?.(null);
     native.munmap(this.map);
     fs.closeSync(this.fd);
   }

@@ -84,9 +84,12 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     return 1;
   }
 
-  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown): void {
+  beginRequest(key: string, opcode: number, intent: boolean, extra: unknown, intentJournaledMs?: number): void {
     const deaths = this.ops.get(key)?.deaths ?? 0;
-    if (intent) {
+    if (intentJournaledMs !== undefined) {
+      // The addon wrote the intent into the journal (a compaction's snapshot must say its time).
+      this.ops.set(key, { opcode, ts: BigInt(Math.round(intentJournaledMs)) * 1_000_000n, extra, reply: null, deaths });
+    } else if (intent) {
       const tsMs = Date.now();
       const x = R.encodeExtra(extra);
       // Intents need no group commit: they name no fd, and order against staged outcomes of

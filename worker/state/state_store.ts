@@ -360,6 +360,7 @@ export class StateStore implements JournalWriter {
   private readonly compactErrors = new LogRateLimiter();
   private readonly log = logger('state');
   private snapshotBytes = 0;
+  private mapObserver: ((map: ArrayBuffer | null) => void) | null = null;
 
   /** `rewrite`: the loaded state was changed after loading, so the journal must start anew. */
   constructor(private readonly path: string, keeper: KeeperClient | null, loaded: LoadedState | null, keeperCtlSeq = 0, rewrite = false) {
@@ -383,6 +384,15 @@ export class StateStore implements JournalWriter {
   private snapshot(vhost: VhostSessionState | null, init: InitResult | null, fs: FsSession | null): R.GenericRecord {
     const { ctlSeq, pending } = this.control.snapshotFields();
     return { t: 'snapshot', vhost, init, fs: fs?.toCompactSnapshot() ?? null, ctlSeq, pending, ops: this.requests.snapshotOps() };
+  }
+
+  /** Told of every mapping of the journal file, across compactions (null: the current one is
+   * about to be unmapped): the addon journals UNLINK's and RMDIR's intents into it. */
+  onJournalMapped(fn: ((map: ArrayBuffer | null) => void) | null): void {
+    const before = this.mapObserver;
+    this.mapObserver = fn;
+    if (fn === null && before !== null) before(null);
+    this.journal.onMapped = fn;
   }
 
   /** Where compaction reads the live state from. */
@@ -450,6 +460,7 @@ export class StateStore implements JournalWriter {
     }
     this.snapshotBytes = payload.length;
     this.journal = fresh;
+    fresh.onMapped = this.mapObserver;
     old.close();
   }
 

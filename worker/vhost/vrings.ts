@@ -208,7 +208,7 @@ export class Vrings {
       try {
         const ring = this.createRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
           q.ring.lastAvailIdx, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC),
-          this.inflight.regionFor(index, v.size, false));
+          this.inflight.regionFor(index, v.size, false), index);
         q.ring.setCallFd?.(null);
         q.kickPoller.setKickHandler(null);
         q.ring = ring;
@@ -300,7 +300,7 @@ export class Vrings {
       const frontendInflight = this.inflight.frontendProvided;
       const inflight = this.inflight.regionFor(index, v.size, !frontendInflight && !resume);
       ring = this.createRing(this.memory, { size: v.size, descUser: v.descUser, availUser: v.availUser, usedUser: v.usedUser },
-        v.base, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC), inflight);
+        v.base, this.features.has(M.VIRTIO_RING_F_EVENT_IDX), this.features.has(M.VIRTIO_RING_F_INDIRECT_DESC), inflight, index);
       if ((resume || frontendInflight) && inflight !== null && inflight.descNum === v.size) {
         resubmit = ring.recoverInflight();
         if (resubmit.length > 0) this.log.warn({ queue: index, heads: resubmit.length, resume }, 'resubmitting inflight requests');

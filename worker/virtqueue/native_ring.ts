@@ -17,13 +17,14 @@ function ringError(e: unknown): unknown {
  * u32 opcode, f64 counter, f64 nodeid, u32 reply length, u32 kind (fast_path.h ServedKind),
  * the reply (160 bytes), then what the kind says: a new inode (i32 fd, u32 file type, u64 dev,
  * u64 ino, i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle:
- * 128 bytes) or an opened or released file or dir (i32 fd, u32 open flags, f64 fh). */
+ * 128 bytes), an opened or released file or dir (i32 fd, u32 open flags, f64 fh) or the time of
+ * an intent the addon journaled (f64 wall-clock ms). */
 export const SERVED_RECORD_SIZE = 360;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
 const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
 const MAX_HANDLE_BYTES = 128;
-const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5;
+const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -81,6 +82,11 @@ class NativeServedBatch implements RingServedBatch {
     return this.file(i, KIND_RELEASED_DIR);
   }
 
+  intentMs(i: number): number | null {
+    const at = i * SERVED_RECORD_SIZE;
+    return this.bytes.readUInt32LE(at + 28) === KIND_INTENDED ? this.bytes.readDoubleLE(at + NEW_INODE_AT) : null;
+  }
+
   private file(i: number, kind: number): ServedFile | null {
     const at = i * SERVED_RECORD_SIZE;
     if (this.bytes.readUInt32LE(at + 28) !== kind) return null;
@@ -96,14 +102,14 @@ export class NativeSplitRing implements VirtRing {
   private readonly buffers: ArrayBuffer[];
 
   constructor(mem: GuestMemory, addrs: RingAddresses, lastAvailIdx: number, readonly eventIdx: boolean,
-    indirect: boolean, inflight: InflightRegion | null, server: FastFuseHandle | null) {
+    indirect: boolean, inflight: InflightRegion | null, server: FastFuseHandle | null, queueIndex: number) {
     const regions = mem.list();
     this.buffers = regions.map((r) => r.buffer);
     this.size = addrs.size;
     if (inflight !== null && inflight.queueSize !== addrs.size) throw new RingError('inflight region size differs from the queue size');
     try {
       this.ring = new native.NativeRing(regions, addrs.size, addrs.descUser, addrs.availUser, addrs.usedUser,
-        lastAvailIdx & 0xffff, eventIdx, indirect, inflight?.view.buffer as ArrayBuffer ?? null, inflight?.base ?? 0);
+        lastAvailIdx & 0xffff, eventIdx, indirect, inflight?.view.buffer as ArrayBuffer ?? null, inflight?.base ?? 0, queueIndex);
     } catch (e) {
       throw ringError(e);
     }
@@ -182,6 +188,6 @@ export class NativeSplitRing implements VirtRing {
 
 /** Rings in the addon, serving through `server` (null: the addon's ring alone). */
 export function nativeRingFactory(server: FastFuseHandle | null): RingFactory {
-  return (mem, addrs, lastAvailIdx, eventIdx, indirect, inflight) =>
-    new NativeSplitRing(mem, addrs, lastAvailIdx, eventIdx, indirect, inflight, server);
+  return (mem, addrs, lastAvailIdx, eventIdx, indirect, inflight, queueIndex) =>
+    new NativeSplitRing(mem, addrs, lastAvailIdx, eventIdx, indirect, inflight, server, queueIndex);
 }

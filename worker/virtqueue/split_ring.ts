@@ -69,6 +69,9 @@ export interface RingServedBatch {
   /** The same of OPENDIR and RELEASEDIR. */
   openedDir?(i: number): ServedFile | null;
   releasedDir?(i: number): ServedFile | null;
+  /** For a request whose intent the addon journaled before its syscall (UNLINK, RMDIR): the
+   * intent's wall-clock ms; else null. */
+  intentMs?(i: number): number | null;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
@@ -104,7 +107,7 @@ export interface VirtRing {
 
 /** Builds the ring of a starting queue (vhost/vrings.ts calls it; the worker chooses which). */
 export type RingFactory = (mem: GuestMemory, addrs: RingAddresses, lastAvailIdx: number, eventIdx: boolean,
-  indirect: boolean, inflight: InflightRegion | null) => VirtRing;
+  indirect: boolean, inflight: InflightRegion | null, queueIndex: number) => VirtRing;
 
 export const splitRingFactory: RingFactory = (mem, addrs, lastAvailIdx, eventIdx, indirect, inflight) =>
   new SplitRing(mem, addrs, lastAvailIdx, eventIdx, indirect, inflight);
