@@ -163,7 +163,7 @@ export interface ServedFile {
   flags: number;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; unlink: number; rmdir: number; intents: number; declined: number;
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; unlink: number; rmdir: number; intents: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 
@@ -207,6 +207,9 @@ export interface FastFuseHandle {
   /** Whether the keeper holds every open fd (UNLINK and RMDIR need it; a native OPEN or
    * OPENDIR clears it). */
   setSettled(settled: boolean): void;
+  /** CREATE may be served (the session did not grant FUSE_DONT_MASK: files are created with
+   * umask 0, which the addon sets process-wide before its first). */
+  setCreatePolicy(enabled: boolean): void;
   /** An open dir (RELEASEDIR's table); moves the next fh past it. */
   setDir(fh: number, nodeid: number, fd: number): void;
   deleteDir(fh: number): void;

@@ -51,8 +51,9 @@ export interface FastPathStats {
   /** OPENDIRs of handle-named dirs and RELEASEDIRs. Absent from older workers. */
   opendir?: number;
   releasedir?: number;
-  /** UNLINKs and RMDIRs (their intents journaled by the addon, outcomes by TypeScript). Absent
-   * from older workers. */
+  /** CREATEs, UNLINKs and RMDIRs (their intents journaled by the addon, outcomes by
+   * TypeScript). Absent from older workers. */
+  create?: number;
   unlink?: number;
   rmdir?: number;
   declined: number;

@@ -1,14 +1,14 @@
 // The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
 // inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, OPEN and OPENDIR of
-// handle-named files and dirs and their RELEASE and RELEASEDIR, UNLINK and RMDIR, served on the
-// JS thread straight from the ring (ring.cc), with no JavaScript.
+// handle-named files and dirs and their RELEASE and RELEASEDIR, CREATE of new names, UNLINK and
+// RMDIR, served on the JS thread straight from the ring (ring.cc), with no JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
 // write that would block), which the TypeScript server then answers — errors included.
 //
 // Decisions:
-// - UNLINK and RMDIR are not idempotent (a second run says ENOENT): as TypeScript does
+// - CREATE, UNLINK and RMDIR are not idempotent (EEXIST, ENOENT the second time): as TypeScript does
 //   (worker/fuse/exactly_once.ts), their intent is journaled before the syscall, here, into the
 //   journal's mapping (worker/state/journal.ts: one record and its commit, as
 //   RequestLog.beginRequest writes one), and their outcome by JavaScript before the publish.
@@ -206,6 +206,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetOpenPolicy>("setOpenPolicy"),
       InstanceMethod<&FastFuse::SetJournal>("setJournal"),
       InstanceMethod<&FastFuse::SetSettled>("setSettled"),
+      InstanceMethod<&FastFuse::SetCreatePolicy>("setCreatePolicy"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
       InstanceMethod<&FastFuse::Stats>("stats"),
     });
@@ -223,7 +224,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool Serve(const Chain& c, Served* out) override {
     if (!enabled_ || c.readableLen < kInHeader) return Decline();
     // The header and the largest args we use, copied once: the guest may change its buffers.
-    uint8_t in[kInHeader + sizeof(fuse_getxattr_in) + kMaxName + 1];
+    uint8_t in[kInHeader + std::max(sizeof(fuse_getxattr_in), sizeof(fuse_create_in)) + kMaxName + 1];
     size_t have = GatherSegments(c.readable, 0, in, std::min<uint64_t>(c.readableLen, sizeof in));
     fuse_in_header h;
     std::memcpy(&h, in, sizeof h);
@@ -261,6 +262,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_open_in) && h.len == have && Opendir(c, h, out);
       case FUSE_RELEASEDIR:
         return have == kInHeader + sizeof(fuse_release_in) && h.len == have && Releasedir(c, h, in + kInHeader, out);
+      case FUSE_CREATE:
+        return h.len == have && Create(c, h, in + kInHeader, have - kInHeader, out);
       case FUSE_UNLINK:
         return h.len == have && Remove(c, h, in + kInHeader, have - kInHeader, 0, out);
       case FUSE_RMDIR:
@@ -395,18 +398,23 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
     std::memcpy(reply, &oh, sizeof oh);
     fuse_entry_out e;
-    std::memset(&e, 0, sizeof e);
-    e.nodeid = nodeid;
-    e.generation = generation;
-    e.entry_valid = e.attr_valid = attrSec_;
-    e.entry_valid_nsec = e.attr_valid_nsec = attrNsec_;
-    FillAttr(st, &e.attr);
+    FillEntry(nodeid, generation, st, &e);
     std::memcpy(reply + kOutHeader, &e, sizeof e);
     ScatterSegments(c.writable, 0, reply, kReply);
     out->usedLen = kReply;
     out->replyLen = kReply;
     out->needsRecord = true;
     out->nodeid = nodeid;
+  }
+
+  // An entry (encode.ts encodeEntryOut's body) with the session's timeouts.
+  void FillEntry(uint64_t nodeid, uint64_t generation, const struct stat& st, fuse_entry_out* e) const {
+    std::memset(e, 0, sizeof *e);
+    e->nodeid = nodeid;
+    e->generation = generation;
+    e->entry_valid = e->attr_valid = attrSec_;
+    e->entry_valid_nsec = e->attr_valid_nsec = attrNsec_;
+    FillAttr(st, &e->attr);
   }
 
   // LOOKUP of a name whose inode the session does not know (worker/fs/inodes.ts lookupChild and
@@ -431,46 +439,163 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (r < 0) return Decline();
     int fd = static_cast<int>(r);
     struct stat st;
-    NewInode& n = out->inode;
-    n.handleLen = sizeof n.handle;
+    if (!Identify(fd, &out->inode, &st)) {
+      close(fd);
+      return Decline();
+    }
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint64_t nodeid = AddNewInode(out->inode);
+    WriteEntryReply(c, h, nodeid, 0, st, out);
+    out->kind = ServedKind::kNewInode;
+    lookupsNew_++;
+    return true;
+  }
+
+  // A new inode's identity from its O_PATH fd `fd` (worker/fs/inodes.ts adopt): its attributes
+  // (*st), (dev, ino), type and file handle, which must be on the shared directory's mount. False
+  // when a syscall fails, the handle is on another mount or too long, or the session knows the
+  // (dev, ino) already.
+  bool Identify(int fd, NewInode* n, struct stat* st) const {
     union {
       file_handle fh;
       uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
     } u;
     u.fh.handle_bytes = MAX_HANDLE_SZ;
     int mountId = 0;
-    if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 || byDevIno_.count(DevIno{st.st_dev, st.st_ino}) != 0 ||
+    if (fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 || byDevIno_.count(DevIno{st->st_dev, st->st_ino}) != 0 ||
         name_to_handle_at(fd, "", &u.fh, &mountId, AT_EMPTY_PATH) != 0 || mountId != handleMountId_ ||
-        u.fh.handle_bytes > sizeof n.handle) {
-      close(fd);
-      return Decline();
-    }
-    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+        u.fh.handle_bytes > sizeof n->handle)
+      return false;
+    n->fd = fd;
+    n->fileType = st->st_mode & S_IFMT;
+    n->dev = st->st_dev;
+    n->ino = st->st_ino;
+    n->mountId = mountId;
+    n->handleType = u.fh.handle_type;
+    n->handleLen = u.fh.handle_bytes;
+    std::memcpy(n->handle, u.fh.f_handle, n->handleLen);
+    return true;
+  }
+
+  // The identified inode takes the session's next nodeid and joins the tables (its fd too).
+  uint64_t AddNewInode(const NewInode& n) {
     uint64_t nodeid = nextNodeId_++;
-    n.fd = fd;
-    n.fileType = st.st_mode & S_IFMT;
-    n.dev = st.st_dev;
-    n.ino = st.st_ino;
-    n.mountId = mountId;
-    n.handleType = u.fh.handle_type;
-    n.handleLen = u.fh.handle_bytes;
-    std::memcpy(n.handle, u.fh.f_handle, n.handleLen);
     InodeMeta m{};
     m.dev = n.dev;
     m.ino = n.ino;
     m.generation = 0;
     m.fileType = n.fileType;
     m.hasHandle = true;
-    m.mountId = mountId;
+    m.mountId = n.mountId;
     m.handleType = n.handleType;
     m.handle.assign(n.handle, n.handle + n.handleLen);
     meta_[nodeid] = std::move(m);
     byDevIno_[DevIno{n.dev, n.ino}] = nodeid;
-    inodes_[nodeid] = fd;
-    WriteEntryReply(c, h, nodeid, 0, st, out);
-    out->kind = ServedKind::kNewInode;
-    lookupsNew_++;
+    inodes_[nodeid] = n.fd;
+    return nodeid;
+  }
+
+  // CREATE of a name that does not exist (worker/fs/passthrough.ts create and adoptOpened:
+  // openat2 with O_CREAT|O_EXCL|O_NOFOLLOW beneath the parent, RESOLVE_NO_SYMLINKS, the
+  // caller's fs ids and umask 0 (FUSE_DONT_MASK is never granted: the guest masked the mode);
+  // the O_PATH fd reopened from the new file's fd, its identity and handle), as the session's
+  // next nodeid and fh. Not idempotent: the intent is journaled first (WriteIntent), the
+  // outcome by JavaScript, which adds the inode and registers the file as for a LOOKUP that
+  // added one and an OPEN. Declined, with nothing done: no create policy or no handles, a
+  // read-only export, a name TypeScript refuses or that exists (EEXIST, or an open of what is
+  // there: TypeScript's), no room for an fh or in the journal, an fs id that does not take, and
+  // every error of the create itself (TypeScript gives the errno). Once the file exists this
+  // is answered here, unless its identity cannot be taken (another mount, a (dev, ino) the
+  // session knows): then the file is removed again and TypeScript runs the request.
+  bool Create(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out) + sizeof(fuse_open_out);
+    static_assert(kReply <= sizeof(Served::reply), "CREATE's reply fits Served::reply");
+    if (!createPolicy_ || readonly_ || !openPolicySet_ || handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU ||
+        nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 || c.writableLen < kReply)
+      return Decline();
+    fuse_create_in ci;
+    if (len < sizeof ci + 2 || args[len - 1] != 0) return Decline();
+    std::memcpy(&ci, args, sizeof ci);
+    const char* name = reinterpret_cast<const char*>(args + sizeof ci);
+    if (!PlainName(name, len - sizeof ci - 1)) return Decline();
+    auto parent = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (parent == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR) return Decline();
+    const int parentFd = parent->second;
+    struct stat st;
+    if (fstatat(parentFd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) return Decline();
+    uint32_t flags = OpenFlags(ci.flags);
+    if (!umaskZero_) {
+      umask(0);  // process-wide; the worker's own files are created 0600 explicitly
+      umaskZero_ = true;
+    }
+    double tsMs;
+    if (!WriteIntent(c, h.opcode, &tsMs)) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterIntent, h.opcode);
+    open_how how;
+    std::memset(&how, 0, sizeof how);
+    how.flags = flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    how.mode = ci.mode & 07777;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
+    long r = -1;
+    bool took = RunAs(h.uid, h.gid, [&] {
+      do {
+        r = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
+      } while (r < 0 && errno == EINTR);
+    });
+    if (!took || r < 0) return Decline();
+    const int file = static_cast<int>(r);
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    int pathFd = Reopen(file, O_PATH);
+    struct stat fst;
+    if (pathFd < 0 || !Identify(pathFd, &out->inode, &fst)) {
+      if (pathFd >= 0) close(pathFd);
+      close(file);
+      unlinkat(parentFd, name, 0);
+      return Decline();
+    }
+    uint64_t nodeid = AddNewInode(out->inode);
+    flags &= ~static_cast<uint32_t>(O_TRUNC);
+    uint64_t fh = TakeFh();
+    files_[fh] = FileEntry{file, nodeid, static_cast<int>(flags)};
+    uint8_t* reply = out->reply;
+    std::memset(reply, 0, kReply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_entry_out e;
+    FillEntry(nodeid, 0, fst, &e);
+    std::memcpy(reply + kOutHeader, &e, sizeof e);
+    fuse_open_out o{};
+    o.fh = fh;
+    o.open_flags = openReplyFlags_;
+    std::memcpy(reply + kOutHeader + sizeof e, &o, sizeof o);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    out->usedLen = out->replyLen = kReply;
+    out->needsRecord = true;
+    out->nodeid = nodeid;
+    out->kind = ServedKind::kCreated;
+    out->file = OpenedFile{file, fh, flags};
+    out->intentTsMs = tsMs;
+    creates_++;
     return true;
+  }
+
+  // Whether `name` (n bytes) is one plain path component: not empty, '.' or '..', no '/' or NUL
+  // (worker/fs/path_component.ts checkComponent for names that create or remove).
+  static bool PlainName(const char* name, size_t n) {
+    if (n == 0 || std::memchr(name, 0, n) != nullptr || std::memchr(name, '/', n) != nullptr) return false;
+    return !((n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' && name[1] == '.'));
+  }
+
+  // The open(2) flags of an OPEN's or CREATE's request flags (worker/fs/passthrough.ts
+  // openFlags): those passed on, and under the writeback cache O_WRONLY as O_RDWR, no O_APPEND.
+  uint32_t OpenFlags(uint32_t requested) const {
+    uint32_t flags = requested & openPassFlags_;
+    if (writeback_) {
+      if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~static_cast<uint32_t>(O_ACCMODE)) | O_RDWR;
+      flags &= ~static_cast<uint32_t>(O_APPEND);
+    }
+    return flags;
   }
 
   // OPEN of a regular file named by a file handle, with its O_PATH fd in the table
@@ -487,12 +612,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     std::memcpy(&o, args, sizeof o);
     int pathFd;
     if (!CanOpen(c, h, S_IFREG, &pathFd)) return Decline();
-    uint32_t flags = o.flags & openPassFlags_;
+    uint32_t flags = OpenFlags(o.flags);
     if ((flags & O_TRUNC) != 0 || (readonly_ && (flags & O_ACCMODE) != O_RDONLY)) return Decline();
-    if (writeback_) {
-      if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~static_cast<uint32_t>(O_ACCMODE)) | O_RDWR;
-      flags &= ~static_cast<uint32_t>(O_APPEND);
-    }
     int file = Reopen(pathFd, flags & ~static_cast<uint32_t>(O_NOFOLLOW));
     if (file < 0) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
@@ -635,9 +756,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool Remove(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, int flags, Served* out) {
     if (readonly_ || !settled_ || len < 2 || args[len - 1] != 0 || c.writableLen < kOutHeader) return Decline();
     const char* name = reinterpret_cast<const char*>(args);
-    size_t n = len - 1;
-    if (std::memchr(name, 0, n) != nullptr || std::memchr(name, '/', n) != nullptr) return Decline();
-    if ((n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' && name[1] == '.')) return Decline();
+    if (!PlainName(name, len - 1)) return Decline();
     auto parent = inodes_.find(h.nodeid);
     auto meta = meta_.find(h.nodeid);
     if (parent == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR) return Decline();
@@ -1235,6 +1354,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setCreatePolicy(enabled): CREATE may be served (JavaScript says so once the session's INIT
+  // did not grant FUSE_DONT_MASK: the guest masked the mode, so files are created with umask 0).
+  Napi::Value SetCreatePolicy(const Napi::CallbackInfo& info) {
+    Args a(info, "setCreatePolicy");
+    if (!a.Count(1) || !a.Bool(0, "enabled", &createPolicy_)) return {};
+    return info.Env().Undefined();
+  }
+
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
   Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
     Args a(info, "forgetInode");
@@ -1303,6 +1430,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("release", Napi::Number::New(env, static_cast<double>(releases_)));
     o.Set("opendir", Napi::Number::New(env, static_cast<double>(opendirs_)));
     o.Set("releasedir", Napi::Number::New(env, static_cast<double>(releasedirs_)));
+    o.Set("create", Napi::Number::New(env, static_cast<double>(creates_)));
     o.Set("unlink", Napi::Number::New(env, static_cast<double>(unlinks_)));
     o.Set("rmdir", Napi::Number::New(env, static_cast<double>(rmdirs_)));
     o.Set("intents", Napi::Number::New(env, static_cast<double>(intents_)));
@@ -1329,7 +1457,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
-           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0;
+           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0;
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)
@@ -1347,6 +1475,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   size_t journalLen_ = 0;
   Mapping* journalMapping_ = nullptr;
   bool settled_ = false;  // setSettled
+  bool createPolicy_ = false;  // setCreatePolicy
+  bool umaskZero_ = false;     // the process umask was set to 0 for CREATE
   const uint32_t ownUid_ = static_cast<uint32_t>(geteuid());
   const uint32_t ownGid_ = static_cast<uint32_t>(getegid());
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;

@@ -72,13 +72,17 @@ enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
 
 // One served request JavaScript must journal, as `records` holds it (native_ring.ts
 // SERVED_RECORD_SIZE reads the same layout): u32 head, u32 opcode, f64 counter, f64 nodeid,
-// u32 reply length, u32 1 for a LOOKUP that added an inode (else 0), then the reply
-// (Served::reply's room), then that inode: i32 fd, u32 file type, u64 dev, u64 ino,
-// i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle (128 bytes).
+// u32 reply length, u32 kind (ServedKind), then the reply (Served::reply's room), then what the
+// kind says: an inode (i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle type,
+// u32 handle length, 4 bytes of padding, the handle: 128 bytes), a file (i32 fd, u32 open
+// flags, f64 fh) or an intent's time (f64 ms) in its place; a CREATE has its inode there, its
+// file and intent time after it.
 constexpr size_t kRecordHeader = 32;
 constexpr size_t kNewInodeAt = kRecordHeader + sizeof(Served::reply);
-constexpr size_t kRecordEntry = kNewInodeAt + 40 + sizeof(NewInode::handle);
-static_assert(kRecordEntry == 360, "native_ring.ts SERVED_RECORD_SIZE");
+constexpr size_t kCreatedFileAt = kNewInodeAt + 40 + sizeof(NewInode::handle);
+constexpr size_t kCreatedIntentAt = kCreatedFileAt + 16;
+constexpr size_t kRecordEntry = kCreatedIntentAt + 8;
+static_assert(kRecordEntry == 384, "native_ring.ts SERVED_RECORD_SIZE");
 // A batch ends at this many (JavaScript journals them, then pops on): bounds the buffers.
 constexpr uint32_t kMaxRecords = 256;
 
@@ -719,7 +723,14 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<double>(p + 8, static_cast<double>(served.file.fh));
     }
     if (served.kind == ServedKind::kIntended) Store<double>(e + kNewInodeAt, served.intentTsMs);
-    if (served.kind == ServedKind::kNewInode) {
+    if (served.kind == ServedKind::kCreated) {
+      uint8_t* f = e + kCreatedFileAt;
+      Store<int32_t>(f, served.file.fd);
+      Store<uint32_t>(f + 4, served.file.flags);
+      Store<double>(f + 8, static_cast<double>(served.file.fh));
+      Store<double>(e + kCreatedIntentAt, served.intentTsMs);
+    }
+    if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated) {
       const NewInode& n = served.inode;
       uint8_t* p = e + kNewInodeAt;
       Store<int32_t>(p, n.fd);

@@ -275,6 +275,65 @@ t.test('the fast path serves OPEN and RELEASE with the replies TypeScript gives,
   t.same(replies.true, replies.false, 'both paths gave the same fhs, flags, bytes and errors');
 });
 
+t.test('the fast path serves CREATE of new names with the replies TypeScript gives: nodeids, fhs, modes, flags', async (t) => {
+  const seen: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.mkdirSync(s.host('dir'));
+    const root = F.FUSE_ROOT_ID;
+    const dir = (await s.fuse.lookup(root, 'dir')).nodeid;
+    const data = (await s.fuse.lookup(root, 'data')).nodeid;
+    const r: Record<string, unknown> = {};
+    const made = async (parent: bigint, name: string, flags: number, mode: number): Promise<unknown> => {
+      try {
+        const c = await s.fuse.create(parent, name, flags, mode);
+        return { nodeid: c.entry.nodeid, mode: c.entry.attr.mode, size: c.entry.attr.size, fh: c.open.fh, openFlags: c.open.openFlags };
+      } catch (e) {
+        if (e instanceof FuseError) return e.errno;
+        throw e;
+      }
+    };
+    r.excl = await made(dir, 'n1', F.O.RDWR | F.O.CREAT | F.O.EXCL, 0o640);
+    r.plain = await made(dir, 'n2', F.O.WRONLY | F.O.CREAT, 0o600);
+    r.appendTrunc = await made(root, 'n3', F.O.WRONLY | F.O.CREAT | F.O.APPEND | F.O.TRUNC, 0o644);
+    r.exists = await made(root, 'data', F.O.RDWR | F.O.CREAT | F.O.EXCL, 0o644); // EEXIST (TypeScript's)
+    r.openExisting = await made(root, 'log', F.O.RDONLY | F.O.CREAT, 0o644); // opens it (TypeScript's)
+    r.dot = await made(dir, '.', F.O.RDWR | F.O.CREAT, 0o644);
+    r.slash = await made(dir, 'a/b', F.O.RDWR | F.O.CREAT, 0o644);
+    r.underFile = await made(data, 'x', F.O.RDWR | F.O.CREAT, 0o644);
+    r.unknownParent = await made(987654n, 'x', F.O.RDWR | F.O.CREAT, 0o644);
+    const n1 = r.excl as { nodeid: bigint; fh: bigint };
+    const n3 = r.appendTrunc as { nodeid: bigint; fh: bigint };
+    r.write = await s.fuse.write(n1.nodeid, n1.fh, 0, Buffer.from('created'));
+    r.readBack = (await s.fuse.read(n1.nodeid, n1.fh, 0, 16)).toString();
+    await s.fuse.write(n3.nodeid, n3.fh, 0, Buffer.from('one'));
+    await s.fuse.write(n3.nodeid, n3.fh, 0, Buffer.from('two'));
+    r.appended = fs.readFileSync(s.host('n3'), 'utf8'); // O_APPEND kept in the fh's flags
+    r.hostModes = ['dir/n1', 'dir/n2', 'n3'].map((n) => (fs.statSync(s.host(n)).mode & 0o7777).toString(8));
+    // The created inode is the session's: a LOOKUP finds the same nodeid, a FORGET of both drops it.
+    r.lookup = (await s.fuse.lookup(dir, 'n1')).nodeid === n1.nodeid;
+    for (const [n, fh] of [[n1.nodeid, n1.fh], [n3.nodeid, n3.fh]] as const) await s.fuse.release(n, fh);
+    const n2 = r.plain as { nodeid: bigint; fh: bigint };
+    await s.fuse.release(n2.nodeid, n2.fh);
+    const oe = r.openExisting as { nodeid: bigint; fh: bigint };
+    await s.fuse.release(oe.nodeid, oe.fh);
+    seen[String(fastPath)] = r;
+    await waitFor(() => { const q = queryStatus(stateDir); return q.fuse.openFiles === 0 && (q.fdNames.file ?? 0) === 0 ? true : undefined; },
+      'no open files, and no file fd in the keeper', 10_000);
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.create ?? 0) >= 3, 'the fast path CREATE counter');
+      t.equal(f.create, 3, `the three new names were created natively: ${JSON.stringify(f)}`);
+      // data, log, '.', 'a/b', under a file, under an unknown parent: TypeScript's.
+      t.equal(f.declinedBy?.CREATE, 6, 'the rest declined');
+    }
+    await s.close();
+  }
+  t.same(seen.true, seen.false, 'both paths gave the same nodeids, fhs, attributes and errors');
+  const r = seen.true as Record<string, unknown>;
+  t.same([r.exists, r.dot, r.slash, r.underFile, r.unknownParent], [17, 22, 22, 20, EBADF], 'EEXIST, EINVAL, ENOTDIR, EBADF');
+  t.same([r.write, r.readBack, r.appended, r.hostModes, r.lookup], [7, 'created', 'onetwo', ['640', '600', '644'], true], 'the files are there as asked');
+});
+
 t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives, after the keeper holds every open fd', async (t) => {
   const seen: Record<string, unknown> = {};
   for (const fastPath of [true, false]) {

@@ -103,6 +103,10 @@ export interface FileSystem {
    * an open file of `nodeid` with `file.fd`. Throws (the worker must die before the publish)
    * if the session cannot take it. */
   adoptServedOpen?(nodeid: NodeId, file: ServedFile): void;
+  /** The session effect of a CREATE the fast path answered: the inode it added as `nodeid`
+   * (as adoptServedInode) and its file, opened as `file.fh` (as adoptServedOpen). Throws (the
+   * worker must die before the publish) if the session cannot take them. */
+  adoptServedCreate?(nodeid: NodeId, found: ServedNewInode, file: ServedFile): void;
   /** A RELEASE the fast path answered, having taken `file` out of its table: release() of
    * `file.fh`, which uses neither the request's flags nor its lock owner. */
   releaseServed?(nodeid: NodeId, file: ServedFile): void;

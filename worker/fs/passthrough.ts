@@ -298,6 +298,8 @@ export class PassthroughFs implements FileSystem {
     this.writeback = (flags & K.FUSE_WRITEBACK_CACHE) !== 0n;
     // The addon's OPEN passes on the flags open() does, as openFlags() adjusts them.
     this.fastTable?.server.setOpenPolicy(PASS_OPEN_FLAGS, this.writeback, this.fileOpenFlags(), this.dirOpenFlags());
+    // The addon creates with umask 0, as runAs does without FUSE_DONT_MASK.
+    this.fastTable?.server.setCreatePolicy(!this.creds.dontMask);
     this.log.info({ cache: this.cache, xattr: this.xattr, dontMask: this.creds.dontMask, writeback: this.writeback },
       'filesystem initialised');
   }
@@ -337,6 +339,18 @@ export class PassthroughFs implements FileSystem {
         `${rec === undefined ? ', and the inode is unknown' : rec.handle === null ? ', and the inode has no handle' : ''}`);
     }
     this.addFile(rec, file.fd, file.flags);
+  }
+
+  /** create() of a file the addon created as it would (fast_fuse.cc Create): its inode as a
+   * LOOKUP's new one, its file as an OPEN's. */
+  adoptServedCreate(nodeid: NodeId, found: ServedNewInode, file: ServedFile): void {
+    try {
+      this.adoptServedInode(nodeid, found);
+    } catch (e) {
+      native.close(file.fd);
+      throw e;
+    }
+    this.adoptServedOpen(nodeid, file);
   }
 
   releaseServed(nodeid: NodeId, file: ServedFile): void {

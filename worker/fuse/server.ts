@@ -285,10 +285,11 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
-  /** LOOKUPs, SETATTRs, OPENs, RELEASEs, UNLINKs and RMDIRs the addon answered
+  /** LOOKUPs, SETATTRs, OPENs, RELEASEs, CREATEs, UNLINKs and RMDIRs the addon answered
    * (native/src/fast_fuse.cc), one batch per ring turn: each one's outcome (and its session
-   * change: a LOOKUP's lookup count or new inode, an OPEN's fh, a RELEASE's closeFile; an
-   * UNLINK's intent the addon journaled itself) is journaled as TypeScript's own request
+   * change: a LOOKUP's lookup count or new inode, an OPEN's fh, a RELEASE's closeFile, a
+   * CREATE's inode and fh; the intent of a CREATE or UNLINK the addon journaled itself) is
+   * journaled as TypeScript's own request
    * would journal it (dispatch), in pop order, so the group commit makes them durable before
    * the replies are published, and a resubmission after a crash gets the recorded reply
    * instead of a second count or a second run. */
@@ -300,17 +301,19 @@ export class FuseServer implements ChainHandler {
       const opcode = batch.opcode(i);
       const counter = batch.counter(i);
       const key = requestKey(queueIndex, head, counter);
-      const found = opcode === K.FUSE_LOOKUP ? batch.newInode?.(i) ?? null : null;
+      const found = opcode === K.FUSE_LOOKUP || opcode === K.FUSE_CREATE ? batch.newInode?.(i) ?? null : null;
       if (found === null && ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
         // A plain outcome, as TypeScript journals its own: a LOOKUP that added an inode (its
         // addInode), a SETATTR (no session change), an OPEN (its openFile), a RELEASE (its
-        // closeFile and lock ends), an UNLINK or RMDIR (no session change; its intent is in
-        // the journal), or a LOOKUP with a ledger that takes no batches.
+        // closeFile and lock ends), a CREATE (its addInode and openFile), an UNLINK or RMDIR
+        // (no session change; the intent of these three is in the journal), or a LOOKUP with a
+        // ledger that takes no batches.
         const intentMs = batch.intentMs?.(i) ?? null;
         ledger?.beginRequest(key, opcode, false, null, intentMs ?? undefined);
-        if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
+        if (opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
+        else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
         else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);
         ledger?.endSync();
@@ -329,6 +332,17 @@ export class FuseServer implements ChainHandler {
       throw new BugError(`fast-path LOOKUP added inode ${nodeid}, which the filesystem cannot take`);
     }
     this.fs.adoptServedInode(nodeid, found);
+  }
+
+  /** A CREATE's new inode and file. Throws when the batch or the filesystem cannot take them:
+   * the worker dies before the reply is published (its successor settles the CREATE by its
+   * intent). */
+  private adoptServedCreate(batch: RingServedBatch, i: number, found: ServedNewInode | null): void {
+    const file = batch.created?.(i) ?? null;
+    if (found === null || file === null || this.fs.adoptServedCreate === undefined) {
+      throw new BugError(`fast-path CREATE of nodeid ${batch.nodeid(i)} that the batch or the filesystem cannot take`);
+    }
+    this.fs.adoptServedCreate(batch.nodeid(i), found, file);
   }
 
   /** An OPEN(DIR)'s new fh or a RELEASE(DIR)'s release. Throws when the batch or the filesystem

@@ -18,13 +18,16 @@ function ringError(e: unknown): unknown {
  * the reply (160 bytes), then what the kind says: a new inode (i32 fd, u32 file type, u64 dev,
  * u64 ino, i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle:
  * 128 bytes), an opened or released file or dir (i32 fd, u32 open flags, f64 fh) or the time of
- * an intent the addon journaled (f64 wall-clock ms). */
-export const SERVED_RECORD_SIZE = 360;
+ * an intent the addon journaled (f64 wall-clock ms) in its place; a CREATE has its new inode
+ * there, its file and its intent's time after it. */
+export const SERVED_RECORD_SIZE = 384;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
 const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
 const MAX_HANDLE_BYTES = 128;
-const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6;
+const CREATED_FILE_AT = NEW_INODE_AT + 40 + MAX_HANDLE_BYTES;
+const CREATED_INTENT_AT = CREATED_FILE_AT + 16;
+const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -52,7 +55,8 @@ class NativeServedBatch implements RingServedBatch {
 
   newInode(i: number): ServedNewInode | null {
     const at = i * SERVED_RECORD_SIZE;
-    if (this.bytes.readUInt32LE(at + 28) !== KIND_NEW_INODE) return null;
+    const kind = this.bytes.readUInt32LE(at + 28);
+    if (kind !== KIND_NEW_INODE && kind !== KIND_CREATED) return null;
     const p = at + NEW_INODE_AT;
     const len = Math.min(this.bytes.readUInt32LE(p + 32), MAX_HANDLE_BYTES);
     return {
@@ -84,13 +88,19 @@ class NativeServedBatch implements RingServedBatch {
 
   intentMs(i: number): number | null {
     const at = i * SERVED_RECORD_SIZE;
-    return this.bytes.readUInt32LE(at + 28) === KIND_INTENDED ? this.bytes.readDoubleLE(at + NEW_INODE_AT) : null;
+    const kind = this.bytes.readUInt32LE(at + 28);
+    return kind === KIND_INTENDED ? this.bytes.readDoubleLE(at + NEW_INODE_AT)
+      : kind === KIND_CREATED ? this.bytes.readDoubleLE(at + CREATED_INTENT_AT) : null;
   }
 
-  private file(i: number, kind: number): ServedFile | null {
+  created(i: number): ServedFile | null {
+    return this.file(i, KIND_CREATED, CREATED_FILE_AT);
+  }
+
+  private file(i: number, kind: number, area = NEW_INODE_AT): ServedFile | null {
     const at = i * SERVED_RECORD_SIZE;
     if (this.bytes.readUInt32LE(at + 28) !== kind) return null;
-    const p = at + NEW_INODE_AT;
+    const p = at + area;
     return { fd: this.bytes.readInt32LE(p), flags: this.bytes.readUInt32LE(p + 4), fh: this.bytes.readDoubleLE(p + 8) };
   }
 }

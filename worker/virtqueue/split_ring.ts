@@ -69,9 +69,11 @@ export interface RingServedBatch {
   /** The same of OPENDIR and RELEASEDIR. */
   openedDir?(i: number): ServedFile | null;
   releasedDir?(i: number): ServedFile | null;
-  /** For a request whose intent the addon journaled before its syscall (UNLINK, RMDIR): the
-   * intent's wall-clock ms; else null. */
+  /** For a request whose intent the addon journaled before its syscall (CREATE, UNLINK, RMDIR):
+   * the intent's wall-clock ms; else null. */
   intentMs?(i: number): number | null;
+  /** The file a CREATE opened, of the inode it added (newInode), or null. */
+  created?(i: number): ServedFile | null;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
