@@ -210,6 +210,9 @@ export interface FastFuseHandle {
   /** CREATE may be served (the session did not grant FUSE_DONT_MASK: files are created with
    * umask 0, which the addon sets process-wide before its first). */
   setCreatePolicy(enabled: boolean): void;
+  /** Benchmark only (VFSK_BENCH_NO_JOURNAL): CREATE, UNLINK and RMDIR are served without their
+   * intents, as TypeScript's requests are then. */
+  setUnjournaled(on: boolean): void;
   /** An open dir (RELEASEDIR's table); moves the next fh past it. */
   setDir(fh: number, nodeid: number, fd: number): void;
   deleteDir(fh: number): void;

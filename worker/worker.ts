@@ -415,8 +415,9 @@ export class Worker {
     // The addon's UNLINK and RMDIR journal their intents themselves, into the journal's
     // mapping, and need the keeper to hold every open fd first (as passthrough.ts unlink).
     this.fastPath?.setJournal(null);
-    if (fastPath !== null && journaling) {
-      this.store.onJournalMapped((map) => fastPath.setJournal(map));
+    if (fastPath !== null) {
+      if (journaling) this.store.onJournalMapped((map) => fastPath.setJournal(map));
+      else fastPath.setUnjournaled(true);
       this.keeper.onSettledChange = (settled) => fastPath.setSettled(settled);
       fastPath.setSettled(this.keeper.settled);
     }

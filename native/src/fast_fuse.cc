@@ -207,6 +207,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetJournal>("setJournal"),
       InstanceMethod<&FastFuse::SetSettled>("setSettled"),
       InstanceMethod<&FastFuse::SetCreatePolicy>("setCreatePolicy"),
+      InstanceMethod<&FastFuse::SetUnjournaled>("setUnjournaled"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
       InstanceMethod<&FastFuse::Stats>("stats"),
     });
@@ -787,6 +788,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // across a pop; worker/state/journal.ts takes our records as committed before its next
   // ones). False, with nothing written, without a journal or room in its mapping.
   bool WriteIntent(const Chain& c, uint32_t opcode, double* tsMs) {
+    if (unjournaled_) {
+      *tsMs = 0;
+      return true;
+    }
     if (journal_ == nullptr) return false;
     char key[kMaxKey];
     int keyLen = snprintf(key, sizeof key, "%u.%u.%llu", static_cast<unsigned>(c.queue), static_cast<unsigned>(c.head),
@@ -1362,6 +1367,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // setUnjournaled(on): benchmark only (VFSK_BENCH_NO_JOURNAL, which measures what journaling
+  // costs): CREATE, UNLINK and RMDIR are served without their intents, as TypeScript's are then.
+  Napi::Value SetUnjournaled(const Napi::CallbackInfo& info) {
+    Args a(info, "setUnjournaled");
+    if (!a.Count(1) || !a.Bool(0, "on", &unjournaled_)) return {};
+    return info.Env().Undefined();
+  }
+
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
   Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
     Args a(info, "forgetInode");
@@ -1477,6 +1490,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool settled_ = false;  // setSettled
   bool createPolicy_ = false;  // setCreatePolicy
   bool umaskZero_ = false;     // the process umask was set to 0 for CREATE
+  bool unjournaled_ = false;   // setUnjournaled (benchmark only)
   const uint32_t ownUid_ = static_cast<uint32_t>(geteuid());
   const uint32_t ownGid_ = static_cast<uint32_t>(getegid());
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;
