@@ -51,9 +51,12 @@ export interface FastPathStats {
   /** OPENDIRs of handle-named dirs and RELEASEDIRs. Absent from older workers. */
   opendir?: number;
   releasedir?: number;
-  /** CREATEs, UNLINKs and RMDIRs (their intents journaled by the addon, outcomes by
+  /** CREATEs, MKDIRs, UNLINKs and RMDIRs (their intents journaled by the addon, outcomes by
    * TypeScript). Absent from older workers. */
   create?: number;
+  mkdir?: number;
+  /** CREATEs and MKDIRs answered with their syscall's errno (their intents journaled). */
+  intentErrors?: number;
   unlink?: number;
   rmdir?: number;
   declined: number;

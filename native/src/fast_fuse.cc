@@ -1,14 +1,14 @@
 // The FUSE fast server: GETATTR, READ and WRITE (not append, not O_SYNC), LOOKUP of known
 // inodes, FLUSH, GETXATTR and SETATTR of known inodes and open files, OPEN and OPENDIR of
-// handle-named files and dirs and their RELEASE and RELEASEDIR, CREATE of new names, UNLINK and
-// RMDIR, served on the JS thread straight from the ring (ring.cc), with no JavaScript.
+// handle-named files and dirs and their RELEASE and RELEASEDIR, CREATE and MKDIR of new names,
+// UNLINK and RMDIR, served on the JS thread straight from the ring (ring.cc), with no JavaScript.
 // worker/fuse/server.ts stays the definition of behaviour: this file serves only the plain,
 // well-formed case of each opcode and declines everything else (a length that is not exactly
 // the expected one, an unknown nodeid or fh, an offset past 2^53, a syscall error, a read or
 // write that would block), which the TypeScript server then answers — errors included.
 //
 // Decisions:
-// - CREATE, UNLINK and RMDIR are not idempotent (EEXIST, ENOENT the second time): as TypeScript does
+// - CREATE, MKDIR, UNLINK and RMDIR are not idempotent (EEXIST, ENOENT the second time): as TypeScript does
 //   (worker/fuse/exactly_once.ts), their intent is journaled before the syscall, here, into the
 //   journal's mapping (worker/state/journal.ts: one record and its commit, as
 //   RequestLog.beginRequest writes one), and their outcome by JavaScript before the publish.
@@ -263,6 +263,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_open_in) && h.len == have && Opendir(c, h, out);
       case FUSE_RELEASEDIR:
         return have == kInHeader + sizeof(fuse_release_in) && h.len == have && Releasedir(c, h, in + kInHeader, out);
+      case FUSE_MKDIR:
+        return h.len == have && Mkdir(c, h, in + kInHeader, have - kInHeader, out);
       case FUSE_CREATE:
         return h.len == have && Create(c, h, in + kInHeader, have - kInHeader, out);
       case FUSE_UNLINK:
@@ -519,34 +521,33 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     std::memcpy(&ci, args, sizeof ci);
     const char* name = reinterpret_cast<const char*>(args + sizeof ci);
     if (!PlainName(name, len - sizeof ci - 1)) return Decline();
-    auto parent = inodes_.find(h.nodeid);
-    auto meta = meta_.find(h.nodeid);
-    if (parent == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR) return Decline();
-    const int parentFd = parent->second;
+    int parentFd;
+    if (!ParentDir(h.nodeid, &parentFd)) return Decline();
     struct stat st;
     if (fstatat(parentFd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) return Decline();
     uint32_t flags = OpenFlags(ci.flags);
-    if (!umaskZero_) {
-      umask(0);  // process-wide; the worker's own files are created 0600 explicitly
-      umaskZero_ = true;
-    }
     double tsMs;
-    if (!WriteIntent(c, h.opcode, &tsMs)) return Decline();
-    CrashPoint(NativeCrashPoint::kAfterIntent, h.opcode);
+    EnsureUmaskZero();
     open_how how;
     std::memset(&how, 0, sizeof how);
     how.flags = flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
     how.mode = ci.mode & 07777;
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
     long r = -1;
-    bool took = RunAs(h.uid, h.gid, [&] {
-      do {
-        r = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
-      } while (r < 0 && errno == EINTR);
-    });
-    if (!took || r < 0) return Decline();
-    const int file = static_cast<int>(r);
+    int err = 0;
+    if (!IntendThenRunAs(c, h, &tsMs, [&] {
+          do {
+            r = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
+          } while (r < 0 && errno == EINTR);
+          err = r < 0 ? errno : 0;
+        }))
+      return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    // A name made meanwhile may be opened instead (no O_EXCL asked), and fds may be given back:
+    // TypeScript's. Any other errno is its answer too, given here.
+    if (err == EEXIST || err == EMFILE || err == ENFILE) return Decline();
+    if (err != 0) return ReplyIntendedError(c, h, err, tsMs, out);
+    const int file = static_cast<int>(r);
     int pathFd = Reopen(file, O_PATH);
     struct stat fst;
     if (pathFd < 0 || !Identify(pathFd, &out->inode, &fst)) {
@@ -578,6 +579,104 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->file = OpenedFile{file, fh, flags};
     out->intentTsMs = tsMs;
     creates_++;
+    return true;
+  }
+
+  // MKDIR (worker/fs/passthrough.ts mkdir: mkdirat with the caller's fs ids and umask 0, then
+  // lookupChild: openat2 O_PATH beneath the parent, the new dir's identity and handle), as the
+  // session's next nodeid; the intent first, as CREATE's. Declined, with nothing done, as
+  // CREATE; mkdirat's errno is the answer (TypeScript's too, EEXIST included); a dir made whose
+  // identity cannot be taken is removed again and TypeScript runs the request.
+  bool Mkdir(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out);
+    if (!createPolicy_ || readonly_ || handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU || c.writableLen < kReply)
+      return Decline();
+    fuse_mkdir_in mi;
+    if (len < sizeof mi + 2 || args[len - 1] != 0) return Decline();
+    std::memcpy(&mi, args, sizeof mi);
+    const char* name = reinterpret_cast<const char*>(args + sizeof mi);
+    if (!PlainName(name, len - sizeof mi - 1)) return Decline();
+    int parentFd;
+    if (!ParentDir(h.nodeid, &parentFd)) return Decline();
+    double tsMs;
+    EnsureUmaskZero();
+    int r = -1, err = 0;
+    if (!IntendThenRunAs(c, h, &tsMs, [&] {
+          do {
+            r = mkdirat(parentFd, name, mi.mode & 07777);
+          } while (r != 0 && errno == EINTR);
+          err = r == 0 ? 0 : errno;
+        }))
+      return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    if (err != 0) return ReplyIntendedError(c, h, err, tsMs, out);
+    open_how how;
+    std::memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    long fd;
+    do {
+      fd = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
+    } while (fd < 0 && errno == EINTR);
+    struct stat st;
+    if (fd < 0 || !Identify(static_cast<int>(fd), &out->inode, &st) || out->inode.fileType != S_IFDIR) {
+      if (fd >= 0) close(static_cast<int>(fd));
+      unlinkat(parentFd, name, AT_REMOVEDIR);
+      return Decline();
+    }
+    uint64_t nodeid = AddNewInode(out->inode);
+    WriteEntryReply(c, h, nodeid, 0, st, out);
+    out->kind = ServedKind::kMadeDir;
+    out->intentTsMs = tsMs;
+    mkdirs_++;
+    return true;
+  }
+
+  // The fd of the directory `nodeid` names (in the table, of type S_IFDIR).
+  bool ParentDir(uint64_t nodeid, int* fd) const {
+    auto parent = inodes_.find(nodeid);
+    auto meta = meta_.find(nodeid);
+    if (parent == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR) return false;
+    *fd = parent->second;
+    return true;
+  }
+
+  // The process umask is 0 before the first creation here (process-wide; the worker's own files
+  // are created 0600 explicitly), as worker/fs/credentials.ts runAs sets it without
+  // FUSE_DONT_MASK.
+  void EnsureUmaskZero() {
+    if (umaskZero_) return;
+    umask(0);
+    umaskZero_ = true;
+  }
+
+  // Journals the request's intent, then runs `fn` (its syscall) with the caller's fs ids: false,
+  // with nothing done, when an id does not take or the intent cannot be written. (A crash point
+  // armed after the intent runs with those ids: tests only.)
+  template <typename Fn>
+  bool IntendThenRunAs(const Chain& c, const fuse_in_header& h, double* tsMs, Fn fn) {
+    bool intended = false;
+    bool took = RunAs(h.uid, h.gid, [&] {
+      if (!WriteIntent(c, h.opcode, tsMs)) return;
+      intended = true;
+      CrashPoint(NativeCrashPoint::kAfterIntent, h.opcode);
+      fn();
+    });
+    return took && intended;
+  }
+
+  // The errno reply of a request whose intent is journaled: its outcome is JavaScript's to
+  // journal, as of any reply (kIntended).
+  bool ReplyIntendedError(const Chain& c, const fuse_in_header& h, int err, double tsMs, Served* out) {
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), -err, h.unique};
+    std::memcpy(out->reply, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
+    out->usedLen = out->replyLen = kOutHeader;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    out->kind = ServedKind::kIntended;
+    out->intentTsMs = tsMs;
+    intentErrors_++;
     return true;
   }
 
@@ -758,15 +857,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (readonly_ || !settled_ || len < 2 || args[len - 1] != 0 || c.writableLen < kOutHeader) return Decline();
     const char* name = reinterpret_cast<const char*>(args);
     if (!PlainName(name, len - 1)) return Decline();
-    auto parent = inodes_.find(h.nodeid);
-    auto meta = meta_.find(h.nodeid);
-    if (parent == inodes_.end() || meta == meta_.end() || meta->second.fileType != S_IFDIR) return Decline();
+    int parentFd;
+    if (!ParentDir(h.nodeid, &parentFd)) return Decline();
     double tsMs;
     if (!WriteIntent(c, h.opcode, &tsMs)) return Decline();
     CrashPoint(NativeCrashPoint::kAfterIntent, h.opcode);
     int r;
     do {
-      r = unlinkat(parent->second, name, flags);
+      r = unlinkat(parentFd, name, flags);
     } while (r != 0 && errno == EINTR);
     int err = r == 0 ? 0 : errno;
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
@@ -1444,6 +1542,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("opendir", Napi::Number::New(env, static_cast<double>(opendirs_)));
     o.Set("releasedir", Napi::Number::New(env, static_cast<double>(releasedirs_)));
     o.Set("create", Napi::Number::New(env, static_cast<double>(creates_)));
+    o.Set("mkdir", Napi::Number::New(env, static_cast<double>(mkdirs_)));
+    o.Set("intentErrors", Napi::Number::New(env, static_cast<double>(intentErrors_)));
     o.Set("unlink", Napi::Number::New(env, static_cast<double>(unlinks_)));
     o.Set("rmdir", Napi::Number::New(env, static_cast<double>(rmdirs_)));
     o.Set("intents", Napi::Number::New(env, static_cast<double>(intents_)));
@@ -1470,7 +1570,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
-           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0;
+           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0;
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)

@@ -60,7 +60,7 @@ struct OpenedFile {
 
 // What a served request leaves for JavaScript besides its reply (the record's kind).
 enum class ServedKind : uint32_t {
-  kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5, kIntended = 6, kCreated = 7
+  kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5, kIntended = 6, kCreated = 7, kMadeDir = 8
 };
 
 // What the server did with a chain it served.
@@ -79,7 +79,7 @@ struct Served {
   // kReleasedDir: the same of OPENDIR and RELEASEDIR; kIntended: a request whose intent the
   // server journaled before its syscall (UNLINK, RMDIR), at `intentTsMs` (wall clock);
   // kCreated: a CREATE (its intent journaled so too) that added inode `nodeid` (`inode`) and
-  // opened it (`file`).
+  // opened it (`file`); kMadeDir: a MKDIR (the same) that added inode `nodeid` (`inode`).
   ServedKind kind = ServedKind::kPlain;
   double intentTsMs = 0;
   NewInode inode;

@@ -76,7 +76,7 @@ enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
 // kind says: an inode (i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle type,
 // u32 handle length, 4 bytes of padding, the handle: 128 bytes), a file (i32 fd, u32 open
 // flags, f64 fh) or an intent's time (f64 ms) in its place; a CREATE has its inode there, its
-// file and intent time after it.
+// file and intent time after it; a MKDIR its inode there, its intent time after the file's room.
 constexpr size_t kRecordHeader = 32;
 constexpr size_t kNewInodeAt = kRecordHeader + sizeof(Served::reply);
 constexpr size_t kCreatedFileAt = kNewInodeAt + 40 + sizeof(NewInode::handle);
@@ -730,7 +730,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<double>(f + 8, static_cast<double>(served.file.fh));
       Store<double>(e + kCreatedIntentAt, served.intentTsMs);
     }
-    if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated) {
+    if (served.kind == ServedKind::kMadeDir) Store<double>(e + kCreatedIntentAt, served.intentTsMs);
+    if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated || served.kind == ServedKind::kMadeDir) {
       const NewInode& n = served.inode;
       uint8_t* p = e + kNewInodeAt;
       Store<int32_t>(p, n.fd);

@@ -414,7 +414,7 @@ const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 
 /** Cases the addon serves with the intent it journals itself (native/src/fast_fuse.cc Remove):
  * they die in the addon at op-after-intent and op-after-syscall (the marker says so), at
  * TypeScript's points after. */
-const INTENT_IN_ADDON = new Set(['CREATE', 'UNLINK', 'RMDIR']);
+const INTENT_IN_ADDON = new Set(['CREATE', 'MKDIR', 'UNLINK', 'RMDIR']);
 const fastPathOn = process.env.VFSK_FAST_PATH !== '0';
 
 for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases, ...knownPlusCases]) {

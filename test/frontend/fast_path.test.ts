@@ -275,7 +275,7 @@ t.test('the fast path serves OPEN and RELEASE with the replies TypeScript gives,
   t.same(replies.true, replies.false, 'both paths gave the same fhs, flags, bytes and errors');
 });
 
-t.test('the fast path serves CREATE of new names with the replies TypeScript gives: nodeids, fhs, modes, flags', async (t) => {
+t.test('the fast path serves CREATE and MKDIR of new names with the replies TypeScript gives: nodeids, fhs, modes, flags', async (t) => {
   const seen: Record<string, unknown> = {};
   for (const fastPath of [true, false]) {
     const { s, stateDir } = await session(t, fastPath, true);
@@ -302,6 +302,14 @@ t.test('the fast path serves CREATE of new names with the replies TypeScript giv
     r.slash = await made(dir, 'a/b', F.O.RDWR | F.O.CREAT, 0o644);
     r.underFile = await made(data, 'x', F.O.RDWR | F.O.CREAT, 0o644);
     r.unknownParent = await made(987654n, 'x', F.O.RDWR | F.O.CREAT, 0o644);
+    const mkdir = (parent: bigint, name: string, mode: number): Promise<unknown> => s.fuse.mkdir(parent, name, mode)
+      .then((e) => ({ nodeid: e.nodeid, mode: e.attr.mode }), (e: unknown) => { if (e instanceof FuseError) return e.errno; throw e; });
+    r.mkdir = await mkdir(dir, 'm1', 0o750);
+    r.mkdirExists = await mkdir(root, 'dir', 0o755); // EEXIST (TypeScript's)
+    r.mkdirDot = await mkdir(dir, '..', 0o755); // EINVAL (TypeScript's)
+    r.createInMade = await made((r.mkdir as { nodeid: bigint }).nodeid, 'inner', F.O.RDWR | F.O.CREAT | F.O.EXCL, 0o600);
+    const inner = r.createInMade as { nodeid: bigint; fh: bigint };
+    await s.fuse.release(inner.nodeid, inner.fh);
     const n1 = r.excl as { nodeid: bigint; fh: bigint };
     const n3 = r.appendTrunc as { nodeid: bigint; fh: bigint };
     r.write = await s.fuse.write(n1.nodeid, n1.fh, 0, Buffer.from('created'));
@@ -309,7 +317,7 @@ t.test('the fast path serves CREATE of new names with the replies TypeScript giv
     await s.fuse.write(n3.nodeid, n3.fh, 0, Buffer.from('one'));
     await s.fuse.write(n3.nodeid, n3.fh, 0, Buffer.from('two'));
     r.appended = fs.readFileSync(s.host('n3'), 'utf8'); // O_APPEND kept in the fh's flags
-    r.hostModes = ['dir/n1', 'dir/n2', 'n3'].map((n) => (fs.statSync(s.host(n)).mode & 0o7777).toString(8));
+    r.hostModes = ['dir/n1', 'dir/n2', 'n3', 'dir/m1', 'dir/m1/inner'].map((n) => (fs.statSync(s.host(n)).mode & 0o7777).toString(8));
     // The created inode is the session's: a LOOKUP finds the same nodeid, a FORGET of both drops it.
     r.lookup = (await s.fuse.lookup(dir, 'n1')).nodeid === n1.nodeid;
     for (const [n, fh] of [[n1.nodeid, n1.fh], [n3.nodeid, n3.fh]] as const) await s.fuse.release(n, fh);
@@ -321,17 +329,20 @@ t.test('the fast path serves CREATE of new names with the replies TypeScript giv
     await waitFor(() => { const q = queryStatus(stateDir); return q.fuse.openFiles === 0 && (q.fdNames.file ?? 0) === 0 ? true : undefined; },
       'no open files, and no file fd in the keeper', 10_000);
     if (fastPath) {
-      const f = await fastStats(stateDir, (x) => (x.create ?? 0) >= 3, 'the fast path CREATE counter');
-      t.equal(f.create, 3, `the three new names were created natively: ${JSON.stringify(f)}`);
-      // data, log, '.', 'a/b', under a file, under an unknown parent: TypeScript's.
-      t.equal(f.declinedBy?.CREATE, 6, 'the rest declined');
+      const f = await fastStats(stateDir, (x) => (x.create ?? 0) >= 4 && (x.mkdir ?? 0) >= 1, 'the fast path CREATE and MKDIR counters');
+      t.same([f.create, f.mkdir], [4, 1], `the new names were created natively (one in the new dir): ${JSON.stringify(f)}`);
+      // The existing dir's EEXIST is mkdirat's, answered natively; data, log, '.', 'a/b', under a
+      // file, under an unknown parent, and MKDIR of '..': TypeScript's.
+      t.equal(f.intentErrors, 1, 'one errno answered natively');
+      t.same([f.declinedBy?.CREATE, f.declinedBy?.MKDIR], [6, 1], 'the rest declined');
     }
     await s.close();
   }
   t.same(seen.true, seen.false, 'both paths gave the same nodeids, fhs, attributes and errors');
   const r = seen.true as Record<string, unknown>;
   t.same([r.exists, r.dot, r.slash, r.underFile, r.unknownParent], [17, 22, 22, 20, EBADF], 'EEXIST, EINVAL, ENOTDIR, EBADF');
-  t.same([r.write, r.readBack, r.appended, r.hostModes, r.lookup], [7, 'created', 'onetwo', ['640', '600', '644'], true], 'the files are there as asked');
+  t.same([r.mkdirExists, r.mkdirDot], [17, 22], 'MKDIR: EEXIST, EINVAL');
+  t.same([r.write, r.readBack, r.appended, r.hostModes, r.lookup], [7, 'created', 'onetwo', ['640', '600', '644', '750', '600'], true], 'the files are there as asked');
 });
 
 t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives, after the keeper holds every open fd', async (t) => {

@@ -1,6 +1,6 @@
 // Fuzz of the addon's FUSE fast server (native/src/fast_fuse.cc), in process: random and mutated
 // GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE,
-// UNLINK and RMDIR requests (wrong lengths, names without NUL, '/', '..', huge
+// MKDIR, UNLINK and RMDIR requests (wrong lengths, names without NUL, '/', '..', huge
 // offsets and sizes, unknown ids, odd buffer splits) through the addon's ring with the server
 // attached, over a real directory. Whatever it serves must be a well-formed reply to that
 // request (length, unique, no error) that fits the guest's buffers; everything else must come
@@ -28,8 +28,8 @@ const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 4000;
-// LOOKUP, GETATTR, SETATTR, UNLINK, RMDIR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR, CREATE
-const OPS = [1, 3, 4, 10, 11, 14, 15, 16, 18, 22, 25, 27, 29, 35] as const;
+// LOOKUP, GETATTR, SETATTR, MKDIR, UNLINK, RMDIR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR, CREATE
+const OPS = [1, 3, 4, 9, 10, 11, 14, 15, 16, 18, 22, 25, 27, 29, 35] as const;
 /** The nodeid the addon's first new inode takes (setNextNodeId: CREATE's). */
 const FIRST_NEW_NODEID = 1000;
 /** A directory under the root, named by a handle: OPENDIR's and RELEASEDIR's. */
@@ -125,7 +125,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   function request(unique: bigint): Buffer {
     const op = OPS[int(OPS.length)]!;
     let body: Buffer;
-    const dirOp = op === 27 || op === 29 || op === 10 || op === 11 || op === 35;
+    const dirOp = op === 27 || op === 29 || op === 9 || op === 10 || op === 11 || op === 35;
     const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0, NODE_DIR][int(8) < 6 ? (op === 1 ? 0 : dirOp ? 5 : 1) : int(6)]!;
     const fh = int(6) < 5 ? FH : [0, 8, 2 ** 53 + 2][int(3)]!;
     const offset = int(6) < 5 ? int(60_000) : [2 ** 53, 2 ** 63, 2 ** 40][int(3)]!;
@@ -151,15 +151,23 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         server.setSettled(int(10) !== 0);
         break;
       }
+      case 9:
       case 35: {
-        // fuse_create_in (flags, mode, umask, open flags), then a name: new, existing or bad.
+        // fuse_create_in (flags, mode, umask, open flags) or fuse_mkdir_in (mode, umask), then
+        // a name: new, existing or bad.
         const names = ['c', 'c', 'c', 'u', 'w', '.', '..', 'a/b', '', 'x'.repeat(300), 'c\0g'];
         const pick = names[int(names.length)]!;
         if (pick === 'c') fs.rmSync(path.join(dir, 'd', 'c'), { force: true, recursive: true });
-        const args = Buffer.alloc(16);
-        args.writeUInt32LE(int(3) === 0 ? int(0x40_0000) : [0o100, 0o302, 0o1101, 0o2102, 0o100002, 0o200][int(6)]!, 0);
-        args.writeUInt32LE(int(3) === 0 ? int(0o200000) : 0o100644, 4);
-        args.writeUInt32LE(int(0o1000), 8);
+        const args = Buffer.alloc(op === 35 ? 16 : 8);
+        const mode = int(3) === 0 ? int(0o200000) : op === 35 ? 0o100644 : 0o40755;
+          if (op === 35) {
+          args.writeUInt32LE(int(3) === 0 ? int(0x40_0000) : [0o100, 0o302, 0o1101, 0o2102, 0o100002, 0o200][int(6)]!, 0);
+          args.writeUInt32LE(mode, 4);
+          args.writeUInt32LE(int(0o1000), 8);
+        } else {
+          args.writeUInt32LE(mode, 0);
+          args.writeUInt32LE(int(0o1000), 4);
+        }
         body = Buffer.concat([args, Buffer.from(pick), int(8) === 0 ? Buffer.alloc(0) : Buffer.from([0])]);
         break;
       }
@@ -248,7 +256,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     // Readable part split in two descriptors somewhere; writable part of a random size.
     const split = int(req.length + 1);
     // CREATE's reply is the largest here (160 bytes): its sizes are around that.
-    const writable = req.readUInt32LE(4) === 35 ? [100, 159, 160, 4096][int(4)]!
+    const writable = req.readUInt32LE(4) === 35 ? [100, 159, 160, 4096][int(4)]! : req.readUInt32LE(4) === 9 ? [100, 143, 144, 4096][int(4)]!
       : [0, 8, 16, 100, 119, 120, 143, 144, 4096, 70_000][int(10)]!;
     bytes.fill(0xee, REPLY, REPLY + 16);
     const descs: Array<[number, number, number]> = [];
@@ -288,11 +296,19 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // the reply the guest got.
       recorded++;
       const op = req.readUInt32LE(4);
-      const replyLen = ({ 1: 144, 4: 120, 10: 16, 11: 16, 14: 32, 18: 16, 27: 32, 29: 16, 35: 160 } as Record<number, number>)[op];
-      if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined ||
+      const replyLen = ({ 1: 144, 4: 120, 9: 144, 10: 16, 11: 16, 14: 32, 18: 16, 27: 32, 29: 16, 35: 160 } as Record<number, number>)[op];
+      // A CREATE or MKDIR answered with its syscall's errno: a bare header, with its intent.
+      const intendedError = (op === 9 || op === 35) && c.reply(0).length === 16 && c.reply(0).readInt32LE(4) < 0;
+      if (intendedError) {
+        if (c.intentMs!(0) === null || c.newInode!(0) !== null) {
+          t.fail(`iteration ${it}: an errno reply of op ${op} without its intent, or with an inode`);
+          return;
+        }
+        removed.push(c.counter(0));
+      } else if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined ||
         // A SETATTR of the dir is the dir's; OPEN(DIR), RELEASE(DIR), UNLINK and RMDIR only of
         // their kind; a CREATE's record names the new inode.
-        !(op === 35 ? [nextNodeId] : op === 27 || op === 29 || op === 10 || op === 11 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
+        !(op === 35 || op === 9 ? [nextNodeId] : op === 27 || op === 29 || op === 10 || op === 11 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
         !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== replyLen) {
         t.fail(`iteration ${it}: the served request's record is not its reply`);
         return;
@@ -300,7 +316,22 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // An OPEN: the next fh, an fd of the file, the fh in the reply. A RELEASE: the fh and fd
       // the table had (the fuzz's fixed fh goes back in, as JavaScript would not do).
       const file = op === 14 ? c.opened!(0) : op === 18 ? c.released!(0) : op === 27 ? c.openedDir!(0) : op === 29 ? c.releasedDir!(0) : null;
-      if (op === 35) {
+      if (intendedError) {
+        // checked above
+      } else if (op === 9) {
+        // The new dir: the next nodeid, an O_PATH fd of the name, in the reply; the intent's time.
+        const inode = c.newInode!(0);
+        const name = req.subarray(48, req.indexOf(0, 48)).toString();
+        const hostIno = fs.statSync(path.join(dir, 'd', name), { bigint: true }).ino;
+        if (inode === null || inode.ino !== hostIno || inode.fileType !== 0o040000 || inoOf(inode.fd) !== hostIno ||
+          c.reply(0).readBigUInt64LE(16) !== BigInt(nextNodeId) || c.intentMs!(0) === null) {
+          t.fail(`iteration ${it}: MKDIR's record is not nodeid ${nextNodeId} of d/${name}`);
+          return;
+        }
+        createdInodes.push(inode.fd);
+        nextNodeId++;
+        removed.push(c.counter(0));
+      } else if (op === 35) {
         // The new inode (the next nodeid, an O_PATH fd of the name) and its file (the next fh,
         // an fd of the same file), both in the reply; the intent's time.
         const inode = c.newInode!(0);
@@ -364,13 +395,13 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     // The errors answered here are a bare header: GETXATTR's ENODATA and ERANGE, LOOKUP's ENOENT.
     // UNLINK's and RMDIR's errno is the syscall's, whatever it is.
     const nativeError = usedLen === 16 && ((opcode === 22 && (error === -ENODATA || error === -ERANGE)) || (opcode === 1 && error === -ENOENT) ||
-      ((opcode === 10 || opcode === 11) && error < 0 && error > -4096));
+      ([9, 10, 11, 35].includes(opcode) && error < 0 && error > -4096));
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || nativeError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
       (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
       (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16) &&
       (opcode !== 27 || usedLen === 32) && (opcode !== 29 || usedLen === 16) && (opcode !== 10 || usedLen === 16) && (opcode !== 11 || usedLen === 16) &&
-      (opcode !== 35 || usedLen === 160);
+      (opcode !== 35 || usedLen === 160 || nativeError) && (opcode !== 9 || usedLen === 144 || nativeError);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
@@ -378,16 +409,17 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   }
   const stats = server.stats();
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
-  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.unlink + stats.rmdir, recorded,
-    'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE, UNLINK and RMDIR came back for its journal');
+  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir, recorded,
+    'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE, MKDIR, UNLINK and RMDIR came back for its journal');
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
-    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.unlink + stats.rmdir, served, 'the server counts what it served');
-  t.ok(stats.unlink > 10 && stats.rmdir > 10 && stats.create > 10, `UNLINKs served: ${stats.unlink}, RMDIRs: ${stats.rmdir}, CREATEs: ${stats.create}`);
+    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir, served, 'the server counts what it served');
+  t.ok(stats.unlink > 10 && stats.rmdir > 10 && stats.create > 10 && stats.mkdir > 10,
+    `UNLINKs served: ${stats.unlink}, RMDIRs: ${stats.rmdir}, CREATEs: ${stats.create}, MKDIRs: ${stats.mkdir}`);
   // Their intents, as the worker's journal reader decodes them, in order: one per request.
   const reread = StateJournal.open(journalPath, [2]);
   const intents = reread.payloads(DATA_START).map((p) => decodePayload(p));
   reread.close();
-  t.same(intents.map((d) => d.t === 'intent' ? d.key : d.t), removed.map((n) => `1.0.${n}`), 'each served CREATE, UNLINK and RMDIR journaled its intent, keyed as TypeScript keys it');
+  t.same(intents.map((d) => d.t === 'intent' ? d.key : d.t), removed.map((n) => `1.0.${n}`), 'each served CREATE, MKDIR, UNLINK and RMDIR journaled its intent, keyed as TypeScript keys it');
   t.equal(stats.intents, removed.length, 'and no other');
   t.ok(stats.open > 10 && stats.release > 10, `OPENs served: ${stats.open}, RELEASEs: ${stats.release}`);
   t.ok(stats.opendir > 10 && stats.releasedir > 5, `OPENDIRs served: ${stats.opendir}, RELEASEDIRs: ${stats.releasedir}`);

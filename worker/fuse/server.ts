@@ -285,10 +285,11 @@ export class FuseServer implements ChainHandler {
     return 'drop';
   }
 
-  /** LOOKUPs, SETATTRs, OPENs, RELEASEs, CREATEs, UNLINKs and RMDIRs the addon answered
+  /** LOOKUPs, SETATTRs, OPENs, RELEASEs, CREATEs, MKDIRs, UNLINKs and RMDIRs the addon answered
    * (native/src/fast_fuse.cc), one batch per ring turn: each one's outcome (and its session
    * change: a LOOKUP's lookup count or new inode, an OPEN's fh, a RELEASE's closeFile, a
-   * CREATE's inode and fh; the intent of a CREATE or UNLINK the addon journaled itself) is
+   * CREATE's inode and fh, a MKDIR's inode; the intent of a CREATE, MKDIR or UNLINK the addon
+   * journaled itself) is
    * journaled as TypeScript's own request
    * would journal it (dispatch), in pop order, so the group commit makes them durable before
    * the replies are published, and a resubmission after a crash gets the recorded reply
@@ -301,15 +302,15 @@ export class FuseServer implements ChainHandler {
       const opcode = batch.opcode(i);
       const counter = batch.counter(i);
       const key = requestKey(queueIndex, head, counter);
-      const found = opcode === K.FUSE_LOOKUP || opcode === K.FUSE_CREATE ? batch.newInode?.(i) ?? null : null;
+      const found = opcode === K.FUSE_LOOKUP || opcode === K.FUSE_CREATE || opcode === K.FUSE_MKDIR ? batch.newInode?.(i) ?? null : null;
       if (found === null && ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
         // A plain outcome, as TypeScript journals its own: a LOOKUP that added an inode (its
         // addInode), a SETATTR (no session change), an OPEN (its openFile), a RELEASE (its
-        // closeFile and lock ends), a CREATE (its addInode and openFile), an UNLINK or RMDIR
-        // (no session change; the intent of these three is in the journal), or a LOOKUP with a
-        // ledger that takes no batches.
+        // closeFile and lock ends), a CREATE (its addInode and openFile), a MKDIR (its
+        // addInode), an UNLINK or RMDIR (no session change; the intent of these four is in the
+        // journal), or a LOOKUP with a ledger that takes no batches.
         const intentMs = batch.intentMs?.(i) ?? null;
         ledger?.beginRequest(key, opcode, false, null, intentMs ?? undefined);
         if (opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);

@@ -19,7 +19,8 @@ function ringError(e: unknown): unknown {
  * u64 ino, i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle:
  * 128 bytes), an opened or released file or dir (i32 fd, u32 open flags, f64 fh) or the time of
  * an intent the addon journaled (f64 wall-clock ms) in its place; a CREATE has its new inode
- * there, its file and its intent's time after it. */
+ * there, its file and its intent's time after it (a MKDIR: its new dir and the intent's time,
+ * the file's room unused). */
 export const SERVED_RECORD_SIZE = 384;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
@@ -27,7 +28,7 @@ const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
 const MAX_HANDLE_BYTES = 128;
 const CREATED_FILE_AT = NEW_INODE_AT + 40 + MAX_HANDLE_BYTES;
 const CREATED_INTENT_AT = CREATED_FILE_AT + 16;
-const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7;
+const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7, KIND_MADE_DIR = 8;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -56,7 +57,7 @@ class NativeServedBatch implements RingServedBatch {
   newInode(i: number): ServedNewInode | null {
     const at = i * SERVED_RECORD_SIZE;
     const kind = this.bytes.readUInt32LE(at + 28);
-    if (kind !== KIND_NEW_INODE && kind !== KIND_CREATED) return null;
+    if (kind !== KIND_NEW_INODE && kind !== KIND_CREATED && kind !== KIND_MADE_DIR) return null;
     const p = at + NEW_INODE_AT;
     const len = Math.min(this.bytes.readUInt32LE(p + 32), MAX_HANDLE_BYTES);
     return {
@@ -90,7 +91,7 @@ class NativeServedBatch implements RingServedBatch {
     const at = i * SERVED_RECORD_SIZE;
     const kind = this.bytes.readUInt32LE(at + 28);
     return kind === KIND_INTENDED ? this.bytes.readDoubleLE(at + NEW_INODE_AT)
-      : kind === KIND_CREATED ? this.bytes.readDoubleLE(at + CREATED_INTENT_AT) : null;
+      : kind === KIND_CREATED || kind === KIND_MADE_DIR ? this.bytes.readDoubleLE(at + CREATED_INTENT_AT) : null;
   }
 
   created(i: number): ServedFile | null {
