@@ -4,6 +4,8 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import * as zlib from 'node:zlib';
+import { native } from '../../shared/native';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { DATA_START, StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
@@ -306,6 +308,33 @@ t.test('compaction keeps staged outcomes (committed first) and later records app
   st = loadState(file);
   t.equal(st.fs!.getInode(b.nodeid)?.ino, 201n, 'a request after the compaction is in the new journal');
   t.equal(st.fs!.inodeCount, 3);
+  store.close();
+});
+
+t.test('the journal\'s mapping observer (the addon\'s intents) follows compactions: the last mapping it hears of is the live one', async (t) => {
+  const { file, store, session } = setup(t);
+  store.setSources({ vhost: () => null, init: () => null, fs: () => session });
+  const heard: Array<ArrayBuffer | null> = [];
+  store.onJournalMapped((m) => heard.push(m));
+  t.equal(heard.length, 1, 'told of the current mapping at once');
+  stagedLookup(store, session, '0.6.1.40', 400n, Buffer.from('one'));
+  store.compact();
+  t.ok(heard.length >= 2 && heard.at(-1) !== null && heard.at(-1) !== heard[0], 'after a compaction: the fresh file\'s mapping, not null');
+  // A record written through that mapping, as the addon writes its intents, is in the live file.
+  const live = heard.at(-1)!;
+  const payload = R.genericPayload({ t: 'init', init: null });
+  const end = Number(native.loadAcquireU64(live, 16));
+  const b = Buffer.from(live);
+  b.writeUInt32LE(payload.length, end);
+  b.writeUInt32LE(zlib.crc32(payload), end + 4);
+  payload.copy(b, end + 8);
+  native.storeReleaseU64(live, 16, BigInt(end + 8 + payload.length));
+  const two = stagedLookup(store, session, '0.6.2.41', 401n, Buffer.from('two'));
+  store.durability.commit();
+  const st = loadState(file);
+  t.equal(st.fs!.getInode(two.nodeid)?.ino, 401n, 'our next record went after it, in the same file');
+  store.onJournalMapped(null);
+  t.equal(heard.at(-1), null, 'taken off: told null');
   store.close();
 });
 

@@ -460,6 +460,8 @@ export class StateStore implements JournalWriter {
     }
     this.snapshotBytes = payload.length;
     this.journal = fresh;
+    // The observer follows the fresh file; the old one's close must not tell it null after that.
+    old.onMapped = null;
     fresh.onMapped = this.mapObserver;
     old.close();
   }
