@@ -200,8 +200,8 @@ export interface FastFuseHandle {
   /** The open(2) flags OPEN passes on, whether the session has the writeback cache, and the
    * FOPEN_* flags of its replies; OPEN is TypeScript's until this is called. */
   setOpenPolicy(passFlags: number, writeback: boolean, replyFlags: number, dirReplyFlags: number): void;
-  /** The state journal's mapping (worker/state/journal.ts), which UNLINK and RMDIR write their
-   * intents to before their syscall (null: none, they are TypeScript's); set again whenever it
+  /** The state journal's mapping (worker/state/journal.ts), which CREATE, MKDIR, UNLINK and RMDIR
+   * write their intents to before their syscall (null: none, they are TypeScript's); set again whenever it
    * is mapped anew, and null before it is unmapped. */
   setJournal(mapping: ArrayBuffer | null): void;
   /** Whether the keeper holds every open fd (UNLINK and RMDIR need it; a native OPEN or
@@ -210,7 +210,7 @@ export interface FastFuseHandle {
   /** CREATE may be served (the session did not grant FUSE_DONT_MASK: files are created with
    * umask 0, which the addon sets process-wide before its first). */
   setCreatePolicy(enabled: boolean): void;
-  /** Benchmark only (VFSK_BENCH_NO_JOURNAL): CREATE, UNLINK and RMDIR are served without their
+  /** Benchmark only (VFSK_BENCH_NO_JOURNAL): CREATE, MKDIR, UNLINK and RMDIR are served without their
    * intents, as TypeScript's requests are then. */
   setUnjournaled(on: boolean): void;
   /** An open dir (RELEASEDIR's table); moves the next fh past it. */

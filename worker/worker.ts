@@ -412,8 +412,9 @@ export class Worker {
     const journaling = process.env.VFSK_BENCH_NO_JOURNAL !== '1';
     if (journaling) fsImpl.session.onMutation(this.store.onFsMutation);
     else this.log.warn('VFSK_BENCH_NO_JOURNAL=1: request and session journaling is OFF; a worker crash will lose state');
-    // The addon's UNLINK and RMDIR journal their intents themselves, into the journal's
-    // mapping, and need the keeper to hold every open fd first (as passthrough.ts unlink).
+    // The addon's CREATE, MKDIR, UNLINK and RMDIR journal their intents themselves, into the
+    // journal's mapping; UNLINK and RMDIR need the keeper to hold every open fd first (as
+    // passthrough.ts unlink).
     this.fastPath?.setJournal(null);
     if (fastPath !== null) {
       if (journaling) this.store.onJournalMapped((map) => fastPath.setJournal(map));

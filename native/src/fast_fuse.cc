@@ -1416,7 +1416,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // setJournal(mapping | null): the state journal's mapping (native.mmap's ArrayBuffer; null:
-  // none, UNLINK and RMDIR are TypeScript's). JavaScript sets it again whenever it maps the
+  // none, CREATE, MKDIR, UNLINK and RMDIR are TypeScript's). JavaScript sets it again whenever it maps the
   // journal anew (grown, compacted) and null before it unmaps it; we hold the mapping meanwhile.
   Napi::Value SetJournal(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -1466,7 +1466,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // setUnjournaled(on): benchmark only (VFSK_BENCH_NO_JOURNAL, which measures what journaling
-  // costs): CREATE, UNLINK and RMDIR are served without their intents, as TypeScript's are then.
+  // costs): CREATE, MKDIR, UNLINK and RMDIR are served without their intents, as TypeScript's
+  // are then.
   Napi::Value SetUnjournaled(const Napi::CallbackInfo& info) {
     Args a(info, "setUnjournaled");
     if (!a.Count(1) || !a.Bool(0, "on", &unjournaled_)) return {};

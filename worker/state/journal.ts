@@ -330,7 +330,7 @@ export class StateJournal {
   }
 
   /** Records the addon committed after ours (the intents it journals before a natively served
-   * UNLINK or RMDIR: native/src/fast_fuse.cc WriteIntent, appended at our committed end while
+   * CREATE, MKDIR, UNLINK or RMDIR: native/src/fast_fuse.cc WriteIntent, appended at our committed end while
    * nothing of ours was staged): ours go after them. */
   private takeForeignCommits(): void {
     const committed = this.committedInFile();

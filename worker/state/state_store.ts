@@ -387,7 +387,7 @@ export class StateStore implements JournalWriter {
   }
 
   /** Told of every mapping of the journal file, across compactions (null: the current one is
-   * about to be unmapped): the addon journals UNLINK's and RMDIR's intents into it. */
+   * about to be unmapped): the addon journals its CREATEs', MKDIRs', UNLINKs' and RMDIRs' intents into it. */
   onJournalMapped(fn: ((map: ArrayBuffer | null) => void) | null): void {
     const before = this.mapObserver;
     this.mapObserver = fn;
