@@ -665,19 +665,19 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return took && intended;
   }
 
-  // The errno reply of a request whose intent is journaled: its outcome is JavaScript's to
-  // journal, as of any reply (kIntended).
+  // The errno reply of a CREATE or MKDIR whose intent is journaled.
   bool ReplyIntendedError(const Chain& c, const fuse_in_header& h, int err, double tsMs, Served* out) {
-    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), -err, h.unique};
-    std::memcpy(out->reply, &oh, sizeof oh);
-    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
-    out->usedLen = out->replyLen = kOutHeader;
-    out->needsRecord = true;
-    out->nodeid = h.nodeid;
-    out->kind = ServedKind::kIntended;
-    out->intentTsMs = tsMs;
+    WriteIntendedReply(c, h, err, tsMs, out);
     intentErrors_++;
     return true;
+  }
+
+  // The header-only reply (errno `err`, 0: success) of a request whose intent is journaled: its
+  // outcome is JavaScript's to journal, as of any reply (kIntended).
+  void WriteIntendedReply(const Chain& c, const fuse_in_header& h, int err, double tsMs, Served* out) const {
+    WriteEmptyReply(c, h, out, err);
+    out->kind = ServedKind::kIntended;
+    out->intentTsMs = tsMs;
   }
 
   // Whether `name` (n bytes) is one plain path component: not empty, '.' or '..', no '/' or NUL
@@ -814,9 +814,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
-  // A reply of the out header alone (RELEASE, RELEASEDIR), journaled.
-  void WriteEmptyReply(const Chain& c, const fuse_in_header& h, Served* out) const {
-    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), 0, h.unique};
+  // A reply of the out header alone (RELEASE, RELEASEDIR; an errno `err`), journaled.
+  void WriteEmptyReply(const Chain& c, const fuse_in_header& h, Served* out, int err = 0) const {
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), -err, h.unique};
     std::memcpy(out->reply, &oh, sizeof oh);
     ScatterSegments(c.writable, 0, out->reply, kOutHeader);
     out->usedLen = out->replyLen = kOutHeader;
@@ -868,14 +868,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     } while (r != 0 && errno == EINTR);
     int err = r == 0 ? 0 : errno;
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
-    fuse_out_header oh{static_cast<uint32_t>(kOutHeader), -err, h.unique};
-    std::memcpy(out->reply, &oh, sizeof oh);
-    ScatterSegments(c.writable, 0, out->reply, kOutHeader);
-    out->usedLen = out->replyLen = kOutHeader;
-    out->needsRecord = true;
-    out->nodeid = h.nodeid;
-    out->kind = ServedKind::kIntended;
-    out->intentTsMs = tsMs;
+    WriteIntendedReply(c, h, err, tsMs, out);
     (flags == 0 ? unlinks_ : rmdirs_)++;
     return true;
   }
@@ -1201,15 +1194,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
 
   // --- JS methods
 
-  Napi::Value SetEnabled(const Napi::CallbackInfo& info) {
-    Args a(info, "setEnabled");
-    if (!a.Count(1) || !a.Bool(0, "enabled", &enabled_)) return {};
-    return info.Env().Undefined();
-  }
+  Napi::Value SetEnabled(const Napi::CallbackInfo& info) { return SetFlag(info, "setEnabled", "enabled", &enabled_); }
 
-  Napi::Value SetReadonly(const Napi::CallbackInfo& info) {
-    Args a(info, "setReadonly");
-    if (!a.Count(1) || !a.Bool(0, "readonly", &readonly_)) return {};
+  Napi::Value SetReadonly(const Napi::CallbackInfo& info) { return SetFlag(info, "setReadonly", "readonly", &readonly_); }
+
+  // A setter of one boolean argument.
+  static Napi::Value SetFlag(const Napi::CallbackInfo& info, const char* fn, const char* arg, bool* flag) {
+    Args a(info, fn);
+    if (!a.Count(1) || !a.Bool(0, arg, flag)) return {};
     return info.Env().Undefined();
   }
 
@@ -1448,31 +1440,19 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
 
   // setSettled(settled): whether the keeper holds every open fd (shared/keeper_client.ts
   // settled), which UNLINK and RMDIR need (a file removed while open is reopened by its fd
-  // only). An OPEN or OPENDIR here unsettles it until JavaScript says so again.
-  Napi::Value SetSettled(const Napi::CallbackInfo& info) {
-    Args a(info, "setSettled");
-    bool settled;
-    if (!a.Count(1) || !a.Bool(0, "settled", &settled)) return {};
-    settled_ = settled;
-    return info.Env().Undefined();
-  }
+  // only). An OPEN, OPENDIR or CREATE here unsettles it until JavaScript says so again.
+  Napi::Value SetSettled(const Napi::CallbackInfo& info) { return SetFlag(info, "setSettled", "settled", &settled_); }
 
   // setCreatePolicy(enabled): CREATE may be served (JavaScript says so once the session's INIT
   // did not grant FUSE_DONT_MASK: the guest masked the mode, so files are created with umask 0).
   Napi::Value SetCreatePolicy(const Napi::CallbackInfo& info) {
-    Args a(info, "setCreatePolicy");
-    if (!a.Count(1) || !a.Bool(0, "enabled", &createPolicy_)) return {};
-    return info.Env().Undefined();
+    return SetFlag(info, "setCreatePolicy", "enabled", &createPolicy_);
   }
 
   // setUnjournaled(on): benchmark only (VFSK_BENCH_NO_JOURNAL, which measures what journaling
   // costs): CREATE, MKDIR, UNLINK and RMDIR are served without their intents, as TypeScript's
   // are then.
-  Napi::Value SetUnjournaled(const Napi::CallbackInfo& info) {
-    Args a(info, "setUnjournaled");
-    if (!a.Count(1) || !a.Bool(0, "on", &unjournaled_)) return {};
-    return info.Env().Undefined();
-  }
+  Napi::Value SetUnjournaled(const Napi::CallbackInfo& info) { return SetFlag(info, "setUnjournaled", "on", &unjournaled_); }
 
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
   Napi::Value ForgetInode(const Napi::CallbackInfo& info) {

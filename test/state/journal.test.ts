@@ -1,9 +1,8 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as zlib from 'node:zlib';
 import { StateJournal, StateFileError, DATA_START, encodeRecord } from '../../worker/state/journal';
-import { native } from '../../shared/native';
+import { appendAsAddon } from '../helpers/foreign_record';
 
 t.test('records survive a reopen in order', async (t) => {
   const dir = t.testdir();
@@ -122,17 +121,7 @@ t.test('records another writer committed after ours (the addon\'s intents) are k
   j.onMapped = (m) => maps.push(m);
   t.equal(maps.length, 1, 'told of the mapping at once');
   const map = maps[0]!;
-  /** Appends one msgpack record as the addon appends its intents: at the committed end, then a
-   * release store of the commit offset. */
-  const foreign = (value: unknown): void => {
-    const payload = encodeRecord(value);
-    const end = Number(native.loadAcquireU64(map, 16));
-    const b = Buffer.from(map);
-    b.writeUInt32LE(payload.length, end);
-    b.writeUInt32LE(zlib.crc32(payload), end + 4);
-    payload.copy(b, end + 8);
-    native.storeReleaseU64(map, 16, BigInt(end + 8 + payload.length));
-  };
+  const foreign = (value: unknown): void => appendAsAddon(map, encodeRecord(value));
   j.append({ n: 1 });
   foreign({ n: 2 });
   j.append({ n: 3 });

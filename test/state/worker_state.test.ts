@@ -4,8 +4,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import * as zlib from 'node:zlib';
-import { native } from '../../shared/native';
+import { appendAsAddon } from '../helpers/foreign_record';
 import { FsSession, type FsMutation, type InodeRecord } from '../../worker/fs/session';
 import { DATA_START, StateJournal, StateFileError, encodeRecord } from '../../worker/state/journal';
 import * as R from '../../worker/state/records';
@@ -321,14 +320,7 @@ t.test('the journal\'s mapping observer (the addon\'s intents) follows compactio
   store.compact();
   t.ok(heard.length >= 2 && heard.at(-1) !== null && heard.at(-1) !== heard[0], 'after a compaction: the fresh file\'s mapping, not null');
   // A record written through that mapping, as the addon writes its intents, is in the live file.
-  const live = heard.at(-1)!;
-  const payload = R.genericPayload({ t: 'init', init: null });
-  const end = Number(native.loadAcquireU64(live, 16));
-  const b = Buffer.from(live);
-  b.writeUInt32LE(payload.length, end);
-  b.writeUInt32LE(zlib.crc32(payload), end + 4);
-  payload.copy(b, end + 8);
-  native.storeReleaseU64(live, 16, BigInt(end + 8 + payload.length));
+  appendAsAddon(heard.at(-1)!, R.genericPayload({ t: 'init', init: null }));
   const two = stagedLookup(store, session, '0.6.2.41', 401n, Buffer.from('two'));
   store.durability.commit();
   const st = loadState(file);

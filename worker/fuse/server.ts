@@ -311,8 +311,7 @@ export class FuseServer implements ChainHandler {
         // closeFile and lock ends), a CREATE (its addInode and openFile), a MKDIR (its
         // addInode), an UNLINK or RMDIR (no session change; the intent of these four is in the
         // journal), or a LOOKUP with a ledger that takes no batches.
-        const intentMs = batch.intentMs?.(i) ?? null;
-        ledger?.beginRequest(key, opcode, false, null, intentMs ?? undefined);
+        ledger?.beginRequest(key, opcode, false, null, batch.intentMs?.(i) ?? undefined);
         if (opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
         else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
