@@ -431,16 +431,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // relief included).
   bool LookupNew(const Chain& c, const fuse_in_header& h, int parentFd, const char* name, Served* out) {
     if (handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU) return Decline();
-    open_how how;
-    std::memset(&how, 0, sizeof how);
-    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    long r;
-    do {
-      r = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) return Decline();
-    int fd = static_cast<int>(r);
+    int fd = OpenPathBeneath(parentFd, name);
+    if (fd < 0) return Decline();
     struct stat st;
     if (!Identify(fd, &out->inode, &st)) {
       close(fd);
@@ -452,6 +444,20 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->kind = ServedKind::kNewInode;
     lookupsNew_++;
     return true;
+  }
+
+  // An O_PATH fd of `name` beneath `parentFd`, as a lookup opens it (worker/fs/inodes.ts
+  // lookupChild: RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS, no symlink followed), or -1.
+  static int OpenPathBeneath(int parentFd, const char* name) {
+    open_how how;
+    std::memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    long r;
+    do {
+      r = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -1 : static_cast<int>(r);
   }
 
   // A new inode's identity from its O_PATH fd `fd` (worker/fs/inodes.ts adopt): its attributes
@@ -513,16 +519,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool Create(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
     constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out) + sizeof(fuse_open_out);
     static_assert(kReply <= sizeof(Served::reply), "CREATE's reply fits Served::reply");
-    if (!createPolicy_ || readonly_ || !openPolicySet_ || handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU ||
-        nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 || c.writableLen < kReply)
-      return Decline();
     fuse_create_in ci;
-    if (len < sizeof ci + 2 || args[len - 1] != 0) return Decline();
-    std::memcpy(&ci, args, sizeof ci);
-    const char* name = reinterpret_cast<const char*>(args + sizeof ci);
-    if (!PlainName(name, len - sizeof ci - 1)) return Decline();
+    const char* name;
     int parentFd;
-    if (!ParentDir(h.nodeid, &parentFd)) return Decline();
+    if (!openPolicySet_ || nextFh_ == 0 || nextFh_ >= kMaxSafeU || openRoom_ < 1 ||
+        !CanMakeNew(c, h, args, len, kReply, &ci, &name, &parentFd))
+      return Decline();
     struct stat st;
     if (fstatat(parentFd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) return Decline();
     uint32_t flags = OpenFlags(ci.flags);
@@ -588,16 +590,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // CREATE; mkdirat's errno is the answer (TypeScript's too, EEXIST included); a dir made whose
   // identity cannot be taken is removed again and TypeScript runs the request.
   bool Mkdir(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, Served* out) {
-    constexpr size_t kReply = kOutHeader + sizeof(fuse_entry_out);
-    if (!createPolicy_ || readonly_ || handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU || c.writableLen < kReply)
-      return Decline();
     fuse_mkdir_in mi;
-    if (len < sizeof mi + 2 || args[len - 1] != 0) return Decline();
-    std::memcpy(&mi, args, sizeof mi);
-    const char* name = reinterpret_cast<const char*>(args + sizeof mi);
-    if (!PlainName(name, len - sizeof mi - 1)) return Decline();
+    const char* name;
     int parentFd;
-    if (!ParentDir(h.nodeid, &parentFd)) return Decline();
+    if (!CanMakeNew(c, h, args, len, kOutHeader + sizeof(fuse_entry_out), &mi, &name, &parentFd)) return Decline();
     double tsMs;
     EnsureUmaskZero();
     int r = -1, err = 0;
@@ -610,17 +606,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     if (err != 0) return ReplyIntendedError(c, h, err, tsMs, out);
-    open_how how;
-    std::memset(&how, 0, sizeof how);
-    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    long fd;
-    do {
-      fd = syscall(SYS_openat2, parentFd, name, &how, sizeof how);
-    } while (fd < 0 && errno == EINTR);
+    int fd = OpenPathBeneath(parentFd, name);
     struct stat st;
-    if (fd < 0 || !Identify(static_cast<int>(fd), &out->inode, &st) || out->inode.fileType != S_IFDIR) {
-      if (fd >= 0) close(static_cast<int>(fd));
+    if (fd < 0 || !Identify(fd, &out->inode, &st) || out->inode.fileType != S_IFDIR) {
+      if (fd >= 0) close(fd);
       unlinkat(parentFd, name, AT_REMOVEDIR);
       return Decline();
     }
@@ -630,6 +619,20 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->intentTsMs = tsMs;
     mkdirs_++;
     return true;
+  }
+
+  // What CREATE and MKDIR need before anything is written: the policy (umask 0), handles and a
+  // nodeid to take, a writable export, room for the reply of `replyLen`, their args (*in), a
+  // plain NUL-terminated name after them (*name) and a parent directory in the table (*parentFd).
+  template <typename In>
+  bool CanMakeNew(const Chain& c, const fuse_in_header& h, const uint8_t* args, size_t len, size_t replyLen, In* in,
+                  const char** name, int* parentFd) const {
+    if (!createPolicy_ || readonly_ || handleMountId_ < 0 || nextNodeId_ == 0 || nextNodeId_ >= kMaxSafeU || c.writableLen < replyLen)
+      return false;
+    if (len < sizeof *in + 2 || args[len - 1] != 0) return false;
+    std::memcpy(in, args, sizeof *in);
+    *name = reinterpret_cast<const char*>(args + sizeof *in);
+    return PlainName(*name, len - sizeof *in - 1) && ParentDir(h.nodeid, parentFd);
   }
 
   // The fd of the directory `nodeid` names (in the table, of type S_IFDIR).
