@@ -105,8 +105,9 @@ export interface PollerConstructor {
 export interface NativeRingHandle {
   /** The next chain for JS: its head (segments in `scratch`), -1 when none, -2 malformed
    * (`lastError`, scratch[0] its head or -1), -3 the requests the server served whose session
-   * effect JS must journal, in pop order (scratch[0] their count, their entries in `records`:
-   * native_ring.ts reads them). Other chains the attached server serves are not returned. */
+   * effect JS must journal, in pop order (scratch[0] their count, their entries in `records`,
+   * scratch[1] the bytes of their long replies in `tail`: native_ring.ts reads them). Other
+   * chains the attached server serves are not returned. */
   pop(): number;
   /** A chain by head (resubmission): head, or -2. */
   readChain(head: number): number;
@@ -132,6 +133,7 @@ export interface NativeRingHandle {
   readonly scratch: Float64Array;
   readonly lastError: string;
   readonly records: Uint8Array;
+  readonly tail: Uint8Array;
 }
 
 export interface NativeRingConstructor {
@@ -163,7 +165,13 @@ export interface ServedFile {
   flags: number;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; intentErrors: number; declined: number;
+/** A READDIRPLUS the addon served of the open dir `fh`: the dir now stands at `position`. */
+export interface ServedReaddir {
+  fh: number;
+  position: bigint;
+}
+
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; intentErrors: number; readdirplus: number; direntsPlus: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 
@@ -216,6 +224,9 @@ export interface FastFuseHandle {
   /** An open dir (RELEASEDIR's table); moves the next fh past it. */
   setDir(fh: number, nodeid: number, fd: number): void;
   deleteDir(fh: number): void;
+  /** TypeScript is about to read the open dir `fh`: whether a READDIRPLUS the addon served or
+   * declined moved its fd since the last call (the addon's next one seeks again). */
+  takeDir(fh: number): boolean;
   /** The inode has `n` POSIX lock owners (a FLUSH may then drop locks: TypeScript's). */
   setLockOwners(nodeid: number, n: number): void;
   clear(): void;

@@ -59,6 +59,10 @@ export interface FastPathStats {
   intentErrors?: number;
   unlink?: number;
   rmdir?: number;
+  /** READDIRPLUSes of listings of known inodes, and the entries they listed (each a lookup
+   * journaled by TypeScript). Absent from older workers. */
+  readdirplus?: number;
+  direntsPlus?: number;
   declined: number;
   /** The declined requests by opcode name (those with any). Absent from older workers. */
   declinedBy?: Record<string, number>;
@@ -71,6 +75,7 @@ export interface FastPathStats {
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
   ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
   ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
+  ['create', 'create'], ['mkdir', 'mkdir'], ['unlink', 'unlink'], ['rmdir', 'rmdir'], ['readdirplus', 'readdirplus'],
 ];
 
 export interface StatusReport {

@@ -67,6 +67,10 @@ static_assert(kAttrReply <= sizeof(Served::reply) && kOutHeader + sizeof(fuse_en
 // session allows (server.ts MAX_WRITE) they are served here, a copy of at most ~100 µs.
 constexpr uint64_t kMaxSyncRead = 128 * 1024;
 constexpr uint64_t kMaxSyncWrite = 1024 * 1024;
+constexpr size_t kDirent64Header = 19;                    // linux_dirent64 before d_name
+constexpr size_t kDirentPlusName = sizeof(fuse_entry_out) + FUSE_NAME_OFFSET;  // 152
+constexpr size_t kDirentBuffer = 32 * 1024;               // one getdents64 of READDIRPLUS
+constexpr size_t kFuseNameMax = 1024;                     // worker/fuse/constants.ts FUSE_NAME_MAX
 constexpr size_t kMaxName = 255;                        // NAME_MAX (and XATTR_NAME_MAX): longer names are TypeScript's
 constexpr size_t kXattrSizeMax = 65536;                 // XATTR_SIZE_MAX, as worker/fs/xattrs.ts caps a buffer
 constexpr uint64_t kMaxSafeU = static_cast<uint64_t>(kMaxSafe);
@@ -109,8 +113,25 @@ struct InodeMeta {
 };
 
 struct DirEntry {
-  int fd;
-  uint64_t nodeid;
+  DirEntry() = default;
+  DirEntry(int f, uint64_t n) : fd(f), nodeid(n) {}
+  int fd = -1;
+  uint64_t nodeid = 0;
+  // READDIRPLUS's cursor (Readdirplus): whether this path served the dir's last READDIRPLUS,
+  // so the fd's position and `pending` stand at `position`; whether it moved the fd since
+  // JavaScript last asked (takeDir); and whether a listing met a name the session does not
+  // know (then the rest of this fh's listings are JavaScript's: it looks new names up).
+  bool cursorOurs = false;
+  bool touched = false;
+  bool unknownSeen = false;
+  int64_t position = 0;
+  std::vector<uint8_t> pending;  // getdents64 bytes not handed out yet, from pendingAt
+  size_t pendingAt = 0;
+  void DropCursor() {
+    cursorOurs = false;
+    pending.clear();
+    pendingAt = 0;
+  }
 };
 
 struct FileEntry {
@@ -198,6 +219,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::DeleteFile>("deleteFile"),
       InstanceMethod<&FastFuse::SetDir>("setDir"),
       InstanceMethod<&FastFuse::DeleteDir>("deleteDir"),
+      InstanceMethod<&FastFuse::TakeDir>("takeDir"),
       InstanceMethod<&FastFuse::Clear>("clear"),
       InstanceMethod<&FastFuse::SetHandles>("setHandles"),
       InstanceMethod<&FastFuse::SetNextNodeId>("setNextNodeId"),
@@ -271,6 +293,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return h.len == have && Remove(c, h, in + kInHeader, have - kInHeader, 0, out);
       case FUSE_RMDIR:
         return h.len == have && Remove(c, h, in + kInHeader, have - kInHeader, AT_REMOVEDIR, out);
+      case FUSE_READDIRPLUS:
+        return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Readdirplus(c, h, in + kInHeader, out);
       default:
         return Decline();
     }
@@ -371,24 +395,156 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
     if (known == byDevIno_.end()) return LookupNew(c, h, parent->second, name, out);
     const InodeMeta& m = meta_.at(known->second);
-    // An inode whose O_PATH fd we hold (in the table: the cache or the keeper has it open) is
-    // pinned, so its number cannot have been reused: its handle need not be compared.
-    if (m.hasHandle && inodes_.count(known->second) == 0) {
-      union {
-        file_handle fh;
-        uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
-      } u;
-      u.fh.handle_bytes = MAX_HANDLE_SZ;
-      int mountId = 0;
-      if (name_to_handle_at(parent->second, name, &u.fh, &mountId, 0) != 0) return Decline();
-      if (mountId != m.mountId || u.fh.handle_type != m.handleType || u.fh.handle_bytes != m.handle.size() ||
-          std::memcmp(u.fh.f_handle, m.handle.data(), m.handle.size()) != 0)
-        return Decline();
-    }
+    if (!StillTheInode(parent->second, name, known->second, m)) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     WriteEntryReply(c, h, known->second, m.generation, st, out);
     lookups_++;
     return true;
+  }
+
+  // Whether `name` under `parentFd`, whose (dev, ino) is the known inode `nodeid`'s, is that
+  // inode: an inode whose O_PATH fd we hold (in the table: the cache or the keeper has it open)
+  // is pinned, so its number cannot have been reused; for one named by a file handle whose fd
+  // nobody holds, the name's handle must be the recorded one.
+  bool StillTheInode(int parentFd, const char* name, uint64_t nodeid, const InodeMeta& m) const {
+    if (!m.hasHandle || inodes_.count(nodeid) != 0) return true;
+    union {
+      file_handle fh;
+      uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
+    } u;
+    u.fh.handle_bytes = MAX_HANDLE_SZ;
+    int mountId = 0;
+    if (name_to_handle_at(parentFd, name, &u.fh, &mountId, 0) != 0) return false;
+    return mountId == m.mountId && u.fh.handle_type == m.handleType && u.fh.handle_bytes == m.handle.size() &&
+           std::memcmp(u.fh.f_handle, m.handle.data(), m.handle.size()) == 0;
+  }
+
+  // READDIRPLUS of a dir in the dir table (worker/fs/dir_cursor.ts readdir, each entry as
+  // worker/fs/inodes.ts lookupChildStat finds a known inode: fstatat of the name, its (dev, ino)
+  // the one getdents64 gave and in the table, StillTheInode), from the start or from where this
+  // path's own last READDIRPLUS of the fh ended, while every name that fits is of an inode the
+  // session knows. Each entry is one more lookup of its nodeid, and the dir's position moves
+  // to the last entry's cookie: JavaScript journals both with the reply (kReaddirPlus) before
+  // it is published. Like TypeScript: '.' and '..' with a zero entry ('..' of the root with the
+  // root's own inode number), the names that fit min(size, the buffers, kMaxLongReply), and
+  // the first record that does not fit ends the reply. Declined: any other offset (a seek:
+  // TypeScript's, whose cursor knows a legacy cookie), a name the session does not know (and
+  // the rest of this fh's listings with it: TypeScript's looks new names up), a name gone or
+  // changed since getdents64, any syscall error, a first record that does not fit. A declined
+  // one may have moved the fd: TypeScript asks (takeDir) before it reads the dir.
+  bool Readdirplus(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
+    fuse_read_in r;
+    std::memcpy(&r, args, sizeof r);
+    if (r.fh >= kMaxSafeU || c.writableLen < kOutHeader) return Decline();
+    auto it = dirs_.find(r.fh);
+    if (it == dirs_.end() || it->second.nodeid != h.nodeid || it->second.unknownSeen) return Decline();
+    DirEntry& d = it->second;
+    auto dirMeta = meta_.find(d.nodeid);
+    auto rootMeta = meta_.find(FUSE_ROOT_ID);
+    if (dirMeta == meta_.end() || rootMeta == meta_.end()) return Decline();
+    const int64_t cookie = static_cast<int64_t>(r.offset);
+    const bool continues = d.cursorOurs && d.position == cookie;
+    if (!continues && cookie != 0) return Decline();
+    const size_t room = std::min<uint64_t>({r.size, c.writableLen - kOutHeader, kMaxLongReply - kOutHeader});
+    d.touched = true;
+    if (!continues) {
+      d.DropCursor();
+      if (lseek(d.fd, 0, SEEK_SET) != 0) return Decline();
+      d.cursorOurs = true;
+      d.position = 0;
+    }
+    uint8_t* reply = dirReply_.data();
+    size_t used = 0;
+    uint32_t entries = 0;
+    int64_t position = d.position;
+    bool eof = false;
+    for (;;) {
+      if (d.pendingAt >= d.pending.size()) {
+        d.pending.resize(kDirentBuffer);
+        d.pendingAt = 0;
+        long n = syscall(SYS_getdents64, d.fd, d.pending.data(), d.pending.size());
+        if (n <= 0) {
+          d.pending.clear();
+          if (n < 0) return DeclineDir(&d);
+          eof = true;
+          break;
+        }
+        d.pending.resize(static_cast<size_t>(n));
+      }
+      const uint8_t* p = d.pending.data() + d.pendingAt;
+      const size_t left = d.pending.size() - d.pendingAt;
+      // host_dirents.ts parseDirentBatch's checks (the kernel never fails them).
+      if (left < kDirent64Header + 1) return DeclineDir(&d);
+      const uint16_t reclen = Load<uint16_t>(p + 16);
+      if (reclen < kDirent64Header + 1 || reclen > left) return DeclineDir(&d);
+      const char* name = reinterpret_cast<const char*>(p + kDirent64Header);
+      const void* nul = std::memchr(name, 0, reclen - kDirent64Header);
+      if (nul == nullptr || nul == name) return DeclineDir(&d);
+      const size_t nameLen = static_cast<size_t>(static_cast<const char*>(nul) - name);
+      if (nameLen > kFuseNameMax) return DeclineDir(&d);
+      const size_t size = (kDirentPlusName + nameLen + 7) & ~size_t{7};
+      if (used + size > room) break;
+      const uint64_t dIno = Load<uint64_t>(p);
+      const int64_t dOff = Load<int64_t>(p + 8);
+      const bool dot = nameLen == 1 && name[0] == '.';
+      const bool dotDot = nameLen == 2 && name[0] == '.' && name[1] == '.';
+      uint8_t* rec = reply + kOutHeader + used;
+      std::memset(rec, 0, size);
+      uint64_t ino = dIno;
+      if (dotDot && d.nodeid == FUSE_ROOT_ID) {
+        // The shared directory's '..' is the shared directory itself, as LOOKUP says.
+        ino = rootMeta->second.ino;
+      } else if (!dot && !dotDot) {
+        auto known = byDevIno_.find(DevIno{dirMeta->second.dev, dIno});
+        if (known == byDevIno_.end()) {
+          d.unknownSeen = true;
+          return DeclineDir(&d);
+        }
+        struct stat st;
+        const InodeMeta& m = meta_.at(known->second);
+        if (fstatat(d.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != dirMeta->second.dev || st.st_ino != dIno ||
+            !StillTheInode(d.fd, name, known->second, m))
+          return DeclineDir(&d);
+        fuse_entry_out e;
+        FillEntry(known->second, m.generation, st, &e);
+        std::memcpy(rec, &e, sizeof e);
+        entries++;
+      }
+      fuse_dirent de;
+      de.ino = ino;
+      de.off = static_cast<uint64_t>(dOff);
+      de.namelen = static_cast<uint32_t>(nameLen);
+      de.type = p[18];
+      std::memcpy(rec + sizeof(fuse_entry_out), &de, FUSE_NAME_OFFSET);
+      std::memcpy(rec + kDirentPlusName, name, nameLen);
+      used += size;
+      position = dOff;
+      d.pendingAt += reclen;
+    }
+    if (used == 0 && !eof) return DeclineDir(&d);
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    d.position = position;
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader + used), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, reply, kOutHeader + used);
+    out->usedLen = static_cast<uint32_t>(kOutHeader + used);
+    out->replyLen = 0;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    out->kind = ServedKind::kReaddirPlus;
+    out->file = OpenedFile{d.fd, r.fh, 0};
+    out->longReply = reply;
+    out->longReplyLen = static_cast<uint32_t>(kOutHeader + used);
+    out->dirPosition = position;
+    readdirplus_++;
+    direntsPlus_ += entries;
+    return true;
+  }
+
+  // A READDIRPLUS declined after it may have moved the fd: the next one here seeks again.
+  bool DeclineDir(DirEntry* d) {
+    d->DropCursor();
+    return Decline();
   }
 
   // The fuse_entry_out reply of a LOOKUP (encode.ts encodeEntryOut), in out->reply and the guest's
@@ -1285,6 +1441,22 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return info.Env().Undefined();
   }
 
+  // takeDir(fh): TypeScript is about to read the open dir `fh`: whether a READDIRPLUS here moved
+  // its fd since the last takeDir (its own cursor then seeks), and the next one here seeks too.
+  Napi::Value TakeDir(const Napi::CallbackInfo& info) {
+    Args a(info, "takeDir");
+    int64_t fh;
+    if (!a.Count(1) || !a.Int(0, "fh", 0, kMaxSafe, &fh)) return {};
+    auto it = dirs_.find(static_cast<uint64_t>(fh));
+    bool moved = false;
+    if (it != dirs_.end()) {
+      moved = it->second.touched;
+      it->second.touched = false;
+      it->second.DropCursor();
+    }
+    return Napi::Boolean::New(info.Env(), moved);
+  }
+
   Napi::Value DeleteDir(const Napi::CallbackInfo& info) {
     Args a(info, "deleteDir");
     int64_t fh;
@@ -1531,6 +1703,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("unlink", Napi::Number::New(env, static_cast<double>(unlinks_)));
     o.Set("rmdir", Napi::Number::New(env, static_cast<double>(rmdirs_)));
     o.Set("intents", Napi::Number::New(env, static_cast<double>(intents_)));
+    o.Set("readdirplus", Napi::Number::New(env, static_cast<double>(readdirplus_)));
+    o.Set("direntsPlus", Napi::Number::New(env, static_cast<double>(direntsPlus_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     // Declined requests by opcode (the last slot: opcodes past it), for what to serve next.
     Napi::Array byOp = Napi::Array::New(env, kOpcodeSlots);
@@ -1554,7 +1728,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
-           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0;
+           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,
+           readdirplus_ = 0, direntsPlus_ = 0;
+  std::vector<uint8_t> dirReply_ = std::vector<uint8_t>(kMaxLongReply);  // READDIRPLUS's reply
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)

@@ -60,8 +60,14 @@ struct OpenedFile {
 
 // What a served request leaves for JavaScript besides its reply (the record's kind).
 enum class ServedKind : uint32_t {
-  kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5, kIntended = 6, kCreated = 7, kMadeDir = 8
+  kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5, kIntended = 6, kCreated = 7, kMadeDir = 8,
+  kReaddirPlus = 9
 };
+
+// The longest reply a served request leaves for JavaScript's journal besides Served::reply's
+// room: a READDIRPLUS (header and records), whose larger requests get a shorter reply (the
+// kernel asks again from where it ends).
+constexpr uint32_t kMaxLongReply = 16 + 64 * 1024;
 
 // What the server did with a chain it served.
 struct Served {
@@ -79,11 +85,16 @@ struct Served {
   // kReleasedDir: the same of OPENDIR and RELEASEDIR; kIntended: a request whose intent the
   // server journaled before its syscall (UNLINK, RMDIR), at `intentTsMs` (wall clock);
   // kCreated: a CREATE (its intent journaled so too) that added inode `nodeid` (`inode`) and
-  // opened it (`file`); kMadeDir: a MKDIR (the same) that added inode `nodeid` (`inode`).
+  // opened it (`file`); kMadeDir: a MKDIR (the same) that added inode `nodeid` (`inode`);
+  // kReaddirPlus: a READDIRPLUS of the open dir `file.fh` whose reply is `longReply` (one more
+  // lookup of each nonzero nodeid in it) and after which the dir stands at `dirPosition`.
   ServedKind kind = ServedKind::kPlain;
   double intentTsMs = 0;
   NewInode inode;
   OpenedFile file;
+  const uint8_t* longReply = nullptr;  // valid until the next Serve
+  uint32_t longReplyLen = 0;
+  int64_t dirPosition = 0;
 };
 
 // Implemented by fast_fuse.cc; the ring only knows this.

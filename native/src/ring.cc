@@ -76,7 +76,9 @@ enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
 // kind says: an inode (i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle type,
 // u32 handle length, 4 bytes of padding, the handle: 128 bytes), a file (i32 fd, u32 open
 // flags, f64 fh) or an intent's time (f64 ms) in its place; a CREATE has its inode there, its
-// file and intent time after it; a MKDIR its inode there, its intent time after the file's room.
+// file and intent time after it; a MKDIR its inode there, its intent time after the file's room;
+// a READDIRPLUS (whose reply is in `tail`, not in the reply's room) its f64 fh, i64 new dir
+// position, u32 offset and u32 length of its reply in `tail` there.
 constexpr size_t kRecordHeader = 32;
 constexpr size_t kNewInodeAt = kRecordHeader + sizeof(Served::reply);
 constexpr size_t kCreatedFileAt = kNewInodeAt + 40 + sizeof(NewInode::handle);
@@ -85,6 +87,9 @@ constexpr size_t kRecordEntry = kCreatedIntentAt + 8;
 static_assert(kRecordEntry == 384, "native_ring.ts SERVED_RECORD_SIZE");
 // A batch ends at this many (JavaScript journals them, then pops on): bounds the buffers.
 constexpr uint32_t kMaxRecords = 256;
+// Bytes of long replies (Served::longReply) a batch holds: it ends before one more might not fit.
+constexpr size_t kTailBytes = 1024 * 1024;
+static_assert(kTailBytes >= 4 * kMaxLongReply, "a batch holds several long replies");
 
 class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
  public:
@@ -110,6 +115,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       InstanceAccessor<&NativeRing::Scratch>("scratch"),
       InstanceAccessor<&NativeRing::LastError>("lastError"),
       InstanceAccessor<&NativeRing::Records>("records"),
+      InstanceAccessor<&NativeRing::Tail>("tail"),
     });
   }
 
@@ -211,6 +217,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     scratch_ = Napi::Persistent(Napi::Float64Array::New(env, 5 + 3 * kScratchTriples));
     recordBytes_.reserve(kMaxRecords * kRecordEntry);
     records_ = Napi::Persistent(Napi::Uint8Array::New(env, kMaxRecords * kRecordEntry));
+    tail_ = Napi::Persistent(Napi::Uint8Array::New(env, kTailBytes));
   }
 
   // --- JS methods
@@ -441,6 +448,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   Napi::Value Scratch(const Napi::CallbackInfo& info) { return scratch_.Value(); }
   Napi::Value LastError(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lastError_); }
   Napi::Value Records(const Napi::CallbackInfo& info) { return records_.Value(); }
+  Napi::Value Tail(const Napi::CallbackInfo& info) { return tail_.Value(); }
 
   // --- internals
 
@@ -480,7 +488,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Served served;
     for (;;) {
       // A full batch: kEmpty for now, Pop() hands the batch to JavaScript and then goes on.
-      if (recordCount_ >= kMaxRecords) return PopResult::kEmpty;
+      if (recordCount_ >= kMaxRecords || tailBytes_.size() + kMaxLongReply > kTailBytes) return PopResult::kEmpty;
       uint32_t pending;
       if (!PendingInternal(&pending)) return PopResult::kBroken;
       if (pending == 0) return PopResult::kEmpty;
@@ -731,6 +739,16 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<double>(e + kCreatedIntentAt, served.intentTsMs);
     }
     if (served.kind == ServedKind::kMadeDir) Store<double>(e + kCreatedIntentAt, served.intentTsMs);
+    if (served.kind == ServedKind::kReaddirPlus) {
+      uint32_t tailLen = std::min<uint32_t>(served.longReplyLen, kMaxLongReply);
+      size_t tailAt = tailBytes_.size();
+      tailBytes_.insert(tailBytes_.end(), served.longReply, served.longReply + tailLen);
+      uint8_t* p = e + kNewInodeAt;
+      Store<double>(p, static_cast<double>(served.file.fh));
+      Store<int64_t>(p + 8, served.dirPosition);
+      Store<uint32_t>(p + 16, static_cast<uint32_t>(tailAt));
+      Store<uint32_t>(p + 20, tailLen);
+    }
     if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated || served.kind == ServedKind::kMadeDir) {
       const NewInode& n = served.inode;
       uint8_t* p = e + kNewInodeAt;
@@ -747,14 +765,20 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     recordCount_++;
   }
 
-  // The queued served requests: -3, scratch[0] = their count, their entries in `records`.
+  // The queued served requests: -3, scratch[0] = their count, their entries in `records`,
+  // scratch[1] = the bytes of their long replies in `tail`.
   Napi::Value ExportRecords(Napi::Env env) {
     Napi::Uint8Array r = records_.Value();
     size_t bytes = std::min(recordBytes_.size(), r.ByteLength());
     std::memcpy(r.Data(), recordBytes_.data(), bytes);
+    Napi::Uint8Array t = tail_.Value();
+    size_t tailBytes = std::min(tailBytes_.size(), t.ByteLength());
+    std::memcpy(t.Data(), tailBytes_.data(), tailBytes);
     Napi::Float64Array s = scratch_.Value();
     s[0] = static_cast<double>(bytes / kRecordEntry);
+    s[1] = static_cast<double>(tailBytes);
     recordBytes_.clear();
+    tailBytes_.clear();
     recordCount_ = 0;
     return Napi::Number::New(env, -3);
   }
@@ -823,7 +847,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   Chain chain_;
   Napi::Reference<Napi::Float64Array> scratch_;
   Napi::Reference<Napi::Uint8Array> records_;  // JavaScript's view of the last exported batch
+  Napi::Reference<Napi::Uint8Array> tail_;     // and of its long replies
   std::vector<uint8_t> recordBytes_;  // served requests to journal, kRecordEntry bytes each
+  std::vector<uint8_t> tailBytes_;    // their long replies (AddRecord)
   uint32_t recordCount_ = 0;
   std::string lastError_;
   ChainServer* server_ = nullptr;

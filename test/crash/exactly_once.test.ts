@@ -407,10 +407,10 @@ const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handle
 
 /** Cases whose request the addon's fast path serves when it is on (a LOOKUP of a new inode
  * named by a handle: native/src/fast_fuse.cc LookupNew; an OPEN or OPENDIR of a handle-named
- * file or dir, a RELEASE). Their outcome is TypeScript's to
+ * file or dir, a RELEASE; a READDIRPLUS of known inodes: Readdirplus). Their outcome is TypeScript's to
  * journal, so they die at every point but TypeScript's op-after-intent, which that path does
  * not pass (the TypeScript-path run of this suite, test/ts_path/, still does). */
-const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR']);
+const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR', 'READDIRPLUS_KNOWN', 'READDIRPLUS_KNOWN_HANDLES']);
 /** Cases the addon serves with the intent it journals itself (native/src/fast_fuse.cc Remove):
  * they die in the addon at op-after-intent and op-after-syscall (the marker says so), at
  * TypeScript's points after. */
@@ -599,6 +599,32 @@ const nativeCases: NativeCase[] = [
       const o = await s.fuse.opendir(nodeid);
       t.ok((await s.fuse.readdir(nodeid, o.fh, 0)).length >= 2, 'the dir opens and lists again');
       await s.fuse.releasedir(nodeid, o.fh);
+    } },
+  { name: 'READDIRPLUS of known inodes', opcode: 44, journaled: true,
+    // The addon lists a dir whose names the guest looked up; TypeScript journals one more
+    // lookup of each and the dir's position. Whatever the point: the listing has each name
+    // once, under the nodeid its LOOKUP gave, and two forgets each drop them all.
+    act: async (s) => {
+      fs.mkdirSync(s.host('rd'));
+      for (let i = 0; i < 20; i++) fs.writeFileSync(s.host(`rd/e${i}`), `r${i}`);
+      const dir = (await s.fuse.lookup(ROOT, 'rd')).nodeid;
+      const looked = new Map<string, bigint>();
+      for (let i = 0; i < 20; i++) looked.set(`e${i}`, (await s.fuse.lookup(dir, `e${i}`)).nodeid);
+      const dh = await s.fuse.opendir(dir);
+      return { looked, entries: (await s.fuse.readdirAll(dir, dh.fh, { plus: true })).entries };
+    },
+    verify: async (t, s, r, stateDir) => {
+      const { looked, entries } = r as { looked: Map<string, bigint>; entries: F.Dirent[] };
+      const named = entries.filter((d) => !['.', '..'].includes(d.name.toString()));
+      t.same(named.map((d) => d.name.toString()).sort(), [...looked.keys()].sort(), 'each name listed once');
+      t.ok(named.every((d) => d.entry?.nodeid === looked.get(d.name.toString())), 'under the nodeid its LOOKUP gave');
+      for (const id of looked.values()) await s.fuse.forget(id, 1);
+      let known = 0;
+      for (const id of looked.values()) if (await s.fuse.getattr(id).then(() => true, () => false)) known++;
+      t.equal(known, 20, 'one forget each leaves them known (LOOKUP + READDIRPLUS)');
+      for (const id of looked.values()) await s.fuse.forget(id, 1);
+      await waitFor(() => queryStatus(stateDir).fuse.inodes <= 3 ? true : undefined, 'the second forget each drops them', 10_000);
+      t.pass('the READDIRPLUS counted each entry exactly once');
     } },
   { name: 'LOOKUP of a missing name', opcode: 1,
     // ENOENT from the addon, nothing journaled: the successor runs it again and answers it once.

@@ -393,6 +393,95 @@ t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives,
     sub: 0, openUnlinked: 0, readAfter: 'open', b: 0, left: ['c'] }, 'ENOENT, EISDIR, ENOTEMPTY, ENOTDIR, EINVAL, EBADF');
 });
 
+t.test('the fast path serves READDIRPLUS of known inodes with the replies TypeScript gives: entries, counts, positions', async (t) => {
+  const seen: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    /** What a listing of the host dir `dir` showed: inode numbers as whether they are the
+     * host's, times left out (the two runs' files are not the same). */
+    const shown = (ents: F.Dirent[], dir: string): unknown[] => ents.map((d) => {
+      const name = d.name.toString();
+      const ino = BigInt(fs.lstatSync(name === '..' && dir === s.shared ? dir : path.join(dir, name)).ino);
+      return {
+        name, ino: d.ino === ino, off: d.off, type: d.type, nodeid: d.entry?.nodeid ?? null,
+        attr: d.entry === undefined || d.entry.nodeid === 0n ? null : [d.entry.attr.ino === ino, d.entry.attr.mode, d.entry.attr.size, d.entry.attr.nlink, d.entry.generation, d.entry.entryValid],
+      };
+    });
+    fs.mkdirSync(s.host('big'));
+    for (let i = 0; i < 120; i++) fs.writeFileSync(s.host(`big/f${String(i).padStart(3, '0')}`), 'x'.repeat(i));
+    fs.mkdirSync(s.host('big/sub'));
+    fs.symlinkSync('f000', s.host('big/link'));
+    fs.mkdirSync(s.host('mixed'));
+    for (const n of ['k1', 'k2', 'new', 'k3']) fs.writeFileSync(s.host(`mixed/${n}`), n);
+    const root = F.FUSE_ROOT_ID;
+    const big = (await s.fuse.lookup(root, 'big')).nodeid;
+    const mixed = (await s.fuse.lookup(root, 'mixed')).nodeid;
+    const ids = new Map<string, bigint>();
+    for (const n of fs.readdirSync(s.host('big'))) ids.set(n, (await s.fuse.lookup(big, n)).nodeid);
+    for (const n of ['k1', 'k2', 'k3']) ids.set(n, (await s.fuse.lookup(mixed, n)).nodeid);
+    const r: Record<string, unknown> = {};
+    // A whole listing in 4 KiB replies (the addon's), then again in small ones.
+    const dh = (await s.fuse.opendir(big)).fh;
+    const whole = await s.fuse.readdirAll(big, dh, { plus: true });
+    r.whole = shown(whole.entries, s.host('big'));
+    r.wholeCalls = whole.calls;
+    const small = await s.fuse.readdirAll(big, dh, { plus: true, size: 700 });
+    r.small = shown(small.entries, s.host('big'));
+    // Part of a listing here, a READDIR (TypeScript's) in the middle, the rest: each entry once.
+    const part = await s.fuse.readdirplus(big, dh, 0, 2000);
+    const mid = await s.fuse.readdir(big, dh, part[part.length - 1]!.off, 300);
+    const rest = await s.fuse.readdirAll(big, dh, { plus: true });
+    r.rewound = rest.entries.length;
+    const fromMid: F.Dirent[] = [];
+    for (let off = mid[mid.length - 1]!.off, calls = 0; calls < 100; calls++) {
+      const page = await s.fuse.readdirplus(big, dh, off, 4096);
+      if (page.length === 0) break;
+      fromMid.push(...page);
+      off = page[page.length - 1]!.off;
+    }
+    r.pieced = [...part, ...mid, ...fromMid].map((d) => d.name.toString()).sort();
+    // A name the session does not know: TypeScript's listing, which looks it up.
+    const mh = (await s.fuse.opendir(mixed)).fh;
+    const m = await s.fuse.readdirAll(mixed, mh, { plus: true });
+    r.mixed = shown(m.entries, s.host('mixed'));
+    r.mixedAgain = shown((await s.fuse.readdirAll(mixed, mh, { plus: true })).entries, s.host('mixed'));
+    // The root: '..' shows the root's own inode number.
+    const rh = (await s.fuse.opendir(root)).fh;
+    const rootList = (await s.fuse.readdirAll(root, rh, { plus: true })).entries;
+    r.root = shown(rootList, s.shared);
+    // A READDIRPLUS of an fh under another nodeid, and of no open dir: EBADF.
+    r.wrongNode = await errnoOf(s.fuse.readdirplus(mixed, dh, 0));
+    r.noDir = await errnoOf(s.fuse.readdirplus(big, 987654n, 0));
+    for (const h of [dh, mh]) await s.fuse.releasedir(h === dh ? big : mixed, h);
+    await s.fuse.releasedir(root, rh);
+    // Every listing counted one lookup per entry: f007 was looked up once and listed in five
+    // replies (whole, small, part or rest, rest, from the middle), so six FORGETs drop it.
+    const f7 = ids.get('f007')!;
+    const listed = [whole.entries, small.entries, part, rest.entries, fromMid].filter((l) => l.some((d) => d.name.toString() === 'f007')).length;
+    await s.fuse.forget(f7, listed);
+    r.keptAfterListed = (await s.fuse.getattr(f7)).attr.size;
+    await s.fuse.forget(f7, 1);
+    r.goneAfterAll = await errnoOf(s.fuse.getattr(f7));
+    seen[String(fastPath)] = r;
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.readdirplus ?? 0) >= 2, 'the fast path READDIRPLUS counter');
+      t.ok((f.readdirplus ?? 0) >= whole.calls + small.calls, `served natively: ${JSON.stringify(f)}`);
+      t.ok((f.direntsPlus ?? 0) >= 2 * 122, 'every entry of the two whole listings among them');
+      t.ok((f.declinedBy?.READDIRPLUS ?? 0) >= 2, 'the listing with a new name and the seeks after the READDIR declined');
+    }
+    await s.close();
+  }
+  t.same(seen.true, seen.false, 'both paths gave the same replies');
+  const r = seen.true as Record<string, unknown>;
+  t.equal((r.whole as unknown[]).length, 124, "122 names, '.' and '..'");
+  t.same(r.small, r.whole, 'small replies list the same');
+  t.same(r.pieced, ['.', '..', ...[...Array(120).keys()].map((i) => `f${String(i).padStart(3, '0')}`), 'link', 'sub'].sort(), 'a listing pieced from both paths has each entry once');
+  t.equal(r.rewound, 124, 'a listing from 0 after TypeScript read the fd has everything');
+  t.ok((r.root as Array<{ name: string; ino: boolean }>).every((d) => d.ino), "the root's '..' is the root, and every inode number the host's");
+  t.same((r.whole as Array<{ name: string; ino: boolean; attr: unknown[] | null }>).filter((d) => !(d.ino && (d.attr === null || d.attr[0] === true))), [], 'each entry with its own inode number and attributes');
+  t.same([r.wrongNode, r.noDir, r.keptAfterListed, r.goneAfterAll], [EBADF, EBADF, 7n, EBADF], 'EBADF; each listing counted once');
+});
+
 t.test('the fast path answers a LOOKUP of a missing name ENOENT, as TypeScript does', async (t) => {
   const seen: Record<string, unknown> = {};
   for (const fastPath of [true, false]) {

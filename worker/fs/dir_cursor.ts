@@ -59,6 +59,9 @@ export class DirCursors {
   private readonly statEntry = new Int32Array(STAT_BATCH);
   private statCount = 0;
   private statNext = 0;
+  /** Whether something else (the addon's READDIRPLUS: fast_fuse.cc Readdirplus) moved the fd
+   * of `fh` since the last ask; asked before each read of it here. */
+  movedElsewhere: ((fh: Handle) => boolean) | null = null;
 
   constructor(private readonly session: FsSession, private readonly inodes: Inodes, private readonly log: Logger,
     bufferSize: number) {
@@ -89,6 +92,13 @@ export class DirCursors {
     if (rt === undefined) {
       rt = { synced: false, pending: [], pendingBytes: NO_BYTES, next: 0 };
       this.cursors.set(fh, rt);
+    }
+    if (this.movedElsewhere?.(fh) === true) {
+      // The kernel position is not where our pending entries left it: seek.
+      rt.synced = false;
+      rt.pending = [];
+      rt.pendingBytes = NO_BYTES;
+      rt.next = 0;
     }
     // The guest's u64 is the s64 off_t that lseek takes and the session records.
     let cookie = BigInt.asIntN(64, offset);

@@ -8,7 +8,7 @@
 // with a non-zero nodeid (lookup, mknod, mkdir, symlink, link, create, tmpfile, and each
 // readdirplus entry that is accepted) adds 1 to that inode's lookup count; FORGET subtracts
 // nlookup; the inode is dropped (and its fd closed) when the count reaches 0.
-import type { IoSegment, ServedFile, ServedNewInode, StatFs } from '../../shared/native';
+import type { IoSegment, ServedFile, ServedNewInode, ServedReaddir, StatFs } from '../../shared/native';
 import { GuestError } from '../../shared/errors';
 
 /** Nodeids are counters (FUSE_ROOT_ID, 1, is the root), never pointers. */
@@ -113,6 +113,9 @@ export interface FileSystem {
   /** The same of OPENDIR and RELEASEDIR. */
   adoptServedOpendir?(nodeid: NodeId, dir: ServedFile): void;
   releasedirServed?(nodeid: NodeId, dir: ServedFile): void;
+  /** A READDIRPLUS the addon served of the open dir `served.fh` of `nodeid`: the lookups of the
+   * entries in `reply` (the whole reply, out header included) and the dir's new position. */
+  readdirplusServed?(nodeid: NodeId, served: ServedReaddir, reply: Buffer): void;
   forget(nodeid: NodeId, nlookup: number): void;
   getattr(ctx: Context, nodeid: NodeId, fh: Handle | null): AttrReply;
   setattr(ctx: Context, nodeid: NodeId, attr: SetattrRequest): AttrReply | Promise<AttrReply>;

@@ -26,7 +26,8 @@ import type { CacheMode } from '../../shared/config';
 import type { Logger } from '../../shared/log';
 import { logger as makeLogger } from '../../shared/log';
 import { native, STAT } from '../../shared/native';
-import type { FastFuseHandle, IoSegment, ServedFile, ServedNewInode, StatFs } from '../../shared/native';
+import type { FastFuseHandle, IoSegment, ServedFile, ServedNewInode, ServedReaddir, StatFs } from '../../shared/native';
+import { DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, OUT_HEADER_SIZE, fuseDirentAlign } from '../fuse/constants';
 import type { FdRegistry } from '../../shared/fd_registry';
 import {
   FsError,
@@ -170,6 +171,8 @@ export class PassthroughFs implements FileSystem {
       // GETXATTR reopens inodes through /proc/self/fd as xattrs.ts does (a pinned fd once
       // the worker is confined).
       opts.fastPath.setXattr(this.xattr, procFd(0).dirFd);
+      const fast = opts.fastPath;
+      this.dirs.movedElsewhere = (fh) => fast.takeDir(fh);
     }
   }
 
@@ -368,6 +371,23 @@ export class PassthroughFs implements FileSystem {
     }
     const opened = this.fds.registerThenRecord(dirFdName(dir.fh), dir.fd, () => this.session.openDir(nodeid), true);
     this.dirs.opened(opened.fh);
+  }
+
+  /** readdir() of a READDIRPLUS the addon served as it would (fast_fuse.cc Readdirplus): one
+   * more lookup of each entry's nodeid in `reply` (its out header, then direntplus records),
+   * and the dir's new position. Throws (the worker dies before the reply is published) for a
+   * reply it cannot read or a dir or inode the session does not have: the addon serves only
+   * from the session's tables. */
+  readdirplusServed(nodeid: NodeId, served: ServedReaddir, reply: Buffer): void {
+    const rec = this.session.getDir(served.fh);
+    if (rec === undefined || rec.nodeid !== nodeid) throw new BugError(`fast-path READDIRPLUS of fh ${served.fh}, not an open dir of nodeid ${nodeid}`);
+    for (let at = OUT_HEADER_SIZE; at < reply.length;) {
+      if (at + DIRENTPLUS_NAME_OFFSET > reply.length) throw new BugError(`fast-path READDIRPLUS reply of ${reply.length} bytes cut at ${at}`);
+      const entryNodeid = reply.readBigUInt64LE(at);
+      if (entryNodeid !== 0n) this.session.addLookup(Number(entryNodeid));
+      at += fuseDirentAlign(DIRENTPLUS_NAME_OFFSET + reply.readUInt32LE(at + ENTRY_OUT_SIZE + 16));
+    }
+    if (served.position !== rec.position) this.session.setDirPosition(served.fh, served.position);
   }
 
   releasedirServed(nodeid: NodeId, dir: ServedFile): void {

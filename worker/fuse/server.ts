@@ -310,9 +310,11 @@ export class FuseServer implements ChainHandler {
         // addInode), a SETATTR (no session change), an OPEN (its openFile), a RELEASE (its
         // closeFile and lock ends), a CREATE (its addInode and openFile), a MKDIR (its
         // addInode), an UNLINK or RMDIR (no session change; the intent of these four is in the
-        // journal), or a LOOKUP with a ledger that takes no batches.
+        // journal), a READDIRPLUS (its entries' lookups and the dir's position), or a LOOKUP
+        // with a ledger that takes no batches.
         ledger?.beginRequest(key, opcode, false, null, batch.intentMs?.(i) ?? undefined);
         if (opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
+        else if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
         else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
         else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);
@@ -358,6 +360,14 @@ export class FuseServer implements ChainHandler {
       throw new BugError(`fast-path ${K.opcodeName(opcode)} of nodeid ${batch.nodeid(i)} that the batch or the filesystem cannot take`);
     }
     apply(batch.nodeid(i), file);
+  }
+
+  private applyServedReaddir(batch: RingServedBatch, i: number): void {
+    const served = batch.readdir?.(i) ?? null;
+    if (served === null || this.fs.readdirplusServed === undefined) {
+      throw new BugError(`fast-path READDIRPLUS of nodeid ${batch.nodeid(i)} that the batch or the filesystem cannot take`);
+    }
+    this.fs.readdirplusServed(batch.nodeid(i), served, batch.reply(i));
   }
 
   private addServedLookup(nodeid: number): boolean {

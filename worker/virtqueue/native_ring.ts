@@ -2,7 +2,7 @@
 // algorithm as split_ring.ts, plus an optional chain server the addon offers each popped chain
 // to (the FUSE fast path, opaque here). Chains it declines come back as DescriptorChains whose
 // segments point into the same guest memory buffers as GuestMemory's.
-import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller, type ServedFile, type ServedNewInode } from '../../shared/native';
+import { native, type FastFuseHandle, type IoSegment, type NativeRingHandle, type Poller, type ServedFile, type ServedNewInode, type ServedReaddir } from '../../shared/native';
 import type { GuestMemory } from './guest_memory';
 import { ChainError, RingError, type DescriptorChain, type InflightRegion, type RingAddresses, type RingFactory, type RingServedBatch, type VirtRing } from './split_ring';
 
@@ -20,7 +20,8 @@ function ringError(e: unknown): unknown {
  * 128 bytes), an opened or released file or dir (i32 fd, u32 open flags, f64 fh) or the time of
  * an intent the addon journaled (f64 wall-clock ms) in its place; a CREATE has its new inode
  * there, its file and its intent's time after it (a MKDIR: its new dir and the intent's time,
- * the file's room unused). */
+ * the file's room unused); a READDIRPLUS its f64 fh, i64 new dir position, u32 offset and u32
+ * length of its reply in the addon's `tail` there (its reply is not in the reply's room). */
 export const SERVED_RECORD_SIZE = 384;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
@@ -28,7 +29,8 @@ const NEW_INODE_AT = SERVED_RECORD_HEADER + SERVED_REPLY_ROOM;
 const MAX_HANDLE_BYTES = 128;
 const CREATED_FILE_AT = NEW_INODE_AT + 40 + MAX_HANDLE_BYTES;
 const CREATED_INTENT_AT = CREATED_FILE_AT + 16;
-const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7, KIND_MADE_DIR = 8;
+const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7, KIND_MADE_DIR = 8,
+  KIND_READDIR_PLUS = 9;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -36,12 +38,18 @@ const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 
 class NativeServedBatch implements RingServedBatch {
   readonly served = true;
   private readonly bytes: Buffer;
+  /** The long replies (READDIRPLUS), copied too. */
+  private readonly tail: Buffer;
 
-  constructor(records: Uint8Array, readonly count: number) {
+  constructor(records: Uint8Array, readonly count: number, tail: Uint8Array, tailLength: number) {
     if (!Number.isInteger(count) || count < 0 || count * SERVED_RECORD_SIZE > records.byteLength) {
       throw new RingError(`served batch of ${count} requests does not fit the addon's buffer`);
     }
+    if (!Number.isInteger(tailLength) || tailLength < 0 || tailLength > tail.byteLength) {
+      throw new RingError(`served batch's ${tailLength} bytes of long replies do not fit the addon's buffer`);
+    }
     this.bytes = Buffer.from(records.subarray(0, count * SERVED_RECORD_SIZE));
+    this.tail = tailLength === 0 ? Buffer.alloc(0) : Buffer.from(tail.subarray(0, tailLength));
   }
 
   head(i: number): number { return this.bytes.readUInt32LE(i * SERVED_RECORD_SIZE); }
@@ -50,8 +58,20 @@ class NativeServedBatch implements RingServedBatch {
   nodeid(i: number): number { return this.bytes.readDoubleLE(i * SERVED_RECORD_SIZE + 16); }
   reply(i: number): Buffer {
     const at = i * SERVED_RECORD_SIZE;
+    if (this.bytes.readUInt32LE(at + 28) === KIND_READDIR_PLUS) {
+      const tailAt = this.bytes.readUInt32LE(at + NEW_INODE_AT + 16);
+      const tailLen = this.bytes.readUInt32LE(at + NEW_INODE_AT + 20);
+      if (tailAt + tailLen > this.tail.length) throw new RingError(`served reply ${tailAt}+${tailLen} outside the batch's ${this.tail.length} bytes`);
+      return this.tail.subarray(tailAt, tailAt + tailLen);
+    }
     const len = Math.min(this.bytes.readUInt32LE(at + 24), SERVED_REPLY_ROOM);
     return this.bytes.subarray(at + SERVED_RECORD_HEADER, at + SERVED_RECORD_HEADER + len);
+  }
+
+  readdir(i: number): ServedReaddir | null {
+    const at = i * SERVED_RECORD_SIZE;
+    if (this.bytes.readUInt32LE(at + 28) !== KIND_READDIR_PLUS) return null;
+    return { fh: this.bytes.readDoubleLE(at + NEW_INODE_AT), position: this.bytes.readBigInt64LE(at + NEW_INODE_AT + 8) };
   }
 
   newInode(i: number): ServedNewInode | null {
@@ -140,7 +160,7 @@ export class NativeSplitRing implements VirtRing {
     }
     if (r === -1) return null;
     if (r === -2) return new ChainError(this.ring.lastError, this.ring.scratch[0]!);
-    if (r === -3) return new NativeServedBatch(this.ring.records, this.ring.scratch[0]!);
+    if (r === -3) return new NativeServedBatch(this.ring.records, this.ring.scratch[0]!, this.ring.tail, this.ring.scratch[1]!);
     return this.chainFromScratch();
   }
 

@@ -3,7 +3,7 @@
 // safety, rule 4 "Inflight tracking"). Ring indices shared with the guest go through the
 // addon's acquire/release helpers; descriptors are read with plain loads after the acquire
 // load of avail->idx.
-import { native, type IoSegment, type Poller, type ServedFile, type ServedNewInode } from '../../shared/native';
+import { native, type IoSegment, type Poller, type ServedFile, type ServedNewInode, type ServedReaddir } from '../../shared/native';
 import { GuestMemory, GuestMemoryError } from './guest_memory';
 import { GuestError } from '../../shared/errors';
 
@@ -74,6 +74,8 @@ export interface RingServedBatch {
   intentMs?(i: number): number | null;
   /** The file a CREATE opened, of the inode it added (newInode), or null. */
   created?(i: number): ServedFile | null;
+  /** The dir a READDIRPLUS read, and where it stands now; or null. */
+  readdir?(i: number): ServedReaddir | null;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
