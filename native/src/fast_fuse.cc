@@ -440,8 +440,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (it == dirs_.end() || it->second.nodeid != h.nodeid || it->second.unknownSeen) return Decline();
     DirEntry& d = it->second;
     auto dirMeta = meta_.find(d.nodeid);
-    auto rootMeta = meta_.find(FUSE_ROOT_ID);
-    if (dirMeta == meta_.end() || rootMeta == meta_.end()) return Decline();
+    if (dirMeta == meta_.end()) return Decline();
     const int64_t cookie = static_cast<int64_t>(r.offset);
     const bool continues = d.cursorOurs && d.position == cookie;
     if (!continues && cookie != 0) return Decline();
@@ -493,7 +492,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       uint64_t ino = dIno;
       if (dotDot && d.nodeid == FUSE_ROOT_ID) {
         // The shared directory's '..' is the shared directory itself, as LOOKUP says.
-        ino = rootMeta->second.ino;
+        ino = dirMeta->second.ino;
       } else if (!dot && !dotDot) {
         auto known = byDevIno_.find(DevIno{dirMeta->second.dev, dIno});
         if (known == byDevIno_.end()) {

@@ -234,7 +234,7 @@ t.test("FastFuse's OPEN and OPENDIR settings check their arguments", async (t) =
   const m = f as unknown as Record<string, AnyFn>;
   const typeCases: Array<[string, unknown[]]> = [
     ['setNextFh', ['1']], ['setNextFh', []], ['setOpenRoom', [null]], ['setOpenPolicy', [1, 'yes', 0, 0]], ['setOpenPolicy', [1, false, 0]],
-    ['setDir', [1, 2, 'x']], ['deleteDir', [{}]],
+    ['setDir', [1, 2, 'x']], ['deleteDir', [{}]], ['takeDir', ['7']], ['takeDir', []],
   ];
   for (const [name, args] of typeCases) {
     try {
@@ -246,7 +246,7 @@ t.test("FastFuse's OPEN and OPENDIR settings check their arguments", async (t) =
   }
   const rangeCases: Array<[string, unknown[]]> = [
     ['setNextFh', [-1]], ['setNextFh', [2 ** 53 + 2]], ['setOpenRoom', [-1]], ['setOpenPolicy', [2 ** 32, false, 0, 0]], ['setOpenPolicy', [0, true, -1, 0]],
-    ['setOpenPolicy', [0, true, 0, 2 ** 32]], ['setDir', [1, 0, 3]], ['setDir', [-1, 2, 3]], ['deleteDir', [2 ** 53 + 2]],
+    ['setOpenPolicy', [0, true, 0, 2 ** 32]], ['setDir', [1, 0, 3]], ['setDir', [-1, 2, 3]], ['deleteDir', [2 ** 53 + 2]], ['takeDir', [-1]],
   ];
   for (const [name, args] of rangeCases) {
     try {
@@ -260,6 +260,8 @@ t.test("FastFuse's OPEN and OPENDIR settings check their arguments", async (t) =
   f.setOpenRoom(0);
   f.setOpenPolicy(3, true, 1, 8);
   f.setDir(7, 2, 0);
+  t.equal(f.takeDir(7), false, 'takeDir of a dir nothing read: not moved');
+  t.equal(f.takeDir(8), false, 'takeDir of no dir: not moved');
   f.deleteDir(7);
   t.pass('in-range values are taken');
 });

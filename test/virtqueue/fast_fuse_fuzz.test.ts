@@ -1,6 +1,6 @@
 // Fuzz of the addon's FUSE fast server (native/src/fast_fuse.cc), in process: random and mutated
 // GETATTR, READ, WRITE, LOOKUP, FLUSH, GETXATTR, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE,
-// MKDIR, UNLINK and RMDIR requests (wrong lengths, names without NUL, '/', '..', huge
+// MKDIR, UNLINK, RMDIR and READDIRPLUS requests (wrong lengths, names without NUL, '/', '..', huge
 // offsets and sizes, unknown ids, odd buffer splits) through the addon's ring with the server
 // attached, over a real directory. Whatever it serves must be a well-formed reply to that
 // request (length, unique, no error) that fits the guest's buffers; everything else must come
@@ -17,6 +17,7 @@ import { NativeSplitRing } from '../../worker/virtqueue/native_ring';
 import { StateJournal, DATA_START } from '../../worker/state/journal';
 import { decodePayload } from '../../worker/state/records';
 import { fuzzSeed, makePrng } from '../helpers/prng';
+import { parseDirents } from '../../worker/fs/host_dirents';
 
 const GPA = 0x10000;
 const UADDR = 0x7f00_0000_0000;
@@ -27,9 +28,15 @@ const AVAIL = 0x2000;
 const USED = 0x3000;
 const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
-const ITERATIONS = 4000;
-// LOOKUP, GETATTR, SETATTR, MKDIR, UNLINK, RMDIR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR, CREATE
-const OPS = [1, 3, 4, 9, 10, 11, 14, 15, 16, 18, 22, 25, 27, 29, 35] as const;
+const ITERATIONS = 8000;
+// LOOKUP, GETATTR, SETATTR, MKDIR, UNLINK, RMDIR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR, CREATE, READDIRPLUS
+const OPS = [1, 3, 4, 9, 10, 11, 14, 15, 16, 18, 22, 25, 27, 29, 35, 44] as const;
+/** A directory of known inodes (each named by its real handle, no fd in the table), open as
+ * RDIR_FH: READDIRPLUS's. */
+const NODE_RDIR = 6;
+const RDIR_FH = 50;
+const RDIR_FIRST_NODEID = 200;
+const RDIR_NAMES = ['a', 'bb', 'c'.repeat(40), 'dir', 'e', 'f'.repeat(200), 'g', 'h', 'i', 'j', 'k', 'l'];
 /** The nodeid the addon's first new inode takes (setNextNodeId: CREATE's). */
 const FIRST_NEW_NODEID = 1000;
 /** A directory under the root, named by a handle: OPENDIR's and RELEASEDIR's. */
@@ -102,6 +109,39 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   /** fds the addon's OPENDIRs opened, by fh: ours to close. */
   const openedDirs = new Map<number, number>();
   t.teardown(() => { for (const fd of openedDirs.values()) native.close(fd); });
+  // READDIRPLUS's dir: every name known, the dir open as RDIR_FH.
+  const rootSt = fs.statSync(dir, { bigint: true });
+  fs.mkdirSync(path.join(dir, 'r'));
+  const rdirSt = fs.statSync(path.join(dir, 'r'), { bigint: true });
+  server.setInodeMeta(NODE_RDIR, rdirSt.dev, rdirSt.ino, 0, 0o040000, null, 0, 0);
+  /** name → [nodeid, host ino] of the dir's entries. */
+  const rdirEntries = new Map<string, [number, bigint]>();
+  RDIR_NAMES.forEach((n, i) => {
+    const host = path.join(dir, 'r', n);
+    if (n === 'dir') fs.mkdirSync(host);
+    else fs.writeFileSync(host, n);
+    const hs = fs.lstatSync(host, { bigint: true });
+    const h = native.nameToHandleAt(rootFd, path.join('r', n), 0);
+    server.setInodeMeta(RDIR_FIRST_NODEID + i, hs.dev, hs.ino, 0, Number(hs.mode) & 0o170000, h.handle, h.mountId, h.handleType);
+    rdirEntries.set(n, [RDIR_FIRST_NODEID + i, hs.ino]);
+  });
+  rdirEntries.set('.', [0, rdirSt.ino]);
+  rdirEntries.set('..', [0, rootSt.ino]);
+  const rdirFd = native.openat(rootFd, 'r', C.O_RDONLY! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  t.teardown(() => native.close(rdirFd));
+  server.setDir(RDIR_FH, NODE_RDIR, rdirFd);
+  /** The listing's order and cookies, as getdents64 gives them. */
+  const listing: Array<{ name: string; off: bigint }> = [];
+  {
+    const lfd = native.openat(rootFd, 'r', C.O_RDONLY! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+    const buf = Buffer.alloc(65536);
+    for (let n = native.getdents64(lfd, buf); n > 0; n = native.getdents64(lfd, buf)) {
+      for (const d of parseDirents(buf, n)) listing.push({ name: d.name.toString(), off: d.off });
+    }
+    native.close(lfd);
+  }
+  /** Where the addon's last served READDIRPLUS left the dir (the offset to continue from). */
+  let rdirPosition = 0n;
   const ring = new NativeSplitRing(mem, { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server, 1);
   // UNLINK and RMDIR journal their intents into the state journal's mapping first.
@@ -126,7 +166,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const op = OPS[int(OPS.length)]!;
     let body: Buffer;
     const dirOp = op === 27 || op === 29 || op === 9 || op === 10 || op === 11 || op === 35;
-    const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0, NODE_DIR][int(8) < 6 ? (op === 1 ? 0 : dirOp ? 5 : 1) : int(6)]!;
+    const nodeid = [1, NODE_FILE, 3, 2 ** 53, 0, NODE_DIR, NODE_RDIR][int(8) < 6 ? (op === 1 ? 0 : op === 44 ? 6 : dirOp ? 5 : 1) : int(op === 44 ? 7 : 6)]!;
     const fh = int(6) < 5 ? FH : [0, 8, 2 ** 53 + 2][int(3)]!;
     const offset = int(6) < 5 ? int(60_000) : [2 ** 53, 2 ** 63, 2 ** 40][int(3)]!;
     switch (op) {
@@ -227,6 +267,19 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body.writeBigUInt64LE(BigInt(offset), 8);
         body.writeUInt32LE(int(5) === 0 ? 0xffff_ffff : int(140_000), 16);
         break;
+      case 44: {
+        // From the start, from where the last one ended, or from elsewhere; sizes around a
+        // record's; the dir's fh, another or a bad one; TypeScript reading the fd meanwhile.
+        body = Buffer.alloc(40);
+        body.writeBigUInt64LE(BigInt(int(10) === 0 ? fh : RDIR_FH), 0);
+        body.writeBigUInt64LE([0n, rdirPosition, rdirPosition, rdirPosition, BigInt(offset), listing[int(listing.length)]!.off][int(6)]!, 8);
+        body.writeUInt32LE([0, 100, 160, 200, 400, 1000, 4096, 4096, 70_000, 0xffff_ffff][int(10)]!, 16);
+        if (int(15) === 0) {
+          server.takeDir(RDIR_FH);
+          native.lseek(rdirFd, 0n, C.SEEK_END!);
+        }
+        break;
+      }
       default: {
         const size = int(5) === 0 ? int(300_000) : int(3000);
         body = Buffer.alloc(40 + (int(6) === 0 ? int(3000) : size));
@@ -249,6 +302,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   let served = 0;
   let declined = 0;
   let recorded = 0;
+  let readdirServed = 0;
+  let readdirContinued = 0;
   for (let it = 0; it < ITERATIONS; it++) {
     const unique = BigInt(it * 2 + 2);
     const req = request(unique);
@@ -257,6 +312,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const split = int(req.length + 1);
     // CREATE's reply is the largest here (160 bytes): its sizes are around that.
     const writable = req.readUInt32LE(4) === 35 ? [100, 159, 160, 4096][int(4)]! : req.readUInt32LE(4) === 9 ? [100, 143, 144, 4096][int(4)]!
+      : req.readUInt32LE(4) === 44 ? [16, 100, 176, 300, 4096, 4096, 70_000][int(7)]!
       : [0, 8, 16, 100, 119, 120, 143, 144, 4096, 70_000][int(10)]!;
     bytes.fill(0xee, REPLY, REPLY + 16);
     const descs: Array<[number, number, number]> = [];
@@ -296,7 +352,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       // the reply the guest got.
       recorded++;
       const op = req.readUInt32LE(4);
-      const replyLen = ({ 1: 144, 4: 120, 9: 144, 10: 16, 11: 16, 14: 32, 18: 16, 27: 32, 29: 16, 35: 160 } as Record<number, number>)[op];
+      const replyLen = op === 44 ? c.reply(0).length : ({ 1: 144, 4: 120, 9: 144, 10: 16, 11: 16, 14: 32, 18: 16, 27: 32, 29: 16, 35: 160 } as Record<number, number>)[op];
       // A CREATE or MKDIR answered with its syscall's errno: a bare header, with its intent.
       const intendedError = (op === 9 || op === 35) && c.reply(0).length === 16 && c.reply(0).readInt32LE(4) < 0;
       if (intendedError) {
@@ -308,9 +364,10 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       } else if (c.count !== 1 || c.head(0) !== 0 || c.opcode(0) !== op || replyLen === undefined ||
         // A SETATTR of the dir is the dir's; OPEN(DIR), RELEASE(DIR), UNLINK and RMDIR only of
         // their kind; a CREATE's record names the new inode.
-        !(op === 35 || op === 9 ? [nextNodeId] : op === 27 || op === 29 || op === 10 || op === 11 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
+        !(op === 35 || op === 9 ? [nextNodeId] : op === 27 || op === 29 || op === 10 || op === 11 ? [NODE_DIR] : op === 4 ? [NODE_FILE, NODE_DIR]
+          : op === 44 ? [NODE_RDIR] : [NODE_FILE]).includes(c.nodeid(0)) ||
         !c.reply(0).equals(Buffer.from(bytes.buffer, bytes.byteOffset + REPLY, c.reply(0).length)) || c.reply(0).length !== replyLen) {
-        t.fail(`iteration ${it}: the served request's record is not its reply`);
+        t.fail(`iteration ${it}: the served op ${op}'s record is not its reply (${c.count} records, node ${c.nodeid(0)}, reply ${c.reply(0).length} bytes)`);
         return;
       }
       // An OPEN: the next fh, an fd of the file, the fh in the reply. A RELEASE: the fh and fd
@@ -318,6 +375,40 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       const file = op === 14 ? c.opened!(0) : op === 18 ? c.released!(0) : op === 27 ? c.openedDir!(0) : op === 29 ? c.releasedDir!(0) : null;
       if (intendedError) {
         // checked above
+      } else if (op === 44) {
+        // The records that follow the request's offset in the listing, as many as fit, each
+        // with its inode number and nodeid (none for '.' and '..') and attributes of its inode.
+        const from = req.readBigUInt64LE(48);
+        const size = req.readUInt32LE(56);
+        const start = from === 0n ? 0 : listing.findIndex((d) => d.off === from) + 1;
+        const reply = c.reply(0);
+        const served = c.readdir!(0);
+        let k = start;
+        let at = 16;
+        let bad: string | null = start === 0 && from !== 0n ? `served from an offset not in the listing (${from})` : null;
+        for (; bad === null && at < reply.length; k++) {
+          const nodeid = Number(reply.readBigUInt64LE(at));
+          const attrIno = reply.readBigUInt64LE(at + 40);
+          const ino = reply.readBigUInt64LE(at + 128);
+          const off = reply.readBigUInt64LE(at + 136);
+          const nameLen = reply.readUInt32LE(at + 144);
+          const name = reply.subarray(at + 152, at + 152 + nameLen).toString();
+          const want = listing[k];
+          const [wantNode, wantIno] = rdirEntries.get(name) ?? [-1, -1n];
+          if (want === undefined || want.name !== name || off !== BigInt.asUintN(64, want.off) || ino !== wantIno || nodeid !== wantNode ||
+            (nodeid !== 0 && attrIno !== wantIno)) bad = `record ${k - start} (${name}) is not entry ${k} of the listing`;
+          at += (152 + nameLen + 7) & ~7;
+        }
+        if (bad === null && (at !== reply.length || reply.length > Math.min(size, writable - 16, 65536) + 16 || reply.readUInt32LE(0) !== reply.length)) bad = 'the reply is cut or too long';
+        if (bad === null && (k === start ? k < listing.length : false)) bad = 'an empty reply before the end';
+        if (bad === null && (served === null || served.fh !== RDIR_FH || served.position !== (k === start ? from : listing[k - 1]!.off))) bad = `the record's dir position ${JSON.stringify(served, (_, v) => typeof v === 'bigint' ? String(v) : v)}`;
+        if (bad !== null) {
+          t.fail(`iteration ${it}: READDIRPLUS from ${from}: ${bad}`);
+          return;
+        }
+        rdirPosition = served!.position;
+        readdirServed++;
+        if (from !== 0n) readdirContinued++;
       } else if (op === 9) {
         // The new dir: the next nodeid, an O_PATH fd of the name, in the reply; the intent's time.
         const inode = c.newInode!(0);
@@ -401,7 +492,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
       (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16) &&
       (opcode !== 27 || usedLen === 32) && (opcode !== 29 || usedLen === 16) && (opcode !== 10 || usedLen === 16) && (opcode !== 11 || usedLen === 16) &&
-      (opcode !== 35 || usedLen === 160 || nativeError) && (opcode !== 9 || usedLen === 144 || nativeError);
+      (opcode !== 35 || usedLen === 160 || nativeError) && (opcode !== 9 || usedLen === 144 || nativeError) && (opcode !== 44 || usedLen >= 16);
     if (!ok) {
       t.fail(`iteration ${it}: served op ${opcode} badly: used ${usedLen}, out ${outLen}/${error}/${outUnique}, writable ${writable}`);
       return;
@@ -409,10 +500,13 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   }
   const stats = server.stats();
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
-  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir, recorded,
-    'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE, MKDIR, UNLINK and RMDIR came back for its journal');
+  t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir +
+    stats.readdirplus, recorded, 'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE, MKDIR, UNLINK, RMDIR and READDIRPLUS came back for its journal');
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
-    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir, served, 'the server counts what it served');
+    stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir +
+    stats.readdirplus, served, 'the server counts what it served');
+  t.ok(readdirServed >= 10 && readdirServed === stats.readdirplus && readdirContinued >= 3,
+    `READDIRPLUSes served: ${readdirServed} (${readdirContinued} going on from where the last ended), each the right slice of the listing`);
   t.ok(stats.unlink > 10 && stats.rmdir > 10 && stats.create > 10 && stats.mkdir > 10,
     `UNLINKs served: ${stats.unlink}, RMDIRs: ${stats.rmdir}, CREATEs: ${stats.create}, MKDIRs: ${stats.mkdir}`);
   // Their intents, as the worker's journal reader decodes them, in order: one per request.
