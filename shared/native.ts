@@ -165,13 +165,16 @@ export interface ServedFile {
   flags: number;
 }
 
-/** A READDIRPLUS the addon served of the open dir `fh`: the dir now stands at `position`. */
+/** A READDIRPLUS the addon served of the open dir `fh`: the dir now stands at `position`;
+ * `newInodes` are the inodes it added, in the reply's order (each entry of the reply with one
+ * of these nodeids, the first time, is that new inode; every other entry a lookup). */
 export interface ServedReaddir {
   fh: number;
   position: bigint;
+  newInodes: ReadonlyArray<{ nodeid: number; inode: ServedNewInode }>;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; intentErrors: number; readdirplus: number; direntsPlus: number; declined: number;
+export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; intentErrors: number; readdirplus: number; direntsPlus: number; direntsNew: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 

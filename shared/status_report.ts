@@ -63,6 +63,8 @@ export interface FastPathStats {
    * journaled by TypeScript). Absent from older workers. */
   readdirplus?: number;
   direntsPlus?: number;
+  /** Of those entries, the inodes the addon added (journaled by TypeScript). */
+  direntsNew?: number;
   declined: number;
   /** The declined requests by opcode name (those with any). Absent from older workers. */
   declinedBy?: Record<string, number>;

@@ -134,6 +134,13 @@ struct DirEntry {
   }
 };
 
+// A name a READDIRPLUS met that the session does not know: its identified inode (fd open) and
+// where its entry is in the reply.
+struct DirNewInode {
+  NewInode inode;
+  size_t at = 0;
+};
+
 struct FileEntry {
   int fd;
   uint64_t nodeid;
@@ -420,18 +427,22 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // READDIRPLUS of a dir in the dir table (worker/fs/dir_cursor.ts readdir, each entry as
-  // worker/fs/inodes.ts lookupChildStat finds a known inode: fstatat of the name, its (dev, ino)
-  // the one getdents64 gave and in the table, StillTheInode), from the start or from where this
-  // path's own last READDIRPLUS of the fh ended, while every name that fits is of an inode the
-  // session knows. Each entry is one more lookup of its nodeid, and the dir's position moves
-  // to the last entry's cookie: JavaScript journals both with the reply (kReaddirPlus) before
-  // it is published. Like TypeScript: '.' and '..' with a zero entry ('..' of the root with the
-  // root's own inode number), the names that fit min(size, the buffers, kMaxLongReply), and
-  // the first record that does not fit ends the reply. Declined: any other offset (a seek:
-  // TypeScript's, whose cursor knows a legacy cookie), a name the session does not know (and
-  // the rest of this fh's listings with it: TypeScript's looks new names up), a name gone or
-  // changed since getdents64, any syscall error, a first record that does not fit. A declined
-  // one may have moved the fd: TypeScript asks (takeDir) before it reads the dir.
+  // worker/fs/inodes.ts lookupChildStat finds it), from the start or from where this path's
+  // own last READDIRPLUS of the fh ended. A name of an inode the session knows: fstatat of the
+  // name, its (dev, ino) the one getdents64 gave and in the table, StillTheInode (as Lookup). A
+  // name it does not know: opened and identified as LookupNew does (handles on, the shared
+  // directory's mount), the inode taking the session's next nodeid once the whole reply is
+  // known (a hard link met twice is one inode: the second is a lookup of the first). Each entry
+  // is one more lookup of its nodeid (or a new inode), and the dir's position moves to the last
+  // entry's cookie: JavaScript journals both with the reply (kReaddirPlus) before it is
+  // published. Like TypeScript: '.' and '..' with a zero entry ('..' of the root with the
+  // root's own inode number), the names that fit min(size, the buffers, kMaxDirReply), and the
+  // first record that does not fit ends the reply (as does the kMaxDirNewInodes+1st new inode).
+  // Declined, with nothing added: any other offset (a seek: TypeScript's, whose cursor knows a
+  // legacy cookie), a new name while new inodes are TypeScript's (and the rest of this fh's
+  // listings with it), a name gone or changed since getdents64, any syscall error, a first
+  // record that does not fit. A declined one may have moved the fd: TypeScript asks (takeDir)
+  // before it reads the dir.
   bool Readdirplus(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
     fuse_read_in r;
     std::memcpy(&r, args, sizeof r);
@@ -441,10 +452,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     DirEntry& d = it->second;
     auto dirMeta = meta_.find(d.nodeid);
     if (dirMeta == meta_.end()) return Decline();
+    const uint64_t dirDev = dirMeta->second.dev;
     const int64_t cookie = static_cast<int64_t>(r.offset);
     const bool continues = d.cursorOurs && d.position == cookie;
     if (!continues && cookie != 0) return Decline();
-    const size_t room = std::min<uint64_t>({r.size, c.writableLen - kOutHeader, kMaxLongReply - kOutHeader});
+    const size_t room = std::min<uint64_t>({r.size, c.writableLen - kOutHeader, kMaxDirReply - kOutHeader});
+    const bool newAllowed = handleMountId_ >= 0 && nextNodeId_ != 0 && nextNodeId_ + kMaxDirNewInodes < kMaxSafeU;
     d.touched = true;
     if (!continues) {
       d.DropCursor();
@@ -453,6 +466,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       d.position = 0;
     }
     uint8_t* reply = dirReply_.data();
+    dirNew_.clear();
     size_t used = 0;
     uint32_t entries = 0;
     int64_t position = d.position;
@@ -494,18 +508,32 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         // The shared directory's '..' is the shared directory itself, as LOOKUP says.
         ino = dirMeta->second.ino;
       } else if (!dot && !dotDot) {
-        auto known = byDevIno_.find(DevIno{dirMeta->second.dev, dIno});
-        if (known == byDevIno_.end()) {
-          d.unknownSeen = true;
-          return DeclineDir(&d);
-        }
-        struct stat st;
-        const InodeMeta& m = meta_.at(known->second);
-        if (fstatat(d.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != dirMeta->second.dev || st.st_ino != dIno ||
-            !StillTheInode(d.fd, name, known->second, m))
-          return DeclineDir(&d);
         fuse_entry_out e;
-        FillEntry(known->second, m.generation, st, &e);
+        struct stat st;
+        auto known = byDevIno_.find(DevIno{dirDev, dIno});
+        if (known != byDevIno_.end()) {
+          const InodeMeta& m = meta_.at(known->second);
+          if (fstatat(d.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != dirDev || st.st_ino != dIno ||
+              !StillTheInode(d.fd, name, known->second, m))
+            return DeclineDir(&d);
+          FillEntry(known->second, m.generation, st, &e);
+        } else {
+          if (!newAllowed) {
+            d.unknownSeen = true;
+            return DeclineDir(&d);
+          }
+          if (dirNew_.size() == kMaxDirNewInodes) break;
+          DirNewInode n;
+          n.at = kOutHeader + used;
+          int fd = OpenPathBeneath(d.fd, name);
+          if (fd < 0) return DeclineDir(&d);
+          if (!Identify(fd, &n.inode, &st) || st.st_dev != dirDev || st.st_ino != dIno) {
+            close(fd);
+            return DeclineDir(&d);
+          }
+          dirNew_.push_back(n);
+          FillEntry(0, 0, st, &e);  // its nodeid once the reply is whole
+        }
         std::memcpy(rec, &e, sizeof e);
         entries++;
       }
@@ -522,6 +550,24 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     }
     if (used == 0 && !eof) return DeclineDir(&d);
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    // The new inodes take their nodeids in the reply's order; one already added by an earlier
+    // name of this reply (a hard link) is that inode, looked up again.
+    uint8_t* list = reply + kOutHeader + used;
+    uint32_t added = 0;
+    for (DirNewInode& n : dirNew_) {
+      auto again = byDevIno_.find(DevIno{n.inode.dev, n.inode.ino});
+      uint64_t nodeid;
+      if (again != byDevIno_.end()) {
+        nodeid = again->second;
+        close(n.inode.fd);
+      } else {
+        nodeid = AddNewInode(n.inode);
+        PutDirNewInode(nodeid, n.inode, list + static_cast<size_t>(added) * kDirNewInodeBytes);
+        added++;
+      }
+      Store<uint64_t>(reply + n.at, nodeid);
+    }
+    dirNew_.clear();
     d.position = position;
     fuse_out_header oh{static_cast<uint32_t>(kOutHeader + used), 0, h.unique};
     std::memcpy(reply, &oh, sizeof oh);
@@ -533,15 +579,36 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->kind = ServedKind::kReaddirPlus;
     out->file = OpenedFile{d.fd, r.fh, 0};
     out->longReply = reply;
-    out->longReplyLen = static_cast<uint32_t>(kOutHeader + used);
+    out->dirReplyLen = static_cast<uint32_t>(kOutHeader + used);
+    out->dirNewInodes = added;
+    out->longReplyLen = out->dirReplyLen + added * kDirNewInodeBytes;
     out->dirPosition = position;
     readdirplus_++;
     direntsPlus_ += entries;
+    direntsNew_ += added;
     return true;
   }
 
-  // A READDIRPLUS declined after it may have moved the fd: the next one here seeks again.
+  // A new inode in a READDIRPLUS's long reply (fast_path.h kDirNewInodeBytes).
+  static void PutDirNewInode(uint64_t nodeid, const NewInode& n, uint8_t* p) {
+    std::memset(p, 0, kDirNewInodeBytes);
+    Store<double>(p, static_cast<double>(nodeid));
+    Store<int32_t>(p + 8, n.fd);
+    Store<uint32_t>(p + 12, n.fileType);
+    Store<uint64_t>(p + 16, n.dev);
+    Store<uint64_t>(p + 24, n.ino);
+    Store<int32_t>(p + 32, n.mountId);
+    Store<int32_t>(p + 36, n.handleType);
+    uint32_t hl = std::min<uint32_t>(n.handleLen, sizeof n.handle);
+    Store<uint32_t>(p + 40, hl);
+    std::memcpy(p + 48, n.handle, hl);
+  }
+
+  // A READDIRPLUS declined after it may have moved the fd: the next one here seeks again; the
+  // new inodes it opened are closed, none added.
   bool DeclineDir(DirEntry* d) {
+    for (const DirNewInode& n : dirNew_) close(n.inode.fd);
+    dirNew_.clear();
     d->DropCursor();
     return Decline();
   }
@@ -1704,6 +1771,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("intents", Napi::Number::New(env, static_cast<double>(intents_)));
     o.Set("readdirplus", Napi::Number::New(env, static_cast<double>(readdirplus_)));
     o.Set("direntsPlus", Napi::Number::New(env, static_cast<double>(direntsPlus_)));
+    o.Set("direntsNew", Napi::Number::New(env, static_cast<double>(direntsNew_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     // Declined requests by opcode (the last slot: opcodes past it), for what to serve next.
     Napi::Array byOp = Napi::Array::New(env, kOpcodeSlots);
@@ -1728,8 +1796,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
            opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,
-           readdirplus_ = 0, direntsPlus_ = 0;
-  std::vector<uint8_t> dirReply_ = std::vector<uint8_t>(kMaxLongReply);  // READDIRPLUS's reply
+           readdirplus_ = 0, direntsPlus_ = 0, direntsNew_ = 0;
+  // READDIRPLUS's reply and the new inodes after it; the new names of the reply being built.
+  std::vector<uint8_t> dirReply_ = std::vector<uint8_t>(kMaxLongReply);
+  std::vector<DirNewInode> dirNew_;
   int handleMountId_ = -1;   // setHandles
   uint64_t nextNodeId_ = 0;  // the session's next nodeid (0: unknown, no new inodes here)
   uint64_t nextFh_ = 0;      // the session's next fh (0: unknown, OPEN is TypeScript's)

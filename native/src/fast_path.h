@@ -64,10 +64,18 @@ enum class ServedKind : uint32_t {
   kReaddirPlus = 9
 };
 
-// The longest reply a served request leaves for JavaScript's journal besides Served::reply's
-// room: a READDIRPLUS (header and records), whose larger requests get a shorter reply (the
-// kernel asks again from where it ends).
-constexpr uint32_t kMaxLongReply = 16 + 64 * 1024;
+// A READDIRPLUS's reply is at most this long (header and records): larger requests get a
+// shorter reply (the kernel asks again from where it ends), as do those past kMaxDirNewInodes
+// new inodes.
+constexpr uint32_t kMaxDirReply = 16 + 64 * 1024;
+constexpr uint32_t kMaxDirNewInodes = 64;
+// A new inode as a READDIRPLUS's long reply lists it after the reply (native_ring.ts reads it):
+// f64 nodeid, i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle type, u32
+// handle length, 4 bytes of padding, the handle (128 bytes).
+constexpr uint32_t kDirNewInodeBytes = 48 + 128;
+// The longest "long reply" a served request leaves for JavaScript's journal besides
+// Served::reply's room: a READDIRPLUS's reply and its new inodes.
+constexpr uint32_t kMaxLongReply = kMaxDirReply + kMaxDirNewInodes * kDirNewInodeBytes;
 
 // What the server did with a chain it served.
 struct Served {
@@ -86,14 +94,18 @@ struct Served {
   // server journaled before its syscall (UNLINK, RMDIR), at `intentTsMs` (wall clock);
   // kCreated: a CREATE (its intent journaled so too) that added inode `nodeid` (`inode`) and
   // opened it (`file`); kMadeDir: a MKDIR (the same) that added inode `nodeid` (`inode`);
-  // kReaddirPlus: a READDIRPLUS of the open dir `file.fh` whose reply is `longReply` (one more
-  // lookup of each nonzero nodeid in it) and after which the dir stands at `dirPosition`.
+  // kReaddirPlus: a READDIRPLUS of the open dir `file.fh` whose reply is the first
+  // `dirReplyLen` bytes of `longReply` (one more lookup of each nonzero nodeid in it, or a new
+  // inode: the `dirNewInodes` that follow the reply, in the reply's order, kDirNewInodeBytes
+  // each) and after which the dir stands at `dirPosition`.
   ServedKind kind = ServedKind::kPlain;
   double intentTsMs = 0;
   NewInode inode;
   OpenedFile file;
   const uint8_t* longReply = nullptr;  // valid until the next Serve
   uint32_t longReplyLen = 0;
+  uint32_t dirReplyLen = 0;
+  uint32_t dirNewInodes = 0;
   int64_t dirPosition = 0;
 };
 

@@ -78,7 +78,8 @@ enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
 // flags, f64 fh) or an intent's time (f64 ms) in its place; a CREATE has its inode there, its
 // file and intent time after it; a MKDIR its inode there, its intent time after the file's room;
 // a READDIRPLUS (whose reply is in `tail`, not in the reply's room) its f64 fh, i64 new dir
-// position, u32 offset and u32 length of its reply in `tail` there.
+// position, u32 offset and u32 length of its long reply in `tail`, u32 length of the reply and
+// u32 count of the new inodes after it there.
 constexpr size_t kRecordHeader = 32;
 constexpr size_t kNewInodeAt = kRecordHeader + sizeof(Served::reply);
 constexpr size_t kCreatedFileAt = kNewInodeAt + 40 + sizeof(NewInode::handle);
@@ -748,6 +749,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<int64_t>(p + 8, served.dirPosition);
       Store<uint32_t>(p + 16, static_cast<uint32_t>(tailAt));
       Store<uint32_t>(p + 20, tailLen);
+      Store<uint32_t>(p + 24, std::min(served.dirReplyLen, tailLen));
+      Store<uint32_t>(p + 28, served.dirNewInodes);
     }
     if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated || served.kind == ServedKind::kMadeDir) {
       const NewInode& n = served.inode;

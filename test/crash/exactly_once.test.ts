@@ -407,10 +407,10 @@ const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handle
 
 /** Cases whose request the addon's fast path serves when it is on (a LOOKUP of a new inode
  * named by a handle: native/src/fast_fuse.cc LookupNew; an OPEN or OPENDIR of a handle-named
- * file or dir, a RELEASE; a READDIRPLUS of known inodes: Readdirplus). Their outcome is TypeScript's to
+ * file or dir, a RELEASE; a READDIRPLUS: Readdirplus). Their outcome is TypeScript's to
  * journal, so they die at every point but TypeScript's op-after-intent, which that path does
  * not pass (the TypeScript-path run of this suite, test/ts_path/, still does). */
-const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR', 'READDIRPLUS_KNOWN', 'READDIRPLUS_KNOWN_HANDLES']);
+const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR', 'READDIRPLUS', 'READDIRPLUS_HANDLES', 'READDIRPLUS_KNOWN', 'READDIRPLUS_KNOWN_HANDLES']);
 /** Cases the addon serves with the intent it journals itself (native/src/fast_fuse.cc Remove):
  * they die in the addon at op-after-intent and op-after-syscall (the marker says so), at
  * TypeScript's points after. */
@@ -625,6 +625,28 @@ const nativeCases: NativeCase[] = [
       for (const id of looked.values()) await s.fuse.forget(id, 1);
       await waitFor(() => queryStatus(stateDir).fuse.inodes <= 3 ? true : undefined, 'the second forget each drops them', 10_000);
       t.pass('the READDIRPLUS counted each entry exactly once');
+    } },
+  { name: 'READDIRPLUS of new names', opcode: 44, journaled: true,
+    // The addon lists a dir whose names the session does not know: it adds their inodes (named
+    // by handles), TypeScript journals them. Whatever the point: each name listed once with a
+    // nodeid of the file, and one forget each drops them all (each added exactly once).
+    act: async (s) => {
+      fs.mkdirSync(s.host('rn'));
+      for (let i = 0; i < 20; i++) fs.writeFileSync(s.host(`rn/e${i}`), `n${i}`);
+      const dir = (await s.fuse.lookup(ROOT, 'rn')).nodeid;
+      const dh = await s.fuse.opendir(dir);
+      return (await s.fuse.readdirAll(dir, dh.fh, { plus: true })).entries;
+    },
+    verify: async (t, s, r) => {
+      const named = (r as F.Dirent[]).filter((d) => !['.', '..'].includes(d.name.toString()));
+      t.same(named.map((d) => d.name.toString()).sort(), Array.from({ length: 20 }, (_, i) => `e${i}`).sort(), 'each name listed once');
+      let right = 0;
+      for (const d of named) if ((await s.fuse.getattr(d.entry!.nodeid)).attr.ino === BigInt(fs.statSync(s.host(`rn/${d.name.toString()}`)).ino)) right++;
+      t.equal(right, 20, 'each nodeid is its file');
+      for (const d of named) await s.fuse.forget(d.entry!.nodeid, 1);
+      let gone = 0;
+      for (const d of named) if (await s.fuse.getattr(d.entry!.nodeid).then(() => false, (e: FuseError) => e.errno === 9)) gone++;
+      t.equal(gone, 20, 'one forget each drops them: each added exactly once');
     } },
   { name: 'LOOKUP of a missing name', opcode: 1,
     // ENOENT from the addon, nothing journaled: the successor runs it again and answers it once.

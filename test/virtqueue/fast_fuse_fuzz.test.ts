@@ -125,6 +125,11 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     server.setInodeMeta(RDIR_FIRST_NODEID + i, hs.dev, hs.ino, 0, Number(hs.mode) & 0o170000, h.handle, h.mountId, h.handleType);
     rdirEntries.set(n, [RDIR_FIRST_NODEID + i, hs.ino]);
   });
+  // Names the session does not know: the addon adds their inodes (a hard link is one inode).
+  for (const n of ['n1', 'n2']) fs.writeFileSync(path.join(dir, 'r', n), n);
+  fs.linkSync(path.join(dir, 'r', 'n1'), path.join(dir, 'r', 'hl'));
+  /** Inode numbers of the names the addon added → their nodeids. */
+  const addedByIno = new Map<bigint, number>();
   rdirEntries.set('.', [0, rdirSt.ino]);
   rdirEntries.set('..', [0, rootSt.ino]);
   const rdirFd = native.openat(rootFd, 'r', C.O_RDONLY! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
@@ -272,9 +277,9 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         // record's; the dir's fh, another or a bad one; TypeScript reading the fd meanwhile.
         body = Buffer.alloc(40);
         body.writeBigUInt64LE(BigInt(int(10) === 0 ? fh : RDIR_FH), 0);
-        body.writeBigUInt64LE([0n, rdirPosition, rdirPosition, rdirPosition, BigInt(offset), listing[int(listing.length)]!.off][int(6)]!, 8);
+        body.writeBigUInt64LE([0n, rdirPosition, rdirPosition, rdirPosition, rdirPosition, BigInt(offset), listing[int(listing.length)]!.off][int(7)]!, 8);
         body.writeUInt32LE([0, 100, 160, 200, 400, 1000, 4096, 4096, 70_000, 0xffff_ffff][int(10)]!, 16);
-        if (int(15) === 0) {
+        if (int(30) === 0) {
           server.takeDir(RDIR_FH);
           native.lseek(rdirFd, 0n, C.SEEK_END!);
         }
@@ -385,6 +390,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         const served = c.readdir!(0);
         let k = start;
         let at = 16;
+        let newNext = 0;
         let bad: string | null = start === 0 && from !== 0n ? `served from an offset not in the listing (${from})` : null;
         for (; bad === null && at < reply.length; k++) {
           const nodeid = Number(reply.readBigUInt64LE(at));
@@ -394,11 +400,25 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
           const nameLen = reply.readUInt32LE(at + 144);
           const name = reply.subarray(at + 152, at + 152 + nameLen).toString();
           const want = listing[k];
-          const [wantNode, wantIno] = rdirEntries.get(name) ?? [-1, -1n];
+          let [wantNode, wantIno] = rdirEntries.get(name) ?? [-1, -1n];
+          if (!rdirEntries.has(name) && want?.name === name) {
+            // A name the session did not know: a new inode the first time, the same after.
+            wantIno = fs.lstatSync(path.join(dir, 'r', name), { bigint: true }).ino;
+            wantNode = addedByIno.get(wantIno) ?? -1;
+            const added = served?.newInodes[newNext];
+            if (wantNode === -1 && added !== undefined && added.nodeid === nextNodeId && added.inode.ino === wantIno && inoOf(added.inode.fd) === wantIno) {
+              wantNode = added.nodeid;
+              addedByIno.set(wantIno, wantNode);
+              createdInodes.push(added.inode.fd);
+              nextNodeId++;
+              newNext++;
+            }
+          }
           if (want === undefined || want.name !== name || off !== BigInt.asUintN(64, want.off) || ino !== wantIno || nodeid !== wantNode ||
             (nodeid !== 0 && attrIno !== wantIno)) bad = `record ${k - start} (${name}) is not entry ${k} of the listing`;
           at += (152 + nameLen + 7) & ~7;
         }
+        if (bad === null && newNext !== served?.newInodes.length) bad = `${served?.newInodes.length} new inodes, ${newNext} of them in the reply`;
         if (bad === null && (at !== reply.length || reply.length > Math.min(size, writable - 16, 65536) + 16 || reply.readUInt32LE(0) !== reply.length)) bad = 'the reply is cut or too long';
         if (bad === null && (k === start ? k < listing.length : false)) bad = 'an empty reply before the end';
         if (bad === null && (served === null || served.fh !== RDIR_FH || served.position !== (k === start ? from : listing[k - 1]!.off))) bad = `the record's dir position ${JSON.stringify(served, (_, v) => typeof v === 'bigint' ? String(v) : v)}`;
@@ -505,6 +525,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
     stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir +
     stats.readdirplus, served, 'the server counts what it served');
+  t.equal(addedByIno.size, 2, 'the names the session did not know were added once each, a hard link as one inode');
+  t.equal(stats.direntsNew, 2, 'and counted');
   t.ok(readdirServed >= 10 && readdirServed === stats.readdirplus && readdirContinued >= 3,
     `READDIRPLUSes served: ${readdirServed} (${readdirContinued} going on from where the last ended), each the right slice of the listing`);
   t.ok(stats.unlink > 10 && stats.rmdir > 10 && stats.create > 10 && stats.mkdir > 10,

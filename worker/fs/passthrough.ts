@@ -381,11 +381,23 @@ export class PassthroughFs implements FileSystem {
   readdirplusServed(nodeid: NodeId, served: ServedReaddir, reply: Buffer): void {
     const rec = this.session.getDir(served.fh);
     if (rec === undefined || rec.nodeid !== nodeid) throw new BugError(`fast-path READDIRPLUS of fh ${served.fh}, not an open dir of nodeid ${nodeid}`);
+    let next = 0;
     for (let at = OUT_HEADER_SIZE; at < reply.length;) {
       if (at + DIRENTPLUS_NAME_OFFSET > reply.length) throw new BugError(`fast-path READDIRPLUS reply of ${reply.length} bytes cut at ${at}`);
-      const entryNodeid = reply.readBigUInt64LE(at);
-      if (entryNodeid !== 0n) this.session.addLookup(Number(entryNodeid));
+      const entryNodeid = Number(reply.readBigUInt64LE(at));
+      const added = served.newInodes[next];
+      if (added !== undefined && added.nodeid === entryNodeid) {
+        // A name the session did not know: the addon added its inode, as a LOOKUP's.
+        this.inodes.adoptFound(entryNodeid, added.inode);
+        next++;
+      } else if (entryNodeid !== 0) {
+        this.session.addLookup(entryNodeid);
+      }
       at += fuseDirentAlign(DIRENTPLUS_NAME_OFFSET + reply.readUInt32LE(at + ENTRY_OUT_SIZE + 16));
+    }
+    if (next !== served.newInodes.length) {
+      for (const n of served.newInodes.slice(next)) native.close(n.inode.fd);
+      throw new BugError(`fast-path READDIRPLUS added ${served.newInodes.length} inodes, ${next} of them in its reply`);
     }
     if (served.position !== rec.position) this.session.setDirPosition(served.fh, served.position);
   }

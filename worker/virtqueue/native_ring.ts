@@ -21,7 +21,9 @@ function ringError(e: unknown): unknown {
  * an intent the addon journaled (f64 wall-clock ms) in its place; a CREATE has its new inode
  * there, its file and its intent's time after it (a MKDIR: its new dir and the intent's time,
  * the file's room unused); a READDIRPLUS its f64 fh, i64 new dir position, u32 offset and u32
- * length of its reply in the addon's `tail` there (its reply is not in the reply's room). */
+ * length of its long reply in the addon's `tail`, u32 length of the reply and u32 count of the
+ * new inodes after it there (DIR_NEW_INODE_SIZE bytes each: f64 nodeid, then a new inode as
+ * above). */
 export const SERVED_RECORD_SIZE = 384;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
@@ -31,6 +33,7 @@ const CREATED_FILE_AT = NEW_INODE_AT + 40 + MAX_HANDLE_BYTES;
 const CREATED_INTENT_AT = CREATED_FILE_AT + 16;
 const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7, KIND_MADE_DIR = 8,
   KIND_READDIR_PLUS = 9;
+const DIR_NEW_INODE_SIZE = 48 + MAX_HANDLE_BYTES;
 
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
@@ -59,10 +62,8 @@ class NativeServedBatch implements RingServedBatch {
   reply(i: number): Buffer {
     const at = i * SERVED_RECORD_SIZE;
     if (this.bytes.readUInt32LE(at + 28) === KIND_READDIR_PLUS) {
-      const tailAt = this.bytes.readUInt32LE(at + NEW_INODE_AT + 16);
-      const tailLen = this.bytes.readUInt32LE(at + NEW_INODE_AT + 20);
-      if (tailAt + tailLen > this.tail.length) throw new RingError(`served reply ${tailAt}+${tailLen} outside the batch's ${this.tail.length} bytes`);
-      return this.tail.subarray(tailAt, tailAt + tailLen);
+      const { tailAt, replyLen } = this.longReply(at);
+      return this.tail.subarray(tailAt, tailAt + replyLen);
     }
     const len = Math.min(this.bytes.readUInt32LE(at + 24), SERVED_REPLY_ROOM);
     return this.bytes.subarray(at + SERVED_RECORD_HEADER, at + SERVED_RECORD_HEADER + len);
@@ -71,7 +72,32 @@ class NativeServedBatch implements RingServedBatch {
   readdir(i: number): ServedReaddir | null {
     const at = i * SERVED_RECORD_SIZE;
     if (this.bytes.readUInt32LE(at + 28) !== KIND_READDIR_PLUS) return null;
-    return { fh: this.bytes.readDoubleLE(at + NEW_INODE_AT), position: this.bytes.readBigInt64LE(at + NEW_INODE_AT + 8) };
+    const { tailAt, replyLen, newCount } = this.longReply(at);
+    const newInodes: Array<{ nodeid: number; inode: ServedNewInode }> = [];
+    for (let k = 0, p = tailAt + replyLen; k < newCount; k++, p += DIR_NEW_INODE_SIZE) {
+      const t = this.tail;
+      const len = Math.min(t.readUInt32LE(p + 40), MAX_HANDLE_BYTES);
+      newInodes.push({
+        nodeid: t.readDoubleLE(p),
+        inode: {
+          fd: t.readInt32LE(p + 8), fileType: t.readUInt32LE(p + 12), dev: t.readBigUInt64LE(p + 16), ino: t.readBigUInt64LE(p + 24),
+          mountId: t.readInt32LE(p + 32), handleType: t.readInt32LE(p + 36), handle: t.subarray(p + 48, p + 48 + len),
+        },
+      });
+    }
+    return { fh: this.bytes.readDoubleLE(at + NEW_INODE_AT), position: this.bytes.readBigInt64LE(at + NEW_INODE_AT + 8), newInodes };
+  }
+
+  /** Where a READDIRPLUS's long reply is in the tail: its reply, then its new inodes. */
+  private longReply(at: number): { tailAt: number; replyLen: number; newCount: number } {
+    const tailAt = this.bytes.readUInt32LE(at + NEW_INODE_AT + 16);
+    const tailLen = this.bytes.readUInt32LE(at + NEW_INODE_AT + 20);
+    const replyLen = this.bytes.readUInt32LE(at + NEW_INODE_AT + 24);
+    const newCount = this.bytes.readUInt32LE(at + NEW_INODE_AT + 28);
+    if (tailAt + tailLen > this.tail.length || replyLen + newCount * DIR_NEW_INODE_SIZE !== tailLen) {
+      throw new RingError(`served READDIRPLUS of ${replyLen} bytes and ${newCount} new inodes in ${tailAt}+${tailLen} of the batch's ${this.tail.length} bytes`);
+    }
+    return { tailAt, replyLen, newCount };
   }
 
   newInode(i: number): ServedNewInode | null {
