@@ -146,6 +146,7 @@ export interface NativeRingConstructor {
  * named by a file handle on the shared directory's mount), as a served batch reports it: its
  * O_PATH fd (the receiver's to keep or close), identity and handle. */
 export interface ServedNewInode {
+  /** -1: none opened (a READDIRPLUS's new inode while the inode fd cache is full). */
   fd: number;
   fileType: number;
   dev: bigint;
@@ -218,6 +219,9 @@ export interface FastFuseHandle {
   /** Whether the keeper holds every open fd (UNLINK and RMDIR need it; a native OPEN or
    * OPENDIR clears it). */
   setSettled(settled: boolean): void;
+  /** One more inode fd would evict another (worker/fs/inode_fds.ts full): a READDIRPLUS then
+   * names a new inode by its handle read by name, opening no fd. */
+  setInodeCacheFull(full: boolean): void;
   /** CREATE may be served (the session did not grant FUSE_DONT_MASK: files are created with
    * umask 0, which the addon sets process-wide before its first). */
   setCreatePolicy(enabled: boolean): void;

@@ -235,6 +235,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetOpenPolicy>("setOpenPolicy"),
       InstanceMethod<&FastFuse::SetJournal>("setJournal"),
       InstanceMethod<&FastFuse::SetSettled>("setSettled"),
+      InstanceMethod<&FastFuse::SetInodeCacheFull>("setInodeCacheFull"),
       InstanceMethod<&FastFuse::SetCreatePolicy>("setCreatePolicy"),
       InstanceMethod<&FastFuse::SetUnjournaled>("setUnjournaled"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
@@ -525,11 +526,16 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
           if (dirNew_.size() == kMaxDirNewInodes) break;
           DirNewInode n;
           n.at = kOutHeader + used;
-          int fd = OpenPathBeneath(d.fd, name);
-          if (fd < 0) return DeclineDir(&d);
-          if (!Identify(fd, &n.inode, &st) || st.st_dev != dirDev || st.st_ino != dIno) {
-            close(fd);
-            return DeclineDir(&d);
+          if (inodeCacheFull_) {
+            // As inodes.ts listedByHandle: an fd would only evict another before any use.
+            if (!IdentifyByName(d.fd, name, &n.inode, &st) || st.st_dev != dirDev || st.st_ino != dIno) return DeclineDir(&d);
+          } else {
+            int fd = OpenPathBeneath(d.fd, name);
+            if (fd < 0) return DeclineDir(&d);
+            if (!Identify(fd, &n.inode, &st) || st.st_dev != dirDev || st.st_ino != dIno) {
+              close(fd);
+              return DeclineDir(&d);
+            }
           }
           dirNew_.push_back(n);
           FillEntry(0, 0, st, &e);  // its nodeid once the reply is whole
@@ -559,7 +565,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       uint64_t nodeid;
       if (again != byDevIno_.end()) {
         nodeid = again->second;
-        close(n.inode.fd);
+        if (n.inode.fd >= 0) close(n.inode.fd);
       } else {
         nodeid = AddNewInode(n.inode);
         PutDirNewInode(nodeid, n.inode, list + static_cast<size_t>(added) * kDirNewInodeBytes);
@@ -607,7 +613,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // A READDIRPLUS declined after it may have moved the fd: the next one here seeks again; the
   // new inodes it opened are closed, none added.
   bool DeclineDir(DirEntry* d) {
-    for (const DirNewInode& n : dirNew_) close(n.inode.fd);
+    for (const DirNewInode& n : dirNew_) {
+      if (n.inode.fd >= 0) close(n.inode.fd);
+    }
     dirNew_.clear();
     d->DropCursor();
     return Decline();
@@ -687,14 +695,27 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // when a syscall fails, the handle is on another mount or too long, or the session knows the
   // (dev, ino) already.
   bool Identify(int fd, NewInode* n, struct stat* st) const {
+    return IdentifyAt(fd, "", AT_EMPTY_PATH, fd, n, st);
+  }
+
+  // The same read by name under `dirFd`, nothing opened (worker/fs/inodes.ts listedByHandle:
+  // fstatat and name_to_handle_at of the name): n->fd is -1. The two read the name twice; a
+  // host that swaps it between them leaves an inode whose handle is not its (dev, ino), which
+  // opens as ESTALE (every open by handle is checked against the recorded number), never as
+  // another file.
+  bool IdentifyByName(int dirFd, const char* name, NewInode* n, struct stat* st) const {
+    return IdentifyAt(dirFd, name, 0, -1, n, st);
+  }
+
+  bool IdentifyAt(int at, const char* name, int emptyPath, int fd, NewInode* n, struct stat* st) const {
     union {
       file_handle fh;
       uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
     } u;
     u.fh.handle_bytes = MAX_HANDLE_SZ;
     int mountId = 0;
-    if (fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 || byDevIno_.count(DevIno{st->st_dev, st->st_ino}) != 0 ||
-        name_to_handle_at(fd, "", &u.fh, &mountId, AT_EMPTY_PATH) != 0 || mountId != handleMountId_ ||
+    if (fstatat(at, name, st, emptyPath | AT_SYMLINK_NOFOLLOW) != 0 || byDevIno_.count(DevIno{st->st_dev, st->st_ino}) != 0 ||
+        name_to_handle_at(at, name, &u.fh, &mountId, emptyPath) != 0 || mountId != handleMountId_ ||
         u.fh.handle_bytes > sizeof n->handle)
       return false;
     n->fd = fd;
@@ -708,7 +729,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
-  // The identified inode takes the session's next nodeid and joins the tables (its fd too).
+  // The identified inode takes the session's next nodeid and joins the tables (its fd too, if
+  // it has one).
   uint64_t AddNewInode(const NewInode& n) {
     uint64_t nodeid = nextNodeId_++;
     InodeMeta m{};
@@ -722,7 +744,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     m.handle.assign(n.handle, n.handle + n.handleLen);
     meta_[nodeid] = std::move(m);
     byDevIno_[DevIno{n.dev, n.ino}] = nodeid;
-    inodes_[nodeid] = n.fd;
+    if (n.fd >= 0) inodes_[nodeid] = n.fd;
     return nodeid;
   }
 
@@ -1683,6 +1705,11 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // settled), which UNLINK and RMDIR need (a file removed while open is reopened by its fd
   // only). An OPEN, OPENDIR or CREATE here unsettles it until JavaScript says so again.
   Napi::Value SetSettled(const Napi::CallbackInfo& info) { return SetFlag(info, "setSettled", "settled", &settled_); }
+  // setInodeCacheFull(full): one more inode fd would evict another (worker/fs/inode_fds.ts
+  // full), so a READDIRPLUS names a new inode by its handle read by name, without an fd.
+  Napi::Value SetInodeCacheFull(const Napi::CallbackInfo& info) {
+    return SetFlag(info, "setInodeCacheFull", "full", &inodeCacheFull_);
+  }
 
   // setCreatePolicy(enabled): CREATE may be served (JavaScript says so once the session's INIT
   // did not grant FUSE_DONT_MASK: the guest masked the mode, so files are created with umask 0).
@@ -1817,6 +1844,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   size_t journalLen_ = 0;
   Mapping* journalMapping_ = nullptr;
   bool settled_ = false;  // setSettled
+  bool inodeCacheFull_ = false;  // setInodeCacheFull
   bool createPolicy_ = false;  // setCreatePolicy
   bool umaskZero_ = false;     // the process umask was set to 0 for CREATE
   bool unjournaled_ = false;   // setUnjournaled (benchmark only)

@@ -12,6 +12,7 @@ import * as F from './fuse_proto';
 import { queryStatus } from '../../cli/status';
 import type { FastPathStats } from '../../shared/status_report';
 import { hostFlockErrno } from '../helpers/flock';
+import { noFileLimits, setNoFile } from '../helpers/rlimit';
 
 const EBADF = 9;
 
@@ -481,6 +482,51 @@ t.test('the fast path serves READDIRPLUS with the replies TypeScript gives: entr
   t.ok((r.root as Array<{ name: string; ino: boolean }>).every((d) => d.ino), "the root's '..' is the root, and every inode number the host's");
   t.same((r.whole as Array<{ name: string; ino: boolean; attr: unknown[] | null }>).filter((d) => !(d.ino && (d.attr === null || d.attr[0] === true))), [], 'each entry with its own inode number and attributes');
   t.same([r.wrongNode, r.noDir, r.keptAfterListed, r.goneAfterAll], [EBADF, EBADF, 7n, EBADF], 'EBADF; each listing counted once');
+});
+
+t.test('with the inode fd cache full, a READDIRPLUS names new inodes by handle as TypeScript does, opening none', async (t) => {
+  const seen: Record<string, unknown> = {};
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    fs.mkdirSync(s.host('many'));
+    for (let i = 0; i < 600; i++) fs.writeFileSync(s.host(`many/m${i}`), String(i));
+    // Every worker from now on under a 2048-fd limit (an inode fd cache of 256): two kills
+    // hand the session to a standby started under it.
+    const keeperPid = queryStatus(stateDir).keeper.pid!;
+    setNoFile(keeperPid, 2048, 2048);
+    for (let k = 0; k < 2; k++) {
+      const pid = (await waitFor(() => queryStatus(stateDir).worker.pid, 'the worker pid', 30_000))!;
+      await waitFor(() => queryStatus(stateDir).worker.standbyReady, 'a ready standby', 30_000);
+      process.kill(pid, 'SIGKILL');
+      await waitFor(() => { const q = queryStatus(stateDir); return q.worker.state === 'running' && q.worker.pid !== null && q.worker.pid !== pid ? q : undefined; }, 'the standby serving', 30_000);
+    }
+    t.equal(noFileLimits(queryStatus(stateDir).worker.pid!).hard, '2048', 'the serving worker has 2048 fds');
+    const many = (await s.fuse.lookup(F.FUSE_ROOT_ID, 'many')).nodeid;
+    const dh = (await s.fuse.opendir(many)).fh;
+    const first = (await s.fuse.readdirAll(many, dh, { plus: true })).entries;
+    const again = (await s.fuse.readdirAll(many, dh, { plus: true })).entries;
+    const named = first.filter((d) => d.name.toString().startsWith('m'));
+    let right = 0;
+    for (const d of named) if (d.entry!.attr.ino === BigInt(fs.lstatSync(s.host(`many/${d.name.toString()}`)).ino)) right++;
+    // Each a new inode, named by its handle; reading through one opens it by handle.
+    const last = named[named.length - 1]!;
+    const fh = (await s.fuse.open(last.entry!.nodeid, F.O.RDONLY)).fh;
+    seen[String(fastPath)] = {
+      ids: first.map((d) => [d.name.toString(), d.entry?.nodeid ?? null]),
+      again: again.map((d) => [d.name.toString(), d.entry?.nodeid ?? null]),
+      right, read: (await s.fuse.read(last.entry!.nodeid, fh, 0, 8)).toString(),
+    };
+    t.equal(named.length, 600, 'all 600 names listed');
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.direntsNew ?? 0) >= 600, 'the new inodes the addon added');
+      t.ok((f.direntsNew ?? 0) >= 600, `added natively: ${f.direntsNew}`);
+      const h = await waitFor(() => { const q = queryStatus(stateDir).fuse.inodeHandles; return q != null && q.byHandle >= 600 ? q : undefined; }, 'the inodes named by handles', 15_000, 50);
+      t.ok(h !== undefined, `named by handles: ${h?.byHandle}`);
+    }
+    await s.close();
+  }
+  t.same(seen.true, seen.false, 'both paths gave the same nodeids, and each file reads');
+  t.equal((seen.true as { right: number }).right, 600, 'each entry with its own attributes');
 });
 
 t.test('the fast path answers a LOOKUP of a missing name ENOENT, as TypeScript does', async (t) => {

@@ -269,7 +269,7 @@ t.test("FastFuse's OPEN and OPENDIR settings check their arguments", async (t) =
 t.test("FastFuse's journal and settled settings check their arguments", async (t) => {
   const f = new native.FastFuse();
   const m = f as unknown as Record<string, AnyFn>;
-  for (const [name, args] of [['setJournal', []], ['setJournal', [Buffer.alloc(8192)]], ['setJournal', [5]], ['setSettled', ['yes']], ['setSettled', []], ['setUnjournaled', [1]], ['setCreatePolicy', [null]]] as Array<[string, unknown[]]>) {
+  for (const [name, args] of [['setJournal', []], ['setJournal', [Buffer.alloc(8192)]], ['setJournal', [5]], ['setSettled', ['yes']], ['setSettled', []], ['setInodeCacheFull', [1]], ['setUnjournaled', [1]], ['setCreatePolicy', [null]]] as Array<[string, unknown[]]>) {
     try {
       m[name]!.apply(f, args);
       t.fail(`${name} accepted ${JSON.stringify(args)}`);

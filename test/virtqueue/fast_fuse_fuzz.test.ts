@@ -130,6 +130,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   fs.linkSync(path.join(dir, 'r', 'n1'), path.join(dir, 'r', 'hl'));
   /** Inode numbers of the names the addon added → their nodeids. */
   const addedByIno = new Map<bigint, number>();
+  /** What the addon was last told of the inode fd cache. */
+  let cacheFull = false;
   rdirEntries.set('.', [0, rdirSt.ino]);
   rdirEntries.set('..', [0, rootSt.ino]);
   const rdirFd = native.openat(rootFd, 'r', C.O_RDONLY! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
@@ -279,6 +281,8 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body.writeBigUInt64LE(BigInt(int(10) === 0 ? fh : RDIR_FH), 0);
         body.writeBigUInt64LE([0n, rdirPosition, rdirPosition, rdirPosition, rdirPosition, BigInt(offset), listing[int(listing.length)]!.off][int(7)]!, 8);
         body.writeUInt32LE([0, 100, 160, 200, 400, 1000, 4096, 4096, 70_000, 0xffff_ffff][int(10)]!, 16);
+        cacheFull = int(2) === 0;
+        server.setInodeCacheFull(cacheFull);
         if (int(30) === 0) {
           server.takeDir(RDIR_FH);
           native.lseek(rdirFd, 0n, C.SEEK_END!);
@@ -406,10 +410,13 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
             wantIno = fs.lstatSync(path.join(dir, 'r', name), { bigint: true }).ino;
             wantNode = addedByIno.get(wantIno) ?? -1;
             const added = served?.newInodes[newNext];
-            if (wantNode === -1 && added !== undefined && added.nodeid === nextNodeId && added.inode.ino === wantIno && inoOf(added.inode.fd) === wantIno) {
+            // With the inode fd cache full, no fd is opened: the handle was read by name.
+            const fdOk = added !== undefined && (added.inode.fd === -1 ? cacheFull : inoOf(added.inode.fd) === wantIno);
+            if (wantNode === -1 && added !== undefined && added.nodeid === nextNodeId && added.inode.ino === wantIno && fdOk &&
+              added.inode.handle.equals(native.nameToHandleAt(rootFd, path.join('r', name), 0).handle)) {
               wantNode = added.nodeid;
               addedByIno.set(wantIno, wantNode);
-              createdInodes.push(added.inode.fd);
+              if (added.inode.fd >= 0) createdInodes.push(added.inode.fd);
               nextNodeId++;
               newNext++;
             }

@@ -47,6 +47,8 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
    * for an inode with none). */
   private readonly ownerNode = new Map<number, number>();
   private readonly ownersOf = new Map<number, number>();
+  /** What the addon was last told of the inode fd cache (setInodeCacheFull). */
+  private cacheFull = false;
   /** The pending background decode (decodeInBackground). */
   private decodeTimer: NodeJS.Timeout | NodeJS.Immediate | null = null;
 
@@ -138,6 +140,15 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
   /** The inode fd cache's fds are not the registry's: no change of the budget's room. */
   fdOpened(name: string, fd: number): void {
     this.setInodeFd(name, fd);
+    this.noteCacheFull();
+  }
+
+  /** The addon's READDIRPLUS opens no fd for a new inode while one more would evict another. */
+  private noteCacheFull(): void {
+    const full = this.cache.full;
+    if (full === this.cacheFull) return;
+    this.cacheFull = full;
+    this.server.setInodeCacheFull(full);
   }
 
   private setInodeFd(name: string, fd: number): void {
@@ -163,6 +174,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
   fdClosing(name: string): void {
     const nodeid = nodeidOf(name);
     if (nodeid !== null) this.server.deleteInode(nodeid);
+    this.noteCacheFull();
   }
 
   /** An inode the session knows: its identity, and its fd when one is open. */

@@ -182,17 +182,18 @@ export class Inodes {
     this.addByHandle(found.dev, found.ino, found.fileType, keepHandle(found.mountId, found.handleType, found.handle), found.fd);
   }
 
-  /** A new inode named by `handle`: journaled with it; its O_PATH fd is only cached here (the
-   * keeper gets none), or closed if the session refuses the inode. */
+  /** A new inode named by `handle`: journaled with it; its O_PATH fd (if one was opened: -1
+   * for none) is only cached here (the keeper gets none), or closed if the session refuses the
+   * inode. */
   private addByHandle(dev: bigint, ino: bigint, fileType: number, handle: InodeHandle, fd: number): InodeRecord {
     let rec: InodeRecord;
     try {
       rec = this.session.addInode({ dev, ino, generation: 0, fileType, handle });
     } catch (e) {
-      native.close(fd);
+      if (fd >= 0) native.close(fd);
       throw e;
     }
-    this.fds.local!.insert(rec.fdName, fd);
+    if (fd >= 0) this.fds.local!.insert(rec.fdName, fd);
     return rec;
   }
 

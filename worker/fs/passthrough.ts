@@ -396,7 +396,7 @@ export class PassthroughFs implements FileSystem {
       at += fuseDirentAlign(DIRENTPLUS_NAME_OFFSET + reply.readUInt32LE(at + ENTRY_OUT_SIZE + 16));
     }
     if (next !== served.newInodes.length) {
-      for (const n of served.newInodes.slice(next)) native.close(n.inode.fd);
+      for (const n of served.newInodes.slice(next)) { if (n.inode.fd >= 0) native.close(n.inode.fd); }
       throw new BugError(`fast-path READDIRPLUS added ${served.newInodes.length} inodes, ${next} of them in its reply`);
     }
     if (served.position !== rec.position) this.session.setDirPosition(served.fh, served.position);
