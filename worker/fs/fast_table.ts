@@ -47,6 +47,8 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
    * for an inode with none). */
   private readonly ownerNode = new Map<number, number>();
   private readonly ownersOf = new Map<number, number>();
+  /** The inode the addon added itself that the session is adding now (whileAddonAdds). */
+  private addonAdds: number | null = null;
   /** What the addon was last told of the inode fd cache (setInodeCacheFull). */
   private cacheFull = false;
   /** The pending background decode (decodeInBackground). */
@@ -177,6 +179,17 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
     this.noteCacheFull();
   }
 
+  /** Runs `add`, which adds to the session the inode `nodeid` the addon added itself (a LOOKUP,
+   * CREATE, MKDIR or READDIRPLUS it served): its identity is not sent back to it. */
+  whileAddonAdds(nodeid: number, add: () => void): void {
+    this.addonAdds = nodeid;
+    try {
+      add();
+    } finally {
+      this.addonAdds = null;
+    }
+  }
+
   /** An inode the session knows: its identity, and its fd when one is open. */
   private addInode(rec: InodeRecord): void {
     this.setMeta(rec);
@@ -223,6 +236,7 @@ export class FastTable implements FdRegistryListener, InodeFdObserver {
         this.server.deleteDir(m.fh);
         return;
       case 'addInode': {
+        if (m.nodeid === this.addonAdds) return;
         const rec = this.session.getInode(m.nodeid);
         if (rec !== undefined) this.setMeta(rec);
         return;

@@ -329,7 +329,8 @@ export class PassthroughFs implements FileSystem {
   }
 
   adoptServedInode(nodeid: NodeId, found: ServedNewInode): void {
-    this.inodes.adoptFound(nodeid, found);
+    if (this.fastTable === null) this.inodes.adoptFound(nodeid, found);
+    else this.fastTable.whileAddonAdds(nodeid, () => this.inodes.adoptFound(nodeid, found));
   }
 
   /** open() of a file the addon opened as it would (fast_fuse.cc Open): the same registration
@@ -388,7 +389,7 @@ export class PassthroughFs implements FileSystem {
       const added = served.newInodes[next];
       if (added !== undefined && added.nodeid === entryNodeid) {
         // A name the session did not know: the addon added its inode, as a LOOKUP's.
-        this.inodes.adoptFound(entryNodeid, added.inode);
+        this.adoptServedInode(entryNodeid, added.inode);
         next++;
       } else if (entryNodeid !== 0) {
         this.session.addLookup(entryNodeid);
