@@ -134,6 +134,15 @@ struct DirEntry {
   }
 };
 
+// Room for name_to_handle_at's handle.
+struct HandleBuffer {
+  HandleBuffer() { u.fh.handle_bytes = MAX_HANDLE_SZ; }
+  union {
+    file_handle fh;
+    uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
+  } u;
+};
+
 // A name a READDIRPLUS met that the session does not know: its identified inode (fd open) and
 // where its entry is in the reply.
 struct DirNewInode {
@@ -416,15 +425,11 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // nobody holds, the name's handle must be the recorded one.
   bool StillTheInode(int parentFd, const char* name, uint64_t nodeid, const InodeMeta& m) const {
     if (!m.hasHandle || inodes_.count(nodeid) != 0) return true;
-    union {
-      file_handle fh;
-      uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
-    } u;
-    u.fh.handle_bytes = MAX_HANDLE_SZ;
+    HandleBuffer h;
     int mountId = 0;
-    if (name_to_handle_at(parentFd, name, &u.fh, &mountId, 0) != 0) return false;
-    return mountId == m.mountId && u.fh.handle_type == m.handleType && u.fh.handle_bytes == m.handle.size() &&
-           std::memcmp(u.fh.f_handle, m.handle.data(), m.handle.size()) == 0;
+    if (name_to_handle_at(parentFd, name, &h.u.fh, &mountId, 0) != 0) return false;
+    return mountId == m.mountId && h.u.fh.handle_type == m.handleType && h.u.fh.handle_bytes == m.handle.size() &&
+           std::memcmp(h.u.fh.f_handle, m.handle.data(), m.handle.size()) == 0;
   }
 
   // READDIRPLUS of a dir in the dir table (worker/fs/dir_cursor.ts readdir, each entry as
@@ -599,15 +604,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   static void PutDirNewInode(uint64_t nodeid, const NewInode& n, uint8_t* p) {
     std::memset(p, 0, kDirNewInodeBytes);
     Store<double>(p, static_cast<double>(nodeid));
-    Store<int32_t>(p + 8, n.fd);
-    Store<uint32_t>(p + 12, n.fileType);
-    Store<uint64_t>(p + 16, n.dev);
-    Store<uint64_t>(p + 24, n.ino);
-    Store<int32_t>(p + 32, n.mountId);
-    Store<int32_t>(p + 36, n.handleType);
-    uint32_t hl = std::min<uint32_t>(n.handleLen, sizeof n.handle);
-    Store<uint32_t>(p + 40, hl);
-    std::memcpy(p + 48, n.handle, hl);
+    PutNewInode(n, p + 8);
   }
 
   // A READDIRPLUS declined after it may have moved the fd: the next one here seeks again; the
@@ -708,24 +705,21 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   bool IdentifyAt(int at, const char* name, int emptyPath, int fd, NewInode* n, struct stat* st) const {
-    union {
-      file_handle fh;
-      uint8_t bytes[sizeof(file_handle) + MAX_HANDLE_SZ];
-    } u;
-    u.fh.handle_bytes = MAX_HANDLE_SZ;
+    HandleBuffer h;
+    file_handle& fh = h.u.fh;
     int mountId = 0;
     if (fstatat(at, name, st, emptyPath | AT_SYMLINK_NOFOLLOW) != 0 || byDevIno_.count(DevIno{st->st_dev, st->st_ino}) != 0 ||
-        name_to_handle_at(at, name, &u.fh, &mountId, emptyPath) != 0 || mountId != handleMountId_ ||
-        u.fh.handle_bytes > sizeof n->handle)
+        name_to_handle_at(at, name, &fh, &mountId, emptyPath) != 0 || mountId != handleMountId_ ||
+        fh.handle_bytes > sizeof n->handle)
       return false;
     n->fd = fd;
     n->fileType = st->st_mode & S_IFMT;
     n->dev = st->st_dev;
     n->ino = st->st_ino;
     n->mountId = mountId;
-    n->handleType = u.fh.handle_type;
-    n->handleLen = u.fh.handle_bytes;
-    std::memcpy(n->handle, u.fh.f_handle, n->handleLen);
+    n->handleType = fh.handle_type;
+    n->handleLen = fh.handle_bytes;
+    std::memcpy(n->handle, fh.f_handle, n->handleLen);
     return true;
   }
 

@@ -8,6 +8,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace vfsk {
@@ -50,6 +51,22 @@ struct NewInode {
   uint8_t handle[128];
 };
 
+// A new inode as the served records lay it out (ring.cc kNewInodeAt, a READDIRPLUS's new inodes
+// after their nodeid; native_ring.ts readNewInode): i32 fd, u32 file type, u64 dev, u64 ino,
+// i32 mount id, i32 handle type, u32 handle length, 4 bytes of padding, the handle.
+constexpr uint32_t kNewInodeBytes = 40 + sizeof(NewInode::handle);
+inline void PutNewInode(const NewInode& n, uint8_t* p) {
+  uint32_t handleLen = n.handleLen < sizeof n.handle ? n.handleLen : static_cast<uint32_t>(sizeof n.handle);
+  std::memcpy(p, &n.fd, 4);
+  std::memcpy(p + 4, &n.fileType, 4);
+  std::memcpy(p + 8, &n.dev, 8);
+  std::memcpy(p + 16, &n.ino, 8);
+  std::memcpy(p + 24, &n.mountId, 4);
+  std::memcpy(p + 28, &n.handleType, 4);
+  std::memcpy(p + 32, &handleLen, 4);
+  std::memcpy(p + 40, n.handle, handleLen);
+}
+
 // A file an OPEN opened (fast_fuse.cc Open): what JavaScript needs to register its fd and add
 // the fh to the session (its openFile mutation).
 struct OpenedFile {
@@ -69,10 +86,9 @@ enum class ServedKind : uint32_t {
 // new inodes.
 constexpr uint32_t kMaxDirReply = 16 + 64 * 1024;
 constexpr uint32_t kMaxDirNewInodes = 64;
-// A new inode as a READDIRPLUS's long reply lists it after the reply (native_ring.ts reads it):
-// f64 nodeid, i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle type, u32
-// handle length, 4 bytes of padding, the handle (128 bytes).
-constexpr uint32_t kDirNewInodeBytes = 48 + 128;
+// A new inode as a READDIRPLUS's long reply lists it after the reply: f64 nodeid, then as
+// PutNewInode lays it out.
+constexpr uint32_t kDirNewInodeBytes = 8 + 40 + 128;
 // The longest "long reply" a served request leaves for JavaScript's journal besides
 // Served::reply's room: a READDIRPLUS's reply and its new inodes.
 constexpr uint32_t kMaxLongReply = kMaxDirReply + kMaxDirNewInodes * kDirNewInodeBytes;

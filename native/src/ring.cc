@@ -82,7 +82,7 @@ enum class PopResult { kEmpty, kServed, kChain, kMalformed, kBroken };
 // u32 count of the new inodes after it there.
 constexpr size_t kRecordHeader = 32;
 constexpr size_t kNewInodeAt = kRecordHeader + sizeof(Served::reply);
-constexpr size_t kCreatedFileAt = kNewInodeAt + 40 + sizeof(NewInode::handle);
+constexpr size_t kCreatedFileAt = kNewInodeAt + kNewInodeBytes;
 constexpr size_t kCreatedIntentAt = kCreatedFileAt + 16;
 constexpr size_t kRecordEntry = kCreatedIntentAt + 8;
 static_assert(kRecordEntry == 384, "native_ring.ts SERVED_RECORD_SIZE");
@@ -753,17 +753,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<uint32_t>(p + 28, served.dirNewInodes);
     }
     if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated || served.kind == ServedKind::kMadeDir) {
-      const NewInode& n = served.inode;
-      uint8_t* p = e + kNewInodeAt;
-      Store<int32_t>(p, n.fd);
-      Store<uint32_t>(p + 4, n.fileType);
-      Store<uint64_t>(p + 8, n.dev);
-      Store<uint64_t>(p + 16, n.ino);
-      Store<int32_t>(p + 24, n.mountId);
-      Store<int32_t>(p + 28, n.handleType);
-      uint32_t hl = std::min<uint32_t>(n.handleLen, sizeof n.handle);
-      Store<uint32_t>(p + 32, hl);
-      std::memcpy(p + 40, n.handle, hl);
+      PutNewInode(served.inode, e + kNewInodeAt);
     }
     recordCount_++;
   }

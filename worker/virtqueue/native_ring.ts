@@ -35,6 +35,15 @@ const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 
   KIND_READDIR_PLUS = 9;
 const DIR_NEW_INODE_SIZE = 48 + MAX_HANDLE_BYTES;
 
+/** A new inode as the addon lays it out (fast_path.h PutNewInode) at `p`; its handle a view. */
+function readNewInode(b: Buffer, p: number): ServedNewInode {
+  const len = Math.min(b.readUInt32LE(p + 32), MAX_HANDLE_BYTES);
+  return {
+    fd: b.readInt32LE(p), fileType: b.readUInt32LE(p + 4), dev: b.readBigUInt64LE(p + 8), ino: b.readBigUInt64LE(p + 16),
+    mountId: b.readInt32LE(p + 24), handleType: b.readInt32LE(p + 28), handle: b.subarray(p + 40, p + 40 + len),
+  };
+}
+
 /** One batch of the addon's served requests, copied once out of its buffer (the next batch
  * overwrites it; the replies must outlive this turn: the request log keeps them until
  * published). */
@@ -75,15 +84,7 @@ class NativeServedBatch implements RingServedBatch {
     const { tailAt, replyLen, newCount } = this.longReply(at);
     const newInodes: Array<{ nodeid: number; inode: ServedNewInode }> = [];
     for (let k = 0, p = tailAt + replyLen; k < newCount; k++, p += DIR_NEW_INODE_SIZE) {
-      const t = this.tail;
-      const len = Math.min(t.readUInt32LE(p + 40), MAX_HANDLE_BYTES);
-      newInodes.push({
-        nodeid: t.readDoubleLE(p),
-        inode: {
-          fd: t.readInt32LE(p + 8), fileType: t.readUInt32LE(p + 12), dev: t.readBigUInt64LE(p + 16), ino: t.readBigUInt64LE(p + 24),
-          mountId: t.readInt32LE(p + 32), handleType: t.readInt32LE(p + 36), handle: t.subarray(p + 48, p + 48 + len),
-        },
-      });
+      newInodes.push({ nodeid: this.tail.readDoubleLE(p), inode: readNewInode(this.tail, p + 8) });
     }
     return { fh: this.bytes.readDoubleLE(at + NEW_INODE_AT), position: this.bytes.readBigInt64LE(at + NEW_INODE_AT + 8), newInodes };
   }
@@ -104,17 +105,7 @@ class NativeServedBatch implements RingServedBatch {
     const at = i * SERVED_RECORD_SIZE;
     const kind = this.bytes.readUInt32LE(at + 28);
     if (kind !== KIND_NEW_INODE && kind !== KIND_CREATED && kind !== KIND_MADE_DIR) return null;
-    const p = at + NEW_INODE_AT;
-    const len = Math.min(this.bytes.readUInt32LE(p + 32), MAX_HANDLE_BYTES);
-    return {
-      fd: this.bytes.readInt32LE(p),
-      fileType: this.bytes.readUInt32LE(p + 4),
-      dev: this.bytes.readBigUInt64LE(p + 8),
-      ino: this.bytes.readBigUInt64LE(p + 16),
-      mountId: this.bytes.readInt32LE(p + 24),
-      handleType: this.bytes.readInt32LE(p + 28),
-      handle: this.bytes.subarray(p + 40, p + 40 + len),
-    };
+    return readNewInode(this.bytes, at + NEW_INODE_AT);
   }
 
   opened(i: number): ServedFile | null {
