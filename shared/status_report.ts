@@ -65,6 +65,8 @@ export interface FastPathStats {
   direntsPlus?: number;
   /** Of those entries, the inodes the addon added (journaled by TypeScript). */
   direntsNew?: number;
+  /** Inodes FORGET and BATCH_FORGET dropped lookups of (journaled by TypeScript). */
+  forget?: number;
   declined: number;
   /** The declined requests by opcode name (those with any). Absent from older workers. */
   declinedBy?: Record<string, number>;
@@ -77,7 +79,7 @@ export interface FastPathStats {
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
   ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
   ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
-  ['create', 'create'], ['mkdir', 'mkdir'], ['unlink', 'unlink'], ['rmdir', 'rmdir'], ['readdirplus', 'readdirplus'],
+  ['create', 'create'], ['mkdir', 'mkdir'], ['unlink', 'unlink'], ['rmdir', 'rmdir'], ['readdirplus', 'readdirplus'], ['forget', 'forget'],
 ];
 
 export interface StatusReport {

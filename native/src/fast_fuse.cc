@@ -51,6 +51,7 @@
 #include <climits>
 #include <cstring>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace vfsk {
 namespace {
@@ -268,8 +269,16 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     size_t have = GatherSegments(c.readable, 0, in, std::min<uint64_t>(c.readableLen, sizeof in));
     fuse_in_header h;
     std::memcpy(&h, in, sizeof h);
-    // A request without a reply (FORGET) has no writable buffer: declined, counted as its opcode.
-    bool served = h.len != c.readableLen || c.writableLen < kOutHeader ? Decline() : ServeOp(c, h, in, have, out);
+    bool served;
+    if (h.len != c.readableLen || (!forgotten_.empty() && forgotten_.count(h.nodeid) != 0)) {
+      // A nodeid a FORGET of this batch may have dropped: JavaScript's, once it applied it.
+      served = Decline();
+    } else if (h.opcode == FUSE_FORGET || h.opcode == FUSE_BATCH_FORGET) {
+      // No reply, so no writable buffer needed.
+      served = Forget(c, h, in, have, out);
+    } else {
+      served = c.writableLen < kOutHeader ? Decline() : ServeOp(c, h, in, have, out);
+    }
     if (!served) declinedByOpcode_[std::min<uint32_t>(h.opcode, kOpcodeSlots - 1)]++;
     return served;
   }
@@ -316,6 +325,11 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return Decline();
     }
   }
+
+  void BatchTaken() override { forgotten_.clear(); }
+
+  // A FORGET of this batch named `nodeid`: the session may drop it when JavaScript applies it.
+  bool Forgotten(uint64_t nodeid) const { return !forgotten_.empty() && forgotten_.count(nodeid) != 0; }
 
   bool CrashArmed() const override { return crashPoint_ != NativeCrashPoint::kNone; }
 
@@ -412,10 +426,58 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     auto known = byDevIno_.find(DevIno{st.st_dev, st.st_ino});
     if (known == byDevIno_.end()) return LookupNew(c, h, parent->second, name, out);
     const InodeMeta& m = meta_.at(known->second);
-    if (!StillTheInode(parent->second, name, known->second, m)) return Decline();
+    if (Forgotten(known->second) || !StillTheInode(parent->second, name, known->second, m)) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     WriteEntryReply(c, h, known->second, m.generation, st, out);
     lookups_++;
+    return true;
+  }
+
+  // FORGET and BATCH_FORGET of inodes in the table (worker/fs/inodes.ts forget, each pair): no
+  // reply (used length 0); the pairs go to JavaScript (kForgot), which drops the lookups and
+  // journals them before the used element is published, as its own FORGET (no intent: a
+  // successor that runs it again finds its outcome, or never saw it). A dropped inode leaves
+  // the tables once JavaScript applies the batch; until then every request of a nodeid forgotten
+  // in this batch is declined (forgotten_), so none is served from a table entry the session
+  // no longer has. Declined: the root, a nodeid not in the table (TypeScript logs it), a count
+  // of 0, a BATCH_FORGET whose count is not exactly its length or past kMaxForgets.
+  bool Forget(const Chain& c, const fuse_in_header& h, const uint8_t* in, size_t have, Served* out) {
+    uint8_t* pairs = dirReply_.data();
+    uint32_t count;
+    if (h.opcode == FUSE_FORGET) {
+      if (have != kInHeader + sizeof(fuse_forget_in) || h.len != have) return Decline();
+      count = 1;
+      Store<uint64_t>(pairs, h.nodeid);
+      std::memcpy(pairs + 8, in + kInHeader, 8);
+    } else {
+      if (have < kInHeader + sizeof(fuse_batch_forget_in)) return Decline();
+      fuse_batch_forget_in b;
+      std::memcpy(&b, in + kInHeader, sizeof b);
+      count = b.count;
+      if (count == 0 || count > kMaxForgets || h.len != kInHeader + sizeof b + uint64_t{count} * sizeof(fuse_forget_one)) return Decline();
+      // The pairs straight from the guest's buffers (they may change: this copy is what counts).
+      if (GatherSegments(c.readable, kInHeader + sizeof b, pairs, count * sizeof(fuse_forget_one)) != count * sizeof(fuse_forget_one)) return Decline();
+    }
+    for (uint32_t i = 0; i < count; i++) {
+      uint64_t nodeid = Load<uint64_t>(pairs + 16 * i);
+      uint64_t nlookup = Load<uint64_t>(pairs + 16 * i + 8);
+      if (nodeid == FUSE_ROOT_ID || nlookup == 0 || meta_.count(nodeid) == 0) return Decline();
+    }
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    for (uint32_t i = 0; i < count; i++) forgotten_.insert(Load<uint64_t>(pairs + 16 * i));
+    out->usedLen = 0;
+    out->replyLen = 0;
+    out->needsRecord = true;
+    out->nodeid = h.nodeid;
+    out->opcode = h.opcode;
+    out->kind = ServedKind::kForgot;
+    out->file = OpenedFile{};
+    out->longReply = pairs;
+    out->longReplyLen = count * 16;
+    out->dirReplyLen = 0;
+    out->dirNewInodes = count;
+    out->dirPosition = 0;
+    forgets_ += count;
     return true;
   }
 
@@ -519,7 +581,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         auto known = byDevIno_.find(DevIno{dirDev, dIno});
         if (known != byDevIno_.end()) {
           const InodeMeta& m = meta_.at(known->second);
-          if (fstatat(d.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != dirDev || st.st_ino != dIno ||
+          if (Forgotten(known->second) || fstatat(d.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != dirDev || st.st_ino != dIno ||
               !StillTheInode(d.fd, name, known->second, m))
             return DeclineDir(&d);
           FillEntry(known->second, m.generation, st, &e);
@@ -568,6 +630,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     for (DirNewInode& n : dirNew_) {
       auto again = byDevIno_.find(DevIno{n.inode.dev, n.inode.ino});
       uint64_t nodeid;
+      // (Not one forgotten in this batch: phase 1 found no known inode of this (dev, ino).)
       if (again != byDevIno_.end()) {
         nodeid = again->second;
         if (n.inode.fd >= 0) close(n.inode.fd);
@@ -1743,6 +1806,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   Napi::Value Clear(const Napi::CallbackInfo& info) {
+    forgotten_.clear();
     lockOwners_.clear();
     inodes_.clear();
     files_.clear();
@@ -1793,6 +1857,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("readdirplus", Napi::Number::New(env, static_cast<double>(readdirplus_)));
     o.Set("direntsPlus", Napi::Number::New(env, static_cast<double>(direntsPlus_)));
     o.Set("direntsNew", Napi::Number::New(env, static_cast<double>(direntsNew_)));
+    o.Set("forget", Napi::Number::New(env, static_cast<double>(forgets_)));
     o.Set("declined", Napi::Number::New(env, static_cast<double>(declined_)));
     // Declined requests by opcode (the last slot: opcodes past it), for what to serve next.
     Napi::Array byOp = Napi::Array::New(env, kOpcodeSlots);
@@ -1817,7 +1882,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
            opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,
-           readdirplus_ = 0, direntsPlus_ = 0, direntsNew_ = 0;
+           readdirplus_ = 0, direntsPlus_ = 0, direntsNew_ = 0, forgets_ = 0;
+  std::unordered_set<uint64_t> forgotten_;  // nodeids a FORGET of the batch not yet taken named
   // READDIRPLUS's reply and the new inodes after it; the new names of the reply being built.
   std::vector<uint8_t> dirReply_ = std::vector<uint8_t>(kMaxLongReply);
   std::vector<DirNewInode> dirNew_;

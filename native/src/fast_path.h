@@ -78,8 +78,11 @@ struct OpenedFile {
 // What a served request leaves for JavaScript besides its reply (the record's kind).
 enum class ServedKind : uint32_t {
   kPlain = 0, kNewInode = 1, kOpened = 2, kReleased = 3, kOpenedDir = 4, kReleasedDir = 5, kIntended = 6, kCreated = 7, kMadeDir = 8,
-  kReaddirPlus = 9
+  kReaddirPlus = 9, kForgot = 10
 };
+
+// The most (nodeid, nlookup) pairs a served BATCH_FORGET carries (more are TypeScript's).
+constexpr uint32_t kMaxForgets = 4096;
 
 // A READDIRPLUS's reply is at most this long (header and records): larger requests get a
 // shorter reply (the kernel asks again from where it ends), as do those past kMaxDirNewInodes
@@ -92,6 +95,7 @@ constexpr uint32_t kDirNewInodeBytes = 8 + 40 + 128;
 // The longest "long reply" a served request leaves for JavaScript's journal besides
 // Served::reply's room: a READDIRPLUS's reply and its new inodes.
 constexpr uint32_t kMaxLongReply = kMaxDirReply + kMaxDirNewInodes * kDirNewInodeBytes;
+static_assert(kMaxForgets * 16 <= kMaxLongReply, "a BATCH_FORGET's pairs are a long reply");
 
 // What the server did with a chain it served.
 struct Served {
@@ -110,6 +114,8 @@ struct Served {
   // server journaled before its syscall (UNLINK, RMDIR), at `intentTsMs` (wall clock);
   // kCreated: a CREATE (its intent journaled so too) that added inode `nodeid` (`inode`) and
   // opened it (`file`); kMadeDir: a MKDIR (the same) that added inode `nodeid` (`inode`);
+  // kForgot: a FORGET or BATCH_FORGET (no reply) whose (u64 nodeid, u64 nlookup) pairs,
+  // `dirNewInodes` of them, are `longReply`;
   // kReaddirPlus: a READDIRPLUS of the open dir `file.fh` whose reply is the first
   // `dirReplyLen` bytes of `longReply` (one more lookup of each nonzero nodeid in it, or a new
   // inode: the `dirNewInodes` that follow the reply, in the reply's order, kDirNewInodeBytes
@@ -134,6 +140,9 @@ class ChainServer {
   // bytes it may have put in writable buffers are overwritten by the reply the TypeScript
   // server writes).
   virtual bool Serve(const Chain& chain, Served* out) = 0;
+  // The ring handed the served requests to JavaScript, which applies their session effects
+  // before anything else runs.
+  virtual void BatchTaken() = 0;
   // Whether a crash point is armed (tests only): the ring then reports its points.
   virtual bool CrashArmed() const = 0;
   // The named crash point, for a request of this opcode (tests only; no-op unless armed).

@@ -740,7 +740,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       Store<double>(e + kCreatedIntentAt, served.intentTsMs);
     }
     if (served.kind == ServedKind::kMadeDir) Store<double>(e + kCreatedIntentAt, served.intentTsMs);
-    if (served.kind == ServedKind::kReaddirPlus) {
+    if (served.kind == ServedKind::kReaddirPlus || served.kind == ServedKind::kForgot) {
       uint32_t tailLen = std::min<uint32_t>(served.longReplyLen, kMaxLongReply);
       size_t tailAt = tailBytes_.size();
       tailBytes_.insert(tailBytes_.end(), served.longReply, served.longReply + tailLen);
@@ -772,6 +772,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     s[1] = static_cast<double>(tailBytes);
     recordBytes_.clear();
     tailBytes_.clear();
+    if (server_ != nullptr) server_->BatchTaken();
     recordCount_ = 0;
     return Napi::Number::New(env, -3);
   }

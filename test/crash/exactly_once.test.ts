@@ -407,10 +407,11 @@ const knownPlusCases = [knownPlusCase('READDIRPLUS_KNOWN', ['--inode-file-handle
 
 /** Cases whose request the addon's fast path serves when it is on (a LOOKUP of a new inode
  * named by a handle: native/src/fast_fuse.cc LookupNew; an OPEN or OPENDIR of a handle-named
- * file or dir, a RELEASE; a READDIRPLUS: Readdirplus). Their outcome is TypeScript's to
+ * file or dir, a RELEASE; a READDIRPLUS: Readdirplus; a FORGET: Forget). Their outcome is TypeScript's to
  * journal, so they die at every point but TypeScript's op-after-intent, which that path does
  * not pass (the TypeScript-path run of this suite, test/ts_path/, still does). */
-const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR', 'READDIRPLUS', 'READDIRPLUS_HANDLES', 'READDIRPLUS_KNOWN', 'READDIRPLUS_KNOWN_HANDLES']);
+const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 'OPENDIR', 'READDIRPLUS', 'READDIRPLUS_HANDLES', 'READDIRPLUS_KNOWN',
+  'READDIRPLUS_KNOWN_HANDLES', 'FORGET']);
 /** Cases the addon serves with the intent it journals itself (native/src/fast_fuse.cc Remove):
  * they die in the addon at op-after-intent and op-after-syscall (the marker says so), at
  * TypeScript's points after. */
@@ -648,6 +649,23 @@ const nativeCases: NativeCase[] = [
       for (const d of named) if (await s.fuse.getattr(d.entry!.nodeid).then(() => false, (e: FuseError) => e.errno === 9)) gone++;
       t.equal(gone, 20, 'one forget each drops them: each added exactly once');
     } },
+  ...([['FORGET', 2], ['BATCH_FORGET', 42]] as const).map(([name, opcode]): NativeCase => ({ name, opcode, journaled: true,
+    // Three LOOKUPs, then the addon drops two of them (no reply; TypeScript journals it).
+    // Whatever the point: one lookup is left (the inode answers), and one more FORGET drops it.
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      await s.fuse.lookup(ROOT, 'n');
+      await s.fuse.lookup(ROOT, 'n');
+      if (opcode === 2) await s.fuse.forget(e.nodeid, 2);
+      else await s.fuse.batchForget([{ nodeid: e.nodeid, nlookup: 2 }]);
+      return e.nodeid;
+    },
+    verify: async (t, s, r) => {
+      const a = r as bigint;
+      t.equal((await s.fuse.getattr(a)).attr.ino, BigInt(fs.statSync(s.host('n')).ino), 'one lookup left: still known');
+      await s.fuse.forget(a, 1);
+      t.equal(await s.fuse.getattr(a).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after one more: the two dropped exactly once');
+    } })),
   { name: 'LOOKUP of a missing name', opcode: 1,
     // ENOENT from the addon, nothing journaled: the successor runs it again and answers it once.
     act: (s) => s.fuse.lookup(ROOT, 'late').then(() => 0, (e: FuseError) => e.errno),

@@ -459,7 +459,7 @@ t.test('the fast path serves READDIRPLUS with the replies TypeScript gives: entr
     // replies (whole, small, part or rest, rest, from the middle), so six FORGETs drop it.
     const f7 = ids.get('f007')!;
     const listed = [whole.entries, small.entries, part, rest.entries, fromMid].filter((l) => l.some((d) => d.name.toString() === 'f007')).length;
-    await s.fuse.forget(f7, listed);
+    await s.fuse.batchForget([{ nodeid: f7, nlookup: listed }]);
     r.keptAfterListed = (await s.fuse.getattr(f7)).attr.size;
     await s.fuse.forget(f7, 1);
     r.goneAfterAll = await errnoOf(s.fuse.getattr(f7));

@@ -611,6 +611,98 @@ t.test('LOOKUPs served in a row come back as one batch, before the chain popped 
   t.equal(server.stats().lookup, 4);
 });
 
+t.test('after a FORGET in a batch, nothing of its nodeid is served until JavaScript took the batch', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-fff-'));
+  fs.writeFileSync(path.join(dir, 'f'), 'x');
+  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const fileFd = native.openat(rootFd, 'f', C.O_PATH! | C.O_CLOEXEC!, 0);
+  const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
+  const memFd = native.memfdCreate('fff-guest', C.MFD_CLOEXEC!);
+  native.ftruncate(memFd, SIZE);
+  const mem = new GuestMemory();
+  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
+  t.teardown(() => {
+    mem.clear();
+    for (const fd of [fileFd, rootFd, memFd]) native.close(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const view = region.view;
+  const server = new native.FastFuse();
+  server.setEnabled(true);
+  server.setAttrTimeout(1, 0);
+  server.setInode(1, rootFd);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
+  server.setInode(NODE_FILE, fileFd);
+  const ring = new NativeSplitRing(mem, { size: 32, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
+    0, false, false, null, server, 1);
+  /** Puts requests on the ring from head slot `first` on (a FORGET without a reply buffer). */
+  const put = (first: number, reqs: Array<{ op: number; nodeid: bigint; body: Buffer }>): void => {
+    reqs.forEach((r, k) => {
+      const i = first + k;
+      const req = Buffer.alloc(40 + r.body.length);
+      req.writeUInt32LE(req.length, 0);
+      req.writeUInt32LE(r.op, 4);
+      req.writeBigUInt64LE(BigInt(100 + i), 8);
+      req.writeBigUInt64LE(r.nodeid, 16);
+      r.body.copy(req, 40);
+      region.bytes.set(req, REQ + 256 * i);
+      const d = DESC + 32 * i;
+      const forget = r.op === 2 || r.op === 42;
+      view.setBigUint64(d, BigInt(GPA + REQ + 256 * i), true);
+      view.setUint32(d + 8, req.length, true);
+      view.setUint16(d + 12, forget ? 0 : VRING_DESC_F_NEXT, true);
+      view.setUint16(d + 14, 2 * i + 1, true);
+      view.setBigUint64(d + 16, BigInt(GPA + REPLY + 256 * i), true);
+      view.setUint32(d + 24, 256, true);
+      view.setUint16(d + 28, VRING_DESC_F_WRITE, true);
+      view.setUint16(AVAIL + 4 + 2 * i, 2 * i, true);
+    });
+    view.setUint16(AVAIL + 2, first + reqs.length, true);
+  };
+  const u64 = (n: bigint): Buffer => { const b = Buffer.alloc(8); b.writeBigUInt64LE(n); return b; };
+  const batchOf = (pairs: Array<[bigint, bigint]>): Buffer => {
+    const b = Buffer.alloc(8 + 16 * pairs.length);
+    b.writeUInt32LE(pairs.length, 0);
+    pairs.forEach(([n, c], i) => { b.writeBigUInt64LE(n, 8 + 16 * i); b.writeBigUInt64LE(c, 16 + 16 * i); });
+    return b;
+  };
+  const declinedAt = (what: string, head: number): void => {
+    const c = ring.pop();
+    t.ok(c !== null && !('served' in c) && !(c instanceof ChainError) && c.head === head, `${what} (${c === null ? 'null' : 'served' in c ? 'served' : c instanceof ChainError ? 'error' : c.head})`);
+    if (c !== null && !('served' in c) && !(c instanceof ChainError)) ring.pushUsed(c.head, 0);
+  };
+  // A FORGET of the file, then a GETATTR of it: declined (the batch goes to JavaScript first).
+  put(0, [{ op: 2, nodeid: BigInt(NODE_FILE), body: u64(3n) }, { op: 3, nodeid: BigInt(NODE_FILE), body: Buffer.alloc(16) }]);
+  const first = ring.pop();
+  if (first === null || !('served' in first)) throw new Error('the FORGET did not come back first');
+  t.same([first.count, first.opcode(0), first.forgets!(0)], [1, 2, [{ nodeid: NODE_FILE, nlookup: 3 }]], 'the FORGET, with its nodeid and count');
+  t.equal(view.getUint32(USED + 4 + 4, true), 0, 'its used element says no reply');
+  declinedAt('a GETATTR of it in the same batch: declined', 2);
+  // The same with a LOOKUP of its name.
+  put(2, [{ op: 2, nodeid: BigInt(NODE_FILE), body: u64(1n) }, { op: 1, nodeid: 1n, body: Buffer.from('f\0') }]);
+  const again = ring.pop();
+  t.ok(again !== null && 'served' in again && again.count === 1 && again.opcode(0) === 2, 'a second FORGET: served');
+  declinedAt('a LOOKUP of its name in the same batch: declined', 6);
+  ring.publishUsed();
+  // JavaScript took the batches (and here kept the inode): served again. A BATCH_FORGET of the
+  // file and of an unknown nodeid is declined whole; of the file alone, served.
+  put(4, [{ op: 3, nodeid: BigInt(NODE_FILE), body: Buffer.alloc(16) }, { op: 42, nodeid: 0n, body: batchOf([[BigInt(NODE_FILE), 1n], [999n, 1n]]) },
+    { op: 42, nodeid: 0n, body: batchOf([[BigInt(NODE_FILE), 2n ** 60n]]) }]);
+  declinedAt('a BATCH_FORGET naming an inode not in the table: declined (the GETATTR before it served)', 10);
+  const second = ring.pop();
+  // A count that is not its length, and a FORGET of the root or of no lookup: declined.
+  const lying = batchOf([[BigInt(NODE_FILE), 1n]]);
+  lying.writeUInt32LE(5, 0);
+  put(7, [{ op: 42, nodeid: 0n, body: lying }, { op: 2, nodeid: 1n, body: u64(1n) }, { op: 2, nodeid: BigInt(NODE_FILE), body: u64(0n) }]);
+  declinedAt('a BATCH_FORGET whose count is not its length: declined', 14);
+  declinedAt('a FORGET of the root: declined', 16);
+  declinedAt('a FORGET of no lookup: declined', 18);
+  t.ok(second !== null && 'served' in second && second.count === 1 && second.opcode(0) === 42, 'a BATCH_FORGET of the file: served');
+  if (second !== null && 'served' in second) t.same(second.forgets!(0), [{ nodeid: NODE_FILE, nlookup: Number.MAX_SAFE_INTEGER }], 'a count past 2^53-1 as 2^53-1, as the parser reads it');
+  t.equal(ring.pop(), null, 'then nothing');
+  t.same([server.stats().forget, server.stats().getattr], [3, 1], 'three forgotten natively, one GETATTR');
+});
+
 t.test('UNLINK and RMDIR are served only with room in a journal for their intent and the keeper holding every open fd', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ffu-'));
   for (const n of ['a', 'b', 'c', 'd']) fs.writeFileSync(path.join(dir, n), n);

@@ -310,11 +310,13 @@ export class FuseServer implements ChainHandler {
         // addInode), a SETATTR (no session change), an OPEN (its openFile), a RELEASE (its
         // closeFile and lock ends), a CREATE (its addInode and openFile), a MKDIR (its
         // addInode), an UNLINK or RMDIR (no session change; the intent of these four is in the
-        // journal), a READDIRPLUS (its entries' lookups and the dir's position), or a LOOKUP
-        // with a ledger that takes no batches.
+        // journal), a READDIRPLUS (its entries' lookups and the dir's position), a FORGET or
+        // BATCH_FORGET (the lookups dropped; no reply), or a LOOKUP with a ledger that takes no
+        // batches.
         ledger?.beginRequest(key, opcode, false, null, batch.intentMs?.(i) ?? undefined);
         if (opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
         else if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
+        else if (opcode === K.FUSE_FORGET || opcode === K.FUSE_BATCH_FORGET) this.applyServedForgets(batch, i);
         else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
         else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
         else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);
@@ -360,6 +362,20 @@ export class FuseServer implements ChainHandler {
       throw new BugError(`fast-path ${K.opcodeName(opcode)} of nodeid ${batch.nodeid(i)} that the batch or the filesystem cannot take`);
     }
     apply(batch.nodeid(i), file);
+  }
+
+  /** As execute() runs a FORGET or BATCH_FORGET: an inode the session does not know is
+   * logged and skipped (the addon served only those in its table, which mirrors the session). */
+  private applyServedForgets(batch: RingServedBatch, i: number): void {
+    const pairs = batch.forgets?.(i) ?? null;
+    if (pairs === null) throw new BugError(`fast-path ${K.opcodeName(batch.opcode(i))} that the batch cannot take`);
+    for (const f of pairs) {
+      try {
+        this.fs.forget(f.nodeid, f.nlookup);
+      } catch (e) {
+        this.log.warn({ nodeid: f.nodeid, err: (e as Error).message }, 'batch forget of an unknown node');
+      }
+    }
   }
 
   private applyServedReaddir(batch: RingServedBatch, i: number): void {

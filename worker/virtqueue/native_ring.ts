@@ -23,7 +23,8 @@ function ringError(e: unknown): unknown {
  * the file's room unused); a READDIRPLUS its f64 fh, i64 new dir position, u32 offset and u32
  * length of its long reply in the addon's `tail`, u32 length of the reply and u32 count of the
  * new inodes after it there (DIR_NEW_INODE_SIZE bytes each: f64 nodeid, then a new inode as
- * above). */
+ * above); a FORGET or BATCH_FORGET the same with no reply and its (u64 nodeid, u64 nlookup)
+ * pairs as the items. */
 export const SERVED_RECORD_SIZE = 384;
 const SERVED_RECORD_HEADER = 32;
 const SERVED_REPLY_ROOM = 160;
@@ -32,8 +33,9 @@ const MAX_HANDLE_BYTES = 128;
 const CREATED_FILE_AT = NEW_INODE_AT + 40 + MAX_HANDLE_BYTES;
 const CREATED_INTENT_AT = CREATED_FILE_AT + 16;
 const KIND_NEW_INODE = 1, KIND_OPENED = 2, KIND_RELEASED = 3, KIND_OPENED_DIR = 4, KIND_RELEASED_DIR = 5, KIND_INTENDED = 6, KIND_CREATED = 7, KIND_MADE_DIR = 8,
-  KIND_READDIR_PLUS = 9;
+  KIND_READDIR_PLUS = 9, KIND_FORGOT = 10;
 const DIR_NEW_INODE_SIZE = 48 + MAX_HANDLE_BYTES;
+const FORGET_PAIR_SIZE = 16;
 
 /** A new inode as the addon lays it out (fast_path.h PutNewInode) at `p`; its handle a view. */
 function readNewInode(b: Buffer, p: number): ServedNewInode {
@@ -71,7 +73,7 @@ class NativeServedBatch implements RingServedBatch {
   reply(i: number): Buffer {
     const at = i * SERVED_RECORD_SIZE;
     if (this.bytes.readUInt32LE(at + 28) === KIND_READDIR_PLUS) {
-      const { tailAt, replyLen } = this.longReply(at);
+      const { tailAt, replyLen } = this.longReply(at, DIR_NEW_INODE_SIZE);
       return this.tail.subarray(tailAt, tailAt + replyLen);
     }
     const len = Math.min(this.bytes.readUInt32LE(at + 24), SERVED_REPLY_ROOM);
@@ -81,7 +83,7 @@ class NativeServedBatch implements RingServedBatch {
   readdir(i: number): ServedReaddir | null {
     const at = i * SERVED_RECORD_SIZE;
     if (this.bytes.readUInt32LE(at + 28) !== KIND_READDIR_PLUS) return null;
-    const { tailAt, replyLen, newCount } = this.longReply(at);
+    const { tailAt, replyLen, count: newCount } = this.longReply(at, DIR_NEW_INODE_SIZE);
     const newInodes: Array<{ nodeid: number; inode: ServedNewInode }> = [];
     for (let k = 0, p = tailAt + replyLen; k < newCount; k++, p += DIR_NEW_INODE_SIZE) {
       newInodes.push({ nodeid: this.tail.readDoubleLE(p), inode: readNewInode(this.tail, p + 8) });
@@ -89,16 +91,29 @@ class NativeServedBatch implements RingServedBatch {
     return { fh: this.bytes.readDoubleLE(at + NEW_INODE_AT), position: this.bytes.readBigInt64LE(at + NEW_INODE_AT + 8), newInodes };
   }
 
+  forgets(i: number): Array<{ nodeid: number; nlookup: number }> | null {
+    const at = i * SERVED_RECORD_SIZE;
+    if (this.bytes.readUInt32LE(at + 28) !== KIND_FORGOT) return null;
+    const { tailAt, count } = this.longReply(at, FORGET_PAIR_SIZE);
+    const pairs: Array<{ nodeid: number; nlookup: number }> = [];
+    for (let k = 0, p = tailAt; k < count; k++, p += FORGET_PAIR_SIZE) {
+      // As protocol.ts reads them: a count past 2^53-1 means as much as 2^53-1.
+      const n = this.tail.readBigUInt64LE(p + 8);
+      pairs.push({ nodeid: Number(this.tail.readBigUInt64LE(p)), nlookup: n > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(n) });
+    }
+    return pairs;
+  }
+
   /** Where a READDIRPLUS's long reply is in the tail: its reply, then its new inodes. */
-  private longReply(at: number): { tailAt: number; replyLen: number; newCount: number } {
+  private longReply(at: number, itemSize: number): { tailAt: number; replyLen: number; count: number } {
     const tailAt = this.bytes.readUInt32LE(at + NEW_INODE_AT + 16);
     const tailLen = this.bytes.readUInt32LE(at + NEW_INODE_AT + 20);
     const replyLen = this.bytes.readUInt32LE(at + NEW_INODE_AT + 24);
-    const newCount = this.bytes.readUInt32LE(at + NEW_INODE_AT + 28);
-    if (tailAt + tailLen > this.tail.length || replyLen + newCount * DIR_NEW_INODE_SIZE !== tailLen) {
-      throw new RingError(`served READDIRPLUS of ${replyLen} bytes and ${newCount} new inodes in ${tailAt}+${tailLen} of the batch's ${this.tail.length} bytes`);
+    const count = this.bytes.readUInt32LE(at + NEW_INODE_AT + 28);
+    if (tailAt + tailLen > this.tail.length || replyLen + count * itemSize !== tailLen) {
+      throw new RingError(`served reply of ${replyLen} bytes and ${count} items in ${tailAt}+${tailLen} of the batch's ${this.tail.length} bytes`);
     }
-    return { tailAt, replyLen, newCount };
+    return { tailAt, replyLen, count };
   }
 
   newInode(i: number): ServedNewInode | null {

@@ -76,6 +76,8 @@ export interface RingServedBatch {
   created?(i: number): ServedFile | null;
   /** The dir a READDIRPLUS read, and where it stands now; or null. */
   readdir?(i: number): ServedReaddir | null;
+  /** The (nodeid, nlookup) pairs of a FORGET or BATCH_FORGET; or null. */
+  forgets?(i: number): Array<{ nodeid: number; nlookup: number }> | null;
 }
 
 /** A started split ring, device side: this file's SplitRing (the reference, in TypeScript) or
