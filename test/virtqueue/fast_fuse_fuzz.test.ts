@@ -5,7 +5,7 @@
 // attached, over a real directory. Whatever it serves must be a well-formed reply to that
 // request (length, unique, no error) that fits the guest's buffers; everything else must come
 // back to JavaScript untouched in its readable part; nothing crashes.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -50,6 +50,45 @@ const FIRST_OPEN_FH = 100;
  * O_TRUNC, O_LARGEFILE. */
 const PASS_OPEN_FLAGS = 0o3 | 0o2000 | 0o4000 | 0o10000 | 0o4010000 | 0o1000000 | 0o1000 | 0o100000;
 
+/** A temp dir with `files` (name → content), its O_PATH fd, and one region of guest memory;
+ * at the test's end the memory goes, the fds in `owned` are closed and the dir removed. */
+function fixture(t: Test, prefix: string, files: Record<string, string | Buffer>) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  for (const [name, content] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), content);
+  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const memFd = native.memfdCreate(`${prefix}guest`, C.MFD_CLOEXEC!);
+  native.ftruncate(memFd, SIZE);
+  const mem = new GuestMemory();
+  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
+  const owned = [rootFd, memFd];
+  const before: Array<() => void> = [];
+  t.teardown(() => {
+    for (const f of before) f();
+    mem.clear();
+    for (const fd of owned) native.close(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, rootFd, mem, region, view: region.view, owned, before };
+}
+
+/** A fixture whose file 'f' is the known inode NODE_FILE of a fast server (its O_PATH fd in
+ * the table when `withFd`). */
+function fileServer(t: Test, prefix: string, withFd: boolean) {
+  const f = fixture(t, prefix, { f: 'x' });
+  const st = fs.statSync(path.join(f.dir, 'f'), { bigint: true });
+  const server = new native.FastFuse();
+  server.setEnabled(true);
+  server.setAttrTimeout(1, 0);
+  server.setInode(1, f.rootFd);
+  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
+  if (withFd) {
+    const fileFd = native.openat(f.rootFd, 'f', C.O_PATH! | C.O_CLOEXEC!, 0);
+    f.owned.push(fileFd);
+    server.setInode(NODE_FILE, fileFd);
+  }
+  return { ...f, server };
+}
+
 function inoOf(fd: number): bigint {
   const b = Buffer.alloc(STAT.SIZE);
   native.fstatat(fd, '', C.AT_EMPTY_PATH!, b);
@@ -62,24 +101,13 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   const rnd = makePrng(seed);
   const int = (n: number): number => Math.floor(rnd() * n);
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ff-'));
-  fs.writeFileSync(path.join(dir, 'f'), Buffer.alloc(50_000, 7));
-  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const { dir, rootFd, mem, region, view, owned } = fixture(t, 'vfsk-ff-', { f: Buffer.alloc(50_000, 7) });
   const fileFd = native.openat(rootFd, 'f', C.O_RDWR! | C.O_CLOEXEC!, 0);
+  owned.push(fileFd);
   const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
   fs.mkdirSync(path.join(dir, 'd'));
   const dirPathFd = native.openat(rootFd, 'd', C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
   const dirSt = fs.statSync(path.join(dir, 'd'), { bigint: true });
-  const memFd = native.memfdCreate('ff-guest', C.MFD_CLOEXEC!);
-  native.ftruncate(memFd, SIZE);
-  const mem = new GuestMemory();
-  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
-  t.teardown(() => {
-    mem.clear();
-    for (const fd of [fileFd, rootFd, memFd]) native.close(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const view = region.view;
   const bytes = region.bytes;
 
   const server = new native.FastFuse();
@@ -553,25 +581,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
 });
 
 t.test('LOOKUPs served in a row come back as one batch, before the chain popped after them', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ffb-'));
-  fs.writeFileSync(path.join(dir, 'f'), 'x');
-  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
-  const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
-  const memFd = native.memfdCreate('ffb-guest', C.MFD_CLOEXEC!);
-  native.ftruncate(memFd, SIZE);
-  const mem = new GuestMemory();
-  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
-  t.teardown(() => {
-    mem.clear();
-    for (const fd of [rootFd, memFd]) native.close(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const view = region.view;
-  const server = new native.FastFuse();
-  server.setEnabled(true);
-  server.setAttrTimeout(1, 0);
-  server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
+  const { mem, region, view, server } = fileServer(t, 'vfsk-ffb-', false);
   const ring = new NativeSplitRing(mem, { size: 16, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server, 1);
   // Heads 0-2 LOOKUP 'f' (known), head 3 a GETATTR of an unknown nodeid (declined), head 4 LOOKUP.
@@ -612,27 +622,7 @@ t.test('LOOKUPs served in a row come back as one batch, before the chain popped 
 });
 
 t.test('after a FORGET in a batch, nothing of its nodeid is served until JavaScript took the batch', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-fff-'));
-  fs.writeFileSync(path.join(dir, 'f'), 'x');
-  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
-  const fileFd = native.openat(rootFd, 'f', C.O_PATH! | C.O_CLOEXEC!, 0);
-  const st = fs.statSync(path.join(dir, 'f'), { bigint: true });
-  const memFd = native.memfdCreate('fff-guest', C.MFD_CLOEXEC!);
-  native.ftruncate(memFd, SIZE);
-  const mem = new GuestMemory();
-  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
-  t.teardown(() => {
-    mem.clear();
-    for (const fd of [fileFd, rootFd, memFd]) native.close(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const view = region.view;
-  const server = new native.FastFuse();
-  server.setEnabled(true);
-  server.setAttrTimeout(1, 0);
-  server.setInode(1, rootFd);
-  server.setInodeMeta(NODE_FILE, st.dev, st.ino, 0, 0o100000, null, 0, 0);
-  server.setInode(NODE_FILE, fileFd);
+  const { mem, region, view, server } = fileServer(t, 'vfsk-fff-', true);
   const ring = new NativeSplitRing(mem, { size: 32, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server, 1);
   /** Puts requests on the ring from head slot `first` on (a FORGET without a reply buffer). */
@@ -704,27 +694,15 @@ t.test('after a FORGET in a batch, nothing of its nodeid is served until JavaScr
 });
 
 t.test('UNLINK and RMDIR are served only with room in a journal for their intent and the keeper holding every open fd', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-ffu-'));
-  for (const n of ['a', 'b', 'c', 'd']) fs.writeFileSync(path.join(dir, n), n);
-  const rootFd = native.openat(C.AT_FDCWD!, dir, C.O_PATH! | C.O_DIRECTORY! | C.O_CLOEXEC!, 0);
+  const { dir, rootFd, mem, region, view, owned, before } = fixture(t, 'vfsk-ffu-', { a: 'a', b: 'b', c: 'c', d: 'd' });
   const rootSt = fs.statSync(dir, { bigint: true });
-  const memFd = native.memfdCreate('ffu-guest', C.MFD_CLOEXEC!);
-  native.ftruncate(memFd, SIZE);
-  const mem = new GuestMemory();
-  const region = mem.addRegion(memFd, 'mem.0', GPA, SIZE, UADDR, 0);
   // A journal file of 8 KiB: its data area (from 4 KiB) takes some intents, not many.
   const stateFd = native.openat(rootFd, 'state', C.O_RDWR! | C.O_CREAT! | C.O_EXCL! | C.O_CLOEXEC!, 0o600);
+  owned.push(stateFd);
   native.ftruncate(stateFd, 8192);
   const map = native.mmap(stateFd, 8192, 0, true);
   const server = new native.FastFuse();
-  t.teardown(() => {
-    server.setJournal(null);
-    native.munmap(map);
-    mem.clear();
-    for (const fd of [rootFd, memFd, stateFd]) native.close(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const view = region.view;
+  before.push(() => { server.setJournal(null); native.munmap(map); });
   server.setEnabled(true);
   server.setInode(1, rootFd);
   server.setInodeMeta(1, rootSt.dev, rootSt.ino, 0, 0o040000, null, 0, 0);
