@@ -82,6 +82,17 @@ export class DirCursors {
     this.cursors.delete(fh);
   }
 
+  /** Something else (the addon's READDIRPLUS) read the fd of `fh`: its position is not where
+   * our pending entries left it, so the next read here seeks. */
+  movedBy(fh: Handle): void {
+    const rt = this.cursors.get(fh);
+    if (rt === undefined) return;
+    rt.synced = false;
+    rt.pending = [];
+    rt.pendingBytes = NO_BYTES;
+    rt.next = 0;
+  }
+
   clear(): void {
     this.cursors.clear();
   }
@@ -93,13 +104,7 @@ export class DirCursors {
       rt = { synced: false, pending: [], pendingBytes: NO_BYTES, next: 0 };
       this.cursors.set(fh, rt);
     }
-    if (this.movedElsewhere?.(fh) === true) {
-      // The kernel position is not where our pending entries left it: seek.
-      rt.synced = false;
-      rt.pending = [];
-      rt.pendingBytes = NO_BYTES;
-      rt.next = 0;
-    }
+    if (this.movedElsewhere?.(fh) === true) this.movedBy(fh);
     // The guest's u64 is the s64 off_t that lseek takes and the session records.
     let cookie = BigInt.asIntN(64, offset);
     if (!rt.synced && cookie !== rec.position && offset === legacyWireCookie(rec.position)) {

@@ -401,6 +401,8 @@ export class PassthroughFs implements FileSystem {
       throw new BugError(`fast-path READDIRPLUS added ${served.newInodes.length} inodes, ${next} of them in its reply`);
     }
     if (served.position !== rec.position) this.session.setDirPosition(served.fh, served.position);
+    // takeDir says so too; this does not depend on the addon's flag.
+    this.dirs.movedBy(served.fh);
   }
 
   releasedirServed(nodeid: NodeId, dir: ServedFile): void {
