@@ -364,14 +364,20 @@ export class FuseServer implements ChainHandler {
     apply(batch.nodeid(i), file);
   }
 
-  /** As execute() runs a FORGET or BATCH_FORGET: an inode the session does not know is
-   * logged and skipped (the addon served only those in its table, which mirrors the session). */
+  /** A FORGET or BATCH_FORGET the addon served, as execute() runs a BATCH_FORGET (the addon
+   * served only inodes in its table, which mirrors the session). */
   private applyServedForgets(batch: RingServedBatch, i: number): void {
     const pairs = batch.forgets?.(i) ?? null;
     if (pairs === null) throw new BugError(`fast-path ${K.opcodeName(batch.opcode(i))} that the batch cannot take`);
-    for (const f of pairs) {
+    this.forgetAll(this.fs, pairs);
+  }
+
+  /** Each pair's lookups dropped; one the filesystem refuses is logged and skipped, so the rest
+   * of a batch still counts. */
+  private forgetAll(fs: FileSystem, items: ReadonlyArray<{ nodeid: number; nlookup: number }>): void {
+    for (const f of items) {
       try {
-        this.fs.forget(f.nodeid, f.nlookup);
+        fs.forget(f.nodeid, f.nlookup);
       } catch (e) {
         this.log.warn({ nodeid: f.nodeid, err: (e as Error).message }, 'batch forget of an unknown node');
       }
@@ -499,13 +505,7 @@ export class FuseServer implements ChainHandler {
         fs.forget(node, req.nlookup);
         return null;
       case 'BATCH_FORGET':
-        for (const f of req.items) {
-          try {
-            fs.forget(f.nodeid, f.nlookup);
-          } catch (e) {
-            this.log.warn({ nodeid: f.nodeid, err: (e as Error).message }, 'batch forget of an unknown node');
-          }
-        }
+        this.forgetAll(fs, req.items);
         return null;
       case 'GETATTR': {
         const useFh = (req.getattrFlags & K.FUSE_GETATTR_FH) !== 0;
