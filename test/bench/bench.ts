@@ -17,7 +17,8 @@
 //   --seconds S        length of each time-bounded micro run (default 3; quick 0.5)
 //   --rows K,...       only these micro metrics (micro.ts MetricKey: readdirplus_first,
 //                      create_release...; default all): a profile of one row, a quick check
-//   --profile DIR      CPU-profile our backend's processes (micro sessions): DIR/<variant>-<repeat>/
+//   --profile DIR      CPU-profile our backend's processes (micro sessions: DIR/<variant>-<repeat>/;
+//                      dev loop: DIR/devloop-<n>/, windows.json per step)
 //   --no-snapshot      run the checkout's build directly (default: a private copy, see below)
 //   --help             this text (an unknown option is refused, not ignored)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
@@ -93,6 +94,7 @@ function config(): Config {
     micro: {
       seconds: num('seconds', quick ? 0.5 : 3),
       creates: quick ? 2000 : 5000,
+      smallFiles: quick ? 1000 : 2000,
       bigMiB: quick ? 64 : 256,
       listings: quick ? 2 : 3,
     },
@@ -188,7 +190,7 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
   // (in a full session the journal already holds the earlier rows' records and compacts at
   // other moments, which moves these rates by 20-30% on its own).
   if (cfg.groups.has('journal')) variants.push('ours-journal', 'ours-nojournal');
-  const journalKeys: MetricKey[] = ['lookup_cold', 'create_release', 'unlink'];
+  const journalKeys: MetricKey[] = ['lookup_cold', 'create_release', 'unlink', 'small_files_qd1'];
   const results = new Map<Variant, Array<Map<MetricKey, Sample>>>();
   /** Per ours-nojournal session: did the worker log that journaling is off? */
   const noJournalHonoured: boolean[] = [];
@@ -466,7 +468,9 @@ function guestCpuNote<T>(res: Map<BackendKind, T[]>, cpuOf: (x: T) => GuestCpu):
 /** The developer's loop (guest_devloop.ts), both backends in their default cache mode. */
 async function devLoopPhase(cfg: Config, rows: Row[], work: string): Promise<void> {
   log(`guest dev loop: ${describeDevTree(cfg.devTree)}, ${cfg.guestRepeats} repeat(s) per backend`);
-  const res: Map<BackendKind, DevLoopResult[]> = await alternating(cfg.guestRepeats, (k) => guestDevLoop(k, cfg.devTree, work, log));
+  let run = 0;
+  const res: Map<BackendKind, DevLoopResult[]> = await alternating(cfg.guestRepeats, (k) =>
+    guestDevLoop(k, cfg.devTree, work, log, cfg.profileDir === null ? undefined : path.join(cfg.profileDir, `devloop-${run++}`)));
   const o = (res.get('ours') ?? []).map((x) => sig(x.totalMs / 1000, 4));
   const p = (res.get('c-virtiofsd') ?? []).map((x) => sig(x.totalMs / 1000, 4));
   const ours = sig(median(o), 4);

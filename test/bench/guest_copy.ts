@@ -82,6 +82,11 @@ export interface CpuAtMark {
   machineBusy: number;
   /** The whole machine's time, summed over its CPUs. */
   machineTotal: number;
+  /** The backend's CPU ms by process role and thread name ("worker/node", "keeper/V8
+   * DefaultWorke"): where the backend's CPU goes, for the log. */
+  byThread: Map<string, number>;
+  /** process.hrtime in µs, the clock of the CPU profiles (prof_summary --windows). */
+  hrUs: number;
 }
 
 /** CPU between two marks: the backend's and QEMU's ms, and how busy the machine was (0-1). */
@@ -90,6 +95,46 @@ export interface GuestCpu { backendMs: number; qemuMs: number; machineBusy: numb
 export function cpuBetween(a: CpuAtMark, b: CpuAtMark): GuestCpu {
   const total = b.machineTotal - a.machineTotal;
   return { backendMs: b.backend - a.backend, qemuMs: b.qemu - a.qemu, machineBusy: total > 0 ? (b.machineBusy - a.machineBusy) / total : 0 };
+}
+
+/** "worker/node 1.23 s, keeper/node 0.40 s, ...": the backend's CPU between two marks by
+ * process role and thread name, largest first (threads under 20 ms left out). */
+export function describeThreads(a: CpuAtMark, b: CpuAtMark): string {
+  const used = [...b.byThread].map(([k, ms]) => [k, ms - (a.byThread.get(k) ?? 0)] as const)
+    .filter(([, ms]) => ms >= 20).sort((x, y) => y[1] - x[1]);
+  return used.map(([k, ms]) => `${k} ${(ms / 1000).toFixed(2)} s`).join(', ');
+}
+
+/** CPU ms of each thread of `pid` by thread name (threads of one name summed). */
+function threadCpuMs(pid: number, role: string, into: Map<string, number>): void {
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return;
+  }
+  for (const tid of tids) {
+    let comm: string;
+    try {
+      comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    const key = `${role}/${comm.replace(/[0-9]+$/, '')}`;
+    into.set(key, (into.get(key) ?? 0) + (processCpuMs(`${pid}/task/${tid}`) ?? 0));
+  }
+}
+
+/** Ours: keeper (the backend's pid), worker, standby (VFSK_STANDBY=1 in its environment), or
+ * the unshare(1) launcher; the C virtiofsd and its children. */
+function processRole(kind: BackendKind, backendPid: number, p: number): string {
+  if (p === backendPid) return kind === 'ours' ? 'keeper' : 'virtiofsd';
+  if (kind !== 'ours') return 'virtiofsd-child';
+  try {
+    if (fs.readFileSync(`/proc/${p}/environ`, 'utf8').split('\0').includes('VFSK_STANDBY=1')) return 'standby';
+    if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('worker')) return 'worker';
+  } catch { /* gone */ }
+  return 'launcher';
 }
 
 export interface MarkedGuestRun {
@@ -109,6 +154,9 @@ export interface MarkedGuestRun {
 export async function runMarkedGuest(kind: BackendKind, opts: {
   cache: CacheMode; workDir: string; guestScript: string; need: string[];
   setupShared?: (shared: string) => void; check?: (run: MarkedGuestRun) => void; log?: (m: string) => void;
+  /** CPU-profile ours' processes into this dir (as the micro runs' --profile) and write the
+   * marks' windows there (windows.json: each mark from the one before it). */
+  profileDir?: string;
 }): Promise<MarkedGuestRun> {
   const image = await ensureGuestImage();
   const dir = fs.mkdtempSync(path.join(opts.workDir, `g-${kind}-`));
@@ -121,7 +169,15 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
   const stateDir = path.join(short, 'st');
   if (kind === 'ours') fs.mkdirSync(stateDir);
   const rmShort = onCleanup(`rm ${short}`, () => fs.rmSync(short, { recursive: true, force: true }));
-  const backend = await startBackend(kind, { sharedDir: shared, socketPath, dir, cache: opts.cache, ...(kind === 'ours' ? { stateDir } : {}) });
+  const profiled = kind === 'ours' && opts.profileDir !== undefined;
+  const backend = await startBackend(kind, {
+    sharedDir: shared, socketPath, dir, cache: opts.cache, ...(kind === 'ours' ? { stateDir } : {}),
+    // As the micro runs': a confined worker cannot write its profile.
+    ...(profiled ? {
+      env: { VFSK_BENCH_PROF_DIR: opts.profileDir!, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'cpu_prof_preload.js')}`.trim() },
+      extraArgs: ['--sandbox', 'none', '--seccomp', 'none'],
+    } : {}),
+  });
   const stopBackend = onCleanup(`stop guest backend ${kind}`, async () => {
     await backend.stop();
     await rmShort();
@@ -131,8 +187,14 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
   let qemuPid: number | null = null;
   const cpuNow = (): CpuAtMark => {
     const m = machineCpuMs();
-    const backendMs = [backend.pid, ...descendantsOf(backend.pid)].reduce((sum, p) => sum + (processCpuMs(p) ?? 0), 0);
-    return { backend: backendMs, qemu: qemuPid === null ? 0 : processCpuMs(qemuPid) ?? 0, machineBusy: m.busy, machineTotal: m.total };
+    const pids = [backend.pid, ...descendantsOf(backend.pid)];
+    const backendMs = pids.reduce((sum, p) => sum + (processCpuMs(p) ?? 0), 0);
+    const byThread = new Map<string, number>();
+    for (const p of pids) threadCpuMs(p, processRole(kind, backend.pid, p), byThread);
+    return {
+      backend: backendMs, qemu: qemuPid === null ? 0 : processCpuMs(qemuPid) ?? 0, machineBusy: m.busy, machineTotal: m.total,
+      byThread, hrUs: Number(process.hrtime.bigint() / 1000n),
+    };
   };
   let buf = '';
   const started = performance.now();
@@ -165,6 +227,11 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
       const disconnected = /"fastPath":(\{[^}]*\})[^\n]*frontend disconnected/;
       const served = await waitFor(() => disconnected.exec(backend.log()), 'the worker\'s disconnect', 2000, 20).catch(() => null);
       opts.log(`  fast path on ours: ${served?.[1] ?? 'no figures (the worker did not log its disconnect)'}`);
+    }
+    if (profiled) {
+      const order = [...cpu.keys()];
+      const windows = Object.fromEntries(order.slice(1).map((k, i) => [k, [cpu.get(order[i]!)!.hrUs, cpu.get(k)!.hrUs]]));
+      fs.writeFileSync(path.join(opts.profileDir!, 'windows.json'), JSON.stringify(windows));
     }
     const run: MarkedGuestRun = { marks, cpu, started, output: r.output, shared };
     opts.check?.(run);

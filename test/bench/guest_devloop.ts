@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { BackendKind } from '../e2e/backends';
-import { cpuBetween, describeCpu, runMarkedGuest, type GuestCpu } from './guest_copy';
+import { cpuBetween, describeCpu, describeThreads, runMarkedGuest, type GuestCpu } from './guest_copy';
 
 export interface DevTreeShape { dirs: number; filesPerDir: number }
 
@@ -72,10 +72,10 @@ echo "BENCH-MARK rm"
 }
 
 /** One developer loop on `kind`; throws if a step saw the wrong tree. */
-export async function guestDevLoop(kind: BackendKind, t: DevTreeShape, workDir: string, log: (m: string) => void): Promise<DevLoopResult> {
+export async function guestDevLoop(kind: BackendKind, t: DevTreeShape, workDir: string, log: (m: string) => void, profileDir?: string): Promise<DevLoopResult> {
   let needles = 0;
   const { marks, cpu } = await runMarkedGuest(kind, {
-    cache: 'auto', workDir, guestScript: script(), need: ['start', ...DEV_STEPS], log,
+    cache: 'auto', workDir, guestScript: script(), need: ['start', ...DEV_STEPS], log, ...(profileDir === undefined ? {} : { profileDir }),
     setupShared: (shared) => { needles = writePackage(shared, t); },
     check: (run) => {
       const files = /BENCH-FILES (\d+)/.exec(run.output);
@@ -95,5 +95,10 @@ export async function guestDevLoop(kind: BackendKind, t: DevTreeShape, workDir: 
   const totalMs = marks.get('rm')! - marks.get('start')!;
   const used = cpuBetween(cpu.get('start')!, cpu.get('rm')!);
   log(`  dev loop on ${kind}: ${Math.round(totalMs)} ms (${DEV_STEPS.map((s) => `${s} ${Math.round(stepsMs[s])}`).join(', ')}); ${describeCpu(used)}`);
+  let from = 'start';
+  for (const s of DEV_STEPS) {
+    log(`    ${s}: ${describeCpu(cpuBetween(cpu.get(from)!, cpu.get(s)!))}; ${describeThreads(cpu.get(from)!, cpu.get(s)!)}`);
+    from = s;
+  }
   return { totalMs, stepsMs, cpu: used };
 }

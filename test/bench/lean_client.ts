@@ -172,6 +172,22 @@ export class LeanFuse {
     return this.mem.view.getUint32(r.bodyOff, true);
   }
 
+  /** SETATTR of atime and mtime (what tar x does to each file it wrote). */
+  async setTimes(slot: Slot, nodeid: bigint, sec: number): Promise<void> {
+    const args = F.setattrIn({ valid: F.FATTR.ATIME | F.FATTR.MTIME, atime: sec, mtime: sec });
+    await this.request(slot, F.Op.SETATTR, nodeid, args, F.ATTR_OUT_SIZE);
+  }
+
+  async flush(slot: Slot, nodeid: bigint, fh: bigint): Promise<void> {
+    await this.request(slot, F.Op.FLUSH, nodeid, F.flushIn(fh), 0);
+  }
+
+  /** GETXATTR of `name` asking for its size (`args` = getxattrIn(0) + the name); returns the size. */
+  async getxattrSize(slot: Slot, nodeid: bigint, args: Buffer): Promise<number> {
+    const r = await this.request(slot, F.Op.GETXATTR, nodeid, args, 8);
+    return this.mem.view.getUint32(r.bodyOff, true);
+  }
+
   /** One READDIRPLUS call; returns the entry count and the last entry's offset (cookie). */
   async readdirplus(slot: Slot, nodeid: bigint, fh: bigint, offset: bigint, size: number): Promise<{ count: number; lastOff: bigint; nodeids: bigint[] }> {
     const r = await this.request(slot, F.Op.READDIRPLUS, nodeid, F.readIn(fh, offset, size, 0, 0n, F.O.RDONLY | F.O.DIRECTORY), size);

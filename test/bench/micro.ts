@@ -3,7 +3,7 @@
 // runMicro() measures one backend session; bench.ts alternates backends and repeats.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LeanFuse, nameArg, runPool, type Slot } from './lean_client';
+import { LeanError, LeanFuse, nameArg, runPool, type Slot } from './lean_client';
 import { CpuMeter, peakRss, steadyPrivateKb, type BenchSession } from './procs';
 import { IDLE_REDUCE_MS } from '../../shared/memory';
 import { quantile } from './stats';
@@ -25,6 +25,8 @@ export interface MicroParams {
   seconds: number;
   /** CREATE+RELEASE pairs (and UNLINKs) per session. */
   creates: number;
+  /** Files of the small_files_qd1 row. */
+  smallFiles: number;
   /** Size of the sequential-I/O file. */
   bigMiB: number;
   /** READDIRPLUS listings per session (the first finds new inodes, the rest known ones). */
@@ -70,7 +72,7 @@ export interface Sample {
 }
 
 export type MetricKey =
-  | 'getattr' | 'lookup_hot' | 'lookup_cold' | 'create_release' | 'unlink'
+  | 'getattr' | 'lookup_hot' | 'lookup_cold' | 'create_release' | 'unlink' | 'small_files_qd1'
   | 'readdirplus_first' | 'readdirplus_again' | 'seq_read' | 'seq_write'
   | 'rand_read_qd1' | 'rand_read_qd32'
   | 'getattr_p50' | 'getattr_p99' | 'openrel_p50' | 'openrel_p99' | 'read4k_p50' | 'read4k_p99' | 'rss';
@@ -84,6 +86,9 @@ export function metricDefs(p: MicroParams): MetricDef[] {
     { key: 'getattr', name: `GETATTR, QD${META_DEPTH}`, unit: 'ops/s', higherIsBetter: true },
     { key: 'create_release', name: `CREATE+RELEASE (${p.creates} new files), QD${META_DEPTH}`, unit: 'pairs/s', higherIsBetter: true },
     { key: 'unlink', name: `UNLINK (${p.creates} files), QD${META_DEPTH}`, unit: 'ops/s', higherIsBetter: true },
+    // What tar x asks of each file it unpacks, one request after the other (the guest rows'
+    // developer loop spends most of its backend CPU here).
+    { key: 'small_files_qd1', name: `small files written as tar x does (${p.smallFiles} x LOOKUP, CREATE, GETXATTR, 4 KiB WRITE, FLUSH, RELEASE, SETATTR), QD1`, unit: 'files/s', higherIsBetter: true },
     { key: 'readdirplus_first', name: `READDIRPLUS ${DIR_ENTRIES} entries, first listing (${READDIR_BUF} B calls)`, unit: 'ms', higherIsBetter: false },
     { key: 'readdirplus_again', name: `READDIRPLUS ${DIR_ENTRIES} entries, repeat listing`, unit: 'ms', higherIsBetter: false },
     { key: 'seq_read', name: `sequential READ, 1 MiB requests, ${SEQ_DEPTH} in flight, ${p.bigMiB} MiB file`, unit: 'MB/s', higherIsBetter: true },
@@ -113,6 +118,17 @@ async function measured(s: BenchSession, fn: () => Promise<{ ops: number; ms: nu
 }
 
 const rate = (r: { ops: number; ms: number }): number => (r.ops * 1000) / r.ms;
+
+/** Awaits a request that must fail with `errno` (a bench step that expects ENOENT or ENODATA). */
+async function expectErrno(p: Promise<unknown>, errno: number): Promise<void> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof LeanError && e.errno === errno) return;
+    throw e;
+  }
+  throw new Error(`expected ${F.errnoName(errno)}, the request succeeded`);
+}
 
 async function batchForget(s: BenchSession, ids: Map<bigint, number>): Promise<void> {
   const items = [...ids].map(([nodeid, n]) => ({ nodeid, nlookup: BigInt(n) }));
@@ -198,7 +214,7 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
 
   // --- metadata rates (QD16) -----------------------------------------------------------------
   {
-    const lean = new LeanFuse(s.fe, META_DEPTH, 4096);
+    const lean = new LeanFuse(s.fe, META_DEPTH, 4096, 4096);
     try {
       if (want('getattr')) {
         lap();
@@ -241,6 +257,31 @@ export async function runMicro(s: BenchSession, fx: Fixture, p: MicroParams, tag
         lap();
         const u = await measured(s, () => runPool(lean, META_DEPTH, (sl, i) => lean.unlink(sl, dir, names[i]!), { count: p.creates }));
         if (want('unlink')) put('unlink', { value: rate(u), cpuUsPerOp: u.cpuUsPerOp, clientCpuUsPerOp: u.clientCpuUsPerOp });
+        await batchForget(s, ids);
+        await fuse.rmdir(wdir, dname);
+      }
+      if (want('small_files_qd1')) {
+        lap();
+        const dname = `s-${tag}`;
+        const dir = (await fuse.mkdir(wdir, dname, 0o755)).nodeid;
+        const names = Array.from({ length: p.smallFiles }, (_, i) => nameArg(`t${String(i).padStart(6, '0')}`));
+        const capability = Buffer.concat([F.getxattrIn(0), nameArg('security.capability')]);
+        const ids = new Map<bigint, number>();
+        const flags = F.O.WRONLY | F.O.CREAT | F.O.EXCL;
+        const sl = lean.slots[0]!;
+        const r = await measured(s, () => runPool(lean, 1, async (_sl, i) => {
+          await expectErrno(lean.lookup(sl, dir, names[i]!), F.Errno.ENOENT);
+          const c = await lean.create(sl, dir, names[i]!, flags);
+          ids.set(c.nodeid, (ids.get(c.nodeid) ?? 0) + 1);
+          await expectErrno(lean.getxattrSize(sl, c.nodeid, capability), F.Errno.ENODATA);
+          const n = await lean.write(sl, c.nodeid, c.fh, 0, 4096);
+          if (n !== 4096) throw new Error(`short write: ${n} of 4096 bytes`);
+          await lean.flush(sl, c.nodeid, c.fh);
+          await lean.release(sl, c.nodeid, c.fh, F.O.WRONLY);
+          await lean.setTimes(sl, c.nodeid, 1_700_000_000 + i);
+        }, { count: p.smallFiles }));
+        put('small_files_qd1', { value: rate(r), cpuUsPerOp: r.cpuUsPerOp, clientCpuUsPerOp: r.clientCpuUsPerOp });
+        await runPool(lean, META_DEPTH, (slot, i) => lean.unlink(slot, dir, names[i]!), { count: p.smallFiles });
         await batchForget(s, ids);
         await fuse.rmdir(wdir, dname);
       }

@@ -68,8 +68,8 @@ export function installSignalCleanup(): void {
 
 const CLK_TCK = 100; // USER_HZ on Linux x86-64 (getconf CLK_TCK)
 
-/** utime+stime of a whole process (all its threads, live and exited), in ms; null if gone. */
-export function processCpuMs(pid: number): number | null {
+/** utime+stime of a whole process (all its threads, live and exited), or of one thread ("pid/task/tid"), in ms; null if gone. */
+export function processCpuMs(pid: number | string): number | null {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -113,7 +113,13 @@ export class CpuMeter {
       if (now === null) continue; // exited: its time is lost (does not happen in steady runs)
       total += now - (this.start.get(p) ?? 0);
       // Which process the CPU went to (keeper, worker, standby), for finding where a row's goes.
-      if (process.env.VFSK_BENCH_CPU_SPLIT === '1') process.stderr.write(`cpu pid ${p}: ${now - (this.start.get(p) ?? 0)} ms\n`);
+      if (process.env.VFSK_BENCH_CPU_SPLIT === '1') {
+        let cmd = '';
+        try {
+          cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').slice(0, 4).join(' ');
+        } catch { /* gone */ }
+        process.stderr.write(`cpu pid ${p} (${cmd}): ${now - (this.start.get(p) ?? 0)} ms\n`);
+      }
     }
     return total;
   }
