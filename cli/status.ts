@@ -56,7 +56,7 @@ export function formatStatus(r: StatusReport): string {
   }
   const f = r.fuse.fastPath;
   row('fast path', f === null ? 'off (every request through TypeScript)'
-    : `on: served ${f.getattr} GETATTR, ${f.read} READ, ${f.write} WRITE, ${f.lookup ?? 0} LOOKUP (and ${f.lookupNew ?? 0} of new inodes, ${f.lookupMissing ?? 0} ENOENT), ${f.flush ?? 0} FLUSH, ${f.getxattr ?? 0} GETXATTR, ${f.setattr ?? 0} SETATTR, ${f.open ?? 0} OPEN, ${f.release ?? 0} RELEASE, ${f.opendir ?? 0} OPENDIR, ${f.releasedir ?? 0} RELEASEDIR, ${f.create ?? 0} CREATE, ${f.mkdir ?? 0} MKDIR, ${f.unlink ?? 0} UNLINK, ${f.rmdir ?? 0} RMDIR, ${f.readdirplus ?? 0} READDIRPLUS (${f.direntsPlus ?? 0} entries, ${f.direntsNew ?? 0} new inodes), ${f.forget ?? 0} FORGET; ${f.declined} handed to TypeScript${declinedMost(f.declinedBy)}; ${f.inodes} inodes, ${f.files} files in its tables`);
+    : `on: served ${f.getattr} GETATTR, ${f.read} READ, ${f.write} WRITE, ${f.lookup ?? 0} LOOKUP (and ${f.lookupNew ?? 0} of new inodes, ${f.lookupMissing ?? 0} ENOENT), ${f.flush ?? 0} FLUSH, ${f.getxattr ?? 0} GETXATTR, ${f.setattr ?? 0} SETATTR, ${f.open ?? 0} OPEN, ${f.release ?? 0} RELEASE, ${f.opendir ?? 0} OPENDIR, ${f.releasedir ?? 0} RELEASEDIR, ${f.create ?? 0} CREATE, ${f.mkdir ?? 0} MKDIR, ${f.unlink ?? 0} UNLINK, ${f.rmdir ?? 0} RMDIR, ${f.readdirplus ?? 0} READDIRPLUS (${f.direntsPlus ?? 0} entries, ${f.direntsNew ?? 0} new inodes), ${f.forget ?? 0} FORGET; ${f.ownOutcomes ?? 0} journaled and published without TypeScript; ${f.declined} handed to TypeScript${declinedMost(f.declinedBy)}; ${f.inodes} inodes, ${f.files} files in its tables`);
   return lines.join('\n');
 }
 

@@ -28,8 +28,9 @@ export const CRASH_POINTS = [
   'ctl-after-begin', 'ctl-after-commit', 'ctl-after-reply',
   'op-after-intent', 'op-after-syscall', 'op-after-fdstore', 'op-after-outcome', 'op-before-publish', 'op-after-publish',
   // The addon's fast path (native/src/fast_fuse.cc) reaches op-after-pop, op-after-syscall,
-  // op-before-publish and (UNLINK, RMDIR) op-after-intent for the requests it serves
-  // (armNativeCrash).
+  // op-before-publish and (UNLINK, RMDIR) op-after-intent for the requests it serves, and
+  // op-after-fdstore, op-after-outcome and op-after-publish for those whose outcome it
+  // journals itself (ring.cc JournalOwnBatch) (armNativeCrash).
   'op-after-pop',
   // A planned upgrade's drain (worker.ts, vhost/backend.ts): with requests in flight, and done
   // but not yet said.
@@ -55,7 +56,8 @@ export function crashPoint(name: CrashPointName, opcode?: number, where?: 'nativ
 
 /** The addon's fast path numbers its points (native/src/fast_path.h NativeCrashPoint). */
 const NATIVE_POINTS: ReadonlyMap<CrashPointName, number> = new Map<CrashPointName, number>([
-  ['op-after-pop', 1], ['op-after-syscall', 2], ['op-before-publish', 3], ['op-after-intent', 4],
+  ['op-after-pop', 1], ['op-after-syscall', 2], ['op-before-publish', 3], ['op-after-intent', 4], ['op-after-outcome', 5],
+  ['op-after-publish', 6], ['op-after-fdstore', 7],
 ]);
 
 /** Arms the armed crash point in the addon's fast path too, when it has that point: the

@@ -38,7 +38,8 @@ export interface FastPathStats {
   flush?: number;
   /** GETXATTRs of regular files and dirs (values, ENODATA, ERANGE). Absent from older workers. */
   getxattr?: number;
-  /** SETATTRs of known inodes (their outcomes journaled by TypeScript). Absent from older workers. */
+  /** SETATTRs of known inodes (their outcomes journaled by the addon when it publishes them
+   * itself, else by TypeScript). Absent from older workers. */
   setattr?: number;
   /** LOOKUPs of names that do not exist, answered ENOENT. Absent from older workers. */
   lookupMissing?: number;
@@ -52,11 +53,16 @@ export interface FastPathStats {
   opendir?: number;
   releasedir?: number;
   /** CREATEs, MKDIRs, UNLINKs and RMDIRs (their intents journaled by the addon, outcomes by
-   * TypeScript). Absent from older workers. */
+   * TypeScript, or by the addon for those that changed nothing but their reply). Absent from
+   * older workers. */
   create?: number;
   mkdir?: number;
   /** CREATEs and MKDIRs answered with their syscall's errno (their intents journaled). */
   intentErrors?: number;
+  /** Served requests whose outcome the addon journaled itself and published without
+   * TypeScript (SETATTR, UNLINK, RMDIR, a CREATE or MKDIR that failed). Absent from older
+   * workers. */
+  ownOutcomes?: number;
   unlink?: number;
   rmdir?: number;
   /** READDIRPLUSes of listings of known inodes, and the entries they listed (each a lookup

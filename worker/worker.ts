@@ -413,7 +413,9 @@ export class Worker {
     if (journaling) fsImpl.session.onMutation(this.store.onFsMutation);
     else this.log.warn('VFSK_BENCH_NO_JOURNAL=1: request and session journaling is OFF; a worker crash will lose state');
     // The addon's CREATE, MKDIR, UNLINK and RMDIR journal their intents themselves, into the
-    // journal's mapping; UNLINK and RMDIR need the keeper to hold every open fd first (as
+    // journal's mapping, and a batch of requests that changed nothing but their replies
+    // (SETATTR, UNLINK, RMDIR, failed CREATEs and MKDIRs) its outcomes too (native/src/ring.cc
+    // JournalOwnBatch); UNLINK and RMDIR need the keeper to hold every open fd first (as
     // passthrough.ts unlink).
     this.fastPath?.setJournal(null);
     if (fastPath !== null) {

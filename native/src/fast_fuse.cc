@@ -87,6 +87,7 @@ constexpr size_t kJournalCommitAt = 16;
 constexpr size_t kJournalDataStart = 4096;
 constexpr size_t kJournalRecordHeader = 8;
 constexpr uint8_t kTagIntent = 1;
+constexpr uint8_t kTagOutcome = 2;  // worker/state/records.ts TAG_OUTCOME
 constexpr size_t kMaxKey = 48;  // "65535.65535." and a u64 counter
 
 const napi_type_tag kFastFuseTag = {0x7666736b66617374ULL, 0x6675736531000001ULL};
@@ -263,6 +264,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   bool Serve(const Chain& c, Served* out) override {
+    out->outcomeOnly = false;
     if (!enabled_ || c.readableLen < kInHeader) return Decline();
     // The header and the largest args we use, copied once: the guest may change its buffers.
     uint8_t in[kInHeader + std::max(sizeof(fuse_getxattr_in), sizeof(fuse_create_in)) + kMaxName + 1];
@@ -286,6 +288,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool ServeOp(const Chain& c, const fuse_in_header& h, const uint8_t* in, size_t have, Served* out) {
     out->opcode = h.opcode;
     out->needsRecord = false;
+    out->outcomeOnly = false;
     out->kind = ServedKind::kPlain;
     uint32_t* usedLen = &out->usedLen;
     switch (h.opcode) {
@@ -981,6 +984,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   void WriteIntendedReply(const Chain& c, const fuse_in_header& h, int err, double tsMs, Served* out) const {
     WriteEmptyReply(c, h, out, err);
     out->kind = ServedKind::kIntended;
+    out->outcomeOnly = true;
     out->intentTsMs = tsMs;
   }
 
@@ -1189,9 +1193,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     }
     if (journal_ == nullptr) return false;
     char key[kMaxKey];
-    int keyLen = snprintf(key, sizeof key, "%u.%u.%llu", static_cast<unsigned>(c.queue), static_cast<unsigned>(c.head),
-                          static_cast<unsigned long long>(c.counter));
-    if (keyLen <= 0 || static_cast<size_t>(keyLen) >= sizeof key) return false;
+    int keyLen = RequestKey(c.queue, c.head, c.counter, key);
+    if (keyLen < 0) return false;
     const size_t payload = 1 + 1 + static_cast<size_t>(keyLen) + 4 + 8 + 4;
     uint64_t* commit = reinterpret_cast<uint64_t*>(journal_ + kJournalCommitAt);
     uint64_t end = __atomic_load_n(commit, __ATOMIC_ACQUIRE);
@@ -1212,6 +1215,61 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     Store(rec + 4, Crc32(p, payload));
     __atomic_store_n(commit, end + kJournalRecordHeader + payload, __ATOMIC_RELEASE);
     intents_++;
+    return true;
+  }
+
+  // worker/fuse/exactly_once.ts requestKey: "queue.head.counter"; its length, or -1.
+  static int RequestKey(uint32_t queue, uint32_t head, uint64_t counter, char (&key)[kMaxKey]) {
+    int n = snprintf(key, sizeof key, "%u.%u.%llu", static_cast<unsigned>(queue), static_cast<unsigned>(head),
+                     static_cast<unsigned long long>(counter));
+    return n <= 0 || static_cast<size_t>(n) >= sizeof key ? -1 : n;
+  }
+
+  // Journals each request's outcome (the record worker/state/records.ts putOutcome writes: tag,
+  // key, opcode, the reply, no mutations) after the committed end and commits them with one
+  // release store, as JavaScript's group commit (worker/state/request_log.ts commitStaged) would
+  // have. Only requests that changed nothing but their reply come here (Served::outcomeOnly);
+  // UNLINK and RMDIR are served only while the keeper holds every fd (settled_), so the fd
+  // store JavaScript's barrier would wait for is done (the op-after-fdstore point, for tests).
+  bool JournalOutcomes(uint32_t queue, const std::vector<PlainOutcome>& outcomes) override {
+    if (unjournaled_) {
+      ownOutcomes_ += outcomes.size();
+      return true;
+    }
+    if (journal_ == nullptr || outcomes.empty()) return false;
+    uint64_t* commit = reinterpret_cast<uint64_t*>(journal_ + kJournalCommitAt);
+    const uint64_t start = __atomic_load_n(commit, __ATOMIC_ACQUIRE);
+    if (start < kJournalDataStart || start > journalLen_) return false;
+    char key[kMaxKey];
+    uint64_t need = 0;
+    for (const PlainOutcome& o : outcomes) {
+      int keyLen = RequestKey(queue, o.head, o.counter, key);
+      if (keyLen < 0) return false;
+      need += kJournalRecordHeader + 1 + 1 + static_cast<uint64_t>(keyLen) + 4 + 4 + o.replyLen + 4;
+    }
+    if (journalLen_ - start < need) return false;
+    for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterFdstore, o.opcode);
+    uint64_t end = start;
+    for (const PlainOutcome& o : outcomes) {
+      int keyLen = RequestKey(queue, o.head, o.counter, key);
+      const size_t payload = 1 + 1 + static_cast<size_t>(keyLen) + 4 + 4 + o.replyLen + 4;
+      uint8_t* rec = journal_ + end;
+      uint8_t* p = rec + kJournalRecordHeader;
+      p[0] = kTagOutcome;
+      p[1] = static_cast<uint8_t>(keyLen);
+      std::memcpy(p + 2, key, static_cast<size_t>(keyLen));
+      uint8_t* q = p + 2 + keyLen;
+      Store(q, o.opcode);
+      Store(q + 4, o.replyLen);
+      std::memcpy(q + 8, o.reply, o.replyLen);
+      Store(q + 8 + o.replyLen, uint32_t{0});
+      Store(rec, static_cast<uint32_t>(payload));
+      Store(rec + 4, Crc32(p, payload));
+      end += kJournalRecordHeader + payload;
+    }
+    __atomic_store_n(commit, end, __ATOMIC_RELEASE);
+    ownOutcomes_ += outcomes.size();
+    for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterOutcome, o.opcode);
     return true;
   }
 
@@ -1340,6 +1398,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     out->usedLen = out->replyLen = WriteAttrReply(c, h, st, out->reply);
     out->needsRecord = true;
+    out->outcomeOnly = true;
     out->nodeid = h.nodeid;
     setattrs_++;
     return true;
@@ -1823,7 +1882,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     Args a(info, "armCrash");
     int64_t point, opcode;
     Napi::Function fn;
-    if (!a.Count(3) || !a.Int(0, "point", 1, 4, &point) || !a.Int(1, "opcode", -1, 0xffffffffLL, &opcode) ||
+    if (!a.Count(3) || !a.Int(0, "point", 1, static_cast<int64_t>(NativeCrashPoint::kAfterFdstore), &point) || !a.Int(1, "opcode", -1, 0xffffffffLL, &opcode) ||
         !a.Func(2, "fn", &fn))
       return {};
     crashPoint_ = static_cast<NativeCrashPoint>(point);
@@ -1854,6 +1913,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("unlink", Napi::Number::New(env, static_cast<double>(unlinks_)));
     o.Set("rmdir", Napi::Number::New(env, static_cast<double>(rmdirs_)));
     o.Set("intents", Napi::Number::New(env, static_cast<double>(intents_)));
+    o.Set("ownOutcomes", Napi::Number::New(env, static_cast<double>(ownOutcomes_)));
     o.Set("readdirplus", Napi::Number::New(env, static_cast<double>(readdirplus_)));
     o.Set("direntsPlus", Napi::Number::New(env, static_cast<double>(direntsPlus_)));
     o.Set("direntsNew", Napi::Number::New(env, static_cast<double>(direntsNew_)));
@@ -1881,7 +1941,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::vector<iovec> iov_;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
-           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,
+           opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, ownOutcomes_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,
            readdirplus_ = 0, direntsPlus_ = 0, direntsNew_ = 0, forgets_ = 0;
   std::unordered_set<uint64_t> forgotten_;  // nodeids a FORGET of the batch not yet taken named
   // READDIRPLUS's reply and the new inodes after it; the new names of the reply being built.

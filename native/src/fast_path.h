@@ -37,7 +37,10 @@ struct Chain {
 };
 
 // Crash points of the native path (shared/crash_points.ts names them).
-enum class NativeCrashPoint : int { kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3, kAfterIntent = 4 };
+enum class NativeCrashPoint : int {
+  kNone = 0, kAfterPop = 1, kAfterSyscall = 2, kBeforePublish = 3, kAfterIntent = 4, kAfterOutcome = 5, kAfterPublish = 6,
+  kAfterFdstore = 7
+};
 
 // A new inode a LOOKUP found (fast_fuse.cc LookupNew): what JavaScript needs to add it to the
 // session (its addInode mutation) and its O_PATH fd to the inode fd cache.
@@ -105,6 +108,10 @@ struct Served {
   // published (a LOOKUP: one more lookup of `nodeid`, or the new inode `nodeid`); `reply` is what
   // the guest got.
   bool needsRecord = false;
+  // With needsRecord: the request changed nothing but what its reply says (a SETATTR, an
+  // UNLINK or RMDIR, a CREATE or MKDIR that failed), so its outcome alone is journaled and the
+  // server may journal it itself (ChainServer::JournalOutcomes).
+  bool outcomeOnly = false;
   uint64_t nodeid = 0;
   uint32_t replyLen = 0;
   uint8_t reply[160];
@@ -131,6 +138,16 @@ struct Served {
   int64_t dirPosition = 0;
 };
 
+// A served request to journal as its outcome alone (Served::outcomeOnly): its key's parts and
+// the reply the guest got.
+struct PlainOutcome {
+  uint32_t head = 0;
+  uint64_t counter = 0;
+  uint32_t opcode = 0;
+  const uint8_t* reply = nullptr;
+  uint32_t replyLen = 0;
+};
+
 // Implemented by fast_fuse.cc; the ring only knows this.
 class ChainServer {
  public:
@@ -143,6 +160,10 @@ class ChainServer {
   // The ring handed the served requests to JavaScript, which applies their session effects
   // before anything else runs.
   virtual void BatchTaken() = 0;
+  // Journals the outcomes of these served requests of queue `queue`, in order, as JavaScript's
+  // request log would (one commit), so that the ring may publish them without JavaScript.
+  // False, with nothing written: no journal or no room in it (JavaScript journals them then).
+  virtual bool JournalOutcomes(uint32_t queue, const std::vector<PlainOutcome>& outcomes) = 0;
   // Whether a crash point is armed (tests only): the ring then reports its points.
   virtual bool CrashArmed() const = 0;
   // The named crash point, for a request of this opcode (tests only; no-op unless armed).

@@ -341,7 +341,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   bool OnKick(int kickFd) override {
     uint64_t v;
     while (::read(kickFd, &v, sizeof v) < 0 && errno == EINTR) {}
-    if (!fastKick_ || closed_ || server_ == nullptr || server_->CrashArmed() || pending_ != PopResult::kEmpty || recordCount_ > 0) return false;
+    if (!fastKick_ || closed_ || server_ == nullptr || pending_ != PopResult::kEmpty || recordCount_ > 0) return false;
     for (;;) {
       DisableNotificationInternal();
       for (;;) {
@@ -353,8 +353,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
         }
       }
       // Served requests to journal: JavaScript pops them (one batch), runs the rest of the
-      // kick (notifications stay off until its loop re-enables them) and publishes.
-      if (recordCount_ > 0) return false;
+      // kick (notifications stay off until its loop re-enables them) and publishes. Unless
+      // the server journals them itself: then they are published here with the rest.
+      if (recordCount_ > 0 && !JournalOwnBatch()) return false;
       bool more;
       if (!EnableNotificationInternal(&more)) return false;
       if (!more) break;
@@ -362,9 +363,13 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     // JavaScript's own completions wait for its barrier; its flush publishes these too.
     if (served_ == 0 || jsPushed_ > 0) return served_ == 0;
     served_ = 0;
+    if (server_->CrashArmed()) published_ = servedOpcodes_;
     if (PublishInternal() && callFd_ >= 0) {
       uint64_t one = 1;
       while (::write(callFd_, &one, sizeof one) < 0 && errno == EINTR) {}
+    }
+    if (server_->CrashArmed()) {
+      for (uint32_t op : published_) server_->CrashPoint(NativeCrashPoint::kAfterPublish, op);
     }
     return true;
   }
@@ -755,7 +760,40 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated || served.kind == ServedKind::kMadeDir) {
       PutNewInode(served.inode, e + kNewInodeAt);
     }
+    if (served.outcomeOnly && len == served.replyLen) outcomeOnly_++;
     recordCount_++;
+  }
+
+  // When every queued served request changed nothing but its reply (Served::outcomeOnly), the
+  // server journals their outcomes (ChainServer::JournalOutcomes) and they become requests
+  // served without a record: OnKick publishes them with the rest, JavaScript never sees them.
+  // Only OnKick does this, and only when nothing JavaScript pushed waits for its barrier: it
+  // publishes within the same call, so no compaction of the journal (JavaScript's, which keeps
+  // only the outcomes its request log knows) can come between the outcome and the publish.
+  // False: JavaScript gets the batch, as before.
+  bool JournalOwnBatch() {
+    if (recordCount_ == 0 || outcomeOnly_ != recordCount_ || jsPushed_ != recordCount_ || !tailBytes_.empty()) return false;
+    outcomes_.clear();
+    for (uint32_t i = 0; i < recordCount_; i++) {
+      const uint8_t* e = recordBytes_.data() + static_cast<size_t>(i) * kRecordEntry;
+      PlainOutcome o;
+      o.head = Load<uint32_t>(e);
+      o.opcode = Load<uint32_t>(e + 4);
+      o.counter = static_cast<uint64_t>(Load<double>(e + 8));
+      o.replyLen = Load<uint32_t>(e + 24);
+      o.reply = e + kRecordHeader;
+      outcomes_.push_back(o);
+    }
+    if (!server_->JournalOutcomes(chain_.queue, outcomes_)) return false;
+    if (server_->CrashArmed()) {
+      for (const PlainOutcome& o : outcomes_) servedOpcodes_.push_back(o.opcode);
+    }
+    served_ += recordCount_;
+    jsPushed_ -= recordCount_;
+    recordBytes_.clear();
+    recordCount_ = 0;
+    outcomeOnly_ = 0;
+    return true;
   }
 
   // The queued served requests: -3, scratch[0] = their count, their entries in `records`,
@@ -774,6 +812,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     tailBytes_.clear();
     if (server_ != nullptr) server_->BatchTaken();
     recordCount_ = 0;
+    outcomeOnly_ = 0;
     return Napi::Number::New(env, -3);
   }
 
@@ -845,6 +884,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   std::vector<uint8_t> recordBytes_;  // served requests to journal, kRecordEntry bytes each
   std::vector<uint8_t> tailBytes_;    // their long replies (AddRecord)
   uint32_t recordCount_ = 0;
+  uint32_t outcomeOnly_ = 0;               // of the queued records, those with Served::outcomeOnly
+  std::vector<PlainOutcome> outcomes_;     // JournalOwnBatch's list (kept: no allocation per kick)
+  std::vector<uint32_t> published_;        // OnKick: the opcodes it published (crash points only)
   std::string lastError_;
   ChainServer* server_ = nullptr;
   Napi::ObjectReference serverRef_;

@@ -416,6 +416,10 @@ const SERVED_BY_ADDON = new Set(['LOOKUP', 'LOOKUP_HANDLES', 'OPEN', 'RELEASE', 
  * they die in the addon at op-after-intent and op-after-syscall (the marker says so), at
  * TypeScript's points after. */
 const INTENT_IN_ADDON = new Set(['CREATE', 'MKDIR', 'UNLINK', 'RMDIR']);
+/** Of those, the ones whose outcome the addon journals too (the reply is all they change:
+ * native/src/ring.cc JournalOwnBatch), served and published without JavaScript: they die in
+ * the addon at every point. */
+const OUTCOME_IN_ADDON = new Set(['UNLINK', 'RMDIR']);
 const fastPathOn = process.env.VFSK_FAST_PATH !== '0';
 
 for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCases, ...knownPlusCases]) {
@@ -437,7 +441,7 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
         }
         t.ok(fs.existsSync(marker), `the worker crashed at ${point}`);
         if (fastPathOn && INTENT_IN_ADDON.has(c.name)) {
-          const inAddon = point === 'op-after-intent' || point === 'op-after-syscall';
+          const inAddon = OUTCOME_IN_ADDON.has(c.name) || point === 'op-after-intent' || point === 'op-after-syscall';
           t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${OP[c.name]}${inAddon ? ' native' : '\\n'}`), `served by the addon, died ${inAddon ? 'in it' : 'in TypeScript'}`);
         }
         // The marker is written just before the worker dies: until the keeper has reaped it (one
@@ -459,11 +463,12 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
  * again (through TypeScript) and the guest gets one correct reply; the marker says the native
  * path was where it died. On tmpfs, where the fast path serves writes too. */
 const NATIVE_POINTS = ['op-after-pop', 'op-after-syscall', 'op-before-publish'] as const;
-/** A LOOKUP or SETATTR the fast path answers is journaled by TypeScript (a lookup count, a
- * reply): it also dies at the journal's points, after the outcome and after the publish. */
+/** A LOOKUP the fast path answers is journaled by TypeScript (a lookup count): it also dies at
+ * the journal's points, after the outcome and after the publish. A SETATTR's outcome (its
+ * reply) the addon journals itself (ownOutcome): it dies at those points in the addon. */
 const JOURNALED_POINTS = ['op-after-pop', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
 interface NativeCase {
-  name: string; opcode: number; journaled?: true;
+  name: string; opcode: number; journaled?: true; ownOutcome?: true;
   act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown, stateDir: string) => void | Promise<void>;
 }
 const nativeCases: NativeCase[] = [
@@ -514,7 +519,7 @@ const nativeCases: NativeCase[] = [
       await s.fuse.forget(a, 1);
       t.equal(await s.fuse.getattr(a).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after the second: the first LOOKUP counted exactly once');
     } },
-  { name: 'SETATTR', opcode: 4, journaled: true,
+  { name: 'SETATTR', opcode: 4, journaled: true, ownOutcome: true,
     // Mode and both times "now": a second run after the outcome was journaled would move the
     // file's times past the ones in the reply the guest got (a worker start is many clock ticks).
     act: async (s) => {
@@ -715,8 +720,8 @@ if (fastPathOn) for (const c of nativeCases) {
             setup: (d) => fs.writeFileSync(path.join(d, 'n'), 'abcdefgh') }));
         const r = await c.act(s);
         // A journaled request's points past the syscall are TypeScript's (FuseServer.ringServed,
-        // the publish hooks).
-        const inAddon = point === 'op-after-pop' || point === 'op-after-syscall' || (point === 'op-before-publish' && !c.journaled);
+        // the publish hooks), unless the addon journals its outcome itself.
+        const inAddon = c.ownOutcome === true || point === 'op-after-pop' || point === 'op-after-syscall' || (point === 'op-before-publish' && !c.journaled);
         const where = inAddon ? ' native' : '';
         t.match(fs.readFileSync(marker, 'utf8'), new RegExp(`^${point} ${c.opcode}${where}`), `the worker crashed at ${point}${where}`);
         await waitFor(() => { const w = queryStatus(stateDir).worker; return w.restarts >= 1 && w.state === 'running'; }, 'the successor running');

@@ -12,6 +12,8 @@ import * as F from './fuse_proto';
 import { queryStatus } from '../../cli/status';
 import type { FastPathStats } from '../../shared/status_report';
 import { hostFlockErrno } from '../helpers/flock';
+import { loadState } from '../../worker/state/state_store';
+import { stateFilePath } from '../../shared/config';
 import { noFileLimits, setNoFile } from '../helpers/rlimit';
 
 const EBADF = 9;
@@ -392,6 +394,34 @@ t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives,
   t.same(seen.true, seen.false, 'both paths gave the same replies');
   t.same(seen.true, { a: 0, again: 2, dirAsFile: 21, notEmpty: 39, fileAsDir: 20, underFile: 20, dot: 22, slash: 22, unknownParent: EBADF,
     sub: 0, openUnlinked: 0, readAfter: 'open', b: 0, left: ['c'] }, 'ENOENT, EISDIR, ENOTEMPTY, ENOTDIR, EINVAL, EBADF');
+});
+
+t.test('a SETATTR, UNLINK, RMDIR or failed MKDIR the addon journals itself: its outcome in the state file is the reply the guest got', async (t) => {
+  const { s, stateDir } = await session(t, true, true);
+  fs.writeFileSync(s.host('m'), 'M', { mode: 0o644 });
+  fs.writeFileSync(s.host('gone'), 'G');
+  fs.mkdirSync(s.host('rd'));
+  fs.mkdirSync(s.host('exists'));
+  const root = F.FUSE_ROOT_ID;
+  const m = (await s.fuse.lookup(root, 'm')).nodeid;
+  /** The outcomes of `opcode` in the state file, as a successor would fold them. */
+  const outcomes = (opcode: number): Buffer[] =>
+    [...loadState(stateFilePath(stateDir)).ops.values()].filter((o) => o.opcode === opcode && o.reply !== null).map((o) => o.reply!);
+  const attr = (await s.fuse.setattr(m, { valid: F.FATTR.MODE, mode: 0o100600 })).attr;
+  const setattrs = outcomes(F.Op.SETATTR);
+  // out header (16 bytes), attr_valid, attr_valid_nsec and padding (16), then fuse_attr: its
+  // mode after ino, size, blocks, the three times (48) and their nanoseconds (12).
+  t.ok(setattrs.some((r) => r.length === 16 + 104 && r.readInt32LE(4) === 0 && r.readUInt32LE(92) === attr.mode && r.readBigUInt64LE(32) === attr.ino),
+    `the SETATTR's reply is journaled (mode ${attr.mode.toString(8)})`);
+  await s.fuse.unlink(root, 'gone');
+  t.ok(outcomes(F.Op.UNLINK).some((r) => r.length === 16 && r.readInt32LE(4) === 0), 'the UNLINK\'s reply (success) is journaled');
+  await s.fuse.rmdir(root, 'rd');
+  t.ok(outcomes(F.Op.RMDIR).some((r) => r.length === 16 && r.readInt32LE(4) === 0), 'the RMDIR\'s reply (success) is journaled');
+  t.equal(await errnoOf(s.fuse.mkdir(root, 'exists', 0o755)), F.Errno.EEXIST, 'MKDIR of a name that exists: EEXIST');
+  t.ok(outcomes(F.Op.MKDIR).some((r) => r.length === 16 && r.readInt32LE(4) === -F.Errno.EEXIST), 'the MKDIR\'s errno reply is journaled');
+  const f = await fastStats(stateDir, (x) => (x.ownOutcomes ?? 0) >= 4, 'the addon\'s own outcomes');
+  t.same([f.setattr, f.unlink, f.rmdir, f.intentErrors, f.ownOutcomes], [1, 1, 1, 1, 4], `served and journaled by the addon: ${JSON.stringify(f)}`);
+  t.same([fs.statSync(s.host('m')).mode & 0o777, fs.existsSync(s.host('gone')), fs.existsSync(s.host('rd'))], [0o600, false, false], 'and done on the host');
 });
 
 t.test('the fast path serves READDIRPLUS with the replies TypeScript gives: entries, new inodes, counts, positions', async (t) => {
