@@ -1203,19 +1203,30 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     clock_gettime(CLOCK_REALTIME, &now);
     *tsMs = static_cast<double>(now.tv_sec) * 1000 + static_cast<double>(now.tv_nsec / 1000000);
     uint8_t* rec = journal_ + end;
-    uint8_t* p = rec + kJournalRecordHeader;
-    p[0] = kTagIntent;
-    p[1] = static_cast<uint8_t>(keyLen);
-    std::memcpy(p + 2, key, static_cast<size_t>(keyLen));
-    uint8_t* q = p + 2 + keyLen;
+    uint8_t* q = PutRecordKey(rec, kTagIntent, key, keyLen);
     Store(q, opcode);
     Store(q + 4, *tsMs);
     Store(q + 12, uint32_t{0});
-    Store(rec, static_cast<uint32_t>(payload));
-    Store(rec + 4, Crc32(p, payload));
+    SealRecord(rec, payload);
     __atomic_store_n(commit, end + kJournalRecordHeader + payload, __ATOMIC_RELEASE);
     intents_++;
     return true;
+  }
+
+  // A journal record's payload start at `rec` (after its length and CRC): the tag and the
+  // request's key as records.ts putStr writes it; returns where the payload goes on.
+  static uint8_t* PutRecordKey(uint8_t* rec, uint8_t tag, const char* key, int keyLen) {
+    uint8_t* p = rec + kJournalRecordHeader;
+    p[0] = tag;
+    p[1] = static_cast<uint8_t>(keyLen);
+    std::memcpy(p + 2, key, static_cast<size_t>(keyLen));
+    return p + 2 + keyLen;
+  }
+
+  // The record's header: its payload's length and CRC-32 (journal.ts stage).
+  static void SealRecord(uint8_t* rec, size_t payload) {
+    Store(rec, static_cast<uint32_t>(payload));
+    Store(rec + 4, Crc32(rec + kJournalRecordHeader, payload));
   }
 
   // worker/fuse/exactly_once.ts requestKey: "queue.head.counter"; its length, or -1.
@@ -1254,17 +1265,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       int keyLen = RequestKey(queue, o.head, o.counter, key);
       const size_t payload = 1 + 1 + static_cast<size_t>(keyLen) + 4 + 4 + o.replyLen + 4;
       uint8_t* rec = journal_ + end;
-      uint8_t* p = rec + kJournalRecordHeader;
-      p[0] = kTagOutcome;
-      p[1] = static_cast<uint8_t>(keyLen);
-      std::memcpy(p + 2, key, static_cast<size_t>(keyLen));
-      uint8_t* q = p + 2 + keyLen;
+      uint8_t* q = PutRecordKey(rec, kTagOutcome, key, keyLen);
       Store(q, o.opcode);
       Store(q + 4, o.replyLen);
       std::memcpy(q + 8, o.reply, o.replyLen);
       Store(q + 8 + o.replyLen, uint32_t{0});
-      Store(rec, static_cast<uint32_t>(payload));
-      Store(rec + 4, Crc32(p, payload));
+      SealRecord(rec, payload);
       end += kJournalRecordHeader + payload;
     }
     __atomic_store_n(commit, end, __ATOMIC_RELEASE);

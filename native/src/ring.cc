@@ -364,12 +364,15 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     if (served_ == 0 || jsPushed_ > 0) return served_ == 0;
     served_ = 0;
     if (server_->CrashArmed()) published_ = servedOpcodes_;
-    if (PublishInternal() && callFd_ >= 0) {
-      uint64_t one = 1;
-      while (::write(callFd_, &one, sizeof one) < 0 && errno == EINTR) {}
-    }
+    bool interrupt = PublishInternal();
+    // Published, the guest not yet interrupted: where JavaScript's op-after-publish is too
+    // (QueueServer.flush: published, then notify).
     if (server_->CrashArmed()) {
       for (uint32_t op : published_) server_->CrashPoint(NativeCrashPoint::kAfterPublish, op);
+    }
+    if (interrupt && callFd_ >= 0) {
+      uint64_t one = 1;
+      while (::write(callFd_, &one, sizeof one) < 0 && errno == EINTR) {}
     }
     return true;
   }
