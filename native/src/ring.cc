@@ -354,12 +354,14 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       }
       // Served requests to journal: JavaScript pops them (one batch), runs the rest of the
       // kick (notifications stay off until its loop re-enables them) and publishes. Unless
-      // the server journals them itself: then they are published here with the rest.
-      if (recordCount_ > 0 && !JournalOwnBatch()) return false;
+      // the server can journal them itself (below, just before the publish: a chain popped
+      // later still hands them to JavaScript, unjournaled).
+      if (recordCount_ > 0 && (!OwnBatchPossible() || BatchFull())) return false;
       bool more;
       if (!EnableNotificationInternal(&more)) return false;
       if (!more) break;
     }
+    if (recordCount_ > 0 && !JournalOwnBatch()) return false;
     // JavaScript's own completions wait for its barrier; its flush publishes these too.
     if (served_ == 0 || jsPushed_ > 0) return served_ == 0;
     served_ = 0;
@@ -497,7 +499,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Served served;
     for (;;) {
       // A full batch: kEmpty for now, Pop() hands the batch to JavaScript and then goes on.
-      if (recordCount_ >= kMaxRecords || tailBytes_.size() + kMaxLongReply > kTailBytes) return PopResult::kEmpty;
+      if (BatchFull()) return PopResult::kEmpty;
       uint32_t pending;
       if (!PendingInternal(&pending)) return PopResult::kBroken;
       if (pending == 0) return PopResult::kEmpty;
@@ -767,15 +769,24 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     recordCount_++;
   }
 
-  // When every queued served request changed nothing but its reply (Served::outcomeOnly), the
-  // server journals their outcomes (ChainServer::JournalOutcomes) and they become requests
-  // served without a record: OnKick publishes them with the rest, JavaScript never sees them.
-  // Only OnKick does this, and only when nothing JavaScript pushed waits for its barrier: it
-  // publishes within the same call, so no compaction of the journal (JavaScript's, which keeps
-  // only the outcomes its request log knows) can come between the outcome and the publish.
-  // False: JavaScript gets the batch, as before.
+  // No room for one more record or long reply: the batch ends (PopServe), and goes to
+  // JavaScript.
+  bool BatchFull() const { return recordCount_ >= kMaxRecords || tailBytes_.size() + kMaxLongReply > kTailBytes; }
+
+  // Whether the server may journal the queued records itself: each changed nothing but its
+  // reply (Served::outcomeOnly), and nothing else JavaScript pushed waits for its barrier.
+  bool OwnBatchPossible() const {
+    return recordCount_ > 0 && outcomeOnly_ == recordCount_ && jsPushed_ == recordCount_ && tailBytes_.empty();
+  }
+
+  // When OwnBatchPossible, the server journals the records' outcomes
+  // (ChainServer::JournalOutcomes) and they become requests served without a record: OnKick
+  // publishes them with the rest, JavaScript never sees them. Only OnKick does this, right
+  // before its publish, with nothing left to pop: so no compaction of the journal
+  // (JavaScript's, which keeps only the outcomes its request log knows) can come between the
+  // outcome and the publish. False (no journal or no room): JavaScript gets the batch.
   bool JournalOwnBatch() {
-    if (recordCount_ == 0 || outcomeOnly_ != recordCount_ || jsPushed_ != recordCount_ || !tailBytes_.empty()) return false;
+    if (!OwnBatchPossible()) return false;
     outcomes_.clear();
     for (uint32_t i = 0; i < recordCount_; i++) {
       const uint8_t* e = recordBytes_.data() + static_cast<size_t>(i) * kRecordEntry;
