@@ -231,6 +231,8 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
     if (profiled) {
       const order = [...cpu.keys()];
       const windows = Object.fromEntries(order.slice(1).map((k, i) => [k, [cpu.get(order[i]!)!.hrUs, cpu.get(k)!.hrUs]]));
+      // Before the backend stops: the keeper and worker write their profiles only at exit.
+      fs.mkdirSync(opts.profileDir!, { recursive: true });
       fs.writeFileSync(path.join(opts.profileDir!, 'windows.json'), JSON.stringify(windows));
     }
     const run: MarkedGuestRun = { marks, cpu, started, output: r.output, shared };
