@@ -34,7 +34,7 @@ import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroPa
 import { guestCopy, describeTree, treeBytes, type GuestCopyResult, type GuestCpu, type TreeShape } from './guest_copy';
 import type { BackendKind } from '../e2e/backends';
 import { DEV_STEPS, describeDevTree, guestDevLoop, type DevLoopResult, type DevTreeShape } from './guest_devloop';
-import { installSignalCleanup, makeSnapshot, openBenchSession, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
+import { installSignalCleanup, makeSnapshot, openBenchSession, profiledBackend, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
 import { median, quantile, sig, fmtNum } from './stats';
 import { renderChart, type ChartRow } from './chart';
 
@@ -207,17 +207,10 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
     }
     for (const v of order) {
       const t0 = Date.now();
-      const env: NodeJS.ProcessEnv = {};
-      if (cfg.profileDir && v !== 'c-virtiofsd') {
-        env.VFSK_BENCH_PROF_DIR = path.join(cfg.profileDir, `${v}-${rep}`);
-        env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'cpu_prof_preload.js')}`.trim();
-      }
+      const { env, extraArgs }: { env: NodeJS.ProcessEnv; extraArgs: string[] } =
+        cfg.profileDir && v !== 'c-virtiofsd' ? profiledBackend(path.join(cfg.profileDir, `${v}-${rep}`)) : { env: {}, extraArgs: [] };
       if (!load1.has(v)) load1.set(v, []);
       load1.get(v)!.push(Math.round(os.loadavg()[0]! * 100) / 100);
-      // A confined worker cannot write its profile (its root is the read-only share, and as
-      // PID 1 of its pid namespace SIGTERM ends it natively, before any JS handler): profiled
-      // sessions run it unconfined. The rates of such a run are not comparable.
-      const extraArgs = cfg.profileDir && v !== 'c-virtiofsd' ? ['--sandbox', 'none', '--seccomp', 'none'] : [];
       const s = await openBenchSession(v, { sharedDir: fx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env, extraArgs });
       try {
         await warmUp(s, fx);

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { startBackend, type BackendKind } from '../e2e/backends';
 import { startGuest, describeResult } from '../e2e/qemu';
 import { ensureGuestImage } from '../e2e/guest-image';
-import { machineCpuMs, onCleanup, processCpuMs } from './procs';
+import { machineCpuMs, onCleanup, processCpuMs, profiledBackend } from './procs';
 import { descendantsOf } from '../frontend/backend';
 import { waitFor } from '../frontend/helpers';
 import type { CacheMode } from '../../shared/config';
@@ -172,11 +172,7 @@ export async function runMarkedGuest(kind: BackendKind, opts: {
   const profiled = kind === 'ours' && opts.profileDir !== undefined;
   const backend = await startBackend(kind, {
     sharedDir: shared, socketPath, dir, cache: opts.cache, ...(kind === 'ours' ? { stateDir } : {}),
-    // As the micro runs': a confined worker cannot write its profile.
-    ...(profiled ? {
-      env: { VFSK_BENCH_PROF_DIR: opts.profileDir!, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'cpu_prof_preload.js')}`.trim() },
-      extraArgs: ['--sandbox', 'none', '--seccomp', 'none'],
-    } : {}),
+    ...(profiled ? profiledBackend(opts.profileDir!) : {}),
   });
   const stopBackend = onCleanup(`stop guest backend ${kind}`, async () => {
     await backend.stop();

@@ -66,6 +66,17 @@ export function installSignalCleanup(): void {
 
 // --- /proc accounting ------------------------------------------------------------------------
 
+/** What runs our backend CPU-profiled into `dir` (cpu_prof_preload.ts): the preload in
+ * NODE_OPTIONS, and an unconfined worker, since a confined one cannot write its profile (its
+ * root is the read-only share, and as PID 1 of its pid namespace SIGTERM ends it natively,
+ * before any JS handler). The rates of such a run are not comparable. */
+export function profiledBackend(dir: string): { env: Record<string, string>; extraArgs: string[] } {
+  return {
+    env: { VFSK_BENCH_PROF_DIR: dir, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'cpu_prof_preload.js')}`.trim() },
+    extraArgs: ['--sandbox', 'none', '--seccomp', 'none'],
+  };
+}
+
 const CLK_TCK = 100; // USER_HZ on Linux x86-64 (getconf CLK_TCK)
 
 /** utime+stime of a whole process (all its threads, live and exited), or of one thread ("pid/task/tid"), in ms; null if gone. */
