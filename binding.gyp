@@ -13,6 +13,7 @@
         "native/src/sandbox.cc",
         "native/src/seccomp.cc",
         "native/src/ring.cc",
+        "native/src/io_pool.cc",
         "native/src/fast_fuse.cc",
         "native/src/process.cc",
         "native/src/dirents.cc"

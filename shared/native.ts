@@ -127,6 +127,11 @@ export interface NativeRingHandle {
   setFastKick(on: boolean): void;
   /** The call eventfd the native kick interrupts with (the ring keeps a dup); -1: none. */
   setCallFd(fd: number): void;
+  /** fn gets the requests the ring's I/O threads finished ((head, used length) pairs, count),
+   * for the queue to push and publish as its completions. */
+  setQueuedDone(fn: (done: Float64Array, count: number) => void): void;
+  /** Requests on the I/O threads, not yet handed to setQueuedDone's fn. */
+  queuedPending(): number;
   /** Releases the ring's hold on its mappings; every later call throws. */
   close(): void;
   /** [head, counter, resubmitted, nReadable, nWritable, (region, offset, length)...]. */
@@ -175,7 +180,7 @@ export interface ServedReaddir {
   newInodes: ReadonlyArray<{ nodeid: number; inode: ServedNewInode }>;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; ownOutcomes: number; intentErrors: number; readdirplus: number; direntsPlus: number; direntsNew: number; forget: number; declined: number;
+export interface FastFuseStats { getattr: number; read: number; write: number; queuedRead: number; queuedWrite: number; lookup: number; flush: number; getxattr: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; ownOutcomes: number; intentErrors: number; readdirplus: number; direntsPlus: number; direntsNew: number; forget: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 

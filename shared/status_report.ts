@@ -32,6 +32,10 @@ export interface FastPathStats {
   getattr: number;
   read: number;
   write: number;
+  /** Of those READs and WRITEs, the ones that ran on the ring's I/O threads (they would have
+   * blocked the JS thread). Absent from older workers. */
+  queuedRead?: number;
+  queuedWrite?: number;
   /** LOOKUPs of known inodes (their counts journaled by TypeScript). Absent from older workers. */
   lookup?: number;
   /** FLUSHes of files without lock owners. Absent from older workers. */

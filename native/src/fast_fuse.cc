@@ -32,6 +32,7 @@
 //   other error answered here is LOOKUP's ENOENT (a create's lookup first).
 #include "common.h"
 #include "fast_path.h"
+#include "io_pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -68,6 +69,10 @@ static_assert(kAttrReply <= sizeof(Served::reply) && kOutHeader + sizeof(fuse_en
 // session allows (server.ts MAX_WRITE) they are served here, a copy of at most ~100 µs.
 constexpr uint64_t kMaxSyncRead = 128 * 1024;
 constexpr uint64_t kMaxSyncWrite = 1024 * 1024;
+// The largest READ and WRITE served natively (the I/O threads take what the JS thread does
+// not); FUSE's max_write/max_read here are at most 1 MiB, TypeScript takes anything larger.
+constexpr uint64_t kMaxRead = 4 * 1024 * 1024;
+constexpr uint64_t kMaxWrite = 4 * 1024 * 1024;
 constexpr size_t kDirent64Header = 19;                    // linux_dirent64 before d_name
 constexpr size_t kDirentPlusName = sizeof(fuse_entry_out) + FUSE_NAME_OFFSET;  // 152
 constexpr size_t kDirentBuffer = 32 * 1024;               // one getdents64 of READDIRPLUS
@@ -295,9 +300,9 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       case FUSE_GETATTR:
         return have == kInHeader + sizeof(fuse_getattr_in) && h.len == have && Getattr(c, h, in + kInHeader, usedLen);
       case FUSE_READ:
-        return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Read(c, h, in + kInHeader, usedLen);
+        return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Read(c, h, in + kInHeader, out);
       case FUSE_WRITE:
-        return have >= kInHeader + sizeof(fuse_write_in) && Write(c, h, in + kInHeader, usedLen);
+        return have >= kInHeader + sizeof(fuse_write_in) && Write(c, h, in + kInHeader, out);
       case FUSE_LOOKUP:
         return h.len == have && Lookup(c, h, in + kInHeader, have - kInHeader, out);
       case FUSE_FLUSH:
@@ -1486,14 +1491,17 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return &it->second;
   }
 
-  // preadv2/pwritev2 of the whole range with the file's sync mode; false (decline) when it
-  // would block, the filesystem has no sync mode, or the syscall fails.
-  bool SyncTransfer(FileEntry* f, bool write, uint64_t offset, size_t want, size_t* done) {
+  enum class Transfer { kDone, kWouldBlock, kFailed };
+
+  // preadv2/pwritev2 of the whole range with the file's sync mode on the JS thread: kWouldBlock
+  // (the I/O threads go on from *done) when it would block or the filesystem has no sync mode,
+  // kFailed (TypeScript's, which answers the errno) when the syscall fails.
+  Transfer SyncTransfer(FileEntry* f, bool write, uint64_t offset, size_t want, size_t* done) {
     SyncIo* mode = write ? &f->write : &f->read;
     size_t first = 0;
     *done = 0;
     while (*done < want) {
-      if (*mode == SyncIo::kNone) return false;
+      if (*mode == SyncIo::kNone) return Transfer::kWouldBlock;
       int flags = *mode == SyncIo::kNowait ? RWF_NOWAIT : 0;
       iovec* v = iov_.data() + first;
       int cnt = static_cast<int>(iov_.size() - first);
@@ -1505,28 +1513,65 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
           *mode = MemoryBacked(f->fd) ? SyncIo::kPlain : SyncIo::kNone;
           continue;
         }
-        return false;  // EAGAIN (would block) or an error: the TypeScript path decides
+        return errno == EAGAIN ? Transfer::kWouldBlock : Transfer::kFailed;
       }
       if (n == 0) {
-        if (write) return false;
+        if (write) return Transfer::kFailed;
         break;  // EOF
       }
       *done += static_cast<size_t>(n);
       AdvanceIov(&iov_, &first, static_cast<size_t>(n));
     }
+    return Transfer::kDone;
+  }
+
+  // Hands the rest of a READ or WRITE (iov_ holds all of it, *done of it moved) to the ring's
+  // I/O threads (io_pool.h), with a dup of the file's fd. Declined when no fd is left.
+  bool QueueTransfer(const Chain& c, const fuse_in_header& h, const FileEntry* f, bool write, uint64_t offset, size_t want,
+                     size_t done, Served* out) {
+    int fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return Decline();
+    auto job = std::make_unique<IoJob>();
+    job->fd = fd;
+    job->write = write;
+    job->opcode = h.opcode;
+    job->head = c.head;
+    job->unique = h.unique;
+    job->offset = offset;
+    job->done = done;
+    job->want = want;
+    job->iov = iov_;
+    job->reply = c.writable;
+    out->queued = std::move(job);
+    if (write) queuedWrites_++; else queuedReads_++;
     return true;
   }
 
-  bool Read(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+  // A READ the JS thread cannot answer from the page cache at once (or larger than
+  // kMaxSyncRead) goes to the I/O threads.
+  bool Read(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* served) {
+    uint32_t* usedLen = &served->usedLen;
     fuse_read_in r;
     std::memcpy(&r, args, sizeof r);
-    if (r.fh >= kMaxSafeU || r.offset >= kMaxSafeU || r.size > kMaxSyncRead) return Decline();
+    if (r.fh >= kMaxSafeU || r.offset >= kMaxSafeU || r.size > kMaxRead) return Decline();
     FileEntry* f = FileFor(r.fh, h.nodeid);
     if (f == nullptr) return Decline();
     size_t want = std::min<uint64_t>(r.size, c.writableLen - kOutHeader);
     if (!SliceIov(c.writable, kOutHeader, want, &iov_)) return Decline();
     size_t done = 0;
-    if (want > 0 && !SyncTransfer(f, false, r.offset, want, &done)) return Decline();
+    if (want > kMaxSyncRead) {
+      reads_++;
+      return QueueTransfer(c, h, f, false, r.offset, want, 0, served);
+    }
+    if (want > 0) {
+      Transfer t = SyncTransfer(f, false, r.offset, want, &done);
+      if (t == Transfer::kFailed) return Decline();
+      if (t == Transfer::kWouldBlock) {
+        SliceIov(c.writable, kOutHeader, want, &iov_);  // SyncTransfer advanced it
+        reads_++;
+        return QueueTransfer(c, h, f, false, r.offset, want, done, served);
+      }
+    }
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     fuse_out_header out{static_cast<uint32_t>(kOutHeader + done), 0, h.unique};
     ScatterSegments(c.writable, 0, reinterpret_cast<const uint8_t*>(&out), sizeof out);
@@ -1535,19 +1580,35 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
-  bool Write(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+  // A WRITE that would block the JS thread (no NOWAIT buffered writes on the filesystem, the
+  // page cache full of dirty pages, O_SYNC, or larger than kMaxSyncWrite) goes to the I/O
+  // threads.
+  bool Write(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* served) {
+    uint32_t* usedLen = &served->usedLen;
     fuse_write_in w;
     std::memcpy(&w, args, sizeof w);
     constexpr size_t kReply = kOutHeader + sizeof(fuse_write_out);
-    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxSyncWrite || w.fh >= kMaxSafeU ||
+    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxWrite || w.fh >= kMaxSafeU ||
         w.offset >= kMaxSafeU || (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 || c.writableLen < kReply)
       return Decline();
     FileEntry* f = FileFor(w.fh, h.nodeid);
-    // Appends journal an intent (their second run would append twice); O_SYNC writes flush.
-    if (f == nullptr || (f->flags & kOpenAppend) != 0 || (f->flags & kOpenSyncBits) != 0) return Decline();
+    // Appends journal an intent (their second run would append twice).
+    if (f == nullptr || (f->flags & kOpenAppend) != 0) return Decline();
     if (!SliceIov(c.readable, kInHeader + sizeof w, w.size, &iov_)) return Decline();
     size_t done = 0;
-    if (w.size > 0 && !SyncTransfer(f, true, w.offset, w.size, &done)) return Decline();
+    if (w.size > kMaxSyncWrite || (f->flags & kOpenSyncBits) != 0) {
+      writes_++;
+      return QueueTransfer(c, h, f, true, w.offset, w.size, 0, served);
+    }
+    if (w.size > 0) {
+      Transfer t = SyncTransfer(f, true, w.offset, w.size, &done);
+      if (t == Transfer::kFailed) return Decline();
+      if (t == Transfer::kWouldBlock) {
+        SliceIov(c.readable, kInHeader + sizeof w, w.size, &iov_);  // SyncTransfer advanced it
+        writes_++;
+        return QueueTransfer(c, h, f, true, w.offset, w.size, done, served);
+      }
+    }
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     uint8_t reply[kReply];
     std::memset(reply, 0, sizeof reply);
@@ -1903,6 +1964,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("getattr", Napi::Number::New(env, static_cast<double>(getattrs_)));
     o.Set("read", Napi::Number::New(env, static_cast<double>(reads_)));
     o.Set("write", Napi::Number::New(env, static_cast<double>(writes_)));
+    o.Set("queuedRead", Napi::Number::New(env, static_cast<double>(queuedReads_)));
+    o.Set("queuedWrite", Napi::Number::New(env, static_cast<double>(queuedWrites_)));
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
@@ -1945,6 +2008,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
+  uint64_t queuedReads_ = 0, queuedWrites_ = 0;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
            opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, ownOutcomes_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,

@@ -9,9 +9,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace vfsk {
+
+struct IoJob;  // io_pool.h
 
 // One guest buffer piece, inside one mapped memory region.
 struct ChainSegment {
@@ -136,6 +139,9 @@ struct Served {
   uint32_t dirReplyLen = 0;
   uint32_t dirNewInodes = 0;
   int64_t dirPosition = 0;
+  // A READ or WRITE the JS thread must not wait for: the ring runs it on its I/O threads
+  // (io_pool.h) and pushes nothing now; JavaScript completes it when the job is done.
+  std::unique_ptr<IoJob> queued;
 };
 
 // A served request to journal as its outcome alone (Served::outcomeOnly): its key's parts and

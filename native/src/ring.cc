@@ -12,6 +12,7 @@
 //   its chain is read, linked into the batch at push, cleared after the used index is published.
 #include "common.h"
 #include "fast_path.h"
+#include "io_pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -113,6 +114,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       InstanceMethod<&NativeRing::Close>("close"),
       InstanceMethod<&NativeRing::SetFastKick>("setFastKick"),
       InstanceMethod<&NativeRing::SetCallFd>("setCallFd"),
+      InstanceMethod<&NativeRing::SetQueuedDone>("setQueuedDone"),
+      InstanceMethod<&NativeRing::QueuedPending>("queuedPending"),
       InstanceAccessor<&NativeRing::Scratch>("scratch"),
       InstanceAccessor<&NativeRing::LastError>("lastError"),
       InstanceAccessor<&NativeRing::Records>("records"),
@@ -128,7 +131,10 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Init(info);
   }
 
-  ~NativeRing() override { ReleaseAll(); }
+  ~NativeRing() override {
+    ReleaseAll();
+    StopPool();
+  }
 
  private:
   // The constructor's work; on a bad argument it throws (the object is then never used).
@@ -143,6 +149,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
         !a.Int(10, "queueIndex", 0, 0xffff, &queue))
       return;
     chain_.queue = static_cast<uint16_t>(queue);
+    env_ = env;
     if ((size & (size - 1)) != 0) return Broken(env, "invalid queue size " + std::to_string(size));
     size_ = static_cast<uint32_t>(size);
     if (!info[0].IsArray()) return ThrowTypeError(env, "NativeRing(): argument 1 \"regions\" must be an array");
@@ -341,7 +348,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   bool OnKick(int kickFd) override {
     uint64_t v;
     while (::read(kickFd, &v, sizeof v) < 0 && errno == EINTR) {}
-    if (!fastKick_ || closed_ || server_ == nullptr || pending_ != PopResult::kEmpty || recordCount_ > 0) return false;
+    if (!fastKick_ || closed_ || closeWhenIdle_ || server_ == nullptr || pending_ != PopResult::kEmpty || recordCount_ > 0) return false;
     for (;;) {
       DisableNotificationInternal();
       for (;;) {
@@ -451,12 +458,125 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   // attach(server | null): the FastFuse object (fast_fuse.cc) that serves chains natively.
   Napi::Value Attach(const Napi::CallbackInfo& info);
 
+  // Queued I/O still writes into guest memory: the mappings stay acquired until the last job
+  // is collected (QueuedDone), whose completions then go to JavaScript as usual.
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    ReleaseAll();
+    if (queuedPending_ > 0) {
+      if (callFd_ >= 0) ::close(callFd_);
+      callFd_ = -1;
+      fastKick_ = false;
+      closeWhenIdle_ = true;
+    } else {
+      ReleaseAll();
+    }
     return info.Env().Undefined();
   }
 
+  // setQueuedDone(fn): fn(done: Float64Array of (head, used length) pairs, count) is called on
+  // the JS thread with the requests the I/O threads finished (QueueServer completes them).
+  Napi::Value SetQueuedDone(const Napi::CallbackInfo& info) {
+    Args a(info, "setQueuedDone");
+    Napi::Function fn;
+    if (!a.Count(1) || !a.Func(0, "fn", &fn)) return {};
+    queuedDoneFn_ = Napi::Persistent(fn);
+    return info.Env().Undefined();
+  }
+
+  // Requests on the I/O threads, not yet handed to JavaScript.
+  Napi::Value QueuedPending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), queuedPending_); }
+
   Napi::Value Scratch(const Napi::CallbackInfo& info) { return scratch_.Value(); }
+
+  // --- queued I/O (io_pool.h)
+
+  // Runs the job on the ring's I/O threads; the ring holds itself (and so its mappings) until
+  // every job is back. Without a thread (none could be started) it runs here, as the
+  // threadpool-less fallback of a host out of threads, and is pushed as served.
+  void Queue(std::unique_ptr<IoJob> job) {
+    if (pool_ == nullptr && !StartPool()) {
+      RunNow(std::move(job));
+      return;
+    }
+    if (!pool_->Submit(&job)) {
+      RunNow(std::move(job));
+      return;
+    }
+    if (queuedPending_++ == 0) {
+      // Jobs in flight keep the ring and the event loop alive, as libuv's threadpool requests do.
+      Ref();
+      uv_ref(reinterpret_cast<uv_handle_t*>(wake_));
+    }
+  }
+
+  void RunNow(std::unique_ptr<IoJob> job) {
+    RunIoJob(job.get());
+    if (server_ != nullptr && server_->CrashArmed()) server_->CrashPoint(NativeCrashPoint::kAfterSyscall, job->opcode);
+    PushUsedInternal(job->head, job->usedLen);
+    served_++;
+    if (server_ != nullptr && server_->CrashArmed()) servedOpcodes_.push_back(job->opcode);
+  }
+
+  bool StartPool() {
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) return false;
+    auto* wake = new uv_async_t;
+    if (uv_async_init(loop, wake, [](uv_async_t* h) { static_cast<NativeRing*>(h->data)->QueuedDone(); }) != 0) {
+      delete wake;
+      return false;
+    }
+    wake->data = this;
+    uv_unref(reinterpret_cast<uv_handle_t*>(wake));  // referenced while jobs are in flight
+    wake_ = wake;
+    pool_ = std::make_unique<IoPool>(wake);
+    return true;
+  }
+
+  void StopPool() {
+    if (pool_ == nullptr) return;
+    pool_->Stop();
+    pool_.reset();
+    uv_close(reinterpret_cast<uv_handle_t*>(wake_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    wake_ = nullptr;
+  }
+
+  // On the JS thread (the pool's uv_async): hands the finished jobs to JavaScript.
+  void QueuedDone() {
+    if (pool_ == nullptr) return;
+    finished_.clear();
+    pool_->TakeDone(&finished_);
+    if (finished_.empty()) return;
+    Napi::HandleScope scope(env_);
+    uint32_t n = static_cast<uint32_t>(finished_.size());
+    if (server_ != nullptr && server_->CrashArmed()) {
+      // After the syscall: the reply is in the guest's buffers, nothing pushed. Before the
+      // publish: JavaScript's flush publishes them through PublishInternal.
+      for (const auto& j : finished_) {
+        server_->CrashPoint(NativeCrashPoint::kAfterSyscall, j->opcode);
+        servedOpcodes_.push_back(j->opcode);
+      }
+    }
+    Napi::Float64Array pairs = Napi::Float64Array::New(env_, 2 * static_cast<size_t>(n));
+    for (uint32_t i = 0; i < n; i++) {
+      pairs[2 * i] = finished_[i]->head;
+      pairs[2 * i + 1] = finished_[i]->usedLen;
+    }
+    finished_.clear();
+    queuedPending_ -= n;
+    if (!queuedDoneFn_.IsEmpty()) {
+      queuedDoneFn_.MakeCallback(Value(), {pairs, Napi::Number::New(env_, n)});
+      if (env_.IsExceptionPending()) {
+        // As any exception of a callback from the event loop: the worker's uncaught handler.
+        Napi::Error e = env_.GetAndClearPendingException();
+        napi_fatal_exception(env_, e.Value());
+      }
+    }
+    if (queuedPending_ == 0) {
+      uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
+      if (closeWhenIdle_) ReleaseAll();
+      Unref();
+    }
+  }
+
   Napi::Value LastError(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lastError_); }
   Napi::Value Records(const Napi::CallbackInfo& info) { return records_.Value(); }
   Napi::Value Tail(const Napi::CallbackInfo& info) { return tail_.Value(); }
@@ -464,7 +584,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   // --- internals
 
   bool Live(Napi::Env env) {
-    if (closed_) {
+    if (closed_ || closeWhenIdle_) {
       ThrowCodeError(env, "the ring is closed", "ERR_INVALID_STATE");
       return false;
     }
@@ -525,6 +645,10 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       if (server_ == nullptr) return PopResult::kChain;
       if (server_->CrashArmed()) server_->CrashPoint(NativeCrashPoint::kAfterPop, PeekOpcode());
       if (!server_->Serve(chain_, &served)) return PopResult::kChain;
+      if (served.queued) {
+        Queue(std::move(served.queued));
+        continue;
+      }
       PushUsedInternal(head, served.usedLen);
       if (served.needsRecord) {
         // Published only after JavaScript journaled its effect, by its flush (barrier first).
@@ -871,6 +995,13 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     server_ = nullptr;
   }
 
+  Napi::Env env_ = nullptr;
+  std::unique_ptr<IoPool> pool_;
+  uv_async_t* wake_ = nullptr;
+  uint32_t queuedPending_ = 0;
+  bool closeWhenIdle_ = false;
+  std::vector<std::unique_ptr<IoJob>> finished_;
+  Napi::FunctionReference queuedDoneFn_;
   uint32_t size_ = 0;
   bool eventIdx_ = false, indirect_ = false, closed_ = false, signalledValid_ = false;
   std::vector<Region> regions_;

@@ -705,7 +705,27 @@ const nativeCases: NativeCase[] = [
       return s.fuse.write(e.nodeid, o.fh, 1, Buffer.from('XYZ'));
     },
     verify: (t, s, r) => { t.equal(r, 3, 'WRITE says 3 bytes'); t.equal(fs.readFileSync(s.host('n'), 'utf8'), 'aXYZefgh', 'written once, in place'); } },
+  // The ring's I/O threads (native/src/io_pool.h): a READ larger than the JS thread copies and
+  // an O_SYNC WRITE run there; the crash points are where the thread's result comes back
+  // (after the syscall) and the publish of its completion.
+  { name: 'READ on the I/O threads', opcode: 15,
+    act: async (s) => {
+      fs.writeFileSync(s.host('n'), BIG_READ);
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      return s.fuse.read(e.nodeid, o.fh, 1, BIG_READ.length);
+    },
+    verify: (t, s, r) => { t.ok((r as Buffer).equals(BIG_READ.subarray(1)), 'the bytes read, up to the end of the file'); } },
+  { name: 'O_SYNC WRITE on the I/O threads', opcode: 16,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDWR | F.O.SYNC);
+      return s.fuse.write(e.nodeid, o.fh, 1, Buffer.from('XYZ'));
+    },
+    verify: (t, s, r) => { t.equal(r, 3, 'WRITE says 3 bytes'); t.equal(fs.readFileSync(s.host('n'), 'utf8'), 'aXYZefgh', 'written once, in place'); } },
 ];
+/** More than the JS thread reads itself (fast_fuse.cc kMaxSyncRead, 128 KiB). */
+const BIG_READ = Buffer.from(Array.from({ length: 200 * 1024 }, (_, i) => (i * 7) & 0xff));
 
 // The TypeScript-path run of this suite (test/ts_path/) has no native points to reach.
 if (fastPathOn) for (const c of nativeCases) {

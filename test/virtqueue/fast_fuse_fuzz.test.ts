@@ -179,6 +179,9 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
   let rdirPosition = 0n;
   const ring = new NativeSplitRing(mem, { size: QSIZE, descUser: UADDR + DESC, availUser: UADDR + AVAIL, usedUser: UADDR + USED },
     0, false, false, null, server, 1);
+  let queued = 0;
+  let queuedDone: ((pairs: number[]) => void) | null = null;
+  ring.setQueuedDone((pairs, count) => queuedDone?.(Array.from(pairs.subarray(0, 2 * count))));
   // UNLINK and RMDIR journal their intents into the state journal's mapping first.
   const journalPath = path.join(dir, 'state');
   const journal = StateJournal.create(journalPath, 2);
@@ -529,6 +532,14 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
       }
     }
     if (c !== null && ring.pop() !== null) { t.fail(`iteration ${it}: more than one chain`); return; }
+    if (ring.queuedPending() > 0) {
+      // A READ or WRITE on the ring's I/O threads (an O_SYNC fh, a READ above 128 KiB): its
+      // reply comes with its completion, which JavaScript pushes (as QueueServer does).
+      queued++;
+      const pairs = await new Promise<number[]>((resolve) => { queuedDone = resolve; });
+      if (pairs.length !== 2 || ring.queuedPending() !== 0) { t.fail(`iteration ${it}: queued completions ${JSON.stringify(pairs)}`); return; }
+      ring.pushUsed(pairs[0]!, pairs[1]!);
+    }
     ring.publishUsed();
     served++;
     const usedIdx = view.getUint16(USED + 2, true);
@@ -554,6 +565,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     }
   }
   const stats = server.stats();
+  t.equal(stats.queuedRead + stats.queuedWrite, queued, `the requests that ran on the I/O threads (${queued}) are the ones counted`);
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
   t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir +
     stats.readdirplus, recorded, 'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE, MKDIR, UNLINK, RMDIR and READDIRPLUS came back for its journal');

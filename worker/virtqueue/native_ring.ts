@@ -227,6 +227,8 @@ export class NativeSplitRing implements VirtRing {
   bindKick(poller: Poller): void { poller.setKickHandler(this.ring); }
   setFastKick(on: boolean): void { this.ring.setFastKick(on); }
   setCallFd(fd: number | null): void { this.ring.setCallFd(fd ?? -1); }
+  setQueuedDone(done: (pairs: Float64Array, count: number) => void): void { this.ring.setQueuedDone(done); }
+  queuedPending(): number { return this.ring.queuedPending(); }
 
   private chainFromScratch(): DescriptorChain {
     const s = this.ring.scratch;

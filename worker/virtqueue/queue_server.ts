@@ -66,6 +66,9 @@ export class QueueServer implements QueueHandler {
   private paused = false;
   private onSettle: (() => void) | null = null;
   private inflight = 0;
+  /** Requests on the I/O threads of rings this queue no longer serves from (replaced after a
+   * memory table change); the current ring counts its own (queuedPending). */
+  private retiredQueued = 0;
   private flushScheduled = false;
   private drainWaiters: Array<() => void> = [];
   private completedSinceStart = 0;
@@ -80,7 +83,9 @@ export class QueueServer implements QueueHandler {
   start(ring: VirtRing, notify: () => void, resubmit: number[]): void {
     this.ring?.setFastKick?.(false);
     this.fastKick = false;
+    if (this.ring !== null && this.ring !== ring) this.retiredQueued += this.ring.queuedPending?.() ?? 0;
     this.ring = ring;
+    ring.setQueuedDone?.((pairs, count) => this.queuedDone(ring, pairs, count));
     this.notify = notify;
     this.running = true;
     for (const head of resubmit) {
@@ -120,12 +125,13 @@ export class QueueServer implements QueueHandler {
     this.setFastKick(false);
     this.running = false;
     this.handler.stopping?.(this.index);
-    if (this.inflight === 0) return Promise.resolve();
+    if (this.inflightCount() === 0) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
+  /** Requests popped and not yet completed: the handler's and the ring's I/O threads'. */
   inflightCount(): number {
-    return this.inflight;
+    return this.inflight + this.retiredQueued + (this.ring?.queuedPending?.() ?? 0);
   }
 
   pause(onSettle: () => void): void {
@@ -180,7 +186,7 @@ export class QueueServer implements QueueHandler {
 
   private completeAsync(head: number, len: number): void {
     this.inflight--;
-    if (this.ring !== null && (this.running || this.drainWaiters.length > 0)) {
+    if (this.takesCompletions()) {
       this.complete(head, len);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -192,7 +198,30 @@ export class QueueServer implements QueueHandler {
     } else {
       this.log.warn({ queue: this.index, head }, 'completion after the queue stopped was dropped');
     }
-    if (this.inflight === 0 && this.drainWaiters.length > 0) {
+    this.settled();
+  }
+
+  /** Requests a ring's I/O threads finished (native_ring.ts): plain READs and WRITEs with
+   * nothing to journal, published at once (a macrotask of their own: nothing of JavaScript's
+   * waits between its push and its flush). */
+  private queuedDone(ring: VirtRing, pairs: Float64Array, count: number): void {
+    if (ring !== this.ring) this.retiredQueued -= count;
+    if (this.takesCompletions()) {
+      for (let i = 0; i < count; i++) this.complete(pairs[2 * i]!, pairs[2 * i + 1]!);
+      this.flush();
+    } else {
+      this.log.warn({ queue: this.index, heads: count }, 'completions after the queue stopped were dropped');
+    }
+    this.settled();
+  }
+
+  private takesCompletions(): boolean {
+    return this.ring !== null && (this.running || this.drainWaiters.length > 0);
+  }
+
+  /** After completions: wakes stop()'s waiters once nothing is in flight, and a pause's. */
+  private settled(): void {
+    if (this.inflightCount() === 0 && this.drainWaiters.length > 0) {
       this.flush();
       for (const w of this.drainWaiters.splice(0)) w();
     }

@@ -109,6 +109,11 @@ export interface VirtRing {
   setFastKick?(on: boolean): void;
   /** The call eventfd a kick served without JavaScript interrupts the guest with (null: none). */
   setCallFd?(fd: number | null): void;
+  /** Requests the ring runs on its I/O threads (native_ring.ts, native/src/io_pool.h) are
+   * handed to `done` as (head, used length) pairs once finished; the queue completes them. */
+  setQueuedDone?(done: (pairs: Float64Array, count: number) => void): void;
+  /** Requests on the ring's I/O threads not yet handed to setQueuedDone's callback. */
+  queuedPending?(): number;
 }
 
 /** Builds the ring of a starting queue (vhost/vrings.ts calls it; the worker chooses which). */
