@@ -21,9 +21,9 @@
 // - The tables (nodeid → O_PATH fd, fh → fd, nodeid, open flags) are owned by the TypeScript
 //   filesystem (worker/fs/fast_table.ts), which removes an entry before it closes the fd or
 //   forgets the id: no fd number here is ever a closed or reused one.
-// - A request that would block (RWF_NOWAIT says EAGAIN) or is larger than kMaxSyncRead or
-//   kMaxSyncWrite is left to the threadpool path, as worker/fs/io.ts does, so the event loop
-//   never waits for a disk.
+// - A READ or WRITE that would block (RWF_NOWAIT says EAGAIN, or the filesystem has no NOWAIT
+//   buffered writes), an O_SYNC WRITE and a READ larger than kMaxSyncRead run on the ring's I/O
+//   threads (io_pool.h), so the event loop never waits for a disk.
 // - GETXATTR (worker/fs/xattrs.ts get: the inode reopened O_RDONLY through /proc/self/fd, then
 //   fgetxattr with the caller's fs ids) answers errors here: ENODATA and ERANGE are what the
 //   kernel says of the name and the size, and the common answer (a guest kernel asks for
@@ -69,10 +69,10 @@ static_assert(kAttrReply <= sizeof(Served::reply) && kOutHeader + sizeof(fuse_en
 // session allows (server.ts MAX_WRITE) they are served here, a copy of at most ~100 µs.
 constexpr uint64_t kMaxSyncRead = 128 * 1024;
 constexpr uint64_t kMaxSyncWrite = 1024 * 1024;
-// The largest READ and WRITE served natively (the I/O threads take what the JS thread does
-// not); FUSE's max_write/max_read here are at most 1 MiB, TypeScript takes anything larger.
+// The largest READ served natively (the I/O threads take those above kMaxSyncRead); a larger
+// one (the kernel asks at most max_pages) is TypeScript's. A WRITE above kMaxSyncWrite
+// (server.ts MAX_WRITE) is TypeScript's EINVAL.
 constexpr uint64_t kMaxRead = 4 * 1024 * 1024;
-constexpr uint64_t kMaxWrite = 4 * 1024 * 1024;
 constexpr size_t kDirent64Header = 19;                    // linux_dirent64 before d_name
 constexpr size_t kDirentPlusName = sizeof(fuse_entry_out) + FUSE_NAME_OFFSET;  // 152
 constexpr size_t kDirentBuffer = 32 * 1024;               // one getdents64 of READDIRPLUS
@@ -1581,14 +1581,13 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // A WRITE that would block the JS thread (no NOWAIT buffered writes on the filesystem, the
-  // page cache full of dirty pages, O_SYNC, or larger than kMaxSyncWrite) goes to the I/O
-  // threads.
+  // page cache full of dirty pages, O_SYNC) goes to the I/O threads.
   bool Write(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* served) {
     uint32_t* usedLen = &served->usedLen;
     fuse_write_in w;
     std::memcpy(&w, args, sizeof w);
     constexpr size_t kReply = kOutHeader + sizeof(fuse_write_out);
-    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxWrite || w.fh >= kMaxSafeU ||
+    if (readonly_ || h.len != kInHeader + sizeof w + w.size || w.size > kMaxSyncWrite || w.fh >= kMaxSafeU ||
         w.offset >= kMaxSafeU || (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 || c.writableLen < kReply)
       return Decline();
     FileEntry* f = FileFor(w.fh, h.nodeid);
@@ -1596,7 +1595,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (f == nullptr || (f->flags & kOpenAppend) != 0) return Decline();
     if (!SliceIov(c.readable, kInHeader + sizeof w, w.size, &iov_)) return Decline();
     size_t done = 0;
-    if (w.size > kMaxSyncWrite || (f->flags & kOpenSyncBits) != 0) {
+    if ((f->flags & kOpenSyncBits) != 0) {
       writes_++;
       return QueueTransfer(c, h, f, true, w.offset, w.size, 0, served);
     }

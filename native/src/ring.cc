@@ -473,12 +473,14 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   }
 
   // setQueuedDone(fn): fn(done: Float64Array of (head, used length) pairs, count) is called on
-  // the JS thread with the requests the I/O threads finished (QueueServer completes them).
+  // the JS thread with the requests the I/O threads finished (QueueServer completes them). The
+  // ring holds fn strongly only while jobs are out (the caller keeps it otherwise): fn may
+  // reach this ring, and a strong reference for ever would keep both alive.
   Napi::Value SetQueuedDone(const Napi::CallbackInfo& info) {
     Args a(info, "setQueuedDone");
     Napi::Function fn;
     if (!a.Count(1) || !a.Func(0, "fn", &fn)) return {};
-    queuedDoneFn_ = Napi::Persistent(fn);
+    queuedDoneFn_ = Napi::Reference<Napi::Function>::New(fn, queuedPending_ > 0 ? 1 : 0);
     return info.Env().Undefined();
   }
 
@@ -502,8 +504,10 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       return;
     }
     if (queuedPending_++ == 0) {
-      // Jobs in flight keep the ring and the event loop alive, as libuv's threadpool requests do.
+      // Jobs in flight keep the ring, its callback and the event loop alive, as libuv's
+      // threadpool requests do.
       Ref();
+      if (!queuedDoneFn_.IsEmpty()) queuedDoneFn_.Ref();
       uv_ref(reinterpret_cast<uv_handle_t*>(wake_));
     }
   }
@@ -562,8 +566,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     }
     finished_.clear();
     queuedPending_ -= n;
-    if (!queuedDoneFn_.IsEmpty()) {
-      queuedDoneFn_.MakeCallback(Value(), {pairs, Napi::Number::New(env_, n)});
+    Napi::Function fn = queuedDoneFn_.IsEmpty() ? Napi::Function() : queuedDoneFn_.Value();
+    if (!fn.IsEmpty()) {
+      fn.MakeCallback(Value(), {pairs, Napi::Number::New(env_, n)});
       if (env_.IsExceptionPending()) {
         // As any exception of a callback from the event loop: the worker's uncaught handler.
         Napi::Error e = env_.GetAndClearPendingException();
@@ -571,6 +576,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       }
     }
     if (queuedPending_ == 0) {
+      if (!queuedDoneFn_.IsEmpty()) queuedDoneFn_.Unref();
       uv_unref(reinterpret_cast<uv_handle_t*>(wake_));
       if (closeWhenIdle_) ReleaseAll();
       Unref();
@@ -1001,7 +1007,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   uint32_t queuedPending_ = 0;
   bool closeWhenIdle_ = false;
   std::vector<std::unique_ptr<IoJob>> finished_;
-  Napi::FunctionReference queuedDoneFn_;
+  Napi::Reference<Napi::Function> queuedDoneFn_;
   uint32_t size_ = 0;
   bool eventIdx_ = false, indirect_ = false, closed_ = false, signalledValid_ = false;
   std::vector<Region> regions_;

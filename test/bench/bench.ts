@@ -4,8 +4,10 @@
 //
 //   --json FILE        also write the rows as JSON (one object per row)
 //   --svg FILE         where the chart goes (default docs/bench.svg in a checkout; chart.ts)
-//   --only G,...       groups: micro, journal, recovery, recovery-systemd, recovery-state, guest
-//                      (default: all; recovery-systemd needs root and systemd-nspawn)
+//   --only G,...       groups: micro, journal, disk, recovery, recovery-systemd, recovery-state,
+//                      guest (default: all; recovery-systemd needs root and systemd-nspawn;
+//                      disk: the READ/WRITE rows on a disk filesystem, $VFSK_BENCH_DISK_TMP or
+//                      /var/tmp, skipped if that is tmpfs)
 //   --repeats N        sessions per backend for micro/journal/guest (default 3)
 //   --quick            a smaller run (< 5 minutes)
 //   --kills N          SIGKILLs for the recovery rows (default 100; quick 20)
@@ -30,11 +32,11 @@ import { measureRecovery } from './recovery';
 import { measureSystemdRecovery, systemdRecoveryUnavailable } from './recovery_systemd';
 import type { InodeFileHandles } from '../../shared/config';
 import { IDLE_REDUCE_MS } from '../../shared/memory';
-import { makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
+import { makeDataFixture, makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
 import { guestCopy, describeTree, treeBytes, type GuestCopyResult, type GuestCpu, type TreeShape } from './guest_copy';
 import type { BackendKind } from '../e2e/backends';
 import { DEV_STEPS, describeDevTree, guestDevLoop, type DevLoopResult, type DevTreeShape } from './guest_devloop';
-import { installSignalCleanup, makeSnapshot, openBenchSession, profiledBackend, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
+import { installSignalCleanup, makeSnapshot, onCleanup, openBenchSession, profiledBackend, runAllCleanups, tempDir, NO_JOURNAL_ENV, type Variant } from './procs';
 import { median, quantile, sig, fmtNum } from './stats';
 import { renderChart, type ChartRow } from './chart';
 
@@ -63,7 +65,7 @@ function num(name: string, dflt: number): number {
   return n;
 }
 
-const GROUPS = ['micro', 'journal', 'recovery', 'recovery-systemd', 'recovery-state', 'guest'] as const;
+const GROUPS = ['micro', 'journal', 'disk', 'recovery', 'recovery-systemd', 'recovery-state', 'guest'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Config {
@@ -191,6 +193,14 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
   // other moments, which moves these rates by 20-30% on its own).
   if (cfg.groups.has('journal')) variants.push('ours-journal', 'ours-nojournal');
   const journalKeys: MetricKey[] = ['lookup_cold', 'create_release', 'unlink', 'small_files_qd1'];
+  // The data rows again with the shared directory on a disk filesystem, as most exports are:
+  // there a READ or WRITE can block (ext4 has no RWF_NOWAIT buffered writes), which tmpfs
+  // never shows. Only the data rows: creating the metadata rows' 20,000 files on this VM's
+  // disk costs 400-900 µs each and varies run to run.
+  const diskKeys: MetricKey[] = ['seq_read', 'seq_write', 'rand_read_qd1', 'rand_read_qd32'];
+  const disk = cfg.groups.has('disk') ? diskDir() : null;
+  const fxDisk = disk === null ? null : makeDataFixture(path.join(disk.dir, 'shared'), cfg.micro.bigMiB, log);
+  if (fxDisk !== null) variants.push('ours-disk', 'c-virtiofsd-disk');
   const results = new Map<Variant, Array<Map<MetricKey, Sample>>>();
   /** Per ours-nojournal session: did the worker log that journaling is off? */
   const noJournalHonoured: boolean[] = [];
@@ -211,12 +221,15 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
         cfg.profileDir && v !== 'c-virtiofsd' ? profiledBackend(path.join(cfg.profileDir, `${v}-${rep}`)) : { env: {}, extraArgs: [] };
       if (!load1.has(v)) load1.set(v, []);
       load1.get(v)!.push(Math.round(os.loadavg()[0]! * 100) / 100);
-      const s = await openBenchSession(v, { sharedDir: fx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env, extraArgs });
+      const onDisk = v === 'ours-disk' || v === 'c-virtiofsd-disk';
+      const vfx = onDisk ? fxDisk! : fx;
+      const s = await openBenchSession(v, { sharedDir: vfx.shared, logDir: path.join(root, 'logs', `${v}-${rep}`), env, extraArgs });
       try {
-        await warmUp(s, fx);
+        if (!onDisk) await warmUp(s, fx);
         if (v === 'ours-nojournal') noJournalHonoured.push(s.backend.log().includes(`${NO_JOURNAL_ENV}=1`));
-        const only = v === 'ours-journal' || v === 'ours-nojournal' ? new Set(journalKeys) : cfg.rows ?? undefined;
-        const res = await runMicro(s, fx, cfg.micro, `${v}-${rep}`, only, log);
+        const only = v === 'ours-journal' || v === 'ours-nojournal' ? new Set(journalKeys)
+          : onDisk ? new Set(diskKeys.filter((k) => cfg.rows?.has(k) ?? true)) : cfg.rows ?? undefined;
+        const res = await runMicro(s, vfx, cfg.micro, `${v}-${rep}`, only, log);
         if (!results.has(v)) results.set(v, []);
         results.get(v)!.push(res);
         if (env.VFSK_BENCH_PROF_DIR !== undefined) {
@@ -300,6 +313,48 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
       if (pc !== undefined) row.peerCpuUsPerOp = pc;
       rows.push(row);
     }
+  }
+  if (disk !== null) {
+    for (const d of metricDefs(cfg.micro).filter((x) => diskKeys.includes(x.key))) {
+      const o = runsOf('ours-disk', d.key);
+      const p = runsOf('c-virtiofsd-disk', d.key);
+      if (o.length === 0 || p.length === 0) continue;
+      const ours = sig(median(o.map((x) => x.value)), 4);
+      const peer = sig(median(p.map((x) => x.value)), 4);
+      const row: Row = {
+        name: `on a disk filesystem (${disk.type}): ${d.name}`, unit: d.unit, ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: d.higherIsBetter,
+        oursRuns: o.map((x) => sig(x.value, 4)), peerRuns: p.map((x) => sig(x.value, 4)),
+        note: `shared directory in ${disk.dir}; the file is in the page cache (written just before), so these rows measure the backends' paths, not the disk`,
+      };
+      const oc = cpuMedian(o);
+      const pc = cpuMedian(p);
+      if (oc !== undefined) row.oursCpuUsPerOp = oc;
+      if (pc !== undefined) row.peerCpuUsPerOp = pc;
+      rows.push(row);
+    }
+  }
+}
+
+/** statfs f_type of the filesystems the disk group refuses (memory, not a disk). */
+const MEMORY_FS: ReadonlyMap<number, string> = new Map([[0x01021994, 'tmpfs'], [0x858458f6, 'ramfs']]);
+const DISK_FS_NAMES: ReadonlyMap<number, string> = new Map([[0xef53, 'ext4'], [0x58465342, 'xfs'], [0x9123683e, 'btrfs'], [0x794c7630, 'overlayfs']]);
+
+/** The disk group's temp dir ($VFSK_BENCH_DISK_TMP, else /var/tmp), or null (logged) when it
+ * is memory-backed or not writable. */
+function diskDir(): { dir: string; type: string } | null {
+  const base = process.env.VFSK_BENCH_DISK_TMP ?? '/var/tmp';
+  try {
+    const type = fs.statfsSync(base).type;
+    if (MEMORY_FS.has(type)) {
+      log(`disk group skipped: ${base} is ${MEMORY_FS.get(type)} (set VFSK_BENCH_DISK_TMP to a dir on a disk filesystem)`);
+      return null;
+    }
+    const dir = fs.mkdtempSync(path.join(base, 'vfsk-bench-disk-'));
+    onCleanup(`remove ${dir}`, async () => fs.rmSync(dir, { recursive: true, force: true }));
+    return { dir, type: DISK_FS_NAMES.get(type) ?? `f_type 0x${type.toString(16)}` };
+  } catch (e) {
+    log(`disk group skipped: ${base}: ${(e as Error).message}`);
+    return null;
   }
 }
 
@@ -604,7 +659,7 @@ async function main(): Promise<number> {
         failures++;
       }
     };
-    if (cfg.groups.has('micro') || cfg.groups.has('journal')) await phase('micro', () => microPhase(cfg, rows));
+    if (cfg.groups.has('micro') || cfg.groups.has('journal') || cfg.groups.has('disk')) await phase('micro', () => microPhase(cfg, rows));
     if (cfg.groups.has('recovery')) await phase('recovery', () => recoveryPhase(cfg, rows, false));
     if (cfg.groups.has('recovery-systemd')) await phase('recovery-systemd', () => systemdRecoveryRun(rows, cfg.kills));
     if (cfg.groups.has('recovery-state')) await phase('recovery-state', () => recoveryPhase(cfg, rows, true));

@@ -47,6 +47,22 @@ export function makeFixture(shared: string, bigMiB: number, log: (s: string) => 
     for (let i = 0; i < n; i++) fs.closeSync(fs.openSync(path.join(shared, dir, `${prefix}${String(i).padStart(5, '0')}`), 'w'));
   }
   fs.writeFileSync(path.join(shared, 'hot.txt'), Buffer.alloc(4096, 0x68));
+  writeDataFiles(shared, bigMiB);
+  log(`fixture: 2 x ${DIR_ENTRIES} files, ${bigMiB} MiB file, in ${Date.now() - t0} ms`);
+  return { shared, bigMiB };
+}
+
+/** The data rows' files alone (big.bin, the dir w/): the fixture of the disk group, whose
+ * rows are READ and WRITE only. */
+export function makeDataFixture(shared: string, bigMiB: number, log: (s: string) => void): Fixture {
+  const t0 = Date.now();
+  fs.mkdirSync(shared, { recursive: true });
+  writeDataFiles(shared, bigMiB);
+  log(`disk fixture: ${bigMiB} MiB file in ${shared}, in ${Date.now() - t0} ms`);
+  return { shared, bigMiB };
+}
+
+function writeDataFiles(shared: string, bigMiB: number): void {
   fs.mkdirSync(path.join(shared, 'w'));
   // Real data (not a sparse file), so reads copy page-cache pages.
   const fd = fs.openSync(path.join(shared, 'big.bin'), 'w');
@@ -57,8 +73,6 @@ export function makeFixture(shared: string, bigMiB: number, log: (s: string) => 
     fs.writeSync(fd, chunk);
   }
   fs.closeSync(fd);
-  log(`fixture: 2 x ${DIR_ENTRIES} files, ${bigMiB} MiB file, in ${Date.now() - t0} ms`);
-  return { shared, bigMiB };
 }
 
 /** One measured value: `value` in the metric's unit; backend CPU per op when it is a rate. */

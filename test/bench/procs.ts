@@ -163,7 +163,7 @@ export function makeSnapshot(repoRoot: string, dest: string): void {
  * What is being measured: the two backends; for the journaling rows, ours in fresh sessions that
  * run only those workloads, with crash safety on (ours-journal) and off (ours-nojournal).
  */
-export type Variant = 'ours' | 'c-virtiofsd' | 'ours-journal' | 'ours-nojournal';
+export type Variant = 'ours' | 'c-virtiofsd' | 'ours-journal' | 'ours-nojournal' | 'ours-disk' | 'c-virtiofsd-disk';
 
 export const NO_JOURNAL_ENV = 'VFSK_BENCH_NO_JOURNAL';
 
@@ -191,7 +191,7 @@ export interface SessionOpts {
 }
 
 export async function openBenchSession(variant: Variant, o: SessionOpts): Promise<BenchSession> {
-  const kind: BackendKind = variant === 'c-virtiofsd' ? 'c-virtiofsd' : 'ours';
+  const kind: BackendKind = variant === 'c-virtiofsd' || variant === 'c-virtiofsd-disk' ? 'c-virtiofsd' : 'ours';
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfsk-bs-'));
   const socketPath = path.join(sockDir, 'vhost.sock');
   let stateDir: string | null = null;

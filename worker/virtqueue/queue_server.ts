@@ -69,6 +69,7 @@ export class QueueServer implements QueueHandler {
   /** Requests on the I/O threads of rings this queue no longer serves from (replaced after a
    * memory table change); the current ring counts its own (queuedPending). */
   private retiredQueued = 0;
+  private queuedDoneFn: ((pairs: Float64Array, count: number) => void) | null = null;
   private flushScheduled = false;
   private drainWaiters: Array<() => void> = [];
   private completedSinceStart = 0;
@@ -85,7 +86,9 @@ export class QueueServer implements QueueHandler {
     this.fastKick = false;
     if (this.ring !== null && this.ring !== ring) this.retiredQueued += this.ring.queuedPending?.() ?? 0;
     this.ring = ring;
-    ring.setQueuedDone?.((pairs, count) => this.queuedDone(ring, pairs, count));
+    // Held here: the ring holds it only while its I/O threads have jobs (native/src/ring.cc).
+    this.queuedDoneFn = (pairs: Float64Array, count: number): void => this.queuedDone(ring, pairs, count);
+    ring.setQueuedDone?.(this.queuedDoneFn);
     this.notify = notify;
     this.running = true;
     for (const head of resubmit) {
