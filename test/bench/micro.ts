@@ -46,13 +46,12 @@ export function makeFixture(shared: string, bigMiB: number, log: (s: string) => 
     fs.mkdirSync(path.join(shared, dir));
     for (let i = 0; i < n; i++) fs.closeSync(fs.openSync(path.join(shared, dir, `${prefix}${String(i).padStart(5, '0')}`), 'w'));
   }
-  fs.writeFileSync(path.join(shared, 'hot.txt'), Buffer.alloc(4096, 0x68));
   writeDataFiles(shared, bigMiB);
   log(`fixture: 2 x ${DIR_ENTRIES} files, ${bigMiB} MiB file, in ${Date.now() - t0} ms`);
   return { shared, bigMiB };
 }
 
-/** The data rows' files alone (big.bin, the dir w/): the fixture of the disk group, whose
+/** The data rows' files alone (big.bin, hot.txt, the dir w/): the fixture of the disk group, whose
  * rows are READ and WRITE only. */
 export function makeDataFixture(shared: string, bigMiB: number, log: (s: string) => void): Fixture {
   const t0 = Date.now();
@@ -63,6 +62,7 @@ export function makeDataFixture(shared: string, bigMiB: number, log: (s: string)
 }
 
 function writeDataFiles(shared: string, bigMiB: number): void {
+  fs.writeFileSync(path.join(shared, 'hot.txt'), Buffer.alloc(4096, 0x68));
   fs.mkdirSync(path.join(shared, 'w'));
   // Real data (not a sparse file), so reads copy page-cache pages.
   const fd = fs.openSync(path.join(shared, 'big.bin'), 'w');
