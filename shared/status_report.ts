@@ -36,6 +36,8 @@ export interface FastPathStats {
    * blocked the JS thread). Absent from older workers. */
   queuedRead?: number;
   queuedWrite?: number;
+  /** FSYNCs of open files (all on the I/O threads). Absent from older workers. */
+  fsync?: number;
   /** LOOKUPs of known inodes (their counts journaled by TypeScript). Absent from older workers. */
   lookup?: number;
   /** FLUSHes of files without lock owners. Absent from older workers. */
@@ -88,7 +90,7 @@ export interface FastPathStats {
 /** The fast path's counters as the metric's `op` label names them. */
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
   ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
-  ['flush', 'flush'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
+  ['flush', 'flush'], ['fsync', 'fsync'], ['getxattr', 'getxattr'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
   ['create', 'create'], ['mkdir', 'mkdir'], ['unlink', 'unlink'], ['rmdir', 'rmdir'], ['readdirplus', 'readdirplus'], ['forget', 'forget'],
 ];
 

@@ -329,6 +329,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return h.len == have && Remove(c, h, in + kInHeader, have - kInHeader, AT_REMOVEDIR, out);
       case FUSE_READDIRPLUS:
         return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Readdirplus(c, h, in + kInHeader, out);
+      case FUSE_FSYNC:
+        return have == kInHeader + sizeof(fuse_fsync_in) && h.len == have && Fsync(c, h, in + kInHeader, out);
       default:
         return Decline();
     }
@@ -1485,6 +1487,29 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
+  // FSYNC of an open file (passthrough.ts fsync: fsync, or fdatasync for FUSE_FSYNC_FDATASYNC),
+  // always on the ring's I/O threads: it waits for the disk. Nothing of the session changes,
+  // and a second run is harmless, so a successor runs it again if it was in flight.
+  bool Fsync(const Chain& c, const fuse_in_header& h, const uint8_t* args, Served* out) {
+    fuse_fsync_in f;
+    std::memcpy(&f, args, sizeof f);
+    if (f.fh >= kMaxSafeU) return Decline();
+    FileEntry* e = FileFor(f.fh, h.nodeid);
+    if (e == nullptr) return Decline();
+    int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return Decline();
+    auto job = std::make_unique<IoJob>();
+    job->fd = fd;
+    job->kind = (f.fsync_flags & FUSE_FSYNC_FDATASYNC) != 0 ? IoKind::kFdatasync : IoKind::kFsync;
+    job->opcode = h.opcode;
+    job->head = c.head;
+    job->unique = h.unique;
+    job->reply = c.writable;
+    out->queued = std::move(job);
+    fsyncs_++;
+    return true;
+  }
+
   FileEntry* FileFor(uint64_t fh, uint64_t nodeid) {
     auto it = files_.find(fh);
     if (it == files_.end() || it->second.nodeid != nodeid) return nullptr;
@@ -1533,7 +1558,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (fd < 0) return Decline();
     auto job = std::make_unique<IoJob>();
     job->fd = fd;
-    job->write = write;
+    job->kind = write ? IoKind::kWrite : IoKind::kRead;
     job->opcode = h.opcode;
     job->head = c.head;
     job->unique = h.unique;
@@ -1965,6 +1990,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("write", Napi::Number::New(env, static_cast<double>(writes_)));
     o.Set("queuedRead", Napi::Number::New(env, static_cast<double>(queuedReads_)));
     o.Set("queuedWrite", Napi::Number::New(env, static_cast<double>(queuedWrites_)));
+    o.Set("fsync", Napi::Number::New(env, static_cast<double>(fsyncs_)));
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
@@ -2007,7 +2033,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<uint64_t, uint64_t> lockOwners_;  // nodeid → POSIX lock owners
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
-  uint64_t queuedReads_ = 0, queuedWrites_ = 0;
+  uint64_t queuedReads_ = 0, queuedWrites_ = 0, fsyncs_ = 0;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
            opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, ownOutcomes_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,

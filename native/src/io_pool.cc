@@ -11,7 +11,30 @@
 
 namespace vfsk {
 
+namespace {
+
+// fsync/fdatasync and the bare reply header with its errno.
+void RunSync(IoJob* job) {
+  int err = 0;
+  for (;;) {
+    int r = job->kind == IoKind::kFdatasync ? fdatasync(job->fd) : fsync(job->fd);
+    if (r == 0) break;
+    if (errno == EINTR) continue;
+    err = errno;
+    break;
+  }
+  ::close(job->fd);
+  job->fd = -1;
+  fuse_out_header out{sizeof(fuse_out_header), -err, job->unique};
+  ScatterSegments(job->reply, 0, reinterpret_cast<const uint8_t*>(&out), sizeof out);
+  job->usedLen = out.len;
+}
+
+}  // namespace
+
 void RunIoJob(IoJob* job) {
+  if (job->kind == IoKind::kFsync || job->kind == IoKind::kFdatasync) return RunSync(job);
+  const bool write = job->kind == IoKind::kWrite;
   size_t done = job->done;
   int err = 0;
   // Skip what the JS thread already moved, then transfer the rest.
@@ -25,7 +48,7 @@ void RunIoJob(IoJob* job) {
   while (done < job->want && first < job->iov.size()) {
     int cnt = static_cast<int>(job->iov.size() - first);
     off_t at = static_cast<off_t>(job->offset + done);
-    ssize_t n = job->write ? pwritev(job->fd, job->iov.data() + first, cnt, at) : preadv(job->fd, job->iov.data() + first, cnt, at);
+    ssize_t n = write ? pwritev(job->fd, job->iov.data() + first, cnt, at) : preadv(job->fd, job->iov.data() + first, cnt, at);
     if (n < 0) {
       if (errno == EINTR) continue;
       err = errno;
@@ -55,7 +78,7 @@ void RunIoJob(IoJob* job) {
   if (done == 0 && err != 0) {
     // Bytes already moved are the answer even when the rest failed, as from preadv/pwritev.
     out.error = -err;
-  } else if (job->write) {
+  } else if (write) {
     fuse_write_out wo{static_cast<uint32_t>(done), 0};
     std::memcpy(reply + kOutHeader, &wo, sizeof wo);
     replyLen = out.len = kOutHeader + sizeof wo;

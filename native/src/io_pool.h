@@ -1,6 +1,7 @@
 // The native request path's I/O threads (docs/ARCHITECTURE.md, "The native request path"): a
 // READ or WRITE the JS thread must not wait for (RWF_NOWAIT says it would block, the
 // filesystem has no NOWAIT buffered writes (ext4), O_SYNC, or more than the JS thread copies)
+// and every FSYNC
 // runs on a small pool of threads per request queue, as the C virtiofsd's thread pool does,
 // instead of going to TypeScript and libuv's threadpool. The thread writes the reply into the
 // chain's buffers; the ring (ring.cc) hands finished jobs to JavaScript, which pushes and
@@ -23,12 +24,14 @@
 
 namespace vfsk {
 
-// One READ or WRITE for an I/O thread.
+enum class IoKind : uint8_t { kRead, kWrite, kFsync, kFdatasync };
+
+// One READ, WRITE or FSYNC for an I/O thread.
 struct IoJob {
   // A dup of the open file's fd, owned (and closed) by the job: a RELEASE that closes the
   // table's fd meanwhile cannot make this number another file's.
   int fd = -1;
-  bool write = false;
+  IoKind kind = IoKind::kRead;
   uint32_t opcode = 0;
   uint16_t head = 0;
   uint64_t unique = 0;
@@ -42,7 +45,7 @@ struct IoJob {
 
 // Runs one job: the transfer from `done` on (EINTR retried, short counts continued), then the
 // reply (what moved, or the errno when nothing did, as preadv/pwritev would say), into
-// job->reply. Closes job->fd.
+// job->reply; or the fsync/fdatasync and its errno. Closes job->fd.
 void RunIoJob(IoJob* job);
 
 // A queue of jobs and the threads that run them (started at the first job). Finished jobs wait

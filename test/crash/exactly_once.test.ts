@@ -723,6 +723,15 @@ const nativeCases: NativeCase[] = [
       return s.fuse.write(e.nodeid, o.fh, 1, Buffer.from('XYZ'));
     },
     verify: (t, s, r) => { t.equal(r, 3, 'WRITE says 3 bytes'); t.equal(fs.readFileSync(s.host('n'), 'utf8'), 'aXYZefgh', 'written once, in place'); } },
+  { name: 'FSYNC on the I/O threads', opcode: 20,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDWR);
+      await s.fuse.write(e.nodeid, o.fh, 1, Buffer.from('XYZ'));
+      await s.fuse.fsync(e.nodeid, o.fh);
+      return (await s.fuse.read(e.nodeid, o.fh, 0, 8)).toString();
+    },
+    verify: (t, s, r) => { t.equal(r, 'aXYZefgh', 'the fh reads what was written'); t.equal(fs.readFileSync(s.host('n'), 'utf8'), 'aXYZefgh', 'and so does the file'); } },
 ];
 /** More than the JS thread reads itself (fast_fuse.cc kMaxSyncRead, 128 KiB). */
 const BIG_READ = Buffer.from(Array.from({ length: 200 * 1024 }, (_, i) => (i * 7) & 0xff));

@@ -103,18 +103,22 @@ for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GE
     const readOnly = await s.fuse.open(e.nodeid, F.O.RDONLY | F.O.SYNC);
     const refused = await errnoOf(s.fuse.write(e.nodeid, readOnly.fh, 0, Buffer.from('no')));
     t.equal(refused, EBADF, 'a WRITE through a read-only fh: EBADF');
+    // FSYNC (always on the I/O threads): fsync and fdatasync; an fh the session does not have.
+    const synced = [await errnoOf(s.fuse.fsync(e.nodeid, o.fh)), await errnoOf(s.fuse.fsync(e.nodeid, sync.fh, true)),
+      await errnoOf(s.fuse.fsync(e.nodeid, 987_654n))];
+    t.same(synced.slice(0, 2), [0, 0], 'FSYNC and FDATASYNC succeed');
     await s.fuse.release(e.nodeid, sync.fh);
     await s.fuse.release(e.nodeid, readOnly.fh);
     replies[String(fastPath)] = { attrValid: [attr.attrValid, attr.attrValidNsec], head, tail, past, after: after.toString('hex'),
-      entry: [again.entryValid, again.attrValid, again.generation], large: large.length, refused };
+      entry: [again.entryValid, again.attrValid, again.generation], large: large.length, refused, synced };
     t.equal(tail.length, 1000, 'a read across EOF is short');
     t.equal(past.length, 0, 'a read past EOF is empty');
     if (fastPath) {
       const writes = medium === 'tmpfs' ? 2 : 0;
       const counted = (x: FastPathStats): boolean => x.getattr >= 2 && x.read >= 5 && x.write >= writes + 2 && (x.lookup ?? 0) >= 1 &&
-        (x.flush ?? 0) >= 1 && (x.queuedRead ?? 0) >= 1 && (x.queuedWrite ?? 0) >= 2;
+        (x.flush ?? 0) >= 1 && (x.queuedRead ?? 0) >= 1 && (x.queuedWrite ?? 0) >= 2 && (x.fsync ?? 0) >= 2;
       const f = await fastStats(stateDir, counted, 'the fast path counters');
-      t.ok(counted(f), `served natively, the large READ and the O_SYNC WRITEs on the I/O threads: ${JSON.stringify(f)}`);
+      t.ok(counted(f), `served natively, the large READ, the O_SYNC WRITEs and the FSYNCs on the I/O threads: ${JSON.stringify(f)}`);
       // Two LOOKUPs, two counts: one FORGET leaves the inode, the second drops it.
       await s.fuse.forget(e.nodeid, 1);
       t.equal((await s.fuse.getattr(e.nodeid)).attr.ino, attr.attr.ino, 'known after one FORGET');

@@ -30,7 +30,7 @@ const REQ = 0x10000;   // request bytes (readable)
 const REPLY = 0x80000; // reply buffers (writable), past the largest request
 const ITERATIONS = 8000;
 // LOOKUP, GETATTR, SETATTR, MKDIR, UNLINK, RMDIR, OPEN, READ, WRITE, RELEASE, GETXATTR, FLUSH, OPENDIR, RELEASEDIR, CREATE, READDIRPLUS
-const OPS = [1, 3, 4, 9, 10, 11, 14, 15, 16, 18, 22, 25, 27, 29, 35, 44] as const;
+const OPS = [1, 3, 4, 9, 10, 11, 14, 15, 16, 18, 20, 22, 25, 27, 29, 35, 44] as const;
 /** A directory of known inodes (each named by its real handle, no fd in the table), open as
  * RDIR_FH: READDIRPLUS's. */
 const NODE_RDIR = 6;
@@ -294,6 +294,12 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
         body.writeBigUInt64LE(BigInt(int(3)), 16);
         break;
       }
+      case 20:
+        // fuse_fsync_in: fh, fsync_flags (FUSE_FSYNC_FDATASYNC or not), padding.
+        body = Buffer.alloc(16);
+        body.writeBigUInt64LE(BigInt(fh), 0);
+        body.writeUInt32LE(int(2), 8);
+        break;
       case 25:
         body = Buffer.alloc(24);
         body.writeBigUInt64LE(BigInt(fh), 0);
@@ -556,7 +562,7 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     const ok = usedIdx === ((usedBefore + 1) & 0xffff) && usedLen === outLen && (error === 0 || nativeError) && outUnique === unique &&
       usedLen <= writable && req.readUInt32LE(0) === req.length &&
       (opcode !== 3 || usedLen === 120) && (opcode !== 4 || usedLen === 120) && (opcode !== 1 || usedLen === 144 || nativeError) && (opcode !== 16 || usedLen === 24) &&
-      (opcode !== 25 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16) &&
+      (opcode !== 25 || usedLen === 16) && (opcode !== 20 || usedLen === 16) && (opcode !== 14 || usedLen === 32) && (opcode !== 18 || usedLen === 16) &&
       (opcode !== 27 || usedLen === 32) && (opcode !== 29 || usedLen === 16) && (opcode !== 10 || usedLen === 16) && (opcode !== 11 || usedLen === 16) &&
       (opcode !== 35 || usedLen === 160 || nativeError) && (opcode !== 9 || usedLen === 144 || nativeError) && (opcode !== 44 || usedLen >= 16);
     if (!ok) {
@@ -565,13 +571,13 @@ t.test('the fast server serves only well-formed requests, with well-formed repli
     }
   }
   const stats = server.stats();
-  t.equal(stats.queuedRead + stats.queuedWrite, queued, `the requests that ran on the I/O threads (${queued}) are the ones counted`);
+  t.equal(stats.queuedRead + stats.queuedWrite + stats.fsync, queued, `the requests that ran on the I/O threads (${queued}) are the ones counted`);
   t.ok(served > 150 && declined > 1000 && recorded > 8, `served ${served} (${recorded} journaled: LOOKUP, SETATTR, OPEN, RELEASE), declined ${declined}`);
   t.equal(stats.lookup + stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir +
     stats.readdirplus, recorded, 'every served LOOKUP, SETATTR, OPEN(DIR), RELEASE(DIR), CREATE, MKDIR, UNLINK, RMDIR and READDIRPLUS came back for its journal');
   t.equal(stats.getattr + stats.read + stats.write + stats.lookup + stats.lookupMissing + stats.lookupNew + stats.flush + stats.getxattr +
     stats.setattr + stats.open + stats.release + stats.opendir + stats.releasedir + stats.create + stats.mkdir + stats.intentErrors + stats.unlink + stats.rmdir +
-    stats.readdirplus, served, 'the server counts what it served');
+    stats.readdirplus + stats.fsync, served, 'the server counts what it served');
   t.equal(addedByIno.size, 2, 'the names the session did not know were added once each, a hard link as one inode');
   t.equal(stats.direntsNew, 2, 'and counted');
   t.ok(readdirServed >= 10 && readdirServed === stats.readdirplus && readdirContinued >= 3,
