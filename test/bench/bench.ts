@@ -32,7 +32,7 @@ import { measureRecovery } from './recovery';
 import { measureSystemdRecovery, systemdRecoveryUnavailable } from './recovery_systemd';
 import type { InodeFileHandles } from '../../shared/config';
 import { IDLE_REDUCE_MS } from '../../shared/memory';
-import { makeDataFixture, makeFixture, metricDefs, runMicro, warmUp, type MetricKey, type MicroParams, type Sample } from './micro';
+import { makeDataFixture, makeFixture, metricDefs, runMicro, warmUp, type MetricDef, type MetricKey, type MicroParams, type Sample } from './micro';
 import { guestCopy, describeTree, treeBytes, type GuestCopyResult, type GuestCpu, type TreeShape } from './guest_copy';
 import type { BackendKind } from '../e2e/backends';
 import { DEV_STEPS, describeDevTree, guestDevLoop, type DevLoopResult, type DevTreeShape } from './guest_devloop';
@@ -291,46 +291,37 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
       }
     }
   }
+  /** A row of metric `d` from two sets of sessions of ours (or ours against the peer on a
+   * disk), with their median CPU per op. */
+  const pairRow = (d: MetricDef, name: string, o: Sample[], p: Sample[], note: string): Row | null => {
+    if (o.length === 0 || p.length === 0) return null;
+    const ours = sig(median(o.map((x) => x.value)), 4);
+    const peer = sig(median(p.map((x) => x.value)), 4);
+    const row: Row = {
+      name, unit: d.unit, ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: d.higherIsBetter,
+      oursRuns: o.map((x) => sig(x.value, 4)), peerRuns: p.map((x) => sig(x.value, 4)), note,
+    };
+    const oc = cpuMedian(o);
+    const pc = cpuMedian(p);
+    if (oc !== undefined) row.oursCpuUsPerOp = oc;
+    if (pc !== undefined) row.peerCpuUsPerOp = pc;
+    return row;
+  };
   if (cfg.groups.has('journal')) {
-    const defs = metricDefs(cfg.micro).filter((d) => journalKeys.includes(d.key));
-    for (const d of defs) {
-      const on = runsOf('ours-journal', d.key);
-      const off = runsOf('ours-nojournal', d.key);
-      if (on.length === 0 || off.length === 0) continue;
-      const ours = sig(median(on.map((x) => x.value)), 4);
-      const peer = sig(median(off.map((x) => x.value)), 4);
-      const row: Row = {
-        name: `journaling: ${d.name}, crash safety on (ours) vs ${NO_JOURNAL_ENV}=1 (peer), fresh sessions`, unit: d.unit, ours, peer,
-        ratio: ratioOf(ours, peer), higherIsBetter: d.higherIsBetter,
-        oursRuns: on.map((x) => sig(x.value, 4)), peerRuns: off.map((x) => sig(x.value, 4)),
-        note: `peer column = our backend with ${NO_JOURNAL_ENV}=1 in its environment; ` + (noJournalHonoured.length > 0 && noJournalHonoured.every(Boolean)
-          ? 'the worker logged that request and session journaling was off in every such session'
-          : `the worker did NOT log that journaling was off (${noJournalHonoured.filter(Boolean).length}/${noJournalHonoured.length} sessions): the switch is not honoured, so the ratio only shows noise`),
-      };
-      const oc = cpuMedian(on);
-      const pc = cpuMedian(off);
-      if (oc !== undefined) row.oursCpuUsPerOp = oc;
-      if (pc !== undefined) row.peerCpuUsPerOp = pc;
-      rows.push(row);
+    const honoured = noJournalHonoured.length > 0 && noJournalHonoured.every(Boolean)
+      ? 'the worker logged that request and session journaling was off in every such session'
+      : `the worker did NOT log that journaling was off (${noJournalHonoured.filter(Boolean).length}/${noJournalHonoured.length} sessions): the switch is not honoured, so the ratio only shows noise`;
+    for (const d of metricDefs(cfg.micro).filter((x) => journalKeys.includes(x.key))) {
+      const row = pairRow(d, `journaling: ${d.name}, crash safety on (ours) vs ${NO_JOURNAL_ENV}=1 (peer), fresh sessions`,
+        runsOf('ours-journal', d.key), runsOf('ours-nojournal', d.key), `peer column = our backend with ${NO_JOURNAL_ENV}=1 in its environment; ${honoured}`);
+      if (row !== null) rows.push(row);
     }
   }
   if (disk !== null) {
     for (const d of metricDefs(cfg.micro).filter((x) => diskKeys.includes(x.key))) {
-      const o = runsOf('ours-disk', d.key);
-      const p = runsOf('c-virtiofsd-disk', d.key);
-      if (o.length === 0 || p.length === 0) continue;
-      const ours = sig(median(o.map((x) => x.value)), 4);
-      const peer = sig(median(p.map((x) => x.value)), 4);
-      const row: Row = {
-        name: `on a disk filesystem (${disk.type}): ${d.name}`, unit: d.unit, ours, peer, ratio: ratioOf(ours, peer), higherIsBetter: d.higherIsBetter,
-        oursRuns: o.map((x) => sig(x.value, 4)), peerRuns: p.map((x) => sig(x.value, 4)),
-        note: `shared directory in ${disk.dir}; the file is in the page cache (written just before), so these rows measure the backends' paths, not the disk`,
-      };
-      const oc = cpuMedian(o);
-      const pc = cpuMedian(p);
-      if (oc !== undefined) row.oursCpuUsPerOp = oc;
-      if (pc !== undefined) row.peerCpuUsPerOp = pc;
-      rows.push(row);
+      const row = pairRow(d, `on a disk filesystem (${disk.type}): ${d.name}`, runsOf('ours-disk', d.key), runsOf('c-virtiofsd-disk', d.key),
+        `shared directory in ${disk.dir}; the file is in the page cache (written just before), so these rows measure the backends' paths, not the disk`);
+      if (row !== null) rows.push(row);
     }
   }
 }
