@@ -320,7 +320,7 @@ async function microPhase(cfg: Config, rows: Row[]): Promise<void> {
   if (disk !== null) {
     for (const d of metricDefs(cfg.micro).filter((x) => diskKeys.includes(x.key))) {
       const row = pairRow(d, `on a disk filesystem (${disk.type}): ${d.name}`, runsOf('ours-disk', d.key), runsOf('c-virtiofsd-disk', d.key),
-        `shared directory in ${disk.dir}; the file is in the page cache (written just before), so these rows measure the backends' paths, not the disk`);
+        `shared directory in ${disk.dir}; READs come from the page cache (the file was written just before); a WRITE row of more than the kernel's dirty-page limit (the full run's 256 MiB here) also meets writeback throttling, i.e. the disk`);
       if (row !== null) rows.push(row);
     }
   }
