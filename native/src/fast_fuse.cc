@@ -193,20 +193,6 @@ bool SliceIov(const std::vector<ChainSegment>& segs, size_t skip, size_t len, st
   return len == 0;
 }
 
-// Drops the first n bytes of the iovecs (after a short transfer).
-void AdvanceIov(std::vector<iovec>* iov, size_t* first, size_t n) {
-  while (n > 0 && *first < iov->size()) {
-    iovec& v = (*iov)[*first];
-    if (n < v.iov_len) {
-      v.iov_base = static_cast<uint8_t*>(v.iov_base) + n;
-      v.iov_len -= n;
-      return;
-    }
-    n -= v.iov_len;
-    (*first)++;
-  }
-}
-
 uint32_t SaturateU32(uint64_t v) { return v > 0xffffffffULL ? 0xffffffffU : static_cast<uint32_t>(v); }
 
 // CRC-32 (IEEE 802.3, reflected; zlib's crc32, which the journal's reader checks).
@@ -1496,18 +1482,25 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (f.fh >= kMaxSafeU) return Decline();
     FileEntry* e = FileFor(f.fh, h.nodeid);
     if (e == nullptr) return Decline();
-    int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0) return Decline();
+    out->queued = NewJob(c, h, e, (f.fsync_flags & FUSE_FSYNC_FDATASYNC) != 0 ? IoKind::kFdatasync : IoKind::kFsync);
+    if (!out->queued) return Decline();
+    fsyncs_++;
+    return true;
+  }
+
+  // A job for the ring's I/O threads answering this chain, with a dup of the file's fd; null
+  // when no fd is left.
+  static std::unique_ptr<IoJob> NewJob(const Chain& c, const fuse_in_header& h, const FileEntry* f, IoKind kind) {
+    int fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return nullptr;
     auto job = std::make_unique<IoJob>();
     job->fd = fd;
-    job->kind = (f.fsync_flags & FUSE_FSYNC_FDATASYNC) != 0 ? IoKind::kFdatasync : IoKind::kFsync;
+    job->kind = kind;
     job->opcode = h.opcode;
     job->head = c.head;
     job->unique = h.unique;
     job->reply = c.writable;
-    out->queued = std::move(job);
-    fsyncs_++;
-    return true;
+    return job;
   }
 
   FileEntry* FileFor(uint64_t fh, uint64_t nodeid) {
@@ -1554,21 +1547,20 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // I/O threads (io_pool.h), with a dup of the file's fd. Declined when no fd is left.
   bool QueueTransfer(const Chain& c, const fuse_in_header& h, const FileEntry* f, bool write, uint64_t offset, size_t want,
                      size_t done, Served* out) {
-    int fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0) return Decline();
-    auto job = std::make_unique<IoJob>();
-    job->fd = fd;
-    job->kind = write ? IoKind::kWrite : IoKind::kRead;
-    job->opcode = h.opcode;
-    job->head = c.head;
-    job->unique = h.unique;
+    std::unique_ptr<IoJob> job = NewJob(c, h, f, write ? IoKind::kWrite : IoKind::kRead);
+    if (!job) return Decline();
     job->offset = offset;
     job->done = done;
     job->want = want;
     job->iov = iov_;
-    job->reply = c.writable;
     out->queued = std::move(job);
-    if (write) queuedWrites_++; else queuedReads_++;
+    if (write) {
+      writes_++;
+      queuedWrites_++;
+    } else {
+      reads_++;
+      queuedReads_++;
+    }
     return true;
   }
 
@@ -1585,7 +1577,6 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (!SliceIov(c.writable, kOutHeader, want, &iov_)) return Decline();
     size_t done = 0;
     if (want > kMaxSyncRead) {
-      reads_++;
       return QueueTransfer(c, h, f, false, r.offset, want, 0, served);
     }
     if (want > 0) {
@@ -1593,7 +1584,6 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       if (t == Transfer::kFailed) return Decline();
       if (t == Transfer::kWouldBlock) {
         SliceIov(c.writable, kOutHeader, want, &iov_);  // SyncTransfer advanced it
-        reads_++;
         return QueueTransfer(c, h, f, false, r.offset, want, done, served);
       }
     }
@@ -1621,7 +1611,6 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (!SliceIov(c.readable, kInHeader + sizeof w, w.size, &iov_)) return Decline();
     size_t done = 0;
     if ((f->flags & kOpenSyncBits) != 0) {
-      writes_++;
       return QueueTransfer(c, h, f, true, w.offset, w.size, 0, served);
     }
     if (w.size > 0) {
@@ -1629,7 +1618,6 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       if (t == Transfer::kFailed) return Decline();
       if (t == Transfer::kWouldBlock) {
         SliceIov(c.readable, kInHeader + sizeof w, w.size, &iov_);  // SyncTransfer advanced it
-        writes_++;
         return QueueTransfer(c, h, f, true, w.offset, w.size, done, served);
       }
     }

@@ -32,6 +32,19 @@ void RunSync(IoJob* job) {
 
 }  // namespace
 
+void AdvanceIov(std::vector<iovec>* iov, size_t* first, size_t n) {
+  while (n > 0 && *first < iov->size()) {
+    iovec& v = (*iov)[*first];
+    if (n < v.iov_len) {
+      v.iov_base = static_cast<uint8_t*>(v.iov_base) + n;
+      v.iov_len -= n;
+      return;
+    }
+    n -= v.iov_len;
+    (*first)++;
+  }
+}
+
 void RunIoJob(IoJob* job) {
   if (job->kind == IoKind::kFsync || job->kind == IoKind::kFdatasync) return RunSync(job);
   const bool write = job->kind == IoKind::kWrite;
@@ -39,12 +52,7 @@ void RunIoJob(IoJob* job) {
   int err = 0;
   // Skip what the JS thread already moved, then transfer the rest.
   size_t first = 0;
-  size_t skip = done;
-  while (first < job->iov.size() && skip >= job->iov[first].iov_len) skip -= job->iov[first++].iov_len;
-  if (first < job->iov.size() && skip > 0) {
-    job->iov[first].iov_base = static_cast<uint8_t*>(job->iov[first].iov_base) + skip;
-    job->iov[first].iov_len -= skip;
-  }
+  AdvanceIov(&job->iov, &first, done);
   while (done < job->want && first < job->iov.size()) {
     int cnt = static_cast<int>(job->iov.size() - first);
     off_t at = static_cast<off_t>(job->offset + done);
@@ -56,17 +64,7 @@ void RunIoJob(IoJob* job) {
     }
     if (n == 0) break;  // EOF (READ), or a write that moves nothing: a short answer
     done += static_cast<size_t>(n);
-    size_t left = static_cast<size_t>(n);
-    while (left > 0 && first < job->iov.size()) {
-      iovec& v = job->iov[first];
-      if (left < v.iov_len) {
-        v.iov_base = static_cast<uint8_t*>(v.iov_base) + left;
-        v.iov_len -= left;
-        break;
-      }
-      left -= v.iov_len;
-      first++;
-    }
+    AdvanceIov(&job->iov, &first, static_cast<size_t>(n));
   }
   ::close(job->fd);
   job->fd = -1;

@@ -43,6 +43,9 @@ struct IoJob {
   uint32_t usedLen = 0;             // the reply's length, once run
 };
 
+// Drops the first n bytes of the iovecs from iov[*first] on (after a short transfer).
+void AdvanceIov(std::vector<iovec>* iov, size_t* first, size_t n);
+
 // Runs one job: the transfer from `done` on (EINTR retried, short counts continued), then the
 // reply (what moved, or the errno when nothing did, as preadv/pwritev would say), into
 // job->reply; or the fsync/fdatasync and its errno. Closes job->fd.
