@@ -7,6 +7,7 @@ import { native, STAT } from '../../shared/native';
 import { FdRegistry } from '../../shared/fd_registry';
 import { ConfigurationError } from '../../shared/errors';
 import { FsSession } from '../../worker/fs/session';
+import { keepHandle } from '../../worker/fs/handle_bytes';
 import { PassthroughFs } from '../../worker/fs/passthrough';
 import { InodeFdCache, MIN_CAPACITY } from '../../worker/fs/inode_fds';
 import * as K from '../../worker/fs/host_constants';
@@ -132,6 +133,48 @@ t.test('snapshots: version 2 without handles, version 3 with; malformed side tab
   t.throws(() => FsSession.fromSnapshot({ ...snap, version: 4 }), /unsupported session snapshot version 4/);
   const v2 = { ...snap, version: 2 };
   t.throws(() => FsSession.fromSnapshot(v2), /unknown field "inodeHandles"/, 'a version 2 reader refuses the side table');
+  t.end();
+});
+
+t.test('snapshots: kept handles of every length write the documented rows, byte for byte, and load back', (t) => {
+  const s = new FsSession({ dev: 1n, ino: 2n });
+  const want: Array<{ nodeid: number; mountId: number; handleType: number; bytes: Buffer }> = [];
+  for (let len = 1; len <= 128; len++) {
+    const bytes = Buffer.alloc(len);
+    for (let k = 0; k < len; k++) bytes[k] = (len * 31 + k * 7) & 0xff;
+    const mountId = len === 128 ? 0x7fffffff : len;
+    const handleType = len % 2 === 0 ? -len : len;
+    // Half as the addon hands them over (copied into the slabs), half as plain objects.
+    const handle = len % 2 === 0 ? keepHandle(mountId, handleType, bytes) : { mountId, handleType, handle: Buffer.from(bytes) };
+    const rec = s.addInode({ dev: 0xfedcba9876543210n, ino: BigInt(len) + (1n << 60n), generation: len, fileType: K.S_IFREG, handle });
+    s.addLookup(rec.nodeid, len);
+    want.push({ nodeid: rec.nodeid, mountId, handleType, bytes });
+  }
+  const snap = s.toCompactSnapshot();
+  // The rows as the format says: { f64 nodeid, u64 dev, u64 ino, u32 generation, u32 fileType,
+  // f64 lookupCount } and { f64 nodeid, u64 mountId, i32 handleType, u8 length, bytes }.
+  const rows = snap.inodeTable;
+  t.equal(rows.length, 129 * 40);
+  let hat = 0;
+  const h = snap.inodeHandles!;
+  const diffs: string[] = [];
+  for (const [i, w] of want.entries()) {
+    const at = (i + 1) * 40;
+    const len = i + 1;
+    if (rows.readDoubleLE(at) !== w.nodeid || rows.readBigUInt64LE(at + 8) !== 0xfedcba9876543210n ||
+      rows.readBigUInt64LE(at + 16) !== BigInt(len) + (1n << 60n) || rows.readUInt32LE(at + 24) !== len ||
+      rows.readUInt32LE(at + 28) !== K.S_IFREG || rows.readDoubleLE(at + 32) !== len + 1) diffs.push(`inode row ${i + 1}`);
+    if (h.readDoubleLE(hat) !== w.nodeid || h.readBigUInt64LE(hat + 8) !== BigInt(w.mountId) || h.readInt32LE(hat + 16) !== w.handleType ||
+      h[hat + 20] !== len || !h.subarray(hat + 21, hat + 21 + len).equals(w.bytes)) diffs.push(`handle row of nodeid ${w.nodeid}`);
+    hat += 21 + len;
+  }
+  t.equal(hat, h.length, 'the side table holds exactly the handle rows');
+  t.same(diffs, [], 'every row as documented');
+  const back = FsSession.fromSnapshot(snap);
+  const loaded = want.map((w) => back.getInode(w.nodeid)!.handle);
+  t.same(loaded.map((x) => x === null ? null : { mountId: x.mountId, handleType: x.handleType, bytes: x.handle.toString('hex') }),
+    want.map((w) => ({ mountId: w.mountId, handleType: w.handleType, bytes: w.bytes.toString('hex') })), 'handles load back');
+  t.same(back.toCompactSnapshot(), snap, 'a loaded session writes the same snapshot again');
   t.end();
 });
 
