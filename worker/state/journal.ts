@@ -13,7 +13,7 @@
 // is the compatibility rule in docs/ARCHITECTURE.md, "State schema compatibility".
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
-import { Packr } from 'msgpackr';
+import { Packr, RESERVE_START_SPACE } from 'msgpackr';
 import { native, C, STAT } from '../../shared/native';
 import { at } from '../../shared/pinned_dirs';
 import { StateError } from '../../shared/errors';
@@ -79,8 +79,10 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: '
  * on only as long as the view just returned (docs/ARCHITECTURE.md, "Memory"). */
 const PACK_BUFFER_KEEP = 64 * 1024;
 
-export function encodeRecord(value: unknown): Buffer {
-  const out = packr.pack(value);
+/** `reserve` (0-255): bytes left before the encoded value, for the caller to fill (a record
+ * tag), so that a large value is not copied once more to put a byte in front of it. */
+export function encodeRecord(value: unknown, reserve = 0): Buffer {
+  const out = reserve > 0 ? packr.pack(value, RESERVE_START_SPACE | (reserve & 0xff)) : packr.pack(value);
   // Later packs write after `out` or into the new buffer: `out` stays intact either way.
   if (out.buffer.byteLength > PACK_BUFFER_KEEP) packr.useBuffer(Buffer.allocUnsafeSlow(8192));
   return out;

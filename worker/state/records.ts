@@ -207,7 +207,9 @@ export function putStandaloneMutation(buf: Buffer, at: number, m: FsMutation): n
 }
 
 export function genericPayload(value: unknown): Buffer {
-  return Buffer.concat([Buffer.of(TAG_GENERIC), encodeRecord(value)]);
+  const out = encodeRecord(value, 1);
+  out[0] = TAG_GENERIC;
+  return out;
 }
 
 // ---------------------------------------------------------------- decoding (untrusted input)

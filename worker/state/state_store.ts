@@ -52,7 +52,7 @@ const WRITER = { minReader: SCHEMA_MIN_READER, writer: VERSION };
 /** Compact when the journal passes this many bytes, or COMPACT_RATIO times the last snapshot,
  * whichever is more. A restarted worker replays the records since the last snapshot (about
  * 45 ns per byte: 70 ms for 1.6 MB of LOOKUP outcomes), while a compaction of 20,000 inodes
- * with handles costs ~24 ms here (rows 7 ms, msgpackr 10, the new file 6; the event loop stalls
+ * with handles costs ~16 ms here (rows 6 ms, msgpackr 4-5, the new file 5; the event loop stalls
  * meanwhile): this bounds both the replay at a restart and the amortized cost per appended
  * byte. */
 const COMPACT_BYTES = 1 << 20;
