@@ -77,7 +77,7 @@ export function profiledBackend(dir: string): { env: Record<string, string>; ext
   };
 }
 
-const CLK_TCK = 100; // USER_HZ on Linux x86-64 (getconf CLK_TCK)
+export const CLK_TCK = 100; // USER_HZ on Linux x86-64 (getconf CLK_TCK)
 
 /** utime+stime of a whole process (all its threads, live and exited), or of one thread ("pid/task/tid"), in ms; null if gone. */
 export function processCpuMs(pid: number | string): number | null {
