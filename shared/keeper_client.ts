@@ -56,16 +56,22 @@ export const LAZY_MAX = 64;
 
 export class KeeperClient implements FdRegistryListener {
   private readonly buf = Buffer.alloc(MAX_MESSAGE_SIZE);
-  /** Stores deferred while a batch is open (name → fd, in registration order). */
-  private batch: Map<string, number> | null = null;
+  /** Stores deferred while a batch is open (name → fd, in registration order); `batching`
+   * says whether one is. One Map for every batch: a request opens one, so a new Map per
+   * request was most of what the request path allocated. */
+  private readonly batch = new Map<string, number>();
+  private batching = false;
   /** Reopenable stores not sent yet (sendPending, settle). */
   private deferred = new Map<string, number>();
   /** Removals deferred until the journal no longer names them (removalsJournaled). */
   private removals: string[] = [];
   /** Removals the journal no longer needs, waiting to go with the deferred stores. */
   private readyRemovals: string[] = [];
-  /** Sends what waits (sendSoon); null while nothing does or nothing was published since. */
+  /** Sends what waits (sendSoon): made once and re-armed (refresh) rather than a new timer
+   * per publish; `lingerArmed` says whether it is to send when it fires (stopLinger only
+   * disarms it, and a disarmed timer fires as a no-op). */
   private lingerTimer: NodeJS.Timeout | null = null;
+  private lingerArmed = false;
   /** Set while sendPending sends, so that its own messages do not call it again. */
   private sendingPending = false;
   /** Whether the keeper answers X_SYNC (its FDSET said so). */
@@ -222,7 +228,7 @@ export class KeeperClient implements FdRegistryListener {
       this.tellSettled();
       return;
     }
-    if (this.batch !== null) {
+    if (this.batching) {
       this.batch.set(name, fd);
       return;
     }
@@ -243,7 +249,7 @@ export class KeeperClient implements FdRegistryListener {
 
   onUnregister(name: string): void {
     if (this.neverSent(name)) return;
-    if (this.batch !== null) {
+    if (this.batching) {
       // Registered and dropped within one batch: the keeper never needs to see it.
       if (this.batch.delete(name)) return;
       // The journal may still name this fd until the open batch's outcomes are committed:
@@ -255,7 +261,7 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   onUnregisterMany(names: string[]): void {
-    if (this.batch !== null) {
+    if (this.batching) {
       for (const n of names) this.onUnregister(n);
       return;
     }
@@ -266,14 +272,16 @@ export class KeeperClient implements FdRegistryListener {
    * turn) into few messages; flushed by endBatch, which must run before anything that names
    * them becomes durable or visible. Removals wait for removalsJournaled(). */
   beginBatch(): void {
-    if (this.batch === null) this.batch = new Map();
+    this.batching = true;
   }
 
   endBatch(): void {
+    this.batching = false;
     const b = this.batch;
-    this.batch = null;
-    if (b === null || b.size === 0) return;
-    this.storeEntries([...b]);
+    if (b.size === 0) return;
+    const entries = [...b];
+    b.clear();
+    this.storeEntries(entries);
     this.sync();
   }
 
@@ -286,9 +294,15 @@ export class KeeperClient implements FdRegistryListener {
       this.sendPending();
       return;
     }
-    if (this.lingerTimer !== null) return;
+    if (this.lingerArmed) return;
+    this.lingerArmed = true;
+    if (this.lingerTimer !== null) {
+      this.lingerTimer.refresh();
+      return;
+    }
     this.lingerTimer = setTimeout(() => {
-      this.lingerTimer = null;
+      if (!this.lingerArmed) return;
+      this.lingerArmed = false;
       this.sendPending();
     }, LAZY_LINGER_MS);
     this.lingerTimer.unref();
@@ -317,9 +331,7 @@ export class KeeperClient implements FdRegistryListener {
   }
 
   private stopLinger(): void {
-    if (this.lingerTimer === null) return;
-    clearTimeout(this.lingerTimer);
-    this.lingerTimer = null;
+    this.lingerArmed = false;
   }
 
   /** Returns once the keeper holds every fd stored so far, reopenable ones included. */
@@ -385,7 +397,8 @@ export class KeeperClient implements FdRegistryListener {
    */
   orphan(sendToFrontend: (data: Buffer, fds: number[]) => void): void {
     this.orphanedTo = sendToFrontend;
-    this.batch = null;
+    this.batching = false;
+    this.batch.clear();
     this.deferred.clear();
     this.removals = [];
     this.readyRemovals = [];
@@ -586,6 +599,8 @@ export class KeeperClient implements FdRegistryListener {
 
   close(): void {
     this.stopLinger();
+    if (this.lingerTimer !== null) clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
     this.stopWatching();
     native.close(this.fd);
   }
