@@ -162,10 +162,16 @@ export async function warmUp(s: BenchSession, fx: Fixture): Promise<void> {
   const lean = new LeanFuse(s.fe, META_DEPTH, 4096);
   try {
     await runPool(lean, META_DEPTH, (sl) => lean.getattr(sl, warm), { count: 20_000 });
-    // LOOKUPs of a name already known (the LOOKUP hot row): another path than a new inode's.
+    // LOOKUPs of a name already known (the LOOKUP hot row) and OPEN+RELEASE of a known file
+    // (the OPEN+RELEASE latency rows): other paths than a new inode's or a CREATE's.
     const hotName = nameArg('hot.txt');
     const hot = await runPool(lean, META_DEPTH, (sl) => lean.lookup(sl, root, hotName), { count: 5000 });
-    await fuse.forget((await fuse.lookup(root, 'hot.txt')).nodeid, hot.ops + 1);
+    const hotId = (await fuse.lookup(root, 'hot.txt')).nodeid;
+    await runPool(lean, 1, async (sl) => {
+      const fh = await lean.open(sl, hotId, F.O.RDONLY);
+      await lean.release(sl, hotId, fh, F.O.RDONLY);
+    }, { count: 2000 });
+    await fuse.forget(hotId, hot.ops + 1);
     for (let round = 0; round < 3; round++) {
       const ids = new Map<bigint, number>();
       await runPool(lean, META_DEPTH, async (sl, i) => {
