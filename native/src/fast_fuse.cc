@@ -317,6 +317,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Readdirplus(c, h, in + kInHeader, out);
       case FUSE_FSYNC:
         return have == kInHeader + sizeof(fuse_fsync_in) && h.len == have && Fsync(c, h, in + kInHeader, out);
+      case FUSE_STATFS:
+        return have == kInHeader && h.len == have && Statfs(c, h, usedLen);
+      case FUSE_LSEEK:
+        return have == kInHeader + sizeof(fuse_lseek_in) && h.len == have && Lseek(c, h, in + kInHeader, usedLen);
       default:
         return Decline();
     }
@@ -1453,6 +1457,64 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
+  // STATFS of an inode whose fd is in the table (passthrough.ts statfs: fstatfs of its fd, O_PATH
+  // or not; encode.ts encodeStatfsOut). Errors go to TypeScript, which answers them.
+  bool Statfs(const Chain& c, const fuse_in_header& h, uint32_t* usedLen) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_statfs_out);
+    auto it = inodes_.find(h.nodeid);
+    if (it == inodes_.end() || c.writableLen < kReply) return Decline();
+    struct statfs st;
+    if (fstatfs(it->second, &st) != 0) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    uint8_t reply[kReply];
+    std::memset(reply, 0, sizeof reply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_statfs_out o;
+    std::memset(&o, 0, sizeof o);
+    o.st.blocks = st.f_blocks;
+    o.st.bfree = st.f_bfree;
+    o.st.bavail = st.f_bavail;
+    o.st.files = st.f_files;
+    o.st.ffree = st.f_ffree;
+    o.st.bsize = static_cast<uint32_t>(st.f_bsize);
+    o.st.namelen = static_cast<uint32_t>(st.f_namelen);
+    o.st.frsize = static_cast<uint32_t>(st.f_frsize);
+    std::memcpy(reply + kOutHeader, &o, sizeof o);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    *usedLen = static_cast<uint32_t>(kReply);
+    statfses_++;
+    return true;
+  }
+
+  // LSEEK with SEEK_DATA or SEEK_HOLE (the only whence the kernel sends; passthrough.ts lseek:
+  // lseek of the open file's fd) of an offset TypeScript accepts. ENXIO (no data or hole past
+  // the offset: every file a guest's cp probes ends so) is answered here; other errors, and
+  // other whence values, go to TypeScript.
+  bool Lseek(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+    constexpr size_t kReply = kOutHeader + sizeof(fuse_lseek_out);
+    fuse_lseek_in l;
+    std::memcpy(&l, args, sizeof l);
+    if (l.fh >= kMaxSafeU || l.offset > static_cast<uint64_t>(kMaxSafe) || (l.whence != SEEK_DATA && l.whence != SEEK_HOLE)) return Decline();
+    FileEntry* e = FileFor(l.fh, h.nodeid);
+    if (e == nullptr || c.writableLen < kReply) return Decline();
+    off_t at = lseek(e->fd, static_cast<off_t>(l.offset), static_cast<int>(l.whence));
+    if (at < 0 && errno != ENXIO) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    lseeks_++;
+    if (at < 0) return ReplyError(c, h, ENXIO, usedLen);
+    uint8_t reply[kReply];
+    std::memset(reply, 0, sizeof reply);
+    fuse_out_header oh{static_cast<uint32_t>(kReply), 0, h.unique};
+    std::memcpy(reply, &oh, sizeof oh);
+    fuse_lseek_out o{};
+    o.offset = static_cast<uint64_t>(at);
+    std::memcpy(reply + kOutHeader, &o, sizeof o);
+    ScatterSegments(c.writable, 0, reply, kReply);
+    *usedLen = static_cast<uint32_t>(kReply);
+    return true;
+  }
+
   // FLUSH of an open file whose inode has no POSIX lock owner (worker/fs/passthrough.ts flush:
   // close(dup(fd)), which is what a close() does on the host; with an owner the flush may drop
   // its locks, a session change TypeScript journals).
@@ -1982,6 +2044,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
+    o.Set("statfs", Napi::Number::New(env, static_cast<double>(statfses_)));
+    o.Set("lseek", Napi::Number::New(env, static_cast<double>(lseeks_)));
     o.Set("setattr", Napi::Number::New(env, static_cast<double>(setattrs_)));
     o.Set("lookupMissing", Napi::Number::New(env, static_cast<double>(lookupsMissing_)));
     o.Set("lookupNew", Napi::Number::New(env, static_cast<double>(lookupsNew_)));
@@ -2022,6 +2086,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
   uint64_t queuedReads_ = 0, queuedWrites_ = 0, fsyncs_ = 0;
+  uint64_t statfses_ = 0, lseeks_ = 0;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
            opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, ownOutcomes_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,

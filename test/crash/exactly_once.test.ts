@@ -698,6 +698,17 @@ const nativeCases: NativeCase[] = [
       return (await s.fuse.read(e.nodeid, o.fh, 0, 3)).toString();
     },
     verify: (t, s, r) => { t.equal(r, 'abc', 'the fh still reads after the FLUSH'); } },
+  { name: 'STATFS', opcode: 17,
+    act: async (s) => (await s.fuse.statfs((await s.fuse.lookup(ROOT, 'n')).nodeid)).namelen,
+    verify: (t, s, r) => { t.equal(r, 255, 'the statfs of the shared filesystem'); } },
+  { name: 'LSEEK', opcode: 46,
+    // SEEK_DATA moves the shared file position too (as TypeScript's lseek): a second run is harmless.
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      const o = await s.fuse.open(e.nodeid, F.O.RDONLY);
+      return String(await s.fuse.lseek(e.nodeid, o.fh, 2, F.SEEK_DATA));
+    },
+    verify: (t, s, r) => { t.equal(r, '2', 'data from offset 2 on'); } },
   { name: 'WRITE', opcode: 16,
     act: async (s) => {
       const e = await s.fuse.lookup(ROOT, 'n');

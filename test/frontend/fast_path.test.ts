@@ -170,6 +170,61 @@ t.test('the fast path serves GETXATTR (values, sizes, ENODATA, ERANGE) with the 
   }, 'the replies are the kernel\'s: ENODATA, ERANGE, EACCES for another user, and ours for trusted.* and an unknown nodeid');
 });
 
+t.test('the fast path serves STATFS and LSEEK (SEEK_DATA, SEEK_HOLE, ENXIO) with the replies TypeScript gives', async (t) => {
+  const replies: Record<string, unknown> = {};
+  const MIB = 1 << 20;
+  for (const fastPath of [true, false]) {
+    const { s, stateDir } = await session(t, fastPath, true);
+    // Data at [0, 4096) and [1 MiB, 1 MiB + 4096), holes elsewhere, 2 MiB long.
+    const fd = fs.openSync(s.host('sparse'), 'w');
+    fs.writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 0);
+    fs.writeSync(fd, Buffer.alloc(4096, 2), 0, 4096, MIB);
+    fs.ftruncateSync(fd, 2 * MIB);
+    fs.closeSync(fd);
+    const e = await s.fuse.lookup(F.FUSE_ROOT_ID, 'sparse');
+    const other = await s.fuse.lookup(F.FUSE_ROOT_ID, 'data');
+    const fh = (await s.fuse.open(e.nodeid, F.O.RDONLY)).fh;
+    const seek = async (offset: number | bigint, whence: number, opts: { fh?: bigint; nodeid?: bigint } = {}): Promise<string> => {
+      try {
+        return String(await s.fuse.lseek(opts.nodeid ?? e.nodeid, opts.fh ?? fh, offset, whence));
+      } catch (err) {
+        if (err instanceof FuseError) return `errno ${err.errno}`;
+        throw err;
+      }
+    };
+    // Fields of a filesystem's statfs that do not change while it is used.
+    const stable = (x: F.StatfsOut): unknown => ({ blocks: x.blocks, files: x.files, bsize: x.bsize, namelen: x.namelen, frsize: x.frsize, sane: x.bfree <= x.blocks && x.bavail <= x.blocks && x.ffree <= x.files });
+    const seen = {
+      lseek: [
+        await seek(0, F.SEEK_DATA), await seek(0, F.SEEK_HOLE), await seek(4096, F.SEEK_DATA), await seek(100, F.SEEK_DATA),
+        await seek(MIB, F.SEEK_HOLE), await seek(MIB + 4096, F.SEEK_DATA), await seek(1.5 * MIB, F.SEEK_HOLE),
+        await seek(2 * MIB, F.SEEK_DATA), await seek(3 * MIB, F.SEEK_HOLE),
+        // TypeScript's: other whence values, offsets it refuses, an fh of another inode or none.
+        await seek(100, F.SEEK_SET), await seek(2n ** 60n, F.SEEK_DATA), await seek(0, F.SEEK_DATA, { nodeid: other.nodeid }),
+        await seek(0, F.SEEK_DATA, { fh: 987654n }),
+      ],
+      statfsRoot: stable(await s.fuse.statfs(F.FUSE_ROOT_ID)),
+      statfsFile: stable(await s.fuse.statfs(e.nodeid)),
+      statfsUnknown: await errnoOf(s.fuse.statfs(987654n)),
+    };
+    replies[String(fastPath)] = seen;
+    if (fastPath) {
+      const f = await fastStats(stateDir, (x) => (x.lseek ?? 0) >= 9 && (x.statfs ?? 0) >= 2, 'the fast path STATFS and LSEEK counters');
+      t.ok((f.lseek ?? 0) >= 9 && (f.statfs ?? 0) >= 2, `served natively: ${f.lseek} LSEEK, ${f.statfs} STATFS`);
+    } else {
+      const f = queryStatus(stateDir).fuse.fastPath;
+      t.equal(f, null, 'the other session has no fast path');
+    }
+    await s.fuse.release(e.nodeid, fh, F.O.RDONLY);
+    await s.close();
+  }
+  t.same(replies.true, replies.false, 'both paths gave the same replies');
+  const want = (replies.true as { lseek: string[] }).lseek;
+  t.same(want.slice(0, 9), ['0', '4096', String(MIB), '100', String(MIB + 4096), 'errno 6', String(1.5 * MIB), 'errno 6', 'errno 6'],
+    'the kernel\'s answers: data and holes where they are, ENXIO past the last data or the end');
+  t.same((replies.true as { statfsRoot: unknown }).statfsRoot, (replies.true as { statfsFile: unknown }).statfsFile, 'one filesystem');
+});
+
 t.test('the fast path serves SETATTR (mode, owner, size, times) with the replies TypeScript gives', async (t) => {
   const A = F.FATTR;
   const replies: Record<string, unknown> = {};
