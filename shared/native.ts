@@ -180,7 +180,7 @@ export interface ServedReaddir {
   newInodes: ReadonlyArray<{ nodeid: number; inode: ServedNewInode }>;
 }
 
-export interface FastFuseStats { getattr: number; read: number; write: number; queuedRead: number; queuedWrite: number; fsync: number; lookup: number; flush: number; getxattr: number; statfs: number; lseek: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; ownOutcomes: number; intentErrors: number; readdirplus: number; direntsPlus: number; direntsNew: number; forget: number; declined: number;
+export interface FastFuseStats { getattr: number; read: number; write: number; queuedRead: number; queuedWrite: number; fsync: number; lookup: number; flush: number; getxattr: number; listxattr: number; statfs: number; lseek: number; setattr: number; lookupMissing: number; lookupNew: number; open: number; release: number; opendir: number; releasedir: number; create: number; mkdir: number; unlink: number; rmdir: number; intents: number; ownOutcomes: number; intentErrors: number; readdirplus: number; direntsPlus: number; direntsNew: number; forget: number; declined: number;
   /** Declined requests by opcode (index; the last slot counts every opcode past it). */
   declinedByOpcode: number[]; inodes: number; files: number }
 

@@ -44,8 +44,9 @@ export interface FastPathStats {
   flush?: number;
   /** GETXATTRs of regular files and dirs (values, ENODATA, ERANGE). Absent from older workers. */
   getxattr?: number;
-  /** STATFSes of inodes with an fd, and LSEEKs (SEEK_DATA, SEEK_HOLE; ENXIO) of open files.
-   * Absent from older workers. */
+  /** LISTXATTRs of regular files and dirs (lists, sizes, ERANGE), STATFSes of inodes with an
+   * fd, and LSEEKs (SEEK_DATA, SEEK_HOLE; ENXIO) of open files. Absent from older workers. */
+  listxattr?: number;
   statfs?: number;
   lseek?: number;
   /** SETATTRs of known inodes (their outcomes journaled by the addon when it publishes them
@@ -94,7 +95,7 @@ export interface FastPathStats {
 /** The fast path's counters as the metric's `op` label names them. */
 const FAST_PATH_OPS: ReadonlyArray<readonly [keyof FastPathStats, string]> = [
   ['getattr', 'getattr'], ['read', 'read'], ['write', 'write'], ['lookup', 'lookup'], ['lookupMissing', 'lookup_enoent'], ['lookupNew', 'lookup_new'],
-  ['flush', 'flush'], ['fsync', 'fsync'], ['getxattr', 'getxattr'], ['statfs', 'statfs'], ['lseek', 'lseek'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
+  ['flush', 'flush'], ['fsync', 'fsync'], ['getxattr', 'getxattr'], ['listxattr', 'listxattr'], ['statfs', 'statfs'], ['lseek', 'lseek'], ['setattr', 'setattr'], ['open', 'open'], ['release', 'release'], ['opendir', 'opendir'], ['releasedir', 'releasedir'],
   ['create', 'create'], ['mkdir', 'mkdir'], ['unlink', 'unlink'], ['rmdir', 'rmdir'], ['readdirplus', 'readdirplus'], ['forget', 'forget'],
 ];
 

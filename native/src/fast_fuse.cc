@@ -317,6 +317,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return have == kInHeader + sizeof(fuse_read_in) && h.len == have && Readdirplus(c, h, in + kInHeader, out);
       case FUSE_FSYNC:
         return have == kInHeader + sizeof(fuse_fsync_in) && h.len == have && Fsync(c, h, in + kInHeader, out);
+      case FUSE_LISTXATTR:
+        return have == kInHeader + sizeof(fuse_getxattr_in) && h.len == have && Listxattr(c, h, in + kInHeader, usedLen);
       case FUSE_STATFS:
         return have == kInHeader && h.len == have && Statfs(c, h, usedLen);
       case FUSE_LSEEK:
@@ -1331,6 +1333,69 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     return true;
   }
 
+  // LISTXATTR of a regular file or directory whose fd is in the table (worker/fs/xattrs.ts list:
+  // flistxattr of the inode reopened O_RDONLY|O_NONBLOCK with the caller's fs ids, the
+  // trusted.* names left out, ERANGE when the rest is longer than the guest's size). Other
+  // errors, and a reply larger than the chain's buffers, go to TypeScript.
+  bool Listxattr(const Chain& c, const fuse_in_header& h, const uint8_t* args, uint32_t* usedLen) {
+    if (!xattr_) return Decline();
+    fuse_getxattr_in g;
+    std::memcpy(&g, args, sizeof g);
+    auto fd = inodes_.find(h.nodeid);
+    auto meta = meta_.find(h.nodeid);
+    if (fd == inodes_.end() || meta == meta_.end()) return Decline();
+    if (meta->second.fileType != S_IFREG && meta->second.fileType != S_IFDIR) return Decline();
+    if (c.writableLen < kOutHeader + sizeof(fuse_getxattr_out)) return Decline();
+    int file = Reopen(fd->second, O_RDONLY | O_NONBLOCK);
+    if (file < 0) return Decline();
+    if (xattrBuf_.size() < kXattrSizeMax) xattrBuf_.resize(kXattrSizeMax);
+    ssize_t got = -1;
+    bool took = RunAs(h.uid, h.gid, [&] { got = flistxattr(file, reinterpret_cast<char*>(xattrBuf_.data()), kXattrSizeMax); });
+    close(file);
+    if (!took || got < 0) return Decline();
+    size_t len = FilterTrusted(xattrBuf_.data(), static_cast<size_t>(got));
+    if (g.size != 0 && len <= g.size && c.writableLen < kOutHeader + len) return Decline();
+    CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
+    listxattrs_++;
+    if (g.size != 0 && len > g.size) return ReplyError(c, h, ERANGE, usedLen);
+    uint8_t head[kOutHeader + sizeof(fuse_getxattr_out)];
+    std::memset(head, 0, sizeof head);
+    if (g.size == 0) {
+      fuse_out_header oh{static_cast<uint32_t>(sizeof head), 0, h.unique};
+      fuse_getxattr_out o{};
+      o.size = static_cast<uint32_t>(len);
+      std::memcpy(head, &oh, sizeof oh);
+      std::memcpy(head + kOutHeader, &o, sizeof o);
+      ScatterSegments(c.writable, 0, head, sizeof head);
+      *usedLen = sizeof head;
+      return true;
+    }
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader + len), 0, h.unique};
+    std::memcpy(head, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, head, kOutHeader);
+    ScatterSegments(c.writable, kOutHeader, xattrBuf_.data(), len);
+    *usedLen = static_cast<uint32_t>(kOutHeader + len);
+    return true;
+  }
+
+  // Drops the trusted.* names from a listxattr result in place (the kernel lists them only to
+  // CAP_SYS_ADMIN: we hold it, the guest does not); returns the length left. As xattrs.ts
+  // filterXattrList, a last name without its NUL is kept whole.
+  static size_t FilterTrusted(uint8_t* list, size_t n) {
+    size_t out = 0;
+    for (size_t start = 0; start < n;) {
+      const void* nul = std::memchr(list + start, 0, n - start);
+      size_t end = nul != nullptr ? static_cast<size_t>(static_cast<const uint8_t*>(nul) - list) : n - 1;
+      bool trusted = end - start >= 8 && std::memcmp(list + start, "trusted.", 8) == 0;
+      if (!trusted) {
+        std::memmove(list + out, list + start, end + 1 - start);
+        out += end + 1 - start;
+      }
+      start = end + 1;
+    }
+    return out;
+  }
+
   // An fd's /proc/self/fd entry as (dir fd, name): the pinned directory once confined, the
   // absolute path before (worker/fs/inodes.ts procFd).
   struct ProcFdName {
@@ -2044,6 +2109,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     o.Set("lookup", Napi::Number::New(env, static_cast<double>(lookups_)));
     o.Set("flush", Napi::Number::New(env, static_cast<double>(flushes_)));
     o.Set("getxattr", Napi::Number::New(env, static_cast<double>(getxattrs_)));
+    o.Set("listxattr", Napi::Number::New(env, static_cast<double>(listxattrs_)));
     o.Set("statfs", Napi::Number::New(env, static_cast<double>(statfses_)));
     o.Set("lseek", Napi::Number::New(env, static_cast<double>(lseeks_)));
     o.Set("setattr", Napi::Number::New(env, static_cast<double>(setattrs_)));
@@ -2086,7 +2152,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   std::unordered_map<DevIno, uint64_t, DevInoHash> byDevIno_;
   std::vector<iovec> iov_;
   uint64_t queuedReads_ = 0, queuedWrites_ = 0, fsyncs_ = 0;
-  uint64_t statfses_ = 0, lseeks_ = 0;
+  uint64_t statfses_ = 0, lseeks_ = 0, listxattrs_ = 0;
   uint64_t getattrs_ = 0, reads_ = 0, writes_ = 0, lookups_ = 0, flushes_ = 0, getxattrs_ = 0, setattrs_ = 0, lookupsMissing_ = 0,
            declined_ = 0, lookupsNew_ = 0, opens_ = 0, releases_ = 0,
            opendirs_ = 0, releasedirs_ = 0, unlinks_ = 0, rmdirs_ = 0, intents_ = 0, ownOutcomes_ = 0, creates_ = 0, mkdirs_ = 0, intentErrors_ = 0,

@@ -701,6 +701,13 @@ const nativeCases: NativeCase[] = [
   { name: 'STATFS', opcode: 17,
     act: async (s) => (await s.fuse.statfs((await s.fuse.lookup(ROOT, 'n')).nodeid)).namelen,
     verify: (t, s, r) => { t.equal(r, 255, 'the statfs of the shared filesystem'); } },
+  { name: 'LISTXATTR', opcode: 23,
+    act: async (s) => {
+      const e = await s.fuse.lookup(ROOT, 'n');
+      await s.fuse.setxattr(e.nodeid, 'user.a', Buffer.from('1'));
+      return s.fuse.listxattr(e.nodeid, 64);
+    },
+    verify: (t, s, r) => { t.same(r, ['user.a'], 'the list of the file\'s names'); } },
   { name: 'LSEEK', opcode: 46,
     // SEEK_DATA moves the shared file position too (as TypeScript's lseek): a second run is harmless.
     act: async (s) => {

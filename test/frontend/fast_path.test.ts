@@ -10,6 +10,7 @@ import { openSession, waitFor, type Session } from './helpers';
 import { FuseError } from './fuse_client';
 import * as F from './fuse_proto';
 import { queryStatus } from '../../cli/status';
+import { native } from '../../shared/native';
 import type { FastPathStats } from '../../shared/status_report';
 import { hostFlockErrno } from '../helpers/flock';
 import { loadState } from '../../worker/state/state_store';
@@ -134,7 +135,7 @@ for (const medium of ['tmpfs', 'ext4'] as const) t.test(`the fast path serves GE
   t.same(replies.true, replies.false, 'both paths gave the same replies');
 });
 
-t.test('the fast path serves GETXATTR (values, sizes, ENODATA, ERANGE) with the replies TypeScript gives', async (t) => {
+t.test('the fast path serves GETXATTR and LISTXATTR (values, lists, sizes, ENODATA, ERANGE) with the replies TypeScript gives', async (t) => {
   const replies: Record<string, unknown> = {};
   for (const fastPath of [true, false]) {
     const { s, stateDir } = await session(t, fastPath, true);
@@ -155,11 +156,24 @@ t.test('the fast path serves GETXATTR (values, sizes, ENODATA, ERANGE) with the 
       otherUser: await errnoOf(s.fuse.getxattr(e.nodeid, 'user.k', 256, { uid: 1000, gid: 1000 })),
       trusted: await errnoOf(s.fuse.getxattr(e.nodeid, 'trusted.x', 64)),
       unknownNode: await errnoOf(s.fuse.getxattr(987654n, 'user.k', 64)),
+      // A trusted.* name set on the host is not listed (we may read it, the guest may not).
+      list: await (async () => {
+        const fd = fs.openSync(s.host('data'), 'r');
+        try { native.setxattr(fd, 'trusted.hidden', Buffer.from('x'), 0); } finally { fs.closeSync(fd); }
+        const size = await s.fuse.listxattr(e.nodeid, 0) as number;
+        return {
+          size, names: (await s.fuse.listxattr(e.nodeid, size) as string[]).sort(),
+          tooSmall: await errnoOf(s.fuse.listxattr(e.nodeid, size - 1)),
+          rootDir: await s.fuse.listxattr(F.FUSE_ROOT_ID, 0),
+          otherUser: await s.fuse.listxattr(e.nodeid, 0, { uid: 1000, gid: 1000 }).then((x) => x, (err: FuseError) => `errno ${err.errno}`),
+          unknownNode: await errnoOf(s.fuse.listxattr(987654n, 64)),
+        };
+      })(),
     };
     replies[String(fastPath)] = seen;
     if (fastPath) {
-      const f = await fastStats(stateDir, (x) => (x.getxattr ?? 0) >= 7, 'the fast path GETXATTR counter');
-      t.ok((f.getxattr ?? 0) >= 7, `GETXATTRs served natively: ${JSON.stringify(f)}`);
+      const f = await fastStats(stateDir, (x) => (x.getxattr ?? 0) >= 7 && (x.listxattr ?? 0) >= 4, 'the fast path GETXATTR and LISTXATTR counters');
+      t.ok((f.getxattr ?? 0) >= 7 && (f.listxattr ?? 0) >= 4, `GETXATTRs and LISTXATTRs served natively: ${JSON.stringify(f)}`);
     }
     await s.close();
   }
@@ -167,6 +181,7 @@ t.test('the fast path serves GETXATTR (values, sizes, ENODATA, ERANGE) with the 
   t.same(replies.true, {
     value: 'value of k', size: 10, bigOk: true, missing: 61, capability: 61, tooSmall: 34, rootDir: 61,
     otherUser: 13, trusted: 61, unknownNode: EBADF,
+    list: { size: 16, names: ['user.big', 'user.k'], tooSmall: 34, rootDir: 0, otherUser: 16, unknownNode: EBADF },
   }, 'the replies are the kernel\'s: ENODATA, ERANGE, EACCES for another user, and ours for trusted.* and an unknown nodeid');
 });
 
