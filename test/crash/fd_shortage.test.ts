@@ -11,7 +11,7 @@ import { alive, noFileLimits, setNoFile, settledLowestFreeFd as lowestFreeFd } f
 import { keeperSocketPath } from '../../shared/config';
 import { encodeToKeeper, parseFromKeeper, MAX_MESSAGE_SIZE } from '../../shared/keeper_protocol';
 import { KeeperClient } from '../../shared/keeper_client';
-import { openSession, waitFor } from '../frontend/helpers';
+import { openSession, processEnded, waitFor } from '../frontend/helpers';
 import { queryStatus } from '../../cli/status';
 import * as F from '../frontend/fuse_proto';
 import { FuseError } from '../frontend/fuse_client';
@@ -44,7 +44,8 @@ t.test('a worker killed while the keeper is out of fds is replaced once fds are 
   // spawn (a process start needs pipes) until the limit is back.
   setNoFile(keeperPid, (await lowestFreeFd(keeperPid)) - 4);
   process.kill(workerPid, 'SIGKILL');
-  await waitFor(() => !alive(workerPid) || /^Z/.test(fs.readFileSync(`/proc/${workerPid}/stat`, 'utf8').replace(/^.*\) /, '')), 'the worker dead');
+  // processEnded, not alive() then a read of /proc: the process may be reaped in between (ENOENT).
+  await waitFor(() => processEnded(workerPid), 'the worker dead');
   const cpu0 = cpuSeconds(keeperPid);
   const t0 = Date.now();
   // The shortage lasts a while; meanwhile the keeper retries (no worker can start).
