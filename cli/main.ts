@@ -24,7 +24,7 @@ function serveOptions<T>(y: Argv<T>) {
     .option('xattr', { type: 'boolean', default: true, describe: 'support extended attributes' })
     .option('readonly', { type: 'boolean', default: false, describe: 'a read-only export: requests that would change it get EROFS' })
     .option('fast-path', { type: 'boolean', default: true,
-      describe: 'the addon serves GETATTR, READ and WRITE itself (--no-fast-path: every request through the TypeScript server)' })
+      describe: 'the addon serves the common requests itself: GETATTR, LOOKUP, READ, WRITE, OPEN, CREATE, READDIRPLUS and more (--no-fast-path: every request through the TypeScript server)' })
     .option('inode-file-handles', { choices: INODE_FILE_HANDLES, default: DEFAULT_INODE_FILE_HANDLES,
       describe: 'name inodes by file handles (needs CAP_DAC_READ_SEARCH) so no fd is held per inode: never, prefer (fall back to fds), mandatory' })
     .option('max-lock-waits', { type: 'number', default: 1024, describe: 'blocking lock requests (SETLKW) parked at once (0..65536); beyond, ENOLCK' })
