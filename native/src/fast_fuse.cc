@@ -1312,24 +1312,29 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     getxattrs_++;
     if (got < 0) return ReplyError(c, h, err, usedLen);
+    return ReplyXattr(c, h, g.size == 0, static_cast<size_t>(got), usedLen);
+  }
+
+  // A GETXATTR's or LISTXATTR's answer: the size alone (fuse_getxattr_out) when the guest asked
+  // for it, else the `len` bytes in xattrBuf_.
+  bool ReplyXattr(const Chain& c, const fuse_in_header& h, bool sizeOnly, size_t len, uint32_t* usedLen) {
     uint8_t head[kOutHeader + sizeof(fuse_getxattr_out)];
     std::memset(head, 0, sizeof head);
-    if (g.size == 0) {
+    if (sizeOnly) {
       fuse_out_header oh{static_cast<uint32_t>(sizeof head), 0, h.unique};
       fuse_getxattr_out o{};
-      o.size = static_cast<uint32_t>(got);
+      o.size = static_cast<uint32_t>(len);
       std::memcpy(head, &oh, sizeof oh);
       std::memcpy(head + kOutHeader, &o, sizeof o);
       ScatterSegments(c.writable, 0, head, sizeof head);
       *usedLen = sizeof head;
-    } else {
-      size_t bytes = static_cast<size_t>(got);
-      fuse_out_header oh{static_cast<uint32_t>(kOutHeader + bytes), 0, h.unique};
-      std::memcpy(head, &oh, sizeof oh);
-      ScatterSegments(c.writable, 0, head, kOutHeader);
-      ScatterSegments(c.writable, kOutHeader, xattrBuf_.data(), bytes);
-      *usedLen = static_cast<uint32_t>(kOutHeader + bytes);
+      return true;
     }
+    fuse_out_header oh{static_cast<uint32_t>(kOutHeader + len), 0, h.unique};
+    std::memcpy(head, &oh, sizeof oh);
+    ScatterSegments(c.writable, 0, head, kOutHeader);
+    ScatterSegments(c.writable, kOutHeader, xattrBuf_.data(), len);
+    *usedLen = static_cast<uint32_t>(kOutHeader + len);
     return true;
   }
 
@@ -1358,24 +1363,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     listxattrs_++;
     if (g.size != 0 && len > g.size) return ReplyError(c, h, ERANGE, usedLen);
-    uint8_t head[kOutHeader + sizeof(fuse_getxattr_out)];
-    std::memset(head, 0, sizeof head);
-    if (g.size == 0) {
-      fuse_out_header oh{static_cast<uint32_t>(sizeof head), 0, h.unique};
-      fuse_getxattr_out o{};
-      o.size = static_cast<uint32_t>(len);
-      std::memcpy(head, &oh, sizeof oh);
-      std::memcpy(head + kOutHeader, &o, sizeof o);
-      ScatterSegments(c.writable, 0, head, sizeof head);
-      *usedLen = sizeof head;
-      return true;
-    }
-    fuse_out_header oh{static_cast<uint32_t>(kOutHeader + len), 0, h.unique};
-    std::memcpy(head, &oh, sizeof oh);
-    ScatterSegments(c.writable, 0, head, kOutHeader);
-    ScatterSegments(c.writable, kOutHeader, xattrBuf_.data(), len);
-    *usedLen = static_cast<uint32_t>(kOutHeader + len);
-    return true;
+    return ReplyXattr(c, h, g.size == 0, len, usedLen);
   }
 
   // Drops the trusted.* names from a listxattr result in place (the kernel lists them only to
