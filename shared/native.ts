@@ -109,6 +109,9 @@ export interface NativeRingHandle {
    * scratch[1] the bytes of their long replies in `tail`: native_ring.ts reads them). Other
    * chains the attached server serves are not returned. */
   pop(): number;
+  /** The requests the ring's native kick journaled and published itself, whose session effects
+   * JS applies (-3, as pop() returns them; scratch[2] is 1), or -1 with nothing popped. */
+  takeJournaled(): number;
   /** A chain by head (resubmission): head, or -2. */
   readChain(head: number): number;
   pushUsed(head: number, len: number): void;

@@ -255,7 +255,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   bool Serve(const Chain& c, Served* out) override {
-    out->outcomeOnly = false;
+    out->own = OwnRecord::kNo;
     if (!enabled_ || c.readableLen < kInHeader) return Decline();
     // The header and the largest args we use, copied once: the guest may change its buffers.
     uint8_t in[kInHeader + std::max(sizeof(fuse_getxattr_in), sizeof(fuse_create_in)) + kMaxName + 1];
@@ -279,7 +279,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool ServeOp(const Chain& c, const fuse_in_header& h, const uint8_t* in, size_t have, Served* out) {
     out->opcode = h.opcode;
     out->needsRecord = false;
-    out->outcomeOnly = false;
+    out->own = OwnRecord::kNo;
     out->kind = ServedKind::kPlain;
     uint32_t* usedLen = &out->usedLen;
     switch (h.opcode) {
@@ -431,6 +431,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     if (Forgotten(known->second) || !StillTheInode(parent->second, name, known->second, m)) return Decline();
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     WriteEntryReply(c, h, known->second, m.generation, st, out);
+    out->own = OwnRecord::kAddLookup;
     lookups_++;
     return true;
   }
@@ -734,6 +735,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     uint64_t nodeid = AddNewInode(out->inode);
     WriteEntryReply(c, h, nodeid, 0, st, out);
     out->kind = ServedKind::kNewInode;
+    out->own = OwnRecord::kAddInode;
     lookupsNew_++;
     return true;
   }
@@ -983,7 +985,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   void WriteIntendedReply(const Chain& c, const fuse_in_header& h, int err, double tsMs, Served* out) const {
     WriteEmptyReply(c, h, out, err);
     out->kind = ServedKind::kIntended;
-    out->outcomeOnly = true;
+    out->own = OwnRecord::kOutcome;
     out->intentTsMs = tsMs;
   }
 
@@ -1236,11 +1238,14 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // Journals each request's outcome (the record worker/state/records.ts putOutcome writes: tag,
-  // key, opcode, the reply, no mutations) after the committed end and commits them with one
-  // release store, as JavaScript's group commit (worker/state/request_log.ts commitStaged) would
-  // have. Only requests that changed nothing but their reply come here (Served::outcomeOnly);
-  // UNLINK and RMDIR are served only while the keeper holds every fd (settled_), so the fd
-  // store JavaScript's barrier would wait for is done (the op-after-fdstore point, for tests).
+  // key, opcode, the reply, its session mutations) after the committed end and commits them
+  // with one release store, as JavaScript's group commit (worker/state/request_log.ts
+  // commitStaged) would have. The mutations are what TypeScript's session would emit for the
+  // request: none (Served::own kOutcome), addLookup(nodeid, 1) for a LOOKUP of a known inode, or
+  // the addInode with its handle (addInodeHandle) of a LOOKUP's new inode, the lookup count of 1
+  // implied. UNLINK and RMDIR are served only while the keeper holds every fd (settled_), so
+  // the fd store JavaScript's barrier would wait for is done (the op-after-fdstore point, for
+  // tests); a LOOKUP's new inode is named by its handle and needs no fd in the keeper.
   bool JournalOutcomes(uint32_t queue, const std::vector<PlainOutcome>& outcomes) override {
     if (unjournaled_) {
       ownOutcomes_ += outcomes.size();
@@ -1254,21 +1259,25 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     uint64_t need = 0;
     for (const PlainOutcome& o : outcomes) {
       int keyLen = RequestKey(queue, o.head, o.counter, key);
-      if (keyLen < 0) return false;
-      need += kJournalRecordHeader + 1 + 1 + static_cast<uint64_t>(keyLen) + 4 + 4 + o.replyLen + 4;
+      size_t mutation = MutationSize(o);
+      if (keyLen < 0 || mutation == kNoMutation) return false;
+      need += kJournalRecordHeader + OutcomePayload(keyLen, o.replyLen, mutation);
     }
     if (journalLen_ - start < need) return false;
     for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterFdstore, o.opcode);
     uint64_t end = start;
     for (const PlainOutcome& o : outcomes) {
       int keyLen = RequestKey(queue, o.head, o.counter, key);
-      const size_t payload = 1 + 1 + static_cast<size_t>(keyLen) + 4 + 4 + o.replyLen + 4;
+      const size_t mutation = MutationSize(o);
+      const size_t payload = OutcomePayload(keyLen, o.replyLen, mutation);
       uint8_t* rec = journal_ + end;
       uint8_t* q = PutRecordKey(rec, kTagOutcome, key, keyLen);
       Store(q, o.opcode);
       Store(q + 4, o.replyLen);
       std::memcpy(q + 8, o.reply, o.replyLen);
-      Store(q + 8 + o.replyLen, uint32_t{0});
+      q += 8 + o.replyLen;
+      Store(q, uint32_t{mutation == 0 ? 0u : 1u});
+      PutMutation(o, q + 4);
       SealRecord(rec, payload);
       end += kJournalRecordHeader + payload;
     }
@@ -1276,6 +1285,65 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     ownOutcomes_ += outcomes.size();
     for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterOutcome, o.opcode);
     return true;
+  }
+
+  // An outcome record's payload: tag, key (u8 length + bytes), opcode, reply length, the reply,
+  // the mutation count and the mutation.
+  static size_t OutcomePayload(int keyLen, uint32_t replyLen, size_t mutation) {
+    return 1 + 1 + static_cast<size_t>(keyLen) + 4 + 4 + replyLen + 4 + mutation;
+  }
+
+  static constexpr size_t kNoMutation = SIZE_MAX;
+  // records.ts mutation kinds (MUTATION_KINDS' order).
+  static constexpr uint8_t kMutationAddLookup = 1;
+  static constexpr uint8_t kMutationAddInodeHandle = 11;
+
+  // The bytes of the outcome's mutation as records.ts putMutation writes it (0: none), or
+  // kNoMutation when it cannot be written (TypeScript journals the batch then): an id past
+  // 2^53, a handle records.ts would refuse.
+  static size_t MutationSize(const PlainOutcome& o) {
+    if (o.own == OwnRecord::kOutcome) return 0;
+    if (o.nodeid == 0 || o.nodeid >= kMaxSafeU) return kNoMutation;
+    if (o.own == OwnRecord::kAddLookup) return 1 + 8 + 8;
+    if (o.own != OwnRecord::kAddInode) return kNoMutation;
+    int32_t mountId;
+    uint32_t handleLen;
+    std::memcpy(&mountId, o.newInode + 24, 4);
+    std::memcpy(&handleLen, o.newInode + 32, 4);
+    if (mountId < 0 || handleLen == 0 || handleLen > sizeof(NewInode::handle)) return kNoMutation;
+    return 1 + 8 + 8 + 8 + 4 + 4 + 8 + 4 + 1 + handleLen;
+  }
+
+  static void PutMutation(const PlainOutcome& o, uint8_t* p) {
+    if (o.own == OwnRecord::kAddLookup) {
+      p[0] = kMutationAddLookup;
+      Store(p + 1, static_cast<double>(o.nodeid));
+      Store(p + 9, 1.0);
+      return;
+    }
+    if (o.own != OwnRecord::kAddInode) return;
+    // PutNewInode's layout: i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle
+    // type, u32 handle length, padding, the handle.
+    const uint8_t* n = o.newInode;
+    uint32_t fileType, handleLen;
+    int32_t mountId, handleType;
+    uint64_t dev, ino;
+    std::memcpy(&fileType, n + 4, 4);
+    std::memcpy(&dev, n + 8, 8);
+    std::memcpy(&ino, n + 16, 8);
+    std::memcpy(&mountId, n + 24, 4);
+    std::memcpy(&handleType, n + 28, 4);
+    std::memcpy(&handleLen, n + 32, 4);
+    p[0] = kMutationAddInodeHandle;
+    Store(p + 1, static_cast<double>(o.nodeid));
+    Store(p + 9, dev);
+    Store(p + 17, ino);
+    Store(p + 25, uint32_t{0});  // generation: an inode the session adds has 0 (inodes.ts addByHandle)
+    Store(p + 29, fileType);
+    Store(p + 33, static_cast<uint64_t>(mountId));
+    Store(p + 41, handleType);
+    p[45] = static_cast<uint8_t>(handleLen);
+    std::memcpy(p + 46, n + 40, handleLen);
   }
 
   template <typename T>
@@ -1454,7 +1522,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     CrashPoint(NativeCrashPoint::kAfterSyscall, h.opcode);
     out->usedLen = out->replyLen = WriteAttrReply(c, h, st, out->reply);
     out->needsRecord = true;
-    out->outcomeOnly = true;
+    out->own = OwnRecord::kOutcome;
     out->nodeid = h.nodeid;
     setattrs_++;
     return true;

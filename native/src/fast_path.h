@@ -103,6 +103,13 @@ constexpr uint32_t kDirNewInodeBytes = 8 + 40 + 128;
 constexpr uint32_t kMaxLongReply = kMaxDirReply + kMaxDirNewInodes * kDirNewInodeBytes;
 static_assert(kMaxForgets * 16 <= kMaxLongReply, "a BATCH_FORGET's pairs are a long reply");
 
+// A served request whose journal record the server may write itself (ChainServer::
+// JournalOutcomes), by what the record says besides the reply: nothing (kOutcome: a SETATTR, an
+// UNLINK or RMDIR, a CREATE or MKDIR that failed), one more lookup of Served::nodeid (kAddLookup:
+// a LOOKUP of a known inode), or the new inode Served::nodeid (kAddInode: a LOOKUP that added
+// Served::inode, named by its handle). Every other record is JavaScript's to write.
+enum class OwnRecord : uint8_t { kNo = 0, kOutcome = 1, kAddLookup = 2, kAddInode = 3 };
+
 // What the server did with a chain it served.
 struct Served {
   uint32_t usedLen = 0;
@@ -111,10 +118,9 @@ struct Served {
   // published (a LOOKUP: one more lookup of `nodeid`, or the new inode `nodeid`); `reply` is what
   // the guest got.
   bool needsRecord = false;
-  // With needsRecord: the request changed nothing but what its reply says (a SETATTR, an
-  // UNLINK or RMDIR, a CREATE or MKDIR that failed), so its outcome alone is journaled and the
-  // server may journal it itself (ChainServer::JournalOutcomes).
-  bool outcomeOnly = false;
+  // With needsRecord: whether the server may journal the record itself
+  // (ChainServer::JournalOutcomes), and what it says besides the reply.
+  OwnRecord own = OwnRecord::kNo;
   uint64_t nodeid = 0;
   uint32_t replyLen = 0;
   uint8_t reply[160];
@@ -144,14 +150,18 @@ struct Served {
   std::unique_ptr<IoJob> queued;
 };
 
-// A served request to journal as its outcome alone (Served::outcomeOnly): its key's parts and
-// the reply the guest got.
+// A served request whose outcome the server journals itself (Served::own): its key's parts,
+// the reply the guest got and the session change the record carries (kAddLookup: of `nodeid`;
+// kAddInode: the inode `nodeid`, laid out at `newInode` as PutNewInode writes it).
 struct PlainOutcome {
   uint32_t head = 0;
   uint64_t counter = 0;
   uint32_t opcode = 0;
   const uint8_t* reply = nullptr;
   uint32_t replyLen = 0;
+  OwnRecord own = OwnRecord::kOutcome;
+  uint64_t nodeid = 0;
+  const uint8_t* newInode = nullptr;
 };
 
 // Implemented by fast_fuse.cc; the ring only knows this.
@@ -167,8 +177,9 @@ class ChainServer {
   // before anything else runs.
   virtual void BatchTaken() = 0;
   // Journals the outcomes of these served requests of queue `queue`, in order, as JavaScript's
-  // request log would (one commit), so that the ring may publish them without JavaScript.
-  // False, with nothing written: no journal or no room in it (JavaScript journals them then).
+  // request log would (one commit), so that the ring may publish them without JavaScript (which
+  // then only applies their session changes: RingServedBatch.journaled). False, with nothing
+  // written: no journal, no room in it, or a record it cannot write (JavaScript journals them).
   virtual bool JournalOutcomes(uint32_t queue, const std::vector<PlainOutcome>& outcomes) = 0;
   // Whether a crash point is armed (tests only): the ring then reports its points.
   virtual bool CrashArmed() const = 0;

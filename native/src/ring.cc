@@ -98,6 +98,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NativeRing", {
       InstanceMethod<&NativeRing::Pop>("pop"),
+      InstanceMethod<&NativeRing::TakeJournaled>("takeJournaled"),
       InstanceMethod<&NativeRing::ReadChain>("readChain"),
       InstanceMethod<&NativeRing::PushUsed>("pushUsed"),
       InstanceMethod<&NativeRing::PublishUsed>("publishUsed"),
@@ -224,6 +225,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     publishedUsed_ = signalledUsed_ = usedIdx_;
     scratch_ = Napi::Persistent(Napi::Float64Array::New(env, 5 + 3 * kScratchTriples));
     recordBytes_.reserve(kMaxRecords * kRecordEntry);
+    recordOwn_.reserve(kMaxRecords);
     records_ = Napi::Persistent(Napi::Uint8Array::New(env, kMaxRecords * kRecordEntry));
     tail_ = Napi::Persistent(Napi::Uint8Array::New(env, kTailBytes));
   }
@@ -253,6 +255,16 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       case PopResult::kBroken: Broken(env, lastError_); return {};
       default: return Export(env, chain_, false);
     }
+  }
+
+  // The batch OnKick journaled and published itself (applyOnly_) as pop() would return it (-3),
+  // or -1 with nothing popped: the kick then left nothing else to JavaScript (it ended with
+  // notifications on and the ring empty).
+  Napi::Value TakeJournaled(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Live(env)) return {};
+    if (!applyOnly_ || recordCount_ == 0) return Napi::Number::New(env, -1);
+    return ExportRecords(env);
   }
 
   // readChain(head): a chain a dead worker left in flight, for JavaScript (never served here:
@@ -370,7 +382,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     }
     if (recordCount_ > 0 && !JournalOwnBatch()) return false;
     // JavaScript's own completions wait for its barrier; its flush publishes these too.
-    if (served_ == 0 || jsPushed_ > 0) return served_ == 0;
+    if (served_ == 0 || jsPushed_ > 0) return served_ == 0 && recordCount_ == 0;
     served_ = 0;
     if (server_->CrashArmed()) published_ = servedOpcodes_;
     bool interrupt = PublishInternal();
@@ -383,7 +395,8 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       uint64_t one = 1;
       while (::write(callFd_, &one, sizeof one) < 0 && errno == EINTR) {}
     }
-    return true;
+    // Journaled and published, their session changes left (applyOnly_): JavaScript's pop takes them.
+    return recordCount_ == 0;
   }
 
  private:
@@ -895,7 +908,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     if (served.kind == ServedKind::kNewInode || served.kind == ServedKind::kCreated || served.kind == ServedKind::kMadeDir) {
       PutNewInode(served.inode, e + kNewInodeAt);
     }
-    if (served.outcomeOnly && len == served.replyLen) outcomeOnly_++;
+    OwnRecord own = len == served.replyLen ? served.own : OwnRecord::kNo;
+    recordOwn_.push_back(own);
+    if (own != OwnRecord::kNo) ownable_++;
     recordCount_++;
   }
 
@@ -903,29 +918,37 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   // JavaScript.
   bool BatchFull() const { return recordCount_ >= kMaxRecords || tailBytes_.size() + kMaxLongReply > kTailBytes; }
 
-  // Whether the server may journal the queued records itself: each changed nothing but its
-  // reply (Served::outcomeOnly), and nothing else JavaScript pushed waits for its barrier.
+  // Whether the server may journal the queued records itself: each is one it can write
+  // (Served::own), and nothing else JavaScript pushed waits for its barrier.
   bool OwnBatchPossible() const {
-    return recordCount_ > 0 && outcomeOnly_ == recordCount_ && jsPushed_ == recordCount_ && tailBytes_.empty();
+    return recordCount_ > 0 && ownable_ == recordCount_ && jsPushed_ == recordCount_ && tailBytes_.empty();
   }
 
   // When OwnBatchPossible, the server journals the records' outcomes
   // (ChainServer::JournalOutcomes) and they become requests served without a record: OnKick
-  // publishes them with the rest, JavaScript never sees them. Only OnKick does this, right
-  // before its publish, with nothing left to pop: so no compaction of the journal
-  // (JavaScript's, which keeps only the outcomes its request log knows) can come between the
-  // outcome and the publish. False (no journal or no room): JavaScript gets the batch.
+  // publishes them with the rest. Only OnKick does this, right before its publish, with nothing
+  // left to pop: so no compaction of the journal (JavaScript's, which keeps only the outcomes
+  // its request log knows) can come between the outcome and the publish. Records with a session
+  // change (a LOOKUP's count or new inode) stay queued, marked journaled (applyOnly_): OnKick
+  // then hands the kick to JavaScript, whose first pop() takes them and applies the changes to
+  // its session before anything else runs, journaling and publishing nothing. False (no
+  // journal, no room): JavaScript gets the batch to journal.
   bool JournalOwnBatch() {
     if (!OwnBatchPossible()) return false;
     outcomes_.clear();
+    uint32_t toApply = 0;
     for (uint32_t i = 0; i < recordCount_; i++) {
       const uint8_t* e = recordBytes_.data() + static_cast<size_t>(i) * kRecordEntry;
       PlainOutcome o;
       o.head = Load<uint32_t>(e);
       o.opcode = Load<uint32_t>(e + 4);
       o.counter = static_cast<uint64_t>(Load<double>(e + 8));
+      o.nodeid = static_cast<uint64_t>(Load<double>(e + 16));
       o.replyLen = Load<uint32_t>(e + 24);
       o.reply = e + kRecordHeader;
+      o.own = recordOwn_[i];
+      o.newInode = e + kNewInodeAt;
+      if (o.own != OwnRecord::kOutcome) toApply++;
       outcomes_.push_back(o);
     }
     if (!server_->JournalOutcomes(chain_.queue, outcomes_)) return false;
@@ -934,10 +957,20 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     }
     served_ += recordCount_;
     jsPushed_ -= recordCount_;
-    recordBytes_.clear();
-    recordCount_ = 0;
-    outcomeOnly_ = 0;
+    if (toApply > 0) {
+      applyOnly_ = true;
+      return true;
+    }
+    ClearRecords();
     return true;
+  }
+
+  void ClearRecords() {
+    recordBytes_.clear();
+    recordOwn_.clear();
+    recordCount_ = 0;
+    ownable_ = 0;
+    applyOnly_ = false;
   }
 
   // The queued served requests: -3, scratch[0] = their count, their entries in `records`,
@@ -952,11 +985,10 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
     Napi::Float64Array s = scratch_.Value();
     s[0] = static_cast<double>(bytes / kRecordEntry);
     s[1] = static_cast<double>(tailBytes);
-    recordBytes_.clear();
+    s[2] = applyOnly_ ? 1 : 0;
     tailBytes_.clear();
+    ClearRecords();
     if (server_ != nullptr) server_->BatchTaken();
-    recordCount_ = 0;
-    outcomeOnly_ = 0;
     return Napi::Number::New(env, -3);
   }
 
@@ -1035,7 +1067,9 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   std::vector<uint8_t> recordBytes_;  // served requests to journal, kRecordEntry bytes each
   std::vector<uint8_t> tailBytes_;    // their long replies (AddRecord)
   uint32_t recordCount_ = 0;
-  uint32_t outcomeOnly_ = 0;               // of the queued records, those with Served::outcomeOnly
+  std::vector<OwnRecord> recordOwn_;       // each queued record's Served::own (kNo: JavaScript's to write)
+  uint32_t ownable_ = 0;                   // of the queued records, those the server may journal
+  bool applyOnly_ = false;                 // the queued records are journaled and published (JournalOwnBatch)
   std::vector<PlainOutcome> outcomes_;     // JournalOwnBatch's list (kept: no allocation per kick)
   std::vector<uint32_t> published_;        // OnKick: the opcodes it published (crash points only)
   std::string lastError_;

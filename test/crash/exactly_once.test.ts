@@ -463,16 +463,17 @@ for (const c of [...nonIdempotent, ...idempotent, ...lockOwnerCases, ...handleCa
  * again (through TypeScript) and the guest gets one correct reply; the marker says the native
  * path was where it died. On tmpfs, where the fast path serves writes too. */
 const NATIVE_POINTS = ['op-after-pop', 'op-after-syscall', 'op-before-publish'] as const;
-/** A LOOKUP the fast path answers is journaled by TypeScript (a lookup count): it also dies at
- * the journal's points, after the outcome and after the publish. A SETATTR's outcome (its
- * reply) the addon journals itself (ownOutcome): it dies at those points in the addon. */
+/** A request the fast path answers with a session change is journaled (a lookup count, an
+ * fh): it also dies at the journal's points, after the outcome and after the publish, in
+ * TypeScript or, where the addon journals the outcome itself (ownOutcome: a LOOKUP's count or
+ * new inode, a SETATTR's reply; native/src/ring.cc JournalOwnBatch), in the addon. */
 const JOURNALED_POINTS = ['op-after-pop', 'op-after-syscall', 'op-after-outcome', 'op-before-publish', 'op-after-publish'] as const;
 interface NativeCase {
   name: string; opcode: number; journaled?: true; ownOutcome?: true;
   act: (s: Session) => Promise<unknown>; verify: (t: Test, s: Session, r: unknown, stateDir: string) => void | Promise<void>;
 }
 const nativeCases: NativeCase[] = [
-  { name: 'LOOKUP', opcode: 1, journaled: true,
+  { name: 'LOOKUP', opcode: 1, journaled: true, ownOutcome: true,
     // READDIRPLUS makes the inode known (one lookup); the LOOKUP, of a known inode, is the
     // fast path's. Two forgets must then drop it: the LOOKUP counted exactly once.
     act: async (s) => {
@@ -488,7 +489,7 @@ const nativeCases: NativeCase[] = [
       await s.fuse.forget(a, 1);
       t.equal(await s.fuse.getattr(a).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after the second: the LOOKUP counted exactly once');
     } },
-  { name: 'LOOKUP batch', opcode: 1, journaled: true,
+  { name: 'LOOKUP batch', opcode: 1, journaled: true, ownOutcome: true,
     // Four LOOKUPs in flight at once: the ring hands them to JavaScript as one batch (or a
     // few) and the journal takes each batch as one record. Five forgets must then drop the
     // inode: each LOOKUP counted exactly once, whichever were journaled before the kill.
@@ -505,9 +506,9 @@ const nativeCases: NativeCase[] = [
       await s.fuse.forget(a!, 1);
       t.equal(await s.fuse.getattr(a!).then(() => 0, (e: FuseError) => e.errno), 9, 'gone after the fifth: each LOOKUP counted exactly once');
     } },
-  { name: 'LOOKUP of a new inode', opcode: 1, journaled: true,
+  { name: 'LOOKUP of a new inode', opcode: 1, journaled: true, ownOutcome: true,
     // The session does not know 'n': the addon opens it, names it by its handle, numbers it
-    // and answers; TypeScript journals the addInode. Whatever the point, the guest gets one
+    // and answers, journals the addInode and publishes. Whatever the point, the guest gets one
     // nodeid, the inode is the file, and two forgets (this LOOKUP and the next) drop it.
     act: async (s) => (await s.fuse.lookup(ROOT, 'n')).nodeid,
     verify: async (t, s, r) => {

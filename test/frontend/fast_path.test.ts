@@ -484,7 +484,7 @@ t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives,
     sub: 0, openUnlinked: 0, readAfter: 'open', b: 0, left: ['c'] }, 'ENOENT, EISDIR, ENOTEMPTY, ENOTDIR, EINVAL, EBADF');
 });
 
-t.test('a SETATTR, UNLINK, RMDIR or failed MKDIR the addon journals itself: its outcome in the state file is the reply the guest got', async (t) => {
+t.test('a SETATTR, UNLINK, RMDIR, failed MKDIR or LOOKUP the addon journals itself: its outcome in the state file is the reply the guest got, with its session change', async (t) => {
   const { s, stateDir } = await session(t, true, true);
   fs.writeFileSync(s.host('m'), 'M', { mode: 0o644 });
   fs.writeFileSync(s.host('gone'), 'G');
@@ -507,8 +507,29 @@ t.test('a SETATTR, UNLINK, RMDIR or failed MKDIR the addon journals itself: its 
   t.ok(outcomes(F.Op.RMDIR).some((r) => r.length === 16 && r.readInt32LE(4) === 0), 'the RMDIR\'s reply (success) is journaled');
   t.equal(await errnoOf(s.fuse.mkdir(root, 'exists', 0o755)), F.Errno.EEXIST, 'MKDIR of a name that exists: EEXIST');
   t.ok(outcomes(F.Op.MKDIR).some((r) => r.length === 16 && r.readInt32LE(4) === -F.Errno.EEXIST), 'the MKDIR\'s errno reply is journaled');
-  const f = await fastStats(stateDir, (x) => (x.ownOutcomes ?? 0) >= 4, 'the addon\'s own outcomes');
-  t.same([f.setattr, f.unlink, f.rmdir, f.intentErrors, f.ownOutcomes], [1, 1, 1, 1, 4], `served and journaled by the addon: ${JSON.stringify(f)}`);
+  // LOOKUPs of a known inode (one more lookup) and of a new one (numbered by the addon, named by
+  // its handle): journaled by the addon too, with those session changes; published before
+  // TypeScript applies them, so the state file must already say them.
+  const lookupOutcomes = (): Buffer[] => outcomes(F.Op.LOOKUP).filter((r) => r.length === 16 + 128);
+  const before = lookupOutcomes().length;
+  t.equal((await s.fuse.lookup(root, 'm')).nodeid, m, 'a LOOKUP of the known inode');
+  fs.writeFileSync(s.host('fresh'), 'F');
+  const fresh = await s.fuse.lookup(root, 'fresh');
+  const journaled = lookupOutcomes();
+  t.same(journaled.slice(before).map((r) => r.readBigUInt64LE(16)), [m, fresh.nodeid], 'both LOOKUPs\' replies are journaled, in order');
+  const loaded = loadState(stateFilePath(stateDir)).fs!;
+  t.equal(loaded.getInode(Number(m))?.lookupCount, 2, 'the known inode\'s count is 2 in the state a successor loads (the first LOOKUP and this one)');
+  const freshInode = loaded.getInode(Number(fresh.nodeid));
+  t.same([freshInode?.ino, freshInode?.lookupCount, freshInode?.handle !== null], [BigInt(fs.statSync(s.host('fresh')).ino), 1, true],
+    'the new inode is in it, counted once, with its handle');
+  // Three LOOKUPs: of 'm' (new, then known) and of 'fresh' (new).
+  const f = await fastStats(stateDir, (x) => (x.ownOutcomes ?? 0) >= 7, 'the addon\'s own outcomes');
+  t.same([f.setattr, f.unlink, f.rmdir, f.intentErrors, f.lookup, f.lookupNew, f.ownOutcomes], [1, 1, 1, 1, 1, 2, 7], `served and journaled by the addon: ${JSON.stringify(f)}`);
+  // The worker's own session applied them too: one FORGET each drops the count the guest holds.
+  await s.fuse.forget(fresh.nodeid, 1);
+  t.equal(await errnoOf(s.fuse.getattr(fresh.nodeid)), F.Errno.EBADF, 'the new inode is gone after one FORGET');
+  await s.fuse.forget(m, 1);
+  t.equal((await s.fuse.getattr(m)).attr.ino, BigInt(fs.statSync(s.host('m')).ino), 'the known one is still there after one FORGET of two');
   t.same([fs.statSync(s.host('m')).mode & 0o777, fs.existsSync(s.host('gone')), fs.existsSync(s.host('rd'))], [0o600, false, false], 'and done on the host');
 });
 

@@ -188,6 +188,10 @@ export interface RequestLedger {
    * beginRequest/outcome would stage them, in fewer bytes (one record for the batch).
    * Optional: without it, each goes through beginRequest/outcome. */
   servedLookups?(queueIndex: number, lookups: readonly ServedLookup[], addLookup: (nodeid: number) => boolean): void;
+  /** Runs `apply`, whose session mutations are already in the journal (requests the addon
+   * journaled and published itself: RingServedBatch.journaled), so none is journaled again.
+   * Optional: a ledger without a journal applies them as they come. */
+  applyJournaled?(apply: () => void): void;
 }
 
 /** A LOOKUP the native path served (RequestLedger.servedLookups). */

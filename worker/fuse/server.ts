@@ -296,6 +296,11 @@ export class FuseServer implements ChainHandler {
    * instead of a second count or a second run. */
   ringServed(batch: RingServedBatch, queueIndex: number): void {
     const ledger = this.opts.ledger;
+    if (batch.journaled === true) {
+      if (ledger?.applyJournaled !== undefined) ledger.applyJournaled(() => this.applyJournaled(batch));
+      else this.applyJournaled(batch);
+      return;
+    }
     const lookups: ServedLookup[] = [];
     for (let i = 0; i < batch.count; i++) {
       const head = batch.head(i);
@@ -326,6 +331,19 @@ export class FuseServer implements ChainHandler {
       if (ledger !== undefined) this.unpublished.set(slotOf(queueIndex, head), { key, opcode });
     }
     if (lookups.length > 0) ledger!.servedLookups!(queueIndex, lookups, (nodeid) => this.addServedLookup(nodeid));
+  }
+
+  /** The session changes of requests the addon journaled and published itself (native/src/
+   * ring.cc JournalOwnBatch), in pop order: a LOOKUP's lookup count or new inode (the others,
+   * SETATTR, UNLINK, RMDIR and failed CREATEs and MKDIRs, changed nothing). Their records are
+   * durable, so a worker that throws here leaves a successor the same session. */
+  private applyJournaled(batch: RingServedBatch): void {
+    for (let i = 0; i < batch.count; i++) {
+      if (batch.opcode(i) !== K.FUSE_LOOKUP) continue;
+      const found = batch.newInode?.(i) ?? null;
+      if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
+      else this.addServedLookup(batch.nodeid(i));
+    }
   }
 
   /** Throws when the filesystem cannot take the inode: the worker dies before the reply that

@@ -232,6 +232,11 @@ export class StateJournal {
     return this.end;
   }
 
+  /** committedBytes with the records the addon committed after ours (not yet taken). */
+  get committedBytesInFile(): number {
+    return this.closed ? this.end : this.committedInFile();
+  }
+
   /** Every committed record decoded as msgpack, in order. Throws StateFileError on a corrupt
    * record. */
   records(): unknown[] {

@@ -21,4 +21,7 @@ export interface JournalWriter {
    * file says the schema of the newest record kind it holds, so older readers read what they
    * can). */
   needSchema(schema: number): void;
+  /** The addon committed records of its own (requests it journaled and published itself): the
+   * store compacts, from a fresh tick, if they took the journal past its limit. */
+  noteForeignCommits(): void;
 }

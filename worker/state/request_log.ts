@@ -146,6 +146,18 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     if (group.length > 0) this.stagedOutcomes.push({ key: SERVED_LOOKUPS, opcode: FUSE_LOOKUP, reply: NO_REPLY, mutations: [], lookups: { queue: queueIndex, entries: group } });
   }
 
+  applyJournaled(apply: () => void): void {
+    this.currentOp = SERVED_LOOKUPS;
+    this.currentMutations = [];
+    try {
+      apply();
+    } finally {
+      this.currentOp = null;
+      this.currentMutations = [];
+    }
+    this.writer.noteForeignCommits();
+  }
+
   /** From now on, served LOOKUPs are journaled as plain outcomes (schema 2 records), so what
    * the drain's snapshot starts is read by a build of schema 2 too (a planned downgrade). */
   writeBaseSchemaOnly(): void {

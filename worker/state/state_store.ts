@@ -424,6 +424,10 @@ export class StateStore implements JournalWriter {
     if (grew) this.maybeCompact();
   }
 
+  noteForeignCommits(): void {
+    this.maybeCompact();
+  }
+
   needSchema(schema: number): void {
     // A TAG_LOOKUPS record: older readers must refuse the file from now on (until compaction).
     this.journal.raiseSchema(schema, schema);
@@ -433,7 +437,7 @@ export class StateStore implements JournalWriter {
 
   private maybeCompact(): void {
     const limit = Math.max(COMPACT_BYTES, COMPACT_RATIO * this.snapshotBytes);
-    if (this.journal.committedBytes > limit && !this.compactQueued && this.sources !== null && Date.now() >= this.compactRetryAt) {
+    if (this.journal.committedBytesInFile > limit && !this.compactQueued && this.sources !== null && Date.now() >= this.compactRetryAt) {
       this.compactQueued = true;
       // Between events every structure is consistent, so snapshot from a fresh tick.
       setImmediate(() => this.compact());

@@ -55,7 +55,7 @@ class NativeServedBatch implements RingServedBatch {
   /** The long replies (READDIRPLUS), copied too. */
   private readonly tail: Buffer;
 
-  constructor(records: Uint8Array, readonly count: number, tail: Uint8Array, tailLength: number) {
+  constructor(records: Uint8Array, readonly count: number, tail: Uint8Array, tailLength: number, readonly journaled: boolean) {
     if (!Number.isInteger(count) || count < 0 || count * SERVED_RECORD_SIZE > records.byteLength) {
       throw new RingError(`served batch of ${count} requests does not fit the addon's buffer`);
     }
@@ -192,8 +192,13 @@ export class NativeSplitRing implements VirtRing {
     }
     if (r === -1) return null;
     if (r === -2) return new ChainError(this.ring.lastError, this.ring.scratch[0]!);
-    if (r === -3) return new NativeServedBatch(this.ring.records, this.ring.scratch[0]!, this.ring.tail, this.ring.scratch[1]!);
+    if (r === -3) return new NativeServedBatch(this.ring.records, this.ring.scratch[0]!, this.ring.tail, this.ring.scratch[1]!, this.ring.scratch[2] === 1);
     return this.chainFromScratch();
+  }
+
+  takeJournaled(): RingServedBatch | null {
+    if (this.ring.takeJournaled() !== -3) return null;
+    return new NativeServedBatch(this.ring.records, this.ring.scratch[0]!, this.ring.tail, this.ring.scratch[1]!, true);
   }
 
   readChain(head: number): DescriptorChain | ChainError {

@@ -106,6 +106,14 @@ export class QueueServer implements QueueHandler {
     if (!this.running || this.ring === null || this.paused) return;
     const ring = this.ring;
     try {
+      // The ring's own kick journaled and published a batch and left us only its session
+      // changes to apply: it ended with the ring empty and notifications on, so the next
+      // chain kicks it again.
+      const journaled = ring.takeJournaled?.() ?? null;
+      if (journaled !== null) {
+        this.dispatch(journaled);
+        return;
+      }
       // Kicks are pointless while we drain; re-enabled (and re-checked) once the ring is empty.
       ring.disableNotification();
       for (;;) {
@@ -150,7 +158,8 @@ export class QueueServer implements QueueHandler {
   private dispatch(c: DescriptorChain | ChainError | RingServedBatch): void {
     if ('served' in c) {
       this.handler.ringServed?.(c, this.index);
-      for (let i = 0; i < c.count; i++) this.unpublished.push(c.head(i));
+      // Journaled and published by the ring already: nothing of them waits for the flush.
+      if (c.journaled !== true) for (let i = 0; i < c.count; i++) this.unpublished.push(c.head(i));
       if (this.completedSinceStart === 0 && c.count > 0 && this.onFirstCompletion) this.onFirstCompletion();
       this.completedSinceStart += c.count;
       return;

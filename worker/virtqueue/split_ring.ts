@@ -55,6 +55,10 @@ export interface DescriptorChain {
 export interface RingServedBatch {
   readonly served: true;
   readonly count: number;
+  /** The ring journaled these requests' outcomes and published them itself (native/src/ring.cc
+   * JournalOwnBatch): only their session changes (a LOOKUP's lookup count or new inode) are
+   * left to apply, without journaling or publishing anything. */
+  readonly journaled?: boolean;
   head(i: number): number;
   counter(i: number): bigint;
   opcode(i: number): number;
@@ -102,6 +106,9 @@ export interface VirtRing {
   recoverInflight(): number[];
   /** Chains the ring served itself (pushed, not yet published) since the last call. */
   takeServed?(): number;
+  /** The batch the ring's own kick journaled and published (RingServedBatch.journaled), whose
+   * session effects are left to apply, or null with nothing popped. */
+  takeJournaled?(): RingServedBatch | null;
   /** The ring can take its queue's kicks itself (native_ring.ts): `poller` (of the kick
    * eventfd) hands them to it first. */
   bindKick?(poller: Poller): void;
