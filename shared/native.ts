@@ -227,6 +227,10 @@ export interface FastFuseHandle {
   /** Whether the keeper holds every open fd (UNLINK and RMDIR need it; a native OPEN or
    * OPENDIR clears it). */
   setSettled(settled: boolean): void;
+  /** LOOKUPs of known inodes the addon journals itself go into TAG_LOOKUPS records (schema 3,
+   * raised in the header first), or (false: a drain leaves a file an older build reads) into
+   * plain outcome records. */
+  setLookupsRecords(on: boolean): void;
   /** One more inode fd would evict another (worker/fs/inode_fds.ts full): a READDIRPLUS then
    * names a new inode by its handle read by name, opening no fd. */
   setInodeCacheFull(full: boolean): void;

@@ -421,6 +421,7 @@ export class Worker {
     if (fastPath !== null) {
       if (journaling) this.store.onJournalMapped((map) => fastPath.setJournal(map));
       else fastPath.setUnjournaled(true);
+      fastPath.setLookupsRecords(journaling && !this.store.requests.baseSchemaOnlyNow);
       this.keeper.onSettledChange = (settled) => fastPath.setSettled(settled);
       fastPath.setSettled(this.keeper.settled);
     }
@@ -492,6 +493,7 @@ export class Worker {
     const pausedNs = process.hrtime.bigint();
     // The successor may be an older build (a planned downgrade): leave it a file it reads.
     this.store.requests.writeBaseSchemaOnly();
+    this.fastPath?.setLookupsRecords(false);
     this.listenPoller?.close();
     this.listenPoller = null;
     if (this.statsTimer) clearInterval(this.statsTimer);

@@ -93,6 +93,12 @@ constexpr size_t kJournalDataStart = 4096;
 constexpr size_t kJournalRecordHeader = 8;
 constexpr uint8_t kTagIntent = 1;
 constexpr uint8_t kTagOutcome = 2;  // worker/state/records.ts TAG_OUTCOME
+constexpr uint8_t kTagLookups = 5;  // worker/state/records.ts TAG_LOOKUPS
+// The header's schema and min-reader fields (journal.ts raiseSchema) and the schema a
+// TAG_LOOKUPS record needs (records.ts LOOKUPS_SCHEMA).
+constexpr size_t kJournalSchemaAt = 12;
+constexpr size_t kJournalMinReaderAt = 32;
+constexpr uint32_t kLookupsSchema = 3;
 constexpr size_t kMaxKey = 48;  // "65535.65535." and a u64 counter
 
 const napi_type_tag kFastFuseTag = {0x7666736b66617374ULL, 0x6675736531000001ULL};
@@ -240,6 +246,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       InstanceMethod<&FastFuse::SetInodeCacheFull>("setInodeCacheFull"),
       InstanceMethod<&FastFuse::SetCreatePolicy>("setCreatePolicy"),
       InstanceMethod<&FastFuse::SetUnjournaled>("setUnjournaled"),
+      InstanceMethod<&FastFuse::SetLookupsRecords>("setLookupsRecords"),
       InstanceMethod<&FastFuse::ArmCrash>("armCrash"),
       InstanceMethod<&FastFuse::Stats>("stats"),
     });
@@ -1243,21 +1250,33 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // commitStaged) would have. The mutations are what TypeScript's session would emit for the
   // request: none (Served::own kOutcome), addLookup(nodeid, 1) for a LOOKUP of a known inode, or
   // the addInode with its handle (addInodeHandle) of a LOOKUP's new inode, the lookup count of 1
-  // implied. UNLINK and RMDIR are served only while the keeper holds every fd (settled_), so
-  // the fd store JavaScript's barrier would wait for is done (the op-after-fdstore point, for
-  // tests); a LOOKUP's new inode is named by its handle and needs no fd in the keeper.
+  // implied. Consecutive LOOKUPs of known inodes go into one TAG_LOOKUPS record instead, as the
+  // request log writes them (setLookupsRecords: not while a drain leaves a file for an older
+  // build), the header's schema raised first as journal.ts raiseSchema does. UNLINK and RMDIR
+  // are served only while the keeper holds every fd (settled_), so the fd store JavaScript's
+  // barrier would wait for is done (the op-after-fdstore point, for tests); a LOOKUP's new
+  // inode is named by its handle and needs no fd in the keeper.
   bool JournalOutcomes(uint32_t queue, const std::vector<PlainOutcome>& outcomes) override {
     if (unjournaled_) {
       ownOutcomes_ += outcomes.size();
       return true;
     }
-    if (journal_ == nullptr || outcomes.empty()) return false;
+    if (journal_ == nullptr || outcomes.empty() || queue > 0xffff) return false;
     uint64_t* commit = reinterpret_cast<uint64_t*>(journal_ + kJournalCommitAt);
     const uint64_t start = __atomic_load_n(commit, __ATOMIC_ACQUIRE);
     if (start < kJournalDataStart || start > journalLen_) return false;
     char key[kMaxKey];
     uint64_t need = 0;
-    for (const PlainOutcome& o : outcomes) {
+    bool lookups = false;
+    for (size_t i = 0; i < outcomes.size();) {
+      size_t run = LookupRun(outcomes, i);
+      if (run > 0) {
+        need += kJournalRecordHeader + LookupsPayload(outcomes, i, run);
+        lookups = true;
+        i += run;
+        continue;
+      }
+      const PlainOutcome& o = outcomes[i++];
       int keyLen = RequestKey(queue, o.head, o.counter, key);
       size_t mutation = MutationSize(o);
       if (keyLen < 0 || mutation == kNoMutation) return false;
@@ -1265,19 +1284,32 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     }
     if (journalLen_ - start < need) return false;
     for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterFdstore, o.opcode);
+    if (lookups && Load<uint32_t>(journal_ + kJournalSchemaAt) < kLookupsSchema) {
+      // Before the record, as raiseSchema: a reader that sees it sees the header say so.
+      Store(journal_ + kJournalSchemaAt, kLookupsSchema);
+      Store(journal_ + kJournalMinReaderAt, kLookupsSchema);
+    }
     uint64_t end = start;
-    for (const PlainOutcome& o : outcomes) {
-      int keyLen = RequestKey(queue, o.head, o.counter, key);
-      const size_t mutation = MutationSize(o);
-      const size_t payload = OutcomePayload(keyLen, o.replyLen, mutation);
+    for (size_t i = 0; i < outcomes.size();) {
       uint8_t* rec = journal_ + end;
-      uint8_t* q = PutRecordKey(rec, kTagOutcome, key, keyLen);
-      Store(q, o.opcode);
-      Store(q + 4, o.replyLen);
-      std::memcpy(q + 8, o.reply, o.replyLen);
-      q += 8 + o.replyLen;
-      Store(q, uint32_t{mutation == 0 ? 0u : 1u});
-      PutMutation(o, q + 4);
+      size_t payload;
+      size_t run = LookupRun(outcomes, i);
+      if (run > 0) {
+        payload = PutLookups(queue, outcomes, i, run, rec + kJournalRecordHeader);
+        i += run;
+      } else {
+        const PlainOutcome& o = outcomes[i++];
+        int keyLen = RequestKey(queue, o.head, o.counter, key);
+        const size_t mutation = MutationSize(o);
+        payload = OutcomePayload(keyLen, o.replyLen, mutation);
+        uint8_t* q = PutRecordKey(rec, kTagOutcome, key, keyLen);
+        Store(q, o.opcode);
+        Store(q + 4, o.replyLen);
+        std::memcpy(q + 8, o.reply, o.replyLen);
+        q += 8 + o.replyLen;
+        Store(q, uint32_t{mutation == 0 ? 0u : 1u});
+        PutMutation(o, q + 4);
+      }
       SealRecord(rec, payload);
       end += kJournalRecordHeader + payload;
     }
@@ -1285,6 +1317,44 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     ownOutcomes_ += outcomes.size();
     for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterOutcome, o.opcode);
     return true;
+  }
+
+  // How many LOOKUPs of known inodes start at outcomes[i] that one TAG_LOOKUPS record takes (0:
+  // none, or such records are off).
+  size_t LookupRun(const std::vector<PlainOutcome>& outcomes, size_t i) const {
+    if (!lookupsRecords_) return 0;
+    size_t n = 0;
+    while (i + n < outcomes.size() && n < 0xffff) {
+      const PlainOutcome& o = outcomes[i + n];
+      if (o.own != OwnRecord::kAddLookup || o.head > 0xffff || o.replyLen > 0xffff || o.replyLen < kOutHeader + 8) break;
+      n++;
+    }
+    return n;
+  }
+
+  // records.ts putLookups: tag, u16 queue, u16 count, then per LOOKUP u16 head, u64 counter, u16
+  // reply length, the reply (whose nodeid the loader counts one more lookup of).
+  static size_t LookupsPayload(const std::vector<PlainOutcome>& outcomes, size_t i, size_t run) {
+    size_t n = 1 + 2 + 2;
+    for (size_t k = i; k < i + run; k++) n += 2 + 8 + 2 + outcomes[k].replyLen;
+    return n;
+  }
+
+  static size_t PutLookups(uint32_t queue, const std::vector<PlainOutcome>& outcomes, size_t i, size_t run, uint8_t* p) {
+    uint8_t* start = p;
+    p[0] = kTagLookups;
+    Store(p + 1, static_cast<uint16_t>(queue));
+    Store(p + 3, static_cast<uint16_t>(run));
+    p += 5;
+    for (size_t k = i; k < i + run; k++) {
+      const PlainOutcome& o = outcomes[k];
+      Store(p, static_cast<uint16_t>(o.head));
+      Store(p + 2, o.counter);
+      Store(p + 10, static_cast<uint16_t>(o.replyLen));
+      std::memcpy(p + 12, o.reply, o.replyLen);
+      p += 12 + o.replyLen;
+    }
+    return static_cast<size_t>(p - start);
   }
 
   // An outcome record's payload: tag, key (u8 length + bytes), opcode, reply length, the reply,
@@ -2099,6 +2169,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // costs): CREATE, MKDIR, UNLINK and RMDIR are served without their intents, as TypeScript's
   // are then.
   Napi::Value SetUnjournaled(const Napi::CallbackInfo& info) { return SetFlag(info, "setUnjournaled", "on", &unjournaled_); }
+  Napi::Value SetLookupsRecords(const Napi::CallbackInfo& info) { return SetFlag(info, "setLookupsRecords", "on", &lookupsRecords_); }
 
   // forgetInode(nodeid): the session dropped the inode (its fd entry goes too).
   Napi::Value ForgetInode(const Napi::CallbackInfo& info) {
@@ -2238,6 +2309,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   bool createPolicy_ = false;  // setCreatePolicy
   bool umaskZero_ = false;     // the process umask was set to 0 for CREATE
   bool unjournaled_ = false;   // setUnjournaled (benchmark only)
+  bool lookupsRecords_ = false;  // setLookupsRecords: LOOKUPs of known inodes as TAG_LOOKUPS records
   const uint32_t ownUid_ = static_cast<uint32_t>(geteuid());
   const uint32_t ownGid_ = static_cast<uint32_t>(getegid());
   NativeCrashPoint crashPoint_ = NativeCrashPoint::kNone;

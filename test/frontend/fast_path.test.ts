@@ -15,6 +15,8 @@ import type { FastPathStats } from '../../shared/status_report';
 import { hostFlockErrno } from '../helpers/flock';
 import { loadState } from '../../worker/state/state_store';
 import { stateFilePath } from '../../shared/config';
+import { DATA_START, StateJournal } from '../../worker/state/journal';
+import * as R from '../../worker/state/records';
 import { noFileLimits, setNoFile } from '../helpers/rlimit';
 
 const EBADF = 9;
@@ -517,6 +519,16 @@ t.test('a SETATTR, UNLINK, RMDIR, failed MKDIR or LOOKUP the addon journals itse
   const fresh = await s.fuse.lookup(root, 'fresh');
   const journaled = lookupOutcomes();
   t.same(journaled.slice(before).map((r) => r.readBigUInt64LE(16)), [m, fresh.nodeid], 'both LOOKUPs\' replies are journaled, in order');
+  // The known inode's LOOKUP in a TAG_LOOKUPS record (as the request log writes a batch of
+  // them), the file's header raised to that record's schema; the new inode's as an outcome.
+  const journal = StateJournal.open(stateFilePath(stateDir), [R.LOOKUPS_SCHEMA]);
+  const records = journal.payloads(DATA_START).map((p) => R.decodePayload(p));
+  t.equal(journal.schemaVersion, R.LOOKUPS_SCHEMA, 'the header says the TAG_LOOKUPS schema');
+  journal.close();
+  const lookupsRecord = records.find((d) => d.t === 'lookups' && d.lookups.some((l) => l.nodeid === Number(m)));
+  t.ok(lookupsRecord !== undefined, 'the known inode\'s LOOKUP is in a TAG_LOOKUPS record');
+  t.ok(records.some((d) => d.t === 'outcome' && d.opcode === F.Op.LOOKUP && d.mutations.some((x) => x.op === 'addInode' && x.nodeid === Number(fresh.nodeid))),
+    'the new inode\'s LOOKUP is an outcome with its addInode');
   const loaded = loadState(stateFilePath(stateDir)).fs!;
   t.equal(loaded.getInode(Number(m))?.lookupCount, 2, 'the known inode\'s count is 2 in the state a successor loads (the first LOOKUP and this one)');
   const freshInode = loaded.getInode(Number(fresh.nodeid));

@@ -346,6 +346,12 @@ export class StateJournal {
       throw new StateFileError(`commit offset moved from ${this.end} to ${committed} under the writer`, this.path);
     }
     this.end = this.staged = committed;
+    // The addon raises the schema before a TAG_LOOKUPS record of its own (as raiseSchema).
+    const schema = this.view.getUint32(12, true);
+    if (schema > this.schema) {
+      this.schema = schema;
+      this.stampNow = { ...this.stampNow, schema, minReader: this.view.getUint32(MIN_READER_OFFSET, true) };
+    }
   }
 
   /** The header's commit offset (ours, or past it the addon's). */

@@ -164,6 +164,10 @@ export class RequestLog implements RequestLedger, OutcomeJournal {
     this.baseSchemaOnly = true;
   }
 
+  get baseSchemaOnlyNow(): boolean {
+    return this.baseSchemaOnly;
+  }
+
   release(key: string): void {
     // Dropped from memory; the next compaction drops it from the file.
     this.ops.delete(key);
