@@ -481,6 +481,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->nodeid = h.nodeid;
     out->opcode = h.opcode;
     out->kind = ServedKind::kForgot;
+    out->own = OwnRecord::kForgets;
     out->file = OpenedFile{};
     out->longReply = pairs;
     out->longReplyLen = count * 16;
@@ -661,6 +662,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->needsRecord = true;
     out->nodeid = h.nodeid;
     out->kind = ServedKind::kReaddirPlus;
+    out->own = OwnRecord::kDirEntries;
     out->file = OpenedFile{d.fd, r.fh, 0};
     out->longReply = reply;
     out->dirReplyLen = static_cast<uint32_t>(kOutHeader + used);
@@ -1278,9 +1280,10 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       }
       const PlainOutcome& o = outcomes[i++];
       int keyLen = RequestKey(queue, o.head, o.counter, key);
-      size_t mutation = MutationSize(o);
-      if (keyLen < 0 || mutation == kNoMutation) return false;
-      need += kJournalRecordHeader + OutcomePayload(keyLen, o.replyLen, mutation);
+      uint32_t count;
+      size_t mutations;
+      if (keyLen < 0 || !MutationsOf(o, &count, &mutations)) return false;
+      need += kJournalRecordHeader + OutcomePayload(keyLen, o.replyLen, mutations);
     }
     if (journalLen_ - start < need) return false;
     for (const PlainOutcome& o : outcomes) CrashPoint(NativeCrashPoint::kAfterFdstore, o.opcode);
@@ -1300,15 +1303,17 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       } else {
         const PlainOutcome& o = outcomes[i++];
         int keyLen = RequestKey(queue, o.head, o.counter, key);
-        const size_t mutation = MutationSize(o);
-        payload = OutcomePayload(keyLen, o.replyLen, mutation);
+        uint32_t count;
+        size_t mutations;
+        MutationsOf(o, &count, &mutations);
+        payload = OutcomePayload(keyLen, o.replyLen, mutations);
         uint8_t* q = PutRecordKey(rec, kTagOutcome, key, keyLen);
         Store(q, o.opcode);
         Store(q + 4, o.replyLen);
         std::memcpy(q + 8, o.reply, o.replyLen);
         q += 8 + o.replyLen;
-        Store(q, uint32_t{mutation == 0 ? 0u : 1u});
-        PutMutation(o, q + 4);
+        Store(q, count);
+        PutMutations(o, q + 4);
       }
       SealRecord(rec, payload);
       end += kJournalRecordHeader + payload;
@@ -1358,62 +1363,128 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   }
 
   // An outcome record's payload: tag, key (u8 length + bytes), opcode, reply length, the reply,
-  // the mutation count and the mutation.
-  static size_t OutcomePayload(int keyLen, uint32_t replyLen, size_t mutation) {
-    return 1 + 1 + static_cast<size_t>(keyLen) + 4 + 4 + replyLen + 4 + mutation;
+  // the mutation count and the mutations.
+  static size_t OutcomePayload(int keyLen, uint32_t replyLen, size_t mutations) {
+    return 1 + 1 + static_cast<size_t>(keyLen) + 4 + 4 + replyLen + 4 + mutations;
   }
 
   static constexpr size_t kNoMutation = SIZE_MAX;
   // records.ts mutation kinds (MUTATION_KINDS' order).
   static constexpr uint8_t kMutationAddLookup = 1;
+  static constexpr uint8_t kMutationForget = 2;
+  static constexpr uint8_t kMutationSetDirPosition = 6;
   static constexpr uint8_t kMutationAddInodeHandle = 11;
+  static constexpr size_t kCountMutationBytes = 1 + 8 + 8;  // addLookup, forget
+  static constexpr size_t kAddInodeBytes = 1 + 8 + 8 + 8 + 4 + 4 + 8 + 4 + 1;  // and the handle
 
-  // The bytes of the outcome's mutation as records.ts putMutation writes it (0: none), or
-  // kNoMutation when it cannot be written (TypeScript journals the batch then): an id past
-  // 2^53, a handle records.ts would refuse.
-  static size_t MutationSize(const PlainOutcome& o) {
-    if (o.own == OwnRecord::kOutcome) return 0;
-    if (o.nodeid == 0 || o.nodeid >= kMaxSafeU) return kNoMutation;
-    if (o.own == OwnRecord::kAddLookup) return 1 + 8 + 8;
-    if (o.own != OwnRecord::kAddInode) return kNoMutation;
-    int32_t mountId;
-    uint32_t handleLen;
-    std::memcpy(&mountId, o.newInode + 24, 4);
-    std::memcpy(&handleLen, o.newInode + 32, 4);
-    if (mountId < 0 || handleLen == 0 || handleLen > sizeof(NewInode::handle)) return kNoMutation;
-    return 1 + 8 + 8 + 8 + 4 + 4 + 8 + 4 + 1 + handleLen;
+  // The outcome's mutations as records.ts putMutation writes them: how many and their bytes,
+  // or false when they cannot be written (TypeScript journals the batch then): an id past
+  // 2^53, a handle records.ts would refuse, a READDIRPLUS reply whose entries do not match its
+  // new inodes.
+  static bool MutationsOf(const PlainOutcome& o, uint32_t* count, size_t* bytes) {
+    *count = 0;
+    *bytes = 0;
+    return WalkMutations(o, [&](uint8_t, size_t size, auto&&) {
+      (*count)++;
+      *bytes += size;
+    });
   }
 
-  static void PutMutation(const PlainOutcome& o, uint8_t* p) {
-    if (o.own == OwnRecord::kAddLookup) {
-      p[0] = kMutationAddLookup;
-      Store(p + 1, static_cast<double>(o.nodeid));
-      Store(p + 9, 1.0);
-      return;
+  static void PutMutations(const PlainOutcome& o, uint8_t* p) {
+    WalkMutations(o, [&](uint8_t kind, size_t size, auto&& fill) {
+      p[0] = kind;
+      fill(p + 1);
+      p += size;
+    });
+  }
+
+  // Calls emit(kind, bytes, fill) for each of the outcome's mutations in order; fill(p) writes
+  // its fields after the kind byte. False: one cannot be written (see MutationsOf).
+  template <typename Emit>
+  static bool WalkMutations(const PlainOutcome& o, Emit&& emit) {
+    switch (o.own) {
+      case OwnRecord::kOutcome:
+        return true;
+      case OwnRecord::kAddLookup:
+        return EmitCount(kMutationAddLookup, o.nodeid, 1, emit);
+      case OwnRecord::kAddInode:
+        return EmitNewInode(o.nodeid, o.newInode, emit);
+      case OwnRecord::kForgets:
+        for (uint32_t i = 0; i < o.itemCount; i++) {
+          uint64_t nlookup = Load<uint64_t>(o.items + 16 * i + 8);
+          // As native_ring.ts reads the pairs: a count past 2^53-1 means as much as 2^53-1.
+          if (!EmitCount(kMutationForget, Load<uint64_t>(o.items + 16 * i), std::min<uint64_t>(nlookup, kMaxSafeU), emit)) return false;
+        }
+        return true;
+      case OwnRecord::kDirEntries:
+        return WalkDirEntries(o, emit);
+      default:
+        return false;
     }
-    if (o.own != OwnRecord::kAddInode) return;
-    // PutNewInode's layout: i32 fd, u32 file type, u64 dev, u64 ino, i32 mount id, i32 handle
-    // type, u32 handle length, padding, the handle.
-    const uint8_t* n = o.newInode;
-    uint32_t fileType, handleLen;
-    int32_t mountId, handleType;
-    uint64_t dev, ino;
-    std::memcpy(&fileType, n + 4, 4);
-    std::memcpy(&dev, n + 8, 8);
-    std::memcpy(&ino, n + 16, 8);
-    std::memcpy(&mountId, n + 24, 4);
-    std::memcpy(&handleType, n + 28, 4);
-    std::memcpy(&handleLen, n + 32, 4);
-    p[0] = kMutationAddInodeHandle;
-    Store(p + 1, static_cast<double>(o.nodeid));
-    Store(p + 9, dev);
-    Store(p + 17, ino);
-    Store(p + 25, uint32_t{0});  // generation: an inode the session adds has 0 (inodes.ts addByHandle)
-    Store(p + 29, fileType);
-    Store(p + 33, static_cast<uint64_t>(mountId));
-    Store(p + 41, handleType);
-    p[45] = static_cast<uint8_t>(handleLen);
-    std::memcpy(p + 46, n + 40, handleLen);
+  }
+
+  // A READDIRPLUS's mutations as passthrough.ts readdirplusServed makes them: per entry of the
+  // reply, its new inode (the next of `items` whose nodeid it names) or one more lookup (not
+  // '.', '..': nodeid 0); then the dir's position (always: the same state when unchanged).
+  template <typename Emit>
+  static bool WalkDirEntries(const PlainOutcome& o, Emit&& emit) {
+    uint32_t next = 0;
+    for (size_t at = kOutHeader; at < o.replyLen;) {
+      if (at + kDirentPlusName > o.replyLen) return false;
+      uint64_t nodeid = Load<uint64_t>(o.reply + at);
+      uint32_t nameLen = Load<uint32_t>(o.reply + at + sizeof(fuse_entry_out) + 16);
+      const uint8_t* added = o.items + static_cast<size_t>(next) * kDirNewInodeBytes;
+      if (next < o.itemCount && static_cast<uint64_t>(Load<double>(added)) == nodeid) {
+        if (!EmitNewInode(nodeid, added + 8, emit)) return false;
+        next++;
+      } else if (nodeid != 0 && !EmitCount(kMutationAddLookup, nodeid, 1, emit)) {
+        return false;
+      }
+      at += (kDirentPlusName + nameLen + 7) & ~size_t{7};
+    }
+    if (next != o.itemCount || o.fh == 0 || o.fh >= kMaxSafeU) return false;
+    char position[24];
+    int len = snprintf(position, sizeof position, "%lld", static_cast<long long>(o.position));
+    if (len <= 0 || static_cast<size_t>(len) >= sizeof position) return false;
+    emit(kMutationSetDirPosition, 1 + 8 + 1 + static_cast<size_t>(len), [&](uint8_t* p) {
+      Store(p, static_cast<double>(o.fh));
+      p[8] = static_cast<uint8_t>(len);
+      std::memcpy(p + 9, position, static_cast<size_t>(len));
+    });
+    return true;
+  }
+
+  // addLookup or forget: f64 nodeid, f64 count.
+  template <typename Emit>
+  static bool EmitCount(uint8_t kind, uint64_t nodeid, uint64_t count, Emit&& emit) {
+    if (nodeid == 0 || nodeid >= kMaxSafeU || count == 0 || count > kMaxSafeU) return false;
+    emit(kind, kCountMutationBytes, [&](uint8_t* p) {
+      Store(p, static_cast<double>(nodeid));
+      Store(p + 8, static_cast<double>(count));
+    });
+    return true;
+  }
+
+  // addInodeHandle of a new inode laid out as PutNewInode writes it (i32 fd, u32 file type, u64
+  // dev, u64 ino, i32 mount id, i32 handle type, u32 handle length, padding, the handle): f64
+  // nodeid, u64 dev, u64 ino, u32 generation (0, as inodes.ts adds an inode), u32 file type,
+  // u64 mount id, i32 handle type, u8 handle length, the handle.
+  template <typename Emit>
+  static bool EmitNewInode(uint64_t nodeid, const uint8_t* n, Emit&& emit) {
+    int32_t mountId = Load<int32_t>(n + 24);
+    uint32_t handleLen = Load<uint32_t>(n + 32);
+    if (nodeid == 0 || nodeid >= kMaxSafeU || mountId < 0 || handleLen == 0 || handleLen > sizeof(NewInode::handle)) return false;
+    emit(kMutationAddInodeHandle, kAddInodeBytes + handleLen, [&](uint8_t* p) {
+      Store(p, static_cast<double>(nodeid));
+      std::memcpy(p + 8, n + 8, 16);  // dev, ino
+      Store(p + 24, uint32_t{0});
+      std::memcpy(p + 28, n + 4, 4);  // file type
+      Store(p + 32, static_cast<uint64_t>(mountId));
+      std::memcpy(p + 40, n + 28, 4);  // handle type
+      p[44] = static_cast<uint8_t>(handleLen);
+      std::memcpy(p + 45, n + 40, handleLen);
+    });
+    return true;
   }
 
   template <typename T>

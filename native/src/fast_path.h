@@ -106,9 +106,11 @@ static_assert(kMaxForgets * 16 <= kMaxLongReply, "a BATCH_FORGET's pairs are a l
 // A served request whose journal record the server may write itself (ChainServer::
 // JournalOutcomes), by what the record says besides the reply: nothing (kOutcome: a SETATTR, an
 // UNLINK or RMDIR, a CREATE or MKDIR that failed), one more lookup of Served::nodeid (kAddLookup:
-// a LOOKUP of a known inode), or the new inode Served::nodeid (kAddInode: a LOOKUP that added
-// Served::inode, named by its handle). Every other record is JavaScript's to write.
-enum class OwnRecord : uint8_t { kNo = 0, kOutcome = 1, kAddLookup = 2, kAddInode = 3 };
+// a LOOKUP of a known inode), the new inode Served::nodeid (kAddInode: a LOOKUP that added
+// Served::inode, named by its handle), a lookup of each entry and the dir's new position
+// (kDirEntries: a READDIRPLUS, its new inodes added), or the lookups dropped (kForgets: a
+// FORGET or BATCH_FORGET). Every other record is JavaScript's to write.
+enum class OwnRecord : uint8_t { kNo = 0, kOutcome = 1, kAddLookup = 2, kAddInode = 3, kDirEntries = 4, kForgets = 5 };
 
 // What the server did with a chain it served.
 struct Served {
@@ -152,7 +154,9 @@ struct Served {
 
 // A served request whose outcome the server journals itself (Served::own): its key's parts,
 // the reply the guest got and the session change the record carries (kAddLookup: of `nodeid`;
-// kAddInode: the inode `nodeid`, laid out at `newInode` as PutNewInode writes it).
+// kAddInode: the inode `nodeid`, laid out at `newInode` as PutNewInode writes it; kDirEntries:
+// the reply's entries, `items` its `itemCount` new inodes (kDirNewInodeBytes each), the dir `fh`
+// at `position` after it; kForgets: `items` its `itemCount` (u64 nodeid, u64 nlookup) pairs).
 struct PlainOutcome {
   uint32_t head = 0;
   uint64_t counter = 0;
@@ -162,6 +166,10 @@ struct PlainOutcome {
   OwnRecord own = OwnRecord::kOutcome;
   uint64_t nodeid = 0;
   const uint8_t* newInode = nullptr;
+  const uint8_t* items = nullptr;
+  uint32_t itemCount = 0;
+  uint64_t fh = 0;
+  int64_t position = 0;
 };
 
 // Implemented by fast_fuse.cc; the ring only knows this.

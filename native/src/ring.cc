@@ -921,7 +921,7 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   // Whether the server may journal the queued records itself: each is one it can write
   // (Served::own), and nothing else JavaScript pushed waits for its barrier.
   bool OwnBatchPossible() const {
-    return recordCount_ > 0 && ownable_ == recordCount_ && jsPushed_ == recordCount_ && tailBytes_.empty();
+    return recordCount_ > 0 && ownable_ == recordCount_ && jsPushed_ == recordCount_;
   }
 
   // When OwnBatchPossible, the server journals the records' outcomes
@@ -948,6 +948,18 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
       o.reply = e + kRecordHeader;
       o.own = recordOwn_[i];
       o.newInode = e + kNewInodeAt;
+      if (o.own == OwnRecord::kDirEntries || o.own == OwnRecord::kForgets) {
+        // AddRecord's long-reply fields: fh, position, the reply and its items in tailBytes_.
+        const uint8_t* p = e + kNewInodeAt;
+        uint32_t tailAt = Load<uint32_t>(p + 16), tailLen = Load<uint32_t>(p + 20), replyLen = Load<uint32_t>(p + 24);
+        if (static_cast<size_t>(tailAt) + tailLen > tailBytes_.size() || replyLen > tailLen) return false;
+        o.fh = static_cast<uint64_t>(Load<double>(p));
+        o.position = Load<int64_t>(p + 8);
+        o.reply = tailBytes_.data() + tailAt;
+        o.replyLen = replyLen;
+        o.items = o.reply + replyLen;
+        o.itemCount = Load<uint32_t>(p + 28);
+      }
       if (o.own != OwnRecord::kOutcome) toApply++;
       outcomes_.push_back(o);
     }

@@ -607,7 +607,7 @@ const nativeCases: NativeCase[] = [
       t.ok((await s.fuse.readdir(nodeid, o.fh, 0)).length >= 2, 'the dir opens and lists again');
       await s.fuse.releasedir(nodeid, o.fh);
     } },
-  { name: 'READDIRPLUS of known inodes', opcode: 44, journaled: true,
+  { name: 'READDIRPLUS of known inodes', opcode: 44, journaled: true, ownOutcome: true,
     // The addon lists a dir whose names the guest looked up; TypeScript journals one more
     // lookup of each and the dir's position. Whatever the point: the listing has each name
     // once, under the nodeid its LOOKUP gave, and two forgets each drop them all.
@@ -633,7 +633,7 @@ const nativeCases: NativeCase[] = [
       await waitFor(() => queryStatus(stateDir).fuse.inodes <= 3 ? true : undefined, 'the second forget each drops them', 10_000);
       t.pass('the READDIRPLUS counted each entry exactly once');
     } },
-  { name: 'READDIRPLUS of new names', opcode: 44, journaled: true,
+  { name: 'READDIRPLUS of new names', opcode: 44, journaled: true, ownOutcome: true,
     // The addon lists a dir whose names the session does not know: it adds their inodes (named
     // by handles), TypeScript journals them. Whatever the point: each name listed once with a
     // nodeid of the file, and one forget each drops them all (each added exactly once).
@@ -655,7 +655,7 @@ const nativeCases: NativeCase[] = [
       for (const d of named) if (await s.fuse.getattr(d.entry!.nodeid).then(() => false, (e: FuseError) => e.errno === 9)) gone++;
       t.equal(gone, 20, 'one forget each drops them: each added exactly once');
     } },
-  ...([['FORGET', 2], ['BATCH_FORGET', 42]] as const).map(([name, opcode]): NativeCase => ({ name, opcode, journaled: true,
+  ...([['FORGET', 2], ['BATCH_FORGET', 42]] as const).map(([name, opcode]): NativeCase => ({ name, opcode, journaled: true, ownOutcome: true,
     // Three LOOKUPs, then the addon drops two of them (no reply; TypeScript journals it).
     // Whatever the point: one lookup is left (the inode answers), and one more FORGET drops it.
     act: async (s) => {

@@ -486,7 +486,7 @@ t.test('the fast path serves UNLINK and RMDIR with the replies TypeScript gives,
     sub: 0, openUnlinked: 0, readAfter: 'open', b: 0, left: ['c'] }, 'ENOENT, EISDIR, ENOTEMPTY, ENOTDIR, EINVAL, EBADF');
 });
 
-t.test('a SETATTR, UNLINK, RMDIR, failed MKDIR or LOOKUP the addon journals itself: its outcome in the state file is the reply the guest got, with its session change', async (t) => {
+t.test('a SETATTR, UNLINK, RMDIR, failed MKDIR, LOOKUP, READDIRPLUS or FORGET the addon journals itself: its outcome in the state file is the reply the guest got, with its session change', async (t) => {
   const { s, stateDir } = await session(t, true, true);
   fs.writeFileSync(s.host('m'), 'M', { mode: 0o644 });
   fs.writeFileSync(s.host('gone'), 'G');
@@ -534,14 +534,37 @@ t.test('a SETATTR, UNLINK, RMDIR, failed MKDIR or LOOKUP the addon journals itse
   const freshInode = loaded.getInode(Number(fresh.nodeid));
   t.same([freshInode?.ino, freshInode?.lookupCount, freshInode?.handle !== null], [BigInt(fs.statSync(s.host('fresh')).ino), 1, true],
     'the new inode is in it, counted once, with its handle');
-  // Three LOOKUPs: of 'm' (new, then known) and of 'fresh' (new).
-  const f = await fastStats(stateDir, (x) => (x.ownOutcomes ?? 0) >= 7, 'the addon\'s own outcomes');
-  t.same([f.setattr, f.unlink, f.rmdir, f.intentErrors, f.lookup, f.lookupNew, f.ownOutcomes], [1, 1, 1, 1, 1, 2, 7], `served and journaled by the addon: ${JSON.stringify(f)}`);
-  // The worker's own session applied them too: one FORGET each drops the count the guest holds.
+  // A READDIRPLUS (of 'm' and 'fresh', known, and 'late', new) and FORGETs, journaled by the
+  // addon with their session changes: each entry's lookup or new inode and the dir's position;
+  // the dropped lookups.
+  fs.writeFileSync(s.host('late'), 'L');
+  const dh = await s.fuse.opendir(root);
+  const listed = (await s.fuse.readdirAll(root, dh.fh, { plus: true })).entries;
+  await s.fuse.releasedir(root, dh.fh);
+  const late = listed.find((d) => d.name.toString() === 'late')!.entry!.nodeid;
+  const afterList = loadState(stateFilePath(stateDir));
+  const plusOutcome = [...afterList.ops.values()].some((o) => o.opcode === F.Op.READDIRPLUS && o.reply !== null && o.reply.includes(Buffer.from('late')));
+  t.ok(plusOutcome, 'the READDIRPLUS reply is journaled');
+  const counts = (st: ReturnType<typeof loadState>): Array<number | undefined> => [m, fresh.nodeid, late].map((id) => st.fs!.getInode(Number(id))?.lookupCount);
+  t.same(counts(afterList), [3, 2, 1], 'each listed inode counted once more, the new one added, in the state a successor loads');
+  await s.fuse.batchForget([{ nodeid: late, nlookup: 1n }, { nodeid: m, nlookup: 1n }]);
   await s.fuse.forget(fresh.nodeid, 1);
-  t.equal(await errnoOf(s.fuse.getattr(fresh.nodeid)), F.Errno.EBADF, 'the new inode is gone after one FORGET');
+  t.same(counts(loadState(stateFilePath(stateDir))), [2, 1, undefined], 'the BATCH_FORGET and FORGET are journaled: the new inode is gone, the others counted down');
+  // The worker's own session applied them too.
+  t.equal(await errnoOf(s.fuse.getattr(late)), F.Errno.EBADF, 'the inode forgotten is gone from the worker\'s session');
+  await s.fuse.forget(fresh.nodeid, 1);
+  t.equal(await errnoOf(s.fuse.getattr(fresh.nodeid)), F.Errno.EBADF, 'the new inode is gone after one more FORGET');
   await s.fuse.forget(m, 1);
-  t.equal((await s.fuse.getattr(m)).attr.ino, BigInt(fs.statSync(s.host('m')).ino), 'the known one is still there after one FORGET of two');
+  t.equal((await s.fuse.getattr(m)).attr.ino, BigInt(fs.statSync(s.host('m')).ino), 'the other is still there after one FORGET less than its count');
+  // Three LOOKUPs: of 'm' (new, then known) and of 'fresh' (new); the READDIRPLUS calls; a
+  // BATCH_FORGET (two pairs) and three FORGETs.
+  // (A request JavaScript's own kick pops, one that came while it ran, is served natively but
+  // journaled by JavaScript: the readdirAll's calls may be.)
+  const f = await fastStats(stateDir, (x) => (x.forget ?? 0) >= 5 && (x.ownOutcomes ?? 0) >= 11, 'the addon\'s own outcomes');
+  const readdirs = f.readdirplus ?? 0;
+  t.ok(readdirs >= 1 && f.ownOutcomes! >= 11 && f.ownOutcomes! <= 11 + readdirs, `the READDIRPLUS calls (${readdirs}) served natively, journaled by the addon (${f.ownOutcomes})`);
+  t.same([f.setattr, f.unlink, f.rmdir, f.intentErrors, f.lookup, f.lookupNew, f.forget], [1, 1, 1, 1, 1, 2, 5],
+    `served and journaled by the addon: ${JSON.stringify(f)}`);
   t.same([fs.statSync(s.host('m')).mode & 0o777, fs.existsSync(s.host('gone')), fs.existsSync(s.host('rd'))], [0o600, false, false], 'and done on the host');
 });
 

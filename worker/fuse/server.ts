@@ -334,15 +334,20 @@ export class FuseServer implements ChainHandler {
   }
 
   /** The session changes of requests the addon journaled and published itself (native/src/
-   * ring.cc JournalOwnBatch), in pop order: a LOOKUP's lookup count or new inode (the others,
-   * SETATTR, UNLINK, RMDIR and failed CREATEs and MKDIRs, changed nothing). Their records are
-   * durable, so a worker that throws here leaves a successor the same session. */
+   * ring.cc JournalOwnBatch), in pop order, as ringServed applies them: a LOOKUP's lookup count
+   * or new inode, a READDIRPLUS's entries and dir position, a FORGET's dropped lookups (the
+   * others, SETATTR, UNLINK, RMDIR and failed CREATEs and MKDIRs, changed nothing). Their
+   * records are durable, so a worker that throws here leaves a successor the same session. */
   private applyJournaled(batch: RingServedBatch): void {
     for (let i = 0; i < batch.count; i++) {
-      if (batch.opcode(i) !== K.FUSE_LOOKUP) continue;
-      const found = batch.newInode?.(i) ?? null;
-      if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
-      else this.addServedLookup(batch.nodeid(i));
+      const opcode = batch.opcode(i);
+      if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
+      else if (opcode === K.FUSE_FORGET || opcode === K.FUSE_BATCH_FORGET) this.applyServedForgets(batch, i);
+      else if (opcode === K.FUSE_LOOKUP) {
+        const found = batch.newInode?.(i) ?? null;
+        if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
+        else this.addServedLookup(batch.nodeid(i));
+      }
     }
   }
 
