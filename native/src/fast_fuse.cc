@@ -892,6 +892,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     out->needsRecord = true;
     out->nodeid = nodeid;
     out->kind = ServedKind::kCreated;
+    out->own = OwnRecord::kCreated;
     out->file = OpenedFile{file, fh, flags};
     out->intentTsMs = tsMs;
     creates_++;
@@ -930,6 +931,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     uint64_t nodeid = AddNewInode(out->inode);
     WriteEntryReply(c, h, nodeid, 0, st, out);
     out->kind = ServedKind::kMadeDir;
+    out->own = OwnRecord::kAddInode;
     out->intentTsMs = tsMs;
     mkdirs_++;
     return true;
@@ -1039,6 +1041,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     files_[fh] = FileEntry{file, h.nodeid, static_cast<int>(flags)};
     WriteOpenReply(c, h, fh, openReplyFlags_, out);
     out->kind = ServedKind::kOpened;
+    out->own = OwnRecord::kOpenFile;
     out->file = OpenedFile{file, fh, flags};
     opens_++;
     return true;
@@ -1110,6 +1113,7 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
     dirs_[fh] = DirEntry{dir, h.nodeid};
     WriteOpenReply(c, h, fh, dirReplyFlags_, out);
     out->kind = ServedKind::kOpenedDir;
+    out->own = OwnRecord::kOpenDir;
     out->file = OpenedFile{dir, fh, kFlags};
     opendirs_++;
     return true;
@@ -1372,6 +1376,8 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
   // records.ts mutation kinds (MUTATION_KINDS' order).
   static constexpr uint8_t kMutationAddLookup = 1;
   static constexpr uint8_t kMutationForget = 2;
+  static constexpr uint8_t kMutationOpenFile = 3;
+  static constexpr uint8_t kMutationOpenDir = 5;
   static constexpr uint8_t kMutationSetDirPosition = 6;
   static constexpr uint8_t kMutationAddInodeHandle = 11;
   static constexpr size_t kCountMutationBytes = 1 + 8 + 8;  // addLookup, forget
@@ -1418,6 +1424,12 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
         return true;
       case OwnRecord::kDirEntries:
         return WalkDirEntries(o, emit);
+      case OwnRecord::kCreated:
+        return EmitNewInode(o.nodeid, o.newInode, emit) && EmitOpen(kMutationOpenFile, o, emit);
+      case OwnRecord::kOpenFile:
+        return EmitOpen(kMutationOpenFile, o, emit);
+      case OwnRecord::kOpenDir:
+        return EmitOpen(kMutationOpenDir, o, emit);
       default:
         return false;
     }
@@ -1450,6 +1462,18 @@ class FastFuse : public Napi::ObjectWrap<FastFuse>, public ChainServer {
       Store(p, static_cast<double>(o.fh));
       p[8] = static_cast<uint8_t>(len);
       std::memcpy(p + 9, position, static_cast<size_t>(len));
+    });
+    return true;
+  }
+
+  // openFile (f64 fh, f64 nodeid, f64 open flags) or openDir (f64 fh, f64 nodeid).
+  template <typename Emit>
+  static bool EmitOpen(uint8_t kind, const PlainOutcome& o, Emit&& emit) {
+    if (o.fh == 0 || o.fh >= kMaxSafeU || o.nodeid == 0 || o.nodeid >= kMaxSafeU) return false;
+    emit(kind, kind == kMutationOpenFile ? 1 + 8 + 8 + 8 : 1 + 8 + 8, [&](uint8_t* p) {
+      Store(p, static_cast<double>(o.fh));
+      Store(p + 8, static_cast<double>(o.nodeid));
+      if (kind == kMutationOpenFile) Store(p + 16, static_cast<double>(o.openFlags));
     });
     return true;
   }

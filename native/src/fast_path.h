@@ -107,10 +107,16 @@ static_assert(kMaxForgets * 16 <= kMaxLongReply, "a BATCH_FORGET's pairs are a l
 // JournalOutcomes), by what the record says besides the reply: nothing (kOutcome: a SETATTR, an
 // UNLINK or RMDIR, a CREATE or MKDIR that failed), one more lookup of Served::nodeid (kAddLookup:
 // a LOOKUP of a known inode), the new inode Served::nodeid (kAddInode: a LOOKUP that added
-// Served::inode, named by its handle), a lookup of each entry and the dir's new position
-// (kDirEntries: a READDIRPLUS, its new inodes added), or the lookups dropped (kForgets: a
-// FORGET or BATCH_FORGET). Every other record is JavaScript's to write.
-enum class OwnRecord : uint8_t { kNo = 0, kOutcome = 1, kAddLookup = 2, kAddInode = 3, kDirEntries = 4, kForgets = 5 };
+// Served::inode, named by its handle; a MKDIR too), a lookup of each entry and the dir's new
+// position (kDirEntries: a READDIRPLUS, its new inodes added), the lookups dropped (kForgets: a
+// FORGET or BATCH_FORGET), the fh Served::file of Served::nodeid (kOpenFile: an OPEN; kOpenDir:
+// an OPENDIR), or both the new inode and its fh (kCreated: a CREATE). No fd needs the keeper
+// first: new inodes are named by handles, and files and dirs of such inodes are reopenable
+// (their fds go to the keeper after the publish, durability.ts step 5). Every other record
+// (a RELEASE: locks and fd removals) is JavaScript's to write.
+enum class OwnRecord : uint8_t {
+  kNo = 0, kOutcome = 1, kAddLookup = 2, kAddInode = 3, kDirEntries = 4, kForgets = 5, kOpenFile = 6, kOpenDir = 7, kCreated = 8
+};
 
 // What the server did with a chain it served.
 struct Served {
@@ -156,7 +162,8 @@ struct Served {
 // the reply the guest got and the session change the record carries (kAddLookup: of `nodeid`;
 // kAddInode: the inode `nodeid`, laid out at `newInode` as PutNewInode writes it; kDirEntries:
 // the reply's entries, `items` its `itemCount` new inodes (kDirNewInodeBytes each), the dir `fh`
-// at `position` after it; kForgets: `items` its `itemCount` (u64 nodeid, u64 nlookup) pairs).
+// at `position` after it; kForgets: `items` its `itemCount` (u64 nodeid, u64 nlookup) pairs;
+// kOpenFile, kOpenDir and kCreated: the fh `fh`, opened with `openFlags`).
 struct PlainOutcome {
   uint32_t head = 0;
   uint64_t counter = 0;
@@ -170,6 +177,7 @@ struct PlainOutcome {
   uint32_t itemCount = 0;
   uint64_t fh = 0;
   int64_t position = 0;
+  uint32_t openFlags = 0;
 };
 
 // Implemented by fast_fuse.cc; the ring only knows this.

@@ -960,6 +960,12 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
         o.items = o.reply + replyLen;
         o.itemCount = Load<uint32_t>(p + 28);
       }
+      if (o.own == OwnRecord::kOpenFile || o.own == OwnRecord::kOpenDir || o.own == OwnRecord::kCreated) {
+        // AddRecord's file: i32 fd, u32 open flags, f64 fh (a CREATE's after its inode).
+        const uint8_t* f = e + (o.own == OwnRecord::kCreated ? kCreatedFileAt : kNewInodeAt);
+        o.openFlags = Load<uint32_t>(f + 4);
+        o.fh = static_cast<uint64_t>(Load<double>(f + 8));
+      }
       if (o.own != OwnRecord::kOutcome) toApply++;
       outcomes_.push_back(o);
     }

@@ -106,12 +106,17 @@ t.test('READ: cached → number; dropped → Promise; same bytes either way', as
   t.same(Buffer.from(mem.bytes.subarray(1000, 1000 + 128 * 1024 - 100)), data.subarray(100, 128 * 1024));
   // The attempt that stops at the first uncached page also starts the kernel's readahead of the
   // rest (RWF_NOWAIT without NOIO), which on a fast disk may be cached before the next
-  // attempt: then the JS thread reads it too. Either way nothing is read twice.
-  t.equal(spy.sync[0], 64 * 1024, 'the cached half on the JS thread');
-  if (spy.sync[1] === -C.EAGAIN) {
-    t.same([spy.sync.length, spy.async], [2, 1], 'then a miss: the rest on the threadpool');
+  // attempt: then the JS thread reads it too. And the second half may be cached with the
+  // first (seen once: the first attempt read all 128 KiB; probably a large page-cache folio,
+  // which the write of the first 64 KiB filled from the disk, or a readahead still in flight
+  // when the cache was dropped). Whichever, the cached bytes are read on the JS thread first
+  // and nothing is read twice.
+  const onJsThread = spy.sync.filter((n) => n > 0).reduce((a, n) => a + n, 0);
+  t.ok(spy.sync[0] === 64 * 1024 || spy.sync[0] === 128 * 1024, `the cached part on the JS thread first (${spy.sync[0]} bytes)`);
+  if (spy.sync.includes(-C.EAGAIN)) {
+    t.same([onJsThread, spy.sync.length, spy.async], [64 * 1024, 2, 1], 'then a miss: the rest on the threadpool');
   } else {
-    t.same([spy.sync.slice(1).reduce((a, n) => a + n, 0), spy.async], [64 * 1024, 0], 'then the rest, which readahead had cached meanwhile, on the JS thread too');
+    t.same([onJsThread, spy.async], [128 * 1024, 0], 'then the rest, cached meanwhile or already, on the JS thread too');
   }
 
   const s = pfs.lookup(ctx, ROOT, b('small'));

@@ -335,7 +335,8 @@ export class FuseServer implements ChainHandler {
 
   /** The session changes of requests the addon journaled and published itself (native/src/
    * ring.cc JournalOwnBatch), in pop order, as ringServed applies them: a LOOKUP's lookup count
-   * or new inode, a READDIRPLUS's entries and dir position, a FORGET's dropped lookups (the
+   * or new inode, a MKDIR's new inode, a CREATE's new inode and file, an OPEN's file, an
+   * OPENDIR's dir, a READDIRPLUS's entries and dir position, a FORGET's dropped lookups (the
    * others, SETATTR, UNLINK, RMDIR and failed CREATEs and MKDIRs, changed nothing). Their
    * records are durable, so a worker that throws here leaves a successor the same session. */
   private applyJournaled(batch: RingServedBatch): void {
@@ -343,10 +344,13 @@ export class FuseServer implements ChainHandler {
       const opcode = batch.opcode(i);
       if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
       else if (opcode === K.FUSE_FORGET || opcode === K.FUSE_BATCH_FORGET) this.applyServedForgets(batch, i);
-      else if (opcode === K.FUSE_LOOKUP) {
+      else if (opcode === K.FUSE_OPEN || opcode === K.FUSE_OPENDIR) this.applyServedFile(batch, i, opcode);
+      else if (opcode === K.FUSE_LOOKUP || opcode === K.FUSE_MKDIR || opcode === K.FUSE_CREATE) {
+        // (A CREATE or MKDIR that failed changed nothing: no new inode.)
         const found = batch.newInode?.(i) ?? null;
-        if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
-        else this.addServedLookup(batch.nodeid(i));
+        if (found !== null && opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
+        else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
+        else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
       }
     }
   }
