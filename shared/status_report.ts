@@ -70,14 +70,14 @@ export interface FastPathStats {
   mkdir?: number;
   /** CREATEs and MKDIRs answered with their syscall's errno (their intents journaled). */
   intentErrors?: number;
-  /** Served requests whose outcome the addon journaled itself and published without
-   * TypeScript (SETATTR, UNLINK, RMDIR, a CREATE or MKDIR that failed). Absent from older
-   * workers. */
+  /** Served requests whose outcome the addon journaled and published itself (SETATTR, UNLINK,
+   * RMDIR, LOOKUP, READDIRPLUS, FORGET, OPEN, OPENDIR, CREATE, MKDIR; TypeScript applies their
+   * session changes afterwards). Absent from older workers. */
   ownOutcomes?: number;
   unlink?: number;
   rmdir?: number;
   /** READDIRPLUSes of listings of known inodes, and the entries they listed (each a lookup
-   * journaled by TypeScript). Absent from older workers. */
+   * journaled with the reply). Absent from older workers. */
   readdirplus?: number;
   direntsPlus?: number;
   /** Of those entries, the inodes the addon added (journaled by TypeScript). */
