@@ -929,10 +929,11 @@ class NativeRing : public Napi::ObjectWrap<NativeRing>, public KickHandler {
   // publishes them with the rest. Only OnKick does this, right before its publish, with nothing
   // left to pop: so no compaction of the journal (JavaScript's, which keeps only the outcomes
   // its request log knows) can come between the outcome and the publish. Records with a session
-  // change (a LOOKUP's count or new inode) stay queued, marked journaled (applyOnly_): OnKick
-  // then hands the kick to JavaScript, whose first pop() takes them and applies the changes to
-  // its session before anything else runs, journaling and publishing nothing. False (no
-  // journal, no room): JavaScript gets the batch to journal.
+  // change (a LOOKUP's count or new inode, a READDIRPLUS's, a FORGET's, an OPEN's fh...) stay
+  // queued, marked journaled (applyOnly_): OnKick then hands the kick to JavaScript, which takes
+  // them first (takeJournaled) and applies the changes to its session before anything else
+  // runs, journaling and publishing nothing. False (no journal, no room, a record the server
+  // cannot write): JavaScript gets the batch to journal.
   bool JournalOwnBatch() {
     if (!OwnBatchPossible()) return false;
     outcomes_.clear();
