@@ -307,7 +307,7 @@ export class FuseServer implements ChainHandler {
       const opcode = batch.opcode(i);
       const counter = batch.counter(i);
       const key = requestKey(queueIndex, head, counter);
-      const found = opcode === K.FUSE_LOOKUP || opcode === K.FUSE_CREATE || opcode === K.FUSE_MKDIR ? batch.newInode?.(i) ?? null : null;
+      const found = this.servedNewInode(batch, i, opcode);
       if (found === null && ledger?.servedLookups !== undefined && opcode === K.FUSE_LOOKUP) {
         lookups.push({ key, head, counter, nodeid: batch.nodeid(i), reply: batch.reply(i) });
       } else {
@@ -319,12 +319,7 @@ export class FuseServer implements ChainHandler {
         // BATCH_FORGET (the lookups dropped; no reply), or a LOOKUP with a ledger that takes no
         // batches.
         ledger?.beginRequest(key, opcode, false, null, batch.intentMs?.(i) ?? undefined);
-        if (opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
-        else if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
-        else if (opcode === K.FUSE_FORGET || opcode === K.FUSE_BATCH_FORGET) this.applyServedForgets(batch, i);
-        else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
-        else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
-        else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);
+        this.applyServed(batch, i, opcode, found);
         ledger?.endSync();
         ledger?.outcome(key, batch.reply(i));
       }
@@ -342,17 +337,25 @@ export class FuseServer implements ChainHandler {
   private applyJournaled(batch: RingServedBatch): void {
     for (let i = 0; i < batch.count; i++) {
       const opcode = batch.opcode(i);
-      if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
-      else if (opcode === K.FUSE_FORGET || opcode === K.FUSE_BATCH_FORGET) this.applyServedForgets(batch, i);
-      else if (opcode === K.FUSE_OPEN || opcode === K.FUSE_OPENDIR) this.applyServedFile(batch, i, opcode);
-      else if (opcode === K.FUSE_LOOKUP || opcode === K.FUSE_MKDIR || opcode === K.FUSE_CREATE) {
-        // (A CREATE or MKDIR that failed changed nothing: no new inode.)
-        const found = batch.newInode?.(i) ?? null;
-        if (found !== null && opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
-        else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
-        else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
-      }
+      this.applyServed(batch, i, opcode, this.servedNewInode(batch, i, opcode));
     }
+  }
+
+  /** The inode a served LOOKUP, CREATE or MKDIR added, or null (a known inode's LOOKUP, a CREATE
+   * or MKDIR that failed, another opcode). */
+  private servedNewInode(batch: RingServedBatch, i: number, opcode: number): ServedNewInode | null {
+    return opcode === K.FUSE_LOOKUP || opcode === K.FUSE_CREATE || opcode === K.FUSE_MKDIR ? batch.newInode?.(i) ?? null : null;
+  }
+
+  /** One served request's session change, whichever journals it (ringServed, applyJournaled).
+   * A CREATE or MKDIR that failed (`found` null) changed nothing. */
+  private applyServed(batch: RingServedBatch, i: number, opcode: number, found: ServedNewInode | null): void {
+    if (opcode === K.FUSE_READDIRPLUS) this.applyServedReaddir(batch, i);
+    else if (opcode === K.FUSE_FORGET || opcode === K.FUSE_BATCH_FORGET) this.applyServedForgets(batch, i);
+    else if (SERVED_FILE_OPS.has(opcode)) this.applyServedFile(batch, i, opcode);
+    else if (found !== null && opcode === K.FUSE_CREATE) this.adoptServedCreate(batch, i, found);
+    else if (found !== null) this.adoptServedInode(batch.nodeid(i), found);
+    else if (opcode === K.FUSE_LOOKUP) this.addServedLookup(batch.nodeid(i));
   }
 
   /** Throws when the filesystem cannot take the inode: the worker dies before the reply that
